@@ -1,0 +1,317 @@
+//! Kafka RecordBatch v2 headers, as the log reads and stamps them.
+//!
+//! The log stores batches byte for byte as producers sent them; it reads only
+//! the fixed header and, on append, overwrites the two fields the broker owns
+//! (base offset and partition leader epoch). Neither is covered by the CRC,
+//! which starts at `attributes`, so stamping never invalidates a batch.
+//!
+//! Layout (big-endian), per Kafka's "Record Batch" format:
+//! `[base_offset:8][batch_length:4][partition_leader_epoch:4][magic:1][crc:4]`
+//! `[attributes:2][last_offset_delta:4][base_timestamp:8][max_timestamp:8]`
+//! `[producer_id:8][producer_epoch:2][base_sequence:4][records_count:4][records…]`
+
+use sluice_types::{LeaderEpoch, Offset};
+
+use crate::error::BatchFault;
+
+/// Bytes before `batch_length` counts: base offset and the length itself.
+pub const LOG_OVERHEAD: usize = 12;
+/// Size of the fixed RecordBatch v2 header.
+pub const HEADER_SIZE: usize = 61;
+
+const LENGTH_AT: usize = 8;
+const LEADER_EPOCH_AT: usize = 12;
+const MAGIC_AT: usize = 16;
+const CRC_AT: usize = 17;
+const ATTRIBUTES_AT: usize = 21;
+const LAST_OFFSET_DELTA_AT: usize = 23;
+const BASE_TIMESTAMP_AT: usize = 27;
+const MAX_TIMESTAMP_AT: usize = 35;
+const RECORDS_COUNT_AT: usize = 57;
+const COMPRESSION_MASK: i16 = 0x07;
+
+/// The fields of a batch header that the log uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchHeader {
+    pub base_offset: Offset,
+    /// Whole batch size on disk, `LOG_OVERHEAD` included.
+    pub size: usize,
+    pub leader_epoch: LeaderEpoch,
+    pub crc: u32,
+    pub attributes: i16,
+    pub last_offset_delta: i32,
+    pub base_timestamp: i64,
+    pub max_timestamp: i64,
+    pub records_count: i32,
+}
+
+impl BatchHeader {
+    /// Reads and sanity-checks the header at the start of `buf`. The records
+    /// need not be present; use [`verify`] for the whole batch.
+    ///
+    /// # Errors
+    /// A [`BatchFault`] when the header is short, the length field is out of
+    /// range, the magic is not 2, or the offset delta is negative.
+    pub fn parse(buf: &[u8]) -> Result<BatchHeader, BatchFault> {
+        let header: &[u8; HEADER_SIZE] = buf
+            .get(..HEADER_SIZE)
+            .and_then(|h| h.try_into().ok())
+            .ok_or(BatchFault::Truncated {
+                needed: HEADER_SIZE,
+                available: buf.len(),
+            })?;
+        let length = i32::from_be_bytes(field(header, LENGTH_AT));
+        if length < (HEADER_SIZE - LOG_OVERHEAD) as i32 {
+            return Err(BatchFault::BadLength { length });
+        }
+        let magic = i8::from_be_bytes(field(header, MAGIC_AT));
+        if magic != 2 {
+            return Err(BatchFault::BadMagic { magic });
+        }
+        let last_offset_delta = i32::from_be_bytes(field(header, LAST_OFFSET_DELTA_AT));
+        if last_offset_delta < 0 {
+            return Err(BatchFault::BadOffsetDelta {
+                delta: last_offset_delta,
+            });
+        }
+        Ok(BatchHeader {
+            base_offset: Offset::from(i64::from_be_bytes(field(header, 0))),
+            size: length as usize + LOG_OVERHEAD,
+            leader_epoch: LeaderEpoch::from(i32::from_be_bytes(field(header, LEADER_EPOCH_AT))),
+            crc: u32::from_be_bytes(field(header, CRC_AT)),
+            attributes: i16::from_be_bytes(field(header, ATTRIBUTES_AT)),
+            last_offset_delta,
+            base_timestamp: i64::from_be_bytes(field(header, BASE_TIMESTAMP_AT)),
+            max_timestamp: i64::from_be_bytes(field(header, MAX_TIMESTAMP_AT)),
+            records_count: i32::from_be_bytes(field(header, RECORDS_COUNT_AT)),
+        })
+    }
+
+    /// Offset of the batch's last record.
+    pub fn last_offset(&self) -> Offset {
+        self.base_offset.plus(i64::from(self.last_offset_delta))
+    }
+
+    /// Offset right after the batch.
+    pub fn next_offset(&self) -> Offset {
+        self.last_offset().plus(1)
+    }
+
+    /// Whether the records are compressed (attributes bits 0-2).
+    pub fn is_compressed(&self) -> bool {
+        self.attributes & COMPRESSION_MASK != 0
+    }
+}
+
+fn field<const N: usize>(header: &[u8; HEADER_SIZE], at: usize) -> [u8; N] {
+    let mut out = [0u8; N];
+    for (i, byte) in out.iter_mut().enumerate() {
+        // Every caller passes a constant position inside the fixed header.
+        *byte = header.get(at + i).copied().unwrap_or_default();
+    }
+    out
+}
+
+/// Checks that `batch` is exactly one whole batch with a valid CRC-32C.
+///
+/// # Errors
+/// A [`BatchFault`] describing the first problem found.
+pub fn verify(batch: &[u8]) -> Result<BatchHeader, BatchFault> {
+    let header = BatchHeader::parse(batch)?;
+    if batch.len() < header.size {
+        return Err(BatchFault::Truncated {
+            needed: header.size,
+            available: batch.len(),
+        });
+    }
+    let covered = batch
+        .get(ATTRIBUTES_AT..header.size)
+        .ok_or(BatchFault::BadLength {
+            length: (header.size - LOG_OVERHEAD) as i32,
+        })?;
+    let actual = crc32c::crc32c(covered);
+    if actual != header.crc {
+        return Err(BatchFault::BadCrc {
+            stored: header.crc,
+            actual,
+        });
+    }
+    Ok(header)
+}
+
+/// Splits `buf` into whole batches, verifying each. Used on append, where the
+/// input must be nothing but valid batches.
+///
+/// # Errors
+/// The first batch's [`BatchFault`], or [`BatchFault::Empty`] for no input.
+pub fn split_verified(buf: &[u8]) -> Result<Vec<(usize, BatchHeader)>, BatchFault> {
+    if buf.is_empty() {
+        return Err(BatchFault::Empty);
+    }
+    let mut batches = Vec::new();
+    let mut position = 0;
+    while let Some(rest) = buf.get(position..).filter(|rest| !rest.is_empty()) {
+        let header = verify(rest)?;
+        batches.push((position, header));
+        position += header.size;
+    }
+    Ok(batches)
+}
+
+/// Writes the broker-owned fields into the batch header at the start of `batch`.
+pub fn stamp(batch: &mut [u8], base_offset: Offset, leader_epoch: LeaderEpoch) {
+    if let Some(slot) = batch.get_mut(..8) {
+        slot.copy_from_slice(&base_offset.get().to_be_bytes());
+    }
+    if let Some(slot) = batch.get_mut(LEADER_EPOCH_AT..LEADER_EPOCH_AT + 4) {
+        slot.copy_from_slice(&leader_epoch.get().to_be_bytes());
+    }
+}
+
+/// The first record of an uncompressed batch whose timestamp is at or after
+/// `target`: its offset and timestamp. `None` when no record qualifies or the
+/// records cannot be walked (compressed, or malformed), in which case callers
+/// fall back to the batch's base offset and maximum timestamp.
+pub fn first_record_at_or_after(batch: &[u8], target: i64) -> Option<(Offset, i64)> {
+    let header = BatchHeader::parse(batch).ok()?;
+    if header.is_compressed() {
+        return None;
+    }
+    let mut rest = batch.get(HEADER_SIZE..header.size)?;
+    for _ in 0..header.records_count.max(0) {
+        // Record: [length:varint][attributes:1][timestamp_delta:varlong][offset_delta:varint]…
+        let (length, used) = read_varlong(rest)?;
+        let body = rest.get(used..used + usize::try_from(length).ok()?)?;
+        let after_attributes = body.get(1..)?;
+        let (timestamp_delta, used_ts) = read_varlong(after_attributes)?;
+        let (offset_delta, _) = read_varlong(after_attributes.get(used_ts..)?)?;
+        let timestamp = header.base_timestamp + timestamp_delta;
+        if timestamp >= target {
+            return Some((header.base_offset.plus(offset_delta), timestamp));
+        }
+        rest = rest.get(used + body.len()..)?;
+    }
+    None
+}
+
+/// A zig-zag varint as Kafka records encode lengths and deltas.
+fn read_varlong(buf: &[u8]) -> Option<(i64, usize)> {
+    let mut value: u64 = 0;
+    for (i, byte) in buf.iter().take(10).enumerate() {
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            let decoded = ((value >> 1) as i64) ^ -((value & 1) as i64);
+            return Some((decoded, i + 1));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use bytes::{Bytes, BytesMut};
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+
+    use super::*;
+
+    /// A real batch from kafka-protocol's encoder: `count` records of `value_size` bytes.
+    pub(crate) fn encoded_batch(count: usize, value_size: usize, timestamp: i64) -> Vec<u8> {
+        let records: Vec<Record> = (0..count)
+            .map(|i| Record {
+                transactional: false,
+                control: false,
+                partition_leader_epoch: 0,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_type: TimestampType::Creation,
+                offset: i as i64,
+                sequence: -1,
+                timestamp: timestamp + i as i64,
+                key: Some(Bytes::from(format!("key-{i}"))),
+                value: Some(Bytes::from(vec![b'v'; value_size])),
+                headers: Default::default(),
+            })
+            .collect();
+        let mut buf = BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut buf,
+            &records,
+            &RecordEncodeOptions {
+                version: 2,
+                compression: Compression::None,
+            },
+        )
+        .expect("encoding a plain batch succeeds");
+        buf.to_vec()
+    }
+
+    #[test]
+    fn header_of_encoded_batch_is_read() {
+        let batch = encoded_batch(3, 10, 1_000);
+        let header = verify(&batch).expect("valid");
+        assert_eq!(header.size, batch.len());
+        assert_eq!(header.last_offset_delta, 2);
+        assert_eq!(header.records_count, 3);
+        assert_eq!(header.base_timestamp, 1_000);
+        assert_eq!(header.max_timestamp, 1_002);
+        assert!(!header.is_compressed());
+    }
+
+    #[test]
+    fn stamping_keeps_the_crc_valid() {
+        let mut batch = encoded_batch(2, 5, 0);
+        stamp(&mut batch, Offset::from(1234), LeaderEpoch::from(7));
+        let header = verify(&batch).expect("still valid");
+        assert_eq!(header.base_offset, Offset::from(1234));
+        assert_eq!(header.leader_epoch, LeaderEpoch::from(7));
+    }
+
+    #[test]
+    fn every_truncation_is_an_error_not_a_panic() {
+        let batch = encoded_batch(2, 20, 0);
+        for cut in 0..batch.len() {
+            let prefix = batch.get(..cut).expect("in range");
+            assert!(verify(prefix).is_err(), "prefix of {cut} bytes accepted");
+        }
+    }
+
+    #[test]
+    fn every_flipped_byte_after_the_length_is_caught() {
+        let batch = encoded_batch(2, 20, 0);
+        // Bytes 0..8 (base offset) are the broker's to overwrite; every other
+        // byte is covered by a length, magic or CRC check.
+        for at in 8..batch.len() {
+            let mut damaged = batch.clone();
+            if let Some(byte) = damaged.get_mut(at) {
+                *byte ^= 0x5a;
+            }
+            if (LEADER_EPOCH_AT..LEADER_EPOCH_AT + 4).contains(&at) {
+                continue;
+            }
+            assert!(verify(&damaged).is_err(), "flip at {at} accepted");
+        }
+    }
+
+    #[test]
+    fn split_rejects_trailing_garbage() {
+        let mut two = encoded_batch(1, 3, 0);
+        two.extend(encoded_batch(2, 3, 0));
+        assert_eq!(split_verified(&two).expect("valid").len(), 2);
+        two.push(0);
+        assert!(split_verified(&two).is_err());
+        assert_eq!(split_verified(&[]), Err(BatchFault::Empty));
+    }
+
+    #[test]
+    fn record_timestamps_are_found_inside_a_batch() {
+        let batch = encoded_batch(5, 3, 100);
+        assert_eq!(
+            first_record_at_or_after(&batch, 102),
+            Some((Offset::from(2), 102))
+        );
+        assert_eq!(first_record_at_or_after(&batch, 0), Some((Offset::from(0), 100)));
+        assert_eq!(first_record_at_or_after(&batch, 105), None);
+    }
+}

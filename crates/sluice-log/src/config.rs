@@ -1,0 +1,49 @@
+//! Per-log settings. Every field has a default, so `LogConfig::default()` is a
+//! working log; the broker fills these from `[log]` in its configuration.
+
+use std::time::Duration;
+
+/// When an append counts as durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// An append returns only after `fdatasync`; concurrent appends share one
+    /// sync (group commit). The high watermark follows the synced end.
+    Always,
+    /// Appends return once written; the log is synced at this interval.
+    Interval(Duration),
+    /// Appends return once written; the operating system decides when to sync.
+    Never,
+}
+
+/// Settings of one log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// A segment rolls once its data file would grow past this many bytes.
+    pub segment_bytes: u64,
+    /// A segment rolls once its first batch is this old.
+    pub segment_time: Duration,
+    /// Bytes of data between two entries of the sparse offset and time indexes.
+    pub index_interval_bytes: u32,
+    /// Oldest segments are deleted while the log is larger than this.
+    pub retention_bytes: Option<u64>,
+    /// Segments whose newest record is older than this are deleted.
+    pub retention_time: Option<Duration>,
+    /// When an append is acknowledged.
+    pub durability: Durability,
+    /// Largest batch (whole RecordBatch, header included) an append accepts.
+    pub max_batch_bytes: u32,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: 1 << 30,
+            segment_time: Duration::from_secs(7 * 24 * 3600),
+            index_interval_bytes: 4096,
+            retention_bytes: None,
+            retention_time: Some(Duration::from_secs(7 * 24 * 3600)),
+            durability: Durability::Always,
+            max_batch_bytes: 1024 * 1024 + 12,
+        }
+    }
+}

@@ -1,0 +1,842 @@
+//! One log: an ordered sequence of segments with offsets, durability and
+//! retention. See the crate docs for the locking and group-commit scheme.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use sluice_types::{LeaderEpoch, Offset};
+
+use crate::batch::{self, BatchHeader};
+use crate::checkpoint;
+use crate::clock::{Clock, SystemClock};
+use crate::config::{Durability, LogConfig};
+use crate::epoch::EpochCache;
+use crate::error::LogError;
+use crate::segment::{self, Segment};
+
+const LOG_START_FILE: &str = "log-start-offset";
+const CLEAN_SHUTDOWN_FILE: &str = ".clean-shutdown";
+/// A segment never grows past this, so index positions fit in 32 bits.
+const MAX_SEGMENT_BYTES: u64 = i32::MAX as u64;
+
+/// Where an append landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub first_offset: Offset,
+    pub last_offset: Offset,
+    /// The broker's clock at append (for LogAppendTime topics).
+    pub append_time_ms: i64,
+    pub log_start: Offset,
+}
+
+/// How far a read may see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadBound {
+    /// Up to the high watermark: what consumers see.
+    HighWatermark,
+    /// Up to the log end: what replication followers see.
+    LogEnd,
+}
+
+/// Whole record batches read from a log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadResult {
+    /// Concatenated, checked batches; empty when nothing is readable yet.
+    pub records: Bytes,
+    /// Base offset of the first batch returned (may be below the requested
+    /// offset: the batch holding it is returned whole and the client skips).
+    pub first_offset: Option<Offset>,
+    /// Offset after the last batch returned.
+    pub next_offset: Option<Offset>,
+    pub high_watermark: Offset,
+    pub log_start: Offset,
+    pub log_end: Offset,
+}
+
+/// What a retention pass removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RetentionOutcome {
+    pub segments_deleted: usize,
+    pub bytes_deleted: u64,
+    pub log_start: Offset,
+}
+
+/// State behind the log's main lock: segments and offsets.
+#[derive(Debug)]
+struct LogState {
+    config: LogConfig,
+    /// By base offset; the last one is the active segment.
+    segments: BTreeMap<Offset, Segment>,
+    log_start: Offset,
+    log_end: Offset,
+    size_bytes: u64,
+    epochs: EpochCache,
+    poisoned: bool,
+    closed: bool,
+}
+
+/// Group-commit state, behind its own lock (taken after `state`, never before).
+#[derive(Debug)]
+struct SyncState {
+    /// Everything below this offset is on disk.
+    durable: Offset,
+    /// A thread is in `fdatasync` now; others wait for it.
+    syncing: bool,
+    /// Bumped by truncation, so a sync that raced it does not count.
+    generation: u64,
+    poisoned: bool,
+}
+
+/// A segmented, append-only log of Kafka record batches.
+///
+/// Safe to share between threads. Appends, reads and maintenance take the
+/// log's lock briefly; data reads and fsyncs run outside it.
+#[derive(Debug)]
+pub struct Log {
+    dir: PathBuf,
+    clock: Arc<dyn Clock>,
+    state: Mutex<LogState>,
+    sync: Mutex<SyncState>,
+    synced: Condvar,
+    high_watermark: AtomicI64,
+}
+
+impl Log {
+    /// Opens the log in `dir`, creating it if needed, and recovers it: a torn
+    /// tail of the active segment is cut, missing or damaged indexes rebuilt.
+    ///
+    /// # Errors
+    /// [`LogError::Io`] on file errors, [`LogError::Unrecoverable`] when a
+    /// checkpoint file is damaged beyond use (naming the file).
+    pub fn open(dir: &Path, config: LogConfig) -> Result<Log, LogError> {
+        Self::open_with_clock(dir, config, Arc::new(SystemClock))
+    }
+
+    /// [`Log::open`] with a given clock.
+    ///
+    /// # Errors
+    /// As [`Log::open`].
+    pub fn open_with_clock(
+        dir: &Path,
+        config: LogConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Log, LogError> {
+        fs::create_dir_all(dir).map_err(LogError::io(dir))?;
+        let marker = dir.join(CLEAN_SHUTDOWN_FILE);
+        let clean = marker.exists();
+        if clean {
+            fs::remove_file(&marker).map_err(LogError::io(&marker))?;
+            checkpoint::sync_dir(dir)?;
+        }
+        let mut bases = Vec::new();
+        for entry in fs::read_dir(dir).map_err(LogError::io(dir))? {
+            let entry = entry.map_err(LogError::io(dir))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.ends_with(checkpoint::TEMP_SUFFIX) {
+                let path = entry.path();
+                fs::remove_file(&path).map_err(LogError::io(&path))?;
+            } else if let Some(stem) = name.strip_suffix(&format!(".{}", segment::DATA_SUFFIX))
+                && let Ok(base) = stem.parse::<i64>()
+            {
+                bases.push(Offset::from(base));
+            }
+        }
+        bases.sort();
+
+        let saved_start = checkpoint::read_number(&dir.join(LOG_START_FILE))?.map(Offset::from);
+        // Segments wholly below the log start were due for deletion when the
+        // process stopped.
+        while let [first, second, ..] = bases.as_slice()
+            && saved_start.is_some_and(|start| *second <= start)
+        {
+            let first = *first;
+            for suffix in [segment::DATA_SUFFIX, "index", "timeindex"] {
+                let path = dir.join(segment::file_name(first, suffix));
+                if path.exists() {
+                    fs::remove_file(&path).map_err(LogError::io(&path))?;
+                }
+            }
+            bases.remove(0);
+        }
+
+        let interval = config.index_interval_bytes;
+        let mut segments = BTreeMap::new();
+        for (i, base) in bases.iter().enumerate() {
+            let segment = match bases.get(i + 1) {
+                Some(next) => Segment::open_sealed(dir, *base, *next, interval)?,
+                None => Segment::open_active(dir, *base, clean, interval)?,
+            };
+            segments.insert(*base, segment);
+        }
+        if segments.is_empty() {
+            let base = saved_start.unwrap_or_default();
+            segments.insert(base, Segment::create(dir, base)?);
+        }
+        let first_base = segments.keys().next().copied().unwrap_or_default();
+        let log_end = segments
+            .values()
+            .next_back()
+            .map_or(first_base, |s| s.next_offset);
+        let log_start = saved_start.unwrap_or(first_base).max(first_base).min(log_end);
+        let mut epochs = EpochCache::load(dir)?;
+        epochs.truncate_from_end(log_end)?;
+        epochs.truncate_from_start(log_start)?;
+        let size_bytes = segments.values().map(|s| s.size).sum();
+        tracing::debug!(dir = %dir.display(), clean, %log_start, %log_end, segments = segments.len(), "log opened");
+        Ok(Log {
+            dir: dir.to_path_buf(),
+            clock,
+            state: Mutex::new(LogState {
+                config,
+                segments,
+                log_start,
+                log_end,
+                size_bytes,
+                epochs,
+                poisoned: false,
+                closed: false,
+            }),
+            sync: Mutex::new(SyncState {
+                durable: log_end,
+                syncing: false,
+                generation: 0,
+                poisoned: false,
+            }),
+            synced: Condvar::new(),
+            high_watermark: AtomicI64::new(log_end.get()),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, LogState> {
+        // A panic while holding the lock leaves nothing half-written that the
+        // next holder could misread: every mutation is followed by its
+        // bookkeeping, and a failed write poisons the log explicitly.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn sync_state(&self) -> MutexGuard<'_, SyncState> {
+        self.sync.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Appends one or more record batches and returns once they are as
+    /// durable as the log's [`Durability`] asks. Offsets and the leader epoch
+    /// are written into `batches` in place.
+    ///
+    /// # Errors
+    /// [`LogError::InvalidBatch`] or [`LogError::BatchTooLarge`] for bad input
+    /// (nothing is written); [`LogError::Poisoned`] after an earlier write
+    /// failure; [`LogError::Io`] when the write or sync fails (the log is
+    /// then poisoned); [`LogError::Closed`].
+    pub fn append(&self, batches: &mut [u8], leader_epoch: LeaderEpoch) -> Result<AppendInfo, LogError> {
+        let info = self.append_unsynced(batches, leader_epoch)?;
+        if self.durability() == Durability::Always {
+            self.sync_to(info.last_offset.plus(1))?;
+        }
+        Ok(info)
+    }
+
+    /// Writes batches without waiting for durability; pair with
+    /// [`Log::sync_to`] to wait later, for instance from another thread.
+    ///
+    /// # Errors
+    /// As [`Log::append`], sync errors aside.
+    pub fn append_unsynced(
+        &self,
+        batches: &mut [u8],
+        leader_epoch: LeaderEpoch,
+    ) -> Result<AppendInfo, LogError> {
+        let mut headers =
+            batch::split_verified(batches).map_err(|reason| LogError::InvalidBatch { reason })?;
+        let mut state = self.state();
+        if let Some(too_large) = headers
+            .iter()
+            .find(|(_, h)| h.size > state.config.max_batch_bytes as usize)
+        {
+            return Err(LogError::BatchTooLarge {
+                size: too_large.1.size,
+                limit: state.config.max_batch_bytes,
+            });
+        }
+        if state.closed {
+            return Err(LogError::Closed);
+        }
+        if state.poisoned {
+            return Err(LogError::Poisoned);
+        }
+        let now = self.clock.now_ms();
+        let first_offset = state.log_end;
+        let mut next = first_offset;
+        for (at, header) in &mut headers {
+            if let Some(bytes) = batches.get_mut(*at..) {
+                batch::stamp(bytes, next, leader_epoch);
+            }
+            header.base_offset = next;
+            header.leader_epoch = leader_epoch;
+            next = header.next_offset();
+        }
+        self.maybe_roll(&mut state, batches.len() as u64, next, now)?;
+        if leader_epoch.get() >= 0 && state.epochs.latest() < Some(leader_epoch) {
+            state.epochs.assign(leader_epoch, first_offset)?;
+        }
+        let interval = state.config.index_interval_bytes;
+        let result = active(&mut state)?.append(batches, &headers, interval);
+        if let Err(err) = result {
+            tracing::error!(dir = %self.dir.display(), error = %err, "append failed; log poisoned");
+            state.poisoned = true;
+            return Err(err);
+        }
+        state.log_end = next;
+        state.size_bytes += batches.len() as u64;
+        if state.config.durability != Durability::Always {
+            self.high_watermark.store(next.get(), Ordering::Release);
+        }
+        Ok(AppendInfo {
+            first_offset,
+            last_offset: next.plus(-1),
+            append_time_ms: now,
+            log_start: state.log_start,
+        })
+    }
+
+    fn maybe_roll(
+        &self,
+        state: &mut LogState,
+        incoming: u64,
+        next: Offset,
+        now: i64,
+    ) -> Result<(), LogError> {
+        let segment_bytes = state.config.segment_bytes.min(MAX_SEGMENT_BYTES);
+        let segment_ms = i64::try_from(state.config.segment_time.as_millis()).unwrap_or(i64::MAX);
+        let active = active(state)?;
+        let full = active.size + incoming > segment_bytes;
+        let old = active
+            .first_timestamp
+            .is_some_and(|first| now.saturating_sub(first) >= segment_ms);
+        let offsets_overflow = next.get() - active.base_offset.get() > i64::from(u32::MAX);
+        if active.size > 0 && (full || old || offsets_overflow) {
+            self.roll_locked(state)?;
+        }
+        Ok(())
+    }
+
+    /// Seals the active segment (syncing it) and starts a new one at the log end.
+    fn roll_locked(&self, state: &mut LogState) -> Result<(), LogError> {
+        let base = state.log_end;
+        if let Err(err) = active(state)?.seal() {
+            state.poisoned = true;
+            return Err(err);
+        }
+        let segment = Segment::create(&self.dir, base)?;
+        state.segments.insert(base, segment);
+        // The sealed segment was synced: everything before `base` is durable.
+        let mut sync = self.sync_state();
+        if sync.durable < base {
+            sync.durable = base;
+            if state.config.durability == Durability::Always {
+                self.high_watermark.fetch_max(base.get(), Ordering::AcqRel);
+            }
+            self.synced.notify_all();
+        }
+        Ok(())
+    }
+
+    /// Starts a new segment now if the active one holds any data.
+    ///
+    /// # Errors
+    /// [`LogError::Io`] when the sync or file creation fails.
+    pub fn roll(&self) -> Result<(), LogError> {
+        let mut state = self.state();
+        if state.closed {
+            return Err(LogError::Closed);
+        }
+        if active(&mut state)?.size > 0 {
+            self.roll_locked(&mut state)?;
+        }
+        Ok(())
+    }
+
+    /// Waits until every offset below `end` is on disk. Concurrent callers
+    /// share one `fdatasync` (group commit): while one thread syncs, the
+    /// others wait; the next sync covers everything written meanwhile.
+    ///
+    /// # Errors
+    /// [`LogError::Poisoned`] once a sync has failed; [`LogError::Io`] for
+    /// the failing sync itself; [`LogError::Truncated`] if the log was cut
+    /// below `end` while waiting.
+    pub fn sync_to(&self, end: Offset) -> Result<(), LogError> {
+        let mut sync = self.sync_state();
+        let started_generation = sync.generation;
+        loop {
+            if sync.poisoned {
+                return Err(LogError::Poisoned);
+            }
+            if sync.generation != started_generation {
+                return Err(LogError::Truncated { offset: sync.durable });
+            }
+            if sync.durable >= end {
+                return Ok(());
+            }
+            if sync.syncing {
+                sync = self.synced.wait(sync).unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            sync.syncing = true;
+            let generation = sync.generation;
+            drop(sync);
+            let target = {
+                let mut state = self.state();
+                let log_end = state.log_end;
+                active(&mut state)
+                    .and_then(Segment::sync_handle)
+                    .map(|file| (file, log_end))
+            };
+            let result = target.and_then(|(file, log_end)| {
+                file.sync_data()
+                    .map(|()| log_end)
+                    .map_err(LogError::io(self.dir.clone()))
+            });
+            sync = self.sync_state();
+            sync.syncing = false;
+            match result {
+                Ok(log_end) if sync.generation == generation => {
+                    if log_end > sync.durable {
+                        sync.durable = log_end;
+                    }
+                    if self.durability() == Durability::Always {
+                        self.high_watermark
+                            .fetch_max(sync.durable.get(), Ordering::AcqRel);
+                    }
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    sync.poisoned = true;
+                    self.synced.notify_all();
+                    drop(sync);
+                    tracing::error!(dir = %self.dir.display(), error = %err, "fsync failed; log poisoned");
+                    self.state().poisoned = true;
+                    return Err(err);
+                }
+            }
+            self.synced.notify_all();
+        }
+    }
+
+    /// Syncs everything written so far.
+    ///
+    /// # Errors
+    /// As [`Log::sync_to`].
+    pub fn flush(&self) -> Result<(), LogError> {
+        let end = self.state().log_end;
+        self.sync_to(end)
+    }
+
+    /// Whether data was written since the last sync.
+    pub fn is_dirty(&self) -> bool {
+        let end = self.state().log_end;
+        self.sync_state().durable < end
+    }
+
+    /// Reads whole batches starting with the one that holds `offset`, up to
+    /// about `max_bytes` (at least one batch), never past `bound`. Every batch
+    /// is checked (length, magic, CRC-32C, offsets) before it is returned.
+    ///
+    /// # Errors
+    /// [`LogError::OffsetOutOfRange`] outside `[log_start, log_end]`;
+    /// [`LogError::Corrupt`] naming the file when a batch fails its check.
+    pub fn read(&self, offset: Offset, max_bytes: usize, bound: ReadBound) -> Result<ReadResult, LogError> {
+        let mut state = self.state();
+        let high_watermark = self.high_watermark();
+        let (log_start, log_end) = (state.log_start, state.log_end);
+        if offset < log_start || offset > log_end {
+            return Err(LogError::OffsetOutOfRange {
+                offset,
+                log_start,
+                log_end,
+            });
+        }
+        let upper = match bound {
+            ReadBound::HighWatermark => high_watermark,
+            ReadBound::LogEnd => log_end,
+        };
+        let empty = ReadResult {
+            records: Bytes::new(),
+            first_offset: None,
+            next_offset: None,
+            high_watermark,
+            log_start,
+            log_end,
+        };
+        if offset >= upper {
+            return Ok(empty);
+        }
+        let bases: Vec<Offset> = state
+            .segments
+            .range(..=offset)
+            .next_back()
+            .map(|(base, _)| *base)
+            .into_iter()
+            .chain(state.segments.range(offset..).map(|(base, _)| *base).filter(|b| *b > offset))
+            .collect();
+        let mut target = offset;
+        for base in bases {
+            let Some(segment) = state.segments.get_mut(&base) else { continue };
+            let file = segment.read_handle()?;
+            let Some((position, _)) = segment.find_batch(&file, target)? else {
+                target = target.max(segment.next_offset);
+                continue;
+            };
+            let view = segment.view();
+            drop(state);
+            let (records, first_offset, next_offset) = view.read(&file, position, max_bytes, upper)?;
+            return Ok(ReadResult {
+                records,
+                first_offset,
+                next_offset,
+                ..empty
+            });
+        }
+        Ok(empty)
+    }
+
+    /// The first offset whose record timestamp is at or after `timestamp_ms`,
+    /// with that timestamp; `None` if every readable record is older.
+    ///
+    /// # Errors
+    /// [`LogError::Io`] or [`LogError::Corrupt`] from reading.
+    pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<(Offset, i64)>, LogError> {
+        let mut state = self.state();
+        let upper = self.high_watermark();
+        let log_start = state.log_start;
+        for segment in state.segments.values_mut() {
+            if segment.max_timestamp.is_none_or(|max| max < timestamp_ms) {
+                continue;
+            }
+            let file = segment.read_handle()?;
+            if let Some((offset, timestamp)) = segment.find_timestamp(&file, timestamp_ms, upper)? {
+                return Ok(Some((offset.max(log_start), timestamp)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Deletes the oldest segments that retention by age or size allows,
+    /// never the data in the active segment unless it is expired as a whole.
+    ///
+    /// # Errors
+    /// [`LogError::Io`] when a file cannot be removed or the log start saved.
+    pub fn enforce_retention(&self) -> Result<RetentionOutcome, LogError> {
+        let mut state = self.state();
+        if state.closed {
+            return Err(LogError::Closed);
+        }
+        let now = self.clock.now_ms();
+        let mut doomed = Vec::new();
+        if let Some(retention) = state.config.retention_time {
+            let cutoff = now.saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
+            let expired = |s: &Segment| s.max_timestamp.is_some_and(|max| max < cutoff);
+            let all_sealed_expired = state
+                .segments
+                .values()
+                .filter(|s| !s.is_active())
+                .all(expired);
+            if all_sealed_expired && state.segments.values().next_back().is_some_and(expired) {
+                // Kafka rolls an expired active segment so it can go too.
+                self.roll_locked(&mut state)?;
+            }
+            doomed.extend(
+                state
+                    .segments
+                    .values()
+                    .take_while(|s| !s.is_active() && expired(s))
+                    .map(|s| s.base_offset),
+            );
+        }
+        if let Some(limit) = state.config.retention_bytes {
+            let mut remaining = state.size_bytes
+                - state
+                    .segments
+                    .values()
+                    .filter(|s| doomed.contains(&s.base_offset))
+                    .map(|s| s.size)
+                    .sum::<u64>();
+            for segment in state.segments.values().filter(|s| !s.is_active()) {
+                if doomed.contains(&segment.base_offset) {
+                    continue;
+                }
+                if remaining.saturating_sub(segment.size) < limit {
+                    break;
+                }
+                remaining -= segment.size;
+                doomed.push(segment.base_offset);
+            }
+        }
+        let mut outcome = RetentionOutcome {
+            log_start: state.log_start,
+            ..RetentionOutcome::default()
+        };
+        if doomed.is_empty() {
+            return Ok(outcome);
+        }
+        let new_start = state
+            .segments
+            .keys()
+            .find(|base| !doomed.contains(base))
+            .copied()
+            .unwrap_or(state.log_end)
+            .max(state.log_start);
+        self.set_log_start(&mut state, new_start)?;
+        for base in doomed {
+            if let Some(segment) = state.segments.remove(&base) {
+                outcome.segments_deleted += 1;
+                outcome.bytes_deleted += segment.size;
+                state.size_bytes -= segment.size;
+                tracing::debug!(segment = %segment.data_path().display(), "retention deletes segment");
+                segment.delete()?;
+            }
+        }
+        outcome.log_start = state.log_start;
+        Ok(outcome)
+    }
+
+    /// Moves the log start to `offset` (Kafka's DeleteRecords), deleting the
+    /// segments wholly below it. The offset may not pass the high watermark.
+    ///
+    /// # Errors
+    /// [`LogError::OffsetOutOfRange`] past the high watermark; [`LogError::Io`].
+    pub fn advance_log_start(&self, offset: Offset) -> Result<Offset, LogError> {
+        let mut state = self.state();
+        let high_watermark = self.high_watermark();
+        if offset > high_watermark {
+            return Err(LogError::OffsetOutOfRange {
+                offset,
+                log_start: state.log_start,
+                log_end: high_watermark,
+            });
+        }
+        if offset <= state.log_start {
+            return Ok(state.log_start);
+        }
+        self.set_log_start(&mut state, offset)?;
+        let doomed: Vec<Offset> = state
+            .segments
+            .iter()
+            .zip(state.segments.keys().skip(1))
+            .filter(|(_, next_base)| **next_base <= offset)
+            .map(|((base, _), _)| *base)
+            .collect();
+        for base in doomed {
+            if let Some(segment) = state.segments.remove(&base) {
+                state.size_bytes -= segment.size;
+                segment.delete()?;
+            }
+        }
+        Ok(offset)
+    }
+
+    fn set_log_start(&self, state: &mut LogState, offset: Offset) -> Result<(), LogError> {
+        // Saved before any file is deleted, so a crash between the two
+        // finishes the deletion on reopen instead of resurrecting offsets.
+        checkpoint::write_number(&self.dir.join(LOG_START_FILE), offset.get())?;
+        state.log_start = offset;
+        state.epochs.truncate_from_start(offset)
+    }
+
+    /// Removes every batch at or after `offset`; a batch that straddles it
+    /// goes whole, so the new log end may be below `offset`. Replication and
+    /// queue recovery use it. At or below the log start, the log is emptied
+    /// and restarts at `offset`.
+    ///
+    /// # Errors
+    /// [`LogError::Io`] on file errors; the log is poisoned if the cut fails
+    /// half way.
+    pub fn truncate_to(&self, offset: Offset) -> Result<Offset, LogError> {
+        let mut state = self.state();
+        if state.closed {
+            return Err(LogError::Closed);
+        }
+        if offset >= state.log_end {
+            return Ok(state.log_end);
+        }
+        let result = self.truncate_locked(&mut state, offset);
+        if result.is_err() {
+            state.poisoned = true;
+        }
+        result
+    }
+
+    fn truncate_locked(&self, state: &mut LogState, offset: Offset) -> Result<Offset, LogError> {
+        let interval = state.config.index_interval_bytes;
+        let restart = offset <= state.log_start;
+        let doomed: Vec<Offset> = if restart {
+            state.segments.keys().copied().collect()
+        } else {
+            state.segments.range(offset..).map(|(base, _)| *base).collect()
+        };
+        for base in doomed {
+            if let Some(segment) = state.segments.remove(&base) {
+                segment.delete()?;
+            }
+        }
+        let new_end = match state.segments.pop_last() {
+            Some((base, segment)) => {
+                let segment = segment.truncate_and_activate(&self.dir, offset, interval)?;
+                let end = segment.next_offset;
+                state.segments.insert(base, segment);
+                end
+            }
+            None => {
+                state.segments.insert(offset, Segment::create(&self.dir, offset)?);
+                offset
+            }
+        };
+        if restart {
+            self.set_log_start(state, offset)?;
+        }
+        state.log_end = new_end;
+        state.size_bytes = state.segments.values().map(|s| s.size).sum();
+        state.epochs.truncate_from_end(new_end)?;
+        let mut sync = self.sync_state();
+        sync.generation += 1;
+        sync.durable = sync.durable.min(new_end);
+        self.high_watermark.fetch_min(new_end.get(), Ordering::AcqRel);
+        if restart {
+            sync.durable = new_end;
+            self.high_watermark.store(new_end.get(), Ordering::Release);
+        }
+        self.synced.notify_all();
+        Ok(new_end)
+    }
+
+    /// OffsetForLeaderEpoch: the largest epoch at most `epoch` and the offset
+    /// where it ended.
+    pub fn end_offset_for_epoch(&self, epoch: LeaderEpoch) -> Option<(LeaderEpoch, Offset)> {
+        let state = self.state();
+        state.epochs.end_offset_for(epoch, state.log_end)
+    }
+
+    /// Closes the active segment's file if unused for `idle` and fully synced.
+    pub fn release_idle_handles(&self, idle: Duration) -> bool {
+        if self.is_dirty() {
+            return false;
+        }
+        let mut state = self.state();
+        state
+            .segments
+            .values_mut()
+            .next_back()
+            .is_some_and(|s| s.release_if_idle(idle))
+    }
+
+    /// Whether the active segment's file is open now.
+    pub fn has_open_handle(&self) -> bool {
+        self.state()
+            .segments
+            .values()
+            .next_back()
+            .is_some_and(Segment::has_open_handle)
+    }
+
+    /// Syncs, saves the active segment's indexes and marks the shutdown as
+    /// clean, so the next open skips the full recovery scan. Later calls fail
+    /// with [`LogError::Closed`]; closing twice is harmless.
+    ///
+    /// # Errors
+    /// [`LogError::Io`] or [`LogError::Poisoned`]; the log then reopens
+    /// through full recovery.
+    pub fn close(&self) -> Result<(), LogError> {
+        let mut state = self.state();
+        if state.closed {
+            return Ok(());
+        }
+        state.closed = true;
+        if state.poisoned {
+            return Err(LogError::Poisoned);
+        }
+        let log_end = state.log_end;
+        let active = active(&mut state)?;
+        let file = active.sync_handle()?;
+        file.sync_data().map_err(LogError::io(active.data_path()))?;
+        active.save_indexes()?;
+        checkpoint::write_atomically(&self.dir.join(CLEAN_SHUTDOWN_FILE), |_| Ok(()))?;
+        let mut sync = self.sync_state();
+        sync.durable = sync.durable.max(log_end);
+        self.synced.notify_all();
+        Ok(())
+    }
+
+    /// Changes the log's settings; they apply from the next append or pass.
+    pub fn set_config(&self, config: LogConfig) {
+        self.state().config = config;
+    }
+
+    pub fn config(&self) -> LogConfig {
+        self.state().config.clone()
+    }
+
+    pub fn durability(&self) -> Durability {
+        self.state().config.durability
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn log_start(&self) -> Offset {
+        self.state().log_start
+    }
+
+    pub fn log_end(&self) -> Offset {
+        self.state().log_end
+    }
+
+    /// Offsets below this are readable by consumers: under `always` what is
+    /// synced, otherwise what is written.
+    pub fn high_watermark(&self) -> Offset {
+        Offset::from(self.high_watermark.load(Ordering::Acquire))
+    }
+
+    /// Bytes of data in all segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.state().size_bytes
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.state().segments.len()
+    }
+
+    /// Base offsets of the segments, oldest first.
+    pub fn segment_bases(&self) -> Vec<Offset> {
+        self.state().segments.keys().copied().collect()
+    }
+}
+
+fn active(state: &mut LogState) -> Result<&mut Segment, LogError> {
+    // Every open log has at least one segment: open and truncation create one.
+    state
+        .segments
+        .values_mut()
+        .next_back()
+        .ok_or(LogError::Closed)
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        let state = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        if !state.closed {
+            tracing::debug!(dir = %self.dir.display(), "log dropped without close; next open recovers");
+        }
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Log>();
+    check::<BatchHeader>();
+}

@@ -1,0 +1,280 @@
+//! All logs of a broker under one directory, and the background jobs that
+//! keep them: interval flushes, retention and closing idle file handles.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::config::{Durability, LogConfig};
+use crate::error::LogError;
+use crate::log::Log;
+
+/// How often the background jobs run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaintenanceSettings {
+    /// How often the maintenance thread wakes.
+    pub tick: Duration,
+    /// How often retention is enforced (Kafka's `log.retention.check.interval.ms`).
+    pub retention_check_interval: Duration,
+    /// An active segment's file is closed after this long without use.
+    pub idle_handle_timeout: Duration,
+}
+
+impl Default for MaintenanceSettings {
+    fn default() -> Self {
+        MaintenanceSettings {
+            tick: Duration::from_millis(50),
+            retention_check_interval: Duration::from_secs(300),
+            idle_handle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    dir: PathBuf,
+    defaults: LogConfig,
+    logs: Mutex<HashMap<String, Arc<Log>>>,
+    stop: Mutex<bool>,
+    wake: Condvar,
+}
+
+/// The logs under one directory, each in a subdirectory named after it.
+#[derive(Debug)]
+pub struct LogManager {
+    shared: Arc<Shared>,
+    maintenance: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl LogManager {
+    /// Opens (recovering) every log under `dir` and starts the maintenance
+    /// thread with default settings.
+    ///
+    /// # Errors
+    /// The first log that fails to open, or [`LogError::Io`] on `dir`.
+    pub fn open(dir: &Path, defaults: LogConfig) -> Result<LogManager, LogError> {
+        Self::open_with(dir, defaults, MaintenanceSettings::default())
+    }
+
+    /// [`LogManager::open`] with given maintenance settings.
+    ///
+    /// # Errors
+    /// As [`LogManager::open`].
+    pub fn open_with(
+        dir: &Path,
+        defaults: LogConfig,
+        settings: MaintenanceSettings,
+    ) -> Result<LogManager, LogError> {
+        fs::create_dir_all(dir).map_err(LogError::io(dir))?;
+        let mut logs = HashMap::new();
+        for entry in fs::read_dir(dir).map_err(LogError::io(dir))? {
+            let entry = entry.map_err(LogError::io(dir))?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if entry.file_type().map_err(LogError::io(entry.path()))?.is_dir() && valid_name(&name) {
+                let log = Log::open(&entry.path(), defaults.clone())?;
+                logs.insert(name, Arc::new(log));
+            }
+        }
+        tracing::info!(dir = %dir.display(), logs = logs.len(), "logs opened");
+        let shared = Arc::new(Shared {
+            dir: dir.to_path_buf(),
+            defaults,
+            logs: Mutex::new(logs),
+            stop: Mutex::new(false),
+            wake: Condvar::new(),
+        });
+        let worker = Arc::clone(&shared);
+        let handle = std::thread::Builder::new()
+            .name("sluice-log-maintenance".into())
+            .spawn(move || run_maintenance(&worker, settings))
+            .map_err(LogError::io(dir))?;
+        Ok(LogManager {
+            shared,
+            maintenance: Mutex::new(Some(handle)),
+        })
+    }
+
+    /// The log called `name`, created with `config` (or the defaults) if it
+    /// does not exist yet.
+    ///
+    /// # Errors
+    /// [`LogError::InvalidName`] for a name that is not a safe directory
+    /// name; errors from [`Log::open`].
+    pub fn get_or_create(&self, name: &str, config: Option<LogConfig>) -> Result<Arc<Log>, LogError> {
+        if !valid_name(name) {
+            return Err(LogError::InvalidName { name: name.to_owned() });
+        }
+        let mut logs = self.logs();
+        if let Some(log) = logs.get(name) {
+            return Ok(Arc::clone(log));
+        }
+        let config = config.unwrap_or_else(|| self.shared.defaults.clone());
+        let log = Arc::new(Log::open(&self.shared.dir.join(name), config)?);
+        logs.insert(name.to_owned(), Arc::clone(&log));
+        Ok(log)
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Log>> {
+        self.logs().get(name).cloned()
+    }
+
+    /// Names of the open logs, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.logs().keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// Closes and deletes the log called `name`. Returns whether it existed.
+    ///
+    /// # Errors
+    /// [`LogError::Io`] when its directory cannot be removed.
+    pub fn delete(&self, name: &str) -> Result<bool, LogError> {
+        let Some(log) = self.logs().remove(name) else {
+            return Ok(false);
+        };
+        // Closing may fail on a poisoned log; it is being removed either way.
+        let _ = log.close();
+        fs::remove_dir_all(log.dir()).map_err(LogError::io(log.dir()))?;
+        Ok(true)
+    }
+
+    /// The settings new logs start from.
+    pub fn defaults(&self) -> &LogConfig {
+        &self.shared.defaults
+    }
+
+    /// Stops the maintenance thread, then syncs and closes every log.
+    ///
+    /// # Errors
+    /// The first close that failed; every log is still attempted.
+    pub fn shutdown(&self) -> Result<(), LogError> {
+        self.stop_maintenance();
+        let logs: Vec<Arc<Log>> = self.logs().values().cloned().collect();
+        let mut first_error = None;
+        for log in logs {
+            if let Err(err) = log.close() {
+                tracing::error!(dir = %log.dir().display(), error = %err, "closing log failed");
+                first_error.get_or_insert(err);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    fn stop_maintenance(&self) {
+        *self.shared.stop.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.shared.wake.notify_all();
+        let handle = self
+            .maintenance
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(handle) = handle
+            && handle.join().is_err()
+        {
+            tracing::error!("log maintenance thread panicked");
+        }
+    }
+
+    fn logs(&self) -> MutexGuard<'_, HashMap<String, Arc<Log>>> {
+        self.shared.logs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for LogManager {
+    fn drop(&mut self) {
+        self.stop_maintenance();
+    }
+}
+
+/// Log names become directory names: letters, digits, `.`, `_`, `-`.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 249
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn run_maintenance(shared: &Shared, settings: MaintenanceSettings) {
+    let mut last_flush: HashMap<String, Instant> = HashMap::new();
+    let mut last_retention = Instant::now();
+    loop {
+        {
+            let stop = shared.stop.lock().unwrap_or_else(|e| e.into_inner());
+            if *stop {
+                return;
+            }
+            let (stop, _) = shared
+                .wake
+                .wait_timeout(stop, settings.tick)
+                .unwrap_or_else(|e| e.into_inner());
+            if *stop {
+                return;
+            }
+        }
+        let logs: Vec<(String, Arc<Log>)> = shared
+            .logs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(name, log)| (name.clone(), Arc::clone(log)))
+            .collect();
+        let retention_due = last_retention.elapsed() >= settings.retention_check_interval;
+        if retention_due {
+            last_retention = Instant::now();
+        }
+        for (name, log) in &logs {
+            if let Durability::Interval(interval) = log.durability() {
+                let due = last_flush
+                    .get(name)
+                    .is_none_or(|at| at.elapsed() >= interval);
+                if due {
+                    last_flush.insert(name.clone(), Instant::now());
+                    if log.is_dirty()
+                        && let Err(err) = log.flush()
+                    {
+                        tracing::error!(log = %name, error = %err, "interval flush failed");
+                    }
+                }
+            }
+            if retention_due {
+                match log.enforce_retention() {
+                    Ok(outcome) if outcome.segments_deleted > 0 => tracing::info!(
+                        log = %name,
+                        segments = outcome.segments_deleted,
+                        bytes = outcome.bytes_deleted,
+                        log_start = %outcome.log_start,
+                        "retention deleted segments"
+                    ),
+                    Ok(_) | Err(LogError::Closed) => {}
+                    Err(err) => tracing::warn!(log = %name, error = %err, "retention failed"),
+                }
+            }
+            log.release_idle_handles(settings.idle_handle_timeout);
+        }
+        last_flush.retain(|name, _| logs.iter().any(|(n, _)| n == name));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_that_could_escape_the_directory_are_refused() {
+        for bad in ["", ".", "..", "a/b", "a\\b", "über"] {
+            assert!(!valid_name(bad), "{bad:?} accepted");
+        }
+        for good in ["orders-0", "__consumer_offsets-12", "q.tasks_1"] {
+            assert!(valid_name(good), "{good:?} refused");
+        }
+    }
+}
