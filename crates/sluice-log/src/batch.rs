@@ -222,12 +222,13 @@ pub(crate) mod tests {
             .map(|i| Record {
                 transactional: false,
                 control: false,
+                delete_horizon: false,
                 partition_leader_epoch: 0,
                 producer_id: -1,
                 producer_epoch: -1,
                 timestamp_type: TimestampType::Creation,
                 offset: i as i64,
-                sequence: -1,
+                sequence: i as i32,
                 timestamp: timestamp + i as i64,
                 key: Some(Bytes::from(format!("key-{i}"))),
                 value: Some(Bytes::from(vec![b'v'; value_size])),
@@ -311,7 +312,10 @@ pub(crate) mod tests {
             first_record_at_or_after(&batch, 102),
             Some((Offset::from(2), 102))
         );
-        assert_eq!(first_record_at_or_after(&batch, 0), Some((Offset::from(0), 100)));
+        assert_eq!(
+            first_record_at_or_after(&batch, 0),
+            Some((Offset::from(0), 100))
+        );
         assert_eq!(first_record_at_or_after(&batch, 105), None);
     }
 }

@@ -61,5 +61,7 @@ pub(crate) fn read_number(path: &Path) -> Result<Option<i64>, LogError> {
 }
 
 pub(crate) fn write_number(path: &Path, value: i64) -> Result<(), LogError> {
-    write_atomically(path, |file| io::Write::write_all(file, format!("{value}\n").as_bytes()))
+    write_atomically(path, |file| {
+        io::Write::write_all(file, format!("{value}\n").as_bytes())
+    })
 }

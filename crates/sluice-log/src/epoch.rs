@@ -115,7 +115,9 @@ impl EpochCache {
         requested: LeaderEpoch,
         log_end: Offset,
     ) -> Option<(LeaderEpoch, Offset)> {
-        let after = self.entries.partition_point(|(epoch, _)| *epoch <= requested);
+        let after = self
+            .entries
+            .partition_point(|(epoch, _)| *epoch <= requested);
         let (epoch, _) = *self.entries.get(after.checked_sub(1)?)?;
         let end = self.entries.get(after).map_or(log_end, |(_, start)| *start);
         Some((epoch, end))

@@ -92,9 +92,9 @@ pub(crate) fn offsets_are_valid(entries: &[OffsetEntry], data_len: u64, offset_s
     entries.windows(2).all(|pair| match pair {
         [a, b] => a.relative_offset < b.relative_offset && a.position < b.position,
         _ => true,
-    }) && entries
-        .iter()
-        .all(|e| u64::from(e.position) < data_len && u64::from(e.relative_offset) < offset_span.max(1))
+    }) && entries.iter().all(|e| {
+        u64::from(e.position) < data_len && u64::from(e.relative_offset) < offset_span.max(1)
+    })
 }
 
 /// Whether time entries are strictly increasing in both fields and inside the segment.

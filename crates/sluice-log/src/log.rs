@@ -183,7 +183,10 @@ impl Log {
             .values()
             .next_back()
             .map_or(first_base, |s| s.next_offset);
-        let log_start = saved_start.unwrap_or(first_base).max(first_base).min(log_end);
+        let log_start = saved_start
+            .unwrap_or(first_base)
+            .max(first_base)
+            .min(log_end);
         let mut epochs = EpochCache::load(dir)?;
         epochs.truncate_from_end(log_end)?;
         epochs.truncate_from_start(log_start)?;
@@ -233,7 +236,11 @@ impl Log {
     /// (nothing is written); [`LogError::Poisoned`] after an earlier write
     /// failure; [`LogError::Io`] when the write or sync fails (the log is
     /// then poisoned); [`LogError::Closed`].
-    pub fn append(&self, batches: &mut [u8], leader_epoch: LeaderEpoch) -> Result<AppendInfo, LogError> {
+    pub fn append(
+        &self,
+        batches: &mut [u8],
+        leader_epoch: LeaderEpoch,
+    ) -> Result<AppendInfo, LogError> {
         let info = self.append_unsynced(batches, leader_epoch)?;
         if self.durability() == Durability::Always {
             self.sync_to(info.last_offset.plus(1))?;
@@ -377,7 +384,9 @@ impl Log {
                 return Err(LogError::Poisoned);
             }
             if sync.generation != started_generation {
-                return Err(LogError::Truncated { offset: sync.durable });
+                return Err(LogError::Truncated {
+                    offset: sync.durable,
+                });
             }
             if sync.durable >= end {
                 return Ok(());
@@ -389,12 +398,14 @@ impl Log {
             sync.syncing = true;
             let generation = sync.generation;
             drop(sync);
-            let target = {
+            let (target, always) = {
                 let mut state = self.state();
                 let log_end = state.log_end;
-                active(&mut state)
+                let always = state.config.durability == Durability::Always;
+                let target = active(&mut state)
                     .and_then(Segment::sync_handle)
-                    .map(|file| (file, log_end))
+                    .map(|file| (file, log_end));
+                (target, always)
             };
             let result = target.and_then(|(file, log_end)| {
                 file.sync_data()
@@ -408,7 +419,7 @@ impl Log {
                     if log_end > sync.durable {
                         sync.durable = log_end;
                     }
-                    if self.durability() == Durability::Always {
+                    if always {
                         self.high_watermark
                             .fetch_max(sync.durable.get(), Ordering::AcqRel);
                     }
@@ -449,7 +460,12 @@ impl Log {
     /// # Errors
     /// [`LogError::OffsetOutOfRange`] outside `[log_start, log_end]`;
     /// [`LogError::Corrupt`] naming the file when a batch fails its check.
-    pub fn read(&self, offset: Offset, max_bytes: usize, bound: ReadBound) -> Result<ReadResult, LogError> {
+    pub fn read(
+        &self,
+        offset: Offset,
+        max_bytes: usize,
+        bound: ReadBound,
+    ) -> Result<ReadResult, LogError> {
         let mut state = self.state();
         let high_watermark = self.high_watermark();
         let (log_start, log_end) = (state.log_start, state.log_end);
@@ -481,11 +497,19 @@ impl Log {
             .next_back()
             .map(|(base, _)| *base)
             .into_iter()
-            .chain(state.segments.range(offset..).map(|(base, _)| *base).filter(|b| *b > offset))
+            .chain(
+                state
+                    .segments
+                    .range(offset..)
+                    .map(|(base, _)| *base)
+                    .filter(|b| *b > offset),
+            )
             .collect();
         let mut target = offset;
         for base in bases {
-            let Some(segment) = state.segments.get_mut(&base) else { continue };
+            let Some(segment) = state.segments.get_mut(&base) else {
+                continue;
+            };
             let file = segment.read_handle()?;
             let Some((position, _)) = segment.find_batch(&file, target)? else {
                 target = target.max(segment.next_offset);
@@ -493,7 +517,8 @@ impl Log {
             };
             let view = segment.view();
             drop(state);
-            let (records, first_offset, next_offset) = view.read(&file, position, max_bytes, upper)?;
+            let (records, first_offset, next_offset) =
+                view.read(&file, position, max_bytes, upper)?;
             return Ok(ReadResult {
                 records,
                 first_offset,
@@ -509,7 +534,10 @@ impl Log {
     ///
     /// # Errors
     /// [`LogError::Io`] or [`LogError::Corrupt`] from reading.
-    pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<(Offset, i64)>, LogError> {
+    pub fn offset_for_timestamp(
+        &self,
+        timestamp_ms: i64,
+    ) -> Result<Option<(Offset, i64)>, LogError> {
         let mut state = self.state();
         let upper = self.high_watermark();
         let log_start = state.log_start;
@@ -538,7 +566,8 @@ impl Log {
         let now = self.clock.now_ms();
         let mut doomed = Vec::new();
         if let Some(retention) = state.config.retention_time {
-            let cutoff = now.saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
+            let cutoff =
+                now.saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
             let expired = |s: &Segment| s.max_timestamp.is_some_and(|max| max < cutoff);
             let all_sealed_expired = state
                 .segments
@@ -676,7 +705,11 @@ impl Log {
         let doomed: Vec<Offset> = if restart {
             state.segments.keys().copied().collect()
         } else {
-            state.segments.range(offset..).map(|(base, _)| *base).collect()
+            state
+                .segments
+                .range(offset..)
+                .map(|(base, _)| *base)
+                .collect()
         };
         for base in doomed {
             if let Some(segment) = state.segments.remove(&base) {
@@ -691,7 +724,9 @@ impl Log {
                 end
             }
             None => {
-                state.segments.insert(offset, Segment::create(&self.dir, offset)?);
+                state
+                    .segments
+                    .insert(offset, Segment::create(&self.dir, offset)?);
                 offset
             }
         };
@@ -704,7 +739,8 @@ impl Log {
         let mut sync = self.sync_state();
         sync.generation += 1;
         sync.durable = sync.durable.min(new_end);
-        self.high_watermark.fetch_min(new_end.get(), Ordering::AcqRel);
+        self.high_watermark
+            .fetch_min(new_end.get(), Ordering::AcqRel);
         if restart {
             sync.durable = new_end;
             self.high_watermark.store(new_end.get(), Ordering::Release);

@@ -75,7 +75,12 @@ impl LogManager {
             let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
                 continue;
             };
-            if entry.file_type().map_err(LogError::io(entry.path()))?.is_dir() && valid_name(&name) {
+            if entry
+                .file_type()
+                .map_err(LogError::io(entry.path()))?
+                .is_dir()
+                && valid_name(&name)
+            {
                 let log = Log::open(&entry.path(), defaults.clone())?;
                 logs.insert(name, Arc::new(log));
             }
@@ -105,9 +110,15 @@ impl LogManager {
     /// # Errors
     /// [`LogError::InvalidName`] for a name that is not a safe directory
     /// name; errors from [`Log::open`].
-    pub fn get_or_create(&self, name: &str, config: Option<LogConfig>) -> Result<Arc<Log>, LogError> {
+    pub fn get_or_create(
+        &self,
+        name: &str,
+        config: Option<LogConfig>,
+    ) -> Result<Arc<Log>, LogError> {
         if !valid_name(name) {
-            return Err(LogError::InvalidName { name: name.to_owned() });
+            return Err(LogError::InvalidName {
+                name: name.to_owned(),
+            });
         }
         let mut logs = self.logs();
         if let Some(log) = logs.get(name) {

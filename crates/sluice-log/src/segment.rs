@@ -139,7 +139,8 @@ impl Segment {
             }
             _ => {
                 tracing::warn!(segment = %segment.data_path.display(), "rebuilding missing or damaged indexes");
-                let file = File::open(&segment.data_path).map_err(LogError::io(&segment.data_path))?;
+                let file =
+                    File::open(&segment.data_path).map_err(LogError::io(&segment.data_path))?;
                 let mut state = ActiveState {
                     file: None,
                     offsets: Vec::new(),
@@ -162,7 +163,11 @@ impl Segment {
                         "sealed segment is damaged; reads past this point will fail"
                     );
                 }
-                push_final_time_entry(&mut state, segment.max_timestamp, segment.last_indexed_relative());
+                push_final_time_entry(
+                    &mut state,
+                    segment.max_timestamp,
+                    segment.last_indexed_relative(),
+                );
                 index::write_all(&segment.index_path, &state.offsets)?;
                 index::write_all(&segment.time_index_path, &state.times)?;
                 segment.next_offset = next_base;
@@ -256,7 +261,10 @@ impl Segment {
         state: &mut ActiveState,
         index_interval: u32,
     ) -> Result<ScanEnd, LogError> {
-        let file_len = file.metadata().map_err(LogError::io(&self.data_path))?.len();
+        let file_len = file
+            .metadata()
+            .map_err(LogError::io(&self.data_path))?
+            .len();
         let mut reader = ChunkReader::new(file, file_len);
         let mut position = from;
         let fault = loop {
@@ -342,7 +350,10 @@ impl Segment {
     }
 
     fn last_indexed_relative(&self) -> u32 {
-        relative(self.base_offset, self.next_offset.plus(-1).max(self.base_offset))
+        relative(
+            self.base_offset,
+            self.next_offset.plus(-1).max(self.base_offset),
+        )
     }
 
     fn read_first_timestamp(&self, file: &File) -> Result<Option<i64>, LogError> {
@@ -527,9 +538,9 @@ impl Segment {
     ) -> Result<Option<(Offset, i64)>, LogError> {
         let hint = match &self.active {
             Some(state) => index::floor_in_memory(&state.times, |t| t.timestamp < target),
-            None => index::floor_in_file::<TimeEntry>(&self.time_index_path, |t| {
-                t.timestamp < target
-            })?,
+            None => {
+                index::floor_in_file::<TimeEntry>(&self.time_index_path, |t| t.timestamp < target)?
+            }
         };
         let mut position = match hint {
             Some(entry) => {
@@ -578,9 +589,7 @@ impl Segment {
             writable
                 .set_len(position)
                 .map_err(LogError::io(&self.data_path))?;
-            writable
-                .sync_all()
-                .map_err(LogError::io(&self.data_path))?;
+            writable.sync_all().map_err(LogError::io(&self.data_path))?;
         }
         drop(file);
         self.active = None;
@@ -667,7 +676,6 @@ impl SegmentView {
         buf.truncate(end);
         Ok((Bytes::from(buf), Some(first.base_offset), next))
     }
-
 }
 
 fn header_at(path: &Path, file: &File, position: u64) -> Result<BatchHeader, LogError> {

@@ -113,6 +113,9 @@ mod tests {
     #[test]
     fn bad_id_text_names_the_kind() {
         let err = "x1".parse::<PartitionId>().expect_err("not a number");
-        assert_eq!(err.to_string(), "partition id must be a whole number, got \"x1\"");
+        assert_eq!(
+            err.to_string(),
+            "partition id must be a whole number, got \"x1\""
+        );
     }
 }

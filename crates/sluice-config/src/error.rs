@@ -1,0 +1,71 @@
+use std::io;
+use std::path::PathBuf;
+
+use crate::load::Source;
+
+/// Why the configuration could not be loaded. Every variant about a value
+/// names its key and the layer it came from.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}", .path.display())]
+    ReadFile {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("config file {} is not valid TOML", .path.display())]
+    ParseFile {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("unknown config key `{key}` (from {origin}); {hint}")]
+    UnknownKey {
+        key: String,
+        origin: Source,
+        hint: String,
+    },
+    #[error("`{key}` (from {origin}) is a section, not a value; set its keys instead: {keys}")]
+    SectionAsValue {
+        key: String,
+        origin: Source,
+        keys: String,
+    },
+    #[error("invalid value for {key} (from {origin}): {message}")]
+    InvalidValue {
+        key: String,
+        origin: Source,
+        message: String,
+    },
+    #[error("{message} (from {origin})")]
+    OutOfRange {
+        key: &'static str,
+        origin: Source,
+        message: String,
+    },
+    #[error("environment variable {name} is not valid UTF-8")]
+    EnvNotUnicode { name: String },
+    #[error("--set expects KEY=VALUE, got {argument:?}")]
+    SetSyntax { argument: String },
+    /// The layers each passed their checks but their combination did not
+    /// deserialize: a bug in this crate, reported instead of a panic.
+    #[error("configuration does not deserialize: {message}")]
+    Combined { message: String },
+}
+
+impl ConfigError {
+    /// The config key the error is about, when there is one.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::UnknownKey { key, .. }
+            | ConfigError::SectionAsValue { key, .. }
+            | ConfigError::InvalidValue { key, .. } => Some(key),
+            ConfigError::OutOfRange { key, .. } => Some(key),
+            ConfigError::ReadFile { .. }
+            | ConfigError::ParseFile { .. }
+            | ConfigError::EnvNotUnicode { .. }
+            | ConfigError::SetSyntax { .. }
+            | ConfigError::Combined { .. } => None,
+        }
+    }
+}

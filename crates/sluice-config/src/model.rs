@@ -1,0 +1,428 @@
+//! The typed configuration tree and its defaults.
+//!
+//! Adding a key: add the field (with its default), a line in [`KEYS`], a
+//! commented line in `config/sluice.example.toml`, and a check in
+//! [`Config::validate`] if some values make no sense. Tests fail until the
+//! three agree.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::de::{self, Deserializer};
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::units::{ByteSize, HumanDuration, or_none};
+
+/// Every setting of a Sluice node. `Config::default()` runs a single node on
+/// 127.0.0.1 with data under `./data`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Directory holding everything the broker stores, and its lock file.
+    pub data_dir: PathBuf,
+    /// Kafka front-end.
+    pub kafka: KafkaConfig,
+    /// AMQP 0-9-1 front-end.
+    pub amqp: AmqpConfig,
+    /// Admin API, web UI and metrics.
+    pub http: HttpConfig,
+    /// Process log output.
+    pub logging: LoggingConfig,
+    /// Defaults for every log (Kafka partitions, durable queues).
+    pub log: LogSettings,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./data"),
+            kafka: KafkaConfig::default(),
+            amqp: AmqpConfig::default(),
+            http: HttpConfig::default(),
+            logging: LoggingConfig::default(),
+            log: LogSettings::default(),
+        }
+    }
+}
+
+/// `[kafka]`: the Kafka protocol listener.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Address the Kafka listener binds.
+    pub listen: ListenAddr,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            listen: ListenAddr::loopback(9092),
+        }
+    }
+}
+
+/// `[amqp]`: the AMQP 0-9-1 listener.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AmqpConfig {
+    /// Address the AMQP listener binds.
+    pub listen: ListenAddr,
+}
+
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        AmqpConfig {
+            listen: ListenAddr::loopback(5672),
+        }
+    }
+}
+
+/// `[http]`: admin API, web UI and metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address the HTTP listener binds.
+    pub listen: ListenAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: ListenAddr::loopback(8080),
+        }
+    }
+}
+
+/// `[logging]`: how the process writes its own log. The filter is not a
+/// config key: it comes from `SLUICE_LOG`, else `RUST_LOG`, else `info`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoggingConfig {
+    /// Human-readable text or one JSON object per line.
+    pub format: LogFormat,
+}
+
+/// Output format of the process log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[log]`: storage settings every log starts from. They map one to one onto
+/// `sluice_log::LogConfig`; the binary converts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// A segment rolls once its data file would grow past this size.
+    pub segment_bytes: ByteSize,
+    /// A segment rolls once its first batch is this old.
+    pub segment_time: HumanDuration,
+    /// Bytes of data between two entries of the sparse indexes.
+    pub index_interval_bytes: ByteSize,
+    /// Oldest segments are deleted while a log is larger than this; `None`
+    /// (written `"none"`) keeps any size.
+    #[serde(with = "or_none")]
+    pub retention_bytes: Option<ByteSize>,
+    /// Segments whose newest record is older than this are deleted; `None`
+    /// (written `"none"`) keeps them forever.
+    #[serde(with = "or_none")]
+    pub retention_time: Option<HumanDuration>,
+    /// When an append is acknowledged.
+    pub durability: DurabilityMode,
+    /// Sync period when `durability` is `interval`.
+    pub flush_interval: HumanDuration,
+    /// Largest record batch, header included, an append accepts.
+    pub max_batch_bytes: ByteSize,
+}
+
+impl Default for LogSettings {
+    /// The same values as `sluice_log::LogConfig::default()`.
+    fn default() -> Self {
+        LogSettings {
+            segment_bytes: ByteSize::gib(1),
+            segment_time: HumanDuration::from_secs(7 * 24 * 3600),
+            index_interval_bytes: ByteSize::kib(4),
+            retention_bytes: None,
+            retention_time: Some(HumanDuration::from_secs(7 * 24 * 3600)),
+            durability: DurabilityMode::Always,
+            flush_interval: HumanDuration::from_secs(1),
+            max_batch_bytes: ByteSize::new(1024 * 1024 + 12),
+        }
+    }
+}
+
+/// When an append counts as durable; `interval` takes its period from
+/// `log.flush_interval`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DurabilityMode {
+    /// Acknowledge after fdatasync; concurrent appends share one sync.
+    #[default]
+    Always,
+    /// Acknowledge once written; sync every `log.flush_interval`.
+    Interval,
+    /// Acknowledge once written; the operating system syncs when it likes.
+    Never,
+}
+
+/// A listen address, `HOST:PORT`: an IP address (`127.0.0.1:9092`,
+/// `[::1]:9092`) or a host name (`localhost:9092`). Kept as written; the
+/// listener resolves it when it binds.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ListenAddr(String);
+
+impl ListenAddr {
+    fn loopback(port: u16) -> ListenAddr {
+        ListenAddr(format!("127.0.0.1:{port}"))
+    }
+
+    /// The address as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Why a listen address did not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid listen address {input:?}: {reason}")]
+pub struct ParseListenAddrError {
+    input: String,
+    reason: &'static str,
+}
+
+impl FromStr for ListenAddr {
+    type Err = ParseListenAddrError;
+
+    fn from_str(input: &str) -> Result<ListenAddr, ParseListenAddrError> {
+        if input.parse::<SocketAddr>().is_ok() {
+            return Ok(ListenAddr(input.to_owned()));
+        }
+        let fail = |reason| ParseListenAddrError {
+            input: input.to_owned(),
+            reason,
+        };
+        let Some((host, port)) = input.rsplit_once(':') else {
+            return Err(fail("expected HOST:PORT, e.g. 127.0.0.1:9092"));
+        };
+        if port.parse::<u16>().is_err() {
+            return Err(fail("the port must be a number from 0 to 65535"));
+        }
+        let is_host_name = !host.is_empty()
+            && host.len() <= 253
+            && host.split('.').all(|label| {
+                !label.is_empty()
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+                    && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            });
+        if !is_host_name {
+            return Err(fail(
+                "the host must be an IP address (IPv6 in brackets) or a host name",
+            ));
+        }
+        Ok(ListenAddr(input.to_owned()))
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for ListenAddr {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ListenAddr {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<ListenAddr, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(de::Error::custom)
+    }
+}
+
+/// One documented key of the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyDoc {
+    /// Dotted path: `data_dir`, `log.segment_bytes`.
+    pub key: &'static str,
+    /// One line on what the key does and which values it takes.
+    pub description: &'static str,
+}
+
+/// Every key, in the order help and `sluice config show` print them.
+pub const KEYS: &[KeyDoc] = &[
+    KeyDoc {
+        key: "data_dir",
+        description: "Directory holding all stored data and the lock that keeps a second broker out",
+    },
+    KeyDoc {
+        key: "kafka.listen",
+        description: "HOST:PORT the Kafka listener binds",
+    },
+    KeyDoc {
+        key: "amqp.listen",
+        description: "HOST:PORT the AMQP 0-9-1 listener binds",
+    },
+    KeyDoc {
+        key: "http.listen",
+        description: "HOST:PORT of the admin API, web UI and metrics",
+    },
+    KeyDoc {
+        key: "logging.format",
+        description: "Process log format: text or json (filter: SLUICE_LOG, else RUST_LOG, else info)",
+    },
+    KeyDoc {
+        key: "log.segment_bytes",
+        description: "Segment size at which a log rolls to a new segment (at least 1KiB, at most 2GiB)",
+    },
+    KeyDoc {
+        key: "log.segment_time",
+        description: "Age of a segment's first batch at which the log rolls (at least 1ms)",
+    },
+    KeyDoc {
+        key: "log.index_interval_bytes",
+        description: "Bytes of data between two sparse index entries (at least 1B)",
+    },
+    KeyDoc {
+        key: "log.retention_bytes",
+        description: "Oldest segments are deleted while a log is larger than this, or \"none\"",
+    },
+    KeyDoc {
+        key: "log.retention_time",
+        description: "Segments older than this are deleted, or \"none\" to keep them",
+    },
+    KeyDoc {
+        key: "log.durability",
+        description: "When an append is acknowledged: always (after fsync), interval, never",
+    },
+    KeyDoc {
+        key: "log.flush_interval",
+        description: "Sync period when log.durability is interval (at least 1ms)",
+    },
+    KeyDoc {
+        key: "log.max_batch_bytes",
+        description: "Largest record batch, header included, an append accepts (at least 61B)",
+    },
+];
+
+/// The documentation of `key`, if it is a key.
+pub fn key_doc(key: &str) -> Option<&'static KeyDoc> {
+    KEYS.iter().find(|doc| doc.key == key)
+}
+
+/// The environment variable that sets `key`: `log.segment_bytes` is
+/// `SLUICE_LOG__SEGMENT_BYTES`.
+pub fn env_var_name(key: &str) -> String {
+    format!("SLUICE_{}", key.replace('.', "__").to_ascii_uppercase())
+}
+
+/// Smallest segment: tests roll often with tiny segments, but a segment must
+/// hold at least one index interval of data to be useful.
+const MIN_SEGMENT_BYTES: ByteSize = ByteSize::kib(1);
+/// Largest segment: index entries store a file position in 32 bits, and a
+/// batch may start just below this limit.
+const MAX_SEGMENT_BYTES: ByteSize = ByteSize::gib(2);
+/// A RecordBatch v2 header alone is 61 bytes.
+const MIN_BATCH_BYTES: ByteSize = ByteSize::new(61);
+
+/// A semantic problem with one key's value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Problem {
+    pub(crate) key: &'static str,
+    pub(crate) message: String,
+}
+
+impl Config {
+    /// Checks what the types alone cannot: ranges and limits.
+    pub(crate) fn validate(&self) -> Result<(), Problem> {
+        let problem = |key, message| Err(Problem { key, message });
+        if self.data_dir.as_os_str().is_empty() {
+            return problem("data_dir", "data_dir must not be empty".to_owned());
+        }
+        let log = &self.log;
+        if log.segment_bytes < MIN_SEGMENT_BYTES {
+            return problem(
+                "log.segment_bytes",
+                at_least("log.segment_bytes", MIN_SEGMENT_BYTES, log.segment_bytes),
+            );
+        }
+        if log.segment_bytes > MAX_SEGMENT_BYTES {
+            return problem(
+                "log.segment_bytes",
+                format!(
+                    "log.segment_bytes must be at most {MAX_SEGMENT_BYTES}, got {}",
+                    log.segment_bytes
+                ),
+            );
+        }
+        if log.segment_time.get().is_zero() {
+            return problem(
+                "log.segment_time",
+                "log.segment_time must be at least 1ms, got 0s".to_owned(),
+            );
+        }
+        if log.index_interval_bytes.bytes() == 0 {
+            return problem(
+                "log.index_interval_bytes",
+                "log.index_interval_bytes must be at least 1, got 0".to_owned(),
+            );
+        }
+        if u32::try_from(log.index_interval_bytes.bytes()).is_err() {
+            return problem(
+                "log.index_interval_bytes",
+                format!(
+                    "log.index_interval_bytes must be below 4GiB, got {}",
+                    log.index_interval_bytes
+                ),
+            );
+        }
+        if log.retention_bytes.is_some_and(|bytes| bytes.bytes() == 0) {
+            return problem(
+                "log.retention_bytes",
+                "log.retention_bytes must be at least 1 or \"none\", got 0".to_owned(),
+            );
+        }
+        if log.retention_time.is_some_and(|time| time.get().is_zero()) {
+            return problem(
+                "log.retention_time",
+                "log.retention_time must be at least 1ms or \"none\", got 0s".to_owned(),
+            );
+        }
+        if log.flush_interval.get().is_zero() {
+            return problem(
+                "log.flush_interval",
+                "log.flush_interval must be at least 1ms, got 0s".to_owned(),
+            );
+        }
+        if log.max_batch_bytes < MIN_BATCH_BYTES {
+            return problem(
+                "log.max_batch_bytes",
+                at_least("log.max_batch_bytes", MIN_BATCH_BYTES, log.max_batch_bytes),
+            );
+        }
+        if u32::try_from(log.max_batch_bytes.bytes()).is_err() {
+            return problem(
+                "log.max_batch_bytes",
+                format!(
+                    "log.max_batch_bytes must be below 4GiB, got {}",
+                    log.max_batch_bytes
+                ),
+            );
+        }
+        Ok(())
+    }
+}
+
+fn at_least(key: &str, minimum: ByteSize, got: ByteSize) -> String {
+    format!("{key} must be at least {minimum}, got {got}")
+}

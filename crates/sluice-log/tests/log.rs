@@ -1,0 +1,491 @@
+//! Behaviour of one log through its public API: offsets, reads, durability,
+//! rolling, retention, truncation, timestamps, epochs and reopening.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{batch, decode, values};
+use sluice_log::{Durability, Log, LogConfig, LogError, ManualClock, ReadBound};
+use sluice_types::{LeaderEpoch, Offset};
+
+fn config() -> LogConfig {
+    LogConfig {
+        segment_bytes: 64 * 1024,
+        index_interval_bytes: 1024,
+        retention_time: None,
+        ..LogConfig::default()
+    }
+}
+
+fn epoch(n: i32) -> LeaderEpoch {
+    LeaderEpoch::from(n)
+}
+
+fn o(n: i64) -> Offset {
+    Offset::from(n)
+}
+
+/// Every record from `from` to the high watermark, by repeated reads.
+fn read_all(log: &Log, from: Offset) -> Vec<(i64, i64, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut next = from;
+    for _ in 0..100_000 {
+        let result = log
+            .read(next, 16 * 1024, ReadBound::HighWatermark)
+            .expect("read");
+        let Some(after) = result.next_offset else {
+            break;
+        };
+        out.extend(
+            decode(&result.records)
+                .into_iter()
+                .filter(|r| r.0 >= next.get()),
+        );
+        next = after;
+    }
+    out
+}
+
+#[test]
+fn offsets_are_assigned_in_order_and_read_back() -> Result<(), LogError> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = Log::open(dir.path(), config())?;
+    let mut first = batch(&values(1, 3, 10), 1_000);
+    let info = log.append(&mut first, epoch(0))?;
+    assert_eq!((info.first_offset, info.last_offset), (o(0), o(2)));
+    let info = log.append(&mut batch(&values(2, 2, 10), 2_000), epoch(0))?;
+    assert_eq!((info.first_offset, info.last_offset), (o(3), o(4)));
+    assert_eq!((log.log_end(), log.high_watermark()), (o(5), o(5)));
+
+    let records = read_all(&log, o(0));
+    let offsets: Vec<i64> = records.iter().map(|r| r.0).collect();
+    assert_eq!(offsets, vec![0, 1, 2, 3, 4]);
+    assert_eq!(
+        records.get(3).map(|r| r.2.clone()),
+        values(2, 1, 10).first().cloned()
+    );
+    Ok(())
+}
+
+#[test]
+fn a_read_from_the_middle_of_a_batch_returns_that_whole_batch() -> Result<(), LogError> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = Log::open(dir.path(), config())?;
+    log.append(&mut batch(&values(1, 5, 10), 0), epoch(0))?;
+    log.append(&mut batch(&values(2, 5, 10), 0), epoch(0))?;
+    let result = log.read(o(7), 1, ReadBound::HighWatermark)?;
+    assert_eq!(result.first_offset, Some(o(5)));
+    assert_eq!(result.next_offset, Some(o(10)));
+    let offsets: Vec<i64> = decode(&result.records).iter().map(|r| r.0).collect();
+    assert_eq!(
+        offsets,
+        vec![5, 6, 7, 8, 9],
+        "one batch even though max_bytes is 1"
+    );
+    Ok(())
+}
+
+#[test]
+fn reads_outside_the_log_are_out_of_range() -> Result<(), LogError> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = Log::open(dir.path(), config())?;
+    log.append(&mut batch(&values(1, 2, 10), 0), epoch(0))?;
+    let at_end = log.read(o(2), 1024, ReadBound::HighWatermark)?;
+    assert!(at_end.records.is_empty());
+    assert!(matches!(
+        log.read(o(3), 1024, ReadBound::HighWatermark),
+        Err(LogError::OffsetOutOfRange { .. })
+    ));
+    assert!(matches!(
+        log.read(o(-1), 1024, ReadBound::HighWatermark),
+        Err(LogError::OffsetOutOfRange { .. })
+    ));
+    Ok(())
+}
+
+#[test]
+fn under_always_consumers_see_only_synced_data() -> Result<(), LogError> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = Log::open(dir.path(), config())?;
+    let info = log.append_unsynced(&mut batch(&values(1, 2, 10), 0), epoch(0))?;
+    assert_eq!(log.high_watermark(), o(0));
+    assert!(
+        log.read(o(0), 1024, ReadBound::HighWatermark)?
+            .records
+            .is_empty()
+    );
+    assert!(!log.read(o(0), 1024, ReadBound::LogEnd)?.records.is_empty());
+    assert!(log.is_dirty());
+    log.sync_to(info.last_offset.plus(1))?;
+    assert_eq!(log.high_watermark(), o(2));
+    assert!(!log.is_dirty());
+    Ok(())
+}
+
+#[test]
+fn under_never_the_high_watermark_follows_the_log_end() -> Result<(), LogError> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = Log::open(
+        dir.path(),
+        LogConfig {
+            durability: Durability::Never,
+            ..config()
+        },
+    )?;
+    log.append(&mut batch(&values(1, 2, 10), 0), epoch(0))?;
+    assert_eq!(log.high_watermark(), o(2));
+    assert!(log.is_dirty(), "never syncs by itself");
+    Ok(())
+}
+
+#[test]
+fn concurrent_appenders_share_syncs_and_get_distinct_offsets() -> Result<(), LogError> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = Arc::new(Log::open(dir.path(), config())?);
+    let threads: Vec<_> = (0..8u64)
+        .map(|t| {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || -> Result<Vec<Offset>, LogError> {
+                (0..50)
+                    .map(|i| {
+                        let info =
+                            log.append(&mut batch(&values(t * 1000 + i, 2, 100), 0), epoch(0))?;
+                        // Acknowledged under `always`: synced, so visible.
+                        assert!(log.high_watermark() > info.last_offset);
+                        Ok(info.first_offset)
+                    })
+                    .collect()
+            })
+        })
+        .collect();
+    let mut firsts = Vec::new();
+    for thread in threads {
+        firsts.extend(thread.join().expect("appender thread")?);
+    }
+    firsts.sort();
+    let expected: Vec<Offset> = (0..400).map(|i| o(i * 2)).collect();
+    assert_eq!(firsts, expected);
+    assert_eq!(read_all(&log, o(0)).len(), 800);
+    Ok(())
+}
+
+#[test]
+fn segments_roll_by_size_and_by_age() -> Result<(), LogError> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let log = Log::open_with_clock(
+        dir.path(),
+        LogConfig {
+            segment_bytes: 4096,
+            segment_time: Duration::from_secs(60),
+            ..config()
+        },
+        clock.clone(),
+    )?;
+    for i in 0..10 {
+        log.append(&mut batch(&values(i, 1, 1000), 1_000_000), epoch(0))?;
+    }
+    let by_size = log.segment_count();
+    assert!(
+        by_size >= 3,
+        "10 KB in 4 KiB segments made {by_size} segments"
+    );
+
+    let aged = Log::open_with_clock(
+        &dir.path().join("aged"),
+        LogConfig {
+            segment_time: Duration::from_secs(60),
+            ..config()
+        },
+        clock.clone(),
+    )?;
+    aged.append(&mut batch(&values(1, 1, 10), 1_000_000), epoch(0))?;
+    clock.advance(59_000);
+    aged.append(&mut batch(&values(2, 1, 10), 1_059_000), epoch(0))?;
+    assert_eq!(aged.segment_count(), 1);
+    clock.advance(1_000);
+    aged.append(&mut batch(&values(3, 1, 10), 1_060_000), epoch(0))?;
+    assert_eq!(aged.segment_bases(), vec![o(0), o(2)]);
+    assert_eq!(read_all(&aged, o(0)).len(), 3);
+    Ok(())
+}
+
+#[test]
+fn retention_by_size_deletes_oldest_segments_and_moves_the_start() -> Result<(), LogError> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = Log::open(
+        dir.path(),
+        LogConfig {
+            segment_bytes: 4096,
+            retention_bytes: Some(8192),
+            ..config()
+        },
+    )?;
+    for i in 0..40 {
+        log.append(&mut batch(&values(i, 1, 1000), 0), epoch(0))?;
+    }
+    let before = log.size_bytes();
+    let outcome = log.enforce_retention()?;
+    assert!(outcome.segments_deleted > 0);
+    assert!(log.size_bytes() >= 8192 - 4096 && log.size_bytes() < before);
+    assert_eq!(log.log_start(), outcome.log_start);
+    assert_eq!(log.segment_bases().first().copied(), Some(log.log_start()));
+    assert!(matches!(
+        log.read(o(0), 1024, ReadBound::HighWatermark),
+        Err(LogError::OffsetOutOfRange { .. })
+    ));
+    let remaining = read_all(&log, log.log_start());
+    assert_eq!(remaining.first().map(|r| r.0), Some(log.log_start().get()));
+    assert_eq!(remaining.last().map(|r| r.0), Some(39));
+
+    drop(log);
+    let reopened = Log::open(dir.path(), config())?;
+    assert_eq!(
+        reopened.log_start(),
+        outcome.log_start,
+        "log start survives reopen"
+    );
+    Ok(())
+}
+
+#[test]
+fn retention_by_age_uses_the_newest_timestamp_of_each_segment() -> Result<(), LogError> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let clock = Arc::new(ManualClock::new(10_000_000));
+    let log = Log::open_with_clock(
+        dir.path(),
+        LogConfig {
+            segment_bytes: 2048,
+            retention_time: Some(Duration::from_secs(3600)),
+            ..config()
+        },
+        clock.clone(),
+    )?;
+    // Old records, then new ones; each batch fills most of a segment.
+    for i in 0..3 {
+        log.append(&mut batch(&values(i, 1, 1500), 1_000), epoch(0))?;
+    }
+    for i in 3..5 {
+        log.append(&mut batch(&values(i, 1, 1500), 9_999_000), epoch(0))?;
+    }
+    let outcome = log.enforce_retention()?;
+    assert_eq!(outcome.segments_deleted, 3);
+    assert_eq!(log.log_start(), o(3));
+    // Everything expires: the active segment is rolled and deleted too.
+    clock.advance(10_000_000);
+    log.enforce_retention()?;
+    assert_eq!(log.log_start(), o(5));
+    assert_eq!(log.log_end(), o(5));
+    let info = log.append(&mut batch(&values(9, 1, 10), 20_000_000), epoch(0))?;
+    assert_eq!(
+        info.first_offset,
+        o(5),
+        "offsets continue after everything expired"
+    );
+    Ok(())
+}
+
+#[test]
+fn truncation_removes_whole_batches_and_survives_reopen() -> Result<(), LogError> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = Log::open(
+        dir.path(),
+        LogConfig {
+            segment_bytes: 2048,
+            ..config()
+        },
+    )?;
+    for i in 0..20 {
+        log.append(&mut batch(&values(i, 2, 300), 0), epoch(0))?;
+    }
+    assert!(log.segment_count() > 3);
+    // Offset 21 is inside the batch [20, 21]: that batch goes whole.
+    assert_eq!(log.truncate_to(o(21))?, o(20));
+    assert_eq!((log.log_end(), log.high_watermark()), (o(20), o(20)));
+    let info = log.append(&mut batch(&values(99, 1, 10), 0), epoch(1))?;
+    assert_eq!(info.first_offset, o(20));
+    drop(log);
+
+    let log = Log::open(dir.path(), config())?;
+    let records = read_all(&log, o(0));
+    assert_eq!(records.len(), 21);
+    assert_eq!(
+        records.last().map(|r| r.2.clone()),
+        values(99, 1, 10).first().cloned()
+    );
+
+    // Truncating below the start empties the log and restarts it there.
+    log.advance_log_start(o(4))?;
+    assert_eq!(log.truncate_to(o(2))?, o(2));
+    assert_eq!((log.log_start(), log.log_end()), (o(2), o(2)));
+    Ok(())
+}
+
+#[test]
+fn timestamps_find_the_first_record_at_or_after() -> Result<(), LogError> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = Log::open(
+        dir.path(),
+        LogConfig {
+            segment_bytes: 2048,
+            ..config()
+        },
+    )?;
+    // Batch i holds records with timestamps 1000*i, 1000*i + 1, …, + 9.
+    for i in 0..30 {
+        log.append(&mut batch(&values(i, 10, 50), 1000 * i as i64), epoch(0))?;
+    }
+    assert!(log.segment_count() > 3);
+    assert_eq!(log.offset_for_timestamp(0)?, Some((o(0), 0)));
+    assert_eq!(log.offset_for_timestamp(5_005)?, Some((o(55), 5_005)));
+    assert_eq!(log.offset_for_timestamp(5_010)?, Some((o(60), 6_000)));
+    assert_eq!(log.offset_for_timestamp(29_009)?, Some((o(299), 29_009)));
+    assert_eq!(log.offset_for_timestamp(29_010)?, None);
+    drop(log);
+    let log = Log::open(dir.path(), config())?;
+    assert_eq!(
+        log.offset_for_timestamp(17_003)?,
+        Some((o(173), 17_003)),
+        "after reopen"
+    );
+    Ok(())
+}
+
+#[test]
+fn leader_epochs_are_checkpointed_and_answer_end_offsets() -> Result<(), LogError> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = Log::open(dir.path(), config())?;
+    log.append(&mut batch(&values(1, 5, 10), 0), epoch(1))?;
+    log.append(&mut batch(&values(2, 5, 10), 0), epoch(3))?;
+    log.append(&mut batch(&values(3, 5, 10), 0), epoch(3))?;
+    assert_eq!(log.end_offset_for_epoch(epoch(1)), Some((epoch(1), o(5))));
+    assert_eq!(log.end_offset_for_epoch(epoch(2)), Some((epoch(1), o(5))));
+    assert_eq!(log.end_offset_for_epoch(epoch(3)), Some((epoch(3), o(15))));
+    assert_eq!(log.end_offset_for_epoch(epoch(0)), None);
+    let result = log.read(o(5), 1024, ReadBound::HighWatermark)?;
+    let stamped = sluice_log::batch::BatchHeader::parse(&result.records).expect("header");
+    assert_eq!(
+        stamped.leader_epoch,
+        epoch(3),
+        "epoch written into the batch"
+    );
+    drop(log);
+    let log = Log::open(dir.path(), config())?;
+    assert_eq!(log.end_offset_for_epoch(epoch(1)), Some((epoch(1), o(5))));
+    log.truncate_to(o(5))?;
+    assert_eq!(log.end_offset_for_epoch(epoch(3)), Some((epoch(1), o(5))));
+    Ok(())
+}
+
+#[test]
+fn bad_batches_are_refused_and_nothing_is_written() -> Result<(), LogError> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = Log::open(
+        dir.path(),
+        LogConfig {
+            max_batch_bytes: 2000,
+            ..config()
+        },
+    )?;
+    let mut damaged = batch(&values(1, 2, 10), 0);
+    let last = damaged.len() - 1;
+    damaged[last] ^= 1;
+    assert!(matches!(
+        log.append(&mut damaged, epoch(0)),
+        Err(LogError::InvalidBatch { .. })
+    ));
+    assert!(matches!(
+        log.append(&mut [0u8; 10], epoch(0)),
+        Err(LogError::InvalidBatch { .. })
+    ));
+    assert!(matches!(
+        log.append(&mut [], epoch(0)),
+        Err(LogError::InvalidBatch { .. })
+    ));
+    let mut large = batch(&values(1, 1, 5000), 0);
+    let err = log.append(&mut large, epoch(0)).expect_err("too large");
+    assert!(
+        matches!(err, LogError::BatchTooLarge { limit: 2000, .. }),
+        "{err}"
+    );
+    assert_eq!((log.log_end(), log.size_bytes()), (o(0), 0));
+    log.append(&mut batch(&values(1, 2, 10), 0), epoch(0))?;
+    assert_eq!(log.log_end(), o(2), "the log still works after refusals");
+    Ok(())
+}
+
+#[test]
+fn clean_and_unclean_reopens_keep_every_acknowledged_batch() -> Result<(), LogError> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let expected: Vec<Vec<u8>> = (0..50).flat_map(|i| values(i, 3, 200)).collect();
+    {
+        let log = Log::open(
+            dir.path(),
+            LogConfig {
+                segment_bytes: 8192,
+                ..config()
+            },
+        )?;
+        for i in 0..25 {
+            log.append(&mut batch(&values(i, 3, 200), 0), epoch(0))?;
+        }
+        log.close()?;
+        assert!(matches!(
+            log.append(&mut batch(&values(0, 1, 1), 0), epoch(0)),
+            Err(LogError::Closed)
+        ));
+    }
+    {
+        let log = Log::open(
+            dir.path(),
+            LogConfig {
+                segment_bytes: 8192,
+                ..config()
+            },
+        )?;
+        assert_eq!(log.log_end(), o(75), "clean reopen");
+        for i in 25..50 {
+            log.append(&mut batch(&values(i, 3, 200), 0), epoch(0))?;
+        }
+        // Dropped without close: the next open runs full recovery.
+    }
+    let log = Log::open(dir.path(), config())?;
+    let values_read: Vec<Vec<u8>> = read_all(&log, o(0)).into_iter().map(|r| r.2).collect();
+    assert_eq!(values_read, expected);
+    Ok(())
+}
+
+#[test]
+fn advancing_the_log_start_hides_earlier_offsets() -> Result<(), LogError> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = Log::open(
+        dir.path(),
+        LogConfig {
+            segment_bytes: 2048,
+            ..config()
+        },
+    )?;
+    for i in 0..10 {
+        log.append(&mut batch(&values(i, 2, 500), 0), epoch(0))?;
+    }
+    let segments = log.segment_count();
+    assert_eq!(log.advance_log_start(o(13))?, o(13));
+    assert!(
+        log.segment_count() < segments,
+        "wholly earlier segments deleted"
+    );
+    assert!(matches!(
+        log.read(o(12), 1024, ReadBound::HighWatermark),
+        Err(LogError::OffsetOutOfRange { .. })
+    ));
+    assert_eq!(read_all(&log, o(13)).first().map(|r| r.0), Some(13));
+    assert!(matches!(
+        log.advance_log_start(o(21)),
+        Err(LogError::OffsetOutOfRange { .. })
+    ));
+    drop(log);
+    assert_eq!(Log::open(dir.path(), config())?.log_start(), o(13));
+    Ok(())
+}

@@ -1,0 +1,143 @@
+//! `sluice serve`: start tracing, open the broker, wait for SIGINT or
+//! SIGTERM, shut down. Listeners for Kafka, AMQP and HTTP come in later
+//! issues; their addresses are already part of the configuration.
+
+use std::io::IsTerminal as _;
+
+use anyhow::Context as _;
+use sluice_config::{Config, DurabilityMode, LogFormat, LogSettings};
+use sluice_core::{Broker, BrokerOptions};
+use sluice_log::{Durability, LogConfig};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::info;
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::SettingsArgs;
+
+/// Runs a node until SIGINT or SIGTERM.
+pub(crate) fn run(settings: &SettingsArgs) -> anyhow::Result<()> {
+    let loaded = settings.load()?;
+    let config = loaded.config();
+    init_tracing(config.logging.format)?;
+    for value in loaded.values() {
+        info!(
+            key = value.key,
+            value = %value.value,
+            source = %value.source,
+            "effective configuration"
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: &Config) -> anyhow::Result<()> {
+    // Handlers go in before the broker opens, so a signal that arrives while
+    // logs recover still leads to a clean shutdown instead of the default kill.
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+
+    let options = BrokerOptions {
+        data_dir: config.data_dir.clone(),
+        log: log_config(&config.log)?,
+    };
+    let broker = tokio::task::spawn_blocking(move || Broker::open(options))
+        .await
+        .context("broker start-up task failed")?
+        .context("cannot start the broker")?;
+    info!(data_dir = %broker.data_dir().display(), "broker started");
+
+    let signal_name = tokio::select! {
+        _ = terminate.recv() => "SIGTERM",
+        _ = interrupt.recv() => "SIGINT",
+    };
+    info!(signal = signal_name, "shutting down");
+    tokio::task::spawn_blocking(move || broker.shutdown())
+        .await
+        .context("broker shutdown task failed")?
+        .context("broker did not shut down cleanly")?;
+    info!("broker stopped");
+    Ok(())
+}
+
+/// Installs the global subscriber: filter from `SLUICE_LOG`, else `RUST_LOG`,
+/// else `info`; output to stderr as text or JSON.
+fn init_tracing(format: LogFormat) -> anyhow::Result<()> {
+    let (variable, directives) = ["SLUICE_LOG", "RUST_LOG"]
+        .into_iter()
+        .find_map(|name| {
+            std::env::var(name)
+                .ok()
+                .filter(|value| !value.trim().is_empty())
+                .map(|value| (name, value))
+        })
+        .unwrap_or(("the default", "info".to_owned()));
+    let filter = EnvFilter::try_new(&directives)
+        .with_context(|| format!("invalid log filter {directives:?} in {variable}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    }
+    .map_err(|err| anyhow::anyhow!(err))
+    .context("cannot install the log subscriber")
+}
+
+/// `[log]` as the storage engine's settings.
+fn log_config(settings: &LogSettings) -> anyhow::Result<LogConfig> {
+    Ok(LogConfig {
+        segment_bytes: settings.segment_bytes.bytes(),
+        segment_time: settings.segment_time.get(),
+        index_interval_bytes: u32::try_from(settings.index_interval_bytes.bytes())
+            .context("log.index_interval_bytes must be below 4GiB")?,
+        retention_bytes: settings.retention_bytes.map(|bytes| bytes.bytes()),
+        retention_time: settings.retention_time.map(|time| time.get()),
+        durability: match settings.durability {
+            DurabilityMode::Always => Durability::Always,
+            DurabilityMode::Interval => Durability::Interval(settings.flush_interval.get()),
+            DurabilityMode::Never => Durability::Never,
+        },
+        max_batch_bytes: u32::try_from(settings.max_batch_bytes.bytes())
+            .context("log.max_batch_bytes must be below 4GiB")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use sluice_config::{ByteSize, HumanDuration};
+
+    use super::*;
+
+    #[test]
+    fn default_log_settings_match_the_engine_defaults() -> anyhow::Result<()> {
+        assert_eq!(log_config(&LogSettings::default())?, LogConfig::default());
+        Ok(())
+    }
+
+    #[test]
+    fn interval_durability_takes_the_flush_interval() -> anyhow::Result<()> {
+        let settings = LogSettings {
+            durability: DurabilityMode::Interval,
+            flush_interval: HumanDuration::new(Duration::from_millis(250)),
+            retention_bytes: Some(ByteSize::mib(5)),
+            retention_time: None,
+            ..LogSettings::default()
+        };
+        let config = log_config(&settings)?;
+        assert_eq!(
+            config.durability,
+            Durability::Interval(Duration::from_millis(250))
+        );
+        assert_eq!(config.retention_bytes, Some(5 << 20));
+        assert_eq!(config.retention_time, None);
+        Ok(())
+    }
+}
