@@ -11,7 +11,6 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use crate::checkpoint;
 use crate::error::LogError;
 
 /// One fixed-size entry of an index file.
@@ -107,13 +106,17 @@ pub(crate) fn times_are_valid(entries: &[TimeEntry], offset_span: u64) -> bool {
         .all(|e| u64::from(e.relative_offset) < offset_span.max(1))
 }
 
-/// Writes entries to `path` atomically and durably.
+/// Writes entries to `path` and syncs the file. Not atomic, and the caller
+/// syncs the directory: a torn index is harmless, because an index is
+/// validated on open and rebuilt from the data when it does not fit.
 pub(crate) fn write_all<E: IndexEntry>(path: &Path, entries: &[E]) -> Result<(), LogError> {
     let mut bytes = Vec::with_capacity(entries.len() * E::SIZE);
     for entry in entries {
         entry.encode(&mut bytes);
     }
-    checkpoint::write_atomically(path, |file| file.write_all(&bytes))
+    let mut file = File::create(path).map_err(LogError::io(path))?;
+    file.write_all(&bytes).map_err(LogError::io(path))?;
+    file.sync_data().map_err(LogError::io(path))
 }
 
 /// The last entry for which `at_or_before` holds, in a file of sorted entries

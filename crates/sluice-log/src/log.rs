@@ -21,6 +21,8 @@ use crate::segment::{self, Segment};
 
 const LOG_START_FILE: &str = "log-start-offset";
 const CLEAN_SHUTDOWN_FILE: &str = ".clean-shutdown";
+/// Most yields a sync leader spends waiting for concurrent appenders.
+const GATHER_YIELDS: usize = 8;
 /// A segment never grows past this, so index positions fit in 32 bits.
 const MAX_SEGMENT_BYTES: u64 = i32::MAX as u64;
 
@@ -126,7 +128,10 @@ impl Log {
         config: LogConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<Log, LogError> {
-        fs::create_dir_all(dir).map_err(LogError::io(dir))?;
+        if !dir.exists() {
+            fs::create_dir_all(dir).map_err(LogError::io(dir))?;
+            checkpoint::sync_parent(dir)?;
+        }
         let marker = dir.join(CLEAN_SHUTDOWN_FILE);
         let clean = marker.exists();
         if clean {
@@ -287,7 +292,17 @@ impl Log {
             header.leader_epoch = leader_epoch;
             next = header.next_offset();
         }
-        self.maybe_roll(&mut state, batches.len() as u64, next, now)?;
+        let incoming_max_timestamp = headers
+            .iter()
+            .map(|(_, h)| h.max_timestamp)
+            .max()
+            .unwrap_or(now);
+        self.maybe_roll(
+            &mut state,
+            batches.len() as u64,
+            next,
+            incoming_max_timestamp,
+        )?;
         if leader_epoch.get() >= 0 && state.epochs.latest() < Some(leader_epoch) {
             state.epochs.assign(leader_epoch, first_offset)?;
         }
@@ -311,12 +326,16 @@ impl Log {
         })
     }
 
+    /// Rolls when the incoming bytes would overflow the segment, or when the
+    /// incoming batch is `segment_time` newer than the segment's first batch
+    /// (record time, as Kafka's `segment.ms` measures it, so replayed old data
+    /// does not roll on every append).
     fn maybe_roll(
         &self,
         state: &mut LogState,
         incoming: u64,
         next: Offset,
-        now: i64,
+        incoming_timestamp: i64,
     ) -> Result<(), LogError> {
         let segment_bytes = state.config.segment_bytes.min(MAX_SEGMENT_BYTES);
         let segment_ms = i64::try_from(state.config.segment_time.as_millis()).unwrap_or(i64::MAX);
@@ -324,7 +343,7 @@ impl Log {
         let full = active.size + incoming > segment_bytes;
         let old = active
             .first_timestamp
-            .is_some_and(|first| now.saturating_sub(first) >= segment_ms);
+            .is_some_and(|first| incoming_timestamp.saturating_sub(first) >= segment_ms);
         let offsets_overflow = next.get() - active.base_offset.get() > i64::from(u32::MAX);
         if active.size > 0 && (full || old || offsets_overflow) {
             self.roll_locked(state)?;
@@ -398,6 +417,7 @@ impl Log {
             sync.syncing = true;
             let generation = sync.generation;
             drop(sync);
+            self.gather_followers();
             let (target, always) = {
                 let mut state = self.state();
                 let log_end = state.log_end;
@@ -435,6 +455,22 @@ impl Log {
                 }
             }
             self.synced.notify_all();
+        }
+    }
+
+    /// Lets appenders that are about to write join the sync this thread is
+    /// leading: while the log end keeps moving between yields, keep yielding
+    /// (a few times at most). Without it, the first appender back after a
+    /// sync starts the next one alone while the others are still writing.
+    fn gather_followers(&self) {
+        let mut seen = self.state().log_end;
+        for _ in 0..GATHER_YIELDS {
+            std::thread::yield_now();
+            let now = self.state().log_end;
+            if now == seen {
+                return;
+            }
+            seen = now;
         }
     }
 
@@ -732,6 +768,10 @@ impl Log {
         };
         if restart {
             self.set_log_start(state, offset)?;
+        } else if new_end < state.log_start {
+            // The batch holding the log start straddled `offset` and went
+            // whole: the start follows the end down, as a reopen would put it.
+            self.set_log_start(state, new_end)?;
         }
         state.log_end = new_end;
         state.size_bytes = state.segments.values().map(|s| s.size).sum();
@@ -756,11 +796,10 @@ impl Log {
         state.epochs.end_offset_for(epoch, state.log_end)
     }
 
-    /// Closes the active segment's file if unused for `idle` and fully synced.
+    /// Closes the active segment's file if unused for `idle`. Safe with
+    /// unsynced data: a later sync opens the file again, and `fdatasync`
+    /// flushes the file, not the descriptor.
     pub fn release_idle_handles(&self, idle: Duration) -> bool {
-        if self.is_dirty() {
-            return false;
-        }
         let mut state = self.state();
         state
             .segments
@@ -799,7 +838,10 @@ impl Log {
         let file = active.sync_handle()?;
         file.sync_data().map_err(LogError::io(active.data_path()))?;
         active.save_indexes()?;
-        checkpoint::write_atomically(&self.dir.join(CLEAN_SHUTDOWN_FILE), |_| Ok(()))?;
+        let marker = self.dir.join(CLEAN_SHUTDOWN_FILE);
+        fs::File::create(&marker).map_err(LogError::io(&marker))?;
+        // One directory sync makes the index files and the marker durable.
+        checkpoint::sync_dir(&self.dir)?;
         let mut sync = self.sync_state();
         sync.durable = sync.durable.max(log_end);
         self.synced.notify_all();

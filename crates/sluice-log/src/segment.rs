@@ -454,6 +454,7 @@ impl Segment {
             index::write_all(&self.index_path, &state.offsets)?;
             index::write_all(&self.time_index_path, &state.times)?;
         }
+        // The new segment's creation syncs the directory, and with it these.
         Ok(())
     }
 
