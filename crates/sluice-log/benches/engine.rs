@@ -6,8 +6,11 @@
 //! Workload: 1 KiB records in 16 KiB batches (16 records), written to a
 //! fresh log in a temporary directory on the same filesystem as the
 //! baseline file. Scenarios:
-//! - `plain write`: the same bytes with `write` calls and one `fdatasync` at
-//!   the end: the disk's sequential speed, the yardstick for the rest;
+//! - `plain write, one fdatasync`: the same bytes with `write` calls and one
+//!   `fdatasync` at the end: the disk's sequential speed, the yardstick;
+//! - `plain write, fdatasync per batch` / `per 8 batches`: what the disk
+//!   allows when syncing as often as `always x1` must, and as `always x8`
+//!   can at best (8 appenders with one batch each in flight);
 //! - `never`: appends under durability `never`, then one flush;
 //! - `always x1` / `always x8`: durability `always` with 1 and 8 appending
 //!   threads (group commit shares each `fdatasync` among waiting appenders);
@@ -110,14 +113,18 @@ fn log_config(durability: Durability) -> LogConfig {
     }
 }
 
-/// Seconds to write `batches` copies of `template` with plain writes and one fdatasync.
-fn plain_write(dir: &Path, template: &[u8], batches: usize) -> f64 {
+/// Seconds to write `batches` copies of `template` with plain writes and an
+/// fdatasync after every `sync_every` of them (and one at the end).
+fn plain_write(dir: &Path, template: &[u8], batches: usize, sync_every: usize) -> f64 {
     let path = dir.join("plain.bin");
     let mut file = File::create(&path).expect("create baseline file");
     let start = Instant::now();
-    for _ in 0..batches {
+    for i in 1..=batches {
         let copy = template.to_vec();
         file.write_all(&copy).expect("baseline write");
+        if i % sync_every == 0 {
+            file.sync_data().expect("baseline fdatasync");
+        }
     }
     file.sync_data().expect("baseline fdatasync");
     let elapsed = start.elapsed().as_secs_f64();
@@ -195,7 +202,15 @@ fn main() {
         options.dir.display()
     );
 
-    let scenarios = ["plain write", "never", "always x1", "always x8", "read"];
+    let scenarios = [
+        "plain write, one fdatasync",
+        "plain write, fdatasync per batch",
+        "plain write, fdatasync per 8 batches",
+        "never",
+        "always x1",
+        "always x8",
+        "read",
+    ];
     let mut seconds: Vec<Vec<f64>> = vec![Vec::new(); scenarios.len()];
     if let Some(only) = &options.only {
         // One appending scenario alone, e.g. under strace or perf.
@@ -211,7 +226,11 @@ fn main() {
     }
     for run in 0..options.runs {
         let work = tempfile::tempdir_in(&options.dir).expect("temp dir");
-        let plain = plain_write(work.path(), &template, batches);
+        let plain = plain_write(work.path(), &template, batches, usize::MAX);
+        // The disk's own cost of syncing as often as the `always` runs must
+        // at best: after every batch (x1), after every 8 batches (x8).
+        let synced1 = plain_write(work.path(), &template, batches, 1);
+        let synced8 = plain_write(work.path(), &template, batches, 8);
         let (never, never_log) = append(
             &work.path().join("never"),
             Durability::Never,
@@ -238,7 +257,7 @@ fn main() {
             8,
         );
         drop(log);
-        for (i, value) in [plain, never, always1, always8, read]
+        for (i, value) in [plain, synced1, synced8, never, always1, always8, read]
             .into_iter()
             .enumerate()
         {

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -22,7 +22,7 @@ use crate::segment::{self, Segment};
 const LOG_START_FILE: &str = "log-start-offset";
 const CLEAN_SHUTDOWN_FILE: &str = ".clean-shutdown";
 /// Most yields a sync leader spends waiting for concurrent appenders.
-const GATHER_YIELDS: usize = 8;
+const GATHER_YIELDS: usize = 16;
 /// A segment never grows past this, so index positions fit in 32 bits.
 const MAX_SEGMENT_BYTES: u64 = i32::MAX as u64;
 
@@ -106,6 +106,9 @@ pub struct Log {
     sync: Mutex<SyncState>,
     synced: Condvar,
     high_watermark: AtomicI64,
+    /// Appends between entry and the end of their write; a sync leader
+    /// waits for these to land so that its sync covers them.
+    appending: AtomicUsize,
 }
 
 impl Log {
@@ -218,6 +221,7 @@ impl Log {
             }),
             synced: Condvar::new(),
             high_watermark: AtomicI64::new(log_end.get()),
+            appending: AtomicUsize::new(0),
         })
     }
 
@@ -259,6 +263,17 @@ impl Log {
     /// # Errors
     /// As [`Log::append`], sync errors aside.
     pub fn append_unsynced(
+        &self,
+        batches: &mut [u8],
+        leader_epoch: LeaderEpoch,
+    ) -> Result<AppendInfo, LogError> {
+        self.appending.fetch_add(1, Ordering::AcqRel);
+        let result = self.write_batches(batches, leader_epoch);
+        self.appending.fetch_sub(1, Ordering::AcqRel);
+        result
+    }
+
+    fn write_batches(
         &self,
         batches: &mut [u8],
         leader_epoch: LeaderEpoch,
@@ -459,15 +474,15 @@ impl Log {
     }
 
     /// Lets appenders that are about to write join the sync this thread is
-    /// leading: while the log end keeps moving between yields, keep yielding
-    /// (a few times at most). Without it, the first appender back after a
+    /// leading: while the log end keeps moving between yields or appends are
+    /// in the middle of their write, keep yielding (a few times at most). Without it, the first appender back after a
     /// sync starts the next one alone while the others are still writing.
     fn gather_followers(&self) {
         let mut seen = self.state().log_end;
         for _ in 0..GATHER_YIELDS {
             std::thread::yield_now();
             let now = self.state().log_end;
-            if now == seen {
+            if now == seen && self.appending.load(Ordering::Acquire) == 0 {
                 return;
             }
             seen = now;
