@@ -168,11 +168,15 @@ pub fn stamp(batch: &mut [u8], base_offset: Offset, leader_epoch: LeaderEpoch) {
     }
 }
 
-/// The first record of an uncompressed batch whose timestamp is at or after
-/// `target`: its offset and timestamp. `None` when no record qualifies or the
-/// records cannot be walked (compressed, or malformed), in which case callers
-/// fall back to the batch's base offset and maximum timestamp.
-pub fn first_record_at_or_after(batch: &[u8], target: i64) -> Option<(Offset, i64)> {
+/// The first record of an uncompressed batch, at or above `min_offset`, whose
+/// timestamp is at or after `target`: its offset and timestamp. `None` when no
+/// record qualifies or the records cannot be walked (compressed, or
+/// malformed), in which case callers fall back to batch granularity.
+pub fn first_record_at_or_after(
+    batch: &[u8],
+    target: i64,
+    min_offset: Offset,
+) -> Option<(Offset, i64)> {
     let header = BatchHeader::parse(batch).ok()?;
     if header.is_compressed() {
         return None;
@@ -186,8 +190,9 @@ pub fn first_record_at_or_after(batch: &[u8], target: i64) -> Option<(Offset, i6
         let (timestamp_delta, used_ts) = read_varlong(after_attributes)?;
         let (offset_delta, _) = read_varlong(after_attributes.get(used_ts..)?)?;
         let timestamp = header.base_timestamp + timestamp_delta;
-        if timestamp >= target {
-            return Some((header.base_offset.plus(offset_delta), timestamp));
+        let offset = header.base_offset.plus(offset_delta);
+        if timestamp >= target && offset >= min_offset {
+            return Some((offset, timestamp));
         }
         rest = rest.get(used + body.len()..)?;
     }
@@ -308,14 +313,11 @@ pub(crate) mod tests {
     #[test]
     fn record_timestamps_are_found_inside_a_batch() {
         let batch = encoded_batch(5, 3, 100);
-        assert_eq!(
-            first_record_at_or_after(&batch, 102),
-            Some((Offset::from(2), 102))
-        );
-        assert_eq!(
-            first_record_at_or_after(&batch, 0),
-            Some((Offset::from(0), 100))
-        );
-        assert_eq!(first_record_at_or_after(&batch, 105), None);
+        let zero = Offset::from(0);
+        let find = |target, min| first_record_at_or_after(&batch, target, min);
+        assert_eq!(find(102, zero), Some((Offset::from(2), 102)));
+        assert_eq!(find(0, zero), Some((zero, 100)));
+        assert_eq!(find(0, Offset::from(3)), Some((Offset::from(3), 103)));
+        assert_eq!(find(105, zero), None);
     }
 }

@@ -30,7 +30,7 @@ pub(crate) struct OffsetEntry {
     pub(crate) position: u32,
 }
 
-/// Time index entry: every record up to and including the batch starting at
+/// Time index entry: every record up to and including the batch holding
 /// `relative_offset` has a timestamp at most `timestamp`.
 ///
 /// Layout: `[timestamp:8][relative_offset:4]`, big-endian.
@@ -96,10 +96,10 @@ pub(crate) fn offsets_are_valid(entries: &[OffsetEntry], data_len: u64, offset_s
     })
 }
 
-/// Whether time entries are strictly increasing in both fields and inside the segment.
+/// Whether time entries never decrease in either field and lie inside the segment.
 pub(crate) fn times_are_valid(entries: &[TimeEntry], offset_span: u64) -> bool {
     entries.windows(2).all(|pair| match pair {
-        [a, b] => a.timestamp < b.timestamp && a.relative_offset <= b.relative_offset,
+        [a, b] => a.timestamp <= b.timestamp && a.relative_offset <= b.relative_offset,
         _ => true,
     }) && entries
         .iter()

@@ -597,8 +597,8 @@ impl Log {
                 continue;
             }
             let file = segment.read_handle()?;
-            if let Some((offset, timestamp)) = segment.find_timestamp(&file, timestamp_ms, upper)? {
-                return Ok(Some((offset.max(log_start), timestamp)));
+            if let Some(found) = segment.find_timestamp(&file, timestamp_ms, log_start, upper)? {
+                return Ok(Some(found));
             }
         }
         Ok(None)

@@ -133,7 +133,11 @@ impl Segment {
             (Some(offsets), Some(times))
                 if index::offsets_are_valid(&offsets, size, span)
                     && index::times_are_valid(&times, span)
-                    && (size == 0 || (!offsets.is_empty() && !times.is_empty())) =>
+                    && (size == 0
+                        || (!offsets.is_empty()
+                            && times
+                                .last()
+                                .is_some_and(|t| u64::from(t.relative_offset) + 1 == span))) =>
             {
                 segment.max_timestamp = times.last().map(|t| t.timestamp);
             }
@@ -212,6 +216,7 @@ impl Segment {
             last_used: Instant::now(),
         };
         let mut scan_from = 0;
+        let mut resumed = false;
         if clean {
             let offsets = index::read_all::<OffsetEntry>(&segment.index_path)?;
             let times = index::read_all::<TimeEntry>(&segment.time_index_path)?;
@@ -231,9 +236,21 @@ impl Segment {
                     .collect();
                 state.offsets = offsets;
                 state.offsets.pop();
+                resumed = true;
             }
         }
-        let end = segment.scan_into(&file, scan_from, &mut state, index_interval)?;
+        let mut end = segment.scan_into(&file, scan_from, &mut state, index_interval)?;
+        if resumed && end.valid_end == scan_from && end.fault.is_some() {
+            // No valid batch where the saved index says one starts: the
+            // index is damaged, not the data. Check every batch instead.
+            tracing::warn!(segment = %segment.data_path.display(), "saved index does not match the data; rebuilding it");
+            segment.next_offset = base;
+            segment.max_timestamp = None;
+            state.offsets.clear();
+            state.times.clear();
+            state.bytes_since_index = u64::MAX;
+            end = segment.scan_into(&file, 0, &mut state, index_interval)?;
+        }
         if end.valid_end < file_len {
             tracing::warn!(
                 segment = %segment.data_path.display(),
@@ -285,7 +302,7 @@ impl Segment {
                 Ok(header) => header,
                 Err(fault) => break Some(fault),
             };
-            if header.base_offset < self.next_offset
+            if header.base_offset != self.next_offset
                 || header.last_offset().get() - self.base_offset.get() > i64::from(u32::MAX)
             {
                 break Some(BatchFault::UnexpectedOffset {
@@ -500,18 +517,13 @@ impl Segment {
         let mut expected = self
             .base_offset
             .plus(floor.map_or(0, |e| i64::from(e.relative_offset)));
-        let mut exact = floor.is_some();
         while position < self.size {
             let header = self.header_at(file, position)?;
             // An indexed batch starts exactly at its entry's offset; every
-            // other batch after its predecessor. The base offset is outside
-            // the CRC, so this is what catches a damaged one.
-            let offset_ok = if exact {
-                header.base_offset == expected
-            } else {
-                header.base_offset >= expected
-            };
-            if !offset_ok || header.base_offset >= self.next_offset {
+            // other batch right after its predecessor (the log writes offsets
+            // without gaps). The base offset is outside the CRC, so this is
+            // what catches a damaged one.
+            if header.base_offset != expected || header.base_offset >= self.next_offset {
                 return Err(self.corrupt(
                     position,
                     BatchFault::UnexpectedOffset {
@@ -520,7 +532,6 @@ impl Segment {
                     },
                 ));
             }
-            exact = false;
             expected = header.next_offset();
             if header.last_offset() >= offset {
                 return Ok(Some((position, header)));
@@ -530,11 +541,13 @@ impl Segment {
         Ok(None)
     }
 
-    /// The first record at or after `target` in this segment, below `upper`.
+    /// The first record at or after `target` in this segment, at or above
+    /// `min_offset` and below `upper`.
     pub(crate) fn find_timestamp(
         &self,
         file: &File,
         target: i64,
+        min_offset: Offset,
         upper: Offset,
     ) -> Result<Option<(Offset, i64)>, LogError> {
         let hint = match &self.active {
@@ -543,30 +556,48 @@ impl Segment {
                 index::floor_in_file::<TimeEntry>(&self.time_index_path, |t| t.timestamp < target)?
             }
         };
-        let mut position = match hint {
+        let (mut position, mut expected) = match hint {
             Some(entry) => {
                 let offset = self.base_offset.plus(i64::from(entry.relative_offset));
                 match self.find_batch(file, offset)? {
-                    Some((position, _)) => position,
+                    Some((position, header)) => (position, header.base_offset),
                     None => return Ok(None),
                 }
             }
-            None => 0,
+            None => (0, self.base_offset),
         };
         while position < self.size {
             let header = self.header_at(file, position)?;
             if header.base_offset >= upper {
                 return Ok(None);
             }
-            if header.max_timestamp >= target {
+            if header.base_offset != expected {
+                return Err(self.corrupt(
+                    position,
+                    BatchFault::UnexpectedOffset {
+                        expected,
+                        found: header.base_offset,
+                    },
+                ));
+            }
+            expected = header.next_offset();
+            if header.max_timestamp >= target && header.last_offset() >= min_offset {
                 let mut bytes = vec![0u8; header.size];
                 file.read_exact_at(&mut bytes, position)
                     .map_err(LogError::io(&self.data_path))?;
                 batch::verify(&bytes).map_err(|reason| self.corrupt(position, reason))?;
-                return Ok(Some(
-                    batch::first_record_at_or_after(&bytes, target)
-                        .unwrap_or((header.base_offset, header.max_timestamp)),
-                ));
+                let found = match batch::first_record_at_or_after(&bytes, target, min_offset) {
+                    Some(found) => Some(found),
+                    // Compressed: the batch is the finest grain available.
+                    None if header.is_compressed() => {
+                        Some((header.base_offset.max(min_offset), header.max_timestamp))
+                    }
+                    // Every qualifying record is below `min_offset`.
+                    None => None,
+                };
+                if found.is_some() {
+                    return Ok(found);
+                }
             }
             position += header.size as u64;
         }
@@ -659,7 +690,7 @@ impl SegmentView {
             if header.base_offset >= upper || rest.len() < header.size {
                 break;
             }
-            if header.base_offset < expected || header.base_offset >= self.next_offset {
+            if header.base_offset != expected || header.base_offset >= self.next_offset {
                 return Err(self.corrupt(
                     at,
                     BatchFault::UnexpectedOffset {
@@ -699,9 +730,14 @@ fn relative(base: Offset, offset: Offset) -> u32 {
     u32::try_from(offset.get() - base.get()).unwrap_or(u32::MAX)
 }
 
+/// Closes a segment's time index with an entry at its last offset, so that
+/// an index cut short (whole entries lost) is recognised on open.
 fn push_final_time_entry(state: &mut ActiveState, max: Option<i64>, last_relative: u32) {
     if let Some(max) = max
-        && state.times.last().is_none_or(|t| t.timestamp < max)
+        && state
+            .times
+            .last()
+            .is_none_or(|t| t.relative_offset < last_relative)
     {
         state.times.push(TimeEntry {
             timestamp: max,

@@ -489,3 +489,15 @@ fn advancing_the_log_start_hides_earlier_offsets() -> Result<(), LogError> {
     assert_eq!(Log::open(dir.path(), config())?.log_start(), o(13));
     Ok(())
 }
+
+#[test]
+fn timestamp_lookups_never_answer_below_the_log_start() -> Result<(), LogError> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = Log::open(dir.path(), config())?;
+    // One batch, offsets 0..=9, timestamps 100..=109.
+    log.append(&mut batch(&values(1, 10, 10), 100), epoch(0))?;
+    log.advance_log_start(o(4))?;
+    assert_eq!(log.offset_for_timestamp(0)?, Some((o(4), 104)));
+    assert_eq!(log.offset_for_timestamp(106)?, Some((o(6), 106)));
+    Ok(())
+}
