@@ -545,7 +545,11 @@ fn a_sealed_time_index_cut_by_whole_entries_is_rebuilt() {
         .expect("cut the last entry");
 
     let log = Log::open(dir.path(), config()).expect("reopen");
-    assert_eq!(fs::read(&time_index).ok(), Some(original), "rebuilt as written");
+    assert_eq!(
+        fs::read(&time_index).ok(),
+        Some(original),
+        "rebuilt as written"
+    );
     assert_lookups_correct(&log, &written, "time index cut by one entry");
 }
 
