@@ -53,12 +53,25 @@ impl Default for Config {
 pub struct KafkaConfig {
     /// Address the Kafka listener binds.
     pub listen: ListenAddr,
+    /// HOST:PORT Metadata tells clients to connect to; empty means the
+    /// listen address (with the port actually bound).
+    pub advertised: String,
+    /// Requests larger than this close the connection before any allocation.
+    pub max_request_bytes: ByteSize,
+    /// Whether Metadata and Produce for an unknown topic create it.
+    pub auto_create_topics: bool,
+    /// Partition count of topics created automatically or with -1 partitions.
+    pub default_partitions: u32,
 }
 
 impl Default for KafkaConfig {
     fn default() -> Self {
         KafkaConfig {
             listen: ListenAddr::loopback(9092),
+            advertised: String::new(),
+            max_request_bytes: ByteSize::mib(100),
+            auto_create_topics: true,
+            default_partitions: 1,
         }
     }
 }
@@ -270,6 +283,22 @@ pub const KEYS: &[KeyDoc] = &[
         description: "HOST:PORT the Kafka listener binds",
     },
     KeyDoc {
+        key: "kafka.advertised",
+        description: "HOST:PORT Metadata gives clients; empty means the listen address",
+    },
+    KeyDoc {
+        key: "kafka.max_request_bytes",
+        description: "Largest Kafka request; a larger one closes its connection (at least 1KiB)",
+    },
+    KeyDoc {
+        key: "kafka.auto_create_topics",
+        description: "Whether Metadata and Produce for an unknown topic create it",
+    },
+    KeyDoc {
+        key: "kafka.default_partitions",
+        description: "Partition count of automatically created topics (1 to 10000)",
+    },
+    KeyDoc {
         key: "amqp.listen",
         description: "HOST:PORT the AMQP 0-9-1 listener binds",
     },
@@ -348,6 +377,43 @@ impl Config {
         let problem = |key, message| Err(Problem { key, message });
         if self.data_dir.as_os_str().is_empty() {
             return problem("data_dir", "data_dir must not be empty".to_owned());
+        }
+        let kafka = &self.kafka;
+        if !kafka.advertised.is_empty() {
+            let valid = kafka
+                .advertised
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| {
+                    !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+                });
+            if !valid {
+                return problem(
+                    "kafka.advertised",
+                    format!(
+                        "kafka.advertised must be HOST:PORT with a port from 1 to 65535, got {:?}",
+                        kafka.advertised
+                    ),
+                );
+            }
+        }
+        if kafka.max_request_bytes < ByteSize::kib(1) {
+            return problem(
+                "kafka.max_request_bytes",
+                at_least(
+                    "kafka.max_request_bytes",
+                    ByteSize::kib(1),
+                    kafka.max_request_bytes,
+                ),
+            );
+        }
+        if !(1..=10_000).contains(&kafka.default_partitions) {
+            return problem(
+                "kafka.default_partitions",
+                format!(
+                    "kafka.default_partitions must be from 1 to 10000, got {}",
+                    kafka.default_partitions
+                ),
+            );
         }
         let log = &self.log;
         if log.segment_bytes < MIN_SEGMENT_BYTES {

@@ -18,4 +18,23 @@ pub enum CoreError {
     },
     #[error(transparent)]
     Log(#[from] sluice_log::LogError),
+    #[error("topic {topic:?} does not exist")]
+    UnknownTopic { topic: String },
+    #[error("partition {partition} of topic {topic:?} does not exist")]
+    UnknownPartition {
+        topic: String,
+        partition: sluice_types::PartitionId,
+    },
+    #[error("topic {topic:?} already exists")]
+    TopicExists { topic: String },
+    #[error("topic name {topic:?} is not valid: use 1 to 249 of letters, digits, '.', '_' and '-'")]
+    InvalidTopicName { topic: String },
+    #[error("invalid partition count for topic {topic:?}: {reason}")]
+    InvalidPartitions { topic: String, reason: String },
+    #[error("topic config {key} {reason}")]
+    InvalidConfig { key: String, reason: String },
+    #[error("internal error: {reason}")]
+    Internal { reason: String },
+    #[error("topic record {} is damaged: {reason}", .path.display())]
+    TopicRecord { path: PathBuf, reason: String },
 }

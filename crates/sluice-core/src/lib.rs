@@ -15,13 +15,22 @@
 
 mod data_dir;
 mod error;
+mod offsets;
+mod topic_config;
+mod topics;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use sluice_log::{LogConfig, LogManager};
 
 pub use data_dir::DataDirLock;
 pub use error::CoreError;
+pub use offsets::{CommittedOffset, OFFSETS_LOG, OffsetStore};
+pub use topic_config::{
+    CleanupPolicy, ConfigEntry, ConfigSource, TOPIC_CONFIG_KEYS, TimestampType, TopicConfig,
+};
+pub use topics::{MAX_PARTITIONS, MAX_TOPIC_NAME, Partition, Topic, Topics, log_name};
 
 /// What a broker needs to start.
 #[derive(Debug, Clone)]
@@ -30,6 +39,10 @@ pub struct BrokerOptions {
     pub data_dir: PathBuf,
     /// Settings every log starts from.
     pub log: LogConfig,
+    /// Whether a produce or metadata request for an unknown topic creates it.
+    pub auto_create_topics: bool,
+    /// Partition count of auto-created topics.
+    pub default_partitions: u32,
 }
 
 /// One running broker node.
@@ -38,7 +51,11 @@ pub struct BrokerOptions {
 #[derive(Debug)]
 pub struct Broker {
     data_dir: PathBuf,
-    logs: LogManager,
+    logs: Arc<LogManager>,
+    topics: Topics,
+    offsets: OffsetStore,
+    auto_create_topics: bool,
+    default_partitions: u32,
     // Dropped last: the lock is held until every log is closed.
     _lock: DataDirLock,
 }
@@ -52,10 +69,19 @@ impl Broker {
     /// [`CoreError::Log`] when a log fails to open.
     pub fn open(options: BrokerOptions) -> Result<Broker, CoreError> {
         let lock = DataDirLock::acquire(&options.data_dir)?;
-        let logs = LogManager::open(&options.data_dir.join("logs"), options.log)?;
+        let logs = Arc::new(LogManager::open(
+            &options.data_dir.join("logs"),
+            options.log,
+        )?);
+        let topics = Topics::open(&options.data_dir, Arc::clone(&logs))?;
+        let offsets = OffsetStore::open(&logs)?;
         Ok(Broker {
             data_dir: options.data_dir,
             logs,
+            topics,
+            offsets,
+            auto_create_topics: options.auto_create_topics,
+            default_partitions: options.default_partitions.max(1),
             _lock: lock,
         })
     }
@@ -68,6 +94,46 @@ impl Broker {
     /// The logs this broker stores.
     pub fn logs(&self) -> &LogManager {
         &self.logs
+    }
+
+    /// Committed consumer offsets.
+    pub fn offsets(&self) -> &OffsetStore {
+        &self.offsets
+    }
+
+    /// The broker's topics.
+    pub fn topics(&self) -> &Topics {
+        &self.topics
+    }
+
+    /// The topic called `name`; created with the default partition count if
+    /// it does not exist and auto-creation is on. Blocking when it creates.
+    ///
+    /// # Errors
+    /// [`CoreError::UnknownTopic`] when it does not exist and may not be
+    /// created; creation errors otherwise.
+    pub fn topic_or_create(&self, name: &str) -> Result<Arc<Topic>, CoreError> {
+        if let Some(topic) = self.topics.get(name) {
+            return Ok(topic);
+        }
+        if !self.auto_create_topics {
+            return Err(CoreError::UnknownTopic {
+                topic: name.to_owned(),
+            });
+        }
+        match self
+            .topics
+            .create(name, self.default_partitions, TopicConfig::default())
+        {
+            Err(CoreError::TopicExists { .. }) => {
+                self.topics
+                    .get(name)
+                    .ok_or_else(|| CoreError::UnknownTopic {
+                        topic: name.to_owned(),
+                    })
+            }
+            other => other,
+        }
     }
 
     /// Syncs and closes every log, then releases the data directory.

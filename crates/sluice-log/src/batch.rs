@@ -29,6 +29,7 @@ const BASE_TIMESTAMP_AT: usize = 27;
 const MAX_TIMESTAMP_AT: usize = 35;
 const RECORDS_COUNT_AT: usize = 57;
 const COMPRESSION_MASK: i16 = 0x07;
+const TIMESTAMP_TYPE_BIT: i16 = 0x08;
 
 /// The fields of a batch header that the log uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,6 +169,32 @@ pub fn stamp(batch: &mut [u8], base_offset: Offset, leader_epoch: LeaderEpoch) {
     }
 }
 
+/// Marks every batch in `buf` as stamped with the broker's append time
+/// (attributes bit 3, `max_timestamp = now`) and recomputes its CRC-32C, as
+/// Kafka does for topics with `message.timestamp.type=LogAppendTime`.
+///
+/// # Errors
+/// The [`BatchFault`] of the first invalid batch; nothing is changed then.
+pub fn set_log_append_time(buf: &mut [u8], now_ms: i64) -> Result<(), BatchFault> {
+    for (at, header) in split_verified(buf)? {
+        let Some(batch) = buf.get_mut(at..at + header.size) else {
+            continue;
+        };
+        let attributes = header.attributes | TIMESTAMP_TYPE_BIT;
+        if let Some(slot) = batch.get_mut(ATTRIBUTES_AT..ATTRIBUTES_AT + 2) {
+            slot.copy_from_slice(&attributes.to_be_bytes());
+        }
+        if let Some(slot) = batch.get_mut(MAX_TIMESTAMP_AT..MAX_TIMESTAMP_AT + 8) {
+            slot.copy_from_slice(&now_ms.to_be_bytes());
+        }
+        let crc = crc32c::crc32c(batch.get(ATTRIBUTES_AT..).unwrap_or_default());
+        if let Some(slot) = batch.get_mut(CRC_AT..CRC_AT + 4) {
+            slot.copy_from_slice(&crc.to_be_bytes());
+        }
+    }
+    Ok(())
+}
+
 /// The first record of an uncompressed batch, at or above `min_offset`, whose
 /// timestamp is at or after `target`: its offset and timestamp. `None` when no
 /// record qualifies or the records cannot be walked (compressed, or
@@ -297,6 +324,17 @@ pub(crate) mod tests {
                 continue;
             }
             assert!(verify(&damaged).is_err(), "flip at {at} accepted");
+        }
+    }
+
+    #[test]
+    fn log_append_time_is_stamped_with_a_valid_crc() {
+        let mut two = encoded_batch(2, 5, 10);
+        two.extend(encoded_batch(1, 5, 20));
+        set_log_append_time(&mut two, 99_000).expect("valid input");
+        for (_, header) in split_verified(&two).expect("still valid") {
+            assert_eq!(header.max_timestamp, 99_000);
+            assert_eq!(header.attributes & TIMESTAMP_TYPE_BIT, TIMESTAMP_TYPE_BIT);
         }
     }
 

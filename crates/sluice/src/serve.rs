@@ -5,10 +5,14 @@
 use std::io::IsTerminal as _;
 
 use anyhow::Context as _;
-use sluice_config::{Config, DurabilityMode, LogFormat, LogSettings};
+use std::sync::Arc;
+
+use sluice_config::{Config, DurabilityMode, KafkaConfig, LogFormat, LogSettings};
 use sluice_core::{Broker, BrokerOptions};
+use sluice_kafka::KafkaOptions;
 use sluice_log::{Durability, LogConfig};
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
@@ -43,24 +47,85 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     let options = BrokerOptions {
         data_dir: config.data_dir.clone(),
         log: log_config(&config.log)?,
+        auto_create_topics: config.kafka.auto_create_topics,
+        default_partitions: config.kafka.default_partitions,
     };
     let broker = tokio::task::spawn_blocking(move || Broker::open(options))
         .await
         .context("broker start-up task failed")?
         .context("cannot start the broker")?;
+    let broker = Arc::new(broker);
     info!(data_dir = %broker.data_dir().display(), "broker started");
+
+    let (stop, stopped) = watch::channel(false);
+    let kafka = start_kafka(&config.kafka, Arc::clone(&broker), stopped.clone()).await?;
 
     let signal_name = tokio::select! {
         _ = terminate.recv() => "SIGTERM",
         _ = interrupt.recv() => "SIGINT",
     };
     info!(signal = signal_name, "shutting down");
-    tokio::task::spawn_blocking(move || broker.shutdown())
-        .await
-        .context("broker shutdown task failed")?
-        .context("broker did not shut down cleanly")?;
+    // Stop accepting and let connections finish their current request; the
+    // logs close only after that, so no acknowledged append is cut short.
+    let _ = stop.send(true);
+    let _ = kafka.await;
+    tokio::time::sleep(SHUTDOWN_GRACE).await;
+    let broker = Arc::try_unwrap(broker).map_err(|_| {
+        anyhow::anyhow!("connections still hold the broker after shutdown; logs were not closed")
+    });
+    match broker {
+        Ok(broker) => tokio::task::spawn_blocking(move || broker.shutdown())
+            .await
+            .context("broker shutdown task failed")?
+            .context("broker did not shut down cleanly")?,
+        Err(err) => return Err(err),
+    }
     info!("broker stopped");
     Ok(())
+}
+
+/// Time connections get to finish their request after the listener stops.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Binds the Kafka listener and serves it in a task.
+async fn start_kafka(
+    config: &KafkaConfig,
+    broker: Arc<Broker>,
+    stopped: watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(config.listen.as_str())
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen for Kafka on {} (kafka.listen)",
+                config.listen.as_str()
+            )
+        })?;
+    let bound = listener.local_addr().context("kafka listener address")?;
+    let (advertised_host, advertised_port) = match config.advertised.rsplit_once(':') {
+        Some((host, port)) if !config.advertised.is_empty() => (
+            host.to_owned(),
+            port.parse().context("kafka.advertised port")?,
+        ),
+        _ => {
+            let host = config
+                .listen
+                .as_str()
+                .rsplit_once(':')
+                .map_or_else(|| bound.ip().to_string(), |(host, _)| host.to_owned());
+            (host, bound.port())
+        }
+    };
+    info!(listen = %bound, advertised = %format!("{advertised_host}:{advertised_port}"), "kafka listening");
+    let options = KafkaOptions {
+        advertised_host,
+        advertised_port,
+        node_id: 1,
+        max_request_bytes: usize::try_from(config.max_request_bytes.bytes()).unwrap_or(usize::MAX),
+    };
+    Ok(tokio::spawn(sluice_kafka::serve(
+        listener, broker, options, stopped,
+    )))
 }
 
 /// Installs the global subscriber: filter from `SLUICE_LOG`, else `RUST_LOG`,

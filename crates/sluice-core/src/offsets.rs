@@ -1,0 +1,275 @@
+//! Committed consumer offsets, per group, topic and partition.
+//!
+//! Every commit is appended to the internal log `__consumer_offsets-0` as
+//! one record batch (one record per partition) and acknowledged once durable;
+//! the latest record per key wins, so the log is ready for compaction. On
+//! open the log is replayed into memory.
+//!
+//! Record key layout: `[version:2=0][group_len:2][group][topic_len:2][topic][partition:4]`;
+//! value layout: `[version:2=0][offset:8][leader_epoch:4][metadata_len:4 (-1 = null)][metadata]`,
+//! big-endian.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+use sluice_log::{Clock, Log, LogManager, ReadBound, SystemClock};
+use sluice_types::{LeaderEpoch, Offset};
+
+use crate::CoreError;
+
+/// The internal log holding committed offsets.
+pub const OFFSETS_LOG: &str = "__consumer_offsets-0";
+
+/// One committed position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommittedOffset {
+    pub offset: i64,
+    pub leader_epoch: i32,
+    pub metadata: Option<String>,
+}
+
+type GroupOffsets = BTreeMap<(String, i32), CommittedOffset>;
+
+/// Committed offsets of every group.
+#[derive(Debug)]
+pub struct OffsetStore {
+    log: Arc<Log>,
+    groups: Mutex<HashMap<String, GroupOffsets>>,
+}
+
+impl OffsetStore {
+    pub(crate) fn open(logs: &LogManager) -> Result<OffsetStore, CoreError> {
+        let log = logs.get_or_create(OFFSETS_LOG, None)?;
+        let mut groups: HashMap<String, GroupOffsets> = HashMap::new();
+        let mut next = log.log_start();
+        while next < log.log_end() {
+            let read = log.read(next, 1 << 20, ReadBound::LogEnd)?;
+            let Some(after) = read.next_offset else { break };
+            let mut bytes = read.records;
+            while bytes.has_remaining() {
+                let Ok(set) = RecordBatchDecoder::decode(&mut bytes) else {
+                    tracing::warn!(offset = %next, "skipping an undecodable offsets batch");
+                    break;
+                };
+                for record in set.records {
+                    let Some((group, topic, partition)) = record.key.as_ref().and_then(decode_key)
+                    else {
+                        continue;
+                    };
+                    let entry = groups.entry(group).or_default();
+                    match record.value.as_ref().and_then(decode_value) {
+                        Some(committed) => {
+                            entry.insert((topic, partition), committed);
+                        }
+                        None => {
+                            entry.remove(&(topic, partition));
+                        }
+                    }
+                }
+            }
+            next = after;
+        }
+        groups.retain(|_, offsets| !offsets.is_empty());
+        Ok(OffsetStore {
+            log,
+            groups: Mutex::new(groups),
+        })
+    }
+
+    fn groups(&self) -> MutexGuard<'_, HashMap<String, GroupOffsets>> {
+        self.groups.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stores `offsets` for `group` durably, all or nothing. Blocking.
+    ///
+    /// # Errors
+    /// [`CoreError::Log`] when the append fails; nothing is stored then.
+    pub fn commit(
+        &self,
+        group: &str,
+        offsets: &[(String, i32, CommittedOffset)],
+    ) -> Result<(), CoreError> {
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let now = SystemClock.now_ms();
+        let records: Vec<Record> = offsets
+            .iter()
+            .enumerate()
+            .map(|(i, (topic, partition, committed))| Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: -1,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_type: TimestampType::Creation,
+                offset: i as i64,
+                sequence: i as i32,
+                timestamp: now,
+                key: Some(encode_key(group, topic, *partition)),
+                value: Some(encode_value(committed)),
+                headers: Default::default(),
+            })
+            .collect();
+        let mut batch = BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut batch,
+            &records,
+            &RecordEncodeOptions {
+                version: 2,
+                compression: Compression::None,
+            },
+        )
+        .map_err(|err| CoreError::Internal {
+            reason: format!("cannot encode an offsets batch: {err}"),
+        })?;
+        self.log.append(&mut batch, LeaderEpoch::from(0))?;
+        let mut groups = self.groups();
+        let entry = groups.entry(group.to_owned()).or_default();
+        for (topic, partition, committed) in offsets {
+            entry.insert((topic.clone(), *partition), committed.clone());
+        }
+        Ok(())
+    }
+
+    /// The committed offset of one partition for `group`.
+    pub fn fetch(&self, group: &str, topic: &str, partition: i32) -> Option<CommittedOffset> {
+        self.groups()
+            .get(group)
+            .and_then(|offsets| offsets.get(&(topic.to_owned(), partition)).cloned())
+    }
+
+    /// Every committed offset of `group`, sorted by topic and partition.
+    pub fn group(&self, group: &str) -> Vec<(String, i32, CommittedOffset)> {
+        self.groups().get(group).map_or_else(Vec::new, |offsets| {
+            offsets
+                .iter()
+                .map(|((topic, partition), c)| (topic.clone(), *partition, c.clone()))
+                .collect()
+        })
+    }
+
+    /// Offset of the log end, for tests that check commits were stored.
+    pub fn log_end(&self) -> Offset {
+        self.log.log_end()
+    }
+}
+
+fn put_str(out: &mut BytesMut, s: &str) {
+    out.put_u16(s.len().min(usize::from(u16::MAX)) as u16);
+    out.put_slice(
+        s.as_bytes()
+            .get(..s.len().min(usize::from(u16::MAX)))
+            .unwrap_or_default(),
+    );
+}
+
+fn encode_key(group: &str, topic: &str, partition: i32) -> Bytes {
+    let mut out = BytesMut::new();
+    out.put_u16(0);
+    put_str(&mut out, group);
+    put_str(&mut out, topic);
+    out.put_i32(partition);
+    out.freeze()
+}
+
+fn encode_value(committed: &CommittedOffset) -> Bytes {
+    let mut out = BytesMut::new();
+    out.put_u16(0);
+    out.put_i64(committed.offset);
+    out.put_i32(committed.leader_epoch);
+    match &committed.metadata {
+        Some(metadata) => {
+            out.put_i32(metadata.len() as i32);
+            out.put_slice(metadata.as_bytes());
+        }
+        None => out.put_i32(-1),
+    }
+    out.freeze()
+}
+
+fn get_str(buf: &mut Bytes) -> Option<String> {
+    if buf.remaining() < 2 {
+        return None;
+    }
+    let len = usize::from(buf.get_u16());
+    if buf.remaining() < len {
+        return None;
+    }
+    String::from_utf8(buf.split_to(len).to_vec()).ok()
+}
+
+fn decode_key(key: &Bytes) -> Option<(String, String, i32)> {
+    let mut buf = key.clone();
+    if buf.remaining() < 2 || buf.get_u16() != 0 {
+        return None;
+    }
+    let group = get_str(&mut buf)?;
+    let topic = get_str(&mut buf)?;
+    (buf.remaining() >= 4).then(|| (group, topic, buf.get_i32()))
+}
+
+fn decode_value(value: &Bytes) -> Option<CommittedOffset> {
+    let mut buf = value.clone();
+    if buf.remaining() < 2 + 8 + 4 + 4 || buf.get_u16() != 0 {
+        return None;
+    }
+    let offset = buf.get_i64();
+    let leader_epoch = buf.get_i32();
+    let len = buf.get_i32();
+    let metadata = match usize::try_from(len) {
+        Ok(len) if buf.remaining() >= len => {
+            Some(String::from_utf8_lossy(&buf.split_to(len)).into_owned())
+        }
+        _ => None,
+    };
+    Some(CommittedOffset {
+        offset,
+        leader_epoch,
+        metadata,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_log::LogConfig;
+
+    #[test]
+    fn commits_survive_reopen_and_latest_wins() -> Result<(), CoreError> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let committed = |offset, metadata: Option<&str>| CommittedOffset {
+            offset,
+            leader_epoch: 0,
+            metadata: metadata.map(str::to_owned),
+        };
+        {
+            let logs = LogManager::open(dir.path(), LogConfig::default())?;
+            let store = OffsetStore::open(&logs)?;
+            store.commit("g", &[("t".into(), 0, committed(5, Some("meta")))])?;
+            store.commit(
+                "g",
+                &[
+                    ("t".into(), 0, committed(7, None)),
+                    ("t".into(), 1, committed(3, Some(""))),
+                ],
+            )?;
+            store.commit("other", &[("t".into(), 0, committed(1, None))])?;
+            logs.shutdown()?;
+        }
+        let logs = LogManager::open(dir.path(), LogConfig::default())?;
+        let store = OffsetStore::open(&logs)?;
+        assert_eq!(store.fetch("g", "t", 0), Some(committed(7, None)));
+        assert_eq!(store.fetch("g", "t", 1), Some(committed(3, Some(""))));
+        assert_eq!(store.fetch("other", "t", 0), Some(committed(1, None)));
+        assert_eq!(store.fetch("g", "t", 2), None);
+        assert_eq!(store.group("g").len(), 2);
+        logs.shutdown()?;
+        Ok(())
+    }
+}

@@ -1,0 +1,275 @@
+//! Per-topic settings under their Kafka names (`retention.ms`, …): parsed,
+//! validated, and turned into the log engine's [`LogConfig`].
+//!
+//! A topic stores only the keys set on it; every other key takes the
+//! broker's default, and DescribeConfigs reports which is which.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use sluice_log::LogConfig;
+
+use crate::CoreError;
+
+/// Where a topic setting's value comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// Set on the topic.
+    Topic,
+    /// The broker's default.
+    Default,
+}
+
+/// One setting as DescribeConfigs shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigEntry {
+    pub name: &'static str,
+    pub value: String,
+    pub source: ConfigSource,
+}
+
+/// How old a topic's records are measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimestampType {
+    CreateTime,
+    LogAppendTime,
+}
+
+/// Kafka's `cleanup.policy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CleanupPolicy {
+    Delete,
+    Compact,
+    CompactDelete,
+}
+
+/// The settings a topic may carry, by Kafka name.
+pub const TOPIC_CONFIG_KEYS: &[&str] = &[
+    "cleanup.policy",
+    "max.message.bytes",
+    "message.timestamp.type",
+    "min.insync.replicas",
+    "retention.bytes",
+    "retention.ms",
+    "segment.bytes",
+    "segment.ms",
+];
+
+/// Settings set on one topic, by Kafka name, as given.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TopicConfig {
+    overrides: BTreeMap<String, String>,
+}
+
+impl TopicConfig {
+    /// Checks and keeps `settings`.
+    ///
+    /// # Errors
+    /// [`CoreError::InvalidConfig`] naming the first unknown key or bad value.
+    pub fn new<I, K, V>(settings: I) -> Result<TopicConfig, CoreError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let mut config = TopicConfig::default();
+        for (key, value) in settings {
+            config.set(key.into(), value.into())?;
+        }
+        Ok(config)
+    }
+
+    /// Sets one key after checking it.
+    ///
+    /// # Errors
+    /// [`CoreError::InvalidConfig`] for an unknown key or a bad value.
+    pub fn set(&mut self, key: String, value: String) -> Result<(), CoreError> {
+        validate(&key, &value)?;
+        self.overrides.insert(key, value);
+        Ok(())
+    }
+
+    /// Returns the key to its default.
+    pub fn remove(&mut self, key: &str) {
+        self.overrides.remove(key);
+    }
+
+    pub fn overrides(&self) -> &BTreeMap<String, String> {
+        &self.overrides
+    }
+
+    fn get_i64(&self, key: &str) -> Option<i64> {
+        self.overrides.get(key).and_then(|v| v.trim().parse().ok())
+    }
+
+    /// The log settings for this topic's partitions, starting from `defaults`.
+    pub fn log_config(&self, defaults: &LogConfig) -> LogConfig {
+        let mut config = defaults.clone();
+        if let Some(bytes) = self.get_i64("segment.bytes") {
+            config.segment_bytes = bytes.max(1) as u64;
+        }
+        if let Some(ms) = self.get_i64("segment.ms") {
+            config.segment_time = Duration::from_millis(ms.max(1) as u64);
+        }
+        if let Some(bytes) = self.get_i64("retention.bytes") {
+            config.retention_bytes = u64::try_from(bytes).ok();
+        }
+        if let Some(ms) = self.get_i64("retention.ms") {
+            config.retention_time = u64::try_from(ms).ok().map(Duration::from_millis);
+        }
+        if let Some(bytes) = self.get_i64("max.message.bytes") {
+            config.max_batch_bytes = u32::try_from(bytes.max(0)).unwrap_or(u32::MAX);
+        }
+        config
+    }
+
+    pub fn timestamp_type(&self) -> TimestampType {
+        match self
+            .overrides
+            .get("message.timestamp.type")
+            .map(String::as_str)
+        {
+            Some("LogAppendTime") => TimestampType::LogAppendTime,
+            _ => TimestampType::CreateTime,
+        }
+    }
+
+    pub fn cleanup_policy(&self) -> CleanupPolicy {
+        match self
+            .overrides
+            .get("cleanup.policy")
+            .map(|v| policy_words(v))
+        {
+            Some((true, true)) => CleanupPolicy::CompactDelete,
+            Some((true, false)) => CleanupPolicy::Compact,
+            _ => CleanupPolicy::Delete,
+        }
+    }
+
+    /// Every setting with its effective value and source, sorted by name.
+    pub fn entries(&self, defaults: &LogConfig) -> Vec<ConfigEntry> {
+        TOPIC_CONFIG_KEYS
+            .iter()
+            .map(|name| match self.overrides.get(*name) {
+                Some(value) => ConfigEntry {
+                    name,
+                    value: value.clone(),
+                    source: ConfigSource::Topic,
+                },
+                None => ConfigEntry {
+                    name,
+                    value: default_value(name, defaults),
+                    source: ConfigSource::Default,
+                },
+            })
+            .collect()
+    }
+}
+
+fn default_value(name: &str, defaults: &LogConfig) -> String {
+    let millis = |d: Option<Duration>| d.map_or(-1, |d| d.as_millis() as i64).to_string();
+    match name {
+        "cleanup.policy" => "delete".to_owned(),
+        "max.message.bytes" => defaults.max_batch_bytes.to_string(),
+        "message.timestamp.type" => "CreateTime".to_owned(),
+        "min.insync.replicas" => "1".to_owned(),
+        "retention.bytes" => defaults
+            .retention_bytes
+            .map_or(-1, |b| b as i64)
+            .to_string(),
+        "retention.ms" => millis(defaults.retention_time),
+        "segment.bytes" => defaults.segment_bytes.to_string(),
+        "segment.ms" => millis(Some(defaults.segment_time)),
+        _ => String::new(),
+    }
+}
+
+/// (has compact, has delete) of a `cleanup.policy` list.
+fn policy_words(value: &str) -> (bool, bool) {
+    let words: Vec<&str> = value.split(',').map(str::trim).collect();
+    (words.contains(&"compact"), words.contains(&"delete"))
+}
+
+fn validate(key: &str, value: &str) -> Result<(), CoreError> {
+    let invalid = |reason: &str| CoreError::InvalidConfig {
+        key: key.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let int = |min: i64, max: i64| -> Result<(), CoreError> {
+        match value.trim().parse::<i64>() {
+            Ok(n) if (min..=max).contains(&n) => Ok(()),
+            Ok(_) => Err(invalid(&format!(
+                "must be between {min} and {max}, got {value}"
+            ))),
+            Err(_) => Err(invalid(&format!("must be a whole number, got {value:?}"))),
+        }
+    };
+    match key {
+        "retention.ms" | "retention.bytes" => int(-1, i64::MAX),
+        "segment.bytes" => int(14, i64::from(i32::MAX)),
+        "segment.ms" => int(1, i64::MAX),
+        "max.message.bytes" => int(0, i64::from(i32::MAX)),
+        "min.insync.replicas" => int(1, i64::from(i32::MAX)),
+        "message.timestamp.type" => match value {
+            "CreateTime" | "LogAppendTime" => Ok(()),
+            _ => Err(invalid("must be CreateTime or LogAppendTime")),
+        },
+        "cleanup.policy" => {
+            let valid = !value.trim().is_empty()
+                && value
+                    .split(',')
+                    .map(str::trim)
+                    .all(|w| w == "compact" || w == "delete");
+            if valid {
+                Ok(())
+            } else {
+                Err(invalid("must be delete, compact, or compact,delete"))
+            }
+        }
+        _ => Err(invalid("is not a topic config this broker knows")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_map_onto_the_log_config() -> Result<(), CoreError> {
+        let config = TopicConfig::new([
+            ("retention.ms", "60000"),
+            ("retention.bytes", "-1"),
+            ("segment.bytes", "1048576"),
+            ("max.message.bytes", "1000"),
+        ])?;
+        let log = config.log_config(&LogConfig::default());
+        assert_eq!(log.retention_time, Some(Duration::from_secs(60)));
+        assert_eq!(log.retention_bytes, None);
+        assert_eq!(log.segment_bytes, 1 << 20);
+        assert_eq!(log.max_batch_bytes, 1000);
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let err = TopicConfig::new([("retention.mss", "1")]).expect_err("unknown");
+        assert!(err.to_string().contains("retention.mss"), "{err}");
+        let err = TopicConfig::new([("retention.ms", "soon")]).expect_err("bad value");
+        assert!(err.to_string().contains("retention.ms"), "{err}");
+        let err = TopicConfig::new([("cleanup.policy", "keep")]).expect_err("bad policy");
+        assert!(err.to_string().contains("cleanup.policy"), "{err}");
+    }
+
+    #[test]
+    fn entries_report_defaults_and_overrides() -> Result<(), CoreError> {
+        let config = TopicConfig::new([("cleanup.policy", "compact,delete")])?;
+        assert_eq!(config.cleanup_policy(), CleanupPolicy::CompactDelete);
+        let entries = config.entries(&LogConfig::default());
+        assert_eq!(entries.len(), TOPIC_CONFIG_KEYS.len());
+        let policy = entries.iter().find(|e| e.name == "cleanup.policy");
+        assert_eq!(policy.map(|e| e.source), Some(ConfigSource::Topic));
+        let retention = entries.iter().find(|e| e.name == "retention.ms");
+        assert_eq!(retention.map(|e| e.value.as_str()), Some("604800000"));
+        Ok(())
+    }
+}

@@ -1,0 +1,473 @@
+//! Topics and their partitions: created, grown and deleted here, persisted
+//! under `<data_dir>/topics/<name>.toml`, each partition a log named
+//! `<topic>-<partition>` in the broker's [`LogManager`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use bytes::BytesMut;
+use serde::{Deserialize, Serialize};
+use sluice_log::{AppendInfo, Clock, Log, LogManager, SystemClock};
+use sluice_types::{LeaderEpoch, PartitionId};
+use tokio::sync::Notify;
+
+use crate::CoreError;
+use crate::topic_config::{TimestampType, TopicConfig};
+
+/// Longest topic name, as Kafka allows.
+pub const MAX_TOPIC_NAME: usize = 249;
+/// Most partitions a topic may have.
+pub const MAX_PARTITIONS: u32 = 10_000;
+
+/// One partition: a log, and a signal that wakes fetches waiting for data.
+#[derive(Debug)]
+pub struct Partition {
+    topic: Arc<str>,
+    id: PartitionId,
+    log: Arc<Log>,
+    appended: Notify,
+}
+
+impl Partition {
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    pub fn id(&self) -> PartitionId {
+        self.id
+    }
+
+    pub fn log(&self) -> &Arc<Log> {
+        &self.log
+    }
+
+    /// Resolves once data may have become readable (an append completed).
+    /// Enable it before checking for data so that no append is missed.
+    pub fn appended(&self) -> tokio::sync::futures::Notified<'_> {
+        self.appended.notified()
+    }
+
+    pub(crate) fn wake_readers(&self) {
+        self.appended.notify_waiters();
+    }
+}
+
+#[derive(Debug)]
+struct TopicState {
+    config: TopicConfig,
+    partitions: Vec<Arc<Partition>>,
+}
+
+/// A topic: a name, an id, settings and partitions.
+#[derive(Debug)]
+pub struct Topic {
+    name: Arc<str>,
+    id: [u8; 16],
+    state: Mutex<TopicState>,
+}
+
+impl Topic {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Kafka's topic id (KIP-516), fixed at creation.
+    pub fn id(&self) -> [u8; 16] {
+        self.id
+    }
+
+    fn state(&self) -> MutexGuard<'_, TopicState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn partitions(&self) -> Vec<Arc<Partition>> {
+        self.state().partitions.clone()
+    }
+
+    pub fn partition_count(&self) -> usize {
+        self.state().partitions.len()
+    }
+
+    pub fn partition(&self, id: PartitionId) -> Option<Arc<Partition>> {
+        let index = usize::try_from(id.get()).ok()?;
+        self.state().partitions.get(index).cloned()
+    }
+
+    pub fn config(&self) -> TopicConfig {
+        self.state().config.clone()
+    }
+
+    /// Appends record batches to a partition, waits as the log's durability
+    /// asks, and wakes fetches. Blocking: call it off the async runtime.
+    ///
+    /// # Errors
+    /// [`CoreError::UnknownPartition`], or the log's refusal.
+    pub fn append_blocking(
+        &self,
+        partition: PartitionId,
+        records: &mut BytesMut,
+    ) -> Result<AppendInfo, CoreError> {
+        let target = self
+            .partition(partition)
+            .ok_or_else(|| CoreError::UnknownPartition {
+                topic: self.name.to_string(),
+                partition,
+            })?;
+        if self.config().timestamp_type() == TimestampType::LogAppendTime {
+            sluice_log::batch::set_log_append_time(records, SystemClock.now_ms())
+                .map_err(|reason| CoreError::Log(sluice_log::LogError::InvalidBatch { reason }))?;
+        }
+        let result = target.log.append(records, LeaderEpoch::from(0));
+        target.wake_readers();
+        Ok(result?)
+    }
+}
+
+/// What is saved per topic. Layout: TOML, `name`, `id` (32 hex digits),
+/// `partitions`, and `[config]` with the topic's own settings.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TopicRecord {
+    name: String,
+    id: String,
+    partitions: u32,
+    #[serde(default)]
+    config: BTreeMap<String, String>,
+}
+
+/// Every topic of the broker.
+#[derive(Debug)]
+pub struct Topics {
+    dir: PathBuf,
+    logs: Arc<LogManager>,
+    topics: RwLock<HashMap<String, Arc<Topic>>>,
+}
+
+impl Topics {
+    /// Loads the saved topics and opens their partitions' logs.
+    pub(crate) fn open(data_dir: &Path, logs: Arc<LogManager>) -> Result<Topics, CoreError> {
+        let dir = data_dir.join("topics");
+        fs::create_dir_all(&dir).map_err(|source| CoreError::DataDir {
+            path: dir.clone(),
+            source,
+        })?;
+        let topics = Topics {
+            dir,
+            logs,
+            topics: RwLock::new(HashMap::new()),
+        };
+        let entries = fs::read_dir(&topics.dir).map_err(|source| CoreError::DataDir {
+            path: topics.dir.clone(),
+            source,
+        })?;
+        for entry in entries {
+            let path = entry
+                .map_err(|source| CoreError::DataDir {
+                    path: topics.dir.clone(),
+                    source,
+                })?
+                .path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let topic = topics.load(&path)?;
+                topics.write().insert(topic.name.to_string(), topic);
+            }
+        }
+        Ok(topics)
+    }
+
+    fn load(&self, path: &Path) -> Result<Arc<Topic>, CoreError> {
+        let damaged = |reason: String| CoreError::TopicRecord {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let text = fs::read_to_string(path).map_err(|e| damaged(e.to_string()))?;
+        let record: TopicRecord = toml::from_str(&text).map_err(|e| damaged(e.to_string()))?;
+        let id = parse_id(&record.id).ok_or_else(|| damaged(format!("bad id {:?}", record.id)))?;
+        let config = TopicConfig::new(record.config).map_err(|e| damaged(e.to_string()))?;
+        let name: Arc<str> = Arc::from(record.name.as_str());
+        let partitions = (0..record.partitions)
+            .map(|p| self.open_partition(&name, p, &config))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Arc::new(Topic {
+            name,
+            id,
+            state: Mutex::new(TopicState { config, partitions }),
+        }))
+    }
+
+    fn open_partition(
+        &self,
+        topic: &Arc<str>,
+        index: u32,
+        config: &TopicConfig,
+    ) -> Result<Arc<Partition>, CoreError> {
+        let log_config = config.log_config(self.logs.defaults());
+        let log = self
+            .logs
+            .get_or_create(&log_name(topic, index), Some(log_config.clone()))?;
+        log.set_config(log_config);
+        Ok(Arc::new(Partition {
+            topic: Arc::clone(topic),
+            id: PartitionId::from(index as i32),
+            log,
+            appended: Notify::new(),
+        }))
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Topic>>> {
+        self.topics.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<Topic>>> {
+        self.topics.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Topic>> {
+        self.read().get(name).cloned()
+    }
+
+    /// Names of all topics, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.read().keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// Checks a CreateTopics request without creating anything.
+    ///
+    /// # Errors
+    /// As [`Topics::create`], except for I/O.
+    pub fn validate_new(&self, name: &str, partitions: u32) -> Result<(), CoreError> {
+        validate_name(name)?;
+        if self.read().contains_key(name) {
+            return Err(CoreError::TopicExists {
+                topic: name.to_owned(),
+            });
+        }
+        if partitions == 0 || partitions > MAX_PARTITIONS {
+            return Err(CoreError::InvalidPartitions {
+                topic: name.to_owned(),
+                reason: format!(
+                    "partition count must be between 1 and {MAX_PARTITIONS}, got {partitions}"
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Creates a topic with `partitions` empty partitions. Blocking.
+    ///
+    /// # Errors
+    /// [`CoreError::InvalidTopicName`], [`CoreError::TopicExists`],
+    /// [`CoreError::InvalidPartitions`], [`CoreError::InvalidConfig`], or I/O.
+    pub fn create(
+        &self,
+        name: &str,
+        partitions: u32,
+        config: TopicConfig,
+    ) -> Result<Arc<Topic>, CoreError> {
+        self.validate_new(name, partitions)?;
+        let mut topics = self.write();
+        if let Some(existing) = topics.get(name) {
+            return Err(CoreError::TopicExists {
+                topic: existing.name.to_string(),
+            });
+        }
+        let name_arc: Arc<str> = Arc::from(name);
+        // A log left behind by a deleted topic of the same name must not
+        // come back as this topic's data.
+        for index in 0..partitions {
+            self.logs.delete(&log_name(name, index))?;
+        }
+        let parts = (0..partitions)
+            .map(|p| self.open_partition(&name_arc, p, &config))
+            .collect::<Result<Vec<_>, _>>()?;
+        let topic = Arc::new(Topic {
+            name: name_arc,
+            id: new_id(name),
+            state: Mutex::new(TopicState {
+                config,
+                partitions: parts,
+            }),
+        });
+        self.save(&topic)?;
+        topics.insert(name.to_owned(), Arc::clone(&topic));
+        tracing::info!(topic = name, partitions, "topic created");
+        Ok(topic)
+    }
+
+    /// Grows a topic to `total` partitions; partitions never shrink.
+    ///
+    /// # Errors
+    /// [`CoreError::UnknownTopic`], [`CoreError::InvalidPartitions`], or I/O.
+    pub fn grow(&self, name: &str, total: u32, validate_only: bool) -> Result<(), CoreError> {
+        let topic = self.get(name).ok_or_else(|| CoreError::UnknownTopic {
+            topic: name.to_owned(),
+        })?;
+        let mut state = topic.state();
+        let current = state.partitions.len() as u32;
+        if total <= current || total > MAX_PARTITIONS {
+            return Err(CoreError::InvalidPartitions {
+                topic: name.to_owned(),
+                reason: format!(
+                    "topic has {current} partitions; the new count must be greater and at most {MAX_PARTITIONS}, got {total}"
+                ),
+            });
+        }
+        if validate_only {
+            return Ok(());
+        }
+        for index in current..total {
+            self.logs.delete(&log_name(name, index))?;
+            let partition = self.open_partition(&topic.name, index, &state.config)?;
+            state.partitions.push(partition);
+        }
+        let record = record_of(&topic, &state);
+        drop(state);
+        self.write_record(&record)?;
+        tracing::info!(topic = name, partitions = total, "partitions added");
+        Ok(())
+    }
+
+    /// Changes a topic's settings (AlterConfigs replaces them all,
+    /// IncrementalAlterConfigs edits some).
+    ///
+    /// # Errors
+    /// [`CoreError::UnknownTopic`] or I/O.
+    pub fn set_config(&self, name: &str, config: TopicConfig) -> Result<(), CoreError> {
+        let topic = self.get(name).ok_or_else(|| CoreError::UnknownTopic {
+            topic: name.to_owned(),
+        })?;
+        let mut state = topic.state();
+        let log_config = config.log_config(self.logs.defaults());
+        for partition in &state.partitions {
+            partition.log.set_config(log_config.clone());
+        }
+        state.config = config;
+        let record = record_of(&topic, &state);
+        drop(state);
+        self.write_record(&record)
+    }
+
+    /// Deletes a topic and its data. Blocking.
+    ///
+    /// # Errors
+    /// [`CoreError::UnknownTopic`] or I/O.
+    pub fn delete(&self, name: &str) -> Result<(), CoreError> {
+        let topic = self
+            .write()
+            .remove(name)
+            .ok_or_else(|| CoreError::UnknownTopic {
+                topic: name.to_owned(),
+            })?;
+        // The record goes first: a crash after it leaves orphan logs, which
+        // a later topic of the same name deletes before use.
+        let path = self.record_path(name);
+        fs::remove_file(&path).map_err(|source| CoreError::DataDir { path, source })?;
+        for partition in topic.partitions() {
+            partition.wake_readers();
+            self.logs
+                .delete(&log_name(name, partition.id.get() as u32))?;
+        }
+        tracing::info!(topic = name, "topic deleted");
+        Ok(())
+    }
+
+    fn record_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.toml"))
+    }
+
+    fn save(&self, topic: &Topic) -> Result<(), CoreError> {
+        let record = record_of(topic, &topic.state());
+        self.write_record(&record)
+    }
+
+    fn write_record(&self, record: &TopicRecord) -> Result<(), CoreError> {
+        let path = self.record_path(&record.name);
+        let io_error = |source| CoreError::DataDir {
+            path: path.clone(),
+            source,
+        };
+        let text = toml::to_string(record).map_err(|e| CoreError::TopicRecord {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        let temp = path.with_extension("toml.tmp");
+        let mut file = fs::File::create(&temp).map_err(io_error)?;
+        file.write_all(text.as_bytes()).map_err(io_error)?;
+        file.sync_all().map_err(io_error)?;
+        fs::rename(&temp, &path).map_err(io_error)?;
+        fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_error)
+    }
+}
+
+fn record_of(topic: &Topic, state: &TopicState) -> TopicRecord {
+    TopicRecord {
+        name: topic.name.to_string(),
+        id: topic.id.iter().map(|b| format!("{b:02x}")).collect(),
+        partitions: state.partitions.len() as u32,
+        config: state.config.overrides().clone(),
+    }
+}
+
+/// The log behind a partition, as Kafka names partition directories.
+pub fn log_name(topic: &str, partition: u32) -> String {
+    format!("{topic}-{partition}")
+}
+
+/// Names of internal topics, which clients may not create.
+const RESERVED: &[&str] = &["__consumer_offsets", "__transaction_state"];
+
+/// Kafka's rules: 1 to 249 of `[a-zA-Z0-9._-]`, not `.` or `..`, and not
+/// the name of an internal topic.
+fn validate_name(name: &str) -> Result<(), CoreError> {
+    let valid = !name.is_empty()
+        && !RESERVED.contains(&name)
+        && name.len() <= MAX_TOPIC_NAME
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(CoreError::InvalidTopicName {
+            topic: name.to_owned(),
+        })
+    }
+}
+
+fn parse_id(hex: &str) -> Option<[u8; 16]> {
+    if hex.len() != 32 {
+        return None;
+    }
+    let mut id = [0u8; 16];
+    for (i, byte) in id.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(i * 2..i * 2 + 2)?, 16).ok()?;
+    }
+    Some(id)
+}
+
+/// A topic id unique enough for one broker: time, process and name hashed.
+fn new_id(name: &str) -> [u8; 16] {
+    use std::hash::{BuildHasher, Hasher};
+    let mut id = [0u8; 16];
+    for (i, chunk) in id.chunks_mut(8).enumerate() {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write(name.as_bytes());
+        hasher.write_usize(i);
+        hasher.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        chunk.copy_from_slice(&hasher.finish().to_be_bytes());
+    }
+    id
+}

@@ -1,0 +1,38 @@
+//! Core and log errors as Kafka error codes, in one place.
+
+use kafka_protocol::ResponseError;
+use sluice_core::CoreError;
+use sluice_log::LogError;
+
+/// The Kafka error for a core error.
+pub(crate) fn code(err: &CoreError) -> ResponseError {
+    match err {
+        CoreError::UnknownTopic { .. } | CoreError::UnknownPartition { .. } => {
+            ResponseError::UnknownTopicOrPartition
+        }
+        CoreError::TopicExists { .. } => ResponseError::TopicAlreadyExists,
+        CoreError::InvalidTopicName { .. } => ResponseError::InvalidTopicException,
+        CoreError::InvalidPartitions { .. } => ResponseError::InvalidPartitions,
+        CoreError::InvalidConfig { .. } => ResponseError::InvalidConfig,
+        CoreError::Log(log) => log_code(log),
+        CoreError::DataDirLocked { .. }
+        | CoreError::DataDir { .. }
+        | CoreError::TopicRecord { .. } => ResponseError::KafkaStorageError,
+        CoreError::Internal { .. } => ResponseError::UnknownServerError,
+    }
+}
+
+pub(crate) fn log_code(err: &LogError) -> ResponseError {
+    match err {
+        LogError::BatchTooLarge { .. } => ResponseError::MessageTooLarge,
+        LogError::InvalidBatch { .. } => ResponseError::CorruptMessage,
+        LogError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
+        LogError::Closed => ResponseError::NotLeaderOrFollower,
+        LogError::Io { .. }
+        | LogError::Corrupt { .. }
+        | LogError::Unrecoverable { .. }
+        | LogError::Poisoned
+        | LogError::Truncated { .. } => ResponseError::KafkaStorageError,
+        LogError::InvalidName { .. } => ResponseError::InvalidTopicException,
+    }
+}

@@ -1,0 +1,72 @@
+//! DescribeConfigs for topics (and an empty set for this broker).
+
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResult,
+};
+use kafka_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse};
+use kafka_protocol::protocol::StrBytes;
+use sluice_core::ConfigSource;
+
+use super::Context;
+
+const TOPIC: i8 = 2;
+const BROKER: i8 = 4;
+/// Config sources, as DescribeConfigs v1+ numbers them.
+const DYNAMIC_TOPIC_CONFIG: i8 = 1;
+const DEFAULT_CONFIG: i8 = 5;
+
+pub(crate) fn describe(
+    context: &Context,
+    request: DescribeConfigsRequest,
+) -> DescribeConfigsResponse {
+    let results = request
+        .resources
+        .into_iter()
+        .map(|resource| {
+            let result = DescribeConfigsResult::default()
+                .with_resource_type(resource.resource_type)
+                .with_resource_name(resource.resource_name.clone());
+            match resource.resource_type {
+                TOPIC => {
+                    let Some(topic) = context.broker.topics().get(&resource.resource_name) else {
+                        return result
+                            .with_error_code(ResponseError::UnknownTopicOrPartition.code())
+                            .with_error_message(Some(StrBytes::from_string(format!(
+                                "topic {:?} does not exist",
+                                resource.resource_name.as_str()
+                            ))));
+                    };
+                    let keys = resource.configuration_keys;
+                    let configs = topic
+                        .config()
+                        .entries(context.broker.logs().defaults())
+                        .into_iter()
+                        .filter(|e| {
+                            keys.as_ref()
+                                .is_none_or(|keys| keys.iter().any(|k| k.as_str() == e.name))
+                        })
+                        .map(|e| {
+                            DescribeConfigsResourceResult::default()
+                                .with_name(StrBytes::from_static_str(e.name))
+                                .with_value(Some(StrBytes::from_string(e.value)))
+                                .with_read_only(false)
+                                .with_config_source(match e.source {
+                                    ConfigSource::Topic => DYNAMIC_TOPIC_CONFIG,
+                                    ConfigSource::Default => DEFAULT_CONFIG,
+                                })
+                        })
+                        .collect();
+                    result.with_error_code(0).with_configs(configs)
+                }
+                BROKER => result.with_error_code(0),
+                _ => result
+                    .with_error_code(ResponseError::InvalidRequest.code())
+                    .with_error_message(Some(StrBytes::from_static_str(
+                        "only topic and broker resources can be described",
+                    ))),
+            }
+        })
+        .collect();
+    DescribeConfigsResponse::default().with_results(results)
+}

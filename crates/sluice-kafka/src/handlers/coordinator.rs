@@ -1,0 +1,183 @@
+//! FindCoordinator (this broker coordinates every group), OffsetCommit and
+//! OffsetFetch over the core's offset store. Group membership (JoinGroup,
+//! SyncGroup, Heartbeat) is not served yet, so commits are accepted from
+//! any member, as Kafka does for groups with no active members ("simple"
+//! consumers using manual assignment).
+
+use std::sync::Arc;
+
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::find_coordinator_response::Coordinator;
+use kafka_protocol::messages::offset_commit_response::{
+    OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponsePartition, OffsetFetchResponseTopic,
+};
+use kafka_protocol::messages::{
+    BrokerId, FindCoordinatorRequest, FindCoordinatorResponse, OffsetCommitRequest,
+    OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use sluice_core::CommittedOffset;
+
+use super::{Context, blocking};
+use crate::errors;
+
+/// `key_type` of a consumer group (0); transactions (1) are not served.
+const GROUP_KEY: i8 = 0;
+
+pub(crate) fn find(
+    context: &Context,
+    request: FindCoordinatorRequest,
+    version: i16,
+) -> FindCoordinatorResponse {
+    let node = BrokerId(context.options.node_id);
+    let port = i32::from(context.options.advertised_port);
+    let error = if request.key_type == GROUP_KEY {
+        0
+    } else {
+        ResponseError::CoordinatorNotAvailable.code()
+    };
+    if version >= 4 {
+        let coordinators = request
+            .coordinator_keys
+            .into_iter()
+            .map(|key| {
+                Coordinator::default()
+                    .with_key(key)
+                    .with_node_id(node)
+                    .with_host(context.host())
+                    .with_port(port)
+                    .with_error_code(error)
+            })
+            .collect();
+        return FindCoordinatorResponse::default().with_coordinators(coordinators);
+    }
+    FindCoordinatorResponse::default()
+        .with_error_code(error)
+        .with_node_id(node)
+        .with_host(context.host())
+        .with_port(port)
+}
+
+pub(crate) async fn commit(
+    context: &Context,
+    request: OffsetCommitRequest,
+) -> OffsetCommitResponse {
+    let broker = Arc::clone(&context.broker);
+    let topics = blocking(move || {
+        let group = request.group_id.to_string();
+        let mut accepted = Vec::new();
+        let mut answers: Vec<(TopicName, Vec<(i32, i16)>)> = Vec::new();
+        for topic in request.topics {
+            let known = broker.topics().get(&topic.name);
+            let mut codes = Vec::new();
+            for p in topic.partitions {
+                let exists = known.as_ref().is_some_and(|t| {
+                    t.partition(sluice_types::PartitionId::from(p.partition_index))
+                        .is_some()
+                });
+                if !exists {
+                    codes.push((
+                        p.partition_index,
+                        ResponseError::UnknownTopicOrPartition.code(),
+                    ));
+                    continue;
+                }
+                accepted.push((
+                    topic.name.to_string(),
+                    p.partition_index,
+                    CommittedOffset {
+                        offset: p.committed_offset,
+                        leader_epoch: p.committed_leader_epoch,
+                        metadata: p.committed_metadata.map(|m| m.to_string()),
+                    },
+                ));
+                codes.push((p.partition_index, 0));
+            }
+            answers.push((topic.name, codes));
+        }
+        let stored = broker.offsets().commit(&group, &accepted);
+        let failure = stored.as_ref().err().map(|err| errors::code(err).code());
+        answers
+            .into_iter()
+            .map(|(name, codes)| {
+                OffsetCommitResponseTopic::default()
+                    .with_name(name)
+                    .with_partitions(
+                        codes
+                            .into_iter()
+                            .map(|(index, code)| {
+                                OffsetCommitResponsePartition::default()
+                                    .with_partition_index(index)
+                                    .with_error_code(if code == 0 {
+                                        failure.unwrap_or(0)
+                                    } else {
+                                        code
+                                    })
+                            })
+                            .collect(),
+                    )
+            })
+            .collect()
+    })
+    .await
+    .unwrap_or_default();
+    OffsetCommitResponse::default().with_topics(topics)
+}
+
+pub(crate) fn fetch_offsets(
+    context: &Context,
+    request: OffsetFetchRequest,
+    version: i16,
+) -> OffsetFetchResponse {
+    let group = request.group_id.to_string();
+    let offsets = context.broker.offsets();
+    let answer = |topic: &str, partition: i32| {
+        let committed = offsets.fetch(&group, topic, partition);
+        OffsetFetchResponsePartition::default()
+            .with_partition_index(partition)
+            .with_committed_offset(committed.as_ref().map_or(-1, |c| c.offset))
+            .with_committed_leader_epoch(if version >= 5 {
+                committed.as_ref().map_or(-1, |c| c.leader_epoch)
+            } else {
+                -1
+            })
+            .with_metadata(Some(StrBytes::from_string(
+                committed.and_then(|c| c.metadata).unwrap_or_default(),
+            )))
+    };
+    let topics = match request.topics {
+        // Null (v2+): every partition the group has committed.
+        None => {
+            let mut topics: Vec<OffsetFetchResponseTopic> = Vec::new();
+            for (topic, partition, _) in offsets.group(&group) {
+                let data = answer(&topic, partition);
+                match topics.last_mut() {
+                    Some(last) if last.name.as_str() == topic => last.partitions.push(data),
+                    _ => topics.push(
+                        OffsetFetchResponseTopic::default()
+                            .with_name(TopicName(StrBytes::from_string(topic)))
+                            .with_partitions(vec![data]),
+                    ),
+                }
+            }
+            topics
+        }
+        Some(requested) => requested
+            .into_iter()
+            .map(|topic| {
+                let partitions = topic
+                    .partition_indexes
+                    .iter()
+                    .map(|p| answer(&topic.name, *p))
+                    .collect();
+                OffsetFetchResponseTopic::default()
+                    .with_name(topic.name)
+                    .with_partitions(partitions)
+            })
+            .collect(),
+    };
+    OffsetFetchResponse::default().with_topics(topics)
+}

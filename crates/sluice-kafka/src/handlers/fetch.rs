@@ -1,0 +1,176 @@
+//! Fetch: long polling. Answers as soon as `min_bytes` are readable or
+//! `max_wait_ms` passes; appends wake waiting fetches, nothing polls.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
+use sluice_core::{Broker, Partition};
+use sluice_log::ReadBound;
+use sluice_types::{Offset, PartitionId};
+use tokio::time::Instant;
+
+use super::{Context, blocking};
+use crate::errors;
+
+/// Longest wait a client may ask for; longer requests are cut to this.
+const MAX_WAIT: Duration = Duration::from_secs(30);
+
+struct Wanted {
+    topic: TopicName,
+    partition: i32,
+    fetch_offset: i64,
+    max_bytes: usize,
+    target: Option<Arc<Partition>>,
+}
+
+pub(crate) async fn handle(
+    context: &Context,
+    request: FetchRequest,
+    version: i16,
+) -> FetchResponse {
+    let wait = Duration::from_millis(u64::try_from(request.max_wait_ms).unwrap_or(0)).min(MAX_WAIT);
+    let deadline = Instant::now() + wait;
+    let min_bytes = usize::try_from(request.min_bytes).unwrap_or(0);
+    let max_bytes = usize::try_from(request.max_bytes).unwrap_or(0).max(1);
+    let wanted: Arc<Vec<Wanted>> = Arc::new(
+        request
+            .topics
+            .into_iter()
+            .flat_map(|topic| {
+                let found = context.broker.topics().get(&topic.topic);
+                topic.partitions.into_iter().map(move |p| Wanted {
+                    topic: topic.topic.clone(),
+                    partition: p.partition,
+                    fetch_offset: p.fetch_offset,
+                    max_bytes: usize::try_from(p.partition_max_bytes).unwrap_or(0),
+                    target: found
+                        .as_ref()
+                        .and_then(|t| t.partition(PartitionId::from(p.partition))),
+                })
+            })
+            .collect(),
+    );
+    loop {
+        // Register for wake-ups before reading, so an append between the
+        // read and the wait is not missed.
+        let mut woken: Vec<Pin<Box<tokio::sync::futures::Notified<'_>>>> = wanted
+            .iter()
+            .filter_map(|w| w.target.as_ref())
+            .map(|p| Box::pin(p.appended()))
+            .collect();
+        for notified in &mut woken {
+            notified.as_mut().enable();
+        }
+        let broker = Arc::clone(&context.broker);
+        let reading = Arc::clone(&wanted);
+        let Some((results, total, failed)) =
+            blocking(move || read_all(&broker, &reading, max_bytes, version)).await
+        else {
+            return FetchResponse::default()
+                .with_error_code(ResponseError::UnknownServerError.code());
+        };
+        if total >= min_bytes || failed || Instant::now() >= deadline {
+            return response(&wanted, results);
+        }
+        let any_append = std::future::poll_fn(|cx| {
+            for notified in &mut woken {
+                if notified.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(());
+                }
+            }
+            Poll::Pending
+        });
+        tokio::select! {
+            () = any_append => {}
+            () = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+}
+
+/// Reads every wanted partition; stops adding data once `max_bytes` is
+/// reached (the first non-empty partition always gets one batch, KIP-74).
+fn read_all(
+    _broker: &Broker,
+    wanted: &[Wanted],
+    max_bytes: usize,
+    version: i16,
+) -> (Vec<PartitionData>, usize, bool) {
+    let mut total = 0usize;
+    let mut failed = false;
+    let results = wanted
+        .iter()
+        .map(|w| {
+            let base = PartitionData::default()
+                .with_partition_index(w.partition)
+                .with_high_watermark(-1)
+                .with_last_stable_offset(-1)
+                .with_log_start_offset(-1)
+                .with_preferred_read_replica(kafka_protocol::messages::BrokerId(-1))
+                .with_aborted_transactions(Some(Vec::new()));
+            let Some(partition) = &w.target else {
+                failed = true;
+                return base.with_error_code(ResponseError::UnknownTopicOrPartition.code());
+            };
+            let log = partition.log();
+            let budget = if total == 0 {
+                w.max_bytes.max(1)
+            } else {
+                w.max_bytes.min(max_bytes.saturating_sub(total))
+            };
+            let high_watermark = log.high_watermark().get();
+            let base = base
+                .with_high_watermark(high_watermark)
+                .with_last_stable_offset(high_watermark)
+                .with_log_start_offset(if version >= 5 {
+                    log.log_start().get()
+                } else {
+                    -1
+                });
+            if budget == 0 {
+                return base.with_records(Some(Bytes::new()));
+            }
+            match log.read(
+                Offset::from(w.fetch_offset),
+                budget,
+                ReadBound::HighWatermark,
+            ) {
+                Ok(read) => {
+                    total += read.records.len();
+                    base.with_records(Some(read.records))
+                }
+                Err(err) => {
+                    failed = true;
+                    base.with_error_code(errors::log_code(&err).code())
+                }
+            }
+        })
+        .collect();
+    (results, total, failed)
+}
+
+fn response(wanted: &[Wanted], results: Vec<PartitionData>) -> FetchResponse {
+    let mut topics: Vec<FetchableTopicResponse> = Vec::new();
+    for (w, data) in wanted.iter().zip(results) {
+        match topics.last_mut() {
+            Some(last) if last.topic == w.topic => last.partitions.push(data),
+            _ => topics.push(
+                FetchableTopicResponse::default()
+                    .with_topic(w.topic.clone())
+                    .with_partitions(vec![data]),
+            ),
+        }
+    }
+    // session_id 0: no incremental fetch session (KIP-227); clients then
+    // send full requests, which is what this broker serves.
+    FetchResponse::default()
+        .with_error_code(0)
+        .with_session_id(0)
+        .with_responses(topics)
+}

@@ -1,0 +1,73 @@
+//! ListOffsets: earliest (-2), latest (-1), or the first offset at or
+//! after a timestamp.
+
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
+use sluice_types::PartitionId;
+
+use super::{Context, blocking};
+use crate::errors;
+
+const LATEST: i64 = -1;
+const EARLIEST: i64 = -2;
+
+pub(crate) async fn handle(
+    context: &Context,
+    request: ListOffsetsRequest,
+    version: i16,
+) -> ListOffsetsResponse {
+    let broker = std::sync::Arc::clone(&context.broker);
+    let topics = blocking(move || {
+        request
+            .topics
+            .into_iter()
+            .map(|topic| {
+                let found = broker.topics().get(&topic.name);
+                let partitions = topic
+                    .partitions
+                    .into_iter()
+                    .map(|p| {
+                        let answer = ListOffsetsPartitionResponse::default()
+                            .with_partition_index(p.partition_index)
+                            .with_timestamp(-1)
+                            .with_offset(-1)
+                            .with_leader_epoch(if version >= 4 { 0 } else { -1 });
+                        let Some(partition) = found
+                            .as_ref()
+                            .and_then(|t| t.partition(PartitionId::from(p.partition_index)))
+                        else {
+                            return answer
+                                .with_error_code(ResponseError::UnknownTopicOrPartition.code());
+                        };
+                        let log = partition.log();
+                        match p.timestamp {
+                            LATEST => answer.with_offset(log.high_watermark().get()),
+                            EARLIEST => answer.with_offset(log.log_start().get()),
+                            timestamp if timestamp >= 0 => {
+                                match log.offset_for_timestamp(timestamp) {
+                                    Ok(Some((offset, found))) => {
+                                        answer.with_offset(offset.get()).with_timestamp(found)
+                                    }
+                                    Ok(None) => answer,
+                                    Err(err) => {
+                                        answer.with_error_code(errors::log_code(&err).code())
+                                    }
+                                }
+                            }
+                            _ => answer.with_error_code(ResponseError::InvalidRequest.code()),
+                        }
+                    })
+                    .collect();
+                ListOffsetsTopicResponse::default()
+                    .with_name(topic.name)
+                    .with_partitions(partitions)
+            })
+            .collect()
+    })
+    .await
+    .unwrap_or_default();
+    ListOffsetsResponse::default().with_topics(topics)
+}

@@ -1,0 +1,111 @@
+//! Metadata: this broker, and the topics asked for (auto-created when
+//! allowed, as Kafka does on Metadata from a producer).
+
+use std::sync::Arc;
+
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use sluice_core::{CoreError, Topic};
+
+use super::{Context, blocking};
+use crate::errors;
+
+pub(crate) async fn handle(
+    context: &Context,
+    request: MetadataRequest,
+    version: i16,
+) -> MetadataResponse {
+    let broker = Arc::clone(&context.broker);
+    // v0: an empty list means every topic; v1+: null means every topic.
+    let requested: Option<Vec<String>> = match request.topics {
+        None => None,
+        Some(topics) if version == 0 && topics.is_empty() => None,
+        Some(topics) => Some(
+            topics
+                .into_iter()
+                .filter_map(|t| t.name.map(|n| n.to_string()))
+                .collect(),
+        ),
+    };
+    // Before v4 there is no flag, and Kafka creates topics on request.
+    let may_create = version < 4 || request.allow_auto_topic_creation;
+    let results: Vec<(String, Result<Arc<Topic>, CoreError>)> = blocking(move || {
+        let names = requested.unwrap_or_else(|| broker.topics().names());
+        names
+            .into_iter()
+            .map(|name| {
+                let found = if may_create {
+                    broker.topic_or_create(&name)
+                } else {
+                    broker
+                        .topics()
+                        .get(&name)
+                        .ok_or_else(|| CoreError::UnknownTopic {
+                            topic: name.clone(),
+                        })
+                };
+                (name, found)
+            })
+            .collect()
+    })
+    .await
+    .unwrap_or_default();
+
+    let node = BrokerId(context.options.node_id);
+    let topics = results
+        .into_iter()
+        .map(|(name, found)| match found {
+            Ok(topic) => describe(&topic, node, version),
+            Err(err) => MetadataResponseTopic::default()
+                .with_name(Some(TopicName(StrBytes::from_string(name))))
+                .with_error_code(errors::code(&err).code()),
+        })
+        .collect();
+    // Fields a version does not carry must keep their defaults, or the
+    // codec refuses to encode the response.
+    let mut response = MetadataResponse::default()
+        .with_brokers(vec![
+            MetadataResponseBroker::default()
+                .with_node_id(node)
+                .with_host(context.host())
+                .with_port(i32::from(context.options.advertised_port)),
+        ])
+        .with_topics(topics);
+    if version >= 1 {
+        response = response.with_controller_id(node);
+    }
+    if version >= 2 {
+        response = response.with_cluster_id(Some(StrBytes::from_static_str("sluice")));
+    }
+    response
+}
+
+fn describe(topic: &Topic, node: BrokerId, version: i16) -> MetadataResponseTopic {
+    let partitions = topic
+        .partitions()
+        .iter()
+        .map(|p| {
+            MetadataResponsePartition::default()
+                .with_partition_index(p.id().get())
+                .with_leader_id(node)
+                .with_leader_epoch(if version >= 7 { 0 } else { -1 })
+                .with_replica_nodes(vec![node])
+                .with_isr_nodes(vec![node])
+        })
+        .collect();
+    MetadataResponseTopic::default()
+        .with_error_code(0)
+        .with_name(Some(TopicName(StrBytes::from_string(
+            topic.name().to_owned(),
+        ))))
+        .with_topic_id(if version >= 10 {
+            uuid::Uuid::from_bytes(topic.id())
+        } else {
+            uuid::Uuid::nil()
+        })
+        .with_is_internal(false)
+        .with_partitions(partitions)
+}

@@ -1,0 +1,115 @@
+//! The table of implemented APIs and their versions, and dispatch.
+//!
+//! ApiVersions answers from [`SUPPORTED`], so a client is never offered an
+//! API or version that has no handler here.
+
+use std::sync::Arc;
+
+use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
+use kafka_protocol::protocol::StrBytes;
+use sluice_core::Broker;
+
+use crate::listener::KafkaOptions;
+
+pub(crate) mod api_versions;
+mod configs;
+mod coordinator;
+mod fetch;
+mod list_offsets;
+mod metadata;
+mod produce;
+mod topics;
+
+/// What every handler may use.
+pub(crate) struct Context {
+    pub(crate) broker: Arc<Broker>,
+    pub(crate) options: Arc<KafkaOptions>,
+}
+
+impl Context {
+    pub(crate) fn host(&self) -> StrBytes {
+        StrBytes::from_string(self.options.advertised_host.clone())
+    }
+}
+
+/// Every implemented API with the version range its handler serves.
+pub(crate) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 3, 9),
+    (ApiKey::Fetch, 4, 12),
+    (ApiKey::ListOffsets, 1, 6),
+    (ApiKey::Metadata, 0, 12),
+    (ApiKey::OffsetCommit, 2, 8),
+    (ApiKey::OffsetFetch, 1, 7),
+    (ApiKey::FindCoordinator, 0, 4),
+    (ApiKey::ApiVersions, 0, 3),
+    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 6),
+    (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::CreatePartitions, 0, 3),
+];
+
+pub(crate) fn supported_versions(api: ApiKey) -> Option<(i16, i16)> {
+    SUPPORTED
+        .iter()
+        .find(|(key, _, _)| *key == api)
+        .map(|(_, min, max)| (*min, *max))
+}
+
+/// Runs the handler for `request`; `None` when no response is due.
+pub(crate) async fn dispatch(
+    context: &Context,
+    request: RequestKind,
+    version: i16,
+) -> Option<ResponseKind> {
+    Some(match request {
+        RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions::handle()),
+        RequestKind::Metadata(request) => {
+            ResponseKind::Metadata(metadata::handle(context, request, version).await)
+        }
+        RequestKind::Produce(request) => {
+            return produce::handle(context, request, version)
+                .await
+                .map(ResponseKind::Produce);
+        }
+        RequestKind::Fetch(request) => {
+            ResponseKind::Fetch(fetch::handle(context, request, version).await)
+        }
+        RequestKind::ListOffsets(request) => {
+            ResponseKind::ListOffsets(list_offsets::handle(context, request, version).await)
+        }
+        RequestKind::CreateTopics(request) => {
+            ResponseKind::CreateTopics(topics::create(context, request, version).await)
+        }
+        RequestKind::DeleteTopics(request) => {
+            ResponseKind::DeleteTopics(topics::delete(context, request, version).await)
+        }
+        RequestKind::CreatePartitions(request) => {
+            ResponseKind::CreatePartitions(topics::create_partitions(context, request).await)
+        }
+        RequestKind::DescribeConfigs(request) => {
+            ResponseKind::DescribeConfigs(configs::describe(context, request))
+        }
+        RequestKind::FindCoordinator(request) => {
+            ResponseKind::FindCoordinator(coordinator::find(context, request, version))
+        }
+        RequestKind::OffsetCommit(request) => {
+            ResponseKind::OffsetCommit(coordinator::commit(context, request).await)
+        }
+        RequestKind::OffsetFetch(request) => {
+            ResponseKind::OffsetFetch(coordinator::fetch_offsets(context, request, version))
+        }
+        // The connection checked the version table before decoding, so no
+        // other request reaches this point.
+        other => {
+            tracing::warn!(request = ?std::mem::discriminant(&other), "request without a handler");
+            return None;
+        }
+    })
+}
+
+/// Runs blocking core work (fsync, file creation) off the async workers.
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    tokio::task::spawn_blocking(work).await.ok()
+}

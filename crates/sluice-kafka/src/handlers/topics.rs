@@ -1,0 +1,219 @@
+//! CreateTopics, DeleteTopics, CreatePartitions: one result per topic asked
+//! about, errors included, never an empty answer.
+
+use std::sync::Arc;
+
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
+use kafka_protocol::messages::create_topics_response::{
+    CreatableTopicConfigs, CreatableTopicResult,
+};
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::{
+    CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse,
+    DeleteTopicsRequest, DeleteTopicsResponse, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use sluice_core::{Broker, ConfigSource, CoreError, TopicConfig};
+
+use super::{Context, blocking};
+use crate::errors;
+
+/// Partition count used when a request leaves it to the broker (-1, KIP-464).
+const DEFAULT_PARTITIONS: i32 = 1;
+
+fn message(err: &CoreError) -> Option<StrBytes> {
+    Some(StrBytes::from_string(err.to_string()))
+}
+
+pub(crate) async fn create(
+    context: &Context,
+    request: CreateTopicsRequest,
+    version: i16,
+) -> CreateTopicsResponse {
+    let broker = Arc::clone(&context.broker);
+    let validate_only = request.validate_only;
+    let topics = blocking(move || {
+        request
+            .topics
+            .into_iter()
+            .map(|topic| create_one(&broker, topic, validate_only, version))
+            .collect()
+    })
+    .await
+    .unwrap_or_default();
+    CreateTopicsResponse::default().with_topics(topics)
+}
+
+fn create_one(
+    broker: &Broker,
+    topic: kafka_protocol::messages::create_topics_request::CreatableTopic,
+    validate_only: bool,
+    version: i16,
+) -> CreatableTopicResult {
+    let name = topic.name.to_string();
+    let result = CreatableTopicResult::default().with_name(topic.name.clone());
+    let fail = |code: ResponseError, text: String| {
+        result
+            .clone()
+            .with_error_code(code.code())
+            .with_error_message(Some(StrBytes::from_string(text)))
+    };
+    if !matches!(topic.replication_factor, -1 | 1) {
+        return fail(
+            ResponseError::InvalidReplicationFactor,
+            format!(
+                "replication factor {} is larger than the 1 available broker",
+                topic.replication_factor
+            ),
+        );
+    }
+    if !topic.assignments.is_empty() {
+        return fail(
+            ResponseError::InvalidRequest,
+            "manual replica assignment is not supported on a single node".to_owned(),
+        );
+    }
+    let partitions = if topic.num_partitions == -1 {
+        DEFAULT_PARTITIONS
+    } else {
+        topic.num_partitions
+    };
+    let settings = topic
+        .configs
+        .into_iter()
+        .filter_map(|c| c.value.map(|v| (c.name.to_string(), v.to_string())));
+    let config = match TopicConfig::new(settings) {
+        Ok(config) => config,
+        Err(err) => return fail(errors::code(&err), err.to_string()),
+    };
+    let count = u32::try_from(partitions).unwrap_or(0);
+    let outcome = if validate_only {
+        broker.topics().validate_new(&name, count)
+    } else {
+        broker
+            .topics()
+            .create(&name, count, config.clone())
+            .map(|_| ())
+    };
+    if let Err(err) = outcome {
+        return fail(errors::code(&err), err.to_string());
+    }
+    let topic_id = broker
+        .topics()
+        .get(&name)
+        .map_or(uuid::Uuid::nil(), |t| uuid::Uuid::from_bytes(t.id()));
+    let configs = config
+        .entries(broker.logs().defaults())
+        .into_iter()
+        .map(|entry| {
+            CreatableTopicConfigs::default()
+                .with_name(StrBytes::from_static_str(entry.name))
+                .with_value(Some(StrBytes::from_string(entry.value)))
+                .with_config_source(match entry.source {
+                    ConfigSource::Topic => 1,
+                    ConfigSource::Default => 5,
+                })
+        })
+        .collect();
+    // Fields a version does not carry keep their defaults.
+    let mut result = result.with_error_code(0);
+    if version >= 5 {
+        result = result
+            .with_num_partitions(partitions)
+            .with_replication_factor(1)
+            .with_configs(Some(configs));
+    }
+    if version >= 7 {
+        result = result.with_topic_id(topic_id);
+    }
+    result
+}
+
+pub(crate) async fn delete(
+    context: &Context,
+    request: DeleteTopicsRequest,
+    version: i16,
+) -> DeleteTopicsResponse {
+    let broker = Arc::clone(&context.broker);
+    let responses = blocking(move || {
+        // v0-5 name topics in `topic_names`; v6 in `topics`, by name or id.
+        let mut wanted: Vec<(Option<String>, uuid::Uuid)> = request
+            .topic_names
+            .into_iter()
+            .map(|n| (Some(n.to_string()), uuid::Uuid::nil()))
+            .collect();
+        wanted.extend(
+            request
+                .topics
+                .into_iter()
+                .map(|t| (t.name.map(|n| n.to_string()), t.topic_id)),
+        );
+        wanted
+            .into_iter()
+            .map(|(name, id)| {
+                let name = name.or_else(|| {
+                    broker.topics().names().into_iter().find(|n| {
+                        broker
+                            .topics()
+                            .get(n)
+                            .is_some_and(|t| uuid::Uuid::from_bytes(t.id()) == id)
+                    })
+                });
+                let gate_id = |id: uuid::Uuid| if version >= 6 { id } else { uuid::Uuid::nil() };
+                let result = DeletableTopicResult::default().with_topic_id(gate_id(id));
+                let Some(name) = name else {
+                    return result.with_error_code(ResponseError::UnknownTopicId.code());
+                };
+                let topic_id = broker
+                    .topics()
+                    .get(&name)
+                    .map_or(id, |t| uuid::Uuid::from_bytes(t.id()));
+                let result = result
+                    .with_name(Some(TopicName(StrBytes::from_string(name.clone()))))
+                    .with_topic_id(gate_id(topic_id));
+                match broker.topics().delete(&name) {
+                    Ok(()) => result.with_error_code(0),
+                    Err(err) => {
+                        let result = result.with_error_code(errors::code(&err).code());
+                        if version >= 5 {
+                            result.with_error_message(message(&err))
+                        } else {
+                            result
+                        }
+                    }
+                }
+            })
+            .collect()
+    })
+    .await
+    .unwrap_or_default();
+    DeleteTopicsResponse::default().with_responses(responses)
+}
+
+pub(crate) async fn create_partitions(
+    context: &Context,
+    request: CreatePartitionsRequest,
+) -> CreatePartitionsResponse {
+    let broker = Arc::clone(&context.broker);
+    let validate_only = request.validate_only;
+    let results = blocking(move || {
+        request
+            .topics
+            .into_iter()
+            .map(|topic| {
+                let result = CreatePartitionsTopicResult::default().with_name(topic.name.clone());
+                let count = u32::try_from(topic.count).unwrap_or(0);
+                match broker.topics().grow(&topic.name, count, validate_only) {
+                    Ok(()) => result.with_error_code(0),
+                    Err(err) => result
+                        .with_error_code(errors::code(&err).code())
+                        .with_error_message(message(&err)),
+                }
+            })
+            .collect()
+    })
+    .await
+    .unwrap_or_default();
+    CreatePartitionsResponse::default().with_results(results)
+}

@@ -1,0 +1,71 @@
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use sluice_core::Broker;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use crate::connection::Connection;
+
+/// Settings of the Kafka listener.
+#[derive(Debug, Clone)]
+pub struct KafkaOptions {
+    /// Host and port Metadata tells clients to connect to.
+    pub advertised_host: String,
+    pub advertised_port: u16,
+    /// This broker's id in Metadata.
+    pub node_id: i32,
+    /// Requests larger than this close the connection before allocation.
+    pub max_request_bytes: usize,
+}
+
+/// Accepts Kafka connections until `shutdown` turns true, one task each.
+/// Returns once the listener stopped; open connections end at their next
+/// request boundary after `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    options: KafkaOptions,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let options = Arc::new(options);
+    let next_id = AtomicU64::new(1);
+    let local = listener.local_addr().ok();
+    tracing::info!(addr = ?local, "kafka listener ready");
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.changed() => break,
+        };
+        let (stream, peer): (_, SocketAddr) = match accepted {
+            Ok(pair) => pair,
+            Err(err) => {
+                // Running out of descriptors is transient; do not spin on it.
+                tracing::warn!(error = %err, "kafka accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let conn_id = next_id.fetch_add(1, Ordering::Relaxed);
+        let span = tracing::info_span!("conn", conn_id, %peer, protocol = "kafka");
+        let connection = Connection::new(
+            stream,
+            Arc::clone(&broker),
+            Arc::clone(&options),
+            shutdown.clone(),
+        );
+        tokio::spawn(
+            async move {
+                match connection.run().await {
+                    Ok(()) => tracing::debug!("connection closed"),
+                    Err(err) => tracing::info!(reason = %err, "connection closed"),
+                }
+            }
+            .instrument(span),
+        );
+    }
+    tracing::info!("kafka listener stopped");
+}
