@@ -91,7 +91,7 @@ fn describe(topic: &Topic, node: BrokerId, version: i16) -> MetadataResponseTopi
             MetadataResponsePartition::default()
                 .with_partition_index(p.id().get())
                 .with_leader_id(node)
-                .with_leader_epoch(if version >= 7 { 0 } else { -1 })
+                .with_leader_epoch(0)
                 .with_replica_nodes(vec![node])
                 .with_isr_nodes(vec![node])
         })

@@ -20,6 +20,9 @@ mod metadata;
 mod produce;
 mod topics;
 
+#[cfg(test)]
+mod tests;
+
 /// What every handler may use.
 pub(crate) struct Context {
     pub(crate) broker: Arc<Broker>,
