@@ -15,6 +15,7 @@
 
 mod data_dir;
 mod error;
+mod groups;
 mod offsets;
 mod topic_config;
 mod topics;
@@ -26,6 +27,10 @@ use sluice_log::{LogConfig, LogManager};
 
 pub use data_dir::DataDirLock;
 pub use error::CoreError;
+pub use groups::{
+    GroupCoordinator, GroupDescription, GroupError, GroupState, JoinRequest, JoinResponse,
+    JoinedMember, MemberDescription, SyncResponse,
+};
 pub use offsets::{CommittedOffset, OFFSETS_LOG, OffsetStore};
 pub use topic_config::{
     CleanupPolicy, ConfigEntry, ConfigSource, TOPIC_CONFIG_KEYS, TimestampType, TopicConfig,
@@ -54,6 +59,7 @@ pub struct Broker {
     logs: Arc<LogManager>,
     topics: Topics,
     offsets: OffsetStore,
+    groups: Arc<GroupCoordinator>,
     auto_create_topics: bool,
     default_partitions: u32,
     // Dropped last: the lock is held until every log is closed.
@@ -80,6 +86,7 @@ impl Broker {
             logs,
             topics,
             offsets,
+            groups: GroupCoordinator::new(),
             auto_create_topics: options.auto_create_topics,
             default_partitions: options.default_partitions.max(1),
             _lock: lock,
@@ -99,6 +106,11 @@ impl Broker {
     /// Committed consumer offsets.
     pub fn offsets(&self) -> &OffsetStore {
         &self.offsets
+    }
+
+    /// Consumer group membership.
+    pub fn groups(&self) -> &Arc<GroupCoordinator> {
+        &self.groups
     }
 
     /// The broker's topics.

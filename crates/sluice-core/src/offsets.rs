@@ -96,11 +96,71 @@ impl OffsetStore {
         if offsets.is_empty() {
             return Ok(());
         }
-        let now = SystemClock.now_ms();
-        let records: Vec<Record> = offsets
+        self.append(
+            offsets
+                .iter()
+                .map(|(topic, partition, committed)| {
+                    (
+                        encode_key(group, topic, *partition),
+                        Some(encode_value(committed)),
+                    )
+                })
+                .collect(),
+        )?;
+        let mut groups = self.groups();
+        let entry = groups.entry(group.to_owned()).or_default();
+        for (topic, partition, committed) in offsets {
+            entry.insert((topic.clone(), *partition), committed.clone());
+        }
+        Ok(())
+    }
+
+    /// Forgets every committed offset of `group` (tombstones in the log).
+    /// Blocking.
+    ///
+    /// # Errors
+    /// [`CoreError::Log`] when the append fails.
+    pub fn delete_group(&self, group: &str) -> Result<(), CoreError> {
+        let keys: Vec<(String, i32)> = self
+            .group(group)
+            .into_iter()
+            .map(|(topic, partition, _)| (topic, partition))
+            .collect();
+        self.delete(group, &keys)
+    }
+
+    /// Forgets the committed offsets of some partitions (OffsetDelete).
+    /// Blocking.
+    ///
+    /// # Errors
+    /// [`CoreError::Log`] when the append fails.
+    pub fn delete(&self, group: &str, partitions: &[(String, i32)]) -> Result<(), CoreError> {
+        if partitions.is_empty() {
+            return Ok(());
+        }
+        let records: Vec<(Bytes, Option<Bytes>)> = partitions
             .iter()
+            .map(|(topic, partition)| (encode_key(group, topic, *partition), None))
+            .collect();
+        self.append(records)?;
+        let mut groups = self.groups();
+        if let Some(offsets) = groups.get_mut(group) {
+            for key in partitions {
+                offsets.remove(key);
+            }
+            if offsets.is_empty() {
+                groups.remove(group);
+            }
+        }
+        Ok(())
+    }
+
+    fn append(&self, entries: Vec<(Bytes, Option<Bytes>)>) -> Result<(), CoreError> {
+        let now = SystemClock.now_ms();
+        let records: Vec<Record> = entries
+            .into_iter()
             .enumerate()
-            .map(|(i, (topic, partition, committed))| Record {
+            .map(|(i, (key, value))| Record {
                 transactional: false,
                 control: false,
                 delete_horizon: false,
@@ -111,8 +171,8 @@ impl OffsetStore {
                 offset: i as i64,
                 sequence: i as i32,
                 timestamp: now,
-                key: Some(encode_key(group, topic, *partition)),
-                value: Some(encode_value(committed)),
+                key: Some(key),
+                value,
                 headers: Default::default(),
             })
             .collect();
@@ -129,11 +189,6 @@ impl OffsetStore {
             reason: format!("cannot encode an offsets batch: {err}"),
         })?;
         self.log.append(&mut batch, LeaderEpoch::from(0))?;
-        let mut groups = self.groups();
-        let entry = groups.entry(group.to_owned()).or_default();
-        for (topic, partition, committed) in offsets {
-            entry.insert((topic.clone(), *partition), committed.clone());
-        }
         Ok(())
     }
 

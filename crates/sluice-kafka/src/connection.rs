@@ -56,9 +56,16 @@ impl Connection {
         options: Arc<KafkaOptions>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
+        let peer = stream
+            .peer_addr()
+            .map_or_else(|_| String::new(), |addr| format!("/{}", addr.ip()));
         Connection {
             stream,
-            context: Context { broker, options },
+            context: Context {
+                broker,
+                options,
+                peer,
+            },
             shutdown,
         }
     }
@@ -150,7 +157,8 @@ impl Connection {
         let _entered = span.enter();
         tracing::debug!(client_id = ?header.client_id, "request");
         drop(_entered);
-        let response = handlers::dispatch(&self.context, request, version).await;
+        let client_id = header.client_id.as_deref().unwrap_or_default().to_owned();
+        let response = handlers::dispatch(&self.context, request, version, &client_id).await;
         match response {
             Some(response) => encode(api, version, header.correlation_id, &response).map(Some),
             None => Ok(None),

@@ -1,7 +1,7 @@
 //! Core and log errors as Kafka error codes, in one place.
 
 use kafka_protocol::ResponseError;
-use sluice_core::CoreError;
+use sluice_core::{CoreError, GroupError};
 use sluice_log::LogError;
 
 /// The Kafka error for a core error.
@@ -19,6 +19,21 @@ pub(crate) fn code(err: &CoreError) -> ResponseError {
         | CoreError::DataDir { .. }
         | CoreError::TopicRecord { .. } => ResponseError::KafkaStorageError,
         CoreError::Internal { .. } => ResponseError::UnknownServerError,
+    }
+}
+
+pub(crate) fn group_code(err: GroupError) -> ResponseError {
+    match err {
+        GroupError::UnknownMemberId => ResponseError::UnknownMemberId,
+        GroupError::IllegalGeneration => ResponseError::IllegalGeneration,
+        GroupError::RebalanceInProgress => ResponseError::RebalanceInProgress,
+        GroupError::MemberIdRequired => ResponseError::MemberIdRequired,
+        GroupError::InconsistentGroupProtocol => ResponseError::InconsistentGroupProtocol,
+        GroupError::InvalidSessionTimeout => ResponseError::InvalidSessionTimeout,
+        GroupError::NonEmptyGroup => ResponseError::NonEmptyGroup,
+        GroupError::GroupIdNotFound => ResponseError::GroupIdNotFound,
+        GroupError::FencedInstanceId => ResponseError::FencedInstanceId,
+        GroupError::InvalidGroupId => ResponseError::InvalidGroupId,
     }
 }
 

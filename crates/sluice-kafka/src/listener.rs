@@ -33,6 +33,20 @@ pub async fn serve(
     let options = Arc::new(options);
     let next_id = AtomicU64::new(1);
     let local = listener.local_addr().ok();
+    // Members that stop heartbeating leave their groups.
+    let expiry = {
+        let broker = Arc::clone(&broker);
+        let mut shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => broker.groups().expire_members(),
+                    _ = shutdown.changed() => break,
+                }
+            }
+        })
+    };
     tracing::info!(addr = ?local, "kafka listener ready");
     loop {
         let accepted = tokio::select! {
@@ -67,5 +81,6 @@ pub async fn serve(
             .instrument(span),
         );
     }
+    expiry.abort();
     tracing::info!("kafka listener stopped");
 }

@@ -1,8 +1,7 @@
 //! FindCoordinator (this broker coordinates every group), OffsetCommit and
-//! OffsetFetch over the core's offset store. Group membership (JoinGroup,
-//! SyncGroup, Heartbeat) is not served yet, so commits are accepted from
-//! any member, as Kafka does for groups with no active members ("simple"
-//! consumers using manual assignment).
+//! OffsetFetch over the core's offset store. Commits from a member are
+//! checked against its group's generation; "simple" consumers (manual
+//! assignment, no generation) may commit for a group with no members.
 
 use std::sync::Arc;
 
@@ -68,6 +67,31 @@ pub(crate) async fn commit(
     let broker = Arc::clone(&context.broker);
     let topics = blocking(move || {
         let group = request.group_id.to_string();
+        if let Err(err) = broker.groups().check_commit(
+            &group,
+            request.generation_id_or_member_epoch,
+            &request.member_id,
+        ) {
+            let code = errors::group_code(err).code();
+            return request
+                .topics
+                .into_iter()
+                .map(|topic| {
+                    let partitions = topic
+                        .partitions
+                        .iter()
+                        .map(|p| {
+                            OffsetCommitResponsePartition::default()
+                                .with_partition_index(p.partition_index)
+                                .with_error_code(code)
+                        })
+                        .collect();
+                    OffsetCommitResponseTopic::default()
+                        .with_name(topic.name)
+                        .with_partitions(partitions)
+                })
+                .collect();
+        }
         let mut accepted = Vec::new();
         let mut answers: Vec<(TopicName, Vec<(i32, i16)>)> = Vec::new();
         for topic in request.topics {

@@ -15,6 +15,7 @@ pub(crate) mod api_versions;
 mod configs;
 mod coordinator;
 mod fetch;
+mod groups;
 mod list_offsets;
 mod metadata;
 mod produce;
@@ -27,6 +28,8 @@ mod tests;
 pub(crate) struct Context {
     pub(crate) broker: Arc<Broker>,
     pub(crate) options: Arc<KafkaOptions>,
+    /// The client's address, as DescribeGroups reports it.
+    pub(crate) peer: String,
 }
 
 impl Context {
@@ -44,6 +47,13 @@ pub(crate) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::OffsetCommit, 2, 8),
     (ApiKey::OffsetFetch, 1, 7),
     (ApiKey::FindCoordinator, 0, 4),
+    (ApiKey::JoinGroup, 2, 7),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 4),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::ListGroups, 0, 4),
+    (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::ApiVersions, 0, 3),
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::DeleteTopics, 1, 6),
@@ -63,8 +73,30 @@ pub(crate) async fn dispatch(
     context: &Context,
     request: RequestKind,
     version: i16,
+    client_id: &str,
 ) -> Option<ResponseKind> {
     Some(match request {
+        RequestKind::JoinGroup(request) => {
+            ResponseKind::JoinGroup(groups::join(context, request, version, client_id).await)
+        }
+        RequestKind::SyncGroup(request) => {
+            ResponseKind::SyncGroup(groups::sync(context, request, version).await)
+        }
+        RequestKind::Heartbeat(request) => {
+            ResponseKind::Heartbeat(groups::heartbeat(context, request))
+        }
+        RequestKind::LeaveGroup(request) => {
+            ResponseKind::LeaveGroup(groups::leave(context, request, version))
+        }
+        RequestKind::ListGroups(request) => {
+            ResponseKind::ListGroups(groups::list(context, request, version))
+        }
+        RequestKind::DescribeGroups(request) => {
+            ResponseKind::DescribeGroups(groups::describe(context, request, version))
+        }
+        RequestKind::DeleteGroups(request) => {
+            ResponseKind::DeleteGroups(groups::delete(context, request).await)
+        }
         RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions::handle()),
         RequestKind::Metadata(request) => {
             ResponseKind::Metadata(metadata::handle(context, request, version).await)

@@ -63,7 +63,48 @@ fn batch() -> Bytes {
 /// A representative request of each API, touching existing and unknown topics.
 fn requests(round: usize) -> Vec<RequestKind> {
     let new_topic = format!("created-{round}");
+    let group = || GroupId(StrBytes::from_string(format!("group-{round}")));
     vec![
+        RequestKind::JoinGroup(
+            JoinGroupRequest::default()
+                .with_group_id(group())
+                .with_session_timeout_ms(10_000)
+                .with_rebalance_timeout_ms(1_000)
+                .with_protocol_type(StrBytes::from_static_str("consumer"))
+                .with_group_instance_id(None)
+                .with_protocols(vec![
+                    kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol::default()
+                        .with_name(StrBytes::from_static_str("range"))
+                        .with_metadata(Bytes::from_static(b"meta")),
+                ]),
+        ),
+        RequestKind::SyncGroup(
+            SyncGroupRequest::default()
+                .with_group_id(group())
+                .with_member_id(StrBytes::from_static_str("nobody")),
+        ),
+        RequestKind::Heartbeat(
+            HeartbeatRequest::default()
+                .with_group_id(group())
+                .with_member_id(StrBytes::from_static_str("nobody")),
+        ),
+        RequestKind::LeaveGroup(if round.is_multiple_of(2) {
+            LeaveGroupRequest::default()
+                .with_group_id(group())
+                .with_member_id(StrBytes::from_static_str("nobody"))
+        } else {
+            LeaveGroupRequest::default().with_group_id(group()).with_members(vec![
+                kafka_protocol::messages::leave_group_request::MemberIdentity::default()
+                    .with_member_id(StrBytes::from_static_str("nobody")),
+            ])
+        }),
+        RequestKind::ListGroups(ListGroupsRequest::default()),
+        RequestKind::DescribeGroups(
+            DescribeGroupsRequest::default().with_groups(vec![group(), GroupId(StrBytes::from_static_str("g"))]),
+        ),
+        RequestKind::DeleteGroups(
+            DeleteGroupsRequest::default().with_groups_names(vec![group(), GroupId(StrBytes::from_static_str("none"))]),
+        ),
         RequestKind::ApiVersions(ApiVersionsRequest::default()),
         RequestKind::Metadata(MetadataRequest::default().with_topics(Some(vec![
             MetadataRequestTopic::default().with_name(Some(topic("t"))),
@@ -189,6 +230,13 @@ fn api_of(request: &RequestKind) -> ApiKey {
         RequestKind::OffsetCommit(_) => ApiKey::OffsetCommit,
         RequestKind::OffsetFetch(_) => ApiKey::OffsetFetch,
         RequestKind::DeleteTopics(_) => ApiKey::DeleteTopics,
+        RequestKind::JoinGroup(_) => ApiKey::JoinGroup,
+        RequestKind::SyncGroup(_) => ApiKey::SyncGroup,
+        RequestKind::Heartbeat(_) => ApiKey::Heartbeat,
+        RequestKind::LeaveGroup(_) => ApiKey::LeaveGroup,
+        RequestKind::ListGroups(_) => ApiKey::ListGroups,
+        RequestKind::DescribeGroups(_) => ApiKey::DescribeGroups,
+        RequestKind::DeleteGroups(_) => ApiKey::DeleteGroups,
         _ => ApiKey::ApiVersions,
     }
 }
@@ -211,6 +259,7 @@ async fn every_response_encodes_at_every_advertised_version() {
             node_id: 1,
             max_request_bytes: 1 << 20,
         }),
+        peer: "/127.0.0.1".into(),
     };
     context.broker.topic_or_create("t").expect("topic t");
     let mut round = 0;
@@ -218,7 +267,7 @@ async fn every_response_encodes_at_every_advertised_version() {
         for version in *min..=*max {
             for request in requests(round).into_iter().filter(|r| api_of(r) == *api) {
                 round += 1;
-                let response = dispatch(&context, request, version)
+                let response = dispatch(&context, request, version, "test-client")
                     .await
                     .unwrap_or_else(|| panic!("{api:?} v{version}: no response"));
                 let mut out = BytesMut::new();

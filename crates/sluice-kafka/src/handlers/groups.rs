@@ -1,0 +1,276 @@
+//! JoinGroup, SyncGroup, Heartbeat, LeaveGroup, ListGroups, DescribeGroups
+//! and DeleteGroups over the core's group coordinator.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
+use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
+use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
+use kafka_protocol::messages::leave_group_response::MemberResponse;
+use kafka_protocol::messages::list_groups_response::ListedGroup;
+use kafka_protocol::messages::{
+    DeleteGroupsRequest, DeleteGroupsResponse, DescribeGroupsRequest, DescribeGroupsResponse,
+    GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse,
+    LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse, SyncGroupRequest,
+    SyncGroupResponse,
+};
+use kafka_protocol::protocol::StrBytes;
+use sluice_core::{GroupError, JoinRequest};
+
+use super::{Context, blocking};
+use crate::errors;
+
+fn text(s: impl Into<String>) -> StrBytes {
+    StrBytes::from_string(s.into())
+}
+
+fn millis(ms: i32) -> Duration {
+    Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+fn code(error: Option<GroupError>) -> i16 {
+    error.map_or(0, |e| errors::group_code(e).code())
+}
+
+pub(crate) async fn join(
+    context: &Context,
+    request: JoinGroupRequest,
+    version: i16,
+    client_id: &str,
+) -> JoinGroupResponse {
+    let join = JoinRequest {
+        group_id: request.group_id.to_string(),
+        member_id: request.member_id.to_string(),
+        group_instance_id: request.group_instance_id.map(|i| i.to_string()),
+        client_id: client_id.to_owned(),
+        client_host: context.peer.clone(),
+        session_timeout: millis(request.session_timeout_ms),
+        // v0 has no rebalance timeout: it is the session timeout.
+        rebalance_timeout: if version >= 1 {
+            millis(request.rebalance_timeout_ms)
+        } else {
+            millis(request.session_timeout_ms)
+        },
+        protocol_type: request.protocol_type.to_string(),
+        protocols: request
+            .protocols
+            .into_iter()
+            .map(|p| (p.name.to_string(), p.metadata))
+            .collect(),
+        require_known_member_id: version >= 4,
+    };
+    let answer = context.broker.groups().join(join).await;
+    let members = answer
+        .members
+        .into_iter()
+        .map(|m| {
+            JoinGroupResponseMember::default()
+                .with_member_id(text(m.member_id))
+                .with_group_instance_id(if version >= 5 {
+                    m.group_instance_id.map(text)
+                } else {
+                    None
+                })
+                .with_metadata(m.metadata)
+        })
+        .collect();
+    let mut response = JoinGroupResponse::default()
+        .with_error_code(code(answer.error))
+        .with_generation_id(answer.generation)
+        .with_protocol_name(answer.protocol_name.map(text))
+        .with_leader(text(answer.leader))
+        .with_member_id(text(answer.member_id))
+        .with_members(members);
+    if version >= 7 {
+        response = response.with_protocol_type(answer.protocol_type.map(text));
+    }
+    if version < 7 && response.protocol_name.is_none() {
+        // Before v7 the protocol name is not nullable.
+        response = response.with_protocol_name(Some(StrBytes::default()));
+    }
+    response
+}
+
+pub(crate) async fn sync(
+    context: &Context,
+    request: SyncGroupRequest,
+    version: i16,
+) -> SyncGroupResponse {
+    let assignments = request
+        .assignments
+        .into_iter()
+        .map(|a| (a.member_id.to_string(), a.assignment))
+        .collect();
+    let answer = context
+        .broker
+        .groups()
+        .sync(
+            &request.group_id,
+            request.generation_id,
+            &request.member_id,
+            assignments,
+        )
+        .await;
+    let mut response = SyncGroupResponse::default()
+        .with_error_code(code(answer.error))
+        .with_assignment(answer.assignment);
+    if version >= 5 {
+        response = response
+            .with_protocol_type(answer.protocol_type.map(text))
+            .with_protocol_name(answer.protocol_name.map(text));
+    }
+    response
+}
+
+pub(crate) fn heartbeat(context: &Context, request: HeartbeatRequest) -> HeartbeatResponse {
+    let result = context.broker.groups().heartbeat(
+        &request.group_id,
+        request.generation_id,
+        &request.member_id,
+    );
+    HeartbeatResponse::default().with_error_code(code(result.err()))
+}
+
+pub(crate) fn leave(
+    context: &Context,
+    request: LeaveGroupRequest,
+    version: i16,
+) -> LeaveGroupResponse {
+    let members: Vec<(String, Option<String>)> = if version >= 3 {
+        request
+            .members
+            .iter()
+            .map(|m| {
+                (
+                    m.member_id.to_string(),
+                    m.group_instance_id.as_ref().map(|i| i.to_string()),
+                )
+            })
+            .collect()
+    } else {
+        vec![(request.member_id.to_string(), None)]
+    };
+    let results = context.broker.groups().leave(&request.group_id, &members);
+    if version < 3 {
+        let error = results.into_iter().next().and_then(Result::err);
+        return LeaveGroupResponse::default().with_error_code(code(error));
+    }
+    let responses = members
+        .into_iter()
+        .zip(results)
+        .map(|((member_id, instance), result)| {
+            MemberResponse::default()
+                .with_member_id(text(member_id))
+                .with_group_instance_id(instance.map(text))
+                .with_error_code(code(result.err()))
+        })
+        .collect();
+    LeaveGroupResponse::default().with_members(responses)
+}
+
+pub(crate) fn list(
+    context: &Context,
+    request: ListGroupsRequest,
+    version: i16,
+) -> ListGroupsResponse {
+    let filter: Vec<String> = request
+        .states_filter
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let groups = context
+        .broker
+        .groups()
+        .list()
+        .into_iter()
+        .filter(|(_, _, state)| filter.is_empty() || filter.iter().any(|f| f == state.name()))
+        .map(|(id, protocol_type, state)| {
+            let listed = ListedGroup::default()
+                .with_group_id(GroupId(text(id)))
+                .with_protocol_type(text(protocol_type));
+            if version >= 4 {
+                listed.with_group_state(StrBytes::from_static_str(state.name()))
+            } else {
+                listed
+            }
+        })
+        .collect();
+    ListGroupsResponse::default().with_groups(groups)
+}
+
+pub(crate) fn describe(
+    context: &Context,
+    request: DescribeGroupsRequest,
+    version: i16,
+) -> DescribeGroupsResponse {
+    let groups = request
+        .groups
+        .into_iter()
+        .map(
+            |group_id| match context.broker.groups().describe(&group_id) {
+                Some(group) => DescribedGroup::default()
+                    .with_group_id(group_id)
+                    .with_group_state(StrBytes::from_static_str(group.state.name()))
+                    .with_protocol_type(text(group.protocol_type))
+                    .with_protocol_data(text(group.protocol))
+                    .with_members(
+                        group
+                            .members
+                            .into_iter()
+                            .map(|m| {
+                                DescribedGroupMember::default()
+                                    .with_member_id(text(m.member_id))
+                                    .with_group_instance_id(if version >= 4 {
+                                        m.group_instance_id.map(text)
+                                    } else {
+                                        None
+                                    })
+                                    .with_client_id(text(m.client_id))
+                                    .with_client_host(text(m.client_host))
+                                    .with_member_metadata(m.metadata)
+                                    .with_member_assignment(m.assignment)
+                            })
+                            .collect(),
+                    ),
+                // Kafka describes an unknown group as Dead, without an error.
+                None => DescribedGroup::default()
+                    .with_group_id(group_id)
+                    .with_group_state(StrBytes::from_static_str("Dead")),
+            },
+        )
+        .collect();
+    DescribeGroupsResponse::default().with_groups(groups)
+}
+
+pub(crate) async fn delete(
+    context: &Context,
+    request: DeleteGroupsRequest,
+) -> DeleteGroupsResponse {
+    let broker = Arc::clone(&context.broker);
+    let results = blocking(move || {
+        request
+            .groups_names
+            .into_iter()
+            .map(|group_id| {
+                let known = broker.groups().describe(&group_id).is_some()
+                    || !broker.offsets().group(&group_id).is_empty();
+                let result = DeletableGroupResult::default().with_group_id(group_id.clone());
+                if !known {
+                    return result.with_error_code(ResponseError::GroupIdNotFound.code());
+                }
+                if let Err(err) = broker.groups().remove_if_empty(&group_id) {
+                    return result.with_error_code(errors::group_code(err).code());
+                }
+                match broker.offsets().delete_group(&group_id) {
+                    Ok(()) => result.with_error_code(0),
+                    Err(err) => result.with_error_code(errors::code(&err).code()),
+                }
+            })
+            .collect()
+    })
+    .await
+    .unwrap_or_default();
+    DeleteGroupsResponse::default().with_results(results)
+}
