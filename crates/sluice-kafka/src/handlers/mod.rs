@@ -11,6 +11,7 @@ use sluice_core::Broker;
 
 use crate::listener::KafkaOptions;
 
+mod admin;
 pub(crate) mod api_versions;
 mod configs;
 mod coordinator;
@@ -54,6 +55,12 @@ pub(crate) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeGroups, 0, 5),
     (ApiKey::ListGroups, 0, 4),
     (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::DeleteRecords, 0, 2),
+    (ApiKey::OffsetForLeaderEpoch, 2, 4),
+    (ApiKey::AlterConfigs, 0, 2),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
+    (ApiKey::DescribeCluster, 0, 1),
+    (ApiKey::OffsetDelete, 0, 0),
     (ApiKey::ApiVersions, 0, 3),
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::DeleteTopics, 1, 6),
@@ -76,6 +83,24 @@ pub(crate) async fn dispatch(
     client_id: &str,
 ) -> Option<ResponseKind> {
     Some(match request {
+        RequestKind::DeleteRecords(request) => {
+            ResponseKind::DeleteRecords(admin::delete_records(context, request).await)
+        }
+        RequestKind::OffsetForLeaderEpoch(request) => {
+            ResponseKind::OffsetForLeaderEpoch(admin::offset_for_leader_epoch(context, request))
+        }
+        RequestKind::AlterConfigs(request) => {
+            ResponseKind::AlterConfigs(admin::alter_configs(context, request).await)
+        }
+        RequestKind::IncrementalAlterConfigs(request) => ResponseKind::IncrementalAlterConfigs(
+            admin::incremental_alter_configs(context, request).await,
+        ),
+        RequestKind::DescribeCluster(request) => {
+            ResponseKind::DescribeCluster(admin::describe_cluster(context, request))
+        }
+        RequestKind::OffsetDelete(request) => {
+            ResponseKind::OffsetDelete(admin::offset_delete(context, request).await)
+        }
         RequestKind::JoinGroup(request) => {
             ResponseKind::JoinGroup(groups::join(context, request, version, client_id).await)
         }

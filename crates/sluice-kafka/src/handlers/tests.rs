@@ -65,6 +65,55 @@ fn requests(round: usize) -> Vec<RequestKind> {
     let new_topic = format!("created-{round}");
     let group = || GroupId(StrBytes::from_string(format!("group-{round}")));
     vec![
+        RequestKind::DeleteRecords(DeleteRecordsRequest::default().with_topics(vec![
+            kafka_protocol::messages::delete_records_request::DeleteRecordsTopic::default()
+                .with_name(topic("t"))
+                .with_partitions(vec![
+                    kafka_protocol::messages::delete_records_request::DeleteRecordsPartition::default()
+                        .with_offset(0),
+                    kafka_protocol::messages::delete_records_request::DeleteRecordsPartition::default()
+                        .with_partition_index(5),
+                ]),
+        ])),
+        RequestKind::OffsetForLeaderEpoch(OffsetForLeaderEpochRequest::default().with_topics(vec![
+            kafka_protocol::messages::offset_for_leader_epoch_request::OffsetForLeaderTopic::default()
+                .with_topic(topic("t"))
+                .with_partitions(vec![
+                    kafka_protocol::messages::offset_for_leader_epoch_request::OffsetForLeaderPartition::default(),
+                ]),
+        ])),
+        RequestKind::AlterConfigs(AlterConfigsRequest::default().with_resources(vec![
+            kafka_protocol::messages::alter_configs_request::AlterConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(StrBytes::from_static_str("t"))
+                .with_configs(vec![
+                    kafka_protocol::messages::alter_configs_request::AlterableConfig::default()
+                        .with_name(StrBytes::from_static_str("retention.ms"))
+                        .with_value(Some(StrBytes::from_static_str("nope"))),
+                ]),
+        ])),
+        RequestKind::IncrementalAlterConfigs(IncrementalAlterConfigsRequest::default().with_resources(vec![
+            kafka_protocol::messages::incremental_alter_configs_request::AlterConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(StrBytes::from_static_str("t"))
+                .with_configs(vec![
+                    kafka_protocol::messages::incremental_alter_configs_request::AlterableConfig::default()
+                        .with_name(StrBytes::from_static_str("retention.ms"))
+                        .with_value(Some(StrBytes::from_static_str("1000"))),
+                ]),
+        ])),
+        RequestKind::DescribeCluster(DescribeClusterRequest::default()),
+        RequestKind::OffsetDelete(
+            OffsetDeleteRequest::default()
+                .with_group_id(GroupId(StrBytes::from_static_str("g")))
+                .with_topics(vec![
+                    kafka_protocol::messages::offset_delete_request::OffsetDeleteRequestTopic::default()
+                        .with_name(topic("t"))
+                        .with_partitions(vec![
+                            kafka_protocol::messages::offset_delete_request::OffsetDeleteRequestPartition::default(),
+                        ]),
+                ]),
+        ),
         RequestKind::JoinGroup(
             JoinGroupRequest::default()
                 .with_group_id(group())
@@ -231,6 +280,12 @@ fn api_of(request: &RequestKind) -> ApiKey {
         RequestKind::OffsetFetch(_) => ApiKey::OffsetFetch,
         RequestKind::DeleteTopics(_) => ApiKey::DeleteTopics,
         RequestKind::JoinGroup(_) => ApiKey::JoinGroup,
+        RequestKind::DeleteRecords(_) => ApiKey::DeleteRecords,
+        RequestKind::OffsetForLeaderEpoch(_) => ApiKey::OffsetForLeaderEpoch,
+        RequestKind::AlterConfigs(_) => ApiKey::AlterConfigs,
+        RequestKind::IncrementalAlterConfigs(_) => ApiKey::IncrementalAlterConfigs,
+        RequestKind::DescribeCluster(_) => ApiKey::DescribeCluster,
+        RequestKind::OffsetDelete(_) => ApiKey::OffsetDelete,
         RequestKind::SyncGroup(_) => ApiKey::SyncGroup,
         RequestKind::Heartbeat(_) => ApiKey::Heartbeat,
         RequestKind::LeaveGroup(_) => ApiKey::LeaveGroup,

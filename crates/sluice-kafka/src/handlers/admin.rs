@@ -1,0 +1,345 @@
+//! DeleteRecords, OffsetForLeaderEpoch, AlterConfigs,
+//! IncrementalAlterConfigs, DescribeCluster and OffsetDelete.
+
+use std::sync::Arc;
+
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
+use kafka_protocol::messages::delete_records_response::{
+    DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
+};
+use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
+use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse as IncrementalResourceResponse;
+use kafka_protocol::messages::offset_delete_response::{
+    OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
+};
+use kafka_protocol::messages::offset_for_leader_epoch_response::{
+    EpochEndOffset, OffsetForLeaderTopicResult,
+};
+use kafka_protocol::messages::{
+    AlterConfigsRequest, AlterConfigsResponse, BrokerId, DeleteRecordsRequest,
+    DeleteRecordsResponse, DescribeClusterRequest, DescribeClusterResponse,
+    IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, OffsetDeleteRequest,
+    OffsetDeleteResponse, OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse,
+};
+use kafka_protocol::protocol::StrBytes;
+use sluice_core::{Broker, CoreError, TopicConfig};
+use sluice_types::{LeaderEpoch, Offset, PartitionId};
+
+use super::{Context, blocking};
+use crate::errors;
+
+const TOPIC: i8 = 2;
+/// DeleteRecords offset meaning "up to the high watermark".
+const HIGH_WATERMARK: i64 = -1;
+
+pub(crate) async fn delete_records(
+    context: &Context,
+    request: DeleteRecordsRequest,
+) -> DeleteRecordsResponse {
+    let broker = Arc::clone(&context.broker);
+    let topics = blocking(move || {
+        request
+            .topics
+            .into_iter()
+            .map(|topic| {
+                let found = broker.topics().get(&topic.name);
+                let partitions = topic
+                    .partitions
+                    .into_iter()
+                    .map(|p| {
+                        let result = DeleteRecordsPartitionResult::default()
+                            .with_partition_index(p.partition_index)
+                            .with_low_watermark(-1);
+                        let Some(partition) = found
+                            .as_ref()
+                            .and_then(|t| t.partition(PartitionId::from(p.partition_index)))
+                        else {
+                            return result
+                                .with_error_code(ResponseError::UnknownTopicOrPartition.code());
+                        };
+                        let log = partition.log();
+                        let target = if p.offset == HIGH_WATERMARK {
+                            log.high_watermark()
+                        } else {
+                            Offset::from(p.offset)
+                        };
+                        if target.get() < 0 {
+                            return result.with_error_code(ResponseError::OffsetOutOfRange.code());
+                        }
+                        match log.advance_log_start(target) {
+                            Ok(start) => result.with_error_code(0).with_low_watermark(start.get()),
+                            Err(err) => result.with_error_code(errors::log_code(&err).code()),
+                        }
+                    })
+                    .collect();
+                DeleteRecordsTopicResult::default()
+                    .with_name(topic.name)
+                    .with_partitions(partitions)
+            })
+            .collect()
+    })
+    .await
+    .unwrap_or_default();
+    DeleteRecordsResponse::default().with_topics(topics)
+}
+
+pub(crate) fn offset_for_leader_epoch(
+    context: &Context,
+    request: OffsetForLeaderEpochRequest,
+) -> OffsetForLeaderEpochResponse {
+    let topics = request
+        .topics
+        .into_iter()
+        .map(|topic| {
+            let found = context.broker.topics().get(&topic.topic);
+            let partitions = topic
+                .partitions
+                .into_iter()
+                .map(|p| {
+                    let result = EpochEndOffset::default()
+                        .with_partition(p.partition)
+                        .with_leader_epoch(-1)
+                        .with_end_offset(-1);
+                    let Some(partition) = found
+                        .as_ref()
+                        .and_then(|t| t.partition(PartitionId::from(p.partition)))
+                    else {
+                        return result
+                            .with_error_code(ResponseError::UnknownTopicOrPartition.code());
+                    };
+                    // A single node is always leader at epoch 0; a newer epoch
+                    // than that is from a future this broker has not seen.
+                    if p.current_leader_epoch > 0 {
+                        return result.with_error_code(ResponseError::UnknownLeaderEpoch.code());
+                    }
+                    match partition
+                        .log()
+                        .end_offset_for_epoch(LeaderEpoch::from(p.leader_epoch))
+                    {
+                        Some((epoch, end)) => result
+                            .with_error_code(0)
+                            .with_leader_epoch(epoch.get())
+                            .with_end_offset(end.get()),
+                        None => result.with_error_code(0),
+                    }
+                })
+                .collect();
+            OffsetForLeaderTopicResult::default()
+                .with_topic(topic.topic)
+                .with_partitions(partitions)
+        })
+        .collect();
+    OffsetForLeaderEpochResponse::default().with_topics(topics)
+}
+
+/// One resource's outcome for AlterConfigs and IncrementalAlterConfigs.
+fn alter_topic(
+    broker: &Broker,
+    resource_type: i8,
+    name: &str,
+    validate_only: bool,
+    change: impl FnOnce(TopicConfig) -> Result<TopicConfig, CoreError>,
+) -> (i16, Option<StrBytes>) {
+    if resource_type != TOPIC {
+        return (
+            ResponseError::InvalidRequest.code(),
+            Some(StrBytes::from_static_str(
+                "only topic configs can be altered",
+            )),
+        );
+    }
+    let Some(topic) = broker.topics().get(name) else {
+        return (
+            ResponseError::UnknownTopicOrPartition.code(),
+            Some(StrBytes::from_string(format!(
+                "topic {name:?} does not exist"
+            ))),
+        );
+    };
+    let outcome = change(topic.config()).and_then(|config| {
+        if validate_only {
+            Ok(())
+        } else {
+            broker.topics().set_config(name, config)
+        }
+    });
+    match outcome {
+        Ok(()) => (0, None),
+        Err(err) => (
+            errors::code(&err).code(),
+            Some(StrBytes::from_string(err.to_string())),
+        ),
+    }
+}
+
+pub(crate) async fn alter_configs(
+    context: &Context,
+    request: AlterConfigsRequest,
+) -> AlterConfigsResponse {
+    let broker = Arc::clone(&context.broker);
+    let validate_only = request.validate_only;
+    let responses = blocking(move || {
+        request
+            .resources
+            .into_iter()
+            .map(|resource| {
+                // AlterConfigs replaces the whole set: unnamed keys go back to defaults.
+                let settings: Vec<(String, String)> = resource
+                    .configs
+                    .iter()
+                    .filter_map(|c| {
+                        c.value
+                            .as_ref()
+                            .map(|v| (c.name.to_string(), v.to_string()))
+                    })
+                    .collect();
+                let (code, message) = alter_topic(
+                    &broker,
+                    resource.resource_type,
+                    &resource.resource_name,
+                    validate_only,
+                    |_| TopicConfig::new(settings),
+                );
+                AlterConfigsResourceResponse::default()
+                    .with_error_code(code)
+                    .with_error_message(message)
+                    .with_resource_type(resource.resource_type)
+                    .with_resource_name(resource.resource_name)
+            })
+            .collect()
+    })
+    .await
+    .unwrap_or_default();
+    AlterConfigsResponse::default().with_responses(responses)
+}
+
+/// IncrementalAlterConfigs operations (KIP-339).
+const SET: i8 = 0;
+const DELETE: i8 = 1;
+
+pub(crate) async fn incremental_alter_configs(
+    context: &Context,
+    request: IncrementalAlterConfigsRequest,
+) -> IncrementalAlterConfigsResponse {
+    let broker = Arc::clone(&context.broker);
+    let validate_only = request.validate_only;
+    let responses = blocking(move || {
+        request
+            .resources
+            .into_iter()
+            .map(|resource| {
+                let changes: Vec<(String, i8, Option<String>)> = resource
+                    .configs
+                    .iter()
+                    .map(|c| {
+                        (
+                            c.name.to_string(),
+                            c.config_operation,
+                            c.value.as_ref().map(|v| v.to_string()),
+                        )
+                    })
+                    .collect();
+                let (code, message) = alter_topic(
+                    &broker,
+                    resource.resource_type,
+                    &resource.resource_name,
+                    validate_only,
+                    |mut config| {
+                        for (key, operation, value) in changes {
+                            match operation {
+                                SET => config.set(key, value.unwrap_or_default())?,
+                                DELETE => config.remove(&key),
+                                _ => {
+                                    return Err(CoreError::InvalidConfig {
+                                        key,
+                                        reason:
+                                            "only SET and DELETE operations apply to these configs"
+                                                .into(),
+                                    });
+                                }
+                            }
+                        }
+                        Ok(config)
+                    },
+                );
+                IncrementalResourceResponse::default()
+                    .with_error_code(code)
+                    .with_error_message(message)
+                    .with_resource_type(resource.resource_type)
+                    .with_resource_name(resource.resource_name)
+            })
+            .collect()
+    })
+    .await
+    .unwrap_or_default();
+    IncrementalAlterConfigsResponse::default().with_responses(responses)
+}
+
+pub(crate) fn describe_cluster(
+    context: &Context,
+    _request: DescribeClusterRequest,
+) -> DescribeClusterResponse {
+    let node = BrokerId(context.options.node_id);
+    DescribeClusterResponse::default()
+        .with_cluster_id(StrBytes::from_static_str("sluice"))
+        .with_controller_id(node)
+        .with_brokers(vec![
+            DescribeClusterBroker::default()
+                .with_broker_id(node)
+                .with_host(context.host())
+                .with_port(i32::from(context.options.advertised_port)),
+        ])
+}
+
+pub(crate) async fn offset_delete(
+    context: &Context,
+    request: OffsetDeleteRequest,
+) -> OffsetDeleteResponse {
+    let broker = Arc::clone(&context.broker);
+    blocking(move || {
+        let group = request.group_id.to_string();
+        // Offsets of a group with active members stay (Kafka refuses with
+        // GROUP_SUBSCRIBED_TO_TOPIC; without subscription data this broker
+        // refuses any non-empty group).
+        let busy = broker
+            .groups()
+            .describe(&group)
+            .is_some_and(|g| !g.members.is_empty());
+        if broker.offsets().group(&group).is_empty() && broker.groups().describe(&group).is_none() {
+            return OffsetDeleteResponse::default()
+                .with_error_code(ResponseError::GroupIdNotFound.code());
+        }
+        let mut doomed = Vec::new();
+        let topics = request
+            .topics
+            .into_iter()
+            .map(|topic| {
+                let partitions = topic
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        let code = if busy {
+                            ResponseError::GroupSubscribedToTopic.code()
+                        } else {
+                            doomed.push((topic.name.to_string(), p.partition_index));
+                            0
+                        };
+                        OffsetDeleteResponsePartition::default()
+                            .with_partition_index(p.partition_index)
+                            .with_error_code(code)
+                    })
+                    .collect();
+                OffsetDeleteResponseTopic::default()
+                    .with_name(topic.name)
+                    .with_partitions(partitions)
+            })
+            .collect();
+        match broker.offsets().delete(&group, &doomed) {
+            Ok(()) => OffsetDeleteResponse::default().with_topics(topics),
+            Err(err) => OffsetDeleteResponse::default().with_error_code(errors::code(&err).code()),
+        }
+    })
+    .await
+    .unwrap_or_default()
+}
