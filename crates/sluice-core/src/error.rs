@@ -33,6 +33,18 @@ pub enum CoreError {
     InvalidPartitions { topic: String, reason: String },
     #[error("topic config {key} {reason}")]
     InvalidConfig { key: String, reason: String },
+    #[error("producer {producer_id}: sequence {found} where {expected} was expected")]
+    OutOfOrderSequence {
+        producer_id: i64,
+        expected: i32,
+        found: i32,
+    },
+    #[error("producer {producer_id}: epoch {found} is older than the current {current}")]
+    InvalidProducerEpoch {
+        producer_id: i64,
+        current: i16,
+        found: i16,
+    },
     #[error("internal error: {reason}")]
     Internal { reason: String },
     #[error("topic record {} is damaged: {reason}", .path.display())]

@@ -17,6 +17,7 @@ mod data_dir;
 mod error;
 mod groups;
 mod offsets;
+mod producers;
 mod topic_config;
 mod topics;
 
@@ -32,6 +33,7 @@ pub use groups::{
     JoinedMember, MemberDescription, SyncResponse,
 };
 pub use offsets::{CommittedOffset, OFFSETS_LOG, OffsetStore};
+pub use producers::ProducerIds;
 pub use topic_config::{
     CleanupPolicy, ConfigEntry, ConfigSource, TOPIC_CONFIG_KEYS, TimestampType, TopicConfig,
 };
@@ -60,6 +62,7 @@ pub struct Broker {
     topics: Topics,
     offsets: OffsetStore,
     groups: Arc<GroupCoordinator>,
+    producer_ids: ProducerIds,
     auto_create_topics: bool,
     default_partitions: u32,
     // Dropped last: the lock is held until every log is closed.
@@ -81,12 +84,14 @@ impl Broker {
         )?);
         let topics = Topics::open(&options.data_dir, Arc::clone(&logs))?;
         let offsets = OffsetStore::open(&logs)?;
+        let producer_ids = ProducerIds::open(&options.data_dir)?;
         Ok(Broker {
             data_dir: options.data_dir,
             logs,
             topics,
             offsets,
             groups: GroupCoordinator::new(),
+            producer_ids,
             auto_create_topics: options.auto_create_topics,
             default_partitions: options.default_partitions.max(1),
             _lock: lock,
@@ -106,6 +111,11 @@ impl Broker {
     /// Committed consumer offsets.
     pub fn offsets(&self) -> &OffsetStore {
         &self.offsets
+    }
+
+    /// Producer ids for idempotent producers.
+    pub fn producer_ids(&self) -> &ProducerIds {
+        &self.producer_ids
     }
 
     /// Consumer group membership.

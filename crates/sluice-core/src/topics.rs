@@ -15,6 +15,7 @@ use sluice_types::{LeaderEpoch, PartitionId};
 use tokio::sync::Notify;
 
 use crate::CoreError;
+use crate::producers::{self, ProducerStates, SequenceCheck};
 use crate::topic_config::{TimestampType, TopicConfig};
 
 /// Longest topic name, as Kafka allows.
@@ -29,6 +30,7 @@ pub struct Partition {
     id: PartitionId,
     log: Arc<Log>,
     appended: Notify,
+    producers: ProducerStates,
 }
 
 impl Partition {
@@ -116,13 +118,55 @@ impl Topic {
                 topic: self.name.to_string(),
                 partition,
             })?;
+        let invalid = |reason| CoreError::Log(sluice_log::LogError::InvalidBatch { reason });
         if self.config().timestamp_type() == TimestampType::LogAppendTime {
             sluice_log::batch::set_log_append_time(records, SystemClock.now_ms())
-                .map_err(|reason| CoreError::Log(sluice_log::LogError::InvalidBatch { reason }))?;
+                .map_err(invalid)?;
         }
-        let result = target.log.append(records, LeaderEpoch::from(0));
+        let headers = sluice_log::batch::split_verified(records).map_err(invalid)?;
+        let (first, last) = match (headers.first(), headers.last()) {
+            (Some((_, first)), Some((_, last))) => (*first, *last),
+            _ => return Err(invalid(sluice_log::BatchFault::Empty)),
+        };
+        if first.producer_id < 0 {
+            let result = target.log.append(records, LeaderEpoch::from(0));
+            target.wake_readers();
+            return Ok(result?);
+        }
+        // Idempotent: check and write under the partition's producer lock,
+        // so two copies of one batch cannot both pass; sync outside it.
+        let mut producers = target.producers.lock();
+        let info = match producers::check(
+            &producers,
+            first.producer_id,
+            first.producer_epoch,
+            first.base_sequence,
+            last.last_sequence(),
+        )? {
+            SequenceCheck::Duplicate { first_offset } => {
+                return Ok(AppendInfo {
+                    first_offset,
+                    last_offset: first_offset,
+                    append_time_ms: -1,
+                    log_start: target.log.log_start(),
+                });
+            }
+            SequenceCheck::Append => target.log.append_unsynced(records, LeaderEpoch::from(0))?,
+        };
+        producers::record(
+            &mut producers,
+            first.producer_id,
+            first.producer_epoch,
+            first.base_sequence,
+            last.last_sequence(),
+            info.first_offset,
+        );
+        drop(producers);
+        if target.log.durability() == sluice_log::Durability::Always {
+            target.log.sync_to(info.last_offset.plus(1))?;
+        }
         target.wake_readers();
-        Ok(result?)
+        Ok(info)
     }
 }
 
@@ -209,11 +253,16 @@ impl Topics {
             .logs
             .get_or_create(&log_name(topic, index), Some(log_config.clone()))?;
         log.set_config(log_config);
+        let producers = ProducerStates::default();
+        if let Some(active) = log.segment_bases().last() {
+            log.scan_headers(*active, |header| producers.replay(header))?;
+        }
         Ok(Arc::new(Partition {
             topic: Arc::clone(topic),
             id: PartitionId::from(index as i32),
             log,
             appended: Notify::new(),
+            producers,
         }))
     }
 

@@ -19,6 +19,8 @@ pub(crate) fn code(err: &CoreError) -> ResponseError {
         | CoreError::DataDir { .. }
         | CoreError::TopicRecord { .. } => ResponseError::KafkaStorageError,
         CoreError::Internal { .. } => ResponseError::UnknownServerError,
+        CoreError::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber,
+        CoreError::InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch,
     }
 }
 

@@ -27,6 +27,9 @@ const ATTRIBUTES_AT: usize = 21;
 const LAST_OFFSET_DELTA_AT: usize = 23;
 const BASE_TIMESTAMP_AT: usize = 27;
 const MAX_TIMESTAMP_AT: usize = 35;
+const PRODUCER_ID_AT: usize = 43;
+const PRODUCER_EPOCH_AT: usize = 51;
+const BASE_SEQUENCE_AT: usize = 53;
 const RECORDS_COUNT_AT: usize = 57;
 const COMPRESSION_MASK: i16 = 0x07;
 const TIMESTAMP_TYPE_BIT: i16 = 0x08;
@@ -44,6 +47,10 @@ pub struct BatchHeader {
     pub base_timestamp: i64,
     pub max_timestamp: i64,
     pub records_count: i32,
+    /// -1 when the producer is not idempotent.
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
 }
 
 impl BatchHeader {
@@ -85,6 +92,9 @@ impl BatchHeader {
             base_timestamp: i64::from_be_bytes(field(header, BASE_TIMESTAMP_AT)),
             max_timestamp: i64::from_be_bytes(field(header, MAX_TIMESTAMP_AT)),
             records_count: i32::from_be_bytes(field(header, RECORDS_COUNT_AT)),
+            producer_id: i64::from_be_bytes(field(header, PRODUCER_ID_AT)),
+            producer_epoch: i16::from_be_bytes(field(header, PRODUCER_EPOCH_AT)),
+            base_sequence: i32::from_be_bytes(field(header, BASE_SEQUENCE_AT)),
         })
     }
 
@@ -96,6 +106,15 @@ impl BatchHeader {
     /// Offset right after the batch.
     pub fn next_offset(&self) -> Offset {
         self.last_offset().plus(1)
+    }
+
+    /// Sequence number of the batch's last record (sequences wrap at `i32::MAX`).
+    pub fn last_sequence(&self) -> i32 {
+        if self.base_sequence < 0 {
+            return self.base_sequence;
+        }
+        let last = i64::from(self.base_sequence) + i64::from(self.last_offset_delta);
+        (last % (i64::from(i32::MAX) + 1)) as i32
     }
 
     /// Whether the records are compressed (attributes bits 0-2).

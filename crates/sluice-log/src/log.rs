@@ -580,6 +580,51 @@ impl Log {
         Ok(empty)
     }
 
+    /// Calls `visit` with the header of every batch from the one holding
+    /// `from` to the log end, in order; headers only, no record bytes.
+    /// Used to rebuild state kept beside a log, such as producer sequences.
+    ///
+    /// # Errors
+    /// [`LogError::Io`] or [`LogError::Corrupt`] from reading.
+    pub fn scan_headers(
+        &self,
+        from: Offset,
+        mut visit: impl FnMut(&BatchHeader),
+    ) -> Result<(), LogError> {
+        let mut state = self.state();
+        let from = from.max(state.log_start);
+        let bases: Vec<Offset> = state
+            .segments
+            .range(..=from)
+            .next_back()
+            .map(|(base, _)| *base)
+            .into_iter()
+            .chain(
+                state
+                    .segments
+                    .range(from..)
+                    .map(|(base, _)| *base)
+                    .filter(|b| *b > from),
+            )
+            .collect();
+        for base in bases {
+            let Some(segment) = state.segments.get_mut(&base) else {
+                continue;
+            };
+            let file = segment.read_handle()?;
+            let start = segment.find_batch(&file, from.max(base))?;
+            let Some((mut position, _)) = start else {
+                continue;
+            };
+            let view = segment.view();
+            while let Some(header) = view.header_within(&file, position)? {
+                visit(&header);
+                position += header.size as u64;
+            }
+        }
+        Ok(())
+    }
+
     /// The first offset whose record timestamp is at or after `timestamp_ms`,
     /// with that timestamp; `None` if every readable record is older.
     ///

@@ -646,6 +646,18 @@ pub(crate) struct SegmentView {
 }
 
 impl SegmentView {
+    /// The header of the batch at `position`, or `None` at the segment's end.
+    pub(crate) fn header_within(
+        &self,
+        file: &File,
+        position: u64,
+    ) -> Result<Option<BatchHeader>, LogError> {
+        if position >= self.size {
+            return Ok(None);
+        }
+        self.header_at(file, position).map(Some)
+    }
+
     fn header_at(&self, file: &File, position: u64) -> Result<BatchHeader, LogError> {
         header_at(&self.data_path, file, position)
     }

@@ -17,6 +17,7 @@ mod configs;
 mod coordinator;
 mod fetch;
 mod groups;
+mod init_producer_id;
 mod list_offsets;
 mod metadata;
 mod produce;
@@ -61,6 +62,7 @@ pub(crate) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::DescribeCluster, 0, 1),
     (ApiKey::OffsetDelete, 0, 0),
+    (ApiKey::InitProducerId, 0, 4),
     (ApiKey::ApiVersions, 0, 3),
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::DeleteTopics, 1, 6),
@@ -83,6 +85,9 @@ pub(crate) async fn dispatch(
     client_id: &str,
 ) -> Option<ResponseKind> {
     Some(match request {
+        RequestKind::InitProducerId(request) => {
+            ResponseKind::InitProducerId(init_producer_id::handle(context, request).await)
+        }
         RequestKind::DeleteRecords(request) => {
             ResponseKind::DeleteRecords(admin::delete_records(context, request).await)
         }

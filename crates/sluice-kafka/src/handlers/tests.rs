@@ -103,6 +103,7 @@ fn requests(round: usize) -> Vec<RequestKind> {
                 ]),
         ])),
         RequestKind::DescribeCluster(DescribeClusterRequest::default()),
+        RequestKind::InitProducerId(InitProducerIdRequest::default()),
         RequestKind::OffsetDelete(
             OffsetDeleteRequest::default()
                 .with_group_id(GroupId(StrBytes::from_static_str("g")))
@@ -280,6 +281,7 @@ fn api_of(request: &RequestKind) -> ApiKey {
         RequestKind::OffsetFetch(_) => ApiKey::OffsetFetch,
         RequestKind::DeleteTopics(_) => ApiKey::DeleteTopics,
         RequestKind::JoinGroup(_) => ApiKey::JoinGroup,
+        RequestKind::InitProducerId(_) => ApiKey::InitProducerId,
         RequestKind::DeleteRecords(_) => ApiKey::DeleteRecords,
         RequestKind::OffsetForLeaderEpoch(_) => ApiKey::OffsetForLeaderEpoch,
         RequestKind::AlterConfigs(_) => ApiKey::AlterConfigs,

@@ -1,0 +1,279 @@
+//! Idempotent producers (KIP-98): producer ids, and per partition the
+//! sequence numbers of each producer's recent batches, so a retried batch
+//! is answered with its first offset instead of being written twice.
+//!
+//! Producer ids are handed out from blocks whose end is saved in
+//! `<data_dir>/producer-id-block` before any id of the block is used, so an
+//! id is never handed out twice, restarts included. Sequence state is rebuilt
+//! on open from the batch headers of each partition's active segment.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use sluice_log::batch::BatchHeader;
+use sluice_types::Offset;
+
+use crate::CoreError;
+
+/// Batches remembered per producer and partition, as Kafka keeps (and as
+/// clients bound their in-flight requests: max.in.flight <= 5).
+const REMEMBERED_BATCHES: usize = 5;
+/// Ids reserved at a time.
+const ID_BLOCK: i64 = 1_000;
+
+/// Hands out producer ids.
+#[derive(Debug)]
+pub struct ProducerIds {
+    path: PathBuf,
+    /// (next id, end of the saved block).
+    next: Mutex<(i64, i64)>,
+}
+
+impl ProducerIds {
+    pub(crate) fn open(data_dir: &Path) -> Result<ProducerIds, CoreError> {
+        let path = data_dir.join("producer-id-block");
+        let saved = match fs::read_to_string(&path) {
+            Ok(text) => text
+                .trim()
+                .parse::<i64>()
+                .map_err(|_| CoreError::TopicRecord {
+                    path: path.clone(),
+                    reason: format!("expected one number, found {:?}", text.trim()),
+                })?,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(source) => return Err(CoreError::DataDir { path, source }),
+        };
+        // Ids up to the saved block end may have been handed out.
+        Ok(ProducerIds {
+            path,
+            next: Mutex::new((saved, saved)),
+        })
+    }
+
+    /// A producer id never handed out before. Blocking (saves a new block).
+    ///
+    /// # Errors
+    /// [`CoreError::DataDir`] when the block cannot be saved.
+    pub fn allocate(&self) -> Result<i64, CoreError> {
+        let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
+        if next.0 >= next.1 {
+            let end = next.1 + ID_BLOCK;
+            let io_error = |source| CoreError::DataDir {
+                path: self.path.clone(),
+                source,
+            };
+            let temp = self.path.with_extension("tmp");
+            let mut file = fs::File::create(&temp).map_err(io_error)?;
+            file.write_all(format!("{end}\n").as_bytes())
+                .map_err(io_error)?;
+            file.sync_all().map_err(io_error)?;
+            fs::rename(&temp, &self.path).map_err(io_error)?;
+            if let Some(dir) = self.path.parent() {
+                fs::File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io_error)?;
+            }
+            next.1 = end;
+        }
+        let id = next.0;
+        next.0 += 1;
+        Ok(id)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct BatchRecord {
+    first_sequence: i32,
+    last_sequence: i32,
+    first_offset: Offset,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct ProducerEntry {
+    epoch: i16,
+    batches: VecDeque<BatchRecord>,
+}
+
+/// What to do with an incoming idempotent batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SequenceCheck {
+    /// New data in sequence: append it.
+    Append,
+    /// A retry of a batch already written at this offset.
+    Duplicate { first_offset: Offset },
+}
+
+/// Sequence state of every idempotent producer writing to one partition.
+#[derive(Debug, Default)]
+pub(crate) struct ProducerStates {
+    producers: Mutex<HashMap<i64, ProducerEntry>>,
+}
+
+impl ProducerStates {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, HashMap<i64, ProducerEntry>> {
+        self.producers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Learns from a batch already in the log (recovery).
+    pub(crate) fn replay(&self, header: &BatchHeader) {
+        if header.producer_id >= 0 && header.base_sequence >= 0 {
+            record(
+                &mut self.lock(),
+                header.producer_id,
+                header.producer_epoch,
+                header.base_sequence,
+                header.last_sequence(),
+                header.base_offset,
+            );
+        }
+    }
+}
+
+/// Checks an idempotent batch against what the producer wrote before.
+///
+/// # Errors
+/// [`CoreError::InvalidProducerEpoch`] for an epoch older than the
+/// producer's; [`CoreError::OutOfOrderSequence`] for a gap or a sequence
+/// the partition has not seen follow.
+pub(crate) fn check(
+    producers: &HashMap<i64, ProducerEntry>,
+    producer_id: i64,
+    epoch: i16,
+    first_sequence: i32,
+    last_sequence: i32,
+) -> Result<SequenceCheck, CoreError> {
+    let Some(entry) = producers.get(&producer_id) else {
+        return if first_sequence == 0 {
+            Ok(SequenceCheck::Append)
+        } else {
+            Err(CoreError::OutOfOrderSequence {
+                producer_id,
+                expected: 0,
+                found: first_sequence,
+            })
+        };
+    };
+    if epoch < entry.epoch {
+        return Err(CoreError::InvalidProducerEpoch {
+            producer_id,
+            current: entry.epoch,
+            found: epoch,
+        });
+    }
+    if epoch > entry.epoch {
+        // A bumped epoch starts its sequences again at 0 (KIP-360).
+        return if first_sequence == 0 {
+            Ok(SequenceCheck::Append)
+        } else {
+            Err(CoreError::OutOfOrderSequence {
+                producer_id,
+                expected: 0,
+                found: first_sequence,
+            })
+        };
+    }
+    if let Some(done) = entry
+        .batches
+        .iter()
+        .find(|b| b.first_sequence == first_sequence && b.last_sequence == last_sequence)
+    {
+        return Ok(SequenceCheck::Duplicate {
+            first_offset: done.first_offset,
+        });
+    }
+    let expected = entry.batches.back().map_or(0, |b| {
+        if b.last_sequence == i32::MAX {
+            0
+        } else {
+            b.last_sequence + 1
+        }
+    });
+    if first_sequence == expected {
+        Ok(SequenceCheck::Append)
+    } else {
+        Err(CoreError::OutOfOrderSequence {
+            producer_id,
+            expected,
+            found: first_sequence,
+        })
+    }
+}
+
+/// Remembers a batch written for a producer.
+pub(crate) fn record(
+    producers: &mut HashMap<i64, ProducerEntry>,
+    producer_id: i64,
+    epoch: i16,
+    first_sequence: i32,
+    last_sequence: i32,
+    first_offset: Offset,
+) {
+    let entry = producers.entry(producer_id).or_default();
+    if epoch != entry.epoch {
+        entry.epoch = epoch;
+        entry.batches.clear();
+    }
+    entry.batches.push_back(BatchRecord {
+        first_sequence,
+        last_sequence,
+        first_offset,
+    });
+    while entry.batches.len() > REMEMBERED_BATCHES {
+        entry.batches.pop_front();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_are_recognised_and_gaps_refused() {
+        let mut producers = HashMap::new();
+        assert_eq!(
+            check(&producers, 7, 0, 0, 4).ok(),
+            Some(SequenceCheck::Append)
+        );
+        record(&mut producers, 7, 0, 0, 4, Offset::from(100));
+        assert_eq!(
+            check(&producers, 7, 0, 0, 4).ok(),
+            Some(SequenceCheck::Duplicate {
+                first_offset: Offset::from(100)
+            })
+        );
+        assert_eq!(
+            check(&producers, 7, 0, 5, 9).ok(),
+            Some(SequenceCheck::Append)
+        );
+        assert!(matches!(
+            check(&producers, 7, 0, 7, 9),
+            Err(CoreError::OutOfOrderSequence { expected: 5, .. })
+        ));
+        assert!(matches!(
+            check(&producers, 8, 0, 3, 3),
+            Err(CoreError::OutOfOrderSequence { .. })
+        ));
+        record(&mut producers, 7, 1, 0, 0, Offset::from(200));
+        assert!(matches!(
+            check(&producers, 7, 0, 5, 5),
+            Err(CoreError::InvalidProducerEpoch { .. })
+        ));
+    }
+
+    #[test]
+    fn producer_ids_are_never_reused_across_restarts() -> Result<(), CoreError> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let first = ProducerIds::open(dir.path())?;
+        let a = first.allocate()?;
+        let b = first.allocate()?;
+        assert_ne!(a, b);
+        drop(first);
+        let second = ProducerIds::open(dir.path())?;
+        let c = second.allocate()?;
+        assert!(c > b, "{c} after {b}");
+        Ok(())
+    }
+}
