@@ -43,7 +43,16 @@ pub struct OffsetStore {
 
 impl OffsetStore {
     pub(crate) fn open(logs: &LogManager) -> Result<OffsetStore, CoreError> {
-        let log = logs.get_or_create(OFFSETS_LOG, None)?;
+        // Compacted, never deleted by age or size: the latest commit per
+        // key is the state (Kafka's __consumer_offsets is the same).
+        let config = sluice_log::LogConfig {
+            cleanup_compact: true,
+            cleanup_delete: false,
+            segment_bytes: 100 << 20,
+            ..logs.defaults().clone()
+        };
+        let log = logs.get_or_create(OFFSETS_LOG, Some(config.clone()))?;
+        log.set_config(config);
         let mut groups: HashMap<String, GroupOffsets> = HashMap::new();
         let mut next = log.log_start();
         while next < log.log_end() {

@@ -46,8 +46,11 @@ pub enum CleanupPolicy {
 /// The settings a topic may carry, by Kafka name.
 pub const TOPIC_CONFIG_KEYS: &[&str] = &[
     "cleanup.policy",
+    "delete.retention.ms",
     "max.message.bytes",
     "message.timestamp.type",
+    "min.cleanable.dirty.ratio",
+    "min.compaction.lag.ms",
     "min.insync.replicas",
     "retention.bytes",
     "retention.ms",
@@ -120,6 +123,26 @@ impl TopicConfig {
         if let Some(bytes) = self.get_i64("max.message.bytes") {
             config.max_batch_bytes = u32::try_from(bytes.max(0)).unwrap_or(u32::MAX);
         }
+        let (compact, delete) = match self.cleanup_policy() {
+            CleanupPolicy::Delete => (false, true),
+            CleanupPolicy::Compact => (true, false),
+            CleanupPolicy::CompactDelete => (true, true),
+        };
+        config.cleanup_compact = compact;
+        config.cleanup_delete = delete;
+        if let Some(ms) = self.get_i64("delete.retention.ms") {
+            config.delete_retention = Duration::from_millis(ms.max(0) as u64);
+        }
+        if let Some(ms) = self.get_i64("min.compaction.lag.ms") {
+            config.min_compaction_lag = Duration::from_millis(ms.max(0) as u64);
+        }
+        if let Some(ratio) = self
+            .overrides
+            .get("min.cleanable.dirty.ratio")
+            .and_then(|v| v.trim().parse::<f64>().ok())
+        {
+            config.min_cleanable_dirty_percent = (ratio * 100.0).round().clamp(0.0, 100.0) as u8;
+        }
         config
     }
 
@@ -170,6 +193,12 @@ fn default_value(name: &str, defaults: &LogConfig) -> String {
     let millis = |d: Option<Duration>| d.map_or(-1, |d| d.as_millis() as i64).to_string();
     match name {
         "cleanup.policy" => "delete".to_owned(),
+        "delete.retention.ms" => millis(Some(defaults.delete_retention)),
+        "min.compaction.lag.ms" => millis(Some(defaults.min_compaction_lag)),
+        "min.cleanable.dirty.ratio" => format!(
+            "{}",
+            f64::from(defaults.min_cleanable_dirty_percent) / 100.0
+        ),
         "max.message.bytes" => defaults.max_batch_bytes.to_string(),
         "message.timestamp.type" => "CreateTime".to_owned(),
         "min.insync.replicas" => "1".to_owned(),
@@ -206,6 +235,13 @@ fn validate(key: &str, value: &str) -> Result<(), CoreError> {
     };
     match key {
         "retention.ms" | "retention.bytes" => int(-1, i64::MAX),
+        "delete.retention.ms" | "min.compaction.lag.ms" => int(0, i64::MAX),
+        "min.cleanable.dirty.ratio" => match value.trim().parse::<f64>() {
+            Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(()),
+            _ => Err(invalid(&format!(
+                "must be a number from 0 to 1, got {value:?}"
+            ))),
+        },
         "segment.bytes" => int(14, i64::from(i32::MAX)),
         "segment.ms" => int(1, i64::MAX),
         "max.message.bytes" => int(0, i64::from(i32::MAX)),

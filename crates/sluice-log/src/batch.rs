@@ -245,6 +245,81 @@ pub fn first_record_at_or_after(
     None
 }
 
+/// One record of an uncompressed batch, borrowed from the batch bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordView<'a> {
+    pub offset: Offset,
+    pub timestamp: i64,
+    /// `None` for a null key.
+    pub key: Option<&'a [u8]>,
+    /// Whether the value is null (a tombstone).
+    pub tombstone: bool,
+    /// The whole record, length prefix included, as stored.
+    pub bytes: &'a [u8],
+}
+
+/// The records of an uncompressed batch; `None` for a compressed or
+/// malformed one.
+pub fn records(batch: &[u8]) -> Option<Vec<RecordView<'_>>> {
+    let header = BatchHeader::parse(batch).ok()?;
+    if header.is_compressed() {
+        return None;
+    }
+    let mut rest = batch.get(HEADER_SIZE..header.size)?;
+    let mut out = Vec::with_capacity(usize::try_from(header.records_count).unwrap_or(0).min(4096));
+    for _ in 0..header.records_count.max(0) {
+        // [length:varint][attributes:1][timestamp_delta:varlong][offset_delta:varint]
+        // [key_length:varint][key][value_length:varint][value][headers…]
+        let (length, used) = read_varlong(rest)?;
+        let whole = rest.get(..used + usize::try_from(length).ok()?)?;
+        let mut body = whole.get(used + 1..)?;
+        let (timestamp_delta, n) = read_varlong(body)?;
+        body = body.get(n..)?;
+        let (offset_delta, n) = read_varlong(body)?;
+        body = body.get(n..)?;
+        let (key_length, n) = read_varlong(body)?;
+        body = body.get(n..)?;
+        let key = match usize::try_from(key_length) {
+            Ok(len) => {
+                let key = body.get(..len)?;
+                body = body.get(len..)?;
+                Some(key)
+            }
+            Err(_) => None,
+        };
+        let (value_length, _) = read_varlong(body)?;
+        out.push(RecordView {
+            offset: header.base_offset.plus(offset_delta),
+            timestamp: header.base_timestamp + timestamp_delta,
+            key,
+            tombstone: value_length < 0,
+            bytes: whole,
+        });
+        rest = rest.get(whole.len()..)?;
+    }
+    rest.is_empty().then_some(out)
+}
+
+/// A copy of `batch` holding only `kept` (records taken from it, in order).
+/// Base offset, last offset delta, timestamps and producer fields stay, so
+/// offsets are never renumbered and an emptied batch still marks its range.
+pub fn with_records(batch: &[u8], kept: &[RecordView<'_>]) -> Option<Vec<u8>> {
+    let mut out = batch.get(..HEADER_SIZE)?.to_vec();
+    for record in kept {
+        out.extend_from_slice(record.bytes);
+    }
+    let length = i32::try_from(out.len() - LOG_OVERHEAD).ok()?;
+    out.get_mut(LENGTH_AT..LENGTH_AT + 4)?
+        .copy_from_slice(&length.to_be_bytes());
+    let count = i32::try_from(kept.len()).ok()?;
+    out.get_mut(RECORDS_COUNT_AT..RECORDS_COUNT_AT + 4)?
+        .copy_from_slice(&count.to_be_bytes());
+    let crc = crc32c::crc32c(out.get(ATTRIBUTES_AT..)?);
+    out.get_mut(CRC_AT..CRC_AT + 4)?
+        .copy_from_slice(&crc.to_be_bytes());
+    Some(out)
+}
+
 /// A zig-zag varint as Kafka records encode lengths and deltas.
 fn read_varlong(buf: &[u8]) -> Option<(i64, usize)> {
     let mut value: u64 = 0;
@@ -355,6 +430,34 @@ pub(crate) mod tests {
             assert_eq!(header.max_timestamp, 99_000);
             assert_eq!(header.attributes & TIMESTAMP_TYPE_BIT, TIMESTAMP_TYPE_BIT);
         }
+    }
+
+    #[test]
+    fn records_can_be_dropped_without_renumbering() {
+        let batch = encoded_batch(4, 3, 100);
+        let all = records(&batch).expect("uncompressed");
+        assert_eq!(all.len(), 4);
+        assert_eq!(
+            all.get(2).map(|r| (r.offset, r.timestamp)),
+            Some((Offset::from(2), 102))
+        );
+        assert_eq!(all.get(1).and_then(|r| r.key), Some(&b"key-1"[..]));
+        let kept: Vec<_> = all
+            .iter()
+            .copied()
+            .filter(|r| r.offset.get() % 2 == 1)
+            .collect();
+        let rewritten = with_records(&batch, &kept).expect("rebuilt");
+        let header = verify(&rewritten).expect("valid");
+        assert_eq!((header.records_count, header.last_offset_delta), (2, 3));
+        let offsets: Vec<i64> = records(&rewritten)
+            .expect("records")
+            .iter()
+            .map(|r| r.offset.get())
+            .collect();
+        assert_eq!(offsets, vec![1, 3]);
+        let empty = with_records(&batch, &[]).expect("rebuilt");
+        assert_eq!(verify(&empty).map(|h| h.records_count), Ok(0));
     }
 
     #[test]

@@ -32,6 +32,17 @@ pub struct LogConfig {
     pub durability: Durability,
     /// Largest batch (whole RecordBatch, header included) an append accepts.
     pub max_batch_bytes: u32,
+    /// Retention deletes old segments (Kafka's `cleanup.policy` has `delete`).
+    pub cleanup_delete: bool,
+    /// Compaction keeps the latest record per key (`cleanup.policy` has `compact`).
+    pub cleanup_compact: bool,
+    /// How long a tombstone stays after compaction reached it (`delete.retention.ms`).
+    pub delete_retention: Duration,
+    /// Records younger than this are never compacted (`min.compaction.lag.ms`).
+    pub min_compaction_lag: Duration,
+    /// Compaction runs once this percentage of the cleanable bytes is new
+    /// since the last run (`min.cleanable.dirty.ratio` × 100).
+    pub min_cleanable_dirty_percent: u8,
 }
 
 impl Default for LogConfig {
@@ -44,6 +55,11 @@ impl Default for LogConfig {
             retention_time: Some(Duration::from_secs(7 * 24 * 3600)),
             durability: Durability::Always,
             max_batch_bytes: 1024 * 1024 + 12,
+            cleanup_delete: true,
+            cleanup_compact: false,
+            delete_retention: Duration::from_secs(24 * 3600),
+            min_compaction_lag: Duration::ZERO,
+            min_cleanable_dirty_percent: 50,
         }
     }
 }

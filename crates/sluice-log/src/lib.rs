@@ -26,6 +26,7 @@
 pub mod batch;
 mod checkpoint;
 mod clock;
+mod compaction;
 mod config;
 mod epoch;
 mod error;
@@ -35,6 +36,7 @@ mod manager;
 mod segment;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use compaction::CompactionOutcome;
 pub use config::{Durability, LogConfig};
 pub use error::{BatchFault, LogError};
 pub use log::{AppendInfo, Log, ReadBound, ReadResult, RetentionOutcome};

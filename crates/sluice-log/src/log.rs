@@ -70,16 +70,16 @@ pub struct RetentionOutcome {
 
 /// State behind the log's main lock: segments and offsets.
 #[derive(Debug)]
-struct LogState {
-    config: LogConfig,
+pub(crate) struct LogState {
+    pub(crate) config: LogConfig,
     /// By base offset; the last one is the active segment.
-    segments: BTreeMap<Offset, Segment>,
-    log_start: Offset,
-    log_end: Offset,
-    size_bytes: u64,
-    epochs: EpochCache,
-    poisoned: bool,
-    closed: bool,
+    pub(crate) segments: BTreeMap<Offset, Segment>,
+    pub(crate) log_start: Offset,
+    pub(crate) log_end: Offset,
+    pub(crate) size_bytes: u64,
+    pub(crate) epochs: EpochCache,
+    pub(crate) poisoned: bool,
+    pub(crate) closed: bool,
 }
 
 /// Group-commit state, behind its own lock (taken after `state`, never before).
@@ -100,8 +100,8 @@ struct SyncState {
 /// log's lock briefly; data reads and fsyncs run outside it.
 #[derive(Debug)]
 pub struct Log {
-    dir: PathBuf,
-    clock: Arc<dyn Clock>,
+    pub(crate) dir: PathBuf,
+    pub(crate) clock: Arc<dyn Clock>,
     state: Mutex<LogState>,
     sync: Mutex<SyncState>,
     synced: Condvar,
@@ -225,7 +225,7 @@ impl Log {
         })
     }
 
-    fn state(&self) -> MutexGuard<'_, LogState> {
+    pub(crate) fn state(&self) -> MutexGuard<'_, LogState> {
         // A panic while holding the lock leaves nothing half-written that the
         // next holder could misread: every mutation is followed by its
         // bookkeeping, and a failed write poisons the log explicitly.
@@ -661,6 +661,12 @@ impl Log {
         }
         let now = self.clock.now_ms();
         let mut doomed = Vec::new();
+        if !state.config.cleanup_delete {
+            return Ok(RetentionOutcome {
+                log_start: state.log_start,
+                ..RetentionOutcome::default()
+            });
+        }
         if let Some(retention) = state.config.retention_time {
             let cutoff =
                 now.saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));

@@ -24,6 +24,8 @@ pub struct MaintenanceSettings {
     pub retention_check_interval: Duration,
     /// An active segment's file is closed after this long without use.
     pub idle_handle_timeout: Duration,
+    /// How often compacted logs are checked for a compaction pass.
+    pub compaction_check_interval: Duration,
 }
 
 impl Default for MaintenanceSettings {
@@ -32,6 +34,7 @@ impl Default for MaintenanceSettings {
             tick: Duration::from_millis(50),
             retention_check_interval: Duration::from_secs(300),
             idle_handle_timeout: Duration::from_secs(60),
+            compaction_check_interval: Duration::from_secs(15),
         }
     }
 }
@@ -239,6 +242,7 @@ fn valid_name(name: &str) -> bool {
 fn run_maintenance(shared: &Shared, settings: MaintenanceSettings) {
     let mut last_flush: HashMap<String, Instant> = HashMap::new();
     let mut last_retention = Instant::now();
+    let mut last_compaction = Instant::now();
     loop {
         {
             let stop = shared.stop.lock().unwrap_or_else(|e| e.into_inner());
@@ -263,6 +267,10 @@ fn run_maintenance(shared: &Shared, settings: MaintenanceSettings) {
         let retention_due = last_retention.elapsed() >= settings.retention_check_interval;
         if retention_due {
             last_retention = Instant::now();
+        }
+        let compaction_due = last_compaction.elapsed() >= settings.compaction_check_interval;
+        if compaction_due {
+            last_compaction = Instant::now();
         }
         for (name, log) in &logs {
             if let Durability::Interval(interval) = log.durability() {
@@ -289,6 +297,18 @@ fn run_maintenance(shared: &Shared, settings: MaintenanceSettings) {
                     ),
                     Ok(_) | Err(LogError::Closed) => {}
                     Err(err) => tracing::warn!(log = %name, error = %err, "retention failed"),
+                }
+            }
+            if compaction_due {
+                match log.compact() {
+                    Ok(outcome) if outcome.segments_cleaned > 0 => tracing::info!(
+                        log = %name,
+                        segments = outcome.segments_cleaned,
+                        records_removed = outcome.records_removed,
+                        "compacted"
+                    ),
+                    Ok(_) | Err(LogError::Closed) => {}
+                    Err(err) => tracing::warn!(log = %name, error = %err, "compaction failed"),
                 }
             }
             log.release_idle_handles(settings.idle_handle_timeout);

@@ -628,6 +628,14 @@ impl Segment {
         Segment::open_active(dir, self.base_offset, false, index_interval)
     }
 
+    /// Removes the segment's index files (the data file stays).
+    pub(crate) fn delete_indexes(self) -> Result<(), LogError> {
+        for path in [&self.index_path, &self.time_index_path] {
+            remove_if_present(path)?;
+        }
+        Ok(())
+    }
+
     /// Removes the segment's files.
     pub(crate) fn delete(self) -> Result<(), LogError> {
         for path in [&self.data_path, &self.index_path, &self.time_index_path] {

@@ -16,6 +16,7 @@ fn settings(idle: Duration) -> MaintenanceSettings {
         tick: Duration::from_millis(10),
         retention_check_interval: Duration::from_millis(50),
         idle_handle_timeout: idle,
+        compaction_check_interval: Duration::from_millis(50),
     }
 }
 

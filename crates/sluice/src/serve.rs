@@ -170,6 +170,8 @@ fn log_config(settings: &LogSettings) -> anyhow::Result<LogConfig> {
         },
         max_batch_bytes: u32::try_from(settings.max_batch_bytes.bytes())
             .context("log.max_batch_bytes must be below 4GiB")?,
+        // Cleanup policy and compaction are per topic (cleanup.policy, …).
+        ..LogConfig::default()
     })
 }
 

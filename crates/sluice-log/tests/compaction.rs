@@ -1,0 +1,179 @@
+//! Contract of compaction: in sealed segments only the latest record per
+//! key survives, tombstones go once `delete_retention` has passed, offsets
+//! are never renumbered, the active segment is untouched, and the result
+//! reads back the same after a reopen.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+use sluice_log::{Log, LogConfig, LogError, ManualClock, ReadBound};
+use sluice_types::{LeaderEpoch, Offset};
+
+/// A batch of (key, value) records; a `None` value is a tombstone.
+fn keyed(entries: &[(&str, Option<&str>)], timestamp: i64) -> BytesMut {
+    let records: Vec<Record> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, (key, value))| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            sequence: i as i32,
+            timestamp,
+            key: Some(Bytes::from(key.to_string())),
+            value: value.map(|v| Bytes::from(v.to_string())),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .expect("encode");
+    buf
+}
+
+/// offset → (key, value) of every record readable from the log start.
+fn contents(log: &Log) -> BTreeMap<i64, (String, Option<String>)> {
+    let mut out = BTreeMap::new();
+    let mut next = log.log_start();
+    for _ in 0..10_000 {
+        let read = log
+            .read(next, 1 << 16, ReadBound::HighWatermark)
+            .expect("read");
+        let Some(after) = read.next_offset else { break };
+        let mut bytes = read.records;
+        while !bytes.is_empty() {
+            let set = RecordBatchDecoder::decode(&mut bytes).expect("decode");
+            for r in set.records {
+                let key = String::from_utf8_lossy(&r.key.unwrap_or_default()).into_owned();
+                let value = r.value.map(|v| String::from_utf8_lossy(&v).into_owned());
+                out.insert(r.offset, (key, value));
+            }
+        }
+        next = after;
+    }
+    out
+}
+
+fn config() -> LogConfig {
+    LogConfig {
+        segment_bytes: 1024,
+        index_interval_bytes: 128,
+        retention_time: None,
+        cleanup_delete: false,
+        cleanup_compact: true,
+        delete_retention: Duration::from_secs(60),
+        min_cleanable_dirty_percent: 1,
+        ..LogConfig::default()
+    }
+}
+
+#[test]
+fn only_the_latest_value_per_key_survives_in_sealed_segments() -> Result<(), LogError> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let log = Log::open_with_clock(dir.path(), config(), clock.clone())?;
+    let epoch = LeaderEpoch::from(0);
+    for round in 0..20 {
+        let a = format!("a{round}");
+        let b = format!("b{round}");
+        log.append(
+            &mut keyed(
+                &[("a", Some(&a)), ("b", Some(&b)), ("c", Some("same"))],
+                1_000_000,
+            ),
+            epoch,
+        )?;
+    }
+    log.append(&mut keyed(&[("b", None)], 1_000_000), epoch)?;
+    log.roll()?;
+    log.append(&mut keyed(&[("a", Some("active"))], 1_000_000), epoch)?;
+    let before = contents(&log);
+    let end = log.log_end();
+
+    let outcome = log.compact()?;
+    assert!(outcome.segments_cleaned > 0, "{outcome:?}");
+    assert!(outcome.bytes_after < outcome.bytes_before);
+    let after = contents(&log);
+    assert_eq!(log.log_end(), end, "offsets are not renumbered");
+    // Sealed part: one record per key, the latest, at its original offset.
+    let sealed: Vec<_> = after.iter().filter(|(o, _)| **o < 61).collect();
+    let keys: Vec<&str> = sealed.iter().map(|(_, (k, _))| k.as_str()).collect();
+    assert_eq!(keys.len(), 3, "{sealed:?}");
+    assert_eq!(after.get(&57), Some(&("a".into(), Some("a19".into()))));
+    assert_eq!(after.get(&59), Some(&("c".into(), Some("same".into()))));
+    assert_eq!(
+        after.get(&60),
+        Some(&("b".into(), None)),
+        "tombstone kept until its time"
+    );
+    assert_eq!(after.get(&61), before.get(&61), "active segment untouched");
+    for (offset, record) in &after {
+        assert_eq!(before.get(offset), Some(record), "offset {offset} changed");
+    }
+
+    // A second pass with nothing new does nothing.
+    assert_eq!(log.compact()?.segments_cleaned, 0);
+
+    // Once the tombstone's time is up it goes too.
+    clock.advance(120_000);
+    log.roll()?;
+    log.append(&mut keyed(&[("d", Some("x"))], 1_120_000), epoch)?;
+    log.compact()?;
+    let compacted = contents(&log);
+    assert_eq!(compacted.get(&60), None, "expired tombstone removed");
+    // "a" was written again at 61, now sealed: that is its latest value.
+    assert_eq!(compacted.get(&57), None);
+    assert_eq!(
+        compacted.get(&61),
+        Some(&("a".into(), Some("active".into())))
+    );
+    assert_eq!(compacted.get(&59), Some(&("c".into(), Some("same".into()))));
+
+    drop(log);
+    let reopened = Log::open_with_clock(dir.path(), config(), clock)?;
+    assert_eq!(reopened.log_end(), Offset::from(63));
+    assert_eq!(
+        contents(&reopened),
+        compacted,
+        "reads the same after a reopen"
+    );
+    Ok(())
+}
+
+#[test]
+fn compaction_is_off_unless_configured() -> Result<(), LogError> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = Log::open(
+        dir.path(),
+        LogConfig {
+            cleanup_compact: false,
+            ..config()
+        },
+    )?;
+    for _ in 0..10 {
+        log.append(&mut keyed(&[("k", Some("v"))], 0), LeaderEpoch::from(0))?;
+    }
+    log.roll()?;
+    assert_eq!(log.compact()?.segments_cleaned, 0);
+    assert_eq!(contents(&log).len(), 10);
+    Ok(())
+}
