@@ -23,6 +23,8 @@ pub(crate) enum ConnectionError {
     Io(#[from] std::io::Error),
     #[error("request of {size} bytes exceeds the limit of {limit} bytes")]
     TooLarge { size: i64, limit: usize },
+    #[error("negative request size {size}")]
+    NegativeSize { size: i32 },
     #[error("frame of {size} bytes is too short for a request header")]
     TooShort { size: usize },
     #[error("unknown api key {api_key}")]
@@ -85,10 +87,7 @@ impl Connection {
             let size = i32::from_be_bytes(size);
             let limit = self.context.options.max_request_bytes;
             let Ok(len) = usize::try_from(size) else {
-                return Err(ConnectionError::TooLarge {
-                    size: i64::from(size),
-                    limit,
-                });
+                return Err(ConnectionError::NegativeSize { size });
             };
             if len > limit {
                 return Err(ConnectionError::TooLarge {

@@ -278,10 +278,16 @@ pub(crate) async fn incremental_alter_configs(
 
 pub(crate) fn describe_cluster(
     context: &Context,
-    _request: DescribeClusterRequest,
+    request: DescribeClusterRequest,
 ) -> DescribeClusterResponse {
     let node = BrokerId(context.options.node_id);
-    DescribeClusterResponse::default()
+    let response = if request.include_cluster_authorized_operations {
+        DescribeClusterResponse::default()
+            .with_cluster_authorized_operations(super::authorized::CLUSTER)
+    } else {
+        DescribeClusterResponse::default()
+    };
+    response
         .with_cluster_id(StrBytes::from_static_str("sluice"))
         .with_controller_id(node)
         .with_brokers(vec![

@@ -205,6 +205,7 @@ pub(crate) fn describe(
     request: DescribeGroupsRequest,
     version: i16,
 ) -> DescribeGroupsResponse {
+    let operations = version >= 3 && request.include_authorized_operations;
     let groups = request
         .groups
         .into_iter()
@@ -240,6 +241,13 @@ pub(crate) fn describe(
                     .with_group_state(StrBytes::from_static_str("Dead")),
             },
         )
+        .map(|described| {
+            if operations {
+                described.with_authorized_operations(super::authorized::GROUP)
+            } else {
+                described
+            }
+        })
         .collect();
     DescribeGroupsResponse::default().with_groups(groups)
 }

@@ -30,6 +30,9 @@ pub(crate) async fn handle(
                 .collect(),
         ),
     };
+    let topic_operations = version >= 8 && request.include_topic_authorized_operations;
+    let cluster_operations =
+        (8..=10).contains(&version) && request.include_cluster_authorized_operations;
     // Before v4 there is no flag, and Kafka creates topics on request.
     let may_create = version < 4 || request.allow_auto_topic_creation;
     let results: Vec<(String, Result<Arc<Topic>, CoreError>)> = blocking(move || {
@@ -58,7 +61,14 @@ pub(crate) async fn handle(
     let topics = results
         .into_iter()
         .map(|(name, found)| match found {
-            Ok(topic) => describe(&topic, node, version),
+            Ok(topic) => {
+                let described = describe(&topic, node, version);
+                if topic_operations {
+                    described.with_topic_authorized_operations(super::authorized::TOPIC)
+                } else {
+                    described
+                }
+            }
             Err(err) => MetadataResponseTopic::default()
                 .with_name(Some(TopicName(StrBytes::from_string(name))))
                 .with_error_code(errors::code(&err).code()),
@@ -79,6 +89,9 @@ pub(crate) async fn handle(
     }
     if version >= 2 {
         response = response.with_cluster_id(Some(StrBytes::from_static_str("sluice")));
+    }
+    if cluster_operations {
+        response = response.with_cluster_authorized_operations(super::authorized::CLUSTER);
     }
     response
 }

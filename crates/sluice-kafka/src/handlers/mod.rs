@@ -40,6 +40,26 @@ impl Context {
     }
 }
 
+/// ACL operations as Kafka numbers them (`AclOperation`), for the
+/// "authorized operations" bit sets: with no authorizer, a client may do
+/// everything that applies to a resource.
+pub(crate) mod authorized {
+    const fn bits(operations: &[u8]) -> i32 {
+        let mut set = 0i32;
+        let mut i = 0;
+        while i < operations.len() {
+            set |= 1 << operations[i];
+            i += 1;
+        }
+        set
+    }
+    // READ 3, WRITE 4, CREATE 5, DELETE 6, ALTER 7, DESCRIBE 8,
+    // CLUSTER_ACTION 9, DESCRIBE_CONFIGS 10, ALTER_CONFIGS 11, IDEMPOTENT_WRITE 12
+    pub(crate) const TOPIC: i32 = bits(&[3, 4, 5, 6, 7, 8, 10, 11]);
+    pub(crate) const CLUSTER: i32 = bits(&[5, 7, 8, 9, 10, 11, 12]);
+    pub(crate) const GROUP: i32 = bits(&[3, 6, 8]);
+}
+
 /// Every implemented API with the version range its handler serves.
 pub(crate) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Produce, 3, 9),

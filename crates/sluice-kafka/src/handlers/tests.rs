@@ -156,6 +156,19 @@ fn requests(round: usize) -> Vec<RequestKind> {
             DeleteGroupsRequest::default().with_groups_names(vec![group(), GroupId(StrBytes::from_static_str("none"))]),
         ),
         RequestKind::ApiVersions(ApiVersionsRequest::default()),
+        RequestKind::Metadata(
+            MetadataRequest::default()
+                .with_include_cluster_authorized_operations(true)
+                .with_include_topic_authorized_operations(true),
+        ),
+        RequestKind::DescribeCluster(
+            DescribeClusterRequest::default().with_include_cluster_authorized_operations(true),
+        ),
+        RequestKind::DescribeGroups(
+            DescribeGroupsRequest::default()
+                .with_groups(vec![GroupId(StrBytes::from_static_str("g"))])
+                .with_include_authorized_operations(true),
+        ),
         RequestKind::Metadata(MetadataRequest::default().with_topics(Some(vec![
             MetadataRequestTopic::default().with_name(Some(topic("t"))),
             MetadataRequestTopic::default().with_name(Some(topic("bad/name"))),
