@@ -649,6 +649,28 @@ impl Log {
         Ok(None)
     }
 
+    /// The record with the largest timestamp below the high watermark (the
+    /// first such if several share it), for ListOffsets `MAX_TIMESTAMP`.
+    ///
+    /// # Errors
+    /// As [`Log::offset_for_timestamp`].
+    pub fn max_timestamp(&self) -> Result<Option<(Offset, i64)>, LogError> {
+        let max = {
+            let state = self.state();
+            let upper = self.high_watermark();
+            state
+                .segments
+                .values()
+                .filter(|s| s.base_offset < upper)
+                .filter_map(|s| s.max_timestamp)
+                .max()
+        };
+        match max {
+            Some(max) => self.offset_for_timestamp(max),
+            None => Ok(None),
+        }
+    }
+
     /// Deletes the oldest segments that retention by age or size allows,
     /// never the data in the active segment unless it is expired as a whole.
     ///

@@ -343,6 +343,7 @@ fn timestamps_find_the_first_record_at_or_after() -> Result<(), LogError> {
     assert_eq!(log.offset_for_timestamp(5_010)?, Some((o(60), 6_000)));
     assert_eq!(log.offset_for_timestamp(29_009)?, Some((o(299), 29_009)));
     assert_eq!(log.offset_for_timestamp(29_010)?, None);
+    assert_eq!(log.max_timestamp()?, Some((o(299), 29_009)));
     drop(log);
     let log = Log::open(dir.path(), config())?;
     assert_eq!(

@@ -13,6 +13,8 @@ use crate::errors;
 
 const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
+/// KIP-734 (v7+): the record with the largest timestamp.
+const MAX_TIMESTAMP: i64 = -3;
 
 pub(crate) async fn handle(
     context: &Context,
@@ -46,6 +48,13 @@ pub(crate) async fn handle(
                         match p.timestamp {
                             LATEST => answer.with_offset(log.high_watermark().get()),
                             EARLIEST => answer.with_offset(log.log_start().get()),
+                            MAX_TIMESTAMP if version >= 7 => match log.max_timestamp() {
+                                Ok(Some((offset, found))) => {
+                                    answer.with_offset(offset.get()).with_timestamp(found)
+                                }
+                                Ok(None) => answer,
+                                Err(err) => answer.with_error_code(errors::log_code(&err).code()),
+                            },
                             timestamp if timestamp >= 0 => {
                                 match log.offset_for_timestamp(timestamp) {
                                     Ok(Some((offset, found))) => {

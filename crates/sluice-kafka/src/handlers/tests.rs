@@ -210,6 +210,7 @@ fn requests(round: usize) -> Vec<RequestKind> {
                 ListOffsetsPartition::default().with_timestamp(-1),
                 ListOffsetsPartition::default().with_timestamp(-2),
                 ListOffsetsPartition::default().with_timestamp(0),
+                ListOffsetsPartition::default().with_timestamp(-3),
             ]),
         ])),
         RequestKind::CreateTopics(CreateTopicsRequest::default().with_topics(vec![
