@@ -542,20 +542,7 @@ impl Log {
         if offset >= upper {
             return Ok(empty);
         }
-        let bases: Vec<Offset> = state
-            .segments
-            .range(..=offset)
-            .next_back()
-            .map(|(base, _)| *base)
-            .into_iter()
-            .chain(
-                state
-                    .segments
-                    .range(offset..)
-                    .map(|(base, _)| *base)
-                    .filter(|b| *b > offset),
-            )
-            .collect();
+        let bases = segments_from(&state, offset);
         let mut target = offset;
         for base in bases {
             let Some(segment) = state.segments.get_mut(&base) else {
@@ -593,20 +580,7 @@ impl Log {
     ) -> Result<(), LogError> {
         let mut state = self.state();
         let from = from.max(state.log_start);
-        let bases: Vec<Offset> = state
-            .segments
-            .range(..=from)
-            .next_back()
-            .map(|(base, _)| *base)
-            .into_iter()
-            .chain(
-                state
-                    .segments
-                    .range(from..)
-                    .map(|(base, _)| *base)
-                    .filter(|b| *b > from),
-            )
-            .collect();
+        let bases = segments_from(&state, from);
         for base in bases {
             let Some(segment) = state.segments.get_mut(&base) else {
                 continue;
@@ -980,6 +954,25 @@ impl Log {
     pub fn segment_bases(&self) -> Vec<Offset> {
         self.state().segments.keys().copied().collect()
     }
+}
+
+/// Base offsets of the segment holding `offset` and of every later one.
+fn segments_from(state: &LogState, offset: Offset) -> Vec<Offset> {
+    let holding = state
+        .segments
+        .range(..=offset)
+        .next_back()
+        .map(|(base, _)| *base);
+    holding
+        .into_iter()
+        .chain(
+            state
+                .segments
+                .range(offset..)
+                .map(|(base, _)| *base)
+                .filter(|b| *b > offset),
+        )
+        .collect()
 }
 
 fn active(state: &mut LogState) -> Result<&mut Segment, LogError> {
