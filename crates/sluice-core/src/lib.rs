@@ -37,7 +37,9 @@ pub use producers::ProducerIds;
 pub use topic_config::{
     CleanupPolicy, ConfigEntry, ConfigSource, TOPIC_CONFIG_KEYS, TimestampType, TopicConfig,
 };
-pub use topics::{MAX_PARTITIONS, MAX_TOPIC_NAME, Partition, Topic, Topics, log_name};
+pub use topics::{
+    MAX_PARTITIONS, MAX_TOPIC_NAME, Partition, PendingAppend, Topic, Topics, log_name,
+};
 
 /// What a broker needs to start.
 #[derive(Debug, Clone)]

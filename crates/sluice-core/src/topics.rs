@@ -112,6 +112,24 @@ impl Topic {
         partition: PartitionId,
         records: &mut BytesMut,
     ) -> Result<AppendInfo, CoreError> {
+        self.append_start(partition, records)?.wait()
+    }
+
+    /// Writes record batches to a partition without waiting for them to be
+    /// durable: appends made in this order keep it, and the returned
+    /// [`PendingAppend`] waits for durability later, so that the waits of
+    /// several appends (pipelined requests, say) share one sync. Blocking
+    /// (a write to the page cache), but short.
+    ///
+    /// # Errors
+    /// [`CoreError::UnknownPartition`], the producer checks
+    /// ([`CoreError::OutOfOrderSequence`], [`CoreError::InvalidProducerEpoch`]),
+    /// or the log's refusal.
+    pub fn append_start(
+        &self,
+        partition: PartitionId,
+        records: &mut BytesMut,
+    ) -> Result<PendingAppend, CoreError> {
         let target = self
             .partition(partition)
             .ok_or_else(|| CoreError::UnknownPartition {
@@ -128,10 +146,14 @@ impl Topic {
             (Some((_, first)), Some((_, last))) => (*first, *last),
             _ => return Err(invalid(sluice_log::BatchFault::Empty)),
         };
+        let needs_sync = target.log.durability() == sluice_log::Durability::Always;
         if first.producer_id < 0 {
-            let result = target.log.append(records, LeaderEpoch::from(0));
-            target.wake_readers();
-            return Ok(result?);
+            let info = target.log.append_unsynced(records, LeaderEpoch::from(0))?;
+            return Ok(PendingAppend {
+                partition: target,
+                info,
+                needs_sync,
+            });
         }
         // Idempotent: check and write under the partition's producer lock,
         // so two copies of one batch cannot both pass; sync outside it.
@@ -143,30 +165,60 @@ impl Topic {
             first.base_sequence,
             last.last_sequence(),
         )? {
-            SequenceCheck::Duplicate { first_offset } => {
-                return Ok(AppendInfo {
-                    first_offset,
-                    last_offset: first_offset,
-                    append_time_ms: -1,
-                    log_start: target.log.log_start(),
-                });
+            SequenceCheck::Duplicate { first_offset } => AppendInfo {
+                first_offset,
+                last_offset: first_offset,
+                append_time_ms: -1,
+                log_start: target.log.log_start(),
+            },
+            SequenceCheck::Append => {
+                let info = target.log.append_unsynced(records, LeaderEpoch::from(0))?;
+                producers::record(
+                    &mut producers,
+                    first.producer_id,
+                    first.producer_epoch,
+                    first.base_sequence,
+                    last.last_sequence(),
+                    info.first_offset,
+                );
+                info
             }
-            SequenceCheck::Append => target.log.append_unsynced(records, LeaderEpoch::from(0))?,
         };
-        producers::record(
-            &mut producers,
-            first.producer_id,
-            first.producer_epoch,
-            first.base_sequence,
-            last.last_sequence(),
-            info.first_offset,
-        );
         drop(producers);
-        if target.log.durability() == sluice_log::Durability::Always {
-            target.log.sync_to(info.last_offset.plus(1))?;
-        }
-        target.wake_readers();
-        Ok(info)
+        Ok(PendingAppend {
+            partition: target,
+            info,
+            needs_sync,
+        })
+    }
+}
+
+/// An append written but perhaps not yet durable; [`PendingAppend::wait`]
+/// finishes it.
+#[derive(Debug)]
+#[must_use = "an append is acknowledged only once wait() returns"]
+pub struct PendingAppend {
+    partition: Arc<Partition>,
+    info: AppendInfo,
+    needs_sync: bool,
+}
+
+impl PendingAppend {
+    /// Waits until the append is as durable as the log's durability asks
+    /// (sharing the sync with concurrent appends), then wakes fetches.
+    /// Blocking.
+    ///
+    /// # Errors
+    /// The log's sync failure.
+    pub fn wait(self) -> Result<AppendInfo, CoreError> {
+        let result = if self.needs_sync {
+            self.partition.log.sync_to(self.info.last_offset.plus(1))
+        } else {
+            Ok(())
+        };
+        self.partition.wake_readers();
+        result?;
+        Ok(self.info)
     }
 }
 

@@ -1,17 +1,17 @@
 //! One client connection: length-prefixed frames in, responses out, in
-//! request order. A request is handled before the next is read, as Kafka
-//! brokers do (they mute a connection while its request is in flight), so a
-//! long-polling Fetch delays only its own connection.
+//! request order, with Produce durability waits and Fetch long polls
+//! overlapping later requests (see [`Connection::run`]).
 
 use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader};
+use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
 use kafka_protocol::protocol::{Decodable, Encodable};
 use sluice_core::Broker;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 
 use crate::handlers::{self, Context};
 use crate::listener::KafkaOptions;
@@ -45,6 +45,16 @@ pub(crate) enum ConnectionError {
     },
 }
 
+/// Responses a connection may owe at once; a client with more requests in
+/// flight waits (TCP backpressure) until earlier ones are answered.
+const MAX_IN_FLIGHT: usize = 64;
+
+/// A response due in request order: ready, or still being worked on.
+enum Outcome {
+    Ready(Option<BytesMut>),
+    Later(JoinHandle<Result<Option<BytesMut>, ConnectionError>>),
+}
+
 pub(crate) struct Connection {
     stream: TcpStream,
     context: Context,
@@ -72,96 +82,167 @@ impl Connection {
         }
     }
 
-    pub(crate) async fn run(mut self) -> Result<(), ConnectionError> {
-        loop {
-            let mut size = [0u8; 4];
-            let read = tokio::select! {
-                read = self.stream.read_exact(&mut size) => read,
-                _ = self.shutdown.changed() => return Ok(()),
-            };
-            match read {
-                Ok(_) => {}
-                Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-                Err(err) => return Err(err.into()),
+    /// Reads requests and writes responses, strictly in request order.
+    /// Produce and Fetch may overlap with later requests: a Produce's
+    /// batches are written before the next request is read (so appends keep
+    /// the connection's order) and only its durability wait overlaps; a Fetch
+    /// waits for data on its own. Everything else is handled in turn.
+    pub(crate) async fn run(self) -> Result<(), ConnectionError> {
+        let Connection {
+            stream,
+            context,
+            mut shutdown,
+        } = self;
+        let (mut reader, mut writer) = stream.into_split();
+        let (queue, mut due) = mpsc::channel::<Outcome>(MAX_IN_FLIGHT);
+        let writing = async move {
+            while let Some(outcome) = due.recv().await {
+                let response = match outcome {
+                    Outcome::Ready(response) => response,
+                    Outcome::Later(task) => {
+                        task.await.map_err(|err| ConnectionError::Encode {
+                            api: ApiKey::ApiVersions,
+                            version: 0,
+                            reason: format!("request task failed: {err}"),
+                        })??
+                    }
+                };
+                if let Some(response) = response {
+                    writer.write_all(&response).await?;
+                }
             }
-            let size = i32::from_be_bytes(size);
-            let limit = self.context.options.max_request_bytes;
-            let Ok(len) = usize::try_from(size) else {
-                return Err(ConnectionError::NegativeSize { size });
-            };
-            if len > limit {
-                return Err(ConnectionError::TooLarge {
-                    size: i64::from(size),
-                    limit,
-                });
+            Ok::<(), ConnectionError>(())
+        };
+        let reading = async move {
+            loop {
+                let mut size = [0u8; 4];
+                let read = tokio::select! {
+                    read = reader.read_exact(&mut size) => read,
+                    _ = shutdown.changed() => return Ok(()),
+                };
+                match read {
+                    Ok(_) => {}
+                    Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                    Err(err) => return Err(err.into()),
+                }
+                let size = i32::from_be_bytes(size);
+                let limit = context.options.max_request_bytes;
+                let Ok(len) = usize::try_from(size) else {
+                    return Err(ConnectionError::NegativeSize { size });
+                };
+                if len > limit {
+                    return Err(ConnectionError::TooLarge {
+                        size: i64::from(size),
+                        limit,
+                    });
+                }
+                if len < 8 {
+                    return Err(ConnectionError::TooShort { size: len });
+                }
+                let mut body = BytesMut::zeroed(len);
+                reader.read_exact(&mut body).await?;
+                let outcome = handle(&context, body.freeze()).await?;
+                if queue.send(outcome).await.is_err() {
+                    // The writer stopped on an error of its own.
+                    return Ok(());
+                }
             }
-            if len < 8 {
-                return Err(ConnectionError::TooShort { size: len });
-            }
-            let mut body = BytesMut::zeroed(len);
-            self.stream.read_exact(&mut body).await?;
-            if let Some(response) = self.handle(body.freeze()).await? {
-                self.stream.write_all(&response).await?;
-            }
+        };
+        // The reader ends first (end of stream, shutdown or error); the
+        // writer then drains what is owed and ends when the queue closes.
+        let (read, write) = tokio::join!(reading, writing);
+        read.and(write)
+    }
+}
+
+/// Decodes one request and starts it; its response comes due in order.
+async fn handle(context: &Context, mut body: Bytes) -> Result<Outcome, ConnectionError> {
+    // `run` checked that the frame holds at least these 8 bytes.
+    let mut fixed = body.clone();
+    let api_key = fixed.get_i16();
+    let version = fixed.get_i16();
+    let correlation_id = fixed.get_i32();
+    let api = ApiKey::try_from(api_key).map_err(|_| ConnectionError::UnknownApi { api_key })?;
+    let supported = handlers::supported_versions(api);
+    if api == ApiKey::ApiVersions
+        && !supported.is_some_and(|(min, max)| (min..=max).contains(&version))
+    {
+        // KIP-511: answer an unknown ApiVersions version with v0 and
+        // UNSUPPORTED_VERSION, so the client can retry with one we know.
+        let response = handlers::api_versions::unsupported();
+        return encode(api, 0, correlation_id, &response).map(|r| Outcome::Ready(Some(r)));
+    }
+    if !supported.is_some_and(|(min, max)| (min..=max).contains(&version)) {
+        // Kafka closes the connection on an unsupported version of any
+        // other API: the client should have asked ApiVersions first.
+        return Err(ConnectionError::UnsupportedVersion { api, version });
+    }
+    let header_version = api.request_header_version(version);
+    let header = RequestHeader::decode(&mut body, header_version).map_err(|err| {
+        ConnectionError::Malformed {
+            api,
+            version,
+            reason: err.to_string(),
+        }
+    })?;
+    let request =
+        RequestKind::decode(api, &mut body, version).map_err(|err| ConnectionError::Malformed {
+            api,
+            version,
+            reason: err.to_string(),
+        })?;
+    if body.has_remaining() {
+        tracing::debug!(
+            ?api,
+            version,
+            trailing = body.remaining(),
+            "request has trailing bytes"
+        );
+    }
+    let correlation_id = header.correlation_id;
+    tracing::debug!(?api, version, correlation_id, client_id = ?header.client_id, "request");
+    match request {
+        RequestKind::Produce(request) => {
+            let pending = handlers::produce::start(context, request, version).await;
+            Ok(Outcome::Later(tokio::spawn(async move {
+                match pending.finish().await {
+                    Some(response) => encode(
+                        api,
+                        version,
+                        correlation_id,
+                        &ResponseKind::Produce(response),
+                    )
+                    .map(Some),
+                    None => Ok(None),
+                }
+            })))
+        }
+        request @ RequestKind::Fetch(_) => {
+            let context = context.clone();
+            Ok(Outcome::Later(tokio::spawn(async move {
+                respond(&context, request, api, version, correlation_id, "").await
+            })))
+        }
+        request => {
+            let client_id = header.client_id.as_deref().unwrap_or_default().to_owned();
+            respond(context, request, api, version, correlation_id, &client_id)
+                .await
+                .map(Outcome::Ready)
         }
     }
+}
 
-    /// Decodes, dispatches and encodes one request; `None` when no response
-    /// is due (Produce with acks=0).
-    async fn handle(&mut self, mut body: Bytes) -> Result<Option<BytesMut>, ConnectionError> {
-        // `run` checked that the frame holds at least these 8 bytes.
-        let mut fixed = body.clone();
-        let api_key = fixed.get_i16();
-        let version = fixed.get_i16();
-        let correlation_id = fixed.get_i32();
-        let api = ApiKey::try_from(api_key).map_err(|_| ConnectionError::UnknownApi { api_key })?;
-        let supported = handlers::supported_versions(api);
-        if api == ApiKey::ApiVersions
-            && !supported.is_some_and(|(min, max)| (min..=max).contains(&version))
-        {
-            // KIP-511: answer an unknown ApiVersions version with v0 and
-            // UNSUPPORTED_VERSION, so the client can retry with one we know.
-            let response = handlers::api_versions::unsupported();
-            return encode(api, 0, correlation_id, &response).map(Some);
-        }
-        if !supported.is_some_and(|(min, max)| (min..=max).contains(&version)) {
-            // Kafka closes the connection on an unsupported version of any
-            // other API: the client should have asked ApiVersions first.
-            return Err(ConnectionError::UnsupportedVersion { api, version });
-        }
-        let header_version = api.request_header_version(version);
-        let header = RequestHeader::decode(&mut body, header_version).map_err(|err| {
-            ConnectionError::Malformed {
-                api,
-                version,
-                reason: err.to_string(),
-            }
-        })?;
-        let request = RequestKind::decode(api, &mut body, version).map_err(|err| {
-            ConnectionError::Malformed {
-                api,
-                version,
-                reason: err.to_string(),
-            }
-        })?;
-        if body.has_remaining() {
-            tracing::debug!(
-                ?api,
-                version,
-                trailing = body.remaining(),
-                "request has trailing bytes"
-            );
-        }
-        let span = tracing::debug_span!("request", api = ?api, version, correlation_id = header.correlation_id);
-        let _entered = span.enter();
-        tracing::debug!(client_id = ?header.client_id, "request");
-        drop(_entered);
-        let client_id = header.client_id.as_deref().unwrap_or_default().to_owned();
-        let response = handlers::dispatch(&self.context, request, version, &client_id).await;
-        match response {
-            Some(response) => encode(api, version, header.correlation_id, &response).map(Some),
-            None => Ok(None),
-        }
+async fn respond(
+    context: &Context,
+    request: RequestKind,
+    api: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    client_id: &str,
+) -> Result<Option<BytesMut>, ConnectionError> {
+    match handlers::dispatch(context, request, version, client_id).await {
+        Some(response) => encode(api, version, correlation_id, &response).map(Some),
+        None => Ok(None),
     }
 }
 
@@ -169,7 +250,7 @@ fn encode(
     api: ApiKey,
     version: i16,
     correlation_id: i32,
-    response: &kafka_protocol::messages::ResponseKind,
+    response: &ResponseKind,
 ) -> Result<BytesMut, ConnectionError> {
     let mut out = BytesMut::with_capacity(256);
     out.put_i32(0);

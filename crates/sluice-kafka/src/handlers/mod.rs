@@ -20,13 +20,14 @@ mod groups;
 mod init_producer_id;
 mod list_offsets;
 mod metadata;
-mod produce;
+pub(crate) mod produce;
 mod topics;
 
 #[cfg(test)]
 mod tests;
 
 /// What every handler may use.
+#[derive(Clone)]
 pub(crate) struct Context {
     pub(crate) broker: Arc<Broker>,
     pub(crate) options: Arc<KafkaOptions>,
@@ -152,7 +153,9 @@ pub(crate) async fn dispatch(
             ResponseKind::Metadata(metadata::handle(context, request, version).await)
         }
         RequestKind::Produce(request) => {
-            return produce::handle(context, request, version)
+            return produce::start(context, request, version)
+                .await
+                .finish()
                 .await
                 .map(ResponseKind::Produce);
         }

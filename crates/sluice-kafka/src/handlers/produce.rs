@@ -1,103 +1,140 @@
-//! Produce: batches kept as sent; each partition appended on the blocking
-//! pool so that partitions of one request sync in parallel.
+//! Produce, in two phases so that a connection can pipeline: `start` writes
+//! every partition's batches (in request order: the connection awaits it
+//! before reading the next request), `finish` waits for durability and
+//! builds the answer (concurrently with later requests, whose appends then
+//! share the same group-committed sync).
 
 use std::sync::Arc;
 
 use bytes::BytesMut;
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
-use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
-use sluice_core::TimestampType;
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
+use sluice_core::{Broker, CoreError, PendingAppend, TimestampType};
 use sluice_types::PartitionId;
 
 use super::Context;
 use crate::errors;
 
-pub(crate) async fn handle(
+type Started = Result<(PendingAppend, TimestampType), ResponseError>;
+
+/// A produce request whose batches are written but not yet acknowledged.
+pub(crate) struct ProducePending {
+    acks: i16,
+    version: i16,
+    topics: Vec<(TopicName, Vec<(i32, Started)>)>,
+}
+
+fn failed(index: i32, code: ResponseError) -> PartitionProduceResponse {
+    PartitionProduceResponse::default()
+        .with_index(index)
+        .with_error_code(code.code())
+        .with_base_offset(-1)
+        .with_log_append_time_ms(-1)
+}
+
+/// Writes every partition's batches, partitions in parallel.
+pub(crate) async fn start(
     context: &Context,
     request: ProduceRequest,
     version: i16,
-) -> Option<ProduceResponse> {
+) -> ProducePending {
     let acks = request.acks;
     let valid_acks = matches!(acks, -1..=1);
-    let mut pending = Vec::new();
+    let mut tasks = Vec::new();
     for topic_data in request.topic_data {
-        let name = topic_data.name.to_string();
         let mut partitions = Vec::new();
         for data in topic_data.partition_data {
             let index = data.index;
             let broker = Arc::clone(&context.broker);
-            let topic_name = name.clone();
-            let task = tokio::task::spawn_blocking(move || {
+            let topic = topic_data.name.to_string();
+            let task = tokio::task::spawn_blocking(move || -> Started {
                 if !valid_acks {
-                    return PartitionProduceResponse::default()
-                        .with_index(index)
-                        .with_error_code(ResponseError::InvalidRequiredAcks.code());
+                    return Err(ResponseError::InvalidRequiredAcks);
                 }
-                append(&broker, &topic_name, index, data.records, version)
+                write(&broker, &topic, index, data.records)
             });
             partitions.push((index, task));
         }
-        pending.push((topic_data.name, partitions));
+        tasks.push((topic_data.name, partitions));
     }
-    let mut responses = Vec::new();
-    for (name, partitions) in pending {
-        let mut partition_responses = Vec::new();
+    let mut topics = Vec::new();
+    for (name, partitions) in tasks {
+        let mut started = Vec::new();
         for (index, task) in partitions {
-            partition_responses.push(task.await.unwrap_or_else(|_| {
-                PartitionProduceResponse::default()
-                    .with_index(index)
-                    .with_error_code(ResponseError::UnknownServerError.code())
-            }));
+            let outcome = task.await.unwrap_or(Err(ResponseError::UnknownServerError));
+            started.push((index, outcome));
         }
-        responses.push(
-            TopicProduceResponse::default()
-                .with_name(name)
-                .with_partition_responses(partition_responses),
-        );
+        topics.push((name, started));
     }
-    // acks=0: the producer expects no answer at all.
-    (acks != 0).then(|| ProduceResponse::default().with_responses(responses))
+    ProducePending {
+        acks,
+        version,
+        topics,
+    }
 }
 
-fn append(
-    broker: &sluice_core::Broker,
-    topic: &str,
-    index: i32,
-    records: Option<bytes::Bytes>,
-    version: i16,
-) -> PartitionProduceResponse {
-    // log_start_offset exists from v5; earlier versions must keep the default.
-    let log_start = |offset: i64| if version >= 5 { offset } else { -1 };
-    let failed = |code: ResponseError| {
-        PartitionProduceResponse::default()
-            .with_index(index)
-            .with_error_code(code.code())
-            .with_base_offset(-1)
-            .with_log_append_time_ms(-1)
-            .with_log_start_offset(-1)
+fn write(broker: &Broker, topic: &str, index: i32, records: Option<bytes::Bytes>) -> Started {
+    let refuse = |err: &CoreError| {
+        tracing::debug!(topic, partition = index, error = %err, "produce refused");
+        errors::code(err)
     };
-    let topic = match broker.topic_or_create(topic) {
-        Ok(topic) => topic,
-        Err(err) => return failed(errors::code(&err)),
-    };
+    let topic = broker.topic_or_create(topic).map_err(|err| refuse(&err))?;
     let Some(records) = records.filter(|r| !r.is_empty()) else {
-        return failed(ResponseError::CorruptMessage);
+        return Err(ResponseError::CorruptMessage);
     };
     let mut records = BytesMut::from(&records[..]);
-    match topic.append_blocking(PartitionId::from(index), &mut records) {
-        Ok(info) => PartitionProduceResponse::default()
-            .with_index(index)
-            .with_error_code(0)
-            .with_base_offset(info.first_offset.get())
-            .with_log_append_time_ms(match topic.config().timestamp_type() {
-                TimestampType::LogAppendTime => info.append_time_ms,
-                TimestampType::CreateTime => -1,
-            })
-            .with_log_start_offset(log_start(info.log_start.get())),
-        Err(err) => {
-            tracing::debug!(topic = topic.name(), partition = index, error = %err, "produce refused");
-            failed(errors::code(&err))
+    let pending = topic
+        .append_start(PartitionId::from(index), &mut records)
+        .map_err(|err| refuse(&err))?;
+    Ok((pending, topic.config().timestamp_type()))
+}
+
+impl ProducePending {
+    /// Waits for every partition's append to be durable; `None` for acks=0,
+    /// which gets no answer at all.
+    pub(crate) async fn finish(self) -> Option<ProduceResponse> {
+        let version = self.version;
+        // log_start_offset exists from v5; earlier versions keep the default.
+        let log_start = move |offset: i64| if version >= 5 { offset } else { -1 };
+        let mut waits = Vec::new();
+        for (name, partitions) in self.topics {
+            let mut tasks = Vec::new();
+            for (index, started) in partitions {
+                let task = tokio::task::spawn_blocking(move || match started {
+                    Err(code) => failed(index, code),
+                    Ok((pending, timestamp_type)) => match pending.wait() {
+                        Ok(info) => PartitionProduceResponse::default()
+                            .with_index(index)
+                            .with_error_code(0)
+                            .with_base_offset(info.first_offset.get())
+                            .with_log_append_time_ms(match timestamp_type {
+                                TimestampType::LogAppendTime => info.append_time_ms,
+                                TimestampType::CreateTime => -1,
+                            })
+                            .with_log_start_offset(log_start(info.log_start.get())),
+                        Err(err) => failed(index, errors::code(&err)),
+                    },
+                });
+                tasks.push((index, task));
+            }
+            waits.push((name, tasks));
         }
+        let mut responses = Vec::new();
+        for (name, tasks) in waits {
+            let mut partition_responses = Vec::new();
+            for (index, task) in tasks {
+                partition_responses.push(
+                    task.await
+                        .unwrap_or_else(|_| failed(index, ResponseError::UnknownServerError)),
+                );
+            }
+            responses.push(
+                TopicProduceResponse::default()
+                    .with_name(name)
+                    .with_partition_responses(partition_responses),
+            );
+        }
+        (self.acks != 0).then(|| ProduceResponse::default().with_responses(responses))
     }
 }

@@ -1,0 +1,446 @@
+//! The Kafka workload: producers and consumers through librdkafka.
+//!
+//! Consumers are assigned the topic's partitions (no group, so a rebalance
+//! never pauses a measurement) and start before the producers. Producers
+//! send numbered messages (see `payload.rs`) as fast as they can, or at a
+//! fixed total rate; every consumed message is checked.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::{Args, ValueEnum};
+use hdrhistogram::Histogram;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use serde_json::json;
+
+use crate::payload;
+use crate::process;
+use crate::report::{BrokerUsage, Latency, Report, Verdict};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Acks {
+    #[value(name = "0")]
+    None,
+    #[value(name = "1")]
+    Leader,
+    #[value(name = "all")]
+    All,
+}
+
+impl Acks {
+    fn as_config(self) -> &'static str {
+        match self {
+            Acks::None => "0",
+            Acks::Leader => "1",
+            Acks::All => "all",
+        }
+    }
+}
+
+/// `sluice-bench kafka`: one workload against one Kafka-compatible broker.
+#[derive(Debug, Args)]
+pub(crate) struct KafkaArgs {
+    /// Bootstrap address of the broker.
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    bootstrap: String,
+    /// Topic to use; a fresh name is made up when not given.
+    #[arg(long)]
+    topic: Option<String>,
+    /// Partitions of the topic created for the run.
+    #[arg(long, default_value_t = 1)]
+    partitions: i32,
+    #[arg(long, default_value_t = 1)]
+    producers: u32,
+    #[arg(long, default_value_t = 1)]
+    consumers: u32,
+    /// Message size in bytes (at least 20, the checked header).
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+    /// Messages to send in total (split across producers).
+    #[arg(long, default_value_t = 100_000)]
+    count: u64,
+    /// Total send rate in messages per second; 0 means as fast as possible.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    #[arg(long, value_enum, default_value = "all")]
+    acks: Acks,
+    /// Producer linger.ms.
+    #[arg(long, default_value_t = 5)]
+    linger_ms: u64,
+    /// Producer batch.size in bytes.
+    #[arg(long, default_value_t = 1_000_000)]
+    batch_size: u64,
+    /// Producer compression.type (none, gzip, snappy, lz4, zstd).
+    #[arg(long, default_value = "none")]
+    compression: String,
+    /// Send keyed messages (key = sequence modulo 1000) instead of unkeyed.
+    #[arg(long)]
+    keyed: bool,
+    /// Enable the idempotent producer.
+    #[arg(long)]
+    idempotent: bool,
+    /// Consumer fetch.wait.max.ms; librdkafka's default when not given.
+    #[arg(long)]
+    fetch_wait_max_ms: Option<u64>,
+    /// Pid of the broker, to report its CPU time and memory.
+    #[arg(long)]
+    broker_pid: Option<u32>,
+    /// Give up waiting for consumers after this many seconds without progress.
+    #[arg(long, default_value_t = 20)]
+    drain_timeout_s: u64,
+    /// Print only the JSON line.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Counts delivery reports.
+#[derive(Debug, Default)]
+struct Deliveries {
+    acknowledged: AtomicU64,
+    errors: AtomicU64,
+    first_error: Mutex<Option<String>>,
+}
+
+#[derive(Debug, Clone)]
+struct DeliveryContext(Arc<Deliveries>);
+
+impl ClientContext for DeliveryContext {}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: Self::DeliveryOpaque) {
+        match result {
+            Ok(_) => {
+                self.0.acknowledged.fetch_add(1, Ordering::Relaxed);
+            }
+            Err((err, _)) => {
+                self.0.errors.fetch_add(1, Ordering::Relaxed);
+                let mut first = self.0.first_error.lock().unwrap_or_else(|e| e.into_inner());
+                first.get_or_insert_with(|| err.to_string());
+            }
+        }
+    }
+}
+
+/// What the consumers saw.
+#[derive(Debug)]
+struct Seen {
+    consumed: u64,
+    bytes: u64,
+    duplicates: u64,
+    out_of_order: u64,
+    corrupt: u64,
+    latency: Histogram<u64>,
+    /// Per producer: one bit per sequence number.
+    received: HashMap<u32, Vec<u64>>,
+    /// Per (partition, producer): the last sequence seen.
+    last: HashMap<(i32, u32), u64>,
+    last_at: Instant,
+}
+
+impl Seen {
+    fn new() -> anyhow::Result<Seen> {
+        Ok(Seen {
+            consumed: 0,
+            bytes: 0,
+            duplicates: 0,
+            out_of_order: 0,
+            corrupt: 0,
+            latency: Histogram::new_with_bounds(1, 3_600_000_000_000, 3)
+                .context("latency histogram")?,
+            received: HashMap::new(),
+            last: HashMap::new(),
+            last_at: Instant::now(),
+        })
+    }
+
+    fn record(&mut self, partition: i32, payload: Option<&[u8]>, size: usize) {
+        let now = payload::now_ns();
+        self.last_at = Instant::now();
+        let Some(checked) = payload.and_then(|p| payload::check(p, size)) else {
+            self.corrupt += 1;
+            return;
+        };
+        self.consumed += 1;
+        self.bytes += size as u64;
+        let _ = self
+            .latency
+            .record(now.saturating_sub(checked.sent_at_ns).max(1));
+        let bits = self.received.entry(checked.producer).or_default();
+        let word = usize::try_from(checked.sequence / 64).unwrap_or(usize::MAX);
+        if bits.len() <= word {
+            bits.resize(word + 1, 0);
+        }
+        let mask = 1u64 << (checked.sequence % 64);
+        if let Some(slot) = bits.get_mut(word) {
+            if *slot & mask != 0 {
+                self.duplicates += 1;
+            }
+            *slot |= mask;
+        }
+        let key = (partition, checked.producer);
+        if let Some(previous) = self.last.get(&key)
+            && checked.sequence <= *previous
+        {
+            self.out_of_order += 1;
+        }
+        self.last.insert(key, checked.sequence);
+    }
+
+    fn distinct(&self) -> u64 {
+        self.received
+            .values()
+            .flatten()
+            .map(|w| u64::from(w.count_ones()))
+            .sum()
+    }
+}
+
+fn create_topic(args: &KafkaArgs, topic: &str) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &args.bootstrap)
+        .create()
+        .context("admin client")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("runtime for the admin client")?;
+    let results = runtime
+        .block_on(admin.create_topics(
+            &[NewTopic::new(
+                topic,
+                args.partitions,
+                TopicReplication::Fixed(1),
+            )],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        ))
+        .context("create topic")?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => bail!("cannot create topic {name}: {code}"),
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn run(args: &KafkaArgs) -> anyhow::Result<Report> {
+    if args.size < payload::HEADER {
+        bail!("--size must be at least {} bytes", payload::HEADER);
+    }
+    let topic = args.topic.clone().unwrap_or_else(|| {
+        format!(
+            "bench-{}-{}",
+            std::process::id(),
+            payload::now_ns() ^ u64::from(std::process::id())
+        )
+    });
+    create_topic(args, &topic)?;
+
+    // Consumers first, each assigned a share of the partitions.
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Mutex::new(Seen::new()?));
+    let mut consumer_threads = Vec::new();
+    for index in 0..args.consumers.max(1) {
+        let partitions: Vec<i32> = (0..args.partitions)
+            .filter(|p| u32::try_from(*p).unwrap_or(0) % args.consumers.max(1) == index)
+            .collect();
+        if partitions.is_empty() {
+            continue;
+        }
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &args.bootstrap)
+            .set("group.id", "sluice-bench")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false");
+        if let Some(wait) = args.fetch_wait_max_ms {
+            config.set("fetch.wait.max.ms", wait.to_string());
+        }
+        let consumer: BaseConsumer = config.create().context("consumer")?;
+        let mut assignment = TopicPartitionList::new();
+        for partition in &partitions {
+            assignment
+                .add_partition_offset(&topic, *partition, Offset::Beginning)
+                .context("assignment")?;
+        }
+        consumer.assign(&assignment).context("assign partitions")?;
+        let stop = Arc::clone(&stop);
+        let seen = Arc::clone(&seen);
+        let size = args.size;
+        consumer_threads.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let Some(message) = consumer.poll(Duration::from_millis(100)) else {
+                    continue;
+                };
+                if let Ok(message) = message {
+                    let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+                    seen.record(message.partition(), message.payload(), size);
+                }
+            }
+        }));
+    }
+    // Let the consumers connect and issue their first fetch.
+    std::thread::sleep(Duration::from_secs(1));
+
+    let deliveries = Arc::new(Deliveries::default());
+    let broker_before = args.broker_pid.and_then(process::sample);
+    let started = Instant::now();
+    let per_producer = args.count / u64::from(args.producers.max(1));
+    let mut producer_threads = Vec::new();
+    for producer_index in 0..args.producers.max(1) {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &args.bootstrap)
+            .set("acks", args.acks.as_config())
+            .set("linger.ms", args.linger_ms.to_string())
+            .set("batch.size", args.batch_size.to_string())
+            .set("compression.type", &args.compression)
+            .set("queue.buffering.max.messages", "1000000")
+            .set("queue.buffering.max.kbytes", "2097151")
+            .set(
+                "enable.idempotence",
+                if args.idempotent { "true" } else { "false" },
+            );
+        let producer: ThreadedProducer<DeliveryContext> = config
+            .create_with_context(DeliveryContext(Arc::clone(&deliveries)))
+            .context("producer")?;
+        let topic = topic.clone();
+        let size = args.size;
+        let keyed = args.keyed;
+        let interval = (args.rate > 0)
+            .then(|| Duration::from_secs_f64(f64::from(args.producers.max(1)) / args.rate as f64));
+        producer_threads.push(std::thread::spawn(move || -> anyhow::Result<()> {
+            let start = Instant::now();
+            for sequence in 0..per_producer {
+                if let Some(interval) = interval {
+                    let due = start + interval.mul_f64(sequence as f64);
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                }
+                let mut bytes = payload::build(producer_index, sequence, size);
+                let key = (sequence % 1000).to_string();
+                loop {
+                    let record = BaseRecord::to(&topic).payload(&bytes);
+                    let record = if keyed { record.key(&key) } else { record };
+                    match producer.send(record) {
+                        Ok(()) => break,
+                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                            std::thread::sleep(Duration::from_micros(200));
+                            // Resend with a fresh timestamp: the wait is not latency.
+                            bytes = payload::build(producer_index, sequence, size);
+                        }
+                        Err((err, _)) => bail!("send failed: {err}"),
+                    }
+                }
+            }
+            producer
+                .flush(Duration::from_secs(60))
+                .context("flush producer")?;
+            Ok(())
+        }));
+    }
+    for thread in producer_threads {
+        thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("producer thread panicked"))??;
+    }
+    let produced_at = started.elapsed();
+    let acknowledged = deliveries.acknowledged.load(Ordering::Relaxed);
+    let produce_errors = deliveries.errors.load(Ordering::Relaxed);
+
+    // Wait until everything acknowledged is consumed, or progress stops.
+    let drain = Duration::from_secs(args.drain_timeout_s);
+    loop {
+        let (consumed, idle) = {
+            let seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+            (seen.consumed, seen.last_at.elapsed())
+        };
+        if consumed >= acknowledged || idle > drain {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let consumed_at = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    for thread in consumer_threads {
+        let _ = thread.join();
+    }
+    let broker_after = args.broker_pid.and_then(process::sample);
+    let seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+    let distinct = seen.distinct();
+    let verdict = Verdict {
+        acknowledged,
+        consumed: seen.consumed,
+        lost: acknowledged.saturating_sub(distinct),
+        duplicates: seen.duplicates,
+        out_of_order: seen.out_of_order,
+        corrupt: seen.corrupt,
+        produce_errors,
+    };
+    if let Some(error) = deliveries
+        .first_error
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+    {
+        eprintln!("first produce error: {error}");
+    }
+    let broker = match (args.broker_pid, broker_before, broker_after) {
+        (Some(pid), Some(before), Some(after)) => {
+            let cpu_seconds =
+                after.cpu_ticks.saturating_sub(before.cpu_ticks) as f64 / process::TICKS_PER_SECOND;
+            Some(BrokerUsage {
+                pid,
+                cpu_seconds,
+                cores: cpu_seconds / consumed_at.as_secs_f64().max(1e-9),
+                rss_mib_end: after.rss_kib as f64 / 1024.0,
+                peak_rss_mib: after.peak_rss_kib as f64 / 1024.0,
+            })
+        }
+        _ => None,
+    };
+    let mb = |count: u64, secs: f64| count as f64 * args.size as f64 / secs.max(1e-9) / 1e6;
+    let passed = verdict.passed();
+    Ok(Report {
+        tool: "sluice-bench",
+        protocol: "kafka",
+        workload: json!({
+            "bootstrap": args.bootstrap,
+            "topic": topic,
+            "partitions": args.partitions,
+            "producers": args.producers,
+            "consumers": args.consumers,
+            "size": args.size,
+            "count": per_producer * u64::from(args.producers.max(1)),
+            "rate": args.rate,
+            "acks": args.acks.as_config(),
+            "linger_ms": args.linger_ms,
+            "batch_size": args.batch_size,
+            "compression": args.compression,
+            "keyed": args.keyed,
+            "idempotent": args.idempotent,
+        }),
+        seconds: consumed_at.as_secs_f64(),
+        produced_msgs_per_s: acknowledged as f64 / produced_at.as_secs_f64().max(1e-9),
+        produced_mb_per_s: mb(acknowledged, produced_at.as_secs_f64()),
+        consumed_msgs_per_s: seen.consumed as f64 / consumed_at.as_secs_f64().max(1e-9),
+        consumed_mb_per_s: mb(seen.consumed, consumed_at.as_secs_f64()),
+        latency: Latency::from_histogram(&seen.latency),
+        broker,
+        passed,
+        verdict,
+        json_only: args.json,
+    })
+}

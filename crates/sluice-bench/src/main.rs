@@ -1,0 +1,49 @@
+//! `sluice-bench`: a benchmark tool that drives any broker through real
+//! client libraries and knows nothing of Sluice's internals, so the same
+//! command measures Sluice or any other Kafka-compatible broker.
+//!
+//! Start at `kafka.rs` (the Kafka workload), `payload.rs` (what every
+//! message carries so that each one can be checked), `report.rs` (rates,
+//! latency percentiles, verdict, JSON line) and `process.rs` (a broker's CPU
+//! and memory by pid).
+
+mod kafka;
+mod payload;
+mod process;
+mod report;
+
+use clap::{Parser, Subcommand};
+
+/// Benchmark a broker through real clients.
+#[derive(Debug, Parser)]
+#[command(name = "sluice-bench", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Produce and consume through librdkafka (the Kafka protocol).
+    Kafka(kafka::KafkaArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Kafka(args) => kafka::run(&args),
+    };
+    match outcome {
+        Ok(report) => {
+            let failed = !report.verdict.passed();
+            report.print(report.json_only);
+            if failed {
+                std::process::exit(1);
+            }
+        }
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::exit(2);
+        }
+    }
+}
