@@ -126,3 +126,48 @@ impl Report {
         println!("{}", serde_json::to_string(self).unwrap_or_default());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_loss_duplicate_disorder_or_damage_fails_the_run() {
+        let clean = Verdict {
+            acknowledged: 10,
+            consumed: 10,
+            ..Verdict::default()
+        };
+        assert!(clean.passed());
+        for broken in [
+            Verdict {
+                lost: 1,
+                consumed: 9,
+                ..clean.clone()
+            },
+            Verdict {
+                duplicates: 1,
+                consumed: 11,
+                ..clean.clone()
+            },
+            Verdict {
+                out_of_order: 1,
+                ..clean.clone()
+            },
+            Verdict {
+                corrupt: 1,
+                ..clean.clone()
+            },
+            Verdict {
+                produce_errors: 1,
+                ..clean.clone()
+            },
+            Verdict {
+                consumed: 9,
+                ..clean.clone()
+            },
+        ] {
+            assert!(!broken.passed(), "{broken:?} passed");
+        }
+    }
+}

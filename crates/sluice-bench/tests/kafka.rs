@@ -1,0 +1,165 @@
+//! The tool against a real Sluice broker with tiny workloads: every message
+//! is counted and checked, the JSON line carries the documented fields, and
+//! the broker's CPU and memory are reported for the pid given.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Broker {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn broker_binary() -> PathBuf {
+    // target/<profile>/deps/<test> → target/<profile>/sluice
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target profile directory");
+    profile_dir.join("sluice")
+}
+
+fn start_broker() -> Broker {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let binary = broker_binary();
+    assert!(
+        binary.exists(),
+        "build the broker first: cargo build -p sluice ({})",
+        binary.display()
+    );
+    let child = Command::new(binary)
+        .args(["--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(["--kafka-listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "--amqp-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .env_remove("SLUICE_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start broker");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "broker did not listen within 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Broker {
+        child,
+        port,
+        _dir: dir,
+    }
+}
+
+fn bench(broker: &Broker, extra: &[&str]) -> serde_json::Value {
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice-bench"))
+        .args([
+            "kafka",
+            "--bootstrap",
+            &format!("127.0.0.1:{}", broker.port),
+            "--json",
+        ])
+        .args(["--broker-pid", &broker.child.id().to_string()])
+        .args(extra)
+        .output()
+        .expect("run sluice-bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "sluice-bench failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let line = stdout.lines().last().expect("one JSON line");
+    serde_json::from_str(line).expect("valid JSON")
+}
+
+#[test]
+fn a_tiny_run_counts_and_checks_every_message() {
+    let broker = start_broker();
+    let report = bench(
+        &broker,
+        &[
+            "--count",
+            "300",
+            "--size",
+            "64",
+            "--partitions",
+            "3",
+            "--keyed",
+        ],
+    );
+    assert_eq!(report["passed"], true, "{report}");
+    assert_eq!(report["verdict"]["acknowledged"], 300);
+    assert_eq!(report["verdict"]["consumed"], 300);
+    assert_eq!(report["verdict"]["lost"], 0);
+    assert_eq!(report["verdict"]["duplicates"], 0);
+    assert_eq!(report["workload"]["partitions"], 3);
+    assert!(
+        report["produced_msgs_per_s"]
+            .as_f64()
+            .is_some_and(|r| r > 0.0)
+    );
+    assert!(
+        report["latency"]["p99_us"]
+            .as_f64()
+            .is_some_and(|l| l > 0.0)
+    );
+    assert!(
+        report["broker"]["peak_rss_mib"]
+            .as_f64()
+            .is_some_and(|m| m > 0.0),
+        "{report}"
+    );
+}
+
+#[test]
+fn a_fixed_rate_run_with_two_producers_and_consumers() {
+    let broker = start_broker();
+    let report = bench(
+        &broker,
+        &[
+            "--count",
+            "200",
+            "--rate",
+            "400",
+            "--producers",
+            "2",
+            "--consumers",
+            "2",
+            "--partitions",
+            "2",
+            "--acks",
+            "1",
+            "--compression",
+            "gzip",
+        ],
+    );
+    assert_eq!(report["passed"], true, "{report}");
+    assert_eq!(report["verdict"]["consumed"], 200);
+    let seconds = report["seconds"].as_f64().unwrap_or(0.0);
+    assert!(
+        seconds >= 0.4,
+        "200 messages at 400/s take at least half a second: {seconds}"
+    );
+}
