@@ -362,6 +362,7 @@ impl GroupCoordinator {
         }
 
         let mut member_id = request.member_id.clone();
+        let mut replaced: Option<String> = None;
         if let Some(instance) = &request.group_instance_id {
             // A static member may come back under a new id; the old one is fenced.
             if let Some(old) = group.instances.get(instance).cloned()
@@ -386,6 +387,7 @@ impl GroupCoordinator {
                     group.leader = Some(member_id.clone());
                 }
                 group.instances.insert(instance.clone(), member_id.clone());
+                replaced = Some(old);
             }
         }
         if member_id.is_empty() {
@@ -400,6 +402,7 @@ impl GroupCoordinator {
             return Err(refuse(GroupError::UnknownMemberId, &member_id));
         }
 
+        let was_empty = group.members.is_empty();
         let (sender, receiver) = oneshot::channel();
         let known = group.members.contains_key(&member_id);
         let unchanged = group
@@ -431,15 +434,27 @@ impl GroupCoordinator {
         member.rebalance_timeout = request.rebalance_timeout;
         member.protocols = request.protocols;
         member.deadline = now + member.session_timeout;
-        if group.protocol_type.is_none() {
+        if was_empty || group.protocol_type.is_none() {
             group.protocol_type = Some(request.protocol_type);
         }
 
         // A follower rejoining a stable group with nothing changed gets the
-        // current generation back; no rebalance (Kafka does the same).
-        if known && unchanged && !is_leader && group.state == GroupState::Stable {
-            let _ = sender.send(self.join_answer(group, &member_id));
-            return Ok(receiver);
+        // current generation back; no rebalance (Kafka does the same). So
+        // does a static member that comes back under a new id, leader or not:
+        // it is told the old id is the leader, so it does not run the
+        // assignment again and SyncGroup hands it its stored one.
+        if known && unchanged && group.state == GroupState::Stable {
+            if let Some(old_id) = replaced.filter(|_| is_leader) {
+                let mut answer = self.join_answer(group, &member_id);
+                answer.leader = old_id;
+                answer.members.clear();
+                let _ = sender.send(answer);
+                return Ok(receiver);
+            }
+            if !is_leader {
+                let _ = sender.send(self.join_answer(group, &member_id));
+                return Ok(receiver);
+            }
         }
         if let Some(member) = group.members.get_mut(&member_id) {
             member.join_waiter = Some(sender);
@@ -518,7 +533,8 @@ impl GroupCoordinator {
             group.generation += 1;
             group.protocol = None;
             group.leader = None;
-            group.protocol_type = None;
+            // The protocol type stays: ListGroups shows an emptied consumer
+            // group as a consumer group, as Kafka does.
             return;
         }
         group.generation += 1;
@@ -716,7 +732,6 @@ impl GroupCoordinator {
             _ if group.members.is_empty() => {
                 group.state = GroupState::Empty;
                 group.protocol = None;
-                group.protocol_type = None;
                 group.leader = None;
                 group.generation += 1;
             }
@@ -768,7 +783,7 @@ impl GroupCoordinator {
             return if group.members.is_empty() {
                 Ok(())
             } else {
-                Err(GroupError::IllegalGeneration)
+                Err(GroupError::UnknownMemberId)
             };
         }
         let state = group.state;
@@ -781,7 +796,10 @@ impl GroupCoordinator {
         if generation != current {
             return Err(GroupError::IllegalGeneration);
         }
-        if state == GroupState::PreparingRebalance {
+        // As Kafka: a member may still commit what it processed while the
+        // group prepares a rebalance, but not between the new generation and
+        // its assignment (CompletingRebalance).
+        if state == GroupState::CompletingRebalance {
             return Err(GroupError::RebalanceInProgress);
         }
         Ok(())

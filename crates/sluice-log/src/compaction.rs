@@ -206,7 +206,8 @@ impl Log {
         if let Some(old) = state.segments.remove(&planned.base) {
             old.delete_indexes()?;
         }
-        let segment = Segment::open_sealed(&self.dir, planned.base, next_base, interval)?;
+        let segment =
+            Segment::open_sealed_with(&self.dir, planned.base, next_base, interval, true)?;
         state.size_bytes = state.size_bytes - planned.size + new_size;
         state.segments.insert(planned.base, segment);
         Ok(true)

@@ -111,6 +111,18 @@ impl Segment {
         next_base: Offset,
         index_interval: u32,
     ) -> Result<Segment, LogError> {
+        Self::open_sealed_with(dir, base, next_base, index_interval, false)
+    }
+
+    /// [`Segment::open_sealed`]; `quiet` when the indexes are known to be
+    /// missing on purpose (a segment just rewritten by compaction).
+    pub(crate) fn open_sealed_with(
+        dir: &Path,
+        base: Offset,
+        next_base: Offset,
+        index_interval: u32,
+        quiet: bool,
+    ) -> Result<Segment, LogError> {
         let (data_path, index_path, time_index_path) = Self::paths(dir, base);
         let size = fs::metadata(&data_path)
             .map_err(LogError::io(&data_path))?
@@ -142,7 +154,11 @@ impl Segment {
                 segment.max_timestamp = times.last().map(|t| t.timestamp);
             }
             _ => {
-                tracing::warn!(segment = %segment.data_path.display(), "rebuilding missing or damaged indexes");
+                if quiet {
+                    tracing::debug!(segment = %segment.data_path.display(), "building indexes");
+                } else {
+                    tracing::warn!(segment = %segment.data_path.display(), "rebuilding missing or damaged indexes");
+                }
                 let file =
                     File::open(&segment.data_path).map_err(LogError::io(&segment.data_path))?;
                 let mut state = ActiveState {
