@@ -21,6 +21,7 @@ workloads=(
     "1 KiB, 8 partitions, acks=1|--size 1024 --count 300000 --partitions 8 --acks 1"
     "1 KiB, 8 partitions, acks=all|--size 1024 --count 300000 --partitions 8 --acks all"
     "100 B, 1 partition, acks=1|--size 100 --count 2000000 --partitions 1 --acks 1"
+    "100 B, 1 partition, acks=1, consumed after producing|--size 100 --count 2000000 --partitions 1 --acks 1 --consume-after-produce"
     "1 KiB at 10,000 msg/s, acks=all, linger.ms=0|--size 1024 --count 50000 --rate 10000 --partitions 1 --acks all --linger-ms 0"
 )
 

@@ -97,6 +97,16 @@ pub(crate) struct KafkaArgs {
     /// Give up waiting for consumers after this many seconds without progress.
     #[arg(long, default_value_t = 20)]
     drain_timeout_s: u64,
+    /// Extra librdkafka producer setting, KEY=VALUE (repeatable).
+    #[arg(long = "producer-set", value_name = "KEY=VALUE")]
+    producer_set: Vec<String>,
+    /// Extra librdkafka consumer setting, KEY=VALUE (repeatable).
+    #[arg(long = "consumer-set", value_name = "KEY=VALUE")]
+    consumer_set: Vec<String>,
+    /// Start consuming only once everything is produced, so the consume
+    /// rate is measured alone (end-to-end latency then includes the wait).
+    #[arg(long)]
+    consume_after_produce: bool,
     /// Print only the JSON line.
     #[arg(long)]
     json: bool,
@@ -234,22 +244,24 @@ fn create_topic(args: &KafkaArgs, topic: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(crate) fn run(args: &KafkaArgs) -> anyhow::Result<Report> {
-    if args.size < payload::HEADER {
-        bail!("--size must be at least {} bytes", payload::HEADER);
+/// Applies KEY=VALUE settings given on the command line.
+fn apply(config: &mut ClientConfig, settings: &[String]) -> anyhow::Result<()> {
+    for setting in settings {
+        let Some((key, value)) = setting.split_once('=') else {
+            bail!("a client setting must be KEY=VALUE, got {setting:?}");
+        };
+        config.set(key, value);
     }
-    let topic = args.topic.clone().unwrap_or_else(|| {
-        format!(
-            "bench-{}-{}",
-            std::process::id(),
-            payload::now_ns() ^ u64::from(std::process::id())
-        )
-    });
-    create_topic(args, &topic)?;
+    Ok(())
+}
 
-    // Consumers first, each assigned a share of the partitions.
-    let stop = Arc::new(AtomicBool::new(false));
-    let seen = Arc::new(Mutex::new(Seen::new()?));
+/// Starts the consumers, each assigned a share of the partitions.
+fn start_consumers(
+    args: &KafkaArgs,
+    topic: &str,
+    stop: &Arc<AtomicBool>,
+    seen: &Arc<Mutex<Seen>>,
+) -> anyhow::Result<Vec<std::thread::JoinHandle<()>>> {
     let mut consumer_threads = Vec::new();
     for index in 0..args.consumers.max(1) {
         let partitions: Vec<i32> = (0..args.partitions)
@@ -263,20 +275,26 @@ pub(crate) fn run(args: &KafkaArgs) -> anyhow::Result<Report> {
             .set("bootstrap.servers", &args.bootstrap)
             .set("group.id", "sluice-bench")
             .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            // librdkafka stops fetching once its queue holds this many
+            // messages and waits fetch.queue.backoff.ms before the next
+            // fetch; the default (100,000) throttles small-message runs to
+            // the tool's own pace, not the broker's.
+            .set("queued.min.messages", "1000000");
         if let Some(wait) = args.fetch_wait_max_ms {
             config.set("fetch.wait.max.ms", wait.to_string());
         }
+        apply(&mut config, &args.consumer_set)?;
         let consumer: BaseConsumer = config.create().context("consumer")?;
         let mut assignment = TopicPartitionList::new();
         for partition in &partitions {
             assignment
-                .add_partition_offset(&topic, *partition, Offset::Beginning)
+                .add_partition_offset(topic, *partition, Offset::Beginning)
                 .context("assignment")?;
         }
         consumer.assign(&assignment).context("assign partitions")?;
-        let stop = Arc::clone(&stop);
-        let seen = Arc::clone(&seen);
+        let stop = Arc::clone(stop);
+        let seen = Arc::clone(seen);
         let size = args.size;
         consumer_threads.push(std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
@@ -290,8 +308,31 @@ pub(crate) fn run(args: &KafkaArgs) -> anyhow::Result<Report> {
             }
         }));
     }
-    // Let the consumers connect and issue their first fetch.
-    std::thread::sleep(Duration::from_secs(1));
+
+    Ok(consumer_threads)
+}
+
+pub(crate) fn run(args: &KafkaArgs) -> anyhow::Result<Report> {
+    if args.size < payload::HEADER {
+        bail!("--size must be at least {} bytes", payload::HEADER);
+    }
+    let topic = args.topic.clone().unwrap_or_else(|| {
+        format!(
+            "bench-{}-{}",
+            std::process::id(),
+            payload::now_ns() ^ u64::from(std::process::id())
+        )
+    });
+    create_topic(args, &topic)?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Mutex::new(Seen::new()?));
+    let mut consumer_threads = Vec::new();
+    if !args.consume_after_produce {
+        consumer_threads = start_consumers(args, &topic, &stop, &seen)?;
+        // Let the consumers connect and issue their first fetch.
+        std::thread::sleep(Duration::from_secs(1));
+    }
 
     let deliveries = Arc::new(Deliveries::default());
     let broker_before = args.broker_pid.and_then(process::sample);
@@ -360,6 +401,15 @@ pub(crate) fn run(args: &KafkaArgs) -> anyhow::Result<Report> {
     let acknowledged = deliveries.acknowledged.load(Ordering::Relaxed);
     let produce_errors = deliveries.errors.load(Ordering::Relaxed);
 
+    let consume_started = if args.consume_after_produce {
+        let at = Instant::now();
+        seen.lock().unwrap_or_else(|e| e.into_inner()).last_at = at;
+        consumer_threads = start_consumers(args, &topic, &stop, &seen)?;
+        at
+    } else {
+        started
+    };
+
     // Wait until everything acknowledged is consumed, or progress stops.
     let drain = Duration::from_secs(args.drain_timeout_s);
     loop {
@@ -373,6 +423,7 @@ pub(crate) fn run(args: &KafkaArgs) -> anyhow::Result<Report> {
         std::thread::sleep(Duration::from_millis(20));
     }
     let consumed_at = started.elapsed();
+    let consume_time = consume_started.elapsed();
     stop.store(true, Ordering::Relaxed);
     for thread in consumer_threads {
         let _ = thread.join();
@@ -431,12 +482,15 @@ pub(crate) fn run(args: &KafkaArgs) -> anyhow::Result<Report> {
             "compression": args.compression,
             "keyed": args.keyed,
             "idempotent": args.idempotent,
+            "consume_after_produce": args.consume_after_produce,
+            "producer_set": args.producer_set,
+            "consumer_set": args.consumer_set,
         }),
         seconds: consumed_at.as_secs_f64(),
         produced_msgs_per_s: acknowledged as f64 / produced_at.as_secs_f64().max(1e-9),
         produced_mb_per_s: mb(acknowledged, produced_at.as_secs_f64()),
-        consumed_msgs_per_s: seen.consumed as f64 / consumed_at.as_secs_f64().max(1e-9),
-        consumed_mb_per_s: mb(seen.consumed, consumed_at.as_secs_f64()),
+        consumed_msgs_per_s: seen.consumed as f64 / consume_time.as_secs_f64().max(1e-9),
+        consumed_mb_per_s: mb(seen.consumed, consume_time.as_secs_f64()),
         latency: Latency::from_histogram(&seen.latency),
         broker,
         passed,
