@@ -16,7 +16,7 @@ use sluice_log::ReadBound;
 use sluice_types::{Offset, PartitionId};
 use tokio::time::Instant;
 
-use super::{Context, blocking};
+use super::Context;
 use crate::errors;
 
 /// Longest wait a client may ask for; longer requests are cut to this.
@@ -68,14 +68,9 @@ pub(crate) async fn handle(
         for notified in &mut woken {
             notified.as_mut().enable();
         }
-        let broker = Arc::clone(&context.broker);
-        let reading = Arc::clone(&wanted);
-        let Some((results, total, failed)) =
-            blocking(move || read_all(&broker, &reading, max_bytes, version)).await
-        else {
-            return FetchResponse::default()
-                .with_error_code(ResponseError::UnknownServerError.code());
-        };
+        // Reads below the high watermark are recent data, in the page
+        // cache: they run in place rather than on the blocking pool.
+        let (results, total, failed) = read_all(&context.broker, &wanted, max_bytes, version);
         if total >= min_bytes || failed || Instant::now() >= deadline {
             return response(&wanted, results);
         }

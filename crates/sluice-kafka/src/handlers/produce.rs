@@ -33,7 +33,9 @@ fn failed(index: i32, code: ResponseError) -> PartitionProduceResponse {
         .with_log_append_time_ms(-1)
 }
 
-/// Writes every partition's batches, partitions in parallel.
+/// Writes every partition's batches. A write to an existing topic is a
+/// page-cache write and runs in place; one that must create the topic
+/// (directories, fsyncs) runs on the blocking pool.
 pub(crate) async fn start(
     context: &Context,
     request: ProduceRequest,
@@ -41,31 +43,27 @@ pub(crate) async fn start(
 ) -> ProducePending {
     let acks = request.acks;
     let valid_acks = matches!(acks, -1..=1);
-    let mut tasks = Vec::new();
+    let mut topics = Vec::new();
     for topic_data in request.topic_data {
-        let mut partitions = Vec::new();
+        let name = topic_data.name.to_string();
+        let exists = context.broker.topics().get(&name).is_some();
+        let mut started = Vec::new();
         for data in topic_data.partition_data {
             let index = data.index;
-            let broker = Arc::clone(&context.broker);
-            let topic = topic_data.name.to_string();
-            let task = tokio::task::spawn_blocking(move || -> Started {
-                if !valid_acks {
-                    return Err(ResponseError::InvalidRequiredAcks);
-                }
-                write(&broker, &topic, index, data.records)
-            });
-            partitions.push((index, task));
-        }
-        tasks.push((topic_data.name, partitions));
-    }
-    let mut topics = Vec::new();
-    for (name, partitions) in tasks {
-        let mut started = Vec::new();
-        for (index, task) in partitions {
-            let outcome = task.await.unwrap_or(Err(ResponseError::UnknownServerError));
+            let outcome = if !valid_acks {
+                Err(ResponseError::InvalidRequiredAcks)
+            } else if exists {
+                write(&context.broker, &name, index, data.records)
+            } else {
+                let broker = Arc::clone(&context.broker);
+                let name = name.clone();
+                tokio::task::spawn_blocking(move || write(&broker, &name, index, data.records))
+                    .await
+                    .unwrap_or(Err(ResponseError::UnknownServerError))
+            };
             started.push((index, outcome));
         }
-        topics.push((name, started));
+        topics.push((topic_data.name, started));
     }
     ProducePending {
         acks,
@@ -90,18 +88,18 @@ fn write(broker: &Broker, topic: &str, index: i32, records: Option<bytes::Bytes>
     Ok((pending, topic.config().timestamp_type()))
 }
 
-impl ProducePending {
-    /// Waits for every partition's append to be durable; `None` for acks=0,
-    /// which gets no answer at all.
-    pub(crate) async fn finish(self) -> Option<ProduceResponse> {
-        let version = self.version;
-        // log_start_offset exists from v5; earlier versions keep the default.
-        let log_start = move |offset: i64| if version >= 5 { offset } else { -1 };
-        let mut waits = Vec::new();
-        for (name, partitions) in self.topics {
-            let mut tasks = Vec::new();
-            for (index, started) in partitions {
-                let task = tokio::task::spawn_blocking(move || match started {
+fn finish_blocking(
+    topics: Vec<(TopicName, Vec<(i32, Started)>)>,
+    version: i16,
+) -> Vec<TopicProduceResponse> {
+    // log_start_offset exists from v5; earlier versions keep the default.
+    let log_start = |offset: i64| if version >= 5 { offset } else { -1 };
+    topics
+        .into_iter()
+        .map(|(name, partitions)| {
+            let partition_responses = partitions
+                .into_iter()
+                .map(|(index, started)| match started {
                     Err(code) => failed(index, code),
                     Ok((pending, timestamp_type)) => match pending.wait() {
                         Ok(info) => PartitionProduceResponse::default()
@@ -115,26 +113,62 @@ impl ProducePending {
                             .with_log_start_offset(log_start(info.log_start.get())),
                         Err(err) => failed(index, errors::code(&err)),
                     },
-                });
-                tasks.push((index, task));
+                })
+                .collect();
+            TopicProduceResponse::default()
+                .with_name(name)
+                .with_partition_responses(partition_responses)
+        })
+        .collect()
+}
+
+impl ProducePending {
+    /// Waits for every partition's append to be durable; `None` for acks=0,
+    /// which gets no answer at all.
+    pub(crate) async fn finish(self) -> Option<ProduceResponse> {
+        let version = self.version;
+        let acks = self.acks;
+        let partitions: usize = self.topics.iter().map(|(_, p)| p.len()).sum();
+        let responses = if partitions <= 1 {
+            // One trip to the blocking pool for the request's one wait.
+            tokio::task::spawn_blocking(move || finish_blocking(self.topics, version))
+                .await
+                .unwrap_or_default()
+        } else {
+            // One wait per partition, in parallel: each log's sync starts
+            // at once instead of after the previous partition's.
+            let mut waits = Vec::new();
+            for (name, partitions) in self.topics {
+                let tasks: Vec<_> = partitions
+                    .into_iter()
+                    .map(|(index, started)| {
+                        let name = name.clone();
+                        tokio::task::spawn_blocking(move || {
+                            finish_blocking(vec![(name, vec![(index, started)])], version)
+                        })
+                    })
+                    .collect();
+                waits.push((name, tasks));
             }
-            waits.push((name, tasks));
-        }
-        let mut responses = Vec::new();
-        for (name, tasks) in waits {
-            let mut partition_responses = Vec::new();
-            for (index, task) in tasks {
-                partition_responses.push(
-                    task.await
-                        .unwrap_or_else(|_| failed(index, ResponseError::UnknownServerError)),
+            let mut responses = Vec::new();
+            for (name, tasks) in waits {
+                let mut partition_responses = Vec::new();
+                for task in tasks {
+                    let answered = task.await.unwrap_or_default();
+                    partition_responses.extend(
+                        answered
+                            .into_iter()
+                            .flat_map(|topic| topic.partition_responses),
+                    );
+                }
+                responses.push(
+                    TopicProduceResponse::default()
+                        .with_name(name)
+                        .with_partition_responses(partition_responses),
                 );
             }
-            responses.push(
-                TopicProduceResponse::default()
-                    .with_name(name)
-                    .with_partition_responses(partition_responses),
-            );
-        }
-        (self.acks != 0).then(|| ProduceResponse::default().with_responses(responses))
+            responses
+        };
+        (acks != 0).then(|| ProduceResponse::default().with_responses(responses))
     }
 }
