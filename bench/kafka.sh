@@ -3,11 +3,13 @@
 # started release broker with an empty data directory, repeated; prints a
 # Markdown table of medians and spreads, and keeps every JSON line.
 #
-# Usage: bench/kafka.sh [runs]   (default 3; results in target/bench/kafka-*.jsonl)
+# Usage: bench/kafka.sh [runs] [filter]   (default 3 runs; only workloads whose
+# name contains the filter; results in target/bench/kafka-*.jsonl)
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 runs="${1:-3}"
+filter="${2:-}"
 cd "$root"
 cargo build --release -p sluice -p sluice-bench >&2
 broker="$root/target/release/sluice"
@@ -30,6 +32,7 @@ port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 for workload in "${workloads[@]}"; do
     name="${workload%%|*}"
     args="${workload#*|}"
+    [[ -z "$filter" || "$name" == *"$filter"* ]] || continue
     for ((run = 1; run <= runs; run++)); do
         dir="$(mktemp -d)"
         port=$((20000 + RANDOM % 20000))
