@@ -13,9 +13,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::RecordBatchDecoder;
+use sluice_log::batch::{NewRecord, encode};
 use sluice_log::{Clock, Log, LogManager, ReadBound, SystemClock};
 use sluice_types::{LeaderEpoch, Offset};
 
@@ -166,36 +165,16 @@ impl OffsetStore {
 
     fn append(&self, entries: Vec<(Bytes, Option<Bytes>)>) -> Result<(), CoreError> {
         let now = SystemClock.now_ms();
-        let records: Vec<Record> = entries
-            .into_iter()
-            .enumerate()
-            .map(|(i, (key, value))| Record {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: -1,
-                producer_id: -1,
-                producer_epoch: -1,
-                timestamp_type: TimestampType::Creation,
-                offset: i as i64,
-                sequence: i as i32,
-                timestamp: now,
+        let records: Vec<NewRecord<'_>> = entries
+            .iter()
+            .map(|(key, value)| NewRecord {
                 key: Some(key),
-                value,
-                headers: Default::default(),
+                value: value.as_deref(),
+                timestamp: now,
             })
             .collect();
-        let mut batch = BytesMut::new();
-        RecordBatchEncoder::encode(
-            &mut batch,
-            &records,
-            &RecordEncodeOptions {
-                version: 2,
-                compression: Compression::None,
-            },
-        )
-        .map_err(|err| CoreError::Internal {
-            reason: format!("cannot encode an offsets batch: {err}"),
+        let mut batch = encode(&records).map_err(|reason| CoreError::Internal {
+            reason: format!("cannot encode an offsets batch: {reason}"),
         })?;
         self.log.append(&mut batch, LeaderEpoch::from(0))?;
         Ok(())

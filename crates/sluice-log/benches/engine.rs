@@ -26,10 +26,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use bytes::BytesMut;
+use sluice_log::batch::{NewRecord, encode};
 use sluice_log::{Durability, Log, LogConfig, ReadBound};
 use sluice_types::{LeaderEpoch, Offset};
 
@@ -75,34 +73,15 @@ fn options() -> Options {
 }
 
 fn template_batch() -> BytesMut {
-    let records: Vec<Record> = (0..RECORDS_PER_BATCH)
-        .map(|i| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: i as i32,
-            timestamp: 1_700_000_000_000,
+    let value = vec![b'x'; RECORD_BYTES];
+    let records: Vec<NewRecord<'_>> = (0..RECORDS_PER_BATCH)
+        .map(|_| NewRecord {
             key: None,
-            value: Some(Bytes::from(vec![b'x'; RECORD_BYTES])),
-            headers: Default::default(),
+            value: Some(&value),
+            timestamp: 1_700_000_000_000,
         })
         .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .expect("encode benchmark batch");
-    buf
+    encode(&records).expect("encode benchmark batch")
 }
 
 fn log_config(durability: Durability) -> LogConfig {

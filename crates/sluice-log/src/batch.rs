@@ -10,6 +10,10 @@
 //! `[attributes:2][last_offset_delta:4][base_timestamp:8][max_timestamp:8]`
 //! `[producer_id:8][producer_epoch:2][base_sequence:4][records_count:4][records…]`
 
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
 use sluice_types::{LeaderEpoch, Offset};
 
 use crate::error::BatchFault;
@@ -188,6 +192,56 @@ pub fn stamp(batch: &mut [u8], base_offset: Offset, leader_epoch: LeaderEpoch) {
     }
 }
 
+/// One record for [`encode`]: a key, a value (`None` is a tombstone) and a
+/// create timestamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewRecord<'a> {
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+    pub timestamp: i64,
+}
+
+/// One uncompressed RecordBatch v2 holding `records`, from the
+/// `kafka-protocol` encoder; the log writes its internal records (committed
+/// offsets) this way, and tests and benchmarks build their input with it.
+/// Offsets are relative (0, 1, …) until an append stamps the base offset.
+///
+/// # Errors
+/// The encoder's message when it refuses (no records, say).
+pub fn encode(records: &[NewRecord<'_>]) -> Result<BytesMut, String> {
+    let records: Vec<Record> = records
+        .iter()
+        .enumerate()
+        .map(|(i, record)| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            // The encoder splits batches where offset minus sequence changes.
+            sequence: i as i32,
+            timestamp: record.timestamp,
+            key: record.key.map(Bytes::copy_from_slice),
+            value: record.value.map(Bytes::copy_from_slice),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .map_err(|err| err.to_string())?;
+    Ok(buf)
+}
+
 /// Marks every batch in `buf` as stamped with the broker's append time
 /// (attributes bit 3, `max_timestamp = now`) and recomputes its CRC-32C, as
 /// Kafka does for topics with `message.timestamp.type=LogAppendTime`.
@@ -335,43 +389,24 @@ fn read_varlong(buf: &[u8]) -> Option<(i64, usize)> {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use bytes::{Bytes, BytesMut};
-    use kafka_protocol::records::{
-        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-    };
-
     use super::*;
 
     /// A real batch from kafka-protocol's encoder: `count` records of `value_size` bytes.
     pub(crate) fn encoded_batch(count: usize, value_size: usize, timestamp: i64) -> Vec<u8> {
-        let records: Vec<Record> = (0..count)
-            .map(|i| Record {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: 0,
-                producer_id: -1,
-                producer_epoch: -1,
-                timestamp_type: TimestampType::Creation,
-                offset: i as i64,
-                sequence: i as i32,
+        let keys: Vec<String> = (0..count).map(|i| format!("key-{i}")).collect();
+        let value = vec![b'v'; value_size];
+        let records: Vec<NewRecord<'_>> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, key)| NewRecord {
+                key: Some(key.as_bytes()),
+                value: Some(&value),
                 timestamp: timestamp + i as i64,
-                key: Some(Bytes::from(format!("key-{i}"))),
-                value: Some(Bytes::from(vec![b'v'; value_size])),
-                headers: Default::default(),
             })
             .collect();
-        let mut buf = BytesMut::new();
-        RecordBatchEncoder::encode(
-            &mut buf,
-            &records,
-            &RecordEncodeOptions {
-                version: 2,
-                compression: Compression::None,
-            },
-        )
-        .expect("encoding a plain batch succeeds");
-        buf.to_vec()
+        encode(&records)
+            .expect("encoding a plain batch succeeds")
+            .to_vec()
     }
 
     #[test]

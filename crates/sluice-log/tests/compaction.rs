@@ -9,45 +9,23 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use bytes::BytesMut;
+use kafka_protocol::records::RecordBatchDecoder;
+use sluice_log::batch::{NewRecord, encode};
 use sluice_log::{Log, LogConfig, LogError, ManualClock, ReadBound};
 use sluice_types::{LeaderEpoch, Offset};
 
 /// A batch of (key, value) records; a `None` value is a tombstone.
 fn keyed(entries: &[(&str, Option<&str>)], timestamp: i64) -> BytesMut {
-    let records: Vec<Record> = entries
+    let records: Vec<NewRecord<'_>> = entries
         .iter()
-        .enumerate()
-        .map(|(i, (key, value))| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: i as i32,
+        .map(|(key, value)| NewRecord {
+            key: Some(key.as_bytes()),
+            value: value.map(str::as_bytes),
             timestamp,
-            key: Some(Bytes::from(key.to_string())),
-            value: value.map(|v| Bytes::from(v.to_string())),
-            headers: Default::default(),
         })
         .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .expect("encode");
-    buf
+    encode(&records).expect("encode")
 }
 
 /// offset → (key, value) of every record readable from the log start.

@@ -19,9 +19,6 @@ use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
 use sluice_core::{Broker, BrokerOptions};
 
 use super::{Context, SUPPORTED, dispatch};
@@ -32,32 +29,13 @@ fn topic(name: &str) -> TopicName {
 }
 
 fn batch() -> Bytes {
-    let record = Record {
-        transactional: false,
-        control: false,
-        delete_horizon: false,
-        partition_leader_epoch: -1,
-        producer_id: -1,
-        producer_epoch: -1,
-        timestamp_type: TimestampType::Creation,
-        offset: 0,
-        sequence: 0,
+    sluice_log::batch::encode(&[sluice_log::batch::NewRecord {
+        key: Some(b"k"),
+        value: Some(b"v"),
         timestamp: 1_000,
-        key: Some(Bytes::from_static(b"k")),
-        value: Some(Bytes::from_static(b"v")),
-        headers: Default::default(),
-    };
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        [&record],
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .expect("encode batch");
-    buf.freeze()
+    }])
+    .expect("encode batch")
+    .freeze()
 }
 
 /// A representative request of each API, touching existing and unknown topics.

@@ -4,46 +4,24 @@
 #![allow(dead_code, unreachable_pub)]
 
 use bytes::{Bytes, BytesMut};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::RecordBatchDecoder;
+use sluice_log::batch::{NewRecord, encode};
 
-/// One batch of `values`, record timestamps `timestamp`, `timestamp + 1`, ….
+/// One batch of `values` with keys `k0`, `k1`, …, record timestamps
+/// `timestamp`, `timestamp + 1`, ….
 pub fn batch(values: &[Vec<u8>], timestamp: i64) -> BytesMut {
-    batch_with(values, timestamp, Compression::None)
-}
-
-pub fn batch_with(values: &[Vec<u8>], timestamp: i64, compression: Compression) -> BytesMut {
-    let records: Vec<Record> = values
+    let keys: Vec<String> = (0..values.len()).map(|i| format!("k{i}")).collect();
+    let records: Vec<NewRecord<'_>> = values
         .iter()
+        .zip(&keys)
         .enumerate()
-        .map(|(i, value)| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: i as i32,
+        .map(|(i, (value, key))| NewRecord {
+            key: Some(key.as_bytes()),
+            value: Some(value),
             timestamp: timestamp + i as i64,
-            key: Some(Bytes::from(format!("k{i}"))),
-            value: Some(Bytes::from(value.clone())),
-            headers: Default::default(),
         })
         .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression,
-        },
-    )
-    .expect("encode");
-    buf
+    encode(&records).expect("encode")
 }
 
 /// `count` values of `size` bytes each, tagged with `tag` so they can be told apart.
