@@ -62,6 +62,9 @@ pub struct KafkaConfig {
     pub auto_create_topics: bool,
     /// Partition count of topics created automatically or with -1 partitions.
     pub default_partitions: u32,
+    /// Committed offsets of a group with no members and no commit for this
+    /// long are forgotten (Kafka's `offsets.retention.minutes`).
+    pub offsets_retention: HumanDuration,
 }
 
 impl Default for KafkaConfig {
@@ -72,6 +75,7 @@ impl Default for KafkaConfig {
             max_request_bytes: ByteSize::mib(100),
             auto_create_topics: true,
             default_partitions: 1,
+            offsets_retention: HumanDuration::new(std::time::Duration::from_secs(7 * 24 * 3600)),
         }
     }
 }
@@ -297,6 +301,10 @@ pub const KEYS: &[KeyDoc] = &[
     KeyDoc {
         key: "kafka.default_partitions",
         description: "Partition count of automatically created topics (1 to 10000)",
+    },
+    KeyDoc {
+        key: "kafka.offsets_retention",
+        description: "Committed offsets of a group with no members and no commit for this long are forgotten",
     },
     KeyDoc {
         key: "amqp.listen",

@@ -38,6 +38,8 @@ type GroupOffsets = BTreeMap<(String, i32), CommittedOffset>;
 pub struct OffsetStore {
     log: Arc<Log>,
     groups: Mutex<HashMap<String, GroupOffsets>>,
+    /// Per group, the time of its latest commit (record time), for expiry.
+    last_commit: Mutex<HashMap<String, i64>>,
 }
 
 impl OffsetStore {
@@ -53,6 +55,7 @@ impl OffsetStore {
         let log = logs.get_or_create(OFFSETS_LOG, Some(config.clone()))?;
         log.set_config(config);
         let mut groups: HashMap<String, GroupOffsets> = HashMap::new();
+        let mut last_commit: HashMap<String, i64> = HashMap::new();
         let mut next = log.log_start();
         while next < log.log_end() {
             let read = log.read(next, 1 << 20, ReadBound::LogEnd)?;
@@ -68,6 +71,8 @@ impl OffsetStore {
                     else {
                         continue;
                     };
+                    let latest = last_commit.entry(group.clone()).or_insert(record.timestamp);
+                    *latest = (*latest).max(record.timestamp);
                     let entry = groups.entry(group).or_default();
                     match record.value.as_ref().and_then(decode_value) {
                         Some(committed) => {
@@ -82,9 +87,11 @@ impl OffsetStore {
             next = after;
         }
         groups.retain(|_, offsets| !offsets.is_empty());
+        last_commit.retain(|group, _| groups.contains_key(group));
         Ok(OffsetStore {
             log,
             groups: Mutex::new(groups),
+            last_commit: Mutex::new(last_commit),
         })
     }
 
@@ -115,6 +122,10 @@ impl OffsetStore {
                 })
                 .collect(),
         )?;
+        self.last_commit
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(group.to_owned(), SystemClock.now_ms());
         let mut groups = self.groups();
         let entry = groups.entry(group.to_owned()).or_default();
         for (topic, partition, committed) in offsets {
@@ -135,6 +146,39 @@ impl OffsetStore {
             .map(|(topic, partition, _)| (topic, partition))
             .collect();
         self.delete(group, &keys)
+    }
+
+    /// Forgets the offsets of every group that has not committed for
+    /// `retention` and has no members now (Kafka's `offsets.retention.minutes`,
+    /// KIP-211). Returns the groups forgotten. Blocking.
+    ///
+    /// # Errors
+    /// [`CoreError::Log`] when the tombstones cannot be appended.
+    pub fn expire(
+        &self,
+        retention: std::time::Duration,
+        has_members: impl Fn(&str) -> bool,
+    ) -> Result<Vec<String>, CoreError> {
+        let cutoff = SystemClock
+            .now_ms()
+            .saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
+        let stale: Vec<String> = self
+            .last_commit
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(group, at)| **at < cutoff && !has_members(group))
+            .map(|(group, _)| group.clone())
+            .collect();
+        for group in &stale {
+            self.delete_group(group)?;
+            self.last_commit
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(group);
+            tracing::info!(group = %group, "committed offsets expired");
+        }
+        Ok(stale)
     }
 
     /// Forgets the committed offsets of some partitions (OffsetDelete).
@@ -312,6 +356,24 @@ mod tests {
         assert_eq!(store.fetch("other", "t", 0), Some(committed(1, None)));
         assert_eq!(store.fetch("g", "t", 2), None);
         assert_eq!(store.group("g").len(), 2);
+
+        // Nothing is recent enough to survive a zero retention, but a group
+        // with members keeps its offsets.
+        let expired = store.expire(std::time::Duration::ZERO, |group| group == "other")?;
+        assert_eq!(expired, vec!["g".to_owned()]);
+        assert_eq!(store.fetch("g", "t", 0), None);
+        assert_eq!(store.fetch("other", "t", 0), Some(committed(1, None)));
+        assert!(
+            store
+                .expire(std::time::Duration::from_secs(3600), |_| false)?
+                .is_empty()
+        );
+        logs.shutdown()?;
+
+        let logs = LogManager::open(dir.path(), LogConfig::default())?;
+        let store = OffsetStore::open(&logs)?;
+        assert_eq!(store.fetch("g", "t", 0), None, "expiry survives a restart");
+        assert_eq!(store.fetch("other", "t", 0), Some(committed(1, None)));
         logs.shutdown()?;
         Ok(())
     }

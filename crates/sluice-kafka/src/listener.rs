@@ -19,6 +19,9 @@ pub struct KafkaOptions {
     pub node_id: i32,
     /// Requests larger than this close the connection before allocation.
     pub max_request_bytes: usize,
+    /// Committed offsets of a group without members and without a commit
+    /// for this long are forgotten.
+    pub offsets_retention: std::time::Duration,
 }
 
 /// Accepts Kafka connections until `shutdown` turns true, one task each.
@@ -33,16 +36,36 @@ pub async fn serve(
     let options = Arc::new(options);
     let next_id = AtomicU64::new(1);
     let local = listener.local_addr().ok();
+    const OFFSETS_EXPIRY_CHECK: std::time::Duration = std::time::Duration::from_secs(60);
     // Members that stop heartbeating leave their groups.
     let expiry = {
         let broker = Arc::clone(&broker);
+        let options = Arc::clone(&options);
         let mut shutdown = shutdown.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+            let mut offsets_checked = tokio::time::Instant::now();
             loop {
                 tokio::select! {
                     _ = tick.tick() => broker.groups().expire_members(),
                     _ = shutdown.changed() => break,
+                }
+                if offsets_checked.elapsed() >= OFFSETS_EXPIRY_CHECK {
+                    offsets_checked = tokio::time::Instant::now();
+                    let broker = Arc::clone(&broker);
+                    let retention = options.offsets_retention;
+                    let expired = tokio::task::spawn_blocking(move || {
+                        broker.offsets().expire(retention, |group| {
+                            broker
+                                .groups()
+                                .describe(group)
+                                .is_some_and(|g| !g.members.is_empty())
+                        })
+                    })
+                    .await;
+                    if let Ok(Err(err)) = expired {
+                        tracing::warn!(error = %err, "expiring committed offsets failed");
+                    }
                 }
             }
         })

@@ -122,6 +122,7 @@ async fn start_kafka(
         advertised_port,
         node_id: 1,
         max_request_bytes: usize::try_from(config.max_request_bytes.bytes()).unwrap_or(usize::MAX),
+        offsets_retention: config.offsets_retention.get(),
     };
     Ok(tokio::spawn(sluice_kafka::serve(
         listener, broker, options, stopped,
