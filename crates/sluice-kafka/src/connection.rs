@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::fetch_encode;
 use crate::handlers::{self, Context};
 use crate::listener::KafkaOptions;
 
@@ -49,10 +50,14 @@ pub(crate) enum ConnectionError {
 /// flight waits (TCP backpressure) until earlier ones are answered.
 const MAX_IN_FLIGHT: usize = 64;
 
+/// An encoded response: one or more chunks written back to back (a Fetch
+/// passes its record bytes as chunks of their own, uncopied).
+type Encoded = Vec<Bytes>;
+
 /// A response due in request order: ready, or still being worked on.
 enum Outcome {
-    Ready(Option<BytesMut>),
-    Later(JoinHandle<Result<Option<BytesMut>, ConnectionError>>),
+    Ready(Option<Encoded>),
+    Later(JoinHandle<Result<Option<Encoded>, ConnectionError>>),
 }
 
 pub(crate) struct Connection {
@@ -107,8 +112,8 @@ impl Connection {
                         })??
                     }
                 };
-                if let Some(response) = response {
-                    writer.write_all(&response).await?;
+                for chunk in response.into_iter().flatten() {
+                    writer.write_all(&chunk).await?;
                 }
             }
             Ok::<(), ConnectionError>(())
@@ -217,10 +222,15 @@ async fn handle(context: &Context, mut body: Bytes) -> Result<Outcome, Connectio
                 }
             })))
         }
-        request @ RequestKind::Fetch(_) => {
+        RequestKind::Fetch(request) => {
             let context = context.clone();
             Ok(Outcome::Later(tokio::spawn(async move {
-                respond(&context, request, api, version, correlation_id, "").await
+                let response = handlers::fetch::handle(&context, request, version).await;
+                match fetch_encode::encode(correlation_id, version, &response) {
+                    Some(chunks) => Ok(Some(chunks)),
+                    None => encode(api, version, correlation_id, &ResponseKind::Fetch(response))
+                        .map(Some),
+                }
             })))
         }
         request => {
@@ -239,7 +249,7 @@ async fn respond(
     version: i16,
     correlation_id: i32,
     client_id: &str,
-) -> Result<Option<BytesMut>, ConnectionError> {
+) -> Result<Option<Encoded>, ConnectionError> {
     match handlers::dispatch(context, request, version, client_id).await {
         Some(response) => encode(api, version, correlation_id, &response).map(Some),
         None => Ok(None),
@@ -251,7 +261,7 @@ fn encode(
     version: i16,
     correlation_id: i32,
     response: &ResponseKind,
-) -> Result<BytesMut, ConnectionError> {
+) -> Result<Encoded, ConnectionError> {
     let mut out = BytesMut::with_capacity(256);
     out.put_i32(0);
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
@@ -273,5 +283,5 @@ fn encode(
     if let Some(prefix) = out.get_mut(..4) {
         prefix.copy_from_slice(&len.to_be_bytes());
     }
-    Ok(out)
+    Ok(vec![out.freeze()])
 }

@@ -11,6 +11,7 @@
 
 mod connection;
 mod errors;
+mod fetch_encode;
 mod handlers;
 mod listener;
 

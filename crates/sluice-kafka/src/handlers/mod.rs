@@ -15,7 +15,7 @@ mod admin;
 pub(crate) mod api_versions;
 mod configs;
 mod coordinator;
-mod fetch;
+pub(crate) mod fetch;
 mod groups;
 mod init_producer_id;
 mod list_offsets;
