@@ -38,6 +38,8 @@ pub(crate) enum ConnectionError {
         version: i16,
         reason: String,
     },
+    #[error("a request's task failed: {reason}")]
+    Task { reason: String },
     #[error("cannot encode {api:?} v{version} response: {reason}")]
     Encode {
         api: ApiKey,
@@ -104,13 +106,9 @@ impl Connection {
             while let Some(outcome) = due.recv().await {
                 let response = match outcome {
                     Outcome::Ready(response) => response,
-                    Outcome::Later(task) => {
-                        task.await.map_err(|err| ConnectionError::Encode {
-                            api: ApiKey::ApiVersions,
-                            version: 0,
-                            reason: format!("request task failed: {err}"),
-                        })??
-                    }
+                    Outcome::Later(task) => task.await.map_err(|err| ConnectionError::Task {
+                        reason: err.to_string(),
+                    })??,
                 };
                 for chunk in response.into_iter().flatten() {
                     writer.write_all(&chunk).await?;
