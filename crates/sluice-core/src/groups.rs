@@ -200,6 +200,17 @@ impl Group {
         }
     }
 
+    /// A sign of life from a member: its session restarts. Returns the
+    /// group's state and generation.
+    fn touch(&mut self, member_id: &str) -> Result<(GroupState, i32), GroupError> {
+        let member = self
+            .members
+            .get_mut(member_id)
+            .ok_or(GroupError::UnknownMemberId)?;
+        member.deadline = Instant::now() + member.session_timeout;
+        Ok((self.state, self.generation))
+    }
+
     fn all_joined(&self) -> bool {
         self.members.values().all(|m| m.join_waiter.is_some())
     }
@@ -676,13 +687,7 @@ impl GroupCoordinator {
         let group = groups
             .get_mut(group_id)
             .ok_or(GroupError::UnknownMemberId)?;
-        let state = group.state;
-        let current = group.generation;
-        let member = group
-            .members
-            .get_mut(member_id)
-            .ok_or(GroupError::UnknownMemberId)?;
-        member.deadline = Instant::now() + member.session_timeout;
+        let (state, current) = group.touch(member_id)?;
         match state {
             GroupState::PreparingRebalance => Err(GroupError::RebalanceInProgress),
             _ if generation != current => Err(GroupError::IllegalGeneration),
@@ -786,13 +791,7 @@ impl GroupCoordinator {
                 Err(GroupError::UnknownMemberId)
             };
         }
-        let state = group.state;
-        let current = group.generation;
-        let member = group
-            .members
-            .get_mut(member_id)
-            .ok_or(GroupError::UnknownMemberId)?;
-        member.deadline = Instant::now() + member.session_timeout;
+        let (state, current) = group.touch(member_id)?;
         if generation != current {
             return Err(GroupError::IllegalGeneration);
         }

@@ -145,8 +145,10 @@ pub(crate) fn check(
     first_sequence: i32,
     last_sequence: i32,
 ) -> Result<SequenceCheck, CoreError> {
-    let Some(entry) = producers.get(&producer_id) else {
-        return if first_sequence == 0 {
+    // A producer new to this partition, or one with a bumped epoch
+    // (KIP-360), starts its sequences at 0.
+    let fresh_start = || {
+        if first_sequence == 0 {
             Ok(SequenceCheck::Append)
         } else {
             Err(CoreError::OutOfOrderSequence {
@@ -154,7 +156,10 @@ pub(crate) fn check(
                 expected: 0,
                 found: first_sequence,
             })
-        };
+        }
+    };
+    let Some(entry) = producers.get(&producer_id) else {
+        return fresh_start();
     };
     if epoch < entry.epoch {
         return Err(CoreError::InvalidProducerEpoch {
@@ -164,16 +169,7 @@ pub(crate) fn check(
         });
     }
     if epoch > entry.epoch {
-        // A bumped epoch starts its sequences again at 0 (KIP-360).
-        return if first_sequence == 0 {
-            Ok(SequenceCheck::Append)
-        } else {
-            Err(CoreError::OutOfOrderSequence {
-                producer_id,
-                expected: 0,
-                found: first_sequence,
-            })
-        };
+        return fresh_start();
     }
     if let Some(done) = entry
         .batches

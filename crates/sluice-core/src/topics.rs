@@ -102,6 +102,11 @@ impl Topic {
         self.state().config.clone()
     }
 
+    /// The topic's `message.timestamp.type`, read without copying its settings.
+    pub fn timestamp_type(&self) -> TimestampType {
+        self.state().config.timestamp_type()
+    }
+
     /// Appends record batches to a partition, waits as the log's durability
     /// asks, and wakes fetches. Blocking: call it off the async runtime.
     ///
@@ -137,7 +142,7 @@ impl Topic {
                 partition,
             })?;
         let invalid = |reason| CoreError::Log(sluice_log::LogError::InvalidBatch { reason });
-        if self.config().timestamp_type() == TimestampType::LogAppendTime {
+        if self.timestamp_type() == TimestampType::LogAppendTime {
             sluice_log::batch::set_log_append_time(records, SystemClock.now_ms())
                 .map_err(invalid)?;
         }

@@ -24,7 +24,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 use sluice_core::{Broker, CoreError, TopicConfig};
-use sluice_types::{LeaderEpoch, Offset, PartitionId};
+use sluice_types::{LeaderEpoch, Offset};
 
 use super::{Context, blocking};
 use crate::errors;
@@ -51,9 +51,8 @@ pub(crate) async fn delete_records(
                         let result = DeleteRecordsPartitionResult::default()
                             .with_partition_index(p.partition_index)
                             .with_low_watermark(-1);
-                        let Some(partition) = found
-                            .as_ref()
-                            .and_then(|t| t.partition(PartitionId::from(p.partition_index)))
+                        let Some(partition) =
+                            super::partition_of(found.as_ref(), p.partition_index)
                         else {
                             return result
                                 .with_error_code(ResponseError::UnknownTopicOrPartition.code());
@@ -101,10 +100,7 @@ pub(crate) fn offset_for_leader_epoch(
                         .with_partition(p.partition)
                         .with_leader_epoch(-1)
                         .with_end_offset(-1);
-                    let Some(partition) = found
-                        .as_ref()
-                        .and_then(|t| t.partition(PartitionId::from(p.partition)))
-                    else {
+                    let Some(partition) = super::partition_of(found.as_ref(), p.partition) else {
                         return result
                             .with_error_code(ResponseError::UnknownTopicOrPartition.code());
                     };

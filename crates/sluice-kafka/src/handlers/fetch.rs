@@ -13,7 +13,7 @@ use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, Partition
 use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
 use sluice_core::{Broker, Partition};
 use sluice_log::ReadBound;
-use sluice_types::{Offset, PartitionId};
+use sluice_types::Offset;
 use tokio::time::Instant;
 
 use super::Context;
@@ -50,9 +50,7 @@ pub(crate) async fn handle(
                     partition: p.partition,
                     fetch_offset: p.fetch_offset,
                     max_bytes: usize::try_from(p.partition_max_bytes).unwrap_or(0),
-                    target: found
-                        .as_ref()
-                        .and_then(|t| t.partition(PartitionId::from(p.partition))),
+                    target: super::partition_of(found.as_ref(), p.partition),
                 })
             })
             .collect(),

@@ -6,7 +6,6 @@ use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
-use sluice_types::PartitionId;
 
 use super::{Context, blocking};
 use crate::errors;
@@ -37,9 +36,8 @@ pub(crate) async fn handle(
                             .with_timestamp(-1)
                             .with_offset(-1)
                             .with_leader_epoch(if version >= 4 { 0 } else { -1 });
-                        let Some(partition) = found
-                            .as_ref()
-                            .and_then(|t| t.partition(PartitionId::from(p.partition_index)))
+                        let Some(partition) =
+                            super::partition_of(found.as_ref(), p.partition_index)
                         else {
                             return answer
                                 .with_error_code(ResponseError::UnknownTopicOrPartition.code());

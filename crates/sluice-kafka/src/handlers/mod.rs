@@ -195,6 +195,14 @@ pub(crate) async fn dispatch(
     })
 }
 
+/// A partition of a topic that may not exist.
+pub(crate) fn partition_of(
+    topic: Option<&Arc<sluice_core::Topic>>,
+    index: i32,
+) -> Option<Arc<sluice_core::Partition>> {
+    topic.and_then(|t| t.partition(sluice_types::PartitionId::from(index)))
+}
+
 /// Runs blocking core work (fsync, file creation) off the async workers.
 pub(crate) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,

@@ -85,7 +85,7 @@ fn write(broker: &Broker, topic: &str, index: i32, records: Option<bytes::Bytes>
     let pending = topic
         .append_start(PartitionId::from(index), &mut records)
         .map_err(|err| refuse(&err))?;
-    Ok((pending, topic.config().timestamp_type()))
+    Ok((pending, topic.timestamp_type()))
 }
 
 fn finish_blocking(
