@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
@@ -129,14 +129,10 @@ fn read_all(
             if budget == 0 {
                 return base.with_records(Some(Bytes::new()));
             }
-            match log.read(
-                Offset::from(w.fetch_offset),
-                budget,
-                ReadBound::HighWatermark,
-            ) {
-                Ok(read) => {
-                    total += read.records.len();
-                    base.with_records(Some(read.records))
+            match read_with_records(log, Offset::from(w.fetch_offset), budget) {
+                Ok(records) => {
+                    total += records.len();
+                    base.with_records(Some(records))
                 }
                 Err(err) => {
                     failed = true;
@@ -146,6 +142,46 @@ fn read_all(
         })
         .collect();
     (results, total, failed)
+}
+
+/// Most reads one fetch makes in one partition to get past emptied batches.
+const MAX_READS_PAST_EMPTY: usize = 64;
+
+/// Reads from `offset`; if what comes back holds no record at all (only
+/// batches compaction emptied), reads on until a batch with records is
+/// included. librdkafka reports MSG_SIZE_TOO_LARGE for a non-empty answer
+/// from which it can take no message, so an answer of only empty batches
+/// must not be sent; an empty answer (wait for data) is fine.
+fn read_with_records(
+    log: &sluice_log::Log,
+    offset: Offset,
+    budget: usize,
+) -> Result<Bytes, sluice_log::LogError> {
+    let mut next = offset;
+    let mut gathered = BytesMut::new();
+    for _ in 0..MAX_READS_PAST_EMPTY {
+        let read = log.read(next, budget, ReadBound::HighWatermark)?;
+        if read.records.is_empty() {
+            break;
+        }
+        let has_records = sluice_log::batch::split_verified(&read.records)
+            .map(|batches| batches.iter().any(|(_, h)| h.records_count > 0))
+            .unwrap_or(true);
+        if has_records && gathered.is_empty() {
+            return Ok(read.records);
+        }
+        gathered.extend_from_slice(&read.records);
+        if has_records {
+            return Ok(gathered.freeze());
+        }
+        match read.next_offset {
+            Some(after) => next = after,
+            None => break,
+        }
+    }
+    // Nothing but emptied batches up to the high watermark: answer with no
+    // data, so the consumer waits for the next append after them.
+    Ok(Bytes::new())
 }
 
 fn response(wanted: &[Wanted], results: Vec<PartitionData>) -> FetchResponse {
@@ -166,4 +202,54 @@ fn response(wanted: &[Wanted], results: Vec<PartitionData>) -> FetchResponse {
         .with_error_code(0)
         .with_session_id(0)
         .with_responses(topics)
+}
+
+#[cfg(test)]
+mod tests {
+    use sluice_log::batch::{self, NewRecord};
+    use sluice_log::{Durability, Log, LogConfig};
+    use sluice_types::LeaderEpoch;
+
+    use super::*;
+
+    fn emptied() -> BytesMut {
+        let full = batch::encode(&[NewRecord {
+            key: Some(b"k"),
+            value: Some(b"old"),
+            timestamp: 0,
+        }])
+        .expect("encode");
+        BytesMut::from(&batch::with_records(&full, &[]).expect("emptied")[..])
+    }
+
+    #[test]
+    fn emptied_batches_are_never_sent_alone() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = LogConfig {
+            durability: Durability::Never,
+            ..LogConfig::default()
+        };
+        let log = Log::open(dir.path(), config).expect("open");
+        for _ in 0..3 {
+            log.append(&mut emptied(), LeaderEpoch::from(0))
+                .expect("append");
+        }
+        // Only emptied batches below the high watermark: no data at all.
+        let answer = read_with_records(&log, Offset::from(0), 1 << 20).expect("read");
+        assert!(answer.is_empty());
+
+        let mut live = batch::encode(&[NewRecord {
+            key: Some(b"k"),
+            value: Some(b"new"),
+            timestamp: 0,
+        }])
+        .expect("encode");
+        log.append(&mut live, LeaderEpoch::from(0)).expect("append");
+        // A tiny budget returns one batch per read: the answer must still
+        // reach the batch with a record.
+        let answer = read_with_records(&log, Offset::from(0), 1).expect("read");
+        let headers = batch::split_verified(&answer).expect("whole batches");
+        assert_eq!(headers.len(), 4);
+        assert_eq!(headers.last().map(|(_, h)| h.records_count), Some(1));
+    }
 }
