@@ -16,6 +16,7 @@
 mod data_dir;
 mod error;
 mod groups;
+pub mod messaging;
 mod offsets;
 mod producers;
 mod topic_config;
@@ -32,6 +33,7 @@ pub use groups::{
     GroupCoordinator, GroupDescription, GroupError, GroupState, JoinRequest, JoinResponse,
     JoinedMember, MemberDescription, SyncResponse,
 };
+use messaging::VirtualHosts;
 pub use offsets::{CommittedOffset, OFFSETS_LOG, OffsetStore};
 pub use producers::ProducerIds;
 pub use topic_config::{
@@ -52,6 +54,8 @@ pub struct BrokerOptions {
     pub auto_create_topics: bool,
     /// Partition count of auto-created topics.
     pub default_partitions: u32,
+    /// AMQP virtual hosts.
+    pub vhosts: Vec<String>,
 }
 
 /// One running broker node.
@@ -65,6 +69,7 @@ pub struct Broker {
     offsets: OffsetStore,
     groups: Arc<GroupCoordinator>,
     producer_ids: ProducerIds,
+    vhosts: VirtualHosts,
     auto_create_topics: bool,
     default_partitions: u32,
     // Dropped last: the lock is held until every log is closed.
@@ -87,6 +92,7 @@ impl Broker {
         let topics = Topics::open(&options.data_dir, Arc::clone(&logs))?;
         let offsets = OffsetStore::open(&logs)?;
         let producer_ids = ProducerIds::open(&options.data_dir)?;
+        let vhosts = VirtualHosts::open(Arc::clone(&logs), &options.vhosts)?;
         Ok(Broker {
             data_dir: options.data_dir,
             logs,
@@ -94,6 +100,7 @@ impl Broker {
             offsets,
             groups: GroupCoordinator::new(),
             producer_ids,
+            vhosts,
             auto_create_topics: options.auto_create_topics,
             default_partitions: options.default_partitions.max(1),
             _lock: lock,
@@ -123,6 +130,11 @@ impl Broker {
     /// Consumer group membership.
     pub fn groups(&self) -> &Arc<GroupCoordinator> {
         &self.groups
+    }
+
+    /// AMQP virtual hosts with their exchanges and queues.
+    pub fn vhosts(&self) -> &VirtualHosts {
+        &self.vhosts
     }
 
     /// The broker's topics.
@@ -166,6 +178,9 @@ impl Broker {
     /// [`CoreError::Log`] when a log fails to sync or close; the lock is
     /// released either way.
     pub fn shutdown(self) -> Result<(), CoreError> {
+        if let Err(error) = self.vhosts.flush() {
+            tracing::warn!(%error, "cannot write queue settlements before shutdown");
+        }
         self.logs.shutdown()?;
         Ok(())
     }

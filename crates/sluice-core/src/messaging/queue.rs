@@ -1,0 +1,1100 @@
+//! A queue: ready messages in priority order, messages delivered and not yet
+//! settled, and the consumers it pushes to.
+//!
+//! All state sits behind one mutex held only for in-memory work and short
+//! page-cache writes; deliveries leave through each consumer's unbounded
+//! sender, bounded in practice by the consumer's [`Credit`]. Messages that
+//! expire, overflow or are rejected without requeue are handed back to the
+//! virtual host for dead-lettering after the lock is released.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use amq_protocol::types::{AMQPValue, FieldTable};
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::MessagingError;
+use super::message::{Message, integer_value, string_value};
+use super::queue_store::{PendingSync, QueueStore};
+use super::vhost::VirtualHost;
+use crate::CoreError;
+
+/// What happens when a queue is full (`x-overflow`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Overflow {
+    /// Drop (or dead-letter) the oldest ready message.
+    #[default]
+    DropHead,
+    /// Refuse the new message (nack to confirming publishers).
+    RejectPublish,
+    /// Refuse and dead-letter the new message.
+    RejectPublishDlx,
+}
+
+/// Queue arguments Sluice acts on, read from `queue.declare`'s table.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QueueArgs {
+    /// `x-message-ttl`, milliseconds.
+    pub message_ttl: Option<u64>,
+    /// `x-expires`, milliseconds unused before the queue is deleted.
+    pub expires: Option<u64>,
+    /// `x-max-length`, ready messages.
+    pub max_length: Option<u64>,
+    /// `x-max-length-bytes`, ready body bytes.
+    pub max_length_bytes: Option<u64>,
+    /// `x-overflow`.
+    pub overflow: Overflow,
+    /// `x-dead-letter-exchange`.
+    pub dead_letter_exchange: Option<String>,
+    /// `x-dead-letter-routing-key`.
+    pub dead_letter_routing_key: Option<String>,
+    /// `x-max-priority` (1..=255).
+    pub max_priority: Option<u8>,
+    /// `x-single-active-consumer`.
+    pub single_active_consumer: bool,
+}
+
+impl QueueArgs {
+    /// Reads and checks the arguments, with RabbitMQ's errors.
+    ///
+    /// # Errors
+    /// [`MessagingError::PreconditionFailed`] naming the argument.
+    pub fn parse(
+        queue: &str,
+        vhost: &str,
+        arguments: &FieldTable,
+    ) -> Result<QueueArgs, MessagingError> {
+        let invalid = |name: &str, why: String| {
+            MessagingError::PreconditionFailed(format!(
+                "invalid arg '{name}' for queue '{queue}' in vhost '{vhost}': {why}"
+            ))
+        };
+        let non_negative = |name: &str, value: &AMQPValue| -> Result<u64, MessagingError> {
+            let n = integer_value(value).ok_or_else(|| {
+                invalid(name, format!("{{unacceptable_type,{}}}", type_name(value)))
+            })?;
+            u64::try_from(n).map_err(|_| invalid(name, format!("{{value_negative,{n}}}")))
+        };
+        let positive = |name: &str, value: &AMQPValue| -> Result<u64, MessagingError> {
+            let n = non_negative(name, value)?;
+            if n == 0 {
+                return Err(invalid(name, "{value_zero,0}".to_owned()));
+            }
+            Ok(n)
+        };
+        let mut args = QueueArgs::default();
+        for (key, value) in arguments {
+            let name = key.as_str();
+            match name {
+                "x-message-ttl" => args.message_ttl = Some(non_negative(name, value)?),
+                "x-expires" => args.expires = Some(positive(name, value)?),
+                "x-max-length" => args.max_length = Some(non_negative(name, value)?),
+                "x-max-length-bytes" => args.max_length_bytes = Some(non_negative(name, value)?),
+                "x-max-priority" => {
+                    let n = positive(name, value)?;
+                    if n > 255 {
+                        return Err(invalid(name, format!("{{value_out_of_range,{n}}}")));
+                    }
+                    args.max_priority = Some(n as u8);
+                }
+                "x-overflow" => {
+                    args.overflow = match string_value(value).as_deref() {
+                        Some("drop-head") => Overflow::DropHead,
+                        Some("reject-publish") => Overflow::RejectPublish,
+                        Some("reject-publish-dlx") => Overflow::RejectPublishDlx,
+                        Some(other) => {
+                            return Err(invalid(
+                                name,
+                                format!("{{invalid_value,<<\"{other}\">>}}"),
+                            ));
+                        }
+                        None => {
+                            return Err(invalid(
+                                name,
+                                format!("{{unacceptable_type,{}}}", type_name(value)),
+                            ));
+                        }
+                    }
+                }
+                "x-dead-letter-exchange" => {
+                    args.dead_letter_exchange = Some(string_value(value).ok_or_else(|| {
+                        invalid(name, format!("{{unacceptable_type,{}}}", type_name(value)))
+                    })?);
+                }
+                "x-dead-letter-routing-key" => {
+                    args.dead_letter_routing_key = Some(string_value(value).ok_or_else(|| {
+                        invalid(name, format!("{{unacceptable_type,{}}}", type_name(value)))
+                    })?);
+                }
+                "x-single-active-consumer" => match value {
+                    AMQPValue::Boolean(b) => args.single_active_consumer = *b,
+                    other => {
+                        return Err(invalid(
+                            name,
+                            format!("{{unacceptable_type,{}}}", type_name(other)),
+                        ));
+                    }
+                },
+                "x-queue-type" => match string_value(value).as_deref() {
+                    Some("classic") | Some("quorum") => {}
+                    Some(other) => {
+                        return Err(invalid(
+                            name,
+                            format!("{{unsupported_queue_type,<<\"{other}\">>}}"),
+                        ));
+                    }
+                    None => {
+                        return Err(invalid(
+                            name,
+                            format!("{{unacceptable_type,{}}}", type_name(value)),
+                        ));
+                    }
+                },
+                _ => {}
+            }
+        }
+        if args.dead_letter_routing_key.is_some() && args.dead_letter_exchange.is_none() {
+            return Err(MessagingError::PreconditionFailed(format!(
+                "invalid arg 'x-dead-letter-routing-key' for queue '{queue}' in vhost '{vhost}': Key x-dead-letter-exchange should be present"
+            )));
+        }
+        Ok(args)
+    }
+}
+
+fn type_name(value: &AMQPValue) -> &'static str {
+    match value {
+        AMQPValue::Boolean(_) => "bool",
+        AMQPValue::LongString(_) | AMQPValue::ShortString(_) => "longstr",
+        AMQPValue::FieldTable(_) => "table",
+        AMQPValue::FieldArray(_) => "array",
+        AMQPValue::Float(_) | AMQPValue::Double(_) => "double",
+        AMQPValue::Void => "void",
+        _ => "long",
+    }
+}
+
+/// How a queue was declared.
+#[derive(Debug, Clone, Default)]
+pub struct QueueOptions {
+    /// Survives a restart (and keeps persistent messages on disk).
+    pub durable: bool,
+    /// The connection that owns an exclusive queue.
+    pub exclusive_owner: Option<u64>,
+    /// Deleted when its last consumer goes.
+    pub auto_delete: bool,
+    /// The declaration arguments, as given.
+    pub arguments: FieldTable,
+}
+
+/// Delivery credit of a consumer: how many deliveries it may have
+/// outstanding. A channel-wide credit (global `basic.qos`, channel flow) is
+/// the parent of its consumers' credits.
+#[derive(Debug)]
+pub struct Credit {
+    limit: AtomicU32,
+    used: AtomicU32,
+    paused: AtomicBool,
+    parent: Option<Arc<Credit>>,
+}
+
+impl Credit {
+    /// A credit of `limit` outstanding deliveries (0: unlimited).
+    pub fn new(limit: u32, parent: Option<Arc<Credit>>) -> Arc<Credit> {
+        Arc::new(Credit {
+            limit: AtomicU32::new(limit),
+            used: AtomicU32::new(0),
+            paused: AtomicBool::new(false),
+            parent,
+        })
+    }
+
+    fn take_own(&self) -> bool {
+        let limit = self.limit.load(Ordering::Acquire);
+        if self.paused.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut used = self.used.load(Ordering::Acquire);
+        loop {
+            if limit != 0 && used >= limit {
+                return false;
+            }
+            match self.used.compare_exchange_weak(
+                used,
+                used + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return true,
+                Err(now) => used = now,
+            }
+        }
+    }
+
+    /// Takes one unit here and in the parent, or none.
+    pub fn try_acquire(&self) -> bool {
+        if !self.take_own() {
+            return false;
+        }
+        if let Some(parent) = &self.parent
+            && !parent.take_own()
+        {
+            self.used.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    /// Whether a unit could be taken now (a hint; races are harmless).
+    pub fn available(&self) -> bool {
+        let own = {
+            let limit = self.limit.load(Ordering::Acquire);
+            !self.paused.load(Ordering::Acquire)
+                && (limit == 0 || self.used.load(Ordering::Acquire) < limit)
+        };
+        own && self.parent.as_ref().is_none_or(|p| p.available())
+    }
+
+    /// Returns `n` units here and in the parent.
+    pub fn release(&self, n: u32) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                Some(u.saturating_sub(n))
+            });
+        if let Some(parent) = &self.parent {
+            parent.release(n);
+        }
+    }
+
+    /// Changes the limit (0: unlimited).
+    pub fn set_limit(&self, limit: u32) {
+        self.limit.store(limit, Ordering::Release);
+    }
+
+    /// Stops (or resumes) deliveries (`channel.flow`).
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, Ordering::Release);
+    }
+}
+
+/// One delivery to a consumer.
+#[derive(Debug)]
+pub struct Delivery {
+    /// The consuming channel ([`ConsumerSpec::channel`]).
+    pub channel: u64,
+    /// The queue it came from; settle through it.
+    pub queue: Arc<Queue>,
+    /// Queue-local handle of the message.
+    pub seq: u64,
+    /// The consumer's tag.
+    pub consumer_tag: Arc<str>,
+    /// The message.
+    pub message: Arc<Message>,
+    /// Delivered before and not settled.
+    pub redelivered: bool,
+}
+
+/// What a queue tells a consumer's channel.
+#[derive(Debug)]
+pub enum ConsumerEvent {
+    /// A message for the consumer.
+    Deliver(Delivery),
+    /// The queue went away; the consumer is gone (`basic.cancel` from the server).
+    Cancelled {
+        /// The consuming channel ([`ConsumerSpec::channel`]).
+        channel: u64,
+        /// The consumer's tag.
+        consumer_tag: Arc<str>,
+    },
+}
+
+/// A consumer as the front-end registers it.
+#[derive(Debug, Clone)]
+pub struct ConsumerSpec {
+    /// Consumer tag, unique per channel.
+    pub tag: Arc<str>,
+    /// Identifies the channel (unique in the broker).
+    pub channel: u64,
+    /// The connection of the channel (for exclusive queues).
+    pub connection: u64,
+    /// Settled on delivery.
+    pub no_ack: bool,
+    /// No other consumer may share the queue.
+    pub exclusive: bool,
+    /// `x-priority`: higher goes first while it has credit.
+    pub priority: i32,
+    /// Outstanding deliveries allowed.
+    pub credit: Arc<Credit>,
+    /// Where deliveries go.
+    pub sink: UnboundedSender<ConsumerEvent>,
+}
+
+/// What `enqueue` did with a message.
+#[derive(Debug, Default)]
+pub struct EnqueueOutcome {
+    /// For a persistent message in a durable queue: what a confirm waits for.
+    pub sync: Option<PendingSync>,
+    /// Refused by `x-overflow` reject-publish (nack a confirming publisher).
+    pub rejected: bool,
+}
+
+#[derive(Debug)]
+struct Entry {
+    seq: u64,
+    stored: Option<u64>,
+    message: Arc<Message>,
+    redelivered: bool,
+    /// Wall-clock milliseconds after which the message is dead.
+    expires_at: Option<i64>,
+}
+
+/// Why a message left a queue other than by acknowledgement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DeathReason {
+    Rejected,
+    Expired,
+    MaxLen,
+}
+
+impl DeathReason {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            DeathReason::Rejected => "rejected",
+            DeathReason::Expired => "expired",
+            DeathReason::MaxLen => "maxlen",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct DeadLetter {
+    pub(crate) message: Arc<Message>,
+    pub(crate) reason: DeathReason,
+}
+
+#[derive(Debug, Default)]
+struct Ready {
+    /// Bucket per effective priority; bucket 0 only without `x-max-priority`.
+    buckets: BTreeMap<u8, VecDeque<Entry>>,
+    len: usize,
+    bytes: u64,
+}
+
+impl Ready {
+    fn push_back(&mut self, priority: u8, entry: Entry) {
+        self.len += 1;
+        self.bytes += entry.message.body_size() as u64;
+        self.buckets.entry(priority).or_default().push_back(entry);
+    }
+
+    /// Puts a returned message back in sequence order within its bucket.
+    fn requeue(&mut self, priority: u8, entry: Entry) {
+        self.len += 1;
+        self.bytes += entry.message.body_size() as u64;
+        let bucket = self.buckets.entry(priority).or_default();
+        let at = bucket.partition_point(|e| e.seq < entry.seq);
+        bucket.insert(at, entry);
+    }
+
+    fn front(&self) -> Option<&Entry> {
+        self.buckets.values().rev().find_map(|b| b.front())
+    }
+
+    fn pop_front(&mut self) -> Option<Entry> {
+        let entry = self
+            .buckets
+            .values_mut()
+            .rev()
+            .find_map(|b| b.pop_front())?;
+        self.len -= 1;
+        self.bytes -= entry.message.body_size() as u64;
+        Some(entry)
+    }
+
+    /// The oldest message of the lowest priority (what drop-head drops).
+    fn pop_oldest(&mut self) -> Option<Entry> {
+        let entry = self.buckets.values_mut().find_map(|b| b.pop_front())?;
+        self.len -= 1;
+        self.bytes -= entry.message.body_size() as u64;
+        Some(entry)
+    }
+
+    fn drain(&mut self) -> Vec<Entry> {
+        self.len = 0;
+        self.bytes = 0;
+        std::mem::take(&mut self.buckets)
+            .into_values()
+            .flatten()
+            .collect()
+    }
+}
+
+#[derive(Debug)]
+struct QueueState {
+    ready: Ready,
+    unacked: HashMap<u64, Entry>,
+    consumers: Vec<ConsumerSpec>,
+    next_consumer: usize,
+    next_seq: u64,
+    store: Option<QueueStore>,
+    had_consumers: bool,
+    last_used: Instant,
+    deleted: bool,
+}
+
+/// A queue. Shared by the virtual host, the channels consuming from it and
+/// the deliveries in flight; all mutable state is behind its own mutex.
+#[derive(Debug)]
+pub struct Queue {
+    name: String,
+    options: QueueOptions,
+    args: QueueArgs,
+    store_id: Option<String>,
+    vhost: Weak<VirtualHost>,
+    state: Mutex<QueueState>,
+}
+
+/// A message taken by `basic.get`: its handle, the message, whether it was
+/// delivered before, and how many ready messages remain.
+pub type GetResult = (u64, Arc<Message>, bool, usize);
+
+/// Wall-clock milliseconds.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl Queue {
+    pub(crate) fn new(
+        name: String,
+        options: QueueOptions,
+        args: QueueArgs,
+        store: Option<(String, QueueStore)>,
+        vhost: Weak<VirtualHost>,
+    ) -> Arc<Queue> {
+        let (store_id, store) = match store {
+            Some((id, store)) => (Some(id), Some(store)),
+            None => (None, None),
+        };
+        Arc::new(Queue {
+            name,
+            options,
+            args,
+            store_id,
+            vhost,
+            state: Mutex::new(QueueState {
+                ready: Ready::default(),
+                unacked: HashMap::new(),
+                consumers: Vec::new(),
+                next_consumer: 0,
+                next_seq: 0,
+                store,
+                had_consumers: false,
+                last_used: Instant::now(),
+                deleted: false,
+            }),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The queue's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// How it was declared.
+    pub fn options(&self) -> &QueueOptions {
+        &self.options
+    }
+
+    /// Its arguments as Sluice reads them.
+    pub fn args(&self) -> &QueueArgs {
+        &self.args
+    }
+
+    /// Durable queues' storage id (their logs are named after it).
+    pub(crate) fn store_id(&self) -> Option<&str> {
+        self.store_id.as_deref()
+    }
+
+    /// Ready messages.
+    pub fn message_count(&self) -> usize {
+        self.state().ready.len
+    }
+
+    /// Delivered and not yet settled.
+    pub fn unacked_count(&self) -> usize {
+        self.state().unacked.len()
+    }
+
+    /// Consumers attached.
+    pub fn consumer_count(&self) -> usize {
+        self.state().consumers.len()
+    }
+
+    /// Bytes the queue's logs take on disk (0 for transient queues).
+    pub fn disk_bytes(&self) -> u64 {
+        self.state()
+            .store
+            .as_ref()
+            .map_or(0, QueueStore::size_bytes)
+    }
+
+    /// Whether the queue has been deleted.
+    pub fn is_deleted(&self) -> bool {
+        self.state().deleted
+    }
+
+    fn effective_priority(&self, message: &Message) -> u8 {
+        self.args
+            .max_priority
+            .map_or(0, |max| message.priority().min(max))
+    }
+
+    fn expiry_for(&self, message: &Message, now: i64) -> Option<i64> {
+        let per_message = message.expiration_ms().ok().flatten();
+        let ttl = match (self.args.message_ttl, per_message) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }?;
+        Some(now.saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX)))
+    }
+
+    /// Puts recovered messages back (on open), in id order.
+    pub(crate) fn restore(&self, messages: Vec<(u64, Message, i64)>) {
+        let mut state = self.state();
+        for (id, message, timestamp) in messages {
+            let expires_at = self.expiry_for(&message, timestamp);
+            let priority = self.effective_priority(&message);
+            let seq = state.next_seq;
+            state.next_seq += 1;
+            state.ready.push_back(
+                priority,
+                Entry {
+                    seq,
+                    stored: Some(id),
+                    message: Arc::new(message),
+                    redelivered: false,
+                    expires_at,
+                },
+            );
+        }
+    }
+
+    /// Adds a message routed here.
+    ///
+    /// # Errors
+    /// Storage failures of a durable queue.
+    pub fn enqueue(
+        self: &Arc<Self>,
+        message: Arc<Message>,
+    ) -> Result<EnqueueOutcome, MessagingError> {
+        let now = now_ms();
+        let mut dead = Vec::new();
+        let mut outcome = EnqueueOutcome::default();
+        {
+            let mut state = self.state();
+            if state.deleted {
+                return Ok(outcome);
+            }
+            let expires_at = self.expiry_for(&message, now);
+            if expires_at.is_some_and(|at| at <= now) && state.consumers.is_empty() {
+                // RabbitMQ drops (or dead-letters) a message whose TTL is 0
+                // when no consumer can take it at once.
+                dead.push(DeadLetter {
+                    message,
+                    reason: DeathReason::Expired,
+                });
+                drop(state);
+                self.dead_letter(dead);
+                return Ok(outcome);
+            }
+            let size = message.body_size() as u64;
+            let over = |ready: &Ready, extra_len: usize, extra_bytes: u64| {
+                self.args
+                    .max_length
+                    .is_some_and(|max| (ready.len + extra_len) as u64 > max)
+                    || self
+                        .args
+                        .max_length_bytes
+                        .is_some_and(|max| ready.bytes + extra_bytes > max)
+            };
+            if over(&state.ready, 1, size) {
+                match self.args.overflow {
+                    Overflow::DropHead => {
+                        while over(&state.ready, 1, size) {
+                            let Some(entry) = state.ready.pop_oldest() else {
+                                break;
+                            };
+                            settle_stored(&mut state, &entry)?;
+                            dead.push(DeadLetter {
+                                message: entry.message,
+                                reason: DeathReason::MaxLen,
+                            });
+                        }
+                        if over(&state.ready, 1, size) {
+                            // Even alone it does not fit (a body over the byte limit).
+                            dead.push(DeadLetter {
+                                message,
+                                reason: DeathReason::MaxLen,
+                            });
+                            drop(state);
+                            self.dead_letter(dead);
+                            return Ok(outcome);
+                        }
+                    }
+                    Overflow::RejectPublish | Overflow::RejectPublishDlx => {
+                        outcome.rejected = true;
+                        if self.args.overflow == Overflow::RejectPublishDlx {
+                            dead.push(DeadLetter {
+                                message,
+                                reason: DeathReason::MaxLen,
+                            });
+                        }
+                        drop(state);
+                        self.dead_letter(dead);
+                        return Ok(outcome);
+                    }
+                }
+            }
+            let stored = match (state.store.as_mut(), message.persistent()) {
+                (Some(store), true) => {
+                    let (id, sync) = store.append(&message)?;
+                    outcome.sync = sync;
+                    Some(id)
+                }
+                _ => None,
+            };
+            let seq = state.next_seq;
+            state.next_seq += 1;
+            let priority = self.effective_priority(&message);
+            state.ready.push_back(
+                priority,
+                Entry {
+                    seq,
+                    stored,
+                    message,
+                    redelivered: false,
+                    expires_at,
+                },
+            );
+        }
+        self.dead_letter(dead);
+        self.dispatch();
+        Ok(outcome)
+    }
+
+    /// Pushes ready messages to consumers with credit, round robin among
+    /// the highest-priority consumers that can take one.
+    pub fn dispatch(self: &Arc<Self>) {
+        let mut dead = Vec::new();
+        {
+            let mut state = self.state();
+            let now = now_ms();
+            drop_expired(&mut state, now, &mut dead);
+            loop {
+                if state.ready.len == 0 || state.consumers.is_empty() {
+                    break;
+                }
+                let Some(index) = pick_consumer(&mut state, self.args.single_active_consumer)
+                else {
+                    break;
+                };
+                let Some(entry) = state.ready.pop_front() else {
+                    break;
+                };
+                if entry.expires_at.is_some_and(|at| at <= now) {
+                    if let Some(consumer) = state.consumers.get(index) {
+                        consumer.credit.release(1);
+                    }
+                    if let Err(error) = settle_stored(&mut state, &entry) {
+                        tracing::warn!(queue = %self.name, %error, "cannot record an expiry");
+                    }
+                    dead.push(DeadLetter {
+                        message: entry.message,
+                        reason: DeathReason::Expired,
+                    });
+                    continue;
+                }
+                let Some(consumer) = state.consumers.get(index).cloned() else {
+                    break;
+                };
+                let delivery = Delivery {
+                    channel: consumer.channel,
+                    queue: Arc::clone(self),
+                    seq: entry.seq,
+                    consumer_tag: Arc::clone(&consumer.tag),
+                    message: Arc::clone(&entry.message),
+                    redelivered: entry.redelivered,
+                };
+                if consumer
+                    .sink
+                    .send(ConsumerEvent::Deliver(delivery))
+                    .is_err()
+                {
+                    // The channel is gone; its close will remove the consumer.
+                    consumer.credit.release(1);
+                    let priority = self.effective_priority(&entry.message);
+                    state.ready.requeue(priority, entry);
+                    state.consumers.remove(index);
+                    continue;
+                }
+                if consumer.no_ack {
+                    if let Err(error) = settle_stored(&mut state, &entry) {
+                        tracing::warn!(queue = %self.name, %error, "cannot record a settlement");
+                    }
+                } else {
+                    state.unacked.insert(entry.seq, entry);
+                }
+            }
+        }
+        self.dead_letter(dead);
+    }
+
+    /// `basic.get`: takes the next ready message, if any, with the number of
+    /// messages left.
+    ///
+    /// # Errors
+    /// Storage failures when `no_ack` settles a persistent message.
+    pub fn get(self: &Arc<Self>, no_ack: bool) -> Result<Option<GetResult>, MessagingError> {
+        let mut dead = Vec::new();
+        let result = {
+            let mut state = self.state();
+            state.last_used = Instant::now();
+            drop_expired(&mut state, now_ms(), &mut dead);
+            match state.ready.pop_front() {
+                None => None,
+                Some(entry) => {
+                    let out = (entry.seq, Arc::clone(&entry.message), entry.redelivered);
+                    if no_ack {
+                        settle_stored(&mut state, &entry)?;
+                    } else {
+                        state.unacked.insert(entry.seq, entry);
+                    }
+                    Some((out.0, out.1, out.2, state.ready.len))
+                }
+            }
+        };
+        self.dead_letter(dead);
+        Ok(result)
+    }
+
+    /// Settles a delivery positively.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn ack(&self, seq: u64) -> Result<(), MessagingError> {
+        let mut state = self.state();
+        if let Some(entry) = state.unacked.remove(&seq) {
+            settle_stored(&mut state, &entry)?;
+        }
+        Ok(())
+    }
+
+    /// Settles deliveries negatively: back to the queue (marked redelivered)
+    /// or, without requeue, dead-lettered or dropped.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn reject(self: &Arc<Self>, seqs: &[u64], requeue: bool) -> Result<(), MessagingError> {
+        let mut dead = Vec::new();
+        {
+            let mut state = self.state();
+            for seq in seqs {
+                let Some(mut entry) = state.unacked.remove(seq) else {
+                    continue;
+                };
+                if requeue && !state.deleted {
+                    entry.redelivered = true;
+                    let priority = self.effective_priority(&entry.message);
+                    state.ready.requeue(priority, entry);
+                } else {
+                    settle_stored(&mut state, &entry)?;
+                    dead.push(DeadLetter {
+                        message: entry.message,
+                        reason: DeathReason::Rejected,
+                    });
+                }
+            }
+        }
+        self.dead_letter(dead);
+        if requeue {
+            self.dispatch();
+        }
+        Ok(())
+    }
+
+    /// Registers a consumer.
+    ///
+    /// # Errors
+    /// [`MessagingError::AccessRefused`] when an exclusive consumer holds the
+    /// queue, or an exclusive one is asked for while others consume.
+    pub fn add_consumer(self: &Arc<Self>, consumer: ConsumerSpec) -> Result<(), MessagingError> {
+        {
+            let mut state = self.state();
+            if state.deleted {
+                return Err(MessagingError::NotFound(format!(
+                    "no queue '{}' in vhost '{}'",
+                    self.name,
+                    self.vhost_name()
+                )));
+            }
+            if state.consumers.iter().any(|c| c.exclusive)
+                || (consumer.exclusive && !state.consumers.is_empty())
+            {
+                return Err(MessagingError::AccessRefused(format!(
+                    "queue '{}' in vhost '{}' in exclusive use",
+                    self.name,
+                    self.vhost_name()
+                )));
+            }
+            // Highest priority first; equal priorities keep arrival order.
+            let at = state
+                .consumers
+                .partition_point(|c| c.priority >= consumer.priority);
+            state.consumers.insert(at, consumer);
+            state.had_consumers = true;
+            state.last_used = Instant::now();
+        }
+        self.dispatch();
+        Ok(())
+    }
+
+    /// Removes a consumer; true when the queue is auto-delete and this was
+    /// its last consumer (the caller deletes it).
+    pub fn remove_consumer(self: &Arc<Self>, channel: u64, tag: &str) -> bool {
+        let last = {
+            let mut state = self.state();
+            let before = state.consumers.len();
+            state
+                .consumers
+                .retain(|c| !(c.channel == channel && &*c.tag == tag));
+            state.last_used = Instant::now();
+            before != state.consumers.len() && state.consumers.is_empty()
+        };
+        // With a single active consumer, the next one takes over.
+        self.dispatch();
+        last && self.options.auto_delete
+    }
+
+    /// Requeues deliveries of a closed channel (or `basic.recover`).
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn requeue(self: &Arc<Self>, seqs: &[u64]) -> Result<(), MessagingError> {
+        self.reject(seqs, true)
+    }
+
+    /// `queue.purge`: drops every ready message; returns how many.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn purge(&self) -> Result<usize, MessagingError> {
+        let mut state = self.state();
+        let entries = state.ready.drain();
+        for entry in &entries {
+            settle_stored(&mut state, entry)?;
+        }
+        Ok(entries.len())
+    }
+
+    /// Marks the queue deleted and tells its consumers; returns the number
+    /// of ready messages it held.
+    pub(crate) fn mark_deleted(&self) -> usize {
+        let mut state = self.state();
+        state.deleted = true;
+        for consumer in state.consumers.drain(..) {
+            let _ = consumer.sink.send(ConsumerEvent::Cancelled {
+                channel: consumer.channel,
+                consumer_tag: consumer.tag,
+            });
+        }
+        let count = state.ready.len;
+        state.ready.drain();
+        state.unacked.clear();
+        state.store = None;
+        count
+    }
+
+    /// Writes pending settlements, expires heads, and tells whether an
+    /// `x-expires` queue has been unused long enough to be deleted.
+    pub(crate) fn maintain(self: &Arc<Self>) -> bool {
+        {
+            let mut state = self.state();
+            if let Some(store) = state.store.as_mut()
+                && let Err(error) = store.flush()
+            {
+                tracing::warn!(queue = %self.name, %error, "cannot write settlements");
+            }
+        }
+        self.dispatch();
+        let state = self.state();
+        self.args.expires.is_some_and(|ms| {
+            state.consumers.is_empty()
+                && !state.deleted
+                && state.last_used.elapsed() >= Duration::from_millis(ms)
+        })
+    }
+
+    /// Marks the queue as used (redeclared), for `x-expires`.
+    pub(crate) fn touch(&self) {
+        self.state().last_used = Instant::now();
+    }
+
+    /// Whether an exclusive queue may be used by `connection`.
+    pub fn usable_by(&self, connection: u64) -> bool {
+        self.options
+            .exclusive_owner
+            .is_none_or(|owner| owner == connection)
+    }
+
+    fn vhost_name(&self) -> String {
+        self.vhost
+            .upgrade()
+            .map_or_else(|| "/".to_owned(), |v| v.name().to_owned())
+    }
+
+    fn dead_letter(&self, dead: Vec<DeadLetter>) {
+        if dead.is_empty() {
+            return;
+        }
+        let Some(exchange) = self.args.dead_letter_exchange.as_deref() else {
+            return;
+        };
+        let Some(vhost) = self.vhost.upgrade() else {
+            return;
+        };
+        for letter in dead {
+            vhost.dead_letter(
+                &self.name,
+                exchange,
+                self.args.dead_letter_routing_key.as_deref(),
+                letter,
+            );
+        }
+    }
+
+    /// Flushes settlements before shutdown.
+    pub(crate) fn flush(&self) -> Result<(), CoreError> {
+        if let Some(store) = self.state().store.as_mut() {
+            store.flush()?;
+        }
+        Ok(())
+    }
+}
+
+fn settle_stored(state: &mut QueueState, entry: &Entry) -> Result<(), CoreError> {
+    if let (Some(store), Some(id)) = (state.store.as_mut(), entry.stored) {
+        store.settle(id)?;
+    }
+    Ok(())
+}
+
+/// Dead messages at the head of each bucket leave (RabbitMQ expires only
+/// from the head, so a long-lived message can shield one behind it).
+fn drop_expired(state: &mut QueueState, now: i64, dead: &mut Vec<DeadLetter>) {
+    loop {
+        let expired = state
+            .ready
+            .front()
+            .is_some_and(|e| e.expires_at.is_some_and(|at| at <= now));
+        if !expired {
+            break;
+        }
+        let Some(entry) = state.ready.pop_front() else {
+            break;
+        };
+        if let Err(error) = settle_stored(state, &entry) {
+            tracing::warn!(%error, "cannot record an expiry");
+        }
+        dead.push(DeadLetter {
+            message: entry.message,
+            reason: DeathReason::Expired,
+        });
+    }
+}
+
+/// Index of the consumer to deliver to next, having taken one unit of its
+/// credit; `None` when no consumer can take a message.
+fn pick_consumer(state: &mut QueueState, single_active: bool) -> Option<usize> {
+    if single_active {
+        let consumer = state.consumers.first()?;
+        return consumer.credit.try_acquire().then_some(0);
+    }
+    let count = state.consumers.len();
+    // Consumers are sorted by priority; try each priority level in turn,
+    // round robin within it.
+    let mut level_start = 0;
+    while level_start < count {
+        let priority = state.consumers.get(level_start)?.priority;
+        let level_end = state
+            .consumers
+            .iter()
+            .skip(level_start)
+            .position(|c| c.priority != priority)
+            .map_or(count, |p| level_start + p);
+        let width = level_end - level_start;
+        let offset = state.next_consumer % width;
+        for i in 0..width {
+            let index = level_start + (offset + i) % width;
+            if state.consumers.get(index)?.credit.try_acquire() {
+                state.next_consumer = (offset + i + 1) % width;
+                return Some(index);
+            }
+        }
+        level_start = level_end;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credit_respects_own_and_parent_limits() {
+        let channel = Credit::new(3, None);
+        let a = Credit::new(2, Some(Arc::clone(&channel)));
+        let b = Credit::new(0, Some(Arc::clone(&channel)));
+        assert!(a.try_acquire());
+        assert!(a.try_acquire());
+        assert!(!a.try_acquire(), "consumer limit");
+        assert!(b.try_acquire());
+        assert!(!b.try_acquire(), "channel limit");
+        a.release(1);
+        assert!(b.try_acquire());
+        channel.set_paused(true);
+        a.release(1);
+        assert!(!a.try_acquire(), "paused channel");
+    }
+
+    #[test]
+    fn queue_arguments_are_checked_with_rabbitmq_errors() {
+        let mut table = FieldTable::default();
+        table.insert("x-max-length".into(), AMQPValue::LongInt(-1));
+        let error = QueueArgs::parse("q", "/", &table).expect_err("negative");
+        assert_eq!(
+            error.to_string(),
+            "invalid arg 'x-max-length' for queue 'q' in vhost '/': {value_negative,-1}"
+        );
+        let mut table = FieldTable::default();
+        table.insert("x-max-priority".into(), AMQPValue::LongInt(256));
+        assert!(QueueArgs::parse("q", "/", &table).is_err());
+        let mut table = FieldTable::default();
+        table.insert(
+            "x-overflow".into(),
+            AMQPValue::LongString("reject-publish".into()),
+        );
+        table.insert("x-message-ttl".into(), AMQPValue::ShortShortUInt(5));
+        let args = QueueArgs::parse("q", "/", &table).expect("valid");
+        assert_eq!(args.overflow, Overflow::RejectPublish);
+        assert_eq!(args.message_ttl, Some(5));
+    }
+}
