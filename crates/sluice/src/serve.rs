@@ -7,7 +7,7 @@ use std::io::IsTerminal as _;
 use anyhow::Context as _;
 use std::sync::Arc;
 
-use sluice_config::{Config, DurabilityMode, KafkaConfig, LogFormat, LogSettings};
+use sluice_config::{AmqpConfig, Config, DurabilityMode, KafkaConfig, LogFormat, LogSettings};
 use sluice_core::{Broker, BrokerOptions};
 use sluice_kafka::KafkaOptions;
 use sluice_log::{Durability, LogConfig};
@@ -49,6 +49,7 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         log: log_config(&config.log)?,
         auto_create_topics: config.kafka.auto_create_topics,
         default_partitions: config.kafka.default_partitions,
+        vhosts: vec!["/".to_owned()],
     };
     let broker = tokio::task::spawn_blocking(move || Broker::open(options))
         .await
@@ -59,6 +60,7 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
 
     let (stop, stopped) = watch::channel(false);
     let kafka = start_kafka(&config.kafka, Arc::clone(&broker), stopped.clone()).await?;
+    let amqp = start_amqp(&config.amqp, Arc::clone(&broker), stopped.clone()).await?;
 
     let signal_name = tokio::select! {
         _ = terminate.recv() => "SIGTERM",
@@ -69,6 +71,7 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     // logs close only after that, so no acknowledged append is cut short.
     let _ = stop.send(true);
     let _ = kafka.await;
+    let _ = amqp.await;
     tokio::time::sleep(SHUTDOWN_GRACE).await;
     let broker = Arc::try_unwrap(broker).map_err(|_| {
         anyhow::anyhow!("connections still hold the broker after shutdown; logs were not closed")
@@ -126,6 +129,30 @@ async fn start_kafka(
     };
     Ok(tokio::spawn(sluice_kafka::serve(
         listener, broker, options, stopped,
+    )))
+}
+
+/// Binds the AMQP listener and serves it in a task.
+async fn start_amqp(
+    config: &AmqpConfig,
+    broker: Arc<Broker>,
+    stopped: watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(config.listen.as_str())
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen for AMQP on {} (amqp.listen)",
+                config.listen.as_str()
+            )
+        })?;
+    let bound = listener.local_addr().context("amqp listener address")?;
+    info!(listen = %bound, "amqp listening");
+    Ok(tokio::spawn(sluice_amqp::serve(
+        listener,
+        broker,
+        sluice_amqp::AmqpOptions::default(),
+        stopped,
     )))
 }
 

@@ -1,0 +1,511 @@
+//! One AMQP channel: content assembly for `basic.publish`, delivery tags,
+//! consumers, prefetch credit, publisher confirms and transactions.
+//!
+//! Owned and mutated only by its connection's task. Methods of the
+//! `exchange`, `queue` and `basic` classes are handled in `handlers/`.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use amq_protocol::frame::AMQPContentHeader;
+use amq_protocol::protocol::{AMQPClass, BasicProperties, basic, confirm};
+use bytes::{Bytes, BytesMut};
+use sluice_core::messaging::{ConsumerEvent, Credit, Message, PendingSync, Queue, VirtualHost};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::errors::{AmqpError, PRECONDITION_FAILED, UNEXPECTED_FRAME};
+use crate::frames;
+
+/// Largest message body accepted (RabbitMQ's default `max_message_size`).
+pub(crate) const MAX_MESSAGE_BYTES: u64 = 128 << 20;
+/// Deliveries a no-ack consumer may have queued toward the socket.
+pub(crate) const NO_ACK_WINDOW: u32 = 2000;
+
+/// What the connection gives a channel while it handles a frame.
+#[derive(Debug)]
+pub(crate) struct Context<'a> {
+    pub(crate) connection: u64,
+    pub(crate) vhost: &'a Arc<VirtualHost>,
+    pub(crate) out: &'a mut BytesMut,
+    pub(crate) frame_max: usize,
+    pub(crate) events: &'a UnboundedSender<ConsumerEvent>,
+    /// Queues to dispatch once the current burst of frames is handled.
+    pub(crate) dispatch: &'a mut Vec<Arc<Queue>>,
+}
+
+impl Context<'_> {
+    pub(crate) fn reply(&mut self, channel: u16, method: AMQPClass) {
+        frames::put_method(self.out, channel, method);
+    }
+
+    pub(crate) fn dispatch_later(&mut self, queue: &Arc<Queue>) {
+        if !self.dispatch.iter().any(|q| Arc::ptr_eq(q, queue)) {
+            self.dispatch.push(Arc::clone(queue));
+        }
+    }
+}
+
+#[derive(Debug)]
+struct PendingPublish {
+    method: basic::Publish,
+    properties: BasicProperties,
+    body_size: u64,
+    body: BytesMut,
+    header_seen: bool,
+}
+
+#[derive(Debug)]
+pub(crate) struct Consumer {
+    pub(crate) queue: Arc<Queue>,
+    pub(crate) no_ack: bool,
+    pub(crate) credit: Arc<Credit>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Unacked {
+    pub(crate) queue: Arc<Queue>,
+    pub(crate) seq: u64,
+    /// Consumer credit to return on settlement (none for `basic.get`).
+    pub(crate) credit: Option<Arc<Credit>>,
+}
+
+/// Publisher confirms in flight, in tag order.
+#[derive(Debug, Default)]
+pub(crate) struct Confirms {
+    next_tag: u64,
+    open: Option<ConfirmBatch>,
+    waiting: VecDeque<ConfirmBatch>,
+    next_batch: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct ConfirmBatch {
+    pub(crate) id: u64,
+    first: u64,
+    last: u64,
+    nacks: Vec<u64>,
+    pub(crate) syncs: Vec<PendingSync>,
+    done: bool,
+    failed: bool,
+}
+
+/// A buffered action of a transactional channel (`tx.select`).
+#[derive(Debug)]
+pub(crate) enum TxAction {
+    Publish(Box<(basic::Publish, Message)>),
+    Ack(u64, bool),
+    Reject(u64, bool, bool),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum ChannelState {
+    Open,
+    /// The server sent `channel.close` and waits for `close-ok`.
+    Closing,
+}
+
+#[derive(Debug)]
+pub(crate) struct Channel {
+    pub(crate) id: u16,
+    /// Unique in the broker: connection id and channel id.
+    pub(crate) key: u64,
+    pub(crate) state: ChannelState,
+    pending: Option<PendingPublish>,
+    pub(crate) next_delivery_tag: u64,
+    pub(crate) unacked: BTreeMap<u64, Unacked>,
+    pub(crate) consumers: HashMap<Arc<str>, Consumer>,
+    /// `basic.qos` prefetch for consumers created from now on.
+    pub(crate) prefetch: u16,
+    /// Channel-wide credit: global `basic.qos` and `channel.flow`.
+    pub(crate) channel_credit: Arc<Credit>,
+    pub(crate) confirms: Option<Confirms>,
+    pub(crate) tx: Option<Vec<TxAction>>,
+}
+
+impl Channel {
+    pub(crate) fn new(id: u16, connection: u64) -> Channel {
+        Channel {
+            id,
+            key: (connection << 16) | u64::from(id),
+            state: ChannelState::Open,
+            pending: None,
+            next_delivery_tag: 1,
+            unacked: BTreeMap::new(),
+            consumers: HashMap::new(),
+            prefetch: 0,
+            channel_credit: Credit::new(0, None),
+            confirms: None,
+            tx: None,
+        }
+    }
+
+    /// Whether a publish waits for its content frames.
+    pub(crate) fn expects_content(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    pub(crate) fn start_publish(&mut self, method: basic::Publish) {
+        self.pending = Some(PendingPublish {
+            method,
+            properties: BasicProperties::default(),
+            body_size: 0,
+            body: BytesMut::new(),
+            header_seen: false,
+        });
+    }
+
+    /// A content header arrived; returns a complete publish when the body is empty.
+    pub(crate) fn content_header(
+        &mut self,
+        header: AMQPContentHeader,
+    ) -> Result<Option<(basic::Publish, Message)>, AmqpError> {
+        let Some(pending) = self.pending.as_mut() else {
+            return Err(AmqpError::connection(
+                UNEXPECTED_FRAME,
+                format!(
+                    "expected method frame, got content header on channel {}",
+                    self.id
+                ),
+            ));
+        };
+        if pending.header_seen {
+            return Err(AmqpError::connection(
+                UNEXPECTED_FRAME,
+                "expected content body, got content header",
+            ));
+        }
+        if header.class_id != 60 {
+            return Err(AmqpError::connection(
+                UNEXPECTED_FRAME,
+                format!("content header for class {}, expected 60", header.class_id),
+            ));
+        }
+        if header.body_size > MAX_MESSAGE_BYTES {
+            self.pending = None;
+            return Err(AmqpError::channel(
+                PRECONDITION_FAILED,
+                format!(
+                    "message size {} is larger than configured max size {MAX_MESSAGE_BYTES}",
+                    header.body_size
+                ),
+            )
+            .during(60, 40));
+        }
+        pending.header_seen = true;
+        pending.properties = header.properties;
+        pending.body_size = header.body_size;
+        pending
+            .body
+            .reserve(usize::try_from(header.body_size).unwrap_or(0));
+        Ok(self.complete_if_done())
+    }
+
+    /// A body frame arrived; returns a complete publish once all of it is here.
+    pub(crate) fn content_body(
+        &mut self,
+        body: Bytes,
+    ) -> Result<Option<(basic::Publish, Message)>, AmqpError> {
+        let Some(pending) = self.pending.as_mut().filter(|p| p.header_seen) else {
+            return Err(AmqpError::connection(
+                UNEXPECTED_FRAME,
+                format!(
+                    "expected method frame, got content body on channel {}",
+                    self.id
+                ),
+            ));
+        };
+        if pending.body.len() as u64 + body.len() as u64 > pending.body_size {
+            return Err(AmqpError::connection(
+                UNEXPECTED_FRAME,
+                "content body exceeds the size in its header",
+            ));
+        }
+        pending.body.extend_from_slice(&body);
+        Ok(self.complete_if_done())
+    }
+
+    fn complete_if_done(&mut self) -> Option<(basic::Publish, Message)> {
+        let done = self
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.header_seen && p.body.len() as u64 == p.body_size);
+        if !done {
+            return None;
+        }
+        let pending = self.pending.take()?;
+        let message = Message {
+            exchange: pending.method.exchange.clone(),
+            routing_key: pending.method.routing_key.clone(),
+            properties: pending.properties,
+            body: pending.body.freeze(),
+        };
+        Some((pending.method, message))
+    }
+
+    /// Records a delivery and returns its tag.
+    pub(crate) fn track_delivery(&mut self, unacked: Option<Unacked>) -> u64 {
+        let tag = self.next_delivery_tag;
+        self.next_delivery_tag += 1;
+        if let Some(unacked) = unacked {
+            self.unacked.insert(tag, unacked);
+        }
+        tag
+    }
+
+    /// Removes the deliveries a `basic.ack`/`nack`/`reject` names.
+    ///
+    /// # Errors
+    /// PRECONDITION_FAILED for an unknown delivery tag (RabbitMQ's
+    /// "unknown delivery tag").
+    pub(crate) fn take_unacked(
+        &mut self,
+        tag: u64,
+        multiple: bool,
+    ) -> Result<Vec<Unacked>, AmqpError> {
+        if multiple {
+            if tag == 0 {
+                return Ok(std::mem::take(&mut self.unacked).into_values().collect());
+            }
+            if tag >= self.next_delivery_tag {
+                return Err(unknown_tag(tag));
+            }
+            let rest = self.unacked.split_off(&(tag + 1));
+            let taken = std::mem::replace(&mut self.unacked, rest);
+            return Ok(taken.into_values().collect());
+        }
+        self.unacked
+            .remove(&tag)
+            .map(|u| vec![u])
+            .ok_or_else(|| unknown_tag(tag))
+    }
+
+    /// Settles deliveries: positive, or negative with or without requeue.
+    pub(crate) fn settle(
+        ctx: &mut Context<'_>,
+        taken: Vec<Unacked>,
+        outcome: Settlement,
+    ) -> Result<(), AmqpError> {
+        // Group by queue to settle each queue's messages in one call.
+        let mut groups: Vec<(Arc<Queue>, Vec<u64>)> = Vec::new();
+        for unacked in taken {
+            if let Some(credit) = &unacked.credit {
+                credit.release(1);
+            }
+            match groups
+                .iter_mut()
+                .find(|(q, _)| Arc::ptr_eq(q, &unacked.queue))
+            {
+                Some((_, seqs)) => seqs.push(unacked.seq),
+                None => groups.push((unacked.queue, vec![unacked.seq])),
+            }
+        }
+        for (queue, seqs) in groups {
+            match outcome {
+                Settlement::Ack => {
+                    for seq in &seqs {
+                        queue.ack(*seq)?;
+                    }
+                }
+                Settlement::Reject { requeue } => queue.reject(&seqs, requeue)?,
+            }
+            ctx.dispatch_later(&queue);
+        }
+        Ok(())
+    }
+
+    /// Tears the channel down: consumers leave their queues, unsettled
+    /// deliveries go back (RabbitMQ requeues them on channel close).
+    pub(crate) fn close(&mut self, vhost: &VirtualHost) {
+        self.pending = None;
+        for (tag, consumer) in std::mem::take(&mut self.consumers) {
+            if consumer.queue.remove_consumer(self.key, &tag)
+                && let Err(error) = vhost.auto_delete_queue(&consumer.queue)
+            {
+                tracing::warn!(queue = consumer.queue.name(), %error, "cannot auto-delete a queue");
+            }
+        }
+        let taken: Vec<Unacked> = std::mem::take(&mut self.unacked).into_values().collect();
+        let mut groups: Vec<(Arc<Queue>, Vec<u64>)> = Vec::new();
+        for unacked in taken {
+            if let Some(credit) = &unacked.credit {
+                credit.release(1);
+            }
+            match groups
+                .iter_mut()
+                .find(|(q, _)| Arc::ptr_eq(q, &unacked.queue))
+            {
+                Some((_, seqs)) => seqs.push(unacked.seq),
+                None => groups.push((unacked.queue, vec![unacked.seq])),
+            }
+        }
+        for (queue, seqs) in groups {
+            if let Err(error) = queue.requeue(&seqs) {
+                tracing::warn!(queue = queue.name(), %error, "cannot requeue on channel close");
+            }
+        }
+    }
+}
+
+/// How deliveries are settled.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Settlement {
+    Ack,
+    Reject { requeue: bool },
+}
+
+fn unknown_tag(tag: u64) -> AmqpError {
+    AmqpError::channel(PRECONDITION_FAILED, format!("unknown delivery tag {tag}"))
+}
+
+impl Confirms {
+    pub(crate) fn new() -> Confirms {
+        Confirms {
+            next_tag: 1,
+            ..Confirms::default()
+        }
+    }
+
+    /// Registers a publish; returns its confirm tag.
+    pub(crate) fn published(&mut self, syncs: Vec<PendingSync>, rejected: bool) -> u64 {
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        let id = self.next_batch;
+        let batch = self.open.get_or_insert_with(|| ConfirmBatch {
+            id,
+            first: tag,
+            last: tag,
+            nacks: Vec::new(),
+            syncs: Vec::new(),
+            done: false,
+            failed: false,
+        });
+        batch.last = tag;
+        if rejected {
+            batch.nacks.push(tag);
+        }
+        for sync in syncs {
+            match batch.syncs.iter_mut().find(|s| s.same_log(&sync)) {
+                Some(existing) => *existing = existing.clone().max(sync),
+                None => batch.syncs.push(sync),
+            }
+        }
+        tag
+    }
+
+    /// Closes the open batch at the end of a burst of frames; returns the
+    /// syncs to wait for (with the batch id) if there are any.
+    pub(crate) fn seal(&mut self) -> Option<(u64, Vec<PendingSync>)> {
+        let mut batch = self.open.take()?;
+        self.next_batch += 1;
+        let syncs = std::mem::take(&mut batch.syncs);
+        let id = batch.id;
+        batch.done = syncs.is_empty();
+        self.waiting.push_back(batch);
+        (!syncs.is_empty()).then_some((id, syncs))
+    }
+
+    /// Marks a batch's syncs finished.
+    pub(crate) fn finished(&mut self, id: u64, ok: bool) {
+        if let Some(batch) = self.waiting.iter_mut().find(|b| b.id == id) {
+            batch.done = true;
+            batch.failed = !ok;
+        }
+    }
+
+    /// Writes `basic.ack`/`basic.nack` for every finished batch at the front.
+    pub(crate) fn emit(&mut self, channel: u16, out: &mut BytesMut) {
+        while self.waiting.front().is_some_and(|b| b.done) {
+            let Some(batch) = self.waiting.pop_front() else {
+                break;
+            };
+            if batch.nacks.is_empty() && !batch.failed {
+                frames::put_method(
+                    out,
+                    channel,
+                    AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
+                        delivery_tag: batch.last,
+                        multiple: batch.last > batch.first,
+                    })),
+                );
+                continue;
+            }
+            for tag in batch.first..=batch.last {
+                let method = if batch.failed || batch.nacks.contains(&tag) {
+                    basic::AMQPMethod::Nack(basic::Nack {
+                        delivery_tag: tag,
+                        multiple: false,
+                        requeue: false,
+                    })
+                } else {
+                    basic::AMQPMethod::Ack(basic::Ack {
+                        delivery_tag: tag,
+                        multiple: false,
+                    })
+                };
+                frames::put_method(out, channel, AMQPClass::Basic(method));
+            }
+        }
+    }
+}
+
+/// `confirm.select`.
+pub(crate) fn confirm_select(
+    ctx: &mut Context<'_>,
+    channel: &mut Channel,
+    method: confirm::Select,
+) -> Result<(), AmqpError> {
+    if channel.tx.is_some() {
+        return Err(AmqpError::channel(
+            PRECONDITION_FAILED,
+            "cannot switch from tx to confirm mode",
+        )
+        .during(85, 10));
+    }
+    if channel.confirms.is_none() {
+        channel.confirms = Some(Confirms::new());
+    }
+    if !method.nowait {
+        ctx.reply(
+            channel.id,
+            AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})),
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn confirms_ack_contiguous_batches_with_multiple() {
+        let mut confirms = Confirms::new();
+        assert_eq!(confirms.published(Vec::new(), false), 1);
+        assert_eq!(confirms.published(Vec::new(), false), 2);
+        assert!(confirms.seal().is_none());
+        confirms.published(Vec::new(), true);
+        assert!(confirms.seal().is_none());
+        let mut out = BytesMut::new();
+        confirms.emit(1, &mut out);
+        let mut methods = Vec::new();
+        while let Some(frames::Frame::Method(_, class)) =
+            frames::parse(&mut out, 1 << 20).expect("valid")
+        {
+            methods.push(*class);
+        }
+        assert_eq!(
+            methods,
+            vec![
+                AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
+                    delivery_tag: 2,
+                    multiple: true
+                })),
+                AMQPClass::Basic(basic::AMQPMethod::Nack(basic::Nack {
+                    delivery_tag: 3,
+                    multiple: false,
+                    requeue: false
+                })),
+            ]
+        );
+    }
+}

@@ -1,0 +1,1026 @@
+//! One AMQP connection: the handshake (protocol header, start, tune, open),
+//! then a loop that reads frames, hands them to channels, writes deliveries
+//! from queues and publisher confirms, and keeps heartbeats.
+//!
+//! A separate task writes to the socket so that a client that stops
+//! reading never stops this task from reading (a publisher blocked on its
+//! own send would otherwise deadlock with us).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use amq_protocol::protocol::{AMQPClass, channel as channel_class, connection, tx};
+use amq_protocol::types::parsing::parse_field_table;
+use amq_protocol::types::{AMQPValue, FieldTable, LongString};
+use bytes::{Bytes, BytesMut};
+use sluice_core::Broker;
+use sluice_core::messaging::{ConsumerEvent, Queue, VirtualHost};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::channel::{Channel, ChannelState, Context, Settlement, TxAction, confirm_select};
+use crate::errors::{
+    ACCESS_REFUSED, AmqpError, CHANNEL_ERROR, COMMAND_INVALID, CONNECTION_FORCED, NOT_ALLOWED,
+    PRECONDITION_FAILED, Scope, UNEXPECTED_FRAME,
+};
+use crate::frames::{self, Frame};
+use crate::handlers;
+use crate::listener::AmqpOptions;
+
+const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
+/// The handshake must finish within this.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a closing side waits for the peer's close-ok.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Frame size allowed before tune-ok (AMQP's frame-min-size is 4096; a
+/// start-ok with many client properties can exceed it, so be generous).
+const HANDSHAKE_FRAME_MAX: usize = 131_072;
+
+/// Why a connection ended.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConnectionError {
+    #[error("socket error")]
+    Io(#[from] std::io::Error),
+    #[error("client sent protocol header {0:?}, not AMQP 0-9-1")]
+    BadHeader(Vec<u8>),
+    #[error("handshake timed out")]
+    HandshakeTimeout,
+    #[error("closed by the broker: {0}")]
+    Closed(String),
+    #[error("missed heartbeats from client, timeout: {0}s")]
+    MissedHeartbeats(u16),
+    #[error("client closed the connection during the handshake")]
+    HandshakeEof,
+}
+
+struct ConfirmDone {
+    channel: u16,
+    batch: u64,
+    ok: bool,
+}
+
+/// State of one connection, owned by its task.
+pub(crate) struct Connection {
+    id: u64,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    options: Arc<AmqpOptions>,
+    frame_max: usize,
+    channel_max: u16,
+    heartbeat: u16,
+    vhost: Option<Arc<VirtualHost>>,
+    channels: HashMap<u16, Channel>,
+    out: BytesMut,
+    dispatch: Vec<Arc<Queue>>,
+    events_tx: mpsc::UnboundedSender<ConsumerEvent>,
+    confirms_tx: mpsc::UnboundedSender<ConfirmDone>,
+    /// Set once the server sent `connection.close`.
+    closing: Option<AmqpError>,
+    /// Set when the connection is finished (close-ok exchanged).
+    done: bool,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("id", &self.id)
+            .field("peer", &self.peer)
+            .field("channels", &self.channels.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    pub(crate) async fn run(
+        id: u64,
+        stream: TcpStream,
+        peer: SocketAddr,
+        broker: Arc<Broker>,
+        options: Arc<AmqpOptions>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<(), ConnectionError> {
+        let (reader, writer) = stream.into_split();
+        let (write_tx, write_rx) = mpsc::channel::<Bytes>(64);
+        let writer_task = tokio::spawn(write_loop(writer, write_rx));
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let (confirms_tx, confirms_rx) = mpsc::unbounded_channel();
+        let mut connection = Connection {
+            id,
+            peer,
+            broker,
+            frame_max: options.frame_max as usize,
+            channel_max: options.channel_max,
+            heartbeat: options.heartbeat,
+            options,
+            vhost: None,
+            channels: HashMap::new(),
+            out: BytesMut::with_capacity(64 << 10),
+            dispatch: Vec::new(),
+            events_tx,
+            confirms_tx,
+            closing: None,
+            done: false,
+        };
+        let mut reader = Reader {
+            half: reader,
+            buf: BytesMut::with_capacity(64 << 10),
+        };
+        let result = connection
+            .serve(&mut reader, &write_tx, events_rx, confirms_rx, shutdown)
+            .await;
+        connection.teardown();
+        drop(write_tx);
+        let _ = writer_task.await;
+        result
+    }
+
+    async fn serve(
+        &mut self,
+        reader: &mut Reader,
+        write_tx: &mpsc::Sender<Bytes>,
+        mut events_rx: mpsc::UnboundedReceiver<ConsumerEvent>,
+        mut confirms_rx: mpsc::UnboundedReceiver<ConfirmDone>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), ConnectionError> {
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.handshake(reader, write_tx)).await {
+            Err(_) => return Err(ConnectionError::HandshakeTimeout),
+            Ok(Err(error)) => return Err(error),
+            Ok(Ok(false)) => return self.finish_close(reader, write_tx).await,
+            Ok(Ok(true)) => {}
+        }
+        let period = if self.heartbeat == 0 {
+            Duration::from_secs(3600)
+        } else {
+            Duration::from_millis(u64::from(self.heartbeat) * 500)
+        };
+        let mut heartbeat = tokio::time::interval_at(Instant::now() + period, period);
+        let mut last_read = Instant::now();
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => {
+                    self.close_connection(AmqpError::connection(
+                        CONNECTION_FORCED,
+                        "broker forced connection closure with reason 'shutdown'",
+                    ));
+                }
+                read = reader.fill() => {
+                    if read? == 0 {
+                        return Ok(());
+                    }
+                    last_read = Instant::now();
+                    loop {
+                        match frames::parse(&mut reader.buf, self.frame_max) {
+                            Ok(Some(frame)) => self.frame(frame).await,
+                            Ok(None) => break,
+                            Err(error) => {
+                                self.close_connection(error);
+                                break;
+                            }
+                        }
+                        if self.closing.is_some() || self.done {
+                            break;
+                        }
+                    }
+                }
+                Some(event) = events_rx.recv() => {
+                    self.event(event);
+                    for _ in 0..1024 {
+                        match events_rx.try_recv() {
+                            Ok(event) => self.event(event),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Some(done) = confirms_rx.recv() => {
+                    self.confirm_done(done);
+                    while let Ok(done) = confirms_rx.try_recv() {
+                        self.confirm_done(done);
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    if self.heartbeat != 0 {
+                        if last_read.elapsed() > Duration::from_secs(u64::from(self.heartbeat) * 2) {
+                            return Err(ConnectionError::MissedHeartbeats(self.heartbeat));
+                        }
+                        frames::put_heartbeat(&mut self.out);
+                    }
+                }
+            }
+            self.end_of_burst();
+            if !self.out.is_empty() && write_tx.send(self.out.split().freeze()).await.is_err() {
+                return Ok(());
+            }
+            if self.done {
+                return Ok(());
+            }
+            if self.closing.is_some() {
+                return self.finish_close(reader, write_tx).await;
+            }
+        }
+    }
+
+    /// Waits for the client's close-ok after the server closed.
+    async fn finish_close(
+        &mut self,
+        reader: &mut Reader,
+        write_tx: &mpsc::Sender<Bytes>,
+    ) -> Result<(), ConnectionError> {
+        if !self.out.is_empty() {
+            let _ = write_tx.send(self.out.split().freeze()).await;
+        }
+        let reason = self
+            .closing
+            .as_ref()
+            .map_or_else(String::new, |e| e.text.clone());
+        let wait = async {
+            loop {
+                match frames::parse(&mut reader.buf, HANDSHAKE_FRAME_MAX.max(self.frame_max)) {
+                    Ok(Some(Frame::Method(0, class))) => {
+                        if matches!(
+                            *class,
+                            AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))
+                                | AMQPClass::Connection(connection::AMQPMethod::Close(_))
+                        ) {
+                            return;
+                        }
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => match reader.fill().await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    },
+                    Err(_) => return,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, wait).await;
+        Err(ConnectionError::Closed(reason))
+    }
+
+    /// Runs start/start-ok, tune/tune-ok and open. False when the server
+    /// refused the client (a connection.close is queued in `out`).
+    async fn handshake(
+        &mut self,
+        reader: &mut Reader,
+        write_tx: &mpsc::Sender<Bytes>,
+    ) -> Result<bool, ConnectionError> {
+        while reader.buf.len() < 8 {
+            if reader.fill().await? == 0 {
+                return Err(ConnectionError::HandshakeEof);
+            }
+        }
+        let header = reader.buf.split_to(8);
+        if &header[..] != PROTOCOL_HEADER {
+            // AMQP 0-9-1 §4.2.2: answer with the header we support, then close.
+            let _ = write_tx.send(Bytes::from_static(PROTOCOL_HEADER)).await;
+            return Err(ConnectionError::BadHeader(header.to_vec()));
+        }
+        frames::put_method(
+            &mut self.out,
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Start(connection::Start {
+                version_major: 0,
+                version_minor: 9,
+                server_properties: server_properties(),
+                mechanisms: LongString::from("PLAIN AMQPLAIN"),
+                locales: LongString::from("en_US"),
+            })),
+        );
+        self.flush(write_tx).await;
+
+        let start_ok = match self.handshake_method(reader).await? {
+            AMQPClass::Connection(connection::AMQPMethod::StartOk(m)) => m,
+            other => return Ok(self.handshake_unexpected(&other)),
+        };
+        let Some(user) = self.authenticate(&start_ok) else {
+            self.closing = Some(AmqpError::connection(
+                ACCESS_REFUSED,
+                format!(
+                    "Login was refused using authentication mechanism {}. For details see the broker logfile.",
+                    start_ok.mechanism.as_str()
+                ),
+            ));
+            tracing::warn!(peer = %self.peer, mechanism = start_ok.mechanism.as_str(), "AMQP login refused");
+            self.queue_close();
+            return Ok(false);
+        };
+        frames::put_method(
+            &mut self.out,
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Tune(connection::Tune {
+                channel_max: self.channel_max,
+                frame_max: self.options.frame_max,
+                heartbeat: self.options.heartbeat,
+            })),
+        );
+        self.flush(write_tx).await;
+
+        let tune_ok = match self.handshake_method(reader).await? {
+            AMQPClass::Connection(connection::AMQPMethod::TuneOk(m)) => m,
+            other => return Ok(self.handshake_unexpected(&other)),
+        };
+        if tune_ok.frame_max != 0 && tune_ok.frame_max < 4096 {
+            self.closing = Some(AmqpError::connection(
+                NOT_ALLOWED,
+                format!("frame_max={} < 4096 min size", tune_ok.frame_max),
+            ));
+            self.queue_close();
+            return Ok(false);
+        }
+        if tune_ok.frame_max > self.options.frame_max {
+            self.closing = Some(AmqpError::connection(
+                NOT_ALLOWED,
+                format!(
+                    "frame_max={} > {} max size",
+                    tune_ok.frame_max, self.options.frame_max
+                ),
+            ));
+            self.queue_close();
+            return Ok(false);
+        }
+        if tune_ok.frame_max != 0 {
+            self.frame_max = tune_ok.frame_max as usize;
+        }
+        if tune_ok.channel_max != 0 {
+            self.channel_max = tune_ok.channel_max.min(self.options.channel_max);
+        }
+        self.heartbeat = tune_ok.heartbeat;
+
+        let open = match self.handshake_method(reader).await? {
+            AMQPClass::Connection(connection::AMQPMethod::Open(m)) => m,
+            other => return Ok(self.handshake_unexpected(&other)),
+        };
+        let Some(vhost) = self.broker.vhosts().get(open.virtual_host.as_str()) else {
+            self.closing = Some(AmqpError::connection(
+                NOT_ALLOWED,
+                format!("vhost {} not found", open.virtual_host.as_str()),
+            ));
+            self.queue_close();
+            return Ok(false);
+        };
+        tracing::debug!(user = %user, vhost = vhost.name(), heartbeat = self.heartbeat, frame_max = self.frame_max, "AMQP connection open");
+        self.vhost = Some(vhost);
+        frames::put_method(
+            &mut self.out,
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})),
+        );
+        self.flush(write_tx).await;
+        Ok(true)
+    }
+
+    fn handshake_unexpected(&mut self, class: &AMQPClass) -> bool {
+        self.closing = Some(
+            AmqpError::connection(
+                COMMAND_INVALID,
+                format!(
+                    "unexpected method {}.{} during the handshake",
+                    class.get_amqp_class_id(),
+                    class.get_amqp_method_id()
+                ),
+            )
+            .during(class.get_amqp_class_id(), class.get_amqp_method_id()),
+        );
+        self.queue_close();
+        false
+    }
+
+    async fn handshake_method(
+        &mut self,
+        reader: &mut Reader,
+    ) -> Result<AMQPClass, ConnectionError> {
+        loop {
+            match frames::parse(&mut reader.buf, HANDSHAKE_FRAME_MAX) {
+                Ok(Some(Frame::Method(0, class))) => return Ok(*class),
+                Ok(Some(Frame::Heartbeat)) => continue,
+                Ok(Some(_)) => {
+                    return Err(ConnectionError::Closed(
+                        "unexpected frame during the handshake".to_owned(),
+                    ));
+                }
+                Ok(None) => {
+                    if reader.fill().await? == 0 {
+                        return Err(ConnectionError::HandshakeEof);
+                    }
+                }
+                Err(error) => return Err(ConnectionError::Closed(error.text)),
+            }
+        }
+    }
+
+    /// Checks start-ok's credentials; returns the user name.
+    fn authenticate(&self, start_ok: &connection::StartOk) -> Option<String> {
+        let response = start_ok.response.as_bytes();
+        let (user, password) = match start_ok.mechanism.as_str() {
+            "PLAIN" => {
+                // authzid NUL authcid NUL password (RFC 4616).
+                let mut parts = response.split(|b| *b == 0);
+                let _authzid = parts.next()?;
+                let user = String::from_utf8(parts.next()?.to_vec()).ok()?;
+                let password = String::from_utf8(parts.next()?.to_vec()).ok()?;
+                (user, password)
+            }
+            "AMQPLAIN" => {
+                // A field table without its length prefix (RabbitMQ's AMQPLAIN).
+                let mut framed = Vec::with_capacity(response.len() + 4);
+                framed.extend_from_slice(&u32::try_from(response.len()).ok()?.to_be_bytes());
+                framed.extend_from_slice(response);
+                let (_, table) = parse_field_table(&framed[..]).ok()?;
+                let text = |key: &str| {
+                    table
+                        .inner()
+                        .get(key)
+                        .and_then(sluice_core::messaging::string_value)
+                };
+                (text("LOGIN")?, text("PASSWORD")?)
+            }
+            _ => return None,
+        };
+        let known = self
+            .options
+            .users
+            .iter()
+            .find(|u| u.name == user && u.password == password)?;
+        if known.loopback_only && !self.peer.ip().is_loopback() {
+            tracing::warn!(peer = %self.peer, user = %user, "user may connect only from loopback");
+            return None;
+        }
+        Some(user)
+    }
+
+    async fn flush(&mut self, write_tx: &mpsc::Sender<Bytes>) {
+        if !self.out.is_empty() {
+            let _ = write_tx.send(self.out.split().freeze()).await;
+        }
+    }
+
+    fn queue_close(&mut self) {
+        if let Some(error) = &self.closing {
+            frames::put_method(
+                &mut self.out,
+                0,
+                AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+                    reply_code: error.code,
+                    reply_text: error.reply_text().into(),
+                    class_id: error.class_id,
+                    method_id: error.method_id,
+                })),
+            );
+        }
+    }
+
+    /// Server-initiated connection close: channels are torn down and only
+    /// close-ok is awaited from now on.
+    fn close_connection(&mut self, error: AmqpError) {
+        if self.closing.is_some() {
+            return;
+        }
+        tracing::info!(code = error.code, reason = %error.text, "closing AMQP connection");
+        self.teardown();
+        self.closing = Some(error);
+        self.queue_close();
+    }
+
+    fn close_channel(&mut self, id: u16, error: AmqpError) {
+        tracing::debug!(channel = id, code = error.code, reason = %error.text, "closing AMQP channel");
+        if let (Some(channel), Some(vhost)) = (self.channels.get_mut(&id), self.vhost.as_ref()) {
+            channel.close(vhost);
+            channel.state = ChannelState::Closing;
+        }
+        frames::put_method(
+            &mut self.out,
+            id,
+            AMQPClass::Channel(channel_class::AMQPMethod::Close(channel_class::Close {
+                reply_code: error.code,
+                reply_text: error.reply_text().into(),
+                class_id: error.class_id,
+                method_id: error.method_id,
+            })),
+        );
+    }
+
+    fn fail(&mut self, channel: u16, error: AmqpError) {
+        match error.scope {
+            Scope::Channel if channel != 0 => self.close_channel(channel, error),
+            _ => self.close_connection(error),
+        }
+    }
+
+    /// Releases everything the connection holds in the core.
+    fn teardown(&mut self) {
+        if let Some(vhost) = self.vhost.clone() {
+            for (_, mut channel) in self.channels.drain() {
+                channel.close(&vhost);
+            }
+            self.broker.vhosts().connection_closed(self.id);
+        }
+    }
+
+    async fn frame(&mut self, frame: Frame) {
+        if self.closing.is_some() {
+            return;
+        }
+        let (channel, result) = match frame {
+            Frame::Heartbeat => (0, Ok(())),
+            Frame::Method(0, class) => (0, self.connection_method(*class)),
+            Frame::Method(id, class) => (id, self.channel_method(id, *class).await),
+            Frame::Header(0, _) | Frame::Body(0, _) => (
+                0,
+                Err(AmqpError::connection(
+                    UNEXPECTED_FRAME,
+                    "content frame on channel 0",
+                )),
+            ),
+            Frame::Header(id, header) => (id, self.content(id, |ch| ch.content_header(*header))),
+            Frame::Body(id, body) => (id, self.content(id, |ch| ch.content_body(body))),
+        };
+        if let Err(error) = result {
+            self.fail(channel, error);
+        }
+    }
+
+    fn connection_method(&mut self, class: AMQPClass) -> Result<(), AmqpError> {
+        match class {
+            AMQPClass::Connection(connection::AMQPMethod::Close(close)) => {
+                tracing::debug!(
+                    code = close.reply_code,
+                    text = close.reply_text.as_str(),
+                    "client closed the connection"
+                );
+                self.teardown();
+                frames::put_method(
+                    &mut self.out,
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
+                );
+                self.done = true;
+                Ok(())
+            }
+            AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)) => {
+                self.done = true;
+                Ok(())
+            }
+            AMQPClass::Connection(connection::AMQPMethod::UpdateSecret(_)) => {
+                frames::put_method(
+                    &mut self.out,
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::UpdateSecretOk(
+                        connection::UpdateSecretOk {},
+                    )),
+                );
+                Ok(())
+            }
+            other => Err(AmqpError::connection(
+                COMMAND_INVALID,
+                format!(
+                    "unexpected method {}.{} on channel 0",
+                    other.get_amqp_class_id(),
+                    other.get_amqp_method_id()
+                ),
+            )
+            .during(other.get_amqp_class_id(), other.get_amqp_method_id())),
+        }
+    }
+
+    fn content(
+        &mut self,
+        id: u16,
+        step: impl FnOnce(
+            &mut Channel,
+        ) -> Result<
+            Option<(
+                amq_protocol::protocol::basic::Publish,
+                sluice_core::messaging::Message,
+            )>,
+            AmqpError,
+        >,
+    ) -> Result<(), AmqpError> {
+        let Some(channel) = self.channels.get_mut(&id) else {
+            return Err(AmqpError::connection(
+                CHANNEL_ERROR,
+                format!("expected 'channel.open' on channel {id}"),
+            ));
+        };
+        if channel.state == ChannelState::Closing {
+            return Ok(());
+        }
+        let Some((method, message)) = step(channel)? else {
+            return Ok(());
+        };
+        self.with_channel(id, |ctx, channel| {
+            handlers::basic::publish(ctx, channel, method, message)
+        })
+    }
+
+    fn with_channel<T>(
+        &mut self,
+        id: u16,
+        work: impl FnOnce(&mut Context<'_>, &mut Channel) -> Result<T, AmqpError>,
+    ) -> Result<T, AmqpError> {
+        let Some(vhost) = self.vhost.as_ref() else {
+            return Err(AmqpError::connection(
+                COMMAND_INVALID,
+                "connection not open",
+            ));
+        };
+        let Some(channel) = self.channels.get_mut(&id) else {
+            return Err(AmqpError::connection(
+                CHANNEL_ERROR,
+                format!("expected 'channel.open' on channel {id}"),
+            ));
+        };
+        let mut ctx = Context {
+            connection: self.id,
+            vhost,
+            out: &mut self.out,
+            frame_max: self.frame_max,
+            events: &self.events_tx,
+            dispatch: &mut self.dispatch,
+        };
+        work(&mut ctx, channel)
+    }
+
+    async fn channel_method(&mut self, id: u16, class: AMQPClass) -> Result<(), AmqpError> {
+        if let AMQPClass::Channel(channel_class::AMQPMethod::Open(_)) = class {
+            if self.channels.contains_key(&id) {
+                return Err(
+                    AmqpError::connection(CHANNEL_ERROR, "second 'channel.open' seen")
+                        .during(20, 10),
+                );
+            }
+            if id > self.channel_max {
+                return Err(AmqpError::connection(
+                    NOT_ALLOWED,
+                    format!(
+                        "channel id {id} exceeds negotiated channel_max {}",
+                        self.channel_max
+                    ),
+                )
+                .during(20, 10));
+            }
+            self.channels.insert(id, Channel::new(id, self.id));
+            frames::put_method(
+                &mut self.out,
+                id,
+                AMQPClass::Channel(channel_class::AMQPMethod::OpenOk(channel_class::OpenOk {})),
+            );
+            return Ok(());
+        }
+        let Some(channel) = self.channels.get_mut(&id) else {
+            return Err(AmqpError::connection(
+                CHANNEL_ERROR,
+                format!("expected 'channel.open' on channel {id}"),
+            ));
+        };
+        if channel.state == ChannelState::Closing {
+            match class {
+                AMQPClass::Channel(channel_class::AMQPMethod::CloseOk(_)) => {
+                    self.channels.remove(&id);
+                }
+                AMQPClass::Channel(channel_class::AMQPMethod::Close(_)) => {
+                    frames::put_method(
+                        &mut self.out,
+                        id,
+                        AMQPClass::Channel(channel_class::AMQPMethod::CloseOk(
+                            channel_class::CloseOk {},
+                        )),
+                    );
+                    self.channels.remove(&id);
+                }
+                _ => {}
+            }
+            return Ok(());
+        }
+        if channel.expects_content() {
+            return Err(AmqpError::connection(
+                UNEXPECTED_FRAME,
+                "expected content header for class 60, got non content header frame instead",
+            ));
+        }
+        let class_id = class.get_amqp_class_id();
+        let method_id = class.get_amqp_method_id();
+        let result = match class {
+            AMQPClass::Channel(channel_class::AMQPMethod::Close(_)) => {
+                if let (Some(mut channel), Some(vhost)) =
+                    (self.channels.remove(&id), self.vhost.as_ref())
+                {
+                    channel.close(vhost);
+                }
+                frames::put_method(
+                    &mut self.out,
+                    id,
+                    AMQPClass::Channel(channel_class::AMQPMethod::CloseOk(
+                        channel_class::CloseOk {},
+                    )),
+                );
+                Ok(())
+            }
+            AMQPClass::Channel(channel_class::AMQPMethod::Flow(flow)) => {
+                channel.channel_credit.set_paused(!flow.active);
+                let queues: Vec<Arc<Queue>> = channel
+                    .consumers
+                    .values()
+                    .map(|c| Arc::clone(&c.queue))
+                    .collect();
+                for queue in &queues {
+                    if !self.dispatch.iter().any(|q| Arc::ptr_eq(q, queue)) {
+                        self.dispatch.push(Arc::clone(queue));
+                    }
+                }
+                frames::put_method(
+                    &mut self.out,
+                    id,
+                    AMQPClass::Channel(channel_class::AMQPMethod::FlowOk(channel_class::FlowOk {
+                        active: flow.active,
+                    })),
+                );
+                Ok(())
+            }
+            AMQPClass::Channel(channel_class::AMQPMethod::CloseOk(_)) => Ok(()),
+            AMQPClass::Access(_) => {
+                frames::put_method(
+                    &mut self.out,
+                    id,
+                    AMQPClass::Access(amq_protocol::protocol::access::AMQPMethod::RequestOk(
+                        amq_protocol::protocol::access::RequestOk {},
+                    )),
+                );
+                Ok(())
+            }
+            AMQPClass::Exchange(m) => {
+                self.with_channel(id, |ctx, ch| handlers::exchange::handle(ctx, ch, m))
+            }
+            AMQPClass::Queue(m) => {
+                self.with_channel(id, |ctx, ch| handlers::queue::handle(ctx, ch, m))
+            }
+            AMQPClass::Basic(m) => {
+                self.with_channel(id, |ctx, ch| handlers::basic::handle(ctx, ch, m))
+            }
+            AMQPClass::Confirm(amq_protocol::protocol::confirm::AMQPMethod::Select(m)) => {
+                self.with_channel(id, |ctx, ch| confirm_select(ctx, ch, m))
+            }
+            AMQPClass::Tx(m) => self.tx(id, m).await,
+            other => Err(handlers::unexpected_method(&other)),
+        };
+        result.map_err(|e| e.during(class_id, method_id))
+    }
+
+    async fn tx(&mut self, id: u16, method: tx::AMQPMethod) -> Result<(), AmqpError> {
+        let reply = |out: &mut BytesMut, method: tx::AMQPMethod| {
+            frames::put_method(out, id, AMQPClass::Tx(method))
+        };
+        match method {
+            tx::AMQPMethod::Select(_) => {
+                let Some(channel) = self.channels.get_mut(&id) else {
+                    return Ok(());
+                };
+                if channel.confirms.is_some() {
+                    return Err(AmqpError::channel(
+                        PRECONDITION_FAILED,
+                        "cannot switch from confirm to tx mode",
+                    ));
+                }
+                if channel.tx.is_none() {
+                    channel.tx = Some(Vec::new());
+                }
+                reply(&mut self.out, tx::AMQPMethod::SelectOk(tx::SelectOk {}));
+                Ok(())
+            }
+            tx::AMQPMethod::Rollback(_) => {
+                let Some(channel) = self.channels.get_mut(&id) else {
+                    return Ok(());
+                };
+                let Some(actions) = channel.tx.as_mut() else {
+                    return Err(AmqpError::channel(
+                        PRECONDITION_FAILED,
+                        "channel is not transactional",
+                    ));
+                };
+                actions.clear();
+                reply(&mut self.out, tx::AMQPMethod::RollbackOk(tx::RollbackOk {}));
+                Ok(())
+            }
+            tx::AMQPMethod::Commit(_) => {
+                let actions = {
+                    let Some(channel) = self.channels.get_mut(&id) else {
+                        return Ok(());
+                    };
+                    let Some(actions) = channel.tx.as_mut() else {
+                        return Err(AmqpError::channel(
+                            PRECONDITION_FAILED,
+                            "channel is not transactional",
+                        ));
+                    };
+                    std::mem::take(actions)
+                };
+                let syncs = self.with_channel(id, |ctx, channel| {
+                    let mut syncs = Vec::new();
+                    for action in actions {
+                        match action {
+                            TxAction::Publish(publish) => {
+                                let (method, message) = *publish;
+                                let returned = method.mandatory.then(|| message.clone());
+                                let outcome =
+                                    ctx.vhost.publish(method.exchange.as_str(), message)?;
+                                if outcome.queues == 0
+                                    && let Some(message) = returned
+                                {
+                                    handlers::basic::return_message(
+                                        ctx, channel.id, &method, &message,
+                                    );
+                                }
+                                syncs.extend(outcome.syncs);
+                            }
+                            TxAction::Ack(tag, multiple) => {
+                                let taken = channel.take_unacked(tag, multiple)?;
+                                Channel::settle(ctx, taken, Settlement::Ack)?;
+                            }
+                            TxAction::Reject(tag, multiple, requeue) => {
+                                let taken = channel.take_unacked(tag, multiple)?;
+                                Channel::settle(ctx, taken, Settlement::Reject { requeue })?;
+                            }
+                        }
+                    }
+                    Ok(syncs)
+                })?;
+                if !syncs.is_empty() {
+                    let waited = tokio::task::spawn_blocking(move || {
+                        syncs.iter().try_for_each(|s| s.wait())
+                    })
+                    .await;
+                    match waited {
+                        Ok(Ok(())) => {}
+                        Ok(Err(error)) => {
+                            return Err(AmqpError::connection(
+                                crate::errors::INTERNAL_ERROR,
+                                format!("commit failed: {error}"),
+                            ));
+                        }
+                        Err(_) => {
+                            return Err(AmqpError::connection(
+                                crate::errors::INTERNAL_ERROR,
+                                "commit task failed",
+                            ));
+                        }
+                    }
+                }
+                reply(&mut self.out, tx::AMQPMethod::CommitOk(tx::CommitOk {}));
+                Ok(())
+            }
+            other => Err(handlers::unexpected_method(&AMQPClass::Tx(other))),
+        }
+    }
+
+    fn event(&mut self, event: ConsumerEvent) {
+        match event {
+            ConsumerEvent::Deliver(delivery) => {
+                let id = (delivery.channel & 0xFFFF) as u16;
+                let queue = Arc::clone(&delivery.queue);
+                let seq = delivery.seq;
+                let delivered = self
+                    .with_channel(id, |ctx, channel| {
+                        Ok(channel.state == ChannelState::Open
+                            && handlers::basic::deliver(ctx, channel, delivery))
+                    })
+                    .unwrap_or(false);
+                if !delivered {
+                    // The consumer went away while this was in flight.
+                    if let Err(error) = queue.requeue(&[seq]) {
+                        tracing::warn!(queue = queue.name(), %error, "cannot requeue an orphaned delivery");
+                    }
+                }
+            }
+            ConsumerEvent::Cancelled {
+                channel,
+                consumer_tag,
+            } => {
+                let id = (channel & 0xFFFF) as u16;
+                if let Some(channel) = self.channels.get_mut(&id)
+                    && channel.consumers.remove(&consumer_tag).is_some()
+                    && channel.state == ChannelState::Open
+                {
+                    frames::put_method(
+                        &mut self.out,
+                        id,
+                        AMQPClass::Basic(amq_protocol::protocol::basic::AMQPMethod::Cancel(
+                            amq_protocol::protocol::basic::Cancel {
+                                consumer_tag: sluice_core::messaging::short(&consumer_tag),
+                                nowait: true,
+                            },
+                        )),
+                    );
+                }
+            }
+        }
+    }
+
+    fn confirm_done(&mut self, done: ConfirmDone) {
+        if let Some(confirms) = self
+            .channels
+            .get_mut(&done.channel)
+            .and_then(|c| c.confirms.as_mut())
+        {
+            confirms.finished(done.batch, done.ok);
+            confirms.emit(done.channel, &mut self.out);
+        }
+    }
+
+    /// After a burst of frames or events: start waiting for the syncs of
+    /// publishes to confirm, send confirms that need no wait, and dispatch
+    /// queues whose consumers got credit back.
+    fn end_of_burst(&mut self) {
+        for (id, channel) in self.channels.iter_mut() {
+            let Some(confirms) = channel.confirms.as_mut() else {
+                continue;
+            };
+            if let Some((batch, syncs)) = confirms.seal() {
+                let done = self.confirms_tx.clone();
+                let channel_id = *id;
+                tokio::task::spawn_blocking(move || {
+                    let ok = syncs.iter().all(|s| match s.wait() {
+                        Ok(()) => true,
+                        Err(error) => {
+                            tracing::error!(%error, "a publish could not be made durable; nacking");
+                            false
+                        }
+                    });
+                    let _ = done.send(ConfirmDone {
+                        channel: channel_id,
+                        batch,
+                        ok,
+                    });
+                });
+            }
+            confirms.emit(*id, &mut self.out);
+        }
+        for queue in std::mem::take(&mut self.dispatch) {
+            queue.dispatch();
+        }
+    }
+}
+
+/// The read half with its buffer. `fill` is cancel-safe: bytes read stay in
+/// `buf` when a `select!` drops the future.
+struct Reader {
+    half: OwnedReadHalf,
+    buf: BytesMut,
+}
+
+impl Reader {
+    async fn fill(&mut self) -> std::io::Result<usize> {
+        if self.buf.capacity() - self.buf.len() < 4096 {
+            self.buf.reserve(64 << 10);
+        }
+        self.half.read_buf(&mut self.buf).await
+    }
+}
+
+async fn write_loop(mut writer: OwnedWriteHalf, mut rx: mpsc::Receiver<Bytes>) {
+    while let Some(first) = rx.recv().await {
+        if writer.write_all(&first).await.is_err() {
+            return;
+        }
+        while let Ok(more) = rx.try_recv() {
+            if writer.write_all(&more).await.is_err() {
+                return;
+            }
+        }
+    }
+    let _ = writer.shutdown().await;
+}
+
+fn server_properties() -> FieldTable {
+    let mut capabilities = FieldTable::default();
+    for flag in [
+        "publisher_confirms",
+        "exchange_exchange_bindings",
+        "basic.nack",
+        "consumer_cancel_notify",
+        "connection.blocked",
+        "consumer_priorities",
+        "authentication_failure_close",
+        "per_consumer_qos",
+    ] {
+        capabilities.insert(flag.into(), AMQPValue::Boolean(true));
+    }
+    capabilities.insert("direct_reply_to".into(), AMQPValue::Boolean(false));
+    let mut properties = FieldTable::default();
+    properties.insert("capabilities".into(), AMQPValue::FieldTable(capabilities));
+    let text = |s: &str| AMQPValue::LongString(LongString::from(s));
+    properties.insert("product".into(), text("Sluice"));
+    properties.insert("version".into(), text(env!("CARGO_PKG_VERSION")));
+    properties.insert("platform".into(), text("Rust"));
+    properties.insert("cluster_name".into(), text("sluice"));
+    properties.insert("copyright".into(), text("The Sluice authors"));
+    properties.insert(
+        "information".into(),
+        text("Sluice: one broker for Kafka and AMQP 0-9-1 clients"),
+    );
+    properties
+}

@@ -1,0 +1,99 @@
+//! `queue.declare`, `queue.bind`, `queue.unbind`, `queue.purge`, `queue.delete`.
+
+use amq_protocol::protocol::{AMQPClass, queue};
+use sluice_core::messaging::{Destination, QueueOptions, short};
+
+use crate::channel::{Channel, Context};
+use crate::errors::AmqpError;
+
+pub(crate) fn handle(
+    ctx: &mut Context<'_>,
+    channel: &mut Channel,
+    method: queue::AMQPMethod,
+) -> Result<(), AmqpError> {
+    let id = channel.id;
+    let reply = |ctx: &mut Context<'_>, nowait: bool, method: queue::AMQPMethod| {
+        if !nowait {
+            ctx.reply(id, AMQPClass::Queue(method));
+        }
+    };
+    match method {
+        queue::AMQPMethod::Declare(m) => {
+            let (name, messages, consumers) = ctx
+                .vhost
+                .declare_queue(
+                    m.queue.as_str(),
+                    QueueOptions {
+                        durable: m.durable,
+                        exclusive_owner: m.exclusive.then_some(ctx.connection),
+                        auto_delete: m.auto_delete,
+                        arguments: m.arguments,
+                    },
+                    m.passive,
+                    ctx.connection,
+                )
+                .map_err(|e| AmqpError::from(e).during(50, 10))?;
+            reply(
+                ctx,
+                m.nowait,
+                queue::AMQPMethod::DeclareOk(queue::DeclareOk {
+                    queue: short(&name),
+                    message_count: u32::try_from(messages).unwrap_or(u32::MAX),
+                    consumer_count: u32::try_from(consumers).unwrap_or(u32::MAX),
+                }),
+            );
+        }
+        queue::AMQPMethod::Bind(m) => {
+            ctx.vhost
+                .bind(
+                    m.exchange.as_str(),
+                    Destination::Queue(m.queue.as_str().to_owned()),
+                    m.routing_key.as_str(),
+                    &m.arguments,
+                    ctx.connection,
+                )
+                .map_err(|e| AmqpError::from(e).during(50, 20))?;
+            reply(ctx, m.nowait, queue::AMQPMethod::BindOk(queue::BindOk {}));
+        }
+        queue::AMQPMethod::Unbind(m) => {
+            ctx.vhost
+                .unbind(
+                    m.exchange.as_str(),
+                    Destination::Queue(m.queue.as_str().to_owned()),
+                    m.routing_key.as_str(),
+                    &m.arguments,
+                    ctx.connection,
+                )
+                .map_err(|e| AmqpError::from(e).during(50, 50))?;
+            reply(ctx, false, queue::AMQPMethod::UnbindOk(queue::UnbindOk {}));
+        }
+        queue::AMQPMethod::Purge(m) => {
+            let count = ctx
+                .vhost
+                .purge_queue(m.queue.as_str(), ctx.connection)
+                .map_err(|e| AmqpError::from(e).during(50, 30))?;
+            reply(
+                ctx,
+                m.nowait,
+                queue::AMQPMethod::PurgeOk(queue::PurgeOk {
+                    message_count: u32::try_from(count).unwrap_or(u32::MAX),
+                }),
+            );
+        }
+        queue::AMQPMethod::Delete(m) => {
+            let count = ctx
+                .vhost
+                .delete_queue(m.queue.as_str(), m.if_unused, m.if_empty, ctx.connection)
+                .map_err(|e| AmqpError::from(e).during(50, 40))?;
+            reply(
+                ctx,
+                m.nowait,
+                queue::AMQPMethod::DeleteOk(queue::DeleteOk {
+                    message_count: u32::try_from(count).unwrap_or(u32::MAX),
+                }),
+            );
+        }
+        other => return Err(crate::handlers::unexpected_method(&AMQPClass::Queue(other))),
+    }
+    Ok(())
+}
