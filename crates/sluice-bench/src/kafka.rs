@@ -5,14 +5,12 @@
 //! send numbered messages (see `payload.rs`) as fast as they can, or at a
 //! fixed total rate; every consumed message is checked.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::{Args, ValueEnum};
-use hdrhistogram::Histogram;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
@@ -24,7 +22,8 @@ use serde_json::json;
 
 use crate::payload;
 use crate::process;
-use crate::report::{BrokerUsage, Latency, Report, Verdict};
+use crate::report::{Latency, Report, Verdict};
+use crate::seen::Seen;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Acks {
@@ -139,80 +138,6 @@ impl ProducerContext for DeliveryContext {
                 first.get_or_insert_with(|| err.to_string());
             }
         }
-    }
-}
-
-/// What the consumers saw.
-#[derive(Debug)]
-struct Seen {
-    consumed: u64,
-    bytes: u64,
-    duplicates: u64,
-    out_of_order: u64,
-    corrupt: u64,
-    latency: Histogram<u64>,
-    /// Per producer: one bit per sequence number.
-    received: HashMap<u32, Vec<u64>>,
-    /// Per (partition, producer): the last sequence seen.
-    last: HashMap<(i32, u32), u64>,
-    last_at: Instant,
-}
-
-impl Seen {
-    fn new() -> anyhow::Result<Seen> {
-        Ok(Seen {
-            consumed: 0,
-            bytes: 0,
-            duplicates: 0,
-            out_of_order: 0,
-            corrupt: 0,
-            latency: Histogram::new_with_bounds(1, 3_600_000_000_000, 3)
-                .context("latency histogram")?,
-            received: HashMap::new(),
-            last: HashMap::new(),
-            last_at: Instant::now(),
-        })
-    }
-
-    fn record(&mut self, partition: i32, payload: Option<&[u8]>, size: usize) {
-        let now = payload::now_ns();
-        self.last_at = Instant::now();
-        let Some(checked) = payload.and_then(|p| payload::check(p, size)) else {
-            self.corrupt += 1;
-            return;
-        };
-        self.consumed += 1;
-        self.bytes += size as u64;
-        let _ = self
-            .latency
-            .record(now.saturating_sub(checked.sent_at_ns).max(1));
-        let bits = self.received.entry(checked.producer).or_default();
-        let word = usize::try_from(checked.sequence / 64).unwrap_or(usize::MAX);
-        if bits.len() <= word {
-            bits.resize(word + 1, 0);
-        }
-        let mask = 1u64 << (checked.sequence % 64);
-        if let Some(slot) = bits.get_mut(word) {
-            if *slot & mask != 0 {
-                self.duplicates += 1;
-            }
-            *slot |= mask;
-        }
-        let key = (partition, checked.producer);
-        if let Some(previous) = self.last.get(&key)
-            && checked.sequence <= *previous
-        {
-            self.out_of_order += 1;
-        }
-        self.last.insert(key, checked.sequence);
-    }
-
-    fn distinct(&self) -> u64 {
-        self.received
-            .values()
-            .flatten()
-            .map(|w| u64::from(w.count_ones()))
-            .sum()
     }
 }
 
@@ -448,20 +373,12 @@ pub(crate) fn run(args: &KafkaArgs) -> anyhow::Result<Report> {
     {
         eprintln!("first produce error: {error}");
     }
-    let broker = match (args.broker_pid, broker_before, broker_after) {
-        (Some(pid), Some(before), Some(after)) => {
-            let cpu_seconds =
-                after.cpu_ticks.saturating_sub(before.cpu_ticks) as f64 / process::TICKS_PER_SECOND;
-            Some(BrokerUsage {
-                pid,
-                cpu_seconds,
-                cores: cpu_seconds / consumed_at.as_secs_f64().max(1e-9),
-                rss_mib_end: after.rss_kib as f64 / 1024.0,
-                peak_rss_mib: after.peak_rss_kib as f64 / 1024.0,
-            })
-        }
-        _ => None,
-    };
+    let broker = process::usage(
+        args.broker_pid,
+        broker_before,
+        broker_after,
+        consumed_at.as_secs_f64(),
+    );
     let mb = |count: u64, secs: f64| count as f64 * args.size as f64 / secs.max(1e-9) / 1e6;
     let passed = verdict.passed();
     Ok(Report {

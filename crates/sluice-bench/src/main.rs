@@ -1,16 +1,18 @@
 //! `sluice-bench`: a benchmark tool that drives any broker through real
 //! client libraries and knows nothing of Sluice's internals, so the same
-//! command measures Sluice or any other Kafka-compatible broker.
+//! command measures Sluice, RabbitMQ or any other Kafka-compatible broker.
 //!
-//! Start at `kafka.rs` (the Kafka workload), `payload.rs` (what every
+//! Start at `kafka.rs` (the Kafka workload), `amqp.rs` (the AMQP workload), `payload.rs` (what every
 //! message carries so that each one can be checked), `report.rs` (rates,
 //! latency percentiles, verdict, JSON line) and `process.rs` (a broker's CPU
 //! and memory by pid).
 
+mod amqp;
 mod kafka;
 mod payload;
 mod process;
 mod report;
+mod seen;
 
 use clap::{Parser, Subcommand};
 
@@ -26,12 +28,15 @@ struct Cli {
 enum Command {
     /// Produce and consume through librdkafka (the Kafka protocol).
     Kafka(kafka::KafkaArgs),
+    /// Publish and consume through lapin (AMQP 0-9-1).
+    Amqp(amqp::AmqpArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Kafka(args) => kafka::run(&args),
+        Command::Amqp(args) => amqp::run(&args),
     };
     match outcome {
         Ok(report) => {

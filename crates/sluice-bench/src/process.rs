@@ -41,6 +41,24 @@ pub(crate) fn sample(pid: u32) -> Option<Sample> {
     })
 }
 
+/// The broker's use between two samples over `wall_seconds`.
+pub(crate) fn usage(
+    pid: Option<u32>,
+    before: Option<Sample>,
+    after: Option<Sample>,
+    wall_seconds: f64,
+) -> Option<crate::report::BrokerUsage> {
+    let (pid, before, after) = (pid?, before?, after?);
+    let cpu_seconds = after.cpu_ticks.saturating_sub(before.cpu_ticks) as f64 / TICKS_PER_SECOND;
+    Some(crate::report::BrokerUsage {
+        pid,
+        cpu_seconds,
+        cores: cpu_seconds / wall_seconds.max(1e-9),
+        rss_mib_end: after.rss_kib as f64 / 1024.0,
+        peak_rss_mib: after.peak_rss_kib as f64 / 1024.0,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,85 @@
+//! What consumers saw: every message checked, counted once, in order per
+//! stream (a partition or a queue consumer) and producer, with its
+//! end-to-end latency.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use hdrhistogram::Histogram;
+
+use crate::payload;
+
+/// What the consumers saw.
+#[derive(Debug)]
+pub(crate) struct Seen {
+    pub(crate) consumed: u64,
+    pub(crate) bytes: u64,
+    pub(crate) duplicates: u64,
+    pub(crate) out_of_order: u64,
+    pub(crate) corrupt: u64,
+    pub(crate) latency: Histogram<u64>,
+    /// Per producer: one bit per sequence number.
+    received: HashMap<u32, Vec<u64>>,
+    /// Per (stream, producer): the last sequence seen.
+    last: HashMap<(i32, u32), u64>,
+    pub(crate) last_at: Instant,
+}
+
+impl Seen {
+    pub(crate) fn new() -> anyhow::Result<Seen> {
+        Ok(Seen {
+            consumed: 0,
+            bytes: 0,
+            duplicates: 0,
+            out_of_order: 0,
+            corrupt: 0,
+            latency: Histogram::new_with_bounds(1, 3_600_000_000_000, 3)
+                .context("latency histogram")?,
+            received: HashMap::new(),
+            last: HashMap::new(),
+            last_at: Instant::now(),
+        })
+    }
+
+    pub(crate) fn record(&mut self, stream: i32, payload: Option<&[u8]>, size: usize) {
+        let now = payload::now_ns();
+        self.last_at = Instant::now();
+        let Some(checked) = payload.and_then(|p| payload::check(p, size)) else {
+            self.corrupt += 1;
+            return;
+        };
+        self.consumed += 1;
+        self.bytes += size as u64;
+        let _ = self
+            .latency
+            .record(now.saturating_sub(checked.sent_at_ns).max(1));
+        let bits = self.received.entry(checked.producer).or_default();
+        let word = usize::try_from(checked.sequence / 64).unwrap_or(usize::MAX);
+        if bits.len() <= word {
+            bits.resize(word + 1, 0);
+        }
+        let mask = 1u64 << (checked.sequence % 64);
+        if let Some(slot) = bits.get_mut(word) {
+            if *slot & mask != 0 {
+                self.duplicates += 1;
+            }
+            *slot |= mask;
+        }
+        let key = (stream, checked.producer);
+        if let Some(previous) = self.last.get(&key)
+            && checked.sequence <= *previous
+        {
+            self.out_of_order += 1;
+        }
+        self.last.insert(key, checked.sequence);
+    }
+
+    pub(crate) fn distinct(&self) -> u64 {
+        self.received
+            .values()
+            .flatten()
+            .map(|w| u64::from(w.count_ones()))
+            .sum()
+    }
+}
