@@ -79,6 +79,8 @@ pub(crate) struct Connection {
     dispatch: Vec<Arc<Queue>>,
     events_tx: mpsc::UnboundedSender<ConsumerEvent>,
     confirms_tx: mpsc::UnboundedSender<ConfirmDone>,
+    /// Feeds the connection's sync waiter (started on first use).
+    syncer: Option<std::sync::mpsc::Sender<SyncRequest>>,
     /// Set once the server sent `connection.close`.
     closing: Option<AmqpError>,
     /// Set when the connection is finished (close-ok exchanged).
@@ -123,6 +125,7 @@ impl Connection {
             dispatch: Vec::new(),
             events_tx,
             confirms_tx,
+            syncer: None,
             closing: None,
             done: false,
         };
@@ -940,27 +943,77 @@ impl Connection {
                 continue;
             };
             if let Some((batch, syncs)) = confirms.seal() {
-                let done = self.confirms_tx.clone();
-                let channel_id = *id;
-                tokio::task::spawn_blocking(move || {
-                    let ok = syncs.iter().all(|s| match s.wait() {
-                        Ok(()) => true,
-                        Err(error) => {
-                            tracing::error!(%error, "a publish could not be made durable; nacking");
-                            false
-                        }
-                    });
-                    let _ = done.send(ConfirmDone {
-                        channel: channel_id,
-                        batch,
-                        ok,
-                    });
+                let request = SyncRequest {
+                    channel: *id,
+                    batch,
+                    syncs,
+                };
+                let syncer = self.syncer.get_or_insert_with(|| {
+                    let (tx, rx) = std::sync::mpsc::channel();
+                    let done = self.confirms_tx.clone();
+                    tokio::task::spawn_blocking(move || wait_for_syncs(rx, done));
+                    tx
                 });
+                if let Err(std::sync::mpsc::SendError(request)) = syncer.send(request) {
+                    // The waiter is gone only if its task panicked: nack.
+                    let _ = self.confirms_tx.send(ConfirmDone {
+                        channel: request.channel,
+                        batch: request.batch,
+                        ok: false,
+                    });
+                }
             }
             confirms.emit(*id, &mut self.out);
         }
         for queue in std::mem::take(&mut self.dispatch) {
             queue.dispatch();
+        }
+    }
+}
+
+/// Publishes of one channel's confirm batch waiting to be durable.
+struct SyncRequest {
+    channel: u16,
+    batch: u64,
+    syncs: Vec<sluice_core::messaging::PendingSync>,
+}
+
+/// Waits for confirm batches to be durable, one connection's at a time:
+/// everything queued while a sync runs is covered by the next one (one
+/// wait per log, at its furthest offset), so a busy publisher costs one
+/// thread hand-off per group commit, not one per batch.
+fn wait_for_syncs(
+    requests: std::sync::mpsc::Receiver<SyncRequest>,
+    done: mpsc::UnboundedSender<ConfirmDone>,
+) {
+    while let Ok(first) = requests.recv() {
+        let mut pending = vec![first];
+        pending.extend(requests.try_iter());
+        let mut furthest: Vec<sluice_core::messaging::PendingSync> = Vec::new();
+        for sync in pending.iter().flat_map(|r| r.syncs.iter()) {
+            match furthest.iter_mut().find(|s| s.same_log(sync)) {
+                Some(existing) => *existing = existing.clone().max(sync.clone()),
+                None => furthest.push(sync.clone()),
+            }
+        }
+        let ok = furthest.iter().all(|s| match s.wait() {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::error!(%error, "a publish could not be made durable; nacking");
+                false
+            }
+        });
+        for request in pending {
+            if done
+                .send(ConfirmDone {
+                    channel: request.channel,
+                    batch: request.batch,
+                    ok,
+                })
+                .is_err()
+            {
+                return;
+            }
         }
     }
 }

@@ -7,14 +7,15 @@
 //! Publisher `p` uses queue `p % queues`, consumer `c` queue `c % queues`.
 //! Every consumed message is checked; the queues are deleted at the end.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::Args;
+use futures_util::FutureExt as _;
 use futures_util::StreamExt as _;
+use futures_util::stream::FuturesOrdered;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
@@ -229,47 +230,75 @@ async fn publish(
         BasicProperties::default().with_delivery_mode(if args.persistent { 2 } else { 1 });
     let interval = (args.rate > 0)
         .then(|| Duration::from_secs_f64(f64::from(args.producers.max(1)) / args.rate as f64));
-    let start = tokio::time::Instant::now();
-    let mut outstanding = VecDeque::new();
-    let settle = |confirmation: Result<lapin::Confirmation, lapin::Error>| match confirmation {
-        Ok(c) if c.is_ack() => {
+    // lapin hands every publish to its I/O thread and resolves it once
+    // written; keeping a window of publishes in flight (the confirm window,
+    // or SEND_WINDOW without confirms) lets one hand-off carry many.
+    let window = if args.confirms {
+        args.confirm_window.max(1)
+    } else {
+        SEND_WINDOW
+    };
+    let settle = |outcome: anyhow::Result<bool>| match outcome {
+        Ok(true) => {
             published.acknowledged.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(_) => published.error("publish nacked by the broker"),
+        Ok(false) => published.error("publish nacked by the broker"),
         Err(error) => published.error(error),
     };
+    let start = tokio::time::Instant::now();
+    let mut in_flight = FuturesOrdered::new();
     for sequence in 0..count {
         if let Some(interval) = interval {
-            tokio::time::sleep_until(start + interval.mul_f64(sequence as f64)).await;
+            let due = start + interval.mul_f64(sequence as f64);
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(due) => break,
+                    Some(outcome) = in_flight.next(), if !in_flight.is_empty() => settle(outcome),
+                }
+            }
         }
         let body = payload::build(index, sequence, args.size);
-        let confirm = channel
-            .basic_publish(
-                "".into(),
-                queue.as_str().into(),
-                BasicPublishOptions::default(),
-                &body,
-                properties.clone(),
-            )
-            .await
-            .context("basic.publish")?;
-        if args.confirms {
-            outstanding.push_back(confirm);
-            if outstanding.len() >= args.confirm_window.max(1)
-                && let Some(oldest) = outstanding.pop_front()
-            {
-                settle(oldest.await);
+        let channel = channel.clone();
+        let queue = queue.clone();
+        let properties = properties.clone();
+        let confirms = args.confirms;
+        in_flight.push_back(async move {
+            let confirm = channel
+                .basic_publish(
+                    "".into(),
+                    queue.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    properties,
+                )
+                .await
+                .context("basic.publish")?;
+            if confirms {
+                Ok(confirm.await.context("publisher confirm")?.is_ack())
+            } else {
+                Ok(true)
             }
-        } else {
-            published.acknowledged.fetch_add(1, Ordering::Relaxed);
+        });
+        // Start the new publish now (futures run only when polled), and
+        // collect whatever finished meanwhile.
+        while let Some(Some(outcome)) = in_flight.next().now_or_never() {
+            settle(outcome);
+        }
+        while in_flight.len() >= window {
+            if let Some(outcome) = in_flight.next().await {
+                settle(outcome);
+            }
         }
     }
-    while let Some(oldest) = outstanding.pop_front() {
-        settle(oldest.await);
+    while let Some(outcome) = in_flight.next().await {
+        settle(outcome);
     }
     let _ = connection.close(200, "done".into()).await;
     Ok(())
 }
+
+/// Publishes in flight without confirms.
+const SEND_WINDOW: usize = 256;
 
 /// The parts of the arguments tasks need.
 #[derive(Debug)]

@@ -723,9 +723,10 @@ impl Queue {
                     });
                     continue;
                 }
-                let Some(consumer) = state.consumers.get(index).cloned() else {
+                let Some(consumer) = state.consumers.get(index) else {
                     break;
                 };
+                let no_ack = consumer.no_ack;
                 let delivery = Delivery {
                     channel: consumer.channel,
                     queue: Arc::clone(self),
@@ -746,7 +747,7 @@ impl Queue {
                     state.consumers.remove(index);
                     continue;
                 }
-                if consumer.no_ack {
+                if no_ack {
                     if let Err(error) = settle_stored(&mut state, &entry) {
                         tracing::warn!(queue = %self.name, %error, "cannot record a settlement");
                     }

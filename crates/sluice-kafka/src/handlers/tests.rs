@@ -298,6 +298,7 @@ async fn every_response_encodes_at_every_advertised_version() {
         log: sluice_log::LogConfig::default(),
         auto_create_topics: true,
         default_partitions: 1,
+        vhosts: vec!["/".to_owned()],
     })
     .expect("open broker");
     let context = Context {
