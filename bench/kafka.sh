@@ -73,47 +73,6 @@ for name, reports in rows.items():
           f"| {med(lambda r: r['latency']['p99_us'])/1000:.2f} | {med(lambda r: r['latency']['p999_us'])/1000:.2f} "
           f"| {broker('cores'):.2f} | {broker('peak_rss_mib'):.0f} | {'PASS' if passed else 'FAIL'} ({len(ok)} runs) |")
 PY
-# The machine's own limits in the same run, to read the figures against:
-# sequential writes with one fdatasync at the end, writes with an fdatasync
-# per 16 KiB, and one TCP stream over loopback.
-python3 - "$root/target/bench" <<'PY'
-import os, socket, sys, threading, time
-path = os.path.join(sys.argv[1], "disk-probe.bin")
-chunk = b"x" * 16384
-def disk(sync_each, total):
-    fd = os.open(path, os.O_CREAT | os.O_TRUNC | os.O_WRONLY)
-    start = time.perf_counter()
-    for _ in range(total // len(chunk)):
-        os.write(fd, chunk)
-        if sync_each:
-            os.fdatasync(fd)
-    os.fdatasync(fd)
-    elapsed = time.perf_counter() - start
-    os.close(fd)
-    os.unlink(path)
-    return total / elapsed / 1e6
-def loopback(total=1 << 30):
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(1)
-    port = server.getsockname()[1]
-    def sink():
-        conn, _ = server.accept()
-        while conn.recv(1 << 20):
-            pass
-    thread = threading.Thread(target=sink)
-    thread.start()
-    client = socket.create_connection(("127.0.0.1", port))
-    block = b"x" * (1 << 20)
-    start = time.perf_counter()
-    for _ in range(total // len(block)):
-        client.sendall(block)
-    client.close()
-    thread.join()
-    server.close()
-    return total / (time.perf_counter() - start) / 1e6
-print()
-print(f"Machine in the same run: sequential write + one fdatasync {disk(False, 256 << 20):,.0f} MB/s; "
-      f"fdatasync per 16 KiB {disk(True, 32 << 20):,.0f} MB/s; loopback TCP stream {loopback():,.0f} MB/s")
-PY
+echo
+python3 "$root/bench/limits.py" "$root/target/bench"
 echo "raw results: $out" >&2
