@@ -85,6 +85,12 @@ pub(crate) struct Connection {
     closing: Option<AmqpError>,
     /// Set when the connection is finished (close-ok exchanged).
     done: bool,
+    /// The client announced the `connection.blocked` capability.
+    blocked_capable: bool,
+    /// The connection has published; only publishers are blocked.
+    published: bool,
+    /// Not read from while the memory alarm lasts.
+    blocked: bool,
 }
 
 impl std::fmt::Debug for Connection {
@@ -128,6 +134,9 @@ impl Connection {
             syncer: None,
             closing: None,
             done: false,
+            blocked_capable: false,
+            published: false,
+            blocked: false,
         };
         let mut reader = Reader {
             half: reader,
@@ -163,6 +172,7 @@ impl Connection {
         };
         let mut heartbeat = tokio::time::interval_at(Instant::now() + period, period);
         let mut last_read = Instant::now();
+        let mut alarm = self.broker.vhosts().memory().alarm();
         loop {
             tokio::select! {
                 biased;
@@ -172,7 +182,8 @@ impl Connection {
                         "broker forced connection closure with reason 'shutdown'",
                     ));
                 }
-                read = reader.fill() => {
+                Ok(()) = alarm.changed() => {}
+                read = reader.fill(), if !self.blocked => {
                     if read? == 0 {
                         return Ok(());
                     }
@@ -207,6 +218,11 @@ impl Connection {
                     }
                 }
                 _ = heartbeat.tick() => {
+                    if self.blocked {
+                        // Not reading, so the client's heartbeats wait in
+                        // the socket; they are not missed.
+                        last_read = Instant::now();
+                    }
                     if self.heartbeat != 0 {
                         if last_read.elapsed() > Duration::from_secs(u64::from(self.heartbeat) * 2) {
                             return Err(ConnectionError::MissedHeartbeats(self.heartbeat));
@@ -216,6 +232,7 @@ impl Connection {
                 }
             }
             self.end_of_burst();
+            self.follow_alarm(*alarm.borrow());
             if !self.out.is_empty() && write_tx.send(self.out.split().freeze()).await.is_err() {
                 return Ok(());
             }
@@ -226,6 +243,27 @@ impl Connection {
                 return self.finish_close(reader, write_tx).await;
             }
         }
+    }
+
+    /// Blocks a publishing connection while the memory alarm lasts
+    /// (RabbitMQ's `connection.blocked` extension), and unblocks it after.
+    fn follow_alarm(&mut self, alarm: bool) {
+        let block = alarm && self.published && self.closing.is_none();
+        if block == self.blocked {
+            return;
+        }
+        self.blocked = block;
+        if self.blocked_capable {
+            let method = if block {
+                connection::AMQPMethod::Blocked(connection::Blocked {
+                    reason: "low on memory".into(),
+                })
+            } else {
+                connection::AMQPMethod::Unblocked(connection::Unblocked {})
+            };
+            frames::put_method(&mut self.out, 0, AMQPClass::Connection(method));
+        }
+        tracing::debug!(blocked = block, "publishing connection flow");
     }
 
     /// Waits for the client's close-ok after the server closed.
@@ -301,6 +339,15 @@ impl Connection {
             AMQPClass::Connection(connection::AMQPMethod::StartOk(m)) => m,
             other => return Ok(self.handshake_unexpected(&other)),
         };
+        self.blocked_capable = start_ok
+            .client_properties
+            .inner()
+            .get("capabilities")
+            .and_then(|c| match c {
+                AMQPValue::FieldTable(table) => table.inner().get("connection.blocked"),
+                _ => None,
+            })
+            .is_some_and(|v| matches!(v, AMQPValue::Boolean(true)));
         let Some(user) = self.authenticate(&start_ok) else {
             self.closing = Some(AmqpError::connection(
                 ACCESS_REFUSED,
@@ -532,7 +579,15 @@ impl Connection {
         let (channel, result) = match frame {
             Frame::Heartbeat => (0, Ok(())),
             Frame::Method(0, class) => (0, self.connection_method(*class)),
-            Frame::Method(id, class) => (id, self.channel_method(id, *class).await),
+            Frame::Method(id, class) => {
+                if matches!(
+                    *class,
+                    AMQPClass::Basic(amq_protocol::protocol::basic::AMQPMethod::Publish(_))
+                ) {
+                    self.published = true;
+                }
+                (id, self.channel_method(id, *class).await)
+            }
             Frame::Header(0, _) | Frame::Body(0, _) => (
                 0,
                 Err(AmqpError::connection(

@@ -86,12 +86,34 @@ impl Default for KafkaConfig {
 pub struct AmqpConfig {
     /// Address the AMQP listener binds.
     pub listen: ListenAddr,
+    /// Heartbeat interval proposed in `connection.tune` (0s: none).
+    pub heartbeat: HumanDuration,
+    /// Largest frame proposed in `connection.tune`.
+    pub frame_max: ByteSize,
+    /// Most channels per connection proposed in `connection.tune`.
+    pub channel_max: u16,
+    /// Virtual hosts, comma-separated.
+    pub vhosts: String,
+    /// Users as `name:password`, comma-separated.
+    pub users: String,
+    /// Users who may connect only from a loopback address, comma-separated.
+    pub loopback_users: String,
+    /// Message bytes held in memory above which publishers are blocked
+    /// (`connection.blocked`) until consumers catch up.
+    pub memory_high_watermark: ByteSize,
 }
 
 impl Default for AmqpConfig {
     fn default() -> Self {
         AmqpConfig {
             listen: ListenAddr::loopback(5672),
+            heartbeat: HumanDuration::from_secs(60),
+            frame_max: ByteSize::kib(128),
+            channel_max: 2047,
+            vhosts: "/".to_owned(),
+            users: "guest:guest".to_owned(),
+            loopback_users: "guest".to_owned(),
+            memory_high_watermark: ByteSize::gib(1),
         }
     }
 }
@@ -311,6 +333,34 @@ pub const KEYS: &[KeyDoc] = &[
         description: "HOST:PORT the AMQP 0-9-1 listener binds",
     },
     KeyDoc {
+        key: "amqp.heartbeat",
+        description: "Heartbeat interval offered to AMQP clients (0s: none; at most 65535s)",
+    },
+    KeyDoc {
+        key: "amqp.frame_max",
+        description: "Largest AMQP frame offered to clients (4KiB to 16MiB)",
+    },
+    KeyDoc {
+        key: "amqp.channel_max",
+        description: "Most channels per AMQP connection offered to clients (1 to 65535)",
+    },
+    KeyDoc {
+        key: "amqp.vhosts",
+        description: "AMQP virtual hosts, comma-separated",
+    },
+    KeyDoc {
+        key: "amqp.users",
+        description: "AMQP users as name:password, comma-separated",
+    },
+    KeyDoc {
+        key: "amqp.loopback_users",
+        description: "AMQP users who may connect only from a loopback address, comma-separated",
+    },
+    KeyDoc {
+        key: "amqp.memory_high_watermark",
+        description: "Message bytes held in memory above which AMQP publishers are blocked",
+    },
+    KeyDoc {
         key: "http.listen",
         description: "HOST:PORT of the admin API, web UI and metrics",
     },
@@ -423,6 +473,45 @@ impl Config {
                 ),
             );
         }
+        let amqp = &self.amqp;
+        if amqp.heartbeat.get().as_secs() > u64::from(u16::MAX) {
+            return problem(
+                "amqp.heartbeat",
+                format!(
+                    "amqp.heartbeat must be at most 65535s, got {}",
+                    amqp.heartbeat
+                ),
+            );
+        }
+        if !(4096..=16 << 20).contains(&amqp.frame_max.bytes()) {
+            return problem(
+                "amqp.frame_max",
+                format!(
+                    "amqp.frame_max must be from 4KiB to 16MiB, got {}",
+                    amqp.frame_max
+                ),
+            );
+        }
+        if amqp.channel_max == 0 {
+            return problem(
+                "amqp.channel_max",
+                "amqp.channel_max must be at least 1, got 0".to_owned(),
+            );
+        }
+        if split_list(&amqp.vhosts).is_empty() {
+            return problem(
+                "amqp.vhosts",
+                "amqp.vhosts must name at least one virtual host".to_owned(),
+            );
+        }
+        for user in split_list(&amqp.users) {
+            if !user.contains(':') || user.starts_with(':') {
+                return problem(
+                    "amqp.users",
+                    format!("amqp.users entries must be name:password, got {user:?}"),
+                );
+            }
+        }
         let log = &self.log;
         if log.segment_bytes < MIN_SEGMENT_BYTES {
             return problem(
@@ -499,4 +588,12 @@ impl Config {
 
 fn at_least(key: &str, minimum: ByteSize, got: ByteSize) -> String {
     format!("{key} must be at least {minimum}, got {got}")
+}
+
+/// The entries of a comma-separated list, trimmed, empty ones dropped.
+pub fn split_list(list: &str) -> Vec<&str> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .collect()
 }

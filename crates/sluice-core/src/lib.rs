@@ -56,6 +56,8 @@ pub struct BrokerOptions {
     pub default_partitions: u32,
     /// AMQP virtual hosts.
     pub vhosts: Vec<String>,
+    /// Message bytes queues may hold in memory before publishers are blocked.
+    pub memory_high_watermark: u64,
 }
 
 /// One running broker node.
@@ -92,7 +94,11 @@ impl Broker {
         let topics = Topics::open(&options.data_dir, Arc::clone(&logs))?;
         let offsets = OffsetStore::open(&logs)?;
         let producer_ids = ProducerIds::open(&options.data_dir)?;
-        let vhosts = VirtualHosts::open(Arc::clone(&logs), &options.vhosts)?;
+        let vhosts = VirtualHosts::open(
+            Arc::clone(&logs),
+            &options.vhosts,
+            messaging::MemoryMonitor::new(options.memory_high_watermark),
+        )?;
         Ok(Broker {
             data_dir: options.data_dir,
             logs,

@@ -7,7 +7,9 @@ use std::io::IsTerminal as _;
 use anyhow::Context as _;
 use std::sync::Arc;
 
-use sluice_config::{AmqpConfig, Config, DurabilityMode, KafkaConfig, LogFormat, LogSettings};
+use sluice_config::{
+    AmqpConfig, Config, DurabilityMode, KafkaConfig, LogFormat, LogSettings, split_list,
+};
 use sluice_core::{Broker, BrokerOptions};
 use sluice_kafka::KafkaOptions;
 use sluice_log::{Durability, LogConfig};
@@ -49,7 +51,11 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         log: log_config(&config.log)?,
         auto_create_topics: config.kafka.auto_create_topics,
         default_partitions: config.kafka.default_partitions,
-        vhosts: vec!["/".to_owned()],
+        vhosts: split_list(&config.amqp.vhosts)
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
+        memory_high_watermark: config.amqp.memory_high_watermark.bytes(),
     };
     let broker = tokio::task::spawn_blocking(move || Broker::open(options))
         .await
@@ -148,11 +154,24 @@ async fn start_amqp(
         })?;
     let bound = listener.local_addr().context("amqp listener address")?;
     info!(listen = %bound, "amqp listening");
+    let loopback_only = split_list(&config.loopback_users);
+    let users = split_list(&config.users)
+        .into_iter()
+        .filter_map(|entry| entry.split_once(':'))
+        .map(|(name, password)| sluice_amqp::AmqpUser {
+            name: name.to_owned(),
+            password: password.to_owned(),
+            loopback_only: loopback_only.contains(&name),
+        })
+        .collect();
+    let options = sluice_amqp::AmqpOptions {
+        frame_max: u32::try_from(config.frame_max.bytes()).unwrap_or(u32::MAX),
+        channel_max: config.channel_max,
+        heartbeat: u16::try_from(config.heartbeat.get().as_secs()).unwrap_or(u16::MAX),
+        users,
+    };
     Ok(tokio::spawn(sluice_amqp::serve(
-        listener,
-        broker,
-        sluice_amqp::AmqpOptions::default(),
-        stopped,
+        listener, broker, options, stopped,
     )))
 }
 

@@ -150,6 +150,7 @@ fn starts_logs_its_configuration_and_stops_cleanly_on_sigterm() -> anyhow::Resul
     let dir = tempfile::tempdir()?;
     let mut command = sluice(dir.path());
     command.args(["--data-dir", "node", "--kafka-listen", "127.0.0.1:19092"]);
+    command.args(["--amqp-listen", "127.0.0.1:0"]);
     let mut broker = ChildGuard::spawn(command, dir.path(), "broker")?;
     let log = broker.wait_for_log("broker started")?;
     for key in KEYS {
@@ -189,6 +190,7 @@ fn second_broker_on_the_same_data_dir_fails_and_the_first_keeps_running() -> any
 
     let mut command = sluice(dir.path());
     command.args(["--data-dir", "shared", "--kafka-listen", "127.0.0.1:19093"]);
+    command.args(["--amqp-listen", "127.0.0.1:0"]);
     let (status, _, stderr) = run(command, dir.path(), "second")?;
     assert!(!status.success(), "second broker started; log:\n{stderr}");
     assert_eq!(status.code(), Some(1), "{stderr}");

@@ -20,6 +20,7 @@
 
 mod definitions;
 mod exchange;
+mod memory;
 mod message;
 mod queue;
 mod queue_store;
@@ -27,6 +28,7 @@ mod routing;
 mod vhost;
 
 pub use exchange::{Binding, Destination, Exchange, ExchangeKind};
+pub use memory::{MemoryCharge, MemoryMonitor};
 pub use message::{Message, encode_properties, integer_value, short, string_value};
 pub use queue::{
     ConsumerEvent, ConsumerSpec, Credit, Delivery, EnqueueOutcome, GetResult, Overflow, Queue,

@@ -16,6 +16,7 @@ use amq_protocol::types::{AMQPValue, FieldTable};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::MessagingError;
+use super::memory::{MemoryCharge, MemoryMonitor};
 use super::message::{Message, integer_value, string_value};
 use super::queue_store::{PendingSync, QueueStore};
 use super::vhost::VirtualHost;
@@ -349,6 +350,8 @@ struct Entry {
     redelivered: bool,
     /// Wall-clock milliseconds after which the message is dead.
     expires_at: Option<i64>,
+    /// Memory accounting; released when the entry goes.
+    _charge: MemoryCharge,
 }
 
 /// Why a message left a queue other than by acknowledgement.
@@ -454,6 +457,7 @@ pub struct Queue {
     args: QueueArgs,
     store_id: Option<String>,
     vhost: Weak<VirtualHost>,
+    memory: Arc<MemoryMonitor>,
     state: Mutex<QueueState>,
 }
 
@@ -475,6 +479,7 @@ impl Queue {
         args: QueueArgs,
         store: Option<(String, QueueStore)>,
         vhost: Weak<VirtualHost>,
+        memory: Arc<MemoryMonitor>,
     ) -> Arc<Queue> {
         let (store_id, store) = match store {
             Some((id, store)) => (Some(id), Some(store)),
@@ -486,6 +491,7 @@ impl Queue {
             args,
             store_id,
             vhost,
+            memory,
             state: Mutex::new(QueueState {
                 ready: Ready::default(),
                 unacked: HashMap::new(),
@@ -580,6 +586,7 @@ impl Queue {
                 Entry {
                     seq,
                     stored: Some(id),
+                    _charge: self.memory.charge(message.body_size() as u64),
                     message: Arc::new(message),
                     redelivered: false,
                     expires_at,
@@ -680,6 +687,7 @@ impl Queue {
                 Entry {
                     seq,
                     stored,
+                    _charge: self.memory.charge(message.body_size() as u64),
                     message,
                     redelivered: false,
                     expires_at,

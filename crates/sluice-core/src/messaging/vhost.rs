@@ -17,6 +17,7 @@ use sluice_log::LogManager;
 use super::MessagingError;
 use super::definitions::{Definition, Definitions};
 use super::exchange::{Binding, Destination, Exchange, ExchangeKind};
+use super::memory::MemoryMonitor;
 use super::message::{Message, short, string_value};
 use super::queue::{DeadLetter, DeathReason, Queue, QueueArgs, QueueOptions, now_ms};
 use super::queue_store::{PendingSync, QueueStore, message_log_name, settlement_log_name};
@@ -50,6 +51,7 @@ pub struct PublishOutcome {
 #[derive(Debug)]
 pub struct VirtualHosts {
     hosts: RwLock<HashMap<String, Arc<VirtualHost>>>,
+    memory: Arc<MemoryMonitor>,
 }
 
 impl VirtualHosts {
@@ -58,14 +60,23 @@ impl VirtualHosts {
     ///
     /// # Errors
     /// Storage failures.
-    pub(crate) fn open(logs: Arc<LogManager>, names: &[String]) -> Result<VirtualHosts, CoreError> {
+    pub(crate) fn open(
+        logs: Arc<LogManager>,
+        names: &[String],
+        memory: Arc<MemoryMonitor>,
+    ) -> Result<VirtualHosts, CoreError> {
         let (definitions, stored) = Definitions::open(&logs)?;
         let definitions = Arc::new(definitions);
         let mut hosts = HashMap::new();
         for name in names {
             hosts.insert(
                 name.clone(),
-                VirtualHost::new(name.clone(), Arc::clone(&logs), Arc::clone(&definitions)),
+                VirtualHost::new(
+                    name.clone(),
+                    Arc::clone(&logs),
+                    Arc::clone(&definitions),
+                    Arc::clone(&memory),
+                ),
             );
         }
         for definition in stored {
@@ -82,6 +93,7 @@ impl VirtualHosts {
         }
         Ok(VirtualHosts {
             hosts: RwLock::new(hosts),
+            memory,
         })
     }
 
@@ -92,6 +104,11 @@ impl VirtualHosts {
             .unwrap_or_else(|e| e.into_inner())
             .get(name)
             .cloned()
+    }
+
+    /// Memory held by queued messages, and its alarm.
+    pub fn memory(&self) -> &Arc<MemoryMonitor> {
+        &self.memory
     }
 
     /// Every virtual host, sorted by name.
@@ -144,6 +161,7 @@ pub struct VirtualHost {
     queues: RwLock<HashMap<String, Arc<Queue>>>,
     logs: Arc<LogManager>,
     definitions: Arc<Definitions>,
+    memory: Arc<MemoryMonitor>,
     me: std::sync::Weak<VirtualHost>,
 }
 
@@ -167,7 +185,12 @@ const STANDARD_EXCHANGES: [(&str, ExchangeKind); 6] = [
 ];
 
 impl VirtualHost {
-    fn new(name: String, logs: Arc<LogManager>, definitions: Arc<Definitions>) -> Arc<VirtualHost> {
+    fn new(
+        name: String,
+        logs: Arc<LogManager>,
+        definitions: Arc<Definitions>,
+        memory: Arc<MemoryMonitor>,
+    ) -> Arc<VirtualHost> {
         let mut exchanges = HashMap::new();
         for (exchange, kind) in STANDARD_EXCHANGES {
             exchanges.insert(
@@ -188,6 +211,7 @@ impl VirtualHost {
             queues: RwLock::new(HashMap::new()),
             logs,
             definitions,
+            memory,
             me: me.clone(),
         })
     }
@@ -311,6 +335,7 @@ impl VirtualHost {
                     args,
                     Some((store_id, recovered.store)),
                     self.me.clone(),
+                    Arc::clone(&self.memory),
                 );
                 queue.restore(recovered.messages);
                 self.queues_mut().insert(name, queue);
@@ -580,7 +605,14 @@ impl VirtualHost {
         } else {
             None
         };
-        let queue = Queue::new(name.clone(), options, args, store, self.me.clone());
+        let queue = Queue::new(
+            name.clone(),
+            options,
+            args,
+            store,
+            self.me.clone(),
+            Arc::clone(&self.memory),
+        );
         queues.insert(name.clone(), queue);
         Ok((name, 0, 0))
     }

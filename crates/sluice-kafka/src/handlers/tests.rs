@@ -299,6 +299,7 @@ async fn every_response_encodes_at_every_advertised_version() {
         auto_create_topics: true,
         default_partitions: 1,
         vhosts: vec!["/".to_owned()],
+        memory_high_watermark: 1 << 30,
     })
     .expect("open broker");
     let context = Context {
