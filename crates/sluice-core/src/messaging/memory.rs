@@ -87,20 +87,17 @@ mod tests {
     fn alarm_follows_the_watermark_both_ways() {
         let monitor = MemoryMonitor::new(100);
         let alarm = monitor.alarm();
-        let a = monitor.charge(60);
+        let a = monitor.charge(20);
         assert!(!*alarm.borrow());
-        let b = monitor.charge(60);
+        let b = monitor.charge(85);
         assert!(*alarm.borrow());
-        assert_eq!(monitor.used(), 120);
-        let c = monitor.charge(10);
+        assert_eq!(monitor.used(), 105);
         drop(a);
-        assert!(
-            *alarm.borrow(),
-            "70 bytes is under the watermark but not under 80%"
-        );
-        drop(c);
-        assert!(!*alarm.borrow());
+        assert!(*alarm.borrow(), "85 bytes is under the watermark but not under 80%");
         drop(b);
+        assert!(!*alarm.borrow());
         assert_eq!(monitor.used(), 0);
+        let _c = monitor.charge(101);
+        assert!(*alarm.borrow(), "raised again");
     }
 }
