@@ -93,7 +93,10 @@ mod tests {
         assert!(*alarm.borrow());
         assert_eq!(monitor.used(), 105);
         drop(a);
-        assert!(*alarm.borrow(), "85 bytes is under the watermark but not under 80%");
+        assert!(
+            *alarm.borrow(),
+            "85 bytes is under the watermark but not under 80%"
+        );
         drop(b);
         assert!(!*alarm.borrow());
         assert_eq!(monitor.used(), 0);

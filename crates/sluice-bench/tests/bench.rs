@@ -1,5 +1,5 @@
-//! The tool against a real Sluice broker with tiny workloads: every message
-//! is counted and checked, the JSON line carries the documented fields, and
+//! The tool against a real Sluice broker with tiny Kafka and AMQP workloads:
+//! every message is counted and checked, the JSON line carries the documented fields, and
 //! the broker's CPU and memory are reported for the pid given.
 
 use std::net::TcpListener;
@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 struct Broker {
     child: Child,
     port: u16,
+    amqp_port: u16,
     _dir: tempfile::TempDir,
 }
 
@@ -32,10 +33,14 @@ fn broker_binary() -> PathBuf {
 
 fn start_broker() -> Broker {
     let dir = tempfile::tempdir().expect("temp dir");
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+    let free_port = || {
+        TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port()
+    };
+    let port = free_port();
+    let amqp_port = free_port();
     let binary = broker_binary();
     assert!(
         binary.exists(),
@@ -46,19 +51,17 @@ fn start_broker() -> Broker {
         .args(["--data-dir"])
         .arg(dir.path().join("data"))
         .args(["--kafka-listen", &format!("127.0.0.1:{port}")])
-        .args([
-            "--amqp-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-        ])
+        .args(["--amqp-listen", &format!("127.0.0.1:{amqp_port}")])
+        .args(["--http-listen", "127.0.0.1:0"])
         .env_remove("SLUICE_LOG")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("start broker");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+        || std::net::TcpStream::connect(("127.0.0.1", amqp_port)).is_err()
+    {
         assert!(
             Instant::now() < deadline,
             "broker did not listen within 20 s"
@@ -68,18 +71,32 @@ fn start_broker() -> Broker {
     Broker {
         child,
         port,
+        amqp_port,
         _dir: dir,
     }
 }
 
 fn bench(broker: &Broker, extra: &[&str]) -> serde_json::Value {
-    let output = Command::new(env!("CARGO_BIN_EXE_sluice-bench"))
-        .args([
+    run_tool(
+        broker,
+        &[
             "kafka",
             "--bootstrap",
             &format!("127.0.0.1:{}", broker.port),
-            "--json",
-        ])
+        ],
+        extra,
+    )
+}
+
+fn bench_amqp(broker: &Broker, extra: &[&str]) -> serde_json::Value {
+    let url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", broker.amqp_port);
+    run_tool(broker, &["amqp", "--url", &url], extra)
+}
+
+fn run_tool(broker: &Broker, workload: &[&str], extra: &[&str]) -> serde_json::Value {
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice-bench"))
+        .args(workload)
+        .arg("--json")
         .args(["--broker-pid", &broker.child.id().to_string()])
         .args(extra)
         .output()
@@ -161,5 +178,61 @@ fn a_fixed_rate_run_with_two_producers_and_consumers() {
     assert!(
         seconds >= 0.4,
         "200 messages at 400/s take at least half a second: {seconds}"
+    );
+}
+
+#[test]
+fn a_tiny_amqp_run_over_two_queues_with_confirms() {
+    let broker = start_broker();
+    let report = bench_amqp(
+        &broker,
+        &[
+            "--count",
+            "400",
+            "--size",
+            "64",
+            "--queues",
+            "2",
+            "--producers",
+            "2",
+            "--consumers",
+            "2",
+            "--persistent",
+            "--confirms",
+            "--prefetch",
+            "10",
+        ],
+    );
+    assert_eq!(report["passed"], true, "{report}");
+    assert_eq!(report["protocol"], "amqp");
+    assert_eq!(report["verdict"]["acknowledged"], 400);
+    assert_eq!(report["verdict"]["consumed"], 400);
+    assert_eq!(report["workload"]["queues"], 2);
+    assert_eq!(
+        report["workload"]["url"],
+        format!("amqp://guest:***@127.0.0.1:{}/%2f", broker.amqp_port)
+    );
+    assert!(
+        report["latency"]["p99_us"]
+            .as_f64()
+            .is_some_and(|l| l > 0.0)
+    );
+}
+
+#[test]
+fn a_fixed_rate_amqp_run_without_acks() {
+    let broker = start_broker();
+    let report = bench_amqp(
+        &broker,
+        &[
+            "--count", "300", "--size", "100", "--rate", "1000", "--no-ack",
+        ],
+    );
+    assert_eq!(report["passed"], true, "{report}");
+    assert_eq!(report["verdict"]["consumed"], 300);
+    let seconds = report["seconds"].as_f64().expect("seconds");
+    assert!(
+        seconds >= 0.25,
+        "300 messages at 1000/s cannot finish in {seconds}s"
     );
 }
