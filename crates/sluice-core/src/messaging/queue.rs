@@ -588,7 +588,9 @@ impl Queue {
                     stored: Some(id),
                     _charge: self.memory.charge(message.body_size() as u64),
                     message: Arc::new(message),
-                    redelivered: false,
+                    // It may have been delivered before the crash: the
+                    // flag says "maybe seen", as AMQP defines it.
+                    redelivered: true,
                     expires_at,
                 },
             );
