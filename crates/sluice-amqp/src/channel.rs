@@ -285,21 +285,7 @@ impl Channel {
         taken: Vec<Unacked>,
         outcome: Settlement,
     ) -> Result<(), AmqpError> {
-        // Group by queue to settle each queue's messages in one call.
-        let mut groups: Vec<(Arc<Queue>, Vec<u64>)> = Vec::new();
-        for unacked in taken {
-            if let Some(credit) = &unacked.credit {
-                credit.release(1);
-            }
-            match groups
-                .iter_mut()
-                .find(|(q, _)| Arc::ptr_eq(q, &unacked.queue))
-            {
-                Some((_, seqs)) => seqs.push(unacked.seq),
-                None => groups.push((unacked.queue, vec![unacked.seq])),
-            }
-        }
-        for (queue, seqs) in groups {
+        for (queue, seqs) in release_by_queue(taken) {
             match outcome {
                 Settlement::Ack => {
                     for seq in &seqs {
@@ -325,20 +311,7 @@ impl Channel {
             }
         }
         let taken: Vec<Unacked> = std::mem::take(&mut self.unacked).into_values().collect();
-        let mut groups: Vec<(Arc<Queue>, Vec<u64>)> = Vec::new();
-        for unacked in taken {
-            if let Some(credit) = &unacked.credit {
-                credit.release(1);
-            }
-            match groups
-                .iter_mut()
-                .find(|(q, _)| Arc::ptr_eq(q, &unacked.queue))
-            {
-                Some((_, seqs)) => seqs.push(unacked.seq),
-                None => groups.push((unacked.queue, vec![unacked.seq])),
-            }
-        }
-        for (queue, seqs) in groups {
+        for (queue, seqs) in release_by_queue(taken) {
             if let Err(error) = queue.requeue(&seqs) {
                 tracing::warn!(queue = queue.name(), %error, "cannot requeue on channel close");
             }
@@ -351,6 +324,25 @@ impl Channel {
 pub(crate) enum Settlement {
     Ack,
     Reject { requeue: bool },
+}
+
+/// Returns the deliveries' credit and groups them by queue, so that each
+/// queue settles its messages in one call.
+fn release_by_queue(taken: Vec<Unacked>) -> Vec<(Arc<Queue>, Vec<u64>)> {
+    let mut groups: Vec<(Arc<Queue>, Vec<u64>)> = Vec::new();
+    for unacked in taken {
+        if let Some(credit) = &unacked.credit {
+            credit.release(1);
+        }
+        match groups
+            .iter_mut()
+            .find(|(q, _)| Arc::ptr_eq(q, &unacked.queue))
+        {
+            Some((_, seqs)) => seqs.push(unacked.seq),
+            None => groups.push((unacked.queue, vec![unacked.seq])),
+        }
+    }
+    groups
 }
 
 fn unknown_tag(tag: u64) -> AmqpError {

@@ -22,7 +22,7 @@ use serde_json::json;
 
 use crate::payload;
 use crate::process;
-use crate::report::{Latency, Report, Verdict};
+use crate::report::{Latency, Report, Verdict, rates};
 use crate::seen::Seen;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -379,7 +379,10 @@ pub(crate) fn run(args: &KafkaArgs) -> anyhow::Result<Report> {
         broker_after,
         consumed_at.as_secs_f64(),
     );
-    let mb = |count: u64, secs: f64| count as f64 * args.size as f64 / secs.max(1e-9) / 1e6;
+    let (produced_msgs_per_s, produced_mb_per_s) =
+        rates(acknowledged, args.size, produced_at.as_secs_f64());
+    let (consumed_msgs_per_s, consumed_mb_per_s) =
+        rates(seen.consumed, args.size, consume_time.as_secs_f64());
     let passed = verdict.passed();
     Ok(Report {
         tool: "sluice-bench",
@@ -404,10 +407,10 @@ pub(crate) fn run(args: &KafkaArgs) -> anyhow::Result<Report> {
             "consumer_set": args.consumer_set,
         }),
         seconds: consumed_at.as_secs_f64(),
-        produced_msgs_per_s: acknowledged as f64 / produced_at.as_secs_f64().max(1e-9),
-        produced_mb_per_s: mb(acknowledged, produced_at.as_secs_f64()),
-        consumed_msgs_per_s: seen.consumed as f64 / consume_time.as_secs_f64().max(1e-9),
-        consumed_mb_per_s: mb(seen.consumed, consume_time.as_secs_f64()),
+        produced_msgs_per_s,
+        produced_mb_per_s,
+        consumed_msgs_per_s,
+        consumed_mb_per_s,
         latency: Latency::from_histogram(&seen.latency),
         broker,
         passed,

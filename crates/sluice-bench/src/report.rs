@@ -83,6 +83,16 @@ pub(crate) struct Report {
     pub(crate) json_only: bool,
 }
 
+/// Messages per second and MB/s of `count` messages of `size` bytes over
+/// `seconds`.
+pub(crate) fn rates(count: u64, size: usize, seconds: f64) -> (f64, f64) {
+    let seconds = seconds.max(1e-9);
+    (
+        count as f64 / seconds,
+        count as f64 * size as f64 / seconds / 1e6,
+    )
+}
+
 impl Report {
     pub(crate) fn print(&self, json_only: bool) {
         if !json_only {

@@ -19,6 +19,7 @@ mod groups;
 pub mod messaging;
 mod offsets;
 mod producers;
+mod replay;
 mod topic_config;
 mod topics;
 

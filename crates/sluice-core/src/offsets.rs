@@ -13,9 +13,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use kafka_protocol::records::RecordBatchDecoder;
 use sluice_log::batch::{NewRecord, encode};
-use sluice_log::{Clock, Log, LogManager, ReadBound, SystemClock};
+use sluice_log::{Clock, Log, LogManager, SystemClock};
 use sluice_types::{LeaderEpoch, Offset};
 
 use crate::CoreError;
@@ -56,36 +55,22 @@ impl OffsetStore {
         log.set_config(config);
         let mut groups: HashMap<String, GroupOffsets> = HashMap::new();
         let mut last_commit: HashMap<String, i64> = HashMap::new();
-        let mut next = log.log_start();
-        while next < log.log_end() {
-            let read = log.read(next, 1 << 20, ReadBound::LogEnd)?;
-            let Some(after) = read.next_offset else { break };
-            let mut bytes = read.records;
-            while bytes.has_remaining() {
-                let Ok(set) = RecordBatchDecoder::decode(&mut bytes) else {
-                    tracing::warn!(offset = %next, "skipping an undecodable offsets batch");
-                    break;
-                };
-                for record in set.records {
-                    let Some((group, topic, partition)) = record.key.as_ref().and_then(decode_key)
-                    else {
-                        continue;
-                    };
-                    let latest = last_commit.entry(group.clone()).or_insert(record.timestamp);
-                    *latest = (*latest).max(record.timestamp);
-                    let entry = groups.entry(group).or_default();
-                    match record.value.as_ref().and_then(decode_value) {
-                        Some(committed) => {
-                            entry.insert((topic, partition), committed);
-                        }
-                        None => {
-                            entry.remove(&(topic, partition));
-                        }
-                    }
+        crate::replay::for_each_record(&log, log.log_start(), |record| {
+            let Some((group, topic, partition)) = record.key.as_ref().and_then(decode_key) else {
+                return;
+            };
+            let latest = last_commit.entry(group.clone()).or_insert(record.timestamp);
+            *latest = (*latest).max(record.timestamp);
+            let entry = groups.entry(group).or_default();
+            match record.value.as_ref().and_then(decode_value) {
+                Some(committed) => {
+                    entry.insert((topic, partition), committed);
+                }
+                None => {
+                    entry.remove(&(topic, partition));
                 }
             }
-            next = after;
-        }
+        })?;
         groups.retain(|_, offsets| !offsets.is_empty());
         last_commit.retain(|group, _| groups.contains_key(group));
         Ok(OffsetStore {

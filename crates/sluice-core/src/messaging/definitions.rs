@@ -18,9 +18,8 @@ use amq_protocol::types::FieldTable;
 use amq_protocol::types::generation::gen_field_table;
 use amq_protocol::types::parsing::parse_field_table;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use kafka_protocol::records::RecordBatchDecoder;
 use sluice_log::batch::{NewRecord, encode};
-use sluice_log::{Clock, Log, LogManager, ReadBound, SystemClock};
+use sluice_log::{Clock, Log, LogManager, SystemClock};
 use sluice_types::LeaderEpoch;
 
 use super::exchange::Destination;
@@ -238,24 +237,11 @@ impl Definitions {
         let log = logs.get_or_create(DEFINITIONS_LOG, Some(config.clone()))?;
         log.set_config(config);
         let mut latest: BTreeMap<Bytes, Option<Bytes>> = BTreeMap::new();
-        let mut next = log.log_start();
-        while next < log.log_end() {
-            let read = log.read(next, 1 << 20, ReadBound::LogEnd)?;
-            let Some(after) = read.next_offset else { break };
-            let mut bytes = read.records;
-            while bytes.has_remaining() {
-                let Ok(set) = RecordBatchDecoder::decode(&mut bytes) else {
-                    tracing::warn!(offset = %next, "skipping an undecodable definitions batch");
-                    break;
-                };
-                for record in set.records {
-                    if let Some(key) = record.key {
-                        latest.insert(key, record.value);
-                    }
-                }
+        crate::replay::for_each_record(&log, log.log_start(), |record| {
+            if let Some(key) = record.key {
+                latest.insert(key, record.value);
             }
-            next = after;
-        }
+        })?;
         let mut definitions = Vec::new();
         for (key, value) in latest {
             let Some(value) = value else { continue };

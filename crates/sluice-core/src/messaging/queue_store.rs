@@ -16,9 +16,8 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use kafka_protocol::records::RecordBatchDecoder;
 use sluice_log::batch::{NewRecord, encode};
-use sluice_log::{Clock, Durability, Log, LogManager, ReadBound, SystemClock};
+use sluice_log::{Clock, Durability, Log, LogManager, SystemClock};
 use sluice_types::{LeaderEpoch, Offset};
 
 use super::message::Message;
@@ -106,9 +105,11 @@ impl QueueStore {
         let mut low = 0u64;
         let mut settled = BTreeSet::new();
         let mut records = 0u64;
-        for_each_value(&settlements, |value| {
+        crate::replay::for_each_record(&settlements, settlements.log_start(), |record| {
             records += 1;
-            apply_settlement(value, &mut low, &mut settled);
+            if let Some(value) = record.value {
+                apply_settlement(value, &mut low, &mut settled);
+            }
         })?;
 
         let start = u64::try_from(messages.log_start().get()).unwrap_or(0);
@@ -116,33 +117,21 @@ impl QueueStore {
         settled.retain(|id| *id >= low);
         let mut recovered = Vec::new();
         let mut outstanding = BTreeSet::new();
-        let mut next = Offset::from(i64::try_from(low).unwrap_or(i64::MAX));
-        while next < messages.log_end() {
-            let read = messages.read(next, 1 << 20, ReadBound::LogEnd)?;
-            let Some(after) = read.next_offset else { break };
-            let mut bytes = read.records;
-            while bytes.has_remaining() {
-                let Ok(set) = RecordBatchDecoder::decode(&mut bytes) else {
-                    tracing::warn!(offset = %next, log = %messages.dir().display(), "skipping an undecodable queue batch");
-                    break;
-                };
-                for record in set.records {
-                    let Ok(id) = u64::try_from(record.offset) else {
-                        continue;
-                    };
-                    if id < low || settled.contains(&id) {
-                        continue;
-                    }
-                    let Some(message) = record.value.and_then(Message::decode) else {
-                        tracing::warn!(id, "skipping an undecodable queued message");
-                        continue;
-                    };
-                    outstanding.insert(id);
-                    recovered.push((id, message, record.timestamp));
-                }
+        let from = Offset::from(i64::try_from(low).unwrap_or(i64::MAX));
+        crate::replay::for_each_record(&messages, from, |record| {
+            let Ok(id) = u64::try_from(record.offset) else {
+                return;
+            };
+            if id < low || settled.contains(&id) {
+                return;
             }
-            next = after;
-        }
+            let Some(message) = record.value.and_then(Message::decode) else {
+                tracing::warn!(id, "skipping an undecodable queued message");
+                return;
+            };
+            outstanding.insert(id);
+            recovered.push((id, message, record.timestamp));
+        })?;
         let mut store = QueueStore {
             messages,
             settlements,
@@ -303,28 +292,6 @@ fn apply_settlement(value: Bytes, low: &mut u64, settled: &mut BTreeSet<u64>) {
         }
         settled.insert(value.get_u64());
     }
-}
-
-fn for_each_value(log: &Log, mut visit: impl FnMut(Bytes)) -> Result<(), CoreError> {
-    let mut next = log.log_start();
-    while next < log.log_end() {
-        let read = log.read(next, 1 << 20, ReadBound::LogEnd)?;
-        let Some(after) = read.next_offset else { break };
-        let mut bytes = read.records;
-        while bytes.has_remaining() {
-            let Ok(set) = RecordBatchDecoder::decode(&mut bytes) else {
-                tracing::warn!(offset = %next, log = %log.dir().display(), "skipping an undecodable batch");
-                break;
-            };
-            for record in set.records {
-                if let Some(value) = record.value {
-                    visit(value);
-                }
-            }
-        }
-        next = after;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
