@@ -27,7 +27,7 @@ use serde_json::json;
 use crate::payload;
 use crate::process;
 use crate::report::{Latency, Report, Verdict, rates};
-use crate::seen::Seen;
+use crate::seen::{Progress, Seen};
 
 /// `sluice-bench amqp`: one workload against one AMQP 0-9-1 broker.
 #[derive(Debug, Args)]
@@ -84,7 +84,7 @@ pub(crate) struct AmqpArgs {
 
 #[derive(Debug, Default)]
 struct Published {
-    acknowledged: AtomicU64,
+    acknowledged: Arc<AtomicU64>,
     errors: AtomicU64,
     first_error: Mutex<Option<String>>,
 }
@@ -382,23 +382,12 @@ async fn run_async(args: &AmqpArgs) -> anyhow::Result<Report> {
             Arc::clone(&published),
         )));
     }
-    let progress = (args.progress_s > 0 && !args.json).then(|| {
-        let published = Arc::clone(&published);
-        let seen = Arc::clone(&seen);
-        let every = Duration::from_secs(args.progress_s);
-        let total = per_producer * u64::from(args.producers.max(1));
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                let consumed = seen.lock().unwrap_or_else(|e| e.into_inner()).consumed;
-                eprintln!(
-                    "  … {:.0}s: published {} / {total}, consumed {consumed}",
-                    started.elapsed().as_secs_f64(),
-                    published.acknowledged.load(Ordering::Relaxed),
-                );
-            }
-        })
-    });
+    let progress = Progress::start(
+        Duration::from_secs(if args.json { 0 } else { args.progress_s }),
+        per_producer * u64::from(args.producers.max(1)),
+        Arc::clone(&published.acknowledged),
+        Arc::clone(&seen),
+    );
     for producer in producers {
         producer.await.context("publisher task")??;
     }
@@ -419,9 +408,7 @@ async fn run_async(args: &AmqpArgs) -> anyhow::Result<Report> {
     }
     let consumed_at = started.elapsed();
     stop.store(true, Ordering::Relaxed);
-    if let Some(progress) = progress {
-        progress.abort();
-    }
+    drop(progress);
     for consumer in consumers {
         consumer.await.context("consumer task")??;
     }

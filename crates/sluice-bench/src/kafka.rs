@@ -23,7 +23,7 @@ use serde_json::json;
 use crate::payload;
 use crate::process;
 use crate::report::{Latency, Report, Verdict, rates};
-use crate::seen::Seen;
+use crate::seen::{Progress, Seen};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Acks {
@@ -106,6 +106,9 @@ pub(crate) struct KafkaArgs {
     /// rate is measured alone (end-to-end latency then includes the wait).
     #[arg(long)]
     consume_after_produce: bool,
+    /// Print progress to stderr every this many seconds (0: never).
+    #[arg(long, default_value_t = 5)]
+    progress_s: u64,
     /// Print only the JSON line.
     #[arg(long)]
     json: bool,
@@ -114,7 +117,7 @@ pub(crate) struct KafkaArgs {
 /// Counts delivery reports.
 #[derive(Debug, Default)]
 struct Deliveries {
-    acknowledged: AtomicU64,
+    acknowledged: Arc<AtomicU64>,
     errors: AtomicU64,
     first_error: Mutex<Option<String>>,
 }
@@ -263,6 +266,12 @@ pub(crate) fn run(args: &KafkaArgs) -> anyhow::Result<Report> {
     let broker_before = args.broker_pid.and_then(process::sample);
     let started = Instant::now();
     let per_producer = args.count / u64::from(args.producers.max(1));
+    let progress = Progress::start(
+        Duration::from_secs(if args.json { 0 } else { args.progress_s }),
+        per_producer * u64::from(args.producers.max(1)),
+        Arc::clone(&deliveries.acknowledged),
+        Arc::clone(&seen),
+    );
     let mut producer_threads = Vec::new();
     for producer_index in 0..args.producers.max(1) {
         let mut config = ClientConfig::new();
@@ -349,6 +358,7 @@ pub(crate) fn run(args: &KafkaArgs) -> anyhow::Result<Report> {
     }
     let consumed_at = started.elapsed();
     let consume_time = consume_started.elapsed();
+    drop(progress);
     stop.store(true, Ordering::Relaxed);
     for thread in consumer_threads {
         let _ = thread.join();

@@ -3,7 +3,9 @@
 //! end-to-end latency.
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use hdrhistogram::Histogram;
@@ -81,5 +83,59 @@ impl Seen {
             .flatten()
             .map(|w| u64::from(w.count_ones()))
             .sum()
+    }
+}
+
+/// Prints how far a run got to stderr every `every` until dropped.
+#[derive(Debug)]
+pub(crate) struct Progress {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Progress {
+    /// Starts reporting `acknowledged` of `total` sent and what `seen` holds;
+    /// `None` when `every` is zero.
+    pub(crate) fn start(
+        every: Duration,
+        total: u64,
+        acknowledged: Arc<AtomicU64>,
+        seen: Arc<Mutex<Seen>>,
+    ) -> Option<Progress> {
+        if every.is_zero() {
+            return None;
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let started = Instant::now();
+        let thread = std::thread::spawn(move || {
+            let mut next = every;
+            while !flag.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(50));
+                if started.elapsed() < next {
+                    continue;
+                }
+                next += every;
+                let consumed = seen.lock().unwrap_or_else(|e| e.into_inner()).consumed;
+                eprintln!(
+                    "  … {:.0}s: sent {} / {total}, consumed {consumed}",
+                    started.elapsed().as_secs_f64(),
+                    acknowledged.load(Ordering::Relaxed),
+                );
+            }
+        });
+        Some(Progress {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
