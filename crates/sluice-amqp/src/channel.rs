@@ -25,6 +25,8 @@ pub(crate) const NO_ACK_WINDOW: u32 = 2000;
 #[derive(Debug)]
 pub(crate) struct Context<'a> {
     pub(crate) connection: u64,
+    /// The user who logged in (a publish's `user_id` must match it).
+    pub(crate) user: &'a str,
     pub(crate) vhost: &'a Arc<VirtualHost>,
     pub(crate) out: &'a mut BytesMut,
     pub(crate) frame_max: usize,
@@ -287,11 +289,7 @@ impl Channel {
     ) -> Result<(), AmqpError> {
         for (queue, seqs) in release_by_queue(taken) {
             match outcome {
-                Settlement::Ack => {
-                    for seq in &seqs {
-                        queue.ack(*seq)?;
-                    }
-                }
+                Settlement::Ack => queue.ack(&seqs)?,
                 Settlement::Reject { requeue } => queue.reject(&seqs, requeue)?,
             }
             ctx.dispatch_later(&queue);

@@ -74,6 +74,8 @@ pub(crate) struct Connection {
     channel_max: u16,
     heartbeat: u16,
     vhost: Option<Arc<VirtualHost>>,
+    /// The user who logged in.
+    user: String,
     channels: HashMap<u16, Channel>,
     out: BytesMut,
     dispatch: Vec<Arc<Queue>>,
@@ -126,6 +128,7 @@ impl Connection {
             heartbeat: options.heartbeat,
             options,
             vhost: None,
+            user: String::new(),
             channels: HashMap::new(),
             out: BytesMut::with_capacity(64 << 10),
             dispatch: Vec::new(),
@@ -416,6 +419,7 @@ impl Connection {
         };
         tracing::debug!(user = %user, vhost = vhost.name(), heartbeat = self.heartbeat, frame_max = self.frame_max, "AMQP connection open");
         self.vhost = Some(vhost);
+        self.user = user;
         frames::put_method(
             &mut self.out,
             0,
@@ -695,6 +699,7 @@ impl Connection {
         };
         let mut ctx = Context {
             connection: self.id,
+            user: &self.user,
             vhost,
             out: &mut self.out,
             frame_max: self.frame_max,

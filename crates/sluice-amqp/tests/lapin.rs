@@ -476,11 +476,19 @@ fn confirmed_persistent_messages_survive_kill_9_and_acked_ones_stay_gone() {
                 .await
                 .expect("ack");
         }
-        // Settlements are written within the maintenance interval; wait
-        // for them as a client would wait for nothing: a redelivery of an
-        // acknowledged message is allowed only if it was not yet written,
-        // so give the broker its documented interval first.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // A round trip after the acks: once the broker answered it, it has
+        // handled (and written) every ack sent before.
+        channel
+            .queue_declare(
+                "kept".into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("round trip");
         drop(connection);
     });
     broker.crash_and_restart();

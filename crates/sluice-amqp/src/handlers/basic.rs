@@ -233,6 +233,20 @@ pub(crate) fn publish(
     method: basic::Publish,
     message: Message,
 ) -> Result<(), AmqpError> {
+    // RabbitMQ's validated user-id: a publisher may not claim another user.
+    if let Some(user_id) = message.properties.user_id()
+        && user_id.as_str() != ctx.user
+    {
+        return Err(AmqpError::channel(
+            PRECONDITION_FAILED,
+            format!(
+                "user_id property set to '{}' but authenticated user was '{}'",
+                user_id.as_str(),
+                ctx.user
+            ),
+        )
+        .during(60, 40));
+    }
     if let Some(actions) = channel.tx.as_mut() {
         // Checked now so that a bad publish fails the channel at once.
         if ctx.vhost.exchange(method.exchange.as_str()).is_none() {

@@ -18,7 +18,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::MessagingError;
 use super::memory::{MemoryCharge, MemoryMonitor};
 use super::message::{Message, integer_value, string_value};
-use super::queue_store::{PendingSync, QueueStore};
+use super::queue_store::{PendingSync, QueueStore, RecoveredMessage};
 use super::vhost::VirtualHost;
 use crate::CoreError;
 
@@ -574,23 +574,21 @@ impl Queue {
     }
 
     /// Puts recovered messages back (on open), in id order.
-    pub(crate) fn restore(&self, messages: Vec<(u64, Message, i64)>) {
+    pub(crate) fn restore(&self, messages: Vec<RecoveredMessage>) {
         let mut state = self.state();
-        for (id, message, timestamp) in messages {
-            let expires_at = self.expiry_for(&message, timestamp);
-            let priority = self.effective_priority(&message);
+        for recovered in messages {
+            let expires_at = self.expiry_for(&recovered.message, recovered.timestamp);
+            let priority = self.effective_priority(&recovered.message);
             let seq = state.next_seq;
             state.next_seq += 1;
             state.ready.push_back(
                 priority,
                 Entry {
                     seq,
-                    stored: Some(id),
-                    _charge: self.memory.charge(message.body_size() as u64),
-                    message: Arc::new(message),
-                    // It may have been delivered before the crash: the
-                    // flag says "maybe seen", as AMQP defines it.
-                    redelivered: true,
+                    stored: Some(recovered.id),
+                    _charge: self.memory.charge(recovered.message.body_size() as u64),
+                    message: Arc::new(recovered.message),
+                    redelivered: recovered.delivered,
                     expires_at,
                 },
             );
@@ -642,7 +640,7 @@ impl Queue {
                             let Some(entry) = state.ready.pop_oldest() else {
                                 break;
                             };
-                            settle_stored(&mut state, &entry)?;
+                            settle_stored(&mut state, &entry);
                             dead.push(DeadLetter {
                                 message: entry.message,
                                 reason: DeathReason::MaxLen,
@@ -724,9 +722,7 @@ impl Queue {
                     if let Some(consumer) = state.consumers.get(index) {
                         consumer.credit.release(1);
                     }
-                    if let Err(error) = settle_stored(&mut state, &entry) {
-                        tracing::warn!(queue = %self.name, %error, "cannot record an expiry");
-                    }
+                    settle_stored(&mut state, &entry);
                     dead.push(DeadLetter {
                         message: entry.message,
                         reason: DeathReason::Expired,
@@ -758,12 +754,14 @@ impl Queue {
                     continue;
                 }
                 if no_ack {
-                    if let Err(error) = settle_stored(&mut state, &entry) {
-                        tracing::warn!(queue = %self.name, %error, "cannot record a settlement");
-                    }
+                    settle_stored(&mut state, &entry);
                 } else {
+                    mark_delivered(&mut state, &entry);
                     state.unacked.insert(entry.seq, entry);
                 }
+            }
+            if let Err(error) = flush_store(&mut state) {
+                tracing::warn!(queue = %self.name, %error, "cannot write settlements");
             }
         }
         self.dead_letter(dead);
@@ -780,32 +778,39 @@ impl Queue {
             let mut state = self.state();
             state.last_used = Instant::now();
             drop_expired(&mut state, now_ms(), &mut dead);
-            match state.ready.pop_front() {
+            let result = match state.ready.pop_front() {
                 None => None,
                 Some(entry) => {
                     let out = (entry.seq, Arc::clone(&entry.message), entry.redelivered);
                     if no_ack {
-                        settle_stored(&mut state, &entry)?;
+                        settle_stored(&mut state, &entry);
                     } else {
+                        mark_delivered(&mut state, &entry);
                         state.unacked.insert(entry.seq, entry);
                     }
                     Some((out.0, out.1, out.2, state.ready.len))
                 }
-            }
+            };
+            flush_store(&mut state)?;
+            result
         };
         self.dead_letter(dead);
         Ok(result)
     }
 
-    /// Settles a delivery positively.
+    /// Settles deliveries positively; what is written survives a crash of
+    /// the broker process once this returns.
     ///
     /// # Errors
     /// Storage failures.
-    pub fn ack(&self, seq: u64) -> Result<(), MessagingError> {
+    pub fn ack(&self, seqs: &[u64]) -> Result<(), MessagingError> {
         let mut state = self.state();
-        if let Some(entry) = state.unacked.remove(&seq) {
-            settle_stored(&mut state, &entry)?;
+        for seq in seqs {
+            if let Some(entry) = state.unacked.remove(seq) {
+                settle_stored(&mut state, &entry);
+            }
         }
+        flush_store(&mut state)?;
         Ok(())
     }
 
@@ -827,13 +832,14 @@ impl Queue {
                     let priority = self.effective_priority(&entry.message);
                     state.ready.requeue(priority, entry);
                 } else {
-                    settle_stored(&mut state, &entry)?;
+                    settle_stored(&mut state, &entry);
                     dead.push(DeadLetter {
                         message: entry.message,
                         reason: DeathReason::Rejected,
                     });
                 }
             }
+            flush_store(&mut state)?;
         }
         self.dead_letter(dead);
         if requeue {
@@ -911,8 +917,9 @@ impl Queue {
         let mut state = self.state();
         let entries = state.ready.drain();
         for entry in &entries {
-            settle_stored(&mut state, entry)?;
+            settle_stored(&mut state, entry);
         }
+        flush_store(&mut state)?;
         Ok(entries.len())
     }
 
@@ -1001,11 +1008,24 @@ impl Queue {
     }
 }
 
-fn settle_stored(state: &mut QueueState, entry: &Entry) -> Result<(), CoreError> {
+fn settle_stored(state: &mut QueueState, entry: &Entry) {
     if let (Some(store), Some(id)) = (state.store.as_mut(), entry.stored) {
-        store.settle(id)?;
+        store.settle(id);
     }
-    Ok(())
+}
+
+fn mark_delivered(state: &mut QueueState, entry: &Entry) {
+    if let (Some(store), Some(id)) = (state.store.as_mut(), entry.stored) {
+        store.mark_delivered(id);
+    }
+}
+
+/// Writes what the operation settled or delivered (unsynced).
+fn flush_store(state: &mut QueueState) -> Result<(), CoreError> {
+    match state.store.as_mut() {
+        Some(store) => store.flush(),
+        None => Ok(()),
+    }
 }
 
 /// Dead messages at the head of each bucket leave (RabbitMQ expires only
@@ -1022,9 +1042,7 @@ fn drop_expired(state: &mut QueueState, now: i64, dead: &mut Vec<DeadLetter>) {
         let Some(entry) = state.ready.pop_front() else {
             break;
         };
-        if let Err(error) = settle_stored(state, &entry) {
-            tracing::warn!(%error, "cannot record an expiry");
-        }
+        settle_stored(state, &entry);
         dead.push(DeadLetter {
             message: entry.message,
             reason: DeathReason::Expired,

@@ -1,16 +1,20 @@
 //! The disk side of a durable queue: a log of enqueued persistent messages
 //! and a log of which of them were settled (acknowledged, dropped, expired).
 //!
-//! A message's id is its offset in the message log. Settlements are written
-//! unsynced and in groups: losing the last few after a crash only redelivers
-//! messages, which AMQP allows for anything not yet settled. Every so often
-//! the store writes a checkpoint (the lowest unsettled id and the settled ids
-//! above it) into the settlement log and drops the older settlement records;
+//! A message's id is its offset in the message log. Settlements, and marks
+//! of first delivery (so that a message delivered before a restart comes
+//! back flagged `redelivered`), are written at the end of each queue
+//! operation, unsynced: they survive a crash of the process; a power loss
+//! can cost the last ones, which only redelivers messages, as AMQP allows
+//! for anything not yet settled. Every so often the store writes a
+//! checkpoint (the lowest unsettled id, the settled ids above it, the
+//! delivered ids still outstanding), syncs it and drops the older records;
 //! message segments wholly below the lowest unsettled id are reclaimed.
 //!
-//! Settlement record value layout: `[kind:1][count:4][id:8]*count` with kind
-//! 0 for settled ids, or `[kind:1=1][low:8][count:4][id:8]*count` for a
-//! checkpoint, big-endian.
+//! Settlement record value layout, big-endian: `[kind:1=0][count:4][id:8]*count`
+//! for settled ids; `[kind:1=2][count:4][id:8]*count` for delivered ids;
+//! `[kind:1=1][low:8][count:4][id:8]*count[delivered_count:4][id:8]*delivered_count`
+//! for a checkpoint.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -23,8 +27,6 @@ use sluice_types::{LeaderEpoch, Offset};
 use super::message::Message;
 use crate::CoreError;
 
-/// Settled ids waiting to be written, at most.
-const SETTLE_FLUSH: usize = 512;
 /// Settlement records between checkpoints.
 const CHECKPOINT_EVERY: u64 = 256;
 
@@ -37,7 +39,10 @@ pub(crate) struct QueueStore {
     outstanding: BTreeSet<u64>,
     /// Settled ids at or above the lowest outstanding id.
     settled: BTreeSet<u64>,
+    /// Outstanding ids that have been delivered at least once.
+    delivered: BTreeSet<u64>,
     pending_settle: Vec<u64>,
+    pending_delivered: Vec<u64>,
     records_since_checkpoint: u64,
 }
 
@@ -45,7 +50,18 @@ pub(crate) struct QueueStore {
 #[derive(Debug)]
 pub(crate) struct Recovered {
     pub(crate) store: QueueStore,
-    pub(crate) messages: Vec<(u64, Message, i64)>,
+    pub(crate) messages: Vec<RecoveredMessage>,
+}
+
+/// An unsettled message read back on open.
+#[derive(Debug)]
+pub(crate) struct RecoveredMessage {
+    pub(crate) id: u64,
+    pub(crate) message: Message,
+    /// Append time, wall-clock milliseconds (TTL counts from it).
+    pub(crate) timestamp: i64,
+    /// Delivered at least once before the restart.
+    pub(crate) delivered: bool,
 }
 
 /// A sync the publisher must wait for before confirming.
@@ -102,15 +118,19 @@ impl QueueStore {
         messages.set_config(config.clone());
         settlements.set_config(config);
 
-        let mut low = 0u64;
-        let mut settled = BTreeSet::new();
+        let mut marks = Marks::default();
         let mut records = 0u64;
         crate::replay::for_each_record(&settlements, settlements.log_start(), |record| {
             records += 1;
             if let Some(value) = record.value {
-                apply_settlement(value, &mut low, &mut settled);
+                marks.apply(value);
             }
         })?;
+        let Marks {
+            low,
+            mut settled,
+            mut delivered,
+        } = marks;
 
         let start = u64::try_from(messages.log_start().get()).unwrap_or(0);
         let low = low.max(start);
@@ -130,14 +150,22 @@ impl QueueStore {
                 return;
             };
             outstanding.insert(id);
-            recovered.push((id, message, record.timestamp));
+            recovered.push(RecoveredMessage {
+                id,
+                message,
+                timestamp: record.timestamp,
+                delivered: delivered.contains(&id),
+            });
         })?;
+        delivered.retain(|id| outstanding.contains(id));
         let mut store = QueueStore {
             messages,
             settlements,
             outstanding,
             settled,
+            delivered,
             pending_settle: Vec::new(),
+            pending_delivered: Vec::new(),
             records_since_checkpoint: records,
         };
         store.checkpoint()?;
@@ -175,32 +203,38 @@ impl QueueStore {
         Ok((id, sync))
     }
 
-    /// Records that `id` is settled; written with the next flush.
-    pub(crate) fn settle(&mut self, id: u64) -> Result<(), CoreError> {
-        if !self.outstanding.remove(&id) {
-            return Ok(());
+    /// Records that `id` is settled; written by the next flush.
+    pub(crate) fn settle(&mut self, id: u64) {
+        if self.outstanding.remove(&id) {
+            self.delivered.remove(&id);
+            self.pending_settle.push(id);
         }
-        self.pending_settle.push(id);
-        if self.pending_settle.len() >= SETTLE_FLUSH {
-            self.flush()?;
-        }
-        Ok(())
     }
 
-    /// Writes pending settlements (unsynced), checkpoints when due, and
-    /// reclaims message segments that hold only settled messages.
+    /// Records that `id` has been delivered; written by the next flush.
+    pub(crate) fn mark_delivered(&mut self, id: u64) {
+        if self.outstanding.contains(&id) && self.delivered.insert(id) {
+            self.pending_delivered.push(id);
+        }
+    }
+
+    /// Writes pending settlements and delivery marks (unsynced, one
+    /// batch), checkpoints when due, and reclaims message segments that
+    /// hold only settled messages.
     pub(crate) fn flush(&mut self) -> Result<(), CoreError> {
-        if self.pending_settle.is_empty() {
+        if self.pending_settle.is_empty() && self.pending_delivered.is_empty() {
             return Ok(());
         }
         let ids = std::mem::take(&mut self.pending_settle);
-        let mut value = BytesMut::with_capacity(5 + 8 * ids.len());
-        value.put_u8(0);
-        value.put_u32(u32::try_from(ids.len()).unwrap_or(u32::MAX));
-        for id in &ids {
-            value.put_u64(*id);
+        let delivered = std::mem::take(&mut self.pending_delivered);
+        let mut values = Vec::with_capacity(2);
+        if !ids.is_empty() {
+            values.push(id_list(0, &ids));
         }
-        self.append_settlement(&value)?;
+        if !delivered.is_empty() {
+            values.push(id_list(2, &delivered));
+        }
+        self.append_settlements(&values)?;
         let low = self.low();
         self.settled.extend(ids.into_iter().filter(|id| *id >= low));
         self.settled = self.settled.split_off(&low);
@@ -221,15 +255,18 @@ impl QueueStore {
     fn checkpoint(&mut self) -> Result<(), CoreError> {
         let low = self.low();
         self.settled = self.settled.split_off(&low);
-        let mut value = BytesMut::with_capacity(13 + 8 * self.settled.len());
+        let mut value =
+            BytesMut::with_capacity(17 + 8 * (self.settled.len() + self.delivered.len()));
         value.put_u8(1);
         value.put_u64(low);
-        value.put_u32(u32::try_from(self.settled.len()).unwrap_or(u32::MAX));
-        for id in &self.settled {
-            value.put_u64(*id);
+        for ids in [&self.settled, &self.delivered] {
+            value.put_u32(u32::try_from(ids.len()).unwrap_or(u32::MAX));
+            for id in ids {
+                value.put_u64(*id);
+            }
         }
         // The checkpoint must be on disk before the records it replaces go.
-        let at = self.append_settlement(&value)?;
+        let at = self.append_settlements(&[value.freeze()])?;
         self.settlements.sync_to(at.plus(1))?;
         self.settlements.advance_log_start(at)?;
         self.records_since_checkpoint = 0;
@@ -241,13 +278,17 @@ impl QueueStore {
         Ok(())
     }
 
-    fn append_settlement(&mut self, value: &[u8]) -> Result<Offset, CoreError> {
-        let mut batch = encode(&[NewRecord {
-            key: None,
-            value: Some(value),
-            timestamp: SystemClock.now_ms(),
-        }])
-        .map_err(|reason| CoreError::Internal {
+    fn append_settlements(&mut self, values: &[Bytes]) -> Result<Offset, CoreError> {
+        let now = SystemClock.now_ms();
+        let records: Vec<NewRecord<'_>> = values
+            .iter()
+            .map(|value| NewRecord {
+                key: None,
+                value: Some(value),
+                timestamp: now,
+            })
+            .collect();
+        let mut batch = encode(&records).map_err(|reason| CoreError::Internal {
             reason: format!("cannot encode a settlement batch: {reason}"),
         })?;
         let info = self
@@ -269,28 +310,57 @@ impl QueueStore {
     }
 }
 
-fn apply_settlement(value: Bytes, low: &mut u64, settled: &mut BTreeSet<u64>) {
-    let mut value = value;
-    if !value.has_remaining() {
-        return;
+/// `[kind:1][count:4][id:8]*count`.
+fn id_list(kind: u8, ids: &[u64]) -> Bytes {
+    let mut value = BytesMut::with_capacity(5 + 8 * ids.len());
+    value.put_u8(kind);
+    value.put_u32(u32::try_from(ids.len()).unwrap_or(u32::MAX));
+    for id in ids {
+        value.put_u64(*id);
     }
-    let kind = value.get_u8();
-    if kind == 1 {
-        if value.remaining() < 8 {
+    value.freeze()
+}
+
+/// What the settlement log says, replayed record by record.
+#[derive(Debug, Default)]
+struct Marks {
+    low: u64,
+    settled: BTreeSet<u64>,
+    delivered: BTreeSet<u64>,
+}
+
+impl Marks {
+    fn apply(&mut self, mut value: Bytes) {
+        fn ids(value: &mut Bytes, into: &mut BTreeSet<u64>) {
+            if value.remaining() < 4 {
+                return;
+            }
+            let count = value.get_u32();
+            for _ in 0..count {
+                if value.remaining() < 8 {
+                    return;
+                }
+                into.insert(value.get_u64());
+            }
+        }
+        if !value.has_remaining() {
             return;
         }
-        *low = value.get_u64();
-        settled.clear();
-    }
-    if value.remaining() < 4 {
-        return;
-    }
-    let count = value.get_u32();
-    for _ in 0..count {
-        if value.remaining() < 8 {
-            return;
+        match value.get_u8() {
+            0 => ids(&mut value, &mut self.settled),
+            1 => {
+                if value.remaining() < 8 {
+                    return;
+                }
+                self.low = value.get_u64();
+                self.settled.clear();
+                self.delivered.clear();
+                ids(&mut value, &mut self.settled);
+                ids(&mut value, &mut self.delivered);
+            }
+            2 => ids(&mut value, &mut self.delivered),
+            kind => tracing::warn!(kind, "skipping a settlement record of unknown kind"),
         }
-        settled.insert(value.get_u64());
     }
 }
 
@@ -321,8 +391,10 @@ mod tests {
             }
             // Settle all but every 7th, out of order.
             for id in ids.iter().rev().filter(|id| **id % 7 != 0) {
-                store.settle(*id)?;
+                store.settle(*id);
             }
+            // Message 14 was delivered before the restart, 21 was not.
+            store.mark_delivered(ids[14]);
             store.flush()?;
             logs.shutdown()?;
         }
@@ -331,8 +403,15 @@ mod tests {
         let bodies: Vec<Bytes> = recovered
             .messages
             .iter()
-            .map(|(_, m, _)| m.body.clone())
+            .map(|m| m.message.body.clone())
             .collect();
+        let delivered: Vec<u64> = recovered
+            .messages
+            .iter()
+            .filter(|m| m.delivered)
+            .map(|m| m.id)
+            .collect();
+        assert_eq!(delivered, vec![14], "only the message delivered before the restart");
         let expected: Vec<Bytes> = (0..2000)
             .filter(|n| n % 7 == 0)
             .map(|n| Bytes::from(format!("m{n}")))
@@ -364,7 +443,7 @@ mod tests {
         let before = store.messages.segment_count();
         assert!(before > 2, "the test needs several segments, got {before}");
         for id in ids {
-            store.settle(id)?;
+            store.settle(id);
         }
         store.flush()?;
         store.checkpoint()?;
