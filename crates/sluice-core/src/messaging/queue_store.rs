@@ -411,7 +411,11 @@ mod tests {
             .filter(|m| m.delivered)
             .map(|m| m.id)
             .collect();
-        assert_eq!(delivered, vec![14], "only the message delivered before the restart");
+        assert_eq!(
+            delivered,
+            vec![14],
+            "only the message delivered before the restart"
+        );
         let expected: Vec<Bytes> = (0..2000)
             .filter(|n| n % 7 == 0)
             .map(|n| Bytes::from(format!("m{n}")))
