@@ -13,8 +13,8 @@
 //! ```
 //!
 //! Durable exchanges, queues and bindings are kept in the compacted log
-//! `__amqp_definitions-0` ([`definitions`]); a durable queue's persistent
-//! messages in its own logs ([`queue_store`]).
+//! `__amqp_definitions-0` (`definitions.rs`); a durable queue's persistent
+//! messages in its own logs (`queue_store.rs`).
 //!
 //! Start reading at [`VirtualHost::publish`].
 
