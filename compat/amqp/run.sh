@@ -16,24 +16,5 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="$(cd "$here/../.." && pwd)"
 
-export BROKER_BIN="${BROKER_BIN:-$root/target/debug/sluice}"
-case "$BROKER_BIN" in /*) ;; *) BROKER_BIN="$root/$BROKER_BIN" ;; esac
-python="${PYTHON:-$root/target/venv/bin/python}"
-
-if [[ ! -x "$BROKER_BIN" ]]; then
-    echo "compat/amqp: broker binary $BROKER_BIN not found; run cargo build -p sluice" >&2
-    exit 1
-fi
-
-# No __pycache__ in the source tree (the Celery worker imports celery_app.py).
-export PYTHONDONTWRITEBYTECODE=1
-cd "$here"
-status=0
-"$python" -m pytest -q "$@" || status=$?
-if [[ $status -eq 5 ]]; then
-    echo "compat/amqp: pytest collected no tests; treating that as a failure" >&2
-    exit 1
-fi
-exit "$status"
+exec "$here/../common/run-pytest.sh" amqp "$@"

@@ -37,7 +37,7 @@ def test_kombu_producer_consumer_round_trip(broker, name, confirm_publish):
 
     exchange = Exchange(f"{name}-x", "direct", durable=False)
     queue = Queue(f"{name}-q", exchange, routing_key="rk", durable=False)
-    with Connection(broker.url, transport_options={"confirm_publish": confirm_publish}) as connection:
+    with Connection(broker.amqp_url, transport_options={"confirm_publish": confirm_publish}) as connection:
         producer = connection.Producer(serializer="json")
         for i in range(20):
             producer.publish(
@@ -74,7 +74,7 @@ def test_kombu_producer_consumer_round_trip(broker, name, confirm_publish):
 def test_kombu_simple_queue(broker, name):
     from kombu import Connection
 
-    with Connection(broker.url) as connection:
+    with Connection(broker.amqp_url) as connection:
         simple = connection.SimpleQueue(f"{name}-q")
         for i in range(5):
             simple.put({"i": i})
@@ -91,7 +91,7 @@ def test_kombu_simple_queue(broker, name):
 
 def start_worker(name: str, queue: str, results: Path, log_path: Path, broker, sleep_ms: int = 0):
     env = child_env(
-        COMPAT_AMQP_URL=broker.url,
+        COMPAT_AMQP_URL=broker.amqp_url,
         COMPAT_CELERY_QUEUE=queue,
         COMPAT_RESULTS_DIR=str(results),
         COMPAT_TASK_SLEEP_MS=str(sleep_ms),
@@ -109,7 +109,7 @@ def start_worker(name: str, queue: str, results: Path, log_path: Path, broker, s
 def send_tasks(broker, queue: str, count: int):
     from celery import Celery
 
-    producer_app = Celery("compat-producer", broker=broker.url)
+    producer_app = Celery("compat-producer", broker=broker.amqp_url)
     producer_app.conf.update(task_default_queue=queue, broker_connection_retry_on_startup=False)
     with producer_app.producer_or_acquire() as producer:
         for i in range(count):

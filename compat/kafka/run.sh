@@ -12,26 +12,10 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="$(cd "$here/../.." && pwd)"
 
-export BROKER_BIN="${BROKER_BIN:-$root/target/debug/sluice}"
-case "$BROKER_BIN" in /*) ;; *) BROKER_BIN="$root/$BROKER_BIN" ;; esac
-python="${PYTHON:-$root/target/venv/bin/python}"
-
-if [[ ! -x "$BROKER_BIN" ]]; then
-    echo "compat/kafka: broker binary $BROKER_BIN not found; run cargo build -p sluice" >&2
-    exit 1
-fi
 if ! command -v kcat >/dev/null 2>&1; then
     echo "compat/kafka: kcat not installed (apt-get install kcat)" >&2
     exit 1
 fi
 
-cd "$here"
-status=0
-"$python" -m pytest -q "$@" || status=$?
-if [[ $status -eq 5 ]]; then
-    echo "compat/kafka: pytest collected no tests; treating that as a failure" >&2
-    exit 1
-fi
-exit "$status"
+exec "$here/../common/run-pytest.sh" kafka "$@"

@@ -1,224 +1,26 @@
-"""Helpers shared by the Kafka compatibility tests: the broker process, unique
-names, bounded waits, client wrappers and a minimal raw Kafka framing.
+"""Helpers for the Kafka compatibility tests: client wrappers and a minimal
+raw Kafka framing. The broker process, unique names and bounded waits come
+from compat/common/broker.py and are re-exported here.
 
 Every wait here has a deadline; nothing loops without a bound.
 """
 
 from __future__ import annotations
 
-import ctypes
-import os
-import re
-import signal
 import socket
 import struct
-import subprocess
 import time
-import uuid
-from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from common.broker import Broker, wait_until  # noqa: F401 (wait_until: for the tests)
+from common.broker import unique_name as _unique_name
 
-# How long the broker may take to accept Kafka connections after spawn.
-READY_TIMEOUT_S = 20.0
-# How long a SIGTERM'd broker may take before it gets SIGKILL.
-STOP_TIMEOUT_S = 15.0
 # Default deadline for a client operation (flush, consume, admin future).
 CLIENT_TIMEOUT_S = 30.0
-# Lines of broker log attached to a failing test's report.
-LOG_TAIL_LINES = 400
-
-
-def broker_binary() -> Path:
-    """The broker binary: `BROKER_BIN`, else target/debug/sluice.
-
-    The variable is deliberately not named SLUICE_*: the broker reads every
-    SLUICE_* variable as configuration and rejects unknown ones.
-    """
-    configured = os.environ.get("BROKER_BIN")
-    path = Path(configured) if configured else REPO_ROOT / "target" / "debug" / "sluice"
-    return path if path.is_absolute() else (Path.cwd() / path)
-
-
-def free_port() -> int:
-    """A port that was free on 127.0.0.1 a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def port_accepts(port: int, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _die_with_parent() -> None:
-    """Runs in the broker child before exec: SIGTERM it if pytest dies, so a
-    killed test run (pytest-timeout, Ctrl-C twice) leaves no broker behind."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except OSError:
-        pass
-
-
-def broker_env() -> dict[str, str]:
-    """The environment for a broker child: ours minus every SLUICE_* variable
-    (the broker rejects unknown ones), plus SLUICE_LOG (kept from our
-    environment if set, else `info`)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
-    env["SLUICE_LOG"] = os.environ.get("SLUICE_LOG") or "info"
-    return env
-
-
-class BrokerStartError(RuntimeError):
-    pass
-
-
-class Broker:
-    """One `sluice` process on a data dir and a Kafka port on 127.0.0.1.
-
-    The port is kept across `stop()`/`start()` so a restarted broker is found
-    at the same bootstrap address (and advertises the same one).
-    """
-
-    def __init__(self, data_dir: Path, name: str = "broker"):
-        self.name = name
-        self.data_dir = Path(data_dir)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path = self.data_dir.parent / f"{self.data_dir.name}.log"
-        self.port: int | None = None
-        self.proc: subprocess.Popen | None = None
-        self.last_returncode: int | None = None
-        self.last_stop_needed_kill = False
-
-    @property
-    def bootstrap(self) -> str:
-        assert self.port is not None, "broker was never started"
-        return f"127.0.0.1:{self.port}"
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log_size(self) -> int:
-        try:
-            return self.log_path.stat().st_size
-        except FileNotFoundError:
-            return 0
-
-    def log_text(self, start: int = 0, tail_lines: int | None = LOG_TAIL_LINES) -> str:
-        try:
-            with open(self.log_path, "rb") as log:
-                log.seek(start)
-                text = log.read().decode("utf-8", "replace")
-        except FileNotFoundError:
-            return "(no broker log)"
-        if tail_lines is not None:
-            lines = text.splitlines()
-            if len(lines) > tail_lines:
-                text = "\n".join([f"... ({len(lines) - tail_lines} earlier lines cut)"] + lines[-tail_lines:])
-        return text
-
-    def _spawn(self, port: int) -> subprocess.Popen:
-        binary = broker_binary()
-        if not (binary.is_file() and os.access(binary, os.X_OK)):
-            raise BrokerStartError(
-                f"broker binary {binary} is missing; build it with `cargo build -p sluice` "
-                "or point BROKER_BIN at it"
-            )
-        log = open(self.log_path, "ab")
-        try:
-            log.write(f"\n===== {self.name}: starting on 127.0.0.1:{port} at {time.strftime('%H:%M:%S')} =====\n".encode())
-            log.flush()
-            return subprocess.Popen(
-                [
-                    str(binary),
-                    "--data-dir", str(self.data_dir),
-                    "--kafka-listen", f"127.0.0.1:{port}",
-                    "--amqp-listen", "127.0.0.1:0",
-                    "--http-listen", "127.0.0.1:0",
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                env=broker_env(),
-                preexec_fn=_die_with_parent,
-            )
-        finally:
-            log.close()
-
-    def start(self) -> None:
-        """Starts the broker and waits until its Kafka port accepts a TCP
-        connection. On failure the process is stopped and the error carries
-        the broker log."""
-        assert not self.alive(), "broker already running"
-        # A fresh port may be taken between our probe and the broker's bind;
-        # only then is another port tried. A restart keeps its port.
-        attempts = 3 if self.port is None else 1
-        for attempt in range(attempts):
-            port = self.port if self.port is not None else free_port()
-            log_start = self.log_size()
-            self.proc = self._spawn(port)
-            deadline = time.monotonic() + READY_TIMEOUT_S
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    break
-                if port_accepts(port):
-                    self.port = port
-                    return
-                time.sleep(0.1)
-            exited = self.proc.poll() is not None
-            self.stop()
-            text = self.log_text(log_start)
-            if exited and "in use" in text.lower() and attempt + 1 < attempts:
-                continue
-            reason = (
-                f"exited with code {self.last_returncode}" if exited
-                else f"did not accept Kafka connections on 127.0.0.1:{port} within {READY_TIMEOUT_S:.0f} s"
-            )
-            raise BrokerStartError(f"{self.name} {reason}; log {self.log_path}:\n{text}")
-
-    def stop(self, timeout: float = STOP_TIMEOUT_S) -> int | None:
-        """SIGTERM, then SIGKILL after `timeout`; returns the exit code."""
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return self.last_returncode
-        self.last_stop_needed_kill = False
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.last_stop_needed_kill = True
-                proc.kill()
-                proc.wait(timeout=timeout)
-        self.last_returncode = proc.returncode
-        return proc.returncode
-
-
-# --- names and waits --------------------------------------------------------------
 
 
 def unique_name(hint: str) -> str:
     """A legal, unique Kafka topic or group name derived from `hint`."""
-    cleaned = re.sub(r"[^a-zA-Z0-9._-]+", "-", hint).strip("-.")[:150]
-    return f"{cleaned}-{uuid.uuid4().hex[:8]}"
-
-
-def wait_until(predicate, timeout: float, interval: float = 0.1, what: str = "condition"):
-    """Polls `predicate` until it returns a truthy value or `timeout` passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
+    return _unique_name(hint, max_hint=150)
 
 
 # --- confluent-kafka ---------------------------------------------------------------

@@ -654,7 +654,7 @@ class RawMember:
 
     def __init__(self, broker, group):
         self.group = group
-        self.sock = socket.create_connection(("127.0.0.1", broker.port), timeout=CLIENT_TIMEOUT_S)
+        self.sock = socket.create_connection(("127.0.0.1", broker.kafka_port), timeout=CLIENT_TIMEOUT_S)
         self.correlation = 0
         self.member_id = ""
         self.generation = -1

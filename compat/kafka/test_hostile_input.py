@@ -34,7 +34,7 @@ CLOSE_TIMEOUT_S = 10
 
 
 def connect(broker) -> socket.socket:
-    return socket.create_connection(("127.0.0.1", broker.port), timeout=10)
+    return socket.create_connection(("127.0.0.1", broker.kafka_port), timeout=10)
 
 
 def send_ignoring_reset(sock: socket.socket, data: bytes) -> None:

@@ -195,7 +195,7 @@ def test_admin_lists_and_describes_topics(broker, admin, topic):
     assert (described["topic"], described["error_code"]) == (topic, 0)
     assert sorted(p["partition"] for p in described["partitions"]) == [0, 1, 2]
     cluster = admin.describe_cluster()
-    assert [(b["host"], b["port"]) for b in cluster["brokers"]] == [("127.0.0.1", broker.port)]
+    assert [(b["host"], b["port"]) for b in cluster["brokers"]] == [("127.0.0.1", broker.kafka_port)]
 
 
 def test_create_topics_returns_a_result_per_topic(broker, admin, metadata_view):
@@ -266,6 +266,6 @@ def test_find_coordinator_returns_this_broker(broker, admin, group):
     # request builder keeps the version choice in kafka-python's hands.
     response = admin.send_request(admin._find_coordinator_id_request(group))
     assert response.error_code == 0, response
-    assert (response.host, response.port) == ("127.0.0.1", broker.port)
+    assert (response.host, response.port) == ("127.0.0.1", broker.kafka_port)
     node_ids = {b.nodeId for b in admin._client.cluster.brokers()}
     assert response.coordinator_id in node_ids

@@ -36,7 +36,7 @@ IMPLEMENTED = {
 
 
 def connect(broker) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", broker.port), timeout=10)
+    sock = socket.create_connection(("127.0.0.1", broker.kafka_port), timeout=10)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
 

@@ -1,0 +1,305 @@
+"""The broker process for the compatibility suites: one `sluice` on a data
+dir with its listeners on free ports of 127.0.0.1, started and stopped by
+PID, plus unique names and bounded waits.
+
+Every wait here has a deadline; nothing loops without a bound.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# How long the broker may take to accept Kafka and AMQP connections after spawn.
+READY_TIMEOUT_S = 20.0
+# How long a SIGTERM'd process may take before it gets SIGKILL.
+STOP_TIMEOUT_S = 15.0
+# Lines of broker log attached to a failing test's report.
+LOG_TAIL_LINES = 400
+
+
+def broker_binary() -> Path:
+    """The broker binary: `BROKER_BIN`, else target/debug/sluice.
+
+    The variable is deliberately not named SLUICE_*: the broker reads every
+    SLUICE_* variable as configuration and rejects unknown ones.
+    """
+    configured = os.environ.get("BROKER_BIN")
+    path = Path(configured) if configured else REPO_ROOT / "target" / "debug" / "sluice"
+    return path if path.is_absolute() else (Path.cwd() / path)
+
+
+def free_port() -> int:
+    """A port that was free on 127.0.0.1 a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def port_accepts(port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def die_with_parent() -> None:
+    """Runs in a child before exec: SIGTERM it if pytest dies, so a killed
+    test run (pytest-timeout, Ctrl-C twice) leaves no broker or worker
+    behind."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except OSError:
+        pass
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment for a child process: ours minus every SLUICE_*
+    variable (the broker rejects unknown ones), plus SLUICE_LOG (kept from
+    our environment if set, else `info`) and `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
+    env["SLUICE_LOG"] = os.environ.get("SLUICE_LOG") or "info"
+    env.update(extra)
+    return env
+
+
+def _terminate(proc: subprocess.Popen, timeout: float) -> bool:
+    """SIGTERM, then SIGKILL after `timeout`; True if it took the SIGKILL."""
+    if proc.poll() is not None:
+        return False
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+        return False
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout)
+        return True
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = STOP_TIMEOUT_S) -> int:
+    """Stops a child by its PID: SIGTERM, then SIGKILL after `timeout`."""
+    _terminate(proc, timeout)
+    return proc.returncode
+
+
+class BrokerStartError(RuntimeError):
+    pass
+
+
+class Broker:
+    """One `sluice` process on a data dir, with its Kafka, AMQP and HTTP
+    listeners on free ports of 127.0.0.1.
+
+    The ports are kept across `stop()`/`start()` so a restarted broker is
+    found at the same addresses (and advertises the same Kafka one).
+    """
+
+    def __init__(self, data_dir: Path, name: str = "broker"):
+        self.name = name
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.data_dir.parent / f"{self.data_dir.name}.log"
+        self.kafka_port: int | None = None
+        self.amqp_port: int | None = None
+        self.http_port: int | None = None
+        self.proc: subprocess.Popen | None = None
+        self.last_returncode: int | None = None
+        self.last_stop_needed_kill = False
+
+    @property
+    def bootstrap(self) -> str:
+        """The Kafka bootstrap address."""
+        assert self.kafka_port is not None, "broker was never started"
+        return f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def amqp_address(self) -> str:
+        assert self.amqp_port is not None, "broker was never started"
+        return f"127.0.0.1:{self.amqp_port}"
+
+    @property
+    def amqp_url(self) -> str:
+        """An AMQP URL for kombu and Celery (guest, vhost "/")."""
+        return f"amqp://guest:guest@{self.amqp_address}//"
+
+    def listeners(self) -> str:
+        """Where it listens, for reports; `?` before its first start."""
+        if self.kafka_port is None:
+            return "?"
+        return f"Kafka {self.bootstrap}, AMQP {self.amqp_address}"
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_size(self) -> int:
+        try:
+            return self.log_path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def log_text(self, start: int = 0, tail_lines: int | None = LOG_TAIL_LINES) -> str:
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(start)
+                text = log.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return "(no broker log)"
+        if tail_lines is not None:
+            lines = text.splitlines()
+            if len(lines) > tail_lines:
+                text = "\n".join([f"... ({len(lines) - tail_lines} earlier lines cut)"] + lines[-tail_lines:])
+        return text
+
+    def _spawn(self, kafka: int, amqp: int, http: int) -> subprocess.Popen:
+        binary = broker_binary()
+        if not (binary.is_file() and os.access(binary, os.X_OK)):
+            raise BrokerStartError(
+                f"broker binary {binary} is missing; build it with `cargo build -p sluice` "
+                "or point BROKER_BIN at it"
+            )
+        log = open(self.log_path, "ab")
+        try:
+            log.write(
+                f"\n===== {self.name}: starting, Kafka on 127.0.0.1:{kafka}, AMQP on 127.0.0.1:{amqp}"
+                f" at {time.strftime('%H:%M:%S')} =====\n".encode()
+            )
+            log.flush()
+            return subprocess.Popen(
+                [
+                    str(binary),
+                    "--data-dir", str(self.data_dir),
+                    "--kafka-listen", f"127.0.0.1:{kafka}",
+                    "--amqp-listen", f"127.0.0.1:{amqp}",
+                    "--http-listen", f"127.0.0.1:{http}",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=child_env(),
+                preexec_fn=die_with_parent,
+            )
+        finally:
+            log.close()
+
+    def start(self) -> None:
+        """Starts the broker and waits until its Kafka and AMQP ports accept
+        a TCP connection. On failure the process is stopped and the error
+        carries the broker log."""
+        assert not self.alive(), "broker already running"
+        # Fresh ports may be taken between our probe and the broker's bind;
+        # only then are other ports tried. A restart keeps its ports.
+        attempts = 3 if self.kafka_port is None else 1
+        for attempt in range(attempts):
+            if self.kafka_port is None:
+                ports = (free_port(), free_port(), free_port())
+            else:
+                ports = (self.kafka_port, self.amqp_port, self.http_port)
+            log_start = self.log_size()
+            self.proc = self._spawn(*ports)
+            waiting = {"Kafka": ports[0], "AMQP": ports[1]}
+            deadline = time.monotonic() + READY_TIMEOUT_S
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    break
+                waiting = {protocol: port for protocol, port in waiting.items() if not port_accepts(port)}
+                if not waiting:
+                    self.kafka_port, self.amqp_port, self.http_port = ports
+                    return
+                time.sleep(0.1)
+            exited = self.proc.poll() is not None
+            self.stop()
+            text = self.log_text(log_start)
+            if exited and "in use" in text.lower() and attempt + 1 < attempts:
+                continue
+            reason = (
+                f"exited with code {self.last_returncode}" if exited
+                else "did not accept " + " and ".join(
+                    f"{protocol} connections on 127.0.0.1:{port}" for protocol, port in waiting.items()
+                ) + f" within {READY_TIMEOUT_S:.0f} s"
+            )
+            raise BrokerStartError(f"{self.name} {reason}; log {self.log_path}:\n{text}")
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> int | None:
+        """SIGTERM, then SIGKILL after `timeout`; returns the exit code."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return self.last_returncode
+        self.last_stop_needed_kill = _terminate(proc, timeout)
+        self.last_returncode = proc.returncode
+        return proc.returncode
+
+    def kill(self) -> int | None:
+        """SIGKILL (a crash: nothing is flushed or closed); returns the exit
+        code."""
+        proc, self.proc = self.proc, None
+        assert proc is not None, "broker is not running"
+        proc.kill()
+        proc.wait(timeout=STOP_TIMEOUT_S)
+        self.last_returncode = proc.returncode
+        return proc.returncode
+
+
+# --- for the suites' fixtures -----------------------------------------------------
+# Each stops its broker by PID (SIGTERM, then SIGKILL) when the `with` ends,
+# whatever the outcome.
+
+
+@contextlib.contextmanager
+def _running_broker(data_dir, name: str):
+    instance = Broker(data_dir, name=name)
+    instance.start()
+    try:
+        yield instance
+    finally:
+        instance.stop()
+
+
+def module_broker(tmp_path_factory, request):
+    """A started broker for the requesting test module (pytest's
+    tmp_path_factory and request)."""
+    module = request.module.__name__.rsplit(".", 1)[-1]
+    return _running_broker(tmp_path_factory.mktemp(module) / "data", f"broker[{module}]")
+
+
+def per_test_broker(tmp_path, request):
+    """A started broker for the requesting test alone (pytest's tmp_path
+    and request)."""
+    return _running_broker(tmp_path / "data", f"broker[{request.node.name}]")
+
+
+# --- names and waits --------------------------------------------------------------
+
+
+def unique_name(hint: str, max_hint: int = 100) -> str:
+    """A unique name derived from `hint`: at most `max_hint` characters of
+    it, limited to [a-zA-Z0-9._-] (legal as a Kafka topic or group and as an
+    AMQP queue or exchange), then a random suffix."""
+    cleaned = re.sub(r"[^a-zA-Z0-9._-]+", "-", hint).strip("-.")[:max_hint]
+    return f"{cleaned}-{uuid.uuid4().hex[:8]}"
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.1, what: str = "condition", pause=time.sleep):
+    """Polls `predicate` until it returns a truthy value or `timeout` passes,
+    calling `pause(interval)` between polls (by default it sleeps)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        pause(interval)
