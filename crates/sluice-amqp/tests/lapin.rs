@@ -314,6 +314,12 @@ fn prefetch_shares_work_and_nack_redelivers_with_the_flag() {
                     tokio::time::sleep(Duration::from_millis(1)).await;
                     delivery.ack(BasicAckOptions::default()).await.expect("ack");
                 }
+                // Close before the test goes on, so that no consumer is
+                // left to take the next message.
+                connection
+                    .close(200, "done".into())
+                    .await
+                    .expect("close consumer connection");
                 got
             }));
         }

@@ -760,7 +760,15 @@ impl Queue {
                     state.unacked.insert(entry.seq, entry);
                 }
             }
-            if let Err(error) = flush_store(&mut state) {
+            // Delivery marks alone wait for the next settlement or the
+            // maintenance tick: writing them per delivery doubled the
+            // writes of a busy queue.
+            if state
+                .store
+                .as_ref()
+                .is_some_and(QueueStore::has_pending_settlements)
+                && let Err(error) = flush_store(&mut state)
+            {
                 tracing::warn!(queue = %self.name, %error, "cannot write settlements");
             }
         }
@@ -999,10 +1007,11 @@ impl Queue {
         }
     }
 
-    /// Flushes settlements before shutdown.
-    pub(crate) fn flush(&self) -> Result<(), CoreError> {
+    /// Writes what is pending and marks the store closed cleanly (at
+    /// shutdown, once no connection can reach the queue).
+    pub(crate) fn close_store(&self) -> Result<(), CoreError> {
         if let Some(store) = self.state().store.as_mut() {
-            store.flush()?;
+            store.close()?;
         }
         Ok(())
     }

@@ -1,10 +1,10 @@
 //! The disk side of a durable queue: a log of enqueued persistent messages
 //! and a log of which of them were settled (acknowledged, dropped, expired).
 //!
-//! A message's id is its offset in the message log. Settlements, and marks
-//! of first delivery (so that a message delivered before a restart comes
-//! back flagged `redelivered`), are written at the end of each queue
-//! operation, unsynced: they survive a crash of the process; a power loss
+//! A message's id is its offset in the message log. Settlements are written
+//! at the end of each queue operation that settles, together with marks of
+//! first delivery (so that a message delivered before a restart comes back
+//! flagged `redelivered`), unsynced: they survive a crash of the process; a power loss
 //! can cost the last ones, which only redelivers messages, as AMQP allows
 //! for anything not yet settled. Every so often the store writes a
 //! checkpoint (the lowest unsettled id, the settled ids above it, the
@@ -14,7 +14,11 @@
 //! Settlement record value layout, big-endian: `[kind:1=0][count:4][id:8]*count`
 //! for settled ids; `[kind:1=2][count:4][id:8]*count` for delivered ids;
 //! `[kind:1=1][low:8][count:4][id:8]*count[delivered_count:4][id:8]*delivered_count`
-//! for a checkpoint.
+//! for a checkpoint; `[kind:1=3]` marks a clean close.
+//!
+//! Delivery marks are written lazily (with the next settlement, or by the
+//! queue's maintenance); they are trusted only after a clean close. After a
+//! crash every recovered message is flagged `redelivered`, as RabbitMQ does.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -28,7 +32,7 @@ use super::message::Message;
 use crate::CoreError;
 
 /// Settlement records between checkpoints.
-const CHECKPOINT_EVERY: u64 = 256;
+const CHECKPOINT_EVERY: u64 = 4096;
 
 /// The durable part of one queue. Owned by the queue, behind its lock.
 #[derive(Debug)]
@@ -130,6 +134,7 @@ impl QueueStore {
             low,
             mut settled,
             mut delivered,
+            clean,
         } = marks;
 
         let start = u64::try_from(messages.log_start().get()).unwrap_or(0);
@@ -154,7 +159,9 @@ impl QueueStore {
                 id,
                 message,
                 timestamp: record.timestamp,
-                delivered: delivered.contains(&id),
+                // After a crash the latest marks may be missing: flag every
+                // message (RabbitMQ does the same after an unclean stop).
+                delivered: !clean || delivered.contains(&id),
             });
         })?;
         delivered.retain(|id| outstanding.contains(id));
@@ -244,6 +251,19 @@ impl QueueStore {
         Ok(())
     }
 
+    /// Whether settlements or delivery marks wait to be written.
+    pub(crate) fn has_pending_settlements(&self) -> bool {
+        !self.pending_settle.is_empty()
+    }
+
+    /// Writes everything pending and then the marker of a clean close, so
+    /// that the next open trusts the delivery marks.
+    pub(crate) fn close(&mut self) -> Result<(), CoreError> {
+        self.flush()?;
+        self.append_settlements(&[Bytes::from_static(&[3])])?;
+        Ok(())
+    }
+
     /// The lowest id not yet settled (the log end when all are).
     fn low(&self) -> u64 {
         self.outstanding
@@ -327,6 +347,8 @@ struct Marks {
     low: u64,
     settled: BTreeSet<u64>,
     delivered: BTreeSet<u64>,
+    /// The last record is the marker of a clean close.
+    clean: bool,
 }
 
 impl Marks {
@@ -346,8 +368,11 @@ impl Marks {
         if !value.has_remaining() {
             return;
         }
-        match value.get_u8() {
+        let kind = value.get_u8();
+        self.clean = kind == 3;
+        match kind {
             0 => ids(&mut value, &mut self.settled),
+            3 => {}
             1 => {
                 if value.remaining() < 8 {
                     return;
@@ -359,7 +384,7 @@ impl Marks {
                 ids(&mut value, &mut self.delivered);
             }
             2 => ids(&mut value, &mut self.delivered),
-            kind => tracing::warn!(kind, "skipping a settlement record of unknown kind"),
+            _ => tracing::warn!(kind, "skipping a settlement record of unknown kind"),
         }
     }
 }
@@ -395,6 +420,7 @@ mod tests {
             }
             // Message 14 was delivered before the restart, 21 was not.
             store.mark_delivered(ids[14]);
+            store.close()?;
             store.flush()?;
             logs.shutdown()?;
         }
@@ -422,6 +448,28 @@ mod tests {
             .collect();
         assert_eq!(bodies, expected);
         assert_eq!(recovered.store.outstanding(), expected.len());
+        logs.shutdown()?;
+        Ok(())
+    }
+
+    #[test]
+    fn after_a_crash_every_recovered_message_is_flagged() -> Result<(), CoreError> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let defaults = sluice_log::LogConfig::default();
+        {
+            let logs = LogManager::open(dir.path(), defaults.clone())?;
+            let mut store = QueueStore::open(&logs, "c3")?.store;
+            let first = store.append(&message(0))?.0;
+            store.append(&message(1))?;
+            store.mark_delivered(first);
+            store.flush()?;
+            // No close(): as after kill -9.
+            logs.shutdown()?;
+        }
+        let logs = LogManager::open(dir.path(), defaults)?;
+        let recovered = QueueStore::open(&logs, "c3")?;
+        assert_eq!(recovered.messages.len(), 2);
+        assert!(recovered.messages.iter().all(|m| m.delivered));
         logs.shutdown()?;
         Ok(())
     }

@@ -139,14 +139,15 @@ impl VirtualHosts {
         }
     }
 
-    /// Writes pending settlements (before shutdown).
+    /// Writes pending settlements and marks durable queues closed cleanly
+    /// (at shutdown).
     ///
     /// # Errors
     /// Storage failures.
     pub fn flush(&self) -> Result<(), CoreError> {
         for vhost in self.all() {
             for queue in vhost.queues() {
-                queue.flush()?;
+                queue.close_store()?;
             }
         }
         Ok(())
