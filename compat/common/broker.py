@@ -108,8 +108,10 @@ class Broker:
     found at the same addresses (and advertises the same Kafka one).
     """
 
-    def __init__(self, data_dir: Path, name: str = "broker"):
+    def __init__(self, data_dir: Path, name: str = "broker", settings: dict[str, str] | None = None):
         self.name = name
+        # Configuration keys passed as `--set KEY=VALUE`.
+        self.settings = dict(settings or {})
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}.log"
@@ -185,6 +187,7 @@ class Broker:
                     "--kafka-listen", f"127.0.0.1:{kafka}",
                     "--amqp-listen", f"127.0.0.1:{amqp}",
                     "--http-listen", f"127.0.0.1:{http}",
+                    *[f"--set={key}={value}" for key, value in self.settings.items()],
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -259,8 +262,8 @@ class Broker:
 
 
 @contextlib.contextmanager
-def _running_broker(data_dir, name: str):
-    instance = Broker(data_dir, name=name)
+def _running_broker(data_dir, name: str, settings: dict[str, str] | None = None):
+    instance = Broker(data_dir, name=name, settings=settings)
     instance.start()
     try:
         yield instance
@@ -275,10 +278,10 @@ def module_broker(tmp_path_factory, request):
     return _running_broker(tmp_path_factory.mktemp(module) / "data", f"broker[{module}]")
 
 
-def per_test_broker(tmp_path, request):
+def per_test_broker(tmp_path, request, settings: dict[str, str] | None = None):
     """A started broker for the requesting test alone (pytest's tmp_path
-    and request)."""
-    return _running_broker(tmp_path / "data", f"broker[{request.node.name}]")
+    and request), with configuration `settings` given as `--set`."""
+    return _running_broker(tmp_path / "data", f"broker[{request.node.name}]", settings)
 
 
 # --- names and waits --------------------------------------------------------------

@@ -191,19 +191,8 @@ impl Connection {
                         return Ok(());
                     }
                     last_read = Instant::now();
-                    loop {
-                        match frames::parse(&mut reader.buf, self.frame_max) {
-                            Ok(Some(frame)) => self.frame(frame).await,
-                            Ok(None) => break,
-                            Err(error) => {
-                                self.close_connection(error);
-                                break;
-                            }
-                        }
-                        if self.closing.is_some() || self.done {
-                            break;
-                        }
-                    }
+                    let raised = *alarm.borrow();
+                    self.process_buffered(reader, raised).await;
                 }
                 Some(event) = events_rx.recv() => {
                     self.event(event);
@@ -235,7 +224,12 @@ impl Connection {
                 }
             }
             self.end_of_burst();
-            self.follow_alarm(*alarm.borrow());
+            let raised = *alarm.borrow();
+            if self.follow_alarm(raised) && !self.blocked {
+                // Unblocked: frames held back in the buffer go first.
+                self.process_buffered(reader, false).await;
+                self.end_of_burst();
+            }
             if !self.out.is_empty() && write_tx.send(self.out.split().freeze()).await.is_err() {
                 return Ok(());
             }
@@ -248,18 +242,42 @@ impl Connection {
         }
     }
 
-    /// Blocks a publishing connection while the memory alarm lasts
-    /// (RabbitMQ's `connection.blocked` extension), and unblocks it after.
-    fn follow_alarm(&mut self, alarm: bool) {
+    /// Handles the whole frames in the read buffer. While a resource alarm
+    /// is raised, a `basic.publish` stays in the buffer (and the connection
+    /// becomes a blocked publisher) instead of being handled.
+    async fn process_buffered(&mut self, reader: &mut Reader, alarm: bool) {
+        loop {
+            if alarm && frames::starts_with_publish(&reader.buf) {
+                self.published = true;
+                break;
+            }
+            match frames::parse(&mut reader.buf, self.frame_max) {
+                Ok(Some(frame)) => self.frame(frame).await,
+                Ok(None) => break,
+                Err(error) => {
+                    self.close_connection(error);
+                    break;
+                }
+            }
+            if self.closing.is_some() || self.done {
+                break;
+            }
+        }
+    }
+
+    /// Blocks a publishing connection while a resource alarm lasts
+    /// (RabbitMQ's `connection.blocked` extension), and unblocks it after;
+    /// true when the state changed.
+    fn follow_alarm(&mut self, alarm: bool) -> bool {
         let block = alarm && self.published && self.closing.is_none();
         if block == self.blocked {
-            return;
+            return false;
         }
         self.blocked = block;
         if self.blocked_capable {
             let method = if block {
                 connection::AMQPMethod::Blocked(connection::Blocked {
-                    reason: "low on memory".into(),
+                    reason: self.broker.vhosts().memory().reason().into(),
                 })
             } else {
                 connection::AMQPMethod::Unblocked(connection::Unblocked {})
@@ -267,6 +285,7 @@ impl Connection {
             frames::put_method(&mut self.out, 0, AMQPClass::Connection(method));
         }
         tracing::debug!(blocked = block, "publishing connection flow");
+        true
     }
 
     /// Waits for the client's close-ok after the server closed.

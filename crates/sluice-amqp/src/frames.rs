@@ -109,6 +109,12 @@ pub(crate) fn parse(buf: &mut BytesMut, frame_max: usize) -> Result<Option<Frame
     Ok(Some(frame))
 }
 
+/// Whether the buffer starts with a `basic.publish` method frame (class
+/// 60, method 40), judged from its first eleven bytes.
+pub(crate) fn starts_with_publish(buf: &[u8]) -> bool {
+    buf.first() == Some(&FRAME_METHOD) && buf.get(7..11) == Some(&[0, 60, 0, 40][..])
+}
+
 /// Appends a method frame.
 pub(crate) fn put_method(out: &mut BytesMut, channel: u16, method: AMQPClass) {
     put_frame(out, &AMQPFrame::Method(channel, method));
@@ -205,6 +211,23 @@ mod tests {
         }
         assert_eq!(kinds, ["method", "header", "body", "body", "body"]);
         assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn publish_frames_are_recognised_from_their_start() {
+        let whole = encoded_publish();
+        assert!(starts_with_publish(&whole));
+        assert!(!starts_with_publish(&whole[..10]), "too short to tell");
+        let mut other = BytesMut::new();
+        put_method(
+            &mut other,
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::Qos(basic::Qos {
+                prefetch_count: 1,
+                global: false,
+            })),
+        );
+        assert!(!starts_with_publish(&other));
     }
 
     #[test]

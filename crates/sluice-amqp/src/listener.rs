@@ -51,7 +51,8 @@ impl Default for AmqpOptions {
     }
 }
 
-/// How often queues write settlements and expire messages and themselves.
+/// How often queues write settlements and expire messages and themselves,
+/// and the disk's free space is checked.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Accepts AMQP connections until `shutdown` turns true. Open connections
@@ -74,7 +75,11 @@ pub async fn serve(
                 tokio::select! {
                     _ = tick.tick() => {
                         let broker = Arc::clone(&broker);
-                        let _ = tokio::task::spawn_blocking(move || broker.vhosts().maintain()).await;
+                        let _ = tokio::task::spawn_blocking(move || {
+                            broker.vhosts().maintain();
+                            broker.check_disk();
+                        })
+                        .await;
                     }
                     _ = shutdown.changed() => break,
                 }

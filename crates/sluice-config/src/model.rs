@@ -101,6 +101,9 @@ pub struct AmqpConfig {
     /// Message bytes held in memory above which publishers are blocked
     /// (`connection.blocked`) until consumers catch up.
     pub memory_high_watermark: ByteSize,
+    /// Free space on the data directory's disk under which publishers are
+    /// blocked.
+    pub disk_free_limit: ByteSize,
 }
 
 impl Default for AmqpConfig {
@@ -114,6 +117,7 @@ impl Default for AmqpConfig {
             users: "guest:guest".to_owned(),
             loopback_users: "guest".to_owned(),
             memory_high_watermark: ByteSize::gib(1),
+            disk_free_limit: ByteSize::new(50_000_000),
         }
     }
 }
@@ -359,6 +363,10 @@ pub const KEYS: &[KeyDoc] = &[
     KeyDoc {
         key: "amqp.memory_high_watermark",
         description: "Message bytes held in memory above which AMQP publishers are blocked",
+    },
+    KeyDoc {
+        key: "amqp.disk_free_limit",
+        description: "Free space on the data directory's disk under which AMQP publishers are blocked",
     },
     KeyDoc {
         key: "http.listen",

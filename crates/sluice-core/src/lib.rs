@@ -59,6 +59,8 @@ pub struct BrokerOptions {
     pub vhosts: Vec<String>,
     /// Message bytes queues may hold in memory before publishers are blocked.
     pub memory_high_watermark: u64,
+    /// Free disk space under which publishers are blocked.
+    pub disk_free_limit: u64,
 }
 
 /// One running broker node.
@@ -73,6 +75,7 @@ pub struct Broker {
     groups: Arc<GroupCoordinator>,
     producer_ids: ProducerIds,
     vhosts: VirtualHosts,
+    disk_free_limit: u64,
     auto_create_topics: bool,
     default_partitions: u32,
     // Dropped last: the lock is held until every log is closed.
@@ -98,7 +101,7 @@ impl Broker {
         let vhosts = VirtualHosts::open(
             Arc::clone(&logs),
             &options.vhosts,
-            messaging::MemoryMonitor::new(options.memory_high_watermark),
+            messaging::ResourceMonitor::new(options.memory_high_watermark),
         )?;
         Ok(Broker {
             data_dir: options.data_dir,
@@ -108,6 +111,7 @@ impl Broker {
             groups: GroupCoordinator::new(),
             producer_ids,
             vhosts,
+            disk_free_limit: options.disk_free_limit,
             auto_create_topics: options.auto_create_topics,
             default_partitions: options.default_partitions.max(1),
             _lock: lock,
@@ -142,6 +146,18 @@ impl Broker {
     /// AMQP virtual hosts with their exchanges and queues.
     pub fn vhosts(&self) -> &VirtualHosts {
         &self.vhosts
+    }
+
+    /// Checks the data directory's free space against the configured limit
+    /// and raises or clears the disk alarm. Blocking (one `statvfs`).
+    pub fn check_disk(&self) {
+        if let Err(error) = self
+            .vhosts
+            .memory()
+            .check_disk(&self.data_dir, self.disk_free_limit)
+        {
+            tracing::warn!(%error, "cannot read the data directory's free space");
+        }
     }
 
     /// The broker's topics.

@@ -56,6 +56,7 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
             .map(str::to_owned)
             .collect(),
         memory_high_watermark: config.amqp.memory_high_watermark.bytes(),
+        disk_free_limit: config.amqp.disk_free_limit.bytes(),
     };
     let broker = tokio::task::spawn_blocking(move || Broker::open(options))
         .await

@@ -18,17 +18,17 @@
 //!
 //! Start reading at [`VirtualHost::publish`].
 
+mod alarms;
 mod definitions;
 mod exchange;
-mod memory;
 mod message;
 mod queue;
 mod queue_store;
 mod routing;
 mod vhost;
 
+pub use alarms::{MemoryCharge, ResourceMonitor};
 pub use exchange::{Binding, Destination, Exchange, ExchangeKind};
-pub use memory::{MemoryCharge, MemoryMonitor};
 pub use message::{Message, encode_properties, integer_value, short, string_value};
 pub use queue::{
     ConsumerEvent, ConsumerSpec, Credit, Delivery, EnqueueOutcome, GetResult, Overflow, Queue,

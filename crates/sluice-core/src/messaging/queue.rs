@@ -16,7 +16,7 @@ use amq_protocol::types::{AMQPValue, FieldTable};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::MessagingError;
-use super::memory::{MemoryCharge, MemoryMonitor};
+use super::alarms::{MemoryCharge, ResourceMonitor};
 use super::message::{Message, integer_value, string_value};
 use super::queue_store::{PendingSync, QueueStore, RecoveredMessage};
 use super::vhost::VirtualHost;
@@ -457,7 +457,7 @@ pub struct Queue {
     args: QueueArgs,
     store_id: Option<String>,
     vhost: Weak<VirtualHost>,
-    memory: Arc<MemoryMonitor>,
+    memory: Arc<ResourceMonitor>,
     state: Mutex<QueueState>,
 }
 
@@ -479,7 +479,7 @@ impl Queue {
         args: QueueArgs,
         store: Option<(String, QueueStore)>,
         vhost: Weak<VirtualHost>,
-        memory: Arc<MemoryMonitor>,
+        memory: Arc<ResourceMonitor>,
     ) -> Arc<Queue> {
         let (store_id, store) = match store {
             Some((id, store)) => (Some(id), Some(store)),

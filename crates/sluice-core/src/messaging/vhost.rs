@@ -15,9 +15,9 @@ use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortSt
 use sluice_log::LogManager;
 
 use super::MessagingError;
+use super::alarms::ResourceMonitor;
 use super::definitions::{Definition, Definitions};
 use super::exchange::{Binding, Destination, Exchange, ExchangeKind};
-use super::memory::MemoryMonitor;
 use super::message::{Message, short, string_value};
 use super::queue::{DeadLetter, DeathReason, Queue, QueueArgs, QueueOptions, now_ms};
 use super::queue_store::{PendingSync, QueueStore, message_log_name, settlement_log_name};
@@ -51,7 +51,7 @@ pub struct PublishOutcome {
 #[derive(Debug)]
 pub struct VirtualHosts {
     hosts: RwLock<HashMap<String, Arc<VirtualHost>>>,
-    memory: Arc<MemoryMonitor>,
+    memory: Arc<ResourceMonitor>,
 }
 
 impl VirtualHosts {
@@ -63,7 +63,7 @@ impl VirtualHosts {
     pub(crate) fn open(
         logs: Arc<LogManager>,
         names: &[String],
-        memory: Arc<MemoryMonitor>,
+        memory: Arc<ResourceMonitor>,
     ) -> Result<VirtualHosts, CoreError> {
         let (definitions, stored) = Definitions::open(&logs)?;
         let definitions = Arc::new(definitions);
@@ -107,7 +107,7 @@ impl VirtualHosts {
     }
 
     /// Memory held by queued messages, and its alarm.
-    pub fn memory(&self) -> &Arc<MemoryMonitor> {
+    pub fn memory(&self) -> &Arc<ResourceMonitor> {
         &self.memory
     }
 
@@ -162,7 +162,7 @@ pub struct VirtualHost {
     queues: RwLock<HashMap<String, Arc<Queue>>>,
     logs: Arc<LogManager>,
     definitions: Arc<Definitions>,
-    memory: Arc<MemoryMonitor>,
+    memory: Arc<ResourceMonitor>,
     me: std::sync::Weak<VirtualHost>,
 }
 
@@ -190,7 +190,7 @@ impl VirtualHost {
         name: String,
         logs: Arc<LogManager>,
         definitions: Arc<Definitions>,
-        memory: Arc<MemoryMonitor>,
+        memory: Arc<ResourceMonitor>,
     ) -> Arc<VirtualHost> {
         let mut exchanges = HashMap::new();
         for (exchange, kind) in STANDARD_EXCHANGES {

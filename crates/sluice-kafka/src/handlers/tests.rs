@@ -300,6 +300,7 @@ async fn every_response_encodes_at_every_advertised_version() {
         default_partitions: 1,
         vhosts: vec!["/".to_owned()],
         memory_high_watermark: 1 << 30,
+        disk_free_limit: 0,
     })
     .expect("open broker");
     let context = Context {
