@@ -38,6 +38,7 @@ const CHECKPOINT_EVERY: u64 = 4096;
 #[derive(Debug)]
 pub(crate) struct QueueStore {
     messages: Arc<Log>,
+    pending: Arc<PendingWrites>,
     settlements: Arc<Log>,
     /// Persisted and not yet settled.
     outstanding: BTreeSet<u64>,
@@ -68,27 +69,94 @@ pub(crate) struct RecoveredMessage {
     pub(crate) delivered: bool,
 }
 
+/// Messages enqueued but not yet written to the queue's log. Their ids are
+/// given at enqueue (the log's next offsets, in order); the batch is written
+/// by whoever needs it on disk first — a confirm's sync waiter, the
+/// maintenance tick, a full buffer, or close — so a burst of publishes to a
+/// queue costs one write, not one per message.
+#[derive(Debug)]
+pub(crate) struct PendingWrites {
+    log: Arc<Log>,
+    state: std::sync::Mutex<PendingState>,
+}
+
+#[derive(Debug)]
+struct PendingState {
+    /// Id of the first buffered message.
+    first_id: u64,
+    values: Vec<(Vec<u8>, i64)>,
+    bytes: usize,
+}
+
+/// Buffered bytes at which the enqueueing thread writes the batch itself.
+const PENDING_WRITE_BYTES: usize = 512 << 10;
+
+impl PendingWrites {
+    fn state(&self) -> std::sync::MutexGuard<'_, PendingState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes the buffered messages as one record batch (unsynced).
+    pub(crate) fn write(&self) -> Result<(), CoreError> {
+        let mut state = self.state();
+        if state.values.is_empty() {
+            return Ok(());
+        }
+        let records: Vec<NewRecord<'_>> = state
+            .values
+            .iter()
+            .map(|(value, timestamp)| NewRecord {
+                key: None,
+                value: Some(value),
+                timestamp: *timestamp,
+            })
+            .collect();
+        let mut batch = encode(&records).map_err(|reason| CoreError::Internal {
+            reason: format!("cannot encode a queue batch: {reason}"),
+        })?;
+        let info = self.log.append_unsynced(&mut batch, LeaderEpoch::from(0))?;
+        let written = u64::try_from(info.first_offset.get()).unwrap_or(0);
+        if written != state.first_id {
+            // Ids were handed out as the log's next offsets; only this
+            // buffer appends to the log, so a mismatch is a broken invariant.
+            return Err(CoreError::Internal {
+                reason: format!(
+                    "queue log {} wrote offset {written} where id {} was expected",
+                    self.log.dir().display(),
+                    state.first_id
+                ),
+            });
+        }
+        state.first_id += state.values.len() as u64;
+        state.values.clear();
+        state.bytes = 0;
+        Ok(())
+    }
+}
+
 /// A sync the publisher must wait for before confirming.
 #[derive(Debug, Clone)]
 pub struct PendingSync {
-    log: Arc<Log>,
+    pending: Arc<PendingWrites>,
     end: Offset,
 }
 
 impl PendingSync {
-    /// Waits until the message is on disk, sharing the sync with concurrent
-    /// writers. Blocking.
+    /// Writes the queue's buffered messages if that has not happened yet,
+    /// then waits until the message is on disk, sharing the write and the
+    /// sync with concurrent publishers. Blocking.
     ///
     /// # Errors
-    /// The log's sync failure.
+    /// The log's write or sync failure.
     pub fn wait(&self) -> Result<(), CoreError> {
-        self.log.sync_to(self.end)?;
+        self.pending.write()?;
+        self.pending.log.sync_to(self.end)?;
         Ok(())
     }
 
     /// Whether two pending syncs are on the same log (the later one covers both).
     pub fn same_log(&self, other: &PendingSync) -> bool {
-        Arc::ptr_eq(&self.log, &other.log)
+        Arc::ptr_eq(&self.pending, &other.pending)
     }
 
     /// The later of two syncs on the same log.
@@ -165,7 +233,16 @@ impl QueueStore {
             });
         })?;
         delivered.retain(|id| outstanding.contains(id));
+        let pending = Arc::new(PendingWrites {
+            log: Arc::clone(&messages),
+            state: std::sync::Mutex::new(PendingState {
+                first_id: u64::try_from(messages.log_end().get()).unwrap_or(0),
+                values: Vec::new(),
+                bytes: 0,
+            }),
+        });
         let mut store = QueueStore {
+            pending,
             messages,
             settlements,
             outstanding,
@@ -182,7 +259,8 @@ impl QueueStore {
         })
     }
 
-    /// Appends one message; returns its id and what a confirm must wait for.
+    /// Buffers one message for the queue's log; returns its id and what a
+    /// confirm must wait for.
     pub(crate) fn append(
         &mut self,
         message: &Message,
@@ -190,22 +268,20 @@ impl QueueStore {
         let value = message
             .encode()
             .map_err(|reason| CoreError::Internal { reason })?;
-        let mut batch = encode(&[NewRecord {
-            key: None,
-            value: Some(&value),
-            timestamp: SystemClock.now_ms(),
-        }])
-        .map_err(|reason| CoreError::Internal {
-            reason: format!("cannot encode a queue batch: {reason}"),
-        })?;
-        let info = self
-            .messages
-            .append_unsynced(&mut batch, LeaderEpoch::from(0))?;
-        let id = u64::try_from(info.first_offset.get()).unwrap_or(0);
+        let (id, full) = {
+            let mut state = self.pending.state();
+            let id = state.first_id + state.values.len() as u64;
+            state.bytes += value.len();
+            state.values.push((value, SystemClock.now_ms()));
+            (id, state.bytes >= PENDING_WRITE_BYTES)
+        };
+        if full {
+            self.pending.write()?;
+        }
         self.outstanding.insert(id);
         let sync = (self.messages.durability() == Durability::Always).then(|| PendingSync {
-            log: Arc::clone(&self.messages),
-            end: info.last_offset.plus(1),
+            pending: Arc::clone(&self.pending),
+            end: Offset::from(i64::try_from(id + 1).unwrap_or(i64::MAX)),
         });
         Ok((id, sync))
     }
@@ -229,6 +305,7 @@ impl QueueStore {
     /// batch), checkpoints when due, and reclaims message segments that
     /// hold only settled messages.
     pub(crate) fn flush(&mut self) -> Result<(), CoreError> {
+        self.pending.write()?;
         if self.pending_settle.is_empty() && self.pending_delivered.is_empty() {
             return Ok(());
         }
@@ -269,7 +346,7 @@ impl QueueStore {
         self.outstanding
             .first()
             .copied()
-            .unwrap_or_else(|| u64::try_from(self.messages.log_end().get()).unwrap_or(0))
+            .unwrap_or_else(|| self.pending.state().first_id)
     }
 
     fn checkpoint(&mut self) -> Result<(), CoreError> {
