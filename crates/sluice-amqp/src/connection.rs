@@ -875,31 +875,14 @@ impl Connection {
                 Ok(())
             }
             tx::AMQPMethod::Rollback(_) => {
-                let Some(channel) = self.channels.get_mut(&id) else {
-                    return Ok(());
-                };
-                let Some(actions) = channel.tx.as_mut() else {
-                    return Err(AmqpError::channel(
-                        PRECONDITION_FAILED,
-                        "channel is not transactional",
-                    ));
-                };
-                actions.clear();
+                // Buffered publishes and settlements are dropped.
+                self.take_tx_actions(id)?;
                 reply(&mut self.out, tx::AMQPMethod::RollbackOk(tx::RollbackOk {}));
                 Ok(())
             }
             tx::AMQPMethod::Commit(_) => {
-                let actions = {
-                    let Some(channel) = self.channels.get_mut(&id) else {
-                        return Ok(());
-                    };
-                    let Some(actions) = channel.tx.as_mut() else {
-                        return Err(AmqpError::channel(
-                            PRECONDITION_FAILED,
-                            "channel is not transactional",
-                        ));
-                    };
-                    std::mem::take(actions)
+                let Some(actions) = self.take_tx_actions(id)? else {
+                    return Ok(());
                 };
                 let syncs = self.with_channel(id, |ctx, channel| {
                     let mut syncs = Vec::new();
@@ -957,6 +940,21 @@ impl Connection {
             }
             other => Err(handlers::unexpected_method(&AMQPClass::Tx(other))),
         }
+    }
+
+    /// Takes the buffered actions of transactional channel `id` (`None` if
+    /// the channel is gone).
+    fn take_tx_actions(&mut self, id: u16) -> Result<Option<Vec<TxAction>>, AmqpError> {
+        let Some(channel) = self.channels.get_mut(&id) else {
+            return Ok(None);
+        };
+        let Some(actions) = channel.tx.as_mut() else {
+            return Err(AmqpError::channel(
+                PRECONDITION_FAILED,
+                "channel is not transactional",
+            ));
+        };
+        Ok(Some(std::mem::take(actions)))
     }
 
     fn event(&mut self, event: ConsumerEvent) {

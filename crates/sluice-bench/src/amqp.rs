@@ -26,7 +26,7 @@ use serde_json::json;
 
 use crate::payload;
 use crate::process;
-use crate::report::{Latency, Report, Verdict, rates};
+use crate::report::{Latency, Report, rates};
 use crate::seen::{Progress, Seen};
 
 /// `sluice-bench amqp`: one workload against one AMQP 0-9-1 broker.
@@ -423,16 +423,7 @@ async fn run_async(args: &AmqpArgs) -> anyhow::Result<Report> {
         eprintln!("first publish error: {error}");
     }
     let seen = seen.lock().unwrap_or_else(|e| e.into_inner());
-    let distinct = seen.distinct();
-    let verdict = Verdict {
-        acknowledged,
-        consumed: seen.consumed,
-        lost: acknowledged.saturating_sub(distinct),
-        duplicates: seen.duplicates,
-        out_of_order: seen.out_of_order,
-        corrupt: seen.corrupt,
-        produce_errors,
-    };
+    let verdict = seen.verdict(acknowledged, produce_errors);
     let broker = process::usage(
         args.broker_pid,
         broker_before,

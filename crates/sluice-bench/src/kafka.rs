@@ -22,7 +22,7 @@ use serde_json::json;
 
 use crate::payload;
 use crate::process;
-use crate::report::{Latency, Report, Verdict, rates};
+use crate::report::{Latency, Report, rates};
 use crate::seen::{Progress, Seen};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -365,16 +365,7 @@ pub(crate) fn run(args: &KafkaArgs) -> anyhow::Result<Report> {
     }
     let broker_after = args.broker_pid.and_then(process::sample);
     let seen = seen.lock().unwrap_or_else(|e| e.into_inner());
-    let distinct = seen.distinct();
-    let verdict = Verdict {
-        acknowledged,
-        consumed: seen.consumed,
-        lost: acknowledged.saturating_sub(distinct),
-        duplicates: seen.duplicates,
-        out_of_order: seen.out_of_order,
-        corrupt: seen.corrupt,
-        produce_errors,
-    };
+    let verdict = seen.verdict(acknowledged, produce_errors);
     if let Some(error) = deliveries
         .first_error
         .lock()

@@ -11,6 +11,7 @@ use anyhow::Context as _;
 use hdrhistogram::Histogram;
 
 use crate::payload;
+use crate::report::Verdict;
 
 /// What the consumers saw.
 #[derive(Debug)]
@@ -75,6 +76,20 @@ impl Seen {
             self.out_of_order += 1;
         }
         self.last.insert(key, checked.sequence);
+    }
+
+    /// The run's verdict: `acknowledged` messages were sent and confirmed,
+    /// `produce_errors` were refused.
+    pub(crate) fn verdict(&self, acknowledged: u64, produce_errors: u64) -> Verdict {
+        Verdict {
+            acknowledged,
+            consumed: self.consumed,
+            lost: acknowledged.saturating_sub(self.distinct()),
+            duplicates: self.duplicates,
+            out_of_order: self.out_of_order,
+            corrupt: self.corrupt,
+            produce_errors,
+        }
     }
 
     pub(crate) fn distinct(&self) -> u64 {
