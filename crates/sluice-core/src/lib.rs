@@ -15,6 +15,7 @@
 
 mod data_dir;
 mod error;
+mod fields;
 mod groups;
 pub mod messaging;
 mod offsets;

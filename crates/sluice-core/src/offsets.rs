@@ -18,6 +18,7 @@ use sluice_log::{Clock, Log, LogManager, SystemClock};
 use sluice_types::{LeaderEpoch, Offset};
 
 use crate::CoreError;
+use crate::fields::{get_str, put_str};
 
 /// The internal log holding committed offsets.
 pub const OFFSETS_LOG: &str = "__consumer_offsets-0";
@@ -232,15 +233,6 @@ impl OffsetStore {
     }
 }
 
-fn put_str(out: &mut BytesMut, s: &str) {
-    out.put_u16(s.len().min(usize::from(u16::MAX)) as u16);
-    out.put_slice(
-        s.as_bytes()
-            .get(..s.len().min(usize::from(u16::MAX)))
-            .unwrap_or_default(),
-    );
-}
-
 fn encode_key(group: &str, topic: &str, partition: i32) -> Bytes {
     let mut out = BytesMut::new();
     out.put_u16(0);
@@ -263,17 +255,6 @@ fn encode_value(committed: &CommittedOffset) -> Bytes {
         None => out.put_i32(-1),
     }
     out.freeze()
-}
-
-fn get_str(buf: &mut Bytes) -> Option<String> {
-    if buf.remaining() < 2 {
-        return None;
-    }
-    let len = usize::from(buf.get_u16());
-    if buf.remaining() < len {
-        return None;
-    }
-    String::from_utf8(buf.split_to(len).to_vec()).ok()
 }
 
 fn decode_key(key: &Bytes) -> Option<(String, String, i32)> {

@@ -13,9 +13,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use amq_protocol::frame::WriteContext;
 use amq_protocol::types::FieldTable;
-use amq_protocol::types::generation::gen_field_table;
 use amq_protocol::types::parsing::parse_field_table;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use sluice_log::batch::{NewRecord, encode};
@@ -23,7 +21,9 @@ use sluice_log::{Clock, Log, LogManager, SystemClock};
 use sluice_types::LeaderEpoch;
 
 use super::exchange::Destination;
+use super::message::encode_table;
 use crate::CoreError;
+use crate::fields::{get_str, put_str};
 
 /// Name of the log holding durable definitions.
 pub(crate) const DEFINITIONS_LOG: &str = "__amqp_definitions-0";
@@ -58,29 +58,6 @@ pub(crate) enum Definition {
 #[derive(Debug)]
 pub(crate) struct Definitions {
     log: Arc<Log>,
-}
-
-fn put_str(out: &mut BytesMut, s: &str) {
-    let len = s.len().min(usize::from(u16::MAX));
-    out.put_u16(len as u16);
-    out.put_slice(s.as_bytes().get(..len).unwrap_or_default());
-}
-
-fn get_str(bytes: &mut Bytes) -> Option<String> {
-    if bytes.remaining() < 2 {
-        return None;
-    }
-    let len = usize::from(bytes.get_u16());
-    if bytes.remaining() < len {
-        return None;
-    }
-    String::from_utf8(bytes.split_to(len).to_vec()).ok()
-}
-
-fn table_bytes(table: &FieldTable) -> Vec<u8> {
-    gen_field_table(table)(WriteContext::from(Vec::new()))
-        .map(|context| context.write)
-        .unwrap_or_default()
 }
 
 fn get_table(bytes: &Bytes) -> Option<FieldTable> {
@@ -123,7 +100,7 @@ impl Definition {
                     }
                 }
                 put_str(&mut out, routing_key);
-                out.put_slice(&table_bytes(arguments));
+                out.put_slice(&encode_table(arguments));
             }
         }
         out.freeze()
@@ -142,7 +119,7 @@ impl Definition {
             } => {
                 put_str(&mut out, kind);
                 out.put_u8(u8::from(*auto_delete) | (u8::from(*internal) << 1));
-                out.put_slice(&table_bytes(arguments));
+                out.put_slice(&encode_table(arguments));
             }
             Definition::Queue {
                 store_id,
@@ -152,7 +129,7 @@ impl Definition {
             } => {
                 put_str(&mut out, store_id);
                 out.put_u8(u8::from(*auto_delete));
-                out.put_slice(&table_bytes(arguments));
+                out.put_slice(&encode_table(arguments));
             }
             Definition::Binding { .. } => {}
         }

@@ -4,12 +4,10 @@ use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use amq_protocol::frame::WriteContext;
 use amq_protocol::types::FieldTable;
-use amq_protocol::types::generation::gen_field_table;
 
 use super::MessagingError;
-use super::message::Message;
+use super::message::{Message, encode_table};
 use super::routing::headers::{headers_match, x_match};
 use super::routing::topic::TopicMatcher;
 
@@ -91,12 +89,6 @@ struct BindingKey {
     destination: Destination,
     routing_key: String,
     arguments: Vec<u8>,
-}
-
-fn encode_table(table: &FieldTable) -> Vec<u8> {
-    gen_field_table(table)(WriteContext::from(Vec::new()))
-        .map(|context| context.write)
-        .unwrap_or_default()
 }
 
 #[derive(Debug, Default)]

@@ -9,6 +9,7 @@
 use amq_protocol::frame::WriteContext;
 use amq_protocol::protocol::BasicProperties;
 use amq_protocol::protocol::basic::{gen_properties, parse_properties};
+use amq_protocol::types::generation::gen_field_table;
 use amq_protocol::types::{AMQPValue, FieldTable, ShortString};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
@@ -121,6 +122,14 @@ pub fn encode_properties(properties: &BasicProperties) -> Result<Vec<u8>, String
     gen_properties(properties)(WriteContext::from(Vec::new()))
         .map(|context| context.write)
         .map_err(|e| format!("cannot encode message properties: {e}"))
+}
+
+/// A field table as on the wire (empty when the codec refuses it, which a
+/// table it parsed itself never makes it do).
+pub(crate) fn encode_table(table: &FieldTable) -> Vec<u8> {
+    gen_field_table(table)(WriteContext::from(Vec::new()))
+        .map(|context| context.write)
+        .unwrap_or_default()
 }
 
 fn put_short(out: &mut BytesMut, s: &str) {
