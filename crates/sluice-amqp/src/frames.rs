@@ -129,7 +129,10 @@ fn put_frame(out: &mut BytesMut, frame: &AMQPFrame) {
     }
 }
 
-/// Appends a content header and the body frames of a message.
+/// Appends a content header and the body frames of a message. The header
+/// is framed here around the codec's property encoding, so that a delivery
+/// costs no copy of the properties (and their headers table).
+/// Header payload layout: `[class:2=60][weight:2=0][body_size:8][properties]`.
 pub(crate) fn put_content(
     out: &mut BytesMut,
     channel: u16,
@@ -137,17 +140,29 @@ pub(crate) fn put_content(
     body: &Bytes,
     frame_max: usize,
 ) {
-    put_frame(
-        out,
-        &AMQPFrame::Header(
-            channel,
-            AMQPContentHeader {
-                class_id: 60,
-                body_size: body.len() as u64,
-                properties: properties.clone(),
-            },
-        ),
-    );
+    let encoded = match sluice_core::messaging::encode_properties(properties) {
+        Ok(encoded) => encoded,
+        // Properties come from a parsed frame or a decoded record, which
+        // the codec can always encode again.
+        Err(error) => {
+            tracing::error!(%error, "cannot encode message properties; sending none");
+            Vec::new()
+        }
+    };
+    let header_size = 12 + if encoded.is_empty() { 2 } else { encoded.len() };
+    out.reserve(header_size + FRAME_OVERHEAD);
+    out.put_u8(FRAME_HEADER);
+    out.put_u16(channel);
+    out.put_u32(header_size as u32);
+    out.put_u16(60);
+    out.put_u16(0);
+    out.put_u64(body.len() as u64);
+    if encoded.is_empty() {
+        out.put_u16(0); // property flags: none present
+    } else {
+        out.put_slice(&encoded);
+    }
+    out.put_u8(FRAME_END);
     let chunk = frame_max.saturating_sub(FRAME_OVERHEAD).max(1);
     for part in body.chunks(chunk) {
         out.reserve(part.len() + FRAME_OVERHEAD);
@@ -200,6 +215,11 @@ mod tests {
                 Frame::Method(1, _) => "method",
                 Frame::Header(1, header) => {
                     assert_eq!(header.body_size, 10);
+                    assert_eq!(header.class_id, 60);
+                    assert_eq!(
+                        header.properties,
+                        BasicProperties::default().with_delivery_mode(2)
+                    );
                     "header"
                 }
                 Frame::Body(1, body) => {
