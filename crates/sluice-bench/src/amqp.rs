@@ -7,7 +7,7 @@
 //! Publisher `p` uses queue `p % queues`, consumer `c` queue `c % queues`.
 //! Every consumed message is checked; the queues are deleted at the end.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,8 +26,8 @@ use serde_json::json;
 
 use crate::payload;
 use crate::process;
-use crate::report::{Latency, Report, rates};
-use crate::seen::{Progress, Seen};
+use crate::report::{Report, Run};
+use crate::seen::{Progress, Seen, Sent};
 
 /// `sluice-bench amqp`: one workload against one AMQP 0-9-1 broker.
 #[derive(Debug, Args)]
@@ -80,21 +80,6 @@ pub(crate) struct AmqpArgs {
     /// Print only the JSON line.
     #[arg(long)]
     json: bool,
-}
-
-#[derive(Debug, Default)]
-struct Published {
-    acknowledged: Arc<AtomicU64>,
-    errors: AtomicU64,
-    first_error: Mutex<Option<String>>,
-}
-
-impl Published {
-    fn error(&self, error: impl ToString) {
-        self.errors.fetch_add(1, Ordering::Relaxed);
-        let mut first = self.first_error.lock().unwrap_or_else(|e| e.into_inner());
-        first.get_or_insert_with(|| error.to_string());
-    }
 }
 
 fn queue_name(run: &str, index: u32) -> String {
@@ -216,7 +201,7 @@ async fn publish(
     index: u32,
     queue: String,
     count: u64,
-    published: Arc<Published>,
+    published: Arc<Sent>,
 ) -> anyhow::Result<()> {
     let connection = connect(&args.url).await?;
     let channel = connection.create_channel().await.context("channel")?;
@@ -239,9 +224,7 @@ async fn publish(
         SEND_WINDOW
     };
     let settle = |outcome: anyhow::Result<bool>| match outcome {
-        Ok(true) => {
-            published.acknowledged.fetch_add(1, Ordering::Relaxed);
-        }
+        Ok(true) => published.acknowledge(),
         Ok(false) => published.error("publish nacked by the broker"),
         Err(error) => published.error(error),
     };
@@ -368,7 +351,7 @@ async fn run_async(args: &AmqpArgs) -> anyhow::Result<Report> {
         }
     }
 
-    let published = Arc::new(Published::default());
+    let published = Arc::new(Sent::default());
     let broker_before = args.broker_pid.and_then(process::sample);
     let started = Instant::now();
     let per_producer = args.count / u64::from(args.producers.max(1));
@@ -392,8 +375,7 @@ async fn run_async(args: &AmqpArgs) -> anyhow::Result<Report> {
         producer.await.context("publisher task")??;
     }
     let produced_at = started.elapsed();
-    let acknowledged = published.acknowledged.load(Ordering::Relaxed);
-    let produce_errors = published.errors.load(Ordering::Relaxed);
+    let (acknowledged, produce_errors) = published.counts();
 
     let drain = Duration::from_secs(args.drain_timeout_s);
     loop {
@@ -414,29 +396,15 @@ async fn run_async(args: &AmqpArgs) -> anyhow::Result<Report> {
     }
     let broker_after = args.broker_pid.and_then(process::sample);
     delete_queues(args, &run).await?;
-    if let Some(error) = published
-        .first_error
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .as_ref()
-    {
-        eprintln!("first publish error: {error}");
-    }
+    published.print_first_error();
     let seen = seen.lock().unwrap_or_else(|e| e.into_inner());
-    let verdict = seen.verdict(acknowledged, produce_errors);
     let broker = process::usage(
         args.broker_pid,
         broker_before,
         broker_after,
         consumed_at.as_secs_f64(),
     );
-    let (produced_msgs_per_s, produced_mb_per_s) =
-        rates(acknowledged, args.size, produced_at.as_secs_f64());
-    let (consumed_msgs_per_s, consumed_mb_per_s) =
-        rates(seen.consumed, args.size, consumed_at.as_secs_f64());
-    let passed = verdict.passed();
-    Ok(Report {
-        tool: "sluice-bench",
+    Ok(Report::from_run(Run {
         protocol: "amqp",
         workload: json!({
             "url": redact(&args.url),
@@ -453,17 +421,16 @@ async fn run_async(args: &AmqpArgs) -> anyhow::Result<Report> {
             "ack_every": args.ack_every,
             "no_ack": args.no_ack,
         }),
-        seconds: consumed_at.as_secs_f64(),
-        produced_msgs_per_s,
-        produced_mb_per_s,
-        consumed_msgs_per_s,
-        consumed_mb_per_s,
-        latency: Latency::from_histogram(&seen.latency),
+        size: args.size,
+        seen: &seen,
+        acknowledged,
+        produce_errors,
+        producing: produced_at,
+        consuming: consumed_at,
+        total: consumed_at,
         broker,
-        passed,
-        verdict,
         json_only: args.json,
-    })
+    }))
 }
 
 /// The URL without its password, for reports.

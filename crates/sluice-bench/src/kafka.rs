@@ -5,7 +5,7 @@
 //! send numbered messages (see `payload.rs`) as fast as they can, or at a
 //! fixed total rate; every consumed message is checked.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,8 +22,8 @@ use serde_json::json;
 
 use crate::payload;
 use crate::process;
-use crate::report::{Latency, Report, rates};
-use crate::seen::{Progress, Seen};
+use crate::report::{Report, Run};
+use crate::seen::{Progress, Seen, Sent};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Acks {
@@ -114,16 +114,8 @@ pub(crate) struct KafkaArgs {
     json: bool,
 }
 
-/// Counts delivery reports.
-#[derive(Debug, Default)]
-struct Deliveries {
-    acknowledged: Arc<AtomicU64>,
-    errors: AtomicU64,
-    first_error: Mutex<Option<String>>,
-}
-
 #[derive(Debug, Clone)]
-struct DeliveryContext(Arc<Deliveries>);
+struct DeliveryContext(Arc<Sent>);
 
 impl ClientContext for DeliveryContext {}
 
@@ -132,14 +124,8 @@ impl ProducerContext for DeliveryContext {
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: Self::DeliveryOpaque) {
         match result {
-            Ok(_) => {
-                self.0.acknowledged.fetch_add(1, Ordering::Relaxed);
-            }
-            Err((err, _)) => {
-                self.0.errors.fetch_add(1, Ordering::Relaxed);
-                let mut first = self.0.first_error.lock().unwrap_or_else(|e| e.into_inner());
-                first.get_or_insert_with(|| err.to_string());
-            }
+            Ok(_) => self.0.acknowledge(),
+            Err((err, _)) => self.0.error(err),
         }
     }
 }
@@ -262,7 +248,7 @@ pub(crate) fn run(args: &KafkaArgs) -> anyhow::Result<Report> {
         std::thread::sleep(Duration::from_secs(1));
     }
 
-    let deliveries = Arc::new(Deliveries::default());
+    let deliveries = Arc::new(Sent::default());
     let broker_before = args.broker_pid.and_then(process::sample);
     let started = Instant::now();
     let per_producer = args.count / u64::from(args.producers.max(1));
@@ -332,8 +318,7 @@ pub(crate) fn run(args: &KafkaArgs) -> anyhow::Result<Report> {
             .map_err(|_| anyhow::anyhow!("producer thread panicked"))??;
     }
     let produced_at = started.elapsed();
-    let acknowledged = deliveries.acknowledged.load(Ordering::Relaxed);
-    let produce_errors = deliveries.errors.load(Ordering::Relaxed);
+    let (acknowledged, produce_errors) = deliveries.counts();
 
     let consume_started = if args.consume_after_produce {
         let at = Instant::now();
@@ -365,28 +350,14 @@ pub(crate) fn run(args: &KafkaArgs) -> anyhow::Result<Report> {
     }
     let broker_after = args.broker_pid.and_then(process::sample);
     let seen = seen.lock().unwrap_or_else(|e| e.into_inner());
-    let verdict = seen.verdict(acknowledged, produce_errors);
-    if let Some(error) = deliveries
-        .first_error
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .as_ref()
-    {
-        eprintln!("first produce error: {error}");
-    }
+    deliveries.print_first_error();
     let broker = process::usage(
         args.broker_pid,
         broker_before,
         broker_after,
         consumed_at.as_secs_f64(),
     );
-    let (produced_msgs_per_s, produced_mb_per_s) =
-        rates(acknowledged, args.size, produced_at.as_secs_f64());
-    let (consumed_msgs_per_s, consumed_mb_per_s) =
-        rates(seen.consumed, args.size, consume_time.as_secs_f64());
-    let passed = verdict.passed();
-    Ok(Report {
-        tool: "sluice-bench",
+    Ok(Report::from_run(Run {
         protocol: "kafka",
         workload: json!({
             "bootstrap": args.bootstrap,
@@ -407,15 +378,14 @@ pub(crate) fn run(args: &KafkaArgs) -> anyhow::Result<Report> {
             "producer_set": args.producer_set,
             "consumer_set": args.consumer_set,
         }),
-        seconds: consumed_at.as_secs_f64(),
-        produced_msgs_per_s,
-        produced_mb_per_s,
-        consumed_msgs_per_s,
-        consumed_mb_per_s,
-        latency: Latency::from_histogram(&seen.latency),
+        size: args.size,
+        seen: &seen,
+        acknowledged,
+        produce_errors,
+        producing: produced_at,
+        consuming: consume_time,
+        total: consumed_at,
         broker,
-        passed,
-        verdict,
         json_only: args.json,
-    })
+    }))
 }

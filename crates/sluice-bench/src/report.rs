@@ -85,7 +85,7 @@ pub(crate) struct Report {
 
 /// Messages per second and MB/s of `count` messages of `size` bytes over
 /// `seconds`.
-pub(crate) fn rates(count: u64, size: usize, seconds: f64) -> (f64, f64) {
+fn rates(count: u64, size: usize, seconds: f64) -> (f64, f64) {
     let seconds = seconds.max(1e-9);
     (
         count as f64 / seconds,
@@ -93,7 +93,49 @@ pub(crate) fn rates(count: u64, size: usize, seconds: f64) -> (f64, f64) {
     )
 }
 
+/// What a workload measured, to be turned into its [`Report`].
+#[derive(Debug)]
+pub(crate) struct Run<'a> {
+    pub(crate) protocol: &'static str,
+    pub(crate) workload: serde_json::Value,
+    pub(crate) size: usize,
+    pub(crate) seen: &'a crate::seen::Seen,
+    pub(crate) acknowledged: u64,
+    pub(crate) produce_errors: u64,
+    /// From the first send to the last acknowledgement.
+    pub(crate) producing: std::time::Duration,
+    /// Over which the consume rate is computed.
+    pub(crate) consuming: std::time::Duration,
+    /// The whole run (the broker's CPU is averaged over it).
+    pub(crate) total: std::time::Duration,
+    pub(crate) broker: Option<BrokerUsage>,
+    pub(crate) json_only: bool,
+}
+
 impl Report {
+    pub(crate) fn from_run(run: Run<'_>) -> Report {
+        let verdict = run.seen.verdict(run.acknowledged, run.produce_errors);
+        let (produced_msgs_per_s, produced_mb_per_s) =
+            rates(run.acknowledged, run.size, run.producing.as_secs_f64());
+        let (consumed_msgs_per_s, consumed_mb_per_s) =
+            rates(run.seen.consumed, run.size, run.consuming.as_secs_f64());
+        Report {
+            tool: "sluice-bench",
+            protocol: run.protocol,
+            workload: run.workload,
+            seconds: run.total.as_secs_f64(),
+            produced_msgs_per_s,
+            produced_mb_per_s,
+            consumed_msgs_per_s,
+            consumed_mb_per_s,
+            latency: Latency::from_histogram(&run.seen.latency),
+            broker: run.broker,
+            passed: verdict.passed(),
+            verdict,
+            json_only: run.json_only,
+        }
+    }
+
     pub(crate) fn print(&self, json_only: bool) {
         if !json_only {
             println!(

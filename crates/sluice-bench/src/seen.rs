@@ -154,3 +154,44 @@ impl Drop for Progress {
         }
     }
 }
+
+/// What producers sent: acknowledged sends, refused ones, and the first
+/// refusal's text.
+#[derive(Debug, Default)]
+pub(crate) struct Sent {
+    pub(crate) acknowledged: Arc<AtomicU64>,
+    errors: AtomicU64,
+    first_error: Mutex<Option<String>>,
+}
+
+impl Sent {
+    pub(crate) fn acknowledge(&self) {
+        self.acknowledged.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn error(&self, error: impl ToString) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        let mut first = self.first_error.lock().unwrap_or_else(|e| e.into_inner());
+        first.get_or_insert_with(|| error.to_string());
+    }
+
+    /// Acknowledged and refused counts now.
+    pub(crate) fn counts(&self) -> (u64, u64) {
+        (
+            self.acknowledged.load(Ordering::Relaxed),
+            self.errors.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Prints the first refusal, if any, to stderr.
+    pub(crate) fn print_first_error(&self) {
+        if let Some(error) = self
+            .first_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            eprintln!("first send error: {error}");
+        }
+    }
+}
