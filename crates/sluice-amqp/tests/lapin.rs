@@ -7,10 +7,7 @@
 //! after a crash unless it was acknowledged; acknowledged ones never return.
 
 use std::collections::BTreeSet;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use lapin::options::{
@@ -21,96 +18,14 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 
-struct Broker {
-    child: Child,
-    port: u16,
-    data: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn broker_binary() -> PathBuf {
-    // target/<profile>/deps/<test> → target/<profile>/sluice
-    let exe = std::env::current_exe().expect("test binary path");
-    exe.parent()
-        .and_then(|deps| deps.parent())
-        .expect("target profile directory")
-        .join("sluice")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
-fn spawn(data: &Path, port: u16) -> Child {
-    let binary = broker_binary();
-    assert!(
-        binary.exists(),
-        "build the broker first: cargo build -p sluice ({})",
-        binary.display()
-    );
-    let child = Command::new(binary)
-        .arg("--data-dir")
-        .arg(data)
-        .args(["--amqp-listen", &format!("127.0.0.1:{port}")])
-        .args([
-            "--kafka-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-        ])
-        .env_remove("SLUICE_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start broker");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "broker did not listen within 20 s"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child
-}
+use sluice_e2e::BrokerProcess as Broker;
 
 fn start_broker() -> Broker {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let data = dir.path().join("data");
-    let port = free_port();
-    Broker {
-        child: spawn(&data, port),
-        port,
-        data,
-        _dir: dir,
-    }
-}
-
-impl Broker {
-    fn url(&self) -> String {
-        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
-    }
-
-    /// SIGKILL, then start again on the same data directory and port.
-    fn crash_and_restart(&mut self) {
-        self.child.kill().expect("kill -9 the broker");
-        let _ = self.child.wait();
-        self.child = spawn(&self.data, self.port);
-    }
+    Broker::start()
 }
 
 async fn channel(broker: &Broker) -> (Connection, Channel) {
-    let connection = Connection::connect(&broker.url(), ConnectionProperties::default())
+    let connection = Connection::connect(&broker.amqp_url(), ConnectionProperties::default())
         .await
         .expect("connect");
     let channel = connection.create_channel().await.expect("channel");
@@ -287,7 +202,7 @@ fn prefetch_shares_work_and_nack_redelivers_with_the_flag() {
         // Three consumers with prefetch 5; each acknowledges what it gets.
         let mut tasks = Vec::new();
         for index in 0..3 {
-            let url = broker.url();
+            let url = broker.amqp_url();
             tasks.push(tokio::spawn(async move {
                 let connection = Connection::connect(&url, ConnectionProperties::default())
                     .await

@@ -2,78 +2,12 @@
 //! every message is counted and checked, the JSON line carries the documented fields, and
 //! the broker's CPU and memory are reported for the pid given.
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-struct Broker {
-    child: Child,
-    port: u16,
-    amqp_port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn broker_binary() -> PathBuf {
-    // target/<profile>/deps/<test> → target/<profile>/sluice
-    let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target profile directory");
-    profile_dir.join("sluice")
-}
+use sluice_e2e::BrokerProcess as Broker;
 
 fn start_broker() -> Broker {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let free_port = || {
-        TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port()
-    };
-    let port = free_port();
-    let amqp_port = free_port();
-    let binary = broker_binary();
-    assert!(
-        binary.exists(),
-        "build the broker first: cargo build -p sluice ({})",
-        binary.display()
-    );
-    let child = Command::new(binary)
-        .args(["--data-dir"])
-        .arg(dir.path().join("data"))
-        .args(["--kafka-listen", &format!("127.0.0.1:{port}")])
-        .args(["--amqp-listen", &format!("127.0.0.1:{amqp_port}")])
-        .args(["--http-listen", "127.0.0.1:0"])
-        .env_remove("SLUICE_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start broker");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
-        || std::net::TcpStream::connect(("127.0.0.1", amqp_port)).is_err()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "broker did not listen within 20 s"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Broker {
-        child,
-        port,
-        amqp_port,
-        _dir: dir,
-    }
+    Broker::start()
 }
 
 fn bench(broker: &Broker, extra: &[&str]) -> serde_json::Value {
@@ -82,22 +16,21 @@ fn bench(broker: &Broker, extra: &[&str]) -> serde_json::Value {
         &[
             "kafka",
             "--bootstrap",
-            &format!("127.0.0.1:{}", broker.port),
+            &format!("127.0.0.1:{}", broker.kafka_port),
         ],
         extra,
     )
 }
 
 fn bench_amqp(broker: &Broker, extra: &[&str]) -> serde_json::Value {
-    let url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", broker.amqp_port);
-    run_tool(broker, &["amqp", "--url", &url], extra)
+    run_tool(broker, &["amqp", "--url", &broker.amqp_url()], extra)
 }
 
 fn run_tool(broker: &Broker, workload: &[&str], extra: &[&str]) -> serde_json::Value {
     let output = Command::new(env!("CARGO_BIN_EXE_sluice-bench"))
         .args(workload)
         .arg("--json")
-        .args(["--broker-pid", &broker.child.id().to_string()])
+        .args(["--broker-pid", &broker.pid().to_string()])
         .args(extra)
         .output()
         .expect("run sluice-bench");

@@ -1,0 +1,131 @@
+//! Test harness for end-to-end suites: the real `sluice` binary started as
+//! a child process on a temporary data directory with every listener on a
+//! free port of 127.0.0.1, waited for with a deadline, and killed by pid
+//! when dropped. Tests that must crash the broker call
+//! [`BrokerProcess::crash_and_restart`].
+//!
+//! The binary is the one cargo built for the calling test's profile
+//! (`target/<profile>/sluice`); build it first with `cargo build -p sluice`
+//! (scripts/test does).
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a started broker may take to accept connections.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// One running broker; killed when dropped.
+#[derive(Debug)]
+pub struct BrokerProcess {
+    child: Child,
+    data: PathBuf,
+    /// Kafka listener port.
+    pub kafka_port: u16,
+    /// AMQP listener port.
+    pub amqp_port: u16,
+    _dir: tempfile::TempDir,
+}
+
+/// `target/<profile>/sluice`, next to the calling test's `deps/` directory.
+///
+/// # Panics
+/// When the test binary's path has no such parent.
+pub fn broker_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary has a path");
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .expect("the test binary lives in target/<profile>/deps")
+        .join("sluice")
+}
+
+/// A port free on 127.0.0.1 right now.
+///
+/// # Panics
+/// When no port can be bound.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port on 127.0.0.1")
+        .port()
+}
+
+impl BrokerProcess {
+    /// Starts a broker on a fresh data directory and waits until its Kafka
+    /// and AMQP listeners accept connections.
+    ///
+    /// # Panics
+    /// When the binary is missing or the broker does not listen in time.
+    pub fn start() -> BrokerProcess {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let data = dir.path().join("data");
+        let (kafka_port, amqp_port) = (free_port(), free_port());
+        BrokerProcess {
+            child: spawn(&data, kafka_port, amqp_port),
+            data,
+            kafka_port,
+            amqp_port,
+            _dir: dir,
+        }
+    }
+
+    /// The broker's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// An AMQP URL for the guest user and the default virtual host.
+    pub fn amqp_url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.amqp_port)
+    }
+
+    /// SIGKILL, then a new broker on the same data directory and ports.
+    ///
+    /// # Panics
+    /// As [`BrokerProcess::start`].
+    pub fn crash_and_restart(&mut self) {
+        self.child.kill().expect("kill -9 the broker");
+        let _ = self.child.wait();
+        self.child = spawn(&self.data, self.kafka_port, self.amqp_port);
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(data: &Path, kafka_port: u16, amqp_port: u16) -> Child {
+    let binary = broker_binary();
+    assert!(
+        binary.exists(),
+        "build the broker first: cargo build -p sluice ({})",
+        binary.display()
+    );
+    let mut child = Command::new(binary)
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--kafka-listen", &format!("127.0.0.1:{kafka_port}")])
+        .args(["--amqp-listen", &format!("127.0.0.1:{amqp_port}")])
+        .args(["--http-listen", "127.0.0.1:0"])
+        .env_remove("SLUICE_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the broker");
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while TcpStream::connect(("127.0.0.1", kafka_port)).is_err()
+        || TcpStream::connect(("127.0.0.1", amqp_port)).is_err()
+    {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the broker did not listen within {READY_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
