@@ -97,21 +97,28 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
 /// Time connections get to finish their request after the listener stops.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// Binds a listener; errors name the protocol and the config key.
+async fn bind(
+    address: &str,
+    protocol: &str,
+    key: &str,
+) -> anyhow::Result<(tokio::net::TcpListener, std::net::SocketAddr)> {
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen for {protocol} on {address} ({key})"))?;
+    let bound = listener
+        .local_addr()
+        .with_context(|| format!("{protocol} listener address"))?;
+    Ok((listener, bound))
+}
+
 /// Binds the Kafka listener and serves it in a task.
 async fn start_kafka(
     config: &KafkaConfig,
     broker: Arc<Broker>,
     stopped: watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let listener = tokio::net::TcpListener::bind(config.listen.as_str())
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen for Kafka on {} (kafka.listen)",
-                config.listen.as_str()
-            )
-        })?;
-    let bound = listener.local_addr().context("kafka listener address")?;
+    let (listener, bound) = bind(config.listen.as_str(), "Kafka", "kafka.listen").await?;
     let (advertised_host, advertised_port) = match config.advertised.rsplit_once(':') {
         Some((host, port)) if !config.advertised.is_empty() => (
             host.to_owned(),
@@ -145,15 +152,7 @@ async fn start_amqp(
     broker: Arc<Broker>,
     stopped: watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let listener = tokio::net::TcpListener::bind(config.listen.as_str())
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen for AMQP on {} (amqp.listen)",
-                config.listen.as_str()
-            )
-        })?;
-    let bound = listener.local_addr().context("amqp listener address")?;
+    let (listener, bound) = bind(config.listen.as_str(), "AMQP", "amqp.listen").await?;
     info!(listen = %bound, "amqp listening");
     let loopback_only = split_list(&config.loopback_users);
     let users = split_list(&config.users)

@@ -91,6 +91,16 @@ struct BindingKey {
     arguments: Vec<u8>,
 }
 
+impl BindingKey {
+    fn new(destination: &Destination, routing_key: &str, arguments: &FieldTable) -> BindingKey {
+        BindingKey {
+            destination: destination.clone(),
+            routing_key: routing_key.to_owned(),
+            arguments: encode_table(arguments),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Routes {
     bindings: HashMap<BindingKey, FieldTable>,
@@ -170,11 +180,7 @@ impl Exchange {
         routing_key: &str,
         arguments: &FieldTable,
     ) -> bool {
-        let key = BindingKey {
-            destination: destination.clone(),
-            routing_key: routing_key.to_owned(),
-            arguments: encode_table(arguments),
-        };
+        let key = BindingKey::new(&destination, routing_key, arguments);
         let mut routes = self.routes_mut();
         if routes.bindings.contains_key(&key) {
             return false;
@@ -205,11 +211,7 @@ impl Exchange {
         routing_key: &str,
         arguments: &FieldTable,
     ) -> bool {
-        let key = BindingKey {
-            destination: destination.clone(),
-            routing_key: routing_key.to_owned(),
-            arguments: encode_table(arguments),
-        };
+        let key = BindingKey::new(destination, routing_key, arguments);
         let mut routes = self.routes_mut();
         if routes.bindings.remove(&key).is_none() {
             return false;
