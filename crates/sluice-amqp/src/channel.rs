@@ -6,10 +6,12 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use amq_protocol::frame::AMQPContentHeader;
 use amq_protocol::protocol::{AMQPClass, BasicProperties, basic, confirm};
 use bytes::{Bytes, BytesMut};
+use sluice_core::ChannelStats;
 use sluice_core::messaging::{ConsumerEvent, Credit, Message, PendingSync, Queue, VirtualHost};
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -122,10 +124,12 @@ pub(crate) struct Channel {
     pub(crate) channel_credit: Arc<Credit>,
     pub(crate) confirms: Option<Confirms>,
     pub(crate) tx: Option<Vec<TxAction>>,
+    /// What the admin API shows of this channel.
+    stats: Arc<ChannelStats>,
 }
 
 impl Channel {
-    pub(crate) fn new(id: u16, connection: u64) -> Channel {
+    pub(crate) fn new(id: u16, connection: u64, stats: Arc<ChannelStats>) -> Channel {
         Channel {
             id,
             key: (connection << 16) | u64::from(id),
@@ -138,7 +142,28 @@ impl Channel {
             channel_credit: Credit::new(0, None),
             confirms: None,
             tx: None,
+            stats,
         }
+    }
+
+    /// Copies the channel's state to its admin API counters.
+    pub(crate) fn refresh_stats(&self) {
+        let stats = &self.stats;
+        stats
+            .consumers
+            .store(self.consumers.len() as u32, Ordering::Relaxed);
+        stats
+            .prefetch
+            .store(u32::from(self.prefetch), Ordering::Relaxed);
+        stats
+            .unacked
+            .store(self.unacked.len() as u64, Ordering::Relaxed);
+        stats
+            .confirm
+            .store(self.confirms.is_some(), Ordering::Relaxed);
+        stats
+            .transactional
+            .store(self.tx.is_some(), Ordering::Relaxed);
     }
 
     /// Whether a publish waits for its content frames.

@@ -15,8 +15,8 @@ use amq_protocol::protocol::{AMQPClass, channel as channel_class, connection, tx
 use amq_protocol::types::parsing::parse_field_table;
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
 use bytes::{Bytes, BytesMut};
-use sluice_core::Broker;
 use sluice_core::messaging::{ConsumerEvent, Queue, VirtualHost};
+use sluice_core::{Broker, ConnectionHandle, ConnectionStats};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -31,6 +31,7 @@ use crate::errors::{
 use crate::frames::{self, Frame};
 use crate::handlers;
 use crate::listener::AmqpOptions;
+use crate::metrics;
 
 const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
 /// The handshake must finish within this.
@@ -93,6 +94,8 @@ pub(crate) struct Connection {
     published: bool,
     /// Not read from while the memory alarm lasts.
     blocked: bool,
+    /// The connection's entry in the broker's registry.
+    registration: ConnectionHandle,
 }
 
 impl std::fmt::Debug for Connection {
@@ -107,7 +110,7 @@ impl std::fmt::Debug for Connection {
 
 impl Connection {
     pub(crate) async fn run(
-        id: u64,
+        registration: ConnectionHandle,
         stream: TcpStream,
         peer: SocketAddr,
         broker: Arc<Broker>,
@@ -116,11 +119,15 @@ impl Connection {
     ) -> Result<(), ConnectionError> {
         let (reader, writer) = stream.into_split();
         let (write_tx, write_rx) = mpsc::channel::<Bytes>(64);
-        let writer_task = tokio::spawn(write_loop(writer, write_rx));
+        let writer_task = tokio::spawn(write_loop(
+            writer,
+            write_rx,
+            Arc::clone(registration.stats()),
+        ));
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (confirms_tx, confirms_rx) = mpsc::unbounded_channel();
         let mut connection = Connection {
-            id,
+            id: registration.id(),
             peer,
             broker,
             frame_max: options.frame_max as usize,
@@ -140,10 +147,12 @@ impl Connection {
             blocked_capable: false,
             published: false,
             blocked: false,
+            registration,
         };
         let mut reader = Reader {
             half: reader,
             buf: BytesMut::with_capacity(64 << 10),
+            stats: Arc::clone(connection.registration.stats()),
         };
         let result = connection
             .serve(&mut reader, &write_tx, events_rx, confirms_rx, shutdown)
@@ -186,6 +195,9 @@ impl Connection {
                     ));
                 }
                 Ok(()) = alarm.changed() => {}
+                reason = self.registration.close_requested() => {
+                    self.close_connection(AmqpError::connection(CONNECTION_FORCED, reason));
+                }
                 read = reader.fill(), if !self.blocked => {
                     if read? == 0 {
                         return Ok(());
@@ -437,6 +449,12 @@ impl Connection {
             return Ok(false);
         };
         tracing::debug!(user = %user, vhost = vhost.name(), heartbeat = self.heartbeat, frame_max = self.frame_max, "AMQP connection open");
+        let client_name = client_name(&start_ok.client_properties);
+        self.registration.stats().update_details(|details| {
+            details.user = Some(user.clone());
+            details.vhost = Some(vhost.name().to_owned());
+            details.client_name = client_name;
+        });
         self.vhost = Some(vhost);
         self.user = user;
         frames::put_method(
@@ -515,15 +533,7 @@ impl Connection {
             }
             _ => return None,
         };
-        let known = self
-            .options
-            .users
-            .iter()
-            .find(|u| u.name == user && u.password == password)?;
-        if known.loopback_only && !self.peer.ip().is_loopback() {
-            tracing::warn!(peer = %self.peer, user = %user, "user may connect only from loopback");
-            return None;
-        }
+        sluice_core::authenticate(&self.options.users, &user, &password, self.peer.ip())?;
         Some(user)
     }
 
@@ -603,13 +613,20 @@ impl Connection {
             Frame::Heartbeat => (0, Ok(())),
             Frame::Method(0, class) => (0, self.connection_method(*class)),
             Frame::Method(id, class) => {
-                if matches!(
-                    *class,
-                    AMQPClass::Basic(amq_protocol::protocol::basic::AMQPMethod::Publish(_))
-                ) {
+                let started = std::time::Instant::now();
+                let method = (class.get_amqp_class_id(), class.get_amqp_method_id());
+                if method == metrics::BASIC_PUBLISH {
                     self.published = true;
                 }
-                (id, self.channel_method(id, *class).await)
+                let result = self.channel_method(id, *class).await;
+                if method != metrics::BASIC_PUBLISH {
+                    self.observe(method, started);
+                }
+                match self.channels.get(&id) {
+                    Some(channel) => channel.refresh_stats(),
+                    None => self.registration.stats().close_channel(id),
+                }
+                (id, result)
             }
             Frame::Header(0, _) | Frame::Body(0, _) => (
                 0,
@@ -694,9 +711,22 @@ impl Connection {
         let Some((method, message)) = step(channel)? else {
             return Ok(());
         };
-        self.with_channel(id, |ctx, channel| {
+        let started = std::time::Instant::now();
+        let result = self.with_channel(id, |ctx, channel| {
             handlers::basic::publish(ctx, channel, method, message)
-        })
+        });
+        self.observe(metrics::BASIC_PUBLISH, started);
+        result
+    }
+
+    /// Records one handled method in the broker's request metrics.
+    fn observe(&self, (class_id, method_id): (u16, u16), started: std::time::Instant) {
+        if let (Some(index), Some(histograms)) = (
+            metrics::index(class_id, method_id),
+            self.broker.metrics().amqp.get(),
+        ) {
+            histograms.observe(index, started.elapsed());
+        }
     }
 
     fn with_channel<T>(
@@ -746,7 +776,8 @@ impl Connection {
                 )
                 .during(20, 10));
             }
-            self.channels.insert(id, Channel::new(id, self.id));
+            let stats = self.registration.stats().open_channel(id);
+            self.channels.insert(id, Channel::new(id, self.id, stats));
             frames::put_method(
                 &mut self.out,
                 id,
@@ -965,8 +996,10 @@ impl Connection {
                 let seq = delivery.seq;
                 let delivered = self
                     .with_channel(id, |ctx, channel| {
-                        Ok(channel.state == ChannelState::Open
-                            && handlers::basic::deliver(ctx, channel, delivery))
+                        let delivered = channel.state == ChannelState::Open
+                            && handlers::basic::deliver(ctx, channel, delivery);
+                        channel.refresh_stats();
+                        Ok(delivered)
                     })
                     .unwrap_or(false);
                 if !delivered {
@@ -1100,6 +1133,7 @@ fn wait_for_syncs(
 struct Reader {
     half: OwnedReadHalf,
     buf: BytesMut,
+    stats: Arc<ConnectionStats>,
 }
 
 impl Reader {
@@ -1107,22 +1141,43 @@ impl Reader {
         if self.buf.capacity() - self.buf.len() < 4096 {
             self.buf.reserve(64 << 10);
         }
-        self.half.read_buf(&mut self.buf).await
+        let read = self.half.read_buf(&mut self.buf).await?;
+        self.stats.add_bytes_in(read);
+        Ok(read)
     }
 }
 
-async fn write_loop(mut writer: OwnedWriteHalf, mut rx: mpsc::Receiver<Bytes>) {
+async fn write_loop(
+    mut writer: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Bytes>,
+    stats: Arc<ConnectionStats>,
+) {
     while let Some(first) = rx.recv().await {
         if writer.write_all(&first).await.is_err() {
             return;
         }
+        stats.add_bytes_out(first.len());
         while let Ok(more) = rx.try_recv() {
             if writer.write_all(&more).await.is_err() {
                 return;
             }
+            stats.add_bytes_out(more.len());
         }
     }
     let _ = writer.shutdown().await;
+}
+
+/// The `connection_name` client property, else `product`.
+fn client_name(properties: &FieldTable) -> Option<String> {
+    ["connection_name", "product"]
+        .iter()
+        .find_map(|key| match properties.inner().get(*key)? {
+            AMQPValue::LongString(text) => {
+                Some(String::from_utf8_lossy(text.as_bytes()).into_owned())
+            }
+            AMQPValue::ShortString(text) => Some(text.as_str().to_owned()),
+            _ => None,
+        })
 }
 
 fn server_properties() -> FieldTable {

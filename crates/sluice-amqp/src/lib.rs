@@ -16,5 +16,6 @@ mod errors;
 mod frames;
 mod handlers;
 mod listener;
+mod metrics;
 
 pub use listener::{AmqpOptions, AmqpUser, serve};

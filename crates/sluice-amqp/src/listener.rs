@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sluice_core::Broker;
@@ -12,16 +11,8 @@ use tracing::Instrument;
 
 use crate::connection::Connection;
 
-/// A user that may log in.
-#[derive(Debug, Clone)]
-pub struct AmqpUser {
-    /// Login name.
-    pub name: String,
-    /// Password (compared as given).
-    pub password: String,
-    /// May connect only from a loopback address (RabbitMQ's rule for guest).
-    pub loopback_only: bool,
-}
+/// A user that may log in (the broker's users, shared with the admin API).
+pub use sluice_core::User as AmqpUser;
 
 /// Settings of the AMQP listener.
 #[derive(Debug, Clone)]
@@ -64,7 +55,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let options = Arc::new(options);
-    let next_id = AtomicU64::new(1);
+    crate::metrics::register(&broker);
     let local = listener.local_addr().ok();
     let maintenance = {
         let broker = Arc::clone(&broker);
@@ -103,14 +94,17 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let conn_id = next_id.fetch_add(1, Ordering::Relaxed);
+        let registration = broker
+            .connections()
+            .register(sluice_core::Protocol::Amqp, peer);
+        let conn_id = registration.id();
         let span = tracing::info_span!("conn", conn_id, %peer, protocol = "amqp");
         let broker = Arc::clone(&broker);
         let options = Arc::clone(&options);
         let shutdown = shutdown.clone();
         connections.spawn(
             async move {
-                match Connection::run(conn_id, stream, peer, broker, options, shutdown).await {
+                match Connection::run(registration, stream, peer, broker, options, shutdown).await {
                     Ok(()) => tracing::debug!("connection closed"),
                     Err(err) => tracing::info!(reason = %err, "connection closed"),
                 }

@@ -13,22 +13,28 @@
 //!
 //! Start reading at [`Broker::open`].
 
+mod connections;
 mod data_dir;
 mod error;
 mod fields;
 mod groups;
 pub mod messaging;
+mod metrics;
 mod offsets;
 mod producers;
 mod replay;
 mod topic_config;
 mod topics;
+mod users;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use sluice_log::{LogConfig, LogManager};
 
+pub use connections::{
+    ChannelStats, ConnectionDetails, ConnectionHandle, ConnectionStats, Connections, Protocol,
+};
 pub use data_dir::DataDirLock;
 pub use error::CoreError;
 pub use groups::{
@@ -36,14 +42,17 @@ pub use groups::{
     JoinedMember, MemberDescription, SyncResponse,
 };
 use messaging::VirtualHosts;
+pub use metrics::{ProtocolMetrics, RequestMetrics};
 pub use offsets::{CommittedOffset, OFFSETS_LOG, OffsetStore};
 pub use producers::ProducerIds;
 pub use topic_config::{
     CleanupPolicy, ConfigEntry, ConfigSource, TOPIC_CONFIG_KEYS, TimestampType, TopicConfig,
 };
 pub use topics::{
-    MAX_PARTITIONS, MAX_TOPIC_NAME, Partition, PendingAppend, Topic, Topics, log_name,
+    MAX_PARTITIONS, MAX_TOPIC_NAME, Partition, PartitionTraffic, PendingAppend, Topic, Topics,
+    log_name,
 };
+pub use users::{User, authenticate};
 
 /// What a broker needs to start.
 #[derive(Debug, Clone)]
@@ -76,6 +85,9 @@ pub struct Broker {
     groups: Arc<GroupCoordinator>,
     producer_ids: ProducerIds,
     vhosts: VirtualHosts,
+    connections: Arc<Connections>,
+    metrics: ProtocolMetrics,
+    started: std::time::Instant,
     disk_free_limit: u64,
     auto_create_topics: bool,
     default_partitions: u32,
@@ -112,6 +124,9 @@ impl Broker {
             groups: GroupCoordinator::new(),
             producer_ids,
             vhosts,
+            connections: Connections::new(),
+            metrics: ProtocolMetrics::default(),
+            started: std::time::Instant::now(),
             disk_free_limit: options.disk_free_limit,
             auto_create_topics: options.auto_create_topics,
             default_partitions: options.default_partitions.max(1),
@@ -159,6 +174,21 @@ impl Broker {
         {
             tracing::warn!(%error, "cannot read the data directory's free space");
         }
+    }
+
+    /// Open client connections of both protocols.
+    pub fn connections(&self) -> &Arc<Connections> {
+        &self.connections
+    }
+
+    /// Request counts and latencies per protocol.
+    pub fn metrics(&self) -> &ProtocolMetrics {
+        &self.metrics
+    }
+
+    /// How long the broker has been running.
+    pub fn uptime(&self) -> std::time::Duration {
+        self.started.elapsed()
     }
 
     /// The broker's topics.

@@ -218,6 +218,15 @@ impl OffsetStore {
     }
 
     /// Every committed offset of `group`, sorted by topic and partition.
+    /// Every group with at least one committed offset.
+    pub fn group_ids(&self) -> Vec<String> {
+        self.groups()
+            .iter()
+            .filter(|(_, offsets)| !offsets.is_empty())
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
     pub fn group(&self, group: &str) -> Vec<(String, i32, CommittedOffset)> {
         self.groups().get(group).map_or_else(Vec::new, |offsets| {
             offsets

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use bytes::BytesMut;
@@ -31,6 +32,30 @@ pub struct Partition {
     log: Arc<Log>,
     appended: Notify,
     producers: ProducerStates,
+    traffic: PartitionTraffic,
+}
+
+/// Records and bytes a partition took in and gave out since the broker
+/// started, for metrics and the admin API.
+#[derive(Debug, Default)]
+pub struct PartitionTraffic {
+    pub records_in: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub records_out: AtomicU64,
+    pub bytes_out: AtomicU64,
+}
+
+impl PartitionTraffic {
+    /// Counts records handed to a consumer (a fetch).
+    pub fn add_out(&self, records: u64, bytes: u64) {
+        self.records_out.fetch_add(records, Ordering::Relaxed);
+        self.bytes_out.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn add_in(&self, records: u64, bytes: u64) {
+        self.records_in.fetch_add(records, Ordering::Relaxed);
+        self.bytes_in.fetch_add(bytes, Ordering::Relaxed);
+    }
 }
 
 impl Partition {
@@ -50,6 +75,11 @@ impl Partition {
     /// Enable it before checking for data so that no append is missed.
     pub fn appended(&self) -> tokio::sync::futures::Notified<'_> {
         self.appended.notified()
+    }
+
+    /// What went in and out of this partition.
+    pub fn traffic(&self) -> &PartitionTraffic {
+        &self.traffic
     }
 
     pub(crate) fn wake_readers(&self) {
@@ -152,8 +182,14 @@ impl Topic {
             _ => return Err(invalid(sluice_log::BatchFault::Empty)),
         };
         let needs_sync = target.log.durability() == sluice_log::Durability::Always;
+        let record_count: u64 = headers
+            .iter()
+            .map(|(_, header)| u64::try_from(header.records_count).unwrap_or(0))
+            .sum();
+        let byte_count = records.len() as u64;
         if first.producer_id < 0 {
             let info = target.log.append_unsynced(records, LeaderEpoch::from(0))?;
+            target.traffic.add_in(record_count, byte_count);
             return Ok(PendingAppend {
                 partition: target,
                 info,
@@ -178,6 +214,7 @@ impl Topic {
             },
             SequenceCheck::Append => {
                 let info = target.log.append_unsynced(records, LeaderEpoch::from(0))?;
+                target.traffic.add_in(record_count, byte_count);
                 producers::record(
                     &mut producers,
                     first.producer_id,
@@ -320,6 +357,7 @@ impl Topics {
             log,
             appended: Notify::new(),
             producers,
+            traffic: PartitionTraffic::default(),
         }))
     }
 

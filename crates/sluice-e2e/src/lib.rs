@@ -25,6 +25,8 @@ pub struct BrokerProcess {
     pub kafka_port: u16,
     /// AMQP listener port.
     pub amqp_port: u16,
+    /// HTTP (admin API) listener port.
+    pub http_port: u16,
     _dir: tempfile::TempDir,
 }
 
@@ -52,20 +54,21 @@ pub fn free_port() -> u16 {
 }
 
 impl BrokerProcess {
-    /// Starts a broker on a fresh data directory and waits until its Kafka
-    /// and AMQP listeners accept connections.
+    /// Starts a broker on a fresh data directory and waits until its Kafka,
+    /// AMQP and HTTP listeners accept connections.
     ///
     /// # Panics
     /// When the binary is missing or the broker does not listen in time.
     pub fn start() -> BrokerProcess {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let data = dir.path().join("data");
-        let (kafka_port, amqp_port) = (free_port(), free_port());
+        let ports = [free_port(), free_port(), free_port()];
         BrokerProcess {
-            child: spawn(&data, kafka_port, amqp_port),
+            child: spawn(&data, ports),
             data,
-            kafka_port,
-            amqp_port,
+            kafka_port: ports[0],
+            amqp_port: ports[1],
+            http_port: ports[2],
             _dir: dir,
         }
     }
@@ -80,6 +83,11 @@ impl BrokerProcess {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.amqp_port)
     }
 
+    /// The admin API's base URL, `http://127.0.0.1:PORT`.
+    pub fn http_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
     /// SIGKILL, then a new broker on the same data directory and ports.
     ///
     /// # Panics
@@ -87,7 +95,10 @@ impl BrokerProcess {
     pub fn crash_and_restart(&mut self) {
         self.child.kill().expect("kill -9 the broker");
         let _ = self.child.wait();
-        self.child = spawn(&self.data, self.kafka_port, self.amqp_port);
+        self.child = spawn(
+            &self.data,
+            [self.kafka_port, self.amqp_port, self.http_port],
+        );
     }
 }
 
@@ -98,7 +109,9 @@ impl Drop for BrokerProcess {
     }
 }
 
-fn spawn(data: &Path, kafka_port: u16, amqp_port: u16) -> Child {
+/// Starts the broker with Kafka, AMQP and HTTP on `ports`.
+fn spawn(data: &Path, ports: [u16; 3]) -> Child {
+    let [kafka_port, amqp_port, http_port] = ports;
     let binary = broker_binary();
     assert!(
         binary.exists(),
@@ -110,15 +123,16 @@ fn spawn(data: &Path, kafka_port: u16, amqp_port: u16) -> Child {
         .arg(data)
         .args(["--kafka-listen", &format!("127.0.0.1:{kafka_port}")])
         .args(["--amqp-listen", &format!("127.0.0.1:{amqp_port}")])
-        .args(["--http-listen", "127.0.0.1:0"])
+        .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
         .env_remove("SLUICE_LOG")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("start the broker");
     let deadline = Instant::now() + READY_TIMEOUT;
-    while TcpStream::connect(("127.0.0.1", kafka_port)).is_err()
-        || TcpStream::connect(("127.0.0.1", amqp_port)).is_err()
+    while ports
+        .iter()
+        .any(|port| TcpStream::connect(("127.0.0.1", *port)).is_err())
     {
         if Instant::now() >= deadline {
             let _ = child.kill();

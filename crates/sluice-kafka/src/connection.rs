@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
 use kafka_protocol::protocol::{Decodable, Encodable};
-use sluice_core::Broker;
+use sluice_core::{Broker, ConnectionHandle, RequestMetrics};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
@@ -66,6 +66,19 @@ pub(crate) struct Connection {
     stream: TcpStream,
     context: Context,
     shutdown: watch::Receiver<bool>,
+    registration: ConnectionHandle,
+}
+
+/// Sets up the per-API request metrics, indexed like the handler table.
+pub(crate) fn register_metrics(broker: &Broker) {
+    broker.metrics().kafka.get_or_init(|| {
+        RequestMetrics::new(
+            handlers::SUPPORTED
+                .iter()
+                .map(|(api, _, _)| &*String::leak(format!("{api:?}")))
+                .collect(),
+        )
+    });
 }
 
 impl Connection {
@@ -74,6 +87,7 @@ impl Connection {
         broker: Arc<Broker>,
         options: Arc<KafkaOptions>,
         shutdown: watch::Receiver<bool>,
+        registration: ConnectionHandle,
     ) -> Self {
         let peer = stream
             .peer_addr()
@@ -84,8 +98,10 @@ impl Connection {
                 broker,
                 options,
                 peer,
+                connection: Some(Arc::clone(registration.stats())),
             },
             shutdown,
+            registration,
         }
     }
 
@@ -99,7 +115,10 @@ impl Connection {
             stream,
             context,
             mut shutdown,
+            mut registration,
         } = self;
+        let stats = Arc::clone(registration.stats());
+        let written = Arc::clone(&stats);
         let (mut reader, mut writer) = stream.into_split();
         let (queue, mut due) = mpsc::channel::<Outcome>(MAX_IN_FLIGHT);
         let writing = async move {
@@ -112,6 +131,7 @@ impl Connection {
                 };
                 for chunk in response.into_iter().flatten() {
                     writer.write_all(&chunk).await?;
+                    written.add_bytes_out(chunk.len());
                 }
             }
             Ok::<(), ConnectionError>(())
@@ -122,6 +142,10 @@ impl Connection {
                 let read = tokio::select! {
                     read = reader.read_exact(&mut size) => read,
                     _ = shutdown.changed() => return Ok(()),
+                    reason = registration.close_requested() => {
+                        tracing::info!(%reason, "closed through the admin API");
+                        return Ok(());
+                    }
                 };
                 match read {
                     Ok(_) => {}
@@ -144,6 +168,7 @@ impl Connection {
                 }
                 let mut body = BytesMut::zeroed(len);
                 reader.read_exact(&mut body).await?;
+                stats.add_bytes_in(4 + len);
                 let outcome = handle(&context, body.freeze()).await?;
                 if queue.send(outcome).await.is_err() {
                     // The writer stopped on an error of its own.
@@ -204,11 +229,32 @@ async fn handle(context: &Context, mut body: Bytes) -> Result<Outcome, Connectio
     }
     let correlation_id = header.correlation_id;
     tracing::debug!(?api, version, correlation_id, client_id = ?header.client_id, "request");
+    if let (Some(stats), Some(client_id)) = (&context.connection, &header.client_id) {
+        stats.update_details(|details| {
+            if details.client_name.as_deref() != Some(client_id.as_str()) {
+                details.client_name = Some(client_id.to_string());
+            }
+        });
+    }
+    let started = std::time::Instant::now();
+    let metric = handlers::SUPPORTED
+        .iter()
+        .position(|(key, _, _)| *key == api);
+    let observe = {
+        let broker = Arc::clone(&context.broker);
+        move || {
+            if let (Some(index), Some(metrics)) = (metric, broker.metrics().kafka.get()) {
+                metrics.observe(index, started.elapsed());
+            }
+        }
+    };
     match request {
         RequestKind::Produce(request) => {
             let pending = handlers::produce::start(context, request, version).await;
             Ok(Outcome::Later(tokio::spawn(async move {
-                match pending.finish().await {
+                let finished = pending.finish().await;
+                observe();
+                match finished {
                     Some(response) => encode(
                         api,
                         version,
@@ -224,6 +270,7 @@ async fn handle(context: &Context, mut body: Bytes) -> Result<Outcome, Connectio
             let context = context.clone();
             Ok(Outcome::Later(tokio::spawn(async move {
                 let response = handlers::fetch::handle(&context, request, version).await;
+                observe();
                 match fetch_encode::encode(correlation_id, version, &response) {
                     Some(chunks) => Ok(Some(chunks)),
                     None => encode(api, version, correlation_id, &ResponseKind::Fetch(response))
@@ -233,9 +280,10 @@ async fn handle(context: &Context, mut body: Bytes) -> Result<Outcome, Connectio
         }
         request => {
             let client_id = header.client_id.as_deref().unwrap_or_default().to_owned();
-            respond(context, request, api, version, correlation_id, &client_id)
-                .await
-                .map(Outcome::Ready)
+            let response =
+                respond(context, request, api, version, correlation_id, &client_id).await;
+            observe();
+            response.map(Outcome::Ready)
         }
     }
 }

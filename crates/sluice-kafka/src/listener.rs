@@ -1,8 +1,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use sluice_core::Broker;
+use sluice_core::{Broker, Protocol};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::Instrument;
@@ -34,7 +33,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let options = Arc::new(options);
-    let next_id = AtomicU64::new(1);
+    crate::connection::register_metrics(&broker);
     let local = listener.local_addr().ok();
     const OFFSETS_EXPIRY_CHECK: std::time::Duration = std::time::Duration::from_secs(60);
     // Members that stop heartbeating leave their groups.
@@ -86,13 +85,15 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let conn_id = next_id.fetch_add(1, Ordering::Relaxed);
+        let registration = broker.connections().register(Protocol::Kafka, peer);
+        let conn_id = registration.id();
         let span = tracing::info_span!("conn", conn_id, %peer, protocol = "kafka");
         let connection = Connection::new(
             stream,
             Arc::clone(&broker),
             Arc::clone(&options),
             shutdown.clone(),
+            registration,
         );
         tokio::spawn(
             async move {

@@ -33,6 +33,7 @@ mod error;
 mod index;
 mod log;
 mod manager;
+mod metrics;
 mod segment;
 
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -41,3 +42,4 @@ pub use config::{Durability, LogConfig};
 pub use error::{BatchFault, LogError};
 pub use log::{AppendInfo, Log, ReadBound, ReadResult, RetentionOutcome};
 pub use manager::{LogManager, MaintenanceSettings};
+pub use metrics::{StorageMetrics, metrics};

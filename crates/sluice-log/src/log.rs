@@ -443,7 +443,12 @@ impl Log {
                 (target, always)
             };
             let result = target.and_then(|(file, log_end)| {
-                file.sync_data()
+                let started = std::time::Instant::now();
+                let synced = file.sync_data();
+                crate::metrics()
+                    .fsync_latency
+                    .observe_duration(started.elapsed());
+                synced
                     .map(|()| log_end)
                     .map_err(LogError::io(self.dir.clone()))
             });
@@ -452,6 +457,10 @@ impl Log {
             match result {
                 Ok(log_end) if sync.generation == generation => {
                     if log_end > sync.durable {
+                        let records = log_end.get() - sync.durable.get();
+                        crate::metrics()
+                            .sync_batch_records
+                            .observe(u64::try_from(records).unwrap_or(0));
                         sync.durable = log_end;
                     }
                     if always {

@@ -4,7 +4,11 @@
 //! `Deref` to the number: convert with `From`, `TryFrom`, `FromStr` or
 //! `Display`, so an offset cannot be passed where a partition is meant.
 
+mod histogram;
+
 use std::fmt;
+
+pub use histogram::{COUNT_BOUNDS, Histogram, HistogramSnapshot, LATENCY_BOUNDS_MICROS};
 use std::str::FromStr;
 
 /// Error for a string that does not parse as one of the ids here.

@@ -1,6 +1,5 @@
-//! `sluice serve`: start tracing, open the broker, wait for SIGINT or
-//! SIGTERM, shut down. Listeners for Kafka, AMQP and HTTP come in later
-//! issues; their addresses are already part of the configuration.
+//! `sluice serve`: start tracing, open the broker, start the Kafka, AMQP
+//! and HTTP listeners, wait for SIGINT or SIGTERM, shut down.
 
 use std::io::IsTerminal as _;
 
@@ -10,7 +9,7 @@ use std::sync::Arc;
 use sluice_config::{
     AmqpConfig, Config, DurabilityMode, KafkaConfig, LogFormat, LogSettings, split_list,
 };
-use sluice_core::{Broker, BrokerOptions};
+use sluice_core::{Broker, BrokerOptions, User};
 use sluice_kafka::KafkaOptions;
 use sluice_log::{Durability, LogConfig};
 use tokio::signal::unix::{SignalKind, signal};
@@ -66,8 +65,35 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     info!(data_dir = %broker.data_dir().display(), "broker started");
 
     let (stop, stopped) = watch::channel(false);
-    let kafka = start_kafka(&config.kafka, Arc::clone(&broker), stopped.clone()).await?;
-    let amqp = start_amqp(&config.amqp, Arc::clone(&broker), stopped.clone()).await?;
+    let users = users(&config.amqp);
+    let (kafka, kafka_address) =
+        start_kafka(&config.kafka, Arc::clone(&broker), stopped.clone()).await?;
+    let (amqp, amqp_address) = start_amqp(
+        &config.amqp,
+        users.clone(),
+        Arc::clone(&broker),
+        stopped.clone(),
+    )
+    .await?;
+    let (listener, http_address) = bind(config.http.listen.as_str(), "HTTP", "http.listen").await?;
+    info!(listen = %http_address, "http listening");
+    let listeners = [
+        ("kafka", kafka_address),
+        ("amqp", amqp_address),
+        ("http", http_address),
+    ]
+    .into_iter()
+    .map(|(protocol, address)| sluice_http::ListenerInfo {
+        protocol,
+        address: address.to_string(),
+    })
+    .collect();
+    let http = tokio::spawn(sluice_http::serve(
+        listener,
+        Arc::clone(&broker),
+        sluice_http::HttpOptions { users, listeners },
+        stopped.clone(),
+    ));
 
     let signal_name = tokio::select! {
         _ = terminate.recv() => "SIGTERM",
@@ -79,6 +105,7 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     let _ = stop.send(true);
     let _ = kafka.await;
     let _ = amqp.await;
+    let _ = http.await;
     tokio::time::sleep(SHUTDOWN_GRACE).await;
     let broker = Arc::try_unwrap(broker).map_err(|_| {
         anyhow::anyhow!("connections still hold the broker after shutdown; logs were not closed")
@@ -117,7 +144,7 @@ async fn start_kafka(
     config: &KafkaConfig,
     broker: Arc<Broker>,
     stopped: watch::Receiver<bool>,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+) -> anyhow::Result<(tokio::task::JoinHandle<()>, std::net::SocketAddr)> {
     let (listener, bound) = bind(config.listen.as_str(), "Kafka", "kafka.listen").await?;
     let (advertised_host, advertised_port) = match config.advertised.rsplit_once(':') {
         Some((host, port)) if !config.advertised.is_empty() => (
@@ -141,38 +168,42 @@ async fn start_kafka(
         max_request_bytes: usize::try_from(config.max_request_bytes.bytes()).unwrap_or(usize::MAX),
         offsets_retention: config.offsets_retention.get(),
     };
-    Ok(tokio::spawn(sluice_kafka::serve(
-        listener, broker, options, stopped,
-    )))
+    let task = tokio::spawn(sluice_kafka::serve(listener, broker, options, stopped));
+    Ok((task, bound))
+}
+
+/// The broker's users (`amqp.users`, `amqp.loopback_users`), shared by
+/// the AMQP handshake and the admin API.
+fn users(config: &AmqpConfig) -> Vec<User> {
+    let loopback_only = split_list(&config.loopback_users);
+    split_list(&config.users)
+        .into_iter()
+        .filter_map(|entry| entry.split_once(':'))
+        .map(|(name, password)| User {
+            name: name.to_owned(),
+            password: password.to_owned(),
+            loopback_only: loopback_only.contains(&name),
+        })
+        .collect()
 }
 
 /// Binds the AMQP listener and serves it in a task.
 async fn start_amqp(
     config: &AmqpConfig,
+    users: Vec<User>,
     broker: Arc<Broker>,
     stopped: watch::Receiver<bool>,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+) -> anyhow::Result<(tokio::task::JoinHandle<()>, std::net::SocketAddr)> {
     let (listener, bound) = bind(config.listen.as_str(), "AMQP", "amqp.listen").await?;
     info!(listen = %bound, "amqp listening");
-    let loopback_only = split_list(&config.loopback_users);
-    let users = split_list(&config.users)
-        .into_iter()
-        .filter_map(|entry| entry.split_once(':'))
-        .map(|(name, password)| sluice_amqp::AmqpUser {
-            name: name.to_owned(),
-            password: password.to_owned(),
-            loopback_only: loopback_only.contains(&name),
-        })
-        .collect();
     let options = sluice_amqp::AmqpOptions {
         frame_max: u32::try_from(config.frame_max.bytes()).unwrap_or(u32::MAX),
         channel_max: config.channel_max,
         heartbeat: u16::try_from(config.heartbeat.get().as_secs()).unwrap_or(u16::MAX),
         users,
     };
-    Ok(tokio::spawn(sluice_amqp::serve(
-        listener, broker, options, stopped,
-    )))
+    let task = tokio::spawn(sluice_amqp::serve(listener, broker, options, stopped));
+    Ok((task, bound))
 }
 
 /// Installs the global subscriber: filter from `SLUICE_LOG`, else `RUST_LOG`,

@@ -92,6 +92,21 @@ impl ResourceMonitor {
     }
 
     /// Bytes held now.
+    /// Whether queued message bytes are over the high watermark.
+    pub fn memory_alarm(&self) -> bool {
+        self.memory_over.load(Ordering::Acquire)
+    }
+
+    /// Whether the data directory's disk is under its free-space limit.
+    pub fn disk_alarm(&self) -> bool {
+        self.disk_low.load(Ordering::Acquire)
+    }
+
+    /// The configured high watermark in bytes.
+    pub fn high_watermark(&self) -> u64 {
+        self.high_watermark
+    }
+
     pub fn used(&self) -> u64 {
         self.used.load(Ordering::Acquire)
     }

@@ -30,9 +30,10 @@ mod vhost;
 pub use alarms::{MemoryCharge, ResourceMonitor};
 pub use exchange::{Binding, Destination, Exchange, ExchangeKind};
 pub use message::{Message, encode_properties, integer_value, short, string_value};
+pub(crate) use queue::now_ms;
 pub use queue::{
     ConsumerEvent, ConsumerSpec, Credit, Delivery, EnqueueOutcome, GetResult, Overflow, Queue,
-    QueueArgs, QueueOptions,
+    QueueArgs, QueueOptions, QueueTraffic,
 };
 pub use queue_store::PendingSync;
 pub use vhost::{ExchangeOptions, PublishOutcome, VirtualHost, VirtualHosts};

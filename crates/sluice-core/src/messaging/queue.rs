@@ -8,7 +8,7 @@
 //! virtual host for dead-lettering after the lock is released.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -425,6 +425,11 @@ impl Ready {
         Some(entry)
     }
 
+    /// The first `count` entries in delivery order, left in place.
+    fn peek(&self, count: usize) -> Vec<&Entry> {
+        self.buckets.values().rev().flatten().take(count).collect()
+    }
+
     fn drain(&mut self) -> Vec<Entry> {
         self.len = 0;
         self.bytes = 0;
@@ -459,6 +464,30 @@ pub struct Queue {
     vhost: Weak<VirtualHost>,
     memory: Arc<ResourceMonitor>,
     state: Mutex<QueueState>,
+    traffic: QueueTraffic,
+}
+
+/// Messages a queue took and handed out since the broker started, for
+/// metrics and the admin API's rates.
+#[derive(Debug, Default)]
+pub struct QueueTraffic {
+    /// Messages enqueued.
+    pub published: AtomicU64,
+    /// Deliveries to consumers and `basic.get`.
+    pub delivered: AtomicU64,
+    /// Of those, deliveries of messages delivered before.
+    pub redelivered: AtomicU64,
+    /// Positive acknowledgements.
+    pub acked: AtomicU64,
+}
+
+impl QueueTraffic {
+    fn delivered(&self, redelivered: bool) {
+        self.delivered.fetch_add(1, Ordering::Relaxed);
+        if redelivered {
+            self.redelivered.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// A message taken by `basic.get`: its handle, the message, whether it was
@@ -492,6 +521,7 @@ impl Queue {
             store_id,
             vhost,
             memory,
+            traffic: QueueTraffic::default(),
             state: Mutex::new(QueueState {
                 ready: Ready::default(),
                 unacked: HashMap::new(),
@@ -508,6 +538,22 @@ impl Queue {
 
     fn state(&self) -> MutexGuard<'_, QueueState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What went in and out of this queue.
+    pub fn traffic(&self) -> &QueueTraffic {
+        &self.traffic
+    }
+
+    /// Up to `count` ready messages in delivery order, with their redelivered
+    /// flags, without taking them.
+    pub fn peek(&self, count: usize) -> Vec<(Arc<Message>, bool)> {
+        self.state()
+            .ready
+            .peek(count)
+            .into_iter()
+            .map(|entry| (Arc::clone(&entry.message), entry.redelivered))
+            .collect()
     }
 
     /// The queue's name.
@@ -693,6 +739,7 @@ impl Queue {
                     expires_at,
                 },
             );
+            self.traffic.published.fetch_add(1, Ordering::Relaxed);
         }
         self.dead_letter(dead);
         self.dispatch();
@@ -753,6 +800,7 @@ impl Queue {
                     state.consumers.remove(index);
                     continue;
                 }
+                self.traffic.delivered(entry.redelivered);
                 if no_ack {
                     settle_stored(&mut state, &entry);
                 } else {
@@ -790,6 +838,7 @@ impl Queue {
                 None => None,
                 Some(entry) => {
                     let out = (entry.seq, Arc::clone(&entry.message), entry.redelivered);
+                    self.traffic.delivered(entry.redelivered);
                     if no_ack {
                         settle_stored(&mut state, &entry);
                     } else {
@@ -816,6 +865,7 @@ impl Queue {
         for seq in seqs {
             if let Some(entry) = state.unacked.remove(seq) {
                 settle_stored(&mut state, &entry);
+                self.traffic.acked.fetch_add(1, Ordering::Relaxed);
             }
         }
         flush_store(&mut state)?;

@@ -132,6 +132,9 @@ fn read_all(
             match read_with_records(log, Offset::from(w.fetch_offset), budget) {
                 Ok(records) => {
                     total += records.len();
+                    partition
+                        .traffic()
+                        .add_out(records_from(&records, w.fetch_offset), records.len() as u64);
                     base.with_records(Some(records))
                 }
                 Err(err) => {
@@ -142,6 +145,22 @@ fn read_all(
         })
         .collect();
     (results, total, failed)
+}
+
+/// Records at or after `from` in the batches of `buf`, from their headers
+/// alone (the read already verified them).
+fn records_from(buf: &[u8], from: i64) -> u64 {
+    let mut rest = buf;
+    let mut count = 0u64;
+    while let Ok(header) = sluice_log::batch::BatchHeader::parse(rest) {
+        let skipped = (from - header.base_offset.get()).clamp(0, i64::from(header.records_count));
+        count += u64::try_from(i64::from(header.records_count) - skipped).unwrap_or(0);
+        match rest.get(header.size..) {
+            Some(next) if header.size > 0 => rest = next,
+            _ => break,
+        }
+    }
+    count
 }
 
 /// Most reads one fetch makes in one partition to get past emptied batches.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
 use kafka_protocol::protocol::StrBytes;
-use sluice_core::Broker;
+use sluice_core::{Broker, ConnectionStats};
 
 use crate::listener::KafkaOptions;
 
@@ -33,6 +33,8 @@ pub(crate) struct Context {
     pub(crate) options: Arc<KafkaOptions>,
     /// The client's address, as DescribeGroups reports it.
     pub(crate) peer: String,
+    /// The connection's entry in the broker's registry (none in unit tests).
+    pub(crate) connection: Option<Arc<ConnectionStats>>,
 }
 
 impl Context {

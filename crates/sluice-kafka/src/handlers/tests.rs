@@ -313,6 +313,7 @@ async fn every_response_encodes_at_every_advertised_version() {
             offsets_retention: std::time::Duration::from_secs(3600),
         }),
         peer: "/127.0.0.1".into(),
+        connection: None,
     };
     context.broker.topic_or_create("t").expect("topic t");
     let mut round = 0;

@@ -1,0 +1,300 @@
+//! Every open client connection of either protocol, for the admin API and
+//! metrics: who it is, what it has moved, its AMQP channels, and a way to
+//! ask its task to close it.
+//!
+//! A front-end registers a connection when it accepts it and holds the
+//! returned [`ConnectionHandle`] for the connection's life; dropping the
+//! handle removes the entry. Counters are atomics the connection task
+//! bumps without a lock; the details (user, client name) change once or
+//! twice per connection and sit behind a mutex.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use tokio::sync::watch;
+
+/// The wire protocol of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Kafka,
+    Amqp,
+}
+
+impl Protocol {
+    /// `kafka` or `amqp`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Kafka => "kafka",
+            Protocol::Amqp => "amqp",
+        }
+    }
+}
+
+/// What a connection says about itself after the handshake.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConnectionDetails {
+    /// The authenticated user (AMQP).
+    pub user: Option<String>,
+    /// The virtual host opened (AMQP).
+    pub vhost: Option<String>,
+    /// Kafka `client.id`, or AMQP `connection_name` (else `product`).
+    pub client_name: Option<String>,
+}
+
+/// One AMQP channel as the admin API shows it.
+#[derive(Debug, Default)]
+pub struct ChannelStats {
+    /// Consumers on this channel.
+    pub consumers: AtomicU32,
+    /// Per-consumer prefetch (basic.qos), 0 for none.
+    pub prefetch: AtomicU32,
+    /// Deliveries not yet acknowledged.
+    pub unacked: AtomicU64,
+    /// Publisher confirms are on.
+    pub confirm: AtomicBool,
+    /// The channel is in a transaction (tx.select).
+    pub transactional: AtomicBool,
+}
+
+/// One registered connection.
+#[derive(Debug)]
+pub struct ConnectionStats {
+    id: u64,
+    protocol: Protocol,
+    peer: SocketAddr,
+    connected_at_ms: i64,
+    details: Mutex<ConnectionDetails>,
+    /// Bytes read from the client.
+    pub bytes_in: AtomicU64,
+    /// Bytes written to the client.
+    pub bytes_out: AtomicU64,
+    channels: Mutex<BTreeMap<u16, Arc<ChannelStats>>>,
+    close: watch::Sender<Option<String>>,
+}
+
+impl ConnectionStats {
+    /// Broker-wide connection id; never 0.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// When the connection was accepted, milliseconds since the epoch.
+    pub fn connected_at_ms(&self) -> i64 {
+        self.connected_at_ms
+    }
+
+    pub fn details(&self) -> ConnectionDetails {
+        lock(&self.details).clone()
+    }
+
+    /// Changes the details in place.
+    pub fn update_details(&self, change: impl FnOnce(&mut ConnectionDetails)) {
+        change(&mut lock(&self.details));
+    }
+
+    /// The open channels by number.
+    pub fn channels(&self) -> Vec<(u16, Arc<ChannelStats>)> {
+        lock(&self.channels)
+            .iter()
+            .map(|(number, stats)| (*number, Arc::clone(stats)))
+            .collect()
+    }
+
+    pub fn channel_count(&self) -> usize {
+        lock(&self.channels).len()
+    }
+
+    /// Registers an opened channel and returns its counters.
+    pub fn open_channel(&self, number: u16) -> Arc<ChannelStats> {
+        let stats = Arc::new(ChannelStats::default());
+        lock(&self.channels).insert(number, Arc::clone(&stats));
+        stats
+    }
+
+    pub fn close_channel(&self, number: u16) {
+        lock(&self.channels).remove(&number);
+    }
+
+    /// Asks the connection's task to close, giving `reason` to the client
+    /// where the protocol can carry it.
+    pub fn request_close(&self, reason: String) {
+        self.close.send_replace(Some(reason));
+    }
+
+    pub fn add_bytes_in(&self, n: usize) {
+        self.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub fn add_bytes_out(&self, n: usize) {
+        self.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// The live entry of a connection, held by its task; dropping it
+/// unregisters the connection.
+#[derive(Debug)]
+pub struct ConnectionHandle {
+    stats: Arc<ConnectionStats>,
+    registry: Weak<Connections>,
+    closed: watch::Receiver<Option<String>>,
+}
+
+impl ConnectionHandle {
+    pub fn stats(&self) -> &Arc<ConnectionStats> {
+        &self.stats
+    }
+
+    pub fn id(&self) -> u64 {
+        self.stats.id
+    }
+
+    /// Resolves with the reason once someone asked this connection to close
+    /// (the admin API); pending forever otherwise.
+    pub async fn close_requested(&mut self) -> String {
+        loop {
+            if let Some(reason) = self.closed.borrow_and_update().clone() {
+                return reason;
+            }
+            if self.closed.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+}
+
+impl Drop for ConnectionHandle {
+    fn drop(&mut self) {
+        if let Some(registry) = self.registry.upgrade() {
+            lock(&registry.entries).remove(&self.stats.id);
+        }
+    }
+}
+
+/// The registry of open connections.
+#[derive(Debug)]
+pub struct Connections {
+    entries: Mutex<BTreeMap<u64, Arc<ConnectionStats>>>,
+    next_id: AtomicU64,
+    /// Connections accepted since start, per protocol (Kafka, AMQP).
+    opened: [AtomicU64; 2],
+}
+
+impl Connections {
+    pub(crate) fn new() -> Arc<Connections> {
+        Arc::new(Connections {
+            entries: Mutex::new(BTreeMap::new()),
+            next_id: AtomicU64::new(1),
+            opened: [AtomicU64::new(0), AtomicU64::new(0)],
+        })
+    }
+
+    /// Registers a newly accepted connection.
+    pub fn register(self: &Arc<Self>, protocol: Protocol, peer: SocketAddr) -> ConnectionHandle {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (close, closed) = watch::channel(None);
+        let stats = Arc::new(ConnectionStats {
+            id,
+            protocol,
+            peer,
+            connected_at_ms: crate::messaging::now_ms(),
+            details: Mutex::new(ConnectionDetails::default()),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            channels: Mutex::new(BTreeMap::new()),
+            close,
+        });
+        lock(&self.entries).insert(id, Arc::clone(&stats));
+        self.opened[protocol_index(protocol)].fetch_add(1, Ordering::Relaxed);
+        ConnectionHandle {
+            stats,
+            registry: Arc::downgrade(self),
+            closed,
+        }
+    }
+
+    /// Every open connection, by id.
+    pub fn list(&self) -> Vec<Arc<ConnectionStats>> {
+        lock(&self.entries).values().cloned().collect()
+    }
+
+    pub fn get(&self, id: u64) -> Option<Arc<ConnectionStats>> {
+        lock(&self.entries).get(&id).cloned()
+    }
+
+    /// Connections accepted since start over `protocol`.
+    pub fn opened_total(&self, protocol: Protocol) -> u64 {
+        self.opened[protocol_index(protocol)].load(Ordering::Relaxed)
+    }
+}
+
+fn protocol_index(protocol: Protocol) -> usize {
+    match protocol {
+        Protocol::Kafka => 0,
+        Protocol::Amqp => 1,
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 40000))
+    }
+
+    #[test]
+    fn dropping_the_handle_unregisters_the_connection() {
+        let registry = Connections::new();
+        let first = registry.register(Protocol::Kafka, peer());
+        let second = registry.register(Protocol::Amqp, peer());
+        assert_ne!(first.id(), second.id());
+        assert_eq!(registry.list().len(), 2);
+        drop(first);
+        let left: Vec<u64> = registry.list().iter().map(|c| c.id()).collect();
+        assert_eq!(left, vec![second.id()]);
+        assert_eq!(registry.opened_total(Protocol::Kafka), 1);
+    }
+
+    #[tokio::test]
+    async fn a_close_request_reaches_the_handle() {
+        let registry = Connections::new();
+        let mut handle = registry.register(Protocol::Amqp, peer());
+        let stats = registry.get(handle.id()).expect("registered");
+        stats.request_close("maintenance".to_owned());
+        let reason =
+            tokio::time::timeout(std::time::Duration::from_secs(5), handle.close_requested())
+                .await
+                .expect("close request arrives");
+        assert_eq!(reason, "maintenance");
+    }
+
+    #[test]
+    fn channels_are_listed_while_open() {
+        let registry = Connections::new();
+        let handle = registry.register(Protocol::Amqp, peer());
+        let stats = handle.stats();
+        stats.open_channel(1).consumers.store(2, Ordering::Relaxed);
+        stats.open_channel(2);
+        stats.close_channel(2);
+        let channels = stats.channels();
+        assert_eq!(channels.len(), 1);
+        assert_eq!(channels[0].0, 1);
+        assert_eq!(channels[0].1.consumers.load(Ordering::Relaxed), 2);
+    }
+}

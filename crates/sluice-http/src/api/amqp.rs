@@ -1,0 +1,601 @@
+//! Virtual hosts, exchanges, queues and bindings (`/api/vhosts`,
+//! `/api/exchanges`, `/api/queues`, `/api/bindings`): list, declare,
+//! delete, purge, bind, unbind, publish a message, peek at or take messages.
+//! The API acts as connection 0, which owns nothing: another connection's
+//! exclusive queue is refused as it would be over AMQP.
+
+use std::sync::Arc;
+
+use amq_protocol::types::FieldTable;
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sluice_core::messaging::{
+    Destination, Exchange, ExchangeOptions, Message, Queue, QueueOptions, VirtualHost, short,
+};
+
+use super::tables::{properties_from_json, properties_to_json, table_from_json, table_to_json};
+use super::{Encoding, Paging, blocking};
+use crate::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{Body, Path, Query};
+
+/// The connection id the API acts as; no AMQP connection has it.
+const API_CONNECTION: u64 = 0;
+/// Most messages one peek or get returns.
+const MAX_MESSAGES: usize = 1000;
+
+fn vhost(shared: &AppState, name: &str) -> ApiResult<Arc<VirtualHost>> {
+    shared
+        .broker
+        .vhosts()
+        .get(name)
+        .ok_or_else(|| ApiError::not_found(format!("no vhost {name:?}")))
+}
+
+/// The virtual hosts a list covers: one (`?vhost=`) or all.
+fn covered(shared: &AppState, only: Option<&str>) -> ApiResult<Vec<Arc<VirtualHost>>> {
+    match only {
+        Some(name) => Ok(vec![vhost(shared, name)?]),
+        None => Ok(shared.broker.vhosts().all()),
+    }
+}
+
+fn vhosts_list(shared: &AppState, paging: &Paging) -> ApiResult<Value> {
+    let (hosts, total) = paging.apply(shared.broker.vhosts().all(), |v| v.name().to_owned())?;
+    let items = hosts
+        .iter()
+        .map(|vhost| {
+            let queues = vhost.queues();
+            json!({
+                "name": vhost.name(),
+                "exchanges": vhost.exchange_list().len(),
+                "queues": queues.len(),
+                "messages_ready": queues.iter().map(|q| q.message_count()).sum::<usize>(),
+                "messages_unacknowledged": queues.iter().map(|q| q.unacked_count()).sum::<usize>(),
+            })
+        })
+        .collect();
+    Ok(paging.answer(items, total))
+}
+
+pub(crate) async fn vhosts(
+    State(shared): State<AppState>,
+    Query(paging): Query<Paging>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(vhosts_list(&shared, &paging)?))
+}
+
+fn exchange_json(vhost: &str, exchange: &Exchange) -> Value {
+    json!({
+        "vhost": vhost,
+        "name": exchange.name,
+        "type": exchange.kind.as_str(),
+        "durable": exchange.durable,
+        "auto_delete": exchange.auto_delete,
+        "internal": exchange.internal,
+        "arguments": table_to_json(&exchange.arguments),
+        "bindings": exchange.binding_count(),
+    })
+}
+
+pub(crate) async fn exchanges(
+    State(shared): State<AppState>,
+    Query(paging): Query<Paging>,
+) -> ApiResult<Json<Value>> {
+    let mut all = Vec::new();
+    for vhost in covered(&shared, paging.vhost.as_deref())? {
+        for exchange in vhost.exchange_list() {
+            all.push((vhost.name().to_owned(), exchange));
+        }
+    }
+    let (page, total) = paging.apply(all, |(vhost, e)| format!("{}\u{0}{vhost}", e.name))?;
+    let items = page.iter().map(|(v, e)| exchange_json(v, e)).collect();
+    Ok(Json(paging.answer(items, total)))
+}
+
+/// RabbitMQ's management API name for the default exchange.
+const DEFAULT_EXCHANGE_ALIAS: &str = "amq.default";
+
+/// An exchange name from a path: `amq.default` is the default exchange.
+fn exchange_name(name: String) -> String {
+    if name == DEFAULT_EXCHANGE_ALIAS {
+        String::new()
+    } else {
+        name
+    }
+}
+
+fn find_exchange(vhost: &VirtualHost, name: &str) -> ApiResult<Arc<Exchange>> {
+    vhost.exchange(name).ok_or_else(|| {
+        ApiError::not_found(format!("no exchange {name:?} in vhost {:?}", vhost.name()))
+    })
+}
+
+pub(crate) async fn exchange(
+    State(shared): State<AppState>,
+    Path((vhost_name, name)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let vhost = vhost(&shared, &vhost_name)?;
+    let exchange = find_exchange(&vhost, &exchange_name(name))?;
+    Ok(Json(exchange_json(vhost.name(), &exchange)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewExchange {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    durable: bool,
+    #[serde(default)]
+    auto_delete: bool,
+    #[serde(default)]
+    internal: bool,
+    #[serde(default)]
+    arguments: Value,
+}
+
+pub(crate) async fn declare_exchange(
+    State(shared): State<AppState>,
+    Path((vhost_name, name)): Path<(String, String)>,
+    Body(new): Body<NewExchange>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let vhost = vhost(&shared, &vhost_name)?;
+    let options = ExchangeOptions {
+        durable: new.durable,
+        auto_delete: new.auto_delete,
+        internal: new.internal,
+        arguments: table_from_json(&new.arguments, "arguments")?,
+    };
+    if !["direct", "fanout", "topic", "headers"].contains(&new.kind.as_str()) {
+        return Err(ApiError::field(
+            "type",
+            format!(
+                "exchange type must be direct, fanout, topic or headers, got {:?}",
+                new.kind
+            ),
+        ));
+    }
+    let declared = Arc::clone(&vhost);
+    let exchange_name = name.clone();
+    blocking(move || Ok(declared.declare_exchange(&exchange_name, &new.kind, options, false)?))
+        .await?;
+    let exchange = find_exchange(&vhost, &name)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(exchange_json(vhost.name(), &exchange)),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct DeleteConditions {
+    #[serde(default)]
+    if_unused: bool,
+    #[serde(default)]
+    if_empty: bool,
+}
+
+pub(crate) async fn delete_exchange(
+    State(shared): State<AppState>,
+    Path((vhost_name, name)): Path<(String, String)>,
+    Query(conditions): Query<DeleteConditions>,
+) -> ApiResult<StatusCode> {
+    let vhost = vhost(&shared, &vhost_name)?;
+    find_exchange(&vhost, &name)?;
+    blocking(move || Ok(vhost.delete_exchange(&name, conditions.if_unused)?)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Publish {
+    #[serde(default)]
+    routing_key: String,
+    #[serde(default)]
+    payload: String,
+    #[serde(default)]
+    encoding: Encoding,
+    #[serde(default)]
+    properties: Value,
+}
+
+pub(crate) async fn publish(
+    State(shared): State<AppState>,
+    Path((vhost_name, name)): Path<(String, String)>,
+    Body(request): Body<Publish>,
+) -> ApiResult<Json<Value>> {
+    let vhost = vhost(&shared, &vhost_name)?;
+    let name = exchange_name(name);
+    if request.routing_key.len() > 255 {
+        return Err(ApiError::field(
+            "routing_key",
+            "routing_key is at most 255 bytes",
+        ));
+    }
+    let message = Message {
+        exchange: short(&name),
+        routing_key: short(&request.routing_key),
+        properties: properties_from_json(&request.properties)?,
+        body: Bytes::from(request.encoding.decode(&request.payload, "payload")?),
+    };
+    blocking(move || {
+        let outcome = vhost.publish(&name, message)?;
+        for sync in &outcome.syncs {
+            sync.wait()?;
+        }
+        Ok(Json(json!({
+            "routed": outcome.queues > 0,
+            "queues": outcome.queues,
+            "rejected": outcome.rejected,
+        })))
+    })
+    .await
+}
+
+fn queue_json(shared: &AppState, vhost: &str, queue: &Queue) -> Value {
+    let options = queue.options();
+    let rates = shared.rates.queue(vhost, queue.name());
+    let ready = queue.message_count();
+    let unacked = queue.unacked_count();
+    json!({
+        "vhost": vhost,
+        "name": queue.name(),
+        "type": "classic",
+        "durable": options.durable,
+        "auto_delete": options.auto_delete,
+        "exclusive": options.exclusive_owner.is_some(),
+        "arguments": table_to_json(&options.arguments),
+        "messages": ready + unacked,
+        "messages_ready": ready,
+        "messages_unacknowledged": unacked,
+        "consumers": queue.consumer_count(),
+        "publish_rate": rates[0],
+        "deliver_rate": rates[1],
+        "ack_rate": rates[2],
+        "redeliver_rate": rates[3],
+    })
+}
+
+pub(crate) async fn queues(
+    State(shared): State<AppState>,
+    Query(paging): Query<Paging>,
+) -> ApiResult<Json<Value>> {
+    let mut all = Vec::new();
+    for vhost in covered(&shared, paging.vhost.as_deref())? {
+        for queue in vhost.queues() {
+            all.push((vhost.name().to_owned(), queue));
+        }
+    }
+    let (page, total) = paging.apply(all, |(vhost, q)| format!("{}\u{0}{vhost}", q.name()))?;
+    let items = page
+        .iter()
+        .map(|(v, q)| queue_json(&shared, v, q))
+        .collect();
+    Ok(Json(paging.answer(items, total)))
+}
+
+fn find_queue(vhost: &VirtualHost, name: &str) -> ApiResult<Arc<Queue>> {
+    vhost.queue(name).ok_or_else(|| {
+        ApiError::not_found(format!("no queue {name:?} in vhost {:?}", vhost.name()))
+    })
+}
+
+pub(crate) async fn queue(
+    State(shared): State<AppState>,
+    Path((vhost_name, name)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let vhost = vhost(&shared, &vhost_name)?;
+    let queue = find_queue(&vhost, &name)?;
+    Ok(Json(queue_json(&shared, vhost.name(), &queue)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewQueue {
+    #[serde(default)]
+    durable: bool,
+    #[serde(default)]
+    auto_delete: bool,
+    #[serde(default)]
+    arguments: Value,
+}
+
+pub(crate) async fn declare_queue(
+    State(shared): State<AppState>,
+    Path((vhost_name, name)): Path<(String, String)>,
+    Body(new): Body<NewQueue>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let vhost = vhost(&shared, &vhost_name)?;
+    if name.is_empty() || name.len() > 255 {
+        return Err(ApiError::field("name", "queue names are 1 to 255 bytes"));
+    }
+    let options = QueueOptions {
+        durable: new.durable,
+        exclusive_owner: None,
+        auto_delete: new.auto_delete,
+        arguments: table_from_json(&new.arguments, "arguments")?,
+    };
+    let declared = Arc::clone(&vhost);
+    let queue_name = name.clone();
+    blocking(move || Ok(declared.declare_queue(&queue_name, options, false, API_CONNECTION)?))
+        .await?;
+    let queue = find_queue(&vhost, &name)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(queue_json(&shared, vhost.name(), &queue)),
+    ))
+}
+
+pub(crate) async fn delete_queue(
+    State(shared): State<AppState>,
+    Path((vhost_name, name)): Path<(String, String)>,
+    Query(conditions): Query<DeleteConditions>,
+) -> ApiResult<StatusCode> {
+    let vhost = vhost(&shared, &vhost_name)?;
+    find_queue(&vhost, &name)?;
+    blocking(move || {
+        Ok(vhost.delete_queue(
+            &name,
+            conditions.if_unused,
+            conditions.if_empty,
+            API_CONNECTION,
+        )?)
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub(crate) async fn purge(
+    State(shared): State<AppState>,
+    Path((vhost_name, name)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let vhost = vhost(&shared, &vhost_name)?;
+    find_queue(&vhost, &name)?;
+    let purged = blocking(move || Ok(vhost.purge_queue(&name, API_CONNECTION)?)).await?;
+    Ok(Json(json!({ "purged": purged })))
+}
+
+fn message_json(message: &Message, redelivered: bool, encoding: Encoding) -> Value {
+    json!({
+        "exchange": message.exchange.as_str(),
+        "routing_key": message.routing_key.as_str(),
+        "redelivered": redelivered,
+        "payload": encoding.encode(&message.body),
+        "payload_bytes": message.body.len(),
+        "properties": properties_to_json(&message.properties),
+    })
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct PeekQuery {
+    count: Option<usize>,
+    #[serde(default)]
+    encoding: Encoding,
+}
+
+fn check_count(count: usize) -> ApiResult<usize> {
+    if (1..=MAX_MESSAGES).contains(&count) {
+        Ok(count)
+    } else {
+        Err(ApiError::field(
+            "count",
+            format!("count must be between 1 and {MAX_MESSAGES}, got {count}"),
+        ))
+    }
+}
+
+pub(crate) async fn peek(
+    State(shared): State<AppState>,
+    Path((vhost_name, name)): Path<(String, String)>,
+    Query(query): Query<PeekQuery>,
+) -> ApiResult<Json<Value>> {
+    let vhost = vhost(&shared, &vhost_name)?;
+    let queue = find_queue(&vhost, &name)?;
+    if !queue.usable_by(API_CONNECTION) {
+        return Err(ApiError::new(
+            crate::error::ErrorCode::Forbidden,
+            format!("queue {name:?} is exclusive to another connection"),
+        ));
+    }
+    let count = check_count(query.count.unwrap_or(10))?;
+    let messages: Vec<Value> = queue
+        .peek(count)
+        .iter()
+        .map(|(message, redelivered)| message_json(message, *redelivered, query.encoding))
+        .collect();
+    Ok(Json(
+        json!({ "messages": messages, "encoding": query.encoding.name() }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Get {
+    #[serde(default = "one")]
+    count: usize,
+    #[serde(default = "yes")]
+    ack: bool,
+    #[serde(default)]
+    encoding: Encoding,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn yes() -> bool {
+    true
+}
+
+pub(crate) async fn get(
+    State(shared): State<AppState>,
+    Path((vhost_name, name)): Path<(String, String)>,
+    Body(request): Body<Get>,
+) -> ApiResult<Json<Value>> {
+    let vhost = vhost(&shared, &vhost_name)?;
+    let queue = vhost.usable_queue(&name, API_CONNECTION)?;
+    let count = check_count(request.count)?;
+    blocking(move || {
+        let mut taken = Vec::new();
+        let mut messages = Vec::new();
+        for _ in 0..count {
+            let Some((seq, message, redelivered, _)) = queue.get(false)? else {
+                break;
+            };
+            messages.push(message_json(&message, redelivered, request.encoding));
+            taken.push(seq);
+        }
+        if request.ack {
+            queue.ack(&taken)?;
+        } else {
+            queue.reject(&taken, true)?;
+        }
+        Ok(Json(
+            json!({ "messages": messages, "encoding": request.encoding.name() }),
+        ))
+    })
+    .await
+}
+
+pub(crate) async fn bindings(
+    State(shared): State<AppState>,
+    Query(paging): Query<Paging>,
+) -> ApiResult<Json<Value>> {
+    let mut all = Vec::new();
+    for vhost in covered(&shared, paging.vhost.as_deref())? {
+        for binding in vhost.bindings() {
+            all.push((vhost.name().to_owned(), binding));
+        }
+    }
+    let (page, total) = paging.apply(all, |(vhost, b)| {
+        format!(
+            "{}\u{0}{}\u{0}{}\u{0}{vhost}",
+            b.source,
+            b.destination.name(),
+            b.routing_key
+        )
+    })?;
+    let items = page
+        .iter()
+        .map(|(vhost, binding)| {
+            let (destination_type, destination) = match &binding.destination {
+                Destination::Queue(name) => ("queue", name),
+                Destination::Exchange(name) => ("exchange", name),
+            };
+            json!({
+                "vhost": vhost,
+                "source": binding.source,
+                "destination": destination,
+                "destination_type": destination_type,
+                "routing_key": binding.routing_key,
+                "arguments": table_to_json(&binding.arguments),
+            })
+        })
+        .collect();
+    Ok(Json(paging.answer(items, total)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BindingSpec {
+    vhost: String,
+    source: String,
+    destination: String,
+    destination_type: String,
+    #[serde(default)]
+    routing_key: String,
+    #[serde(default)]
+    arguments: Value,
+}
+
+impl BindingSpec {
+    fn parts(&self) -> ApiResult<(Destination, FieldTable)> {
+        let destination = match self.destination_type.as_str() {
+            "queue" => Destination::Queue(self.destination.clone()),
+            "exchange" => Destination::Exchange(self.destination.clone()),
+            other => {
+                return Err(ApiError::field(
+                    "destination_type",
+                    format!("destination_type must be queue or exchange, got {other:?}"),
+                ));
+            }
+        };
+        Ok((destination, table_from_json(&self.arguments, "arguments")?))
+    }
+}
+
+pub(crate) async fn bind(
+    State(shared): State<AppState>,
+    Body(spec): Body<BindingSpec>,
+) -> ApiResult<StatusCode> {
+    let vhost = vhost(&shared, &spec.vhost)?;
+    let (destination, arguments) = spec.parts()?;
+    blocking(move || {
+        Ok(vhost.bind(
+            &spec.source,
+            destination,
+            &spec.routing_key,
+            &arguments,
+            API_CONNECTION,
+        )?)
+    })
+    .await?;
+    Ok(StatusCode::CREATED)
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct BindingQuery {
+    vhost: String,
+    source: String,
+    destination: String,
+    destination_type: String,
+    #[serde(default)]
+    routing_key: String,
+    /// A JSON object, for bindings with arguments.
+    arguments: Option<String>,
+}
+
+pub(crate) async fn unbind(
+    State(shared): State<AppState>,
+    Query(query): Query<BindingQuery>,
+) -> ApiResult<StatusCode> {
+    let arguments = match &query.arguments {
+        Some(text) => serde_json::from_str(text)
+            .map_err(|error| ApiError::field("arguments", format!("not JSON: {error}")))?,
+        None => Value::Null,
+    };
+    let spec = BindingSpec {
+        vhost: query.vhost,
+        source: query.source,
+        destination: query.destination,
+        destination_type: query.destination_type,
+        routing_key: query.routing_key,
+        arguments,
+    };
+    let vhost = vhost(&shared, &spec.vhost)?;
+    let (destination, arguments) = spec.parts()?;
+    let exists = vhost.bindings().iter().any(|b| {
+        b.source == spec.source
+            && b.destination == destination
+            && b.routing_key == spec.routing_key
+            && b.arguments == arguments
+    });
+    if !exists {
+        return Err(ApiError::not_found("no such binding"));
+    }
+    blocking(move || {
+        Ok(vhost.unbind(
+            &spec.source,
+            destination,
+            &spec.routing_key,
+            &arguments,
+            API_CONNECTION,
+        )?)
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,277 @@
+//! `/api/groups`: Kafka consumer groups with their members, assignments,
+//! committed offsets and lag; offset resets for stopped groups; delete.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use bytes::{Buf, Bytes};
+use kafka_protocol::messages::ConsumerProtocolAssignment;
+use kafka_protocol::protocol::Decodable;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sluice_core::{Broker, CommittedOffset, GroupState};
+use sluice_types::Offset;
+use sluice_types::PartitionId;
+
+use super::{Paging, blocking};
+use crate::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{Body, Path, Query};
+
+/// Every group the broker knows: with members, or with committed offsets.
+fn group_ids(broker: &Broker) -> Vec<String> {
+    let mut ids: BTreeSet<String> = broker.offsets().group_ids().into_iter().collect();
+    ids.extend(broker.groups().list().into_iter().map(|(id, _, _)| id));
+    ids.into_iter().collect()
+}
+
+/// `(topic, partition, committed, log end, lag)` of every committed offset.
+fn committed(broker: &Broker, group: &str) -> Vec<(String, i32, CommittedOffset, Option<i64>)> {
+    broker
+        .offsets()
+        .group(group)
+        .into_iter()
+        .map(|(topic, partition, offset)| {
+            let end = broker
+                .topics()
+                .get(&topic)
+                .and_then(|t| t.partition(PartitionId::from(partition)))
+                .map(|p| p.log().high_watermark().get());
+            (topic, partition, offset, end)
+        })
+        .collect()
+}
+
+fn lag(committed: &CommittedOffset, end: Option<i64>) -> Option<i64> {
+    end.map(|end| (end - committed.offset).max(0))
+}
+
+pub(crate) async fn list(
+    State(shared): State<AppState>,
+    Query(paging): Query<Paging>,
+) -> ApiResult<Json<Value>> {
+    let broker = &shared.broker;
+    let (ids, total) = paging.apply(group_ids(broker), String::clone)?;
+    let items = ids
+        .iter()
+        .map(|id| {
+            let description = broker.groups().describe(id);
+            let total_lag: i64 = committed(broker, id)
+                .iter()
+                .filter_map(|(_, _, offset, end)| lag(offset, *end))
+                .sum();
+            json!({
+                "group_id": id,
+                "state": description.as_ref().map_or(GroupState::Empty, |d| d.state).name(),
+                "protocol_type": description.as_ref().map_or("consumer", |d| d.protocol_type.as_str()),
+                "members": description.as_ref().map_or(0, |d| d.members.len()),
+                "lag": total_lag,
+            })
+        })
+        .collect();
+    Ok(Json(paging.answer(items, total)))
+}
+
+/// The partitions a consumer-protocol assignment names.
+fn assignments(assignment: &Bytes) -> Vec<Value> {
+    let mut bytes = assignment.clone();
+    if bytes.remaining() < 2 {
+        return Vec::new();
+    }
+    let version = bytes.get_i16();
+    let Ok(decoded) = ConsumerProtocolAssignment::decode(&mut bytes, version.clamp(0, 3)) else {
+        return Vec::new();
+    };
+    decoded
+        .assigned_partitions
+        .iter()
+        .flat_map(|topic| {
+            topic
+                .partitions
+                .iter()
+                .map(move |p| json!({"topic": topic.topic.as_str(), "partition": p}))
+        })
+        .collect()
+}
+
+fn description(broker: &Broker, id: &str) -> ApiResult<Value> {
+    let described = broker.groups().describe(id);
+    let offsets = committed(broker, id);
+    if described.is_none() && offsets.is_empty() {
+        return Err(ApiError::not_found(format!("group {id:?} does not exist")));
+    }
+    let members: Vec<Value> = described
+        .as_ref()
+        .map(|d| {
+            d.members
+                .iter()
+                .map(|m| {
+                    json!({
+                        "member_id": m.member_id,
+                        "group_instance_id": m.group_instance_id,
+                        "client_id": m.client_id,
+                        "client_host": m.client_host,
+                        "assignments": if d.protocol_type == "consumer" { assignments(&m.assignment) } else { Vec::new() },
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let offsets: Vec<Value> = offsets
+        .iter()
+        .map(|(topic, partition, offset, end)| {
+            json!({
+                "topic": topic,
+                "partition": partition,
+                "committed_offset": offset.offset,
+                "log_end_offset": end,
+                "lag": lag(offset, *end),
+                "metadata": offset.metadata.clone().unwrap_or_default(),
+            })
+        })
+        .collect();
+    Ok(json!({
+        "group_id": id,
+        "state": described.as_ref().map_or(GroupState::Empty, |d| d.state).name(),
+        "protocol_type": described.as_ref().map_or("consumer", |d| d.protocol_type.as_str()),
+        "protocol": described.as_ref().map_or("", |d| d.protocol.as_str()),
+        "members": members,
+        "offsets": offsets,
+    }))
+}
+
+pub(crate) async fn describe(
+    State(shared): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(description(&shared.broker, &id)?))
+}
+
+fn refuse_if_active(broker: &Broker, id: &str, action: &str) -> ApiResult<()> {
+    match broker.groups().describe(id) {
+        Some(group) if !group.members.is_empty() => Err(ApiError::precondition(format!(
+            "group {id:?} has {} active members; stop its consumers before you {action}",
+            group.members.len()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum ResetTo {
+    Earliest,
+    Latest,
+    Timestamp,
+    Offset,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Reset {
+    topic: Option<String>,
+    partitions: Option<Vec<i32>>,
+    to: ResetTo,
+    timestamp: Option<i64>,
+    offset: Option<i64>,
+}
+
+pub(crate) async fn reset_offsets(
+    State(shared): State<AppState>,
+    Path(id): Path<String>,
+    Body(reset): Body<Reset>,
+) -> ApiResult<Json<Value>> {
+    let broker = Arc::clone(&shared.broker);
+    blocking(move || {
+        if group_ids(&broker).binary_search(&id).is_err() && reset.topic.is_none() {
+            return Err(ApiError::not_found(format!("group {id:?} does not exist")));
+        }
+        refuse_if_active(&broker, &id, "reset its offsets")?;
+        let topics: Vec<String> = match &reset.topic {
+            Some(topic) => vec![topic.clone()],
+            None => {
+                let mut topics: Vec<String> = broker
+                    .offsets()
+                    .group(&id)
+                    .into_iter()
+                    .map(|(t, _, _)| t)
+                    .collect();
+                topics.dedup();
+                topics
+            }
+        };
+        let mut changes = Vec::new();
+        for name in topics {
+            let topic = broker.topics().get(&name).ok_or_else(|| {
+                ApiError::field("topic", format!("topic {name:?} does not exist"))
+            })?;
+            let partitions: Vec<i32> = match (&reset.partitions, &reset.topic) {
+                (Some(list), Some(_)) => list.clone(),
+                _ => (0..topic.partition_count() as i32).collect(),
+            };
+            for partition in partitions {
+                let target = topic
+                    .partition(PartitionId::from(partition))
+                    .ok_or_else(|| {
+                        ApiError::field(
+                            "partitions",
+                            format!("topic {name:?} has no partition {partition}"),
+                        )
+                    })?;
+                let log = target.log();
+                let (start, end) = (log.log_start().get(), log.high_watermark().get());
+                let offset = match reset.to {
+                    ResetTo::Earliest => start,
+                    ResetTo::Latest => end,
+                    ResetTo::Timestamp => {
+                        let timestamp = reset.timestamp.ok_or_else(|| {
+                            ApiError::field("timestamp", "to=timestamp needs a timestamp")
+                        })?;
+                        log.offset_for_timestamp(timestamp)
+                            .map_err(sluice_core::CoreError::from)?
+                            .map_or(end, |(offset, _): (Offset, i64)| offset.get())
+                    }
+                    ResetTo::Offset => reset
+                        .offset
+                        .ok_or_else(|| ApiError::field("offset", "to=offset needs an offset"))?
+                        .clamp(start, end),
+                };
+                changes.push((
+                    name.clone(),
+                    partition,
+                    CommittedOffset {
+                        offset,
+                        leader_epoch: -1,
+                        metadata: None,
+                    },
+                ));
+            }
+        }
+        broker.offsets().commit(&id, &changes)?;
+        description(&broker, &id).map(Json)
+    })
+    .await
+}
+
+pub(crate) async fn delete(
+    State(shared): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let broker = Arc::clone(&shared.broker);
+    blocking(move || {
+        if group_ids(&broker).binary_search(&id).is_err() {
+            return Err(ApiError::not_found(format!("group {id:?} does not exist")));
+        }
+        refuse_if_active(&broker, &id, "delete it")?;
+        broker.offsets().delete_group(&id)?;
+        broker
+            .groups()
+            .remove_if_empty(&id)
+            .map_err(|error| ApiError::precondition(error.to_string()))?;
+        Ok(StatusCode::NO_CONTENT)
+    })
+    .await
+}

@@ -1,0 +1,353 @@
+//! The message browser of topics: read a range of a partition by offset or
+//! timestamp, and produce records (durable before the answer, as acks=all).
+
+use std::sync::atomic::Ordering;
+
+use axum::Json;
+use axum::extract::State;
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::indexmap::IndexMap;
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sluice_log::{Clock as _, ReadBound};
+use sluice_types::Offset;
+use sluice_types::PartitionId;
+
+use super::{Encoding, blocking};
+use crate::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{Body, Path, Query};
+
+/// Most records one read returns.
+const MAX_READ: usize = 1000;
+const DEFAULT_READ: usize = 50;
+/// Bytes asked of the log per read step.
+const READ_STEP_BYTES: usize = 1 << 20;
+/// Most records one produce request may carry.
+const MAX_PRODUCE: usize = 10_000;
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct ReadQuery {
+    offset: Option<i64>,
+    timestamp: Option<i64>,
+    limit: Option<usize>,
+    #[serde(default)]
+    encoding: Encoding,
+}
+
+pub(crate) async fn read(
+    State(shared): State<AppState>,
+    Path((topic_name, partition)): Path<(String, i32)>,
+    Query(query): Query<ReadQuery>,
+) -> ApiResult<Json<Value>> {
+    let limit = query.limit.unwrap_or(DEFAULT_READ);
+    if !(1..=MAX_READ).contains(&limit) {
+        return Err(ApiError::field(
+            "limit",
+            format!("limit must be between 1 and {MAX_READ}, got {limit}"),
+        ));
+    }
+    if query.offset.is_some() && query.timestamp.is_some() {
+        return Err(ApiError::field(
+            "timestamp",
+            "give offset or timestamp, not both",
+        ));
+    }
+    let topic = shared
+        .broker
+        .topics()
+        .get(&topic_name)
+        .ok_or_else(|| ApiError::not_found(format!("topic {topic_name:?} does not exist")))?;
+    let target = topic
+        .partition(PartitionId::from(partition))
+        .ok_or_else(|| {
+            ApiError::not_found(format!("topic {topic_name:?} has no partition {partition}"))
+        })?;
+    let encoding = query.encoding;
+    blocking(move || {
+        let log = target.log();
+        let log_start = log.log_start().get();
+        let high_watermark = log.high_watermark().get();
+        let start = match (query.offset, query.timestamp) {
+            (Some(offset), _) => offset.max(log_start),
+            (None, Some(timestamp)) => log
+                .offset_for_timestamp(timestamp)
+                .map_err(sluice_core::CoreError::from)?
+                .map_or(high_watermark, |(offset, _)| offset.get()),
+            (None, None) => log_start,
+        };
+        let mut messages = Vec::new();
+        let mut next = start;
+        let mut skipped_compressed = 0usize;
+        while messages.len() < limit && next < high_watermark {
+            let read = log
+                .read(
+                    Offset::from(next),
+                    READ_STEP_BYTES,
+                    ReadBound::HighWatermark,
+                )
+                .map_err(sluice_core::CoreError::from)?;
+            let Some(after) = read.next_offset else {
+                break;
+            };
+            let batches = sluice_log::batch::split_verified(&read.records)
+                .map_err(|fault| ApiError::bad_request(format!("damaged batch: {fault}")))?;
+            for (at, header) in batches {
+                if header.is_compressed() {
+                    skipped_compressed += 1;
+                    continue;
+                }
+                let mut batch = read.records.slice(at..at + header.size);
+                let decoded = RecordBatchDecoder::decode(&mut batch).map_err(|error| {
+                    ApiError::bad_request(format!("cannot decode batch: {error}"))
+                })?;
+                for record in decoded.records {
+                    if record.control || record.offset < next || messages.len() >= limit {
+                        continue;
+                    }
+                    next = record.offset + 1;
+                    messages.push(record_json(&record, encoding));
+                }
+            }
+            if messages.len() < limit {
+                next = next.max(after.get());
+            }
+        }
+        Ok(Json(json!({
+            "topic": topic.name(),
+            "partition": partition,
+            "log_start_offset": log_start,
+            "high_watermark": high_watermark,
+            "next_offset": next,
+            "encoding": encoding.name(),
+            "skipped_compressed_batches": skipped_compressed,
+            "messages": messages,
+        })))
+    })
+    .await
+}
+
+fn record_json(record: &Record, encoding: Encoding) -> Value {
+    let text = |bytes: &Option<Bytes>| bytes.as_ref().map(|b| encoding.encode(b));
+    let headers: Vec<Value> = record
+        .headers
+        .iter()
+        .map(|(key, value)| json!({"key": key.as_str(), "value": text(value)}))
+        .collect();
+    json!({
+        "offset": record.offset,
+        "timestamp": record.timestamp,
+        "key": text(&record.key),
+        "value": text(&record.value),
+        "headers": headers,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewHeader {
+    key: String,
+    value: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewRecord {
+    partition: Option<i32>,
+    key: Option<String>,
+    value: Option<String>,
+    #[serde(default)]
+    headers: Vec<NewHeader>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Produce {
+    records: Vec<NewRecord>,
+    #[serde(default)]
+    encoding: Encoding,
+}
+
+pub(crate) async fn produce(
+    State(shared): State<AppState>,
+    Path(topic_name): Path<String>,
+    Body(request): Body<Produce>,
+) -> ApiResult<Json<Value>> {
+    if request.records.is_empty() || request.records.len() > MAX_PRODUCE {
+        return Err(ApiError::field(
+            "records",
+            format!(
+                "send 1 to {MAX_PRODUCE} records, got {}",
+                request.records.len()
+            ),
+        ));
+    }
+    let topic = shared
+        .broker
+        .topics()
+        .get(&topic_name)
+        .ok_or_else(|| ApiError::not_found(format!("topic {topic_name:?} does not exist")))?;
+    let partitions = topic.partition_count() as i32;
+    let now = sluice_log::SystemClock.now_ms();
+    // Decode and place every record before writing any.
+    let mut placed: Vec<(i32, Record)> = Vec::with_capacity(request.records.len());
+    for new in request.records {
+        let key = new
+            .key
+            .map(|k| request.encoding.decode(&k, "key"))
+            .transpose()?;
+        let value = new
+            .value
+            .map(|v| request.encoding.decode(&v, "value"))
+            .transpose()?;
+        let mut headers = IndexMap::new();
+        for header in new.headers {
+            let value = header
+                .value
+                .map(|v| request.encoding.decode(&v, "headers"))
+                .transpose()?;
+            headers.insert(StrBytes::from_string(header.key), value.map(Bytes::from));
+        }
+        let partition = match (new.partition, &key) {
+            (Some(p), _) if (0..partitions).contains(&p) => p,
+            (Some(p), _) => {
+                return Err(ApiError::field(
+                    "partition",
+                    format!(
+                        "topic {topic_name:?} has partitions 0 to {}, got {p}",
+                        partitions - 1
+                    ),
+                ));
+            }
+            (None, Some(key)) => (murmur2(key) & 0x7fff_ffff) as i32 % partitions,
+            (None, None) => {
+                (shared.round_robin.fetch_add(1, Ordering::Relaxed) % partitions as u32) as i32
+            }
+        };
+        placed.push((
+            partition,
+            Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: -1,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_type: TimestampType::Creation,
+                offset: 0,
+                sequence: 0,
+                timestamp: now,
+                key: key.map(Bytes::from),
+                value: value.map(Bytes::from),
+                headers,
+            },
+        ));
+    }
+    blocking(move || {
+        let mut offsets = vec![Value::Null; placed.len()];
+        for partition in 0..partitions {
+            let indexes: Vec<usize> = (0..placed.len())
+                .filter(|i| placed[*i].0 == partition)
+                .collect();
+            if indexes.is_empty() {
+                continue;
+            }
+            let records: Vec<Record> = indexes
+                .iter()
+                .enumerate()
+                .map(|(n, i)| Record {
+                    offset: n as i64,
+                    sequence: n as i32,
+                    ..placed[*i].1.clone()
+                })
+                .collect();
+            let mut batch = BytesMut::new();
+            RecordBatchEncoder::encode(
+                &mut batch,
+                &records,
+                &RecordEncodeOptions {
+                    version: 2,
+                    compression: Compression::None,
+                },
+            )
+            .map_err(|error| ApiError::bad_request(format!("cannot encode records: {error}")))?;
+            let info = topic.append_blocking(PartitionId::from(partition), &mut batch)?;
+            for (n, i) in indexes.iter().enumerate() {
+                offsets[*i] = json!({
+                    "partition": partition,
+                    "offset": info.first_offset.get() + n as i64,
+                });
+            }
+        }
+        Ok(Json(json!({ "offsets": offsets })))
+    })
+    .await
+}
+
+/// Kafka's murmur2 hash of a record key (the Java client's default
+/// partitioner and librdkafka's `murmur2_random`).
+fn murmur2(data: &[u8]) -> u32 {
+    const SEED: u32 = 0x9747_b28c;
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let mut h = SEED ^ data.len() as u32;
+    let mut chunks = data.chunks_exact(4);
+    for chunk in &mut chunks {
+        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let tail = chunks.remainder();
+    if tail.len() >= 3 {
+        h ^= u32::from(tail[2]) << 16;
+    }
+    if tail.len() >= 2 {
+        h ^= u32::from(tail[1]) << 8;
+    }
+    if let Some(first) = tail.first() {
+        h ^= u32::from(*first);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn murmur2_matches_the_java_client() {
+        // Expected values from Apache Kafka's UtilsTest, and "kafka" from
+        // librdkafka's test of its Java-compatible murmur2.
+        let cases: &[(&[u8], i32)] = &[
+            (b"21", -973_932_308),
+            (b"foobar", -790_332_482),
+            (b"a-little-bit-long-string", -985_981_536),
+            (b"a-little-bit-longer-string", -1_486_304_829),
+            (
+                b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58_897_971,
+            ),
+            (b"abc", 479_470_107),
+            (b"kafka", 0xd067_cf64_u32 as i32),
+        ];
+        for (key, expected) in cases {
+            assert_eq!(
+                murmur2(key) as i32,
+                *expected,
+                "key {:?}",
+                String::from_utf8_lossy(key)
+            );
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! `/api/topics`: list, create, describe, alter configs, add partitions,
+//! delete. Mutations go through the same core calls as Kafka's admin APIs.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sluice_core::{ConfigSource, CoreError, Topic, TopicConfig};
+
+use super::{Paging, blocking};
+use crate::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{Body, Path, Query};
+
+pub(crate) async fn list(
+    State(shared): State<AppState>,
+    Query(paging): Query<Paging>,
+) -> ApiResult<Json<Value>> {
+    let (names, total) = paging.apply(shared.broker.topics().names(), String::clone)?;
+    let items = names
+        .iter()
+        .filter_map(|name| shared.broker.topics().get(name))
+        .map(|topic| {
+            let partitions = topic.partitions();
+            let records: i64 = partitions
+                .iter()
+                .map(|p| p.log().high_watermark().get() - p.log().log_start().get())
+                .sum();
+            let size: u64 = partitions.iter().map(|p| p.log().size_bytes()).sum();
+            let rates = shared.rates.topic(topic.name());
+            json!({
+                "name": topic.name(),
+                "partitions": partitions.len(),
+                "records": records,
+                "size_bytes": size,
+                "records_in_rate": rates[0],
+                "bytes_in_rate": rates[1],
+                "records_out_rate": rates[2],
+                "bytes_out_rate": rates[3],
+            })
+        })
+        .collect();
+    Ok(Json(paging.answer(items, total)))
+}
+
+/// A topic's partitions, offsets and settings.
+pub(crate) fn description(shared: &AppState, topic: &Topic) -> Value {
+    let partitions: Vec<Value> = topic
+        .partitions()
+        .iter()
+        .map(|partition| {
+            let log = partition.log();
+            let traffic = partition.traffic();
+            let load = |counter: &std::sync::atomic::AtomicU64| {
+                counter.load(std::sync::atomic::Ordering::Relaxed)
+            };
+            json!({
+                "partition": partition.id().get(),
+                "log_start_offset": log.log_start().get(),
+                "log_end_offset": log.log_end().get(),
+                "high_watermark": log.high_watermark().get(),
+                "size_bytes": log.size_bytes(),
+                "segments": log.segment_count(),
+                "records_in": load(&traffic.records_in),
+                "bytes_in": load(&traffic.bytes_in),
+                "records_out": load(&traffic.records_out),
+                "bytes_out": load(&traffic.bytes_out),
+            })
+        })
+        .collect();
+    let configs: Vec<Value> = topic
+        .config()
+        .entries(shared.broker.logs().defaults())
+        .into_iter()
+        .map(|entry| {
+            json!({
+                "name": entry.name,
+                "value": entry.value,
+                "source": match entry.source {
+                    ConfigSource::Topic => "topic",
+                    ConfigSource::Default => "default",
+                },
+            })
+        })
+        .collect();
+    let id: String = topic.id().iter().map(|b| format!("{b:02x}")).collect();
+    json!({
+        "name": topic.name(),
+        "id": id,
+        "partitions": partitions,
+        "configs": configs,
+    })
+}
+
+fn find(shared: &AppState, name: &str) -> ApiResult<Arc<Topic>> {
+    shared
+        .broker
+        .topics()
+        .get(name)
+        .ok_or_else(|| ApiError::not_found(format!("topic {name:?} does not exist")))
+}
+
+pub(crate) async fn describe(
+    State(shared): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let topic = find(&shared, &name)?;
+    Ok(Json(description(&shared, &topic)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewTopic {
+    name: String,
+    #[serde(default = "one")]
+    partitions: u32,
+    #[serde(default)]
+    configs: BTreeMap<String, String>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+pub(crate) async fn create(
+    State(shared): State<AppState>,
+    Body(new): Body<NewTopic>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let broker = Arc::clone(&shared.broker);
+    let topic = blocking(move || {
+        let config = TopicConfig::new(new.configs)?;
+        Ok(broker.topics().create(&new.name, new.partitions, config)?)
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(description(&shared, &topic))))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ConfigChange {
+    #[serde(default)]
+    set: BTreeMap<String, String>,
+    #[serde(default)]
+    delete: Vec<String>,
+}
+
+pub(crate) async fn alter_configs(
+    State(shared): State<AppState>,
+    Path(name): Path<String>,
+    Body(change): Body<ConfigChange>,
+) -> ApiResult<Json<Value>> {
+    let topic = find(&shared, &name)?;
+    let broker = Arc::clone(&shared.broker);
+    blocking(move || {
+        let mut config = topic.config();
+        for key in change.delete {
+            if !sluice_core::TOPIC_CONFIG_KEYS.contains(&key.as_str()) {
+                return Err(ApiError::field(
+                    "delete",
+                    format!("unknown topic config {key}"),
+                ));
+            }
+            config.remove(&key);
+        }
+        for (key, value) in change.set {
+            config
+                .set(key, value)
+                .map_err(|error| ApiError::field("set", error.to_string()))?;
+        }
+        Ok(broker.topics().set_config(topic.name(), config)?)
+    })
+    .await?;
+    let topic = find(&shared, &name)?;
+    Ok(Json(description(&shared, &topic)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PartitionCount {
+    count: u32,
+}
+
+pub(crate) async fn add_partitions(
+    State(shared): State<AppState>,
+    Path(name): Path<String>,
+    Body(wanted): Body<PartitionCount>,
+) -> ApiResult<Json<Value>> {
+    let broker = Arc::clone(&shared.broker);
+    let topic_name = name.clone();
+    blocking(
+        move || match broker.topics().grow(&topic_name, wanted.count, false) {
+            Err(error @ CoreError::InvalidPartitions { .. }) => {
+                Err(ApiError::field("count", error.to_string()))
+            }
+            other => Ok(other?),
+        },
+    )
+    .await?;
+    let topic = find(&shared, &name)?;
+    Ok(Json(description(&shared, &topic)))
+}
+
+pub(crate) async fn delete(
+    State(shared): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    let broker = Arc::clone(&shared.broker);
+    blocking(move || Ok(broker.topics().delete(&name)?)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,85 @@
+//! HTTP basic authentication with the broker's users. Users limited to
+//! loopback (guest by default) are accepted only from a loopback peer.
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+
+use crate::AppState;
+use crate::error::{ApiError, ErrorCode};
+
+/// The header the web UI sends so that a refusal does not make the browser
+/// open its own login dialog.
+const UI_CLIENT_HEADER: &str = "x-sluice-client";
+
+/// Lets the request through when it carries a known user's credentials.
+pub(crate) async fn require_user(
+    State(shared): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let credentials = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(basic_credentials);
+    let accepted = credentials.as_ref().is_some_and(|(name, password)| {
+        sluice_core::authenticate(&shared.options.users, name, password, peer.ip()).is_some()
+    });
+    if accepted {
+        return next.run(request).await;
+    }
+    let from_ui = request.headers().contains_key(UI_CLIENT_HEADER);
+    let message = if credentials.is_some() {
+        "wrong user name or password, or the user may log in only from loopback"
+    } else {
+        "log in with HTTP basic authentication as a broker user"
+    };
+    let mut response = ApiError::new(ErrorCode::Unauthorized, message).into_response();
+    if !from_ui {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"sluice\""),
+        );
+    }
+    response
+}
+
+/// `Basic base64(user:password)` as `(user, password)`.
+fn basic_credentials(value: &str) -> Option<(String, String)> {
+    let (scheme, encoded) = value.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, password) = text.split_once(':')?;
+    Some((user.to_owned(), password.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_credentials_are_decoded() {
+        assert_eq!(
+            basic_credentials("Basic Z3Vlc3Q6Z3Vlc3Q="),
+            Some(("guest".into(), "guest".into()))
+        );
+        assert_eq!(
+            basic_credentials("basic YTpiOmM="),
+            Some(("a".into(), "b:c".into()))
+        );
+        assert_eq!(basic_credentials("Bearer abc"), None);
+        assert_eq!(basic_credentials("Basic !!!"), None);
+        assert_eq!(basic_credentials("Basic bm9jb2xvbg=="), None);
+    }
+}

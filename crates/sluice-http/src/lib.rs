@@ -1,0 +1,135 @@
+//! Sluice's admin HTTP front-end: the JSON API under `/api/`, Prometheus
+//! metrics at `/metrics` and the web UI at `/`, on one listener.
+//!
+//! Like the protocol front-ends it calls the core only: topics, groups and
+//! offsets, virtual hosts, the connection registry and the request metrics
+//! the other front-ends record. Start reading at [`serve`]; `api/` holds
+//! one file per resource, `error.rs` the registry of error codes,
+//! `metrics.rs` the exposition, `rates.rs` the sampler behind every rate.
+//! The API is described in `docs/http.md` and `/api/openapi.json`.
+
+mod api;
+mod auth;
+mod error;
+mod extract;
+mod metrics;
+mod openapi;
+mod rates;
+mod ui;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use sluice_core::{Broker, User};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use error::{ApiError, ErrorCode};
+
+/// One listener of the node, as the overview shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerInfo {
+    /// `kafka`, `amqp` or `http`.
+    pub protocol: &'static str,
+    /// `HOST:PORT` it is bound to.
+    pub address: String,
+}
+
+/// Settings of the HTTP front-end.
+#[derive(Debug, Clone, Default)]
+pub struct HttpOptions {
+    /// Who may use the API (HTTP basic authentication).
+    pub users: Vec<User>,
+    /// The node's listeners, for the overview.
+    pub listeners: Vec<ListenerInfo>,
+}
+
+/// What every handler reaches.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) broker: Arc<Broker>,
+    pub(crate) options: HttpOptions,
+    pub(crate) rates: rates::Rates,
+    /// Next partition for keyless records produced through the API.
+    pub(crate) round_robin: AtomicU32,
+}
+
+pub(crate) type AppState = Arc<Shared>;
+
+/// How often the rates sampler reads the counters.
+const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
+
+fn shared(broker: Arc<Broker>, options: HttpOptions) -> AppState {
+    Arc::new(Shared {
+        broker,
+        options,
+        rates: rates::Rates::default(),
+        round_robin: AtomicU32::new(0),
+    })
+}
+
+/// The whole application: API, metrics and UI.
+fn app(shared: AppState) -> Router {
+    let api = api::routes().layer(axum::middleware::from_fn_with_state(
+        Arc::clone(&shared),
+        auth::require_user,
+    ));
+    Router::new()
+        .merge(api)
+        .route("/api/openapi.json", get(openapi::document))
+        .route("/metrics", get(metrics::render))
+        .merge(ui::routes())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(shared)
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!("no route {}", uri.path()))
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}
+
+/// Serves the admin API, metrics and UI until `shutdown` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    options: HttpOptions,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let shared = shared(broker, options);
+    let sampler = {
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
+            loop {
+                tick.tick().await;
+                shared.rates.sample(&shared.broker);
+            }
+        })
+    };
+    let local = listener.local_addr().ok();
+    tracing::info!(addr = ?local, "http listener ready");
+    let app = app(shared).into_make_service_with_connect_info::<SocketAddr>();
+    let stopped = async move {
+        let _ = shutdown.changed().await;
+    };
+    if let Err(error) = axum::serve(listener, app)
+        .with_graceful_shutdown(stopped)
+        .await
+    {
+        tracing::warn!(%error, "http listener failed");
+    }
+    sampler.abort();
+    let _ = sampler.await;
+    tracing::info!("http listener stopped");
+}

@@ -1,0 +1,495 @@
+//! `GET /metrics`: Prometheus text exposition (format 0.0.4), rendered from
+//! the counters the core and the front-ends keep; nothing is recorded here.
+//!
+//! Series (all `sluice_<area>_<thing>_<unit>`):
+//!
+//! | name | type | labels |
+//! | --- | --- | --- |
+//! | `sluice_kafka_partition_records_in_total` | counter | topic, partition |
+//! | `sluice_kafka_partition_bytes_in_total` | counter | topic, partition |
+//! | `sluice_kafka_partition_records_out_total` | counter | topic, partition |
+//! | `sluice_kafka_partition_bytes_out_total` | counter | topic, partition |
+//! | `sluice_kafka_partition_log_size_bytes` | gauge | topic, partition |
+//! | `sluice_kafka_partition_log_start_offset` | gauge | topic, partition |
+//! | `sluice_kafka_partition_high_watermark` | gauge | topic, partition |
+//! | `sluice_kafka_group_lag_records` | gauge | group, topic, partition |
+//! | `sluice_kafka_group_committed_offset` | gauge | group, topic, partition |
+//! | `sluice_kafka_request_duration_microseconds` | histogram | api |
+//! | `sluice_amqp_queue_messages_ready` | gauge | vhost, queue |
+//! | `sluice_amqp_queue_messages_unacked` | gauge | vhost, queue |
+//! | `sluice_amqp_queue_consumers` | gauge | vhost, queue |
+//! | `sluice_amqp_queue_published_total` | counter | vhost, queue |
+//! | `sluice_amqp_queue_delivered_total` | counter | vhost, queue |
+//! | `sluice_amqp_queue_acked_total` | counter | vhost, queue |
+//! | `sluice_amqp_queue_redelivered_total` | counter | vhost, queue |
+//! | `sluice_amqp_method_duration_microseconds` | histogram | method |
+//! | `sluice_amqp_queued_message_bytes` | gauge | |
+//! | `sluice_alarm_active` | gauge | resource (memory, disk) |
+//! | `sluice_connections_open` | gauge | protocol |
+//! | `sluice_connections_opened_total` | counter | protocol |
+//! | `sluice_channels_open` | gauge | protocol |
+//! | `sluice_log_fsync_duration_microseconds` | histogram | |
+//! | `sluice_log_sync_batch_records` | histogram | |
+//! | `sluice_process_resident_memory_bytes` | gauge | |
+//! | `sluice_process_open_fds` | gauge | |
+//! | `sluice_process_uptime_seconds` | gauge | |
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use sluice_core::Protocol;
+use sluice_types::Histogram;
+
+use crate::AppState;
+
+/// The exposition of every series.
+pub(crate) async fn render(State(shared): State<AppState>) -> impl IntoResponse {
+    let broker = &shared.broker;
+    let mut out = Exposition::default();
+
+    let counter = |c: &AtomicU64| c.load(Ordering::Relaxed) as f64;
+    let partition_series: [(&str, &str, &str); 7] = [
+        (
+            "sluice_kafka_partition_records_in_total",
+            "counter",
+            "Records appended to the partition.",
+        ),
+        (
+            "sluice_kafka_partition_bytes_in_total",
+            "counter",
+            "Record batch bytes appended to the partition.",
+        ),
+        (
+            "sluice_kafka_partition_records_out_total",
+            "counter",
+            "Records returned by fetches.",
+        ),
+        (
+            "sluice_kafka_partition_bytes_out_total",
+            "counter",
+            "Record batch bytes returned by fetches.",
+        ),
+        (
+            "sluice_kafka_partition_log_size_bytes",
+            "gauge",
+            "Bytes of the partition's log on disk.",
+        ),
+        (
+            "sluice_kafka_partition_log_start_offset",
+            "gauge",
+            "First offset still in the log.",
+        ),
+        (
+            "sluice_kafka_partition_high_watermark",
+            "gauge",
+            "Offset after the last record consumers can read.",
+        ),
+    ];
+    let mut partitions = Vec::new();
+    let mut names = broker.topics().names();
+    names.sort();
+    for name in &names {
+        if let Some(topic) = broker.topics().get(name) {
+            partitions.extend(topic.partitions());
+        }
+    }
+    for (index, (name, kind, help)) in partition_series.iter().enumerate() {
+        out.header(name, kind, help);
+        for partition in &partitions {
+            let traffic = partition.traffic();
+            let log = partition.log();
+            let value = match index {
+                0 => counter(&traffic.records_in),
+                1 => counter(&traffic.bytes_in),
+                2 => counter(&traffic.records_out),
+                3 => counter(&traffic.bytes_out),
+                4 => log.size_bytes() as f64,
+                5 => log.log_start().get() as f64,
+                _ => log.high_watermark().get() as f64,
+            };
+            let id = partition.id().get().to_string();
+            out.sample(
+                name,
+                &[("topic", partition.topic()), ("partition", &id)],
+                value,
+            );
+        }
+    }
+
+    let mut groups = broker.offsets().group_ids();
+    groups.sort();
+    let mut lags = Vec::new();
+    for group in &groups {
+        for (topic, partition, committed) in broker.offsets().group(group) {
+            let end = broker
+                .topics()
+                .get(&topic)
+                .and_then(|t| t.partition(sluice_types::PartitionId::from(partition)))
+                .map(|p| p.log().high_watermark().get());
+            lags.push((group.clone(), topic, partition, committed.offset, end));
+        }
+    }
+    out.header(
+        "sluice_kafka_group_committed_offset",
+        "gauge",
+        "Offset a consumer group committed.",
+    );
+    for (group, topic, partition, offset, _) in &lags {
+        let partition = partition.to_string();
+        out.sample(
+            "sluice_kafka_group_committed_offset",
+            &[
+                ("group", group),
+                ("topic", topic),
+                ("partition", &partition),
+            ],
+            *offset as f64,
+        );
+    }
+    out.header(
+        "sluice_kafka_group_lag_records",
+        "gauge",
+        "High watermark minus the committed offset.",
+    );
+    for (group, topic, partition, offset, end) in &lags {
+        if let Some(end) = end {
+            let partition = partition.to_string();
+            out.sample(
+                "sluice_kafka_group_lag_records",
+                &[
+                    ("group", group),
+                    ("topic", topic),
+                    ("partition", &partition),
+                ],
+                (end - offset).max(0) as f64,
+            );
+        }
+    }
+    if let Some(requests) = broker.metrics().kafka.get() {
+        out.header(
+            "sluice_kafka_request_duration_microseconds",
+            "histogram",
+            "Time from a decoded Kafka request to its response, per API.",
+        );
+        for (api, histogram) in requests.iter() {
+            out.histogram(
+                "sluice_kafka_request_duration_microseconds",
+                &[("api", api)],
+                histogram,
+            );
+        }
+    }
+
+    let queue_series: [(&str, &str, &str); 7] = [
+        (
+            "sluice_amqp_queue_messages_ready",
+            "gauge",
+            "Messages ready for delivery.",
+        ),
+        (
+            "sluice_amqp_queue_messages_unacked",
+            "gauge",
+            "Messages delivered and not yet acknowledged.",
+        ),
+        (
+            "sluice_amqp_queue_consumers",
+            "gauge",
+            "Consumers of the queue.",
+        ),
+        (
+            "sluice_amqp_queue_published_total",
+            "counter",
+            "Messages enqueued.",
+        ),
+        (
+            "sluice_amqp_queue_delivered_total",
+            "counter",
+            "Deliveries to consumers and basic.get.",
+        ),
+        (
+            "sluice_amqp_queue_acked_total",
+            "counter",
+            "Deliveries acknowledged.",
+        ),
+        (
+            "sluice_amqp_queue_redelivered_total",
+            "counter",
+            "Deliveries of messages delivered before.",
+        ),
+    ];
+    let mut queues = Vec::new();
+    for vhost in broker.vhosts().all() {
+        let mut list = vhost.queues();
+        list.sort_by(|a, b| a.name().cmp(b.name()));
+        for queue in list {
+            queues.push((vhost.name().to_owned(), queue));
+        }
+    }
+    for (index, (name, kind, help)) in queue_series.iter().enumerate() {
+        out.header(name, kind, help);
+        for (vhost, queue) in &queues {
+            let traffic = queue.traffic();
+            let value = match index {
+                0 => queue.message_count() as f64,
+                1 => queue.unacked_count() as f64,
+                2 => queue.consumer_count() as f64,
+                3 => counter(&traffic.published),
+                4 => counter(&traffic.delivered),
+                5 => counter(&traffic.acked),
+                _ => counter(&traffic.redelivered),
+            };
+            out.sample(name, &[("vhost", vhost), ("queue", queue.name())], value);
+        }
+    }
+    if let Some(methods) = broker.metrics().amqp.get() {
+        out.header(
+            "sluice_amqp_method_duration_microseconds",
+            "histogram",
+            "Time to handle an AMQP method (basic.publish: once its content is complete).",
+        );
+        for (method, histogram) in methods.iter() {
+            out.histogram(
+                "sluice_amqp_method_duration_microseconds",
+                &[("method", method)],
+                histogram,
+            );
+        }
+    }
+    let monitor = broker.vhosts().memory();
+    out.header(
+        "sluice_amqp_queued_message_bytes",
+        "gauge",
+        "Message body bytes held by queues.",
+    );
+    out.sample(
+        "sluice_amqp_queued_message_bytes",
+        &[],
+        monitor.used() as f64,
+    );
+    out.header(
+        "sluice_alarm_active",
+        "gauge",
+        "1 while a resource alarm blocks publishers.",
+    );
+    out.sample(
+        "sluice_alarm_active",
+        &[("resource", "memory")],
+        f64::from(u8::from(monitor.memory_alarm())),
+    );
+    out.sample(
+        "sluice_alarm_active",
+        &[("resource", "disk")],
+        f64::from(u8::from(monitor.disk_alarm())),
+    );
+
+    let connections = broker.connections().list();
+    out.header(
+        "sluice_connections_open",
+        "gauge",
+        "Open client connections.",
+    );
+    for protocol in [Protocol::Kafka, Protocol::Amqp] {
+        let open = connections
+            .iter()
+            .filter(|c| c.protocol() == protocol)
+            .count();
+        out.sample(
+            "sluice_connections_open",
+            &[("protocol", protocol.as_str())],
+            open as f64,
+        );
+    }
+    out.header(
+        "sluice_connections_opened_total",
+        "counter",
+        "Client connections accepted.",
+    );
+    for protocol in [Protocol::Kafka, Protocol::Amqp] {
+        let opened = broker.connections().opened_total(protocol);
+        out.sample(
+            "sluice_connections_opened_total",
+            &[("protocol", protocol.as_str())],
+            opened as f64,
+        );
+    }
+    out.header("sluice_channels_open", "gauge", "Open AMQP channels.");
+    let channels: usize = connections.iter().map(|c| c.channel_count()).sum();
+    out.sample(
+        "sluice_channels_open",
+        &[("protocol", "amqp")],
+        channels as f64,
+    );
+
+    let storage = sluice_log::metrics();
+    out.header(
+        "sluice_log_fsync_duration_microseconds",
+        "histogram",
+        "fdatasync of a log segment.",
+    );
+    out.histogram(
+        "sluice_log_fsync_duration_microseconds",
+        &[],
+        &storage.fsync_latency,
+    );
+    out.header(
+        "sluice_log_sync_batch_records",
+        "histogram",
+        "Records made durable by one sync (group commit).",
+    );
+    out.histogram(
+        "sluice_log_sync_batch_records",
+        &[],
+        &storage.sync_batch_records,
+    );
+
+    out.header(
+        "sluice_process_resident_memory_bytes",
+        "gauge",
+        "Resident memory of the broker process.",
+    );
+    out.sample(
+        "sluice_process_resident_memory_bytes",
+        &[],
+        resident_memory_bytes() as f64,
+    );
+    out.header(
+        "sluice_process_open_fds",
+        "gauge",
+        "Open file descriptors of the broker process.",
+    );
+    out.sample("sluice_process_open_fds", &[], open_fds() as f64);
+    out.header(
+        "sluice_process_uptime_seconds",
+        "gauge",
+        "Seconds since the broker started.",
+    );
+    out.sample(
+        "sluice_process_uptime_seconds",
+        &[],
+        broker.uptime().as_secs_f64(),
+    );
+
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out.text,
+    )
+}
+
+/// Resident memory of this process (Linux `/proc/self/status`), 0 where unknown.
+pub(crate) fn resident_memory_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmRSS:"))
+                .and_then(|rest| {
+                    rest.trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// Open file descriptors of this process (Linux `/proc/self/fd`), 0 where unknown.
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |entries| entries.count())
+}
+
+/// The text being built.
+#[derive(Debug, Default)]
+struct Exposition {
+    text: String,
+}
+
+impl Exposition {
+    fn header(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.text, "# HELP {name} {help}");
+        let _ = writeln!(self.text, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        self.text.push_str(name);
+        write_labels(&mut self.text, labels, None);
+        let _ = writeln!(self.text, " {value}");
+    }
+
+    fn histogram(&mut self, name: &str, labels: &[(&str, &str)], histogram: &Histogram) {
+        let snapshot = histogram.snapshot();
+        for (bound, count) in &snapshot.cumulative {
+            let _ = write!(self.text, "{name}_bucket");
+            write_labels(&mut self.text, labels, Some(&bound.to_string()));
+            let _ = writeln!(self.text, " {count}");
+        }
+        let _ = write!(self.text, "{name}_bucket");
+        write_labels(&mut self.text, labels, Some("+Inf"));
+        let _ = writeln!(self.text, " {}", snapshot.count);
+        let _ = write!(self.text, "{name}_sum");
+        write_labels(&mut self.text, labels, None);
+        let _ = writeln!(self.text, " {}", snapshot.sum);
+        let _ = write!(self.text, "{name}_count");
+        write_labels(&mut self.text, labels, None);
+        let _ = writeln!(self.text, " {}", snapshot.count);
+    }
+}
+
+fn write_labels(out: &mut String, labels: &[(&str, &str)], le: Option<&str>) {
+    if labels.is_empty() && le.is_none() {
+        return;
+    }
+    out.push('{');
+    let mut first = true;
+    for (key, value) in labels.iter().copied().chain(le.map(|le| ("le", le))) {
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        let _ = write!(out, "{key}=\"");
+        for c in value.chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '"' => out.push_str("\\\""),
+                '\n' => out.push_str("\\n"),
+                other => out.push(other),
+            }
+        }
+        out.push('"');
+    }
+    out.push('}');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut out = Exposition::default();
+        out.sample("m", &[("queue", "a\"b\\c\nd")], 1.0);
+        assert_eq!(out.text, "m{queue=\"a\\\"b\\\\c\\nd\"} 1\n");
+    }
+
+    #[test]
+    fn histograms_are_cumulative_with_inf_sum_and_count() {
+        let histogram = Histogram::new(&[10, 100]);
+        histogram.observe(5);
+        histogram.observe(50);
+        histogram.observe(500);
+        let mut out = Exposition::default();
+        out.histogram("h", &[("api", "Fetch")], &histogram);
+        assert_eq!(
+            out.text,
+            "h_bucket{api=\"Fetch\",le=\"10\"} 1\nh_bucket{api=\"Fetch\",le=\"100\"} 2\n\
+             h_bucket{api=\"Fetch\",le=\"+Inf\"} 3\nh_sum{api=\"Fetch\"} 555\nh_count{api=\"Fetch\"} 3\n"
+        );
+    }
+}
