@@ -133,3 +133,98 @@ pub async fn serve(
     let _ = sampler.await;
     tracing::info!("http listener stopped");
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use axum::body::Body;
+    use axum::extract::ConnectInfo;
+    use axum::http::{Request, StatusCode, header};
+    use sluice_core::BrokerOptions;
+    use tower::ServiceExt as _;
+
+    use super::*;
+
+    fn test_app(dir: &std::path::Path) -> Router {
+        let broker = Broker::open(BrokerOptions {
+            data_dir: dir.to_path_buf(),
+            log: sluice_log::LogConfig::default(),
+            auto_create_topics: true,
+            default_partitions: 1,
+            vhosts: vec!["/".to_owned()],
+            memory_high_watermark: 1 << 30,
+            disk_free_limit: 0,
+        })
+        .expect("open a broker");
+        let users = vec![User {
+            name: "guest".into(),
+            password: "guest".into(),
+            loopback_only: true,
+        }];
+        app(shared(
+            Arc::new(broker),
+            HttpOptions {
+                users,
+                listeners: Vec::new(),
+            },
+        ))
+    }
+
+    async fn call(app: &Router, method: &str, path: &str, peer: [u8; 4]) -> (StatusCode, String) {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::AUTHORIZATION, "Basic Z3Vlc3Q6Z3Vlc3Q=")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from("{}"))
+            .expect("a request");
+        request
+            .extensions_mut()
+            .insert(ConnectInfo(SocketAddr::from((peer, 40000))));
+        let response = app.clone().oneshot(request).await.expect("a response");
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .expect("a body");
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn every_documented_route_is_served() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let app = test_app(dir.path());
+        for (method, path, _) in api::ROUTES {
+            let concrete = path
+                .replace("{vhost}", "%2F")
+                .replace("{partition}", "0")
+                .replace("{id}", "1")
+                .replace(['{', '}'], "");
+            let (status, body) =
+                call(&app, &method.to_uppercase(), &concrete, [127, 0, 0, 1]).await;
+            assert_ne!(
+                status,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {path}: {body}"
+            );
+            assert!(
+                !body.contains("no route"),
+                "{method} {path} is not routed: {body}"
+            );
+            assert_ne!(status, StatusCode::UNAUTHORIZED, "{method} {path}");
+        }
+        let (status, body) = call(&app, "GET", "/api/nothing", [127, 0, 0, 1]).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(body.contains("no route"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn guest_is_refused_from_a_remote_address() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let app = test_app(dir.path());
+        let (status, _) = call(&app, "GET", "/api/overview", [10, 1, 2, 3]).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let (status, _) = call(&app, "GET", "/api/overview", [127, 0, 0, 1]).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+}
