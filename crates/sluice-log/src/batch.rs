@@ -11,6 +11,7 @@
 //! `[producer_id:8][producer_epoch:2][base_sequence:4][records_count:4][records…]`
 
 use bytes::{Bytes, BytesMut};
+use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{
     Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
@@ -201,6 +202,10 @@ pub struct NewRecord<'a> {
     pub timestamp: i64,
 }
 
+/// A header of a record for [`encode_with_headers`]: a name and a value
+/// (`None` is a null value).
+pub type RecordHeader<'a> = (&'a str, Option<&'a [u8]>);
+
 /// One uncompressed RecordBatch v2 holding `records`, from the
 /// `kafka-protocol` encoder; the log writes its internal records (committed
 /// offsets) this way, and tests and benchmarks build their input with it.
@@ -209,10 +214,23 @@ pub struct NewRecord<'a> {
 /// # Errors
 /// The encoder's message when it refuses (no records, say).
 pub fn encode(records: &[NewRecord<'_>]) -> Result<BytesMut, String> {
+    let with_headers: Vec<(NewRecord<'_>, &[RecordHeader<'_>])> =
+        records.iter().map(|record| (*record, &[][..])).collect();
+    encode_with_headers(&with_headers)
+}
+
+/// As [`encode`], each record with its headers (the admin API's produce,
+/// AMQP messages appended to streams).
+///
+/// # Errors
+/// The encoder's message when it refuses (no records, say).
+pub fn encode_with_headers(
+    records: &[(NewRecord<'_>, &[RecordHeader<'_>])],
+) -> Result<BytesMut, String> {
     let records: Vec<Record> = records
         .iter()
         .enumerate()
-        .map(|(i, record)| Record {
+        .map(|(i, (record, headers))| Record {
             transactional: false,
             control: false,
             delete_horizon: false,
@@ -226,7 +244,15 @@ pub fn encode(records: &[NewRecord<'_>]) -> Result<BytesMut, String> {
             timestamp: record.timestamp,
             key: record.key.map(Bytes::copy_from_slice),
             value: record.value.map(Bytes::copy_from_slice),
-            headers: Default::default(),
+            headers: headers
+                .iter()
+                .map(|(name, value)| {
+                    (
+                        StrBytes::from_string((*name).to_owned()),
+                        value.map(Bytes::copy_from_slice),
+                    )
+                })
+                .collect(),
         })
         .collect();
     let mut buf = BytesMut::new();

@@ -5,17 +5,13 @@ use std::sync::atomic::Ordering;
 
 use axum::Json;
 use axum::extract::State;
-use bytes::{Bytes, BytesMut};
-use kafka_protocol::indexmap::IndexMap;
-use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use bytes::Bytes;
+use kafka_protocol::records::{Record, RecordBatchDecoder};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use sluice_log::batch::{NewRecord, RecordHeader};
 use sluice_log::{Clock as _, ReadBound};
-use sluice_types::Offset;
-use sluice_types::PartitionId;
+use sluice_types::{Offset, PartitionId};
 
 use super::{Encoding, blocking};
 use crate::AppState;
@@ -156,7 +152,7 @@ pub(crate) struct NewHeader {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct NewRecord {
+pub(crate) struct RequestRecord {
     partition: Option<i32>,
     key: Option<String>,
     value: Option<String>,
@@ -167,7 +163,7 @@ pub(crate) struct NewRecord {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Produce {
-    records: Vec<NewRecord>,
+    records: Vec<RequestRecord>,
     #[serde(default)]
     encoding: Encoding,
 }
@@ -194,7 +190,7 @@ pub(crate) async fn produce(
     let partitions = topic.partition_count() as i32;
     let now = sluice_log::SystemClock.now_ms();
     // Decode and place every record before writing any.
-    let mut placed: Vec<(i32, Record)> = Vec::with_capacity(request.records.len());
+    let mut placed: Vec<Placed> = Vec::with_capacity(request.records.len());
     for new in request.records {
         let key = new
             .key
@@ -204,14 +200,17 @@ pub(crate) async fn produce(
             .value
             .map(|v| request.encoding.decode(&v, "value"))
             .transpose()?;
-        let mut headers = IndexMap::new();
-        for header in new.headers {
-            let value = header
-                .value
-                .map(|v| request.encoding.decode(&v, "headers"))
-                .transpose()?;
-            headers.insert(StrBytes::from_string(header.key), value.map(Bytes::from));
-        }
+        let headers = new
+            .headers
+            .into_iter()
+            .map(|header| {
+                let value = header
+                    .value
+                    .map(|v| request.encoding.decode(&v, "headers"))
+                    .transpose()?;
+                Ok((header.key, value))
+            })
+            .collect::<ApiResult<Vec<_>>>()?;
         let partition = match (new.partition, &key) {
             (Some(p), _) if (0..partitions).contains(&p) => p,
             (Some(p), _) => {
@@ -228,53 +227,50 @@ pub(crate) async fn produce(
                 (shared.round_robin.fetch_add(1, Ordering::Relaxed) % partitions as u32) as i32
             }
         };
-        placed.push((
+        placed.push(Placed {
             partition,
-            Record {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: -1,
-                producer_id: -1,
-                producer_epoch: -1,
-                timestamp_type: TimestampType::Creation,
-                offset: 0,
-                sequence: 0,
-                timestamp: now,
-                key: key.map(Bytes::from),
-                value: value.map(Bytes::from),
-                headers,
-            },
-        ));
+            key,
+            value,
+            headers,
+        });
     }
     blocking(move || {
         let mut offsets = vec![Value::Null; placed.len()];
         for partition in 0..partitions {
             let indexes: Vec<usize> = (0..placed.len())
-                .filter(|i| placed[*i].0 == partition)
+                .filter(|i| placed[*i].partition == partition)
                 .collect();
             if indexes.is_empty() {
                 continue;
             }
-            let records: Vec<Record> = indexes
+            let headers: Vec<Vec<RecordHeader<'_>>> = indexes
                 .iter()
-                .enumerate()
-                .map(|(n, i)| Record {
-                    offset: n as i64,
-                    sequence: n as i32,
-                    ..placed[*i].1.clone()
+                .map(|i| {
+                    placed[*i]
+                        .headers
+                        .iter()
+                        .map(|(name, value)| (name.as_str(), value.as_deref()))
+                        .collect()
                 })
                 .collect();
-            let mut batch = BytesMut::new();
-            RecordBatchEncoder::encode(
-                &mut batch,
-                &records,
-                &RecordEncodeOptions {
-                    version: 2,
-                    compression: Compression::None,
-                },
-            )
-            .map_err(|error| ApiError::bad_request(format!("cannot encode records: {error}")))?;
+            let records: Vec<(NewRecord<'_>, &[RecordHeader<'_>])> = indexes
+                .iter()
+                .zip(&headers)
+                .map(|(i, headers)| {
+                    let record = &placed[*i];
+                    (
+                        NewRecord {
+                            key: record.key.as_deref(),
+                            value: record.value.as_deref(),
+                            timestamp: now,
+                        },
+                        headers.as_slice(),
+                    )
+                })
+                .collect();
+            let mut batch = sluice_log::batch::encode_with_headers(&records).map_err(|error| {
+                ApiError::bad_request(format!("cannot encode records: {error}"))
+            })?;
             let info = topic.append_blocking(PartitionId::from(partition), &mut batch)?;
             for (n, i) in indexes.iter().enumerate() {
                 offsets[*i] = json!({
@@ -286,6 +282,14 @@ pub(crate) async fn produce(
         Ok(Json(json!({ "offsets": offsets })))
     })
     .await
+}
+
+/// A record decoded from the request, placed in a partition.
+struct Placed {
+    partition: i32,
+    key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+    headers: Vec<(String, Option<Vec<u8>>)>,
 }
 
 /// Kafka's murmur2 hash of a record key (the Java client's default
