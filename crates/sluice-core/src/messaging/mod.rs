@@ -19,6 +19,7 @@
 //! Start reading at [`VirtualHost::publish`].
 
 mod alarms;
+mod bridge;
 mod definitions;
 mod exchange;
 mod message;
@@ -28,6 +29,10 @@ mod routing;
 mod vhost;
 
 pub use alarms::{MemoryCharge, ResourceMonitor};
+pub use bridge::{
+    EXCHANGE_HEADER, HEADER_PREFIX, HEADERS_TABLE, RecordParts, message_to_record, murmur2,
+    partition_for_key, record_to_message,
+};
 pub use exchange::{Binding, Destination, Exchange, ExchangeKind};
 pub use message::{Message, encode_properties, integer_value, short, string_value};
 pub(crate) use queue::now_ms;

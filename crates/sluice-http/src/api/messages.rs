@@ -9,6 +9,7 @@ use bytes::Bytes;
 use kafka_protocol::records::{Record, RecordBatchDecoder};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use sluice_core::messaging::partition_for_key;
 use sluice_log::batch::{NewRecord, RecordHeader};
 use sluice_log::{Clock as _, ReadBound};
 use sluice_types::{Offset, PartitionId};
@@ -222,7 +223,7 @@ pub(crate) async fn produce(
                     ),
                 ));
             }
-            (None, Some(key)) => (murmur2(key) & 0x7fff_ffff) as i32 % partitions,
+            (None, Some(key)) => partition_for_key(key, partitions as u32) as i32,
             (None, None) => {
                 (shared.round_robin.fetch_add(1, Ordering::Relaxed) % partitions as u32) as i32
             }
@@ -290,68 +291,4 @@ struct Placed {
     key: Option<Vec<u8>>,
     value: Option<Vec<u8>>,
     headers: Vec<(String, Option<Vec<u8>>)>,
-}
-
-/// Kafka's murmur2 hash of a record key (the Java client's default
-/// partitioner and librdkafka's `murmur2_random`).
-fn murmur2(data: &[u8]) -> u32 {
-    const SEED: u32 = 0x9747_b28c;
-    const M: u32 = 0x5bd1_e995;
-    const R: u32 = 24;
-    let mut h = SEED ^ data.len() as u32;
-    let mut chunks = data.chunks_exact(4);
-    for chunk in &mut chunks {
-        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-        k = k.wrapping_mul(M);
-        k ^= k >> R;
-        k = k.wrapping_mul(M);
-        h = h.wrapping_mul(M);
-        h ^= k;
-    }
-    let tail = chunks.remainder();
-    if tail.len() >= 3 {
-        h ^= u32::from(tail[2]) << 16;
-    }
-    if tail.len() >= 2 {
-        h ^= u32::from(tail[1]) << 8;
-    }
-    if let Some(first) = tail.first() {
-        h ^= u32::from(*first);
-        h = h.wrapping_mul(M);
-    }
-    h ^= h >> 13;
-    h = h.wrapping_mul(M);
-    h ^= h >> 15;
-    h
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn murmur2_matches_the_java_client() {
-        // Expected values from Apache Kafka's UtilsTest, and "kafka" from
-        // librdkafka's test of its Java-compatible murmur2.
-        let cases: &[(&[u8], i32)] = &[
-            (b"21", -973_932_308),
-            (b"foobar", -790_332_482),
-            (b"a-little-bit-long-string", -985_981_536),
-            (b"a-little-bit-longer-string", -1_486_304_829),
-            (
-                b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
-                -58_897_971,
-            ),
-            (b"abc", 479_470_107),
-            (b"kafka", 0xd067_cf64_u32 as i32),
-        ];
-        for (key, expected) in cases {
-            assert_eq!(
-                murmur2(key) as i32,
-                *expected,
-                "key {:?}",
-                String::from_utf8_lossy(key)
-            );
-        }
-    }
 }
