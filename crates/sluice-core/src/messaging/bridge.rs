@@ -40,7 +40,9 @@ pub struct RecordParts {
 
 /// The properties that travel as `amqp.<name>` text headers, with how to
 /// read and set them.
-const TEXT_PROPERTIES: &[(&str, fn(&BasicProperties) -> Option<String>)] = &[
+type ReadProperty = fn(&BasicProperties) -> Option<String>;
+
+const TEXT_PROPERTIES: &[(&str, ReadProperty)] = &[
     ("content-type", |p| text(p.content_type())),
     ("content-encoding", |p| text(p.content_encoding())),
     ("delivery-mode", |p| {
