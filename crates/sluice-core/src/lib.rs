@@ -80,7 +80,7 @@ pub struct BrokerOptions {
 pub struct Broker {
     data_dir: PathBuf,
     logs: Arc<LogManager>,
-    topics: Topics,
+    topics: Arc<Topics>,
     offsets: OffsetStore,
     groups: Arc<GroupCoordinator>,
     producer_ids: ProducerIds,
@@ -108,11 +108,12 @@ impl Broker {
             &options.data_dir.join("logs"),
             options.log,
         )?);
-        let topics = Topics::open(&options.data_dir, Arc::clone(&logs))?;
+        let topics = Arc::new(Topics::open(&options.data_dir, Arc::clone(&logs))?);
         let offsets = OffsetStore::open(&logs)?;
         let producer_ids = ProducerIds::open(&options.data_dir)?;
         let vhosts = VirtualHosts::open(
             Arc::clone(&logs),
+            Arc::clone(&topics),
             &options.vhosts,
             messaging::ResourceMonitor::new(options.memory_high_watermark),
         )?;

@@ -246,6 +246,14 @@ pub struct PendingAppend {
 }
 
 impl PendingAppend {
+    /// The partition, the offset after the append, and whether the log's
+    /// durability asks for a sync (stream appends wait through a
+    /// [`crate::messaging::PendingSync`]).
+    pub(crate) fn into_parts(self) -> (Arc<Partition>, sluice_types::Offset, bool) {
+        let end = self.info.last_offset.plus(1);
+        (self.partition, end, self.needs_sync)
+    }
+
     /// Waits until the append is as durable as the log's durability asks
     /// (sharing the sync with concurrent appends), then wakes fetches.
     /// Blocking.

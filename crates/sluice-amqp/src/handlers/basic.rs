@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use amq_protocol::protocol::{AMQPClass, basic};
 use amq_protocol::types::FieldTable;
-use sluice_core::messaging::{ConsumerSpec, Credit, Delivery, Message, integer_value, short};
+use sluice_core::messaging::{
+    ConsumerSpec, Credit, Delivery, Message, StreamStart, integer_value, short,
+};
 
 use crate::channel::{Channel, Consumer, Context, NO_ACK_WINDOW, Settlement, TxAction, Unacked};
 use crate::errors::{AmqpError, NO_ROUTE, NOT_ALLOWED, NOT_IMPLEMENTED, PRECONDITION_FAILED};
@@ -130,6 +132,36 @@ fn consume(
         .during(60, 20));
     }
     let priority = consumer_priority(&m.arguments)?;
+    let stream_start = match queue.stream_topic() {
+        None => None,
+        Some(_) => {
+            if m.no_ack {
+                return Err(AmqpError::channel(
+                    PRECONDITION_FAILED,
+                    format!(
+                        "stream queue '{}' in vhost '{}' needs manual acknowledgement (no_ack=false)",
+                        queue.name(),
+                        ctx.vhost.name()
+                    ),
+                )
+                .during(60, 20));
+            }
+            if channel.prefetch == 0 {
+                return Err(AmqpError::channel(
+                    PRECONDITION_FAILED,
+                    format!(
+                        "consumer prefetch count is not set for stream queue '{}' in vhost '{}'",
+                        queue.name(),
+                        ctx.vhost.name()
+                    ),
+                )
+                .during(60, 20));
+            }
+            let start = StreamStart::parse(m.arguments.inner().get("x-stream-offset"))
+                .map_err(|e| AmqpError::from(e).during(60, 20))?;
+            Some(start)
+        }
+    };
     let limit = if m.no_ack {
         NO_ACK_WINDOW
     } else {
@@ -145,6 +177,7 @@ fn consume(
         priority,
         credit: Arc::clone(&credit),
         sink: ctx.events.clone(),
+        stream_start,
     };
     channel.consumers.insert(
         Arc::clone(&tag),

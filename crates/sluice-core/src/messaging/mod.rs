@@ -26,6 +26,7 @@ mod message;
 mod queue;
 mod queue_store;
 mod routing;
+mod stream;
 mod vhost;
 
 pub use alarms::{MemoryCharge, ResourceMonitor};
@@ -41,6 +42,7 @@ pub use queue::{
     QueueArgs, QueueOptions, QueueTraffic,
 };
 pub use queue_store::PendingSync;
+pub use stream::{STREAM_OFFSET_HEADER, STREAM_PARTITION_HEADER, StreamStart, parse_age_ms};
 pub use vhost::{ExchangeOptions, PublishOutcome, VirtualHost, VirtualHosts};
 
 /// Why a messaging operation was refused. The text is RabbitMQ's where it

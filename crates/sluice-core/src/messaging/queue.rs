@@ -19,6 +19,7 @@ use super::MessagingError;
 use super::alarms::{MemoryCharge, ResourceMonitor};
 use super::message::{Message, integer_value, string_value};
 use super::queue_store::{PendingSync, QueueStore, RecoveredMessage};
+use super::stream::{Stream, StreamStart};
 use super::vhost::VirtualHost;
 use crate::CoreError;
 
@@ -55,6 +56,12 @@ pub struct QueueArgs {
     pub max_priority: Option<u8>,
     /// `x-single-active-consumer`.
     pub single_active_consumer: bool,
+    /// `x-queue-type: stream`: the queue is a view of a topic.
+    pub stream: bool,
+    /// `x-stream-partitions`: partitions of the topic a new stream creates.
+    pub stream_partitions: Option<u32>,
+    /// `x-max-age` of a stream, milliseconds (its topic's retention.ms).
+    pub max_age_ms: Option<u64>,
 }
 
 impl QueueArgs {
@@ -140,6 +147,7 @@ impl QueueArgs {
                 },
                 "x-queue-type" => match string_value(value).as_deref() {
                     Some("classic") | Some("quorum") => {}
+                    Some("stream") => args.stream = true,
                     Some(other) => {
                         return Err(invalid(
                             name,
@@ -153,6 +161,22 @@ impl QueueArgs {
                         ));
                     }
                 },
+                "x-stream-partitions" => {
+                    let n = positive(name, value)?;
+                    if n > u64::from(crate::MAX_PARTITIONS) {
+                        return Err(invalid(name, format!("{{value_out_of_range,{n}}}")));
+                    }
+                    args.stream_partitions = Some(n as u32);
+                }
+                "x-max-age" => {
+                    let text = string_value(value).ok_or_else(|| {
+                        invalid(name, format!("{{unacceptable_type,{}}}", type_name(value)))
+                    })?;
+                    args.max_age_ms =
+                        Some(super::stream::parse_age_ms(&text).ok_or_else(|| {
+                            invalid(name, format!("{{invalid_value,<<\"{text}\">>}}"))
+                        })?);
+                }
                 _ => {}
             }
         }
@@ -199,6 +223,8 @@ pub struct Credit {
     used: AtomicU32,
     paused: AtomicBool,
     parent: Option<Arc<Credit>>,
+    /// Woken when units come back (stream readers wait on it).
+    released: tokio::sync::Notify,
 }
 
 impl Credit {
@@ -209,7 +235,13 @@ impl Credit {
             used: AtomicU32::new(0),
             paused: AtomicBool::new(false),
             parent,
+            released: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Resolves after units come back here (not through the parent alone).
+    pub fn released(&self) -> tokio::sync::futures::Notified<'_> {
+        self.released.notified()
     }
 
     fn take_own(&self) -> bool {
@@ -268,16 +300,19 @@ impl Credit {
         if let Some(parent) = &self.parent {
             parent.release(n);
         }
+        self.released.notify_waiters();
     }
 
     /// Changes the limit (0: unlimited).
     pub fn set_limit(&self, limit: u32) {
         self.limit.store(limit, Ordering::Release);
+        self.released.notify_waiters();
     }
 
     /// Stops (or resumes) deliveries (`channel.flow`).
     pub fn set_paused(&self, paused: bool) {
         self.paused.store(paused, Ordering::Release);
+        self.released.notify_waiters();
     }
 }
 
@@ -331,6 +366,8 @@ pub struct ConsumerSpec {
     pub credit: Arc<Credit>,
     /// Where deliveries go.
     pub sink: UnboundedSender<ConsumerEvent>,
+    /// For a stream queue: where the consumer starts (`x-stream-offset`).
+    pub stream_start: Option<StreamStart>,
 }
 
 /// What `enqueue` did with a message.
@@ -465,6 +502,8 @@ pub struct Queue {
     memory: Arc<ResourceMonitor>,
     state: Mutex<QueueState>,
     traffic: QueueTraffic,
+    /// Set for a stream queue: the topic it is a view of.
+    stream: Option<Stream>,
 }
 
 /// Messages a queue took and handed out since the broker started, for
@@ -482,7 +521,7 @@ pub struct QueueTraffic {
 }
 
 impl QueueTraffic {
-    fn delivered(&self, redelivered: bool) {
+    pub(crate) fn record_delivery(&self, redelivered: bool) {
         self.delivered.fetch_add(1, Ordering::Relaxed);
         if redelivered {
             self.redelivered.fetch_add(1, Ordering::Relaxed);
@@ -509,6 +548,7 @@ impl Queue {
         store: Option<(String, QueueStore)>,
         vhost: Weak<VirtualHost>,
         memory: Arc<ResourceMonitor>,
+        stream: Option<Arc<crate::Topic>>,
     ) -> Arc<Queue> {
         let (store_id, store) = match store {
             Some((id, store)) => (Some(id), Some(store)),
@@ -522,6 +562,7 @@ impl Queue {
             vhost,
             memory,
             traffic: QueueTraffic::default(),
+            stream: stream.map(Stream::new),
             state: Mutex::new(QueueState {
                 ready: Ready::default(),
                 unacked: HashMap::new(),
@@ -576,9 +617,17 @@ impl Queue {
         self.store_id.as_deref()
     }
 
-    /// Ready messages.
+    /// For a stream queue, the topic it is a view of.
+    pub fn stream_topic(&self) -> Option<&Arc<crate::Topic>> {
+        self.stream.as_ref().map(Stream::topic)
+    }
+
+    /// Ready messages (for a stream: the records its topic keeps).
     pub fn message_count(&self) -> usize {
-        self.state().ready.len
+        match &self.stream {
+            Some(stream) => stream.message_count(),
+            None => self.state().ready.len,
+        }
     }
 
     /// Delivered and not yet settled.
@@ -588,7 +637,18 @@ impl Queue {
 
     /// Consumers attached.
     pub fn consumer_count(&self) -> usize {
-        self.state().consumers.len()
+        match &self.stream {
+            Some(stream) => stream.consumer_count(),
+            None => self.state().consumers.len(),
+        }
+    }
+
+    fn not_for_streams(&self, operation: &str) -> MessagingError {
+        MessagingError::NotImplemented(format!(
+            "{operation} is not supported by stream queue '{}' in vhost '{}'",
+            self.name,
+            self.vhost_name()
+        ))
     }
 
     /// Bytes the queue's logs take on disk (0 for transient queues).
@@ -649,6 +709,17 @@ impl Queue {
         self: &Arc<Self>,
         message: Arc<Message>,
     ) -> Result<EnqueueOutcome, MessagingError> {
+        if let Some(stream) = &self.stream {
+            if self.is_deleted() {
+                return Ok(EnqueueOutcome::default());
+            }
+            let sync = stream.append(&message)?;
+            self.traffic.published.fetch_add(1, Ordering::Relaxed);
+            return Ok(EnqueueOutcome {
+                sync,
+                ..EnqueueOutcome::default()
+            });
+        }
         let now = now_ms();
         let mut dead = Vec::new();
         let mut outcome = EnqueueOutcome::default();
@@ -800,7 +871,7 @@ impl Queue {
                     state.consumers.remove(index);
                     continue;
                 }
-                self.traffic.delivered(entry.redelivered);
+                self.traffic.record_delivery(entry.redelivered);
                 if no_ack {
                     settle_stored(&mut state, &entry);
                 } else {
@@ -829,6 +900,9 @@ impl Queue {
     /// # Errors
     /// Storage failures when `no_ack` settles a persistent message.
     pub fn get(self: &Arc<Self>, no_ack: bool) -> Result<Option<GetResult>, MessagingError> {
+        if self.stream.is_some() {
+            return Err(self.not_for_streams("basic.get"));
+        }
         let mut dead = Vec::new();
         let result = {
             let mut state = self.state();
@@ -838,7 +912,7 @@ impl Queue {
                 None => None,
                 Some(entry) => {
                     let out = (entry.seq, Arc::clone(&entry.message), entry.redelivered);
-                    self.traffic.delivered(entry.redelivered);
+                    self.traffic.record_delivery(entry.redelivered);
                     if no_ack {
                         settle_stored(&mut state, &entry);
                     } else {
@@ -861,6 +935,10 @@ impl Queue {
     /// # Errors
     /// Storage failures.
     pub fn ack(&self, seqs: &[u64]) -> Result<(), MessagingError> {
+        if self.stream.is_some() {
+            // Acknowledging a stream delivery only returns its credit.
+            return Ok(());
+        }
         let mut state = self.state();
         for seq in seqs {
             if let Some(entry) = state.unacked.remove(seq) {
@@ -878,6 +956,9 @@ impl Queue {
     /// # Errors
     /// Storage failures.
     pub fn reject(self: &Arc<Self>, seqs: &[u64], requeue: bool) -> Result<(), MessagingError> {
+        if self.stream.is_some() {
+            return Ok(());
+        }
         let mut dead = Vec::new();
         {
             let mut state = self.state();
@@ -912,6 +993,17 @@ impl Queue {
     /// [`MessagingError::AccessRefused`] when an exclusive consumer holds the
     /// queue, or an exclusive one is asked for while others consume.
     pub fn add_consumer(self: &Arc<Self>, consumer: ConsumerSpec) -> Result<(), MessagingError> {
+        if let Some(stream) = &self.stream {
+            if self.is_deleted() {
+                return Err(MessagingError::NotFound(format!(
+                    "no queue '{}' in vhost '{}'",
+                    self.name,
+                    self.vhost_name()
+                )));
+            }
+            let start = consumer.stream_start.unwrap_or(StreamStart::Next);
+            return stream.add_consumer(self, consumer, start);
+        }
         {
             let mut state = self.state();
             if state.deleted {
@@ -945,6 +1037,10 @@ impl Queue {
     /// Removes a consumer; true when the queue is auto-delete and this was
     /// its last consumer (the caller deletes it).
     pub fn remove_consumer(self: &Arc<Self>, channel: u64, tag: &str) -> bool {
+        if let Some(stream) = &self.stream {
+            stream.remove_consumer(channel, tag);
+            return false;
+        }
         let last = {
             let mut state = self.state();
             let before = state.consumers.len();
@@ -972,6 +1068,9 @@ impl Queue {
     /// # Errors
     /// Storage failures.
     pub fn purge(&self) -> Result<usize, MessagingError> {
+        if self.stream.is_some() {
+            return Err(self.not_for_streams("queue.purge"));
+        }
         let mut state = self.state();
         let entries = state.ready.drain();
         for entry in &entries {
@@ -984,6 +1083,9 @@ impl Queue {
     /// Marks the queue deleted and tells its consumers; returns the number
     /// of ready messages it held.
     pub(crate) fn mark_deleted(&self) -> usize {
+        if let Some(stream) = &self.stream {
+            stream.stop();
+        }
         let mut state = self.state();
         state.deleted = true;
         for consumer in state.consumers.drain(..) {
@@ -1002,6 +1104,10 @@ impl Queue {
     /// Writes pending settlements, expires heads, and tells whether an
     /// `x-expires` queue has been unused long enough to be deleted.
     pub(crate) fn maintain(self: &Arc<Self>) -> bool {
+        if let Some(stream) = &self.stream {
+            stream.flush();
+            return false;
+        }
         {
             let mut state = self.state();
             if let Some(store) = state.store.as_mut()

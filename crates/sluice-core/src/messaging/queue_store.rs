@@ -29,7 +29,7 @@ use sluice_log::{Clock, Durability, Log, LogManager, SystemClock};
 use sluice_types::{LeaderEpoch, Offset};
 
 use super::message::Message;
-use crate::CoreError;
+use crate::{CoreError, Partition};
 
 /// Settlement records between checkpoints.
 const CHECKPOINT_EVERY: u64 = 4096;
@@ -134,14 +134,30 @@ impl PendingWrites {
     }
 }
 
-/// A sync the publisher must wait for before confirming.
+/// A sync the publisher must wait for before confirming: of a durable
+/// queue's message log, or of a stream's partition.
 #[derive(Debug, Clone)]
 pub struct PendingSync {
-    pending: Arc<PendingWrites>,
+    target: SyncTarget,
     end: Offset,
 }
 
+#[derive(Debug, Clone)]
+enum SyncTarget {
+    Queue(Arc<PendingWrites>),
+    Partition(Arc<Partition>),
+}
+
 impl PendingSync {
+    /// A stream append that becomes durable (and readable) once its
+    /// partition's log is synced past `end`.
+    pub(crate) fn partition(partition: Arc<Partition>, end: Offset) -> PendingSync {
+        PendingSync {
+            target: SyncTarget::Partition(partition),
+            end,
+        }
+    }
+
     /// Writes the queue's buffered messages if that has not happened yet,
     /// then waits until the message is on disk, sharing the write and the
     /// sync with concurrent publishers. Blocking.
@@ -149,14 +165,26 @@ impl PendingSync {
     /// # Errors
     /// The log's write or sync failure.
     pub fn wait(&self) -> Result<(), CoreError> {
-        self.pending.write()?;
-        self.pending.log.sync_to(self.end)?;
+        match &self.target {
+            SyncTarget::Queue(pending) => {
+                pending.write()?;
+                pending.log.sync_to(self.end)?;
+            }
+            SyncTarget::Partition(partition) => {
+                partition.log().sync_to(self.end)?;
+                partition.wake_readers();
+            }
+        }
         Ok(())
     }
 
     /// Whether two pending syncs are on the same log (the later one covers both).
     pub fn same_log(&self, other: &PendingSync) -> bool {
-        Arc::ptr_eq(&self.pending, &other.pending)
+        match (&self.target, &other.target) {
+            (SyncTarget::Queue(a), SyncTarget::Queue(b)) => Arc::ptr_eq(a, b),
+            (SyncTarget::Partition(a), SyncTarget::Partition(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
     }
 
     /// The later of two syncs on the same log.
@@ -280,7 +308,7 @@ impl QueueStore {
         }
         self.outstanding.insert(id);
         let sync = (self.messages.durability() == Durability::Always).then(|| PendingSync {
-            pending: Arc::clone(&self.pending),
+            target: SyncTarget::Queue(Arc::clone(&self.pending)),
             end: Offset::from(i64::try_from(id + 1).unwrap_or(i64::MAX)),
         });
         Ok((id, sync))

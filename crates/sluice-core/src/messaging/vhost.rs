@@ -21,7 +21,7 @@ use super::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use super::message::{Message, short, string_value};
 use super::queue::{DeadLetter, DeathReason, Queue, QueueArgs, QueueOptions, now_ms};
 use super::queue_store::{PendingSync, QueueStore, message_log_name, settlement_log_name};
-use crate::CoreError;
+use crate::{CoreError, Topics};
 
 /// How an exchange is declared.
 #[derive(Debug, Clone, Default)]
@@ -62,6 +62,7 @@ impl VirtualHosts {
     /// Storage failures.
     pub(crate) fn open(
         logs: Arc<LogManager>,
+        topics: Arc<Topics>,
         names: &[String],
         memory: Arc<ResourceMonitor>,
     ) -> Result<VirtualHosts, CoreError> {
@@ -74,6 +75,7 @@ impl VirtualHosts {
                 VirtualHost::new(
                     name.clone(),
                     Arc::clone(&logs),
+                    Arc::clone(&topics),
                     Arc::clone(&definitions),
                     Arc::clone(&memory),
                 ),
@@ -161,6 +163,8 @@ pub struct VirtualHost {
     exchanges: RwLock<HashMap<String, Arc<Exchange>>>,
     queues: RwLock<HashMap<String, Arc<Queue>>>,
     logs: Arc<LogManager>,
+    /// The broker's topics, which stream queues are views of.
+    topics: Arc<Topics>,
     definitions: Arc<Definitions>,
     memory: Arc<ResourceMonitor>,
     me: std::sync::Weak<VirtualHost>,
@@ -189,6 +193,7 @@ impl VirtualHost {
     fn new(
         name: String,
         logs: Arc<LogManager>,
+        topics: Arc<Topics>,
         definitions: Arc<Definitions>,
         memory: Arc<ResourceMonitor>,
     ) -> Arc<VirtualHost> {
@@ -211,6 +216,7 @@ impl VirtualHost {
             exchanges: RwLock::new(exchanges),
             queues: RwLock::new(HashMap::new()),
             logs,
+            topics,
             definitions,
             memory,
             me: me.clone(),
@@ -324,6 +330,25 @@ impl VirtualHost {
                 ..
             } => {
                 let args = QueueArgs::parse(&name, &self.name, &arguments).unwrap_or_default();
+                if args.stream {
+                    let topic = self.stream_topic(&name, &args)?;
+                    let queue = Queue::new(
+                        name.clone(),
+                        QueueOptions {
+                            durable: true,
+                            exclusive_owner: None,
+                            auto_delete,
+                            arguments,
+                        },
+                        args,
+                        None,
+                        self.me.clone(),
+                        Arc::clone(&self.memory),
+                        Some(topic),
+                    );
+                    self.queues_mut().insert(name, queue);
+                    return Ok(());
+                }
                 let recovered = QueueStore::open(&self.logs, &store_id)?;
                 let queue = Queue::new(
                     name.clone(),
@@ -337,6 +362,7 @@ impl VirtualHost {
                     Some((store_id, recovered.store)),
                     self.me.clone(),
                     Arc::clone(&self.memory),
+                    None,
                 );
                 queue.restore(recovered.messages);
                 self.queues_mut().insert(name, queue);
@@ -590,6 +616,10 @@ impl VirtualHost {
             drop(queues);
             return self.redeclare(&existing, &options, connection);
         }
+        if args.stream {
+            drop(queues);
+            return self.declare_stream(name, options, args);
+        }
         // Exclusive queues die with their connection: nothing to keep.
         let persisted = options.durable && options.exclusive_owner.is_none();
         let store = if persisted {
@@ -613,9 +643,101 @@ impl VirtualHost {
             store,
             self.me.clone(),
             Arc::clone(&self.memory),
+            None,
         );
         queues.insert(name.clone(), queue);
         Ok((name, 0, 0))
+    }
+
+    /// Declares a stream queue: opens the topic of that name, or creates it
+    /// with the stream's partitions and retention.
+    fn declare_stream(
+        &self,
+        name: String,
+        options: QueueOptions,
+        args: QueueArgs,
+    ) -> Result<(String, usize, usize), MessagingError> {
+        let refuse = |property: &str| {
+            Err(MessagingError::PreconditionFailed(format!(
+                "invalid property '{property}' for queue '{name}' in vhost '{}'",
+                self.name
+            )))
+        };
+        if !options.durable {
+            return refuse("non-durable");
+        }
+        if options.exclusive_owner.is_some() {
+            return refuse("exclusive");
+        }
+        if options.auto_delete {
+            return refuse("auto-delete");
+        }
+        let topic = self
+            .stream_topic(&name, &args)
+            .map_err(|error| match error {
+                CoreError::InvalidTopicName { .. } | CoreError::InvalidConfig { .. } => {
+                    MessagingError::PreconditionFailed(format!(
+                        "cannot make queue '{name}' in vhost '{}' a stream: {error}",
+                        self.name
+                    ))
+                }
+                other => MessagingError::Core(other),
+            })?;
+        let mut queues = self.queues_mut();
+        if let Some(existing) = queues.get(&name).cloned() {
+            drop(queues);
+            return self.redeclare(&existing, &options, 0);
+        }
+        self.definitions.put(&Definition::Queue {
+            vhost: self.name.clone(),
+            name: name.clone(),
+            store_id: String::new(),
+            auto_delete: false,
+            arguments: options.arguments.clone(),
+        })?;
+        let count = {
+            let queue = Queue::new(
+                name.clone(),
+                options,
+                args,
+                None,
+                self.me.clone(),
+                Arc::clone(&self.memory),
+                Some(topic),
+            );
+            let count = queue.message_count();
+            queues.insert(name.clone(), queue);
+            count
+        };
+        Ok((name, count, 0))
+    }
+
+    /// The topic behind stream queue `name`, created if missing.
+    fn stream_topic(&self, name: &str, args: &QueueArgs) -> Result<Arc<crate::Topic>, CoreError> {
+        if let Some(topic) = self.topics.get(name) {
+            return Ok(topic);
+        }
+        let mut settings: Vec<(&str, String)> = Vec::new();
+        if let Some(ms) = args.max_age_ms {
+            settings.push(("retention.ms", ms.to_string()));
+        }
+        if let Some(bytes) = args.max_length_bytes {
+            settings.push(("retention.bytes", bytes.to_string()));
+        }
+        let config = crate::TopicConfig::new(settings)?;
+        match self
+            .topics
+            .create(name, args.stream_partitions.unwrap_or(1), config)
+        {
+            Err(CoreError::TopicExists { .. }) => {
+                self.topics
+                    .get(name)
+                    .ok_or_else(|| CoreError::UnknownTopic {
+                        topic: name.to_owned(),
+                    })
+            }
+            other => other,
+        }
     }
 
     fn redeclare(
@@ -637,6 +759,20 @@ impl VirtualHost {
             )))
         };
         let current = existing.options();
+        let declared_type = options
+            .arguments
+            .inner()
+            .get("x-queue-type")
+            .and_then(string_value);
+        let is_stream = existing.stream_topic().is_some();
+        if is_stream != (declared_type.as_deref() == Some("stream")) {
+            let current_type = if is_stream { "stream" } else { "classic" };
+            return inequivalent(
+                "x-queue-type",
+                declared_type.unwrap_or_else(|| "classic".to_owned()),
+                current_type.to_owned(),
+            );
+        }
         if current.durable != options.durable {
             return inequivalent(
                 "durable",
@@ -734,6 +870,24 @@ impl VirtualHost {
             if !removed.is_empty() && source.auto_delete && source.binding_count() == 0 {
                 emptied.push(source);
             }
+        }
+        if let Some(topic) = queue.stream_topic() {
+            self.definitions.remove(&Definition::Queue {
+                vhost: self.name.clone(),
+                name: queue.name().to_owned(),
+                store_id: String::new(),
+                auto_delete: false,
+                arguments: FieldTable::default(),
+            })?;
+            let count = queue.mark_deleted();
+            self.queues_mut().remove(queue.name());
+            // The stream is its topic: deleting one deletes the other.
+            match self.topics.delete(topic.name()) {
+                Ok(()) | Err(CoreError::UnknownTopic { .. }) => {}
+                Err(error) => return Err(error),
+            }
+            self.delete_emptied(emptied)?;
+            return Ok(count);
         }
         if let Some(store_id) = queue.store_id() {
             self.definitions.remove(&Definition::Queue {
