@@ -41,7 +41,7 @@ pub use queue::{
     ConsumerEvent, ConsumerSpec, Credit, Delivery, EnqueueOutcome, GetResult, Overflow, Queue,
     QueueArgs, QueueOptions, QueueTraffic,
 };
-pub use queue_store::PendingSync;
+pub use queue_store::{PendingSync, Source};
 pub use stream::{STREAM_OFFSET_HEADER, STREAM_PARTITION_HEADER, StreamStart, parse_age_ms};
 pub use vhost::{ExchangeOptions, PublishOutcome, VirtualHost, VirtualHosts};
 

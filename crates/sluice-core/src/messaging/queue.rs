@@ -18,7 +18,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::MessagingError;
 use super::alarms::{MemoryCharge, ResourceMonitor};
 use super::message::{Message, integer_value, string_value};
-use super::queue_store::{PendingSync, QueueStore, RecoveredMessage};
+use super::queue_store::{PendingSync, QueueStore, RecoveredMessage, Source};
 use super::stream::{Stream, StreamStart};
 use super::vhost::VirtualHost;
 use crate::CoreError;
@@ -709,6 +709,20 @@ impl Queue {
         self: &Arc<Self>,
         message: Arc<Message>,
     ) -> Result<EnqueueOutcome, MessagingError> {
+        self.enqueue_from(message, None)
+    }
+
+    /// As [`Queue::enqueue`], for a message forwarded from a topic: a
+    /// durable queue that already stored `source` (before a crash the
+    /// forwarder's position did not survive) keeps the one copy.
+    ///
+    /// # Errors
+    /// As [`Queue::enqueue`].
+    pub fn enqueue_from(
+        self: &Arc<Self>,
+        message: Arc<Message>,
+        source: Option<&Source>,
+    ) -> Result<EnqueueOutcome, MessagingError> {
         if let Some(stream) = &self.stream {
             if self.is_deleted() {
                 return Ok(EnqueueOutcome::default());
@@ -726,6 +740,12 @@ impl Queue {
         {
             let mut state = self.state();
             if state.deleted {
+                return Ok(outcome);
+            }
+            if let (Some(source), Some(store), true) =
+                (source, state.store.as_ref(), message.persistent())
+                && store.has_source(source)
+            {
                 return Ok(outcome);
             }
             let expires_at = self.expiry_for(&message, now);
@@ -790,7 +810,7 @@ impl Queue {
             }
             let stored = match (state.store.as_mut(), message.persistent()) {
                 (Some(store), true) => {
-                    let (id, sync) = store.append(&message)?;
+                    let (id, sync) = store.append(&message, source)?;
                     outcome.sync = sync;
                     Some(id)
                 }

@@ -14,13 +14,22 @@
 //! Settlement record value layout, big-endian: `[kind:1=0][count:4][id:8]*count`
 //! for settled ids; `[kind:1=2][count:4][id:8]*count` for delivered ids;
 //! `[kind:1=1][low:8][count:4][id:8]*count[delivered_count:4][id:8]*delivered_count`
-//! for a checkpoint; `[kind:1=3]` marks a clean close.
+//! `[source_count:4]([name_len:2][name][offset:8])*source_count` for a
+//! checkpoint (the source part may be missing in older ones); `[kind:1=3]`
+//! marks a clean close.
+//!
+//! A message forwarded from a topic carries its source (topic, partition and
+//! offset) in its record key, `[1][offset:8][name]`. The store keeps the
+//! highest offset it holds from each source, across restarts (checkpoints
+//! carry the map, records after the last checkpoint are rescanned), so that
+//! a forwarder resuming from an older position after a crash does not store
+//! a record twice.
 //!
 //! Delivery marks are written lazily (with the next settlement, or by the
 //! queue's maintenance); they are trusted only after a clean close. After a
 //! crash every recovered message is flagged `redelivered`, as RabbitMQ does.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -49,6 +58,38 @@ pub(crate) struct QueueStore {
     pending_settle: Vec<u64>,
     pending_delivered: Vec<u64>,
     records_since_checkpoint: u64,
+    /// Highest offset stored from each forwarding source.
+    sources: BTreeMap<String, i64>,
+}
+
+/// Where a forwarded message came from: a topic partition's offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    /// `topic/partition`.
+    pub name: String,
+    pub offset: i64,
+}
+
+impl Source {
+    fn key(&self) -> Vec<u8> {
+        let mut key = Vec::with_capacity(9 + self.name.len());
+        key.push(1);
+        key.extend_from_slice(&self.offset.to_be_bytes());
+        key.extend_from_slice(self.name.as_bytes());
+        key
+    }
+
+    fn from_key(key: &[u8]) -> Option<Source> {
+        let (&tag, rest) = key.split_first()?;
+        if tag != 1 || rest.len() < 8 {
+            return None;
+        }
+        let (offset, name) = rest.split_at(8);
+        Some(Source {
+            name: String::from_utf8(name.to_vec()).ok()?,
+            offset: i64::from_be_bytes(offset.try_into().ok()?),
+        })
+    }
 }
 
 /// What a store read back on open.
@@ -84,7 +125,8 @@ pub(crate) struct PendingWrites {
 struct PendingState {
     /// Id of the first buffered message.
     first_id: u64,
-    values: Vec<(Vec<u8>, i64)>,
+    /// `(record key, encoded message, append time)`.
+    values: Vec<(Option<Vec<u8>>, Vec<u8>, i64)>,
     bytes: usize,
 }
 
@@ -105,8 +147,8 @@ impl PendingWrites {
         let records: Vec<NewRecord<'_>> = state
             .values
             .iter()
-            .map(|(value, timestamp)| NewRecord {
-                key: None,
+            .map(|(key, value, timestamp)| NewRecord {
+                key: key.as_deref(),
                 value: Some(value),
                 timestamp: *timestamp,
             })
@@ -231,6 +273,7 @@ impl QueueStore {
             mut settled,
             mut delivered,
             clean,
+            mut sources,
         } = marks;
 
         let start = u64::try_from(messages.log_start().get()).unwrap_or(0);
@@ -240,6 +283,10 @@ impl QueueStore {
         let mut outstanding = BTreeSet::new();
         let from = Offset::from(i64::try_from(low).unwrap_or(i64::MAX));
         crate::replay::for_each_record(&messages, from, |record| {
+            if let Some(source) = record.key.as_deref().and_then(Source::from_key) {
+                let highest = sources.entry(source.name).or_insert(source.offset);
+                *highest = (*highest).max(source.offset);
+            }
             let Ok(id) = u64::try_from(record.offset) else {
                 return;
             };
@@ -279,6 +326,7 @@ impl QueueStore {
             pending_settle: Vec::new(),
             pending_delivered: Vec::new(),
             records_since_checkpoint: records,
+            sources,
         };
         store.checkpoint()?;
         Ok(Recovered {
@@ -292,15 +340,24 @@ impl QueueStore {
     pub(crate) fn append(
         &mut self,
         message: &Message,
+        source: Option<&Source>,
     ) -> Result<(u64, Option<PendingSync>), CoreError> {
         let value = message
             .encode()
             .map_err(|reason| CoreError::Internal { reason })?;
+        let key = source.map(Source::key);
+        if let Some(source) = source {
+            let highest = self
+                .sources
+                .entry(source.name.clone())
+                .or_insert(source.offset);
+            *highest = (*highest).max(source.offset);
+        }
         let (id, full) = {
             let mut state = self.pending.state();
             let id = state.first_id + state.values.len() as u64;
             state.bytes += value.len();
-            state.values.push((value, SystemClock.now_ms()));
+            state.values.push((key, value, SystemClock.now_ms()));
             (id, state.bytes >= PENDING_WRITE_BYTES)
         };
         if full {
@@ -312,6 +369,13 @@ impl QueueStore {
             end: Offset::from(i64::try_from(id + 1).unwrap_or(i64::MAX)),
         });
         Ok((id, sync))
+    }
+
+    /// Whether the store already holds (or held) `source`'s record.
+    pub(crate) fn has_source(&self, source: &Source) -> bool {
+        self.sources
+            .get(&source.name)
+            .is_some_and(|highest| *highest >= source.offset)
     }
 
     /// Records that `id` is settled; written by the next flush.
@@ -390,6 +454,14 @@ impl QueueStore {
                 value.put_u64(*id);
             }
         }
+        value.put_u32(u32::try_from(self.sources.len()).unwrap_or(u32::MAX));
+        for (name, offset) in &self.sources {
+            let name = name.as_bytes();
+            let len = name.len().min(usize::from(u16::MAX));
+            value.put_u16(len as u16);
+            value.put_slice(name.get(..len).unwrap_or_default());
+            value.put_i64(*offset);
+        }
         // The checkpoint must be on disk before the records it replaces go.
         let at = self.append_settlements(&[value.freeze()])?;
         self.settlements.sync_to(at.plus(1))?;
@@ -454,6 +526,8 @@ struct Marks {
     delivered: BTreeSet<u64>,
     /// The last record is the marker of a clean close.
     clean: bool,
+    /// Highest offset per forwarding source, from the last checkpoint.
+    sources: BTreeMap<String, i64>,
 }
 
 impl Marks {
@@ -469,6 +543,24 @@ impl Marks {
                 }
                 into.insert(value.get_u64());
             }
+        }
+        fn sources(value: &mut Bytes) -> BTreeMap<String, i64> {
+            let mut found = BTreeMap::new();
+            if value.remaining() < 4 {
+                return found;
+            }
+            for _ in 0..value.get_u32() {
+                if value.remaining() < 2 {
+                    break;
+                }
+                let len = usize::from(value.get_u16());
+                if value.remaining() < len + 8 {
+                    break;
+                }
+                let name = String::from_utf8_lossy(&value.split_to(len)).into_owned();
+                found.insert(name, value.get_i64());
+            }
+            found
         }
         if !value.has_remaining() {
             return;
@@ -487,6 +579,7 @@ impl Marks {
                 self.delivered.clear();
                 ids(&mut value, &mut self.settled);
                 ids(&mut value, &mut self.delivered);
+                self.sources = sources(&mut value);
             }
             2 => ids(&mut value, &mut self.delivered),
             _ => tracing::warn!(kind, "skipping a settlement record of unknown kind"),
@@ -509,6 +602,46 @@ mod tests {
     }
 
     #[test]
+    fn forwarded_sources_are_remembered_across_crashes_and_reclaim() -> Result<(), CoreError> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let defaults = sluice_log::LogConfig::default();
+        let source = |offset| Source {
+            name: "orders/0".into(),
+            offset,
+        };
+        {
+            let logs = LogManager::open(dir.path(), defaults.clone())?;
+            let mut store = QueueStore::open(&logs, "f1")?.store;
+            for offset in 0..3 {
+                let (id, sync) = store.append(&message(0), Some(&source(offset)))?;
+                if let Some(sync) = sync {
+                    sync.wait()?;
+                }
+                // Consumed and acknowledged right away.
+                store.settle(id);
+            }
+            store.flush()?;
+            // Dropped without close: a crash.
+        }
+        for _ in 0..2 {
+            // The first open finds the sources in the message log, then
+            // checkpoints (reclaiming the settled messages); the second
+            // finds them in the checkpoint alone.
+            let logs = LogManager::open(dir.path(), defaults.clone())?;
+            let recovered = QueueStore::open(&logs, "f1")?;
+            assert!(recovered.messages.is_empty());
+            assert!(recovered.store.has_source(&source(2)));
+            assert!(recovered.store.has_source(&source(0)));
+            assert!(!recovered.store.has_source(&source(3)));
+            assert!(!recovered.store.has_source(&Source {
+                name: "orders/1".into(),
+                offset: 0,
+            }));
+        }
+        Ok(())
+    }
+
+    #[test]
     fn unsettled_messages_come_back_and_settled_ones_do_not() -> Result<(), CoreError> {
         let dir = tempfile::tempdir().expect("temp dir");
         let defaults = sluice_log::LogConfig::default();
@@ -517,7 +650,7 @@ mod tests {
             let mut store = QueueStore::open(&logs, "a1")?.store;
             let mut ids = Vec::new();
             for n in 0..2000 {
-                ids.push(store.append(&message(n))?.0);
+                ids.push(store.append(&message(n), None)?.0);
             }
             // Settle all but every 7th, out of order.
             for id in ids.iter().rev().filter(|id| **id % 7 != 0) {
@@ -564,8 +697,8 @@ mod tests {
         {
             let logs = LogManager::open(dir.path(), defaults.clone())?;
             let mut store = QueueStore::open(&logs, "c3")?.store;
-            let first = store.append(&message(0))?.0;
-            store.append(&message(1))?;
+            let first = store.append(&message(0), None)?.0;
+            store.append(&message(1), None)?;
             store.mark_delivered(first);
             store.flush()?;
             // No close(): as after kill -9.
@@ -594,7 +727,7 @@ mod tests {
         };
         let mut ids = Vec::new();
         for _ in 0..64 {
-            ids.push(store.append(&big)?.0);
+            ids.push(store.append(&big, None)?.0);
         }
         store.messages.sync_to(store.messages.log_end())?;
         let before = store.messages.segment_count();

@@ -20,7 +20,7 @@ use super::definitions::{Definition, Definitions};
 use super::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use super::message::{Message, short, string_value};
 use super::queue::{DeadLetter, DeathReason, Queue, QueueArgs, QueueOptions, now_ms};
-use super::queue_store::{PendingSync, QueueStore, message_log_name, settlement_log_name};
+use super::queue_store::{PendingSync, QueueStore, Source, message_log_name, settlement_log_name};
 use crate::{CoreError, Topics};
 
 /// How an exchange is declared.
@@ -1086,6 +1086,20 @@ impl VirtualHost {
         exchange: &str,
         message: Message,
     ) -> Result<PublishOutcome, MessagingError> {
+        self.publish_from(exchange, message, None)
+    }
+
+    /// As [`VirtualHost::publish`], for a record forwarded from a topic
+    /// (durable queues store each source offset once).
+    ///
+    /// # Errors
+    /// As [`VirtualHost::publish`].
+    pub fn publish_from(
+        &self,
+        exchange: &str,
+        message: Message,
+        source: Option<&Source>,
+    ) -> Result<PublishOutcome, MessagingError> {
         let target = self
             .exchange(exchange)
             .ok_or_else(|| self.no_exchange(exchange))?;
@@ -1105,7 +1119,7 @@ impl VirtualHost {
         };
         let message = Arc::new(message);
         for queue in queues {
-            let enqueued = queue.enqueue(Arc::clone(&message))?;
+            let enqueued = queue.enqueue_from(Arc::clone(&message), source)?;
             outcome.rejected |= enqueued.rejected;
             if let Some(sync) = enqueued.sync {
                 match outcome.syncs.iter_mut().find(|s| s.same_log(&sync)) {
