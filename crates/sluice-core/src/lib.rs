@@ -17,6 +17,7 @@ mod connections;
 mod data_dir;
 mod error;
 mod fields;
+pub mod forwarding;
 mod groups;
 pub mod messaging;
 mod metrics;
@@ -46,7 +47,8 @@ pub use metrics::{ProtocolMetrics, RequestMetrics};
 pub use offsets::{CommittedOffset, OFFSETS_LOG, OffsetStore};
 pub use producers::ProducerIds;
 pub use topic_config::{
-    CleanupPolicy, ConfigEntry, ConfigSource, TOPIC_CONFIG_KEYS, TimestampType, TopicConfig,
+    CleanupPolicy, ConfigEntry, ConfigSource, FORWARD_EXCHANGE, FORWARD_ROUTING_KEY, FORWARD_VHOST,
+    Forwarding, TOPIC_CONFIG_KEYS, TimestampType, TopicConfig,
 };
 pub use topics::{
     MAX_PARTITIONS, MAX_TOPIC_NAME, Partition, PartitionTraffic, PendingAppend, Topic, Topics,

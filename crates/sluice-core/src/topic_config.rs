@@ -56,7 +56,28 @@ pub const TOPIC_CONFIG_KEYS: &[&str] = &[
     "retention.ms",
     "segment.bytes",
     "segment.ms",
+    FORWARD_EXCHANGE,
+    FORWARD_ROUTING_KEY,
+    FORWARD_VHOST,
 ];
+
+/// Sluice's own topic setting: the AMQP exchange every record is also
+/// published to (empty: none).
+pub const FORWARD_EXCHANGE: &str = "sluice.forward.exchange";
+/// Where forwarded messages take their routing key: `key` (the record's
+/// key, the default) or `header:<name>` (that record header's value).
+pub const FORWARD_ROUTING_KEY: &str = "sluice.forward.routing.key";
+/// The virtual host of the forward exchange (default `/`).
+pub const FORWARD_VHOST: &str = "sluice.forward.vhost";
+
+/// Where a topic forwards its records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forwarding {
+    pub vhost: String,
+    pub exchange: String,
+    /// `None`: the record key; `Some(name)`: that header's value.
+    pub routing_key_header: Option<String>,
+}
 
 /// Settings set on one topic, by Kafka name, as given.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -146,6 +167,27 @@ impl TopicConfig {
         config
     }
 
+    /// Where the topic forwards its records, if anywhere.
+    pub fn forwarding(&self) -> Option<Forwarding> {
+        let exchange = self.overrides.get(FORWARD_EXCHANGE)?;
+        if exchange.is_empty() {
+            return None;
+        }
+        Some(Forwarding {
+            vhost: self
+                .overrides
+                .get(FORWARD_VHOST)
+                .cloned()
+                .unwrap_or_else(|| "/".to_owned()),
+            exchange: exchange.clone(),
+            routing_key_header: self
+                .overrides
+                .get(FORWARD_ROUTING_KEY)
+                .and_then(|v| v.strip_prefix("header:"))
+                .map(str::to_owned),
+        })
+    }
+
     pub fn timestamp_type(&self) -> TimestampType {
         match self
             .overrides
@@ -209,6 +251,8 @@ fn default_value(name: &str, defaults: &LogConfig) -> String {
         "retention.ms" => millis(defaults.retention_time),
         "segment.bytes" => defaults.segment_bytes.to_string(),
         "segment.ms" => millis(Some(defaults.segment_time)),
+        FORWARD_ROUTING_KEY => "key".to_owned(),
+        FORWARD_VHOST => "/".to_owned(),
         _ => String::new(),
     }
 }
@@ -246,6 +290,17 @@ fn validate(key: &str, value: &str) -> Result<(), CoreError> {
         "segment.ms" => int(1, i64::MAX),
         "max.message.bytes" => int(0, i64::from(i32::MAX)),
         "min.insync.replicas" => int(1, i64::from(i32::MAX)),
+        FORWARD_EXCHANGE | FORWARD_VHOST if value.len() > 255 => {
+            Err(invalid("must be at most 255 bytes"))
+        }
+        FORWARD_EXCHANGE | FORWARD_VHOST => Ok(()),
+        FORWARD_ROUTING_KEY => {
+            if value == "key" || value.strip_prefix("header:").is_some_and(|h| !h.is_empty()) {
+                Ok(())
+            } else {
+                Err(invalid("must be key or header:<name>"))
+            }
+        }
         "message.timestamp.type" => match value {
             "CreateTime" | "LogAppendTime" => Ok(()),
             _ => Err(invalid("must be CreateTime or LogAppendTime")),

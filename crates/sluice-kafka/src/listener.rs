@@ -55,10 +55,13 @@ pub async fn serve(
                     let retention = options.offsets_retention;
                     let expired = tokio::task::spawn_blocking(move || {
                         broker.offsets().expire(retention, |group| {
-                            broker
-                                .groups()
-                                .describe(group)
-                                .is_some_and(|g| !g.members.is_empty())
+                            // Forwarders keep their positions as a group
+                            // without members; those never expire.
+                            group.starts_with(sluice_core::forwarding::FORWARD_GROUP_PREFIX)
+                                || broker
+                                    .groups()
+                                    .describe(group)
+                                    .is_some_and(|g| !g.members.is_empty())
                         })
                     })
                     .await;

@@ -88,6 +88,10 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         address: address.to_string(),
     })
     .collect();
+    let forwarding = tokio::spawn(sluice_core::forwarding::run(
+        Arc::clone(&broker),
+        stopped.clone(),
+    ));
     let http = tokio::spawn(sluice_http::serve(
         listener,
         Arc::clone(&broker),
@@ -106,6 +110,7 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     let _ = kafka.await;
     let _ = amqp.await;
     let _ = http.await;
+    let _ = forwarding.await;
     tokio::time::sleep(SHUTDOWN_GRACE).await;
     let broker = Arc::try_unwrap(broker).map_err(|_| {
         anyhow::anyhow!("connections still hold the broker after shutdown; logs were not closed")
