@@ -61,8 +61,7 @@ pub async fn run(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
             _ = tick.tick() => {}
             _ = shutdown.changed() => break,
         }
-        let mut wanted: HashMap<(String, i32), (Forwarding, Arc<Topic>, Arc<Partition>)> =
-            HashMap::new();
+        let mut wanted: HashMap<(String, i32), Wanted> = HashMap::new();
         for name in broker.topics().names() {
             let Some(topic) = broker.topics().get(&name) else {
                 continue;
@@ -115,6 +114,9 @@ pub async fn run(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
 
 /// How long shutdown waits for a forwarder to finish its step.
 const STOP_WAIT: Duration = Duration::from_secs(5);
+
+/// A partition that should be forwarded, and where to.
+type Wanted = (Forwarding, Arc<Topic>, Arc<Partition>);
 
 /// Forwards one partition.
 struct Forwarder {
