@@ -192,14 +192,10 @@ impl Forwarder {
         let mut syncs: Vec<PendingSync> = Vec::new();
         let mut records = read.records;
         while !records.is_empty() {
-            let Ok(batch) = RecordBatchDecoder::decode(&mut records) else {
-                tracing::warn!(
-                    topic = self.topic.name(),
-                    offset = next,
-                    "skipping a batch the forwarder cannot decode (compressed?)"
-                );
-                break;
-            };
+            // A batch that cannot be decoded stops forwarding here (and is
+            // retried) rather than being skipped: nothing is lost silently.
+            let batch = RecordBatchDecoder::decode(&mut records)
+                .map_err(|error| format!("cannot decode the batch after offset {next}: {error}"))?;
             for record in batch.records {
                 if record.control || record.offset < next {
                     continue;

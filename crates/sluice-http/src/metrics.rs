@@ -15,6 +15,7 @@
 //! | `sluice_kafka_group_lag_records` | gauge | group, topic, partition |
 //! | `sluice_kafka_group_committed_offset` | gauge | group, topic, partition |
 //! | `sluice_kafka_request_duration_microseconds` | histogram | api |
+//! | `sluice_forward_lag_records` | gauge | topic, partition, exchange |
 //! | `sluice_amqp_queue_messages_ready` | gauge | vhost, queue |
 //! | `sluice_amqp_queue_messages_unacked` | gauge | vhost, queue |
 //! | `sluice_amqp_queue_consumers` | gauge | vhost, queue |
@@ -167,6 +168,36 @@ pub(crate) async fn render(State(shared): State<AppState>) -> impl IntoResponse 
                 (end - offset).max(0) as f64,
             );
         }
+    }
+    out.header(
+        "sluice_forward_lag_records",
+        "gauge",
+        "Records of a forwarded partition not yet published to its exchange.",
+    );
+    for partition in &partitions {
+        let Some(forwarding) = broker
+            .topics()
+            .get(partition.topic())
+            .and_then(|t| t.config().forwarding())
+        else {
+            continue;
+        };
+        let group = sluice_core::forwarding::forward_group(&forwarding);
+        let log = partition.log();
+        let position = broker
+            .offsets()
+            .fetch(&group, partition.topic(), partition.id().get())
+            .map_or(log.log_start().get(), |c| c.offset);
+        let id = partition.id().get().to_string();
+        out.sample(
+            "sluice_forward_lag_records",
+            &[
+                ("topic", partition.topic()),
+                ("partition", &id),
+                ("exchange", &forwarding.exchange),
+            ],
+            (log.high_watermark().get() - position).max(0) as f64,
+        );
     }
     if let Some(requests) = broker.metrics().kafka.get() {
         out.header(

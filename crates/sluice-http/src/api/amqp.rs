@@ -244,7 +244,8 @@ fn queue_json(shared: &AppState, vhost: &str, queue: &Queue) -> Value {
     json!({
         "vhost": vhost,
         "name": queue.name(),
-        "type": "classic",
+        "type": if queue.stream_topic().is_some() { "stream" } else { "classic" },
+        "topic": queue.stream_topic().map(|topic| topic.name()),
         "durable": options.durable,
         "auto_delete": options.auto_delete,
         "exclusive": options.exclusive_owner.is_some(),

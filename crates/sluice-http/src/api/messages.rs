@@ -79,7 +79,6 @@ pub(crate) async fn read(
         };
         let mut messages = Vec::new();
         let mut next = start;
-        let mut skipped_compressed = 0usize;
         while messages.len() < limit && next < high_watermark {
             let read = log
                 .read(
@@ -94,10 +93,6 @@ pub(crate) async fn read(
             let batches = sluice_log::batch::split_verified(&read.records)
                 .map_err(|fault| ApiError::bad_request(format!("damaged batch: {fault}")))?;
             for (at, header) in batches {
-                if header.is_compressed() {
-                    skipped_compressed += 1;
-                    continue;
-                }
                 let mut batch = read.records.slice(at..at + header.size);
                 let decoded = RecordBatchDecoder::decode(&mut batch).map_err(|error| {
                     ApiError::bad_request(format!("cannot decode batch: {error}"))
@@ -121,7 +116,6 @@ pub(crate) async fn read(
             "high_watermark": high_watermark,
             "next_offset": next,
             "encoding": encoding.name(),
-            "skipped_compressed_batches": skipped_compressed,
             "messages": messages,
         })))
     })

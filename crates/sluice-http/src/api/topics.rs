@@ -93,6 +93,54 @@ pub(crate) fn description(shared: &AppState, topic: &Topic) -> Value {
         "id": id,
         "partitions": partitions,
         "configs": configs,
+        "stream_queues": stream_queues(shared, topic.name()),
+        "forwarding": forwarding(shared, topic),
+    })
+}
+
+/// The AMQP stream queues that are views of topic `name`.
+fn stream_queues(shared: &AppState, name: &str) -> Vec<Value> {
+    let mut found = Vec::new();
+    for vhost in shared.broker.vhosts().all() {
+        for queue in vhost.queues() {
+            if queue.stream_topic().is_some_and(|t| t.name() == name) {
+                found.push(json!({"vhost": vhost.name(), "name": queue.name()}));
+            }
+        }
+    }
+    found
+}
+
+/// Where the topic forwards its records, with each partition's position
+/// and lag; `null` when it does not.
+fn forwarding(shared: &AppState, topic: &Topic) -> Value {
+    let Some(forwarding) = topic.config().forwarding() else {
+        return Value::Null;
+    };
+    let group = sluice_core::forwarding::forward_group(&forwarding);
+    let positions: Vec<Value> = topic
+        .partitions()
+        .iter()
+        .map(|partition| {
+            let log = partition.log();
+            let position = shared
+                .broker
+                .offsets()
+                .fetch(&group, topic.name(), partition.id().get())
+                .map_or(log.log_start().get(), |c| c.offset);
+            json!({
+                "partition": partition.id().get(),
+                "position": position,
+                "lag": (log.high_watermark().get() - position).max(0),
+            })
+        })
+        .collect();
+    json!({
+        "vhost": forwarding.vhost,
+        "exchange": forwarding.exchange,
+        "routing_key": forwarding.routing_key_header.map_or_else(|| "key".to_owned(), |h| format!("header:{h}")),
+        "group": group,
+        "partitions": positions,
     })
 }
 
