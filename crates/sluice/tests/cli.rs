@@ -23,7 +23,9 @@ const POLL_INTERVAL: Duration = Duration::from_millis(25);
 
 /// A port free on 127.0.0.1 a moment ago.
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// `sluice` with a clean environment: no inherited `SLUICE_…` or `RUST_LOG`
@@ -156,7 +158,12 @@ fn starts_logs_its_configuration_and_stops_cleanly_on_sigterm() -> anyhow::Resul
     let mut command = sluice(dir.path());
     let kafka = format!("127.0.0.1:{}", free_port()?);
     command.args(["--data-dir", "node", "--kafka-listen", &kafka]);
-    command.args(["--amqp-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"]);
+    command.args([
+        "--amqp-listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+    ]);
     let mut broker = ChildGuard::spawn(command, dir.path(), "broker")?;
     let log = broker.wait_for_log("broker started")?;
     for key in KEYS {
@@ -183,7 +190,12 @@ fn second_broker_on_the_same_data_dir_fails_and_the_first_keeps_running() -> any
     let dir = tempfile::tempdir()?;
     let mut command = sluice(dir.path());
     command.args(["serve", "--data-dir", "shared", "--log-format", "json"]);
-    command.args(["--kafka-listen", "127.0.0.1:0", "--amqp-listen", "127.0.0.1:0"]);
+    command.args([
+        "--kafka-listen",
+        "127.0.0.1:0",
+        "--amqp-listen",
+        "127.0.0.1:0",
+    ]);
     command.args(["--http-listen", "127.0.0.1:0"]);
     let mut first = ChildGuard::spawn(command, dir.path(), "first")?;
     let log = first.wait_for_log("broker started")?;
@@ -198,7 +210,12 @@ fn second_broker_on_the_same_data_dir_fails_and_the_first_keeps_running() -> any
 
     let mut command = sluice(dir.path());
     command.args(["--data-dir", "shared", "--kafka-listen", "127.0.0.1:0"]);
-    command.args(["--amqp-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"]);
+    command.args([
+        "--amqp-listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+    ]);
     let (status, _, stderr) = run(command, dir.path(), "second")?;
     assert!(!status.success(), "second broker started; log:\n{stderr}");
     assert_eq!(status.code(), Some(1), "{stderr}");
