@@ -18,8 +18,11 @@ use crate::error::ConfigError;
 use crate::model::{Config, KEYS, env_var_name, key_doc};
 
 /// Environment variables that start with `SLUICE_` but are not config keys.
-/// `SLUICE_LOG` is the tracing filter.
-pub const NON_CONFIG_ENV_VARS: &[&str] = &["SLUICE_LOG"];
+/// `SLUICE_LOG` is the tracing filter; `SLUICE_HTTP` and
+/// `SLUICE_CREDENTIALS` tell the CLI commands (`sluice topics`, …) where the
+/// admin API is and who to be, and may be exported in a shell that also
+/// starts the broker.
+pub const NON_CONFIG_ENV_VARS: &[&str] = &["SLUICE_LOG", "SLUICE_HTTP", "SLUICE_CREDENTIALS"];
 
 const ENV_PREFIX: &str = "SLUICE_";
 
@@ -748,6 +751,25 @@ mod tests {
         assert_eq!(config.log.retention_bytes, Some(ByteSize::gib(10)));
         assert_eq!(config.logging.format, LogFormat::Json);
         assert_eq!(config.http.listen.as_str(), "localhost:8081");
+        Ok(())
+    }
+
+    #[test]
+    fn cli_env_vars_are_not_config_keys() -> TestResult {
+        let loaded = ConfigLoader::new()
+            .env_vars(env(&[
+                ("SLUICE_HTTP", "http://127.0.0.1:9000"),
+                ("SLUICE_CREDENTIALS", "admin:secret"),
+                ("SLUICE_HTTP__LISTEN", "127.0.0.1:9000"),
+            ]))
+            .load()?;
+        assert_eq!(loaded.config().http.listen.as_str(), "127.0.0.1:9000");
+        assert!(
+            loaded
+                .values()
+                .iter()
+                .all(|entry| !matches!(&entry.source, Source::Env(name) if name == "SLUICE_HTTP" || name == "SLUICE_CREDENTIALS"))
+        );
         Ok(())
     }
 
