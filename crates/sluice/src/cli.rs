@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use sluice_config::{ConfigLoader, LoadedConfig, flag_help, settings_help};
 
 /// One broker for event logs and message queues, speaking Kafka and AMQP 0-9-1.
@@ -33,6 +33,9 @@ pub(crate) enum Command {
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// The everyday commands that talk to a running broker's admin API.
+    #[command(flatten)]
+    Admin(sluice_cli::AdminCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -75,6 +78,15 @@ pub(crate) struct SettingsArgs {
     /// Applied before the dedicated flags above.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
+}
+
+impl Cli {
+    /// Parses the process arguments; on a usage error prints it and exits
+    /// with code 2. Admin commands get the exit codes in their help.
+    pub(crate) fn parse_args() -> Cli {
+        let matches = sluice_cli::document_exit_codes(Cli::command()).get_matches();
+        Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit())
+    }
 }
 
 impl SettingsArgs {
@@ -131,6 +143,31 @@ mod tests {
         for (flag, key, _) in SettingsArgs::default().key_flags() {
             assert!(key_doc(key).is_some(), "{flag} sets unknown key {key}");
         }
+    }
+
+    #[test]
+    fn admin_commands_sit_beside_serve() -> Result<(), clap::Error> {
+        let cli = Cli::try_parse_from(["sluice", "topics", "list", "--http", ":9"])?;
+        assert!(
+            matches!(
+                cli.command,
+                Some(Command::Admin(sluice_cli::AdminCommand::Topics(_)))
+            ),
+            "{:?}",
+            cli.command
+        );
+        let mut command = sluice_cli::document_exit_codes(Cli::command());
+        let help = command
+            .find_subcommand_mut("queues")
+            .map(|queues| queues.render_help().to_string())
+            .unwrap_or_default();
+        assert!(help.contains("Exit codes:"), "{help}");
+        let serve = command
+            .find_subcommand_mut("serve")
+            .map(|serve| serve.render_help().to_string())
+            .unwrap_or_default();
+        assert!(!serve.contains("Exit codes:"), "{serve}");
+        Ok(())
     }
 
     #[test]

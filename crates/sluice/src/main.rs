@@ -1,22 +1,28 @@
 //! The `sluice` binary: parses arguments, loads the configuration and runs a
 //! broker node or a command. It holds no broker logic: configuration lives
-//! in `sluice-config`, the node in `sluice-core`. Start at [`run`].
+//! in `sluice-config`, the node in `sluice-core`, the admin commands in
+//! `sluice-cli`. Start at [`main`].
 //!
-//! Exit codes: 0 on success, 1 on any error (printed as `error: <chain>`),
-//! 2 on a usage error (from clap).
+//! Exit codes of `serve` and `config`: 0 on success, 1 on any error (printed
+//! as `error: <chain>`), 2 on a usage error (from clap). The admin commands
+//! (`topics`, `produce`, …) live in `sluice-cli`, which documents theirs.
 
 mod cli;
 mod serve;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
-use crate::cli::{Cli, Command, ConfigCommand};
+use crate::cli::{Cli, Command, ConfigCommand, SettingsArgs};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli) {
+    let cli = Cli::parse_args();
+    let result = match cli.command {
+        Some(Command::Admin(command)) => return sluice_cli::run(command),
+        None => serve::run(&cli.settings),
+        Some(Command::Serve(settings)) => serve::run(&settings),
+        Some(Command::Config(ConfigCommand::Show(settings))) => show_config(&settings),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
@@ -25,14 +31,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
-        None => serve::run(&cli.settings),
-        Some(Command::Serve(settings)) => serve::run(&settings),
-        Some(Command::Config(ConfigCommand::Show(settings))) => {
-            let loaded = settings.load()?;
-            print!("{}", loaded.render());
-            Ok(())
-        }
-    }
+/// `sluice config show`.
+fn show_config(settings: &SettingsArgs) -> anyhow::Result<()> {
+    let loaded = settings.load()?;
+    print!("{}", loaded.render());
+    Ok(())
 }

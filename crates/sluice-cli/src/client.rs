@@ -1,0 +1,320 @@
+//! The admin API over plain HTTP/1.1 (ureq): basic authentication, JSON in
+//! and out, and every answer that is not a success turned into a
+//! [`CliError`] with its exit code. Requests carry no proxy settings from
+//! the environment: the broker is addressed directly.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+use crate::args::ApiArgs;
+use crate::error::{CliError, CliResult};
+
+/// How long connecting to the broker may take before it counts as absent.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one request may take; a large produce waits for its fsync.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Largest answer read; a page of 1000 large records fits.
+const MAX_ANSWER_BYTES: u64 = 512 << 20;
+/// The page size lists are fetched with (the API's maximum).
+const PAGE_SIZE: usize = 1000;
+/// Most pages one list fetches: a million items.
+const MAX_PAGES: usize = 1000;
+
+/// HTTP methods the API uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Method {
+    Get,
+    Post,
+    Put,
+    Patch,
+    Delete,
+}
+
+impl Method {
+    fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Patch => "PATCH",
+            Method::Delete => "DELETE",
+        }
+    }
+}
+
+/// A connection to one broker's admin API.
+#[derive(Debug)]
+pub(crate) struct Api {
+    agent: ureq::Agent,
+    /// `http://HOST:PORT`, no trailing slash.
+    base: String,
+    /// `HOST:PORT`, for messages.
+    address: String,
+    user: String,
+    authorization: String,
+}
+
+impl Api {
+    pub(crate) fn new(args: &ApiArgs) -> Api {
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .proxy(None)
+            .timeout_connect(Some(CONNECT_TIMEOUT))
+            .timeout_global(Some(REQUEST_TIMEOUT))
+            .user_agent(concat!("sluice-cli/", env!("CARGO_PKG_VERSION")))
+            .build();
+        let credentials = format!("{}:{}", args.user.name, args.user.password);
+        Api {
+            agent: ureq::Agent::new_with_config(config),
+            base: args.http.base.clone(),
+            address: args.http.address.clone(),
+            user: args.user.name.clone(),
+            authorization: format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(credentials)
+            ),
+        }
+    }
+
+    /// `GET path?query`.
+    pub(crate) fn get(&self, path: &str, query: &[(&str, String)]) -> CliResult<Value> {
+        self.call(Method::Get, path, query, None)
+    }
+
+    /// Every item of a paged list (`{"items", "total", …}`), fetched page
+    /// by page, answered as `{"items": [...], "total": N}`.
+    pub(crate) fn list(&self, path: &str, query: &[(&str, String)]) -> CliResult<Value> {
+        let mut items = Vec::new();
+        let mut total = 0;
+        for page in 1..=MAX_PAGES {
+            let mut paged = query.to_vec();
+            paged.push(("page", page.to_string()));
+            paged.push(("page_size", PAGE_SIZE.to_string()));
+            let answer = self.get(path, &paged)?;
+            let Some(page_items) = answer["items"].as_array() else {
+                return Err(self.not_api("a list answer without items"));
+            };
+            total = answer["total"].as_u64().unwrap_or(0);
+            let count = page_items.len();
+            items.extend(page_items.iter().cloned());
+            if count < PAGE_SIZE || items.len() as u64 >= total {
+                break;
+            }
+        }
+        Ok(json!({"items": items, "total": total}))
+    }
+
+    /// A request with a JSON body; the answer's JSON, `null` when empty.
+    pub(crate) fn send(&self, method: Method, path: &str, body: &Value) -> CliResult<Value> {
+        self.call(method, path, &[], Some(body))
+    }
+
+    /// `DELETE path?query`; the answer's JSON, `null` when empty (204).
+    pub(crate) fn delete(&self, path: &str, query: &[(&str, String)]) -> CliResult<Value> {
+        self.call(Method::Delete, path, query, None)
+    }
+
+    fn call(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+    ) -> CliResult<Value> {
+        let mut url = format!("{}{path}", self.base);
+        for (index, (name, value)) in query.iter().enumerate() {
+            url.push(if index == 0 { '?' } else { '&' });
+            url.push_str(&encode_component(name));
+            url.push('=');
+            url.push_str(&encode_component(value));
+        }
+        let request = ureq::http::Request::builder()
+            .method(method.as_str())
+            .uri(&url)
+            .header("authorization", &self.authorization)
+            .header("accept", "application/json");
+        let sent = match body {
+            None => request.body(()).map(|request| self.agent.run(request)),
+            Some(body) => request
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .map(|request| self.agent.run(request)),
+        };
+        let mut response = match sent {
+            Ok(Ok(response)) => response,
+            Ok(Err(error)) => return Err(self.transport(error)),
+            Err(error) => {
+                return Err(CliError::Local(anyhow::anyhow!(
+                    "cannot build a request for {url}: {error}"
+                )));
+            }
+        };
+        let status = response.status().as_u16();
+        let bytes = response
+            .body_mut()
+            .with_config()
+            .limit(MAX_ANSWER_BYTES)
+            .read_to_vec()
+            .map_err(|error| self.transport(error))?;
+        let parsed: Option<Value> = if bytes.iter().all(u8::is_ascii_whitespace) {
+            None
+        } else {
+            serde_json::from_slice(&bytes).ok()
+        };
+        match status {
+            200..=299 => match parsed {
+                Some(value) => Ok(value),
+                None if bytes.iter().all(u8::is_ascii_whitespace) => Ok(Value::Null),
+                None => Err(self.not_api(&format!(
+                    "{} {path} answered {status} without JSON",
+                    method.as_str()
+                ))),
+            },
+            401 => Err(CliError::Unauthorized {
+                user: self.user.clone(),
+                message: error_message(parsed.as_ref())
+                    .unwrap_or_else(|| "401 Unauthorized".to_owned()),
+            }),
+            400..=499 => {
+                let Some(message) = error_message(parsed.as_ref()) else {
+                    return Err(self.not_api(&format!(
+                        "{} {path} answered {status} without the API's error JSON",
+                        method.as_str()
+                    )));
+                };
+                let name = parsed
+                    .as_ref()
+                    .and_then(|value| value["error"]["name"].as_str())
+                    .unwrap_or_default();
+                Err(CliError::Refused {
+                    message,
+                    hint: hint(path, name),
+                })
+            }
+            500..=599 => Err(CliError::Server {
+                status,
+                message: error_message(parsed.as_ref()).unwrap_or_else(|| {
+                    String::from_utf8_lossy(&bytes)
+                        .chars()
+                        .take(200)
+                        .collect::<String>()
+                }),
+            }),
+            _ => Err(self.not_api(&format!(
+                "{} {path} answered HTTP {status}",
+                method.as_str()
+            ))),
+        }
+    }
+
+    fn not_api(&self, detail: &str) -> CliError {
+        CliError::NotApi {
+            address: self.address.clone(),
+            detail: detail.to_owned(),
+        }
+    }
+
+    fn transport(&self, error: ureq::Error) -> CliError {
+        let detail = match error {
+            ureq::Error::Protocol(error) => {
+                return self.not_api(&format!("no HTTP answer ({error})"));
+            }
+            ureq::Error::Io(io) => match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => "connection refused".to_owned(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof => {
+                    "the connection was closed without an answer".to_owned()
+                }
+                _ => io.to_string(),
+            },
+            ureq::Error::Timeout(which) => format!("no answer in time ({which})"),
+            ureq::Error::HostNotFound => "host not found".to_owned(),
+            ureq::Error::BodyExceedsLimit(limit) => {
+                return self.not_api(&format!("an answer larger than {limit} bytes"));
+            }
+            other => other.to_string(),
+        };
+        CliError::Unreachable {
+            address: self.address.clone(),
+            detail,
+        }
+    }
+}
+
+/// The `message` of the API's error body.
+fn error_message(body: Option<&Value>) -> Option<String> {
+    body.and_then(|value| value["error"]["message"].as_str())
+        .map(str::to_owned)
+}
+
+/// What to run next when the API refuses a request on `path`.
+fn hint(path: &str, error_name: &str) -> Option<String> {
+    let resource = path
+        .strip_prefix("/api/")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_default();
+    let listing = match resource {
+        "topics" => "sluice topics list",
+        "groups" => "sluice groups list",
+        "queues" => "sluice queues list",
+        "exchanges" => "sluice exchanges list",
+        "bindings" => "sluice bindings list",
+        "connections" => "sluice connections list",
+        _ => return None,
+    };
+    match error_name {
+        "not_found" => Some(format!("`{listing}` shows what exists")),
+        "already_exists" => Some(format!(
+            "`{listing}` shows what exists; delete it first or pick another name"
+        )),
+        _ => None,
+    }
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters, for a
+/// path segment or a query component: a vhost `/` becomes `%2F`.
+pub(crate) fn encode_component(text: &str) -> String {
+    let mut encoded = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            encoded.push(char::from(byte));
+        } else {
+            let _ = write!(encoded, "%{byte:02X}");
+        }
+    }
+    encoded
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn components_are_percent_encoded() {
+        assert_eq!(encode_component("/"), "%2F");
+        assert_eq!(encode_component("a b/c?d"), "a%20b%2Fc%3Fd");
+        assert_eq!(encode_component("orders-1.v2_x~"), "orders-1.v2_x~");
+        assert_eq!(encode_component("é"), "%C3%A9");
+    }
+
+    #[test]
+    fn refusals_point_at_the_list_command() {
+        assert_eq!(
+            hint("/api/topics/nope", "not_found").as_deref(),
+            Some("`sluice topics list` shows what exists")
+        );
+        assert!(hint("/api/topics", "already_exists").is_some());
+        assert_eq!(hint("/api/overview", "not_found"), None);
+        assert_eq!(hint("/api/topics/x", "invalid_field"), None);
+    }
+
+    #[test]
+    fn error_message_reads_the_error_body() {
+        let body = json!({"error": {"code": 3, "name": "not_found", "message": "no topic"}});
+        assert_eq!(error_message(Some(&body)).as_deref(), Some("no topic"));
+        assert_eq!(error_message(Some(&json!({"x": 1}))), None);
+        assert_eq!(error_message(None), None);
+    }
+}

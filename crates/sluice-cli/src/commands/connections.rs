@@ -1,0 +1,112 @@
+//! `sluice connections list|close`: Kafka and AMQP client connections.
+
+use std::io::Write;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::Subcommand;
+use serde_json::Value;
+
+use super::items;
+use crate::args::{ApiArgs, Output};
+use crate::client::Api;
+use crate::error::CliResult;
+use crate::output::{Align, Table, bytes, cell, duration, write_json};
+
+#[derive(Debug, Subcommand)]
+pub enum ConnectionsCommand {
+    /// List connections with peer, user, client name and traffic.
+    List {
+        /// Only connections whose peer, client name or user contains TEXT.
+        #[arg(long, value_name = "TEXT")]
+        filter: Option<String>,
+    },
+    /// Close a connection: AMQP clients are told the reason, Kafka
+    /// connections are dropped.
+    Close {
+        /// The connection's id, from `sluice connections list`.
+        id: u64,
+        /// Told to AMQP clients (at most 200 bytes).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+pub(crate) fn run(
+    args: &ApiArgs,
+    command: ConnectionsCommand,
+    out: &mut dyn Write,
+) -> CliResult<()> {
+    let api = Api::new(args);
+    let json = args.output == Output::Json;
+    match command {
+        ConnectionsCommand::List { filter } => {
+            let query: Vec<(&str, String)> = filter.map(|f| ("filter", f)).into_iter().collect();
+            let list = api.list("/api/connections", &query)?;
+            if json {
+                return write_json(out, &list);
+            }
+            let now_ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |since| since.as_millis());
+            let mut table = Table::new(&[
+                ("ID", Align::Right),
+                ("PROTOCOL", Align::Left),
+                ("PEER", Align::Left),
+                ("USER", Align::Left),
+                ("CLIENT", Align::Left),
+                ("VHOST", Align::Left),
+                ("CHANNELS", Align::Right),
+                ("IN", Align::Right),
+                ("OUT", Align::Right),
+                ("AGE", Align::Right),
+            ]);
+            for connection in items(&list) {
+                table.row(vec![
+                    cell(&connection["id"]),
+                    cell(&connection["protocol"]),
+                    cell(&connection["peer"]),
+                    cell(&connection["user"]),
+                    cell(&connection["client_name"]),
+                    cell(&connection["vhost"]),
+                    cell(&connection["channels"]),
+                    bytes(&connection["bytes_in"]),
+                    bytes(&connection["bytes_out"]),
+                    age(&connection["connected_at"], now_ms),
+                ]);
+            }
+            table.write(out, "no connections")
+        }
+        ConnectionsCommand::Close { id, reason } => {
+            let query: Vec<(&str, String)> = reason.map(|r| ("reason", r)).into_iter().collect();
+            api.delete(&format!("/api/connections/{id}"), &query)?;
+            if !json {
+                writeln!(out, "closed connection {id}")?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// How long ago `connected_at` (milliseconds since the epoch) was.
+fn age(connected_at: &Value, now_ms: u128) -> String {
+    match connected_at.as_u64() {
+        Some(at) => duration(Duration::from_millis(
+            u64::try_from(now_ms.saturating_sub(u128::from(at))).unwrap_or(u64::MAX),
+        )),
+        None => cell(connected_at),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn age_counts_from_connected_at() {
+        assert_eq!(age(&json!(1_000), 61_000), "1m 0s");
+        assert_eq!(age(&json!(5_000), 1_000), "0.0s");
+        assert_eq!(age(&Value::Null, 1), "-");
+    }
+}

@@ -1,0 +1,145 @@
+//! `sluice status`: the overview (`GET /api/overview`) in a few lines.
+
+use std::io::Write;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::args::{ApiArgs, Output};
+use crate::client::Api;
+use crate::error::CliResult;
+use crate::output::{bytes, cell, count, duration, rate, write_fields, write_json};
+
+pub(crate) fn run(args: &ApiArgs, out: &mut dyn Write) -> CliResult<()> {
+    let api = Api::new(args);
+    let overview = api.get("/api/overview", &[])?;
+    match args.output {
+        Output::Json => write_json(out, &overview),
+        Output::Table => write_fields(out, &fields(&overview)),
+    }
+}
+
+fn fields(overview: &Value) -> Vec<(&'static str, String)> {
+    let totals = &overview["totals"];
+    let rates = &overview["rates"];
+    let uptime = Duration::from_millis(overview["uptime_ms"].as_u64().unwrap_or(0));
+    let listeners: Vec<String> = overview["listeners"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|listener| {
+            format!(
+                "{} {}",
+                cell(&listener["protocol"]),
+                cell(&listener["address"])
+            )
+        })
+        .collect();
+    let alarms: Vec<&str> = ["memory", "disk"]
+        .into_iter()
+        .filter(|name| overview["alarms"][*name].as_bool() == Some(true))
+        .collect();
+    vec![
+        (
+            "broker",
+            format!(
+                "sluice {}, up {}",
+                cell(&overview["version"]),
+                duration(uptime)
+            ),
+        ),
+        ("listeners", listeners.join(", ")),
+        (
+            "kafka",
+            format!(
+                "{}, {}, {}",
+                count(&totals["topics"], "topic"),
+                count(&totals["partitions"], "partition"),
+                count(&totals["groups"], "group"),
+            ),
+        ),
+        (
+            "kafka rates",
+            format!(
+                "in {} records/s ({}/s), out {} records/s ({}/s)",
+                rate(&rates["kafka_records_in"]),
+                bytes(&rates["kafka_bytes_in"]),
+                rate(&rates["kafka_records_out"]),
+                bytes(&rates["kafka_bytes_out"]),
+            ),
+        ),
+        (
+            "amqp",
+            format!(
+                "{}, {}, {}; {} ready, {} unacknowledged",
+                count(&totals["vhosts"], "vhost"),
+                count(&totals["exchanges"], "exchange"),
+                count(&totals["queues"], "queue"),
+                cell(&totals["messages_ready"]),
+                cell(&totals["messages_unacknowledged"]),
+            ),
+        ),
+        (
+            "amqp rates",
+            format!(
+                "publish {}/s, deliver {}/s, ack {}/s",
+                rate(&rates["amqp_publish"]),
+                rate(&rates["amqp_deliver"]),
+                rate(&rates["amqp_ack"]),
+            ),
+        ),
+        (
+            "clients",
+            format!(
+                "{}, {}",
+                count(&totals["connections"], "connection"),
+                count(&totals["channels"], "channel"),
+            ),
+        ),
+        (
+            "alarms",
+            if alarms.is_empty() {
+                "none".to_owned()
+            } else {
+                format!("{} (publishers are blocked)", alarms.join(", "))
+            },
+        ),
+        ("memory", bytes(&overview["memory_bytes"])),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn overview_reads_as_lines() {
+        let overview = json!({
+            "version": "0.1.0", "uptime_ms": 192_000,
+            "listeners": [{"protocol": "kafka", "address": "127.0.0.1:9092"}],
+            "totals": {"topics": 1, "partitions": 3, "groups": 0, "vhosts": 1,
+                       "exchanges": 7, "queues": 2, "connections": 0, "channels": 0,
+                       "messages_ready": 10, "messages_unacknowledged": 2},
+            "rates": {"kafka_records_in": 1.5},
+            "alarms": {"memory": false, "disk": true},
+            "memory_bytes": 2048,
+        });
+        let lines = fields(&overview);
+        let get = |name: &str| {
+            lines
+                .iter()
+                .find(|(field, _)| *field == name)
+                .map(|(_, value)| value.clone())
+                .unwrap_or_default()
+        };
+        assert_eq!(get("broker"), "sluice 0.1.0, up 3m 12s");
+        assert_eq!(get("listeners"), "kafka 127.0.0.1:9092");
+        assert_eq!(get("kafka"), "1 topic, 3 partitions, 0 groups");
+        assert!(get("kafka rates").starts_with("in 1.5 records/s"));
+        assert_eq!(get("alarms"), "disk (publishers are blocked)");
+        assert_eq!(get("memory"), "2.0 KiB");
+    }
+}
