@@ -214,19 +214,8 @@ impl Broker {
                 topic: name.to_owned(),
             });
         }
-        match self
-            .topics
-            .create(name, self.default_partitions, TopicConfig::default())
-        {
-            Err(CoreError::TopicExists { .. }) => {
-                self.topics
-                    .get(name)
-                    .ok_or_else(|| CoreError::UnknownTopic {
-                        topic: name.to_owned(),
-                    })
-            }
-            other => other,
-        }
+        self.topics
+            .create_or_get(name, self.default_partitions, TopicConfig::default())
     }
 
     /// Syncs and closes every log, then releases the data directory.

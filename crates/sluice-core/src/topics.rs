@@ -451,6 +451,30 @@ impl Topics {
         Ok(topic)
     }
 
+    /// The topic called `name`, created with `partitions` and `config` when
+    /// missing (a concurrent creation wins and is returned).
+    ///
+    /// # Errors
+    /// As [`Topics::create`], except that an existing topic is no error.
+    pub fn create_or_get(
+        &self,
+        name: &str,
+        partitions: u32,
+        config: TopicConfig,
+    ) -> Result<Arc<Topic>, CoreError> {
+        if let Some(topic) = self.get(name) {
+            return Ok(topic);
+        }
+        match self.create(name, partitions, config) {
+            Err(CoreError::TopicExists { .. }) => {
+                self.get(name).ok_or_else(|| CoreError::UnknownTopic {
+                    topic: name.to_owned(),
+                })
+            }
+            other => other,
+        }
+    }
+
     /// Grows a topic to `total` partitions; partitions never shrink.
     ///
     /// # Errors

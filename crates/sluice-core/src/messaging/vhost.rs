@@ -725,19 +725,8 @@ impl VirtualHost {
             settings.push(("retention.bytes", bytes.to_string()));
         }
         let config = crate::TopicConfig::new(settings)?;
-        match self
-            .topics
-            .create(name, args.stream_partitions.unwrap_or(1), config)
-        {
-            Err(CoreError::TopicExists { .. }) => {
-                self.topics
-                    .get(name)
-                    .ok_or_else(|| CoreError::UnknownTopic {
-                        topic: name.to_owned(),
-                    })
-            }
-            other => other,
-        }
+        self.topics
+            .create_or_get(name, args.stream_partitions.unwrap_or(1), config)
     }
 
     fn redeclare(
@@ -871,7 +860,7 @@ impl VirtualHost {
                 emptied.push(source);
             }
         }
-        if let Some(topic) = queue.stream_topic() {
+        if queue.stream_topic().is_some() || queue.store_id().is_some() {
             self.definitions.remove(&Definition::Queue {
                 vhost: self.name.clone(),
                 name: queue.name().to_owned(),
@@ -879,33 +868,20 @@ impl VirtualHost {
                 auto_delete: false,
                 arguments: FieldTable::default(),
             })?;
-            let count = queue.mark_deleted();
-            self.queues_mut().remove(queue.name());
+        }
+        let count = queue.mark_deleted();
+        self.queues_mut().remove(queue.name());
+        if let Some(store_id) = queue.store_id() {
+            self.logs.delete(&message_log_name(store_id))?;
+            self.logs.delete(&settlement_log_name(store_id))?;
+        }
+        if let Some(topic) = queue.stream_topic() {
             // The stream is its topic: deleting one deletes the other.
             match self.topics.delete(topic.name()) {
                 Ok(()) | Err(CoreError::UnknownTopic { .. }) => {}
                 Err(error) => return Err(error),
             }
-            self.delete_emptied(emptied)?;
-            return Ok(count);
         }
-        if let Some(store_id) = queue.store_id() {
-            self.definitions.remove(&Definition::Queue {
-                vhost: self.name.clone(),
-                name: queue.name().to_owned(),
-                store_id: String::new(),
-                auto_delete: false,
-                arguments: FieldTable::default(),
-            })?;
-            let count = queue.mark_deleted();
-            self.queues_mut().remove(queue.name());
-            self.logs.delete(&message_log_name(store_id))?;
-            self.logs.delete(&settlement_log_name(store_id))?;
-            self.delete_emptied(emptied)?;
-            return Ok(count);
-        }
-        let count = queue.mark_deleted();
-        self.queues_mut().remove(queue.name());
         self.delete_emptied(emptied)?;
         Ok(count)
     }
