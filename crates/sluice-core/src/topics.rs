@@ -489,7 +489,7 @@ impl Topics {
             return Err(CoreError::InvalidPartitions {
                 topic: name.to_owned(),
                 reason: format!(
-                    "topic has {current} partitions; the new count must be greater and at most {MAX_PARTITIONS}, got {total}"
+                    "the topic has {current} partition(s); the new count must be greater and at most {MAX_PARTITIONS}, got {total}"
                 ),
             });
         }

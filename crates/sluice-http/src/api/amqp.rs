@@ -14,7 +14,8 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sluice_core::messaging::{
-    Destination, Exchange, ExchangeOptions, Message, Queue, QueueOptions, VirtualHost, short,
+    Binding, Destination, Exchange, ExchangeOptions, Message, Queue, QueueOptions, VirtualHost,
+    short,
 };
 
 use super::tables::{properties_from_json, properties_to_json, table_from_json, table_to_json};
@@ -160,9 +161,10 @@ pub(crate) async fn declare_exchange(
             ),
         ));
     }
+    let name = exchange_name(name);
     let declared = Arc::clone(&vhost);
-    let exchange_name = name.clone();
-    blocking(move || Ok(declared.declare_exchange(&exchange_name, &new.kind, options, false)?))
+    let declared_name = name.clone();
+    blocking(move || Ok(declared.declare_exchange(&declared_name, &new.kind, options, false)?))
         .await?;
     let exchange = find_exchange(&vhost, &name)?;
     Ok((
@@ -185,6 +187,7 @@ pub(crate) async fn delete_exchange(
     Query(conditions): Query<DeleteConditions>,
 ) -> ApiResult<StatusCode> {
     let vhost = vhost(&shared, &vhost_name)?;
+    let name = exchange_name(name);
     find_exchange(&vhost, &name)?;
     blocking(move || Ok(vhost.delete_exchange(&name, conditions.if_unused)?)).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -482,22 +485,24 @@ pub(crate) async fn bindings(
     })?;
     let items = page
         .iter()
-        .map(|(vhost, binding)| {
-            let (destination_type, destination) = match &binding.destination {
-                Destination::Queue(name) => ("queue", name),
-                Destination::Exchange(name) => ("exchange", name),
-            };
-            json!({
-                "vhost": vhost,
-                "source": binding.source,
-                "destination": destination,
-                "destination_type": destination_type,
-                "routing_key": binding.routing_key,
-                "arguments": table_to_json(&binding.arguments),
-            })
-        })
+        .map(|(vhost, binding)| binding_json(vhost, binding))
         .collect();
     Ok(Json(paging.answer(items, total)))
+}
+
+fn binding_json(vhost: &str, binding: &Binding) -> Value {
+    let (destination_type, destination) = match &binding.destination {
+        Destination::Queue(name) => ("queue", name),
+        Destination::Exchange(name) => ("exchange", name),
+    };
+    json!({
+        "vhost": vhost,
+        "source": binding.source,
+        "destination": destination,
+        "destination_type": destination_type,
+        "routing_key": binding.routing_key,
+        "arguments": table_to_json(&binding.arguments),
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -532,20 +537,28 @@ impl BindingSpec {
 pub(crate) async fn bind(
     State(shared): State<AppState>,
     Body(spec): Body<BindingSpec>,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<(StatusCode, Json<Value>)> {
     let vhost = vhost(&shared, &spec.vhost)?;
     let (destination, arguments) = spec.parts()?;
+    let binding = Binding {
+        source: spec.source,
+        destination,
+        routing_key: spec.routing_key,
+        arguments,
+    };
+    let created = binding.clone();
+    let name = vhost.name().to_owned();
     blocking(move || {
         Ok(vhost.bind(
-            &spec.source,
-            destination,
-            &spec.routing_key,
-            &arguments,
+            &created.source,
+            created.destination.clone(),
+            &created.routing_key,
+            &created.arguments,
             API_CONNECTION,
         )?)
     })
     .await?;
-    Ok(StatusCode::CREATED)
+    Ok((StatusCode::CREATED, Json(binding_json(&name, &binding))))
 }
 
 #[derive(Debug, Deserialize)]

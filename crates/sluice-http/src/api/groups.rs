@@ -184,6 +184,9 @@ pub(crate) async fn reset_offsets(
     Path(id): Path<String>,
     Body(reset): Body<Reset>,
 ) -> ApiResult<Json<Value>> {
+    if reset.partitions.is_some() && reset.topic.is_none() {
+        return Err(ApiError::field("partitions", "partitions need a topic"));
+    }
     let broker = Arc::clone(&shared.broker);
     blocking(move || {
         if group_ids(&broker).binary_search(&id).is_err() && reset.topic.is_none() {
