@@ -358,7 +358,11 @@ impl QueueStore {
             let id = state.first_id + state.values.len() as u64;
             state.bytes += value.len();
             state.values.push((key, value, SystemClock.now_ms()));
-            (id, state.bytes >= PENDING_WRITE_BYTES)
+            // A forwarded message is written before it can be delivered: a
+            // consumer may see it at once, and if the process died with it
+            // only in memory, the forwarder would publish it again as new
+            // (unflagged) instead of the queue redelivering it.
+            (id, source.is_some() || state.bytes >= PENDING_WRITE_BYTES)
         };
         if full {
             self.pending.write()?;

@@ -981,7 +981,7 @@ impl VirtualHost {
         let destination_durable = match destination {
             Destination::Queue(name) => {
                 let queue = self.usable_queue(name, connection)?;
-                queue.store_id().is_some()
+                queue.store_id().is_some() || queue.stream_topic().is_some()
             }
             Destination::Exchange(name) => {
                 self.exchange(name)
