@@ -322,10 +322,6 @@ function notify(message, kind = 'ok') {
   if (kind !== 'error') setTimeout(() => notice.remove(), 6000);
 }
 
-function clearNotices() {
-  document.getElementById('notices').replaceChildren();
-}
-
 // ---------------------------------------------------------------------------
 // Page lifetime: timers and listeners that end when the page is left
 // ---------------------------------------------------------------------------
@@ -335,21 +331,48 @@ class PageContext {
     this.query = query;
     this.alive = true;
     this.cleanups = [];
+    this.pollers = [];
   }
 
   /** Runs `task` every `ms` until the page is left; runs never overlap. */
   every(ms, task) {
-    let running = false;
-    const id = setInterval(async () => {
-      if (running || !this.alive || document.hidden) return;
-      running = true;
-      try {
-        await task();
-      } finally {
-        running = false;
-      }
-    }, ms);
-    this.cleanups.push(() => clearInterval(id));
+    const poller = { ms, task, timer: null, running: null };
+    this.pollers.push(poller);
+    this.startPoller(poller);
+    this.cleanups.push(() => clearInterval(poller.timer));
+  }
+
+  startPoller(poller) {
+    poller.timer = setInterval(() => {
+      if (poller.running || !this.alive || document.hidden) return;
+      poller.running = poller.task().finally(() => { poller.running = null; });
+    }, poller.ms);
+  }
+
+  /**
+   * Stops the page's polling and waits for polls in flight. A page about
+   * to delete what it shows holds first, so that no poll asks for what is
+   * gone; `resume` restarts polling when the deletion failed.
+   */
+  async hold() {
+    for (const poller of this.pollers) clearInterval(poller.timer);
+    await Promise.allSettled(this.pollers.map((poller) => poller.running).filter(Boolean));
+  }
+
+  resume() {
+    if (!this.alive) return;
+    for (const poller of this.pollers) this.startPoller(poller);
+  }
+
+  /** Runs `work` (a deletion of this page's subject) with polling held. */
+  async held(work) {
+    await this.hold();
+    try {
+      return await work();
+    } catch (error) {
+      this.resume();
+      throw error;
+    }
   }
 
   listen(target, event, handler) {
@@ -373,6 +396,21 @@ class PageContext {
 // ---------------------------------------------------------------------------
 // Components
 // ---------------------------------------------------------------------------
+
+/**
+ * Whether `error` means the page's subject does not exist (it was never
+ * loaded and the API says 404); if so the page shows only that, with a
+ * way back, and stops polling.
+ */
+function showedMissing(ctx, root, error, back, backLabel) {
+  if (error.status !== 404 || root.dataset.loaded === 'true') return false;
+  ctx.hold();
+  const title = root.querySelector('h1')?.textContent ?? 'Not found';
+  replaceChildren(root, pageHeader(title),
+    h('p', { class: 'error', testid: 'page-error' }, error.message),
+    h('p', {}, h('a', { href: back }, `‹ ${backLabel}`)));
+  return true;
+}
 
 function section(title, ...children) {
   return h('section', { class: 'card' }, title ? h('h2', {}, title) : null, ...children);
@@ -466,10 +504,10 @@ function pagedList(ctx, { id, path, columns, rowKey, params = () => ({}), empty,
       errorLine.hidden = true;
       total.textContent = `${format.int(data.total)} ${data.total === 1 ? 'item' : 'items'}${state.filter ? ' matching' : ''}`;
       replaceChildren(tableSlot, dataTable({ columns, rows: data.items, rowTestid: `${id}-row`, rowKey, empty, testid: `${id}-table` }));
-      replaceChildren(pagerSlot, pager({
+      replaceChildren(pagerSlot, data.total > state.pageSize ? pager({
         id, page: state.page, pageSize: state.pageSize, total: data.total,
         onPage: (page) => { state.page = page; syncQuery(); load(); },
-      }));
+      }) : null);
       tableSlot.dataset.loaded = 'true';
     } catch (error) {
       if (mine !== sequence || !ctx.alive) return;
@@ -713,6 +751,26 @@ function niceCeiling(value) {
   return 10 * power;
 }
 
+/** As niceCeiling in units of 1024 (bytes). */
+function niceByteCeiling(value) {
+  let unit = 1;
+  while (value / unit >= 1024) unit *= 1024;
+  return niceCeiling(value / unit) * unit;
+}
+
+const GRID_LINES = 4;
+
+/**
+ * The top of a chart's scale: four equal steps of a round size, so every
+ * grid line has a short label. Counts step by whole numbers, bytes by
+ * round numbers of B, KiB, MiB….
+ */
+function scaleCeiling(max, kind) {
+  if (kind === 'bytes') return GRID_LINES * Math.max(256, niceByteCeiling(max / GRID_LINES));
+  if (kind === 'count') return GRID_LINES * Math.max(1, niceCeiling(max / GRID_LINES));
+  return max > 0 ? GRID_LINES * niceCeiling(max / GRID_LINES) : 1;
+}
+
 /**
  * A line chart of the last HISTORY_MS: `series` are `{ key, label }`,
  * points `{ t, values: { key: number } }`. The legend shows each series'
@@ -720,8 +778,10 @@ function niceCeiling(value) {
  * without the picture.
  */
 class TimeChart {
-  constructor({ id, title, series, formatValue = format.rate, height = 180 }) {
+  /** `scale`: `rate` (per second), `bytes` (per second) or `count` (whole numbers). */
+  constructor({ id, title, series, formatValue = format.rate, scale = 'rate', height = 180 }) {
     this.id = id;
+    this.scale = scale;
     this.series = series.map((entry, index) => ({ ...entry, color: entry.color || CHART_COLORS[index % CHART_COLORS.length] }));
     this.formatValue = formatValue;
     this.height = height;
@@ -771,7 +831,7 @@ class TimeChart {
     for (const point of this.points) {
       for (const entry of this.series) max = Math.max(max, point.values[entry.key] ?? 0);
     }
-    const ceiling = niceCeiling(max);
+    const ceiling = scaleCeiling(max, this.scale);
     const x = (t) => left + ((t - start) / HISTORY_MS) * plotWidth;
     const y = (v) => top + plotHeight - (v / ceiling) * plotHeight;
 
@@ -781,8 +841,8 @@ class TimeChart {
     g.fillStyle = ink;
     g.textAlign = 'right';
     g.textBaseline = 'middle';
-    for (let i = 0; i <= 4; i += 1) {
-      const value = (ceiling * i) / 4;
+    for (let i = 0; i <= GRID_LINES; i += 1) {
+      const value = (ceiling * i) / GRID_LINES;
       const yy = Math.round(y(value)) + 0.5;
       g.beginPath();
       g.moveTo(left, yy);
@@ -843,7 +903,7 @@ async function overviewPage(ctx, root) {
       series: [{ key: 'kafka_records_in', label: 'in' }, { key: 'kafka_records_out', label: 'out' }],
     }),
     new TimeChart({
-      id: 'chart-kafka-bytes', title: 'Kafka bytes per second', formatValue: format.byteRate,
+      id: 'chart-kafka-bytes', title: 'Kafka bytes per second', formatValue: format.byteRate, scale: 'bytes',
       series: [{ key: 'kafka_bytes_in', label: 'in' }, { key: 'kafka_bytes_out', label: 'out' }],
     }),
     new TimeChart({
@@ -969,16 +1029,19 @@ async function topicsPage(ctx, root) {
     section('Create a topic', create));
 }
 
-function deleteTopic(name, then) {
+/** Runs `work` with `page`'s polling held when deleting what the page shows. */
+const heldBy = (page, work) => (page ? page.held(work) : work());
+
+function deleteTopic(name, then, page) {
   return confirmAction({
     title: 'Delete topic',
     message: `Delete topic ${name} and all its records? This cannot be undone.`,
     confirmLabel: 'Delete topic',
-    action: async () => {
+    action: () => heldBy(page, async () => {
       await api('DELETE', `/api/topics/${pathOf(name)}`);
       notify(`Topic ${name} deleted.`);
       then();
-    },
+    }),
   });
 }
 
@@ -1102,7 +1165,7 @@ async function topicPage(ctx, root, [name]) {
       errorLine.hidden = true;
       show(topic);
     } catch (error) {
-      if (!ctx.alive) return;
+      if (!ctx.alive || showedMissing(ctx, root, error, '#/topics', 'All topics')) return;
       errorLine.textContent = error.message;
       errorLine.hidden = false;
     }
@@ -1113,7 +1176,7 @@ async function topicPage(ctx, root, [name]) {
       h('a', { class: 'button', href: route(['messages'], { topic: name }), testid: 'topic-browse' }, 'Browse messages'),
       h('button', {
         type: 'button', class: 'danger', testid: 'topic-delete',
-        onclick: () => deleteTopic(name, () => { location.hash = '#/topics'; }),
+        onclick: () => deleteTopic(name, () => { location.hash = '#/topics'; }, ctx),
       }, 'Delete topic')),
     h('p', {}, h('a', { href: '#/topics' }, '‹ All topics')),
     errorLine,
@@ -1190,6 +1253,7 @@ async function groupPage(ctx, root, [groupId]) {
     id: 'chart-group-lag', title: 'Total lag (records)',
     series: [{ key: 'lag', label: 'lag' }],
     formatValue: (v) => format.int(Math.round(v)),
+    scale: 'count',
   });
   if (!groupLagHistory.has(groupId)) groupLagHistory.set(groupId, []);
   const history = groupLagHistory.get(groupId);
@@ -1273,7 +1337,7 @@ async function groupPage(ctx, root, [groupId]) {
       show(group);
       chart.update(history);
     } catch (error) {
-      if (!ctx.alive) return;
+      if (!ctx.alive || showedMissing(ctx, root, error, '#/groups', 'All consumer groups')) return;
       errorLine.textContent = error.message;
       errorLine.hidden = false;
     }
@@ -1287,11 +1351,11 @@ async function groupPage(ctx, root, [groupId]) {
           title: 'Delete group',
           message: `Delete consumer group ${groupId} and its committed offsets?`,
           confirmLabel: 'Delete group',
-          action: async () => {
+          action: () => ctx.held(async () => {
             await api('DELETE', `/api/groups/${pathOf(groupId)}`);
             notify(`Group ${groupId} deleted.`);
             location.hash = '#/groups';
-          },
+          }),
         }),
       }, 'Delete group')),
     h('p', {}, h('a', { href: '#/groups' }, '‹ All consumer groups')),
@@ -1385,16 +1449,16 @@ async function exchangesPage(ctx, root) {
     section('Declare an exchange', declare));
 }
 
-function deleteExchange(exchange, then) {
+function deleteExchange(exchange, then, page) {
   return confirmAction({
     title: 'Delete exchange',
     message: `Delete exchange ${exchange.name} in vhost ${exchange.vhost} and its bindings?`,
     confirmLabel: 'Delete exchange',
-    action: async () => {
+    action: () => heldBy(page, async () => {
       await api('DELETE', `/api/exchanges/${pathOf(exchange.vhost, exchangePathName(exchange.name))}`);
       notify(`Exchange ${exchange.name} deleted.`);
       then();
-    },
+    }),
   });
 }
 
@@ -1507,7 +1571,7 @@ async function exchangePage(ctx, root, [vhost, pathName]) {
         found.more ? h('p', { class: 'muted' }, 'Only the first 1,000 matching bindings are shown; see the Bindings page.') : null);
       root.dataset.loaded = 'true';
     } catch (error) {
-      if (!ctx.alive) return;
+      if (!ctx.alive || showedMissing(ctx, root, error, '#/exchanges', 'All exchanges')) return;
       errorLine.textContent = error.message;
       errorLine.hidden = false;
     }
@@ -1517,7 +1581,7 @@ async function exchangePage(ctx, root, [vhost, pathName]) {
     pageHeader(`Exchange ${exchangeLabel(name)}`,
       name === '' || name.startsWith('amq.') ? null : h('button', {
         type: 'button', class: 'danger', testid: 'exchange-delete',
-        onclick: () => deleteExchange({ vhost, name }, () => { location.hash = '#/exchanges'; }),
+        onclick: () => deleteExchange({ vhost, name }, () => { location.hash = '#/exchanges'; }, ctx),
       }, 'Delete exchange')),
     h('p', {}, h('a', { href: '#/exchanges' }, '‹ All exchanges')),
     errorLine,
@@ -1611,16 +1675,16 @@ function purgeQueue(queue, then) {
   });
 }
 
-function deleteQueue(queue, then) {
+function deleteQueue(queue, then, page) {
   return confirmAction({
     title: 'Delete queue',
     message: `Delete queue ${queue.name} in vhost ${queue.vhost} with its messages?`,
     confirmLabel: 'Delete queue',
-    action: async () => {
+    action: () => heldBy(page, async () => {
       await api('DELETE', `/api/queues/${pathOf(queue.vhost, queue.name)}`);
       notify(`Queue ${queue.name} deleted.`);
       then();
-    },
+    }),
   });
 }
 
@@ -1635,7 +1699,7 @@ async function queuePage(ctx, root, [vhost, name]) {
   const errorLine = h('p', { class: 'error', testid: 'page-error', hidden: true });
   const summary = h('div');
   const bindings = h('div', { testid: 'queue-bindings' });
-  const peekResult = h('div', { testid: 'peek-result' });
+  const peekResult = h('div', { testid: 'peek-messages' });
 
   async function load() {
     try {
@@ -1663,7 +1727,7 @@ async function queuePage(ctx, root, [vhost, name]) {
         bound.more ? h('p', { class: 'muted' }, 'Only the first 1,000 matching bindings are shown; see the Bindings page.') : null);
       root.dataset.loaded = 'true';
     } catch (error) {
-      if (!ctx.alive) return;
+      if (!ctx.alive || showedMissing(ctx, root, error, '#/queues', 'All queues')) return;
       errorLine.textContent = error.message;
       errorLine.hidden = false;
     }
@@ -1725,7 +1789,7 @@ async function queuePage(ctx, root, [vhost, name]) {
       h('button', { type: 'button', testid: 'queue-purge', onclick: () => purgeQueue({ vhost, name }, load) }, 'Purge'),
       h('button', {
         type: 'button', class: 'danger', testid: 'queue-delete',
-        onclick: () => deleteQueue({ vhost, name }, () => { location.hash = '#/queues'; }),
+        onclick: () => deleteQueue({ vhost, name }, () => { location.hash = '#/queues'; }, ctx),
       }, 'Delete queue')),
     h('p', {}, h('a', { href: '#/queues' }, '‹ All queues')),
     errorLine,
@@ -1840,7 +1904,7 @@ async function connectionsPage(ctx, root) {
   const channels = pagedList(ctx, {
     id: 'channels',
     path: '/api/channels',
-    placeholder: 'Filter by connection id',
+    placeholder: 'Filter',
     rowKey: (c) => `${c.connection}/${c.number}`,
     empty: 'No AMQP channels.',
     mirror: false,
@@ -2084,7 +2148,6 @@ const router = {
     const view = document.getElementById('view');
     const root = h('div', { class: 'page' });
     view.replaceChildren(root);
-    clearNotices();
     document.querySelectorAll('dialog.confirm').forEach((dialog) => dialog.remove());
 
     const match = ROUTES.map((entry) => ({ entry, found: entry.pattern.exec(path.replace(/\/$/, '')) }))

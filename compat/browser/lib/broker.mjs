@@ -1,0 +1,109 @@
+// Starts a real Sluice broker for the browser tests and the screenshot
+// script: a fresh data directory, free ports on 127.0.0.1 for Kafka, AMQP
+// and HTTP, readiness by connecting to each, stop by PID (SIGTERM, then
+// SIGKILL after a bound). The binary is $BROKER_BIN or target/debug/sluice.
+// Variables named SLUICE_* other than SLUICE_LOG are not passed on: the
+// broker reads them as configuration and rejects unknown ones.
+
+import { spawn } from 'node:child_process';
+import { mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
+const READY_MS = 20_000;
+const STOP_MS = 15_000;
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const probe = net.createServer();
+    probe.once('error', reject);
+    probe.listen(0, '127.0.0.1', () => {
+      const { port } = probe.address();
+      probe.close(() => resolve(port));
+    });
+  });
+}
+
+function accepts(port) {
+  return new Promise((resolve) => {
+    const socket = net.connect({ host: '127.0.0.1', port });
+    socket.once('connect', () => { socket.destroy(); resolve(true); });
+    socket.once('error', () => resolve(false));
+    socket.setTimeout(500, () => { socket.destroy(); resolve(false); });
+  });
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * Starts a broker. Resolves with its addresses, `api(method, path, body)`
+ * for setting up state as guest, `log()` and `stop()`.
+ */
+export async function startBroker() {
+  const binary = process.env.BROKER_BIN
+    ? path.resolve(root, process.env.BROKER_BIN)
+    : path.join(root, 'target', 'debug', 'sluice');
+  const dir = mkdtempSync(path.join(tmpdir(), 'sluice-browser-'));
+  const ports = { kafka: await freePort(), amqp: await freePort(), http: await freePort() };
+  const env = Object.fromEntries(
+    Object.entries(process.env).filter(([name]) => !name.startsWith('SLUICE_') || name === 'SLUICE_LOG'),
+  );
+  const logPath = path.join(dir, 'broker.log');
+  const log = openSync(logPath, 'a');
+  const child = spawn(binary, [
+    '--data-dir', path.join(dir, 'data'),
+    '--kafka-listen', `127.0.0.1:${ports.kafka}`,
+    '--amqp-listen', `127.0.0.1:${ports.amqp}`,
+    '--http-listen', `127.0.0.1:${ports.http}`,
+  ], { env, stdio: ['ignore', log, log] });
+  const deadline = Date.now() + READY_MS;
+  for (const port of Object.values(ports)) {
+    while (!(await accepts(port))) {
+      if (child.exitCode !== null || Date.now() > deadline) {
+        const output = readFileSync(logPath, 'utf8');
+        child.kill('SIGKILL');
+        rmSync(dir, { recursive: true, force: true });
+        throw new Error(`broker did not start (ports ${JSON.stringify(ports)}):\n${output}`);
+      }
+      await sleep(50);
+    }
+  }
+  const url = `http://127.0.0.1:${ports.http}`;
+  return {
+    pid: child.pid,
+    url,
+    bootstrap: `127.0.0.1:${ports.kafka}`,
+    amqpPort: ports.amqp,
+    log: () => readFileSync(logPath, 'utf8'),
+
+    /** Calls the admin API as guest; resolves with the JSON answer or null. */
+    async api(method, apiPath, body) {
+      const response = await fetch(url + apiPath, {
+        method,
+        headers: {
+          Authorization: `Basic ${Buffer.from('guest:guest').toString('base64')}`,
+          ...(body === undefined ? {} : { 'Content-Type': 'application/json' }),
+        },
+        body: body === undefined ? undefined : JSON.stringify(body),
+        signal: AbortSignal.timeout(10_000),
+      });
+      const text = await response.text();
+      if (!response.ok) throw new Error(`${method} ${apiPath}: ${response.status} ${text}`);
+      return text ? JSON.parse(text) : null;
+    },
+
+    async stop() {
+      if (child.exitCode === null && child.signalCode === null) {
+        const exited = new Promise((resolve) => child.once('exit', resolve));
+        child.kill('SIGTERM');
+        const timer = setTimeout(() => child.kill('SIGKILL'), STOP_MS);
+        await exited;
+        clearTimeout(timer);
+      }
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
