@@ -39,10 +39,11 @@ function accepts(port) {
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /**
- * Starts a broker. Resolves with its addresses, `api(method, path, body)`
- * for setting up state as guest, `log()` and `stop()`.
+ * Starts a broker with extra command-line `args` (such as `--set
+ * amqp.users=...`). Resolves with its addresses, `api(method, path, body)`
+ * for setting up state as `user` (guest by default), `log()` and `stop()`.
  */
-export async function startBroker() {
+export async function startBroker({ args = [], user = 'guest:guest' } = {}) {
   const binary = process.env.BROKER_BIN
     ? path.resolve(root, process.env.BROKER_BIN)
     : path.join(root, 'target', 'debug', 'sluice');
@@ -58,6 +59,7 @@ export async function startBroker() {
     '--kafka-listen', `127.0.0.1:${ports.kafka}`,
     '--amqp-listen', `127.0.0.1:${ports.amqp}`,
     '--http-listen', `127.0.0.1:${ports.http}`,
+    ...args,
   ], { env, stdio: ['ignore', log, log] });
   const deadline = Date.now() + READY_MS;
   for (const port of Object.values(ports)) {
@@ -79,12 +81,12 @@ export async function startBroker() {
     amqpPort: ports.amqp,
     log: () => readFileSync(logPath, 'utf8'),
 
-    /** Calls the admin API as guest; resolves with the JSON answer or null. */
+    /** Calls the admin API as `user`; resolves with the JSON answer or null. */
     async api(method, apiPath, body) {
       const response = await fetch(url + apiPath, {
         method,
         headers: {
-          Authorization: `Basic ${Buffer.from('guest:guest').toString('base64')}`,
+          Authorization: `Basic ${Buffer.from(user).toString('base64')}`,
           ...(body === undefined ? {} : { 'Content-Type': 'application/json' }),
         },
         body: body === undefined ? undefined : JSON.stringify(body),

@@ -365,6 +365,46 @@ test('a queue declared in the UI takes a published message, shows it by peeking,
   });
 });
 
+test('an exchange declared and bound in the UI routes what the UI publishes to it', { timeout: TEST_MS }, async () => {
+  await broker.api('PUT', '/api/queues/%2F/ui-routed', { durable: false });
+  await withPage('#/exchanges', async ({ page }) => {
+    await page.getByTestId('exchange-declare-name').fill('ui-exchange');
+    await page.getByTestId('exchange-declare-type').selectOption('topic');
+    await page.getByTestId('exchange-declare-submit').click();
+    await row(page, 'exchanges', '//ui-exchange').waitFor();
+    assert.equal((await broker.api('GET', '/api/exchanges/%2F/ui-exchange')).type, 'topic');
+
+    await navigate(page, 'bindings');
+    await page.getByTestId('binding-create-source').fill('ui-exchange');
+    await page.getByTestId('binding-create-destination').fill('ui-routed');
+    await page.getByTestId('binding-create-routing-key').fill('ui.#');
+    await page.getByTestId('binding-create-submit').click();
+    await waitForText(page.getByTestId('binding-create-result'), 'Bound.');
+    await row(page, 'bindings', '//ui-exchange/queue/ui-routed/ui.#').waitFor();
+
+    await page.evaluate(() => { location.hash = '#/exchanges/%2F/ui-exchange'; });
+    await page.locator('[data-testid="page-exchanges"][data-loaded="true"]').waitFor();
+    await waitForText(page.getByTestId('binding-row'), /ui-routed.*ui\.#/);
+    await page.getByTestId('publish-routing-key').fill('ui.created');
+    await page.getByTestId('publish-payload').fill('routed by topic');
+    await page.getByTestId('publish-submit').click();
+    await waitForText(page.getByTestId('publish-result'), 'Published: routed to 1 queue.');
+    await waitFor('the message in ui-routed', 10_000,
+      async () => (await broker.api('GET', '/api/queues/%2F/ui-routed')).messages_ready === 1);
+
+    await page.getByTestId('binding-delete').click();
+    await confirm(page);
+    await waitForText(page.getByTestId('exchange-bindings'), /No bindings from this exchange/);
+    await page.getByTestId('publish-submit').click();
+    await waitForText(page.getByTestId('publish-result'), /no queue was bound/);
+
+    await page.getByTestId('exchange-delete').click();
+    await confirm(page);
+    await page.waitForURL(/#\/exchanges$/);
+    assert.equal((await broker.api('GET', '/api/exchanges?filter=ui-exchange')).total, 0);
+  });
+});
+
 test('a consumer group page shows lag and resets offsets after confirmation', { timeout: TEST_MS }, async () => {
   await broker.api('POST', '/api/topics', { name: 'ui-lag' });
   const records = Array.from({ length: 10 }, (_, i) => ({ value: `r${i}` }));
@@ -446,6 +486,58 @@ test('the login form appears after logging out, refuses a wrong password and kee
     await page.locator('[data-testid="page-overview"][data-loaded="true"]').waitFor();
     assert.equal(await page.getByTestId('login-form').isVisible(), false);
     assert.equal(await page.getByTestId('session-user').textContent(), 'guest');
+  });
+});
+
+test('without guest the UI asks for a login, and the login lasts as long as the tab', { timeout: TEST_MS }, async () => {
+  const guarded = await startBroker({ args: ['--set', 'amqp.users=admin:s3cret'], user: 'admin:s3cret' });
+  try {
+    const session = await openPage(browser, `${guarded.url}/`);
+    const { page } = session;
+    try {
+      // Guest is tried first and refused: the UI's own form, not the browser's dialog.
+      session.allow(/status 401: GET .*\/api\/overview$/);
+      session.allow(/Failed to load resource: the server responded with a status of 401/);
+      await page.getByTestId('login-form').waitFor();
+      assert.equal(await page.getByTestId('login-error').isVisible(), false, 'no error before anyone typed');
+      await page.getByTestId('login-user').fill('admin');
+      await page.getByTestId('login-password').fill('s3cret');
+      await page.getByTestId('login-submit').click();
+      await page.locator('[data-testid="page-overview"][data-loaded="true"]').waitFor();
+      assert.equal(await page.getByTestId('session-user').textContent(), 'admin');
+      await page.getByTestId('nav-topics').click();
+      await page.getByTestId('topics-table').waitFor();
+      await page.reload();
+      await page.getByTestId('topics-table').waitFor();
+      assert.equal(await page.getByTestId('login-form').isVisible(), false);
+      await sleep(300);
+      assert.deepEqual(session.problemsLeft(), []);
+    } finally {
+      await session.close();
+    }
+    // A new tab has no session: the form again.
+    const fresh = await openPage(browser, `${guarded.url}/#/topics`);
+    try {
+      await fresh.page.getByTestId('login-form').waitFor();
+    } finally {
+      await fresh.close();
+    }
+  } finally {
+    await guarded.stop();
+  }
+});
+
+test('names that need escaping survive links and routes', { timeout: TEST_MS }, async () => {
+  const name = 'odd/name ?#%';
+  await broker.api('PUT', `/api/queues/%2F/${encodeURIComponent(name)}`, {});
+  await broker.api('POST', '/api/exchanges/%2F/amq.default/publish', { routing_key: name, payload: 'escaped' });
+  await withPage('#/queues?filter=odd', async ({ page }) => {
+    await page.getByTestId('queue-link').filter({ hasText: name }).click();
+    await page.locator('[data-testid="page-queues"][data-loaded="true"]').waitFor();
+    assert.equal(await page.locator('#view h1').textContent(), `Queue ${name}`);
+    await waitForText(page.getByTestId('queue-ready'), '1', 15_000);
+    await page.getByTestId('peek-submit').click();
+    await waitForText(page.getByTestId('peek-payload'), 'escaped');
   });
 });
 
