@@ -1,6 +1,6 @@
 // Saves screenshots of the web UI's main pages to docs/screenshots/ for
 // the README: starts a broker (as the tests do), gives it topics, a
-// consumer group, queues and a minute of Kafka and AMQP traffic, and
+// consumer group, queues and 90 seconds of Kafka and AMQP traffic, and
 // photographs the pages in headless Chromium.
 //
 //   node compat/browser/screenshots.mjs     (after `cargo build -p sluice`)
@@ -16,7 +16,7 @@ import { root, startBroker } from './lib/broker.mjs';
 import { launchBrowser, openPage } from './lib/browser.mjs';
 
 const OUT = path.join(root, 'docs', 'screenshots');
-const TRAFFIC_MS = Number(process.env.TRAFFIC_MS || 60_000);
+const TRAFFIC_MS = Number(process.env.TRAFFIC_MS || 90_000);
 const VIEWPORT = { width: 1280, height: 860 };
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
