@@ -17,6 +17,12 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/", get(index))
         .route("/app.js", get(script))
         .route("/app.css", get(style))
+        .route("/favicon.ico", get(no_icon))
+}
+
+/// Browsers ask for an icon on their own; there is none.
+async fn no_icon() -> axum::http::StatusCode {
+    axum::http::StatusCode::NO_CONTENT
 }
 
 async fn index() -> impl IntoResponse {

@@ -34,7 +34,7 @@ fn vhost(shared: &AppState, name: &str) -> ApiResult<Arc<VirtualHost>> {
         .broker
         .vhosts()
         .get(name)
-        .ok_or_else(|| ApiError::not_found(format!("no vhost {name:?}")))
+        .ok_or_else(|| ApiError::not_found(format!("no vhost '{name}'")))
 }
 
 /// The virtual hosts a list covers: one (`?vhost=`) or all.
@@ -112,7 +112,7 @@ fn exchange_name(name: String) -> String {
 
 fn find_exchange(vhost: &VirtualHost, name: &str) -> ApiResult<Arc<Exchange>> {
     vhost.exchange(name).ok_or_else(|| {
-        ApiError::not_found(format!("no exchange {name:?} in vhost {:?}", vhost.name()))
+        ApiError::not_found(format!("no exchange '{name}' in vhost '{}'", vhost.name()))
     })
 }
 
@@ -284,7 +284,7 @@ pub(crate) async fn queues(
 
 fn find_queue(vhost: &VirtualHost, name: &str) -> ApiResult<Arc<Queue>> {
     vhost.queue(name).ok_or_else(|| {
-        ApiError::not_found(format!("no queue {name:?} in vhost {:?}", vhost.name()))
+        ApiError::not_found(format!("no queue '{name}' in vhost '{}'", vhost.name()))
     })
 }
 
