@@ -256,7 +256,7 @@ test('a page for something that does not exist says so', { timeout: TEST_MS }, a
     await page.evaluate(() => { location.hash = '#/groups/no-such-group'; });
     await waitForText(page.getByTestId('page-error'), 'group "no-such-group" does not exist');
     await page.evaluate(() => { location.hash = '#/queues/%2F/no-such-queue'; });
-    await waitForText(page.getByTestId('page-error'), /no queue "no-such-queue"/);
+    await waitForText(page.getByTestId('page-error'), /no queue 'no-such-queue'/);
     // The missing page stops asking.
     const asked = [];
     page.on('request', (request) => asked.push(request.url()));
