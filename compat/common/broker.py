@@ -199,8 +199,8 @@ class Broker:
             log.close()
 
     def start(self) -> None:
-        """Starts the broker and waits until its Kafka and AMQP ports accept
-        a TCP connection. On failure the process is stopped and the error
+        """Starts the broker and waits until its Kafka, AMQP and HTTP ports
+        accept a TCP connection. On failure the process is stopped and the error
         carries the broker log."""
         assert not self.alive(), "broker already running"
         # Fresh ports may be taken between our probe and the broker's bind;
@@ -213,7 +213,7 @@ class Broker:
                 ports = (self.kafka_port, self.amqp_port, self.http_port)
             log_start = self.log_size()
             self.proc = self._spawn(*ports)
-            waiting = {"Kafka": ports[0], "AMQP": ports[1]}
+            waiting = {"Kafka": ports[0], "AMQP": ports[1], "HTTP": ports[2]}
             deadline = time.monotonic() + READY_TIMEOUT_S
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
