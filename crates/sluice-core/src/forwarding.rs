@@ -18,7 +18,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use amq_protocol::protocol::BasicProperties;
 use bytes::Bytes;
 use kafka_protocol::records::{Record, RecordBatchDecoder};
 use sluice_log::ReadBound;
@@ -255,8 +254,7 @@ impl Forwarder {
         };
         let mut message = record_to_message(routing_key, record.value.as_deref(), &headers, &[]);
         if message.properties.delivery_mode().is_none() {
-            let properties: BasicProperties = message.properties.clone();
-            message.properties = properties.with_delivery_mode(2);
+            message.properties = std::mem::take(&mut message.properties).with_delivery_mode(2);
         }
         message.exchange = crate::messaging::short(&self.forwarding.exchange);
         message
