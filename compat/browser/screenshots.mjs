@@ -12,7 +12,7 @@ import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { Kafka, logLevel } from 'kafkajs';
 
-import { root, startBroker } from './lib/broker.mjs';
+import { root, startBroker } from '../common/broker.mjs';
 import { launchBrowser, openPage } from './lib/browser.mjs';
 
 const OUT = path.join(root, 'docs', 'screenshots');

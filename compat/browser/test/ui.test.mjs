@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { Kafka, logLevel } from 'kafkajs';
 
-import { startBroker } from '../lib/broker.mjs';
+import { startBroker } from '../../common/broker.mjs';
 import { launchBrowser, openPage } from '../lib/browser.mjs';
 
 const TEST_MS = 90_000;

@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { Kafka, logLevel } from 'kafkajs';
 
-import { startBroker } from './broker.mjs';
+import { startBroker } from '../../common/broker.mjs';
 
 let broker;
 let kafka;

@@ -1,5 +1,5 @@
-// Starts a real Sluice broker for the browser tests and the screenshot
-// script: a fresh data directory, free ports on 127.0.0.1 for Kafka, AMQP
+// Starts a real Sluice broker for the Node suites (compat/kafkajs,
+// compat/browser and its screenshot script): a fresh data directory, free ports on 127.0.0.1 for Kafka, AMQP
 // and HTTP, readiness by connecting to each, stop by PID (SIGTERM, then
 // SIGKILL after a bound). The binary is $BROKER_BIN or target/debug/sluice.
 // Variables named SLUICE_* other than SLUICE_LOG are not passed on: the
@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-export const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
+export const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const READY_MS = 20_000;
 const STOP_MS = 15_000;
 
@@ -47,7 +47,7 @@ export async function startBroker({ args = [], user = 'guest:guest' } = {}) {
   const binary = process.env.BROKER_BIN
     ? path.resolve(root, process.env.BROKER_BIN)
     : path.join(root, 'target', 'debug', 'sluice');
-  const dir = mkdtempSync(path.join(tmpdir(), 'sluice-browser-'));
+  const dir = mkdtempSync(path.join(tmpdir(), 'sluice-node-'));
   const ports = { kafka: await freePort(), amqp: await freePort(), http: await freePort() };
   const env = Object.fromEntries(
     Object.entries(process.env).filter(([name]) => !name.startsWith('SLUICE_') || name === 'SLUICE_LOG'),
