@@ -330,26 +330,14 @@ impl VirtualHost {
                 ..
             } => {
                 let args = QueueArgs::parse(&name, &self.name, &arguments).unwrap_or_default();
-                if args.stream {
-                    let topic = self.stream_topic(&name, &args)?;
-                    let queue = Queue::new(
-                        name.clone(),
-                        QueueOptions {
-                            durable: true,
-                            exclusive_owner: None,
-                            auto_delete,
-                            arguments,
-                        },
-                        args,
-                        None,
-                        self.me.clone(),
-                        Arc::clone(&self.memory),
-                        Some(topic),
-                    );
-                    self.queues_mut().insert(name, queue);
-                    return Ok(());
-                }
-                let recovered = QueueStore::open(&self.logs, &store_id)?;
+                // A stream's messages are its topic's records; a classic
+                // queue reads back its own store.
+                let (store, topic, messages) = if args.stream {
+                    (None, Some(self.stream_topic(&name, &args)?), Vec::new())
+                } else {
+                    let recovered = QueueStore::open(&self.logs, &store_id)?;
+                    (Some((store_id, recovered.store)), None, recovered.messages)
+                };
                 let queue = Queue::new(
                     name.clone(),
                     QueueOptions {
@@ -359,12 +347,12 @@ impl VirtualHost {
                         arguments,
                     },
                     args,
-                    Some((store_id, recovered.store)),
+                    store,
                     self.me.clone(),
                     Arc::clone(&self.memory),
-                    None,
+                    topic,
                 );
-                queue.restore(recovered.messages);
+                queue.restore(messages);
                 self.queues_mut().insert(name, queue);
             }
             Definition::Binding {
