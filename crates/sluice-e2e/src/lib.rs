@@ -62,9 +62,23 @@ impl BrokerProcess {
     pub fn start() -> BrokerProcess {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let data = dir.path().join("data");
+        // A port free a moment ago may be taken by another test's broker
+        // before this one binds it; the broker then exits, and fresh ports
+        // are tried.
+        for _ in 1..START_ATTEMPTS {
+            let ports = [free_port(), free_port(), free_port()];
+            if let Some(child) = try_spawn(&data, ports) {
+                return BrokerProcess::new(child, data, ports, dir);
+            }
+        }
         let ports = [free_port(), free_port(), free_port()];
+        let child = spawn(&data, ports);
+        BrokerProcess::new(child, data, ports, dir)
+    }
+
+    fn new(child: Child, data: PathBuf, ports: [u16; 3], dir: tempfile::TempDir) -> BrokerProcess {
         BrokerProcess {
-            child: spawn(&data, ports),
+            child,
             data,
             kafka_port: ports[0],
             amqp_port: ports[1],
@@ -109,8 +123,22 @@ impl Drop for BrokerProcess {
     }
 }
 
+/// Tries with fresh ports this many times in all.
+const START_ATTEMPTS: usize = 3;
+
 /// Starts the broker with Kafka, AMQP and HTTP on `ports`.
+///
+/// # Panics
+/// When it does not listen in time.
 fn spawn(data: &Path, ports: [u16; 3]) -> Child {
+    try_spawn(data, ports).unwrap_or_else(|| {
+        panic!("the broker did not listen on {ports:?} within {READY_TIMEOUT:?}")
+    })
+}
+
+/// Starts the broker with Kafka, AMQP and HTTP on `ports`; `None` when it
+/// exits first (a port taken) or does not listen in time.
+fn try_spawn(data: &Path, ports: [u16; 3]) -> Option<Child> {
     let [kafka_port, amqp_port, http_port] = ports;
     let binary = broker_binary();
     assert!(
@@ -134,12 +162,13 @@ fn spawn(data: &Path, ports: [u16; 3]) -> Child {
         .iter()
         .any(|port| TcpStream::connect(("127.0.0.1", *port)).is_err())
     {
-        if Instant::now() >= deadline {
+        let exited = matches!(child.try_wait(), Ok(Some(_)));
+        if exited || Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("the broker did not listen within {READY_TIMEOUT:?}");
+            return None;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    child
+    Some(child)
 }
