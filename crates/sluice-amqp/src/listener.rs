@@ -94,9 +94,19 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let registration = broker
+        let registration = match broker
             .connections()
-            .register(sluice_core::Protocol::Amqp, peer);
+            .register(sluice_core::Protocol::Amqp, peer)
+        {
+            Ok(registration) => registration,
+            Err(refused) => {
+                // RabbitMQ's connection_max stops accepting; closing at
+                // once frees the descriptor and the client sees why in our log.
+                tracing::warn!(%peer, reason = %refused, "amqp connection refused");
+                drop(stream);
+                continue;
+            }
+        };
         let conn_id = registration.id();
         let span = tracing::info_span!("conn", conn_id, %peer, protocol = "amqp");
         let broker = Arc::clone(&broker);

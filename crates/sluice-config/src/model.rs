@@ -32,6 +32,8 @@ pub struct Config {
     pub logging: LoggingConfig,
     /// Defaults for every log (Kafka partitions, durable queues).
     pub log: LogSettings,
+    /// Caps on connections, topics and queues.
+    pub limits: LimitsConfig,
 }
 
 impl Default for Config {
@@ -43,6 +45,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             logging: LoggingConfig::default(),
             log: LogSettings::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -215,6 +218,36 @@ pub enum DurabilityMode {
     Never,
 }
 
+/// `[limits]`: caps that keep one client, or many, from exhausting the
+/// broker. `None` (written `"none"`) means no cap.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Open client connections, Kafka and AMQP together.
+    #[serde(with = "or_none")]
+    pub max_connections: Option<u32>,
+    /// Open client connections from one IP address.
+    #[serde(with = "or_none")]
+    pub max_connections_per_ip: Option<u32>,
+    /// Topics, stream queues' topics included.
+    #[serde(with = "or_none")]
+    pub max_topics: Option<u32>,
+    /// Queues in one virtual host.
+    #[serde(with = "or_none")]
+    pub max_queues: Option<u32>,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: Some(10_000),
+            max_connections_per_ip: None,
+            max_topics: Some(10_000),
+            max_queues: Some(100_000),
+        }
+    }
+}
+
 /// A listen address, `HOST:PORT`: an IP address (`127.0.0.1:9092`,
 /// `[::1]:9092`) or a host name (`localhost:9092`). Kept as written; the
 /// listener resolves it when it binds.
@@ -362,15 +395,31 @@ pub const KEYS: &[KeyDoc] = &[
     },
     KeyDoc {
         key: "amqp.memory_high_watermark",
-        description: "Message bytes held in memory above which AMQP publishers are blocked",
+        description: "Message bytes held in memory above which AMQP publishers are blocked and Kafka producers throttled",
     },
     KeyDoc {
         key: "amqp.disk_free_limit",
-        description: "Free space on the data directory's disk under which AMQP publishers are blocked",
+        description: "Free space on the data directory's disk under which AMQP publishers are blocked and Kafka produce fails",
     },
     KeyDoc {
         key: "http.listen",
         description: "HOST:PORT of the admin API, web UI and metrics",
+    },
+    KeyDoc {
+        key: "limits.max_connections",
+        description: "Most open client connections, Kafka and AMQP together, or \"none\"",
+    },
+    KeyDoc {
+        key: "limits.max_connections_per_ip",
+        description: "Most open client connections from one IP address, or \"none\"",
+    },
+    KeyDoc {
+        key: "limits.max_topics",
+        description: "Most topics (stream queues' topics included), or \"none\"",
+    },
+    KeyDoc {
+        key: "limits.max_queues",
+        description: "Most queues in one virtual host, or \"none\"",
     },
     KeyDoc {
         key: "logging.format",
@@ -518,6 +567,20 @@ impl Config {
                     "amqp.users",
                     format!("amqp.users entries must be name:password, got {user:?}"),
                 );
+            }
+        }
+        let limits = &self.limits;
+        for (key, value) in [
+            ("limits.max_connections", limits.max_connections),
+            (
+                "limits.max_connections_per_ip",
+                limits.max_connections_per_ip,
+            ),
+            ("limits.max_topics", limits.max_topics),
+            ("limits.max_queues", limits.max_queues),
+        ] {
+            if value == Some(0) {
+                return problem(key, format!("{key} must be at least 1 or \"none\", got 0"));
             }
         }
         let log = &self.log;

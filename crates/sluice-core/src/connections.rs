@@ -7,9 +7,13 @@
 //! handle removes the entry. Counters are atomics the connection task
 //! bumps without a lock; the details (user, client name) change once or
 //! twice per connection and sit behind a mutex.
+//!
+//! The registry also enforces the connection caps (`limits.max_connections`
+//! and `limits.max_connections_per_ip`): [`Connections::register`] refuses
+//! a connection over either.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
@@ -175,31 +179,94 @@ impl ConnectionHandle {
 impl Drop for ConnectionHandle {
     fn drop(&mut self) {
         if let Some(registry) = self.registry.upgrade() {
-            lock(&registry.entries).remove(&self.stats.id);
+            let mut open = lock(&registry.open);
+            open.entries.remove(&self.stats.id);
+            let ip = self.stats.peer.ip();
+            if let Some(count) = open.per_ip.get_mut(&ip) {
+                *count -= 1;
+                if *count == 0 {
+                    open.per_ip.remove(&ip);
+                }
+            }
         }
     }
+}
+
+/// Caps on open connections; `None` is no cap.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Open connections of both protocols together.
+    pub total: Option<u32>,
+    /// Open connections from one IP address.
+    pub per_ip: Option<u32>,
+}
+
+/// Why [`Connections::register`] refused a connection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectionRefused {
+    #[error("connection limit ({limit}) reached (limits.max_connections)")]
+    Total { limit: u32 },
+    #[error("connection limit per IP address ({limit}) reached by {ip} (limits.max_connections_per_ip)")]
+    PerIp { ip: IpAddr, limit: u32 },
+}
+
+#[derive(Debug, Default)]
+struct Open {
+    entries: BTreeMap<u64, Arc<ConnectionStats>>,
+    per_ip: HashMap<IpAddr, u32>,
 }
 
 /// The registry of open connections.
 #[derive(Debug)]
 pub struct Connections {
-    entries: Mutex<BTreeMap<u64, Arc<ConnectionStats>>>,
+    open: Mutex<Open>,
+    limits: ConnectionLimits,
     next_id: AtomicU64,
     /// Connections accepted since start, per protocol (Kafka, AMQP).
     opened: [AtomicU64; 2],
+    /// Connections refused by a cap since start.
+    refused: AtomicU64,
 }
 
 impl Connections {
-    pub(crate) fn new() -> Arc<Connections> {
+    pub(crate) fn new(limits: ConnectionLimits) -> Arc<Connections> {
         Arc::new(Connections {
-            entries: Mutex::new(BTreeMap::new()),
+            open: Mutex::new(Open::default()),
+            limits,
             next_id: AtomicU64::new(1),
             opened: [AtomicU64::new(0), AtomicU64::new(0)],
+            refused: AtomicU64::new(0),
         })
     }
 
-    /// Registers a newly accepted connection.
-    pub fn register(self: &Arc<Self>, protocol: Protocol, peer: SocketAddr) -> ConnectionHandle {
+    /// Registers a newly accepted connection, unless it would pass a cap.
+    ///
+    /// # Errors
+    /// [`ConnectionRefused`] naming the cap; nothing is registered.
+    pub fn register(
+        self: &Arc<Self>,
+        protocol: Protocol,
+        peer: SocketAddr,
+    ) -> Result<ConnectionHandle, ConnectionRefused> {
+        let mut open = lock(&self.open);
+        let from_ip = open.per_ip.get(&peer.ip()).copied().unwrap_or(0);
+        let refused = match self.limits {
+            ConnectionLimits {
+                total: Some(limit), ..
+            } if open.entries.len() >= limit as usize => Some(ConnectionRefused::Total { limit }),
+            ConnectionLimits {
+                per_ip: Some(limit),
+                ..
+            } if from_ip >= limit => Some(ConnectionRefused::PerIp {
+                ip: peer.ip(),
+                limit,
+            }),
+            _ => None,
+        };
+        if let Some(refused) = refused {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(refused);
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (close, closed) = watch::channel(None);
         let stats = Arc::new(ConnectionStats {
@@ -213,22 +280,34 @@ impl Connections {
             channels: Mutex::new(BTreeMap::new()),
             close,
         });
-        lock(&self.entries).insert(id, Arc::clone(&stats));
+        open.entries.insert(id, Arc::clone(&stats));
+        *open.per_ip.entry(peer.ip()).or_default() += 1;
+        drop(open);
         self.opened[protocol_index(protocol)].fetch_add(1, Ordering::Relaxed);
-        ConnectionHandle {
+        Ok(ConnectionHandle {
             stats,
             registry: Arc::downgrade(self),
             closed,
-        }
+        })
     }
 
     /// Every open connection, by id.
     pub fn list(&self) -> Vec<Arc<ConnectionStats>> {
-        lock(&self.entries).values().cloned().collect()
+        lock(&self.open).entries.values().cloned().collect()
     }
 
     pub fn get(&self, id: u64) -> Option<Arc<ConnectionStats>> {
-        lock(&self.entries).get(&id).cloned()
+        lock(&self.open).entries.get(&id).cloned()
+    }
+
+    /// Connections refused by a cap since start.
+    pub fn refused_total(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// The caps in force.
+    pub fn limits(&self) -> ConnectionLimits {
+        self.limits
     }
 
     /// Connections accepted since start over `protocol`.
@@ -260,9 +339,9 @@ mod tests {
 
     #[test]
     fn dropping_the_handle_unregisters_the_connection() {
-        let registry = Connections::new();
-        let first = registry.register(Protocol::Kafka, peer());
-        let second = registry.register(Protocol::Amqp, peer());
+        let registry = Connections::new(ConnectionLimits::default());
+        let first = registry.register(Protocol::Kafka, peer()).expect("no cap");
+        let second = registry.register(Protocol::Amqp, peer()).expect("no cap");
         assert_ne!(first.id(), second.id());
         assert_eq!(registry.list().len(), 2);
         drop(first);
@@ -273,8 +352,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_close_request_reaches_the_handle() {
-        let registry = Connections::new();
-        let mut handle = registry.register(Protocol::Amqp, peer());
+        let registry = Connections::new(ConnectionLimits::default());
+        let mut handle = registry.register(Protocol::Amqp, peer()).expect("no cap");
         let stats = registry.get(handle.id()).expect("registered");
         stats.request_close("maintenance".to_owned());
         let reason =
@@ -286,8 +365,8 @@ mod tests {
 
     #[test]
     fn channels_are_listed_while_open() {
-        let registry = Connections::new();
-        let handle = registry.register(Protocol::Amqp, peer());
+        let registry = Connections::new(ConnectionLimits::default());
+        let handle = registry.register(Protocol::Amqp, peer()).expect("no cap");
         let stats = handle.stats();
         stats.open_channel(1).consumers.store(2, Ordering::Relaxed);
         stats.open_channel(2);
@@ -296,5 +375,34 @@ mod tests {
         assert_eq!(channels.len(), 1);
         assert_eq!(channels[0].0, 1);
         assert_eq!(channels[0].1.consumers.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn caps_refuse_over_the_limit_and_free_a_slot_on_close() {
+        let registry = Connections::new(ConnectionLimits {
+            total: Some(3),
+            per_ip: Some(2),
+        });
+        let other = SocketAddr::from(([127, 0, 0, 2], 40000));
+        let first = registry.register(Protocol::Kafka, peer()).expect("1 of 2");
+        let _second = registry.register(Protocol::Amqp, peer()).expect("2 of 2");
+        assert_eq!(
+            registry.register(Protocol::Kafka, peer()).err(),
+            Some(ConnectionRefused::PerIp {
+                ip: peer().ip(),
+                limit: 2
+            })
+        );
+        let _third = registry.register(Protocol::Kafka, other).expect("3 of 3");
+        assert_eq!(
+            registry.register(Protocol::Amqp, other).err(),
+            Some(ConnectionRefused::Total { limit: 3 })
+        );
+        assert_eq!(registry.refused_total(), 2);
+        assert_eq!(registry.list().len(), 3);
+        drop(first);
+        registry
+            .register(Protocol::Kafka, peer())
+            .expect("a closed connection frees its slot");
     }
 }

@@ -29,6 +29,8 @@ pub enum CoreError {
     TopicExists { topic: String },
     #[error("topic name {topic:?} is not valid: use 1 to 249 of letters, digits, '.', '_' and '-'")]
     InvalidTopicName { topic: String },
+    #[error("cannot create topic {topic:?}: topic limit ({limit}) reached (limits.max_topics)")]
+    TopicLimit { topic: String, limit: u32 },
     #[error("invalid partition count for topic {topic:?}: {reason}")]
     InvalidPartitions { topic: String, reason: String },
     #[error("topic config {key} {reason}")]

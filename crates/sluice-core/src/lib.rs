@@ -34,7 +34,8 @@ use std::sync::Arc;
 use sluice_log::{LogConfig, LogManager};
 
 pub use connections::{
-    ChannelStats, ConnectionDetails, ConnectionHandle, ConnectionStats, Connections, Protocol,
+    ChannelStats, ConnectionDetails, ConnectionHandle, ConnectionLimits, ConnectionRefused,
+    ConnectionStats, Connections, Protocol,
 };
 pub use data_dir::DataDirLock;
 pub use error::CoreError;
@@ -73,6 +74,20 @@ pub struct BrokerOptions {
     pub memory_high_watermark: u64,
     /// Free disk space under which publishers are blocked.
     pub disk_free_limit: u64,
+    /// Caps on connections, topics and queues.
+    pub limits: Limits,
+}
+
+/// Caps on what clients may open; `None` is no cap (the default, for
+/// tests; the binary takes its caps from the `[limits]` config section).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Open client connections, in total and per IP address.
+    pub connections: ConnectionLimits,
+    /// Topics.
+    pub max_topics: Option<u32>,
+    /// Queues in one virtual host.
+    pub max_queues: Option<u32>,
 }
 
 /// One running broker node.
@@ -110,7 +125,11 @@ impl Broker {
             &options.data_dir.join("logs"),
             options.log,
         )?);
-        let topics = Arc::new(Topics::open(&options.data_dir, Arc::clone(&logs))?);
+        let topics = Arc::new(Topics::open(
+            &options.data_dir,
+            Arc::clone(&logs),
+            options.limits.max_topics,
+        )?);
         let offsets = OffsetStore::open(&logs)?;
         let producer_ids = ProducerIds::open(&options.data_dir)?;
         let vhosts = VirtualHosts::open(
@@ -118,6 +137,7 @@ impl Broker {
             Arc::clone(&topics),
             &options.vhosts,
             messaging::ResourceMonitor::new(options.memory_high_watermark),
+            options.limits.max_queues,
         )?;
         Ok(Broker {
             data_dir: options.data_dir,
@@ -127,7 +147,7 @@ impl Broker {
             groups: GroupCoordinator::new(),
             producer_ids,
             vhosts,
-            connections: Connections::new(),
+            connections: Connections::new(options.limits.connections),
             metrics: ProtocolMetrics::default(),
             started: std::time::Instant::now(),
             disk_free_limit: options.disk_free_limit,

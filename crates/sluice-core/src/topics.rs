@@ -290,11 +290,17 @@ pub struct Topics {
     dir: PathBuf,
     logs: Arc<LogManager>,
     topics: RwLock<HashMap<String, Arc<Topic>>>,
+    /// Most topics; creating one more fails with [`CoreError::TopicLimit`].
+    max_topics: Option<u32>,
 }
 
 impl Topics {
     /// Loads the saved topics and opens their partitions' logs.
-    pub(crate) fn open(data_dir: &Path, logs: Arc<LogManager>) -> Result<Topics, CoreError> {
+    pub(crate) fn open(
+        data_dir: &Path,
+        logs: Arc<LogManager>,
+        max_topics: Option<u32>,
+    ) -> Result<Topics, CoreError> {
         let dir = data_dir.join("topics");
         fs::create_dir_all(&dir).map_err(|source| CoreError::DataDir {
             path: dir.clone(),
@@ -304,6 +310,7 @@ impl Topics {
             dir,
             logs,
             topics: RwLock::new(HashMap::new()),
+            max_topics,
         };
         let entries = fs::read_dir(&topics.dir).map_err(|source| CoreError::DataDir {
             path: topics.dir.clone(),
@@ -394,11 +401,21 @@ impl Topics {
     /// As [`Topics::create`], except for I/O.
     pub fn validate_new(&self, name: &str, partitions: u32) -> Result<(), CoreError> {
         validate_name(name)?;
-        if self.read().contains_key(name) {
+        let topics = self.read();
+        if topics.contains_key(name) {
             return Err(CoreError::TopicExists {
                 topic: name.to_owned(),
             });
         }
+        if let Some(limit) = self.max_topics
+            && topics.len() >= limit as usize
+        {
+            return Err(CoreError::TopicLimit {
+                topic: name.to_owned(),
+                limit,
+            });
+        }
+        drop(topics);
         if partitions == 0 || partitions > MAX_PARTITIONS {
             return Err(CoreError::InvalidPartitions {
                 topic: name.to_owned(),
@@ -426,6 +443,16 @@ impl Topics {
         if let Some(existing) = topics.get(name) {
             return Err(CoreError::TopicExists {
                 topic: existing.name.to_string(),
+            });
+        }
+        // Checked again under the write lock: concurrent creations passed
+        // `validate_new` together.
+        if let Some(limit) = self.max_topics
+            && topics.len() >= limit as usize
+        {
+            return Err(CoreError::TopicLimit {
+                topic: name.to_owned(),
+                limit,
             });
         }
         let name_arc: Arc<str> = Arc::from(name);

@@ -117,6 +117,7 @@ impl From<CoreError> for ApiError {
             CoreError::InvalidTopicName { .. } => ApiError::field("name", message),
             CoreError::InvalidPartitions { .. } => ApiError::field("partitions", message),
             CoreError::InvalidConfig { .. } => ApiError::field("configs", message),
+            CoreError::TopicLimit { .. } => ApiError::precondition(message),
             CoreError::Log(sluice_log::LogError::InvalidBatch { .. }) => {
                 ApiError::bad_request(message)
             }

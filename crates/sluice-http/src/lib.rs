@@ -155,6 +155,7 @@ mod tests {
             vhosts: vec!["/".to_owned()],
             memory_high_watermark: 1 << 30,
             disk_free_limit: 0,
+            limits: Default::default(),
         })
         .expect("open a broker");
         let users = vec![User {

@@ -13,6 +13,7 @@ pub(crate) fn code(err: &CoreError) -> ResponseError {
         CoreError::TopicExists { .. } => ResponseError::TopicAlreadyExists,
         CoreError::InvalidTopicName { .. } => ResponseError::InvalidTopicException,
         CoreError::InvalidPartitions { .. } => ResponseError::InvalidPartitions,
+        CoreError::TopicLimit { .. } => ResponseError::PolicyViolation,
         CoreError::InvalidConfig { .. } => ResponseError::InvalidConfig,
         CoreError::Log(log) => log_code(log),
         CoreError::DataDirLocked { .. }

@@ -88,7 +88,16 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let registration = broker.connections().register(Protocol::Kafka, peer);
+        let registration = match broker.connections().register(Protocol::Kafka, peer) {
+            Ok(registration) => registration,
+            Err(refused) => {
+                // Kafka has no way to say why; the client sees a closed
+                // connection and retries with backoff.
+                tracing::warn!(%peer, reason = %refused, "kafka connection refused");
+                drop(stream);
+                continue;
+            }
+        };
         let conn_id = registration.id();
         let span = tracing::info_span!("conn", conn_id, %peer, protocol = "kafka");
         let connection = Connection::new(

@@ -324,8 +324,14 @@ impl Log {
         let interval = state.config.index_interval_bytes;
         let result = active(&mut state)?.append(batches, &headers, interval);
         if let Err(err) = result {
-            tracing::error!(dir = %self.dir.display(), error = %err, "append failed; log poisoned");
-            state.poisoned = true;
+            // A write that failed part-way (a full disk) is cut off again and
+            // the log stays usable; only a cut that fails too poisons it.
+            if let Err(cut) = active(&mut state)?.discard_failed_append() {
+                tracing::error!(dir = %self.dir.display(), error = %err, %cut, "append failed and could not be undone; log poisoned");
+                state.poisoned = true;
+            } else {
+                tracing::warn!(dir = %self.dir.display(), error = %err, "append failed; nothing was written");
+            }
             return Err(err);
         }
         state.log_end = next;
@@ -366,14 +372,23 @@ impl Log {
         Ok(())
     }
 
-    /// Seals the active segment (syncing it) and starts a new one at the log end.
+    /// Seals the active segment (syncing it) and starts a new one at the log
+    /// end. A failed sync poisons the log (the kernel may have dropped the
+    /// pages); a file that cannot be created or written (a full disk) leaves
+    /// the active segment as it was.
     fn roll_locked(&self, state: &mut LogState) -> Result<(), LogError> {
         let base = state.log_end;
-        if let Err(err) = active(state)?.seal() {
+        if let Err(err) = active(state)?.sync() {
             state.poisoned = true;
             return Err(err);
         }
         let segment = Segment::create(&self.dir, base)?;
+        if let Err(err) = active(state)?.seal() {
+            if let Err(cleanup) = segment.delete() {
+                tracing::warn!(dir = %self.dir.display(), error = %cleanup, "cannot remove the segment of a failed roll");
+            }
+            return Err(err);
+        }
         state.segments.insert(base, segment);
         // The sealed segment was synced: everything before `base` is durable.
         let mut sync = self.sync_state();

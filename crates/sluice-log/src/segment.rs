@@ -478,17 +478,37 @@ impl Segment {
         Ok(())
     }
 
-    /// Syncs the data and writes the indexes out; the segment becomes sealed.
-    pub(crate) fn seal(&mut self) -> Result<(), LogError> {
+    /// Syncs the data file.
+    pub(crate) fn sync(&mut self) -> Result<(), LogError> {
         let file = self.active_file()?;
-        file.sync_data().map_err(LogError::io(&self.data_path))?;
-        if let Some(mut state) = self.active.take() {
-            push_final_time_entry(&mut state, self.max_timestamp, self.last_indexed_relative());
+        file.sync_data().map_err(LogError::io(&self.data_path))
+    }
+
+    /// Writes the indexes out; the segment becomes sealed. Sync the data
+    /// first. If an index cannot be written (a full disk), the segment stays
+    /// active and nothing is lost: sealing can be tried again.
+    pub(crate) fn seal(&mut self) -> Result<(), LogError> {
+        let (max_timestamp, last_relative) = (self.max_timestamp, self.last_indexed_relative());
+        if let Some(state) = &mut self.active {
+            push_final_time_entry(state, max_timestamp, last_relative);
             index::write_all(&self.index_path, &state.offsets)?;
             index::write_all(&self.time_index_path, &state.times)?;
         }
+        self.active = None;
         // The new segment's creation syncs the directory, and with it these.
         Ok(())
+    }
+
+    /// After a failed append, cuts the data file back to its last complete
+    /// append, so that no partial batch stays behind it.
+    ///
+    /// # Errors
+    /// [`LogError::Io`] when the file cannot be cut: the caller must then
+    /// stop writing to this segment.
+    pub(crate) fn discard_failed_append(&mut self) -> Result<(), LogError> {
+        let file = self.active_file()?;
+        file.set_len(self.size)
+            .map_err(LogError::io(&self.data_path))
     }
 
     /// Writes the active segment's indexes out for a clean shutdown.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use sluice_config::{
     AmqpConfig, Config, DurabilityMode, KafkaConfig, LogFormat, LogSettings, split_list,
 };
-use sluice_core::{Broker, BrokerOptions, User};
+use sluice_core::{Broker, BrokerOptions, ConnectionLimits, Limits, User};
 use sluice_kafka::KafkaOptions;
 use sluice_log::{Durability, LogConfig};
 use tokio::signal::unix::{SignalKind, signal};
@@ -56,6 +56,14 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
             .collect(),
         memory_high_watermark: config.amqp.memory_high_watermark.bytes(),
         disk_free_limit: config.amqp.disk_free_limit.bytes(),
+        limits: Limits {
+            connections: ConnectionLimits {
+                total: config.limits.max_connections,
+                per_ip: config.limits.max_connections_per_ip,
+            },
+            max_topics: config.limits.max_topics,
+            max_queues: config.limits.max_queues,
+        },
     };
     let broker = tokio::task::spawn_blocking(move || Broker::open(options))
         .await

@@ -65,6 +65,7 @@ impl VirtualHosts {
         topics: Arc<Topics>,
         names: &[String],
         memory: Arc<ResourceMonitor>,
+        max_queues: Option<u32>,
     ) -> Result<VirtualHosts, CoreError> {
         let (definitions, stored) = Definitions::open(&logs)?;
         let definitions = Arc::new(definitions);
@@ -78,6 +79,7 @@ impl VirtualHosts {
                     Arc::clone(&topics),
                     Arc::clone(&definitions),
                     Arc::clone(&memory),
+                    max_queues,
                 ),
             );
         }
@@ -167,6 +169,8 @@ pub struct VirtualHost {
     topics: Arc<Topics>,
     definitions: Arc<Definitions>,
     memory: Arc<ResourceMonitor>,
+    /// Most queues; declaring one more is refused.
+    max_queues: Option<u32>,
     me: std::sync::Weak<VirtualHost>,
 }
 
@@ -196,6 +200,7 @@ impl VirtualHost {
         topics: Arc<Topics>,
         definitions: Arc<Definitions>,
         memory: Arc<ResourceMonitor>,
+        max_queues: Option<u32>,
     ) -> Arc<VirtualHost> {
         let mut exchanges = HashMap::new();
         for (exchange, kind) in STANDARD_EXCHANGES {
@@ -219,6 +224,7 @@ impl VirtualHost {
             topics,
             definitions,
             memory,
+            max_queues,
             me: me.clone(),
         })
     }
@@ -604,6 +610,14 @@ impl VirtualHost {
             drop(queues);
             return self.redeclare(&existing, &options, connection);
         }
+        if let Some(limit) = self.max_queues
+            && queues.len() >= limit as usize
+        {
+            return Err(MessagingError::PreconditionFailed(format!(
+                "cannot declare queue '{name}': queue limit in vhost '{}' ({limit}) is reached",
+                self.name
+            )));
+        }
         if args.stream {
             drop(queues);
             return self.declare_stream(name, options, args);
@@ -663,7 +677,9 @@ impl VirtualHost {
         let topic = self
             .stream_topic(&name, &args)
             .map_err(|error| match error {
-                CoreError::InvalidTopicName { .. } | CoreError::InvalidConfig { .. } => {
+                CoreError::InvalidTopicName { .. }
+                | CoreError::InvalidConfig { .. }
+                | CoreError::TopicLimit { .. } => {
                     MessagingError::PreconditionFailed(format!(
                         "cannot make queue '{name}' in vhost '{}' a stream: {error}",
                         self.name

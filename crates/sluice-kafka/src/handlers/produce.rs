@@ -3,6 +3,15 @@
 //! before reading the next request), `finish` waits for durability and
 //! builds the answer (concurrently with later requests, whose appends then
 //! share the same group-committed sync).
+//!
+//! Resource alarms reach producers here. While the data directory's disk is
+//! under `amqp.disk_free_limit`, every partition answers
+//! KAFKA_STORAGE_ERROR, which clients retry, so producing resumes by itself
+//! once space is freed. While queued messages are over the memory high
+//! watermark, a request waits (up to [`MAX_THROTTLE`]) for the alarm to
+//! clear before it is written, and answers with that wait as
+//! `throttle_time_ms`: the connection reads nothing meanwhile, so the
+//! producer slows down whether or not it honours the field.
 
 use std::sync::Arc;
 
@@ -18,11 +27,28 @@ use crate::errors;
 
 type Started = Result<(PendingAppend, TimestampType), ResponseError>;
 
+/// Longest a produce request waits for the memory alarm to clear.
+pub(crate) const MAX_THROTTLE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A produce request whose batches are written but not yet acknowledged.
 pub(crate) struct ProducePending {
     acks: i16,
     version: i16,
     topics: Vec<(TopicName, Vec<(i32, Started)>)>,
+    throttle_time_ms: i32,
+}
+
+/// Waits while the memory alarm is raised, at most [`MAX_THROTTLE`]; the
+/// time waited, in milliseconds.
+async fn throttle(broker: &Broker) -> i32 {
+    let monitor = broker.vhosts().memory();
+    if !monitor.memory_alarm() {
+        return 0;
+    }
+    let started = std::time::Instant::now();
+    let mut alarm = monitor.alarm();
+    let _ = tokio::time::timeout(MAX_THROTTLE, alarm.wait_for(|raised| !raised)).await;
+    i32::try_from(started.elapsed().as_millis()).unwrap_or(i32::MAX)
 }
 
 fn failed(index: i32, code: ResponseError) -> PartitionProduceResponse {
@@ -43,6 +69,8 @@ pub(crate) async fn start(
 ) -> ProducePending {
     let acks = request.acks;
     let valid_acks = matches!(acks, -1..=1);
+    let throttle_time_ms = throttle(&context.broker).await;
+    let disk_full = context.broker.vhosts().memory().disk_alarm();
     let mut topics = Vec::new();
     for topic_data in request.topic_data {
         let name = topic_data.name.to_string();
@@ -52,6 +80,8 @@ pub(crate) async fn start(
             let index = data.index;
             let outcome = if !valid_acks {
                 Err(ResponseError::InvalidRequiredAcks)
+            } else if disk_full {
+                Err(ResponseError::KafkaStorageError)
             } else if exists {
                 write(&context.broker, &name, index, data.records)
             } else {
@@ -65,10 +95,14 @@ pub(crate) async fn start(
         }
         topics.push((topic_data.name, started));
     }
+    if disk_full {
+        tracing::debug!("produce refused: the disk alarm is raised");
+    }
     ProducePending {
         acks,
         version,
         topics,
+        throttle_time_ms,
     }
 }
 
@@ -128,6 +162,7 @@ impl ProducePending {
     pub(crate) async fn finish(self) -> Option<ProduceResponse> {
         let version = self.version;
         let acks = self.acks;
+        let throttle_time_ms = self.throttle_time_ms;
         let partitions: usize = self.topics.iter().map(|(_, p)| p.len()).sum();
         let responses = if partitions <= 1 {
             // One trip to the blocking pool for the request's one wait.
@@ -169,6 +204,10 @@ impl ProducePending {
             }
             responses
         };
-        (acks != 0).then(|| ProduceResponse::default().with_responses(responses))
+        (acks != 0).then(|| {
+            ProduceResponse::default()
+                .with_responses(responses)
+                .with_throttle_time_ms(throttle_time_ms)
+        })
     }
 }
