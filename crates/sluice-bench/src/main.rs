@@ -8,6 +8,7 @@
 //! and memory by pid).
 
 mod amqp;
+mod crash;
 mod kafka;
 mod payload;
 mod process;
@@ -30,6 +31,9 @@ enum Command {
     Kafka(kafka::KafkaArgs),
     /// Publish and consume through lapin (AMQP 0-9-1).
     Amqp(amqp::AmqpArgs),
+    /// Kill the broker with SIGKILL at random moments under load from both
+    /// protocols, restart it, and check that nothing acknowledged was lost.
+    CrashLoop(crash::CrashArgs),
 }
 
 fn main() {
@@ -37,6 +41,15 @@ fn main() {
     let outcome = match cli.command {
         Command::Kafka(args) => kafka::run(&args),
         Command::Amqp(args) => amqp::run(&args),
+        // The crash loop prints its own report.
+        Command::CrashLoop(args) => match crash::run(&args) {
+            Ok(true) => return,
+            Ok(false) => std::process::exit(1),
+            Err(err) => {
+                eprintln!("error: {err:#}");
+                std::process::exit(2);
+            }
+        },
     };
     match outcome {
         Ok(report) => {

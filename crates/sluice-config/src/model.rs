@@ -180,6 +180,8 @@ pub struct LogSettings {
     /// (written `"none"`) keeps them forever.
     #[serde(with = "or_none")]
     pub retention_time: Option<HumanDuration>,
+    /// How often retention is enforced.
+    pub retention_check_interval: HumanDuration,
     /// When an append is acknowledged.
     pub durability: DurabilityMode,
     /// Sync period when `durability` is `interval`.
@@ -197,6 +199,7 @@ impl Default for LogSettings {
             index_interval_bytes: ByteSize::kib(4),
             retention_bytes: None,
             retention_time: Some(HumanDuration::from_secs(7 * 24 * 3600)),
+            retention_check_interval: HumanDuration::from_secs(300),
             durability: DurabilityMode::Always,
             flush_interval: HumanDuration::from_secs(1),
             max_batch_bytes: ByteSize::new(1024 * 1024 + 12),
@@ -446,6 +449,10 @@ pub const KEYS: &[KeyDoc] = &[
         description: "Segments older than this are deleted, or \"none\" to keep them",
     },
     KeyDoc {
+        key: "log.retention_check_interval",
+        description: "How often retention deletes old segments (at least 1ms)",
+    },
+    KeyDoc {
         key: "log.durability",
         description: "When an append is acknowledged: always (after fsync), interval, never",
     },
@@ -630,6 +637,12 @@ impl Config {
             return problem(
                 "log.retention_time",
                 "log.retention_time must be at least 1ms or \"none\", got 0s".to_owned(),
+            );
+        }
+        if log.retention_check_interval.get().is_zero() {
+            return problem(
+                "log.retention_check_interval",
+                "log.retention_check_interval must be at least 1ms, got 0s".to_owned(),
             );
         }
         if log.flush_interval.get().is_zero() {

@@ -76,6 +76,8 @@ pub struct BrokerOptions {
     pub disk_free_limit: u64,
     /// Caps on connections, topics and queues.
     pub limits: Limits,
+    /// How often the logs' background jobs (retention, compaction) run.
+    pub maintenance: sluice_log::MaintenanceSettings,
 }
 
 /// Caps on what clients may open; `None` is no cap (the default, for
@@ -121,9 +123,10 @@ impl Broker {
     /// [`CoreError::Log`] when a log fails to open.
     pub fn open(options: BrokerOptions) -> Result<Broker, CoreError> {
         let lock = DataDirLock::acquire(&options.data_dir)?;
-        let logs = Arc::new(LogManager::open(
+        let logs = Arc::new(LogManager::open_with(
             &options.data_dir.join("logs"),
             options.log,
+            options.maintenance,
         )?);
         let topics = Arc::new(Topics::open(
             &options.data_dir,
@@ -238,12 +241,14 @@ impl Broker {
             .create_or_get(name, self.default_partitions, TopicConfig::default())
     }
 
-    /// Syncs and closes every log, then releases the data directory.
+    /// Writes pending queue settlements, then syncs and closes every log.
+    /// Tasks that still hold the broker afterwards get
+    /// [`sluice_log::LogError::Closed`] from any log; the data directory is
+    /// released when the broker is dropped.
     ///
     /// # Errors
-    /// [`CoreError::Log`] when a log fails to sync or close; the lock is
-    /// released either way.
-    pub fn shutdown(self) -> Result<(), CoreError> {
+    /// [`CoreError::Log`] when a log fails to sync or close.
+    pub fn shutdown(&self) -> Result<(), CoreError> {
         if let Err(error) = self.vhosts.flush() {
             tracing::warn!(%error, "cannot write queue settlements before shutdown");
         }

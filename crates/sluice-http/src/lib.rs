@@ -156,6 +156,7 @@ mod tests {
             memory_high_watermark: 1 << 30,
             disk_free_limit: 0,
             limits: Default::default(),
+            maintenance: Default::default(),
         })
         .expect("open a broker");
         let users = vec![User {

@@ -11,7 +11,7 @@ use sluice_config::{
 };
 use sluice_core::{Broker, BrokerOptions, ConnectionLimits, Limits, User};
 use sluice_kafka::KafkaOptions;
-use sluice_log::{Durability, LogConfig};
+use sluice_log::{Durability, LogConfig, MaintenanceSettings};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tracing::info;
@@ -63,6 +63,10 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
             },
             max_topics: config.limits.max_topics,
             max_queues: config.limits.max_queues,
+        },
+        maintenance: MaintenanceSettings {
+            retention_check_interval: config.log.retention_check_interval.get(),
+            ..MaintenanceSettings::default()
         },
     };
     let broker = tokio::task::spawn_blocking(move || Broker::open(options))
@@ -119,23 +123,34 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     let _ = amqp.await;
     let _ = http.await;
     let _ = forwarding.await;
-    tokio::time::sleep(SHUTDOWN_GRACE).await;
-    let broker = Arc::try_unwrap(broker).map_err(|_| {
-        anyhow::anyhow!("connections still hold the broker after shutdown; logs were not closed")
-    });
-    match broker {
-        Ok(broker) => tokio::task::spawn_blocking(move || broker.shutdown())
-            .await
-            .context("broker shutdown task failed")?
-            .context("broker did not shut down cleanly")?,
-        Err(err) => return Err(err),
+    // Connections end at their next request boundary (AMQP ones after
+    // connection.close 320); wait, bounded, for every task holding the
+    // broker to finish, so that no acknowledgement is cut short.
+    let waited = std::time::Instant::now();
+    while Arc::strong_count(&broker) > 1 && waited.elapsed() < SHUTDOWN_GRACE {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    info!("broker stopped");
+    let holders = Arc::strong_count(&broker) - 1;
+    if holders > 0 {
+        tracing::warn!(
+            holders,
+            "tasks still hold the broker after {SHUTDOWN_GRACE:?}; closing the logs under them"
+        );
+    }
+    let closing = Arc::clone(&broker);
+    tokio::task::spawn_blocking(move || closing.shutdown())
+        .await
+        .context("broker shutdown task failed")?
+        .context("broker did not shut down cleanly")?;
+    info!(
+        wait_ms = waited.elapsed().as_millis() as u64,
+        "broker stopped"
+    );
     Ok(())
 }
 
-/// Time connections get to finish their request after the listener stops.
-const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
+/// Longest time connections get to finish after the listeners stop.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Binds a listener; errors name the protocol and the config key.
 async fn bind(

@@ -302,6 +302,7 @@ async fn every_response_encodes_at_every_advertised_version() {
         memory_high_watermark: 1 << 30,
         disk_free_limit: 0,
         limits: Default::default(),
+        maintenance: Default::default(),
     })
     .expect("open broker");
     let context = Context {

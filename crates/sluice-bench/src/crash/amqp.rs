@@ -1,0 +1,243 @@
+//! The AMQP side of the crash loop: a publisher of persistent messages with
+//! confirms into a durable queue, recording every confirmed sequence, and a
+//! consumer with manual acks recording every delivery and its redelivered
+//! flag. Both reconnect whenever the broker goes away.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesUnordered;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+
+use crate::payload;
+
+/// Producer id of the AMQP publisher in the payload header.
+const PUBLISHER: u32 = 3;
+/// Publishes awaiting their confirm at once.
+const CONFIRM_WINDOW: usize = 64;
+
+/// What the AMQP clients were told by the broker.
+#[derive(Debug, Default)]
+pub(crate) struct AmqpLedger {
+    pub(crate) published: u64,
+    pub(crate) confirmed: HashSet<u64>,
+    pub(crate) nacked: u64,
+    /// Sequence → the redelivered flag of each delivery, in order.
+    pub(crate) deliveries: HashMap<u64, Vec<bool>>,
+    pub(crate) corrupt: u64,
+    pub(crate) reconnects: u64,
+}
+
+async fn open(url: &str, queue: &str) -> anyhow::Result<(Connection, Channel)> {
+    let connection = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .context("connect")?;
+    let channel = connection.create_channel().await.context("channel")?;
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .context("queue.declare")?;
+    Ok((connection, channel))
+}
+
+fn lock(ledger: &Mutex<AmqpLedger>) -> std::sync::MutexGuard<'_, AmqpLedger> {
+    ledger.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Publishes until `stop`, reconnecting after every failure. Messages
+/// whose confirm never came are not republished: they count as
+/// unacknowledged, and may or may not be in the queue.
+pub(crate) async fn publish(
+    url: String,
+    queue: String,
+    size: usize,
+    rate: u64,
+    stop: Arc<AtomicBool>,
+    ledger: Arc<Mutex<AmqpLedger>>,
+) {
+    let sequence = AtomicU64::new(0);
+    let started = tokio::time::Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        let session =
+            publish_session(&url, &queue, size, rate, started, &sequence, &stop, &ledger).await;
+        if session.is_err() && !stop.load(Ordering::Relaxed) {
+            lock(&ledger).reconnects += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn publish_session(
+    url: &str,
+    queue: &str,
+    size: usize,
+    rate: u64,
+    started: tokio::time::Instant,
+    sequence: &AtomicU64,
+    stop: &AtomicBool,
+    ledger: &Mutex<AmqpLedger>,
+) -> anyhow::Result<()> {
+    let (connection, channel) = open(url, queue).await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .context("confirm.select")?;
+    let properties = BasicProperties::default().with_delivery_mode(2);
+    let mut in_flight = FuturesUnordered::new();
+    let outcome: anyhow::Result<()> = async {
+        while !stop.load(Ordering::Relaxed) {
+            let next = sequence.load(Ordering::Relaxed);
+            let due = started + Duration::from_secs_f64(next as f64 / rate.max(1) as f64);
+            tokio::time::sleep_until(due).await;
+            let body = payload::build(PUBLISHER, next, size);
+            let confirm = channel
+                .basic_publish(
+                    "".into(),
+                    queue.into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    properties.clone(),
+                )
+                .await
+                .context("basic.publish")?;
+            sequence.fetch_add(1, Ordering::Relaxed);
+            lock(ledger).published += 1;
+            in_flight.push(async move { (next, confirm.await) });
+            while in_flight.len() >= CONFIRM_WINDOW {
+                settle(in_flight.next().await, ledger)?;
+            }
+        }
+        while !in_flight.is_empty() {
+            settle(in_flight.next().await, ledger)?;
+        }
+        Ok(())
+    }
+    .await;
+    let _ = connection.close(200, "done".into()).await;
+    outcome
+}
+
+fn settle(
+    outcome: Option<(u64, lapin::Result<lapin::Confirmation>)>,
+    ledger: &Mutex<AmqpLedger>,
+) -> anyhow::Result<()> {
+    match outcome {
+        Some((sequence, Ok(confirmation))) => {
+            let mut ledger = lock(ledger);
+            if confirmation.is_ack() {
+                ledger.confirmed.insert(sequence);
+            } else {
+                ledger.nacked += 1;
+            }
+            Ok(())
+        }
+        Some((_, Err(error))) => Err(error).context("confirm"),
+        None => Ok(()),
+    }
+}
+
+/// Consumes with manual acks until `stop`, reconnecting after failures.
+pub(crate) async fn consume(
+    url: String,
+    queue: String,
+    size: usize,
+    stop: Arc<AtomicBool>,
+    ledger: Arc<Mutex<AmqpLedger>>,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        let session = consume_session(&url, &queue, size, &stop, &ledger).await;
+        if session.is_err() && !stop.load(Ordering::Relaxed) {
+            lock(&ledger).reconnects += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+async fn consume_session(
+    url: &str,
+    queue: &str,
+    size: usize,
+    stop: &AtomicBool,
+    ledger: &Mutex<AmqpLedger>,
+) -> anyhow::Result<()> {
+    let (connection, channel) = open(url, queue).await?;
+    channel
+        .basic_qos(100, BasicQosOptions::default())
+        .await
+        .context("basic.qos")?;
+    let mut consumer = channel
+        .basic_consume(
+            queue.into(),
+            "crash-loop".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .context("basic.consume")?;
+    let outcome: anyhow::Result<()> = async {
+        while !stop.load(Ordering::Relaxed) {
+            let Ok(next) = tokio::time::timeout(Duration::from_millis(100), consumer.next()).await
+            else {
+                continue;
+            };
+            let delivery = next.context("the consumer ended")?.context("delivery")?;
+            {
+                let mut ledger = lock(ledger);
+                match payload::check(&delivery.data, size) {
+                    Some(checked) => ledger
+                        .deliveries
+                        .entry(checked.sequence)
+                        .or_default()
+                        .push(delivery.redelivered),
+                    None => ledger.corrupt += 1,
+                }
+            }
+            delivery
+                .ack(BasicAckOptions::default())
+                .await
+                .context("basic.ack")?;
+        }
+        Ok(())
+    }
+    .await;
+    let _ = connection.close(200, "done".into()).await;
+    outcome
+}
+
+/// Ready messages left in the queue (passive declare).
+pub(crate) async fn ready_count(url: &str, queue: &str) -> anyhow::Result<u32> {
+    let connection = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .context("connect")?;
+    let channel = connection.create_channel().await.context("channel")?;
+    let declared = channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .context("queue.declare passive")?;
+    let _ = connection.close(200, "done".into()).await;
+    Ok(declared.message_count())
+}
