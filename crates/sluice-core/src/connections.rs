@@ -206,7 +206,9 @@ pub struct ConnectionLimits {
 pub enum ConnectionRefused {
     #[error("connection limit ({limit}) reached (limits.max_connections)")]
     Total { limit: u32 },
-    #[error("connection limit per IP address ({limit}) reached by {ip} (limits.max_connections_per_ip)")]
+    #[error(
+        "connection limit per IP address ({limit}) reached by {ip} (limits.max_connections_per_ip)"
+    )]
     PerIp { ip: IpAddr, limit: u32 },
 }
 

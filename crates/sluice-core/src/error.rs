@@ -41,6 +41,10 @@ pub enum CoreError {
         expected: i32,
         found: i32,
     },
+    #[error(
+        "producer {producer_id} is unknown to this partition; sequence {found} where 0 was expected"
+    )]
+    UnknownProducerId { producer_id: i64, found: i32 },
     #[error("producer {producer_id}: epoch {found} is older than the current {current}")]
     InvalidProducerEpoch {
         producer_id: i64,

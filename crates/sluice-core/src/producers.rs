@@ -159,7 +159,18 @@ pub(crate) fn check(
         }
     };
     let Some(entry) = producers.get(&producer_id) else {
-        return fresh_start();
+        // Kafka's answer when it knows nothing of the producer (its
+        // batches are older than what was replayed, or retention removed
+        // them): the client starts a new epoch from sequence 0 instead of
+        // failing as it would on OUT_OF_ORDER_SEQUENCE_NUMBER.
+        return if first_sequence == 0 {
+            Ok(SequenceCheck::Append)
+        } else {
+            Err(CoreError::UnknownProducerId {
+                producer_id,
+                found: first_sequence,
+            })
+        };
     };
     if epoch < entry.epoch {
         return Err(CoreError::InvalidProducerEpoch {
@@ -250,7 +261,7 @@ mod tests {
         ));
         assert!(matches!(
             check(&producers, 8, 0, 3, 3),
-            Err(CoreError::OutOfOrderSequence { .. })
+            Err(CoreError::UnknownProducerId { .. })
         ));
         record(&mut producers, 7, 1, 0, 0, Offset::from(200));
         assert!(matches!(

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use bytes::BytesMut;
 use serde::{Deserialize, Serialize};
 use sluice_log::{AppendInfo, Clock, Log, LogManager, SystemClock};
-use sluice_types::{LeaderEpoch, PartitionId};
+use sluice_types::{LeaderEpoch, Offset, PartitionId};
 use tokio::sync::Notify;
 
 use crate::CoreError;
@@ -363,8 +363,8 @@ impl Topics {
             .get_or_create(&log_name(topic, index), Some(log_config.clone()))?;
         log.set_config(log_config);
         let producers = ProducerStates::default();
-        if let Some(active) = log.segment_bases().last() {
-            log.scan_headers(*active, |header| producers.replay(header))?;
+        if let Some(from) = producer_replay_start(&log.segment_sizes()) {
+            log.scan_headers(from, |header| producers.replay(header))?;
         }
         Ok(Arc::new(Partition {
             topic: Arc::clone(topic),
@@ -623,6 +623,28 @@ pub fn log_name(topic: &str, partition: u32) -> String {
     format!("{topic}-{partition}")
 }
 
+/// Bytes of a partition's newest segments read back on open to rebuild its
+/// idempotent producers' sequence state; older producers are told
+/// UNKNOWN_PRODUCER_ID and start a new epoch, as after Kafka's retention.
+const PRODUCER_REPLAY_BYTES: u64 = 256 << 20;
+
+/// Where producer state replay starts, given `(base, size)` of every
+/// segment oldest first: at least the two newest segments (the active one
+/// may have just rolled and be empty), then older ones while less than
+/// [`PRODUCER_REPLAY_BYTES`] is covered.
+fn producer_replay_start(segments: &[(Offset, u64)]) -> Option<Offset> {
+    let mut covered = 0;
+    let mut start = None;
+    for (newest, (base, size)) in segments.iter().rev().enumerate() {
+        if newest >= 2 && covered >= PRODUCER_REPLAY_BYTES {
+            break;
+        }
+        covered += size;
+        start = Some(*base);
+    }
+    start
+}
+
 /// Names of internal topics, which clients may not create.
 const RESERVED: &[&str] = &["__consumer_offsets", "__transaction_state"];
 
@@ -673,4 +695,32 @@ fn new_id(name: &str) -> [u8; 16] {
         chunk.copy_from_slice(&hasher.finish().to_be_bytes());
     }
     id
+}
+
+#[cfg(test)]
+mod replay_tests {
+    use super::*;
+
+    #[test]
+    fn producer_replay_covers_two_segments_and_then_the_byte_budget() {
+        let o = Offset::from;
+        assert_eq!(producer_replay_start(&[]), None);
+        assert_eq!(producer_replay_start(&[(o(0), 10)]), Some(o(0)));
+        // Small logs are read whole.
+        assert_eq!(
+            producer_replay_start(&[(o(0), 10), (o(5), 10), (o(9), 0)]),
+            Some(o(0))
+        );
+        // A just-rolled, empty active segment does not hide the one before.
+        let full = PRODUCER_REPLAY_BYTES;
+        assert_eq!(
+            producer_replay_start(&[(o(0), full), (o(5), full), (o(9), 0)]),
+            Some(o(5))
+        );
+        let big = PRODUCER_REPLAY_BYTES / 2;
+        assert_eq!(
+            producer_replay_start(&[(o(0), big), (o(10), big), (o(20), big), (o(30), 0)]),
+            Some(o(10))
+        );
+    }
 }

@@ -22,6 +22,7 @@ pub(crate) fn code(err: &CoreError) -> ResponseError {
         CoreError::Internal { .. } => ResponseError::UnknownServerError,
         CoreError::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber,
         CoreError::InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch,
+        CoreError::UnknownProducerId { .. } => ResponseError::UnknownProducerId,
     }
 }
 

@@ -978,6 +978,15 @@ impl Log {
     pub fn segment_bases(&self) -> Vec<Offset> {
         self.state().segments.keys().copied().collect()
     }
+
+    /// Base offset and size in bytes of every segment, oldest first.
+    pub fn segment_sizes(&self) -> Vec<(Offset, u64)> {
+        self.state()
+            .segments
+            .iter()
+            .map(|(base, segment)| (*base, segment.size))
+            .collect()
+    }
 }
 
 /// Base offsets of the segment holding `offset` and of every later one.

@@ -24,6 +24,21 @@ use crate::payload;
 const PUBLISHER: u32 = 3;
 /// Publishes awaiting their confirm at once.
 const CONFIRM_WINDOW: usize = 64;
+/// Longest wait for any one step (connect, publish, confirm, delivery
+/// ack): a connection cut by a kill in the middle of a step is given up
+/// after this and opened again.
+const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `future`, failing after [`STEP_TIMEOUT`].
+async fn step<T>(
+    what: &'static str,
+    future: impl std::future::Future<Output = lapin::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::time::timeout(STEP_TIMEOUT, future)
+        .await
+        .map_err(|_| anyhow::anyhow!("{what} timed out"))?
+        .context(what)
+}
 
 /// What the AMQP clients were told by the broker.
 #[derive(Debug, Default)]
@@ -38,21 +53,24 @@ pub(crate) struct AmqpLedger {
 }
 
 async fn open(url: &str, queue: &str) -> anyhow::Result<(Connection, Channel)> {
-    let connection = Connection::connect(url, ConnectionProperties::default())
-        .await
-        .context("connect")?;
-    let channel = connection.create_channel().await.context("channel")?;
-    channel
-        .queue_declare(
+    let connection = step(
+        "connect",
+        Connection::connect(url, ConnectionProperties::default()),
+    )
+    .await?;
+    let channel = step("channel", connection.create_channel()).await?;
+    step(
+        "queue.declare",
+        channel.queue_declare(
             queue.into(),
             QueueDeclareOptions {
                 durable: true,
                 ..QueueDeclareOptions::default()
             },
             FieldTable::default(),
-        )
-        .await
-        .context("queue.declare")?;
+        ),
+    )
+    .await?;
     Ok((connection, channel))
 }
 
@@ -95,10 +113,11 @@ async fn publish_session(
     ledger: &Mutex<AmqpLedger>,
 ) -> anyhow::Result<()> {
     let (connection, channel) = open(url, queue).await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .context("confirm.select")?;
+    step(
+        "confirm.select",
+        channel.confirm_select(ConfirmSelectOptions::default()),
+    )
+    .await?;
     let properties = BasicProperties::default().with_delivery_mode(2);
     let mut in_flight = FuturesUnordered::new();
     let outcome: anyhow::Result<()> = async {
@@ -107,19 +126,20 @@ async fn publish_session(
             let due = started + Duration::from_secs_f64(next as f64 / rate.max(1) as f64);
             tokio::time::sleep_until(due).await;
             let body = payload::build(PUBLISHER, next, size);
-            let confirm = channel
-                .basic_publish(
+            let confirm = step(
+                "basic.publish",
+                channel.basic_publish(
                     "".into(),
                     queue.into(),
                     BasicPublishOptions::default(),
                     &body,
                     properties.clone(),
-                )
-                .await
-                .context("basic.publish")?;
+                ),
+            )
+            .await?;
             sequence.fetch_add(1, Ordering::Relaxed);
             lock(ledger).published += 1;
-            in_flight.push(async move { (next, confirm.await) });
+            in_flight.push(async move { (next, step("confirm", confirm).await) });
             while in_flight.len() >= CONFIRM_WINDOW {
                 settle(in_flight.next().await, ledger)?;
             }
@@ -130,12 +150,12 @@ async fn publish_session(
         Ok(())
     }
     .await;
-    let _ = connection.close(200, "done".into()).await;
+    let _ = tokio::time::timeout(STEP_TIMEOUT, connection.close(200, "done".into())).await;
     outcome
 }
 
 fn settle(
-    outcome: Option<(u64, lapin::Result<lapin::Confirmation>)>,
+    outcome: Option<(u64, anyhow::Result<lapin::Confirmation>)>,
     ledger: &Mutex<AmqpLedger>,
 ) -> anyhow::Result<()> {
     match outcome {
@@ -148,7 +168,7 @@ fn settle(
             }
             Ok(())
         }
-        Some((_, Err(error))) => Err(error).context("confirm"),
+        Some((_, Err(error))) => Err(error),
         None => Ok(()),
     }
 }
@@ -178,19 +198,21 @@ async fn consume_session(
     ledger: &Mutex<AmqpLedger>,
 ) -> anyhow::Result<()> {
     let (connection, channel) = open(url, queue).await?;
-    channel
-        .basic_qos(100, BasicQosOptions::default())
-        .await
-        .context("basic.qos")?;
-    let mut consumer = channel
-        .basic_consume(
+    step(
+        "basic.qos",
+        channel.basic_qos(100, BasicQosOptions::default()),
+    )
+    .await?;
+    let mut consumer = step(
+        "basic.consume",
+        channel.basic_consume(
             queue.into(),
             "crash-loop".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
-        )
-        .await
-        .context("basic.consume")?;
+        ),
+    )
+    .await?;
     let outcome: anyhow::Result<()> = async {
         while !stop.load(Ordering::Relaxed) {
             let Ok(next) = tokio::time::timeout(Duration::from_millis(100), consumer.next()).await
@@ -209,35 +231,35 @@ async fn consume_session(
                     None => ledger.corrupt += 1,
                 }
             }
-            delivery
-                .ack(BasicAckOptions::default())
-                .await
-                .context("basic.ack")?;
+            step("basic.ack", delivery.ack(BasicAckOptions::default())).await?;
         }
         Ok(())
     }
     .await;
-    let _ = connection.close(200, "done".into()).await;
+    let _ = tokio::time::timeout(STEP_TIMEOUT, connection.close(200, "done".into())).await;
     outcome
 }
 
 /// Ready messages left in the queue (passive declare).
 pub(crate) async fn ready_count(url: &str, queue: &str) -> anyhow::Result<u32> {
-    let connection = Connection::connect(url, ConnectionProperties::default())
-        .await
-        .context("connect")?;
-    let channel = connection.create_channel().await.context("channel")?;
-    let declared = channel
-        .queue_declare(
+    let connection = step(
+        "connect",
+        Connection::connect(url, ConnectionProperties::default()),
+    )
+    .await?;
+    let channel = step("channel", connection.create_channel()).await?;
+    let declared = step(
+        "queue.declare passive",
+        channel.queue_declare(
             queue.into(),
             QueueDeclareOptions {
                 passive: true,
                 ..QueueDeclareOptions::default()
             },
             FieldTable::default(),
-        )
-        .await
-        .context("queue.declare passive")?;
-    let _ = connection.close(200, "done".into()).await;
+        ),
+    )
+    .await?;
+    let _ = tokio::time::timeout(STEP_TIMEOUT, connection.close(200, "done".into())).await;
     Ok(declared.message_count())
 }

@@ -177,6 +177,9 @@ pub(crate) fn produce(
             }
             Err((error, _)) => {
                 if let Some((_, reason)) = producer.client().fatal_error() {
+                    note(&format!(
+                        "the producer failed fatally after {sequence} records: {reason}"
+                    ));
                     return Ok(Some(reason));
                 }
                 note(&format!("produce: {error}"));

@@ -679,12 +679,10 @@ impl VirtualHost {
             .map_err(|error| match error {
                 CoreError::InvalidTopicName { .. }
                 | CoreError::InvalidConfig { .. }
-                | CoreError::TopicLimit { .. } => {
-                    MessagingError::PreconditionFailed(format!(
-                        "cannot make queue '{name}' in vhost '{}' a stream: {error}",
-                        self.name
-                    ))
-                }
+                | CoreError::TopicLimit { .. } => MessagingError::PreconditionFailed(format!(
+                    "cannot make queue '{name}' in vhost '{}' a stream: {error}",
+                    self.name
+                )),
                 other => MessagingError::Core(other),
             })?;
         let mut queues = self.queues_mut();
