@@ -1,0 +1,113 @@
+//! Contract: an idempotent producer's sequence state is rebuilt on open from
+//! more than the active segment, so a retry of a batch written just before
+//! a segment roll (its acknowledgement lost to a crash) is recognised as a
+//! duplicate after a restart instead of failing as out of order; and a
+//! producer the partition knows nothing of is told UNKNOWN_PRODUCER_ID.
+//! Found by `sluice-bench crash-loop`.
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+use sluice_core::{Broker, BrokerOptions, CoreError};
+use sluice_types::PartitionId;
+
+const PRODUCER: i64 = 5;
+
+/// One idempotent batch of one 600-byte record with sequence `sequence`.
+fn batch(producer_id: i64, sequence: i32) -> BytesMut {
+    let record = Record {
+        transactional: false,
+        control: false,
+        delete_horizon: false,
+        partition_leader_epoch: -1,
+        producer_id,
+        producer_epoch: 0,
+        timestamp_type: TimestampType::Creation,
+        offset: 0,
+        sequence,
+        timestamp: 1_000 + i64::from(sequence),
+        key: None,
+        value: Some(Bytes::from(vec![b'v'; 600])),
+        headers: Default::default(),
+    };
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &[record],
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .expect("encode");
+    buf
+}
+
+fn open(dir: &std::path::Path) -> Broker {
+    Broker::open(BrokerOptions {
+        data_dir: dir.to_path_buf(),
+        // One batch per segment: every append rolls.
+        log: sluice_log::LogConfig {
+            segment_bytes: 1024,
+            ..sluice_log::LogConfig::default()
+        },
+        auto_create_topics: true,
+        default_partitions: 1,
+        vhosts: vec!["/".to_owned()],
+        memory_high_watermark: 1 << 30,
+        disk_free_limit: 0,
+        limits: Default::default(),
+        maintenance: Default::default(),
+    })
+    .expect("open broker")
+}
+
+fn append(broker: &Broker, producer_id: i64, sequence: i32) -> Result<i64, CoreError> {
+    let topic = broker.topic_or_create("t")?;
+    let mut records = batch(producer_id, sequence);
+    let pending = topic.append_start(PartitionId::from(0), &mut records)?;
+    Ok(pending.wait()?.first_offset.get())
+}
+
+#[test]
+fn a_retry_of_the_batch_before_a_roll_is_a_duplicate_after_a_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let broker = open(dir.path());
+    let offsets: Vec<i64> = (0..4)
+        .map(|sequence| append(&broker, PRODUCER, sequence).expect("append"))
+        .collect();
+    assert_eq!(offsets, vec![0, 1, 2, 3]);
+    assert!(
+        broker.logs().get("t-0").expect("log").segment_bases().len() >= 4,
+        "every batch rolled a segment"
+    );
+    broker.shutdown().expect("shutdown");
+    drop(broker);
+
+    let broker = open(dir.path());
+    // The batch of sequence 2 sits in the segment before the active one.
+    assert_eq!(
+        append(&broker, PRODUCER, 2).expect("a retry"),
+        2,
+        "deduplicated"
+    );
+    assert_eq!(
+        append(&broker, PRODUCER, 3).expect("a retry"),
+        3,
+        "deduplicated"
+    );
+    assert_eq!(append(&broker, PRODUCER, 4).expect("the next batch"), 4);
+    assert!(matches!(
+        append(&broker, PRODUCER, 9),
+        Err(CoreError::OutOfOrderSequence { expected: 5, .. })
+    ));
+    assert!(matches!(
+        append(&broker, 77, 3),
+        Err(CoreError::UnknownProducerId {
+            producer_id: 77,
+            found: 3
+        })
+    ));
+    broker.shutdown().expect("shutdown");
+}
