@@ -34,6 +34,10 @@ use crate::listener::AmqpOptions;
 use crate::metrics;
 
 const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
+/// Most encoded bytes one turn of the loop adds before handing them to the
+/// writer; with the writer's queue of 64 turns it bounds what a connection
+/// holds for a client that does not read (16 MiB plus one message).
+const MAX_BURST_BYTES: usize = 256 * 1024;
 /// The handshake must finish within this.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a closing side waits for the peer's close-ok.
@@ -208,7 +212,14 @@ impl Connection {
                 }
                 Some(event) = events_rx.recv() => {
                     self.event(event);
+                    // Deliveries are encoded a burst at a time: a consumer
+                    // that does not read holds up the writer, then this
+                    // loop, and the rest wait as queue references instead
+                    // of encoded frames.
                     for _ in 0..1024 {
+                        if self.out.len() >= MAX_BURST_BYTES {
+                            break;
+                        }
                         match events_rx.try_recv() {
                             Ok(event) => self.event(event),
                             Err(_) => break,
