@@ -8,6 +8,7 @@ compat/kafka and compat/amqp."""
 from __future__ import annotations
 
 import time
+import urllib.request
 
 import pika
 import pika.exceptions
@@ -50,6 +51,9 @@ def test_connections_over_the_total_cap_are_closed_and_a_freed_slot_is_reused(ow
             assert not closed_by_peer(sock, timeout=0.2)
         log = broker.log_text(tail_lines=None)
         assert "connection limit (4) reached (limits.max_connections)" in log
+        with urllib.request.urlopen(f"http://127.0.0.1:{broker.http_port}/metrics", timeout=10) as answer:
+            metrics = answer.read().decode()
+        assert "\nsluice_connections_refused_total 2\n" in metrics, metrics
         # A closed connection frees its slot for a real client.
         held.pop().close()
         held.pop().close()

@@ -28,6 +28,7 @@
 //! | `sluice_alarm_active` | gauge | resource (memory, disk) |
 //! | `sluice_connections_open` | gauge | protocol |
 //! | `sluice_connections_opened_total` | counter | protocol |
+//! | `sluice_connections_refused_total` | counter | |
 //! | `sluice_channels_open` | gauge | protocol |
 //! | `sluice_log_fsync_duration_microseconds` | histogram | |
 //! | `sluice_log_sync_batch_records` | histogram | |
@@ -346,6 +347,16 @@ pub(crate) async fn render(State(shared): State<AppState>) -> impl IntoResponse 
             opened as f64,
         );
     }
+    out.header(
+        "sluice_connections_refused_total",
+        "counter",
+        "Client connections closed at once for passing limits.max_connections(_per_ip).",
+    );
+    out.sample(
+        "sluice_connections_refused_total",
+        &[],
+        broker.connections().refused_total() as f64,
+    );
     out.header("sluice_channels_open", "gauge", "Open AMQP channels.");
     let channels: usize = connections.iter().map(|c| c.channel_count()).sum();
     out.sample(
