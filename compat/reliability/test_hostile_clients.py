@@ -170,6 +170,37 @@ def test_gigabyte_sizes_are_refused_without_allocating(broker):
     amqp_round_trip(broker)
 
 
+def uvarint(value: int) -> bytes:
+    out = b""
+    while value >= 0x80:
+        out += bytes([(value & 0x7F) | 0x80])
+        value >>= 7
+    return out + bytes([value])
+
+
+# Requests declaring billions of array elements in a few bytes. The Kafka
+# codec sizes a vector from the count before reading it; this aborted the
+# broker ("memory allocation of 65485618992 bytes failed") until huge
+# allocations were reserved lazily (sluice-alloc). Found by fuzzing.
+BILLIONS = {
+    "metadata v1 topics": kafka_request(3, 1, 9, struct.pack(">i", 0x7FFF_FFFF) + b"\x00\x01x"),
+    "produce v3 topics": kafka_request(0, 3, 10, struct.pack(">hhii", -1, -1, 1000, 0x7FFF_FFFF) + b"\x00"),
+    "metadata v9 compact topics": struct.pack(">i", 15) + struct.pack(">hhih", 3, 9, 11, -1) + b"\x00"
+    + uvarint(0xFFFF_FFFF) + b"\x00",
+}
+
+
+@pytest.mark.parametrize("case", list(BILLIONS))
+def test_requests_declaring_billions_of_elements_are_refused(broker, case):
+    pid = broker.proc.pid
+    before = rss_mib(pid)
+    _, closed = send_and_read(broker.kafka_port, BILLIONS[case])
+    assert closed, "the connection stays open after a malformed request"
+    assert broker.alive(), "the broker died on a request of a few bytes"
+    assert rss_mib(pid) - before < 64
+    kafka_round_trip(broker, unique_name("after-billions"))
+
+
 def test_slow_writers_do_not_hold_up_other_clients(broker):
     topic = unique_name("slow")
     kafka_round_trip(broker, topic)

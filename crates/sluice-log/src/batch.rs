@@ -368,9 +368,10 @@ pub fn records(batch: &[u8]) -> Option<Vec<RecordView<'_>>> {
             Err(_) => None,
         };
         let (value_length, _) = read_varlong(body)?;
+        // Deltas that overflow mark a malformed batch, not a panic.
         out.push(RecordView {
-            offset: header.base_offset.plus(offset_delta),
-            timestamp: header.base_timestamp + timestamp_delta,
+            offset: Offset::from(header.base_offset.get().checked_add(offset_delta)?),
+            timestamp: header.base_timestamp.checked_add(timestamp_delta)?,
             key,
             tombstone: value_length < 0,
             bytes: whole,
@@ -433,6 +434,20 @@ pub(crate) mod tests {
         encode(&records)
             .expect("encoding a plain batch succeeds")
             .to_vec()
+    }
+
+    /// Found by fuzzing (fuzz/fuzz_targets/record_batch.rs): deltas that
+    /// overflow the base offset or timestamp panicked in debug builds.
+    #[test]
+    fn records_with_overflowing_deltas_are_malformed_not_a_panic() {
+        let batch = encoded_batch(3, 8, 1_000);
+        assert_eq!(records(&batch).map(|r| r.len()), Some(3));
+        let mut late = batch.clone();
+        late[27..35].copy_from_slice(&i64::MAX.to_be_bytes());
+        assert!(records(&late).is_none(), "timestamp delta past i64::MAX");
+        let mut far = batch;
+        far[..8].copy_from_slice(&i64::MAX.to_be_bytes());
+        assert!(records(&far).is_none(), "offset delta past i64::MAX");
     }
 
     #[test]

@@ -14,6 +14,11 @@ use std::process::ExitCode;
 
 use crate::cli::{Cli, Command, ConfigCommand, SettingsArgs};
 
+/// Huge allocations are reserved lazily, so that a request declaring
+/// billions of elements cannot abort the process (see `sluice-alloc`).
+#[global_allocator]
+static ALLOCATOR: sluice_alloc::Allocator = sluice_alloc::Allocator;
+
 fn main() -> ExitCode {
     let cli = Cli::parse_args();
     let result = match cli.command {
