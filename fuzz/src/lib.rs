@@ -30,20 +30,15 @@ pub fn harness() -> &'static Harness {
     HARNESS.get_or_init(|| {
         let dir = tempfile::tempdir().expect("temp dir");
         let broker = Broker::open(BrokerOptions {
-            data_dir: dir.path().to_path_buf(),
             log: sluice_log::LogConfig {
                 // Fuzzing measures reach, not durability: no fsyncs.
                 durability: sluice_log::Durability::Never,
                 segment_bytes: 1 << 20,
                 ..sluice_log::LogConfig::default()
             },
-            auto_create_topics: true,
             default_partitions: 2,
-            vhosts: vec!["/".to_owned()],
             memory_high_watermark: 64 << 20,
-            disk_free_limit: 0,
-            limits: Default::default(),
-            maintenance: Default::default(),
+            ..BrokerOptions::new(dir.path())
         })
         .expect("open broker");
         let broker = Arc::new(broker);

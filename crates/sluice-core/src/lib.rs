@@ -80,6 +80,25 @@ pub struct BrokerOptions {
     pub maintenance: sluice_log::MaintenanceSettings,
 }
 
+impl BrokerOptions {
+    /// A single node on `data_dir` with the configuration's defaults, except
+    /// that nothing is capped and the disk is never low (for tests, tools
+    /// and fuzzing; the binary fills every field from its configuration).
+    pub fn new(data_dir: impl Into<PathBuf>) -> BrokerOptions {
+        BrokerOptions {
+            data_dir: data_dir.into(),
+            log: LogConfig::default(),
+            auto_create_topics: true,
+            default_partitions: 1,
+            vhosts: vec!["/".to_owned()],
+            memory_high_watermark: 1 << 30,
+            disk_free_limit: 0,
+            limits: Limits::default(),
+            maintenance: sluice_log::MaintenanceSettings::default(),
+        }
+    }
+}
+
 /// Caps on what clients may open; `None` is no cap (the default, for
 /// tests; the binary takes its caps from the `[limits]` config section).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -46,19 +46,12 @@ fn batch(producer_id: i64, sequence: i32) -> BytesMut {
 
 fn open(dir: &std::path::Path) -> Broker {
     Broker::open(BrokerOptions {
-        data_dir: dir.to_path_buf(),
         // One batch per segment: every append rolls.
         log: sluice_log::LogConfig {
             segment_bytes: 1024,
             ..sluice_log::LogConfig::default()
         },
-        auto_create_topics: true,
-        default_partitions: 1,
-        vhosts: vec!["/".to_owned()],
-        memory_high_watermark: 1 << 30,
-        disk_free_limit: 0,
-        limits: Default::default(),
-        maintenance: Default::default(),
+        ..BrokerOptions::new(dir)
     })
     .expect("open broker")
 }

@@ -147,18 +147,7 @@ mod tests {
     use super::*;
 
     fn test_app(dir: &std::path::Path) -> Router {
-        let broker = Broker::open(BrokerOptions {
-            data_dir: dir.to_path_buf(),
-            log: sluice_log::LogConfig::default(),
-            auto_create_topics: true,
-            default_partitions: 1,
-            vhosts: vec!["/".to_owned()],
-            memory_high_watermark: 1 << 30,
-            disk_free_limit: 0,
-            limits: Default::default(),
-            maintenance: Default::default(),
-        })
-        .expect("open a broker");
+        let broker = Broker::open(BrokerOptions::new(dir)).expect("open a broker");
         let users = vec![User {
             name: "guest".into(),
             password: "guest".into(),

@@ -443,10 +443,14 @@ pub(crate) mod tests {
         let batch = encoded_batch(3, 8, 1_000);
         assert_eq!(records(&batch).map(|r| r.len()), Some(3));
         let mut late = batch.clone();
-        late[27..35].copy_from_slice(&i64::MAX.to_be_bytes());
+        late.get_mut(27..35)
+            .expect("base timestamp field")
+            .copy_from_slice(&i64::MAX.to_be_bytes());
         assert!(records(&late).is_none(), "timestamp delta past i64::MAX");
         let mut far = batch;
-        far[..8].copy_from_slice(&i64::MAX.to_be_bytes());
+        far.get_mut(..8)
+            .expect("base offset field")
+            .copy_from_slice(&i64::MAX.to_be_bytes());
         assert!(records(&far).is_none(), "offset delta past i64::MAX");
     }
 

@@ -293,18 +293,7 @@ fn api_of(request: &RequestKind) -> ApiKey {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_response_encodes_at_every_advertised_version() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let broker = Broker::open(BrokerOptions {
-        data_dir: dir.path().to_path_buf(),
-        log: sluice_log::LogConfig::default(),
-        auto_create_topics: true,
-        default_partitions: 1,
-        vhosts: vec!["/".to_owned()],
-        memory_high_watermark: 1 << 30,
-        disk_free_limit: 0,
-        limits: Default::default(),
-        maintenance: Default::default(),
-    })
-    .expect("open broker");
+    let broker = Broker::open(BrokerOptions::new(dir.path())).expect("open broker");
     let context = Context {
         broker: Arc::new(broker),
         options: Arc::new(KafkaOptions {
