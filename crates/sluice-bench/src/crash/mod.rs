@@ -17,9 +17,9 @@
 //!   twice must carry the redelivered flag the second time; corrupted 0.
 //! - The churn topic reads back without corruption.
 //!
-//! Small segments make kills land around segment rolls, index writes,
-//! retention and offsets-log compaction as well as appends, group-commit
-//! syncs and queue acknowledgements.
+//! Small segments and retention every second make kills land around
+//! segment rolls, index writes and segment deletion as well as appends,
+//! group-commit syncs, offset commits and queue acknowledgements.
 
 mod amqp;
 mod broker;
