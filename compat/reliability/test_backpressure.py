@@ -2,9 +2,10 @@
 publishers are blocked (compat/amqp covers connection.blocked itself) and
 Kafka producers are throttled: their produce requests wait and answer with
 throttle_time_ms, which librdkafka reports. A backlog that does not fit the
-watermark stays out of the broker's memory: a Kafka topic's backlog is on
-disk, and an AMQP publisher that outruns its consumers is held back. The
-broker's resident memory is read from /proc and printed."""
+watermark stays out of the broker's memory: a Kafka topic's backlog and a
+durable queue's persistent backlog are on disk, and a publisher of
+transient messages that outruns its consumers is held back. The broker's
+resident memory is read from /proc and printed."""
 
 from __future__ import annotations
 
@@ -116,7 +117,52 @@ def test_a_kafka_backlog_waits_on_disk_not_in_memory(own_broker, name):
         assert peak - baseline < 150, f"RSS grew {peak - baseline:.0f} MiB for a backlog on disk"
 
 
-def test_an_amqp_publisher_that_outruns_its_consumers_is_held_at_the_watermark(own_broker, name):
+def test_a_durable_amqp_backlog_waits_on_disk_not_in_memory(own_broker, name):
+    settings = {"amqp.memory_high_watermark": "32MiB", "amqp.queue_memory_bytes": "4MiB"}
+    with own_broker(settings) as broker:
+        pid = broker.proc.pid
+        baseline = rss_mib(pid)
+        connection = pika.BlockingConnection(pika.ConnectionParameters(
+            "127.0.0.1", broker.amqp_port, blocked_connection_timeout=30))
+        channel = connection.channel()
+        channel.queue_declare(name, durable=True)
+        total = 3_000  # 300 MB, ten times the watermark
+        for i in range(total):
+            channel.basic_publish("", name, f"{i:06d}".encode() + b"d" * 99_994,
+                                  pika.BasicProperties(delivery_mode=2))
+        wait_until(lambda: channel.queue_declare(name, passive=True).method.message_count == total,
+                   60, what="the backlog to be queued")
+        connection.close()
+        after_publish = peak_rss_mib(pid)
+        assert "memory alarm raised" not in broker.log_text(tail_lines=None), \
+            "a persistent backlog on disk must not count against the watermark"
+        # Held on disk across a restart too: recovery reads back only the head.
+        broker.stop()
+        broker.start()
+        pid = broker.proc.pid
+        after_restart = rss_mib(pid)
+        # A slow consumer reads it all back, in order.
+        connection = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", broker.amqp_port))
+        channel = connection.channel()
+        received = 0
+        deadline = time.monotonic() + 180
+        while received < total and time.monotonic() < deadline:
+            method, _, body = channel.basic_get(name, auto_ack=True)
+            if method is None:
+                break
+            assert int(body[:6]) == received, "out of order"
+            received += 1
+        connection.close()
+        peak_after_restart = peak_rss_mib(pid)
+        print(f"\namqp: durable backlog of 300 MB against a 32 MiB watermark, 4 MiB in memory per queue; "
+              f"broker RSS {baseline:.0f} MiB before, peak {after_publish:.0f} MiB while publishing; "
+              f"after a restart {after_restart:.0f} MiB, peak {peak_after_restart:.0f} MiB while draining")
+        assert received == total, "messages were lost on the way"
+        assert after_publish - baseline < 100, f"RSS grew {after_publish - baseline:.0f} MiB for a backlog on disk"
+        assert peak_after_restart < 100, f"RSS reached {peak_after_restart:.0f} MiB recovering a backlog on disk"
+
+
+def test_a_transient_publisher_that_outruns_its_consumers_is_held_at_the_watermark(own_broker, name):
     with own_broker({"amqp.memory_high_watermark": "32MiB"}) as broker:
         pid = broker.proc.pid
         baseline = rss_mib(pid)
@@ -126,10 +172,10 @@ def test_an_amqp_publisher_that_outruns_its_consumers_is_held_at_the_watermark(o
             connection = pika.BlockingConnection(pika.ConnectionParameters(
                 "127.0.0.1", broker.amqp_port, blocked_connection_timeout=120))
             channel = connection.channel()
-            channel.queue_declare(name, durable=True)
+            channel.queue_declare(name)
             body = b"p" * 100_000
             for i in range(2_000):  # 200 MB offered
-                channel.basic_publish("", name, body, pika.BasicProperties(delivery_mode=2))
+                channel.basic_publish("", name, body)
                 published.append(i)
             connection.close()
 

@@ -104,6 +104,9 @@ pub struct AmqpConfig {
     /// Message bytes held in memory above which publishers are blocked
     /// (`connection.blocked`) until consumers catch up.
     pub memory_high_watermark: ByteSize,
+    /// Ready message bytes each durable queue keeps in memory; persistent
+    /// messages behind them wait on disk until consumers reach them.
+    pub queue_memory_bytes: ByteSize,
     /// Free space on the data directory's disk under which publishers are
     /// blocked.
     pub disk_free_limit: ByteSize,
@@ -120,6 +123,7 @@ impl Default for AmqpConfig {
             users: "guest:guest".to_owned(),
             loopback_users: "guest".to_owned(),
             memory_high_watermark: ByteSize::gib(1),
+            queue_memory_bytes: ByteSize::mib(8),
             disk_free_limit: ByteSize::new(50_000_000),
         }
     }
@@ -399,6 +403,10 @@ pub const KEYS: &[KeyDoc] = &[
     KeyDoc {
         key: "amqp.memory_high_watermark",
         description: "Message bytes held in memory above which AMQP publishers are blocked and Kafka producers throttled",
+    },
+    KeyDoc {
+        key: "amqp.queue_memory_bytes",
+        description: "Ready message bytes each durable queue keeps in memory; persistent messages behind them wait on disk",
     },
     KeyDoc {
         key: "amqp.disk_free_limit",

@@ -72,6 +72,9 @@ pub struct BrokerOptions {
     pub vhosts: Vec<String>,
     /// Message bytes queues may hold in memory before publishers are blocked.
     pub memory_high_watermark: u64,
+    /// Ready message bytes each durable queue keeps in memory; newer
+    /// persistent messages wait on disk until consumers reach them.
+    pub queue_memory_bytes: u64,
     /// Free disk space under which publishers are blocked.
     pub disk_free_limit: u64,
     /// Caps on connections, topics and queues.
@@ -92,6 +95,7 @@ impl BrokerOptions {
             default_partitions: 1,
             vhosts: vec!["/".to_owned()],
             memory_high_watermark: 1 << 30,
+            queue_memory_bytes: messaging::DEFAULT_QUEUE_BUDGET,
             disk_free_limit: 0,
             limits: Limits::default(),
             maintenance: sluice_log::MaintenanceSettings::default(),
@@ -158,7 +162,10 @@ impl Broker {
             Arc::clone(&logs),
             Arc::clone(&topics),
             &options.vhosts,
-            messaging::ResourceMonitor::new(options.memory_high_watermark),
+            messaging::ResourceMonitor::with_queue_budget(
+                options.memory_high_watermark,
+                options.queue_memory_bytes,
+            ),
             options.limits.max_queues,
         )?;
         Ok(Broker {

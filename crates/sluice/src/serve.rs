@@ -55,6 +55,7 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
             .map(str::to_owned)
             .collect(),
         memory_high_watermark: config.amqp.memory_high_watermark.bytes(),
+        queue_memory_bytes: config.amqp.queue_memory_bytes.bytes(),
         disk_free_limit: config.amqp.disk_free_limit.bytes(),
         limits: Limits {
             connections: ConnectionLimits {

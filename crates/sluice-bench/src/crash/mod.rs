@@ -125,6 +125,9 @@ pub(crate) fn run(args: &CrashArgs) -> anyhow::Result<bool> {
             format!("log.segment_bytes={}", args.segment_bytes),
             // Retention runs all through the run, so kills land in it too.
             "log.retention_check_interval=1s".to_owned(),
+            // The AMQP queue keeps little in memory: its backlog is read
+            // back from disk, so kills land in paging too.
+            "amqp.queue_memory_bytes=64KiB".to_owned(),
         ],
     )?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -9,6 +9,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tokio::sync::watch;
 
+/// Ready message bytes a durable queue keeps in memory by default
+/// (`amqp.queue_memory_bytes`).
+pub const DEFAULT_QUEUE_BUDGET: u64 = 8 << 20;
+
 /// Counts bytes held; the memory alarm rises when the count passes the
 /// high watermark and clears when it is back under 80% of it. The disk
 /// alarm follows the free space of the data directory's file system. The
@@ -17,17 +21,27 @@ use tokio::sync::watch;
 pub struct ResourceMonitor {
     used: AtomicU64,
     high_watermark: u64,
+    queue_budget: u64,
     memory_over: AtomicBool,
     disk_low: AtomicBool,
     alarm: watch::Sender<bool>,
 }
 
 impl ResourceMonitor {
-    /// A monitor that alarms above `high_watermark` bytes.
+    /// A monitor that alarms above `high_watermark` bytes, with durable
+    /// queues keeping [`DEFAULT_QUEUE_BUDGET`] bytes each in memory.
     pub fn new(high_watermark: u64) -> Arc<ResourceMonitor> {
+        ResourceMonitor::with_queue_budget(high_watermark, DEFAULT_QUEUE_BUDGET)
+    }
+
+    /// A monitor that alarms above `high_watermark` bytes; each durable
+    /// queue keeps the bodies of its oldest ready messages in memory up to
+    /// `queue_budget` bytes, and newer persistent ones wait on disk only.
+    pub fn with_queue_budget(high_watermark: u64, queue_budget: u64) -> Arc<ResourceMonitor> {
         Arc::new(ResourceMonitor {
             used: AtomicU64::new(0),
             high_watermark,
+            queue_budget,
             memory_over: AtomicBool::new(false),
             disk_low: AtomicBool::new(false),
             alarm: watch::Sender::new(false),
@@ -91,7 +105,6 @@ impl ResourceMonitor {
         }
     }
 
-    /// Bytes held now.
     /// Whether queued message bytes are over the high watermark.
     pub fn memory_alarm(&self) -> bool {
         self.memory_over.load(Ordering::Acquire)
@@ -107,6 +120,12 @@ impl ResourceMonitor {
         self.high_watermark
     }
 
+    /// Ready message bytes a durable queue keeps in memory.
+    pub fn queue_budget(&self) -> u64 {
+        self.queue_budget
+    }
+
+    /// Bytes held now.
     pub fn used(&self) -> u64 {
         self.used.load(Ordering::Acquire)
     }

@@ -29,7 +29,7 @@ mod routing;
 mod stream;
 mod vhost;
 
-pub use alarms::{MemoryCharge, ResourceMonitor};
+pub use alarms::{DEFAULT_QUEUE_BUDGET, MemoryCharge, ResourceMonitor};
 pub use bridge::{
     EXCHANGE_HEADER, HEADER_PREFIX, HEADERS_TABLE, RecordParts, message_to_record, murmur2,
     partition_for_key, record_to_message,

@@ -18,10 +18,16 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::MessagingError;
 use super::alarms::{MemoryCharge, ResourceMonitor};
 use super::message::{Message, integer_value, string_value};
-use super::queue_store::{PendingSync, QueueStore, RecoveredMessage, Source};
+use super::queue_store::{PendingSync, QueueStore, RecoveredMessage, RecoveredRun, Source};
 use super::stream::{Stream, StreamStart};
 use super::vhost::VirtualHost;
 use crate::CoreError;
+
+/// Bytes a queue reads back from disk at a time when its head runs dry.
+const PAGE_IN_BYTES: usize = 1 << 20;
+
+/// Pages an expiry pass may read back (the rest waits for the next tick).
+const EXPIRE_PAGE_INS: usize = 16;
 
 /// What happens when a queue is full (`x-overflow`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -415,19 +421,114 @@ pub(crate) struct DeadLetter {
     pub(crate) reason: DeathReason,
 }
 
+/// Ready messages in delivery order: the head in memory, by priority, and
+/// behind it, for a durable queue without priorities whose head outgrew
+/// its memory budget, what arrived since, mostly waiting on disk.
 #[derive(Debug, Default)]
 struct Ready {
     /// Bucket per effective priority; bucket 0 only without `x-max-priority`.
     buckets: BTreeMap<u8, VecDeque<Entry>>,
+    /// Behind bucket 0, in arrival order.
+    paged: VecDeque<Paged>,
+    /// Ready messages, paged ones included.
     len: usize,
+    /// Their body bytes.
     bytes: u64,
+    /// Of `len` and `bytes`, what `paged` holds.
+    paged_len: usize,
+    paged_bytes: u64,
+}
+
+/// What waits behind a queue's head.
+#[derive(Debug)]
+enum Paged {
+    /// Persistent messages on disk only.
+    Run(PagedRun),
+    /// A transient message that arrived behind them (it has no copy on disk).
+    Entry(Entry),
+}
+
+/// Messages enqueued one after another and stored under consecutive ids.
+#[derive(Debug)]
+struct PagedRun {
+    first_seq: u64,
+    first_id: u64,
+    count: u64,
+    bytes: u64,
+    /// Recovered after a crash: flag them all.
+    redelivered: bool,
 }
 
 impl Ready {
     fn push_back(&mut self, priority: u8, entry: Entry) {
         self.len += 1;
-        self.bytes += entry.message.body_size() as u64;
-        self.buckets.entry(priority).or_default().push_back(entry);
+        let size = entry.message.body_size() as u64;
+        self.bytes += size;
+        if self.paged.is_empty() {
+            self.buckets.entry(priority).or_default().push_back(entry);
+        } else {
+            self.paged_len += 1;
+            self.paged_bytes += size;
+            self.paged.push_back(Paged::Entry(entry));
+        }
+    }
+
+    /// Adds a message that stays on disk until the head reaches it.
+    fn push_paged(&mut self, seq: u64, id: u64, size: u64, redelivered: bool) {
+        self.len += 1;
+        self.bytes += size;
+        self.paged_len += 1;
+        self.paged_bytes += size;
+        if let Some(Paged::Run(run)) = self.paged.back_mut()
+            && run.first_seq + run.count == seq
+            && run.first_id + run.count == id
+            && run.redelivered == redelivered
+        {
+            run.count += 1;
+            run.bytes += size;
+            return;
+        }
+        self.paged.push_back(Paged::Run(PagedRun {
+            first_seq: seq,
+            first_id: id,
+            count: 1,
+            bytes: size,
+            redelivered,
+        }));
+    }
+
+    /// Body bytes of the in-memory head.
+    fn head_bytes(&self) -> u64 {
+        self.bytes - self.paged_bytes
+    }
+
+    /// Whether the in-memory head is empty.
+    fn head_is_empty(&self) -> bool {
+        self.len == self.paged_len
+    }
+
+    /// Adds recovered messages left on disk.
+    fn push_run(&mut self, run: PagedRun) {
+        let count = usize::try_from(run.count).unwrap_or(usize::MAX);
+        self.len += count;
+        self.paged_len += count;
+        self.bytes += run.bytes;
+        self.paged_bytes += run.bytes;
+        self.paged.push_back(Paged::Run(run));
+    }
+
+    /// Accounts for paged messages that leave `paged` (to the head, or
+    /// skipped): `count` messages, `bytes` of which are now in the head.
+    fn unpage(&mut self, count: usize, bytes: u64) {
+        self.paged_len = self.paged_len.saturating_sub(count);
+        self.paged_bytes = self.paged_bytes.saturating_sub(bytes);
+    }
+
+    /// Accounts for paged messages that left without reaching the head.
+    fn forget(&mut self, count: usize, bytes: u64) {
+        self.unpage(count, bytes);
+        self.len = self.len.saturating_sub(count);
+        self.bytes = self.bytes.saturating_sub(bytes);
     }
 
     /// Puts a returned message back in sequence order within its bucket.
@@ -467,13 +568,25 @@ impl Ready {
         self.buckets.values().rev().flatten().take(count).collect()
     }
 
-    fn drain(&mut self) -> Vec<Entry> {
+    /// Empties the queue: the in-memory messages, and the stored ids of
+    /// those waiting on disk.
+    fn drain(&mut self) -> (Vec<Entry>, Vec<u64>) {
         self.len = 0;
         self.bytes = 0;
-        std::mem::take(&mut self.buckets)
+        self.paged_len = 0;
+        self.paged_bytes = 0;
+        let mut entries: Vec<Entry> = std::mem::take(&mut self.buckets)
             .into_values()
             .flatten()
-            .collect()
+            .collect();
+        let mut ids = Vec::new();
+        for paged in std::mem::take(&mut self.paged) {
+            match paged {
+                Paged::Entry(entry) => entries.push(entry),
+                Paged::Run(run) => ids.extend(run.first_id..run.first_id + run.count),
+            }
+        }
+        (entries, ids)
     }
 }
 
@@ -589,7 +702,9 @@ impl Queue {
     /// Up to `count` ready messages in delivery order, with their redelivered
     /// flags, without taking them.
     pub fn peek(&self, count: usize) -> Vec<(Arc<Message>, bool)> {
-        self.state()
+        let mut state = self.state();
+        self.page_in(&mut state);
+        state
             .ready
             .peek(count)
             .into_iter()
@@ -628,6 +743,19 @@ impl Queue {
             Some(stream) => stream.message_count(),
             None => self.state().ready.len,
         }
+    }
+
+    /// Ready messages kept on disk only, read back as consumers reach them.
+    pub fn paged_out_count(&self) -> u64 {
+        self.state()
+            .ready
+            .paged
+            .iter()
+            .map(|paged| match paged {
+                Paged::Run(run) => run.count,
+                Paged::Entry(_) => 0,
+            })
+            .sum()
     }
 
     /// Delivered and not yet settled.
@@ -679,8 +807,20 @@ impl Queue {
         Some(now.saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX)))
     }
 
-    /// Puts recovered messages back (on open), in id order.
-    pub(crate) fn restore(&self, messages: Vec<RecoveredMessage>) {
+    /// Body bytes of ready messages this queue keeps in memory before
+    /// newer persistent ones wait on disk only (unbounded for queues
+    /// without a store and for priority queues, which are never paged).
+    pub(crate) fn memory_budget(args: &QueueArgs, memory: &ResourceMonitor) -> u64 {
+        if args.max_priority.is_some() {
+            u64::MAX
+        } else {
+            memory.queue_budget()
+        }
+    }
+
+    /// Puts recovered messages back (on open), in id order: those read into
+    /// memory, then those left on disk.
+    pub(crate) fn restore(&self, messages: Vec<RecoveredMessage>, paged: Vec<RecoveredRun>) {
         let mut state = self.state();
         for recovered in messages {
             let expires_at = self.expiry_for(&recovered.message, recovered.timestamp);
@@ -699,6 +839,111 @@ impl Queue {
                 },
             );
         }
+        for run in paged {
+            let first_seq = state.next_seq;
+            state.next_seq += run.count;
+            state.ready.push_run(PagedRun {
+                first_seq,
+                first_id: run.first_id,
+                count: run.count,
+                bytes: run.bytes,
+                redelivered: run.redelivered,
+            });
+        }
+    }
+
+    /// Brings messages waiting on disk into the head once it has run dry,
+    /// about [`PAGE_IN_BYTES`] at a time; true when it moved any. A
+    /// message that cannot be read back is settled with a warning, as on
+    /// open; a failed read leaves them waiting for the next try.
+    fn page_in(&self, state: &mut QueueState) -> bool {
+        if !state.ready.head_is_empty() || state.ready.paged.is_empty() {
+            return false;
+        }
+        let want = (PAGE_IN_BYTES as u64)
+            .min(self.memory.queue_budget())
+            .max(1);
+        let mut loaded = 0u64;
+        let mut skipped = Vec::new();
+        while loaded < want {
+            let Some(front) = state.ready.paged.pop_front() else {
+                break;
+            };
+            let mut run = match front {
+                Paged::Entry(entry) => {
+                    let size = entry.message.body_size() as u64;
+                    state.ready.unpage(1, size);
+                    loaded += size.max(1);
+                    state.ready.buckets.entry(0).or_default().push_back(entry);
+                    continue;
+                }
+                Paged::Run(run) => run,
+            };
+            let Some(store) = state.store.as_ref() else {
+                state.ready.forget(run.count as usize, run.bytes);
+                continue;
+            };
+            let max_bytes = usize::try_from(want - loaded).unwrap_or(PAGE_IN_BYTES);
+            let read = match store.read(run.first_id, run.count, max_bytes) {
+                Ok(read) => read,
+                Err(error) => {
+                    tracing::warn!(queue = %self.name, %error, "cannot read queued messages back from disk");
+                    state.ready.paged.push_front(Paged::Run(run));
+                    break;
+                }
+            };
+            let end = run.first_id + run.count;
+            let mut next = run.first_id;
+            for paged in read {
+                if paged.id < next || paged.id >= end {
+                    continue;
+                }
+                skipped.extend(next..paged.id);
+                next = paged.id + 1;
+                let Some(message) = paged.message else {
+                    skipped.push(paged.id);
+                    continue;
+                };
+                let size = message.body_size() as u64;
+                loaded += size.max(1);
+                run.bytes = run.bytes.saturating_sub(size);
+                state.ready.unpage(1, size);
+                let entry = Entry {
+                    seq: run.first_seq + (paged.id - run.first_id),
+                    stored: Some(paged.id),
+                    expires_at: self.expiry_for(&message, paged.timestamp),
+                    redelivered: run.redelivered || paged.delivered,
+                    _charge: self.memory.charge(size),
+                    message: Arc::new(message),
+                };
+                state.ready.buckets.entry(0).or_default().push_back(entry);
+            }
+            if next == run.first_id {
+                // Nothing came back: the log no longer holds them.
+                skipped.extend(run.first_id..end);
+                next = end;
+            }
+            let taken = next - run.first_id;
+            run.first_id = next;
+            run.first_seq += taken;
+            run.count -= taken;
+            if run.count > 0 {
+                state.ready.paged.push_front(Paged::Run(run));
+            } else {
+                // Whatever was skipped leaves the byte count with its run.
+                state.ready.forget(0, run.bytes);
+            }
+        }
+        if !skipped.is_empty() {
+            tracing::warn!(queue = %self.name, count = skipped.len(), first = skipped.first().copied().unwrap_or_default(), "skipping queued messages that cannot be read back");
+            state.ready.forget(skipped.len(), 0);
+            if let Some(store) = state.store.as_mut() {
+                for id in &skipped {
+                    store.settle(*id);
+                }
+            }
+        }
+        loaded > 0 || !skipped.is_empty()
     }
 
     /// Adds a message routed here.
@@ -774,6 +1019,7 @@ impl Queue {
                 match self.args.overflow {
                     Overflow::DropHead => {
                         while over(&state.ready, 1, size) {
+                            self.page_in(&mut state);
                             let Some(entry) = state.ready.pop_oldest() else {
                                 break;
                             };
@@ -818,6 +1064,20 @@ impl Queue {
             };
             let seq = state.next_seq;
             state.next_seq += 1;
+            // A persistent message behind a full head (or behind others
+            // already waiting) waits on disk only.
+            if let Some(id) = stored
+                && (!state.ready.paged.is_empty()
+                    || state.ready.head_bytes().saturating_add(size)
+                        > Queue::memory_budget(&self.args, &self.memory))
+            {
+                state.ready.push_paged(seq, id, size, false);
+                self.traffic.published.fetch_add(1, Ordering::Relaxed);
+                drop(state);
+                self.dead_letter(dead);
+                self.dispatch();
+                return Ok(outcome);
+            }
             let priority = self.effective_priority(&message);
             state.ready.push_back(
                 priority,
@@ -844,9 +1104,13 @@ impl Queue {
         {
             let mut state = self.state();
             let now = now_ms();
-            drop_expired(&mut state, now, &mut dead);
+            self.drop_expired(&mut state, now, &mut dead);
             loop {
                 if state.ready.len == 0 || state.consumers.is_empty() {
+                    break;
+                }
+                self.page_in(&mut state);
+                if state.ready.head_is_empty() {
                     break;
                 }
                 let Some(index) = pick_consumer(&mut state, self.args.single_active_consumer)
@@ -927,7 +1191,8 @@ impl Queue {
         let result = {
             let mut state = self.state();
             state.last_used = Instant::now();
-            drop_expired(&mut state, now_ms(), &mut dead);
+            self.drop_expired(&mut state, now_ms(), &mut dead);
+            self.page_in(&mut state);
             let result = match state.ready.pop_front() {
                 None => None,
                 Some(entry) => {
@@ -1092,12 +1357,17 @@ impl Queue {
             return Err(self.not_for_streams("queue.purge"));
         }
         let mut state = self.state();
-        let entries = state.ready.drain();
+        let (entries, paged) = state.ready.drain();
         for entry in &entries {
             settle_stored(&mut state, entry);
         }
+        if let Some(store) = state.store.as_mut() {
+            for id in &paged {
+                store.settle(*id);
+            }
+        }
         flush_store(&mut state)?;
-        Ok(entries.len())
+        Ok(entries.len() + paged.len())
     }
 
     /// Marks the queue deleted and tells its consumers; returns the number
@@ -1213,25 +1483,33 @@ fn flush_store(state: &mut QueueState) -> Result<(), CoreError> {
     }
 }
 
-/// Dead messages at the head of each bucket leave (RabbitMQ expires only
-/// from the head, so a long-lived message can shield one behind it).
-fn drop_expired(state: &mut QueueState, now: i64, dead: &mut Vec<DeadLetter>) {
-    loop {
-        let expired = state
-            .ready
-            .front()
-            .is_some_and(|e| e.expires_at.is_some_and(|at| at <= now));
-        if !expired {
-            break;
+impl Queue {
+    /// Dead messages at the head of each bucket leave (RabbitMQ expires only
+    /// from the head, so a long-lived message can shield one behind it).
+    /// Reads at most [`EXPIRE_PAGE_INS`] pages back from disk per call; the
+    /// maintenance tick carries on with the rest.
+    fn drop_expired(&self, state: &mut QueueState, now: i64, dead: &mut Vec<DeadLetter>) {
+        let mut page_ins = 0;
+        loop {
+            if page_ins < EXPIRE_PAGE_INS && self.page_in(state) {
+                page_ins += 1;
+            }
+            let expired = state
+                .ready
+                .front()
+                .is_some_and(|e| e.expires_at.is_some_and(|at| at <= now));
+            if !expired {
+                break;
+            }
+            let Some(entry) = state.ready.pop_front() else {
+                break;
+            };
+            settle_stored(state, &entry);
+            dead.push(DeadLetter {
+                message: entry.message,
+                reason: DeathReason::Expired,
+            });
         }
-        let Some(entry) = state.ready.pop_front() else {
-            break;
-        };
-        settle_stored(state, &entry);
-        dead.push(DeadLetter {
-            message: entry.message,
-            reason: DeathReason::Expired,
-        });
     }
 }
 

@@ -33,8 +33,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::records::RecordBatchDecoder;
 use sluice_log::batch::{NewRecord, encode};
-use sluice_log::{Clock, Durability, Log, LogManager, SystemClock};
+use sluice_log::{Clock, Durability, Log, LogManager, ReadBound, SystemClock};
 use sluice_types::{LeaderEpoch, Offset};
 
 use super::message::Message;
@@ -96,7 +97,33 @@ impl Source {
 #[derive(Debug)]
 pub(crate) struct Recovered {
     pub(crate) store: QueueStore,
+    /// The oldest unsettled messages, in id order, up to the memory budget.
     pub(crate) messages: Vec<RecoveredMessage>,
+    /// The unsettled messages behind them, left on disk, in id order.
+    pub(crate) paged: Vec<RecoveredRun>,
+}
+
+/// Unsettled messages with consecutive ids left on disk on open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RecoveredRun {
+    pub(crate) first_id: u64,
+    pub(crate) count: u64,
+    /// Their body bytes.
+    pub(crate) bytes: u64,
+    /// Flag every message `redelivered` (after a crash).
+    pub(crate) redelivered: bool,
+}
+
+/// A message read back from the log for a queue's head.
+#[derive(Debug)]
+pub(crate) struct PagedIn {
+    pub(crate) id: u64,
+    /// `None` when the record does not decode (it is skipped and settled).
+    pub(crate) message: Option<Message>,
+    /// Append time, wall-clock milliseconds.
+    pub(crate) timestamp: i64,
+    /// Delivered before a clean restart.
+    pub(crate) delivered: bool,
 }
 
 /// An unsettled message read back on open.
@@ -245,8 +272,9 @@ pub(crate) fn settlement_log_name(id: &str) -> String {
 
 impl QueueStore {
     /// Opens (or creates) the logs of the queue with store id `id` and reads
-    /// back every unsettled message in id order.
-    pub(crate) fn open(logs: &LogManager, id: &str) -> Result<Recovered, CoreError> {
+    /// back every unsettled message in id order: the oldest into memory,
+    /// up to `budget` body bytes, the rest as runs left on disk.
+    pub(crate) fn open(logs: &LogManager, id: &str, budget: u64) -> Result<Recovered, CoreError> {
         // Reclaimed by settlement, never by age or size.
         let config = sluice_log::LogConfig {
             cleanup_delete: false,
@@ -280,6 +308,8 @@ impl QueueStore {
         let low = low.max(start);
         settled.retain(|id| *id >= low);
         let mut recovered = Vec::new();
+        let mut paged: Vec<RecoveredRun> = Vec::new();
+        let mut in_memory = 0u64;
         let mut outstanding = BTreeSet::new();
         let from = Offset::from(i64::try_from(low).unwrap_or(i64::MAX));
         crate::replay::for_each_record(&messages, from, |record| {
@@ -298,14 +328,31 @@ impl QueueStore {
                 return;
             };
             outstanding.insert(id);
-            recovered.push(RecoveredMessage {
-                id,
-                message,
-                timestamp: record.timestamp,
-                // After a crash the latest marks may be missing: flag every
-                // message (RabbitMQ does the same after an unclean stop).
-                delivered: !clean || delivered.contains(&id),
-            });
+            let size = message.body_size() as u64;
+            if paged.is_empty() && in_memory.saturating_add(size) <= budget {
+                in_memory += size;
+                recovered.push(RecoveredMessage {
+                    id,
+                    message,
+                    timestamp: record.timestamp,
+                    // After a crash the latest marks may be missing: flag every
+                    // message (RabbitMQ does the same after an unclean stop).
+                    delivered: !clean || delivered.contains(&id),
+                });
+                return;
+            }
+            match paged.last_mut() {
+                Some(run) if run.first_id + run.count == id => {
+                    run.count += 1;
+                    run.bytes += size;
+                }
+                _ => paged.push(RecoveredRun {
+                    first_id: id,
+                    count: 1,
+                    bytes: size,
+                    redelivered: !clean,
+                }),
+            }
         })?;
         delivered.retain(|id| outstanding.contains(id));
         let pending = Arc::new(PendingWrites {
@@ -332,7 +379,65 @@ impl QueueStore {
         Ok(Recovered {
             store,
             messages: recovered,
+            paged,
         })
+    }
+
+    /// Reads back unsettled messages from `first_id` on, at most `count`
+    /// and about `max_bytes` (at least one), for a queue whose head has
+    /// run dry. Writes the buffered messages first if they are wanted.
+    ///
+    /// # Errors
+    /// The log's write or read failure.
+    pub(crate) fn read(
+        &self,
+        first_id: u64,
+        count: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<PagedIn>, CoreError> {
+        let end = first_id.saturating_add(count);
+        if end > self.pending.state().first_id {
+            self.pending.write()?;
+        }
+        let mut out = Vec::new();
+        let mut next = first_id;
+        let mut bytes = 0usize;
+        while next < end && (out.is_empty() || bytes < max_bytes) {
+            let from = Offset::from(i64::try_from(next).unwrap_or(i64::MAX));
+            if from >= self.messages.log_end() {
+                break;
+            }
+            let read = self.messages.read(from, max_bytes, ReadBound::LogEnd)?;
+            let Some(after) = read.next_offset else { break };
+            let mut batches = read.records;
+            while batches.has_remaining() {
+                let Ok(set) = RecordBatchDecoder::decode(&mut batches) else {
+                    break;
+                };
+                for record in set.records {
+                    let Ok(id) = u64::try_from(record.offset) else {
+                        continue;
+                    };
+                    if id < next || id >= end {
+                        continue;
+                    }
+                    let value = record.value.unwrap_or_default();
+                    bytes += value.len();
+                    out.push(PagedIn {
+                        id,
+                        message: Message::decode(value),
+                        timestamp: record.timestamp,
+                        delivered: self.delivered.contains(&id),
+                    });
+                }
+            }
+            let after = u64::try_from(after.get()).unwrap_or(u64::MAX);
+            if after <= next {
+                break;
+            }
+            next = after;
+        }
+        Ok(out)
     }
 
     /// Buffers one message for the queue's log; returns its id and what a
@@ -615,7 +720,7 @@ mod tests {
         };
         {
             let logs = LogManager::open(dir.path(), defaults.clone())?;
-            let mut store = QueueStore::open(&logs, "f1")?.store;
+            let mut store = QueueStore::open(&logs, "f1", u64::MAX)?.store;
             for offset in 0..3 {
                 let (id, sync) = store.append(&message(0), Some(&source(offset)))?;
                 if let Some(sync) = sync {
@@ -632,7 +737,7 @@ mod tests {
             // checkpoints (reclaiming the settled messages); the second
             // finds them in the checkpoint alone.
             let logs = LogManager::open(dir.path(), defaults.clone())?;
-            let recovered = QueueStore::open(&logs, "f1")?;
+            let recovered = QueueStore::open(&logs, "f1", u64::MAX)?;
             assert!(recovered.messages.is_empty());
             assert!(recovered.store.has_source(&source(2)));
             assert!(recovered.store.has_source(&source(0)));
@@ -651,7 +756,7 @@ mod tests {
         let defaults = sluice_log::LogConfig::default();
         {
             let logs = LogManager::open(dir.path(), defaults.clone())?;
-            let mut store = QueueStore::open(&logs, "a1")?.store;
+            let mut store = QueueStore::open(&logs, "a1", u64::MAX)?.store;
             let mut ids = Vec::new();
             for n in 0..2000 {
                 ids.push(store.append(&message(n), None)?.0);
@@ -667,7 +772,7 @@ mod tests {
             logs.shutdown()?;
         }
         let logs = LogManager::open(dir.path(), defaults)?;
-        let recovered = QueueStore::open(&logs, "a1")?;
+        let recovered = QueueStore::open(&logs, "a1", u64::MAX)?;
         let bodies: Vec<Bytes> = recovered
             .messages
             .iter()
@@ -695,12 +800,75 @@ mod tests {
     }
 
     #[test]
+    fn recovery_reads_the_head_into_memory_and_leaves_the_rest_on_disk() -> Result<(), CoreError> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let defaults = sluice_log::LogConfig::default();
+        {
+            let logs = LogManager::open(dir.path(), defaults.clone())?;
+            let mut store = QueueStore::open(&logs, "p1", u64::MAX)?.store;
+            for n in 0..50 {
+                // Bodies "m10".."m59": 3 bytes each.
+                store.append(&message(n + 10), None)?;
+            }
+            for id in 20..25 {
+                store.settle(id);
+            }
+            store.mark_delivered(30);
+            store.close()?;
+            logs.shutdown()?;
+        }
+        let logs = LogManager::open(dir.path(), defaults)?;
+        let recovered = QueueStore::open(&logs, "p1", 30)?;
+        let head: Vec<u64> = recovered.messages.iter().map(|m| m.id).collect();
+        assert_eq!(
+            head,
+            (0..10).collect::<Vec<_>>(),
+            "30 bytes of 3-byte bodies"
+        );
+        let runs: Vec<(u64, u64, u64)> = recovered
+            .paged
+            .iter()
+            .map(|r| (r.first_id, r.count, r.bytes))
+            .collect();
+        assert_eq!(
+            runs,
+            vec![(10, 10, 30), (25, 25, 75)],
+            "runs split where messages were settled"
+        );
+        assert!(
+            recovered.paged.iter().all(|r| !r.redelivered),
+            "clean close"
+        );
+        // Reading back a run: bounded by count, and by bytes after the first.
+        let store = recovered.store;
+        let read = store.read(25, 25, usize::MAX)?;
+        let ids: Vec<u64> = read.iter().map(|m| m.id).collect();
+        assert_eq!(ids, (25..50).collect::<Vec<_>>());
+        let bodies: Vec<Bytes> = read
+            .iter()
+            .filter_map(|m| m.message.as_ref().map(|m| m.body.clone()))
+            .collect();
+        assert_eq!(
+            bodies,
+            (35..60)
+                .map(|n| Bytes::from(format!("m{n}")))
+                .collect::<Vec<_>>()
+        );
+        let delivered: Vec<u64> = read.iter().filter(|m| m.delivered).map(|m| m.id).collect();
+        assert_eq!(delivered, vec![30]);
+        assert_eq!(store.read(12, 3, usize::MAX)?.len(), 3);
+        assert_eq!(store.read(12, 38, 1)?.first().map(|m| m.id), Some(12));
+        logs.shutdown()?;
+        Ok(())
+    }
+
+    #[test]
     fn after_a_crash_every_recovered_message_is_flagged() -> Result<(), CoreError> {
         let dir = tempfile::tempdir().expect("temp dir");
         let defaults = sluice_log::LogConfig::default();
         {
             let logs = LogManager::open(dir.path(), defaults.clone())?;
-            let mut store = QueueStore::open(&logs, "c3")?.store;
+            let mut store = QueueStore::open(&logs, "c3", u64::MAX)?.store;
             let first = store.append(&message(0), None)?.0;
             store.append(&message(1), None)?;
             store.mark_delivered(first);
@@ -709,7 +877,7 @@ mod tests {
             logs.shutdown()?;
         }
         let logs = LogManager::open(dir.path(), defaults)?;
-        let recovered = QueueStore::open(&logs, "c3")?;
+        let recovered = QueueStore::open(&logs, "c3", u64::MAX)?;
         assert_eq!(recovered.messages.len(), 2);
         assert!(recovered.messages.iter().all(|m| m.delivered));
         logs.shutdown()?;
@@ -724,7 +892,7 @@ mod tests {
             ..sluice_log::LogConfig::default()
         };
         let logs = LogManager::open(dir.path(), defaults)?;
-        let mut store = QueueStore::open(&logs, "b2")?.store;
+        let mut store = QueueStore::open(&logs, "b2", u64::MAX)?.store;
         let big = Message {
             body: Bytes::from(vec![7u8; 64 << 10]),
             ..message(0)

@@ -338,11 +338,22 @@ impl VirtualHost {
                 let args = QueueArgs::parse(&name, &self.name, &arguments).unwrap_or_default();
                 // A stream's messages are its topic's records; a classic
                 // queue reads back its own store.
-                let (store, topic, messages) = if args.stream {
-                    (None, Some(self.stream_topic(&name, &args)?), Vec::new())
+                let (store, topic, messages, paged) = if args.stream {
+                    (
+                        None,
+                        Some(self.stream_topic(&name, &args)?),
+                        Vec::new(),
+                        Vec::new(),
+                    )
                 } else {
-                    let recovered = QueueStore::open(&self.logs, &store_id)?;
-                    (Some((store_id, recovered.store)), None, recovered.messages)
+                    let budget = Queue::memory_budget(&args, &self.memory);
+                    let recovered = QueueStore::open(&self.logs, &store_id, budget)?;
+                    (
+                        Some((store_id, recovered.store)),
+                        None,
+                        recovered.messages,
+                        recovered.paged,
+                    )
                 };
                 let queue = Queue::new(
                     name.clone(),
@@ -358,7 +369,7 @@ impl VirtualHost {
                     Arc::clone(&self.memory),
                     topic,
                 );
-                queue.restore(messages);
+                queue.restore(messages, paged);
                 self.queues_mut().insert(name, queue);
             }
             Definition::Binding {
@@ -626,7 +637,7 @@ impl VirtualHost {
         let persisted = options.durable && options.exclusive_owner.is_none();
         let store = if persisted {
             let store_id = unique_token();
-            let recovered = QueueStore::open(&self.logs, &store_id)?;
+            let recovered = QueueStore::open(&self.logs, &store_id, u64::MAX)?;
             self.definitions.put(&Definition::Queue {
                 vhost: self.name.clone(),
                 name: name.clone(),

@@ -256,6 +256,7 @@ fn queue_json(shared: &AppState, vhost: &str, queue: &Queue) -> Value {
         "messages": ready + unacked,
         "messages_ready": ready,
         "messages_unacknowledged": unacked,
+        "messages_paged_out": queue.paged_out_count(),
         "consumers": queue.consumer_count(),
         "publish_rate": rates[0],
         "deliver_rate": rates[1],
