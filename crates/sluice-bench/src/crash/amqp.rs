@@ -50,7 +50,15 @@ pub(crate) struct AmqpLedger {
     pub(crate) deliveries: HashMap<u64, Vec<bool>>,
     pub(crate) corrupt: u64,
     pub(crate) reconnects: u64,
+    /// Most ready messages seen at the end of a consumer pause.
+    pub(crate) max_backlog: u32,
 }
+
+/// The consumer reads for this long, then pauses for [`PAUSE`], so that the
+/// queue builds a backlog beyond its memory budget (and pages it to disk)
+/// in every cycle.
+const CONSUME_STRETCH: Duration = Duration::from_millis(2000);
+const PAUSE: Duration = Duration::from_millis(1000);
 
 async fn open(url: &str, queue: &str) -> anyhow::Result<(Connection, Channel)> {
     let connection = step(
@@ -215,6 +223,29 @@ async fn consume_session(
     .await?;
     let outcome: anyhow::Result<()> = async {
         while !stop.load(Ordering::Relaxed) {
+            // On the wall clock, so that sessions cut short by kills pause too.
+            let period = (CONSUME_STRETCH + PAUSE).as_millis();
+            let phase = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() % period);
+            if phase >= CONSUME_STRETCH.as_millis() {
+                let left = u64::try_from(period - phase).unwrap_or(0);
+                tokio::time::sleep(Duration::from_millis(left)).await;
+                let declared = step(
+                    "queue.declare passive",
+                    channel.queue_declare(
+                        queue.into(),
+                        QueueDeclareOptions {
+                            passive: true,
+                            ..QueueDeclareOptions::default()
+                        },
+                        FieldTable::default(),
+                    ),
+                )
+                .await?;
+                let mut ledger = lock(ledger);
+                ledger.max_backlog = ledger.max_backlog.max(declared.message_count());
+            }
             let Ok(next) = tokio::time::timeout(Duration::from_millis(100), consumer.next()).await
             else {
                 continue;

@@ -328,6 +328,7 @@ pub(crate) fn run(args: &CrashArgs) -> anyhow::Result<bool> {
             "unflagged_duplicates": amqp_check.unflagged_duplicates,
             "corrupt": amqp_ledger.corrupt,
             "reconnects": amqp_ledger.reconnects,
+            "max_backlog": amqp_ledger.max_backlog,
         },
         "churn": {
             "sent": churn_sent.load(Ordering::Relaxed),
@@ -344,8 +345,8 @@ pub(crate) fn run(args: &CrashArgs) -> anyhow::Result<bool> {
     if !args.json {
         eprintln!(
             "{} cycles in {:.0} s: kafka {} acknowledged, {} lost, {} duplicated, {} out of order, {} corrupt; \
-             amqp {} confirmed, {} lost, {} redelivered twice (flagged), {} unflagged; \
-             {} commit checks, {} backwards",
+             amqp {} confirmed, {} lost, {} redelivered twice (flagged), {} unflagged, \
+             backlog up to {} messages; {} commit checks, {} backwards",
             args.cycles,
             started.elapsed().as_secs_f64(),
             kafka_ledger.acked.len(),
@@ -357,6 +358,7 @@ pub(crate) fn run(args: &CrashArgs) -> anyhow::Result<bool> {
             amqp_check.lost,
             amqp_check.flagged_duplicates,
             amqp_check.unflagged_duplicates,
+            amqp_ledger.max_backlog,
             commit_checks,
             commits_backwards.len(),
         );
