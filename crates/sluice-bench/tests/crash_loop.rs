@@ -53,6 +53,10 @@ fn five_kill_cycles_lose_nothing_acknowledged() {
         report["groups"]["checks_after_restart"].as_u64() > Some(0),
         "{report}"
     );
+    assert!(
+        report["groups"]["offsets_compactions"].as_u64() > Some(0),
+        "{report}"
+    );
     assert!(report["churn"]["log_start"].as_i64() > Some(0), "{report}");
     assert_eq!(report["shutdown"]["clean"], true, "{report}");
 }

@@ -68,6 +68,9 @@ pub struct KafkaConfig {
     /// Committed offsets of a group with no members and no commit for this
     /// long are forgotten (Kafka's `offsets.retention.minutes`).
     pub offsets_retention: HumanDuration,
+    /// Segment size of the committed-offsets log, which is compacted
+    /// (Kafka's `offsets.topic.segment.bytes`).
+    pub offsets_segment_bytes: ByteSize,
 }
 
 impl Default for KafkaConfig {
@@ -79,6 +82,7 @@ impl Default for KafkaConfig {
             auto_create_topics: true,
             default_partitions: 1,
             offsets_retention: HumanDuration::new(std::time::Duration::from_secs(7 * 24 * 3600)),
+            offsets_segment_bytes: ByteSize::mib(100),
         }
     }
 }
@@ -186,6 +190,8 @@ pub struct LogSettings {
     pub retention_time: Option<HumanDuration>,
     /// How often retention is enforced.
     pub retention_check_interval: HumanDuration,
+    /// How often compacted logs are checked for a compaction pass.
+    pub compaction_check_interval: HumanDuration,
     /// When an append is acknowledged.
     pub durability: DurabilityMode,
     /// Sync period when `durability` is `interval`.
@@ -204,6 +210,7 @@ impl Default for LogSettings {
             retention_bytes: None,
             retention_time: Some(HumanDuration::from_secs(7 * 24 * 3600)),
             retention_check_interval: HumanDuration::from_secs(300),
+            compaction_check_interval: HumanDuration::from_secs(15),
             durability: DurabilityMode::Always,
             flush_interval: HumanDuration::from_secs(1),
             max_batch_bytes: ByteSize::new(1024 * 1024 + 12),
@@ -373,6 +380,10 @@ pub const KEYS: &[KeyDoc] = &[
         description: "Committed offsets of a group with no members and no commit for this long are forgotten",
     },
     KeyDoc {
+        key: "kafka.offsets_segment_bytes",
+        description: "Segment size of the compacted log of committed offsets (1KiB to 2GiB)",
+    },
+    KeyDoc {
         key: "amqp.listen",
         description: "HOST:PORT the AMQP 0-9-1 listener binds",
     },
@@ -459,6 +470,10 @@ pub const KEYS: &[KeyDoc] = &[
     KeyDoc {
         key: "log.retention_check_interval",
         description: "How often retention deletes old segments (at least 1ms)",
+    },
+    KeyDoc {
+        key: "log.compaction_check_interval",
+        description: "How often compacted logs (committed offsets, compacted topics) are checked for a compaction pass (at least 1ms)",
     },
     KeyDoc {
         key: "log.durability",
@@ -598,7 +613,22 @@ impl Config {
                 return problem(key, format!("{key} must be at least 1 or \"none\", got 0"));
             }
         }
+        let offsets_segment = self.kafka.offsets_segment_bytes;
+        if offsets_segment < MIN_SEGMENT_BYTES || offsets_segment > MAX_SEGMENT_BYTES {
+            return problem(
+                "kafka.offsets_segment_bytes",
+                format!(
+                    "kafka.offsets_segment_bytes must be between {MIN_SEGMENT_BYTES} and {MAX_SEGMENT_BYTES}, got {offsets_segment}"
+                ),
+            );
+        }
         let log = &self.log;
+        if log.compaction_check_interval.get().is_zero() {
+            return problem(
+                "log.compaction_check_interval",
+                "log.compaction_check_interval must be at least 1ms, got 0s".to_owned(),
+            );
+        }
         if log.segment_bytes < MIN_SEGMENT_BYTES {
             return problem(
                 "log.segment_bytes",

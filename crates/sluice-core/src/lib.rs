@@ -75,6 +75,8 @@ pub struct BrokerOptions {
     /// Ready message bytes each durable queue keeps in memory; newer
     /// persistent messages wait on disk until consumers reach them.
     pub queue_memory_bytes: u64,
+    /// Segment size of the compacted log of committed offsets.
+    pub offsets_segment_bytes: u64,
     /// Free disk space under which publishers are blocked.
     pub disk_free_limit: u64,
     /// Caps on connections, topics and queues.
@@ -96,6 +98,7 @@ impl BrokerOptions {
             vhosts: vec!["/".to_owned()],
             memory_high_watermark: 1 << 30,
             queue_memory_bytes: messaging::DEFAULT_QUEUE_BUDGET,
+            offsets_segment_bytes: 100 << 20,
             disk_free_limit: 0,
             limits: Limits::default(),
             maintenance: sluice_log::MaintenanceSettings::default(),
@@ -156,7 +159,7 @@ impl Broker {
             Arc::clone(&logs),
             options.limits.max_topics,
         )?);
-        let offsets = OffsetStore::open(&logs)?;
+        let offsets = OffsetStore::open(&logs, options.offsets_segment_bytes)?;
         let producer_ids = ProducerIds::open(&options.data_dir)?;
         let vhosts = VirtualHosts::open(
             Arc::clone(&logs),

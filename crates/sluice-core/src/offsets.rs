@@ -43,13 +43,13 @@ pub struct OffsetStore {
 }
 
 impl OffsetStore {
-    pub(crate) fn open(logs: &LogManager) -> Result<OffsetStore, CoreError> {
+    pub(crate) fn open(logs: &LogManager, segment_bytes: u64) -> Result<OffsetStore, CoreError> {
         // Compacted, never deleted by age or size: the latest commit per
         // key is the state (Kafka's __consumer_offsets is the same).
         let config = sluice_log::LogConfig {
             cleanup_compact: true,
             cleanup_delete: false,
-            segment_bytes: 100 << 20,
+            segment_bytes,
             ..logs.defaults().clone()
         };
         let log = logs.get_or_create(OFFSETS_LOG, Some(config.clone()))?;
@@ -312,7 +312,7 @@ mod tests {
         };
         {
             let logs = LogManager::open(dir.path(), LogConfig::default())?;
-            let store = OffsetStore::open(&logs)?;
+            let store = OffsetStore::open(&logs, 100 << 20)?;
             store.commit("g", &[("t".into(), 0, committed(5, Some("meta")))])?;
             store.commit(
                 "g",
@@ -325,7 +325,7 @@ mod tests {
             logs.shutdown()?;
         }
         let logs = LogManager::open(dir.path(), LogConfig::default())?;
-        let store = OffsetStore::open(&logs)?;
+        let store = OffsetStore::open(&logs, 100 << 20)?;
         assert_eq!(store.fetch("g", "t", 0), Some(committed(7, None)));
         assert_eq!(store.fetch("g", "t", 1), Some(committed(3, Some(""))));
         assert_eq!(store.fetch("other", "t", 0), Some(committed(1, None)));
@@ -346,7 +346,7 @@ mod tests {
         logs.shutdown()?;
 
         let logs = LogManager::open(dir.path(), LogConfig::default())?;
-        let store = OffsetStore::open(&logs)?;
+        let store = OffsetStore::open(&logs, 100 << 20)?;
         assert_eq!(store.fetch("g", "t", 0), None, "expiry survives a restart");
         assert_eq!(store.fetch("other", "t", 0), Some(committed(1, None)));
         logs.shutdown()?;

@@ -56,6 +56,7 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
             .collect(),
         memory_high_watermark: config.amqp.memory_high_watermark.bytes(),
         queue_memory_bytes: config.amqp.queue_memory_bytes.bytes(),
+        offsets_segment_bytes: config.kafka.offsets_segment_bytes.bytes(),
         disk_free_limit: config.amqp.disk_free_limit.bytes(),
         limits: Limits {
             connections: ConnectionLimits {
@@ -67,6 +68,7 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         },
         maintenance: MaintenanceSettings {
             retention_check_interval: config.log.retention_check_interval.get(),
+            compaction_check_interval: config.log.compaction_check_interval.get(),
             ..MaintenanceSettings::default()
         },
     };

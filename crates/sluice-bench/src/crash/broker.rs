@@ -85,7 +85,9 @@ impl Broker {
             }
         }
         let child = command
-            .env("SLUICE_LOG", "warn")
+            // Warnings, and what the log maintenance did (the report
+            // counts compactions of the committed-offsets log).
+            .env("SLUICE_LOG", "warn,sluice_log::manager=info")
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone().context("log handle")?))
             .stderr(Stdio::from(log))

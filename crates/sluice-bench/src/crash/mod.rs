@@ -19,7 +19,11 @@
 //!
 //! Small segments and retention every second make kills land around
 //! segment rolls, index writes and segment deletion as well as appends,
-//! group-commit syncs, offset commits and queue acknowledgements.
+//! group-commit syncs, offset commits and queue acknowledgements; 1 KiB
+//! segments of the committed-offsets log with a compaction check every
+//! 500 ms make them land in its compaction; a 64 KiB memory budget for
+//! queues and a consumer that pauses make them land in a queue paging its
+//! backlog to disk.
 
 mod amqp;
 mod broker;
@@ -128,6 +132,10 @@ pub(crate) fn run(args: &CrashArgs) -> anyhow::Result<bool> {
             // The AMQP queue keeps little in memory: its backlog is read
             // back from disk, so kills land in paging too.
             "amqp.queue_memory_bytes=64KiB".to_owned(),
+            // The committed-offsets log rolls every few commits and is
+            // compacted twice a second.
+            "kafka.offsets_segment_bytes=1KiB".to_owned(),
+            "log.compaction_check_interval=500ms".to_owned(),
         ],
     )?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -255,6 +263,11 @@ pub(crate) fn run(args: &CrashArgs) -> anyhow::Result<bool> {
     let (churn_records, churn_starts) =
         kafka::read_all(&broker.bootstrap(), CHURN_TOPIC, 1, args.size)?;
     let (stopped_cleanly, stop_time) = broker.stop()?;
+    let offsets_compactions = std::fs::read_to_string(broker.log_path())
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| line.contains("compacted") && line.contains("__consumer_offsets"))
+        .count();
 
     let kafka_ledger = lock(&kafka_ledger);
     let amqp_ledger = lock(&amqp_ledger);
@@ -317,6 +330,7 @@ pub(crate) fn run(args: &CrashArgs) -> anyhow::Result<bool> {
             "commits_acknowledged": kafka_ledger.commits_acknowledged,
             "checks_after_restart": commit_checks,
             "went_backwards": commits_backwards.len(),
+            "offsets_compactions": offsets_compactions,
         },
         "amqp": {
             "published": amqp_ledger.published,
