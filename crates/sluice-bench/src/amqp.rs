@@ -68,6 +68,10 @@ pub(crate) struct AmqpArgs {
     /// Consume without acknowledgements (auto-ack).
     #[arg(long)]
     no_ack: bool,
+    /// Start consuming only once everything is published (and confirmed),
+    /// so that the queues hold the whole run as a backlog first.
+    #[arg(long)]
+    consume_after_produce: bool,
     /// Pid of the broker, to report its CPU time and memory.
     #[arg(long)]
     broker_pid: Option<u32>,
@@ -332,23 +336,31 @@ async fn run_async(args: &AmqpArgs) -> anyhow::Result<Report> {
     let queues = args.queues.max(1);
     let stop = Arc::new(AtomicBool::new(false));
     let seen = Arc::new(Mutex::new(Seen::new()?));
-    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(args.consumers.max(1) as usize);
-    let mut consumers = Vec::new();
-    for index in 0..args.consumers.max(1) {
-        consumers.push(tokio::spawn(consume(
-            Arc::clone(&shared),
-            index,
-            queue_name(&run, index % queues),
-            Arc::clone(&stop),
-            Arc::clone(&seen),
-            ready_tx.clone(),
-        )));
-    }
-    drop(ready_tx);
-    for _ in 0..args.consumers.max(1) {
-        if ready_rx.recv().await.is_none() {
-            break;
+    // Starts the consumers and waits until each has subscribed.
+    let start_consumers = || async {
+        let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(args.consumers.max(1) as usize);
+        let mut consumers = Vec::new();
+        for index in 0..args.consumers.max(1) {
+            consumers.push(tokio::spawn(consume(
+                Arc::clone(&shared),
+                index,
+                queue_name(&run, index % queues),
+                Arc::clone(&stop),
+                Arc::clone(&seen),
+                ready_tx.clone(),
+            )));
         }
+        drop(ready_tx);
+        for _ in 0..args.consumers.max(1) {
+            if ready_rx.recv().await.is_none() {
+                break;
+            }
+        }
+        consumers
+    };
+    let mut consumers = Vec::new();
+    if !args.consume_after_produce {
+        consumers = start_consumers().await;
     }
 
     let published = Arc::new(Sent::default());
@@ -376,6 +388,14 @@ async fn run_async(args: &AmqpArgs) -> anyhow::Result<Report> {
     }
     let produced_at = started.elapsed();
     let (acknowledged, produce_errors) = published.counts();
+    let consume_started = if args.consume_after_produce {
+        let at = Instant::now();
+        seen.lock().unwrap_or_else(|e| e.into_inner()).last_at = at;
+        consumers = start_consumers().await;
+        at
+    } else {
+        started
+    };
 
     let drain = Duration::from_secs(args.drain_timeout_s);
     loop {
@@ -389,6 +409,7 @@ async fn run_async(args: &AmqpArgs) -> anyhow::Result<Report> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let consumed_at = started.elapsed();
+    let consume_time = consume_started.elapsed();
     stop.store(true, Ordering::Relaxed);
     drop(progress);
     for consumer in consumers {
@@ -420,13 +441,14 @@ async fn run_async(args: &AmqpArgs) -> anyhow::Result<Report> {
             "prefetch": args.prefetch,
             "ack_every": args.ack_every,
             "no_ack": args.no_ack,
+            "consume_after_produce": args.consume_after_produce,
         }),
         size: args.size,
         seen: &seen,
         acknowledged,
         produce_errors,
         producing: produced_at,
-        consuming: consumed_at,
+        consuming: consume_time,
         total: consumed_at,
         broker,
         json_only: args.json,
