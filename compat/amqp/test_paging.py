@@ -56,13 +56,17 @@ def publish(broker, queue: str, count: int, start: int = 0, transient_every: int
     connection.close()
 
 
-def paged_out(broker, queue: str) -> int:
-    """The admin API's `messages_paged_out` of `queue` in vhost `/`."""
-    url = f"http://127.0.0.1:{broker.http_port}/api/queues/%2F/{urllib.parse.quote(queue)}"
-    request = urllib.request.Request(url, headers={
+def admin(broker, path: str):
+    """GET on the admin API, as guest."""
+    request = urllib.request.Request(f"http://127.0.0.1:{broker.http_port}/api/{path}", headers={
         "Authorization": "Basic " + base64.b64encode(b"guest:guest").decode()})
     with urllib.request.urlopen(request, timeout=CLIENT_TIMEOUT_S) as response:
-        return json.load(response)["messages_paged_out"]
+        return json.load(response)
+
+
+def paged_out(broker, queue: str) -> int:
+    """The admin API's `messages_paged_out` of `queue` in vhost `/`."""
+    return admin(broker, f"queues/%2F/{urllib.parse.quote(queue)}")["messages_paged_out"]
 
 
 def get_acked(broker, queue: str, count: int):
@@ -113,6 +117,9 @@ def test_order_and_counts_hold_across_the_memory_budget_and_a_clean_restart(pagi
     connection.close()
     # 1,000 KB against 32 KiB: all but a few dozen wait on disk.
     assert paged_out(broker, name) > 800
+    # Peeking reads past the in-memory head, without taking anything.
+    peeked = admin(broker, f"queues/%2F/{urllib.parse.quote(name)}/messages?count=100&encoding=text")
+    assert [int(m["payload"][:6]) for m in peeked["messages"]] == list(range(100))
 
     first = get_acked(broker, name, 300)
     assert [n for n, _ in first] == list(range(300)), "delivery order across the page boundary"

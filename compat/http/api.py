@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -46,6 +47,28 @@ def call(broker, method: str, path: str, body=None, credentials=GUEST, raw: byte
     except json.JSONDecodeError:
         parsed = text
     return Answer(status, parsed, {k.lower(): v for k, v in answer_headers.items()})
+
+
+def post_oversized(broker, path: str, body: bytes) -> int | None:
+    """POSTs `body` over a plain socket and returns the answer's status, or
+    None when the broker closed the connection without one. A server may
+    refuse a body over its limit from the Content-Length alone and close
+    while the client is still sending (urllib then fails with EPIPE before
+    it reads the answer), so write errors are not the test's outcome."""
+    token = base64.b64encode(f"{GUEST[0]}:{GUEST[1]}".encode()).decode()
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Authorization: Basic {token}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", broker.http_port), timeout=15) as sock:
+        try:
+            sock.sendall(head.encode() + body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        try:
+            answer = sock.recv(4096)
+        except ConnectionResetError:
+            return None
+    parts = answer.split(maxsplit=2)
+    return int(parts[1]) if len(parts) >= 2 and parts[0].startswith(b"HTTP/") else None
 
 
 def get(broker, path: str, **extra) -> Answer:

@@ -11,7 +11,7 @@ import time
 import pika
 from confluent_kafka import Consumer, Producer
 
-from api import call, get, ok, quote
+from api import call, get, ok, post_oversized, quote
 from common.broker import per_test_broker, wait_until
 
 
@@ -108,8 +108,9 @@ def test_conflicts_and_refusals(broker, name):
 
 
 def test_hostile_bodies_leave_the_broker_serving(broker):
-    huge = call(broker, "POST", "/api/topics", raw=b"[" + b"1," * 3_000_000 + b"1]")
-    assert huge.status in (400, 413), huge.status
+    # Refused with 413, or cut off while still arriving (see post_oversized).
+    huge = post_oversized(broker, "/api/topics", b"[" + b"1," * 3_000_000 + b"1]")
+    assert huge in (400, 413, None), huge
     garbage = call(broker, "POST", "/api/topics/x/messages", raw=bytes(range(256)) * 100)
     assert garbage.status == 400
     too_many = call(broker, "POST", "/api/topics", {"name": "x" * 300})

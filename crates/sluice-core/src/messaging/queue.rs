@@ -26,6 +26,10 @@ use crate::CoreError;
 /// Bytes a queue reads back from disk at a time when its head runs dry.
 const PAGE_IN_BYTES: usize = 1 << 20;
 
+/// Unacknowledged deliveries above which a queue reads nothing back from
+/// disk while the memory alarm is raised.
+const PAGE_IN_UNACKED_CAP: usize = 256;
+
 /// Pages an expiry pass may read back (the rest waits for the next tick).
 const EXPIRE_PAGE_INS: usize = 16;
 
@@ -704,12 +708,39 @@ impl Queue {
     pub fn peek(&self, count: usize) -> Vec<(Arc<Message>, bool)> {
         let mut state = self.state();
         self.page_in(&mut state);
-        state
+        let mut out: Vec<(Arc<Message>, bool)> = state
             .ready
             .peek(count)
             .into_iter()
             .map(|entry| (Arc::clone(&entry.message), entry.redelivered))
-            .collect()
+            .collect();
+        // Behind the head, read what waits on disk without moving it.
+        for paged in &state.ready.paged {
+            if out.len() >= count {
+                break;
+            }
+            match paged {
+                Paged::Entry(entry) => out.push((Arc::clone(&entry.message), entry.redelivered)),
+                Paged::Run(run) => {
+                    let Some(store) = state.store.as_ref() else {
+                        break;
+                    };
+                    let want = run.count.min((count - out.len()) as u64);
+                    match store.read(run.first_id, want, PAGE_IN_BYTES) {
+                        Ok(read) => out.extend(read.into_iter().filter_map(|paged| {
+                            let redelivered = run.redelivered || paged.delivered;
+                            paged.message.map(|m| (Arc::new(m), redelivered))
+                        })),
+                        Err(error) => {
+                            tracing::warn!(queue = %self.name, %error, "cannot read queued messages back from disk");
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        out.truncate(count);
+        out
     }
 
     /// The queue's name.
@@ -858,6 +889,12 @@ impl Queue {
     /// open; a failed read leaves them waiting for the next try.
     fn page_in(&self, state: &mut QueueState) -> bool {
         if !state.ready.head_is_empty() || state.ready.paged.is_empty() {
+            return false;
+        }
+        // Over the memory watermark, a consumer already holding many
+        // deliveries (no prefetch limit, slower than the disk) gets no more
+        // from disk until it acknowledges some.
+        if self.memory.memory_alarm() && state.unacked.len() >= PAGE_IN_UNACKED_CAP {
             return false;
         }
         let want = (PAGE_IN_BYTES as u64)
