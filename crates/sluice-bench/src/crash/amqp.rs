@@ -231,20 +231,9 @@ async fn consume_session(
             if phase >= CONSUME_STRETCH.as_millis() {
                 let left = u64::try_from(period - phase).unwrap_or(0);
                 tokio::time::sleep(Duration::from_millis(left)).await;
-                let declared = step(
-                    "queue.declare passive",
-                    channel.queue_declare(
-                        queue.into(),
-                        QueueDeclareOptions {
-                            passive: true,
-                            ..QueueDeclareOptions::default()
-                        },
-                        FieldTable::default(),
-                    ),
-                )
-                .await?;
+                let count = passive_count(&channel, queue).await?;
                 let mut ledger = lock(ledger);
-                ledger.max_backlog = ledger.max_backlog.max(declared.message_count());
+                ledger.max_backlog = ledger.max_backlog.max(count);
             }
             let Ok(next) = tokio::time::timeout(Duration::from_millis(100), consumer.next()).await
             else {
@@ -279,6 +268,13 @@ pub(crate) async fn ready_count(url: &str, queue: &str) -> anyhow::Result<u32> {
     )
     .await?;
     let channel = step("channel", connection.create_channel()).await?;
+    let count = passive_count(&channel, queue).await;
+    let _ = tokio::time::timeout(STEP_TIMEOUT, connection.close(200, "done".into())).await;
+    count
+}
+
+/// Ready messages in `queue`, by a passive declare on `channel`.
+async fn passive_count(channel: &Channel, queue: &str) -> anyhow::Result<u32> {
     let declared = step(
         "queue.declare passive",
         channel.queue_declare(
@@ -291,6 +287,5 @@ pub(crate) async fn ready_count(url: &str, queue: &str) -> anyhow::Result<u32> {
         ),
     )
     .await?;
-    let _ = tokio::time::timeout(STEP_TIMEOUT, connection.close(200, "done".into())).await;
     Ok(declared.message_count())
 }
