@@ -11,7 +11,18 @@ use std::process::Command;
 fn five_kill_cycles_lose_nothing_acknowledged() {
     let broker = sluice_e2e::broker_binary();
     let output = Command::new(env!("CARGO_BIN_EXE_sluice-bench"))
-        .args(["crash-loop", "--json", "--cycles", "5", "--rate", "1500"])
+        // Each cycle runs at least 1.5 s, so that the AMQP consumer's
+        // pauses (1 s in every 3) build a backlog between kills.
+        .args([
+            "crash-loop",
+            "--json",
+            "--cycles",
+            "5",
+            "--rate",
+            "1500",
+            "--min-up-ms",
+            "1500",
+        ])
         .arg("--broker")
         .arg(&broker)
         .output()

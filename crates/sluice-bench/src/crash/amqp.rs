@@ -229,11 +229,18 @@ async fn consume_session(
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() % period);
             if phase >= CONSUME_STRETCH.as_millis() {
-                let left = u64::try_from(period - phase).unwrap_or(0);
-                tokio::time::sleep(Duration::from_millis(left)).await;
-                let count = passive_count(&channel, queue).await?;
-                let mut ledger = lock(ledger);
-                ledger.max_backlog = ledger.max_backlog.max(count);
+                // Sampled all through the pause: a kill may cut it short.
+                let until = tokio::time::Instant::now()
+                    + Duration::from_millis(u64::try_from(period - phase).unwrap_or(0));
+                while tokio::time::Instant::now() < until {
+                    tokio::time::sleep_until(
+                        until.min(tokio::time::Instant::now() + Duration::from_millis(100)),
+                    )
+                    .await;
+                    let count = passive_count(&channel, queue).await?;
+                    let mut ledger = lock(ledger);
+                    ledger.max_backlog = ledger.max_backlog.max(count);
+                }
             }
             let Ok(next) = tokio::time::timeout(Duration::from_millis(100), consumer.next()).await
             else {
