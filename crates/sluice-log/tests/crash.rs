@@ -19,9 +19,9 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{batch, decode, values};
-use sluice_log::{Durability, Log, LogConfig, ReadBound};
-use sluice_types::{LeaderEpoch, Offset};
+use common::{batch, read_all, values};
+use sluice_log::{Durability, Log, LogConfig};
+use sluice_types::LeaderEpoch;
 
 const CHILD_DIR_VAR: &str = "LOG_CRASH_CHILD_DIR";
 const CHILD_CYCLE_VAR: &str = "LOG_CRASH_CHILD_CYCLE";
@@ -196,23 +196,7 @@ fn verify(dir: &Path, acknowledged: &BTreeMap<i64, (i64, u64)>, seed: u64, cycle
         "seed {seed} cycle {cycle}: log end {} is below acknowledged offset {max_acked}",
         log.log_end()
     );
-    let mut records = BTreeMap::new();
-    let mut next = Offset::from(0);
-    while next < log.high_watermark() {
-        let result = log
-            .read(next, 1 << 20, ReadBound::HighWatermark)
-            .unwrap_or_else(|err| panic!("seed {seed} cycle {cycle}: read at {next}: {err}"));
-        let Some(after) = result.next_offset else {
-            break;
-        };
-        for (offset, _, value) in decode(&result.records) {
-            assert!(
-                records.insert(offset, value).is_none(),
-                "seed {seed} cycle {cycle}: offset {offset} served twice"
-            );
-        }
-        next = after;
-    }
+    let records = read_all(&log, &format!("seed {seed} cycle {cycle}"));
     assert_eq!(
         records.len() as i64,
         log.log_end().get(),

@@ -18,9 +18,9 @@ use std::process::Command;
 
 use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 
-use common::{batch, decode, values};
-use sluice_log::{Durability, Log, LogConfig, LogError, ReadBound};
-use sluice_types::{LeaderEpoch, Offset};
+use common::{batch, read_all, values};
+use sluice_log::{Durability, Log, LogConfig, LogError};
+use sluice_types::LeaderEpoch;
 
 const RECORD_BYTES: usize = 900;
 const RECORDS_PER_BATCH: usize = 8;
@@ -48,24 +48,6 @@ fn append(log: &Log, acked: &mut BTreeMap<i64, Vec<u8>>, tag: u64) -> Result<(),
         acked.insert(info.first_offset.get() + i as i64, value);
     }
     Ok(())
-}
-
-fn read_all(log: &Log) -> BTreeMap<i64, Vec<u8>> {
-    let mut records = BTreeMap::new();
-    let mut next = Offset::from(0);
-    while next < log.high_watermark() {
-        let result = log
-            .read(next, 1 << 20, ReadBound::HighWatermark)
-            .unwrap_or_else(|err| panic!("read at {next}: {err}"));
-        let Some(after) = result.next_offset else {
-            break;
-        };
-        for (offset, _, value) in decode(&result.records) {
-            assert!(records.insert(offset, value).is_none(), "{offset} twice");
-        }
-        next = after;
-    }
-    records
 }
 
 #[test]
@@ -131,7 +113,11 @@ fn disk_full_child() {
         end_when_full,
         "a failed write took no offsets"
     );
-    assert_eq!(read_all(&log), acked, "reads go on while the disk is full");
+    assert_eq!(
+        read_all(&log, "disk full"),
+        acked,
+        "reads go on while the disk is full"
+    );
 
     set_file_size_limit(None);
     for resumed in 0..5 {
@@ -147,12 +133,12 @@ fn disk_full_child() {
         end_when_full.get(),
         "offsets continue without a gap"
     );
-    assert_eq!(read_all(&log), acked);
+    assert_eq!(read_all(&log, "space freed"), acked);
     log.close().expect("close");
 
     let reopened = Log::open(dir.path(), config).expect("reopen");
     assert_eq!(
-        read_all(&reopened),
+        read_all(&reopened, "reopened"),
         acked,
         "the reopened log holds exactly what was acknowledged"
     );

@@ -3,9 +3,13 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+use std::collections::BTreeMap;
+
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::records::RecordBatchDecoder;
 use sluice_log::batch::{NewRecord, encode};
+use sluice_log::{Log, ReadBound};
+use sluice_types::Offset;
 
 /// One batch of `values` with keys `k0`, `k1`, …, record timestamps
 /// `timestamp`, `timestamp + 1`, ….
@@ -50,4 +54,27 @@ pub fn decode(bytes: &Bytes) -> Vec<(i64, i64, Vec<u8>)> {
         }
     }
     out
+}
+
+/// Every record up to the high watermark, by offset; panics naming `what`
+/// when a read fails or an offset is served twice.
+pub fn read_all(log: &Log, what: &str) -> BTreeMap<i64, Vec<u8>> {
+    let mut records = BTreeMap::new();
+    let mut next = Offset::from(0);
+    while next < log.high_watermark() {
+        let result = log
+            .read(next, 1 << 20, ReadBound::HighWatermark)
+            .unwrap_or_else(|err| panic!("{what}: read at {next}: {err}"));
+        let Some(after) = result.next_offset else {
+            break;
+        };
+        for (offset, _, value) in decode(&result.records) {
+            assert!(
+                records.insert(offset, value).is_none(),
+                "{what}: offset {offset} served twice"
+            );
+        }
+        next = after;
+    }
+    records
 }
