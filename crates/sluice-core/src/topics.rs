@@ -398,6 +398,17 @@ impl Topics {
     /// Checks a CreateTopics request without creating anything.
     ///
     /// # Errors
+    /// [`CoreError::TopicLimit`] when `existing` topics leave no room for `name`.
+    fn check_limit(&self, name: &str, existing: usize) -> Result<(), CoreError> {
+        match self.max_topics {
+            Some(limit) if existing >= limit as usize => Err(CoreError::TopicLimit {
+                topic: name.to_owned(),
+                limit,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// As [`Topics::create`], except for I/O.
     pub fn validate_new(&self, name: &str, partitions: u32) -> Result<(), CoreError> {
         validate_name(name)?;
@@ -407,14 +418,7 @@ impl Topics {
                 topic: name.to_owned(),
             });
         }
-        if let Some(limit) = self.max_topics
-            && topics.len() >= limit as usize
-        {
-            return Err(CoreError::TopicLimit {
-                topic: name.to_owned(),
-                limit,
-            });
-        }
+        self.check_limit(name, topics.len())?;
         drop(topics);
         if partitions == 0 || partitions > MAX_PARTITIONS {
             return Err(CoreError::InvalidPartitions {
@@ -447,14 +451,7 @@ impl Topics {
         }
         // Checked again under the write lock: concurrent creations passed
         // `validate_new` together.
-        if let Some(limit) = self.max_topics
-            && topics.len() >= limit as usize
-        {
-            return Err(CoreError::TopicLimit {
-                topic: name.to_owned(),
-                limit,
-            });
-        }
+        self.check_limit(name, topics.len())?;
         let name_arc: Arc<str> = Arc::from(name);
         // A log left behind by a deleted topic of the same name must not
         // come back as this topic's data.

@@ -477,8 +477,9 @@ impl Ready {
         }
     }
 
-    /// Adds a message that stays on disk until the head reaches it.
-    fn push_paged(&mut self, seq: u64, id: u64, size: u64, redelivered: bool) {
+    /// Adds a newly published message that stays on disk until the head
+    /// reaches it.
+    fn push_paged(&mut self, seq: u64, id: u64, size: u64) {
         self.len += 1;
         self.bytes += size;
         self.paged_len += 1;
@@ -486,7 +487,7 @@ impl Ready {
         if let Some(Paged::Run(run)) = self.paged.back_mut()
             && run.first_seq + run.count == seq
             && run.first_id + run.count == id
-            && run.redelivered == redelivered
+            && !run.redelivered
         {
             run.count += 1;
             run.bytes += size;
@@ -497,7 +498,7 @@ impl Ready {
             first_id: id,
             count: 1,
             bytes: size,
-            redelivered,
+            redelivered: false,
         }));
     }
 
@@ -1103,30 +1104,29 @@ impl Queue {
             state.next_seq += 1;
             // A persistent message behind a full head (or behind others
             // already waiting) waits on disk only.
-            if let Some(id) = stored
-                && (!state.ready.paged.is_empty()
-                    || state.ready.head_bytes().saturating_add(size)
-                        > Queue::memory_budget(&self.args, &self.memory))
-            {
-                state.ready.push_paged(seq, id, size, false);
-                self.traffic.published.fetch_add(1, Ordering::Relaxed);
-                drop(state);
-                self.dead_letter(dead);
-                self.dispatch();
-                return Ok(outcome);
+            match stored {
+                Some(id)
+                    if !state.ready.paged.is_empty()
+                        || state.ready.head_bytes().saturating_add(size)
+                            > Queue::memory_budget(&self.args, &self.memory) =>
+                {
+                    state.ready.push_paged(seq, id, size);
+                }
+                _ => {
+                    let priority = self.effective_priority(&message);
+                    state.ready.push_back(
+                        priority,
+                        Entry {
+                            seq,
+                            stored,
+                            _charge: self.memory.charge(size),
+                            message,
+                            redelivered: false,
+                            expires_at,
+                        },
+                    );
+                }
             }
-            let priority = self.effective_priority(&message);
-            state.ready.push_back(
-                priority,
-                Entry {
-                    seq,
-                    stored,
-                    _charge: self.memory.charge(message.body_size() as u64),
-                    message,
-                    redelivered: false,
-                    expires_at,
-                },
-            );
             self.traffic.published.fetch_add(1, Ordering::Relaxed);
         }
         self.dead_letter(dead);
