@@ -1700,6 +1700,9 @@ async function queuePage(ctx, root, [vhost, name]) {
   const summary = h('div');
   const bindings = h('div', { testid: 'queue-bindings' });
   const peekResult = h('div', { testid: 'peek-messages' });
+  // Shown once the queue's type is known: a stream refuses queue.purge.
+  const purgeButton = h('button', { type: 'button', testid: 'queue-purge', hidden: true, onclick: () => purgeQueue({ vhost, name }, load) }, 'Purge');
+  const peekNote = h('p', { class: 'muted' }, 'Shows ready messages in delivery order without consuming them.');
 
   async function load() {
     try {
@@ -1710,6 +1713,8 @@ async function queuePage(ctx, root, [vhost, name]) {
       if (!ctx.alive) return;
       const queue = found;
       errorLine.hidden = true;
+      purgeButton.hidden = queue.type !== 'classic';
+      if (queue.type === 'stream') peekNote.textContent = 'Shows the oldest records its topic keeps (x-stream-offset in the headers); a stream is never consumed.';
       replaceChildren(summary, facts([
         ['Virtual host', queue.vhost, 'queue-vhost'],
         ['Type', queue.type === 'stream' ? ['stream of topic ', h('a', { href: route(['topics', queue.topic]) }, queue.topic)] : queue.type, 'queue-type'],
@@ -1786,7 +1791,7 @@ async function queuePage(ctx, root, [vhost, name]) {
 
   replaceChildren(root,
     pageHeader(`Queue ${name}`,
-      h('button', { type: 'button', testid: 'queue-purge', onclick: () => purgeQueue({ vhost, name }, load) }, 'Purge'),
+      purgeButton,
       h('button', {
         type: 'button', class: 'danger', testid: 'queue-delete',
         onclick: () => deleteQueue({ vhost, name }, () => { location.hash = '#/queues'; }, ctx),
@@ -1794,7 +1799,7 @@ async function queuePage(ctx, root, [vhost, name]) {
     h('p', {}, h('a', { href: '#/queues' }, '‹ All queues')),
     errorLine,
     section(null, summary),
-    section('Peek at the head', h('p', { class: 'muted' }, 'Shows ready messages in delivery order without consuming them.'), peek, peekResult),
+    section('Peek at the head', peekNote, peek, peekResult),
     section('Publish a message', h('p', { class: 'muted' }, 'Through the default exchange, whose routing key names this queue; change the exchange to test other routes.'),
       publishForm({ vhost, exchange: '', routingKey: name, exchangeEditable: true })),
     section('Bindings', bindings, h('h3', {}, 'Add a binding'), bind));
