@@ -47,6 +47,9 @@ pub enum ConfigError {
     EnvNotUnicode { name: String },
     #[error("--set expects KEY=VALUE, got {argument:?}")]
     SetSyntax { argument: String },
+    /// More than one problem, each reported as it would be alone.
+    #[error("{} problems in the configuration:{}", .errors.len(), list(.errors))]
+    Several { errors: Vec<ConfigError> },
     /// The layers each passed their checks but their combination did not
     /// deserialize: a bug in this crate, reported instead of a panic.
     #[error("configuration does not deserialize: {message}")]
@@ -65,7 +68,23 @@ impl ConfigError {
             | ConfigError::ParseFile { .. }
             | ConfigError::EnvNotUnicode { .. }
             | ConfigError::SetSyntax { .. }
+            | ConfigError::Several { .. }
             | ConfigError::Combined { .. } => None,
         }
     }
+}
+
+/// Each error on a line of its own, with its causes.
+fn list(errors: &[ConfigError]) -> String {
+    let mut out = String::new();
+    for error in errors {
+        out.push_str("\n  - ");
+        out.push_str(&error.to_string());
+        let mut cause = std::error::Error::source(error);
+        while let Some(inner) = cause {
+            out.push_str(&format!(": {inner}"));
+            cause = inner.source();
+        }
+    }
+    out
 }

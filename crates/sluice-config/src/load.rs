@@ -15,7 +15,7 @@ use serde::Deserialize;
 use toml::{Table, Value};
 
 use crate::error::ConfigError;
-use crate::model::{Config, KEYS, env_var_name, key_doc};
+use crate::model::{Config, KEYS, SECRET_KEYS, env_var_name, key_doc, redact};
 
 /// Environment variables that start with `SLUICE_` but are not config keys.
 /// `SLUICE_LOG` is the tracing filter; `SLUICE_HTTP` and
@@ -116,32 +116,30 @@ impl ConfigLoader {
     ///
     /// # Errors
     /// A [`ConfigError`] naming the file, variable, flag or key at fault.
+    /// Every problem of every layer is reported at once
+    /// ([`ConfigError::Several`] when there is more than one), except a
+    /// file that cannot be read or parsed, which stops the load.
     pub fn load(self) -> Result<LoadedConfig, ConfigError> {
         let mut layers = Layers::defaults()?;
         if let Some(path) = &self.file {
             layers.apply_file(path)?;
         }
-        layers.apply_env(self.env)?;
+        layers.apply_env(self.env);
         for setting in self.flags {
             match setting {
                 FlagSetting::Key { flag, key, value } => {
-                    layers.apply_raw(&key, &value, Source::Flag(flag))?;
+                    layers.apply_raw(&key, &value, Source::Flag(flag));
                 }
-                FlagSetting::Set { assignment } => {
-                    let Some((key, value)) = assignment.split_once('=') else {
-                        return Err(ConfigError::SetSyntax {
-                            argument: assignment,
-                        });
-                    };
-                    let key = key.trim();
-                    if key.is_empty() {
-                        return Err(ConfigError::SetSyntax {
-                            argument: assignment,
-                        });
+                FlagSetting::Set { assignment } => match assignment.split_once('=') {
+                    Some((key, value)) if !key.trim().is_empty() => {
+                        let key = key.trim();
+                        let source = Source::Flag(format!("--set {key}"));
+                        layers.apply_raw(key, value, source);
                     }
-                    let source = Source::Flag(format!("--set {key}"));
-                    layers.apply_raw(key, value, source)?;
-                }
+                    _ => layers.errors.push(ConfigError::SetSyntax {
+                        argument: assignment,
+                    }),
+                },
             }
         }
         layers.finish()
@@ -160,7 +158,8 @@ pub struct LoadedConfig {
 pub struct EffectiveValue {
     /// Dotted key, e.g. `log.segment_bytes`.
     pub key: &'static str,
-    /// The value as TOML, e.g. `"1GiB"` or `1048588`.
+    /// The value as TOML, e.g. `"1GiB"` or `1048588`; secrets are masked
+    /// (`"admin:****"`).
     pub value: String,
     /// The layer that set it.
     pub source: Source,
@@ -178,7 +177,8 @@ impl LoadedConfig {
     }
 
     /// The effective configuration as a TOML document, each value followed by
-    /// a comment naming its source. The document loads back as a config file.
+    /// a comment naming its source. The document loads back as a config file;
+    /// secrets ([`SECRET_KEYS`]) are masked in it and must be set again.
     pub fn render(&self) -> String {
         let mut out = String::new();
         let mut section: Option<&str> = None;
@@ -213,6 +213,8 @@ fn leaf_name(key: &str) -> &str {
 /// The value and source of every key, as the layers are applied.
 struct Layers {
     values: BTreeMap<&'static str, (Value, Source)>,
+    /// Problems found so far; a key that failed keeps its earlier value.
+    errors: Vec<ConfigError>,
 }
 
 impl Layers {
@@ -226,7 +228,10 @@ impl Layers {
                 .key;
             values.insert(key, (value, Source::Default));
         }
-        Ok(Layers { values })
+        Ok(Layers {
+            values,
+            errors: Vec::new(),
+        })
     }
 
     fn apply_file(&mut self, path: &Path) -> Result<(), ConfigError> {
@@ -240,39 +245,40 @@ impl Layers {
         })?;
         let source = Source::File(path.to_path_buf());
         let mut leaves = Vec::new();
-        collect_leaves(table, "", &source, &mut leaves)?;
+        collect_leaves(table, "", &source, &mut leaves, &mut self.errors);
         for (key, value) in leaves {
-            self.apply(&key, vec![value], source.clone())?;
+            self.apply(&key, vec![value], source.clone());
         }
         Ok(())
     }
 
-    fn apply_env(&mut self, vars: Vec<(OsString, OsString)>) -> Result<(), ConfigError> {
+    fn apply_env(&mut self, vars: Vec<(OsString, OsString)>) {
         let mut config_vars = BTreeMap::new();
         for (name, value) in vars {
             let Some(name) = name.to_str() else { continue };
             if !name.starts_with(ENV_PREFIX) || NON_CONFIG_ENV_VARS.contains(&name) {
                 continue;
             }
-            let value = value
-                .into_string()
-                .map_err(|_| ConfigError::EnvNotUnicode {
+            match value.into_string() {
+                Ok(value) => {
+                    config_vars.insert(name.to_owned(), value);
+                }
+                Err(_) => self.errors.push(ConfigError::EnvNotUnicode {
                     name: name.to_owned(),
-                })?;
-            config_vars.insert(name.to_owned(), value);
+                }),
+            }
         }
         for (name, value) in config_vars {
             let key = name[ENV_PREFIX.len()..]
                 .to_ascii_lowercase()
                 .replace("__", ".");
-            self.apply_raw(&key, &value, Source::Env(name))?;
+            self.apply_raw(&key, &value, Source::Env(name));
         }
-        Ok(())
     }
 
     /// Applies a value given as text (environment, flags): as TOML when it
     /// parses as a TOML value the key accepts, else as a plain string.
-    fn apply_raw(&mut self, key: &str, raw: &str, source: Source) -> Result<(), ConfigError> {
+    fn apply_raw(&mut self, key: &str, raw: &str, source: Source) {
         let mut candidates = Vec::with_capacity(2);
         if let Ok(mut table) = toml::from_str::<Table>(&format!("value = {raw}"))
             && table.len() == 1
@@ -284,36 +290,38 @@ impl Layers {
         self.apply(key, candidates, source)
     }
 
-    /// Sets `key` to the first candidate it accepts.
-    fn apply(
-        &mut self,
-        key: &str,
-        candidates: Vec<Value>,
-        source: Source,
-    ) -> Result<(), ConfigError> {
+    /// Sets `key` to the first candidate it accepts, or records why none fits.
+    fn apply(&mut self, key: &str, candidates: Vec<Value>, source: Source) {
         let Some(doc) = key_doc(key) else {
-            return Err(unknown_key(key, source));
+            self.errors.push(unknown_key(key, source));
+            return;
         };
         let mut first_error = None;
         for candidate in candidates {
             match Config::deserialize(Value::Table(nest(doc.key, candidate.clone()))) {
                 Ok(_) => {
                     self.values.insert(doc.key, (candidate, source));
-                    return Ok(());
+                    return;
                 }
                 Err(err) => {
                     first_error.get_or_insert(err);
                 }
             }
         }
-        Err(ConfigError::InvalidValue {
+        let message = if SECRET_KEYS.contains(&doc.key) {
+            // Serde's message quotes the value, which may be a password.
+            "expected a string".to_owned()
+        } else {
+            first_error.map_or_else(String::new, |err| plain_message(err.message()))
+        };
+        self.errors.push(ConfigError::InvalidValue {
             key: doc.key.to_owned(),
             origin: source,
-            message: first_error.map_or_else(String::new, |err| err.message().trim().to_owned()),
-        })
+            message,
+        });
     }
 
-    fn finish(self) -> Result<LoadedConfig, ConfigError> {
+    fn finish(mut self) -> Result<LoadedConfig, ConfigError> {
         let mut tree = Table::new();
         for (key, (value, _)) in &self.values {
             merge(&mut tree, nest(key, value.clone()));
@@ -329,24 +337,36 @@ impl Layers {
                     message: format!("key {} has no default", doc.key),
                 });
             };
+            let shown = match value {
+                Value::String(text) if SECRET_KEYS.contains(&doc.key) => {
+                    Value::String(redact(doc.key, text))
+                }
+                other => other.clone(),
+            };
             values.push(EffectiveValue {
                 key: doc.key,
-                value: value.to_string(),
+                value: shown.to_string(),
                 source: source.clone(),
             });
         }
-        if let Err(problem) = config.validate() {
+        for problem in config.validate() {
             let origin = self
                 .values
                 .get(problem.key)
                 .map_or(Source::Default, |(_, source)| source.clone());
-            return Err(ConfigError::OutOfRange {
+            self.errors.push(ConfigError::OutOfRange {
                 key: problem.key,
                 origin,
                 message: problem.message,
             });
         }
-        Ok(LoadedConfig { config, values })
+        match self.errors.len() {
+            0 => Ok(LoadedConfig { config, values }),
+            1 => Err(self.errors.remove(0)),
+            _ => Err(ConfigError::Several {
+                errors: self.errors,
+            }),
+        }
     }
 }
 
@@ -382,27 +402,25 @@ fn collect_leaves(
     prefix: &str,
     source: &Source,
     out: &mut Vec<(String, Value)>,
-) -> Result<(), ConfigError> {
+    errors: &mut Vec<ConfigError>,
+) {
     for (name, value) in table {
         let key = join(prefix, &name);
         if key_doc(&key).is_some() {
             out.push((key, value));
         } else if is_section(&key) {
             match value {
-                Value::Table(inner) => collect_leaves(inner, &key, source, out)?,
-                _ => {
-                    return Err(ConfigError::SectionAsValue {
-                        keys: children(&key).join(", "),
-                        key,
-                        origin: source.clone(),
-                    });
-                }
+                Value::Table(inner) => collect_leaves(inner, &key, source, out, errors),
+                _ => errors.push(ConfigError::SectionAsValue {
+                    keys: children(&key).join(", "),
+                    key,
+                    origin: source.clone(),
+                }),
             }
         } else {
-            return Err(unknown_key(&key, source.clone()));
+            errors.push(unknown_key(&key, source.clone()));
         }
     }
-    Ok(())
 }
 
 fn unknown_key(key: &str, origin: Source) -> ConfigError {
@@ -411,6 +429,17 @@ fn unknown_key(key: &str, origin: Source) -> ConfigError {
             keys: children(key).join(", "),
             key: key.to_owned(),
             origin,
+        };
+    }
+    if let Some(suggestion) = closest_key(key) {
+        let suggestion = match &origin {
+            Source::Env(_) => env_var_name(suggestion),
+            _ => suggestion.to_owned(),
+        };
+        return ConfigError::UnknownKey {
+            key: key.to_owned(),
+            origin,
+            hint: format!("did you mean `{suggestion}`?"),
         };
     }
     let parent = key.rsplit_once('.').map_or("", |(parent, _)| parent);
@@ -437,6 +466,48 @@ fn unknown_key(key: &str, origin: Source) -> ConfigError {
         origin,
         hint,
     }
+}
+
+/// The known key nearest to a misspelt `key`, if one is near enough to be
+/// what was meant: a few edits away, or the same name in another section.
+fn closest_key(key: &str) -> Option<&'static str> {
+    let leaf = leaf_name(key);
+    let near = |a: &str, b: &str| {
+        let distance = strsim::damerau_levenshtein(a, b);
+        distance <= 2.max(b.len() / 4) && distance < b.len()
+    };
+    KEYS.iter()
+        .map(|doc| doc.key)
+        .map(|candidate| (strsim::damerau_levenshtein(key, candidate), candidate))
+        .filter(|(_, candidate)| near(key, candidate))
+        .min()
+        .map(|(_, candidate)| candidate)
+        .or_else(|| {
+            KEYS.iter()
+                .map(|doc| doc.key)
+                .find(|candidate| leaf_name(candidate) == leaf)
+        })
+}
+
+/// A serde message with Rust's type names (`u16`, `u64`) replaced by words.
+fn plain_message(message: &str) -> String {
+    const TYPES: &[(&str, &str)] = &[
+        ("expected u16", "expected a whole number from 0 to 65535"),
+        (
+            "expected u32",
+            "expected a whole number from 0 to 4294967295",
+        ),
+        ("expected u64", "expected a whole number of 0 or more"),
+        ("expected usize", "expected a whole number of 0 or more"),
+        ("expected i32", "expected a whole number"),
+        ("expected i64", "expected a whole number"),
+        ("expected f64", "expected a number"),
+    ];
+    let mut message = message.trim().to_owned();
+    for (rust, words) in TYPES {
+        message = message.replace(rust, words);
+    }
+    message
 }
 
 /// Whether `key` is a table that holds other keys.
@@ -848,8 +919,110 @@ mod tests {
         assert!(text.contains("[log]"), "{text}");
         let file = config_file(&text)?;
         let reloaded = ConfigLoader::new().file(file.path()).load()?;
-        assert_eq!(reloaded.config(), loaded.config());
+        let mut expected = loaded.config().clone();
+        expected.amqp.users = "guest:****".to_owned();
+        assert_eq!(reloaded.config(), &expected);
         Ok(())
+    }
+
+    #[test]
+    fn passwords_are_masked_in_values_render_and_errors() -> TestResult {
+        let loaded = ConfigLoader::new()
+            .set("amqp.users=admin:S3cret,guest:guest")
+            .load()?;
+        assert_eq!(loaded.config().amqp.users, "admin:S3cret,guest:guest");
+        let text = loaded.render();
+        assert!(!text.contains("S3cret"), "{text}");
+        assert!(text.contains("admin:****,guest:****"), "{text}");
+        let shown = value_of(&loaded, "amqp.users").map(|value| value.value.clone());
+        assert_eq!(shown.as_deref(), Some("\"admin:****,guest:****\""));
+        for bad in [":S3cret", "adminS3cret"] {
+            let err = ConfigLoader::new()
+                .set(&format!("amqp.users=guest:guest,{bad}"))
+                .load()
+                .expect_err(bad);
+            let message = err.to_string();
+            assert!(!message.contains("S3cret"), "{message}");
+            assert!(message.contains("entry 2"), "{message}");
+        }
+        let file = config_file("[amqp]\nusers = 987654\n")?;
+        let err = ConfigLoader::new()
+            .file(file.path())
+            .load()
+            .expect_err("not a string");
+        assert!(!err.to_string().contains("987654"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn every_problem_of_a_file_is_reported_at_once() -> TestResult {
+        let file = config_file(
+            "[log]\nsegmnt_bytes = \"1MiB\"\ndurability = \"sometimes\"\n\
+             [amqp]\nchannel_max = 0\nframe_max = \"1KiB\"\n",
+        )?;
+        let err = ConfigLoader::new()
+            .file(file.path())
+            .load()
+            .expect_err("four problems");
+        let message = err.to_string();
+        assert!(message.starts_with("4 problems"), "{message}");
+        for part in [
+            "log.segmnt_bytes",
+            "log.durability",
+            "amqp.channel_max",
+            "amqp.frame_max",
+        ] {
+            assert!(message.contains(part), "{part} missing from: {message}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn misspelt_keys_get_a_suggestion() {
+        let suggestion = |loader: ConfigLoader| {
+            loader
+                .load()
+                .map(|_| String::new())
+                .unwrap_or_else(|err| err.to_string())
+        };
+        let message = suggestion(ConfigLoader::new().set("log.segmnt_bytes=1MiB"));
+        assert!(
+            message.contains("did you mean `log.segment_bytes`?"),
+            "{message}"
+        );
+        let message = suggestion(ConfigLoader::new().set("kafka.segment_bytes=1MiB"));
+        assert!(
+            message.contains("did you mean `log.segment_bytes`?"),
+            "{message}"
+        );
+        let message =
+            suggestion(ConfigLoader::new().env_vars(env(&[("SLUICE_AMQP__HEARTBEET", "10s")])));
+        assert!(
+            message.contains("did you mean `SLUICE_AMQP__HEARTBEAT`?"),
+            "{message}"
+        );
+        let message = suggestion(ConfigLoader::new().set("completely.different=1"));
+        assert!(!message.contains("did you mean"), "{message}");
+        assert!(message.contains("known keys are"), "{message}");
+    }
+
+    #[test]
+    fn messages_name_no_rust_types() {
+        for (assignment, words) in [
+            ("amqp.channel_max=70000", "from 0 to 65535"),
+            ("amqp.channel_max=-1", "from 0 to 65535"),
+            ("kafka.default_partitions=\"many\"", "whole number"),
+        ] {
+            let message = ConfigLoader::new()
+                .set(assignment)
+                .load()
+                .map(|_| String::new())
+                .unwrap_or_else(|err| err.to_string());
+            assert!(message.contains(words), "{assignment}: {message}");
+            for rust in ["u16", "u32", "u64", "i32", "i64", "usize"] {
+                assert!(!message.contains(rust), "{assignment}: {message}");
+            }
+        }
     }
 
     #[test]

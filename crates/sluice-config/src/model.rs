@@ -517,11 +517,13 @@ pub(crate) struct Problem {
 }
 
 impl Config {
-    /// Checks what the types alone cannot: ranges and limits.
-    pub(crate) fn validate(&self) -> Result<(), Problem> {
-        let problem = |key, message| Err(Problem { key, message });
+    /// Checks what the types alone cannot: ranges and limits. Returns every
+    /// problem found, so a file with several mistakes is fixed in one round.
+    pub(crate) fn validate(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let mut problem = |key, message| problems.push(Problem { key, message });
         if self.data_dir.as_os_str().is_empty() {
-            return problem("data_dir", "data_dir must not be empty".to_owned());
+            problem("data_dir", "data_dir must not be empty".to_owned());
         }
         let kafka = &self.kafka;
         if !kafka.advertised.is_empty() {
@@ -532,7 +534,7 @@ impl Config {
                     !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
                 });
             if !valid {
-                return problem(
+                problem(
                     "kafka.advertised",
                     format!(
                         "kafka.advertised must be HOST:PORT with a port from 1 to 65535, got {:?}",
@@ -542,7 +544,7 @@ impl Config {
             }
         }
         if kafka.max_request_bytes < ByteSize::kib(1) {
-            return problem(
+            problem(
                 "kafka.max_request_bytes",
                 at_least(
                     "kafka.max_request_bytes",
@@ -552,7 +554,7 @@ impl Config {
             );
         }
         if !(1..=10_000).contains(&kafka.default_partitions) {
-            return problem(
+            problem(
                 "kafka.default_partitions",
                 format!(
                     "kafka.default_partitions must be from 1 to 10000, got {}",
@@ -562,7 +564,7 @@ impl Config {
         }
         let amqp = &self.amqp;
         if amqp.heartbeat.get().as_secs() > u64::from(u16::MAX) {
-            return problem(
+            problem(
                 "amqp.heartbeat",
                 format!(
                     "amqp.heartbeat must be at most 65535s, got {}",
@@ -571,7 +573,7 @@ impl Config {
             );
         }
         if !(4096..=16 << 20).contains(&amqp.frame_max.bytes()) {
-            return problem(
+            problem(
                 "amqp.frame_max",
                 format!(
                     "amqp.frame_max must be from 4KiB to 16MiB, got {}",
@@ -580,22 +582,26 @@ impl Config {
             );
         }
         if amqp.channel_max == 0 {
-            return problem(
+            problem(
                 "amqp.channel_max",
                 "amqp.channel_max must be at least 1, got 0".to_owned(),
             );
         }
         if split_list(&amqp.vhosts).is_empty() {
-            return problem(
+            problem(
                 "amqp.vhosts",
                 "amqp.vhosts must name at least one virtual host".to_owned(),
             );
         }
-        for user in split_list(&amqp.users) {
+        // The entry itself is never echoed: it may hold a password.
+        for (position, user) in split_list(&amqp.users).into_iter().enumerate() {
             if !user.contains(':') || user.starts_with(':') {
-                return problem(
+                problem(
                     "amqp.users",
-                    format!("amqp.users entries must be name:password, got {user:?}"),
+                    format!(
+                        "amqp.users entries must be name:password; entry {} is not",
+                        position + 1
+                    ),
                 );
             }
         }
@@ -610,12 +616,12 @@ impl Config {
             ("limits.max_queues", limits.max_queues),
         ] {
             if value == Some(0) {
-                return problem(key, format!("{key} must be at least 1 or \"none\", got 0"));
+                problem(key, format!("{key} must be at least 1 or \"none\", got 0"));
             }
         }
         let offsets_segment = self.kafka.offsets_segment_bytes;
         if offsets_segment < MIN_SEGMENT_BYTES || offsets_segment > MAX_SEGMENT_BYTES {
-            return problem(
+            problem(
                 "kafka.offsets_segment_bytes",
                 format!(
                     "kafka.offsets_segment_bytes must be between {MIN_SEGMENT_BYTES} and {MAX_SEGMENT_BYTES}, got {offsets_segment}"
@@ -624,19 +630,19 @@ impl Config {
         }
         let log = &self.log;
         if log.compaction_check_interval.get().is_zero() {
-            return problem(
+            problem(
                 "log.compaction_check_interval",
                 "log.compaction_check_interval must be at least 1ms, got 0s".to_owned(),
             );
         }
         if log.segment_bytes < MIN_SEGMENT_BYTES {
-            return problem(
+            problem(
                 "log.segment_bytes",
                 at_least("log.segment_bytes", MIN_SEGMENT_BYTES, log.segment_bytes),
             );
         }
         if log.segment_bytes > MAX_SEGMENT_BYTES {
-            return problem(
+            problem(
                 "log.segment_bytes",
                 format!(
                     "log.segment_bytes must be at most {MAX_SEGMENT_BYTES}, got {}",
@@ -645,19 +651,19 @@ impl Config {
             );
         }
         if log.segment_time.get().is_zero() {
-            return problem(
+            problem(
                 "log.segment_time",
                 "log.segment_time must be at least 1ms, got 0s".to_owned(),
             );
         }
         if log.index_interval_bytes.bytes() == 0 {
-            return problem(
+            problem(
                 "log.index_interval_bytes",
                 "log.index_interval_bytes must be at least 1, got 0".to_owned(),
             );
         }
         if u32::try_from(log.index_interval_bytes.bytes()).is_err() {
-            return problem(
+            problem(
                 "log.index_interval_bytes",
                 format!(
                     "log.index_interval_bytes must be below 4GiB, got {}",
@@ -666,37 +672,37 @@ impl Config {
             );
         }
         if log.retention_bytes.is_some_and(|bytes| bytes.bytes() == 0) {
-            return problem(
+            problem(
                 "log.retention_bytes",
                 "log.retention_bytes must be at least 1 or \"none\", got 0".to_owned(),
             );
         }
         if log.retention_time.is_some_and(|time| time.get().is_zero()) {
-            return problem(
+            problem(
                 "log.retention_time",
                 "log.retention_time must be at least 1ms or \"none\", got 0s".to_owned(),
             );
         }
         if log.retention_check_interval.get().is_zero() {
-            return problem(
+            problem(
                 "log.retention_check_interval",
                 "log.retention_check_interval must be at least 1ms, got 0s".to_owned(),
             );
         }
         if log.flush_interval.get().is_zero() {
-            return problem(
+            problem(
                 "log.flush_interval",
                 "log.flush_interval must be at least 1ms, got 0s".to_owned(),
             );
         }
         if log.max_batch_bytes < MIN_BATCH_BYTES {
-            return problem(
+            problem(
                 "log.max_batch_bytes",
                 at_least("log.max_batch_bytes", MIN_BATCH_BYTES, log.max_batch_bytes),
             );
         }
         if u32::try_from(log.max_batch_bytes.bytes()).is_err() {
-            return problem(
+            problem(
                 "log.max_batch_bytes",
                 format!(
                     "log.max_batch_bytes must be below 4GiB, got {}",
@@ -704,12 +710,32 @@ impl Config {
                 ),
             );
         }
-        Ok(())
+        problems
     }
 }
 
 fn at_least(key: &str, minimum: ByteSize, got: ByteSize) -> String {
     format!("{key} must be at least {minimum}, got {got}")
+}
+
+/// Keys whose values hold secrets: logs, `sluice config show`, the admin
+/// API and error messages show them through [`redact`].
+pub const SECRET_KEYS: &[&str] = &["amqp.users"];
+
+/// `value` of `key` as it may be shown to people: for `amqp.users` each
+/// `name:password` becomes `name:****`; other keys are returned unchanged.
+pub fn redact(key: &str, value: &str) -> String {
+    if !SECRET_KEYS.contains(&key) {
+        return value.to_owned();
+    }
+    split_list(value)
+        .into_iter()
+        .map(|entry| match entry.split_once(':') {
+            Some((name, _)) => format!("{name}:****"),
+            None => "****".to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The entries of a comma-separated list, trimmed, empty ones dropped.
