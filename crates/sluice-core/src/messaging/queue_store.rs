@@ -262,6 +262,35 @@ impl PendingSync {
     }
 }
 
+/// Longest readable part of a store id: the log names around it stay within
+/// the log manager's 249 characters.
+const READABLE_NAME_MAX: usize = 120;
+
+/// The store id of a new durable queue: its name, escaped to the characters
+/// a log directory may hold, then `token`, so that an operator can tell the
+/// queues' logs apart on disk while each id stays unique. Letters, digits,
+/// `.` and `-` stay as they are; every other byte becomes `_` and two hex
+/// digits (`dead letters/1` is `dead_20letters_2f1`). Ids are stored in the
+/// definitions, so queues created before this naming keep their bare tokens.
+pub(crate) fn store_id(queue_name: &str, token: &str) -> String {
+    let mut readable = String::new();
+    for byte in queue_name.bytes() {
+        if readable.len() >= READABLE_NAME_MAX {
+            break;
+        }
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'-') {
+            readable.push(char::from(byte));
+        } else {
+            readable.push_str(&format!("_{byte:02x}"));
+        }
+    }
+    if readable.is_empty() {
+        token.to_owned()
+    } else {
+        format!("{readable}-{token}")
+    }
+}
+
 pub(crate) fn message_log_name(id: &str) -> String {
     format!("queue-{id}-messages")
 }
@@ -708,6 +737,26 @@ mod tests {
             properties: BasicProperties::default().with_delivery_mode(2),
             body: Bytes::from(format!("m{n}")),
         }
+    }
+
+    #[test]
+    fn store_ids_carry_the_escaped_queue_name_and_open_as_logs() -> Result<(), CoreError> {
+        assert_eq!(store_id("orders.dlq", "00ff"), "orders.dlq-00ff");
+        assert_eq!(
+            store_id("dead letters/1", "00ff"),
+            "dead_20letters_2f1-00ff"
+        );
+        assert_eq!(store_id("", "00ff"), "00ff");
+        assert_eq!(store_id("é", "00ff"), "_c3_a9-00ff");
+        let long = store_id(&"x/".repeat(500), &"f".repeat(16));
+        let dir = tempfile::tempdir().expect("temp dir");
+        let logs = LogManager::open(dir.path(), sluice_log::LogConfig::default())?;
+        for id in [long, store_id("a b:c*?<>|\\\"'", "0123")] {
+            QueueStore::open(&logs, &id, u64::MAX)?;
+            assert!(logs.get(&message_log_name(&id)).is_some(), "{id}");
+            assert!(logs.get(&settlement_log_name(&id)).is_some(), "{id}");
+        }
+        Ok(())
     }
 
     #[test]

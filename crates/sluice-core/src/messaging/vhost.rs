@@ -20,7 +20,9 @@ use super::definitions::{Definition, Definitions};
 use super::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use super::message::{Message, short, string_value};
 use super::queue::{DeadLetter, DeathReason, Queue, QueueArgs, QueueOptions, now_ms};
-use super::queue_store::{PendingSync, QueueStore, Source, message_log_name, settlement_log_name};
+use super::queue_store::{
+    PendingSync, QueueStore, Source, message_log_name, settlement_log_name, store_id,
+};
 use crate::{CoreError, Topics};
 
 /// How an exchange is declared.
@@ -636,7 +638,7 @@ impl VirtualHost {
         // Exclusive queues die with their connection: nothing to keep.
         let persisted = options.durable && options.exclusive_owner.is_none();
         let store = if persisted {
-            let store_id = unique_token();
+            let store_id = store_id(&name, &unique_token());
             let recovered = QueueStore::open(&self.logs, &store_id, u64::MAX)?;
             self.definitions.put(&Definition::Queue {
                 vhost: self.name.clone(),
