@@ -729,16 +729,64 @@ function vhostSelect(testid, names, selected, { all = false } = {}) {
 }
 
 // ---------------------------------------------------------------------------
-// Time-series charts on <canvas>
+// Time-series charts in <svg>
 // ---------------------------------------------------------------------------
 
-const HISTORY_MS = 5 * 60 * 1000;
+/** What the broker keeps (GET /api/overview/history): an hour at 5 s. */
+const HISTORY_KEEP_MS = 60 * 60 * 1000;
 const POLL_MS = 2000;
+/** A gap longer than this between points (the broker or the page was away) breaks the line. */
+const GAP_MS = 12_000;
+const CHART_RANGES = [[5, '5 minutes'], [15, '15 minutes'], [60, '1 hour']];
 const CHART_COLORS = ['#2563eb', '#16a34a', '#d97706', '#9333ea', '#dc2626'];
+const SVG_NS = 'http://www.w3.org/2000/svg';
+const AXIS_FONT = '11px system-ui, sans-serif';
 
-/** Keeps the points of the last HISTORY_MS. */
+/** The time range every chart shows; chosen on any chart, kept for the tab. */
+const chartRange = {
+  minutes: Number(sessionStorage.getItem('sluice.chart-minutes')) || 15,
+  charts: new Set(),
+  set(minutes) {
+    this.minutes = minutes;
+    sessionStorage.setItem('sluice.chart-minutes', String(minutes));
+    for (const chart of this.charts) chart.rangeChanged();
+  },
+};
+
+/** Keeps the points of the last hour (what the broker keeps too). */
 function trimHistory(points, now = Date.now()) {
-  while (points.length && points[0].t < now - HISTORY_MS) points.shift();
+  while (points.length && points[0].t < now - HISTORY_KEEP_MS) points.shift();
+}
+
+/**
+ * Puts the broker's history (`server`, oldest first) under the points this
+ * tab collected itself: the broker's cover everything up to its newest
+ * point, the tab's own add what came after.
+ */
+function mergeHistory(local, server) {
+  const newest = server.length ? server[server.length - 1].t : -Infinity;
+  const merged = [...server, ...local.filter((point) => point.t > newest)];
+  local.splice(0, local.length, ...merged);
+  trimHistory(local);
+}
+
+function svg(tag, attributes = {}, text) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [key, value] of Object.entries(attributes)) {
+    if (value === null || value === undefined) continue;
+    if (key === 'testid') node.dataset.testid = value;
+    else node.setAttribute(key, String(value));
+  }
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+let measureContext = null;
+/** Width in pixels of `text` in the axis font. */
+function textWidth(text) {
+  measureContext ??= document.createElement('canvas').getContext('2d');
+  measureContext.font = AXIS_FONT;
+  return measureContext.measureText(text).width;
 }
 
 /** The smallest 1, 2 or 5 times a power of ten at or above `value`. */
@@ -751,49 +799,79 @@ function niceCeiling(value) {
   return 10 * power;
 }
 
-/** As niceCeiling in units of 1024 (bytes). */
-function niceByteCeiling(value) {
-  let unit = 1;
-  while (value / unit >= 1024) unit *= 1024;
-  return niceCeiling(value / unit) * unit;
-}
-
 const GRID_LINES = 4;
+const BYTE_UNITS = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
 
 /**
- * The top of a chart's scale: four equal steps of a round size, so every
- * grid line has a short label. Counts step by whole numbers, bytes by
- * round numbers of B, KiB, MiB….
+ * The vertical scale: four equal steps of a round size up to `ceiling`,
+ * and the one unit every label of the axis is written in (`divisor`
+ * turns a value into that unit). Bytes step by round numbers of B, KiB,
+ * MiB…; counts by whole numbers.
  */
-function scaleCeiling(max, kind) {
-  if (kind === 'bytes') return GRID_LINES * Math.max(256, niceByteCeiling(max / GRID_LINES));
-  if (kind === 'count') return GRID_LINES * Math.max(1, niceCeiling(max / GRID_LINES));
-  return max > 0 ? GRID_LINES * niceCeiling(max / GRID_LINES) : 1;
+function chartScale(max, kind) {
+  if (kind === 'bytes') {
+    let divisor = 1;
+    let unit = 0;
+    while (max / GRID_LINES / divisor >= 1024 && unit < BYTE_UNITS.length - 1) {
+      divisor *= 1024;
+      unit += 1;
+    }
+    const step = Math.max(unit === 0 ? 256 : 1, niceCeiling(max / GRID_LINES / divisor));
+    return { ceiling: GRID_LINES * step * divisor, divisor, unit: `${BYTE_UNITS[unit]}/s` };
+  }
+  const step = kind === 'count' ? Math.max(1, niceCeiling(max / GRID_LINES)) : niceCeiling(max / GRID_LINES);
+  return { ceiling: max > 0 || kind === 'count' ? GRID_LINES * step : 1, divisor: 1, unit: null };
+}
+
+/** A tick label: the number alone, at most two decimals. */
+function tickLabel(value) {
+  return numberFormat.format(Number(value.toFixed(2)));
 }
 
 /**
- * A line chart of the last HISTORY_MS: `series` are `{ key, label }`,
+ * A line chart over the chosen range: `series` are `{ key, label }`,
  * points `{ t, values: { key: number } }`. The legend shows each series'
  * latest value as text (id `<id>-<key>`), so its numbers can be read
- * without the picture.
+ * without the picture. Axis labels are `<text>` placed inside the drawing
+ * (the left margin grows to the widest label), all in the one unit named
+ * at the top of the axis (`<id>-unit`).
  */
 class TimeChart {
-  /** `scale`: `rate` (per second), `bytes` (per second) or `count` (whole numbers). */
-  constructor({ id, title, series, formatValue = format.rate, scale = 'rate', height = 180 }) {
+  /**
+   * `scale`: `rate` (per second), `bytes` (per second) or `count` (whole
+   * numbers); `unit` names the vertical axis of rates and counts.
+   */
+  constructor({ id, title, series, formatValue = format.rate, scale = 'rate', unit = '/s', height = 180 }) {
     this.id = id;
     this.scale = scale;
+    this.unit = unit;
     this.series = series.map((entry, index) => ({ ...entry, color: entry.color || CHART_COLORS[index % CHART_COLORS.length] }));
     this.formatValue = formatValue;
     this.height = height;
     this.points = [];
-    this.canvas = h('canvas', { id, testid: id, height, role: 'img', 'aria-label': title });
+    this.svg = svg('svg', { id, testid: id, height, width: '100%', role: 'img', 'aria-label': title, class: 'chart-drawing' });
     this.values = new Map();
     const legend = h('ul', { class: 'legend' }, this.series.map((entry) => {
       const value = h('span', { id: `${id}-${entry.key}`, testid: `${id}-${entry.key}`, class: 'legend-value' }, '–');
       this.values.set(entry.key, value);
       return h('li', {}, h('span', { class: 'swatch', style: `background:${entry.color}` }), entry.label, ' ', value);
     }));
-    this.element = h('figure', { class: 'chart' }, h('figcaption', {}, title), this.canvas, legend);
+    this.rangeSelect = h('select', { testid: `${id}-range`, 'aria-label': 'Time range', class: 'chart-range' },
+      CHART_RANGES.map(([minutes, label]) => h('option', { value: String(minutes), selected: minutes === chartRange.minutes }, label)));
+    this.rangeSelect.addEventListener('change', () => chartRange.set(Number(this.rangeSelect.value)));
+    chartRange.charts.add(this);
+    this.element = h('figure', { class: 'chart' },
+      h('figcaption', {}, h('span', {}, title), this.rangeSelect), this.svg, legend);
+  }
+
+  /** Stops following the shared range (the page is left). */
+  detach() {
+    chartRange.charts.delete(this);
+  }
+
+  rangeChanged() {
+    this.rangeSelect.value = String(chartRange.minutes);
+    this.draw();
   }
 
   update(points) {
@@ -806,82 +884,65 @@ class TimeChart {
   }
 
   draw() {
-    const canvas = this.canvas;
-    const width = canvas.clientWidth || 600;
-    const ratio = window.devicePixelRatio || 1;
-    if (canvas.width !== Math.round(width * ratio)) {
-      canvas.width = Math.round(width * ratio);
-      canvas.height = Math.round(this.height * ratio);
-    }
-    const g = canvas.getContext('2d');
-    g.setTransform(ratio, 0, 0, ratio, 0, 0);
-    g.clearRect(0, 0, width, this.height);
-    const style = getComputedStyle(document.documentElement);
-    const ink = style.getPropertyValue('--muted').trim() || '#666';
-    const grid = style.getPropertyValue('--grid').trim() || '#ddd';
-    const left = 64;
-    const right = 12;
-    const top = 10;
-    const bottom = 22;
-    const plotWidth = width - left - right;
-    const plotHeight = this.height - top - bottom;
+    const width = Math.max(200, this.svg.clientWidth || this.svg.getBoundingClientRect().width || 600);
+    const height = this.height;
+    const rangeMs = chartRange.minutes * 60_000;
     const now = Date.now();
-    const start = now - HISTORY_MS;
+    const start = now - rangeMs;
+    const shown = this.points.filter((point) => point.t >= start);
+    this.svg.dataset.points = String(shown.length);
+    this.svg.dataset.first = shown.length ? String(shown[0].t) : '';
     let max = 0;
-    for (const point of this.points) {
+    for (const point of shown) {
       for (const entry of this.series) max = Math.max(max, point.values[entry.key] ?? 0);
     }
-    const ceiling = scaleCeiling(max, this.scale);
-    const x = (t) => left + ((t - start) / HISTORY_MS) * plotWidth;
-    const y = (v) => top + plotHeight - (v / ceiling) * plotHeight;
+    const scale = chartScale(max, this.scale);
+    const unit = scale.unit ?? this.unit;
+    const labels = Array.from({ length: GRID_LINES + 1 }, (_, i) => tickLabel((scale.ceiling * i) / GRID_LINES / scale.divisor));
+    const right = 8;
+    const top = 18;
+    const bottom = 20;
+    const left = Math.ceil(Math.max(...labels.map(textWidth), textWidth(unit) - 4) + 10);
+    const plotWidth = width - left - right;
+    const plotHeight = height - top - bottom;
+    const x = (t) => left + ((t - start) / rangeMs) * plotWidth;
+    const y = (v) => top + plotHeight - (v / scale.ceiling) * plotHeight;
 
-    g.font = '11px system-ui, sans-serif';
-    g.lineWidth = 1;
-    g.strokeStyle = grid;
-    g.fillStyle = ink;
-    g.textAlign = 'right';
-    g.textBaseline = 'middle';
-    for (let i = 0; i <= GRID_LINES; i += 1) {
-      const value = (ceiling * i) / GRID_LINES;
-      const yy = Math.round(y(value)) + 0.5;
-      g.beginPath();
-      g.moveTo(left, yy);
-      g.lineTo(left + plotWidth, yy);
-      g.stroke();
-      g.fillText(this.formatValue(value), left - 6, yy);
+    const nodes = [];
+    nodes.push(svg('text', { x: 2, y: 10, class: 'axis-unit', testid: `${this.id}-unit`, 'dominant-baseline': 'middle' }, unit));
+    labels.forEach((label, i) => {
+      const yy = Math.round(y((scale.ceiling * i) / GRID_LINES)) + 0.5;
+      nodes.push(svg('line', { x1: left, x2: left + plotWidth, y1: yy, y2: yy, class: 'grid' }));
+      nodes.push(svg('text', { x: left - 6, y: yy, 'text-anchor': 'end', 'dominant-baseline': 'middle', class: 'axis-label', 'data-axis': 'y' }, label));
+    });
+    const stepMinutes = chartRange.minutes <= 5 ? 1 : chartRange.minutes <= 15 ? 3 : 10;
+    for (let minutes = 0; minutes <= chartRange.minutes; minutes += stepMinutes) {
+      const label = minutes === 0 ? 'now' : `-${minutes}m`;
+      const anchor = minutes === 0 ? 'end' : minutes === chartRange.minutes ? 'start' : 'middle';
+      nodes.push(svg('text', {
+        x: x(now - minutes * 60_000), y: top + plotHeight + 6, 'text-anchor': anchor, 'dominant-baseline': 'hanging', class: 'axis-label', 'data-axis': 'x',
+      }, label));
     }
-    g.textAlign = 'center';
-    g.textBaseline = 'top';
-    for (let minutes = 0; minutes <= HISTORY_MS / 60000; minutes += 1) {
-      const t = now - minutes * 60000;
-      g.fillText(minutes === 0 ? 'now' : `-${minutes}m`, x(t), top + plotHeight + 6);
+    if (shown.length < 2) {
+      nodes.push(svg('text', { x: left + plotWidth / 2, y: top + plotHeight / 2, 'text-anchor': 'middle', 'dominant-baseline': 'middle', class: 'axis-label' }, 'collecting data…'));
     }
-    if (this.points.length < 2) {
-      g.textAlign = 'center';
-      g.textBaseline = 'middle';
-      g.fillText('collecting data…', left + plotWidth / 2, top + plotHeight / 2);
-    }
-    g.lineWidth = 2;
-    g.lineJoin = 'round';
     for (const entry of this.series) {
-      g.strokeStyle = entry.color;
-      g.beginPath();
+      let path = '';
       let previous = null;
-      for (const point of this.points) {
-        if (point.t < start) continue;
-        const px = x(point.t);
-        const py = y(point.values[entry.key] ?? 0);
-        // A gap of more than three polls (the page was elsewhere) breaks the line.
-        if (previous === null || point.t - previous > 3 * POLL_MS) g.moveTo(px, py);
-        else g.lineTo(px, py);
+      for (const point of shown) {
+        const px = x(point.t).toFixed(1);
+        const py = y(point.values[entry.key] ?? 0).toFixed(1);
+        path += `${previous === null || point.t - previous > GAP_MS ? 'M' : 'L'}${px},${py}`;
         previous = point.t;
       }
-      g.stroke();
+      if (path) nodes.push(svg('path', { d: path, stroke: entry.color, class: 'series' }));
     }
+    this.svg.replaceChildren(...nodes);
   }
 }
 
-// History kept across page changes, for as long as the tab is open.
+// History kept across page changes, for as long as the tab is open; the
+// broker's own history fills it on first load.
 const overviewHistory = [];
 const groupLagHistory = new Map();
 
@@ -899,7 +960,7 @@ const TOTALS = [
 async function overviewPage(ctx, root) {
   const charts = [
     new TimeChart({
-      id: 'chart-kafka-records', title: 'Kafka records per second',
+      id: 'chart-kafka-records', title: 'Kafka records per second', unit: 'records/s',
       series: [{ key: 'kafka_records_in', label: 'in' }, { key: 'kafka_records_out', label: 'out' }],
     }),
     new TimeChart({
@@ -907,7 +968,7 @@ async function overviewPage(ctx, root) {
       series: [{ key: 'kafka_bytes_in', label: 'in' }, { key: 'kafka_bytes_out', label: 'out' }],
     }),
     new TimeChart({
-      id: 'chart-amqp', title: 'AMQP messages per second',
+      id: 'chart-amqp', title: 'AMQP messages per second', unit: 'messages/s',
       series: [{ key: 'amqp_publish', label: 'publish' }, { key: 'amqp_deliver', label: 'deliver' }, { key: 'amqp_ack', label: 'ack' }],
     }),
   ];
@@ -921,7 +982,7 @@ async function overviewPage(ctx, root) {
     errorLine,
     section(null, node, alarms),
     section('Totals', totals),
-    section('Message rates', h('p', { class: 'muted' }, 'Averaged over 5 seconds, sampled every 2 seconds; the last 5 minutes are kept while this tab is open.'),
+    section('Message rates', h('p', { class: 'muted' }, 'Averaged over 5 seconds. The broker keeps the last hour, a point every 5 seconds; this page adds one every 2 seconds.'),
       h('div', { class: 'charts' }, charts.map((chart) => chart.element))),
     section('Listeners', listeners));
 
@@ -968,6 +1029,14 @@ async function overviewPage(ctx, root) {
   }
 
   ctx.listen(window, 'resize', () => charts.forEach((chart) => chart.draw()));
+  ctx.cleanups.push(() => charts.forEach((chart) => chart.detach()));
+  try {
+    const kept = await api('GET', '/api/overview/history');
+    mergeHistory(overviewHistory, kept.points.map((point) => ({ t: point.t, values: point.rates })));
+  } catch (error) {
+    if (error.status === 401) throw error;
+    // Without the broker's history the charts start from this page's polls.
+  }
   ctx.every(POLL_MS, poll);
   await poll();
 }
@@ -1254,6 +1323,7 @@ async function groupPage(ctx, root, [groupId]) {
     series: [{ key: 'lag', label: 'lag' }],
     formatValue: (v) => format.int(Math.round(v)),
     scale: 'count',
+    unit: 'records',
   });
   if (!groupLagHistory.has(groupId)) groupLagHistory.set(groupId, []);
   const history = groupLagHistory.get(groupId);
@@ -1366,8 +1436,19 @@ async function groupPage(ctx, root, [groupId]) {
     section('Committed offsets', offsets.element),
     section('Reset offsets', h('p', { class: 'muted' }, 'Only for a group without members: stop its consumers first.'), reset));
   ctx.listen(window, 'resize', () => chart.draw());
+  ctx.cleanups.push(() => chart.detach());
   ctx.every(POLL_MS, poll);
   await poll();
+  if (root.dataset.loaded !== 'true' || !ctx.alive) return;
+  try {
+    const kept = await api('GET', `/api/groups/${pathOf(groupId)}/lag-history`);
+    if (!ctx.alive) return;
+    mergeHistory(history, kept.points.map((point) => ({ t: point.t, values: { lag: point.lag } })));
+    chart.update(history);
+  } catch (error) {
+    if (error.status === 401) throw error;
+    // Without the broker's history the chart starts from this page's polls.
+  }
 }
 
 // ---------------------------------------------------------------------------

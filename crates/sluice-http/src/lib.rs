@@ -5,13 +5,15 @@
 //! offsets, virtual hosts, the connection registry and the request metrics
 //! the other front-ends record. Start reading at [`serve`]; `api/` holds
 //! one file per resource, `error.rs` the registry of error codes,
-//! `metrics.rs` the exposition, `rates.rs` the sampler behind every rate.
+//! `metrics.rs` the exposition, `rates.rs` the sampler behind every rate,
+//! `history.rs` the points kept for the UI's charts.
 //! The API is described in `docs/http.md` and `/api/openapi.json`.
 
 mod api;
 mod auth;
 mod error;
 mod extract;
+mod history;
 mod metrics;
 mod openapi;
 mod rates;
@@ -54,6 +56,8 @@ pub(crate) struct Shared {
     pub(crate) broker: Arc<Broker>,
     pub(crate) options: HttpOptions,
     pub(crate) rates: rates::Rates,
+    /// Rate and lag history for charts, recorded by the sampler.
+    pub(crate) history: history::History,
     /// Next partition for keyless records produced through the API.
     pub(crate) round_robin: AtomicU32,
 }
@@ -68,6 +72,7 @@ fn shared(broker: Arc<Broker>, options: HttpOptions) -> AppState {
         broker,
         options,
         rates: rates::Rates::default(),
+        history: history::History::default(),
         round_robin: AtomicU32::new(0),
     })
 }
@@ -109,11 +114,19 @@ pub async fn serve(
     let shared = shared(broker, options);
     let sampler = {
         let shared = Arc::clone(&shared);
+        let mut stop = shutdown.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.changed() => break,
+                }
                 shared.rates.sample(&shared.broker);
+                let now = history::now_ms();
+                if shared.history.due(now) {
+                    shared.history.record(now, api::history::snapshot(&shared));
+                }
             }
         })
     };
@@ -129,7 +142,6 @@ pub async fn serve(
     {
         tracing::warn!(%error, "http listener failed");
     }
-    sampler.abort();
     let _ = sampler.await;
     tracing::info!("http listener stopped");
 }

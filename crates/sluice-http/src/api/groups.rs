@@ -22,7 +22,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{Body, Path, Query};
 
 /// Every group the broker knows: with members, or with committed offsets.
-fn group_ids(broker: &Broker) -> Vec<String> {
+pub(crate) fn group_ids(broker: &Broker) -> Vec<String> {
     let mut ids: BTreeSet<String> = broker.offsets().group_ids().into_iter().collect();
     ids.extend(broker.groups().list().into_iter().map(|(id, _, _)| id));
     ids.into_iter().collect()
@@ -49,6 +49,14 @@ fn lag(committed: &CommittedOffset, end: Option<i64>) -> Option<i64> {
     end.map(|end| (end - committed.offset).max(0))
 }
 
+/// A group's lag summed over the partitions it has committed offsets for.
+pub(crate) fn total_lag(broker: &Broker, group: &str) -> i64 {
+    committed(broker, group)
+        .iter()
+        .filter_map(|(_, _, offset, end)| lag(offset, *end))
+        .sum()
+}
+
 pub(crate) async fn list(
     State(shared): State<AppState>,
     Query(paging): Query<Paging>,
@@ -59,10 +67,7 @@ pub(crate) async fn list(
         .iter()
         .map(|id| {
             let description = broker.groups().describe(id);
-            let total_lag: i64 = committed(broker, id)
-                .iter()
-                .filter_map(|(_, _, offset, end)| lag(offset, *end))
-                .sum();
+            let total_lag = total_lag(broker, id);
             json!({
                 "group_id": id,
                 "state": description.as_ref().map_or(GroupState::Empty, |d| d.state).name(),

@@ -3,7 +3,8 @@
 
 mod amqp;
 mod connections;
-mod groups;
+pub(crate) mod groups;
+pub(crate) mod history;
 mod messages;
 mod overview;
 mod tables;
@@ -25,6 +26,11 @@ pub(crate) const ROUTES: &[(&str, &str, &str)] = &[
         "get",
         "/api/overview",
         "Version, uptime, listeners, totals, rates and alarms",
+    ),
+    (
+        "get",
+        "/api/overview/history",
+        "The overview's rates over the last hour, every 5 s",
     ),
     ("get", "/api/topics", "List topics"),
     ("post", "/api/topics", "Create a topic"),
@@ -56,6 +62,11 @@ pub(crate) const ROUTES: &[(&str, &str, &str)] = &[
         "delete",
         "/api/groups/{group}",
         "Delete a group without members",
+    ),
+    (
+        "get",
+        "/api/groups/{group}/lag-history",
+        "A group's total lag over the last hour, every 5 s",
     ),
     (
         "post",
@@ -115,6 +126,7 @@ pub(crate) const ROUTES: &[(&str, &str, &str)] = &[
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/overview", get(overview::show))
+        .route("/api/overview/history", get(history::overview))
         .route("/api/topics", get(topics::list).post(topics::create))
         .route(
             "/api/topics/{topic}",
@@ -134,6 +146,10 @@ pub(crate) fn routes() -> Router<AppState> {
         .route(
             "/api/groups/{group}",
             get(groups::describe).delete(groups::delete),
+        )
+        .route(
+            "/api/groups/{group}/lag-history",
+            get(history::group_lag),
         )
         .route(
             "/api/groups/{group}/reset-offsets",
