@@ -77,7 +77,10 @@ pub async fn serve(
             }
         })
     };
-    tracing::info!(addr = ?local, "amqp listener ready");
+    if let Some(addr) = local {
+        // The binary logs each listener once at INFO.
+        tracing::debug!(%addr, "amqp listener ready");
+    }
     let mut connections = tokio::task::JoinSet::new();
     loop {
         let accepted = tokio::select! {

@@ -151,11 +151,22 @@ impl Default for HttpConfig {
 
 /// `[logging]`: how the process writes its own log. The filter is not a
 /// config key: it comes from `SLUICE_LOG`, else `RUST_LOG`, else `info`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LoggingConfig {
     /// Human-readable text or one JSON object per line.
     pub format: LogFormat,
+    /// How often a long recovery at start logs its progress.
+    pub progress_interval: HumanDuration,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        LoggingConfig {
+            format: LogFormat::default(),
+            progress_interval: HumanDuration::new(std::time::Duration::from_secs(5)),
+        }
+    }
 }
 
 /// Output format of the process log.
@@ -448,6 +459,10 @@ pub const KEYS: &[KeyDoc] = &[
         description: "Process log format: text or json (filter: SLUICE_LOG, else RUST_LOG, else info)",
     },
     KeyDoc {
+        key: "logging.progress_interval",
+        description: "How often a long recovery at start logs a progress line",
+    },
+    KeyDoc {
         key: "log.segment_bytes",
         description: "Segment size at which a log rolls to a new segment (at least 1KiB, at most 2GiB)",
     },
@@ -629,6 +644,12 @@ impl Config {
             );
         }
         let log = &self.log;
+        if self.logging.progress_interval.get().is_zero() {
+            problem(
+                "logging.progress_interval",
+                "logging.progress_interval must be at least 1ms, got 0s".to_owned(),
+            );
+        }
         if log.compaction_check_interval.get().is_zero() {
             problem(
                 "log.compaction_check_interval",

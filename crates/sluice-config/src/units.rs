@@ -28,12 +28,17 @@ const SIZE_UNITS: &[(&str, u64)] = &[
 ];
 
 /// Units used to print a size, largest first; a size prints with the largest
-/// one that divides it exactly, else as a bare number.
+/// one that divides it exactly, else as a bare number. Decimal units are
+/// there so that a size given as `"50MB"` prints as it was written.
 const SIZE_DISPLAY_UNITS: &[(&str, u64)] = &[
     ("TiB", 1 << 40),
+    ("TB", 1_000_000_000_000),
     ("GiB", 1 << 30),
+    ("GB", 1_000_000_000),
     ("MiB", 1 << 20),
+    ("MB", 1_000_000),
     ("KiB", 1 << 10),
+    ("KB", 1_000),
 ];
 
 const SIZE_EXPECTED: &str = "expected a byte count such as 4096, \"64KiB\", \"1MiB\" or \"1GB\"";
@@ -123,7 +128,7 @@ impl fmt::Display for ByteSize {
 }
 
 impl Serialize for ByteSize {
-    /// Whole binary units serialize as a string (`"1GiB"`), anything else as
+    /// Whole units serialize as a string (`"1GiB"`, `"50MB"`), anything else as
     /// an integer, so the printed config reads like the example file.
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let text = self.to_string();
@@ -358,11 +363,24 @@ mod tests {
         assert_eq!(ByteSize::kib(1536).to_string(), "1536KiB");
         assert_eq!(ByteSize::new(1_048_588).to_string(), "1048588");
         assert_eq!(ByteSize::new(0).to_string(), "0");
+        assert_eq!(ByteSize::new(50_000_000).to_string(), "50MB");
+        assert_eq!(ByteSize::new(2_000_000_000_000).to_string(), "2TB");
+        assert_eq!(ByteSize::new(1_024_000).to_string(), "1000KiB");
     }
 
     #[test]
     fn printed_sizes_parse_back() {
-        for bytes in [0, 1, 1023, 1024, 1_048_588, 3 << 30, u64::MAX] {
+        for bytes in [
+            0,
+            1,
+            1000,
+            1023,
+            1024,
+            1_048_588,
+            3 << 30,
+            50_000_000,
+            u64::MAX,
+        ] {
             let size = ByteSize(bytes);
             assert_eq!(size.to_string().parse::<ByteSize>(), Ok(size));
         }

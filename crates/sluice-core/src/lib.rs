@@ -23,6 +23,7 @@ pub mod messaging;
 mod metrics;
 mod offsets;
 mod producers;
+mod recovery;
 mod replay;
 mod topic_config;
 mod topics;
@@ -83,6 +84,8 @@ pub struct BrokerOptions {
     pub limits: Limits,
     /// How often the logs' background jobs (retention, compaction) run.
     pub maintenance: sluice_log::MaintenanceSettings,
+    /// How often a long recovery at start logs its progress.
+    pub recovery_progress_interval: std::time::Duration,
 }
 
 impl BrokerOptions {
@@ -102,6 +105,7 @@ impl BrokerOptions {
             disk_free_limit: 0,
             limits: Limits::default(),
             maintenance: sluice_log::MaintenanceSettings::default(),
+            recovery_progress_interval: std::time::Duration::from_secs(5),
         }
     }
 }
@@ -147,20 +151,68 @@ impl Broker {
     /// [`CoreError::DataDirLocked`] when another process holds the directory;
     /// [`CoreError::DataDir`] when it cannot be created or locked;
     /// [`CoreError::Log`] when a log fails to open.
+    ///
+    /// Recovery is reported at INFO: how the last run ended, then one line
+    /// per kind of state (logs, partitions, committed offsets, definitions
+    /// and durable queues) with what was recovered and how long it took,
+    /// and a progress line every `recovery_progress_interval` meanwhile.
     pub fn open(options: BrokerOptions) -> Result<Broker, CoreError> {
         let lock = DataDirLock::acquire(&options.data_dir)?;
-        let logs = Arc::new(LogManager::open_with(
+        let last_shutdown = recovery::LastShutdown::take(&options.data_dir)?;
+        tracing::info!(
+            last_shutdown = last_shutdown.as_str(),
+            data_dir = %options.data_dir.display(),
+            "recovering"
+        );
+        let progress = recovery::Progress::start(options.recovery_progress_interval);
+        let since = |phase: std::time::Instant| phase.elapsed().as_millis() as u64;
+
+        progress.phase("logs");
+        let phase = std::time::Instant::now();
+        let logs = Arc::new(LogManager::open_observed(
             &options.data_dir.join("logs"),
             options.log,
             options.maintenance,
+            &|done, total| progress.advance(done, total),
         )?);
+        tracing::info!(
+            logs = logs.names().len(),
+            elapsed_ms = since(phase),
+            "recovered logs"
+        );
+
+        progress.phase("partitions");
+        let phase = std::time::Instant::now();
         let topics = Arc::new(Topics::open(
             &options.data_dir,
             Arc::clone(&logs),
             options.limits.max_topics,
         )?);
+        let names = topics.names();
+        let partitions: usize = names
+            .iter()
+            .filter_map(|name| topics.get(name))
+            .map(|topic| topic.partition_count())
+            .sum();
+        tracing::info!(
+            topics = names.len(),
+            partitions,
+            elapsed_ms = since(phase),
+            "recovered partitions"
+        );
+
+        progress.phase("committed offsets");
+        let phase = std::time::Instant::now();
         let offsets = OffsetStore::open(&logs, options.offsets_segment_bytes)?;
         let producer_ids = ProducerIds::open(&options.data_dir)?;
+        tracing::info!(
+            groups = offsets.group_ids().len(),
+            elapsed_ms = since(phase),
+            "recovered consumer group offsets"
+        );
+
+        progress.phase("definitions and durable queues");
+        let phase = std::time::Instant::now();
         let vhosts = VirtualHosts::open(
             Arc::clone(&logs),
             Arc::clone(&topics),
@@ -170,7 +222,22 @@ impl Broker {
                 options.queue_memory_bytes,
             ),
             options.limits.max_queues,
+            &|done, total| progress.advance(done, total),
         )?;
+        let summary = vhosts.recovered_summary();
+        tracing::info!(
+            exchanges = summary.exchanges,
+            queues = summary.durable_queues,
+            messages = summary.messages,
+            bindings = summary.bindings,
+            elapsed_ms = since(phase),
+            "recovered definitions and durable queues"
+        );
+        tracing::info!(
+            elapsed_ms = progress.elapsed().as_millis() as u64,
+            "recovery complete"
+        );
+        drop(progress);
         Ok(Broker {
             data_dir: options.data_dir,
             logs,
@@ -282,6 +349,7 @@ impl Broker {
             tracing::warn!(%error, "cannot write queue settlements before shutdown");
         }
         self.logs.shutdown()?;
+        recovery::LastShutdown::mark_clean(&self.data_dir)?;
         Ok(())
     }
 }

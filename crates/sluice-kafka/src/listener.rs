@@ -72,7 +72,10 @@ pub async fn serve(
             }
         })
     };
-    tracing::info!(addr = ?local, "kafka listener ready");
+    if let Some(addr) = local {
+        // The binary logs each listener once at INFO.
+        tracing::debug!(%addr, "kafka listener ready");
+    }
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,

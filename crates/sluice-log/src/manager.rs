@@ -74,8 +74,23 @@ impl LogManager {
         defaults: LogConfig,
         settings: MaintenanceSettings,
     ) -> Result<LogManager, LogError> {
+        Self::open_observed(dir, defaults, settings, &|_, _| {})
+    }
+
+    /// [`LogManager::open_with`], calling `opened(done, total)` after each
+    /// log has been opened and its tail checked, so that a long recovery
+    /// can report its progress.
+    ///
+    /// # Errors
+    /// As [`LogManager::open`].
+    pub fn open_observed(
+        dir: &Path,
+        defaults: LogConfig,
+        settings: MaintenanceSettings,
+        opened: &(dyn Fn(usize, usize) + Sync),
+    ) -> Result<LogManager, LogError> {
         fs::create_dir_all(dir).map_err(LogError::io(dir))?;
-        let mut logs = HashMap::new();
+        let mut found = Vec::new();
         for entry in fs::read_dir(dir).map_err(LogError::io(dir))? {
             let entry = entry.map_err(LogError::io(dir))?;
             let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
@@ -87,11 +102,17 @@ impl LogManager {
                 .is_dir()
                 && valid_name(&name)
             {
-                let log = Log::open(&entry.path(), defaults.clone())?;
-                logs.insert(name, Arc::new(log));
+                found.push((name, entry.path()));
             }
         }
-        tracing::info!(dir = %dir.display(), logs = logs.len(), "logs opened");
+        let total = found.len();
+        let mut logs = HashMap::with_capacity(total);
+        for (name, path) in found {
+            let log = Log::open(&path, defaults.clone())?;
+            logs.insert(name, Arc::new(log));
+            opened(logs.len(), total);
+        }
+        tracing::debug!(dir = %dir.display(), logs = logs.len(), "logs opened");
         let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
             defaults,

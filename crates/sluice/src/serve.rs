@@ -19,19 +19,45 @@ use tracing_subscriber::EnvFilter;
 
 use crate::cli::SettingsArgs;
 
-/// Runs a node until SIGINT or SIGTERM.
-pub(crate) fn run(settings: &SettingsArgs) -> anyhow::Result<()> {
-    let loaded = settings.load()?;
-    let config = loaded.config();
-    init_tracing(config.logging.format)?;
+/// This node's id; a single node is node 1 until clustering names others.
+const NODE_ID: i32 = 1;
+
+/// The effective configuration: the values that differ from the defaults
+/// as one line at INFO (secrets masked), every value at DEBUG.
+fn log_configuration(loaded: &sluice_config::LoadedConfig) {
+    let changed: Vec<String> = loaded
+        .values()
+        .iter()
+        .filter(|value| value.source != sluice_config::Source::Default)
+        .map(|value| format!("{}={} ({})", value.key, value.value, value.source))
+        .collect();
+    if changed.is_empty() {
+        info!("configuration: all defaults");
+    } else {
+        info!(settings = %changed.join(", "), "configuration (values other than the defaults)");
+    }
     for value in loaded.values() {
-        info!(
+        tracing::debug!(
             key = value.key,
             value = %value.value,
             source = %value.source,
             "effective configuration"
         );
     }
+}
+
+/// Runs a node until SIGINT or SIGTERM.
+pub(crate) fn run(settings: &SettingsArgs) -> anyhow::Result<()> {
+    let loaded = settings.load()?;
+    let config = loaded.config();
+    init_tracing(config.logging.format)?;
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        node = NODE_ID,
+        data_dir = %config.data_dir.display(),
+        "sluice starting"
+    );
+    log_configuration(&loaded);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -71,13 +97,13 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
             compaction_check_interval: config.log.compaction_check_interval.get(),
             ..MaintenanceSettings::default()
         },
+        recovery_progress_interval: config.logging.progress_interval.get(),
     };
     let broker = tokio::task::spawn_blocking(move || Broker::open(options))
         .await
         .context("broker start-up task failed")?
         .context("cannot start the broker")?;
     let broker = Arc::new(broker);
-    info!(data_dir = %broker.data_dir().display(), "broker started");
 
     let (stop, stopped) = watch::channel(false);
     let users = users(&config.amqp);
@@ -92,6 +118,15 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     .await?;
     let (listener, http_address) = bind(config.http.listen.as_str(), "HTTP", "http.listen").await?;
     info!(listen = %http_address, "http listening");
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        node = NODE_ID,
+        data_dir = %broker.data_dir().display(),
+        kafka = %kafka_address,
+        amqp = %amqp_address,
+        http = %http_address,
+        "broker started"
+    );
     let listeners = [
         ("kafka", kafka_address),
         ("amqp", amqp_address),
@@ -195,7 +230,7 @@ async fn start_kafka(
     let options = KafkaOptions {
         advertised_host,
         advertised_port,
-        node_id: 1,
+        node_id: NODE_ID,
         max_request_bytes: usize::try_from(config.max_request_bytes.bytes()).unwrap_or(usize::MAX),
         offsets_retention: config.offsets_retention.get(),
     };

@@ -68,8 +68,10 @@ impl VirtualHosts {
         names: &[String],
         memory: Arc<ResourceMonitor>,
         max_queues: Option<u32>,
+        restored: &(dyn Fn(usize, usize) + Sync),
     ) -> Result<VirtualHosts, CoreError> {
         let (definitions, stored) = Definitions::open(&logs)?;
+        let total = stored.len();
         let definitions = Arc::new(definitions);
         let mut hosts = HashMap::new();
         for name in names {
@@ -85,7 +87,8 @@ impl VirtualHosts {
                 ),
             );
         }
-        for definition in stored {
+        for (index, definition) in stored.into_iter().enumerate() {
+            restored(index, total);
             let vhost_name = match &definition {
                 Definition::Exchange { vhost, .. }
                 | Definition::Queue { vhost, .. }
@@ -101,6 +104,26 @@ impl VirtualHosts {
             hosts: RwLock::new(hosts),
             memory,
         })
+    }
+
+    /// Counts of what the virtual hosts hold, for the recovery log line.
+    pub(crate) fn recovered_summary(&self) -> RecoveredSummary {
+        let mut summary = RecoveredSummary::default();
+        for vhost in self.all() {
+            summary.exchanges += vhost
+                .exchange_list()
+                .iter()
+                .filter(|exchange| !exchange.name.is_empty() && !exchange.name.starts_with("amq."))
+                .count();
+            for queue in vhost.queues() {
+                if queue.options().durable && queue.stream_topic().is_none() {
+                    summary.durable_queues += 1;
+                    summary.messages += queue.message_count() as u64;
+                }
+            }
+            summary.bindings += vhost.bindings().len();
+        }
+        summary
     }
 
     /// The virtual host called `name`.
@@ -184,6 +207,17 @@ fn unique_token() -> String {
     hasher.write_u64(UNIQUE.fetch_add(1, Ordering::Relaxed));
     hasher.write_i64(now_ms());
     format!("{:016x}", hasher.finish())
+}
+
+/// What [`VirtualHosts::recovered_summary`] counts.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct RecoveredSummary {
+    /// Exchanges other than the default and `amq.*` ones.
+    pub(crate) exchanges: usize,
+    pub(crate) durable_queues: usize,
+    /// Ready messages of durable queues (streams are counted as topics).
+    pub(crate) messages: u64,
+    pub(crate) bindings: usize,
 }
 
 const STANDARD_EXCHANGES: [(&str, ExchangeKind); 6] = [
