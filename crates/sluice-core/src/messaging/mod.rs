@@ -38,8 +38,8 @@ pub use exchange::{Binding, Destination, Exchange, ExchangeKind};
 pub use message::{Message, encode_properties, integer_value, short, string_value};
 pub(crate) use queue::now_ms;
 pub use queue::{
-    ConsumerEvent, ConsumerSpec, Credit, Delivery, EnqueueOutcome, GetResult, Overflow, Queue,
-    QueueArgs, QueueOptions, QueueTraffic,
+    ArgumentProblem, ConsumerEvent, ConsumerSpec, Credit, Delivery, EnqueueOutcome, GetResult,
+    InvalidArgument, Overflow, Queue, QueueArgs, QueueOptions, QueueTraffic,
 };
 pub use queue_store::{PendingSync, Source};
 pub use stream::{STREAM_OFFSET_HEADER, STREAM_PARTITION_HEADER, StreamStart, parse_age_ms};

@@ -78,29 +78,42 @@ impl QueueArgs {
     /// Reads and checks the arguments, with RabbitMQ's errors.
     ///
     /// # Errors
-    /// [`MessagingError::PreconditionFailed`] naming the argument.
+    /// [`MessagingError::PreconditionFailed`] naming the argument, in
+    /// RabbitMQ's words (see [`InvalidArgument::rabbitmq_text`]).
     pub fn parse(
         queue: &str,
         vhost: &str,
         arguments: &FieldTable,
     ) -> Result<QueueArgs, MessagingError> {
-        let invalid = |name: &str, why: String| {
-            MessagingError::PreconditionFailed(format!(
-                "invalid arg '{name}' for queue '{queue}' in vhost '{vhost}': {why}"
-            ))
+        QueueArgs::check(arguments).map_err(|invalid| {
+            MessagingError::PreconditionFailed(invalid.rabbitmq_text(queue, vhost))
+        })
+    }
+
+    /// Reads and checks the arguments.
+    ///
+    /// # Errors
+    /// The first argument refused, and why.
+    pub fn check(arguments: &FieldTable) -> Result<QueueArgs, InvalidArgument> {
+        let invalid = |name: &str, problem: ArgumentProblem| InvalidArgument {
+            argument: name.to_owned(),
+            problem,
         };
-        let non_negative = |name: &str, value: &AMQPValue| -> Result<u64, MessagingError> {
-            let n = integer_value(value).ok_or_else(|| {
-                invalid(name, format!("{{unacceptable_type,{}}}", type_name(value)))
-            })?;
-            u64::try_from(n).map_err(|_| invalid(name, format!("{{value_negative,{n}}}")))
+        let wrong_type =
+            |name: &str, value: &AMQPValue| invalid(name, ArgumentProblem::Type(type_name(value)));
+        let non_negative = |name: &str, value: &AMQPValue| -> Result<u64, InvalidArgument> {
+            let n = integer_value(value).ok_or_else(|| wrong_type(name, value))?;
+            u64::try_from(n).map_err(|_| invalid(name, ArgumentProblem::Negative(n)))
         };
-        let positive = |name: &str, value: &AMQPValue| -> Result<u64, MessagingError> {
+        let positive = |name: &str, value: &AMQPValue| -> Result<u64, InvalidArgument> {
             let n = non_negative(name, value)?;
             if n == 0 {
-                return Err(invalid(name, "{value_zero,0}".to_owned()));
+                return Err(invalid(name, ArgumentProblem::Zero));
             }
             Ok(n)
+        };
+        let text = |name: &str, value: &AMQPValue| -> Result<String, InvalidArgument> {
+            string_value(value).ok_or_else(|| wrong_type(name, value))
         };
         let mut args = QueueArgs::default();
         for (key, value) in arguments {
@@ -113,89 +126,159 @@ impl QueueArgs {
                 "x-max-priority" => {
                     let n = positive(name, value)?;
                     if n > 255 {
-                        return Err(invalid(name, format!("{{value_out_of_range,{n}}}")));
+                        return Err(invalid(name, ArgumentProblem::OutOfRange(n, 255)));
                     }
                     args.max_priority = Some(n as u8);
                 }
                 "x-overflow" => {
-                    args.overflow = match string_value(value).as_deref() {
-                        Some("drop-head") => Overflow::DropHead,
-                        Some("reject-publish") => Overflow::RejectPublish,
-                        Some("reject-publish-dlx") => Overflow::RejectPublishDlx,
-                        Some(other) => {
-                            return Err(invalid(
-                                name,
-                                format!("{{invalid_value,<<\"{other}\">>}}"),
-                            ));
-                        }
-                        None => {
-                            return Err(invalid(
-                                name,
-                                format!("{{unacceptable_type,{}}}", type_name(value)),
-                            ));
+                    args.overflow = match text(name, value)?.as_str() {
+                        "drop-head" => Overflow::DropHead,
+                        "reject-publish" => Overflow::RejectPublish,
+                        "reject-publish-dlx" => Overflow::RejectPublishDlx,
+                        other => {
+                            return Err(invalid(name, ArgumentProblem::Value(other.to_owned())));
                         }
                     }
                 }
-                "x-dead-letter-exchange" => {
-                    args.dead_letter_exchange = Some(string_value(value).ok_or_else(|| {
-                        invalid(name, format!("{{unacceptable_type,{}}}", type_name(value)))
-                    })?);
-                }
+                "x-dead-letter-exchange" => args.dead_letter_exchange = Some(text(name, value)?),
                 "x-dead-letter-routing-key" => {
-                    args.dead_letter_routing_key = Some(string_value(value).ok_or_else(|| {
-                        invalid(name, format!("{{unacceptable_type,{}}}", type_name(value)))
-                    })?);
+                    args.dead_letter_routing_key = Some(text(name, value)?);
                 }
                 "x-single-active-consumer" => match value {
                     AMQPValue::Boolean(b) => args.single_active_consumer = *b,
-                    other => {
-                        return Err(invalid(
-                            name,
-                            format!("{{unacceptable_type,{}}}", type_name(other)),
-                        ));
-                    }
+                    other => return Err(wrong_type(name, other)),
                 },
-                "x-queue-type" => match string_value(value).as_deref() {
-                    Some("classic") | Some("quorum") => {}
-                    Some("stream") => args.stream = true,
-                    Some(other) => {
-                        return Err(invalid(
-                            name,
-                            format!("{{unsupported_queue_type,<<\"{other}\">>}}"),
-                        ));
-                    }
-                    None => {
-                        return Err(invalid(
-                            name,
-                            format!("{{unacceptable_type,{}}}", type_name(value)),
-                        ));
+                "x-queue-type" => match text(name, value)?.as_str() {
+                    "classic" | "quorum" => {}
+                    "stream" => args.stream = true,
+                    other => {
+                        return Err(invalid(name, ArgumentProblem::QueueType(other.to_owned())));
                     }
                 },
                 "x-stream-partitions" => {
                     let n = positive(name, value)?;
-                    if n > u64::from(crate::MAX_PARTITIONS) {
-                        return Err(invalid(name, format!("{{value_out_of_range,{n}}}")));
+                    let most = u64::from(crate::MAX_PARTITIONS);
+                    if n > most {
+                        return Err(invalid(name, ArgumentProblem::OutOfRange(n, most)));
                     }
                     args.stream_partitions = Some(n as u32);
                 }
                 "x-max-age" => {
-                    let text = string_value(value).ok_or_else(|| {
-                        invalid(name, format!("{{unacceptable_type,{}}}", type_name(value)))
-                    })?;
-                    args.max_age_ms =
-                        Some(super::stream::parse_age_ms(&text).ok_or_else(|| {
-                            invalid(name, format!("{{invalid_value,<<\"{text}\">>}}"))
-                        })?);
+                    let age = text(name, value)?;
+                    args.max_age_ms = Some(
+                        super::stream::parse_age_ms(&age)
+                            .ok_or_else(|| invalid(name, ArgumentProblem::Value(age)))?,
+                    );
                 }
                 _ => {}
             }
         }
         if args.dead_letter_routing_key.is_some() && args.dead_letter_exchange.is_none() {
-            return Err(MessagingError::PreconditionFailed(format!(
-                "invalid arg 'x-dead-letter-routing-key' for queue '{queue}' in vhost '{vhost}': Key x-dead-letter-exchange should be present"
-            )));
+            return Err(invalid(
+                "x-dead-letter-routing-key",
+                ArgumentProblem::NeedsDeadLetterExchange,
+            ));
         }
         Ok(args)
+    }
+}
+
+/// A queue argument [`QueueArgs::check`] refuses. `Display` says it in
+/// plain words for the admin API; [`InvalidArgument::rabbitmq_text`] gives
+/// RabbitMQ's text (with its Erlang terms) for the AMQP wire, which clients
+/// and their tests match on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidArgument {
+    /// The argument's name (`x-max-length`).
+    pub argument: String,
+    /// What is wrong with its value.
+    pub problem: ArgumentProblem,
+}
+
+/// What is wrong with a queue argument's value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArgumentProblem {
+    /// The value has the wrong AMQP type (RabbitMQ's name of the type given).
+    Type(&'static str),
+    /// A negative number where none may be.
+    Negative(i64),
+    /// Zero where the value must be positive.
+    Zero,
+    /// A number above the most allowed (the second field).
+    OutOfRange(u64, u64),
+    /// A string that is not one of the accepted values.
+    Value(String),
+    /// `x-queue-type` names a type Sluice does not have.
+    QueueType(String),
+    /// `x-dead-letter-routing-key` without `x-dead-letter-exchange`.
+    NeedsDeadLetterExchange,
+}
+
+impl InvalidArgument {
+    /// RabbitMQ's `PRECONDITION_FAILED` text for `queue.declare`.
+    pub fn rabbitmq_text(&self, queue: &str, vhost: &str) -> String {
+        let why = match &self.problem {
+            ArgumentProblem::Type(kind) => format!("{{unacceptable_type,{kind}}}"),
+            ArgumentProblem::Negative(n) => format!("{{value_negative,{n}}}"),
+            ArgumentProblem::Zero => "{value_zero,0}".to_owned(),
+            ArgumentProblem::OutOfRange(n, _) => format!("{{value_out_of_range,{n}}}"),
+            ArgumentProblem::Value(text) => format!("{{invalid_value,<<\"{text}\">>}}"),
+            ArgumentProblem::QueueType(text) => {
+                format!("{{unsupported_queue_type,<<\"{text}\">>}}")
+            }
+            ArgumentProblem::NeedsDeadLetterExchange => {
+                "Key x-dead-letter-exchange should be present".to_owned()
+            }
+        };
+        format!(
+            "invalid arg '{}' for queue '{queue}' in vhost '{vhost}': {why}",
+            self.argument
+        )
+    }
+
+    /// What the argument takes, for plain-words errors.
+    fn expected(&self) -> &'static str {
+        match self.argument.as_str() {
+            "x-message-ttl" | "x-max-length" | "x-max-length-bytes" => "an integer of 0 or more",
+            "x-expires" | "x-max-priority" | "x-stream-partitions" => "an integer of 1 or more",
+            "x-overflow" => "drop-head, reject-publish or reject-publish-dlx",
+            "x-single-active-consumer" => "a boolean",
+            "x-queue-type" => "classic, quorum or stream",
+            "x-max-age" => "an age such as 7D, 12h, 30m or 10s",
+            _ => "a string",
+        }
+    }
+}
+
+impl std::fmt::Display for InvalidArgument {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = &self.argument;
+        let expected = self.expected();
+        match &self.problem {
+            ArgumentProblem::Type(kind) => {
+                let given = match *kind {
+                    "longstr" => "a string",
+                    "bool" => "a boolean",
+                    "table" => "an object",
+                    "array" => "an array",
+                    "double" => "a number with a fraction",
+                    "void" => "null",
+                    _ => "a number",
+                };
+                write!(f, "{name} must be {expected}, got {given}")
+            }
+            ArgumentProblem::Negative(n) => write!(f, "{name} must be {expected}, got {n}"),
+            ArgumentProblem::Zero => write!(f, "{name} must be {expected}, got 0"),
+            ArgumentProblem::OutOfRange(n, most) => {
+                write!(f, "{name} must be at most {most}, got {n}")
+            }
+            ArgumentProblem::Value(text) | ArgumentProblem::QueueType(text) => {
+                write!(f, "{name} must be {expected}, got {text:?}")
+            }
+            ArgumentProblem::NeedsDeadLetterExchange => {
+                write!(f, "{name} needs x-dead-letter-exchange as well")
+            }
+        }
     }
 }
 
@@ -1625,5 +1708,42 @@ mod tests {
         let args = QueueArgs::parse("q", "/", &table).expect("valid");
         assert_eq!(args.overflow, Overflow::RejectPublish);
         assert_eq!(args.message_ttl, Some(5));
+    }
+
+    #[test]
+    fn refused_arguments_read_in_plain_words_off_the_wire() {
+        let refused = |name: &str, value: AMQPValue| {
+            let mut table = FieldTable::default();
+            table.insert(name.into(), value);
+            QueueArgs::check(&table).expect_err("refused")
+        };
+        let negative = refused("x-max-length", AMQPValue::LongInt(-1));
+        assert_eq!(negative.argument, "x-max-length");
+        assert_eq!(
+            negative.to_string(),
+            "x-max-length must be an integer of 0 or more, got -1"
+        );
+        let text = refused("x-message-ttl", AMQPValue::LongString("soon".into()));
+        assert_eq!(
+            text.to_string(),
+            "x-message-ttl must be an integer of 0 or more, got a string"
+        );
+        assert_eq!(
+            text.rabbitmq_text("q", "/"),
+            "invalid arg 'x-message-ttl' for queue 'q' in vhost '/': {unacceptable_type,longstr}"
+        );
+        let overflow = refused("x-overflow", AMQPValue::LongString("drop-tail".into()));
+        assert_eq!(
+            overflow.to_string(),
+            "x-overflow must be drop-head, reject-publish or reject-publish-dlx, got \"drop-tail\""
+        );
+        let priority = refused("x-max-priority", AMQPValue::LongInt(300));
+        assert_eq!(
+            priority.to_string(),
+            "x-max-priority must be at most 255, got 300"
+        );
+        for error in [&negative, &text, &overflow, &priority] {
+            assert!(!error.to_string().contains('{'), "{error}");
+        }
     }
 }
