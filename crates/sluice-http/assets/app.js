@@ -1457,13 +1457,59 @@ async function groupPage(ctx, root, [groupId]) {
 
 const EXCHANGE_TYPES = ['direct', 'fanout', 'topic', 'headers'];
 
+/** A duration argument in milliseconds, readably. */
+function argumentMs(value) {
+  return typeof value === 'number' && value >= 1000 && value % 1000 === 0 ? format.duration(value) : `${format.int(value)} ms`;
+}
+
+/**
+ * Queue and exchange arguments that matter at a glance, as RabbitMQ's
+ * management UI marks them: `[argument, short flag, badge id, badge text]`.
+ */
+const ARGUMENT_BADGES = [
+  ['x-queue-type', null, 'type', (v) => `type: ${v}`],
+  ['x-dead-letter-exchange', 'DLX', 'dlx', (v, args) => `DLX: ${exchangeLabel(String(v))}`
+    + (args['x-dead-letter-routing-key'] !== undefined ? ` → ${args['x-dead-letter-routing-key']}` : '')],
+  ['x-dead-letter-routing-key', 'DLK', null, null],
+  ['x-message-ttl', 'TTL', 'ttl', (v) => `TTL: ${argumentMs(v)}`],
+  ['x-expires', 'Exp', 'expires', (v) => `expires after ${argumentMs(v)} unused`],
+  ['x-max-length', 'Lim', 'max-length', (v) => `max-length: ${format.int(v)}`],
+  ['x-max-length-bytes', 'Lim B', 'max-length-bytes', (v) => `max-length: ${format.bytes(v)}`],
+  ['x-overflow', null, 'overflow', (v) => `overflow: ${v}`],
+  ['x-max-priority', 'Pri', 'priority', (v) => `priority: 0–${v}`],
+  ['x-single-active-consumer', 'SAC', 'single-active-consumer', (v) => (v ? 'single active consumer' : 'any consumer')],
+  ['alternate-exchange', 'AE', 'alternate-exchange', (v) => `alternate exchange: ${v}`],
+];
+
+/** Every argument as a badge with its meaning (`<prefix>-<id>`), unknown ones as `name: value`. */
+function argumentBadges(args, prefix) {
+  const entries = Object.entries(args || {});
+  if (!entries.length) return muted('none');
+  const known = new Map(ARGUMENT_BADGES.map(([name, , id, text]) => [name, { id, text }]));
+  const badges = [];
+  for (const [name, value] of entries) {
+    const badge = known.get(name);
+    if (badge && !badge.id) continue;
+    const text = badge ? badge.text(value, args) : `${name}: ${typeof value === 'object' ? JSON.stringify(value) : value}`;
+    badges.push(h('span', { class: 'badge info', title: `${name} = ${JSON.stringify(value)}`, testid: `${prefix}-${badge ? badge.id : 'other'}` }, text));
+  }
+  return h('span', { class: 'badges' }, badges);
+}
+
 function features(item) {
   const flags = [];
   if (item.durable) flags.push(['D', 'durable']);
   if (item.auto_delete) flags.push(['AD', 'auto-delete']);
   if (item.internal) flags.push(['I', 'internal']);
   if (item.exclusive) flags.push(['Excl', 'exclusive']);
-  if (item.arguments && Object.keys(item.arguments).length) flags.push(['Args', JSON.stringify(item.arguments)]);
+  const args = item.arguments || {};
+  const rest = { ...args };
+  for (const [name, flag] of ARGUMENT_BADGES) {
+    if (!(name in args)) continue;
+    delete rest[name];
+    if (flag) flags.push([flag, `${name} = ${JSON.stringify(args[name])}`]);
+  }
+  if (Object.keys(rest).length) flags.push(['Args', JSON.stringify(rest)]);
   return flags.length ? flags.map(([label, title]) => h('abbr', { class: 'flag', title }, label)) : muted('–');
 }
 
@@ -1795,11 +1841,13 @@ async function queuePage(ctx, root, [vhost, name]) {
       const queue = found;
       errorLine.hidden = true;
       purgeButton.hidden = queue.type !== 'classic';
+      for (const part of classicOnly) part.hidden = queue.type !== 'classic';
       if (queue.type === 'stream') peekNote.textContent = 'Shows the oldest records its topic keeps (x-stream-offset in the headers); a stream is never consumed.';
       replaceChildren(summary, facts([
         ['Virtual host', queue.vhost, 'queue-vhost'],
         ['Type', queue.type === 'stream' ? ['stream of topic ', h('a', { href: route(['topics', queue.topic]) }, queue.topic)] : queue.type, 'queue-type'],
         ['Features', features(queue), 'queue-features'],
+        ['Arguments', argumentBadges(queue.arguments, 'queue-arg'), 'queue-arguments'],
         ['Ready', format.int(queue.messages_ready), 'queue-ready'],
         ['Unacked', format.int(queue.messages_unacknowledged), 'queue-unacked'],
         ['Total', format.int(queue.messages), 'queue-total'],
@@ -1851,6 +1899,109 @@ async function queuePage(ctx, root, [vhost, name]) {
     },
   });
 
+  const getResult = h('div', { testid: 'get-messages' });
+  const getForm = actionForm({
+    id: 'get',
+    submitLabel: 'Get messages',
+    inline: true,
+    fields: [
+      field('Messages', h('input', { testid: 'get-count', type: 'number', min: 1, max: 100, value: '1' })),
+      field('Then', h('select', { testid: 'get-ackmode' },
+        h('option', { value: 'reject_requeue_true' }, 'Requeue (put back, redelivered)'),
+        h('option', { value: 'ack_requeue_false' }, 'Ack (remove from the queue)'),
+        h('option', { value: 'reject_requeue_false' }, 'Reject (dead-letter, or drop without DLX)'))),
+      field('Show payload as', h('select', { testid: 'get-encoding' }, ['text', 'hex', 'base64'].map((e) => h('option', { value: e }, e)))),
+    ],
+    async onSubmit(form) {
+      const count = Number(valueOf(form, 'get-count'));
+      if (!Number.isInteger(count) || count < 1 || count > 100) throw fieldError('count', 'get 1 to 100 messages');
+      const ackmode = valueOf(form, 'get-ackmode');
+      const encoding = valueOf(form, 'get-encoding');
+      const take = async () => {
+        const data = await api('POST', `/api/queues/${pathOf(vhost, name)}/get`, { count, ackmode, encoding });
+        replaceChildren(getResult, dataTable({
+          testid: 'get-table',
+          rowTestid: 'get-row',
+          rows: data.messages.map((message, index) => ({ ...message, position: index + 1 })),
+          empty: 'The queue had no ready messages.',
+          columns: [
+            { label: '#', numeric: true, cell: (m) => String(m.position) },
+            { label: 'Exchange', cell: (m) => exchangeLabel(m.exchange) },
+            { label: 'Routing key', cell: (m) => h('code', {}, m.routing_key) },
+            { label: 'Redelivered', cell: (m) => (m.redelivered ? 'yes' : 'no') },
+            { label: 'Properties', cell: (m) => propertiesCell(m.properties) },
+            { label: 'Bytes', numeric: true, cell: (m) => format.int(m.payload_bytes) },
+            { label: 'Payload', cell: (m) => longText(encoding === 'hex' ? format.hexPairs(m.payload) : m.payload, 'get-payload') },
+          ],
+        }));
+        load();
+        return data.messages.length;
+      };
+      const done = { ack_requeue_false: 'acknowledged (removed)', reject_requeue_false: 'rejected', reject_requeue_true: 'requeued' }[ackmode];
+      let taken;
+      if (ackmode === 'reject_requeue_true') taken = await take();
+      else {
+        const confirmed = await confirmAction({
+          title: ackmode === 'ack_requeue_false' ? 'Get and acknowledge' : 'Get and reject',
+          message: `Take up to ${count} ${count === 1 ? 'message' : 'messages'} from queue ${name} and ${ackmode === 'ack_requeue_false'
+            ? 'remove them' : 'reject them (dead-lettered if the queue has a dead-letter exchange, else dropped)'}?`,
+          confirmLabel: 'Get messages',
+          action: async () => { taken = await take(); },
+        });
+        if (!confirmed) return null;
+      }
+      return `${taken} ${taken === 1 ? 'message' : 'messages'} taken and ${done}.`;
+    },
+  });
+
+  const moveForm = actionForm({
+    id: 'move',
+    submitLabel: 'Move messages…',
+    inline: true,
+    fields: [
+      field('To queue', h('input', { testid: 'move-destination', list: 'move-queues', autocomplete: 'off' })),
+      h('datalist', { id: 'move-queues' }),
+      field('How many', h('input', { testid: 'move-count', type: 'number', min: 1, placeholder: 'all' })),
+    ],
+    async onSubmit(form) {
+      const destination = valueOf(form, 'move-destination').trim();
+      if (!destination) throw fieldError('destination', 'name the queue to move messages to');
+      const countText = valueOf(form, 'move-count').trim();
+      const body = { destination };
+      if (countText) {
+        body.count = Number(countText);
+        if (!Number.isInteger(body.count) || body.count < 1) throw fieldError('count', 'a whole number of messages, or empty for all');
+      }
+      let answer = null;
+      const confirmed = await confirmAction({
+        title: 'Move messages',
+        message: `Move ${body.count ? `up to ${format.int(body.count)}` : 'every ready'} ${body.count === 1 ? 'message' : 'messages'} from queue ${name} to queue ${destination}?`
+          + ' Each leaves this queue only once the destination holds it.',
+        confirmLabel: 'Move',
+        danger: false,
+        action: async () => { answer = await api('POST', `/api/queues/${pathOf(vhost, name)}/move`, body); },
+      });
+      if (!confirmed) return null;
+      load();
+      return `Moved ${format.int(answer.moved)} ${answer.moved === 1 ? 'message' : 'messages'} to ${destination}.`;
+    },
+  });
+  // Shown once the queue is known to be classic: a stream is never consumed.
+  const classicOnly = [
+    section('Get messages', h('p', { class: 'muted' }, 'Consumes from the head as basic.get does, then puts the messages back, acknowledges or rejects them.'), getForm, getResult),
+    section('Move messages', h('p', { class: 'muted' }, 'To another queue of this virtual host through the default exchange, as a shovel from a dead-letter queue would; properties and persistence are kept.'), moveForm),
+  ];
+  for (const part of classicOnly) part.hidden = true;
+  const moveChoices = moveForm.querySelector('#move-queues');
+  moveForm.querySelector('[data-testid="move-destination"]').addEventListener('focus', async () => {
+    try {
+      const data = await api('GET', `/api/queues${queryOf({ vhost, page_size: 1000 })}`);
+      replaceChildren(moveChoices, data.items.filter((q) => q.name !== name).map((q) => h('option', { value: q.name })));
+    } catch {
+      // Suggestions are a convenience; the move reports real errors.
+    }
+  });
+
   const bind = actionForm({
     id: 'bind',
     submitLabel: 'Bind',
@@ -1881,6 +2032,7 @@ async function queuePage(ctx, root, [vhost, name]) {
     errorLine,
     section(null, summary),
     section('Peek at the head', peekNote, peek, peekResult),
+    ...classicOnly,
     section('Publish a message', h('p', { class: 'muted' }, 'Through the default exchange, whose routing key names this queue; change the exchange to test other routes.'),
       publishForm({ vhost, exchange: '', routingKey: name, exchangeEditable: true })),
     section('Bindings', bindings, h('h3', {}, 'Add a binding'), bind));

@@ -422,18 +422,33 @@ pub(crate) async fn peek(
 pub(crate) struct Get {
     #[serde(default = "one")]
     count: usize,
-    #[serde(default = "yes")]
-    ack: bool,
+    /// Older spelling: `true` is `ack_requeue_false`, `false` `reject_requeue_true`.
+    #[serde(default)]
+    ack: Option<bool>,
+    #[serde(default)]
+    ackmode: Option<AckMode>,
     #[serde(default)]
     encoding: Encoding,
 }
 
-fn one() -> usize {
-    1
+/// What happens to messages taken by `get`, as RabbitMQ's management API
+/// names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum AckMode {
+    /// Acknowledged: removed from the queue.
+    AckRequeueFalse,
+    /// Put back at the head, marked redelivered.
+    AckRequeueTrue,
+    /// Put back at the head, marked redelivered.
+    RejectRequeueTrue,
+    /// Rejected: dead-lettered when the queue has a dead-letter exchange,
+    /// else dropped.
+    RejectRequeueFalse,
 }
 
-fn yes() -> bool {
-    true
+fn one() -> usize {
+    1
 }
 
 pub(crate) async fn get(
@@ -444,6 +459,14 @@ pub(crate) async fn get(
     let vhost = vhost(&shared, &vhost_name)?;
     let queue = vhost.usable_queue(&name, API_CONNECTION)?;
     let count = check_count(request.count)?;
+    let mode = match (request.ackmode, request.ack) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::field("ackmode", "give ackmode or ack, not both"));
+        }
+        (Some(mode), None) => mode,
+        (None, Some(false)) => AckMode::RejectRequeueTrue,
+        (None, Some(true) | None) => AckMode::AckRequeueFalse,
+    };
     blocking(move || {
         let mut taken = Vec::new();
         let mut messages = Vec::new();
@@ -454,10 +477,10 @@ pub(crate) async fn get(
             messages.push(message_json(&message, redelivered, request.encoding));
             taken.push(seq);
         }
-        if request.ack {
-            queue.ack(&taken)?;
-        } else {
-            queue.reject(&taken, true)?;
+        match mode {
+            AckMode::AckRequeueFalse => queue.ack(&taken)?,
+            AckMode::AckRequeueTrue | AckMode::RejectRequeueTrue => queue.reject(&taken, true)?,
+            AckMode::RejectRequeueFalse => queue.reject(&taken, false)?,
         }
         Ok(Json(
             json!({ "messages": messages, "encoding": request.encoding.name() }),

@@ -6,6 +6,7 @@ mod connections;
 pub(crate) mod groups;
 pub(crate) mod history;
 mod messages;
+mod queue_move;
 mod overview;
 mod tables;
 mod topics;
@@ -114,6 +115,11 @@ pub(crate) const ROUTES: &[(&str, &str, &str)] = &[
         "/api/queues/{vhost}/{queue}/get",
         "Take messages from a queue",
     ),
+    (
+        "post",
+        "/api/queues/{vhost}/{queue}/move",
+        "Move ready messages to another queue (as a shovel from a dead-letter queue)",
+    ),
     ("get", "/api/bindings", "List bindings"),
     ("post", "/api/bindings", "Create a binding"),
     ("delete", "/api/bindings", "Delete a binding"),
@@ -177,6 +183,10 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/api/queues/{vhost}/{queue}/contents", delete(amqp::purge))
         .route("/api/queues/{vhost}/{queue}/messages", get(amqp::peek))
         .route("/api/queues/{vhost}/{queue}/get", post(amqp::get))
+        .route(
+            "/api/queues/{vhost}/{queue}/move",
+            post(queue_move::move_messages),
+        )
         .route(
             "/api/bindings",
             get(amqp::bindings).post(amqp::bind).delete(amqp::unbind),
