@@ -359,6 +359,20 @@ def test_persistent_messages_published_through_the_api_survive_a_restart(tmp_pat
         assert [m["payload"] for m in peeked] == ["kept"]
 
 
+def test_stream_queues_peek_at_their_records_and_refuse_purge(broker, name):
+    ok(call(broker, "PUT", f"/api/queues/%2F/{name}", {"durable": True, "arguments": {"x-queue-type": "stream"}}), 201)
+    ok(call(broker, "POST", "/api/exchanges/%2F/amq.default/messages",
+            {"messages": [{"routing_key": name, "payload": p} for p in ["a", "b", "c"]]}))
+    listed = ok(get(broker, f"/api/queues/%2F/{name}"))
+    assert (listed["type"], listed["messages_ready"]) == ("stream", 3)
+    peeked = ok(get(broker, f"/api/queues/%2F/{name}/messages?count=2"))["messages"]
+    assert [(m["payload"], m["properties"]["headers"]["x-stream-offset"], m["redelivered"]) for m in peeked] == [
+        ("a", 0, False), ("b", 1, False)]
+    assert len(ok(get(broker, f"/api/queues/%2F/{name}/messages?count=10"))["messages"]) == 3
+    assert ok(get(broker, f"/api/queues/%2F/{name}"))["messages_ready"] == 3
+    assert call(broker, "DELETE", f"/api/queues/%2F/{name}/contents").status == 400
+
+
 # --- connections -----------------------------------------------------------------------
 
 

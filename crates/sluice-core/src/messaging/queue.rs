@@ -788,8 +788,17 @@ impl Queue {
     }
 
     /// Up to `count` ready messages in delivery order, with their redelivered
-    /// flags, without taking them.
+    /// flags, without taking them. For a stream: the oldest records its
+    /// topic keeps, as a consumer starting at `first` would get them.
+    /// Blocking when it reads from disk.
     pub fn peek(&self, count: usize) -> Vec<(Arc<Message>, bool)> {
+        if let Some(stream) = &self.stream {
+            return stream
+                .peek(count)
+                .into_iter()
+                .map(|message| (Arc::new(message), false))
+                .collect();
+        }
         let mut state = self.state();
         self.page_in(&mut state);
         let mut out: Vec<(Arc<Message>, bool)> = state

@@ -206,6 +206,51 @@ impl Stream {
         }
     }
 
+    /// The oldest `count` records the topic keeps, as the messages a
+    /// consumer starting at `first` would get: partition by partition, each
+    /// with its offset header (and partition header when there are several).
+    /// Nothing moves; a stream is never consumed. Blocking (reads the log).
+    pub(crate) fn peek(&self, count: usize) -> Vec<Message> {
+        let partitions = self.topic.partitions();
+        let labelled = partitions.len() > 1;
+        let mut out = Vec::new();
+        for partition in partitions {
+            let log = partition.log();
+            let mut next = log.log_start().get();
+            while out.len() < count && next < log.high_watermark().get() {
+                let read = match log.read(Offset::from(next), READ_BYTES, ReadBound::HighWatermark)
+                {
+                    Ok(read) => read,
+                    Err(error) => {
+                        tracing::warn!(topic = self.topic.name(), %error, "cannot read a stream to peek");
+                        break;
+                    }
+                };
+                let Some(after) = read.next_offset else {
+                    break;
+                };
+                let mut records = read.records.clone();
+                while !records.is_empty() && out.len() < count {
+                    let Ok(batch) = RecordBatchDecoder::decode(&mut records) else {
+                        break;
+                    };
+                    for record in batch.records {
+                        if record.control || record.offset < next || out.len() >= count {
+                            continue;
+                        }
+                        next = record.offset + 1;
+                        out.push(stream_message(&record, partition.id().get(), labelled));
+                    }
+                }
+                next = next.max(after.get());
+            }
+            if out.len() >= count {
+                break;
+            }
+        }
+        out
+    }
+
     /// Starts one reader per partition for a new consumer.
     pub(crate) fn add_consumer(
         &self,
@@ -346,24 +391,7 @@ impl Reader {
             }
             let _ = tokio::time::timeout(CREDIT_POLL, released).await;
         }
-        let headers: Vec<(&str, Option<&[u8]>)> = record
-            .headers
-            .iter()
-            .map(|(name, value)| (name.as_str(), value.as_ref().map(Bytes::as_ref)))
-            .collect();
-        let mut extra = vec![(STREAM_OFFSET_HEADER, AMQPValue::LongLongInt(offset))];
-        if self.labelled {
-            extra.push((
-                STREAM_PARTITION_HEADER,
-                AMQPValue::LongInt(self.partition.id().get()),
-            ));
-        }
-        let message = record_to_message(
-            record.key.as_deref(),
-            record.value.as_deref(),
-            &headers,
-            &extra,
-        );
+        let message = stream_message(record, self.partition.id().get(), self.labelled);
         self.queue.traffic().record_delivery(false);
         let delivery = Delivery {
             channel: self.consumer.channel,
@@ -378,6 +406,31 @@ impl Reader {
             .send(ConsumerEvent::Deliver(delivery))
             .is_ok()
     }
+}
+
+/// A record as the message a stream consumer gets: its offset in
+/// [`STREAM_OFFSET_HEADER`], its partition in [`STREAM_PARTITION_HEADER`]
+/// when `labelled` (the stream has several).
+fn stream_message(
+    record: &kafka_protocol::records::Record,
+    partition: i32,
+    labelled: bool,
+) -> Message {
+    let headers: Vec<(&str, Option<&[u8]>)> = record
+        .headers
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_ref().map(Bytes::as_ref)))
+        .collect();
+    let mut extra = vec![(STREAM_OFFSET_HEADER, AMQPValue::LongLongInt(record.offset))];
+    if labelled {
+        extra.push((STREAM_PARTITION_HEADER, AMQPValue::LongInt(partition)));
+    }
+    record_to_message(
+        record.key.as_deref(),
+        record.value.as_deref(),
+        &headers,
+        &extra,
+    )
 }
 
 #[cfg(test)]

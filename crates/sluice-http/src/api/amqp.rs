@@ -407,11 +407,16 @@ pub(crate) async fn peek(
         ));
     }
     let count = check_count(query.count.unwrap_or(10))?;
-    let messages: Vec<Value> = queue
-        .peek(count)
-        .iter()
-        .map(|(message, redelivered)| message_json(message, *redelivered, query.encoding))
-        .collect();
+    // A stream queue peeks at its topic's oldest records; a paged queue
+    // reads its disk: both block.
+    let messages: Vec<Value> = blocking(move || {
+        Ok(queue
+            .peek(count)
+            .iter()
+            .map(|(message, redelivered)| message_json(message, *redelivered, query.encoding))
+            .collect())
+    })
+    .await?;
     Ok(Json(
         json!({ "messages": messages, "encoding": query.encoding.name() }),
     ))
