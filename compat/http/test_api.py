@@ -373,6 +373,30 @@ def test_stream_queues_peek_at_their_records_and_refuse_purge(broker, name):
     assert call(broker, "DELETE", f"/api/queues/%2F/{name}/contents").status == 400
 
 
+def test_queue_argument_errors_name_the_field_in_plain_words(broker, name):
+    for arguments, words in [({"x-max-length": -1}, "x-max-length must be an integer of 0 or more, got -1"),
+                             ({"x-message-ttl": "soon"}, "x-message-ttl must be an integer of 0 or more, got a string"),
+                             ({"x-overflow": "drop-tail"}, "x-overflow must be drop-head, reject-publish or"),
+                             ({"x-max-priority": 300}, "x-max-priority must be at most 255, got 300"),
+                             ({"x-queue-type": "lazy"}, "x-queue-type must be classic, quorum or stream")]:
+        answer = call(broker, "PUT", f"/api/queues/%2F/{name}", {"durable": True, "arguments": arguments})
+        assert answer.status == 400, (arguments, answer.body)
+        assert (answer.error["name"], answer.error["field"]) == ("invalid_field", "arguments"), answer.body
+        assert answer.error["message"].startswith(words), answer.body
+        assert "{" not in answer.error["message"] and "PRECONDITION" not in answer.error["message"], answer.body
+    # The AMQP wire keeps RabbitMQ's text, which clients match on.
+    connection = pika_connection(broker)
+    channel = connection.channel()
+    try:
+        channel.queue_declare(name, arguments={"x-max-length": -1})
+        raise AssertionError("declared")
+    except pika.exceptions.ChannelClosedByBroker as closed:
+        assert closed.reply_code == 406
+        assert closed.reply_text == (f"PRECONDITION_FAILED - invalid arg 'x-max-length' for queue '{name}' "
+                                     "in vhost '/': {value_negative,-1}")
+    connection.close()
+
+
 # --- connections -----------------------------------------------------------------------
 
 

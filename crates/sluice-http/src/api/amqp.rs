@@ -14,8 +14,8 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sluice_core::messaging::{
-    Binding, Destination, Exchange, ExchangeOptions, Message, Queue, QueueOptions, VirtualHost,
-    short,
+    Binding, Destination, Exchange, ExchangeOptions, Message, Queue, QueueArgs, QueueOptions,
+    VirtualHost, short,
 };
 
 use super::tables::{properties_from_json, properties_to_json, table_from_json, table_to_json};
@@ -324,6 +324,10 @@ pub(crate) async fn declare_queue(
         auto_delete: new.auto_delete,
         arguments: table_from_json(&new.arguments, "arguments")?,
     };
+    // Checked here for plain words; over AMQP the same refusal carries
+    // RabbitMQ's text, which clients match on.
+    QueueArgs::check(&options.arguments)
+        .map_err(|invalid| ApiError::field("arguments", invalid.to_string()))?;
     let declared = Arc::clone(&vhost);
     let queue_name = name.clone();
     blocking(move || Ok(declared.declare_queue(&queue_name, options, false, API_CONNECTION)?))
