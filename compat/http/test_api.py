@@ -397,6 +397,28 @@ def test_queue_argument_errors_name_the_field_in_plain_words(broker, name):
     connection.close()
 
 
+def test_health_needs_no_login_and_reports_readiness(broker):
+    assert ok(get(broker, "/api/health", credentials=None)) == {"status": "ok"}
+    ready = ok(get(broker, "/api/health/ready", credentials=None))
+    assert ready["status"] == "ready" and ready["reasons"] == []
+    assert (ready["checks"]["memory_alarm"], ready["checks"]["disk_alarm"], ready["checks"]["recovery"]) == (
+        False, False, True)
+    assert {listener["protocol"] for listener in ready["checks"]["listeners"]} == {"kafka", "amqp", "http"}
+    document = ok(get(broker, "/api/openapi.json", credentials=None))
+    assert document["paths"]["/api/health/ready"]["get"]["security"] == []
+
+
+def test_readiness_is_503_while_an_alarm_blocks_publishers(tmp_path, request):
+    with per_test_broker(tmp_path, request, {"amqp.disk_free_limit": "1000TiB"}) as broker:
+        def answer():
+            return get(broker, "/api/health/ready", credentials=None)
+        wait_until(lambda: answer().status == 503, 15, what="the disk alarm")
+        body = answer().body
+        assert body["status"] == "not_ready" and body["checks"]["disk_alarm"] is True
+        assert any("disk alarm" in reason for reason in body["reasons"]), body
+        assert ok(get(broker, "/api/health", credentials=None)) == {"status": "ok"}
+
+
 # --- connections -----------------------------------------------------------------------
 
 

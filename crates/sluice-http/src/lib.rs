@@ -85,6 +85,7 @@ fn app(shared: AppState) -> Router {
     ));
     Router::new()
         .merge(api)
+        .merge(api::public_routes())
         .route("/api/openapi.json", get(openapi::document))
         .route("/metrics", get(metrics::render))
         .merge(ui::routes())
@@ -229,5 +230,22 @@ mod tests {
         assert_eq!(status, StatusCode::UNAUTHORIZED);
         let (status, _) = call(&app, "GET", "/api/overview", [127, 0, 0, 1]).await;
         assert_eq!(status, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn health_answers_without_credentials() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let app = test_app(dir.path());
+        for path in ["/api/health", "/api/health/ready"] {
+            let mut request = Request::builder()
+                .uri(path)
+                .body(Body::empty())
+                .expect("a request");
+            request
+                .extensions_mut()
+                .insert(ConnectInfo(SocketAddr::from(([10, 1, 2, 3], 40000))));
+            let response = app.clone().oneshot(request).await.expect("a response");
+            assert_eq!(response.status(), StatusCode::OK, "{path}");
+        }
     }
 }

@@ -4,6 +4,7 @@
 mod amqp;
 mod connections;
 pub(crate) mod groups;
+mod health;
 pub(crate) mod history;
 mod messages;
 mod queue_move;
@@ -32,6 +33,16 @@ pub(crate) const ROUTES: &[(&str, &str, &str)] = &[
         "get",
         "/api/overview/history",
         "The overview's rates over the last hour, every 5 s",
+    ),
+    (
+        "get",
+        "/api/health",
+        "Liveness: the process answers (no authentication)",
+    ),
+    (
+        "get",
+        "/api/health/ready",
+        "Readiness: recovered, listeners bound, no alarm; else 503 (no authentication)",
     ),
     ("get", "/api/topics", "List topics"),
     ("post", "/api/topics", "Create a topic"),
@@ -194,6 +205,14 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/api/connections", get(connections::list))
         .route("/api/connections/{id}", delete(connections::close))
         .route("/api/channels", get(connections::channels))
+}
+
+/// The routes without authentication (health checks for load balancers and
+/// orchestrators, which hold no credentials).
+pub(crate) fn public_routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/health", get(health::live))
+        .route("/api/health/ready", get(health::ready))
 }
 
 /// `?filter=&page=&page_size=` of every list.
