@@ -6,6 +6,7 @@ Contract: docs/http.md (routes, bodies, error codes, authentication).
 
 from __future__ import annotations
 
+import base64
 import time
 
 import pika
@@ -417,6 +418,33 @@ def test_readiness_is_503_while_an_alarm_blocks_publishers(tmp_path, request):
         assert body["status"] == "not_ready" and body["checks"]["disk_alarm"] is True
         assert any("disk alarm" in reason for reason in body["reasons"]), body
         assert ok(get(broker, "/api/health", credentials=None)) == {"status": "ok"}
+
+
+def test_batches_of_messages_are_published_in_order_and_durable(tmp_path, request, name):
+    with per_test_broker(tmp_path, request) as broker:
+        ok(call(broker, "PUT", f"/api/queues/%2F/{name}", {"durable": True}), 201)
+        messages = [{"routing_key": name, "payload": f"m{i}", "properties": {"delivery_mode": 2}}
+                    for i in range(300)]
+        messages.insert(10, {"routing_key": "nowhere", "payload": "lost"})
+        answer = ok(call(broker, "POST", "/api/exchanges/%2F/amq.default/messages", {"messages": messages}))
+        assert answer == {"published": 301, "routed": 300, "unroutable": [10], "rejected": []}
+        binary = ok(call(broker, "POST", "/api/exchanges/%2F/amq.default/messages",
+                         {"messages": [{"routing_key": name, "payload": "AAEC", "properties": {"delivery_mode": 2}}],
+                          "encoding": "base64"}))
+        assert binary["routed"] == 1
+        for body, field in [({"messages": []}, "messages"),
+                            ({"messages": [{"routing_key": "k" * 256}]}, "routing_key"),
+                            ({"messages": [{"payload": "zz"}], "encoding": "hex"}, "payload")]:
+            refused = call(broker, "POST", "/api/exchanges/%2F/amq.default/messages", body)
+            assert refused.status == 400 and refused.error["field"] == field, refused.body
+        assert call(broker, "POST", "/api/exchanges/%2F/nope/messages",
+                    {"messages": [{"payload": "x"}]}).status == 404
+        broker.kill()
+        broker.start()
+        peeked = ok(get(broker, f"/api/queues/%2F/{name}/messages?count=1000&encoding=base64"))["messages"]
+        assert len(peeked) == 301
+        assert [base64.b64decode(m["payload"]).decode() for m in peeked[:300]] == [f"m{i}" for i in range(300)]
+        assert base64.b64decode(peeked[300]["payload"]) == b"\x00\x01\x02"
 
 
 # --- connections -----------------------------------------------------------------------

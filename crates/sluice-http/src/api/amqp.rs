@@ -14,8 +14,8 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sluice_core::messaging::{
-    Binding, Destination, Exchange, ExchangeOptions, Message, Queue, QueueArgs, QueueOptions,
-    VirtualHost, short,
+    Binding, Destination, Exchange, ExchangeOptions, Message, PendingSync, Queue, QueueArgs,
+    QueueOptions, VirtualHost, short,
 };
 
 use super::tables::{properties_from_json, properties_to_json, table_from_json, table_to_json};
@@ -234,6 +234,110 @@ pub(crate) async fn publish(
             "routed": outcome.queues > 0,
             "queues": outcome.queues,
             "rejected": outcome.rejected,
+        })))
+    })
+    .await
+}
+
+/// Most messages one batch publish may carry.
+const MAX_BATCH: usize = 10_000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BatchMessage {
+    #[serde(default)]
+    routing_key: String,
+    #[serde(default)]
+    payload: String,
+    #[serde(default)]
+    properties: Value,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PublishBatch {
+    messages: Vec<BatchMessage>,
+    #[serde(default)]
+    encoding: Encoding,
+}
+
+/// `POST …/messages`: many messages in one request, published in order,
+/// answered once every persistent one is on disk (as AMQP confirms are):
+/// one sync per queue log covers the whole batch. Every message is decoded
+/// before any is published, so a malformed one changes nothing.
+pub(crate) async fn publish_batch(
+    State(shared): State<AppState>,
+    Path((vhost_name, name)): Path<(String, String)>,
+    Body(request): Body<PublishBatch>,
+) -> ApiResult<Json<Value>> {
+    let vhost = vhost(&shared, &vhost_name)?;
+    let name = exchange_name(name);
+    let total = request.messages.len();
+    if !(1..=MAX_BATCH).contains(&total) {
+        return Err(ApiError::field(
+            "messages",
+            format!("send 1 to {MAX_BATCH} messages, got {total}"),
+        ));
+    }
+    find_exchange(&vhost, &name)?;
+    let mut messages = Vec::with_capacity(total);
+    for (index, new) in request.messages.into_iter().enumerate() {
+        if new.routing_key.len() > 255 {
+            return Err(ApiError::field(
+                "routing_key",
+                format!("routing_key of message {index} is longer than 255 bytes"),
+            ));
+        }
+        messages.push(Message {
+            exchange: short(&name),
+            routing_key: short(&new.routing_key),
+            properties: properties_from_json(&new.properties)?,
+            body: Bytes::from(request.encoding.decode(&new.payload, "payload")?),
+        });
+    }
+    blocking(move || {
+        let mut syncs: Vec<PendingSync> = Vec::new();
+        let (mut routed, mut unroutable, mut rejected) = (0usize, Vec::new(), Vec::new());
+        let mut failure = None;
+        for (index, message) in messages.into_iter().enumerate() {
+            let outcome = match vhost.publish(&name, message) {
+                Ok(outcome) => outcome,
+                Err(error) => {
+                    failure = Some((index, ApiError::from(error)));
+                    break;
+                }
+            };
+            if outcome.queues > 0 {
+                routed += 1;
+            } else {
+                unroutable.push(index);
+            }
+            if outcome.rejected {
+                rejected.push(index);
+            }
+            for sync in outcome.syncs {
+                match syncs.iter_mut().find(|s| s.same_log(&sync)) {
+                    Some(existing) => *existing = existing.clone().max(sync),
+                    None => syncs.push(sync),
+                }
+            }
+        }
+        // What was published before a refusal is made durable all the same.
+        for sync in &syncs {
+            sync.wait()?;
+        }
+        if let Some((index, mut error)) = failure {
+            error.message = format!(
+                "message {index} refused, after {index} of {total} were published: {}",
+                error.message
+            );
+            return Err(error);
+        }
+        Ok(Json(json!({
+            "published": total,
+            "routed": routed,
+            "unroutable": unroutable,
+            "rejected": rejected,
         })))
     })
     .await

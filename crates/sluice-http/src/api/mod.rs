@@ -107,6 +107,11 @@ pub(crate) const ROUTES: &[(&str, &str, &str)] = &[
         "/api/exchanges/{vhost}/{exchange}/publish",
         "Publish a message",
     ),
+    (
+        "post",
+        "/api/exchanges/{vhost}/{exchange}/messages",
+        "Publish a batch of messages, answered once they are durable",
+    ),
     ("get", "/api/queues", "List queues"),
     ("get", "/api/queues/{vhost}/{queue}", "Show a queue"),
     ("put", "/api/queues/{vhost}/{queue}", "Declare a queue"),
@@ -183,6 +188,10 @@ pub(crate) fn routes() -> Router<AppState> {
         .route(
             "/api/exchanges/{vhost}/{exchange}/publish",
             post(amqp::publish),
+        )
+        .route(
+            "/api/exchanges/{vhost}/{exchange}/messages",
+            post(amqp::publish_batch),
         )
         .route("/api/queues", get(amqp::queues))
         .route(
