@@ -447,6 +447,18 @@ def test_batches_of_messages_are_published_in_order_and_durable(tmp_path, reques
         assert base64.b64decode(peeked[300]["payload"]) == b"\x00\x01\x02"
 
 
+def test_producing_to_an_unknown_topic_follows_kafka_auto_create_topics(tmp_path, request, name):
+    with per_test_broker(tmp_path, request, {"kafka.default_partitions": "2"}) as broker:
+        answer = ok(call(broker, "POST", f"/api/topics/{name}/messages", {"records": [{"value": "first"}]}))
+        assert answer["offsets"][0]["offset"] == 0
+        assert len(ok(get(broker, f"/api/topics/{name}"))["partitions"]) == 2
+    with per_test_broker(tmp_path / "off", request, {"kafka.auto_create_topics": "false"}) as broker:
+        refused = call(broker, "POST", f"/api/topics/{name}/messages", {"records": [{"value": "x"}]})
+        assert refused.status == 404 and refused.error["name"] == "not_found"
+        assert "kafka.auto_create_topics is off" in refused.error["message"]
+        assert get(broker, f"/api/topics/{name}").status == 404
+
+
 # --- connections -----------------------------------------------------------------------
 
 

@@ -1,6 +1,7 @@
 //! The message browser of topics: read a range of a partition by offset or
 //! timestamp, and produce records (durable before the answer, as acks=all).
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::Json;
@@ -9,6 +10,7 @@ use bytes::Bytes;
 use kafka_protocol::records::{Record, RecordBatchDecoder};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use sluice_core::CoreError;
 use sluice_core::messaging::partition_for_key;
 use sluice_log::batch::{NewRecord, RecordHeader};
 use sluice_log::{Clock as _, ReadBound};
@@ -177,11 +179,18 @@ pub(crate) async fn produce(
             ),
         ));
     }
-    let topic = shared
-        .broker
-        .topics()
-        .get(&topic_name)
-        .ok_or_else(|| ApiError::not_found(format!("topic {topic_name:?} does not exist")))?;
+    // As a Kafka Produce does: an unknown topic is created when
+    // kafka.auto_create_topics is on, so the API and the protocol agree.
+    let broker = Arc::clone(&shared.broker);
+    let wanted = topic_name.clone();
+    let topic = blocking(move || match broker.topic_or_create(&wanted) {
+        Ok(topic) => Ok(topic),
+        Err(CoreError::UnknownTopic { .. }) => Err(ApiError::not_found(format!(
+            "topic {wanted:?} does not exist (kafka.auto_create_topics is off)"
+        ))),
+        Err(error) => Err(error.into()),
+    })
+    .await?;
     let partitions = topic.partition_count() as i32;
     let now = sluice_log::SystemClock.now_ms();
     // Decode and place every record before writing any.
