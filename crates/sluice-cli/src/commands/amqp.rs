@@ -7,7 +7,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 
 use super::consume::write_queue_message;
-use super::{Encoding, ExchangeType, exchange_segment, items, segment};
+use super::{Encoding, ExchangeType, counted, exchange_segment, items, segment};
 use crate::args::{ApiArgs, Output, argument, object};
 use crate::client::{Api, Method};
 use crate::error::CliResult;
@@ -286,8 +286,8 @@ pub(crate) fn queues(args: &ApiArgs, command: QueuesCommand, out: &mut dyn Write
             }
             writeln!(
                 out,
-                "purged {} messages from queue {name:?} in vhost {vhost}",
-                cell(&purged["purged"])
+                "purged {} from queue {name:?} in vhost {vhost}",
+                counted(purged["purged"].as_u64().unwrap_or(0), "message")
             )?;
             Ok(())
         }

@@ -136,7 +136,7 @@ fn from_topic(api: &Api, args: &ConsumeArgs, topic: &str, out: &mut dyn Write) -
         });
     }
     let json_output = args.api.output == Output::Json;
-    let mut progress = Progress::new("consumed", "records", args.progress, args.quiet);
+    let mut progress = Progress::new("consumed", "record", args.progress, args.quiet);
     let limit_reached = |count: u64| args.max_messages.is_some_and(|max| count >= max);
     'reading: while !limit_reached(progress.count()) {
         let mut moved = 0u64;
@@ -210,7 +210,7 @@ fn from_queue(api: &Api, args: &ConsumeArgs, queue: &str, out: &mut dyn Write) -
         segment(queue)
     );
     let json_output = args.api.output == Output::Json;
-    let mut progress = Progress::new("consumed", "messages", args.progress, args.quiet);
+    let mut progress = Progress::new("consumed", "message", args.progress, args.quiet);
     loop {
         let remaining = args
             .max_messages

@@ -102,11 +102,21 @@ pub(crate) fn items(list: &Value) -> &[Value] {
     list["items"].as_array().map_or(&[], Vec::as_slice)
 }
 
+/// `1 record`, `2 records`: a count with its noun in agreement.
+pub(crate) fn counted(count: u64, noun: &str) -> String {
+    if count == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{count} {noun}s")
+    }
+}
+
 /// Counts records or messages moved by a long `produce` or `consume` and
 /// reports the count and rate on stderr at an interval, then a summary.
 #[derive(Debug)]
 pub(crate) struct Progress {
     verb: &'static str,
+    /// Singular (`record`); counts and rates add the plural.
     noun: &'static str,
     interval: Option<Duration>,
     quiet: bool,
@@ -159,10 +169,9 @@ impl Progress {
         let recent = (self.count - self.reported) as f64 / since.as_secs_f64().max(1e-9);
         let _ = writeln!(
             std::io::stderr(),
-            "{} {} {} so far, {recent:.0} {}/s now, {:.0}/s on average",
+            "{} {} so far, {recent:.0} {}s/s now, {:.0}/s on average",
             self.verb,
-            self.count,
-            self.noun,
+            counted(self.count, self.noun),
             self.noun,
             self.average(),
         );
@@ -180,16 +189,18 @@ impl Progress {
         if self.quiet {
             return;
         }
-        let _ = writeln!(
-            std::io::stderr(),
-            "{} {} {} {target} in {} ({:.0} {}/s)",
+        let _ = writeln!(std::io::stderr(), "{}", self.summary(target));
+    }
+
+    fn summary(&self, target: &str) -> String {
+        format!(
+            "{} {} {target} in {} ({:.0} {}s/s)",
             self.verb,
-            self.count,
-            self.noun,
+            counted(self.count, self.noun),
             crate::output::duration(self.started.elapsed()),
             self.average(),
             self.noun,
-        );
+        )
     }
 }
 
@@ -214,9 +225,23 @@ mod tests {
 
     #[test]
     fn progress_counts_even_when_quiet() {
-        let mut progress = Progress::new("produced", "records", 0.0, true);
+        let mut progress = Progress::new("produced", "record", 0.0, true);
         progress.add(3);
         progress.add(4);
         assert_eq!(progress.count(), 7);
+    }
+
+    #[test]
+    fn counts_agree_with_their_noun() {
+        assert_eq!(counted(1, "record"), "1 record");
+        assert_eq!(counted(0, "message"), "0 messages");
+        let mut progress = Progress::new("consumed", "message", 0.0, true);
+        progress.add(1);
+        let summary = progress.summary("from queue \"q\"");
+        assert!(
+            summary.starts_with("consumed 1 message from queue \"q\" in "),
+            "{summary}"
+        );
+        assert!(summary.ends_with(" messages/s)"), "{summary}");
     }
 }

@@ -232,7 +232,7 @@ fn to_topic(
     let path = format!("/api/topics/{}/messages", segment(topic));
     let max = usize::try_from(args.batch_size).unwrap_or(500);
     let json_output = args.api.output == Output::Json;
-    let mut progress = Progress::new("produced", "records", args.progress, args.quiet);
+    let mut progress = Progress::new("produced", "record", args.progress, args.quiet);
     if json_output {
         write!(out, "{{\"offsets\": [")?;
     }
@@ -288,7 +288,7 @@ fn to_exchange(
     if args.persistent {
         properties.insert("delivery_mode".to_owned(), json!(2));
     }
-    let mut progress = Progress::new("published", "messages", args.progress, args.quiet);
+    let mut progress = Progress::new("published", "message", args.progress, args.quiet);
     let mut unroutable = 0u64;
     let result = (|| -> CliResult<()> {
         while let Ok(line) = lines.recv() {

@@ -5,7 +5,7 @@ use std::io::Write;
 use clap::{ArgGroup, Subcommand};
 use serde_json::{Map, Value, json};
 
-use super::{items, segment};
+use super::{counted, items, segment};
 use crate::args::{ApiArgs, Output, key_value};
 use crate::client::{Api, Method};
 use crate::error::CliResult;
@@ -141,7 +141,11 @@ pub(crate) fn run(args: &ApiArgs, command: TopicsCommand, out: &mut dyn Write) -
                 return write_json(out, &topic);
             }
             let now = topic["partitions"].as_array().map_or(0, Vec::len);
-            writeln!(out, "topic {name:?} now has {now} partitions")?;
+            writeln!(
+                out,
+                "topic {name:?} now has {}",
+                counted(now as u64, "partition")
+            )?;
             Ok(())
         }
         TopicsCommand::Delete { name } => {
