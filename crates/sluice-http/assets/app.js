@@ -1134,6 +1134,26 @@ async function topicPage(ctx, root, [name]) {
   });
   const configs = h('div', { testid: 'configs' });
   const bridges = h('div');
+  let showInternal = false;
+  const internalToggle = h('input', { type: 'checkbox', testid: 'topic-groups-internal' });
+  const consumers = localPagedTable({
+    id: 'topic-groups',
+    rows: [],
+    rowKey: (g) => g.group_id,
+    empty: 'No consumer group has offsets on this topic or members assigned to it.',
+    columns: [
+      { label: 'Group', cell: (g) => [h('a', { href: route(['groups', g.group_id]), testid: 'topic-group-link' }, g.group_id), g.internal ? [' ', h('span', { class: 'badge' }, 'internal')] : null] },
+      { label: 'State', cell: (g) => stateBadge(g.state) },
+      { label: 'Members on this topic', numeric: true, cell: (g) => format.int(g.assigned_members), testid: 'topic-group-members' },
+      { label: 'Partitions committed', numeric: true, cell: (g) => format.int(g.partitions_committed) },
+      { label: 'Lag', numeric: true, cell: (g) => format.int(g.lag), testid: 'topic-group-lag' },
+    ],
+  });
+  const loadConsumers = async () => {
+    const data = await api('GET', `/api/topics/${pathOf(name)}/groups${queryOf({ internal: showInternal ? 'true' : 'false', page_size: 1000 })}`);
+    if (ctx.alive) consumers.update(data.items);
+  };
+  internalToggle.addEventListener('change', () => { showInternal = internalToggle.checked; loadConsumers().catch(() => {}); });
   const errorLine = h('p', { class: 'error', testid: 'page-error', hidden: true });
   const addPartitions = actionForm({
     id: 'add-partitions',
@@ -1233,6 +1253,7 @@ async function topicPage(ctx, root, [name]) {
       if (!ctx.alive) return;
       errorLine.hidden = true;
       show(topic);
+      await loadConsumers();
     } catch (error) {
       if (!ctx.alive || showedMissing(ctx, root, error, '#/topics', 'All topics')) return;
       errorLine.textContent = error.message;
@@ -1251,6 +1272,7 @@ async function topicPage(ctx, root, [name]) {
     errorLine,
     section(null, summary),
     section('Partitions', partitions.element, h('h3', {}, 'Add partitions'), addPartitions),
+    section('Consumer groups', h('div', { class: 'toolbar' }, h('label', { class: 'check' }, internalToggle, 'Show internal groups')), consumers.element),
     section('Configs', configs, h('h3', {}, 'Set a config'), setConfig),
     bridges);
   ctx.every(5000, load);
@@ -1267,20 +1289,36 @@ function stateBadge(state) {
 }
 
 async function groupsPage(ctx, root) {
+  // The broker's own groups (forwarding a topic to an exchange) only on demand.
+  let internal = ctx.query.get('internal') === 'true';
+  const internalToggle = h('input', { type: 'checkbox', testid: 'groups-internal', checked: internal });
   const list = pagedList(ctx, {
     id: 'groups',
     path: '/api/groups',
+    params: () => ({ internal: internal ? 'true' : 'false' }),
+    onQuery: () => ({ internal: internal ? 'true' : '' }),
     rowKey: (g) => g.group_id,
-    empty: 'No consumer groups.',
+    empty: internal ? 'No consumer groups.' : 'No consumer groups (the broker\'s internal groups are hidden).',
     columns: [
-      { label: 'Group', cell: (g) => h('a', { href: route(['groups', g.group_id]), testid: 'group-link' }, g.group_id) },
+      {
+        label: 'Group',
+        cell: (g) => [h('a', { href: route(['groups', g.group_id]), testid: 'group-link' }, g.group_id),
+          g.internal ? [' ', h('span', { class: 'badge', title: 'The broker\'s own consumer, forwarding a topic to an exchange', testid: 'group-internal' }, 'internal')] : null],
+      },
       { label: 'State', cell: (g) => stateBadge(g.state) },
       { label: 'Protocol type', cell: (g) => g.protocol_type || muted('–') },
       { label: 'Members', numeric: true, cell: (g) => format.int(g.members) },
       { label: 'Lag', numeric: true, cell: (g) => format.int(g.lag), testid: 'group-lag' },
     ],
   });
-  replaceChildren(root, pageHeader('Consumer groups'), section(null, list.element));
+  internalToggle.addEventListener('change', () => {
+    internal = internalToggle.checked;
+    list.reload();
+    const current = Object.fromEntries(new URLSearchParams(location.hash.split('?')[1] || ''));
+    ctx.setQuery({ ...current, internal: internal ? 'true' : '' });
+  });
+  replaceChildren(root, pageHeader('Consumer groups'),
+    section(null, h('div', { class: 'toolbar' }, h('label', { class: 'check' }, internalToggle, 'Show internal groups (__sluice_forward:…)')), list.element));
 }
 
 async function groupPage(ctx, root, [groupId]) {

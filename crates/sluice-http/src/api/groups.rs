@@ -57,12 +57,34 @@ pub(crate) fn total_lag(broker: &Broker, group: &str) -> i64 {
         .sum()
 }
 
+/// Whether a group is the broker's own: the consumer of a topic forwarded
+/// to an exchange (docs/bridging.md).
+fn is_internal(group: &str) -> bool {
+    group.starts_with(sluice_core::forwarding::FORWARD_GROUP_PREFIX)
+}
+
+/// `?internal=false` leaves the broker's own groups out of a list.
+#[derive(Debug, Deserialize)]
+pub(crate) struct Internal {
+    #[serde(default = "yes")]
+    internal: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
 pub(crate) async fn list(
     State(shared): State<AppState>,
     Query(paging): Query<Paging>,
+    Query(shown): Query<Internal>,
 ) -> ApiResult<Json<Value>> {
     let broker = &shared.broker;
-    let (ids, total) = paging.apply(group_ids(broker), String::clone)?;
+    let mut ids = group_ids(broker);
+    if !shown.internal {
+        ids.retain(|id| !is_internal(id));
+    }
+    let (ids, total) = paging.apply(ids, String::clone)?;
     let items = ids
         .iter()
         .map(|id| {
@@ -74,9 +96,70 @@ pub(crate) async fn list(
                 "protocol_type": description.as_ref().map_or("consumer", |d| d.protocol_type.as_str()),
                 "members": description.as_ref().map_or(0, |d| d.members.len()),
                 "lag": total_lag,
+                "internal": is_internal(id),
             })
         })
         .collect();
+    Ok(Json(paging.answer(items, total)))
+}
+
+/// `GET /api/topics/{topic}/groups`: the groups consuming a topic, that is
+/// with committed offsets on it or members assigned some of its partitions.
+pub(crate) async fn of_topic(
+    State(shared): State<AppState>,
+    Path(topic): Path<String>,
+    Query(paging): Query<Paging>,
+    Query(shown): Query<Internal>,
+) -> ApiResult<Json<Value>> {
+    let broker = &shared.broker;
+    if broker.topics().get(&topic).is_none() {
+        return Err(ApiError::not_found(format!(
+            "topic {topic:?} does not exist"
+        )));
+    }
+    let mut found = Vec::new();
+    for id in group_ids(broker) {
+        if !shown.internal && is_internal(&id) {
+            continue;
+        }
+        let offsets: Vec<_> = committed(broker, &id)
+            .into_iter()
+            .filter(|(t, ..)| *t == topic)
+            .collect();
+        let description = broker.groups().describe(&id);
+        let assigned_members = description.as_ref().map_or(0, |d| {
+            if d.protocol_type != "consumer" {
+                return 0;
+            }
+            d.members
+                .iter()
+                .filter(|m| {
+                    assignments(&m.assignment)
+                        .iter()
+                        .any(|a| a["topic"].as_str() == Some(topic.as_str()))
+                })
+                .count()
+        });
+        if offsets.is_empty() && assigned_members == 0 {
+            continue;
+        }
+        let lag: i64 = offsets
+            .iter()
+            .filter_map(|(_, _, offset, end)| lag(offset, *end))
+            .sum();
+        found.push(json!({
+            "group_id": id,
+            "state": description.as_ref().map_or(GroupState::Empty, |d| d.state).name(),
+            "members": description.as_ref().map_or(0, |d| d.members.len()),
+            "assigned_members": assigned_members,
+            "partitions_committed": offsets.len(),
+            "lag": lag,
+            "internal": is_internal(&id),
+        }));
+    }
+    let (items, total) = paging.apply(found, |g| {
+        g["group_id"].as_str().unwrap_or_default().to_owned()
+    })?;
     Ok(Json(paging.answer(items, total)))
 }
 

@@ -60,6 +60,11 @@ pub(crate) const ROUTES: &[(&str, &str, &str)] = &[
     ("post", "/api/topics/{topic}/partitions", "Add partitions"),
     (
         "get",
+        "/api/topics/{topic}/groups",
+        "The consumer groups of a topic (committed offsets or assigned members)",
+    ),
+    (
+        "get",
         "/api/topics/{topic}/partitions/{partition}/messages",
         "Read records by offset or timestamp",
     ),
@@ -159,6 +164,7 @@ pub(crate) fn routes() -> Router<AppState> {
             "/api/topics/{topic}/partitions",
             post(topics::add_partitions),
         )
+        .route("/api/topics/{topic}/groups", get(groups::of_topic))
         .route(
             "/api/topics/{topic}/partitions/{partition}/messages",
             get(messages::read),
