@@ -117,6 +117,14 @@ impl Api {
         self.call(Method::Delete, path, query, None)
     }
 
+    /// A request with a JSON body (`body_text`, already serialised); the
+    /// answer's JSON. For producers that build large bodies on another
+    /// thread.
+    pub(crate) fn send_text(&self, path: &str, body_text: String) -> CliResult<Value> {
+        let (status, bytes) = self.exchange_text(Method::Post, path, &[], Some(body_text))?;
+        self.answer(Method::Post, path, status, &bytes)
+    }
+
     fn call(
         &self,
         method: Method,
@@ -124,6 +132,28 @@ impl Api {
         query: &[(&str, String)],
         body: Option<&Value>,
     ) -> CliResult<Value> {
+        let (status, bytes) = self.exchange(method, path, query, body)?;
+        self.answer(method, path, status, &bytes)
+    }
+
+    fn exchange(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+    ) -> CliResult<(u16, Vec<u8>)> {
+        self.exchange_text(method, path, query, body.map(Value::to_string))
+    }
+
+    /// One request; the status and body of the answer.
+    fn exchange_text(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<String>,
+    ) -> CliResult<(u16, Vec<u8>)> {
         let mut url = format!("{}{path}", self.base);
         for (index, (name, value)) in query.iter().enumerate() {
             url.push(if index == 0 { '?' } else { '&' });
@@ -140,7 +170,7 @@ impl Api {
             None => request.body(()).map(|request| self.agent.run(request)),
             Some(body) => request
                 .header("content-type", "application/json")
-                .body(body.to_string())
+                .body(body)
                 .map(|request| self.agent.run(request)),
         };
         let mut response = match sent {
@@ -159,10 +189,15 @@ impl Api {
             .limit(MAX_ANSWER_BYTES)
             .read_to_vec()
             .map_err(|error| self.transport(error))?;
+        Ok((status, bytes))
+    }
+
+    /// An answer as the API's JSON, or the error its status means.
+    fn answer(&self, method: Method, path: &str, status: u16, bytes: &[u8]) -> CliResult<Value> {
         let parsed: Option<Value> = if bytes.iter().all(u8::is_ascii_whitespace) {
             None
         } else {
-            serde_json::from_slice(&bytes).ok()
+            serde_json::from_slice(bytes).ok()
         };
         match status {
             200..=299 => match parsed {
@@ -197,7 +232,7 @@ impl Api {
             500..=599 => Err(CliError::Server {
                 status,
                 message: error_message(parsed.as_ref()).unwrap_or_else(|| {
-                    String::from_utf8_lossy(&bytes)
+                    String::from_utf8_lossy(bytes)
                         .chars()
                         .take(200)
                         .collect::<String>()

@@ -507,11 +507,11 @@ fn produced_lines_come_back_with_keys_headers_and_values() -> anyhow::Result<()>
         "{hex:#?}"
     );
 
-    let unknown = sluice_with_input(&broker, &["produce", "--topic", "nope"], b"x\n")?.code(1)?;
-    assert!(
-        unknown.stderr.contains("topic \"nope\" does not exist"),
-        "{unknown:#?}"
-    );
+    // An unknown topic is created (kafka.auto_create_topics), but only
+    // under a legal name.
+    let illegal =
+        sluice_with_input(&broker, &["produce", "--topic", "bad name!"], b"x\n")?.code(1)?;
+    assert!(illegal.stderr.contains("bad name!"), "{illegal:#?}");
     let no_partition = sluice(
         &broker,
         &["consume", "--topic", "events", "--partition", "7"],
@@ -1100,6 +1100,97 @@ fn exit_codes_tell_scripts_what_went_wrong() -> anyhow::Result<()> {
     assert!(
         help.stdout.contains("4  authentication failed"),
         "{help:#?}"
+    );
+    Ok(())
+}
+
+/// `produce --exchange` sends batches to `POST …/messages`: every line
+/// arrives, in input order, across several requests; unroutable lines are
+/// counted; one message reads as one message.
+#[test]
+fn exchange_produce_sends_batches_in_order() -> anyhow::Result<()> {
+    let broker = BrokerProcess::start();
+    sluice(&broker, &["queues", "declare", "jobs", "--durable"])?.ok()?;
+    let lines: String = (0..2500).map(|n| format!("job {n}\n")).collect();
+    let published = sluice_with_input(
+        &broker,
+        &[
+            "produce",
+            "--exchange",
+            "",
+            "--routing-key",
+            "jobs",
+            "--persistent",
+            "--batch-size",
+            "300",
+            "--output",
+            "json",
+        ],
+        lines.as_bytes(),
+    )?
+    .ok()?;
+    assert_eq!(
+        published.json()?,
+        serde_json::json!({"published": 2500, "unroutable": 0, "rejected": 0})
+    );
+    assert!(
+        published
+            .stderr
+            .contains("published 2500 messages to the default exchange in vhost / in "),
+        "{published:#?}"
+    );
+    let taken = sluice(&broker, &["consume", "--queue", "jobs", "--output", "json"])?.ok()?;
+    let payloads: Vec<String> = taken
+        .json_lines()?
+        .iter()
+        .filter_map(|m| m["payload"].as_str().map(str::to_owned))
+        .collect();
+    let expected: Vec<String> = (0..2500).map(|n| format!("job {n}")).collect();
+    assert_eq!(payloads, expected);
+    assert_eq!(taken.json_lines()?[0]["properties"]["delivery_mode"], 2);
+
+    let one = sluice_with_input(
+        &broker,
+        &[
+            "produce",
+            "--exchange",
+            "amq.topic",
+            "--routing-key",
+            "none",
+        ],
+        b"lost\n",
+    )?
+    .ok()?;
+    assert!(
+        one.stderr
+            .contains("published 1 message to exchange \"amq.topic\""),
+        "{one:#?}"
+    );
+    assert!(
+        one.stderr
+            .contains("warning: 1 message matched no binding and was dropped"),
+        "{one:#?}"
+    );
+    Ok(())
+}
+
+/// A topic that does not exist is created by `produce`, as a Kafka
+/// producer creates it (kafka.auto_create_topics is on by default).
+#[test]
+fn produce_creates_an_unknown_topic_like_kafka_does() -> anyhow::Result<()> {
+    let broker = BrokerProcess::start();
+    let produced = sluice_with_input(&broker, &["produce", "--topic", "fresh"], b"one\n")?.ok()?;
+    assert!(
+        produced
+            .stderr
+            .contains("produced 1 record to topic \"fresh\""),
+        "{produced:#?}"
+    );
+    let consumed = sluice(&broker, &["consume", "--topic", "fresh"])?.ok()?;
+    assert_eq!(consumed.stdout, "[0:0]: one\n");
+    assert!(
+        consumed.stderr.contains("consumed 1 record from topic"),
+        "{consumed:#?}"
     );
     Ok(())
 }

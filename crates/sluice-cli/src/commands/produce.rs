@@ -1,9 +1,16 @@
 //! `sluice produce`: lines from stdin or a file, one record (or AMQP
-//! message) per line. Records for a topic go in batches of up to
-//! `--batch-size` per request; a batch is also sent when no line arrived
-//! for [`LINGER`], so lines typed at a terminal go out as they are typed.
-//! A reader thread feeds a bounded channel, so a fast file never outruns
-//! the broker by more than two batches.
+//! message) per line, sent in batches of up to `--batch-size` per request
+//! (`POST /api/topics/{t}/messages`, or `POST /api/exchanges/{v}/{e}/messages`
+//! for an exchange). A batch is also sent when no line arrived for
+//! [`LINGER`], so lines typed at a terminal go out as they are typed.
+//!
+//! Three stages overlap: a reader thread splits lines, an encoder thread
+//! cuts and encodes batches, and the main thread sends them. The broker
+//! answers a batch once it is durable (acks=all, or publisher confirms),
+//! so the next batch is built while it syncs. One request is in flight at
+//! a time, so records and messages keep their input order. Every channel
+//! is bounded: a fast file never outruns the broker by more than a few
+//! batches.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, IsTerminal as _, Write};
@@ -16,13 +23,18 @@ use base64::Engine as _;
 use clap::{ArgGroup, Args};
 use serde_json::{Map, Value, json};
 
-use super::{Progress, exchange_segment, segment};
+use super::{Progress, counted, exchange_segment, segment};
 use crate::args::{ApiArgs, Output, key_value, separator};
-use crate::client::{Api, Method};
+use crate::client::Api;
 use crate::error::{CliError, CliResult};
 
 /// How long a partial batch waits for more lines.
 const LINGER: Duration = Duration::from_millis(100);
+/// Most line bytes in one batch, so a request stays under the API's body
+/// limit (2 MiB) even in base64.
+const MAX_BATCH_BYTES: usize = 1 << 20;
+/// Batches encoded and waiting while a request is in flight.
+const BATCHES_AHEAD: usize = 2;
 
 /// `sluice produce`.
 #[derive(Debug, Args)]
@@ -101,8 +113,8 @@ pub(crate) fn run(args: ProduceArgs, out: &mut dyn Write) -> CliResult<()> {
     std::thread::spawn(move || read_lines(input, separator.as_deref(), &sender));
     let api = Api::new(&args.api);
     match (&args.topic, &args.exchange) {
-        (Some(topic), _) => to_topic(&api, &args, topic, &lines, out),
-        (None, Some(exchange)) => to_exchange(&api, &args, exchange, &lines, out),
+        (Some(topic), _) => to_topic(&api, &args, topic, lines, out),
+        (None, Some(exchange)) => to_exchange(&api, &args, exchange, lines, out),
         (None, None) => Err(CliError::Local(anyhow::anyhow!(
             "give --topic or --exchange"
         ))),
@@ -163,21 +175,73 @@ fn split(raw: &[u8], separator: Option<&str>) -> Option<Line> {
     })
 }
 
-/// The next batch: waits for a first line, then takes lines until `max`,
-/// the end of input, or [`LINGER`] without a line. Empty at the end.
+/// The next batch: waits for a first line, then takes lines until `max`
+/// lines or [`MAX_BATCH_BYTES`], the end of input, or [`LINGER`] without a
+/// line. Empty at the end.
 fn next_batch(lines: &Receiver<std::io::Result<Line>>, max: usize) -> CliResult<Vec<Line>> {
     let mut batch = Vec::new();
     let Ok(first) = lines.recv() else {
         return Ok(batch);
     };
-    batch.push(first.context("cannot read the input")?);
-    while batch.len() < max {
+    let first = first.context("cannot read the input")?;
+    let mut bytes = first.size();
+    batch.push(first);
+    while batch.len() < max && bytes < MAX_BATCH_BYTES {
         match lines.recv_timeout(LINGER) {
-            Ok(line) => batch.push(line.context("cannot read the input")?),
+            Ok(line) => {
+                let line = line.context("cannot read the input")?;
+                bytes += line.size();
+                batch.push(line);
+            }
             Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
         }
     }
     Ok(batch)
+}
+
+impl Line {
+    fn size(&self) -> usize {
+        self.value.len() + self.key.as_ref().map_or(0, Vec::len)
+    }
+}
+
+/// A batch ready to send: how many lines, and the request body.
+#[derive(Debug)]
+struct Encoded {
+    lines: u64,
+    body: String,
+}
+
+/// Starts the stage between reading and sending: it cuts batches from
+/// `lines` and encodes each with `encode`, keeping at most
+/// [`BATCHES_AHEAD`] ready, so the next request body is built while the
+/// broker makes the previous batch durable.
+fn encode_batches(
+    lines: Receiver<std::io::Result<Line>>,
+    max: usize,
+    encode: impl Fn(&[Line]) -> Value + Send + 'static,
+) -> Receiver<CliResult<Encoded>> {
+    let (sender, encoded) = sync_channel(BATCHES_AHEAD);
+    std::thread::spawn(move || {
+        loop {
+            let batch = match next_batch(&lines, max) {
+                Ok(batch) if batch.is_empty() => return,
+                Ok(batch) => batch,
+                Err(error) => {
+                    let _ = sender.send(Err(error));
+                    return;
+                }
+            };
+            let ready = Encoded {
+                lines: batch.len() as u64,
+                body: encode(&batch).to_string(),
+            };
+            if sender.send(Ok(ready)).is_err() {
+                return;
+            }
+        }
+    });
+    encoded
 }
 
 /// Bytes as the API's text encoding, or base64 when they are not UTF-8.
@@ -222,29 +286,53 @@ fn produce_body(batch: &[Line], headers: &[(String, String)], partition: Option<
     json!({"records": records, "encoding": if base64 { "base64" } else { "text" }})
 }
 
+/// The batch publish request (`POST …/messages`): each line a message with
+/// its key (or `routing_key`) as routing key; payloads in base64 when one
+/// of them is not UTF-8.
+fn publish_body(batch: &[Line], routing_key: &str, properties: &Value) -> Value {
+    let base64 = batch
+        .iter()
+        .any(|line| std::str::from_utf8(&line.value).is_err());
+    let messages: Vec<Value> = batch
+        .iter()
+        .map(|line| {
+            let routing_key = match &line.key {
+                Some(key) => String::from_utf8_lossy(key).into_owned(),
+                None => routing_key.to_owned(),
+            };
+            json!({
+                "routing_key": routing_key,
+                "payload": text(&line.value, base64),
+                "properties": properties,
+            })
+        })
+        .collect();
+    json!({"messages": messages, "encoding": if base64 { "base64" } else { "text" }})
+}
+
 fn to_topic(
     api: &Api,
     args: &ProduceArgs,
     topic: &str,
-    lines: &Receiver<std::io::Result<Line>>,
+    lines: Receiver<std::io::Result<Line>>,
     out: &mut dyn Write,
 ) -> CliResult<()> {
     let path = format!("/api/topics/{}/messages", segment(topic));
     let max = usize::try_from(args.batch_size).unwrap_or(500);
     let json_output = args.api.output == Output::Json;
     let mut progress = Progress::new("produced", "record", args.progress, args.quiet);
+    let (headers, partition) = (args.headers.clone(), args.partition);
+    let batches = encode_batches(lines, max, move |batch| {
+        produce_body(batch, &headers, partition)
+    });
     if json_output {
         write!(out, "{{\"offsets\": [")?;
     }
     let mut written = 0u64;
     let result = (|| -> CliResult<()> {
-        loop {
-            let batch = next_batch(lines, max)?;
-            if batch.is_empty() {
-                return Ok(());
-            }
-            let body = produce_body(&batch, &args.headers, args.partition);
-            let answer = api.send(Method::Post, &path, &body)?;
+        for batch in batches {
+            let batch = batch?;
+            let answer = api.send_text(&path, batch.body)?;
             if json_output {
                 for offset in answer["offsets"].as_array().map_or(&[][..], Vec::as_slice) {
                     let comma = if written == 0 { "" } else { ", " };
@@ -252,27 +340,45 @@ fn to_topic(
                     written += 1;
                 }
             }
-            progress.add(batch.len() as u64);
+            progress.add(batch.lines);
         }
+        Ok(())
     })();
     if json_output {
         writeln!(out, "]}}")?;
     }
     stopped_after(&result, &progress, "records were produced");
-    result?;
+    result.map_err(|error| unknown_topic_hint(error, topic))?;
     progress.finish(&format!("to topic {topic:?}"));
     Ok(())
+}
+
+/// A topic that does not exist (with `kafka.auto_create_topics` off): say
+/// how to create it.
+fn unknown_topic_hint(error: CliError, topic: &str) -> CliError {
+    match error {
+        CliError::Refused { message, .. } if message.contains("does not exist") => {
+            CliError::Refused {
+                message,
+                hint: Some(format!(
+                    "create it with `sluice topics create {topic}`, or let producers create \
+                     topics with the broker setting kafka.auto_create_topics = true"
+                )),
+            }
+        }
+        other => other,
+    }
 }
 
 fn to_exchange(
     api: &Api,
     args: &ProduceArgs,
     exchange: &str,
-    lines: &Receiver<std::io::Result<Line>>,
+    lines: Receiver<std::io::Result<Line>>,
     out: &mut dyn Write,
 ) -> CliResult<()> {
     let path = format!(
-        "/api/exchanges/{}/{}/publish",
+        "/api/exchanges/{}/{}/messages",
         segment(&args.vhost),
         exchange_segment(exchange)
     );
@@ -288,27 +394,22 @@ fn to_exchange(
     if args.persistent {
         properties.insert("delivery_mode".to_owned(), json!(2));
     }
+    let properties = Value::Object(properties);
+    let max = usize::try_from(args.batch_size).unwrap_or(500);
+    let routing_key = args.routing_key.clone();
+    let batches = encode_batches(lines, max, move |batch| {
+        publish_body(batch, &routing_key, &properties)
+    });
     let mut progress = Progress::new("published", "message", args.progress, args.quiet);
-    let mut unroutable = 0u64;
+    let (mut unroutable, mut rejected) = (0u64, 0u64);
     let result = (|| -> CliResult<()> {
-        while let Ok(line) = lines.recv() {
-            let line = line.context("cannot read the input")?;
-            let base64 = std::str::from_utf8(&line.value).is_err();
-            let routing_key = match &line.key {
-                Some(key) => String::from_utf8_lossy(key).into_owned(),
-                None => args.routing_key.clone(),
-            };
-            let body = json!({
-                "routing_key": routing_key,
-                "payload": text(&line.value, base64),
-                "encoding": if base64 { "base64" } else { "text" },
-                "properties": properties,
-            });
-            let answer = api.send(Method::Post, &path, &body)?;
-            if answer["routed"].as_bool() == Some(false) {
-                unroutable += 1;
-            }
-            progress.add(1);
+        for batch in batches {
+            let batch = batch?;
+            let answer = api.send_text(&path, batch.body)?;
+            let count = |field: &str| answer[field].as_array().map_or(0, Vec::len) as u64;
+            unroutable += count("unroutable");
+            rejected += count("rejected");
+            progress.add(batch.lines);
         }
         Ok(())
     })();
@@ -318,7 +419,7 @@ fn to_exchange(
         writeln!(
             out,
             "{}",
-            json!({"published": progress.count(), "unroutable": unroutable})
+            json!({"published": progress.count(), "unroutable": unroutable, "rejected": rejected})
         )?;
     }
     let name = if exchange.is_empty() {
@@ -327,16 +428,24 @@ fn to_exchange(
         format!("exchange {exchange:?}")
     };
     progress.finish(&format!("to {name} in vhost {}", args.vhost));
-    if unroutable > 0 && !args.quiet {
-        let (noun, verb) = if unroutable == 1 {
-            ("message", "was")
-        } else {
-            ("messages", "were")
-        };
-        let _ = writeln!(
-            std::io::stderr(),
-            "warning: {unroutable} {noun} matched no binding and {verb} dropped"
-        );
+    if !args.quiet {
+        let verb = |n: u64| if n == 1 { "was" } else { "were" };
+        if unroutable > 0 {
+            let _ = writeln!(
+                std::io::stderr(),
+                "warning: {} matched no binding and {} dropped",
+                counted(unroutable, "message"),
+                verb(unroutable)
+            );
+        }
+        if rejected > 0 {
+            let _ = writeln!(
+                std::io::stderr(),
+                "warning: {} {} refused by a full queue (x-overflow reject-publish)",
+                counted(rejected, "message"),
+                verb(rejected)
+            );
+        }
     }
     Ok(())
 }
@@ -410,6 +519,65 @@ mod tests {
         assert_eq!(plain["encoding"], "text");
         assert_eq!(plain["records"][0]["value"], "text");
         assert!(plain["records"][0].get("partition").is_none());
+    }
+
+    #[test]
+    fn publish_batches_route_by_key_and_share_properties() {
+        let batch = [
+            Line {
+                key: Some(b"eu.de".to_vec()),
+                value: b"hello".to_vec(),
+            },
+            Line {
+                key: None,
+                value: b"plain".to_vec(),
+            },
+        ];
+        let properties = json!({"delivery_mode": 2});
+        let body = publish_body(&batch, "fallback", &properties);
+        assert_eq!(body["encoding"], "text");
+        assert_eq!(body["messages"][0]["routing_key"], "eu.de");
+        assert_eq!(body["messages"][1]["routing_key"], "fallback");
+        assert_eq!(body["messages"][1]["payload"], "plain");
+        assert_eq!(body["messages"][1]["properties"]["delivery_mode"], 2);
+        let binary = [Line {
+            key: None,
+            value: vec![0xff],
+        }];
+        assert_eq!(
+            publish_body(&binary, "", &Value::Null)["encoding"],
+            "base64"
+        );
+    }
+
+    #[test]
+    fn an_unknown_topic_gets_a_hint_to_create_it() {
+        let refused = CliError::Refused {
+            message: "topic \"t\" does not exist (kafka.auto_create_topics is off)".into(),
+            hint: None,
+        };
+        let hint = unknown_topic_hint(refused, "t").hint().unwrap_or_default();
+        assert!(hint.contains("sluice topics create t"), "{hint}");
+        let other = CliError::Refused {
+            message: "records: send 1 to 10000 records".into(),
+            hint: None,
+        };
+        assert_eq!(unknown_topic_hint(other, "t").hint(), None);
+    }
+
+    #[test]
+    fn batches_stop_at_the_byte_limit() -> CliResult<()> {
+        let (sender, receiver) = sync_channel(10);
+        for _ in 0..3 {
+            let _ = sender.send(Ok(Line {
+                key: None,
+                value: vec![b'x'; MAX_BATCH_BYTES / 2],
+            }));
+        }
+        drop(sender);
+        assert_eq!(next_batch(&receiver, 100)?.len(), 2);
+        assert_eq!(next_batch(&receiver, 100)?.len(), 1);
+        Ok(())
     }
 
     #[test]
