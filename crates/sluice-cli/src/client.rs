@@ -117,6 +117,21 @@ impl Api {
         self.call(Method::Delete, path, query, None)
     }
 
+    /// `GET /api/health/ready`: the readiness answer, which a `503` carries
+    /// as well as a `200`; `None` from a broker without the route.
+    pub(crate) fn readiness(&self) -> CliResult<Option<Value>> {
+        let path = "/api/health/ready";
+        let (status, bytes) = self.exchange(Method::Get, path, &[], None)?;
+        match status {
+            200 | 503 => match serde_json::from_slice::<Value>(&bytes) {
+                Ok(value) if value["status"].is_string() => Ok(Some(value)),
+                _ => Err(self.not_api("GET /api/health/ready answered without its JSON")),
+            },
+            404 => Ok(None),
+            _ => self.answer(Method::Get, path, status, &bytes).map(Some),
+        }
+    }
+
     /// A request with a JSON body (`body_text`, already serialised); the
     /// answer's JSON. For producers that build large bodies on another
     /// thread.
@@ -245,7 +260,15 @@ impl Api {
         }
     }
 
+    /// The answer is not the admin API's; when the address turns out to
+    /// be a Kafka or AMQP listener, that is the error.
     fn not_api(&self, detail: &str) -> CliError {
+        if let Some(protocol) = identify(&self.address) {
+            return CliError::WrongPort {
+                address: self.address.clone(),
+                protocol,
+            };
+        }
         CliError::NotApi {
             address: self.address.clone(),
             detail: detail.to_owned(),
@@ -260,6 +283,13 @@ impl Api {
             ureq::Error::Io(io) => match io.kind() {
                 std::io::ErrorKind::ConnectionRefused => "connection refused".to_owned(),
                 std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof => {
+                    // A Kafka listener drops a request it cannot frame.
+                    if let Some(protocol) = identify(&self.address) {
+                        return CliError::WrongPort {
+                            address: self.address.clone(),
+                            protocol,
+                        };
+                    }
                     "the connection was closed without an answer".to_owned()
                 }
                 _ => io.to_string(),
@@ -275,6 +305,52 @@ impl Api {
             address: self.address.clone(),
             detail,
         }
+    }
+}
+
+/// How long the probe behind [`identify`] waits for each step.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The correlation id of the probe's Kafka request.
+const PROBE_CORRELATION_ID: [u8; 4] = *b"SLC1";
+/// A Kafka ApiVersions v0 request (header v1, client id `sluice-cli`).
+/// Layout: `[size:4][api_key=18:2][api_version=0:2][correlation_id:4][client_id_len:2][client_id]`.
+const PROBE_REQUEST: [u8; 24] = [
+    0, 0, 0, 20, 0, 18, 0, 0, b'S', b'L', b'C', b'1', 0, 10, b's', b'l', b'u', b'i', b'c', b'e',
+    b'-', b'c', b'l', b'i',
+];
+
+/// What speaks at `address` when HTTP got no proper answer: `Kafka` or
+/// `AMQP`, told apart by one Kafka ApiVersions request. A Kafka listener
+/// answers it with the same correlation id; an AMQP server answers bytes
+/// that are not its protocol header with its own, `AMQP\0\0\x09\x01`.
+fn identify(address: &str) -> Option<&'static str> {
+    use std::io::{Read as _, Write as _};
+    use std::net::{TcpStream, ToSocketAddrs as _};
+
+    let target = address.to_socket_addrs().ok()?.next()?;
+    let mut stream = TcpStream::connect_timeout(&target, PROBE_TIMEOUT).ok()?;
+    stream.set_read_timeout(Some(PROBE_TIMEOUT)).ok()?;
+    stream.set_write_timeout(Some(PROBE_TIMEOUT)).ok()?;
+    stream.write_all(&PROBE_REQUEST).ok()?;
+    let mut answer = [0u8; 8];
+    let mut filled = 0;
+    while filled < answer.len() {
+        match stream.read(answer.get_mut(filled..)?) {
+            Ok(0) | Err(_) => break,
+            Ok(read) => filled += read,
+        }
+    }
+    protocol_of(answer.get(..filled)?)
+}
+
+/// The protocol an answer to [`PROBE_REQUEST`] shows.
+fn protocol_of(answer: &[u8]) -> Option<&'static str> {
+    if answer.starts_with(b"AMQP") {
+        Some("AMQP")
+    } else if answer.get(4..8) == Some(&PROBE_CORRELATION_ID[..]) {
+        Some("Kafka")
+    } else {
+        None
     }
 }
 
@@ -343,6 +419,16 @@ mod tests {
         assert!(hint("/api/topics", "already_exists").is_some());
         assert_eq!(hint("/api/overview", "not_found"), None);
         assert_eq!(hint("/api/topics/x", "invalid_field"), None);
+    }
+
+    #[test]
+    fn probe_answers_name_the_protocol() {
+        assert_eq!(protocol_of(b"AMQP\x00\x00\x09\x01"), Some("AMQP"));
+        assert_eq!(protocol_of(b"\x00\x00\x01\x00SLC1"), Some("Kafka"));
+        assert_eq!(protocol_of(b"HTTP/1.1"), None);
+        assert_eq!(protocol_of(b""), None);
+        let size = u32::from_be_bytes([0, 0, 0, 20]) as usize;
+        assert_eq!(PROBE_REQUEST.len(), size + 4);
     }
 
     #[test]

@@ -37,6 +37,13 @@ pub(crate) enum CliError {
     Server { status: u16, message: String },
     /// An answer that is not the admin API's JSON.
     NotApi { address: String, detail: String },
+    /// `--http` points at a broker's Kafka or AMQP port: the server
+    /// answered that protocol instead of HTTP.
+    WrongPort {
+        address: String,
+        /// `Kafka` or `AMQP`.
+        protocol: &'static str,
+    },
     /// The command's own work failed (reading input, writing output).
     Local(anyhow::Error),
 }
@@ -48,7 +55,9 @@ impl CliError {
             CliError::Refused { .. } | CliError::Local(_) => EXIT_REFUSED,
             CliError::Unreachable { .. } => EXIT_UNREACHABLE,
             CliError::Unauthorized { .. } => EXIT_UNAUTHORIZED,
-            CliError::Server { .. } | CliError::NotApi { .. } => EXIT_SERVER,
+            CliError::Server { .. } | CliError::NotApi { .. } | CliError::WrongPort { .. } => {
+                EXIT_SERVER
+            }
         })
     }
 
@@ -75,6 +84,10 @@ impl CliError {
                  not its Kafka or AMQP port"
                     .to_owned(),
             ),
+            CliError::WrongPort { protocol, .. } => Some(format!(
+                "--http (or SLUICE_HTTP) names the broker's {protocol} port; give its HTTP \
+                 listener instead: the http.listen setting, 127.0.0.1:8080 by default"
+            )),
             CliError::Local(_) => None,
         }
     }
@@ -114,6 +127,10 @@ impl fmt::Display for CliError {
                     "the server at {address} is not a Sluice admin API: {detail}"
                 )
             }
+            CliError::WrongPort { address, protocol } => write!(
+                f,
+                "the server at {address} is not a Sluice admin API: it speaks {protocol}, not HTTP"
+            ),
             CliError::Local(error) => write!(f, "{error:#}"),
         }
     }
@@ -180,6 +197,13 @@ mod tests {
                 CliError::Server {
                     status: 500,
                     message: String::new(),
+                },
+                ExitCode::from(5),
+            ),
+            (
+                CliError::WrongPort {
+                    address: String::new(),
+                    protocol: "AMQP",
                 },
                 ExitCode::from(5),
             ),

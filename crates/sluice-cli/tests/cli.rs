@@ -1046,6 +1046,11 @@ fn exit_codes_tell_scripts_what_went_wrong() -> anyhow::Result<()> {
         "{human:#?}"
     );
     assert!(human.stdout.contains("alarms       none"), "{human:#?}");
+    assert!(
+        human.stdout.contains("\nhealth       ready\n"),
+        "{human:#?}"
+    );
+    assert_eq!(status["health"]["status"], "ready");
 
     let port = free_port();
     let unreachable = run(
@@ -1088,12 +1093,22 @@ fn exit_codes_tell_scripts_what_went_wrong() -> anyhow::Result<()> {
     sluice(&broker, &["status", "--user", "no-colon"])?.code(2)?;
     run(command(&["status", "--http", "https://127.0.0.1:1"]), b"")?.code(2)?;
 
-    let amqp_port = format!("127.0.0.1:{}", broker.amqp_port);
-    let not_api = run(command(&["status", "--http", &amqp_port]), b"")?.code(5)?;
-    assert!(
-        not_api.stderr.contains("not a Sluice admin API"),
-        "{not_api:#?}"
-    );
+    for (port, protocol) in [(broker.amqp_port, "AMQP"), (broker.kafka_port, "Kafka")] {
+        let address = format!("127.0.0.1:{port}");
+        let not_api = run(command(&["topics", "list", "--http", &address]), b"")?.code(5)?;
+        assert!(
+            not_api.stderr.contains(&format!(
+                "error: the server at {address} is not a Sluice admin API: it speaks {protocol}, not HTTP"
+            )),
+            "{not_api:#?}"
+        );
+        assert!(
+            not_api
+                .stderr
+                .contains(&format!("names the broker's {protocol} port")),
+            "{not_api:#?}"
+        );
+    }
 
     let help = run(command(&["topics", "list", "--help"]), b"")?.ok()?;
     assert!(help.stdout.contains("Exit codes:"), "{help:#?}");

@@ -1,4 +1,6 @@
-//! `sluice status`: the overview (`GET /api/overview`) in a few lines.
+//! `sluice status`: readiness (`GET /api/health/ready`, which needs no
+//! credentials, so a wrong `--user` still learns whether the broker is up)
+//! and the overview (`GET /api/overview`) in a few lines.
 
 use std::io::Write;
 use std::time::Duration;
@@ -12,11 +14,37 @@ use crate::output::{bytes, cell, count, duration, rate, write_fields, write_json
 
 pub(crate) fn run(args: &ApiArgs, out: &mut dyn Write) -> CliResult<()> {
     let api = Api::new(args);
-    let overview = api.get("/api/overview", &[])?;
+    let readiness = api.readiness()?;
+    let mut overview = api.get("/api/overview", &[])?;
     match args.output {
-        Output::Json => write_json(out, &overview),
-        Output::Table => write_fields(out, &fields(&overview)),
+        Output::Json => {
+            overview["health"] = readiness.unwrap_or(Value::Null);
+            write_json(out, &overview)
+        }
+        Output::Table => {
+            let mut lines = fields(&overview);
+            lines.insert(1, ("health", health(readiness.as_ref())));
+            write_fields(out, &lines)
+        }
     }
+}
+
+/// `ready`, or `not ready: ` and the broker's reasons.
+fn health(readiness: Option<&Value>) -> String {
+    let Some(readiness) = readiness else {
+        return "unknown (this broker has no /api/health/ready)".to_owned();
+    };
+    if readiness["status"] == "ready" {
+        return "ready".to_owned();
+    }
+    let reasons: Vec<&str> = readiness["reasons"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    format!("not ready: {}", reasons.join("; "))
 }
 
 fn fields(overview: &Value) -> Vec<(&'static str, String)> {
@@ -141,5 +169,20 @@ mod tests {
         assert!(get("kafka rates").starts_with("in 1.5 records/s"));
         assert_eq!(get("alarms"), "disk (publishers are blocked)");
         assert_eq!(get("memory"), "2.0 KiB");
+    }
+
+    #[test]
+    fn health_reads_ready_or_the_reasons() {
+        assert_eq!(
+            health(Some(&json!({"status": "ready", "reasons": []}))),
+            "ready"
+        );
+        let alarm =
+            json!({"status": "not_ready", "reasons": ["disk alarm: low", "memory alarm: high"]});
+        assert_eq!(
+            health(Some(&alarm)),
+            "not ready: disk alarm: low; memory alarm: high"
+        );
+        assert!(health(None).starts_with("unknown"));
     }
 }
