@@ -1210,6 +1210,76 @@ fn produce_creates_an_unknown_topic_like_kafka_does() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Ctrl-C ends `consume --follow` with its summary and exit code 0.
+#[test]
+fn interrupted_follow_prints_its_summary() -> anyhow::Result<()> {
+    let broker = BrokerProcess::start();
+    sluice_with_input(
+        &broker,
+        &["produce", "--topic", "tail", "--quiet"],
+        b"old\n",
+    )?
+    .ok()?;
+    let url = broker.http_url();
+    let mut follower = command(&["consume", "--topic", "tail", "--follow", "--http", &url]);
+    let mut child = follower
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let (line_sender, lines) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().context("stdout")?;
+    let forward = thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = line_sender.send(line);
+        }
+    });
+    let stderr = reader(child.stderr.take());
+    // The follower starts at the end: produce until it prints a record.
+    let until = Instant::now() + DEADLINE;
+    let mut printed = Vec::new();
+    while printed.is_empty() {
+        ensure!(Instant::now() < until, "the follower printed nothing");
+        sluice_with_input(
+            &broker,
+            &["produce", "--topic", "tail", "--quiet"],
+            b"new\n",
+        )?
+        .ok()?;
+        printed.extend(lines.recv_timeout(Duration::from_millis(300)).ok());
+    }
+    let interrupted = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()?;
+    ensure!(interrupted.success(), "kill -INT {}", child.id());
+    let code = wait(&mut child, Duration::from_secs(10))?;
+    let _ = forward.join();
+    printed.extend(lines.try_iter());
+    let log = stderr.join().unwrap_or_default();
+    assert_eq!(code, 0, "{printed:?}\n{log}");
+    assert!(
+        printed.iter().all(|line| line.ends_with("]: new")),
+        "{printed:?}"
+    );
+    let noun = if printed.len() == 1 {
+        "record"
+    } else {
+        "records"
+    };
+    assert!(
+        log.contains(&format!(
+            "consumed {} {noun} from topic \"tail\" in ",
+            printed.len()
+        )),
+        "{printed:?}\n{log}"
+    );
+    Ok(())
+}
+
 #[test]
 fn the_cli_variables_do_not_disturb_the_broker_config() -> anyhow::Result<()> {
     let mut show = command(&["config", "show"]);

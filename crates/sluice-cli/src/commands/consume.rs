@@ -5,7 +5,8 @@
 //! Without `--follow` a topic is read up to the high watermarks it had when
 //! the command started, so the command ends even while producers write;
 //! with `--follow` it polls every [`POLL_INTERVAL`] when nothing is new,
-//! until Ctrl-C or `--max-messages`.
+//! until Ctrl-C or `--max-messages`. Ctrl-C then ends it after the request
+//! in flight, with the summary and exit code 0 (a second Ctrl-C at once).
 
 use std::io::Write;
 use std::time::Duration;
@@ -13,7 +14,7 @@ use std::time::Duration;
 use clap::{ArgGroup, Args};
 use serde_json::{Value, json};
 
-use super::{Encoding, Progress, segment};
+use super::{Encoding, Interrupt, Progress, segment};
 use crate::args::{ApiArgs, Output};
 use crate::client::{Api, Method};
 use crate::error::{CliError, CliResult};
@@ -73,9 +74,14 @@ pub struct ConsumeArgs {
 
 pub(crate) fn run(args: ConsumeArgs, out: &mut dyn Write) -> CliResult<()> {
     let api = Api::new(&args.api);
+    let interrupt = if args.follow {
+        Interrupt::watch()
+    } else {
+        Interrupt::none()
+    };
     match (&args.topic, &args.queue) {
-        (Some(topic), _) => from_topic(&api, &args, topic, out),
-        (None, Some(queue)) => from_queue(&api, &args, queue, out),
+        (Some(topic), _) => from_topic(&api, &args, topic, &interrupt, out),
+        (None, Some(queue)) => from_queue(&api, &args, queue, &interrupt, out),
         (None, None) => Err(CliError::Local(anyhow::anyhow!("give --topic or --queue"))),
     }
 }
@@ -98,7 +104,13 @@ struct Cursor {
     done: bool,
 }
 
-fn from_topic(api: &Api, args: &ConsumeArgs, topic: &str, out: &mut dyn Write) -> CliResult<()> {
+fn from_topic(
+    api: &Api,
+    args: &ConsumeArgs,
+    topic: &str,
+    interrupt: &Interrupt,
+    out: &mut dyn Write,
+) -> CliResult<()> {
     let described = api.get(&format!("/api/topics/{}", segment(topic)), &[])?;
     let mut cursors: Vec<Cursor> = described["partitions"]
         .as_array()
@@ -138,9 +150,12 @@ fn from_topic(api: &Api, args: &ConsumeArgs, topic: &str, out: &mut dyn Write) -
     let json_output = args.api.output == Output::Json;
     let mut progress = Progress::new("consumed", "record", args.progress, args.quiet);
     let limit_reached = |count: u64| args.max_messages.is_some_and(|max| count >= max);
-    'reading: while !limit_reached(progress.count()) {
+    'reading: while !limit_reached(progress.count()) && !interrupt.is_set() {
         let mut moved = 0u64;
         for cursor in cursors.iter_mut().filter(|cursor| !cursor.done) {
+            if interrupt.is_set() {
+                break 'reading;
+            }
             let remaining = args
                 .max_messages
                 .map_or(MAX_PER_REQUEST, |max| max.saturating_sub(progress.count()));
@@ -203,7 +218,13 @@ fn from_topic(api: &Api, args: &ConsumeArgs, topic: &str, out: &mut dyn Write) -
     Ok(())
 }
 
-fn from_queue(api: &Api, args: &ConsumeArgs, queue: &str, out: &mut dyn Write) -> CliResult<()> {
+fn from_queue(
+    api: &Api,
+    args: &ConsumeArgs,
+    queue: &str,
+    interrupt: &Interrupt,
+    out: &mut dyn Write,
+) -> CliResult<()> {
     let path = format!(
         "/api/queues/{}/{}/get",
         segment(&args.vhost),
@@ -215,7 +236,7 @@ fn from_queue(api: &Api, args: &ConsumeArgs, queue: &str, out: &mut dyn Write) -
         let remaining = args
             .max_messages
             .map_or(MAX_PER_REQUEST, |max| max.saturating_sub(progress.count()));
-        if remaining == 0 {
+        if remaining == 0 || interrupt.is_set() {
             break;
         }
         let body = json!({

@@ -10,6 +10,8 @@ pub(crate) mod status;
 pub(crate) mod topics;
 
 use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::ValueEnum;
@@ -100,6 +102,55 @@ pub(crate) fn exchange_segment(name: &str) -> String {
 /// The items of a list answer.
 pub(crate) fn items(list: &Value) -> &[Value] {
     list["items"].as_array().map_or(&[], Vec::as_slice)
+}
+
+/// Set by the first Ctrl-C while a command that runs until it
+/// (`consume --follow`) watches: the command stops at its next step and
+/// prints its summary.
+#[derive(Debug, Clone)]
+pub(crate) struct Interrupt(Arc<AtomicBool>);
+
+impl Interrupt {
+    /// Takes over SIGINT: the first one sets the flag, a second ends the
+    /// process at once with exit code 130. The handler is in place when
+    /// this returns (or after a second, if the signal thread is slow).
+    pub(crate) fn watch() -> Interrupt {
+        let flag = Arc::new(AtomicBool::new(false));
+        let set = Arc::clone(&flag);
+        let (installed, wait) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                use tokio::signal::unix::{SignalKind, signal};
+                let Ok(mut interrupts) = signal(SignalKind::interrupt()) else {
+                    return;
+                };
+                let _ = installed.send(());
+                if interrupts.recv().await.is_none() {
+                    return;
+                }
+                set.store(true, Ordering::SeqCst);
+                let _ = interrupts.recv().await;
+                std::process::exit(130);
+            });
+        });
+        let _ = wait.recv_timeout(Duration::from_secs(1));
+        Interrupt(flag)
+    }
+
+    /// Never set: for commands that let Ctrl-C end the process.
+    pub(crate) fn none() -> Interrupt {
+        Interrupt(Arc::new(AtomicBool::new(false)))
+    }
+
+    pub(crate) fn is_set(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
 }
 
 /// `1 record`, `2 records`: a count with its noun in agreement.
