@@ -8,12 +8,16 @@ each kind of state recovered, with progress lines while recovery runs."""
 from __future__ import annotations
 
 import re
+import socket
+import struct
 
 import pika
+import pika.exceptions
+import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from support import CLIENT_TIMEOUT_S, confluent_config, pika_connection
+from support import CLIENT_TIMEOUT_S, closed_by_peer, confluent_config, connect_raw, pika_connection
 
 PASSWORD = "0perator-S3cret"
 SETTINGS = {
@@ -125,3 +129,58 @@ def test_recovery_reports_last_shutdown_counts_and_progress(own_broker, name):
             assert field(line, "phase") in phases, line
             assert int(field(line, "done")) <= int(field(line, "total")), line
         assert int(field(one_line(text, r"recovered definitions and durable queues"), "messages")) == 25
+
+
+def test_client_errors_are_logged_with_what_to_act_on(own_broker, name):
+    with own_broker(SETTINGS) as broker:
+        mark = broker.log_size()
+
+        # Another protocol's greeting on the Kafka port: one line naming it,
+        # not a gigabyte "request".
+        for greeting in (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"):
+            sock = connect_raw(broker.kafka_port)
+            sock.sendall(greeting)
+            assert closed_by_peer(sock)
+            sock.close()
+
+        # A channel error: passive declare of a missing queue (404).
+        connection = pika_connection(broker)
+        channel = connection.channel()
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker):
+            channel.queue_declare(f"{name}-missing", passive=True)
+        connection.close()
+
+        # A refused login names the user, never the password.
+        with pytest.raises(pika.exceptions.ProbableAuthenticationError):
+            pika_connection(broker, credentials=pika.PlainCredentials("admin", "wrong-Passw0rd"))
+
+        # Clients that simply go away: mid-frame on both ports.
+        for port, partial in ((broker.kafka_port, b"\x00\x00\x00\x40\x00\x12"), (broker.amqp_port, b"AMQP\x00\x00\x09\x01")):
+            sock = connect_raw(port)
+            sock.sendall(partial)
+            if port == broker.amqp_port:
+                sock.recv(7)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+
+        connection = pika_connection(broker)  # a marker after the disconnects
+        connection.close()
+        text = broker.log_text(mark, tail_lines=None)
+
+    assert len(lines_matching(text, r"not a Kafka client: the connection opened with an HTTP request")) == 1, text
+    assert len(lines_matching(text, r"not a Kafka client: the connection opened with a TLS handshake")) == 1, text
+    assert not lines_matching(text, r"exceeds the limit"), text
+
+    channel_error = one_line(text, r"AMQP channel error")
+    assert "INFO" in channel_error
+    assert field(channel_error, "code") == "404"
+    assert f"{name}-missing" in channel_error
+    assert field(channel_error, "vhost") == "/"
+    assert field(channel_error, "user") == "guest"
+    assert field(channel_error, "peer").startswith("127.0.0.1:")
+
+    refused = one_line(text, r"AMQP login refused")
+    assert field(refused, "user") == "admin"
+    assert "wrong-Passw0rd" not in text
+
+    assert not lines_matching(text, r"INFO.*(i/o error|socket error|during the handshake)"), text

@@ -63,6 +63,25 @@ pub(crate) enum ConnectionError {
     HandshakeEof,
 }
 
+impl ConnectionError {
+    /// Whether the client just went away (end of stream, reset, broken
+    /// pipe): nothing an operator needs to act on.
+    pub(crate) fn is_disconnect(&self) -> bool {
+        match self {
+            ConnectionError::Io(error) => matches!(
+                error.kind(),
+                std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+            ),
+            // A port probe, or a client that gave up before logging in.
+            ConnectionError::HandshakeEof => true,
+            _ => false,
+        }
+    }
+}
+
 struct ConfirmDone {
     channel: u16,
     batch: u64,
@@ -393,7 +412,11 @@ impl Connection {
                 _ => None,
             })
             .is_some_and(|v| matches!(v, AMQPValue::Boolean(true)));
-        let Some(user) = self.authenticate(&start_ok) else {
+        let credentials = self.credentials(&start_ok);
+        let Some(user) = credentials.as_ref().and_then(|(user, password)| {
+            sluice_core::authenticate(&self.options.users, user, password, self.peer.ip())
+                .map(|_| user.clone())
+        }) else {
             self.closing = Some(AmqpError::connection(
                 ACCESS_REFUSED,
                 format!(
@@ -401,7 +424,10 @@ impl Connection {
                     start_ok.mechanism.as_str()
                 ),
             ));
-            tracing::warn!(peer = %self.peer, mechanism = start_ok.mechanism.as_str(), "AMQP login refused");
+            // The user name (never the password) tells the operator whose
+            // login failed; an unreadable response has none.
+            let user = credentials.map_or_else(|| "(unreadable)".to_owned(), |(user, _)| user);
+            tracing::warn!(peer = %self.peer, %user, mechanism = start_ok.mechanism.as_str(), "AMQP login refused");
             self.queue_close();
             return Ok(false);
         };
@@ -517,7 +543,9 @@ impl Connection {
     }
 
     /// Checks start-ok's credentials; returns the user name.
-    fn authenticate(&self, start_ok: &connection::StartOk) -> Option<String> {
+    /// The user name and password of a start-ok, if its mechanism is one we
+    /// offer and its response parses.
+    fn credentials(&self, start_ok: &connection::StartOk) -> Option<(String, String)> {
         let response = start_ok.response.as_bytes();
         let (user, password) = match start_ok.mechanism.as_str() {
             "PLAIN" => {
@@ -544,8 +572,7 @@ impl Connection {
             }
             _ => return None,
         };
-        sluice_core::authenticate(&self.options.users, &user, &password, self.peer.ip())?;
-        Some(user)
+        Some((user, password))
     }
 
     async fn flush(&mut self, write_tx: &mpsc::Sender<Bytes>) {
@@ -575,14 +602,29 @@ impl Connection {
         if self.closing.is_some() {
             return;
         }
-        tracing::info!(code = error.code, reason = %error.text, "closing AMQP connection");
+        tracing::info!(
+            code = error.code,
+            reason = %error.text,
+            vhost = self.vhost.as_ref().map_or("", |vhost| vhost.name()),
+            user = %self.user,
+            peer = %self.peer,
+            "AMQP connection error; closing the connection"
+        );
         self.teardown();
         self.closing = Some(error);
         self.queue_close();
     }
 
     fn close_channel(&mut self, id: u16, error: AmqpError) {
-        tracing::debug!(channel = id, code = error.code, reason = %error.text, "closing AMQP channel");
+        tracing::info!(
+            channel = id,
+            code = error.code,
+            reason = %error.text,
+            vhost = self.vhost.as_ref().map_or("", |vhost| vhost.name()),
+            user = %self.user,
+            peer = %self.peer,
+            "AMQP channel error; closing the channel"
+        );
         if let (Some(channel), Some(vhost)) = (self.channels.get_mut(&id), self.vhost.as_ref()) {
             channel.close(vhost);
             channel.state = ChannelState::Closing;

@@ -20,8 +20,10 @@ use crate::listener::KafkaOptions;
 /// Why a connection was closed by the broker.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ConnectionError {
-    #[error("i/o error")]
+    #[error("socket error")]
     Io(#[from] std::io::Error),
+    #[error("not a Kafka client: the connection opened with {protocol}")]
+    WrongProtocol { protocol: &'static str },
     #[error("request of {size} bytes exceeds the limit of {limit} bytes")]
     TooLarge { size: i64, limit: usize },
     #[error("negative request size {size}")]
@@ -46,6 +48,39 @@ pub(crate) enum ConnectionError {
         version: i16,
         reason: String,
     },
+}
+
+impl ConnectionError {
+    /// Whether the client just went away (end of stream mid-request, reset,
+    /// broken pipe): nothing an operator needs to act on.
+    pub(crate) fn is_disconnect(&self) -> bool {
+        match self {
+            ConnectionError::Io(error) => matches!(
+                error.kind(),
+                std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// What a connection's first four bytes say when they are not a Kafka size
+/// prefix but another protocol's greeting: a browser, curl or a health
+/// probe sent to the wrong port, a TLS client, an AMQP client. Read as a
+/// size these would be a request of about a gigabyte.
+fn foreign_protocol(first: [u8; 4]) -> Option<&'static str> {
+    match &first {
+        b"GET " | b"POST" | b"PUT " | b"HEAD" | b"DELE" | b"OPTI" | b"PATC" | b"CONN" => {
+            Some("an HTTP request")
+        }
+        b"PRI " => Some("an HTTP/2 preface"),
+        b"AMQP" => Some("an AMQP protocol header"),
+        [0x16, 0x03, ..] => Some("a TLS handshake (this listener does not speak TLS)"),
+        _ => None,
+    }
 }
 
 /// Responses a connection may owe at once; a client with more requests in
@@ -137,6 +172,7 @@ impl Connection {
             Ok::<(), ConnectionError>(())
         };
         let reading = async move {
+            let mut first = true;
             loop {
                 let mut size = [0u8; 4];
                 let read = tokio::select! {
@@ -151,6 +187,11 @@ impl Connection {
                     Ok(_) => {}
                     Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
                     Err(err) => return Err(err.into()),
+                }
+                if std::mem::take(&mut first)
+                    && let Some(protocol) = foreign_protocol(size)
+                {
+                    return Err(ConnectionError::WrongProtocol { protocol });
                 }
                 let size = i32::from_be_bytes(size);
                 let limit = context.options.max_request_bytes;
@@ -330,4 +371,20 @@ fn encode(
         prefix.copy_from_slice(&len.to_be_bytes());
     }
     Ok(vec![out.freeze()])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::foreign_protocol;
+
+    #[test]
+    fn other_protocols_greetings_are_recognised() {
+        assert_eq!(foreign_protocol(*b"GET "), Some("an HTTP request"));
+        assert_eq!(foreign_protocol(*b"POST"), Some("an HTTP request"));
+        assert_eq!(foreign_protocol(*b"AMQP"), Some("an AMQP protocol header"));
+        assert!(foreign_protocol([0x16, 0x03, 0x01, 0x02]).is_some_and(|p| p.contains("TLS")));
+        // Real size prefixes up to 100 MiB start with 0x00 to 0x06.
+        assert_eq!(foreign_protocol(100u32.to_be_bytes()), None);
+        assert_eq!(foreign_protocol((100u32 << 20).to_be_bytes()), None);
+    }
 }
