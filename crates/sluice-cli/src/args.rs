@@ -10,11 +10,14 @@ use serde_json::Value;
 #[derive(Debug, Clone, Args)]
 pub struct ApiArgs {
     /// The broker's admin API: its HTTP listener (`http.listen`).
+    // The value is hidden as for SLUICE_CREDENTIALS: clap would otherwise
+    // print `[env: SLUICE_HTTP=]` when the variable is unset.
     #[arg(
         long,
         global = true,
         value_name = "URL",
         env = "SLUICE_HTTP",
+        hide_env_values = true,
         default_value = "http://127.0.0.1:8080",
         value_parser = parse_http
     )]

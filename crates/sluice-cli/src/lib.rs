@@ -244,6 +244,17 @@ mod tests {
     }
 
     #[test]
+    fn help_names_the_environment_without_an_empty_value() {
+        let help = Cli::command()
+            .find_subcommand_mut("topics")
+            .map(|topics| topics.render_help().to_string())
+            .unwrap_or_default();
+        let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(help.contains("[env: SLUICE_HTTP]"), "{help}");
+        assert!(!help.contains("SLUICE_HTTP="), "{help}");
+    }
+
+    #[test]
     fn global_options_go_before_or_after_the_subcommand() -> Result<(), clap::Error> {
         for argv in [
             ["sluice", "topics", "--http", ":9", "list"],

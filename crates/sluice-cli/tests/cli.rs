@@ -944,6 +944,12 @@ fn groups_show_lag_and_reset_offsets() -> anyhow::Result<()> {
             .contains("payments          0          7       10    3"),
         "{to_offset:#?}"
     );
+    assert!(
+        to_offset
+            .stdout
+            .starts_with("reset the offsets of group \"billing\" to offset 7\n"),
+        "{to_offset:#?}"
+    );
     let latest = sluice(
         &broker,
         &[
@@ -1277,6 +1283,14 @@ fn interrupted_follow_prints_its_summary() -> anyhow::Result<()> {
         )),
         "{printed:?}\n{log}"
     );
+    Ok(())
+}
+
+#[test]
+fn help_shows_no_empty_environment_value() -> anyhow::Result<()> {
+    let help = run(command(&["topics", "--help"]), b"")?.ok()?;
+    assert!(!help.stdout.contains("SLUICE_HTTP="), "{help:#?}");
+    assert!(help.stdout.contains("SLUICE_HTTP"), "{help:#?}");
     Ok(())
 }
 

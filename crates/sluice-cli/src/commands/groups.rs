@@ -122,7 +122,7 @@ pub(crate) fn run(args: &ApiArgs, command: GroupsCommand, out: &mut dyn Write) -
             writeln!(
                 out,
                 "reset the offsets of group {group:?} to {}",
-                to.as_str()
+                reset_target(to, timestamp, offset)
             )?;
             offsets_table(&described, out)
         }
@@ -198,9 +198,29 @@ fn offsets_table(group: &Value, out: &mut dyn Write) -> CliResult<()> {
     offsets.write(out, "no committed offsets")
 }
 
+/// Where a reset moved the offsets, with the value given: `offset 40`,
+/// `timestamp 1763800000000`, `earliest`.
+fn reset_target(to: ResetTo, timestamp: Option<i64>, offset: Option<i64>) -> String {
+    match (to, timestamp, offset) {
+        (ResetTo::Timestamp, Some(timestamp), _) => format!("timestamp {timestamp}"),
+        (ResetTo::Offset, _, Some(offset)) => format!("offset {offset}"),
+        _ => to.as_str().to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reset_names_the_value_it_moved_to() {
+        assert_eq!(reset_target(ResetTo::Offset, None, Some(40)), "offset 40");
+        assert_eq!(
+            reset_target(ResetTo::Timestamp, Some(1_763_800_000_000), None),
+            "timestamp 1763800000000"
+        );
+        assert_eq!(reset_target(ResetTo::Earliest, None, None), "earliest");
+    }
 
     #[test]
     fn describe_lists_members_and_lag() -> CliResult<()> {
