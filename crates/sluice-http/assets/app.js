@@ -2211,6 +2211,13 @@ async function messagesPage(ctx, root) {
   const topicOptions = h('datalist', { id: 'browse-topics' });
   const partitionInput = h('input', { testid: 'browse-partition', type: 'number', min: 0, value: q.get('partition') || '0' });
   const partitionHint = h('span', { class: 'hint', testid: 'browse-partition-hint' });
+  const scopeSelect = h('select', { testid: 'browse-scope' },
+    h('option', { value: 'one', selected: q.get('scope') !== 'all' }, 'one partition'),
+    h('option', { value: 'all', selected: q.get('scope') === 'all' }, 'all partitions'));
+  const searchInput = h('input', { type: 'search', testid: 'browse-search', value: q.get('search') || '', placeholder: 'text to find (optional)', autocomplete: 'off' });
+  const searchIn = h('select', { testid: 'browse-search-in' },
+    [['', 'key, headers, value'], ['key', 'key'], ['headers', 'headers'], ['value', 'value']]
+      .map(([value, label]) => h('option', { value, selected: value === (q.get('in') || '') }, label)));
   const fromSelect = h('select', { testid: 'browse-from' },
     h('option', { value: 'start' }, 'the log start'),
     h('option', { value: 'offset', selected: q.has('offset') }, 'an offset'),
@@ -2230,12 +2237,18 @@ async function messagesPage(ctx, root) {
   const nextButton = h('button', { type: 'button', testid: 'browse-next', hidden: true }, 'Next page ›');
   let partitionCount = null;
   let nextOffset = null;
+  // A search (or a read of all partitions) pages by the API's cursor.
+  let nextCursor = null;
+  let searching = false;
 
+  const partitionField = field('Partition', partitionInput, partitionHint);
   const showFromFields = () => {
     offsetField.hidden = fromSelect.value !== 'offset';
     timestampField.hidden = fromSelect.value !== 'timestamp';
+    partitionField.hidden = scopeSelect.value === 'all';
   };
   fromSelect.addEventListener('change', showFromFields);
+  scopeSelect.addEventListener('change', showFromFields);
   showFromFields();
 
   // Topic suggestions come from the server's filter, a few at a time.
@@ -2272,6 +2285,75 @@ async function messagesPage(ctx, root) {
     }
   }
 
+  const showRecords = (rows, encoding, acrossPartitions) => {
+    const show = (text) => (text === null || text === undefined ? null : encoding === 'hex' ? format.hexPairs(text) : text);
+    replaceChildren(results, dataTable({
+      testid: 'messages-table',
+      rowTestid: 'message-row',
+      rowKey: (m) => (acrossPartitions ? `${m.partition}/${m.offset}` : String(m.offset)),
+      rows,
+      empty: acrossPartitions && searchInput.value.trim() ? 'No matching records in what was scanned.' : 'No records.',
+      columns: [
+        acrossPartitions ? { label: 'Partition', numeric: true, cell: (m) => String(m.partition), testid: 'message-partition' } : null,
+        { label: 'Offset', numeric: true, cell: (m) => String(m.offset), testid: 'message-offset' },
+        { label: 'Timestamp', cell: (m) => h('span', { title: String(m.timestamp) }, format.time(m.timestamp)) },
+        { label: 'Key', cell: (m) => longText(show(m.key), 'message-key', 200) },
+        {
+          label: 'Headers',
+          cell: (m) => (m.headers.length
+            ? h('ul', { class: 'plain', testid: 'message-headers' }, m.headers.map((header) => h('li', {},
+              h('code', {}, header.key), ': ', header.value === null ? nullValue() : h('span', { class: 'content' }, show(header.value)))))
+            : h('span', { testid: 'message-headers' }, muted('–'))),
+        },
+        { label: 'Value', cell: (m) => longText(show(m.value), 'message-value') },
+      ].filter(Boolean),
+    }));
+  };
+
+  /** Reads or searches over the API's bounded scan: all partitions, or one with a search. */
+  async function search(cursor) {
+    const topic = topicInput.value.trim();
+    const text = searchInput.value.trim();
+    const encoding = encodingSelect.value;
+    const all = scopeSelect.value === 'all';
+    const partition = Number(partitionInput.value);
+    const params = { limit: limitSelect.value, encoding, search: text, in: searchIn.value };
+    if (!all) params.partition = partition;
+    if (cursor) params.cursor = cursor;
+    else if (fromSelect.value === 'offset') {
+      const offset = Number(offsetField.querySelector('input').value) || 0;
+      if (!all) params.cursor = `${partition}:${offset}`;
+      else if (partitionCount !== null) params.cursor = Array.from({ length: partitionCount }, (_, p) => `${p}:${offset}`).join(',');
+    } else if (fromSelect.value === 'timestamp') {
+      errorLine.textContent = 'A search starts at the log start or at an offset, not at a time.';
+      errorLine.hidden = false;
+      return;
+    }
+    ctx.setQuery({ topic, scope: all ? 'all' : '', partition: all ? '' : partition, search: text, in: searchIn.value, limit: params.limit, encoding });
+    let data;
+    try {
+      data = await api('GET', `/api/topics/${pathOf(topic)}/messages${queryOf(params)}`);
+    } catch (error) {
+      if (!ctx.alive) return;
+      errorLine.textContent = error.message;
+      errorLine.hidden = false;
+      replaceChildren(results);
+      summary.textContent = '';
+      nextButton.hidden = true;
+      return;
+    }
+    if (!ctx.alive) return;
+    searching = true;
+    nextCursor = data.next_cursor;
+    const where = all ? `${data.topic}, all partitions` : `${data.topic} partition ${partition}`;
+    const found = text ? `${format.int(data.messages.length)} matching "${text}"` : `${format.int(data.messages.length)} shown`;
+    summary.textContent = `${where}: scanned ${format.int(data.scanned)} records, ${found}; `
+      + (data.next_cursor ? 'more to scan (Next page goes on).' : 'reached the high watermark.');
+    showRecords(data.messages, encoding, true);
+    nextButton.hidden = !data.next_cursor;
+    root.dataset.loaded = 'true';
+  }
+
   async function read(fromOffset) {
     const topic = topicInput.value.trim();
     errorLine.hidden = true;
@@ -2280,6 +2362,11 @@ async function messagesPage(ctx, root) {
       errorLine.hidden = false;
       return;
     }
+    if (fromOffset === undefined && (scopeSelect.value === 'all' || searchInput.value.trim())) {
+      await search();
+      return;
+    }
+    searching = false;
     const partition = Number(partitionInput.value);
     const encoding = encodingSelect.value;
     const params = { limit: limitSelect.value, encoding };
@@ -2314,40 +2401,24 @@ async function messagesPage(ctx, root) {
       : 'no records from there';
     summary.textContent = `${data.topic} partition ${data.partition}: records from offset ${format.int(data.log_start_offset)}`
       + ` to ${format.int(data.high_watermark - 1)} (high watermark ${format.int(data.high_watermark)}); ${shown}.`;
-    const show = (text) => (text === null || text === undefined ? null : encoding === 'hex' ? format.hexPairs(text) : text);
-    replaceChildren(results, dataTable({
-      testid: 'messages-table',
-      rowTestid: 'message-row',
-      rowKey: (m) => String(m.offset),
-      rows: data.messages,
-      empty: 'No records.',
-      columns: [
-        { label: 'Offset', numeric: true, cell: (m) => String(m.offset), testid: 'message-offset' },
-        { label: 'Timestamp', cell: (m) => h('span', { title: String(m.timestamp) }, format.time(m.timestamp)) },
-        { label: 'Key', cell: (m) => longText(show(m.key), 'message-key', 200) },
-        {
-          label: 'Headers',
-          cell: (m) => (m.headers.length
-            ? h('ul', { class: 'plain', testid: 'message-headers' }, m.headers.map((header) => h('li', {},
-              h('code', {}, header.key), ': ', header.value === null ? nullValue() : h('span', { class: 'content' }, show(header.value)))))
-            : h('span', { testid: 'message-headers' }, muted('–'))),
-        },
-        { label: 'Value', cell: (m) => longText(show(m.value), 'message-value') },
-      ],
-    }));
+    showRecords(data.messages, encoding, false);
     nextButton.hidden = data.next_offset >= data.high_watermark;
     root.dataset.loaded = 'true';
   }
 
-  nextButton.addEventListener('click', () => read(nextOffset));
+  nextButton.addEventListener('click', () => (searching ? search(nextCursor) : read(nextOffset)));
 
   const browseForm = h('form', { class: 'form', testid: 'browse-form', novalidate: true },
     h('div', { class: 'row' },
       field('Topic', topicInput), topicOptions,
-      field('Partition', partitionInput, partitionHint),
+      field('Read', scopeSelect),
+      partitionField,
       field('From', fromSelect), offsetField, timestampField,
       field('Records', limitSelect),
       field('Show as', encodingSelect)),
+    h('div', { class: 'row' },
+      field('Search', searchInput, 'Case-insensitive; each page scans at most 10,000 records.'),
+      field('In', searchIn)),
     h('div', { class: 'form-buttons' }, h('button', { type: 'submit', class: 'primary', testid: 'browse-read' }, 'Read')));
   browseForm.addEventListener('submit', (event) => {
     event.preventDefault();

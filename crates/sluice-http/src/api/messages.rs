@@ -124,7 +124,7 @@ pub(crate) async fn read(
     .await
 }
 
-fn record_json(record: &Record, encoding: Encoding) -> Value {
+pub(crate) fn record_json(record: &Record, encoding: Encoding) -> Value {
     let text = |bytes: &Option<Bytes>| bytes.as_ref().map(|b| encoding.encode(b));
     let headers: Vec<Value> = record
         .headers

@@ -8,6 +8,7 @@ mod health;
 pub(crate) mod history;
 mod messages;
 mod queue_move;
+mod search;
 mod overview;
 mod tables;
 mod topics;
@@ -67,6 +68,11 @@ pub(crate) const ROUTES: &[(&str, &str, &str)] = &[
         "get",
         "/api/topics/{topic}/partitions/{partition}/messages",
         "Read records by offset or timestamp",
+    ),
+    (
+        "get",
+        "/api/topics/{topic}/messages",
+        "Browse or search records over all partitions (bounded scan, cursor)",
     ),
     ("post", "/api/topics/{topic}/messages", "Produce records"),
     ("get", "/api/groups", "List consumer groups"),
@@ -169,7 +175,10 @@ pub(crate) fn routes() -> Router<AppState> {
             "/api/topics/{topic}/partitions/{partition}/messages",
             get(messages::read),
         )
-        .route("/api/topics/{topic}/messages", post(messages::produce))
+        .route(
+            "/api/topics/{topic}/messages",
+            get(search::search).post(messages::produce),
+        )
         .route("/api/groups", get(groups::list))
         .route(
             "/api/groups/{group}",
