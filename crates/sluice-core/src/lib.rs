@@ -49,7 +49,8 @@ pub use metrics::{ProtocolMetrics, RequestMetrics};
 pub use offsets::{CommittedOffset, OFFSETS_LOG, OffsetStore};
 pub use producers::ProducerIds;
 pub use topic_config::{
-    CleanupPolicy, ConfigEntry, ConfigSource, FORWARD_EXCHANGE, FORWARD_ROUTING_KEY, FORWARD_VHOST,
+    CleanupPolicy, ConfigEntry, ConfigSource, FORWARD_EXCHANGE, FORWARD_ROUTING_KEY, FORWARD_START,
+    FORWARD_VHOST,
     Forwarding, TOPIC_CONFIG_KEYS, TimestampType, TopicConfig,
 };
 pub use topics::{
@@ -316,6 +317,51 @@ impl Broker {
     /// The broker's topics.
     pub fn topics(&self) -> &Topics {
         &self.topics
+    }
+
+    /// Replaces a topic's settings (AlterConfigs, the admin API). Blocking.
+    ///
+    /// When this switches forwarding on, or to another exchange, with
+    /// `sluice.forward.start` = `latest` (the default), each partition
+    /// without a forwarding position first gets its current end stored as
+    /// one: forwarding covers the records produced from now on, also when
+    /// the broker crashes before the forwarder's first batch.
+    ///
+    /// # Errors
+    /// [`CoreError::UnknownTopic`], or I/O storing the config or positions.
+    pub fn set_topic_config(&self, name: &str, config: TopicConfig) -> Result<(), CoreError> {
+        let topic = self.topics.get(name).ok_or_else(|| CoreError::UnknownTopic {
+            topic: name.to_owned(),
+        })?;
+        if let Some(forwarding) = config.forwarding()
+            && !forwarding.from_earliest
+            && topic.config().forwarding().as_ref() != Some(&forwarding)
+        {
+            let group = forwarding::forward_group(&forwarding);
+            let positions: Vec<(String, i32, CommittedOffset)> = topic
+                .partitions()
+                .iter()
+                .filter(|partition| {
+                    self.offsets
+                        .fetch(&group, name, partition.id().get())
+                        .is_none()
+                })
+                .map(|partition| {
+                    let end = partition.log().high_watermark().get();
+                    (
+                        name.to_owned(),
+                        partition.id().get(),
+                        CommittedOffset {
+                            offset: end,
+                            leader_epoch: -1,
+                            metadata: None,
+                        },
+                    )
+                })
+                .collect();
+            self.offsets.commit(&group, &positions)?;
+        }
+        self.topics.set_config(name, config)
     }
 
     /// The topic called `name`; created with the default partition count if

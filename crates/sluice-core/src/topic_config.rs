@@ -58,6 +58,7 @@ pub const TOPIC_CONFIG_KEYS: &[&str] = &[
     "segment.ms",
     FORWARD_EXCHANGE,
     FORWARD_ROUTING_KEY,
+    FORWARD_START,
     FORWARD_VHOST,
 ];
 
@@ -69,6 +70,10 @@ pub const FORWARD_EXCHANGE: &str = "sluice.forward.exchange";
 pub const FORWARD_ROUTING_KEY: &str = "sluice.forward.routing.key";
 /// The virtual host of the forward exchange (default `/`).
 pub const FORWARD_VHOST: &str = "sluice.forward.vhost";
+/// Where forwarding begins when it is switched on for an existing topic:
+/// `latest` (the default: records produced from then on, as a RabbitMQ user
+/// expects of a new binding) or `earliest` (the partitions' history first).
+pub const FORWARD_START: &str = "sluice.forward.start";
 
 /// Where a topic forwards its records.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +82,9 @@ pub struct Forwarding {
     pub exchange: String,
     /// `None`: the record key; `Some(name)`: that header's value.
     pub routing_key_header: Option<String>,
+    /// Whether forwarding begins at the log start (`earliest`) rather
+    /// than at the log end when it is switched on (`latest`).
+    pub from_earliest: bool,
 }
 
 /// Settings set on one topic, by Kafka name, as given.
@@ -185,6 +193,10 @@ impl TopicConfig {
                 .get(FORWARD_ROUTING_KEY)
                 .and_then(|v| v.strip_prefix("header:"))
                 .map(str::to_owned),
+            from_earliest: self
+                .overrides
+                .get(FORWARD_START)
+                .is_some_and(|start| start == "earliest"),
         })
     }
 
@@ -253,6 +265,7 @@ fn default_value(name: &str, defaults: &LogConfig) -> String {
         "segment.ms" => millis(Some(defaults.segment_time)),
         FORWARD_ROUTING_KEY => "key".to_owned(),
         FORWARD_VHOST => "/".to_owned(),
+        FORWARD_START => "latest".to_owned(),
         _ => String::new(),
     }
 }
@@ -294,6 +307,10 @@ fn validate(key: &str, value: &str) -> Result<(), CoreError> {
             Err(invalid("must be at most 255 bytes"))
         }
         FORWARD_EXCHANGE | FORWARD_VHOST => Ok(()),
+        FORWARD_START if matches!(value, "earliest" | "latest") => Ok(()),
+        FORWARD_START => Err(invalid(&format!(
+            "must be earliest or latest, got {value:?}"
+        ))),
         FORWARD_ROUTING_KEY => {
             if value == "key" || value.strip_prefix("header:").is_some_and(|h| !h.is_empty()) {
                 Ok(())

@@ -219,7 +219,7 @@ pub(crate) async fn alter_configs(
                 .set(key, value)
                 .map_err(|error| ApiError::field("set", error.to_string()))?;
         }
-        Ok(broker.topics().set_config(topic.name(), config)?)
+        Ok(broker.set_topic_config(topic.name(), config)?)
     })
     .await?;
     let topic = find(&shared, &name)?;

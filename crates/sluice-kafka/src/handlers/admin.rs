@@ -157,7 +157,7 @@ fn alter_topic(
         if validate_only {
             Ok(())
         } else {
-            broker.topics().set_config(name, config)
+            broker.set_topic_config(name, config)
         }
     });
     match outcome {
