@@ -68,13 +68,7 @@ impl ConnectionError {
     /// pipe): nothing an operator needs to act on.
     pub(crate) fn is_disconnect(&self) -> bool {
         match self {
-            ConnectionError::Io(error) => matches!(
-                error.kind(),
-                std::io::ErrorKind::UnexpectedEof
-                    | std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::ConnectionAborted
-                    | std::io::ErrorKind::BrokenPipe
-            ),
+            ConnectionError::Io(error) => sluice_types::is_disconnect(error),
             // A port probe, or a client that gave up before logging in.
             ConnectionError::HandshakeEof => true,
             _ => false,

@@ -120,9 +120,9 @@ pub async fn serve(
                 match Connection::run(registration, stream, peer, broker, options, shutdown).await {
                     Ok(()) => tracing::debug!("connection closed"),
                     Err(err) if err.is_disconnect() => {
-                        tracing::debug!(reason = %chain(&err), "client disconnected");
+                        tracing::debug!(reason = %sluice_types::ErrorChain(&err), "client disconnected");
                     }
-                    Err(err) => tracing::info!(reason = %chain(&err), "connection closed"),
+                    Err(err) => tracing::info!(reason = %sluice_types::ErrorChain(&err), "connection closed"),
                 }
             }
             .instrument(span),
@@ -137,16 +137,4 @@ pub async fn serve(
     connections.abort_all();
     maintenance.abort();
     tracing::info!("amqp listener stopped");
-}
-
-/// An error and its causes on one line, for the connection's last log line.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(inner) = cause {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        cause = inner.source();
-    }
-    text
 }

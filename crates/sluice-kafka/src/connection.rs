@@ -55,13 +55,7 @@ impl ConnectionError {
     /// broken pipe): nothing an operator needs to act on.
     pub(crate) fn is_disconnect(&self) -> bool {
         match self {
-            ConnectionError::Io(error) => matches!(
-                error.kind(),
-                std::io::ErrorKind::UnexpectedEof
-                    | std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::ConnectionAborted
-                    | std::io::ErrorKind::BrokenPipe
-            ),
+            ConnectionError::Io(error) => sluice_types::is_disconnect(error),
             _ => false,
         }
     }

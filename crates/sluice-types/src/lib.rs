@@ -4,10 +4,12 @@
 //! `Deref` to the number: convert with `From`, `TryFrom`, `FromStr` or
 //! `Display`, so an offset cannot be passed where a partition is meant.
 
+mod errors;
 mod histogram;
 
 use std::fmt;
 
+pub use errors::{ErrorChain, is_disconnect};
 pub use histogram::{COUNT_BOUNDS, Histogram, HistogramSnapshot, LATENCY_BOUNDS_MICROS};
 use std::str::FromStr;
 
