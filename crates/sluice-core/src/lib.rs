@@ -50,8 +50,7 @@ pub use offsets::{CommittedOffset, OFFSETS_LOG, OffsetStore};
 pub use producers::ProducerIds;
 pub use topic_config::{
     CleanupPolicy, ConfigEntry, ConfigSource, FORWARD_EXCHANGE, FORWARD_ROUTING_KEY, FORWARD_START,
-    FORWARD_VHOST,
-    Forwarding, TOPIC_CONFIG_KEYS, TimestampType, TopicConfig,
+    FORWARD_VHOST, Forwarding, TOPIC_CONFIG_KEYS, TimestampType, TopicConfig,
 };
 pub use topics::{
     MAX_PARTITIONS, MAX_TOPIC_NAME, Partition, PartitionTraffic, PendingAppend, Topic, Topics,
@@ -330,9 +329,12 @@ impl Broker {
     /// # Errors
     /// [`CoreError::UnknownTopic`], or I/O storing the config or positions.
     pub fn set_topic_config(&self, name: &str, config: TopicConfig) -> Result<(), CoreError> {
-        let topic = self.topics.get(name).ok_or_else(|| CoreError::UnknownTopic {
-            topic: name.to_owned(),
-        })?;
+        let topic = self
+            .topics
+            .get(name)
+            .ok_or_else(|| CoreError::UnknownTopic {
+                topic: name.to_owned(),
+            })?;
         if let Some(forwarding) = config.forwarding()
             && !forwarding.from_earliest
             && topic.config().forwarding().as_ref() != Some(&forwarding)
