@@ -3,8 +3,9 @@
 
 use std::net::IpAddr;
 
-/// A user that may log in.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A user that may log in. Its `Debug` masks the password, so no option
+/// struct that holds users can print one.
+#[derive(Clone, PartialEq, Eq)]
 pub struct User {
     /// Login name.
     pub name: String,
@@ -12,6 +13,16 @@ pub struct User {
     pub password: String,
     /// May connect only from a loopback address (RabbitMQ's rule for guest).
     pub loopback_only: bool,
+}
+
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User")
+            .field("name", &self.name)
+            .field("password", &"****")
+            .field("loopback_only", &self.loopback_only)
+            .finish()
+    }
 }
 
 /// The user `name` when `password` is theirs and they may log in from
@@ -49,6 +60,13 @@ mod tests {
                 loopback_only: false,
             },
         ]
+    }
+
+    #[test]
+    fn debug_output_masks_the_password() {
+        let printed = format!("{:?}", users());
+        assert!(printed.contains("alice"), "{printed}");
+        assert!(!printed.contains("secret"), "{printed}");
     }
 
     #[test]
