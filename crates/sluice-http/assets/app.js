@@ -900,7 +900,7 @@ class TimeChart {
     const unit = scale.unit ?? this.unit;
     const labels = Array.from({ length: GRID_LINES + 1 }, (_, i) => tickLabel((scale.ceiling * i) / GRID_LINES / scale.divisor));
     const right = 8;
-    const top = 18;
+    const top = 26;
     const bottom = 20;
     const left = Math.ceil(Math.max(...labels.map(textWidth), textWidth(unit) - 4) + 10);
     const plotWidth = width - left - right;
@@ -909,7 +909,7 @@ class TimeChart {
     const y = (v) => top + plotHeight - (v / scale.ceiling) * plotHeight;
 
     const nodes = [];
-    nodes.push(svg('text', { x: 2, y: 10, class: 'axis-unit', testid: `${this.id}-unit`, 'dominant-baseline': 'middle' }, unit));
+    nodes.push(svg('text', { x: 2, y: 8, class: 'axis-unit', testid: `${this.id}-unit`, 'dominant-baseline': 'middle' }, unit));
     labels.forEach((label, i) => {
       const yy = Math.round(y((scale.ceiling * i) / GRID_LINES)) + 0.5;
       nodes.push(svg('line', { x1: left, x2: left + plotWidth, y1: yy, y2: yy, class: 'grid' }));
@@ -1780,9 +1780,14 @@ async function queuesPage(ctx, root) {
       { label: 'Ready', numeric: true, cell: (q) => format.int(q.messages_ready), testid: 'queue-ready' },
       { label: 'Unacked', numeric: true, cell: (q) => format.int(q.messages_unacknowledged), testid: 'queue-unacked' },
       { label: 'Consumers', numeric: true, cell: (q) => format.int(q.consumers), testid: 'queue-consumers' },
-      { label: 'Publish', numeric: true, cell: (q) => format.rate(q.publish_rate) },
-      { label: 'Deliver', numeric: true, cell: (q) => format.rate(q.deliver_rate) },
-      { label: 'Ack', numeric: true, cell: (q) => format.rate(q.ack_rate) },
+      {
+        label: 'Publish / deliver / ack',
+        numeric: true,
+        cell: (q) => h('span', { class: 'stack', testid: 'queue-rates' },
+          h('span', { title: 'publish' }, format.rate(q.publish_rate)),
+          h('span', { title: 'deliver' }, format.rate(q.deliver_rate)),
+          h('span', { title: 'ack' }, format.rate(q.ack_rate))),
+      },
       {
         label: '',
         cell: (q) => h('span', { class: 'row-actions' },
@@ -2155,8 +2160,13 @@ async function connectionsPage(ctx, root) {
       { label: 'Vhost', cell: (c) => c.vhost ?? muted('–') },
       { label: 'Connected', cell: (c) => format.time(c.connected_at) },
       { label: 'Channels', numeric: true, cell: (c) => format.int(c.channels) },
-      { label: 'Received', numeric: true, cell: (c) => `${format.bytes(c.bytes_in)} · ${format.byteRate(c.recv_rate)}` },
-      { label: 'Sent', numeric: true, cell: (c) => `${format.bytes(c.bytes_out)} · ${format.byteRate(c.send_rate)}` },
+      {
+        label: 'Received / sent',
+        numeric: true,
+        cell: (c) => h('span', { class: 'stack' },
+          h('span', { title: 'received' }, `${format.bytes(c.bytes_in)} · ${format.byteRate(c.recv_rate)}`),
+          h('span', { title: 'sent' }, `${format.bytes(c.bytes_out)} · ${format.byteRate(c.send_rate)}`)),
+      },
       {
         label: '',
         cell: (c) => h('button', {
