@@ -42,7 +42,8 @@ test('the overview and group charts are full on first load from the broker\'s hi
   await withPage(browser, broker, '', async ({ page }) => {
     await page.locator('[data-testid="page-overview"][data-loaded="true"]').waitFor();
     const chart = page.getByTestId('chart-kafka-records');
-    assert.ok(Number(await chart.getAttribute('data-points')) >= 3, 'the chart starts with the broker\'s points');
+    await waitFor('the chart to hold the broker\'s points', 5000,
+      async () => Number(await chart.getAttribute('data-points')) >= 3);
     assert.ok(Number(await chart.getAttribute('data-first')) < opened - 4000, 'the chart reaches back before the page opened');
   });
   await withPage(browser, broker, '#/groups/history-group', async ({ page }) => {

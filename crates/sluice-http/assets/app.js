@@ -1030,15 +1030,19 @@ async function overviewPage(ctx, root) {
 
   ctx.listen(window, 'resize', () => charts.forEach((chart) => chart.draw()));
   ctx.cleanups.push(() => charts.forEach((chart) => chart.detach()));
+  ctx.every(POLL_MS, poll);
+  // The overview first: it is what tells a refused login.
+  await poll();
+  if (root.dataset.loaded !== 'true' || !ctx.alive) return;
   try {
     const kept = await api('GET', '/api/overview/history');
+    if (!ctx.alive) return;
     mergeHistory(overviewHistory, kept.points.map((point) => ({ t: point.t, values: point.rates })));
+    for (const chart of charts) chart.update(overviewHistory);
   } catch (error) {
     if (error.status === 401) throw error;
     // Without the broker's history the charts start from this page's polls.
   }
-  ctx.every(POLL_MS, poll);
-  await poll();
 }
 
 // ---------------------------------------------------------------------------
