@@ -10,8 +10,8 @@ use bytes::Bytes;
 use kafka_protocol::records::{Record, RecordBatchDecoder};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sluice_core::CoreError;
 use sluice_core::messaging::partition_for_key;
+use sluice_core::{CoreError, Partition};
 use sluice_log::batch::{NewRecord, RecordHeader};
 use sluice_log::{Clock as _, ReadBound};
 use sluice_types::{Offset, PartitionId};
@@ -80,37 +80,13 @@ pub(crate) async fn read(
             (None, None) => log_start,
         };
         let mut messages = Vec::new();
-        let mut next = start;
-        while messages.len() < limit && next < high_watermark {
-            let read = log
-                .read(
-                    Offset::from(next),
-                    READ_STEP_BYTES,
-                    ReadBound::HighWatermark,
-                )
-                .map_err(sluice_core::CoreError::from)?;
-            let Some(after) = read.next_offset else {
-                break;
-            };
-            let batches = sluice_log::batch::split_verified(&read.records)
-                .map_err(|fault| ApiError::bad_request(format!("damaged batch: {fault}")))?;
-            for (at, header) in batches {
-                let mut batch = read.records.slice(at..at + header.size);
-                let decoded = RecordBatchDecoder::decode(&mut batch).map_err(|error| {
-                    ApiError::bad_request(format!("cannot decode batch: {error}"))
-                })?;
-                for record in decoded.records {
-                    if record.control || record.offset < next || messages.len() >= limit {
-                        continue;
-                    }
-                    next = record.offset + 1;
-                    messages.push(record_json(&record, encoding));
-                }
+        let next = scan_partition(&target, start, |record| {
+            if messages.len() >= limit {
+                return false;
             }
-            if messages.len() < limit {
-                next = next.max(after.get());
-            }
-        }
+            messages.push(record_json(record, encoding));
+            true
+        })?;
         Ok(Json(json!({
             "topic": topic.name(),
             "partition": partition,
@@ -122,6 +98,49 @@ pub(crate) async fn read(
         })))
     })
     .await
+}
+
+/// Visits the records of `partition` from `from` up to its high watermark
+/// until `visit` returns false; returns the offset to go on from. Control
+/// records are skipped. Every read of a topic's records goes through here.
+pub(crate) fn scan_partition(
+    partition: &Partition,
+    from: i64,
+    mut visit: impl FnMut(&Record) -> bool,
+) -> ApiResult<i64> {
+    let log = partition.log();
+    let high_watermark = log.high_watermark().get();
+    let mut next = from.max(log.log_start().get());
+    while next < high_watermark {
+        let read = log
+            .read(
+                Offset::from(next),
+                READ_STEP_BYTES,
+                ReadBound::HighWatermark,
+            )
+            .map_err(sluice_core::CoreError::from)?;
+        let Some(after) = read.next_offset else {
+            break;
+        };
+        let batches = sluice_log::batch::split_verified(&read.records)
+            .map_err(|fault| ApiError::bad_request(format!("damaged batch: {fault}")))?;
+        for (at, header) in batches {
+            let mut batch = read.records.slice(at..at + header.size);
+            let decoded = RecordBatchDecoder::decode(&mut batch)
+                .map_err(|error| ApiError::bad_request(format!("cannot decode batch: {error}")))?;
+            for record in decoded.records {
+                if record.offset < next {
+                    continue;
+                }
+                if !record.control && !visit(&record) {
+                    return Ok(next);
+                }
+                next = record.offset + 1;
+            }
+        }
+        next = next.max(after.get());
+    }
+    Ok(next.max(from))
 }
 
 pub(crate) fn record_json(record: &Record, encoding: Encoding) -> Value {

@@ -9,14 +9,13 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
-use kafka_protocol::records::{Record, RecordBatchDecoder};
+use kafka_protocol::records::Record;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sluice_core::Partition;
-use sluice_log::ReadBound;
-use sluice_types::{Offset, PartitionId};
+use sluice_types::PartitionId;
 
-use super::messages::record_json;
+use super::messages::{record_json, scan_partition};
 use super::{Encoding, blocking};
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
@@ -26,8 +25,6 @@ const MAX_LIMIT: usize = 1000;
 const DEFAULT_LIMIT: usize = 50;
 const MAX_SCAN: usize = 100_000;
 const DEFAULT_SCAN: usize = 10_000;
-/// Bytes asked of the log per read step.
-const READ_STEP_BYTES: usize = 1 << 20;
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct SearchQuery {
@@ -131,48 +128,6 @@ fn parse_cursor(text: &str, partitions: usize) -> ApiResult<Vec<Option<i64>>> {
         }
     }
     Ok(positions)
-}
-
-/// Visits the records of `partition` from `from` up to its high watermark
-/// until `visit` returns false; returns the offset to go on from.
-fn scan_partition(
-    partition: &Partition,
-    from: i64,
-    mut visit: impl FnMut(&Record) -> bool,
-) -> ApiResult<i64> {
-    let log = partition.log();
-    let high_watermark = log.high_watermark().get();
-    let mut next = from.max(log.log_start().get());
-    while next < high_watermark {
-        let read = log
-            .read(
-                Offset::from(next),
-                READ_STEP_BYTES,
-                ReadBound::HighWatermark,
-            )
-            .map_err(sluice_core::CoreError::from)?;
-        let Some(after) = read.next_offset else {
-            break;
-        };
-        let batches = sluice_log::batch::split_verified(&read.records)
-            .map_err(|fault| ApiError::bad_request(format!("damaged batch: {fault}")))?;
-        for (at, header) in batches {
-            let mut batch = read.records.slice(at..at + header.size);
-            let decoded = RecordBatchDecoder::decode(&mut batch)
-                .map_err(|error| ApiError::bad_request(format!("cannot decode batch: {error}")))?;
-            for record in decoded.records {
-                if record.offset < next {
-                    continue;
-                }
-                if !record.control && !visit(&record) {
-                    return Ok(next);
-                }
-                next = record.offset + 1;
-            }
-        }
-        next = next.max(after.get());
-    }
-    Ok(next.max(from))
 }
 
 pub(crate) async fn search(
