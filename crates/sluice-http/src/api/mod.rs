@@ -7,9 +7,9 @@ pub(crate) mod groups;
 mod health;
 pub(crate) mod history;
 mod messages;
+mod overview;
 mod queue_move;
 mod search;
-mod overview;
 mod tables;
 mod topics;
 
@@ -184,10 +184,7 @@ pub(crate) fn routes() -> Router<AppState> {
             "/api/groups/{group}",
             get(groups::describe).delete(groups::delete),
         )
-        .route(
-            "/api/groups/{group}/lag-history",
-            get(history::group_lag),
-        )
+        .route("/api/groups/{group}/lag-history", get(history::group_lag))
         .route(
             "/api/groups/{group}/reset-offsets",
             post(groups::reset_offsets),
