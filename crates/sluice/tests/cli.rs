@@ -164,8 +164,16 @@ fn starts_logs_its_configuration_and_stops_cleanly_on_sigterm() -> anyhow::Resul
         "--http-listen",
         "127.0.0.1:0",
     ]);
+    // Every value is logged at DEBUG; INFO has only the non-default ones.
+    command.env("SLUICE_LOG", "info,sluice::serve=debug");
     let mut broker = ChildGuard::spawn(command, dir.path(), "broker")?;
     let log = broker.wait_for_log("broker started")?;
+    let changed = log
+        .lines()
+        .find(|line| line.contains("configuration (values other than the defaults)"))
+        .unwrap_or_default();
+    assert!(changed.contains("kafka.listen"), "{log}");
+    assert!(!changed.contains("log.segment_bytes"), "{log}");
     for key in KEYS {
         assert!(
             log.contains(key.key),
