@@ -744,7 +744,7 @@ const AXIS_FONT = '11px system-ui, sans-serif';
 
 /** The time range every chart shows; chosen on any chart, kept for the tab. */
 const chartRange = {
-  minutes: Number(sessionStorage.getItem('sluice.chart-minutes')) || 15,
+  minutes: Number(sessionStorage.getItem('sluice.chart-minutes')) || 5,
   charts: new Set(),
   set(minutes) {
     this.minutes = minutes;
