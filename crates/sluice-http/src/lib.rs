@@ -143,6 +143,9 @@ pub async fn serve(
     {
         tracing::warn!(%error, "http listener failed");
     }
+    // The sampler ends on the shutdown signal; a listener that failed
+    // without one must not leave it running.
+    sampler.abort();
     let _ = sampler.await;
     tracing::info!("http listener stopped");
 }
