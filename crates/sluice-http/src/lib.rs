@@ -132,7 +132,10 @@ pub async fn serve(
         })
     };
     let local = listener.local_addr().ok();
-    tracing::info!(addr = ?local, "http listener ready");
+    if let Some(addr) = local {
+        // The binary logs each listener once at INFO.
+        tracing::debug!(%addr, "http listener ready");
+    }
     let app = app(shared).into_make_service_with_connect_info::<SocketAddr>();
     let stopped = async move {
         let _ = shutdown.changed().await;
