@@ -11,9 +11,7 @@ import { Kafka, logLevel } from 'kafkajs';
 
 import { startBroker } from '../../common/broker.mjs';
 import { launchBrowser, openPage } from '../lib/browser.mjs';
-
-const TEST_MS = 90_000;
-const POLL_MS = 100;
+import { TEST_MS, confirm, row, sleep, waitFor, waitForText, withPage as withCleanPage } from '../lib/ui.mjs';
 
 let broker;
 let browser;
@@ -30,63 +28,14 @@ after(async () => {
   await broker?.stop();
 });
 
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-
-/** Polls `check` until it returns a truthy value or `deadlineMs` passes. */
-async function waitFor(what, deadlineMs, check) {
-  const until = Date.now() + deadlineMs;
-  let last;
-  while (Date.now() < until) {
-    last = await check();
-    if (last) return last;
-    await sleep(POLL_MS);
-  }
-  assert.fail(`timed out after ${deadlineMs} ms waiting for ${what}`);
-}
-
-/** Waits until the locator's text (trimmed) equals `expected` or passes it as a test. */
-async function waitForText(locator, expected, deadlineMs = 10_000) {
-  const matches = (text) => (expected instanceof RegExp ? expected.test(text) : text === expected);
-  let text = null;
-  try {
-    await waitFor(`text ${expected}`, deadlineMs, async () => {
-      text = (await locator.first().textContent({ timeout: 1000 }).catch(() => null))?.trim() ?? null;
-      return text !== null && matches(text);
-    });
-  } catch {
-    assert.fail(`waiting for ${locator} to read ${expected}; it reads ${JSON.stringify(text)}`);
-  }
-  return text;
-}
-
-/** Opens the UI in a fresh browser context, runs `body`, then checks it stayed clean. */
-async function withPage(hash, body) {
-  const session = await openPage(browser, `${broker.url}/${hash}`);
-  try {
-    await body(session);
-    // Let polls in flight land before judging.
-    await sleep(300);
-    assert.deepEqual(session.problemsLeft(), [], 'the page logged errors or saw failed requests');
-  } finally {
-    await session.close();
-  }
-}
+/** Opens the UI at `hash` in a fresh browser context (see lib/ui.mjs). */
+const withPage = (hash, body) => withCleanPage(browser, broker, hash, body);
 
 /** Follows a navigation link and waits for the page it leads to. */
 async function navigate(page, name) {
   await page.getByTestId(`nav-${name}`).click();
   await page.locator(`[data-testid="page-${name}"]`).waitFor();
   assert.match(await page.getByTestId(`nav-${name}`).getAttribute('class'), /active/);
-}
-
-const row = (page, list, key) => page.locator(`[data-testid="${list}-row"][data-key="${key}"]`);
-
-async function confirm(page, reason) {
-  const dialog = page.getByTestId('confirm-dialog');
-  await dialog.waitFor();
-  if (reason !== undefined) await dialog.getByTestId('confirm-input').fill(reason);
-  await dialog.getByTestId('confirm-ok').click();
-  await dialog.waitFor({ state: 'detached' });
 }
 
 test('every page loads and shows what the broker holds', { timeout: TEST_MS }, async () => {
