@@ -2,10 +2,30 @@
 // that must stay free of errors, navigation and row lookup by test id.
 
 import assert from 'node:assert/strict';
+import { after, before } from 'node:test';
 
-import { openPage } from './browser.mjs';
+import { startBroker } from '../../common/broker.mjs';
+import { launchBrowser, openPage } from './browser.mjs';
 
 export const TEST_MS = 90_000;
+
+/**
+ * A broker and a headless browser for the calling test file: started
+ * before its first test, stopped (the broker by PID) after its last. Read
+ * them as `env.broker` and `env.browser` inside the tests.
+ */
+export function brokerAndBrowser() {
+  const env = { broker: undefined, browser: undefined };
+  before(async () => {
+    env.broker = await startBroker();
+    env.browser = await launchBrowser();
+  });
+  after(async () => {
+    await env.browser?.close();
+    await env.broker?.stop();
+  });
+  return env;
+}
 const POLL_MS = 100;
 
 export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));

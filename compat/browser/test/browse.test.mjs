@@ -3,34 +3,21 @@
 // bounded scan with the API's cursor.
 
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 
-import { startBroker } from '../../common/broker.mjs';
-import { launchBrowser } from '../lib/browser.mjs';
-import { TEST_MS, row, waitForText, withPage } from '../lib/ui.mjs';
+import { TEST_MS, brokerAndBrowser, row, waitForText, withPage } from '../lib/ui.mjs';
 
-let broker;
-let browser;
-
-before(async () => {
-  broker = await startBroker();
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  await browser?.close();
-  await broker?.stop();
-});
+const env = brokerAndBrowser();
 
 test('the browser reads all partitions and searches keys, headers and values', { timeout: TEST_MS }, async () => {
-  await broker.api('POST', '/api/topics', { name: 'searched', partitions: 3 });
+  await env.broker.api('POST', '/api/topics', { name: 'searched', partitions: 3 });
   const records = Array.from({ length: 60 }, (_, i) => ({ partition: i % 3, key: `key-${i}`, value: `value ${i}` }));
   records[4].value = 'order with a Refund inside';
   records[32].key = 'refund-32';
   records[50].headers = [{ key: 'reason', value: 'refund requested' }];
-  await broker.api('POST', '/api/topics/searched/messages', { records });
+  await env.broker.api('POST', '/api/topics/searched/messages', { records });
 
-  await withPage(browser, broker, '#/messages?topic=searched', async ({ page }) => {
+  await withPage(env.browser, env.broker, '#/messages?topic=searched', async ({ page }) => {
     // All partitions, twenty at a time.
     await page.getByTestId('browse-scope').selectOption('all');
     assert.equal(await page.getByTestId('browse-partition').isVisible(), false);

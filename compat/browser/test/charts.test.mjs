@@ -4,33 +4,20 @@
 // its drawing and an axis speaks one unit, named once.
 
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 
-import { startBroker } from '../../common/broker.mjs';
-import { launchBrowser } from '../lib/browser.mjs';
-import { TEST_MS, sleep, waitFor, withPage } from '../lib/ui.mjs';
+import { TEST_MS, brokerAndBrowser, sleep, waitFor, withPage } from '../lib/ui.mjs';
 
-let broker;
-let browser;
-
-before(async () => {
-  broker = await startBroker();
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  await browser?.close();
-  await broker?.stop();
-});
+const env = brokerAndBrowser();
 
 test('the overview and group charts are full on first load from the broker\'s history', { timeout: TEST_MS }, async () => {
-  await broker.api('POST', '/api/topics', { name: 'history' });
-  await broker.api('POST', '/api/topics/history/messages', { records: Array.from({ length: 5 }, (_, i) => ({ value: `r${i}` })) });
-  await broker.api('POST', '/api/groups/history-group/reset-offsets', { topic: 'history', to: 'earliest' });
+  await env.broker.api('POST', '/api/topics', { name: 'history' });
+  await env.broker.api('POST', '/api/topics/history/messages', { records: Array.from({ length: 5 }, (_, i) => ({ value: `r${i}` })) });
+  await env.broker.api('POST', '/api/groups/history-group/reset-offsets', { topic: 'history', to: 'earliest' });
   const kept = await waitFor('three overview points and two lag points in the broker', 30_000, async () => {
-    await broker.api('POST', '/api/topics/history/messages', { records: [{ value: 'more' }] });
-    const overview = await broker.api('GET', '/api/overview/history');
-    const lag = await broker.api('GET', '/api/groups/history-group/lag-history');
+    await env.broker.api('POST', '/api/topics/history/messages', { records: [{ value: 'more' }] });
+    const overview = await env.broker.api('GET', '/api/overview/history');
+    const lag = await env.broker.api('GET', '/api/groups/history-group/lag-history');
     return overview.points.length >= 3 && lag.points.length >= 2 && { overview, lag };
   });
   assert.equal(kept.overview.interval_ms, 5000);
@@ -39,14 +26,14 @@ test('the overview and group charts are full on first load from the broker\'s hi
   assert.ok(kept.lag.points.every((p) => p.lag >= 5));
 
   const opened = Date.now();
-  await withPage(browser, broker, '', async ({ page }) => {
+  await withPage(env.browser, env.broker, '', async ({ page }) => {
     await page.locator('[data-testid="page-overview"][data-loaded="true"]').waitFor();
     const chart = page.getByTestId('chart-kafka-records');
     await waitFor('the chart to hold the broker\'s points', 5000,
       async () => Number(await chart.getAttribute('data-points')) >= 3);
     assert.ok(Number(await chart.getAttribute('data-first')) < opened - 4000, 'the chart reaches back before the page opened');
   });
-  await withPage(browser, broker, '#/groups/history-group', async ({ page }) => {
+  await withPage(env.browser, env.broker, '#/groups/history-group', async ({ page }) => {
     await page.locator('[data-testid="page-groups"][data-loaded="true"]').waitFor();
     const chart = page.getByTestId('chart-group-lag');
     await waitFor('the lag chart to hold the broker\'s points', 5000,
@@ -56,14 +43,14 @@ test('the overview and group charts are full on first load from the broker\'s hi
 });
 
 test('chart axis labels stay inside the drawing and each axis has one unit', { timeout: TEST_MS }, async () => {
-  await broker.api('POST', '/api/topics', { name: 'bulky' });
+  await env.broker.api('POST', '/api/topics', { name: 'bulky' });
   const value = 'x'.repeat(8000);
   const records = Array.from({ length: 100 }, () => ({ value }));
-  await withPage(browser, broker, '', async ({ page }) => {
+  await withPage(env.browser, env.broker, '', async ({ page }) => {
     await page.locator('[data-testid="page-overview"][data-loaded="true"]').waitFor();
     // Some hundreds of KiB per second: the byte axis leaves plain bytes.
     await waitFor('a byte axis in KiB/s or MiB/s', 30_000, async () => {
-      await broker.api('POST', '/api/topics/bulky/messages', { records });
+      await env.broker.api('POST', '/api/topics/bulky/messages', { records });
       return /^(KiB|MiB)\/s$/.test(await page.getByTestId('chart-kafka-bytes-unit').textContent());
     });
     for (const id of ['chart-kafka-records', 'chart-kafka-bytes', 'chart-amqp']) {

@@ -4,36 +4,23 @@
 // committed offsets or by members assigned its partitions (kafkajs).
 
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import { Kafka, logLevel } from 'kafkajs';
 
-import { startBroker } from '../../common/broker.mjs';
-import { launchBrowser } from '../lib/browser.mjs';
-import { TEST_MS, row, waitFor, waitForText, withPage } from '../lib/ui.mjs';
+import { TEST_MS, brokerAndBrowser, row, waitFor, waitForText, withPage } from '../lib/ui.mjs';
 
-let broker;
-let browser;
-
-before(async () => {
-  broker = await startBroker();
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  await browser?.close();
-  await broker?.stop();
-});
+const env = brokerAndBrowser();
 
 const FORWARDER = '__sluice_forward:/:amq.fanout';
 
 test('internal groups are hidden by default and shown with the toggle', { timeout: TEST_MS }, async () => {
-  await broker.api('POST', '/api/topics', { name: 'forwarded', configs: { 'sluice.forward.exchange': 'amq.fanout' } });
-  await broker.api('POST', '/api/topics/forwarded/messages', { records: [{ value: 'to amqp' }] });
-  await broker.api('POST', '/api/groups/visible-group/reset-offsets', { topic: 'forwarded', to: 'earliest' });
+  await env.broker.api('POST', '/api/topics', { name: 'forwarded', configs: { 'sluice.forward.exchange': 'amq.fanout' } });
+  await env.broker.api('POST', '/api/topics/forwarded/messages', { records: [{ value: 'to amqp' }] });
+  await env.broker.api('POST', '/api/groups/visible-group/reset-offsets', { topic: 'forwarded', to: 'earliest' });
   await waitFor('the forwarder group', 15_000,
-    async () => (await broker.api('GET', '/api/groups')).items.some((g) => g.group_id === FORWARDER));
+    async () => (await env.broker.api('GET', '/api/groups')).items.some((g) => g.group_id === FORWARDER));
 
-  await withPage(browser, broker, '#/groups', async ({ page }) => {
+  await withPage(env.browser, env.broker, '#/groups', async ({ page }) => {
     await row(page, 'groups', 'visible-group').waitFor();
     assert.equal(await row(page, 'groups', FORWARDER).count(), 0, 'the forwarder is hidden');
     await waitForText(page.getByTestId('groups-total'), '1 item');
@@ -50,7 +37,7 @@ test('internal groups are hidden by default and shown with the toggle', { timeou
   });
 
   // The topic's page lists the forwarder only on demand too.
-  await withPage(browser, broker, '#/topics/forwarded', async ({ page }) => {
+  await withPage(env.browser, env.broker, '#/topics/forwarded', async ({ page }) => {
     await row(page, 'topic-groups', 'visible-group').waitFor();
     assert.equal(await row(page, 'topic-groups', FORWARDER).count(), 0);
     await page.getByTestId('topic-groups-internal').check();
@@ -59,21 +46,21 @@ test('internal groups are hidden by default and shown with the toggle', { timeou
 });
 
 test('a topic page lists the groups that consume it', { timeout: TEST_MS }, async () => {
-  await broker.api('POST', '/api/topics', { name: 'read-by-many', partitions: 2 });
-  await broker.api('POST', '/api/topics', { name: 'other-topic' });
-  await broker.api('POST', '/api/topics/read-by-many/messages', { records: Array.from({ length: 6 }, (_, i) => ({ partition: i % 2, value: `v${i}` })) });
-  await broker.api('POST', '/api/groups/committed-reader/reset-offsets', { topic: 'read-by-many', to: 'earliest' });
-  await broker.api('POST', '/api/groups/elsewhere/reset-offsets', { topic: 'other-topic', to: 'earliest' });
-  const kafka = new Kafka({ clientId: 'topic-groups', brokers: [broker.bootstrap], logLevel: logLevel.NOTHING });
+  await env.broker.api('POST', '/api/topics', { name: 'read-by-many', partitions: 2 });
+  await env.broker.api('POST', '/api/topics', { name: 'other-topic' });
+  await env.broker.api('POST', '/api/topics/read-by-many/messages', { records: Array.from({ length: 6 }, (_, i) => ({ partition: i % 2, value: `v${i}` })) });
+  await env.broker.api('POST', '/api/groups/committed-reader/reset-offsets', { topic: 'read-by-many', to: 'earliest' });
+  await env.broker.api('POST', '/api/groups/elsewhere/reset-offsets', { topic: 'other-topic', to: 'earliest' });
+  const kafka = new Kafka({ clientId: 'topic-groups', brokers: [env.broker.bootstrap], logLevel: logLevel.NOTHING });
   const consumer = kafka.consumer({ groupId: 'live-reader', sessionTimeout: 10_000 });
   await consumer.connect();
   try {
     await consumer.subscribe({ topic: 'read-by-many', fromBeginning: false });
     await consumer.run({ autoCommit: false, eachMessage: async () => {} });
     await waitFor('the live group to be stable', 30_000,
-      async () => (await broker.api('GET', '/api/groups/live-reader')).state === 'Stable');
+      async () => (await env.broker.api('GET', '/api/groups/live-reader')).state === 'Stable');
 
-    await withPage(browser, broker, '#/topics/read-by-many', async ({ page }) => {
+    await withPage(env.browser, env.broker, '#/topics/read-by-many', async ({ page }) => {
       await page.locator('[data-testid="page-topics"][data-loaded="true"]').waitFor();
       await row(page, 'topic-groups', 'committed-reader').waitFor();
       assert.equal(await row(page, 'topic-groups', 'committed-reader').getByTestId('topic-group-lag').textContent(), '6');

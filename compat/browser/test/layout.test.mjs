@@ -3,27 +3,14 @@
 // numbers long enough to push.
 
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import { Kafka, logLevel } from 'kafkajs';
 
-import { startBroker } from '../../common/broker.mjs';
-import { launchBrowser } from '../lib/browser.mjs';
-import { TEST_MS, withPage } from '../lib/ui.mjs';
+import { TEST_MS, brokerAndBrowser, withPage } from '../lib/ui.mjs';
 
 const WIDTH = 1024;
 
-let broker;
-let browser;
-
-before(async () => {
-  broker = await startBroker();
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  await browser?.close();
-  await broker?.stop();
-});
+const env = brokerAndBrowser();
 
 /** Every table on the page: whether it overflows, and buttons or links outside the window. */
 async function overflow(page) {
@@ -48,23 +35,23 @@ async function overflow(page) {
 
 test('every table fits a 1024 px window with its actions visible', { timeout: TEST_MS }, async () => {
   const long = 'a-rather-long-name-for-a-production-resource';
-  await broker.api('POST', '/api/topics', { name: `${long}-topic`, partitions: 3 });
-  await broker.api('POST', `/api/topics/${long}-topic/messages`, {
+  await env.broker.api('POST', '/api/topics', { name: `${long}-topic`, partitions: 3 });
+  await env.broker.api('POST', `/api/topics/${long}-topic/messages`, {
     records: Array.from({ length: 30 }, (_, i) => ({ partition: i % 3, key: `key-${i}`, value: 'x'.repeat(300), headers: [{ key: 'trace-id', value: `${long}-${i}` }] })),
   });
-  await broker.api('PUT', `/api/queues/%2F/${long}-queue`, {
+  await env.broker.api('PUT', `/api/queues/%2F/${long}-queue`, {
     durable: true,
     arguments: { 'x-dead-letter-exchange': 'amq.direct', 'x-dead-letter-routing-key': 'dead', 'x-message-ttl': 60000, 'x-max-length': 100000, 'x-max-priority': 10 },
   });
-  await broker.api('PUT', `/api/exchanges/%2F/${long}-exchange`, { type: 'topic', durable: true, arguments: { 'alternate-exchange': 'amq.fanout' } });
-  await broker.api('POST', '/api/bindings', {
+  await env.broker.api('PUT', `/api/exchanges/%2F/${long}-exchange`, { type: 'topic', durable: true, arguments: { 'alternate-exchange': 'amq.fanout' } });
+  await env.broker.api('POST', '/api/bindings', {
     vhost: '/', source: `${long}-exchange`, destination: `${long}-queue`, destination_type: 'queue', routing_key: `${long}.#`,
   });
-  await broker.api('POST', `/api/exchanges/%2F/${long}-exchange/publish`, {
+  await env.broker.api('POST', `/api/exchanges/%2F/${long}-exchange/publish`, {
     routing_key: `${long}.x`, payload: 'y'.repeat(400), properties: { delivery_mode: 2, headers: { 'trace-id': long }, content_type: 'application/json' },
   });
-  await broker.api('POST', `/api/groups/${long}-group/reset-offsets`, { topic: `${long}-topic`, to: 'earliest' });
-  const kafka = new Kafka({ clientId: `${long}-client`, brokers: [broker.bootstrap], logLevel: logLevel.NOTHING });
+  await env.broker.api('POST', `/api/groups/${long}-group/reset-offsets`, { topic: `${long}-topic`, to: 'earliest' });
+  const kafka = new Kafka({ clientId: `${long}-client`, brokers: [env.broker.bootstrap], logLevel: logLevel.NOTHING });
   const admin = kafka.admin();
   await admin.connect();
   const enc = encodeURIComponent;
@@ -83,7 +70,7 @@ test('every table fits a 1024 px window with its actions visible', { timeout: TE
       [`#/messages?topic=${enc(`${long}-topic`)}&scope=all`, 'messages-table'],
     ];
     const found = [];
-    await withPage(browser, broker, '', async ({ page }) => {
+    await withPage(env.browser, env.broker, '', async ({ page }) => {
       for (const [hash, table] of pages) {
         await page.evaluate((h) => { location.hash = h; }, hash);
         await page.getByTestId(table).first().waitFor();

@@ -4,36 +4,23 @@
 // back to its work queue.
 
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 
-import { startBroker } from '../../common/broker.mjs';
-import { launchBrowser } from '../lib/browser.mjs';
-import { TEST_MS, confirm, row, waitFor, waitForText, withPage } from '../lib/ui.mjs';
+import { TEST_MS, brokerAndBrowser, confirm, row, waitFor, waitForText, withPage } from '../lib/ui.mjs';
 
-let broker;
-let browser;
+const env = brokerAndBrowser();
 
-before(async () => {
-  broker = await startBroker();
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  await browser?.close();
-  await broker?.stop();
-});
-
-const ready = async (queue) => (await broker.api('GET', `/api/queues/%2F/${queue}`)).messages_ready;
+const ready = async (queue) => (await env.broker.api('GET', `/api/queues/%2F/${queue}`)).messages_ready;
 
 test('queue arguments show as badges on the queue page and as flags in the list', { timeout: TEST_MS }, async () => {
-  await broker.api('PUT', '/api/queues/%2F/badged', {
+  await env.broker.api('PUT', '/api/queues/%2F/badged', {
     durable: true,
     arguments: {
       'x-dead-letter-exchange': '', 'x-dead-letter-routing-key': 'badged-dlq', 'x-message-ttl': 60000,
       'x-max-length': 1000, 'x-max-priority': 5, 'x-queue-type': 'classic',
     },
   });
-  await withPage(browser, broker, '#/queues/%2F/badged', async ({ page }) => {
+  await withPage(env.browser, env.broker, '#/queues/%2F/badged', async ({ page }) => {
     await page.locator('[data-testid="page-queues"][data-loaded="true"]').waitFor();
     const args = page.getByTestId('queue-arguments');
     assert.equal(await args.getByTestId('queue-arg-dlx').textContent(), 'DLX: (AMQP default) → badged-dlq');
@@ -48,14 +35,14 @@ test('queue arguments show as badges on the queue page and as flags in the list'
 });
 
 test('get messages requeues, acknowledges or rejects to the dead-letter queue', { timeout: TEST_MS }, async () => {
-  await broker.api('PUT', '/api/queues/%2F/got-dlq', { durable: true });
-  await broker.api('PUT', '/api/queues/%2F/got', {
+  await env.broker.api('PUT', '/api/queues/%2F/got-dlq', { durable: true });
+  await env.broker.api('PUT', '/api/queues/%2F/got', {
     durable: true, arguments: { 'x-dead-letter-exchange': '', 'x-dead-letter-routing-key': 'got-dlq' },
   });
   for (const payload of ['first', 'second', 'third']) {
-    await broker.api('POST', '/api/exchanges/%2F/amq.default/publish', { routing_key: 'got', payload });
+    await env.broker.api('POST', '/api/exchanges/%2F/amq.default/publish', { routing_key: 'got', payload });
   }
-  await withPage(browser, broker, '#/queues/%2F/got', async ({ page }) => {
+  await withPage(env.browser, env.broker, '#/queues/%2F/got', async ({ page }) => {
     await page.locator('[data-testid="page-queues"][data-loaded="true"]').waitFor();
     await waitForText(page.getByTestId('queue-ready'), '3', 15_000);
 
@@ -88,14 +75,14 @@ test('get messages requeues, acknowledges or rejects to the dead-letter queue', 
 });
 
 test('messages move from a dead-letter queue back to their queue', { timeout: TEST_MS }, async () => {
-  await broker.api('PUT', '/api/queues/%2F/orders', { durable: true });
-  await broker.api('PUT', '/api/queues/%2F/orders-dlq', { durable: true });
+  await env.broker.api('PUT', '/api/queues/%2F/orders', { durable: true });
+  await env.broker.api('PUT', '/api/queues/%2F/orders-dlq', { durable: true });
   for (let i = 0; i < 4; i += 1) {
-    await broker.api('POST', '/api/exchanges/%2F/amq.default/publish', {
+    await env.broker.api('POST', '/api/exchanges/%2F/amq.default/publish', {
       routing_key: 'orders-dlq', payload: `order ${i}`, properties: { delivery_mode: 2, headers: { attempt: i } },
     });
   }
-  await withPage(browser, broker, '#/queues/%2F/orders-dlq', async ({ page }) => {
+  await withPage(env.browser, env.broker, '#/queues/%2F/orders-dlq', async ({ page }) => {
     await page.locator('[data-testid="page-queues"][data-loaded="true"]').waitFor();
     await page.getByTestId('move-destination').fill('orders');
     await page.getByTestId('move-count').fill('3');
@@ -112,7 +99,7 @@ test('messages move from a dead-letter queue back to their queue', { timeout: TE
     await confirm(page);
     await waitForText(page.getByTestId('move-result'), 'Moved 1 message to orders.');
     await waitFor('the dead-letter queue to be empty', 10_000, async () => (await ready('orders-dlq')) === 0);
-    const moved = await broker.api('GET', '/api/queues/%2F/orders/messages?count=10');
+    const moved = await env.broker.api('GET', '/api/queues/%2F/orders/messages?count=10');
     assert.deepEqual(moved.messages.map((m) => [m.payload, m.properties.headers.attempt, m.properties.delivery_mode]),
       [['order 0', 0, 2], ['order 1', 1, 2], ['order 2', 2, 2], ['order 3', 3, 2]]);
   });

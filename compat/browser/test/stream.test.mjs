@@ -3,32 +3,19 @@
 // refuses queue.purge.
 
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 
-import { startBroker } from '../../common/broker.mjs';
-import { launchBrowser } from '../lib/browser.mjs';
-import { TEST_MS, waitForText, withPage } from '../lib/ui.mjs';
+import { TEST_MS, brokerAndBrowser, waitForText, withPage } from '../lib/ui.mjs';
 
-let broker;
-let browser;
-
-before(async () => {
-  broker = await startBroker();
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  await browser?.close();
-  await broker?.stop();
-});
+const env = brokerAndBrowser();
 
 test('a stream queue peeks at its records and offers no purge', { timeout: TEST_MS }, async () => {
-  await broker.api('PUT', '/api/queues/%2F/events', { durable: true, arguments: { 'x-queue-type': 'stream' } });
-  await broker.api('PUT', '/api/queues/%2F/plain', { durable: true });
-  await broker.api('POST', '/api/exchanges/%2F/amq.default/messages', {
+  await env.broker.api('PUT', '/api/queues/%2F/events', { durable: true, arguments: { 'x-queue-type': 'stream' } });
+  await env.broker.api('PUT', '/api/queues/%2F/plain', { durable: true });
+  await env.broker.api('POST', '/api/exchanges/%2F/amq.default/messages', {
     messages: [{ routing_key: 'events', payload: 'first' }, { routing_key: 'events', payload: 'second' }],
   });
-  await withPage(browser, broker, '#/queues/%2F/events', async ({ page }) => {
+  await withPage(env.browser, env.broker, '#/queues/%2F/events', async ({ page }) => {
     await page.locator('[data-testid="page-queues"][data-loaded="true"]').waitFor();
     await waitForText(page.getByTestId('queue-ready'), '2', 15_000);
     assert.equal(await page.getByTestId('queue-purge').isVisible(), false);
@@ -37,7 +24,7 @@ test('a stream queue peeks at its records and offers no purge', { timeout: TEST_
     assert.deepEqual(await page.getByTestId('peek-payload').allTextContents(), ['first', 'second']);
     assert.match(await page.getByTestId('peek-properties').first().textContent(), /x-stream-offset/);
   });
-  await withPage(browser, broker, '#/queues/%2F/plain', async ({ page }) => {
+  await withPage(env.browser, env.broker, '#/queues/%2F/plain', async ({ page }) => {
     await page.locator('[data-testid="page-queues"][data-loaded="true"]').waitFor();
     await page.getByTestId('queue-purge').waitFor({ state: 'visible' });
   });
