@@ -2348,12 +2348,7 @@ async function messagesPage(ctx, root) {
     try {
       data = await api('GET', `/api/topics/${pathOf(topic)}/messages${queryOf(params)}`);
     } catch (error) {
-      if (!ctx.alive) return;
-      errorLine.textContent = error.message;
-      errorLine.hidden = false;
-      replaceChildren(results);
-      summary.textContent = '';
-      nextButton.hidden = true;
+      if (ctx.alive) showFailure(error);
       return;
     }
     if (!ctx.alive) return;
@@ -2366,6 +2361,15 @@ async function messagesPage(ctx, root) {
     showRecords(data.messages, encoding, true);
     nextButton.hidden = !data.next_cursor;
     root.dataset.loaded = 'true';
+  }
+
+  /** A failed read or search: its message instead of any results. */
+  function showFailure(error) {
+    errorLine.textContent = error.message;
+    errorLine.hidden = false;
+    replaceChildren(results);
+    summary.textContent = '';
+    nextButton.hidden = true;
   }
 
   async function read(fromOffset) {
@@ -2400,12 +2404,7 @@ async function messagesPage(ctx, root) {
     try {
       data = await api('GET', `/api/topics/${pathOf(topic)}/partitions/${partition}/messages${queryOf(params)}`);
     } catch (error) {
-      if (!ctx.alive) return;
-      errorLine.textContent = error.message;
-      errorLine.hidden = false;
-      replaceChildren(results);
-      summary.textContent = '';
-      nextButton.hidden = true;
+      if (ctx.alive) showFailure(error);
       return;
     }
     if (!ctx.alive) return;
