@@ -13,11 +13,14 @@ pub enum ConfigError {
         #[source]
         source: io::Error,
     },
-    #[error("config file {} is not valid TOML", .path.display())]
+    /// Where and why, without the line itself: the line may hold a
+    /// password (`users = admin:S3cret`, unquoted).
+    #[error("config file {} is not valid TOML at line {line}, column {column}: {message}", .path.display())]
     ParseFile {
         path: PathBuf,
-        #[source]
-        source: toml::de::Error,
+        line: usize,
+        column: usize,
+        message: String,
     },
     #[error("unknown config key `{key}` (from {origin}); {hint}")]
     UnknownKey {

@@ -239,9 +239,15 @@ impl Layers {
             path: path.to_path_buf(),
             source,
         })?;
-        let table: Table = toml::from_str(&text).map_err(|source| ConfigError::ParseFile {
-            path: path.to_path_buf(),
-            source,
+        let table: Table = toml::from_str(&text).map_err(|error| {
+            let at = error.span().map_or(0, |span| span.start).min(text.len());
+            let before = text.get(..at).unwrap_or_default();
+            ConfigError::ParseFile {
+                path: path.to_path_buf(),
+                line: before.matches('\n').count() + 1,
+                column: before.rsplit('\n').next().map_or(0, |line| line.chars().count()) + 1,
+                message: error.message().trim().to_owned(),
+            }
         })?;
         let source = Source::File(path.to_path_buf());
         let mut leaves = Vec::new();
@@ -777,6 +783,15 @@ mod tests {
             .load()
             .expect_err("bad toml");
         assert!(matches!(err, ConfigError::ParseFile { .. }), "{err}");
+        // The offending line is not echoed: it may hold a password.
+        let file = config_file("[amqp]\nheartbeat = \"10s\"\nusers = admin:S3cret\n")?;
+        let err = ConfigLoader::new()
+            .file(file.path())
+            .load()
+            .expect_err("unquoted string");
+        let message = format!("{err:#}");
+        assert!(!message.contains("S3cret"), "{message}");
+        assert!(message.contains("line 3"), "{message}");
         Ok(())
     }
 
