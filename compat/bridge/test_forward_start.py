@@ -105,3 +105,19 @@ def test_readme_forwarding_example_works_as_pasted(fresh_broker):
     assert done.returncode == 0, done.stdout + done.stderr
     # The last command takes the message: its body and routing key are shown.
     assert '"payload"' in done.stdout and "job.eu" in done.stdout, done.stdout + done.stderr
+
+
+def test_forwarding_switched_off_and_on_again_skips_the_gap(broker, ch, name):
+    exchange, queue = bound_queue(ch, name)
+    topic = f"{name}-t"
+    create_topic(broker, topic, config={"sluice.forward.exchange": exchange})
+    produce_all(producer(broker), topic, records("first", 2))
+    assert wait_for_count(ch, queue, 2) == 2
+    set_topic_config(broker, topic, {"sluice.forward.exchange": ""})
+    ch.connection.sleep(1.0)  # the forwarder has stopped
+    produce_all(producer(broker), topic, records("gap", 3))
+    set_topic_config(broker, topic, {"sluice.forward.exchange": exchange})
+    produce_all(producer(broker), topic, records("again", 2))
+    assert wait_for_count(ch, queue, 4) == 4
+    ch.connection.sleep(1.0)
+    assert [body for _, _, body in get_all(ch, queue)] == [b"first-0", b"first-1", b"again-0", b"again-1"]

@@ -17,6 +17,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from common.broker import BrokerStartError
 from support import CLIENT_TIMEOUT_S, closed_by_peer, confluent_config, connect_raw, pika_connection
 
 PASSWORD = "0perator-S3cret"
@@ -184,3 +185,20 @@ def test_client_errors_are_logged_with_what_to_act_on(own_broker, name):
     assert "wrong-Passw0rd" not in text
 
     assert not lines_matching(text, r"INFO.*(i/o error|socket error|during the handshake)"), text
+
+
+def test_a_start_that_cannot_bind_leaves_a_clean_shutdown(own_broker):
+    with own_broker(SETTINGS) as broker:
+        broker.stop()
+        assert broker.last_returncode == 0
+        # Another process holds the HTTP port: the start fails after recovery.
+        with socket.socket() as squatter:
+            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            squatter.bind(("127.0.0.1", broker.http_port))
+            squatter.listen()
+            with pytest.raises(BrokerStartError):
+                broker.start()
+        mark = broker.log_size()
+        broker.start()
+        text = broker.log_text(mark, tail_lines=None)
+        assert field(one_line(text, r"recovering"), "last_shutdown") == "clean", text

@@ -158,7 +158,7 @@ impl Broker {
     /// and a progress line every `recovery_progress_interval` meanwhile.
     pub fn open(options: BrokerOptions) -> Result<Broker, CoreError> {
         let lock = DataDirLock::acquire(&options.data_dir)?;
-        let last_shutdown = recovery::LastShutdown::take(&options.data_dir)?;
+        let last_shutdown = recovery::LastShutdown::read(&options.data_dir);
         tracing::info!(
             last_shutdown = last_shutdown.as_str(),
             data_dir = %options.data_dir.display(),
@@ -233,6 +233,7 @@ impl Broker {
             elapsed_ms = since(phase),
             "recovered definitions and durable queues"
         );
+        recovery::LastShutdown::clear(&options.data_dir)?;
         tracing::info!(
             elapsed_ms = progress.elapsed().as_millis() as u64,
             "recovery complete"
@@ -320,11 +321,14 @@ impl Broker {
 
     /// Replaces a topic's settings (AlterConfigs, the admin API). Blocking.
     ///
-    /// When this switches forwarding on, or to another exchange, with
-    /// `sluice.forward.start` = `latest` (the default), each partition
-    /// without a forwarding position first gets its current end stored as
-    /// one: forwarding covers the records produced from now on, also when
-    /// the broker crashes before the forwarder's first batch.
+    /// When this switches forwarding on, or to another exchange, each
+    /// partition's forwarding position is first stored as its current end
+    /// (`sluice.forward.start` = `latest`, the default) or its log start
+    /// (`earliest`), replacing a position left from an earlier spell of
+    /// forwarding to that exchange: forwarding covers the records produced
+    /// from now on (or the whole log), also when the broker crashes before
+    /// the forwarder's first batch. A change that keeps the exchange (the
+    /// routing key, say) keeps the positions.
     ///
     /// # Errors
     /// [`CoreError::UnknownTopic`], or I/O storing the config or positions.
@@ -335,26 +339,31 @@ impl Broker {
             .ok_or_else(|| CoreError::UnknownTopic {
                 topic: name.to_owned(),
             })?;
-        if let Some(forwarding) = config.forwarding()
-            && !forwarding.from_earliest
-            && topic.config().forwarding().as_ref() != Some(&forwarding)
+        let group = config
+            .forwarding()
+            .map(|f| (forwarding::forward_group(&f), f));
+        let before = topic
+            .config()
+            .forwarding()
+            .map(|f| forwarding::forward_group(&f));
+        if let Some((group, forwarding)) = group
+            && before.as_ref() != Some(&group)
         {
-            let group = forwarding::forward_group(&forwarding);
             let positions: Vec<(String, i32, CommittedOffset)> = topic
                 .partitions()
                 .iter()
-                .filter(|partition| {
-                    self.offsets
-                        .fetch(&group, name, partition.id().get())
-                        .is_none()
-                })
                 .map(|partition| {
-                    let end = partition.log().high_watermark().get();
+                    let log = partition.log();
+                    let start = if forwarding.from_earliest {
+                        log.log_start()
+                    } else {
+                        log.high_watermark()
+                    };
                     (
                         name.to_owned(),
                         partition.id().get(),
                         CommittedOffset {
-                            offset: end,
+                            offset: start.get(),
                             leader_epoch: -1,
                             metadata: None,
                         },

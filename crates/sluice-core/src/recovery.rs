@@ -38,25 +38,33 @@ impl LastShutdown {
         }
     }
 
-    /// Reads and removes the marker of `data_dir`, durably, so that a crash
-    /// during this run is never mistaken for a clean stop.
+    /// How the last run on `data_dir` ended, from its marker.
+    pub(crate) fn read(data_dir: &Path) -> LastShutdown {
+        if data_dir.join(CLEAN_SHUTDOWN_MARKER).exists() {
+            LastShutdown::Clean
+        } else if data_dir.join("logs").exists() {
+            LastShutdown::Unclean
+        } else {
+            LastShutdown::NewDataDirectory
+        }
+    }
+
+    /// Removes the marker, durably, once recovery is done and this run may
+    /// start writing: a crash from then on is never mistaken for a clean
+    /// stop. A start that fails before this leaves the marker as it was.
     ///
     /// # Errors
     /// [`CoreError::DataDir`] when the marker cannot be removed.
-    pub(crate) fn take(data_dir: &Path) -> Result<LastShutdown, CoreError> {
+    pub(crate) fn clear(data_dir: &Path) -> Result<(), CoreError> {
         let marker = data_dir.join(CLEAN_SHUTDOWN_MARKER);
         let io_error = |source| CoreError::DataDir {
             path: marker.clone(),
             source,
         };
-        if marker.exists() {
-            fs::remove_file(&marker).map_err(io_error)?;
-            sync_dir(data_dir).map_err(io_error)?;
-            Ok(LastShutdown::Clean)
-        } else if data_dir.join("logs").exists() {
-            Ok(LastShutdown::Unclean)
-        } else {
-            Ok(LastShutdown::NewDataDirectory)
+        match fs::remove_file(&marker) {
+            Ok(()) => sync_dir(data_dir).map_err(io_error),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(io_error(error)),
         }
     }
 
@@ -203,15 +211,19 @@ mod tests {
     fn marker_tells_clean_from_unclean_and_new() -> Result<(), CoreError> {
         let dir = tempfile::tempdir().expect("temp dir");
         assert_eq!(
-            LastShutdown::take(dir.path())?,
+            LastShutdown::read(dir.path()),
             LastShutdown::NewDataDirectory
         );
         fs::create_dir(dir.path().join("logs")).expect("logs dir");
-        assert_eq!(LastShutdown::take(dir.path())?, LastShutdown::Unclean);
+        assert_eq!(LastShutdown::read(dir.path()), LastShutdown::Unclean);
         LastShutdown::mark_clean(dir.path())?;
-        assert_eq!(LastShutdown::take(dir.path())?, LastShutdown::Clean);
-        // Taken once: a crash after this start is not a clean stop.
-        assert_eq!(LastShutdown::take(dir.path())?, LastShutdown::Unclean);
+        // A start that fails before clearing still finds the clean stop.
+        assert_eq!(LastShutdown::read(dir.path()), LastShutdown::Clean);
+        assert_eq!(LastShutdown::read(dir.path()), LastShutdown::Clean);
+        LastShutdown::clear(dir.path())?;
+        // Cleared: a crash after this start is not a clean stop.
+        assert_eq!(LastShutdown::read(dir.path()), LastShutdown::Unclean);
+        LastShutdown::clear(dir.path())?;
         Ok(())
     }
 

@@ -107,16 +107,35 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
 
     let (stop, stopped) = watch::channel(false);
     let users = users(&config.amqp);
-    let (kafka, kafka_address) =
-        start_kafka(&config.kafka, Arc::clone(&broker), stopped.clone()).await?;
-    let (amqp, amqp_address) = start_amqp(
-        &config.amqp,
-        users.clone(),
-        Arc::clone(&broker),
-        stopped.clone(),
-    )
-    .await?;
-    let (listener, http_address) = bind(config.http.listen.as_str(), "HTTP", "http.listen").await?;
+    let bound = async {
+        let kafka = start_kafka(&config.kafka, Arc::clone(&broker), stopped.clone()).await?;
+        let amqp = start_amqp(
+            &config.amqp,
+            users.clone(),
+            Arc::clone(&broker),
+            stopped.clone(),
+        )
+        .await?;
+        let http = bind(config.http.listen.as_str(), "HTTP", "http.listen").await?;
+        anyhow::Ok((kafka, amqp, http))
+    }
+    .await;
+    let ((kafka, kafka_address), (amqp, amqp_address), (listener, http_address)) = match bound {
+        Ok(bound) => bound,
+        Err(error) => {
+            // A listener that cannot bind (the port is taken, say) ends the
+            // start, but the logs still close cleanly, so the next start
+            // reads a clean shutdown.
+            let _ = stop.send(true);
+            let closing = Arc::clone(&broker);
+            match tokio::task::spawn_blocking(move || closing.shutdown()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(shutdown)) => tracing::warn!(error = %shutdown, "closing the logs failed"),
+                Err(_) => tracing::warn!("closing the logs failed"),
+            }
+            return Err(error);
+        }
+    };
     info!(listen = %http_address, "http listening");
     info!(
         version = env!("CARGO_PKG_VERSION"),
