@@ -9,13 +9,21 @@ use serde_json::Value;
 
 use crate::args::{ApiArgs, Output};
 use crate::client::Api;
-use crate::error::CliResult;
+use crate::error::{CliError, CliResult};
 use crate::output::{bytes, cell, count, duration, rate, write_fields, write_json};
 
 pub(crate) fn run(args: &ApiArgs, out: &mut dyn Write) -> CliResult<()> {
     let api = Api::new(args);
     let readiness = api.readiness()?;
-    let mut overview = api.get("/api/overview", &[])?;
+    let mut overview = match api.get("/api/overview", &[]) {
+        Ok(overview) => overview,
+        Err(error @ CliError::Unauthorized { .. }) => {
+            // Readiness needs no login: say it before the refusal (exit 4).
+            writeln!(out, "health: {}", health(readiness.as_ref()))?;
+            return Err(error);
+        }
+        Err(error) => return Err(error),
+    };
     match args.output {
         Output::Json => {
             overview["health"] = readiness.unwrap_or(Value::Null);
