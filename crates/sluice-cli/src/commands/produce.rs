@@ -33,6 +33,10 @@ const LINGER: Duration = Duration::from_millis(100);
 /// Most line bytes in one batch, so a request stays under the API's body
 /// limit (2 MiB) even in base64.
 const MAX_BATCH_BYTES: usize = 1 << 20;
+/// Largest request body sent: the API refuses bodies over 2 MiB, and JSON
+/// escaping, base64 and per-message properties can make a body much larger
+/// than its lines, so an encoded batch over this is split in halves.
+const MAX_BODY_BYTES: usize = (2 << 20) - (64 << 10);
 /// Batches encoded and waiting while a request is in flight.
 const BATCHES_AHEAD: usize = 2;
 
@@ -73,7 +77,8 @@ pub struct ProduceArgs {
     /// Publish persistent messages (delivery_mode 2).
     #[arg(long, requires = "exchange")]
     persistent: bool,
-    /// Most records per request to a topic.
+    /// Most records or messages per request (a request is also kept under
+    /// the API's 2 MiB body limit).
     #[arg(long, value_name = "N", default_value_t = 500,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     batch_size: u32,
@@ -232,16 +237,33 @@ fn encode_batches(
                     return;
                 }
             };
-            let ready = Encoded {
-                lines: batch.len() as u64,
-                body: encode(&batch).to_string(),
-            };
-            if sender.send(Ok(ready)).is_err() {
-                return;
+            let mut ready = Vec::new();
+            encode_within_limit(&batch, &encode, &mut ready);
+            for encoded in ready {
+                if sender.send(Ok(encoded)).is_err() {
+                    return;
+                }
             }
         }
     });
     encoded
+}
+
+/// Encodes `batch` as one request, or as several in order when its body
+/// would exceed [`MAX_BODY_BYTES`]. A single line over the limit is sent
+/// as it is, for the API to refuse with its own error.
+fn encode_within_limit(batch: &[Line], encode: &impl Fn(&[Line]) -> Value, out: &mut Vec<Encoded>) {
+    let body = encode(batch).to_string();
+    if body.len() > MAX_BODY_BYTES && batch.len() > 1 {
+        let (first, second) = batch.split_at(batch.len() / 2);
+        encode_within_limit(first, encode, out);
+        encode_within_limit(second, encode, out);
+    } else {
+        out.push(Encoded {
+            lines: batch.len() as u64,
+            body,
+        });
+    }
 }
 
 /// Bytes as the API's text encoding, or base64 when they are not UTF-8.
@@ -563,6 +585,40 @@ mod tests {
             hint: None,
         };
         assert_eq!(unknown_topic_hint(other, "t").hint(), None);
+    }
+
+    #[test]
+    fn encoded_batches_are_split_below_the_body_limit() {
+        // Quotes double in JSON: 4,000 lines of 400 quotes are 1.6 MB of
+        // lines but over 3 MB of body.
+        let batch: Vec<Line> = (0..4000)
+            .map(|_| Line {
+                key: None,
+                value: vec![b'"'; 400],
+            })
+            .collect();
+        let encode = |lines: &[Line]| {
+            serde_json::json!({"records": lines
+                .iter()
+                .map(|line| text(&line.value, false))
+                .collect::<Vec<_>>()})
+        };
+        let mut out = Vec::new();
+        encode_within_limit(&batch, &encode, &mut out);
+        assert!(out.len() > 1, "{} requests", out.len());
+        assert!(
+            out.iter()
+                .all(|encoded| encoded.body.len() <= MAX_BODY_BYTES)
+        );
+        assert_eq!(out.iter().map(|encoded| encoded.lines).sum::<u64>(), 4000);
+        // A single line over the limit is still sent, for the API to refuse.
+        let huge = [Line {
+            key: None,
+            value: vec![b'x'; MAX_BODY_BYTES + 1],
+        }];
+        let mut out = Vec::new();
+        encode_within_limit(&huge, &encode, &mut out);
+        assert_eq!(out.len(), 1);
     }
 
     #[test]
