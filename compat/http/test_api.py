@@ -53,9 +53,15 @@ def test_configured_users_log_in_and_guest_only_from_loopback(tmp_path, request)
     settings = {"amqp.users": "guest:guest,alice:secret", "amqp.loopback_users": "guest"}
     with per_test_broker(tmp_path, request, settings) as broker:
         assert ok(get(broker, "/api/overview", credentials=("alice", "secret")))["version"]
+        mark = broker.log_size()
         assert get(broker, "/api/overview", credentials=("alice", "guest")).status == 401
         # Loopback is all a test can reach; guest is accepted from there.
         assert get(broker, "/api/overview").status == 200
+        # The refusal is logged with the user name, never the password.
+        log = broker.log_text(mark, tail_lines=None)
+        refused = [line for line in log.splitlines() if "admin API login refused" in line]
+        assert len(refused) == 1 and "user=alice" in refused[0], log
+        assert "secret" not in log
 
 
 # --- errors ------------------------------------------------------------------------------

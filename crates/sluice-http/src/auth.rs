@@ -35,6 +35,11 @@ pub(crate) async fn require_user(
         return next.run(request).await;
     }
     let from_ui = request.headers().contains_key(UI_CLIENT_HEADER);
+    if let Some((user, _)) = &credentials {
+        // A request without credentials is the usual first step of a
+        // browser or client; wrong ones are worth an operator's look.
+        tracing::warn!(%peer, %user, path = %request.uri().path(), "admin API login refused");
+    }
     let message = if credentials.is_some() {
         "wrong user name or password, or the user may log in only from loopback"
     } else {
