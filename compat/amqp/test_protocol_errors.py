@@ -8,10 +8,13 @@ codes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import time
 
+import amqp
+import amqp.exceptions
 import pika
 import pika.exceptions
 import pika.frame
@@ -271,3 +274,33 @@ def test_opening_more_channels_than_channel_max_is_refused_530(broker):
         raw.send_method(3, pika.spec.Channel.Open())
         close = raw.expect_connection_close()
         assert close.reply_code == NOT_ALLOWED, close
+
+
+def test_publish_with_immediate_closes_the_connection_540(broker):
+    """RabbitMQ 3.0 dropped `immediate`: a publish with it set closes the
+    connection (not the channel) with 540 "NOT_IMPLEMENTED - immediate=true",
+    naming basic.publish (60, 40). pika cannot set the flag; py-amqp can."""
+    connection = amqp.Connection(
+        broker.amqp_address, userid="guest", password="guest", connect_timeout=5
+    )
+    connection.connect()
+    try:
+        channel = connection.channel()
+        channel.basic_publish(amqp.Message(b"now or never"), exchange="", routing_key="nobody", immediate=True)
+        with pytest.raises(amqp.exceptions.AMQPNotImplementedError) as raised:
+            # Bounded: each drain waits at most a second; the close comes on
+            # the first that reads anything.
+            for _ in range(int(CLOSE_DEADLINE_S)):
+                try:
+                    connection.drain_events(timeout=1)
+                except TimeoutError:
+                    continue
+        error = raised.value
+        assert error.reply_code == 540, error
+        assert error.reply_text == "NOT_IMPLEMENTED - immediate=true", error
+        assert (error.method_sig or (0, 0)) == (60, 40), error
+        # A connection error, not a channel error: py-amqp saw connection.close.
+        assert not connection.connected
+    finally:
+        with contextlib.suppress(Exception):
+            connection.collect()

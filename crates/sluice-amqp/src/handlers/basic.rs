@@ -266,6 +266,11 @@ pub(crate) fn publish(
     method: basic::Publish,
     message: Message,
 ) -> Result<(), AmqpError> {
+    // RabbitMQ dropped `immediate` in 3.0 and closes the connection when a
+    // publish asks for it (rabbit_channel raises a hard not_implemented).
+    if method.immediate {
+        return Err(AmqpError::connection(NOT_IMPLEMENTED, "immediate=true").during(60, 40));
+    }
     // RabbitMQ's validated user-id: a publisher may not claim another user.
     if let Some(user_id) = message.properties.user_id()
         && user_id.as_str() != ctx.user
