@@ -1,7 +1,8 @@
 """Altering topic settings from both admin clients.
 
 Contract: IncrementalAlterConfigs (confluent-kafka) sets and deletes single
-keys and leaves the others; AlterConfigs (kafka-python) replaces the topic's
+keys and leaves the others, appends to and subtracts from list keys
+(cleanup.policy) and refuses both on other keys with INVALID_CONFIG; AlterConfigs (kafka-python) replaces the topic's
 whole set; invalid names or values are refused with INVALID_CONFIG and
 change nothing; the settings survive a broker restart and act on the data
 (max.message.bytes).
@@ -59,6 +60,38 @@ def test_incremental_alter_refuses_bad_values_and_changes_nothing(broker, topic)
             ],
         )
     assert raised.value.args[0].code() == KafkaError.INVALID_CONFIG
+    assert describe(admin, topic)["retention.ms"].value == "3600000"
+
+
+def test_incremental_append_and_subtract_edit_list_configs(broker, topic):
+    """APPEND adds list items not present, starting from the default
+    (delete → delete,compact); SUBTRACT removes them (→ compact)."""
+    admin = create_topic_confluent(broker, topic)
+    incremental(
+        admin, topic, [ConfigEntry("cleanup.policy", "compact", incremental_operation=AlterConfigOpType.APPEND)]
+    )
+    entries = describe(admin, topic)
+    assert entries["cleanup.policy"].value == "delete,compact"
+    assert not entries["cleanup.policy"].is_default
+    incremental(
+        admin, topic, [ConfigEntry("cleanup.policy", "compact", incremental_operation=AlterConfigOpType.APPEND)]
+    )
+    assert describe(admin, topic)["cleanup.policy"].value == "delete,compact", "no duplicates"
+    incremental(
+        admin, topic, [ConfigEntry("cleanup.policy", "delete", incremental_operation=AlterConfigOpType.SUBTRACT)]
+    )
+    assert describe(admin, topic)["cleanup.policy"].value == "compact"
+
+
+@pytest.mark.parametrize("operation", [AlterConfigOpType.APPEND, AlterConfigOpType.SUBTRACT])
+def test_incremental_append_or_subtract_on_a_non_list_config_is_invalid(broker, topic, operation):
+    """Kafka answers INVALID_CONFIG for APPEND/SUBTRACT on a key whose type
+    is not LIST, and changes nothing."""
+    admin = create_topic_confluent(broker, topic, config={"retention.ms": "3600000"})
+    with pytest.raises(KafkaException) as raised:
+        incremental(admin, topic, [ConfigEntry("retention.ms", "60000", incremental_operation=operation)])
+    assert raised.value.args[0].code() == KafkaError.INVALID_CONFIG
+    assert "retention.ms" in raised.value.args[0].str()
     assert describe(admin, topic)["retention.ms"].value == "3600000"
 
 

@@ -62,6 +62,10 @@ pub const TOPIC_CONFIG_KEYS: &[&str] = &[
     FORWARD_VHOST,
 ];
 
+/// The settings whose value is a comma-separated list (Kafka's LIST type),
+/// the only ones IncrementalAlterConfigs may APPEND to or SUBTRACT from.
+const LIST_KEYS: &[&str] = &["cleanup.policy"];
+
 /// Sluice's own topic setting: the AMQP exchange every record is also
 /// published to (empty: none).
 pub const FORWARD_EXCHANGE: &str = "sluice.forward.exchange";
@@ -119,6 +123,52 @@ impl TopicConfig {
         validate(&key, &value)?;
         self.overrides.insert(key, value);
         Ok(())
+    }
+
+    /// Adds `values` (comma-separated) to a list-valued key, each only if
+    /// absent, starting from the key's current or default value (Kafka's
+    /// IncrementalAlterConfigs APPEND).
+    ///
+    /// # Errors
+    /// [`CoreError::InvalidConfig`] when the key is not a list or the
+    /// result is not a valid value.
+    pub fn append(&mut self, key: String, values: &str) -> Result<(), CoreError> {
+        let mut list = self.list(&key, "APPEND")?;
+        for value in split_list(values) {
+            if !list.iter().any(|v| v == value) {
+                list.push(value.to_owned());
+            }
+        }
+        self.set(key, list.join(","))
+    }
+
+    /// Removes `values` (comma-separated) from a list-valued key, starting
+    /// from the key's current or default value (Kafka's
+    /// IncrementalAlterConfigs SUBTRACT).
+    ///
+    /// # Errors
+    /// As [`TopicConfig::append`].
+    pub fn subtract(&mut self, key: String, values: &str) -> Result<(), CoreError> {
+        let mut list = self.list(&key, "SUBTRACT")?;
+        let doomed: Vec<&str> = split_list(values).collect();
+        list.retain(|v| !doomed.contains(&v.as_str()));
+        self.set(key, list.join(","))
+    }
+
+    /// The current or default items of a list-valued key.
+    fn list(&self, key: &str, operation: &str) -> Result<Vec<String>, CoreError> {
+        if !LIST_KEYS.contains(&key) {
+            // Kafka 3.9 (KRaft): "Can't APPEND to key k because its type is not LIST."
+            return Err(CoreError::InvalidConfig {
+                key: key.to_owned(),
+                reason: format!("is not a list: {operation} applies only to list configs"),
+            });
+        }
+        let current = match self.overrides.get(key) {
+            Some(value) => value.clone(),
+            None => default_value(key, &LogConfig::default()),
+        };
+        Ok(split_list(&current).map(str::to_owned).collect())
     }
 
     /// Returns the key to its default.
@@ -270,6 +320,11 @@ fn default_value(name: &str, defaults: &LogConfig) -> String {
     }
 }
 
+/// The non-empty items of a comma-separated list, trimmed.
+fn split_list(value: &str) -> impl Iterator<Item = &str> {
+    value.split(',').map(str::trim).filter(|v| !v.is_empty())
+}
+
 /// (has compact, has delete) of a `cleanup.policy` list.
 fn policy_words(value: &str) -> (bool, bool) {
     let words: Vec<&str> = value.split(',').map(str::trim).collect();
@@ -366,6 +421,27 @@ mod tests {
         assert!(err.to_string().contains("retention.ms"), "{err}");
         let err = TopicConfig::new([("cleanup.policy", "keep")]).expect_err("bad policy");
         assert!(err.to_string().contains("cleanup.policy"), "{err}");
+    }
+
+    #[test]
+    fn append_and_subtract_edit_list_configs_from_their_default() -> Result<(), CoreError> {
+        let mut config = TopicConfig::default();
+        config.append("cleanup.policy".into(), "compact")?;
+        assert_eq!(config.overrides()["cleanup.policy"], "delete,compact");
+        config.append("cleanup.policy".into(), "delete,compact")?;
+        assert_eq!(config.overrides()["cleanup.policy"], "delete,compact");
+        config.subtract("cleanup.policy".into(), "delete")?;
+        assert_eq!(config.cleanup_policy(), CleanupPolicy::Compact);
+        let err = config
+            .append("retention.ms".into(), "1")
+            .expect_err("not a list");
+        assert!(err.to_string().contains("retention.ms"), "{err}");
+        let err = config
+            .subtract("cleanup.policy".into(), "compact")
+            .expect_err("an empty policy");
+        assert!(err.to_string().contains("cleanup.policy"), "{err}");
+        assert_eq!(config.overrides()["cleanup.policy"], "compact");
+        Ok(())
     }
 
     #[test]

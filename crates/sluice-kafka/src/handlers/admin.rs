@@ -213,6 +213,8 @@ pub(crate) async fn alter_configs(
 /// IncrementalAlterConfigs operations (KIP-339).
 const SET: i8 = 0;
 const DELETE: i8 = 1;
+const APPEND: i8 = 2;
+const SUBTRACT: i8 = 3;
 
 pub(crate) async fn incremental_alter_configs(
     context: &Context,
@@ -246,12 +248,14 @@ pub(crate) async fn incremental_alter_configs(
                             match operation {
                                 SET => config.set(key, value.unwrap_or_default())?,
                                 DELETE => config.remove(&key),
+                                APPEND => config.append(key, value.as_deref().unwrap_or(""))?,
+                                SUBTRACT => {
+                                    config.subtract(key, value.as_deref().unwrap_or(""))?;
+                                }
                                 _ => {
                                     return Err(CoreError::InvalidConfig {
                                         key,
-                                        reason:
-                                            "only SET and DELETE operations apply to these configs"
-                                                .into(),
+                                        reason: format!("operation {operation} is unknown"),
                                     });
                                 }
                             }
