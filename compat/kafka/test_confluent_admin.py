@@ -3,14 +3,16 @@
 Contract: CreateTopics keeps the given configs and DescribeConfigs returns
 them; unknown config names and invalid values are rejected with
 INVALID_CONFIG and create nothing; existing topics give TOPIC_ALREADY_EXISTS;
-CreatePartitions grows a topic and refuses to shrink it; DeleteTopics removes
+a manual replica assignment naming this broker (id 1) once per partition
+is accepted, one naming any other broker (or it twice) gets
+INVALID_REPLICA_ASSIGNMENT; CreatePartitions grows a topic and refuses to shrink it; DeleteTopics removes
 a topic and its data.
 """
 
 from __future__ import annotations
 
 import pytest
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicCollection, TopicPartition
 from confluent_kafka.admin import ConfigResource, NewPartitions, NewTopic
 
 from support import (
@@ -92,6 +94,34 @@ def test_one_result_per_topic_in_a_mixed_create(broker, topic):
     futures[fresh].result(timeout=CLIENT_TIMEOUT_S)
     assert error_code(futures[topic]) == KafkaError.TOPIC_ALREADY_EXISTS
     assert partition_count(admin, fresh) == 2
+
+
+def test_create_topic_with_a_replica_assignment_on_this_broker(broker, topic):
+    """A manual assignment naming this node (id 1) for every partition is
+    accepted; the topic has the assignment's partition count."""
+    admin = confluent_admin(broker)
+    futures = admin.create_topics([NewTopic(topic, 3, replica_assignment=[[1], [1], [1]])], operation_timeout=10)
+    futures[topic].result(timeout=CLIENT_TIMEOUT_S)
+    assert partition_count(admin, topic) == 3
+    [described] = admin.describe_topics(TopicCollection([topic])).values()
+    partitions = described.result(timeout=CLIENT_TIMEOUT_S).partitions
+    assert [p.id for p in partitions] == [0, 1, 2]
+    assert all([r.id for r in p.replicas] == [1] for p in partitions)
+
+
+@pytest.mark.parametrize(
+    "assignment",
+    [[[7]], [[1], [7]], [[1, 1]], [[1, 7]]],
+    ids=["unknown-broker", "unknown-broker-in-partition-1", "broker-twice", "two-replicas"],
+)
+def test_replica_assignment_naming_other_brokers_is_invalid_39(broker, topic, assignment):
+    admin = confluent_admin(broker)
+    # librdkafka wants the partition count and sends -1 in its place.
+    futures = admin.create_topics(
+        [NewTopic(topic, len(assignment), replica_assignment=assignment)], operation_timeout=10
+    )
+    assert error_code(futures[topic]) == KafkaError.INVALID_REPLICA_ASSIGNMENT
+    assert partition_count(admin, topic) is None, "a rejected topic must not exist"
 
 
 def test_create_partitions_grows_and_refuses_to_shrink(broker, topic):

@@ -15,7 +15,13 @@ import time
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType, NewPartitions, NewTopic
-from kafka.errors import InvalidPartitionsError, TopicAlreadyExistsError, UnknownTopicOrPartitionError
+from kafka.errors import (
+    InvalidPartitionsError,
+    InvalidReplicationAssignmentError,
+    InvalidRequestError,
+    TopicAlreadyExistsError,
+    UnknownTopicOrPartitionError,
+)
 
 from support import CLIENT_TIMEOUT_S, unique_name, wait_until
 
@@ -218,6 +224,23 @@ def test_zero_partitions_is_rejected_with_invalid_partitions(broker, admin, meta
     with pytest.raises(InvalidPartitionsError):
         admin.create_topics([NewTopic(topic, 0, 1)])
     assert topic_partitions(metadata_view, topic) is None
+
+
+def test_replica_assignment_follows_kafkas_rules(broker, admin, metadata_view, topic):
+    """With a manual assignment Kafka wants num_partitions and
+    replication_factor at -1 (else INVALID_REQUEST) and partitions numbered
+    0..n-1 (else INVALID_REPLICA_ASSIGNMENT); kafka-python sends the fields
+    as given, which librdkafka does not."""
+    three = {0: [1], 1: [1], 2: [1]}
+    with pytest.raises(InvalidRequestError):
+        admin.create_topics([NewTopic(topic, 3, -1, replica_assignments=three)])
+    with pytest.raises(InvalidRequestError):
+        admin.create_topics([NewTopic(topic, -1, 1, replica_assignments=three)])
+    with pytest.raises(InvalidReplicationAssignmentError):
+        admin.create_topics([NewTopic(topic, -1, -1, replica_assignments={0: [1], 2: [1]})])
+    assert topic_partitions(metadata_view, topic) is None
+    admin.create_topics([NewTopic(topic, -1, -1, replica_assignments={0: [1], 1: [1]})])
+    assert topic_partitions(metadata_view, topic) == [0, 1]
 
 
 def test_partitions_grow_but_never_shrink(broker, admin, metadata_view, topic):

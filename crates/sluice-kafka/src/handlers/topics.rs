@@ -33,11 +33,12 @@ pub(crate) async fn create(
 ) -> CreateTopicsResponse {
     let broker = Arc::clone(&context.broker);
     let validate_only = request.validate_only;
+    let node_id = context.options.node_id;
     let topics = blocking(move || {
         request
             .topics
             .into_iter()
-            .map(|topic| create_one(&broker, topic, validate_only, version))
+            .map(|topic| create_one(&broker, topic, validate_only, version, node_id))
             .collect()
     })
     .await
@@ -50,6 +51,7 @@ fn create_one(
     topic: kafka_protocol::messages::create_topics_request::CreatableTopic,
     validate_only: bool,
     version: i16,
+    node_id: i32,
 ) -> CreatableTopicResult {
     let name = topic.name.to_string();
     let result = CreatableTopicResult::default().with_name(topic.name.clone());
@@ -59,7 +61,12 @@ fn create_one(
             .with_error_code(code.code())
             .with_error_message(Some(StrBytes::from_string(text)))
     };
-    if !matches!(topic.replication_factor, -1 | 1) {
+    let partitions = if !topic.assignments.is_empty() {
+        match assigned_partitions(&topic, node_id) {
+            Ok(partitions) => partitions,
+            Err((code, text)) => return fail(code, text),
+        }
+    } else if !matches!(topic.replication_factor, -1 | 1) {
         return fail(
             ResponseError::InvalidReplicationFactor,
             format!(
@@ -67,14 +74,7 @@ fn create_one(
                 topic.replication_factor
             ),
         );
-    }
-    if !topic.assignments.is_empty() {
-        return fail(
-            ResponseError::InvalidRequest,
-            "manual replica assignment is not supported on a single node".to_owned(),
-        );
-    }
-    let partitions = if topic.num_partitions == -1 {
+    } else if topic.num_partitions == -1 {
         DEFAULT_PARTITIONS
     } else {
         topic.num_partitions
@@ -128,6 +128,62 @@ fn create_one(
         result = result.with_topic_id(topic_id);
     }
     result
+}
+
+/// The partition count of a manual replica assignment, checked as Kafka's
+/// controller does: partition count and replication factor left at -1,
+/// partitions numbered 0..n-1 in order, each with the same number of
+/// distinct, registered brokers. The only registered broker is this node,
+/// so every partition names exactly it (which also makes the replica
+/// counts equal).
+fn assigned_partitions(
+    topic: &kafka_protocol::messages::create_topics_request::CreatableTopic,
+    node_id: i32,
+) -> Result<i32, (ResponseError, String)> {
+    let invalid = |text: String| (ResponseError::InvalidReplicaAssignment, text);
+    if topic.replication_factor != -1 {
+        return Err((
+            ResponseError::InvalidRequest,
+            "a manual partition assignment was specified, but replication factor was not set to -1"
+                .to_owned(),
+        ));
+    }
+    if topic.num_partitions != -1 {
+        return Err((
+            ResponseError::InvalidRequest,
+            "a manual partition assignment was specified, but num_partitions was not set to -1"
+                .to_owned(),
+        ));
+    }
+    for (expected, assignment) in (0_i32..).zip(&topic.assignments) {
+        if assignment.partition_index != expected {
+            return Err(invalid(
+                "partitions should be a consecutive 0-based integer sequence".to_owned(),
+            ));
+        }
+        let brokers = &assignment.broker_ids;
+        if brokers.is_empty() {
+            return Err(invalid(
+                "the manual partition assignment includes an empty replica list".to_owned(),
+            ));
+        }
+        for (i, broker) in brokers.iter().enumerate() {
+            if brokers.iter().skip(i + 1).any(|b| b == broker) {
+                return Err(invalid(format!(
+                    "the manual partition assignment includes the broker {} more than once",
+                    broker.0
+                )));
+            }
+            if broker.0 != node_id {
+                return Err(invalid(format!(
+                    "the manual partition assignment includes broker {}, but no such broker is registered",
+                    broker.0
+                )));
+            }
+        }
+    }
+    i32::try_from(topic.assignments.len())
+        .map_err(|_| invalid("too many partitions in the assignment".to_owned()))
 }
 
 pub(crate) async fn delete(
@@ -216,4 +272,56 @@ pub(crate) async fn create_partitions(
     .await
     .unwrap_or_default();
     CreatePartitionsResponse::default().with_results(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use kafka_protocol::messages::BrokerId;
+    use kafka_protocol::messages::create_topics_request::{
+        CreatableReplicaAssignment, CreatableTopic,
+    };
+
+    use super::*;
+
+    fn assigned(partitions: &[(i32, &[i32])]) -> CreatableTopic {
+        CreatableTopic::default()
+            .with_num_partitions(-1)
+            .with_replication_factor(-1)
+            .with_assignments(
+                partitions
+                    .iter()
+                    .map(|(index, brokers)| {
+                        CreatableReplicaAssignment::default()
+                            .with_partition_index(*index)
+                            .with_broker_ids(brokers.iter().copied().map(BrokerId).collect())
+                    })
+                    .collect(),
+            )
+    }
+
+    #[test]
+    fn assignment_on_this_node_gives_its_partition_count() {
+        let topic = assigned(&[(0, &[1]), (1, &[1]), (2, &[1])]);
+        assert_eq!(assigned_partitions(&topic, 1), Ok(3));
+    }
+
+    #[test]
+    fn assignment_checks_follow_kafkas_controller() {
+        let code = |topic: &CreatableTopic| assigned_partitions(topic, 1).map_err(|(code, _)| code);
+        let invalid = Err(ResponseError::InvalidReplicaAssignment);
+        assert_eq!(code(&assigned(&[(0, &[7])])), invalid);
+        assert_eq!(code(&assigned(&[(0, &[1, 1])])), invalid);
+        assert_eq!(code(&assigned(&[(0, &[1]), (2, &[1])])), invalid);
+        assert_eq!(code(&assigned(&[(1, &[1])])), invalid);
+        assert_eq!(code(&assigned(&[(0, &[])])), invalid);
+        let bad_request = Err(ResponseError::InvalidRequest);
+        assert_eq!(
+            code(&assigned(&[(0, &[1])]).with_num_partitions(1)),
+            bad_request
+        );
+        assert_eq!(
+            code(&assigned(&[(0, &[1])]).with_replication_factor(1)),
+            bad_request
+        );
+    }
 }
