@@ -26,6 +26,9 @@ use crate::errors;
 /// `key_type` of a consumer group (0); transactions (1) are not served.
 const GROUP_KEY: i8 = 0;
 
+/// Why a transactional id gets no coordinator.
+const NO_TRANSACTIONS: &str = "transactions are not supported yet";
+
 pub(crate) fn find(
     context: &Context,
     request: FindCoordinatorRequest,
@@ -33,10 +36,17 @@ pub(crate) fn find(
 ) -> FindCoordinatorResponse {
     let node = BrokerId(context.options.node_id);
     let port = i32::from(context.options.advertised_port);
-    let error = if request.key_type == GROUP_KEY {
-        0
+    // Without transactions there is no coordinator for a transactional id.
+    // COORDINATOR_NOT_AVAILABLE would be retried until the client's
+    // transaction timeout; TRANSACTIONAL_ID_AUTHORIZATION_FAILED is fatal
+    // to a transactional producer, so init_transactions fails at once.
+    let (error, message) = if request.key_type == GROUP_KEY {
+        (0, None)
     } else {
-        ResponseError::CoordinatorNotAvailable.code()
+        (
+            ResponseError::TransactionalIdAuthorizationFailed.code(),
+            Some(StrBytes::from_static_str(NO_TRANSACTIONS)),
+        )
     };
     if version >= 4 {
         let coordinators = request
@@ -49,12 +59,14 @@ pub(crate) fn find(
                     .with_host(context.host())
                     .with_port(port)
                     .with_error_code(error)
+                    .with_error_message(message.clone())
             })
             .collect();
         return FindCoordinatorResponse::default().with_coordinators(coordinators);
     }
     FindCoordinatorResponse::default()
         .with_error_code(error)
+        .with_error_message(if version >= 1 { message } else { None })
         .with_node_id(node)
         .with_host(context.host())
         .with_port(port)
