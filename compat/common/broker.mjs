@@ -59,6 +59,8 @@ export async function startBroker({ args = [], user = 'guest:guest' } = {}) {
     '--kafka-listen', `127.0.0.1:${ports.kafka}`,
     '--amqp-listen', `127.0.0.1:${ports.amqp}`,
     '--http-listen', `127.0.0.1:${ports.http}`,
+    // Groups form at once rather than after Kafka's 3 s wait for more members.
+    '--set', 'kafka.group_initial_rebalance_delay=0s',
     ...args,
   ], { env, stdio: ['ignore', log, log] });
   const deadline = Date.now() + READY_MS;

@@ -110,8 +110,10 @@ class Broker:
 
     def __init__(self, data_dir: Path, name: str = "broker", settings: dict[str, str] | None = None):
         self.name = name
-        # Configuration keys passed as `--set KEY=VALUE`.
-        self.settings = dict(settings or {})
+        # Configuration keys passed as `--set KEY=VALUE`. Groups form at
+        # once rather than after Kafka's 3 s wait for more members, unless a
+        # test asks for the delay.
+        self.settings = {"kafka.group_initial_rebalance_delay": "0s", **(settings or {})}
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}.log"

@@ -71,6 +71,15 @@ pub struct KafkaConfig {
     /// Segment size of the committed-offsets log, which is compacted
     /// (Kafka's `offsets.topic.segment.bytes`).
     pub offsets_segment_bytes: ByteSize,
+    /// Shortest session timeout a consumer group member may ask for
+    /// (Kafka's `group.min.session.timeout.ms`).
+    pub group_min_session_timeout: HumanDuration,
+    /// Longest session timeout a consumer group member may ask for
+    /// (Kafka's `group.max.session.timeout.ms`).
+    pub group_max_session_timeout: HumanDuration,
+    /// How long the first join of an empty group waits for more members
+    /// (Kafka's `group.initial.rebalance.delay.ms`).
+    pub group_initial_rebalance_delay: HumanDuration,
 }
 
 impl Default for KafkaConfig {
@@ -83,6 +92,9 @@ impl Default for KafkaConfig {
             default_partitions: 1,
             offsets_retention: HumanDuration::new(std::time::Duration::from_secs(7 * 24 * 3600)),
             offsets_segment_bytes: ByteSize::mib(100),
+            group_min_session_timeout: HumanDuration::from_secs(6),
+            group_max_session_timeout: HumanDuration::from_secs(30 * 60),
+            group_initial_rebalance_delay: HumanDuration::from_secs(3),
         }
     }
 }
@@ -395,6 +407,18 @@ pub const KEYS: &[KeyDoc] = &[
         description: "Segment size of the compacted log of committed offsets (1KiB to 2GiB)",
     },
     KeyDoc {
+        key: "kafka.group_min_session_timeout",
+        description: "Shortest session timeout a consumer group member may ask for; shorter joins get INVALID_SESSION_TIMEOUT",
+    },
+    KeyDoc {
+        key: "kafka.group_max_session_timeout",
+        description: "Longest session timeout a consumer group member may ask for; longer joins get INVALID_SESSION_TIMEOUT",
+    },
+    KeyDoc {
+        key: "kafka.group_initial_rebalance_delay",
+        description: "How long the first join of an empty consumer group waits for more members (0s: no wait)",
+    },
+    KeyDoc {
         key: "amqp.listen",
         description: "HOST:PORT the AMQP 0-9-1 listener binds",
     },
@@ -574,6 +598,24 @@ impl Config {
                 format!(
                     "kafka.default_partitions must be from 1 to 10000, got {}",
                     kafka.default_partitions
+                ),
+            );
+        }
+        if kafka.group_min_session_timeout.get().is_zero() {
+            problem(
+                "kafka.group_min_session_timeout",
+                format!(
+                    "kafka.group_min_session_timeout must be more than 0s, got {}",
+                    kafka.group_min_session_timeout
+                ),
+            );
+        }
+        if kafka.group_max_session_timeout < kafka.group_min_session_timeout {
+            problem(
+                "kafka.group_max_session_timeout",
+                format!(
+                    "kafka.group_max_session_timeout must be at least kafka.group_min_session_timeout ({}), got {}",
+                    kafka.group_min_session_timeout, kafka.group_max_session_timeout
                 ),
             );
         }

@@ -138,10 +138,31 @@ pub struct GroupDescription {
     pub members: Vec<MemberDescription>,
 }
 
-/// Limits on what members may ask for, as Kafka's
-/// `group.min.session.timeout.ms` and `group.max.session.timeout.ms`.
-const MIN_SESSION_TIMEOUT: Duration = Duration::from_millis(1);
-const MAX_SESSION_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// The coordinator's settings, as Kafka's broker configuration names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupSettings {
+    /// Shortest session timeout a member may ask for
+    /// (`group.min.session.timeout.ms`).
+    pub min_session_timeout: Duration,
+    /// Longest session timeout a member may ask for
+    /// (`group.max.session.timeout.ms`).
+    pub max_session_timeout: Duration,
+    /// How long the first join of an empty group waits for more members
+    /// before the rebalance completes (`group.initial.rebalance.delay.ms`).
+    pub initial_rebalance_delay: Duration,
+}
+
+impl Default for GroupSettings {
+    /// Kafka's defaults: 6 s, 30 min and 3 s.
+    fn default() -> Self {
+        GroupSettings {
+            min_session_timeout: Duration::from_secs(6),
+            max_session_timeout: Duration::from_secs(30 * 60),
+            initial_rebalance_delay: Duration::from_secs(3),
+        }
+    }
+}
+
 /// How long a new member that must rejoin with its id is remembered.
 const PENDING_MEMBER_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -183,6 +204,13 @@ struct Group {
     instances: HashMap<String, String>,
     /// Bumped at every rebalance start, so a stale timer does nothing.
     rebalance_round: u64,
+    /// The rebalance started from an empty group and waits out the initial
+    /// delay (Kafka's `InitialDelayedJoin`): it completes only when the
+    /// delay ends, even if every member has joined.
+    initial_delay: bool,
+    /// A new member joined during the current spell of the initial delay,
+    /// which then runs once more.
+    joined_during_delay: bool,
 }
 
 impl Group {
@@ -197,6 +225,8 @@ impl Group {
             pending: HashMap::new(),
             instances: HashMap::new(),
             rebalance_round: 0,
+            initial_delay: false,
+            joined_during_delay: false,
         }
     }
 
@@ -293,14 +323,16 @@ impl Group {
 pub struct GroupCoordinator {
     groups: Mutex<HashMap<String, Group>>,
     next_member: AtomicU64,
+    settings: GroupSettings,
     this: Weak<GroupCoordinator>,
 }
 
 impl GroupCoordinator {
-    pub fn new() -> Arc<GroupCoordinator> {
+    pub fn new(settings: GroupSettings) -> Arc<GroupCoordinator> {
         Arc::new_cyclic(|this| GroupCoordinator {
             groups: Mutex::new(HashMap::new()),
             next_member: AtomicU64::new(1),
+            settings,
             this: this.clone(),
         })
     }
@@ -345,7 +377,8 @@ impl GroupCoordinator {
         if request.group_id.is_empty() {
             return Err(refuse(GroupError::InvalidGroupId, &request.member_id));
         }
-        if !(MIN_SESSION_TIMEOUT..=MAX_SESSION_TIMEOUT).contains(&request.session_timeout) {
+        let allowed = self.settings.min_session_timeout..=self.settings.max_session_timeout;
+        if !allowed.contains(&request.session_timeout) {
             return Err(refuse(
                 GroupError::InvalidSessionTimeout,
                 &request.member_id,
@@ -470,9 +503,12 @@ impl GroupCoordinator {
         if let Some(member) = group.members.get_mut(&member_id) {
             member.join_waiter = Some(sender);
         }
+        if !known && group.initial_delay {
+            group.joined_during_delay = true;
+        }
         match group.state {
             GroupState::PreparingRebalance => {
-                if group.all_joined() {
+                if !group.initial_delay && group.all_joined() {
                     self.complete_join(group);
                 }
             }
@@ -493,18 +529,29 @@ impl GroupCoordinator {
                 });
             }
         }
+        let from_empty = group.state == GroupState::Empty;
         group.state = GroupState::PreparingRebalance;
         group.rebalance_round += 1;
-        if group.all_joined() && !group.members.is_empty() {
-            self.complete_join(group);
-            return;
-        }
         let timeout = group
             .members
             .values()
             .map(|m| m.rebalance_timeout)
             .max()
             .unwrap_or_default();
+        let delay = self.settings.initial_rebalance_delay;
+        if from_empty && !delay.is_zero() {
+            // Kafka's InitialDelayedJoin: the first members of a new group
+            // arrive one by one; waiting a little lets them share one
+            // generation instead of rebalancing at each arrival.
+            group.initial_delay = true;
+            group.joined_during_delay = false;
+            self.schedule_initial_delay(group_id, group, delay, timeout.saturating_sub(delay));
+            return;
+        }
+        if group.all_joined() && !group.members.is_empty() {
+            self.complete_join(group);
+            return;
+        }
         let round = group.rebalance_round;
         let this = self.this.clone();
         let group_id = group_id.to_owned();
@@ -516,6 +563,49 @@ impl GroupCoordinator {
         });
     }
 
+    /// Waits `delay`, then either completes the join or, if a new member
+    /// came meanwhile and `remaining` (of the rebalance timeout) allows,
+    /// waits once more.
+    fn schedule_initial_delay(
+        &self,
+        group_id: &str,
+        group: &Group,
+        delay: Duration,
+        remaining: Duration,
+    ) {
+        let round = group.rebalance_round;
+        let this = self.this.clone();
+        let group_id = group_id.to_owned();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            if let Some(coordinator) = this.upgrade() {
+                coordinator.initial_delay_elapsed(&group_id, round, remaining);
+            }
+        });
+    }
+
+    fn initial_delay_elapsed(&self, group_id: &str, round: u64, remaining: Duration) {
+        let mut groups = self.groups();
+        let Some(group) = groups.get_mut(group_id) else {
+            return;
+        };
+        if group.state != GroupState::PreparingRebalance
+            || group.rebalance_round != round
+            || !group.initial_delay
+        {
+            return;
+        }
+        if group.joined_during_delay && !remaining.is_zero() {
+            group.joined_during_delay = false;
+            let delay = self.settings.initial_rebalance_delay.min(remaining);
+            self.schedule_initial_delay(group_id, group, delay, remaining - delay);
+            return;
+        }
+        group.initial_delay = false;
+        group.joined_during_delay = false;
+        self.complete_with_joined(group_id, group);
+    }
+
     fn rebalance_timed_out(&self, group_id: &str, round: u64) {
         let mut groups = self.groups();
         let Some(group) = groups.get_mut(group_id) else {
@@ -524,6 +614,11 @@ impl GroupCoordinator {
         if group.state != GroupState::PreparingRebalance || group.rebalance_round != round {
             return;
         }
+        self.complete_with_joined(group_id, group);
+    }
+
+    /// Ends a rebalance with the members that rejoined; the others are removed.
+    fn complete_with_joined(&self, group_id: &str, group: &mut Group) {
         let missing: Vec<String> = group
             .members
             .iter()
@@ -732,7 +827,9 @@ impl GroupCoordinator {
 
     fn after_departure(&self, group_id: &str, group: &mut Group) {
         match group.state {
-            GroupState::PreparingRebalance if group.all_joined() => self.complete_join(group),
+            GroupState::PreparingRebalance if !group.initial_delay && group.all_joined() => {
+                self.complete_join(group)
+            }
             GroupState::PreparingRebalance => {}
             _ if group.members.is_empty() => {
                 group.state = GroupState::Empty;
@@ -858,5 +955,85 @@ impl GroupCoordinator {
                 Ok(())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(group_id: &str, session_timeout: Duration) -> JoinRequest {
+        JoinRequest {
+            group_id: group_id.to_owned(),
+            member_id: String::new(),
+            group_instance_id: None,
+            client_id: "test".to_owned(),
+            client_host: "127.0.0.1".to_owned(),
+            session_timeout,
+            rebalance_timeout: Duration::from_secs(10),
+            protocol_type: "consumer".to_owned(),
+            protocols: vec![("range".to_owned(), Bytes::new())],
+            require_known_member_id: false,
+        }
+    }
+
+    fn settings(initial_rebalance_delay: Duration) -> GroupSettings {
+        GroupSettings {
+            initial_rebalance_delay,
+            ..GroupSettings::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn session_timeouts_outside_the_configured_range_are_refused() {
+        let coordinator = GroupCoordinator::new(settings(Duration::ZERO));
+        for (millis, refused) in [
+            (5_999, true),
+            (6_000, false),
+            (1_800_000, false),
+            (1_800_001, true),
+        ] {
+            let answer = coordinator
+                .join(request(
+                    &format!("g{millis}"),
+                    Duration::from_millis(millis),
+                ))
+                .await;
+            let expected = refused.then_some(GroupError::InvalidSessionTimeout);
+            assert_eq!(answer.error, expected, "session timeout {millis} ms");
+        }
+    }
+
+    #[tokio::test]
+    async fn members_joining_within_the_initial_delay_share_one_generation() {
+        let coordinator = GroupCoordinator::new(settings(Duration::from_millis(300)));
+        let first = tokio::spawn({
+            let coordinator = Arc::clone(&coordinator);
+            async move {
+                coordinator
+                    .join(request("g", Duration::from_secs(10)))
+                    .await
+            }
+        });
+        tokio::task::yield_now().await;
+        let second = coordinator
+            .join(request("g", Duration::from_secs(10)))
+            .await;
+        let first = first.await.expect("first join");
+        assert_eq!((first.error, second.error), (None, None));
+        assert_eq!((first.generation, second.generation), (1, 1));
+        assert_eq!(first.leader, second.leader);
+    }
+
+    #[tokio::test]
+    async fn without_the_initial_delay_the_first_member_joins_alone() {
+        let coordinator = GroupCoordinator::new(settings(Duration::ZERO));
+        let first = coordinator
+            .join(request("g", Duration::from_secs(10)))
+            .await;
+        assert_eq!(
+            (first.error, first.generation, first.members.len()),
+            (None, 1, 1)
+        );
     }
 }

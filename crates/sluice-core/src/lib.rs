@@ -41,8 +41,8 @@ pub use connections::{
 pub use data_dir::DataDirLock;
 pub use error::CoreError;
 pub use groups::{
-    GroupCoordinator, GroupDescription, GroupError, GroupState, JoinRequest, JoinResponse,
-    JoinedMember, MemberDescription, SyncResponse,
+    GroupCoordinator, GroupDescription, GroupError, GroupSettings, GroupState, JoinRequest,
+    JoinResponse, JoinedMember, MemberDescription, SyncResponse,
 };
 use messaging::VirtualHosts;
 pub use metrics::{ProtocolMetrics, RequestMetrics};
@@ -78,6 +78,9 @@ pub struct BrokerOptions {
     pub queue_memory_bytes: u64,
     /// Segment size of the compacted log of committed offsets.
     pub offsets_segment_bytes: u64,
+    /// Consumer group coordinator settings (session timeout range, initial
+    /// rebalance delay).
+    pub groups: GroupSettings,
     /// Free disk space under which publishers are blocked.
     pub disk_free_limit: u64,
     /// Caps on connections, topics and queues.
@@ -90,8 +93,9 @@ pub struct BrokerOptions {
 
 impl BrokerOptions {
     /// A single node on `data_dir` with the configuration's defaults, except
-    /// that nothing is capped and the disk is never low (for tests, tools
-    /// and fuzzing; the binary fills every field from its configuration).
+    /// that nothing is capped, the disk is never low and a new group's
+    /// first join completes without the initial rebalance delay (for tests,
+    /// tools and fuzzing; the binary fills every field from its configuration).
     pub fn new(data_dir: impl Into<PathBuf>) -> BrokerOptions {
         BrokerOptions {
             data_dir: data_dir.into(),
@@ -102,6 +106,10 @@ impl BrokerOptions {
             memory_high_watermark: 1 << 30,
             queue_memory_bytes: messaging::DEFAULT_QUEUE_BUDGET,
             offsets_segment_bytes: 100 << 20,
+            groups: GroupSettings {
+                initial_rebalance_delay: std::time::Duration::ZERO,
+                ..GroupSettings::default()
+            },
             disk_free_limit: 0,
             limits: Limits::default(),
             maintenance: sluice_log::MaintenanceSettings::default(),
@@ -244,7 +252,7 @@ impl Broker {
             logs,
             topics,
             offsets,
-            groups: GroupCoordinator::new(),
+            groups: GroupCoordinator::new(options.groups),
             producer_ids,
             vhosts,
             connections: Connections::new(options.limits.connections),

@@ -152,6 +152,8 @@ fn try_spawn(data: &Path, ports: [u16; 3]) -> Option<Child> {
         .args(["--kafka-listen", &format!("127.0.0.1:{kafka_port}")])
         .args(["--amqp-listen", &format!("127.0.0.1:{amqp_port}")])
         .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
+        // Groups of a test form at once, not after Kafka's 3 s wait for more members.
+        .args(["--set", "kafka.group_initial_rebalance_delay=0s"])
         .env_remove("SLUICE_LOG")
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use sluice_config::{
     AmqpConfig, Config, DurabilityMode, KafkaConfig, LogFormat, LogSettings, split_list,
 };
-use sluice_core::{Broker, BrokerOptions, ConnectionLimits, Limits, User};
+use sluice_core::{Broker, BrokerOptions, ConnectionLimits, GroupSettings, Limits, User};
 use sluice_kafka::KafkaOptions;
 use sluice_log::{Durability, LogConfig, MaintenanceSettings};
 use tokio::signal::unix::{SignalKind, signal};
@@ -83,6 +83,11 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         memory_high_watermark: config.amqp.memory_high_watermark.bytes(),
         queue_memory_bytes: config.amqp.queue_memory_bytes.bytes(),
         offsets_segment_bytes: config.kafka.offsets_segment_bytes.bytes(),
+        groups: GroupSettings {
+            min_session_timeout: config.kafka.group_min_session_timeout.get(),
+            max_session_timeout: config.kafka.group_max_session_timeout.get(),
+            initial_rebalance_delay: config.kafka.group_initial_rebalance_delay.get(),
+        },
         disk_free_limit: config.amqp.disk_free_limit.bytes(),
         limits: Limits {
             connections: ConnectionLimits {

@@ -136,6 +136,8 @@ pub(crate) fn run(args: &CrashArgs) -> anyhow::Result<bool> {
             // compacted twice a second.
             "kafka.offsets_segment_bytes=1KiB".to_owned(),
             "log.compaction_check_interval=500ms".to_owned(),
+            // The consumer group forms at once, not after a wait for more members.
+            "kafka.group_initial_rebalance_delay=0s".to_owned(),
         ],
     )?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
