@@ -245,7 +245,11 @@ impl Layers {
             ConfigError::ParseFile {
                 path: path.to_path_buf(),
                 line: before.matches('\n').count() + 1,
-                column: before.rsplit('\n').next().map_or(0, |line| line.chars().count()) + 1,
+                column: before
+                    .rsplit('\n')
+                    .next()
+                    .map_or(0, |line| line.chars().count())
+                    + 1,
                 message: error.message().trim().to_owned(),
             }
         })?;
