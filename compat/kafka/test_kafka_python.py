@@ -34,6 +34,13 @@ TOPIC_CONFIG_NAMES = {
     "max.message.bytes",
     "min.insync.replicas",
     "message.timestamp.type",
+    # Kafka 3.9 keys Sluice stores only.
+    "compression.type",
+    "file.delete.delay.ms",
+    "flush.ms",
+    "message.format.version",
+    "preallocate",
+    "segment.index.bytes",
 }
 
 

@@ -49,8 +49,9 @@ pub use metrics::{ProtocolMetrics, RequestMetrics};
 pub use offsets::{CommittedOffset, OFFSETS_LOG, OffsetStore};
 pub use producers::ProducerIds;
 pub use topic_config::{
-    CleanupPolicy, ConfigEntry, ConfigSource, FORWARD_EXCHANGE, FORWARD_ROUTING_KEY, FORWARD_START,
-    FORWARD_VHOST, Forwarding, TOPIC_CONFIG_KEYS, TimestampType, TopicConfig,
+    CleanupPolicy, ConfigEntry, ConfigSource, ConfigType, FORWARD_EXCHANGE, FORWARD_ROUTING_KEY,
+    FORWARD_START, FORWARD_VHOST, Forwarding, STORED_ONLY_KEYS, TOPIC_CONFIG_KEYS, TimestampType,
+    TopicConfig,
 };
 pub use topics::{
     MAX_PARTITIONS, MAX_TOPIC_NAME, Partition, PartitionTraffic, PendingAppend, Topic, Topics,

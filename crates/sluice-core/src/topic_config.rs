@@ -20,12 +20,30 @@ pub enum ConfigSource {
     Default,
 }
 
+/// A setting's value type, as Kafka's `ConfigDef` names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigType {
+    Boolean,
+    String,
+    Int,
+    Long,
+    Double,
+    List,
+}
+
 /// One setting as DescribeConfigs shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigEntry {
     pub name: &'static str,
     pub value: String,
     pub source: ConfigSource,
+    pub config_type: ConfigType,
+    /// The broker setting a topic without an override takes its value
+    /// from, under Kafka's name (`log.retention.ms` for `retention.ms`);
+    /// `None` for keys without one.
+    pub broker_synonym: Option<&'static str>,
+    /// The value the key has when the topic does not set it.
+    pub default: String,
 }
 
 /// How old a topic's records are measured.
@@ -43,28 +61,215 @@ pub enum CleanupPolicy {
     CompactDelete,
 }
 
-/// The settings a topic may carry, by Kafka name.
+/// The settings a topic may carry, by Kafka name: every topic config of
+/// Apache Kafka 3.9 (`TopicConfig`), then Sluice's own. Sluice acts on some
+/// of Kafka's and stores the rest only (see [`STORED_ONLY_KEYS`]).
 pub const TOPIC_CONFIG_KEYS: &[&str] = &[
     "cleanup.policy",
+    "compression.gzip.level",
+    "compression.lz4.level",
+    "compression.type",
+    "compression.zstd.level",
     "delete.retention.ms",
+    "file.delete.delay.ms",
+    "flush.messages",
+    "flush.ms",
+    "follower.replication.throttled.replicas",
+    "index.interval.bytes",
+    "leader.replication.throttled.replicas",
+    "local.retention.bytes",
+    "local.retention.ms",
+    "max.compaction.lag.ms",
     "max.message.bytes",
+    "message.downconversion.enable",
+    "message.format.version",
+    "message.timestamp.after.max.ms",
+    "message.timestamp.before.max.ms",
+    "message.timestamp.difference.max.ms",
     "message.timestamp.type",
     "min.cleanable.dirty.ratio",
     "min.compaction.lag.ms",
     "min.insync.replicas",
+    "preallocate",
+    "remote.storage.enable",
     "retention.bytes",
     "retention.ms",
     "segment.bytes",
+    "segment.index.bytes",
+    "segment.jitter.ms",
     "segment.ms",
+    "unclean.leader.election.enable",
     FORWARD_EXCHANGE,
     FORWARD_ROUTING_KEY,
     FORWARD_START,
     FORWARD_VHOST,
 ];
 
+/// Kafka's topic configs that Sluice accepts, validates, stores and
+/// reports but does not act on: compression is the producer's (batches
+/// are stored as sent), flushing follows `[log] durability`, and there is
+/// one broker, no tiered storage and no down-conversion.
+pub const STORED_ONLY_KEYS: &[&str] = &[
+    "compression.gzip.level",
+    "compression.lz4.level",
+    "compression.type",
+    "compression.zstd.level",
+    "file.delete.delay.ms",
+    "flush.messages",
+    "flush.ms",
+    "follower.replication.throttled.replicas",
+    "leader.replication.throttled.replicas",
+    "local.retention.bytes",
+    "local.retention.ms",
+    "max.compaction.lag.ms",
+    "message.downconversion.enable",
+    "message.format.version",
+    "min.insync.replicas",
+    "preallocate",
+    "remote.storage.enable",
+    "segment.index.bytes",
+    "segment.jitter.ms",
+    "unclean.leader.election.enable",
+];
+
 /// The settings whose value is a comma-separated list (Kafka's LIST type),
 /// the only ones IncrementalAlterConfigs may APPEND to or SUBTRACT from.
-const LIST_KEYS: &[&str] = &["cleanup.policy"];
+const LIST_KEYS: &[&str] = &[
+    "cleanup.policy",
+    "follower.replication.throttled.replicas",
+    "leader.replication.throttled.replicas",
+];
+
+/// The versions Kafka 3.9's `message.format.version` validator
+/// (`MetadataVersion.fromVersionString`) knows, short and with their
+/// inter-broker protocol suffixes.
+const MESSAGE_FORMAT_VERSIONS: &[&str] = &[
+    "0.8.0",
+    "0.8.1",
+    "0.8.2",
+    "0.9.0",
+    "0.10.0",
+    "0.10.0-IV0",
+    "0.10.0-IV1",
+    "0.10.1",
+    "0.10.1-IV0",
+    "0.10.1-IV1",
+    "0.10.1-IV2",
+    "0.10.2",
+    "0.10.2-IV0",
+    "0.11.0",
+    "0.11.0-IV0",
+    "0.11.0-IV1",
+    "0.11.0-IV2",
+    "1.0",
+    "1.0-IV0",
+    "1.1",
+    "1.1-IV0",
+    "2.0",
+    "2.0-IV0",
+    "2.0-IV1",
+    "2.1",
+    "2.1-IV0",
+    "2.1-IV1",
+    "2.1-IV2",
+    "2.2",
+    "2.2-IV0",
+    "2.2-IV1",
+    "2.3",
+    "2.3-IV0",
+    "2.3-IV1",
+    "2.4",
+    "2.4-IV0",
+    "2.4-IV1",
+    "2.5",
+    "2.5-IV0",
+    "2.6",
+    "2.6-IV0",
+    "2.7",
+    "2.7-IV0",
+    "2.7-IV1",
+    "2.7-IV2",
+    "2.8",
+    "2.8-IV0",
+    "2.8-IV1",
+    "3.0",
+    "3.0-IV0",
+    "3.0-IV1",
+    "3.1",
+    "3.1-IV0",
+    "3.2",
+    "3.2-IV0",
+    "3.3",
+    "3.3-IV0",
+    "3.3-IV1",
+    "3.3-IV2",
+    "3.3-IV3",
+    "3.4",
+    "3.4-IV0",
+    "3.5",
+    "3.5-IV0",
+    "3.5-IV1",
+    "3.5-IV2",
+    "3.6",
+    "3.6-IV0",
+    "3.6-IV1",
+    "3.6-IV2",
+    "3.7",
+    "3.7-IV0",
+    "3.7-IV1",
+    "3.7-IV2",
+    "3.7-IV3",
+    "3.7-IV4",
+    "3.8",
+    "3.8-IV0",
+    "3.9",
+    "3.9-IV0",
+];
+
+/// A key's Kafka type and the broker setting it defaults to.
+fn key_spec(name: &str) -> (ConfigType, Option<&'static str>) {
+    use ConfigType::{Boolean, Double, Int, List, Long, String as Str};
+    match name {
+        "cleanup.policy" => (List, Some("log.cleanup.policy")),
+        "compression.gzip.level" => (Int, Some("compression.gzip.level")),
+        "compression.lz4.level" => (Int, Some("compression.lz4.level")),
+        "compression.type" => (Str, Some("compression.type")),
+        "compression.zstd.level" => (Int, Some("compression.zstd.level")),
+        "delete.retention.ms" => (Long, Some("log.cleaner.delete.retention.ms")),
+        "file.delete.delay.ms" => (Long, Some("log.segment.delete.delay.ms")),
+        "flush.messages" => (Long, Some("log.flush.interval.messages")),
+        "flush.ms" => (Long, Some("log.flush.interval.ms")),
+        "follower.replication.throttled.replicas" | "leader.replication.throttled.replicas" => {
+            (List, None)
+        }
+        "index.interval.bytes" => (Int, Some("log.index.interval.bytes")),
+        "local.retention.bytes" => (Long, Some("log.local.retention.bytes")),
+        "local.retention.ms" => (Long, Some("log.local.retention.ms")),
+        "max.compaction.lag.ms" => (Long, Some("log.cleaner.max.compaction.lag.ms")),
+        "max.message.bytes" => (Int, Some("message.max.bytes")),
+        "message.downconversion.enable" => (Boolean, Some("log.message.downconversion.enable")),
+        "message.format.version" => (Str, Some("log.message.format.version")),
+        "message.timestamp.after.max.ms" => (Long, Some("log.message.timestamp.after.max.ms")),
+        "message.timestamp.before.max.ms" => (Long, Some("log.message.timestamp.before.max.ms")),
+        "message.timestamp.difference.max.ms" => {
+            (Long, Some("log.message.timestamp.difference.max.ms"))
+        }
+        "message.timestamp.type" => (Str, Some("log.message.timestamp.type")),
+        "min.cleanable.dirty.ratio" => (Double, Some("log.cleaner.min.cleanable.ratio")),
+        "min.compaction.lag.ms" => (Long, Some("log.cleaner.min.compaction.lag.ms")),
+        "min.insync.replicas" => (Int, Some("min.insync.replicas")),
+        "preallocate" => (Boolean, Some("log.preallocate")),
+        "remote.storage.enable" => (Boolean, None),
+        "retention.bytes" => (Long, Some("log.retention.bytes")),
+        "retention.ms" => (Long, Some("log.retention.ms")),
+        "segment.bytes" => (Int, Some("log.segment.bytes")),
+        "segment.index.bytes" => (Int, Some("log.index.size.max.bytes")),
+        "segment.jitter.ms" => (Long, Some("log.roll.jitter.ms")),
+        "segment.ms" => (Long, Some("log.roll.ms")),
+        "unclean.leader.election.enable" => (Boolean, Some("unclean.leader.election.enable")),
+        _ => (Str, None),
+    }
+}
 
 /// Sluice's own topic setting: the AMQP exchange every record is also
 /// published to (empty: none).
@@ -199,6 +404,9 @@ impl TopicConfig {
         if let Some(ms) = self.get_i64("retention.ms") {
             config.retention_time = u64::try_from(ms).ok().map(Duration::from_millis);
         }
+        if let Some(bytes) = self.get_i64("index.interval.bytes") {
+            config.index_interval_bytes = u32::try_from(bytes.max(4)).unwrap_or(u32::MAX);
+        }
         if let Some(bytes) = self.get_i64("max.message.bytes") {
             config.max_batch_bytes = u32::try_from(bytes.max(0)).unwrap_or(u32::MAX);
         }
@@ -250,6 +458,25 @@ impl TopicConfig {
         })
     }
 
+    /// How many ms a CreateTime record's timestamp may lie before and after
+    /// the broker's clock: `message.timestamp.before.max.ms` and
+    /// `message.timestamp.after.max.ms`, each taking the deprecated
+    /// `message.timestamp.difference.max.ms` while it is `i64::MAX` (unset),
+    /// as Kafka 3.6+ does. `(i64::MAX, i64::MAX)`: no limit.
+    pub fn timestamp_bounds(&self) -> (i64, i64) {
+        let difference = self
+            .get_i64("message.timestamp.difference.max.ms")
+            .unwrap_or(i64::MAX);
+        let bound = |key| match self.get_i64(key) {
+            Some(ms) if ms != i64::MAX => ms,
+            _ => difference,
+        };
+        (
+            bound("message.timestamp.before.max.ms"),
+            bound("message.timestamp.after.max.ms"),
+        )
+    }
+
     pub fn timestamp_type(&self) -> TimestampType {
         match self
             .overrides
@@ -277,17 +504,21 @@ impl TopicConfig {
     pub fn entries(&self, defaults: &LogConfig) -> Vec<ConfigEntry> {
         TOPIC_CONFIG_KEYS
             .iter()
-            .map(|name| match self.overrides.get(*name) {
-                Some(value) => ConfigEntry {
+            .map(|name| {
+                let (config_type, broker_synonym) = key_spec(name);
+                let default = default_value(name, defaults);
+                let (value, source) = match self.overrides.get(*name) {
+                    Some(value) => (value.clone(), ConfigSource::Topic),
+                    None => (default.clone(), ConfigSource::Default),
+                };
+                ConfigEntry {
                     name,
-                    value: value.clone(),
-                    source: ConfigSource::Topic,
-                },
-                None => ConfigEntry {
-                    name,
-                    value: default_value(name, defaults),
-                    source: ConfigSource::Default,
-                },
+                    value,
+                    source,
+                    config_type,
+                    broker_synonym,
+                    default,
+                }
             })
             .collect()
     }
@@ -313,6 +544,27 @@ fn default_value(name: &str, defaults: &LogConfig) -> String {
         "retention.ms" => millis(defaults.retention_time),
         "segment.bytes" => defaults.segment_bytes.to_string(),
         "segment.ms" => millis(Some(defaults.segment_time)),
+        "index.interval.bytes" => defaults.index_interval_bytes.to_string(),
+        // Kafka 3.9's defaults for the keys Sluice stores only.
+        "compression.type" => "producer".to_owned(),
+        "compression.gzip.level" => "-1".to_owned(),
+        "compression.lz4.level" => "9".to_owned(),
+        "compression.zstd.level" => "3".to_owned(),
+        "file.delete.delay.ms" => "60000".to_owned(),
+        "flush.messages"
+        | "flush.ms"
+        | "max.compaction.lag.ms"
+        | "message.timestamp.after.max.ms"
+        | "message.timestamp.before.max.ms"
+        | "message.timestamp.difference.max.ms" => i64::MAX.to_string(),
+        "local.retention.bytes" | "local.retention.ms" => "-2".to_owned(),
+        "message.downconversion.enable" => "true".to_owned(),
+        "message.format.version" => "3.0-IV1".to_owned(),
+        "preallocate" | "remote.storage.enable" | "unclean.leader.election.enable" => {
+            "false".to_owned()
+        }
+        "segment.index.bytes" => "10485760".to_owned(),
+        "segment.jitter.ms" => "0".to_owned(),
         FORWARD_ROUTING_KEY => "key".to_owned(),
         FORWARD_VHOST => "/".to_owned(),
         FORWARD_START => "latest".to_owned(),
@@ -345,8 +597,82 @@ fn validate(key: &str, value: &str) -> Result<(), CoreError> {
             Err(_) => Err(invalid(&format!("must be a whole number, got {value:?}"))),
         }
     };
+    let boolean = || -> Result<(), CoreError> {
+        let v = value.trim();
+        if v.eq_ignore_ascii_case("true") || v.eq_ignore_ascii_case("false") {
+            Ok(())
+        } else {
+            Err(invalid(&format!("must be true or false, got {value:?}")))
+        }
+    };
+    let int32 = |min: i32, max: i32| int(i64::from(min), i64::from(max));
     match key {
         "retention.ms" | "retention.bytes" => int(-1, i64::MAX),
+        "file.delete.delay.ms"
+        | "flush.ms"
+        | "segment.jitter.ms"
+        | "message.timestamp.after.max.ms"
+        | "message.timestamp.before.max.ms"
+        | "message.timestamp.difference.max.ms" => int(0, i64::MAX),
+        "flush.messages" | "max.compaction.lag.ms" => int(1, i64::MAX),
+        "local.retention.bytes" | "local.retention.ms" => int(-2, i64::MAX),
+        "index.interval.bytes" | "segment.index.bytes" => int32(4, i32::MAX),
+        "compression.gzip.level" => {
+            int32(-1, 9)?;
+            if value.trim() == "0" {
+                Err(invalid("must be -1 or between 1 and 9, got 0"))
+            } else {
+                Ok(())
+            }
+        }
+        "compression.lz4.level" => int32(1, 17),
+        "compression.zstd.level" => int32(-131_072, 22),
+        "compression.type" => match value {
+            "uncompressed" | "zstd" | "lz4" | "snappy" | "gzip" | "producer" => Ok(()),
+            _ => Err(invalid(&format!(
+                "must be one of uncompressed, zstd, lz4, snappy, gzip, producer, got {value:?}"
+            ))),
+        },
+        "preallocate" | "message.downconversion.enable" | "unclean.leader.election.enable" => {
+            boolean()
+        }
+        "remote.storage.enable" => {
+            boolean()?;
+            if value.trim().eq_ignore_ascii_case("true") {
+                // Kafka refuses it too while remote storage is off on the broker.
+                Err(invalid("cannot be true: this broker has no remote storage"))
+            } else {
+                Ok(())
+            }
+        }
+        "message.format.version" => {
+            // Kafka keeps the first two parts (three below 1.0): 2.8.1 is 2.8.
+            let parts = if value.starts_with("0.") { 3 } else { 2 };
+            let short: Vec<&str> = value.split('.').take(parts).collect();
+            if MESSAGE_FORMAT_VERSIONS.contains(&short.join(".").as_str()) {
+                Ok(())
+            } else {
+                Err(invalid(&format!("is not a Kafka version, got {value:?}")))
+            }
+        }
+        "follower.replication.throttled.replicas" | "leader.replication.throttled.replicas" => {
+            let items: Vec<&str> = value.split(',').map(str::trim).collect();
+            let pair = |item: &str| {
+                item.is_empty()
+                    || item.split_once(':').is_some_and(|(p, b)| {
+                        [p, b]
+                            .iter()
+                            .all(|n| !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit()))
+                    })
+            };
+            if value.trim() == "*" || items.iter().all(|item| pair(item)) {
+                Ok(())
+            } else {
+                Err(invalid(
+                    "must be * or a list of partition:broker pairs, e.g. 0:1,1:1",
+                ))
+            }
+        }
         "delete.retention.ms" | "min.compaction.lag.ms" => int(0, i64::MAX),
         "min.cleanable.dirty.ratio" => match value.trim().parse::<f64>() {
             Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(()),
@@ -354,10 +680,10 @@ fn validate(key: &str, value: &str) -> Result<(), CoreError> {
                 "must be a number from 0 to 1, got {value:?}"
             ))),
         },
-        "segment.bytes" => int(14, i64::from(i32::MAX)),
+        "segment.bytes" => int32(14, i32::MAX),
         "segment.ms" => int(1, i64::MAX),
-        "max.message.bytes" => int(0, i64::from(i32::MAX)),
-        "min.insync.replicas" => int(1, i64::from(i32::MAX)),
+        "max.message.bytes" => int32(0, i32::MAX),
+        "min.insync.replicas" => int32(1, i32::MAX),
         FORWARD_EXCHANGE | FORWARD_VHOST if value.len() > 255 => {
             Err(invalid("must be at most 255 bytes"))
         }
@@ -454,6 +780,112 @@ mod tests {
         assert_eq!(policy.map(|e| e.source), Some(ConfigSource::Topic));
         let retention = entries.iter().find(|e| e.name == "retention.ms");
         assert_eq!(retention.map(|e| e.value.as_str()), Some("604800000"));
+        Ok(())
+    }
+
+    #[test]
+    fn every_kafka_topic_config_is_accepted_with_kafkas_defaults() -> Result<(), CoreError> {
+        let config = TopicConfig::new([
+            ("compression.type", "zstd"),
+            ("file.delete.delay.ms", "1000"),
+            ("message.format.version", "3.0-IV1"),
+            ("preallocate", "TRUE"),
+            ("follower.replication.throttled.replicas", "0:1,1:1"),
+            ("leader.replication.throttled.replicas", "*"),
+            ("compression.gzip.level", "-1"),
+            ("local.retention.ms", "-2"),
+        ])?;
+        let entries = config.entries(&LogConfig::default());
+        let find = |name: &str| entries.iter().find(|e| e.name == name).cloned();
+        let zstd = find("compression.type").expect("listed");
+        assert_eq!(
+            (zstd.value.as_str(), zstd.source),
+            ("zstd", ConfigSource::Topic)
+        );
+        assert_eq!(zstd.default, "producer");
+        for (name, default, kind) in [
+            ("segment.index.bytes", "10485760", ConfigType::Int),
+            (
+                "max.compaction.lag.ms",
+                "9223372036854775807",
+                ConfigType::Long,
+            ),
+            (
+                "unclean.leader.election.enable",
+                "false",
+                ConfigType::Boolean,
+            ),
+            ("index.interval.bytes", "4096", ConfigType::Int),
+            ("min.cleanable.dirty.ratio", "0.5", ConfigType::Double),
+            ("cleanup.policy", "delete", ConfigType::List),
+        ] {
+            let entry = find(name).expect("listed");
+            assert_eq!(
+                (entry.value.as_str(), entry.source),
+                (default, ConfigSource::Default)
+            );
+            assert_eq!(entry.config_type, kind, "{name}");
+        }
+        assert_eq!(
+            find("segment.ms").and_then(|e| e.broker_synonym),
+            Some("log.roll.ms")
+        );
+        for name in STORED_ONLY_KEYS {
+            assert!(TOPIC_CONFIG_KEYS.contains(name), "{name}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn values_are_checked_by_their_kafka_type_and_range() {
+        for (key, value) in [
+            ("preallocate", "maybe"),
+            ("flush.ms", "-5"),
+            ("flush.messages", "0"),
+            ("compression.type", "brotli"),
+            ("compression.gzip.level", "0"),
+            ("compression.lz4.level", "18"),
+            ("compression.zstd.level", "23"),
+            ("message.format.version", "3.0-IV9"),
+            ("segment.index.bytes", "3"),
+            ("segment.index.bytes", "2147483648"),
+            ("local.retention.bytes", "-3"),
+            ("remote.storage.enable", "true"),
+            ("leader.replication.throttled.replicas", "0:x"),
+            ("message.timestamp.before.max.ms", "-1"),
+        ] {
+            let err = TopicConfig::new([(key, value)]).expect_err(value);
+            assert!(err.to_string().contains(key), "{err}");
+        }
+        for (key, value) in [
+            ("message.format.version", "2.8.1"),
+            ("message.format.version", "0.10.2-IV0"),
+            ("compression.zstd.level", "-131072"),
+            ("remote.storage.enable", "false"),
+            ("leader.replication.throttled.replicas", ""),
+        ] {
+            assert!(TopicConfig::new([(key, value)]).is_ok(), "{key}={value}");
+        }
+    }
+
+    #[test]
+    fn timestamp_bounds_fall_back_to_the_deprecated_difference() -> Result<(), CoreError> {
+        assert_eq!(
+            TopicConfig::default().timestamp_bounds(),
+            (i64::MAX, i64::MAX)
+        );
+        let config = TopicConfig::new([
+            ("message.timestamp.difference.max.ms", "5000"),
+            ("message.timestamp.before.max.ms", "1000"),
+        ])?;
+        assert_eq!(config.timestamp_bounds(), (1000, 5000));
+        let config = TopicConfig::new([("index.interval.bytes", "128")])?;
+        assert_eq!(
+            config
+                .log_config(&LogConfig::default())
+                .index_interval_bytes,
+            128
+        );
         Ok(())
     }
 }

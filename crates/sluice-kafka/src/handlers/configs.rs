@@ -1,12 +1,15 @@
-//! DescribeConfigs for topics (and an empty set for this broker).
+//! DescribeConfigs for topics (and an empty set for this broker): every
+//! topic config Kafka 3.9 knows plus Sluice's own, with its source, type
+//! (v3+) and, when asked, synonyms: the topic override, then the broker
+//! setting the default comes from.
 
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::describe_configs_response::{
-    DescribeConfigsResourceResult, DescribeConfigsResult,
+    DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym,
 };
 use kafka_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse};
 use kafka_protocol::protocol::StrBytes;
-use sluice_core::ConfigSource;
+use sluice_core::{ConfigEntry, ConfigSource, ConfigType};
 
 use super::Context;
 
@@ -20,6 +23,7 @@ pub(crate) fn describe(
     context: &Context,
     request: DescribeConfigsRequest,
 ) -> DescribeConfigsResponse {
+    let include_synonyms = request.include_synonyms;
     let results = request
         .resources
         .into_iter()
@@ -46,16 +50,7 @@ pub(crate) fn describe(
                             keys.as_ref()
                                 .is_none_or(|keys| keys.iter().any(|k| k.as_str() == e.name))
                         })
-                        .map(|e| {
-                            DescribeConfigsResourceResult::default()
-                                .with_name(StrBytes::from_static_str(e.name))
-                                .with_value(Some(StrBytes::from_string(e.value)))
-                                .with_read_only(false)
-                                .with_config_source(match e.source {
-                                    ConfigSource::Topic => DYNAMIC_TOPIC_CONFIG,
-                                    ConfigSource::Default => DEFAULT_CONFIG,
-                                })
-                        })
+                        .map(|e| entry(e, include_synonyms))
                         .collect();
                     result.with_error_code(0).with_configs(configs)
                 }
@@ -69,4 +64,49 @@ pub(crate) fn describe(
         })
         .collect();
     DescribeConfigsResponse::default().with_results(results)
+}
+
+fn entry(e: ConfigEntry, include_synonyms: bool) -> DescribeConfigsResourceResult {
+    let source = match e.source {
+        ConfigSource::Topic => DYNAMIC_TOPIC_CONFIG,
+        ConfigSource::Default => DEFAULT_CONFIG,
+    };
+    let mut synonyms = Vec::new();
+    if include_synonyms {
+        if e.source == ConfigSource::Topic {
+            synonyms.push(
+                DescribeConfigsSynonym::default()
+                    .with_name(StrBytes::from_static_str(e.name))
+                    .with_value(Some(StrBytes::from_string(e.value.clone())))
+                    .with_source(DYNAMIC_TOPIC_CONFIG),
+            );
+        }
+        if let Some(broker) = e.broker_synonym {
+            synonyms.push(
+                DescribeConfigsSynonym::default()
+                    .with_name(StrBytes::from_static_str(broker))
+                    .with_value(Some(StrBytes::from_string(e.default)))
+                    .with_source(DEFAULT_CONFIG),
+            );
+        }
+    }
+    DescribeConfigsResourceResult::default()
+        .with_name(StrBytes::from_static_str(e.name))
+        .with_value(Some(StrBytes::from_string(e.value)))
+        .with_read_only(false)
+        .with_config_source(source)
+        .with_synonyms(synonyms)
+        .with_config_type(config_type(e.config_type))
+}
+
+/// DescribeConfigs v3+ numbering of Kafka's `ConfigDef.Type`.
+fn config_type(kind: ConfigType) -> i8 {
+    match kind {
+        ConfigType::Boolean => 1,
+        ConfigType::String => 2,
+        ConfigType::Int => 3,
+        ConfigType::Long => 5,
+        ConfigType::Double => 6,
+        ConfigType::List => 7,
+    }
 }
