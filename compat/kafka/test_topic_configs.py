@@ -7,13 +7,15 @@ check each value's type and range as Kafka does, refusing a bad one with
 INVALID_CONFIG naming the key. DescribeConfigs lists the whole key set with
 Kafka's defaults, DEFAULT_CONFIG or DYNAMIC_TOPIC_CONFIG as the source, not
 read-only, with the config type (v3+) and synonyms (the override, then the
-broker setting the default comes from).
+broker setting the default comes from). message.timestamp.before.max.ms
+refuses a record whose CreateTime is too old with INVALID_TIMESTAMP.
 """
 
 from __future__ import annotations
 
 import socket
 import struct
+import time
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException
@@ -23,6 +25,7 @@ from support import (
     CLIENT_TIMEOUT_S,
     Reader,
     confluent_admin,
+    confluent_producer,
     create_topic_confluent,
     kafka_string,
     recv_frame,
@@ -200,3 +203,18 @@ def test_describe_configs_v3_carries_types_and_synonyms(broker, topic):
     ]
     assert entries["preallocate"][4] == [("log.preallocate", "false", DEFAULT_CONFIG)]
 
+
+def test_a_record_older_than_timestamp_before_max_is_invalid_timestamp(broker, topic):
+    create_topic_confluent(broker, topic, config={"message.timestamp.before.max.ms": "3600000"})
+    producer = confluent_producer(broker, **{"acks": "all", "retries": 0})
+    reports = []
+    now_ms = int(time.time() * 1000)
+    # Sent one at a time so each is its own batch.
+    producer.produce(topic, value=b"old", timestamp=now_ms - 24 * 3600 * 1000,
+                     on_delivery=lambda err, msg: reports.append(err))
+    producer.flush(CLIENT_TIMEOUT_S)
+    producer.produce(topic, value=b"fresh", timestamp=now_ms, on_delivery=lambda err, msg: reports.append(err))
+    producer.flush(CLIENT_TIMEOUT_S)
+    assert len(reports) == 2, reports
+    assert reports[0] is not None and reports[0].code() == KafkaError.INVALID_TIMESTAMP, reports
+    assert reports[1] is None, reports

@@ -51,6 +51,14 @@ pub enum CoreError {
         current: i16,
         found: i16,
     },
+    #[error(
+        "timestamp {timestamp} of a record is out of range: it must be within [{earliest}, {latest}]"
+    )]
+    InvalidTimestamp {
+        timestamp: i64,
+        earliest: i64,
+        latest: i64,
+    },
     #[error("internal error: {reason}")]
     Internal { reason: String },
     #[error("topic record {} is damaged: {reason}", .path.display())]

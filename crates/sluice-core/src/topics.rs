@@ -137,6 +137,11 @@ impl Topic {
         self.state().config.timestamp_type()
     }
 
+    /// The topic's CreateTime bounds (see [`TopicConfig::timestamp_bounds`]).
+    pub fn timestamp_bounds(&self) -> (i64, i64) {
+        self.state().config.timestamp_bounds()
+    }
+
     /// Appends record batches to a partition, waits as the log's durability
     /// asks, and wakes fetches. Blocking: call it off the async runtime.
     ///
@@ -181,6 +186,9 @@ impl Topic {
             (Some((_, first)), Some((_, last))) => (*first, *last),
             _ => return Err(invalid(sluice_log::BatchFault::Empty)),
         };
+        if self.timestamp_type() == TimestampType::CreateTime {
+            check_timestamps(records, &headers, self.timestamp_bounds())?;
+        }
         let needs_sync = target.log.durability() == sluice_log::Durability::Always;
         let record_count: u64 = headers
             .iter()
@@ -694,6 +702,52 @@ fn new_id(name: &str) -> [u8; 16] {
     id
 }
 
+/// Refuses the batches if a CreateTime record lies further from the
+/// broker's clock than `(before_ms, after_ms)` allow, as Kafka 3.6+
+/// (`message.timestamp.before.max.ms` / `after.max.ms`). Every record of an
+/// uncompressed batch is checked; of a compressed one, its first and
+/// largest timestamps (from the header, without decompressing).
+fn check_timestamps(
+    records: &[u8],
+    headers: &[(usize, sluice_log::batch::BatchHeader)],
+    (before_ms, after_ms): (i64, i64),
+) -> Result<(), CoreError> {
+    if before_ms == i64::MAX && after_ms == i64::MAX {
+        return Ok(());
+    }
+    let now = SystemClock.now_ms();
+    let check = |timestamp: i64| {
+        // -1: no timestamp, which Kafka lets through.
+        if timestamp == -1 {
+            return Ok(());
+        }
+        let late = now.saturating_sub(timestamp) > before_ms;
+        let early = timestamp.saturating_sub(now) > after_ms;
+        if late || early {
+            Err(CoreError::InvalidTimestamp {
+                timestamp,
+                earliest: now.saturating_sub(before_ms),
+                latest: now.saturating_add(after_ms),
+            })
+        } else {
+            Ok(())
+        }
+    };
+    for (start, header) in headers {
+        let batch = records
+            .get(*start..start.saturating_add(header.size))
+            .unwrap_or_default();
+        match sluice_log::batch::records(batch) {
+            Some(views) => views.iter().try_for_each(|r| check(r.timestamp))?,
+            None => {
+                check(header.base_timestamp)?;
+                check(header.max_timestamp)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod replay_tests {
     use super::*;
@@ -719,5 +773,40 @@ mod replay_tests {
             producer_replay_start(&[(o(0), big), (o(10), big), (o(20), big), (o(30), 0)]),
             Some(o(10))
         );
+    }
+}
+
+#[cfg(test)]
+mod timestamp_tests {
+    use super::*;
+    use sluice_log::batch::{NewRecord, encode, split_verified};
+
+    fn check(timestamps: &[i64], bounds: (i64, i64)) -> Result<(), CoreError> {
+        let records: Vec<NewRecord<'_>> = timestamps
+            .iter()
+            .map(|&timestamp| NewRecord {
+                key: None,
+                value: Some(b"v"),
+                timestamp,
+            })
+            .collect();
+        let batch = encode(&records).expect("records encode");
+        let headers = split_verified(&batch).expect("a valid batch");
+        check_timestamps(&batch, &headers, bounds)
+    }
+
+    #[test]
+    fn every_record_of_a_batch_is_held_to_the_timestamp_bounds() {
+        let now = SystemClock.now_ms();
+        let hour = 3_600_000;
+        assert!(check(&[now, now - 2 * hour], (i64::MAX, i64::MAX)).is_ok());
+        assert!(check(&[now, now - hour / 2], (hour, hour)).is_ok());
+        // The old record is second: the batch header's first timestamp is fresh.
+        let err = check(&[now, now - 2 * hour], (hour, i64::MAX)).expect_err("too old");
+        assert!(matches!(err, CoreError::InvalidTimestamp { .. }), "{err}");
+        let err = check(&[now + 2 * hour], (i64::MAX, hour)).expect_err("too new");
+        assert!(matches!(err, CoreError::InvalidTimestamp { .. }), "{err}");
+        // No timestamp (-1) is let through, as Kafka does.
+        assert!(check(&[-1], (hour, hour)).is_ok());
     }
 }

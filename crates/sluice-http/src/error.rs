@@ -118,9 +118,8 @@ impl From<CoreError> for ApiError {
             CoreError::InvalidPartitions { .. } => ApiError::field("partitions", message),
             CoreError::InvalidConfig { .. } => ApiError::field("configs", message),
             CoreError::TopicLimit { .. } => ApiError::precondition(message),
-            CoreError::Log(sluice_log::LogError::InvalidBatch { .. }) => {
-                ApiError::bad_request(message)
-            }
+            CoreError::Log(sluice_log::LogError::InvalidBatch { .. })
+            | CoreError::InvalidTimestamp { .. } => ApiError::bad_request(message),
             other => {
                 tracing::warn!(error = %other, "admin API request failed in storage");
                 ApiError::new(ErrorCode::Storage, other.to_string())

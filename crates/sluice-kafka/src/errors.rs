@@ -15,6 +15,7 @@ pub(crate) fn code(err: &CoreError) -> ResponseError {
         CoreError::InvalidPartitions { .. } => ResponseError::InvalidPartitions,
         CoreError::TopicLimit { .. } => ResponseError::PolicyViolation,
         CoreError::InvalidConfig { .. } => ResponseError::InvalidConfig,
+        CoreError::InvalidTimestamp { .. } => ResponseError::InvalidTimestamp,
         CoreError::Log(log) => log_code(log),
         CoreError::DataDirLocked { .. }
         | CoreError::DataDir { .. }
