@@ -35,12 +35,7 @@ pub(crate) async fn ready(State(shared): State<AppState>) -> (StatusCode, Json<V
             "disk alarm: free disk space is under amqp.disk_free_limit; publishers are blocked",
         );
     }
-    let listeners: Vec<Value> = shared
-        .options
-        .listeners
-        .iter()
-        .map(|l| json!({"protocol": l.protocol, "address": l.address}))
-        .collect();
+    let listeners = super::overview::listeners(&shared);
     let status = if reasons.is_empty() {
         StatusCode::OK
     } else {

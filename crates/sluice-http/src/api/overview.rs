@@ -32,12 +32,7 @@ pub(crate) async fn show(State(shared): State<AppState>) -> ApiResult<Json<Value
     let connections = broker.connections().list();
     let channels: usize = connections.iter().map(|c| c.channel_count()).sum();
     let (kafka, amqp) = shared.rates.totals();
-    let listeners: Vec<Value> = shared
-        .options
-        .listeners
-        .iter()
-        .map(|l| json!({"protocol": l.protocol, "address": l.address}))
-        .collect();
+    let listeners = listeners(&shared);
     let monitor = broker.vhosts().memory();
     Ok(Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
@@ -70,4 +65,15 @@ pub(crate) async fn show(State(shared): State<AppState>) -> ApiResult<Json<Value
         },
         "memory_bytes": crate::metrics::resident_memory_bytes(),
     })))
+}
+
+/// The bound listeners as `[{"protocol", "address"}]`, for the overview
+/// and the readiness check.
+pub(crate) fn listeners(shared: &AppState) -> Vec<Value> {
+    shared
+        .options
+        .listeners
+        .iter()
+        .map(|l| json!({"protocol": l.protocol, "address": l.address}))
+        .collect()
 }
