@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import random
 import re
 import signal
 import socket
@@ -39,8 +40,28 @@ def broker_binary() -> Path:
     return path if path.is_absolute() else (Path.cwd() / path)
 
 
+# Lowest port of the kernel's ephemeral range (outgoing connections' ports).
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    """A port that was free on 127.0.0.1 a moment ago."""
+    """A port that was free on 127.0.0.1 a moment ago, chosen below the
+    ephemeral range: a broker restarted on its old ports (after kill -9)
+    must find them free, and a client's outgoing connection may take any
+    ephemeral port while the broker is down."""
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = random.randint(10000, low - 1) if low > 11000 else 0
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return probe.getsockname()[1]
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]

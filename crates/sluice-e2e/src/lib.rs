@@ -42,11 +42,31 @@ pub fn broker_binary() -> PathBuf {
         .join("sluice")
 }
 
-/// A port free on 127.0.0.1 right now.
+/// A port free on 127.0.0.1 right now, chosen below the kernel's
+/// ephemeral range: a broker restarted on its old ports (after kill -9)
+/// must find them free, and a client's outgoing connection may take any
+/// ephemeral port while the broker is down.
 ///
 /// # Panics
 /// When no port can be bound.
 pub fn free_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    for attempt in 0..200u64 {
+        if low <= 11_000 {
+            break;
+        }
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(attempt);
+        let port = 10_000 + (hasher.finish() % u64::from(low - 10_000)) as u16;
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            drop(listener);
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port on 127.0.0.1")
