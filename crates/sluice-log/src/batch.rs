@@ -12,8 +12,9 @@
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::protocol::StrBytes;
+pub use kafka_protocol::records::Compression;
 use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 use sluice_types::{LeaderEpoch, Offset};
 
@@ -401,6 +402,89 @@ pub fn with_records(batch: &[u8], kept: &[RecordView<'_>]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// The codec a batch's records are compressed with (attributes bits 0-2).
+pub fn compression(header: &BatchHeader) -> Option<Compression> {
+    match header.attributes & COMPRESSION_MASK {
+        0 => Some(Compression::None),
+        1 => Some(Compression::Gzip),
+        2 => Some(Compression::Snappy),
+        3 => Some(Compression::Lz4),
+        4 => Some(Compression::Zstd),
+        _ => None,
+    }
+}
+
+/// The timestamps of every record of one batch, decompressing it if need
+/// be (Kafka validates each record of a compressed batch too).
+///
+/// # Errors
+/// [`BatchFault::Undecodable`] when the records cannot be read.
+pub fn record_timestamps(batch: &[u8]) -> Result<Vec<i64>, BatchFault> {
+    if let Some(views) = records(batch) {
+        return Ok(views.iter().map(|r| r.timestamp).collect());
+    }
+    Ok(decode(batch)?.iter().map(|r| r.timestamp).collect())
+}
+
+fn decode(batch: &[u8]) -> Result<Vec<Record>, BatchFault> {
+    let mut bytes = Bytes::copy_from_slice(batch);
+    RecordBatchDecoder::decode(&mut bytes)
+        .map(|set| set.records)
+        .map_err(|err| BatchFault::Undecodable {
+            reason: err.to_string(),
+        })
+}
+
+/// Re-encodes every batch of `buf` whose records are not compressed with
+/// `codec`, as Kafka does for a topic whose `compression.type` is a codec
+/// rather than `producer`: offsets, timestamps, producer id, epoch and
+/// sequence, transactional and control flags stay. `None` when every batch
+/// already uses `codec` (nothing to do).
+///
+/// # Errors
+/// [`BatchFault`] for a batch that fails its check or cannot be decoded
+/// or encoded; `buf` is unchanged then.
+pub fn recompress(buf: &[u8], codec: Compression) -> Result<Option<BytesMut>, BatchFault> {
+    let batches = split_verified(buf)?;
+    if batches
+        .iter()
+        .all(|(_, header)| compression(header) == Some(codec))
+    {
+        return Ok(None);
+    }
+    let mut out = BytesMut::with_capacity(buf.len());
+    for (at, header) in batches {
+        let batch = buf.get(at..at + header.size).unwrap_or_default();
+        if compression(&header) == Some(codec) {
+            out.extend_from_slice(batch);
+            continue;
+        }
+        let records = decode(batch)?;
+        let before = out.len();
+        RecordBatchEncoder::encode(
+            &mut out,
+            &records,
+            &RecordEncodeOptions {
+                version: 2,
+                compression: codec,
+            },
+        )
+        .map_err(|err| BatchFault::Undecodable {
+            reason: err.to_string(),
+        })?;
+        // One batch in, one batch out: the encoder splits only where the
+        // producer fields change, which they cannot inside one batch.
+        let written = out.get(before..).unwrap_or_default();
+        let single = BatchHeader::parse(written).is_ok_and(|h| h.size == written.len());
+        if !single {
+            return Err(BatchFault::Undecodable {
+                reason: "re-encoding split the batch".to_owned(),
+            });
+        }
+    }
+    Ok(Some(out))
+}
+
 /// A zig-zag varint as Kafka records encode lengths and deltas.
 fn read_varlong(buf: &[u8]) -> Option<(i64, usize)> {
     let mut value: u64 = 0;
@@ -452,6 +536,76 @@ pub(crate) mod tests {
             .expect("base offset field")
             .copy_from_slice(&i64::MAX.to_be_bytes());
         assert!(records(&far).is_none(), "offset delta past i64::MAX");
+    }
+
+    #[test]
+    fn recompression_keeps_every_record_and_the_producer_fields() {
+        let mut plain = encoded_batch(4, 100, 5_000);
+        // An idempotent producer's batch: id 7, epoch 2, sequence 40.
+        let mut put = |at: usize, bytes: &[u8]| {
+            plain
+                .get_mut(at..at + bytes.len())
+                .expect("inside the header")
+                .copy_from_slice(bytes);
+        };
+        put(PRODUCER_ID_AT, &7i64.to_be_bytes());
+        put(PRODUCER_EPOCH_AT, &2i16.to_be_bytes());
+        put(BASE_SEQUENCE_AT, &40i32.to_be_bytes());
+        let crc = crc32c::crc32c(plain.get(ATTRIBUTES_AT..).expect("a whole batch"));
+        plain
+            .get_mut(CRC_AT..CRC_AT + 4)
+            .expect("inside the header")
+            .copy_from_slice(&crc.to_be_bytes());
+        let original = decode(&plain).expect("decodes");
+        let mut two = plain.clone();
+        two.extend_from_slice(&plain);
+        for codec in [
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
+            let packed = recompress(&two, codec)
+                .expect("recompresses")
+                .expect("changed");
+            let batches = split_verified(&packed).expect("valid batches, CRCs included");
+            assert_eq!(batches.len(), 2, "{codec:?}: one batch out per batch in");
+            for (at, header) in batches {
+                assert_eq!(compression(&header), Some(codec));
+                assert_eq!(
+                    (
+                        header.producer_id,
+                        header.producer_epoch,
+                        header.base_sequence
+                    ),
+                    (7, 2, 40)
+                );
+                assert_eq!((header.last_offset_delta, header.records_count), (3, 4));
+                let batch = packed.get(at..at + header.size).expect("a whole batch");
+                assert_eq!(decode(batch).expect("decodes"), original, "{codec:?}");
+                assert_eq!(
+                    record_timestamps(batch).expect("timestamps"),
+                    vec![5_000, 5_001, 5_002, 5_003]
+                );
+            }
+            assert_eq!(
+                recompress(&packed, codec).expect("checked"),
+                None,
+                "already {codec:?}"
+            );
+            let unpacked = recompress(&packed, Compression::None)
+                .expect("decompresses")
+                .expect("changed");
+            assert_eq!(
+                unpacked.as_ref(),
+                two.as_slice(),
+                "back to the producer's bytes"
+            );
+        }
+        assert_eq!(
+            recompress(&plain, Compression::None).expect("checked"),
+            None
+        );
     }
 
     #[test]

@@ -86,7 +86,17 @@ impl Log {
                 .map(|s| s.size)
                 .sum();
             let ratio = u64::from(state.config.min_cleanable_dirty_percent);
-            if dirty == 0 || dirty * 100 < ratio * total {
+            // A dirty segment older than max.compaction.lag.ms is due
+            // whatever the ratio.
+            let overdue = state.config.max_compaction_lag.is_some_and(|max| {
+                let max = i64::try_from(max.as_millis()).unwrap_or(i64::MAX);
+                eligible.iter().any(|s| {
+                    s.next_offset > checkpoint
+                        && s.first_timestamp
+                            .is_some_and(|first| first <= now.saturating_sub(max))
+                })
+            });
+            if dirty == 0 || (!overdue && dirty * 100 < ratio * total) {
                 return Ok(CompactionOutcome::default());
             }
             let planned: Vec<Planned> = eligible

@@ -57,6 +57,8 @@ pub enum BatchFault {
     UnexpectedOffset { expected: Offset, found: Offset },
     #[error("empty input")]
     Empty,
+    #[error("records cannot be decoded: {reason}")]
+    Undecodable { reason: String },
 }
 
 impl LogError {

@@ -34,6 +34,10 @@ pub struct AppendInfo {
     /// The broker's clock at append (for LogAppendTime topics).
     pub append_time_ms: i64,
     pub log_start: Offset,
+    /// Whether the appender must wait for a sync before acknowledging:
+    /// durability `always`, or `flush_messages` records written since the
+    /// last sync.
+    pub sync_due: bool,
 }
 
 /// How far a read may see.
@@ -251,7 +255,7 @@ impl Log {
         leader_epoch: LeaderEpoch,
     ) -> Result<AppendInfo, LogError> {
         let info = self.append_unsynced(batches, leader_epoch)?;
-        if self.durability() == Durability::Always {
+        if info.sync_due {
             self.sync_to(info.last_offset.plus(1))?;
         }
         Ok(info)
@@ -339,11 +343,20 @@ impl Log {
         if state.config.durability != Durability::Always {
             self.high_watermark.store(next.get(), Ordering::Release);
         }
+        // Offsets written since the last sync: records, as appends number
+        // every record.
+        let unflushed = u64::try_from(next.get() - self.sync_state().durable.get()).unwrap_or(0);
+        let sync_due = state.config.durability == Durability::Always
+            || state
+                .config
+                .flush_messages
+                .is_some_and(|every| unflushed >= every);
         Ok(AppendInfo {
             first_offset,
             last_offset: next.plus(-1),
             append_time_ms: now,
             log_start: state.log_start,
+            sync_due,
         })
     }
 
@@ -359,8 +372,18 @@ impl Log {
         incoming_timestamp: i64,
     ) -> Result<(), LogError> {
         let segment_bytes = state.config.segment_bytes.min(MAX_SEGMENT_BYTES);
-        let segment_ms = i64::try_from(state.config.segment_time.as_millis()).unwrap_or(i64::MAX);
+        let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        let mut segment_ms = millis(state.config.segment_time);
+        if state.config.cleanup_compact
+            && let Some(lag) = state.config.max_compaction_lag
+        {
+            segment_ms = segment_ms.min(millis(lag));
+        }
+        let jitter_ms = millis(state.config.segment_jitter).min(segment_ms);
         let active = active(state)?;
+        if jitter_ms > 0 {
+            segment_ms -= self.roll_jitter(active.base_offset, jitter_ms);
+        }
         let full = active.size + incoming > segment_bytes;
         let old = active
             .first_timestamp
@@ -370,6 +393,17 @@ impl Log {
             self.roll_locked(state)?;
         }
         Ok(())
+    }
+
+    /// This segment's share of `segment.jitter.ms`: in `[0, jitter_ms)`,
+    /// fixed per log directory and base offset, spread across partitions.
+    fn roll_jitter(&self, base: Offset, jitter_ms: i64) -> i64 {
+        use std::hash::{DefaultHasher, Hash, Hasher};
+        let mut hasher = DefaultHasher::new();
+        self.dir.hash(&mut hasher);
+        base.get().hash(&mut hasher);
+        let spread = hasher.finish() % jitter_ms.unsigned_abs();
+        i64::try_from(spread).unwrap_or(0)
     }
 
     /// Seals the active segment (syncing it) and starts a new one at the log

@@ -155,3 +155,64 @@ fn compaction_is_off_unless_configured() -> Result<(), LogError> {
     assert_eq!(contents(&log).len(), 10);
     Ok(())
 }
+
+/// Writes `k` five times into a segment compaction then cleans (all of it
+/// dirty), then `k` once more at `1_000_000` and, 61 s later, one record
+/// at that time: only the first is clean, so the dirty share stays below
+/// a ratio of 100 %.
+fn clean_then_dirty(log: &Log, clock: &ManualClock) -> Result<(), LogError> {
+    let epoch = LeaderEpoch::from(0);
+    for round in 0..5 {
+        let value = format!("v{round}");
+        log.append(&mut keyed(&[("k", Some(&value))], 1_000_000), epoch)?;
+    }
+    log.roll()?;
+    log.append(&mut keyed(&[("k", Some("v5"))], 1_000_000), epoch)?;
+    assert!(log.compact()?.segments_cleaned > 0, "all dirty: cleaned");
+    log.append(&mut keyed(&[("k", Some("v6"))], 1_030_000), epoch)?;
+    clock.advance(61_000);
+    log.append(&mut keyed(&[("other", Some("x"))], 1_061_000), epoch)?;
+    Ok(())
+}
+
+#[test]
+fn max_compaction_lag_compacts_below_the_dirty_ratio_and_rolls_the_active_segment()
+-> Result<(), LogError> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let lagged = LogConfig {
+        segment_bytes: 1 << 20,
+        min_cleanable_dirty_percent: 100,
+        max_compaction_lag: Some(Duration::from_secs(60)),
+        ..config()
+    };
+    let log = Log::open_with_clock(&dir.path().join("lagged"), lagged.clone(), clock.clone())?;
+    clean_then_dirty(&log, &clock)?;
+    // The active segment's first record became older than the lag: the
+    // last append rolled it, and compaction takes it below the ratio.
+    assert_eq!(log.segment_count(), 3, "the lag rolled the active segment");
+    let outcome = log.compact()?;
+    assert!(outcome.segments_cleaned > 0, "overdue: {outcome:?}");
+    let ks: Vec<_> = contents(&log)
+        .into_values()
+        .filter(|(key, _)| key == "k")
+        .collect();
+    assert_eq!(ks, vec![("k".to_owned(), Some("v6".to_owned()))]);
+
+    // Without the lag: no early roll, and once rolled by hand the ratio
+    // keeps the dirty segment as it is.
+    let plain = Log::open_with_clock(
+        &dir.path().join("plain"),
+        LogConfig {
+            max_compaction_lag: None,
+            ..lagged
+        },
+        clock.clone(),
+    )?;
+    clean_then_dirty(&plain, &clock)?;
+    assert_eq!(plain.segment_count(), 2, "no roll without the lag");
+    plain.roll()?;
+    clock.advance(600_000);
+    assert_eq!(plain.compact()?.segments_cleaned, 0);
+    Ok(())
+}

@@ -502,3 +502,94 @@ fn timestamp_lookups_never_answer_below_the_log_start() -> Result<(), LogError> 
     assert_eq!(log.offset_for_timestamp(106)?, Some((o(6), 106)));
     Ok(())
 }
+
+#[test]
+fn flush_messages_makes_an_append_wait_for_a_sync_every_n_records() -> Result<(), LogError> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = Log::open(
+        dir.path(),
+        LogConfig {
+            durability: Durability::Never,
+            flush_messages: Some(5),
+            ..config()
+        },
+    )?;
+    // 2 + 2 records: under 5 unsynced, written without a sync.
+    assert!(
+        !log.append(&mut batch(&values(1, 2, 10), 0), epoch(0))?
+            .sync_due
+    );
+    assert!(
+        !log.append(&mut batch(&values(2, 2, 10), 0), epoch(0))?
+            .sync_due
+    );
+    assert!(log.is_dirty());
+    // The fifth record is due: `append` syncs before it returns.
+    assert!(
+        log.append(&mut batch(&values(3, 2, 10), 0), epoch(0))?
+            .sync_due
+    );
+    assert!(!log.is_dirty(), "synced once 5 records were unsynced");
+    assert!(
+        !log.append(&mut batch(&values(4, 1, 10), 0), epoch(0))?
+            .sync_due
+    );
+
+    let plain = Log::open(
+        &dir.path().join("plain"),
+        LogConfig {
+            durability: Durability::Never,
+            ..config()
+        },
+    )?;
+    for i in 0..10 {
+        assert!(
+            !plain
+                .append(&mut batch(&values(i, 2, 10), 0), epoch(0))?
+                .sync_due
+        );
+    }
+    assert!(
+        plain.is_dirty(),
+        "without flush_messages `never` never syncs"
+    );
+    Ok(())
+}
+
+#[test]
+fn segment_jitter_rolls_each_segment_somewhat_early() -> Result<(), LogError> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    // With 60 s segments and 59 s of jitter, a segment rolls after at
+    // most 60 s and at least 1 s; without jitter, after exactly 60 s.
+    let mut rolled_before_a_minute = 0;
+    for partition in 0..8 {
+        let log = Log::open_with_clock(
+            &dir.path().join(format!("p-{partition}")),
+            LogConfig {
+                segment_time: Duration::from_secs(60),
+                segment_jitter: Duration::from_secs(59),
+                ..config()
+            },
+            clock.clone(),
+        )?;
+        log.append(&mut batch(&values(1, 1, 10), 1_000_000), epoch(0))?;
+        log.append(&mut batch(&values(2, 1, 10), 1_000_500), epoch(0))?;
+        assert_eq!(
+            log.segment_count(),
+            1,
+            "nothing rolls within the first second"
+        );
+        log.append(&mut batch(&values(3, 1, 10), 1_059_999), epoch(0))?;
+        if log.segment_count() == 2 {
+            rolled_before_a_minute += 1;
+        }
+        log.append(&mut batch(&values(4, 1, 10), 1_060_000), epoch(0))?;
+        assert!(log.segment_count() >= 2, "rolled by the full segment time");
+    }
+    assert!(
+        rolled_before_a_minute >= 4,
+        "jitter spreads the rolls: {rolled_before_a_minute} of 8 rolled early"
+    );
+    Ok(())
+}
