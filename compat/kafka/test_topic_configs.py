@@ -7,8 +7,13 @@ check each value's type and range as Kafka does, refusing a bad one with
 INVALID_CONFIG naming the key. DescribeConfigs lists the whole key set with
 Kafka's defaults, DEFAULT_CONFIG or DYNAMIC_TOPIC_CONFIG as the source, not
 read-only, with the config type (v3+) and synonyms (the override, then the
-broker setting the default comes from). message.timestamp.before.max.ms
-refuses a record whose CreateTime is too old with INVALID_TIMESTAMP.
+broker setting the default comes from, in that setting's unit). The
+configs with a meaning here act: message.timestamp.before.max.ms refuses a
+record whose CreateTime is too old with INVALID_TIMESTAMP, also inside a
+compressed batch; compression.type recompresses what producers send;
+min.insync.replicas above 1 refuses acks=all with NOT_ENOUGH_REPLICAS on
+one node; flush.messages makes appends sync on a broker that otherwise
+does not.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import socket
 import struct
 import time
+import urllib.request
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException
@@ -25,12 +31,17 @@ from support import (
     CLIENT_TIMEOUT_S,
     Reader,
     confluent_admin,
+    confluent_consumer,
     confluent_producer,
+    consume_confluent,
     create_topic_confluent,
     kafka_string,
+    produce_all,
     recv_frame,
     request_frame,
+    unique_name,
 )
+from common.broker import per_test_broker
 
 # Apache Kafka 3.9's TopicConfig keys and their defaults on a broker with
 # default settings (`kafka-configs --describe --all` of a fresh topic).
@@ -91,7 +102,7 @@ def create_error(admin, topic, config) -> KafkaError:
     return raised.value.args[0]
 
 
-def test_stored_only_configs_are_accepted_and_reported_as_set(broker, topic):
+def test_kafka_configs_are_accepted_and_reported_as_set(broker, topic):
     configs = {
         "compression.type": "zstd",
         "file.delete.delay.ms": "1000",
@@ -142,7 +153,7 @@ def test_a_bad_value_is_invalid_config_naming_the_key(broker, topic, name, bad, 
     assert describe(admin, topic)[name].value == good
 
 
-def test_incremental_alter_sets_a_stored_only_config(broker, topic):
+def test_incremental_alter_sets_flush_messages(broker, topic):
     admin = create_topic_confluent(broker, topic)
     resource = ConfigResource(
         "topic",
@@ -199,7 +210,13 @@ def test_describe_configs_v3_carries_types_and_synonyms(broker, topic):
     assert entries["segment.ms"][:3] == ("3600000", DYNAMIC_TOPIC_CONFIG, 0)
     assert entries["segment.ms"][4] == [
         ("segment.ms", "3600000", DYNAMIC_TOPIC_CONFIG),
-        ("log.roll.ms", "604800000", DEFAULT_CONFIG),
+        ("log.roll.hours", "168", DEFAULT_CONFIG),
+    ]
+    # Kafka names the synonym that has a default, in its own unit.
+    assert entries["retention.ms"][4] == [("log.retention.hours", "168", DEFAULT_CONFIG)]
+    assert entries["segment.jitter.ms"][4] == [("log.roll.jitter.hours", "0", DEFAULT_CONFIG)]
+    assert entries["flush.ms"][4] == [
+        ("log.flush.scheduler.interval.ms", "9223372036854775807", DEFAULT_CONFIG)
     ]
     assert entries["preallocate"][4] == [("log.preallocate", "false", DEFAULT_CONFIG)]
 
@@ -218,3 +235,133 @@ def test_a_record_older_than_timestamp_before_max_is_invalid_timestamp(broker, t
     assert len(reports) == 2, reports
     assert reports[0] is not None and reports[0].code() == KafkaError.INVALID_TIMESTAMP, reports
     assert reports[1] is None, reports
+
+
+def test_a_compressed_batch_is_held_to_the_timestamp_bounds_record_by_record(broker, topic):
+    create_topic_confluent(broker, topic, config={"message.timestamp.before.max.ms": "3600000"})
+    producer = confluent_producer(broker, **{"acks": "all", "retries": 0, "compression.type": "gzip",
+                                             "linger.ms": 50})
+    reports = []
+    now_ms = int(time.time() * 1000)
+    # One gzip batch whose first record is fresh and whose second is a day
+    # old: only decompressing finds the old one.
+    producer.produce(topic, value=b"fresh", timestamp=now_ms, on_delivery=lambda err, msg: reports.append(err))
+    producer.produce(topic, value=b"old", timestamp=now_ms - 24 * 3600 * 1000,
+                     on_delivery=lambda err, msg: reports.append(err))
+    producer.flush(CLIENT_TIMEOUT_S)
+    assert len(reports) == 2, reports
+    assert all(r is not None and r.code() == KafkaError.INVALID_TIMESTAMP for r in reports), reports
+
+
+FETCH = 1
+# Kafka's codec numbers in a batch's attributes (bits 0-2).
+CODECS = {"uncompressed": 0, "gzip": 1, "snappy": 2, "lz4": 3, "zstd": 4}
+
+
+def fetched_codecs(broker, topic) -> list[int]:
+    """The codec of every batch of partition 0, from a raw Fetch v4."""
+    body = (
+        struct.pack(">iiiib", -1, 500, 1, 1 << 20, 0)  # replica, max wait, min/max bytes, isolation
+        + struct.pack(">i", 1) + kafka_string(topic)
+        + struct.pack(">i", 1) + struct.pack(">iqi", 0, 0, 1 << 20)  # partition 0 from offset 0
+    )
+    with socket.create_connection(("127.0.0.1", broker.kafka_port), timeout=CLIENT_TIMEOUT_S) as sock:
+        sock.sendall(request_frame(FETCH, 4, 11, body))
+        reader = Reader(recv_frame(sock))
+    assert reader.int32() == 11, "correlation id"
+    reader.int32()  # throttle_time_ms
+    assert reader.int32() == 1 and reader.string() == topic
+    assert reader.int32() == 1 and reader.int32() == 0, "partition 0"
+    assert reader.int16() == 0, "error code"
+    reader.int64(), reader.int64()  # high watermark, last stable offset
+    aborted = reader.int32()
+    reader.take(16 * max(aborted, 0))
+    records = reader.take(reader.int32())
+    codecs = []
+    at = 0
+    while at + 12 <= len(records):
+        length = struct.unpack(">i", records[at + 8:at + 12])[0]
+        if at + 12 + length > len(records):
+            break  # a partial batch at the end of the fetch
+        attributes = struct.unpack(">h", records[at + 21:at + 23])[0]
+        codecs.append(attributes & 0x07)
+        at += 12 + length
+    return codecs
+
+
+@pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", "zstd"])
+def test_compression_type_recompresses_what_producers_send(broker, topic, codec):
+    create_topic_confluent(broker, topic, config={"compression.type": codec})
+    producer = confluent_producer(broker, **{"acks": "all", "compression.type": "none", "linger.ms": 20})
+    values = [f"{codec}-{i}".encode() * 20 for i in range(20)]
+    reports = produce_all(producer, [{"topic": topic, "value": v} for v in values])
+    assert all(err is None for err, _ in reports), reports
+    codecs = fetched_codecs(broker, topic)
+    assert codecs and set(codecs) == {CODECS[codec]}, codecs
+    consumer = confluent_consumer(broker, **{"auto.offset.reset": "earliest"})
+    consumer.subscribe([topic])
+    try:
+        assert [m.value() for m in consume_confluent(consumer, len(values))] == values
+    finally:
+        consumer.close()
+
+
+def test_compression_type_uncompressed_stores_plain_batches(broker, topic):
+    create_topic_confluent(broker, topic, config={"compression.type": "uncompressed"})
+    producer = confluent_producer(broker, **{"acks": "all", "compression.type": "zstd", "linger.ms": 20})
+    values = [f"v{i}".encode() * 50 for i in range(10)]
+    reports = produce_all(producer, [{"topic": topic, "value": v} for v in values])
+    assert all(err is None for err, _ in reports), reports
+    assert set(fetched_codecs(broker, topic)) == {CODECS["uncompressed"]}
+    # The default, producer, keeps the producer's codec.
+    kept = topic + "-producer"
+    create_topic_confluent(broker, kept)
+    reports = produce_all(producer, [{"topic": kept, "value": v} for v in values])
+    assert all(err is None for err, _ in reports), reports
+    assert set(fetched_codecs(broker, kept)) == {CODECS["zstd"]}
+
+
+def test_min_insync_replicas_above_one_refuses_acks_all_on_one_node(broker, topic):
+    create_topic_confluent(broker, topic, config={"min.insync.replicas": "2"})
+    reports = []
+    strict = confluent_producer(broker, **{"acks": "all", "retries": 0})
+    strict.produce(topic, value=b"x", on_delivery=lambda err, msg: reports.append(err))
+    strict.flush(CLIENT_TIMEOUT_S)
+    assert len(reports) == 1 and reports[0] is not None, reports
+    assert reports[0].code() == KafkaError.NOT_ENOUGH_REPLICAS, reports
+    # acks=1 asks only the leader, as on Kafka.
+    leader_only = confluent_producer(broker, **{"acks": "1", "retries": 0})
+    leader_only.produce(topic, value=b"y", on_delivery=lambda err, msg: reports.append(err))
+    leader_only.flush(CLIENT_TIMEOUT_S)
+    assert reports[1:] == [None], reports
+
+
+def fsync_count(broker) -> float:
+    url = f"http://127.0.0.1:{broker.http_port}/metrics"
+    with urllib.request.urlopen(url, timeout=CLIENT_TIMEOUT_S) as response:
+        text = response.read().decode()
+    for line in text.splitlines():
+        if line.startswith("sluice_log_fsync_duration_microseconds_count"):
+            return float(line.split()[-1])
+    raise AssertionError("no fsync count in /metrics")
+
+
+def test_flush_messages_syncs_appends_on_a_broker_that_does_not(tmp_path, request):
+    with per_test_broker(tmp_path, request, settings={"log.durability": "never"}) as never:
+        plain, flushed = unique_name("plain"), unique_name("flushed")
+        create_topic_confluent(never, plain)
+        create_topic_confluent(never, flushed, config={"flush.messages": "1"})
+        producer = confluent_producer(never, **{"acks": "all"})
+
+        def produce_one_by_one(name):
+            for i in range(20):
+                producer.produce(name, value=b"m%d" % i)
+                producer.flush(CLIENT_TIMEOUT_S)
+
+        before = fsync_count(never)
+        produce_one_by_one(plain)
+        after_plain = fsync_count(never)
+        produce_one_by_one(flushed)
+        after_flushed = fsync_count(never)
+        assert after_plain - before < 5, "durability never: appends do not sync"
+        assert after_flushed - after_plain >= 20, "flush.messages=1: every append synced"

@@ -7,7 +7,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use sluice_log::LogConfig;
+use sluice_log::batch::Compression;
+use sluice_log::{Durability, LogConfig};
 
 use crate::CoreError;
 
@@ -39,9 +40,10 @@ pub struct ConfigEntry {
     pub source: ConfigSource,
     pub config_type: ConfigType,
     /// The broker setting a topic without an override takes its value
-    /// from, under Kafka's name (`log.retention.ms` for `retention.ms`);
-    /// `None` for keys without one.
-    pub broker_synonym: Option<&'static str>,
+    /// from, under Kafka's name, and the default in that setting's unit:
+    /// (`log.retention.hours`, `168`) for `retention.ms` at a week, as
+    /// Kafka reports it; `None` for keys without one.
+    pub broker_synonym: Option<(&'static str, String)>,
     /// The value the key has when the topic does not set it.
     pub default: String,
 }
@@ -106,29 +108,24 @@ pub const TOPIC_CONFIG_KEYS: &[&str] = &[
 ];
 
 /// Kafka's topic configs that Sluice accepts, validates, stores and
-/// reports but does not act on: compression is the producer's (batches
-/// are stored as sent), flushing follows `[log] durability`, and there is
-/// one broker, no tiered storage and no down-conversion.
+/// reports but does not act on: recompression uses each codec's default
+/// level, segments are deleted at once, the offset index is not
+/// preallocated, and there is one broker, no tiered storage and no
+/// down-conversion.
 pub const STORED_ONLY_KEYS: &[&str] = &[
     "compression.gzip.level",
     "compression.lz4.level",
-    "compression.type",
     "compression.zstd.level",
     "file.delete.delay.ms",
-    "flush.messages",
-    "flush.ms",
     "follower.replication.throttled.replicas",
     "leader.replication.throttled.replicas",
     "local.retention.bytes",
     "local.retention.ms",
-    "max.compaction.lag.ms",
     "message.downconversion.enable",
     "message.format.version",
-    "min.insync.replicas",
     "preallocate",
     "remote.storage.enable",
     "segment.index.bytes",
-    "segment.jitter.ms",
     "unclean.leader.election.enable",
 ];
 
@@ -423,6 +420,27 @@ impl TopicConfig {
         if let Some(ms) = self.get_i64("min.compaction.lag.ms") {
             config.min_compaction_lag = Duration::from_millis(ms.max(0) as u64);
         }
+        // i64::MAX, Kafka's default for these, means "never".
+        let set = |key| self.get_i64(key).filter(|&v| v != i64::MAX);
+        if let Some(ms) = set("max.compaction.lag.ms") {
+            config.max_compaction_lag = Some(Duration::from_millis(ms.max(1) as u64));
+        }
+        if let Some(ms) = self.get_i64("segment.jitter.ms") {
+            config.segment_jitter = Duration::from_millis(ms.max(0) as u64);
+        }
+        if let Some(every) = set("flush.messages") {
+            config.flush_messages = Some(every.max(1) as u64);
+        }
+        if let Some(ms) = set("flush.ms") {
+            // A sync at least this often: tightens an interval, turns
+            // `never` into one, leaves `always` as it is.
+            let every = Duration::from_millis(ms.max(0) as u64);
+            config.durability = match config.durability {
+                Durability::Always => Durability::Always,
+                Durability::Interval(interval) => Durability::Interval(interval.min(every)),
+                Durability::Never => Durability::Interval(every),
+            };
+        }
         if let Some(ratio) = self
             .overrides
             .get("min.cleanable.dirty.ratio")
@@ -477,6 +495,28 @@ impl TopicConfig {
         )
     }
 
+    /// The codec of `compression.type` when it names one (`uncompressed`
+    /// is [`Compression::None`]); `None` for `producer`, the default, which
+    /// keeps batches as sent.
+    pub fn compression(&self) -> Option<Compression> {
+        match self.overrides.get("compression.type")?.as_str() {
+            "uncompressed" => Some(Compression::None),
+            "gzip" => Some(Compression::Gzip),
+            "snappy" => Some(Compression::Snappy),
+            "lz4" => Some(Compression::Lz4),
+            "zstd" => Some(Compression::Zstd),
+            _ => None,
+        }
+    }
+
+    /// `min.insync.replicas`: how many replicas an acks=all produce needs
+    /// in sync (1 unless set).
+    pub fn min_insync_replicas(&self) -> u32 {
+        self.get_i64("min.insync.replicas")
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(1)
+    }
+
     pub fn timestamp_type(&self) -> TimestampType {
         match self
             .overrides
@@ -507,6 +547,8 @@ impl TopicConfig {
             .map(|name| {
                 let (config_type, broker_synonym) = key_spec(name);
                 let default = default_value(name, defaults);
+                let broker_synonym =
+                    broker_synonym.map(|synonym| broker_default(name, synonym, &default));
                 let (value, source) = match self.overrides.get(*name) {
                     Some(value) => (value.clone(), ConfigSource::Topic),
                     None => (default.clone(), ConfigSource::Default),
@@ -521,6 +563,25 @@ impl TopicConfig {
                 }
             })
             .collect()
+    }
+}
+
+/// The broker setting DescribeConfigs names as the source of a default,
+/// and its value: where Kafka's first synonym has no default of its own
+/// (`log.roll.ms`), the one that has (`log.roll.hours`, in hours), while
+/// the value is a whole number of hours.
+fn broker_default(name: &str, synonym: &'static str, default: &str) -> (&'static str, String) {
+    const HOUR_MS: i64 = 3_600_000;
+    let hours = match name {
+        "retention.ms" => "log.retention.hours",
+        "segment.ms" => "log.roll.hours",
+        "segment.jitter.ms" => "log.roll.jitter.hours",
+        "flush.ms" => return ("log.flush.scheduler.interval.ms", default.to_owned()),
+        _ => return (synonym, default.to_owned()),
+    };
+    match default.parse::<i64>() {
+        Ok(ms) if ms >= 0 && ms % HOUR_MS == 0 => (hours, (ms / HOUR_MS).to_string()),
+        _ => (synonym, default.to_owned()),
     }
 }
 
@@ -828,7 +889,14 @@ mod tests {
         }
         assert_eq!(
             find("segment.ms").and_then(|e| e.broker_synonym),
-            Some("log.roll.ms")
+            Some(("log.roll.hours", "168".to_owned()))
+        );
+        assert_eq!(
+            find("flush.ms").and_then(|e| e.broker_synonym),
+            Some((
+                "log.flush.scheduler.interval.ms",
+                "9223372036854775807".to_owned()
+            ))
         );
         for name in STORED_ONLY_KEYS {
             assert!(TOPIC_CONFIG_KEYS.contains(name), "{name}");

@@ -137,6 +137,18 @@ impl Topic {
         self.state().config.timestamp_type()
     }
 
+    /// The codec the broker recompresses appended batches with; `None`
+    /// keeps them as the producer sent them (see
+    /// [`TopicConfig::compression`]).
+    pub fn compression(&self) -> Option<sluice_log::batch::Compression> {
+        self.state().config.compression()
+    }
+
+    /// `min.insync.replicas` of the topic.
+    pub fn min_insync_replicas(&self) -> u32 {
+        self.state().config.min_insync_replicas()
+    }
+
     /// The topic's CreateTime bounds (see [`TopicConfig::timestamp_bounds`]).
     pub fn timestamp_bounds(&self) -> (i64, i64) {
         self.state().config.timestamp_bounds()
@@ -177,6 +189,12 @@ impl Topic {
                 partition,
             })?;
         let invalid = |reason| CoreError::Log(sluice_log::LogError::InvalidBatch { reason });
+        if let Some(codec) = self.compression()
+            && let Some(recompressed) =
+                sluice_log::batch::recompress(records, codec).map_err(invalid)?
+        {
+            *records = recompressed;
+        }
         if self.timestamp_type() == TimestampType::LogAppendTime {
             sluice_log::batch::set_log_append_time(records, SystemClock.now_ms())
                 .map_err(invalid)?;
@@ -189,7 +207,6 @@ impl Topic {
         if self.timestamp_type() == TimestampType::CreateTime {
             check_timestamps(records, &headers, self.timestamp_bounds())?;
         }
-        let needs_sync = target.log.durability() == sluice_log::Durability::Always;
         let record_count: u64 = headers
             .iter()
             .map(|(_, header)| u64::try_from(header.records_count).unwrap_or(0))
@@ -199,9 +216,9 @@ impl Topic {
             let info = target.log.append_unsynced(records, LeaderEpoch::from(0))?;
             target.traffic.add_in(record_count, byte_count);
             return Ok(PendingAppend {
+                needs_sync: info.sync_due,
                 partition: target,
                 info,
-                needs_sync,
             });
         }
         // Idempotent: check and write under the partition's producer lock,
@@ -219,6 +236,7 @@ impl Topic {
                 last_offset: first_offset,
                 append_time_ms: -1,
                 log_start: target.log.log_start(),
+                sync_due: target.log.durability() == sluice_log::Durability::Always,
             },
             SequenceCheck::Append => {
                 let info = target.log.append_unsynced(records, LeaderEpoch::from(0))?;
@@ -236,9 +254,9 @@ impl Topic {
         };
         drop(producers);
         Ok(PendingAppend {
+            needs_sync: info.sync_due,
             partition: target,
             info,
-            needs_sync,
         })
     }
 }
@@ -704,9 +722,8 @@ fn new_id(name: &str) -> [u8; 16] {
 
 /// Refuses the batches if a CreateTime record lies further from the
 /// broker's clock than `(before_ms, after_ms)` allow, as Kafka 3.6+
-/// (`message.timestamp.before.max.ms` / `after.max.ms`). Every record of an
-/// uncompressed batch is checked; of a compressed one, its first and
-/// largest timestamps (from the header, without decompressing).
+/// (`message.timestamp.before.max.ms` / `after.max.ms`). Every record is
+/// checked, a compressed batch's after decompressing it, as Kafka does.
 fn check_timestamps(
     records: &[u8],
     headers: &[(usize, sluice_log::batch::BatchHeader)],
@@ -737,13 +754,9 @@ fn check_timestamps(
         let batch = records
             .get(*start..start.saturating_add(header.size))
             .unwrap_or_default();
-        match sluice_log::batch::records(batch) {
-            Some(views) => views.iter().try_for_each(|r| check(r.timestamp))?,
-            None => {
-                check(header.base_timestamp)?;
-                check(header.max_timestamp)?;
-            }
-        }
+        let timestamps = sluice_log::batch::record_timestamps(batch)
+            .map_err(|reason| CoreError::Log(sluice_log::LogError::InvalidBatch { reason }))?;
+        timestamps.into_iter().try_for_each(check)?;
     }
     Ok(())
 }

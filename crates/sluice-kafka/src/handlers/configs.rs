@@ -81,11 +81,11 @@ fn entry(e: ConfigEntry, include_synonyms: bool) -> DescribeConfigsResourceResul
                     .with_source(DYNAMIC_TOPIC_CONFIG),
             );
         }
-        if let Some(broker) = e.broker_synonym {
+        if let Some((broker, value)) = e.broker_synonym {
             synonyms.push(
                 DescribeConfigsSynonym::default()
                     .with_name(StrBytes::from_static_str(broker))
-                    .with_value(Some(StrBytes::from_string(e.default)))
+                    .with_value(Some(StrBytes::from_string(value)))
                     .with_source(DEFAULT_CONFIG),
             );
         }

@@ -83,13 +83,15 @@ pub(crate) async fn start(
             } else if disk_full {
                 Err(ResponseError::KafkaStorageError)
             } else if exists {
-                write(&context.broker, &name, index, data.records)
+                write(&context.broker, &name, index, acks, data.records)
             } else {
                 let broker = Arc::clone(&context.broker);
                 let name = name.clone();
-                tokio::task::spawn_blocking(move || write(&broker, &name, index, data.records))
-                    .await
-                    .unwrap_or(Err(ResponseError::UnknownServerError))
+                tokio::task::spawn_blocking(move || {
+                    write(&broker, &name, index, acks, data.records)
+                })
+                .await
+                .unwrap_or(Err(ResponseError::UnknownServerError))
             };
             started.push((index, outcome));
         }
@@ -106,12 +108,35 @@ pub(crate) async fn start(
     }
 }
 
-fn write(broker: &Broker, topic: &str, index: i32, records: Option<bytes::Bytes>) -> Started {
+/// The replicas in sync with a partition's leader: the one node.
+const IN_SYNC_REPLICAS: u32 = 1;
+
+fn write(
+    broker: &Broker,
+    topic: &str,
+    index: i32,
+    acks: i16,
+    records: Option<bytes::Bytes>,
+) -> Started {
     let refuse = |err: &CoreError| {
         tracing::debug!(topic, partition = index, error = %err, "produce refused");
         errors::code(err)
     };
+    let name = topic;
     let topic = broker.topic_or_create(topic).map_err(|err| refuse(&err))?;
+    // As Kafka: acks=all needs min.insync.replicas in sync, checked before
+    // anything is written.
+    let min_insync = topic.min_insync_replicas();
+    if acks == -1 && min_insync > IN_SYNC_REPLICAS {
+        tracing::debug!(
+            topic = name,
+            partition = index,
+            min_insync,
+            in_sync = IN_SYNC_REPLICAS,
+            "produce refused: fewer replicas in sync than min.insync.replicas"
+        );
+        return Err(ResponseError::NotEnoughReplicas);
+    }
     let Some(records) = records.filter(|r| !r.is_empty()) else {
         return Err(ResponseError::CorruptMessage);
     };
