@@ -59,6 +59,11 @@ pub enum CoreError {
         earliest: i64,
         latest: i64,
     },
+    #[error("cannot decode the batch at offset {offset}: {reason}")]
+    UndecodableBatch {
+        offset: sluice_types::Offset,
+        reason: String,
+    },
     #[error("internal error: {reason}")]
     Internal { reason: String },
     #[error("topic record {} is damaged: {reason}", .path.display())]

@@ -19,14 +19,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use kafka_protocol::records::{Record, RecordBatchDecoder};
-use sluice_log::ReadBound;
+use kafka_protocol::records::Record;
 use sluice_types::Offset;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::messaging::{PendingSync, Source, record_to_message};
-use crate::{Broker, CommittedOffset, CoreError, Forwarding, Partition, Topic};
+use crate::{Broker, CommittedOffset, CoreError, Forwarding, Partition, Topic, Undecodable};
 
 /// Prefix of the group ids that hold forwarding positions.
 pub const FORWARD_GROUP_PREFIX: &str = "__sluice_forward:";
@@ -132,7 +131,7 @@ impl Forwarder {
 
     /// The stored position, else the log start.
     fn position(&self) -> i64 {
-        let log_start = self.partition.log().log_start().get();
+        let log_start = self.partition.log_start().get();
         self.broker
             .offsets()
             .fetch(&self.group(), self.topic.name(), self.partition.id().get())
@@ -146,9 +145,8 @@ impl Forwarder {
             let appended = this.partition.appended();
             tokio::pin!(appended);
             appended.as_mut().enable();
-            let log = this.partition.log();
-            next = next.max(log.log_start().get());
-            if next >= log.high_watermark().get() {
+            next = next.max(this.partition.log_start().get());
+            if next >= this.partition.high_watermark().get() {
                 tokio::select! {
                     _ = appended => {}
                     _ = stop.changed() => return,
@@ -175,13 +173,16 @@ impl Forwarder {
     /// the durable queues, stores the position after them and returns it.
     /// Blocking.
     fn forward_from(&self, next: i64) -> Result<i64, String> {
-        let log = self.partition.log();
-        let read = log
-            .read(Offset::from(next), READ_BYTES, ReadBound::HighWatermark)
-            .map_err(|e| e.to_string())?;
-        let Some(after) = read.next_offset.map(|o| o.get()) else {
+        // A batch that cannot be decoded stops forwarding here (and is
+        // retried) rather than being skipped: nothing is lost silently.
+        let Some(chunk) = self
+            .partition
+            .read_chunk(Offset::from(next), READ_BYTES, Undecodable::Fail)
+            .map_err(|e| e.to_string())?
+        else {
             return Ok(next);
         };
+        let after = chunk.next.get();
         let vhost = self
             .broker
             .vhosts()
@@ -189,29 +190,19 @@ impl Forwarder {
             .ok_or_else(|| format!("no virtual host '{}'", self.forwarding.vhost))?;
         let name = format!("{}/{}", self.topic.name(), self.partition.id().get());
         let mut syncs: Vec<PendingSync> = Vec::new();
-        let mut records = read.records;
-        while !records.is_empty() {
-            // A batch that cannot be decoded stops forwarding here (and is
-            // retried) rather than being skipped: nothing is lost silently.
-            let batch = RecordBatchDecoder::decode(&mut records)
-                .map_err(|error| format!("cannot decode the batch after offset {next}: {error}"))?;
-            for record in batch.records {
-                if record.control || record.offset < next {
-                    continue;
-                }
-                let message = self.message(&record);
-                let source = Source {
-                    name: name.clone(),
-                    offset: record.offset,
-                };
-                let outcome = vhost
-                    .publish_from(&self.forwarding.exchange, message, Some(&source))
-                    .map_err(|e| e.to_string())?;
-                for sync in outcome.syncs {
-                    match syncs.iter_mut().find(|s| s.same_log(&sync)) {
-                        Some(existing) => *existing = existing.clone().max(sync),
-                        None => syncs.push(sync),
-                    }
+        for record in chunk.deliverable(Offset::from(next)) {
+            let message = self.message(record);
+            let source = Source {
+                name: name.clone(),
+                offset: record.offset,
+            };
+            let outcome = vhost
+                .publish_from(&self.forwarding.exchange, message, Some(&source))
+                .map_err(|e| e.to_string())?;
+            for sync in outcome.syncs {
+                match syncs.iter_mut().find(|s| s.same_log(&sync)) {
+                    Some(existing) => *existing = existing.clone().max(sync),
+                    None => syncs.push(sync),
                 }
             }
         }

@@ -22,12 +22,28 @@ mod groups;
 pub mod messaging;
 mod metrics;
 mod offsets;
+mod partition;
 mod producers;
 mod recovery;
 mod replay;
 mod topic_config;
 mod topics;
 mod users;
+
+/// The storage engine's types that reach past core: its errors (in
+/// [`CoreError::Log`]), the settings a broker starts with, and its
+/// process-wide metrics.
+pub mod storage {
+    pub use sluice_log::{
+        BatchFault, Durability, LogConfig, LogError, MaintenanceSettings, StorageMetrics, metrics,
+    };
+}
+
+/// Building record batches (Kafka's RecordBatch v2): what the admin API
+/// produces and tests feed in.
+pub mod records {
+    pub use sluice_log::batch::{NewRecord, RecordHeader, encode, encode_with_headers};
+}
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -47,17 +63,20 @@ pub use groups::{
 use messaging::VirtualHosts;
 pub use metrics::{ProtocolMetrics, RequestMetrics};
 pub use offsets::{CommittedOffset, OFFSETS_LOG, OffsetStore};
+pub use partition::{Chunk, Fetched, Partition, PartitionTraffic, Position, Undecodable};
 pub use producers::ProducerIds;
 pub use topic_config::{
     CleanupPolicy, ConfigEntry, ConfigSource, ConfigType, FORWARD_EXCHANGE, FORWARD_ROUTING_KEY,
     FORWARD_START, FORWARD_VHOST, Forwarding, STORED_ONLY_KEYS, TOPIC_CONFIG_KEYS, TimestampType,
     TopicConfig,
 };
-pub use topics::{
-    MAX_PARTITIONS, MAX_TOPIC_NAME, Partition, PartitionTraffic, PendingAppend, Topic, Topics,
-    log_name,
-};
+pub use topics::{MAX_PARTITIONS, MAX_TOPIC_NAME, PendingAppend, Topic, Topics, log_name};
 pub use users::{User, authenticate};
+
+/// Wall-clock milliseconds.
+pub fn now_ms() -> i64 {
+    messaging::now_ms()
+}
 
 /// What a broker needs to start.
 #[derive(Debug, Clone)]
@@ -272,6 +291,11 @@ impl Broker {
     }
 
     /// The logs this broker stores.
+    /// The log settings a topic starts from before its own overrides.
+    pub fn log_defaults(&self) -> &LogConfig {
+        self.logs.defaults()
+    }
+
     pub fn logs(&self) -> &LogManager {
         &self.logs
     }
@@ -362,11 +386,10 @@ impl Broker {
                 .partitions()
                 .iter()
                 .map(|partition| {
-                    let log = partition.log();
                     let start = if forwarding.from_earliest {
-                        log.log_start()
+                        partition.log_start()
                     } else {
-                        log.high_watermark()
+                        partition.high_watermark()
                     };
                     (
                         name.to_owned(),

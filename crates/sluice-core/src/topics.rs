@@ -6,16 +6,16 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use bytes::BytesMut;
 use serde::{Deserialize, Serialize};
-use sluice_log::{AppendInfo, Clock, Log, LogManager, SystemClock};
+use sluice_log::{AppendInfo, Clock, LogManager, SystemClock};
 use sluice_types::{LeaderEpoch, Offset, PartitionId};
 use tokio::sync::Notify;
 
 use crate::CoreError;
+use crate::partition::{Partition, PartitionTraffic};
 use crate::producers::{self, ProducerStates, SequenceCheck};
 use crate::topic_config::{TimestampType, TopicConfig};
 
@@ -23,69 +23,6 @@ use crate::topic_config::{TimestampType, TopicConfig};
 pub const MAX_TOPIC_NAME: usize = 249;
 /// Most partitions a topic may have.
 pub const MAX_PARTITIONS: u32 = 10_000;
-
-/// One partition: a log, and a signal that wakes fetches waiting for data.
-#[derive(Debug)]
-pub struct Partition {
-    topic: Arc<str>,
-    id: PartitionId,
-    log: Arc<Log>,
-    appended: Notify,
-    producers: ProducerStates,
-    traffic: PartitionTraffic,
-}
-
-/// Records and bytes a partition took in and gave out since the broker
-/// started, for metrics and the admin API.
-#[derive(Debug, Default)]
-pub struct PartitionTraffic {
-    pub records_in: AtomicU64,
-    pub bytes_in: AtomicU64,
-    pub records_out: AtomicU64,
-    pub bytes_out: AtomicU64,
-}
-
-impl PartitionTraffic {
-    /// Counts records handed to a consumer (a fetch).
-    pub fn add_out(&self, records: u64, bytes: u64) {
-        self.records_out.fetch_add(records, Ordering::Relaxed);
-        self.bytes_out.fetch_add(bytes, Ordering::Relaxed);
-    }
-
-    fn add_in(&self, records: u64, bytes: u64) {
-        self.records_in.fetch_add(records, Ordering::Relaxed);
-        self.bytes_in.fetch_add(bytes, Ordering::Relaxed);
-    }
-}
-
-impl Partition {
-    pub fn topic(&self) -> &str {
-        &self.topic
-    }
-
-    pub fn id(&self) -> PartitionId {
-        self.id
-    }
-
-    pub fn log(&self) -> &Arc<Log> {
-        &self.log
-    }
-
-    /// Resolves once data may have become readable (an append completed).
-    /// Enable it before checking for data so that no append is missed.
-    pub fn appended(&self) -> tokio::sync::futures::Notified<'_> {
-        self.appended.notified()
-    }
-
-    /// What went in and out of this partition.
-    pub fn traffic(&self) -> &PartitionTraffic {
-        &self.traffic
-    }
-
-    pub(crate) fn wake_readers(&self) {
-        self.appended.notify_waiters();
-    }
-}
 
 #[derive(Debug)]
 struct TopicState {

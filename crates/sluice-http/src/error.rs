@@ -118,8 +118,9 @@ impl From<CoreError> for ApiError {
             CoreError::InvalidPartitions { .. } => ApiError::field("partitions", message),
             CoreError::InvalidConfig { .. } => ApiError::field("configs", message),
             CoreError::TopicLimit { .. } => ApiError::precondition(message),
-            CoreError::Log(sluice_log::LogError::InvalidBatch { .. })
-            | CoreError::InvalidTimestamp { .. } => ApiError::bad_request(message),
+            CoreError::Log(sluice_core::storage::LogError::InvalidBatch { .. })
+            | CoreError::InvalidTimestamp { .. }
+            | CoreError::UndecodableBatch { .. } => ApiError::bad_request(message),
             other => {
                 tracing::warn!(error = %other, "admin API request failed in storage");
                 ApiError::new(ErrorCode::Storage, other.to_string())

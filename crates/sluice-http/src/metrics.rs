@@ -102,15 +102,14 @@ pub(crate) async fn render(State(shared): State<AppState>) -> impl IntoResponse 
         out.header(name, kind, help);
         for partition in &partitions {
             let traffic = partition.traffic();
-            let log = partition.log();
             let value = match index {
                 0 => counter(&traffic.records_in),
                 1 => counter(&traffic.bytes_in),
                 2 => counter(&traffic.records_out),
                 3 => counter(&traffic.bytes_out),
-                4 => log.size_bytes() as f64,
-                5 => log.log_start().get() as f64,
-                _ => log.high_watermark().get() as f64,
+                4 => partition.size_bytes() as f64,
+                5 => partition.log_start().get() as f64,
+                _ => partition.high_watermark().get() as f64,
             };
             let id = partition.id().get().to_string();
             out.sample(
@@ -130,7 +129,7 @@ pub(crate) async fn render(State(shared): State<AppState>) -> impl IntoResponse 
                 .topics()
                 .get(&topic)
                 .and_then(|t| t.partition(sluice_types::PartitionId::from(partition)))
-                .map(|p| p.log().high_watermark().get());
+                .map(|p| p.high_watermark().get());
             lags.push((group.clone(), topic, partition, committed.offset, end));
         }
     }
@@ -184,11 +183,10 @@ pub(crate) async fn render(State(shared): State<AppState>) -> impl IntoResponse 
             continue;
         };
         let group = sluice_core::forwarding::forward_group(&forwarding);
-        let log = partition.log();
         let position = broker
             .offsets()
             .fetch(&group, partition.topic(), partition.id().get())
-            .map_or(log.log_start().get(), |c| c.offset);
+            .map_or(partition.log_start().get(), |c| c.offset);
         let id = partition.id().get().to_string();
         out.sample(
             "sluice_forward_lag_records",
@@ -197,7 +195,7 @@ pub(crate) async fn render(State(shared): State<AppState>) -> impl IntoResponse 
                 ("partition", &id),
                 ("exchange", &forwarding.exchange),
             ],
-            (log.high_watermark().get() - position).max(0) as f64,
+            (partition.high_watermark().get() - position).max(0) as f64,
         );
     }
     if let Some(requests) = broker.metrics().kafka.get() {
@@ -365,7 +363,7 @@ pub(crate) async fn render(State(shared): State<AppState>) -> impl IntoResponse 
         channels as f64,
     );
 
-    let storage = sluice_log::metrics();
+    let storage = sluice_core::storage::metrics();
     out.header(
         "sluice_log_fsync_duration_microseconds",
         "histogram",

@@ -1,8 +1,8 @@
 //! Core and log errors as Kafka error codes, in one place.
 
 use kafka_protocol::ResponseError;
+use sluice_core::storage::LogError;
 use sluice_core::{CoreError, GroupError};
-use sluice_log::LogError;
 
 /// The Kafka error for a core error.
 pub(crate) fn code(err: &CoreError) -> ResponseError {
@@ -21,6 +21,7 @@ pub(crate) fn code(err: &CoreError) -> ResponseError {
         | CoreError::DataDir { .. }
         | CoreError::TopicRecord { .. } => ResponseError::KafkaStorageError,
         CoreError::Internal { .. } => ResponseError::UnknownServerError,
+        CoreError::UndecodableBatch { .. } => ResponseError::CorruptMessage,
         CoreError::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber,
         CoreError::InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch,
         CoreError::UnknownProducerId { .. } => ResponseError::UnknownProducerId,

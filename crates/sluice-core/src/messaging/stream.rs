@@ -11,9 +11,8 @@ use std::time::Duration;
 
 use amq_protocol::types::AMQPValue;
 use bytes::Bytes;
-use kafka_protocol::records::RecordBatchDecoder;
 use sluice_log::batch::{NewRecord, RecordHeader};
-use sluice_log::{Clock as _, ReadBound, SystemClock};
+use sluice_log::{Clock as _, SystemClock};
 use sluice_types::{Offset, PartitionId};
 use tokio::task::AbortHandle;
 
@@ -22,7 +21,7 @@ use super::bridge::{message_to_record, partition_for_key, record_to_message};
 use super::message::Message;
 use super::queue::{ConsumerEvent, ConsumerSpec, Delivery, Queue};
 use super::queue_store::PendingSync;
-use crate::{CoreError, Partition, Topic};
+use crate::{CoreError, Partition, Position, Topic, Undecodable};
 
 /// The header every stream delivery carries its offset in.
 pub const STREAM_OFFSET_HEADER: &str = "x-stream-offset";
@@ -147,7 +146,7 @@ impl Stream {
         self.topic
             .partitions()
             .iter()
-            .map(|p| p.log().high_watermark().get() - p.log().log_start().get())
+            .map(|p| p.high_watermark().get() - p.log_start().get())
             .sum::<i64>()
             .max(0) as usize
     }
@@ -215,34 +214,20 @@ impl Stream {
         let labelled = partitions.len() > 1;
         let mut out = Vec::new();
         for partition in partitions {
-            let log = partition.log();
-            let mut next = log.log_start().get();
-            while out.len() < count && next < log.high_watermark().get() {
-                let read = match log.read(Offset::from(next), READ_BYTES, ReadBound::HighWatermark)
-                {
-                    Ok(read) => read,
+            let mut next = partition.log_start();
+            while out.len() < count {
+                let chunk = match partition.read_chunk(next, READ_BYTES, Undecodable::SkipRest) {
+                    Ok(Some(chunk)) => chunk,
+                    Ok(None) => break,
                     Err(error) => {
                         tracing::warn!(topic = self.topic.name(), %error, "cannot read a stream to peek");
                         break;
                     }
                 };
-                let Some(after) = read.next_offset else {
-                    break;
-                };
-                let mut records = read.records.clone();
-                while !records.is_empty() && out.len() < count {
-                    let Ok(batch) = RecordBatchDecoder::decode(&mut records) else {
-                        break;
-                    };
-                    for record in batch.records {
-                        if record.control || record.offset < next || out.len() >= count {
-                            continue;
-                        }
-                        next = record.offset + 1;
-                        out.push(stream_message(&record, partition.id().get(), labelled));
-                    }
+                for record in chunk.deliverable(next).take(count - out.len()) {
+                    out.push(stream_message(record, partition.id().get(), labelled));
                 }
-                next = next.max(after.get());
+                next = chunk.next;
             }
             if out.len() >= count {
                 break;
@@ -321,21 +306,23 @@ struct Reader {
 }
 
 impl Reader {
-    fn first_offset(&self, start: StreamStart) -> i64 {
-        let log = self.partition.log();
-        let (log_start, end) = (log.log_start().get(), log.high_watermark().get());
+    fn first_offset(&self, start: StreamStart) -> Offset {
+        let resolve = |position| match self.partition.resolve(position) {
+            Ok(found) => found.map(|(offset, _)| offset),
+            Err(error) => {
+                tracing::warn!(%error, "cannot look up a stream offset by time; starting at the end");
+                None
+            }
+        };
+        let end = self.partition.high_watermark();
         match start {
-            StreamStart::First => log_start,
-            StreamStart::Last => (end - 1).max(log_start),
+            StreamStart::First => self.partition.log_start(),
+            StreamStart::Last => resolve(Position::LastRecord).unwrap_or(end),
             StreamStart::Next => end,
-            StreamStart::Offset(offset) => offset.clamp(log_start, end),
-            StreamStart::Timestamp(ms) => match log.offset_for_timestamp(ms) {
-                Ok(found) => found.map_or(end, |(offset, _)| offset.get()),
-                Err(error) => {
-                    tracing::warn!(%error, "cannot look up a stream offset by time; starting at the end");
-                    end
-                }
-            },
+            StreamStart::Offset(offset) => {
+                Offset::from(offset.clamp(self.partition.log_start().get(), end.get()))
+            }
+            StreamStart::Timestamp(ms) => resolve(Position::Timestamp(ms)).unwrap_or(end),
         }
     }
 
@@ -345,38 +332,29 @@ impl Reader {
             let appended = self.partition.appended();
             tokio::pin!(appended);
             appended.as_mut().enable();
-            let log = self.partition.log();
-            next = next.max(log.log_start().get());
-            if next >= log.high_watermark().get() {
-                appended.await;
-                continue;
-            }
-            let read = match log.read(Offset::from(next), READ_BYTES, ReadBound::HighWatermark) {
-                Ok(read) => read,
+            // Stream consumers are never stuck on one batch: an undecodable
+            // one is skipped with the rest of its read.
+            let chunk = match self
+                .partition
+                .read_chunk(next, READ_BYTES, Undecodable::SkipRest)
+            {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => {
+                    appended.await;
+                    continue;
+                }
                 Err(error) => {
                     tracing::warn!(queue = self.queue.name(), %error, "stream read failed");
                     tokio::time::sleep(READ_RETRY).await;
                     continue;
                 }
             };
-            let after = read.next_offset.map_or(next, |o| o.get());
-            let mut records = read.records.clone();
-            while !records.is_empty() {
-                let Ok(batch) = RecordBatchDecoder::decode(&mut records) else {
-                    // Compressed or unreadable: skip to the end of what was read.
-                    break;
-                };
-                for record in batch.records {
-                    if record.control || record.offset < next {
-                        continue;
-                    }
-                    if !self.deliver(record.offset, &record).await {
-                        return;
-                    }
-                    next = record.offset + 1;
+            for record in chunk.deliverable(next) {
+                if !self.deliver(record.offset, record).await {
+                    return;
                 }
             }
-            next = next.max(after);
+            next = chunk.next;
         }
     }
 

@@ -12,8 +12,8 @@ use kafka_protocol::messages::ConsumerProtocolAssignment;
 use kafka_protocol::protocol::Decodable;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use sluice_core::Position;
 use sluice_core::{Broker, CommittedOffset, GroupState};
-use sluice_types::Offset;
 use sluice_types::PartitionId;
 
 use super::{Paging, blocking};
@@ -39,7 +39,7 @@ fn committed(broker: &Broker, group: &str) -> Vec<(String, i32, CommittedOffset,
                 .topics()
                 .get(&topic)
                 .and_then(|t| t.partition(PartitionId::from(partition)))
-                .map(|p| p.log().high_watermark().get());
+                .map(|p| p.high_watermark().get());
             (topic, partition, offset, end)
         })
         .collect()
@@ -312,8 +312,7 @@ pub(crate) async fn reset_offsets(
                             format!("topic {name:?} has no partition {partition}"),
                         )
                     })?;
-                let log = target.log();
-                let (start, end) = (log.log_start().get(), log.high_watermark().get());
+                let (start, end) = (target.log_start().get(), target.high_watermark().get());
                 let offset = match reset.to {
                     ResetTo::Earliest => start,
                     ResetTo::Latest => end,
@@ -321,9 +320,9 @@ pub(crate) async fn reset_offsets(
                         let timestamp = reset.timestamp.ok_or_else(|| {
                             ApiError::field("timestamp", "to=timestamp needs a timestamp")
                         })?;
-                        log.offset_for_timestamp(timestamp)
-                            .map_err(sluice_core::CoreError::from)?
-                            .map_or(end, |(offset, _): (Offset, i64)| offset.get())
+                        target
+                            .resolve(Position::Timestamp(timestamp))?
+                            .map_or(end, |(offset, _)| offset.get())
                     }
                     ResetTo::Offset => reset
                         .offset

@@ -7,13 +7,12 @@ use std::sync::atomic::Ordering;
 use axum::Json;
 use axum::extract::State;
 use bytes::Bytes;
-use kafka_protocol::records::{Record, RecordBatchDecoder};
+use kafka_protocol::records::Record;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sluice_core::messaging::partition_for_key;
-use sluice_core::{CoreError, Partition};
-use sluice_log::batch::{NewRecord, RecordHeader};
-use sluice_log::{Clock as _, ReadBound};
+use sluice_core::records::{NewRecord, RecordHeader};
+use sluice_core::{CoreError, Partition, Position, Undecodable};
 use sluice_types::{Offset, PartitionId};
 
 use super::{Encoding, blocking};
@@ -68,14 +67,12 @@ pub(crate) async fn read(
         })?;
     let encoding = query.encoding;
     blocking(move || {
-        let log = target.log();
-        let log_start = log.log_start().get();
-        let high_watermark = log.high_watermark().get();
+        let log_start = target.log_start().get();
+        let high_watermark = target.high_watermark().get();
         let start = match (query.offset, query.timestamp) {
             (Some(offset), _) => offset.max(log_start),
-            (None, Some(timestamp)) => log
-                .offset_for_timestamp(timestamp)
-                .map_err(sluice_core::CoreError::from)?
+            (None, Some(timestamp)) => target
+                .resolve(Position::Timestamp(timestamp))?
                 .map_or(high_watermark, |(offset, _)| offset.get()),
             (None, None) => log_start,
         };
@@ -101,46 +98,31 @@ pub(crate) async fn read(
 }
 
 /// Visits the records of `partition` from `from` up to its high watermark
-/// until `visit` returns false; returns the offset to go on from. Control
-/// records are skipped. Every read of a topic's records goes through here.
+/// (as it was when the scan began) until `visit` returns false; returns the
+/// offset to go on from. Control records are skipped; a batch that cannot
+/// be decoded fails the scan ([`Undecodable::Fail`]: 400). Every read of a
+/// topic's records goes through here.
 pub(crate) fn scan_partition(
     partition: &Partition,
     from: i64,
     mut visit: impl FnMut(&Record) -> bool,
 ) -> ApiResult<i64> {
-    let log = partition.log();
-    let high_watermark = log.high_watermark().get();
-    let mut next = from.max(log.log_start().get());
+    let high_watermark = partition.high_watermark();
+    let mut next = Offset::from(from).max(partition.log_start());
     while next < high_watermark {
-        let read = log
-            .read(
-                Offset::from(next),
-                READ_STEP_BYTES,
-                ReadBound::HighWatermark,
-            )
-            .map_err(sluice_core::CoreError::from)?;
-        let Some(after) = read.next_offset else {
+        let Some(chunk) = partition.read_chunk(next, READ_STEP_BYTES, Undecodable::Fail)? else {
             break;
         };
-        let batches = sluice_log::batch::split_verified(&read.records)
-            .map_err(|fault| ApiError::bad_request(format!("damaged batch: {fault}")))?;
-        for (at, header) in batches {
-            let mut batch = read.records.slice(at..at + header.size);
-            let decoded = RecordBatchDecoder::decode(&mut batch)
-                .map_err(|error| ApiError::bad_request(format!("cannot decode batch: {error}")))?;
-            for record in decoded.records {
-                if record.offset < next {
-                    continue;
-                }
-                if !record.control && !visit(&record) {
-                    return Ok(next);
-                }
-                next = record.offset + 1;
+        let mut visited = next;
+        for record in chunk.deliverable(next) {
+            if !visit(record) {
+                return Ok(visited.get());
             }
+            visited = Offset::from(record.offset + 1);
         }
-        next = next.max(after.get());
+        next = chunk.next.max(visited);
     }
-    Ok(next.max(from))
+    Ok(next.get().max(from))
 }
 
 pub(crate) fn record_json(record: &Record, encoding: Encoding) -> Value {
@@ -211,7 +193,7 @@ pub(crate) async fn produce(
     })
     .await?;
     let partitions = topic.partition_count() as i32;
-    let now = sluice_log::SystemClock.now_ms();
+    let now = sluice_core::now_ms();
     // Decode and place every record before writing any.
     let mut placed: Vec<Placed> = Vec::with_capacity(request.records.len());
     for new in request.records {
@@ -291,9 +273,10 @@ pub(crate) async fn produce(
                     )
                 })
                 .collect();
-            let mut batch = sluice_log::batch::encode_with_headers(&records).map_err(|error| {
-                ApiError::bad_request(format!("cannot encode records: {error}"))
-            })?;
+            let mut batch =
+                sluice_core::records::encode_with_headers(&records).map_err(|error| {
+                    ApiError::bad_request(format!("cannot encode records: {error}"))
+                })?;
             let info = topic.append_blocking(PartitionId::from(partition), &mut batch)?;
             for (n, i) in indexes.iter().enumerate() {
                 offsets[*i] = json!({

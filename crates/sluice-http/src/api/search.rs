@@ -182,13 +182,12 @@ pub(crate) async fn search(
             if only.is_some_and(|p| p != index) {
                 continue;
             }
-            let log = partition.log();
-            let high_watermark = log.high_watermark().get();
+            let high_watermark = partition.high_watermark().get();
             let start = starts
                 .get(index)
                 .copied()
                 .flatten()
-                .unwrap_or_else(|| log.log_start().get());
+                .unwrap_or_else(|| partition.log_start().get());
             let next = if scanned < max_scan && found.len() < limit {
                 scan_partition(partition, start, |record| {
                     if scanned >= max_scan || found.len() >= limit {

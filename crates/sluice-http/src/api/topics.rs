@@ -28,9 +28,9 @@ pub(crate) async fn list(
             let partitions = topic.partitions();
             let records: i64 = partitions
                 .iter()
-                .map(|p| p.log().high_watermark().get() - p.log().log_start().get())
+                .map(|p| p.high_watermark().get() - p.log_start().get())
                 .sum();
-            let size: u64 = partitions.iter().map(|p| p.log().size_bytes()).sum();
+            let size: u64 = partitions.iter().map(|p| p.size_bytes()).sum();
             let rates = shared.rates.topic(topic.name());
             json!({
                 "name": topic.name(),
@@ -53,18 +53,17 @@ pub(crate) fn description(shared: &AppState, topic: &Topic) -> Value {
         .partitions()
         .iter()
         .map(|partition| {
-            let log = partition.log();
             let traffic = partition.traffic();
             let load = |counter: &std::sync::atomic::AtomicU64| {
                 counter.load(std::sync::atomic::Ordering::Relaxed)
             };
             json!({
                 "partition": partition.id().get(),
-                "log_start_offset": log.log_start().get(),
-                "log_end_offset": log.log_end().get(),
-                "high_watermark": log.high_watermark().get(),
-                "size_bytes": log.size_bytes(),
-                "segments": log.segment_count(),
+                "log_start_offset": partition.log_start().get(),
+                "log_end_offset": partition.log_end().get(),
+                "high_watermark": partition.high_watermark().get(),
+                "size_bytes": partition.size_bytes(),
+                "segments": partition.segment_count(),
                 "records_in": load(&traffic.records_in),
                 "bytes_in": load(&traffic.bytes_in),
                 "records_out": load(&traffic.records_out),
@@ -74,7 +73,7 @@ pub(crate) fn description(shared: &AppState, topic: &Topic) -> Value {
         .collect();
     let configs: Vec<Value> = topic
         .config()
-        .entries(shared.broker.logs().defaults())
+        .entries(shared.broker.log_defaults())
         .into_iter()
         .map(|entry| {
             json!({
@@ -122,16 +121,15 @@ fn forwarding(shared: &AppState, topic: &Topic) -> Value {
         .partitions()
         .iter()
         .map(|partition| {
-            let log = partition.log();
             let position = shared
                 .broker
                 .offsets()
                 .fetch(&group, topic.name(), partition.id().get())
-                .map_or(log.log_start().get(), |c| c.offset);
+                .map_or(partition.log_start().get(), |c| c.offset);
             json!({
                 "partition": partition.id().get(),
                 "position": position,
-                "lag": (log.high_watermark().get() - position).max(0),
+                "lag": (partition.high_watermark().get() - position).max(0),
             })
         })
         .collect();

@@ -57,18 +57,17 @@ pub(crate) async fn delete_records(
                             return result
                                 .with_error_code(ResponseError::UnknownTopicOrPartition.code());
                         };
-                        let log = partition.log();
                         let target = if p.offset == HIGH_WATERMARK {
-                            log.high_watermark()
+                            partition.high_watermark()
                         } else {
                             Offset::from(p.offset)
                         };
                         if target.get() < 0 {
                             return result.with_error_code(ResponseError::OffsetOutOfRange.code());
                         }
-                        match log.advance_log_start(target) {
+                        match partition.delete_records(target) {
                             Ok(start) => result.with_error_code(0).with_low_watermark(start.get()),
-                            Err(err) => result.with_error_code(errors::log_code(&err).code()),
+                            Err(err) => result.with_error_code(errors::code(&err).code()),
                         }
                     })
                     .collect();
@@ -109,10 +108,7 @@ pub(crate) fn offset_for_leader_epoch(
                     if p.current_leader_epoch > 0 {
                         return result.with_error_code(ResponseError::UnknownLeaderEpoch.code());
                     }
-                    match partition
-                        .log()
-                        .end_offset_for_epoch(LeaderEpoch::from(p.leader_epoch))
-                    {
+                    match partition.end_offset_for_epoch(LeaderEpoch::from(p.leader_epoch)) {
                         Some((epoch, end)) => result
                             .with_error_code(0)
                             .with_leader_epoch(epoch.get())

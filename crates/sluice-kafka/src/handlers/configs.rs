@@ -44,7 +44,7 @@ pub(crate) fn describe(
                     let keys = resource.configuration_keys;
                     let configs = topic
                         .config()
-                        .entries(context.broker.logs().defaults())
+                        .entries(context.broker.log_defaults())
                         .into_iter()
                         .filter(|e| {
                             keys.as_ref()

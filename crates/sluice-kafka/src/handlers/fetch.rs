@@ -7,12 +7,11 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
 use sluice_core::{Broker, Partition};
-use sluice_log::ReadBound;
 use sluice_types::Offset;
 use tokio::time::Instant;
 
@@ -111,96 +110,39 @@ fn read_all(
                 failed = true;
                 return base.with_error_code(ResponseError::UnknownTopicOrPartition.code());
             };
-            let log = partition.log();
             let budget = if total == 0 {
                 w.max_bytes.max(1)
             } else {
                 w.max_bytes.min(max_bytes.saturating_sub(total))
             };
-            let high_watermark = log.high_watermark().get();
+            let high_watermark = partition.high_watermark().get();
             let base = base
                 .with_high_watermark(high_watermark)
                 .with_last_stable_offset(high_watermark)
                 .with_log_start_offset(if version >= 5 {
-                    log.log_start().get()
+                    partition.log_start().get()
                 } else {
                     -1
                 });
             if budget == 0 {
                 return base.with_records(Some(Bytes::new()));
             }
-            match read_with_records(log, Offset::from(w.fetch_offset), budget) {
-                Ok(records) => {
-                    total += records.len();
+            match partition.read_for_fetch(Offset::from(w.fetch_offset), budget) {
+                Ok(fetched) => {
+                    total += fetched.records.len();
                     partition
                         .traffic()
-                        .add_out(records_from(&records, w.fetch_offset), records.len() as u64);
-                    base.with_records(Some(records))
+                        .add_out(fetched.record_count, fetched.records.len() as u64);
+                    base.with_records(Some(fetched.records))
                 }
                 Err(err) => {
                     failed = true;
-                    base.with_error_code(errors::log_code(&err).code())
+                    base.with_error_code(errors::code(&err).code())
                 }
             }
         })
         .collect();
     (results, total, failed)
-}
-
-/// Records at or after `from` in the batches of `buf`, from their headers
-/// alone (the read already verified them).
-fn records_from(buf: &[u8], from: i64) -> u64 {
-    let mut rest = buf;
-    let mut count = 0u64;
-    while let Ok(header) = sluice_log::batch::BatchHeader::parse(rest) {
-        let skipped = (from - header.base_offset.get()).clamp(0, i64::from(header.records_count));
-        count += u64::try_from(i64::from(header.records_count) - skipped).unwrap_or(0);
-        match rest.get(header.size..) {
-            Some(next) if header.size > 0 => rest = next,
-            _ => break,
-        }
-    }
-    count
-}
-
-/// Most reads one fetch makes in one partition to get past emptied batches.
-const MAX_READS_PAST_EMPTY: usize = 64;
-
-/// Reads from `offset`; if what comes back holds no record at all (only
-/// batches compaction emptied), reads on until a batch with records is
-/// included. librdkafka reports MSG_SIZE_TOO_LARGE for a non-empty answer
-/// from which it can take no message, so an answer of only empty batches
-/// must not be sent; an empty answer (wait for data) is fine.
-fn read_with_records(
-    log: &sluice_log::Log,
-    offset: Offset,
-    budget: usize,
-) -> Result<Bytes, sluice_log::LogError> {
-    let mut next = offset;
-    let mut gathered = BytesMut::new();
-    for _ in 0..MAX_READS_PAST_EMPTY {
-        let read = log.read(next, budget, ReadBound::HighWatermark)?;
-        if read.records.is_empty() {
-            break;
-        }
-        let has_records = sluice_log::batch::split_verified(&read.records)
-            .map(|batches| batches.iter().any(|(_, h)| h.records_count > 0))
-            .unwrap_or(true);
-        if has_records && gathered.is_empty() {
-            return Ok(read.records);
-        }
-        gathered.extend_from_slice(&read.records);
-        if has_records {
-            return Ok(gathered.freeze());
-        }
-        match read.next_offset {
-            Some(after) => next = after,
-            None => break,
-        }
-    }
-    // Nothing but emptied batches up to the high watermark: answer with no
-    // data, so the consumer waits for the next append after them.
-    Ok(Bytes::new())
 }
 
 fn response(wanted: &[Wanted], results: Vec<PartitionData>) -> FetchResponse {
@@ -221,54 +163,4 @@ fn response(wanted: &[Wanted], results: Vec<PartitionData>) -> FetchResponse {
         .with_error_code(0)
         .with_session_id(0)
         .with_responses(topics)
-}
-
-#[cfg(test)]
-mod tests {
-    use sluice_log::batch::{self, NewRecord};
-    use sluice_log::{Durability, Log, LogConfig};
-    use sluice_types::LeaderEpoch;
-
-    use super::*;
-
-    fn emptied() -> BytesMut {
-        let full = batch::encode(&[NewRecord {
-            key: Some(b"k"),
-            value: Some(b"old"),
-            timestamp: 0,
-        }])
-        .expect("encode");
-        BytesMut::from(&batch::with_records(&full, &[]).expect("emptied")[..])
-    }
-
-    #[test]
-    fn emptied_batches_are_never_sent_alone() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let config = LogConfig {
-            durability: Durability::Never,
-            ..LogConfig::default()
-        };
-        let log = Log::open(dir.path(), config).expect("open");
-        for _ in 0..3 {
-            log.append(&mut emptied(), LeaderEpoch::from(0))
-                .expect("append");
-        }
-        // Only emptied batches below the high watermark: no data at all.
-        let answer = read_with_records(&log, Offset::from(0), 1 << 20).expect("read");
-        assert!(answer.is_empty());
-
-        let mut live = batch::encode(&[NewRecord {
-            key: Some(b"k"),
-            value: Some(b"new"),
-            timestamp: 0,
-        }])
-        .expect("encode");
-        log.append(&mut live, LeaderEpoch::from(0)).expect("append");
-        // A tiny budget returns one batch per read: the answer must still
-        // reach the batch with a record.
-        let answer = read_with_records(&log, Offset::from(0), 1).expect("read");
-        let headers = batch::split_verified(&answer).expect("whole batches");
-        assert_eq!(headers.len(), 4);
-        assert_eq!(headers.last().map(|(_, h)| h.records_count), Some(1));
-    }
 }

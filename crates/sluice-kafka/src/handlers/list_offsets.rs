@@ -7,6 +7,8 @@ use kafka_protocol::messages::list_offsets_response::{
 };
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 
+use sluice_core::Position;
+
 use super::{Context, blocking};
 use crate::errors;
 
@@ -42,29 +44,23 @@ pub(crate) async fn handle(
                             return answer
                                 .with_error_code(ResponseError::UnknownTopicOrPartition.code());
                         };
-                        let log = partition.log();
-                        match p.timestamp {
-                            LATEST => answer.with_offset(log.high_watermark().get()),
-                            EARLIEST => answer.with_offset(log.log_start().get()),
-                            MAX_TIMESTAMP if version >= 7 => match log.max_timestamp() {
-                                Ok(Some((offset, found))) => {
-                                    answer.with_offset(offset.get()).with_timestamp(found)
-                                }
-                                Ok(None) => answer,
-                                Err(err) => answer.with_error_code(errors::log_code(&err).code()),
-                            },
-                            timestamp if timestamp >= 0 => {
-                                match log.offset_for_timestamp(timestamp) {
-                                    Ok(Some((offset, found))) => {
-                                        answer.with_offset(offset.get()).with_timestamp(found)
-                                    }
-                                    Ok(None) => answer,
-                                    Err(err) => {
-                                        answer.with_error_code(errors::log_code(&err).code())
-                                    }
-                                }
+                        let position = match p.timestamp {
+                            LATEST => Position::Latest,
+                            EARLIEST => Position::Earliest,
+                            MAX_TIMESTAMP if version >= 7 => Position::MaxTimestamp,
+                            timestamp if timestamp >= 0 => Position::Timestamp(timestamp),
+                            _ => {
+                                return answer
+                                    .with_error_code(ResponseError::InvalidRequest.code());
                             }
-                            _ => answer.with_error_code(ResponseError::InvalidRequest.code()),
+                        };
+                        match partition.resolve(position) {
+                            // Earliest and latest carry no timestamp (-1).
+                            Ok(Some((offset, found))) => {
+                                answer.with_offset(offset.get()).with_timestamp(found)
+                            }
+                            Ok(None) => answer,
+                            Err(err) => answer.with_error_code(errors::code(&err).code()),
                         }
                     })
                     .collect();

@@ -29,7 +29,7 @@ fn topic(name: &str) -> TopicName {
 }
 
 fn batch() -> Bytes {
-    sluice_log::batch::encode(&[sluice_log::batch::NewRecord {
+    sluice_core::records::encode(&[sluice_core::records::NewRecord {
         key: Some(b"k"),
         value: Some(b"v"),
         timestamp: 1_000,

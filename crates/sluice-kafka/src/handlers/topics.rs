@@ -104,7 +104,7 @@ fn create_one(
         .get(&name)
         .map_or(uuid::Uuid::nil(), |t| uuid::Uuid::from_bytes(t.id()));
     let configs = config
-        .entries(broker.logs().defaults())
+        .entries(broker.log_defaults())
         .into_iter()
         .map(|entry| {
             CreatableTopicConfigs::default()

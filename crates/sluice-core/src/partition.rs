@@ -1,0 +1,485 @@
+//! One partition of a topic: the only way front-ends reach its records.
+//!
+//! Kafka handlers, the admin API, forwarders and stream readers read and
+//! locate records through [`Partition`]; none of them sees the log engine.
+//! Every "read the records from here" goes through [`read_chunk`], with a
+//! documented [`Undecodable`] policy per caller, and every "where is
+//! earliest / latest / this time" through [`Partition::resolve`].
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::records::{Record, RecordBatchDecoder};
+use sluice_log::{Log, ReadBound};
+use sluice_types::{LeaderEpoch, Offset, PartitionId};
+use tokio::sync::Notify;
+
+use crate::CoreError;
+use crate::producers::ProducerStates;
+
+/// One partition: a log, and a signal that wakes readers waiting for data.
+#[derive(Debug)]
+pub struct Partition {
+    pub(crate) topic: Arc<str>,
+    pub(crate) id: PartitionId,
+    pub(crate) log: Arc<Log>,
+    pub(crate) appended: Notify,
+    pub(crate) producers: ProducerStates,
+    pub(crate) traffic: PartitionTraffic,
+}
+
+/// Records and bytes a partition took in and gave out since the broker
+/// started, for metrics and the admin API.
+#[derive(Debug, Default)]
+pub struct PartitionTraffic {
+    pub records_in: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub records_out: AtomicU64,
+    pub bytes_out: AtomicU64,
+}
+
+impl PartitionTraffic {
+    /// Counts records handed to a consumer (a fetch).
+    pub fn add_out(&self, records: u64, bytes: u64) {
+        self.records_out.fetch_add(records, Ordering::Relaxed);
+        self.bytes_out.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_in(&self, records: u64, bytes: u64) {
+        self.records_in.fetch_add(records, Ordering::Relaxed);
+        self.bytes_in.fetch_add(bytes, Ordering::Relaxed);
+    }
+}
+
+/// A place in a partition, as clients name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Position {
+    /// The log start.
+    Earliest,
+    /// The high watermark: the next record to be produced.
+    Latest,
+    /// The last record (the log start when there is none).
+    LastRecord,
+    /// The first record whose timestamp is at or after this (ms).
+    Timestamp(i64),
+    /// The record with the largest timestamp.
+    MaxTimestamp,
+}
+
+/// What a consumer-visible read does with a batch whose records cannot be
+/// decoded (the log has checked its length and CRC, so this is a format
+/// the reader does not know, such as an unknown codec, not damage).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Undecodable {
+    /// Refuse the read with [`CoreError::UndecodableBatch`]: the admin
+    /// API's message browser shows the error.
+    Fail,
+    /// Skip the rest of the read, going on after it: stream consumers and
+    /// the replay of internal logs are never stuck on one batch.
+    SkipRest,
+}
+
+/// One read of decoded records.
+#[derive(Debug, Default)]
+pub struct Chunk {
+    /// Every record of the batches read, in offset order: control records
+    /// and those below the read's start (its first batch is whole)
+    /// included; [`Chunk::deliverable`] leaves them out.
+    pub records: Vec<Record>,
+    /// Where the next read starts.
+    pub next: Offset,
+}
+
+impl Chunk {
+    /// The data records at or after `from`, in order.
+    pub fn deliverable(&self, from: Offset) -> impl Iterator<Item = &Record> {
+        self.records
+            .iter()
+            .filter(move |r| !r.control && r.offset >= from.get())
+    }
+}
+
+/// Raw batches for a Kafka Fetch.
+#[derive(Debug, Default)]
+pub struct Fetched {
+    pub records: Bytes,
+    /// Records at or after the fetch offset in `records`.
+    pub record_count: u64,
+}
+
+/// Most reads one fetch makes in one partition to get past emptied batches.
+const MAX_READS_PAST_EMPTY: usize = 64;
+
+impl Partition {
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    pub fn id(&self) -> PartitionId {
+        self.id
+    }
+
+    pub(crate) fn log(&self) -> &Arc<Log> {
+        &self.log
+    }
+
+    /// The first offset still kept.
+    pub fn log_start(&self) -> Offset {
+        self.log.log_start()
+    }
+
+    /// The offset the next append gets.
+    pub fn log_end(&self) -> Offset {
+        self.log.log_end()
+    }
+
+    /// The offset below which consumers see records.
+    pub fn high_watermark(&self) -> Offset {
+        self.log.high_watermark()
+    }
+
+    /// Bytes on disk.
+    pub fn size_bytes(&self) -> u64 {
+        self.log.size_bytes()
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.log.segment_count()
+    }
+
+    /// The leader epoch this node writes the partition's records with.
+    pub fn leader_epoch(&self) -> LeaderEpoch {
+        LeaderEpoch::from(0)
+    }
+
+    /// Where `position` is: `None` for a timestamp no record reaches (or
+    /// an empty partition's largest timestamp). Never past the high
+    /// watermark.
+    ///
+    /// # Errors
+    /// The log's read errors (timestamp lookups read the time index).
+    pub fn resolve(&self, position: Position) -> Result<Option<(Offset, i64)>, CoreError> {
+        let log_start = self.log_start();
+        let end = self.high_watermark();
+        Ok(match position {
+            Position::Earliest => Some((log_start, -1)),
+            Position::Latest => Some((end, -1)),
+            Position::LastRecord => Some((end.plus(-1).max(log_start), -1)),
+            Position::Timestamp(ms) => self.log.offset_for_timestamp(ms)?,
+            Position::MaxTimestamp => self.log.max_timestamp()?,
+        })
+    }
+
+    /// Moves the log start to `offset` (Kafka's DeleteRecords); returns
+    /// the new log start.
+    ///
+    /// # Errors
+    /// An offset past the high watermark, or the log's I/O errors.
+    pub fn delete_records(&self, offset: Offset) -> Result<Offset, CoreError> {
+        Ok(self.log.advance_log_start(offset)?)
+    }
+
+    /// The largest epoch at or below `epoch` and the offset its records end
+    /// at (Kafka's OffsetForLeaderEpoch).
+    pub fn end_offset_for_epoch(&self, epoch: LeaderEpoch) -> Option<(LeaderEpoch, Offset)> {
+        self.log.end_offset_for_epoch(epoch)
+    }
+
+    /// Whole batches from the one holding `from`, up to `budget` bytes (at
+    /// least one batch) below the high watermark, for a Kafka Fetch. If a
+    /// read holds no record at all (only batches compaction emptied), reads
+    /// on until a batch with records is included: librdkafka reports
+    /// MSG_SIZE_TOO_LARGE for a non-empty answer it can take no message
+    /// from, so an answer of only empty batches is never given (an empty
+    /// one, wait for data, is).
+    ///
+    /// # Errors
+    /// [`sluice_log::LogError::OffsetOutOfRange`] and read errors.
+    pub fn read_for_fetch(&self, from: Offset, budget: usize) -> Result<Fetched, CoreError> {
+        let mut next = from;
+        let mut gathered = BytesMut::new();
+        for _ in 0..MAX_READS_PAST_EMPTY {
+            let read = self.log.read(next, budget, ReadBound::HighWatermark)?;
+            if read.records.is_empty() {
+                break;
+            }
+            let has_records = sluice_log::batch::split_verified(&read.records)
+                .map(|batches| batches.iter().any(|(_, h)| h.records_count > 0))
+                .unwrap_or(true);
+            if has_records {
+                let records = if gathered.is_empty() {
+                    read.records
+                } else {
+                    gathered.extend_from_slice(&read.records);
+                    gathered.freeze()
+                };
+                let record_count = records_from(&records, from);
+                return Ok(Fetched {
+                    records,
+                    record_count,
+                });
+            }
+            gathered.extend_from_slice(&read.records);
+            match read.next_offset {
+                Some(after) => next = after,
+                None => break,
+            }
+        }
+        // Nothing but emptied batches up to the high watermark: answer with
+        // no data, so the consumer waits for the next append after them.
+        Ok(Fetched::default())
+    }
+
+    /// One read of decoded records from `from` (raised to the log start),
+    /// about `max_bytes`, below the high watermark; `None` when there is
+    /// nothing to read yet.
+    ///
+    /// # Errors
+    /// The log's read errors; [`CoreError::UndecodableBatch`] under
+    /// [`Undecodable::Fail`].
+    pub fn read_chunk(
+        &self,
+        from: Offset,
+        max_bytes: usize,
+        undecodable: Undecodable,
+    ) -> Result<Option<Chunk>, CoreError> {
+        read_chunk(
+            &self.log,
+            from,
+            max_bytes,
+            ReadBound::HighWatermark,
+            undecodable,
+        )
+    }
+
+    /// Resolves once data may have become readable (an append completed).
+    /// Enable it before checking for data so that no append is missed.
+    pub fn appended(&self) -> tokio::sync::futures::Notified<'_> {
+        self.appended.notified()
+    }
+
+    /// What went in and out of this partition.
+    pub fn traffic(&self) -> &PartitionTraffic {
+        &self.traffic
+    }
+
+    pub(crate) fn wake_readers(&self) {
+        self.appended.notify_waiters();
+    }
+}
+
+/// Records at or after `from` in the batches of `buf`, from their headers
+/// alone (the read already verified them).
+fn records_from(buf: &[u8], from: Offset) -> u64 {
+    let mut rest = buf;
+    let mut count = 0u64;
+    while let Ok(header) = sluice_log::batch::BatchHeader::parse(rest) {
+        let skipped =
+            (from.get() - header.base_offset.get()).clamp(0, i64::from(header.records_count));
+        count += u64::try_from(i64::from(header.records_count) - skipped).unwrap_or(0);
+        match rest.get(header.size..) {
+            Some(next) if header.size > 0 => rest = next,
+            _ => break,
+        }
+    }
+    count
+}
+
+/// The one "read records from here" of the crate: one read of `log` from
+/// `from` (raised to the log start) up to `bound`, every batch decoded.
+/// `None` when nothing is readable there yet.
+///
+/// # Errors
+/// The log's read errors; [`CoreError::UndecodableBatch`] under
+/// [`Undecodable::Fail`].
+pub(crate) fn read_chunk(
+    log: &Log,
+    from: Offset,
+    max_bytes: usize,
+    bound: ReadBound,
+    undecodable: Undecodable,
+) -> Result<Option<Chunk>, CoreError> {
+    let from = from.max(log.log_start());
+    let end = match bound {
+        ReadBound::HighWatermark => log.high_watermark(),
+        ReadBound::LogEnd => log.log_end(),
+    };
+    if from >= end {
+        return Ok(None);
+    }
+    let read = log.read(from, max_bytes, bound)?;
+    let Some(next) = read.next_offset else {
+        return Ok(None);
+    };
+    let mut records = Vec::new();
+    let mut bytes = read.records;
+    while !bytes.is_empty() {
+        let batch_start = records.last().map_or(from.get(), |r: &Record| r.offset + 1);
+        match RecordBatchDecoder::decode(&mut bytes) {
+            Ok(set) => records.extend(set.records),
+            Err(error) => match undecodable {
+                Undecodable::Fail => {
+                    return Err(CoreError::UndecodableBatch {
+                        offset: Offset::from(batch_start),
+                        reason: error.to_string(),
+                    });
+                }
+                Undecodable::SkipRest => {
+                    tracing::warn!(offset = batch_start, log = %log.dir().display(), %error, "skipping an undecodable batch");
+                    break;
+                }
+            },
+        }
+    }
+    Ok(Some(Chunk {
+        records,
+        next: next.max(from),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use sluice_log::batch::{self, NewRecord};
+    use sluice_log::{Durability, LogConfig};
+
+    use super::*;
+
+    fn partition(dir: &std::path::Path) -> Partition {
+        let config = LogConfig {
+            durability: Durability::Never,
+            ..LogConfig::default()
+        };
+        Partition {
+            topic: Arc::from("t"),
+            id: PartitionId::from(0),
+            log: Arc::new(Log::open(dir, config).expect("open")),
+            appended: Notify::new(),
+            producers: ProducerStates::default(),
+            traffic: PartitionTraffic::default(),
+        }
+    }
+
+    fn one(value: &[u8]) -> BytesMut {
+        batch::encode(&[NewRecord {
+            key: Some(b"k"),
+            value: Some(value),
+            timestamp: 0,
+        }])
+        .expect("encode")
+    }
+
+    fn emptied() -> BytesMut {
+        let full = one(b"old");
+        BytesMut::from(&batch::with_records(&full, &[]).expect("emptied")[..])
+    }
+
+    #[test]
+    fn emptied_batches_are_never_sent_alone() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let partition = partition(dir.path());
+        let epoch = partition.leader_epoch();
+        for _ in 0..3 {
+            partition.log.append(&mut emptied(), epoch).expect("append");
+        }
+        // Only emptied batches below the high watermark: no data at all.
+        let answer = partition
+            .read_for_fetch(Offset::from(0), 1 << 20)
+            .expect("read");
+        assert!(answer.records.is_empty());
+        assert_eq!(answer.record_count, 0);
+
+        partition
+            .log
+            .append(&mut one(b"new"), epoch)
+            .expect("append");
+        // A tiny budget returns one batch per read: the answer must still
+        // reach the batch with a record.
+        let answer = partition.read_for_fetch(Offset::from(0), 1).expect("read");
+        let headers = batch::split_verified(&answer.records).expect("whole batches");
+        assert_eq!(headers.len(), 4);
+        assert_eq!(headers.last().map(|(_, h)| h.records_count), Some(1));
+        assert_eq!(answer.record_count, 1);
+    }
+
+    /// A batch whose CRC is valid but whose codec (7) no decoder knows.
+    fn undecodable() -> BytesMut {
+        let mut bad = one(b"bad");
+        let attributes = 21;
+        if let Some(slot) = bad.get_mut(attributes..attributes + 2) {
+            slot.copy_from_slice(&7i16.to_be_bytes());
+        }
+        let crc = crc32c::crc32c(bad.get(attributes..).unwrap_or_default());
+        if let Some(slot) = bad.get_mut(17..21) {
+            slot.copy_from_slice(&crc.to_be_bytes());
+        }
+        bad
+    }
+
+    #[test]
+    fn each_policy_does_its_documented_thing_with_an_undecodable_batch() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let partition = partition(dir.path());
+        let epoch = partition.leader_epoch();
+        partition.log.append(&mut one(b"a"), epoch).expect("append");
+        partition
+            .log
+            .append(&mut undecodable(), epoch)
+            .expect("a CRC-valid batch is stored");
+        partition.log.append(&mut one(b"c"), epoch).expect("append");
+
+        let err = partition
+            .read_chunk(Offset::from(0), 1 << 20, Undecodable::Fail)
+            .expect_err("fail refuses the read");
+        assert!(
+            matches!(err, CoreError::UndecodableBatch { offset, .. } if offset == Offset::from(1)),
+            "{err}"
+        );
+
+        // Skip: what came before is kept, the rest of the read skipped.
+        let chunk = partition
+            .read_chunk(Offset::from(0), 1 << 20, Undecodable::SkipRest)
+            .expect("read")
+            .expect("data");
+        let values: Vec<_> = chunk
+            .deliverable(Offset::from(0))
+            .map(|r| r.value.clone().unwrap_or_default())
+            .collect();
+        assert_eq!(values, vec![bytes::Bytes::from_static(b"a")]);
+        assert_eq!(chunk.next, Offset::from(3), "goes on after the read");
+        assert!(
+            partition
+                .read_chunk(chunk.next, 1 << 20, Undecodable::SkipRest)
+                .expect("read")
+                .is_none(),
+            "nothing left below the high watermark"
+        );
+    }
+
+    #[test]
+    fn positions_resolve_within_the_visible_log() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let partition = partition(dir.path());
+        let empty = |p| partition.resolve(p).expect("resolve");
+        assert_eq!(empty(Position::Earliest), Some((Offset::from(0), -1)));
+        assert_eq!(empty(Position::Latest), Some((Offset::from(0), -1)));
+        assert_eq!(empty(Position::LastRecord), Some((Offset::from(0), -1)));
+        assert_eq!(empty(Position::MaxTimestamp), None);
+        let epoch = partition.leader_epoch();
+        for ts in [100, 300, 200] {
+            let mut batch = batch::encode(&[NewRecord {
+                key: None,
+                value: Some(b"v"),
+                timestamp: ts,
+            }])
+            .expect("encode");
+            partition.log.append(&mut batch, epoch).expect("append");
+        }
+        let at = |p| partition.resolve(p).expect("resolve");
+        assert_eq!(at(Position::Latest), Some((Offset::from(3), -1)));
+        assert_eq!(at(Position::LastRecord), Some((Offset::from(2), -1)));
+        assert_eq!(at(Position::Timestamp(150)), Some((Offset::from(1), 300)));
+        assert_eq!(at(Position::Timestamp(301)), None);
+        assert_eq!(at(Position::MaxTimestamp), Some((Offset::from(1), 300)));
+    }
+}
