@@ -7,7 +7,9 @@ check each value's type and range as Kafka does, refusing a bad one with
 INVALID_CONFIG naming the key. DescribeConfigs lists the whole key set with
 Kafka's defaults, DEFAULT_CONFIG or DYNAMIC_TOPIC_CONFIG as the source, not
 read-only, with the config type (v3+) and synonyms (the override, then the
-broker setting the default comes from, in that setting's unit). The
+broker setting the default comes from, none where that setting has no
+default of its own, as Kafka 3.9). Values are trimmed and reported parsed;
+min.compaction.lag.ms above max.compaction.lag.ms is INVALID_CONFIG. The
 configs with a meaning here act: message.timestamp.before.max.ms refuses a
 record whose CreateTime is too old with INVALID_TIMESTAMP, also inside a
 compressed batch; compression.type recompresses what producers send;
@@ -72,6 +74,8 @@ KAFKA_39_DEFAULTS = {
     "min.compaction.lag.ms": "0",
     "min.insync.replicas": "1",
     "preallocate": "false",
+    "remote.log.copy.disable": "false",
+    "remote.log.delete.on.disable": "false",
     "remote.storage.enable": "false",
     "retention.bytes": "-1",
     "retention.ms": "604800000",
@@ -208,16 +212,12 @@ def test_describe_configs_v3_carries_types_and_synonyms(broker, topic):
     for name, config_type in expected_types.items():
         assert entries[name][3] == config_type, name
     assert entries["segment.ms"][:3] == ("3600000", DYNAMIC_TOPIC_CONFIG, 0)
-    assert entries["segment.ms"][4] == [
-        ("segment.ms", "3600000", DYNAMIC_TOPIC_CONFIG),
-        ("log.roll.hours", "168", DEFAULT_CONFIG),
-    ]
-    # Kafka names the synonym that has a default, in its own unit.
-    assert entries["retention.ms"][4] == [("log.retention.hours", "168", DEFAULT_CONFIG)]
-    assert entries["segment.jitter.ms"][4] == [("log.roll.jitter.hours", "0", DEFAULT_CONFIG)]
-    assert entries["flush.ms"][4] == [
-        ("log.flush.scheduler.interval.ms", "9223372036854775807", DEFAULT_CONFIG)
-    ]
+    # As Kafka 3.9: the override only, since log.roll.ms (the first broker
+    # synonym) has no default of its own; the same for retention.ms.
+    assert entries["segment.ms"][4] == [("segment.ms", "3600000", DYNAMIC_TOPIC_CONFIG)]
+    assert entries["retention.ms"][4] == []
+    assert entries["flush.ms"][4] == []
+    assert entries["segment.bytes"][4] == [("log.segment.bytes", "1073741824", DEFAULT_CONFIG)]
     assert entries["preallocate"][4] == [("log.preallocate", "false", DEFAULT_CONFIG)]
 
 
@@ -365,3 +365,20 @@ def test_flush_messages_syncs_appends_on_a_broker_that_does_not(tmp_path, reques
         after_flushed = fsync_count(never)
         assert after_plain - before < 5, "durability never: appends do not sync"
         assert after_flushed - after_plain >= 20, "flush.messages=1: every append synced"
+
+
+def test_min_compaction_lag_above_max_is_invalid_config(broker, topic):
+    admin = confluent_admin(broker)
+    error = create_error(admin, topic, {"min.compaction.lag.ms": "5000", "max.compaction.lag.ms": "1000"})
+    assert error.code() == KafkaError.INVALID_CONFIG
+    assert "max.compaction.lag.ms" in error.str()
+
+
+def test_values_are_trimmed_and_reported_parsed(broker, topic):
+    admin = create_topic_confluent(broker, topic, config={
+        "compression.type": " lz4", "preallocate": "TRUE", "cleanup.policy": "compact , delete",
+    })
+    entries = describe(admin, topic)
+    assert entries["compression.type"].value == "lz4"
+    assert entries["preallocate"].value == "true"
+    assert entries["cleanup.policy"].value == "compact,delete"

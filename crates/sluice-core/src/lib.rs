@@ -366,6 +366,7 @@ impl Broker {
     /// # Errors
     /// [`CoreError::UnknownTopic`], or I/O storing the config or positions.
     pub fn set_topic_config(&self, name: &str, config: TopicConfig) -> Result<(), CoreError> {
+        config.check()?;
         let topic = self
             .topics
             .get(name)

@@ -61,6 +61,9 @@ pub enum CleanupPolicy {
     Delete,
     Compact,
     CompactDelete,
+    /// An empty list: records are neither deleted by retention nor
+    /// compacted, as in Kafka.
+    Neither,
 }
 
 /// The settings a topic may carry, by Kafka name: every topic config of
@@ -93,6 +96,8 @@ pub const TOPIC_CONFIG_KEYS: &[&str] = &[
     "min.compaction.lag.ms",
     "min.insync.replicas",
     "preallocate",
+    "remote.log.copy.disable",
+    "remote.log.delete.on.disable",
     "remote.storage.enable",
     "retention.bytes",
     "retention.ms",
@@ -124,6 +129,8 @@ pub const STORED_ONLY_KEYS: &[&str] = &[
     "message.downconversion.enable",
     "message.format.version",
     "preallocate",
+    "remote.log.copy.disable",
+    "remote.log.delete.on.disable",
     "remote.storage.enable",
     "segment.index.bytes",
     "unclean.leader.election.enable",
@@ -221,6 +228,9 @@ const MESSAGE_FORMAT_VERSIONS: &[&str] = &[
     "3.8-IV0",
     "3.9",
     "3.9-IV0",
+    "4.0",
+    "4.0-IV0",
+    "4.0-IV1",
 ];
 
 /// A key's Kafka type and the broker setting it defaults to.
@@ -256,7 +266,9 @@ fn key_spec(name: &str) -> (ConfigType, Option<&'static str>) {
         "min.compaction.lag.ms" => (Long, Some("log.cleaner.min.compaction.lag.ms")),
         "min.insync.replicas" => (Int, Some("min.insync.replicas")),
         "preallocate" => (Boolean, Some("log.preallocate")),
-        "remote.storage.enable" => (Boolean, None),
+        "remote.storage.enable" | "remote.log.copy.disable" | "remote.log.delete.on.disable" => {
+            (Boolean, None)
+        }
         "retention.bytes" => (Long, Some("log.retention.bytes")),
         "retention.ms" => (Long, Some("log.retention.ms")),
         "segment.bytes" => (Int, Some("log.segment.bytes")),
@@ -314,7 +326,27 @@ impl TopicConfig {
         for (key, value) in settings {
             config.set(key.into(), value.into())?;
         }
+        config.check()?;
         Ok(config)
+    }
+
+    /// Checks what spans keys, as Kafka's `LogConfig.validateValues`:
+    /// `min.compaction.lag.ms` may not exceed `max.compaction.lag.ms`.
+    ///
+    /// # Errors
+    /// [`CoreError::InvalidConfig`] naming the conflict.
+    pub fn check(&self) -> Result<(), CoreError> {
+        let min = self.get_i64("min.compaction.lag.ms").unwrap_or(0);
+        let max = self.get_i64("max.compaction.lag.ms").unwrap_or(i64::MAX);
+        if min > max {
+            return Err(CoreError::InvalidConfig {
+                key: "min.compaction.lag.ms".to_owned(),
+                reason: format!(
+                    "({min}) conflicts with max.compaction.lag.ms ({max}): it may not be larger"
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Sets one key after checking it.
@@ -322,7 +354,10 @@ impl TopicConfig {
     /// # Errors
     /// [`CoreError::InvalidConfig`] for an unknown key or a bad value.
     pub fn set(&mut self, key: String, value: String) -> Result<(), CoreError> {
-        validate(&key, &value)?;
+        // Kafka trims a value before parsing it, and reports it parsed.
+        let value = value.trim();
+        validate(&key, value)?;
+        let value = normalized(&key, value);
         self.overrides.insert(key, value);
         Ok(())
     }
@@ -411,6 +446,7 @@ impl TopicConfig {
             CleanupPolicy::Delete => (false, true),
             CleanupPolicy::Compact => (true, false),
             CleanupPolicy::CompactDelete => (true, true),
+            CleanupPolicy::Neither => (false, false),
         };
         config.cleanup_compact = compact;
         config.cleanup_delete = delete;
@@ -536,6 +572,7 @@ impl TopicConfig {
         {
             Some((true, true)) => CleanupPolicy::CompactDelete,
             Some((true, false)) => CleanupPolicy::Compact,
+            Some((false, false)) => CleanupPolicy::Neither,
             _ => CleanupPolicy::Delete,
         }
     }
@@ -548,7 +585,7 @@ impl TopicConfig {
                 let (config_type, broker_synonym) = key_spec(name);
                 let default = default_value(name, defaults);
                 let broker_synonym =
-                    broker_synonym.map(|synonym| broker_default(name, synonym, &default));
+                    broker_synonym.and_then(|synonym| broker_default(name, synonym, &default));
                 let (value, source) = match self.overrides.get(*name) {
                     Some(value) => (value.clone(), ConfigSource::Topic),
                     None => (default.clone(), ConfigSource::Default),
@@ -567,21 +604,18 @@ impl TopicConfig {
 }
 
 /// The broker setting DescribeConfigs names as the source of a default,
-/// and its value: where Kafka's first synonym has no default of its own
-/// (`log.roll.ms`), the one that has (`log.roll.hours`, in hours), while
-/// the value is a whole number of hours.
-fn broker_default(name: &str, synonym: &'static str, default: &str) -> (&'static str, String) {
-    const HOUR_MS: i64 = 3_600_000;
-    let hours = match name {
-        "retention.ms" => "log.retention.hours",
-        "segment.ms" => "log.roll.hours",
-        "segment.jitter.ms" => "log.roll.jitter.hours",
-        "flush.ms" => return ("log.flush.scheduler.interval.ms", default.to_owned()),
-        _ => return (synonym, default.to_owned()),
-    };
-    match default.parse::<i64>() {
-        Ok(ms) if ms >= 0 && ms % HOUR_MS == 0 => (hours, (ms / HOUR_MS).to_string()),
-        _ => (synonym, default.to_owned()),
+/// and its value; `None` where Kafka reports none: its synonyms list starts
+/// at the first broker synonym, and `log.retention.ms`, `log.roll.ms`,
+/// `log.roll.jitter.ms` and `log.flush.interval.ms` have no default of
+/// their own (the hours and scheduler settings behind them are dropped).
+fn broker_default(
+    name: &str,
+    synonym: &'static str,
+    default: &str,
+) -> Option<(&'static str, String)> {
+    match name {
+        "retention.ms" | "segment.ms" | "segment.jitter.ms" | "flush.ms" => None,
+        _ => Some((synonym, default.to_owned())),
     }
 }
 
@@ -621,15 +655,31 @@ fn default_value(name: &str, defaults: &LogConfig) -> String {
         "local.retention.bytes" | "local.retention.ms" => "-2".to_owned(),
         "message.downconversion.enable" => "true".to_owned(),
         "message.format.version" => "3.0-IV1".to_owned(),
-        "preallocate" | "remote.storage.enable" | "unclean.leader.election.enable" => {
-            "false".to_owned()
-        }
+        "preallocate"
+        | "remote.storage.enable"
+        | "remote.log.copy.disable"
+        | "remote.log.delete.on.disable"
+        | "unclean.leader.election.enable" => "false".to_owned(),
         "segment.index.bytes" => "10485760".to_owned(),
         "segment.jitter.ms" => "0".to_owned(),
         FORWARD_ROUTING_KEY => "key".to_owned(),
         FORWARD_VHOST => "/".to_owned(),
         FORWARD_START => "latest".to_owned(),
         _ => String::new(),
+    }
+}
+
+/// `value` (valid for `key`) as Kafka reports it once parsed: whole
+/// numbers without sign or leading zeros, booleans in lower case, lists
+/// without spaces.
+fn normalized(key: &str, value: &str) -> String {
+    match key_spec(key).0 {
+        ConfigType::Int | ConfigType::Long => value
+            .parse::<i64>()
+            .map_or_else(|_| value.to_owned(), |n| n.to_string()),
+        ConfigType::Boolean => value.to_ascii_lowercase(),
+        ConfigType::List => split_list(value).collect::<Vec<_>>().join(","),
+        ConfigType::String | ConfigType::Double => value.to_owned(),
     }
 }
 
@@ -668,7 +718,9 @@ fn validate(key: &str, value: &str) -> Result<(), CoreError> {
     };
     let int32 = |min: i32, max: i32| int(i64::from(min), i64::from(max));
     match key {
-        "retention.ms" | "retention.bytes" => int(-1, i64::MAX),
+        "retention.ms" => int(-1, i64::MAX),
+        // Kafka sets no bound: any negative value means no limit.
+        "retention.bytes" => int(i64::MIN, i64::MAX),
         "file.delete.delay.ms"
         | "flush.ms"
         | "segment.jitter.ms"
@@ -677,7 +729,8 @@ fn validate(key: &str, value: &str) -> Result<(), CoreError> {
         | "message.timestamp.difference.max.ms" => int(0, i64::MAX),
         "flush.messages" | "max.compaction.lag.ms" => int(1, i64::MAX),
         "local.retention.bytes" | "local.retention.ms" => int(-2, i64::MAX),
-        "index.interval.bytes" | "segment.index.bytes" => int32(4, i32::MAX),
+        "index.interval.bytes" => int32(0, i32::MAX),
+        "segment.index.bytes" => int32(4, i32::MAX),
         "compression.gzip.level" => {
             int32(-1, 9)?;
             if value.trim() == "0" {
@@ -694,9 +747,11 @@ fn validate(key: &str, value: &str) -> Result<(), CoreError> {
                 "must be one of uncompressed, zstd, lz4, snappy, gzip, producer, got {value:?}"
             ))),
         },
-        "preallocate" | "message.downconversion.enable" | "unclean.leader.election.enable" => {
-            boolean()
-        }
+        "preallocate"
+        | "message.downconversion.enable"
+        | "unclean.leader.election.enable"
+        | "remote.log.copy.disable"
+        | "remote.log.delete.on.disable" => boolean(),
         "remote.storage.enable" => {
             boolean()?;
             if value.trim().eq_ignore_ascii_case("true") {
@@ -765,15 +820,19 @@ fn validate(key: &str, value: &str) -> Result<(), CoreError> {
             _ => Err(invalid("must be CreateTime or LogAppendTime")),
         },
         "cleanup.policy" => {
-            let valid = !value.trim().is_empty()
-                && value
+            // An empty list is valid, as in Kafka 3.9: neither deletes
+            // nor compacts.
+            let valid = value.trim().is_empty()
+                || value
                     .split(',')
                     .map(str::trim)
                     .all(|w| w == "compact" || w == "delete");
             if valid {
                 Ok(())
             } else {
-                Err(invalid("must be delete, compact, or compact,delete"))
+                Err(invalid(
+                    "must be delete, compact, compact,delete or empty (neither)",
+                ))
             }
         }
         _ => Err(invalid("is not a topic config this broker knows")),
@@ -811,6 +870,41 @@ mod tests {
     }
 
     #[test]
+    fn values_are_trimmed_normalised_and_checked_across_keys_as_kafka_39() -> Result<(), CoreError>
+    {
+        let config = TopicConfig::new([
+            ("compression.type", " zstd"),
+            ("message.timestamp.type", "CreateTime "),
+            ("preallocate", "TRUE"),
+            ("segment.ms", "+0100"),
+            ("cleanup.policy", "compact , delete"),
+            ("retention.bytes", "-2"),
+            ("index.interval.bytes", "0"),
+            ("remote.log.copy.disable", "true"),
+            ("remote.log.delete.on.disable", "false"),
+            ("message.format.version", "4.0-IV1"),
+        ])?;
+        let set = |key: &str| config.overrides().get(key).cloned();
+        assert_eq!(set("compression.type").as_deref(), Some("zstd"));
+        assert_eq!(set("message.timestamp.type").as_deref(), Some("CreateTime"));
+        assert_eq!(set("preallocate").as_deref(), Some("true"));
+        assert_eq!(set("segment.ms").as_deref(), Some("100"));
+        assert_eq!(set("cleanup.policy").as_deref(), Some("compact,delete"));
+        assert_eq!(config.compression(), Some(Compression::Zstd));
+        let err = TopicConfig::new([
+            ("min.compaction.lag.ms", "2000"),
+            ("max.compaction.lag.ms", "1000"),
+        ])
+        .expect_err("min above max");
+        assert!(err.to_string().contains("max.compaction.lag.ms"), "{err}");
+        TopicConfig::new([
+            ("min.compaction.lag.ms", "1000"),
+            ("max.compaction.lag.ms", "1000"),
+        ])?;
+        Ok(())
+    }
+
+    #[test]
     fn append_and_subtract_edit_list_configs_from_their_default() -> Result<(), CoreError> {
         let mut config = TopicConfig::default();
         config.append("cleanup.policy".into(), "compact")?;
@@ -823,11 +917,12 @@ mod tests {
             .append("retention.ms".into(), "1")
             .expect_err("not a list");
         assert!(err.to_string().contains("retention.ms"), "{err}");
-        let err = config
-            .subtract("cleanup.policy".into(), "compact")
-            .expect_err("an empty policy");
-        assert!(err.to_string().contains("cleanup.policy"), "{err}");
-        assert_eq!(config.overrides()["cleanup.policy"], "compact");
+        // Kafka 3.9 stores the empty list: neither deletes nor compacts.
+        config.subtract("cleanup.policy".into(), "compact")?;
+        assert_eq!(config.overrides()["cleanup.policy"], "");
+        assert_eq!(config.cleanup_policy(), CleanupPolicy::Neither);
+        let log = config.log_config(&LogConfig::default());
+        assert!(!log.cleanup_delete && !log.cleanup_compact);
         Ok(())
     }
 
@@ -887,16 +982,13 @@ mod tests {
             );
             assert_eq!(entry.config_type, kind, "{name}");
         }
+        // As Kafka 3.9: no synonym where the first broker setting has no
+        // default of its own.
+        assert_eq!(find("segment.ms").and_then(|e| e.broker_synonym), None);
+        assert_eq!(find("flush.ms").and_then(|e| e.broker_synonym), None);
         assert_eq!(
-            find("segment.ms").and_then(|e| e.broker_synonym),
-            Some(("log.roll.hours", "168".to_owned()))
-        );
-        assert_eq!(
-            find("flush.ms").and_then(|e| e.broker_synonym),
-            Some((
-                "log.flush.scheduler.interval.ms",
-                "9223372036854775807".to_owned()
-            ))
+            find("segment.bytes").and_then(|e| e.broker_synonym),
+            Some(("log.segment.bytes", "1073741824".to_owned()))
         );
         for name in STORED_ONLY_KEYS {
             assert!(TOPIC_CONFIG_KEYS.contains(name), "{name}");
