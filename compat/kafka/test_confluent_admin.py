@@ -21,6 +21,7 @@ from support import (
     confluent_admin,
     confluent_consumer,
     confluent_producer,
+    consume_confluent,
     create_topic_confluent,
     produce_all,
     wait_until,
@@ -170,3 +171,32 @@ def test_deleting_an_unknown_topic_fails(broker, topic):
     admin = confluent_admin(broker)
     futures = admin.delete_topics([topic], operation_timeout=10)
     assert error_code(futures[topic]) == KafkaError.UNKNOWN_TOPIC_OR_PART
+
+
+def test_node_id_is_the_broker_id_clients_see(tmp_path, request):
+    from common.broker import per_test_broker
+
+    with per_test_broker(tmp_path, request, settings={"node.id": "7"}) as node:
+        admin = confluent_admin(node)
+        metadata = admin.list_topics(timeout=10)
+        assert list(metadata.brokers) == [7]
+        assert metadata.controller_id == 7
+        topic = "node-id-topic"
+        create_topic_confluent(node, topic, partitions=2)
+        # A manual assignment must name this node's id now.
+        [bad] = admin.create_topics([NewTopic("node-id-bad", 1, replica_assignment=[[1]])]).values()
+        assert error_code(bad) == KafkaError.INVALID_REPLICA_ASSIGNMENT
+        [good] = admin.create_topics([NewTopic("node-id-good", 1, replica_assignment=[[7]])]).values()
+        good.result(timeout=CLIENT_TIMEOUT_S)
+        partitions = admin.list_topics(topic, timeout=10).topics[topic].partitions
+        assert {p.leader for p in partitions.values()} == {7}
+        assert all(p.replicas == [7] and p.isrs == [7] for p in partitions.values())
+        # The group coordinator is node 7 too: a group consumer gets its data.
+        assert_all_delivered(produce_all(confluent_producer(node), [{"topic": topic, "value": b"v"}]))
+        consumer = confluent_consumer(node, group="node-id-group", **{"auto.offset.reset": "earliest"})
+        consumer.subscribe([topic])
+        try:
+            messages = consume_confluent(consumer, 1)
+            assert [m.value() for m in messages] == [b"v"]
+        finally:
+            consumer.close()

@@ -22,6 +22,8 @@ use crate::units::{ByteSize, HumanDuration, or_none};
 pub struct Config {
     /// Directory holding everything the broker stores, and its lock file.
     pub data_dir: PathBuf,
+    /// This node's identity.
+    pub node: NodeConfig,
     /// Kafka front-end.
     pub kafka: KafkaConfig,
     /// AMQP 0-9-1 front-end.
@@ -40,6 +42,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             data_dir: PathBuf::from("./data"),
+            node: NodeConfig::default(),
             kafka: KafkaConfig::default(),
             amqp: AmqpConfig::default(),
             http: HttpConfig::default(),
@@ -47,6 +50,21 @@ impl Default for Config {
             log: LogSettings::default(),
             limits: LimitsConfig::default(),
         }
+    }
+}
+
+/// `[node]`: who this node is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Kafka's `node.id`: the broker id clients see in Metadata, and this
+    /// node's id in a cluster.
+    pub id: i32,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig { id: 1 }
     }
 }
 
@@ -379,6 +397,10 @@ pub const KEYS: &[KeyDoc] = &[
         description: "Directory holding all stored data and the lock that keeps a second broker out",
     },
     KeyDoc {
+        key: "node.id",
+        description: "This node's id (Kafka's node.id): the broker id in Metadata (0 to 2147483647)",
+    },
+    KeyDoc {
         key: "kafka.listen",
         description: "HOST:PORT the Kafka listener binds",
     },
@@ -563,6 +585,12 @@ impl Config {
         let mut problem = |key, message| problems.push(Problem { key, message });
         if self.data_dir.as_os_str().is_empty() {
             problem("data_dir", "data_dir must not be empty".to_owned());
+        }
+        if self.node.id < 0 {
+            problem(
+                "node.id",
+                format!("node.id must be 0 or more, got {}", self.node.id),
+            );
         }
         let kafka = &self.kafka;
         if !kafka.advertised.is_empty() {

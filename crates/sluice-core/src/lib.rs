@@ -83,6 +83,8 @@ pub fn now_ms() -> i64 {
 pub struct BrokerOptions {
     /// Directory holding everything the broker stores.
     pub data_dir: PathBuf,
+    /// This node's id (`node.id`): the Kafka broker id.
+    pub node_id: i32,
     /// Settings every log starts from.
     pub log: LogConfig,
     /// Whether a produce or metadata request for an unknown topic creates it.
@@ -119,6 +121,7 @@ impl BrokerOptions {
     pub fn new(data_dir: impl Into<PathBuf>) -> BrokerOptions {
         BrokerOptions {
             data_dir: data_dir.into(),
+            node_id: 1,
             log: LogConfig::default(),
             auto_create_topics: true,
             default_partitions: 1,
@@ -156,6 +159,7 @@ pub struct Limits {
 #[derive(Debug)]
 pub struct Broker {
     data_dir: PathBuf,
+    node_id: i32,
     logs: Arc<LogManager>,
     topics: Arc<Topics>,
     offsets: OffsetStore,
@@ -269,6 +273,7 @@ impl Broker {
         drop(progress);
         Ok(Broker {
             data_dir: options.data_dir,
+            node_id: options.node_id,
             logs,
             topics,
             offsets,
@@ -291,6 +296,11 @@ impl Broker {
     }
 
     /// The logs this broker stores.
+    /// This node's id (`node.id`).
+    pub fn node_id(&self) -> i32 {
+        self.node_id
+    }
+
     /// The log settings a topic starts from before its own overrides.
     pub fn log_defaults(&self) -> &LogConfig {
         self.logs.defaults()

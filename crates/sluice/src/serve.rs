@@ -19,9 +19,6 @@ use tracing_subscriber::EnvFilter;
 
 use crate::cli::SettingsArgs;
 
-/// This node's id; a single node is node 1 until clustering names others.
-const NODE_ID: i32 = 1;
-
 /// The effective configuration: the values that differ from the defaults
 /// as one line at INFO (secrets masked), every value at DEBUG.
 fn log_configuration(loaded: &sluice_config::LoadedConfig) {
@@ -53,7 +50,7 @@ pub(crate) fn run(settings: &SettingsArgs) -> anyhow::Result<()> {
     init_tracing(config.logging.format)?;
     info!(
         version = env!("CARGO_PKG_VERSION"),
-        node = NODE_ID,
+        node = config.node.id,
         data_dir = %config.data_dir.display(),
         "sluice starting"
     );
@@ -73,6 +70,7 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
 
     let options = BrokerOptions {
         data_dir: config.data_dir.clone(),
+        node_id: config.node.id,
         log: log_config(&config.log)?,
         auto_create_topics: config.kafka.auto_create_topics,
         default_partitions: config.kafka.default_partitions,
@@ -144,7 +142,7 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     info!(listen = %http_address, "http listening");
     info!(
         version = env!("CARGO_PKG_VERSION"),
-        node = NODE_ID,
+        node = broker.node_id(),
         data_dir = %broker.data_dir().display(),
         kafka = %kafka_address,
         amqp = %amqp_address,
@@ -254,7 +252,7 @@ async fn start_kafka(
     let options = KafkaOptions {
         advertised_host,
         advertised_port,
-        node_id: NODE_ID,
+        node_id: broker.node_id(),
         max_request_bytes: usize::try_from(config.max_request_bytes.bytes()).unwrap_or(usize::MAX),
         offsets_retention: config.offsets_retention.get(),
     };
