@@ -73,6 +73,10 @@ pub use topic_config::{
 pub use topics::{MAX_PARTITIONS, MAX_TOPIC_NAME, PendingAppend, Topic, Topics, log_name};
 pub use users::{User, authenticate};
 
+/// The leader epoch of the node-local internal logs (committed offsets,
+/// AMQP definitions, queue messages): they are never replicated.
+pub(crate) const LOCAL_EPOCH: sluice_types::LeaderEpoch = sluice_types::LeaderEpoch::new(0);
+
 /// Wall-clock milliseconds.
 pub fn now_ms() -> i64 {
     messaging::now_ms()

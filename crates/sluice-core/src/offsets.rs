@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use sluice_log::batch::{NewRecord, encode};
 use sluice_log::{Clock, Log, LogManager, SystemClock};
-use sluice_types::{LeaderEpoch, Offset};
+use sluice_types::Offset;
 
 use crate::CoreError;
 use crate::fields::{get_str, put_str};
@@ -206,7 +206,7 @@ impl OffsetStore {
         let mut batch = encode(&records).map_err(|reason| CoreError::Internal {
             reason: format!("cannot encode an offsets batch: {reason}"),
         })?;
-        self.log.append(&mut batch, LeaderEpoch::from(0))?;
+        self.log.append(&mut batch, crate::LOCAL_EPOCH)?;
         Ok(())
     }
 

@@ -7,7 +7,7 @@
 //! earliest / latest / this time" through [`Partition::resolve`].
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::records::{Record, RecordBatchDecoder};
@@ -24,6 +24,10 @@ pub struct Partition {
     pub(crate) topic: Arc<str>,
     pub(crate) id: PartitionId,
     pub(crate) log: Arc<Log>,
+    /// The leader epoch this node writes records with: the log's newest,
+    /// 0 for a new log. A single node never changes it; a replicated
+    /// partition takes it from the controller.
+    pub(crate) leader_epoch: AtomicI32,
     pub(crate) appended: Notify,
     pub(crate) producers: ProducerStates,
     pub(crate) traffic: PartitionTraffic,
@@ -150,7 +154,7 @@ impl Partition {
 
     /// The leader epoch this node writes the partition's records with.
     pub fn leader_epoch(&self) -> LeaderEpoch {
-        LeaderEpoch::from(0)
+        LeaderEpoch::from(self.leader_epoch.load(Ordering::Acquire))
     }
 
     /// Where `position` is: `None` for a timestamp no record reaches (or
@@ -354,6 +358,7 @@ mod tests {
             topic: Arc::from("t"),
             id: PartitionId::from(0),
             log: Arc::new(Log::open(dir, config).expect("open")),
+            leader_epoch: AtomicI32::new(0),
             appended: Notify::new(),
             producers: ProducerStates::default(),
             traffic: PartitionTraffic::default(),

@@ -150,7 +150,7 @@ impl Topic {
             .sum();
         let byte_count = records.len() as u64;
         if first.producer_id < 0 {
-            let info = target.log.append_unsynced(records, LeaderEpoch::from(0))?;
+            let info = target.log.append_unsynced(records, target.leader_epoch())?;
             target.traffic.add_in(record_count, byte_count);
             return Ok(PendingAppend {
                 needs_sync: info.sync_due,
@@ -176,7 +176,7 @@ impl Topic {
                 sync_due: target.log.durability() == sluice_log::Durability::Always,
             },
             SequenceCheck::Append => {
-                let info = target.log.append_unsynced(records, LeaderEpoch::from(0))?;
+                let info = target.log.append_unsynced(records, target.leader_epoch())?;
                 target.traffic.add_in(record_count, byte_count);
                 producers::record(
                     &mut producers,
@@ -329,9 +329,11 @@ impl Topics {
         if let Some(from) = producer_replay_start(&log.segment_sizes()) {
             log.scan_headers(from, |header| producers.replay(header))?;
         }
+        let leader_epoch = log.latest_epoch().map_or(0, LeaderEpoch::get);
         Ok(Arc::new(Partition {
             topic: Arc::clone(topic),
             id: PartitionId::from(index as i32),
+            leader_epoch: std::sync::atomic::AtomicI32::new(leader_epoch),
             log,
             appended: Notify::new(),
             producers,

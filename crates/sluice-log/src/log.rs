@@ -985,6 +985,11 @@ impl Log {
         &self.dir
     }
 
+    /// The newest leader epoch any record was written with, if any.
+    pub fn latest_epoch(&self) -> Option<LeaderEpoch> {
+        self.state().epochs.latest()
+    }
+
     pub fn log_start(&self) -> Offset {
         self.state().log_start
     }

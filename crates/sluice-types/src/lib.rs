@@ -32,6 +32,11 @@ macro_rules! id_type {
             pub const fn get(self) -> $inner {
                 self.0
             }
+
+            /// The id of a wire number, in constant expressions too.
+            pub const fn new(value: $inner) -> Self {
+                Self(value)
+            }
         }
 
         impl From<$inner> for $name {

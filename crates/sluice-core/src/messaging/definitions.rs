@@ -18,7 +18,6 @@ use amq_protocol::types::parsing::parse_field_table;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use sluice_log::batch::{NewRecord, encode};
 use sluice_log::{Clock, Log, LogManager, SystemClock};
-use sluice_types::LeaderEpoch;
 
 use super::exchange::Destination;
 use super::message::encode_table;
@@ -249,7 +248,7 @@ impl Definitions {
         .map_err(|reason| CoreError::Internal {
             reason: format!("cannot encode a definitions batch: {reason}"),
         })?;
-        self.log.append(&mut batch, LeaderEpoch::from(0))?;
+        self.log.append(&mut batch, crate::LOCAL_EPOCH)?;
         Ok(())
     }
 }

@@ -36,7 +36,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::records::RecordBatchDecoder;
 use sluice_log::batch::{NewRecord, encode};
 use sluice_log::{Clock, Durability, Log, LogManager, ReadBound, SystemClock};
-use sluice_types::{LeaderEpoch, Offset};
+use sluice_types::Offset;
 
 use super::message::Message;
 use crate::{CoreError, Partition};
@@ -183,7 +183,7 @@ impl PendingWrites {
         let mut batch = encode(&records).map_err(|reason| CoreError::Internal {
             reason: format!("cannot encode a queue batch: {reason}"),
         })?;
-        let info = self.log.append_unsynced(&mut batch, LeaderEpoch::from(0))?;
+        let info = self.log.append_unsynced(&mut batch, crate::LOCAL_EPOCH)?;
         let written = u64::try_from(info.first_offset.get()).unwrap_or(0);
         if written != state.first_id {
             // Ids were handed out as the log's next offsets; only this
@@ -628,7 +628,7 @@ impl QueueStore {
         })?;
         let info = self
             .settlements
-            .append_unsynced(&mut batch, LeaderEpoch::from(0))?;
+            .append_unsynced(&mut batch, crate::LOCAL_EPOCH)?;
         self.records_since_checkpoint += 1;
         Ok(info.first_offset)
     }

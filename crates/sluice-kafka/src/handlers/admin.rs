@@ -103,9 +103,9 @@ pub(crate) fn offset_for_leader_epoch(
                         return result
                             .with_error_code(ResponseError::UnknownTopicOrPartition.code());
                     };
-                    // A single node is always leader at epoch 0; a newer epoch
-                    // than that is from a future this broker has not seen.
-                    if p.current_leader_epoch > 0 {
+                    // An epoch newer than the partition's is from a future
+                    // this broker has not seen.
+                    if p.current_leader_epoch > partition.leader_epoch().get() {
                         return result.with_error_code(ResponseError::UnknownLeaderEpoch.code());
                     }
                     match partition.end_offset_for_epoch(LeaderEpoch::from(p.leader_epoch)) {

@@ -37,13 +37,18 @@ pub(crate) async fn handle(
                             .with_partition_index(p.partition_index)
                             .with_timestamp(-1)
                             .with_offset(-1)
-                            .with_leader_epoch(if version >= 4 { 0 } else { -1 });
+                            .with_leader_epoch(-1);
                         let Some(partition) =
                             super::partition_of(found.as_ref(), p.partition_index)
                         else {
                             return answer
                                 .with_error_code(ResponseError::UnknownTopicOrPartition.code());
                         };
+                        let answer = answer.with_leader_epoch(if version >= 4 {
+                            partition.leader_epoch().get()
+                        } else {
+                            -1
+                        });
                         let position = match p.timestamp {
                             LATEST => Position::Latest,
                             EARLIEST => Position::Earliest,

@@ -104,7 +104,7 @@ fn describe(topic: &Topic, node: BrokerId, version: i16) -> MetadataResponseTopi
             MetadataResponsePartition::default()
                 .with_partition_index(p.id().get())
                 .with_leader_id(node)
-                .with_leader_epoch(0)
+                .with_leader_epoch(p.leader_epoch().get())
                 .with_replica_nodes(vec![node])
                 .with_isr_nodes(vec![node])
         })
