@@ -19,6 +19,7 @@ mod error;
 mod fields;
 pub mod forwarding;
 mod groups;
+mod hw_checkpoint;
 pub mod messaging;
 mod metrics;
 mod offsets;
@@ -80,6 +81,54 @@ pub(crate) const LOCAL_EPOCH: sluice_types::LeaderEpoch = sluice_types::LeaderEp
 /// Wall-clock milliseconds.
 pub fn now_ms() -> i64 {
     messaging::now_ms()
+}
+
+/// Every partition's high watermark, for the checkpoint.
+fn high_watermarks(topics: &Topics) -> Vec<hw_checkpoint::Entry> {
+    topics
+        .names()
+        .iter()
+        .filter_map(|name| topics.get(name))
+        .flat_map(|topic| topic.partitions())
+        .map(|partition| hw_checkpoint::Entry {
+            topic: partition.topic().to_owned(),
+            partition: partition.id().get(),
+            high_watermark: partition.high_watermark().get(),
+        })
+        .collect()
+}
+
+/// Reads the high watermark checkpoint and warns where it disagrees with
+/// the logs (a partition ahead of its log end: the log lost data the
+/// broker had made visible). The single-node policy does not start from
+/// it; a replicated partition will.
+fn check_high_watermarks(data_dir: &Path, topics: &Topics) {
+    let entries = match hw_checkpoint::read(data_dir) {
+        Ok(Some(entries)) => entries,
+        Ok(None) => return,
+        Err(reason) => {
+            tracing::warn!(file = %hw_checkpoint::path(data_dir).display(), %reason, "ignoring a damaged high watermark checkpoint");
+            return;
+        }
+    };
+    for entry in entries {
+        let Some(partition) = topics
+            .get(&entry.topic)
+            .and_then(|t| t.partition(sluice_types::PartitionId::from(entry.partition)))
+        else {
+            continue;
+        };
+        let log_end = partition.log_end().get();
+        if entry.high_watermark > log_end {
+            tracing::warn!(
+                topic = entry.topic,
+                partition = entry.partition,
+                checkpoint = entry.high_watermark,
+                log_end,
+                "the log ends below its checkpointed high watermark: records consumers saw are gone"
+            );
+        }
+    }
 }
 
 /// What a broker needs to start.
@@ -236,6 +285,7 @@ impl Broker {
             elapsed_ms = since(phase),
             "recovered partitions"
         );
+        check_high_watermarks(&options.data_dir, &topics);
 
         progress.phase("committed offsets");
         let phase = std::time::Instant::now();
@@ -451,6 +501,9 @@ impl Broker {
     pub fn shutdown(&self) -> Result<(), CoreError> {
         if let Err(error) = self.vhosts.flush() {
             tracing::warn!(%error, "cannot write queue settlements before shutdown");
+        }
+        if let Err(error) = hw_checkpoint::write(&self.data_dir, &high_watermarks(&self.topics)) {
+            tracing::warn!(%error, "cannot write the high watermark checkpoint");
         }
         self.logs.shutdown()?;
         recovery::LastShutdown::mark_clean(&self.data_dir)?;

@@ -7,11 +7,11 @@
 //! earliest / latest / this time" through [`Partition::resolve`].
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::records::{Record, RecordBatchDecoder};
-use sluice_log::{Log, ReadBound};
+use sluice_log::{Durability, Log, ReadBound};
 use sluice_types::{LeaderEpoch, Offset, PartitionId};
 use tokio::sync::Notify;
 
@@ -28,6 +28,10 @@ pub struct Partition {
     /// 0 for a new log. A single node never changes it; a replicated
     /// partition takes it from the controller.
     pub(crate) leader_epoch: AtomicI32,
+    /// The single-node high watermark policy: consumers see what is synced
+    /// (durability `always`) or what is written. A replicated partition
+    /// replaces it with the in-sync replicas' end.
+    pub(crate) visible_when_synced: AtomicBool,
     pub(crate) appended: Notify,
     pub(crate) producers: ProducerStates,
     pub(crate) traffic: PartitionTraffic,
@@ -138,9 +142,21 @@ impl Partition {
         self.log.log_end()
     }
 
-    /// The offset below which consumers see records.
+    /// The offset below which consumers see records: the synced end under
+    /// durability `always`, the log end otherwise. Lock-free.
     pub fn high_watermark(&self) -> Offset {
-        self.log.high_watermark()
+        if self.visible_when_synced.load(Ordering::Acquire) {
+            self.log.durable_end()
+        } else {
+            self.log.log_end()
+        }
+    }
+
+    /// Sets the high watermark policy from the log's durability; call
+    /// whenever the log's settings change.
+    pub(crate) fn follow_durability(&self, durability: Durability) {
+        self.visible_when_synced
+            .store(durability == Durability::Always, Ordering::Release);
     }
 
     /// Bytes on disk.
@@ -170,8 +186,8 @@ impl Partition {
             Position::Earliest => Some((log_start, -1)),
             Position::Latest => Some((end, -1)),
             Position::LastRecord => Some((end.plus(-1).max(log_start), -1)),
-            Position::Timestamp(ms) => self.log.offset_for_timestamp(ms)?,
-            Position::MaxTimestamp => self.log.max_timestamp()?,
+            Position::Timestamp(ms) => self.log.offset_for_timestamp(ms, end)?,
+            Position::MaxTimestamp => self.log.max_timestamp(end)?,
         })
     }
 
@@ -181,6 +197,14 @@ impl Partition {
     /// # Errors
     /// An offset past the high watermark, or the log's I/O errors.
     pub fn delete_records(&self, offset: Offset) -> Result<Offset, CoreError> {
+        let high_watermark = self.high_watermark();
+        if offset > high_watermark {
+            return Err(CoreError::Log(sluice_log::LogError::OffsetOutOfRange {
+                offset,
+                log_start: self.log_start(),
+                log_end: high_watermark,
+            }));
+        }
         Ok(self.log.advance_log_start(offset)?)
     }
 
@@ -204,7 +228,9 @@ impl Partition {
         let mut next = from;
         let mut gathered = BytesMut::new();
         for _ in 0..MAX_READS_PAST_EMPTY {
-            let read = self.log.read(next, budget, ReadBound::HighWatermark)?;
+            let read = self
+                .log
+                .read(next, budget, ReadBound::Upto(self.high_watermark()))?;
             if read.records.is_empty() {
                 break;
             }
@@ -252,7 +278,7 @@ impl Partition {
             &self.log,
             from,
             max_bytes,
-            ReadBound::HighWatermark,
+            ReadBound::Upto(self.high_watermark()),
             undecodable,
         )
     }
@@ -270,6 +296,17 @@ impl Partition {
 
     pub(crate) fn wake_readers(&self) {
         self.appended.notify_waiters();
+    }
+}
+
+/// What a reader of a node-local log (a queue's messages) may see, by the
+/// same rule as a partition's high watermark: the synced end under
+/// durability `always`, the log end otherwise.
+pub(crate) fn visible_end(log: &Log) -> Offset {
+    if log.durability() == Durability::Always {
+        log.durable_end()
+    } else {
+        log.log_end()
     }
 }
 
@@ -306,7 +343,7 @@ pub(crate) fn read_chunk(
 ) -> Result<Option<Chunk>, CoreError> {
     let from = from.max(log.log_start());
     let end = match bound {
-        ReadBound::HighWatermark => log.high_watermark(),
+        ReadBound::Upto(upper) => upper.min(log.log_end()),
         ReadBound::LogEnd => log.log_end(),
     };
     if from >= end {
@@ -359,6 +396,7 @@ mod tests {
             id: PartitionId::from(0),
             log: Arc::new(Log::open(dir, config).expect("open")),
             leader_epoch: AtomicI32::new(0),
+            visible_when_synced: AtomicBool::new(false),
             appended: Notify::new(),
             producers: ProducerStates::default(),
             traffic: PartitionTraffic::default(),
@@ -458,6 +496,48 @@ mod tests {
                 .expect("read")
                 .is_none(),
             "nothing left below the high watermark"
+        );
+    }
+
+    #[test]
+    fn the_single_node_high_watermark_is_the_synced_end_under_always() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let partition = Partition {
+            visible_when_synced: AtomicBool::new(true),
+            ..partition(dir.path())
+        };
+        let epoch = partition.leader_epoch();
+        partition
+            .log
+            .append_unsynced(&mut one(b"a"), epoch)
+            .expect("append");
+        assert_eq!(partition.log_end(), Offset::from(1));
+        assert_eq!(
+            partition.high_watermark(),
+            Offset::from(0),
+            "not synced yet"
+        );
+        assert!(
+            partition
+                .read_chunk(Offset::from(0), 1 << 20, Undecodable::Fail)
+                .expect("read")
+                .is_none(),
+            "consumers see nothing above the high watermark"
+        );
+        assert!(partition.delete_records(Offset::from(1)).is_err());
+        partition.log.flush().expect("sync");
+        assert_eq!(partition.high_watermark(), Offset::from(1));
+
+        // Written is visible when the log is not synced per append.
+        partition.follow_durability(Durability::Never);
+        partition
+            .log
+            .append_unsynced(&mut one(b"b"), epoch)
+            .expect("append");
+        assert_eq!(partition.high_watermark(), Offset::from(2));
+        assert_eq!(
+            partition.delete_records(Offset::from(2)).expect("delete"),
+            Offset::from(2)
         );
     }
 

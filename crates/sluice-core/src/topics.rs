@@ -330,10 +330,12 @@ impl Topics {
             log.scan_headers(from, |header| producers.replay(header))?;
         }
         let leader_epoch = log.latest_epoch().map_or(0, LeaderEpoch::get);
+        let synced = log.durability() == sluice_log::Durability::Always;
         Ok(Arc::new(Partition {
             topic: Arc::clone(topic),
             id: PartitionId::from(index as i32),
             leader_epoch: std::sync::atomic::AtomicI32::new(leader_epoch),
+            visible_when_synced: std::sync::atomic::AtomicBool::new(synced),
             log,
             appended: Notify::new(),
             producers,
@@ -510,6 +512,7 @@ impl Topics {
         let log_config = config.log_config(self.logs.defaults());
         for partition in &state.partitions {
             partition.log.set_config(log_config.clone());
+            partition.follow_durability(log_config.durability);
         }
         state.config = config;
         let record = record_of(&topic, &state);

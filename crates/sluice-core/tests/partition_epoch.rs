@@ -1,6 +1,7 @@
 //! Contract: a partition knows its leader epoch: the newest its log was
 //! written with (0 for a new log), and appends are stamped with it, so the
-//! epoch survives a restart instead of being a literal 0.
+//! epoch survives a restart instead of being a literal 0. Shutdown writes
+//! the high watermark checkpoint (Kafka's replication-offset-checkpoint).
 
 use bytes::BytesMut;
 use sluice_core::records::{NewRecord, encode};
@@ -50,6 +51,10 @@ fn appends_carry_the_partition_epoch_from_its_log() {
         .expect("append");
     broker.shutdown().expect("shutdown");
     drop((partition, topic, broker));
+    // Shutdown checkpoints every high watermark, in Kafka's format.
+    let checkpoint =
+        std::fs::read_to_string(dir.path().join("replication-offset-checkpoint")).expect("file");
+    assert_eq!(checkpoint, "0\n1\nt 0 1\n");
 
     // A later leader (say, after a failover) wrote at epoch 3.
     let log = sluice_log::Log::open(

@@ -60,6 +60,15 @@ pub(crate) fn read_number(path: &Path) -> Result<Option<i64>, LogError> {
     }
 }
 
+/// Replaces the file at `path` with `contents` atomically (temporary,
+/// fsync, rename, directory fsync), for state kept beside the logs.
+///
+/// # Errors
+/// [`LogError::Io`] naming the file.
+pub fn write_file_atomically(path: &Path, contents: &[u8]) -> Result<(), LogError> {
+    write_atomically(path, |file| io::Write::write_all(file, contents))
+}
+
 pub(crate) fn write_number(path: &Path, value: i64) -> Result<(), LogError> {
     write_atomically(path, |file| {
         io::Write::write_all(file, format!("{value}\n").as_bytes())

@@ -36,6 +36,7 @@ mod manager;
 mod metrics;
 mod segment;
 
+pub use checkpoint::write_file_atomically;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use compaction::CompactionOutcome;
 pub use config::{Durability, LogConfig};

@@ -40,12 +40,14 @@ pub struct AppendInfo {
     pub sync_due: bool,
 }
 
-/// How far a read may see.
+/// How far a read may see. The log does not decide what consumers see:
+/// its owner passes the high watermark it keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadBound {
-    /// Up to the high watermark: what consumers see.
-    HighWatermark,
-    /// Up to the log end: what replication followers see.
+    /// Below this offset (a partition's high watermark), at most the log end.
+    Upto(Offset),
+    /// Up to the log end: what replication followers and the replay of
+    /// internal logs see.
     LogEnd,
 }
 
@@ -59,7 +61,6 @@ pub struct ReadResult {
     pub first_offset: Option<Offset>,
     /// Offset after the last batch returned.
     pub next_offset: Option<Offset>,
-    pub high_watermark: Offset,
     pub log_start: Offset,
     pub log_end: Offset,
 }
@@ -109,7 +110,10 @@ pub struct Log {
     state: Mutex<LogState>,
     sync: Mutex<SyncState>,
     synced: Condvar,
-    high_watermark: AtomicI64,
+    /// Mirrors of `SyncState::durable` and `LogState::log_end`, readable
+    /// without a lock (a partition's high watermark is one of them).
+    durable_end: AtomicI64,
+    end: AtomicI64,
     /// Appends between entry and the end of their write; a sync leader
     /// waits for these to land so that its sync covers them.
     appending: AtomicUsize,
@@ -224,7 +228,8 @@ impl Log {
                 poisoned: false,
             }),
             synced: Condvar::new(),
-            high_watermark: AtomicI64::new(log_end.get()),
+            durable_end: AtomicI64::new(log_end.get()),
+            end: AtomicI64::new(log_end.get()),
             appending: AtomicUsize::new(0),
         })
     }
@@ -340,9 +345,7 @@ impl Log {
         }
         state.log_end = next;
         state.size_bytes += batches.len() as u64;
-        if state.config.durability != Durability::Always {
-            self.high_watermark.store(next.get(), Ordering::Release);
-        }
+        self.end.store(next.get(), Ordering::Release);
         // Offsets written since the last sync: records, as appends number
         // every record.
         let unflushed = u64::try_from(next.get() - self.sync_state().durable.get()).unwrap_or(0);
@@ -427,10 +430,7 @@ impl Log {
         // The sealed segment was synced: everything before `base` is durable.
         let mut sync = self.sync_state();
         if sync.durable < base {
-            sync.durable = base;
-            if state.config.durability == Durability::Always {
-                self.high_watermark.fetch_max(base.get(), Ordering::AcqRel);
-            }
+            self.set_durable(&mut sync, base);
             self.synced.notify_all();
         }
         Ok(())
@@ -482,14 +482,12 @@ impl Log {
             let generation = sync.generation;
             drop(sync);
             self.gather_followers();
-            let (target, always) = {
+            let target = {
                 let mut state = self.state();
                 let log_end = state.log_end;
-                let always = state.config.durability == Durability::Always;
-                let target = active(&mut state)
+                active(&mut state)
                     .and_then(Segment::sync_handle)
-                    .map(|file| (file, log_end));
-                (target, always)
+                    .map(|file| (file, log_end))
             };
             let result = target.and_then(|(file, log_end)| {
                 let started = std::time::Instant::now();
@@ -510,11 +508,7 @@ impl Log {
                         crate::metrics()
                             .sync_batch_records
                             .observe(u64::try_from(records).unwrap_or(0));
-                        sync.durable = log_end;
-                    }
-                    if always {
-                        self.high_watermark
-                            .fetch_max(sync.durable.get(), Ordering::AcqRel);
+                        self.set_durable(&mut sync, log_end);
                     }
                 }
                 Ok(_) => {}
@@ -576,7 +570,6 @@ impl Log {
         bound: ReadBound,
     ) -> Result<ReadResult, LogError> {
         let mut state = self.state();
-        let high_watermark = self.high_watermark();
         let (log_start, log_end) = (state.log_start, state.log_end);
         if offset < log_start || offset > log_end {
             return Err(LogError::OffsetOutOfRange {
@@ -586,14 +579,13 @@ impl Log {
             });
         }
         let upper = match bound {
-            ReadBound::HighWatermark => high_watermark,
+            ReadBound::Upto(upper) => upper.min(log_end),
             ReadBound::LogEnd => log_end,
         };
         let empty = ReadResult {
             records: Bytes::new(),
             first_offset: None,
             next_offset: None,
-            high_watermark,
             log_start,
             log_end,
         };
@@ -657,17 +649,18 @@ impl Log {
         Ok(())
     }
 
-    /// The first offset whose record timestamp is at or after `timestamp_ms`,
-    /// with that timestamp; `None` if every readable record is older.
+    /// The first offset below `upper` whose record timestamp is at or after
+    /// `timestamp_ms`, with that timestamp; `None` if every such record is
+    /// older.
     ///
     /// # Errors
     /// [`LogError::Io`] or [`LogError::Corrupt`] from reading.
     pub fn offset_for_timestamp(
         &self,
         timestamp_ms: i64,
+        upper: Offset,
     ) -> Result<Option<(Offset, i64)>, LogError> {
         let mut state = self.state();
-        let upper = self.high_watermark();
         let log_start = state.log_start;
         for segment in state.segments.values_mut() {
             if segment.max_timestamp.is_none_or(|max| max < timestamp_ms) {
@@ -681,15 +674,14 @@ impl Log {
         Ok(None)
     }
 
-    /// The record with the largest timestamp below the high watermark (the
-    /// first such if several share it), for ListOffsets `MAX_TIMESTAMP`.
+    /// The record with the largest timestamp below `upper` (the first such
+    /// if several share it), for ListOffsets `MAX_TIMESTAMP`.
     ///
     /// # Errors
     /// As [`Log::offset_for_timestamp`].
-    pub fn max_timestamp(&self) -> Result<Option<(Offset, i64)>, LogError> {
+    pub fn max_timestamp(&self, upper: Offset) -> Result<Option<(Offset, i64)>, LogError> {
         let max = {
             let state = self.state();
-            let upper = self.high_watermark();
             state
                 .segments
                 .values()
@@ -698,7 +690,7 @@ impl Log {
                 .max()
         };
         match max {
-            Some(max) => self.offset_for_timestamp(max),
+            Some(max) => self.offset_for_timestamp(max, upper),
             None => Ok(None),
         }
     }
@@ -790,18 +782,18 @@ impl Log {
     }
 
     /// Moves the log start to `offset` (Kafka's DeleteRecords), deleting the
-    /// segments wholly below it. The offset may not pass the high watermark.
+    /// segments wholly below it. The offset may not pass the log end (its
+    /// owner checks its high watermark first).
     ///
     /// # Errors
-    /// [`LogError::OffsetOutOfRange`] past the high watermark; [`LogError::Io`].
+    /// [`LogError::OffsetOutOfRange`] past the log end; [`LogError::Io`].
     pub fn advance_log_start(&self, offset: Offset) -> Result<Offset, LogError> {
         let mut state = self.state();
-        let high_watermark = self.high_watermark();
-        if offset > high_watermark {
+        if offset > state.log_end {
             return Err(LogError::OffsetOutOfRange {
                 offset,
                 log_start: state.log_start,
-                log_end: high_watermark,
+                log_end: state.log_end,
             });
         }
         if offset <= state.log_start {
@@ -898,13 +890,13 @@ impl Log {
         state.epochs.truncate_from_end(new_end)?;
         let mut sync = self.sync_state();
         sync.generation += 1;
-        sync.durable = sync.durable.min(new_end);
-        self.high_watermark
-            .fetch_min(new_end.get(), Ordering::AcqRel);
-        if restart {
-            sync.durable = new_end;
-            self.high_watermark.store(new_end.get(), Ordering::Release);
-        }
+        let durable = if restart {
+            new_end
+        } else {
+            sync.durable.min(new_end)
+        };
+        self.set_durable(&mut sync, durable);
+        self.end.store(new_end.get(), Ordering::Release);
         self.synced.notify_all();
         Ok(new_end)
     }
@@ -963,7 +955,8 @@ impl Log {
         // One directory sync makes the index files and the marker durable.
         checkpoint::sync_dir(&self.dir)?;
         let mut sync = self.sync_state();
-        sync.durable = sync.durable.max(log_end);
+        let durable = sync.durable.max(log_end);
+        self.set_durable(&mut sync, durable);
         self.synced.notify_all();
         Ok(())
     }
@@ -994,14 +987,20 @@ impl Log {
         self.state().log_start
     }
 
+    /// The offset the next append gets. Lock-free.
     pub fn log_end(&self) -> Offset {
-        self.state().log_end
+        Offset::from(self.end.load(Ordering::Acquire))
     }
 
-    /// Offsets below this are readable by consumers: under `always` what is
-    /// synced, otherwise what is written.
-    pub fn high_watermark(&self) -> Offset {
-        Offset::from(self.high_watermark.load(Ordering::Acquire))
+    /// Every offset below this is on disk (synced). Lock-free.
+    pub fn durable_end(&self) -> Offset {
+        Offset::from(self.durable_end.load(Ordering::Acquire))
+    }
+
+    /// Records `end` as the synced end, in the sync state and its mirror.
+    fn set_durable(&self, sync: &mut SyncState, end: Offset) {
+        sync.durable = end;
+        self.durable_end.store(end.get(), Ordering::Release);
     }
 
     /// Bytes of data in all segments.

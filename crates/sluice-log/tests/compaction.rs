@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::visible;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,7 +36,7 @@ fn contents(log: &Log) -> BTreeMap<i64, (String, Option<String>)> {
     let mut next = log.log_start();
     for _ in 0..10_000 {
         let read = log
-            .read(next, 1 << 16, ReadBound::HighWatermark)
+            .read(next, 1 << 16, ReadBound::Upto(visible(log)))
             .expect("read");
         let Some(after) = read.next_offset else { break };
         let mut bytes = read.records;

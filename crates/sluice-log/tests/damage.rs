@@ -9,6 +9,8 @@
 
 mod common;
 
+use common::visible;
+
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -221,7 +223,7 @@ fn read_all(log: &Log) -> Result<Vec<Record>, LogError> {
     let mut out = Vec::new();
     let mut next = log.log_start();
     while next < log.log_end() {
-        let result = log.read(next, 1000, ReadBound::HighWatermark)?;
+        let result = log.read(next, 1000, ReadBound::Upto(visible(log)))?;
         let Some(after) = result.next_offset else {
             break;
         };
@@ -234,7 +236,7 @@ fn read_all(log: &Log) -> Result<Vec<Record>, LogError> {
 
 /// The one batch holding `offset`, read alone.
 fn read_batch(log: &Log, offset: i64) -> Result<Vec<Record>, LogError> {
-    let result = log.read(o(offset), 1, ReadBound::HighWatermark)?;
+    let result = log.read(o(offset), 1, ReadBound::Upto(visible(log)))?;
     Ok(decode(&result.records).expect("a checked read decodes"))
 }
 
@@ -347,7 +349,8 @@ fn a_damaged_batch_in_a_sealed_segment_fails_its_reads_naming_the_file() {
     // Lookups by time outside the damaged batch are unaffected.
     let (_, (ts, _)) = written.records.iter().next_back().expect("records");
     assert_eq!(
-        log.offset_for_timestamp(*ts).expect("time lookup"),
+        log.offset_for_timestamp(*ts, visible(&log))
+            .expect("time lookup"),
         written.first_at_or_after(*ts)
     );
     assert_appends_continue(&log);
@@ -398,7 +401,8 @@ fn a_damaged_base_offset_is_never_served_as_other_offsets() {
         let log = Log::open(dir.path(), config()).expect("reopen");
         for offset in log.log_start().get()..log.log_end().get() {
             for max_bytes in [1, 4096] {
-                let Ok(result) = log.read(o(offset), max_bytes, ReadBound::HighWatermark) else {
+                let Ok(result) = log.read(o(offset), max_bytes, ReadBound::Upto(visible(&log)))
+                else {
                     continue;
                 };
                 let got = decode(&result.records).expect("decodes");
@@ -417,7 +421,7 @@ fn a_damaged_base_offset_is_never_served_as_other_offsets() {
         }
         // Nor do time lookups answer with the damaged batch's offsets.
         for (_, (ts, _)) in written.records.range(..log.log_end().get()) {
-            if let Ok(Some((offset, found))) = log.offset_for_timestamp(*ts) {
+            if let Ok(Some((offset, found))) = log.offset_for_timestamp(*ts, visible(&log)) {
                 let at_offset = written.records.get(&offset.get()).map(|r| r.0);
                 assert_eq!(
                     at_offset,
@@ -480,7 +484,8 @@ fn assert_lookups_correct(log: &Log, written: &Written, what: &str) {
     let last = written.records.values().next_back().map_or(0, |r| r.0);
     for target in first - 1..=last + 1 {
         assert_eq!(
-            log.offset_for_timestamp(target).expect("time lookup"),
+            log.offset_for_timestamp(target, visible(log))
+                .expect("time lookup"),
             written.first_at_or_after(target),
             "{what}: offset for timestamp {target}"
         );
@@ -756,7 +761,7 @@ fn check_damaged(dir: &Path, written: &Written, damaged: &[PathBuf]) -> Result<S
     let mut served = 0usize;
     let mut failed = 0usize;
     while next < end {
-        match log.read(o(next), 700, ReadBound::HighWatermark) {
+        match log.read(o(next), 700, ReadBound::Upto(visible(&log))) {
             Ok(result) => {
                 let records = decode(&result.records)?;
                 for (offset, ts, value) in &records {
@@ -791,7 +796,7 @@ fn check_damaged(dir: &Path, written: &Written, damaged: &[PathBuf]) -> Result<S
         }
     }
     for target in [TIME_BASE, TIME_BASE + 10 * written.log_end / 2] {
-        match log.offset_for_timestamp(target) {
+        match log.offset_for_timestamp(target, visible(&log)) {
             Ok(Some((offset, ts))) => {
                 let original = written.records.get(&offset.get()).map(|r| r.0);
                 if ts < target || original != Some(ts) {
@@ -817,7 +822,7 @@ fn check_damaged(dir: &Path, written: &Written, damaged: &[PathBuf]) -> Result<S
         ));
     }
     let result = log
-        .read(o(end), 1, ReadBound::HighWatermark)
+        .read(o(end), 1, ReadBound::Upto(visible(&log)))
         .map_err(|err| format!("read of the new batch: {err}"))?;
     if decode(&result.records)? != vec![(end, TIME_BASE * 2, values[0].clone())] {
         return Err(format!("the new batch at {end} did not read back"));

@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{batch, decode, values};
+use common::{batch, decode, values, visible};
 use sluice_log::{Durability, Log, LogConfig, LogError, ManualClock, ReadBound};
 use sluice_types::{LeaderEpoch, Offset};
 
@@ -33,7 +33,7 @@ fn read_all(log: &Log, from: Offset) -> Vec<(i64, i64, Vec<u8>)> {
     let mut next = from;
     for _ in 0..100_000 {
         let result = log
-            .read(next, 16 * 1024, ReadBound::HighWatermark)
+            .read(next, 16 * 1024, ReadBound::Upto(visible(log)))
             .expect("read");
         let Some(after) = result.next_offset else {
             break;
@@ -57,7 +57,7 @@ fn offsets_are_assigned_in_order_and_read_back() -> Result<(), LogError> {
     assert_eq!((info.first_offset, info.last_offset), (o(0), o(2)));
     let info = log.append(&mut batch(&values(2, 2, 10), 2_000), epoch(0))?;
     assert_eq!((info.first_offset, info.last_offset), (o(3), o(4)));
-    assert_eq!((log.log_end(), log.high_watermark()), (o(5), o(5)));
+    assert_eq!((log.log_end(), visible(&log)), (o(5), o(5)));
 
     let records = read_all(&log, o(0));
     let offsets: Vec<i64> = records.iter().map(|r| r.0).collect();
@@ -75,7 +75,7 @@ fn a_read_from_the_middle_of_a_batch_returns_that_whole_batch() -> Result<(), Lo
     let log = Log::open(dir.path(), config())?;
     log.append(&mut batch(&values(1, 5, 10), 0), epoch(0))?;
     log.append(&mut batch(&values(2, 5, 10), 0), epoch(0))?;
-    let result = log.read(o(7), 1, ReadBound::HighWatermark)?;
+    let result = log.read(o(7), 1, ReadBound::Upto(visible(&log)))?;
     assert_eq!(result.first_offset, Some(o(5)));
     assert_eq!(result.next_offset, Some(o(10)));
     let offsets: Vec<i64> = decode(&result.records).iter().map(|r| r.0).collect();
@@ -92,40 +92,48 @@ fn reads_outside_the_log_are_out_of_range() -> Result<(), LogError> {
     let dir = tempfile::tempdir().expect("temp dir");
     let log = Log::open(dir.path(), config())?;
     log.append(&mut batch(&values(1, 2, 10), 0), epoch(0))?;
-    let at_end = log.read(o(2), 1024, ReadBound::HighWatermark)?;
+    let at_end = log.read(o(2), 1024, ReadBound::Upto(visible(&log)))?;
     assert!(at_end.records.is_empty());
     assert!(matches!(
-        log.read(o(3), 1024, ReadBound::HighWatermark),
+        log.read(o(3), 1024, ReadBound::Upto(visible(&log))),
         Err(LogError::OffsetOutOfRange { .. })
     ));
     assert!(matches!(
-        log.read(o(-1), 1024, ReadBound::HighWatermark),
+        log.read(o(-1), 1024, ReadBound::Upto(visible(&log))),
         Err(LogError::OffsetOutOfRange { .. })
     ));
     Ok(())
 }
 
 #[test]
-fn under_always_consumers_see_only_synced_data() -> Result<(), LogError> {
+fn the_durable_end_follows_syncs_and_reads_stop_at_the_bound_given() -> Result<(), LogError> {
     let dir = tempfile::tempdir().expect("temp dir");
     let log = Log::open(dir.path(), config())?;
     let info = log.append_unsynced(&mut batch(&values(1, 2, 10), 0), epoch(0))?;
-    assert_eq!(log.high_watermark(), o(0));
+    assert_eq!((log.durable_end(), log.log_end()), (o(0), o(2)));
+    // A reader bounded by the durable end (a partition under `always`)
+    // sees nothing yet; one bounded by the log end sees the batch.
     assert!(
-        log.read(o(0), 1024, ReadBound::HighWatermark)?
+        log.read(o(0), 1024, ReadBound::Upto(log.durable_end()))?
             .records
             .is_empty()
     );
     assert!(!log.read(o(0), 1024, ReadBound::LogEnd)?.records.is_empty());
+    assert!(
+        !log.read(o(0), 1024, ReadBound::Upto(o(100)))?
+            .records
+            .is_empty(),
+        "a bound past the log end is the log end"
+    );
     assert!(log.is_dirty());
     log.sync_to(info.last_offset.plus(1))?;
-    assert_eq!(log.high_watermark(), o(2));
+    assert_eq!(log.durable_end(), o(2));
     assert!(!log.is_dirty());
     Ok(())
 }
 
 #[test]
-fn under_never_the_high_watermark_follows_the_log_end() -> Result<(), LogError> {
+fn under_never_the_durable_end_stays_until_a_flush() -> Result<(), LogError> {
     let dir = tempfile::tempdir().expect("temp dir");
     let log = Log::open(
         dir.path(),
@@ -135,8 +143,10 @@ fn under_never_the_high_watermark_follows_the_log_end() -> Result<(), LogError> 
         },
     )?;
     log.append(&mut batch(&values(1, 2, 10), 0), epoch(0))?;
-    assert_eq!(log.high_watermark(), o(2));
+    assert_eq!((log.durable_end(), log.log_end()), (o(0), o(2)));
     assert!(log.is_dirty(), "never syncs by itself");
+    log.flush()?;
+    assert_eq!(log.durable_end(), o(2));
     Ok(())
 }
 
@@ -153,7 +163,7 @@ fn concurrent_appenders_share_syncs_and_get_distinct_offsets() -> Result<(), Log
                         let info =
                             log.append(&mut batch(&values(t * 1000 + i, 2, 100), 0), epoch(0))?;
                         // Acknowledged under `always`: synced, so visible.
-                        assert!(log.high_watermark() > info.last_offset);
+                        assert!(visible(&log) > info.last_offset);
                         Ok(info.first_offset)
                     })
                     .collect()
@@ -233,7 +243,7 @@ fn retention_by_size_deletes_oldest_segments_and_moves_the_start() -> Result<(),
     assert_eq!(log.log_start(), outcome.log_start);
     assert_eq!(log.segment_bases().first().copied(), Some(log.log_start()));
     assert!(matches!(
-        log.read(o(0), 1024, ReadBound::HighWatermark),
+        log.read(o(0), 1024, ReadBound::Upto(visible(&log))),
         Err(LogError::OffsetOutOfRange { .. })
     ));
     let remaining = read_all(&log, log.log_start());
@@ -303,7 +313,7 @@ fn truncation_removes_whole_batches_and_survives_reopen() -> Result<(), LogError
     assert!(log.segment_count() > 3);
     // Offset 21 is inside the batch [20, 21]: that batch goes whole.
     assert_eq!(log.truncate_to(o(21))?, o(20));
-    assert_eq!((log.log_end(), log.high_watermark()), (o(20), o(20)));
+    assert_eq!((log.log_end(), visible(&log)), (o(20), o(20)));
     let info = log.append(&mut batch(&values(99, 1, 10), 0), epoch(1))?;
     assert_eq!(info.first_offset, o(20));
     drop(log);
@@ -338,16 +348,25 @@ fn timestamps_find_the_first_record_at_or_after() -> Result<(), LogError> {
         log.append(&mut batch(&values(i, 10, 50), 1000 * i as i64), epoch(0))?;
     }
     assert!(log.segment_count() > 3);
-    assert_eq!(log.offset_for_timestamp(0)?, Some((o(0), 0)));
-    assert_eq!(log.offset_for_timestamp(5_005)?, Some((o(55), 5_005)));
-    assert_eq!(log.offset_for_timestamp(5_010)?, Some((o(60), 6_000)));
-    assert_eq!(log.offset_for_timestamp(29_009)?, Some((o(299), 29_009)));
-    assert_eq!(log.offset_for_timestamp(29_010)?, None);
-    assert_eq!(log.max_timestamp()?, Some((o(299), 29_009)));
+    assert_eq!(log.offset_for_timestamp(0, visible(&log))?, Some((o(0), 0)));
+    assert_eq!(
+        log.offset_for_timestamp(5_005, visible(&log))?,
+        Some((o(55), 5_005))
+    );
+    assert_eq!(
+        log.offset_for_timestamp(5_010, visible(&log))?,
+        Some((o(60), 6_000))
+    );
+    assert_eq!(
+        log.offset_for_timestamp(29_009, visible(&log))?,
+        Some((o(299), 29_009))
+    );
+    assert_eq!(log.offset_for_timestamp(29_010, visible(&log))?, None);
+    assert_eq!(log.max_timestamp(visible(&log))?, Some((o(299), 29_009)));
     drop(log);
     let log = Log::open(dir.path(), config())?;
     assert_eq!(
-        log.offset_for_timestamp(17_003)?,
+        log.offset_for_timestamp(17_003, visible(&log))?,
         Some((o(173), 17_003)),
         "after reopen"
     );
@@ -365,7 +384,7 @@ fn leader_epochs_are_checkpointed_and_answer_end_offsets() -> Result<(), LogErro
     assert_eq!(log.end_offset_for_epoch(epoch(2)), Some((epoch(1), o(5))));
     assert_eq!(log.end_offset_for_epoch(epoch(3)), Some((epoch(3), o(15))));
     assert_eq!(log.end_offset_for_epoch(epoch(0)), None);
-    let result = log.read(o(5), 1024, ReadBound::HighWatermark)?;
+    let result = log.read(o(5), 1024, ReadBound::Upto(visible(&log)))?;
     let stamped = sluice_log::batch::BatchHeader::parse(&result.records).expect("header");
     assert_eq!(
         stamped.leader_epoch,
@@ -478,7 +497,7 @@ fn advancing_the_log_start_hides_earlier_offsets() -> Result<(), LogError> {
         "wholly earlier segments deleted"
     );
     assert!(matches!(
-        log.read(o(12), 1024, ReadBound::HighWatermark),
+        log.read(o(12), 1024, ReadBound::Upto(visible(&log))),
         Err(LogError::OffsetOutOfRange { .. })
     ));
     assert_eq!(read_all(&log, o(13)).first().map(|r| r.0), Some(13));
@@ -498,8 +517,14 @@ fn timestamp_lookups_never_answer_below_the_log_start() -> Result<(), LogError> 
     // One batch, offsets 0..=9, timestamps 100..=109.
     log.append(&mut batch(&values(1, 10, 10), 100), epoch(0))?;
     log.advance_log_start(o(4))?;
-    assert_eq!(log.offset_for_timestamp(0)?, Some((o(4), 104)));
-    assert_eq!(log.offset_for_timestamp(106)?, Some((o(6), 106)));
+    assert_eq!(
+        log.offset_for_timestamp(0, visible(&log))?,
+        Some((o(4), 104))
+    );
+    assert_eq!(
+        log.offset_for_timestamp(106, visible(&log))?,
+        Some((o(6), 106))
+    );
     Ok(())
 }
 

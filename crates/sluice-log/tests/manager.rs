@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{batch, decode, values};
+use common::{batch, decode, values, visible};
 use sluice_log::{Durability, LogConfig, LogError, LogManager, MaintenanceSettings, ReadBound};
 use sluice_types::{LeaderEpoch, Offset};
 
@@ -66,7 +66,7 @@ fn thousands_of_logs_keep_file_handles_bounded() -> Result<(), LogError> {
     let log = manager.get("topic-7").expect("log exists");
     assert!(!log.has_open_handle());
     log.append(&mut batch(&values(99, 1, 100), 0), LeaderEpoch::from(0))?;
-    let read = log.read(Offset::from(1), 4096, ReadBound::HighWatermark)?;
+    let read = log.read(Offset::from(1), 4096, ReadBound::Upto(visible(&log)))?;
     assert_eq!(decode(&read.records).first().map(|r| r.0), Some(1));
     manager.shutdown()?;
     drop(manager);

@@ -14,7 +14,7 @@ mod common;
 use std::path::Path;
 use std::sync::Arc;
 
-use common::{batch, decode};
+use common::{batch, decode, visible};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use sluice_log::{Clock, Durability, Log, LogConfig, LogError, ManualClock, ReadBound};
@@ -323,7 +323,7 @@ impl Harness {
     fn check_read(&self, offset: i64, max_bytes: usize) -> Result<(), TestCaseError> {
         let log = self.log()?;
         let model = &self.model;
-        let result = log.read(o(offset), max_bytes, ReadBound::HighWatermark);
+        let result = log.read(o(offset), max_bytes, ReadBound::Upto(visible(log)));
         if offset < model.log_start || offset > model.log_end {
             prop_assert!(
                 matches!(
@@ -341,7 +341,7 @@ impl Harness {
         }
         let result = ok(result, "read")?;
         prop_assert_eq!(
-            (result.log_start, result.log_end, result.high_watermark),
+            (result.log_start, result.log_end, visible(log)),
             (o(model.log_start), o(model.log_end), o(model.log_end))
         );
         let expected = model.records_from(offset);
@@ -376,7 +376,10 @@ impl Harness {
         let mut all = got;
         let mut at = next.unwrap_or(model.log_end);
         while at < model.log_end {
-            let more = ok(log.read(o(at), 1024, ReadBound::HighWatermark), "read on")?;
+            let more = ok(
+                log.read(o(at), 1024, ReadBound::Upto(visible(log))),
+                "read on",
+            )?;
             let records = decode(&more.records);
             prop_assert!(!records.is_empty(), "read at {} returned nothing", at);
             all.extend(
@@ -396,7 +399,7 @@ impl Harness {
         prop_assert_eq!(log.log_start(), o(model.log_start), "log start");
         prop_assert_eq!(log.log_end(), o(model.log_end), "log end");
         prop_assert_eq!(
-            log.high_watermark(),
+            visible(log),
             o(model.log_end),
             "high watermark under `always`"
         );
@@ -464,11 +467,11 @@ fn truncating_the_batch_holding_the_log_start_brings_the_start_down_to_the_new_e
     // Offset 5 is inside the batch [3, 5], which also holds the start.
     assert_eq!(log.truncate_to(o(5))?, o(3));
     assert_eq!((log.log_start(), log.log_end()), (o(3), o(3)));
-    let at_end = log.read(o(3), 1024, ReadBound::HighWatermark)?;
+    let at_end = log.read(o(3), 1024, ReadBound::Upto(visible(&log)))?;
     assert!(at_end.records.is_empty());
     let info = log.append(&mut batch(&values(1), TIME_BASE + 3), LeaderEpoch::from(0))?;
     assert_eq!(info.first_offset, o(3));
-    let read = log.read(o(3), 1024, ReadBound::HighWatermark)?;
+    let read = log.read(o(3), 1024, ReadBound::Upto(visible(&log)))?;
     assert_eq!(decode(&read.records).len(), 1, "the new record is readable");
 
     drop(log);

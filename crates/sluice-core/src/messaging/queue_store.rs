@@ -606,7 +606,7 @@ impl QueueStore {
         self.settlements.advance_log_start(at)?;
         self.records_since_checkpoint = 0;
         let reclaim_to = Offset::from(i64::try_from(low).unwrap_or(i64::MAX))
-            .min(self.messages.high_watermark());
+            .min(crate::partition::visible_end(&self.messages));
         if reclaim_to > self.messages.log_start() {
             self.messages.advance_log_start(reclaim_to)?;
         }

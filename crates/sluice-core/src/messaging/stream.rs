@@ -193,9 +193,8 @@ impl Stream {
     /// (called by the maintenance tick).
     pub(crate) fn flush(&self) {
         for partition in self.topic.partitions() {
-            let log = partition.log();
-            if log.high_watermark() < log.log_end() {
-                match log.flush() {
+            if partition.high_watermark() < partition.log_end() {
+                match partition.log().flush() {
                     Ok(()) => partition.wake_readers(),
                     Err(error) => {
                         tracing::warn!(topic = self.topic.name(), %error, "cannot sync a stream");

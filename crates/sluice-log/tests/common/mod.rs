@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::records::RecordBatchDecoder;
 use sluice_log::batch::{NewRecord, encode};
-use sluice_log::{Log, ReadBound};
+use sluice_log::{Durability, Log, ReadBound};
 use sluice_types::Offset;
 
 /// One batch of `values` with keys `k0`, `k1`, …, record timestamps
@@ -56,14 +56,25 @@ pub fn decode(bytes: &Bytes) -> Vec<(i64, i64, Vec<u8>)> {
     out
 }
 
-/// Every record up to the high watermark, by offset; panics naming `what`
+/// What a consumer of `log` may see, by the rule a single-node partition
+/// applies: the synced end under durability `always`, the log end
+/// otherwise.
+pub fn visible(log: &Log) -> Offset {
+    if log.durability() == Durability::Always {
+        log.durable_end()
+    } else {
+        log.log_end()
+    }
+}
+
+/// Every record up to the visible end, by offset; panics naming `what`
 /// when a read fails or an offset is served twice.
 pub fn read_all(log: &Log, what: &str) -> BTreeMap<i64, Vec<u8>> {
     let mut records = BTreeMap::new();
     let mut next = Offset::from(0);
-    while next < log.high_watermark() {
+    while next < visible(log) {
         let result = log
-            .read(next, 1 << 20, ReadBound::HighWatermark)
+            .read(next, 1 << 20, ReadBound::Upto(visible(log)))
             .unwrap_or_else(|err| panic!("{what}: read at {next}: {err}"));
         let Some(after) = result.next_offset else {
             break;
