@@ -16,7 +16,7 @@ use crate::checkpoint;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Durability, LogConfig};
 use crate::epoch::EpochCache;
-use crate::error::LogError;
+use crate::error::{BatchFault, LogError};
 use crate::segment::{self, Segment};
 
 const LOG_START_FILE: &str = "log-start-offset";
@@ -63,6 +63,15 @@ pub struct ReadResult {
     pub next_offset: Option<Offset>,
     pub log_start: Offset,
     pub log_end: Offset,
+}
+
+/// How an append numbers its batches.
+#[derive(Debug, Clone, Copy)]
+enum Numbering {
+    /// The log assigns offsets from its end and stamps this leader epoch.
+    Stamp(LeaderEpoch),
+    /// The batches carry their offsets and epochs (replication).
+    Keep,
 }
 
 /// What a retention pass removed.
@@ -277,7 +286,24 @@ impl Log {
         leader_epoch: LeaderEpoch,
     ) -> Result<AppendInfo, LogError> {
         self.appending.fetch_add(1, Ordering::AcqRel);
-        let result = self.write_batches(batches, leader_epoch);
+        let result = self.write_batches(batches, Numbering::Stamp(leader_epoch));
+        self.appending.fetch_sub(1, Ordering::AcqRel);
+        result
+    }
+
+    /// Writes batches that already carry their offsets and leader epochs
+    /// (a follower copying its leader's log), without waiting for
+    /// durability: the first must start at the log end and each the next
+    /// offset after the one before; the epoch cache learns every new epoch
+    /// at its batch's base offset.
+    ///
+    /// # Errors
+    /// [`LogError::InvalidBatch`] with [`crate::BatchFault::UnexpectedOffset`]
+    /// for a gap or overlap (nothing is written); otherwise as
+    /// [`Log::append_unsynced`].
+    pub fn append_replicated(&self, batches: &mut [u8]) -> Result<AppendInfo, LogError> {
+        self.appending.fetch_add(1, Ordering::AcqRel);
+        let result = self.write_batches(batches, Numbering::Keep);
         self.appending.fetch_sub(1, Ordering::AcqRel);
         result
     }
@@ -285,7 +311,7 @@ impl Log {
     fn write_batches(
         &self,
         batches: &mut [u8],
-        leader_epoch: LeaderEpoch,
+        numbering: Numbering,
     ) -> Result<AppendInfo, LogError> {
         let mut headers =
             batch::split_verified(batches).map_err(|reason| LogError::InvalidBatch { reason })?;
@@ -308,12 +334,34 @@ impl Log {
         let now = self.clock.now_ms();
         let first_offset = state.log_end;
         let mut next = first_offset;
+        // Epochs new to the cache, with the offset each starts at.
+        let mut new_epochs: Vec<(LeaderEpoch, Offset)> = Vec::new();
         for (at, header) in &mut headers {
-            if let Some(bytes) = batches.get_mut(*at..) {
-                batch::stamp(bytes, next, leader_epoch);
+            match numbering {
+                Numbering::Stamp(leader_epoch) => {
+                    if let Some(bytes) = batches.get_mut(*at..) {
+                        batch::stamp(bytes, next, leader_epoch);
+                    }
+                    header.base_offset = next;
+                    header.leader_epoch = leader_epoch;
+                }
+                Numbering::Keep if header.base_offset != next => {
+                    return Err(LogError::InvalidBatch {
+                        reason: BatchFault::UnexpectedOffset {
+                            expected: next,
+                            found: header.base_offset,
+                        },
+                    });
+                }
+                Numbering::Keep => {}
             }
-            header.base_offset = next;
-            header.leader_epoch = leader_epoch;
+            let known = new_epochs
+                .last()
+                .map(|(epoch, _)| *epoch)
+                .or(state.epochs.latest());
+            if header.leader_epoch.get() >= 0 && known < Some(header.leader_epoch) {
+                new_epochs.push((header.leader_epoch, header.base_offset));
+            }
             next = header.next_offset();
         }
         let incoming_max_timestamp = headers
@@ -327,8 +375,8 @@ impl Log {
             next,
             incoming_max_timestamp,
         )?;
-        if leader_epoch.get() >= 0 && state.epochs.latest() < Some(leader_epoch) {
-            state.epochs.assign(leader_epoch, first_offset)?;
+        for (epoch, start) in new_epochs {
+            state.epochs.assign(epoch, start)?;
         }
         let interval = state.config.index_interval_bytes;
         let result = active(&mut state)?.append(batches, &headers, interval);

@@ -618,3 +618,54 @@ fn segment_jitter_rolls_each_segment_somewhat_early() -> Result<(), LogError> {
     );
     Ok(())
 }
+
+#[test]
+fn a_replicated_append_keeps_the_leaders_offsets_and_epochs() -> Result<(), LogError> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let leader = Log::open(&dir.path().join("leader"), config())?;
+    leader.append(&mut batch(&values(1, 3, 10), 0), epoch(1))?;
+    leader.append(&mut batch(&values(2, 2, 10), 0), epoch(1))?;
+    leader.append(&mut batch(&values(3, 4, 10), 0), epoch(4))?;
+    let follower = Log::open(&dir.path().join("follower"), config())?;
+
+    // A follower copies what its leader serves, byte for byte, in two reads.
+    let first = leader.read(o(0), 1, ReadBound::LogEnd)?;
+    let mut copied = first.records.to_vec();
+    let info = follower.append_replicated(&mut copied)?;
+    assert_eq!((info.first_offset, info.last_offset), (o(0), o(2)));
+    let rest = leader.read(o(3), 1 << 20, ReadBound::LogEnd)?;
+    follower.append_replicated(&mut rest.records.to_vec())?;
+    assert_eq!(follower.log_end(), o(9));
+    assert_eq!(follower.durable_end(), o(0), "written, not yet synced");
+    follower.flush()?;
+    assert_eq!(read_all(&follower, o(0)), read_all(&leader, o(0)));
+    assert_eq!(
+        follower.end_offset_for_epoch(epoch(1)),
+        Some((epoch(1), o(5))),
+        "epoch 1 ends where the leader's epoch 4 began"
+    );
+    assert_eq!(
+        follower.end_offset_for_epoch(epoch(4)),
+        Some((epoch(4), o(9)))
+    );
+    assert_eq!(follower.latest_epoch(), Some(epoch(4)));
+
+    // A batch that does not start at the log end is refused whole.
+    let mut again = leader
+        .read(o(3), 1 << 20, ReadBound::LogEnd)?
+        .records
+        .to_vec();
+    assert!(matches!(
+        follower.append_replicated(&mut again),
+        Err(LogError::InvalidBatch {
+            reason: sluice_log::BatchFault::UnexpectedOffset { .. }
+        })
+    ));
+    let mut unnumbered = batch(&values(9, 1, 10), 0);
+    assert!(
+        follower.append_replicated(&mut unnumbered).is_err(),
+        "offset 0 again"
+    );
+    assert_eq!(follower.log_end(), o(9), "nothing written");
+    Ok(())
+}
