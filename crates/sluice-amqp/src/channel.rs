@@ -11,8 +11,9 @@ use std::sync::atomic::Ordering;
 use amq_protocol::frame::AMQPContentHeader;
 use amq_protocol::protocol::{AMQPClass, BasicProperties, basic, confirm};
 use bytes::{Bytes, BytesMut};
+use sluice_core::Acks;
 use sluice_core::ChannelStats;
-use sluice_core::messaging::{ConsumerEvent, Credit, Message, PendingSync, Queue, VirtualHost};
+use sluice_core::messaging::{ConsumerEvent, Credit, Message, Queue, VirtualHost};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::errors::{AmqpError, PRECONDITION_FAILED, UNEXPECTED_FRAME};
@@ -88,7 +89,7 @@ pub(crate) struct ConfirmBatch {
     first: u64,
     last: u64,
     nacks: Vec<u64>,
-    pub(crate) syncs: Vec<PendingSync>,
+    pub(crate) acks: Acks,
     done: bool,
     failed: bool,
 }
@@ -381,7 +382,7 @@ impl Confirms {
     }
 
     /// Registers a publish; returns its confirm tag.
-    pub(crate) fn published(&mut self, syncs: Vec<PendingSync>, rejected: bool) -> u64 {
+    pub(crate) fn published(&mut self, acks: Acks, rejected: bool) -> u64 {
         let tag = self.next_tag;
         self.next_tag += 1;
         let id = self.next_batch;
@@ -390,7 +391,7 @@ impl Confirms {
             first: tag,
             last: tag,
             nacks: Vec::new(),
-            syncs: Vec::new(),
+            acks: Acks::default(),
             done: false,
             failed: false,
         });
@@ -398,25 +399,20 @@ impl Confirms {
         if rejected {
             batch.nacks.push(tag);
         }
-        for sync in syncs {
-            match batch.syncs.iter_mut().find(|s| s.same_log(&sync)) {
-                Some(existing) => *existing = existing.clone().max(sync),
-                None => batch.syncs.push(sync),
-            }
-        }
+        batch.acks.merge(acks);
         tag
     }
 
     /// Closes the open batch at the end of a burst of frames; returns the
-    /// syncs to wait for (with the batch id) if there are any.
-    pub(crate) fn seal(&mut self) -> Option<(u64, Vec<PendingSync>)> {
+    /// acknowledgements to wait for (with the batch id) if there are any.
+    pub(crate) fn seal(&mut self) -> Option<(u64, Acks)> {
         let mut batch = self.open.take()?;
         self.next_batch += 1;
-        let syncs = std::mem::take(&mut batch.syncs);
+        let acks = std::mem::take(&mut batch.acks);
         let id = batch.id;
-        batch.done = syncs.is_empty();
+        batch.done = acks.is_empty();
         self.waiting.push_back(batch);
-        (!syncs.is_empty()).then_some((id, syncs))
+        (!acks.is_empty()).then_some((id, acks))
     }
 
     /// Marks a batch's syncs finished.
@@ -495,10 +491,10 @@ mod tests {
     #[test]
     fn confirms_ack_contiguous_batches_with_multiple() {
         let mut confirms = Confirms::new();
-        assert_eq!(confirms.published(Vec::new(), false), 1);
-        assert_eq!(confirms.published(Vec::new(), false), 2);
+        assert_eq!(confirms.published(Acks::default(), false), 1);
+        assert_eq!(confirms.published(Acks::default(), false), 2);
         assert!(confirms.seal().is_none());
-        confirms.published(Vec::new(), true);
+        confirms.published(Acks::default(), true);
         assert!(confirms.seal().is_none());
         let mut out = BytesMut::new();
         confirms.emit(1, &mut out);

@@ -962,8 +962,8 @@ impl Connection {
                 let Some(actions) = self.take_tx_actions(id)? else {
                     return Ok(());
                 };
-                let syncs = self.with_channel(id, |ctx, channel| {
-                    let mut syncs = Vec::new();
+                let acks = self.with_channel(id, |ctx, channel| {
+                    let mut acks = sluice_core::Acks::default();
                     for action in actions {
                         match action {
                             TxAction::Publish(publish) => {
@@ -978,7 +978,7 @@ impl Connection {
                                         ctx, channel.id, &method, &message,
                                     );
                                 }
-                                syncs.extend(outcome.syncs);
+                                acks.merge(outcome.acks);
                             }
                             TxAction::Ack(tag, multiple) => {
                                 let taken = channel.take_unacked(tag, multiple)?;
@@ -990,13 +990,10 @@ impl Connection {
                             }
                         }
                     }
-                    Ok(syncs)
+                    Ok(acks)
                 })?;
-                if !syncs.is_empty() {
-                    let waited = tokio::task::spawn_blocking(move || {
-                        syncs.iter().try_for_each(|s| s.wait())
-                    })
-                    .await;
+                if !acks.is_empty() {
+                    let waited = tokio::task::spawn_blocking(move || acks.wait()).await;
                     match waited {
                         Ok(Ok(())) => {}
                         Ok(Err(error)) => {
@@ -1099,11 +1096,11 @@ impl Connection {
             let Some(confirms) = channel.confirms.as_mut() else {
                 continue;
             };
-            if let Some((batch, syncs)) = confirms.seal() {
+            if let Some((batch, acks)) = confirms.seal() {
                 let request = SyncRequest {
                     channel: *id,
                     batch,
-                    syncs,
+                    acks,
                 };
                 let syncer = self.syncer.get_or_insert_with(|| {
                     let (tx, rx) = std::sync::mpsc::channel();
@@ -1132,7 +1129,7 @@ impl Connection {
 struct SyncRequest {
     channel: u16,
     batch: u64,
-    syncs: Vec<sluice_core::messaging::PendingSync>,
+    acks: sluice_core::Acks,
 }
 
 /// Waits for confirm batches to be durable, one connection's at a time:
@@ -1146,20 +1143,17 @@ fn wait_for_syncs(
     while let Ok(first) = requests.recv() {
         let mut pending = vec![first];
         pending.extend(requests.try_iter());
-        let mut furthest: Vec<sluice_core::messaging::PendingSync> = Vec::new();
-        for sync in pending.iter().flat_map(|r| r.syncs.iter()) {
-            match furthest.iter_mut().find(|s| s.same_log(sync)) {
-                Some(existing) => *existing = existing.clone().max(sync.clone()),
-                None => furthest.push(sync.clone()),
-            }
+        let mut furthest = sluice_core::Acks::default();
+        for request in &pending {
+            furthest.merge(request.acks.clone());
         }
-        let ok = furthest.iter().all(|s| match s.wait() {
+        let ok = match furthest.wait() {
             Ok(()) => true,
             Err(error) => {
                 tracing::error!(%error, "a publish could not be made durable; nacking");
                 false
             }
-        });
+        };
         for request in pending {
             if done
                 .send(ConfirmDone {

@@ -24,8 +24,8 @@ use sluice_types::Offset;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::messaging::{PendingSync, Source, record_to_message};
-use crate::{Broker, CommittedOffset, CoreError, Forwarding, Partition, Topic, Undecodable};
+use crate::messaging::{Source, record_to_message};
+use crate::{Acks, Broker, CommittedOffset, CoreError, Forwarding, Partition, Topic, Undecodable};
 
 /// Prefix of the group ids that hold forwarding positions.
 pub const FORWARD_GROUP_PREFIX: &str = "__sluice_forward:";
@@ -189,7 +189,7 @@ impl Forwarder {
             .get(&self.forwarding.vhost)
             .ok_or_else(|| format!("no virtual host '{}'", self.forwarding.vhost))?;
         let name = format!("{}/{}", self.topic.name(), self.partition.id().get());
-        let mut syncs: Vec<PendingSync> = Vec::new();
+        let mut acks = Acks::default();
         for record in chunk.deliverable(Offset::from(next)) {
             let message = self.message(record);
             let source = Source {
@@ -199,16 +199,9 @@ impl Forwarder {
             let outcome = vhost
                 .publish_from(&self.forwarding.exchange, message, Some(&source))
                 .map_err(|e| e.to_string())?;
-            for sync in outcome.syncs {
-                match syncs.iter_mut().find(|s| s.same_log(&sync)) {
-                    Some(existing) => *existing = existing.clone().max(sync),
-                    None => syncs.push(sync),
-                }
-            }
+            acks.merge(outcome.acks);
         }
-        for sync in &syncs {
-            sync.wait().map_err(|e| e.to_string())?;
-        }
+        acks.wait().map_err(|e| e.to_string())?;
         self.broker
             .offsets()
             .commit(

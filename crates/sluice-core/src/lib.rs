@@ -13,6 +13,7 @@
 //!
 //! Start reading at [`Broker::open`].
 
+mod ack;
 mod connections;
 mod data_dir;
 mod error;
@@ -51,6 +52,7 @@ use std::sync::Arc;
 
 use sluice_log::{LogConfig, LogManager};
 
+pub use ack::{AckLevel, Acks, PendingAck};
 pub use connections::{
     ChannelStats, ConnectionDetails, ConnectionHandle, ConnectionLimits, ConnectionRefused,
     ConnectionStats, Connections, Protocol,
@@ -71,7 +73,7 @@ pub use topic_config::{
     FORWARD_START, FORWARD_VHOST, Forwarding, STORED_ONLY_KEYS, TOPIC_CONFIG_KEYS, TimestampType,
     TopicConfig,
 };
-pub use topics::{MAX_PARTITIONS, MAX_TOPIC_NAME, PendingAppend, Topic, Topics, log_name};
+pub use topics::{Appended, MAX_PARTITIONS, MAX_TOPIC_NAME, Topic, Topics, log_name};
 pub use users::{User, authenticate};
 
 /// The leader epoch of the node-local internal logs (committed offsets,

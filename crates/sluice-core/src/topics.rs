@@ -15,6 +15,7 @@ use sluice_types::{LeaderEpoch, Offset, PartitionId};
 use tokio::sync::Notify;
 
 use crate::CoreError;
+use crate::ack::{AckLevel, PendingAck};
 use crate::partition::{Partition, PartitionTraffic};
 use crate::producers::{self, ProducerStates, SequenceCheck};
 use crate::topic_config::{TimestampType, TopicConfig};
@@ -106,7 +107,7 @@ impl Topic {
 
     /// Writes record batches to a partition without waiting for them to be
     /// durable: appends made in this order keep it, and the returned
-    /// [`PendingAppend`] waits for durability later, so that the waits of
+    /// [`Appended`] waits for durability later, so that the waits of
     /// several appends (pipelined requests, say) share one sync. Blocking
     /// (a write to the page cache), but short.
     ///
@@ -118,7 +119,7 @@ impl Topic {
         &self,
         partition: PartitionId,
         records: &mut BytesMut,
-    ) -> Result<PendingAppend, CoreError> {
+    ) -> Result<Appended, CoreError> {
         let target = self
             .partition(partition)
             .ok_or_else(|| CoreError::UnknownPartition {
@@ -152,11 +153,7 @@ impl Topic {
         if first.producer_id < 0 {
             let info = target.log.append_unsynced(records, target.leader_epoch())?;
             target.traffic.add_in(record_count, byte_count);
-            return Ok(PendingAppend {
-                needs_sync: info.sync_due,
-                partition: target,
-                info,
-            });
+            return Ok(appended(target, info));
         }
         // Idempotent: check and write under the partition's producer lock,
         // so two copies of one batch cannot both pass; sync outside it.
@@ -190,47 +187,41 @@ impl Topic {
             }
         };
         drop(producers);
-        Ok(PendingAppend {
-            needs_sync: info.sync_due,
-            partition: target,
-            info,
-        })
+        Ok(appended(target, info))
     }
 }
 
-/// An append written but perhaps not yet durable; [`PendingAppend::wait`]
-/// finishes it.
+/// The acknowledgement level of an append: on this node's disk when the
+/// log asks for a sync (durability `always`, or `flush.messages` reached),
+/// written otherwise.
+fn appended(partition: Arc<Partition>, info: AppendInfo) -> Appended {
+    let level = if info.sync_due {
+        AckLevel::LocalDurable
+    } else {
+        AckLevel::Written
+    };
+    Appended {
+        ack: PendingAck::partition(partition, info.last_offset.plus(1), level),
+        info,
+    }
+}
+
+/// An append written, with the acknowledgement it waits for.
 #[derive(Debug)]
 #[must_use = "an append is acknowledged only once wait() returns"]
-pub struct PendingAppend {
-    partition: Arc<Partition>,
-    info: AppendInfo,
-    needs_sync: bool,
+pub struct Appended {
+    pub info: AppendInfo,
+    pub ack: PendingAck,
 }
 
-impl PendingAppend {
-    /// The partition, the offset after the append, and whether the log's
-    /// durability asks for a sync (stream appends wait through a
-    /// [`crate::messaging::PendingSync`]).
-    pub(crate) fn into_parts(self) -> (Arc<Partition>, sluice_types::Offset, bool) {
-        let end = self.info.last_offset.plus(1);
-        (self.partition, end, self.needs_sync)
-    }
-
-    /// Waits until the append is as durable as the log's durability asks
-    /// (sharing the sync with concurrent appends), then wakes fetches.
-    /// Blocking.
+impl Appended {
+    /// Waits until the append reached its acknowledgement level (sharing
+    /// the sync with concurrent appends), then wakes readers. Blocking.
     ///
     /// # Errors
     /// The log's sync failure.
     pub fn wait(self) -> Result<AppendInfo, CoreError> {
-        let result = if self.needs_sync {
-            self.partition.log.sync_to(self.info.last_offset.plus(1))
-        } else {
-            Ok(())
-        };
-        self.partition.wake_readers();
-        result?;
+        self.ack.wait()?;
         Ok(self.info)
     }
 }

@@ -312,7 +312,7 @@ pub(crate) fn publish(
         return_message(ctx, channel.id, &method, &message);
     }
     if let Some(confirms) = channel.confirms.as_mut() {
-        confirms.published(outcome.syncs, outcome.rejected);
+        confirms.published(outcome.acks, outcome.rejected);
     }
     Ok(())
 }

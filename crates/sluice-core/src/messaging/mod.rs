@@ -41,7 +41,8 @@ pub use queue::{
     ArgumentProblem, ConsumerEvent, ConsumerSpec, Credit, Delivery, EnqueueOutcome, GetResult,
     InvalidArgument, Overflow, Queue, QueueArgs, QueueOptions, QueueTraffic,
 };
-pub use queue_store::{PendingSync, Source};
+pub(crate) use queue_store::PendingWrites;
+pub use queue_store::Source;
 pub use stream::{STREAM_OFFSET_HEADER, STREAM_PARTITION_HEADER, StreamStart, parse_age_ms};
 pub use vhost::{ExchangeOptions, PublishOutcome, VirtualHost, VirtualHosts};
 

@@ -18,10 +18,11 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::MessagingError;
 use super::alarms::{MemoryCharge, ResourceMonitor};
 use super::message::{Message, integer_value, string_value};
-use super::queue_store::{PendingSync, QueueStore, RecoveredMessage, RecoveredRun, Source};
+use super::queue_store::{QueueStore, RecoveredMessage, RecoveredRun, Source};
 use super::stream::{Stream, StreamStart};
 use super::vhost::VirtualHost;
 use crate::CoreError;
+use crate::PendingAck;
 
 /// Bytes a queue reads back from disk at a time when its head runs dry.
 const PAGE_IN_BYTES: usize = 1 << 20;
@@ -467,7 +468,7 @@ pub struct ConsumerSpec {
 #[derive(Debug, Default)]
 pub struct EnqueueOutcome {
     /// For a persistent message in a durable queue: what a confirm waits for.
-    pub sync: Option<PendingSync>,
+    pub sync: Option<PendingAck>,
     /// Refused by `x-overflow` reject-publish (nack a confirming publisher).
     pub rejected: bool,
 }

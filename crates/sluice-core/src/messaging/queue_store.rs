@@ -39,7 +39,8 @@ use sluice_log::{Clock, Durability, Log, LogManager, ReadBound, SystemClock};
 use sluice_types::Offset;
 
 use super::message::Message;
-use crate::{CoreError, Partition};
+use crate::CoreError;
+use crate::ack::{AckLevel, PendingAck};
 
 /// Settlement records between checkpoints.
 const CHECKPOINT_EVERY: u64 = 4096;
@@ -165,6 +166,11 @@ impl PendingWrites {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The queue's message log.
+    pub(crate) fn log(&self) -> &Arc<Log> {
+        &self.log
+    }
+
     /// Writes the buffered messages as one record batch (unsynced).
     pub(crate) fn write(&self) -> Result<(), CoreError> {
         let mut state = self.state();
@@ -200,65 +206,6 @@ impl PendingWrites {
         state.values.clear();
         state.bytes = 0;
         Ok(())
-    }
-}
-
-/// A sync the publisher must wait for before confirming: of a durable
-/// queue's message log, or of a stream's partition.
-#[derive(Debug, Clone)]
-pub struct PendingSync {
-    target: SyncTarget,
-    end: Offset,
-}
-
-#[derive(Debug, Clone)]
-enum SyncTarget {
-    Queue(Arc<PendingWrites>),
-    Partition(Arc<Partition>),
-}
-
-impl PendingSync {
-    /// A stream append that becomes durable (and readable) once its
-    /// partition's log is synced past `end`.
-    pub(crate) fn partition(partition: Arc<Partition>, end: Offset) -> PendingSync {
-        PendingSync {
-            target: SyncTarget::Partition(partition),
-            end,
-        }
-    }
-
-    /// Writes the queue's buffered messages if that has not happened yet,
-    /// then waits until the message is on disk, sharing the write and the
-    /// sync with concurrent publishers. Blocking.
-    ///
-    /// # Errors
-    /// The log's write or sync failure.
-    pub fn wait(&self) -> Result<(), CoreError> {
-        match &self.target {
-            SyncTarget::Queue(pending) => {
-                pending.write()?;
-                pending.log.sync_to(self.end)?;
-            }
-            SyncTarget::Partition(partition) => {
-                partition.log().sync_to(self.end)?;
-                partition.wake_readers();
-            }
-        }
-        Ok(())
-    }
-
-    /// Whether two pending syncs are on the same log (the later one covers both).
-    pub fn same_log(&self, other: &PendingSync) -> bool {
-        match (&self.target, &other.target) {
-            (SyncTarget::Queue(a), SyncTarget::Queue(b)) => Arc::ptr_eq(a, b),
-            (SyncTarget::Partition(a), SyncTarget::Partition(b)) => Arc::ptr_eq(a, b),
-            _ => false,
-        }
-    }
-
-    /// The later of two syncs on the same log.
-    pub fn max(self, other: PendingSync) -> PendingSync {
-        if other.end > self.end { other } else { self }
     }
 }
 
@@ -475,7 +422,7 @@ impl QueueStore {
         &mut self,
         message: &Message,
         source: Option<&Source>,
-    ) -> Result<(u64, Option<PendingSync>), CoreError> {
+    ) -> Result<(u64, Option<PendingAck>), CoreError> {
         let value = message
             .encode()
             .map_err(|reason| CoreError::Internal { reason })?;
@@ -502,9 +449,13 @@ impl QueueStore {
             self.pending.write()?;
         }
         self.outstanding.insert(id);
-        let sync = (self.messages.durability() == Durability::Always).then(|| PendingSync {
-            target: SyncTarget::Queue(Arc::clone(&self.pending)),
-            end: Offset::from(i64::try_from(id + 1).unwrap_or(i64::MAX)),
+        // Written-level confirms need no wait: only `always` returns one.
+        let sync = (self.messages.durability() == Durability::Always).then(|| {
+            PendingAck::queue(
+                Arc::clone(&self.pending),
+                Offset::from(i64::try_from(id + 1).unwrap_or(i64::MAX)),
+                AckLevel::LocalDurable,
+            )
         });
         Ok((id, sync))
     }

@@ -20,8 +20,7 @@ use super::MessagingError;
 use super::bridge::{message_to_record, partition_for_key, record_to_message};
 use super::message::Message;
 use super::queue::{ConsumerEvent, ConsumerSpec, Delivery, Queue};
-use super::queue_store::PendingSync;
-use crate::{CoreError, Partition, Position, Topic, Undecodable};
+use crate::{AckLevel, CoreError, Partition, PendingAck, Position, Topic, Undecodable};
 
 /// The header every stream delivery carries its offset in.
 pub const STREAM_OFFSET_HEADER: &str = "x-stream-offset";
@@ -157,7 +156,7 @@ impl Stream {
 
     /// Appends a message routed to the stream; the returned sync makes it
     /// durable and visible to readers.
-    pub(crate) fn append(&self, message: &Message) -> Result<Option<PendingSync>, CoreError> {
+    pub(crate) fn append(&self, message: &Message) -> Result<Option<PendingAck>, CoreError> {
         let partitions = self.topic.partition_count() as u32;
         let partition = if partitions <= 1 {
             0
@@ -177,15 +176,15 @@ impl Stream {
         };
         let mut batch = sluice_log::batch::encode_with_headers(&[(new, headers.as_slice())])
             .map_err(|reason| CoreError::Internal { reason })?;
-        let pending = self
+        let appended = self
             .topic
             .append_start(PartitionId::from(partition as i32), &mut batch)?;
-        let (target, end, needs_sync) = pending.into_parts();
-        if needs_sync {
-            Ok(Some(PendingSync::partition(target, end)))
-        } else {
-            target.wake_readers();
+        if appended.ack.level() == AckLevel::Written {
+            // Nothing to wait for: readers are woken now.
+            appended.ack.wait()?;
             Ok(None)
+        } else {
+            Ok(Some(appended.ack))
         }
     }
 

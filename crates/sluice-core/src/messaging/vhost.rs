@@ -20,10 +20,8 @@ use super::definitions::{Definition, Definitions};
 use super::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use super::message::{Message, short, string_value};
 use super::queue::{DeadLetter, DeathReason, Queue, QueueArgs, QueueOptions, now_ms};
-use super::queue_store::{
-    PendingSync, QueueStore, Source, message_log_name, settlement_log_name, store_id,
-};
-use crate::{CoreError, Topics};
+use super::queue_store::{QueueStore, Source, message_log_name, settlement_log_name, store_id};
+use crate::{Acks, CoreError, Topics};
 
 /// How an exchange is declared.
 #[derive(Debug, Clone, Default)]
@@ -43,8 +41,8 @@ pub struct ExchangeOptions {
 pub struct PublishOutcome {
     /// Number of queues the message reached.
     pub queues: usize,
-    /// Syncs a confirm must wait for (one per durable queue log written).
-    pub syncs: Vec<PendingSync>,
+    /// What a confirm must wait for (one per durable queue log written).
+    pub acks: Acks,
     /// A queue refused it (`x-overflow` reject-publish): nack, don't ack.
     pub rejected: bool,
 }
@@ -1146,12 +1144,7 @@ impl VirtualHost {
         for queue in queues {
             let enqueued = queue.enqueue_from(Arc::clone(&message), source)?;
             outcome.rejected |= enqueued.rejected;
-            if let Some(sync) = enqueued.sync {
-                match outcome.syncs.iter_mut().find(|s| s.same_log(&sync)) {
-                    Some(existing) => *existing = existing.clone().max(sync),
-                    None => outcome.syncs.push(sync),
-                }
-            }
+            outcome.acks.extend(enqueued.sync);
         }
         Ok(outcome)
     }

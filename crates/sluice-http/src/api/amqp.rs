@@ -14,8 +14,8 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sluice_core::messaging::{
-    Binding, Destination, Exchange, ExchangeOptions, Message, PendingSync, Queue, QueueArgs,
-    QueueOptions, VirtualHost, short,
+    Binding, Destination, Exchange, ExchangeOptions, Message, Queue, QueueArgs, QueueOptions,
+    VirtualHost, short,
 };
 
 use super::tables::{properties_from_json, properties_to_json, table_from_json, table_to_json};
@@ -227,9 +227,7 @@ pub(crate) async fn publish(
     };
     blocking(move || {
         let outcome = vhost.publish(&name, message)?;
-        for sync in &outcome.syncs {
-            sync.wait()?;
-        }
+        outcome.acks.wait()?;
         Ok(Json(json!({
             "routed": outcome.queues > 0,
             "queues": outcome.queues,
@@ -296,7 +294,7 @@ pub(crate) async fn publish_batch(
         });
     }
     blocking(move || {
-        let mut syncs: Vec<PendingSync> = Vec::new();
+        let mut acks = sluice_core::Acks::default();
         let (mut routed, mut unroutable, mut rejected) = (0usize, Vec::new(), Vec::new());
         let mut failure = None;
         for (index, message) in messages.into_iter().enumerate() {
@@ -315,17 +313,10 @@ pub(crate) async fn publish_batch(
             if outcome.rejected {
                 rejected.push(index);
             }
-            for sync in outcome.syncs {
-                match syncs.iter_mut().find(|s| s.same_log(&sync)) {
-                    Some(existing) => *existing = existing.clone().max(sync),
-                    None => syncs.push(sync),
-                }
-            }
+            acks.merge(outcome.acks);
         }
         // What was published before a refusal is made durable all the same.
-        for sync in &syncs {
-            sync.wait()?;
-        }
+        acks.wait()?;
         if let Some((index, mut error)) = failure {
             error.message = format!(
                 "message {index} refused, after {index} of {total} were published: {}",

@@ -126,7 +126,7 @@ fn move_ready(
             break;
         }
         let mut stored = Vec::with_capacity(taken.len());
-        let mut syncs = Vec::new();
+        let mut acks = sluice_core::Acks::default();
         let mut failure = None;
         for (seq, message) in &taken {
             let copy = Message {
@@ -137,7 +137,7 @@ fn move_ready(
             };
             match vhost.publish("", copy) {
                 Ok(outcome) if outcome.queues == 1 && !outcome.rejected => {
-                    syncs.extend(outcome.syncs);
+                    acks.merge(outcome.acks);
                     stored.push(*seq);
                 }
                 Ok(outcome) => {
@@ -157,13 +157,7 @@ fn move_ready(
                 }
             }
         }
-        let mut waited = Ok(());
-        for sync in &syncs {
-            if let Err(error) = sync.wait() {
-                waited = Err(error);
-                break;
-            }
-        }
+        let waited = acks.wait();
         let rest: Vec<u64> = taken
             .iter()
             .map(|(seq, _)| *seq)

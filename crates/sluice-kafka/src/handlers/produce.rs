@@ -19,13 +19,13 @@ use bytes::BytesMut;
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
-use sluice_core::{Broker, CoreError, PendingAppend, TimestampType};
+use sluice_core::{Appended, Broker, CoreError, TimestampType};
 use sluice_types::PartitionId;
 
 use super::Context;
 use crate::errors;
 
-type Started = Result<(PendingAppend, TimestampType), ResponseError>;
+type Started = Result<(Appended, TimestampType), ResponseError>;
 
 /// Longest a produce request waits for the memory alarm to clear.
 pub(crate) const MAX_THROTTLE: std::time::Duration = std::time::Duration::from_secs(1);
