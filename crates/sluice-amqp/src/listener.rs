@@ -42,10 +42,6 @@ impl Default for AmqpOptions {
     }
 }
 
-/// How often queues write settlements and expire messages and themselves,
-/// and the disk's free space is checked.
-const MAINTENANCE_INTERVAL: Duration = Duration::from_millis(100);
-
 /// Accepts AMQP connections until `shutdown` turns true. Open connections
 /// are closed with `connection.close` 320 (CONNECTION_FORCED) on shutdown.
 pub async fn serve(
@@ -57,36 +53,14 @@ pub async fn serve(
     let options = Arc::new(options);
     crate::metrics::register(&broker);
     let local = listener.local_addr().ok();
-    let maintenance = {
-        let broker = Arc::clone(&broker);
-        let mut shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {
-                        let broker = Arc::clone(&broker);
-                        let _ = tokio::task::spawn_blocking(move || {
-                            broker.vhosts().maintain();
-                            broker.check_disk();
-                        })
-                        .await;
-                    }
-                    _ = shutdown.changed() => break,
-                }
-            }
-        })
-    };
     if let Some(addr) = local {
         // The binary logs each listener once at INFO.
         tracing::debug!(%addr, "amqp listener ready");
     }
-    let mut connections = tokio::task::JoinSet::new();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = shutdown.changed() => break,
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
         };
         let (stream, peer): (_, SocketAddr) = match accepted {
             Ok(pair) => pair,
@@ -112,10 +86,11 @@ pub async fn serve(
         };
         let conn_id = registration.id();
         let span = tracing::info_span!("conn", conn_id, %peer, protocol = "amqp");
+        let tasks = Arc::clone(broker.tasks());
         let broker = Arc::clone(&broker);
         let options = Arc::clone(&options);
         let shutdown = shutdown.clone();
-        connections.spawn(
+        tasks.spawn(
             async move {
                 match Connection::run(registration, stream, peer, broker, options, shutdown).await {
                     Ok(()) => tracing::debug!("connection closed"),
@@ -128,13 +103,7 @@ pub async fn serve(
             .instrument(span),
         );
     }
-    // Connections see the same shutdown signal and close with 320; give
-    // them a bounded time to say so before the broker closes its logs.
-    let _ = tokio::time::timeout(Duration::from_secs(3), async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
-    connections.abort_all();
-    maintenance.abort();
+    // Connections see the same shutdown signal and close with 320; the
+    // broker's lifecycle waits for them, bounded, before the logs close.
     tracing::info!("amqp listener stopped");
 }

@@ -21,6 +21,7 @@ mod fields;
 pub mod forwarding;
 mod groups;
 mod hw_checkpoint;
+mod lifecycle;
 pub mod messaging;
 mod metrics;
 mod offsets;
@@ -63,6 +64,7 @@ pub use groups::{
     GroupCoordinator, GroupDescription, GroupError, GroupSettings, GroupState, JoinRequest,
     JoinResponse, JoinedMember, MemberDescription, SyncResponse,
 };
+pub use lifecycle::{Lifecycle, Tasks};
 use messaging::VirtualHosts;
 pub use metrics::{ProtocolMetrics, RequestMetrics};
 pub use offsets::{CommittedOffset, OFFSETS_LOG, OffsetStore};
@@ -155,6 +157,9 @@ pub struct BrokerOptions {
     pub queue_memory_bytes: u64,
     /// Segment size of the compacted log of committed offsets.
     pub offsets_segment_bytes: u64,
+    /// Committed offsets of a group empty this long are forgotten (Kafka's
+    /// `offsets.retention.minutes`).
+    pub offsets_retention: std::time::Duration,
     /// Consumer group coordinator settings (session timeout range, initial
     /// rebalance delay).
     pub groups: GroupSettings,
@@ -184,6 +189,7 @@ impl BrokerOptions {
             memory_high_watermark: 1 << 30,
             queue_memory_bytes: messaging::DEFAULT_QUEUE_BUDGET,
             offsets_segment_bytes: 100 << 20,
+            offsets_retention: std::time::Duration::from_secs(7 * 24 * 3600),
             groups: GroupSettings {
                 initial_rebalance_delay: std::time::Duration::ZERO,
                 ..GroupSettings::default()
@@ -215,6 +221,8 @@ pub struct Limits {
 pub struct Broker {
     data_dir: PathBuf,
     node_id: i32,
+    tasks: Arc<Tasks>,
+    offsets_retention: std::time::Duration,
     logs: Arc<LogManager>,
     topics: Arc<Topics>,
     offsets: OffsetStore,
@@ -330,6 +338,8 @@ impl Broker {
         Ok(Broker {
             data_dir: options.data_dir,
             node_id: options.node_id,
+            tasks: Arc::default(),
+            offsets_retention: options.offsets_retention,
             logs,
             topics,
             offsets,
@@ -352,6 +362,25 @@ impl Broker {
     }
 
     /// The logs this broker stores.
+    /// Tasks that hold the broker until they end (connections): spawn
+    /// them here so that shutdown waits for them.
+    pub fn tasks(&self) -> &Arc<Tasks> {
+        &self.tasks
+    }
+
+    /// How long committed offsets of an empty group are kept.
+    pub fn offsets_retention(&self) -> std::time::Duration {
+        self.offsets_retention
+    }
+
+    /// Writes every partition's high watermark to the checkpoint file.
+    ///
+    /// # Errors
+    /// The file's I/O errors.
+    pub fn checkpoint_high_watermarks(&self) -> Result<(), CoreError> {
+        hw_checkpoint::write(&self.data_dir, &high_watermarks(&self.topics))
+    }
+
     /// This node's id (`node.id`).
     pub fn node_id(&self) -> i32 {
         self.node_id
@@ -504,7 +533,7 @@ impl Broker {
         if let Err(error) = self.vhosts.flush() {
             tracing::warn!(%error, "cannot write queue settlements before shutdown");
         }
-        if let Err(error) = hw_checkpoint::write(&self.data_dir, &high_watermarks(&self.topics)) {
+        if let Err(error) = self.checkpoint_high_watermarks() {
             tracing::warn!(%error, "cannot write the high watermark checkpoint");
         }
         self.logs.shutdown()?;

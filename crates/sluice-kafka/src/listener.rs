@@ -18,9 +18,6 @@ pub struct KafkaOptions {
     pub node_id: i32,
     /// Requests larger than this close the connection before allocation.
     pub max_request_bytes: usize,
-    /// Committed offsets of a group without members and without a commit
-    /// for this long are forgotten.
-    pub offsets_retention: std::time::Duration,
 }
 
 /// Accepts Kafka connections until `shutdown` turns true, one task each.
@@ -35,43 +32,6 @@ pub async fn serve(
     let options = Arc::new(options);
     crate::connection::register_metrics(&broker);
     let local = listener.local_addr().ok();
-    const OFFSETS_EXPIRY_CHECK: std::time::Duration = std::time::Duration::from_secs(60);
-    // Members that stop heartbeating leave their groups.
-    let expiry = {
-        let broker = Arc::clone(&broker);
-        let options = Arc::clone(&options);
-        let mut shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
-            let mut offsets_checked = tokio::time::Instant::now();
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => broker.groups().expire_members(),
-                    _ = shutdown.changed() => break,
-                }
-                if offsets_checked.elapsed() >= OFFSETS_EXPIRY_CHECK {
-                    offsets_checked = tokio::time::Instant::now();
-                    let broker = Arc::clone(&broker);
-                    let retention = options.offsets_retention;
-                    let expired = tokio::task::spawn_blocking(move || {
-                        broker.offsets().expire(retention, |group| {
-                            // Forwarders keep their positions as a group
-                            // without members; those never expire.
-                            group.starts_with(sluice_core::forwarding::FORWARD_GROUP_PREFIX)
-                                || broker
-                                    .groups()
-                                    .describe(group)
-                                    .is_some_and(|g| !g.members.is_empty())
-                        })
-                    })
-                    .await;
-                    if let Ok(Err(err)) = expired {
-                        tracing::warn!(error = %err, "expiring committed offsets failed");
-                    }
-                }
-            }
-        })
-    };
     if let Some(addr) = local {
         // The binary logs each listener once at INFO.
         tracing::debug!(%addr, "kafka listener ready");
@@ -110,7 +70,7 @@ pub async fn serve(
             shutdown.clone(),
             registration,
         );
-        tokio::spawn(
+        broker.tasks().spawn(
             async move {
                 match connection.run().await {
                     Ok(()) => tracing::debug!("connection closed"),
@@ -123,6 +83,5 @@ pub async fn serve(
             .instrument(span),
         );
     }
-    expiry.abort();
     tracing::info!("kafka listener stopped");
 }

@@ -81,6 +81,7 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         memory_high_watermark: config.amqp.memory_high_watermark.bytes(),
         queue_memory_bytes: config.amqp.queue_memory_bytes.bytes(),
         offsets_segment_bytes: config.kafka.offsets_segment_bytes.bytes(),
+        offsets_retention: config.kafka.offsets_retention.get(),
         groups: GroupSettings {
             min_session_timeout: config.kafka.group_min_session_timeout.get(),
             max_session_timeout: config.kafka.group_max_session_timeout.get(),
@@ -160,10 +161,9 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         address: address.to_string(),
     })
     .collect();
-    let forwarding = tokio::spawn(sluice_core::forwarding::run(
-        Arc::clone(&broker),
-        stopped.clone(),
-    ));
+    // Group and offset expiry, queue maintenance, the disk check, the high
+    // watermark checkpoint and the forwarders.
+    let lifecycle = broker.run();
     let http = tokio::spawn(sluice_http::serve(
         listener,
         Arc::clone(&broker),
@@ -182,19 +182,16 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     let _ = kafka.await;
     let _ = amqp.await;
     let _ = http.await;
-    let _ = forwarding.await;
     // Connections end at their next request boundary (AMQP ones after
-    // connection.close 320); wait, bounded, for every task holding the
-    // broker to finish, so that no acknowledgement is cut short.
+    // connection.close 320); the lifecycle waits, bounded, for them to
+    // finish, so that no acknowledgement is cut short, then stops the
+    // background work.
     let waited = std::time::Instant::now();
-    while Arc::strong_count(&broker) > 1 && waited.elapsed() < SHUTDOWN_GRACE {
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    let holders = Arc::strong_count(&broker) - 1;
-    if holders > 0 {
+    let aborted = lifecycle.shutdown(SHUTDOWN_GRACE).await;
+    if aborted > 0 {
         tracing::warn!(
-            holders,
-            "tasks still hold the broker after {SHUTDOWN_GRACE:?}; closing the logs under them"
+            connections = aborted,
+            "connections still open after {SHUTDOWN_GRACE:?} were aborted; closing the logs"
         );
     }
     let closing = Arc::clone(&broker);
@@ -254,7 +251,6 @@ async fn start_kafka(
         advertised_port,
         node_id: broker.node_id(),
         max_request_bytes: usize::try_from(config.max_request_bytes.bytes()).unwrap_or(usize::MAX),
-        offsets_retention: config.offsets_retention.get(),
     };
     let task = tokio::spawn(sluice_kafka::serve(listener, broker, options, stopped));
     Ok((task, bound))

@@ -301,7 +301,6 @@ async fn every_response_encodes_at_every_advertised_version() {
             advertised_port: 9092,
             node_id: 1,
             max_request_bytes: 1 << 20,
-            offsets_retention: std::time::Duration::from_secs(3600),
         }),
         peer: "/127.0.0.1".into(),
         connection: None,

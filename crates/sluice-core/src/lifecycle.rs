@@ -1,0 +1,242 @@
+//! One home for a node's background work and the tasks that hold the
+//! broker: started by [`Broker::run`], stopped by [`Lifecycle::shutdown`].
+//!
+//! The jobs, each on its own interval:
+//! - consumer group members that stopped heartbeating leave (250 ms);
+//! - committed offsets of long-empty groups expire (60 s);
+//! - queues write settlements, expire messages and themselves, and the
+//!   disk's free space is checked, raising or clearing the disk alarm
+//!   that Kafka produce and AMQP publishers obey (100 ms);
+//! - the high watermark checkpoint is written (5 s, Kafka's
+//!   `replica.high.watermark.checkpoint.interval.ms`);
+//! - forwarders publish topic records to AMQP exchanges
+//!   ([`crate::forwarding::run`]).
+//!
+//! The log engine's own maintenance thread (interval syncs, retention,
+//! compaction, idle handles) is started by `Broker::open` and stopped by
+//! `Broker::shutdown`. Connections are spawned through [`Tasks`], so that
+//! shutdown waits for them, bounded, instead of counting references.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+use tokio::task::{AbortHandle, JoinHandle};
+
+use crate::Broker;
+
+/// How often members' sessions are checked.
+const MEMBER_EXPIRY_EVERY: Duration = Duration::from_millis(250);
+/// How often committed offsets are checked for expiry.
+const OFFSETS_EXPIRY_EVERY: Duration = Duration::from_secs(60);
+/// How often queues are maintained and the disk checked.
+const MAINTENANCE_EVERY: Duration = Duration::from_millis(100);
+/// How often the high watermark checkpoint is written.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
+
+/// Tasks that hold the broker until they end (client connections):
+/// spawned here, waited for at shutdown, aborted after a grace period.
+#[derive(Debug, Default)]
+pub struct Tasks {
+    next: AtomicU64,
+    live: Mutex<HashMap<u64, AbortHandle>>,
+    idle: Notify,
+}
+
+impl Tasks {
+    fn live(&self) -> MutexGuard<'_, HashMap<u64, AbortHandle>> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `task` on the runtime, tracked until it ends.
+    pub fn spawn<F>(self: &Arc<Self>, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let tasks = Arc::clone(self);
+        // Registered under the lock it removes itself under: a task that
+        // ends at once still finds its entry.
+        let mut live = self.live();
+        let handle = tokio::spawn(async move {
+            task.await;
+            tasks.finished(id);
+        });
+        live.insert(id, handle.abort_handle());
+    }
+
+    fn finished(&self, id: u64) {
+        let mut live = self.live();
+        live.remove(&id);
+        if live.is_empty() {
+            self.idle.notify_waiters();
+        }
+    }
+
+    /// How many tasks are running.
+    pub fn count(&self) -> usize {
+        self.live().len()
+    }
+
+    /// Waits until every task has ended, at most `grace`; then aborts the
+    /// rest and returns how many that was.
+    pub async fn wait(&self, grace: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let idle = self.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            if self.live().is_empty() {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                let left: Vec<AbortHandle> = self.live().drain().map(|(_, h)| h).collect();
+                left.iter().for_each(AbortHandle::abort);
+                return left.len();
+            }
+        }
+    }
+}
+
+/// The running background work of a broker.
+#[derive(Debug)]
+pub struct Lifecycle {
+    broker: Arc<Broker>,
+    stop: watch::Sender<bool>,
+    jobs: Vec<JoinHandle<()>>,
+}
+
+impl Broker {
+    /// Starts the broker's background work on the current tokio runtime.
+    pub fn run(self: &Arc<Self>) -> Lifecycle {
+        let (stop, stopped) = watch::channel(false);
+        let jobs = vec![
+            every(self, MEMBER_EXPIRY_EVERY, stopped.clone(), |broker| {
+                broker.groups().expire_members();
+            }),
+            every_blocking(self, OFFSETS_EXPIRY_EVERY, stopped.clone(), expire_offsets),
+            every_blocking(self, MAINTENANCE_EVERY, stopped.clone(), |broker| {
+                broker.vhosts().maintain();
+                broker.check_disk();
+            }),
+            every_blocking(self, CHECKPOINT_EVERY, stopped.clone(), |broker| {
+                if let Err(error) = broker.checkpoint_high_watermarks() {
+                    tracing::warn!(%error, "cannot write the high watermark checkpoint");
+                }
+            }),
+            tokio::spawn(crate::forwarding::run(Arc::clone(self), stopped)),
+        ];
+        Lifecycle {
+            broker: Arc::clone(self),
+            stop,
+            jobs,
+        }
+    }
+}
+
+impl Lifecycle {
+    /// Waits, at most `grace`, for the tracked tasks (connections, which
+    /// see their own shutdown signal) to end, aborting the rest; then stops
+    /// the background jobs, each finishing the step it is in. Returns how
+    /// many tasks had to be aborted. The logs are still open: call
+    /// [`Broker::shutdown`] next.
+    pub async fn shutdown(self, grace: Duration) -> usize {
+        let aborted = self.broker.tasks().wait(grace).await;
+        let _ = self.stop.send(true);
+        for job in self.jobs {
+            let _ = job.await;
+        }
+        aborted
+    }
+}
+
+/// Runs `job` every `period` on the runtime until `stopped`.
+fn every(
+    broker: &Arc<Broker>,
+    period: Duration,
+    mut stopped: watch::Receiver<bool>,
+    job: impl Fn(&Broker) + Send + 'static,
+) -> JoinHandle<()> {
+    let broker = Arc::clone(broker);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => job(&broker),
+                _ = stopped.changed() => return,
+            }
+        }
+    })
+}
+
+/// As [`every`], for a job that blocks (disk work): on the blocking pool,
+/// one run at a time.
+fn every_blocking(
+    broker: &Arc<Broker>,
+    period: Duration,
+    mut stopped: watch::Receiver<bool>,
+    job: fn(&Broker),
+) -> JoinHandle<()> {
+    let broker = Arc::clone(broker);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let broker = Arc::clone(&broker);
+                    let _ = tokio::task::spawn_blocking(move || job(&broker)).await;
+                }
+                _ = stopped.changed() => return,
+            }
+        }
+    })
+}
+
+/// Forgets the committed offsets of groups empty for the retention time;
+/// forwarders' positions (kept as groups without members) never expire.
+fn expire_offsets(broker: &Broker) {
+    let expired = broker
+        .offsets()
+        .expire(broker.offsets_retention(), |group| {
+            group.starts_with(crate::forwarding::FORWARD_GROUP_PREFIX)
+                || broker
+                    .groups()
+                    .describe(group)
+                    .is_some_and(|g| !g.members.is_empty())
+        });
+    if let Err(error) = expired {
+        tracing::warn!(%error, "expiring committed offsets failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn shutdown_waits_for_tasks_and_aborts_those_past_the_grace() {
+        let tasks = Arc::new(Tasks::default());
+        let (finish, finished) = tokio::sync::oneshot::channel::<()>();
+        tasks.spawn(async move {
+            let _ = finished.await;
+        });
+        tasks.spawn(std::future::pending());
+        assert_eq!(tasks.count(), 2);
+        let waiting = {
+            let tasks = Arc::clone(&tasks);
+            tokio::spawn(async move { tasks.wait(Duration::from_millis(300)).await })
+        };
+        let _ = finish.send(());
+        let aborted = waiting.await.expect("wait");
+        assert_eq!(aborted, 1, "the pending task was aborted after the grace");
+        assert_eq!(tasks.count(), 0);
+
+        tasks.spawn(async {});
+        assert_eq!(tasks.wait(Duration::from_secs(5)).await, 0);
+    }
+}
