@@ -415,7 +415,7 @@ def test_health_needs_no_login_and_reports_readiness(broker):
     assert document["paths"]["/api/health/ready"]["get"]["security"] == []
 
 
-def test_readiness_is_503_while_an_alarm_blocks_publishers(tmp_path, request):
+def test_readiness_and_api_writes_are_503_while_an_alarm_blocks_publishers(tmp_path, request):
     with per_test_broker(tmp_path, request, {"amqp.disk_free_limit": "1000TiB"}) as broker:
         def answer():
             return get(broker, "/api/health/ready", credentials=None)
@@ -424,6 +424,20 @@ def test_readiness_is_503_while_an_alarm_blocks_publishers(tmp_path, request):
         assert body["status"] == "not_ready" and body["checks"]["disk_alarm"] is True
         assert any("disk alarm" in reason for reason in body["reasons"]), body
         assert ok(get(broker, "/api/health", credentials=None)) == {"status": "ok"}
+        # The admission check every write path shares: the API's writes are
+        # refused with 503 `blocked` while the alarm lasts.
+        writes = [
+            ("/api/topics/blocked-topic/messages", {"records": [{"value": "x"}]}),
+            ("/api/exchanges/%2F/amq.default/publish", {"routing_key": "q", "payload": "x"}),
+            ("/api/exchanges/%2F/amq.default/messages",
+             {"messages": [{"routing_key": "q", "payload": "x"}]}),
+            ("/api/queues/%2F/q/move", {"destination": "r"}),
+        ]
+        for path, body in writes:
+            refused = call(broker, "POST", path, body)
+            assert refused.status == 503, (path, refused.status, refused.body)
+            assert refused.error["name"] == "blocked", (path, refused.body)
+            assert "low on disk" in refused.error["message"], refused.body
 
 
 def test_batches_of_messages_are_published_in_order_and_durable(tmp_path, request, name):

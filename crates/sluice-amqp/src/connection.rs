@@ -201,7 +201,7 @@ impl Connection {
         };
         let mut heartbeat = tokio::time::interval_at(Instant::now() + period, period);
         let mut last_read = Instant::now();
-        let mut alarm = self.broker.vhosts().memory().alarm();
+        let mut alarm = self.broker.admission().changes();
         loop {
             tokio::select! {
                 biased;
@@ -220,8 +220,11 @@ impl Connection {
                         return Ok(());
                     }
                     last_read = Instant::now();
-                    let raised = *alarm.borrow();
-                    self.process_buffered(reader, raised).await;
+                    let hold = matches!(
+                        self.broker.admission().check(sluice_core::Writer::AmqpPublish),
+                        sluice_core::Verdict::Wait(_)
+                    );
+                    self.process_buffered(reader, hold).await;
                 }
                 Some(event) = events_rx.recv() => {
                     self.event(event);
@@ -260,8 +263,13 @@ impl Connection {
                 }
             }
             self.end_of_burst();
-            let raised = *alarm.borrow();
-            if self.follow_alarm(raised) && !self.blocked {
+            let hold = matches!(
+                self.broker
+                    .admission()
+                    .check(sluice_core::Writer::AmqpPublish),
+                sluice_core::Verdict::Wait(_)
+            );
+            if self.follow_alarm(hold) && !self.blocked {
                 // Unblocked: frames held back in the buffer go first.
                 self.process_buffered(reader, false).await;
                 self.end_of_burst();
@@ -313,7 +321,12 @@ impl Connection {
         if self.blocked_capable {
             let method = if block {
                 connection::AMQPMethod::Blocked(connection::Blocked {
-                    reason: self.broker.vhosts().memory().reason().into(),
+                    reason: self
+                        .broker
+                        .admission()
+                        .raised()
+                        .map_or("low on memory", sluice_core::Alarm::reason)
+                        .into(),
                 })
             } else {
                 connection::AMQPMethod::Unblocked(connection::Unblocked {})

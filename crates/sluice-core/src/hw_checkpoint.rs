@@ -2,7 +2,8 @@
 //! in Kafka's format: a version line (0), a count line, then one
 //! `topic partition offset` line per partition.
 //!
-//! Written at shutdown; read and checked at open. The single-node policy
+//! Written every 5 s by the lifecycle and at shutdown; read and checked
+//! at open. The single-node policy
 //! does not need it (its high watermark is the synced or the written end,
 //! known from the log), so a missing or damaged file is only warned
 //! about; a replicated partition will start from it, as Kafka's do.

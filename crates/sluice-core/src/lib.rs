@@ -14,6 +14,7 @@
 //! Start reading at [`Broker::open`].
 
 mod ack;
+mod admission;
 mod connections;
 mod data_dir;
 mod error;
@@ -54,6 +55,7 @@ use std::sync::Arc;
 use sluice_log::{LogConfig, LogManager};
 
 pub use ack::{AckLevel, Acks, PendingAck};
+pub use admission::{Admission, Alarm, Verdict, Writer};
 pub use connections::{
     ChannelStats, ConnectionDetails, ConnectionHandle, ConnectionLimits, ConnectionRefused,
     ConnectionStats, Connections, Protocol,
@@ -221,6 +223,7 @@ pub struct Limits {
 pub struct Broker {
     data_dir: PathBuf,
     node_id: i32,
+    admission: Admission,
     tasks: Arc<Tasks>,
     offsets_retention: std::time::Duration,
     logs: Arc<LogManager>,
@@ -338,6 +341,7 @@ impl Broker {
         Ok(Broker {
             data_dir: options.data_dir,
             node_id: options.node_id,
+            admission: Admission::new(Arc::clone(vhosts.memory())),
             tasks: Arc::default(),
             offsets_retention: options.offsets_retention,
             logs,
@@ -362,6 +366,11 @@ impl Broker {
     }
 
     /// The logs this broker stores.
+    /// Whether a write may go ahead while a resource alarm is raised.
+    pub fn admission(&self) -> &Admission {
+        &self.admission
+    }
+
     /// Tasks that hold the broker until they end (connections): spawn
     /// them here so that shutdown waits for them.
     pub fn tasks(&self) -> &Arc<Tasks> {

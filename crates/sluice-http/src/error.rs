@@ -19,6 +19,7 @@ pub enum ErrorCode {
     PreconditionFailed = 7,
     Storage = 8,
     MethodNotAllowed = 9,
+    Blocked = 10,
 }
 
 impl ErrorCode {
@@ -34,6 +35,7 @@ impl ErrorCode {
             ErrorCode::PreconditionFailed => "precondition_failed",
             ErrorCode::Storage => "storage",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::Blocked => "blocked",
         }
     }
 
@@ -46,6 +48,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => StatusCode::FORBIDDEN,
             ErrorCode::Storage => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::Blocked => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -89,6 +92,23 @@ impl ApiError {
 
     pub fn precondition(message: impl Into<String>) -> ApiError {
         ApiError::new(ErrorCode::PreconditionFailed, message)
+    }
+
+    /// Refuses a write the broker's admission check holds back while a
+    /// resource alarm is raised; `Ok` when it may go ahead.
+    pub(crate) fn admit(broker: &sluice_core::Broker) -> ApiResult<()> {
+        match broker.admission().check(sluice_core::Writer::Admin) {
+            sluice_core::Verdict::Refuse(alarm) | sluice_core::Verdict::Wait(alarm) => {
+                Err(ApiError::new(
+                    ErrorCode::Blocked,
+                    format!(
+                        "the broker is {}: writes are refused until the alarm clears",
+                        alarm.reason()
+                    ),
+                ))
+            }
+            sluice_core::Verdict::Admit => Ok(()),
+        }
     }
 }
 
@@ -161,6 +181,7 @@ mod tests {
             (ErrorCode::PreconditionFailed, 7, "precondition_failed", 409),
             (ErrorCode::Storage, 8, "storage", 500),
             (ErrorCode::MethodNotAllowed, 9, "method_not_allowed", 405),
+            (ErrorCode::Blocked, 10, "blocked", 503),
         ];
         for (code, number, name, status) in codes {
             assert_eq!(code as u16, number);

@@ -225,6 +225,7 @@ pub(crate) async fn publish(
         properties: properties_from_json(&request.properties)?,
         body: Bytes::from(request.encoding.decode(&request.payload, "payload")?),
     };
+    ApiError::admit(&shared.broker)?;
     blocking(move || {
         let outcome = vhost.publish(&name, message)?;
         outcome.acks.wait()?;
@@ -293,6 +294,7 @@ pub(crate) async fn publish_batch(
             body: Bytes::from(request.encoding.decode(&new.payload, "payload")?),
         });
     }
+    ApiError::admit(&shared.broker)?;
     blocking(move || {
         let mut acks = sluice_core::Acks::default();
         let (mut routed, mut unroutable, mut rejected) = (0usize, Vec::new(), Vec::new());

@@ -180,6 +180,7 @@ pub(crate) async fn produce(
             ),
         ));
     }
+    ApiError::admit(&shared.broker)?;
     // As a Kafka Produce does: an unknown topic is created when
     // kafka.auto_create_topics is on, so the API and the protocol agree.
     let broker = Arc::clone(&shared.broker);

@@ -47,6 +47,7 @@ pub(crate) async fn move_messages(
         .vhosts()
         .get(&vhost_name)
         .ok_or_else(|| ApiError::not_found(format!("no vhost '{vhost_name}'")))?;
+    ApiError::admit(&shared.broker)?;
     let source = vhost.usable_queue(&name, API_CONNECTION)?;
     if source.stream_topic().is_some() {
         return Err(ApiError::new(

@@ -19,7 +19,7 @@ use bytes::BytesMut;
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
-use sluice_core::{Appended, Broker, CoreError, TimestampType};
+use sluice_core::{Appended, Broker, CoreError, TimestampType, Verdict, Writer};
 use sluice_types::PartitionId;
 
 use super::Context;
@@ -38,17 +38,26 @@ pub(crate) struct ProducePending {
     throttle_time_ms: i32,
 }
 
-/// Waits while the memory alarm is raised, at most [`MAX_THROTTLE`]; the
-/// time waited, in milliseconds.
-async fn throttle(broker: &Broker) -> i32 {
-    let monitor = broker.vhosts().memory();
-    if !monitor.memory_alarm() {
-        return 0;
+/// Asks the broker's admission check: while the memory alarm is raised,
+/// waits for it to clear, at most [`MAX_THROTTLE`]. Returns the time
+/// waited in milliseconds, and whether the disk alarm refuses the write.
+async fn admit(broker: &Broker) -> (i32, bool) {
+    match broker.admission().check(Writer::KafkaProduce) {
+        Verdict::Admit => (0, false),
+        Verdict::Refuse(_) => (0, true),
+        Verdict::Wait(_) => {
+            let started = std::time::Instant::now();
+            let mut alarm = broker.admission().changes();
+            let _ = tokio::time::timeout(MAX_THROTTLE, alarm.wait_for(|raised| !raised)).await;
+            let waited = i32::try_from(started.elapsed().as_millis()).unwrap_or(i32::MAX);
+            // The disk may have filled meanwhile.
+            let refused = matches!(
+                broker.admission().check(Writer::KafkaProduce),
+                Verdict::Refuse(_)
+            );
+            (waited, refused)
+        }
     }
-    let started = std::time::Instant::now();
-    let mut alarm = monitor.alarm();
-    let _ = tokio::time::timeout(MAX_THROTTLE, alarm.wait_for(|raised| !raised)).await;
-    i32::try_from(started.elapsed().as_millis()).unwrap_or(i32::MAX)
 }
 
 fn failed(index: i32, code: ResponseError) -> PartitionProduceResponse {
@@ -69,8 +78,7 @@ pub(crate) async fn start(
 ) -> ProducePending {
     let acks = request.acks;
     let valid_acks = matches!(acks, -1..=1);
-    let throttle_time_ms = throttle(&context.broker).await;
-    let disk_full = context.broker.vhosts().memory().disk_alarm();
+    let (throttle_time_ms, disk_full) = admit(&context.broker).await;
     let mut topics = Vec::new();
     for topic_data in request.topic_data {
         let name = topic_data.name.to_string();
