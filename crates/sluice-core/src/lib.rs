@@ -24,6 +24,7 @@ mod groups;
 mod hw_checkpoint;
 mod lifecycle;
 pub mod messaging;
+mod metadata;
 mod metrics;
 mod offsets;
 mod partition;
@@ -68,6 +69,7 @@ pub use groups::{
 };
 pub use lifecycle::{Lifecycle, Tasks};
 use messaging::VirtualHosts;
+pub use metadata::MetadataCommand;
 pub use metrics::{ProtocolMetrics, RequestMetrics};
 pub use offsets::{CommittedOffset, OFFSETS_LOG, OffsetStore};
 pub use partition::{Chunk, Fetched, Partition, PartitionTraffic, Position, Undecodable};

@@ -1,21 +1,21 @@
-//! Topics and their partitions: created, grown and deleted here, persisted
-//! under `<data_dir>/topics/<name>.toml`, each partition a log named
-//! `<topic>-<partition>` in the broker's [`LogManager`].
+//! Topics and their partitions: created, grown and deleted here, each change
+//! a [`MetadataCommand`] in the metadata log (see [`crate::metadata`]), each
+//! partition a log named `<topic>-<partition>` in the broker's
+//! [`LogManager`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use bytes::BytesMut;
-use serde::{Deserialize, Serialize};
 use sluice_log::{AppendInfo, Clock, LogManager, SystemClock};
 use sluice_types::{LeaderEpoch, Offset, PartitionId};
 use tokio::sync::Notify;
 
 use crate::CoreError;
 use crate::ack::{AckLevel, PendingAck};
+use crate::metadata::{self, MetadataCommand, MetadataLog, MetadataState, TopicMeta};
 use crate::partition::{Partition, PartitionTraffic};
 use crate::producers::{self, ProducerStates, SequenceCheck};
 use crate::topic_config::{TimestampType, TopicConfig};
@@ -226,76 +226,59 @@ impl Appended {
     }
 }
 
-/// What is saved per topic. Layout: TOML, `name`, `id` (32 hex digits),
-/// `partitions`, and `[config]` with the topic's own settings.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TopicRecord {
-    name: String,
-    id: String,
-    partitions: u32,
-    #[serde(default)]
-    config: BTreeMap<String, String>,
-}
-
 /// Every topic of the broker.
 #[derive(Debug)]
 pub struct Topics {
-    dir: PathBuf,
     logs: Arc<LogManager>,
+    /// Writers hold it from their check to their apply, so commands are
+    /// appended and applied in one order; readers never take it.
+    metadata: Mutex<MetadataLog>,
     topics: RwLock<HashMap<String, Arc<Topic>>>,
     /// Most topics; creating one more fails with [`CoreError::TopicLimit`].
     max_topics: Option<u32>,
 }
 
 impl Topics {
-    /// Loads the saved topics and opens their partitions' logs.
+    /// Replays the metadata log (migrating an older data directory's topic
+    /// files into it first) and opens the partitions' logs.
     pub(crate) fn open(
         data_dir: &Path,
         logs: Arc<LogManager>,
         max_topics: Option<u32>,
     ) -> Result<Topics, CoreError> {
-        let dir = data_dir.join("topics");
-        fs::create_dir_all(&dir).map_err(|source| CoreError::DataDir {
-            path: dir.clone(),
-            source,
-        })?;
+        let metadata = MetadataLog::open(&logs)?;
+        migrate_topic_files(data_dir, &metadata)?;
+        let mut state = MetadataState::new();
+        for command in metadata.replay()? {
+            if let Err(error) = metadata::apply(&mut state, command) {
+                // Writers check before they append; a refused command is a
+                // broken invariant, not a reason to lose the rest.
+                tracing::warn!(%error, "skipping a metadata command the state refuses");
+            }
+        }
         let topics = Topics {
-            dir,
             logs,
+            metadata: Mutex::new(metadata),
             topics: RwLock::new(HashMap::new()),
             max_topics,
         };
-        let entries = fs::read_dir(&topics.dir).map_err(|source| CoreError::DataDir {
-            path: topics.dir.clone(),
-            source,
-        })?;
-        for entry in entries {
-            let path = entry
-                .map_err(|source| CoreError::DataDir {
-                    path: topics.dir.clone(),
-                    source,
-                })?
-                .path();
-            if path.extension().is_some_and(|e| e == "toml") {
-                let topic = topics.load(&path)?;
-                topics.write().insert(topic.name.to_string(), topic);
-            }
+        for (name, meta) in state {
+            let topic = topics.build(&name, &meta)?;
+            topics.write().insert(name, topic);
         }
         Ok(topics)
     }
 
-    fn load(&self, path: &Path) -> Result<Arc<Topic>, CoreError> {
+    /// The runtime topic of its metadata, partitions opened.
+    fn build(&self, name: &str, meta: &TopicMeta) -> Result<Arc<Topic>, CoreError> {
         let damaged = |reason: String| CoreError::TopicRecord {
-            path: path.to_path_buf(),
-            reason,
+            path: PathBuf::from(metadata::METADATA_LOG),
+            reason: format!("topic {name:?}: {reason}"),
         };
-        let text = fs::read_to_string(path).map_err(|e| damaged(e.to_string()))?;
-        let record: TopicRecord = toml::from_str(&text).map_err(|e| damaged(e.to_string()))?;
-        let id = parse_id(&record.id).ok_or_else(|| damaged(format!("bad id {:?}", record.id)))?;
-        let config = TopicConfig::new(record.config).map_err(|e| damaged(e.to_string()))?;
-        let name: Arc<str> = Arc::from(record.name.as_str());
-        let partitions = (0..record.partitions)
+        let id = parse_id(&meta.id).ok_or_else(|| damaged(format!("bad id {:?}", meta.id)))?;
+        let config = TopicConfig::new(meta.config.clone()).map_err(|e| damaged(e.to_string()))?;
+        let name: Arc<str> = Arc::from(name);
+        let partitions = (0..meta.partitions)
             .map(|p| self.open_partition(&name, p, &config))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Arc::new(Topic {
@@ -303,6 +286,10 @@ impl Topics {
             id,
             state: Mutex::new(TopicState { config, partitions }),
         }))
+    }
+
+    fn metadata(&self) -> MutexGuard<'_, MetadataLog> {
+        self.metadata.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn open_partition(
@@ -401,34 +388,37 @@ impl Topics {
         config: TopicConfig,
     ) -> Result<Arc<Topic>, CoreError> {
         self.validate_new(name, partitions)?;
-        let mut topics = self.write();
-        if let Some(existing) = topics.get(name) {
-            return Err(CoreError::TopicExists {
-                topic: existing.name.to_string(),
-            });
-        }
-        // Checked again under the write lock: concurrent creations passed
+        let metadata = self.metadata();
+        // Checked again in the writers' order: concurrent creations passed
         // `validate_new` together.
-        self.check_limit(name, topics.len())?;
-        let name_arc: Arc<str> = Arc::from(name);
+        {
+            let topics = self.read();
+            if let Some(existing) = topics.get(name) {
+                return Err(CoreError::TopicExists {
+                    topic: existing.name.to_string(),
+                });
+            }
+            self.check_limit(name, topics.len())?;
+        }
         // A log left behind by a deleted topic of the same name must not
         // come back as this topic's data.
         for index in 0..partitions {
             self.logs.delete(&log_name(name, index))?;
         }
-        let parts = (0..partitions)
-            .map(|p| self.open_partition(&name_arc, p, &config))
-            .collect::<Result<Vec<_>, _>>()?;
-        let topic = Arc::new(Topic {
-            name: name_arc,
-            id: new_id(name),
-            state: Mutex::new(TopicState {
-                config,
-                partitions: parts,
-            }),
-        });
-        self.save(&topic)?;
-        topics.insert(name.to_owned(), Arc::clone(&topic));
+        let meta = TopicMeta {
+            id: hex(&new_id(name)),
+            partitions,
+            config: config.overrides().clone(),
+        };
+        metadata.append(&[MetadataCommand::CreateTopic {
+            name: name.to_owned(),
+            id: meta.id.clone(),
+            partitions,
+            config: meta.config.clone(),
+        }])?;
+        let topic = self.build(name, &meta)?;
+        self.write().insert(name.to_owned(), Arc::clone(&topic));
+        drop(metadata);
         tracing::info!(topic = name, partitions, "topic created");
         Ok(topic)
     }
@@ -462,11 +452,14 @@ impl Topics {
     /// # Errors
     /// [`CoreError::UnknownTopic`], [`CoreError::InvalidPartitions`], or I/O.
     pub fn grow(&self, name: &str, total: u32, validate_only: bool) -> Result<(), CoreError> {
+        let metadata = self.metadata();
         let topic = self.get(name).ok_or_else(|| CoreError::UnknownTopic {
             topic: name.to_owned(),
         })?;
-        let mut state = topic.state();
-        let current = state.partitions.len() as u32;
+        let (current, config) = {
+            let state = topic.state();
+            (state.partitions.len() as u32, state.config.clone())
+        };
         if total <= current || total > MAX_PARTITIONS {
             return Err(CoreError::InvalidPartitions {
                 topic: name.to_owned(),
@@ -480,12 +473,16 @@ impl Topics {
         }
         for index in current..total {
             self.logs.delete(&log_name(name, index))?;
-            let partition = self.open_partition(&topic.name, index, &state.config)?;
-            state.partitions.push(partition);
         }
-        let record = record_of(&topic, &state);
-        drop(state);
-        self.write_record(&record)?;
+        metadata.append(&[MetadataCommand::GrowTopic {
+            name: name.to_owned(),
+            partitions: total,
+        }])?;
+        let added = (current..total)
+            .map(|index| self.open_partition(&topic.name, index, &config))
+            .collect::<Result<Vec<_>, _>>()?;
+        topic.state().partitions.extend(added);
+        drop(metadata);
         tracing::info!(topic = name, partitions = total, "partitions added");
         Ok(())
     }
@@ -496,9 +493,14 @@ impl Topics {
     /// # Errors
     /// [`CoreError::UnknownTopic`] or I/O.
     pub fn set_config(&self, name: &str, config: TopicConfig) -> Result<(), CoreError> {
+        let metadata = self.metadata();
         let topic = self.get(name).ok_or_else(|| CoreError::UnknownTopic {
             topic: name.to_owned(),
         })?;
+        metadata.append(&[MetadataCommand::SetTopicConfig {
+            name: name.to_owned(),
+            config: config.overrides().clone(),
+        }])?;
         let mut state = topic.state();
         let log_config = config.log_config(self.logs.defaults());
         for partition in &state.partitions {
@@ -506,9 +508,7 @@ impl Topics {
             partition.follow_durability(log_config.durability);
         }
         state.config = config;
-        let record = record_of(&topic, &state);
-        drop(state);
-        self.write_record(&record)
+        Ok(())
     }
 
     /// Deletes a topic and its data. Blocking.
@@ -516,16 +516,24 @@ impl Topics {
     /// # Errors
     /// [`CoreError::UnknownTopic`] or I/O.
     pub fn delete(&self, name: &str) -> Result<(), CoreError> {
+        let metadata = self.metadata();
+        if self.get(name).is_none() {
+            return Err(CoreError::UnknownTopic {
+                topic: name.to_owned(),
+            });
+        }
+        // The command goes first: a crash after it leaves orphan logs, which
+        // a later topic of the same name deletes before use.
+        metadata.append(&[MetadataCommand::DeleteTopic {
+            name: name.to_owned(),
+        }])?;
         let topic = self
             .write()
             .remove(name)
             .ok_or_else(|| CoreError::UnknownTopic {
                 topic: name.to_owned(),
             })?;
-        // The record goes first: a crash after it leaves orphan logs, which
-        // a later topic of the same name deletes before use.
-        let path = self.record_path(name);
-        fs::remove_file(&path).map_err(|source| CoreError::DataDir { path, source })?;
+        drop(metadata);
         for partition in topic.partitions() {
             partition.wake_readers();
             self.logs
@@ -534,44 +542,35 @@ impl Topics {
         tracing::info!(topic = name, "topic deleted");
         Ok(())
     }
-
-    fn record_path(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("{name}.toml"))
-    }
-
-    fn save(&self, topic: &Topic) -> Result<(), CoreError> {
-        let record = record_of(topic, &topic.state());
-        self.write_record(&record)
-    }
-
-    fn write_record(&self, record: &TopicRecord) -> Result<(), CoreError> {
-        let path = self.record_path(&record.name);
-        let io_error = |source| CoreError::DataDir {
-            path: path.clone(),
-            source,
-        };
-        let text = toml::to_string(record).map_err(|e| CoreError::TopicRecord {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-        let temp = path.with_extension("toml.tmp");
-        let mut file = fs::File::create(&temp).map_err(io_error)?;
-        file.write_all(text.as_bytes()).map_err(io_error)?;
-        file.sync_all().map_err(io_error)?;
-        fs::rename(&temp, &path).map_err(io_error)?;
-        fs::File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_error)
-    }
 }
 
-fn record_of(topic: &Topic, state: &TopicState) -> TopicRecord {
-    TopicRecord {
-        name: topic.name.to_string(),
-        id: topic.id.iter().map(|b| format!("{b:02x}")).collect(),
-        partitions: state.partitions.len() as u32,
-        config: state.config.overrides().clone(),
+/// Turns the topic files of a data directory written before the metadata
+/// log into `CreateTopic` commands (once: only into an empty log), then
+/// moves the files aside to `topics.migrated`.
+fn migrate_topic_files(data_dir: &Path, metadata: &MetadataLog) -> Result<(), CoreError> {
+    if metadata.is_empty() {
+        let commands = metadata::topic_files(data_dir)?;
+        if !commands.is_empty() {
+            metadata.append(&commands)?;
+            tracing::info!(
+                topics = commands.len(),
+                "moved the topic files into the metadata log"
+            );
+        }
     }
+    let files = data_dir.join(metadata::TOPIC_FILES_DIR);
+    let migrated = data_dir.join(metadata::MIGRATED_DIR);
+    if files.is_dir() && !migrated.exists() {
+        fs::rename(&files, &migrated).map_err(|source| CoreError::DataDir {
+            path: files.clone(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+fn hex(id: &[u8; 16]) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The log behind a partition, as Kafka names partition directories.
@@ -602,7 +601,13 @@ fn producer_replay_start(segments: &[(Offset, u64)]) -> Option<Offset> {
 }
 
 /// Names of internal topics, which clients may not create.
-const RESERVED: &[&str] = &["__consumer_offsets", "__transaction_state"];
+const RESERVED: &[&str] = &[
+    "__consumer_offsets",
+    "__transaction_state",
+    // Sluice's own logs are named as partition 0 of these.
+    "__cluster_metadata",
+    "__amqp_definitions",
+];
 
 /// Kafka's rules: 1 to 249 of `[a-zA-Z0-9._-]`, not `.` or `..`, and not
 /// the name of an internal topic.

@@ -1,0 +1,343 @@
+//! Metadata as commands: every change to the broker's topics is a
+//! [`MetadataCommand`], appended durably to one log (`__cluster_metadata-0`,
+//! as KRaft names its own) before it is applied, and replayed in order at
+//! open. A Raft log can later feed the same commands to the same
+//! [`apply`] unchanged.
+//!
+//! Each command is one record whose value is the command as JSON.
+//!
+//! Data directories written before this log existed kept one TOML file per
+//! topic under `topics/`; the first open turns them into `CreateTopic`
+//! commands and renames the directory to `topics.migrated`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use sluice_log::batch::{NewRecord, encode};
+use sluice_log::{Clock as _, Log, LogManager, SystemClock};
+
+use crate::CoreError;
+
+/// The log holding the commands.
+pub(crate) const METADATA_LOG: &str = "__cluster_metadata-0";
+
+/// One change to the broker's metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case", deny_unknown_fields)]
+pub enum MetadataCommand {
+    /// A new topic with `partitions` empty partitions.
+    CreateTopic {
+        name: String,
+        /// Kafka's topic id (KIP-516), 32 hex digits.
+        id: String,
+        partitions: u32,
+        config: BTreeMap<String, String>,
+    },
+    /// The topic now has `partitions` partitions (never fewer).
+    GrowTopic {
+        name: String,
+        partitions: u32,
+    },
+    /// The topic's settings, all of them.
+    SetTopicConfig {
+        name: String,
+        config: BTreeMap<String, String>,
+    },
+    DeleteTopic {
+        name: String,
+    },
+}
+
+/// A topic as the metadata describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TopicMeta {
+    pub(crate) id: String,
+    pub(crate) partitions: u32,
+    pub(crate) config: BTreeMap<String, String>,
+}
+
+/// The metadata a sequence of commands leaves: topics by name.
+pub(crate) type MetadataState = BTreeMap<String, TopicMeta>;
+
+/// Applies one command to `state`. Deterministic: the same commands in the
+/// same order leave the same state on every node.
+///
+/// # Errors
+/// [`CoreError::TopicExists`], [`CoreError::UnknownTopic`] or
+/// [`CoreError::InvalidPartitions`] for a command the state refuses (then
+/// nothing changed); writers check before they append, so a replayed log
+/// holds none.
+pub(crate) fn apply(state: &mut MetadataState, command: MetadataCommand) -> Result<(), CoreError> {
+    let unknown = |name: &str| CoreError::UnknownTopic {
+        topic: name.to_owned(),
+    };
+    match command {
+        MetadataCommand::CreateTopic {
+            name,
+            id,
+            partitions,
+            config,
+        } => {
+            if state.contains_key(&name) {
+                return Err(CoreError::TopicExists { topic: name });
+            }
+            state.insert(
+                name,
+                TopicMeta {
+                    id,
+                    partitions,
+                    config,
+                },
+            );
+        }
+        MetadataCommand::GrowTopic { name, partitions } => {
+            let topic = state.get_mut(&name).ok_or_else(|| unknown(&name))?;
+            if partitions < topic.partitions {
+                return Err(CoreError::InvalidPartitions {
+                    topic: name,
+                    reason: format!(
+                        "partitions never shrink: {} to {partitions}",
+                        topic.partitions
+                    ),
+                });
+            }
+            topic.partitions = partitions;
+        }
+        MetadataCommand::SetTopicConfig { name, config } => {
+            state.get_mut(&name).ok_or_else(|| unknown(&name))?.config = config;
+        }
+        MetadataCommand::DeleteTopic { name } => {
+            state.remove(&name).ok_or_else(|| unknown(&name))?;
+        }
+    }
+    Ok(())
+}
+
+/// The durable log of commands.
+#[derive(Debug)]
+pub(crate) struct MetadataLog {
+    log: Arc<Log>,
+}
+
+impl MetadataLog {
+    /// Opens the log: synced on every append, never deleted by retention.
+    pub(crate) fn open(logs: &LogManager) -> Result<MetadataLog, CoreError> {
+        let config = sluice_log::LogConfig {
+            durability: sluice_log::Durability::Always,
+            cleanup_compact: false,
+            cleanup_delete: false,
+            retention_bytes: None,
+            retention_time: None,
+            ..logs.defaults().clone()
+        };
+        let log = logs.get_or_create(METADATA_LOG, Some(config.clone()))?;
+        log.set_config(config);
+        Ok(MetadataLog { log })
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.log.log_end() == self.log.log_start()
+    }
+
+    /// Every command, in order.
+    ///
+    /// # Errors
+    /// The log's read errors; [`CoreError::TopicRecord`] naming the log for
+    /// a record that is not a command.
+    pub(crate) fn replay(&self) -> Result<Vec<MetadataCommand>, CoreError> {
+        let mut commands = Vec::new();
+        let mut damaged = None;
+        crate::replay::for_each_record(&self.log, self.log.log_start(), |record| {
+            let Some(value) = record.value.filter(|_| damaged.is_none()) else {
+                return;
+            };
+            match serde_json::from_slice(&value) {
+                Ok(command) => commands.push(command),
+                Err(error) => {
+                    damaged = Some(format!("record {}: {error}", record.offset));
+                }
+            }
+        })?;
+        match damaged {
+            Some(reason) => Err(CoreError::TopicRecord {
+                path: self.log.dir().to_path_buf(),
+                reason,
+            }),
+            None => Ok(commands),
+        }
+    }
+
+    /// Appends commands and returns once they are on disk.
+    pub(crate) fn append(&self, commands: &[MetadataCommand]) -> Result<(), CoreError> {
+        let now = SystemClock.now_ms();
+        let values = commands
+            .iter()
+            .map(serde_json::to_vec)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| CoreError::Internal {
+                reason: format!("cannot encode a metadata command: {error}"),
+            })?;
+        let records: Vec<NewRecord<'_>> = values
+            .iter()
+            .map(|value| NewRecord {
+                key: None,
+                value: Some(value),
+                timestamp: now,
+            })
+            .collect();
+        let mut batch = encode(&records).map_err(|reason| CoreError::Internal {
+            reason: format!("cannot encode a metadata batch: {reason}"),
+        })?;
+        self.log.append(&mut batch, crate::LOCAL_EPOCH)?;
+        Ok(())
+    }
+}
+
+/// A topic as the TOML files of older data directories saved it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TopicFile {
+    name: String,
+    id: String,
+    partitions: u32,
+    #[serde(default)]
+    config: BTreeMap<String, String>,
+}
+
+/// The directory of older data directories' topic files.
+pub(crate) const TOPIC_FILES_DIR: &str = "topics";
+/// Where that directory goes once its topics are in the metadata log.
+pub(crate) const MIGRATED_DIR: &str = "topics.migrated";
+
+/// The `CreateTopic` commands of the topic files in `data_dir/topics`,
+/// sorted by name; empty when there are none.
+///
+/// # Errors
+/// [`CoreError::TopicRecord`] naming a file that cannot be read.
+pub(crate) fn topic_files(data_dir: &Path) -> Result<Vec<MetadataCommand>, CoreError> {
+    let dir = data_dir.join(TOPIC_FILES_DIR);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(CoreError::DataDir { path: dir, source }),
+    };
+    let mut commands = Vec::new();
+    for entry in entries {
+        let path = entry
+            .map_err(|source| CoreError::DataDir {
+                path: dir.clone(),
+                source,
+            })?
+            .path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let damaged = |reason: String| CoreError::TopicRecord {
+            path: path.clone(),
+            reason,
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| damaged(e.to_string()))?;
+        let file: TopicFile = toml::from_str(&text).map_err(|e| damaged(e.to_string()))?;
+        commands.push(MetadataCommand::CreateTopic {
+            name: file.name,
+            id: file.id,
+            partitions: file.partitions,
+            config: file.config,
+        });
+    }
+    commands.sort_by(|a, b| match (a, b) {
+        (
+            MetadataCommand::CreateTopic { name: a, .. },
+            MetadataCommand::CreateTopic { name: b, .. },
+        ) => a.cmp(b),
+        _ => std::cmp::Ordering::Equal,
+    });
+    Ok(commands)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn create(name: &str, partitions: u32) -> MetadataCommand {
+        MetadataCommand::CreateTopic {
+            name: name.to_owned(),
+            id: "00".repeat(16),
+            partitions,
+            config: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn commands_apply_in_order_and_refuse_what_the_state_forbids() {
+        let mut state = MetadataState::new();
+        apply(&mut state, create("a", 1)).expect("create");
+        apply(&mut state, create("b", 2)).expect("create");
+        assert!(matches!(
+            apply(&mut state, create("a", 3)),
+            Err(CoreError::TopicExists { .. })
+        ));
+        apply(
+            &mut state,
+            MetadataCommand::GrowTopic {
+                name: "a".into(),
+                partitions: 4,
+            },
+        )
+        .expect("grow");
+        assert!(
+            apply(
+                &mut state,
+                MetadataCommand::GrowTopic {
+                    name: "a".into(),
+                    partitions: 2,
+                },
+            )
+            .is_err(),
+            "never shrinks"
+        );
+        let config = BTreeMap::from([("retention.ms".to_owned(), "1000".to_owned())]);
+        apply(
+            &mut state,
+            MetadataCommand::SetTopicConfig {
+                name: "a".into(),
+                config: config.clone(),
+            },
+        )
+        .expect("config");
+        apply(
+            &mut state,
+            MetadataCommand::DeleteTopic { name: "b".into() },
+        )
+        .expect("delete");
+        assert!(matches!(
+            apply(
+                &mut state,
+                MetadataCommand::DeleteTopic { name: "b".into() }
+            ),
+            Err(CoreError::UnknownTopic { .. })
+        ));
+        assert_eq!(state.len(), 1);
+        assert_eq!(state["a"].partitions, 4);
+        assert_eq!(state["a"].config, config);
+    }
+
+    #[test]
+    fn commands_are_json_records_that_replay_in_order() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let logs = LogManager::open(dir.path(), sluice_log::LogConfig::default()).expect("logs");
+        let metadata = MetadataLog::open(&logs).expect("open");
+        assert!(metadata.is_empty());
+        let commands = vec![
+            create("a", 1),
+            MetadataCommand::DeleteTopic { name: "a".into() },
+        ];
+        metadata.append(&commands[..1]).expect("append");
+        metadata.append(&commands[1..]).expect("append");
+        assert_eq!(metadata.replay().expect("replay"), commands);
+        let text = serde_json::to_string(&commands[1]).expect("json");
+        assert_eq!(text, r#"{"command":"delete_topic","name":"a"}"#);
+    }
+}
