@@ -64,7 +64,6 @@ pub fn harness() -> &'static Harness {
                 advertised_port: addresses.0.port(),
                 node_id: 1,
                 max_request_bytes: 1 << 20,
-                offsets_retention: Duration::from_secs(3600),
             };
             tokio::spawn(sluice_kafka::serve(
                 kafka,
