@@ -283,9 +283,11 @@ impl Broker {
 
         progress.phase("partitions");
         let phase = std::time::Instant::now();
+        let (metadata, state) = metadata::Metadata::open(&options.data_dir, &logs)?;
         let topics = Arc::new(Topics::open(
-            &options.data_dir,
             Arc::clone(&logs),
+            Arc::clone(&metadata),
+            state.topics,
             options.limits.max_topics,
         )?);
         let names = topics.names();
@@ -305,7 +307,7 @@ impl Broker {
         progress.phase("committed offsets");
         let phase = std::time::Instant::now();
         let offsets = OffsetStore::open(&logs, options.offsets_segment_bytes)?;
-        let producer_ids = ProducerIds::open(&options.data_dir)?;
+        let producer_ids = ProducerIds::new(state.producer_ids_end, metadata);
         tracing::info!(
             groups = offsets.group_ids().len(),
             elapsed_ms = since(phase),

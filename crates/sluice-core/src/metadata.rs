@@ -1,18 +1,19 @@
-//! Metadata as commands: every change to the broker's topics is a
-//! [`MetadataCommand`], appended durably to one log (`__cluster_metadata-0`,
-//! as KRaft names its own) before it is applied, and replayed in order at
-//! open. A Raft log can later feed the same commands to the same
-//! [`apply`] unchanged.
+//! Metadata as commands: every change to the broker's topics and every
+//! block of producer ids is a [`MetadataCommand`], appended durably to one
+//! log (`__cluster_metadata-0`, as KRaft names its own) before it is
+//! applied, and replayed in order at open. A Raft log can later feed the
+//! same commands to the same [`apply`] unchanged.
 //!
 //! Each command is one record whose value is the command as JSON.
 //!
 //! Data directories written before this log existed kept one TOML file per
-//! topic under `topics/`; the first open turns them into `CreateTopic`
-//! commands and renames the directory to `topics.migrated`.
+//! topic under `topics/` and the end of the producer-id block in
+//! `producer-id-block`; the first open turns them into commands and renames
+//! them (`topics.migrated`, `producer-id-block.migrated`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 use sluice_log::batch::{NewRecord, encode};
@@ -48,6 +49,10 @@ pub enum MetadataCommand {
     DeleteTopic {
         name: String,
     },
+    /// Producer ids below `end` may have been handed out (KIP-98 blocks).
+    AllocateProducerIds {
+        end: i64,
+    },
 }
 
 /// A topic as the metadata describes it.
@@ -58,18 +63,26 @@ pub(crate) struct TopicMeta {
     pub(crate) config: BTreeMap<String, String>,
 }
 
-/// The metadata a sequence of commands leaves: topics by name.
-pub(crate) type MetadataState = BTreeMap<String, TopicMeta>;
+/// The metadata a sequence of commands leaves.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct MetadataState {
+    /// Topics by name.
+    pub(crate) topics: BTreeMap<String, TopicMeta>,
+    /// The end of the last producer-id block: ids from here are unused.
+    pub(crate) producer_ids_end: i64,
+}
 
 /// Applies one command to `state`. Deterministic: the same commands in the
 /// same order leave the same state on every node.
 ///
 /// # Errors
-/// [`CoreError::TopicExists`], [`CoreError::UnknownTopic`] or
-/// [`CoreError::InvalidPartitions`] for a command the state refuses (then
-/// nothing changed); writers check before they append, so a replayed log
-/// holds none.
+/// [`CoreError::TopicExists`], [`CoreError::UnknownTopic`],
+/// [`CoreError::InvalidPartitions`] or [`CoreError::Internal`] (a
+/// producer-id block that does not move forward) for a command the state
+/// refuses (then nothing changed); writers check before they append, so a
+/// replayed log holds none.
 pub(crate) fn apply(state: &mut MetadataState, command: MetadataCommand) -> Result<(), CoreError> {
+    let topics = &mut state.topics;
     let unknown = |name: &str| CoreError::UnknownTopic {
         topic: name.to_owned(),
     };
@@ -80,10 +93,10 @@ pub(crate) fn apply(state: &mut MetadataState, command: MetadataCommand) -> Resu
             partitions,
             config,
         } => {
-            if state.contains_key(&name) {
+            if topics.contains_key(&name) {
                 return Err(CoreError::TopicExists { topic: name });
             }
-            state.insert(
+            topics.insert(
                 name,
                 TopicMeta {
                     id,
@@ -93,7 +106,7 @@ pub(crate) fn apply(state: &mut MetadataState, command: MetadataCommand) -> Resu
             );
         }
         MetadataCommand::GrowTopic { name, partitions } => {
-            let topic = state.get_mut(&name).ok_or_else(|| unknown(&name))?;
+            let topic = topics.get_mut(&name).ok_or_else(|| unknown(&name))?;
             if partitions < topic.partitions {
                 return Err(CoreError::InvalidPartitions {
                     topic: name,
@@ -106,13 +119,115 @@ pub(crate) fn apply(state: &mut MetadataState, command: MetadataCommand) -> Resu
             topic.partitions = partitions;
         }
         MetadataCommand::SetTopicConfig { name, config } => {
-            state.get_mut(&name).ok_or_else(|| unknown(&name))?.config = config;
+            topics.get_mut(&name).ok_or_else(|| unknown(&name))?.config = config;
         }
         MetadataCommand::DeleteTopic { name } => {
-            state.remove(&name).ok_or_else(|| unknown(&name))?;
+            topics.remove(&name).ok_or_else(|| unknown(&name))?;
+        }
+        MetadataCommand::AllocateProducerIds { end } => {
+            if end <= state.producer_ids_end {
+                return Err(CoreError::Internal {
+                    reason: format!(
+                        "producer-id block end {end} is not past {}",
+                        state.producer_ids_end
+                    ),
+                });
+            }
+            state.producer_ids_end = end;
         }
     }
     Ok(())
+}
+
+/// The metadata log, shared by its writers (topics, producer ids): each
+/// holds [`Metadata::writer`] from its check to its apply, so commands are
+/// appended and applied in one order.
+#[derive(Debug)]
+pub(crate) struct Metadata {
+    log: Mutex<MetadataLog>,
+}
+
+impl Metadata {
+    /// Opens the log, migrates an older data directory into it, and
+    /// replays it.
+    pub(crate) fn open(
+        data_dir: &Path,
+        logs: &LogManager,
+    ) -> Result<(Arc<Metadata>, MetadataState), CoreError> {
+        let log = MetadataLog::open(logs)?;
+        migrate(data_dir, &log)?;
+        let mut state = MetadataState::default();
+        for command in log.replay()? {
+            if let Err(error) = apply(&mut state, command) {
+                // Writers check before they append; a refused command is a
+                // broken invariant, not a reason to lose the rest.
+                tracing::warn!(%error, "skipping a metadata command the state refuses");
+            }
+        }
+        let metadata = Metadata {
+            log: Mutex::new(log),
+        };
+        Ok((Arc::new(metadata), state))
+    }
+
+    /// The log, for one writer at a time.
+    pub(crate) fn writer(&self) -> MutexGuard<'_, MetadataLog> {
+        self.log.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Turns what a data directory written before the metadata log kept beside
+/// it (topic files, the producer-id block file) into commands (once: only
+/// into an empty log), then moves the files aside.
+fn migrate(data_dir: &Path, log: &MetadataLog) -> Result<(), CoreError> {
+    let block_file = data_dir.join(PRODUCER_ID_BLOCK_FILE);
+    if log.is_empty() {
+        let mut commands = topic_files(data_dir)?;
+        if let Some(end) = producer_id_block(&block_file)? {
+            commands.push(MetadataCommand::AllocateProducerIds { end });
+        }
+        if !commands.is_empty() {
+            log.append(&commands)?;
+            tracing::info!(
+                commands = commands.len(),
+                "moved topic files and the producer-id block into the metadata log"
+            );
+        }
+    }
+    let moves = [
+        (data_dir.join(TOPIC_FILES_DIR), data_dir.join(MIGRATED_DIR)),
+        (block_file.clone(), block_file.with_extension("migrated")),
+    ];
+    for (from, to) in moves {
+        if from.exists() && !to.exists() {
+            std::fs::rename(&from, &to).map_err(|source| CoreError::DataDir {
+                path: from.clone(),
+                source,
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Where older data directories saved the end of the producer-id block.
+const PRODUCER_ID_BLOCK_FILE: &str = "producer-id-block";
+
+fn producer_id_block(path: &Path) -> Result<Option<i64>, CoreError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => text
+            .trim()
+            .parse::<i64>()
+            .map(|end| (end > 0).then_some(end))
+            .map_err(|_| CoreError::TopicRecord {
+                path: path.to_path_buf(),
+                reason: format!("expected one number, found {:?}", text.trim()),
+            }),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(CoreError::DataDir {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
 }
 
 /// The durable log of commands.
@@ -272,7 +387,7 @@ mod tests {
 
     #[test]
     fn commands_apply_in_order_and_refuse_what_the_state_forbids() {
-        let mut state = MetadataState::new();
+        let mut state = MetadataState::default();
         apply(&mut state, create("a", 1)).expect("create");
         apply(&mut state, create("b", 2)).expect("create");
         assert!(matches!(
@@ -319,9 +434,23 @@ mod tests {
             ),
             Err(CoreError::UnknownTopic { .. })
         ));
-        assert_eq!(state.len(), 1);
-        assert_eq!(state["a"].partitions, 4);
-        assert_eq!(state["a"].config, config);
+        assert_eq!(state.topics.len(), 1);
+        assert_eq!(state.topics["a"].partitions, 4);
+        assert_eq!(state.topics["a"].config, config);
+        apply(
+            &mut state,
+            MetadataCommand::AllocateProducerIds { end: 1000 },
+        )
+        .expect("block");
+        assert!(
+            apply(
+                &mut state,
+                MetadataCommand::AllocateProducerIds { end: 1000 }
+            )
+            .is_err(),
+            "blocks only move forward"
+        );
+        assert_eq!(state.producer_ids_end, 1000);
     }
 
     #[test]

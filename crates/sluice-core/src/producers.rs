@@ -2,21 +2,20 @@
 //! sequence numbers of each producer's recent batches, so a retried batch
 //! is answered with its first offset instead of being written twice.
 //!
-//! Producer ids are handed out from blocks whose end is saved in
-//! `<data_dir>/producer-id-block` before any id of the block is used, so an
-//! id is never handed out twice, restarts included. Sequence state is rebuilt
+//! Producer ids are handed out from blocks whose end is an
+//! `AllocateProducerIds` command in the metadata log, durable before any id
+//! of the block is used, so an id is never handed out twice, restarts
+//! included. Sequence state is rebuilt
 //! on open from the batch headers of each partition's active segment.
 
 use std::collections::{HashMap, VecDeque};
-use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use sluice_log::batch::BatchHeader;
 use sluice_types::Offset;
 
 use crate::CoreError;
+use crate::metadata::{Metadata, MetadataCommand};
 
 /// Batches remembered per producer and partition, as Kafka keeps (and as
 /// clients bound their in-flight requests: max.in.flight <= 5).
@@ -27,55 +26,33 @@ const ID_BLOCK: i64 = 1_000;
 /// Hands out producer ids.
 #[derive(Debug)]
 pub struct ProducerIds {
-    path: PathBuf,
-    /// (next id, end of the saved block).
+    metadata: Arc<Metadata>,
+    /// (next id, end of the allocated block).
     next: Mutex<(i64, i64)>,
 }
 
 impl ProducerIds {
-    pub(crate) fn open(data_dir: &Path) -> Result<ProducerIds, CoreError> {
-        let path = data_dir.join("producer-id-block");
-        let saved = match fs::read_to_string(&path) {
-            Ok(text) => text
-                .trim()
-                .parse::<i64>()
-                .map_err(|_| CoreError::TopicRecord {
-                    path: path.clone(),
-                    reason: format!("expected one number, found {:?}", text.trim()),
-                })?,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => 0,
-            Err(source) => return Err(CoreError::DataDir { path, source }),
-        };
-        // Ids up to the saved block end may have been handed out.
-        Ok(ProducerIds {
-            path,
-            next: Mutex::new((saved, saved)),
-        })
+    /// Hands out ids from `end`, the end of the last block the metadata
+    /// log recorded (ids below it may have been handed out).
+    pub(crate) fn new(end: i64, metadata: Arc<Metadata>) -> ProducerIds {
+        ProducerIds {
+            metadata,
+            next: Mutex::new((end, end)),
+        }
     }
 
-    /// A producer id never handed out before. Blocking (saves a new block).
+    /// A producer id never handed out before. Blocking: a new block is an
+    /// `AllocateProducerIds` command, durable before any of its ids is used.
     ///
     /// # Errors
-    /// [`CoreError::DataDir`] when the block cannot be saved.
+    /// The metadata log's write failure.
     pub fn allocate(&self) -> Result<i64, CoreError> {
         let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
         if next.0 >= next.1 {
             let end = next.1 + ID_BLOCK;
-            let io_error = |source| CoreError::DataDir {
-                path: self.path.clone(),
-                source,
-            };
-            let temp = self.path.with_extension("tmp");
-            let mut file = fs::File::create(&temp).map_err(io_error)?;
-            file.write_all(format!("{end}\n").as_bytes())
-                .map_err(io_error)?;
-            file.sync_all().map_err(io_error)?;
-            fs::rename(&temp, &self.path).map_err(io_error)?;
-            if let Some(dir) = self.path.parent() {
-                fs::File::open(dir)
-                    .and_then(|d| d.sync_all())
-                    .map_err(io_error)?;
-            }
+            self.metadata
+                .writer()
+                .append(&[MetadataCommand::AllocateProducerIds { end }])?;
             next.1 = end;
         }
         let id = next.0;
@@ -273,12 +250,17 @@ mod tests {
     #[test]
     fn producer_ids_are_never_reused_across_restarts() -> Result<(), CoreError> {
         let dir = tempfile::tempdir().expect("temp dir");
-        let first = ProducerIds::open(dir.path())?;
+        let open = || -> Result<ProducerIds, CoreError> {
+            let logs = sluice_log::LogManager::open(dir.path(), sluice_log::LogConfig::default())?;
+            let (metadata, state) = Metadata::open(dir.path(), &logs)?;
+            Ok(ProducerIds::new(state.producer_ids_end, metadata))
+        };
+        let first = open()?;
         let a = first.allocate()?;
         let b = first.allocate()?;
         assert_ne!(a, b);
         drop(first);
-        let second = ProducerIds::open(dir.path())?;
+        let second = open()?;
         let c = second.allocate()?;
         assert!(c > b, "{c} after {b}");
         Ok(())

@@ -3,9 +3,9 @@
 //! partition a log named `<topic>-<partition>` in the broker's
 //! [`LogManager`].
 
-use std::collections::HashMap;
-use std::fs;
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, HashMap};
+
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use bytes::BytesMut;
@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 
 use crate::CoreError;
 use crate::ack::{AckLevel, PendingAck};
-use crate::metadata::{self, MetadataCommand, MetadataLog, MetadataState, TopicMeta};
+use crate::metadata::{self, Metadata, MetadataCommand, MetadataLog, TopicMeta};
 use crate::partition::{Partition, PartitionTraffic};
 use crate::producers::{self, ProducerStates, SequenceCheck};
 use crate::topic_config::{TimestampType, TopicConfig};
@@ -230,35 +230,25 @@ impl Appended {
 #[derive(Debug)]
 pub struct Topics {
     logs: Arc<LogManager>,
-    /// Writers hold it from their check to their apply, so commands are
-    /// appended and applied in one order; readers never take it.
-    metadata: Mutex<MetadataLog>,
+    /// Writers hold its writer from their check to their apply, so
+    /// commands are appended and applied in one order; readers never take it.
+    metadata: Arc<Metadata>,
     topics: RwLock<HashMap<String, Arc<Topic>>>,
     /// Most topics; creating one more fails with [`CoreError::TopicLimit`].
     max_topics: Option<u32>,
 }
 
 impl Topics {
-    /// Replays the metadata log (migrating an older data directory's topic
-    /// files into it first) and opens the partitions' logs.
+    /// Opens the partitions of the topics the metadata log holds.
     pub(crate) fn open(
-        data_dir: &Path,
         logs: Arc<LogManager>,
+        metadata: Arc<Metadata>,
+        state: BTreeMap<String, TopicMeta>,
         max_topics: Option<u32>,
     ) -> Result<Topics, CoreError> {
-        let metadata = MetadataLog::open(&logs)?;
-        migrate_topic_files(data_dir, &metadata)?;
-        let mut state = MetadataState::new();
-        for command in metadata.replay()? {
-            if let Err(error) = metadata::apply(&mut state, command) {
-                // Writers check before they append; a refused command is a
-                // broken invariant, not a reason to lose the rest.
-                tracing::warn!(%error, "skipping a metadata command the state refuses");
-            }
-        }
         let topics = Topics {
             logs,
-            metadata: Mutex::new(metadata),
+            metadata,
             topics: RwLock::new(HashMap::new()),
             max_topics,
         };
@@ -289,9 +279,8 @@ impl Topics {
     }
 
     fn metadata(&self) -> MutexGuard<'_, MetadataLog> {
-        self.metadata.lock().unwrap_or_else(|e| e.into_inner())
+        self.metadata.writer()
     }
-
     fn open_partition(
         &self,
         topic: &Arc<str>,
@@ -542,31 +531,6 @@ impl Topics {
         tracing::info!(topic = name, "topic deleted");
         Ok(())
     }
-}
-
-/// Turns the topic files of a data directory written before the metadata
-/// log into `CreateTopic` commands (once: only into an empty log), then
-/// moves the files aside to `topics.migrated`.
-fn migrate_topic_files(data_dir: &Path, metadata: &MetadataLog) -> Result<(), CoreError> {
-    if metadata.is_empty() {
-        let commands = metadata::topic_files(data_dir)?;
-        if !commands.is_empty() {
-            metadata.append(&commands)?;
-            tracing::info!(
-                topics = commands.len(),
-                "moved the topic files into the metadata log"
-            );
-        }
-    }
-    let files = data_dir.join(metadata::TOPIC_FILES_DIR);
-    let migrated = data_dir.join(metadata::MIGRATED_DIR);
-    if files.is_dir() && !migrated.exists() {
-        fs::rename(&files, &migrated).map_err(|source| CoreError::DataDir {
-            path: files.clone(),
-            source,
-        })?;
-    }
-    Ok(())
 }
 
 fn hex(id: &[u8; 16]) -> String {

@@ -1,8 +1,9 @@
 //! Contract: topics live in the metadata log. A data directory written
 //! before it existed (one TOML file per topic under `topics/`, as main
-//! wrote them until 2026-12) is migrated on first start: its topics, ids,
-//! partition counts, settings and records are all there, the files move to
-//! `topics.migrated`, and later changes replay from the log alone.
+//! wrote them until 2026-12, and the producer-id block file) is migrated on
+//! first start: its topics, ids, partition counts, settings and records
+//! are all there, producer ids go on past the old block, the files move
+//! aside, and later changes replay from the log alone.
 
 use bytes::BytesMut;
 use sluice_core::records::{NewRecord, encode};
@@ -33,6 +34,7 @@ fn old_data_dir(dir: &std::path::Path) {
         "name = \"events\"\nid = \"fedcba9876543210fedcba9876543210\"\npartitions = 1\n",
     )
     .expect("topic file");
+    std::fs::write(dir.join("producer-id-block"), "2000\n").expect("block file");
     for (log, value) in [("orders-1", b"paid".as_slice()), ("events-0", b"clicked")] {
         let log = sluice_log::Log::open(
             &dir.join("logs").join(log),
@@ -96,6 +98,10 @@ fn topic_files_move_into_the_metadata_log_on_first_start() {
             .join("orders.toml")
             .exists()
     );
+    // Producer ids go on from the old block's end, never reused.
+    assert_eq!(broker.producer_ids().allocate().expect("id"), 2000);
+    assert!(!dir.path().join("producer-id-block").exists());
+    assert!(dir.path().join("producer-id-block.migrated").exists());
 
     // Changes after the migration are commands too.
     broker.topics().grow("events", 3, false).expect("grow");
@@ -136,6 +142,9 @@ fn topic_files_move_into_the_metadata_log_on_first_start() {
         !dir.path().join("topics").exists(),
         "no topic files are written any more"
     );
+    // The block allocated before the restart (2000..3000) is not reused.
+    assert_eq!(broker.producer_ids().allocate().expect("id"), 3000);
+    assert!(!dir.path().join("producer-id-block").exists());
 }
 
 #[test]
