@@ -422,6 +422,21 @@ impl Log {
         next: Offset,
         incoming_timestamp: i64,
     ) -> Result<(), LogError> {
+        if self.roll_due(state, incoming, next, incoming_timestamp)? {
+            self.roll_locked(state)?;
+        }
+        Ok(())
+    }
+
+    /// Whether an append of `incoming` bytes ending before `next`, whose
+    /// newest record is `incoming_timestamp`, rolls the active segment.
+    fn roll_due(
+        &self,
+        state: &mut LogState,
+        incoming: u64,
+        next: Offset,
+        incoming_timestamp: i64,
+    ) -> Result<bool, LogError> {
         let segment_bytes = state.config.segment_bytes.min(MAX_SEGMENT_BYTES);
         let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
         let mut segment_ms = millis(state.config.segment_time);
@@ -440,10 +455,20 @@ impl Log {
             .first_timestamp
             .is_some_and(|first| incoming_timestamp.saturating_sub(first) >= segment_ms);
         let offsets_overflow = next.get() - active.base_offset.get() > i64::from(u32::MAX);
-        if active.size > 0 && (full || old || offsets_overflow) {
-            self.roll_locked(state)?;
-        }
-        Ok(())
+        Ok(active.size > 0 && (full || old || offsets_overflow))
+    }
+
+    /// Whether appending `bytes` of `records` records whose newest
+    /// timestamp is `max_timestamp` would roll the active segment now (a
+    /// sync and a file creation): such an append belongs on a thread that
+    /// may block. A guess for the next append, not a promise.
+    pub fn append_would_roll(&self, bytes: u64, records: u64, max_timestamp: i64) -> bool {
+        let mut state = self.state();
+        let next = state
+            .log_end
+            .plus(i64::try_from(records).unwrap_or(i64::MAX));
+        self.roll_due(&mut state, bytes, next, max_timestamp)
+            .unwrap_or(true)
     }
 
     /// This segment's share of `segment.jitter.ms`: in `[0, jitter_ms)`,

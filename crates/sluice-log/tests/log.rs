@@ -669,3 +669,33 @@ fn a_replicated_append_keeps_the_leaders_offsets_and_epochs() -> Result<(), LogE
     assert_eq!(follower.log_end(), o(9), "nothing written");
     Ok(())
 }
+
+#[test]
+fn an_append_that_would_roll_is_told_apart_beforehand() -> Result<(), LogError> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let log = Log::open_with_clock(
+        dir.path(),
+        LogConfig {
+            segment_bytes: 4096,
+            segment_time: Duration::from_secs(60),
+            ..config()
+        },
+        clock,
+    )?;
+    assert!(
+        !log.append_would_roll(100, 1, 1_000_000),
+        "an empty segment never rolls"
+    );
+    log.append(&mut batch(&values(1, 1, 3000), 1_000_000), epoch(0))?;
+    assert!(!log.append_would_roll(500, 1, 1_000_000), "still fits");
+    assert!(
+        log.append_would_roll(2000, 1, 1_000_000),
+        "too big for the segment"
+    );
+    assert!(log.append_would_roll(10, 1, 1_060_000), "a minute newer");
+    let before = log.segment_count();
+    log.append(&mut batch(&values(2, 1, 2000), 1_000_000), epoch(0))?;
+    assert_eq!(log.segment_count(), before + 1, "the guess was right");
+    Ok(())
+}
