@@ -155,32 +155,12 @@ impl Extend<PendingAck> for Acks {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicBool, AtomicI32};
-
     use sluice_log::batch::{NewRecord, encode};
-    use sluice_log::{Durability, Log, LogConfig};
-    use sluice_types::PartitionId;
-    use tokio::sync::Notify;
 
     use super::*;
-    use crate::partition::PartitionTraffic;
-    use crate::producers::ProducerStates;
 
     fn partition(dir: &std::path::Path) -> Arc<Partition> {
-        let config = LogConfig {
-            durability: Durability::Never,
-            ..LogConfig::default()
-        };
-        Arc::new(Partition {
-            topic: Arc::from("t"),
-            id: PartitionId::from(0),
-            log: Arc::new(Log::open(dir, config).expect("open")),
-            leader_epoch: AtomicI32::new(0),
-            visible_when_synced: AtomicBool::new(false),
-            appended: Notify::new(),
-            producers: ProducerStates::default(),
-            traffic: PartitionTraffic::default(),
-        })
+        Arc::new(crate::partition::test_partition(dir))
     }
 
     fn append(partition: &Partition, count: usize) {

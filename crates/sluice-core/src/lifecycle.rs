@@ -114,19 +114,43 @@ impl Broker {
     pub fn run(self: &Arc<Self>) -> Lifecycle {
         let (stop, stopped) = watch::channel(false);
         let jobs = vec![
-            every(self, MEMBER_EXPIRY_EVERY, stopped.clone(), |broker| {
-                broker.groups().expire_members();
-            }),
-            every_blocking(self, OFFSETS_EXPIRY_EVERY, stopped.clone(), expire_offsets),
-            every_blocking(self, MAINTENANCE_EVERY, stopped.clone(), |broker| {
-                broker.vhosts().maintain();
-                broker.check_disk();
-            }),
-            every_blocking(self, CHECKPOINT_EVERY, stopped.clone(), |broker| {
-                if let Err(error) = broker.checkpoint_high_watermarks() {
-                    tracing::warn!(%error, "cannot write the high watermark checkpoint");
-                }
-            }),
+            every(
+                self,
+                MEMBER_EXPIRY_EVERY,
+                stopped.clone(),
+                Runs::InPlace,
+                |broker| {
+                    broker.groups().expire_members();
+                },
+            ),
+            every(
+                self,
+                OFFSETS_EXPIRY_EVERY,
+                stopped.clone(),
+                Runs::Blocking,
+                expire_offsets,
+            ),
+            every(
+                self,
+                MAINTENANCE_EVERY,
+                stopped.clone(),
+                Runs::Blocking,
+                |broker| {
+                    broker.vhosts().maintain();
+                    broker.check_disk();
+                },
+            ),
+            every(
+                self,
+                CHECKPOINT_EVERY,
+                stopped.clone(),
+                Runs::Blocking,
+                |broker| {
+                    if let Err(error) = broker.checkpoint_high_watermarks() {
+                        tracing::warn!(%error, "cannot write the high watermark checkpoint");
+                    }
+                },
+            ),
             tokio::spawn(crate::forwarding::run(Arc::clone(self), stopped)),
         ];
         Lifecycle {
@@ -153,32 +177,21 @@ impl Lifecycle {
     }
 }
 
-/// Runs `job` every `period` on the runtime until `stopped`.
+/// Where a job runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Runs {
+    /// On the runtime: the job never blocks.
+    InPlace,
+    /// On the blocking pool (disk work), one run at a time.
+    Blocking,
+}
+
+/// Runs `job` every `period` until `stopped`.
 fn every(
     broker: &Arc<Broker>,
     period: Duration,
     mut stopped: watch::Receiver<bool>,
-    job: impl Fn(&Broker) + Send + 'static,
-) -> JoinHandle<()> {
-    let broker = Arc::clone(broker);
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(period);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => job(&broker),
-                _ = stopped.changed() => return,
-            }
-        }
-    })
-}
-
-/// As [`every`], for a job that blocks (disk work): on the blocking pool,
-/// one run at a time.
-fn every_blocking(
-    broker: &Arc<Broker>,
-    period: Duration,
-    mut stopped: watch::Receiver<bool>,
+    runs: Runs,
     job: fn(&Broker),
 ) -> JoinHandle<()> {
     let broker = Arc::clone(broker);
@@ -187,10 +200,13 @@ fn every_blocking(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = tick.tick() => {
-                    let broker = Arc::clone(&broker);
-                    let _ = tokio::task::spawn_blocking(move || job(&broker)).await;
-                }
+                _ = tick.tick() => match runs {
+                    Runs::InPlace => job(&broker),
+                    Runs::Blocking => {
+                        let broker = Arc::clone(&broker);
+                        let _ = tokio::task::spawn_blocking(move || job(&broker)).await;
+                    }
+                },
                 _ = stopped.changed() => return,
             }
         }

@@ -16,8 +16,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
-use sluice_log::batch::{NewRecord, encode};
-use sluice_log::{Clock as _, Log, LogManager, SystemClock};
+use sluice_log::{Log, LogManager};
 
 use crate::CoreError;
 
@@ -286,7 +285,6 @@ impl MetadataLog {
 
     /// Appends commands and returns once they are on disk.
     pub(crate) fn append(&self, commands: &[MetadataCommand]) -> Result<(), CoreError> {
-        let now = SystemClock.now_ms();
         let values = commands
             .iter()
             .map(serde_json::to_vec)
@@ -294,17 +292,8 @@ impl MetadataLog {
             .map_err(|error| CoreError::Internal {
                 reason: format!("cannot encode a metadata command: {error}"),
             })?;
-        let records: Vec<NewRecord<'_>> = values
-            .iter()
-            .map(|value| NewRecord {
-                key: None,
-                value: Some(value),
-                timestamp: now,
-            })
-            .collect();
-        let mut batch = encode(&records).map_err(|reason| CoreError::Internal {
-            reason: format!("cannot encode a metadata batch: {reason}"),
-        })?;
+        let entries: Vec<_> = values.iter().map(|v| (None, Some(v.as_slice()))).collect();
+        let mut batch = crate::replay::batch_of(&entries, "metadata")?;
         self.log.append(&mut batch, crate::LOCAL_EPOCH)?;
         Ok(())
     }

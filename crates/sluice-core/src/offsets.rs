@@ -13,7 +13,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use sluice_log::batch::{NewRecord, encode};
 use sluice_log::{Clock, Log, LogManager, SystemClock};
 use sluice_types::Offset;
 
@@ -194,18 +193,11 @@ impl OffsetStore {
     }
 
     fn append(&self, entries: Vec<(Bytes, Option<Bytes>)>) -> Result<(), CoreError> {
-        let now = SystemClock.now_ms();
-        let records: Vec<NewRecord<'_>> = entries
+        let entries: Vec<_> = entries
             .iter()
-            .map(|(key, value)| NewRecord {
-                key: Some(key),
-                value: value.as_deref(),
-                timestamp: now,
-            })
+            .map(|(key, value)| (Some(key.as_ref()), value.as_deref()))
             .collect();
-        let mut batch = encode(&records).map_err(|reason| CoreError::Internal {
-            reason: format!("cannot encode an offsets batch: {reason}"),
-        })?;
+        let mut batch = crate::replay::batch_of(&entries, "offsets")?;
         self.log.append(&mut batch, crate::LOCAL_EPOCH)?;
         Ok(())
     }

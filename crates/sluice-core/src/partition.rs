@@ -379,29 +379,32 @@ pub(crate) fn read_chunk(
     }))
 }
 
+/// A partition on a fresh log in `dir` (durability `never`), for tests.
+#[cfg(test)]
+pub(crate) fn test_partition(dir: &std::path::Path) -> Partition {
+    let config = sluice_log::LogConfig {
+        durability: Durability::Never,
+        ..sluice_log::LogConfig::default()
+    };
+    Partition {
+        topic: Arc::from("t"),
+        id: PartitionId::from(0),
+        log: Arc::new(Log::open(dir, config).expect("open")),
+        leader_epoch: AtomicI32::new(0),
+        visible_when_synced: AtomicBool::new(false),
+        appended: Notify::new(),
+        producers: ProducerStates::default(),
+        traffic: PartitionTraffic::default(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use sluice_log::Durability;
     use sluice_log::batch::{self, NewRecord};
-    use sluice_log::{Durability, LogConfig};
 
+    use super::test_partition as partition;
     use super::*;
-
-    fn partition(dir: &std::path::Path) -> Partition {
-        let config = LogConfig {
-            durability: Durability::Never,
-            ..LogConfig::default()
-        };
-        Partition {
-            topic: Arc::from("t"),
-            id: PartitionId::from(0),
-            log: Arc::new(Log::open(dir, config).expect("open")),
-            leader_epoch: AtomicI32::new(0),
-            visible_when_synced: AtomicBool::new(false),
-            appended: Notify::new(),
-            producers: ProducerStates::default(),
-            traffic: PartitionTraffic::default(),
-        }
-    }
 
     fn one(value: &[u8]) -> BytesMut {
         batch::encode(&[NewRecord {

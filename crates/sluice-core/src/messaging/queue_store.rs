@@ -565,18 +565,8 @@ impl QueueStore {
     }
 
     fn append_settlements(&mut self, values: &[Bytes]) -> Result<Offset, CoreError> {
-        let now = SystemClock.now_ms();
-        let records: Vec<NewRecord<'_>> = values
-            .iter()
-            .map(|value| NewRecord {
-                key: None,
-                value: Some(value),
-                timestamp: now,
-            })
-            .collect();
-        let mut batch = encode(&records).map_err(|reason| CoreError::Internal {
-            reason: format!("cannot encode a settlement batch: {reason}"),
-        })?;
+        let entries: Vec<_> = values.iter().map(|v| (None, Some(v.as_ref()))).collect();
+        let mut batch = crate::replay::batch_of(&entries, "settlement")?;
         let info = self
             .settlements
             .append_unsynced(&mut batch, crate::LOCAL_EPOCH)?;
