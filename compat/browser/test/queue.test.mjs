@@ -29,7 +29,10 @@ test('queue arguments show as badges on the queue page and as flags in the list'
     assert.equal(await args.getByTestId('queue-arg-priority').textContent(), 'priority: 0–5');
     assert.equal(await args.getByTestId('queue-arg-type').textContent(), 'type: classic');
     await page.getByTestId('nav-queues').click();
-    const flags = await row(page, 'queues', '//badged').locator('abbr.flag').allTextContents();
+    // The list renders after its request answers: wait for the row first.
+    const badged = row(page, 'queues', '//badged');
+    await badged.waitFor();
+    const flags = await badged.locator('abbr.flag').allTextContents();
     assert.deepEqual(flags, ['D', 'DLX', 'DLK', 'TTL', 'Lim', 'Pri']);
   });
 });
