@@ -1157,8 +1157,8 @@ fn wait_for_syncs(
         let mut pending = vec![first];
         pending.extend(requests.try_iter());
         let mut furthest = sluice_core::Acks::default();
-        for request in &pending {
-            furthest.merge(request.acks.clone());
+        for request in &mut pending {
+            furthest.merge(std::mem::take(&mut request.acks));
         }
         let ok = match furthest.wait() {
             Ok(()) => true,

@@ -327,7 +327,7 @@ pub(crate) fn topic_files(data_dir: &Path) -> Result<Vec<MetadataCommand>, CoreE
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(source) => return Err(CoreError::DataDir { path: dir, source }),
     };
-    let mut commands = Vec::new();
+    let mut files = Vec::new();
     for entry in entries {
         let path = entry
             .map_err(|source| CoreError::DataDir {
@@ -344,21 +344,18 @@ pub(crate) fn topic_files(data_dir: &Path) -> Result<Vec<MetadataCommand>, CoreE
         };
         let text = std::fs::read_to_string(&path).map_err(|e| damaged(e.to_string()))?;
         let file: TopicFile = toml::from_str(&text).map_err(|e| damaged(e.to_string()))?;
-        commands.push(MetadataCommand::CreateTopic {
+        files.push(file);
+    }
+    files.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(files
+        .into_iter()
+        .map(|file| MetadataCommand::CreateTopic {
             name: file.name,
             id: file.id,
             partitions: file.partitions,
             config: file.config,
-        });
-    }
-    commands.sort_by(|a, b| match (a, b) {
-        (
-            MetadataCommand::CreateTopic { name: a, .. },
-            MetadataCommand::CreateTopic { name: b, .. },
-        ) => a.cmp(b),
-        _ => std::cmp::Ordering::Equal,
-    });
-    Ok(commands)
+        })
+        .collect())
 }
 
 #[cfg(test)]
