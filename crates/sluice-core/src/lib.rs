@@ -307,7 +307,7 @@ impl Broker {
         progress.phase("committed offsets");
         let phase = std::time::Instant::now();
         let offsets = OffsetStore::open(&logs, options.offsets_segment_bytes)?;
-        let producer_ids = ProducerIds::new(state.producer_ids_end, metadata);
+        let producer_ids = ProducerIds::new(state.producer_ids_end, Arc::clone(&metadata));
         tracing::info!(
             groups = offsets.group_ids().len(),
             elapsed_ms = since(phase),
@@ -319,6 +319,10 @@ impl Broker {
         let vhosts = VirtualHosts::open(
             Arc::clone(&logs),
             Arc::clone(&topics),
+            messaging::definitions::DurableDefinitions {
+                writer: messaging::definitions::DefinitionWriter::new(Arc::clone(&metadata)),
+                stored: state.definitions,
+            },
             &options.vhosts,
             messaging::ResourceMonitor::with_queue_budget(
                 options.memory_high_watermark,

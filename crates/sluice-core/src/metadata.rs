@@ -9,7 +9,9 @@
 //! Data directories written before this log existed kept one TOML file per
 //! topic under `topics/` and the end of the producer-id block in
 //! `producer-id-block`; the first open turns them into commands and renames
-//! them (`topics.migrated`, `producer-id-block.migrated`).
+//! them (`topics.migrated`, `producer-id-block.migrated`). Durable AMQP
+//! objects lived in `__amqp_definitions-0`: the first open turns them into
+//! commands too and deletes that log.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -19,12 +21,15 @@ use serde::{Deserialize, Serialize};
 use sluice_log::{Log, LogManager};
 
 use crate::CoreError;
+use crate::messaging::definitions::{
+    self, BindingDefinition, Definitions, ExchangeDefinition, QueueDefinition,
+};
 
 /// The log holding the commands.
 pub(crate) const METADATA_LOG: &str = "__cluster_metadata-0";
 
 /// One change to the broker's metadata.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case", deny_unknown_fields)]
 pub enum MetadataCommand {
     /// A new topic with `partitions` empty partitions.
@@ -52,6 +57,21 @@ pub enum MetadataCommand {
     AllocateProducerIds {
         end: i64,
     },
+    /// A durable AMQP exchange, new or replacing its declaration.
+    DeclareExchange(ExchangeDefinition),
+    DeleteExchange {
+        vhost: String,
+        name: String,
+    },
+    /// A durable AMQP queue, new or replacing its declaration.
+    DeclareQueue(QueueDefinition),
+    DeleteQueue {
+        vhost: String,
+        name: String,
+    },
+    /// A binding between durable AMQP ends.
+    Bind(BindingDefinition),
+    Unbind(BindingDefinition),
 }
 
 /// A topic as the metadata describes it.
@@ -63,12 +83,14 @@ pub(crate) struct TopicMeta {
 }
 
 /// The metadata a sequence of commands leaves.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct MetadataState {
     /// Topics by name.
     pub(crate) topics: BTreeMap<String, TopicMeta>,
     /// The end of the last producer-id block: ids from here are unused.
     pub(crate) producer_ids_end: i64,
+    /// Durable AMQP exchanges, queues and bindings.
+    pub(crate) definitions: Definitions,
 }
 
 /// Applies one command to `state`. Deterministic: the same commands in the
@@ -81,6 +103,9 @@ pub(crate) struct MetadataState {
 /// refuses (then nothing changed); writers check before they append, so a
 /// replayed log holds none.
 pub(crate) fn apply(state: &mut MetadataState, command: MetadataCommand) -> Result<(), CoreError> {
+    if definitions::apply(&mut state.definitions, &command) {
+        return Ok(());
+    }
     let topics = &mut state.topics;
     let unknown = |name: &str| CoreError::UnknownTopic {
         topic: name.to_owned(),
@@ -134,6 +159,12 @@ pub(crate) fn apply(state: &mut MetadataState, command: MetadataCommand) -> Resu
             }
             state.producer_ids_end = end;
         }
+        MetadataCommand::DeclareExchange(_)
+        | MetadataCommand::DeleteExchange { .. }
+        | MetadataCommand::DeclareQueue(_)
+        | MetadataCommand::DeleteQueue { .. }
+        | MetadataCommand::Bind(_)
+        | MetadataCommand::Unbind(_) => {}
     }
     Ok(())
 }
@@ -155,6 +186,7 @@ impl Metadata {
     ) -> Result<(Arc<Metadata>, MetadataState), CoreError> {
         let log = MetadataLog::open(logs)?;
         migrate(data_dir, &log)?;
+        migrate_definitions(logs, &log)?;
         let mut state = MetadataState::default();
         for command in log.replay()? {
             if let Err(error) = apply(&mut state, command) {
@@ -205,6 +237,25 @@ fn migrate(data_dir: &Path, log: &MetadataLog) -> Result<(), CoreError> {
             })?;
         }
     }
+    Ok(())
+}
+
+/// Turns the durable AMQP objects of an older data directory's
+/// definitions log into commands, then deletes that log. Stopped between
+/// the two, the next open declares the same objects again: a declaration
+/// replaces, so nothing changes.
+fn migrate_definitions(logs: &LogManager, log: &MetadataLog) -> Result<(), CoreError> {
+    let Some(commands) = definitions::legacy::commands(logs)? else {
+        return Ok(());
+    };
+    if !commands.is_empty() {
+        log.append(&commands)?;
+    }
+    logs.delete(definitions::legacy::LOG)?;
+    tracing::info!(
+        commands = commands.len(),
+        "moved AMQP definitions into the metadata log"
+    );
     Ok(())
 }
 

@@ -3,9 +3,14 @@
 //! wrote them until 2026-12, and the producer-id block file) is migrated on
 //! first start: its topics, ids, partition counts, settings and records
 //! are all there, producer ids go on past the old block, the files move
-//! aside, and later changes replay from the log alone.
+//! aside, and later changes replay from the log alone. Durable AMQP
+//! exchanges, queues and bindings, which lived in the compacted log
+//! `__amqp_definitions-0`, move into the metadata log the same way.
 
+use amq_protocol::protocol::BasicProperties;
+use amq_protocol::types::FieldTable;
 use bytes::BytesMut;
+use sluice_core::messaging::{Destination, ExchangeKind, ExchangeOptions, Message};
 use sluice_core::records::{NewRecord, encode};
 use sluice_core::{Broker, BrokerOptions, Position, TopicConfig, Undecodable};
 use sluice_types::{LeaderEpoch, Offset, PartitionId};
@@ -164,4 +169,186 @@ fn internal_log_names_are_reserved() {
             "{name}"
         );
     }
+}
+
+/// `[len:2][bytes]`, as the old definitions log wrote strings.
+fn put_str(out: &mut Vec<u8>, text: &str) {
+    out.extend_from_slice(&u16::try_from(text.len()).expect("short").to_be_bytes());
+    out.extend_from_slice(text.as_bytes());
+}
+
+/// An empty AMQP field table as on the wire.
+const NO_ARGUMENTS: [u8; 4] = [0, 0, 0, 0];
+
+/// The old definitions log, with the key and value layouts main wrote
+/// until 2026-12: a topic exchange, a durable queue with its store id, a
+/// binding between them, and a second queue deleted again (a tombstone).
+fn old_definitions_log(dir: &std::path::Path) {
+    let mut exchange_key = vec![0];
+    put_str(&mut exchange_key, "/");
+    put_str(&mut exchange_key, "orders");
+    let mut exchange_value = vec![0];
+    put_str(&mut exchange_value, "topic");
+    exchange_value.push(0);
+    exchange_value.extend_from_slice(&NO_ARGUMENTS);
+
+    let queue = |name: &str, store_id: &str| {
+        let mut key = vec![1];
+        put_str(&mut key, "/");
+        put_str(&mut key, name);
+        let mut value = vec![0];
+        put_str(&mut value, store_id);
+        value.push(0);
+        value.extend_from_slice(&NO_ARGUMENTS);
+        (key, value)
+    };
+    let (queue_key, queue_value) = queue("paid", "paid-0000000000000001");
+    let (gone_key, gone_value) = queue("gone", "gone-0000000000000002");
+
+    let mut binding_key = vec![2];
+    put_str(&mut binding_key, "/");
+    put_str(&mut binding_key, "orders");
+    binding_key.push(0);
+    put_str(&mut binding_key, "paid");
+    put_str(&mut binding_key, "order.paid.*");
+    binding_key.extend_from_slice(&NO_ARGUMENTS);
+
+    let records: [(&[u8], Option<&[u8]>); 5] = [
+        (&exchange_key, Some(&exchange_value)),
+        (&queue_key, Some(&queue_value)),
+        (&gone_key, Some(&gone_value)),
+        (&binding_key, Some(&[0])),
+        (&gone_key, None),
+    ];
+    let log = sluice_log::Log::open(
+        &dir.join("logs").join("__amqp_definitions-0"),
+        sluice_log::LogConfig::default(),
+    )
+    .expect("open log");
+    for (key, value) in records {
+        let mut batch = encode(&[NewRecord {
+            key: Some(key),
+            value,
+            timestamp: 1_000,
+        }])
+        .expect("encode");
+        log.append(&mut batch, LeaderEpoch::from(0))
+            .expect("append");
+    }
+    log.close().expect("close");
+}
+
+fn persistent(routing_key: &str) -> Message {
+    Message {
+        exchange: "orders".into(),
+        routing_key: routing_key.into(),
+        properties: BasicProperties::default().with_delivery_mode(2),
+        body: bytes::Bytes::from_static(b"order"),
+    }
+}
+
+#[test]
+fn amqp_definitions_move_into_the_metadata_log_on_first_start() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    old_definitions_log(dir.path());
+
+    let broker = Broker::open(BrokerOptions::new(dir.path())).expect("open");
+    let vhost = broker.vhosts().get("/").expect("default vhost");
+    let exchange = vhost.exchange("orders").expect("exchange migrated");
+    assert_eq!(exchange.kind, ExchangeKind::Topic);
+    assert!(exchange.durable);
+    let queue = vhost.queue("paid").expect("queue migrated");
+    assert!(queue.options().durable);
+    assert!(vhost.queue("gone").is_none(), "the tombstone held");
+    let bindings: Vec<(String, Destination, String)> = vhost
+        .bindings()
+        .into_iter()
+        .map(|b| (b.source, b.destination, b.routing_key))
+        .collect();
+    assert_eq!(
+        bindings,
+        vec![(
+            "orders".to_owned(),
+            Destination::Queue("paid".to_owned()),
+            "order.paid.*".to_owned()
+        )]
+    );
+    assert!(
+        !dir.path()
+            .join("logs")
+            .join("__amqp_definitions-0")
+            .exists(),
+        "the old log is gone"
+    );
+    // The binding routes; the queue keeps a persistent message in its store.
+    let outcome = vhost
+        .publish("orders", persistent("order.paid.eu"))
+        .expect("publish");
+    assert_eq!(outcome.queues, 1);
+    let store_logs = std::fs::read_dir(dir.path().join("logs"))
+        .expect("logs")
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .contains("paid-0000000000000001")
+        })
+        .count();
+    assert!(store_logs > 0, "the queue kept its store id");
+    // Changes after the migration are commands too.
+    vhost
+        .declare_exchange(
+            "audit",
+            "fanout",
+            ExchangeOptions {
+                durable: true,
+                ..ExchangeOptions::default()
+            },
+            false,
+        )
+        .expect("declare");
+    vhost
+        .bind(
+            "orders",
+            Destination::Exchange("audit".into()),
+            "#",
+            &FieldTable::default(),
+            0,
+        )
+        .expect("bind");
+    vhost
+        .unbind(
+            "orders",
+            Destination::Queue("paid".into()),
+            "order.paid.*",
+            &FieldTable::default(),
+            0,
+        )
+        .expect("unbind");
+    broker.shutdown().expect("shutdown");
+    drop((queue, exchange, vhost, broker));
+
+    let broker = Broker::open(BrokerOptions::new(dir.path())).expect("reopen");
+    let vhost = broker.vhosts().get("/").expect("default vhost");
+    let queue = vhost.queue("paid").expect("queue kept");
+    assert_eq!(queue.message_count(), 1, "the stored message came back");
+    assert!(vhost.exchange("audit").is_some_and(|e| e.durable));
+    let bindings: Vec<(String, Destination)> = vhost
+        .bindings()
+        .into_iter()
+        .map(|b| (b.source, b.destination))
+        .collect();
+    assert_eq!(
+        bindings,
+        vec![(
+            "orders".to_owned(),
+            Destination::Exchange("audit".to_owned())
+        )]
+    );
+    assert!(
+        !dir.path()
+            .join("logs")
+            .join("__amqp_definitions-0")
+            .exists()
+    );
 }

@@ -1,141 +1,290 @@
-//! Durable exchanges, queues and bindings, kept in the compacted internal
-//! log `__amqp_definitions-0`: one record per object, the latest per key
-//! wins, a deletion is a tombstone. Replayed on open.
+//! Durable exchanges, queues and bindings are metadata: declaring or
+//! deleting one (and binding or unbinding) is a [`MetadataCommand`] in the
+//! metadata log (see [`crate::metadata`]), appended before the virtual host
+//! applies it and replayed at open into [`Definition`]s, the latest per
+//! object. Arguments travel as the AMQP field table they were declared with,
+//! in hex, so no type is lost.
 //!
-//! Key layout: `[kind:1][vhost_len:2][vhost][name_len:2][name]` for kind 0
-//! (exchange) and 1 (queue); kind 2 (binding) continues with
-//! `[destination_kind:1][destination_len:2][destination][routing_key_len:2][routing_key][arguments]`.
-//! Value layout: exchange `[version:1=0][type_len:2][type][flags:1][arguments]`
-//! (flags: 1 auto-delete, 2 internal); queue `[version:1=0][store_id_len:2][store_id][flags:1][arguments]`
-//! (flags: 1 auto-delete); binding `[version:1=0]`. Arguments are an AMQP
-//! field table as on the wire; integers big-endian.
+//! Data directories written before kept these in a compacted log of their
+//! own, `__amqp_definitions-0` (layouts in [`legacy`]); the first open turns
+//! what it holds into commands and deletes it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use amq_protocol::types::FieldTable;
 use amq_protocol::types::parsing::parse_field_table;
-use bytes::{Buf, BufMut, Bytes, BytesMut};
-use sluice_log::batch::{NewRecord, encode};
-use sluice_log::{Clock, Log, LogManager, SystemClock};
+use serde::{Deserialize, Serialize};
 
 use super::exchange::Destination;
 use super::message::encode_table;
 use crate::CoreError;
-use crate::fields::{get_str, put_str};
+use crate::metadata::{Metadata, MetadataCommand};
 
-/// Name of the log holding durable definitions.
-pub(crate) const DEFINITIONS_LOG: &str = "__amqp_definitions-0";
+/// A durable exchange.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExchangeDefinition {
+    pub vhost: String,
+    pub name: String,
+    /// `direct`, `fanout`, `topic` or `headers`.
+    pub kind: String,
+    pub auto_delete: bool,
+    pub internal: bool,
+    #[serde(with = "table_hex")]
+    pub arguments: FieldTable,
+}
 
-/// A durable object as stored.
+/// A durable queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueDefinition {
+    pub vhost: String,
+    pub name: String,
+    /// Names the queue's message and settlement logs; empty for a stream
+    /// (its messages are its topic's records).
+    pub store_id: String,
+    pub auto_delete: bool,
+    #[serde(with = "table_hex")]
+    pub arguments: FieldTable,
+}
+
+/// A binding between durable ends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BindingDefinition {
+    pub vhost: String,
+    pub source: String,
+    pub destination: Destination,
+    pub routing_key: String,
+    #[serde(with = "table_hex")]
+    pub arguments: FieldTable,
+}
+
+/// A durable object as the metadata holds it.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Definition {
+    Exchange(ExchangeDefinition),
+    Queue(QueueDefinition),
+    Binding(BindingDefinition),
+}
+
+/// What identifies a durable object. Ordered so that a replay restores
+/// exchanges, then queues, then the bindings between them.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum DefinitionKey {
     Exchange {
         vhost: String,
         name: String,
-        kind: String,
-        auto_delete: bool,
-        internal: bool,
-        arguments: FieldTable,
     },
     Queue {
         vhost: String,
         name: String,
-        store_id: String,
-        auto_delete: bool,
-        arguments: FieldTable,
     },
     Binding {
         vhost: String,
         source: String,
         destination: Destination,
         routing_key: String,
-        arguments: FieldTable,
+        /// The arguments as on the wire: two bindings differing only in
+        /// arguments are two bindings.
+        arguments: Vec<u8>,
     },
 }
 
-#[derive(Debug)]
-pub(crate) struct Definitions {
-    log: Arc<Log>,
-}
-
-fn get_table(bytes: &Bytes) -> Option<FieldTable> {
-    let (rest, table) = parse_field_table(&bytes[..]).ok()?;
-    rest.is_empty().then_some(table)
+impl BindingDefinition {
+    fn key(&self) -> DefinitionKey {
+        DefinitionKey::Binding {
+            vhost: self.vhost.clone(),
+            source: self.source.clone(),
+            destination: self.destination.clone(),
+            routing_key: self.routing_key.clone(),
+            arguments: encode_table(&self.arguments),
+        }
+    }
 }
 
 impl Definition {
-    fn key(&self) -> Bytes {
-        let mut out = BytesMut::new();
+    /// The virtual host it belongs to.
+    pub(crate) fn vhost(&self) -> &str {
         match self {
-            Definition::Exchange { vhost, name, .. } => {
-                out.put_u8(0);
-                put_str(&mut out, vhost);
-                put_str(&mut out, name);
-            }
-            Definition::Queue { vhost, name, .. } => {
-                out.put_u8(1);
-                put_str(&mut out, vhost);
-                put_str(&mut out, name);
-            }
-            Definition::Binding {
-                vhost,
-                source,
-                destination,
-                routing_key,
-                arguments,
-            } => {
-                out.put_u8(2);
-                put_str(&mut out, vhost);
-                put_str(&mut out, source);
-                match destination {
-                    Destination::Queue(name) => {
-                        out.put_u8(0);
-                        put_str(&mut out, name);
-                    }
-                    Destination::Exchange(name) => {
-                        out.put_u8(1);
-                        put_str(&mut out, name);
-                    }
-                }
-                put_str(&mut out, routing_key);
-                out.put_slice(&encode_table(arguments));
-            }
+            Definition::Exchange(exchange) => &exchange.vhost,
+            Definition::Queue(queue) => &queue.vhost,
+            Definition::Binding(binding) => &binding.vhost,
         }
-        out.freeze()
+    }
+}
+
+/// The durable AMQP objects a sequence of commands leaves.
+pub(crate) type Definitions = BTreeMap<DefinitionKey, Definition>;
+
+/// Applies an AMQP command to `definitions`: a declaration or binding
+/// replaces what the same key held, a deletion or unbinding removes it (and
+/// removing what is absent changes nothing, as a tombstone did). Returns
+/// `false` for a command that is not about AMQP objects.
+pub(crate) fn apply(definitions: &mut Definitions, command: &MetadataCommand) -> bool {
+    match command {
+        MetadataCommand::DeclareExchange(exchange) => {
+            let key = DefinitionKey::Exchange {
+                vhost: exchange.vhost.clone(),
+                name: exchange.name.clone(),
+            };
+            definitions.insert(key, Definition::Exchange(exchange.clone()));
+        }
+        MetadataCommand::DeleteExchange { vhost, name } => {
+            definitions.remove(&DefinitionKey::Exchange {
+                vhost: vhost.clone(),
+                name: name.clone(),
+            });
+        }
+        MetadataCommand::DeclareQueue(queue) => {
+            let key = DefinitionKey::Queue {
+                vhost: queue.vhost.clone(),
+                name: queue.name.clone(),
+            };
+            definitions.insert(key, Definition::Queue(queue.clone()));
+        }
+        MetadataCommand::DeleteQueue { vhost, name } => {
+            definitions.remove(&DefinitionKey::Queue {
+                vhost: vhost.clone(),
+                name: name.clone(),
+            });
+        }
+        MetadataCommand::Bind(binding) => {
+            definitions.insert(binding.key(), Definition::Binding(binding.clone()));
+        }
+        MetadataCommand::Unbind(binding) => {
+            definitions.remove(&binding.key());
+        }
+        _ => return false,
+    }
+    true
+}
+
+/// The durable AMQP objects at open, and where changes to them go.
+#[derive(Debug)]
+pub(crate) struct DurableDefinitions {
+    pub(crate) writer: DefinitionWriter,
+    pub(crate) stored: Definitions,
+}
+
+/// Where a virtual host writes its durable changes.
+#[derive(Debug)]
+pub(crate) struct DefinitionWriter {
+    metadata: Arc<Metadata>,
+}
+
+impl DefinitionWriter {
+    pub(crate) fn new(metadata: Arc<Metadata>) -> DefinitionWriter {
+        DefinitionWriter { metadata }
     }
 
-    fn value(&self) -> Bytes {
-        let mut out = BytesMut::new();
-        out.put_u8(0);
-        match self {
-            Definition::Exchange {
-                kind,
-                auto_delete,
-                internal,
-                arguments,
-                ..
-            } => {
-                put_str(&mut out, kind);
-                out.put_u8(u8::from(*auto_delete) | (u8::from(*internal) << 1));
-                out.put_slice(&encode_table(arguments));
-            }
-            Definition::Queue {
-                store_id,
-                auto_delete,
-                arguments,
-                ..
-            } => {
-                put_str(&mut out, store_id);
-                out.put_u8(u8::from(*auto_delete));
-                out.put_slice(&encode_table(arguments));
-            }
-            Definition::Binding { .. } => {}
+    /// Appends `command` durably; the caller applies it after.
+    ///
+    /// # Errors
+    /// The metadata log's write failure.
+    pub(crate) fn commit(&self, command: MetadataCommand) -> Result<(), CoreError> {
+        self.metadata.writer().append(&[command])
+    }
+}
+
+/// A field table as the hex of its wire encoding.
+mod table_hex {
+    use std::fmt::Write as _;
+
+    use super::{FieldTable, encode_table, parse_field_table};
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(
+        table: &FieldTable,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        let mut text = String::new();
+        for byte in encode_table(table) {
+            let _ = write!(text, "{byte:02x}");
         }
-        out.freeze()
+        serializer.serialize_str(&text)
     }
 
-    fn decode(mut key: Bytes, mut value: Bytes) -> Option<Definition> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<FieldTable, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let bytes = (0..text.len())
+            .step_by(2)
+            .map(|at| {
+                text.get(at..at + 2)
+                    .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+            })
+            .collect::<Option<Vec<u8>>>()
+            .ok_or_else(|| D::Error::custom("arguments are not hex"))?;
+        match parse_field_table(&bytes[..]) {
+            Ok(([], table)) => Ok(table),
+            _ => Err(D::Error::custom("arguments are not an AMQP field table")),
+        }
+    }
+}
+
+/// The log older data directories kept definitions in: compacted, one
+/// record per object, the latest per key wins, a deletion is a tombstone.
+///
+/// Key layout: `[kind:1][vhost_len:2][vhost][name_len:2][name]` for kind 0
+/// (exchange) and 1 (queue); kind 2 (binding) continues with
+/// `[destination_kind:1][destination_len:2][destination][routing_key_len:2][routing_key][arguments]`.
+/// Value layout: exchange `[version:1=0][type_len:2][type][flags:1][arguments]`
+/// (flags: 1 auto-delete, 2 internal); queue `[version:1=0][store_id_len:2][store_id][flags:1][arguments]`
+/// (flags: 1 auto-delete); binding `[version:1=0]`. Arguments are an AMQP
+/// field table as on the wire; integers big-endian.
+pub(crate) mod legacy {
+    use std::collections::BTreeMap;
+
+    use bytes::{Buf, Bytes};
+    use sluice_log::LogManager;
+
+    use super::{
+        BindingDefinition, Destination, ExchangeDefinition, FieldTable, QueueDefinition,
+        parse_field_table,
+    };
+    use crate::CoreError;
+    use crate::fields::get_str;
+    use crate::metadata::MetadataCommand;
+
+    /// Name of the old log.
+    pub(crate) const LOG: &str = "__amqp_definitions-0";
+
+    /// The commands that declare what the old log holds, exchanges first,
+    /// then queues, then bindings; `None` when there is no old log.
+    ///
+    /// # Errors
+    /// The log's read errors.
+    pub(crate) fn commands(logs: &LogManager) -> Result<Option<Vec<MetadataCommand>>, CoreError> {
+        let Some(log) = logs.get(LOG) else {
+            return Ok(None);
+        };
+        let mut latest: BTreeMap<Bytes, Option<Bytes>> = BTreeMap::new();
+        crate::replay::for_each_record(&log, log.log_start(), |record| {
+            if let Some(key) = record.key {
+                latest.insert(key, record.value);
+            }
+        })?;
+        let mut commands = Vec::new();
+        for (key, value) in latest {
+            let Some(value) = value else { continue };
+            match decode(key, value) {
+                Some(command) => commands.push(command),
+                None => tracing::warn!("skipping a damaged AMQP definition record"),
+            }
+        }
+        Ok(Some(commands))
+    }
+
+    fn get_table(bytes: &Bytes) -> Option<FieldTable> {
+        let (rest, table) = parse_field_table(&bytes[..]).ok()?;
+        rest.is_empty().then_some(table)
+    }
+
+    fn decode(mut key: Bytes, mut value: Bytes) -> Option<MetadataCommand> {
         if !key.has_remaining() || !value.has_remaining() || value.get_u8() != 0 {
             return None;
         }
@@ -149,14 +298,14 @@ impl Definition {
                     return None;
                 }
                 let flags = value.get_u8();
-                Some(Definition::Exchange {
+                Some(MetadataCommand::DeclareExchange(ExchangeDefinition {
                     vhost,
                     name,
                     kind: exchange_kind,
                     auto_delete: flags & 1 != 0,
                     internal: flags & 2 != 0,
                     arguments: get_table(&value)?,
-                })
+                }))
             }
             1 => {
                 let name = get_str(&mut key)?;
@@ -165,13 +314,13 @@ impl Definition {
                     return None;
                 }
                 let flags = value.get_u8();
-                Some(Definition::Queue {
+                Some(MetadataCommand::DeclareQueue(QueueDefinition {
                     vhost,
                     name,
                     store_id,
                     auto_delete: flags & 1 != 0,
                     arguments: get_table(&value)?,
-                })
+                }))
             }
             2 => {
                 let source = get_str(&mut key)?;
@@ -186,70 +335,16 @@ impl Definition {
                     _ => return None,
                 };
                 let routing_key = get_str(&mut key)?;
-                Some(Definition::Binding {
+                Some(MetadataCommand::Bind(BindingDefinition {
                     vhost,
                     source,
                     destination,
                     routing_key,
                     arguments: get_table(&key)?,
-                })
+                }))
             }
             _ => None,
         }
-    }
-}
-
-impl Definitions {
-    /// Opens the log and returns what it holds, in key order (exchanges,
-    /// then queues, then bindings).
-    pub(crate) fn open(logs: &LogManager) -> Result<(Definitions, Vec<Definition>), CoreError> {
-        let config = sluice_log::LogConfig {
-            cleanup_compact: true,
-            cleanup_delete: false,
-            retention_bytes: None,
-            retention_time: None,
-            ..logs.defaults().clone()
-        };
-        let log = logs.get_or_create(DEFINITIONS_LOG, Some(config.clone()))?;
-        log.set_config(config);
-        let mut latest: BTreeMap<Bytes, Option<Bytes>> = BTreeMap::new();
-        crate::replay::for_each_record(&log, log.log_start(), |record| {
-            if let Some(key) = record.key {
-                latest.insert(key, record.value);
-            }
-        })?;
-        let mut definitions = Vec::new();
-        for (key, value) in latest {
-            let Some(value) = value else { continue };
-            match Definition::decode(key, value) {
-                Some(definition) => definitions.push(definition),
-                None => tracing::warn!("skipping a damaged AMQP definition record"),
-            }
-        }
-        Ok((Definitions { log }, definitions))
-    }
-
-    /// Stores a definition durably.
-    pub(crate) fn put(&self, definition: &Definition) -> Result<(), CoreError> {
-        self.append(&definition.key(), Some(&definition.value()))
-    }
-
-    /// Removes a definition durably.
-    pub(crate) fn remove(&self, definition: &Definition) -> Result<(), CoreError> {
-        self.append(&definition.key(), None)
-    }
-
-    fn append(&self, key: &[u8], value: Option<&[u8]>) -> Result<(), CoreError> {
-        let mut batch = encode(&[NewRecord {
-            key: Some(key),
-            value,
-            timestamp: SystemClock.now_ms(),
-        }])
-        .map_err(|reason| CoreError::Internal {
-            reason: format!("cannot encode a definitions batch: {reason}"),
-        })?;
-        self.log.append(&mut batch, crate::LOCAL_EPOCH)?;
-        Ok(())
     }
 }
 
@@ -259,11 +354,10 @@ mod tests {
     use amq_protocol::types::AMQPValue;
 
     #[test]
-    fn definitions_survive_reopen_and_deletions_stick() -> Result<(), CoreError> {
-        let dir = tempfile::tempdir().expect("temp dir");
+    fn declarations_replace_deletions_remove_and_replay_orders_by_kind() {
         let mut arguments = FieldTable::default();
         arguments.insert("x-match".into(), AMQPValue::LongString("any".into()));
-        let exchange = Definition::Exchange {
+        let exchange = ExchangeDefinition {
             vhost: "/".into(),
             name: "orders".into(),
             kind: "topic".into(),
@@ -271,34 +365,78 @@ mod tests {
             internal: true,
             arguments: FieldTable::default(),
         };
-        let queue = Definition::Queue {
+        let queue = QueueDefinition {
             vhost: "/".into(),
             name: "q1".into(),
             store_id: "abc".into(),
             auto_delete: true,
             arguments: arguments.clone(),
         };
-        let binding = Definition::Binding {
+        let binding = BindingDefinition {
             vhost: "/".into(),
             source: "orders".into(),
             destination: Destination::Queue("q1".into()),
             routing_key: "a.*".into(),
             arguments,
         };
-        {
-            let logs = LogManager::open(dir.path(), sluice_log::LogConfig::default())?;
-            let (store, loaded) = Definitions::open(&logs)?;
-            assert!(loaded.is_empty());
-            store.put(&exchange)?;
-            store.put(&queue)?;
-            store.put(&binding)?;
-            store.remove(&queue)?;
-            logs.shutdown()?;
+        let other_binding = BindingDefinition {
+            arguments: FieldTable::default(),
+            ..binding.clone()
+        };
+        let commands = [
+            MetadataCommand::Bind(binding.clone()),
+            MetadataCommand::Bind(other_binding.clone()),
+            MetadataCommand::DeclareQueue(queue.clone()),
+            MetadataCommand::DeclareExchange(exchange.clone()),
+            MetadataCommand::DeleteQueue {
+                vhost: "/".into(),
+                name: "q1".into(),
+            },
+            MetadataCommand::Unbind(other_binding),
+            MetadataCommand::DeleteQueue {
+                vhost: "/".into(),
+                name: "absent".into(),
+            },
+        ];
+        let mut definitions = Definitions::new();
+        for command in &commands {
+            assert!(apply(&mut definitions, command));
         }
-        let logs = LogManager::open(dir.path(), sluice_log::LogConfig::default())?;
-        let (_, loaded) = Definitions::open(&logs)?;
-        assert_eq!(loaded, vec![exchange, binding]);
-        logs.shutdown()?;
-        Ok(())
+        let left: Vec<Definition> = definitions.into_values().collect();
+        assert_eq!(
+            left,
+            vec![Definition::Exchange(exchange), Definition::Binding(binding)]
+        );
+        assert!(!apply(
+            &mut Definitions::new(),
+            &MetadataCommand::AllocateProducerIds { end: 1 }
+        ));
+    }
+
+    #[test]
+    fn commands_keep_every_argument_type_through_json() {
+        let mut arguments = FieldTable::default();
+        arguments.insert("x-max-length".into(), AMQPValue::LongLongInt(10));
+        arguments.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("stream".into()),
+        );
+        arguments.insert("x-flag".into(), AMQPValue::Boolean(true));
+        let command = MetadataCommand::DeclareQueue(QueueDefinition {
+            vhost: "v".into(),
+            name: "q".into(),
+            store_id: String::new(),
+            auto_delete: false,
+            arguments,
+        });
+        let text = serde_json::to_string(&command).expect("json");
+        assert!(
+            text.starts_with(r#"{"command":"declare_queue","vhost":"v","#),
+            "{text}"
+        );
+        let back: MetadataCommand = serde_json::from_str(&text).expect("parse");
+        assert_eq!(back, command);
+        let bad = text.replace(r#""arguments":""#, r#""arguments":"zz"#);
+        assert!(serde_json::from_str::<MetadataCommand>(&bad).is_err());
     }
 }

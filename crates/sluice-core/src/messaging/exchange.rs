@@ -53,7 +53,10 @@ impl FromStr for ExchangeKind {
 }
 
 /// Where a binding leads.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum Destination {
     /// A queue of the same virtual host.
     Queue(String),

@@ -12,15 +12,15 @@
 //!              ConsumerEvent::Deliver ─▶ front-end channel ─▶ ack/nack/reject ─▶ Queue
 //! ```
 //!
-//! Durable exchanges, queues and bindings are kept in the compacted log
-//! `__amqp_definitions-0` (`definitions.rs`); a durable queue's persistent
-//! messages in its own logs (`queue_store.rs`).
+//! Durable exchanges, queues and bindings are metadata commands in the
+//! metadata log (`definitions.rs`); a durable queue's persistent messages
+//! live in its own logs (`queue_store.rs`).
 //!
 //! Start reading at [`VirtualHost::publish`].
 
 mod alarms;
 mod bridge;
-mod definitions;
+pub(crate) mod definitions;
 mod exchange;
 mod message;
 mod queue;
@@ -34,6 +34,7 @@ pub use bridge::{
     EXCHANGE_HEADER, HEADER_PREFIX, HEADERS_TABLE, RecordParts, message_to_record, murmur2,
     partition_for_key, record_to_message,
 };
+pub use definitions::{BindingDefinition, ExchangeDefinition, QueueDefinition};
 pub use exchange::{Binding, Destination, Exchange, ExchangeKind};
 pub use message::{Message, encode_properties, integer_value, short, string_value};
 pub(crate) use queue::now_ms;

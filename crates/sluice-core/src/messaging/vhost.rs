@@ -16,11 +16,15 @@ use sluice_log::LogManager;
 
 use super::MessagingError;
 use super::alarms::ResourceMonitor;
-use super::definitions::{Definition, Definitions};
+use super::definitions::{
+    BindingDefinition, Definition, DefinitionWriter, DurableDefinitions, ExchangeDefinition,
+    QueueDefinition,
+};
 use super::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use super::message::{Message, short, string_value};
 use super::queue::{DeadLetter, DeathReason, Queue, QueueArgs, QueueOptions, now_ms};
 use super::queue_store::{QueueStore, Source, message_log_name, settlement_log_name, store_id};
+use crate::metadata::MetadataCommand;
 use crate::{Acks, CoreError, Topics};
 
 /// How an exchange is declared.
@@ -63,14 +67,15 @@ impl VirtualHosts {
     pub(crate) fn open(
         logs: Arc<LogManager>,
         topics: Arc<Topics>,
+        durable: DurableDefinitions,
         names: &[String],
         memory: Arc<ResourceMonitor>,
         max_queues: Option<u32>,
         restored: &(dyn Fn(usize, usize) + Sync),
     ) -> Result<VirtualHosts, CoreError> {
-        let (definitions, stored) = Definitions::open(&logs)?;
+        let DurableDefinitions { writer, stored } = durable;
         let total = stored.len();
-        let definitions = Arc::new(definitions);
+        let definitions = Arc::new(writer);
         let mut hosts = HashMap::new();
         for name in names {
             hosts.insert(
@@ -85,15 +90,10 @@ impl VirtualHosts {
                 ),
             );
         }
-        for (index, definition) in stored.into_iter().enumerate() {
+        for (index, definition) in stored.into_values().enumerate() {
             restored(index, total);
-            let vhost_name = match &definition {
-                Definition::Exchange { vhost, .. }
-                | Definition::Queue { vhost, .. }
-                | Definition::Binding { vhost, .. } => vhost.clone(),
-            };
-            let Some(vhost) = hosts.get(&vhost_name) else {
-                tracing::warn!(vhost = %vhost_name, "definitions of an unconfigured virtual host are kept but not loaded");
+            let Some(vhost) = hosts.get(definition.vhost()) else {
+                tracing::warn!(vhost = %definition.vhost(), "definitions of an unconfigured virtual host are kept but not loaded");
                 continue;
             };
             vhost.restore(definition)?;
@@ -190,7 +190,7 @@ pub struct VirtualHost {
     logs: Arc<LogManager>,
     /// The broker's topics, which stream queues are views of.
     topics: Arc<Topics>,
-    definitions: Arc<Definitions>,
+    definitions: Arc<DefinitionWriter>,
     memory: Arc<ResourceMonitor>,
     /// Most queues; declaring one more is refused.
     max_queues: Option<u32>,
@@ -232,7 +232,7 @@ impl VirtualHost {
         name: String,
         logs: Arc<LogManager>,
         topics: Arc<Topics>,
-        definitions: Arc<Definitions>,
+        definitions: Arc<DefinitionWriter>,
         memory: Arc<ResourceMonitor>,
         max_queues: Option<u32>,
     ) -> Arc<VirtualHost> {
@@ -338,14 +338,14 @@ impl VirtualHost {
 
     fn restore(&self, definition: Definition) -> Result<(), CoreError> {
         match definition {
-            Definition::Exchange {
+            Definition::Exchange(ExchangeDefinition {
                 name,
                 kind,
                 auto_delete,
                 internal,
                 arguments,
                 ..
-            } => {
+            }) => {
                 let Ok(kind) = kind.parse::<ExchangeKind>() else {
                     tracing::warn!(exchange = %name, %kind, "skipping a stored exchange of unknown type");
                     return Ok(());
@@ -362,13 +362,13 @@ impl VirtualHost {
                     )),
                 );
             }
-            Definition::Queue {
+            Definition::Queue(QueueDefinition {
                 name,
                 store_id,
                 auto_delete,
                 arguments,
                 ..
-            } => {
+            }) => {
                 let args = QueueArgs::parse(&name, &self.name, &arguments).unwrap_or_default();
                 // A stream's messages are its topic's records; a classic
                 // queue reads back its own store.
@@ -406,13 +406,13 @@ impl VirtualHost {
                 queue.restore(messages, paged);
                 self.queues_mut().insert(name, queue);
             }
-            Definition::Binding {
+            Definition::Binding(BindingDefinition {
                 source,
                 destination,
                 routing_key,
                 arguments,
                 ..
-            } => {
+            }) => {
                 let present = match &destination {
                     Destination::Queue(name) => self.queue(name).is_some(),
                     Destination::Exchange(name) => self.exchange(name).is_some(),
@@ -462,14 +462,15 @@ impl VirtualHost {
             return self.check_exchange_equivalent(existing, kind_parsed, &options);
         }
         if options.durable {
-            self.definitions.put(&Definition::Exchange {
-                vhost: self.name.clone(),
-                name: name.to_owned(),
-                kind: kind_parsed.as_str().to_owned(),
-                auto_delete: options.auto_delete,
-                internal: options.internal,
-                arguments: options.arguments.clone(),
-            })?;
+            self.definitions
+                .commit(MetadataCommand::DeclareExchange(ExchangeDefinition {
+                    vhost: self.name.clone(),
+                    name: name.to_owned(),
+                    kind: kind_parsed.as_str().to_owned(),
+                    auto_delete: options.auto_delete,
+                    internal: options.internal,
+                    arguments: options.arguments.clone(),
+                }))?;
         }
         exchanges.insert(
             name.to_owned(),
@@ -577,13 +578,9 @@ impl VirtualHost {
             }
         }
         if exchange.durable {
-            self.definitions.remove(&Definition::Exchange {
+            self.definitions.commit(MetadataCommand::DeleteExchange {
                 vhost: self.name.clone(),
                 name: exchange.name.clone(),
-                kind: String::new(),
-                auto_delete: false,
-                internal: false,
-                arguments: FieldTable::default(),
             })?;
         }
         self.exchanges_mut().remove(&exchange.name);
@@ -592,13 +589,14 @@ impl VirtualHost {
 
     fn forget_binding(&self, binding: &Binding) -> Result<(), CoreError> {
         if self.binding_is_durable(&binding.source, &binding.destination) {
-            self.definitions.remove(&Definition::Binding {
-                vhost: self.name.clone(),
-                source: binding.source.clone(),
-                destination: binding.destination.clone(),
-                routing_key: binding.routing_key.clone(),
-                arguments: binding.arguments.clone(),
-            })?;
+            self.definitions
+                .commit(MetadataCommand::Unbind(BindingDefinition {
+                    vhost: self.name.clone(),
+                    source: binding.source.clone(),
+                    destination: binding.destination.clone(),
+                    routing_key: binding.routing_key.clone(),
+                    arguments: binding.arguments.clone(),
+                }))?;
         }
         Ok(())
     }
@@ -672,13 +670,14 @@ impl VirtualHost {
         let store = if persisted {
             let store_id = store_id(&name, &unique_token());
             let recovered = QueueStore::open(&self.logs, &store_id, u64::MAX)?;
-            self.definitions.put(&Definition::Queue {
-                vhost: self.name.clone(),
-                name: name.clone(),
-                store_id: store_id.clone(),
-                auto_delete: options.auto_delete,
-                arguments: options.arguments.clone(),
-            })?;
+            self.definitions
+                .commit(MetadataCommand::DeclareQueue(QueueDefinition {
+                    vhost: self.name.clone(),
+                    name: name.clone(),
+                    store_id: store_id.clone(),
+                    auto_delete: options.auto_delete,
+                    arguments: options.arguments.clone(),
+                }))?;
             Some((store_id, recovered.store))
         } else {
             None
@@ -735,13 +734,14 @@ impl VirtualHost {
             drop(queues);
             return self.redeclare(&existing, &options, 0);
         }
-        self.definitions.put(&Definition::Queue {
-            vhost: self.name.clone(),
-            name: name.clone(),
-            store_id: String::new(),
-            auto_delete: false,
-            arguments: options.arguments.clone(),
-        })?;
+        self.definitions
+            .commit(MetadataCommand::DeclareQueue(QueueDefinition {
+                vhost: self.name.clone(),
+                name: name.clone(),
+                store_id: String::new(),
+                auto_delete: false,
+                arguments: options.arguments.clone(),
+            }))?;
         let count = {
             let queue = Queue::new(
                 name.clone(),
@@ -908,12 +908,9 @@ impl VirtualHost {
             }
         }
         if queue.stream_topic().is_some() || queue.store_id().is_some() {
-            self.definitions.remove(&Definition::Queue {
+            self.definitions.commit(MetadataCommand::DeleteQueue {
                 vhost: self.name.clone(),
                 name: queue.name().to_owned(),
-                store_id: String::new(),
-                auto_delete: false,
-                arguments: FieldTable::default(),
             })?;
         }
         let count = queue.mark_deleted();
@@ -966,13 +963,15 @@ impl VirtualHost {
         let (exchange, durable) = self.binding_ends(source, &destination, connection)?;
         exchange.validate_binding(arguments)?;
         if exchange.bind(destination.clone(), routing_key, arguments) && durable {
-            let stored = self.definitions.put(&Definition::Binding {
-                vhost: self.name.clone(),
-                source: source.to_owned(),
-                destination: destination.clone(),
-                routing_key: routing_key.to_owned(),
-                arguments: arguments.clone(),
-            });
+            let stored = self
+                .definitions
+                .commit(MetadataCommand::Bind(BindingDefinition {
+                    vhost: self.name.clone(),
+                    source: source.to_owned(),
+                    destination: destination.clone(),
+                    routing_key: routing_key.to_owned(),
+                    arguments: arguments.clone(),
+                }));
             if let Err(error) = stored {
                 exchange.unbind(&destination, routing_key, arguments);
                 return Err(error.into());
@@ -997,13 +996,14 @@ impl VirtualHost {
         let (exchange, durable) = self.binding_ends(source, &destination, connection)?;
         if exchange.unbind(&destination, routing_key, arguments) {
             if durable {
-                self.definitions.remove(&Definition::Binding {
-                    vhost: self.name.clone(),
-                    source: source.to_owned(),
-                    destination,
-                    routing_key: routing_key.to_owned(),
-                    arguments: arguments.clone(),
-                })?;
+                self.definitions
+                    .commit(MetadataCommand::Unbind(BindingDefinition {
+                        vhost: self.name.clone(),
+                        source: source.to_owned(),
+                        destination,
+                        routing_key: routing_key.to_owned(),
+                        arguments: arguments.clone(),
+                    }))?;
             }
             if exchange.auto_delete && exchange.binding_count() == 0 {
                 self.remove_exchange(&exchange)?;
