@@ -1036,4 +1036,113 @@ mod tests {
             (None, 1, 1)
         );
     }
+
+    // Simulated time: the runtime's clock is paused and jumps ahead to the
+    // next timer whenever every task waits, so these take no real time.
+
+    /// Joins as a new member and completes the rebalance with an empty
+    /// assignment: a Stable group with one member at generation 1.
+    async fn stable_member(coordinator: &GroupCoordinator, group: &str) -> (String, i32) {
+        let joined = coordinator
+            .join(request(group, Duration::from_secs(10)))
+            .await;
+        assert_eq!(joined.error, None);
+        let synced = coordinator
+            .sync(group, joined.generation, &joined.member_id, Vec::new())
+            .await;
+        assert_eq!(synced.error, None);
+        (joined.member_id, joined.generation)
+    }
+
+    fn state(coordinator: &GroupCoordinator, group: &str) -> GroupState {
+        coordinator
+            .describe(group)
+            .map_or(GroupState::Dead, |g| g.state)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_member_that_does_not_rejoin_is_dropped_when_the_rebalance_times_out() {
+        let coordinator = GroupCoordinator::new(settings(Duration::ZERO));
+        let (old, generation) = stable_member(&coordinator, "g").await;
+        let started = Instant::now();
+        let newcomer = tokio::spawn({
+            let coordinator = Arc::clone(&coordinator);
+            async move {
+                coordinator
+                    .join(request("g", Duration::from_secs(30)))
+                    .await
+            }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(state(&coordinator, "g"), GroupState::PreparingRebalance);
+        assert_eq!(
+            coordinator.heartbeat("g", generation, &old),
+            Err(GroupError::RebalanceInProgress),
+            "the old member is told to rejoin"
+        );
+        // It never rejoins: the rebalance completes at its timeout (10 s)
+        // without it.
+        let joined = newcomer.await.expect("join");
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(10) && waited < Duration::from_secs(11),
+            "{waited:?}"
+        );
+        assert_eq!((joined.error, joined.generation), (None, generation + 1));
+        assert_eq!(joined.members.len(), 1, "the leader sees only itself");
+        assert_eq!(
+            coordinator.heartbeat("g", generation, &old),
+            Err(GroupError::UnknownMemberId)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_member_expires_after_its_session_timeout_without_heartbeats() {
+        let coordinator = GroupCoordinator::new(settings(Duration::ZERO));
+        let (member, generation) = stable_member(&coordinator, "g").await;
+        // Heartbeats keep it: 9 s of silence, then one.
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        coordinator.expire_members();
+        assert_eq!(coordinator.heartbeat("g", generation, &member), Ok(()));
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        coordinator.expire_members();
+        assert_eq!(state(&coordinator, "g"), GroupState::Stable);
+        // Then more than the 10 s session timeout of silence.
+        tokio::time::sleep(Duration::from_millis(1_001)).await;
+        coordinator.expire_members();
+        assert_eq!(
+            coordinator.heartbeat("g", generation, &member),
+            Err(GroupError::UnknownMemberId)
+        );
+        assert_eq!(state(&coordinator, "g"), GroupState::Empty);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_initial_delay_holds_the_first_rebalance_for_later_joiners() {
+        let coordinator = GroupCoordinator::new(settings(Duration::from_secs(3)));
+        let started = Instant::now();
+        let first = tokio::spawn({
+            let coordinator = Arc::clone(&coordinator);
+            async move {
+                coordinator
+                    .join(request("g", Duration::from_secs(10)))
+                    .await
+            }
+        });
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let second = coordinator
+            .join(request("g", Duration::from_secs(10)))
+            .await;
+        let first = first.await.expect("first join");
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_secs(3), "{waited:?}");
+        assert_eq!((first.generation, second.generation), (1, 1));
+        assert_eq!(first.leader, second.leader);
+        let leader_view = if first.member_id == first.leader {
+            &first
+        } else {
+            &second
+        };
+        assert_eq!(leader_view.members.len(), 2);
+    }
 }
