@@ -380,6 +380,17 @@ def test_stream_queues_peek_at_their_records_and_refuse_purge(broker, name):
     assert call(broker, "DELETE", f"/api/queues/%2F/{name}/contents").status == 400
 
 
+def test_quorum_queues_report_their_type_and_keep_it_over_a_restart(tmp_path, request, name):
+    with per_test_broker(tmp_path, request) as broker:
+        connection = pika_connection(broker)
+        connection.channel().queue_declare(name, durable=True, arguments={"x-queue-type": "quorum"})
+        connection.close()
+        assert ok(get(broker, f"/api/queues/%2F/{name}"))["type"] == "quorum"
+        broker.kill()
+        broker.start()
+        assert ok(get(broker, f"/api/queues/%2F/{name}"))["type"] == "quorum"
+
+
 def test_queue_argument_errors_name_the_field_in_plain_words(broker, name):
     for arguments, words in [({"x-max-length": -1}, "x-max-length must be an integer of 0 or more, got -1"),
                              ({"x-message-ttl": "soon"}, "x-message-ttl must be an integer of 0 or more, got a string"),

@@ -316,7 +316,9 @@ impl Channel {
         for (queue, seqs) in release_by_queue(taken) {
             match outcome {
                 Settlement::Ack => queue.ack(&seqs)?,
-                Settlement::Reject { requeue } => queue.reject(&seqs, requeue)?,
+                Settlement::Reject { requeue } => {
+                    ctx.vhost.dead_letter(queue.reject(&seqs, requeue)?)
+                }
             }
             ctx.dispatch_later(&queue);
         }
@@ -328,16 +330,19 @@ impl Channel {
     pub(crate) fn close(&mut self, vhost: &VirtualHost) {
         self.pending = None;
         for (tag, consumer) in std::mem::take(&mut self.consumers) {
-            if consumer.queue.remove_consumer(self.key, &tag)
-                && let Err(error) = vhost.auto_delete_queue(&consumer.queue)
-            {
+            let (last, dead) = consumer.queue.remove_consumer(self.key, &tag);
+            vhost.dead_letter(dead);
+            if last && let Err(error) = vhost.auto_delete_queue(&consumer.queue) {
                 tracing::warn!(queue = consumer.queue.name(), %error, "cannot auto-delete a queue");
             }
         }
         let taken: Vec<Unacked> = std::mem::take(&mut self.unacked).into_values().collect();
         for (queue, seqs) in release_by_queue(taken) {
-            if let Err(error) = queue.requeue(&seqs) {
-                tracing::warn!(queue = queue.name(), %error, "cannot requeue on channel close");
+            match queue.requeue(&seqs) {
+                Ok(dead) => vhost.dead_letter(dead),
+                Err(error) => {
+                    tracing::warn!(queue = queue.name(), %error, "cannot requeue on channel close");
+                }
             }
         }
     }

@@ -5,7 +5,8 @@
 //! A thin adapter: frames are split here and decoded by the `amq-protocol`
 //! crate; exchanges, queues, bindings, routing and delivery live in
 //! `sluice_core::messaging`. Start reading at `listener.rs` (accept), then
-//! `connection.rs` (handshake, the frame loop, heartbeats, confirms),
+//! `connection/` (`handshake.rs`, then the frame loop and heartbeats in
+//! `mod.rs`, with `tx.rs` and `confirms.rs`),
 //! `channel.rs` (content assembly, delivery tags, credit) and
 //! `handlers/` (one file per class); `errors.rs` maps core errors to
 //! reply codes and chooses channel or connection close.

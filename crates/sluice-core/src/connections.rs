@@ -275,7 +275,7 @@ impl Connections {
             id,
             protocol,
             peer,
-            connected_at_ms: crate::messaging::now_ms(),
+            connected_at_ms: crate::now_ms(),
             details: Mutex::new(ConnectionDetails::default()),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),

@@ -54,6 +54,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use sluice_log::{LogConfig, LogManager};
+use sluice_types::{Clock, SystemClock};
 
 pub use ack::{AckLevel, Acks, PendingAck};
 pub use admission::{Admission, Alarm, Verdict, Writer};
@@ -88,7 +89,7 @@ pub(crate) const LOCAL_EPOCH: sluice_types::LeaderEpoch = sluice_types::LeaderEp
 
 /// Wall-clock milliseconds.
 pub fn now_ms() -> i64 {
-    messaging::now_ms()
+    SystemClock.now_ms()
 }
 
 /// Every partition's high watermark, for the checkpoint.
@@ -146,6 +147,8 @@ pub struct BrokerOptions {
     pub data_dir: PathBuf,
     /// This node's id (`node.id`): the Kafka broker id.
     pub node_id: i32,
+    /// The wall clock (tests hand in a `sluice_types::ManualClock`).
+    pub clock: Arc<dyn Clock>,
     /// Settings every log starts from.
     pub log: LogConfig,
     /// Whether a produce or metadata request for an unknown topic creates it.
@@ -186,6 +189,7 @@ impl BrokerOptions {
         BrokerOptions {
             data_dir: data_dir.into(),
             node_id: 1,
+            clock: Arc::new(SystemClock),
             log: LogConfig::default(),
             auto_create_topics: true,
             default_partitions: 1,
@@ -317,18 +321,21 @@ impl Broker {
         progress.phase("definitions and durable queues");
         let phase = std::time::Instant::now();
         let vhosts = VirtualHosts::open(
-            Arc::clone(&logs),
-            Arc::clone(&topics),
+            &messaging::VhostShared {
+                logs: Arc::clone(&logs),
+                topics: Arc::clone(&topics),
+                memory: messaging::ResourceMonitor::with_queue_budget(
+                    options.memory_high_watermark,
+                    options.queue_memory_bytes,
+                ),
+                clock: Arc::clone(&options.clock),
+                max_queues: options.limits.max_queues,
+            },
             messaging::definitions::DurableDefinitions {
                 writer: messaging::definitions::DefinitionWriter::new(Arc::clone(&metadata)),
                 stored: state.definitions,
             },
             &options.vhosts,
-            messaging::ResourceMonitor::with_queue_budget(
-                options.memory_high_watermark,
-                options.queue_memory_bytes,
-            ),
-            options.limits.max_queues,
             &|done, total| progress.advance(done, total),
         )?;
         let summary = vhosts.recovered_summary();

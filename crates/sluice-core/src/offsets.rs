@@ -13,8 +13,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use sluice_log::{Clock, Log, LogManager, SystemClock};
+use sluice_log::{Log, LogManager};
 use sluice_types::Offset;
+use sluice_types::{Clock, SystemClock};
 
 use crate::CoreError;
 use crate::fields::{get_str, put_str};

@@ -6,9 +6,9 @@
 use bytes::BytesMut;
 use kafka_protocol::records::Record;
 use sluice_log::batch::{NewRecord, encode};
-use sluice_log::{Clock as _, SystemClock};
 use sluice_log::{Log, ReadBound};
 use sluice_types::Offset;
+use sluice_types::{Clock as _, SystemClock};
 
 use crate::CoreError;
 use crate::partition::{Undecodable, read_chunk};

@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use bytes::BytesMut;
-use sluice_log::{AppendInfo, Clock, LogManager, SystemClock};
+use sluice_log::{AppendInfo, LogManager};
+use sluice_types::{Clock, SystemClock};
 use sluice_types::{LeaderEpoch, Offset, PartitionId};
 use tokio::sync::Notify;
 

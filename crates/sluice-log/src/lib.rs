@@ -25,7 +25,6 @@
 
 pub mod batch;
 mod checkpoint;
-mod clock;
 mod compaction;
 mod config;
 mod epoch;
@@ -37,7 +36,6 @@ mod metrics;
 mod segment;
 
 pub use checkpoint::write_file_atomically;
-pub use clock::{Clock, ManualClock, SystemClock};
 pub use compaction::CompactionOutcome;
 pub use config::{Durability, LogConfig};
 pub use error::{BatchFault, LogError};

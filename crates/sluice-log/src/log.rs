@@ -13,11 +13,11 @@ use sluice_types::{LeaderEpoch, Offset};
 
 use crate::batch::{self, BatchHeader};
 use crate::checkpoint;
-use crate::clock::{Clock, SystemClock};
 use crate::config::{Durability, LogConfig};
 use crate::epoch::EpochCache;
 use crate::error::{BatchFault, LogError};
 use crate::segment::{self, Segment};
+use sluice_types::{Clock, SystemClock};
 
 const LOG_START_FILE: &str = "log-start-offset";
 const CLEAN_SHUTDOWN_FILE: &str = ".clean-shutdown";

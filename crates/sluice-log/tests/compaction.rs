@@ -14,7 +14,8 @@ use std::time::Duration;
 use bytes::BytesMut;
 use kafka_protocol::records::RecordBatchDecoder;
 use sluice_log::batch::{NewRecord, encode};
-use sluice_log::{Log, LogConfig, LogError, ManualClock, ReadBound};
+use sluice_log::{Log, LogConfig, LogError, ReadBound};
+use sluice_types::ManualClock;
 use sluice_types::{LeaderEpoch, Offset};
 
 /// A batch of (key, value) records; a `None` value is a tombstone.

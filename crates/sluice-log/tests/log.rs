@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{batch, decode, values, visible};
-use sluice_log::{Durability, Log, LogConfig, LogError, ManualClock, ReadBound};
+use sluice_log::{Durability, Log, LogConfig, LogError, ReadBound};
+use sluice_types::ManualClock;
 use sluice_types::{LeaderEpoch, Offset};
 
 fn config() -> LogConfig {

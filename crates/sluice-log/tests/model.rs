@@ -17,7 +17,8 @@ use std::sync::Arc;
 use common::{batch, decode, visible};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
-use sluice_log::{Clock, Durability, Log, LogConfig, LogError, ManualClock, ReadBound};
+use sluice_log::{Durability, Log, LogConfig, LogError, ReadBound};
+use sluice_types::{Clock, ManualClock};
 use sluice_types::{LeaderEpoch, Offset};
 
 /// Record timestamps are `TIME_BASE + offset`, so they rise with offsets.

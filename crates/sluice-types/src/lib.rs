@@ -4,11 +4,13 @@
 //! `Deref` to the number: convert with `From`, `TryFrom`, `FromStr` or
 //! `Display`, so an offset cannot be passed where a partition is meant.
 
+mod clock;
 mod errors;
 mod histogram;
 
 use std::fmt;
 
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use errors::{ErrorChain, is_disconnect};
 pub use histogram::{COUNT_BOUNDS, Histogram, HistogramSnapshot, LATENCY_BOUNDS_MICROS};
 use std::str::FromStr;

@@ -102,6 +102,7 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
             ..MaintenanceSettings::default()
         },
         recovery_progress_interval: config.logging.progress_interval.get(),
+        ..BrokerOptions::new(&config.data_dir)
     };
     let broker = tokio::task::spawn_blocking(move || Broker::open(options))
         .await

@@ -34,12 +34,14 @@ pub(crate) fn handle(
         }
         basic::AMQPMethod::Consume(m) => consume(ctx, channel, m)?,
         basic::AMQPMethod::Cancel(m) => {
-            if let Some(consumer) = channel.consumers.remove(m.consumer_tag.as_str())
-                && consumer
+            if let Some(consumer) = channel.consumers.remove(m.consumer_tag.as_str()) {
+                let (last, dead) = consumer
                     .queue
-                    .remove_consumer(channel.key, m.consumer_tag.as_str())
-            {
-                ctx.vhost.auto_delete_queue(&consumer.queue)?;
+                    .remove_consumer(channel.key, m.consumer_tag.as_str());
+                ctx.vhost.dead_letter(dead);
+                if last {
+                    ctx.vhost.auto_delete_queue(&consumer.queue)?;
+                }
             }
             if !m.nowait {
                 ctx.reply(
@@ -197,9 +199,12 @@ fn consume(
             })),
         );
     }
-    if let Err(error) = queue.add_consumer(spec) {
-        channel.consumers.remove(&tag);
-        return Err(AmqpError::from(error).during(60, 20));
+    match queue.add_consumer(spec) {
+        Ok(dead) => ctx.vhost.dead_letter(dead),
+        Err(error) => {
+            channel.consumers.remove(&tag);
+            return Err(AmqpError::from(error).during(60, 20));
+        }
     }
     Ok(())
 }
@@ -224,7 +229,9 @@ fn get(ctx: &mut Context<'_>, channel: &mut Channel, m: basic::Get) -> Result<()
         .vhost
         .usable_queue(m.queue.as_str(), ctx.connection)
         .map_err(|e| AmqpError::from(e).during(60, 70))?;
-    match queue.get(m.no_ack)? {
+    let (taken, dead) = queue.get(m.no_ack)?;
+    ctx.vhost.dead_letter(dead);
+    match taken {
         None => ctx.reply(
             channel.id,
             AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),

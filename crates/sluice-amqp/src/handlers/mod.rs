@@ -1,6 +1,6 @@
 //! One file per AMQP class reachable on an open channel; `channel.*`,
 //! `confirm.*` and `tx.*` are handled with the channel state in
-//! `connection.rs` and `channel.rs`.
+//! `connection/` and `channel.rs`.
 
 pub(crate) mod basic;
 pub(crate) mod exchange;

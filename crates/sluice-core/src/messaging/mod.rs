@@ -37,14 +37,14 @@ pub use bridge::{
 pub use definitions::{BindingDefinition, ExchangeDefinition, QueueDefinition};
 pub use exchange::{Binding, Destination, Exchange, ExchangeKind};
 pub use message::{Message, encode_properties, integer_value, short, string_value};
-pub(crate) use queue::now_ms;
 pub use queue::{
-    ArgumentProblem, ConsumerEvent, ConsumerSpec, Credit, Delivery, EnqueueOutcome, GetResult,
-    InvalidArgument, Overflow, Queue, QueueArgs, QueueOptions, QueueTraffic,
+    ArgumentProblem, ConsumerEvent, ConsumerSpec, Credit, DeadLetters, Delivery, EnqueueOutcome,
+    GetResult, InvalidArgument, Overflow, Queue, QueueArgs, QueueOptions, QueueTraffic, QueueType,
 };
 pub(crate) use queue_store::PendingWrites;
 pub use queue_store::Source;
 pub use stream::{STREAM_OFFSET_HEADER, STREAM_PARTITION_HEADER, StreamStart, parse_age_ms};
+pub(crate) use vhost::VhostShared;
 pub use vhost::{ExchangeOptions, PublishOutcome, VirtualHost, VirtualHosts};
 
 /// Why a messaging operation was refused. The text is RabbitMQ's where it

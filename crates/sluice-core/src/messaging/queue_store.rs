@@ -35,8 +35,9 @@ use std::sync::Arc;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::records::RecordBatchDecoder;
 use sluice_log::batch::{NewRecord, encode};
-use sluice_log::{Clock, Durability, Log, LogManager, ReadBound, SystemClock};
+use sluice_log::{Durability, Log, LogManager, ReadBound};
 use sluice_types::Offset;
+use sluice_types::{Clock, SystemClock};
 
 use super::message::Message;
 use crate::CoreError;

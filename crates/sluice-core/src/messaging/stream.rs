@@ -12,7 +12,7 @@ use std::time::Duration;
 use amq_protocol::types::AMQPValue;
 use bytes::Bytes;
 use sluice_log::batch::{NewRecord, RecordHeader};
-use sluice_log::{Clock as _, SystemClock};
+use sluice_types::{Clock as _, SystemClock};
 use sluice_types::{Offset, PartitionId};
 use tokio::task::AbortHandle;
 

@@ -344,7 +344,7 @@ fn queue_json(shared: &AppState, vhost: &str, queue: &Queue) -> Value {
     json!({
         "vhost": vhost,
         "name": queue.name(),
-        "type": if queue.stream_topic().is_some() { "stream" } else { "classic" },
+        "type": queue.queue_type().as_str(),
         "topic": queue.stream_topic().map(|topic| topic.name()),
         "durable": options.durable,
         "auto_delete": options.auto_delete,
@@ -577,7 +577,9 @@ pub(crate) async fn get(
         let mut taken = Vec::new();
         let mut messages = Vec::new();
         for _ in 0..count {
-            let Some((seq, message, redelivered, _)) = queue.get(false)? else {
+            let (taken_one, dead) = queue.get(false)?;
+            vhost.dead_letter(dead);
+            let Some((seq, message, redelivered, _)) = taken_one else {
                 break;
             };
             messages.push(message_json(&message, redelivered, request.encoding));
@@ -585,8 +587,10 @@ pub(crate) async fn get(
         }
         match mode {
             AckMode::AckRequeueFalse => queue.ack(&taken)?,
-            AckMode::AckRequeueTrue | AckMode::RejectRequeueTrue => queue.reject(&taken, true)?,
-            AckMode::RejectRequeueFalse => queue.reject(&taken, false)?,
+            AckMode::AckRequeueTrue | AckMode::RejectRequeueTrue => {
+                vhost.dead_letter(queue.reject(&taken, true)?);
+            }
+            AckMode::RejectRequeueFalse => vhost.dead_letter(queue.reject(&taken, false)?),
         }
         Ok(Json(
             json!({ "messages": messages, "encoding": request.encoding.name() }),

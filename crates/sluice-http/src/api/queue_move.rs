@@ -113,12 +113,18 @@ fn move_ready(
         let mut taken = Vec::new();
         while taken.len() < BATCH.min(count - moved) {
             match source.get(false) {
-                Ok(Some((seq, message, _, _))) => taken.push((seq, message)),
-                Ok(None) => break,
+                Ok((Some((seq, message, _, _)), dead)) => {
+                    vhost.dead_letter(dead);
+                    taken.push((seq, message));
+                }
+                Ok((None, dead)) => {
+                    vhost.dead_letter(dead);
+                    break;
+                }
                 Err(error) => {
                     // What this batch took goes back, or it would stay
                     // unacknowledged until a restart.
-                    give_back(source, taken.iter().map(|(seq, _)| *seq));
+                    give_back(vhost, source, taken.iter().map(|(seq, _)| *seq));
                     return Err(error.into());
                 }
             }
@@ -167,16 +173,16 @@ fn move_ready(
         if let Err(error) = waited {
             // The destination may not have them on disk: keep them in the
             // source too (a copy may survive in both, none is lost).
-            give_back(source, taken.iter().map(|(seq, _)| *seq));
+            give_back(vhost, source, taken.iter().map(|(seq, _)| *seq));
             return Err(error.into());
         }
         if let Err(error) = source.ack(&stored) {
             // Stored in the destination but still in the source: requeued,
             // a copy may survive in both, none is lost or stuck.
-            give_back(source, taken.iter().map(|(seq, _)| *seq));
+            give_back(vhost, source, taken.iter().map(|(seq, _)| *seq));
             return Err(error.into());
         }
-        give_back(source, rest);
+        give_back(vhost, source, rest);
         moved += stored.len();
         if let Some(error) = failure {
             return Err(error);
@@ -187,12 +193,15 @@ fn move_ready(
 
 /// Requeues taken messages of `source`; a failure is logged, since the
 /// caller is already answering with an error or has nothing left to do.
-fn give_back(source: &Arc<Queue>, seqs: impl IntoIterator<Item = u64>) {
+fn give_back(vhost: &VirtualHost, source: &Arc<Queue>, seqs: impl IntoIterator<Item = u64>) {
     let seqs: Vec<u64> = seqs.into_iter().collect();
     if seqs.is_empty() {
         return;
     }
-    if let Err(error) = source.reject(&seqs, true) {
-        tracing::warn!(queue = source.name(), %error, "cannot requeue messages taken for a move");
+    match source.reject(&seqs, true) {
+        Ok(dead) => vhost.dead_letter(dead),
+        Err(error) => {
+            tracing::warn!(queue = source.name(), %error, "cannot requeue messages taken for a move");
+        }
     }
 }

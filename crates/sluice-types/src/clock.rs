@@ -1,9 +1,14 @@
+//! The one wall clock: every timestamp, TTL, retention and expiry reads a
+//! [`Clock`], so a test can hand in a [`ManualClock`] and move time itself.
+//! (Deadlines measured on the monotonic clock use `tokio::time`, which
+//! tests pause and advance the same way.)
+
 use std::fmt::Debug;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Wall-clock time in milliseconds since the Unix epoch, as the log needs it
-/// for segment age, retention and append timestamps.
+/// Wall-clock time in milliseconds since the Unix epoch: append timestamps,
+/// segment age, retention, message TTLs, queue and group expiry.
 pub trait Clock: Send + Sync + Debug {
     fn now_ms(&self) -> i64;
 }

@@ -1,21 +1,26 @@
-//! One AMQP connection: the handshake (protocol header, start, tune, open),
-//! then a loop that reads frames, hands them to channels, writes deliveries
-//! from queues and publisher confirms, and keeps heartbeats.
+//! One AMQP connection: the state it owns, the loop that reads frames and
+//! hands them to channels, writes deliveries from queues and publisher
+//! confirms, keeps heartbeats, and closes channels and the connection.
 //!
 //! A separate task writes to the socket so that a client that stops
 //! reading never stops this task from reading (a publisher blocked on its
 //! own send would otherwise deadlock with us).
+//!
+//! The handshake is in `handshake.rs`, transactions (`tx.*`) in `tx.rs`,
+//! and the publisher confirms' waiter in `confirms.rs`.
+
+mod confirms;
+mod handshake;
+mod tx;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use amq_protocol::protocol::{AMQPClass, channel as channel_class, connection, tx};
-use amq_protocol::types::parsing::parse_field_table;
-use amq_protocol::types::{AMQPValue, FieldTable, LongString};
+use amq_protocol::protocol::{AMQPClass, channel as channel_class, connection};
 use bytes::{Bytes, BytesMut};
-use sluice_core::messaging::{ConsumerEvent, Queue, VirtualHost};
+use sluice_core::messaging::{ConsumerEvent, DeadLetters, Queue, VirtualHost};
 use sluice_core::{Broker, ConnectionHandle, ConnectionStats};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -23,28 +28,24 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::channel::{Channel, ChannelState, Context, Settlement, TxAction, confirm_select};
+use self::confirms::{ConfirmDone, SyncRequest};
+use self::handshake::{HANDSHAKE_FRAME_MAX, HANDSHAKE_TIMEOUT};
+use crate::channel::{Channel, ChannelState, Context, confirm_select};
 use crate::errors::{
-    ACCESS_REFUSED, AmqpError, CHANNEL_ERROR, COMMAND_INVALID, CONNECTION_FORCED, NOT_ALLOWED,
-    PRECONDITION_FAILED, Scope, UNEXPECTED_FRAME,
+    AmqpError, CHANNEL_ERROR, COMMAND_INVALID, CONNECTION_FORCED, NOT_ALLOWED, Scope,
+    UNEXPECTED_FRAME,
 };
 use crate::frames::{self, Frame};
 use crate::handlers;
 use crate::listener::AmqpOptions;
 use crate::metrics;
 
-const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
 /// Most encoded bytes one turn of the loop adds before handing them to the
 /// writer; with the writer's queue of 64 turns it bounds what a connection
 /// holds for a client that does not read (16 MiB plus one message).
 const MAX_BURST_BYTES: usize = 256 * 1024;
-/// The handshake must finish within this.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a closing side waits for the peer's close-ok.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
-/// Frame size allowed before tune-ok (AMQP's frame-min-size is 4096; a
-/// start-ok with many client properties can exceed it, so be generous).
-const HANDSHAKE_FRAME_MAX: usize = 131_072;
 
 /// Why a connection ended.
 #[derive(Debug, thiserror::Error)]
@@ -74,12 +75,6 @@ impl ConnectionError {
             _ => false,
         }
     }
-}
-
-struct ConfirmDone {
-    channel: u16,
-    batch: u64,
-    ok: bool,
 }
 
 /// State of one connection, owned by its task.
@@ -373,219 +368,6 @@ impl Connection {
         };
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, wait).await;
         Err(ConnectionError::Closed(reason))
-    }
-
-    /// Runs start/start-ok, tune/tune-ok and open. False when the server
-    /// refused the client (a connection.close is queued in `out`).
-    async fn handshake(
-        &mut self,
-        reader: &mut Reader,
-        write_tx: &mpsc::Sender<Bytes>,
-    ) -> Result<bool, ConnectionError> {
-        while reader.buf.len() < 8 {
-            if reader.fill().await? == 0 {
-                return Err(ConnectionError::HandshakeEof);
-            }
-        }
-        let header = reader.buf.split_to(8);
-        if &header[..] != PROTOCOL_HEADER {
-            // AMQP 0-9-1 §4.2.2: answer with the header we support, then close.
-            let _ = write_tx.send(Bytes::from_static(PROTOCOL_HEADER)).await;
-            return Err(ConnectionError::BadHeader(header.to_vec()));
-        }
-        frames::put_method(
-            &mut self.out,
-            0,
-            AMQPClass::Connection(connection::AMQPMethod::Start(connection::Start {
-                version_major: 0,
-                version_minor: 9,
-                server_properties: server_properties(),
-                mechanisms: LongString::from("PLAIN AMQPLAIN"),
-                locales: LongString::from("en_US"),
-            })),
-        );
-        self.flush(write_tx).await;
-
-        let start_ok = match self.handshake_method(reader).await? {
-            AMQPClass::Connection(connection::AMQPMethod::StartOk(m)) => m,
-            other => return Ok(self.handshake_unexpected(&other)),
-        };
-        self.blocked_capable = start_ok
-            .client_properties
-            .inner()
-            .get("capabilities")
-            .and_then(|c| match c {
-                AMQPValue::FieldTable(table) => table.inner().get("connection.blocked"),
-                _ => None,
-            })
-            .is_some_and(|v| matches!(v, AMQPValue::Boolean(true)));
-        let credentials = self.credentials(&start_ok);
-        let Some(user) = credentials.as_ref().and_then(|(user, password)| {
-            sluice_core::authenticate(&self.options.users, user, password, self.peer.ip())
-                .map(|_| user.clone())
-        }) else {
-            self.closing = Some(AmqpError::connection(
-                ACCESS_REFUSED,
-                format!(
-                    "Login was refused using authentication mechanism {}. For details see the broker logfile.",
-                    start_ok.mechanism.as_str()
-                ),
-            ));
-            // The user name (never the password) tells the operator whose
-            // login failed; an unreadable response has none.
-            let user = credentials.map_or_else(|| "(unreadable)".to_owned(), |(user, _)| user);
-            tracing::warn!(peer = %self.peer, %user, mechanism = start_ok.mechanism.as_str(), "AMQP login refused");
-            self.queue_close();
-            return Ok(false);
-        };
-        frames::put_method(
-            &mut self.out,
-            0,
-            AMQPClass::Connection(connection::AMQPMethod::Tune(connection::Tune {
-                channel_max: self.channel_max,
-                frame_max: self.options.frame_max,
-                heartbeat: self.options.heartbeat,
-            })),
-        );
-        self.flush(write_tx).await;
-
-        let tune_ok = match self.handshake_method(reader).await? {
-            AMQPClass::Connection(connection::AMQPMethod::TuneOk(m)) => m,
-            other => return Ok(self.handshake_unexpected(&other)),
-        };
-        if tune_ok.frame_max != 0 && tune_ok.frame_max < 4096 {
-            self.closing = Some(AmqpError::connection(
-                NOT_ALLOWED,
-                format!("frame_max={} < 4096 min size", tune_ok.frame_max),
-            ));
-            self.queue_close();
-            return Ok(false);
-        }
-        if tune_ok.frame_max > self.options.frame_max {
-            self.closing = Some(AmqpError::connection(
-                NOT_ALLOWED,
-                format!(
-                    "frame_max={} > {} max size",
-                    tune_ok.frame_max, self.options.frame_max
-                ),
-            ));
-            self.queue_close();
-            return Ok(false);
-        }
-        if tune_ok.frame_max != 0 {
-            self.frame_max = tune_ok.frame_max as usize;
-        }
-        if tune_ok.channel_max != 0 {
-            self.channel_max = tune_ok.channel_max.min(self.options.channel_max);
-        }
-        self.heartbeat = tune_ok.heartbeat;
-
-        let open = match self.handshake_method(reader).await? {
-            AMQPClass::Connection(connection::AMQPMethod::Open(m)) => m,
-            other => return Ok(self.handshake_unexpected(&other)),
-        };
-        let Some(vhost) = self.broker.vhosts().get(open.virtual_host.as_str()) else {
-            self.closing = Some(AmqpError::connection(
-                NOT_ALLOWED,
-                format!("vhost {} not found", open.virtual_host.as_str()),
-            ));
-            self.queue_close();
-            return Ok(false);
-        };
-        tracing::debug!(user = %user, vhost = vhost.name(), heartbeat = self.heartbeat, frame_max = self.frame_max, "AMQP connection open");
-        let client_name = client_name(&start_ok.client_properties);
-        self.registration.stats().update_details(|details| {
-            details.user = Some(user.clone());
-            details.vhost = Some(vhost.name().to_owned());
-            details.client_name = client_name;
-        });
-        self.vhost = Some(vhost);
-        self.user = user;
-        frames::put_method(
-            &mut self.out,
-            0,
-            AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})),
-        );
-        self.flush(write_tx).await;
-        Ok(true)
-    }
-
-    fn handshake_unexpected(&mut self, class: &AMQPClass) -> bool {
-        self.closing = Some(
-            AmqpError::connection(
-                COMMAND_INVALID,
-                format!(
-                    "unexpected method {}.{} during the handshake",
-                    class.get_amqp_class_id(),
-                    class.get_amqp_method_id()
-                ),
-            )
-            .during(class.get_amqp_class_id(), class.get_amqp_method_id()),
-        );
-        self.queue_close();
-        false
-    }
-
-    async fn handshake_method(
-        &mut self,
-        reader: &mut Reader,
-    ) -> Result<AMQPClass, ConnectionError> {
-        loop {
-            match frames::parse(&mut reader.buf, HANDSHAKE_FRAME_MAX) {
-                Ok(Some(Frame::Method(0, class))) => return Ok(*class),
-                Ok(Some(Frame::Heartbeat)) => continue,
-                Ok(Some(_)) => {
-                    return Err(ConnectionError::Closed(
-                        "unexpected frame during the handshake".to_owned(),
-                    ));
-                }
-                Ok(None) => {
-                    if reader.fill().await? == 0 {
-                        return Err(ConnectionError::HandshakeEof);
-                    }
-                }
-                Err(error) => return Err(ConnectionError::Closed(error.text)),
-            }
-        }
-    }
-
-    /// Checks start-ok's credentials; returns the user name.
-    /// The user name and password of a start-ok, if its mechanism is one we
-    /// offer and its response parses.
-    fn credentials(&self, start_ok: &connection::StartOk) -> Option<(String, String)> {
-        let response = start_ok.response.as_bytes();
-        let (user, password) = match start_ok.mechanism.as_str() {
-            "PLAIN" => {
-                // authzid NUL authcid NUL password (RFC 4616).
-                let mut parts = response.split(|b| *b == 0);
-                let _authzid = parts.next()?;
-                let user = String::from_utf8(parts.next()?.to_vec()).ok()?;
-                let password = String::from_utf8(parts.next()?.to_vec()).ok()?;
-                (user, password)
-            }
-            "AMQPLAIN" => {
-                // A field table without its length prefix (RabbitMQ's AMQPLAIN).
-                let mut framed = Vec::with_capacity(response.len() + 4);
-                framed.extend_from_slice(&u32::try_from(response.len()).ok()?.to_be_bytes());
-                framed.extend_from_slice(response);
-                let (_, table) = parse_field_table(&framed[..]).ok()?;
-                let text = |key: &str| {
-                    table
-                        .inner()
-                        .get(key)
-                        .and_then(sluice_core::messaging::string_value)
-                };
-                (text("LOGIN")?, text("PASSWORD")?)
-            }
-            _ => return None,
-        };
-        Some((user, password))
-    }
-
-    async fn flush(&mut self, write_tx: &mpsc::Sender<Bytes>) {
-        if !self.out.is_empty() {
-            let _ = write_tx.send(self.out.split().freeze()).await;
-        }
     }
 
     fn queue_close(&mut self) {
@@ -944,107 +726,6 @@ impl Connection {
         result.map_err(|e| e.during(class_id, method_id))
     }
 
-    async fn tx(&mut self, id: u16, method: tx::AMQPMethod) -> Result<(), AmqpError> {
-        let reply = |out: &mut BytesMut, method: tx::AMQPMethod| {
-            frames::put_method(out, id, AMQPClass::Tx(method))
-        };
-        match method {
-            tx::AMQPMethod::Select(_) => {
-                let Some(channel) = self.channels.get_mut(&id) else {
-                    return Ok(());
-                };
-                if channel.confirms.is_some() {
-                    return Err(AmqpError::channel(
-                        PRECONDITION_FAILED,
-                        "cannot switch from confirm to tx mode",
-                    ));
-                }
-                if channel.tx.is_none() {
-                    channel.tx = Some(Vec::new());
-                }
-                reply(&mut self.out, tx::AMQPMethod::SelectOk(tx::SelectOk {}));
-                Ok(())
-            }
-            tx::AMQPMethod::Rollback(_) => {
-                // Buffered publishes and settlements are dropped.
-                self.take_tx_actions(id)?;
-                reply(&mut self.out, tx::AMQPMethod::RollbackOk(tx::RollbackOk {}));
-                Ok(())
-            }
-            tx::AMQPMethod::Commit(_) => {
-                let Some(actions) = self.take_tx_actions(id)? else {
-                    return Ok(());
-                };
-                let acks = self.with_channel(id, |ctx, channel| {
-                    let mut acks = sluice_core::Acks::default();
-                    for action in actions {
-                        match action {
-                            TxAction::Publish(publish) => {
-                                let (method, message) = *publish;
-                                let returned = method.mandatory.then(|| message.clone());
-                                let outcome =
-                                    ctx.vhost.publish(method.exchange.as_str(), message)?;
-                                if outcome.queues == 0
-                                    && let Some(message) = returned
-                                {
-                                    handlers::basic::return_message(
-                                        ctx, channel.id, &method, &message,
-                                    );
-                                }
-                                acks.merge(outcome.acks);
-                            }
-                            TxAction::Ack(tag, multiple) => {
-                                let taken = channel.take_unacked(tag, multiple)?;
-                                Channel::settle(ctx, taken, Settlement::Ack)?;
-                            }
-                            TxAction::Reject(tag, multiple, requeue) => {
-                                let taken = channel.take_unacked(tag, multiple)?;
-                                Channel::settle(ctx, taken, Settlement::Reject { requeue })?;
-                            }
-                        }
-                    }
-                    Ok(acks)
-                })?;
-                if !acks.is_empty() {
-                    let waited = tokio::task::spawn_blocking(move || acks.wait()).await;
-                    match waited {
-                        Ok(Ok(())) => {}
-                        Ok(Err(error)) => {
-                            return Err(AmqpError::connection(
-                                crate::errors::INTERNAL_ERROR,
-                                format!("commit failed: {error}"),
-                            ));
-                        }
-                        Err(_) => {
-                            return Err(AmqpError::connection(
-                                crate::errors::INTERNAL_ERROR,
-                                "commit task failed",
-                            ));
-                        }
-                    }
-                }
-                reply(&mut self.out, tx::AMQPMethod::CommitOk(tx::CommitOk {}));
-                Ok(())
-            }
-            other => Err(handlers::unexpected_method(&AMQPClass::Tx(other))),
-        }
-    }
-
-    /// Takes the buffered actions of transactional channel `id` (`None` if
-    /// the channel is gone).
-    fn take_tx_actions(&mut self, id: u16) -> Result<Option<Vec<TxAction>>, AmqpError> {
-        let Some(channel) = self.channels.get_mut(&id) else {
-            return Ok(None);
-        };
-        let Some(actions) = channel.tx.as_mut() else {
-            return Err(AmqpError::channel(
-                PRECONDITION_FAILED,
-                "channel is not transactional",
-            ));
-        };
-        Ok(Some(std::mem::take(actions)))
-    }
-
     fn event(&mut self, event: ConsumerEvent) {
         match event {
             ConsumerEvent::Deliver(delivery) => {
@@ -1061,8 +742,11 @@ impl Connection {
                     .unwrap_or(false);
                 if !delivered {
                     // The consumer went away while this was in flight.
-                    if let Err(error) = queue.requeue(&[seq]) {
-                        tracing::warn!(queue = queue.name(), %error, "cannot requeue an orphaned delivery");
+                    match queue.requeue(&[seq]) {
+                        Ok(dead) => self.dead_letter(dead),
+                        Err(error) => {
+                            tracing::warn!(queue = queue.name(), %error, "cannot requeue an orphaned delivery");
+                        }
                     }
                 }
             }
@@ -1090,94 +774,21 @@ impl Connection {
         }
     }
 
-    fn confirm_done(&mut self, done: ConfirmDone) {
-        if let Some(confirms) = self
-            .channels
-            .get_mut(&done.channel)
-            .and_then(|c| c.confirms.as_mut())
-        {
-            confirms.finished(done.batch, done.ok);
-            confirms.emit(done.channel, &mut self.out);
-        }
-    }
-
     /// After a burst of frames or events: start waiting for the syncs of
     /// publishes to confirm, send confirms that need no wait, and dispatch
     /// queues whose consumers got credit back.
     fn end_of_burst(&mut self) {
-        for (id, channel) in self.channels.iter_mut() {
-            let Some(confirms) = channel.confirms.as_mut() else {
-                continue;
-            };
-            if let Some((batch, acks)) = confirms.seal() {
-                let request = SyncRequest {
-                    channel: *id,
-                    batch,
-                    acks,
-                };
-                let syncer = self.syncer.get_or_insert_with(|| {
-                    let (tx, rx) = std::sync::mpsc::channel();
-                    let done = self.confirms_tx.clone();
-                    tokio::task::spawn_blocking(move || wait_for_syncs(rx, done));
-                    tx
-                });
-                if let Err(std::sync::mpsc::SendError(request)) = syncer.send(request) {
-                    // The waiter is gone only if its task panicked: nack.
-                    let _ = self.confirms_tx.send(ConfirmDone {
-                        channel: request.channel,
-                        batch: request.batch,
-                        ok: false,
-                    });
-                }
-            }
-            confirms.emit(*id, &mut self.out);
-        }
+        self.seal_confirms();
         for queue in std::mem::take(&mut self.dispatch) {
-            queue.dispatch();
+            let dead = queue.dispatch();
+            self.dead_letter(dead);
         }
     }
-}
 
-/// Publishes of one channel's confirm batch waiting to be durable.
-struct SyncRequest {
-    channel: u16,
-    batch: u64,
-    acks: sluice_core::Acks,
-}
-
-/// Waits for confirm batches to be durable, one connection's at a time:
-/// everything queued while a sync runs is covered by the next one (one
-/// wait per log, at its furthest offset), so a busy publisher costs one
-/// thread hand-off per group commit, not one per batch.
-fn wait_for_syncs(
-    requests: std::sync::mpsc::Receiver<SyncRequest>,
-    done: mpsc::UnboundedSender<ConfirmDone>,
-) {
-    while let Ok(first) = requests.recv() {
-        let mut pending = vec![first];
-        pending.extend(requests.try_iter());
-        let mut furthest = sluice_core::Acks::default();
-        for request in &mut pending {
-            furthest.merge(std::mem::take(&mut request.acks));
-        }
-        let ok = match furthest.wait() {
-            Ok(()) => true,
-            Err(error) => {
-                tracing::error!(%error, "a publish could not be made durable; nacking");
-                false
-            }
-        };
-        for request in pending {
-            if done
-                .send(ConfirmDone {
-                    channel: request.channel,
-                    batch: request.batch,
-                    ok,
-                })
-                .is_err()
-            {
-                return;
-            }
+    /// Routes what died in a queue of this connection's virtual host.
+    fn dead_letter(&self, dead: DeadLetters) {
+        if let Some(vhost) = &self.vhost {
+            vhost.dead_letter(dead);
         }
     }
 }
@@ -1219,47 +830,4 @@ async fn write_loop(
         }
     }
     let _ = writer.shutdown().await;
-}
-
-/// The `connection_name` client property, else `product`.
-fn client_name(properties: &FieldTable) -> Option<String> {
-    ["connection_name", "product"]
-        .iter()
-        .find_map(|key| match properties.inner().get(*key)? {
-            AMQPValue::LongString(text) => {
-                Some(String::from_utf8_lossy(text.as_bytes()).into_owned())
-            }
-            AMQPValue::ShortString(text) => Some(text.as_str().to_owned()),
-            _ => None,
-        })
-}
-
-fn server_properties() -> FieldTable {
-    let mut capabilities = FieldTable::default();
-    for flag in [
-        "publisher_confirms",
-        "exchange_exchange_bindings",
-        "basic.nack",
-        "consumer_cancel_notify",
-        "connection.blocked",
-        "consumer_priorities",
-        "authentication_failure_close",
-        "per_consumer_qos",
-    ] {
-        capabilities.insert(flag.into(), AMQPValue::Boolean(true));
-    }
-    capabilities.insert("direct_reply_to".into(), AMQPValue::Boolean(false));
-    let mut properties = FieldTable::default();
-    properties.insert("capabilities".into(), AMQPValue::FieldTable(capabilities));
-    let text = |s: &str| AMQPValue::LongString(LongString::from(s));
-    properties.insert("product".into(), text("Sluice"));
-    properties.insert("version".into(), text(env!("CARGO_PKG_VERSION")));
-    properties.insert("platform".into(), text("Rust"));
-    properties.insert("cluster_name".into(), text("sluice"));
-    properties.insert("copyright".into(), text("The Sluice authors"));
-    properties.insert(
-        "information".into(),
-        text("Sluice: one broker for Kafka and AMQP 0-9-1 clients"),
-    );
-    properties
 }

@@ -1,0 +1,115 @@
+//! Transactions (`tx.select`, `tx.commit`, `tx.rollback`): a
+//! transactional channel buffers its publishes and settlements, and a
+//! commit applies them and waits until its publishes are durable.
+
+use amq_protocol::protocol::{AMQPClass, tx};
+use bytes::BytesMut;
+
+use super::Connection;
+use crate::channel::{Channel, Settlement, TxAction};
+use crate::errors::{AmqpError, PRECONDITION_FAILED};
+use crate::frames;
+use crate::handlers;
+
+impl Connection {
+    pub(super) async fn tx(&mut self, id: u16, method: tx::AMQPMethod) -> Result<(), AmqpError> {
+        let reply = |out: &mut BytesMut, method: tx::AMQPMethod| {
+            frames::put_method(out, id, AMQPClass::Tx(method))
+        };
+        match method {
+            tx::AMQPMethod::Select(_) => {
+                let Some(channel) = self.channels.get_mut(&id) else {
+                    return Ok(());
+                };
+                if channel.confirms.is_some() {
+                    return Err(AmqpError::channel(
+                        PRECONDITION_FAILED,
+                        "cannot switch from confirm to tx mode",
+                    ));
+                }
+                if channel.tx.is_none() {
+                    channel.tx = Some(Vec::new());
+                }
+                reply(&mut self.out, tx::AMQPMethod::SelectOk(tx::SelectOk {}));
+                Ok(())
+            }
+            tx::AMQPMethod::Rollback(_) => {
+                // Buffered publishes and settlements are dropped.
+                self.take_tx_actions(id)?;
+                reply(&mut self.out, tx::AMQPMethod::RollbackOk(tx::RollbackOk {}));
+                Ok(())
+            }
+            tx::AMQPMethod::Commit(_) => {
+                let Some(actions) = self.take_tx_actions(id)? else {
+                    return Ok(());
+                };
+                let acks = self.with_channel(id, |ctx, channel| {
+                    let mut acks = sluice_core::Acks::default();
+                    for action in actions {
+                        match action {
+                            TxAction::Publish(publish) => {
+                                let (method, message) = *publish;
+                                let returned = method.mandatory.then(|| message.clone());
+                                let outcome =
+                                    ctx.vhost.publish(method.exchange.as_str(), message)?;
+                                if outcome.queues == 0
+                                    && let Some(message) = returned
+                                {
+                                    handlers::basic::return_message(
+                                        ctx, channel.id, &method, &message,
+                                    );
+                                }
+                                acks.merge(outcome.acks);
+                            }
+                            TxAction::Ack(tag, multiple) => {
+                                let taken = channel.take_unacked(tag, multiple)?;
+                                Channel::settle(ctx, taken, Settlement::Ack)?;
+                            }
+                            TxAction::Reject(tag, multiple, requeue) => {
+                                let taken = channel.take_unacked(tag, multiple)?;
+                                Channel::settle(ctx, taken, Settlement::Reject { requeue })?;
+                            }
+                        }
+                    }
+                    Ok(acks)
+                })?;
+                if !acks.is_empty() {
+                    let waited = tokio::task::spawn_blocking(move || acks.wait()).await;
+                    match waited {
+                        Ok(Ok(())) => {}
+                        Ok(Err(error)) => {
+                            return Err(AmqpError::connection(
+                                crate::errors::INTERNAL_ERROR,
+                                format!("commit failed: {error}"),
+                            ));
+                        }
+                        Err(_) => {
+                            return Err(AmqpError::connection(
+                                crate::errors::INTERNAL_ERROR,
+                                "commit task failed",
+                            ));
+                        }
+                    }
+                }
+                reply(&mut self.out, tx::AMQPMethod::CommitOk(tx::CommitOk {}));
+                Ok(())
+            }
+            other => Err(handlers::unexpected_method(&AMQPClass::Tx(other))),
+        }
+    }
+
+    /// Takes the buffered actions of transactional channel `id` (`None` if
+    /// the channel is gone).
+    fn take_tx_actions(&mut self, id: u16) -> Result<Option<Vec<TxAction>>, AmqpError> {
+        let Some(channel) = self.channels.get_mut(&id) else {
+            return Ok(None);
+        };
+        let Some(actions) = channel.tx.as_mut() else {
+            return Err(AmqpError::channel(
+                PRECONDITION_FAILED,
+                "channel is not transactional",
+            ));
+        };
+        Ok(Some(std::mem::take(actions)))
+    }
+}

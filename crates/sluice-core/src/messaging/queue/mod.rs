@@ -1,0 +1,794 @@
+//! A queue: the runtime around one [`QueueMachine`]. The machine decides
+//! (who gets a message, what expires, overflows or dies); the runtime reads
+//! the clock, holds the lock, writes the store, sends deliveries down each
+//! consumer's unbounded sender (bounded in practice by its [`Credit`]) and
+//! hands back what died as [`DeadLetters`] for the virtual host to route.
+//!
+//! - `args.rs`: the declaration's arguments, checked with RabbitMQ's errors.
+//! - `credit.rs`: delivery credit of consumers and channels.
+//! - `ready.rs`: the ready list, in memory and paged to disk.
+//! - `machine.rs`: the deterministic state machine.
+//!
+//! A queue's [`QueueKind`] says what keeps its messages: the machine
+//! (classic; quorum, which behaves as classic until queues replicate in a
+//! cluster) or a topic (stream, `stream.rs`).
+//!
+//! All state sits behind one mutex held only for in-memory work and short
+//! page-cache writes.
+
+mod args;
+mod credit;
+mod machine;
+mod ready;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use sluice_types::Clock;
+use tokio::sync::mpsc::UnboundedSender;
+
+pub use args::{ArgumentProblem, InvalidArgument, Overflow, QueueArgs, QueueOptions, QueueType};
+pub use credit::Credit;
+use machine::{Admission, Effects, Pager, QueueMachine, StoreOp};
+pub(crate) use machine::{DeadLetter, DeathReason};
+
+use super::MessagingError;
+use super::alarms::ResourceMonitor;
+use super::message::Message;
+use super::queue_store::{QueueStore, RecoveredMessage, RecoveredRun, Source};
+use super::stream::{Stream, StreamStart};
+use crate::CoreError;
+use crate::PendingAck;
+
+/// One delivery to a consumer.
+#[derive(Debug)]
+pub struct Delivery {
+    /// The consuming channel ([`ConsumerSpec::channel`]).
+    pub channel: u64,
+    /// The queue it came from; settle through it.
+    pub queue: Arc<Queue>,
+    /// Queue-local handle of the message.
+    pub seq: u64,
+    /// The consumer's tag.
+    pub consumer_tag: Arc<str>,
+    /// The message.
+    pub message: Arc<Message>,
+    /// Delivered before and not settled.
+    pub redelivered: bool,
+}
+
+/// What a queue tells a consumer's channel.
+#[derive(Debug)]
+pub enum ConsumerEvent {
+    /// A message for the consumer.
+    Deliver(Delivery),
+    /// The queue went away; the consumer is gone (`basic.cancel` from the server).
+    Cancelled {
+        /// The consuming channel ([`ConsumerSpec::channel`]).
+        channel: u64,
+        /// The consumer's tag.
+        consumer_tag: Arc<str>,
+    },
+}
+
+/// A consumer as the front-end registers it.
+#[derive(Debug, Clone)]
+pub struct ConsumerSpec {
+    /// Consumer tag, unique per channel.
+    pub tag: Arc<str>,
+    /// Identifies the channel (unique in the broker).
+    pub channel: u64,
+    /// The connection of the channel (for exclusive queues).
+    pub connection: u64,
+    /// Settled on delivery.
+    pub no_ack: bool,
+    /// No other consumer may share the queue.
+    pub exclusive: bool,
+    /// `x-priority`: higher goes first while it has credit.
+    pub priority: i32,
+    /// Outstanding deliveries allowed.
+    pub credit: Arc<Credit>,
+    /// Where deliveries go.
+    pub sink: UnboundedSender<ConsumerEvent>,
+    /// For a stream queue: where the consumer starts (`x-stream-offset`).
+    pub stream_start: Option<StreamStart>,
+}
+
+/// What `enqueue` did with a message.
+#[derive(Debug, Default)]
+pub struct EnqueueOutcome {
+    /// For a persistent message in a durable queue: what a confirm waits for.
+    pub sync: Option<PendingAck>,
+    /// Refused by `x-overflow` reject-publish (nack a confirming publisher).
+    pub rejected: bool,
+    /// Messages that died making room, or this one.
+    pub dead: DeadLetters,
+}
+
+/// Messages that died in a queue (expired, over a limit, rejected without
+/// requeue), for its dead-letter exchange: hand them to
+/// [`VirtualHost::dead_letter`](super::VirtualHost::dead_letter). Empty
+/// when the queue has no dead-letter exchange (they are dropped).
+#[must_use = "dead letters go to VirtualHost::dead_letter"]
+#[derive(Debug, Default)]
+pub struct DeadLetters {
+    pub(crate) queue: String,
+    pub(crate) exchange: String,
+    pub(crate) routing_key: Option<String>,
+    pub(crate) letters: Vec<DeadLetter>,
+}
+
+impl DeadLetters {
+    /// Nothing to route.
+    pub fn is_empty(&self) -> bool {
+        self.letters.is_empty()
+    }
+
+    /// Adds the letters of a later operation on the same queue.
+    pub fn extend(&mut self, more: DeadLetters) {
+        if self.letters.is_empty() {
+            *self = more;
+        } else {
+            self.letters.extend(more.letters);
+        }
+    }
+}
+
+/// What keeps a queue's messages.
+#[derive(Debug)]
+pub(crate) enum QueueKind {
+    /// The queue's own state machine (and store, when durable).
+    Classic,
+    /// As classic on one node; replicated once queues replicate.
+    Quorum,
+    /// A topic the queue is a view of.
+    Stream(Stream),
+}
+
+/// What a queue shares with its virtual host.
+#[derive(Debug, Clone)]
+pub(crate) struct QueueHome {
+    /// The virtual host's name (for errors).
+    pub(crate) vhost: String,
+    /// Memory held by queued messages, and its alarm.
+    pub(crate) memory: Arc<ResourceMonitor>,
+    /// The broker's clock.
+    pub(crate) clock: Arc<dyn Clock>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    machine: QueueMachine,
+    store: Option<QueueStore>,
+}
+
+impl Inner {
+    /// Performs the store changes the machine decided on.
+    fn write(&mut self, ops: &[StoreOp]) {
+        let Some(store) = self.store.as_mut() else {
+            return;
+        };
+        for op in ops {
+            match *op {
+                StoreOp::Settle(id) => store.settle(id),
+                StoreOp::Delivered(id) => store.mark_delivered(id),
+            }
+        }
+    }
+
+    /// Writes what the operation settled or delivered (unsynced).
+    fn flush(&mut self) -> Result<(), CoreError> {
+        match self.store.as_mut() {
+            Some(store) => store.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A queue. Shared by the virtual host, the channels consuming from it and
+/// the deliveries in flight.
+#[derive(Debug)]
+pub struct Queue {
+    name: String,
+    options: QueueOptions,
+    args: QueueArgs,
+    store_id: Option<String>,
+    home: QueueHome,
+    inner: Mutex<Inner>,
+    traffic: QueueTraffic,
+    kind: QueueKind,
+}
+
+/// Messages a queue took and handed out since the broker started, for
+/// metrics and the admin API's rates.
+#[derive(Debug, Default)]
+pub struct QueueTraffic {
+    /// Messages enqueued.
+    pub published: AtomicU64,
+    /// Deliveries to consumers and `basic.get`.
+    pub delivered: AtomicU64,
+    /// Of those, deliveries of messages delivered before.
+    pub redelivered: AtomicU64,
+    /// Positive acknowledgements.
+    pub acked: AtomicU64,
+}
+
+impl QueueTraffic {
+    pub(crate) fn record_delivery(&self, redelivered: bool) {
+        self.delivered.fetch_add(1, Ordering::Relaxed);
+        if redelivered {
+            self.redelivered.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A message taken by `basic.get`: its handle, the message, whether it was
+/// delivered before, and how many ready messages remain.
+pub type GetResult = (u64, Arc<Message>, bool, usize);
+
+impl Queue {
+    pub(crate) fn new(
+        name: String,
+        options: QueueOptions,
+        args: QueueArgs,
+        store: Option<(String, QueueStore)>,
+        home: QueueHome,
+        stream: Option<Arc<crate::Topic>>,
+    ) -> Arc<Queue> {
+        let (store_id, store) = match store {
+            Some((id, store)) => (Some(id), Some(store)),
+            None => (None, None),
+        };
+        let kind = match (stream, args.queue_type) {
+            (Some(topic), _) => QueueKind::Stream(Stream::new(topic)),
+            (None, QueueType::Quorum) => QueueKind::Quorum,
+            (None, _) => QueueKind::Classic,
+        };
+        let machine =
+            QueueMachine::new(args.clone(), Arc::clone(&home.memory), home.clock.now_ms());
+        Arc::new(Queue {
+            name,
+            options,
+            args,
+            store_id,
+            home,
+            inner: Mutex::new(Inner { machine, store }),
+            traffic: QueueTraffic::default(),
+            kind,
+        })
+    }
+
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn now(&self) -> i64 {
+        self.home.clock.now_ms()
+    }
+
+    fn stream(&self) -> Option<&Stream> {
+        match &self.kind {
+            QueueKind::Stream(stream) => Some(stream),
+            QueueKind::Classic | QueueKind::Quorum => None,
+        }
+    }
+
+    /// What the dead-letter exchange gets of `letters` (nothing without one).
+    fn dead_letters(&self, letters: Vec<DeadLetter>) -> DeadLetters {
+        match &self.args.dead_letter_exchange {
+            Some(exchange) if !letters.is_empty() => DeadLetters {
+                queue: self.name.clone(),
+                exchange: exchange.clone(),
+                routing_key: self.args.dead_letter_routing_key.clone(),
+                letters,
+            },
+            _ => DeadLetters::default(),
+        }
+    }
+
+    /// What went in and out of this queue.
+    pub fn traffic(&self) -> &QueueTraffic {
+        &self.traffic
+    }
+
+    /// Up to `count` ready messages in delivery order, with their redelivered
+    /// flags, without taking them. For a stream: the oldest records its
+    /// topic keeps, as a consumer starting at `first` would get them.
+    /// Blocking when it reads from disk.
+    pub fn peek(&self, count: usize) -> Vec<(Arc<Message>, bool)> {
+        if let Some(stream) = self.stream() {
+            return stream
+                .peek(count)
+                .into_iter()
+                .map(|message| (Arc::new(message), false))
+                .collect();
+        }
+        let mut inner = self.inner();
+        let mut effects = Effects::default();
+        let Inner { machine, store } = &mut *inner;
+        machine.page_in(
+            store.as_ref().map(|s| s as &dyn Pager),
+            &self.name,
+            &mut effects,
+        );
+        inner.write(&effects.store);
+        let mut out: Vec<(Arc<Message>, bool)> = inner
+            .machine
+            .ready
+            .peek(count)
+            .into_iter()
+            .map(|entry| (Arc::clone(&entry.message), entry.redelivered))
+            .collect();
+        // Behind the head, read what waits on disk without moving it.
+        for paged in &inner.machine.ready.paged {
+            if out.len() >= count {
+                break;
+            }
+            match paged {
+                ready::Paged::Entry(entry) => {
+                    out.push((Arc::clone(&entry.message), entry.redelivered));
+                }
+                ready::Paged::Run(run) => {
+                    let Some(store) = inner.store.as_ref() else {
+                        break;
+                    };
+                    let want = run.count.min((count - out.len()) as u64);
+                    match store.read(run.first_id, want, machine::PAGE_IN_BYTES) {
+                        Ok(read) => out.extend(read.into_iter().filter_map(|paged| {
+                            let redelivered = run.redelivered || paged.delivered;
+                            paged.message.map(|m| (Arc::new(m), redelivered))
+                        })),
+                        Err(error) => {
+                            tracing::warn!(queue = %self.name, %error, "cannot read queued messages back from disk");
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        out.truncate(count);
+        out
+    }
+
+    /// The queue's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// How it was declared.
+    pub fn options(&self) -> &QueueOptions {
+        &self.options
+    }
+
+    /// Its arguments as Sluice reads them.
+    pub fn args(&self) -> &QueueArgs {
+        &self.args
+    }
+
+    /// Durable queues' storage id (their logs are named after it).
+    pub(crate) fn store_id(&self) -> Option<&str> {
+        self.store_id.as_deref()
+    }
+
+    /// What keeps its messages.
+    pub fn queue_type(&self) -> QueueType {
+        match self.kind {
+            QueueKind::Classic => QueueType::Classic,
+            QueueKind::Quorum => QueueType::Quorum,
+            QueueKind::Stream(_) => QueueType::Stream,
+        }
+    }
+
+    /// For a stream queue, the topic it is a view of.
+    pub fn stream_topic(&self) -> Option<&Arc<crate::Topic>> {
+        self.stream().map(Stream::topic)
+    }
+
+    /// Ready messages (for a stream: the records its topic keeps).
+    pub fn message_count(&self) -> usize {
+        match self.stream() {
+            Some(stream) => stream.message_count(),
+            None => self.inner().machine.ready.len,
+        }
+    }
+
+    /// Ready messages kept on disk only, read back as consumers reach them.
+    pub fn paged_out_count(&self) -> u64 {
+        self.inner()
+            .machine
+            .ready
+            .paged
+            .iter()
+            .map(|paged| match paged {
+                ready::Paged::Run(run) => run.count,
+                ready::Paged::Entry(_) => 0,
+            })
+            .sum()
+    }
+
+    /// Delivered and not yet settled.
+    pub fn unacked_count(&self) -> usize {
+        self.inner().machine.unacked.len()
+    }
+
+    /// Consumers attached.
+    pub fn consumer_count(&self) -> usize {
+        match self.stream() {
+            Some(stream) => stream.consumer_count(),
+            None => self.inner().machine.consumers.len(),
+        }
+    }
+
+    fn not_for_streams(&self, operation: &str) -> MessagingError {
+        MessagingError::NotImplemented(format!(
+            "{operation} is not supported by stream queue '{}' in vhost '{}'",
+            self.name, self.home.vhost
+        ))
+    }
+
+    fn not_found(&self) -> MessagingError {
+        MessagingError::NotFound(format!(
+            "no queue '{}' in vhost '{}'",
+            self.name, self.home.vhost
+        ))
+    }
+
+    /// Bytes the queue's logs take on disk (0 for transient queues).
+    pub fn disk_bytes(&self) -> u64 {
+        self.inner()
+            .store
+            .as_ref()
+            .map_or(0, QueueStore::size_bytes)
+    }
+
+    /// Whether the queue has been deleted.
+    pub fn is_deleted(&self) -> bool {
+        self.inner().machine.deleted
+    }
+
+    /// Body bytes of ready messages this queue keeps in memory before
+    /// newer persistent ones wait on disk only.
+    pub(crate) fn memory_budget(args: &QueueArgs, memory: &ResourceMonitor) -> u64 {
+        QueueMachine::memory_budget(args, memory)
+    }
+
+    /// Puts recovered messages back (on open), in id order: those read into
+    /// memory, then those left on disk.
+    pub(crate) fn restore(&self, messages: Vec<RecoveredMessage>, paged: Vec<RecoveredRun>) {
+        self.inner().machine.restore(messages, paged);
+    }
+
+    /// Adds a message routed here.
+    ///
+    /// # Errors
+    /// Storage failures of a durable queue.
+    pub fn enqueue(
+        self: &Arc<Self>,
+        message: Arc<Message>,
+    ) -> Result<EnqueueOutcome, MessagingError> {
+        self.enqueue_from(message, None)
+    }
+
+    /// As [`Queue::enqueue`], for a message forwarded from a topic: a
+    /// durable queue that already stored `source` (before a crash the
+    /// forwarder's position did not survive) keeps the one copy.
+    ///
+    /// # Errors
+    /// As [`Queue::enqueue`].
+    pub fn enqueue_from(
+        self: &Arc<Self>,
+        message: Arc<Message>,
+        source: Option<&Source>,
+    ) -> Result<EnqueueOutcome, MessagingError> {
+        if let Some(stream) = self.stream() {
+            if self.is_deleted() {
+                return Ok(EnqueueOutcome::default());
+            }
+            let sync = stream.append(&message)?;
+            self.traffic.published.fetch_add(1, Ordering::Relaxed);
+            return Ok(EnqueueOutcome {
+                sync,
+                ..EnqueueOutcome::default()
+            });
+        }
+        let now = self.now();
+        let mut effects = Effects::default();
+        let mut outcome = EnqueueOutcome::default();
+        let accepted = {
+            let mut inner = self.inner();
+            if inner.machine.deleted {
+                return Ok(outcome);
+            }
+            if let (Some(source), Some(store), true) =
+                (source, inner.store.as_ref(), message.persistent())
+                && store.has_source(source)
+            {
+                return Ok(outcome);
+            }
+            let Inner { machine, store } = &mut *inner;
+            let admission = machine.admit(
+                &message,
+                now,
+                store.as_ref().map(|s| s as &dyn Pager),
+                &self.name,
+                &mut effects,
+            );
+            inner.write(&effects.store);
+            match admission {
+                Admission::Refuse { rejected } => {
+                    outcome.rejected = rejected;
+                    false
+                }
+                Admission::Accept { expires_at } => {
+                    let stored = match (inner.store.as_mut(), message.persistent()) {
+                        (Some(store), true) => {
+                            let (id, sync) = store.append(&message, source)?;
+                            outcome.sync = sync;
+                            Some(id)
+                        }
+                        _ => None,
+                    };
+                    inner.machine.push(message, stored, expires_at);
+                    self.traffic.published.fetch_add(1, Ordering::Relaxed);
+                    true
+                }
+            }
+        };
+        outcome.dead = self.dead_letters(effects.dead);
+        if accepted {
+            outcome.dead.extend(self.dispatch());
+        }
+        Ok(outcome)
+    }
+
+    /// Pushes ready messages to consumers with credit, round robin among
+    /// the highest-priority consumers that can take one.
+    pub fn dispatch(self: &Arc<Self>) -> DeadLetters {
+        let now = self.now();
+        let mut effects = Effects::default();
+        {
+            let mut inner = self.inner();
+            let Inner { machine, store } = &mut *inner;
+            machine.dispatch(
+                now,
+                store.as_ref().map(|s| s as &dyn Pager),
+                &self.name,
+                &mut effects,
+                &mut |consumer, entry| {
+                    let delivery = Delivery {
+                        channel: consumer.channel,
+                        queue: Arc::clone(self),
+                        seq: entry.seq,
+                        consumer_tag: Arc::clone(&consumer.tag),
+                        message: Arc::clone(&entry.message),
+                        redelivered: entry.redelivered,
+                    };
+                    let sent = consumer.sink.send(ConsumerEvent::Deliver(delivery)).is_ok();
+                    if sent {
+                        self.traffic.record_delivery(entry.redelivered);
+                    }
+                    sent
+                },
+            );
+            inner.write(&effects.store);
+            // Delivery marks alone wait for the next settlement or the
+            // maintenance tick: writing them per delivery doubled the
+            // writes of a busy queue.
+            if inner
+                .store
+                .as_ref()
+                .is_some_and(QueueStore::has_pending_settlements)
+                && let Err(error) = inner.flush()
+            {
+                tracing::warn!(queue = %self.name, %error, "cannot write settlements");
+            }
+        }
+        self.dead_letters(effects.dead)
+    }
+
+    /// `basic.get`: takes the next ready message, if any, with the number of
+    /// messages left.
+    ///
+    /// # Errors
+    /// Storage failures when `no_ack` settles a persistent message.
+    pub fn get(
+        self: &Arc<Self>,
+        no_ack: bool,
+    ) -> Result<(Option<GetResult>, DeadLetters), MessagingError> {
+        if self.stream().is_some() {
+            return Err(self.not_for_streams("basic.get"));
+        }
+        let now = self.now();
+        let mut effects = Effects::default();
+        let result = {
+            let mut inner = self.inner();
+            let Inner { machine, store } = &mut *inner;
+            let taken = machine.get(
+                no_ack,
+                now,
+                store.as_ref().map(|s| s as &dyn Pager),
+                &self.name,
+                &mut effects,
+            );
+            inner.write(&effects.store);
+            inner.flush()?;
+            taken.map(|(seq, message, redelivered)| {
+                self.traffic.record_delivery(redelivered);
+                (seq, message, redelivered, inner.machine.ready.len)
+            })
+        };
+        Ok((result, self.dead_letters(effects.dead)))
+    }
+
+    /// Settles deliveries positively; what is written survives a crash of
+    /// the broker process once this returns.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn ack(&self, seqs: &[u64]) -> Result<(), MessagingError> {
+        if self.stream().is_some() {
+            // Acknowledging a stream delivery only returns its credit.
+            return Ok(());
+        }
+        let mut effects = Effects::default();
+        let mut inner = self.inner();
+        let acked = inner.machine.ack(seqs, &mut effects);
+        self.traffic.acked.fetch_add(acked, Ordering::Relaxed);
+        inner.write(&effects.store);
+        inner.flush()?;
+        Ok(())
+    }
+
+    /// Settles deliveries negatively: back to the queue (marked redelivered)
+    /// or, without requeue, dead-lettered or dropped.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn reject(
+        self: &Arc<Self>,
+        seqs: &[u64],
+        requeue: bool,
+    ) -> Result<DeadLetters, MessagingError> {
+        if self.stream().is_some() {
+            return Ok(DeadLetters::default());
+        }
+        let mut effects = Effects::default();
+        {
+            let mut inner = self.inner();
+            inner.machine.reject(seqs, requeue, &mut effects);
+            inner.write(&effects.store);
+            inner.flush()?;
+        }
+        let mut dead = self.dead_letters(effects.dead);
+        if requeue {
+            dead.extend(self.dispatch());
+        }
+        Ok(dead)
+    }
+
+    /// Registers a consumer.
+    ///
+    /// # Errors
+    /// [`MessagingError::AccessRefused`] when an exclusive consumer holds the
+    /// queue, or an exclusive one is asked for while others consume.
+    pub fn add_consumer(
+        self: &Arc<Self>,
+        consumer: ConsumerSpec,
+    ) -> Result<DeadLetters, MessagingError> {
+        if let Some(stream) = self.stream() {
+            if self.is_deleted() {
+                return Err(self.not_found());
+            }
+            let start = consumer.stream_start.unwrap_or(StreamStart::Next);
+            stream.add_consumer(self, consumer, start)?;
+            return Ok(DeadLetters::default());
+        }
+        {
+            let now = self.now();
+            let mut inner = self.inner();
+            if inner.machine.deleted {
+                return Err(self.not_found());
+            }
+            if !inner.machine.add_consumer(consumer, now) {
+                return Err(MessagingError::AccessRefused(format!(
+                    "queue '{}' in vhost '{}' in exclusive use",
+                    self.name, self.home.vhost
+                )));
+            }
+        }
+        Ok(self.dispatch())
+    }
+
+    /// Removes a consumer; true when the queue is auto-delete and this was
+    /// its last consumer (the caller deletes it).
+    pub fn remove_consumer(self: &Arc<Self>, channel: u64, tag: &str) -> (bool, DeadLetters) {
+        if let Some(stream) = self.stream() {
+            stream.remove_consumer(channel, tag);
+            return (false, DeadLetters::default());
+        }
+        let now = self.now();
+        let last = self.inner().machine.remove_consumer(channel, tag, now);
+        // With a single active consumer, the next one takes over.
+        let dead = self.dispatch();
+        (last && self.options.auto_delete, dead)
+    }
+
+    /// Requeues deliveries of a closed channel (or `basic.recover`).
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn requeue(self: &Arc<Self>, seqs: &[u64]) -> Result<DeadLetters, MessagingError> {
+        self.reject(seqs, true)
+    }
+
+    /// `queue.purge`: drops every ready message; returns how many.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn purge(&self) -> Result<usize, MessagingError> {
+        if self.stream().is_some() {
+            return Err(self.not_for_streams("queue.purge"));
+        }
+        let mut effects = Effects::default();
+        let mut inner = self.inner();
+        let purged = inner.machine.purge(&mut effects);
+        inner.write(&effects.store);
+        inner.flush()?;
+        Ok(purged)
+    }
+
+    /// Marks the queue deleted and tells its consumers; returns the number
+    /// of ready messages it held.
+    pub(crate) fn mark_deleted(&self) -> usize {
+        if let Some(stream) = self.stream() {
+            stream.stop();
+        }
+        let mut inner = self.inner();
+        let (consumers, count) = inner.machine.delete();
+        for consumer in consumers {
+            let _ = consumer.sink.send(ConsumerEvent::Cancelled {
+                channel: consumer.channel,
+                consumer_tag: consumer.tag,
+            });
+        }
+        inner.store = None;
+        count
+    }
+
+    /// Writes pending settlements, expires heads, and tells whether an
+    /// `x-expires` queue has been unused long enough to be deleted.
+    pub(crate) fn maintain(self: &Arc<Self>) -> (bool, DeadLetters) {
+        if let Some(stream) = self.stream() {
+            stream.flush();
+            return (false, DeadLetters::default());
+        }
+        if let Err(error) = self.inner().flush() {
+            tracing::warn!(queue = %self.name, %error, "cannot write settlements");
+        }
+        let dead = self.dispatch();
+        let unused = self.inner().machine.unused_too_long(self.now());
+        (unused, dead)
+    }
+
+    /// Marks the queue as used (redeclared), for `x-expires`.
+    pub(crate) fn touch(&self) {
+        let now = self.now();
+        self.inner().machine.touch(now);
+    }
+
+    /// Whether an exclusive queue may be used by `connection`.
+    pub fn usable_by(&self, connection: u64) -> bool {
+        self.options
+            .exclusive_owner
+            .is_none_or(|owner| owner == connection)
+    }
+
+    /// Writes what is pending and marks the store closed cleanly (at
+    /// shutdown, once no connection can reach the queue).
+    pub(crate) fn close_store(&self) -> Result<(), CoreError> {
+        if let Some(store) = self.inner().store.as_mut() {
+            store.close()?;
+        }
+        Ok(())
+    }
+}

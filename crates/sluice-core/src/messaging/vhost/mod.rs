@@ -1,0 +1,494 @@
+//! Virtual hosts: each a namespace of exchanges, queues and bindings, with
+//! the operations AMQP's `exchange.*`, `queue.*` and `basic.publish` reach.
+//!
+//! - `declare.rs`: exchanges, queues and bindings declared and deleted.
+//! - `publish.rs`: routing and publishing.
+//! - `dead_letter.rs`: what dies in a queue, republished to its DLX.
+//!
+//! Lock order (see docs/locks.md): the vhost's `exchanges` map, then its
+//! `queues` map, then one exchange's bindings or one queue's state. Routing
+//! takes exchange binding locks one at a time and never a queue lock while
+//! holding one.
+
+mod dead_letter;
+mod declare;
+mod publish;
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use amq_protocol::types::FieldTable;
+use sluice_log::LogManager;
+use sluice_types::{Clock, SystemClock};
+
+use super::MessagingError;
+use super::alarms::ResourceMonitor;
+use super::definitions::{
+    BindingDefinition, Definition, DefinitionWriter, DurableDefinitions, ExchangeDefinition,
+    QueueDefinition,
+};
+use super::exchange::{Binding, Destination, Exchange, ExchangeKind};
+use super::queue::{Queue, QueueArgs, QueueHome, QueueOptions, QueueType};
+use super::queue_store::QueueStore;
+use crate::{Acks, CoreError, Topics};
+
+/// How an exchange is declared.
+#[derive(Debug, Clone, Default)]
+pub struct ExchangeOptions {
+    /// Survives a restart.
+    pub durable: bool,
+    /// Deleted when its last binding goes.
+    pub auto_delete: bool,
+    /// Not published to directly.
+    pub internal: bool,
+    /// Declaration arguments.
+    pub arguments: FieldTable,
+}
+
+/// What a publish did.
+#[derive(Debug, Default)]
+pub struct PublishOutcome {
+    /// Number of queues the message reached.
+    pub queues: usize,
+    /// What a confirm must wait for (one per durable queue log written).
+    pub acks: Acks,
+    /// A queue refused it (`x-overflow` reject-publish): nack, don't ack.
+    pub rejected: bool,
+}
+
+/// Every virtual host of the broker.
+#[derive(Debug)]
+pub struct VirtualHosts {
+    hosts: RwLock<HashMap<String, Arc<VirtualHost>>>,
+    memory: Arc<ResourceMonitor>,
+}
+
+impl VirtualHosts {
+    /// Opens the virtual hosts named (creating the standard exchanges) and
+    /// restores durable definitions and queued messages.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub(crate) fn open(
+        shared: &VhostShared,
+        durable: DurableDefinitions,
+        names: &[String],
+        restored: &(dyn Fn(usize, usize) + Sync),
+    ) -> Result<VirtualHosts, CoreError> {
+        let DurableDefinitions { writer, stored } = durable;
+        let total = stored.len();
+        let definitions = Arc::new(writer);
+        let mut hosts = HashMap::new();
+        for name in names {
+            hosts.insert(
+                name.clone(),
+                VirtualHost::new(name.clone(), shared.clone(), Arc::clone(&definitions)),
+            );
+        }
+        for (index, definition) in stored.into_values().enumerate() {
+            restored(index, total);
+            let Some(vhost) = hosts.get(definition.vhost()) else {
+                tracing::warn!(vhost = %definition.vhost(), "definitions of an unconfigured virtual host are kept but not loaded");
+                continue;
+            };
+            vhost.restore(definition)?;
+        }
+        Ok(VirtualHosts {
+            hosts: RwLock::new(hosts),
+            memory: Arc::clone(&shared.memory),
+        })
+    }
+
+    /// Counts of what the virtual hosts hold, for the recovery log line.
+    pub(crate) fn recovered_summary(&self) -> RecoveredSummary {
+        let mut summary = RecoveredSummary::default();
+        for vhost in self.all() {
+            summary.exchanges += vhost
+                .exchange_list()
+                .iter()
+                .filter(|exchange| !exchange.name.is_empty() && !exchange.name.starts_with("amq."))
+                .count();
+            for queue in vhost.queues() {
+                if queue.options().durable && queue.stream_topic().is_none() {
+                    summary.durable_queues += 1;
+                    summary.messages += queue.message_count() as u64;
+                }
+            }
+            summary.bindings += vhost.bindings().len();
+        }
+        summary
+    }
+
+    /// The virtual host called `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<VirtualHost>> {
+        self.hosts
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// Memory held by queued messages, and its alarm.
+    pub fn memory(&self) -> &Arc<ResourceMonitor> {
+        &self.memory
+    }
+
+    /// Every virtual host, sorted by name.
+    pub fn all(&self) -> Vec<Arc<VirtualHost>> {
+        let mut all: Vec<Arc<VirtualHost>> = self
+            .hosts
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// Periodic work: settlements written, expired messages and unused
+    /// `x-expires` queues removed.
+    pub fn maintain(&self) {
+        for vhost in self.all() {
+            vhost.maintain();
+        }
+    }
+
+    /// Deletes the exclusive queues of a closed connection.
+    pub fn connection_closed(&self, connection: u64) {
+        for vhost in self.all() {
+            vhost.connection_closed(connection);
+        }
+    }
+
+    /// Writes pending settlements and marks durable queues closed cleanly
+    /// (at shutdown).
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn flush(&self) -> Result<(), CoreError> {
+        for vhost in self.all() {
+            for queue in vhost.queues() {
+                queue.close_store()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What every virtual host of a broker shares.
+#[derive(Debug, Clone)]
+pub(crate) struct VhostShared {
+    pub(crate) logs: Arc<LogManager>,
+    /// The broker's topics, which stream queues are views of.
+    pub(crate) topics: Arc<Topics>,
+    /// Memory held by queued messages, and its alarm.
+    pub(crate) memory: Arc<ResourceMonitor>,
+    /// The broker's clock (TTLs, `x-expires`, `x-death` times).
+    pub(crate) clock: Arc<dyn Clock>,
+    /// Most queues a virtual host holds; declaring one more is refused.
+    pub(crate) max_queues: Option<u32>,
+}
+
+/// One virtual host.
+#[derive(Debug)]
+pub struct VirtualHost {
+    name: String,
+    exchanges: RwLock<HashMap<String, Arc<Exchange>>>,
+    queues: RwLock<HashMap<String, Arc<Queue>>>,
+    logs: Arc<LogManager>,
+    /// The broker's topics, which stream queues are views of.
+    topics: Arc<Topics>,
+    definitions: Arc<DefinitionWriter>,
+    memory: Arc<ResourceMonitor>,
+    /// Most queues; declaring one more is refused.
+    max_queues: Option<u32>,
+    clock: Arc<dyn Clock>,
+}
+
+static UNIQUE: AtomicU64 = AtomicU64::new(0);
+
+/// A random-looking unique token (store ids, server-named queues).
+fn unique_token() -> String {
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(UNIQUE.fetch_add(1, Ordering::Relaxed));
+    hasher.write_i64(SystemClock.now_ms());
+    format!("{:016x}", hasher.finish())
+}
+
+/// What [`VirtualHosts::recovered_summary`] counts.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct RecoveredSummary {
+    /// Exchanges other than the default and `amq.*` ones.
+    pub(crate) exchanges: usize,
+    pub(crate) durable_queues: usize,
+    /// Ready messages of durable queues (streams are counted as topics).
+    pub(crate) messages: u64,
+    pub(crate) bindings: usize,
+}
+
+const STANDARD_EXCHANGES: [(&str, ExchangeKind); 6] = [
+    ("", ExchangeKind::Direct),
+    ("amq.direct", ExchangeKind::Direct),
+    ("amq.fanout", ExchangeKind::Fanout),
+    ("amq.topic", ExchangeKind::Topic),
+    ("amq.headers", ExchangeKind::Headers),
+    ("amq.match", ExchangeKind::Headers),
+];
+
+impl VirtualHost {
+    fn new(
+        name: String,
+        shared: VhostShared,
+        definitions: Arc<DefinitionWriter>,
+    ) -> Arc<VirtualHost> {
+        let VhostShared {
+            logs,
+            topics,
+            memory,
+            clock,
+            max_queues,
+        } = shared;
+        let mut exchanges = HashMap::new();
+        for (exchange, kind) in STANDARD_EXCHANGES {
+            exchanges.insert(
+                exchange.to_owned(),
+                Arc::new(Exchange::new(
+                    exchange.to_owned(),
+                    kind,
+                    true,
+                    false,
+                    false,
+                    FieldTable::default(),
+                )),
+            );
+        }
+        Arc::new(VirtualHost {
+            name,
+            exchanges: RwLock::new(exchanges),
+            queues: RwLock::new(HashMap::new()),
+            logs,
+            topics,
+            definitions,
+            memory,
+            max_queues,
+            clock,
+        })
+    }
+
+    fn exchanges(&self) -> RwLockReadGuard<'_, HashMap<String, Arc<Exchange>>> {
+        self.exchanges.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn exchanges_mut(&self) -> RwLockWriteGuard<'_, HashMap<String, Arc<Exchange>>> {
+        self.exchanges.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn queues_map(&self) -> RwLockReadGuard<'_, HashMap<String, Arc<Queue>>> {
+        self.queues.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn queues_mut(&self) -> RwLockWriteGuard<'_, HashMap<String, Arc<Queue>>> {
+        self.queues.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The virtual host's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The exchange called `name`.
+    pub fn exchange(&self, name: &str) -> Option<Arc<Exchange>> {
+        self.exchanges().get(name).cloned()
+    }
+
+    /// Every exchange, sorted by name.
+    pub fn exchange_list(&self) -> Vec<Arc<Exchange>> {
+        let mut all: Vec<Arc<Exchange>> = self.exchanges().values().cloned().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// The queue called `name`.
+    pub fn queue(&self, name: &str) -> Option<Arc<Queue>> {
+        self.queues_map().get(name).cloned()
+    }
+
+    /// Every queue, sorted by name.
+    pub fn queues(&self) -> Vec<Arc<Queue>> {
+        let mut all: Vec<Arc<Queue>> = self.queues_map().values().cloned().collect();
+        all.sort_by(|a, b| a.name().cmp(b.name()));
+        all
+    }
+
+    fn no_exchange(&self, name: &str) -> MessagingError {
+        MessagingError::NotFound(format!("no exchange '{name}' in vhost '{}'", self.name))
+    }
+
+    fn no_queue(&self, name: &str) -> MessagingError {
+        MessagingError::NotFound(format!("no queue '{name}' in vhost '{}'", self.name))
+    }
+
+    /// The queue called `name`, if `connection` may use it.
+    ///
+    /// # Errors
+    /// [`MessagingError::NotFound`]; [`MessagingError::ResourceLocked`] for
+    /// another connection's exclusive queue.
+    pub fn usable_queue(&self, name: &str, connection: u64) -> Result<Arc<Queue>, MessagingError> {
+        let queue = self.queue(name).ok_or_else(|| self.no_queue(name))?;
+        if !queue.usable_by(connection) {
+            return Err(self.locked(name));
+        }
+        Ok(queue)
+    }
+
+    fn queue_home(&self) -> QueueHome {
+        QueueHome {
+            vhost: self.name.clone(),
+            memory: Arc::clone(&self.memory),
+            clock: Arc::clone(&self.clock),
+        }
+    }
+
+    fn locked(&self, name: &str) -> MessagingError {
+        MessagingError::ResourceLocked(format!(
+            "cannot obtain exclusive access to locked queue '{name}' in vhost '{}'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.",
+            self.name
+        ))
+    }
+
+    fn restore(&self, definition: Definition) -> Result<(), CoreError> {
+        match definition {
+            Definition::Exchange(ExchangeDefinition {
+                name,
+                kind,
+                auto_delete,
+                internal,
+                arguments,
+                ..
+            }) => {
+                let Ok(kind) = kind.parse::<ExchangeKind>() else {
+                    tracing::warn!(exchange = %name, %kind, "skipping a stored exchange of unknown type");
+                    return Ok(());
+                };
+                self.exchanges_mut().insert(
+                    name.clone(),
+                    Arc::new(Exchange::new(
+                        name,
+                        kind,
+                        true,
+                        auto_delete,
+                        internal,
+                        arguments,
+                    )),
+                );
+            }
+            Definition::Queue(QueueDefinition {
+                name,
+                store_id,
+                auto_delete,
+                arguments,
+                ..
+            }) => {
+                let args = QueueArgs::parse(&name, &self.name, &arguments).unwrap_or_default();
+                // A stream's messages are its topic's records; a classic
+                // queue reads back its own store.
+                let (store, topic, messages, paged) = if args.queue_type == QueueType::Stream {
+                    (
+                        None,
+                        Some(self.stream_topic(&name, &args)?),
+                        Vec::new(),
+                        Vec::new(),
+                    )
+                } else {
+                    let budget = Queue::memory_budget(&args, &self.memory);
+                    let recovered = QueueStore::open(&self.logs, &store_id, budget)?;
+                    (
+                        Some((store_id, recovered.store)),
+                        None,
+                        recovered.messages,
+                        recovered.paged,
+                    )
+                };
+                let queue = Queue::new(
+                    name.clone(),
+                    QueueOptions {
+                        durable: true,
+                        exclusive_owner: None,
+                        auto_delete,
+                        arguments,
+                    },
+                    args,
+                    store,
+                    self.queue_home(),
+                    topic,
+                );
+                queue.restore(messages, paged);
+                self.queues_mut().insert(name, queue);
+            }
+            Definition::Binding(BindingDefinition {
+                source,
+                destination,
+                routing_key,
+                arguments,
+                ..
+            }) => {
+                let present = match &destination {
+                    Destination::Queue(name) => self.queue(name).is_some(),
+                    Destination::Exchange(name) => self.exchange(name).is_some(),
+                };
+                if let (Some(exchange), true) = (self.exchange(&source), present) {
+                    exchange.bind(destination, &routing_key, &arguments);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every binding in the virtual host, default-exchange bindings excluded.
+    pub fn bindings(&self) -> Vec<Binding> {
+        self.exchange_list()
+            .iter()
+            .flat_map(|e| e.bindings())
+            .collect()
+    }
+
+    fn maintain(&self) {
+        for queue in self.queues() {
+            let (unused, dead) = queue.maintain();
+            self.dead_letter(dead);
+            if unused {
+                tracing::debug!(queue = queue.name(), "queue expired (x-expires)");
+                if let Err(error) = self.remove_queue(&queue) {
+                    tracing::warn!(queue = queue.name(), %error, "cannot delete an expired queue");
+                }
+            }
+        }
+    }
+
+    fn connection_closed(&self, connection: u64) {
+        let owned: Vec<Arc<Queue>> = self
+            .queues()
+            .into_iter()
+            .filter(|q| q.options().exclusive_owner == Some(connection))
+            .collect();
+        for queue in owned {
+            if let Err(error) = self.remove_queue(&queue) {
+                tracing::warn!(queue = queue.name(), %error, "cannot delete an exclusive queue");
+            }
+        }
+    }
+
+    /// Deletes an auto-delete queue whose last consumer went.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn auto_delete_queue(&self, queue: &Arc<Queue>) -> Result<(), MessagingError> {
+        if queue.consumer_count() == 0 && !queue.is_deleted() {
+            self.remove_queue(queue)?;
+        }
+        Ok(())
+    }
+}
