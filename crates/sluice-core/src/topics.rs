@@ -93,32 +93,6 @@ impl Topic {
         self.state().config.timestamp_bounds()
     }
 
-    /// Whether appending `records` to `partition` would roll its active
-    /// segment (a sync and a file creation, under the log's lock): callers
-    /// on an async runtime move such appends to the blocking pool. Reads
-    /// batch headers only.
-    pub fn append_would_roll(&self, partition: PartitionId, records: &[u8]) -> bool {
-        let Some(target) = self.partition(partition) else {
-            return false;
-        };
-        let (mut count, mut max_timestamp) = (0u64, i64::MIN);
-        let mut rest = records;
-        while let Ok(header) = sluice_log::batch::BatchHeader::parse(rest) {
-            count += u64::try_from(header.records_count).unwrap_or(0);
-            max_timestamp = max_timestamp.max(header.max_timestamp);
-            match rest.get(header.size..) {
-                Some(next) if header.size > 0 => rest = next,
-                _ => break,
-            }
-        }
-        if self.timestamp_type() == TimestampType::LogAppendTime {
-            max_timestamp = SystemClock.now_ms();
-        }
-        target
-            .log
-            .append_would_roll(records.len() as u64, count, max_timestamp)
-    }
-
     /// Appends record batches to a partition, waits as the log's durability
     /// asks, and wakes fetches. Blocking: call it off the async runtime.
     ///

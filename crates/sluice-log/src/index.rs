@@ -106,17 +106,25 @@ pub(crate) fn times_are_valid(entries: &[TimeEntry], offset_span: u64) -> bool {
         .all(|e| u64::from(e.relative_offset) < offset_span.max(1))
 }
 
-/// Writes entries to `path` and syncs the file. Not atomic, and the caller
-/// syncs the directory: a torn index is harmless, because an index is
-/// validated on open and rebuilt from the data when it does not fit.
-pub(crate) fn write_all<E: IndexEntry>(path: &Path, entries: &[E]) -> Result<(), LogError> {
+/// Writes entries to `path`, and syncs the file when `sync` says so (a
+/// roll does not: it runs under the log's lock). Not atomic, and the caller
+/// syncs the directory: a torn or lost index is harmless, because an index
+/// is validated on open and rebuilt from the data when it does not fit.
+pub(crate) fn write_all<E: IndexEntry>(
+    path: &Path,
+    entries: &[E],
+    sync: bool,
+) -> Result<(), LogError> {
     let mut bytes = Vec::with_capacity(entries.len() * E::SIZE);
     for entry in entries {
         entry.encode(&mut bytes);
     }
     let mut file = File::create(path).map_err(LogError::io(path))?;
     file.write_all(&bytes).map_err(LogError::io(path))?;
-    file.sync_data().map_err(LogError::io(path))
+    if sync {
+        file.sync_data().map_err(LogError::io(path))?;
+    }
+    Ok(())
 }
 
 /// The last entry for which `at_or_before` holds, in a file of sorted entries
@@ -180,7 +188,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("0.index");
         let entries = entries();
-        write_all(&path, &entries)?;
+        write_all(&path, &entries, true)?;
         for target in [0u32, 5, 10, 11, 555, 990, 5000] {
             let in_file = floor_in_file::<OffsetEntry>(&path, |e| e.relative_offset <= target)?;
             let in_memory = floor_in_memory(&entries, |e| e.relative_offset <= target);

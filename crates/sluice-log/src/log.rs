@@ -2,7 +2,7 @@
 //! retention. See the crate docs for the locking and group-commit scheme.
 
 use std::collections::BTreeMap;
-use std::fs;
+use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -94,6 +94,14 @@ pub(crate) struct LogState {
     pub(crate) epochs: EpochCache,
     pub(crate) poisoned: bool,
     pub(crate) closed: bool,
+    /// Data files of segments sealed by a roll and not synced since: a roll
+    /// leaves their sync to the next `sync_to`, which syncs them before the
+    /// active segment, so the durable end never passes unsynced bytes.
+    pub(crate) unsynced_sealed: Vec<Arc<File>>,
+    /// Segment files a roll created since the directory was last synced
+    /// (counted, so that a sync that raced a roll does not clear a newer one).
+    pub(crate) dir_changes: u64,
+    pub(crate) dir_synced: u64,
 }
 
 /// Group-commit state, behind its own lock (taken after `state`, never before).
@@ -229,6 +237,9 @@ impl Log {
                 epochs,
                 poisoned: false,
                 closed: false,
+                unsynced_sealed: Vec::new(),
+                dir_changes: 0,
+                dir_synced: 0,
             }),
             sync: Mutex::new(SyncState {
                 durable: log_end,
@@ -458,19 +469,6 @@ impl Log {
         Ok(active.size > 0 && (full || old || offsets_overflow))
     }
 
-    /// Whether appending `bytes` of `records` records whose newest
-    /// timestamp is `max_timestamp` would roll the active segment now (a
-    /// sync and a file creation): such an append belongs on a thread that
-    /// may block. A guess for the next append, not a promise.
-    pub fn append_would_roll(&self, bytes: u64, records: u64, max_timestamp: i64) -> bool {
-        let mut state = self.state();
-        let next = state
-            .log_end
-            .plus(i64::try_from(records).unwrap_or(i64::MAX));
-        self.roll_due(&mut state, bytes, next, max_timestamp)
-            .unwrap_or(true)
-    }
-
     /// This segment's share of `segment.jitter.ms`: in `[0, jitter_ms)`,
     /// fixed per log directory and base offset, spread across partitions.
     fn roll_jitter(&self, base: Offset, jitter_ms: i64) -> i64 {
@@ -482,17 +480,16 @@ impl Log {
         i64::try_from(spread).unwrap_or(0)
     }
 
-    /// Seals the active segment (syncing it) and starts a new one at the log
-    /// end. A failed sync poisons the log (the kernel may have dropped the
-    /// pages); a file that cannot be created or written (a full disk) leaves
-    /// the active segment as it was.
+    /// Seals the active segment and starts a new one at the log end. No
+    /// fsync runs here, under the log's lock: as Kafka does after a roll, the
+    /// sealed segment's data and the directory entry of the new one are
+    /// synced by the next `sync_to` (group commit), before it counts
+    /// anything in the new segment as durable. A file that cannot be created
+    /// or written (a full disk) leaves the active segment as it was.
     fn roll_locked(&self, state: &mut LogState) -> Result<(), LogError> {
         let base = state.log_end;
-        if let Err(err) = active(state)?.sync() {
-            state.poisoned = true;
-            return Err(err);
-        }
-        let segment = Segment::create(&self.dir, base)?;
+        let sealed_file = active(state)?.sync_handle()?;
+        let segment = Segment::create_unsynced(&self.dir, base)?;
         if let Err(err) = active(state)?.seal() {
             if let Err(cleanup) = segment.delete() {
                 tracing::warn!(dir = %self.dir.display(), error = %cleanup, "cannot remove the segment of a failed roll");
@@ -500,12 +497,8 @@ impl Log {
             return Err(err);
         }
         state.segments.insert(base, segment);
-        // The sealed segment was synced: everything before `base` is durable.
-        let mut sync = self.sync_state();
-        if sync.durable < base {
-            self.set_durable(&mut sync, base);
-            self.synced.notify_all();
-        }
+        state.unsynced_sealed.push(sealed_file);
+        state.dir_changes += 1;
         Ok(())
     }
 
@@ -558,19 +551,39 @@ impl Log {
             let target = {
                 let mut state = self.state();
                 let log_end = state.log_end;
+                let sealed = state.unsynced_sealed.clone();
+                let dir_changes =
+                    (state.dir_changes > state.dir_synced).then_some(state.dir_changes);
                 active(&mut state)
                     .and_then(Segment::sync_handle)
-                    .map(|file| (file, log_end))
+                    .map(|file| (file, sealed, dir_changes, log_end))
             };
-            let result = target.and_then(|(file, log_end)| {
+            let result = target.and_then(|(file, sealed, dir_changes, log_end)| {
                 let started = std::time::Instant::now();
-                let synced = file.sync_data();
+                // Rolled segments first, then the new files' directory
+                // entries, then the active segment.
+                let synced = sealed
+                    .iter()
+                    .try_for_each(|sealed| sealed.sync_data())
+                    .map_err(LogError::io(self.dir.clone()))
+                    .and_then(|()| match dir_changes {
+                        Some(_) => crate::checkpoint::sync_dir(&self.dir),
+                        None => Ok(()),
+                    })
+                    .and_then(|()| file.sync_data().map_err(LogError::io(self.dir.clone())));
                 crate::metrics()
                     .fsync_latency
                     .observe_duration(started.elapsed());
-                synced
-                    .map(|()| log_end)
-                    .map_err(LogError::io(self.dir.clone()))
+                if synced.is_ok() && (!sealed.is_empty() || dir_changes.is_some()) {
+                    let mut state = self.state();
+                    state
+                        .unsynced_sealed
+                        .retain(|kept| !sealed.iter().any(|done| Arc::ptr_eq(kept, done)));
+                    if let Some(changes) = dir_changes {
+                        state.dir_synced = state.dir_synced.max(changes);
+                    }
+                }
+                synced.map(|()| log_end)
             });
             sync = self.sync_state();
             sync.syncing = false;
@@ -1019,6 +1032,9 @@ impl Log {
             return Err(LogError::Poisoned);
         }
         let log_end = state.log_end;
+        for sealed in std::mem::take(&mut state.unsynced_sealed) {
+            sealed.sync_data().map_err(LogError::io(self.dir.clone()))?;
+        }
         let active = active(&mut state)?;
         let file = active.sync_handle()?;
         file.sync_data().map_err(LogError::io(active.data_path()))?;

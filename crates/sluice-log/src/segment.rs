@@ -70,8 +70,17 @@ impl Segment {
         )
     }
 
-    /// A new, empty active segment. Leftover files with the same base are replaced.
+    /// A new, empty active segment, its directory entry synced. Leftover
+    /// files with the same base are replaced.
     pub(crate) fn create(dir: &Path, base: Offset) -> Result<Segment, LogError> {
+        let segment = Self::create_unsynced(dir, base)?;
+        crate::checkpoint::sync_dir(dir)?;
+        Ok(segment)
+    }
+
+    /// As [`Segment::create`], leaving the directory sync to the caller (a
+    /// roll, whose next log sync covers it).
+    pub(crate) fn create_unsynced(dir: &Path, base: Offset) -> Result<Segment, LogError> {
         let (data_path, index_path, time_index_path) = Self::paths(dir, base);
         for stale in [&index_path, &time_index_path] {
             remove_if_present(stale)?;
@@ -83,7 +92,6 @@ impl Segment {
             .write(true)
             .open(&data_path)
             .map_err(LogError::io(&data_path))?;
-        crate::checkpoint::sync_dir(dir)?;
         Ok(Segment {
             base_offset: base,
             data_path,
@@ -188,8 +196,8 @@ impl Segment {
                     segment.max_timestamp,
                     segment.last_indexed_relative(),
                 );
-                index::write_all(&segment.index_path, &state.offsets)?;
-                index::write_all(&segment.time_index_path, &state.times)?;
+                index::write_all(&segment.index_path, &state.offsets, true)?;
+                index::write_all(&segment.time_index_path, &state.times, true)?;
                 segment.next_offset = next_base;
             }
         }
@@ -478,24 +486,17 @@ impl Segment {
         Ok(())
     }
 
-    /// Syncs the data file.
-    pub(crate) fn sync(&mut self) -> Result<(), LogError> {
-        let file = self.active_file()?;
-        file.sync_data().map_err(LogError::io(&self.data_path))
-    }
-
-    /// Writes the indexes out; the segment becomes sealed. Sync the data
-    /// first. If an index cannot be written (a full disk), the segment stays
+    /// Writes the indexes out (unsynced: a lost index is rebuilt from the
+    /// data on open); the segment becomes sealed. If an index cannot be written (a full disk), the segment stays
     /// active and nothing is lost: sealing can be tried again.
     pub(crate) fn seal(&mut self) -> Result<(), LogError> {
         let (max_timestamp, last_relative) = (self.max_timestamp, self.last_indexed_relative());
         if let Some(state) = &mut self.active {
             push_final_time_entry(state, max_timestamp, last_relative);
-            index::write_all(&self.index_path, &state.offsets)?;
-            index::write_all(&self.time_index_path, &state.times)?;
+            index::write_all(&self.index_path, &state.offsets, false)?;
+            index::write_all(&self.time_index_path, &state.times, false)?;
         }
         self.active = None;
-        // The new segment's creation syncs the directory, and with it these.
         Ok(())
     }
 
@@ -514,8 +515,8 @@ impl Segment {
     /// Writes the active segment's indexes out for a clean shutdown.
     pub(crate) fn save_indexes(&self) -> Result<(), LogError> {
         if let Some(state) = &self.active {
-            index::write_all(&self.index_path, &state.offsets)?;
-            index::write_all(&self.time_index_path, &state.times)?;
+            index::write_all(&self.index_path, &state.offsets, true)?;
+            index::write_all(&self.time_index_path, &state.times, true)?;
         }
         Ok(())
     }

@@ -152,6 +152,46 @@ fn under_never_the_durable_end_stays_until_a_flush() -> Result<(), LogError> {
 }
 
 #[test]
+fn a_roll_syncs_nothing_and_the_next_sync_covers_the_sealed_segments() -> Result<(), LogError> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = Log::open(
+        dir.path(),
+        LogConfig {
+            durability: Durability::Never,
+            segment_bytes: 4 * 1024,
+            ..config()
+        },
+    )?;
+    let syncs = || sluice_log::metrics().fsync_latency.count();
+    let before = syncs();
+    for i in 0..6 {
+        log.append(&mut batch(&values(i, 4, 500), 1_000 + i as i64), epoch(0))?;
+    }
+    assert!(
+        log.segment_count() >= 3,
+        "rolled: {:?}",
+        log.segment_bases()
+    );
+    assert_eq!(syncs(), before, "a roll runs no fsync");
+    assert_eq!(
+        log.durable_end(),
+        o(0),
+        "nothing counts as durable before a sync"
+    );
+    log.flush()?;
+    assert_eq!(log.durable_end(), o(24));
+    assert_eq!(
+        syncs(),
+        before + 1,
+        "one sync covers the sealed segments too"
+    );
+    drop(log);
+    let reopened = Log::open(dir.path(), config())?;
+    assert_eq!(read_all(&reopened, o(0)).len(), 24);
+    Ok(())
+}
+
+#[test]
 fn concurrent_appenders_share_syncs_and_get_distinct_offsets() -> Result<(), LogError> {
     let dir = tempfile::tempdir().expect("temp dir");
     let log = Arc::new(Log::open(dir.path(), config())?);
@@ -668,35 +708,5 @@ fn a_replicated_append_keeps_the_leaders_offsets_and_epochs() -> Result<(), LogE
         "offset 0 again"
     );
     assert_eq!(follower.log_end(), o(9), "nothing written");
-    Ok(())
-}
-
-#[test]
-fn an_append_that_would_roll_is_told_apart_beforehand() -> Result<(), LogError> {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let clock = Arc::new(ManualClock::new(1_000_000));
-    let log = Log::open_with_clock(
-        dir.path(),
-        LogConfig {
-            segment_bytes: 4096,
-            segment_time: Duration::from_secs(60),
-            ..config()
-        },
-        clock,
-    )?;
-    assert!(
-        !log.append_would_roll(100, 1, 1_000_000),
-        "an empty segment never rolls"
-    );
-    log.append(&mut batch(&values(1, 1, 3000), 1_000_000), epoch(0))?;
-    assert!(!log.append_would_roll(500, 1, 1_000_000), "still fits");
-    assert!(
-        log.append_would_roll(2000, 1, 1_000_000),
-        "too big for the segment"
-    );
-    assert!(log.append_would_roll(10, 1, 1_060_000), "a minute newer");
-    let before = log.segment_count();
-    log.append(&mut batch(&values(2, 1, 2000), 1_000_000), epoch(0))?;
-    assert_eq!(log.segment_count(), before + 1, "the guess was right");
     Ok(())
 }

@@ -90,7 +90,7 @@ pub(crate) async fn start(
                 Err(ResponseError::InvalidRequiredAcks)
             } else if disk_full {
                 Err(ResponseError::KafkaStorageError)
-            } else if exists && !rolls(&context.broker, &name, index, data.records.as_ref()) {
+            } else if exists {
                 write(&context.broker, &name, index, acks, data.records)
             } else {
                 let broker = Arc::clone(&context.broker);
@@ -113,16 +113,6 @@ pub(crate) async fn start(
         version,
         topics,
         throttle_time_ms,
-    }
-}
-
-/// Whether the write would roll a segment of the partition.
-fn rolls(broker: &Broker, topic: &str, index: i32, records: Option<&bytes::Bytes>) -> bool {
-    match (broker.topics().get(topic), records) {
-        (Some(topic), Some(records)) => {
-            topic.append_would_roll(sluice_types::PartitionId::from(index), records)
-        }
-        _ => false,
     }
 }
 
