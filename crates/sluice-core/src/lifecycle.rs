@@ -16,6 +16,12 @@
 //! compaction, idle handles) is started by `Broker::open` and stopped by
 //! `Broker::shutdown`. Connections are spawned through [`Tasks`], so that
 //! shutdown waits for them, bounded, instead of counting references.
+//!
+//! Shutdown is one signal: the front-ends' listeners run through
+//! [`Lifecycle::serve`] and watch [`Lifecycle::stopping`]; one call to
+//! [`Lifecycle::shutdown`] raises it, waits for the listeners and then the
+//! connections, and only then stops the jobs (queue maintenance keeps
+//! writing while connections finish).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -105,7 +111,11 @@ impl Tasks {
 #[derive(Debug)]
 pub struct Lifecycle {
     broker: Arc<Broker>,
+    /// The shutdown signal the listeners and their connections watch.
+    stopping: watch::Sender<bool>,
+    /// The jobs' stop, sent by `shutdown` once connections are gone.
     stop: watch::Sender<bool>,
+    listeners: Vec<JoinHandle<()>>,
     jobs: Vec<JoinHandle<()>>,
 }
 
@@ -155,19 +165,41 @@ impl Broker {
         ];
         Lifecycle {
             broker: Arc::clone(self),
+            stopping: watch::channel(false).0,
             stop,
+            listeners: Vec::new(),
             jobs,
         }
     }
 }
 
 impl Lifecycle {
-    /// Waits, at most `grace`, for the tracked tasks (connections, which
-    /// see their own shutdown signal) to end, aborting the rest; then stops
-    /// the background jobs, each finishing the step it is in. Returns how
-    /// many tasks had to be aborted. The logs are still open: call
-    /// [`Broker::shutdown`] next.
+    /// The shutdown signal: `true` once [`Lifecycle::shutdown`] starts.
+    /// Listeners stop accepting on it and connections end at their next
+    /// request boundary.
+    pub fn stopping(&self) -> watch::Receiver<bool> {
+        self.stopping.subscribe()
+    }
+
+    /// Runs a front-end's listener loop, which must end soon after
+    /// [`Lifecycle::stopping`] turns `true`; shutdown waits for it.
+    pub fn serve<F>(&mut self, listener: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.listeners.push(tokio::spawn(listener));
+    }
+
+    /// Raises the shutdown signal and waits for the listeners to stop; waits,
+    /// at most `grace`, for the tracked tasks (connections) to end,
+    /// aborting the rest; then stops the background jobs, each finishing
+    /// the step it is in. Returns how many tasks had to be aborted. The
+    /// logs are still open: call [`Broker::shutdown`] next.
     pub async fn shutdown(self, grace: Duration) -> usize {
+        let _ = self.stopping.send(true);
+        for listener in self.listeners {
+            let _ = listener.await;
+        }
         let aborted = self.broker.tasks().wait(grace).await;
         let _ = self.stop.send(true);
         for job in self.jobs {

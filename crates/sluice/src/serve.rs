@@ -9,11 +9,12 @@ use std::sync::Arc;
 use sluice_config::{
     AmqpConfig, Config, DurabilityMode, KafkaConfig, LogFormat, LogSettings, split_list,
 };
-use sluice_core::{Broker, BrokerOptions, ConnectionLimits, GroupSettings, Limits, User};
+use sluice_core::{
+    Broker, BrokerOptions, ConnectionLimits, GroupSettings, Lifecycle, Limits, User,
+};
 use sluice_kafka::KafkaOptions;
 use sluice_log::{Durability, LogConfig, MaintenanceSettings};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::watch;
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
@@ -110,28 +111,31 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         .context("cannot start the broker")?;
     let broker = Arc::new(broker);
 
-    let (stop, stopped) = watch::channel(false);
+    // Group and offset expiry, queue maintenance, the disk check, the high
+    // watermark checkpoint and the forwarders; the listeners run through it
+    // too, so one shutdown stops everything in order.
+    let mut lifecycle = broker.run();
     let users = users(&config.amqp);
     let bound = async {
-        let kafka = start_kafka(&config.kafka, Arc::clone(&broker), stopped.clone()).await?;
+        let kafka = start_kafka(&config.kafka, Arc::clone(&broker), &mut lifecycle).await?;
         let amqp = start_amqp(
             &config.amqp,
             users.clone(),
             Arc::clone(&broker),
-            stopped.clone(),
+            &mut lifecycle,
         )
         .await?;
         let http = bind(config.http.listen.as_str(), "HTTP", "http.listen").await?;
         anyhow::Ok((kafka, amqp, http))
     }
     .await;
-    let ((kafka, kafka_address), (amqp, amqp_address), (listener, http_address)) = match bound {
+    let (kafka_address, amqp_address, (listener, http_address)) = match bound {
         Ok(bound) => bound,
         Err(error) => {
             // A listener that cannot bind (the port is taken, say) ends the
             // start, but the logs still close cleanly, so the next start
             // reads a clean shutdown.
-            let _ = stop.send(true);
+            lifecycle.shutdown(SHUTDOWN_GRACE).await;
             let closing = Arc::clone(&broker);
             match tokio::task::spawn_blocking(move || closing.shutdown()).await {
                 Ok(Ok(())) => {}
@@ -162,14 +166,12 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         address: address.to_string(),
     })
     .collect();
-    // Group and offset expiry, queue maintenance, the disk check, the high
-    // watermark checkpoint and the forwarders.
-    let lifecycle = broker.run();
-    let http = tokio::spawn(sluice_http::serve(
+    let stopping = lifecycle.stopping();
+    lifecycle.serve(sluice_http::serve(
         listener,
         Arc::clone(&broker),
         sluice_http::HttpOptions { users, listeners },
-        stopped.clone(),
+        stopping,
     ));
 
     let signal_name = tokio::select! {
@@ -177,16 +179,10 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         _ = interrupt.recv() => "SIGINT",
     };
     info!(signal = signal_name, "shutting down");
-    // Stop accepting and let connections finish their current request; the
-    // logs close only after that, so no acknowledged append is cut short.
-    let _ = stop.send(true);
-    let _ = kafka.await;
-    let _ = amqp.await;
-    let _ = http.await;
-    // Connections end at their next request boundary (AMQP ones after
-    // connection.close 320); the lifecycle waits, bounded, for them to
-    // finish, so that no acknowledgement is cut short, then stops the
-    // background work.
+    // The listeners stop accepting; connections end at their next request
+    // boundary (AMQP ones after connection.close 320) and the lifecycle
+    // waits, bounded, for them, then stops the background work. The logs
+    // close only after that, so no acknowledged append is cut short.
     let waited = std::time::Instant::now();
     let aborted = lifecycle.shutdown(SHUTDOWN_GRACE).await;
     if aborted > 0 {
@@ -229,8 +225,8 @@ async fn bind(
 async fn start_kafka(
     config: &KafkaConfig,
     broker: Arc<Broker>,
-    stopped: watch::Receiver<bool>,
-) -> anyhow::Result<(tokio::task::JoinHandle<()>, std::net::SocketAddr)> {
+    lifecycle: &mut Lifecycle,
+) -> anyhow::Result<std::net::SocketAddr> {
     let (listener, bound) = bind(config.listen.as_str(), "Kafka", "kafka.listen").await?;
     let (advertised_host, advertised_port) = match config.advertised.rsplit_once(':') {
         Some((host, port)) if !config.advertised.is_empty() => (
@@ -253,8 +249,9 @@ async fn start_kafka(
         node_id: broker.node_id(),
         max_request_bytes: usize::try_from(config.max_request_bytes.bytes()).unwrap_or(usize::MAX),
     };
-    let task = tokio::spawn(sluice_kafka::serve(listener, broker, options, stopped));
-    Ok((task, bound))
+    let stopping = lifecycle.stopping();
+    lifecycle.serve(sluice_kafka::serve(listener, broker, options, stopping));
+    Ok(bound)
 }
 
 /// The broker's users (`amqp.users`, `amqp.loopback_users`), shared by
@@ -277,8 +274,8 @@ async fn start_amqp(
     config: &AmqpConfig,
     users: Vec<User>,
     broker: Arc<Broker>,
-    stopped: watch::Receiver<bool>,
-) -> anyhow::Result<(tokio::task::JoinHandle<()>, std::net::SocketAddr)> {
+    lifecycle: &mut Lifecycle,
+) -> anyhow::Result<std::net::SocketAddr> {
     let (listener, bound) = bind(config.listen.as_str(), "AMQP", "amqp.listen").await?;
     info!(listen = %bound, "amqp listening");
     let options = sluice_amqp::AmqpOptions {
@@ -287,8 +284,9 @@ async fn start_amqp(
         heartbeat: u16::try_from(config.heartbeat.get().as_secs()).unwrap_or(u16::MAX),
         users,
     };
-    let task = tokio::spawn(sluice_amqp::serve(listener, broker, options, stopped));
-    Ok((task, bound))
+    let stopping = lifecycle.stopping();
+    lifecycle.serve(sluice_amqp::serve(listener, broker, options, stopping));
+    Ok(bound)
 }
 
 /// Installs the global subscriber: filter from `SLUICE_LOG`, else `RUST_LOG`,
