@@ -91,6 +91,34 @@ impl PendingAck {
         }
     }
 
+    /// As [`PendingAck::wait`], awaited on the async runtime: a partition's
+    /// sync is shared through its sync driver and holds no thread per
+    /// waiter; a queue's wait runs on the blocking pool.
+    ///
+    /// # Errors
+    /// The log's write or sync failure.
+    pub async fn wait_async(&self) -> Result<(), CoreError> {
+        match &self.target {
+            AckTarget::Partition(partition) => {
+                let synced = if self.level >= AckLevel::LocalDurable {
+                    partition.synced_to(self.end).await
+                } else {
+                    Ok(())
+                };
+                partition.wake_readers();
+                synced
+            }
+            AckTarget::Queue(_) => {
+                let ack = self.clone();
+                tokio::task::spawn_blocking(move || ack.wait())
+                    .await
+                    .map_err(|join| CoreError::Internal {
+                        reason: format!("acknowledgement task failed: {join}"),
+                    })?
+            }
+        }
+    }
+
     /// Whether `other` waits on the same log (then the further covers both).
     fn same_log(&self, other: &PendingAck) -> bool {
         match (&self.target, &other.target) {

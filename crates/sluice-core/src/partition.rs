@@ -35,6 +35,32 @@ pub struct Partition {
     pub(crate) appended: Notify,
     pub(crate) producers: ProducerStates,
     pub(crate) traffic: PartitionTraffic,
+    pub(crate) syncs: SyncDriver,
+}
+
+/// Runs a partition's syncs for acknowledgements awaited on the async
+/// runtime. The first waiter starts one task on the blocking pool, which
+/// syncs until every end asked of it is durable; the others await
+/// `synced`. A burst of acks=all produces thus costs one trip to the
+/// blocking pool per sync (group commit), not one thread per request.
+#[derive(Debug)]
+pub(crate) struct SyncDriver {
+    /// Whether the sync task runs, and the furthest end asked of it.
+    state: std::sync::Mutex<(bool, Offset)>,
+    /// Bumped after every sync the task runs, failed ones included.
+    synced: tokio::sync::watch::Sender<u64>,
+    /// A sync failed: waiters ask the log themselves, which names the error.
+    failed: AtomicBool,
+}
+
+impl Default for SyncDriver {
+    fn default() -> SyncDriver {
+        SyncDriver {
+            state: std::sync::Mutex::new((false, Offset::from(0))),
+            synced: tokio::sync::watch::Sender::new(0),
+            failed: AtomicBool::new(false),
+        }
+    }
 }
 
 /// Records and bytes a partition took in and gave out since the broker
@@ -297,6 +323,67 @@ impl Partition {
     pub(crate) fn wake_readers(&self) {
         self.appended.notify_waiters();
     }
+
+    /// Waits, without holding a thread, until everything below `end` is on
+    /// disk; readers are woken after each sync. Call it on a tokio runtime.
+    ///
+    /// # Errors
+    /// The log's sync failure.
+    pub(crate) async fn synced_to(self: &Arc<Self>, end: Offset) -> Result<(), CoreError> {
+        let mut synced = self.syncs.synced.subscribe();
+        loop {
+            if self.log.durable_end() >= end {
+                return Ok(());
+            }
+            if self.syncs.failed.load(Ordering::Acquire) {
+                let log = Arc::clone(&self.log);
+                return tokio::task::spawn_blocking(move || log.sync_to(end))
+                    .await
+                    .map_err(|join| CoreError::Internal {
+                        reason: format!("sync task failed: {join}"),
+                    })?
+                    .map_err(CoreError::from);
+            }
+            self.start_sync(end);
+            if synced.changed().await.is_err() {
+                return Err(CoreError::Internal {
+                    reason: "the partition's sync driver is gone".to_owned(),
+                });
+            }
+        }
+    }
+
+    /// Asks the sync task for `end`, starting it if it is not running.
+    fn start_sync(self: &Arc<Self>, end: Offset) {
+        let mut state = self.syncs.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.1 = state.1.max(end);
+        if state.0 {
+            return;
+        }
+        state.0 = true;
+        let partition = Arc::clone(self);
+        tokio::task::spawn_blocking(move || partition.run_syncs());
+    }
+
+    /// The sync task: syncs until the furthest end asked for is durable, or
+    /// a sync fails.
+    fn run_syncs(&self) {
+        loop {
+            let wanted = self.syncs.state.lock().unwrap_or_else(|e| e.into_inner()).1;
+            let result = self.log.sync_to(wanted);
+            if let Err(error) = &result {
+                tracing::warn!(topic = %self.topic, partition = %self.id, %error, "sync failed");
+                self.syncs.failed.store(true, Ordering::Release);
+            }
+            self.wake_readers();
+            self.syncs.synced.send_modify(|count| *count += 1);
+            let mut state = self.syncs.state.lock().unwrap_or_else(|e| e.into_inner());
+            if result.is_err() || state.1 <= self.log.durable_end() {
+                state.0 = false;
+                return;
+            }
+        }
+    }
 }
 
 /// What a reader of a node-local log (a queue's messages) may see, by the
@@ -395,6 +482,7 @@ pub(crate) fn test_partition(dir: &std::path::Path) -> Partition {
         appended: Notify::new(),
         producers: ProducerStates::default(),
         traffic: PartitionTraffic::default(),
+        syncs: SyncDriver::default(),
     }
 }
 
@@ -569,5 +657,53 @@ mod tests {
         assert_eq!(at(Position::Timestamp(150)), Some((Offset::from(1), 300)));
         assert_eq!(at(Position::Timestamp(301)), None);
         assert_eq!(at(Position::MaxTimestamp), Some((Offset::from(1), 300)));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn async_waiters_share_the_sync_driver_and_wake_readers() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let partition = Arc::new(partition(dir.path()));
+        let epoch = partition.leader_epoch();
+        for value in [b"a", b"b", b"c"] {
+            partition
+                .log
+                .append_unsynced(&mut one(value), epoch)
+                .expect("append");
+        }
+        assert_eq!(
+            partition.log.durable_end(),
+            Offset::from(0),
+            "durability never: nothing synced yet"
+        );
+        let woken = partition.appended();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        let waiters: Vec<_> = (1..=3)
+            .map(|end| {
+                let partition = Arc::clone(&partition);
+                tokio::spawn(async move { partition.synced_to(Offset::from(end)).await })
+            })
+            .collect();
+        for waiter in waiters {
+            tokio::time::timeout(std::time::Duration::from_secs(10), waiter)
+                .await
+                .expect("the wait ends")
+                .expect("task")
+                .expect("synced");
+        }
+        assert_eq!(partition.log.durable_end(), Offset::from(3));
+        tokio::time::timeout(std::time::Duration::from_secs(10), woken)
+            .await
+            .expect("readers woken by the sync");
+        // The task ends once every end asked is durable (it may still be
+        // between its last wake-up and its exit).
+        let running = || partition.syncs.state.lock().expect("state").0;
+        for _ in 0..500 {
+            if !running() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(!running(), "the sync task ended");
     }
 }

@@ -225,6 +225,16 @@ impl Appended {
         self.ack.wait()?;
         Ok(self.info)
     }
+
+    /// As [`Appended::wait`], awaited on the async runtime without holding
+    /// a thread.
+    ///
+    /// # Errors
+    /// The log's sync failure.
+    pub async fn wait_async(self) -> Result<AppendInfo, CoreError> {
+        self.ack.wait_async().await?;
+        Ok(self.info)
+    }
 }
 
 /// Every topic of the broker.
@@ -308,6 +318,7 @@ impl Topics {
             appended: Notify::new(),
             producers,
             traffic: PartitionTraffic::default(),
+            syncs: crate::partition::SyncDriver::default(),
         }))
     }
 

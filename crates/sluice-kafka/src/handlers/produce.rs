@@ -69,8 +69,8 @@ fn failed(index: i32, code: ResponseError) -> PartitionProduceResponse {
 }
 
 /// Writes every partition's batches. A write to an existing topic is a
-/// page-cache write and runs in place; one that must create the topic or
-/// roll a segment (directories, fsyncs) runs on the blocking pool.
+/// page-cache write (a segment roll included: it runs no fsync) and runs in
+/// place; one that must create the topic runs on the blocking pool.
 pub(crate) async fn start(
     context: &Context,
     request: ProduceRequest,
@@ -155,78 +155,72 @@ fn write(
     Ok((pending, topic.timestamp_type()))
 }
 
-fn finish_blocking(
-    topics: Vec<(TopicName, Vec<(i32, Started)>)>,
-    version: i16,
-) -> Vec<TopicProduceResponse> {
+/// Waits for one partition's append to reach its acknowledgement level and
+/// answers for it.
+async fn answer(index: i32, started: Started, version: i16) -> PartitionProduceResponse {
     // log_start_offset exists from v5; earlier versions keep the default.
     let log_start = |offset: i64| if version >= 5 { offset } else { -1 };
-    topics
-        .into_iter()
-        .map(|(name, partitions)| {
-            let partition_responses = partitions
-                .into_iter()
-                .map(|(index, started)| match started {
-                    Err(code) => failed(index, code),
-                    Ok((pending, timestamp_type)) => match pending.wait() {
-                        Ok(info) => PartitionProduceResponse::default()
-                            .with_index(index)
-                            .with_error_code(0)
-                            .with_base_offset(info.first_offset.get())
-                            .with_log_append_time_ms(match timestamp_type {
-                                TimestampType::LogAppendTime => info.append_time_ms,
-                                TimestampType::CreateTime => -1,
-                            })
-                            .with_log_start_offset(log_start(info.log_start.get())),
-                        Err(err) => failed(index, errors::code(&err)),
-                    },
+    match started {
+        Err(code) => failed(index, code),
+        Ok((pending, timestamp_type)) => match pending.wait_async().await {
+            Ok(info) => PartitionProduceResponse::default()
+                .with_index(index)
+                .with_error_code(0)
+                .with_base_offset(info.first_offset.get())
+                .with_log_append_time_ms(match timestamp_type {
+                    TimestampType::LogAppendTime => info.append_time_ms,
+                    TimestampType::CreateTime => -1,
                 })
-                .collect();
-            TopicProduceResponse::default()
-                .with_name(name)
-                .with_partition_responses(partition_responses)
-        })
-        .collect()
+                .with_log_start_offset(log_start(info.log_start.get())),
+            Err(err) => failed(index, errors::code(&err)),
+        },
+    }
 }
 
 impl ProducePending {
     /// Waits for every partition's append to be durable; `None` for acks=0,
-    /// which gets no answer at all.
+    /// which gets no answer at all. The waits hold no thread: a partition's
+    /// sync driver runs the group-committed sync on the blocking pool.
     pub(crate) async fn finish(self) -> Option<ProduceResponse> {
         let version = self.version;
         let acks = self.acks;
         let throttle_time_ms = self.throttle_time_ms;
         let partitions: usize = self.topics.iter().map(|(_, p)| p.len()).sum();
-        let responses = if partitions <= 1 {
-            // One trip to the blocking pool for the request's one wait.
-            tokio::task::spawn_blocking(move || finish_blocking(self.topics, version))
-                .await
-                .unwrap_or_default()
-        } else {
-            // One wait per partition, in parallel: each log's sync starts
-            // at once instead of after the previous partition's.
-            let mut waits = Vec::new();
+        let mut responses = Vec::with_capacity(self.topics.len());
+        if partitions <= 1 {
             for (name, partitions) in self.topics {
-                let tasks: Vec<_> = partitions
-                    .into_iter()
-                    .map(|(index, started)| {
-                        let name = name.clone();
-                        tokio::task::spawn_blocking(move || {
-                            finish_blocking(vec![(name, vec![(index, started)])], version)
-                        })
-                    })
-                    .collect();
-                waits.push((name, tasks));
+                let mut partition_responses = Vec::with_capacity(partitions.len());
+                for (index, started) in partitions {
+                    partition_responses.push(answer(index, started, version).await);
+                }
+                responses.push(
+                    TopicProduceResponse::default()
+                        .with_name(name)
+                        .with_partition_responses(partition_responses),
+                );
             }
-            let mut responses = Vec::new();
+        } else {
+            // One task per partition, so that every log's sync starts at
+            // once instead of after the previous partition's.
+            let waits: Vec<_> = self
+                .topics
+                .into_iter()
+                .map(|(name, partitions)| {
+                    let tasks: Vec<_> = partitions
+                        .into_iter()
+                        .map(|(index, started)| {
+                            (index, tokio::spawn(answer(index, started, version)))
+                        })
+                        .collect();
+                    (name, tasks)
+                })
+                .collect();
             for (name, tasks) in waits {
-                let mut partition_responses = Vec::new();
-                for task in tasks {
-                    let answered = task.await.unwrap_or_default();
-                    partition_responses.extend(
-                        answered
-                            .into_iter()
-                            .flat_map(|topic| topic.partition_responses),
+                let mut partition_responses = Vec::with_capacity(tasks.len());
+                for (index, task) in tasks {
+                    partition_responses.push(
+                        task.await
+                            .unwrap_or_else(|_| failed(index, ResponseError::UnknownServerError)),
                     );
                 }
                 responses.push(
@@ -235,8 +229,7 @@ impl ProducePending {
                         .with_partition_responses(partition_responses),
                 );
             }
-            responses
-        };
+        }
         (acks != 0).then(|| {
             ProduceResponse::default()
                 .with_responses(responses)
