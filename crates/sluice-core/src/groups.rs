@@ -977,6 +977,17 @@ mod tests {
         }
     }
 
+    /// A join of a new member to `group`, running in its own task.
+    fn spawn_join(
+        coordinator: &Arc<GroupCoordinator>,
+        group: &str,
+        session_timeout: Duration,
+    ) -> tokio::task::JoinHandle<JoinResponse> {
+        let coordinator = Arc::clone(coordinator);
+        let request = request(group, session_timeout);
+        tokio::spawn(async move { coordinator.join(request).await })
+    }
+
     fn settings(initial_rebalance_delay: Duration) -> GroupSettings {
         GroupSettings {
             initial_rebalance_delay,
@@ -1007,14 +1018,7 @@ mod tests {
     #[tokio::test]
     async fn members_joining_within_the_initial_delay_share_one_generation() {
         let coordinator = GroupCoordinator::new(settings(Duration::from_millis(300)));
-        let first = tokio::spawn({
-            let coordinator = Arc::clone(&coordinator);
-            async move {
-                coordinator
-                    .join(request("g", Duration::from_secs(10)))
-                    .await
-            }
-        });
+        let first = spawn_join(&coordinator, "g", Duration::from_secs(10));
         tokio::task::yield_now().await;
         let second = coordinator
             .join(request("g", Duration::from_secs(10)))
@@ -1065,14 +1069,7 @@ mod tests {
         let coordinator = GroupCoordinator::new(settings(Duration::ZERO));
         let (old, generation) = stable_member(&coordinator, "g").await;
         let started = Instant::now();
-        let newcomer = tokio::spawn({
-            let coordinator = Arc::clone(&coordinator);
-            async move {
-                coordinator
-                    .join(request("g", Duration::from_secs(30)))
-                    .await
-            }
-        });
+        let newcomer = spawn_join(&coordinator, "g", Duration::from_secs(30));
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(state(&coordinator, "g"), GroupState::PreparingRebalance);
         assert_eq!(
@@ -1121,14 +1118,7 @@ mod tests {
     async fn the_initial_delay_holds_the_first_rebalance_for_later_joiners() {
         let coordinator = GroupCoordinator::new(settings(Duration::from_secs(3)));
         let started = Instant::now();
-        let first = tokio::spawn({
-            let coordinator = Arc::clone(&coordinator);
-            async move {
-                coordinator
-                    .join(request("g", Duration::from_secs(10)))
-                    .await
-            }
-        });
+        let first = spawn_join(&coordinator, "g", Duration::from_secs(10));
         tokio::time::sleep(Duration::from_secs(2)).await;
         let second = coordinator
             .join(request("g", Duration::from_secs(10)))

@@ -9,20 +9,14 @@
 
 use amq_protocol::protocol::BasicProperties;
 use amq_protocol::types::FieldTable;
-use bytes::BytesMut;
+mod common;
+
 use sluice_core::messaging::{Destination, ExchangeKind, ExchangeOptions, Message};
 use sluice_core::records::{NewRecord, encode};
 use sluice_core::{Broker, BrokerOptions, Position, TopicConfig, Undecodable};
 use sluice_types::{LeaderEpoch, Offset, PartitionId};
 
-fn one(value: &[u8]) -> BytesMut {
-    encode(&[NewRecord {
-        key: None,
-        value: Some(value),
-        timestamp: 1_000,
-    }])
-    .expect("encode")
-}
+use common::one;
 
 /// A data directory as the previous main left it: topic files and logs.
 fn old_data_dir(dir: &std::path::Path) {

@@ -3,19 +3,12 @@
 //! epoch survives a restart instead of being a literal 0. Shutdown writes
 //! the high watermark checkpoint (Kafka's replication-offset-checkpoint).
 
-use bytes::BytesMut;
-use sluice_core::records::{NewRecord, encode};
+mod common;
+
 use sluice_core::{Broker, BrokerOptions, Position, Undecodable};
 use sluice_types::{LeaderEpoch, Offset, PartitionId};
 
-fn one(value: &[u8]) -> BytesMut {
-    encode(&[NewRecord {
-        key: None,
-        value: Some(value),
-        timestamp: 1_000,
-    }])
-    .expect("encode")
-}
+use common::one;
 
 /// The leader epoch field of every batch at or after `from` (bytes 12..16).
 fn batch_epochs(broker: &Broker, from: i64) -> Vec<i32> {

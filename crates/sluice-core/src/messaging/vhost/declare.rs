@@ -534,6 +534,23 @@ impl VirtualHost {
         self.usable_queue(name, connection)?.purge()
     }
 
+    /// The metadata record of a binding of this virtual host.
+    fn binding_definition(
+        &self,
+        source: &str,
+        destination: Destination,
+        routing_key: &str,
+        arguments: &FieldTable,
+    ) -> BindingDefinition {
+        BindingDefinition {
+            vhost: self.name.clone(),
+            source: source.to_owned(),
+            destination,
+            routing_key: routing_key.to_owned(),
+            arguments: arguments.clone(),
+        }
+    }
+
     /// `queue.bind` and `exchange.bind`.
     ///
     /// # Errors
@@ -552,13 +569,12 @@ impl VirtualHost {
         if exchange.bind(destination.clone(), routing_key, arguments) && durable {
             let stored = self
                 .definitions
-                .commit(MetadataCommand::Bind(BindingDefinition {
-                    vhost: self.name.clone(),
-                    source: source.to_owned(),
-                    destination: destination.clone(),
-                    routing_key: routing_key.to_owned(),
-                    arguments: arguments.clone(),
-                }));
+                .commit(MetadataCommand::Bind(self.binding_definition(
+                    source,
+                    destination.clone(),
+                    routing_key,
+                    arguments,
+                )));
             if let Err(error) = stored {
                 exchange.unbind(&destination, routing_key, arguments);
                 return Err(error.into());
@@ -584,13 +600,12 @@ impl VirtualHost {
         if exchange.unbind(&destination, routing_key, arguments) {
             if durable {
                 self.definitions
-                    .commit(MetadataCommand::Unbind(BindingDefinition {
-                        vhost: self.name.clone(),
-                        source: source.to_owned(),
+                    .commit(MetadataCommand::Unbind(self.binding_definition(
+                        source,
                         destination,
-                        routing_key: routing_key.to_owned(),
-                        arguments: arguments.clone(),
-                    }))?;
+                        routing_key,
+                        arguments,
+                    )))?;
             }
             if exchange.auto_delete && exchange.binding_count() == 0 {
                 self.remove_exchange(&exchange)?;
