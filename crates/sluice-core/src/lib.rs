@@ -174,7 +174,9 @@ pub struct BrokerOptions {
     pub disk_free_limit: u64,
     /// Caps on connections, topics and queues.
     pub limits: Limits,
-    /// How often the logs' background jobs (retention, compaction) run.
+    /// How often the logs' background jobs (interval flushes, retention,
+    /// compaction, idle handles) run; the lifecycle runs them
+    /// (`own_thread` is ignored).
     pub maintenance: sluice_log::MaintenanceSettings,
     /// How often a long recovery at start logs its progress.
     pub recovery_progress_interval: std::time::Duration,
@@ -276,7 +278,11 @@ impl Broker {
         let logs = Arc::new(LogManager::open_observed(
             &options.data_dir.join("logs"),
             options.log,
-            options.maintenance,
+            // The lifecycle runs the passes (`Broker::run`).
+            sluice_log::MaintenanceSettings {
+                own_thread: false,
+                ..options.maintenance
+            },
             &|done, total| progress.advance(done, total),
         )?);
         tracing::info!(

@@ -12,9 +12,11 @@
 //! - forwarders publish topic records to AMQP exchanges
 //!   ([`crate::forwarding::run`]).
 //!
-//! The log engine's own maintenance thread (interval syncs, retention,
-//! compaction, idle handles) is started by `Broker::open` and stopped by
-//! `Broker::shutdown`. Connections are spawned through [`Tasks`], so that
+//! - the logs' maintenance pass: `interval` syncs, retention, compaction
+//!   and idle file handles (`LogManager::maintain`, every 50 ms by
+//!   default; the log manager runs no thread of its own in a broker).
+//!
+//! Connections are spawned through [`Tasks`], so that
 //! shutdown waits for them, bounded, instead of counting references.
 //!
 //! Shutdown is one signal: the front-ends' listeners run through
@@ -160,6 +162,13 @@ impl Broker {
                         tracing::warn!(%error, "cannot write the high watermark checkpoint");
                     }
                 },
+            ),
+            every(
+                self,
+                self.logs().maintenance_settings().tick,
+                stopped.clone(),
+                Runs::Blocking,
+                |broker| broker.logs().maintain(),
             ),
             tokio::spawn(crate::forwarding::run(Arc::clone(self), stopped)),
         ];

@@ -26,6 +26,10 @@ pub struct MaintenanceSettings {
     pub idle_handle_timeout: Duration,
     /// How often compacted logs are checked for a compaction pass.
     pub compaction_check_interval: Duration,
+    /// Whether the manager runs the passes on a thread of its own; `false`
+    /// when the caller's scheduler calls [`LogManager::maintain`] every
+    /// `tick` (the broker's lifecycle does).
+    pub own_thread: bool,
 }
 
 impl Default for MaintenanceSettings {
@@ -35,6 +39,7 @@ impl Default for MaintenanceSettings {
             retention_check_interval: Duration::from_secs(300),
             idle_handle_timeout: Duration::from_secs(60),
             compaction_check_interval: Duration::from_secs(15),
+            own_thread: true,
         }
     }
 }
@@ -46,6 +51,16 @@ struct Shared {
     logs: Mutex<HashMap<String, Arc<Log>>>,
     stop: Mutex<bool>,
     wake: Condvar,
+    settings: MaintenanceSettings,
+    /// When each periodic part of maintenance last ran; one pass at a time.
+    timers: Mutex<Timers>,
+}
+
+#[derive(Debug)]
+struct Timers {
+    last_flush: HashMap<String, Instant>,
+    last_retention: Instant,
+    last_compaction: Instant,
 }
 
 /// The logs under one directory, each in a subdirectory named after it.
@@ -119,16 +134,41 @@ impl LogManager {
             logs: Mutex::new(logs),
             stop: Mutex::new(false),
             wake: Condvar::new(),
+            settings,
+            timers: Mutex::new(Timers {
+                last_flush: HashMap::new(),
+                last_retention: Instant::now(),
+                last_compaction: Instant::now(),
+            }),
         });
-        let worker = Arc::clone(&shared);
-        let handle = std::thread::Builder::new()
-            .name("sluice-log-maintenance".into())
-            .spawn(move || run_maintenance(&worker, settings))
-            .map_err(LogError::io(dir))?;
+        let handle = if settings.own_thread {
+            let worker = Arc::clone(&shared);
+            Some(
+                std::thread::Builder::new()
+                    .name("sluice-log-maintenance".into())
+                    .spawn(move || run_maintenance(&worker))
+                    .map_err(LogError::io(dir))?,
+            )
+        } else {
+            None
+        };
         Ok(LogManager {
             shared,
-            maintenance: Mutex::new(Some(handle)),
+            maintenance: Mutex::new(handle),
         })
+    }
+
+    /// The maintenance settings the manager was opened with.
+    pub fn maintenance_settings(&self) -> MaintenanceSettings {
+        self.shared.settings
+    }
+
+    /// One maintenance pass over every log: `Interval` flushes that are
+    /// due, retention and compaction when their check intervals have
+    /// passed, and idle file handles released. Blocking (syncs, deletes);
+    /// call it every `tick` when the manager has no thread of its own.
+    pub fn maintain(&self) {
+        self.shared.maintain();
     }
 
     /// The log called `name`, created with `config` (or the defaults) if it
@@ -260,10 +300,7 @@ fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-fn run_maintenance(shared: &Shared, settings: MaintenanceSettings) {
-    let mut last_flush: HashMap<String, Instant> = HashMap::new();
-    let mut last_retention = Instant::now();
-    let mut last_compaction = Instant::now();
+fn run_maintenance(shared: &Shared) {
     loop {
         {
             let stop = shared.stop.lock().unwrap_or_else(|e| e.into_inner());
@@ -272,13 +309,26 @@ fn run_maintenance(shared: &Shared, settings: MaintenanceSettings) {
             }
             let (stop, _) = shared
                 .wake
-                .wait_timeout(stop, settings.tick)
+                .wait_timeout(stop, shared.settings.tick)
                 .unwrap_or_else(|e| e.into_inner());
             if *stop {
                 return;
             }
         }
-        let logs: Vec<(String, Arc<Log>)> = shared
+        shared.maintain();
+    }
+}
+
+impl Shared {
+    fn maintain(&self) {
+        let settings = self.settings;
+        let mut timers = self.timers.lock().unwrap_or_else(|e| e.into_inner());
+        let Timers {
+            last_flush,
+            last_retention,
+            last_compaction,
+        } = &mut *timers;
+        let logs: Vec<(String, Arc<Log>)> = self
             .logs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -287,11 +337,11 @@ fn run_maintenance(shared: &Shared, settings: MaintenanceSettings) {
             .collect();
         let retention_due = last_retention.elapsed() >= settings.retention_check_interval;
         if retention_due {
-            last_retention = Instant::now();
+            *last_retention = Instant::now();
         }
         let compaction_due = last_compaction.elapsed() >= settings.compaction_check_interval;
         if compaction_due {
-            last_compaction = Instant::now();
+            *last_compaction = Instant::now();
         }
         for (name, log) in &logs {
             if let Durability::Interval(interval) = log.durability() {

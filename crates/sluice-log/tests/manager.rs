@@ -17,6 +17,7 @@ fn settings(idle: Duration) -> MaintenanceSettings {
         retention_check_interval: Duration::from_millis(50),
         idle_handle_timeout: idle,
         compaction_check_interval: Duration::from_millis(50),
+        own_thread: true,
     }
 }
 
@@ -97,6 +98,29 @@ fn interval_logs_are_flushed_by_the_maintenance_thread() -> Result<(), LogError>
     wait_for("the interval flush", Duration::from_secs(10), || {
         !log.is_dirty()
     });
+    manager.shutdown()
+}
+
+#[test]
+fn without_its_own_thread_the_manager_maintains_only_when_asked() -> Result<(), LogError> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let manager = LogManager::open_with(
+        dir.path(),
+        LogConfig {
+            durability: Durability::Interval(Duration::from_millis(30)),
+            ..LogConfig::default()
+        },
+        MaintenanceSettings {
+            own_thread: false,
+            ..settings(Duration::from_secs(60))
+        },
+    )?;
+    let log = manager.get_or_create("flushed", None)?;
+    log.append(&mut batch(&values(1, 3, 100), 0), LeaderEpoch::from(0))?;
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(log.is_dirty(), "no thread flushed it");
+    manager.maintain();
+    assert!(!log.is_dirty(), "one pass flushes the due interval log");
     manager.shutdown()
 }
 
