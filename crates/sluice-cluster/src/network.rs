@@ -1,0 +1,281 @@
+//! The transport between nodes of the quorum: each node listens on
+//! `cluster.listen`; a peer holds one TCP connection to it, opened lazily
+//! and reopened after an error, and sends one request at a time (openraft
+//! drives one call at a time per peer). Frames are a `u32` big-endian
+//! length and JSON: an envelope naming the node it is meant for (a request
+//! that reaches the wrong node, say after an address was reused, is
+//! refused instead of confusing openraft) and the request; the answer is
+//! the receiving node's `Result`, as openraft returned it.
+
+use std::io;
+use std::time::Duration;
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{BasicNode, Raft};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::{NodeId, TypeConfig};
+
+/// Largest frame either side accepts.
+const MAX_FRAME: usize = 64 << 20;
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Request {
+    Append(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<NodeId>),
+    Snapshot(InstallSnapshotRequest<TypeConfig>),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Envelope {
+    to: NodeId,
+    request: Request,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Response {
+    Append(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
+    /// The request named another node; this one is `0`.
+    WrongNode(NodeId),
+}
+
+async fn write_frame(stream: &mut TcpStream, value: &impl Serialize) -> io::Result<()> {
+    let json = serde_json::to_vec(value).map_err(io::Error::other)?;
+    let len = u32::try_from(json.len()).map_err(io::Error::other)?;
+    let mut frame = Vec::with_capacity(4 + json.len());
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(&json);
+    stream.write_all(&frame).await
+}
+
+async fn read_frame<T: DeserializeOwned>(stream: &mut TcpStream) -> io::Result<T> {
+    let len = stream.read_u32().await? as usize;
+    if len > MAX_FRAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("a cluster frame of {len} bytes is over the {MAX_FRAME} limit"),
+        ));
+    }
+    let mut body = vec![0; len];
+    stream.read_exact(&mut body).await?;
+    serde_json::from_slice(&body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// Resolves once `stopping` turns `true` (or its sender is gone).
+async fn stopped(stopping: &mut watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|stop| *stop).await;
+}
+
+/// Serves peers' requests to `raft` (this node, `id`) until `stopping`.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    raft: Raft<TypeConfig>,
+    id: NodeId,
+    stopping: watch::Receiver<bool>,
+) {
+    let mut stop = stopping.clone();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    tokio::spawn(connection(stream, raft.clone(), id, stopping.clone(), peer));
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cluster listener cannot accept");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            () = stopped(&mut stop) => return,
+        }
+    }
+}
+
+async fn connection(
+    mut stream: TcpStream,
+    raft: Raft<TypeConfig>,
+    id: NodeId,
+    mut stopping: watch::Receiver<bool>,
+    peer: std::net::SocketAddr,
+) {
+    loop {
+        let envelope: Envelope = tokio::select! {
+            read = read_frame(&mut stream) => match read {
+                Ok(envelope) => envelope,
+                Err(error) => {
+                    if error.kind() != io::ErrorKind::UnexpectedEof {
+                        tracing::debug!(%peer, %error, "cluster connection closed");
+                    }
+                    return;
+                }
+            },
+            () = stopped(&mut stopping) => return,
+        };
+        let response = if envelope.to == id {
+            match envelope.request {
+                Request::Append(request) => Response::Append(raft.append_entries(request).await),
+                Request::Vote(request) => Response::Vote(raft.vote(request).await),
+                Request::Snapshot(request) => {
+                    Response::Snapshot(raft.install_snapshot(request).await)
+                }
+            }
+        } else {
+            tracing::warn!(%peer, meant_for = envelope.to, this_node = id, "cluster request for another node refused");
+            Response::WrongNode(id)
+        };
+        if let Err(error) = write_frame(&mut stream, &response).await {
+            tracing::debug!(%peer, %error, "cluster connection closed");
+            return;
+        }
+    }
+}
+
+/// Makes a [`Peer`] per target node; connects nothing until the first call.
+#[derive(Debug, Clone, Default)]
+pub struct Network;
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Peer;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Peer {
+        Peer {
+            target,
+            addr: node.addr.clone(),
+            stream: None,
+        }
+    }
+}
+
+/// The link to one peer.
+#[derive(Debug)]
+pub struct Peer {
+    target: NodeId,
+    addr: String,
+    stream: Option<TcpStream>,
+}
+
+/// Why a call got no answer.
+#[derive(Debug)]
+enum CallError {
+    /// The peer could not be reached (openraft backs off).
+    Unreachable(io::Error),
+    /// The connection failed mid-call (openraft retries).
+    Network(io::Error),
+}
+
+impl CallError {
+    fn into_rpc<E: std::error::Error>(self) -> RPCError<NodeId, BasicNode, E> {
+        match self {
+            CallError::Unreachable(error) => RPCError::Unreachable(Unreachable::new(&error)),
+            CallError::Network(error) => RPCError::Network(NetworkError::new(&error)),
+        }
+    }
+}
+
+impl Peer {
+    async fn call(&mut self, request: Request, ttl: Duration) -> Result<Response, CallError> {
+        if self.stream.is_none() {
+            let connected = tokio::time::timeout(ttl, TcpStream::connect(&self.addr))
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))
+                .and_then(|r| r)
+                .map_err(CallError::Unreachable)?;
+            let _ = connected.set_nodelay(true);
+            self.stream = Some(connected);
+        }
+        let Some(stream) = self.stream.as_mut() else {
+            return Err(CallError::Unreachable(io::Error::other("no connection")));
+        };
+        let envelope = Envelope {
+            to: self.target,
+            request,
+        };
+        let exchanged = tokio::time::timeout(ttl, async {
+            write_frame(stream, &envelope).await?;
+            read_frame::<Response>(stream).await
+        })
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer in time"))
+        .and_then(|r| r);
+        match exchanged {
+            Ok(Response::WrongNode(actual)) => {
+                self.stream = None;
+                Err(CallError::Unreachable(io::Error::other(format!(
+                    "{} is node {actual}, not node {}",
+                    self.addr, self.target
+                ))))
+            }
+            Ok(response) => Ok(response),
+            Err(error) => {
+                self.stream = None;
+                Err(CallError::Network(error))
+            }
+        }
+    }
+}
+
+fn unexpected<E: std::error::Error>() -> RPCError<NodeId, BasicNode, E> {
+    RPCError::Network(NetworkError::new(&io::Error::other(
+        "the peer answered another kind of request",
+    )))
+}
+
+impl RaftNetwork<TypeConfig> for Peer {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        match self.call(Request::Append(rpc), option.hard_ttl()).await {
+            Ok(Response::Append(answer)) => {
+                answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            Ok(_) => Err(unexpected()),
+            Err(error) => Err(error.into_rpc()),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        match self.call(Request::Snapshot(rpc), option.hard_ttl()).await {
+            Ok(Response::Snapshot(answer)) => {
+                answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            Ok(_) => Err(unexpected()),
+            Err(error) => Err(error.into_rpc()),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        match self.call(Request::Vote(rpc), option.hard_ttl()).await {
+            Ok(Response::Vote(answer)) => {
+                answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            Ok(_) => Err(unexpected()),
+            Err(error) => Err(error.into_rpc()),
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! One node of the metadata quorum: its Raft instance on the stores in its
+//! data directory, and the listener peers reach it on.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{InitializeError, RaftError};
+use openraft::{BasicNode, Config, Raft, RaftMetrics, SnapshotPolicy};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::log_store::LogStore;
+use crate::network::{self, Network};
+use crate::state::StateStore;
+use crate::{Machine, NodeId, Proposal, TypeConfig};
+
+/// Timing of the quorum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RaftSettings {
+    /// How often the leader sends heartbeats; also each replication call's
+    /// time limit in openraft, so it covers a follower's fsync.
+    pub heartbeat: Duration,
+    /// A follower that hears no leader for a random time in this range
+    /// starts an election.
+    pub election_min: Duration,
+    pub election_max: Duration,
+    /// Entries between snapshots; older entries are then purged.
+    pub snapshot_every: u64,
+}
+
+impl Default for RaftSettings {
+    fn default() -> Self {
+        RaftSettings {
+            heartbeat: Duration::from_millis(250),
+            election_min: Duration::from_millis(1_000),
+            election_max: Duration::from_millis(2_000),
+            snapshot_every: 10_000,
+        }
+    }
+}
+
+/// What a quorum operation can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// Writes go through the controller (the Raft leader); this node is not it.
+    #[error("this node is not the controller (the controller is {leader:?})")]
+    NotLeader { leader: Option<NodeId> },
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("bad cluster settings: {0}")]
+    Settings(String),
+    #[error("cluster storage: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A running node of the metadata quorum.
+pub struct MetadataNode {
+    id: NodeId,
+    raft: Raft<TypeConfig>,
+    state: StateStore,
+    stop: watch::Sender<bool>,
+    server: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for MetadataNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetadataNode")
+            .field("id", &self.id)
+            .field("leader", &self.leader())
+            .finish_non_exhaustive()
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl MetadataNode {
+    /// Starts node `id` on its stores in `dir`, serving peers on `listener`.
+    /// A node whose stores are empty joins the initial quorum of `voters`
+    /// (`id` → `host:port`), which every first start must name alike; a
+    /// node that has state resumes it and ignores `voters`.
+    ///
+    /// # Errors
+    /// Unreadable stores, settings openraft refuses, a failed start.
+    pub async fn start(
+        id: NodeId,
+        listener: TcpListener,
+        voters: &BTreeMap<NodeId, String>,
+        dir: &Path,
+        machine: Box<dyn Machine>,
+        settings: RaftSettings,
+    ) -> Result<MetadataNode, ClusterError> {
+        let log = LogStore::open(dir)?;
+        let state = StateStore::open(dir, machine)?;
+        let config = Config {
+            cluster_name: "sluice".to_owned(),
+            heartbeat_interval: millis(settings.heartbeat),
+            election_timeout_min: millis(settings.election_min),
+            election_timeout_max: millis(settings.election_max),
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_every),
+            max_in_snapshot_log_to_keep: settings.snapshot_every.min(1_000),
+            install_snapshot_timeout: 5_000,
+            ..Config::default()
+        }
+        .validate()
+        .map_err(|e| ClusterError::Settings(e.to_string()))?;
+        let raft = Raft::new(id, Arc::new(config), Network, log, state.clone())
+            .await
+            .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        let (stop, stopping) = watch::channel(false);
+        let server = tokio::spawn(network::serve(listener, raft.clone(), id, stopping));
+        let node = MetadataNode {
+            id,
+            raft,
+            state,
+            stop,
+            server,
+        };
+        let initialized = node
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        if !initialized {
+            let members: BTreeMap<NodeId, BasicNode> = voters
+                .iter()
+                .map(|(id, addr)| (*id, BasicNode::new(addr)))
+                .collect();
+            match node.raft.initialize(members).await {
+                Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                Err(error) => {
+                    node.shutdown().await;
+                    return Err(ClusterError::Raft(error.to_string()));
+                }
+            }
+        }
+        Ok(node)
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// Proposes `command`; answers the machine's reply once it is committed
+    /// and applied here.
+    ///
+    /// # Errors
+    /// [`ClusterError::NotLeader`] on a node that is not the controller.
+    pub async fn propose(&self, command: String) -> Result<String, ClusterError> {
+        match self.raft.client_write(Proposal(command)).await {
+            Ok(written) => Ok(written.data),
+            Err(error) => match error.forward_to_leader() {
+                Some(forward) => Err(ClusterError::NotLeader {
+                    leader: forward.leader_id,
+                }),
+                None => Err(ClusterError::Raft(error.to_string())),
+            },
+        }
+    }
+
+    /// The controller as this node knows it.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// openraft's view of this node, updated as it changes.
+    pub fn metrics(&self) -> watch::Receiver<RaftMetrics<NodeId, BasicNode>> {
+        self.raft.metrics()
+    }
+
+    /// Reads the state applied on this node (it may trail the controller).
+    pub fn read<T>(&self, read: impl FnOnce(&dyn Machine) -> T) -> T {
+        self.state.read(read)
+    }
+
+    /// Stops the node: Raft first, then the listener.
+    pub async fn shutdown(self) {
+        if let Err(error) = self.raft.shutdown().await {
+            tracing::warn!(node = self.id, %error, "raft did not stop cleanly");
+        }
+        let _ = self.stop.send(true);
+        let _ = self.server.await;
+    }
+}
