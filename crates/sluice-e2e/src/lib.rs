@@ -8,6 +8,8 @@
 //! (`target/<profile>/sluice`); build it first with `cargo build -p sluice`
 //! (scripts/test does).
 
+pub mod proxy;
+
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
