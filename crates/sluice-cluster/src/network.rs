@@ -227,10 +227,24 @@ impl Peer {
     }
 }
 
-fn unexpected<E: std::error::Error>() -> RPCError<NodeId, BasicNode, E> {
-    RPCError::Network(NetworkError::new(&io::Error::other(
-        "the peer answered another kind of request",
-    )))
+impl Peer {
+    /// The peer's answer of the kind `pick` takes, as openraft wants it.
+    #[allow(clippy::result_large_err, reason = "openraft's error type")]
+    fn answered<T, E: std::error::Error>(
+        &self,
+        called: Result<Response, CallError>,
+        pick: impl FnOnce(Response) -> Option<Result<T, RaftError<NodeId, E>>>,
+    ) -> Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>> {
+        match called.map(pick) {
+            Ok(Some(answer)) => {
+                answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            Ok(None) => Err(RPCError::Network(NetworkError::new(&io::Error::other(
+                "the peer answered another kind of request",
+            )))),
+            Err(error) => Err(error.into_rpc()),
+        }
+    }
 }
 
 impl RaftNetwork<TypeConfig> for Peer {
@@ -239,13 +253,11 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        match self.call(Request::Append(rpc), option.hard_ttl()).await {
-            Ok(Response::Append(answer)) => {
-                answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
-            }
-            Ok(_) => Err(unexpected()),
-            Err(error) => Err(error.into_rpc()),
-        }
+        let called = self.call(Request::Append(rpc), option.hard_ttl()).await;
+        self.answered(called, |response| match response {
+            Response::Append(answer) => Some(answer),
+            _ => None,
+        })
     }
 
     async fn install_snapshot(
@@ -256,13 +268,11 @@ impl RaftNetwork<TypeConfig> for Peer {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        match self.call(Request::Snapshot(rpc), option.hard_ttl()).await {
-            Ok(Response::Snapshot(answer)) => {
-                answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
-            }
-            Ok(_) => Err(unexpected()),
-            Err(error) => Err(error.into_rpc()),
-        }
+        let called = self.call(Request::Snapshot(rpc), option.hard_ttl()).await;
+        self.answered(called, |response| match response {
+            Response::Snapshot(answer) => Some(answer),
+            _ => None,
+        })
     }
 
     async fn vote(
@@ -270,12 +280,10 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        match self.call(Request::Vote(rpc), option.hard_ttl()).await {
-            Ok(Response::Vote(answer)) => {
-                answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
-            }
-            Ok(_) => Err(unexpected()),
-            Err(error) => Err(error.into_rpc()),
-        }
+        let called = self.call(Request::Vote(rpc), option.hard_ttl()).await;
+        self.answered(called, |response| match response {
+            Response::Vote(answer) => Some(answer),
+            _ => None,
+        })
     }
 }
