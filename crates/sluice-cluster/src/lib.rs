@@ -11,6 +11,7 @@
 pub mod log_store;
 pub mod network;
 pub mod node;
+pub mod quorum;
 pub mod state;
 
 use std::io::Cursor;
@@ -18,6 +19,7 @@ use std::io::Cursor;
 use serde::{Deserialize, Serialize};
 
 pub use node::{ClusterError, MetadataNode, RaftSettings};
+pub use quorum::{ClusterQuorum, CoreMachine};
 
 /// A node's id in the quorum (`node.id`).
 pub type NodeId = u64;

@@ -25,7 +25,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::{NodeId, TypeConfig};
+use crate::{NodeId, Proposal, TypeConfig};
 
 /// Largest frame either side accepts.
 const MAX_FRAME: usize = 64 << 20;
@@ -35,6 +35,8 @@ enum Request {
     Append(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<NodeId>),
     Snapshot(InstallSnapshotRequest<TypeConfig>),
+    /// A command a follower proposes, for the leader to write.
+    Forward(Proposal),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -48,6 +50,9 @@ enum Response {
     Append(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
     Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
     Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
+    /// A forwarded command's log index and answer once committed and
+    /// applied on the leader, or why the leader did not write it.
+    Forwarded(Result<(u64, String), String>),
     /// The request named another node; this one is `0`.
     WrongNode(NodeId),
 }
@@ -131,6 +136,12 @@ async fn connection(
                 Request::Snapshot(request) => {
                     Response::Snapshot(raft.install_snapshot(request).await)
                 }
+                Request::Forward(proposal) => Response::Forwarded(
+                    raft.client_write(proposal)
+                        .await
+                        .map(|written| (written.log_id.index, written.data))
+                        .map_err(|error| error.to_string()),
+                ),
             }
         } else {
             tracing::warn!(%peer, meant_for = envelope.to, this_node = id, "cluster request for another node refused");
@@ -224,6 +235,29 @@ impl Peer {
                 Err(CallError::Network(error))
             }
         }
+    }
+}
+
+/// Sends a command to the leader `target` at `addr` to write; answers its
+/// log index and the machine's answer once committed and applied there.
+///
+/// # Errors
+/// The link's failure, or the leader's refusal (it may no longer lead).
+pub(crate) async fn forward(
+    target: NodeId,
+    addr: &str,
+    command: String,
+    ttl: Duration,
+) -> Result<(u64, String), String> {
+    let mut peer = Peer {
+        target,
+        addr: addr.to_owned(),
+        stream: None,
+    };
+    match peer.call(Request::Forward(Proposal(command)), ttl).await {
+        Ok(Response::Forwarded(answer)) => answer,
+        Ok(_) => Err("the leader answered another kind of request".to_owned()),
+        Err(CallError::Unreachable(error) | CallError::Network(error)) => Err(error.to_string()),
     }
 }
 

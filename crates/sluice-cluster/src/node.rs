@@ -17,6 +17,12 @@ use crate::network::{self, Network};
 use crate::state::StateStore;
 use crate::{Machine, NodeId, Proposal, TypeConfig};
 
+/// Longest a starting node waits to apply what it had committed.
+const REPLAY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Longest a proposal waits for a controller to write it.
+pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Timing of the quorum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RaftSettings {
@@ -62,7 +68,7 @@ pub struct MetadataNode {
     raft: Raft<TypeConfig>,
     state: StateStore,
     stop: watch::Sender<bool>,
-    server: JoinHandle<()>,
+    server: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for MetadataNode {
@@ -94,7 +100,10 @@ impl MetadataNode {
         machine: Box<dyn Machine>,
         settings: RaftSettings,
     ) -> Result<MetadataNode, ClusterError> {
-        let log = LogStore::open(dir)?;
+        let mut log = LogStore::open(dir)?;
+        let committed = openraft::storage::RaftLogStorage::read_committed(&mut log)
+            .await
+            .map_err(|e| ClusterError::Raft(e.to_string()))?;
         let state = StateStore::open(dir, machine)?;
         let config = Config {
             cluster_name: "sluice".to_owned(),
@@ -118,8 +127,17 @@ impl MetadataNode {
             raft,
             state,
             stop,
-            server,
+            server: std::sync::Mutex::new(Some(server)),
         };
+        // What this node committed before it stopped is applied before it
+        // serves: its state is at least as new as when it stopped.
+        if let Some(committed) = committed {
+            node.raft
+                .wait(Some(REPLAY_TIMEOUT))
+                .applied_index_at_least(Some(committed.index), "replay at start")
+                .await
+                .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        }
         let initialized = node
             .raft
             .is_initialized()
@@ -146,19 +164,44 @@ impl MetadataNode {
     }
 
     /// Proposes `command`; answers the machine's reply once it is committed
-    /// and applied here.
+    /// and applied here. A follower forwards it to the controller and
+    /// waits until it has applied it too; while there is no controller
+    /// (an election), it retries for up to [`PROPOSE_TIMEOUT`].
     ///
     /// # Errors
-    /// [`ClusterError::NotLeader`] on a node that is not the controller.
+    /// [`ClusterError::NotLeader`] when no controller wrote it in time.
     pub async fn propose(&self, command: String) -> Result<String, ClusterError> {
-        match self.raft.client_write(Proposal(command)).await {
-            Ok(written) => Ok(written.data),
-            Err(error) => match error.forward_to_leader() {
-                Some(forward) => Err(ClusterError::NotLeader {
-                    leader: forward.leader_id,
-                }),
-                None => Err(ClusterError::Raft(error.to_string())),
-            },
+        let deadline = tokio::time::Instant::now() + PROPOSE_TIMEOUT;
+        loop {
+            let leader = match self.raft.client_write(Proposal(command.clone())).await {
+                Ok(written) => return Ok(written.data),
+                Err(error) => match error.forward_to_leader() {
+                    Some(forward) => forward.leader_id.zip(forward.leader_node.clone()),
+                    None => return Err(ClusterError::Raft(error.to_string())),
+                },
+            };
+            if let Some((leader, node)) = leader {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                match network::forward(leader, &node.addr, command.clone(), left).await {
+                    Ok((index, answer)) => {
+                        self.raft
+                            .wait(Some(left))
+                            .applied_index_at_least(Some(index), "forwarded command")
+                            .await
+                            .map_err(|e| ClusterError::Raft(e.to_string()))?;
+                        return Ok(answer);
+                    }
+                    Err(reason) => {
+                        tracing::debug!(leader, %reason, "forwarding a command failed; retrying");
+                    }
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ClusterError::NotLeader {
+                    leader: self.leader(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
@@ -178,11 +221,18 @@ impl MetadataNode {
     }
 
     /// Stops the node: Raft first, then the listener.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(&self) {
         if let Err(error) = self.raft.shutdown().await {
             tracing::warn!(node = self.id, %error, "raft did not stop cleanly");
         }
         let _ = self.stop.send(true);
-        let _ = self.server.await;
+        let server = self
+            .server
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(server) = server {
+            let _ = server.await;
+        }
     }
 }

@@ -24,6 +24,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// This node's identity.
     pub node: NodeConfig,
+    /// Clustering: the metadata quorum and the links between nodes.
+    pub cluster: ClusterConfig,
     /// Kafka front-end.
     pub kafka: KafkaConfig,
     /// AMQP 0-9-1 front-end.
@@ -43,6 +45,7 @@ impl Default for Config {
         Config {
             data_dir: PathBuf::from("./data"),
             node: NodeConfig::default(),
+            cluster: ClusterConfig::default(),
             kafka: KafkaConfig::default(),
             amqp: AmqpConfig::default(),
             http: HttpConfig::default(),
@@ -65,6 +68,48 @@ pub struct NodeConfig {
 impl Default for NodeConfig {
     fn default() -> Self {
         NodeConfig { id: 1 }
+    }
+}
+
+/// `[cluster]`: how this node reaches the others. Empty `voters` is a
+/// cluster of one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// HOST:PORT this node's inter-node listener binds (the metadata
+    /// quorum's traffic); required with `voters`.
+    pub listen: String,
+    /// The initial controller quorum, `id@host:port` separated by commas,
+    /// the same on every node; it must name this node (`node.id`) at its
+    /// `listen` address. Read on a node's first start only.
+    pub voters: String,
+}
+
+impl ClusterConfig {
+    /// The voters as (id, address), or why they cannot be read.
+    ///
+    /// # Errors
+    /// An entry that is not `id@host:port`, or an id named twice.
+    pub fn voter_list(&self) -> Result<Vec<(u64, String)>, String> {
+        let mut voters: Vec<(u64, String)> = Vec::new();
+        for entry in split_list(&self.voters) {
+            let parsed = entry.split_once('@').and_then(|(id, address)| {
+                let id = id.trim().parse::<u64>().ok()?;
+                let (host, port) = address.trim().rsplit_once(':')?;
+                (!host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0))
+                    .then(|| (id, address.trim().to_owned()))
+            });
+            let Some((id, address)) = parsed else {
+                return Err(format!(
+                    "cluster.voters entries are id@host:port, got {entry:?}"
+                ));
+            };
+            if voters.iter().any(|(known, _)| *known == id) {
+                return Err(format!("cluster.voters names node {id} twice"));
+            }
+            voters.push((id, address));
+        }
+        Ok(voters)
     }
 }
 
@@ -401,6 +446,14 @@ pub const KEYS: &[KeyDoc] = &[
         description: "This node's id (Kafka's node.id): the broker id in Metadata (0 to 2147483647)",
     },
     KeyDoc {
+        key: "cluster.listen",
+        description: "HOST:PORT the inter-node listener binds; required with cluster.voters",
+    },
+    KeyDoc {
+        key: "cluster.voters",
+        description: "Initial controller quorum, id@host:port,...; empty runs a cluster of one",
+    },
+    KeyDoc {
         key: "kafka.listen",
         description: "HOST:PORT the Kafka listener binds",
     },
@@ -591,6 +644,34 @@ impl Config {
                 "node.id",
                 format!("node.id must be 0 or more, got {}", self.node.id),
             );
+        }
+        let cluster = &self.cluster;
+        match cluster.voter_list() {
+            Err(message) => problem("cluster.voters", message),
+            Ok(voters) if !voters.is_empty() => {
+                if cluster.listen.is_empty() {
+                    problem(
+                        "cluster.listen",
+                        "cluster.listen must be set when cluster.voters is".to_owned(),
+                    );
+                } else if cluster.listen.parse::<ListenAddr>().is_err() {
+                    problem(
+                        "cluster.listen",
+                        format!("cluster.listen must be HOST:PORT, got {:?}", cluster.listen),
+                    );
+                }
+                let own = u64::try_from(self.node.id).ok();
+                if !voters.iter().any(|(id, _)| Some(*id) == own) {
+                    problem(
+                        "cluster.voters",
+                        format!(
+                            "cluster.voters must name this node (node.id {})",
+                            self.node.id
+                        ),
+                    );
+                }
+            }
+            Ok(_) => {}
         }
         let kafka = &self.kafka;
         if !kafka.advertised.is_empty() {

@@ -25,6 +25,16 @@ pub enum CoreError {
         topic: String,
         partition: sluice_types::PartitionId,
     },
+    /// The partition exists but this node does not lead it.
+    #[error("this node does not lead partition {partition} of topic {topic:?} (its leader is {leader:?})")]
+    NotLeader {
+        topic: String,
+        partition: sluice_types::PartitionId,
+        leader: Option<i32>,
+    },
+    /// The metadata quorum did not commit a change.
+    #[error("the metadata quorum did not answer: {reason}")]
+    Quorum { reason: String },
     #[error("topic {topic:?} already exists")]
     TopicExists { topic: String },
     #[error("topic name {topic:?} is not valid: use 1 to 249 of letters, digits, '.', '_' and '-'")]

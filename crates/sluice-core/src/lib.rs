@@ -70,7 +70,7 @@ pub use groups::{
 };
 pub use lifecycle::{Lifecycle, Tasks};
 use messaging::VirtualHosts;
-pub use metadata::MetadataCommand;
+pub use metadata::{BrokerAddress, Metadata, MetadataCommand, MetadataMachine, MetadataQuorum};
 pub use metrics::{ProtocolMetrics, RequestMetrics};
 pub use offsets::{CommittedOffset, OFFSETS_LOG, OffsetStore};
 pub use partition::{Chunk, Fetched, Partition, PartitionTraffic, Position, Undecodable};
@@ -180,6 +180,10 @@ pub struct BrokerOptions {
     pub maintenance: sluice_log::MaintenanceSettings,
     /// How often a long recovery at start logs its progress.
     pub recovery_progress_interval: std::time::Duration,
+    /// On a node of a cluster, the metadata its quorum applies to
+    /// ([`Metadata::for_quorum`]); `None` for a cluster of one, which
+    /// keeps its metadata in its own log.
+    pub quorum_metadata: Option<Arc<Metadata>>,
 }
 
 impl BrokerOptions {
@@ -208,6 +212,7 @@ impl BrokerOptions {
             limits: Limits::default(),
             maintenance: sluice_log::MaintenanceSettings::default(),
             recovery_progress_interval: std::time::Duration::from_secs(5),
+            quorum_metadata: None,
         }
     }
 }
@@ -264,6 +269,15 @@ impl Broker {
     /// and a progress line every `recovery_progress_interval` meanwhile.
     pub fn open(options: BrokerOptions) -> Result<Broker, CoreError> {
         let lock = DataDirLock::acquire(&options.data_dir)?;
+        Broker::open_locked(options, lock)
+    }
+
+    /// As [`Broker::open`], on a data directory the caller has locked
+    /// (a node of a cluster locks it before its quorum starts in it).
+    ///
+    /// # Errors
+    /// As [`Broker::open`].
+    pub fn open_locked(options: BrokerOptions, lock: DataDirLock) -> Result<Broker, CoreError> {
         let last_shutdown = recovery::LastShutdown::read(&options.data_dir);
         tracing::info!(
             last_shutdown = last_shutdown.as_str(),
@@ -293,13 +307,15 @@ impl Broker {
 
         progress.phase("partitions");
         let phase = std::time::Instant::now();
-        let (metadata, state) = metadata::Metadata::open(&options.data_dir, &logs)?;
-        let topics = Arc::new(Topics::open(
+        let metadata = match options.quorum_metadata {
+            Some(metadata) => metadata,
+            None => Metadata::open(&options.data_dir, &logs, options.node_id)?,
+        };
+        let topics = Topics::open(
             Arc::clone(&logs),
             Arc::clone(&metadata),
-            state.topics,
             options.limits.max_topics,
-        )?);
+        )?;
         let names = topics.names();
         let partitions: usize = names
             .iter()
@@ -317,7 +333,7 @@ impl Broker {
         progress.phase("committed offsets");
         let phase = std::time::Instant::now();
         let offsets = OffsetStore::open(&logs, options.offsets_segment_bytes)?;
-        let producer_ids = ProducerIds::new(state.producer_ids_end, Arc::clone(&metadata));
+        let producer_ids = ProducerIds::new(Arc::clone(&metadata));
         tracing::info!(
             groups = offsets.group_ids().len(),
             elapsed_ms = since(phase),
@@ -339,7 +355,7 @@ impl Broker {
             },
             messaging::definitions::DurableDefinitions {
                 writer: messaging::definitions::DefinitionWriter::new(Arc::clone(&metadata)),
-                stored: state.definitions,
+                stored: metadata.state().definitions.clone(),
             },
             &options.vhosts,
             &|done, total| progress.advance(done, total),
@@ -414,6 +430,40 @@ impl Broker {
     /// This node's id (`node.id`).
     pub fn node_id(&self) -> i32 {
         self.node_id
+    }
+
+    /// Registers where Kafka clients reach this node with the cluster
+    /// (KRaft's broker registration), unless the metadata already says so.
+    /// Blocking.
+    ///
+    /// # Errors
+    /// [`CoreError::Quorum`] when the quorum does not commit it.
+    pub fn register(&self, host: &str, port: u16) -> Result<(), CoreError> {
+        let metadata = self.topics.metadata();
+        let registered = metadata
+            .brokers()
+            .iter()
+            .any(|b| b.node == self.node_id && b.host == host && b.port == port);
+        if registered || !metadata.clustered() {
+            return Ok(());
+        }
+        metadata.commit(MetadataCommand::RegisterBroker {
+            node: self.node_id,
+            host: host.to_owned(),
+            port,
+        })?;
+        tracing::info!(node = self.node_id, host, port, "registered with the cluster");
+        Ok(())
+    }
+
+    /// The controller (the metadata quorum's leader) as this node knows
+    /// it: itself on a cluster of one, -1 while a cluster has none.
+    pub fn controller(&self) -> i32 {
+        match self.topics.metadata().quorum() {
+            Some(quorum) => quorum.controller().unwrap_or(-1),
+            None if self.topics.metadata().clustered() => -1,
+            None => self.node_id,
+        }
     }
 
     /// The log settings a topic starts from before its own overrides.

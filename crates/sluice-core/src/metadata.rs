@@ -1,8 +1,19 @@
-//! Metadata as commands: every change to the broker's topics and every
-//! block of producer ids is a [`MetadataCommand`], appended durably to one
-//! log (`__cluster_metadata-0`, as KRaft names its own) before it is
-//! applied, and replayed in order at open. A Raft log can later feed the
-//! same commands to the same [`apply`] unchanged.
+//! Metadata as commands: every change to the broker's topics, every block
+//! of producer ids and every durable AMQP object is a [`MetadataCommand`],
+//! committed before it is applied, and applied in commit order by one
+//! applier ([`Metadata::apply`]) that changes the metadata state and then
+//! brings the runtime objects (topics and their partitions) in line with
+//! it.
+//!
+//! Where commands are committed depends on the node: a cluster of one
+//! appends them to its own log (`__cluster_metadata-0`, as KRaft names its
+//! own), synced, and replays it at open; a node of a cluster proposes them
+//! to the Raft quorum ([`MetadataQuorum`], implemented by `sluice-cluster`),
+//! which applies every committed command on every node through
+//! [`MetadataMachine`]. Applying is idempotent where it touches disk: each
+//! partition log carries its topic's id (`partition.metadata`, as Kafka
+//! does), so a command applied again keeps the live log, and a log left
+//! by a deleted topic of the same name is deleted.
 //!
 //! Each command is one record whose value is the command as JSON.
 //!
@@ -15,15 +26,16 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use serde::{Deserialize, Serialize};
 use sluice_log::{Log, LogManager};
 
 use crate::CoreError;
 use crate::messaging::definitions::{
-    self, BindingDefinition, Definitions, ExchangeDefinition, QueueDefinition,
+    self, BindingDefinition, Definition, Definitions, ExchangeDefinition, QueueDefinition,
 };
+use crate::topics::Topics;
 
 /// The log holding the commands.
 pub(crate) const METADATA_LOG: &str = "__cluster_metadata-0";
@@ -39,11 +51,18 @@ pub enum MetadataCommand {
         id: String,
         partitions: u32,
         config: BTreeMap<String, String>,
+        /// The nodes holding each partition, its leader first; empty on a
+        /// cluster of one (every partition is on the node).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        replicas: Vec<Vec<i32>>,
     },
     /// The topic now has `partitions` partitions (never fewer).
     GrowTopic {
         name: String,
         partitions: u32,
+        /// The nodes holding each added partition, as in `CreateTopic`.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        replicas: Vec<Vec<i32>>,
     },
     /// The topic's settings, all of them.
     SetTopicConfig {
@@ -56,6 +75,13 @@ pub enum MetadataCommand {
     /// Producer ids below `end` may have been handed out (KIP-98 blocks).
     AllocateProducerIds {
         end: i64,
+    },
+    /// A node of the cluster and where Kafka clients reach it (KRaft's
+    /// broker registration); registering again replaces the address.
+    RegisterBroker {
+        node: i32,
+        host: String,
+        port: u16,
     },
     /// A durable AMQP exchange, new or replacing its declaration.
     DeclareExchange(ExchangeDefinition),
@@ -80,6 +106,17 @@ pub(crate) struct TopicMeta {
     pub(crate) id: String,
     pub(crate) partitions: u32,
     pub(crate) config: BTreeMap<String, String>,
+    /// The nodes holding each partition, leader first; empty on a cluster
+    /// of one.
+    pub(crate) replicas: Vec<Vec<i32>>,
+}
+
+/// Where Kafka clients reach a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerAddress {
+    pub node: i32,
+    pub host: String,
+    pub port: u16,
 }
 
 /// The metadata a sequence of commands leaves.
@@ -89,75 +126,170 @@ pub(crate) struct MetadataState {
     pub(crate) topics: BTreeMap<String, TopicMeta>,
     /// The end of the last producer-id block: ids from here are unused.
     pub(crate) producer_ids_end: i64,
+    /// Registered nodes, by id.
+    pub(crate) brokers: BTreeMap<i32, BrokerAddress>,
     /// Durable AMQP exchanges, queues and bindings.
     pub(crate) definitions: Definitions,
+}
+
+impl MetadataState {
+    /// The commands that rebuild this state from nothing: a snapshot.
+    fn commands(&self) -> Vec<MetadataCommand> {
+        let mut commands: Vec<MetadataCommand> = self
+            .brokers
+            .values()
+            .map(|b| MetadataCommand::RegisterBroker {
+                node: b.node,
+                host: b.host.clone(),
+                port: b.port,
+            })
+            .collect();
+        if self.producer_ids_end > 0 {
+            commands.push(MetadataCommand::AllocateProducerIds {
+                end: self.producer_ids_end,
+            });
+        }
+        commands.extend(
+            self.topics
+                .iter()
+                .map(|(name, topic)| MetadataCommand::CreateTopic {
+                    name: name.clone(),
+                    id: topic.id.clone(),
+                    partitions: topic.partitions,
+                    config: topic.config.clone(),
+                    replicas: topic.replicas.clone(),
+                }),
+        );
+        // Keys order exchanges, then queues, then bindings.
+        commands.extend(self.definitions.values().map(|d| match d {
+            Definition::Exchange(e) => MetadataCommand::DeclareExchange(e.clone()),
+            Definition::Queue(q) => MetadataCommand::DeclareQueue(q.clone()),
+            Definition::Binding(b) => MetadataCommand::Bind(b.clone()),
+        }));
+        commands
+    }
+}
+
+/// Whether `state` takes `command`.
+///
+/// # Errors
+/// [`CoreError::TopicExists`], [`CoreError::UnknownTopic`],
+/// [`CoreError::InvalidPartitions`] or [`CoreError::Internal`] (a
+/// producer-id block that does not move forward).
+fn check(state: &MetadataState, command: &MetadataCommand) -> Result<(), CoreError> {
+    let topic = |name: &str| {
+        state
+            .topics
+            .get(name)
+            .ok_or_else(|| CoreError::UnknownTopic {
+                topic: name.to_owned(),
+            })
+    };
+    match command {
+        MetadataCommand::CreateTopic {
+            name,
+            partitions,
+            replicas,
+            ..
+        } => {
+            if state.topics.contains_key(name) {
+                return Err(CoreError::TopicExists {
+                    topic: name.clone(),
+                });
+            }
+            check_replicas(name, *partitions, 0, replicas)
+        }
+        MetadataCommand::GrowTopic {
+            name,
+            partitions,
+            replicas,
+        } => {
+            let current = topic(name)?;
+            if *partitions < current.partitions {
+                return Err(CoreError::InvalidPartitions {
+                    topic: name.clone(),
+                    reason: format!(
+                        "partitions never shrink: {} to {partitions}",
+                        current.partitions
+                    ),
+                });
+            }
+            if current.replicas.is_empty() != replicas.is_empty() && *partitions > current.partitions
+            {
+                return Err(CoreError::InvalidPartitions {
+                    topic: name.clone(),
+                    reason: "the added partitions must be placed as the others are".to_owned(),
+                });
+            }
+            check_replicas(name, *partitions, current.partitions, replicas)
+        }
+        MetadataCommand::SetTopicConfig { name, .. } | MetadataCommand::DeleteTopic { name } => {
+            topic(name).map(|_| ())
+        }
+        MetadataCommand::AllocateProducerIds { end } if *end <= state.producer_ids_end => {
+            Err(CoreError::Internal {
+                reason: format!(
+                    "producer-id block end {end} is not past {}",
+                    state.producer_ids_end
+                ),
+            })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Applies one command to `state`. Deterministic: the same commands in the
 /// same order leave the same state on every node.
 ///
 /// # Errors
-/// [`CoreError::TopicExists`], [`CoreError::UnknownTopic`],
-/// [`CoreError::InvalidPartitions`] or [`CoreError::Internal`] (a
-/// producer-id block that does not move forward) for a command the state
-/// refuses (then nothing changed); writers check before they append, so a
-/// replayed log holds none.
+/// As [`check`], for a command the state refuses (then nothing changed).
 pub(crate) fn apply(state: &mut MetadataState, command: MetadataCommand) -> Result<(), CoreError> {
+    check(state, &command)?;
     if definitions::apply(&mut state.definitions, &command) {
         return Ok(());
     }
     let topics = &mut state.topics;
-    let unknown = |name: &str| CoreError::UnknownTopic {
-        topic: name.to_owned(),
-    };
     match command {
         MetadataCommand::CreateTopic {
             name,
             id,
             partitions,
             config,
+            replicas,
         } => {
-            if topics.contains_key(&name) {
-                return Err(CoreError::TopicExists { topic: name });
-            }
             topics.insert(
                 name,
                 TopicMeta {
                     id,
                     partitions,
                     config,
+                    replicas,
                 },
             );
         }
-        MetadataCommand::GrowTopic { name, partitions } => {
-            let topic = topics.get_mut(&name).ok_or_else(|| unknown(&name))?;
-            if partitions < topic.partitions {
-                return Err(CoreError::InvalidPartitions {
-                    topic: name,
-                    reason: format!(
-                        "partitions never shrink: {} to {partitions}",
-                        topic.partitions
-                    ),
-                });
+        MetadataCommand::GrowTopic {
+            name,
+            partitions,
+            replicas,
+        } => {
+            if let Some(topic) = topics.get_mut(&name) {
+                topic.partitions = partitions;
+                topic.replicas.extend(replicas);
             }
-            topic.partitions = partitions;
         }
         MetadataCommand::SetTopicConfig { name, config } => {
-            topics.get_mut(&name).ok_or_else(|| unknown(&name))?.config = config;
+            if let Some(topic) = topics.get_mut(&name) {
+                topic.config = config;
+            }
         }
         MetadataCommand::DeleteTopic { name } => {
-            topics.remove(&name).ok_or_else(|| unknown(&name))?;
+            topics.remove(&name);
         }
-        MetadataCommand::AllocateProducerIds { end } => {
-            if end <= state.producer_ids_end {
-                return Err(CoreError::Internal {
-                    reason: format!(
-                        "producer-id block end {end} is not past {}",
-                        state.producer_ids_end
-                    ),
-                });
-            }
-            state.producer_ids_end = end;
+        MetadataCommand::AllocateProducerIds { end } => state.producer_ids_end = end,
+        MetadataCommand::RegisterBroker { node, host, port } => {
+            state
+                .brokers
+                .insert(node, BrokerAddress { node, host, port });
         }
         MetadataCommand::DeclareExchange(_)
         | MetadataCommand::DeleteExchange { .. }
@@ -169,21 +301,114 @@ pub(crate) fn apply(state: &mut MetadataState, command: MetadataCommand) -> Resu
     Ok(())
 }
 
-/// The metadata log, shared by its writers (topics, producer ids): each
-/// holds [`Metadata::writer`] from its check to its apply, so commands are
-/// appended and applied in one order.
+/// Placements name every added partition (`from..partitions`) or none.
+fn check_replicas(
+    topic: &str,
+    partitions: u32,
+    from: u32,
+    replicas: &[Vec<i32>],
+) -> Result<(), CoreError> {
+    let added = partitions.saturating_sub(from) as usize;
+    if replicas.is_empty() || (replicas.len() == added && replicas.iter().all(|r| !r.is_empty())) {
+        Ok(())
+    } else {
+        Err(CoreError::InvalidPartitions {
+            topic: topic.to_owned(),
+            reason: format!(
+                "{} placements for {added} new partitions",
+                replicas.len()
+            ),
+        })
+    }
+}
+
+/// Where a node of a cluster commits metadata commands: the Raft quorum
+/// (`sluice-cluster` implements it). A cluster of one has none and commits
+/// to its own log.
+pub trait MetadataQuorum: Send + Sync + std::fmt::Debug {
+    /// Proposes a command (JSON text of a [`MetadataCommand`]) and returns
+    /// once it is committed and applied on this node, with the answer of
+    /// [`MetadataMachine::apply`] for it. Blocking: call it off the async
+    /// runtime's workers (or inside `tokio::task::block_in_place`).
+    ///
+    /// # Errors
+    /// [`CoreError::Quorum`] when no controller answers in time.
+    fn propose(&self, command: String) -> Result<String, CoreError>;
+
+    /// The controller (the Raft leader) as this node knows it.
+    fn controller(&self) -> Option<i32>;
+}
+
+/// Where commands are committed.
 #[derive(Debug)]
-pub(crate) struct Metadata {
-    log: Mutex<MetadataLog>,
+enum Store {
+    /// This node's own log (a cluster of one).
+    Local(MetadataLog),
+    /// The cluster's quorum, attached once the node runs.
+    Quorum(OnceLock<Arc<dyn MetadataQuorum>>),
+}
+
+/// The metadata of the broker: where commands are committed, the state
+/// they left, and the one applier of committed commands.
+#[derive(Debug)]
+pub struct Metadata {
+    /// Writers hold it from their check to their command's apply, so a
+    /// node's own commands are checked and committed one at a time.
+    writer: Mutex<()>,
+    store: Store,
+    state: Mutex<MetadataState>,
+    /// The runtime topics, once the broker has opened them; commands
+    /// applied before only change the state, and attaching catches up.
+    topics: OnceLock<Weak<Topics>>,
+    /// This node's id.
+    node_id: i32,
+}
+
+/// A refused command, as a committed command's answer carries it to its
+/// proposer (on any node).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "refused", rename_all = "snake_case")]
+enum Refusal {
+    TopicExists { topic: String },
+    UnknownTopic { topic: String },
+    InvalidPartitions { topic: String, reason: String },
+    Other { reason: String },
+}
+
+impl Refusal {
+    fn of(error: CoreError) -> Refusal {
+        match error {
+            CoreError::TopicExists { topic } => Refusal::TopicExists { topic },
+            CoreError::UnknownTopic { topic } => Refusal::UnknownTopic { topic },
+            CoreError::InvalidPartitions { topic, reason } => {
+                Refusal::InvalidPartitions { topic, reason }
+            }
+            other => Refusal::Other {
+                reason: other.to_string(),
+            },
+        }
+    }
+
+    fn into_error(self) -> CoreError {
+        match self {
+            Refusal::TopicExists { topic } => CoreError::TopicExists { topic },
+            Refusal::UnknownTopic { topic } => CoreError::UnknownTopic { topic },
+            Refusal::InvalidPartitions { topic, reason } => {
+                CoreError::InvalidPartitions { topic, reason }
+            }
+            Refusal::Other { reason } => CoreError::Internal { reason },
+        }
+    }
 }
 
 impl Metadata {
-    /// Opens the log, migrates an older data directory into it, and
-    /// replays it.
+    /// Opens a cluster of one's own log, migrates an older data directory
+    /// into it, and replays it.
     pub(crate) fn open(
         data_dir: &Path,
         logs: &LogManager,
-    ) -> Result<(Arc<Metadata>, MetadataState), CoreError> {
+        node_id: i32,
+    ) -> Result<Arc<Metadata>, CoreError> {
         let log = MetadataLog::open(logs)?;
         migrate(data_dir, &log)?;
         migrate_definitions(logs, &log)?;
@@ -195,15 +420,213 @@ impl Metadata {
                 tracing::warn!(%error, "skipping a metadata command the state refuses");
             }
         }
-        let metadata = Metadata {
-            log: Mutex::new(log),
-        };
-        Ok((Arc::new(metadata), state))
+        Ok(Arc::new(Metadata {
+            writer: Mutex::new(()),
+            store: Store::Local(log),
+            state: Mutex::new(state),
+            topics: OnceLock::new(),
+            node_id,
+        }))
     }
 
-    /// The log, for one writer at a time.
-    pub(crate) fn writer(&self) -> MutexGuard<'_, MetadataLog> {
-        self.log.lock().unwrap_or_else(|e| e.into_inner())
+    /// Metadata committed through a quorum: empty until the quorum applies
+    /// its commands (through [`MetadataMachine`]) and writers wait for
+    /// [`Metadata::attach_quorum`].
+    pub fn for_quorum(node_id: i32) -> Arc<Metadata> {
+        Arc::new(Metadata {
+            writer: Mutex::new(()),
+            store: Store::Quorum(OnceLock::new()),
+            state: Mutex::new(MetadataState::default()),
+            topics: OnceLock::new(),
+            node_id,
+        })
+    }
+
+    /// Hands the quorum to the writers (once; a second call is ignored).
+    pub fn attach_quorum(&self, quorum: Arc<dyn MetadataQuorum>) {
+        if let Store::Quorum(slot) = &self.store {
+            let _ = slot.set(quorum);
+        }
+    }
+
+    /// The quorum, on a node of a cluster.
+    pub fn quorum(&self) -> Option<&Arc<dyn MetadataQuorum>> {
+        match &self.store {
+            Store::Local(_) => None,
+            Store::Quorum(slot) => slot.get(),
+        }
+    }
+
+    /// Whether commands go through a quorum (a node of a cluster).
+    pub fn clustered(&self) -> bool {
+        matches!(self.store, Store::Quorum(_))
+    }
+
+    pub(crate) fn node_id(&self) -> i32 {
+        self.node_id
+    }
+
+    /// The state, locked: hold it briefly.
+    pub(crate) fn state(&self) -> MutexGuard<'_, MetadataState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registered nodes, by id.
+    pub fn brokers(&self) -> Vec<BrokerAddress> {
+        self.state().brokers.values().cloned().collect()
+    }
+
+    /// One writer at a time: hold it from the check to [`Metadata::commit`].
+    pub(crate) fn writer(&self) -> MutexGuard<'_, ()> {
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Commits `command` and returns once it is applied on this node.
+    /// Blocking.
+    ///
+    /// # Errors
+    /// The state's refusal (as [`apply`]), the log's write failure, or
+    /// [`CoreError::Quorum`].
+    pub(crate) fn commit(&self, command: MetadataCommand) -> Result<(), CoreError> {
+        match &self.store {
+            Store::Local(log) => {
+                // Checked, written and applied under the state's lock, so
+                // the log's order is the order of apply; a refused
+                // command never reaches the log.
+                let mut state = self.state();
+                check(&state, &command)?;
+                log.append(std::slice::from_ref(&command))?;
+                self.apply_locked(&mut state, command)
+            }
+            Store::Quorum(slot) => {
+                let quorum = slot.get().ok_or_else(|| CoreError::Quorum {
+                    reason: "this node has not joined the metadata quorum yet".to_owned(),
+                })?;
+                let text = serde_json::to_string(&command).map_err(|error| CoreError::Internal {
+                    reason: format!("cannot encode a metadata command: {error}"),
+                })?;
+                answer(&quorum.propose(text)?)
+            }
+        }
+    }
+
+    /// Applies a committed command: the state first, then the runtime
+    /// topics (when open). Commands apply one at a time, in commit order.
+    ///
+    /// # Errors
+    /// The state's refusal (nothing changed), or the runtime's failure to
+    /// open or delete a partition log (the state has changed).
+    pub(crate) fn apply(&self, command: MetadataCommand) -> Result<(), CoreError> {
+        self.apply_locked(&mut self.state(), command)
+    }
+
+    fn apply_locked(
+        &self,
+        state: &mut MetadataState,
+        command: MetadataCommand,
+    ) -> Result<(), CoreError> {
+        let topic = topic_of(&command).map(str::to_owned);
+        apply(state, command)?;
+        let Some(topics) = self.topics.get().and_then(Weak::upgrade) else {
+            return Ok(());
+        };
+        match topic {
+            Some(name) => topics.reconcile(&name, state.topics.get(&name)),
+            None => Ok(()),
+        }
+    }
+
+    /// Attaches the runtime topics (opened from an earlier copy of the
+    /// state) and brings them in line with the state now.
+    pub(crate) fn attach_topics(&self, topics: &Arc<Topics>) -> Result<(), CoreError> {
+        let state = self.state();
+        let _ = self.topics.set(Arc::downgrade(topics));
+        topics.reconcile_all(&state.topics)
+    }
+
+    /// Replaces the state with a snapshot's commands and brings the
+    /// runtime in line.
+    fn restore(&self, commands: Vec<MetadataCommand>) -> Result<(), CoreError> {
+        let mut fresh = MetadataState::default();
+        for command in commands {
+            apply(&mut fresh, command)?;
+        }
+        let mut state = self.state();
+        *state = fresh;
+        match self.topics.get().and_then(Weak::upgrade) {
+            Some(topics) => topics.reconcile_all(&state.topics),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The topic a command changes, if any.
+fn topic_of(command: &MetadataCommand) -> Option<&str> {
+    match command {
+        MetadataCommand::CreateTopic { name, .. }
+        | MetadataCommand::GrowTopic { name, .. }
+        | MetadataCommand::SetTopicConfig { name, .. }
+        | MetadataCommand::DeleteTopic { name } => Some(name),
+        _ => None,
+    }
+}
+
+/// A committed command's answer as the proposer's result.
+fn answer(text: &str) -> Result<(), CoreError> {
+    if text.is_empty() {
+        return Ok(());
+    }
+    match serde_json::from_str::<Refusal>(text) {
+        Ok(refusal) => Err(refusal.into_error()),
+        Err(_) => Err(CoreError::Internal {
+            reason: format!("unreadable answer from the metadata quorum: {text}"),
+        }),
+    }
+}
+
+/// The replicated state machine's side in core: what the quorum calls to
+/// apply committed commands, take snapshots and restore them. Text in and
+/// out (JSON), so the quorum needs no core types.
+#[derive(Debug, Clone)]
+pub struct MetadataMachine(Arc<Metadata>);
+
+impl MetadataMachine {
+    pub fn new(metadata: Arc<Metadata>) -> MetadataMachine {
+        MetadataMachine(metadata)
+    }
+
+    /// Applies one committed command; the answer goes to its proposer
+    /// (empty: applied). A command this node cannot read is answered as
+    /// refused and changes nothing.
+    pub fn apply(&self, command: &str) -> String {
+        let result = serde_json::from_str::<MetadataCommand>(command)
+            .map_err(|error| CoreError::Internal {
+                reason: format!("unreadable metadata command: {error}"),
+            })
+            .and_then(|command| self.0.apply(command));
+        match result {
+            Ok(()) => String::new(),
+            Err(error) => {
+                tracing::debug!(%error, "metadata command refused");
+                serde_json::to_string(&Refusal::of(error)).unwrap_or_default()
+            }
+        }
+    }
+
+    /// The state as the commands that rebuild it (a JSON array).
+    pub fn snapshot(&self) -> String {
+        let commands = self.0.state().commands();
+        serde_json::to_string(&commands).unwrap_or_else(|_| "[]".to_owned())
+    }
+
+    /// Replaces the state with a snapshot's.
+    ///
+    /// # Errors
+    /// A snapshot that cannot be read or applied.
+    pub fn restore(&self, snapshot: &str) -> Result<(), String> {
+        let commands: Vec<MetadataCommand> =
+            serde_json::from_str(snapshot).map_err(|e| e.to_string())?;
+        self.0.restore(commands).map_err(|e| e.to_string())
     }
 }
 
@@ -405,6 +828,7 @@ pub(crate) fn topic_files(data_dir: &Path) -> Result<Vec<MetadataCommand>, CoreE
             id: file.id,
             partitions: file.partitions,
             config: file.config,
+            replicas: Vec::new(),
         })
         .collect())
 }
@@ -419,6 +843,7 @@ mod tests {
             id: "00".repeat(16),
             partitions,
             config: BTreeMap::new(),
+            replicas: Vec::new(),
         }
     }
 
@@ -436,6 +861,7 @@ mod tests {
             MetadataCommand::GrowTopic {
                 name: "a".into(),
                 partitions: 4,
+                replicas: Vec::new(),
             },
         )
         .expect("grow");
@@ -445,6 +871,7 @@ mod tests {
                 MetadataCommand::GrowTopic {
                     name: "a".into(),
                     partitions: 2,
+                    replicas: Vec::new(),
                 },
             )
             .is_err(),

@@ -32,28 +32,36 @@ pub struct ProducerIds {
 }
 
 impl ProducerIds {
-    /// Hands out ids from `end`, the end of the last block the metadata
-    /// log recorded (ids below it may have been handed out).
-    pub(crate) fn new(end: i64, metadata: Arc<Metadata>) -> ProducerIds {
+    /// Hands out ids from the blocks `metadata` records (ids below the end
+    /// of the last block may have been handed out).
+    pub(crate) fn new(metadata: Arc<Metadata>) -> ProducerIds {
         ProducerIds {
             metadata,
-            next: Mutex::new((end, end)),
+            next: Mutex::new((0, 0)),
         }
     }
 
-    /// A producer id never handed out before. Blocking: a new block is an
-    /// `AllocateProducerIds` command, durable before any of its ids is used.
+    /// A producer id never handed out before, by any node. Blocking: a new
+    /// block is an `AllocateProducerIds` command, committed before any of
+    /// its ids is used.
     ///
     /// # Errors
-    /// The metadata log's write failure.
+    /// The metadata's commit failure.
     pub fn allocate(&self) -> Result<i64, CoreError> {
         let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
-        if next.0 >= next.1 {
-            let end = next.1 + ID_BLOCK;
-            self.metadata
-                .writer()
-                .append(&[MetadataCommand::AllocateProducerIds { end }])?;
-            next.1 = end;
+        // Another node may take the block this one asked for first; then
+        // ask again past it.
+        let mut attempts = 0;
+        while next.0 >= next.1 {
+            let end = self.metadata.state().producer_ids_end + ID_BLOCK;
+            match self
+                .metadata
+                .commit(MetadataCommand::AllocateProducerIds { end })
+            {
+                Ok(()) => *next = (end - ID_BLOCK, end),
+                Err(CoreError::Internal { .. }) if attempts < 5 => attempts += 1,
+                Err(error) => return Err(error),
+            }
         }
         let id = next.0;
         next.0 += 1;
@@ -252,8 +260,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let open = || -> Result<ProducerIds, CoreError> {
             let logs = sluice_log::LogManager::open(dir.path(), sluice_log::LogConfig::default())?;
-            let (metadata, state) = Metadata::open(dir.path(), &logs)?;
-            Ok(ProducerIds::new(state.producer_ids_end, metadata))
+            let metadata = Metadata::open(dir.path(), &logs, 1)?;
+            Ok(ProducerIds::new(metadata))
         };
         let first = open()?;
         let a = first.allocate()?;

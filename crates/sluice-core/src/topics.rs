@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 
 use crate::CoreError;
 use crate::ack::{AckLevel, PendingAck};
-use crate::metadata::{self, Metadata, MetadataCommand, MetadataLog, TopicMeta};
+use crate::metadata::{self, Metadata, MetadataCommand, TopicMeta};
 use crate::partition::{Partition, PartitionTraffic};
 use crate::producers::{self, ProducerStates, SequenceCheck};
 use crate::topic_config::{TimestampType, TopicConfig};
@@ -29,7 +29,13 @@ pub const MAX_PARTITIONS: u32 = 10_000;
 #[derive(Debug)]
 struct TopicState {
     config: TopicConfig,
-    partitions: Vec<Arc<Partition>>,
+    /// How many partitions the topic has, on any node.
+    count: u32,
+    /// The nodes holding each partition, leader first; empty on a cluster
+    /// of one.
+    replicas: Vec<Vec<i32>>,
+    /// The partitions this node holds, by index.
+    partitions: BTreeMap<u32, Arc<Partition>>,
 }
 
 /// A topic: a name, an id, settings and partitions.
@@ -54,17 +60,59 @@ impl Topic {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The partitions this node holds (all of them on a cluster of one).
     pub fn partitions(&self) -> Vec<Arc<Partition>> {
-        self.state().partitions.clone()
+        self.state().partitions.values().cloned().collect()
     }
 
+    /// How many partitions the topic has, on any node.
     pub fn partition_count(&self) -> usize {
-        self.state().partitions.len()
+        self.state().count as usize
     }
 
+    /// Partition `id`, when this node holds it.
     pub fn partition(&self, id: PartitionId) -> Option<Arc<Partition>> {
-        let index = usize::try_from(id.get()).ok()?;
-        self.state().partitions.get(index).cloned()
+        let index = u32::try_from(id.get()).ok()?;
+        self.state().partitions.get(&index).cloned()
+    }
+
+    /// The nodes holding partition `id`, leader first; `None` for a
+    /// partition the topic does not have, empty on a cluster of one.
+    pub fn replicas(&self, id: PartitionId) -> Option<Vec<i32>> {
+        let index = u32::try_from(id.get()).ok()?;
+        let state = self.state();
+        if index >= state.count {
+            return None;
+        }
+        Some(
+            state
+                .replicas
+                .get(index as usize)
+                .cloned()
+                .unwrap_or_default(),
+        )
+    }
+
+    /// Partition `id` of this node, or why not: the topic has no such
+    /// partition, or another node leads it.
+    ///
+    /// # Errors
+    /// [`CoreError::UnknownPartition`] or [`CoreError::NotLeader`].
+    pub fn local_partition(&self, id: PartitionId) -> Result<Arc<Partition>, CoreError> {
+        if let Some(partition) = self.partition(id) {
+            return Ok(partition);
+        }
+        match self.replicas(id) {
+            Some(replicas) => Err(CoreError::NotLeader {
+                topic: self.name.to_string(),
+                partition: id,
+                leader: replicas.first().copied(),
+            }),
+            None => Err(CoreError::UnknownPartition {
+                topic: self.name.to_string(),
+                partition: id,
+            }),
+        }
     }
 
     pub fn config(&self) -> TopicConfig {
@@ -121,12 +169,7 @@ impl Topic {
         partition: PartitionId,
         records: &mut BytesMut,
     ) -> Result<Appended, CoreError> {
-        let target = self
-            .partition(partition)
-            .ok_or_else(|| CoreError::UnknownPartition {
-                topic: self.name.to_string(),
-                partition,
-            })?;
+        let target = self.local_partition(partition)?;
         let invalid = |reason| CoreError::Log(sluice_log::LogError::InvalidBatch { reason });
         if let Some(codec) = self.compression()
             && let Some(recompressed) =
@@ -241,67 +284,136 @@ impl Appended {
 #[derive(Debug)]
 pub struct Topics {
     logs: Arc<LogManager>,
-    /// Writers hold its writer from their check to their apply, so
-    /// commands are appended and applied in one order; readers never take it.
+    /// Writers hold its writer from their check to their command's apply;
+    /// readers never take it.
     metadata: Arc<Metadata>,
     topics: RwLock<HashMap<String, Arc<Topic>>>,
     /// Most topics; creating one more fails with [`CoreError::TopicLimit`].
     max_topics: Option<u32>,
 }
 
+/// The file in a partition's log directory naming the topic it belongs to
+/// (Kafka's `partition.metadata`).
+const PARTITION_METADATA: &str = "partition.metadata";
+
+/// What to do with a partition log that names no topic (written before
+/// partition logs named theirs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unmarked {
+    /// Opening from the metadata: it is the topic's.
+    Adopt,
+    /// Applying a new topic or partition: it was left by a deleted topic.
+    Delete,
+}
+
 impl Topics {
-    /// Opens the partitions of the topics the metadata log holds.
+    /// Opens the partitions of the topics `metadata` holds, then hands the
+    /// runtime topics to it, so that the commands it applies from now on
+    /// change them.
     pub(crate) fn open(
         logs: Arc<LogManager>,
         metadata: Arc<Metadata>,
-        state: BTreeMap<String, TopicMeta>,
         max_topics: Option<u32>,
-    ) -> Result<Topics, CoreError> {
-        let topics = Topics {
+    ) -> Result<Arc<Topics>, CoreError> {
+        let state = metadata.state().topics.clone();
+        let topics = Arc::new(Topics {
             logs,
-            metadata,
+            metadata: Arc::clone(&metadata),
             topics: RwLock::new(HashMap::new()),
             max_topics,
-        };
+        });
         for (name, meta) in state {
-            let topic = topics.build(&name, &meta)?;
+            let topic = topics.build(&name, &meta, Unmarked::Adopt)?;
             topics.write().insert(name, topic);
         }
+        metadata.attach_topics(&topics)?;
         Ok(topics)
     }
 
-    /// The runtime topic of its metadata, partitions opened.
-    fn build(&self, name: &str, meta: &TopicMeta) -> Result<Arc<Topic>, CoreError> {
+    /// The runtime topic of its metadata, this node's partitions opened.
+    fn build(
+        &self,
+        name: &str,
+        meta: &TopicMeta,
+        unmarked: Unmarked,
+    ) -> Result<Arc<Topic>, CoreError> {
         let damaged = |reason: String| CoreError::TopicRecord {
             path: PathBuf::from(metadata::METADATA_LOG),
             reason: format!("topic {name:?}: {reason}"),
         };
         let id = parse_id(&meta.id).ok_or_else(|| damaged(format!("bad id {:?}", meta.id)))?;
         let config = TopicConfig::new(meta.config.clone()).map_err(|e| damaged(e.to_string()))?;
-        let name: Arc<str> = Arc::from(name);
-        let partitions = (0..meta.partitions)
-            .map(|p| self.open_partition(&name, p, &config))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Arc::new(Topic {
-            name,
+        let topic = Arc::new(Topic {
+            name: Arc::from(name),
             id,
-            state: Mutex::new(TopicState { config, partitions }),
-        }))
+            state: Mutex::new(TopicState {
+                config,
+                count: 0,
+                replicas: Vec::new(),
+                partitions: BTreeMap::new(),
+            }),
+        });
+        self.open_added(&topic, meta, unmarked)?;
+        Ok(topic)
     }
 
-    fn metadata(&self) -> MutexGuard<'_, MetadataLog> {
-        self.metadata.writer()
+    /// Opens the partitions `meta` adds to `topic` that this node holds.
+    fn open_added(
+        &self,
+        topic: &Arc<Topic>,
+        meta: &TopicMeta,
+        unmarked: Unmarked,
+    ) -> Result<(), CoreError> {
+        let (from, config) = {
+            let state = topic.state();
+            (state.count, state.config.clone())
+        };
+        let node = self.metadata.node_id();
+        let mut opened = Vec::new();
+        for index in from..meta.partitions {
+            let local = meta
+                .replicas
+                .get(index as usize)
+                .is_none_or(|replicas| replicas.contains(&node));
+            if local {
+                let partition = self.open_partition(topic, index, &config, unmarked)?;
+                opened.push((index, partition));
+            }
+        }
+        let mut state = topic.state();
+        state.partitions.extend(opened);
+        state.count = state.count.max(meta.partitions);
+        state.replicas.clone_from(&meta.replicas);
+        Ok(())
     }
+
     fn open_partition(
         &self,
-        topic: &Arc<str>,
+        topic: &Topic,
         index: u32,
         config: &TopicConfig,
+        unmarked: Unmarked,
     ) -> Result<Arc<Partition>, CoreError> {
+        let name = log_name(&topic.name, index);
+        let marker = format!("topic_id: {}\n", hex(&topic.id));
+        if let Some(existing) = self.logs.get(&name) {
+            let path = existing.dir().join(PARTITION_METADATA);
+            let stale = match std::fs::read_to_string(&path) {
+                Ok(found) => found != marker,
+                Err(_) => unmarked == Unmarked::Delete,
+            };
+            if stale {
+                tracing::info!(log = name, "deleting a partition log left by an earlier topic");
+                drop(existing);
+                self.logs.delete(&name)?;
+            }
+        }
         let log_config = config.log_config(self.logs.defaults());
-        let log = self
-            .logs
-            .get_or_create(&log_name(topic, index), Some(log_config.clone()))?;
+        let log = self.logs.get_or_create(&name, Some(log_config.clone()))?;
+        let path = log.dir().join(PARTITION_METADATA);
+        if std::fs::read_to_string(&path).ok().as_deref() != Some(marker.as_str()) {
+            sluice_log::write_file_atomically(&path, marker.as_bytes())?;
+        }
         log.set_config(log_config);
         let producers = ProducerStates::default();
         if let Some(from) = producer_replay_start(&log.segment_sizes()) {
@@ -310,7 +422,7 @@ impl Topics {
         let leader_epoch = log.latest_epoch().map_or(0, LeaderEpoch::get);
         let synced = log.durability() == sluice_log::Durability::Always;
         Ok(Arc::new(Partition {
-            topic: Arc::clone(topic),
+            topic: Arc::clone(&topic.name),
             id: PartitionId::from(index as i32),
             leader_epoch: std::sync::atomic::AtomicI32::new(leader_epoch),
             visible_when_synced: std::sync::atomic::AtomicBool::new(synced),
@@ -320,6 +432,78 @@ impl Topics {
             traffic: PartitionTraffic::default(),
             syncs: crate::partition::SyncDriver::default(),
         }))
+    }
+
+    /// Brings the runtime topic `name` in line with its metadata (`None`:
+    /// the topic is gone). The metadata applier calls it, in commit order;
+    /// calling it again with the same metadata changes nothing.
+    pub(crate) fn reconcile(&self, name: &str, meta: Option<&TopicMeta>) -> Result<(), CoreError> {
+        let current = self.get(name);
+        let same_id = |topic: &Topic, meta: &TopicMeta| hex(&topic.id) == meta.id;
+        match (current, meta) {
+            (None, None) => Ok(()),
+            (Some(_), None) => self.remove(name),
+            (Some(topic), Some(meta)) if same_id(&topic, meta) => {
+                self.open_added(&topic, meta, Unmarked::Delete)?;
+                if topic.config().overrides() != &meta.config {
+                    let config = TopicConfig::new(meta.config.clone()).map_err(|e| {
+                        CoreError::TopicRecord {
+                            path: PathBuf::from(metadata::METADATA_LOG),
+                            reason: format!("topic {name:?}: {e}"),
+                        }
+                    })?;
+                    self.configure(&topic, config);
+                }
+                Ok(())
+            }
+            (current, Some(meta)) => {
+                if current.is_some() {
+                    // Deleted and created again while this node looked away.
+                    self.remove(name)?;
+                }
+                let topic = self.build(name, meta, Unmarked::Delete)?;
+                self.write().insert(name.to_owned(), topic);
+                tracing::info!(topic = name, partitions = meta.partitions, "topic created");
+                Ok(())
+            }
+        }
+    }
+
+    /// [`Topics::reconcile`] for every topic, runtime or in `state`.
+    pub(crate) fn reconcile_all(&self, state: &BTreeMap<String, TopicMeta>) -> Result<(), CoreError> {
+        for name in self.names() {
+            if !state.contains_key(&name) {
+                self.reconcile(&name, None)?;
+            }
+        }
+        for (name, meta) in state {
+            self.reconcile(name, Some(meta))?;
+        }
+        Ok(())
+    }
+
+    /// Drops a runtime topic and deletes its logs.
+    fn remove(&self, name: &str) -> Result<(), CoreError> {
+        let Some(topic) = self.write().remove(name) else {
+            return Ok(());
+        };
+        for partition in topic.partitions() {
+            partition.wake_readers();
+            self.logs
+                .delete(&log_name(name, partition.id.get() as u32))?;
+        }
+        tracing::info!(topic = name, "topic deleted");
+        Ok(())
+    }
+
+    fn configure(&self, topic: &Topic, config: TopicConfig) {
+        let mut state = topic.state();
+        let log_config = config.log_config(self.logs.defaults());
+        for partition in state.partitions.values() {
+            partition.log.set_config(log_config.clone());
+            partition.follow_durability(log_config.durability);
+        }
+        state.config = config;
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Topic>>> {
@@ -339,6 +523,11 @@ impl Topics {
         let mut names: Vec<String> = self.read().keys().cloned().collect();
         names.sort();
         names
+    }
+
+    /// The metadata behind the topics (nodes, the quorum).
+    pub fn metadata(&self) -> &Arc<Metadata> {
+        &self.metadata
     }
 
     /// Checks a CreateTopics request without creating anything.
@@ -377,11 +566,33 @@ impl Topics {
         Ok(())
     }
 
+    /// Where partitions `from..to` of topic `name` go: nothing on a
+    /// cluster of one; on a cluster, one registered node each, in turn
+    /// from a node picked by the name (Kafka spreads leaders the same way).
+    fn place(&self, name: &str, from: u32, to: u32) -> Result<Vec<Vec<i32>>, CoreError> {
+        if !self.metadata.clustered() {
+            return Ok(Vec::new());
+        }
+        let nodes: Vec<i32> = self.metadata.brokers().iter().map(|b| b.node).collect();
+        if nodes.is_empty() {
+            return Err(CoreError::Quorum {
+                reason: "no node has registered with the controller yet".to_owned(),
+            });
+        }
+        let start = name
+            .bytes()
+            .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize));
+        Ok((from..to)
+            .map(|p| vec![nodes[(start + p as usize) % nodes.len()]])
+            .collect())
+    }
+
     /// Creates a topic with `partitions` empty partitions. Blocking.
     ///
     /// # Errors
     /// [`CoreError::InvalidTopicName`], [`CoreError::TopicExists`],
-    /// [`CoreError::InvalidPartitions`], [`CoreError::InvalidConfig`], or I/O.
+    /// [`CoreError::InvalidPartitions`], [`CoreError::InvalidConfig`],
+    /// [`CoreError::Quorum`], or I/O.
     pub fn create(
         &self,
         name: &str,
@@ -389,7 +600,7 @@ impl Topics {
         config: TopicConfig,
     ) -> Result<Arc<Topic>, CoreError> {
         self.validate_new(name, partitions)?;
-        let metadata = self.metadata();
+        let writer = self.metadata.writer();
         // Checked again in the writers' order: concurrent creations passed
         // `validate_new` together.
         {
@@ -401,27 +612,17 @@ impl Topics {
             }
             self.check_limit(name, topics.len())?;
         }
-        // A log left behind by a deleted topic of the same name must not
-        // come back as this topic's data.
-        for index in 0..partitions {
-            self.logs.delete(&log_name(name, index))?;
-        }
-        let meta = TopicMeta {
+        self.metadata.commit(MetadataCommand::CreateTopic {
+            name: name.to_owned(),
             id: hex(&new_id(name)),
             partitions,
             config: config.overrides().clone(),
-        };
-        metadata.append(&[MetadataCommand::CreateTopic {
-            name: name.to_owned(),
-            id: meta.id.clone(),
-            partitions,
-            config: meta.config.clone(),
-        }])?;
-        let topic = self.build(name, &meta)?;
-        self.write().insert(name.to_owned(), Arc::clone(&topic));
-        drop(metadata);
-        tracing::info!(topic = name, partitions, "topic created");
-        Ok(topic)
+            replicas: self.place(name, 0, partitions)?,
+        })?;
+        drop(writer);
+        self.get(name).ok_or_else(|| CoreError::UnknownTopic {
+            topic: name.to_owned(),
+        })
     }
 
     /// The topic called `name`, created with `partitions` and `config` when
@@ -453,14 +654,11 @@ impl Topics {
     /// # Errors
     /// [`CoreError::UnknownTopic`], [`CoreError::InvalidPartitions`], or I/O.
     pub fn grow(&self, name: &str, total: u32, validate_only: bool) -> Result<(), CoreError> {
-        let metadata = self.metadata();
+        let writer = self.metadata.writer();
         let topic = self.get(name).ok_or_else(|| CoreError::UnknownTopic {
             topic: name.to_owned(),
         })?;
-        let (current, config) = {
-            let state = topic.state();
-            (state.partitions.len() as u32, state.config.clone())
-        };
+        let current = topic.partition_count() as u32;
         if total <= current || total > MAX_PARTITIONS {
             return Err(CoreError::InvalidPartitions {
                 topic: name.to_owned(),
@@ -472,18 +670,12 @@ impl Topics {
         if validate_only {
             return Ok(());
         }
-        for index in current..total {
-            self.logs.delete(&log_name(name, index))?;
-        }
-        metadata.append(&[MetadataCommand::GrowTopic {
+        self.metadata.commit(MetadataCommand::GrowTopic {
             name: name.to_owned(),
             partitions: total,
-        }])?;
-        let added = (current..total)
-            .map(|index| self.open_partition(&topic.name, index, &config))
-            .collect::<Result<Vec<_>, _>>()?;
-        topic.state().partitions.extend(added);
-        drop(metadata);
+            replicas: self.place(name, current, total)?,
+        })?;
+        drop(writer);
         tracing::info!(topic = name, partitions = total, "partitions added");
         Ok(())
     }
@@ -494,22 +686,16 @@ impl Topics {
     /// # Errors
     /// [`CoreError::UnknownTopic`] or I/O.
     pub fn set_config(&self, name: &str, config: TopicConfig) -> Result<(), CoreError> {
-        let metadata = self.metadata();
-        let topic = self.get(name).ok_or_else(|| CoreError::UnknownTopic {
-            topic: name.to_owned(),
-        })?;
-        metadata.append(&[MetadataCommand::SetTopicConfig {
+        let _writer = self.metadata.writer();
+        if self.get(name).is_none() {
+            return Err(CoreError::UnknownTopic {
+                topic: name.to_owned(),
+            });
+        }
+        self.metadata.commit(MetadataCommand::SetTopicConfig {
             name: name.to_owned(),
             config: config.overrides().clone(),
-        }])?;
-        let mut state = topic.state();
-        let log_config = config.log_config(self.logs.defaults());
-        for partition in &state.partitions {
-            partition.log.set_config(log_config.clone());
-            partition.follow_durability(log_config.durability);
-        }
-        state.config = config;
-        Ok(())
+        })
     }
 
     /// Deletes a topic and its data. Blocking.
@@ -517,7 +703,7 @@ impl Topics {
     /// # Errors
     /// [`CoreError::UnknownTopic`] or I/O.
     pub fn delete(&self, name: &str) -> Result<(), CoreError> {
-        let metadata = self.metadata();
+        let _writer = self.metadata.writer();
         if self.get(name).is_none() {
             return Err(CoreError::UnknownTopic {
                 topic: name.to_owned(),
@@ -525,23 +711,9 @@ impl Topics {
         }
         // The command goes first: a crash after it leaves orphan logs, which
         // a later topic of the same name deletes before use.
-        metadata.append(&[MetadataCommand::DeleteTopic {
+        self.metadata.commit(MetadataCommand::DeleteTopic {
             name: name.to_owned(),
-        }])?;
-        let topic = self
-            .write()
-            .remove(name)
-            .ok_or_else(|| CoreError::UnknownTopic {
-                topic: name.to_owned(),
-            })?;
-        drop(metadata);
-        for partition in topic.partitions() {
-            partition.wake_readers();
-            self.logs
-                .delete(&log_name(name, partition.id.get() as u32))?;
-        }
-        tracing::info!(topic = name, "topic deleted");
-        Ok(())
+        })
     }
 }
 

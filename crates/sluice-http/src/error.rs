@@ -137,7 +137,9 @@ impl From<CoreError> for ApiError {
             CoreError::InvalidTopicName { .. } => ApiError::field("name", message),
             CoreError::InvalidPartitions { .. } => ApiError::field("partitions", message),
             CoreError::InvalidConfig { .. } => ApiError::field("configs", message),
-            CoreError::TopicLimit { .. } => ApiError::precondition(message),
+            CoreError::TopicLimit { .. }
+            | CoreError::NotLeader { .. }
+            | CoreError::Quorum { .. } => ApiError::precondition(message),
             CoreError::Log(sluice_core::storage::LogError::InvalidBatch { .. })
             | CoreError::InvalidTimestamp { .. }
             | CoreError::UndecodableBatch { .. } => ApiError::bad_request(message),

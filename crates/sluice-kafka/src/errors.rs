@@ -10,6 +10,8 @@ pub(crate) fn code(err: &CoreError) -> ResponseError {
         CoreError::UnknownTopic { .. } | CoreError::UnknownPartition { .. } => {
             ResponseError::UnknownTopicOrPartition
         }
+        CoreError::NotLeader { .. } => ResponseError::NotLeaderOrFollower,
+        CoreError::Quorum { .. } => ResponseError::RequestTimedOut,
         CoreError::TopicExists { .. } => ResponseError::TopicAlreadyExists,
         CoreError::InvalidTopicName { .. } => ResponseError::InvalidTopicException,
         CoreError::InvalidPartitions { .. } => ResponseError::InvalidPartitions,

@@ -9,8 +9,10 @@ use std::sync::Arc;
 use sluice_config::{
     AmqpConfig, Config, DurabilityMode, KafkaConfig, LogFormat, LogSettings, split_list,
 };
+use sluice_cluster::{ClusterQuorum, CoreMachine, MetadataNode, RaftSettings};
 use sluice_core::{
-    Broker, BrokerOptions, ConnectionLimits, GroupSettings, Lifecycle, Limits, User,
+    Broker, BrokerOptions, ConnectionLimits, DataDirLock, GroupSettings, Lifecycle, Limits,
+    Metadata, MetadataMachine, User,
 };
 use sluice_kafka::KafkaOptions;
 use sluice_log::{Durability, LogConfig, MaintenanceSettings};
@@ -105,10 +107,14 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         recovery_progress_interval: config.logging.progress_interval.get(),
         ..BrokerOptions::new(&config.data_dir)
     };
-    let broker = tokio::task::spawn_blocking(move || Broker::open(options))
-        .await
-        .context("broker start-up task failed")?
-        .context("cannot start the broker")?;
+    let (options, quorum) = join_cluster(config, options).await?;
+    let broker = tokio::task::spawn_blocking(move || match options {
+        Opening::Alone(options) => Broker::open(options),
+        Opening::Clustered(options, lock) => Broker::open_locked(options, lock),
+    })
+    .await
+    .context("broker start-up task failed")?
+    .context("cannot start the broker")?;
     let broker = Arc::new(broker);
 
     // Group and offset expiry, queue maintenance, the disk check, the high
@@ -117,7 +123,17 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     let mut lifecycle = broker.run();
     let users = users(&config.amqp);
     let bound = async {
-        let kafka = start_kafka(&config.kafka, Arc::clone(&broker), &mut lifecycle).await?;
+        let (kafka, host, port) =
+            start_kafka(&config.kafka, Arc::clone(&broker), &mut lifecycle).await?;
+        if quorum.is_some() {
+            let stopping = lifecycle.stopping();
+            lifecycle.serve(sluice_cluster::quorum::register(
+                Arc::clone(&broker),
+                host,
+                port,
+                stopping,
+            ));
+        }
         let amqp = start_amqp(
             &config.amqp,
             users.clone(),
@@ -191,6 +207,11 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
             "connections still open after {SHUTDOWN_GRACE:?} were aborted; closing the logs"
         );
     }
+    // The quorum stops before the logs close: nothing it applies may
+    // reach a closed log.
+    if let Some(node) = quorum {
+        node.shutdown().await;
+    }
     let closing = Arc::clone(&broker);
     tokio::task::spawn_blocking(move || closing.shutdown())
         .await
@@ -201,6 +222,53 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         "broker stopped"
     );
     Ok(())
+}
+
+/// How the broker opens: alone, or as a node of a cluster on a data
+/// directory already locked (its quorum runs in it).
+enum Opening {
+    Alone(BrokerOptions),
+    Clustered(BrokerOptions, DataDirLock),
+}
+
+/// With `cluster.voters` set: locks the data directory, starts this
+/// node's metadata quorum member on `cluster.listen` (state in
+/// `<data_dir>/cluster`), and hands the broker the metadata it applies to.
+async fn join_cluster(
+    config: &Config,
+    mut options: BrokerOptions,
+) -> anyhow::Result<(Opening, Option<Arc<MetadataNode>>)> {
+    let voters = config
+        .cluster
+        .voter_list()
+        .map_err(|reason| anyhow::anyhow!(reason))?;
+    if voters.is_empty() {
+        return Ok((Opening::Alone(options), None));
+    }
+    let data_dir = config.data_dir.clone();
+    let lock = tokio::task::spawn_blocking(move || DataDirLock::acquire(&data_dir))
+        .await
+        .context("data directory lock task failed")??;
+    let (listener, bound) = bind(&config.cluster.listen, "cluster", "cluster.listen").await?;
+    let metadata = Metadata::for_quorum(config.node.id);
+    let node = MetadataNode::start(
+        u64::try_from(config.node.id).context("node.id")?,
+        listener,
+        &voters.into_iter().collect(),
+        &config.data_dir.join("cluster"),
+        Box::new(CoreMachine(MetadataMachine::new(Arc::clone(&metadata)))),
+        RaftSettings::default(),
+    )
+    .await
+    .context("cannot start the metadata quorum")?;
+    let node = Arc::new(node);
+    metadata.attach_quorum(Arc::new(ClusterQuorum::new(
+        Arc::clone(&node),
+        tokio::runtime::Handle::current(),
+    )));
+    info!(listen = %bound, node = config.node.id, "cluster listening");
+    options.quorum_metadata = Some(metadata);
+    Ok((Opening::Clustered(options, lock), Some(node)))
 }
 
 /// Longest time connections get to finish after the listeners stop.
@@ -226,7 +294,7 @@ async fn start_kafka(
     config: &KafkaConfig,
     broker: Arc<Broker>,
     lifecycle: &mut Lifecycle,
-) -> anyhow::Result<std::net::SocketAddr> {
+) -> anyhow::Result<(std::net::SocketAddr, String, u16)> {
     let (listener, bound) = bind(config.listen.as_str(), "Kafka", "kafka.listen").await?;
     let (advertised_host, advertised_port) = match config.advertised.rsplit_once(':') {
         Some((host, port)) if !config.advertised.is_empty() => (
@@ -244,14 +312,14 @@ async fn start_kafka(
     };
     info!(listen = %bound, advertised = %format!("{advertised_host}:{advertised_port}"), "kafka listening");
     let options = KafkaOptions {
-        advertised_host,
+        advertised_host: advertised_host.clone(),
         advertised_port,
         node_id: broker.node_id(),
         max_request_bytes: usize::try_from(config.max_request_bytes.bytes()).unwrap_or(usize::MAX),
     };
     let stopping = lifecycle.stopping();
     lifecycle.serve(sluice_kafka::serve(listener, broker, options, stopping));
-    Ok(bound)
+    Ok((bound, advertised_host, advertised_port))
 }
 
 /// The broker's users (`amqp.users`, `amqp.loopback_users`), shared by

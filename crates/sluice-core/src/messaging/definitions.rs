@@ -179,12 +179,12 @@ impl DefinitionWriter {
         DefinitionWriter { metadata }
     }
 
-    /// Appends `command` durably; the caller applies it after.
+    /// Commits `command`; the caller applies it to the virtual host after.
     ///
     /// # Errors
-    /// The metadata log's write failure.
+    /// The metadata's commit failure.
     pub(crate) fn commit(&self, command: MetadataCommand) -> Result<(), CoreError> {
-        self.metadata.writer().append(&[command])
+        self.metadata.commit(command)
     }
 }
 

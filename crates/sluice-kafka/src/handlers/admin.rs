@@ -51,12 +51,11 @@ pub(crate) async fn delete_records(
                         let result = DeleteRecordsPartitionResult::default()
                             .with_partition_index(p.partition_index)
                             .with_low_watermark(-1);
-                        let Some(partition) =
-                            super::partition_of(found.as_ref(), p.partition_index)
-                        else {
-                            return result
-                                .with_error_code(ResponseError::UnknownTopicOrPartition.code());
-                        };
+                        let partition =
+                            match super::partition_of(found.as_ref(), p.partition_index) {
+                                Ok(partition) => partition,
+                                Err(error) => return result.with_error_code(error.code()),
+                            };
                         let target = if p.offset == HIGH_WATERMARK {
                             partition.high_watermark()
                         } else {
@@ -99,9 +98,9 @@ pub(crate) fn offset_for_leader_epoch(
                         .with_partition(p.partition)
                         .with_leader_epoch(-1)
                         .with_end_offset(-1);
-                    let Some(partition) = super::partition_of(found.as_ref(), p.partition) else {
-                        return result
-                            .with_error_code(ResponseError::UnknownTopicOrPartition.code());
+                    let partition = match super::partition_of(found.as_ref(), p.partition) {
+                        Ok(partition) => partition,
+                        Err(error) => return result.with_error_code(error.code()),
                     };
                     // An epoch newer than the partition's is from a future
                     // this broker has not seen.
@@ -276,7 +275,6 @@ pub(crate) fn describe_cluster(
     context: &Context,
     request: DescribeClusterRequest,
 ) -> DescribeClusterResponse {
-    let node = BrokerId(context.options.node_id);
     let response = if request.include_cluster_authorized_operations {
         DescribeClusterResponse::default()
             .with_cluster_authorized_operations(super::authorized::CLUSTER)
@@ -285,13 +283,18 @@ pub(crate) fn describe_cluster(
     };
     response
         .with_cluster_id(StrBytes::from_static_str("sluice"))
-        .with_controller_id(node)
-        .with_brokers(vec![
-            DescribeClusterBroker::default()
-                .with_broker_id(node)
-                .with_host(context.host())
-                .with_port(i32::from(context.options.advertised_port)),
-        ])
+        .with_controller_id(BrokerId(context.broker.controller()))
+        .with_brokers(
+            super::nodes(context)
+                .into_iter()
+                .map(|(id, host, port)| {
+                    DescribeClusterBroker::default()
+                        .with_broker_id(BrokerId(id))
+                        .with_host(host)
+                        .with_port(i32::from(port))
+                })
+                .collect(),
+        )
 }
 
 pub(crate) async fn offset_delete(

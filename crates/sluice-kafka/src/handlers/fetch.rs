@@ -26,7 +26,7 @@ struct Wanted {
     partition: i32,
     fetch_offset: i64,
     max_bytes: usize,
-    target: Option<Arc<Partition>>,
+    target: Result<Arc<Partition>, ResponseError>,
 }
 
 pub(crate) async fn handle(
@@ -59,7 +59,7 @@ pub(crate) async fn handle(
         // read and the wait is not missed.
         let mut woken: Vec<Pin<Box<tokio::sync::futures::Notified<'_>>>> = wanted
             .iter()
-            .filter_map(|w| w.target.as_ref())
+            .filter_map(|w| w.target.as_ref().ok())
             .map(|p| Box::pin(p.appended()))
             .collect();
         for notified in &mut woken {
@@ -106,9 +106,12 @@ fn read_all(
                 .with_log_start_offset(-1)
                 .with_preferred_read_replica(kafka_protocol::messages::BrokerId(-1))
                 .with_aborted_transactions(Some(Vec::new()));
-            let Some(partition) = &w.target else {
-                failed = true;
-                return base.with_error_code(ResponseError::UnknownTopicOrPartition.code());
+            let partition = match &w.target {
+                Ok(partition) => partition,
+                Err(error) => {
+                    failed = true;
+                    return base.with_error_code(error.code());
+                }
             };
             let budget = if total == 0 {
                 w.max_bytes.max(1)

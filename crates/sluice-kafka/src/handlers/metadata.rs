@@ -74,18 +74,22 @@ pub(crate) async fn handle(
                 .with_error_code(errors::code(&err).code()),
         })
         .collect();
+    let brokers = super::nodes(context)
+        .into_iter()
+        .map(|(id, host, port)| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(id))
+                .with_host(host)
+                .with_port(i32::from(port))
+        })
+        .collect();
     // Fields a version does not carry must keep their defaults, or the
     // codec refuses to encode the response.
     let mut response = MetadataResponse::default()
-        .with_brokers(vec![
-            MetadataResponseBroker::default()
-                .with_node_id(node)
-                .with_host(context.host())
-                .with_port(i32::from(context.options.advertised_port)),
-        ])
+        .with_brokers(brokers)
         .with_topics(topics);
     if version >= 1 {
-        response = response.with_controller_id(node);
+        response = response.with_controller_id(BrokerId(context.broker.controller()));
     }
     if version >= 2 {
         response = response.with_cluster_id(Some(StrBytes::from_static_str("sluice")));
@@ -97,16 +101,26 @@ pub(crate) async fn handle(
 }
 
 fn describe(topic: &Topic, node: BrokerId, version: i16) -> MetadataResponseTopic {
-    let partitions = topic
-        .partitions()
-        .iter()
-        .map(|p| {
+    let partitions = (0..topic.partition_count() as i32)
+        .map(|index| {
+            let id = sluice_types::PartitionId::from(index);
+            let replicas: Vec<BrokerId> = match topic.replicas(id) {
+                Some(replicas) if !replicas.is_empty() => {
+                    replicas.into_iter().map(BrokerId).collect()
+                }
+                _ => vec![node],
+            };
+            // The partition's epoch where this node holds it; elsewhere
+            // its leader knows it and answers with it.
+            let epoch = topic
+                .partition(id)
+                .map_or(0, |p| p.leader_epoch().get());
             MetadataResponsePartition::default()
-                .with_partition_index(p.id().get())
-                .with_leader_id(node)
-                .with_leader_epoch(p.leader_epoch().get())
-                .with_replica_nodes(vec![node])
-                .with_isr_nodes(vec![node])
+                .with_partition_index(index)
+                .with_leader_id(replicas[0])
+                .with_leader_epoch(epoch)
+                .with_isr_nodes(replicas[..1].to_vec())
+                .with_replica_nodes(replicas)
         })
         .collect();
     MetadataResponseTopic::default()

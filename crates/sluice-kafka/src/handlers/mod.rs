@@ -197,12 +197,36 @@ pub(crate) async fn dispatch(
     })
 }
 
-/// A partition of a topic that may not exist.
+/// The nodes clients reach (id, host, port): the cluster's registered
+/// nodes, and this one as it advertises itself (before it is registered,
+/// and on a cluster of one, where it is the only node).
+pub(crate) fn nodes(context: &Context) -> Vec<(i32, StrBytes, u16)> {
+    let own = context.options.node_id;
+    let mut nodes: Vec<(i32, StrBytes, u16)> = context
+        .broker
+        .topics()
+        .metadata()
+        .brokers()
+        .into_iter()
+        .filter(|b| b.node != own)
+        .map(|b| (b.node, StrBytes::from_string(b.host), b.port))
+        .collect();
+    nodes.push((own, context.host(), context.options.advertised_port));
+    nodes.sort_by_key(|(id, _, _)| *id);
+    nodes
+}
+
+/// A partition of a topic that may not exist, or the error code for it:
+/// UNKNOWN_TOPIC_OR_PARTITION, or NOT_LEADER_OR_FOLLOWER for a partition
+/// another node of the cluster leads.
 pub(crate) fn partition_of(
     topic: Option<&Arc<sluice_core::Topic>>,
     index: i32,
-) -> Option<Arc<sluice_core::Partition>> {
-    topic.and_then(|t| t.partition(sluice_types::PartitionId::from(index)))
+) -> Result<Arc<sluice_core::Partition>, kafka_protocol::ResponseError> {
+    let topic = topic.ok_or(kafka_protocol::ResponseError::UnknownTopicOrPartition)?;
+    topic
+        .local_partition(sluice_types::PartitionId::from(index))
+        .map_err(|error| crate::errors::code(&error))
 }
 
 /// Runs blocking core work (fsync, file creation) off the async workers.

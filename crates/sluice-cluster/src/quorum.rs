@@ -1,0 +1,104 @@
+//! The broker's metadata on the quorum: core's [`MetadataMachine`] is the
+//! replicated state, and [`ClusterQuorum`] is how core's writers propose
+//! commands ([`MetadataQuorum`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_core::{CoreError, MetadataMachine, MetadataQuorum};
+use tokio::runtime::Handle;
+
+use crate::node::PROPOSE_TIMEOUT;
+use crate::{Machine, MetadataNode};
+
+/// Core's metadata as the quorum's replicated state.
+#[derive(Debug)]
+pub struct CoreMachine(pub MetadataMachine);
+
+impl Machine for CoreMachine {
+    fn apply(&mut self, command: &str) -> String {
+        self.0.apply(command)
+    }
+
+    fn snapshot(&self) -> String {
+        self.0.snapshot()
+    }
+
+    fn restore(&mut self, snapshot: &str) -> Result<(), String> {
+        self.0.restore(snapshot)
+    }
+}
+
+/// Core's writers' way into the quorum: a running node and the runtime
+/// it runs on.
+#[derive(Debug)]
+pub struct ClusterQuorum {
+    node: Arc<MetadataNode>,
+    runtime: Handle,
+}
+
+impl ClusterQuorum {
+    pub fn new(node: Arc<MetadataNode>, runtime: Handle) -> ClusterQuorum {
+        ClusterQuorum { node, runtime }
+    }
+}
+
+impl MetadataQuorum for ClusterQuorum {
+    fn propose(&self, command: String) -> Result<String, CoreError> {
+        let node = Arc::clone(&self.node);
+        let (answer, answered) = std::sync::mpsc::channel();
+        self.runtime.spawn(async move {
+            let _ = answer.send(node.propose(command).await);
+        });
+        // A little past the node's own limit, so its answer wins.
+        let wait = || answered.recv_timeout(PROPOSE_TIMEOUT + Duration::from_secs(5));
+        let received = if Handle::try_current().is_ok() {
+            tokio::task::block_in_place(wait)
+        } else {
+            wait()
+        };
+        match received {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(error)) => Err(CoreError::Quorum {
+                reason: error.to_string(),
+            }),
+            Err(_) => Err(CoreError::Quorum {
+                reason: "no answer from the quorum in time".to_owned(),
+            }),
+        }
+    }
+
+    fn controller(&self) -> Option<i32> {
+        self.node.leader().and_then(|id| i32::try_from(id).ok())
+    }
+}
+
+/// Registers this node's Kafka address with the cluster, retrying (while
+/// there is no controller, say) until it is committed or `stopping`.
+pub async fn register(
+    broker: Arc<sluice_core::Broker>,
+    host: String,
+    port: u16,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut attempts = 0u32;
+    loop {
+        let registering = Arc::clone(&broker);
+        let host = host.clone();
+        let done = tokio::task::spawn_blocking(move || registering.register(&host, port)).await;
+        match done {
+            Ok(Ok(())) => return,
+            Ok(Err(error)) => {
+                attempts += 1;
+                if attempts % 10 == 1 {
+                    tracing::warn!(%error, attempts, "cannot register with the cluster yet; retrying");
+                }
+            }
+            Err(_) => return,
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = stopping.wait_for(|stop| *stop) => return,
+        }
+    }
+}
