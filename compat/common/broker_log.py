@@ -12,7 +12,13 @@ from common.broker import Broker
 
 def _brokers(item):
     funcargs = getattr(item, "funcargs", None) or {}
-    return [value for value in funcargs.values() if isinstance(value, Broker)]
+    brokers = []
+    for value in funcargs.values():
+        if isinstance(value, Broker):
+            brokers.append(value)
+        # A cluster (compat/common/cluster.py) holds its nodes.
+        brokers.extend(n for n in getattr(value, "nodes", None) or [] if isinstance(n, Broker))
+    return brokers
 
 
 @pytest.hookimpl(hookwrapper=True)

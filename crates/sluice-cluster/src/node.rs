@@ -226,11 +226,7 @@ impl MetadataNode {
             tracing::warn!(node = self.id, %error, "raft did not stop cleanly");
         }
         let _ = self.stop.send(true);
-        let server = self
-            .server
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let server = self.server.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(server) = server {
             let _ = server.await;
         }

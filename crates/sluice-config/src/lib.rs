@@ -37,8 +37,8 @@ pub use error::ConfigError;
 pub use help::{default_value, flag_help, settings_help};
 pub use load::{ConfigLoader, EffectiveValue, LoadedConfig, NON_CONFIG_ENV_VARS, Source};
 pub use model::{
-    AmqpConfig, ClusterConfig, Config, DurabilityMode, HttpConfig, KEYS, KafkaConfig, KeyDoc, LimitsConfig,
-    ListenAddr, LogFormat, LogSettings, LoggingConfig, ParseListenAddrError, SECRET_KEYS,
-    env_var_name, key_doc, redact, split_list,
+    AmqpConfig, ClusterConfig, Config, DurabilityMode, HttpConfig, KEYS, KafkaConfig, KeyDoc,
+    LimitsConfig, ListenAddr, LogFormat, LogSettings, LoggingConfig, ParseListenAddrError,
+    SECRET_KEYS, env_var_name, key_doc, redact, split_list,
 };
 pub use units::{ByteSize, HumanDuration, ParseDurationError, ParseSizeError};

@@ -26,7 +26,9 @@ pub enum CoreError {
         partition: sluice_types::PartitionId,
     },
     /// The partition exists but this node does not lead it.
-    #[error("this node does not lead partition {partition} of topic {topic:?} (its leader is {leader:?})")]
+    #[error(
+        "this node does not lead partition {partition} of topic {topic:?} (its leader is {leader:?})"
+    )]
     NotLeader {
         topic: String,
         partition: sluice_types::PartitionId,

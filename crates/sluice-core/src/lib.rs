@@ -452,7 +452,12 @@ impl Broker {
             host: host.to_owned(),
             port,
         })?;
-        tracing::info!(node = self.node_id, host, port, "registered with the cluster");
+        tracing::info!(
+            node = self.node_id,
+            host,
+            port,
+            "registered with the cluster"
+        );
         Ok(())
     }
 

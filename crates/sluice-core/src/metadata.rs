@@ -214,7 +214,8 @@ fn check(state: &MetadataState, command: &MetadataCommand) -> Result<(), CoreErr
                     ),
                 });
             }
-            if current.replicas.is_empty() != replicas.is_empty() && *partitions > current.partitions
+            if current.replicas.is_empty() != replicas.is_empty()
+                && *partitions > current.partitions
             {
                 return Err(CoreError::InvalidPartitions {
                     topic: name.clone(),
@@ -314,10 +315,7 @@ fn check_replicas(
     } else {
         Err(CoreError::InvalidPartitions {
             topic: topic.to_owned(),
-            reason: format!(
-                "{} placements for {added} new partitions",
-                replicas.len()
-            ),
+            reason: format!("{} placements for {added} new partitions", replicas.len()),
         })
     }
 }
@@ -502,9 +500,10 @@ impl Metadata {
                 let quorum = slot.get().ok_or_else(|| CoreError::Quorum {
                     reason: "this node has not joined the metadata quorum yet".to_owned(),
                 })?;
-                let text = serde_json::to_string(&command).map_err(|error| CoreError::Internal {
-                    reason: format!("cannot encode a metadata command: {error}"),
-                })?;
+                let text =
+                    serde_json::to_string(&command).map_err(|error| CoreError::Internal {
+                        reason: format!("cannot encode a metadata command: {error}"),
+                    })?;
                 answer(&quorum.propose(text)?)
             }
         }

@@ -403,7 +403,10 @@ impl Topics {
                 Err(_) => unmarked == Unmarked::Delete,
             };
             if stale {
-                tracing::info!(log = name, "deleting a partition log left by an earlier topic");
+                tracing::info!(
+                    log = name,
+                    "deleting a partition log left by an earlier topic"
+                );
                 drop(existing);
                 self.logs.delete(&name)?;
             }
@@ -470,7 +473,10 @@ impl Topics {
     }
 
     /// [`Topics::reconcile`] for every topic, runtime or in `state`.
-    pub(crate) fn reconcile_all(&self, state: &BTreeMap<String, TopicMeta>) -> Result<(), CoreError> {
+    pub(crate) fn reconcile_all(
+        &self,
+        state: &BTreeMap<String, TopicMeta>,
+    ) -> Result<(), CoreError> {
         for name in self.names() {
             if !state.contains_key(&name) {
                 self.reconcile(&name, None)?;

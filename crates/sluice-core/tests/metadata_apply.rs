@@ -89,7 +89,10 @@ fn commands_applied_again_keep_live_partitions_and_place_partitions_on_their_nod
         topic.local_partition(PartitionId::from(2)),
         Err(CoreError::UnknownPartition { .. })
     ));
-    assert!(!dir.path().join("logs/t-1").exists(), "partition 1 is node 2's");
+    assert!(
+        !dir.path().join("logs/t-1").exists(),
+        "partition 1 is node 2's"
+    );
     append(&broker, b"kept");
 
     // Applied again, the command is refused and nothing changes.

@@ -6,10 +6,10 @@ use std::io::IsTerminal as _;
 use anyhow::Context as _;
 use std::sync::Arc;
 
+use sluice_cluster::{ClusterQuorum, CoreMachine, MetadataNode, RaftSettings};
 use sluice_config::{
     AmqpConfig, Config, DurabilityMode, KafkaConfig, LogFormat, LogSettings, split_list,
 };
-use sluice_cluster::{ClusterQuorum, CoreMachine, MetadataNode, RaftSettings};
 use sluice_core::{
     Broker, BrokerOptions, ConnectionLimits, DataDirLock, GroupSettings, Lifecycle, Limits,
     Metadata, MetadataMachine, User,
@@ -358,7 +358,8 @@ async fn start_amqp(
 }
 
 /// Installs the global subscriber: filter from `SLUICE_LOG`, else `RUST_LOG`,
-/// else `info`; output to stderr as text or JSON.
+/// else `info` (openraft at `warn` unless the filter names it); output to
+/// stderr as text or JSON.
 fn init_tracing(format: LogFormat) -> anyhow::Result<()> {
     let (variable, directives) = ["SLUICE_LOG", "RUST_LOG"]
         .into_iter()
@@ -369,6 +370,13 @@ fn init_tracing(format: LogFormat) -> anyhow::Result<()> {
                 .map(|value| (name, value))
         })
         .unwrap_or(("the default", "info".to_owned()));
+    // openraft narrates every vote and replication step at INFO; its
+    // warnings are what an operator needs, unless a filter names it.
+    let directives = if directives.contains("openraft") {
+        directives
+    } else {
+        format!("{directives},openraft=warn")
+    };
     let filter = EnvFilter::try_new(&directives)
         .with_context(|| format!("invalid log filter {directives:?} in {variable}"))?;
     let builder = tracing_subscriber::fmt()

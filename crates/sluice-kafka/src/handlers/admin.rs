@@ -51,11 +51,11 @@ pub(crate) async fn delete_records(
                         let result = DeleteRecordsPartitionResult::default()
                             .with_partition_index(p.partition_index)
                             .with_low_watermark(-1);
-                        let partition =
-                            match super::partition_of(found.as_ref(), p.partition_index) {
-                                Ok(partition) => partition,
-                                Err(error) => return result.with_error_code(error.code()),
-                            };
+                        let partition = match super::partition_of(found.as_ref(), p.partition_index)
+                        {
+                            Ok(partition) => partition,
+                            Err(error) => return result.with_error_code(error.code()),
+                        };
                         let target = if p.offset == HIGH_WATERMARK {
                             partition.high_watermark()
                         } else {

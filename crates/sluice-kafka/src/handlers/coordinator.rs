@@ -34,8 +34,6 @@ pub(crate) fn find(
     request: FindCoordinatorRequest,
     version: i16,
 ) -> FindCoordinatorResponse {
-    let node = BrokerId(context.options.node_id);
-    let port = i32::from(context.options.advertised_port);
     // Without transactions there is no coordinator for a transactional id.
     // COORDINATOR_NOT_AVAILABLE would be retried until the client's
     // transaction timeout; TRANSACTIONAL_ID_AUTHORIZATION_FAILED is fatal
@@ -53,23 +51,25 @@ pub(crate) fn find(
             .coordinator_keys
             .into_iter()
             .map(|key| {
+                let (node, host, port) = super::coordinator(context, &key);
                 Coordinator::default()
                     .with_key(key)
-                    .with_node_id(node)
-                    .with_host(context.host())
-                    .with_port(port)
+                    .with_node_id(BrokerId(node))
+                    .with_host(host)
+                    .with_port(i32::from(port))
                     .with_error_code(error)
                     .with_error_message(message.clone())
             })
             .collect();
         return FindCoordinatorResponse::default().with_coordinators(coordinators);
     }
+    let (node, host, port) = super::coordinator(context, &request.key);
     FindCoordinatorResponse::default()
         .with_error_code(error)
         .with_error_message(if version >= 1 { message } else { None })
-        .with_node_id(node)
-        .with_host(context.host())
-        .with_port(port)
+        .with_node_id(BrokerId(node))
+        .with_host(host)
+        .with_port(i32::from(port))
 }
 
 pub(crate) async fn commit(
@@ -77,14 +77,22 @@ pub(crate) async fn commit(
     request: OffsetCommitRequest,
 ) -> OffsetCommitResponse {
     let broker = Arc::clone(&context.broker);
+    let coordinates = super::coordinates(context, &request.group_id);
     let topics = blocking(move || {
         let group = request.group_id.to_string();
-        if let Err(err) = broker.groups().check_commit(
-            &group,
-            request.generation_id_or_member_epoch,
-            &request.member_id,
-        ) {
-            let code = errors::group_code(err).code();
+        let checked = if coordinates {
+            broker
+                .groups()
+                .check_commit(
+                    &group,
+                    request.generation_id_or_member_epoch,
+                    &request.member_id,
+                )
+                .map_err(|err| errors::group_code(err).code())
+        } else {
+            Err(ResponseError::NotCoordinator.code())
+        };
+        if let Err(code) = checked {
             return request
                 .topics
                 .into_iter()
@@ -110,8 +118,10 @@ pub(crate) async fn commit(
             let known = broker.topics().get(&topic.name);
             let mut codes = Vec::new();
             for p in topic.partitions {
+                // On a cluster the partition may be on another node: the
+                // group's coordinator keeps its offsets all the same.
                 let exists = known.as_ref().is_some_and(|t| {
-                    t.partition(sluice_types::PartitionId::from(p.partition_index))
+                    t.replicas(sluice_types::PartitionId::from(p.partition_index))
                         .is_some()
                 });
                 if !exists {
@@ -169,6 +179,10 @@ pub(crate) fn fetch_offsets(
     version: i16,
 ) -> OffsetFetchResponse {
     let group = request.group_id.to_string();
+    if version >= 2 && !super::coordinates(context, &group) {
+        return OffsetFetchResponse::default()
+            .with_error_code(ResponseError::NotCoordinator.code());
+    }
     let offsets = context.broker.offsets();
     let answer = |topic: &str, partition: i32| {
         let committed = offsets.fetch(&group, topic, partition);

@@ -40,6 +40,17 @@ pub(crate) async fn join(
     version: i16,
     client_id: &str,
 ) -> JoinGroupResponse {
+    if !super::coordinates(context, &request.group_id) {
+        let response = JoinGroupResponse::default()
+            .with_error_code(ResponseError::NotCoordinator.code())
+            .with_generation_id(-1);
+        // Before v7 the protocol name is not nullable.
+        return if version < 7 {
+            response.with_protocol_name(Some(StrBytes::default()))
+        } else {
+            response
+        };
+    }
     let join = JoinRequest {
         group_id: request.group_id.to_string(),
         member_id: request.member_id.to_string(),
@@ -98,6 +109,9 @@ pub(crate) async fn sync(
     request: SyncGroupRequest,
     version: i16,
 ) -> SyncGroupResponse {
+    if !super::coordinates(context, &request.group_id) {
+        return SyncGroupResponse::default().with_error_code(ResponseError::NotCoordinator.code());
+    }
     let assignments = request
         .assignments
         .into_iter()
@@ -125,6 +139,9 @@ pub(crate) async fn sync(
 }
 
 pub(crate) fn heartbeat(context: &Context, request: HeartbeatRequest) -> HeartbeatResponse {
+    if !super::coordinates(context, &request.group_id) {
+        return HeartbeatResponse::default().with_error_code(ResponseError::NotCoordinator.code());
+    }
     let result = context.broker.groups().heartbeat(
         &request.group_id,
         request.generation_id,
@@ -138,6 +155,9 @@ pub(crate) fn leave(
     request: LeaveGroupRequest,
     version: i16,
 ) -> LeaveGroupResponse {
+    if !super::coordinates(context, &request.group_id) {
+        return LeaveGroupResponse::default().with_error_code(ResponseError::NotCoordinator.code());
+    }
     let members: Vec<(String, Option<String>)> = if version >= 3 {
         request
             .members

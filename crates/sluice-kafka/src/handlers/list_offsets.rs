@@ -38,11 +38,11 @@ pub(crate) async fn handle(
                             .with_timestamp(-1)
                             .with_offset(-1)
                             .with_leader_epoch(-1);
-                        let partition =
-                            match super::partition_of(found.as_ref(), p.partition_index) {
-                                Ok(partition) => partition,
-                                Err(error) => return answer.with_error_code(error.code()),
-                            };
+                        let partition = match super::partition_of(found.as_ref(), p.partition_index)
+                        {
+                            Ok(partition) => partition,
+                            Err(error) => return answer.with_error_code(error.code()),
+                        };
                         let answer = answer.with_leader_epoch(if version >= 4 {
                             partition.leader_epoch().get()
                         } else {

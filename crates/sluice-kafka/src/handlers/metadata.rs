@@ -112,9 +112,7 @@ fn describe(topic: &Topic, node: BrokerId, version: i16) -> MetadataResponseTopi
             };
             // The partition's epoch where this node holds it; elsewhere
             // its leader knows it and answers with it.
-            let epoch = topic
-                .partition(id)
-                .map_or(0, |p| p.leader_epoch().get());
+            let epoch = topic.partition(id).map_or(0, |p| p.leader_epoch().get());
             MetadataResponsePartition::default()
                 .with_partition_index(index)
                 .with_leader_id(replicas[0])

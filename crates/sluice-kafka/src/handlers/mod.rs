@@ -216,6 +216,26 @@ pub(crate) fn nodes(context: &Context) -> Vec<(i32, StrBytes, u16)> {
     nodes
 }
 
+/// The node coordinating `group` (id, host, port): on a cluster, one of
+/// the nodes picked by the group's name, the same on every node (Kafka
+/// picks the leader of the group's `__consumer_offsets` partition); this
+/// node on a cluster of one.
+pub(crate) fn coordinator(context: &Context, group: &str) -> (i32, StrBytes, u16) {
+    let mut nodes = nodes(context);
+    // FNV-1a: stable across nodes and releases, unlike the std hasher.
+    let hash = group.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let index = (hash % nodes.len().max(1) as u64) as usize;
+    nodes.swap_remove(index.min(nodes.len() - 1))
+}
+
+/// Whether this node coordinates `group`; the others answer its requests
+/// with NOT_COORDINATOR, so clients ask FindCoordinator again.
+pub(crate) fn coordinates(context: &Context, group: &str) -> bool {
+    coordinator(context, group).0 == context.options.node_id
+}
+
 /// A partition of a topic that may not exist, or the error code for it:
 /// UNKNOWN_TOPIC_OR_PARTITION, or NOT_LEADER_OR_FOLLOWER for a partition
 /// another node of the cluster leads.

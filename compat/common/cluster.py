@@ -1,0 +1,85 @@
+"""N `sluice` processes on 127.0.0.1 forming one cluster: each node has its
+own data dir, its own Kafka, AMQP, HTTP and inter-node (cluster.listen)
+ports, and the same `cluster.voters`. Nodes are started and stopped by PID;
+every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+from common.broker import Broker, free_port, wait_until
+
+
+class Cluster:
+    """`size` nodes with ids 1..size (node `i` is `nodes[i - 1]`)."""
+
+    def __init__(self, root: Path, size: int = 3, name: str = "cluster", settings: dict[str, str] | None = None):
+        links = {node: free_port() for node in range(1, size + 1)}
+        voters = ",".join(f"{node}@127.0.0.1:{port}" for node, port in links.items())
+        self.nodes = [
+            Broker(
+                Path(root) / f"node-{node}" / "data",
+                name=f"{name}[node {node}]",
+                settings={
+                    "node.id": str(node),
+                    "cluster.listen": f"127.0.0.1:{port}",
+                    "cluster.voters": voters,
+                    **(settings or {}),
+                },
+            )
+            for node, port in links.items()
+        ]
+
+    def node(self, node_id: int) -> Broker:
+        return self.nodes[node_id - 1]
+
+    @property
+    def bootstrap(self) -> str:
+        """Every running node's Kafka address, comma separated."""
+        return ",".join(n.bootstrap for n in self.nodes if n.alive())
+
+    def start(self) -> None:
+        for node in self.nodes:
+            if not node.alive():
+                node.start()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def wait_registered(self, admin_factory, timeout: float = 30.0) -> dict:
+        """Waits until every running node's Metadata lists every node and
+        names one controller; returns {node id: (host, port)} as seen."""
+
+        def agreed():
+            views = []
+            for node in self.nodes:
+                if not node.alive():
+                    continue
+                metadata = admin_factory(node.bootstrap).list_topics(timeout=5)
+                views.append(
+                    (
+                        metadata.controller_id,
+                        {b.id: (b.host, b.port) for b in metadata.brokers.values()},
+                    )
+                )
+            controllers = {controller for controller, _ in views}
+            brokers = [b for _, b in views]
+            full = all(len(b) == len(self.nodes) for b in brokers)
+            if full and len(controllers) == 1 and -1 not in controllers:
+                return brokers[0]
+            return None
+
+        return wait_until(agreed, timeout, interval=0.3, what="every node to list every node and one controller")
+
+
+@contextlib.contextmanager
+def running_cluster(root: Path, size: int = 3, name: str = "cluster", settings: dict[str, str] | None = None):
+    cluster = Cluster(root, size, name, settings)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
