@@ -12,6 +12,7 @@ pub mod log_store;
 pub mod network;
 pub mod node;
 pub mod quorum;
+pub mod replica;
 pub mod state;
 
 use std::io::Cursor;

@@ -73,7 +73,7 @@ impl Default for NodeConfig {
 
 /// `[cluster]`: how this node reaches the others. Empty `voters` is a
 /// cluster of one.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
     /// HOST:PORT this node's inter-node listener binds (the metadata
@@ -83,6 +83,19 @@ pub struct ClusterConfig {
     /// the same on every node; it must name this node (`node.id`) at its
     /// `listen` address. Read on a node's first start only.
     pub voters: String,
+    /// A follower that has not caught up with its leader for this long
+    /// leaves the in-sync replicas (Kafka's `replica.lag.time.max.ms`).
+    pub replica_lag_max: HumanDuration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            listen: String::new(),
+            voters: String::new(),
+            replica_lag_max: HumanDuration::from_secs(30),
+        }
+    }
 }
 
 impl ClusterConfig {
@@ -452,6 +465,10 @@ pub const KEYS: &[KeyDoc] = &[
     KeyDoc {
         key: "cluster.voters",
         description: "Initial controller quorum, id@host:port,...; empty runs a cluster of one",
+    },
+    KeyDoc {
+        key: "cluster.replica_lag_max",
+        description: "A follower behind its leader this long leaves the in-sync replicas (replica.lag.time.max.ms)",
     },
     KeyDoc {
         key: "kafka.listen",

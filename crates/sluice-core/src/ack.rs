@@ -23,7 +23,14 @@ pub enum AckLevel {
     Written,
     /// Synced to this node's disk.
     LocalDurable,
+    /// On every in-sync replica of a replicated partition (the high
+    /// watermark passed it): Kafka's acks=all.
+    InSync,
 }
+
+/// Longest an acknowledgement waits for the in-sync replicas (Kafka's
+/// producer `request.timeout.ms` default).
+pub(crate) const IN_SYNC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// An acknowledgement that may still have to wait: of a stream or topic
 /// partition, or of a durable queue's message log.
@@ -64,6 +71,29 @@ impl PendingAck {
         self.level
     }
 
+    /// Raised to wait for every in-sync replica when the target is a
+    /// replicated partition (acks=all); unchanged otherwise.
+    #[must_use]
+    pub fn in_sync(mut self) -> PendingAck {
+        if let AckTarget::Partition(partition) = &self.target
+            && partition.replication().is_some()
+        {
+            self.level = AckLevel::InSync;
+        }
+        self
+    }
+
+    /// Whether the partition's own disk must have the records first: its
+    /// level asks for it, or the in-sync level on a log synced on every
+    /// write (the leader counts what it has synced).
+    fn needs_local_sync(&self, partition: &Partition) -> bool {
+        match self.level {
+            AckLevel::Written => false,
+            AckLevel::LocalDurable => true,
+            AckLevel::InSync => partition.log().durability() == sluice_log::Durability::Always,
+        }
+    }
+
     /// Waits until the append reached its level, sharing the write and the
     /// sync with concurrent appenders; a partition's readers are woken
     /// afterwards, even when the sync failed. Blocking.
@@ -80,13 +110,23 @@ impl PendingAck {
                 Ok(())
             }
             AckTarget::Partition(partition) => {
-                let synced = if self.level >= AckLevel::LocalDurable {
+                let synced = if self.needs_local_sync(partition) {
                     partition.log().sync_to(self.end)
                 } else {
                     Ok(())
                 };
                 partition.wake_readers();
-                Ok(synced?)
+                synced?;
+                match partition.replication() {
+                    Some(replication) if self.level == AckLevel::InSync => {
+                        if replication.reached_blocking(self.end, IN_SYNC_TIMEOUT) {
+                            Ok(())
+                        } else {
+                            Err(timed_out())
+                        }
+                    }
+                    _ => Ok(()),
+                }
             }
         }
     }
@@ -100,13 +140,23 @@ impl PendingAck {
     pub async fn wait_async(&self) -> Result<(), CoreError> {
         match &self.target {
             AckTarget::Partition(partition) => {
-                let synced = if self.level >= AckLevel::LocalDurable {
+                let synced = if self.needs_local_sync(partition) {
                     partition.synced_to(self.end).await
                 } else {
                     Ok(())
                 };
                 partition.wake_readers();
-                synced
+                synced?;
+                match partition.replication() {
+                    Some(replication) if self.level == AckLevel::InSync => {
+                        if replication.reached(self.end, IN_SYNC_TIMEOUT).await {
+                            Ok(())
+                        } else {
+                            Err(timed_out())
+                        }
+                    }
+                    _ => Ok(()),
+                }
             }
             AckTarget::Queue(_) => {
                 let ack = self.clone();
@@ -126,6 +176,12 @@ impl PendingAck {
             (AckTarget::Partition(a), AckTarget::Partition(b)) => Arc::ptr_eq(a, b),
             _ => false,
         }
+    }
+}
+
+fn timed_out() -> CoreError {
+    CoreError::ReplicationTimedOut {
+        waited_ms: u64::try_from(IN_SYNC_TIMEOUT.as_millis()).unwrap_or(u64::MAX),
     }
 }
 

@@ -34,6 +34,18 @@ pub enum CoreError {
         partition: sluice_types::PartitionId,
         leader: Option<i32>,
     },
+    /// More replicas than nodes, or none.
+    #[error(
+        "topic {topic:?}: a replication factor of {replication} needs as many nodes; the cluster has {nodes}"
+    )]
+    InvalidReplication {
+        topic: String,
+        replication: usize,
+        nodes: usize,
+    },
+    /// acks=all: the in-sync replicas did not all take the records in time.
+    #[error("the in-sync replicas did not take the records within {waited_ms} ms")]
+    ReplicationTimedOut { waited_ms: u64 },
     /// The metadata quorum did not commit a change.
     #[error("the metadata quorum did not answer: {reason}")]
     Quorum { reason: String },

@@ -31,6 +31,7 @@ mod partition;
 mod producers;
 mod recovery;
 mod replay;
+pub mod replication;
 mod topic_config;
 mod topics;
 mod users;

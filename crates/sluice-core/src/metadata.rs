@@ -76,6 +76,13 @@ pub enum MetadataCommand {
     AllocateProducerIds {
         end: i64,
     },
+    /// The in-sync replicas of a partition (KRaft's PartitionChangeRecord,
+    /// as the partition's leader asks through AlterPartition).
+    SetInSync {
+        name: String,
+        partition: u32,
+        in_sync: Vec<i32>,
+    },
     /// A node of the cluster and where Kafka clients reach it (KRaft's
     /// broker registration); registering again replaces the address.
     RegisterBroker {
@@ -109,6 +116,21 @@ pub(crate) struct TopicMeta {
     /// The nodes holding each partition, leader first; empty on a cluster
     /// of one.
     pub(crate) replicas: Vec<Vec<i32>>,
+    /// The in-sync replicas of the partitions where they are not all of
+    /// `replicas`.
+    pub(crate) in_sync: BTreeMap<u32, Vec<i32>>,
+}
+
+impl TopicMeta {
+    /// The in-sync replicas of `partition` (its replicas, unless changed).
+    pub(crate) fn in_sync_of(&self, partition: u32) -> Vec<i32> {
+        self.in_sync.get(&partition).cloned().unwrap_or_else(|| {
+            self.replicas
+                .get(partition as usize)
+                .cloned()
+                .unwrap_or_default()
+        })
+    }
 }
 
 /// Where Kafka clients reach a node.
@@ -149,17 +171,22 @@ impl MetadataState {
                 end: self.producer_ids_end,
             });
         }
-        commands.extend(
-            self.topics
-                .iter()
-                .map(|(name, topic)| MetadataCommand::CreateTopic {
+        for (name, topic) in &self.topics {
+            commands.push(MetadataCommand::CreateTopic {
+                name: name.clone(),
+                id: topic.id.clone(),
+                partitions: topic.partitions,
+                config: topic.config.clone(),
+                replicas: topic.replicas.clone(),
+            });
+            commands.extend(topic.in_sync.iter().map(|(partition, in_sync)| {
+                MetadataCommand::SetInSync {
                     name: name.clone(),
-                    id: topic.id.clone(),
-                    partitions: topic.partitions,
-                    config: topic.config.clone(),
-                    replicas: topic.replicas.clone(),
-                }),
-        );
+                    partition: *partition,
+                    in_sync: in_sync.clone(),
+                }
+            }));
+        }
         // Keys order exchanges, then queues, then bindings.
         commands.extend(self.definitions.values().map(|d| match d {
             Definition::Exchange(e) => MetadataCommand::DeclareExchange(e.clone()),
@@ -227,6 +254,31 @@ fn check(state: &MetadataState, command: &MetadataCommand) -> Result<(), CoreErr
         MetadataCommand::SetTopicConfig { name, .. } | MetadataCommand::DeleteTopic { name } => {
             topic(name).map(|_| ())
         }
+        MetadataCommand::SetInSync {
+            name,
+            partition,
+            in_sync,
+        } => {
+            let replicas = topic(name)?
+                .replicas
+                .get(*partition as usize)
+                .cloned()
+                .unwrap_or_default();
+            let valid = replicas
+                .first()
+                .is_some_and(|leader| in_sync.contains(leader))
+                && in_sync.iter().all(|r| replicas.contains(r));
+            if valid {
+                Ok(())
+            } else {
+                Err(CoreError::InvalidPartitions {
+                    topic: name.clone(),
+                    reason: format!(
+                        "in-sync replicas {in_sync:?} of partition {partition} are not the leader and some of {replicas:?}"
+                    ),
+                })
+            }
+        }
         MetadataCommand::AllocateProducerIds { end } if *end <= state.producer_ids_end => {
             Err(CoreError::Internal {
                 reason: format!(
@@ -265,6 +317,7 @@ pub(crate) fn apply(state: &mut MetadataState, command: MetadataCommand) -> Resu
                     partitions,
                     config,
                     replicas,
+                    in_sync: BTreeMap::new(),
                 },
             );
         }
@@ -285,6 +338,19 @@ pub(crate) fn apply(state: &mut MetadataState, command: MetadataCommand) -> Resu
         }
         MetadataCommand::DeleteTopic { name } => {
             topics.remove(&name);
+        }
+        MetadataCommand::SetInSync {
+            name,
+            partition,
+            in_sync,
+        } => {
+            if let Some(topic) = topics.get_mut(&name) {
+                if topic.replicas.get(partition as usize) == Some(&in_sync) {
+                    topic.in_sync.remove(&partition);
+                } else {
+                    topic.in_sync.insert(partition, in_sync);
+                }
+            }
         }
         MetadataCommand::AllocateProducerIds { end } => state.producer_ids_end = end,
         MetadataCommand::RegisterBroker { node, host, port } => {
@@ -565,6 +631,7 @@ fn topic_of(command: &MetadataCommand) -> Option<&str> {
         MetadataCommand::CreateTopic { name, .. }
         | MetadataCommand::GrowTopic { name, .. }
         | MetadataCommand::SetTopicConfig { name, .. }
+        | MetadataCommand::SetInSync { name, .. }
         | MetadataCommand::DeleteTopic { name } => Some(name),
         _ => None,
     }

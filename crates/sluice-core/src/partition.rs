@@ -36,6 +36,8 @@ pub struct Partition {
     pub(crate) producers: ProducerStates,
     pub(crate) traffic: PartitionTraffic,
     pub(crate) syncs: SyncDriver,
+    /// Set when the partition has replicas on other nodes.
+    pub(crate) replication: Option<crate::replication::Replication>,
 }
 
 /// Runs a partition's syncs for acknowledgements awaited on the async
@@ -171,11 +173,106 @@ impl Partition {
     /// The offset below which consumers see records: the synced end under
     /// durability `always`, the log end otherwise. Lock-free.
     pub fn high_watermark(&self) -> Offset {
+        match &self.replication {
+            Some(replication) => replication.high_watermark(),
+            None => self.own_end(),
+        }
+    }
+
+    /// What this node has of the partition by the single-node rule: the
+    /// synced end under durability `always`, the log end otherwise.
+    fn own_end(&self) -> Offset {
         if self.visible_when_synced.load(Ordering::Acquire) {
             self.log.durable_end()
         } else {
             self.log.log_end()
         }
+    }
+
+    /// Whether this node takes produce requests for the partition: it is
+    /// its leader, or the partition is not replicated.
+    pub fn is_leader(&self) -> bool {
+        self.replication.as_ref().is_none_or(|r| r.is_leader())
+    }
+
+    /// The partition's leader, replicas and in-sync replicas; `None` when
+    /// it is not replicated.
+    pub fn replica_set(&self) -> Option<(i32, Vec<i32>, Vec<i32>)> {
+        self.replication
+            .as_ref()
+            .map(|r| (r.leader(), r.replicas().to_vec(), r.in_sync()))
+    }
+
+    /// On the leader: follower `replica` asks for records from `offset`,
+    /// so its log ends there; the high watermark may move.
+    pub fn replica_fetched(&self, replica: i32, offset: Offset) {
+        if let Some(replication) = &self.replication {
+            replication.fetched(replica, offset, self.log.log_end(), self.own_end());
+        }
+    }
+
+    /// On the leader: whole batches from `from` up to the log end (not the
+    /// high watermark), for a follower's fetch.
+    ///
+    /// # Errors
+    /// [`sluice_log::LogError::OffsetOutOfRange`] and read errors.
+    pub fn read_for_replica(&self, from: Offset, budget: usize) -> Result<Bytes, CoreError> {
+        let read = self
+            .log
+            .read(from, budget, ReadBound::Upto(self.log.log_end()))?;
+        Ok(read.records)
+    }
+
+    /// Resolves once records were written on the leader (before they are
+    /// synced): a follower's fetch waits on it.
+    pub fn replica_written(&self) -> Option<tokio::sync::futures::Notified<'_>> {
+        self.replication.as_ref().map(|r| r.written.notified())
+    }
+
+    /// On a follower: appends batches fetched from the leader as they are
+    /// (offsets and epochs kept), makes them durable as the log's
+    /// durability asks, and takes the leader's high watermark. Blocking.
+    ///
+    /// # Errors
+    /// The log's refusal (a batch that does not start at the log end).
+    pub fn append_from_leader(
+        &self,
+        batches: &mut [u8],
+        leader_high_watermark: Offset,
+    ) -> Result<(), CoreError> {
+        if !batches.is_empty() {
+            let info = self.log.append_replicated(batches)?;
+            if let Ok(headers) = sluice_log::batch::split_verified(batches) {
+                for (_, header) in &headers {
+                    self.producers.replay(header);
+                }
+            }
+            if info.sync_due || self.log.durability() == Durability::Always {
+                self.log.sync_to(info.last_offset.plus(1))?;
+            }
+            if let Some(epoch) = self.log.latest_epoch() {
+                self.leader_epoch.fetch_max(epoch.get(), Ordering::AcqRel);
+            }
+        }
+        if let Some(replication) = &self.replication {
+            replication.follow(leader_high_watermark, self.own_end());
+        }
+        self.appended.notify_waiters();
+        Ok(())
+    }
+
+    /// On a follower: cuts the log back to `offset` (its records past it
+    /// are not the leader's). Blocking.
+    ///
+    /// # Errors
+    /// The log's I/O errors.
+    pub fn truncate_to(&self, offset: Offset) -> Result<Offset, CoreError> {
+        Ok(self.log.truncate_to(offset)?)
+    }
+
+    /// The newest leader epoch in the log.
+    pub fn latest_epoch(&self) -> Option<LeaderEpoch> {
+        self.log.latest_epoch()
     }
 
     /// Sets the high watermark policy from the log's durability; call
@@ -321,7 +418,34 @@ impl Partition {
     }
 
     pub(crate) fn wake_readers(&self) {
+        if let Some(replication) = &self.replication
+            && replication.is_leader()
+        {
+            replication.recompute(self.own_end());
+        }
         self.appended.notify_waiters();
+    }
+
+    /// Right after a write on the leader: followers' fetches go.
+    pub(crate) fn written(&self) {
+        if let Some(replication) = &self.replication {
+            replication.written.notify_waiters();
+            if replication.is_leader() && !self.visible_when_synced.load(Ordering::Acquire) {
+                replication.recompute(self.own_end());
+            }
+        }
+    }
+
+    /// Takes the in-sync replicas the metadata now names.
+    pub(crate) fn set_in_sync(&self, in_sync: Vec<i32>) {
+        if let Some(replication) = &self.replication {
+            replication.set_in_sync(in_sync, self.own_end());
+        }
+    }
+
+    /// The replication, when the partition has replicas elsewhere.
+    pub(crate) fn replication(&self) -> Option<&crate::replication::Replication> {
+        self.replication.as_ref()
     }
 
     /// Waits, without holding a thread, until everything below `end` is on
@@ -483,6 +607,7 @@ pub(crate) fn test_partition(dir: &std::path::Path) -> Partition {
         producers: ProducerStates::default(),
         traffic: PartitionTraffic::default(),
         syncs: SyncDriver::default(),
+        replication: None,
     }
 }
 

@@ -34,6 +34,8 @@ struct TopicState {
     /// The nodes holding each partition, leader first; empty on a cluster
     /// of one.
     replicas: Vec<Vec<i32>>,
+    /// The in-sync replicas where they are not all the replicas.
+    in_sync: BTreeMap<u32, Vec<i32>>,
     /// The partitions this node holds, by index.
     partitions: BTreeMap<u32, Arc<Partition>>,
 }
@@ -93,6 +95,20 @@ impl Topic {
         )
     }
 
+    /// The in-sync replicas of partition `id` as the metadata names them
+    /// (on any node); empty on a cluster of one.
+    pub fn in_sync(&self, id: PartitionId) -> Vec<i32> {
+        let index = u32::try_from(id.get()).unwrap_or(u32::MAX);
+        let state = self.state();
+        state.in_sync.get(&index).cloned().unwrap_or_else(|| {
+            state
+                .replicas
+                .get(index as usize)
+                .cloned()
+                .unwrap_or_default()
+        })
+    }
+
     /// Partition `id` of this node, or why not: the topic has no such
     /// partition, or another node leads it.
     ///
@@ -100,6 +116,13 @@ impl Topic {
     /// [`CoreError::UnknownPartition`] or [`CoreError::NotLeader`].
     pub fn local_partition(&self, id: PartitionId) -> Result<Arc<Partition>, CoreError> {
         if let Some(partition) = self.partition(id) {
+            if !partition.is_leader() {
+                return Err(CoreError::NotLeader {
+                    topic: self.name.to_string(),
+                    partition: id,
+                    leader: partition.replica_set().map(|(leader, _, _)| leader),
+                });
+            }
             return Ok(partition);
         }
         match self.replicas(id) {
@@ -197,6 +220,7 @@ impl Topic {
         if first.producer_id < 0 {
             let info = target.log.append_unsynced(records, target.leader_epoch())?;
             target.traffic.add_in(record_count, byte_count);
+            target.written();
             return Ok(appended(target, info));
         }
         // Idempotent: check and write under the partition's producer lock,
@@ -231,6 +255,7 @@ impl Topic {
             }
         };
         drop(producers);
+        target.written();
         Ok(appended(target, info))
     }
 }
@@ -259,6 +284,15 @@ pub struct Appended {
 }
 
 impl Appended {
+    /// Waits for every in-sync replica too, on a replicated partition
+    /// (Kafka's acks=all).
+    pub fn in_sync(self) -> Appended {
+        Appended {
+            info: self.info,
+            ack: self.ack.in_sync(),
+        }
+    }
+
     /// Waits until the append reached its acknowledgement level (sharing
     /// the sync with concurrent appends), then wakes readers. Blocking.
     ///
@@ -350,6 +384,7 @@ impl Topics {
                 config,
                 count: 0,
                 replicas: Vec::new(),
+                in_sync: BTreeMap::new(),
                 partitions: BTreeMap::new(),
             }),
         });
@@ -376,7 +411,13 @@ impl Topics {
                 .get(index as usize)
                 .is_none_or(|replicas| replicas.contains(&node));
             if local {
-                let partition = self.open_partition(topic, index, &config, unmarked)?;
+                let replicas = meta
+                    .replicas
+                    .get(index as usize)
+                    .cloned()
+                    .unwrap_or_default();
+                let placement = (replicas.len() > 1).then(|| (replicas, meta.in_sync_of(index)));
+                let partition = self.open_partition(topic, index, &config, unmarked, placement)?;
                 opened.push((index, partition));
             }
         }
@@ -384,6 +425,7 @@ impl Topics {
         state.partitions.extend(opened);
         state.count = state.count.max(meta.partitions);
         state.replicas.clone_from(&meta.replicas);
+        state.in_sync.clone_from(&meta.in_sync);
         Ok(())
     }
 
@@ -393,6 +435,7 @@ impl Topics {
         index: u32,
         config: &TopicConfig,
         unmarked: Unmarked,
+        placement: Option<(Vec<i32>, Vec<i32>)>,
     ) -> Result<Arc<Partition>, CoreError> {
         let name = log_name(&topic.name, index);
         let marker = format!("topic_id: {}\n", hex(&topic.id));
@@ -434,6 +477,14 @@ impl Topics {
             producers,
             traffic: PartitionTraffic::default(),
             syncs: crate::partition::SyncDriver::default(),
+            replication: placement.map(|(replicas, in_sync)| {
+                crate::replication::Replication::new(
+                    self.metadata.node_id(),
+                    replicas,
+                    in_sync,
+                    Offset::from(0),
+                )
+            }),
         }))
     }
 
@@ -448,6 +499,14 @@ impl Topics {
             (Some(_), None) => self.remove(name),
             (Some(topic), Some(meta)) if same_id(&topic, meta) => {
                 self.open_added(&topic, meta, Unmarked::Delete)?;
+                for partition in topic.partitions() {
+                    if let Some(replication) = partition.replication() {
+                        let in_sync = meta.in_sync_of(partition.id.get() as u32);
+                        if replication.in_sync() != in_sync {
+                            partition.set_in_sync(in_sync);
+                        }
+                    }
+                }
                 if topic.config().overrides() != &meta.config {
                     let config = TopicConfig::new(meta.config.clone()).map_err(|e| {
                         CoreError::TopicRecord {
@@ -531,6 +590,54 @@ impl Topics {
         names
     }
 
+    /// The partitions this node follows (it holds a replica another node
+    /// leads), with their leaders.
+    pub fn followed(&self) -> Vec<(i32, Arc<Partition>)> {
+        let topics: Vec<Arc<Topic>> = self.read().values().cloned().collect();
+        topics
+            .iter()
+            .flat_map(|t| t.partitions())
+            .filter_map(|p| {
+                let leader = p.replication().filter(|r| !r.is_leader())?.leader();
+                Some((leader, p))
+            })
+            .collect()
+    }
+
+    /// The partitions this node leads whose in-sync replicas should change
+    /// (a follower lagged for `max_lag`, or one caught up), with the set
+    /// each should have.
+    pub fn in_sync_changes(&self, max_lag: std::time::Duration) -> Vec<(Arc<Partition>, Vec<i32>)> {
+        let topics: Vec<Arc<Topic>> = self.read().values().cloned().collect();
+        topics
+            .iter()
+            .flat_map(|t| t.partitions())
+            .filter_map(|p| {
+                let wanted = p.replication()?.wanted_in_sync(max_lag)?;
+                Some((p, wanted))
+            })
+            .collect()
+    }
+
+    /// Commits a partition's new in-sync replicas (the leader asks the
+    /// controller, as Kafka's AlterPartition). Blocking.
+    ///
+    /// # Errors
+    /// The metadata's refusal or [`CoreError::Quorum`].
+    pub fn set_in_sync(&self, partition: &Partition, in_sync: Vec<i32>) -> Result<(), CoreError> {
+        tracing::info!(
+            topic = %partition.topic,
+            partition = %partition.id,
+            ?in_sync,
+            "changing the in-sync replicas"
+        );
+        self.metadata.commit(MetadataCommand::SetInSync {
+            name: partition.topic.to_string(),
+            partition: partition.id.get() as u32,
+            in_sync,
+        })
+    }
+
     /// The metadata behind the topics (nodes, the quorum).
     pub fn metadata(&self) -> &Arc<Metadata> {
         &self.metadata
@@ -573,9 +680,20 @@ impl Topics {
     }
 
     /// Where partitions `from..to` of topic `name` go: nothing on a
-    /// cluster of one; on a cluster, one registered node each, in turn
-    /// from a node picked by the name (Kafka spreads leaders the same way).
-    fn place(&self, name: &str, from: u32, to: u32) -> Result<Vec<Vec<i32>>, CoreError> {
+    /// cluster of one; on a cluster, `replication` registered nodes each,
+    /// the leaders in turn from a node picked by the name and each
+    /// partition's followers the nodes after its leader (Kafka spreads
+    /// replicas the same way).
+    ///
+    /// # Errors
+    /// [`CoreError::InvalidReplication`] for more replicas than nodes.
+    fn place(
+        &self,
+        name: &str,
+        from: u32,
+        to: u32,
+        replication: u16,
+    ) -> Result<Vec<Vec<i32>>, CoreError> {
         if !self.metadata.clustered() {
             return Ok(Vec::new());
         }
@@ -585,11 +703,23 @@ impl Topics {
                 reason: "no node has registered with the controller yet".to_owned(),
             });
         }
+        let replication = usize::from(replication);
+        if replication == 0 || replication > nodes.len() {
+            return Err(CoreError::InvalidReplication {
+                topic: name.to_owned(),
+                replication,
+                nodes: nodes.len(),
+            });
+        }
         let start = name
             .bytes()
             .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize));
         Ok((from..to)
-            .map(|p| vec![nodes[(start + p as usize) % nodes.len()]])
+            .map(|p| {
+                (0..replication)
+                    .map(|r| nodes[(start + p as usize + r) % nodes.len()])
+                    .collect()
+            })
             .collect())
     }
 
@@ -605,7 +735,29 @@ impl Topics {
         partitions: u32,
         config: TopicConfig,
     ) -> Result<Arc<Topic>, CoreError> {
+        self.create_replicated(name, partitions, 1, config)
+    }
+
+    /// As [`Topics::create`], each partition on `replication` nodes of a
+    /// cluster (a cluster of one takes only 1).
+    ///
+    /// # Errors
+    /// As [`Topics::create`]; [`CoreError::InvalidReplication`].
+    pub fn create_replicated(
+        &self,
+        name: &str,
+        partitions: u32,
+        replication: u16,
+        config: TopicConfig,
+    ) -> Result<Arc<Topic>, CoreError> {
         self.validate_new(name, partitions)?;
+        if !self.metadata.clustered() && replication != 1 {
+            return Err(CoreError::InvalidReplication {
+                topic: name.to_owned(),
+                replication: usize::from(replication),
+                nodes: 1,
+            });
+        }
         let writer = self.metadata.writer();
         // Checked again in the writers' order: concurrent creations passed
         // `validate_new` together.
@@ -623,7 +775,7 @@ impl Topics {
             id: hex(&new_id(name)),
             partitions,
             config: config.overrides().clone(),
-            replicas: self.place(name, 0, partitions)?,
+            replicas: self.place(name, 0, partitions, replication)?,
         })?;
         drop(writer);
         self.get(name).ok_or_else(|| CoreError::UnknownTopic {
@@ -676,10 +828,14 @@ impl Topics {
         if validate_only {
             return Ok(());
         }
+        // Added partitions get as many replicas as the first has.
+        let replication = topic
+            .replicas(PartitionId::from(0))
+            .map_or(1, |r| u16::try_from(r.len().max(1)).unwrap_or(1));
         self.metadata.commit(MetadataCommand::GrowTopic {
             name: name.to_owned(),
             partitions: total,
-            replicas: self.place(name, current, total)?,
+            replicas: self.place(name, current, total, replication)?,
         })?;
         drop(writer);
         tracing::info!(topic = name, partitions = total, "partitions added");

@@ -11,7 +11,10 @@ pub(crate) fn code(err: &CoreError) -> ResponseError {
             ResponseError::UnknownTopicOrPartition
         }
         CoreError::NotLeader { .. } => ResponseError::NotLeaderOrFollower,
-        CoreError::Quorum { .. } => ResponseError::RequestTimedOut,
+        CoreError::Quorum { .. } | CoreError::ReplicationTimedOut { .. } => {
+            ResponseError::RequestTimedOut
+        }
+        CoreError::InvalidReplication { .. } => ResponseError::InvalidReplicationFactor,
         CoreError::TopicExists { .. } => ResponseError::TopicAlreadyExists,
         CoreError::InvalidTopicName { .. } => ResponseError::InvalidTopicException,
         CoreError::InvalidPartitions { .. } => ResponseError::InvalidPartitions,

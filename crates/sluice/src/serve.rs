@@ -133,6 +133,17 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
                 port,
                 stopping,
             ));
+            let stopping = lifecycle.stopping();
+            lifecycle.serve(sluice_cluster::replica::run_fetchers(
+                Arc::clone(&broker),
+                stopping,
+            ));
+            let stopping = lifecycle.stopping();
+            lifecycle.serve(sluice_cluster::replica::run_in_sync_checks(
+                Arc::clone(&broker),
+                config.cluster.replica_lag_max.get(),
+                stopping,
+            ));
         }
         let amqp = start_amqp(
             &config.amqp,

@@ -37,6 +37,13 @@ pub(crate) async fn handle(
     let wait = Duration::from_millis(u64::try_from(request.max_wait_ms).unwrap_or(0)).min(MAX_WAIT);
     let deadline = Instant::now() + wait;
     let min_bytes = usize::try_from(request.min_bytes).unwrap_or(0);
+    // A follower of the cluster fetching as a replica (KIP-392 moved the id
+    // into replica_state in v15); consumers send -1.
+    let replica = if version >= 15 {
+        request.replica_state.replica_id.0
+    } else {
+        request.replica_id.0
+    };
     let max_bytes = usize::try_from(request.max_bytes).unwrap_or(0).max(1);
     let wanted: Arc<Vec<Wanted>> = Arc::new(
         request
@@ -60,14 +67,22 @@ pub(crate) async fn handle(
         let mut woken: Vec<Pin<Box<tokio::sync::futures::Notified<'_>>>> = wanted
             .iter()
             .filter_map(|w| w.target.as_ref().ok())
-            .map(|p| Box::pin(p.appended()))
+            .map(|p| {
+                let written = if replica >= 0 {
+                    p.replica_written()
+                } else {
+                    None
+                };
+                Box::pin(written.unwrap_or_else(|| p.appended()))
+            })
             .collect();
         for notified in &mut woken {
             notified.as_mut().enable();
         }
         // Reads below the high watermark are recent data, in the page
         // cache: they run in place rather than on the blocking pool.
-        let (results, total, failed) = read_all(&context.broker, &wanted, max_bytes, version);
+        let (results, total, failed) =
+            read_all(&context.broker, &wanted, max_bytes, version, replica);
         if total >= min_bytes || failed || Instant::now() >= deadline {
             return response(&wanted, results);
         }
@@ -93,6 +108,7 @@ fn read_all(
     wanted: &[Wanted],
     max_bytes: usize,
     version: i16,
+    replica: i32,
 ) -> (Vec<PartitionData>, usize, bool) {
     let mut total = 0usize;
     let mut failed = false;
@@ -118,6 +134,11 @@ fn read_all(
             } else {
                 w.max_bytes.min(max_bytes.saturating_sub(total))
             };
+            if replica >= 0 {
+                // Its fetch offset is where its log ends: the high
+                // watermark may move before it is read below.
+                partition.replica_fetched(replica, Offset::from(w.fetch_offset));
+            }
             let high_watermark = partition.high_watermark().get();
             let base = base
                 .with_high_watermark(high_watermark)
@@ -129,6 +150,18 @@ fn read_all(
                 });
             if budget == 0 {
                 return base.with_records(Some(Bytes::new()));
+            }
+            if replica >= 0 {
+                return match partition.read_for_replica(Offset::from(w.fetch_offset), budget) {
+                    Ok(records) => {
+                        total += records.len();
+                        base.with_records(Some(records))
+                    }
+                    Err(err) => {
+                        failed = true;
+                        base.with_error_code(errors::code(&err).code())
+                    }
+                };
             }
             match partition.read_for_fetch(Offset::from(w.fetch_offset), budget) {
                 Ok(fetched) => {

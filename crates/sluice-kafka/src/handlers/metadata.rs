@@ -117,7 +117,10 @@ fn describe(topic: &Topic, node: BrokerId, version: i16) -> MetadataResponseTopi
                 .with_partition_index(index)
                 .with_leader_id(replicas[0])
                 .with_leader_epoch(epoch)
-                .with_isr_nodes(replicas[..1].to_vec())
+                .with_isr_nodes(match topic.in_sync(id) {
+                    in_sync if in_sync.is_empty() => replicas[..1].to_vec(),
+                    in_sync => in_sync.into_iter().map(BrokerId).collect(),
+                })
                 .with_replica_nodes(replicas)
         })
         .collect();

@@ -116,7 +116,7 @@ pub(crate) async fn start(
     }
 }
 
-/// The replicas in sync with a partition's leader: the one node.
+/// The replicas in sync with an unreplicated partition: its one node.
 const IN_SYNC_REPLICAS: u32 = 1;
 
 fn write(
@@ -135,12 +135,18 @@ fn write(
     // As Kafka: acks=all needs min.insync.replicas in sync, checked before
     // anything is written.
     let min_insync = topic.min_insync_replicas();
-    if acks == -1 && min_insync > IN_SYNC_REPLICAS {
+    let in_sync = topic
+        .partition(PartitionId::from(index))
+        .and_then(|p| p.replica_set())
+        .map_or(IN_SYNC_REPLICAS, |(_, _, in_sync)| {
+            u32::try_from(in_sync.len()).unwrap_or(u32::MAX)
+        });
+    if acks == -1 && min_insync > in_sync {
         tracing::debug!(
             topic = name,
             partition = index,
             min_insync,
-            in_sync = IN_SYNC_REPLICAS,
+            in_sync,
             "produce refused: fewer replicas in sync than min.insync.replicas"
         );
         return Err(ResponseError::NotEnoughReplicas);
@@ -152,6 +158,12 @@ fn write(
     let pending = topic
         .append_start(PartitionId::from(index), &mut records)
         .map_err(|err| refuse(&err))?;
+    // acks=all waits for every in-sync replica of a replicated partition.
+    let pending = if acks == -1 {
+        pending.in_sync()
+    } else {
+        pending
+    };
     Ok((pending, topic.timestamp_type()))
 }
 

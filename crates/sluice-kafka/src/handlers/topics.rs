@@ -55,6 +55,13 @@ fn create_one(
 ) -> CreatableTopicResult {
     let name = topic.name.to_string();
     let result = CreatableTopicResult::default().with_name(topic.name.clone());
+    // On a cluster, partitions get the replicas asked for (-1: one, as
+    // Kafka's default.replication.factor); the nodes are checked there.
+    let clustered = broker.topics().metadata().clustered();
+    let replication = match topic.replication_factor {
+        -1 => 1,
+        factor => u16::try_from(factor).unwrap_or(0),
+    };
     let fail = |code: ResponseError, text: String| {
         result
             .clone()
@@ -66,7 +73,7 @@ fn create_one(
             Ok(partitions) => partitions,
             Err((code, text)) => return fail(code, text),
         }
-    } else if !matches!(topic.replication_factor, -1 | 1) {
+    } else if !clustered && !matches!(topic.replication_factor, -1 | 1) {
         return fail(
             ResponseError::InvalidReplicationFactor,
             format!(
@@ -93,7 +100,12 @@ fn create_one(
     } else {
         broker
             .topics()
-            .create(&name, count, config.clone())
+            .create_replicated(
+                &name,
+                count,
+                if clustered { replication } else { 1 },
+                config.clone(),
+            )
             .map(|_| ())
     };
     if let Err(err) = outcome {
@@ -121,7 +133,11 @@ fn create_one(
     if version >= 5 {
         result = result
             .with_num_partitions(partitions)
-            .with_replication_factor(1)
+            .with_replication_factor(if clustered {
+                i16::try_from(replication).unwrap_or(1)
+            } else {
+                1
+            })
             .with_configs(Some(configs));
     }
     if version >= 7 {

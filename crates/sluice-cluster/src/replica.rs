@@ -1,0 +1,409 @@
+//! Followers fetch from their leaders the way Kafka's replica fetchers
+//! do: one task per leader node, holding one connection to the leader's
+//! Kafka listener, sending Fetch requests (v12) with this node's replica id
+//! for every partition it follows there, each from its own log end. The
+//! leader learns from that offset how far the follower is; the answer
+//! carries records written on the leader (not only those below the high
+//! watermark) and the leader's high watermark. Records are appended
+//! unchanged (offsets and leader epochs kept) and synced as the log's
+//! durability asks before the next fetch reports them.
+//!
+//! Before a partition's first fetch from a leader, and after the leader
+//! answers OFFSET_OUT_OF_RANGE, the follower asks the leader where its own
+//! newest epoch ends (OffsetForLeaderEpoch, KIP-101/279) and cuts its log
+//! there, so a follower never keeps records the leader does not have.
+//!
+//! Requests and responses are `kafka-protocol`'s; only the length-prefixed
+//! framing is written here.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::offset_for_leader_epoch_request::{
+    OffsetForLeaderPartition, OffsetForLeaderTopic,
+};
+use kafka_protocol::messages::{
+    BrokerId, FetchRequest, OffsetForLeaderEpochRequest, RequestHeader, ResponseHeader, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
+use sluice_core::{Broker, Partition};
+use sluice_types::Offset;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+const FETCH_VERSION: i16 = 12;
+const EPOCH_VERSION: i16 = 4;
+/// How long a fetch waits on the leader for new records.
+const FETCH_WAIT_MS: i32 = 500;
+const FETCH_MAX_BYTES: i32 = 16 << 20;
+const PARTITION_MAX_BYTES: i32 = 4 << 20;
+/// Largest response accepted.
+const MAX_RESPONSE: usize = 64 << 20;
+/// How often the set of followed partitions is looked at again.
+const RESCAN: Duration = Duration::from_millis(200);
+/// Pause after a failed exchange with a leader.
+const BACKOFF: Duration = Duration::from_millis(300);
+
+/// Runs the replica fetchers of this node until `stopping`: one task per
+/// leader node it follows partitions of, started and ended as the
+/// metadata changes.
+pub async fn run_fetchers(broker: Arc<Broker>, mut stopping: watch::Receiver<bool>) {
+    let mut running: BTreeMap<i32, tokio::task::JoinHandle<()>> = BTreeMap::new();
+    loop {
+        running.retain(|_, task| !task.is_finished());
+        let leaders: BTreeSet<i32> = broker
+            .topics()
+            .followed()
+            .into_iter()
+            .map(|(leader, _)| leader)
+            .collect();
+        for leader in leaders {
+            running.entry(leader).or_insert_with(|| {
+                tokio::spawn(fetch_from(Arc::clone(&broker), leader, stopping.clone()))
+            });
+        }
+        tokio::select! {
+            () = tokio::time::sleep(RESCAN) => {}
+            _ = stopping.wait_for(|stop| *stop) => break,
+        }
+    }
+    for (_, task) in running {
+        let _ = task.await;
+    }
+}
+
+/// Where Kafka clients (and followers) reach node `node`.
+fn address(broker: &Broker, node: i32) -> Option<String> {
+    broker
+        .topics()
+        .metadata()
+        .brokers()
+        .into_iter()
+        .find(|b| b.node == node)
+        .map(|b| format!("{}:{}", b.host, b.port))
+}
+
+/// One leader's fetcher: runs while this node follows partitions there.
+async fn fetch_from(broker: Arc<Broker>, leader: i32, mut stopping: watch::Receiver<bool>) {
+    let mut link: Option<Link> = None;
+    // Partitions whose log was checked against the leader's history on
+    // this link; a new link checks again.
+    let mut checked: BTreeSet<(String, i32)> = BTreeSet::new();
+    loop {
+        if *stopping.borrow() {
+            return;
+        }
+        let partitions: Vec<Arc<Partition>> = broker
+            .topics()
+            .followed()
+            .into_iter()
+            .filter(|(l, _)| *l == leader)
+            .map(|(_, p)| p)
+            .collect();
+        if partitions.is_empty() {
+            return;
+        }
+        if link.is_none() {
+            let Some(addr) = address(&broker, leader) else {
+                pause(&mut stopping).await;
+                continue;
+            };
+            match TcpStream::connect(&addr).await {
+                Ok(stream) => {
+                    let _ = stream.set_nodelay(true);
+                    link = Some(Link::new(stream, broker.node_id()));
+                    checked.clear();
+                }
+                Err(error) => {
+                    tracing::debug!(leader, %addr, %error, "cannot reach the leader");
+                    pause(&mut stopping).await;
+                    continue;
+                }
+            }
+        }
+        let Some(connection) = link.as_mut() else {
+            continue;
+        };
+        let round = tokio::select! {
+            round = exchange(connection, &partitions, &mut checked) => round,
+            _ = stopping.wait_for(|stop| *stop) => return,
+        };
+        if let Err(reason) = round {
+            tracing::debug!(leader, %reason, "replica fetch failed; reconnecting");
+            link = None;
+            pause(&mut stopping).await;
+        }
+    }
+}
+
+async fn pause(stopping: &mut watch::Receiver<bool>) {
+    tokio::select! {
+        () = tokio::time::sleep(BACKOFF) => {}
+        _ = stopping.wait_for(|stop| *stop) => {}
+    }
+}
+
+fn key(partition: &Partition) -> (String, i32) {
+    (partition.topic().to_owned(), partition.id().get())
+}
+
+/// One round with the leader: the truncation check for partitions not
+/// checked yet, then one fetch for all of them.
+async fn exchange(
+    link: &mut Link,
+    partitions: &[Arc<Partition>],
+    checked: &mut BTreeSet<(String, i32)>,
+) -> Result<(), String> {
+    let unchecked: Vec<&Arc<Partition>> = partitions
+        .iter()
+        .filter(|p| !checked.contains(&key(p)))
+        .collect();
+    if !unchecked.is_empty() {
+        truncate_to_leader(link, &unchecked).await?;
+        checked.extend(unchecked.iter().map(|p| key(p)));
+    }
+    let mut by_topic: BTreeMap<&str, Vec<&Arc<Partition>>> = BTreeMap::new();
+    for partition in partitions {
+        by_topic
+            .entry(partition.topic())
+            .or_default()
+            .push(partition);
+    }
+    let request = FetchRequest::default()
+        .with_replica_id(BrokerId(link.node))
+        .with_max_wait_ms(FETCH_WAIT_MS)
+        .with_min_bytes(1)
+        .with_max_bytes(FETCH_MAX_BYTES)
+        .with_session_epoch(-1)
+        .with_topics(
+            by_topic
+                .iter()
+                .map(|(topic, partitions)| {
+                    FetchTopic::default()
+                        .with_topic(TopicName(StrBytes::from_string((*topic).to_owned())))
+                        .with_partitions(
+                            partitions
+                                .iter()
+                                .map(|p| {
+                                    FetchPartition::default()
+                                        .with_partition(p.id().get())
+                                        .with_fetch_offset(p.log_end().get())
+                                        .with_current_leader_epoch(-1)
+                                        .with_last_fetched_epoch(-1)
+                                        .with_log_start_offset(-1)
+                                        .with_partition_max_bytes(PARTITION_MAX_BYTES)
+                                })
+                                .collect(),
+                        )
+                })
+                .collect(),
+        );
+    let response = link.call(request, FETCH_VERSION).await?;
+    let mut appends = Vec::new();
+    for topic in response.responses {
+        for data in topic.partitions {
+            let Some(partition) = by_topic.get(topic.topic.as_str()).and_then(|ps| {
+                ps.iter()
+                    .find(|p| p.id().get() == data.partition_index)
+                    .map(|p| Arc::clone(p))
+            }) else {
+                continue;
+            };
+            match ResponseError::try_from_code(data.error_code) {
+                None => appends.push((
+                    partition,
+                    data.records.unwrap_or_default(),
+                    Offset::from(data.high_watermark),
+                )),
+                Some(ResponseError::OffsetOutOfRange) => {
+                    checked.remove(&key(&partition));
+                }
+                Some(error) => {
+                    tracing::debug!(topic = %topic.topic.as_str(), partition = data.partition_index, ?error, "the leader refused a replica fetch");
+                }
+            }
+        }
+    }
+    if appends.is_empty() {
+        return Ok(());
+    }
+    // Appending syncs (durability `always`): off the async workers.
+    tokio::task::spawn_blocking(move || {
+        for (partition, records, high_watermark) in appends {
+            let mut records = BytesMut::from(&records[..]);
+            if let Err(error) = partition.append_from_leader(&mut records, high_watermark) {
+                tracing::warn!(topic = partition.topic(), partition = %partition.id(), %error, "cannot append what the leader sent");
+            }
+        }
+    })
+    .await
+    .map_err(|e| format!("append task failed: {e}"))
+}
+
+/// Asks the leader where each partition's newest local epoch ends and cuts
+/// the local log there when it goes further (KIP-101/279).
+async fn truncate_to_leader(link: &mut Link, partitions: &[&Arc<Partition>]) -> Result<(), String> {
+    let with_epochs: Vec<(&Arc<Partition>, i32)> = partitions
+        .iter()
+        .filter_map(|p| p.latest_epoch().map(|e| (*p, e.get())))
+        .collect();
+    if with_epochs.is_empty() {
+        return Ok(());
+    }
+    let mut by_topic: BTreeMap<&str, Vec<OffsetForLeaderPartition>> = BTreeMap::new();
+    for (partition, epoch) in &with_epochs {
+        by_topic.entry(partition.topic()).or_default().push(
+            OffsetForLeaderPartition::default()
+                .with_partition(partition.id().get())
+                .with_current_leader_epoch(-1)
+                .with_leader_epoch(*epoch),
+        );
+    }
+    let request = OffsetForLeaderEpochRequest::default()
+        .with_replica_id(BrokerId(link.node))
+        .with_topics(
+            by_topic
+                .into_iter()
+                .map(|(topic, partitions)| {
+                    OffsetForLeaderTopic::default()
+                        .with_topic(TopicName(StrBytes::from_string(topic.to_owned())))
+                        .with_partitions(partitions)
+                })
+                .collect(),
+        );
+    let response = link.call(request, EPOCH_VERSION).await?;
+    let mut cuts = Vec::new();
+    for topic in response.topics {
+        for result in topic.partitions {
+            if result.error_code != 0 || result.end_offset < 0 {
+                continue;
+            }
+            let Some((partition, _)) = with_epochs.iter().find(|(p, _)| {
+                p.topic() == topic.topic.as_str() && p.id().get() == result.partition
+            }) else {
+                continue;
+            };
+            let end = Offset::from(result.end_offset);
+            if end < partition.log_end() {
+                cuts.push((Arc::clone(partition), end));
+            }
+        }
+    }
+    if cuts.is_empty() {
+        return Ok(());
+    }
+    tokio::task::spawn_blocking(move || {
+        for (partition, end) in cuts {
+            tracing::info!(topic = partition.topic(), partition = %partition.id(), from = %partition.log_end(), to = %end, "truncating to the leader's history");
+            if let Err(error) = partition.truncate_to(end) {
+                tracing::warn!(topic = partition.topic(), partition = %partition.id(), %error, "cannot truncate");
+            }
+        }
+    })
+    .await
+    .map_err(|e| format!("truncate task failed: {e}"))
+}
+
+/// One connection to a leader's Kafka listener.
+struct Link {
+    stream: TcpStream,
+    node: i32,
+    correlation: i32,
+}
+
+impl Link {
+    fn new(stream: TcpStream, node: i32) -> Link {
+        Link {
+            stream,
+            node,
+            correlation: 0,
+        }
+    }
+
+    /// Sends one request and reads its response.
+    async fn call<R>(&mut self, request: R, version: i16) -> Result<R::Response, String>
+    where
+        R: Request + Encodable + HeaderVersion,
+    {
+        self.correlation = self.correlation.wrapping_add(1);
+        let header = RequestHeader::default()
+            .with_request_api_key(R::KEY)
+            .with_request_api_version(version)
+            .with_correlation_id(self.correlation)
+            .with_client_id(Some(StrBytes::from_string(format!(
+                "sluice-replica-{}",
+                self.node
+            ))));
+        let mut body = BytesMut::new();
+        header
+            .encode(&mut body, R::header_version(version))
+            .map_err(|e| e.to_string())?;
+        request
+            .encode(&mut body, version)
+            .map_err(|e| e.to_string())?;
+        let mut frame = BytesMut::with_capacity(4 + body.len());
+        frame.put_u32(u32::try_from(body.len()).map_err(|e| e.to_string())?);
+        frame.extend_from_slice(&body);
+        self.stream
+            .write_all(&frame)
+            .await
+            .map_err(|e| e.to_string())?;
+        let len = self.stream.read_u32().await.map_err(|e| e.to_string())? as usize;
+        if len > MAX_RESPONSE {
+            return Err(format!("a {len}-byte response is over the limit"));
+        }
+        let mut buf = vec![0; len];
+        self.stream
+            .read_exact(&mut buf)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut buf = Bytes::from(buf);
+        let header = ResponseHeader::decode(&mut buf, R::Response::header_version(version))
+            .map_err(|e| e.to_string())?;
+        if header.correlation_id != self.correlation {
+            return Err(format!(
+                "correlation id {} where {} was expected",
+                header.correlation_id, self.correlation
+            ));
+        }
+        let response = R::Response::decode(&mut buf, version).map_err(|e| e.to_string())?;
+        if buf.has_remaining() {
+            tracing::debug!(left = buf.remaining(), "bytes left after a response");
+        }
+        Ok(response)
+    }
+}
+
+/// On the leaders this node has: every second, proposes the in-sync
+/// replicas each partition should have (a follower that has not caught up
+/// for `max_lag` leaves; one that caught up returns), as Kafka's leader
+/// asks the controller with AlterPartition.
+pub async fn run_in_sync_checks(
+    broker: Arc<Broker>,
+    max_lag: Duration,
+    mut stopping: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stopping.wait_for(|stop| *stop) => return,
+        }
+        let checking = Arc::clone(&broker);
+        let done = tokio::task::spawn_blocking(move || {
+            for (partition, in_sync) in checking.topics().in_sync_changes(max_lag) {
+                if let Err(error) = checking.topics().set_in_sync(&partition, in_sync) {
+                    tracing::warn!(topic = partition.topic(), partition = %partition.id(), %error, "cannot change the in-sync replicas");
+                }
+            }
+        })
+        .await;
+        if done.is_err() {
+            return;
+        }
+    }
+}

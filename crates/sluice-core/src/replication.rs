@@ -1,0 +1,235 @@
+//! A partition replicated over several nodes, the way Kafka does it: the
+//! leader takes produce requests; followers fetch from it (Kafka Fetch with
+//! their replica id) and append what they get unchanged; the leader keeps
+//! each follower's log end from its fetch offsets, and the high watermark
+//! is the smallest log end of the in-sync replicas (a replica counts what
+//! it has made durable under `log.durability = always`). acks=all waits
+//! for the high watermark to pass the batch. A follower's high watermark
+//! is the leader's, as its fetch responses carry it, capped by its own end.
+//!
+//! The in-sync set comes from the metadata (the controller commits every
+//! change); the leader proposes a shrink for a follower that has not
+//! caught up for `replica.lag.time.max.ms` and a grow for one that has.
+
+use std::collections::BTreeMap;
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use sluice_types::Offset;
+use tokio::sync::{Notify, watch};
+
+/// Kafka's `replica.lag.time.max.ms` default.
+pub const REPLICA_LAG_MAX: Duration = Duration::from_secs(30);
+
+/// A partition's replication as this node sees it.
+#[derive(Debug)]
+pub(crate) struct Replication {
+    node: i32,
+    leader: i32,
+    replicas: Vec<i32>,
+    state: Mutex<State>,
+    /// The replicated high watermark; only moves forward.
+    high_watermark: watch::Sender<i64>,
+    /// Wakes blocking waiters when the high watermark moves.
+    moved: (Mutex<()>, Condvar),
+    /// Wakes followers' fetches waiting on the leader for new data, as
+    /// soon as it is written (before it is synced).
+    pub(crate) written: Notify,
+}
+
+#[derive(Debug)]
+struct State {
+    in_sync: Vec<i32>,
+    followers: BTreeMap<i32, Follower>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Follower {
+    /// Where its log ends, from its last fetch.
+    end: Offset,
+    /// When it last asked for the leader's end (it had everything).
+    caught_up: Instant,
+}
+
+impl Replication {
+    /// The replication of a partition with `replicas` (leader first) and
+    /// `in_sync`, on node `node`, starting from `high_watermark`.
+    pub(crate) fn new(
+        node: i32,
+        replicas: Vec<i32>,
+        in_sync: Vec<i32>,
+        high_watermark: Offset,
+    ) -> Replication {
+        let now = Instant::now();
+        let leader = replicas.first().copied().unwrap_or(node);
+        let followers = replicas
+            .iter()
+            .filter(|r| **r != leader)
+            .map(|r| {
+                (
+                    *r,
+                    Follower {
+                        end: Offset::from(0),
+                        caught_up: now,
+                    },
+                )
+            })
+            .collect();
+        Replication {
+            node,
+            leader,
+            replicas,
+            state: Mutex::new(State { in_sync, followers }),
+            high_watermark: watch::Sender::new(high_watermark.get()),
+            moved: (Mutex::new(()), Condvar::new()),
+            written: Notify::new(),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn is_leader(&self) -> bool {
+        self.node == self.leader
+    }
+
+    pub(crate) fn leader(&self) -> i32 {
+        self.leader
+    }
+
+    pub(crate) fn replicas(&self) -> &[i32] {
+        &self.replicas
+    }
+
+    pub(crate) fn in_sync(&self) -> Vec<i32> {
+        self.state().in_sync.clone()
+    }
+
+    pub(crate) fn set_in_sync(&self, in_sync: Vec<i32>, own_end: Offset) {
+        self.state().in_sync = in_sync;
+        if self.is_leader() {
+            self.recompute(own_end);
+        }
+    }
+
+    pub(crate) fn high_watermark(&self) -> Offset {
+        Offset::from(*self.high_watermark.borrow())
+    }
+
+    /// Moves the high watermark forward to `to` (never back).
+    fn advance(&self, to: Offset) {
+        let moved = self.high_watermark.send_if_modified(|hw| {
+            if to.get() > *hw {
+                *hw = to.get();
+                true
+            } else {
+                false
+            }
+        });
+        if moved {
+            let _guard = self.moved.0.lock().unwrap_or_else(|e| e.into_inner());
+            self.moved.1.notify_all();
+        }
+    }
+
+    /// On the leader: the high watermark from its own durable end and the
+    /// in-sync followers' ends.
+    pub(crate) fn recompute(&self, own_end: Offset) {
+        let state = self.state();
+        let lowest = state
+            .in_sync
+            .iter()
+            .filter(|r| **r != self.node)
+            .map(|r| state.followers.get(r).map_or(Offset::from(0), |f| f.end))
+            .fold(own_end, Offset::min);
+        drop(state);
+        self.advance(lowest);
+    }
+
+    /// On the leader: follower `replica` fetched from `offset` (so its log
+    /// ends there) while the leader's log ends at `log_end`.
+    pub(crate) fn fetched(&self, replica: i32, offset: Offset, log_end: Offset, own_end: Offset) {
+        {
+            let mut state = self.state();
+            let Some(follower) = state.followers.get_mut(&replica) else {
+                return;
+            };
+            follower.end = offset;
+            if offset >= log_end {
+                follower.caught_up = Instant::now();
+            }
+        }
+        self.recompute(own_end);
+    }
+
+    /// On a follower: the leader's high watermark, capped by what this
+    /// node has (durably, under `always`).
+    pub(crate) fn follow(&self, leader_high_watermark: Offset, own_end: Offset) {
+        self.advance(leader_high_watermark.min(own_end));
+    }
+
+    /// On the leader: in-sync followers that have not caught up for
+    /// `max_lag`, and out-of-sync ones that have reached the high
+    /// watermark. The in-sync set the leader should propose, if it differs.
+    pub(crate) fn wanted_in_sync(&self, max_lag: Duration) -> Option<Vec<i32>> {
+        if !self.is_leader() {
+            return None;
+        }
+        let hw = self.high_watermark();
+        let state = self.state();
+        let now = Instant::now();
+        let wanted: Vec<i32> = self
+            .replicas
+            .iter()
+            .copied()
+            .filter(|r| {
+                if *r == self.node {
+                    return true;
+                }
+                let Some(follower) = state.followers.get(r) else {
+                    return false;
+                };
+                if state.in_sync.contains(r) {
+                    now.duration_since(follower.caught_up) <= max_lag
+                } else {
+                    follower.end >= hw && now.duration_since(follower.caught_up) <= max_lag
+                }
+            })
+            .collect();
+        let mut current = state.in_sync.clone();
+        current.sort_unstable();
+        let mut sorted = wanted.clone();
+        sorted.sort_unstable();
+        (sorted != current).then_some(wanted)
+    }
+
+    /// Waits until the high watermark reaches `end`, or `timeout`.
+    pub(crate) async fn reached(&self, end: Offset, timeout: Duration) -> bool {
+        let mut moved = self.high_watermark.subscribe();
+        tokio::time::timeout(timeout, moved.wait_for(|hw| *hw >= end.get()))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// As [`Replication::reached`], blocking.
+    pub(crate) fn reached_blocking(&self, end: Offset, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut guard = self.moved.0.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if self.high_watermark() >= end {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            guard = self
+                .moved
+                .1
+                .wait_timeout(guard, left.min(Duration::from_millis(100)))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
