@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from confluent_kafka import KafkaError
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
@@ -46,6 +46,33 @@ def create_replicated(bootstrap: str, topic: str, partitions: int, replicas: int
         [NewTopic(topic, partitions, replicas, config=config or {})], operation_timeout=15
     )
     futures[topic].result(timeout=30)
+
+
+def read_to_end(bootstrap: str, topic: str, partition: int) -> list[bytes]:
+    """Every record of one partition below its high watermark, in order."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{time.monotonic_ns()}",
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+        consumer.assign([TopicPartition(topic, partition, 0)])
+        values: list[bytes] = []
+        deadline = time.monotonic() + 30
+        position = 0
+        while position < high and time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is None or message.error():
+                continue
+            values.append(message.value())
+            position = message.offset() + 1
+        assert position >= high, f"read to {position} of {high}"
+        return values
+    finally:
+        consumer.close()
 
 
 def segment_bytes(node, topic: str, partition: int) -> bytes:
@@ -134,5 +161,55 @@ def test_a_stopped_follower_leaves_the_in_sync_replicas_and_returns(lagging_clus
     )
     seen = consume_all(cluster.node(leader).bootstrap, name, 1, 400)
     assert seen[0] == acked[0] + more[0]
+    cluster.stop()
+    check_replicas_identical(cluster, name, 1)
+
+
+def test_kill_9_of_a_leader_moves_its_partition_to_an_in_sync_replica(fresh_cluster, name):
+    cluster = fresh_cluster
+    cluster.wait_registered(admin)
+    create_replicated(cluster.node(1).bootstrap, name, 1, 3)
+    leader, replicas, _ = layout(cluster.node(1).bootstrap, name)[0]
+    acked = produce(cluster.node(leader).bootstrap, name, 300, "before")
+
+    producer = Producer(
+        {
+            "bootstrap.servers": cluster.bootstrap,
+            "acks": "all",
+            "enable.idempotence": True,
+            "linger.ms": 0,
+        }
+    )
+    cluster.node(leader).kill()
+    killed = time.monotonic()
+    # The first acknowledged record after the kill: how long the partition
+    # was unavailable to an acks=all producer.
+    first = []
+    while not first and time.monotonic() - killed < 30:
+        producer.produce(name, value=b"probe", on_delivery=lambda e, m: first.append(e) if e is None else None)
+        producer.flush(1)
+    assert first, "no acknowledged produce within 30 s of the leader's kill"
+    took = time.monotonic() - killed
+    survivor = next(n for n in cluster.nodes if n.alive())
+    new_leader, _, in_sync = layout(survivor.bootstrap, name)[0]
+    assert new_leader != leader and leader not in in_sync, (new_leader, in_sync)
+    assert took < 10, f"the first acknowledged produce came {took:.1f} s after the kill"
+    producer.flush(10)
+    after = produce(survivor.bootstrap, name, 300, "after")
+
+    # The old leader returns as a follower, catches up, and the preferred
+    # leader (the first replica) leads again.
+    cluster.node(leader).start()
+    wait_until(
+        lambda: layout(survivor.bootstrap, name)[0][0] == replicas[0]
+        and sorted(layout(survivor.bootstrap, name)[0][2]) == sorted(replicas),
+        30,
+        what="the first replica back in sync and leading",
+    )
+    seen = read_to_end(cluster.node(leader).bootstrap, name, 0)
+    for record in acked[0] + after[0]:
+        assert seen.count(record) == 1, f"{record!r} is there {seen.count(record)} times"
+    order = [seen.index(r) for r in acked[0] + after[0]]
+    assert order == sorted(order), "acknowledged records in order"
     cluster.stop()
     check_replicas_identical(cluster, name, 1)

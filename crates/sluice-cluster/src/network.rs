@@ -37,6 +37,8 @@ enum Request {
     Snapshot(InstallSnapshotRequest<TypeConfig>),
     /// A command a follower proposes, for the leader to write.
     Forward(Proposal),
+    /// A node tells the controller it is alive (KRaft's broker heartbeat).
+    Heartbeat(NodeId),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -53,9 +55,16 @@ enum Response {
     /// A forwarded command's log index and answer once committed and
     /// applied on the leader, or why the leader did not write it.
     Forwarded(Result<(u64, String), String>),
+    /// The controller heard the heartbeat.
+    Heartbeat,
     /// The request named another node; this one is `0`.
     WrongNode(NodeId),
 }
+
+/// When each node was last heard from (heartbeats), on the node that
+/// receives them.
+pub type Liveness =
+    std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<NodeId, std::time::Instant>>>;
 
 async fn write_frame(stream: &mut TcpStream, value: &impl Serialize) -> io::Result<()> {
     let json = serde_json::to_vec(value).map_err(io::Error::other)?;
@@ -89,6 +98,7 @@ pub(crate) async fn serve(
     listener: TcpListener,
     raft: Raft<TypeConfig>,
     id: NodeId,
+    liveness: Liveness,
     stopping: watch::Receiver<bool>,
 ) {
     let mut stop = stopping.clone();
@@ -97,7 +107,14 @@ pub(crate) async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    tokio::spawn(connection(stream, raft.clone(), id, stopping.clone(), peer));
+                    tokio::spawn(connection(
+                        stream,
+                        raft.clone(),
+                        id,
+                        liveness.clone(),
+                        stopping.clone(),
+                        peer,
+                    ));
                 }
                 Err(error) => {
                     tracing::warn!(%error, "cluster listener cannot accept");
@@ -113,6 +130,7 @@ async fn connection(
     mut stream: TcpStream,
     raft: Raft<TypeConfig>,
     id: NodeId,
+    liveness: Liveness,
     mut stopping: watch::Receiver<bool>,
     peer: std::net::SocketAddr,
 ) {
@@ -135,6 +153,13 @@ async fn connection(
                 Request::Vote(request) => Response::Vote(raft.vote(request).await),
                 Request::Snapshot(request) => {
                     Response::Snapshot(raft.install_snapshot(request).await)
+                }
+                Request::Heartbeat(node) => {
+                    liveness
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(node, std::time::Instant::now());
+                    Response::Heartbeat
                 }
                 Request::Forward(proposal) => Response::Forwarded(
                     raft.client_write(proposal)
@@ -262,6 +287,29 @@ pub(crate) async fn forward(
 }
 
 impl Peer {
+    /// A link to node `target` at `addr`, connected on first use.
+    pub(crate) fn new(target: NodeId, addr: &str) -> Peer {
+        Peer {
+            target,
+            addr: addr.to_owned(),
+            stream: None,
+        }
+    }
+
+    /// Tells `target` (the controller) that node `from` is alive.
+    ///
+    /// # Errors
+    /// The link's failure.
+    pub(crate) async fn heartbeat(&mut self, from: NodeId, ttl: Duration) -> Result<(), String> {
+        match self.call(Request::Heartbeat(from), ttl).await {
+            Ok(Response::Heartbeat) => Ok(()),
+            Ok(_) => Err("the controller answered another kind of request".to_owned()),
+            Err(CallError::Unreachable(error) | CallError::Network(error)) => {
+                Err(error.to_string())
+            }
+        }
+    }
+
     /// The peer's answer of the kind `pick` takes, as openraft wants it.
     #[allow(clippy::result_large_err, reason = "openraft's error type")]
     fn answered<T, E: std::error::Error>(

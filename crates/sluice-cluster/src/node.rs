@@ -17,6 +17,52 @@ use crate::network::{self, Network};
 use crate::state::StateStore;
 use crate::{Machine, NodeId, Proposal, TypeConfig};
 
+/// Sends this node's heartbeat to the controller every `interval`, and
+/// keeps `controller_since` (when this node became the controller).
+async fn heartbeats(
+    raft: Raft<TypeConfig>,
+    id: NodeId,
+    interval: Duration,
+    controller_since: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let mut link: Option<(NodeId, network::Peer)> = None;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            _ = stopping.wait_for(|stop| *stop) => return,
+        }
+        let metrics = raft.metrics().borrow().clone();
+        {
+            let mut since = controller_since.lock().unwrap_or_else(|e| e.into_inner());
+            match (metrics.current_leader == Some(id), since.is_some()) {
+                (true, false) => *since = Some(std::time::Instant::now()),
+                (false, true) => *since = None,
+                _ => {}
+            }
+        }
+        let Some(leader) = metrics.current_leader.filter(|l| *l != id) else {
+            continue;
+        };
+        let Some(addr) = metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.addr.clone())
+        else {
+            continue;
+        };
+        if link.as_ref().is_none_or(|(to, _)| *to != leader) {
+            link = Some((leader, network::Peer::new(leader, &addr)));
+        }
+        if let Some((_, peer)) = link.as_mut()
+            && let Err(reason) = peer.heartbeat(id, interval * 4).await
+        {
+            tracing::debug!(leader, %reason, "heartbeat to the controller failed");
+        }
+    }
+}
+
 /// Longest a starting node waits to apply what it had committed.
 const REPLAY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -69,6 +115,11 @@ pub struct MetadataNode {
     state: StateStore,
     stop: watch::Sender<bool>,
     server: std::sync::Mutex<Option<JoinHandle<()>>>,
+    /// When each node last sent this node a heartbeat.
+    liveness: network::Liveness,
+    /// Since when this node has been the controller, as its heartbeat
+    /// task last saw.
+    controller_since: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
 
 impl std::fmt::Debug for MetadataNode {
@@ -121,13 +172,30 @@ impl MetadataNode {
             .await
             .map_err(|e| ClusterError::Raft(e.to_string()))?;
         let (stop, stopping) = watch::channel(false);
-        let server = tokio::spawn(network::serve(listener, raft.clone(), id, stopping));
+        let liveness = network::Liveness::default();
+        let controller_since = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let server = tokio::spawn(network::serve(
+            listener,
+            raft.clone(),
+            id,
+            liveness.clone(),
+            stopping.clone(),
+        ));
+        tokio::spawn(heartbeats(
+            raft.clone(),
+            id,
+            settings.heartbeat,
+            controller_since.clone(),
+            stopping,
+        ));
         let node = MetadataNode {
             id,
             raft,
             state,
             stop,
             server: std::sync::Mutex::new(Some(server)),
+            liveness,
+            controller_since,
         };
         // What this node committed before it stopped is applied before it
         // serves: its state is at least as new as when it stopped.
@@ -203,6 +271,37 @@ impl MetadataNode {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// On the controller: the nodes heard from within `session` (itself
+    /// included); every voter during the first `session` after it became
+    /// the controller, before it could hear them. `None` on other nodes.
+    pub fn live_nodes(&self, session: Duration) -> Option<std::collections::BTreeSet<NodeId>> {
+        let since = (*self
+            .controller_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()))?;
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.current_leader != Some(self.id) {
+            return None;
+        }
+        let now = std::time::Instant::now();
+        let voters: Vec<NodeId> = metrics.membership_config.membership().voter_ids().collect();
+        if now.duration_since(since) < session {
+            return Some(voters.into_iter().collect());
+        }
+        let heard = self.liveness.lock().unwrap_or_else(|e| e.into_inner());
+        Some(
+            voters
+                .into_iter()
+                .filter(|v| {
+                    *v == self.id
+                        || heard
+                            .get(v)
+                            .is_some_and(|at| now.duration_since(*at) < session)
+                })
+                .collect(),
+        )
     }
 
     /// The controller as this node knows it.

@@ -102,3 +102,44 @@ pub async fn register(
         }
     }
 }
+
+/// The controller's part, run on every node and acting only on the one
+/// that leads the quorum: every `tick`, the nodes heard from within
+/// `session` are the live ones, and the partitions' leaders and in-sync
+/// replicas follow (a dead leader's partitions move to a live in-sync
+/// replica in the next epoch, dead followers leave the in-sync replicas,
+/// preferred leaders come back; see `Topics::leadership_changes`).
+pub async fn run_controller(
+    node: Arc<MetadataNode>,
+    broker: Arc<sluice_core::Broker>,
+    session: Duration,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) {
+    let tick = (session / 6).max(Duration::from_millis(50));
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(tick) => {}
+            _ = stopping.wait_for(|stop| *stop) => return,
+        }
+        let Some(live) = node.live_nodes(session) else {
+            continue;
+        };
+        let live: std::collections::BTreeSet<i32> = live
+            .into_iter()
+            .filter_map(|n| i32::try_from(n).ok())
+            .collect();
+        let deciding = Arc::clone(&broker);
+        let decided = tokio::task::spawn_blocking(move || {
+            for change in deciding.topics().leadership_changes(&live) {
+                if let Err(error) = deciding.topics().commit(change) {
+                    tracing::warn!(%error, "a controller decision was not committed");
+                    break;
+                }
+            }
+        })
+        .await;
+        if decided.is_err() {
+            return;
+        }
+    }
+}

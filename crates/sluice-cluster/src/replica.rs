@@ -93,7 +93,7 @@ async fn fetch_from(broker: Arc<Broker>, leader: i32, mut stopping: watch::Recei
     let mut link: Option<Link> = None;
     // Partitions whose log was checked against the leader's history on
     // this link; a new link checks again.
-    let mut checked: BTreeSet<(String, i32)> = BTreeSet::new();
+    let mut checked: BTreeSet<Key> = BTreeSet::new();
     loop {
         if *stopping.borrow() {
             return;
@@ -148,8 +148,16 @@ async fn pause(stopping: &mut watch::Receiver<bool>) {
     }
 }
 
-fn key(partition: &Partition) -> (String, i32) {
-    (partition.topic().to_owned(), partition.id().get())
+/// A partition in one leader epoch: checked against the leader's history
+/// once per epoch and link.
+type Key = (String, i32, i32);
+
+fn key(partition: &Partition) -> Key {
+    (
+        partition.topic().to_owned(),
+        partition.id().get(),
+        partition.leader_epoch().get(),
+    )
 }
 
 /// One round with the leader: the truncation check for partitions not
@@ -157,18 +165,26 @@ fn key(partition: &Partition) -> (String, i32) {
 async fn exchange(
     link: &mut Link,
     partitions: &[Arc<Partition>],
-    checked: &mut BTreeSet<(String, i32)>,
+    checked: &mut BTreeSet<Key>,
 ) -> Result<(), String> {
     let unchecked: Vec<&Arc<Partition>> = partitions
         .iter()
         .filter(|p| !checked.contains(&key(p)))
         .collect();
     if !unchecked.is_empty() {
-        truncate_to_leader(link, &unchecked).await?;
-        checked.extend(unchecked.iter().map(|p| key(p)));
+        checked.extend(truncate_to_leader(link, &unchecked).await?);
+    }
+    // Only partitions checked against this leader fetch from it.
+    let partitions: Vec<&Arc<Partition>> = partitions
+        .iter()
+        .filter(|p| checked.contains(&key(p)))
+        .collect();
+    if partitions.is_empty() {
+        tokio::time::sleep(BACKOFF).await;
+        return Ok(());
     }
     let mut by_topic: BTreeMap<&str, Vec<&Arc<Partition>>> = BTreeMap::new();
-    for partition in partitions {
+    for partition in partitions.iter().copied() {
         by_topic
             .entry(partition.topic())
             .or_default()
@@ -246,14 +262,23 @@ async fn exchange(
 }
 
 /// Asks the leader where each partition's newest local epoch ends and cuts
-/// the local log there when it goes further (KIP-101/279).
-async fn truncate_to_leader(link: &mut Link, partitions: &[&Arc<Partition>]) -> Result<(), String> {
+/// the local log there when it goes further (KIP-101/279). Returns the
+/// partitions the leader answered for (an empty log needs no answer).
+async fn truncate_to_leader(
+    link: &mut Link,
+    partitions: &[&Arc<Partition>],
+) -> Result<Vec<Key>, String> {
+    let mut done: Vec<Key> = partitions
+        .iter()
+        .filter(|p| p.latest_epoch().is_none())
+        .map(|p| key(p))
+        .collect();
     let with_epochs: Vec<(&Arc<Partition>, i32)> = partitions
         .iter()
         .filter_map(|p| p.latest_epoch().map(|e| (*p, e.get())))
         .collect();
     if with_epochs.is_empty() {
-        return Ok(());
+        return Ok(done);
     }
     let mut by_topic: BTreeMap<&str, Vec<OffsetForLeaderPartition>> = BTreeMap::new();
     for (partition, epoch) in &with_epochs {
@@ -280,7 +305,7 @@ async fn truncate_to_leader(link: &mut Link, partitions: &[&Arc<Partition>]) -> 
     let mut cuts = Vec::new();
     for topic in response.topics {
         for result in topic.partitions {
-            if result.error_code != 0 || result.end_offset < 0 {
+            if result.error_code != 0 {
                 continue;
             }
             let Some((partition, _)) = with_epochs.iter().find(|(p, _)| {
@@ -288,14 +313,17 @@ async fn truncate_to_leader(link: &mut Link, partitions: &[&Arc<Partition>]) -> 
             }) else {
                 continue;
             };
-            let end = Offset::from(result.end_offset);
+            done.push(key(partition));
+            // No epoch at or below ours on the leader: nothing of ours is
+            // its history.
+            let end = Offset::from(result.end_offset.max(0));
             if end < partition.log_end() {
                 cuts.push((Arc::clone(partition), end));
             }
         }
     }
     if cuts.is_empty() {
-        return Ok(());
+        return Ok(done);
     }
     tokio::task::spawn_blocking(move || {
         for (partition, end) in cuts {
@@ -306,7 +334,8 @@ async fn truncate_to_leader(link: &mut Link, partitions: &[&Arc<Partition>]) -> 
         }
     })
     .await
-    .map_err(|e| format!("truncate task failed: {e}"))
+    .map_err(|e| format!("truncate task failed: {e}"))?;
+    Ok(done)
 }
 
 /// One connection to a leader's Kafka listener.

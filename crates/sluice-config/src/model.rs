@@ -86,6 +86,10 @@ pub struct ClusterConfig {
     /// A follower that has not caught up with its leader for this long
     /// leaves the in-sync replicas (Kafka's `replica.lag.time.max.ms`).
     pub replica_lag_max: HumanDuration,
+    /// A node the controller has not heard from for this long is dead:
+    /// its partitions get new leaders (Kafka's
+    /// `broker.session.timeout.ms`, 9 s there).
+    pub session_timeout: HumanDuration,
 }
 
 impl Default for ClusterConfig {
@@ -94,6 +98,7 @@ impl Default for ClusterConfig {
             listen: String::new(),
             voters: String::new(),
             replica_lag_max: HumanDuration::from_secs(30),
+            session_timeout: HumanDuration::new(std::time::Duration::from_millis(1500)),
         }
     }
 }
@@ -465,6 +470,10 @@ pub const KEYS: &[KeyDoc] = &[
     KeyDoc {
         key: "cluster.voters",
         description: "Initial controller quorum, id@host:port,...; empty runs a cluster of one",
+    },
+    KeyDoc {
+        key: "cluster.session_timeout",
+        description: "A node silent this long is dead and its partitions get new leaders (broker.session.timeout.ms)",
     },
     KeyDoc {
         key: "cluster.replica_lag_max",

@@ -118,13 +118,10 @@ impl PendingAck {
                 partition.wake_readers();
                 synced?;
                 match partition.replication() {
-                    Some(replication) if self.level == AckLevel::InSync => {
-                        if replication.reached_blocking(self.end, IN_SYNC_TIMEOUT) {
-                            Ok(())
-                        } else {
-                            Err(timed_out())
-                        }
-                    }
+                    Some(replication) if self.level == AckLevel::InSync => outcome(
+                        partition,
+                        replication.reached_blocking(self.end, IN_SYNC_TIMEOUT),
+                    ),
                     _ => Ok(()),
                 }
             }
@@ -148,13 +145,10 @@ impl PendingAck {
                 partition.wake_readers();
                 synced?;
                 match partition.replication() {
-                    Some(replication) if self.level == AckLevel::InSync => {
-                        if replication.reached(self.end, IN_SYNC_TIMEOUT).await {
-                            Ok(())
-                        } else {
-                            Err(timed_out())
-                        }
-                    }
+                    Some(replication) if self.level == AckLevel::InSync => outcome(
+                        partition,
+                        replication.reached(self.end, IN_SYNC_TIMEOUT).await,
+                    ),
                     _ => Ok(()),
                 }
             }
@@ -179,9 +173,18 @@ impl PendingAck {
     }
 }
 
-fn timed_out() -> CoreError {
-    CoreError::ReplicationTimedOut {
-        waited_ms: u64::try_from(IN_SYNC_TIMEOUT.as_millis()).unwrap_or(u64::MAX),
+/// The answer to a wait for the in-sync replicas.
+fn outcome(partition: &Partition, reached: crate::replication::Reached) -> Result<(), CoreError> {
+    match reached {
+        crate::replication::Reached::Yes => Ok(()),
+        crate::replication::Reached::TimedOut => Err(CoreError::ReplicationTimedOut {
+            waited_ms: u64::try_from(IN_SYNC_TIMEOUT.as_millis()).unwrap_or(u64::MAX),
+        }),
+        crate::replication::Reached::NoLongerLeader(leader) => Err(CoreError::NotLeader {
+            topic: partition.topic().to_owned(),
+            partition: partition.id(),
+            leader: Some(leader),
+        }),
     }
 }
 

@@ -76,6 +76,16 @@ pub enum MetadataCommand {
     AllocateProducerIds {
         end: i64,
     },
+    /// A partition's new leader, chosen by the controller among its
+    /// in-sync replicas (KRaft's PartitionChangeRecord), with the next
+    /// leader epoch and the in-sync replicas from now.
+    ChangeLeader {
+        name: String,
+        partition: u32,
+        leader: i32,
+        leader_epoch: i32,
+        in_sync: Vec<i32>,
+    },
     /// The in-sync replicas of a partition (KRaft's PartitionChangeRecord,
     /// as the partition's leader asks through AlterPartition).
     SetInSync {
@@ -119,9 +129,32 @@ pub(crate) struct TopicMeta {
     /// The in-sync replicas of the partitions where they are not all of
     /// `replicas`.
     pub(crate) in_sync: BTreeMap<u32, Vec<i32>>,
+    /// (leader, leader epoch) of the partitions whose leader changed;
+    /// the others are led by their first replica in epoch 0.
+    pub(crate) leaders: BTreeMap<u32, (i32, i32)>,
 }
 
 impl TopicMeta {
+    /// The leader and leader epoch of `partition`.
+    pub(crate) fn leader_of(&self, partition: u32) -> (i32, i32) {
+        self.leaders.get(&partition).copied().unwrap_or_else(|| {
+            let first = self
+                .replicas
+                .get(partition as usize)
+                .and_then(|r| r.first().copied())
+                .unwrap_or(-1);
+            (first, 0)
+        })
+    }
+
+    fn set_in_sync(&mut self, partition: u32, in_sync: Vec<i32>) {
+        if self.replicas.get(partition as usize) == Some(&in_sync) {
+            self.in_sync.remove(&partition);
+        } else {
+            self.in_sync.insert(partition, in_sync);
+        }
+    }
+
     /// The in-sync replicas of `partition` (its replicas, unless changed).
     pub(crate) fn in_sync_of(&self, partition: u32) -> Vec<i32> {
         self.in_sync.get(&partition).cloned().unwrap_or_else(|| {
@@ -179,6 +212,15 @@ impl MetadataState {
                 config: topic.config.clone(),
                 replicas: topic.replicas.clone(),
             });
+            commands.extend(topic.leaders.iter().map(|(partition, (leader, epoch))| {
+                MetadataCommand::ChangeLeader {
+                    name: name.clone(),
+                    partition: *partition,
+                    leader: *leader,
+                    leader_epoch: *epoch,
+                    in_sync: topic.in_sync_of(*partition),
+                }
+            }));
             commands.extend(topic.in_sync.iter().map(|(partition, in_sync)| {
                 MetadataCommand::SetInSync {
                     name: name.clone(),
@@ -259,15 +301,14 @@ fn check(state: &MetadataState, command: &MetadataCommand) -> Result<(), CoreErr
             partition,
             in_sync,
         } => {
-            let replicas = topic(name)?
+            let meta = topic(name)?;
+            let replicas = meta
                 .replicas
                 .get(*partition as usize)
                 .cloned()
                 .unwrap_or_default();
-            let valid = replicas
-                .first()
-                .is_some_and(|leader| in_sync.contains(leader))
-                && in_sync.iter().all(|r| replicas.contains(r));
+            let (leader, _) = meta.leader_of(*partition);
+            let valid = in_sync.contains(&leader) && in_sync.iter().all(|r| replicas.contains(r));
             if valid {
                 Ok(())
             } else {
@@ -275,6 +316,35 @@ fn check(state: &MetadataState, command: &MetadataCommand) -> Result<(), CoreErr
                     topic: name.clone(),
                     reason: format!(
                         "in-sync replicas {in_sync:?} of partition {partition} are not the leader and some of {replicas:?}"
+                    ),
+                })
+            }
+        }
+        MetadataCommand::ChangeLeader {
+            name,
+            partition,
+            leader,
+            leader_epoch,
+            in_sync,
+        } => {
+            let meta = topic(name)?;
+            let replicas = meta
+                .replicas
+                .get(*partition as usize)
+                .cloned()
+                .unwrap_or_default();
+            let (_, epoch) = meta.leader_of(*partition);
+            let valid = replicas.contains(leader)
+                && in_sync.contains(leader)
+                && in_sync.iter().all(|r| replicas.contains(r))
+                && *leader_epoch > epoch;
+            if valid {
+                Ok(())
+            } else {
+                Err(CoreError::InvalidPartitions {
+                    topic: name.clone(),
+                    reason: format!(
+                        "leader {leader} in epoch {leader_epoch} of partition {partition} (replicas {replicas:?}, in sync {in_sync:?}, epoch now {epoch})"
                     ),
                 })
             }
@@ -318,6 +388,7 @@ pub(crate) fn apply(state: &mut MetadataState, command: MetadataCommand) -> Resu
                     config,
                     replicas,
                     in_sync: BTreeMap::new(),
+                    leaders: BTreeMap::new(),
                 },
             );
         }
@@ -345,11 +416,19 @@ pub(crate) fn apply(state: &mut MetadataState, command: MetadataCommand) -> Resu
             in_sync,
         } => {
             if let Some(topic) = topics.get_mut(&name) {
-                if topic.replicas.get(partition as usize) == Some(&in_sync) {
-                    topic.in_sync.remove(&partition);
-                } else {
-                    topic.in_sync.insert(partition, in_sync);
-                }
+                topic.set_in_sync(partition, in_sync);
+            }
+        }
+        MetadataCommand::ChangeLeader {
+            name,
+            partition,
+            leader,
+            leader_epoch,
+            in_sync,
+        } => {
+            if let Some(topic) = topics.get_mut(&name) {
+                topic.leaders.insert(partition, (leader, leader_epoch));
+                topic.set_in_sync(partition, in_sync);
             }
         }
         MetadataCommand::AllocateProducerIds { end } => state.producer_ids_end = end,
@@ -366,6 +445,60 @@ pub(crate) fn apply(state: &mut MetadataState, command: MetadataCommand) -> Resu
         | MetadataCommand::Unbind(_) => {}
     }
     Ok(())
+}
+
+/// What the controller changes when the nodes in `live` are the ones
+/// alive (KRaft's fencing and leader election): a partition whose leader
+/// is gone gets the first live in-sync replica as leader in the next epoch
+/// (none: it stays offline; unclean election is off); dead followers leave
+/// the in-sync replicas; a partition whose first replica (its preferred
+/// leader) is alive and in sync again goes back to it.
+pub(crate) fn leadership_changes(
+    state: &MetadataState,
+    live: &std::collections::BTreeSet<i32>,
+) -> Vec<MetadataCommand> {
+    let mut changes = Vec::new();
+    for (name, topic) in &state.topics {
+        for (index, replicas) in topic.replicas.iter().enumerate() {
+            if replicas.len() < 2 {
+                continue;
+            }
+            let partition = index as u32;
+            let (leader, epoch) = topic.leader_of(partition);
+            let in_sync = topic.in_sync_of(partition);
+            let alive: Vec<i32> = in_sync
+                .iter()
+                .copied()
+                .filter(|r| live.contains(r))
+                .collect();
+            if !live.contains(&leader) {
+                if let Some(next) = alive.first() {
+                    changes.push(MetadataCommand::ChangeLeader {
+                        name: name.clone(),
+                        partition,
+                        leader: *next,
+                        leader_epoch: epoch + 1,
+                        in_sync: alive,
+                    });
+                }
+            } else if alive.len() < in_sync.len() {
+                changes.push(MetadataCommand::SetInSync {
+                    name: name.clone(),
+                    partition,
+                    in_sync: alive,
+                });
+            } else if replicas[0] != leader && in_sync.contains(&replicas[0]) {
+                changes.push(MetadataCommand::ChangeLeader {
+                    name: name.clone(),
+                    partition,
+                    leader: replicas[0],
+                    leader_epoch: epoch + 1,
+                    in_sync,
+                });
+            }
+        }
+    }
+    changes
 }
 
 /// Placements name every added partition (`from..partitions`) or none.
@@ -632,6 +765,7 @@ fn topic_of(command: &MetadataCommand) -> Option<&str> {
         | MetadataCommand::GrowTopic { name, .. }
         | MetadataCommand::SetTopicConfig { name, .. }
         | MetadataCommand::SetInSync { name, .. }
+        | MetadataCommand::ChangeLeader { name, .. }
         | MetadataCommand::DeleteTopic { name } => Some(name),
         _ => None,
     }
@@ -998,5 +1132,94 @@ mod tests {
         assert_eq!(metadata.replay().expect("replay"), commands);
         let text = serde_json::to_string(&commands[1]).expect("json");
         assert_eq!(text, r#"{"command":"delete_topic","name":"a"}"#);
+    }
+
+    #[test]
+    fn the_controller_moves_leaders_to_live_in_sync_replicas_and_back() {
+        use std::collections::BTreeSet;
+        let mut state = MetadataState::default();
+        apply(
+            &mut state,
+            MetadataCommand::CreateTopic {
+                name: "t".into(),
+                id: "00".repeat(16),
+                partitions: 2,
+                config: BTreeMap::new(),
+                replicas: vec![vec![1, 2, 3], vec![2, 3, 1]],
+            },
+        )
+        .expect("create");
+        let all = BTreeSet::from([1, 2, 3]);
+        assert!(leadership_changes(&state, &all).is_empty());
+
+        // Node 1 dies: partition 0 moves to node 2 in epoch 1; partition
+        // 1 keeps its leader and drops node 1 from its in-sync replicas.
+        let changes = leadership_changes(&state, &BTreeSet::from([2, 3]));
+        assert_eq!(
+            changes,
+            vec![
+                MetadataCommand::ChangeLeader {
+                    name: "t".into(),
+                    partition: 0,
+                    leader: 2,
+                    leader_epoch: 1,
+                    in_sync: vec![2, 3],
+                },
+                MetadataCommand::SetInSync {
+                    name: "t".into(),
+                    partition: 1,
+                    in_sync: vec![2, 3],
+                },
+            ]
+        );
+        for change in changes {
+            apply(&mut state, change).expect("apply");
+        }
+        assert!(leadership_changes(&state, &BTreeSet::from([2, 3])).is_empty());
+
+        // Node 1 returns, but until it is in sync again it leads nothing.
+        assert!(leadership_changes(&state, &all).is_empty());
+        for partition in [0, 1] {
+            let leader = state.topics["t"].leader_of(partition).0;
+            let mut in_sync = vec![leader];
+            in_sync.extend([1, 2, 3].into_iter().filter(|r| *r != leader));
+            apply(
+                &mut state,
+                MetadataCommand::SetInSync {
+                    name: "t".into(),
+                    partition,
+                    in_sync,
+                },
+            )
+            .expect("back in sync");
+        }
+        // In sync: the preferred leader (first replica) leads again.
+        let changes = leadership_changes(&state, &all);
+        assert!(matches!(
+            changes.as_slice(),
+            [MetadataCommand::ChangeLeader {
+                partition: 0,
+                leader: 1,
+                leader_epoch: 2,
+                ..
+            }]
+        ));
+
+        // With every in-sync replica gone there is no leader to choose
+        // (unclean election is off), and a stale epoch is refused.
+        assert!(leadership_changes(&state, &BTreeSet::new()).is_empty());
+        assert!(
+            apply(
+                &mut state,
+                MetadataCommand::ChangeLeader {
+                    name: "t".into(),
+                    partition: 0,
+                    leader: 3,
+                    leader_epoch: 1,
+                    in_sync: vec![3],
+                },
+            )
+            .is_err()
+        );
     }
 }

@@ -436,6 +436,17 @@ impl Partition {
         }
     }
 
+    /// Takes a leader the controller chose, in `epoch`: a new leader
+    /// writes its records in that epoch; a former one stops taking them.
+    pub(crate) fn change_leader(&self, leader: i32, epoch: i32, in_sync: Vec<i32>) {
+        if let Some(replication) = &self.replication {
+            self.leader_epoch.fetch_max(epoch, Ordering::AcqRel);
+            replication.change_leader(leader, in_sync, self.own_end());
+            tracing::info!(topic = %self.topic, partition = %self.id, leader, epoch, "partition leader changed");
+            self.appended.notify_waiters();
+        }
+    }
+
     /// Takes the in-sync replicas the metadata now names.
     pub(crate) fn set_in_sync(&self, in_sync: Vec<i32>) {
         if let Some(replication) = &self.replication {

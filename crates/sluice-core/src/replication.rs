@@ -12,6 +12,7 @@
 //! caught up for `replica.lag.time.max.ms` and a grow for one that has.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -21,11 +22,21 @@ use tokio::sync::{Notify, watch};
 /// Kafka's `replica.lag.time.max.ms` default.
 pub const REPLICA_LAG_MAX: Duration = Duration::from_secs(30);
 
+/// How a wait for the in-sync replicas ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reached {
+    Yes,
+    TimedOut,
+    /// Another node leads now (the records may be lost).
+    NoLongerLeader(i32),
+}
+
 /// A partition's replication as this node sees it.
 #[derive(Debug)]
 pub(crate) struct Replication {
     node: i32,
-    leader: i32,
+    /// The leader; changed by the controller (through the metadata).
+    leader: AtomicI32,
     replicas: Vec<i32>,
     state: Mutex<State>,
     /// The replicated high watermark; only moves forward.
@@ -52,32 +63,19 @@ struct Follower {
 }
 
 impl Replication {
-    /// The replication of a partition with `replicas` (leader first) and
-    /// `in_sync`, on node `node`, starting from `high_watermark`.
+    /// The replication of a partition with `replicas`, led by `leader`,
+    /// with `in_sync`, on node `node`, starting from `high_watermark`.
     pub(crate) fn new(
         node: i32,
         replicas: Vec<i32>,
+        leader: i32,
         in_sync: Vec<i32>,
         high_watermark: Offset,
     ) -> Replication {
-        let now = Instant::now();
-        let leader = replicas.first().copied().unwrap_or(node);
-        let followers = replicas
-            .iter()
-            .filter(|r| **r != leader)
-            .map(|r| {
-                (
-                    *r,
-                    Follower {
-                        end: Offset::from(0),
-                        caught_up: now,
-                    },
-                )
-            })
-            .collect();
+        let followers = fresh_followers(&replicas, leader);
         Replication {
             node,
-            leader,
+            leader: AtomicI32::new(leader),
             replicas,
             state: Mutex::new(State { in_sync, followers }),
             high_watermark: watch::Sender::new(high_watermark.get()),
@@ -86,16 +84,53 @@ impl Replication {
         }
     }
 
+    /// A new leader (this node or another): followers start over; waiters
+    /// for the high watermark are woken (a demoted leader's fail).
+    pub(crate) fn change_leader(&self, leader: i32, in_sync: Vec<i32>, own_end: Offset) {
+        self.leader.store(leader, Ordering::Release);
+        {
+            let mut state = self.state();
+            state.followers = fresh_followers(&self.replicas, leader);
+            state.in_sync = in_sync;
+        }
+        if self.is_leader() {
+            self.recompute(own_end);
+        }
+        self.high_watermark.send_modify(|_| {});
+        let _guard = self.moved.0.lock().unwrap_or_else(|e| e.into_inner());
+        self.moved.1.notify_all();
+    }
+}
+
+/// Every replica but `leader`, at offset 0, caught up now.
+fn fresh_followers(replicas: &[i32], leader: i32) -> BTreeMap<i32, Follower> {
+    let now = Instant::now();
+    replicas
+        .iter()
+        .filter(|r| **r != leader)
+        .map(|r| {
+            (
+                *r,
+                Follower {
+                    end: Offset::from(0),
+                    caught_up: now,
+                },
+            )
+        })
+        .collect()
+}
+
+impl Replication {
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) fn is_leader(&self) -> bool {
-        self.node == self.leader
+        self.node == self.leader()
     }
 
     pub(crate) fn leader(&self) -> i32 {
-        self.leader
+        self.leader.load(Ordering::Acquire)
     }
 
     pub(crate) fn replicas(&self) -> &[i32] {
@@ -204,25 +239,35 @@ impl Replication {
         (sorted != current).then_some(wanted)
     }
 
-    /// Waits until the high watermark reaches `end`, or `timeout`.
-    pub(crate) async fn reached(&self, end: Offset, timeout: Duration) -> bool {
+    /// Waits until the high watermark reaches `end` while this node leads.
+    pub(crate) async fn reached(&self, end: Offset, timeout: Duration) -> Reached {
         let mut moved = self.high_watermark.subscribe();
-        tokio::time::timeout(timeout, moved.wait_for(|hw| *hw >= end.get()))
-            .await
-            .is_ok_and(|r| r.is_ok())
+        let waited = tokio::time::timeout(
+            timeout,
+            moved.wait_for(|hw| *hw >= end.get() || !self.is_leader()),
+        )
+        .await;
+        match waited {
+            Ok(Ok(_)) if self.high_watermark() >= end => Reached::Yes,
+            Ok(_) => Reached::NoLongerLeader(self.leader()),
+            Err(_) => Reached::TimedOut,
+        }
     }
 
     /// As [`Replication::reached`], blocking.
-    pub(crate) fn reached_blocking(&self, end: Offset, timeout: Duration) -> bool {
+    pub(crate) fn reached_blocking(&self, end: Offset, timeout: Duration) -> Reached {
         let deadline = Instant::now() + timeout;
         let mut guard = self.moved.0.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if self.high_watermark() >= end {
-                return true;
+                return Reached::Yes;
+            }
+            if !self.is_leader() {
+                return Reached::NoLongerLeader(self.leader());
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return false;
+                return Reached::TimedOut;
             }
             guard = self
                 .moved

@@ -36,6 +36,8 @@ struct TopicState {
     replicas: Vec<Vec<i32>>,
     /// The in-sync replicas where they are not all the replicas.
     in_sync: BTreeMap<u32, Vec<i32>>,
+    /// (leader, epoch) where the leader is not the first replica in epoch 0.
+    leaders: BTreeMap<u32, (i32, i32)>,
     /// The partitions this node holds, by index.
     partitions: BTreeMap<u32, Arc<Partition>>,
 }
@@ -93,6 +95,18 @@ impl Topic {
                 .cloned()
                 .unwrap_or_default(),
         )
+    }
+
+    /// The leader and leader epoch of partition `id` as the metadata names
+    /// them (on any node); `None` on a cluster of one or for no partition.
+    pub fn leader(&self, id: PartitionId) -> Option<(i32, i32)> {
+        let index = u32::try_from(id.get()).ok()?;
+        let state = self.state();
+        if let Some(changed) = state.leaders.get(&index) {
+            return Some(*changed);
+        }
+        let first = state.replicas.get(index as usize)?.first()?;
+        Some((*first, 0))
     }
 
     /// The in-sync replicas of partition `id` as the metadata names them
@@ -314,6 +328,15 @@ impl Appended {
     }
 }
 
+/// Where a replicated partition is: its replicas, (leader, epoch) and
+/// in-sync replicas.
+#[derive(Debug)]
+struct Placement {
+    replicas: Vec<i32>,
+    leader: (i32, i32),
+    in_sync: Vec<i32>,
+}
+
 /// Every topic of the broker.
 #[derive(Debug)]
 pub struct Topics {
@@ -385,6 +408,7 @@ impl Topics {
                 count: 0,
                 replicas: Vec::new(),
                 in_sync: BTreeMap::new(),
+                leaders: BTreeMap::new(),
                 partitions: BTreeMap::new(),
             }),
         });
@@ -416,7 +440,11 @@ impl Topics {
                     .get(index as usize)
                     .cloned()
                     .unwrap_or_default();
-                let placement = (replicas.len() > 1).then(|| (replicas, meta.in_sync_of(index)));
+                let placement = (replicas.len() > 1).then(|| Placement {
+                    replicas,
+                    leader: meta.leader_of(index),
+                    in_sync: meta.in_sync_of(index),
+                });
                 let partition = self.open_partition(topic, index, &config, unmarked, placement)?;
                 opened.push((index, partition));
             }
@@ -426,6 +454,7 @@ impl Topics {
         state.count = state.count.max(meta.partitions);
         state.replicas.clone_from(&meta.replicas);
         state.in_sync.clone_from(&meta.in_sync);
+        state.leaders.clone_from(&meta.leaders);
         Ok(())
     }
 
@@ -435,7 +464,7 @@ impl Topics {
         index: u32,
         config: &TopicConfig,
         unmarked: Unmarked,
-        placement: Option<(Vec<i32>, Vec<i32>)>,
+        placement: Option<Placement>,
     ) -> Result<Arc<Partition>, CoreError> {
         let name = log_name(&topic.name, index);
         let marker = format!("topic_id: {}\n", hex(&topic.id));
@@ -465,7 +494,10 @@ impl Topics {
         if let Some(from) = producer_replay_start(&log.segment_sizes()) {
             log.scan_headers(from, |header| producers.replay(header))?;
         }
-        let leader_epoch = log.latest_epoch().map_or(0, LeaderEpoch::get);
+        let leader_epoch = log
+            .latest_epoch()
+            .map_or(0, LeaderEpoch::get)
+            .max(placement.as_ref().map_or(0, |p| p.leader.1));
         let synced = log.durability() == sluice_log::Durability::Always;
         Ok(Arc::new(Partition {
             topic: Arc::clone(&topic.name),
@@ -477,11 +509,12 @@ impl Topics {
             producers,
             traffic: PartitionTraffic::default(),
             syncs: crate::partition::SyncDriver::default(),
-            replication: placement.map(|(replicas, in_sync)| {
+            replication: placement.map(|p| {
                 crate::replication::Replication::new(
                     self.metadata.node_id(),
-                    replicas,
-                    in_sync,
+                    p.replicas,
+                    p.leader.0,
+                    p.in_sync,
                     Offset::from(0),
                 )
             }),
@@ -501,8 +534,13 @@ impl Topics {
                 self.open_added(&topic, meta, Unmarked::Delete)?;
                 for partition in topic.partitions() {
                     if let Some(replication) = partition.replication() {
-                        let in_sync = meta.in_sync_of(partition.id.get() as u32);
-                        if replication.in_sync() != in_sync {
+                        let index = partition.id.get() as u32;
+                        let in_sync = meta.in_sync_of(index);
+                        let (leader, epoch) = meta.leader_of(index);
+                        if replication.leader() != leader || partition.leader_epoch().get() < epoch
+                        {
+                            partition.change_leader(leader, epoch, in_sync);
+                        } else if replication.in_sync() != in_sync {
                             partition.set_in_sync(in_sync);
                         }
                     }
@@ -636,6 +674,25 @@ impl Topics {
             partition: partition.id.get() as u32,
             in_sync,
         })
+    }
+
+    /// What the controller should commit when the nodes in `live` are the
+    /// ones alive: new leaders, in-sync replicas without dead nodes,
+    /// preferred leaders back (see `metadata::leadership_changes`).
+    pub fn leadership_changes(
+        &self,
+        live: &std::collections::BTreeSet<i32>,
+    ) -> Vec<MetadataCommand> {
+        metadata::leadership_changes(&self.metadata.state(), live)
+    }
+
+    /// Commits a command the controller decided. Blocking.
+    ///
+    /// # Errors
+    /// The metadata's refusal or [`CoreError::Quorum`].
+    pub fn commit(&self, command: MetadataCommand) -> Result<(), CoreError> {
+        tracing::info!(?command, "controller decision");
+        self.metadata.commit(command)
     }
 
     /// The metadata behind the topics (nodes, the quorum).

@@ -125,7 +125,14 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     let bound = async {
         let (kafka, host, port) =
             start_kafka(&config.kafka, Arc::clone(&broker), &mut lifecycle).await?;
-        if quorum.is_some() {
+        if let Some(node) = &quorum {
+            let stopping = lifecycle.stopping();
+            lifecycle.serve(sluice_cluster::quorum::run_controller(
+                Arc::clone(node),
+                Arc::clone(&broker),
+                config.cluster.session_timeout.get(),
+                stopping,
+            ));
             let stopping = lifecycle.stopping();
             lifecycle.serve(sluice_cluster::quorum::register(
                 Arc::clone(&broker),

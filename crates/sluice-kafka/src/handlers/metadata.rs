@@ -110,12 +110,15 @@ fn describe(topic: &Topic, node: BrokerId, version: i16) -> MetadataResponseTopi
                 }
                 _ => vec![node],
             };
-            // The partition's epoch where this node holds it; elsewhere
-            // its leader knows it and answers with it.
-            let epoch = topic.partition(id).map_or(0, |p| p.leader_epoch().get());
+            // The leader and its epoch as the metadata says (a cluster);
+            // this node and its partition's epoch on a cluster of one.
+            let (leader, epoch) = topic.leader(id).unwrap_or_else(|| {
+                let epoch = topic.partition(id).map_or(0, |p| p.leader_epoch().get());
+                (replicas[0].0, epoch)
+            });
             MetadataResponsePartition::default()
                 .with_partition_index(index)
-                .with_leader_id(replicas[0])
+                .with_leader_id(BrokerId(leader))
                 .with_leader_epoch(epoch)
                 .with_isr_nodes(match topic.in_sync(id) {
                     in_sync if in_sync.is_empty() => replicas[..1].to_vec(),
