@@ -27,6 +27,18 @@ def fresh_cluster(tmp_path, request):
 
 
 @pytest.fixture
+def lagging_cluster(tmp_path, request):
+    """A three-node cluster whose followers leave the in-sync replicas
+    after 2 s behind (cluster.replica_lag_max), for tests that stop nodes."""
+    with running_cluster(
+        tmp_path,
+        name=f"cluster[{request.node.name}]",
+        settings={"cluster.replica_lag_max": "2s"},
+    ) as instance:
+        yield instance
+
+
+@pytest.fixture
 def name(request):
     """A topic or group name no other test uses."""
     return unique_name(request.node.name)

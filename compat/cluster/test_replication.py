@@ -24,21 +24,7 @@ from kafka import KafkaProducer
 from kafka.errors import NotEnoughReplicasError
 
 from common.broker import wait_until
-from common.cluster import running_cluster
 from test_kafka_cluster import admin, consume_all, layout, produce
-
-LAG = "2s"
-
-
-@pytest.fixture
-def lagging_cluster(tmp_path, request):
-    with running_cluster(
-        tmp_path,
-        name=f"cluster[{request.node.name}]",
-        settings={"cluster.replica_lag_max": LAG},
-    ) as instance:
-        yield instance
-
 
 def create_replicated(bootstrap: str, topic: str, partitions: int, replicas: int, config=None) -> None:
     client = AdminClient({"bootstrap.servers": bootstrap})

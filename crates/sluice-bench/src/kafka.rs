@@ -57,6 +57,10 @@ pub(crate) struct KafkaArgs {
     /// Partitions of the topic created for the run.
     #[arg(long, default_value_t = 1)]
     partitions: i32,
+    /// Replicas of each partition of the topic created for the run (a
+    /// cluster's brokers only).
+    #[arg(long, default_value_t = 1)]
+    replication: i32,
     #[arg(long, default_value_t = 1)]
     producers: u32,
     #[arg(long, default_value_t = 1)]
@@ -144,7 +148,7 @@ fn create_topic(args: &KafkaArgs, topic: &str) -> anyhow::Result<()> {
             &[NewTopic::new(
                 topic,
                 args.partitions,
-                TopicReplication::Fixed(1),
+                TopicReplication::Fixed(args.replication),
             )],
             &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
         ))

@@ -1,0 +1,155 @@
+"""A nemesis in the spirit of Jepsen, short version (the long one is
+`NEMESIS_FAULTS=1000 compat/cluster/run.sh -k nemesis`, RELIABILITY.md):
+an acks=all idempotent producer writes numbered records to a topic with
+three replicas on a three-node cluster while faults hit the nodes, one at
+a time, each healed before the next: kill -9 of a random node, of a
+partition's leader, of the controller; SIGSTOP then SIGCONT of a node; a
+rolling restart (SIGTERM, start, next node). Then a checker decides:
+every acknowledged record is present exactly once, in the order it was
+acknowledged, on every replica (the replicas' logs are byte-identical),
+and nothing acknowledged is lost (a majority always survives).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+
+from confluent_kafka import Producer
+
+from common.broker import wait_until
+from test_kafka_cluster import admin, controller_of, layout
+from test_replication import check_replicas_identical, create_replicated, read_to_end
+
+FAULTS = int(os.environ.get("NEMESIS_FAULTS", "6"))
+PARTITIONS = 3
+
+
+class Writer:
+    """Produces numbered records until stopped; keeps what was acknowledged."""
+
+    def __init__(self, bootstrap: str, topic: str):
+        self.topic = topic
+        self.producer = Producer(
+            {
+                "bootstrap.servers": bootstrap,
+                "acks": "all",
+                "enable.idempotence": True,
+                "linger.ms": 2,
+                "message.timeout.ms": 120000,
+            }
+        )
+        self.acked: dict[int, list[tuple[int, bytes]]] = {p: [] for p in range(PARTITIONS)}
+        self.failed = []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def report(self, error, message):
+        if error is None:
+            self.acked[message.partition()].append((message.offset(), message.value()))
+        else:
+            self.failed.append(error)
+
+    def run(self):
+        sequence = 0
+        while not self.stopping.is_set():
+            try:
+                self.producer.produce(
+                    self.topic,
+                    value=f"n{sequence}".encode(),
+                    partition=sequence % PARTITIONS,
+                    on_delivery=self.report,
+                )
+                sequence += 1
+            except BufferError:
+                pass
+            self.producer.poll(0.002)
+        self.producer.flush(120)
+
+    def count(self) -> int:
+        return sum(len(v) for v in self.acked.values())
+
+
+def wait_all_in_sync(cluster, topic: str, timeout: float = 60) -> None:
+    def in_sync():
+        for node in cluster.nodes:
+            if not node.alive():
+                return False
+        view = layout(cluster.node(1).bootstrap, topic)
+        return all(len(isr) == 3 for _, _, isr in view.values())
+
+    wait_until(in_sync, timeout, interval=0.3, what="every replica back in sync")
+
+
+def test_acknowledged_records_survive_kills_pauses_and_restarts(lagging_cluster, name):
+    cluster = lagging_cluster
+    rng = random.Random(int(os.environ.get("NEMESIS_SEED", str(time.time_ns()))))
+    cluster.wait_registered(admin)
+    create_replicated(cluster.node(1).bootstrap, name, PARTITIONS, 3)
+    writer = Writer(cluster.bootstrap, name)
+    writer.thread.start()
+    faults = ["kill a node", "kill a leader", "kill the controller", "pause a node", "rolling restart"]
+    done = []
+    try:
+        wait_until(lambda: writer.count() > 200, 30, what="the writer to get going")
+        for i in range(FAULTS):
+            fault = faults[i % len(faults)] if i < len(faults) else rng.choice(faults)
+            before = writer.count()
+            if fault == "kill a node":
+                victims = [rng.choice([1, 2, 3])]
+            elif fault == "kill a leader":
+                victims = [layout(cluster.node(1).bootstrap, name)[rng.randrange(PARTITIONS)][0]]
+            elif fault == "kill the controller":
+                victims = [controller_of(cluster.node(1).bootstrap)]
+            elif fault == "pause a node":
+                victims = [rng.choice([1, 2, 3])]
+            else:
+                victims = [1, 2, 3]
+            for victim in victims:
+                node = cluster.node(victim)
+                if fault == "pause a node":
+                    os.kill(node.proc.pid, signal.SIGSTOP)
+                    time.sleep(rng.uniform(2.0, 4.0))
+                    os.kill(node.proc.pid, signal.SIGCONT)
+                elif fault == "rolling restart":
+                    node.stop()
+                    node.start()
+                    wait_all_in_sync(cluster, name)
+                else:
+                    node.kill()
+                    time.sleep(rng.uniform(1.0, 3.0))
+                    node.start()
+            wait_all_in_sync(cluster, name)
+            # Writes go on after each fault.
+            wait_until(lambda: writer.count() > before + 50, 60, what=f"writes after '{fault}'")
+            done.append(fault)
+    finally:
+        writer.stopping.set()
+        writer.thread.join(180)
+    assert not writer.thread.is_alive(), "the writer did not finish"
+    assert len(done) == FAULTS, done
+
+    wait_all_in_sync(cluster, name)
+    total = 0
+    for partition in range(PARTITIONS):
+        leader = layout(cluster.node(1).bootstrap, name)[partition][0]
+        stored = read_to_end(cluster.node(leader).bootstrap, name, partition)
+        acked = [value for _, value in sorted(writer.acked[partition])]
+        offsets = [offset for offset, _ in writer.acked[partition]]
+        assert len(offsets) == len(set(offsets)), f"partition {partition}: an offset acknowledged twice"
+        positions = {}
+        for index, value in enumerate(stored):
+            assert value not in positions, f"partition {partition}: {value!r} stored twice"
+            positions[value] = index
+        missing = [v for v in acked if v not in positions]
+        assert not missing, f"partition {partition}: {len(missing)} acknowledged records lost, first {missing[:3]}"
+        order = [positions[v] for v in acked]
+        assert order == sorted(order), f"partition {partition}: acknowledged records out of order"
+        total += len(acked)
+    assert total == writer.count()
+    cluster.stop()
+    check_replicas_identical(cluster, name, PARTITIONS)
+    print(f"nemesis: {FAULTS} faults ({', '.join(done)}), {total} acknowledged records checked")
