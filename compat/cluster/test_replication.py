@@ -8,7 +8,12 @@ that stops leaves the in-sync replicas after `cluster.replica_lag_max`
 
 from __future__ import annotations
 
+import base64
+import json
+import os
+import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -59,6 +64,15 @@ def read_to_end(bootstrap: str, topic: str, partition: int) -> list[bytes]:
         return values
     finally:
         consumer.close()
+
+
+def http_get(node, path: str, raw: bool = False):
+    """GET on a node's admin API as guest (a loopback user)."""
+    request = urllib.request.Request(f"http://127.0.0.1:{node.http_port}{path}")
+    request.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        body = answer.read().decode()
+    return body if raw else json.loads(body)
 
 
 def segment_bytes(node, topic: str, partition: int) -> bytes:
@@ -121,6 +135,19 @@ def test_a_stopped_follower_leaves_the_in_sync_replicas_and_returns(lagging_clus
     in_sync = layout(cluster.node(leader).bootstrap, name)[0][2]
     assert follower not in in_sync and leader in in_sync, in_sync
     assert waited < 30, f"acks=all waited {waited:.1f} s for a stopped follower"
+    # The admin API, the metrics and `sluice status` say so.
+    overview = http_get(cluster.node(leader), "/api/overview")["cluster"]
+    assert overview["clustered"] is True and overview["under_replicated_partitions"] >= 1, overview
+    assert sorted(n["id"] for n in overview["nodes"]) == [1, 2, 3]
+    metrics = http_get(cluster.node(leader), "/metrics", raw=True)
+    assert "sluice_cluster_under_replicated_partitions 1" in metrics, metrics[:2000]
+    described = http_get(cluster.node(leader), f"/api/topics/{name}")["partitions"][0]
+    assert described["leader"] == leader and follower not in described["in_sync_replicas"], described
+    status = subprocess.run(
+        [os.environ["BROKER_BIN"], "status", "--http", f"http://127.0.0.1:{cluster.node(leader).http_port}"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert f"node {leader} of 3" in status.stdout and "1 partition under-replicated" in status.stdout, status
 
     # min.insync.replicas above the in-sync count refuses acks=all
     # (kafka-python without retries sees the error itself).

@@ -230,6 +230,22 @@ pub struct Limits {
     pub max_queues: Option<u32>,
 }
 
+/// The cluster as one node sees it ([`Broker::cluster_view`]).
+#[derive(Debug, Clone)]
+pub struct ClusterView {
+    /// Whether this node is part of a cluster (false: a cluster of one).
+    pub clustered: bool,
+    pub node_id: i32,
+    /// The controller's id; -1 while there is none.
+    pub controller: i32,
+    /// The registered nodes and their Kafka addresses.
+    pub nodes: Vec<BrokerAddress>,
+    /// Partitions with fewer in-sync replicas than replicas.
+    pub under_replicated: usize,
+    /// Partitions this node leads.
+    pub led_here: usize,
+}
+
 /// One running broker node.
 ///
 /// Owned by the binary; front-ends hold it behind an `Arc` in later issues.
@@ -431,6 +447,37 @@ impl Broker {
     /// This node's id (`node.id`).
     pub fn node_id(&self) -> i32 {
         self.node_id
+    }
+
+    /// The cluster as this node sees it: its nodes, the controller, and
+    /// how many partitions have fewer in-sync replicas than replicas.
+    pub fn cluster_view(&self) -> ClusterView {
+        let topics = self.topics.names();
+        let mut under_replicated = 0;
+        let mut led_here = 0;
+        for topic in topics.iter().filter_map(|name| self.topics.get(name)) {
+            for index in 0..topic.partition_count() as i32 {
+                let id = sluice_types::PartitionId::from(index);
+                let replicas = topic.replicas(id).unwrap_or_default().len();
+                if replicas > 1 && topic.in_sync(id).len() < replicas {
+                    under_replicated += 1;
+                }
+                if topic
+                    .leader(id)
+                    .map_or(replicas == 0, |(l, _)| l == self.node_id)
+                {
+                    led_here += 1;
+                }
+            }
+        }
+        ClusterView {
+            clustered: self.topics.metadata().clustered(),
+            node_id: self.node_id,
+            controller: self.controller(),
+            nodes: self.topics.metadata().brokers(),
+            under_replicated,
+            led_here,
+        }
     }
 
     /// Registers where Kafka clients reach this node with the cluster

@@ -26,6 +26,9 @@
 //! | `sluice_amqp_method_duration_microseconds` | histogram | method |
 //! | `sluice_amqp_queued_message_bytes` | gauge | |
 //! | `sluice_alarm_active` | gauge | resource (memory, disk) |
+//! | `sluice_cluster_under_replicated_partitions` | gauge | |
+//! | `sluice_cluster_partitions_led` | gauge | |
+//! | `sluice_cluster_controller` | gauge | |
 //! | `sluice_connections_open` | gauge | protocol |
 //! | `sluice_connections_opened_total` | counter | protocol |
 //! | `sluice_connections_refused_total` | counter | |
@@ -313,6 +316,38 @@ pub(crate) async fn render(State(shared): State<AppState>) -> impl IntoResponse 
         "sluice_alarm_active",
         &[("resource", "disk")],
         f64::from(u8::from(monitor.disk_alarm())),
+    );
+
+    let cluster = broker.cluster_view();
+    out.header(
+        "sluice_cluster_under_replicated_partitions",
+        "gauge",
+        "Partitions with fewer in-sync replicas than replicas.",
+    );
+    out.sample(
+        "sluice_cluster_under_replicated_partitions",
+        &[],
+        cluster.under_replicated as f64,
+    );
+    out.header(
+        "sluice_cluster_partitions_led",
+        "gauge",
+        "Partitions this node leads.",
+    );
+    out.sample(
+        "sluice_cluster_partitions_led",
+        &[],
+        cluster.led_here as f64,
+    );
+    out.header(
+        "sluice_cluster_controller",
+        "gauge",
+        "1 on the node that is the controller (the metadata quorum's leader).",
+    );
+    out.sample(
+        "sluice_cluster_controller",
+        &[],
+        f64::from(u8::from(cluster.controller == cluster.node_id)),
     );
 
     let connections = broker.connections().list();

@@ -55,6 +55,25 @@ fn health(readiness: Option<&Value>) -> String {
     format!("not ready: {}", reasons.join("; "))
 }
 
+/// `node 1 of 3, controller 2, 0 partitions under-replicated`, or `one
+/// node` on a cluster of one.
+fn cluster(cluster: &Value) -> String {
+    if cluster["clustered"].as_bool() != Some(true) {
+        return "one node".to_owned();
+    }
+    let nodes = cluster["nodes"].as_array().map_or(0, Vec::len);
+    let controller = match cluster["controller"].as_i64() {
+        Some(id) if id >= 0 => format!("controller {id}"),
+        _ => "no controller".to_owned(),
+    };
+    format!(
+        "node {} of {nodes}, {controller}, leads {}, {} under-replicated",
+        cell(&cluster["node_id"]),
+        count(&cluster["partitions_led_here"], "partition"),
+        count(&cluster["under_replicated_partitions"], "partition"),
+    )
+}
+
 fn fields(overview: &Value) -> Vec<(&'static str, String)> {
     let totals = &overview["totals"];
     let rates = &overview["rates"];
@@ -86,6 +105,7 @@ fn fields(overview: &Value) -> Vec<(&'static str, String)> {
             ),
         ),
         ("listeners", listeners.join(", ")),
+        ("cluster", cluster(&overview["cluster"])),
         (
             "kafka",
             format!(

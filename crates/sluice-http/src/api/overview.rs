@@ -34,8 +34,29 @@ pub(crate) async fn show(State(shared): State<AppState>) -> ApiResult<Json<Value
     let (kafka, amqp) = shared.rates.totals();
     let listeners = listeners(&shared);
     let monitor = broker.vhosts().memory();
+    let cluster = broker.cluster_view();
+    let nodes: Vec<Value> = cluster
+        .nodes
+        .iter()
+        .map(|n| {
+            json!({
+                "id": n.node,
+                "kafka": format!("{}:{}", n.host, n.port),
+                "controller": n.node == cluster.controller,
+                "this_node": n.node == cluster.node_id,
+            })
+        })
+        .collect();
     Ok(Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
+        "cluster": {
+            "clustered": cluster.clustered,
+            "node_id": cluster.node_id,
+            "controller": cluster.controller,
+            "nodes": nodes,
+            "under_replicated_partitions": cluster.under_replicated,
+            "partitions_led_here": cluster.led_here,
+        },
         "uptime_ms": u64::try_from(broker.uptime().as_millis()).unwrap_or(u64::MAX),
         "listeners": listeners,
         "totals": {

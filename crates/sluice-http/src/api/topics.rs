@@ -57,8 +57,23 @@ pub(crate) fn description(shared: &AppState, topic: &Topic) -> Value {
             let load = |counter: &std::sync::atomic::AtomicU64| {
                 counter.load(std::sync::atomic::Ordering::Relaxed)
             };
+            let (leader, epoch) = topic
+                .leader(partition.id())
+                .unwrap_or((shared.broker.node_id(), partition.leader_epoch().get()));
+            let replicas = topic
+                .replicas(partition.id())
+                .filter(|r| !r.is_empty())
+                .unwrap_or_else(|| vec![leader]);
+            let in_sync = match topic.in_sync(partition.id()) {
+                in_sync if in_sync.is_empty() => vec![leader],
+                in_sync => in_sync,
+            };
             json!({
                 "partition": partition.id().get(),
+                "leader": leader,
+                "leader_epoch": epoch,
+                "replicas": replicas,
+                "in_sync_replicas": in_sync,
                 "log_start_offset": partition.log_start().get(),
                 "log_end_offset": partition.log_end().get(),
                 "high_watermark": partition.high_watermark().get(),
