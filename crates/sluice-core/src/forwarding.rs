@@ -67,7 +67,9 @@ pub async fn run(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
             let Some(forwarding) = topic.config().forwarding() else {
                 continue;
             };
-            for partition in topic.partitions() {
+            // On a cluster, a partition forwards from its leader only, and
+            // its forwarder moves with the leadership.
+            for partition in topic.partitions().into_iter().filter(|p| p.is_leader()) {
                 wanted.insert(
                     (name.clone(), partition.id().get()),
                     (forwarding.clone(), Arc::clone(&topic), partition),

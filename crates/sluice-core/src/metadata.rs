@@ -472,13 +472,28 @@ pub(crate) fn leadership_changes(
                 .filter(|r| live.contains(r))
                 .collect();
             if !live.contains(&leader) {
-                if let Some(next) = alive.first() {
+                // With no in-sync replica alive, a topic that allows it
+                // (`unclean.leader.election.enable`) takes any live
+                // replica and loses what only the others had.
+                let unclean = topic
+                    .config
+                    .get("unclean.leader.election.enable")
+                    .is_some_and(|v| v == "true");
+                let next = match alive.first() {
+                    Some(next) => Some((*next, alive)),
+                    None if unclean => replicas
+                        .iter()
+                        .find(|r| live.contains(r))
+                        .map(|r| (*r, vec![*r])),
+                    None => None,
+                };
+                if let Some((next, in_sync)) = next {
                     changes.push(MetadataCommand::ChangeLeader {
                         name: name.clone(),
                         partition,
-                        leader: *next,
+                        leader: next,
                         leader_epoch: epoch + 1,
-                        in_sync: alive,
+                        in_sync,
                     });
                 }
             } else if alive.len() < in_sync.len() {
@@ -1208,6 +1223,45 @@ mod tests {
         // With every in-sync replica gone there is no leader to choose
         // (unclean election is off), and a stale epoch is refused.
         assert!(leadership_changes(&state, &BTreeSet::new()).is_empty());
+        apply(
+            &mut state,
+            MetadataCommand::SetInSync {
+                name: "t".into(),
+                partition: 1,
+                in_sync: vec![2],
+            },
+        )
+        .expect("shrink");
+        // Partition 1's only in-sync replica (2) is gone; 3 is alive but
+        // was not in sync.
+        let of_partition_1 = |changes: Vec<MetadataCommand>| {
+            changes
+                .into_iter()
+                .filter(|c| matches!(c, MetadataCommand::ChangeLeader { partition: 1, .. }))
+                .collect::<Vec<_>>()
+        };
+        assert!(of_partition_1(leadership_changes(&state, &BTreeSet::from([3]))).is_empty());
+        apply(
+            &mut state,
+            MetadataCommand::SetTopicConfig {
+                name: "t".into(),
+                config: BTreeMap::from([(
+                    "unclean.leader.election.enable".to_owned(),
+                    "true".to_owned(),
+                )]),
+            },
+        )
+        .expect("config");
+        assert_eq!(
+            of_partition_1(leadership_changes(&state, &BTreeSet::from([3]))),
+            vec![MetadataCommand::ChangeLeader {
+                name: "t".into(),
+                partition: 1,
+                leader: 3,
+                leader_epoch: 1,
+                in_sync: vec![3],
+            }]
+        );
         assert!(
             apply(
                 &mut state,
