@@ -302,23 +302,8 @@ fn check(state: &MetadataState, command: &MetadataCommand) -> Result<(), CoreErr
             in_sync,
         } => {
             let meta = topic(name)?;
-            let replicas = meta
-                .replicas
-                .get(*partition as usize)
-                .cloned()
-                .unwrap_or_default();
             let (leader, _) = meta.leader_of(*partition);
-            let valid = in_sync.contains(&leader) && in_sync.iter().all(|r| replicas.contains(r));
-            if valid {
-                Ok(())
-            } else {
-                Err(CoreError::InvalidPartitions {
-                    topic: name.clone(),
-                    reason: format!(
-                        "in-sync replicas {in_sync:?} of partition {partition} are not the leader and some of {replicas:?}"
-                    ),
-                })
-            }
+            check_partition_change(name, meta, *partition, leader, in_sync, None)
         }
         MetadataCommand::ChangeLeader {
             name,
@@ -326,29 +311,14 @@ fn check(state: &MetadataState, command: &MetadataCommand) -> Result<(), CoreErr
             leader,
             leader_epoch,
             in_sync,
-        } => {
-            let meta = topic(name)?;
-            let replicas = meta
-                .replicas
-                .get(*partition as usize)
-                .cloned()
-                .unwrap_or_default();
-            let (_, epoch) = meta.leader_of(*partition);
-            let valid = replicas.contains(leader)
-                && in_sync.contains(leader)
-                && in_sync.iter().all(|r| replicas.contains(r))
-                && *leader_epoch > epoch;
-            if valid {
-                Ok(())
-            } else {
-                Err(CoreError::InvalidPartitions {
-                    topic: name.clone(),
-                    reason: format!(
-                        "leader {leader} in epoch {leader_epoch} of partition {partition} (replicas {replicas:?}, in sync {in_sync:?}, epoch now {epoch})"
-                    ),
-                })
-            }
-        }
+        } => check_partition_change(
+            name,
+            topic(name)?,
+            *partition,
+            *leader,
+            in_sync,
+            Some(*leader_epoch),
+        ),
         MetadataCommand::AllocateProducerIds { end } if *end <= state.producer_ids_end => {
             Err(CoreError::Internal {
                 reason: format!(
@@ -359,6 +329,37 @@ fn check(state: &MetadataState, command: &MetadataCommand) -> Result<(), CoreErr
         }
         _ => Ok(()),
     }
+}
+
+/// Whether a partition may have `leader` and `in_sync`: the leader is in
+/// sync, every in-sync replica is a replica, and a new leader epoch
+/// (`Some`) is past the current one.
+fn check_partition_change(
+    name: &str,
+    topic: &TopicMeta,
+    partition: u32,
+    leader: i32,
+    in_sync: &[i32],
+    leader_epoch: Option<i32>,
+) -> Result<(), CoreError> {
+    let replicas = topic
+        .replicas
+        .get(partition as usize)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let (_, epoch) = topic.leader_of(partition);
+    let valid = in_sync.contains(&leader)
+        && in_sync.iter().all(|r| replicas.contains(r))
+        && leader_epoch.is_none_or(|e| e > epoch);
+    if valid {
+        return Ok(());
+    }
+    Err(CoreError::InvalidPartitions {
+        topic: name.to_owned(),
+        reason: format!(
+            "partition {partition}: leader {leader} (epoch {leader_epoch:?}, now {epoch}) and in-sync replicas {in_sync:?} do not fit replicas {replicas:?}"
+        ),
+    })
 }
 
 /// Applies one command to `state`. Deterministic: the same commands in the
