@@ -207,7 +207,13 @@ impl Partition {
     /// so its log ends there; the high watermark may move.
     pub fn replica_fetched(&self, replica: i32, offset: Offset) {
         if let Some(replication) = &self.replication {
+            let before = replication.high_watermark();
             replication.fetched(replica, offset, self.log.log_end(), self.own_end());
+            // Consumers waiting for records see them once the high
+            // watermark passes them, not when they were written.
+            if replication.high_watermark() > before {
+                self.appended.notify_waiters();
+            }
         }
     }
 

@@ -242,13 +242,18 @@ impl Replication {
     /// Waits until the high watermark reaches `end` while this node leads.
     pub(crate) async fn reached(&self, end: Offset, timeout: Duration) -> Reached {
         let mut moved = self.high_watermark.subscribe();
-        let waited = tokio::time::timeout(
-            timeout,
-            moved.wait_for(|hw| *hw >= end.get() || !self.is_leader()),
-        )
+        // The watch's read guard is dropped inside the timeout: reading the
+        // watch again while holding it deadlocks against a waiting writer.
+        let waited = tokio::time::timeout(timeout, async {
+            moved
+                .wait_for(|hw| *hw >= end.get() || !self.is_leader())
+                .await
+                .map(|hw| *hw)
+        })
         .await;
         match waited {
-            Ok(Ok(_)) if self.high_watermark() >= end => Reached::Yes,
+            Ok(Ok(hw)) if hw >= end.get() => Reached::Yes,
+            Ok(_) if self.high_watermark() >= end => Reached::Yes,
             Ok(_) => Reached::NoLongerLeader(self.leader()),
             Err(_) => Reached::TimedOut,
         }
@@ -276,5 +281,62 @@ impl Replication {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Many acks=all waiters while the high watermark moves from other
+    /// threads: every waiter is answered (reading the watch while holding
+    /// its guard once froze the runtime here).
+    #[test]
+    fn waiters_are_answered_while_the_high_watermark_moves() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let replication = std::sync::Arc::new(Replication::new(
+            1,
+            vec![1, 2],
+            1,
+            vec![1, 2],
+            Offset::from(0),
+        ));
+        let mover = {
+            let replication = std::sync::Arc::clone(&replication);
+            std::thread::spawn(move || {
+                for end in 1..=20_000_i64 {
+                    replication.fetched(2, Offset::from(end), Offset::from(end), Offset::from(end));
+                }
+            })
+        };
+        let answered = runtime.block_on(async {
+            let waiters: Vec<_> = (1..=400_i64)
+                .map(|i| {
+                    let replication = std::sync::Arc::clone(&replication);
+                    tokio::spawn(async move {
+                        replication
+                            .reached(Offset::from(i * 50), Duration::from_secs(20))
+                            .await
+                    })
+                })
+                .collect();
+            let mut answered = Vec::new();
+            for waiter in waiters {
+                answered.push(waiter.await.expect("waiter"));
+            }
+            answered
+        });
+        mover.join().expect("mover");
+        assert!(answered.iter().all(|r| *r == Reached::Yes), "{answered:?}");
+        assert_eq!(replication.high_watermark(), Offset::from(20_000));
+        // A former leader's waiters learn it at once.
+        replication.change_leader(2, vec![2], Offset::from(20_000));
+        let late =
+            runtime.block_on(replication.reached(Offset::from(30_000), Duration::from_secs(20)));
+        assert_eq!(late, Reached::NoLongerLeader(2));
     }
 }
