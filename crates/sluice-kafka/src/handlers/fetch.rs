@@ -134,7 +134,15 @@ fn read_all(
             } else {
                 w.max_bytes.min(max_bytes.saturating_sub(total))
             };
-            if replica >= 0 {
+            // Only a follower of this partition reads past the high
+            // watermark; any other replica id is served as a consumer.
+            let follower = replica >= 0
+                && partition
+                    .replica_set()
+                    .is_some_and(|(leader, replicas, _)| {
+                        replica != leader && replicas.contains(&replica)
+                    });
+            if follower {
                 // Its fetch offset is where its log ends: the high
                 // watermark may move before it is read below.
                 partition.replica_fetched(replica, Offset::from(w.fetch_offset));
@@ -151,7 +159,7 @@ fn read_all(
             if budget == 0 {
                 return base.with_records(Some(Bytes::new()));
             }
-            if replica >= 0 {
+            if follower {
                 return match partition.read_for_replica(Offset::from(w.fetch_offset), budget) {
                     Ok(records) => {
                         total += records.len();
