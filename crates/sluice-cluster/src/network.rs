@@ -274,11 +274,7 @@ pub(crate) async fn forward(
     command: String,
     ttl: Duration,
 ) -> Result<(u64, String), String> {
-    let mut peer = Peer {
-        target,
-        addr: addr.to_owned(),
-        stream: None,
-    };
+    let mut peer = Peer::new(target, addr);
     match peer.call(Request::Forward(Proposal(command)), ttl).await {
         Ok(Response::Forwarded(answer)) => answer,
         Ok(_) => Err("the leader answered another kind of request".to_owned()),

@@ -203,6 +203,12 @@ impl Partition {
             .map(|r| (r.leader(), r.replicas().to_vec(), r.in_sync()))
     }
 
+    /// How many replicas are in sync; `None` when it is not replicated.
+    /// Read per acks=all produce, so nothing is copied.
+    pub fn in_sync_count(&self) -> Option<usize> {
+        self.replication.as_ref().map(|r| r.in_sync_count())
+    }
+
     /// On the leader: follower `replica` asks for records from `offset`,
     /// so its log ends there; the high watermark may move.
     pub fn replica_fetched(&self, replica: i32, offset: Offset) {

@@ -137,6 +137,10 @@ impl Replication {
         &self.replicas
     }
 
+    pub(crate) fn in_sync_count(&self) -> usize {
+        self.state().in_sync.len()
+    }
+
     pub(crate) fn in_sync(&self) -> Vec<i32> {
         self.state().in_sync.clone()
     }

@@ -135,12 +135,14 @@ fn write(
     // As Kafka: acks=all needs min.insync.replicas in sync, checked before
     // anything is written.
     let min_insync = topic.min_insync_replicas();
-    let in_sync = topic
-        .partition(PartitionId::from(index))
-        .and_then(|p| p.replica_set())
-        .map_or(IN_SYNC_REPLICAS, |(_, _, in_sync)| {
-            u32::try_from(in_sync.len()).unwrap_or(u32::MAX)
-        });
+    let in_sync = if acks == -1 {
+        topic
+            .partition(PartitionId::from(index))
+            .and_then(|p| p.in_sync_count())
+            .map_or(IN_SYNC_REPLICAS, |n| u32::try_from(n).unwrap_or(u32::MAX))
+    } else {
+        IN_SYNC_REPLICAS
+    };
     if acks == -1 && min_insync > in_sync {
         tracing::debug!(
             topic = name,
