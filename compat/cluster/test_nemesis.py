@@ -7,7 +7,12 @@ partition's leader, of the controller; SIGSTOP then SIGCONT of a node; a
 rolling restart (SIGTERM, start, next node). Then a checker decides:
 every acknowledged record is present exactly once, in the order it was
 acknowledged, on every replica (the replicas' logs are byte-identical),
-and nothing acknowledged is lost (a majority always survives).
+and nothing acknowledged is lost (a majority always survives). Meanwhile
+a consumer group commits ever larger offsets through its coordinator (the
+leader of the group's `__consumer_offsets` partition, which the faults hit
+too) and reads them back: a read never shows less than the last commit
+acknowledged before it (committed offsets never go backwards), and at the
+end the group has the last acknowledged commit.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import signal
 import threading
 import time
 
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from common.broker import wait_until
 from test_kafka_cluster import admin, controller_of, layout
@@ -73,6 +78,54 @@ class Writer:
         return sum(len(v) for v in self.acked.values())
 
 
+class Committer:
+    """Commits 1, 2, 3... as the offset of every partition for one group
+    until stopped, and reads the committed offsets back after each commit;
+    a read below the last acknowledged commit is a regression."""
+
+    def __init__(self, bootstrap: str, topic: str, group: str):
+        self.topic = topic
+        self.consumer = Consumer(
+            {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}
+        )
+        self.acked = 0
+        self.attempts = 0
+        self.reads = 0
+        self.regressions: list[tuple[int, int]] = []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def partitions(self, offset: int = -1001) -> list[TopicPartition]:
+        return [TopicPartition(self.topic, p, offset) for p in range(PARTITIONS)]
+
+    def read(self) -> list[int] | None:
+        try:
+            return [tp.offset for tp in self.consumer.committed(self.partitions(), timeout=5)]
+        except KafkaException:
+            return None
+
+    def run(self):
+        value = 0
+        try:
+            while not self.stopping.is_set():
+                value += 1
+                self.attempts += 1
+                try:
+                    self.consumer.commit(offsets=self.partitions(value), asynchronous=False)
+                    self.acked = value
+                except KafkaException:
+                    time.sleep(0.2)
+                floor = self.acked
+                found = self.read()
+                if found is not None:
+                    self.reads += 1
+                    if min(found) < floor:
+                        self.regressions.append((floor, min(found)))
+                time.sleep(0.05)
+        finally:
+            self.consumer.close()
+
+
 def wait_all_in_sync(cluster, topic: str, timeout: float = 60) -> None:
     def in_sync():
         for node in cluster.nodes:
@@ -91,6 +144,8 @@ def test_acknowledged_records_survive_kills_pauses_and_restarts(lagging_cluster,
     create_replicated(cluster.node(1).bootstrap, name, PARTITIONS, 3)
     writer = Writer(cluster.bootstrap, name)
     writer.thread.start()
+    committer = Committer(cluster.bootstrap, name, f"{name}-group")
+    committer.thread.start()
     faults = ["kill a node", "kill a leader", "kill the controller", "pause a node", "rolling restart"]
     done = []
     try:
@@ -128,8 +183,11 @@ def test_acknowledged_records_survive_kills_pauses_and_restarts(lagging_cluster,
             done.append(fault)
     finally:
         writer.stopping.set()
+        committer.stopping.set()
         writer.thread.join(180)
+        committer.thread.join(60)
     assert not writer.thread.is_alive(), "the writer did not finish"
+    assert not committer.thread.is_alive(), "the committer did not finish"
     assert len(done) == FAULTS, done
 
     wait_all_in_sync(cluster, name)
@@ -150,6 +208,20 @@ def test_acknowledged_records_survive_kills_pauses_and_restarts(lagging_cluster,
         assert order == sorted(order), f"partition {partition}: acknowledged records out of order"
         total += len(acked)
     assert total == writer.count()
+
+    # Committed offsets never went backwards, and the last acknowledged
+    # commit is the group's.
+    assert committer.acked > FAULTS, f"only {committer.acked} of {committer.attempts} commits acknowledged"
+    assert not committer.regressions, f"committed offsets went backwards: {committer.regressions[:3]}"
+    final = Committer(cluster.node(1).bootstrap, name, f"{name}-group")
+    try:
+        last = wait_until(final.read, 30, interval=0.5, what="the group's committed offsets")
+    finally:
+        final.consumer.close()
+    assert min(last) >= committer.acked, f"committed {last} after acknowledging {committer.acked}"
     cluster.stop()
     check_replicas_identical(cluster, name, PARTITIONS)
-    print(f"nemesis: {FAULTS} faults ({', '.join(done)}), {total} acknowledged records checked")
+    print(
+        f"nemesis: {FAULTS} faults ({', '.join(done)}), {total} acknowledged records checked, "
+        f"{committer.acked} of {committer.attempts} commits acknowledged, {committer.reads} reads, none backwards"
+    )

@@ -152,6 +152,9 @@ pub struct KafkaConfig {
     /// Segment size of the committed-offsets log, which is compacted
     /// (Kafka's `offsets.topic.segment.bytes`).
     pub offsets_segment_bytes: ByteSize,
+    /// Partitions of the committed offsets topic of a cluster (Kafka's
+    /// `offsets.topic.num.partitions`); read when the topic is created.
+    pub offsets_partitions: u32,
     /// Shortest session timeout a consumer group member may ask for
     /// (Kafka's `group.min.session.timeout.ms`).
     pub group_min_session_timeout: HumanDuration,
@@ -173,6 +176,7 @@ impl Default for KafkaConfig {
             default_partitions: 1,
             offsets_retention: HumanDuration::new(std::time::Duration::from_secs(7 * 24 * 3600)),
             offsets_segment_bytes: ByteSize::mib(100),
+            offsets_partitions: 50,
             group_min_session_timeout: HumanDuration::from_secs(6),
             group_max_session_timeout: HumanDuration::from_secs(30 * 60),
             group_initial_rebalance_delay: HumanDuration::from_secs(3),
@@ -508,6 +512,10 @@ pub const KEYS: &[KeyDoc] = &[
         description: "Segment size of the compacted log of committed offsets (1KiB to 2GiB)",
     },
     KeyDoc {
+        key: "kafka.offsets_partitions",
+        description: "Partitions of the replicated committed offsets topic of a cluster, read when it is created (1 to 1000)",
+    },
+    KeyDoc {
         key: "kafka.group_min_session_timeout",
         description: "Shortest session timeout a consumer group member may ask for; shorter joins get INVALID_SESSION_TIMEOUT",
     },
@@ -724,6 +732,15 @@ impl Config {
                     "kafka.max_request_bytes",
                     ByteSize::kib(1),
                     kafka.max_request_bytes,
+                ),
+            );
+        }
+        if !(1..=1000).contains(&kafka.offsets_partitions) {
+            problem(
+                "kafka.offsets_partitions",
+                format!(
+                    "kafka.offsets_partitions must be from 1 to 1000, got {}",
+                    kafka.offsets_partitions
                 ),
             );
         }

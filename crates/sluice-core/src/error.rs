@@ -34,6 +34,13 @@ pub enum CoreError {
         partition: sluice_types::PartitionId,
         leader: Option<i32>,
     },
+    /// Another node coordinates the group (the leader of its offsets
+    /// partition), or none does yet (`coordinator` is `None`).
+    #[error("this node does not coordinate group {group:?} (its coordinator is {coordinator:?})")]
+    NotCoordinator {
+        group: String,
+        coordinator: Option<i32>,
+    },
     /// More replicas than nodes, or none.
     #[error(
         "topic {topic:?}: a replication factor of {replication} needs as many nodes; the cluster has {nodes}"

@@ -73,7 +73,7 @@ pub use lifecycle::{Lifecycle, Tasks};
 use messaging::VirtualHosts;
 pub use metadata::{BrokerAddress, Metadata, MetadataCommand, MetadataMachine, MetadataQuorum};
 pub use metrics::{ProtocolMetrics, RequestMetrics};
-pub use offsets::{CommittedOffset, OFFSETS_LOG, OffsetStore};
+pub use offsets::{CommittedOffset, Coordinator, OFFSETS_LOG, OFFSETS_TOPIC, OffsetStore};
 pub use partition::{Chunk, Fetched, Partition, PartitionTraffic, Position, Undecodable};
 pub use producers::ProducerIds;
 pub use topic_config::{
@@ -165,6 +165,9 @@ pub struct BrokerOptions {
     pub queue_memory_bytes: u64,
     /// Segment size of the compacted log of committed offsets.
     pub offsets_segment_bytes: u64,
+    /// Partitions of the committed offsets topic on a cluster (Kafka's
+    /// `offsets.topic.num.partitions`).
+    pub offsets_partitions: u32,
     /// Committed offsets of a group empty this long are forgotten (Kafka's
     /// `offsets.retention.minutes`).
     pub offsets_retention: std::time::Duration,
@@ -204,6 +207,7 @@ impl BrokerOptions {
             memory_high_watermark: 1 << 30,
             queue_memory_bytes: messaging::DEFAULT_QUEUE_BUDGET,
             offsets_segment_bytes: 100 << 20,
+            offsets_partitions: 50,
             offsets_retention: std::time::Duration::from_secs(7 * 24 * 3600),
             groups: GroupSettings {
                 initial_rebalance_delay: std::time::Duration::ZERO,
@@ -349,7 +353,16 @@ impl Broker {
 
         progress.phase("committed offsets");
         let phase = std::time::Instant::now();
-        let offsets = OffsetStore::open(&logs, options.offsets_segment_bytes)?;
+        let offsets = if metadata.clustered() {
+            OffsetStore::replicated(
+                &logs,
+                Arc::clone(&topics),
+                options.offsets_partitions,
+                options.offsets_segment_bytes,
+            )?
+        } else {
+            OffsetStore::open(&logs, options.offsets_segment_bytes)?
+        };
         let producer_ids = ProducerIds::new(Arc::clone(&metadata));
         tracing::info!(
             groups = offsets.group_ids().len(),

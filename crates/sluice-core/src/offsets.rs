@@ -1,9 +1,20 @@
 //! Committed consumer offsets, per group, topic and partition.
 //!
-//! Every commit is appended to the internal log `__consumer_offsets-0` as
-//! one record batch (one record per partition) and acknowledged once durable;
-//! the latest record per key wins, so the log is ready for compaction. On
-//! open the log is replayed into memory.
+//! Every commit is appended as one record batch (one record per
+//! partition) and acknowledged once durable; the latest record per key
+//! wins, so the log is ready for compaction.
+//!
+//! - On a cluster of one the log is the internal `__consumer_offsets-0`,
+//!   replayed into memory on open.
+//! - On a cluster it is the replicated topic `__consumer_offsets`
+//!   (`kafka.offsets_partitions` partitions, three replicas or one per
+//!   node when fewer), created when a client first looks for a
+//!   coordinator. As in Kafka, a group belongs to partition
+//!   `abs(java_hash(group)) % partitions` and its coordinator is that
+//!   partition's leader: a commit is acknowledged once every in-sync
+//!   replica has it (acks=all), and a node that becomes the leader loads
+//!   the partition's groups from its log before it answers for them (and
+//!   forgets them when it stops leading).
 //!
 //! Record key layout: `[version:2=0][group_len:2][group][topic_len:2][topic][partition:4]`;
 //! value layout: `[version:2=0][offset:8][leader_epoch:4][metadata_len:4 (-1 = null)][metadata]`,
@@ -14,14 +25,25 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use sluice_log::{Log, LogManager};
-use sluice_types::Offset;
-use sluice_types::{Clock, SystemClock};
+use sluice_types::{Clock, PartitionId, SystemClock};
 
 use crate::CoreError;
 use crate::fields::{get_str, put_str};
+use crate::partition::Partition;
+use crate::topic_config::TopicConfig;
+use crate::topics::Topics;
 
-/// The internal log holding committed offsets.
+/// The internal log holding committed offsets on a cluster of one.
 pub const OFFSETS_LOG: &str = "__consumer_offsets-0";
+/// The internal log holding the positions of the forwarders a node of a
+/// cluster runs (they move with partition leaders, not with a group's
+/// coordinator, so they stay on the node).
+const FORWARD_POSITIONS_LOG: &str = "__sluice_forward_positions-0";
+/// The replicated topic holding committed offsets on a cluster.
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+/// Replicas of each offsets partition (Kafka's
+/// `offsets.topic.replication.factor`), or one per node when fewer.
+const OFFSETS_REPLICATION: u16 = 3;
 
 /// One committed position.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,73 +53,349 @@ pub struct CommittedOffset {
     pub metadata: Option<String>,
 }
 
+/// Which node coordinates a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Coordinator {
+    /// This one.
+    Here,
+    /// Another node of the cluster.
+    Node(i32),
+    /// None yet: the offsets topic is being created, or the group's
+    /// partition has no leader.
+    Unavailable,
+}
+
 type GroupOffsets = BTreeMap<(String, i32), CommittedOffset>;
+
+/// Where the records go.
+#[derive(Debug)]
+enum Backend {
+    /// A cluster of one: the internal log, all groups in memory.
+    Local(Arc<Log>),
+    /// A cluster: the replicated topic; the groups of the partitions this
+    /// node leads in memory.
+    Replicated(Replicated),
+}
+
+#[derive(Debug)]
+struct Replicated {
+    topics: Arc<Topics>,
+    partitions: u32,
+    segment_bytes: u64,
+    /// The offsets partitions whose groups are in memory, with the leader
+    /// epoch they were loaded in.
+    loaded: Mutex<BTreeMap<u32, i32>>,
+    /// The forwarders' positions on this node.
+    forwarders: Box<OffsetStore>,
+}
 
 /// Committed offsets of every group.
 #[derive(Debug)]
 pub struct OffsetStore {
-    log: Arc<Log>,
+    backend: Backend,
     groups: Mutex<HashMap<String, GroupOffsets>>,
     /// Per group, the time of its latest commit (record time), for expiry.
     last_commit: Mutex<HashMap<String, i64>>,
 }
 
+/// The topic config of the committed offsets: compacted, never deleted by
+/// age or size (the latest commit per key is the state, as in Kafka).
+fn offsets_config(logs: &LogManager, segment_bytes: u64) -> sluice_log::LogConfig {
+    sluice_log::LogConfig {
+        cleanup_compact: true,
+        cleanup_delete: false,
+        segment_bytes,
+        ..logs.defaults().clone()
+    }
+}
+
+/// Reads every commit of `log` into `groups` and `last_commit`, keeping
+/// only the groups `keep` accepts.
+fn replay(
+    log: &Log,
+    keep: impl Fn(&str) -> bool,
+    groups: &mut HashMap<String, GroupOffsets>,
+    last_commit: &mut HashMap<String, i64>,
+) -> Result<(), CoreError> {
+    let mut loaded: HashMap<String, GroupOffsets> = HashMap::new();
+    let mut times: HashMap<String, i64> = HashMap::new();
+    crate::replay::for_each_record(log, log.log_start(), |record| {
+        let Some((group, topic, partition)) = record.key.as_ref().and_then(decode_key) else {
+            return;
+        };
+        if !keep(&group) {
+            return;
+        }
+        let latest = times.entry(group.clone()).or_insert(record.timestamp);
+        *latest = (*latest).max(record.timestamp);
+        let entry = loaded.entry(group).or_default();
+        match record.value.as_ref().and_then(decode_value) {
+            Some(committed) => {
+                entry.insert((topic, partition), committed);
+            }
+            None => {
+                entry.remove(&(topic, partition));
+            }
+        }
+    })?;
+    loaded.retain(|_, offsets| !offsets.is_empty());
+    times.retain(|group, _| loaded.contains_key(group));
+    groups.extend(loaded);
+    last_commit.extend(times);
+    Ok(())
+}
+
+/// Kafka's partition of a group's offsets: `Utils.abs(groupId.hashCode())
+/// % partitions`, Java's string hash over UTF-16 code units.
+pub(crate) fn partition_for(group: &str, partitions: u32) -> u32 {
+    let hash = group.encode_utf16().fold(0i32, |h, unit| {
+        h.wrapping_mul(31).wrapping_add(i32::from(unit))
+    });
+    let positive = if hash == i32::MIN { 0 } else { hash.abs() };
+    positive as u32 % partitions.max(1)
+}
+
 impl OffsetStore {
     pub(crate) fn open(logs: &LogManager, segment_bytes: u64) -> Result<OffsetStore, CoreError> {
-        // Compacted, never deleted by age or size: the latest commit per
-        // key is the state (Kafka's __consumer_offsets is the same).
-        let config = sluice_log::LogConfig {
-            cleanup_compact: true,
-            cleanup_delete: false,
-            segment_bytes,
-            ..logs.defaults().clone()
-        };
-        let log = logs.get_or_create(OFFSETS_LOG, Some(config.clone()))?;
+        OffsetStore::open_log(logs, OFFSETS_LOG, segment_bytes)
+    }
+
+    fn open_log(
+        logs: &LogManager,
+        name: &str,
+        segment_bytes: u64,
+    ) -> Result<OffsetStore, CoreError> {
+        let config = offsets_config(logs, segment_bytes);
+        let log = logs.get_or_create(name, Some(config.clone()))?;
         log.set_config(config);
-        let mut groups: HashMap<String, GroupOffsets> = HashMap::new();
-        let mut last_commit: HashMap<String, i64> = HashMap::new();
-        crate::replay::for_each_record(&log, log.log_start(), |record| {
-            let Some((group, topic, partition)) = record.key.as_ref().and_then(decode_key) else {
-                return;
-            };
-            let latest = last_commit.entry(group.clone()).or_insert(record.timestamp);
-            *latest = (*latest).max(record.timestamp);
-            let entry = groups.entry(group).or_default();
-            match record.value.as_ref().and_then(decode_value) {
-                Some(committed) => {
-                    entry.insert((topic, partition), committed);
-                }
-                None => {
-                    entry.remove(&(topic, partition));
-                }
-            }
-        })?;
-        groups.retain(|_, offsets| !offsets.is_empty());
-        last_commit.retain(|group, _| groups.contains_key(group));
+        let mut groups = HashMap::new();
+        let mut last_commit = HashMap::new();
+        replay(&log, |_| true, &mut groups, &mut last_commit)?;
         Ok(OffsetStore {
-            log,
+            backend: Backend::Local(log),
             groups: Mutex::new(groups),
             last_commit: Mutex::new(last_commit),
         })
+    }
+
+    /// The store of a node of a cluster: the topic `__consumer_offsets`
+    /// with `partitions` partitions, created on first need, and the
+    /// node's own log of its forwarders' positions.
+    ///
+    /// # Errors
+    /// [`CoreError::Log`] when the forwarders' log cannot be opened.
+    pub(crate) fn replicated(
+        logs: &LogManager,
+        topics: Arc<Topics>,
+        partitions: u32,
+        segment_bytes: u64,
+    ) -> Result<OffsetStore, CoreError> {
+        let forwarders = OffsetStore::open_log(logs, FORWARD_POSITIONS_LOG, segment_bytes)?;
+        Ok(OffsetStore {
+            backend: Backend::Replicated(Replicated {
+                topics,
+                partitions: partitions.max(1),
+                segment_bytes,
+                loaded: Mutex::new(BTreeMap::new()),
+                forwarders: Box::new(forwarders),
+            }),
+            groups: Mutex::new(HashMap::new()),
+            last_commit: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The store a forwarder's group is kept in on a cluster (this node's
+    /// own log); `None` for every other group, and on a cluster of one.
+    fn node_local(&self, group: &str) -> Option<&OffsetStore> {
+        match &self.backend {
+            Backend::Replicated(replicated)
+                if group.starts_with(crate::forwarding::FORWARD_GROUP_PREFIX) =>
+            {
+                Some(&replicated.forwarders)
+            }
+            _ => None,
+        }
     }
 
     fn groups(&self) -> MutexGuard<'_, HashMap<String, GroupOffsets>> {
         self.groups.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn last_commits(&self) -> MutexGuard<'_, HashMap<String, i64>> {
+        self.last_commit.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Which node coordinates `group`: this one on a cluster of one; on a
+    /// cluster, the leader of the group's offsets partition.
+    pub fn coordinator(&self, group: &str) -> Coordinator {
+        let Backend::Replicated(replicated) = &self.backend else {
+            return Coordinator::Here;
+        };
+        if self.node_local(group).is_some() {
+            return Coordinator::Here;
+        }
+        let Some(topic) = replicated.topics.get(OFFSETS_TOPIC) else {
+            return Coordinator::Unavailable;
+        };
+        let index = partition_for(group, replicated.partitions);
+        match topic.leader(PartitionId::from(index as i32)) {
+            Some((node, _)) if node == replicated.topics.metadata().node_id() => {
+                match self.led(group) {
+                    Ok(_) => Coordinator::Here,
+                    Err(_) => Coordinator::Unavailable,
+                }
+            }
+            Some((node, _)) if node >= 0 => Coordinator::Node(node),
+            _ => Coordinator::Unavailable,
+        }
+    }
+
+    /// Creates the offsets topic of a cluster if it does not exist yet
+    /// (Kafka creates it when a client first asks for a coordinator).
+    /// Blocking; nothing to do on a cluster of one.
+    ///
+    /// # Errors
+    /// The creation's failure ([`CoreError::Quorum`], say).
+    pub fn prepare(&self) -> Result<(), CoreError> {
+        let Backend::Replicated(replicated) = &self.backend else {
+            return Ok(());
+        };
+        if replicated.topics.get(OFFSETS_TOPIC).is_some() {
+            return Ok(());
+        }
+        let nodes = replicated.topics.metadata().brokers().len();
+        let replication = OFFSETS_REPLICATION.min(u16::try_from(nodes).unwrap_or(u16::MAX));
+        let mut overrides = BTreeMap::new();
+        overrides.insert("cleanup.policy".to_owned(), "compact".to_owned());
+        overrides.insert(
+            "segment.bytes".to_owned(),
+            replicated.segment_bytes.to_string(),
+        );
+        let config = TopicConfig::new(overrides).map_err(|e| CoreError::Internal {
+            reason: format!("the offsets topic's config: {e}"),
+        })?;
+        match replicated.topics.create_internal(
+            OFFSETS_TOPIC,
+            replicated.partitions,
+            replication.max(1),
+            config,
+        ) {
+            Ok(_) | Err(CoreError::TopicExists { .. }) => {
+                tracing::info!(
+                    partitions = replicated.partitions,
+                    replication,
+                    "created the committed offsets topic"
+                );
+                Ok(())
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// The offsets partition of `group` when this node leads it (its
+    /// groups loaded), `None` on a cluster of one.
+    ///
+    /// # Errors
+    /// [`CoreError::NotCoordinator`] when another node leads it or it has
+    /// no leader; the log's read errors while loading.
+    fn led(&self, group: &str) -> Result<Option<Arc<Partition>>, CoreError> {
+        let Backend::Replicated(replicated) = &self.backend else {
+            return Ok(None);
+        };
+        let index = partition_for(group, replicated.partitions);
+        match self.refresh(replicated, index)? {
+            Some(partition) => Ok(Some(partition)),
+            None => Err(CoreError::NotCoordinator {
+                group: group.to_owned(),
+                coordinator: replicated
+                    .topics
+                    .get(OFFSETS_TOPIC)
+                    .and_then(|t| t.leader(PartitionId::from(index as i32)))
+                    .map(|(node, _)| node)
+                    .filter(|node| *node >= 0),
+            }),
+        }
+    }
+
+    /// Brings the groups of offsets partition `index` in memory in line
+    /// with its leadership: loaded from its log when this node leads it
+    /// in an epoch not loaded yet, forgotten when it does not lead it.
+    /// Returns the partition when this node leads it.
+    fn refresh(
+        &self,
+        replicated: &Replicated,
+        index: u32,
+    ) -> Result<Option<Arc<Partition>>, CoreError> {
+        let led = replicated
+            .topics
+            .get(OFFSETS_TOPIC)
+            .and_then(|t| t.partition(PartitionId::from(index as i32)))
+            .filter(|p| p.is_leader());
+        let mut loaded = replicated.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        let partitions = replicated.partitions;
+        let of_index = |group: &str| partition_for(group, partitions) == index;
+        match &led {
+            Some(partition) => {
+                let epoch = partition.leader_epoch().get();
+                if loaded.get(&index) != Some(&epoch) {
+                    let mut groups = self.groups();
+                    let mut last_commit = self.last_commits();
+                    groups.retain(|group, _| !of_index(group));
+                    last_commit.retain(|group, _| !of_index(group));
+                    replay(partition.log(), of_index, &mut groups, &mut last_commit)?;
+                    loaded.insert(index, epoch);
+                    tracing::info!(
+                        partition = index,
+                        leader_epoch = epoch,
+                        groups = groups.keys().filter(|g| of_index(g)).count(),
+                        "loaded the committed offsets of the groups this node now coordinates"
+                    );
+                }
+            }
+            None => {
+                if loaded.remove(&index).is_some() {
+                    self.groups().retain(|group, _| !of_index(group));
+                    self.last_commits().retain(|group, _| !of_index(group));
+                    tracing::info!(
+                        partition = index,
+                        "no longer coordinating the groups of this offsets partition"
+                    );
+                }
+            }
+        }
+        Ok(led)
+    }
+
+    /// Refreshes every offsets partition (see [`OffsetStore::refresh`]).
+    fn refresh_all(&self) {
+        if let Backend::Replicated(replicated) = &self.backend {
+            for index in 0..replicated.partitions {
+                if let Err(error) = self.refresh(replicated, index) {
+                    tracing::warn!(partition = index, %error, "cannot load committed offsets");
+                }
+            }
+        }
+    }
+
     /// Stores `offsets` for `group` durably, all or nothing. Blocking.
     ///
     /// # Errors
     /// [`CoreError::Log`] when the append fails; nothing is stored then.
+    /// On a cluster, [`CoreError::NotCoordinator`] when this node does not
+    /// coordinate `group`, and the replication's errors.
     pub fn commit(
         &self,
         group: &str,
         offsets: &[(String, i32, CommittedOffset)],
     ) -> Result<(), CoreError> {
+        if let Some(local) = self.node_local(group) {
+            return local.commit(group, offsets);
+        }
         if offsets.is_empty() {
             return Ok(());
         }
         self.append(
+            group,
             offsets
                 .iter()
                 .map(|(topic, partition, committed)| {
@@ -108,9 +406,7 @@ impl OffsetStore {
                 })
                 .collect(),
         )?;
-        self.last_commit
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        self.last_commits()
             .insert(group.to_owned(), SystemClock.now_ms());
         let mut groups = self.groups();
         let entry = groups.entry(group.to_owned()).or_default();
@@ -124,7 +420,7 @@ impl OffsetStore {
     /// Blocking.
     ///
     /// # Errors
-    /// [`CoreError::Log`] when the append fails.
+    /// As [`OffsetStore::commit`].
     pub fn delete_group(&self, group: &str) -> Result<(), CoreError> {
         let keys: Vec<(String, i32)> = self
             .group(group)
@@ -145,23 +441,19 @@ impl OffsetStore {
         retention: std::time::Duration,
         has_members: impl Fn(&str) -> bool,
     ) -> Result<Vec<String>, CoreError> {
+        self.refresh_all();
         let cutoff = SystemClock
             .now_ms()
             .saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
         let stale: Vec<String> = self
-            .last_commit
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .last_commits()
             .iter()
             .filter(|(group, at)| **at < cutoff && !has_members(group))
             .map(|(group, _)| group.clone())
             .collect();
         for group in &stale {
             self.delete_group(group)?;
-            self.last_commit
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(group);
+            self.last_commits().remove(group);
             tracing::info!(group = %group, "committed offsets expired");
         }
         Ok(stale)
@@ -171,8 +463,11 @@ impl OffsetStore {
     /// Blocking.
     ///
     /// # Errors
-    /// [`CoreError::Log`] when the append fails.
+    /// As [`OffsetStore::commit`].
     pub fn delete(&self, group: &str, partitions: &[(String, i32)]) -> Result<(), CoreError> {
+        if let Some(local) = self.node_local(group) {
+            return local.delete(group, partitions);
+        }
         if partitions.is_empty() {
             return Ok(());
         }
@@ -180,7 +475,7 @@ impl OffsetStore {
             .iter()
             .map(|(topic, partition)| (encode_key(group, topic, *partition), None))
             .collect();
-        self.append(records)?;
+        self.append(group, records)?;
         let mut groups = self.groups();
         if let Some(offsets) = groups.get_mut(group) {
             for key in partitions {
@@ -193,45 +488,103 @@ impl OffsetStore {
         Ok(())
     }
 
-    fn append(&self, entries: Vec<(Bytes, Option<Bytes>)>) -> Result<(), CoreError> {
+    /// Appends the records of `group` durably: to the local log, or to the
+    /// group's offsets partition, acknowledged by its in-sync replicas.
+    fn append(&self, group: &str, entries: Vec<(Bytes, Option<Bytes>)>) -> Result<(), CoreError> {
         let entries: Vec<_> = entries
             .iter()
             .map(|(key, value)| (Some(key.as_ref()), value.as_deref()))
             .collect();
         let mut batch = crate::replay::batch_of(&entries, "offsets")?;
-        self.log.append(&mut batch, crate::LOCAL_EPOCH)?;
+        match (&self.backend, self.led(group)?) {
+            (Backend::Local(log), _) => {
+                log.append(&mut batch, crate::LOCAL_EPOCH)?;
+            }
+            (Backend::Replicated(replicated), Some(partition)) => {
+                let topic = replicated.topics.get(OFFSETS_TOPIC).ok_or_else(|| {
+                    CoreError::UnknownTopic {
+                        topic: OFFSETS_TOPIC.to_owned(),
+                    }
+                })?;
+                // As Kafka's coordinator: a leader replaced meanwhile
+                // means another coordinator, replicas slow to answer mean
+                // none for now; the client looks for it again.
+                let written = topic
+                    .append_start(partition.id(), &mut batch)
+                    .and_then(|appended| appended.in_sync().wait());
+                match written {
+                    Ok(_) => {}
+                    Err(CoreError::NotLeader { leader, .. }) => {
+                        return Err(CoreError::NotCoordinator {
+                            group: group.to_owned(),
+                            coordinator: leader,
+                        });
+                    }
+                    Err(
+                        CoreError::ReplicationTimedOut { .. }
+                        | CoreError::UnknownPartition { .. }
+                        | CoreError::Quorum { .. },
+                    ) => {
+                        return Err(CoreError::NotCoordinator {
+                            group: group.to_owned(),
+                            coordinator: None,
+                        });
+                    }
+                    Err(other) => return Err(other),
+                }
+            }
+            (Backend::Replicated(_), None) => {
+                return Err(CoreError::Internal {
+                    reason: "no offsets partition for a group".to_owned(),
+                });
+            }
+        }
         Ok(())
     }
 
-    /// The committed offset of one partition for `group`.
+    /// The committed offset of one partition for `group` (none when this
+    /// node does not coordinate it).
     pub fn fetch(&self, group: &str, topic: &str, partition: i32) -> Option<CommittedOffset> {
+        if let Some(local) = self.node_local(group) {
+            return local.fetch(group, topic, partition);
+        }
+        self.led(group).ok()?;
         self.groups()
             .get(group)
             .and_then(|offsets| offsets.get(&(topic.to_owned(), partition)).cloned())
     }
 
-    /// Every committed offset of `group`, sorted by topic and partition.
-    /// Every group with at least one committed offset.
+    /// Every group with at least one committed offset (that this node
+    /// coordinates).
     pub fn group_ids(&self) -> Vec<String> {
-        self.groups()
+        self.refresh_all();
+        let mut ids: Vec<String> = self
+            .groups()
             .iter()
             .filter(|(_, offsets)| !offsets.is_empty())
             .map(|(id, _)| id.clone())
-            .collect()
+            .collect();
+        if let Backend::Replicated(replicated) = &self.backend {
+            ids.extend(replicated.forwarders.group_ids());
+        }
+        ids
     }
 
+    /// Every committed offset of `group`, sorted by topic and partition
+    /// (none when this node does not coordinate it).
     pub fn group(&self, group: &str) -> Vec<(String, i32, CommittedOffset)> {
+        if let Some(local) = self.node_local(group) {
+            return local.group(group);
+        }
+        if self.led(group).is_err() {
+            return Vec::new();
+        }
         self.groups().get(group).map_or_else(Vec::new, |offsets| {
             offsets
                 .iter()
                 .map(|((topic, partition), c)| (topic.clone(), *partition, c.clone()))
                 .collect()
         })
-    }
-
-    /// Offset of the log end, for tests that check commits were stored.
-    pub fn log_end(&self) -> Offset {
-        self.log.log_end()
     }
 }
 
@@ -294,6 +647,16 @@ fn decode_value(value: &Bytes) -> Option<CommittedOffset> {
 mod tests {
     use super::*;
     use sluice_log::LogConfig;
+
+    #[test]
+    fn groups_map_to_partitions_as_kafka_does() {
+        // Java's "test".hashCode() is 3556498; "my-group"'s is negative
+        // (-1906497762), so its absolute value is taken.
+        assert_eq!(partition_for("test", 50), 48);
+        assert_eq!(partition_for("my-group", 50), 12);
+        assert_eq!(partition_for("console-consumer-12345", 50), 6);
+        assert_eq!(partition_for("anything", 1), 0);
+    }
 
     #[test]
     fn commits_survive_reopen_and_latest_wins() -> Result<(), CoreError> {

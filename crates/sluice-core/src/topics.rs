@@ -808,6 +808,31 @@ impl Topics {
         config: TopicConfig,
     ) -> Result<Arc<Topic>, CoreError> {
         self.validate_new(name, partitions)?;
+        self.create_checked(name, partitions, replication, config)
+    }
+
+    /// Creates one of the broker's internal topics (on a cluster, the
+    /// committed offsets), whose names clients may not use. Blocking.
+    ///
+    /// # Errors
+    /// As [`Topics::create_replicated`].
+    pub(crate) fn create_internal(
+        &self,
+        name: &str,
+        partitions: u32,
+        replication: u16,
+        config: TopicConfig,
+    ) -> Result<Arc<Topic>, CoreError> {
+        self.create_checked(name, partitions, replication, config)
+    }
+
+    fn create_checked(
+        &self,
+        name: &str,
+        partitions: u32,
+        replication: u16,
+        config: TopicConfig,
+    ) -> Result<Arc<Topic>, CoreError> {
         if !self.metadata.clustered() && replication != 1 {
             return Err(CoreError::InvalidReplication {
                 topic: name.to_owned(),
@@ -974,6 +999,7 @@ const RESERVED: &[&str] = &[
     // Sluice's own logs are named as partition 0 of these.
     "__cluster_metadata",
     "__amqp_definitions",
+    "__sluice_forward_positions",
 ];
 
 /// Kafka's rules: 1 to 249 of `[a-zA-Z0-9._-]`, not `.` or `..`, and not

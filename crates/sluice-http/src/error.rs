@@ -139,6 +139,7 @@ impl From<CoreError> for ApiError {
             CoreError::InvalidConfig { .. } => ApiError::field("configs", message),
             CoreError::TopicLimit { .. }
             | CoreError::NotLeader { .. }
+            | CoreError::NotCoordinator { .. }
             | CoreError::Quorum { .. } => ApiError::precondition(message),
             CoreError::Log(sluice_core::storage::LogError::InvalidBatch { .. })
             | CoreError::InvalidTimestamp { .. }

@@ -11,6 +11,13 @@ pub(crate) fn code(err: &CoreError) -> ResponseError {
             ResponseError::UnknownTopicOrPartition
         }
         CoreError::NotLeader { .. } => ResponseError::NotLeaderOrFollower,
+        CoreError::NotCoordinator {
+            coordinator: Some(_),
+            ..
+        } => ResponseError::NotCoordinator,
+        CoreError::NotCoordinator {
+            coordinator: None, ..
+        } => ResponseError::CoordinatorNotAvailable,
         CoreError::Quorum { .. } | CoreError::ReplicationTimedOut { .. } => {
             ResponseError::RequestTimedOut
         }

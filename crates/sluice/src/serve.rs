@@ -84,6 +84,7 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         memory_high_watermark: config.amqp.memory_high_watermark.bytes(),
         queue_memory_bytes: config.amqp.queue_memory_bytes.bytes(),
         offsets_segment_bytes: config.kafka.offsets_segment_bytes.bytes(),
+        offsets_partitions: config.kafka.offsets_partitions,
         offsets_retention: config.kafka.offsets_retention.get(),
         groups: GroupSettings {
             min_session_timeout: config.kafka.group_min_session_timeout.get(),

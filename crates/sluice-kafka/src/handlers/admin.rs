@@ -304,6 +304,10 @@ pub(crate) async fn offset_delete(
     let broker = Arc::clone(&context.broker);
     blocking(move || {
         let group = request.group_id.to_string();
+        if broker.offsets().coordinator(&group) != sluice_core::Coordinator::Here {
+            return OffsetDeleteResponse::default()
+                .with_error_code(ResponseError::NotCoordinator.code());
+        }
         // Offsets of a group with active members stay (Kafka refuses with
         // GROUP_SUBSCRIBED_TO_TOPIC; without subscription data this broker
         // refuses any non-empty group).

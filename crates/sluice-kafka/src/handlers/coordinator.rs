@@ -29,7 +29,7 @@ const GROUP_KEY: i8 = 0;
 /// Why a transactional id gets no coordinator.
 const NO_TRANSACTIONS: &str = "transactions are not supported yet";
 
-pub(crate) fn find(
+pub(crate) async fn find(
     context: &Context,
     request: FindCoordinatorRequest,
     version: i16,
@@ -38,38 +38,58 @@ pub(crate) fn find(
     // COORDINATOR_NOT_AVAILABLE would be retried until the client's
     // transaction timeout; TRANSACTIONAL_ID_AUTHORIZATION_FAILED is fatal
     // to a transactional producer, so init_transactions fails at once.
-    let (error, message) = if request.key_type == GROUP_KEY {
-        (0, None)
-    } else {
-        (
-            ResponseError::TransactionalIdAuthorizationFailed.code(),
-            Some(StrBytes::from_static_str(NO_TRANSACTIONS)),
-        )
+    let refused = (request.key_type != GROUP_KEY).then_some((
+        ResponseError::TransactionalIdAuthorizationFailed,
+        StrBytes::from_static_str(NO_TRANSACTIONS),
+    ));
+    if refused.is_none() {
+        // On a cluster the offsets topic is created on first need, as
+        // Kafka does; until its leaders are known the answer is
+        // COORDINATOR_NOT_AVAILABLE and the client asks again.
+        let broker = Arc::clone(&context.broker);
+        if let Some(Err(error)) = blocking(move || broker.offsets().prepare()).await {
+            tracing::warn!(%error, "cannot create the committed offsets topic");
+        }
+    }
+    let answer = |key: &str| -> (i32, StrBytes, i32, i16, Option<StrBytes>) {
+        if let Some((error, message)) = &refused {
+            return (
+                -1,
+                StrBytes::default(),
+                -1,
+                error.code(),
+                Some(message.clone()),
+            );
+        }
+        match super::coordinator(context, key) {
+            Ok((node, host, port)) => (node, host, i32::from(port), 0, None),
+            Err(error) => (-1, StrBytes::default(), -1, error.code(), None),
+        }
     };
     if version >= 4 {
         let coordinators = request
             .coordinator_keys
             .into_iter()
             .map(|key| {
-                let (node, host, port) = super::coordinator(context, &key);
+                let (node, host, port, error, message) = answer(&key);
                 Coordinator::default()
                     .with_key(key)
                     .with_node_id(BrokerId(node))
                     .with_host(host)
-                    .with_port(i32::from(port))
+                    .with_port(port)
                     .with_error_code(error)
-                    .with_error_message(message.clone())
+                    .with_error_message(message)
             })
             .collect();
         return FindCoordinatorResponse::default().with_coordinators(coordinators);
     }
-    let (node, host, port) = super::coordinator(context, &request.key);
+    let (node, host, port, error, message) = answer(&request.key);
     FindCoordinatorResponse::default()
         .with_error_code(error)
         .with_error_message(if version >= 1 { message } else { None })
         .with_node_id(BrokerId(node))
         .with_host(host)
-        .with_port(i32::from(port))
+        .with_port(port)
 }
 
 pub(crate) async fn commit(

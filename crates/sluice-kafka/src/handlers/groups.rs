@@ -206,6 +206,8 @@ pub(crate) fn list(
         .list()
         .into_iter()
         .filter(|(_, _, state)| filter.is_empty() || filter.iter().any(|f| f == state.name()))
+        // On a cluster each node lists the groups it coordinates.
+        .filter(|(id, _, _)| super::coordinates(context, id))
         .map(|(id, protocol_type, state)| {
             let listed = ListedGroup::default()
                 .with_group_id(GroupId(text(id)))
@@ -229,8 +231,13 @@ pub(crate) fn describe(
     let groups = request
         .groups
         .into_iter()
-        .map(
-            |group_id| match context.broker.groups().describe(&group_id) {
+        .map(|group_id| {
+            if !super::coordinates(context, &group_id) {
+                return DescribedGroup::default()
+                    .with_group_id(group_id)
+                    .with_error_code(ResponseError::NotCoordinator.code());
+            }
+            match context.broker.groups().describe(&group_id) {
                 Some(group) => DescribedGroup::default()
                     .with_group_id(group_id)
                     .with_group_state(StrBytes::from_static_str(group.state.name()))
@@ -259,8 +266,8 @@ pub(crate) fn describe(
                 None => DescribedGroup::default()
                     .with_group_id(group_id)
                     .with_group_state(StrBytes::from_static_str("Dead")),
-            },
-        )
+            }
+        })
         .map(|described| {
             if operations {
                 described.with_authorized_operations(super::authorized::GROUP)
@@ -282,6 +289,11 @@ pub(crate) async fn delete(
             .groups_names
             .into_iter()
             .map(|group_id| {
+                if broker.offsets().coordinator(&group_id) != sluice_core::Coordinator::Here {
+                    return DeletableGroupResult::default()
+                        .with_group_id(group_id)
+                        .with_error_code(ResponseError::NotCoordinator.code());
+                }
                 let known = broker.groups().describe(&group_id).is_some()
                     || !broker.offsets().group(&group_id).is_empty();
                 let result = DeletableGroupResult::default().with_group_id(group_id.clone());

@@ -137,6 +137,6 @@ fn describe(topic: &Topic, node: BrokerId, version: i16) -> MetadataResponseTopi
         } else {
             uuid::Uuid::nil()
         })
-        .with_is_internal(false)
+        .with_is_internal(topic.name() == sluice_core::OFFSETS_TOPIC)
         .with_partitions(partitions)
 }

@@ -180,7 +180,7 @@ pub(crate) async fn dispatch(
             ResponseKind::DescribeConfigs(configs::describe(context, request))
         }
         RequestKind::FindCoordinator(request) => {
-            ResponseKind::FindCoordinator(coordinator::find(context, request, version))
+            ResponseKind::FindCoordinator(coordinator::find(context, request, version).await)
         }
         RequestKind::OffsetCommit(request) => {
             ResponseKind::OffsetCommit(coordinator::commit(context, request).await)
@@ -216,24 +216,33 @@ pub(crate) fn nodes(context: &Context) -> Vec<(i32, StrBytes, u16)> {
     nodes
 }
 
-/// The node coordinating `group` (id, host, port): on a cluster, one of
-/// the nodes picked by the group's name, the same on every node (Kafka
-/// picks the leader of the group's `__consumer_offsets` partition); this
-/// node on a cluster of one.
-pub(crate) fn coordinator(context: &Context, group: &str) -> (i32, StrBytes, u16) {
-    let mut nodes = nodes(context);
-    // FNV-1a: stable across nodes and releases, unlike the std hasher.
-    let hash = group.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    let index = (hash % nodes.len().max(1) as u64) as usize;
-    nodes.swap_remove(index.min(nodes.len() - 1))
+/// The node coordinating `group` (id, host, port): this node on a
+/// cluster of one; on a cluster, the leader of the group's
+/// `__consumer_offsets` partition, as in Kafka.
+///
+/// # Errors
+/// COORDINATOR_NOT_AVAILABLE while the partition has no leader (or the
+/// leader is not registered).
+pub(crate) fn coordinator(
+    context: &Context,
+    group: &str,
+) -> Result<(i32, StrBytes, u16), kafka_protocol::ResponseError> {
+    let unavailable = kafka_protocol::ResponseError::CoordinatorNotAvailable;
+    let node = match context.broker.offsets().coordinator(group) {
+        sluice_core::Coordinator::Here => context.options.node_id,
+        sluice_core::Coordinator::Node(node) => node,
+        sluice_core::Coordinator::Unavailable => return Err(unavailable),
+    };
+    nodes(context)
+        .into_iter()
+        .find(|(id, _, _)| *id == node)
+        .ok_or(unavailable)
 }
 
 /// Whether this node coordinates `group`; the others answer its requests
 /// with NOT_COORDINATOR, so clients ask FindCoordinator again.
 pub(crate) fn coordinates(context: &Context, group: &str) -> bool {
-    coordinator(context, group).0 == context.options.node_id
+    context.broker.offsets().coordinator(group) == sluice_core::Coordinator::Here
 }
 
 /// A partition of a topic that may not exist, or the error code for it:
