@@ -39,6 +39,20 @@ def lagging_cluster(tmp_path, request):
 
 
 @pytest.fixture
+def proxied_cluster(tmp_path, request):
+    """A three-node cluster whose inter-node links each go through a
+    fault-injecting proxy (`Cluster.isolate`, `Cluster.mute`,
+    `Cluster.heal`), followers leaving the in-sync replicas after 2 s."""
+    with running_cluster(
+        tmp_path,
+        name=f"cluster[{request.node.name}]",
+        settings={"cluster.replica_lag_max": "2s"},
+        proxied=True,
+    ) as instance:
+        yield instance
+
+
+@pytest.fixture
 def name(request):
     """A topic or group name no other test uses."""
     return unique_name(request.node.name)

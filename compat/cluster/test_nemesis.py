@@ -4,7 +4,11 @@ an acks=all idempotent producer writes numbered records to a topic with
 three replicas on a three-node cluster while faults hit the nodes, one at
 a time, each healed before the next: kill -9 of a random node, of a
 partition's leader, of the controller; SIGSTOP then SIGCONT of a node; a
-rolling restart (SIGTERM, start, next node). Then a checker decides:
+rolling restart (SIGTERM, start, next node); and on the network (every
+inter-node link goes through a fault-injecting proxy): a random node, a
+partition's leader, or the controller cut off from the others both ways,
+and a node whose outgoing traffic is held (a one-way partition), each for
+3 to 5 s. Then a checker decides:
 every acknowledged record is present exactly once, in the order it was
 acknowledged, on every replica (the replicas' logs are byte-identical),
 and nothing acknowledged is lost (a majority always survives). Meanwhile
@@ -29,7 +33,7 @@ from common.broker import wait_until
 from test_kafka_cluster import admin, controller_of, layout
 from test_replication import check_replicas_identical, create_replicated, read_to_end
 
-FAULTS = int(os.environ.get("NEMESIS_FAULTS", "6"))
+FAULTS = int(os.environ.get("NEMESIS_FAULTS", "9"))
 PARTITIONS = 3
 
 
@@ -137,8 +141,8 @@ def wait_all_in_sync(cluster, topic: str, timeout: float = 60) -> None:
     wait_until(in_sync, timeout, interval=0.3, what="every replica back in sync")
 
 
-def test_acknowledged_records_survive_kills_pauses_and_restarts(lagging_cluster, name):
-    cluster = lagging_cluster
+def test_acknowledged_records_survive_kills_pauses_restarts_and_partitions(proxied_cluster, name):
+    cluster = proxied_cluster
     rng = random.Random(int(os.environ.get("NEMESIS_SEED", str(time.time_ns()))))
     cluster.wait_registered(admin)
     create_replicated(cluster.node(1).bootstrap, name, PARTITIONS, 3)
@@ -146,26 +150,41 @@ def test_acknowledged_records_survive_kills_pauses_and_restarts(lagging_cluster,
     writer.thread.start()
     committer = Committer(cluster.bootstrap, name, f"{name}-group")
     committer.thread.start()
-    faults = ["kill a node", "kill a leader", "kill the controller", "pause a node", "rolling restart"]
+    faults = [
+        "kill a node",
+        "kill a leader",
+        "kill the controller",
+        "pause a node",
+        "rolling restart",
+        "partition a node",
+        "partition a leader",
+        "partition the controller",
+        "mute a node",
+    ]
     done = []
     try:
         wait_until(lambda: writer.count() > 200, 30, what="the writer to get going")
         for i in range(FAULTS):
             fault = faults[i % len(faults)] if i < len(faults) else rng.choice(faults)
             before = writer.count()
-            if fault == "kill a node":
+            if fault in ("kill a node", "pause a node", "partition a node", "mute a node"):
                 victims = [rng.choice([1, 2, 3])]
-            elif fault == "kill a leader":
+            elif fault in ("kill a leader", "partition a leader"):
                 victims = [layout(cluster.node(1).bootstrap, name)[rng.randrange(PARTITIONS)][0]]
-            elif fault == "kill the controller":
+            elif fault in ("kill the controller", "partition the controller"):
                 victims = [controller_of(cluster.node(1).bootstrap)]
-            elif fault == "pause a node":
-                victims = [rng.choice([1, 2, 3])]
             else:
                 victims = [1, 2, 3]
             for victim in victims:
                 node = cluster.node(victim)
-                if fault == "pause a node":
+                if fault.startswith("partition") or fault == "mute a node":
+                    if fault == "mute a node":
+                        cluster.mute(victim)
+                    else:
+                        cluster.isolate(victim)
+                    time.sleep(rng.uniform(3.0, 5.0))
+                    cluster.heal()
+                elif fault == "pause a node":
                     os.kill(node.proc.pid, signal.SIGSTOP)
                     time.sleep(rng.uniform(2.0, 4.0))
                     os.kill(node.proc.pid, signal.SIGCONT)

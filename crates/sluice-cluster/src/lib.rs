@@ -19,7 +19,7 @@ use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
-pub use node::{ClusterError, MetadataNode, RaftSettings};
+pub use node::{ClusterError, Links, MetadataNode, RaftSettings};
 pub use quorum::{ClusterQuorum, CoreMachine};
 
 /// A node's id in the quorum (`node.id`).

@@ -6,6 +6,14 @@
 //! that reaches the wrong node, say after an address was reused, is
 //! refused instead of confusing openraft) and the request; the answer is
 //! the receiving node's `Result`, as openraft returned it.
+//!
+//! Every connection opens with one byte naming what it carries:
+//! [`PREFACE_QUORUM`] for the frames above, [`PREFACE_KAFKA`] for a
+//! follower's replica fetches, which the listener hands to the broker's
+//! Kafka connection handling, so that all traffic between two nodes goes
+//! over their inter-node link. A node dials a peer at the address its
+//! `cluster.routes` names for it, else the address in the quorum's
+//! membership.
 
 use std::io;
 use std::time::Duration;
@@ -29,6 +37,30 @@ use crate::{NodeId, Proposal, TypeConfig};
 
 /// Largest frame either side accepts.
 const MAX_FRAME: usize = 64 << 20;
+
+/// The first byte of a connection carrying quorum frames.
+pub const PREFACE_QUORUM: u8 = b'Q';
+/// The first byte of a connection carrying Kafka requests (replica fetches).
+pub const PREFACE_KAFKA: u8 = b'K';
+
+/// Longest a new connection may take to send its first byte.
+const PREFACE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the listener hands connections that carry Kafka requests.
+pub type KafkaStreams = tokio::sync::mpsc::Sender<(TcpStream, std::net::SocketAddr)>;
+
+/// The addresses this node dials its peers at where they differ from the
+/// membership's (`cluster.routes`: a proxy, a NAT, a test's fault
+/// injector).
+pub type Routes = std::sync::Arc<std::collections::BTreeMap<NodeId, String>>;
+
+/// The address to dial node `target` at: its route, else `addr`.
+pub(crate) fn route(routes: &Routes, target: NodeId, addr: &str) -> String {
+    routes
+        .get(&target)
+        .cloned()
+        .unwrap_or_else(|| addr.to_owned())
+}
 
 #[derive(Debug, Serialize, Deserialize)]
 enum Request {
@@ -93,12 +125,14 @@ async fn stopped(stopping: &mut watch::Receiver<bool>) {
     let _ = stopping.wait_for(|stop| *stop).await;
 }
 
-/// Serves peers' requests to `raft` (this node, `id`) until `stopping`.
+/// Serves peers' requests to `raft` (this node, `id`) until `stopping`;
+/// connections carrying Kafka requests go to `kafka`.
 pub(crate) async fn serve(
     listener: TcpListener,
     raft: Raft<TypeConfig>,
     id: NodeId,
     liveness: Liveness,
+    kafka: Option<KafkaStreams>,
     stopping: watch::Receiver<bool>,
 ) {
     let mut stop = stopping.clone();
@@ -107,11 +141,12 @@ pub(crate) async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    tokio::spawn(connection(
+                    tokio::spawn(dispatch(
                         stream,
                         raft.clone(),
                         id,
                         liveness.clone(),
+                        kafka.clone(),
                         stopping.clone(),
                         peer,
                     ));
@@ -122,6 +157,43 @@ pub(crate) async fn serve(
                 }
             },
             () = stopped(&mut stop) => return,
+        }
+    }
+}
+
+/// Reads a connection's first byte and serves it as it says.
+async fn dispatch(
+    mut stream: TcpStream,
+    raft: Raft<TypeConfig>,
+    id: NodeId,
+    liveness: Liveness,
+    kafka: Option<KafkaStreams>,
+    stopping: watch::Receiver<bool>,
+    peer: std::net::SocketAddr,
+) {
+    let preface = match tokio::time::timeout(PREFACE_TIMEOUT, stream.read_u8()).await {
+        Ok(Ok(byte)) => byte,
+        Ok(Err(error)) => {
+            tracing::debug!(%peer, %error, "cluster connection closed before its first byte");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "cluster connection closed: nothing sent within 10 s");
+            return;
+        }
+    };
+    match (preface, kafka) {
+        (PREFACE_QUORUM, _) => connection(stream, raft, id, liveness, stopping, peer).await,
+        (PREFACE_KAFKA, Some(kafka)) => {
+            if kafka.send((stream, peer)).await.is_err() {
+                tracing::debug!(%peer, "replica connection closed: the broker is stopping");
+            }
+        }
+        (PREFACE_KAFKA, None) => {
+            tracing::warn!(%peer, "replica connection closed: this node serves no Kafka requests");
+        }
+        (other, _) => {
+            tracing::warn!(%peer, preface = other, "cluster connection closed: unknown first byte");
         }
     }
 }
@@ -181,17 +253,15 @@ async fn connection(
 
 /// Makes a [`Peer`] per target node; connects nothing until the first call.
 #[derive(Debug, Clone, Default)]
-pub struct Network;
+pub struct Network {
+    pub(crate) routes: Routes,
+}
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Peer;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Peer {
-        Peer {
-            target,
-            addr: node.addr.clone(),
-            stream: None,
-        }
+        Peer::new(target, &route(&self.routes, target, &node.addr))
     }
 }
 
@@ -229,7 +299,12 @@ impl Peer {
                 .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))
                 .and_then(|r| r)
                 .map_err(CallError::Unreachable)?;
+            let mut connected = connected;
             let _ = connected.set_nodelay(true);
+            connected
+                .write_all(&[PREFACE_QUORUM])
+                .await
+                .map_err(CallError::Unreachable)?;
             self.stream = Some(connected);
         }
         let Some(stream) = self.stream.as_mut() else {

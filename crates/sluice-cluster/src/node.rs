@@ -21,6 +21,7 @@ use crate::{Machine, NodeId, Proposal, TypeConfig};
 /// keeps `controller_since` (when this node became the controller).
 async fn heartbeats(
     raft: Raft<TypeConfig>,
+    routes: network::Routes,
     id: NodeId,
     interval: Duration,
     controller_since: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
@@ -48,7 +49,7 @@ async fn heartbeats(
             .membership_config
             .membership()
             .get_node(&leader)
-            .map(|n| n.addr.clone())
+            .map(|n| network::route(&routes, leader, &n.addr))
         else {
             continue;
         };
@@ -108,9 +109,22 @@ pub enum ClusterError {
     Io(#[from] std::io::Error),
 }
 
+/// How a node reaches its peers and hands over what its listener is not
+/// the quorum's.
+#[derive(Debug, Clone, Default)]
+pub struct Links {
+    /// Addresses to dial peers at instead of the membership's
+    /// (`cluster.routes`).
+    pub routes: BTreeMap<NodeId, String>,
+    /// Where connections carrying Kafka requests (followers' replica
+    /// fetches) go; without it they are closed.
+    pub kafka: Option<network::KafkaStreams>,
+}
+
 /// A running node of the metadata quorum.
 pub struct MetadataNode {
     id: NodeId,
+    routes: network::Routes,
     raft: Raft<TypeConfig>,
     state: StateStore,
     stop: watch::Sender<bool>,
@@ -151,6 +165,33 @@ impl MetadataNode {
         machine: Box<dyn Machine>,
         settings: RaftSettings,
     ) -> Result<MetadataNode, ClusterError> {
+        MetadataNode::start_linked(
+            id,
+            listener,
+            voters,
+            dir,
+            machine,
+            settings,
+            Links::default(),
+        )
+        .await
+    }
+
+    /// As [`MetadataNode::start`], reaching peers and handing over Kafka
+    /// connections as `links` says.
+    ///
+    /// # Errors
+    /// As [`MetadataNode::start`].
+    pub async fn start_linked(
+        id: NodeId,
+        listener: TcpListener,
+        voters: &BTreeMap<NodeId, String>,
+        dir: &Path,
+        machine: Box<dyn Machine>,
+        settings: RaftSettings,
+        links: Links,
+    ) -> Result<MetadataNode, ClusterError> {
+        let routes: network::Routes = Arc::new(links.routes);
         let mut log = LogStore::open(dir)?;
         let committed = openraft::storage::RaftLogStorage::read_committed(&mut log)
             .await
@@ -168,7 +209,10 @@ impl MetadataNode {
         }
         .validate()
         .map_err(|e| ClusterError::Settings(e.to_string()))?;
-        let raft = Raft::new(id, Arc::new(config), Network, log, state.clone())
+        let network = Network {
+            routes: Arc::clone(&routes),
+        };
+        let raft = Raft::new(id, Arc::new(config), network, log, state.clone())
             .await
             .map_err(|e| ClusterError::Raft(e.to_string()))?;
         let (stop, stopping) = watch::channel(false);
@@ -179,10 +223,12 @@ impl MetadataNode {
             raft.clone(),
             id,
             liveness.clone(),
+            links.kafka,
             stopping.clone(),
         ));
         tokio::spawn(heartbeats(
             raft.clone(),
+            Arc::clone(&routes),
             id,
             settings.heartbeat,
             controller_since.clone(),
@@ -190,6 +236,7 @@ impl MetadataNode {
         ));
         let node = MetadataNode {
             id,
+            routes,
             raft,
             state,
             stop,
@@ -231,6 +278,18 @@ impl MetadataNode {
         self.id
     }
 
+    /// The address this node dials node `peer`'s inter-node listener at:
+    /// its route, else its address in the membership.
+    pub fn address(&self, peer: NodeId) -> Option<String> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let addr = metrics
+            .membership_config
+            .membership()
+            .get_node(&peer)
+            .map(|n| n.addr.clone());
+        self.routes.get(&peer).cloned().or(addr)
+    }
+
     /// Proposes `command`; answers the machine's reply once it is committed
     /// and applied here. A follower forwards it to the controller and
     /// waits until it has applied it too; while there is no controller
@@ -250,7 +309,8 @@ impl MetadataNode {
             };
             if let Some((leader, node)) = leader {
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                match network::forward(leader, &node.addr, command.clone(), left).await {
+                let addr = network::route(&self.routes, leader, &node.addr);
+                match network::forward(leader, &addr, command.clone(), left).await {
                     Ok((index, answer)) => {
                         self.raft
                             .wait(Some(left))

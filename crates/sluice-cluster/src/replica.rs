@@ -1,6 +1,7 @@
 //! Followers fetch from their leaders the way Kafka's replica fetchers
-//! do: one task per leader node, holding one connection to the leader's
-//! Kafka listener, sending Fetch requests (v12) with this node's replica id
+//! do: one task per leader node, holding one connection to the leader
+//! (over its inter-node listener, which hands the connection to its Kafka
+//! request handling), sending Fetch requests (v12) with this node's replica id
 //! for every partition it follows there, each from its own log end. The
 //! leader learns from that offset how far the follower is; the answer
 //! carries records written on the leader (not only those below the high
@@ -31,6 +32,9 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
 use sluice_core::{Broker, Partition};
+
+use crate::MetadataNode;
+use crate::network::PREFACE_KAFKA;
 use sluice_types::Offset;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -48,11 +52,19 @@ const MAX_RESPONSE: usize = 64 << 20;
 const RESCAN: Duration = Duration::from_millis(200);
 /// Pause after a failed exchange with a leader.
 const BACKOFF: Duration = Duration::from_millis(300);
+/// Longest a connect or a request may take before the link is dropped
+/// and dialled again (Kafka's `replica.socket.timeout.ms` is 30 s; a fetch
+/// here waits at most `FETCH_WAIT_MS` on the leader).
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs the replica fetchers of this node until `stopping`: one task per
 /// leader node it follows partitions of, started and ended as the
 /// metadata changes.
-pub async fn run_fetchers(broker: Arc<Broker>, mut stopping: watch::Receiver<bool>) {
+pub async fn run_fetchers(
+    broker: Arc<Broker>,
+    node: Arc<MetadataNode>,
+    mut stopping: watch::Receiver<bool>,
+) {
     let mut running: BTreeMap<i32, tokio::task::JoinHandle<()>> = BTreeMap::new();
     loop {
         running.retain(|_, task| !task.is_finished());
@@ -64,7 +76,12 @@ pub async fn run_fetchers(broker: Arc<Broker>, mut stopping: watch::Receiver<boo
             .collect();
         for leader in leaders {
             running.entry(leader).or_insert_with(|| {
-                tokio::spawn(fetch_from(Arc::clone(&broker), leader, stopping.clone()))
+                tokio::spawn(fetch_from(
+                    Arc::clone(&broker),
+                    Arc::clone(&node),
+                    leader,
+                    stopping.clone(),
+                ))
             });
         }
         tokio::select! {
@@ -77,19 +94,13 @@ pub async fn run_fetchers(broker: Arc<Broker>, mut stopping: watch::Receiver<boo
     }
 }
 
-/// Where Kafka clients (and followers) reach node `node`.
-fn address(broker: &Broker, node: i32) -> Option<String> {
-    broker
-        .topics()
-        .metadata()
-        .brokers()
-        .into_iter()
-        .find(|b| b.node == node)
-        .map(|b| format!("{}:{}", b.host, b.port))
-}
-
 /// One leader's fetcher: runs while this node follows partitions there.
-async fn fetch_from(broker: Arc<Broker>, leader: i32, mut stopping: watch::Receiver<bool>) {
+async fn fetch_from(
+    broker: Arc<Broker>,
+    node: Arc<MetadataNode>,
+    leader: i32,
+    mut stopping: watch::Receiver<bool>,
+) {
     let mut link: Option<Link> = None;
     // Partitions whose log was checked against the leader's history on
     // this link; a new link checks again.
@@ -109,13 +120,12 @@ async fn fetch_from(broker: Arc<Broker>, leader: i32, mut stopping: watch::Recei
             return;
         }
         if link.is_none() {
-            let Some(addr) = address(&broker, leader) else {
+            let Some(addr) = u64::try_from(leader).ok().and_then(|id| node.address(id)) else {
                 pause(&mut stopping).await;
                 continue;
             };
-            match TcpStream::connect(&addr).await {
+            match connect(&addr).await {
                 Ok(stream) => {
-                    let _ = stream.set_nodelay(true);
                     link = Some(Link::new(stream, broker.node_id()));
                     checked.clear();
                 }
@@ -139,6 +149,20 @@ async fn fetch_from(broker: Arc<Broker>, leader: i32, mut stopping: watch::Recei
             pause(&mut stopping).await;
         }
     }
+}
+
+/// A connection to a leader's inter-node listener, announced as one
+/// carrying Kafka requests.
+async fn connect(addr: &str) -> std::io::Result<TcpStream> {
+    let connecting = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        let _ = stream.set_nodelay(true);
+        stream.write_all(&[PREFACE_KAFKA]).await?;
+        Ok(stream)
+    };
+    tokio::time::timeout(CALL_TIMEOUT, connecting)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
 }
 
 async fn pause(stopping: &mut watch::Receiver<bool>) {
@@ -338,7 +362,7 @@ async fn truncate_to_leader(
     Ok(done)
 }
 
-/// One connection to a leader's Kafka listener.
+/// One connection carrying Kafka requests to a leader.
 struct Link {
     stream: TcpStream,
     node: i32,
@@ -354,8 +378,17 @@ impl Link {
         }
     }
 
-    /// Sends one request and reads its response.
+    /// Sends one request and reads its response, within [`CALL_TIMEOUT`].
     async fn call<R>(&mut self, request: R, version: i16) -> Result<R::Response, String>
+    where
+        R: Request + Encodable + HeaderVersion,
+    {
+        tokio::time::timeout(CALL_TIMEOUT, self.exchange_one(request, version))
+            .await
+            .map_err(|_| format!("no answer within {} s", CALL_TIMEOUT.as_secs()))?
+    }
+
+    async fn exchange_one<R>(&mut self, request: R, version: i16) -> Result<R::Response, String>
     where
         R: Request + Encodable + HeaderVersion,
     {

@@ -83,6 +83,11 @@ pub struct ClusterConfig {
     /// the same on every node; it must name this node (`node.id`) at its
     /// `listen` address. Read on a node's first start only.
     pub voters: String,
+    /// Where this node dials some peers' inter-node listeners instead of
+    /// their `voters` address (through a proxy or a NAT, say),
+    /// `id@host:port` separated by commas; empty dials the voters'
+    /// addresses.
+    pub routes: String,
     /// A follower that has not caught up with its leader for this long
     /// leaves the in-sync replicas (Kafka's `replica.lag.time.max.ms`).
     pub replica_lag_max: HumanDuration,
@@ -97,6 +102,7 @@ impl Default for ClusterConfig {
         ClusterConfig {
             listen: String::new(),
             voters: String::new(),
+            routes: String::new(),
             replica_lag_max: HumanDuration::from_secs(30),
             session_timeout: HumanDuration::new(std::time::Duration::from_millis(1500)),
         }
@@ -109,8 +115,23 @@ impl ClusterConfig {
     /// # Errors
     /// An entry that is not `id@host:port`, or an id named twice.
     pub fn voter_list(&self) -> Result<Vec<(u64, String)>, String> {
+        node_addresses("cluster.voters", &self.voters)
+    }
+
+    /// The routes as (id, address), or why they cannot be read.
+    ///
+    /// # Errors
+    /// As [`ClusterConfig::voter_list`].
+    pub fn route_list(&self) -> Result<Vec<(u64, String)>, String> {
+        node_addresses("cluster.routes", &self.routes)
+    }
+}
+
+/// A list of `id@host:port`, each id once; `key` names it in errors.
+fn node_addresses(key: &str, list: &str) -> Result<Vec<(u64, String)>, String> {
+    {
         let mut voters: Vec<(u64, String)> = Vec::new();
-        for entry in split_list(&self.voters) {
+        for entry in split_list(list) {
             let parsed = entry.split_once('@').and_then(|(id, address)| {
                 let id = id.trim().parse::<u64>().ok()?;
                 let (host, port) = address.trim().rsplit_once(':')?;
@@ -118,12 +139,10 @@ impl ClusterConfig {
                     .then(|| (id, address.trim().to_owned()))
             });
             let Some((id, address)) = parsed else {
-                return Err(format!(
-                    "cluster.voters entries are id@host:port, got {entry:?}"
-                ));
+                return Err(format!("{key} entries are id@host:port, got {entry:?}"));
             };
             if voters.iter().any(|(known, _)| *known == id) {
-                return Err(format!("cluster.voters names node {id} twice"));
+                return Err(format!("{key} names node {id} twice"));
             }
             voters.push((id, address));
         }
@@ -476,6 +495,10 @@ pub const KEYS: &[KeyDoc] = &[
         description: "Initial controller quorum, id@host:port,...; empty runs a cluster of one",
     },
     KeyDoc {
+        key: "cluster.routes",
+        description: "Where this node dials some peers instead of their cluster.voters address (a proxy, a NAT), id@host:port,...",
+    },
+    KeyDoc {
         key: "cluster.session_timeout",
         description: "A node silent this long is dead and its partitions get new leaders (broker.session.timeout.ms)",
     },
@@ -680,6 +703,9 @@ impl Config {
             );
         }
         let cluster = &self.cluster;
+        if let Err(message) = cluster.route_list() {
+            problem("cluster.routes", message);
+        }
         match cluster.voter_list() {
             Err(message) => problem("cluster.voters", message),
             Ok(voters) if !voters.is_empty() => {

@@ -494,8 +494,8 @@ impl Broker {
     }
 
     /// Registers where Kafka clients reach this node with the cluster
-    /// (KRaft's broker registration), unless the metadata already says so.
-    /// Blocking.
+    /// (KRaft's broker registration), unless the metadata already says so,
+    /// and reserves a block of producer ids for this node. Blocking.
     ///
     /// # Errors
     /// [`CoreError::Quorum`] when the quorum does not commit it.
@@ -505,21 +505,25 @@ impl Broker {
             .brokers()
             .iter()
             .any(|b| b.node == self.node_id && b.host == host && b.port == port);
-        if registered || !metadata.clustered() {
+        if !metadata.clustered() {
             return Ok(());
         }
-        metadata.commit(MetadataCommand::RegisterBroker {
-            node: self.node_id,
-            host: host.to_owned(),
-            port,
-        })?;
-        tracing::info!(
-            node = self.node_id,
-            host,
-            port,
-            "registered with the cluster"
-        );
-        Ok(())
+        if !registered {
+            metadata.commit(MetadataCommand::RegisterBroker {
+                node: self.node_id,
+                host: host.to_owned(),
+                port,
+            })?;
+            tracing::info!(
+                node = self.node_id,
+                host,
+                port,
+                "registered with the cluster"
+            );
+        }
+        // A block of producer ids in hand, so idempotent producers start
+        // here even while the controller cannot be reached.
+        self.producer_ids.prefetch()
     }
 
     /// The controller (the metadata quorum's leader) as this node knows

@@ -49,23 +49,37 @@ impl ProducerIds {
     /// The metadata's commit failure.
     pub fn allocate(&self) -> Result<i64, CoreError> {
         let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
+        Self::reserve(&self.metadata, &mut next)?;
+        let id = next.0;
+        next.0 += 1;
+        Ok(id)
+    }
+
+    /// Reserves a block of ids now if none is in hand, so that this node
+    /// can hand out ids while it cannot reach the controller (a node of a
+    /// cluster does it once registered, as Kafka's brokers hold a block
+    /// from the controller). Blocking.
+    ///
+    /// # Errors
+    /// The metadata's commit failure.
+    pub fn prefetch(&self) -> Result<(), CoreError> {
+        let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
+        Self::reserve(&self.metadata, &mut next)
+    }
+
+    fn reserve(metadata: &Metadata, next: &mut (i64, i64)) -> Result<(), CoreError> {
         // Another node may take the block this one asked for first; then
         // ask again past it.
         let mut attempts = 0;
         while next.0 >= next.1 {
-            let end = self.metadata.state().producer_ids_end + ID_BLOCK;
-            match self
-                .metadata
-                .commit(MetadataCommand::AllocateProducerIds { end })
-            {
+            let end = metadata.state().producer_ids_end + ID_BLOCK;
+            match metadata.commit(MetadataCommand::AllocateProducerIds { end }) {
                 Ok(()) => *next = (end - ID_BLOCK, end),
                 Err(CoreError::Internal { .. }) if attempts < 5 => attempts += 1,
                 Err(error) => return Err(error),
             }
         }
-        let id = next.0;
-        next.0 += 1;
-        Ok(id)
+        Ok(())
     }
 }
 

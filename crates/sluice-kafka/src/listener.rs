@@ -2,7 +2,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use sluice_core::{Broker, Protocol};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::Instrument;
 
@@ -50,38 +50,70 @@ pub async fn serve(
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
-        let registration = match broker.connections().register(Protocol::Kafka, peer) {
-            Ok(registration) => registration,
-            Err(refused) => {
-                // Kafka has no way to say why; the client sees a closed
-                // connection and retries with backoff.
-                tracing::warn!(%peer, reason = %refused, "kafka connection refused");
-                drop(stream);
-                continue;
-            }
-        };
-        let conn_id = registration.id();
-        let span = tracing::info_span!("conn", conn_id, %peer, protocol = "kafka");
-        let connection = Connection::new(
-            stream,
-            Arc::clone(&broker),
-            Arc::clone(&options),
-            shutdown.clone(),
-            registration,
-        );
-        broker.tasks().spawn(
-            async move {
-                match connection.run().await {
-                    Ok(()) => tracing::debug!("connection closed"),
-                    Err(err) if err.is_disconnect() => {
-                        tracing::debug!(reason = %sluice_types::ErrorChain(&err), "client disconnected");
-                    }
-                    Err(err) => tracing::info!(reason = %sluice_types::ErrorChain(&err), "connection closed"),
-                }
-            }
-            .instrument(span),
-        );
+        spawn_connection(stream, peer, &broker, &options, &shutdown);
     }
     tracing::info!("kafka listener stopped");
+}
+
+/// Serves Kafka connections another listener accepted (the inter-node
+/// listener hands over followers' replica fetch connections) until
+/// `shutdown` turns true or the sender is gone.
+pub async fn serve_streams(
+    mut streams: tokio::sync::mpsc::Receiver<(TcpStream, SocketAddr)>,
+    broker: Arc<Broker>,
+    options: KafkaOptions,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let options = Arc::new(options);
+    loop {
+        let (stream, peer) = tokio::select! {
+            received = streams.recv() => match received {
+                Some(pair) => pair,
+                None => break,
+            },
+            _ = shutdown.changed() => break,
+        };
+        spawn_connection(stream, peer, &broker, &options, &shutdown);
+    }
+}
+
+/// Registers an accepted connection and serves it on its own task.
+fn spawn_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    broker: &Arc<Broker>,
+    options: &Arc<KafkaOptions>,
+    shutdown: &watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let registration = match broker.connections().register(Protocol::Kafka, peer) {
+        Ok(registration) => registration,
+        Err(refused) => {
+            // Kafka has no way to say why; the client sees a closed
+            // connection and retries with backoff.
+            tracing::warn!(%peer, reason = %refused, "kafka connection refused");
+            return;
+        }
+    };
+    let conn_id = registration.id();
+    let span = tracing::info_span!("conn", conn_id, %peer, protocol = "kafka");
+    let connection = Connection::new(
+        stream,
+        Arc::clone(broker),
+        Arc::clone(options),
+        shutdown.clone(),
+        registration,
+    );
+    broker.tasks().spawn(
+        async move {
+            match connection.run().await {
+                Ok(()) => tracing::debug!("connection closed"),
+                Err(err) if err.is_disconnect() => {
+                    tracing::debug!(reason = %sluice_types::ErrorChain(&err), "client disconnected");
+                }
+                Err(err) => tracing::info!(reason = %sluice_types::ErrorChain(&err), "connection closed"),
+            }
+        }
+        .instrument(span),
+    );
 }

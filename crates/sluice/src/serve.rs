@@ -108,7 +108,7 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         recovery_progress_interval: config.logging.progress_interval.get(),
         ..BrokerOptions::new(&config.data_dir)
     };
-    let (options, quorum) = join_cluster(config, options).await?;
+    let (options, quorum, replica_streams) = join_cluster(config, options).await?;
     let broker = tokio::task::spawn_blocking(move || match options {
         Opening::Alone(options) => Broker::open(options),
         Opening::Clustered(options, lock) => Broker::open_locked(options, lock),
@@ -124,8 +124,13 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     let mut lifecycle = broker.run();
     let users = users(&config.amqp);
     let bound = async {
-        let (kafka, host, port) =
-            start_kafka(&config.kafka, Arc::clone(&broker), &mut lifecycle).await?;
+        let (kafka, host, port) = start_kafka(
+            &config.kafka,
+            Arc::clone(&broker),
+            replica_streams,
+            &mut lifecycle,
+        )
+        .await?;
         if let Some(node) = &quorum {
             let stopping = lifecycle.stopping();
             lifecycle.serve(sluice_cluster::quorum::run_controller(
@@ -144,6 +149,7 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
             let stopping = lifecycle.stopping();
             lifecycle.serve(sluice_cluster::replica::run_fetchers(
                 Arc::clone(&broker),
+                Arc::clone(node),
                 stopping,
             ));
             let stopping = lifecycle.stopping();
@@ -253,30 +259,44 @@ enum Opening {
 /// With `cluster.voters` set: locks the data directory, starts this
 /// node's metadata quorum member on `cluster.listen` (state in
 /// `<data_dir>/cluster`), and hands the broker the metadata it applies to.
+/// Connections the inter-node listener hands to the Kafka front-end.
+type ReplicaStreams = tokio::sync::mpsc::Receiver<(tokio::net::TcpStream, std::net::SocketAddr)>;
+
 async fn join_cluster(
     config: &Config,
     mut options: BrokerOptions,
-) -> anyhow::Result<(Opening, Option<Arc<MetadataNode>>)> {
+) -> anyhow::Result<(Opening, Option<Arc<MetadataNode>>, Option<ReplicaStreams>)> {
     let voters = config
         .cluster
         .voter_list()
         .map_err(|reason| anyhow::anyhow!(reason))?;
     if voters.is_empty() {
-        return Ok((Opening::Alone(options), None));
+        return Ok((Opening::Alone(options), None, None));
     }
+    let routes = config
+        .cluster
+        .route_list()
+        .map_err(|reason| anyhow::anyhow!(reason))?;
+    // Followers' replica fetches arrive on the inter-node listener and
+    // are served as Kafka connections once the front-end runs.
+    let (kafka_streams, replica_streams) = tokio::sync::mpsc::channel(64);
     let data_dir = config.data_dir.clone();
     let lock = tokio::task::spawn_blocking(move || DataDirLock::acquire(&data_dir))
         .await
         .context("data directory lock task failed")??;
     let (listener, bound) = bind(&config.cluster.listen, "cluster", "cluster.listen").await?;
     let metadata = Metadata::for_quorum(config.node.id);
-    let node = MetadataNode::start(
+    let node = MetadataNode::start_linked(
         u64::try_from(config.node.id).context("node.id")?,
         listener,
         &voters.into_iter().collect(),
         &config.data_dir.join("cluster"),
         Box::new(CoreMachine(MetadataMachine::new(Arc::clone(&metadata)))),
         RaftSettings::default(),
+        sluice_cluster::Links {
+            routes: routes.into_iter().collect(),
+            kafka: Some(kafka_streams),
+        },
     )
     .await
     .context("cannot start the metadata quorum")?;
@@ -287,7 +307,11 @@ async fn join_cluster(
     )));
     info!(listen = %bound, node = config.node.id, "cluster listening");
     options.quorum_metadata = Some(metadata);
-    Ok((Opening::Clustered(options, lock), Some(node)))
+    Ok((
+        Opening::Clustered(options, lock),
+        Some(node),
+        Some(replica_streams),
+    ))
 }
 
 /// Longest time connections get to finish after the listeners stop.
@@ -308,10 +332,12 @@ async fn bind(
     Ok((listener, bound))
 }
 
-/// Binds the Kafka listener and serves it in a task.
+/// Binds the Kafka listener and serves it in a task, and the replica
+/// connections the inter-node listener hands over.
 async fn start_kafka(
     config: &KafkaConfig,
     broker: Arc<Broker>,
+    replica_streams: Option<ReplicaStreams>,
     lifecycle: &mut Lifecycle,
 ) -> anyhow::Result<(std::net::SocketAddr, String, u16)> {
     let (listener, bound) = bind(config.listen.as_str(), "Kafka", "kafka.listen").await?;
@@ -336,6 +362,15 @@ async fn start_kafka(
         node_id: broker.node_id(),
         max_request_bytes: usize::try_from(config.max_request_bytes.bytes()).unwrap_or(usize::MAX),
     };
+    if let Some(streams) = replica_streams {
+        let stopping = lifecycle.stopping();
+        lifecycle.serve(sluice_kafka::serve_streams(
+            streams,
+            Arc::clone(&broker),
+            options.clone(),
+            stopping,
+        ));
+    }
     let stopping = lifecycle.stopping();
     lifecycle.serve(sluice_kafka::serve(listener, broker, options, stopping));
     Ok((bound, advertised_host, advertised_port))
