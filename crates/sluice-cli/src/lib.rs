@@ -44,6 +44,7 @@ pub use args::{ApiArgs, Credentials, HttpAddress, Output};
 pub use commands::amqp::{
     BindingSpec, BindingsCommand, DestinationType, ExchangesCommand, QueuesCommand,
 };
+pub use commands::cluster::ClusterCommand;
 pub use commands::connections::ConnectionsCommand;
 pub use commands::consume::ConsumeArgs;
 pub use commands::groups::GroupsCommand;
@@ -82,6 +83,8 @@ pub enum AdminCommand {
     Bindings(BindingsArgs),
     /// Client connections of both protocols: list, close.
     Connections(ConnectionsArgs),
+    /// A cluster's nodes and partition leaders: status, elect-leaders.
+    Cluster(ClusterArgs),
     /// Send lines from stdin or a file as records to a topic, or as
     /// messages to an exchange.
     Produce(ProduceArgs),
@@ -151,6 +154,15 @@ pub struct ConnectionsArgs {
     command: ConnectionsCommand,
 }
 
+/// `sluice cluster …`.
+#[derive(Debug, Args)]
+pub struct ClusterArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    #[command(subcommand)]
+    command: ClusterCommand,
+}
+
 /// Runs one command against the broker and returns the exit code (see the
 /// crate's documentation). Errors are printed to stderr here.
 pub fn run(command: AdminCommand) -> ExitCode {
@@ -168,6 +180,7 @@ pub fn run(command: AdminCommand) -> ExitCode {
         AdminCommand::Connections(args) => {
             commands::connections::run(&args.api, args.command, &mut out)
         }
+        AdminCommand::Cluster(args) => commands::cluster::run(&args.api, args.command, &mut out),
         AdminCommand::Produce(args) => commands::produce::run(args, &mut out),
         AdminCommand::Consume(args) => commands::consume::run(args, &mut out),
     };

@@ -25,15 +25,23 @@ async fn heartbeats(
     id: NodeId,
     interval: Duration,
     controller_since: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+    controller_changes: Arc<std::sync::atomic::AtomicU64>,
     mut stopping: watch::Receiver<bool>,
 ) {
     let mut link: Option<(NodeId, network::Peer)> = None;
+    let mut known: Option<NodeId> = None;
     loop {
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
             _ = stopping.wait_for(|stop| *stop) => return,
         }
         let metrics = raft.metrics().borrow().clone();
+        if let Some(current) = metrics.current_leader
+            && known != Some(current)
+        {
+            known = Some(current);
+            controller_changes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         {
             let mut since = controller_since.lock().unwrap_or_else(|e| e.into_inner());
             match (metrics.current_leader == Some(id), since.is_some()) {
@@ -134,6 +142,8 @@ pub struct MetadataNode {
     /// Since when this node has been the controller, as its heartbeat
     /// task last saw.
     controller_since: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+    /// How many times this node saw another controller.
+    controller_changes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for MetadataNode {
@@ -218,6 +228,7 @@ impl MetadataNode {
         let (stop, stopping) = watch::channel(false);
         let liveness = network::Liveness::default();
         let controller_since = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let controller_changes = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let server = tokio::spawn(network::serve(
             listener,
             raft.clone(),
@@ -232,6 +243,7 @@ impl MetadataNode {
             id,
             settings.heartbeat,
             controller_since.clone(),
+            Arc::clone(&controller_changes),
             stopping,
         ));
         let node = MetadataNode {
@@ -243,6 +255,7 @@ impl MetadataNode {
             server: std::sync::Mutex::new(Some(server)),
             liveness,
             controller_since,
+            controller_changes,
         };
         // What this node committed before it stopped is applied before it
         // serves: its state is at least as new as when it stopped.
@@ -276,6 +289,13 @@ impl MetadataNode {
 
     pub fn id(&self) -> NodeId {
         self.id
+    }
+
+    /// How many times this node saw the controller change (its first
+    /// controller included).
+    pub fn controller_changes(&self) -> u64 {
+        self.controller_changes
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The address this node dials node `peer`'s inter-node listener at:

@@ -71,6 +71,10 @@ impl MetadataQuorum for ClusterQuorum {
     fn controller(&self) -> Option<i32> {
         self.node.leader().and_then(|id| i32::try_from(id).ok())
     }
+
+    fn controller_changes(&self) -> u64 {
+        self.node.controller_changes()
+    }
 }
 
 /// Registers this node's Kafka address with the cluster, retrying (while

@@ -71,11 +71,13 @@ pub use groups::{
 };
 pub use lifecycle::{Lifecycle, Tasks};
 use messaging::VirtualHosts;
+pub use metadata::Election;
 pub use metadata::{BrokerAddress, Metadata, MetadataCommand, MetadataMachine, MetadataQuorum};
 pub use metrics::{ProtocolMetrics, RequestMetrics};
 pub use offsets::{CommittedOffset, Coordinator, OFFSETS_LOG, OFFSETS_TOPIC, OffsetStore};
 pub use partition::{Chunk, Fetched, Partition, PartitionTraffic, Position, Undecodable};
 pub use producers::ProducerIds;
+pub use replication::ReplicationStats;
 pub use topic_config::{
     CleanupPolicy, ConfigEntry, ConfigSource, ConfigType, FORWARD_EXCHANGE, FORWARD_ROUTING_KEY,
     FORWARD_START, FORWARD_VHOST, Forwarding, STORED_ONLY_KEYS, TOPIC_CONFIG_KEYS, TimestampType,
@@ -248,6 +250,46 @@ pub struct ClusterView {
     pub under_replicated: usize,
     /// Partitions this node leads.
     pub led_here: usize,
+    /// Registered nodes the controller fenced (not heard from).
+    pub fenced: Vec<i32>,
+    /// Partitions whose leader is fenced (no in-sync replica could take
+    /// over): unavailable until one returns.
+    pub offline: usize,
+    /// Over the partitions this node leads: in-sync set shrinks and
+    /// expands, and the furthest-behind follower's lag.
+    pub replication: ReplicationStats,
+    /// How many times this node saw the controller change.
+    pub controller_changes: u64,
+    /// Metadata commits this node's writers made, and their total time.
+    pub commits: u64,
+    pub commit_micros: u64,
+}
+
+/// Where one partition of a cluster is, as the metadata says
+/// ([`Broker::cluster_partitions`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionPlacement {
+    pub topic: String,
+    pub partition: i32,
+    pub leader: i32,
+    pub leader_epoch: i32,
+    /// Leader first at creation (the first is the preferred leader).
+    pub replicas: Vec<i32>,
+    pub in_sync: Vec<i32>,
+    /// Replicas on fenced nodes.
+    pub offline_replicas: Vec<i32>,
+}
+
+impl PartitionPlacement {
+    /// Fewer in-sync replicas than replicas.
+    pub fn under_replicated(&self) -> bool {
+        self.in_sync.len() < self.replicas.len()
+    }
+
+    /// Its leader is fenced: nobody serves it.
+    pub fn offline(&self) -> bool {
+        self.offline_replicas.contains(&self.leader)
+    }
 }
 
 /// One running broker node.
@@ -457,6 +499,19 @@ impl Broker {
         hw_checkpoint::write(&self.data_dir, &high_watermarks(&self.topics))
     }
 
+    /// The size and the free space (bytes) of the file system holding the
+    /// data directory.
+    ///
+    /// # Errors
+    /// The `statvfs` failure.
+    pub fn disk_space(&self) -> std::io::Result<(u64, u64)> {
+        let stats = rustix::fs::statvfs(&self.data_dir)?;
+        Ok((
+            stats.f_blocks.saturating_mul(stats.f_frsize),
+            stats.f_bavail.saturating_mul(stats.f_frsize),
+        ))
+    }
+
     /// This node's id (`node.id`).
     pub fn node_id(&self) -> i32 {
         self.node_id
@@ -465,15 +520,37 @@ impl Broker {
     /// The cluster as this node sees it: its nodes, the controller, and
     /// how many partitions have fewer in-sync replicas than replicas.
     pub fn cluster_view(&self) -> ClusterView {
+        use std::sync::atomic::Ordering::Relaxed;
+        let metadata = self.topics.metadata();
+        let fenced = metadata.fenced();
         let topics = self.topics.names();
         let mut under_replicated = 0;
         let mut led_here = 0;
+        let mut offline = 0;
+        let mut replication = ReplicationStats::default();
         for topic in topics.iter().filter_map(|name| self.topics.get(name)) {
+            for partition in topic.partitions() {
+                if let Some(stats) = partition.replication_stats() {
+                    replication.in_sync_shrinks += stats.in_sync_shrinks;
+                    replication.in_sync_expands += stats.in_sync_expands;
+                    replication.follower_lag_records = replication
+                        .follower_lag_records
+                        .max(stats.follower_lag_records);
+                    replication.follower_lag_ms =
+                        replication.follower_lag_ms.max(stats.follower_lag_ms);
+                }
+            }
             for index in 0..topic.partition_count() as i32 {
                 let id = sluice_types::PartitionId::from(index);
                 let replicas = topic.replicas(id).unwrap_or_default().len();
                 if replicas > 1 && topic.in_sync(id).len() < replicas {
                     under_replicated += 1;
+                }
+                if topic
+                    .leader(id)
+                    .is_some_and(|(leader, _)| fenced.contains(&leader))
+                {
+                    offline += 1;
                 }
                 if topic
                     .leader(id)
@@ -487,10 +564,53 @@ impl Broker {
             clustered: self.topics.metadata().clustered(),
             node_id: self.node_id,
             controller: self.controller(),
-            nodes: self.topics.metadata().brokers(),
+            nodes: metadata.brokers(),
             under_replicated,
             led_here,
+            fenced: fenced.into_iter().collect(),
+            offline,
+            replication,
+            controller_changes: metadata.controller_changes(),
+            commits: metadata.commit_times().count.load(Relaxed),
+            commit_micros: metadata.commit_times().micros.load(Relaxed),
         }
+    }
+
+    /// Every partition of every topic as the metadata places it, on any
+    /// node, sorted by topic and partition; empty on a cluster of one.
+    pub fn cluster_partitions(&self) -> Vec<PartitionPlacement> {
+        let metadata = self.topics.metadata();
+        if !metadata.clustered() {
+            return Vec::new();
+        }
+        let fenced = metadata.fenced();
+        let mut placements = Vec::new();
+        for name in self.topics.names() {
+            let Some(topic) = self.topics.get(&name) else {
+                continue;
+            };
+            for index in 0..topic.partition_count() as i32 {
+                let id = sluice_types::PartitionId::from(index);
+                let replicas = topic.replicas(id).unwrap_or_default();
+                let Some((leader, leader_epoch)) = topic.leader(id) else {
+                    continue;
+                };
+                placements.push(PartitionPlacement {
+                    topic: name.clone(),
+                    partition: index,
+                    leader,
+                    leader_epoch,
+                    offline_replicas: replicas
+                        .iter()
+                        .copied()
+                        .filter(|r| fenced.contains(r))
+                        .collect(),
+                    in_sync: topic.in_sync(id),
+                    replicas,
+                });
+            }
+        }
+        placements
     }
 
     /// Registers where Kafka clients reach this node with the cluster

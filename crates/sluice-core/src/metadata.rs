@@ -92,6 +92,18 @@ pub enum MetadataCommand {
         name: String,
         partition: u32,
         in_sync: Vec<i32>,
+        /// The leader epoch the proposer leads in (Kafka's AlterPartition
+        /// carries it): a leader replaced meanwhile is refused.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        leader_epoch: Option<i32>,
+    },
+    /// Whether a registered node is fenced (KRaft's broker fencing): the
+    /// controller fences a node it has not heard from for the session
+    /// timeout and unfences it when it hears from it again. Clients are
+    /// not told of fenced nodes, and their replicas are offline.
+    FenceBroker {
+        node: i32,
+        fenced: bool,
     },
     /// A node of the cluster and where Kafka clients reach it (KRaft's
     /// broker registration); registering again replaces the address.
@@ -183,6 +195,8 @@ pub(crate) struct MetadataState {
     pub(crate) producer_ids_end: i64,
     /// Registered nodes, by id.
     pub(crate) brokers: BTreeMap<i32, BrokerAddress>,
+    /// Registered nodes the controller fenced.
+    pub(crate) fenced: std::collections::BTreeSet<i32>,
     /// Durable AMQP exchanges, queues and bindings.
     pub(crate) definitions: Definitions,
 }
@@ -199,6 +213,10 @@ impl MetadataState {
                 port: b.port,
             })
             .collect();
+        commands.extend(self.fenced.iter().map(|node| MetadataCommand::FenceBroker {
+            node: *node,
+            fenced: true,
+        }));
         if self.producer_ids_end > 0 {
             commands.push(MetadataCommand::AllocateProducerIds {
                 end: self.producer_ids_end,
@@ -226,6 +244,7 @@ impl MetadataState {
                     name: name.clone(),
                     partition: *partition,
                     in_sync: in_sync.clone(),
+                    leader_epoch: None,
                 }
             }));
         }
@@ -300,10 +319,24 @@ fn check(state: &MetadataState, command: &MetadataCommand) -> Result<(), CoreErr
             name,
             partition,
             in_sync,
+            leader_epoch,
         } => {
             let meta = topic(name)?;
-            let (leader, _) = meta.leader_of(*partition);
+            let (leader, epoch) = meta.leader_of(*partition);
+            if leader_epoch.is_some_and(|e| e != epoch) {
+                return Err(CoreError::InvalidPartitions {
+                    topic: name.clone(),
+                    reason: format!(
+                        "partition {partition}: in-sync replicas proposed in leader epoch {leader_epoch:?}, now {epoch}"
+                    ),
+                });
+            }
             check_partition_change(name, meta, *partition, leader, in_sync, None)
+        }
+        MetadataCommand::FenceBroker { node, .. } if !state.brokers.contains_key(node) => {
+            Err(CoreError::Internal {
+                reason: format!("node {node} is not registered"),
+            })
         }
         MetadataCommand::ChangeLeader {
             name,
@@ -415,6 +448,7 @@ pub(crate) fn apply(state: &mut MetadataState, command: MetadataCommand) -> Resu
             name,
             partition,
             in_sync,
+            ..
         } => {
             if let Some(topic) = topics.get_mut(&name) {
                 topic.set_in_sync(partition, in_sync);
@@ -438,6 +472,13 @@ pub(crate) fn apply(state: &mut MetadataState, command: MetadataCommand) -> Resu
                 .brokers
                 .insert(node, BrokerAddress { node, host, port });
         }
+        MetadataCommand::FenceBroker { node, fenced } => {
+            if fenced {
+                state.fenced.insert(node);
+            } else {
+                state.fenced.remove(&node);
+            }
+        }
         MetadataCommand::DeclareExchange(_)
         | MetadataCommand::DeleteExchange { .. }
         | MetadataCommand::DeclareQueue(_)
@@ -449,7 +490,8 @@ pub(crate) fn apply(state: &mut MetadataState, command: MetadataCommand) -> Resu
 }
 
 /// What the controller changes when the nodes in `live` are the ones
-/// alive (KRaft's fencing and leader election): a partition whose leader
+/// alive (KRaft's fencing and leader election): registered nodes not
+/// alive are fenced and live fenced ones unfenced; a partition whose leader
 /// is gone gets the first live in-sync replica as leader in the next epoch
 /// (none: it stays offline; unclean election is off); dead followers leave
 /// the in-sync replicas; a partition whose first replica (its preferred
@@ -458,7 +500,19 @@ pub(crate) fn leadership_changes(
     state: &MetadataState,
     live: &std::collections::BTreeSet<i32>,
 ) -> Vec<MetadataCommand> {
-    let mut changes = Vec::new();
+    // Fencing first: clients stop being sent to a dead node, and are sent
+    // to one that is back.
+    let mut changes: Vec<MetadataCommand> = state
+        .brokers
+        .keys()
+        .filter_map(|node| {
+            let fenced = state.fenced.contains(node);
+            (fenced == live.contains(node)).then_some(MetadataCommand::FenceBroker {
+                node: *node,
+                fenced: !fenced,
+            })
+        })
+        .collect();
     for (name, topic) in &state.topics {
         for (index, replicas) in topic.replicas.iter().enumerate() {
             if replicas.len() < 2 {
@@ -502,6 +556,7 @@ pub(crate) fn leadership_changes(
                     name: name.clone(),
                     partition,
                     in_sync: alive,
+                    leader_epoch: Some(epoch),
                 });
             } else if replicas[0] != leader && in_sync.contains(&replicas[0]) {
                 changes.push(MetadataCommand::ChangeLeader {
@@ -515,6 +570,94 @@ pub(crate) fn leadership_changes(
         }
     }
     changes
+}
+
+/// What an election an operator asks for (Kafka's ElectLeaders) does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Election {
+    /// This node now leads the partition.
+    Elected(i32),
+    /// The preferred replica already leads (preferred), or the leader is
+    /// alive (unclean).
+    NotNeeded,
+    /// No replica may take over: the preferred one is fenced or not in
+    /// sync (preferred), or every replica is fenced (unclean).
+    NotAvailable,
+}
+
+/// The election of partition `partition` of `name` as the state stands:
+/// preferred moves leadership to the first replica when it is in sync and
+/// not fenced; unclean gives a partition whose leader is fenced the first
+/// unfenced in-sync replica, else any unfenced replica (losing what only
+/// the others had). Returns the command that does it, if any.
+///
+/// # Errors
+/// [`CoreError::UnknownTopic`] or [`CoreError::UnknownPartition`].
+pub(crate) fn election(
+    state: &MetadataState,
+    name: &str,
+    partition: u32,
+    unclean: bool,
+) -> Result<(Election, Option<MetadataCommand>), CoreError> {
+    let topic = state
+        .topics
+        .get(name)
+        .ok_or_else(|| CoreError::UnknownTopic {
+            topic: name.to_owned(),
+        })?;
+    if partition >= topic.partitions {
+        return Err(CoreError::UnknownPartition {
+            topic: name.to_owned(),
+            partition: sluice_types::PartitionId::from(partition as i32),
+        });
+    }
+    // A cluster of one (no placements): this node leads every partition.
+    let Some(replicas) = topic.replicas.get(partition as usize) else {
+        return Ok((Election::NotNeeded, None));
+    };
+    let (leader, epoch) = topic.leader_of(partition);
+    let in_sync = topic.in_sync_of(partition);
+    let alive = |node: &i32| !state.fenced.contains(node);
+    let change = |next: i32, in_sync: Vec<i32>| MetadataCommand::ChangeLeader {
+        name: name.to_owned(),
+        partition,
+        leader: next,
+        leader_epoch: epoch + 1,
+        in_sync,
+    };
+    if unclean {
+        if alive(&leader) {
+            return Ok((Election::NotNeeded, None));
+        }
+        let live_in_sync: Vec<i32> = in_sync.iter().copied().filter(alive).collect();
+        return Ok(
+            match (live_in_sync.first(), replicas.iter().find(|r| alive(r))) {
+                (Some(next), _) => (
+                    Election::Elected(*next),
+                    Some(change(*next, live_in_sync.clone())),
+                ),
+                (None, Some(next)) => (Election::Elected(*next), Some(change(*next, vec![*next]))),
+                (None, None) => (Election::NotAvailable, None),
+            },
+        );
+    }
+    let Some(preferred) = replicas.first().copied() else {
+        return Ok((Election::NotAvailable, None));
+    };
+    // A fenced leader is no leader (Kafka shows -1): electing it again is
+    // not possible rather than not needed.
+    if !alive(&preferred) {
+        Ok((Election::NotAvailable, None))
+    } else if preferred == leader {
+        Ok((Election::NotNeeded, None))
+    } else if in_sync.contains(&preferred) {
+        Ok((
+            Election::Elected(preferred),
+            Some(change(preferred, in_sync)),
+        ))
+    } else {
+        Ok((Election::NotAvailable, None))
+    }
 }
 
 /// Placements name every added partition (`from..partitions`) or none.
@@ -550,6 +693,19 @@ pub trait MetadataQuorum: Send + Sync + std::fmt::Debug {
 
     /// The controller (the Raft leader) as this node knows it.
     fn controller(&self) -> Option<i32>;
+
+    /// How many times this node saw the controller change.
+    fn controller_changes(&self) -> u64 {
+        0
+    }
+}
+
+/// How long commits take, as this node's writers saw them (on a cluster:
+/// through the quorum, until applied here).
+#[derive(Debug, Default)]
+pub struct CommitTimes {
+    pub count: std::sync::atomic::AtomicU64,
+    pub micros: std::sync::atomic::AtomicU64,
 }
 
 /// Where commands are committed.
@@ -575,6 +731,8 @@ pub struct Metadata {
     topics: OnceLock<Weak<Topics>>,
     /// This node's id.
     node_id: i32,
+    /// Commits this node's writers made, and their total time.
+    commit_times: CommitTimes,
 }
 
 /// A refused command, as a committed command's answer carries it to its
@@ -639,6 +797,7 @@ impl Metadata {
             state: Mutex::new(state),
             topics: OnceLock::new(),
             node_id,
+            commit_times: CommitTimes::default(),
         }))
     }
 
@@ -652,6 +811,7 @@ impl Metadata {
             state: Mutex::new(MetadataState::default()),
             topics: OnceLock::new(),
             node_id,
+            commit_times: CommitTimes::default(),
         })
     }
 
@@ -689,6 +849,11 @@ impl Metadata {
         self.state().brokers.values().cloned().collect()
     }
 
+    /// The registered nodes the controller fenced (not heard from).
+    pub fn fenced(&self) -> std::collections::BTreeSet<i32> {
+        self.state().fenced.clone()
+    }
+
     /// One writer at a time: hold it from the check to [`Metadata::commit`].
     pub(crate) fn writer(&self) -> MutexGuard<'_, ()> {
         self.writer.lock().unwrap_or_else(|e| e.into_inner())
@@ -701,6 +866,32 @@ impl Metadata {
     /// The state's refusal (as [`apply`]), the log's write failure, or
     /// [`CoreError::Quorum`].
     pub(crate) fn commit(&self, command: MetadataCommand) -> Result<(), CoreError> {
+        let started = std::time::Instant::now();
+        let committed = self.commit_timed(command);
+        if committed.is_ok() {
+            use std::sync::atomic::Ordering::Relaxed;
+            let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            self.commit_times.count.fetch_add(1, Relaxed);
+            self.commit_times.micros.fetch_add(micros, Relaxed);
+        }
+        committed
+    }
+
+    /// Commits this node's writers made and their total time.
+    pub fn commit_times(&self) -> &CommitTimes {
+        &self.commit_times
+    }
+
+    /// How many times this node saw the controller change (0 on a cluster
+    /// of one).
+    pub fn controller_changes(&self) -> u64 {
+        match &self.store {
+            Store::Local(_) => 0,
+            Store::Quorum(slot) => slot.get().map_or(0, |q| q.controller_changes()),
+        }
+    }
+
+    fn commit_timed(&self, command: MetadataCommand) -> Result<(), CoreError> {
         match &self.store {
             Store::Local(log) => {
                 // Checked, written and applied under the state's lock, so
@@ -1151,6 +1342,112 @@ mod tests {
     }
 
     #[test]
+    fn the_controller_fences_silent_nodes_and_a_replaced_leader_cannot_change_in_sync_replicas() {
+        use std::collections::BTreeSet;
+        let mut state = MetadataState::default();
+        for node in [1, 2, 3] {
+            apply(
+                &mut state,
+                MetadataCommand::RegisterBroker {
+                    node,
+                    host: "127.0.0.1".into(),
+                    port: 9000 + node as u16,
+                },
+            )
+            .expect("register");
+        }
+        apply(
+            &mut state,
+            MetadataCommand::CreateTopic {
+                name: "t".into(),
+                id: "00".repeat(16),
+                partitions: 1,
+                config: BTreeMap::new(),
+                replicas: vec![vec![1, 2, 3]],
+            },
+        )
+        .expect("create");
+        let fence = |node, fenced| MetadataCommand::FenceBroker { node, fenced };
+        let changes = leadership_changes(&state, &BTreeSet::from([2, 3]));
+        assert_eq!(changes[0], fence(1, true), "{changes:?}");
+        for change in changes {
+            apply(&mut state, change).expect("apply");
+        }
+        assert_eq!(state.fenced, BTreeSet::from([1]));
+        assert_eq!(state.topics["t"].leader_of(0), (2, 1));
+        // Node 1 led in epoch 0; what it proposes now is refused, even an
+        // in-sync set that names the current leader.
+        let stale = MetadataCommand::SetInSync {
+            name: "t".into(),
+            partition: 0,
+            in_sync: vec![2, 1],
+            leader_epoch: Some(0),
+        };
+        assert!(apply(&mut state, stale).is_err());
+        assert_eq!(state.topics["t"].in_sync_of(0), vec![2, 3]);
+        // Fencing survives a snapshot; node 1 heard from again: unfenced.
+        let mut rebuilt = MetadataState::default();
+        for command in state.commands() {
+            apply(&mut rebuilt, command).expect("rebuild");
+        }
+        assert_eq!(rebuilt, state);
+        // The preferred replica (1) is fenced: no preferred election.
+        assert_eq!(
+            election(&state, "t", 0, false).expect("election").0,
+            Election::NotAvailable
+        );
+        let changes = leadership_changes(&state, &BTreeSet::from([1, 2, 3]));
+        assert_eq!(changes, vec![fence(1, false)]);
+        for change in changes {
+            apply(&mut state, change).expect("apply");
+        }
+        // Unfenced but not in sync yet: still not available; in sync: it
+        // is elected in the next epoch.
+        assert_eq!(
+            election(&state, "t", 0, false).expect("election").0,
+            Election::NotAvailable
+        );
+        let back = MetadataCommand::SetInSync {
+            name: "t".into(),
+            partition: 0,
+            in_sync: vec![2, 3, 1],
+            leader_epoch: Some(1),
+        };
+        apply(&mut state, back).expect("back in sync");
+        let (outcome, command) = election(&state, "t", 0, false).expect("election");
+        assert_eq!(outcome, Election::Elected(1));
+        assert!(matches!(
+            command,
+            Some(MetadataCommand::ChangeLeader {
+                leader: 1,
+                leader_epoch: 2,
+                ..
+            })
+        ));
+        // Unclean: not needed while the leader lives; with every in-sync
+        // replica fenced but one other replica alive, that one.
+        assert_eq!(
+            election(&state, "t", 0, true).expect("election").0,
+            Election::NotNeeded
+        );
+        state.fenced = BTreeSet::from([2, 3]);
+        state
+            .topics
+            .get_mut("t")
+            .expect("t")
+            .set_in_sync(0, vec![2, 3]);
+        let (outcome, command) = election(&state, "t", 0, true).expect("election");
+        assert_eq!(outcome, Election::Elected(1));
+        assert!(matches!(
+            command,
+            Some(MetadataCommand::ChangeLeader { leader: 1, ref in_sync, .. }) if in_sync == &vec![1]
+        ));
+        assert!(election(&state, "t", 5, false).is_err());
+        // Registering a node that does not exist cannot be fenced.
+        assert!(apply(&mut state, fence(7, true)).is_err());
+    }
+
+    #[test]
     fn the_controller_moves_leaders_to_live_in_sync_replicas_and_back() {
         use std::collections::BTreeSet;
         let mut state = MetadataState::default();
@@ -1185,6 +1482,7 @@ mod tests {
                     name: "t".into(),
                     partition: 1,
                     in_sync: vec![2, 3],
+                    leader_epoch: Some(0),
                 },
             ]
         );
@@ -1205,6 +1503,7 @@ mod tests {
                     name: "t".into(),
                     partition,
                     in_sync,
+                    leader_epoch: None,
                 },
             )
             .expect("back in sync");
@@ -1230,6 +1529,7 @@ mod tests {
                 name: "t".into(),
                 partition: 1,
                 in_sync: vec![2],
+                leader_epoch: None,
             },
         )
         .expect("shrink");

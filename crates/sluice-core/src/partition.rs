@@ -466,6 +466,18 @@ impl Partition {
         }
     }
 
+    /// The idempotent producers writing here: (id, epoch, last sequence).
+    pub fn producers(&self) -> Vec<(i64, i16, i32)> {
+        self.producers.active()
+    }
+
+    /// How its replication fares (`None` when it has no other replica).
+    pub fn replication_stats(&self) -> Option<crate::replication::ReplicationStats> {
+        self.replication
+            .as_ref()
+            .map(|replication| replication.stats(self.own_end()))
+    }
+
     /// The replication, when the partition has replicas elsewhere.
     pub(crate) fn replication(&self) -> Option<&crate::replication::Replication> {
         self.replication.as_ref()

@@ -116,6 +116,21 @@ impl ProducerStates {
         self.producers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Every producer this partition knows: (id, epoch, last sequence),
+    /// sorted by id (Kafka's DescribeProducers).
+    pub(crate) fn active(&self) -> Vec<(i64, i16, i32)> {
+        let mut active: Vec<(i64, i16, i32)> = self
+            .lock()
+            .iter()
+            .map(|(id, entry)| {
+                let last = entry.batches.back().map_or(-1, |b| b.last_sequence);
+                (*id, entry.epoch, last)
+            })
+            .collect();
+        active.sort_unstable();
+        active
+    }
+
     /// Learns from a batch already in the log (recovery).
     pub(crate) fn replay(&self, header: &BatchHeader) {
         if header.producer_id >= 0 && header.base_sequence >= 0 {

@@ -12,7 +12,7 @@
 //! caught up for `replica.lag.time.max.ms` and a grow for one that has.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -46,6 +46,22 @@ pub(crate) struct Replication {
     /// Wakes followers' fetches waiting on the leader for new data, as
     /// soon as it is written (before it is synced).
     pub(crate) written: Notify,
+    /// In-sync set changes applied while this node led: fewer replicas,
+    /// more replicas (Kafka's IsrShrinksPerSec and IsrExpandsPerSec).
+    shrinks: AtomicU64,
+    expands: AtomicU64,
+}
+
+/// How a replicated partition fares, as its leader sees it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplicationStats {
+    /// In-sync set changes applied while this node led.
+    pub in_sync_shrinks: u64,
+    pub in_sync_expands: u64,
+    /// On the leader: records the furthest-behind follower lacks, and how
+    /// long since the longest-lagging follower last caught up (ms).
+    pub follower_lag_records: u64,
+    pub follower_lag_ms: u64,
 }
 
 #[derive(Debug)]
@@ -81,6 +97,8 @@ impl Replication {
             high_watermark: watch::Sender::new(high_watermark.get()),
             moved: (Mutex::new(()), Condvar::new()),
             written: Notify::new(),
+            shrinks: AtomicU64::new(0),
+            expands: AtomicU64::new(0),
         }
     }
 
@@ -146,10 +164,38 @@ impl Replication {
     }
 
     pub(crate) fn set_in_sync(&self, in_sync: Vec<i32>, own_end: Offset) {
-        self.state().in_sync = in_sync;
+        let before = std::mem::replace(&mut self.state().in_sync, in_sync.clone()).len();
         if self.is_leader() {
+            match in_sync.len().cmp(&before) {
+                std::cmp::Ordering::Less => self.shrinks.fetch_add(1, Ordering::Relaxed),
+                std::cmp::Ordering::Greater => self.expands.fetch_add(1, Ordering::Relaxed),
+                std::cmp::Ordering::Equal => 0,
+            };
             self.recompute(own_end);
         }
+    }
+
+    /// The in-sync changes and, on the leader, the followers' lag.
+    pub(crate) fn stats(&self, own_end: Offset) -> ReplicationStats {
+        let mut stats = ReplicationStats {
+            in_sync_shrinks: self.shrinks.load(Ordering::Relaxed),
+            in_sync_expands: self.expands.load(Ordering::Relaxed),
+            ..ReplicationStats::default()
+        };
+        if self.is_leader() {
+            let now = Instant::now();
+            for follower in self.state().followers.values() {
+                let behind = own_end.get().saturating_sub(follower.end.get());
+                stats.follower_lag_records = stats
+                    .follower_lag_records
+                    .max(u64::try_from(behind).unwrap_or(0));
+                let since = now.duration_since(follower.caught_up).as_millis();
+                stats.follower_lag_ms = stats
+                    .follower_lag_ms
+                    .max(u64::try_from(since).unwrap_or(u64::MAX));
+            }
+        }
+        stats
     }
 
     pub(crate) fn high_watermark(&self) -> Offset {

@@ -673,6 +673,7 @@ impl Topics {
             name: partition.topic.to_string(),
             partition: partition.id.get() as u32,
             in_sync,
+            leader_epoch: Some(partition.leader_epoch().get()),
         })
     }
 
@@ -693,6 +694,29 @@ impl Topics {
     pub fn commit(&self, command: MetadataCommand) -> Result<(), CoreError> {
         tracing::info!(?command, "controller decision");
         self.metadata.commit(command)
+    }
+
+    /// Elects a leader for a partition as an operator asks (Kafka's
+    /// ElectLeaders): the preferred replica, or with `unclean` any live
+    /// replica of a partition whose leader is fenced. Blocking.
+    ///
+    /// # Errors
+    /// [`CoreError::UnknownTopic`], [`CoreError::UnknownPartition`], the
+    /// metadata's refusal or [`CoreError::Quorum`].
+    pub fn elect(
+        &self,
+        name: &str,
+        partition: u32,
+        unclean: bool,
+    ) -> Result<metadata::Election, CoreError> {
+        let _writer = self.metadata.writer();
+        let (outcome, command) =
+            metadata::election(&self.metadata.state(), name, partition, unclean)?;
+        if let Some(command) = command {
+            tracing::info!(?command, unclean, "leader election asked for");
+            self.metadata.commit(command)?;
+        }
+        Ok(outcome)
     }
 
     /// The metadata behind the topics (nodes, the quorum).

@@ -29,6 +29,14 @@
 //! | `sluice_cluster_under_replicated_partitions` | gauge | |
 //! | `sluice_cluster_partitions_led` | gauge | |
 //! | `sluice_cluster_controller` | gauge | |
+//! | `sluice_cluster_offline_partitions` | gauge | |
+//! | `sluice_cluster_fenced_nodes` | gauge | |
+//! | `sluice_cluster_in_sync_shrinks_total` | counter | |
+//! | `sluice_cluster_in_sync_expands_total` | counter | |
+//! | `sluice_cluster_follower_lag_records` | gauge | |
+//! | `sluice_cluster_follower_lag_seconds` | gauge | |
+//! | `sluice_cluster_controller_changes_total` | counter | |
+//! | `sluice_cluster_metadata_commit_seconds` | summary (sum, count) | |
 //! | `sluice_connections_open` | gauge | protocol |
 //! | `sluice_connections_opened_total` | counter | protocol |
 //! | `sluice_connections_refused_total` | counter | |
@@ -348,6 +356,69 @@ pub(crate) async fn render(State(shared): State<AppState>) -> impl IntoResponse 
         "sluice_cluster_controller",
         &[],
         f64::from(u8::from(cluster.controller == cluster.node_id)),
+    );
+    let gauges = [
+        (
+            "sluice_cluster_offline_partitions",
+            "gauge",
+            "Partitions whose leader is fenced and that no in-sync replica could take over.",
+            cluster.offline as f64,
+        ),
+        (
+            "sluice_cluster_fenced_nodes",
+            "gauge",
+            "Registered nodes the controller fenced (not heard from for cluster.session_timeout).",
+            cluster.fenced.len() as f64,
+        ),
+        (
+            "sluice_cluster_in_sync_shrinks_total",
+            "counter",
+            "In-sync replica sets that shrank on partitions while this node led them.",
+            cluster.replication.in_sync_shrinks as f64,
+        ),
+        (
+            "sluice_cluster_in_sync_expands_total",
+            "counter",
+            "In-sync replica sets that grew on partitions while this node led them.",
+            cluster.replication.in_sync_expands as f64,
+        ),
+        (
+            "sluice_cluster_follower_lag_records",
+            "gauge",
+            "Records the furthest-behind follower of a partition this node leads lacks.",
+            cluster.replication.follower_lag_records as f64,
+        ),
+        (
+            "sluice_cluster_follower_lag_seconds",
+            "gauge",
+            "Longest time since a follower of a partition this node leads last caught up.",
+            cluster.replication.follower_lag_ms as f64 / 1000.0,
+        ),
+        (
+            "sluice_cluster_controller_changes_total",
+            "counter",
+            "Times this node saw the controller change (the first one included).",
+            cluster.controller_changes as f64,
+        ),
+    ];
+    for (name, kind, help, value) in gauges {
+        out.header(name, kind, help);
+        out.sample(name, &[], value);
+    }
+    out.header(
+        "sluice_cluster_metadata_commit_seconds",
+        "summary",
+        "Metadata commits by this node's writers (through the quorum on a cluster, until applied here).",
+    );
+    out.sample(
+        "sluice_cluster_metadata_commit_seconds_sum",
+        &[],
+        cluster.commit_micros as f64 / 1e6,
+    );
+    out.sample(
+        "sluice_cluster_metadata_commit_seconds_count",
+        &[],
+        cluster.commits as f64,
     );
 
     let connections = broker.connections().list();

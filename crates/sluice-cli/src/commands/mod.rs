@@ -2,6 +2,7 @@
 //! prints the answers as tables or JSON; none keeps state between runs.
 
 pub(crate) mod amqp;
+pub(crate) mod cluster;
 pub(crate) mod connections;
 pub(crate) mod consume;
 pub(crate) mod groups;

@@ -2,6 +2,7 @@
 //! content encodings and running blocking core calls off the runtime.
 
 mod amqp;
+mod cluster;
 mod connections;
 pub(crate) mod groups;
 mod health;
@@ -34,6 +35,16 @@ pub(crate) const ROUTES: &[(&str, &str, &str)] = &[
         "get",
         "/api/overview/history",
         "The overview's rates over the last hour, every 5 s",
+    ),
+    (
+        "get",
+        "/api/cluster",
+        "The cluster: nodes (role, fenced) and every partition's leader, replicas and in-sync replicas",
+    ),
+    (
+        "post",
+        "/api/cluster/elect-leaders",
+        "Preferred (or unclean) leader elections through the controller",
     ),
     (
         "get",
@@ -160,6 +171,8 @@ pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/overview", get(overview::show))
         .route("/api/overview/history", get(history::overview))
+        .route("/api/cluster", get(cluster::show))
+        .route("/api/cluster/elect-leaders", post(cluster::elect_leaders))
         .route("/api/topics", get(topics::list).post(topics::create))
         .route(
             "/api/topics/{topic}",

@@ -44,6 +44,7 @@ pub(crate) async fn show(State(shared): State<AppState>) -> ApiResult<Json<Value
                 "kafka": format!("{}:{}", n.host, n.port),
                 "controller": n.node == cluster.controller,
                 "this_node": n.node == cluster.node_id,
+                "fenced": cluster.fenced.contains(&n.node),
             })
         })
         .collect();
@@ -55,7 +56,13 @@ pub(crate) async fn show(State(shared): State<AppState>) -> ApiResult<Json<Value
             "controller": cluster.controller,
             "nodes": nodes,
             "under_replicated_partitions": cluster.under_replicated,
+            "offline_partitions": cluster.offline,
             "partitions_led_here": cluster.led_here,
+            "in_sync_shrinks": cluster.replication.in_sync_shrinks,
+            "in_sync_expands": cluster.replication.in_sync_expands,
+            "follower_lag_records": cluster.replication.follower_lag_records,
+            "follower_lag_ms": cluster.replication.follower_lag_ms,
+            "controller_changes": cluster.controller_changes,
         },
         "uptime_ms": u64::try_from(broker.uptime().as_millis()).unwrap_or(u64::MAX),
         "listeners": listeners,

@@ -58,11 +58,12 @@ pub(crate) async fn handle(
     .unwrap_or_default();
 
     let node = BrokerId(context.options.node_id);
+    let fenced = context.broker.topics().metadata().fenced();
     let topics = results
         .into_iter()
         .map(|(name, found)| match found {
             Ok(topic) => {
-                let described = describe(&topic, node, version);
+                let described = describe(&topic, node, &fenced, version);
                 if topic_operations {
                     described.with_topic_authorized_operations(super::authorized::TOPIC)
                 } else {
@@ -100,7 +101,16 @@ pub(crate) async fn handle(
     response
 }
 
-fn describe(topic: &Topic, node: BrokerId, version: i16) -> MetadataResponseTopic {
+/// A topic's partitions as Metadata gives them: a partition whose leader
+/// is fenced (not heard from by the controller, and no in-sync replica to
+/// take over) has no leader (-1, LEADER_NOT_AVAILABLE), and fenced
+/// replicas are offline, as in Kafka.
+fn describe(
+    topic: &Topic,
+    node: BrokerId,
+    fenced: &std::collections::BTreeSet<i32>,
+    version: i16,
+) -> MetadataResponseTopic {
     let partitions = (0..topic.partition_count() as i32)
         .map(|index| {
             let id = sluice_types::PartitionId::from(index);
@@ -116,10 +126,22 @@ fn describe(topic: &Topic, node: BrokerId, version: i16) -> MetadataResponseTopi
                 let epoch = topic.partition(id).map_or(0, |p| p.leader_epoch().get());
                 (replicas[0].0, epoch)
             });
+            let offline: Vec<BrokerId> = replicas
+                .iter()
+                .copied()
+                .filter(|r| fenced.contains(&r.0))
+                .collect();
+            let (leader, error) = if fenced.contains(&leader) {
+                (-1, kafka_protocol::ResponseError::LeaderNotAvailable.code())
+            } else {
+                (leader, 0)
+            };
             MetadataResponsePartition::default()
+                .with_error_code(error)
                 .with_partition_index(index)
                 .with_leader_id(BrokerId(leader))
                 .with_leader_epoch(epoch)
+                .with_offline_replicas(if version >= 5 { offline } else { Vec::new() })
                 .with_isr_nodes(match topic.in_sync(id) {
                     in_sync if in_sync.is_empty() => replicas[..1].to_vec(),
                     in_sync => in_sync.into_iter().map(BrokerId).collect(),

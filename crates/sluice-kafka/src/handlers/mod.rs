@@ -21,6 +21,7 @@ mod init_producer_id;
 mod list_offsets;
 mod metadata;
 pub(crate) mod produce;
+mod replicas;
 mod topics;
 
 #[cfg(test)]
@@ -91,6 +92,9 @@ pub(crate) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteTopics, 1, 6),
     (ApiKey::DescribeConfigs, 1, 4),
     (ApiKey::CreatePartitions, 0, 3),
+    (ApiKey::ElectLeaders, 0, 2),
+    (ApiKey::DescribeLogDirs, 1, 4),
+    (ApiKey::DescribeProducers, 0, 0),
 ];
 
 pub(crate) fn supported_versions(api: ApiKey) -> Option<(i16, i16)> {
@@ -123,6 +127,15 @@ pub(crate) async fn dispatch(
         RequestKind::IncrementalAlterConfigs(request) => ResponseKind::IncrementalAlterConfigs(
             admin::incremental_alter_configs(context, request).await,
         ),
+        RequestKind::ElectLeaders(request) => {
+            ResponseKind::ElectLeaders(replicas::elect_leaders(context, request, version).await)
+        }
+        RequestKind::DescribeLogDirs(request) => ResponseKind::DescribeLogDirs(
+            replicas::describe_log_dirs(context, request, version).await,
+        ),
+        RequestKind::DescribeProducers(request) => {
+            ResponseKind::DescribeProducers(replicas::describe_producers(context, request))
+        }
         RequestKind::DescribeCluster(request) => {
             ResponseKind::DescribeCluster(admin::describe_cluster(context, request))
         }
@@ -198,17 +211,18 @@ pub(crate) async fn dispatch(
 }
 
 /// The nodes clients reach (id, host, port): the cluster's registered
-/// nodes, and this one as it advertises itself (before it is registered,
+/// nodes that are not fenced, and this one as it advertises itself (before it is registered,
 /// and on a cluster of one, where it is the only node).
 pub(crate) fn nodes(context: &Context) -> Vec<(i32, StrBytes, u16)> {
     let own = context.options.node_id;
-    let mut nodes: Vec<(i32, StrBytes, u16)> = context
-        .broker
-        .topics()
-        .metadata()
+    let metadata = context.broker.topics().metadata();
+    // Fenced nodes (the controller has not heard from them) are left out,
+    // as KRaft does; this node always lists itself.
+    let fenced = metadata.fenced();
+    let mut nodes: Vec<(i32, StrBytes, u16)> = metadata
         .brokers()
         .into_iter()
-        .filter(|b| b.node != own)
+        .filter(|b| b.node != own && !fenced.contains(&b.node))
         .map(|b| (b.node, StrBytes::from_string(b.host), b.port))
         .collect();
     nodes.push((own, context.host(), context.options.advertised_port));

@@ -248,6 +248,30 @@ fn requests(round: usize) -> Vec<RequestKind> {
                         .with_partition_indexes(vec![0, 1]),
                 ])),
         ),
+        RequestKind::ElectLeaders(
+            ElectLeadersRequest::default()
+                .with_election_type(0)
+                .with_topic_partitions(Some(vec![
+                    kafka_protocol::messages::elect_leaders_request::TopicPartitions::default()
+                        .with_topic(topic("t"))
+                        .with_partitions(vec![0, 7]),
+                    kafka_protocol::messages::elect_leaders_request::TopicPartitions::default()
+                        .with_topic(topic("missing"))
+                        .with_partitions(vec![0]),
+                ])),
+        ),
+        RequestKind::ElectLeaders(ElectLeadersRequest::default().with_election_type(1)),
+        RequestKind::DescribeLogDirs(DescribeLogDirsRequest::default()),
+        RequestKind::DescribeLogDirs(DescribeLogDirsRequest::default().with_topics(Some(vec![
+            kafka_protocol::messages::describe_log_dirs_request::DescribableLogDirTopic::default()
+                .with_topic(topic("t"))
+                .with_partitions(vec![0, 3]),
+        ]))),
+        RequestKind::DescribeProducers(DescribeProducersRequest::default().with_topics(vec![
+            kafka_protocol::messages::describe_producers_request::TopicRequest::default()
+                .with_name(topic("t"))
+                .with_partition_indexes(vec![0, 9]),
+        ])),
         RequestKind::DeleteTopics(
             DeleteTopicsRequest::default()
                 .with_topic_names(vec![topic(&new_topic), topic("missing")])
@@ -286,6 +310,9 @@ fn api_of(request: &RequestKind) -> ApiKey {
         RequestKind::ListGroups(_) => ApiKey::ListGroups,
         RequestKind::DescribeGroups(_) => ApiKey::DescribeGroups,
         RequestKind::DeleteGroups(_) => ApiKey::DeleteGroups,
+        RequestKind::ElectLeaders(_) => ApiKey::ElectLeaders,
+        RequestKind::DescribeLogDirs(_) => ApiKey::DescribeLogDirs,
+        RequestKind::DescribeProducers(_) => ApiKey::DescribeProducers,
         _ => ApiKey::ApiVersions,
     }
 }
@@ -322,4 +349,143 @@ async fn every_response_encodes_at_every_advertised_version() {
         }
     }
     assert!(round > SUPPORTED.len(), "every API was exercised");
+}
+
+fn context_on(dir: &std::path::Path) -> Context {
+    Context {
+        broker: Arc::new(Broker::open(BrokerOptions::new(dir)).expect("open broker")),
+        options: Arc::new(KafkaOptions {
+            advertised_host: "127.0.0.1".into(),
+            advertised_port: 9092,
+            node_id: 1,
+            max_request_bytes: 1 << 20,
+        }),
+        peer: "/127.0.0.1".into(),
+        connection: None,
+    }
+}
+
+/// One idempotent batch of producer `producer_id` with `sequence`,
+/// encoded by kafka-protocol as a client would.
+fn idempotent_batch(producer_id: i64, sequence: i32) -> BytesMut {
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+    let record = Record {
+        transactional: false,
+        control: false,
+        delete_horizon: false,
+        partition_leader_epoch: -1,
+        producer_id,
+        producer_epoch: 3,
+        timestamp_type: TimestampType::Creation,
+        offset: 0,
+        sequence,
+        timestamp: 1_000,
+        key: None,
+        value: Some(Bytes::from_static(b"v")),
+        headers: Default::default(),
+    };
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &[record],
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .expect("encode");
+    buf
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_apis_answer_for_this_nodes_partitions() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let context = context_on(dir.path());
+    let t = context.broker.topic_or_create("t").expect("topic t");
+    for sequence in [0, 1] {
+        let mut records = idempotent_batch(42, sequence);
+        t.append_start(sluice_types::PartitionId::from(0), &mut records)
+            .expect("append")
+            .wait()
+            .expect("durable");
+    }
+
+    // DescribeProducers: producer 42 in epoch 3, last sequence 1.
+    let asked = DescribeProducersRequest::default().with_topics(vec![
+        kafka_protocol::messages::describe_producers_request::TopicRequest::default()
+            .with_name(topic("t"))
+            .with_partition_indexes(vec![0, 9]),
+    ]);
+    let Some(ResponseKind::DescribeProducers(answer)) = dispatch(
+        &context,
+        RequestKind::DescribeProducers(asked),
+        0,
+        "test-client",
+    )
+    .await
+    else {
+        panic!("no DescribeProducers answer");
+    };
+    let partitions = &answer.topics[0].partitions;
+    assert_eq!(partitions[0].error_code, 0);
+    let producers = &partitions[0].active_producers;
+    assert_eq!(producers.len(), 1, "{producers:?}");
+    assert_eq!(producers[0].producer_id.0, 42);
+    assert_eq!(producers[0].producer_epoch, 3);
+    assert_eq!(producers[0].last_sequence, 1);
+    assert_eq!(
+        partitions[1].error_code,
+        kafka_protocol::ResponseError::UnknownTopicOrPartition.code()
+    );
+
+    // DescribeLogDirs (null: every topic): one directory, partition 0 of
+    // t with its size.
+    let Some(ResponseKind::DescribeLogDirs(answer)) = dispatch(
+        &context,
+        RequestKind::DescribeLogDirs(DescribeLogDirsRequest::default().with_topics(None)),
+        4,
+        "test-client",
+    )
+    .await
+    else {
+        panic!("no DescribeLogDirs answer");
+    };
+    assert_eq!(answer.results.len(), 1);
+    let dir_result = &answer.results[0];
+    assert!(
+        dir_result.log_dir.ends_with("logs"),
+        "{:?}",
+        dir_result.log_dir
+    );
+    assert!(dir_result.total_bytes > 0 && dir_result.usable_bytes > 0);
+    let t_dir = dir_result
+        .topics
+        .iter()
+        .find(|topic| topic.name.as_str() == "t")
+        .expect("topic t listed");
+    assert_eq!(t_dir.partitions.len(), 1);
+    assert!(t_dir.partitions[0].partition_size > 0);
+
+    // ElectLeaders on a cluster of one: nothing to elect.
+    let asked = ElectLeadersRequest::default().with_topic_partitions(Some(vec![
+        kafka_protocol::messages::elect_leaders_request::TopicPartitions::default()
+            .with_topic(topic("t"))
+            .with_partitions(vec![0, 7]),
+    ]));
+    let Some(ResponseKind::ElectLeaders(answer)) =
+        dispatch(&context, RequestKind::ElectLeaders(asked), 2, "test-client").await
+    else {
+        panic!("no ElectLeaders answer");
+    };
+    let results = &answer.replica_election_results[0].partition_result;
+    assert_eq!(
+        results[0].error_code,
+        kafka_protocol::ResponseError::ElectionNotNeeded.code()
+    );
+    assert_eq!(
+        results[1].error_code,
+        kafka_protocol::ResponseError::UnknownTopicOrPartition.code()
+    );
 }

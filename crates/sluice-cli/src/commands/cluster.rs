@@ -1,0 +1,203 @@
+//! `sluice cluster status|elect-leaders`: the nodes of a cluster and its
+//! partitions' leaders and replicas (`GET /api/cluster`), and leader
+//! elections through the controller (`POST /api/cluster/elect-leaders`).
+
+use std::io::Write;
+
+use clap::Subcommand;
+use serde_json::{Value, json};
+
+use crate::args::{ApiArgs, Output};
+use crate::client::{Api, Method};
+use crate::error::CliResult;
+use crate::output::{Align, Table, cell, write_json};
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// The nodes (controller, fenced) and the partitions that are
+    /// under-replicated or offline (every partition with --all).
+    Status {
+        /// List every partition, not only those with fewer in-sync
+        /// replicas than replicas or without a leader.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Move leadership back to each partition's preferred replica (the
+    /// first), or with --unclean give a partition whose leader is down any
+    /// live replica (losing what only the others had).
+    ElectLeaders {
+        /// Only this topic's partitions.
+        #[arg(long)]
+        topic: Option<String>,
+        /// Only this partition of --topic.
+        #[arg(long, requires = "topic")]
+        partition: Option<u32>,
+        #[arg(long)]
+        unclean: bool,
+    },
+}
+
+pub(crate) fn run(args: &ApiArgs, command: ClusterCommand, out: &mut dyn Write) -> CliResult<()> {
+    let api = Api::new(args);
+    let json = args.output == Output::Json;
+    match command {
+        ClusterCommand::Status { all } => {
+            let cluster = api.get("/api/cluster", &[])?;
+            if json {
+                return write_json(out, &cluster);
+            }
+            write_status(out, &cluster, all)
+        }
+        ClusterCommand::ElectLeaders {
+            topic,
+            partition,
+            unclean,
+        } => {
+            let body = json!({"topic": topic, "partition": partition, "unclean": unclean});
+            let answer = api.send(Method::Post, "/api/cluster/elect-leaders", &body)?;
+            if json {
+                return write_json(out, &answer);
+            }
+            let mut table = Table::new(&[
+                ("TOPIC", Align::Left),
+                ("PARTITION", Align::Right),
+                ("OUTCOME", Align::Left),
+                ("LEADER", Align::Right),
+            ]);
+            for result in answer["results"].as_array().map_or(&[][..], Vec::as_slice) {
+                table.row(vec![
+                    cell(&result["topic"]),
+                    cell(&result["partition"]),
+                    cell(&result["outcome"]).replace('_', " "),
+                    cell(&result["leader"]),
+                ]);
+            }
+            table.write(out, "no partitions")
+        }
+    }
+}
+
+fn write_status(out: &mut dyn Write, cluster: &Value, all: bool) -> CliResult<()> {
+    if cluster["clustered"].as_bool() != Some(true) {
+        writeln!(out, "one node (no cluster.voters): nothing is replicated")?;
+        return Ok(());
+    }
+    let mut nodes = Table::new(&[
+        ("NODE", Align::Right),
+        ("KAFKA", Align::Left),
+        ("ROLE", Align::Left),
+        ("STATE", Align::Left),
+    ]);
+    for node in cluster["nodes"].as_array().map_or(&[][..], Vec::as_slice) {
+        let mut role = cell(&node["role"]);
+        if node["this_node"].as_bool() == Some(true) {
+            role.push_str(" (this node)");
+        }
+        let state = if node["fenced"].as_bool() == Some(true) {
+            "fenced"
+        } else {
+            "live"
+        };
+        nodes.row(vec![
+            cell(&node["id"]),
+            cell(&node["kafka"]),
+            role,
+            state.to_owned(),
+        ]);
+    }
+    nodes.write(out, "no registered nodes")?;
+    let partitions = cluster["partitions"]
+        .as_array()
+        .map_or(&[][..], Vec::as_slice);
+    writeln!(
+        out,
+        "\n{} partitions, {} under-replicated, {} offline",
+        partitions.len(),
+        cell(&cluster["under_replicated_partitions"]),
+        cell(&cluster["offline_partitions"]),
+    )?;
+    let shown: Vec<&Value> = partitions
+        .iter()
+        .filter(|p| {
+            all || p["under_replicated"].as_bool() == Some(true)
+                || p["offline"].as_bool() == Some(true)
+        })
+        .collect();
+    if shown.is_empty() {
+        return Ok(());
+    }
+    writeln!(out)?;
+    let mut table = Table::new(&[
+        ("TOPIC", Align::Left),
+        ("PARTITION", Align::Right),
+        ("LEADER", Align::Right),
+        ("EPOCH", Align::Right),
+        ("REPLICAS", Align::Left),
+        ("IN-SYNC", Align::Left),
+        ("OFFLINE", Align::Left),
+    ]);
+    let list = |value: &Value| {
+        value
+            .as_array()
+            .map(|ids| ids.iter().map(cell).collect::<Vec<_>>().join(","))
+            .unwrap_or_default()
+    };
+    for p in shown {
+        table.row(vec![
+            cell(&p["topic"]),
+            cell(&p["partition"]),
+            cell(&p["leader"]),
+            cell(&p["leader_epoch"]),
+            list(&p["replicas"]),
+            list(&p["in_sync_replicas"]),
+            list(&p["offline_replicas"]),
+        ]);
+    }
+    table.write(out, "")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_lists_nodes_and_the_partitions_in_trouble() {
+        let cluster = json!({
+            "clustered": true, "node_id": 1, "controller": 2,
+            "nodes": [
+                {"id": 1, "kafka": "127.0.0.1:9091", "role": "broker", "fenced": false, "this_node": true},
+                {"id": 2, "kafka": "127.0.0.1:9092", "role": "controller", "fenced": false, "this_node": false},
+                {"id": 3, "kafka": "127.0.0.1:9093", "role": "broker", "fenced": true, "this_node": false},
+            ],
+            "partitions": [
+                {"topic": "a", "partition": 0, "leader": 1, "leader_epoch": 2, "replicas": [1, 2, 3],
+                 "in_sync_replicas": [1, 2], "offline_replicas": [3], "under_replicated": true, "offline": false},
+                {"topic": "b", "partition": 0, "leader": 2, "leader_epoch": 0, "replicas": [2, 1],
+                 "in_sync_replicas": [2, 1], "offline_replicas": [], "under_replicated": false, "offline": false},
+            ],
+            "under_replicated_partitions": 1, "offline_partitions": 0,
+        });
+        let mut text = Vec::new();
+        write_status(&mut text, &cluster, false).expect("write");
+        let text = String::from_utf8(text).expect("utf-8");
+        assert!(text.contains("broker (this node)"), "{text}");
+        assert!(text.contains("fenced"), "{text}");
+        assert!(
+            text.contains("2 partitions, 1 under-replicated, 0 offline"),
+            "{text}"
+        );
+        assert!(text.contains("1,2,3"), "{text}");
+        assert!(!text.contains("\nb "), "only partitions in trouble: {text}");
+        let mut every = Vec::new();
+        write_status(&mut every, &cluster, true).expect("write");
+        assert!(String::from_utf8(every).expect("utf-8").contains("\nb "));
+
+        let mut single = Vec::new();
+        write_status(&mut single, &json!({"clustered": false}), false).expect("write");
+        assert!(
+            String::from_utf8(single)
+                .expect("utf-8")
+                .starts_with("one node")
+        );
+    }
+}

@@ -1,0 +1,126 @@
+//! `GET /api/cluster`: the nodes (role, fencing) and every partition as
+//! the metadata places it, on any node; `POST /api/cluster/elect-leaders`:
+//! preferred (or unclean) leader elections through the controller.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sluice_core::{Election, PartitionPlacement};
+
+use super::blocking;
+use crate::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::Body;
+
+pub(crate) async fn show(State(shared): State<AppState>) -> ApiResult<Json<Value>> {
+    let broker = Arc::clone(&shared.broker);
+    let (view, placements) =
+        blocking(move || Ok((broker.cluster_view(), broker.cluster_partitions()))).await?;
+    let nodes: Vec<Value> = view
+        .nodes
+        .iter()
+        .map(|n| {
+            json!({
+                "id": n.node,
+                "kafka": format!("{}:{}", n.host, n.port),
+                "role": if n.node == view.controller { "controller" } else { "broker" },
+                "fenced": view.fenced.contains(&n.node),
+                "this_node": n.node == view.node_id,
+            })
+        })
+        .collect();
+    let partitions: Vec<Value> = placements.iter().map(placement).collect();
+    Ok(Json(json!({
+        "clustered": view.clustered,
+        "node_id": view.node_id,
+        "controller": view.controller,
+        "nodes": nodes,
+        "partitions": partitions,
+        "under_replicated_partitions": placements.iter().filter(|p| p.under_replicated()).count(),
+        "offline_partitions": placements.iter().filter(|p| p.offline()).count(),
+    })))
+}
+
+fn placement(p: &PartitionPlacement) -> Value {
+    json!({
+        "topic": p.topic,
+        "partition": p.partition,
+        "leader": if p.offline() { -1 } else { p.leader },
+        "leader_epoch": p.leader_epoch,
+        "replicas": p.replicas,
+        "in_sync_replicas": p.in_sync,
+        "offline_replicas": p.offline_replicas,
+        "under_replicated": p.under_replicated(),
+        "offline": p.offline(),
+    })
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ElectionRequest {
+    /// One topic; every topic when absent.
+    #[serde(default)]
+    topic: Option<String>,
+    /// One partition of `topic`; every partition when absent.
+    #[serde(default)]
+    partition: Option<u32>,
+    /// Any live replica of a partition whose leader is fenced, losing
+    /// what only the others had (Kafka's unclean election).
+    #[serde(default)]
+    unclean: bool,
+}
+
+pub(crate) async fn elect_leaders(
+    State(shared): State<AppState>,
+    Body(request): Body<ElectionRequest>,
+) -> ApiResult<Json<Value>> {
+    if request.partition.is_some() && request.topic.is_none() {
+        return Err(ApiError::field("partition", "a partition needs its topic"));
+    }
+    let broker = Arc::clone(&shared.broker);
+    let results = blocking(move || {
+        let targets: Vec<(String, u32)> = broker
+            .cluster_partitions()
+            .into_iter()
+            .filter(|p| request.topic.as_ref().is_none_or(|t| *t == p.topic))
+            .filter(|p| {
+                request
+                    .partition
+                    .is_none_or(|wanted| i64::from(wanted) == i64::from(p.partition))
+            })
+            .map(|p| (p.topic, p.partition as u32))
+            .collect();
+        if targets.is_empty() {
+            return Err(ApiError::not_found(
+                match (&request.topic, request.partition) {
+                    (Some(topic), Some(partition)) => {
+                        format!("no replicated partition {partition} of topic {topic:?}")
+                    }
+                    (Some(topic), None) => format!("no replicated partitions of topic {topic:?}"),
+                    _ => "no replicated partitions".to_owned(),
+                },
+            ));
+        }
+        let mut results = Vec::new();
+        for (topic, partition) in targets {
+            let (outcome, leader) =
+                match broker.topics().elect(&topic, partition, request.unclean)? {
+                    Election::Elected(leader) => ("elected", Some(leader)),
+                    Election::NotNeeded => ("not_needed", None),
+                    Election::NotAvailable => ("not_available", None),
+                };
+            results.push(json!({
+                "topic": topic,
+                "partition": partition,
+                "outcome": outcome,
+                "leader": leader,
+            }));
+        }
+        Ok(results)
+    })
+    .await?;
+    Ok(Json(json!({ "results": results })))
+}

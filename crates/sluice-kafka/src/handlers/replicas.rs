@@ -1,0 +1,220 @@
+//! What Kafka's tools and UIs ask about replicas: ElectLeaders (preferred
+//! or unclean, through the controller), DescribeLogDirs (this node's one
+//! log directory and the partitions it holds) and DescribeProducers (the
+//! idempotent producers of partitions this node leads).
+
+use std::sync::Arc;
+
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::describe_log_dirs_response::{
+    DescribeLogDirsPartition, DescribeLogDirsResult, DescribeLogDirsTopic,
+};
+use kafka_protocol::messages::describe_producers_response::{
+    PartitionResponse, ProducerState, TopicResponse,
+};
+use kafka_protocol::messages::elect_leaders_response::{PartitionResult, ReplicaElectionResult};
+use kafka_protocol::messages::{
+    DescribeLogDirsRequest, DescribeLogDirsResponse, DescribeProducersRequest,
+    DescribeProducersResponse, ElectLeadersRequest, ElectLeadersResponse, ProducerId, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use sluice_core::{Broker, CoreError, Election};
+
+use super::{Context, blocking};
+use crate::errors;
+
+/// `election_type` 1 (KIP-460); 0 is preferred.
+const UNCLEAN: i8 = 1;
+
+pub(crate) async fn elect_leaders(
+    context: &Context,
+    request: ElectLeadersRequest,
+    version: i16,
+) -> ElectLeadersResponse {
+    let broker = Arc::clone(&context.broker);
+    let unclean = version >= 1 && request.election_type == UNCLEAN;
+    let results = blocking(move || {
+        // Null asks for every partition; then, as Kafka, only the
+        // partitions an election was tried for are answered.
+        let every = request.topic_partitions.is_none();
+        let asked: Vec<(TopicName, Vec<i32>)> = match request.topic_partitions {
+            Some(topics) => topics
+                .into_iter()
+                .map(|t| (t.topic, t.partitions))
+                .collect(),
+            None => every_partition(&broker),
+        };
+        asked
+            .into_iter()
+            .map(|(topic, partitions)| {
+                let results: Vec<PartitionResult> = partitions
+                    .into_iter()
+                    .map(|partition| {
+                        let outcome = u32::try_from(partition)
+                            .map_err(|_| CoreError::UnknownPartition {
+                                topic: topic.to_string(),
+                                partition: sluice_types::PartitionId::from(partition),
+                            })
+                            .and_then(|index| broker.topics().elect(&topic, index, unclean));
+                        let (code, message) = match outcome {
+                            Ok(Election::Elected(_)) => (0, None),
+                            Ok(Election::NotNeeded) => {
+                                (ResponseError::ElectionNotNeeded.code(), None)
+                            }
+                            Ok(Election::NotAvailable) if unclean => {
+                                (ResponseError::EligibleLeadersNotAvailable.code(), None)
+                            }
+                            Ok(Election::NotAvailable) => {
+                                (ResponseError::PreferredLeaderNotAvailable.code(), None)
+                            }
+                            Err(error) => (errors::code(&error).code(), Some(error.to_string())),
+                        };
+                        PartitionResult::default()
+                            .with_partition_id(partition)
+                            .with_error_code(code)
+                            .with_error_message(message.map(StrBytes::from_string))
+                    })
+                    .filter(|result| {
+                        !every || result.error_code != ResponseError::ElectionNotNeeded.code()
+                    })
+                    .collect();
+                ReplicaElectionResult::default()
+                    .with_topic(topic)
+                    .with_partition_result(results)
+            })
+            .filter(|result| !result.partition_result.is_empty())
+            .collect()
+    })
+    .await
+    .unwrap_or_default();
+    ElectLeadersResponse::default().with_replica_election_results(results)
+}
+
+/// Every partition of every topic.
+fn every_partition(broker: &Broker) -> Vec<(TopicName, Vec<i32>)> {
+    broker
+        .topics()
+        .names()
+        .into_iter()
+        .filter_map(|name| {
+            let topic = broker.topics().get(&name)?;
+            let count = topic.partition_count() as i32;
+            Some((TopicName(StrBytes::from_string(name)), (0..count).collect()))
+        })
+        .collect()
+}
+
+pub(crate) async fn describe_log_dirs(
+    context: &Context,
+    request: DescribeLogDirsRequest,
+    version: i16,
+) -> DescribeLogDirsResponse {
+    let broker = Arc::clone(&context.broker);
+    let result = blocking(move || {
+        let asked: Vec<(TopicName, Option<Vec<i32>>)> = match request.topics {
+            Some(topics) => topics
+                .into_iter()
+                .map(|t| (t.topic, Some(t.partitions)))
+                .collect(),
+            None => broker
+                .topics()
+                .names()
+                .into_iter()
+                .map(|name| (TopicName(StrBytes::from_string(name)), None))
+                .collect(),
+        };
+        let topics: Vec<DescribeLogDirsTopic> = asked
+            .into_iter()
+            .filter_map(|(name, partitions)| {
+                let topic = broker.topics().get(&name)?;
+                // Only the replicas this node holds; others are left out.
+                let held: Vec<DescribeLogDirsPartition> = topic
+                    .partitions()
+                    .into_iter()
+                    .filter(|p| {
+                        partitions
+                            .as_ref()
+                            .is_none_or(|wanted| wanted.contains(&p.id().get()))
+                    })
+                    .map(|p| {
+                        let lag = (p.high_watermark().get() - p.log_end().get()).max(0);
+                        DescribeLogDirsPartition::default()
+                            .with_partition_index(p.id().get())
+                            .with_partition_size(i64::try_from(p.size_bytes()).unwrap_or(i64::MAX))
+                            .with_offset_lag(lag)
+                    })
+                    .collect();
+                (!held.is_empty()).then(|| {
+                    DescribeLogDirsTopic::default()
+                        .with_name(name)
+                        .with_partitions(held)
+                })
+            })
+            .collect();
+        let (total, usable) = broker.disk_space().map_or((-1, -1), |(total, free)| {
+            (
+                i64::try_from(total).unwrap_or(i64::MAX),
+                i64::try_from(free).unwrap_or(i64::MAX),
+            )
+        });
+        let dir = broker.data_dir().join("logs");
+        let mut result = DescribeLogDirsResult::default()
+            .with_log_dir(StrBytes::from_string(dir.display().to_string()))
+            .with_topics(topics);
+        if version >= 4 {
+            result = result.with_total_bytes(total).with_usable_bytes(usable);
+        }
+        result
+    })
+    .await;
+    match result {
+        Some(result) => DescribeLogDirsResponse::default().with_results(vec![result]),
+        None => DescribeLogDirsResponse::default().with_error_code(if version >= 3 {
+            ResponseError::UnknownServerError.code()
+        } else {
+            0
+        }),
+    }
+}
+
+pub(crate) fn describe_producers(
+    context: &Context,
+    request: DescribeProducersRequest,
+) -> DescribeProducersResponse {
+    let topics = request
+        .topics
+        .into_iter()
+        .map(|asked| {
+            let topic = context.broker.topics().get(&asked.name);
+            let partitions = asked
+                .partition_indexes
+                .iter()
+                .map(|index| {
+                    let answer = PartitionResponse::default().with_partition_index(*index);
+                    match super::partition_of(topic.as_ref(), *index) {
+                        Ok(partition) => answer.with_active_producers(
+                            partition
+                                .producers()
+                                .into_iter()
+                                .map(|(id, epoch, last_sequence)| {
+                                    ProducerState::default()
+                                        .with_producer_id(ProducerId(id))
+                                        .with_producer_epoch(i32::from(epoch))
+                                        .with_last_sequence(last_sequence)
+                                        .with_last_timestamp(-1)
+                                        .with_coordinator_epoch(-1)
+                                        .with_current_txn_start_offset(-1)
+                                })
+                                .collect(),
+                        ),
+                        Err(error) => answer.with_error_code(error.code()),
+                    }
+                })
+                .collect();
+            TopicResponse::default()
+                .with_name(asked.name)
+                .with_partitions(partitions)
+        })
+        .collect();
+    DescribeProducersResponse::default().with_topics(topics)
+}
