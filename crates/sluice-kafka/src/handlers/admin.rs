@@ -102,10 +102,12 @@ pub(crate) fn offset_for_leader_epoch(
                         Ok(partition) => partition,
                         Err(error) => return result.with_error_code(error.code()),
                     };
-                    // An epoch newer than the partition's is from a future
-                    // this broker has not seen.
-                    if p.current_leader_epoch > partition.leader_epoch().get() {
-                        return result.with_error_code(ResponseError::UnknownLeaderEpoch.code());
+                    // KIP-320: an older epoch is fenced, a newer one is from
+                    // a future this broker has not seen.
+                    if let Err(error) =
+                        super::check_leader_epoch(&partition, p.current_leader_epoch)
+                    {
+                        return result.with_error_code(error.code());
                     }
                     match partition.end_offset_for_epoch(LeaderEpoch::from(p.leader_epoch)) {
                         Some((epoch, end)) => result

@@ -56,7 +56,12 @@ pub(crate) async fn handle(
                     partition: p.partition,
                     fetch_offset: p.fetch_offset,
                     max_bytes: usize::try_from(p.partition_max_bytes).unwrap_or(0),
-                    target: super::partition_of(found.as_ref(), p.partition),
+                    target: super::partition_of(found.as_ref(), p.partition).and_then(
+                        |partition| {
+                            super::check_leader_epoch(&partition, p.current_leader_epoch)
+                                .map(|()| partition)
+                        },
+                    ),
                 })
             })
             .collect(),

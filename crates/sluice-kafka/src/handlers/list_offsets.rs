@@ -43,6 +43,11 @@ pub(crate) async fn handle(
                             Ok(partition) => partition,
                             Err(error) => return answer.with_error_code(error.code()),
                         };
+                        if let Err(error) =
+                            super::check_leader_epoch(&partition, p.current_leader_epoch)
+                        {
+                            return answer.with_error_code(error.code());
+                        }
                         let answer = answer.with_leader_epoch(if version >= 4 {
                             partition.leader_epoch().get()
                         } else {

@@ -272,6 +272,23 @@ pub(crate) fn partition_of(
         .map_err(|error| crate::errors::code(&error))
 }
 
+/// KIP-320: a request naming the leader epoch it believes current (-1:
+/// none) is refused with FENCED_LEADER_EPOCH when that epoch is older than
+/// the partition's (the client's metadata is stale) and
+/// UNKNOWN_LEADER_EPOCH when it is newer (this node has not applied the
+/// change yet); clients refresh their metadata and retry.
+pub(crate) fn check_leader_epoch(
+    partition: &sluice_core::Partition,
+    current: i32,
+) -> Result<(), kafka_protocol::ResponseError> {
+    let epoch = partition.leader_epoch().get();
+    match current {
+        c if c < 0 || c == epoch => Ok(()),
+        c if c < epoch => Err(kafka_protocol::ResponseError::FencedLeaderEpoch),
+        _ => Err(kafka_protocol::ResponseError::UnknownLeaderEpoch),
+    }
+}
+
 /// Runs blocking core work (fsync, file creation) off the async workers.
 pub(crate) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,

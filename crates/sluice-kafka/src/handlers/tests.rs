@@ -489,3 +489,58 @@ async fn replica_apis_answer_for_this_nodes_partitions() {
         kafka_protocol::ResponseError::UnknownTopicOrPartition.code()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_epoch_from_the_future_is_unknown_and_the_current_one_is_served() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let context = context_on(dir.path());
+    context.broker.topic_or_create("t").expect("topic t");
+    let list = |epoch: i32| {
+        RequestKind::ListOffsets(ListOffsetsRequest::default().with_topics(vec![
+            ListOffsetsTopic::default()
+                .with_name(topic("t"))
+                .with_partitions(vec![
+                    ListOffsetsPartition::default()
+                        .with_timestamp(-1)
+                        .with_current_leader_epoch(epoch),
+                ]),
+        ]))
+    };
+    let fetch = |epoch: i32| {
+        RequestKind::Fetch(
+            FetchRequest::default()
+                .with_max_wait_ms(0)
+                .with_topics(vec![
+                    FetchTopic::default()
+                        .with_topic(topic("t"))
+                        .with_partitions(vec![
+                            FetchPartition::default()
+                                .with_partition(0)
+                                .with_current_leader_epoch(epoch)
+                                .with_partition_max_bytes(1 << 20),
+                        ]),
+                ]),
+        )
+    };
+    let unknown = kafka_protocol::ResponseError::UnknownLeaderEpoch.code();
+    for (epoch, expected) in [(-1, 0), (0, 0), (7, unknown)] {
+        let Some(ResponseKind::ListOffsets(answer)) =
+            dispatch(&context, list(epoch), 7, "test-client").await
+        else {
+            panic!("no ListOffsets answer");
+        };
+        assert_eq!(
+            answer.topics[0].partitions[0].error_code, expected,
+            "ListOffsets, epoch {epoch}"
+        );
+        let Some(ResponseKind::Fetch(answer)) =
+            dispatch(&context, fetch(epoch), 12, "test-client").await
+        else {
+            panic!("no Fetch answer");
+        };
+        assert_eq!(
+            answer.responses[0].partitions[0].error_code, expected,
+            "Fetch, epoch {epoch}"
+        );
+    }
+}
