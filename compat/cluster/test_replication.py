@@ -226,3 +226,18 @@ def test_kill_9_of_a_leader_moves_its_partition_to_an_in_sync_replica(fresh_clus
     assert order == sorted(order), "acknowledged records in order"
     cluster.stop()
     check_replicas_identical(cluster, name, 1)
+
+
+def test_a_restarted_leader_serves_what_was_committed_before_its_followers_return(fresh_cluster, name):
+    """The high watermark is checkpointed and read back at start, as
+    Kafka's replication-offset-checkpoint: a leader started alone (no
+    follower to fetch, no quorum) still serves every committed record."""
+    cluster = fresh_cluster
+    cluster.wait_registered(admin)
+    create_replicated(cluster.node(1).bootstrap, name, 1, 3)
+    acked = produce(cluster.bootstrap, name, 100, "committed")[0]
+    leader = layout(cluster.node(1).bootstrap, name)[0][0]
+    cluster.stop()
+    cluster.node(leader).start()
+    stored = read_to_end(cluster.node(leader).bootstrap, name, 0)
+    assert stored == acked, f"{len(stored)} of {len(acked)} committed records served"

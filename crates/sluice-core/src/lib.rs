@@ -110,10 +110,10 @@ fn high_watermarks(topics: &Topics) -> Vec<hw_checkpoint::Entry> {
         .collect()
 }
 
-/// Reads the high watermark checkpoint and warns where it disagrees with
-/// the logs (a partition ahead of its log end: the log lost data the
-/// broker had made visible). The single-node policy does not start from
-/// it; a replicated partition will.
+/// Reads the high watermark checkpoint: replicated partitions resume from
+/// it (as far as their logs reach), and a partition whose log ends below
+/// it is reported (the log lost data the broker had made visible). A
+/// partition of one node derives its high watermark from its log.
 fn check_high_watermarks(data_dir: &Path, topics: &Topics) {
     let entries = match hw_checkpoint::read(data_dir) {
         Ok(Some(entries)) => entries,
@@ -130,6 +130,7 @@ fn check_high_watermarks(data_dir: &Path, topics: &Topics) {
         else {
             continue;
         };
+        partition.resume_high_watermark(sluice_types::Offset::from(entry.high_watermark));
         let log_end = partition.log_end().get();
         if entry.high_watermark > log_end {
             tracing::warn!(

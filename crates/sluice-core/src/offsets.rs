@@ -87,6 +87,8 @@ struct Replicated {
     loaded: Mutex<BTreeMap<u32, i32>>,
     /// The forwarders' positions on this node.
     forwarders: Box<OffsetStore>,
+    /// A creation of the offsets topic is under way.
+    creating: std::sync::atomic::AtomicBool,
 }
 
 /// Committed offsets of every group.
@@ -198,6 +200,7 @@ impl OffsetStore {
                 segment_bytes,
                 loaded: Mutex::new(BTreeMap::new()),
                 forwarders: Box::new(forwarders),
+                creating: std::sync::atomic::AtomicBool::new(false),
             }),
             groups: Mutex::new(HashMap::new()),
             last_commit: Mutex::new(HashMap::new()),
@@ -250,9 +253,23 @@ impl OffsetStore {
         }
     }
 
+    /// Whether the caller should create the offsets topic now (with
+    /// [`OffsetStore::prepare`], off the request path): on a cluster, when
+    /// it does not exist and no creation is under way.
+    pub fn needs_topic(&self) -> bool {
+        let Backend::Replicated(replicated) = &self.backend else {
+            return false;
+        };
+        replicated.topics.get(OFFSETS_TOPIC).is_none()
+            && !replicated
+                .creating
+                .swap(true, std::sync::atomic::Ordering::AcqRel)
+    }
+
     /// Creates the offsets topic of a cluster if it does not exist yet
     /// (Kafka creates it when a client first asks for a coordinator).
-    /// Blocking; nothing to do on a cluster of one.
+    /// Blocking (up to the quorum's time limit); nothing to do on a cluster
+    /// of one.
     ///
     /// # Errors
     /// The creation's failure ([`CoreError::Quorum`], say).
@@ -260,6 +277,14 @@ impl OffsetStore {
         let Backend::Replicated(replicated) = &self.backend else {
             return Ok(());
         };
+        let created = self.create_topic(replicated);
+        replicated
+            .creating
+            .store(false, std::sync::atomic::Ordering::Release);
+        created
+    }
+
+    fn create_topic(&self, replicated: &Replicated) -> Result<(), CoreError> {
         if replicated.topics.get(OFFSETS_TOPIC).is_some() {
             return Ok(());
         }

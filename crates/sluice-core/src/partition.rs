@@ -279,7 +279,20 @@ impl Partition {
     /// # Errors
     /// The log's I/O errors.
     pub fn truncate_to(&self, offset: Offset) -> Result<Offset, CoreError> {
-        Ok(self.log.truncate_to(offset)?)
+        let end = self.log.truncate_to(offset)?;
+        if let Some(replication) = &self.replication {
+            replication.truncated(end);
+        }
+        Ok(end)
+    }
+
+    /// At start: takes the high watermark this node checkpointed, as far
+    /// as its log reaches (replicated partitions; a partition of one node
+    /// derives it from its log).
+    pub(crate) fn resume_high_watermark(&self, checkpointed: Offset) {
+        if let Some(replication) = &self.replication {
+            replication.resume(checkpointed, self.own_end());
+        }
     }
 
     /// The newest leader epoch in the log.

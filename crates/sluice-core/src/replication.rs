@@ -202,6 +202,27 @@ impl Replication {
         Offset::from(*self.high_watermark.borrow())
     }
 
+    /// At start: the high watermark this node checkpointed, as far as its
+    /// log reaches (Kafka reads its replication-offset-checkpoint), so a
+    /// restarted leader serves what was committed before its followers
+    /// fetch again.
+    pub(crate) fn resume(&self, checkpointed: Offset, own_end: Offset) {
+        self.advance(checkpointed.min(own_end));
+    }
+
+    /// After a follower cut its log to `end`: a high watermark past it
+    /// (only after an unclean election) comes back to it.
+    pub(crate) fn truncated(&self, end: Offset) {
+        self.high_watermark.send_if_modified(|hw| {
+            if *hw > end.get() {
+                *hw = end.get();
+                true
+            } else {
+                false
+            }
+        });
+    }
+
     /// Moves the high watermark forward to `to` (never back).
     fn advance(&self, to: Offset) {
         let moved = self.high_watermark.send_if_modified(|hw| {

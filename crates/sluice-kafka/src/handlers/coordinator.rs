@@ -29,7 +29,7 @@ const GROUP_KEY: i8 = 0;
 /// Why a transactional id gets no coordinator.
 const NO_TRANSACTIONS: &str = "transactions are not supported yet";
 
-pub(crate) async fn find(
+pub(crate) fn find(
     context: &Context,
     request: FindCoordinatorRequest,
     version: i16,
@@ -42,14 +42,18 @@ pub(crate) async fn find(
         ResponseError::TransactionalIdAuthorizationFailed,
         StrBytes::from_static_str(NO_TRANSACTIONS),
     ));
-    if refused.is_none() {
+    if refused.is_none() && context.broker.offsets().needs_topic() {
         // On a cluster the offsets topic is created on first need, as
-        // Kafka does; until its leaders are known the answer is
-        // COORDINATOR_NOT_AVAILABLE and the client asks again.
+        // Kafka does, in the background (the quorum may take a while, and
+        // a connection's later requests wait for this answer); until its
+        // leaders are known the answer is COORDINATOR_NOT_AVAILABLE and
+        // the client asks again.
         let broker = Arc::clone(&context.broker);
-        if let Some(Err(error)) = blocking(move || broker.offsets().prepare()).await {
-            tracing::warn!(%error, "cannot create the committed offsets topic");
-        }
+        tokio::task::spawn_blocking(move || {
+            if let Err(error) = broker.offsets().prepare() {
+                tracing::warn!(%error, "cannot create the committed offsets topic yet");
+            }
+        });
     }
     let answer = |key: &str| -> (i32, StrBytes, i32, i16, Option<StrBytes>) {
         if let Some((error, message)) = &refused {

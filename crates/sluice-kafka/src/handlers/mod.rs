@@ -193,7 +193,7 @@ pub(crate) async fn dispatch(
             ResponseKind::DescribeConfigs(configs::describe(context, request))
         }
         RequestKind::FindCoordinator(request) => {
-            ResponseKind::FindCoordinator(coordinator::find(context, request, version).await)
+            ResponseKind::FindCoordinator(coordinator::find(context, request, version))
         }
         RequestKind::OffsetCommit(request) => {
             ResponseKind::OffsetCommit(coordinator::commit(context, request).await)
