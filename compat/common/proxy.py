@@ -90,22 +90,26 @@ class FaultProxy:
                 client, _ = self._listener.accept()
             except OSError:  # the accept timeout, or closed
                 continue
-            if self._severed:
-                _close(client)
-                continue
             try:
                 server = socket.create_connection(self.upstream, timeout=5)
             except OSError:
                 _close(client)
                 continue
+            with self._lock:
+                # Checked under the lock sever() takes, so a connection
+                # accepted meanwhile does not survive it.
+                if self._severed:
+                    _close(client)
+                    _close(server)
+                    continue
+                self._sockets = [s for s in self._sockets if s.fileno() >= 0]
+                self._sockets += [client, server]
             for sock in (client, server):
                 # Blocking sends (a slow reader holds the sender back, as
                 # TCP does); reads wait in select with a bound, and
                 # sever()/close() shut the sockets to end any wait.
                 sock.settimeout(None)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with self._lock:
-                self._sockets += [client, server]
             for source, target, direction in ((client, server, "up"), (server, client, "down")):
                 threading.Thread(
                     target=self._pump,
@@ -121,11 +125,12 @@ class FaultProxy:
                 if not readable:
                     continue
                 chunk = source.recv(65536)
-                if not chunk:
-                    break
-                # Held bytes wait here (and nothing more is read meanwhile).
+                # Held bytes wait here (and nothing more is read meanwhile);
+                # so does a close, which a partition does not carry either.
                 while self._held[direction] and not self._closed.is_set() and not self._severed:
                     time.sleep(POLL)
+                if not chunk:
+                    break
                 if self._severed or self._closed.is_set():
                     break
                 if self._delay:

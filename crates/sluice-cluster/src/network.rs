@@ -185,8 +185,10 @@ async fn dispatch(
     match (preface, kafka) {
         (PREFACE_QUORUM, _) => connection(stream, raft, id, liveness, stopping, peer).await,
         (PREFACE_KAFKA, Some(kafka)) => {
-            if kafka.send((stream, peer)).await.is_err() {
-                tracing::debug!(%peer, "replica connection closed: the broker is stopping");
+            // Not queued behind a broker still starting (the follower dials
+            // again): closed when the front-end cannot take it now.
+            if kafka.try_send((stream, peer)).is_err() {
+                tracing::debug!(%peer, "replica connection closed: the Kafka front-end is not taking connections");
             }
         }
         (PREFACE_KAFKA, None) => {

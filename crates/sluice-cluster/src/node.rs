@@ -368,7 +368,9 @@ impl MetadataNode {
         let now = std::time::Instant::now();
         let voters: Vec<NodeId> = metrics.membership_config.membership().voter_ids().collect();
         if now.duration_since(since) < session {
-            return Some(voters.into_iter().collect());
+            // A new controller has not heard every node yet: it decides
+            // nothing (no fencing, no unfencing) for one session.
+            return None;
         }
         let heard = self.liveness.lock().unwrap_or_else(|e| e.into_inner());
         Some(

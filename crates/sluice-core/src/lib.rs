@@ -83,7 +83,7 @@ pub use topic_config::{
     FORWARD_START, FORWARD_VHOST, Forwarding, STORED_ONLY_KEYS, TOPIC_CONFIG_KEYS, TimestampType,
     TopicConfig,
 };
-pub use topics::{Appended, MAX_PARTITIONS, MAX_TOPIC_NAME, Topic, Topics, log_name};
+pub use topics::{Appended, MAX_PARTITIONS, MAX_TOPIC_NAME, Topic, Topics, is_internal, log_name};
 pub use users::{User, authenticate};
 
 /// The leader epoch of the node-local internal logs (committed offsets,
@@ -171,6 +171,10 @@ pub struct BrokerOptions {
     /// Partitions of the committed offsets topic on a cluster (Kafka's
     /// `offsets.topic.num.partitions`).
     pub offsets_partitions: u32,
+    /// Replicas of each committed offsets partition on a cluster (Kafka's
+    /// `offsets.topic.replication.factor`; the binary takes 3, or the
+    /// number of voters when fewer).
+    pub offsets_replication: u16,
     /// Committed offsets of a group empty this long are forgotten (Kafka's
     /// `offsets.retention.minutes`).
     pub offsets_retention: std::time::Duration,
@@ -211,6 +215,7 @@ impl BrokerOptions {
             queue_memory_bytes: messaging::DEFAULT_QUEUE_BUDGET,
             offsets_segment_bytes: 100 << 20,
             offsets_partitions: 50,
+            offsets_replication: 3,
             offsets_retention: std::time::Duration::from_secs(7 * 24 * 3600),
             groups: GroupSettings {
                 initial_rebalance_delay: std::time::Duration::ZERO,
@@ -400,7 +405,7 @@ impl Broker {
             OffsetStore::replicated(
                 &logs,
                 Arc::clone(&topics),
-                options.offsets_partitions,
+                (options.offsets_partitions, options.offsets_replication),
                 options.offsets_segment_bytes,
             )?
         } else {

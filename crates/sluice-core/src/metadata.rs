@@ -85,6 +85,13 @@ pub enum MetadataCommand {
         leader: i32,
         leader_epoch: i32,
         in_sync: Vec<i32>,
+        /// An unclean election: the leader and in-sync replicas may be
+        /// replicas that were not in sync. Otherwise both must come from
+        /// the in-sync replicas as they are when the command applies, so
+        /// a decision made on stale metadata cannot elect a replica that
+        /// fell behind meanwhile.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        unclean: bool,
     },
     /// The in-sync replicas of a partition (KRaft's PartitionChangeRecord,
     /// as the partition's leader asks through AlterPartition).
@@ -237,6 +244,8 @@ impl MetadataState {
                     leader: *leader,
                     leader_epoch: *epoch,
                     in_sync: topic.in_sync_of(*partition),
+                    // The state it rebuilds was reached, clean or not.
+                    unclean: true,
                 }
             }));
             commands.extend(topic.in_sync.iter().map(|(partition, in_sync)| {
@@ -344,14 +353,27 @@ fn check(state: &MetadataState, command: &MetadataCommand) -> Result<(), CoreErr
             leader,
             leader_epoch,
             in_sync,
-        } => check_partition_change(
-            name,
-            topic(name)?,
-            *partition,
-            *leader,
-            in_sync,
-            Some(*leader_epoch),
-        ),
+            unclean,
+        } => {
+            let meta = topic(name)?;
+            let current = meta.in_sync_of(*partition);
+            if !unclean && !in_sync.iter().all(|r| current.contains(r)) {
+                return Err(CoreError::InvalidPartitions {
+                    topic: name.clone(),
+                    reason: format!(
+                        "partition {partition}: a clean election takes in-sync replicas {in_sync:?} from the current {current:?} only"
+                    ),
+                });
+            }
+            check_partition_change(
+                name,
+                meta,
+                *partition,
+                *leader,
+                in_sync,
+                Some(*leader_epoch),
+            )
+        }
         MetadataCommand::AllocateProducerIds { end } if *end <= state.producer_ids_end => {
             Err(CoreError::Internal {
                 reason: format!(
@@ -460,6 +482,7 @@ pub(crate) fn apply(state: &mut MetadataState, command: MetadataCommand) -> Resu
             leader,
             leader_epoch,
             in_sync,
+            ..
         } => {
             if let Some(topic) = topics.get_mut(&name) {
                 topic.leaders.insert(partition, (leader, leader_epoch));
@@ -535,20 +558,21 @@ pub(crate) fn leadership_changes(
                     .get("unclean.leader.election.enable")
                     .is_some_and(|v| v == "true");
                 let next = match alive.first() {
-                    Some(next) => Some((*next, alive)),
+                    Some(next) => Some((*next, alive, false)),
                     None if unclean => replicas
                         .iter()
                         .find(|r| live.contains(r))
-                        .map(|r| (*r, vec![*r])),
+                        .map(|r| (*r, vec![*r], true)),
                     None => None,
                 };
-                if let Some((next, in_sync)) = next {
+                if let Some((next, in_sync, unclean)) = next {
                     changes.push(MetadataCommand::ChangeLeader {
                         name: name.clone(),
                         partition,
                         leader: next,
                         leader_epoch: epoch + 1,
                         in_sync,
+                        unclean,
                     });
                 }
             } else if alive.len() < in_sync.len() {
@@ -565,6 +589,7 @@ pub(crate) fn leadership_changes(
                     leader: replicas[0],
                     leader_epoch: epoch + 1,
                     in_sync,
+                    unclean: false,
                 });
             }
         }
@@ -618,12 +643,13 @@ pub(crate) fn election(
     let (leader, epoch) = topic.leader_of(partition);
     let in_sync = topic.in_sync_of(partition);
     let alive = |node: &i32| !state.fenced.contains(node);
-    let change = |next: i32, in_sync: Vec<i32>| MetadataCommand::ChangeLeader {
+    let change = |next: i32, in_sync: Vec<i32>, unclean: bool| MetadataCommand::ChangeLeader {
         name: name.to_owned(),
         partition,
         leader: next,
         leader_epoch: epoch + 1,
         in_sync,
+        unclean,
     };
     if unclean {
         if alive(&leader) {
@@ -634,9 +660,12 @@ pub(crate) fn election(
             match (live_in_sync.first(), replicas.iter().find(|r| alive(r))) {
                 (Some(next), _) => (
                     Election::Elected(*next),
-                    Some(change(*next, live_in_sync.clone())),
+                    Some(change(*next, live_in_sync.clone(), false)),
                 ),
-                (None, Some(next)) => (Election::Elected(*next), Some(change(*next, vec![*next]))),
+                (None, Some(next)) => (
+                    Election::Elected(*next),
+                    Some(change(*next, vec![*next], true)),
+                ),
                 (None, None) => (Election::NotAvailable, None),
             },
         );
@@ -653,7 +682,7 @@ pub(crate) fn election(
     } else if in_sync.contains(&preferred) {
         Ok((
             Election::Elected(preferred),
-            Some(change(preferred, in_sync)),
+            Some(change(preferred, in_sync, false)),
         ))
     } else {
         Ok((Election::NotAvailable, None))
@@ -1385,6 +1414,17 @@ mod tests {
         };
         assert!(apply(&mut state, stale).is_err());
         assert_eq!(state.topics["t"].in_sync_of(0), vec![2, 3]);
+        // A clean election decided on stale metadata cannot bring back a
+        // replica that left the in-sync replicas meanwhile.
+        let stale_election = MetadataCommand::ChangeLeader {
+            name: "t".into(),
+            partition: 0,
+            leader: 1,
+            leader_epoch: 2,
+            in_sync: vec![1, 2, 3],
+            unclean: false,
+        };
+        assert!(apply(&mut state, stale_election).is_err());
         // Fencing survives a snapshot; node 1 heard from again: unfenced.
         let mut rebuilt = MetadataState::default();
         for command in state.commands() {
@@ -1477,6 +1517,7 @@ mod tests {
                     leader: 2,
                     leader_epoch: 1,
                     in_sync: vec![2, 3],
+                    unclean: false,
                 },
                 MetadataCommand::SetInSync {
                     name: "t".into(),
@@ -1561,6 +1602,7 @@ mod tests {
                 leader: 3,
                 leader_epoch: 1,
                 in_sync: vec![3],
+                unclean: true,
             }]
         );
         assert!(
@@ -1572,6 +1614,7 @@ mod tests {
                     leader: 3,
                     leader_epoch: 1,
                     in_sync: vec![3],
+                    unclean: false,
                 },
             )
             .is_err()

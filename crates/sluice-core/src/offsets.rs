@@ -41,9 +41,6 @@ pub const OFFSETS_LOG: &str = "__consumer_offsets-0";
 const FORWARD_POSITIONS_LOG: &str = "__sluice_forward_positions-0";
 /// The replicated topic holding committed offsets on a cluster.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
-/// Replicas of each offsets partition (Kafka's
-/// `offsets.topic.replication.factor`), or one per node when fewer.
-const OFFSETS_REPLICATION: u16 = 3;
 
 /// One committed position.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,7 +77,12 @@ enum Backend {
 #[derive(Debug)]
 struct Replicated {
     topics: Arc<Topics>,
+    /// Partitions the topic is created with.
     partitions: u32,
+    /// Replicas of each partition (Kafka's
+    /// `offsets.topic.replication.factor`): the topic waits until that many
+    /// nodes are registered and not fenced.
+    replication: u16,
     segment_bytes: u64,
     /// The offsets partitions whose groups are in memory, with the leader
     /// epoch they were loaded in.
@@ -189,7 +191,7 @@ impl OffsetStore {
     pub(crate) fn replicated(
         logs: &LogManager,
         topics: Arc<Topics>,
-        partitions: u32,
+        (partitions, replication): (u32, u16),
         segment_bytes: u64,
     ) -> Result<OffsetStore, CoreError> {
         let forwarders = OffsetStore::open_log(logs, FORWARD_POSITIONS_LOG, segment_bytes)?;
@@ -197,6 +199,7 @@ impl OffsetStore {
             backend: Backend::Replicated(Replicated {
                 topics,
                 partitions: partitions.max(1),
+                replication: replication.max(1),
                 segment_bytes,
                 loaded: Mutex::new(BTreeMap::new()),
                 forwarders: Box::new(forwarders),
@@ -228,6 +231,20 @@ impl OffsetStore {
         self.last_commit.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The offsets partition of `group`: by the topic's partition count
+    /// once it exists (the setting is read at creation only).
+    fn index_of(replicated: &Replicated, group: &str) -> u32 {
+        partition_for(group, Self::partition_count(replicated))
+    }
+
+    fn partition_count(replicated: &Replicated) -> u32 {
+        replicated
+            .topics
+            .get(OFFSETS_TOPIC)
+            .map_or(replicated.partitions, |t| t.partition_count() as u32)
+            .max(1)
+    }
+
     /// Which node coordinates `group`: this one on a cluster of one; on a
     /// cluster, the leader of the group's offsets partition.
     pub fn coordinator(&self, group: &str) -> Coordinator {
@@ -240,7 +257,7 @@ impl OffsetStore {
         let Some(topic) = replicated.topics.get(OFFSETS_TOPIC) else {
             return Coordinator::Unavailable;
         };
-        let index = partition_for(group, replicated.partitions);
+        let index = Self::index_of(replicated, group);
         match topic.leader(PartitionId::from(index as i32)) {
             Some((node, _)) if node == replicated.topics.metadata().node_id() => {
                 match self.led(group) {
@@ -288,8 +305,23 @@ impl OffsetStore {
         if replicated.topics.get(OFFSETS_TOPIC).is_some() {
             return Ok(());
         }
-        let nodes = replicated.topics.metadata().brokers().len();
-        let replication = OFFSETS_REPLICATION.min(u16::try_from(nodes).unwrap_or(u16::MAX));
+        let metadata = replicated.topics.metadata();
+        let fenced = metadata.fenced();
+        let live = metadata
+            .brokers()
+            .iter()
+            .filter(|b| !fenced.contains(&b.node))
+            .count();
+        let replication = replicated.replication;
+        if live < usize::from(replication) {
+            // As Kafka: not created with fewer replicas than asked for;
+            // clients are told COORDINATOR_NOT_AVAILABLE meanwhile.
+            return Err(CoreError::InvalidReplication {
+                topic: OFFSETS_TOPIC.to_owned(),
+                replication: usize::from(replication),
+                nodes: live,
+            });
+        }
         let mut overrides = BTreeMap::new();
         overrides.insert("cleanup.policy".to_owned(), "compact".to_owned());
         overrides.insert(
@@ -302,7 +334,7 @@ impl OffsetStore {
         match replicated.topics.create_internal(
             OFFSETS_TOPIC,
             replicated.partitions,
-            replication.max(1),
+            replication,
             config,
         ) {
             Ok(_) | Err(CoreError::TopicExists { .. }) => {
@@ -327,7 +359,7 @@ impl OffsetStore {
         let Backend::Replicated(replicated) = &self.backend else {
             return Ok(None);
         };
-        let index = partition_for(group, replicated.partitions);
+        let index = Self::index_of(replicated, group);
         match self.refresh(replicated, index)? {
             Some(partition) => Ok(Some(partition)),
             None => Err(CoreError::NotCoordinator {
@@ -357,7 +389,7 @@ impl OffsetStore {
             .and_then(|t| t.partition(PartitionId::from(index as i32)))
             .filter(|p| p.is_leader());
         let mut loaded = replicated.loaded.lock().unwrap_or_else(|e| e.into_inner());
-        let partitions = replicated.partitions;
+        let partitions = Self::partition_count(replicated);
         let of_index = |group: &str| partition_for(group, partitions) == index;
         match &led {
             Some(partition) => {
@@ -391,10 +423,23 @@ impl OffsetStore {
         Ok(led)
     }
 
+    /// Whether `group`'s offsets are in memory here: always on a cluster
+    /// of one; on a cluster, while its partition is loaded.
+    fn holds(&self, group: &str) -> bool {
+        match &self.backend {
+            Backend::Local(_) => true,
+            Backend::Replicated(replicated) => replicated
+                .loaded
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(&Self::index_of(replicated, group)),
+        }
+    }
+
     /// Refreshes every offsets partition (see [`OffsetStore::refresh`]).
     fn refresh_all(&self) {
         if let Backend::Replicated(replicated) = &self.backend {
-            for index in 0..replicated.partitions {
+            for index in 0..Self::partition_count(replicated) {
                 if let Err(error) = self.refresh(replicated, index) {
                     tracing::warn!(partition = index, %error, "cannot load committed offsets");
                 }
@@ -431,6 +476,11 @@ impl OffsetStore {
                 })
                 .collect(),
         )?;
+        if !self.holds(group) {
+            // Written and replicated, but this node stopped coordinating
+            // the group meanwhile: the new coordinator loads it.
+            return Ok(());
+        }
         self.last_commits()
             .insert(group.to_owned(), SystemClock.now_ms());
         let mut groups = self.groups();
@@ -476,12 +526,27 @@ impl OffsetStore {
             .filter(|(group, at)| **at < cutoff && !has_members(group))
             .map(|(group, _)| group.clone())
             .collect();
-        for group in &stale {
-            self.delete_group(group)?;
-            self.last_commits().remove(group);
-            tracing::info!(group = %group, "committed offsets expired");
+        let mut expired = Vec::new();
+        let mut failure = None;
+        for group in stale {
+            // One group that cannot be expired now does not keep the
+            // others: it is tried again next time.
+            match self.delete_group(&group) {
+                Ok(()) => {
+                    self.last_commits().remove(&group);
+                    tracing::info!(group = %group, "committed offsets expired");
+                    expired.push(group);
+                }
+                Err(error) => {
+                    tracing::warn!(group = %group, %error, "cannot expire committed offsets yet");
+                    failure = Some(error);
+                }
+            }
         }
-        Ok(stale)
+        match failure {
+            Some(error) if expired.is_empty() => Err(error),
+            _ => Ok(expired),
+        }
     }
 
     /// Forgets the committed offsets of some partitions (OffsetDelete).
@@ -501,6 +566,9 @@ impl OffsetStore {
             .map(|(topic, partition)| (encode_key(group, topic, *partition), None))
             .collect();
         self.append(group, records)?;
+        if !self.holds(group) {
+            return Ok(());
+        }
         let mut groups = self.groups();
         if let Some(offsets) = groups.get_mut(group) {
             for key in partitions {

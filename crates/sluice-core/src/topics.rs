@@ -778,7 +778,16 @@ impl Topics {
         if !self.metadata.clustered() {
             return Ok(Vec::new());
         }
-        let nodes: Vec<i32> = self.metadata.brokers().iter().map(|b| b.node).collect();
+        // Fenced nodes get no new replicas (KRaft places on unfenced
+        // brokers only).
+        let fenced = self.metadata.fenced();
+        let nodes: Vec<i32> = self
+            .metadata
+            .brokers()
+            .iter()
+            .map(|b| b.node)
+            .filter(|node| !fenced.contains(node))
+            .collect();
         if nodes.is_empty() {
             return Err(CoreError::Quorum {
                 reason: "no node has registered with the controller yet".to_owned(),
@@ -918,6 +927,7 @@ impl Topics {
     /// # Errors
     /// [`CoreError::UnknownTopic`], [`CoreError::InvalidPartitions`], or I/O.
     pub fn grow(&self, name: &str, total: u32, validate_only: bool) -> Result<(), CoreError> {
+        refuse_internal(name)?;
         let writer = self.metadata.writer();
         let topic = self.get(name).ok_or_else(|| CoreError::UnknownTopic {
             topic: name.to_owned(),
@@ -971,6 +981,7 @@ impl Topics {
     /// # Errors
     /// [`CoreError::UnknownTopic`] or I/O.
     pub fn delete(&self, name: &str) -> Result<(), CoreError> {
+        refuse_internal(name)?;
         let _writer = self.metadata.writer();
         if self.get(name).is_none() {
             return Err(CoreError::UnknownTopic {
@@ -1025,6 +1036,22 @@ const RESERVED: &[&str] = &[
     "__amqp_definitions",
     "__sluice_forward_positions",
 ];
+
+/// Whether `name` is one of the broker's internal topics (on a cluster,
+/// `__consumer_offsets`), which clients may read but not write, grow or
+/// delete (Kafka answers INVALID_TOPIC_EXCEPTION).
+pub fn is_internal(name: &str) -> bool {
+    RESERVED.contains(&name)
+}
+
+fn refuse_internal(name: &str) -> Result<(), CoreError> {
+    if is_internal(name) {
+        return Err(CoreError::InvalidTopicName {
+            topic: name.to_owned(),
+        });
+    }
+    Ok(())
+}
 
 /// Kafka's rules: 1 to 249 of `[a-zA-Z0-9._-]`, not `.` or `..`, and not
 /// the name of an internal topic.

@@ -273,6 +273,7 @@ async fn join_cluster(
     if voters.is_empty() {
         return Ok((Opening::Alone(options), None, None));
     }
+    let voter_count = voters.len();
     let routes = config
         .cluster
         .route_list()
@@ -307,6 +308,8 @@ async fn join_cluster(
     )));
     info!(listen = %bound, node = config.node.id, "cluster listening");
     options.quorum_metadata = Some(metadata);
+    // Kafka's offsets.topic.replication.factor (3), at most the voters.
+    options.offsets_replication = u16::try_from(voter_count.min(3)).unwrap_or(3);
     Ok((
         Opening::Clustered(options, lock),
         Some(node),

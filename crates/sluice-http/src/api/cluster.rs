@@ -105,18 +105,22 @@ pub(crate) async fn elect_leaders(
             ));
         }
         let mut results = Vec::new();
+        // One answer per partition: a failure (the quorum, say) does not
+        // hide the elections already made.
         for (topic, partition) in targets {
-            let (outcome, leader) =
-                match broker.topics().elect(&topic, partition, request.unclean)? {
-                    Election::Elected(leader) => ("elected", Some(leader)),
-                    Election::NotNeeded => ("not_needed", None),
-                    Election::NotAvailable => ("not_available", None),
+            let (outcome, leader, error) =
+                match broker.topics().elect(&topic, partition, request.unclean) {
+                    Ok(Election::Elected(leader)) => ("elected", Some(leader), None),
+                    Ok(Election::NotNeeded) => ("not_needed", None, None),
+                    Ok(Election::NotAvailable) => ("not_available", None, None),
+                    Err(error) => ("failed", None, Some(error.to_string())),
                 };
             results.push(json!({
                 "topic": topic,
                 "partition": partition,
                 "outcome": outcome,
                 "leader": leader,
+                "error": error,
             }));
         }
         Ok(results)

@@ -203,9 +203,34 @@ pub(crate) fn fetch_offsets(
     version: i16,
 ) -> OffsetFetchResponse {
     let group = request.group_id.to_string();
-    if version >= 2 && !super::coordinates(context, &group) {
-        return OffsetFetchResponse::default()
-            .with_error_code(ResponseError::NotCoordinator.code());
+    if !super::coordinates(context, &group) {
+        if version >= 2 {
+            return OffsetFetchResponse::default()
+                .with_error_code(ResponseError::NotCoordinator.code());
+        }
+        // v0-1 have no top-level error: each partition says it, so the
+        // consumer looks for the coordinator instead of resetting.
+        let topics = request
+            .topics
+            .unwrap_or_default()
+            .into_iter()
+            .map(|topic| {
+                let partitions = topic
+                    .partition_indexes
+                    .iter()
+                    .map(|p| {
+                        OffsetFetchResponsePartition::default()
+                            .with_partition_index(*p)
+                            .with_committed_offset(-1)
+                            .with_error_code(ResponseError::NotCoordinator.code())
+                    })
+                    .collect();
+                OffsetFetchResponseTopic::default()
+                    .with_name(topic.name)
+                    .with_partitions(partitions)
+            })
+            .collect();
+        return OffsetFetchResponse::default().with_topics(topics);
     }
     let offsets = context.broker.offsets();
     let answer = |topic: &str, partition: i32| {

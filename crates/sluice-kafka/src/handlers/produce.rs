@@ -131,6 +131,12 @@ fn write(
         errors::code(err)
     };
     let name = topic;
+    // Clients may not write the broker's internal topics (Kafka answers
+    // INVALID_TOPIC_EXCEPTION): a forged commit would be loaded as a
+    // group's offsets.
+    if sluice_core::is_internal(name) {
+        return Err(kafka_protocol::ResponseError::InvalidTopicException);
+    }
     let topic = broker.topic_or_create(topic).map_err(|err| refuse(&err))?;
     // As Kafka: acks=all needs min.insync.replicas in sync, checked before
     // anything is written.
