@@ -8,7 +8,7 @@ use axum::Json;
 use axum::extract::State;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sluice_core::{Election, PartitionPlacement};
+use sluice_core::{ClusterView, Election, PartitionPlacement};
 
 use super::blocking;
 use crate::AppState;
@@ -19,19 +19,7 @@ pub(crate) async fn show(State(shared): State<AppState>) -> ApiResult<Json<Value
     let broker = Arc::clone(&shared.broker);
     let (view, placements) =
         blocking(move || Ok((broker.cluster_view(), broker.cluster_partitions()))).await?;
-    let nodes: Vec<Value> = view
-        .nodes
-        .iter()
-        .map(|n| {
-            json!({
-                "id": n.node,
-                "kafka": format!("{}:{}", n.host, n.port),
-                "role": if n.node == view.controller { "controller" } else { "broker" },
-                "fenced": view.fenced.contains(&n.node),
-                "this_node": n.node == view.node_id,
-            })
-        })
-        .collect();
+    let nodes = nodes(&view);
     let partitions: Vec<Value> = placements.iter().map(placement).collect();
     Ok(Json(json!({
         "clustered": view.clustered,
@@ -42,6 +30,24 @@ pub(crate) async fn show(State(shared): State<AppState>) -> ApiResult<Json<Value
         "under_replicated_partitions": placements.iter().filter(|p| p.under_replicated()).count(),
         "offline_partitions": placements.iter().filter(|p| p.offline()).count(),
     })))
+}
+
+/// The registered nodes as the overview and `/api/cluster` show them.
+pub(crate) fn nodes(view: &ClusterView) -> Vec<Value> {
+    view.nodes
+        .iter()
+        .map(|n| {
+            let controller = n.node == view.controller;
+            json!({
+                "id": n.node,
+                "kafka": format!("{}:{}", n.host, n.port),
+                "role": if controller { "controller" } else { "broker" },
+                "controller": controller,
+                "fenced": view.fenced.contains(&n.node),
+                "this_node": n.node == view.node_id,
+            })
+        })
+        .collect()
 }
 
 fn placement(p: &PartitionPlacement) -> Value {

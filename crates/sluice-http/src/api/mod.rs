@@ -2,7 +2,7 @@
 //! content encodings and running blocking core calls off the runtime.
 
 mod amqp;
-mod cluster;
+pub(crate) mod cluster;
 mod connections;
 pub(crate) mod groups;
 mod health;

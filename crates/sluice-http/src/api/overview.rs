@@ -35,19 +35,7 @@ pub(crate) async fn show(State(shared): State<AppState>) -> ApiResult<Json<Value
     let listeners = listeners(&shared);
     let monitor = broker.vhosts().memory();
     let cluster = broker.cluster_view();
-    let nodes: Vec<Value> = cluster
-        .nodes
-        .iter()
-        .map(|n| {
-            json!({
-                "id": n.node,
-                "kafka": format!("{}:{}", n.host, n.port),
-                "controller": n.node == cluster.controller,
-                "this_node": n.node == cluster.node_id,
-                "fenced": cluster.fenced.contains(&n.node),
-            })
-        })
-        .collect();
+    let nodes = super::cluster::nodes(&cluster);
     Ok(Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "cluster": {

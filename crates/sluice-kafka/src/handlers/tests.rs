@@ -320,18 +320,7 @@ fn api_of(request: &RequestKind) -> ApiKey {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_response_encodes_at_every_advertised_version() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let broker = Broker::open(BrokerOptions::new(dir.path())).expect("open broker");
-    let context = Context {
-        broker: Arc::new(broker),
-        options: Arc::new(KafkaOptions {
-            advertised_host: "127.0.0.1".into(),
-            advertised_port: 9092,
-            node_id: 1,
-            max_request_bytes: 1 << 20,
-        }),
-        peer: "/127.0.0.1".into(),
-        connection: None,
-    };
+    let context = context_on(dir.path());
     context.broker.topic_or_create("t").expect("topic t");
     let mut round = 0;
     for (api, min, max) in SUPPORTED {
@@ -351,6 +340,7 @@ async fn every_response_encodes_at_every_advertised_version() {
     assert!(round > SUPPORTED.len(), "every API was exercised");
 }
 
+/// A Kafka front-end context over a broker on `dir` (node 1, loopback).
 fn context_on(dir: &std::path::Path) -> Context {
     Context {
         broker: Arc::new(Broker::open(BrokerOptions::new(dir)).expect("open broker")),
