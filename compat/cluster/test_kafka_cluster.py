@@ -279,3 +279,27 @@ def test_a_group_has_one_coordinator_whichever_node_its_members_bootstrap_throug
     finally:
         checker.close()
     assert [tp.offset for tp in committed] == [5] * len(a)
+
+
+def test_topics_created_without_a_replication_factor_get_three_replicas(cluster, name):
+    """kafka.default_replication_factor (3, at most the voters) for
+    CreateTopics with -1 and for a topic a producer creates."""
+    cluster.wait_registered(admin)
+    client = admin(cluster.node(2).bootstrap)  # alive until its future resolves
+    asked = f"{name}-asked"
+    client.create_topics([NewTopic(asked, 2, -1)], operation_timeout=15)[asked].result(timeout=30)
+    automatic = f"{name}-auto"
+    producer = Producer({"bootstrap.servers": cluster.node(3).bootstrap, "acks": "all"})
+    delivered = []
+    producer.produce(automatic, value=b"x", on_delivery=lambda e, m: delivered.append(e))
+    producer.flush(30)
+    assert delivered == [None], delivered
+    for topic in (asked, automatic):
+        for leader, replicas, in_sync in wait_until(
+            lambda: (lambda view: view if all(len(isr) == 3 for _, _, isr in view.values()) else None)(
+                layout(cluster.node(1).bootstrap, topic)
+            ),
+            30,
+            what=f"{topic} with three in-sync replicas",
+        ).values():
+            assert len(replicas) == 3 and leader in replicas, (topic, replicas)

@@ -165,6 +165,11 @@ pub struct KafkaConfig {
     pub auto_create_topics: bool,
     /// Partition count of topics created automatically or with -1 partitions.
     pub default_partitions: u32,
+    /// Replicas of each partition of a topic created without a replication
+    /// factor on a cluster (automatically, with -1, through the admin API
+    /// or as an AMQP stream), at most the number of voters (Kafka's
+    /// `default.replication.factor`, 1 there).
+    pub default_replication_factor: u16,
     /// Committed offsets of a group with no members and no commit for this
     /// long are forgotten (Kafka's `offsets.retention.minutes`).
     pub offsets_retention: HumanDuration,
@@ -193,6 +198,7 @@ impl Default for KafkaConfig {
             max_request_bytes: ByteSize::mib(100),
             auto_create_topics: true,
             default_partitions: 1,
+            default_replication_factor: 3,
             offsets_retention: HumanDuration::new(std::time::Duration::from_secs(7 * 24 * 3600)),
             offsets_segment_bytes: ByteSize::mib(100),
             offsets_partitions: 50,
@@ -527,6 +533,10 @@ pub const KEYS: &[KeyDoc] = &[
         description: "Partition count of automatically created topics (1 to 10000)",
     },
     KeyDoc {
+        key: "kafka.default_replication_factor",
+        description: "Replicas of a topic created without a replication factor on a cluster, at most the voters (1 to 16)",
+    },
+    KeyDoc {
         key: "kafka.offsets_retention",
         description: "Committed offsets of a group with no members and no commit for this long are forgotten",
     },
@@ -758,6 +768,15 @@ impl Config {
                     "kafka.max_request_bytes",
                     ByteSize::kib(1),
                     kafka.max_request_bytes,
+                ),
+            );
+        }
+        if !(1..=16).contains(&kafka.default_replication_factor) {
+            problem(
+                "kafka.default_replication_factor",
+                format!(
+                    "kafka.default_replication_factor must be from 1 to 16, got {}",
+                    kafka.default_replication_factor
                 ),
             );
         }

@@ -159,6 +159,9 @@ pub struct BrokerOptions {
     pub auto_create_topics: bool,
     /// Partition count of auto-created topics.
     pub default_partitions: u32,
+    /// Replicas of each partition of a topic created without a replication
+    /// factor, on a cluster (Kafka's `default.replication.factor`).
+    pub default_replication: u16,
     /// AMQP virtual hosts.
     pub vhosts: Vec<String>,
     /// Message bytes queues may hold in memory before publishers are blocked.
@@ -210,6 +213,7 @@ impl BrokerOptions {
             log: LogConfig::default(),
             auto_create_topics: true,
             default_partitions: 1,
+            default_replication: 1,
             vhosts: vec!["/".to_owned()],
             memory_high_watermark: 1 << 30,
             queue_memory_bytes: messaging::DEFAULT_QUEUE_BUDGET,
@@ -383,7 +387,7 @@ impl Broker {
         let topics = Topics::open(
             Arc::clone(&logs),
             Arc::clone(&metadata),
-            options.limits.max_topics,
+            (options.limits.max_topics, options.default_replication),
         )?;
         let names = topics.names();
         let partitions: usize = names

@@ -347,6 +347,9 @@ pub struct Topics {
     topics: RwLock<HashMap<String, Arc<Topic>>>,
     /// Most topics; creating one more fails with [`CoreError::TopicLimit`].
     max_topics: Option<u32>,
+    /// Replicas of each partition of a topic created without a replication
+    /// factor (Kafka's `default.replication.factor`); 1 on a cluster of one.
+    default_replication: u16,
 }
 
 /// The file in a partition's log directory naming the topic it belongs to
@@ -370,14 +373,20 @@ impl Topics {
     pub(crate) fn open(
         logs: Arc<LogManager>,
         metadata: Arc<Metadata>,
-        max_topics: Option<u32>,
+        (max_topics, default_replication): (Option<u32>, u16),
     ) -> Result<Arc<Topics>, CoreError> {
         let state = metadata.state().topics.clone();
+        let default_replication = if metadata.clustered() {
+            default_replication.max(1)
+        } else {
+            1
+        };
         let topics = Arc::new(Topics {
             logs,
             metadata: Arc::clone(&metadata),
             topics: RwLock::new(HashMap::new()),
             max_topics,
+            default_replication,
         });
         for (name, meta) in state {
             let topic = topics.build(&name, &meta, Unmarked::Adopt)?;
@@ -813,7 +822,14 @@ impl Topics {
             .collect())
     }
 
-    /// Creates a topic with `partitions` empty partitions. Blocking.
+    /// Replicas of each partition of a topic created without a replication
+    /// factor: `kafka.default_replication_factor` on a cluster, 1 alone.
+    pub fn default_replication(&self) -> u16 {
+        self.default_replication
+    }
+
+    /// Creates a topic with `partitions` empty partitions, each with the
+    /// default replication factor. Blocking.
     ///
     /// # Errors
     /// [`CoreError::InvalidTopicName`], [`CoreError::TopicExists`],
@@ -825,7 +841,7 @@ impl Topics {
         partitions: u32,
         config: TopicConfig,
     ) -> Result<Arc<Topic>, CoreError> {
-        self.create_replicated(name, partitions, 1, config)
+        self.create_replicated(name, partitions, self.default_replication, config)
     }
 
     /// As [`Topics::create`], each partition on `replication` nodes of a

@@ -310,6 +310,10 @@ async fn join_cluster(
     options.quorum_metadata = Some(metadata);
     // Kafka's offsets.topic.replication.factor (3), at most the voters.
     options.offsets_replication = u16::try_from(voter_count.min(3)).unwrap_or(3);
+    options.default_replication = config
+        .kafka
+        .default_replication_factor
+        .min(u16::try_from(voter_count).unwrap_or(u16::MAX));
     Ok((
         Opening::Clustered(options, lock),
         Some(node),

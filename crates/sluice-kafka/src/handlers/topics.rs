@@ -55,11 +55,12 @@ fn create_one(
 ) -> CreatableTopicResult {
     let name = topic.name.to_string();
     let result = CreatableTopicResult::default().with_name(topic.name.clone());
-    // On a cluster, partitions get the replicas asked for (-1: one, as
-    // Kafka's default.replication.factor); the nodes are checked there.
+    // On a cluster, partitions get the replicas asked for (-1:
+    // kafka.default_replication_factor, Kafka's default.replication.factor);
+    // the nodes are checked there.
     let clustered = broker.topics().metadata().clustered();
     let replication = match topic.replication_factor {
-        -1 => 1,
+        -1 => broker.topics().default_replication(),
         factor => u16::try_from(factor).unwrap_or(0),
     };
     let fail = |code: ResponseError, text: String| {
