@@ -273,6 +273,13 @@ pub struct Peer {
     target: NodeId,
     addr: String,
     stream: Option<TcpStream>,
+    /// A call is between writing its request and reading its answer.
+    /// Still set when the next call starts, the previous one was dropped
+    /// midway (openraft cancels calls that outlive its own timeout): its
+    /// answer may still come on the connection and would be taken for the
+    /// next call's (a Success for other entries), so the connection is
+    /// dropped instead.
+    in_flight: bool,
 }
 
 /// Why a call got no answer.
@@ -295,6 +302,10 @@ impl CallError {
 
 impl Peer {
     async fn call(&mut self, request: Request, ttl: Duration) -> Result<Response, CallError> {
+        if self.in_flight {
+            self.stream = None;
+            self.in_flight = false;
+        }
         if self.stream.is_none() {
             let connected = tokio::time::timeout(ttl, TcpStream::connect(&self.addr))
                 .await
@@ -316,6 +327,7 @@ impl Peer {
             to: self.target,
             request,
         };
+        self.in_flight = true;
         let exchanged = tokio::time::timeout(ttl, async {
             write_frame(stream, &envelope).await?;
             read_frame::<Response>(stream).await
@@ -323,6 +335,7 @@ impl Peer {
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer in time"))
         .and_then(|r| r);
+        self.in_flight = false;
         match exchanged {
             Ok(Response::WrongNode(actual)) => {
                 self.stream = None;
@@ -366,6 +379,7 @@ impl Peer {
             target,
             addr: addr.to_owned(),
             stream: None,
+            in_flight: false,
         }
     }
 
@@ -440,5 +454,62 @@ impl RaftNetwork<TypeConfig> for Peer {
             Response::Vote(answer) => Some(answer),
             _ => None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer that answers each request with its own kind, the first one
+    /// after `delay`.
+    async fn slow_first_answer(listener: TcpListener, delay: Duration) {
+        let mut first = true;
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let wait = if first { delay } else { Duration::ZERO };
+            first = false;
+            tokio::spawn(async move {
+                if stream.read_u8().await.ok() != Some(PREFACE_QUORUM) {
+                    return;
+                }
+                let mut wait = wait;
+                while let Ok(envelope) = read_frame::<Envelope>(&mut stream).await {
+                    tokio::time::sleep(std::mem::take(&mut wait)).await;
+                    let answer = match envelope.request {
+                        Request::Heartbeat(_) => Response::Heartbeat,
+                        _ => Response::Forwarded(Ok((7, "forwarded".to_owned()))),
+                    };
+                    if write_frame(&mut stream, &answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    }
+
+    /// openraft drops a call that outlives its own timeout; the answer to
+    /// it must never be taken for the next call's (a stale Success once
+    /// let a leader count entries a follower did not have).
+    #[tokio::test]
+    async fn an_answer_to_a_dropped_call_is_never_taken_for_the_next() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        tokio::spawn(slow_first_answer(listener, Duration::from_millis(300)));
+        let mut peer = Peer::new(2, &addr);
+        let dropped = tokio::time::timeout(
+            Duration::from_millis(50),
+            peer.call(
+                Request::Forward(Proposal("{}".to_owned())),
+                Duration::from_secs(5),
+            ),
+        )
+        .await;
+        assert!(dropped.is_err(), "the first call was cut short");
+        // The next call on the same peer gets its own answer, even though
+        // the first one's arrives meanwhile.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        peer.heartbeat(1, Duration::from_secs(5))
+            .await
+            .expect("the heartbeat's own answer");
     }
 }
