@@ -27,6 +27,7 @@ import signal
 import threading
 import time
 
+import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from common.broker import wait_until
@@ -141,6 +142,9 @@ def wait_all_in_sync(cluster, topic: str, timeout: float = 60) -> None:
     wait_until(in_sync, timeout, interval=0.3, what="every replica back in sync")
 
 
+# Each fault takes some seconds (its wait, healing, the replicas catching
+# up); the suite's 300 s limit is for the short version.
+@pytest.mark.timeout(180 + FAULTS * 45)
 def test_acknowledged_records_survive_kills_pauses_restarts_and_partitions(proxied_cluster, name):
     cluster = proxied_cluster
     rng = random.Random(int(os.environ.get("NEMESIS_SEED", str(time.time_ns()))))
@@ -200,6 +204,7 @@ def test_acknowledged_records_survive_kills_pauses_restarts_and_partitions(proxi
             # Writes go on after each fault.
             wait_until(lambda: writer.count() > before + 50, 60, what=f"writes after '{fault}'")
             done.append(fault)
+            print(f"nemesis: fault {len(done)}/{FAULTS} '{fault}' on {victims} healed, {writer.count()} acknowledged", flush=True)
     finally:
         writer.stopping.set()
         committer.stopping.set()
