@@ -279,7 +279,15 @@ impl Partition {
     /// # Errors
     /// The log's I/O errors.
     pub fn truncate_to(&self, offset: Offset) -> Result<Offset, CoreError> {
+        let before = self.log.log_end();
         let end = self.log.truncate_to(offset)?;
+        if end < before {
+            // Idempotent producers' sequences learnt from the batches cut
+            // are gone with them: a retry of those batches on this node
+            // (leading later) is new, not a duplicate, and the next ones
+            // are not out of order.
+            self.producers.rebuild(&self.log)?;
+        }
         if let Some(replication) = &self.replication {
             replication.truncated(end);
         }
@@ -679,6 +687,62 @@ mod tests {
     fn emptied() -> BytesMut {
         let full = one(b"old");
         BytesMut::from(&batch::with_records(&full, &[]).expect("emptied")[..])
+    }
+
+    /// One idempotent batch of producer 9 with `sequence`, at offset
+    /// `sequence`.
+    fn idempotent(sequence: i32) -> BytesMut {
+        use kafka_protocol::records::{
+            Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+        };
+        let record = Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: 9,
+            producer_epoch: 0,
+            timestamp_type: TimestampType::Creation,
+            // As the leader wrote it: the batch at the offset of its
+            // sequence (one record each).
+            offset: i64::from(sequence),
+            sequence,
+            timestamp: 0,
+            key: None,
+            value: Some(bytes::Bytes::from_static(b"v")),
+            headers: Default::default(),
+        };
+        let mut buf = BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut buf,
+            &[record],
+            &RecordEncodeOptions {
+                version: 2,
+                compression: Compression::None,
+            },
+        )
+        .expect("encode");
+        buf
+    }
+
+    /// A follower that cuts its log to its leader's forgets the sequences
+    /// of the batches cut: leading later, a producer's retry of them is
+    /// new, not a duplicate answered with an offset that is gone.
+    #[test]
+    fn cutting_the_log_forgets_the_producer_sequences_of_what_was_cut() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let partition = partition(dir.path());
+        for sequence in 0..5 {
+            partition
+                .append_from_leader(&mut idempotent(sequence), Offset::from(0))
+                .expect("replicated");
+        }
+        assert_eq!(partition.producers(), vec![(9, 0, 4)]);
+        partition.truncate_to(Offset::from(3)).expect("cut");
+        assert_eq!(partition.producers(), vec![(9, 0, 2)]);
+        // Nothing cut: nothing forgotten.
+        partition.truncate_to(Offset::from(3)).expect("no-op");
+        assert_eq!(partition.producers(), vec![(9, 0, 2)]);
     }
 
     #[test]

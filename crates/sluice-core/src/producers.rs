@@ -131,6 +131,21 @@ impl ProducerStates {
         active
     }
 
+    /// Forgets everything and learns again from the batches of `log`'s
+    /// newest segments (after a follower cut its log: the producers'
+    /// sequences must not count batches that are gone, as Kafka reloads
+    /// its producer state on truncation).
+    ///
+    /// # Errors
+    /// The log's read errors.
+    pub(crate) fn rebuild(&self, log: &sluice_log::Log) -> Result<(), CoreError> {
+        self.lock().clear();
+        if let Some(from) = crate::topics::producer_replay_start(&log.segment_sizes()) {
+            log.scan_headers(from, |header| self.replay(header))?;
+        }
+        Ok(())
+    }
+
     /// Learns from a batch already in the log (recovery).
     pub(crate) fn replay(&self, header: &BatchHeader) {
         if header.producer_id >= 0 && header.base_sequence >= 0 {

@@ -1030,7 +1030,7 @@ const PRODUCER_REPLAY_BYTES: u64 = 256 << 20;
 /// segment oldest first: at least the two newest segments (the active one
 /// may have just rolled and be empty), then older ones while less than
 /// [`PRODUCER_REPLAY_BYTES`] is covered.
-fn producer_replay_start(segments: &[(Offset, u64)]) -> Option<Offset> {
+pub(crate) fn producer_replay_start(segments: &[(Offset, u64)]) -> Option<Offset> {
     let mut covered = 0;
     let mut start = None;
     for (newest, (base, size)) in segments.iter().rev().enumerate() {
