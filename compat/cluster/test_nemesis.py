@@ -50,6 +50,7 @@ class Writer:
                 "enable.idempotence": True,
                 "linger.ms": 2,
                 "message.timeout.ms": 120000,
+                **({"debug": os.environ["NEMESIS_DEBUG"]} if os.environ.get("NEMESIS_DEBUG") else {}),
             }
         )
         self.acked: dict[int, list[tuple[int, bytes]]] = {p: [] for p in range(PARTITIONS)}
@@ -104,10 +105,15 @@ class Committer:
         return [TopicPartition(self.topic, p, offset) for p in range(PARTITIONS)]
 
     def read(self) -> list[int] | None:
+        """The committed offsets, or None when the read failed (as a whole
+        or for a partition: its offset is then not a committed one)."""
         try:
-            return [tp.offset for tp in self.consumer.committed(self.partitions(), timeout=5)]
+            found = self.consumer.committed(self.partitions(), timeout=5)
         except KafkaException:
             return None
+        if any(tp.error is not None for tp in found):
+            return None
+        return [tp.offset for tp in found]
 
     def run(self):
         value = 0
@@ -131,6 +137,12 @@ class Committer:
             self.consumer.close()
 
 
+def known(node_of, what: str) -> int:
+    """The node `node_of` names once it names one (a leader or controller
+    may be unknown for a moment after the last fault)."""
+    return wait_until(lambda: (lambda n: n if n > 0 else None)(node_of()), 30, interval=0.3, what=what)
+
+
 def wait_all_in_sync(cluster, topic: str, timeout: float = 60) -> None:
     def in_sync():
         for node in cluster.nodes:
@@ -147,7 +159,9 @@ def wait_all_in_sync(cluster, topic: str, timeout: float = 60) -> None:
 @pytest.mark.timeout(180 + FAULTS * 45)
 def test_acknowledged_records_survive_kills_pauses_restarts_and_partitions(proxied_cluster, name):
     cluster = proxied_cluster
-    rng = random.Random(int(os.environ.get("NEMESIS_SEED", str(time.time_ns()))))
+    seed = int(os.environ.get("NEMESIS_SEED", str(time.time_ns())))
+    print(f"nemesis: NEMESIS_SEED={seed}", flush=True)
+    rng = random.Random(seed)
     cluster.wait_registered(admin)
     create_replicated(cluster.node(1).bootstrap, name, PARTITIONS, 3)
     writer = Writer(cluster.bootstrap, name)
@@ -174,9 +188,10 @@ def test_acknowledged_records_survive_kills_pauses_restarts_and_partitions(proxi
             if fault in ("kill a node", "pause a node", "partition a node", "mute a node"):
                 victims = [rng.choice([1, 2, 3])]
             elif fault in ("kill a leader", "partition a leader"):
-                victims = [layout(cluster.node(1).bootstrap, name)[rng.randrange(PARTITIONS)][0]]
+                partition = rng.randrange(PARTITIONS)
+                victims = [known(lambda: layout(cluster.node(1).bootstrap, name)[partition][0], "a leader")]
             elif fault in ("kill the controller", "partition the controller"):
-                victims = [controller_of(cluster.node(1).bootstrap)]
+                victims = [known(lambda: controller_of(cluster.node(1).bootstrap), "the controller")]
             else:
                 victims = [1, 2, 3]
             for victim in victims:
@@ -221,7 +236,18 @@ def test_acknowledged_records_survive_kills_pauses_restarts_and_partitions(proxi
         stored = read_to_end(cluster.node(leader).bootstrap, name, partition)
         acked = [value for _, value in sorted(writer.acked[partition])]
         offsets = [offset for offset, _ in writer.acked[partition]]
-        assert len(offsets) == len(set(offsets)), f"partition {partition}: an offset acknowledged twice"
+        twice = sorted({o for o in offsets if offsets.count(o) > 1}) if len(offsets) != len(set(offsets)) else []
+        if twice:
+            values = {}
+            for offset, value in writer.acked[partition]:
+                values.setdefault(offset, []).append(value)
+            examples = [(o, values[o], stored[o] if o < len(stored) else None) for o in twice[:5]]
+            lost = [v for v in values[twice[0]] if v not in stored]
+            raise AssertionError(
+                f"partition {partition}: {len(twice)} offsets acknowledged twice, "
+                f"{twice[0]}..{twice[-1]}; (offset, acknowledged values, stored value): {examples}; "
+                f"of the first offset's values, not stored: {lost}"
+            )
         positions = {}
         for index, value in enumerate(stored):
             assert value not in positions, f"partition {partition}: {value!r} stored twice"

@@ -39,6 +39,11 @@ pub struct PendingAck {
     target: AckTarget,
     end: Offset,
     level: AckLevel,
+    /// A partition's leader epoch when the records were written: the
+    /// in-sync replicas acknowledge them only while this node still leads
+    /// in it (a node that lost the lead may have cut them and taken other
+    /// records at the same offsets, which its high watermark then covers).
+    epoch: i32,
 }
 
 #[derive(Debug, Clone)]
@@ -48,12 +53,19 @@ enum AckTarget {
 }
 
 impl PendingAck {
-    /// The acknowledgement of a partition append ending before `end`.
-    pub(crate) fn partition(partition: Arc<Partition>, end: Offset, level: AckLevel) -> PendingAck {
+    /// The acknowledgement of a partition append ending before `end`,
+    /// written in leader epoch `epoch`.
+    pub(crate) fn partition(
+        partition: Arc<Partition>,
+        end: Offset,
+        level: AckLevel,
+        epoch: i32,
+    ) -> PendingAck {
         PendingAck {
             target: AckTarget::Partition(partition),
             end,
             level,
+            epoch,
         }
     }
 
@@ -64,6 +76,7 @@ impl PendingAck {
             target: AckTarget::Queue(pending),
             end,
             level,
+            epoch: 0,
         }
     }
 
@@ -120,6 +133,7 @@ impl PendingAck {
                 match partition.replication() {
                     Some(replication) if self.level == AckLevel::InSync => outcome(
                         partition,
+                        self.epoch,
                         replication.reached_blocking(self.end, IN_SYNC_TIMEOUT),
                     ),
                     _ => Ok(()),
@@ -147,6 +161,7 @@ impl PendingAck {
                 match partition.replication() {
                     Some(replication) if self.level == AckLevel::InSync => outcome(
                         partition,
+                        self.epoch,
                         replication.reached(self.end, IN_SYNC_TIMEOUT).await,
                     ),
                     _ => Ok(()),
@@ -173,8 +188,23 @@ impl PendingAck {
     }
 }
 
-/// The answer to a wait for the in-sync replicas.
-fn outcome(partition: &Partition, reached: crate::replication::Reached) -> Result<(), CoreError> {
+/// The answer to a wait for the in-sync replicas of records written in
+/// leader epoch `epoch`. The epoch is read after the high watermark: a
+/// node that stopped leading changed its epoch before it could cut its log
+/// or follow another leader's high watermark.
+fn outcome(
+    partition: &Partition,
+    epoch: i32,
+    reached: crate::replication::Reached,
+) -> Result<(), CoreError> {
+    let reached = match reached {
+        crate::replication::Reached::Yes if partition.leader_epoch().get() != epoch => {
+            crate::replication::Reached::NoLongerLeader(
+                partition.replication().map_or(-1, |r| r.leader()),
+            )
+        }
+        other => other,
+    };
     match reached {
         crate::replication::Reached::Yes => Ok(()),
         crate::replication::Reached::TimedOut => Err(CoreError::ReplicationTimedOut {
@@ -201,6 +231,9 @@ impl Acks {
             Some(held) => {
                 held.end = held.end.max(ack.end);
                 held.level = held.level.max(ack.level);
+                // Written in two epochs: the older one decides (a lead
+                // lost between them fails the wait, and the writer retries).
+                held.epoch = held.epoch.min(ack.epoch);
             }
             None => self.0.push(ack),
         }
@@ -273,7 +306,7 @@ mod tests {
         append(&first, 5);
         append(&second, 2);
         let at = |p: &Arc<Partition>, end: i64, level| {
-            PendingAck::partition(Arc::clone(p), Offset::from(end), level)
+            PendingAck::partition(Arc::clone(p), Offset::from(end), level, 0)
         };
         let mut acks: Acks = [
             at(&first, 3, AckLevel::Written),
@@ -298,5 +331,53 @@ mod tests {
             Offset::from(0),
             "a written-level ack does not sync"
         );
+    }
+
+    /// Node 1 leads a partition with node 2 in sync and has written three
+    /// records in epoch 0, not yet acknowledged.
+    fn led_with_three_written(dir: &std::path::Path) -> (Arc<Partition>, PendingAck) {
+        let mut led = crate::partition::test_partition(dir);
+        led.replication = Some(crate::replication::Replication::new(
+            1,
+            vec![1, 2],
+            1,
+            vec![1, 2],
+            Offset::from(0),
+        ));
+        let led = Arc::new(led);
+        append(&led, 3);
+        let ack = PendingAck::partition(Arc::clone(&led), Offset::from(3), AckLevel::InSync, 0);
+        (led, ack)
+    }
+
+    #[test]
+    fn acks_all_is_answered_once_the_in_sync_follower_has_the_records() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (led, ack) = led_with_three_written(dir.path());
+        let replication = led.replication().expect("replicated");
+        replication.fetched(2, Offset::from(3), Offset::from(3), Offset::from(3));
+        ack.wait().expect("in sync");
+    }
+
+    /// A leader that lost the lead may have cut the records and taken the
+    /// new leader's at the same offsets; its high watermark, now the new
+    /// leader's, passes them, yet they were never acknowledged by the
+    /// in-sync replicas: the wait fails and the writer retries.
+    #[test]
+    fn acks_all_fails_when_the_lead_was_lost_even_if_the_high_watermark_passed() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (led, ack) = led_with_three_written(dir.path());
+        led.change_leader(2, 1, vec![2, 1]);
+        let replication = led.replication().expect("replicated");
+        replication.follow(Offset::from(3), Offset::from(3));
+        assert!(replication.high_watermark() >= Offset::from(3));
+        assert!(
+            matches!(ack.wait(), Err(CoreError::NotLeader { leader: Some(2), .. })),
+            "answered"
+        );
+        // Leading again in a later epoch does not make them acknowledged.
+        led.change_leader(1, 2, vec![1, 2]);
+        replication.fetched(2, Offset::from(3), Offset::from(3), Offset::from(3));
+        assert!(matches!(ack.wait(), Err(CoreError::NotLeader { .. })));
     }
 }

@@ -666,18 +666,47 @@ impl OffsetStore {
     /// Every committed offset of `group`, sorted by topic and partition
     /// (none when this node does not coordinate it).
     pub fn group(&self, group: &str) -> Vec<(String, i32, CommittedOffset)> {
+        self.committed(group).unwrap_or_default()
+    }
+
+    /// Every committed offset of `group`, sorted by topic and partition,
+    /// read while this node coordinates it (what OffsetFetch answers: no
+    /// offset must mean none was committed, never that the group moved).
+    ///
+    /// # Errors
+    /// On a cluster, [`CoreError::NotCoordinator`] when this node does not
+    /// coordinate `group`, or stopped during the read; the log's errors
+    /// when loading the group's offsets.
+    pub fn committed(&self, group: &str) -> Result<Vec<(String, i32, CommittedOffset)>, CoreError> {
         if let Some(local) = self.node_local(group) {
-            return local.group(group);
+            return local.committed(group);
         }
-        if self.led(group).is_err() {
-            return Vec::new();
-        }
-        self.groups().get(group).map_or_else(Vec::new, |offsets| {
+        let led = self.led(group)?;
+        let read = self.groups().get(group).map_or_else(Vec::new, |offsets| {
             offsets
                 .iter()
                 .map(|((topic, partition), c)| (topic.clone(), *partition, c.clone()))
                 .collect()
-        })
+        });
+        // Leadership may have moved during the read (and the groups been
+        // forgotten, or loaded for a later epoch): the read stands only if
+        // the epoch loaded is still the one this node leads in.
+        if let (Backend::Replicated(replicated), Some(partition)) = (&self.backend, led) {
+            let index = Self::index_of(replicated, group);
+            let loaded = replicated
+                .loaded
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&index)
+                .copied();
+            if !partition.is_leader() || loaded != Some(partition.leader_epoch().get()) {
+                return Err(CoreError::NotCoordinator {
+                    group: group.to_owned(),
+                    coordinator: None,
+                });
+            }
+        }
+        Ok(read)
     }
 }
 

@@ -231,11 +231,14 @@ impl Topic {
             .map(|(_, header)| u64::try_from(header.records_count).unwrap_or(0))
             .sum();
         let byte_count = records.len() as u64;
+        // The epoch the records are stamped with, which their
+        // acknowledgement by the in-sync replicas must still be in.
+        let epoch = target.leader_epoch();
         if first.producer_id < 0 {
-            let info = target.log.append_unsynced(records, target.leader_epoch())?;
+            let info = target.log.append_unsynced(records, epoch)?;
             target.traffic.add_in(record_count, byte_count);
             target.written();
-            return Ok(appended(target, info));
+            return Ok(appended(target, info, epoch));
         }
         // Idempotent: check and write under the partition's producer lock,
         // so two copies of one batch cannot both pass; sync outside it.
@@ -255,7 +258,7 @@ impl Topic {
                 sync_due: target.log.durability() == sluice_log::Durability::Always,
             },
             SequenceCheck::Append => {
-                let info = target.log.append_unsynced(records, target.leader_epoch())?;
+                let info = target.log.append_unsynced(records, epoch)?;
                 target.traffic.add_in(record_count, byte_count);
                 producers::record(
                     &mut producers,
@@ -270,21 +273,21 @@ impl Topic {
         };
         drop(producers);
         target.written();
-        Ok(appended(target, info))
+        Ok(appended(target, info, epoch))
     }
 }
 
 /// The acknowledgement level of an append: on this node's disk when the
 /// log asks for a sync (durability `always`, or `flush.messages` reached),
 /// written otherwise.
-fn appended(partition: Arc<Partition>, info: AppendInfo) -> Appended {
+fn appended(partition: Arc<Partition>, info: AppendInfo, epoch: LeaderEpoch) -> Appended {
     let level = if info.sync_due {
         AckLevel::LocalDurable
     } else {
         AckLevel::Written
     };
     Appended {
-        ack: PendingAck::partition(partition, info.last_offset.plus(1), level),
+        ack: PendingAck::partition(partition, info.last_offset.plus(1), level, epoch.get()),
         info,
     }
 }

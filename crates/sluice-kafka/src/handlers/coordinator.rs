@@ -3,6 +3,7 @@
 //! checked against its group's generation; "simple" consumers (manual
 //! assignment, no generation) may commit for a group with no members.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use kafka_protocol::ResponseError;
@@ -203,7 +204,14 @@ pub(crate) fn fetch_offsets(
     version: i16,
 ) -> OffsetFetchResponse {
     let group = request.group_id.to_string();
-    if !super::coordinates(context, &group) {
+    // Read at once, while this node coordinates the group: a coordinator
+    // replaced between a check and the reads would answer "no offset".
+    let committed: Result<BTreeMap<(String, i32), CommittedOffset>, _> = context
+        .broker
+        .offsets()
+        .committed(&group)
+        .map(|all| all.into_iter().map(|(t, p, c)| ((t, p), c)).collect());
+    let Ok(committed) = committed else {
         if version >= 2 {
             return OffsetFetchResponse::default()
                 .with_error_code(ResponseError::NotCoordinator.code());
@@ -231,10 +239,9 @@ pub(crate) fn fetch_offsets(
             })
             .collect();
         return OffsetFetchResponse::default().with_topics(topics);
-    }
-    let offsets = context.broker.offsets();
+    };
     let answer = |topic: &str, partition: i32| {
-        let committed = offsets.fetch(&group, topic, partition);
+        let committed = committed.get(&(topic.to_owned(), partition)).cloned();
         OffsetFetchResponsePartition::default()
             .with_partition_index(partition)
             .with_committed_offset(committed.as_ref().map_or(-1, |c| c.offset))
@@ -251,13 +258,13 @@ pub(crate) fn fetch_offsets(
         // Null (v2+): every partition the group has committed.
         None => {
             let mut topics: Vec<OffsetFetchResponseTopic> = Vec::new();
-            for (topic, partition, _) in offsets.group(&group) {
-                let data = answer(&topic, partition);
+            for (topic, partition) in committed.keys() {
+                let data = answer(topic, *partition);
                 match topics.last_mut() {
                     Some(last) if last.name.as_str() == topic => last.partitions.push(data),
                     _ => topics.push(
                         OffsetFetchResponseTopic::default()
-                            .with_name(TopicName(StrBytes::from_string(topic)))
+                            .with_name(TopicName(StrBytes::from_string(topic.clone())))
                             .with_partitions(vec![data]),
                     ),
                 }
