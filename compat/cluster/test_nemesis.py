@@ -41,8 +41,9 @@ PARTITIONS = 3
 class Writer:
     """Produces numbered records until stopped; keeps what was acknowledged."""
 
-    def __init__(self, bootstrap: str, topic: str):
+    def __init__(self, bootstrap: str, topic: str, partitions: int = PARTITIONS):
         self.topic = topic
+        self.partitions = partitions
         self.producer = Producer(
             {
                 "bootstrap.servers": bootstrap,
@@ -53,7 +54,7 @@ class Writer:
                 **({"debug": os.environ["NEMESIS_DEBUG"]} if os.environ.get("NEMESIS_DEBUG") else {}),
             }
         )
-        self.acked: dict[int, list[tuple[int, bytes]]] = {p: [] for p in range(PARTITIONS)}
+        self.acked: dict[int, list[tuple[int, bytes]]] = {p: [] for p in range(partitions)}
         self.failed = []
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
@@ -71,7 +72,7 @@ class Writer:
                 self.producer.produce(
                     self.topic,
                     value=f"n{sequence}".encode(),
-                    partition=sequence % PARTITIONS,
+                    partition=sequence % self.partitions,
                     on_delivery=self.report,
                 )
                 sequence += 1

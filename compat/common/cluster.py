@@ -32,6 +32,10 @@ class Cluster:
     ):
         links = {node: free_port() for node in range(1, size + 1)}
         voters = ",".join(f"{node}@127.0.0.1:{port}" for node, port in links.items())
+        self.root = Path(root)
+        self.name = name
+        self.voters = voters
+        self.settings = settings or {}
         # (from, to) -> the proxy node `from` dials node `to` through.
         self.proxies: dict[tuple[int, int], FaultProxy] = {}
         if proxied:
@@ -64,6 +68,24 @@ class Cluster:
             )
             for node, port in links.items()
         ]
+
+    def add_node(self) -> Broker:
+        """A node with the next id, not a voter: once started it joins the
+        cluster through the voters (not with `proxied=True`)."""
+        assert not self.proxies, "a joining node has no proxied links"
+        node = len(self.nodes) + 1
+        broker = Broker(
+            self.root / f"node-{node}" / "data",
+            name=f"{self.name}[node {node}]",
+            settings={
+                "node.id": str(node),
+                "cluster.listen": f"127.0.0.1:{free_port()}",
+                "cluster.voters": self.voters,
+                **self.settings,
+            },
+        )
+        self.nodes.append(broker)
+        return broker
 
     def isolate(self, node_id: int) -> None:
         """A full partition of one node from the others: nothing crosses

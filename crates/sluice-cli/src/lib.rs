@@ -83,7 +83,8 @@ pub enum AdminCommand {
     Bindings(BindingsArgs),
     /// Client connections of both protocols: list, close.
     Connections(ConnectionsArgs),
-    /// A cluster's nodes and partition leaders: status, elect-leaders.
+    /// A cluster's nodes and partitions: status, elect-leaders, reassign,
+    /// decommission.
     Cluster(ClusterArgs),
     /// Send lines from stdin or a file as records to a topic, or as
     /// messages to an exchange.

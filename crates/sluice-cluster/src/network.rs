@@ -71,6 +71,12 @@ enum Request {
     Forward(Proposal),
     /// A node tells the controller it is alive (KRaft's broker heartbeat).
     Heartbeat(NodeId),
+    /// A node not in the quorum asks to follow the metadata log, reached
+    /// at `addr` (it becomes a learner: a broker that does not vote).
+    Join {
+        node: NodeId,
+        addr: String,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -89,6 +95,8 @@ enum Response {
     Forwarded(Result<(u64, String), String>),
     /// The controller heard the heartbeat.
     Heartbeat,
+    /// The node joined, or why not (this node is not the controller, say).
+    Joined(Result<(), String>),
     /// The request named another node; this one is `0`.
     WrongNode(NodeId),
 }
@@ -241,6 +249,15 @@ async fn connection(
                         .map(|written| (written.log_id.index, written.data))
                         .map_err(|error| error.to_string()),
                 ),
+                Request::Join { node, addr } => {
+                    tracing::info!(node, %addr, "a node asks to join the cluster");
+                    Response::Joined(
+                        raft.add_learner(node, BasicNode::new(addr), false)
+                            .await
+                            .map(|_| ())
+                            .map_err(|error| error.to_string()),
+                    )
+                }
             }
         } else {
             tracing::warn!(%peer, meant_for = envelope.to, this_node = id, "cluster request for another node refused");
@@ -368,6 +385,30 @@ pub(crate) async fn forward(
     match peer.call(Request::Forward(Proposal(command)), ttl).await {
         Ok(Response::Forwarded(answer)) => answer,
         Ok(_) => Err("the leader answered another kind of request".to_owned()),
+        Err(CallError::Unreachable(error) | CallError::Network(error)) => Err(error.to_string()),
+    }
+}
+
+/// Asks node `target` at `addr` (the controller) to let node `node`,
+/// reached at `own`, follow the metadata log.
+///
+/// # Errors
+/// The link's failure, or the target's refusal (it is not the controller).
+pub(crate) async fn join(
+    target: NodeId,
+    addr: &str,
+    node: NodeId,
+    own: &str,
+    ttl: Duration,
+) -> Result<(), String> {
+    let mut peer = Peer::new(target, addr);
+    let request = Request::Join {
+        node,
+        addr: own.to_owned(),
+    };
+    match peer.call(request, ttl).await {
+        Ok(Response::Joined(answer)) => answer,
+        Ok(_) => Err("the node answered another kind of request".to_owned()),
         Err(CallError::Unreachable(error) | CallError::Network(error)) => Err(error.to_string()),
     }
 }

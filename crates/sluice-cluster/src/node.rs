@@ -127,6 +127,56 @@ pub struct Links {
     /// Where connections carrying Kafka requests (followers' replica
     /// fetches) go; without it they are closed.
     pub kafka: Option<network::KafkaStreams>,
+    /// Where peers reach this node's listener: what a node that is not a
+    /// voter announces when it joins.
+    pub address: String,
+}
+
+/// How often a joining node asks the voters to let it in.
+const JOIN_RETRY: Duration = Duration::from_secs(1);
+
+/// A node not among the voters asks each voter in turn, until one (the
+/// controller) adds it as a learner and the metadata log reaches it.
+async fn join(
+    raft: Raft<TypeConfig>,
+    routes: network::Routes,
+    id: NodeId,
+    address: String,
+    voters: BTreeMap<NodeId, String>,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let joined = |raft: &Raft<TypeConfig>| {
+        raft.metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .is_some()
+    };
+    let mut attempts = 0u32;
+    while !joined(&raft) {
+        for (voter, addr) in &voters {
+            let addr = network::route(&routes, *voter, addr);
+            match network::join(*voter, &addr, id, &address, JOIN_RETRY * 5).await {
+                Ok(()) => {
+                    tracing::info!(
+                        controller = voter,
+                        "joined the cluster as a node that does not vote"
+                    );
+                    break;
+                }
+                Err(reason) => tracing::debug!(voter, %reason, "joining through this voter failed"),
+            }
+        }
+        attempts += 1;
+        if attempts.is_multiple_of(10) {
+            tracing::warn!(attempts, "cannot join the cluster yet; retrying");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(JOIN_RETRY) => {}
+            _ = stopping.wait_for(|stop| *stop) => return,
+        }
+    }
 }
 
 /// A running node of the metadata quorum.
@@ -237,6 +287,7 @@ impl MetadataNode {
             links.kafka,
             stopping.clone(),
         ));
+        let joining = stopping.clone();
         tokio::spawn(heartbeats(
             raft.clone(),
             Arc::clone(&routes),
@@ -271,7 +322,18 @@ impl MetadataNode {
             .is_initialized()
             .await
             .map_err(|e| ClusterError::Raft(e.to_string()))?;
-        if !initialized {
+        if !initialized && !voters.contains_key(&id) {
+            // Not a voter: the controller adds it as a learner, and the
+            // metadata log comes to it.
+            tokio::spawn(join(
+                node.raft.clone(),
+                Arc::clone(&node.routes),
+                id,
+                links.address,
+                voters.clone(),
+                joining,
+            ));
+        } else if !initialized {
             let members: BTreeMap<NodeId, BasicNode> = voters
                 .iter()
                 .map(|(id, addr)| (*id, BasicNode::new(addr)))
@@ -366,7 +428,13 @@ impl MetadataNode {
             return None;
         }
         let now = std::time::Instant::now();
-        let voters: Vec<NodeId> = metrics.membership_config.membership().voter_ids().collect();
+        // Voters and learners (nodes that joined) alike.
+        let voters: Vec<NodeId> = metrics
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .collect();
         if now.duration_since(since) < session {
             // A new controller has not heard every node yet: it decides
             // nothing (no fencing, no unfencing) for one session.
@@ -384,6 +452,32 @@ impl MetadataNode {
                 })
                 .collect(),
         )
+    }
+
+    /// On the controller: takes node `node` out of the quorum, a voter or
+    /// a learner (a decommissioned node); nothing to do when it is not in.
+    ///
+    /// # Errors
+    /// [`ClusterError::Raft`]: this node is not the controller, or the
+    /// change was not committed.
+    pub async fn remove(&self, node: NodeId) -> Result<(), ClusterError> {
+        let membership = self.raft.metrics().borrow().membership_config.clone();
+        let is_voter = membership.membership().voter_ids().any(|v| v == node);
+        let is_member = membership.membership().get_node(&node).is_some();
+        let set: std::collections::BTreeSet<NodeId> = [node].into_iter().collect();
+        let change = if is_voter {
+            openraft::ChangeMembers::RemoveVoters(set)
+        } else if is_member {
+            openraft::ChangeMembers::RemoveNodes(set)
+        } else {
+            return Ok(());
+        };
+        self.raft
+            .change_membership(change, false)
+            .await
+            .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        tracing::info!(node, voter = is_voter, "node taken out of the quorum");
+        Ok(())
     }
 
     /// The controller as this node knows it.

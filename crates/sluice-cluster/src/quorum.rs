@@ -75,6 +75,17 @@ impl MetadataQuorum for ClusterQuorum {
     fn controller_changes(&self) -> u64 {
         self.node.controller_changes()
     }
+
+    fn voters(&self) -> Vec<i32> {
+        self.node
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .filter_map(|id| i32::try_from(id).ok())
+            .collect()
+    }
 }
 
 /// Registers this node's Kafka address with the cluster, retrying (while
@@ -133,17 +144,30 @@ pub async fn run_controller(
             .filter_map(|n| i32::try_from(n).ok())
             .collect();
         let deciding = Arc::clone(&broker);
-        let decided = tokio::task::spawn_blocking(move || {
-            for change in deciding.topics().leadership_changes(&live) {
-                if let Err(error) = deciding.topics().commit(change) {
+        let Ok(changes) =
+            tokio::task::spawn_blocking(move || deciding.topics().leadership_changes(&live)).await
+        else {
+            return;
+        };
+        for change in changes {
+            // A decommissioned node leaves the quorum before the metadata
+            // forgets it (done again, harmlessly, if the commit fails).
+            if let sluice_core::MetadataCommand::UnregisterBroker { node: leaving } = &change
+                && let Ok(leaving) = u64::try_from(*leaving)
+                && let Err(error) = node.remove(leaving).await
+            {
+                tracing::warn!(node = leaving, %error, "cannot take a decommissioned node out of the quorum yet");
+                break;
+            }
+            let deciding = Arc::clone(&broker);
+            match tokio::task::spawn_blocking(move || deciding.topics().commit(change)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
                     tracing::warn!(%error, "a controller decision was not committed");
                     break;
                 }
+                Err(_) => return,
             }
-        })
-        .await;
-        if decided.is_err() {
-            return;
         }
     }
 }

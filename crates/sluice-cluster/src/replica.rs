@@ -245,6 +245,7 @@ async fn exchange(
         );
     let response = link.call(request, FETCH_VERSION).await?;
     let mut appends = Vec::new();
+    let mut restarts = Vec::new();
     for topic in response.responses {
         for data in topic.partitions {
             let Some(partition) = by_topic.get(topic.topic.as_str()).and_then(|ps| {
@@ -260,6 +261,13 @@ async fn exchange(
                     data.records.unwrap_or_default(),
                     Offset::from(data.high_watermark),
                 )),
+                // The leader's log starts past this node's end (a new
+                // replica, or one back after retention ran): start there.
+                Some(ResponseError::OffsetOutOfRange)
+                    if data.log_start_offset > partition.log_end().get() =>
+                {
+                    restarts.push((partition, Offset::from(data.log_start_offset)));
+                }
                 Some(ResponseError::OffsetOutOfRange) => {
                     checked.remove(&key(&partition));
                 }
@@ -269,11 +277,16 @@ async fn exchange(
             }
         }
     }
-    if appends.is_empty() {
+    if appends.is_empty() && restarts.is_empty() {
         return Ok(());
     }
     // Appending syncs (durability `always`): off the async workers.
     tokio::task::spawn_blocking(move || {
+        for (partition, start) in restarts {
+            if let Err(error) = partition.restart_at(start) {
+                tracing::warn!(topic = partition.topic(), partition = %partition.id(), %error, "cannot restart the log at the leader's start");
+            }
+        }
         for (partition, records, high_watermark) in appends {
             let mut records = BytesMut::from(&records[..]);
             if let Err(error) = partition.append_from_leader(&mut records, high_watermark) {

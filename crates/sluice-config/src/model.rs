@@ -80,8 +80,10 @@ pub struct ClusterConfig {
     /// quorum's traffic); required with `voters`.
     pub listen: String,
     /// The initial controller quorum, `id@host:port` separated by commas,
-    /// the same on every node; it must name this node (`node.id`) at its
-    /// `listen` address. Read on a node's first start only.
+    /// the same on every node; a voter is named at its `listen` address.
+    /// A node it does not name joins the cluster through the voters, as a
+    /// node that holds replicas but does not vote (it announces its
+    /// `listen` address). Read on a node's first start only.
     pub voters: String,
     /// Where this node dials some peers' inter-node listeners instead of
     /// their `voters` address (through a proxy or a NAT, say),
@@ -730,16 +732,8 @@ impl Config {
                         format!("cluster.listen must be HOST:PORT, got {:?}", cluster.listen),
                     );
                 }
-                let own = u64::try_from(self.node.id).ok();
-                if !voters.iter().any(|(id, _)| Some(*id) == own) {
-                    problem(
-                        "cluster.voters",
-                        format!(
-                            "cluster.voters must name this node (node.id {})",
-                            self.node.id
-                        ),
-                    );
-                }
+                // A node the voters do not name joins the cluster as a
+                // node that does not vote.
             }
             Ok(_) => {}
         }

@@ -372,7 +372,13 @@ mod tests {
         replication.follow(Offset::from(3), Offset::from(3));
         assert!(replication.high_watermark() >= Offset::from(3));
         assert!(
-            matches!(ack.wait(), Err(CoreError::NotLeader { leader: Some(2), .. })),
+            matches!(
+                ack.wait(),
+                Err(CoreError::NotLeader {
+                    leader: Some(2),
+                    ..
+                })
+            ),
             "answered"
         );
         // Leading again in a later epoch does not make them acknowledged.

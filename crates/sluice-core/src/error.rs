@@ -64,6 +64,14 @@ pub enum CoreError {
     TopicLimit { topic: String, limit: u32 },
     #[error("invalid partition count for topic {topic:?}: {reason}")]
     InvalidPartitions { topic: String, reason: String },
+    /// A partition's replicas cannot move as asked (Kafka's
+    /// INVALID_REPLICA_ASSIGNMENT).
+    #[error("topic {topic:?}: {reason}")]
+    InvalidReplicaAssignment { topic: String, reason: String },
+    /// A cancel for a partition that is not moving (Kafka's
+    /// NO_REASSIGNMENT_IN_PROGRESS).
+    #[error("topic {topic:?} partition {partition}: no reassignment in progress")]
+    NoReassignmentInProgress { topic: String, partition: u32 },
     #[error("topic config {key} {reason}")]
     InvalidConfig { key: String, reason: String },
     #[error("producer {producer_id}: sequence {found} where {expected} was expected")]

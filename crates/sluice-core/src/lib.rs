@@ -83,7 +83,9 @@ pub use topic_config::{
     FORWARD_START, FORWARD_VHOST, Forwarding, STORED_ONLY_KEYS, TOPIC_CONFIG_KEYS, TimestampType,
     TopicConfig,
 };
-pub use topics::{Appended, MAX_PARTITIONS, MAX_TOPIC_NAME, Topic, Topics, is_internal, log_name};
+pub use topics::{
+    Appended, MAX_PARTITIONS, MAX_TOPIC_NAME, Reassigning, Topic, Topics, is_internal, log_name,
+};
 pub use users::{User, authenticate};
 
 /// The leader epoch of the node-local internal logs (committed offsets,
@@ -262,6 +264,10 @@ pub struct ClusterView {
     pub led_here: usize,
     /// Registered nodes the controller fenced (not heard from).
     pub fenced: Vec<i32>,
+    /// Registered nodes being decommissioned.
+    pub leaving: Vec<i32>,
+    /// The nodes that vote in the metadata quorum; the others follow it.
+    pub voters: Vec<i32>,
     /// Partitions whose leader is fenced (no in-sync replica could take
     /// over): unavailable until one returns.
     pub offline: usize,
@@ -578,6 +584,8 @@ impl Broker {
             under_replicated,
             led_here,
             fenced: fenced.into_iter().collect(),
+            leaving: metadata.leaving().into_iter().collect(),
+            voters: metadata.voters(),
             offline,
             replication,
             controller_changes: metadata.controller_changes(),

@@ -119,6 +119,47 @@ pub enum MetadataCommand {
         host: String,
         port: u16,
     },
+    /// A partition's replicas move to `target`, or the move under way is
+    /// cancelled (`None`) (Kafka's AlterPartitionReassignments, KIP-455).
+    /// While it moves, its replicas are the target's followed by the ones
+    /// leaving; the new ones catch up as followers, and the controller
+    /// finishes the move once every target replica is in sync. Leader and
+    /// in-sync replicas follow from the state when it applies.
+    ReassignPartition {
+        name: String,
+        partition: u32,
+        target: Option<Vec<i32>>,
+    },
+    /// The controller ends a move whose target replicas are all in sync:
+    /// the leaving replicas drop out; a leaving leader hands over to an
+    /// in-sync target replica in the next leader epoch.
+    FinishReassignment {
+        name: String,
+        partition: u32,
+    },
+    /// A partition exactly as a snapshot saw it: replicas, leader, leader
+    /// epoch, in-sync replicas and the move under way. Only snapshots
+    /// write it.
+    RestorePartition {
+        name: String,
+        partition: u32,
+        replicas: Vec<i32>,
+        leader: i32,
+        leader_epoch: i32,
+        in_sync: Vec<i32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        moving: Option<Reassignment>,
+    },
+    /// A node is being decommissioned: it gets no new replicas, and the
+    /// controller moves its replicas to other nodes, then unregisters it.
+    DecommissionBroker {
+        node: i32,
+    },
+    /// A node leaves the cluster (KRaft's UnregisterBroker); it holds no
+    /// replica any more.
+    UnregisterBroker {
+        node: i32,
+    },
     /// A durable AMQP exchange, new or replacing its declaration.
     DeclareExchange(ExchangeDefinition),
     DeleteExchange {
@@ -151,6 +192,15 @@ pub(crate) struct TopicMeta {
     /// (leader, leader epoch) of the partitions whose leader changed;
     /// the others are led by their first replica in epoch 0.
     pub(crate) leaders: BTreeMap<u32, (i32, i32)>,
+    /// The partitions moving to other replicas.
+    pub(crate) moving: BTreeMap<u32, Reassignment>,
+}
+
+/// A partition's move under way: the replicas it gains and loses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reassignment {
+    pub adding: Vec<i32>,
+    pub removing: Vec<i32>,
 }
 
 impl TopicMeta {
@@ -172,6 +222,63 @@ impl TopicMeta {
         } else {
             self.in_sync.insert(partition, in_sync);
         }
+    }
+
+    /// The replicas of `partition` (empty on a cluster of one).
+    pub(crate) fn replicas_of(&self, partition: u32) -> Vec<i32> {
+        self.replicas
+            .get(partition as usize)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The replicas `partition` had before its move (its replicas when it
+    /// is not moving).
+    fn original_of(&self, partition: u32) -> Vec<i32> {
+        let adding = self.moving.get(&partition).map(|m| m.adding.as_slice());
+        self.replicas_of(partition)
+            .into_iter()
+            .filter(|r| adding.is_none_or(|a| !a.contains(r)))
+            .collect()
+    }
+
+    /// The replicas `partition` will have once its move is done (its
+    /// replicas when it is not moving).
+    pub(crate) fn target_of(&self, partition: u32) -> Vec<i32> {
+        let removing = self.moving.get(&partition).map(|m| m.removing.as_slice());
+        self.replicas_of(partition)
+            .into_iter()
+            .filter(|r| removing.is_none_or(|a| !a.contains(r)))
+            .collect()
+    }
+
+    /// Gives `partition` the replicas `replicas`; the in-sync replicas
+    /// keep those still replicas, and a leader that is no longer one
+    /// hands over to `preferred` if in sync, else the first in-sync
+    /// replica, in the next epoch.
+    fn move_replicas(&mut self, partition: u32, replicas: Vec<i32>, preferred: Option<i32>) {
+        let (leader, epoch) = self.leader_of(partition);
+        let in_sync: Vec<i32> = self
+            .in_sync_of(partition)
+            .into_iter()
+            .filter(|r| replicas.contains(r))
+            .collect();
+        // The leader is kept explicitly: it no longer follows from the
+        // first replica.
+        let next = if replicas.contains(&leader) {
+            (leader, epoch)
+        } else {
+            let chosen = preferred
+                .filter(|p| in_sync.contains(p))
+                .or_else(|| in_sync.first().copied())
+                .unwrap_or(-1);
+            (chosen, epoch + 1)
+        };
+        self.leaders.insert(partition, next);
+        if let Some(slot) = self.replicas.get_mut(partition as usize) {
+            *slot = replicas;
+        }
+        self.set_in_sync(partition, in_sync);
     }
 
     /// The in-sync replicas of `partition` (its replicas, unless changed).
@@ -204,6 +311,8 @@ pub(crate) struct MetadataState {
     pub(crate) brokers: BTreeMap<i32, BrokerAddress>,
     /// Registered nodes the controller fenced.
     pub(crate) fenced: std::collections::BTreeSet<i32>,
+    /// Registered nodes being decommissioned.
+    pub(crate) leaving: std::collections::BTreeSet<i32>,
     /// Durable AMQP exchanges, queues and bindings.
     pub(crate) definitions: Definitions,
 }
@@ -237,26 +346,33 @@ impl MetadataState {
                 config: topic.config.clone(),
                 replicas: topic.replicas.clone(),
             });
-            commands.extend(topic.leaders.iter().map(|(partition, (leader, epoch))| {
-                MetadataCommand::ChangeLeader {
+            // Every partition whose leader, in-sync replicas or move is
+            // not what it was created with, exactly as it is.
+            let changed: std::collections::BTreeSet<u32> = topic
+                .leaders
+                .keys()
+                .chain(topic.in_sync.keys())
+                .chain(topic.moving.keys())
+                .copied()
+                .collect();
+            commands.extend(changed.into_iter().map(|partition| {
+                let (leader, leader_epoch) = topic.leader_of(partition);
+                MetadataCommand::RestorePartition {
                     name: name.clone(),
-                    partition: *partition,
-                    leader: *leader,
-                    leader_epoch: *epoch,
-                    in_sync: topic.in_sync_of(*partition),
-                    // The state it rebuilds was reached, clean or not.
-                    unclean: true,
-                }
-            }));
-            commands.extend(topic.in_sync.iter().map(|(partition, in_sync)| {
-                MetadataCommand::SetInSync {
-                    name: name.clone(),
-                    partition: *partition,
-                    in_sync: in_sync.clone(),
-                    leader_epoch: None,
+                    partition,
+                    replicas: topic.replicas_of(partition),
+                    leader,
+                    leader_epoch,
+                    in_sync: topic.in_sync_of(partition),
+                    moving: topic.moving.get(&partition).cloned(),
                 }
             }));
         }
+        commands.extend(
+            self.leaving
+                .iter()
+                .map(|node| MetadataCommand::DecommissionBroker { node: *node }),
+        );
         // Keys order exchanges, then queues, then bindings.
         commands.extend(self.definitions.values().map(|d| match d {
             Definition::Exchange(e) => MetadataCommand::DeclareExchange(e.clone()),
@@ -374,6 +490,68 @@ fn check(state: &MetadataState, command: &MetadataCommand) -> Result<(), CoreErr
                 Some(*leader_epoch),
             )
         }
+        MetadataCommand::ReassignPartition {
+            name,
+            partition,
+            target,
+        } => check_reassignment(state, name, topic(name)?, *partition, target.as_deref()),
+        MetadataCommand::FinishReassignment { name, partition } => {
+            let meta = topic(name)?;
+            let in_sync = meta.in_sync_of(*partition);
+            if !meta.moving.contains_key(partition) {
+                return Err(CoreError::NoReassignmentInProgress {
+                    topic: name.clone(),
+                    partition: *partition,
+                });
+            }
+            let target = meta.target_of(*partition);
+            if target.iter().all(|r| in_sync.contains(r)) {
+                Ok(())
+            } else {
+                Err(CoreError::InvalidReplicaAssignment {
+                    topic: name.clone(),
+                    reason: format!(
+                        "partition {partition}: target replicas {target:?} are not all in sync ({in_sync:?})"
+                    ),
+                })
+            }
+        }
+        MetadataCommand::RestorePartition {
+            name,
+            partition,
+            replicas,
+            ..
+        } => {
+            let meta = topic(name)?;
+            if *partition < meta.partitions && !replicas.is_empty() {
+                Ok(())
+            } else {
+                Err(CoreError::InvalidPartitions {
+                    topic: name.clone(),
+                    reason: format!("partition {partition} cannot be restored"),
+                })
+            }
+        }
+        MetadataCommand::DecommissionBroker { node } if !state.brokers.contains_key(node) => {
+            Err(CoreError::Internal {
+                reason: format!("node {node} is not registered"),
+            })
+        }
+        MetadataCommand::UnregisterBroker { node } => {
+            let holding: Vec<&String> = state
+                .topics
+                .iter()
+                .filter(|(_, t)| t.replicas.iter().any(|r| r.contains(node)))
+                .map(|(name, _)| name)
+                .collect();
+            if holding.is_empty() {
+                Ok(())
+            } else {
+                Err(CoreError::Internal {
+                    reason: format!("node {node} still holds replicas of {holding:?}"),
+                })
+            }
+        }
         MetadataCommand::AllocateProducerIds { end } if *end <= state.producer_ids_end => {
             Err(CoreError::Internal {
                 reason: format!(
@@ -384,6 +562,68 @@ fn check(state: &MetadataState, command: &MetadataCommand) -> Result<(), CoreErr
         }
         _ => Ok(()),
     }
+}
+
+/// Whether `partition` of topic `name` may move to `target`, or its move
+/// be cancelled (`None`).
+fn check_reassignment(
+    state: &MetadataState,
+    name: &str,
+    topic: &TopicMeta,
+    partition: u32,
+    target: Option<&[i32]>,
+) -> Result<(), CoreError> {
+    let invalid = |reason: String| CoreError::InvalidReplicaAssignment {
+        topic: name.to_owned(),
+        reason: format!("partition {partition}: {reason}"),
+    };
+    if partition >= topic.partitions {
+        return Err(CoreError::UnknownPartition {
+            topic: name.to_owned(),
+            partition: sluice_types::PartitionId::from(partition as i32),
+        });
+    }
+    if topic.replicas.is_empty() {
+        return Err(invalid(
+            "a cluster of one has no replicas to move".to_owned(),
+        ));
+    }
+    let Some(target) = target else {
+        if !topic.moving.contains_key(&partition) {
+            return Err(CoreError::NoReassignmentInProgress {
+                topic: name.to_owned(),
+                partition,
+            });
+        }
+        let original = topic.original_of(partition);
+        let in_sync = topic.in_sync_of(partition);
+        return if original.iter().any(|r| in_sync.contains(r)) {
+            Ok(())
+        } else {
+            Err(invalid(format!(
+                "no replica of {original:?} is in sync to cancel the move"
+            )))
+        };
+    };
+    if target.is_empty() {
+        return Err(invalid("no replicas given".to_owned()));
+    }
+    let mut unique = target.to_vec();
+    unique.sort_unstable();
+    unique.dedup();
+    if unique.len() != target.len() {
+        return Err(invalid(format!("{target:?} names a node twice")));
+    }
+    if let Some(node) = target.iter().find(|n| !state.brokers.contains_key(n)) {
+        return Err(invalid(format!("node {node} is not registered")));
+    }
+    if let Some(node) = target
+        .iter()
+        .find(|n| state.leaving.contains(n) && !topic.replicas_of(partition).contains(n))
+    {
+        return Err(invalid(format!("node {node} is being decommissioned")));
+    }
+    Ok(())
 }
 
 /// Whether a partition may have `leader` and `in_sync`: the leader is in
@@ -445,6 +685,7 @@ pub(crate) fn apply(state: &mut MetadataState, command: MetadataCommand) -> Resu
                     replicas,
                     in_sync: BTreeMap::new(),
                     leaders: BTreeMap::new(),
+                    moving: BTreeMap::new(),
                 },
             );
         }
@@ -489,6 +730,52 @@ pub(crate) fn apply(state: &mut MetadataState, command: MetadataCommand) -> Resu
                 topic.set_in_sync(partition, in_sync);
             }
         }
+        MetadataCommand::ReassignPartition {
+            name,
+            partition,
+            target,
+        } => {
+            if let Some(topic) = topics.get_mut(&name) {
+                reassign(topic, partition, target);
+            }
+        }
+        MetadataCommand::FinishReassignment { name, partition } => {
+            if let Some(topic) = topics.get_mut(&name) {
+                let target = topic.target_of(partition);
+                topic.moving.remove(&partition);
+                let preferred = target.first().copied();
+                topic.move_replicas(partition, target, preferred);
+            }
+        }
+        MetadataCommand::RestorePartition {
+            name,
+            partition,
+            replicas,
+            leader,
+            leader_epoch,
+            in_sync,
+            moving,
+        } => {
+            if let Some(topic) = topics.get_mut(&name) {
+                if let Some(slot) = topic.replicas.get_mut(partition as usize) {
+                    *slot = replicas;
+                }
+                topic.leaders.insert(partition, (leader, leader_epoch));
+                topic.set_in_sync(partition, in_sync);
+                match moving {
+                    Some(moving) => topic.moving.insert(partition, moving),
+                    None => topic.moving.remove(&partition),
+                };
+            }
+        }
+        MetadataCommand::DecommissionBroker { node } => {
+            state.leaving.insert(node);
+        }
+        MetadataCommand::UnregisterBroker { node } => {
+            state.brokers.remove(&node);
+            state.fenced.remove(&node);
+            state.leaving.remove(&node);
+        }
         MetadataCommand::AllocateProducerIds { end } => state.producer_ids_end = end,
         MetadataCommand::RegisterBroker { node, host, port } => {
             state
@@ -510,6 +797,41 @@ pub(crate) fn apply(state: &mut MetadataState, command: MetadataCommand) -> Resu
         | MetadataCommand::Unbind(_) => {}
     }
     Ok(())
+}
+
+/// Starts (`Some`) or cancels (`None`) the move of `partition` of `topic`
+/// (checked by [`check_reassignment`]).
+fn reassign(topic: &mut TopicMeta, partition: u32, target: Option<Vec<i32>>) {
+    let original = topic.original_of(partition);
+    match target {
+        Some(target) => {
+            let adding: Vec<i32> = target
+                .iter()
+                .copied()
+                .filter(|r| !original.contains(r))
+                .collect();
+            let removing: Vec<i32> = original
+                .iter()
+                .copied()
+                .filter(|r| !target.contains(r))
+                .collect();
+            let mut replicas = target.clone();
+            replicas.extend(removing.iter().copied());
+            if adding.is_empty() && removing.is_empty() {
+                topic.moving.remove(&partition);
+            } else {
+                topic
+                    .moving
+                    .insert(partition, Reassignment { adding, removing });
+            }
+            topic.move_replicas(partition, replicas, target.first().copied());
+        }
+        None => {
+            topic.moving.remove(&partition);
+            let preferred = original.first().copied();
+            topic.move_replicas(partition, original, preferred);
+        }
+    }
 }
 
 /// What the controller changes when the nodes in `live` are the ones
@@ -582,7 +904,11 @@ pub(crate) fn leadership_changes(
                     in_sync: alive,
                     leader_epoch: Some(epoch),
                 });
-            } else if replicas[0] != leader && in_sync.contains(&replicas[0]) {
+            } else if replicas[0] != leader
+                && in_sync.contains(&replicas[0])
+                // A move hands over when it finishes.
+                && !topic.moving.contains_key(&partition)
+            {
                 changes.push(MetadataCommand::ChangeLeader {
                     name: name.clone(),
                     partition,
@@ -592,6 +918,89 @@ pub(crate) fn leadership_changes(
                     unclean: false,
                 });
             }
+        }
+    }
+    changes.extend(moves(state, live));
+    changes
+}
+
+/// The controller's part in moving replicas: a move whose target replicas
+/// are all in sync is finished; a replica on a node being decommissioned
+/// moves to the live node holding the fewest replicas (none free: it
+/// stays, and the node with it); a decommissioned node that holds nothing
+/// any more is unregistered.
+fn moves(state: &MetadataState, live: &std::collections::BTreeSet<i32>) -> Vec<MetadataCommand> {
+    let mut changes = Vec::new();
+    // Replicas per node, the moves under way counted at their target.
+    let mut load: BTreeMap<i32, usize> = state.brokers.keys().map(|n| (*n, 0)).collect();
+    for topic in state.topics.values() {
+        for partition in 0..topic.replicas.len() as u32 {
+            for node in topic.target_of(partition) {
+                *load.entry(node).or_default() += 1;
+            }
+        }
+    }
+    for (name, topic) in &state.topics {
+        for partition in 0..topic.replicas.len() as u32 {
+            if topic.moving.contains_key(&partition) {
+                let in_sync = topic.in_sync_of(partition);
+                if topic
+                    .target_of(partition)
+                    .iter()
+                    .all(|r| in_sync.contains(r))
+                {
+                    changes.push(MetadataCommand::FinishReassignment {
+                        name: name.clone(),
+                        partition,
+                    });
+                }
+                continue;
+            }
+            let replicas = topic.replicas_of(partition);
+            if !replicas.iter().any(|r| state.leaving.contains(r)) {
+                continue;
+            }
+            let mut target = Vec::with_capacity(replicas.len());
+            for node in &replicas {
+                if !state.leaving.contains(node) {
+                    target.push(*node);
+                    continue;
+                }
+                let free = load
+                    .iter()
+                    .filter(|(n, _)| {
+                        live.contains(n)
+                            && !state.fenced.contains(n)
+                            && !state.leaving.contains(n)
+                            && !replicas.contains(n)
+                            && !target.contains(n)
+                    })
+                    .min_by_key(|(n, count)| (**count, **n))
+                    .map(|(n, _)| *n);
+                match free {
+                    Some(free) => {
+                        *load.entry(free).or_default() += 1;
+                        target.push(free);
+                    }
+                    None => target.push(*node),
+                }
+            }
+            if target != replicas {
+                changes.push(MetadataCommand::ReassignPartition {
+                    name: name.clone(),
+                    partition,
+                    target: Some(target),
+                });
+            }
+        }
+    }
+    for node in &state.leaving {
+        let holds = state
+            .topics
+            .values()
+            .any(|t| t.replicas.iter().any(|r| r.contains(node)));
+        if !holds {
+            changes.push(MetadataCommand::UnregisterBroker { node: *node });
         }
     }
     changes
@@ -727,6 +1136,11 @@ pub trait MetadataQuorum: Send + Sync + std::fmt::Debug {
     fn controller_changes(&self) -> u64 {
         0
     }
+
+    /// The nodes that vote in the quorum (the others only follow it).
+    fn voters(&self) -> Vec<i32> {
+        Vec::new()
+    }
 }
 
 /// How long commits take, as this node's writers saw them (on a cluster:
@@ -772,6 +1186,8 @@ enum Refusal {
     TopicExists { topic: String },
     UnknownTopic { topic: String },
     InvalidPartitions { topic: String, reason: String },
+    InvalidReplicaAssignment { topic: String, reason: String },
+    NoReassignmentInProgress { topic: String, partition: u32 },
     Other { reason: String },
 }
 
@@ -782,6 +1198,12 @@ impl Refusal {
             CoreError::UnknownTopic { topic } => Refusal::UnknownTopic { topic },
             CoreError::InvalidPartitions { topic, reason } => {
                 Refusal::InvalidPartitions { topic, reason }
+            }
+            CoreError::InvalidReplicaAssignment { topic, reason } => {
+                Refusal::InvalidReplicaAssignment { topic, reason }
+            }
+            CoreError::NoReassignmentInProgress { topic, partition } => {
+                Refusal::NoReassignmentInProgress { topic, partition }
             }
             other => Refusal::Other {
                 reason: other.to_string(),
@@ -795,6 +1217,12 @@ impl Refusal {
             Refusal::UnknownTopic { topic } => CoreError::UnknownTopic { topic },
             Refusal::InvalidPartitions { topic, reason } => {
                 CoreError::InvalidPartitions { topic, reason }
+            }
+            Refusal::InvalidReplicaAssignment { topic, reason } => {
+                CoreError::InvalidReplicaAssignment { topic, reason }
+            }
+            Refusal::NoReassignmentInProgress { topic, partition } => {
+                CoreError::NoReassignmentInProgress { topic, partition }
             }
             Refusal::Other { reason } => CoreError::Internal { reason },
         }
@@ -883,6 +1311,23 @@ impl Metadata {
         self.state().fenced.clone()
     }
 
+    /// The registered nodes being decommissioned.
+    pub fn leaving(&self) -> std::collections::BTreeSet<i32> {
+        self.state().leaving.clone()
+    }
+
+    /// Starts decommissioning node `node`: it gets no new replicas, the
+    /// controller moves its replicas to other nodes, then takes it out of
+    /// the cluster. Blocking.
+    ///
+    /// # Errors
+    /// A node that is not registered (or no longer is), or
+    /// [`CoreError::Quorum`].
+    pub fn decommission(&self, node: i32) -> Result<(), CoreError> {
+        tracing::info!(node, "decommissioning a node");
+        self.commit(MetadataCommand::DecommissionBroker { node })
+    }
+
     /// One writer at a time: hold it from the check to [`Metadata::commit`].
     pub(crate) fn writer(&self) -> MutexGuard<'_, ()> {
         self.writer.lock().unwrap_or_else(|e| e.into_inner())
@@ -909,6 +1354,14 @@ impl Metadata {
     /// Commits this node's writers made and their total time.
     pub fn commit_times(&self) -> &CommitTimes {
         &self.commit_times
+    }
+
+    /// The nodes that vote in the quorum (none on a cluster of one).
+    pub fn voters(&self) -> Vec<i32> {
+        match &self.store {
+            Store::Local(_) => Vec::new(),
+            Store::Quorum(slot) => slot.get().map_or_else(Vec::new, |q| q.voters()),
+        }
     }
 
     /// How many times this node saw the controller change (0 on a cluster
@@ -1002,6 +1455,9 @@ fn topic_of(command: &MetadataCommand) -> Option<&str> {
         | MetadataCommand::SetTopicConfig { name, .. }
         | MetadataCommand::SetInSync { name, .. }
         | MetadataCommand::ChangeLeader { name, .. }
+        | MetadataCommand::ReassignPartition { name, .. }
+        | MetadataCommand::FinishReassignment { name, .. }
+        | MetadataCommand::RestorePartition { name, .. }
         | MetadataCommand::DeleteTopic { name } => Some(name),
         _ => None,
     }
@@ -1619,5 +2075,203 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    /// Nodes 1 to 4 registered and topic "t" with one partition on 1, 2, 3.
+    fn four_nodes_and_a_partition_on_three() -> MetadataState {
+        let mut state = MetadataState::default();
+        for node in 1..=4 {
+            apply(
+                &mut state,
+                MetadataCommand::RegisterBroker {
+                    node,
+                    host: "127.0.0.1".into(),
+                    port: 9000 + node as u16,
+                },
+            )
+            .expect("register");
+        }
+        apply(
+            &mut state,
+            MetadataCommand::CreateTopic {
+                name: "t".into(),
+                id: "00".repeat(16),
+                partitions: 1,
+                config: BTreeMap::new(),
+                replicas: vec![vec![1, 2, 3]],
+            },
+        )
+        .expect("create");
+        state
+    }
+
+    fn reassign(target: Option<Vec<i32>>) -> MetadataCommand {
+        MetadataCommand::ReassignPartition {
+            name: "t".into(),
+            partition: 0,
+            target,
+        }
+    }
+
+    /// Rebuilds `state` from its snapshot's commands.
+    fn rebuilt(state: &MetadataState) -> MetadataState {
+        let mut copy = MetadataState::default();
+        for command in state.commands() {
+            apply(&mut copy, command).expect("snapshot command");
+        }
+        copy
+    }
+
+    #[test]
+    fn a_partition_moves_once_its_new_replicas_are_in_sync() {
+        use std::collections::BTreeSet;
+        let live = BTreeSet::from([1, 2, 3, 4]);
+        let mut state = four_nodes_and_a_partition_on_three();
+        apply(&mut state, reassign(Some(vec![4, 2, 3]))).expect("start");
+        let topic = &state.topics["t"];
+        // The target first, then the replica leaving; the leader stays.
+        assert_eq!(topic.replicas_of(0), vec![4, 2, 3, 1]);
+        assert_eq!(topic.leader_of(0), (1, 0));
+        assert_eq!(topic.in_sync_of(0), vec![1, 2, 3]);
+        assert_eq!(
+            topic.moving.get(&0),
+            Some(&Reassignment {
+                adding: vec![4],
+                removing: vec![1]
+            })
+        );
+        // A snapshot taken now restores the move.
+        assert_eq!(rebuilt(&state), state);
+        // Node 4 is not in sync yet: nothing to finish.
+        assert!(leadership_changes(&state, &live).is_empty());
+        let finish = MetadataCommand::FinishReassignment {
+            name: "t".into(),
+            partition: 0,
+        };
+        assert!(
+            apply(&mut state.clone(), finish.clone()).is_err(),
+            "4 is not in sync"
+        );
+
+        apply(
+            &mut state,
+            MetadataCommand::SetInSync {
+                name: "t".into(),
+                partition: 0,
+                in_sync: vec![1, 2, 3, 4],
+                leader_epoch: Some(0),
+            },
+        )
+        .expect("4 caught up");
+        assert_eq!(leadership_changes(&state, &live), vec![finish.clone()]);
+        apply(&mut state, finish).expect("finish");
+        let topic = &state.topics["t"];
+        // Node 1 is gone; node 4, the preferred replica, leads in the next
+        // epoch.
+        assert_eq!(topic.replicas_of(0), vec![4, 2, 3]);
+        assert_eq!(topic.leader_of(0), (4, 1));
+        assert_eq!(topic.in_sync_of(0), vec![2, 3, 4]);
+        assert!(topic.moving.is_empty());
+        assert!(leadership_changes(&state, &live).is_empty());
+        assert_eq!(rebuilt(&state), state);
+    }
+
+    #[test]
+    fn a_move_is_cancelled_back_to_the_replicas_it_had_and_bad_targets_are_refused() {
+        let mut state = four_nodes_and_a_partition_on_three();
+        assert!(matches!(
+            apply(&mut state, reassign(None)),
+            Err(CoreError::NoReassignmentInProgress { .. })
+        ));
+        for bad in [vec![], vec![1, 1, 2], vec![1, 2, 9]] {
+            assert!(
+                matches!(
+                    apply(&mut state, reassign(Some(bad.clone()))),
+                    Err(CoreError::InvalidReplicaAssignment { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+        let before = state.clone();
+        apply(&mut state, reassign(Some(vec![4, 2, 3]))).expect("start");
+        // Moving again targets from the replicas it had: 4 is dropped.
+        apply(&mut state, reassign(Some(vec![1, 2, 4]))).expect("again");
+        assert_eq!(state.topics["t"].replicas_of(0), vec![1, 2, 4, 3]);
+        assert_eq!(
+            state.topics["t"].moving.get(&0),
+            Some(&Reassignment {
+                adding: vec![4],
+                removing: vec![3]
+            })
+        );
+        apply(&mut state, reassign(None)).expect("cancel");
+        let topic = &state.topics["t"];
+        assert_eq!(topic.replicas_of(0), vec![1, 2, 3]);
+        assert_eq!(topic.leader_of(0), before.topics["t"].leader_of(0));
+        assert_eq!(topic.in_sync_of(0), vec![1, 2, 3]);
+        assert!(topic.moving.is_empty());
+    }
+
+    #[test]
+    fn a_decommissioned_node_has_its_replicas_moved_then_is_unregistered() {
+        use std::collections::BTreeSet;
+        let live = BTreeSet::from([1, 2, 3, 4]);
+        let mut state = four_nodes_and_a_partition_on_three();
+        apply(&mut state, MetadataCommand::DecommissionBroker { node: 1 }).expect("decommission");
+        assert_eq!(rebuilt(&state), state);
+        // Node 1's replica goes to node 4, the only node without one.
+        let changes = leadership_changes(&state, &live);
+        assert_eq!(changes, vec![reassign(Some(vec![4, 2, 3]))]);
+        for change in changes {
+            apply(&mut state, change).expect("move");
+        }
+        // A node being decommissioned may keep a replica it has, not get one.
+        assert!(apply(&mut state.clone(), reassign(Some(vec![2, 3, 1]))).is_ok());
+        let mut other = state.clone();
+        apply(
+            &mut other,
+            MetadataCommand::CreateTopic {
+                name: "u".into(),
+                id: "11".repeat(16),
+                partitions: 1,
+                config: BTreeMap::new(),
+                replicas: vec![vec![2, 3, 4]],
+            },
+        )
+        .expect("create");
+        assert!(matches!(
+            apply(
+                &mut other,
+                MetadataCommand::ReassignPartition {
+                    name: "u".into(),
+                    partition: 0,
+                    target: Some(vec![1, 2, 3]),
+                }
+            ),
+            Err(CoreError::InvalidReplicaAssignment { .. })
+        ));
+        let unregister = MetadataCommand::UnregisterBroker { node: 1 };
+        assert!(
+            apply(&mut state.clone(), unregister.clone()).is_err(),
+            "1 still holds a replica"
+        );
+        apply(
+            &mut state,
+            MetadataCommand::SetInSync {
+                name: "t".into(),
+                partition: 0,
+                in_sync: vec![1, 2, 3, 4],
+                leader_epoch: Some(0),
+            },
+        )
+        .expect("4 caught up");
+        for change in leadership_changes(&state, &live) {
+            apply(&mut state, change).expect("finish");
+        }
+        assert_eq!(leadership_changes(&state, &live), vec![unregister.clone()]);
+        apply(&mut state, unregister).expect("unregister");
+        assert!(!state.brokers.contains_key(&1));
+        assert!(state.leaving.is_empty());
+        assert_eq!(state.topics["t"].replicas_of(0), vec![4, 2, 3]);
     }
 }

@@ -253,6 +253,18 @@ impl Partition {
         leader_high_watermark: Offset,
     ) -> Result<(), CoreError> {
         if !batches.is_empty() {
+            // The leader's log start fell inside a batch (DeleteRecords,
+            // retention): a log that restarted there takes the whole batch
+            // from its first offset, as Kafka's followers do.
+            let first = sluice_log::batch::split_verified(batches)
+                .ok()
+                .and_then(|headers| headers.first().map(|(_, h)| h.base_offset));
+            if let Some(base) = first
+                && self.log.log_start() == self.log.log_end()
+                && base < self.log.log_end()
+            {
+                self.restart_at(base)?;
+            }
             let info = self.log.append_replicated(batches)?;
             if let Ok(headers) = sluice_log::batch::split_verified(batches) {
                 for (_, header) in &headers {
@@ -291,6 +303,22 @@ impl Partition {
         if let Some(replication) = &self.replication {
             replication.truncated(end);
         }
+        Ok(end)
+    }
+
+    /// On a follower whose leader's log starts past this node's end (its
+    /// older records are gone): empties the log and starts it at `offset`,
+    /// the leader's log start, to fetch from there.
+    ///
+    /// # Errors
+    /// The log's failure.
+    pub fn restart_at(&self, offset: Offset) -> Result<Offset, CoreError> {
+        let end = self.log.restart_at(offset)?;
+        self.producers.rebuild(&self.log)?;
+        if let Some(replication) = &self.replication {
+            replication.truncated(end);
+        }
+        tracing::info!(topic = %self.topic, partition = %self.id, start = %end, "follower log restarted at its leader's log start");
         Ok(end)
     }
 
@@ -477,6 +505,14 @@ impl Partition {
             replication.change_leader(leader, in_sync, self.own_end());
             tracing::info!(topic = %self.topic, partition = %self.id, leader, epoch, "partition leader changed");
             self.appended.notify_waiters();
+        }
+    }
+
+    /// Takes the replicas and in-sync replicas the metadata names after a
+    /// move.
+    pub(crate) fn set_replicas(&self, replicas: Vec<i32>, in_sync: Vec<i32>) {
+        if let Some(replication) = &self.replication {
+            replication.set_replicas(replicas, in_sync, self.own_end());
         }
     }
 

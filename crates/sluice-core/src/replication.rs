@@ -37,7 +37,6 @@ pub(crate) struct Replication {
     node: i32,
     /// The leader; changed by the controller (through the metadata).
     leader: AtomicI32,
-    replicas: Vec<i32>,
     state: Mutex<State>,
     /// The replicated high watermark; only moves forward.
     high_watermark: watch::Sender<i64>,
@@ -66,6 +65,8 @@ pub struct ReplicationStats {
 
 #[derive(Debug)]
 struct State {
+    /// Changed by the controller when the partition moves.
+    replicas: Vec<i32>,
     in_sync: Vec<i32>,
     followers: BTreeMap<i32, Follower>,
 }
@@ -92,8 +93,11 @@ impl Replication {
         Replication {
             node,
             leader: AtomicI32::new(leader),
-            replicas,
-            state: Mutex::new(State { in_sync, followers }),
+            state: Mutex::new(State {
+                replicas,
+                in_sync,
+                followers,
+            }),
             high_watermark: watch::Sender::new(high_watermark.get()),
             moved: (Mutex::new(()), Condvar::new()),
             written: Notify::new(),
@@ -108,7 +112,7 @@ impl Replication {
         self.leader.store(leader, Ordering::Release);
         {
             let mut state = self.state();
-            state.followers = fresh_followers(&self.replicas, leader);
+            state.followers = fresh_followers(&state.replicas, leader);
             state.in_sync = in_sync;
         }
         if self.is_leader() {
@@ -151,8 +155,32 @@ impl Replication {
         self.leader.load(Ordering::Acquire)
     }
 
-    pub(crate) fn replicas(&self) -> &[i32] {
-        &self.replicas
+    pub(crate) fn replicas(&self) -> Vec<i32> {
+        self.state().replicas.clone()
+    }
+
+    /// The replicas the metadata now names (the partition moves): new
+    /// followers start at offset 0, caught up now (the leader adds them to
+    /// the in-sync replicas once they reach the high watermark); gone ones
+    /// are forgotten.
+    pub(crate) fn set_replicas(&self, replicas: Vec<i32>, in_sync: Vec<i32>, own_end: Offset) {
+        {
+            let mut state = self.state();
+            let leader = self.leader();
+            let now = Instant::now();
+            state.followers.retain(|r, _| replicas.contains(r));
+            for replica in replicas.iter().filter(|r| **r != leader) {
+                state.followers.entry(*replica).or_insert(Follower {
+                    end: Offset::from(0),
+                    caught_up: now,
+                });
+            }
+            state.replicas = replicas;
+            state.in_sync = in_sync;
+        }
+        if self.is_leader() {
+            self.recompute(own_end);
+        }
     }
 
     pub(crate) fn in_sync_count(&self) -> usize {
@@ -208,6 +236,10 @@ impl Replication {
     /// fetch again.
     pub(crate) fn resume(&self, checkpointed: Offset, own_end: Offset) {
         self.advance(checkpointed.min(own_end));
+        if self.is_leader() {
+            // A leader alone in sync has its own end as high watermark.
+            self.recompute(own_end);
+        }
     }
 
     /// After a follower cut its log to `end`: a high watermark past it
@@ -285,7 +317,7 @@ impl Replication {
         let hw = self.high_watermark();
         let state = self.state();
         let now = Instant::now();
-        let wanted: Vec<i32> = self
+        let wanted: Vec<i32> = state
             .replicas
             .iter()
             .copied()

@@ -331,6 +331,17 @@ impl Appended {
     }
 }
 
+/// A partition moving to other replicas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reassigning {
+    pub topic: String,
+    pub partition: u32,
+    /// Its replicas now: the target's, then those leaving.
+    pub replicas: Vec<i32>,
+    pub adding: Vec<i32>,
+    pub removing: Vec<i32>,
+}
+
 /// Where a replicated partition is: its replicas, (leader, epoch) and
 /// in-sync replicas.
 #[derive(Debug)]
@@ -452,7 +463,9 @@ impl Topics {
                     .get(index as usize)
                     .cloned()
                     .unwrap_or_default();
-                let placement = (replicas.len() > 1).then(|| Placement {
+                // On a cluster every partition is replicated, with one
+                // replica or more: it can move.
+                let placement = (!replicas.is_empty()).then(|| Placement {
                     replicas,
                     leader: meta.leader_of(index),
                     in_sync: meta.in_sync_of(index),
@@ -511,7 +524,7 @@ impl Topics {
             .map_or(0, LeaderEpoch::get)
             .max(placement.as_ref().map_or(0, |p| p.leader.1));
         let synced = log.durability() == sluice_log::Durability::Always;
-        Ok(Arc::new(Partition {
+        let partition = Arc::new(Partition {
             topic: Arc::clone(&topic.name),
             id: PartitionId::from(index as i32),
             leader_epoch: std::sync::atomic::AtomicI32::new(leader_epoch),
@@ -530,7 +543,11 @@ impl Topics {
                     Offset::from(0),
                 )
             }),
-        }))
+        });
+        // A leader alone in sync serves its log at once (the checkpoint,
+        // read later, only moves it further).
+        partition.resume_high_watermark(Offset::from(0));
+        Ok(partition)
     }
 
     /// Brings the runtime topic `name` in line with its metadata (`None`:
@@ -544,6 +561,7 @@ impl Topics {
             (Some(_), None) => self.remove(name),
             (Some(topic), Some(meta)) if same_id(&topic, meta) => {
                 self.open_added(&topic, meta, Unmarked::Delete)?;
+                self.follow_moves(&topic, meta)?;
                 for partition in topic.partitions() {
                     if let Some(replication) = partition.replication() {
                         let index = partition.id.get() as u32;
@@ -579,6 +597,60 @@ impl Topics {
                 Ok(())
             }
         }
+    }
+
+    /// Opens the partitions whose replicas now include this node (it
+    /// follows their leader from offset 0) and closes those whose replicas
+    /// no longer do, deleting their logs; the others take their replicas
+    /// as `meta` names them.
+    fn follow_moves(&self, topic: &Arc<Topic>, meta: &TopicMeta) -> Result<(), CoreError> {
+        if meta.replicas.is_empty() {
+            return Ok(());
+        }
+        let node = self.metadata.node_id();
+        let config = topic.state().config.clone();
+        for index in 0..meta.partitions {
+            let replicas = meta.replicas_of(index);
+            let held = topic.state().partitions.get(&index).cloned();
+            let in_sync = meta.in_sync_of(index);
+            let (leader, epoch) = meta.leader_of(index);
+            match (held, replicas.contains(&node)) {
+                (None, true) => {
+                    let placement = Placement {
+                        replicas,
+                        leader: (leader, epoch),
+                        in_sync,
+                    };
+                    let partition = self.open_partition(
+                        topic,
+                        index,
+                        &config,
+                        Unmarked::Delete,
+                        Some(placement),
+                    )?;
+                    topic.state().partitions.insert(index, partition);
+                    tracing::info!(topic = %topic.name, partition = index, "replica moved to this node");
+                }
+                (Some(partition), false) => {
+                    // Waiters on it learn of the new leader first.
+                    partition.change_leader(leader, epoch, in_sync);
+                    topic.state().partitions.remove(&index);
+                    partition.wake_readers();
+                    self.logs.delete(&log_name(&topic.name, index))?;
+                    tracing::info!(topic = %topic.name, partition = index, "replica moved away from this node");
+                }
+                (Some(partition), true) => {
+                    if partition
+                        .replication()
+                        .is_some_and(|r| r.replicas() != replicas)
+                    {
+                        partition.set_replicas(replicas, in_sync);
+                    }
+                }
+                (None, false) => {}
+            }
+        }
+        Ok(())
     }
 
     /// [`Topics::reconcile`] for every topic, runtime or in `state`.
@@ -731,6 +803,53 @@ impl Topics {
         Ok(outcome)
     }
 
+    /// Moves partition `partition` of `name` to the replicas `target`, or
+    /// cancels its move (`None`) (Kafka's AlterPartitionReassignments).
+    /// Returns once the move is under way; the controller finishes it when
+    /// the target replicas are all in sync. Blocking.
+    ///
+    /// # Errors
+    /// [`CoreError::UnknownTopic`], [`CoreError::UnknownPartition`],
+    /// [`CoreError::InvalidReplicaAssignment`] (a node not registered, say),
+    /// [`CoreError::NoReassignmentInProgress`], [`CoreError::Quorum`].
+    pub fn reassign(
+        &self,
+        name: &str,
+        partition: u32,
+        target: Option<Vec<i32>>,
+    ) -> Result<(), CoreError> {
+        tracing::info!(
+            topic = name,
+            partition,
+            ?target,
+            "partition reassignment asked for"
+        );
+        self.metadata.commit(MetadataCommand::ReassignPartition {
+            name: name.to_owned(),
+            partition,
+            target,
+        })
+    }
+
+    /// The partitions moving, by topic and partition: (topic, partition,
+    /// replicas, adding, removing) (Kafka's ListPartitionReassignments).
+    pub fn reassignments(&self) -> Vec<Reassigning> {
+        let state = self.metadata.state();
+        state
+            .topics
+            .iter()
+            .flat_map(|(name, topic)| {
+                topic.moving.iter().map(|(partition, moving)| Reassigning {
+                    topic: name.clone(),
+                    partition: *partition,
+                    replicas: topic.replicas_of(*partition),
+                    adding: moving.adding.clone(),
+                    removing: moving.removing.clone(),
+                })
+            })
+            .collect()
+    }
+
     /// The metadata behind the topics (nodes, the quorum).
     pub fn metadata(&self) -> &Arc<Metadata> {
         &self.metadata
@@ -792,13 +911,15 @@ impl Topics {
         }
         // Fenced nodes get no new replicas (KRaft places on unfenced
         // brokers only).
+        // Nor do nodes being decommissioned.
         let fenced = self.metadata.fenced();
+        let leaving = self.metadata.leaving();
         let nodes: Vec<i32> = self
             .metadata
             .brokers()
             .iter()
             .map(|b| b.node)
-            .filter(|node| !fenced.contains(node))
+            .filter(|node| !fenced.contains(node) && !leaving.contains(node))
             .collect();
         if nodes.is_empty() {
             return Err(CoreError::Quorum {

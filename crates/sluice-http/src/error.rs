@@ -137,6 +137,8 @@ impl From<CoreError> for ApiError {
             CoreError::InvalidTopicName { .. } => ApiError::field("name", message),
             CoreError::InvalidPartitions { .. } => ApiError::field("partitions", message),
             CoreError::InvalidConfig { .. } => ApiError::field("configs", message),
+            CoreError::InvalidReplicaAssignment { .. } => ApiError::field("replicas", message),
+            CoreError::NoReassignmentInProgress { .. } => ApiError::precondition(message),
             CoreError::TopicLimit { .. }
             | CoreError::NotLeader { .. }
             | CoreError::NotCoordinator { .. }

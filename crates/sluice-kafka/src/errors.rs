@@ -25,6 +25,8 @@ pub(crate) fn code(err: &CoreError) -> ResponseError {
         CoreError::TopicExists { .. } => ResponseError::TopicAlreadyExists,
         CoreError::InvalidTopicName { .. } => ResponseError::InvalidTopicException,
         CoreError::InvalidPartitions { .. } => ResponseError::InvalidPartitions,
+        CoreError::InvalidReplicaAssignment { .. } => ResponseError::InvalidReplicaAssignment,
+        CoreError::NoReassignmentInProgress { .. } => ResponseError::NoReassignmentInProgress,
         CoreError::TopicLimit { .. } => ResponseError::PolicyViolation,
         CoreError::InvalidConfig { .. } => ResponseError::InvalidConfig,
         CoreError::InvalidTimestamp { .. } => ResponseError::InvalidTimestamp,

@@ -926,16 +926,40 @@ impl Log {
         if offset >= state.log_end {
             return Ok(state.log_end);
         }
-        let result = self.truncate_locked(&mut state, offset);
+        let result = self.truncate_locked(&mut state, offset, false);
         if result.is_err() {
             state.poisoned = true;
         }
         result
     }
 
-    fn truncate_locked(&self, state: &mut LogState, offset: Offset) -> Result<Offset, LogError> {
+    /// Empties the log and starts it again at `offset`, past its end or
+    /// not: a follower whose leader no longer has what it lacks (the
+    /// leader's log starts past the follower's end) starts where the
+    /// leader's log does (Kafka's truncateFullyAndStartAt).
+    ///
+    /// # Errors
+    /// As [`Log::truncate_to`].
+    pub fn restart_at(&self, offset: Offset) -> Result<Offset, LogError> {
+        let mut state = self.state();
+        if state.closed {
+            return Err(LogError::Closed);
+        }
+        let result = self.truncate_locked(&mut state, offset, true);
+        if result.is_err() {
+            state.poisoned = true;
+        }
+        result
+    }
+
+    fn truncate_locked(
+        &self,
+        state: &mut LogState,
+        offset: Offset,
+        empty: bool,
+    ) -> Result<Offset, LogError> {
         let interval = state.config.index_interval_bytes;
-        let restart = offset <= state.log_start;
+        let restart = empty || offset <= state.log_start;
         let doomed: Vec<Offset> = if restart {
             state.segments.keys().copied().collect()
         } else {

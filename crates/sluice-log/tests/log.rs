@@ -374,6 +374,28 @@ fn truncation_removes_whole_batches_and_survives_reopen() -> Result<(), LogError
     Ok(())
 }
 
+/// A follower whose leader's log starts past its end starts over there.
+#[test]
+fn a_log_restarts_past_its_end_and_stays_there_after_reopen() -> Result<(), LogError> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = Log::open(dir.path(), config())?;
+    for i in 0..3 {
+        log.append(&mut batch(&values(i, 2, 10), 0), epoch(0))?;
+    }
+    assert_eq!(log.log_end(), o(6));
+    assert_eq!(log.restart_at(o(40))?, o(40));
+    assert_eq!((log.log_start(), log.log_end()), (o(40), o(40)));
+    assert!(read_all(&log, o(40)).is_empty());
+    let info = log.append(&mut batch(&values(7, 1, 10), 0), epoch(2))?;
+    assert_eq!(info.first_offset, o(40));
+    drop(log);
+
+    let log = Log::open(dir.path(), config())?;
+    assert_eq!((log.log_start(), log.log_end()), (o(40), o(41)));
+    assert_eq!(read_all(&log, o(40)).len(), 1);
+    Ok(())
+}
+
 #[test]
 fn timestamps_find_the_first_record_at_or_after() -> Result<(), LogError> {
     let dir = tempfile::tempdir().expect("temp dir");

@@ -297,6 +297,7 @@ async fn join_cluster(
         sluice_cluster::Links {
             routes: routes.into_iter().collect(),
             kafka: Some(kafka_streams),
+            address: bound.to_string(),
         },
     )
     .await

@@ -1,6 +1,9 @@
-//! `sluice cluster status|elect-leaders`: the nodes of a cluster and its
-//! partitions' leaders and replicas (`GET /api/cluster`), and leader
-//! elections through the controller (`POST /api/cluster/elect-leaders`).
+//! `sluice cluster status|elect-leaders|reassign|decommission`: the nodes
+//! of a cluster and its partitions' leaders, replicas and moves (`GET
+//! /api/cluster`), leader elections through the controller (`POST
+//! /api/cluster/elect-leaders`), moving a partition to other replicas
+//! (`POST /api/cluster/reassign`) and taking a node out of the cluster
+//! (`POST /api/cluster/nodes/{id}/decommission`).
 
 use std::io::Write;
 
@@ -35,6 +38,21 @@ pub enum ClusterCommand {
         #[arg(long)]
         unclean: bool,
     },
+    /// Move a partition to other replicas (the first is its preferred
+    /// leader); the new ones catch up, then the old ones are dropped.
+    Reassign {
+        topic: String,
+        partition: u32,
+        /// Node ids separated by commas, e.g. 1,2,4.
+        #[arg(value_delimiter = ',', required_unless_present = "cancel")]
+        replicas: Vec<i32>,
+        /// Cancel the move under way instead.
+        #[arg(long, conflicts_with = "replicas")]
+        cancel: bool,
+    },
+    /// Move every replica off node ID, then take it out of the cluster
+    /// (`cluster status` shows the moves; stop the node once it is gone).
+    Decommission { node: i32 },
 }
 
 pub(crate) fn run(args: &ApiArgs, command: ClusterCommand, out: &mut dyn Write) -> CliResult<()> {
@@ -74,6 +92,37 @@ pub(crate) fn run(args: &ApiArgs, command: ClusterCommand, out: &mut dyn Write) 
             }
             table.write(out, "no partitions")
         }
+        ClusterCommand::Reassign {
+            topic,
+            partition,
+            replicas,
+            cancel,
+        } => {
+            let replicas = (!cancel).then_some(replicas);
+            let body = json!({"topic": topic, "partition": partition, "replicas": replicas});
+            let answer = api.send(Method::Post, "/api/cluster/reassign", &body)?;
+            if json {
+                return write_json(out, &answer);
+            }
+            writeln!(
+                out,
+                "{topic} partition {partition}: move {}",
+                cell(&answer["outcome"])
+            )?;
+            Ok(())
+        }
+        ClusterCommand::Decommission { node } => {
+            let path = format!("/api/cluster/nodes/{node}/decommission");
+            let answer = api.send(Method::Post, &path, &json!({}))?;
+            if json {
+                return write_json(out, &answer);
+            }
+            writeln!(
+                out,
+                "node {node}: decommissioning; its replicas move to other nodes, then it leaves the cluster"
+            )?;
+            Ok(())
+        }
     }
 }
 
@@ -95,6 +144,8 @@ fn write_status(out: &mut dyn Write, cluster: &Value, all: bool) -> CliResult<()
         }
         let state = if node["fenced"].as_bool() == Some(true) {
             "fenced"
+        } else if node["decommissioning"].as_bool() == Some(true) {
+            "decommissioning"
         } else {
             "live"
         };
@@ -109,13 +160,43 @@ fn write_status(out: &mut dyn Write, cluster: &Value, all: bool) -> CliResult<()
     let partitions = cluster["partitions"]
         .as_array()
         .map_or(&[][..], Vec::as_slice);
+    let moving = cluster["reassignments"]
+        .as_array()
+        .map_or(&[][..], Vec::as_slice);
     writeln!(
         out,
-        "\n{} partitions, {} under-replicated, {} offline",
+        "\n{} partitions, {} under-replicated, {} offline, {} moving",
         partitions.len(),
         cell(&cluster["under_replicated_partitions"]),
         cell(&cluster["offline_partitions"]),
+        moving.len(),
     )?;
+    let list = |value: &Value| {
+        value
+            .as_array()
+            .map(|ids| ids.iter().map(cell).collect::<Vec<_>>().join(","))
+            .unwrap_or_default()
+    };
+    if !moving.is_empty() {
+        writeln!(out)?;
+        let mut table = Table::new(&[
+            ("TOPIC", Align::Left),
+            ("PARTITION", Align::Right),
+            ("REPLICAS", Align::Left),
+            ("ADDING", Align::Left),
+            ("REMOVING", Align::Left),
+        ]);
+        for m in moving {
+            table.row(vec![
+                cell(&m["topic"]),
+                cell(&m["partition"]),
+                list(&m["replicas"]),
+                list(&m["adding_replicas"]),
+                list(&m["removing_replicas"]),
+            ]);
+        }
+        table.write(out, "")?;
+    }
     let shown: Vec<&Value> = partitions
         .iter()
         .filter(|p| {
@@ -136,12 +217,6 @@ fn write_status(out: &mut dyn Write, cluster: &Value, all: bool) -> CliResult<()
         ("IN-SYNC", Align::Left),
         ("OFFLINE", Align::Left),
     ]);
-    let list = |value: &Value| {
-        value
-            .as_array()
-            .map(|ids| ids.iter().map(cell).collect::<Vec<_>>().join(","))
-            .unwrap_or_default()
-    };
     for p in shown {
         table.row(vec![
             cell(&p["topic"]),
@@ -168,6 +243,10 @@ mod tests {
                 {"id": 1, "kafka": "127.0.0.1:9091", "role": "broker", "fenced": false, "this_node": true},
                 {"id": 2, "kafka": "127.0.0.1:9092", "role": "controller", "fenced": false, "this_node": false},
                 {"id": 3, "kafka": "127.0.0.1:9093", "role": "broker", "fenced": true, "this_node": false},
+                {"id": 4, "kafka": "127.0.0.1:9094", "role": "broker", "fenced": false, "decommissioning": true, "this_node": false},
+            ],
+            "reassignments": [
+                {"topic": "a", "partition": 0, "replicas": [2, 3, 1], "adding_replicas": [3], "removing_replicas": [1]},
             ],
             "partitions": [
                 {"topic": "a", "partition": 0, "leader": 1, "leader_epoch": 2, "replicas": [1, 2, 3],
@@ -182,8 +261,10 @@ mod tests {
         let text = String::from_utf8(text).expect("utf-8");
         assert!(text.contains("broker (this node)"), "{text}");
         assert!(text.contains("fenced"), "{text}");
+        assert!(text.contains("decommissioning"), "{text}");
+        assert!(text.contains("2,3,1"), "the move: {text}");
         assert!(
-            text.contains("2 partitions, 1 under-replicated, 0 offline"),
+            text.contains("2 partitions, 1 under-replicated, 0 offline, 1 moving"),
             "{text}"
         );
         assert!(text.contains("1,2,3"), "{text}");

@@ -1,11 +1,15 @@
 //! `GET /api/cluster`: the nodes (role, fencing) and every partition as
-//! the metadata places it, on any node; `POST /api/cluster/elect-leaders`:
-//! preferred (or unclean) leader elections through the controller.
+//! the metadata places it, on any node, and the moves under way;
+//! `POST /api/cluster/elect-leaders`: preferred (or unclean) leader
+//! elections through the controller; `POST /api/cluster/reassign`: a
+//! partition moves to other replicas; `POST
+//! /api/cluster/nodes/{id}/decommission`: a node's replicas move away and
+//! it leaves the cluster.
 
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sluice_core::{ClusterView, Election, PartitionPlacement};
@@ -17,16 +21,35 @@ use crate::extract::Body;
 
 pub(crate) async fn show(State(shared): State<AppState>) -> ApiResult<Json<Value>> {
     let broker = Arc::clone(&shared.broker);
-    let (view, placements) =
-        blocking(move || Ok((broker.cluster_view(), broker.cluster_partitions()))).await?;
+    let (view, placements, moving) = blocking(move || {
+        Ok((
+            broker.cluster_view(),
+            broker.cluster_partitions(),
+            broker.topics().reassignments(),
+        ))
+    })
+    .await?;
     let nodes = nodes(&view);
     let partitions: Vec<Value> = placements.iter().map(placement).collect();
+    let reassignments: Vec<Value> = moving
+        .iter()
+        .map(|m| {
+            json!({
+                "topic": m.topic,
+                "partition": m.partition,
+                "replicas": m.replicas,
+                "adding_replicas": m.adding,
+                "removing_replicas": m.removing,
+            })
+        })
+        .collect();
     Ok(Json(json!({
         "clustered": view.clustered,
         "node_id": view.node_id,
         "controller": view.controller,
         "nodes": nodes,
         "partitions": partitions,
+        "reassignments": reassignments,
         "under_replicated_partitions": placements.iter().filter(|p| p.under_replicated()).count(),
         "offline_partitions": placements.iter().filter(|p| p.offline()).count(),
     })))
@@ -38,12 +61,15 @@ pub(crate) fn nodes(view: &ClusterView) -> Vec<Value> {
         .iter()
         .map(|n| {
             let controller = n.node == view.controller;
+            let voter = view.voters.contains(&n.node);
             json!({
                 "id": n.node,
                 "kafka": format!("{}:{}", n.host, n.port),
-                "role": if controller { "controller" } else { "broker" },
+                "role": if controller { "controller" } else if voter { "voter" } else { "broker" },
                 "controller": controller,
+                "voter": voter,
                 "fenced": view.fenced.contains(&n.node),
+                "decommissioning": view.leaving.contains(&n.node),
                 "this_node": n.node == view.node_id,
             })
         })
@@ -133,4 +159,65 @@ pub(crate) async fn elect_leaders(
     })
     .await?;
     Ok(Json(json!({ "results": results })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReassignRequest {
+    topic: String,
+    partition: u32,
+    /// The replicas to move to, the preferred leader first; null cancels
+    /// the move under way.
+    replicas: Option<Vec<i32>>,
+}
+
+pub(crate) async fn reassign(
+    State(shared): State<AppState>,
+    Body(request): Body<ReassignRequest>,
+) -> ApiResult<Json<Value>> {
+    let broker = Arc::clone(&shared.broker);
+    let cancel = request.replicas.is_none();
+    blocking(move || {
+        broker
+            .topics()
+            .reassign(&request.topic, request.partition, request.replicas)
+            .map_err(ApiError::from)
+    })
+    .await?;
+    Ok(Json(json!({
+        "outcome": if cancel { "cancelled" } else { "started" },
+    })))
+}
+
+pub(crate) async fn decommission(
+    State(shared): State<AppState>,
+    Path(node): Path<i32>,
+) -> ApiResult<Json<Value>> {
+    let broker = Arc::clone(&shared.broker);
+    blocking(move || {
+        if !broker.topics().metadata().clustered() {
+            return Err(ApiError::field(
+                "node",
+                "a cluster of one has no node to decommission",
+            ));
+        }
+        if !broker
+            .topics()
+            .metadata()
+            .brokers()
+            .iter()
+            .any(|b| b.node == node)
+        {
+            return Err(ApiError::not_found(format!(
+                "no node {node} in the cluster"
+            )));
+        }
+        broker
+            .topics()
+            .metadata()
+            .decommission(node)
+            .map_err(ApiError::from)
+    })
+    .await?;
+    Ok(Json(json!({ "node": node, "outcome": "decommissioning" })))
 }

@@ -47,6 +47,16 @@ pub(crate) const ROUTES: &[(&str, &str, &str)] = &[
         "Preferred (or unclean) leader elections through the controller",
     ),
     (
+        "post",
+        "/api/cluster/reassign",
+        "Move a partition to other replicas, or cancel its move (replicas null)",
+    ),
+    (
+        "post",
+        "/api/cluster/nodes/{id}/decommission",
+        "Move a node's replicas to other nodes, then take it out of the cluster",
+    ),
+    (
         "get",
         "/api/health",
         "Liveness: the process answers (no authentication)",
@@ -173,6 +183,11 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/api/overview/history", get(history::overview))
         .route("/api/cluster", get(cluster::show))
         .route("/api/cluster/elect-leaders", post(cluster::elect_leaders))
+        .route("/api/cluster/reassign", post(cluster::reassign))
+        .route(
+            "/api/cluster/nodes/{id}/decommission",
+            post(cluster::decommission),
+        )
         .route("/api/topics", get(topics::list).post(topics::create))
         .route(
             "/api/topics/{topic}",

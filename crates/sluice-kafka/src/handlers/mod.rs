@@ -95,6 +95,8 @@ pub(crate) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ElectLeaders, 0, 2),
     (ApiKey::DescribeLogDirs, 1, 4),
     (ApiKey::DescribeProducers, 0, 0),
+    (ApiKey::AlterPartitionReassignments, 0, 0),
+    (ApiKey::ListPartitionReassignments, 0, 0),
 ];
 
 pub(crate) fn supported_versions(api: ApiKey) -> Option<(i16, i16)> {
@@ -135,6 +137,16 @@ pub(crate) async fn dispatch(
         ),
         RequestKind::DescribeProducers(request) => {
             ResponseKind::DescribeProducers(replicas::describe_producers(context, request))
+        }
+        RequestKind::AlterPartitionReassignments(request) => {
+            ResponseKind::AlterPartitionReassignments(
+                replicas::alter_partition_reassignments(context, request).await,
+            )
+        }
+        RequestKind::ListPartitionReassignments(request) => {
+            ResponseKind::ListPartitionReassignments(replicas::list_partition_reassignments(
+                context, request,
+            ))
         }
         RequestKind::DescribeCluster(request) => {
             ResponseKind::DescribeCluster(admin::describe_cluster(context, request))

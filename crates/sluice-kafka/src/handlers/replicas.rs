@@ -1,11 +1,15 @@
 //! What Kafka's tools and UIs ask about replicas: ElectLeaders (preferred
 //! or unclean, through the controller), DescribeLogDirs (this node's one
 //! log directory and the partitions it holds) and DescribeProducers (the
-//! idempotent producers of partitions this node leads).
+//! idempotent producers of partitions this node leads), and moving
+//! replicas: AlterPartitionReassignments and ListPartitionReassignments.
 
 use std::sync::Arc;
 
 use kafka_protocol::ResponseError;
+use kafka_protocol::messages::alter_partition_reassignments_response::{
+    ReassignablePartitionResponse, ReassignableTopicResponse,
+};
 use kafka_protocol::messages::describe_log_dirs_response::{
     DescribeLogDirsPartition, DescribeLogDirsResult, DescribeLogDirsTopic,
 };
@@ -13,9 +17,14 @@ use kafka_protocol::messages::describe_producers_response::{
     PartitionResponse, ProducerState, TopicResponse,
 };
 use kafka_protocol::messages::elect_leaders_response::{PartitionResult, ReplicaElectionResult};
+use kafka_protocol::messages::list_partition_reassignments_response::{
+    OngoingPartitionReassignment, OngoingTopicReassignment,
+};
 use kafka_protocol::messages::{
+    AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse, BrokerId,
     DescribeLogDirsRequest, DescribeLogDirsResponse, DescribeProducersRequest,
-    DescribeProducersResponse, ElectLeadersRequest, ElectLeadersResponse, ProducerId, TopicName,
+    DescribeProducersResponse, ElectLeadersRequest, ElectLeadersResponse,
+    ListPartitionReassignmentsRequest, ListPartitionReassignmentsResponse, ProducerId, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use sluice_core::{Broker, CoreError, Election};
@@ -217,4 +226,92 @@ pub(crate) fn describe_producers(
         })
         .collect();
     DescribeProducersResponse::default().with_topics(topics)
+}
+
+/// AlterPartitionReassignments (KIP-455): each partition starts moving
+/// to the replicas asked for, or its move is cancelled (null replicas);
+/// the controller finishes a move once the new replicas are in sync.
+pub(crate) async fn alter_partition_reassignments(
+    context: &Context,
+    request: AlterPartitionReassignmentsRequest,
+) -> AlterPartitionReassignmentsResponse {
+    let broker = Arc::clone(&context.broker);
+    let responses = blocking(move || {
+        request
+            .topics
+            .into_iter()
+            .map(|topic| {
+                let partitions = topic
+                    .partitions
+                    .into_iter()
+                    .map(|asked| {
+                        let target = asked
+                            .replicas
+                            .map(|replicas| replicas.into_iter().map(|b| b.0).collect());
+                        let outcome = u32::try_from(asked.partition_index)
+                            .map_err(|_| CoreError::UnknownPartition {
+                                topic: topic.name.to_string(),
+                                partition: sluice_types::PartitionId::from(asked.partition_index),
+                            })
+                            .and_then(|index| broker.topics().reassign(&topic.name, index, target));
+                        let (code, message) = match outcome {
+                            Ok(()) => (0, None),
+                            Err(error) => (errors::code(&error).code(), Some(error.to_string())),
+                        };
+                        ReassignablePartitionResponse::default()
+                            .with_partition_index(asked.partition_index)
+                            .with_error_code(code)
+                            .with_error_message(message.map(StrBytes::from_string))
+                    })
+                    .collect();
+                ReassignableTopicResponse::default()
+                    .with_name(topic.name)
+                    .with_partitions(partitions)
+            })
+            .collect()
+    })
+    .await
+    .unwrap_or_default();
+    AlterPartitionReassignmentsResponse::default().with_responses(responses)
+}
+
+/// ListPartitionReassignments: the moves under way, of the partitions
+/// asked for (null: of every partition).
+pub(crate) fn list_partition_reassignments(
+    context: &Context,
+    request: ListPartitionReassignmentsRequest,
+) -> ListPartitionReassignmentsResponse {
+    let asked = request.topics.map(|topics| {
+        topics
+            .into_iter()
+            .map(|t| (t.name.to_string(), t.partition_indexes))
+            .collect::<std::collections::BTreeMap<_, _>>()
+    });
+    let mut topics: Vec<OngoingTopicReassignment> = Vec::new();
+    for moving in context.broker.topics().reassignments() {
+        let partition = i32::try_from(moving.partition).unwrap_or(i32::MAX);
+        let wanted = asked.as_ref().is_none_or(|asked| {
+            asked
+                .get(&moving.topic)
+                .is_some_and(|partitions| partitions.contains(&partition))
+        });
+        if !wanted {
+            continue;
+        }
+        let ids = |nodes: Vec<i32>| nodes.into_iter().map(BrokerId).collect();
+        let ongoing = OngoingPartitionReassignment::default()
+            .with_partition_index(partition)
+            .with_replicas(ids(moving.replicas))
+            .with_adding_replicas(ids(moving.adding))
+            .with_removing_replicas(ids(moving.removing));
+        match topics.last_mut() {
+            Some(last) if last.name.as_str() == moving.topic => last.partitions.push(ongoing),
+            _ => topics.push(
+                OngoingTopicReassignment::default()
+                    .with_name(TopicName(StrBytes::from_string(moving.topic)))
+                    .with_partitions(vec![ongoing]),
+            ),
+        }
+    }
+    ListPartitionReassignmentsResponse::default().with_topics(topics)
 }

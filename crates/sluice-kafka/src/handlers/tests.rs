@@ -272,6 +272,20 @@ fn requests(round: usize) -> Vec<RequestKind> {
                 .with_name(topic("t"))
                 .with_partition_indexes(vec![0, 9]),
         ])),
+        // On a cluster of one nothing moves: INVALID_REPLICA_ASSIGNMENT,
+        // and no move is listed.
+        RequestKind::AlterPartitionReassignments(
+            AlterPartitionReassignmentsRequest::default().with_topics(vec![
+                kafka_protocol::messages::alter_partition_reassignments_request::ReassignableTopic::default()
+                    .with_name(topic("t"))
+                    .with_partitions(vec![
+                        kafka_protocol::messages::alter_partition_reassignments_request::ReassignablePartition::default()
+                            .with_partition_index(0)
+                            .with_replicas(Some(vec![BrokerId(1)])),
+                    ]),
+            ]),
+        ),
+        RequestKind::ListPartitionReassignments(ListPartitionReassignmentsRequest::default()),
         RequestKind::DeleteTopics(
             DeleteTopicsRequest::default()
                 .with_topic_names(vec![topic(&new_topic), topic("missing")])
@@ -313,6 +327,8 @@ fn api_of(request: &RequestKind) -> ApiKey {
         RequestKind::ElectLeaders(_) => ApiKey::ElectLeaders,
         RequestKind::DescribeLogDirs(_) => ApiKey::DescribeLogDirs,
         RequestKind::DescribeProducers(_) => ApiKey::DescribeProducers,
+        RequestKind::AlterPartitionReassignments(_) => ApiKey::AlterPartitionReassignments,
+        RequestKind::ListPartitionReassignments(_) => ApiKey::ListPartitionReassignments,
         _ => ApiKey::ApiVersions,
     }
 }
@@ -338,6 +354,43 @@ async fn every_response_encodes_at_every_advertised_version() {
         }
     }
     assert!(round > SUPPORTED.len(), "every API was exercised");
+}
+
+/// A cluster of one has no other replica to move to: the move is refused
+/// with INVALID_REPLICA_ASSIGNMENT and none is listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_node_refuses_to_move_replicas_and_lists_no_move() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let context = context_on(dir.path());
+    context.broker.topic_or_create("t").expect("topic t");
+    let [alter, list] = &requests(0)
+        .into_iter()
+        .filter(|r| {
+            matches!(
+                api_of(r),
+                ApiKey::AlterPartitionReassignments | ApiKey::ListPartitionReassignments
+            )
+        })
+        .collect::<Vec<_>>()[..]
+    else {
+        panic!("one request of each");
+    };
+    let Some(ResponseKind::AlterPartitionReassignments(altered)) =
+        dispatch(&context, alter.clone(), 0, "test-client").await
+    else {
+        panic!("no AlterPartitionReassignments response");
+    };
+    assert_eq!(altered.error_code, 0);
+    assert_eq!(
+        altered.responses[0].partitions[0].error_code,
+        kafka_protocol::ResponseError::InvalidReplicaAssignment.code()
+    );
+    let Some(ResponseKind::ListPartitionReassignments(listed)) =
+        dispatch(&context, list.clone(), 0, "test-client").await
+    else {
+        panic!("no ListPartitionReassignments response");
+    };
+    assert_eq!((listed.error_code, listed.topics.len()), (0, 0));
 }
 
 /// A Kafka front-end context over a broker on `dir` (node 1, loopback).
