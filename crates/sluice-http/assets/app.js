@@ -2477,6 +2477,170 @@ async function messagesPage(ctx, root) {
 }
 
 // ---------------------------------------------------------------------------
+// Cluster
+// ---------------------------------------------------------------------------
+
+/** A list of node ids as "1, 2, 3" (a dash when empty). */
+const nodeList = (ids) => (ids && ids.length ? ids.join(', ') : muted('–'));
+
+async function clusterPage(ctx, root) {
+  const summary = h('div', { testid: 'cluster-summary' }, muted('Loading…'));
+  const nodes = h('div', { testid: 'cluster-nodes' });
+  const moves = h('div', { testid: 'cluster-moves' });
+  const partitions = h('div', { testid: 'cluster-partitions' });
+  const errorLine = h('p', { class: 'error', testid: 'page-error', hidden: true });
+  const elect = h('button', {
+    type: 'button', testid: 'cluster-elect',
+    onclick: () => confirmAction({
+      title: 'Elect preferred leaders',
+      message: 'Move each partition\'s leadership back to its first replica, where that replica is in sync and live.',
+      confirmLabel: 'Elect',
+      danger: false,
+      action: async () => {
+        const answer = await api('POST', '/api/cluster/elect-leaders', {});
+        const elected = answer.results.filter((r) => r.outcome === 'elected').length;
+        notify(`${elected} leader${elected === 1 ? '' : 's'} moved.`);
+        await poll();
+      },
+    }),
+  }, 'Elect preferred leaders');
+  replaceChildren(root,
+    pageHeader('Cluster', elect),
+    errorLine,
+    section(null, summary),
+    section('Nodes', nodes),
+    section('Partitions moving', moves),
+    section('Partitions', h('p', { class: 'muted' }, 'Every partition of every topic, as the controller placed it. The first replica is the preferred leader.'), partitions));
+
+  function move(p) {
+    return confirmAction({
+      title: `Move ${p.topic} partition ${p.partition}`,
+      message: 'The new replicas catch up with the leader, then the old ones are dropped. The first is the preferred leader.',
+      confirmLabel: 'Move',
+      danger: false,
+      input: { label: 'Replicas (node ids)', value: p.replicas.join(', ') },
+      action: async (text) => {
+        const replicas = text.split(/[\s,]+/).filter(Boolean).map(Number);
+        if (!replicas.length || replicas.some((id) => !Number.isInteger(id))) {
+          throw new Error('Give node ids separated by commas, e.g. 1, 2, 3.');
+        }
+        await api('POST', '/api/cluster/reassign', { topic: p.topic, partition: p.partition, replicas });
+        notify(`${p.topic} partition ${p.partition} is moving to ${replicas.join(', ')}.`);
+        await poll();
+      },
+    });
+  }
+
+  async function poll() {
+    let data;
+    try {
+      data = await api('GET', '/api/cluster');
+    } catch (error) {
+      errorLine.textContent = error.message;
+      errorLine.hidden = false;
+      return;
+    }
+    if (!ctx.alive) return;
+    errorLine.hidden = true;
+    if (!data.clustered) {
+      elect.hidden = true;
+      replaceChildren(summary, h('p', { testid: 'cluster-single' }, 'One node (no cluster.voters): nothing is replicated.'));
+      replaceChildren(nodes);
+      replaceChildren(moves);
+      replaceChildren(partitions);
+      root.dataset.loaded = 'true';
+      return;
+    }
+    replaceChildren(summary, facts([
+      ['This node', String(data.node_id), 'cluster-this-node'],
+      ['Controller', data.controller >= 0 ? String(data.controller) : muted('none'), 'cluster-controller'],
+      ['Partitions', format.int(data.partitions.length), 'cluster-partition-count'],
+      ['Under-replicated', format.int(data.under_replicated_partitions), 'cluster-under-replicated'],
+      ['Offline', format.int(data.offline_partitions), 'cluster-offline'],
+      ['Moving', format.int(data.reassignments.length), 'cluster-moving'],
+    ], 'cluster-facts'));
+    replaceChildren(nodes, dataTable({
+      columns: [
+        { label: 'Node', numeric: true, cell: (n) => [String(n.id), n.this_node ? [' ', h('span', { class: 'badge' }, 'this node')] : null] },
+        { label: 'Kafka', cell: (n) => h('code', {}, n.kafka) },
+        { label: 'Role', cell: (n) => n.role, testid: 'node-role' },
+        {
+          label: 'State',
+          testid: 'node-state',
+          cell: (n) => {
+            if (n.fenced) return h('span', { class: 'badge bad' }, 'fenced');
+            if (n.decommissioning) return h('span', { class: 'badge warn' }, 'decommissioning');
+            return h('span', { class: 'badge good' }, 'live');
+          },
+        },
+        {
+          label: '',
+          cell: (n) => (n.decommissioning ? null : h('button', {
+            type: 'button', class: 'danger small', testid: 'node-decommission',
+            onclick: () => confirmAction({
+              title: `Decommission node ${n.id}`,
+              message: `Move every replica off node ${n.id}, then take it out of the cluster. Stop it once it is gone.`,
+              confirmLabel: 'Decommission',
+              action: async () => {
+                await api('POST', `/api/cluster/nodes/${n.id}/decommission`, {});
+                notify(`Node ${n.id} is being decommissioned.`);
+                await poll();
+              },
+            }),
+          }, 'Decommission')),
+        },
+      ],
+      rows: data.nodes,
+      rowTestid: 'node-row',
+      rowKey: (n) => String(n.id),
+      testid: 'nodes-table',
+    }));
+    replaceChildren(moves, dataTable({
+      columns: [
+        { label: 'Topic', cell: (m) => h('a', { href: route(['topics', m.topic]) }, m.topic) },
+        { label: 'Partition', numeric: true, cell: (m) => String(m.partition) },
+        { label: 'Replicas', cell: (m) => nodeList(m.replicas) },
+        { label: 'Adding', cell: (m) => nodeList(m.adding_replicas) },
+        { label: 'Removing', cell: (m) => nodeList(m.removing_replicas) },
+      ],
+      rows: data.reassignments,
+      rowTestid: 'move-row',
+      rowKey: (m) => `${m.topic}/${m.partition}`,
+      empty: 'No partition is moving.',
+      testid: 'moves-table',
+    }));
+    replaceChildren(partitions, dataTable({
+      columns: [
+        { label: 'Topic', cell: (p) => h('a', { href: route(['topics', p.topic]) }, p.topic) },
+        { label: 'Partition', numeric: true, cell: (p) => String(p.partition) },
+        { label: 'Leader', numeric: true, cell: (p) => (p.leader >= 0 ? String(p.leader) : h('span', { class: 'badge bad' }, 'none')), testid: 'partition-leader' },
+        { label: 'Epoch', numeric: true, cell: (p) => String(p.leader_epoch) },
+        { label: 'Replicas', cell: (p) => nodeList(p.replicas), testid: 'partition-replicas' },
+        { label: 'In sync', cell: (p) => nodeList(p.in_sync_replicas), testid: 'partition-in-sync' },
+        {
+          label: 'State',
+          testid: 'partition-state',
+          cell: (p) => {
+            if (p.offline) return h('span', { class: 'badge bad' }, 'offline');
+            if (p.under_replicated) return h('span', { class: 'badge bad' }, 'under-replicated');
+            return h('span', { class: 'badge good' }, 'in sync');
+          },
+        },
+        { label: '', cell: (p) => h('button', { type: 'button', class: 'small', testid: 'partition-move', onclick: () => move(p) }, 'Move…') },
+      ],
+      rows: data.partitions,
+      rowTestid: 'cluster-partition-row',
+      rowKey: (p) => `${p.topic}/${p.partition}`,
+      testid: 'cluster-partitions-table',
+    }));
+    root.dataset.loaded = 'true';
+  }
+
+  ctx.every(POLL_MS, poll);
+  await poll();
+}
+
+// ---------------------------------------------------------------------------
 // Router
 // ---------------------------------------------------------------------------
 
@@ -2494,6 +2658,7 @@ const ROUTES = [
   { pattern: /^bindings$/, page: 'bindings', render: bindingsPage },
   { pattern: /^connections$/, page: 'connections', render: connectionsPage },
   { pattern: /^messages$/, page: 'messages', render: messagesPage },
+  { pattern: /^cluster$/, page: 'cluster', render: clusterPage },
 ];
 
 const router = {
