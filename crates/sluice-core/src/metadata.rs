@@ -1829,29 +1829,7 @@ mod tests {
     #[test]
     fn the_controller_fences_silent_nodes_and_a_replaced_leader_cannot_change_in_sync_replicas() {
         use std::collections::BTreeSet;
-        let mut state = MetadataState::default();
-        for node in [1, 2, 3] {
-            apply(
-                &mut state,
-                MetadataCommand::RegisterBroker {
-                    node,
-                    host: "127.0.0.1".into(),
-                    port: 9000 + node as u16,
-                },
-            )
-            .expect("register");
-        }
-        apply(
-            &mut state,
-            MetadataCommand::CreateTopic {
-                name: "t".into(),
-                id: "00".repeat(16),
-                partitions: 1,
-                config: BTreeMap::new(),
-                replicas: vec![vec![1, 2, 3]],
-            },
-        )
-        .expect("create");
+        let mut state = nodes_and_a_partition_on_three(3);
         let fence = |node, fenced| MetadataCommand::FenceBroker { node, fenced };
         let changes = leadership_changes(&state, &BTreeSet::from([2, 3]));
         assert_eq!(changes[0], fence(1, true), "{changes:?}");
@@ -2077,10 +2055,11 @@ mod tests {
         );
     }
 
-    /// Nodes 1 to 4 registered and topic "t" with one partition on 1, 2, 3.
-    fn four_nodes_and_a_partition_on_three() -> MetadataState {
+    /// Nodes 1 to `nodes` registered and topic "t" with one partition on
+    /// 1, 2, 3.
+    fn nodes_and_a_partition_on_three(nodes: i32) -> MetadataState {
         let mut state = MetadataState::default();
-        for node in 1..=4 {
+        for node in 1..=nodes {
             apply(
                 &mut state,
                 MetadataCommand::RegisterBroker {
@@ -2126,7 +2105,7 @@ mod tests {
     fn a_partition_moves_once_its_new_replicas_are_in_sync() {
         use std::collections::BTreeSet;
         let live = BTreeSet::from([1, 2, 3, 4]);
-        let mut state = four_nodes_and_a_partition_on_three();
+        let mut state = nodes_and_a_partition_on_three(4);
         apply(&mut state, reassign(Some(vec![4, 2, 3]))).expect("start");
         let topic = &state.topics["t"];
         // The target first, then the replica leaving; the leader stays.
@@ -2178,7 +2157,7 @@ mod tests {
 
     #[test]
     fn a_move_is_cancelled_back_to_the_replicas_it_had_and_bad_targets_are_refused() {
-        let mut state = four_nodes_and_a_partition_on_three();
+        let mut state = nodes_and_a_partition_on_three(4);
         assert!(matches!(
             apply(&mut state, reassign(None)),
             Err(CoreError::NoReassignmentInProgress { .. })
@@ -2216,7 +2195,7 @@ mod tests {
     fn a_decommissioned_node_has_its_replicas_moved_then_is_unregistered() {
         use std::collections::BTreeSet;
         let live = BTreeSet::from([1, 2, 3, 4]);
-        let mut state = four_nodes_and_a_partition_on_three();
+        let mut state = nodes_and_a_partition_on_three(4);
         apply(&mut state, MetadataCommand::DecommissionBroker { node: 1 }).expect("decommission");
         assert_eq!(rebuilt(&state), state);
         // Node 1's replica goes to node 4, the only node without one.

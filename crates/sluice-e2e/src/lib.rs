@@ -8,6 +8,7 @@
 //! (`target/<profile>/sluice`); build it first with `cargo build -p sluice`
 //! (scripts/test does).
 
+pub mod cluster;
 pub mod proxy;
 
 use std::net::{TcpListener, TcpStream};
@@ -89,7 +90,7 @@ impl BrokerProcess {
         // are tried.
         for _ in 1..START_ATTEMPTS {
             let ports = [free_port(), free_port(), free_port()];
-            if let Some(child) = try_spawn(&data, ports) {
+            if let Some(child) = try_spawn(&data, ports, &[]) {
                 return BrokerProcess::new(child, data, ports, dir);
             }
         }
@@ -153,14 +154,25 @@ const START_ATTEMPTS: usize = 3;
 /// # Panics
 /// When it does not listen in time.
 fn spawn(data: &Path, ports: [u16; 3]) -> Child {
-    try_spawn(data, ports).unwrap_or_else(|| {
+    try_spawn(data, ports, &[]).unwrap_or_else(|| {
         panic!("the broker did not listen on {ports:?} within {READY_TIMEOUT:?}")
     })
 }
 
-/// Starts the broker with Kafka, AMQP and HTTP on `ports`; `None` when it
-/// exits first (a port taken) or does not listen in time.
-fn try_spawn(data: &Path, ports: [u16; 3]) -> Option<Child> {
+/// Starts the broker with Kafka, AMQP and HTTP on `ports` and `extra`
+/// arguments; `None` when it exits first (a port taken) or does not listen
+/// in time.
+pub(crate) fn try_spawn(data: &Path, ports: [u16; 3], extra: &[String]) -> Option<Child> {
+    try_spawn_logged(data, ports, extra, None)
+}
+
+/// As [`try_spawn`], the broker's output appended to `log` when given.
+pub(crate) fn try_spawn_logged(
+    data: &Path,
+    ports: [u16; 3],
+    extra: &[String],
+    log: Option<&Path>,
+) -> Option<Child> {
     let [kafka_port, amqp_port, http_port] = ports;
     let binary = broker_binary();
     assert!(
@@ -168,7 +180,12 @@ fn try_spawn(data: &Path, ports: [u16; 3]) -> Option<Child> {
         "build the broker first: cargo build -p sluice ({})",
         binary.display()
     );
-    let mut child = Command::new(binary)
+    let mut command = Command::new(binary);
+    match log {
+        Some(_) => command.env("SLUICE_LOG", "info"),
+        None => command.env_remove("SLUICE_LOG"),
+    };
+    let mut child = command
         .arg("--data-dir")
         .arg(data)
         .args(["--kafka-listen", &format!("127.0.0.1:{kafka_port}")])
@@ -176,9 +193,9 @@ fn try_spawn(data: &Path, ports: [u16; 3]) -> Option<Child> {
         .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
         // Groups of a test form at once, not after Kafka's 3 s wait for more members.
         .args(["--set", "kafka.group_initial_rebalance_delay=0s"])
-        .env_remove("SLUICE_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .args(extra)
+        .stdout(output(log))
+        .stderr(output(log))
         .spawn()
         .expect("start the broker");
     let deadline = Instant::now() + READY_TIMEOUT;
@@ -195,4 +212,16 @@ fn try_spawn(data: &Path, ports: [u16; 3]) -> Option<Child> {
         std::thread::sleep(Duration::from_millis(50));
     }
     Some(child)
+}
+
+/// Where a broker's output goes: appended to `log`, else nowhere.
+fn output(log: Option<&Path>) -> Stdio {
+    log.and_then(|path| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .ok()
+    })
+    .map_or_else(Stdio::null, Stdio::from)
 }

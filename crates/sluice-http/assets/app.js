@@ -412,6 +412,25 @@ function showedMissing(ctx, root, error, back, backLabel) {
   return true;
 }
 
+/**
+ * GETs `path` for a page that polls it: the answer, or null once the page
+ * was left or after showing the failure in `errorLine` (hidden again by
+ * the next answer).
+ */
+async function pollGet(ctx, path, errorLine) {
+  let data;
+  try {
+    data = await api('GET', path);
+  } catch (error) {
+    errorLine.textContent = error.message;
+    errorLine.hidden = false;
+    return null;
+  }
+  if (!ctx.alive) return null;
+  errorLine.hidden = true;
+  return data;
+}
+
 function section(title, ...children) {
   return h('section', { class: 'card' }, title ? h('h2', {}, title) : null, ...children);
 }
@@ -987,16 +1006,8 @@ async function overviewPage(ctx, root) {
     section('Listeners', listeners));
 
   async function poll() {
-    let data;
-    try {
-      data = await api('GET', '/api/overview');
-    } catch (error) {
-      errorLine.textContent = error.message;
-      errorLine.hidden = false;
-      return;
-    }
-    if (!ctx.alive) return;
-    errorLine.hidden = true;
+    const data = await pollGet(ctx, '/api/overview', errorLine);
+    if (!data) return;
     const now = Date.now();
     overviewHistory.push({ t: now, values: data.rates });
     trimHistory(overviewHistory, now);
@@ -2532,16 +2543,8 @@ async function clusterPage(ctx, root) {
   }
 
   async function poll() {
-    let data;
-    try {
-      data = await api('GET', '/api/cluster');
-    } catch (error) {
-      errorLine.textContent = error.message;
-      errorLine.hidden = false;
-      return;
-    }
-    if (!ctx.alive) return;
-    errorLine.hidden = true;
+    const data = await pollGet(ctx, '/api/cluster', errorLine);
+    if (!data) return;
     if (!data.clustered) {
       elect.hidden = true;
       replaceChildren(summary, h('p', { testid: 'cluster-single' }, 'One node (no cluster.voters): nothing is replicated.'));
