@@ -52,7 +52,8 @@ def read_to_end(bootstrap: str, topic: str, partition: int) -> list[bytes]:
         _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
         consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
         values: list[bytes] = []
-        deadline = time.monotonic() + 30
+        # Long nemesis runs leave hundreds of thousands of records.
+        deadline = time.monotonic() + 30 + high / 10_000
         position = 0
         while position < high and time.monotonic() < deadline:
             message = consumer.poll(0.5)

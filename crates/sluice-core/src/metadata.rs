@@ -2084,6 +2084,21 @@ mod tests {
         state
     }
 
+    /// Node 4, added to partition 0 of "t", is in sync (its leader, node 1
+    /// in epoch 0, says so).
+    fn node_4_caught_up(state: &mut MetadataState) {
+        apply(
+            state,
+            MetadataCommand::SetInSync {
+                name: "t".into(),
+                partition: 0,
+                in_sync: vec![1, 2, 3, 4],
+                leader_epoch: Some(0),
+            },
+        )
+        .expect("4 caught up");
+    }
+
     fn reassign(target: Option<Vec<i32>>) -> MetadataCommand {
         MetadataCommand::ReassignPartition {
             name: "t".into(),
@@ -2132,16 +2147,7 @@ mod tests {
             "4 is not in sync"
         );
 
-        apply(
-            &mut state,
-            MetadataCommand::SetInSync {
-                name: "t".into(),
-                partition: 0,
-                in_sync: vec![1, 2, 3, 4],
-                leader_epoch: Some(0),
-            },
-        )
-        .expect("4 caught up");
+        node_4_caught_up(&mut state);
         assert_eq!(leadership_changes(&state, &live), vec![finish.clone()]);
         apply(&mut state, finish).expect("finish");
         let topic = &state.topics["t"];
@@ -2234,16 +2240,7 @@ mod tests {
             apply(&mut state.clone(), unregister.clone()).is_err(),
             "1 still holds a replica"
         );
-        apply(
-            &mut state,
-            MetadataCommand::SetInSync {
-                name: "t".into(),
-                partition: 0,
-                in_sync: vec![1, 2, 3, 4],
-                leader_epoch: Some(0),
-            },
-        )
-        .expect("4 caught up");
+        node_4_caught_up(&mut state);
         for change in leadership_changes(&state, &live) {
             apply(&mut state, change).expect("finish");
         }
