@@ -56,8 +56,10 @@ SESSION_TIMEOUT_MS = 6000
 GROUP_SETTINGS = {
     "session.timeout.ms": SESSION_TIMEOUT_MS,
     "heartbeat.interval.ms": 500,
-    # Also the rebalance timeout librdkafka sends in JoinGroup.
-    "max.poll.interval.ms": 10000,
+    # Also the rebalance timeout librdkafka sends in JoinGroup. Generous: the
+    # test thread polls every member in turn, and a stalled CI machine once
+    # kept it away from one member for 10 s (the member then left the group).
+    "max.poll.interval.ms": 30000,
     "enable.auto.commit": False,
     "auto.offset.reset": "earliest",
 }
@@ -83,6 +85,9 @@ class Member:
         self.lost: list[list[int]] = []
         # The assignment after each poll, to see whether it was ever empty.
         self.history: list[frozenset[int]] = []
+        # The longest time between two polls, for the failure message.
+        self.last_poll: float | None = None
+        self.longest_gap = 0.0
         config = confluent_config(broker, **{**GROUP_SETTINGS, "group.id": group, "client.id": name, **extra})
         self.consumer = Consumer(config)
         self.consumer.subscribe(
@@ -103,6 +108,10 @@ class Member:
     def step(self, timeout: float = 0.05) -> None:
         if self.closed:
             return
+        now = time.monotonic()
+        if self.last_poll is not None:
+            self.longest_gap = max(self.longest_gap, now - self.last_poll)
+        self.last_poll = now
         msg = self.consumer.poll(timeout)
         self.history.append(self.partitions())
         if msg is None:
@@ -110,7 +119,9 @@ class Member:
         if msg.error():
             if msg.error().code() == KafkaError._PARTITION_EOF:
                 return
-            raise AssertionError(f"{self.name}: consumer error {msg.error()}")
+            raise AssertionError(
+                f"{self.name}: consumer error {msg.error()} (longest gap between polls {self.longest_gap:.1f} s)"
+            )
         self.seen.append((msg.partition(), msg.offset(), msg.value()))
         try:
             self.consumer.commit(message=msg, asynchronous=False)
