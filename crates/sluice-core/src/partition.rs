@@ -252,6 +252,12 @@ impl Partition {
         batches: &mut [u8],
         leader_high_watermark: Offset,
     ) -> Result<(), CoreError> {
+        if self.replication.as_ref().is_some_and(|r| r.is_leader()) {
+            // Promoted while the fetch was in flight: what the former
+            // leader sent is no longer this node's to take (Kafka stops a
+            // partition's fetcher before it leads).
+            return Ok(());
+        }
         if !batches.is_empty() {
             // The leader's log start fell inside a batch (DeleteRecords,
             // retention): a log that restarted there takes the whole batch
@@ -265,12 +271,17 @@ impl Partition {
             {
                 self.restart_at(base)?;
             }
+            // Under the producer lock, as a leader's idempotent appends: a
+            // produce checked on this node (just promoted) sees either
+            // none or all of these batches' sequences.
+            let mut producers = self.producers.lock();
             let info = self.log.append_replicated(batches)?;
             if let Ok(headers) = sluice_log::batch::split_verified(batches) {
                 for (_, header) in &headers {
-                    self.producers.replay(header);
+                    crate::producers::replay_into(&mut producers, header);
                 }
             }
+            drop(producers);
             if info.sync_due || self.log.durability() == Durability::Always {
                 self.log.sync_to(info.last_offset.plus(1))?;
             }
@@ -779,6 +790,30 @@ mod tests {
         // Nothing cut: nothing forgotten.
         partition.truncate_to(Offset::from(3)).expect("no-op");
         assert_eq!(partition.producers(), vec![(9, 0, 2)]);
+    }
+
+    /// A follower promoted while its fetch was in flight takes nothing of
+    /// what the former leader then sends.
+    #[test]
+    fn a_leader_takes_no_batches_from_its_former_leader() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut partition = partition(dir.path());
+        partition.replication = Some(crate::replication::Replication::new(
+            1,
+            vec![1, 2],
+            2,
+            vec![1, 2],
+            Offset::from(0),
+        ));
+        partition
+            .append_from_leader(&mut idempotent(0), Offset::from(0))
+            .expect("replicated");
+        partition.change_leader(1, 1, vec![1, 2]);
+        partition
+            .append_from_leader(&mut idempotent(1), Offset::from(0))
+            .expect("ignored");
+        assert_eq!(partition.log_end(), Offset::from(1));
+        assert_eq!(partition.producers(), vec![(9, 0, 0)]);
     }
 
     #[test]

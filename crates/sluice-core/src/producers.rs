@@ -96,6 +96,27 @@ pub(crate) struct ProducerEntry {
     batches: VecDeque<BatchRecord>,
 }
 
+/// What a partition remembers of `producer_id`, for a refusal's log line:
+/// its epoch and its recent batches as `first..=last@offset`.
+pub(crate) fn describe(producers: &HashMap<i64, ProducerEntry>, producer_id: i64) -> String {
+    producers.get(&producer_id).map_or_else(
+        || "unknown".to_owned(),
+        |entry| {
+            let batches: Vec<String> = entry
+                .batches
+                .iter()
+                .map(|b| {
+                    format!(
+                        "{}..={}@{}",
+                        b.first_sequence, b.last_sequence, b.first_offset
+                    )
+                })
+                .collect();
+            format!("epoch {} batches [{}]", entry.epoch, batches.join(", "))
+        },
+    )
+}
+
 /// What to do with an incoming idempotent batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SequenceCheck {
@@ -148,16 +169,21 @@ impl ProducerStates {
 
     /// Learns from a batch already in the log (recovery).
     pub(crate) fn replay(&self, header: &BatchHeader) {
-        if header.producer_id >= 0 && header.base_sequence >= 0 {
-            record(
-                &mut self.lock(),
-                header.producer_id,
-                header.producer_epoch,
-                header.base_sequence,
-                header.last_sequence(),
-                header.base_offset,
-            );
-        }
+        replay_into(&mut self.lock(), header);
+    }
+}
+
+/// Learns from a batch already in the log, under a lock the caller holds.
+pub(crate) fn replay_into(producers: &mut HashMap<i64, ProducerEntry>, header: &BatchHeader) {
+    if header.producer_id >= 0 && header.base_sequence >= 0 {
+        record(
+            producers,
+            header.producer_id,
+            header.producer_epoch,
+            header.base_sequence,
+            header.last_sequence(),
+            header.base_offset,
+        );
     }
 }
 

@@ -243,13 +243,29 @@ impl Topic {
         // Idempotent: check and write under the partition's producer lock,
         // so two copies of one batch cannot both pass; sync outside it.
         let mut producers = target.producers.lock();
-        let info = match producers::check(
+        let checked = producers::check(
             &producers,
             first.producer_id,
             first.producer_epoch,
             first.base_sequence,
             last.last_sequence(),
-        )? {
+        );
+        if let Err(error) = &checked {
+            // A refused sequence is fatal to librdkafka's idempotent
+            // producer: say what this partition knew.
+            tracing::warn!(
+                topic = %target.topic(),
+                partition = %target.id(),
+                %error,
+                batch = %format!("epoch {} {}..={}", first.producer_epoch, first.base_sequence, last.last_sequence()),
+                known = %producers::describe(&producers, first.producer_id),
+                leader_epoch = %target.leader_epoch(),
+                log_end = %target.log.log_end(),
+                high_watermark = %target.high_watermark(),
+                "idempotent batch refused"
+            );
+        }
+        let info = match checked? {
             SequenceCheck::Duplicate { first_offset } => AppendInfo {
                 first_offset,
                 last_offset: first_offset,
