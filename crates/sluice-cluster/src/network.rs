@@ -10,8 +10,9 @@
 //! Every connection opens with one byte naming what it carries:
 //! [`PREFACE_QUORUM`] for the frames above, [`PREFACE_KAFKA`] for a
 //! follower's replica fetches, which the listener hands to the broker's
-//! Kafka connection handling, so that all traffic between two nodes goes
-//! over their inter-node link. A node dials a peer at the address its
+//! Kafka connection handling, [`crate::messages::PREFACE_MESSAGES`] for
+//! messages routed to this node's queues, so that all traffic between two
+//! nodes goes over their inter-node link. A node dials a peer at the address its
 //! `cluster.routes` names for it, else the address in the quorum's
 //! membership.
 
@@ -48,6 +49,13 @@ const PREFACE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where the listener hands connections that carry Kafka requests.
 pub type KafkaStreams = tokio::sync::mpsc::Sender<(TcpStream, std::net::SocketAddr)>;
+
+/// Where the listener hands connections that are not the quorum's.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Handoff {
+    pub(crate) kafka: Option<KafkaStreams>,
+    pub(crate) messages: Option<crate::messages::MessageStreams>,
+}
 
 /// The addresses this node dials its peers at where they differ from the
 /// membership's (`cluster.routes`: a proxy, a NAT, a test's fault
@@ -140,7 +148,7 @@ pub(crate) async fn serve(
     raft: Raft<TypeConfig>,
     id: NodeId,
     liveness: Liveness,
-    kafka: Option<KafkaStreams>,
+    handoff: Handoff,
     stopping: watch::Receiver<bool>,
 ) {
     let mut stop = stopping.clone();
@@ -154,7 +162,7 @@ pub(crate) async fn serve(
                         raft.clone(),
                         id,
                         liveness.clone(),
-                        kafka.clone(),
+                        handoff.clone(),
                         stopping.clone(),
                         peer,
                     ));
@@ -175,7 +183,7 @@ async fn dispatch(
     raft: Raft<TypeConfig>,
     id: NodeId,
     liveness: Liveness,
-    kafka: Option<KafkaStreams>,
+    handoff: Handoff,
     stopping: watch::Receiver<bool>,
     peer: std::net::SocketAddr,
 ) {
@@ -190,7 +198,18 @@ async fn dispatch(
             return;
         }
     };
-    match (preface, kafka) {
+    if preface == crate::messages::PREFACE_MESSAGES {
+        match handoff.messages {
+            Some(messages) => {
+                if messages.try_send((stream, peer)).is_err() {
+                    tracing::debug!(%peer, "message link closed: the broker is not taking them now");
+                }
+            }
+            None => tracing::warn!(%peer, "message link closed: this node serves no queues"),
+        }
+        return;
+    }
+    match (preface, handoff.kafka) {
         (PREFACE_QUORUM, _) => connection(stream, raft, id, liveness, stopping, peer).await,
         (PREFACE_KAFKA, Some(kafka)) => {
             // Not queued behind a broker still starting (the follower dials

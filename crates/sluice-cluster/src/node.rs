@@ -127,6 +127,9 @@ pub struct Links {
     /// Where connections carrying Kafka requests (followers' replica
     /// fetches) go; without it they are closed.
     pub kafka: Option<network::KafkaStreams>,
+    /// Where connections carrying messages for this node's queues go;
+    /// without it they are closed.
+    pub messages: Option<crate::messages::MessageStreams>,
     /// Where peers reach this node's listener: what a node that is not a
     /// voter announces when it joins.
     pub address: String,
@@ -284,7 +287,10 @@ impl MetadataNode {
             raft.clone(),
             id,
             liveness.clone(),
-            links.kafka,
+            network::Handoff {
+                kafka: links.kafka,
+                messages: links.messages,
+            },
             stopping.clone(),
         ));
         let joining = stopping.clone();

@@ -50,6 +50,79 @@ pub struct PendingAck {
 enum AckTarget {
     Queue(Arc<PendingWrites>),
     Partition(Arc<Partition>),
+    /// A message sent to a queue living on another node: settled when
+    /// that node answers.
+    Remote(Arc<RemoteOutcome>),
+}
+
+/// The answer another node gives for a message sent to one of its
+/// queues: taken (with the queue's guarantee), or refused and why.
+#[derive(Debug, Default)]
+pub struct RemoteOutcome {
+    answer: std::sync::Mutex<Option<Result<(), String>>>,
+    answered: std::sync::Condvar,
+    woken: tokio::sync::Notify,
+}
+
+impl RemoteOutcome {
+    pub fn new() -> Arc<RemoteOutcome> {
+        Arc::new(RemoteOutcome::default())
+    }
+
+    /// Records the answer (the first one counts) and wakes the waiters.
+    pub fn settle(&self, answer: Result<(), String>) {
+        let mut held = self.answer.lock().unwrap_or_else(|e| e.into_inner());
+        if held.is_none() {
+            *held = Some(answer);
+        }
+        drop(held);
+        self.answered.notify_all();
+        self.woken.notify_waiters();
+    }
+
+    fn answer(&self) -> Option<Result<(), String>> {
+        self.answer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn into_result(answer: Option<Result<(), String>>) -> Result<(), CoreError> {
+        match answer {
+            Some(Ok(())) => Ok(()),
+            Some(Err(reason)) => Err(CoreError::Internal { reason }),
+            None => Err(CoreError::Internal {
+                reason: format!(
+                    "the queue's node did not answer within {} s",
+                    IN_SYNC_TIMEOUT.as_secs()
+                ),
+            }),
+        }
+    }
+
+    /// Waits for the answer, at most [`IN_SYNC_TIMEOUT`]. Blocking.
+    fn wait(&self) -> Result<(), CoreError> {
+        let held = self.answer.lock().unwrap_or_else(|e| e.into_inner());
+        let (held, _) = self
+            .answered
+            .wait_timeout_while(held, IN_SYNC_TIMEOUT, |answer| answer.is_none())
+            .unwrap_or_else(|e| e.into_inner());
+        RemoteOutcome::into_result(held.clone())
+    }
+
+    async fn wait_async(&self) -> Result<(), CoreError> {
+        let waited = tokio::time::timeout(IN_SYNC_TIMEOUT, async {
+            loop {
+                let woken = self.woken.notified();
+                if let Some(answer) = self.answer() {
+                    return answer;
+                }
+                woken.await;
+            }
+        })
+        .await;
+        RemoteOutcome::into_result(waited.ok())
+    }
 }
 
 impl PendingAck {
@@ -76,6 +149,16 @@ impl PendingAck {
             target: AckTarget::Queue(pending),
             end,
             level,
+            epoch: 0,
+        }
+    }
+
+    /// The acknowledgement of a message sent to a queue on another node.
+    pub fn remote(outcome: Arc<RemoteOutcome>) -> PendingAck {
+        PendingAck {
+            target: AckTarget::Remote(outcome),
+            end: Offset::from(0),
+            level: AckLevel::LocalDurable,
             epoch: 0,
         }
     }
@@ -139,6 +222,7 @@ impl PendingAck {
                     _ => Ok(()),
                 }
             }
+            AckTarget::Remote(outcome) => outcome.wait(),
         }
     }
 
@@ -167,6 +251,7 @@ impl PendingAck {
                     _ => Ok(()),
                 }
             }
+            AckTarget::Remote(outcome) => outcome.wait_async().await,
             AckTarget::Queue(_) => {
                 let ack = self.clone();
                 tokio::task::spawn_blocking(move || ack.wait())

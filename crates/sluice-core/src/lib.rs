@@ -57,7 +57,7 @@ use std::sync::Arc;
 use sluice_log::{LogConfig, LogManager};
 use sluice_types::{Clock, SystemClock};
 
-pub use ack::{AckLevel, Acks, PendingAck};
+pub use ack::{AckLevel, Acks, PendingAck, RemoteOutcome};
 pub use admission::{Admission, Alarm, Verdict, Writer};
 pub use connections::{
     ChannelStats, ConnectionDetails, ConnectionHandle, ConnectionLimits, ConnectionRefused,

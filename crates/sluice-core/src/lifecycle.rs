@@ -170,6 +170,7 @@ impl Broker {
                 Runs::Blocking,
                 |broker| broker.logs().maintain(),
             ),
+            tokio::spawn(follow_definitions(Arc::clone(self), stopped.clone())),
             tokio::spawn(crate::forwarding::run(Arc::clone(self), stopped)),
         ];
         Lifecycle {
@@ -252,6 +253,26 @@ fn every(
             }
         }
     })
+}
+
+/// On a node of a cluster: applies the AMQP definitions other nodes
+/// commit to this node's virtual hosts, as they are applied here.
+async fn follow_definitions(broker: Arc<Broker>, mut stopped: watch::Receiver<bool>) {
+    let metadata = Arc::clone(broker.topics().metadata());
+    if !metadata.clustered() {
+        return;
+    }
+    let mut changes = metadata.watch_definitions();
+    loop {
+        // Whatever changed between open and the first wait counts too.
+        let current = metadata.definitions();
+        let reconciling = Arc::clone(&broker);
+        let _ = tokio::task::spawn_blocking(move || reconciling.vhosts().reconcile(current)).await;
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
+            _ = stopped.changed() => return,
+        }
+    }
 }
 
 /// Forgets the committed offsets of groups empty for the retention time;

@@ -1176,6 +1176,9 @@ pub struct Metadata {
     node_id: i32,
     /// Commits this node's writers made, and their total time.
     commit_times: CommitTimes,
+    /// Counts applied changes to the durable AMQP definitions (and
+    /// snapshots restored), for the nodes that follow them.
+    definitions_changed: tokio::sync::watch::Sender<u64>,
 }
 
 /// A refused command, as a committed command's answer carries it to its
@@ -1255,6 +1258,7 @@ impl Metadata {
             topics: OnceLock::new(),
             node_id,
             commit_times: CommitTimes::default(),
+            definitions_changed: tokio::sync::watch::Sender::new(0),
         }))
     }
 
@@ -1269,6 +1273,7 @@ impl Metadata {
             topics: OnceLock::new(),
             node_id,
             commit_times: CommitTimes::default(),
+            definitions_changed: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -1351,6 +1356,16 @@ impl Metadata {
         committed
     }
 
+    /// The durable AMQP definitions now.
+    pub(crate) fn definitions(&self) -> Definitions {
+        self.state().definitions.clone()
+    }
+
+    /// Changes when the durable AMQP definitions change.
+    pub(crate) fn watch_definitions(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.definitions_changed.subscribe()
+    }
+
     /// Commits this node's writers made and their total time.
     pub fn commit_times(&self) -> &CommitTimes {
         &self.commit_times
@@ -1413,7 +1428,11 @@ impl Metadata {
         command: MetadataCommand,
     ) -> Result<(), CoreError> {
         let topic = topic_of(&command).map(str::to_owned);
+        let definition = is_definition(&command);
         apply(state, command)?;
+        if definition {
+            self.definitions_changed.send_modify(|n| *n += 1);
+        }
         let Some(topics) = self.topics.get().and_then(Weak::upgrade) else {
             return Ok(());
         };
@@ -1440,11 +1459,25 @@ impl Metadata {
         }
         let mut state = self.state();
         *state = fresh;
+        self.definitions_changed.send_modify(|n| *n += 1);
         match self.topics.get().and_then(Weak::upgrade) {
             Some(topics) => topics.reconcile_all(&state.topics),
             None => Ok(()),
         }
     }
+}
+
+/// Whether a command changes the durable AMQP definitions.
+fn is_definition(command: &MetadataCommand) -> bool {
+    matches!(
+        command,
+        MetadataCommand::DeclareExchange(_)
+            | MetadataCommand::DeleteExchange { .. }
+            | MetadataCommand::DeclareQueue(_)
+            | MetadataCommand::DeleteQueue { .. }
+            | MetadataCommand::Bind(_)
+            | MetadataCommand::Unbind(_)
+    )
 }
 
 /// The topic a command changes, if any.

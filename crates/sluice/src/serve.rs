@@ -108,7 +108,7 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         recovery_progress_interval: config.logging.progress_interval.get(),
         ..BrokerOptions::new(&config.data_dir)
     };
-    let (options, quorum, replica_streams) = join_cluster(config, options).await?;
+    let (options, quorum, replica_streams, message_streams) = join_cluster(config, options).await?;
     let broker = tokio::task::spawn_blocking(move || match options {
         Opening::Alone(options) => Broker::open(options),
         Opening::Clustered(options, lock) => Broker::open_locked(options, lock),
@@ -132,6 +132,22 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         )
         .await?;
         if let Some(node) = &quorum {
+            // Messages routed to this node's queues from other nodes, and
+            // this node's messages for theirs.
+            if let Some(streams) = message_streams {
+                let stopping = lifecycle.stopping();
+                lifecycle.serve(sluice_cluster::messages::serve(
+                    Arc::clone(&broker),
+                    streams,
+                    stopping,
+                ));
+            }
+            broker
+                .vhosts()
+                .attach_remote_queues(Arc::new(sluice_cluster::messages::Carrier::new(
+                    Arc::clone(node),
+                    tokio::runtime::Handle::current(),
+                )));
             let stopping = lifecycle.stopping();
             lifecycle.serve(sluice_cluster::quorum::run_controller(
                 Arc::clone(node),
@@ -265,13 +281,18 @@ type ReplicaStreams = tokio::sync::mpsc::Receiver<(tokio::net::TcpStream, std::n
 async fn join_cluster(
     config: &Config,
     mut options: BrokerOptions,
-) -> anyhow::Result<(Opening, Option<Arc<MetadataNode>>, Option<ReplicaStreams>)> {
+) -> anyhow::Result<(
+    Opening,
+    Option<Arc<MetadataNode>>,
+    Option<ReplicaStreams>,
+    Option<ReplicaStreams>,
+)> {
     let voters = config
         .cluster
         .voter_list()
         .map_err(|reason| anyhow::anyhow!(reason))?;
     if voters.is_empty() {
-        return Ok((Opening::Alone(options), None, None));
+        return Ok((Opening::Alone(options), None, None, None));
     }
     let voter_count = voters.len();
     let routes = config
@@ -281,6 +302,7 @@ async fn join_cluster(
     // Followers' replica fetches arrive on the inter-node listener and
     // are served as Kafka connections once the front-end runs.
     let (kafka_streams, replica_streams) = tokio::sync::mpsc::channel(64);
+    let (message_senders, message_streams) = tokio::sync::mpsc::channel(64);
     let data_dir = config.data_dir.clone();
     let lock = tokio::task::spawn_blocking(move || DataDirLock::acquire(&data_dir))
         .await
@@ -297,6 +319,7 @@ async fn join_cluster(
         sluice_cluster::Links {
             routes: routes.into_iter().collect(),
             kafka: Some(kafka_streams),
+            messages: Some(message_senders),
             address: bound.to_string(),
         },
     )
@@ -319,6 +342,7 @@ async fn join_cluster(
         Opening::Clustered(options, lock),
         Some(node),
         Some(replica_streams),
+        Some(message_streams),
     ))
 }
 

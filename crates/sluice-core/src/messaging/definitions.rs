@@ -47,6 +47,11 @@ pub struct QueueDefinition {
     pub auto_delete: bool,
     #[serde(with = "table_hex")]
     pub arguments: FieldTable,
+    /// The node holding a classic queue's messages, on a cluster (the
+    /// node it was declared on); `None` on a cluster of one and for
+    /// queues declared before clusters had homes (every node holds those).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home: Option<i32>,
 }
 
 /// A binding between durable ends.
@@ -186,6 +191,12 @@ impl DefinitionWriter {
     pub(crate) fn commit(&self, command: MetadataCommand) -> Result<(), CoreError> {
         self.metadata.commit(command)
     }
+
+    /// The home of a classic queue declared on this node: this node on a
+    /// cluster, none on a cluster of one.
+    pub(crate) fn home(&self) -> Option<i32> {
+        self.metadata.clustered().then(|| self.metadata.node_id())
+    }
 }
 
 /// A field table as the hex of its wire encoding.
@@ -315,6 +326,7 @@ pub(crate) mod legacy {
                 }
                 let flags = value.get_u8();
                 Some(MetadataCommand::DeclareQueue(QueueDefinition {
+                    home: None,
                     vhost,
                     name,
                     store_id,
@@ -366,6 +378,7 @@ mod tests {
             arguments: FieldTable::default(),
         };
         let queue = QueueDefinition {
+            home: None,
             vhost: "/".into(),
             name: "q1".into(),
             store_id: "abc".into(),
@@ -423,6 +436,7 @@ mod tests {
         );
         arguments.insert("x-flag".into(), AMQPValue::Boolean(true));
         let command = MetadataCommand::DeclareQueue(QueueDefinition {
+            home: Some(2),
             vhost: "v".into(),
             name: "q".into(),
             store_id: String::new(),

@@ -45,7 +45,7 @@ pub(crate) use queue_store::PendingWrites;
 pub use queue_store::Source;
 pub use stream::{STREAM_OFFSET_HEADER, STREAM_PARTITION_HEADER, StreamStart, parse_age_ms};
 pub(crate) use vhost::VhostShared;
-pub use vhost::{ExchangeOptions, PublishOutcome, VirtualHost, VirtualHosts};
+pub use vhost::{ExchangeOptions, PublishOutcome, RemoteQueues, VirtualHost, VirtualHosts};
 
 /// Why a messaging operation was refused. The text is RabbitMQ's where it
 /// has one (front-ends prefix the reply code name).

@@ -14,8 +14,8 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sluice_core::messaging::{
-    Binding, Destination, Exchange, ExchangeOptions, Message, Queue, QueueArgs, QueueOptions,
-    VirtualHost, short,
+    Binding, Destination, Exchange, ExchangeOptions, Message, Queue, QueueArgs, QueueDefinition,
+    QueueOptions, VirtualHost, short,
 };
 
 use super::tables::{properties_from_json, properties_to_json, table_from_json, table_to_json};
@@ -341,10 +341,15 @@ fn queue_json(shared: &AppState, vhost: &str, queue: &Queue) -> Value {
     let rates = shared.rates.queue(vhost, queue.name());
     let ready = queue.message_count();
     let unacked = queue.unacked_count();
+    let clustered = shared.broker.topics().metadata().clustered();
     json!({
         "vhost": vhost,
         "name": queue.name(),
         "type": queue.queue_type().as_str(),
+        // The node holding its messages (RabbitMQ's `node`); a stream's
+        // are its topic's, on every node.
+        "node": (clustered && queue.stream_topic().is_none()).then(|| shared.broker.node_id()),
+        "state": "running",
         "topic": queue.stream_topic().map(|topic| topic.name()),
         "durable": options.durable,
         "auto_delete": options.auto_delete,
@@ -362,6 +367,47 @@ fn queue_json(shared: &AppState, vhost: &str, queue: &Queue) -> Value {
     })
 }
 
+/// A classic queue living on another node of the cluster: its definition
+/// (its counts are its home's).
+fn remote_queue_json(vhost: &str, queue: &QueueDefinition) -> Value {
+    json!({
+        "vhost": vhost,
+        "name": queue.name,
+        "type": "classic",
+        "node": queue.home,
+        "state": "remote",
+        "topic": null,
+        "durable": true,
+        "auto_delete": queue.auto_delete,
+        "exclusive": false,
+        "arguments": table_to_json(&queue.arguments),
+        "messages": null,
+        "messages_ready": null,
+        "messages_unacknowledged": null,
+        "messages_paged_out": null,
+        "consumers": null,
+        "publish_rate": null,
+        "deliver_rate": null,
+        "ack_rate": null,
+        "redeliver_rate": null,
+    })
+}
+
+/// A queue as a list shows it: held here, or living on another node.
+enum Listed {
+    Local(Arc<Queue>),
+    Remote(QueueDefinition),
+}
+
+impl Listed {
+    fn name(&self) -> &str {
+        match self {
+            Listed::Local(queue) => queue.name(),
+            Listed::Remote(queue) => &queue.name,
+        }
+    }
+}
+
 pub(crate) async fn queues(
     State(shared): State<AppState>,
     Query(paging): Query<Paging>,
@@ -369,13 +415,19 @@ pub(crate) async fn queues(
     let mut all = Vec::new();
     for vhost in covered(&shared, paging.vhost.as_deref())? {
         for queue in vhost.queues() {
-            all.push((vhost.name().to_owned(), queue));
+            all.push((vhost.name().to_owned(), Listed::Local(queue)));
+        }
+        for queue in vhost.remote_queues() {
+            all.push((vhost.name().to_owned(), Listed::Remote(queue)));
         }
     }
     let (page, total) = paging.apply(all, |(vhost, q)| format!("{}\u{0}{vhost}", q.name()))?;
     let items = page
         .iter()
-        .map(|(v, q)| queue_json(&shared, v, q))
+        .map(|(v, q)| match q {
+            Listed::Local(queue) => queue_json(&shared, v, queue),
+            Listed::Remote(queue) => remote_queue_json(v, queue),
+        })
         .collect();
     Ok(Json(paging.answer(items, total)))
 }
@@ -391,6 +443,11 @@ pub(crate) async fn queue(
     Path((vhost_name, name)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     let vhost = vhost(&shared, &vhost_name)?;
+    if vhost.queue(&name).is_none()
+        && let Some(remote) = vhost.remote_queue(&name)
+    {
+        return Ok(Json(remote_queue_json(vhost.name(), &remote)));
+    }
     let queue = find_queue(&vhost, &name)?;
     Ok(Json(queue_json(&shared, vhost.name(), &queue)))
 }
@@ -442,7 +499,9 @@ pub(crate) async fn delete_queue(
     Query(conditions): Query<DeleteConditions>,
 ) -> ApiResult<StatusCode> {
     let vhost = vhost(&shared, &vhost_name)?;
-    find_queue(&vhost, &name)?;
+    if vhost.remote_queue(&name).is_none() {
+        find_queue(&vhost, &name)?;
+    }
     blocking(move || {
         Ok(vhost.delete_queue(
             &name,

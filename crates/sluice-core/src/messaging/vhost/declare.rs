@@ -179,7 +179,7 @@ impl VirtualHost {
         Ok(())
     }
 
-    fn forget_binding(&self, binding: &Binding) -> Result<(), CoreError> {
+    pub(super) fn forget_binding(&self, binding: &Binding) -> Result<(), CoreError> {
         if self.binding_is_durable(&binding.source, &binding.destination) {
             self.definitions
                 .commit(MetadataCommand::Unbind(BindingDefinition {
@@ -196,9 +196,11 @@ impl VirtualHost {
     fn binding_is_durable(&self, source: &str, destination: &Destination) -> bool {
         let source_durable = self.exchange(source).is_some_and(|e| e.durable);
         let destination_durable = match destination {
-            Destination::Queue(name) => self
-                .queue(name)
-                .is_some_and(|q| q.options().durable && q.store_id().is_some()),
+            Destination::Queue(name) => {
+                self.queue(name)
+                    .is_some_and(|q| q.options().durable && q.store_id().is_some())
+                    || self.remote_queue(name).is_some()
+            }
             Destination::Exchange(name) => self.exchange(name).is_some_and(|e| e.durable),
         };
         source_durable && destination_durable
@@ -219,6 +221,11 @@ impl VirtualHost {
         connection: u64,
     ) -> Result<(String, usize, usize), MessagingError> {
         if passive {
+            if self.queue(name).is_none()
+                && let Some(remote) = self.remote_queue(name)
+            {
+                return Ok((remote.name, 0, 0));
+            }
             let queue = self.usable_queue(name, connection)?;
             return Ok((
                 name.to_owned(),
@@ -239,6 +246,9 @@ impl VirtualHost {
         let args = QueueArgs::parse(&name, &self.name, &options.arguments)?;
         if let Some(existing) = self.queue(&name) {
             return self.redeclare(&existing, &options, connection);
+        }
+        if let Some(remote) = self.remote_queue(&name) {
+            return self.redeclare_remote(&remote, &options);
         }
         let mut queues = self.queues_mut();
         if let Some(existing) = queues.get(&name).cloned() {
@@ -269,6 +279,7 @@ impl VirtualHost {
                     store_id: store_id.clone(),
                     auto_delete: options.auto_delete,
                     arguments: options.arguments.clone(),
+                    home: self.definitions.home(),
                 }))?;
             Some((store_id, recovered.store))
         } else {
@@ -325,6 +336,8 @@ impl VirtualHost {
                 store_id: String::new(),
                 auto_delete: false,
                 arguments: options.arguments.clone(),
+                // A stream's records are its topic's, on every node.
+                home: None,
             }))?;
         let count = {
             let queue = Queue::new(
@@ -461,7 +474,10 @@ impl VirtualHost {
         connection: u64,
     ) -> Result<usize, MessagingError> {
         let Some(queue) = self.queue(name) else {
-            return Ok(0);
+            return match self.remote_queue(name) {
+                Some(remote) => self.delete_remote(&remote, if_unused, if_empty),
+                None => Ok(0),
+            };
         };
         if !queue.usable_by(connection) {
             return Err(self.locked(name));
@@ -517,7 +533,7 @@ impl VirtualHost {
         Ok(count)
     }
 
-    fn delete_emptied(&self, emptied: Vec<Arc<Exchange>>) -> Result<(), CoreError> {
+    pub(super) fn delete_emptied(&self, emptied: Vec<Arc<Exchange>>) -> Result<(), CoreError> {
         for exchange in emptied {
             if exchange.binding_count() == 0 {
                 self.remove_exchange(&exchange)?;
@@ -628,6 +644,11 @@ impl VirtualHost {
             ));
         }
         let destination_durable = match destination {
+            Destination::Queue(name)
+                if self.queue(name).is_none() && self.remote_queue(name).is_some() =>
+            {
+                true
+            }
             Destination::Queue(name) => {
                 let queue = self.usable_queue(name, connection)?;
                 queue.store_id().is_some() || queue.stream_topic().is_some()

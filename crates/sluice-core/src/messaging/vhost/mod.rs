@@ -4,12 +4,15 @@
 //! - `declare.rs`: exchanges, queues and bindings declared and deleted.
 //! - `publish.rs`: routing and publishing.
 //! - `dead_letter.rs`: what dies in a queue, republished to its DLX.
+//! - `cluster.rs`: on a cluster, the definitions other nodes commit, and
+//!   classic queues living on other nodes.
 //!
 //! Lock order (see docs/locks.md): the vhost's `exchanges` map, then its
 //! `queues` map, then one exchange's bindings or one queue's state. Routing
 //! takes exchange binding locks one at a time and never a queue lock while
 //! holding one.
 
+mod cluster;
 mod dead_letter;
 mod declare;
 mod publish;
@@ -17,7 +20,7 @@ mod publish;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use amq_protocol::types::FieldTable;
 use sluice_log::LogManager;
@@ -26,10 +29,11 @@ use sluice_types::{Clock, SystemClock};
 use super::MessagingError;
 use super::alarms::ResourceMonitor;
 use super::definitions::{
-    BindingDefinition, Definition, DefinitionWriter, DurableDefinitions, ExchangeDefinition,
-    QueueDefinition,
+    BindingDefinition, Definition, DefinitionWriter, Definitions, DurableDefinitions,
+    ExchangeDefinition, QueueDefinition,
 };
 use super::exchange::{Binding, Destination, Exchange, ExchangeKind};
+use super::message::Message;
 use super::queue::{Queue, QueueArgs, QueueHome, QueueOptions, QueueType};
 use super::queue_store::QueueStore;
 use crate::{Acks, CoreError, Topics};
@@ -63,6 +67,24 @@ pub struct PublishOutcome {
 pub struct VirtualHosts {
     hosts: RwLock<HashMap<String, Arc<VirtualHost>>>,
     memory: Arc<ResourceMonitor>,
+    /// The committed definitions the virtual hosts reflect (see
+    /// [`VirtualHosts::reconcile`]).
+    applied: Mutex<Definitions>,
+    /// What carries messages to queues living on other nodes.
+    carrier: Carrier,
+}
+
+/// What carries messages to queues living on other nodes, once a
+/// cluster's links are up.
+pub(crate) type Carrier = Arc<std::sync::OnceLock<Arc<dyn RemoteQueues>>>;
+
+/// Sends messages to the queues of other nodes of a cluster.
+pub trait RemoteQueues: Send + Sync + std::fmt::Debug {
+    /// Sends `message` to queue `queue` of virtual host `vhost` on node
+    /// `home`, in the order of the calls for one node; the
+    /// acknowledgement settles when that node has it with the queue's
+    /// guarantee (or refused it).
+    fn enqueue(&self, home: i32, vhost: &str, queue: &str, message: &Message) -> crate::PendingAck;
 }
 
 impl VirtualHosts {
@@ -79,12 +101,19 @@ impl VirtualHosts {
     ) -> Result<VirtualHosts, CoreError> {
         let DurableDefinitions { writer, stored } = durable;
         let total = stored.len();
+        let applied = stored.clone();
         let definitions = Arc::new(writer);
+        let carrier = Carrier::default();
         let mut hosts = HashMap::new();
         for name in names {
             hosts.insert(
                 name.clone(),
-                VirtualHost::new(name.clone(), shared.clone(), Arc::clone(&definitions)),
+                VirtualHost::new(
+                    name.clone(),
+                    shared.clone(),
+                    Arc::clone(&definitions),
+                    Arc::clone(&carrier),
+                ),
             );
         }
         for (index, definition) in stored.into_values().enumerate() {
@@ -98,6 +127,8 @@ impl VirtualHosts {
         Ok(VirtualHosts {
             hosts: RwLock::new(hosts),
             memory: Arc::clone(&shared.memory),
+            applied: Mutex::new(applied),
+            carrier,
         })
     }
 
@@ -119,6 +150,12 @@ impl VirtualHosts {
             summary.bindings += vhost.bindings().len();
         }
         summary
+    }
+
+    /// Hands over what carries messages to queues on other nodes (once;
+    /// a second call is ignored).
+    pub fn attach_remote_queues(&self, carrier: Arc<dyn RemoteQueues>) {
+        let _ = self.carrier.set(carrier);
     }
 
     /// The virtual host called `name`.
@@ -198,6 +235,9 @@ pub struct VirtualHost {
     name: String,
     exchanges: RwLock<HashMap<String, Arc<Exchange>>>,
     queues: RwLock<HashMap<String, Arc<Queue>>>,
+    /// Classic queues whose home is another node, by name.
+    remote: RwLock<HashMap<String, QueueDefinition>>,
+    carrier: Carrier,
     logs: Arc<LogManager>,
     /// The broker's topics, which stream queues are views of.
     topics: Arc<Topics>,
@@ -243,6 +283,7 @@ impl VirtualHost {
         name: String,
         shared: VhostShared,
         definitions: Arc<DefinitionWriter>,
+        carrier: Carrier,
     ) -> Arc<VirtualHost> {
         let VhostShared {
             logs,
@@ -269,6 +310,8 @@ impl VirtualHost {
             name,
             exchanges: RwLock::new(exchanges),
             queues: RwLock::new(HashMap::new()),
+            remote: RwLock::new(HashMap::new()),
+            carrier,
             logs,
             topics,
             definitions,
@@ -337,7 +380,10 @@ impl VirtualHost {
     /// [`MessagingError::NotFound`]; [`MessagingError::ResourceLocked`] for
     /// another connection's exclusive queue.
     pub fn usable_queue(&self, name: &str, connection: u64) -> Result<Arc<Queue>, MessagingError> {
-        let queue = self.queue(name).ok_or_else(|| self.no_queue(name))?;
+        let queue = self.queue(name).ok_or_else(|| {
+            self.remote_queue(name)
+                .map_or_else(|| self.no_queue(name), |remote| self.elsewhere(&remote))
+        })?;
         if !queue.usable_by(connection) {
             return Err(self.locked(name));
         }
@@ -384,6 +430,9 @@ impl VirtualHost {
                         arguments,
                     )),
                 );
+            }
+            Definition::Queue(queue) if self.lives_elsewhere(&queue) => {
+                self.remember_remote(queue);
             }
             Definition::Queue(QueueDefinition {
                 name,
@@ -436,7 +485,9 @@ impl VirtualHost {
                 ..
             }) => {
                 let present = match &destination {
-                    Destination::Queue(name) => self.queue(name).is_some(),
+                    Destination::Queue(name) => {
+                        self.queue(name).is_some() || self.remote_queue(name).is_some()
+                    }
                     Destination::Exchange(name) => self.exchange(name).is_some(),
                 };
                 if let (Some(exchange), true) = (self.exchange(&source), present) {

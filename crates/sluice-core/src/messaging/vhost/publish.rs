@@ -15,6 +15,16 @@ impl VirtualHost {
     /// The queues a message published to `exchange` reaches, following
     /// exchange-to-exchange bindings and alternate exchanges.
     pub(super) fn route(&self, exchange: &Arc<Exchange>, message: &Message) -> Vec<Arc<Queue>> {
+        self.route_all(exchange, message).0
+    }
+
+    /// As [`VirtualHost::route`], with the names of the queues reached
+    /// that live on other nodes.
+    pub(super) fn route_all(
+        &self,
+        exchange: &Arc<Exchange>,
+        message: &Message,
+    ) -> (Vec<Arc<Queue>>, Vec<String>) {
         let mut queue_names: Vec<String> = Vec::new();
         let mut seen_queues = HashSet::new();
         let mut visited = HashSet::new();
@@ -54,10 +64,41 @@ impl VirtualHost {
             }
         }
         let queues = self.queues_map();
-        queue_names
-            .iter()
-            .filter_map(|name| queues.get(name).cloned())
-            .collect()
+        let mut local = Vec::with_capacity(queue_names.len());
+        let mut remote = Vec::new();
+        for name in queue_names {
+            match queues.get(&name) {
+                Some(queue) => local.push(Arc::clone(queue)),
+                None => {
+                    if self.remote_queue(&name).is_some() {
+                        remote.push(name);
+                    }
+                }
+            }
+        }
+        (local, remote)
+    }
+
+    /// A message another node routed to queue `name` of this node.
+    ///
+    /// # Errors
+    /// NOT_FOUND when the queue is not here (deleted since, or moved);
+    /// storage failures.
+    pub fn enqueue_forwarded(
+        &self,
+        name: &str,
+        message: Message,
+    ) -> Result<PublishOutcome, MessagingError> {
+        let queue = self.queue(name).ok_or_else(|| self.no_queue(name))?;
+        let enqueued = queue.enqueue_from(Arc::new(message), None)?;
+        let mut outcome = PublishOutcome {
+            queues: 1,
+            rejected: enqueued.rejected,
+            ..PublishOutcome::default()
+        };
+        outcome.acks.extend(enqueued.sync);
+        self.dead_letter(enqueued.dead);
+        Ok(outcome)
     }
 
     /// `basic.publish`: routes a message and enqueues it.
@@ -96,11 +137,26 @@ impl VirtualHost {
         message
             .expiration_ms()
             .map_err(MessagingError::PreconditionFailed)?;
-        let queues = self.route(&target, &message);
+        let (queues, remote) = self.route_all(&target, &message);
         let mut outcome = PublishOutcome {
-            queues: queues.len(),
+            queues: queues.len() + remote.len(),
             ..PublishOutcome::default()
         };
+        for name in remote {
+            let (Some(carrier), Some(home)) = (
+                self.carrier.get(),
+                self.remote_queue(&name).and_then(|queue| queue.home),
+            ) else {
+                // Nothing carries it (the links are not up yet): refused
+                // (basic.nack under confirms), never dropped in silence.
+                tracing::warn!(vhost = %self.name, queue = %name, "a message for a queue living on another node was refused");
+                outcome.rejected = true;
+                continue;
+            };
+            outcome
+                .acks
+                .add(carrier.enqueue(home, &self.name, &name, &message));
+        }
         let message = Arc::new(message);
         for queue in queues {
             let enqueued = queue.enqueue_from(Arc::clone(&message), source)?;

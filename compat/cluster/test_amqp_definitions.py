@@ -1,0 +1,245 @@
+"""AMQP definitions on a three-node cluster (pika): durable exchanges,
+queues and bindings declared on one node are on every node once
+committed. A classic queue lives on the node it was declared on (its
+home, the API's `node`); the other nodes know it as a remote queue that
+can be declared again (passively or equivalently), bound to and deleted,
+while an inequivalent declaration is refused as on its home. A deletion
+made on any node reaches every node, the home included, and what a node
+learnt survives its restart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import pika
+import pytest
+from pika.exceptions import ChannelClosedByBroker, ConnectionClosedByBroker
+
+from common.broker import unique_name, wait_until
+from test_replication import http_get
+
+EXCHANGE_TYPES = ("direct", "fanout", "topic", "headers")
+
+
+@contextlib.contextmanager
+def channel(node):
+    connection = pika.BlockingConnection(
+        pika.ConnectionParameters(
+            host="127.0.0.1",
+            port=node.amqp_port,
+            credentials=pika.PlainCredentials("guest", "guest"),
+            blocked_connection_timeout=30,
+            socket_timeout=30,
+        )
+    )
+    try:
+        yield connection.channel()
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+def listed(node, kind: str) -> list[dict]:
+    return http_get(node, f"/api/{kind}?vhost=%2F&page_size=500")["items"]
+
+
+def queues_on(node) -> dict[str, dict]:
+    return {q["name"]: q for q in listed(node, "queues")}
+
+
+def exchanges_on(node) -> dict[str, dict]:
+    return {e["name"]: e for e in listed(node, "exchanges")}
+
+
+def bindings_on(node, source_prefix: str) -> set[tuple[str, str, str]]:
+    return {
+        (b["source"], b["destination"], b["routing_key"])
+        for b in listed(node, "bindings")
+        if b["source"].startswith(source_prefix)
+    }
+
+
+def declare_everything(node, prefix: str) -> tuple[str, set[tuple[str, str, str]]]:
+    """A durable exchange of each type, a durable classic queue bound to
+    each, and an exchange-to-exchange binding, on `node`."""
+    queue = f"{prefix}-q"
+    expected = set()
+    with channel(node) as ch:
+        ch.queue_declare(queue, durable=True, arguments={"x-max-length": 1000})
+        for kind in EXCHANGE_TYPES:
+            exchange = f"{prefix}-{kind}"
+            ch.exchange_declare(exchange, exchange_type=kind, durable=True)
+            key = "" if kind in ("fanout", "headers") else f"key.{kind}"
+            ch.queue_bind(queue, exchange, routing_key=key, arguments={"x-match": "any", "k": "v"} if kind == "headers" else None)
+            expected.add((exchange, queue, key))
+        ch.exchange_bind(f"{prefix}-fanout", f"{prefix}-direct", routing_key="to-fanout")
+        expected.add((f"{prefix}-direct", f"{prefix}-fanout", "to-fanout"))
+    return queue, expected
+
+
+def wait_everywhere(cluster, check, what: str, timeout: float = 20.0) -> None:
+    for node_id in (1, 2, 3):
+        wait_until(lambda: check(cluster.node(node_id), node_id), timeout, interval=0.2, what=f"{what} on node {node_id}")
+
+
+def test_definitions_declared_on_one_node_are_on_every_node(cluster):
+    prefix = unique_name("defs")
+    queue, bindings = declare_everything(cluster.node(1), prefix)
+
+    def complete(node, node_id):
+        exchanges = exchanges_on(node)
+        queues = queues_on(node)
+        return (
+            all(f"{prefix}-{kind}" in exchanges for kind in EXCHANGE_TYPES)
+            and queue in queues
+            and bindings_on(node, prefix) == bindings
+        )
+
+    wait_everywhere(cluster, complete, "every exchange, the queue and every binding")
+    for node_id in (1, 2, 3):
+        node = cluster.node(node_id)
+        exchanges = exchanges_on(node)
+        for kind in EXCHANGE_TYPES:
+            assert exchanges[f"{prefix}-{kind}"]["type"] == kind
+            assert exchanges[f"{prefix}-{kind}"]["durable"] is True
+        shown = queues_on(node)[queue]
+        assert shown["node"] == 1, shown
+        assert shown["state"] == ("running" if node_id == 1 else "remote"), shown
+        assert shown["arguments"] == {"x-max-length": 1000}, shown
+
+
+def test_a_remote_queue_is_declared_again_bound_and_refused_where_it_needs_its_home(cluster):
+    prefix = unique_name("remote")
+    queue = f"{prefix}-q"
+    with channel(cluster.node(1)) as ch:
+        ch.queue_declare(queue, durable=True, arguments={"x-message-ttl": 60000})
+    wait_everywhere(cluster, lambda node, _: queue in queues_on(node), "the queue")
+
+    with channel(cluster.node(2)) as ch:
+        assert ch.queue_declare(queue, passive=True).method.queue == queue
+        assert ch.queue_declare(queue, durable=True, arguments={"x-message-ttl": 60000}).method.queue == queue
+        with pytest.raises(ChannelClosedByBroker) as refused:
+            ch.queue_declare(queue, durable=True, arguments={"x-message-ttl": 5})
+        assert refused.value.reply_code == 406, refused.value
+        assert "inequivalent arg 'x-message-ttl'" in refused.value.reply_text
+
+    # A binding made on node 2 to the queue living on node 1 is everywhere.
+    exchange = f"{prefix}-x"
+    with channel(cluster.node(2)) as ch:
+        ch.exchange_declare(exchange, exchange_type="topic", durable=True)
+        ch.queue_bind(queue, exchange, routing_key="a.#")
+    wait_everywhere(
+        cluster,
+        lambda node, _: bindings_on(node, exchange) == {(exchange, queue, "a.#")},
+        "the binding made on node 2",
+    )
+
+    # Getting messages needs the queue's home: a clear refusal elsewhere.
+    with channel(cluster.node(3)) as ch:
+        with pytest.raises(ConnectionClosedByBroker) as refused:
+            ch.basic_get(queue)
+    assert refused.value.reply_code == 540, refused.value
+    assert "lives on node 1" in refused.value.reply_text, refused.value
+
+
+def test_a_deletion_on_any_node_reaches_every_node_and_restarts_keep_what_was_learnt(cluster):
+    prefix = unique_name("gone")
+    kept, _ = declare_everything(cluster.node(1), f"{prefix}-kept")
+    doomed = f"{prefix}-doomed"
+    doomed_exchange = f"{prefix}-doomed-x"
+    with channel(cluster.node(1)) as ch:
+        ch.queue_declare(doomed, durable=True)
+        ch.exchange_declare(doomed_exchange, exchange_type="direct", durable=True)
+        ch.queue_bind(doomed, doomed_exchange, routing_key="k")
+        ch.basic_publish("", doomed, b"held on node 1", pika.BasicProperties(delivery_mode=2))
+    wait_everywhere(
+        cluster,
+        lambda node, _: doomed in queues_on(node) and doomed_exchange in exchanges_on(node),
+        "the doomed queue and exchange",
+    )
+
+    # Deleted on node 3, which holds neither's messages.
+    with channel(cluster.node(3)) as ch:
+        ch.queue_delete(doomed)
+        ch.exchange_delete(doomed_exchange)
+    wait_everywhere(
+        cluster,
+        lambda node, _: doomed not in queues_on(node) and doomed_exchange not in exchanges_on(node),
+        "the deletions",
+    )
+    with channel(cluster.node(1)) as ch:
+        with pytest.raises(ChannelClosedByBroker) as missing:
+            ch.queue_declare(doomed, passive=True)
+        assert missing.value.reply_code == 404
+
+    # Node 2 restarts with what it learnt; the queue still lives on node 1.
+    node = cluster.node(2)
+    node.stop()
+    node.start()
+    shown = queues_on(node)
+    assert kept in shown and shown[kept]["node"] == 1 and shown[kept]["state"] == "remote", shown.get(kept)
+    assert doomed not in shown
+    assert all(f"{prefix}-kept-{kind}" in exchanges_on(node) for kind in EXCHANGE_TYPES)
+    with channel(node) as ch:
+        assert ch.queue_declare(kept, passive=True).method.queue == kept
+
+
+def drain(node, queue: str, expected: int, timeout: float = 20.0) -> list[bytes]:
+    """Gets messages from `queue` on `node` (its home) until `expected` or
+    the deadline, acknowledging each."""
+    bodies: list[bytes] = []
+    with channel(node) as ch:
+
+        def got_all():
+            while True:
+                method, _, body = ch.basic_get(queue, auto_ack=True)
+                if method is None:
+                    break
+                bodies.append(body)
+            return len(bodies) >= expected
+
+        wait_until(got_all, timeout, interval=0.1, what=f"{expected} messages in {queue}")
+    return bodies
+
+
+def test_messages_published_on_any_node_reach_the_queue_on_its_home_in_order(cluster):
+    prefix = unique_name("carry")
+    queue = f"{prefix}-q"
+    exchange = f"{prefix}-x"
+    with channel(cluster.node(1)) as ch:
+        ch.queue_declare(queue, durable=True)
+        ch.exchange_declare(exchange, exchange_type="topic", durable=True)
+        ch.queue_bind(queue, exchange, routing_key="orders.#")
+    wait_everywhere(cluster, lambda node, _: bindings_on(node, exchange) == {(exchange, queue, "orders.#")}, "the binding")
+
+    # Confirmed, mandatory, persistent: through the exchange from node 2,
+    # through the default exchange from node 3.
+    sent = []
+    for node_id, via, key in ((2, exchange, "orders.eu"), (3, "", queue)):
+        with channel(cluster.node(node_id)) as ch:
+            ch.confirm_delivery()
+            for n in range(200):
+                body = f"{node_id}-{n}".encode()
+                ch.basic_publish(
+                    via, key, body, pika.BasicProperties(delivery_mode=2, message_id=str(n)), mandatory=True
+                )
+                sent.append(body)
+    got = drain(cluster.node(1), queue, len(sent))
+    assert sorted(got) == sorted(sent), f"{len(got)} of {len(sent)}"
+    for node_id in (2, 3):
+        mine = [b for b in got if b.startswith(f"{node_id}-".encode())]
+        assert mine == [f"{node_id}-{n}".encode() for n in range(200)], f"node {node_id}'s messages out of order"
+
+
+def test_a_queue_refusing_a_message_on_its_home_nacks_the_publisher_on_another_node(cluster):
+    queue = unique_name("full")
+    with channel(cluster.node(1)) as ch:
+        ch.queue_declare(queue, durable=True, arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
+    wait_everywhere(cluster, lambda node, _: queue in queues_on(node), "the queue")
+    with channel(cluster.node(2)) as ch:
+        ch.confirm_delivery()
+        ch.basic_publish("", queue, b"fits", pika.BasicProperties(delivery_mode=2))
+        with pytest.raises(pika.exceptions.NackError):
+            ch.basic_publish("", queue, b"refused", pika.BasicProperties(delivery_mode=2))
+    assert drain(cluster.node(1), queue, 1) == [b"fits"]
