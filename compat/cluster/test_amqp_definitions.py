@@ -243,3 +243,43 @@ def test_a_queue_refusing_a_message_on_its_home_nacks_the_publisher_on_another_n
         with pytest.raises(pika.exceptions.NackError):
             ch.basic_publish("", queue, b"refused", pika.BasicProperties(delivery_mode=2))
     assert drain(cluster.node(1), queue, 1) == [b"fits"]
+
+
+def test_a_queue_whose_home_is_down_is_unavailable_elsewhere_until_it_returns(fresh_cluster):
+    cluster = fresh_cluster
+    queue = unique_name("homeless")
+    with channel(cluster.node(1)) as ch:
+        ch.queue_declare(queue, durable=True)
+    wait_everywhere(cluster, lambda node, _: queue in queues_on(node), "the queue")
+
+    home = cluster.node(1)
+    home.kill()
+    other = cluster.node(2)
+    wait_until(
+        lambda: any(n["id"] == 1 and n["fenced"] for n in http_get(other, "/api/cluster")["nodes"]),
+        30,
+        interval=0.3,
+        what="node 1 fenced",
+    )
+    with channel(other) as ch:
+        with pytest.raises(ChannelClosedByBroker) as missing:
+            ch.queue_declare(queue, passive=True)
+        assert missing.value.reply_code == 404, missing.value
+        assert f"home node '1' of durable queue '{queue}'" in missing.value.reply_text
+    with channel(other) as ch:
+        ch.confirm_delivery()
+        with pytest.raises(pika.exceptions.NackError):
+            ch.basic_publish("", queue, b"nowhere to go", pika.BasicProperties(delivery_mode=2))
+
+    home.start()
+    wait_until(
+        lambda: not any(n["fenced"] for n in http_get(other, "/api/cluster")["nodes"]),
+        30,
+        interval=0.3,
+        what="node 1 back",
+    )
+    with channel(other) as ch:
+        ch.confirm_delivery()
+        ch.queue_declare(queue, passive=True)
+        ch.basic_publish("", queue, b"home again", pika.BasicProperties(delivery_mode=2))
+    assert drain(home, queue, 1) == [b"home again"]

@@ -2,8 +2,9 @@
 // among them) and every partition's leader, replicas and in-sync
 // replicas; a partition's replicas change from the page ("Move…"), the
 // preferred leaders are elected from it, and a stopped node shows as
-// fenced with its partitions under-replicated. On one node the page says
-// nothing is replicated.
+// fenced with its partitions under-replicated. A queue declared on one
+// node is listed on another with its home node, as remote. On one node the
+// page says nothing is replicated.
 
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
@@ -69,6 +70,19 @@ test('the cluster page shows nodes and partitions, moves a partition and elects 
     await waitForText(row(page, 'node', '3').getByTestId('node-state'), 'fenced', 20_000);
     await waitForText(page.getByTestId('cluster-under-replicated'), '2', 20_000);
     await waitForText(partition.getByTestId('partition-state'), 'under-replicated');
+  });
+});
+
+test('a queue declared on one node is listed on another with its home node', { timeout: TEST_MS }, async () => {
+  const [first, second] = env.nodes;
+  await first.api('PUT', '/api/queues/%2F/homed-on-1', { durable: true });
+  await withPage(env.browser, second, '#/queues', async ({ page }) => {
+    const listed = row(page, 'queues', '//homed-on-1');
+    await waitForText(listed.getByTestId('queue-node'), '1 (remote)', 15_000);
+    assert.equal(await listed.getByTestId('queue-purge').count(), 0, 'no purge for a remote queue');
+  });
+  await withPage(env.browser, first, '#/queues', async ({ page }) => {
+    await waitForText(row(page, 'queues', '//homed-on-1').getByTestId('queue-node'), '1');
   });
 });
 

@@ -1792,6 +1792,8 @@ async function queuesPage(ctx, root) {
       { label: 'Name', cell: (q) => h('a', { href: route(['queues', q.vhost, q.name]), testid: 'queue-link' }, q.name) },
       { label: 'Type', cell: (q) => (q.type === 'stream' ? [q.type, ' ', muted(`(${q.topic})`)] : q.type) },
       { label: 'Features', cell: features },
+      // On a cluster: the node holding the queue's messages.
+      { label: 'Node', cell: (q) => (q.node === null || q.node === undefined ? '' : [`${q.node}`, q.state === 'remote' ? muted(' (remote)') : null]), testid: 'queue-node' },
       { label: 'Ready', numeric: true, cell: (q) => format.int(q.messages_ready), testid: 'queue-ready' },
       { label: 'Unacked', numeric: true, cell: (q) => format.int(q.messages_unacknowledged), testid: 'queue-unacked' },
       { label: 'Consumers', numeric: true, cell: (q) => format.int(q.consumers), testid: 'queue-consumers' },
@@ -1806,7 +1808,7 @@ async function queuesPage(ctx, root) {
       {
         label: '',
         cell: (q) => h('span', { class: 'row-actions' },
-          q.type === 'classic' ? h('button', { type: 'button', class: 'small', testid: 'queue-purge', onclick: () => purgeQueue(q, list.reload) }, 'Purge') : null,
+          q.type === 'classic' && q.state !== 'remote' ? h('button', { type: 'button', class: 'small', testid: 'queue-purge', onclick: () => purgeQueue(q, list.reload) }, 'Purge') : null,
           h('button', { type: 'button', class: 'danger small', testid: 'queue-delete', onclick: () => deleteQueue(q, list.reload) }, 'Delete')),
       },
     ],

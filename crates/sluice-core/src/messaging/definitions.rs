@@ -197,6 +197,11 @@ impl DefinitionWriter {
     pub(crate) fn home(&self) -> Option<i32> {
         self.metadata.clustered().then(|| self.metadata.node_id())
     }
+
+    /// Whether the controller counts node `node` as down (fenced).
+    pub(crate) fn is_down(&self, node: i32) -> bool {
+        self.metadata.fenced().contains(&node)
+    }
 }
 
 /// A field table as the hex of its wire encoding.

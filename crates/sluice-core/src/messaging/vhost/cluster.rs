@@ -95,13 +95,35 @@ impl VirtualHost {
         ))
     }
 
+    /// A passive declaration of a remote queue: RabbitMQ's NOT_FOUND
+    /// while its home is down.
+    pub(super) fn declare_remote_passive(
+        &self,
+        remote: &QueueDefinition,
+    ) -> Result<(String, usize, usize), MessagingError> {
+        self.check_home_up(remote)?;
+        Ok((remote.name.clone(), 0, 0))
+    }
+
+    fn check_home_up(&self, remote: &QueueDefinition) -> Result<(), MessagingError> {
+        match remote.home {
+            Some(home) if self.definitions.is_down(home) => Err(MessagingError::NotFound(format!(
+                "home node '{home}' of durable queue '{}' in vhost '{}' is down or inaccessible",
+                remote.name, self.name
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// A redeclaration of a remote queue: equivalent or refused, as for a
-    /// local one (its counts are its home's, unknown here: 0).
+    /// local one (its counts are its home's, unknown here: 0); NOT_FOUND
+    /// while its home is down, as RabbitMQ answers.
     pub(super) fn redeclare_remote(
         &self,
         remote: &QueueDefinition,
         options: &QueueOptions,
     ) -> Result<(String, usize, usize), MessagingError> {
+        self.check_home_up(remote)?;
         let inequivalent = |arg: &str, received: String, current: String| {
             Err(MessagingError::PreconditionFailed(format!(
                 "inequivalent arg '{arg}' for queue '{}' in vhost '{}': received '{received}' but current is '{current}'",

@@ -224,7 +224,7 @@ impl VirtualHost {
             if self.queue(name).is_none()
                 && let Some(remote) = self.remote_queue(name)
             {
-                return Ok((remote.name, 0, 0));
+                return self.declare_remote_passive(&remote);
             }
             let queue = self.usable_queue(name, connection)?;
             return Ok((
