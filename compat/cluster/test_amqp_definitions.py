@@ -140,7 +140,7 @@ def test_a_remote_queue_is_declared_again_bound_and_refused_where_it_needs_its_h
         with pytest.raises(ConnectionClosedByBroker) as refused:
             ch.basic_get(queue)
     assert refused.value.reply_code == 540, refused.value
-    assert "lives on node 1" in refused.value.reply_text, refused.value
+    assert "works on the node it lives on (node 1)" in refused.value.reply_text, refused.value
 
 
 def test_a_deletion_on_any_node_reaches_every_node_and_restarts_keep_what_was_learnt(cluster):
@@ -283,3 +283,136 @@ def test_a_queue_whose_home_is_down_is_unavailable_elsewhere_until_it_returns(fr
         ch.queue_declare(queue, passive=True)
         ch.basic_publish("", queue, b"home again", pika.BasicProperties(delivery_mode=2))
     assert drain(home, queue, 1) == [b"home again"]
+
+
+class Collector:
+    """A manual-ack consumer on `node` of `queue`, prefetch `prefetch`;
+    acks what it gets unless told to hold it."""
+
+    def __init__(self, node, queue: str, prefetch: int = 10, ack: bool = True):
+        self.connection = pika.BlockingConnection(
+            pika.ConnectionParameters(host="127.0.0.1", port=node.amqp_port, socket_timeout=30)
+        )
+        self.channel = self.connection.channel()
+        self.channel.basic_qos(prefetch_count=prefetch)
+        self.ack = ack
+        self.got: list[tuple[bytes, bool]] = []
+        self.held: list[int] = []
+        self.cancelled = False
+        self.channel.add_on_cancel_callback(lambda _frame: setattr(self, "cancelled", True))
+        self.tag = self.channel.basic_consume(queue, self.on_message)
+
+    def on_message(self, ch, method, _properties, body):
+        self.got.append((body, method.redelivered))
+        if self.ack:
+            ch.basic_ack(method.delivery_tag)
+        else:
+            self.held.append(method.delivery_tag)
+
+    def run_until(self, done, timeout: float, what: str) -> None:
+        wait_until(lambda: (self.connection.process_data_events(time_limit=0.1), done())[1], timeout, interval=0, what=what)
+
+    def close(self) -> None:
+        if self.connection.is_open:
+            self.connection.close()
+
+
+def test_declared_on_one_node_published_on_another_consumed_on_a_third_for_every_exchange_type(cluster):
+    prefix = unique_name("three")
+    queue, bindings = declare_everything(cluster.node(1), prefix)
+    wait_everywhere(cluster, lambda node, _: bindings_on(node, prefix) == bindings, "the bindings")
+    consumer = Collector(cluster.node(3), queue)
+    try:
+        sent = []
+        with channel(cluster.node(2)) as ch:
+            ch.confirm_delivery()
+            for kind in EXCHANGE_TYPES:
+                key = "" if kind in ("fanout", "headers") else f"key.{kind}"
+                for n in range(25):
+                    body = f"{kind}-{n}".encode()
+                    ch.basic_publish(
+                        f"{prefix}-{kind}", key, body,
+                        pika.BasicProperties(delivery_mode=2, headers={"k": "v"}), mandatory=True,
+                    )
+                    sent.append(body)
+            # Through the exchange-to-exchange binding, into the fanout.
+            ch.basic_publish(f"{prefix}-direct", "to-fanout", b"e2e", pika.BasicProperties(delivery_mode=2), mandatory=True)
+            sent.append(b"e2e")
+        consumer.run_until(lambda: len(consumer.got) >= len(sent), 30, "every message consumed on node 3")
+        assert sorted(body for body, _ in consumer.got) == sorted(sent)
+        assert not any(redelivered for _, redelivered in consumer.got)
+        for kind in EXCHANGE_TYPES:
+            mine = [body for body, _ in consumer.got if body.startswith(f"{kind}-".encode())]
+            assert mine == [f"{kind}-{n}".encode() for n in range(25)], f"{kind}: out of order"
+    finally:
+        consumer.close()
+    # Acked on node 3: nothing is left on the queue's home.
+    with channel(cluster.node(1)) as ch:
+        assert ch.queue_declare(queue, passive=True).method.message_count == 0
+
+
+def test_deliveries_a_remote_consumer_did_not_ack_are_redelivered_flagged_and_acked_ones_never_return(cluster):
+    queue = unique_name("held")
+    with channel(cluster.node(1)) as ch:
+        ch.queue_declare(queue, durable=True)
+        ch.confirm_delivery()
+        for n in range(20):
+            ch.basic_publish("", queue, f"m-{n}".encode(), pika.BasicProperties(delivery_mode=2))
+    wait_everywhere(cluster, lambda node, _: queue in queues_on(node), "the queue")
+
+    # Node 2's consumer gets 5 (its prefetch, which holds), acks the first
+    # 3, gets 3 more in their place, and closes holding 5.
+    first = Collector(cluster.node(2), queue, prefetch=5, ack=False)
+    try:
+        first.run_until(lambda: len(first.got) == 5, 20, "5 deliveries on node 2")
+        first.connection.process_data_events(time_limit=0.5)
+        assert len(first.got) == 5, "the prefetch holds: nothing more before acks"
+        for tag in first.held[:3]:
+            first.channel.basic_ack(tag)
+        first.run_until(lambda: len(first.got) == 8, 20, "3 more once 3 are acked")
+        first.connection.process_data_events(time_limit=0.5)
+        assert len(first.got) == 8
+    finally:
+        first.close()
+    acked = {body for body, _ in first.got[:3]}
+    unacked = {body for body, _ in first.got[3:]}
+
+    second = Collector(cluster.node(3), queue, prefetch=50)
+    try:
+        second.run_until(lambda: len(second.got) == 17, 20, "the other 17 on node 3")
+        second.connection.process_data_events(time_limit=0.5)
+    finally:
+        second.close()
+    bodies = {body for body, _ in second.got}
+    assert len(second.got) == 17 and not (bodies & acked), "an acked message came back"
+    assert bodies | acked == {f"m-{n}".encode() for n in range(20)}
+    flagged = {body for body, redelivered in second.got if redelivered}
+    assert flagged == unacked, f"redelivered {flagged}, held unacked {unacked}"
+
+
+def test_a_remote_consumers_node_dying_returns_its_deliveries_and_its_homes_death_cancels_consumers(fresh_cluster):
+    cluster = fresh_cluster
+    queue = unique_name("dying")
+    with channel(cluster.node(1)) as ch:
+        ch.queue_declare(queue, durable=True)
+        ch.confirm_delivery()
+        for n in range(10):
+            ch.basic_publish("", queue, f"m-{n}".encode(), pika.BasicProperties(delivery_mode=2))
+    wait_everywhere(cluster, lambda node, _: queue in queues_on(node), "the queue")
+
+    doomed = Collector(cluster.node(3), queue, prefetch=10, ack=False)
+    doomed.run_until(lambda: len(doomed.got) == 10, 20, "10 deliveries on node 3")
+    cluster.node(3).kill()
+    with contextlib.suppress(Exception):
+        doomed.close()
+
+    survivor = Collector(cluster.node(2), queue, prefetch=10)
+    try:
+        survivor.run_until(lambda: len(survivor.got) == 10, 30, "the 10 back, on node 2")
+        assert sorted(body for body, _ in survivor.got) == sorted(f"m-{n}".encode() for n in range(10))
+        assert all(redelivered for _, redelivered in survivor.got), survivor.got
+        # The queue's home dies: the consumer on node 2 is cancelled.
+        cluster.node(1).kill()
+        survivor.run_until(lambda: survivor.cancelled, 30, "the consumer cancelled")
+    finally:
+        survivor.close()

@@ -1,28 +1,46 @@
-//! Messages for queues living on other nodes. A node that routes a
-//! message to a classic queue whose home is another node sends it there
-//! over the inter-node listener (a connection opening with
-//! [`PREFACE_MESSAGES`]); the home enqueues it as its own publishes and
-//! answers once the queue has it with its guarantee (on disk for a durable
-//! queue and a persistent message), or with why it refused it. The sender
-//! confirms (or nacks) its publisher on that answer.
+//! Messages and consumers for queues living on other nodes, over the
+//! inter-node listener (a connection opening with [`PREFACE_MESSAGES`]).
 //!
-//! One connection per peer carries a node's messages for that peer, in
-//! the order they were routed; answers carry the request's id. A link
-//! that fails refuses every message waiting on it (the publishers get
-//! nacks) and is dialled again for the next message.
+//! - A node that routes a message to a classic queue whose home is another
+//!   node sends it there; the home enqueues it as its own publishes and
+//!   answers once the queue has it with its guarantee (on disk for a
+//!   durable queue and a persistent message), or with why it refused it.
+//!   The sender confirms (or nacks) its publisher on that answer.
+//! - A consumer on a node of a queue living elsewhere is registered at the
+//!   home, with the consumer's prefetch; the home's queue dispatches to it
+//!   as to its own consumers, and each delivery comes back over the link
+//!   to the consumer's channel. Acks, rejects and requeues go back to the
+//!   home, which releases the consumer's credit, dead-letters and
+//!   redelivers as for its own consumers.
 //!
-//! Frames are a `u32` big-endian length, then
-//! - request: `[id:8][vhost_len:1][vhost][queue_len:1][queue][message]`,
-//!   the message as a queue log holds it (`Message::encode`);
-//! - answer: `[id:8][refused:1][reason]`, the reason in UTF-8.
+//! One connection per pair of nodes (dialled by the node with the
+//! publishers or consumers) carries these in order. When it fails, the
+//! sender's messages waiting for an answer are refused (nacks), its
+//! remote consumers are cancelled (`basic.cancel` to their clients), and
+//! the home requeues what those consumers had not settled; settlements of
+//! deliveries made over a failed connection are dropped (the home
+//! redelivers those messages). The link is dialled again when needed.
+//!
+//! Frames are a `u32` big-endian length, a kind byte and its fields;
+//! names are a length byte and UTF-8, messages as a queue log holds them
+//! (`Message::encode`). To the home: `ENQUEUE [id:8][vhost][queue][message]`,
+//! `CONSUME [consumer:8][vhost][queue][tag][no_ack:1][exclusive:1][priority:4][prefetch:4]`,
+//! `CANCEL [consumer:8]`, `SETTLE [vhost][queue][op:1][count:4][seq:8]*`.
+//! From it: `ANSWER [id:8][refused:1][reason]`,
+//! `DELIVER [consumer:8][seq:8][redelivered:1][message]`,
+//! `CANCELLED [consumer:8][reason]`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use sluice_core::messaging::{Message, RemoteQueues};
+use sluice_core::messaging::{
+    ConsumerEvent, ConsumerSpec, Credit, Delivery, Message, MessagingError, Queue, RemoteQueues,
+    RemoteSettlement, VirtualHost,
+};
 use sluice_core::{Acks, Broker, PendingAck, RemoteOutcome};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -33,9 +51,21 @@ use crate::MetadataNode;
 /// The first byte of a connection carrying messages for queues.
 pub const PREFACE_MESSAGES: u8 = b'M';
 
+const ENQUEUE: u8 = 1;
+const CONSUME: u8 = 2;
+const CANCEL: u8 = 3;
+const SETTLE: u8 = 4;
+const ANSWER: u8 = 1;
+const DELIVER: u8 = 2;
+const CANCELLED: u8 = 3;
+
+const OP_ACK: u8 = 0;
+const OP_REJECT: u8 = 1;
+const OP_REQUEUE: u8 = 2;
+
 /// Largest frame either side accepts.
 const MAX_FRAME: usize = 256 << 20;
-/// Messages waiting for one peer's link; more are refused.
+/// Messages waiting for one peer's answer or link; more are refused.
 const LINK_QUEUE: usize = 8192;
 /// Longest a connect may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -43,65 +73,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Where the inter-node listener hands connections that carry messages.
 pub type MessageStreams = mpsc::Sender<(TcpStream, SocketAddr)>;
 
-/// A message on its way, with the outcome its publisher waits on.
-#[derive(Debug)]
-struct Outgoing {
-    /// The request without its id.
-    body: Bytes,
-    outcome: Arc<RemoteOutcome>,
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Carries this node's messages to the queues of its peers.
-#[derive(Debug)]
-pub struct Carrier {
-    node: Arc<MetadataNode>,
-    runtime: tokio::runtime::Handle,
-    links: Mutex<HashMap<i32, mpsc::Sender<Outgoing>>>,
-}
-
-impl Carrier {
-    /// Links to peers are dialled on `runtime` as messages need them.
-    pub fn new(node: Arc<MetadataNode>, runtime: tokio::runtime::Handle) -> Carrier {
-        Carrier {
-            node,
-            runtime,
-            links: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn link(&self, home: i32) -> mpsc::Sender<Outgoing> {
-        let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(link) = links.get(&home)
-            && !link.is_closed()
-        {
-            return link.clone();
-        }
-        let (sender, receiver) = mpsc::channel(LINK_QUEUE);
-        self.runtime
-            .spawn(run_link(Arc::clone(&self.node), home, receiver));
-        links.insert(home, sender.clone());
-        sender
-    }
-}
-
-impl RemoteQueues for Carrier {
-    fn enqueue(&self, home: i32, vhost: &str, queue: &str, message: &Message) -> PendingAck {
-        let outcome = RemoteOutcome::new();
-        match encode_request(vhost, queue, message) {
-            Ok(body) => {
-                let sent = self.link(home).try_send(Outgoing {
-                    body,
-                    outcome: Arc::clone(&outcome),
-                });
-                if sent.is_err() {
-                    outcome.settle(Err(format!("the link to node {home} is full or closed")));
-                }
-            }
-            Err(reason) => outcome.settle(Err(reason)),
-        }
-        PendingAck::remote(outcome)
-    }
-}
+// --- frames ---------------------------------------------------------------
 
 fn put_short(out: &mut BytesMut, text: &str) -> Result<(), String> {
     let len = u8::try_from(text.len()).map_err(|_| format!("name '{text}' over 255 bytes"))?;
@@ -119,131 +95,679 @@ fn get_short(bytes: &mut Bytes) -> Option<String> {
     String::from_utf8(bytes.split_to(len).to_vec()).ok()
 }
 
-fn encode_request(vhost: &str, queue: &str, message: &Message) -> Result<Bytes, String> {
+fn get_u64(bytes: &mut Bytes) -> Option<u64> {
+    (bytes.remaining() >= 8).then(|| bytes.get_u64())
+}
+
+fn get_u8(bytes: &mut Bytes) -> Option<u8> {
+    (bytes.remaining() >= 1).then(|| bytes.get_u8())
+}
+
+/// A frame: length, kind, fields.
+fn frame(kind: u8, fields: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(5 + fields.len());
+    out.put_u32(u32::try_from(1 + fields.len()).unwrap_or(u32::MAX));
+    out.put_u8(kind);
+    out.put_slice(fields);
+    out.freeze()
+}
+
+fn encode_enqueue(id: u64, vhost: &str, queue: &str, message: &Message) -> Result<Bytes, String> {
     let encoded = message.encode()?;
-    let mut body = BytesMut::with_capacity(2 + vhost.len() + queue.len() + encoded.len());
-    put_short(&mut body, vhost)?;
-    put_short(&mut body, queue)?;
-    body.put_slice(&encoded);
-    Ok(body.freeze())
+    let mut fields = BytesMut::with_capacity(10 + vhost.len() + queue.len() + encoded.len());
+    fields.put_u64(id);
+    put_short(&mut fields, vhost)?;
+    put_short(&mut fields, queue)?;
+    fields.put_slice(&encoded);
+    Ok(frame(ENQUEUE, &fields))
 }
 
-/// A request's parts: virtual host, queue and message.
-fn decode_request(mut body: Bytes) -> Option<(String, String, Message)> {
-    let vhost = get_short(&mut body)?;
-    let queue = get_short(&mut body)?;
-    Some((vhost, queue, Message::decode(body)?))
+/// An ENQUEUE's fields: id, virtual host, queue and message.
+fn decode_enqueue(mut fields: Bytes) -> Option<(u64, String, String, Message)> {
+    let id = get_u64(&mut fields)?;
+    let vhost = get_short(&mut fields)?;
+    let queue = get_short(&mut fields)?;
+    Some((id, vhost, queue, Message::decode(fields)?))
 }
 
-async fn write_frame<W: AsyncWrite + Unpin>(
-    out: &mut W,
-    id: u64,
-    body: &[u8],
-) -> std::io::Result<()> {
-    let len = u32::try_from(8 + body.len()).map_err(std::io::Error::other)?;
-    let mut frame = BytesMut::with_capacity(12 + body.len());
-    frame.put_u32(len);
-    frame.put_u64(id);
-    frame.put_slice(body);
-    out.write_all(&frame).await
+fn encode_settle(vhost: &str, queue: &str, op: u8, seqs: &[u64]) -> Result<Bytes, String> {
+    let mut fields = BytesMut::with_capacity(8 + vhost.len() + queue.len() + 8 * seqs.len());
+    put_short(&mut fields, vhost)?;
+    put_short(&mut fields, queue)?;
+    fields.put_u8(op);
+    fields.put_u32(u32::try_from(seqs.len()).map_err(|_| "too many settlements")?);
+    for seq in seqs {
+        fields.put_u64(*seq);
+    }
+    Ok(frame(SETTLE, &fields))
 }
 
-async fn read_frame<R: AsyncRead + Unpin>(input: &mut R) -> std::io::Result<(u64, Bytes)> {
+fn decode_settle(mut fields: Bytes) -> Option<(String, String, u8, Vec<u64>)> {
+    let vhost = get_short(&mut fields)?;
+    let queue = get_short(&mut fields)?;
+    let op = get_u8(&mut fields)?;
+    if fields.remaining() < 4 {
+        return None;
+    }
+    let count = fields.get_u32() as usize;
+    if fields.remaining() != count * 8 {
+        return None;
+    }
+    Some((
+        vhost,
+        queue,
+        op,
+        (0..count).map(|_| fields.get_u64()).collect(),
+    ))
+}
+
+/// A consumer as CONSUME carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ConsumeRequest {
+    consumer: u64,
+    vhost: String,
+    queue: String,
+    tag: String,
+    no_ack: bool,
+    exclusive: bool,
+    priority: i32,
+    prefetch: u32,
+}
+
+impl ConsumeRequest {
+    fn encode(&self) -> Result<Bytes, String> {
+        let mut fields = BytesMut::new();
+        fields.put_u64(self.consumer);
+        put_short(&mut fields, &self.vhost)?;
+        put_short(&mut fields, &self.queue)?;
+        put_short(&mut fields, &self.tag)?;
+        fields.put_u8(u8::from(self.no_ack));
+        fields.put_u8(u8::from(self.exclusive));
+        fields.put_i32(self.priority);
+        fields.put_u32(self.prefetch);
+        Ok(frame(CONSUME, &fields))
+    }
+
+    fn decode(mut fields: Bytes) -> Option<ConsumeRequest> {
+        let consumer = get_u64(&mut fields)?;
+        let vhost = get_short(&mut fields)?;
+        let queue = get_short(&mut fields)?;
+        let tag = get_short(&mut fields)?;
+        if fields.remaining() != 10 {
+            return None;
+        }
+        Some(ConsumeRequest {
+            consumer,
+            vhost,
+            queue,
+            tag,
+            no_ack: fields.get_u8() != 0,
+            exclusive: fields.get_u8() != 0,
+            priority: fields.get_i32(),
+            prefetch: fields.get_u32(),
+        })
+    }
+}
+
+async fn write_all<W: AsyncWrite + Unpin>(out: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+    out.write_all(bytes).await
+}
+
+/// Reads one frame: its kind and fields.
+async fn read_frame<R: AsyncRead + Unpin>(input: &mut R) -> std::io::Result<(u8, Bytes)> {
     let len = input.read_u32().await? as usize;
-    if !(8..=MAX_FRAME).contains(&len) {
+    if !(1..=MAX_FRAME).contains(&len) {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            format!("a message frame of {len} bytes"),
+            format!("a message link frame of {len} bytes"),
         ));
     }
     let mut frame = vec![0; len];
     input.read_exact(&mut frame).await?;
     let mut frame = Bytes::from(frame);
-    let id = frame.get_u64();
-    Ok((id, frame))
+    let kind = frame.get_u8();
+    Ok((kind, frame))
+}
+
+// --- the side with the publishers and consumers -----------------------------
+
+/// What a link writes, in order.
+#[derive(Debug)]
+enum Outgoing {
+    Enqueue {
+        vhost: String,
+        queue: String,
+        message: Box<Message>,
+        outcome: Arc<RemoteOutcome>,
+    },
+    Consume(ConsumeRequest),
+    Cancel(u64),
+    /// Settlements of deliveries by this node's sequence numbers.
+    Settle {
+        vhost: String,
+        queue: String,
+        op: u8,
+        seqs: Vec<u64>,
+    },
+    /// Settlements by the home's sequence numbers (deliveries no consumer
+    /// here could take: back to the queue).
+    SettleHome {
+        vhost: String,
+        queue: String,
+        op: u8,
+        seqs: Vec<u64>,
+    },
+}
+
+/// A consumer of a queue of the link's peer.
+#[derive(Debug)]
+struct LocalConsumer {
+    channel: u64,
+    tag: Arc<str>,
+    vhost: String,
+    queue: String,
+    /// Where its deliveries go; `None` once cancelled here (deliveries
+    /// still on their way go back to the queue).
+    sink: Option<mpsc::UnboundedSender<ConsumerEvent>>,
+    stand_in: Weak<Queue>,
+    /// Its deliveries are settled on delivery (nothing to map back).
+    no_ack: bool,
+    /// The connection its CONSUME went over (0: not sent yet).
+    connection: u64,
+}
+
+/// What a link knows, shared by the carrier, the writer and the reader.
+#[derive(Debug, Default)]
+struct LinkState {
+    consumers: Mutex<HashMap<u64, LocalConsumer>>,
+    /// Deliveries not settled yet: this node's sequence number to the
+    /// connection they came over and the home's sequence number.
+    deliveries: Mutex<HashMap<u64, (u64, u64)>>,
+    /// The connection now up (counts from 1).
+    connection: AtomicU64,
+    next_seq: AtomicU64,
+    /// Messages sent and not answered, or waiting to be sent.
+    in_flight: AtomicUsize,
+}
+
+#[derive(Debug)]
+struct Link {
+    outgoing: mpsc::UnboundedSender<Outgoing>,
+    state: Arc<LinkState>,
+}
+
+/// Carries this node's messages and consumers to the queues of its peers.
+#[derive(Debug)]
+pub struct Carrier {
+    node: Arc<MetadataNode>,
+    runtime: tokio::runtime::Handle,
+    links: Mutex<HashMap<i32, Link>>,
+    next_consumer: AtomicU64,
+}
+
+impl Carrier {
+    /// Links to peers are dialled on `runtime` as they are needed.
+    pub fn new(node: Arc<MetadataNode>, runtime: tokio::runtime::Handle) -> Carrier {
+        Carrier {
+            node,
+            runtime,
+            links: Mutex::new(HashMap::new()),
+            next_consumer: AtomicU64::new(1),
+        }
+    }
+
+    fn link(&self, home: i32) -> (mpsc::UnboundedSender<Outgoing>, Arc<LinkState>) {
+        let mut links = lock(&self.links);
+        if let Some(link) = links.get(&home)
+            && !link.outgoing.is_closed()
+        {
+            return (link.outgoing.clone(), Arc::clone(&link.state));
+        }
+        let (outgoing, receiver) = mpsc::unbounded_channel();
+        let state = Arc::new(LinkState::default());
+        self.runtime.spawn(run_link(
+            Arc::clone(&self.node),
+            home,
+            receiver,
+            outgoing.clone(),
+            Arc::clone(&state),
+        ));
+        links.insert(
+            home,
+            Link {
+                outgoing: outgoing.clone(),
+                state: Arc::clone(&state),
+            },
+        );
+        (outgoing, state)
+    }
+}
+
+fn op_of(settlement: RemoteSettlement) -> u8 {
+    match settlement {
+        RemoteSettlement::Ack => OP_ACK,
+        RemoteSettlement::Reject { requeue: false } => OP_REJECT,
+        RemoteSettlement::Reject { requeue: true } => OP_REQUEUE,
+    }
+}
+
+impl RemoteQueues for Carrier {
+    fn enqueue(&self, home: i32, vhost: &str, queue: &str, message: &Message) -> PendingAck {
+        let outcome = RemoteOutcome::new();
+        let (outgoing, state) = self.link(home);
+        if state.in_flight.fetch_add(1, Ordering::AcqRel) >= LINK_QUEUE {
+            state.in_flight.fetch_sub(1, Ordering::AcqRel);
+            outcome.settle(Err(format!(
+                "too many messages on their way to node {home}"
+            )));
+            return PendingAck::remote(outcome);
+        }
+        let sent = outgoing.send(Outgoing::Enqueue {
+            vhost: vhost.to_owned(),
+            queue: queue.to_owned(),
+            message: Box::new(message.clone()),
+            outcome: Arc::clone(&outcome),
+        });
+        if sent.is_err() {
+            state.in_flight.fetch_sub(1, Ordering::AcqRel);
+            outcome.settle(Err(format!("the link to node {home} is closed")));
+        }
+        PendingAck::remote(outcome)
+    }
+
+    fn consume(
+        &self,
+        home: i32,
+        vhost: &str,
+        queue: &Arc<Queue>,
+        consumer: ConsumerSpec,
+    ) -> Result<(), MessagingError> {
+        let (outgoing, state) = self.link(home);
+        let id = self.next_consumer.fetch_add(1, Ordering::Relaxed);
+        let request = ConsumeRequest {
+            consumer: id,
+            vhost: vhost.to_owned(),
+            queue: queue.name().to_owned(),
+            tag: consumer.tag.to_string(),
+            no_ack: consumer.no_ack,
+            exclusive: consumer.exclusive,
+            priority: consumer.priority,
+            prefetch: consumer.credit.limit(),
+        };
+        lock(&state.consumers).insert(
+            id,
+            LocalConsumer {
+                channel: consumer.channel,
+                tag: Arc::clone(&consumer.tag),
+                vhost: vhost.to_owned(),
+                queue: queue.name().to_owned(),
+                sink: Some(consumer.sink),
+                stand_in: Arc::downgrade(queue),
+                no_ack: consumer.no_ack,
+                connection: 0,
+            },
+        );
+        outgoing.send(Outgoing::Consume(request)).map_err(|_| {
+            lock(&state.consumers).remove(&id);
+            MessagingError::NotFound(format!(
+                "queue '{}' in vhost '{vhost}' lives on node {home}, which cannot be reached",
+                queue.name()
+            ))
+        })
+    }
+
+    fn cancel(&self, home: i32, channel: u64, tag: &str) {
+        let (outgoing, state) = self.link(home);
+        let cancelled: Vec<u64> = {
+            let mut consumers = lock(&state.consumers);
+            consumers
+                .iter_mut()
+                .filter(|(_, c)| c.channel == channel && &*c.tag == tag && c.sink.is_some())
+                .map(|(id, c)| {
+                    c.sink = None;
+                    *id
+                })
+                .collect()
+        };
+        for id in cancelled {
+            let _ = outgoing.send(Outgoing::Cancel(id));
+        }
+    }
+
+    fn settle(
+        &self,
+        home: i32,
+        vhost: &str,
+        queue: &str,
+        seqs: &[u64],
+        settlement: RemoteSettlement,
+    ) {
+        let (outgoing, _) = self.link(home);
+        let _ = outgoing.send(Outgoing::Settle {
+            vhost: vhost.to_owned(),
+            queue: queue.to_owned(),
+            op: op_of(settlement),
+            seqs: seqs.to_vec(),
+        });
+    }
 }
 
 type Waiting = Arc<Mutex<HashMap<u64, Arc<RemoteOutcome>>>>;
 
-/// Refuses every message waiting on a link that failed.
-fn fail_all(waiting: &Waiting, reason: &str) {
-    let failed: Vec<Arc<RemoteOutcome>> = waiting
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .drain()
-        .map(|(_, outcome)| outcome)
-        .collect();
+/// After a connection failed: refuses the messages waiting for an answer
+/// and cancels the consumers registered over it.
+fn connection_lost(state: &LinkState, waiting: &Waiting, connection: u64, reason: &str) {
+    let failed: Vec<Arc<RemoteOutcome>> = lock(waiting).drain().map(|(_, o)| o).collect();
+    state.in_flight.fetch_sub(failed.len(), Ordering::AcqRel);
     for outcome in failed {
         outcome.settle(Err(reason.to_owned()));
     }
+    let lost: Vec<LocalConsumer> = {
+        let mut consumers = lock(&state.consumers);
+        let ids: Vec<u64> = consumers
+            .iter()
+            .filter(|(_, c)| c.connection == connection)
+            .map(|(id, _)| *id)
+            .collect();
+        ids.into_iter()
+            .filter_map(|id| consumers.remove(&id))
+            .collect()
+    };
+    for consumer in lost {
+        if let Some(sink) = consumer.sink {
+            let _ = sink.send(ConsumerEvent::Cancelled {
+                channel: consumer.channel,
+                consumer_tag: consumer.tag,
+            });
+        }
+    }
+    lock(&state.deliveries).retain(|_, (over, _)| *over != connection);
 }
 
-/// One peer's link: dialled when a message needs it, again after a
-/// failure; ends when the carrier drops its sender.
-async fn run_link(node: Arc<MetadataNode>, home: i32, mut outgoing: mpsc::Receiver<Outgoing>) {
+/// One peer's link: dialled when something needs it, again after a
+/// failure; ends when the carrier drops it.
+async fn run_link(
+    node: Arc<MetadataNode>,
+    home: i32,
+    mut outgoing: mpsc::UnboundedReceiver<Outgoing>,
+    requeue: mpsc::UnboundedSender<Outgoing>,
+    state: Arc<LinkState>,
+) {
     let mut next_id: u64 = 0;
-    while let Some(first) = outgoing.recv().await {
+    let mut pending: Option<Outgoing> = None;
+    loop {
+        let first = match pending.take() {
+            Some(first) => first,
+            None => match outgoing.recv().await {
+                Some(first) => first,
+                None => return,
+            },
+        };
         let stream = match dial(&node, home).await {
             Ok(stream) => stream,
             Err(reason) => {
                 tracing::debug!(home, %reason, "cannot reach a queue's node");
-                first.outcome.settle(Err(reason.clone()));
+                refuse(&state, first, &reason);
                 while let Ok(more) = outgoing.try_recv() {
-                    more.outcome.settle(Err(reason.clone()));
+                    refuse(&state, more, &reason);
                 }
                 continue;
             }
         };
-        let (mut reader, mut writer) = stream.into_split();
+        let connection = state.connection.fetch_add(1, Ordering::AcqRel) + 1;
+        let (reader, mut writer) = stream.into_split();
         let waiting: Waiting = Arc::default();
-        let answers = {
-            let waiting = Arc::clone(&waiting);
-            tokio::spawn(async move {
-                loop {
-                    let Ok((id, mut answer)) = read_frame(&mut reader).await else {
-                        return;
-                    };
-                    let outcome = waiting
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(&id);
-                    if let Some(outcome) = outcome {
-                        let refused = answer.first().copied().unwrap_or(1) != 0;
-                        answer.advance(usize::from(!answer.is_empty()));
-                        outcome.settle(if refused {
-                            Err(String::from_utf8_lossy(&answer).into_owned())
-                        } else {
-                            Ok(())
-                        });
-                    }
-                }
-            })
-        };
-        let mut message = Some(first);
-        loop {
-            let Some(current) = message.take() else {
-                break;
+        let reading = tokio::spawn(read_from_home(
+            reader,
+            Arc::clone(&state),
+            Arc::clone(&waiting),
+            requeue.clone(),
+            connection,
+        ));
+        let mut current = Some(first);
+        while let Some(item) = current.take() {
+            let Some(bytes) = outgoing_frame(&state, &waiting, &mut next_id, connection, item)
+            else {
+                // Nothing to send for it (settlements of an older link).
+                current = next_outgoing(&mut outgoing, &reading).await;
+                continue;
             };
-            next_id += 1;
-            waiting
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(next_id, current.outcome);
-            if let Err(error) = write_frame(&mut writer, next_id, &current.body).await {
+            if let Err(error) = write_all(&mut writer, &bytes).await {
                 tracing::debug!(home, %error, "message link failed");
                 break;
             }
-            tokio::select! {
-                next = outgoing.recv() => match next {
-                    Some(next) => message = Some(next),
-                    None => break,
-                },
-                _ = wait_finished(&answers) => break,
+            current = next_outgoing(&mut outgoing, &reading).await;
+        }
+        reading.abort();
+        connection_lost(
+            &state,
+            &waiting,
+            connection,
+            &format!("the link to node {home} failed"),
+        );
+        if outgoing.is_closed() && outgoing.is_empty() {
+            return;
+        }
+    }
+}
+
+/// The next thing to write, or `None` once the peer closed the link or
+/// the carrier dropped it.
+async fn next_outgoing(
+    outgoing: &mut mpsc::UnboundedReceiver<Outgoing>,
+    reading: &tokio::task::JoinHandle<()>,
+) -> Option<Outgoing> {
+    tokio::select! {
+        next = outgoing.recv() => next,
+        () = wait_finished(reading) => None,
+    }
+}
+
+/// Refuses what could not be sent.
+fn refuse(state: &LinkState, item: Outgoing, reason: &str) {
+    match item {
+        Outgoing::Enqueue { outcome, .. } => {
+            state.in_flight.fetch_sub(1, Ordering::AcqRel);
+            outcome.settle(Err(reason.to_owned()));
+        }
+        Outgoing::Consume(request) => {
+            if let Some(consumer) = lock(&state.consumers).remove(&request.consumer)
+                && let Some(sink) = consumer.sink
+            {
+                let _ = sink.send(ConsumerEvent::Cancelled {
+                    channel: consumer.channel,
+                    consumer_tag: consumer.tag,
+                });
             }
         }
-        answers.abort();
-        fail_all(&waiting, &format!("the link to node {home} failed"));
+        Outgoing::Cancel(id) => {
+            lock(&state.consumers).remove(&id);
+        }
+        Outgoing::Settle { .. } | Outgoing::SettleHome { .. } => {}
     }
+}
+
+/// The bytes of one outgoing item on connection `connection`, or `None`
+/// when nothing is left to send for it.
+fn outgoing_frame(
+    state: &LinkState,
+    waiting: &Waiting,
+    next_id: &mut u64,
+    connection: u64,
+    item: Outgoing,
+) -> Option<Bytes> {
+    let encoded = match item {
+        Outgoing::Enqueue {
+            vhost,
+            queue,
+            message,
+            outcome,
+        } => {
+            *next_id += 1;
+            match encode_enqueue(*next_id, &vhost, &queue, &message) {
+                Ok(bytes) => {
+                    lock(waiting).insert(*next_id, outcome);
+                    Ok(bytes)
+                }
+                Err(reason) => {
+                    state.in_flight.fetch_sub(1, Ordering::AcqRel);
+                    outcome.settle(Err(reason));
+                    return None;
+                }
+            }
+        }
+        Outgoing::Consume(request) => {
+            let mut consumers = lock(&state.consumers);
+            match consumers.get_mut(&request.consumer) {
+                Some(consumer) if consumer.sink.is_some() => consumer.connection = connection,
+                _ => {
+                    consumers.remove(&request.consumer);
+                    return None;
+                }
+            }
+            drop(consumers);
+            request.encode()
+        }
+        Outgoing::Cancel(id) => {
+            let mut fields = BytesMut::new();
+            fields.put_u64(id);
+            // Kept until the link changes: deliveries on their way go back.
+            Ok(frame(CANCEL, &fields))
+        }
+        Outgoing::Settle {
+            vhost,
+            queue,
+            op,
+            seqs,
+        } => {
+            let home_seqs: Vec<u64> = {
+                let mut deliveries = lock(&state.deliveries);
+                seqs.iter()
+                    .filter_map(|seq| deliveries.remove(seq))
+                    .filter(|(over, _)| *over == connection)
+                    .map(|(_, home_seq)| home_seq)
+                    .collect()
+            };
+            if home_seqs.is_empty() {
+                return None;
+            }
+            encode_settle(&vhost, &queue, op, &home_seqs)
+        }
+        Outgoing::SettleHome {
+            vhost,
+            queue,
+            op,
+            seqs,
+        } => encode_settle(&vhost, &queue, op, &seqs),
+    };
+    match encoded {
+        Ok(bytes) => Some(bytes),
+        Err(reason) => {
+            tracing::warn!(%reason, "cannot encode a message link frame");
+            None
+        }
+    }
+}
+
+/// Reads what the home sends over connection `connection`: answers to
+/// messages and deliveries to consumers.
+async fn read_from_home(
+    mut reader: tokio::net::tcp::OwnedReadHalf,
+    state: Arc<LinkState>,
+    waiting: Waiting,
+    requeue: mpsc::UnboundedSender<Outgoing>,
+    connection: u64,
+) {
+    while let Ok((kind, fields)) = read_frame(&mut reader).await {
+        let understood = match kind {
+            ANSWER => answered(&state, &waiting, fields),
+            DELIVER => delivered(&state, &requeue, connection, fields),
+            CANCELLED => cancelled_there(&state, fields),
+            _ => None,
+        };
+        if understood.is_none() {
+            tracing::warn!(kind, "a damaged frame on a message link; closing it");
+            return;
+        }
+    }
+}
+
+fn answered(state: &LinkState, waiting: &Waiting, mut fields: Bytes) -> Option<()> {
+    let id = get_u64(&mut fields)?;
+    let refused = get_u8(&mut fields)? != 0;
+    if let Some(outcome) = lock(waiting).remove(&id) {
+        state.in_flight.fetch_sub(1, Ordering::AcqRel);
+        outcome.settle(if refused {
+            Err(String::from_utf8_lossy(&fields).into_owned())
+        } else {
+            Ok(())
+        });
+    }
+    Some(())
+}
+
+/// A delivery to a consumer of this node: to its channel with a sequence
+/// number of this node's, or back to the queue when the consumer is gone.
+fn delivered(
+    state: &LinkState,
+    requeue: &mpsc::UnboundedSender<Outgoing>,
+    connection: u64,
+    mut fields: Bytes,
+) -> Option<()> {
+    let consumer = get_u64(&mut fields)?;
+    let home_seq = get_u64(&mut fields)?;
+    let redelivered = get_u8(&mut fields)? != 0;
+    let message = Message::decode(fields)?;
+    let consumers = lock(&state.consumers);
+    let Some(target) = consumers.get(&consumer) else {
+        return Some(());
+    };
+    let back = |target: &LocalConsumer| {
+        let _ = requeue.send(Outgoing::SettleHome {
+            vhost: target.vhost.clone(),
+            queue: target.queue.clone(),
+            op: OP_REQUEUE,
+            seqs: vec![home_seq],
+        });
+    };
+    let (Some(sink), Some(stand_in)) = (&target.sink, target.stand_in.upgrade()) else {
+        back(target);
+        return Some(());
+    };
+    let seq = state.next_seq.fetch_add(1, Ordering::Relaxed) + 1;
+    if !target.no_ack {
+        lock(&state.deliveries).insert(seq, (connection, home_seq));
+    }
+    let sent = sink.send(ConsumerEvent::Deliver(Delivery {
+        channel: target.channel,
+        queue: stand_in,
+        seq,
+        consumer_tag: Arc::clone(&target.tag),
+        message: Arc::new(message),
+        redelivered,
+    }));
+    if sent.is_err() {
+        lock(&state.deliveries).remove(&seq);
+        back(target);
+    }
+    Some(())
+}
+
+/// The home cancelled a consumer (its queue was deleted, or it refused
+/// it): the client is told with `basic.cancel`.
+fn cancelled_there(state: &LinkState, mut fields: Bytes) -> Option<()> {
+    let consumer = get_u64(&mut fields)?;
+    let reason = String::from_utf8_lossy(&fields).into_owned();
+    if let Some(target) = lock(&state.consumers).remove(&consumer) {
+        tracing::info!(queue = %target.queue, tag = %target.tag, %reason, "the queue's node cancelled a consumer");
+        if let Some(sink) = target.sink {
+            let _ = sink.send(ConsumerEvent::Cancelled {
+                channel: target.channel,
+                consumer_tag: target.tag,
+            });
+        }
+    }
+    Some(())
 }
 
 /// Resolves when `task` has finished (the peer closed the link).
@@ -271,6 +795,8 @@ async fn dial(node: &MetadataNode, home: i32) -> Result<TcpStream, String> {
     }
 }
 
+// --- the home's side ----------------------------------------------------------
+
 /// Serves the message links of peers until `stopping`.
 pub async fn serve(
     broker: Arc<Broker>,
@@ -290,62 +816,146 @@ pub async fn serve(
     }
 }
 
-/// A request enqueued, waiting for its queue's guarantee.
-type Enqueued = (u64, Result<Acks, String>);
+/// Channel keys of consumers registered by peers: apart from the keys of
+/// this node's own channels (which count up from 1).
+static REMOTE_CHANNELS: AtomicU64 = AtomicU64::new(1 << 62);
 
-/// One peer's messages: enqueued in order on one thread, their
-/// acknowledgements waited for together on another (one sync covers a
-/// burst), answered as they complete.
+/// A peer's consumer, registered on a queue of this node.
+#[derive(Debug)]
+struct HomeConsumer {
+    id: u64,
+    vhost: Arc<VirtualHost>,
+    queue: Arc<Queue>,
+    channel: u64,
+    tag: Arc<str>,
+    credit: Arc<Credit>,
+    no_ack: bool,
+}
+
+/// A peer's consumers and their deliveries not settled yet.
+#[derive(Debug, Default)]
+struct HomeState {
+    /// By channel key.
+    consumers: HashMap<u64, HomeConsumer>,
+    /// (queue, seq) to the consuming channel key.
+    unsettled: HashMap<(String, u64), u64>,
+}
+
+/// What a peer asked for, in its order, for the link's worker.
+#[derive(Debug)]
+enum Work {
+    Enqueue(Bytes),
+    Consume(Bytes),
+    Cancel(Bytes),
+    Settle(Bytes),
+}
+
+/// One peer's link: its requests handled in order on one thread, the
+/// acknowledgements of its messages waited for together on another (one
+/// sync covers a burst), deliveries to its consumers sent as the queues
+/// dispatch them.
 async fn serve_link(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
     let (mut reader, mut writer) = stream.into_split();
-    let (work, work_rx) = std::sync::mpsc::channel::<(u64, Bytes)>();
-    let (enqueued, enqueued_rx) = std::sync::mpsc::channel::<Enqueued>();
-    let (answers, mut answers_rx) = mpsc::unbounded_channel::<(u64, Result<(), String>)>();
-    tokio::task::spawn_blocking(move || {
-        for (id, body) in work_rx {
-            let result = enqueue(&broker, body);
-            if enqueued.send((id, result)).is_err() {
-                return;
-            }
-        }
-    });
-    tokio::task::spawn_blocking(move || {
-        while let Ok(first) = enqueued_rx.recv() {
-            let mut batch = vec![first];
-            batch.extend(enqueued_rx.try_iter());
-            let mut all = Acks::default();
-            for (_, result) in &mut batch {
-                if let Ok(acks) = result {
-                    all.merge(std::mem::take(acks));
+    let (frames, mut frames_rx) = mpsc::unbounded_channel::<Bytes>();
+    let (events, mut events_rx) = mpsc::unbounded_channel::<ConsumerEvent>();
+    let (work, work_rx) = std::sync::mpsc::channel::<Work>();
+    let (enqueued, enqueued_rx) = std::sync::mpsc::channel::<(u64, Result<Acks, String>)>();
+    let state = Arc::new(Mutex::new(HomeState::default()));
+
+    let worker = {
+        let (broker, state, frames, events) = (
+            Arc::clone(&broker),
+            Arc::clone(&state),
+            frames.clone(),
+            events.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            for request in work_rx {
+                let handled = match request {
+                    Work::Enqueue(fields) => {
+                        decode_enqueue(fields).map(|(id, vhost, queue, message)| {
+                            let _ = enqueued.send((id, enqueue(&broker, &vhost, &queue, message)));
+                        })
+                    }
+                    Work::Consume(fields) => ConsumeRequest::decode(fields)
+                        .map(|request| consume(&broker, &state, &frames, &events, request)),
+                    Work::Cancel(mut fields) => {
+                        get_u64(&mut fields).map(|id| cancel_consumer(&state, id))
+                    }
+                    Work::Settle(fields) => {
+                        decode_settle(fields).map(|(vhost, queue, op, seqs)| {
+                            settle(&broker, &state, &vhost, &queue, op, &seqs)
+                        })
+                    }
+                };
+                if handled.is_none() {
+                    tracing::warn!(%peer, "a damaged request on a message link");
                 }
             }
-            let synced = all.wait().map_err(|error| error.to_string());
-            for (id, result) in batch {
-                let answer = result.and_then(|_| synced.clone());
-                if answers.send((id, answer)).is_err() {
-                    return;
+            // The link is gone: its consumers go, what they held goes back.
+            drop_consumers(&state);
+        })
+    };
+    {
+        let frames = frames.clone();
+        tokio::task::spawn_blocking(move || {
+            while let Ok(first) = enqueued_rx.recv() {
+                let mut batch = vec![first];
+                batch.extend(enqueued_rx.try_iter());
+                let mut all = Acks::default();
+                for (_, result) in &mut batch {
+                    if let Ok(acks) = result {
+                        all.merge(std::mem::take(acks));
+                    }
+                }
+                let synced = all.wait().map_err(|error| error.to_string());
+                for (id, result) in batch {
+                    let mut fields = BytesMut::new();
+                    fields.put_u64(id);
+                    match result.and_then(|_| synced.clone()) {
+                        Ok(()) => fields.put_u8(0),
+                        Err(reason) => {
+                            fields.put_u8(1);
+                            fields.put_slice(reason.as_bytes());
+                        }
+                    }
+                    if frames.send(frame(ANSWER, &fields)).is_err() {
+                        return;
+                    }
                 }
             }
-        }
-    });
+        });
+    }
+    let delivering = {
+        let (state, frames) = (Arc::clone(&state), frames.clone());
+        tokio::spawn(async move {
+            while let Some(event) = events_rx.recv().await {
+                deliver(&state, &frames, event);
+            }
+        })
+    };
     let writing = tokio::spawn(async move {
-        while let Some((id, answer)) = answers_rx.recv().await {
-            let mut body = BytesMut::new();
-            match answer {
-                Ok(()) => body.put_u8(0),
-                Err(reason) => {
-                    body.put_u8(1);
-                    body.put_slice(reason.as_bytes());
-                }
-            }
-            if write_frame(&mut writer, id, &body).await.is_err() {
+        while let Some(bytes) = frames_rx.recv().await {
+            if write_all(&mut writer, &bytes).await.is_err() {
                 return;
             }
         }
     });
+    drop(frames);
+    drop(events);
     loop {
         match read_frame(&mut reader).await {
-            Ok(request) => {
+            Ok((kind, fields)) => {
+                let request = match kind {
+                    ENQUEUE => Work::Enqueue(fields),
+                    CONSUME => Work::Consume(fields),
+                    CANCEL => Work::Cancel(fields),
+                    SETTLE => Work::Settle(fields),
+                    other => {
+                        tracing::warn!(%peer, kind = other, "an unknown request on a message link; closing it");
+                        break;
+                    }
+                };
                 if work.send(request).is_err() {
                     break;
                 }
@@ -359,20 +969,20 @@ async fn serve_link(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
         }
     }
     drop(work);
-    let _ = writing.await;
+    let _ = worker.await;
+    delivering.abort();
+    writing.abort();
 }
 
-/// Enqueues one request on this node: the acknowledgement to wait for,
+/// Enqueues one message on this node: the acknowledgement to wait for,
 /// or why it was refused.
-fn enqueue(broker: &Broker, body: Bytes) -> Result<Acks, String> {
-    let (vhost, queue, message) =
-        decode_request(body).ok_or_else(|| "a damaged message request".to_owned())?;
+fn enqueue(broker: &Broker, vhost: &str, queue: &str, message: Message) -> Result<Acks, String> {
     let host = broker
         .vhosts()
-        .get(&vhost)
+        .get(vhost)
         .ok_or_else(|| format!("no vhost '{vhost}'"))?;
     let outcome = host
-        .enqueue_forwarded(&queue, message)
+        .enqueue_forwarded(queue, message)
         .map_err(|error| error.to_string())?;
     if outcome.rejected {
         return Err(format!(
@@ -382,12 +992,225 @@ fn enqueue(broker: &Broker, body: Bytes) -> Result<Acks, String> {
     Ok(outcome.acks)
 }
 
+fn send_cancelled(frames: &mpsc::UnboundedSender<Bytes>, id: u64, reason: &str) {
+    let mut fields = BytesMut::new();
+    fields.put_u64(id);
+    fields.put_slice(reason.as_bytes());
+    let _ = frames.send(frame(CANCELLED, &fields));
+}
+
+/// Registers a peer's consumer on a queue of this node.
+fn consume(
+    broker: &Broker,
+    state: &Mutex<HomeState>,
+    frames: &mpsc::UnboundedSender<Bytes>,
+    events: &mpsc::UnboundedSender<ConsumerEvent>,
+    request: ConsumeRequest,
+) {
+    let found = broker
+        .vhosts()
+        .get(&request.vhost)
+        .and_then(|vhost| vhost.queue(&request.queue).map(|queue| (vhost, queue)));
+    let Some((vhost, queue)) = found.filter(|(_, queue)| queue.remote_node().is_none()) else {
+        send_cancelled(
+            frames,
+            request.consumer,
+            &format!(
+                "no queue '{}' in vhost '{}' on this node",
+                request.queue, request.vhost
+            ),
+        );
+        return;
+    };
+    let channel = REMOTE_CHANNELS.fetch_add(1, Ordering::Relaxed);
+    let tag: Arc<str> = Arc::from(request.tag.as_str());
+    let credit = Credit::new(request.prefetch, None);
+    lock(state).consumers.insert(
+        channel,
+        HomeConsumer {
+            id: request.consumer,
+            vhost: Arc::clone(&vhost),
+            queue: Arc::clone(&queue),
+            channel,
+            tag: Arc::clone(&tag),
+            credit: Arc::clone(&credit),
+            no_ack: request.no_ack,
+        },
+    );
+    let spec = ConsumerSpec {
+        tag,
+        channel,
+        // Remote queues are never exclusive to a connection.
+        connection: u64::MAX,
+        no_ack: request.no_ack,
+        exclusive: request.exclusive,
+        priority: request.priority,
+        credit,
+        sink: events.clone(),
+        stream_start: None,
+    };
+    match queue.add_consumer(spec) {
+        Ok(dead) => vhost.dead_letter(dead),
+        Err(error) => {
+            lock(state).consumers.remove(&channel);
+            send_cancelled(frames, request.consumer, &error.to_string());
+        }
+    }
+}
+
+/// A peer cancelled its consumer `id`.
+fn cancel_consumer(state: &Mutex<HomeState>, id: u64) {
+    let removed = {
+        let mut held = lock(state);
+        let channel = held
+            .consumers
+            .iter()
+            .find(|(_, c)| c.id == id)
+            .map(|(channel, _)| *channel);
+        channel.and_then(|channel| held.consumers.remove(&channel))
+    };
+    if let Some(consumer) = removed {
+        let (last, dead) = consumer
+            .queue
+            .remove_consumer(consumer.channel, &consumer.tag);
+        consumer.vhost.dead_letter(dead);
+        if last && let Err(error) = consumer.vhost.auto_delete_queue(&consumer.queue) {
+            tracing::warn!(queue = consumer.queue.name(), %error, "cannot auto-delete a queue");
+        }
+    }
+}
+
+/// A peer settled deliveries of one of this node's queues.
+fn settle(
+    broker: &Broker,
+    state: &Mutex<HomeState>,
+    vhost: &str,
+    queue: &str,
+    op: u8,
+    seqs: &[u64],
+) {
+    let Some((host, target)) = broker
+        .vhosts()
+        .get(vhost)
+        .and_then(|host| host.queue(queue).map(|target| (host, target)))
+    else {
+        return;
+    };
+    // The consumers' credit comes back as their deliveries are settled.
+    let credits: Vec<Arc<Credit>> = {
+        let mut held = lock(state);
+        let channels: Vec<u64> = seqs
+            .iter()
+            .filter_map(|seq| held.unsettled.remove(&(queue.to_owned(), *seq)))
+            .collect();
+        channels
+            .into_iter()
+            .filter_map(|channel| held.consumers.get(&channel).map(|c| Arc::clone(&c.credit)))
+            .collect()
+    };
+    let settled = match op {
+        OP_ACK => target
+            .ack(seqs)
+            .map(|()| sluice_core::messaging::DeadLetters::default()),
+        OP_REJECT => target.reject(seqs, false),
+        _ => target.reject(seqs, true),
+    };
+    for credit in credits {
+        credit.release(1);
+    }
+    match settled {
+        Ok(dead) => {
+            host.dead_letter(dead);
+            host.dead_letter(target.dispatch());
+        }
+        Err(error) => tracing::warn!(%queue, %error, "cannot settle deliveries for another node"),
+    }
+}
+
+/// A delivery of one of this node's queues to a peer's consumer: over the
+/// link, or back to the queue when the consumer is gone.
+fn deliver(state: &Mutex<HomeState>, frames: &mpsc::UnboundedSender<Bytes>, event: ConsumerEvent) {
+    let delivery = match event {
+        ConsumerEvent::Deliver(delivery) => delivery,
+        ConsumerEvent::Cancelled { channel, .. } => {
+            if let Some(consumer) = lock(state).consumers.remove(&channel) {
+                send_cancelled(frames, consumer.id, "the queue was deleted");
+            }
+            return;
+        }
+    };
+    let mut held = lock(state);
+    let Some(consumer) = held.consumers.get(&delivery.channel) else {
+        drop(held);
+        let _ = delivery.queue.requeue(&[delivery.seq]);
+        return;
+    };
+    let (id, no_ack, credit) = (consumer.id, consumer.no_ack, Arc::clone(&consumer.credit));
+    if !no_ack {
+        held.unsettled.insert(
+            (delivery.queue.name().to_owned(), delivery.seq),
+            delivery.channel,
+        );
+    }
+    drop(held);
+    let Ok(encoded) = delivery.message.encode() else {
+        let _ = delivery.queue.requeue(&[delivery.seq]);
+        return;
+    };
+    let mut fields = BytesMut::with_capacity(17 + encoded.len());
+    fields.put_u64(id);
+    fields.put_u64(delivery.seq);
+    fields.put_u8(u8::from(delivery.redelivered));
+    fields.put_slice(&encoded);
+    let _ = frames.send(frame(DELIVER, &fields));
+    if no_ack {
+        // A no-ack consumer's window counts deliveries not yet sent.
+        credit.release(1);
+        let _ = delivery.queue.dispatch();
+    }
+}
+
+/// The link is gone: its consumers are removed and their unsettled
+/// deliveries go back to their queues (redelivered).
+fn drop_consumers(state: &Mutex<HomeState>) {
+    let (consumers, unsettled) = {
+        let mut held = lock(state);
+        (
+            std::mem::take(&mut held.consumers),
+            std::mem::take(&mut held.unsettled),
+        )
+    };
+    for consumer in consumers.values() {
+        let (last, dead) = consumer
+            .queue
+            .remove_consumer(consumer.channel, &consumer.tag);
+        consumer.vhost.dead_letter(dead);
+        if last && let Err(error) = consumer.vhost.auto_delete_queue(&consumer.queue) {
+            tracing::warn!(queue = consumer.queue.name(), %error, "cannot auto-delete a queue");
+        }
+    }
+    let mut by_queue: HashMap<u64, Vec<u64>> = HashMap::new();
+    for ((_, seq), channel) in unsettled {
+        by_queue.entry(channel).or_default().push(seq);
+    }
+    for (channel, seqs) in by_queue {
+        if let Some(consumer) = consumers.get(&channel) {
+            match consumer.queue.requeue(&seqs) {
+                Ok(dead) => consumer.vhost.dead_letter(dead),
+                Err(error) => {
+                    tracing::warn!(queue = consumer.queue.name(), %error, "cannot requeue deliveries of a closed link")
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn requests_keep_their_parts() {
+    fn frames_keep_their_fields() {
         let message = Message {
             exchange: "orders".into(),
             routing_key: "eu.paid".into(),
@@ -396,10 +1219,33 @@ mod tests {
                 .with_message_id("m-1".into()),
             body: Bytes::from_static(b"body"),
         };
-        let body = encode_request("/", "q", &message).expect("encode");
-        let (vhost, queue, decoded) = decode_request(body).expect("decode");
-        assert_eq!((vhost.as_str(), queue.as_str()), ("/", "q"));
+        let mut enqueue = encode_enqueue(7, "/", "q", &message).expect("encode");
+        enqueue.advance(4);
+        assert_eq!(enqueue.get_u8(), ENQUEUE);
+        let (id, vhost, queue, decoded) = decode_enqueue(enqueue).expect("decode");
+        assert_eq!((id, vhost.as_str(), queue.as_str()), (7, "/", "q"));
         assert_eq!(decoded, message);
-        assert!(decode_request(Bytes::from_static(&[5, b'a'])).is_none());
+        assert!(decode_enqueue(Bytes::from_static(&[0, 0, 0, 0, 0, 0, 0, 1, 5, b'a'])).is_none());
+
+        let request = ConsumeRequest {
+            consumer: 3,
+            vhost: "/".into(),
+            queue: "q".into(),
+            tag: "ctag".into(),
+            no_ack: false,
+            exclusive: true,
+            priority: -2,
+            prefetch: 10,
+        };
+        let mut consume = request.encode().expect("encode");
+        consume.advance(5);
+        assert_eq!(ConsumeRequest::decode(consume), Some(request));
+
+        let mut settle = encode_settle("/", "q", OP_REQUEUE, &[4, 9]).expect("encode");
+        settle.advance(5);
+        assert_eq!(
+            decode_settle(settle),
+            Some(("/".into(), "q".into(), OP_REQUEUE, vec![4, 9]))
+        );
     }
 }

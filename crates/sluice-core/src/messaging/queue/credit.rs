@@ -94,6 +94,11 @@ impl Credit {
     }
 
     /// Changes the limit (0: unlimited).
+    /// Outstanding deliveries allowed (0: no limit).
+    pub fn limit(&self) -> u32 {
+        self.limit.load(Ordering::Acquire)
+    }
+
     pub fn set_limit(&self, limit: u32) {
         self.limit.store(limit, Ordering::Release);
         self.released.notify_waiters();

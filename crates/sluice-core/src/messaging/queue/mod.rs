@@ -143,6 +143,29 @@ pub(crate) enum QueueKind {
     Quorum,
     /// A topic the queue is a view of.
     Stream(Stream),
+    /// A classic queue living on another node: consumers and settlements
+    /// go to its home over the inter-node link.
+    Remote(RemoteHome),
+}
+
+/// Where a remote queue lives, and what reaches it.
+#[derive(Debug)]
+pub(crate) struct RemoteHome {
+    pub(crate) node: i32,
+    pub(crate) carrier: crate::messaging::vhost::Carrier,
+}
+
+impl RemoteHome {
+    fn carrier(&self) -> Option<&Arc<dyn crate::messaging::RemoteQueues>> {
+        self.carrier.get()
+    }
+}
+
+/// How a consumer on another node settled deliveries of a remote queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteSettlement {
+    Ack,
+    Reject { requeue: bool },
 }
 
 /// What a queue shares with its virtual host.
@@ -269,7 +292,71 @@ impl Queue {
     fn stream(&self) -> Option<&Stream> {
         match &self.kind {
             QueueKind::Stream(stream) => Some(stream),
-            QueueKind::Classic | QueueKind::Quorum => None,
+            QueueKind::Classic | QueueKind::Quorum | QueueKind::Remote(_) => None,
+        }
+    }
+
+    fn remote(&self) -> Option<&RemoteHome> {
+        match &self.kind {
+            QueueKind::Remote(home) => Some(home),
+            _ => None,
+        }
+    }
+
+    /// A stand-in for classic queue `name` living on node `home`: its
+    /// consumers and settlements go there through `carrier`.
+    pub(crate) fn remote_stand_in(
+        name: String,
+        options: QueueOptions,
+        args: QueueArgs,
+        home: QueueHome,
+        node: i32,
+        carrier: crate::messaging::vhost::Carrier,
+    ) -> Arc<Queue> {
+        let machine =
+            QueueMachine::new(args.clone(), Arc::clone(&home.memory), home.clock.now_ms());
+        Arc::new(Queue {
+            name,
+            options,
+            args,
+            store_id: None,
+            home,
+            inner: Mutex::new(Inner {
+                machine,
+                store: None,
+            }),
+            traffic: QueueTraffic::default(),
+            kind: QueueKind::Remote(RemoteHome { node, carrier }),
+        })
+    }
+
+    /// The node a remote queue lives on (`None` for a queue of this node).
+    pub fn remote_node(&self) -> Option<i32> {
+        self.remote().map(|home| home.node)
+    }
+
+    fn elsewhere(&self, operation: &str) -> MessagingError {
+        MessagingError::NotImplemented(format!(
+            "{operation} of queue '{}' in vhost '{}' works on the node it lives on (node {}) only for now",
+            self.name,
+            self.home.vhost,
+            self.remote_node().unwrap_or(-1)
+        ))
+    }
+
+    fn unlinked(&self) -> MessagingError {
+        MessagingError::NotFound(format!(
+            "queue '{}' in vhost '{}' lives on node {}, which this node has no link to yet",
+            self.name,
+            self.home.vhost,
+            self.remote_node().unwrap_or(-1)
+        ))
+    }
+
+    /// Relays a settlement of a remote queue's deliveries to its home.
+    fn settle_remote(&self, home: &RemoteHome, seqs: &[u64], settlement: RemoteSettlement) {
+        if let Some(carrier) = home.carrier() {
+            carrier.settle(home.node, &self.home.vhost, &self.name, seqs, settlement);
         }
     }
 
@@ -376,6 +463,7 @@ impl Queue {
             QueueKind::Classic => QueueType::Classic,
             QueueKind::Quorum => QueueType::Quorum,
             QueueKind::Stream(_) => QueueType::Stream,
+            QueueKind::Remote(_) => self.args.queue_type,
         }
     }
 
@@ -544,6 +632,10 @@ impl Queue {
     /// Pushes ready messages to consumers with credit, round robin among
     /// the highest-priority consumers that can take one.
     pub fn dispatch(self: &Arc<Self>) -> DeadLetters {
+        if self.remote().is_some() {
+            // Its home dispatches.
+            return DeadLetters::default();
+        }
         let now = self.now();
         let mut effects = Effects::default();
         {
@@ -598,6 +690,9 @@ impl Queue {
         if self.stream().is_some() {
             return Err(self.not_for_streams("basic.get"));
         }
+        if self.remote().is_some() {
+            return Err(self.elsewhere("basic.get"));
+        }
         let now = self.now();
         let mut effects = Effects::default();
         let result = {
@@ -626,6 +721,10 @@ impl Queue {
     /// # Errors
     /// Storage failures.
     pub fn ack(&self, seqs: &[u64]) -> Result<(), MessagingError> {
+        if let Some(home) = self.remote() {
+            self.settle_remote(home, seqs, RemoteSettlement::Ack);
+            return Ok(());
+        }
         if self.stream().is_some() {
             // Acknowledging a stream delivery only returns its credit.
             return Ok(());
@@ -652,6 +751,11 @@ impl Queue {
         if self.stream().is_some() {
             return Ok(DeadLetters::default());
         }
+        if let Some(home) = self.remote() {
+            // The home dead-letters what dies.
+            self.settle_remote(home, seqs, RemoteSettlement::Reject { requeue });
+            return Ok(DeadLetters::default());
+        }
         let mut effects = Effects::default();
         {
             let mut inner = self.inner();
@@ -675,6 +779,11 @@ impl Queue {
         self: &Arc<Self>,
         consumer: ConsumerSpec,
     ) -> Result<DeadLetters, MessagingError> {
+        if let Some(home) = self.remote() {
+            let carrier = home.carrier().ok_or_else(|| self.unlinked())?;
+            carrier.consume(home.node, &self.home.vhost, self, consumer)?;
+            return Ok(DeadLetters::default());
+        }
         if let Some(stream) = self.stream() {
             if self.is_deleted() {
                 return Err(self.not_found());
@@ -702,6 +811,13 @@ impl Queue {
     /// Removes a consumer; true when the queue is auto-delete and this was
     /// its last consumer (the caller deletes it).
     pub fn remove_consumer(self: &Arc<Self>, channel: u64, tag: &str) -> (bool, DeadLetters) {
+        if let Some(home) = self.remote() {
+            // Its home deletes an auto-delete queue left without consumers.
+            if let Some(carrier) = home.carrier() {
+                carrier.cancel(home.node, channel, tag);
+            }
+            return (false, DeadLetters::default());
+        }
         if let Some(stream) = self.stream() {
             stream.remove_consumer(channel, tag);
             return (false, DeadLetters::default());
@@ -728,6 +844,9 @@ impl Queue {
     pub fn purge(&self) -> Result<usize, MessagingError> {
         if self.stream().is_some() {
             return Err(self.not_for_streams("queue.purge"));
+        }
+        if self.remote().is_some() {
+            return Err(self.elsewhere("queue.purge"));
         }
         let mut effects = Effects::default();
         let mut inner = self.inner();

@@ -19,7 +19,7 @@ use crate::messaging::definitions::{
     BindingDefinition, Definition, Definitions, ExchangeDefinition, QueueDefinition,
 };
 use crate::messaging::exchange::{Destination, Exchange, ExchangeKind};
-use crate::messaging::queue::QueueOptions;
+use crate::messaging::queue::{Queue, QueueArgs, QueueOptions};
 use crate::messaging::queue_store::{message_log_name, settlement_log_name};
 
 impl VirtualHosts {
@@ -56,7 +56,17 @@ impl VirtualHost {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(name)
-            .cloned()
+            .map(|(definition, _)| definition.clone())
+    }
+
+    /// The stand-in of classic queue `name` when it lives on another node
+    /// (consumers and settlements go through it to the queue's home).
+    pub(super) fn remote_stand_in(&self, name: &str) -> Option<Arc<Queue>> {
+        self.remote
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .map(|(_, stand_in)| Arc::clone(stand_in))
     }
 
     /// The classic queues living on other nodes.
@@ -66,7 +76,7 @@ impl VirtualHost {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .values()
-            .cloned()
+            .map(|(definition, _)| definition.clone())
             .collect();
         queues.sort_by(|a, b| a.name.cmp(&b.name));
         queues
@@ -78,21 +88,24 @@ impl VirtualHost {
     }
 
     pub(super) fn remember_remote(&self, queue: QueueDefinition) {
+        let args = QueueArgs::parse(&queue.name, &self.name, &queue.arguments).unwrap_or_default();
+        let stand_in = Queue::remote_stand_in(
+            queue.name.clone(),
+            QueueOptions {
+                durable: true,
+                exclusive_owner: None,
+                auto_delete: queue.auto_delete,
+                arguments: queue.arguments.clone(),
+            },
+            args,
+            self.queue_home(),
+            queue.home.unwrap_or(-1),
+            Arc::clone(&self.carrier),
+        );
         self.remote
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(queue.name.clone(), queue);
-    }
-
-    /// The refusal for an operation that needs a queue's messages, on a
-    /// node other than its home.
-    pub(super) fn elsewhere(&self, queue: &QueueDefinition) -> MessagingError {
-        MessagingError::NotImplemented(format!(
-            "queue '{}' in vhost '{}' lives on node {}; consuming, getting and purging work on that node only for now",
-            queue.name,
-            self.name,
-            queue.home.unwrap_or(-1)
-        ))
+            .insert(queue.name.clone(), (queue, stand_in));
     }
 
     /// A passive declaration of a remote queue: RabbitMQ's NOT_FOUND
@@ -301,10 +314,13 @@ impl VirtualHost {
             let mut remote = self.remote.write().unwrap_or_else(|e| e.into_inner());
             if remote
                 .get(&queue.name)
-                .is_some_and(|held| held.store_id == queue.store_id)
+                .is_some_and(|(held, _)| held.store_id == queue.store_id)
             {
-                remote.remove(&queue.name);
+                let stand_in = remote.remove(&queue.name).map(|(_, stand_in)| stand_in);
                 drop(remote);
+                if let Some(stand_in) = stand_in {
+                    stand_in.mark_deleted();
+                }
                 for source in self.exchange_list() {
                     source.unbind_destination(&destination);
                 }

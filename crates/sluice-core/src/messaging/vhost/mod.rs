@@ -85,6 +85,33 @@ pub trait RemoteQueues: Send + Sync + std::fmt::Debug {
     /// acknowledgement settles when that node has it with the queue's
     /// guarantee (or refused it).
     fn enqueue(&self, home: i32, vhost: &str, queue: &str, message: &Message) -> crate::PendingAck;
+
+    /// Registers `consumer` of `queue` (a stand-in for a queue of node
+    /// `home`) there: deliveries come back to its sink, with `queue` to
+    /// settle through; a refusal there comes back as a cancellation.
+    ///
+    /// # Errors
+    /// A refusal known at once (no link to `home`).
+    fn consume(
+        &self,
+        home: i32,
+        vhost: &str,
+        queue: &Arc<Queue>,
+        consumer: super::ConsumerSpec,
+    ) -> Result<(), MessagingError>;
+
+    /// Removes the consumer `tag` of channel `channel` from node `home`.
+    fn cancel(&self, home: i32, channel: u64, tag: &str);
+
+    /// Settles deliveries `seqs` of `queue` of `vhost` on node `home`.
+    fn settle(
+        &self,
+        home: i32,
+        vhost: &str,
+        queue: &str,
+        seqs: &[u64],
+        settlement: super::RemoteSettlement,
+    );
 }
 
 impl VirtualHosts {
@@ -235,8 +262,9 @@ pub struct VirtualHost {
     name: String,
     exchanges: RwLock<HashMap<String, Arc<Exchange>>>,
     queues: RwLock<HashMap<String, Arc<Queue>>>,
-    /// Classic queues whose home is another node, by name.
-    remote: RwLock<HashMap<String, QueueDefinition>>,
+    /// Classic queues whose home is another node, by name: their
+    /// definitions and stand-ins.
+    remote: RwLock<HashMap<String, (QueueDefinition, Arc<Queue>)>>,
     carrier: Carrier,
     logs: Arc<LogManager>,
     /// The broker's topics, which stream queues are views of.
@@ -380,10 +408,10 @@ impl VirtualHost {
     /// [`MessagingError::NotFound`]; [`MessagingError::ResourceLocked`] for
     /// another connection's exclusive queue.
     pub fn usable_queue(&self, name: &str, connection: u64) -> Result<Arc<Queue>, MessagingError> {
-        let queue = self.queue(name).ok_or_else(|| {
-            self.remote_queue(name)
-                .map_or_else(|| self.no_queue(name), |remote| self.elsewhere(&remote))
-        })?;
+        if let Some(stand_in) = self.remote_stand_in(name) {
+            return Ok(stand_in);
+        }
+        let queue = self.queue(name).ok_or_else(|| self.no_queue(name))?;
         if !queue.usable_by(connection) {
             return Err(self.locked(name));
         }
