@@ -2,8 +2,9 @@
 queues and bindings declared on one node are on every node once
 committed. A classic queue lives on the node it was declared on (its
 home, the API's `node`); the other nodes know it as a remote queue that
-can be declared again (passively or equivalently), bound to and deleted,
-while an inequivalent declaration is refused as on its home. A deletion
+can be declared again (passively or equivalently), bound to, got from,
+purged and deleted, while an inequivalent declaration is refused as on its
+home. A deletion
 made on any node reaches every node, the home included, and what a node
 learnt survives its restart.
 """
@@ -14,7 +15,7 @@ import contextlib
 
 import pika
 import pytest
-from pika.exceptions import ChannelClosedByBroker, ConnectionClosedByBroker
+from pika.exceptions import ChannelClosedByBroker
 
 from common.broker import unique_name, wait_until
 from test_replication import http_get
@@ -109,7 +110,7 @@ def test_definitions_declared_on_one_node_are_on_every_node(cluster):
         assert shown["arguments"] == {"x-max-length": 1000}, shown
 
 
-def test_a_remote_queue_is_declared_again_bound_and_refused_where_it_needs_its_home(cluster):
+def test_a_remote_queue_is_declared_again_bound_got_from_and_purged_on_any_node(cluster):
     prefix = unique_name("remote")
     queue = f"{prefix}-q"
     with channel(cluster.node(1)) as ch:
@@ -135,12 +136,24 @@ def test_a_remote_queue_is_declared_again_bound_and_refused_where_it_needs_its_h
         "the binding made on node 2",
     )
 
-    # Getting messages needs the queue's home: a clear refusal elsewhere.
+    # basic.get and purge from nodes that do not hold the messages.
+    with channel(cluster.node(1)) as ch:
+        ch.confirm_delivery()
+        for n in range(4):
+            ch.basic_publish("", queue, f"g-{n}".encode(), pika.BasicProperties(delivery_mode=2))
     with channel(cluster.node(3)) as ch:
-        with pytest.raises(ConnectionClosedByBroker) as refused:
-            ch.basic_get(queue)
-    assert refused.value.reply_code == 540, refused.value
-    assert "works on the node it lives on (node 1)" in refused.value.reply_text, refused.value
+        method, _, body = ch.basic_get(queue)
+        assert (body, method.redelivered, method.message_count) == (b"g-0", False, 3)
+        _, _, second = ch.basic_get(queue, auto_ack=True)
+        assert second == b"g-1"
+        ch.basic_reject(method.delivery_tag, requeue=True)
+        again, _, body = ch.basic_get(queue)
+        assert (body, again.redelivered) == (b"g-0", True)
+        ch.basic_ack(again.delivery_tag)
+    with channel(cluster.node(2)) as ch:
+        assert ch.queue_purge(queue).method.message_count == 2
+    with channel(cluster.node(1)) as ch:
+        assert ch.queue_declare(queue, passive=True).method.message_count == 0
 
 
 def test_a_deletion_on_any_node_reaches_every_node_and_restarts_keep_what_was_learnt(cluster):

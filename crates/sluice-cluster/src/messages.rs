@@ -25,10 +25,17 @@
 //! names are a length byte and UTF-8, messages as a queue log holds them
 //! (`Message::encode`). To the home: `ENQUEUE [id:8][vhost][queue][message]`,
 //! `CONSUME [consumer:8][vhost][queue][tag][no_ack:1][exclusive:1][priority:4][prefetch:4]`,
-//! `CANCEL [consumer:8]`, `SETTLE [vhost][queue][op:1][count:4][seq:8]*`.
+//! `CANCEL [consumer:8]`, `SETTLE [vhost][queue][op:1][count:4][seq:8]*`,
+//! `GET [id:8][vhost][queue][no_ack:1]`, `PURGE [id:8][vhost][queue]`.
 //! From it: `ANSWER [id:8][refused:1][reason]`,
 //! `DELIVER [consumer:8][seq:8][redelivered:1][message]`,
-//! `CANCELLED [consumer:8][reason]`.
+//! `CANCELLED [consumer:8][reason]`,
+//! `GOT [id:8][0: empty | 1 [seq:8][redelivered:1][remaining:4][message] | 2 reason]`,
+//! `PURGED [id:8][0 [count:4] | 2 reason]`.
+//!
+//! `basic.get` and `queue.purge` of a remote queue wait for the home's
+//! answer (at most 30 s) on the calling thread, out of the async
+//! workers' way.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -55,9 +62,16 @@ const ENQUEUE: u8 = 1;
 const CONSUME: u8 = 2;
 const CANCEL: u8 = 3;
 const SETTLE: u8 = 4;
+const GET: u8 = 5;
+const PURGE: u8 = 6;
 const ANSWER: u8 = 1;
 const DELIVER: u8 = 2;
 const CANCELLED: u8 = 3;
+const GOT: u8 = 4;
+const PURGED: u8 = 5;
+
+/// Longest a `basic.get` or a purge waits for the queue's node.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 const OP_ACK: u8 = 0;
 const OP_REJECT: u8 = 1;
@@ -249,6 +263,11 @@ enum Outgoing {
         op: u8,
         seqs: Vec<u64>,
     },
+    /// A request waiting for its answer (GET, PURGE), already framed.
+    Call {
+        id: u64,
+        frame: Bytes,
+    },
     /// Settlements by the home's sequence numbers (deliveries no consumer
     /// here could take: back to the queue).
     SettleHome {
@@ -288,6 +307,10 @@ struct LinkState {
     next_seq: AtomicU64,
     /// Messages sent and not answered, or waiting to be sent.
     in_flight: AtomicUsize,
+    /// Calls waiting for their answer: the connection it came over, and
+    /// its fields.
+    calls: Mutex<HashMap<u64, std::sync::mpsc::SyncSender<(u64, Bytes)>>>,
+    next_call: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -351,7 +374,88 @@ fn op_of(settlement: RemoteSettlement) -> u8 {
     }
 }
 
+impl Carrier {
+    /// Sends a call built by `request` (given its id) to node `home` and
+    /// waits for the answer: the connection it came over and its fields.
+    /// Blocking.
+    fn call(
+        &self,
+        home: i32,
+        request: impl FnOnce(u64) -> Result<Bytes, String>,
+    ) -> Result<(u64, Bytes), MessagingError> {
+        let (outgoing, state) = self.link(home);
+        let id = state.next_call.fetch_add(1, Ordering::Relaxed);
+        let frame = request(id)
+            .map_err(|reason| MessagingError::Core(sluice_core::CoreError::Internal { reason }))?;
+        let (answer, answered) = std::sync::mpsc::sync_channel(1);
+        lock(&state.calls).insert(id, answer);
+        if outgoing.send(Outgoing::Call { id, frame }).is_err() {
+            lock(&state.calls).remove(&id);
+        }
+        wait_answer(&answered)
+    }
+}
+
+/// A refusal from the queue's node.
+fn refused_there(mut fields: Bytes) -> MessagingError {
+    let reason = String::from_utf8_lossy(&fields.split_off(0)).into_owned();
+    MessagingError::Core(sluice_core::CoreError::Internal { reason })
+}
+
+fn call_frame(kind: u8, id: u64, vhost: &str, queue: &str, extra: &[u8]) -> Result<Bytes, String> {
+    let mut fields = BytesMut::new();
+    fields.put_u64(id);
+    put_short(&mut fields, vhost)?;
+    put_short(&mut fields, queue)?;
+    fields.put_slice(extra);
+    Ok(frame(kind, &fields))
+}
+
 impl RemoteQueues for Carrier {
+    fn get(
+        &self,
+        home: i32,
+        vhost: &str,
+        queue: &Arc<Queue>,
+        no_ack: bool,
+    ) -> Result<Option<sluice_core::messaging::GetResult>, MessagingError> {
+        let (connection, mut fields) = self.call(home, |id| {
+            call_frame(GET, id, vhost, queue.name(), &[u8::from(no_ack)])
+        })?;
+        let damaged = || {
+            MessagingError::Core(sluice_core::CoreError::Internal {
+                reason: "a damaged answer from the queue's node".to_owned(),
+            })
+        };
+        match get_u8(&mut fields).ok_or_else(damaged)? {
+            0 => Ok(None),
+            1 => {
+                let home_seq = get_u64(&mut fields).ok_or_else(damaged)?;
+                let redelivered = get_u8(&mut fields).ok_or_else(damaged)? != 0;
+                if fields.remaining() < 4 {
+                    return Err(damaged());
+                }
+                let remaining = fields.get_u32() as usize;
+                let message = Message::decode(fields).ok_or_else(damaged)?;
+                let (_, state) = self.link(home);
+                let seq = state.next_seq.fetch_add(1, Ordering::Relaxed) + 1;
+                if !no_ack {
+                    lock(&state.deliveries).insert(seq, (connection, home_seq));
+                }
+                Ok(Some((seq, Arc::new(message), redelivered, remaining)))
+            }
+            _ => Err(refused_there(fields)),
+        }
+    }
+
+    fn purge(&self, home: i32, vhost: &str, queue: &str) -> Result<usize, MessagingError> {
+        let (_, mut fields) = self.call(home, |id| call_frame(PURGE, id, vhost, queue, &[]))?;
+        match get_u8(&mut fields) {
+            Some(0) if fields.remaining() >= 4 => Ok(fields.get_u32() as usize),
+            _ => Err(refused_there(fields)),
+        }
+    }
+
     fn enqueue(&self, home: i32, vhost: &str, queue: &str, message: &Message) -> PendingAck {
         let outcome = RemoteOutcome::new();
         let (outgoing, state) = self.link(home);
@@ -482,6 +586,8 @@ fn connection_lost(state: &LinkState, waiting: &Waiting, connection: u64, reason
         }
     }
     lock(&state.deliveries).retain(|_, (over, _)| *over != connection);
+    // Calls waiting on it fail (their senders dropped).
+    lock(&state.calls).clear();
 }
 
 /// One peer's link: dialled when something needs it, again after a
@@ -583,6 +689,9 @@ fn refuse(state: &LinkState, item: Outgoing, reason: &str) {
         Outgoing::Cancel(id) => {
             lock(&state.consumers).remove(&id);
         }
+        Outgoing::Call { id, .. } => {
+            lock(&state.calls).remove(&id);
+        }
         Outgoing::Settle { .. } | Outgoing::SettleHome { .. } => {}
     }
 }
@@ -659,6 +768,7 @@ fn outgoing_frame(
             op,
             seqs,
         } => encode_settle(&vhost, &queue, op, &seqs),
+        Outgoing::Call { frame, .. } => Ok(frame),
     };
     match encoded {
         Ok(bytes) => Some(bytes),
@@ -683,6 +793,7 @@ async fn read_from_home(
             ANSWER => answered(&state, &waiting, fields),
             DELIVER => delivered(&state, &requeue, connection, fields),
             CANCELLED => cancelled_there(&state, fields),
+            GOT | PURGED => called_back(&state, connection, fields),
             _ => None,
         };
         if understood.is_none() {
@@ -751,6 +862,33 @@ fn delivered(
         back(target);
     }
     Some(())
+}
+
+/// The answer to a call: to the thread waiting for it.
+fn called_back(state: &LinkState, connection: u64, mut fields: Bytes) -> Option<()> {
+    let id = get_u64(&mut fields)?;
+    if let Some(waiting) = lock(&state.calls).remove(&id) {
+        let _ = waiting.try_send((connection, fields));
+    }
+    Some(())
+}
+
+/// Waits for a call's answer without holding up an async worker.
+fn wait_answer(
+    answer: &std::sync::mpsc::Receiver<(u64, Bytes)>,
+) -> Result<(u64, Bytes), MessagingError> {
+    let wait = || answer.recv_timeout(CALL_TIMEOUT);
+    let waited = match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(wait)
+        }
+        _ => wait(),
+    };
+    waited.map_err(|error| {
+        MessagingError::Core(sluice_core::CoreError::Internal {
+            reason: format!("the queue's node did not answer: {error}"),
+        })
+    })
 }
 
 /// The home cancelled a consumer (its queue was deleted, or it refused
@@ -837,8 +975,17 @@ struct HomeConsumer {
 struct HomeState {
     /// By channel key.
     consumers: HashMap<u64, HomeConsumer>,
-    /// (queue, seq) to the consuming channel key.
-    unsettled: HashMap<(String, u64), u64>,
+    /// Deliveries and gets not settled yet, by (queue, seq).
+    unsettled: HashMap<(String, u64), Unsettled>,
+}
+
+/// A delivery (to a consumer, or a `basic.get`) the peer has not settled.
+#[derive(Debug)]
+struct Unsettled {
+    /// The consumer's channel key (none for a get).
+    channel: Option<u64>,
+    vhost: Arc<VirtualHost>,
+    queue: Arc<Queue>,
 }
 
 /// What a peer asked for, in its order, for the link's worker.
@@ -848,6 +995,8 @@ enum Work {
     Consume(Bytes),
     Cancel(Bytes),
     Settle(Bytes),
+    Get(Bytes),
+    Purge(Bytes),
 }
 
 /// One peer's link: its requests handled in order on one thread, the
@@ -887,6 +1036,12 @@ async fn serve_link(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
                             settle(&broker, &state, &vhost, &queue, op, &seqs)
                         })
                     }
+                    Work::Get(fields) => get_for_peer(&broker, &state, fields).map(|answer| {
+                        let _ = frames.send(answer);
+                    }),
+                    Work::Purge(fields) => purge_for_peer(&broker, fields).map(|answer| {
+                        let _ = frames.send(answer);
+                    }),
                 };
                 if handled.is_none() {
                     tracing::warn!(%peer, "a damaged request on a message link");
@@ -951,6 +1106,8 @@ async fn serve_link(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
                     CONSUME => Work::Consume(fields),
                     CANCEL => Work::Cancel(fields),
                     SETTLE => Work::Settle(fields),
+                    GET => Work::Get(fields),
+                    PURGE => Work::Purge(fields),
                     other => {
                         tracing::warn!(%peer, kind = other, "an unknown request on a message link; closing it");
                         break;
@@ -1102,6 +1259,7 @@ fn settle(
         let channels: Vec<u64> = seqs
             .iter()
             .filter_map(|seq| held.unsettled.remove(&(queue.to_owned(), *seq)))
+            .filter_map(|unsettled| unsettled.channel)
             .collect();
         channels
             .into_iter()
@@ -1147,9 +1305,14 @@ fn deliver(state: &Mutex<HomeState>, frames: &mpsc::UnboundedSender<Bytes>, even
     };
     let (id, no_ack, credit) = (consumer.id, consumer.no_ack, Arc::clone(&consumer.credit));
     if !no_ack {
+        let vhost = Arc::clone(&consumer.vhost);
         held.unsettled.insert(
             (delivery.queue.name().to_owned(), delivery.seq),
-            delivery.channel,
+            Unsettled {
+                channel: Some(delivery.channel),
+                vhost,
+                queue: Arc::clone(&delivery.queue),
+            },
         );
     }
     drop(held);
@@ -1168,6 +1331,89 @@ fn deliver(state: &Mutex<HomeState>, frames: &mpsc::UnboundedSender<Bytes>, even
         credit.release(1);
         let _ = delivery.queue.dispatch();
     }
+}
+
+/// A queue of this node and its virtual host.
+type Target = (Arc<VirtualHost>, Arc<Queue>);
+
+/// A call's id and target: virtual host and queue of this node.
+fn call_target(broker: &Broker, fields: &mut Bytes) -> Option<(u64, Result<Target, String>)> {
+    let id = get_u64(fields)?;
+    let vhost = get_short(fields)?;
+    let queue = get_short(fields)?;
+    let found = broker
+        .vhosts()
+        .get(&vhost)
+        .and_then(|host| host.queue(&queue).map(|target| (host, target)))
+        .filter(|(_, target)| target.remote_node().is_none())
+        .ok_or_else(|| format!("no queue '{queue}' in vhost '{vhost}' on this node"));
+    Some((id, found))
+}
+
+fn refusal(kind: u8, id: u64, reason: &str) -> Bytes {
+    let mut fields = BytesMut::new();
+    fields.put_u64(id);
+    fields.put_u8(2);
+    fields.put_slice(reason.as_bytes());
+    frame(kind, &fields)
+}
+
+/// A peer's `basic.get` of a queue of this node: the answer.
+fn get_for_peer(broker: &Broker, state: &Mutex<HomeState>, mut fields: Bytes) -> Option<Bytes> {
+    let (id, found) = call_target(broker, &mut fields)?;
+    let no_ack = get_u8(&mut fields)? != 0;
+    let (host, target) = match found {
+        Ok(found) => found,
+        Err(reason) => return Some(refusal(GOT, id, &reason)),
+    };
+    let (taken, dead) = match target.get(no_ack) {
+        Ok(taken) => taken,
+        Err(error) => return Some(refusal(GOT, id, &error.to_string())),
+    };
+    host.dead_letter(dead);
+    let mut answer = BytesMut::new();
+    answer.put_u64(id);
+    match taken {
+        None => answer.put_u8(0),
+        Some((seq, message, redelivered, remaining)) => {
+            let Ok(encoded) = message.encode() else {
+                let _ = target.requeue(&[seq]);
+                return Some(refusal(GOT, id, "cannot encode the message"));
+            };
+            if !no_ack {
+                lock(state).unsettled.insert(
+                    (target.name().to_owned(), seq),
+                    Unsettled {
+                        channel: None,
+                        vhost: Arc::clone(&host),
+                        queue: Arc::clone(&target),
+                    },
+                );
+            }
+            answer.put_u8(1);
+            answer.put_u64(seq);
+            answer.put_u8(u8::from(redelivered));
+            answer.put_u32(u32::try_from(remaining).unwrap_or(u32::MAX));
+            answer.put_slice(&encoded);
+        }
+    }
+    Some(frame(GOT, &answer))
+}
+
+/// A peer's `queue.purge` of a queue of this node: the answer.
+fn purge_for_peer(broker: &Broker, mut fields: Bytes) -> Option<Bytes> {
+    let (id, found) = call_target(broker, &mut fields)?;
+    let purged = found.and_then(|(_, target)| target.purge().map_err(|error| error.to_string()));
+    Some(match purged {
+        Ok(count) => {
+            let mut answer = BytesMut::new();
+            answer.put_u64(id);
+            answer.put_u8(0);
+            answer.put_u32(u32::try_from(count).unwrap_or(u32::MAX));
+            frame(PURGED, &answer)
+        }
+        Err(reason) => refusal(PURGED, id, &reason),
+    })
 }
 
 /// The link is gone: its consumers are removed and their unsettled
@@ -1189,17 +1435,19 @@ fn drop_consumers(state: &Mutex<HomeState>) {
             tracing::warn!(queue = consumer.queue.name(), %error, "cannot auto-delete a queue");
         }
     }
-    let mut by_queue: HashMap<u64, Vec<u64>> = HashMap::new();
-    for ((_, seq), channel) in unsettled {
-        by_queue.entry(channel).or_default().push(seq);
+    let mut by_queue: HashMap<String, (Unsettled, Vec<u64>)> = HashMap::new();
+    for ((name, seq), unsettled) in unsettled {
+        by_queue
+            .entry(name)
+            .or_insert_with(|| (unsettled, Vec::new()))
+            .1
+            .push(seq);
     }
-    for (channel, seqs) in by_queue {
-        if let Some(consumer) = consumers.get(&channel) {
-            match consumer.queue.requeue(&seqs) {
-                Ok(dead) => consumer.vhost.dead_letter(dead),
-                Err(error) => {
-                    tracing::warn!(queue = consumer.queue.name(), %error, "cannot requeue deliveries of a closed link")
-                }
+    for (_, (held, seqs)) in by_queue {
+        match held.queue.requeue(&seqs) {
+            Ok(dead) => held.vhost.dead_letter(dead),
+            Err(error) => {
+                tracing::warn!(queue = held.queue.name(), %error, "cannot requeue deliveries of a closed link")
             }
         }
     }

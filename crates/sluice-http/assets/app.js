@@ -1808,7 +1808,7 @@ async function queuesPage(ctx, root) {
       {
         label: '',
         cell: (q) => h('span', { class: 'row-actions' },
-          q.type === 'classic' && q.state !== 'remote' ? h('button', { type: 'button', class: 'small', testid: 'queue-purge', onclick: () => purgeQueue(q, list.reload) }, 'Purge') : null,
+          q.type === 'classic' ? h('button', { type: 'button', class: 'small', testid: 'queue-purge', onclick: () => purgeQueue(q, list.reload) }, 'Purge') : null,
           h('button', { type: 'button', class: 'danger small', testid: 'queue-delete', onclick: () => deleteQueue(q, list.reload) }, 'Delete')),
       },
     ],

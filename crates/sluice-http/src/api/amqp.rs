@@ -519,7 +519,9 @@ pub(crate) async fn purge(
     Path((vhost_name, name)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     let vhost = vhost(&shared, &vhost_name)?;
-    find_queue(&vhost, &name)?;
+    if vhost.remote_queue(&name).is_none() {
+        find_queue(&vhost, &name)?;
+    }
     let purged = blocking(move || Ok(vhost.purge_queue(&name, API_CONNECTION)?)).await?;
     Ok(Json(json!({ "purged": purged })))
 }

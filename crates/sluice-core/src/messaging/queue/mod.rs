@@ -335,15 +335,6 @@ impl Queue {
         self.remote().map(|home| home.node)
     }
 
-    fn elsewhere(&self, operation: &str) -> MessagingError {
-        MessagingError::NotImplemented(format!(
-            "{operation} of queue '{}' in vhost '{}' works on the node it lives on (node {}) only for now",
-            self.name,
-            self.home.vhost,
-            self.remote_node().unwrap_or(-1)
-        ))
-    }
-
     fn unlinked(&self) -> MessagingError {
         MessagingError::NotFound(format!(
             "queue '{}' in vhost '{}' lives on node {}, which this node has no link to yet",
@@ -690,8 +681,10 @@ impl Queue {
         if self.stream().is_some() {
             return Err(self.not_for_streams("basic.get"));
         }
-        if self.remote().is_some() {
-            return Err(self.elsewhere("basic.get"));
+        if let Some(home) = self.remote() {
+            let carrier = home.carrier().ok_or_else(|| self.unlinked())?;
+            let taken = carrier.get(home.node, &self.home.vhost, self, no_ack)?;
+            return Ok((taken, DeadLetters::default()));
         }
         let now = self.now();
         let mut effects = Effects::default();
@@ -845,8 +838,9 @@ impl Queue {
         if self.stream().is_some() {
             return Err(self.not_for_streams("queue.purge"));
         }
-        if self.remote().is_some() {
-            return Err(self.elsewhere("queue.purge"));
+        if let Some(home) = self.remote() {
+            let carrier = home.carrier().ok_or_else(|| self.unlinked())?;
+            return carrier.purge(home.node, &self.home.vhost, &self.name);
         }
         let mut effects = Effects::default();
         let mut inner = self.inner();

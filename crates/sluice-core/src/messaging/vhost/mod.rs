@@ -100,6 +100,27 @@ pub trait RemoteQueues: Send + Sync + std::fmt::Debug {
         consumer: super::ConsumerSpec,
     ) -> Result<(), MessagingError>;
 
+    /// `basic.get` of `queue` (a stand-in for a queue of node `home`);
+    /// the message's handle is this node's, to settle through `queue`.
+    /// Blocking.
+    ///
+    /// # Errors
+    /// The home's refusal, or no answer.
+    fn get(
+        &self,
+        home: i32,
+        vhost: &str,
+        queue: &Arc<Queue>,
+        no_ack: bool,
+    ) -> Result<Option<super::GetResult>, MessagingError>;
+
+    /// `queue.purge` of `queue` on node `home`; the count purged.
+    /// Blocking.
+    ///
+    /// # Errors
+    /// The home's refusal, or no answer.
+    fn purge(&self, home: i32, vhost: &str, queue: &str) -> Result<usize, MessagingError>;
+
     /// Removes the consumer `tag` of channel `channel` from node `home`.
     fn cancel(&self, home: i32, channel: u64, tag: &str);
 
