@@ -12,6 +12,8 @@ learnt survives its restart.
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 
 import pika
 import pytest
@@ -429,3 +431,34 @@ def test_a_remote_consumers_node_dying_returns_its_deliveries_and_its_homes_deat
         survivor.run_until(lambda: survivor.cancelled, 30, "the consumer cancelled")
     finally:
         survivor.close()
+
+
+def test_a_paused_consumer_node_is_given_up_on_and_its_deliveries_go_to_another_consumer(fresh_cluster):
+    """A node paused (SIGSTOP) says nothing on its link: the queue's home
+    closes the link after 20 s of silence and requeues what that node's
+    consumer held; a consumer on another node gets it, flagged redelivered."""
+    cluster = fresh_cluster
+    queue = unique_name("paused")
+    with channel(cluster.node(1)) as ch:
+        ch.queue_declare(queue, durable=True)
+        ch.confirm_delivery()
+        for n in range(5):
+            ch.basic_publish("", queue, f"m-{n}".encode(), pika.BasicProperties(delivery_mode=2))
+    wait_everywhere(cluster, lambda node, _: queue in queues_on(node), "the queue")
+
+    frozen = Collector(cluster.node(3), queue, prefetch=5, ack=False)
+    frozen.run_until(lambda: len(frozen.got) == 5, 20, "5 deliveries on node 3")
+    node3 = cluster.node(3)
+    os.kill(node3.proc.pid, signal.SIGSTOP)
+    try:
+        other = Collector(cluster.node(2), queue, prefetch=5)
+        try:
+            other.run_until(lambda: len(other.got) == 5, 60, "the 5 back, on node 2")
+        finally:
+            other.close()
+    finally:
+        os.kill(node3.proc.pid, signal.SIGCONT)
+        with contextlib.suppress(Exception):
+            frozen.close()
+    assert sorted(body for body, _ in other.got) == [f"m-{n}".encode() for n in range(5)]
+    assert all(redelivered for _, redelivered in other.got)

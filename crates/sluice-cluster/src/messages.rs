@@ -21,6 +21,10 @@
 //! deliveries made over a failed connection are dropped (the home
 //! redelivers those messages). The link is dialled again when needed.
 //!
+//! Each side sends a heartbeat after 5 s without sending anything, and
+//! closes a link that brought nothing for 20 s (its peer paused, cut off
+//! or gone without closing it).
+//!
 //! Frames are a `u32` big-endian length, a kind byte and its fields;
 //! names are a length byte and UTF-8, messages as a queue log holds them
 //! (`Message::encode`). To the home: `ENQUEUE [id:8][vhost][queue][message]`,
@@ -58,6 +62,8 @@ use crate::MetadataNode;
 /// The first byte of a connection carrying messages for queues.
 pub const PREFACE_MESSAGES: u8 = b'M';
 
+/// Both ways, when a side has sent nothing for [`HEARTBEAT_EVERY`].
+const HEARTBEAT: u8 = 0;
 const ENQUEUE: u8 = 1;
 const CONSUME: u8 = 2;
 const CANCEL: u8 = 3;
@@ -69,6 +75,13 @@ const DELIVER: u8 = 2;
 const CANCELLED: u8 = 3;
 const GOT: u8 = 4;
 const PURGED: u8 = 5;
+
+/// A side that has sent nothing for this long sends a heartbeat.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
+/// A link that brought nothing for this long is dead (a node paused,
+/// cut off or gone without closing it): closed, with what that means for
+/// its messages and consumers.
+const LINK_SILENCE: Duration = Duration::from_secs(20);
 
 /// Longest a `basic.get` or a purge waits for the queue's node.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -268,6 +281,7 @@ enum Outgoing {
         id: u64,
         frame: Bytes,
     },
+    Heartbeat,
     /// Settlements by the home's sequence numbers (deliveries no consumer
     /// here could take: back to the queue).
     SettleHome {
@@ -666,7 +680,21 @@ async fn next_outgoing(
     tokio::select! {
         next = outgoing.recv() => next,
         () = wait_finished(reading) => None,
+        () = tokio::time::sleep(HEARTBEAT_EVERY) => Some(Outgoing::Heartbeat),
     }
+}
+
+/// The next frame from a link's peer; an error when it has been silent
+/// for [`LINK_SILENCE`].
+async fn read_live<R: AsyncRead + Unpin>(input: &mut R) -> std::io::Result<(u8, Bytes)> {
+    tokio::time::timeout(LINK_SILENCE, read_frame(input))
+        .await
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("nothing heard for {} s", LINK_SILENCE.as_secs()),
+            )
+        })?
 }
 
 /// Refuses what could not be sent.
@@ -692,7 +720,7 @@ fn refuse(state: &LinkState, item: Outgoing, reason: &str) {
         Outgoing::Call { id, .. } => {
             lock(&state.calls).remove(&id);
         }
-        Outgoing::Settle { .. } | Outgoing::SettleHome { .. } => {}
+        Outgoing::Settle { .. } | Outgoing::SettleHome { .. } | Outgoing::Heartbeat => {}
     }
 }
 
@@ -769,6 +797,7 @@ fn outgoing_frame(
             seqs,
         } => encode_settle(&vhost, &queue, op, &seqs),
         Outgoing::Call { frame, .. } => Ok(frame),
+        Outgoing::Heartbeat => Ok(frame(HEARTBEAT, &[])),
     };
     match encoded {
         Ok(bytes) => Some(bytes),
@@ -788,8 +817,16 @@ async fn read_from_home(
     requeue: mpsc::UnboundedSender<Outgoing>,
     connection: u64,
 ) {
-    while let Ok((kind, fields)) = read_frame(&mut reader).await {
+    loop {
+        let (kind, fields) = match read_live(&mut reader).await {
+            Ok(frame) => frame,
+            Err(error) => {
+                tracing::debug!(%error, "message link closed");
+                return;
+            }
+        };
         let understood = match kind {
+            HEARTBEAT => Some(()),
             ANSWER => answered(&state, &waiting, fields),
             DELIVER => delivered(&state, &requeue, connection, fields),
             CANCELLED => cancelled_there(&state, fields),
@@ -1090,7 +1127,14 @@ async fn serve_link(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
         })
     };
     let writing = tokio::spawn(async move {
-        while let Some(bytes) = frames_rx.recv().await {
+        loop {
+            let bytes = tokio::select! {
+                next = frames_rx.recv() => match next {
+                    Some(bytes) => bytes,
+                    None => return,
+                },
+                () = tokio::time::sleep(HEARTBEAT_EVERY) => frame(HEARTBEAT, &[]),
+            };
             if write_all(&mut writer, &bytes).await.is_err() {
                 return;
             }
@@ -1099,7 +1143,8 @@ async fn serve_link(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
     drop(frames);
     drop(events);
     loop {
-        match read_frame(&mut reader).await {
+        match read_live(&mut reader).await {
+            Ok((HEARTBEAT, _)) => {}
             Ok((kind, fields)) => {
                 let request = match kind {
                     ENQUEUE => Work::Enqueue(fields),
