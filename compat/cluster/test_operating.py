@@ -47,7 +47,15 @@ def test_a_silent_node_is_fenced_its_partitions_offline_until_it_returns(fresh_c
     cluster.node(3).kill()
     wait_until(lambda: brokers_seen(cluster.node(1).bootstrap) == {1, 2}, 30, interval=0.3, what="node 3 fenced")
     # The partition only node 3 held has no leader; the replicated ones
-    # moved to live replicas.
+    # moved to live replicas (each a command of its own after the fencing:
+    # waited for, as a loaded machine applies them later).
+    wait_until(
+        lambda: all(leader in (1, 2) for leader, _, _ in layout(cluster.node(2).bootstrap, replicated).values())
+        and http_get(cluster.node(1), "/api/cluster")["under_replicated_partitions"] == 3,
+        30,
+        interval=0.3,
+        what="the replicated partitions led by live nodes",
+    )
     metadata = admin(cluster.node(2).bootstrap).list_topics(single, timeout=10).topics[single]
     offline = metadata.partitions[on_node_3]
     assert offline.leader == -1, offline
