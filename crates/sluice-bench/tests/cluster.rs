@@ -3,8 +3,9 @@
 //! (rdkafka). A partition's leader cut off from the others loses the
 //! partition to an in-sync replica; acks=all idempotent produces go on
 //! through the new leader; healed, the old leader follows again, and every
-//! acknowledged record is read back once and in order. (The Python suite,
-//! `compat/cluster`, runs the nemesis and the other faults.)
+//! acknowledged record is read back once and in order. With lapin, a queue
+//! declared on node 1, published to on node 2 and consumed on node 3. (The
+//! Python suite, `compat/cluster`, runs the nemesis and the other faults.)
 
 use std::time::{Duration, Instant};
 
@@ -193,4 +194,175 @@ fn a_leader_cut_off_loses_its_partition_and_nothing_acknowledged_is_lost() {
         assert!(last < Some(*index), "{value} out of order");
         last = Some(*index);
     }
+}
+
+/// AMQP on the cluster with lapin: a durable queue and a topic exchange
+/// declared on node 1, 300 persistent messages published with confirms on
+/// node 2, consumed with manual acks and prefetch 20 on node 3; every
+/// message arrives once, in order, none flagged redelivered, and the queue
+/// ends empty on its home.
+#[test]
+fn declared_on_one_node_published_on_another_consumed_on_a_third_with_lapin() {
+    use futures_util::StreamExt as _;
+    use lapin::options::{
+        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+        ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    };
+    use lapin::types::FieldTable;
+    use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+
+    const COUNT: usize = 300;
+    let cluster = ClusterProcess::start(3, &[]);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let connect = |id: usize| {
+            let url = cluster.amqp_url(id);
+            async move {
+                let connection = Connection::connect(&url, ConnectionProperties::default())
+                    .await
+                    .expect("connect");
+                let channel = connection.create_channel().await.expect("channel");
+                (connection, channel)
+            }
+        };
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        let (first, declaring) = connect(1).await;
+        declaring
+            .exchange_declare(
+                "orders".into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("exchange.declare");
+        declaring
+            .queue_declare("eu-orders".into(), durable, FieldTable::default())
+            .await
+            .expect("queue.declare");
+        declaring
+            .queue_bind(
+                "eu-orders".into(),
+                "orders".into(),
+                "eu.#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("queue.bind");
+        first.close(200, "done".into()).await.expect("close");
+
+        // Node 2 routes through the binding once it has applied it.
+        let (second, publishing) = connect(2).await;
+        publishing
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirm.select");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            // A refused passive declare closes its channel: a new one each try.
+            let checking = second.create_channel().await.expect("channel");
+            let declared = checking
+                .queue_declare(
+                    "eu-orders".into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await;
+            if declared.is_ok() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "node 2 never saw the queue");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let mut confirms = Vec::new();
+        for n in 0..COUNT {
+            confirms.push(
+                publishing
+                    .basic_publish(
+                        "orders".into(),
+                        "eu.de".into(),
+                        BasicPublishOptions::default(),
+                        format!("{n}").as_bytes(),
+                        BasicProperties::default().with_delivery_mode(2),
+                    )
+                    .await
+                    .expect("publish"),
+            );
+        }
+        for confirm in confirms {
+            assert!(
+                confirm.await.expect("confirm").is_ack(),
+                "a publish was nacked"
+            );
+        }
+        second.close(200, "done".into()).await.expect("close");
+
+        let (third, consuming) = connect(3).await;
+        consuming
+            .basic_qos(20, BasicQosOptions::default())
+            .await
+            .expect("qos");
+        let mut consumer = consuming
+            .basic_consume(
+                "eu-orders".into(),
+                "on-node-3".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume");
+        let mut got = Vec::new();
+        while got.len() < COUNT {
+            let delivery = tokio::time::timeout(Duration::from_secs(20), consumer.next())
+                .await
+                .expect("a delivery within 20 s")
+                .expect("the consumer goes on")
+                .expect("a delivery");
+            assert!(
+                !delivery.redelivered,
+                "a first delivery flagged redelivered"
+            );
+            got.push(String::from_utf8_lossy(&delivery.data).into_owned());
+            delivery.ack(BasicAckOptions::default()).await.expect("ack");
+        }
+        let expected: Vec<String> = (0..COUNT).map(|n| n.to_string()).collect();
+        assert_eq!(got, expected, "every message once, in order");
+        third.close(200, "done".into()).await.expect("close");
+
+        let (home, checking) = connect(1).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let queue = checking
+                .queue_declare(
+                    "eu-orders".into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .expect("passive declare on the home");
+            if queue.message_count() == 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "acked messages left on the home");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        home.close(200, "done".into()).await.expect("close");
+    });
 }

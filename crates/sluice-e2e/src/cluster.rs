@@ -104,6 +104,14 @@ impl ClusterProcess {
         self.node(id).ports[0]
     }
 
+    /// Node `id`'s AMQP URL (guest, vhost "/").
+    pub fn amqp_url(&self, id: usize) -> String {
+        format!(
+            "amqp://guest:guest@127.0.0.1:{}/%2f",
+            self.node(id).ports[1]
+        )
+    }
+
     /// Node `id`'s admin API, `http://127.0.0.1:PORT`.
     pub fn http_url(&self, id: usize) -> String {
         format!("http://127.0.0.1:{}", self.node(id).ports[2])
