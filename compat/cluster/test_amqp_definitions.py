@@ -108,8 +108,11 @@ def test_definitions_declared_on_one_node_are_on_every_node(cluster):
             assert exchanges[f"{prefix}-{kind}"]["durable"] is True
         shown = queues_on(node)[queue]
         assert shown["node"] == 1, shown
+        assert (shown["leader"], shown["members"], shown["online"]) == (1, [1], [1]), shown
         assert shown["state"] == ("running" if node_id == 1 else "remote"), shown
         assert shown["arguments"] == {"x-max-length": 1000}, shown
+        homes = {n["id"]: n["queues"] for n in http_get(node, "/api/cluster")["nodes"]}
+        assert homes[1] >= 1, homes
 
 
 def test_a_remote_queue_is_declared_again_bound_got_from_and_purged_on_any_node(cluster):

@@ -83,6 +83,9 @@ test('a queue declared on one node is listed on another with its home node', { t
   await withPage(env.browser, first, '#/queues', async ({ page }) => {
     await waitForText(row(page, 'queues', '//homed-on-1').getByTestId('queue-node'), '1');
   });
+  await withPage(env.browser, second, '#/cluster', async ({ page }) => {
+    await waitForText(row(page, 'node', '1').getByTestId('node-queues'), '1', 15_000);
+  });
 });
 
 test('on one node the cluster page says nothing is replicated', { timeout: TEST_MS }, async () => {

@@ -279,6 +279,8 @@ pub struct ClusterView {
     /// Metadata commits this node's writers made, and their total time.
     pub commits: u64,
     pub commit_micros: u64,
+    /// Classic queues living on each node (their home), by node id.
+    pub queue_homes: std::collections::BTreeMap<i32, usize>,
 }
 
 /// Where one partition of a cluster is, as the metadata says
@@ -591,6 +593,7 @@ impl Broker {
             controller_changes: metadata.controller_changes(),
             commits: metadata.commit_times().count.load(Relaxed),
             commit_micros: metadata.commit_times().micros.load(Relaxed),
+            queue_homes: metadata.queue_homes(),
         }
     }
 

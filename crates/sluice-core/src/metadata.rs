@@ -1361,6 +1361,20 @@ impl Metadata {
         self.state().definitions.clone()
     }
 
+    /// How many classic queues live on each node (their home).
+    pub fn queue_homes(&self) -> BTreeMap<i32, usize> {
+        let mut homes = BTreeMap::new();
+        for definition in self.state().definitions.values() {
+            if let Definition::Queue(QueueDefinition {
+                home: Some(home), ..
+            }) = definition
+            {
+                *homes.entry(*home).or_insert(0) += 1;
+            }
+        }
+        homes
+    }
+
     /// Changes when the durable AMQP definitions change.
     pub(crate) fn watch_definitions(&self) -> tokio::sync::watch::Receiver<u64> {
         self.definitions_changed.subscribe()

@@ -2569,6 +2569,7 @@ async function clusterPage(ctx, root) {
         { label: 'Node', numeric: true, cell: (n) => [String(n.id), n.this_node ? [' ', h('span', { class: 'badge' }, 'this node')] : null] },
         { label: 'Kafka', cell: (n) => h('code', {}, n.kafka) },
         { label: 'Role', cell: (n) => n.role, testid: 'node-role' },
+        { label: 'Queues', numeric: true, cell: (n) => format.int(n.queues), testid: 'node-queues' },
         {
           label: 'State',
           testid: 'node-state',

@@ -342,13 +342,19 @@ fn queue_json(shared: &AppState, vhost: &str, queue: &Queue) -> Value {
     let ready = queue.message_count();
     let unacked = queue.unacked_count();
     let clustered = shared.broker.topics().metadata().clustered();
+    // The node holding its messages (RabbitMQ's `node`); a stream's are
+    // its topic's, on every node.
+    let node = (clustered && queue.stream_topic().is_none()).then(|| shared.broker.node_id());
     json!({
         "vhost": vhost,
         "name": queue.name(),
         "type": queue.queue_type().as_str(),
-        // The node holding its messages (RabbitMQ's `node`); a stream's
-        // are its topic's, on every node.
-        "node": (clustered && queue.stream_topic().is_none()).then(|| shared.broker.node_id()),
+        "node": node,
+        // As RabbitMQ shows quorum queues: the leader, the members and
+        // those online (a classic queue's one member is its home).
+        "leader": node,
+        "members": node.map(|n| vec![n]),
+        "online": node.map(|n| vec![n]),
         "state": "running",
         "topic": queue.stream_topic().map(|topic| topic.name()),
         "durable": options.durable,
@@ -369,12 +375,21 @@ fn queue_json(shared: &AppState, vhost: &str, queue: &Queue) -> Value {
 
 /// A classic queue living on another node of the cluster: its definition
 /// (its counts are its home's).
-fn remote_queue_json(vhost: &str, queue: &QueueDefinition) -> Value {
+fn remote_queue_json(shared: &AppState, vhost: &str, queue: &QueueDefinition) -> Value {
+    let fenced = shared.broker.topics().metadata().fenced();
+    let online: Vec<i32> = queue
+        .home
+        .into_iter()
+        .filter(|h| !fenced.contains(h))
+        .collect();
     json!({
         "vhost": vhost,
         "name": queue.name,
         "type": "classic",
         "node": queue.home,
+        "leader": queue.home,
+        "members": queue.home.map(|n| vec![n]),
+        "online": online,
         "state": "remote",
         "topic": null,
         "durable": true,
@@ -426,7 +441,7 @@ pub(crate) async fn queues(
         .iter()
         .map(|(v, q)| match q {
             Listed::Local(queue) => queue_json(&shared, v, queue),
-            Listed::Remote(queue) => remote_queue_json(v, queue),
+            Listed::Remote(queue) => remote_queue_json(&shared, v, queue),
         })
         .collect();
     Ok(Json(paging.answer(items, total)))
@@ -446,7 +461,7 @@ pub(crate) async fn queue(
     if vhost.queue(&name).is_none()
         && let Some(remote) = vhost.remote_queue(&name)
     {
-        return Ok(Json(remote_queue_json(vhost.name(), &remote)));
+        return Ok(Json(remote_queue_json(&shared, vhost.name(), &remote)));
     }
     let queue = find_queue(&vhost, &name)?;
     Ok(Json(queue_json(&shared, vhost.name(), &queue)))

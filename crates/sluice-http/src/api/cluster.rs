@@ -70,6 +70,8 @@ pub(crate) fn nodes(view: &ClusterView) -> Vec<Value> {
                 "voter": voter,
                 "fenced": view.fenced.contains(&n.node),
                 "decommissioning": view.leaving.contains(&n.node),
+                // Classic AMQP queues living there (their home).
+                "queues": view.queue_homes.get(&n.node).copied().unwrap_or(0),
                 "this_node": n.node == view.node_id,
             })
         })
