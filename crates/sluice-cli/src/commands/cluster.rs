@@ -136,6 +136,7 @@ fn write_status(out: &mut dyn Write, cluster: &Value, all: bool) -> CliResult<()
         ("KAFKA", Align::Left),
         ("ROLE", Align::Left),
         ("STATE", Align::Left),
+        ("QUEUES", Align::Right),
     ]);
     for node in cluster["nodes"].as_array().map_or(&[][..], Vec::as_slice) {
         let mut role = cell(&node["role"]);
@@ -154,6 +155,7 @@ fn write_status(out: &mut dyn Write, cluster: &Value, all: bool) -> CliResult<()
             cell(&node["kafka"]),
             role,
             state.to_owned(),
+            cell(&node["queues"]),
         ]);
     }
     nodes.write(out, "no registered nodes")?;
@@ -240,7 +242,7 @@ mod tests {
         let cluster = json!({
             "clustered": true, "node_id": 1, "controller": 2,
             "nodes": [
-                {"id": 1, "kafka": "127.0.0.1:9091", "role": "broker", "fenced": false, "this_node": true},
+                {"id": 1, "kafka": "127.0.0.1:9091", "role": "broker", "fenced": false, "queues": 17, "this_node": true},
                 {"id": 2, "kafka": "127.0.0.1:9092", "role": "controller", "fenced": false, "this_node": false},
                 {"id": 3, "kafka": "127.0.0.1:9093", "role": "broker", "fenced": true, "this_node": false},
                 {"id": 4, "kafka": "127.0.0.1:9094", "role": "broker", "fenced": false, "decommissioning": true, "this_node": false},
@@ -260,6 +262,10 @@ mod tests {
         write_status(&mut text, &cluster, false).expect("write");
         let text = String::from_utf8(text).expect("utf-8");
         assert!(text.contains("broker (this node)"), "{text}");
+        assert!(
+            text.contains(" 17"),
+            "classic queues living on node 1: {text}"
+        );
         assert!(text.contains("fenced"), "{text}");
         assert!(text.contains("decommissioning"), "{text}");
         assert!(text.contains("2,3,1"), "the move: {text}");
