@@ -233,6 +233,18 @@ fn declared_on_one_node_published_on_another_consumed_on_a_third_with_lapin() {
             durable: true,
             ..QueueDeclareOptions::default()
         };
+        let passive = |channel: lapin::Channel| async move {
+            channel
+                .queue_declare(
+                    "eu-orders".into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+        };
         let (first, declaring) = connect(1).await;
         declaring
             .exchange_declare(
@@ -272,16 +284,7 @@ fn declared_on_one_node_published_on_another_consumed_on_a_third_with_lapin() {
         loop {
             // A refused passive declare closes its channel: a new one each try.
             let checking = second.create_channel().await.expect("channel");
-            let declared = checking
-                .queue_declare(
-                    "eu-orders".into(),
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..QueueDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await;
+            let declared = passive(checking).await;
             if declared.is_ok() {
                 break;
             }
@@ -346,15 +349,7 @@ fn declared_on_one_node_published_on_another_consumed_on_a_third_with_lapin() {
         let (home, checking) = connect(1).await;
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let queue = checking
-                .queue_declare(
-                    "eu-orders".into(),
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..QueueDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                )
+            let queue = passive(checking.clone())
                 .await
                 .expect("passive declare on the home");
             if queue.message_count() == 0 {

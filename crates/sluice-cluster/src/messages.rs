@@ -1272,12 +1272,18 @@ fn cancel_consumer(state: &Mutex<HomeState>, id: u64) {
         channel.and_then(|channel| held.consumers.remove(&channel))
     };
     if let Some(consumer) = removed {
-        let (last, dead) = consumer
-            .queue
-            .remove_consumer(consumer.channel, &consumer.tag);
-        consumer.vhost.dead_letter(dead);
-        if last && let Err(error) = consumer.vhost.auto_delete_queue(&consumer.queue) {
-            tracing::warn!(queue = consumer.queue.name(), %error, "cannot auto-delete a queue");
+        consumer.remove();
+    }
+}
+
+impl HomeConsumer {
+    /// Takes the consumer off its queue, which goes if it is auto-delete
+    /// and this was its last consumer.
+    fn remove(&self) {
+        let (last, dead) = self.queue.remove_consumer(self.channel, &self.tag);
+        self.vhost.dead_letter(dead);
+        if last && let Err(error) = self.vhost.auto_delete_queue(&self.queue) {
+            tracing::warn!(queue = self.queue.name(), %error, "cannot auto-delete a queue");
         }
     }
 }
@@ -1472,13 +1478,7 @@ fn drop_consumers(state: &Mutex<HomeState>) {
         )
     };
     for consumer in consumers.values() {
-        let (last, dead) = consumer
-            .queue
-            .remove_consumer(consumer.channel, &consumer.tag);
-        consumer.vhost.dead_letter(dead);
-        if last && let Err(error) = consumer.vhost.auto_delete_queue(&consumer.queue) {
-            tracing::warn!(queue = consumer.queue.name(), %error, "cannot auto-delete a queue");
-        }
+        consumer.remove();
     }
     let mut by_queue: HashMap<String, (Unsettled, Vec<u64>)> = HashMap::new();
     for ((name, seq), unsettled) in unsettled {

@@ -267,6 +267,17 @@ impl Queue {
             (None, QueueType::Quorum) => QueueKind::Quorum,
             (None, _) => QueueKind::Classic,
         };
+        Queue::build(name, options, args, (store_id, store), home, kind)
+    }
+
+    fn build(
+        name: String,
+        options: QueueOptions,
+        args: QueueArgs,
+        (store_id, store): (Option<String>, Option<QueueStore>),
+        home: QueueHome,
+        kind: QueueKind,
+    ) -> Arc<Queue> {
         let machine =
             QueueMachine::new(args.clone(), Arc::clone(&home.memory), home.clock.now_ms());
         Arc::new(Queue {
@@ -313,21 +324,14 @@ impl Queue {
         node: i32,
         carrier: crate::messaging::vhost::Carrier,
     ) -> Arc<Queue> {
-        let machine =
-            QueueMachine::new(args.clone(), Arc::clone(&home.memory), home.clock.now_ms());
-        Arc::new(Queue {
+        Queue::build(
             name,
             options,
             args,
-            store_id: None,
+            (None, None),
             home,
-            inner: Mutex::new(Inner {
-                machine,
-                store: None,
-            }),
-            traffic: QueueTraffic::default(),
-            kind: QueueKind::Remote(RemoteHome { node, carrier }),
-        })
+            QueueKind::Remote(RemoteHome { node, carrier }),
+        )
     }
 
     /// The node a remote queue lives on (`None` for a queue of this node).

@@ -184,18 +184,7 @@ impl VirtualHost {
                 remote.home.unwrap_or(-1)
             )));
         }
-        let destination = Destination::Queue(remote.name.clone());
-        let sources: Vec<Arc<Exchange>> = self.exchanges().values().cloned().collect();
-        let mut emptied = Vec::new();
-        for source in sources {
-            let removed = source.unbind_destination(&destination);
-            for binding in &removed {
-                self.forget_binding(binding)?;
-            }
-            if !removed.is_empty() && source.auto_delete && source.binding_count() == 0 {
-                emptied.push(source);
-            }
-        }
+        let emptied = self.unbind_queue(&remote.name)?;
         self.definitions
             .commit(crate::metadata::MetadataCommand::DeleteQueue {
                 vhost: self.name.clone(),

@@ -497,8 +497,10 @@ impl VirtualHost {
         Ok(self.remove_queue(&queue)?)
     }
 
-    pub(super) fn remove_queue(&self, queue: &Arc<Queue>) -> Result<usize, CoreError> {
-        let destination = Destination::Queue(queue.name().to_owned());
+    /// Removes (and forgets) every binding to queue `name`; the auto-delete
+    /// exchanges that it left without bindings.
+    pub(super) fn unbind_queue(&self, name: &str) -> Result<Vec<Arc<Exchange>>, CoreError> {
+        let destination = Destination::Queue(name.to_owned());
         let sources: Vec<Arc<Exchange>> = self.exchanges().values().cloned().collect();
         let mut emptied = Vec::new();
         for source in sources {
@@ -510,6 +512,11 @@ impl VirtualHost {
                 emptied.push(source);
             }
         }
+        Ok(emptied)
+    }
+
+    pub(super) fn remove_queue(&self, queue: &Arc<Queue>) -> Result<usize, CoreError> {
+        let emptied = self.unbind_queue(queue.name())?;
         if queue.stream_topic().is_some() || queue.store_id().is_some() {
             self.definitions.commit(MetadataCommand::DeleteQueue {
                 vhost: self.name.clone(),
