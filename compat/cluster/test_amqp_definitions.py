@@ -465,3 +465,36 @@ def test_a_paused_consumer_node_is_given_up_on_and_its_deliveries_go_to_another_
             frozen.close()
     assert sorted(body for body, _ in other.got) == [f"m-{n}".encode() for n in range(5)]
     assert all(redelivered for _, redelivered in other.got)
+
+
+def test_a_message_rejected_on_one_node_is_dead_lettered_into_a_queue_living_on_another(cluster):
+    prefix = unique_name("dlx")
+    work, dead, dlx = f"{prefix}-work", f"{prefix}-dead", f"{prefix}-dlx"
+    with channel(cluster.node(2)) as ch:
+        ch.exchange_declare(dlx, exchange_type="fanout", durable=True)
+        ch.queue_declare(dead, durable=True)
+        ch.queue_bind(dead, dlx, routing_key="")
+    with channel(cluster.node(1)) as ch:
+        ch.queue_declare(work, durable=True, arguments={"x-dead-letter-exchange": dlx})
+    wait_everywhere(
+        cluster,
+        lambda node, _: {work, dead} <= set(queues_on(node)) and bindings_on(node, dlx) == {(dlx, dead, "")},
+        "both queues and the dead-letter binding",
+    )
+    with channel(cluster.node(3)) as ch:
+        ch.confirm_delivery()
+        ch.basic_publish("", work, b"poison", pika.BasicProperties(delivery_mode=2))
+        method, _, body = ch.basic_get(work)
+        assert body == b"poison"
+        ch.basic_reject(method.delivery_tag, requeue=False)
+    # Rejected through node 3, dead-lettered by node 1, kept by node 2.
+    with channel(cluster.node(2)) as ch:
+
+        def dead_lettered():
+            method, properties, body = ch.basic_get(dead, auto_ack=True)
+            return (body, properties.headers) if method else None
+
+        body, headers = wait_until(dead_lettered, 20, interval=0.2, what="the message in the dead-letter queue")
+    assert body == b"poison"
+    [death] = headers["x-death"]
+    assert (death["queue"], death["reason"], death["count"]) == (work, "rejected", 1), death

@@ -157,7 +157,10 @@ impl VirtualHost {
         };
         let message = Arc::new(message);
         let mut died = Vec::new();
-        for target_queue in self.route(&target, &message) {
+        let (local, remote) = self.route(&target, &message);
+        // At most once, as RabbitMQ dead-letters by default: not waited for.
+        let _ = self.send_to_homes(&remote, &message);
+        for target_queue in local {
             match target_queue.enqueue(Arc::clone(&message)) {
                 Ok(outcome) => died.push(outcome.dead),
                 Err(error) => {

@@ -13,14 +13,9 @@ use crate::messaging::queue_store::Source;
 
 impl VirtualHost {
     /// The queues a message published to `exchange` reaches, following
-    /// exchange-to-exchange bindings and alternate exchanges.
-    pub(super) fn route(&self, exchange: &Arc<Exchange>, message: &Message) -> Vec<Arc<Queue>> {
-        self.route_all(exchange, message).0
-    }
-
-    /// As [`VirtualHost::route`], with the names of the queues reached
-    /// that live on other nodes.
-    pub(super) fn route_all(
+    /// exchange-to-exchange bindings and alternate exchanges: those of this
+    /// node, and the names of those living on other nodes.
+    pub(super) fn route(
         &self,
         exchange: &Arc<Exchange>,
         message: &Message,
@@ -77,6 +72,26 @@ impl VirtualHost {
             }
         }
         (local, remote)
+    }
+
+    /// Sends `message` to the queues `names` living on other nodes; the
+    /// acknowledgements to wait for, and false when one could not be sent
+    /// (no link yet).
+    pub(super) fn send_to_homes(&self, names: &[String], message: &Message) -> (crate::Acks, bool) {
+        let mut acks = crate::Acks::default();
+        let mut carried = true;
+        for name in names {
+            let (Some(carrier), Some(home)) = (
+                self.carrier.get(),
+                self.remote_queue(name).and_then(|queue| queue.home),
+            ) else {
+                tracing::warn!(vhost = %self.name, queue = %name, "a message for a queue living on another node was refused");
+                carried = false;
+                continue;
+            };
+            acks.add(carrier.enqueue(home, &self.name, name, message));
+        }
+        (acks, carried)
     }
 
     /// A message another node routed to queue `name` of this node.
@@ -137,26 +152,16 @@ impl VirtualHost {
         message
             .expiration_ms()
             .map_err(MessagingError::PreconditionFailed)?;
-        let (queues, remote) = self.route_all(&target, &message);
+        let (queues, remote) = self.route(&target, &message);
         let mut outcome = PublishOutcome {
             queues: queues.len() + remote.len(),
             ..PublishOutcome::default()
         };
-        for name in remote {
-            let (Some(carrier), Some(home)) = (
-                self.carrier.get(),
-                self.remote_queue(&name).and_then(|queue| queue.home),
-            ) else {
-                // Nothing carries it (the links are not up yet): refused
-                // (basic.nack under confirms), never dropped in silence.
-                tracing::warn!(vhost = %self.name, queue = %name, "a message for a queue living on another node was refused");
-                outcome.rejected = true;
-                continue;
-            };
-            outcome
-                .acks
-                .add(carrier.enqueue(home, &self.name, &name, &message));
-        }
+        let (acks, carried) = self.send_to_homes(&remote, &message);
+        outcome.acks.merge(acks);
+        // Nothing carries them (the links are not up yet): refused
+        // (basic.nack under confirms), never dropped in silence.
+        outcome.rejected |= !carried;
         let message = Arc::new(message);
         for queue in queues {
             let enqueued = queue.enqueue_from(Arc::clone(&message), source)?;
