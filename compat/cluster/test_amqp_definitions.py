@@ -498,3 +498,50 @@ def test_a_message_rejected_on_one_node_is_dead_lettered_into_a_queue_living_on_
     assert body == b"poison"
     [death] = headers["x-death"]
     assert (death["queue"], death["reason"], death["count"]) == (work, "rejected", 1), death
+
+
+def test_a_queue_declared_on_three_nodes_at_once_is_one_queue(cluster):
+    """Workers starting together each declare their task queue on their
+    own node: the first commit wins, the others take that queue (their
+    declarations succeed, their stores go), and every node agrees on its
+    home."""
+    import threading
+
+    queues = [unique_name(f"race{n}") for n in range(5)]
+    errors = []
+    start = threading.Barrier(3)
+
+    def declare(node_id):
+        try:
+            with channel(cluster.node(node_id)) as ch:
+                start.wait(10)
+                for queue in queues:
+                    ch.queue_declare(queue, durable=True)
+        except Exception as error:  # noqa: BLE001 - reported below
+            errors.append((node_id, error))
+
+    threads = [threading.Thread(target=declare, args=(n,)) for n in (1, 2, 3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors
+
+    def one_home(node, _):
+        shown = queues_on(node)
+        return all(q in shown for q in queues)
+
+    wait_everywhere(cluster, one_home, "every raced queue")
+    for queue in queues:
+        views = {n: queues_on(cluster.node(n))[queue] for n in (1, 2, 3)}
+        homes = {view["node"] for view in views.values()}
+        assert len(homes) == 1, (queue, views)
+        [home] = homes
+        for n, view in views.items():
+            assert view["state"] == ("running" if n == home else "remote"), (queue, n, view)
+        # One queue: what each node publishes reaches it.
+        for n in (1, 2, 3):
+            with channel(cluster.node(n)) as ch:
+                ch.confirm_delivery()
+                ch.basic_publish("", queue, f"from-{n}".encode(), pika.BasicProperties(delivery_mode=2))
+        assert sorted(drain(cluster.node(home), queue, 3)) == [b"from-1", b"from-2", b"from-3"]

@@ -282,9 +282,12 @@ enum Outgoing {
         frame: Bytes,
     },
     Heartbeat,
-    /// Settlements by the home's sequence numbers (deliveries no consumer
-    /// here could take: back to the queue).
+    /// Settlements by the home's sequence numbers of deliveries no
+    /// consumer here could take (back to the queue), made over
+    /// connection `connection` (dropped on any other: the home requeued
+    /// them when that one closed).
     SettleHome {
+        connection: u64,
         vhost: String,
         queue: String,
         op: u8,
@@ -302,12 +305,18 @@ struct LocalConsumer {
     /// Where its deliveries go; `None` once cancelled here (deliveries
     /// still on their way go back to the queue).
     sink: Option<mpsc::UnboundedSender<ConsumerEvent>>,
+    /// The consumer's credit on its channel: taken for each delivery, as
+    /// the channel gives it back on settlement.
+    credit: Arc<Credit>,
     stand_in: Weak<Queue>,
     /// Its deliveries are settled on delivery (nothing to map back).
     no_ack: bool,
     /// The connection its CONSUME went over (0: not sent yet).
     connection: u64,
 }
+
+/// Where a call's answer goes: the connection it came over, and its fields.
+type Answer = std::sync::mpsc::SyncSender<(u64, Bytes)>;
 
 /// What a link knows, shared by the carrier, the writer and the reader.
 #[derive(Debug, Default)]
@@ -321,9 +330,9 @@ struct LinkState {
     next_seq: AtomicU64,
     /// Messages sent and not answered, or waiting to be sent.
     in_flight: AtomicUsize,
-    /// Calls waiting for their answer: the connection it came over, and
-    /// its fields.
-    calls: Mutex<HashMap<u64, std::sync::mpsc::SyncSender<(u64, Bytes)>>>,
+    /// Calls waiting for their answer (the connection it came over, and
+    /// its fields), with the connection each was sent over (0: not yet).
+    calls: Mutex<HashMap<u64, (u64, Answer)>>,
     next_call: AtomicU64,
 }
 
@@ -402,11 +411,14 @@ impl Carrier {
         let frame = request(id)
             .map_err(|reason| MessagingError::Core(sluice_core::CoreError::Internal { reason }))?;
         let (answer, answered) = std::sync::mpsc::sync_channel(1);
-        lock(&state.calls).insert(id, answer);
+        lock(&state.calls).insert(id, (0, answer));
         if outgoing.send(Outgoing::Call { id, frame }).is_err() {
             lock(&state.calls).remove(&id);
         }
-        wait_answer(&answered)
+        let answer = wait_answer(&answered);
+        // Unanswered in time: a late answer is dropped.
+        lock(&state.calls).remove(&id);
+        answer
     }
 }
 
@@ -520,6 +532,7 @@ impl RemoteQueues for Carrier {
                 vhost: vhost.to_owned(),
                 queue: queue.name().to_owned(),
                 sink: Some(consumer.sink),
+                credit: Arc::clone(&consumer.credit),
                 stand_in: Arc::downgrade(queue),
                 no_ack: consumer.no_ack,
                 connection: 0,
@@ -600,8 +613,9 @@ fn connection_lost(state: &LinkState, waiting: &Waiting, connection: u64, reason
         }
     }
     lock(&state.deliveries).retain(|_, (over, _)| *over != connection);
-    // Calls waiting on it fail (their senders dropped).
-    lock(&state.calls).clear();
+    // Calls sent over it fail (their senders dropped); those not sent
+    // yet go over the next one.
+    lock(&state.calls).retain(|_, (over, _)| *over != connection);
 }
 
 /// One peer's link: dialled when something needs it, again after a
@@ -791,12 +805,25 @@ fn outgoing_frame(
             encode_settle(&vhost, &queue, op, &home_seqs)
         }
         Outgoing::SettleHome {
+            connection: over,
             vhost,
             queue,
             op,
             seqs,
-        } => encode_settle(&vhost, &queue, op, &seqs),
-        Outgoing::Call { frame, .. } => Ok(frame),
+        } => {
+            if over != connection {
+                return None;
+            }
+            encode_settle(&vhost, &queue, op, &seqs)
+        }
+        Outgoing::Call { id, frame } => {
+            match lock(&state.calls).get_mut(&id) {
+                Some((over, _)) => *over = connection,
+                // Given up on already.
+                None => return None,
+            }
+            Ok(frame)
+        }
         Outgoing::Heartbeat => Ok(frame(HEARTBEAT, &[])),
     };
     match encoded {
@@ -872,6 +899,7 @@ fn delivered(
     };
     let back = |target: &LocalConsumer| {
         let _ = requeue.send(Outgoing::SettleHome {
+            connection,
             vhost: target.vhost.clone(),
             queue: target.queue.clone(),
             op: OP_REQUEUE,
@@ -886,6 +914,9 @@ fn delivered(
     if !target.no_ack {
         lock(&state.deliveries).insert(seq, (connection, home_seq));
     }
+    // The home held the consumer to its prefetch; the channel's count
+    // (and its global prefetch) sees the delivery too.
+    target.credit.take();
     let sent = sink.send(ConsumerEvent::Deliver(Delivery {
         channel: target.channel,
         queue: stand_in,
@@ -904,7 +935,7 @@ fn delivered(
 /// The answer to a call: to the thread waiting for it.
 fn called_back(state: &LinkState, connection: u64, mut fields: Bytes) -> Option<()> {
     let id = get_u64(&mut fields)?;
-    if let Some(waiting) = lock(&state.calls).remove(&id) {
+    if let Some((_, waiting)) = lock(&state.calls).remove(&id) {
         let _ = waiting.try_send((connection, fields));
     }
     Some(())
@@ -934,8 +965,10 @@ fn cancelled_there(state: &LinkState, mut fields: Bytes) -> Option<()> {
     let consumer = get_u64(&mut fields)?;
     let reason = String::from_utf8_lossy(&fields).into_owned();
     if let Some(target) = lock(&state.consumers).remove(&consumer) {
-        tracing::info!(queue = %target.queue, tag = %target.tag, %reason, "the queue's node cancelled a consumer");
+        // A consumer cancelled here has no sink left: the answer to its
+        // CANCEL, nothing to tell.
         if let Some(sink) = target.sink {
+            tracing::info!(queue = %target.queue, tag = %target.tag, %reason, "the queue's node cancelled a consumer");
             let _ = sink.send(ConsumerEvent::Cancelled {
                 channel: target.channel,
                 consumer_tag: target.tag,
@@ -1012,8 +1045,8 @@ struct HomeConsumer {
 struct HomeState {
     /// By channel key.
     consumers: HashMap<u64, HomeConsumer>,
-    /// Deliveries and gets not settled yet, by (queue, seq).
-    unsettled: HashMap<(String, u64), Unsettled>,
+    /// Deliveries and gets not settled yet, by (vhost, queue, seq).
+    unsettled: HashMap<(String, String, u64), Unsettled>,
 }
 
 /// A delivery (to a consumer, or a `basic.get`) the peer has not settled.
@@ -1066,13 +1099,10 @@ async fn serve_link(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
                     Work::Consume(fields) => ConsumeRequest::decode(fields)
                         .map(|request| consume(&broker, &state, &frames, &events, request)),
                     Work::Cancel(mut fields) => {
-                        get_u64(&mut fields).map(|id| cancel_consumer(&state, id))
+                        get_u64(&mut fields).map(|id| cancel_consumer(&state, &frames, id))
                     }
-                    Work::Settle(fields) => {
-                        decode_settle(fields).map(|(vhost, queue, op, seqs)| {
-                            settle(&broker, &state, &vhost, &queue, op, &seqs)
-                        })
-                    }
+                    Work::Settle(fields) => decode_settle(fields)
+                        .map(|(vhost, queue, op, seqs)| settle(&state, &vhost, &queue, op, &seqs)),
                     Work::Get(fields) => get_for_peer(&broker, &state, fields).map(|answer| {
                         let _ = frames.send(answer);
                     }),
@@ -1119,10 +1149,10 @@ async fn serve_link(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
         });
     }
     let delivering = {
-        let (state, frames) = (Arc::clone(&state), frames.clone());
+        let (broker, state, frames) = (Arc::clone(&broker), Arc::clone(&state), frames.clone());
         tokio::spawn(async move {
             while let Some(event) = events_rx.recv().await {
-                deliver(&state, &frames, event);
+                deliver(&broker, &state, &frames, event);
             }
         })
     };
@@ -1172,7 +1202,15 @@ async fn serve_link(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
     }
     drop(work);
     let _ = worker.await;
-    delivering.abort();
+    // The consumers are off their queues: the deliveries still on their
+    // way find none and go back (the channel ends once the queues have
+    // dropped their senders).
+    if tokio::time::timeout(Duration::from_secs(5), delivering)
+        .await
+        .is_err()
+    {
+        tracing::warn!(%peer, "deliveries of a closed message link still pending after 5 s");
+    }
     writing.abort();
 }
 
@@ -1260,8 +1298,10 @@ fn consume(
     }
 }
 
-/// A peer cancelled its consumer `id`.
-fn cancel_consumer(state: &Mutex<HomeState>, id: u64) {
+/// A peer cancelled its consumer `id`: taken off its queue, and the
+/// peer told (it then forgets the consumer; deliveries sent before stay
+/// its to settle).
+fn cancel_consumer(state: &Mutex<HomeState>, frames: &mpsc::UnboundedSender<Bytes>, id: u64) {
     let removed = {
         let mut held = lock(state);
         let channel = held
@@ -1274,6 +1314,7 @@ fn cancel_consumer(state: &Mutex<HomeState>, id: u64) {
     if let Some(consumer) = removed {
         consumer.remove();
     }
+    send_cancelled(frames, id, "cancelled");
 }
 
 impl HomeConsumer {
@@ -1288,41 +1329,44 @@ impl HomeConsumer {
     }
 }
 
-/// A peer settled deliveries of one of this node's queues.
-fn settle(
-    broker: &Broker,
-    state: &Mutex<HomeState>,
-    vhost: &str,
-    queue: &str,
-    op: u8,
-    seqs: &[u64],
-) {
-    let Some((host, target)) = broker
-        .vhosts()
-        .get(vhost)
-        .and_then(|host| host.queue(queue).map(|target| (host, target)))
-    else {
+/// A peer settled deliveries of one of this node's queues: only those
+/// this link delivered and has not seen settled, on the very queue that
+/// delivered them (a queue deleted and declared again since numbers its
+/// messages anew).
+fn settle(state: &Mutex<HomeState>, vhost: &str, queue: &str, op: u8, seqs: &[u64]) {
+    let (held, credits): (Vec<(u64, Unsettled)>, Vec<Arc<Credit>>) = {
+        let mut held = lock(state);
+        let found: Vec<(u64, Unsettled)> = seqs
+            .iter()
+            .filter_map(|seq| {
+                held.unsettled
+                    .remove(&(vhost.to_owned(), queue.to_owned(), *seq))
+                    .map(|unsettled| (*seq, unsettled))
+            })
+            .collect();
+        // The consumers' credit comes back as their deliveries are settled.
+        let credits = found
+            .iter()
+            .filter_map(|(_, unsettled)| unsettled.channel)
+            .filter_map(|channel| held.consumers.get(&channel).map(|c| Arc::clone(&c.credit)))
+            .collect();
+        (found, credits)
+    };
+    let Some((_, first)) = held.first() else {
         return;
     };
-    // The consumers' credit comes back as their deliveries are settled.
-    let credits: Vec<Arc<Credit>> = {
-        let mut held = lock(state);
-        let channels: Vec<u64> = seqs
-            .iter()
-            .filter_map(|seq| held.unsettled.remove(&(queue.to_owned(), *seq)))
-            .filter_map(|unsettled| unsettled.channel)
-            .collect();
-        channels
-            .into_iter()
-            .filter_map(|channel| held.consumers.get(&channel).map(|c| Arc::clone(&c.credit)))
-            .collect()
-    };
+    let (host, target) = (Arc::clone(&first.vhost), Arc::clone(&first.queue));
+    let seqs: Vec<u64> = held
+        .iter()
+        .filter(|(_, unsettled)| Arc::ptr_eq(&unsettled.queue, &target))
+        .map(|(seq, _)| *seq)
+        .collect();
     let settled = match op {
         OP_ACK => target
-            .ack(seqs)
+            .ack(&seqs)
             .map(|()| sluice_core::messaging::DeadLetters::default()),
-        OP_REJECT => target.reject(seqs, false),
-        _ => target.reject(seqs, true),
+        OP_REJECT => target.reject(&seqs, false),
+        _ => target.reject(&seqs, true),
     };
     for credit in credits {
         credit.release(1);
@@ -1336,9 +1380,27 @@ fn settle(
     }
 }
 
+/// Puts a delivery no consumer took back on its queue; what dies there
+/// goes to its dead-letter exchange.
+fn give_back(broker: &Broker, queue: &Arc<Queue>, seq: u64) {
+    match queue.requeue(&[seq]) {
+        Ok(dead) => {
+            if let Some(host) = broker.vhosts().get(queue.vhost()) {
+                host.dead_letter(dead);
+            }
+        }
+        Err(error) => tracing::warn!(queue = queue.name(), %error, "cannot requeue a delivery"),
+    }
+}
+
 /// A delivery of one of this node's queues to a peer's consumer: over the
 /// link, or back to the queue when the consumer is gone.
-fn deliver(state: &Mutex<HomeState>, frames: &mpsc::UnboundedSender<Bytes>, event: ConsumerEvent) {
+fn deliver(
+    broker: &Broker,
+    state: &Mutex<HomeState>,
+    frames: &mpsc::UnboundedSender<Bytes>,
+    event: ConsumerEvent,
+) {
     let delivery = match event {
         ConsumerEvent::Deliver(delivery) => delivery,
         ConsumerEvent::Cancelled { channel, .. } => {
@@ -1351,14 +1413,18 @@ fn deliver(state: &Mutex<HomeState>, frames: &mpsc::UnboundedSender<Bytes>, even
     let mut held = lock(state);
     let Some(consumer) = held.consumers.get(&delivery.channel) else {
         drop(held);
-        let _ = delivery.queue.requeue(&[delivery.seq]);
+        give_back(broker, &delivery.queue, delivery.seq);
         return;
     };
     let (id, no_ack, credit) = (consumer.id, consumer.no_ack, Arc::clone(&consumer.credit));
     if !no_ack {
         let vhost = Arc::clone(&consumer.vhost);
         held.unsettled.insert(
-            (delivery.queue.name().to_owned(), delivery.seq),
+            (
+                delivery.queue.vhost().to_owned(),
+                delivery.queue.name().to_owned(),
+                delivery.seq,
+            ),
             Unsettled {
                 channel: Some(delivery.channel),
                 vhost,
@@ -1368,7 +1434,7 @@ fn deliver(state: &Mutex<HomeState>, frames: &mpsc::UnboundedSender<Bytes>, even
     }
     drop(held);
     let Ok(encoded) = delivery.message.encode() else {
-        let _ = delivery.queue.requeue(&[delivery.seq]);
+        give_back(broker, &delivery.queue, delivery.seq);
         return;
     };
     let mut fields = BytesMut::with_capacity(17 + encoded.len());
@@ -1380,7 +1446,10 @@ fn deliver(state: &Mutex<HomeState>, frames: &mpsc::UnboundedSender<Bytes>, even
     if no_ack {
         // A no-ack consumer's window counts deliveries not yet sent.
         credit.release(1);
-        let _ = delivery.queue.dispatch();
+        let dead = delivery.queue.dispatch();
+        if let Some(host) = broker.vhosts().get(delivery.queue.vhost()) {
+            host.dead_letter(dead);
+        }
     }
 }
 
@@ -1433,7 +1502,7 @@ fn get_for_peer(broker: &Broker, state: &Mutex<HomeState>, mut fields: Bytes) ->
             };
             if !no_ack {
                 lock(state).unsettled.insert(
-                    (target.name().to_owned(), seq),
+                    (target.vhost().to_owned(), target.name().to_owned(), seq),
                     Unsettled {
                         channel: None,
                         vhost: Arc::clone(&host),
@@ -1480,15 +1549,18 @@ fn drop_consumers(state: &Mutex<HomeState>) {
     for consumer in consumers.values() {
         consumer.remove();
     }
-    let mut by_queue: HashMap<String, (Unsettled, Vec<u64>)> = HashMap::new();
-    for ((name, seq), unsettled) in unsettled {
-        by_queue
-            .entry(name)
-            .or_insert_with(|| (unsettled, Vec::new()))
-            .1
-            .push(seq);
+    // Grouped by the queue that delivered them.
+    let mut by_queue: Vec<(Unsettled, Vec<u64>)> = Vec::new();
+    for ((_, _, seq), unsettled) in unsettled {
+        match by_queue
+            .iter_mut()
+            .find(|(held, _)| Arc::ptr_eq(&held.queue, &unsettled.queue))
+        {
+            Some((_, seqs)) => seqs.push(seq),
+            None => by_queue.push((unsettled, vec![seq])),
+        }
     }
-    for (_, (held, seqs)) in by_queue {
+    for (held, seqs) in by_queue {
         match held.queue.requeue(&seqs) {
             Ok(dead) => held.vhost.dead_letter(dead),
             Err(error) => {

@@ -262,12 +262,16 @@ async fn connection(
                         .insert(node, std::time::Instant::now());
                     Response::Heartbeat
                 }
-                Request::Forward(proposal) => Response::Forwarded(
-                    raft.client_write(proposal)
+                Request::Forward(proposal) => {
+                    tracing::debug!(%peer, "a forwarded command");
+                    let written = raft
+                        .client_write(proposal)
                         .await
                         .map(|written| (written.log_id.index, written.data))
-                        .map_err(|error| error.to_string()),
-                ),
+                        .map_err(|error| error.to_string());
+                    tracing::debug!(%peer, ok = written.is_ok(), "a forwarded command written");
+                    Response::Forwarded(written)
+                }
                 Request::Join { node, addr } => {
                     tracing::info!(node, %addr, "a node asks to join the cluster");
                     Response::Joined(

@@ -58,6 +58,10 @@ pub enum CoreError {
     Quorum { reason: String },
     #[error("topic {topic:?} already exists")]
     TopicExists { topic: String },
+    /// Another node declared a queue of that name first (the metadata
+    /// keeps its declaration).
+    #[error("queue '{name}' in vhost '{vhost}' was declared on another node first")]
+    QueueExists { vhost: String, name: String },
     #[error("topic name {topic:?} is not valid: use 1 to 249 of letters, digits, '.', '_' and '-'")]
     InvalidTopicName { topic: String },
     #[error("cannot create topic {topic:?}: topic limit ({limit}) reached (limits.max_topics)")]

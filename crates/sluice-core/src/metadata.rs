@@ -664,6 +664,21 @@ fn check_partition_change(
 /// As [`check`], for a command the state refuses (then nothing changed).
 pub(crate) fn apply(state: &mut MetadataState, command: MetadataCommand) -> Result<(), CoreError> {
     check(state, &command)?;
+    if let MetadataCommand::DeclareQueue(queue) = &command
+        && let Some(Definition::Queue(held)) =
+            state.definitions.get(&definitions::DefinitionKey::Queue {
+                vhost: queue.vhost.clone(),
+                name: queue.name.clone(),
+            })
+        && held.store_id != queue.store_id
+    {
+        // Two nodes declared it at once: the first commit wins, the other
+        // declarer takes the queue as the winner's.
+        return Err(CoreError::QueueExists {
+            vhost: queue.vhost.clone(),
+            name: queue.name.clone(),
+        });
+    }
     if definitions::apply(&mut state.definitions, &command) {
         return Ok(());
     }
@@ -1187,6 +1202,7 @@ pub struct Metadata {
 #[serde(tag = "refused", rename_all = "snake_case")]
 enum Refusal {
     TopicExists { topic: String },
+    QueueExists { vhost: String, name: String },
     UnknownTopic { topic: String },
     InvalidPartitions { topic: String, reason: String },
     InvalidReplicaAssignment { topic: String, reason: String },
@@ -1198,6 +1214,7 @@ impl Refusal {
     fn of(error: CoreError) -> Refusal {
         match error {
             CoreError::TopicExists { topic } => Refusal::TopicExists { topic },
+            CoreError::QueueExists { vhost, name } => Refusal::QueueExists { vhost, name },
             CoreError::UnknownTopic { topic } => Refusal::UnknownTopic { topic },
             CoreError::InvalidPartitions { topic, reason } => {
                 Refusal::InvalidPartitions { topic, reason }
@@ -1217,6 +1234,7 @@ impl Refusal {
     fn into_error(self) -> CoreError {
         match self {
             Refusal::TopicExists { topic } => CoreError::TopicExists { topic },
+            Refusal::QueueExists { vhost, name } => CoreError::QueueExists { vhost, name },
             Refusal::UnknownTopic { topic } => CoreError::UnknownTopic { topic },
             Refusal::InvalidPartitions { topic, reason } => {
                 CoreError::InvalidPartitions { topic, reason }
@@ -1359,6 +1377,20 @@ impl Metadata {
     /// The durable AMQP definitions now.
     pub(crate) fn definitions(&self) -> Definitions {
         self.state().definitions.clone()
+    }
+
+    /// The committed declaration of queue `name` of `vhost`.
+    pub(crate) fn queue_definition(&self, vhost: &str, name: &str) -> Option<QueueDefinition> {
+        match self
+            .state()
+            .definitions
+            .get(&definitions::DefinitionKey::Queue {
+                vhost: vhost.to_owned(),
+                name: name.to_owned(),
+            }) {
+            Some(Definition::Queue(queue)) => Some(queue.clone()),
+            _ => None,
+        }
     }
 
     /// How many classic queues live on each node (their home).

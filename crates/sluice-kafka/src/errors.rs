@@ -34,7 +34,9 @@ pub(crate) fn code(err: &CoreError) -> ResponseError {
         CoreError::DataDirLocked { .. }
         | CoreError::DataDir { .. }
         | CoreError::TopicRecord { .. } => ResponseError::KafkaStorageError,
-        CoreError::Internal { .. } => ResponseError::UnknownServerError,
+        CoreError::Internal { .. } | CoreError::QueueExists { .. } => {
+            ResponseError::UnknownServerError
+        }
         CoreError::UndecodableBatch { .. } => ResponseError::CorruptMessage,
         CoreError::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber,
         CoreError::InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch,

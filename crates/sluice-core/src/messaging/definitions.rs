@@ -198,6 +198,11 @@ impl DefinitionWriter {
         self.metadata.clustered().then(|| self.metadata.node_id())
     }
 
+    /// The committed declaration of queue `name` of `vhost`.
+    pub(crate) fn queue(&self, vhost: &str, name: &str) -> Option<QueueDefinition> {
+        self.metadata.queue_definition(vhost, name)
+    }
+
     /// Whether the controller counts node `node` as down (fenced).
     pub(crate) fn is_down(&self, node: i32) -> bool {
         self.metadata.fenced().contains(&node)

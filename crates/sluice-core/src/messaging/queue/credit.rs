@@ -71,6 +71,15 @@ impl Credit {
     }
 
     /// Whether a unit could be taken now (a hint; races are harmless).
+    /// Counts a delivery made without asking (another node dispatched it
+    /// within this consumer's limit), so its release balances.
+    pub fn take(&self) {
+        self.used.fetch_add(1, Ordering::AcqRel);
+        if let Some(parent) = &self.parent {
+            parent.used.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
     pub fn available(&self) -> bool {
         let own = {
             let limit = self.limit.load(Ordering::Acquire);

@@ -437,6 +437,11 @@ impl Queue {
         &self.name
     }
 
+    /// The virtual host it belongs to.
+    pub fn vhost(&self) -> &str {
+        &self.home.vhost
+    }
+
     /// How it was declared.
     pub fn options(&self) -> &QueueOptions {
         &self.options

@@ -168,6 +168,41 @@ impl VirtualHost {
         Ok((remote.name.clone(), 0, 0))
     }
 
+    /// A declaration that lost to another node's of the same queue: the
+    /// winner's queue, as a redeclaration of it.
+    pub(super) fn declared_elsewhere(
+        &self,
+        name: &str,
+        options: &QueueOptions,
+        connection: u64,
+    ) -> Result<(String, usize, usize), MessagingError> {
+        let gone = || {
+            MessagingError::NotFound(format!(
+                "queue '{name}' in vhost '{}' was declared elsewhere and is gone again",
+                self.name
+            ))
+        };
+        let winner = self.definitions.queue(&self.name, name).ok_or_else(gone)?;
+        if self.lives_elsewhere(&winner) {
+            if self.remote_queue(name).is_none() {
+                self.remember_remote(winner.clone());
+            }
+            return self.redeclare_remote(&winner, options);
+        }
+        // Another declarer on this node won: its queue appears as soon as
+        // its commit returns.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            if let Some(existing) = self.queue(name) {
+                return self.redeclare(&existing, options, connection);
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(gone());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
     /// `queue.delete` of a remote queue: its bindings and definition go
     /// (the home deletes its messages when it applies the deletion).
     pub(super) fn delete_remote(

@@ -49,11 +49,9 @@ impl VirtualHost {
                 "exchange name '{name}' contains reserved prefix 'amq.*'"
             )));
         }
-        let mut exchanges = self.exchanges_mut();
-        if let Some(existing) = exchanges.get(name) {
-            return self.check_exchange_equivalent(existing, kind_parsed, &options);
-        }
         if options.durable {
+            // Committed without holding the exchanges: on a cluster a
+            // commit waits for the quorum, and routing must not wait.
             self.definitions
                 .commit(MetadataCommand::DeclareExchange(ExchangeDefinition {
                     vhost: self.name.clone(),
@@ -63,6 +61,11 @@ impl VirtualHost {
                     internal: options.internal,
                     arguments: options.arguments.clone(),
                 }))?;
+        }
+        let mut exchanges = self.exchanges_mut();
+        if let Some(existing) = exchanges.get(name) {
+            // Declared meanwhile (here, or learnt from another node).
+            return self.check_exchange_equivalent(existing, kind_parsed, &options);
         }
         exchanges.insert(
             name.to_owned(),
@@ -250,13 +253,8 @@ impl VirtualHost {
         if let Some(remote) = self.remote_queue(&name) {
             return self.redeclare_remote(&remote, &options);
         }
-        let mut queues = self.queues_mut();
-        if let Some(existing) = queues.get(&name).cloned() {
-            drop(queues);
-            return self.redeclare(&existing, &options, connection);
-        }
         if let Some(limit) = self.max_queues
-            && queues.len() >= limit as usize
+            && self.queues_map().len() >= limit as usize
         {
             return Err(MessagingError::PreconditionFailed(format!(
                 "cannot declare queue '{name}': queue limit in vhost '{}' ({limit}) is reached",
@@ -264,29 +262,51 @@ impl VirtualHost {
             )));
         }
         if args.queue_type == QueueType::Stream {
-            drop(queues);
             return self.declare_stream(name, options, args);
         }
         // Exclusive queues die with their connection: nothing to keep.
         let persisted = options.durable && options.exclusive_owner.is_none();
-        let store = if persisted {
+        if !persisted {
+            let mut queues = self.queues_mut();
+            if let Some(existing) = queues.get(&name).cloned() {
+                drop(queues);
+                return self.redeclare(&existing, &options, connection);
+            }
+            let queue = Queue::new(name.clone(), options, args, None, self.queue_home(), None);
+            queues.insert(name.clone(), queue);
+            return Ok((name, 0, 0));
+        }
+        // Committed without holding the queues: on a cluster a commit
+        // waits for the quorum, and publishes and consumers must not wait.
+        // Two declarers of one name: the first commit wins (the metadata
+        // refuses the second), the other takes the winner's queue.
+        let store = {
             let store_id = store_id(&name, &unique_token());
             let recovered = QueueStore::open(&self.logs, &store_id, u64::MAX)?;
-            self.definitions
-                .commit(MetadataCommand::DeclareQueue(QueueDefinition {
-                    vhost: self.name.clone(),
-                    name: name.clone(),
-                    store_id: store_id.clone(),
-                    auto_delete: options.auto_delete,
-                    arguments: options.arguments.clone(),
-                    home: self.definitions.home(),
-                }))?;
+            let committed =
+                self.definitions
+                    .commit(MetadataCommand::DeclareQueue(QueueDefinition {
+                        vhost: self.name.clone(),
+                        name: name.clone(),
+                        store_id: store_id.clone(),
+                        auto_delete: options.auto_delete,
+                        arguments: options.arguments.clone(),
+                        home: self.definitions.home(),
+                    }));
+            if let Err(CoreError::QueueExists { .. }) = &committed {
+                // Declared elsewhere at the same time, committed first:
+                // this declaration's store goes, the queue is that one.
+                drop(recovered);
+                for log in [message_log_name(&store_id), settlement_log_name(&store_id)] {
+                    self.logs.delete(&log).map_err(CoreError::from)?;
+                }
+                return self.declared_elsewhere(&name, &options, connection);
+            }
+            committed?;
             Some((store_id, recovered.store))
-        } else {
-            None
         };
         let queue = Queue::new(name.clone(), options, args, store, self.queue_home(), None);
-        queues.insert(name.clone(), queue);
+        self.queues_mut().insert(name.clone(), queue);
         Ok((name, 0, 0))
     }
 
@@ -324,11 +344,11 @@ impl VirtualHost {
                 )),
                 other => MessagingError::Core(other),
             })?;
-        let mut queues = self.queues_mut();
-        if let Some(existing) = queues.get(&name).cloned() {
-            drop(queues);
+        if let Some(existing) = self.queue(&name) {
             return self.redeclare(&existing, &options, 0);
         }
+        // Committed without holding the queues (see declare_queue); two
+        // declarers of one stream commit the same declaration.
         self.definitions
             .commit(MetadataCommand::DeclareQueue(QueueDefinition {
                 vhost: self.name.clone(),
@@ -339,6 +359,11 @@ impl VirtualHost {
                 // A stream's records are its topic's, on every node.
                 home: None,
             }))?;
+        let mut queues = self.queues_mut();
+        if let Some(existing) = queues.get(&name).cloned() {
+            drop(queues);
+            return self.redeclare(&existing, &options, 0);
+        }
         let count = {
             let queue = Queue::new(
                 name.clone(),
@@ -376,7 +401,7 @@ impl VirtualHost {
             .create_or_get(name, args.stream_partitions.unwrap_or(1), config)
     }
 
-    fn redeclare(
+    pub(super) fn redeclare(
         &self,
         existing: &Arc<Queue>,
         options: &QueueOptions,
