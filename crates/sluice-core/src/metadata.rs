@@ -552,6 +552,24 @@ fn check(state: &MetadataState, command: &MetadataCommand) -> Result<(), CoreErr
                 })
             }
         }
+        MetadataCommand::DeclareQueue(queue)
+            if state
+                .definitions
+                .get(&definitions::DefinitionKey::Queue {
+                    vhost: queue.vhost.clone(),
+                    name: queue.name.clone(),
+                })
+                .is_some_and(|held| {
+                    matches!(held, Definition::Queue(held) if held.store_id != queue.store_id)
+                }) =>
+        {
+            // Declared twice at once (two nodes, or two connections): the
+            // first commit wins, the other declarer takes the winner's queue.
+            Err(CoreError::QueueExists {
+                vhost: queue.vhost.clone(),
+                name: queue.name.clone(),
+            })
+        }
         MetadataCommand::AllocateProducerIds { end } if *end <= state.producer_ids_end => {
             Err(CoreError::Internal {
                 reason: format!(
@@ -664,21 +682,6 @@ fn check_partition_change(
 /// As [`check`], for a command the state refuses (then nothing changed).
 pub(crate) fn apply(state: &mut MetadataState, command: MetadataCommand) -> Result<(), CoreError> {
     check(state, &command)?;
-    if let MetadataCommand::DeclareQueue(queue) = &command
-        && let Some(Definition::Queue(held)) =
-            state.definitions.get(&definitions::DefinitionKey::Queue {
-                vhost: queue.vhost.clone(),
-                name: queue.name.clone(),
-            })
-        && held.store_id != queue.store_id
-    {
-        // Two nodes declared it at once: the first commit wins, the other
-        // declarer takes the queue as the winner's.
-        return Err(CoreError::QueueExists {
-            vhost: queue.vhost.clone(),
-            name: queue.name.clone(),
-        });
-    }
     if definitions::apply(&mut state.definitions, &command) {
         return Ok(());
     }
@@ -1816,6 +1819,49 @@ mod tests {
             config: BTreeMap::new(),
             replicas: Vec::new(),
         }
+    }
+
+    /// Two declarations of one queue at once (on two nodes): the first
+    /// commit wins, the second is refused, and it changes nothing.
+    #[test]
+    fn a_queue_declared_twice_at_once_keeps_the_first_declaration() {
+        let declare = |store_id: &str, home: i32| {
+            MetadataCommand::DeclareQueue(QueueDefinition {
+                vhost: "/".into(),
+                name: "tasks".into(),
+                store_id: store_id.into(),
+                auto_delete: false,
+                arguments: amq_protocol::types::FieldTable::default(),
+                home: Some(home),
+            })
+        };
+        let mut state = MetadataState::default();
+        apply(&mut state, declare("tasks-1", 1)).expect("first");
+        assert!(matches!(
+            apply(&mut state, declare("tasks-2", 2)),
+            Err(CoreError::QueueExists { .. })
+        ));
+        // The same declaration again (a retried commit) is no conflict.
+        apply(&mut state, declare("tasks-1", 1)).expect("the same again");
+        let homes: Vec<Option<i32>> = state
+            .definitions
+            .values()
+            .filter_map(|d| match d {
+                Definition::Queue(q) => Some(q.home),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(homes, vec![Some(1)]);
+        // Deleted, it can be declared anew elsewhere.
+        apply(
+            &mut state,
+            MetadataCommand::DeleteQueue {
+                vhost: "/".into(),
+                name: "tasks".into(),
+            },
+        )
+        .expect("delete");
+        apply(&mut state, declare("tasks-2", 2)).expect("declared anew");
     }
 
     #[test]
