@@ -195,6 +195,12 @@ impl Partition {
         self.replication.as_ref().is_none_or(|r| r.is_leader())
     }
 
+    /// Whether this node leads the partition as a replicated one (a
+    /// partition of one node is no follower either).
+    fn leads(&self) -> bool {
+        self.replication.as_ref().is_some_and(|r| r.is_leader())
+    }
+
     /// The partition's leader, replicas and in-sync replicas; `None` when
     /// it is not replicated.
     pub fn replica_set(&self) -> Option<(i32, Vec<i32>, Vec<i32>)> {
@@ -252,7 +258,7 @@ impl Partition {
         batches: &mut [u8],
         leader_high_watermark: Offset,
     ) -> Result<(), CoreError> {
-        if self.replication.as_ref().is_some_and(|r| r.is_leader()) {
+        if self.leads() {
             // Promoted while the fetch was in flight: what the former
             // leader sent is no longer this node's to take (Kafka stops a
             // partition's fetcher before it leads).
@@ -302,6 +308,14 @@ impl Partition {
     /// # Errors
     /// The log's I/O errors.
     pub fn truncate_to(&self, offset: Offset) -> Result<Offset, CoreError> {
+        if self.leads() {
+            // Promoted while its fetcher checked the former leader's
+            // history: a leader's log is the partition's history, never
+            // cut to another's (it would drop records the in-sync
+            // replicas acknowledged).
+            tracing::warn!(topic = %self.topic, partition = %self.id, to = %offset, "a leader refused to cut its log to a former leader's history");
+            return Ok(self.log.log_end());
+        }
         let before = self.log.log_end();
         let end = self.log.truncate_to(offset)?;
         if end < before {
@@ -324,6 +338,9 @@ impl Partition {
     /// # Errors
     /// The log's failure.
     pub fn restart_at(&self, offset: Offset) -> Result<Offset, CoreError> {
+        if self.leads() {
+            return Ok(self.log.log_end());
+        }
         let end = self.log.restart_at(offset)?;
         self.producers.rebuild(&self.log)?;
         if let Some(replication) = &self.replication {
@@ -795,7 +812,7 @@ mod tests {
     /// A follower promoted while its fetch was in flight takes nothing of
     /// what the former leader then sends.
     #[test]
-    fn a_leader_takes_no_batches_from_its_former_leader() {
+    fn a_leader_takes_no_batches_from_its_former_leader_and_keeps_its_log() {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut partition = partition(dir.path());
         partition.replication = Some(crate::replication::Replication::new(
@@ -814,6 +831,18 @@ mod tests {
             .expect("ignored");
         assert_eq!(partition.log_end(), Offset::from(1));
         assert_eq!(partition.producers(), vec![(9, 0, 0)]);
+        // Nor does it cut its log to a former leader's history (the
+        // nemesis saw a new leader cut ~2,000 acknowledged records so).
+        assert_eq!(
+            partition.truncate_to(Offset::from(0)).expect("refused"),
+            Offset::from(1)
+        );
+        assert_eq!(partition.log_end(), Offset::from(1));
+        assert_eq!(
+            partition.restart_at(Offset::from(5)).expect("refused"),
+            Offset::from(1)
+        );
+        assert_eq!(partition.log_end(), Offset::from(1));
     }
 
     #[test]
