@@ -95,21 +95,30 @@ fn a_leader_cut_off_loses_its_partition_and_nothing_acknowledged_is_lost() {
         .set("bootstrap.servers", &bootstrap)
         .create()
         .expect("admin client");
+    // Generous: a loaded CI machine has taken more than 30 s here.
     wait_for(
         "the topic created on three nodes",
-        Duration::from_secs(30),
+        Duration::from_secs(90),
         || {
-            let created = runtime
-                .block_on(admin.create_topics(
-                    &[NewTopic::new(TOPIC, 1, TopicReplication::Fixed(3))],
-                    &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-                ))
-                .ok()?;
+            let created = runtime.block_on(admin.create_topics(
+                &[NewTopic::new(TOPIC, 1, TopicReplication::Fixed(3))],
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+            ));
+            let created = match created {
+                Ok(created) => created,
+                Err(error) => {
+                    eprintln!("CreateTopics failed: {error}");
+                    return None;
+                }
+            };
             // A try that timed out may have created it.
-            created
+            let done = created
                 .iter()
-                .all(|r| matches!(r, Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists))))
-                .then_some(())
+                .all(|r| matches!(r, Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists))));
+            if !done {
+                eprintln!("CreateTopics answered {created:?}");
+            }
+            done.then_some(())
         },
     );
     let (brokers, leader, _) = wait_for("partition 0 led", Duration::from_secs(30), || {
