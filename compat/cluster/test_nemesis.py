@@ -160,6 +160,23 @@ def wait_all_in_sync(cluster, topic: str, timeout: float = 60) -> None:
     wait_until(in_sync, timeout, interval=0.3, what="every replica back in sync")
 
 
+def read_from_leader(cluster, topic: str, partition: int, timeout: float = 90) -> list[bytes]:
+    """Every record of one partition, read from its leader once the
+    cluster settled: a leader that moves, or a client whose metadata is
+    not there yet, gets the read asked again (from the new leader) until
+    `timeout`; the records read are checked whole by the caller."""
+    deadline = time.monotonic() + timeout
+    while True:
+        leader = layout(cluster.node(1).bootstrap, topic)[partition][0]
+        try:
+            return read_to_end(cluster.node(leader).bootstrap, topic, partition)
+        except (KafkaException, AssertionError) as error:
+            if time.monotonic() > deadline:
+                raise
+            print(f"nemesis: reading partition {partition} from node {leader} failed ({error}); again", flush=True)
+            time.sleep(1)
+
+
 # Each fault takes some seconds (its wait, healing, the replicas catching
 # up); the suite's 300 s limit is for the short version.
 @pytest.mark.timeout(180 + FAULTS * 45)
@@ -242,8 +259,7 @@ def test_acknowledged_records_survive_kills_pauses_restarts_and_partitions(proxi
     wait_all_in_sync(cluster, name)
     total = 0
     for partition in range(PARTITIONS):
-        leader = layout(cluster.node(1).bootstrap, name)[partition][0]
-        stored = read_to_end(cluster.node(leader).bootstrap, name, partition)
+        stored = read_from_leader(cluster, name, partition)
         acked = [value for _, value in sorted(writer.acked[partition])]
         offsets = [offset for offset, _ in writer.acked[partition]]
         twice = sorted({o for o in offsets if offsets.count(o) > 1}) if len(offsets) != len(set(offsets)) else []

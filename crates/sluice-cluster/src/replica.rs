@@ -14,6 +14,14 @@
 //! newest epoch ends (OffsetForLeaderEpoch, KIP-101/279) and cuts its log
 //! there, so a follower never keeps records the leader does not have.
 //!
+//! Every request names the leader epoch the follower follows in
+//! (KIP-320's `current_leader_epoch`), and every answer is applied under
+//! the partition's leadership lock only while the partition still follows
+//! that leader in that epoch ([`Partition::following`]): an answer from a
+//! former leader that lands after a promotion or a newer leader's choice
+//! is dropped, as Kafka removes a partition from its fetcher before the
+//! leadership changes.
+//!
 //! Requests and responses are `kafka-protocol`'s; only the length-prefixed
 //! framing is written here.
 
@@ -31,7 +39,7 @@ use kafka_protocol::messages::{
     BrokerId, FetchRequest, OffsetForLeaderEpochRequest, RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
-use sluice_core::{Broker, Partition};
+use sluice_core::{Broker, CoreError, Following, Partition};
 
 use crate::MetadataNode;
 use crate::network::PREFACE_KAFKA;
@@ -109,12 +117,16 @@ async fn fetch_from(
         if *stopping.borrow() {
             return;
         }
-        let partitions: Vec<Arc<Partition>> = broker
+        // Each with the leader and epoch it follows in now: what the
+        // leader answers is applied only while they still hold.
+        let partitions: Vec<(Arc<Partition>, Following)> = broker
             .topics()
             .followed()
             .into_iter()
-            .filter(|(l, _)| *l == leader)
-            .map(|(_, p)| p)
+            .filter_map(|(_, p)| {
+                let from = p.following().filter(|f| f.leader == leader)?;
+                Some((p, from))
+            })
             .collect();
         if partitions.is_empty() {
             return;
@@ -172,26 +184,37 @@ async fn pause(stopping: &mut watch::Receiver<bool>) {
     }
 }
 
-/// A partition in one leader epoch: checked against the leader's history
-/// once per epoch and link.
-type Key = (String, i32, i32);
+/// A partition followed from one leader in one epoch: checked against the
+/// leader's history once per epoch and link.
+type Key = (String, i32, Following);
 
-fn key(partition: &Partition) -> Key {
-    (
-        partition.topic().to_owned(),
-        partition.id().get(),
-        partition.leader_epoch().get(),
-    )
+fn key((partition, from): &(Arc<Partition>, Following)) -> Key {
+    (partition.topic().to_owned(), partition.id().get(), *from)
+}
+
+/// A partition this fetcher follows, with the leader and epoch it was
+/// listed under.
+type Followed = (Arc<Partition>, Following);
+
+/// Logs a follower's refusal to apply a leader's answer: at debug when
+/// the partition's leadership moved on meanwhile (expected), as a warning
+/// otherwise.
+fn refused(partition: &Partition, what: &str, error: &CoreError) {
+    if matches!(error, CoreError::FencedFollower { .. }) {
+        tracing::debug!(topic = partition.topic(), partition = %partition.id(), %error, "{what}: the leadership moved on");
+    } else {
+        tracing::warn!(topic = partition.topic(), partition = %partition.id(), %error, "{what}");
+    }
 }
 
 /// One round with the leader: the truncation check for partitions not
 /// checked yet, then one fetch for all of them.
 async fn exchange(
     link: &mut Link,
-    partitions: &[Arc<Partition>],
+    partitions: &[Followed],
     checked: &mut BTreeSet<Key>,
 ) -> Result<(), String> {
-    let unchecked: Vec<&Arc<Partition>> = partitions
+    let unchecked: Vec<&Followed> = partitions
         .iter()
         .filter(|p| !checked.contains(&key(p)))
         .collect();
@@ -199,7 +222,7 @@ async fn exchange(
         checked.extend(truncate_to_leader(link, &unchecked).await?);
     }
     // Only partitions checked against this leader fetch from it.
-    let partitions: Vec<&Arc<Partition>> = partitions
+    let partitions: Vec<&Followed> = partitions
         .iter()
         .filter(|p| checked.contains(&key(p)))
         .collect();
@@ -207,12 +230,9 @@ async fn exchange(
         tokio::time::sleep(BACKOFF).await;
         return Ok(());
     }
-    let mut by_topic: BTreeMap<&str, Vec<&Arc<Partition>>> = BTreeMap::new();
-    for partition in partitions.iter().copied() {
-        by_topic
-            .entry(partition.topic())
-            .or_default()
-            .push(partition);
+    let mut by_topic: BTreeMap<&str, Vec<&Followed>> = BTreeMap::new();
+    for followed in partitions.iter().copied() {
+        by_topic.entry(followed.0.topic()).or_default().push(followed);
     }
     let request = FetchRequest::default()
         .with_replica_id(BrokerId(link.node))
@@ -229,11 +249,14 @@ async fn exchange(
                         .with_partitions(
                             partitions
                                 .iter()
-                                .map(|p| {
+                                .map(|(p, from)| {
+                                    // KIP-320: a leader in another epoch
+                                    // refuses (FENCED_LEADER_EPOCH or
+                                    // UNKNOWN_LEADER_EPOCH).
                                     FetchPartition::default()
                                         .with_partition(p.id().get())
                                         .with_fetch_offset(p.log_end().get())
-                                        .with_current_leader_epoch(-1)
+                                        .with_current_leader_epoch(from.epoch.get())
                                         .with_last_fetched_epoch(-1)
                                         .with_log_start_offset(-1)
                                         .with_partition_max_bytes(PARTITION_MAX_BYTES)
@@ -246,18 +269,20 @@ async fn exchange(
     let response = link.call(request, FETCH_VERSION).await?;
     let mut appends = Vec::new();
     let mut restarts = Vec::new();
+    let mut refusals = 0;
     for topic in response.responses {
         for data in topic.partitions {
-            let Some(partition) = by_topic.get(topic.topic.as_str()).and_then(|ps| {
+            let Some((partition, from)) = by_topic.get(topic.topic.as_str()).and_then(|ps| {
                 ps.iter()
-                    .find(|p| p.id().get() == data.partition_index)
-                    .map(|p| Arc::clone(p))
+                    .find(|(p, _)| p.id().get() == data.partition_index)
+                    .map(|(p, from)| (Arc::clone(p), *from))
             }) else {
                 continue;
             };
             match ResponseError::try_from_code(data.error_code) {
                 None => appends.push((
                     partition,
+                    from,
                     data.records.unwrap_or_default(),
                     Offset::from(data.high_watermark),
                 )),
@@ -266,31 +291,37 @@ async fn exchange(
                 Some(ResponseError::OffsetOutOfRange)
                     if data.log_start_offset > partition.log_end().get() =>
                 {
-                    restarts.push((partition, Offset::from(data.log_start_offset)));
+                    restarts.push((partition, from, Offset::from(data.log_start_offset)));
                 }
                 Some(ResponseError::OffsetOutOfRange) => {
-                    checked.remove(&key(&partition));
+                    checked.remove(&key(&(partition, from)));
                 }
                 Some(error) => {
-                    tracing::debug!(topic = %topic.topic.as_str(), partition = data.partition_index, ?error, "the leader refused a replica fetch");
+                    refusals += 1;
+                    tracing::debug!(topic = %topic.topic.as_str(), partition = data.partition_index, ?error, epoch = from.epoch.get(), "the leader refused a replica fetch");
                 }
             }
         }
     }
     if appends.is_empty() && restarts.is_empty() {
+        if refusals > 0 {
+            // Refused at once (another epoch, not the leader yet): ask
+            // again after the metadata had time to move.
+            tokio::time::sleep(BACKOFF).await;
+        }
         return Ok(());
     }
     // Appending syncs (durability `always`): off the async workers.
     tokio::task::spawn_blocking(move || {
-        for (partition, start) in restarts {
-            if let Err(error) = partition.restart_at(start) {
-                tracing::warn!(topic = partition.topic(), partition = %partition.id(), %error, "cannot restart the log at the leader's start");
+        for (partition, from, start) in restarts {
+            if let Err(error) = partition.restart_at(from, start) {
+                refused(&partition, "cannot restart the log at the leader's start", &error);
             }
         }
-        for (partition, records, high_watermark) in appends {
+        for (partition, from, records, high_watermark) in appends {
             let mut records = BytesMut::from(&records[..]);
-            if let Err(error) = partition.append_from_leader(&mut records, high_watermark) {
-                tracing::warn!(topic = partition.topic(), partition = %partition.id(), %error, "cannot append what the leader sent");
+            if let Err(error) = partition.append_from_leader(from, &mut records, high_watermark) {
+                refused(&partition, "cannot append what the leader sent", &error);
             }
         }
     })
@@ -303,26 +334,26 @@ async fn exchange(
 /// partitions the leader answered for (an empty log needs no answer).
 async fn truncate_to_leader(
     link: &mut Link,
-    partitions: &[&Arc<Partition>],
+    partitions: &[&Followed],
 ) -> Result<Vec<Key>, String> {
     let mut done: Vec<Key> = partitions
         .iter()
-        .filter(|p| p.latest_epoch().is_none())
-        .map(|p| key(p))
+        .filter(|(p, _)| p.latest_epoch().is_none())
+        .map(|followed| key(followed))
         .collect();
-    let with_epochs: Vec<(&Arc<Partition>, i32)> = partitions
+    let with_epochs: Vec<(&Followed, i32)> = partitions
         .iter()
-        .filter_map(|p| p.latest_epoch().map(|e| (*p, e.get())))
+        .filter_map(|followed| followed.0.latest_epoch().map(|e| (*followed, e.get())))
         .collect();
     if with_epochs.is_empty() {
         return Ok(done);
     }
     let mut by_topic: BTreeMap<&str, Vec<OffsetForLeaderPartition>> = BTreeMap::new();
-    for (partition, epoch) in &with_epochs {
+    for ((partition, from), epoch) in &with_epochs {
         by_topic.entry(partition.topic()).or_default().push(
             OffsetForLeaderPartition::default()
                 .with_partition(partition.id().get())
-                .with_current_leader_epoch(-1)
+                .with_current_leader_epoch(from.epoch.get())
                 .with_leader_epoch(*epoch),
         );
     }
@@ -345,17 +376,18 @@ async fn truncate_to_leader(
             if result.error_code != 0 {
                 continue;
             }
-            let Some((partition, _)) = with_epochs.iter().find(|(p, _)| {
+            let Some((followed, _)) = with_epochs.iter().find(|((p, _), _)| {
                 p.topic() == topic.topic.as_str() && p.id().get() == result.partition
             }) else {
                 continue;
             };
-            done.push(key(partition));
+            done.push(key(followed));
             // No epoch at or below ours on the leader: nothing of ours is
             // its history.
+            let (partition, from) = followed;
             let end = Offset::from(result.end_offset.max(0));
             if end < partition.log_end() {
-                cuts.push((Arc::clone(partition), end));
+                cuts.push((Arc::clone(partition), *from, end));
             }
         }
     }
@@ -363,10 +395,10 @@ async fn truncate_to_leader(
         return Ok(done);
     }
     tokio::task::spawn_blocking(move || {
-        for (partition, end) in cuts {
-            tracing::info!(topic = partition.topic(), partition = %partition.id(), from = %partition.log_end(), to = %end, "truncating to the leader's history");
-            if let Err(error) = partition.truncate_to(end) {
-                tracing::warn!(topic = partition.topic(), partition = %partition.id(), %error, "cannot truncate");
+        for (partition, from, end) in cuts {
+            match partition.truncate_to(from, end) {
+                Ok(_) => tracing::info!(topic = partition.topic(), partition = %partition.id(), to = %end, leader = from.leader, epoch = from.epoch.get(), "truncated to the leader's history"),
+                Err(error) => refused(&partition, "cannot truncate", &error),
             }
         }
     })

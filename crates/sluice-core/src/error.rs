@@ -34,6 +34,15 @@ pub enum CoreError {
         partition: sluice_types::PartitionId,
         leader: Option<i32>,
     },
+    /// A replica fetcher's answer came from a leader, or in an epoch, this
+    /// node no longer follows the partition under: it is not applied.
+    #[error(
+        "partition {partition} of topic {topic:?} no longer follows that leader in that epoch"
+    )]
+    FencedFollower {
+        topic: String,
+        partition: sluice_types::PartitionId,
+    },
     /// Another node coordinates the group (the leader of its offsets
     /// partition), or none does yet (`coordinator` is `None`).
     #[error("this node does not coordinate group {group:?} (its coordinator is {coordinator:?})")]

@@ -75,7 +75,9 @@ pub use metadata::Election;
 pub use metadata::{BrokerAddress, Metadata, MetadataCommand, MetadataMachine, MetadataQuorum};
 pub use metrics::{ProtocolMetrics, RequestMetrics};
 pub use offsets::{CommittedOffset, Coordinator, OFFSETS_LOG, OFFSETS_TOPIC, OffsetStore};
-pub use partition::{Chunk, Fetched, Partition, PartitionTraffic, Position, Undecodable};
+pub use partition::{
+    Chunk, Fetched, Following, Partition, PartitionTraffic, Position, Undecodable,
+};
 pub use producers::ProducerIds;
 pub use replication::ReplicationStats;
 pub use topic_config::{

@@ -38,6 +38,19 @@ pub struct Partition {
     pub(crate) syncs: SyncDriver,
     /// Set when the partition has replicas on other nodes.
     pub(crate) replication: Option<crate::replication::Replication>,
+    /// Held while the leader changes and while a follower applies what a
+    /// leader sent (Kafka's `leaderIsrUpdateLock`): a fetcher's answer is
+    /// applied whole under the leader and epoch it was asked in, or not
+    /// at all.
+    pub(crate) leadership: std::sync::Mutex<()>,
+}
+
+/// The leader a follower takes a partition's records from and the epoch
+/// it leads in, as the follower saw them when it asked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Following {
+    pub leader: i32,
+    pub epoch: LeaderEpoch,
 }
 
 /// Runs a partition's syncs for acknowledgements awaited on the async
@@ -195,10 +208,35 @@ impl Partition {
         self.replication.as_ref().is_none_or(|r| r.is_leader())
     }
 
-    /// Whether this node leads the partition as a replicated one (a
-    /// partition of one node is no follower either).
-    fn leads(&self) -> bool {
-        self.replication.as_ref().is_some_and(|r| r.is_leader())
+    /// Whom this node follows the partition from, and in which epoch;
+    /// `None` when it leads it or the partition is not replicated.
+    pub fn following(&self) -> Option<Following> {
+        self.replication
+            .as_ref()
+            .filter(|r| !r.is_leader())
+            .map(|r| Following {
+                leader: r.leader(),
+                epoch: self.leader_epoch(),
+            })
+    }
+
+    /// Holds the partition's leadership still while a follower applies
+    /// what `from` sent; refused when the partition no longer follows that
+    /// leader in that epoch (promoted, or a newer leader chosen while the
+    /// request was in flight: Kafka stops a partition's fetcher first).
+    fn still_following(
+        &self,
+        from: Following,
+    ) -> Result<std::sync::MutexGuard<'_, ()>, CoreError> {
+        let guard = self.leadership.lock().unwrap_or_else(|e| e.into_inner());
+        if self.following() == Some(from) {
+            Ok(guard)
+        } else {
+            Err(CoreError::FencedFollower {
+                topic: self.topic.to_string(),
+                partition: self.id,
+            })
+        }
     }
 
     /// The partition's leader, replicas and in-sync replicas; `None` when
@@ -252,18 +290,16 @@ impl Partition {
     /// durability asks, and takes the leader's high watermark. Blocking.
     ///
     /// # Errors
-    /// The log's refusal (a batch that does not start at the log end).
+    /// [`CoreError::FencedFollower`] when the partition no longer follows
+    /// `from`; the log's refusal (a batch that does not start at the log
+    /// end).
     pub fn append_from_leader(
         &self,
+        from: Following,
         batches: &mut [u8],
         leader_high_watermark: Offset,
     ) -> Result<(), CoreError> {
-        if self.leads() {
-            // Promoted while the fetch was in flight: what the former
-            // leader sent is no longer this node's to take (Kafka stops a
-            // partition's fetcher before it leads).
-            return Ok(());
-        }
+        let _leadership = self.still_following(from)?;
         if !batches.is_empty() {
             // The leader's log start fell inside a batch (DeleteRecords,
             // retention): a log that restarted there takes the whole batch
@@ -275,7 +311,7 @@ impl Partition {
                 && self.log.log_start() == self.log.log_end()
                 && base < self.log.log_end()
             {
-                self.restart_at(base)?;
+                self.restart_locked(base)?;
             }
             // Under the producer lock, as a leader's idempotent appends: a
             // produce checked on this node (just promoted) sees either
@@ -303,19 +339,15 @@ impl Partition {
     }
 
     /// On a follower: cuts the log back to `offset` (its records past it
-    /// are not the leader's). Blocking.
+    /// are not the history of `from`, the leader it follows). Blocking.
     ///
     /// # Errors
-    /// The log's I/O errors.
-    pub fn truncate_to(&self, offset: Offset) -> Result<Offset, CoreError> {
-        if self.leads() {
-            // Promoted while its fetcher checked the former leader's
-            // history: a leader's log is the partition's history, never
-            // cut to another's (it would drop records the in-sync
-            // replicas acknowledged).
-            tracing::warn!(topic = %self.topic, partition = %self.id, to = %offset, "a leader refused to cut its log to a former leader's history");
-            return Ok(self.log.log_end());
-        }
+    /// [`CoreError::FencedFollower`] when the partition no longer follows
+    /// `from` (a leader's log is the partition's history, never cut to a
+    /// former leader's: the nemesis saw a just-promoted leader drop ~2,000
+    /// acknowledged records so); the log's I/O errors.
+    pub fn truncate_to(&self, from: Following, offset: Offset) -> Result<Offset, CoreError> {
+        let _leadership = self.still_following(from)?;
         let before = self.log.log_end();
         let end = self.log.truncate_to(offset)?;
         if end < before {
@@ -336,11 +368,15 @@ impl Partition {
     /// the leader's log start, to fetch from there.
     ///
     /// # Errors
-    /// The log's failure.
-    pub fn restart_at(&self, offset: Offset) -> Result<Offset, CoreError> {
-        if self.leads() {
-            return Ok(self.log.log_end());
-        }
+    /// [`CoreError::FencedFollower`] when the partition no longer follows
+    /// `from`; the log's failure.
+    pub fn restart_at(&self, from: Following, offset: Offset) -> Result<Offset, CoreError> {
+        let _leadership = self.still_following(from)?;
+        self.restart_locked(offset)
+    }
+
+    /// [`Partition::restart_at`] under the leadership lock.
+    fn restart_locked(&self, offset: Offset) -> Result<Offset, CoreError> {
         let end = self.log.restart_at(offset)?;
         self.producers.rebuild(&self.log)?;
         if let Some(replication) = &self.replication {
@@ -529,6 +565,7 @@ impl Partition {
     /// writes its records in that epoch; a former one stops taking them.
     pub(crate) fn change_leader(&self, leader: i32, epoch: i32, in_sync: Vec<i32>) {
         if let Some(replication) = &self.replication {
+            let _leadership = self.leadership.lock().unwrap_or_else(|e| e.into_inner());
             self.leader_epoch.fetch_max(epoch, Ordering::AcqRel);
             replication.change_leader(leader, in_sync, self.own_end());
             tracing::info!(topic = %self.topic, partition = %self.id, leader, epoch, "partition leader changed");
@@ -728,6 +765,7 @@ pub(crate) fn test_partition(dir: &std::path::Path) -> Partition {
         traffic: PartitionTraffic::default(),
         syncs: SyncDriver::default(),
         replication: None,
+        leadership: std::sync::Mutex::new(()),
     }
 }
 
@@ -789,32 +827,10 @@ mod tests {
         buf
     }
 
-    /// A follower that cuts its log to its leader's forgets the sequences
-    /// of the batches cut: leading later, a producer's retry of them is
-    /// new, not a duplicate answered with an offset that is gone.
-    #[test]
-    fn cutting_the_log_forgets_the_producer_sequences_of_what_was_cut() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let partition = partition(dir.path());
-        for sequence in 0..5 {
-            partition
-                .append_from_leader(&mut idempotent(sequence), Offset::from(0))
-                .expect("replicated");
-        }
-        assert_eq!(partition.producers(), vec![(9, 0, 4)]);
-        partition.truncate_to(Offset::from(3)).expect("cut");
-        assert_eq!(partition.producers(), vec![(9, 0, 2)]);
-        // Nothing cut: nothing forgotten.
-        partition.truncate_to(Offset::from(3)).expect("no-op");
-        assert_eq!(partition.producers(), vec![(9, 0, 2)]);
-    }
-
-    /// A follower promoted while its fetch was in flight takes nothing of
-    /// what the former leader then sends.
-    #[test]
-    fn a_leader_takes_no_batches_from_its_former_leader_and_keeps_its_log() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut partition = partition(dir.path());
+    /// A partition on node 1 replicated to node 2, which leads it in
+    /// epoch 0.
+    fn followed(dir: &std::path::Path) -> (Partition, Following) {
+        let mut partition = partition(dir);
         partition.replication = Some(crate::replication::Replication::new(
             1,
             vec![1, 2],
@@ -822,27 +838,103 @@ mod tests {
             vec![1, 2],
             Offset::from(0),
         ));
+        let from = partition.following().expect("a follower");
+        assert_eq!(
+            from,
+            Following {
+                leader: 2,
+                epoch: LeaderEpoch::from(0)
+            }
+        );
+        (partition, from)
+    }
+
+    /// A follower that cuts its log to its leader's forgets the sequences
+    /// of the batches cut: leading later, a producer's retry of them is
+    /// new, not a duplicate answered with an offset that is gone.
+    #[test]
+    fn cutting_the_log_forgets_the_producer_sequences_of_what_was_cut() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (partition, from) = followed(dir.path());
+        for sequence in 0..5 {
+            partition
+                .append_from_leader(from, &mut idempotent(sequence), Offset::from(0))
+                .expect("replicated");
+        }
+        assert_eq!(partition.producers(), vec![(9, 0, 4)]);
+        partition.truncate_to(from, Offset::from(3)).expect("cut");
+        assert_eq!(partition.producers(), vec![(9, 0, 2)]);
+        // Nothing cut: nothing forgotten.
+        partition.truncate_to(from, Offset::from(3)).expect("no-op");
+        assert_eq!(partition.producers(), vec![(9, 0, 2)]);
+    }
+
+    /// A follower promoted while its fetch was in flight takes nothing of
+    /// what the former leader then sends, and never cuts its log to the
+    /// former leader's history (the nemesis saw a new leader cut ~2,000
+    /// acknowledged records so).
+    #[test]
+    fn a_leader_takes_no_batches_from_its_former_leader_and_keeps_its_log() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (partition, from) = followed(dir.path());
         partition
-            .append_from_leader(&mut idempotent(0), Offset::from(0))
+            .append_from_leader(from, &mut idempotent(0), Offset::from(0))
             .expect("replicated");
         partition.change_leader(1, 1, vec![1, 2]);
-        partition
-            .append_from_leader(&mut idempotent(1), Offset::from(0))
-            .expect("ignored");
+        assert_eq!(partition.following(), None);
+        let fenced = |result: Result<_, CoreError>| {
+            assert!(
+                matches!(result, Err(CoreError::FencedFollower { .. })),
+                "{result:?}"
+            );
+        };
+        fenced(
+            partition
+                .append_from_leader(from, &mut idempotent(1), Offset::from(0))
+                .map(|()| Offset::from(0)),
+        );
+        fenced(partition.truncate_to(from, Offset::from(0)));
+        fenced(partition.restart_at(from, Offset::from(5)));
         assert_eq!(partition.log_end(), Offset::from(1));
         assert_eq!(partition.producers(), vec![(9, 0, 0)]);
-        // Nor does it cut its log to a former leader's history (the
-        // nemesis saw a new leader cut ~2,000 acknowledged records so).
-        assert_eq!(
-            partition.truncate_to(Offset::from(0)).expect("refused"),
-            Offset::from(1)
-        );
+    }
+
+    /// A fetch asked of the leader of an older epoch is not applied once
+    /// a newer leader (another node) was chosen: its records may be ones
+    /// the new leader's history does not hold (the nemesis lost 880
+    /// acknowledged records when a late answer from a former leader
+    /// landed after the cut to the new leader's history).
+    #[test]
+    fn a_follower_takes_nothing_asked_in_an_older_epoch() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (mut partition, from) = followed(dir.path());
+        partition.replication = Some(crate::replication::Replication::new(
+            1,
+            vec![1, 2, 3],
+            2,
+            vec![1, 2, 3],
+            Offset::from(0),
+        ));
+        partition
+            .append_from_leader(from, &mut idempotent(0), Offset::from(0))
+            .expect("replicated");
+        partition.change_leader(3, 1, vec![1, 3]);
+        let now = partition.following().expect("follows node 3");
+        assert_eq!(now.leader, 3);
+        assert!(matches!(
+            partition.append_from_leader(from, &mut idempotent(1), Offset::from(0)),
+            Err(CoreError::FencedFollower { .. })
+        ));
+        assert!(matches!(
+            partition.truncate_to(from, Offset::from(0)),
+            Err(CoreError::FencedFollower { .. })
+        ));
         assert_eq!(partition.log_end(), Offset::from(1));
-        assert_eq!(
-            partition.restart_at(Offset::from(5)).expect("refused"),
-            Offset::from(1)
-        );
-        assert_eq!(partition.log_end(), Offset::from(1));
+        // The new leader's answers are taken.
+        partition
+            .append_from_leader(now, &mut idempotent(1), Offset::from(0))
+            .expect("from the new leader");
+        assert_eq!(partition.log_end(), Offset::from(2));
     }
 
     #[test]

@@ -559,6 +559,7 @@ impl Topics {
                     Offset::from(0),
                 )
             }),
+            leadership: std::sync::Mutex::new(()),
         });
         // A leader alone in sync serves its log at once (the checkpoint,
         // read later, only moves it further).

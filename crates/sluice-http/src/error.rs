@@ -141,6 +141,7 @@ impl From<CoreError> for ApiError {
             CoreError::NoReassignmentInProgress { .. } => ApiError::precondition(message),
             CoreError::TopicLimit { .. }
             | CoreError::NotLeader { .. }
+            | CoreError::FencedFollower { .. }
             | CoreError::NotCoordinator { .. }
             | CoreError::Quorum { .. } => ApiError::precondition(message),
             CoreError::Log(sluice_core::storage::LogError::InvalidBatch { .. })

@@ -11,6 +11,7 @@ pub(crate) fn code(err: &CoreError) -> ResponseError {
             ResponseError::UnknownTopicOrPartition
         }
         CoreError::NotLeader { .. } => ResponseError::NotLeaderOrFollower,
+        CoreError::FencedFollower { .. } => ResponseError::FencedLeaderEpoch,
         CoreError::NotCoordinator {
             coordinator: Some(_),
             ..
