@@ -38,7 +38,8 @@ pub use definitions::{BindingDefinition, ExchangeDefinition, QueueDefinition};
 pub use exchange::{Binding, Destination, Exchange, ExchangeKind};
 pub use message::{Message, encode_properties, integer_value, short, string_value};
 pub use queue::{
-    ArgumentProblem, ConsumerEvent, ConsumerSpec, Credit, DeadLetters, Delivery, EnqueueOutcome,
+    ArgumentProblem, ConsumerEvent, ConsumerSpec, Credit, DeadLetterStrategy, DeadLetters, Delivery,
+    EnqueueOutcome,
     GetResult, InvalidArgument, Overflow, Queue, QueueArgs, QueueOptions, QueueTraffic, QueueType,
     RemoteSettlement,
 };

@@ -24,8 +24,9 @@ pub enum QueueType {
     /// On the node that declared it.
     #[default]
     Classic,
-    /// Replicated by Raft in a cluster; on one node (and until the cluster
-    /// work lands) it behaves exactly as a classic queue.
+    /// Replicated in a cluster (on one node, and until queues replicate,
+    /// kept as a classic queue is), with RabbitMQ's quorum-queue rules:
+    /// delivery counts and `x-delivery-limit`, durable only.
     Quorum,
     /// A view of a topic: messages stay, consumers read from an offset.
     Stream,
@@ -69,7 +70,56 @@ pub struct QueueArgs {
     pub stream_partitions: Option<u32>,
     /// `x-max-age` of a stream, milliseconds (its topic's retention.ms).
     pub max_age_ms: Option<u64>,
+    /// `x-delivery-limit` of a quorum queue: returns a message may take
+    /// before it is dead-lettered (or dropped); `None` (or a negative
+    /// value, as RabbitMQ 4 reads it) for no limit.
+    pub delivery_limit: Option<u64>,
+    /// `x-dead-letter-strategy` of a quorum queue.
+    pub dead_letter_strategy: DeadLetterStrategy,
+    /// `x-quorum-initial-group-size`: replicas of a quorum queue.
+    pub quorum_initial_group_size: Option<u64>,
 }
+
+/// `x-dead-letter-strategy`: how a quorum queue hands its dead letters
+/// over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeadLetterStrategy {
+    /// Routed once, lost if a target cannot take it.
+    #[default]
+    AtMostOnce,
+    /// Kept until the targets have it (with `x-overflow` reject-publish).
+    AtLeastOnce,
+}
+
+/// The queue arguments RabbitMQ (3.10) knows, each with the queue types
+/// that take it; a known argument on another type is refused ("... of
+/// queue type rabbit_classic_queue"), unknown ones are ignored.
+const TYPED_ARGUMENTS: &[(&str, &[QueueType])] = {
+    use QueueType::{Classic, Quorum, Stream};
+    &[
+        ("x-expires", &[Classic, Quorum]),
+        ("x-message-ttl", &[Classic, Quorum]),
+        ("x-dead-letter-exchange", &[Classic, Quorum]),
+        ("x-dead-letter-routing-key", &[Classic, Quorum]),
+        ("x-max-length", &[Classic, Quorum]),
+        ("x-max-length-bytes", &[Classic, Quorum, Stream]),
+        ("x-overflow", &[Classic, Quorum]),
+        ("x-single-active-consumer", &[Classic, Quorum]),
+        ("x-max-priority", &[Classic]),
+        ("x-queue-mode", &[Classic]),
+        ("x-queue-version", &[Classic]),
+        ("x-queue-master-locator", &[Classic]),
+        ("x-max-in-memory-length", &[Quorum]),
+        ("x-max-in-memory-bytes", &[Quorum]),
+        ("x-delivery-limit", &[Quorum]),
+        ("x-dead-letter-strategy", &[Quorum]),
+        ("x-quorum-initial-group-size", &[Quorum]),
+        ("x-queue-leader-locator", &[Quorum, Stream]),
+        ("x-max-age", &[Stream]),
+        ("x-stream-max-segment-size-bytes", &[Stream]),
+        ("x-initial-cluster-size", &[Stream]),
+    ]
+};
 
 impl QueueArgs {
     /// Reads and checks the arguments, with RabbitMQ's errors.
@@ -161,6 +211,27 @@ impl QueueArgs {
                     }
                     args.stream_partitions = Some(n as u32);
                 }
+                "x-delivery-limit" => {
+                    let n = integer_value(value).ok_or_else(|| wrong_type(name, value))?;
+                    args.delivery_limit = u64::try_from(n).ok();
+                }
+                "x-dead-letter-strategy" => {
+                    args.dead_letter_strategy = match text(name, value)?.as_str() {
+                        "at-most-once" => DeadLetterStrategy::AtMostOnce,
+                        "at-least-once" => DeadLetterStrategy::AtLeastOnce,
+                        _ => return Err(invalid(name, ArgumentProblem::DeadLetterStrategy)),
+                    };
+                }
+                "x-quorum-initial-group-size" => {
+                    let n = integer_value(value)
+                        .ok_or_else(|| invalid(name, ArgumentProblem::Integer(type_name(value))))?;
+                    let n = u64::try_from(n)
+                        .map_err(|_| invalid(name, ArgumentProblem::Negative(n)))?;
+                    if n == 0 {
+                        return Err(invalid(name, ArgumentProblem::Zero));
+                    }
+                    args.quorum_initial_group_size = Some(n);
+                }
                 "x-max-age" => {
                     let age = text(name, value)?;
                     args.max_age_ms = Some(
@@ -170,6 +241,14 @@ impl QueueArgs {
                 }
                 _ => {}
             }
+        }
+        if let Some((refused, _)) = TYPED_ARGUMENTS.iter().find(|(name, types)| {
+            !types.contains(&args.queue_type) && arguments.contains_key(*name)
+        }) {
+            return Err(invalid(
+                refused,
+                ArgumentProblem::NotForType(args.queue_type),
+            ));
         }
         if args.dead_letter_routing_key.is_some() && args.dead_letter_exchange.is_none() {
             return Err(invalid(
@@ -210,6 +289,13 @@ pub enum ArgumentProblem {
     QueueType(String),
     /// `x-dead-letter-routing-key` without `x-dead-letter-exchange`.
     NeedsDeadLetterExchange,
+    /// Not an integer where RabbitMQ says "expected integer" (the AMQP type
+    /// given).
+    Integer(&'static str),
+    /// `x-dead-letter-strategy` is neither at-most-once nor at-least-once.
+    DeadLetterStrategy,
+    /// An argument queues of this type do not take.
+    NotForType(QueueType),
 }
 
 impl InvalidArgument {
@@ -227,6 +313,15 @@ impl InvalidArgument {
             ArgumentProblem::NeedsDeadLetterExchange => {
                 "Key x-dead-letter-exchange should be present".to_owned()
             }
+            ArgumentProblem::Integer(kind) => format!("\"expected integer, got {kind}\""),
+            ArgumentProblem::DeadLetterStrategy => "invalid_dlx_strategy".to_owned(),
+            ArgumentProblem::NotForType(kind) => {
+                return format!(
+                    "invalid arg '{}' for queue '{queue}' in vhost '{vhost}' of queue type rabbit_{}_queue",
+                    self.argument,
+                    kind.as_str()
+                );
+            }
         };
         format!(
             "invalid arg '{}' for queue '{queue}' in vhost '{vhost}': {why}",
@@ -238,7 +333,12 @@ impl InvalidArgument {
     fn expected(&self) -> &'static str {
         match self.argument.as_str() {
             "x-message-ttl" | "x-max-length" | "x-max-length-bytes" => "an integer of 0 or more",
-            "x-expires" | "x-max-priority" | "x-stream-partitions" => "an integer of 1 or more",
+            "x-expires"
+            | "x-max-priority"
+            | "x-stream-partitions"
+            | "x-quorum-initial-group-size" => "an integer of 1 or more",
+            "x-delivery-limit" => "an integer",
+            "x-dead-letter-strategy" => "at-most-once or at-least-once",
             "x-overflow" => "drop-head, reject-publish or reject-publish-dlx",
             "x-single-active-consumer" => "a boolean",
             "x-queue-type" => "classic, quorum or stream",
@@ -253,7 +353,7 @@ impl std::fmt::Display for InvalidArgument {
         let name = &self.argument;
         let expected = self.expected();
         match &self.problem {
-            ArgumentProblem::Type(kind) => {
+            ArgumentProblem::Type(kind) | ArgumentProblem::Integer(kind) => {
                 let given = match *kind {
                     "longstr" => "a string",
                     "bool" => "a boolean",
@@ -275,6 +375,10 @@ impl std::fmt::Display for InvalidArgument {
             }
             ArgumentProblem::NeedsDeadLetterExchange => {
                 write!(f, "{name} needs x-dead-letter-exchange as well")
+            }
+            ArgumentProblem::DeadLetterStrategy => write!(f, "{name} must be {expected}"),
+            ArgumentProblem::NotForType(kind) => {
+                write!(f, "{} queues do not take {name}", kind.as_str())
             }
         }
     }
@@ -330,6 +434,54 @@ mod tests {
         let args = QueueArgs::parse("q", "/", &table).expect("valid");
         assert_eq!(args.overflow, Overflow::RejectPublish);
         assert_eq!(args.message_ttl, Some(5));
+    }
+
+    #[test]
+    fn each_queue_type_takes_its_own_arguments() {
+        let table = |pairs: &[(&str, AMQPValue)]| {
+            let mut table = FieldTable::default();
+            for (name, value) in pairs {
+                table.insert((*name).into(), value.clone());
+            }
+            table
+        };
+        let quorum = AMQPValue::LongString("quorum".into());
+        let args = QueueArgs::check(&table(&[
+            ("x-queue-type", quorum.clone()),
+            ("x-delivery-limit", AMQPValue::LongInt(3)),
+            ("x-quorum-initial-group-size", AMQPValue::LongInt(3)),
+            (
+                "x-dead-letter-strategy",
+                AMQPValue::LongString("at-least-once".into()),
+            ),
+        ]))
+        .expect("quorum arguments");
+        assert_eq!(args.delivery_limit, Some(3));
+        assert_eq!(args.quorum_initial_group_size, Some(3));
+        assert_eq!(args.dead_letter_strategy, DeadLetterStrategy::AtLeastOnce);
+        // RabbitMQ 4 reads a negative limit as none.
+        let unlimited = QueueArgs::check(&table(&[
+            ("x-queue-type", quorum.clone()),
+            ("x-delivery-limit", AMQPValue::LongInt(-1)),
+        ]))
+        .expect("no limit");
+        assert_eq!(unlimited.delivery_limit, None);
+        let refused = QueueArgs::check(&table(&[("x-delivery-limit", AMQPValue::LongInt(3))]))
+            .expect_err("not for classic queues");
+        assert_eq!(
+            refused.rabbitmq_text("q", "/"),
+            "invalid arg 'x-delivery-limit' for queue 'q' in vhost '/' of queue type rabbit_classic_queue"
+        );
+        assert_eq!(
+            refused.to_string(),
+            "classic queues do not take x-delivery-limit"
+        );
+        let refused = QueueArgs::check(&table(&[
+            ("x-queue-type", quorum),
+            ("x-max-priority", AMQPValue::LongInt(3)),
+        ]))
+        .expect_err("not for quorum queues");
+        assert_eq!(refused.problem, ArgumentProblem::NotForType(QueueType::Quorum));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::ConsumerSpec;
-use super::args::{Overflow, QueueArgs};
+use super::args::{Overflow, QueueArgs, QueueType};
 use super::ready::{Entry, Paged, PagedRun, Ready};
 use crate::CoreError;
 use crate::messaging::alarms::ResourceMonitor;
@@ -37,6 +37,8 @@ pub(crate) enum DeathReason {
     Rejected,
     Expired,
     MaxLen,
+    /// Returned more often than a quorum queue's `x-delivery-limit`.
+    DeliveryLimit,
 }
 
 impl DeathReason {
@@ -45,6 +47,7 @@ impl DeathReason {
             DeathReason::Rejected => "rejected",
             DeathReason::Expired => "expired",
             DeathReason::MaxLen => "maxlen",
+            DeathReason::DeliveryLimit => "delivery_limit",
         }
     }
 }
@@ -90,6 +93,23 @@ impl Effects {
             self.store.push(StoreOp::Delivered(id));
         }
     }
+}
+
+/// A quorum queue's message as it is handed out: with `x-delivery-count`,
+/// the times it came back unsettled (a long, as RabbitMQ writes it). The
+/// stored message keeps its headers as published.
+pub(super) fn with_delivery_count(message: &Arc<Message>, returns: u32) -> Arc<Message> {
+    let mut headers = message.headers().cloned().unwrap_or_default();
+    headers.insert(
+        "x-delivery-count".into(),
+        amq_protocol::types::AMQPValue::LongLongInt(i64::from(returns)),
+    );
+    Arc::new(Message {
+        exchange: message.exchange.clone(),
+        routing_key: message.routing_key.clone(),
+        properties: message.properties.clone().with_headers(headers),
+        body: message.body.clone(),
+    })
 }
 
 /// Reads messages back from where a durable queue keeps them.
@@ -182,6 +202,7 @@ impl QueueMachine {
             let priority = self.effective_priority(&recovered.message);
             let seq = self.take_seq(1);
             let entry = Entry {
+                returns: 0,
                 seq,
                 stored: Some(recovered.id),
                 _charge: self.memory.charge(recovered.message.body_size() as u64),
@@ -278,6 +299,7 @@ impl QueueMachine {
                 run.bytes = run.bytes.saturating_sub(size);
                 self.ready.unpage(1, size);
                 let entry = Entry {
+                    returns: 0,
                     seq: run.first_seq + (paged.id - run.first_id),
                     stored: Some(paged.id),
                     expires_at: self.expiry_for(&message, paged.timestamp),
@@ -387,6 +409,7 @@ impl QueueMachine {
             _ => {
                 let priority = self.effective_priority(&message);
                 let entry = Entry {
+                    returns: 0,
                     seq,
                     stored,
                     _charge: self.memory.charge(size),
@@ -467,7 +490,13 @@ impl QueueMachine {
         self.drop_expired(now, pager, queue, effects);
         self.page_in(pager, queue, effects);
         let entry = self.ready.pop_front()?;
-        let taken = (entry.seq, Arc::clone(&entry.message), entry.redelivered);
+        let message = if self.args.queue_type == QueueType::Quorum {
+            // RabbitMQ's quorum queues count on every basic.get, 0 first.
+            with_delivery_count(&entry.message, entry.returns)
+        } else {
+            Arc::clone(&entry.message)
+        };
+        let taken = (entry.seq, message, entry.redelivered);
         if no_ack {
             effects.settle(&entry);
         } else {
@@ -490,12 +519,26 @@ impl QueueMachine {
     }
 
     /// Settles deliveries negatively: back to the ready list (marked
-    /// redelivered) or, without requeue or once deleted, dead.
+    /// redelivered) or, without requeue or once deleted, dead. A quorum
+    /// queue counts each return and dead-letters a message returned more
+    /// than `x-delivery-limit` times, as RabbitMQ's do.
     pub(crate) fn reject(&mut self, seqs: &[u64], requeue: bool, effects: &mut Effects) {
         for seq in seqs {
             let Some(mut entry) = self.unacked.remove(seq) else {
                 continue;
             };
+            if requeue && self.args.queue_type == QueueType::Quorum {
+                entry.returns = entry.returns.saturating_add(1);
+                if self
+                    .args
+                    .delivery_limit
+                    .is_some_and(|limit| u64::from(entry.returns) > limit)
+                {
+                    effects.settle(&entry);
+                    effects.dead(entry.message, DeathReason::DeliveryLimit);
+                    continue;
+                }
+            }
             if requeue && !self.deleted {
                 entry.redelivered = true;
                 let priority = self.effective_priority(&entry.message);
@@ -743,6 +786,52 @@ mod tests {
         let mut effects = Effects::default();
         let taken = queue.get(true, 1_899, None, "q", &mut effects);
         assert_eq!(taken.map(|(_, m, _)| m.body.clone()), Some("c".into()));
+    }
+
+    /// A quorum queue counts returns (`x-delivery-count` on every
+    /// basic.get) and dead-letters past `x-delivery-limit`; a classic
+    /// queue neither counts nor limits.
+    #[test]
+    fn a_quorum_queue_counts_returns_and_dead_letters_past_the_limit() {
+        let count = |message: &Message| {
+            message
+                .headers()
+                .and_then(|h| h.inner().get("x-delivery-count").cloned())
+        };
+        let mut queue = machine(QueueArgs {
+            queue_type: QueueType::Quorum,
+            delivery_limit: Some(1),
+            ..QueueArgs::default()
+        });
+        publish(&mut queue, message("poison"), 0);
+        let mut effects = Effects::default();
+        for expected in [0, 1] {
+            let (seq, taken, _) = queue.get(false, 0, None, "q", &mut effects).expect("ready");
+            assert_eq!(
+                count(&taken),
+                Some(amq_protocol::types::AMQPValue::LongLongInt(expected))
+            );
+            queue.reject(&[seq], true, &mut effects);
+        }
+        assert_eq!(
+            reasons(&effects),
+            vec![("poison".to_owned(), DeathReason::DeliveryLimit)]
+        );
+        assert_eq!(queue.ready.len, 0);
+
+        let mut classic = machine(QueueArgs {
+            delivery_limit: Some(1),
+            ..QueueArgs::default()
+        });
+        publish(&mut classic, message("m"), 0);
+        let mut effects = Effects::default();
+        for _ in 0..3 {
+            let (seq, taken, _) = classic.get(false, 0, None, "q", &mut effects).expect("ready");
+            assert_eq!(count(&taken), None);
+            classic.reject(&[seq], true, &mut effects);
+        }
+        assert!(effects.dead.is_empty());
+        assert_eq!(classic.ready.len, 1);
     }
 
     #[test]

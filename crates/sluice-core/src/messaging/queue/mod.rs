@@ -27,7 +27,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use sluice_types::Clock;
 use tokio::sync::mpsc::UnboundedSender;
 
-pub use args::{ArgumentProblem, InvalidArgument, Overflow, QueueArgs, QueueOptions, QueueType};
+pub use args::{
+    ArgumentProblem, DeadLetterStrategy, InvalidArgument, Overflow, QueueArgs, QueueOptions,
+    QueueType,
+};
 pub use credit::Credit;
 use machine::{Admission, Effects, Pager, QueueMachine, StoreOp};
 pub(crate) use machine::{DeadLetter, DeathReason};
@@ -638,6 +641,7 @@ impl Queue {
         }
         let now = self.now();
         let mut effects = Effects::default();
+        let quorum = self.queue_type() == QueueType::Quorum;
         {
             let mut inner = self.inner();
             let Inner { machine, store } = &mut *inner;
@@ -652,7 +656,13 @@ impl Queue {
                         queue: Arc::clone(self),
                         seq: entry.seq,
                         consumer_tag: Arc::clone(&consumer.tag),
-                        message: Arc::clone(&entry.message),
+                        // RabbitMQ's quorum queues count a consumer's
+                        // deliveries once the message came back.
+                        message: if quorum && entry.returns > 0 {
+                            machine::with_delivery_count(&entry.message, entry.returns)
+                        } else {
+                            Arc::clone(&entry.message)
+                        },
                         redelivered: entry.redelivered,
                     };
                     let sent = consumer.sink.send(ConsumerEvent::Deliver(delivery)).is_ok();

@@ -16,6 +16,9 @@ pub(super) struct Entry {
     pub(super) stored: Option<u64>,
     pub(super) message: Arc<Message>,
     pub(super) redelivered: bool,
+    /// Times it came back to the queue unsettled (a quorum queue's
+    /// delivery count, `x-delivery-count`), counted while the queue runs.
+    pub(super) returns: u32,
     /// Wall-clock milliseconds after which the message is dead.
     pub(super) expires_at: Option<i64>,
     /// Memory accounting; released when the entry goes.

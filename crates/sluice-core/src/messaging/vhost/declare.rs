@@ -264,6 +264,25 @@ impl VirtualHost {
         if args.queue_type == QueueType::Stream {
             return self.declare_stream(name, options, args);
         }
+        if args.queue_type == QueueType::Quorum {
+            // RabbitMQ's words; a quorum queue lives as long as it is
+            // not deleted.
+            let refused = if !options.durable {
+                Some("non-durable")
+            } else if options.exclusive_owner.is_some() {
+                Some("exclusive-owner")
+            } else if options.auto_delete {
+                Some("auto-delete")
+            } else {
+                None
+            };
+            if let Some(property) = refused {
+                return Err(MessagingError::PreconditionFailed(format!(
+                    "invalid property '{property}' for queue '{name}' in vhost '{}'",
+                    self.name
+                )));
+            }
+        }
         // Exclusive queues die with their connection: nothing to keep.
         let persisted = options.durable && options.exclusive_owner.is_none();
         if !persisted {
