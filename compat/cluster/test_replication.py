@@ -229,6 +229,52 @@ def test_kill_9_of_a_leader_moves_its_partition_to_an_in_sync_replica(fresh_clus
     check_replicas_identical(cluster, name, 1)
 
 
+def log_start_on(node, topic: str, partition: int) -> int | None:
+    """The partition's log start on one node (its /metrics), `None` when
+    the node has no replica of it."""
+    wanted = f'sluice_kafka_partition_log_start_offset{{topic="{topic}",partition="{partition}"}}'
+    for line in http_get(node, "/metrics", raw=True).splitlines():
+        if line.startswith(wanted + " "):
+            return int(float(line.split()[-1]))
+    return None
+
+
+def test_records_deleted_on_the_leader_stay_deleted_after_a_failover(fresh_cluster, name):
+    """Followers move their log start with the leader's, as Kafka's do:
+    DeleteRecords on the leader reaches every replica, and a new leader
+    does not serve the deleted records again."""
+    cluster = fresh_cluster
+    cluster.wait_registered(admin)
+    create_replicated(cluster.node(1).bootstrap, name, 1, 3)
+    leader, replicas, _ = layout(cluster.node(1).bootstrap, name)[0]
+    acked = produce(cluster.node(leader).bootstrap, name, 200, "before")[0]
+    cut = 120
+    client = admin(cluster.node(leader).bootstrap)
+    [low] = [f.result(timeout=30) for f in client.delete_records([TopicPartition(name, 0, cut)]).values()]
+    assert low.low_watermark == cut
+    wait_until(
+        lambda: all(log_start_on(cluster.node(r), name, 0) == cut for r in replicas),
+        30,
+        interval=0.3,
+        what=f"every replica's log starting at {cut}",
+    )
+    cluster.node(leader).kill()
+    survivor = next(n for n in cluster.nodes if n.alive())
+    wait_until(
+        lambda: layout(survivor.bootstrap, name)[0][0] not in (leader, -1),
+        30,
+        interval=0.3,
+        what="a new leader",
+    )
+    new_leader = layout(survivor.bootstrap, name)[0][0]
+    consumer = Consumer({"bootstrap.servers": cluster.node(new_leader).bootstrap, "group.id": name})
+    try:
+        assert consumer.get_watermark_offsets(TopicPartition(name, 0), timeout=10) == (cut, len(acked))
+    finally:
+        consumer.close()
+    assert read_to_end(cluster.node(new_leader).bootstrap, name, 0) == acked[cut:]
+
+
 def test_a_restarted_leader_serves_what_was_committed_before_its_followers_return(fresh_cluster, name):
     """The high watermark is checkpointed and read back at start, as
     Kafka's replication-offset-checkpoint: a leader started alone (no

@@ -285,6 +285,7 @@ async fn exchange(
                     from,
                     data.records.unwrap_or_default(),
                     Offset::from(data.high_watermark),
+                    Offset::from(data.log_start_offset),
                 )),
                 // The leader's log starts past this node's end (a new
                 // replica, or one back after retention ran): start there.
@@ -318,9 +319,11 @@ async fn exchange(
                 refused(&partition, "cannot restart the log at the leader's start", &error);
             }
         }
-        for (partition, from, records, high_watermark) in appends {
+        for (partition, from, records, high_watermark, log_start) in appends {
             let mut records = BytesMut::from(&records[..]);
-            if let Err(error) = partition.append_from_leader(from, &mut records, high_watermark) {
+            if let Err(error) =
+                partition.append_from_leader(from, &mut records, high_watermark, log_start)
+            {
                 refused(&partition, "cannot append what the leader sent", &error);
             }
         }

@@ -287,7 +287,10 @@ impl Partition {
 
     /// On a follower: appends batches fetched from the leader as they are
     /// (offsets and epochs kept), makes them durable as the log's
-    /// durability asks, and takes the leader's high watermark. Blocking.
+    /// durability asks, and takes the leader's high watermark and, as far
+    /// as that reaches, its log start (as Kafka's followers: records
+    /// DeleteRecords removed on the leader stay removed after a
+    /// failover). Blocking.
     ///
     /// # Errors
     /// [`CoreError::FencedFollower`] when the partition no longer follows
@@ -298,6 +301,7 @@ impl Partition {
         from: Following,
         batches: &mut [u8],
         leader_high_watermark: Offset,
+        leader_log_start: Offset,
     ) -> Result<(), CoreError> {
         let _leadership = self.still_following(from)?;
         if !batches.is_empty() {
@@ -333,6 +337,11 @@ impl Partition {
         }
         if let Some(replication) = &self.replication {
             replication.follow(leader_high_watermark, self.own_end());
+        }
+        let start = leader_log_start.min(self.high_watermark());
+        if start > self.log.log_start() {
+            self.log.advance_log_start(start)?;
+            tracing::debug!(topic = %self.topic, partition = %self.id, %start, "log start moved with the leader's");
         }
         self.appended.notify_waiters();
         Ok(())
@@ -858,7 +867,7 @@ mod tests {
         let (partition, from) = followed(dir.path());
         for sequence in 0..5 {
             partition
-                .append_from_leader(from, &mut idempotent(sequence), Offset::from(0))
+                .append_from_leader(from, &mut idempotent(sequence), Offset::from(0), Offset::from(0))
                 .expect("replicated");
         }
         assert_eq!(partition.producers(), vec![(9, 0, 4)]);
@@ -878,7 +887,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let (partition, from) = followed(dir.path());
         partition
-            .append_from_leader(from, &mut idempotent(0), Offset::from(0))
+            .append_from_leader(from, &mut idempotent(0), Offset::from(0), Offset::from(0))
             .expect("replicated");
         partition.change_leader(1, 1, vec![1, 2]);
         assert_eq!(partition.following(), None);
@@ -890,7 +899,7 @@ mod tests {
         };
         fenced(
             partition
-                .append_from_leader(from, &mut idempotent(1), Offset::from(0))
+                .append_from_leader(from, &mut idempotent(1), Offset::from(0), Offset::from(0))
                 .map(|()| Offset::from(0)),
         );
         fenced(partition.truncate_to(from, Offset::from(0)));
@@ -916,13 +925,13 @@ mod tests {
             Offset::from(0),
         ));
         partition
-            .append_from_leader(from, &mut idempotent(0), Offset::from(0))
+            .append_from_leader(from, &mut idempotent(0), Offset::from(0), Offset::from(0))
             .expect("replicated");
         partition.change_leader(3, 1, vec![1, 3]);
         let now = partition.following().expect("follows node 3");
         assert_eq!(now.leader, 3);
         assert!(matches!(
-            partition.append_from_leader(from, &mut idempotent(1), Offset::from(0)),
+            partition.append_from_leader(from, &mut idempotent(1), Offset::from(0), Offset::from(0)),
             Err(CoreError::FencedFollower { .. })
         ));
         assert!(matches!(
@@ -932,9 +941,35 @@ mod tests {
         assert_eq!(partition.log_end(), Offset::from(1));
         // The new leader's answers are taken.
         partition
-            .append_from_leader(now, &mut idempotent(1), Offset::from(0))
+            .append_from_leader(now, &mut idempotent(1), Offset::from(0), Offset::from(0))
             .expect("from the new leader");
         assert_eq!(partition.log_end(), Offset::from(2));
+    }
+
+    /// A follower's log start follows the leader's (DeleteRecords), as
+    /// far as its high watermark: what the leader deleted stays deleted
+    /// when the follower leads.
+    #[test]
+    fn a_follower_moves_its_log_start_with_the_leader() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (partition, from) = followed(dir.path());
+        for sequence in 0..4 {
+            partition
+                .append_from_leader(from, &mut idempotent(sequence), Offset::from(2), Offset::from(0))
+                .expect("replicated");
+        }
+        assert_eq!(partition.log_start(), Offset::from(0));
+        // The leader deleted up to 3; this node knows records up to 2 are
+        // committed, so it goes that far.
+        partition
+            .append_from_leader(from, &mut [], Offset::from(2), Offset::from(3))
+            .expect("nothing new");
+        assert_eq!(partition.log_start(), Offset::from(2));
+        partition
+            .append_from_leader(from, &mut [], Offset::from(4), Offset::from(3))
+            .expect("nothing new");
+        assert_eq!(partition.log_start(), Offset::from(3));
+        assert_eq!(partition.log_end(), Offset::from(4));
     }
 
     #[test]
