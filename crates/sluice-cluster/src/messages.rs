@@ -952,10 +952,13 @@ fn wait_answer(
         }
         _ => wait(),
     };
+    // As RabbitMQ answers for a queue whose node is down: NOT_FOUND, a
+    // channel error the client can recover from (the node may be back, or
+    // a quorum queue led elsewhere, by the next try).
     waited.map_err(|error| {
-        MessagingError::Core(sluice_core::CoreError::Internal {
-            reason: format!("the queue's node did not answer: {error}"),
-        })
+        MessagingError::NotFound(format!(
+            "the queue's node did not answer ({error}): it is down or inaccessible"
+        ))
     })
 }
 

@@ -232,7 +232,10 @@ async fn exchange(
     }
     let mut by_topic: BTreeMap<&str, Vec<&Followed>> = BTreeMap::new();
     for followed in partitions.iter().copied() {
-        by_topic.entry(followed.0.topic()).or_default().push(followed);
+        by_topic
+            .entry(followed.0.topic())
+            .or_default()
+            .push(followed);
     }
     let request = FetchRequest::default()
         .with_replica_id(BrokerId(link.node))
@@ -316,7 +319,11 @@ async fn exchange(
     tokio::task::spawn_blocking(move || {
         for (partition, from, start) in restarts {
             if let Err(error) = partition.restart_at(from, start) {
-                refused(&partition, "cannot restart the log at the leader's start", &error);
+                refused(
+                    &partition,
+                    "cannot restart the log at the leader's start",
+                    &error,
+                );
             }
         }
         for (partition, from, records, high_watermark, log_start) in appends {
@@ -335,10 +342,7 @@ async fn exchange(
 /// Asks the leader where each partition's newest local epoch ends and cuts
 /// the local log there when it goes further (KIP-101/279). Returns the
 /// partitions the leader answered for (an empty log needs no answer).
-async fn truncate_to_leader(
-    link: &mut Link,
-    partitions: &[&Followed],
-) -> Result<Vec<Key>, String> {
+async fn truncate_to_leader(link: &mut Link, partitions: &[&Followed]) -> Result<Vec<Key>, String> {
     let mut done: Vec<Key> = partitions
         .iter()
         .filter(|(p, _)| p.latest_epoch().is_none())

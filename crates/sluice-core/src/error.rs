@@ -34,11 +34,17 @@ pub enum CoreError {
         partition: sluice_types::PartitionId,
         leader: Option<i32>,
     },
+    /// Fewer replicas in sync than a write needs (a quorum queue's
+    /// majority, a topic's `min.insync.replicas`).
+    #[error("only {in_sync} replicas of {topic:?} are in sync; {needed} are needed")]
+    NotEnoughReplicas {
+        topic: String,
+        in_sync: usize,
+        needed: usize,
+    },
     /// A replica fetcher's answer came from a leader, or in an epoch, this
     /// node no longer follows the partition under: it is not applied.
-    #[error(
-        "partition {partition} of topic {topic:?} no longer follows that leader in that epoch"
-    )]
+    #[error("partition {partition} of topic {topic:?} no longer follows that leader in that epoch")]
     FencedFollower {
         topic: String,
         partition: sluice_types::PartitionId,

@@ -255,6 +255,10 @@ fn every(
     })
 }
 
+/// How often a node of a cluster checks where its quorum queues' partitions
+/// lead (a new leader runs the queue within this of the change).
+const QUORUM_LEADERS_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// On a node of a cluster: applies the AMQP definitions other nodes
 /// commit to this node's virtual hosts, as they are applied here.
 async fn follow_definitions(broker: Arc<Broker>, mut stopped: watch::Receiver<bool>) {
@@ -263,13 +267,29 @@ async fn follow_definitions(broker: Arc<Broker>, mut stopped: watch::Receiver<bo
         return;
     }
     let mut changes = metadata.watch_definitions();
+    let mut changed = true;
     loop {
         // Whatever changed between open and the first wait counts too.
-        let current = metadata.definitions();
+        let current = changed.then(|| metadata.definitions());
         let reconciling = Arc::clone(&broker);
-        let _ = tokio::task::spawn_blocking(move || reconciling.vhosts().reconcile(current)).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(current) = current {
+                reconciling.vhosts().reconcile(current);
+            }
+            // Quorum queues run where their partitions lead.
+            for vhost in reconciling.vhosts().all() {
+                vhost.follow_quorum_leaders();
+            }
+        })
+        .await;
         tokio::select! {
-            changed = changes.changed() => if changed.is_err() { return },
+            result = changes.changed() => {
+                if result.is_err() {
+                    return;
+                }
+                changed = true;
+            }
+            () = tokio::time::sleep(QUORUM_LEADERS_EVERY) => changed = false,
             _ = stopped.changed() => return,
         }
     }

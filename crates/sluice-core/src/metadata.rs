@@ -1382,6 +1382,30 @@ impl Metadata {
         self.state().definitions.clone()
     }
 
+    /// The committed declarations of `vhost`'s quorum queues with a store
+    /// (those that may replicate).
+    pub(crate) fn quorum_queue_definitions(&self, vhost: &str) -> Vec<QueueDefinition> {
+        self.state()
+            .definitions
+            .values()
+            .filter_map(|definition| match definition {
+                definitions::Definition::Queue(queue)
+                    if queue.vhost == vhost
+                        && !queue.store_id.is_empty()
+                        && queue
+                            .arguments
+                            .inner()
+                            .get("x-queue-type")
+                            .and_then(crate::messaging::string_value)
+                            .is_some_and(|kind| kind == "quorum") =>
+                {
+                    Some(queue.clone())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The committed declaration of queue `name` of `vhost`.
     pub(crate) fn queue_definition(&self, vhost: &str, name: &str) -> Option<QueueDefinition> {
         match self

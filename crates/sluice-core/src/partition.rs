@@ -224,10 +224,7 @@ impl Partition {
     /// what `from` sent; refused when the partition no longer follows that
     /// leader in that epoch (promoted, or a newer leader chosen while the
     /// request was in flight: Kafka stops a partition's fetcher first).
-    fn still_following(
-        &self,
-        from: Following,
-    ) -> Result<std::sync::MutexGuard<'_, ()>, CoreError> {
+    fn still_following(&self, from: Following) -> Result<std::sync::MutexGuard<'_, ()>, CoreError> {
         let guard = self.leadership.lock().unwrap_or_else(|e| e.into_inner());
         if self.following() == Some(from) {
             Ok(guard)
@@ -867,7 +864,12 @@ mod tests {
         let (partition, from) = followed(dir.path());
         for sequence in 0..5 {
             partition
-                .append_from_leader(from, &mut idempotent(sequence), Offset::from(0), Offset::from(0))
+                .append_from_leader(
+                    from,
+                    &mut idempotent(sequence),
+                    Offset::from(0),
+                    Offset::from(0),
+                )
                 .expect("replicated");
         }
         assert_eq!(partition.producers(), vec![(9, 0, 4)]);
@@ -931,7 +933,12 @@ mod tests {
         let now = partition.following().expect("follows node 3");
         assert_eq!(now.leader, 3);
         assert!(matches!(
-            partition.append_from_leader(from, &mut idempotent(1), Offset::from(0), Offset::from(0)),
+            partition.append_from_leader(
+                from,
+                &mut idempotent(1),
+                Offset::from(0),
+                Offset::from(0)
+            ),
             Err(CoreError::FencedFollower { .. })
         ));
         assert!(matches!(
@@ -955,7 +962,12 @@ mod tests {
         let (partition, from) = followed(dir.path());
         for sequence in 0..4 {
             partition
-                .append_from_leader(from, &mut idempotent(sequence), Offset::from(2), Offset::from(0))
+                .append_from_leader(
+                    from,
+                    &mut idempotent(sequence),
+                    Offset::from(2),
+                    Offset::from(0),
+                )
                 .expect("replicated");
         }
         assert_eq!(partition.log_start(), Offset::from(0));

@@ -1139,6 +1139,14 @@ impl Topics {
     /// [`CoreError::UnknownTopic`] or I/O.
     pub fn delete(&self, name: &str) -> Result<(), CoreError> {
         refuse_internal(name)?;
+        self.delete_any(name)
+    }
+
+    /// Deletes a topic, an internal one too (a quorum queue's, with it).
+    ///
+    /// # Errors
+    /// As [`Topics::delete`].
+    pub(crate) fn delete_any(&self, name: &str) -> Result<(), CoreError> {
         let _writer = self.metadata.writer();
         if self.get(name).is_none() {
             return Err(CoreError::UnknownTopic {
@@ -1198,7 +1206,7 @@ const RESERVED: &[&str] = &[
 /// `__consumer_offsets`), which clients may read but not write, grow or
 /// delete (Kafka answers INVALID_TOPIC_EXCEPTION).
 pub fn is_internal(name: &str) -> bool {
-    RESERVED.contains(&name)
+    RESERVED.contains(&name) || name.starts_with(crate::messaging::QUORUM_TOPIC_PREFIX)
 }
 
 fn refuse_internal(name: &str) -> Result<(), CoreError> {

@@ -142,6 +142,7 @@ impl From<CoreError> for ApiError {
             CoreError::TopicLimit { .. }
             | CoreError::NotLeader { .. }
             | CoreError::FencedFollower { .. }
+            | CoreError::NotEnoughReplicas { .. }
             | CoreError::NotCoordinator { .. }
             | CoreError::Quorum { .. } => ApiError::precondition(message),
             CoreError::Log(sluice_core::storage::LogError::InvalidBatch { .. })

@@ -12,6 +12,7 @@ pub(crate) fn code(err: &CoreError) -> ResponseError {
         }
         CoreError::NotLeader { .. } => ResponseError::NotLeaderOrFollower,
         CoreError::FencedFollower { .. } => ResponseError::FencedLeaderEpoch,
+        CoreError::NotEnoughReplicas { .. } => ResponseError::NotEnoughReplicas,
         CoreError::NotCoordinator {
             coordinator: Some(_),
             ..

@@ -203,6 +203,11 @@ impl DefinitionWriter {
         self.metadata.queue_definition(vhost, name)
     }
 
+    /// The committed quorum queues of `vhost`.
+    pub(crate) fn quorum_queues(&self, vhost: &str) -> Vec<QueueDefinition> {
+        self.metadata.quorum_queue_definitions(vhost)
+    }
+
     /// Whether the controller counts node `node` as down (fenced).
     pub(crate) fn is_down(&self, node: i32) -> bool {
         self.metadata.fenced().contains(&node)

@@ -25,6 +25,7 @@ mod exchange;
 mod message;
 mod queue;
 mod queue_store;
+mod quorum_store;
 mod routing;
 mod stream;
 mod vhost;
@@ -38,16 +39,18 @@ pub use definitions::{BindingDefinition, ExchangeDefinition, QueueDefinition};
 pub use exchange::{Binding, Destination, Exchange, ExchangeKind};
 pub use message::{Message, encode_properties, integer_value, short, string_value};
 pub use queue::{
-    ArgumentProblem, ConsumerEvent, ConsumerSpec, Credit, DeadLetterStrategy, DeadLetters, Delivery,
-    EnqueueOutcome,
-    GetResult, InvalidArgument, Overflow, Queue, QueueArgs, QueueOptions, QueueTraffic, QueueType,
-    RemoteSettlement,
+    ArgumentProblem, ConsumerEvent, ConsumerSpec, Credit, DeadLetterStrategy, DeadLetters,
+    Delivery, EnqueueOutcome, GetResult, InvalidArgument, Overflow, Queue, QueueArgs, QueueOptions,
+    QueueTraffic, QueueType, RemoteSettlement,
 };
 pub(crate) use queue_store::PendingWrites;
 pub use queue_store::Source;
+pub use quorum_store::QUORUM_TOPIC_PREFIX;
 pub use stream::{STREAM_OFFSET_HEADER, STREAM_PARTITION_HEADER, StreamStart, parse_age_ms};
 pub(crate) use vhost::VhostShared;
-pub use vhost::{ExchangeOptions, PublishOutcome, RemoteQueues, VirtualHost, VirtualHosts};
+pub use vhost::{
+    ExchangeOptions, PublishOutcome, QuorumPlacement, RemoteQueues, VirtualHost, VirtualHosts,
+};
 
 /// Why a messaging operation was refused. The text is RabbitMQ's where it
 /// has one (front-ends prefix the reply code name).

@@ -345,16 +345,20 @@ fn queue_json(shared: &AppState, vhost: &str, queue: &Queue) -> Value {
     // The node holding its messages (RabbitMQ's `node`); a stream's are
     // its topic's, on every node.
     let node = (clustered && queue.stream_topic().is_none()).then(|| shared.broker.node_id());
+    // As RabbitMQ shows quorum queues: the leader, the members and those
+    // online (a classic queue's one member is its home).
+    let (members, online) = match placement(shared, vhost, queue.name()) {
+        Some((members, online)) => (Some(members), Some(online)),
+        None => (node.map(|n| vec![n]), node.map(|n| vec![n])),
+    };
     json!({
         "vhost": vhost,
         "name": queue.name(),
         "type": queue.queue_type().as_str(),
         "node": node,
-        // As RabbitMQ shows quorum queues: the leader, the members and
-        // those online (a classic queue's one member is its home).
         "leader": node,
-        "members": node.map(|n| vec![n]),
-        "online": node.map(|n| vec![n]),
+        "members": members,
+        "online": online,
         "state": "running",
         "topic": queue.stream_topic().map(|topic| topic.name()),
         "durable": options.durable,
@@ -375,20 +379,39 @@ fn queue_json(shared: &AppState, vhost: &str, queue: &Queue) -> Value {
 
 /// A classic queue living on another node of the cluster: its definition
 /// (its counts are its home's).
+/// A quorum queue's members and those in sync and not fenced, on a
+/// cluster.
+fn placement(shared: &AppState, vhost: &str, name: &str) -> Option<(Vec<i32>, Vec<i32>)> {
+    let placement = shared.broker.vhosts().get(vhost)?.quorum_placement(name)?;
+    let fenced = shared.broker.topics().metadata().fenced();
+    let online = placement
+        .in_sync
+        .into_iter()
+        .filter(|n| !fenced.contains(n))
+        .collect();
+    Some((placement.members, online))
+}
+
 fn remote_queue_json(shared: &AppState, vhost: &str, queue: &QueueDefinition) -> Value {
     let fenced = shared.broker.topics().metadata().fenced();
-    let online: Vec<i32> = queue
-        .home
-        .into_iter()
-        .filter(|h| !fenced.contains(h))
-        .collect();
+    let (members, online) = placement(shared, vhost, &queue.name).unwrap_or_else(|| {
+        let home: Vec<i32> = queue.home.into_iter().collect();
+        let online = home
+            .iter()
+            .copied()
+            .filter(|h| !fenced.contains(h))
+            .collect();
+        (home, online)
+    });
+    let kind = sluice_core::messaging::QueueArgs::parse(&queue.name, vhost, &queue.arguments)
+        .map_or("classic", |args| args.queue_type.as_str());
     json!({
         "vhost": vhost,
         "name": queue.name,
-        "type": "classic",
+        "type": kind,
         "node": queue.home,
         "leader": queue.home,
-        "members": queue.home.map(|n| vec![n]),
+        "members": members,
         "online": online,
         "state": "remote",
         "topic": null,

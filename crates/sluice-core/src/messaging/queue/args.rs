@@ -242,9 +242,10 @@ impl QueueArgs {
                 _ => {}
             }
         }
-        if let Some((refused, _)) = TYPED_ARGUMENTS.iter().find(|(name, types)| {
-            !types.contains(&args.queue_type) && arguments.contains_key(*name)
-        }) {
+        if let Some((refused, _)) = TYPED_ARGUMENTS
+            .iter()
+            .find(|(name, types)| !types.contains(&args.queue_type) && arguments.contains_key(name))
+        {
             return Err(invalid(
                 refused,
                 ArgumentProblem::NotForType(args.queue_type),
@@ -481,7 +482,10 @@ mod tests {
             ("x-max-priority", AMQPValue::LongInt(3)),
         ]))
         .expect_err("not for quorum queues");
-        assert_eq!(refused.problem, ArgumentProblem::NotForType(QueueType::Quorum));
+        assert_eq!(
+            refused.problem,
+            ArgumentProblem::NotForType(QueueType::Quorum)
+        );
     }
 
     #[test]

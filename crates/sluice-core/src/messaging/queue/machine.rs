@@ -826,7 +826,9 @@ mod tests {
         publish(&mut classic, message("m"), 0);
         let mut effects = Effects::default();
         for _ in 0..3 {
-            let (seq, taken, _) = classic.get(false, 0, None, "q", &mut effects).expect("ready");
+            let (seq, taken, _) = classic
+                .get(false, 0, None, "q", &mut effects)
+                .expect("ready");
             assert_eq!(count(&taken), None);
             classic.reject(&[seq], true, &mut effects);
         }

@@ -38,7 +38,8 @@ pub(crate) use machine::{DeadLetter, DeathReason};
 use super::MessagingError;
 use super::alarms::ResourceMonitor;
 use super::message::Message;
-use super::queue_store::{QueueStore, RecoveredMessage, RecoveredRun, Source};
+use super::queue_store::{PagedIn, QueueStore, RecoveredMessage, RecoveredRun, Source};
+use super::quorum_store::QuorumStore;
 use super::stream::{Stream, StreamStart};
 use crate::CoreError;
 use crate::PendingAck;
@@ -182,10 +183,90 @@ pub(crate) struct QueueHome {
     pub(crate) clock: Arc<dyn Clock>,
 }
 
+/// Where a durable queue keeps its messages: its own logs on this node,
+/// or (a quorum queue on a cluster) a replicated partition.
+#[derive(Debug)]
+pub(crate) enum Store {
+    Local(QueueStore),
+    Replicated(QuorumStore),
+}
+
+impl Store {
+    fn append(
+        &mut self,
+        message: &Message,
+        source: Option<&Source>,
+    ) -> Result<(u64, Option<PendingAck>), CoreError> {
+        match self {
+            Store::Local(store) => store.append(message, source),
+            Store::Replicated(store) => store.append(message).map(|(id, ack)| (id, Some(ack))),
+        }
+    }
+
+    fn has_source(&self, source: &Source) -> bool {
+        match self {
+            Store::Local(store) => store.has_source(source),
+            Store::Replicated(_) => false,
+        }
+    }
+
+    fn settle(&mut self, id: u64) {
+        match self {
+            Store::Local(store) => store.settle(id),
+            Store::Replicated(store) => store.settle(id),
+        }
+    }
+
+    fn mark_delivered(&mut self, id: u64) {
+        match self {
+            Store::Local(store) => store.mark_delivered(id),
+            // A new leader flags every message it takes over.
+            Store::Replicated(_) => {}
+        }
+    }
+
+    fn flush(&mut self) -> Result<(), CoreError> {
+        match self {
+            Store::Local(store) => store.flush(),
+            Store::Replicated(store) => store.flush(),
+        }
+    }
+
+    fn has_pending_settlements(&self) -> bool {
+        match self {
+            Store::Local(store) => store.has_pending_settlements(),
+            Store::Replicated(store) => store.has_pending_settlements(),
+        }
+    }
+
+    fn close(&mut self) -> Result<(), CoreError> {
+        match self {
+            Store::Local(store) => store.close(),
+            Store::Replicated(store) => store.flush(),
+        }
+    }
+
+    fn size_bytes(&self) -> u64 {
+        match self {
+            Store::Local(store) => store.size_bytes(),
+            Store::Replicated(store) => store.size_bytes(),
+        }
+    }
+}
+
+impl Pager for Store {
+    fn read(&self, first_id: u64, count: u64, max_bytes: usize) -> Result<Vec<PagedIn>, CoreError> {
+        match self {
+            Store::Local(store) => store.read(first_id, count, max_bytes),
+            Store::Replicated(store) => store.read(first_id, count, max_bytes),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
     machine: QueueMachine,
-    store: Option<QueueStore>,
+    store: Option<Store>,
 }
 
 impl Inner {
@@ -257,7 +338,7 @@ impl Queue {
         name: String,
         options: QueueOptions,
         args: QueueArgs,
-        store: Option<(String, QueueStore)>,
+        store: Option<(String, Store)>,
         home: QueueHome,
         stream: Option<Arc<crate::Topic>>,
     ) -> Arc<Queue> {
@@ -277,7 +358,7 @@ impl Queue {
         name: String,
         options: QueueOptions,
         args: QueueArgs,
-        (store_id, store): (Option<String>, Option<QueueStore>),
+        (store_id, store): (Option<String>, Option<Store>),
         home: QueueHome,
         kind: QueueKind,
     ) -> Arc<Queue> {
@@ -335,6 +416,21 @@ impl Queue {
             home,
             QueueKind::Remote(RemoteHome { node, carrier }),
         )
+    }
+
+    /// For a quorum queue this node runs on a cluster: the leader epoch of
+    /// its partition it was rebuilt in.
+    pub(crate) fn quorum_epoch(&self) -> Option<i32> {
+        match self.inner().store.as_ref() {
+            Some(Store::Replicated(store)) => Some(store.epoch()),
+            _ => None,
+        }
+    }
+
+    /// Whether the queue's messages live in a replicated partition (a
+    /// quorum queue on a cluster) rather than in its own logs.
+    pub(crate) fn is_replicated(&self) -> bool {
+        self.quorum_epoch().is_some()
     }
 
     /// The node a remote queue lives on (`None` for a queue of this node).
@@ -526,10 +622,7 @@ impl Queue {
 
     /// Bytes the queue's logs take on disk (0 for transient queues).
     pub fn disk_bytes(&self) -> u64 {
-        self.inner()
-            .store
-            .as_ref()
-            .map_or(0, QueueStore::size_bytes)
+        self.inner().store.as_ref().map_or(0, Store::size_bytes)
     }
 
     /// Whether the queue has been deleted.
@@ -611,8 +704,12 @@ impl Queue {
                     false
                 }
                 Admission::Accept { expires_at } => {
+                    // A quorum queue on a cluster replicates every
+                    // message, as RabbitMQ's keep transient ones too.
                     let stored = match (inner.store.as_mut(), message.persistent()) {
-                        (Some(store), true) => {
+                        (Some(store), persistent)
+                            if persistent || matches!(store, Store::Replicated(_)) =>
+                        {
                             let (id, sync) = store.append(&message, source)?;
                             outcome.sync = sync;
                             Some(id)
@@ -679,7 +776,7 @@ impl Queue {
             if inner
                 .store
                 .as_ref()
-                .is_some_and(QueueStore::has_pending_settlements)
+                .is_some_and(Store::has_pending_settlements)
                 && let Err(error) = inner.flush()
             {
                 tracing::warn!(queue = %self.name, %error, "cannot write settlements");

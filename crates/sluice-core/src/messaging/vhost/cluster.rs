@@ -183,6 +183,13 @@ impl VirtualHost {
             ))
         };
         let winner = self.definitions.queue(&self.name, name).ok_or_else(gone)?;
+        if self.is_replicated_quorum(&winner) {
+            self.follow_quorum(&winner);
+            return match self.queue(name) {
+                Some(existing) => self.redeclare(&existing, options, connection),
+                None => self.redeclare_remote(&winner, options),
+            };
+        }
         if self.lives_elsewhere(&winner) {
             if self.remote_queue(name).is_none() {
                 self.remember_remote(winner.clone());
@@ -225,6 +232,7 @@ impl VirtualHost {
                 vhost: self.name.clone(),
                 name: remote.name.clone(),
             })?;
+        self.drop_quorum_partition(&remote.store_id);
         self.remote
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -240,6 +248,9 @@ impl VirtualHost {
                 if self.exchange(&exchange.name).is_none() {
                     self.learn_exchange(exchange);
                 }
+            }
+            Definition::Queue(queue) if self.is_replicated_quorum(queue) => {
+                self.follow_quorum(queue);
             }
             Definition::Queue(queue) => {
                 if self.lives_elsewhere(queue) {
@@ -364,6 +375,7 @@ impl VirtualHost {
         for source in self.exchange_list() {
             source.unbind_destination(&destination);
         }
+        let replicated = local.is_replicated();
         local.mark_deleted();
         {
             let mut queues = self.queues_mut();
@@ -374,7 +386,9 @@ impl VirtualHost {
                 queues.remove(&queue.name);
             }
         }
-        if let Some(store_id) = local.store_id() {
+        // A quorum queue's partition is deleted by the node that deleted
+        // the queue.
+        if let Some(store_id) = local.store_id().filter(|_| !replicated) {
             for log in [message_log_name(store_id), settlement_log_name(store_id)] {
                 if let Err(error) = self.logs.delete(&log) {
                     tracing::warn!(vhost = %self.name, queue = %queue.name, %error, "cannot delete a queue log");

@@ -12,7 +12,7 @@ use crate::messaging::MessagingError;
 use crate::messaging::definitions::{BindingDefinition, ExchangeDefinition, QueueDefinition};
 use crate::messaging::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use crate::messaging::message::string_value;
-use crate::messaging::queue::{Queue, QueueArgs, QueueOptions, QueueType};
+use crate::messaging::queue::{Queue, QueueArgs, QueueOptions, QueueType, Store};
 use crate::messaging::queue_store::{QueueStore, message_log_name, settlement_log_name, store_id};
 use crate::metadata::MetadataCommand;
 
@@ -282,6 +282,9 @@ impl VirtualHost {
                     self.name
                 )));
             }
+            if self.replicates_quorum_queues() {
+                return self.declare_quorum(name, options, &args, connection);
+            }
         }
         // Exclusive queues die with their connection: nothing to keep.
         let persisted = options.durable && options.exclusive_owner.is_none();
@@ -322,7 +325,7 @@ impl VirtualHost {
                 return self.declared_elsewhere(&name, &options, connection);
             }
             committed?;
-            Some((store_id, recovered.store))
+            Some((store_id, Store::Local(recovered.store)))
         };
         let queue = Queue::new(name.clone(), options, args, store, self.queue_home(), None);
         self.queues_mut().insert(name.clone(), queue);
@@ -561,6 +564,7 @@ impl VirtualHost {
 
     pub(super) fn remove_queue(&self, queue: &Arc<Queue>) -> Result<usize, CoreError> {
         let emptied = self.unbind_queue(queue.name())?;
+        let replicated = queue.is_replicated();
         if queue.stream_topic().is_some() || queue.store_id().is_some() {
             self.definitions.commit(MetadataCommand::DeleteQueue {
                 vhost: self.name.clone(),
@@ -569,9 +573,14 @@ impl VirtualHost {
         }
         let count = queue.mark_deleted();
         self.queues_mut().remove(queue.name());
-        if let Some(store_id) = queue.store_id() {
-            self.logs.delete(&message_log_name(store_id))?;
-            self.logs.delete(&settlement_log_name(store_id))?;
+        match queue.store_id() {
+            // A quorum queue on a cluster: its partition goes with it.
+            Some(store_id) if replicated => self.drop_quorum_partition(store_id),
+            Some(store_id) => {
+                self.logs.delete(&message_log_name(store_id))?;
+                self.logs.delete(&settlement_log_name(store_id))?;
+            }
+            None => {}
         }
         if let Some(topic) = queue.stream_topic() {
             // The stream is its topic: deleting one deletes the other.

@@ -16,6 +16,8 @@ mod cluster;
 mod dead_letter;
 mod declare;
 mod publish;
+mod quorum;
+pub use quorum::QuorumPlacement;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
@@ -34,7 +36,7 @@ use super::definitions::{
 };
 use super::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use super::message::Message;
-use super::queue::{Queue, QueueArgs, QueueHome, QueueOptions, QueueType};
+use super::queue::{Queue, QueueArgs, QueueHome, QueueOptions, QueueType, Store};
 use super::queue_store::QueueStore;
 use crate::{Acks, CoreError, Topics};
 
@@ -483,6 +485,10 @@ impl VirtualHost {
             Definition::Queue(queue) if self.lives_elsewhere(&queue) => {
                 self.remember_remote(queue);
             }
+            // Its messages are its partition's, run where that leads.
+            Definition::Queue(queue) if self.is_replicated_quorum(&queue) => {
+                self.follow_quorum(&queue);
+            }
             Definition::Queue(QueueDefinition {
                 name,
                 store_id,
@@ -504,7 +510,7 @@ impl VirtualHost {
                     let budget = Queue::memory_budget(&args, &self.memory);
                     let recovered = QueueStore::open(&self.logs, &store_id, budget)?;
                     (
-                        Some((store_id, recovered.store)),
+                        Some((store_id, Store::Local(recovered.store))),
                         None,
                         recovered.messages,
                         recovered.paged,

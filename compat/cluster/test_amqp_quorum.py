@@ -1,0 +1,148 @@
+"""Quorum queues on a three-node cluster (pika): a quorum queue is a
+replicated partition of its own, run by the node leading it (the API's
+`node`); the other nodes reach it as a remote queue. A confirmed message
+is on a majority of the replicas, so it survives kill -9 of the leader: a
+new leader (a live in-sync replica) rebuilds the queue from the partition,
+and what was delivered and not acknowledged comes back flagged
+redelivered.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pika
+
+from common.broker import unique_name, wait_until
+from test_amqp_definitions import channel, drain, queues_on, wait_everywhere
+from test_kafka_cluster import admin
+
+QUORUM = {"x-queue-type": "quorum"}
+
+
+def leader_of(node, queue: str) -> int:
+    """The node running `queue`, as `node`'s API shows it."""
+    return queues_on(node)[queue]["node"]
+
+
+def publish_confirmed(node, queue: str, bodies: list[bytes]) -> None:
+    with channel(node) as ch:
+        ch.confirm_delivery()
+        for body in bodies:
+            ch.basic_publish("", queue, body, pika.BasicProperties(delivery_mode=2))
+
+
+def take(node, queue: str, count: int, timeout: float = 20.0) -> list[bytes]:
+    """`count` messages got (and acknowledged) from `queue` through `node`."""
+    bodies: list[bytes] = []
+    with channel(node) as ch:
+
+        def got_them():
+            while len(bodies) < count:
+                method, _, body = ch.basic_get(queue)
+                if method is None:
+                    return False
+                ch.basic_ack(method.delivery_tag)
+                bodies.append(body)
+            return True
+
+        wait_until(got_them, timeout, interval=0.1, what=f"{count} messages from {queue}")
+    return bodies
+
+
+def test_a_quorum_queue_replicates_and_runs_on_its_partitions_leader(cluster):
+    cluster.wait_registered(admin)
+    queue = unique_name("qq")
+    with channel(cluster.node(2)) as ch:
+        ch.queue_declare(queue, durable=True, arguments=QUORUM)
+    wait_everywhere(cluster, lambda node, _: queue in queues_on(node), "the queue")
+    leader = leader_of(cluster.node(1), queue)
+    assert leader in (1, 2, 3)
+    for node_id in (1, 2, 3):
+        seen = queues_on(cluster.node(node_id))[queue]
+        assert seen["type"] == "quorum" and seen["node"] == leader, (node_id, seen)
+        assert sorted(seen["members"]) == [1, 2, 3], seen
+    # Published on every node, confirmed, got from every node.
+    sent = [f"{n}-{i}".encode() for n in (1, 2, 3) for i in range(50)]
+    for node_id in (1, 2, 3):
+        publish_confirmed(cluster.node(node_id), queue, [b for b in sent if b.startswith(f"{node_id}-".encode())])
+    got = []
+    for node_id in (1, 2, 3):
+        got += take(cluster.node(node_id), queue, 50)
+    assert sorted(got) == sorted(sent)
+    # Its partition is internal: three replicas, a majority needed in sync.
+    with channel(cluster.node(3)) as ch:
+        ch.queue_delete(queue)
+    wait_everywhere(cluster, lambda node, _: queue not in queues_on(node), "the queue gone")
+
+
+def test_confirmed_messages_survive_kill_9_of_the_leader_and_unacked_ones_come_back_redelivered(fresh_cluster):
+    cluster = fresh_cluster
+    # Three members: every node registered before the declaration.
+    cluster.wait_registered(admin)
+    queue = unique_name("qq-failover")
+    with channel(cluster.node(1)) as ch:
+        ch.queue_declare(queue, durable=True, arguments=QUORUM)
+    wait_everywhere(cluster, lambda node, _: queue in queues_on(node), "the queue")
+    leader = leader_of(cluster.node(1), queue)
+    others = [n for n in (1, 2, 3) if n != leader]
+    publisher, consumer_node = cluster.node(others[0]), cluster.node(others[1])
+    sent = [f"m-{i}".encode() for i in range(300)]
+    publish_confirmed(publisher, queue, sent)
+
+    # Ten delivered and not acknowledged when the leader dies.
+    connection = pika.BlockingConnection(
+        pika.ConnectionParameters(
+            host="127.0.0.1",
+            port=consumer_node.amqp_port,
+            credentials=pika.PlainCredentials("guest", "guest"),
+        )
+    )
+    unacked = []
+    try:
+        ch = connection.channel()
+        for _ in range(10):
+            method, _, body = ch.basic_get(queue)
+            assert method is not None and not method.redelivered
+            unacked.append(body)
+        cluster.node(leader).kill()
+        killed = time.monotonic()
+        wait_until(
+            lambda: all(leader_of(node, queue) not in (leader, -1) for node in (publisher, consumer_node)),
+            30,
+            interval=0.2,
+            what="a new leader of the quorum queue, known on both live nodes",
+        )
+        took = time.monotonic() - killed
+    finally:
+        if connection.is_open:
+            connection.close()
+    assert took < 15, f"the new leader took {took:.1f} s"
+
+    # Every confirmed message is there; the ten come back flagged.
+    got: dict[bytes, bool] = {}
+    with channel(consumer_node) as ch:
+
+        def drained():
+            while True:
+                method, _, body = ch.basic_get(queue, auto_ack=True)
+                if method is None:
+                    return len(got) >= len(sent)
+                assert body not in got, f"{body!r} delivered twice"
+                got[body] = method.redelivered
+
+        wait_until(drained, 30, interval=0.2, what=f"{len(sent)} messages from the new leader")
+    assert sorted(got) == sorted(sent)
+    assert all(got[body] for body in unacked), "unacknowledged messages come back redelivered"
+
+    # The old leader returns as a follower; confirms go on through it.
+    new_leader = leader_of(publisher, queue)
+    cluster.node(leader).start()
+    wait_until(
+        lambda: leader_of(cluster.node(leader), queue) == new_leader,
+        30,
+        interval=0.2,
+        what="the returning node following the new leader",
+    )
+    publish_confirmed(cluster.node(leader), queue, [b"after"])
+    assert drain(cluster.node(leader), queue, 1) == [b"after"]

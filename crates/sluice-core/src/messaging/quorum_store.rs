@@ -1,0 +1,270 @@
+//! The replicated store of a quorum queue on a cluster: one partition of an
+//! internal topic ([`quorum_topic`]) holding the queue's enqueues and
+//! settlements, replicated as every partition is (leader epochs, in-sync
+//! replicas, high watermark, truncation to the leader's history).
+//!
+//! The node leading the partition runs the queue. An enqueue is a record
+//! (key `m`, the message as a queue log holds it) at the offset that is the
+//! message's id, acknowledged (confirmed) once the in-sync replicas have it
+//! and at least a majority of the replicas is in sync. A settlement
+//! (acknowledged, dead, dropped) is a record (key `s`, `[count:4][id:8]*`)
+//! written unacknowledged: a settlement lost in a failover only redelivers
+//! its message, as AMQP allows for anything a client saw unsettled.
+//!
+//! A new leader rebuilds the queue from the partition: every message with
+//! no settlement after it is ready again, flagged redelivered (the former
+//! leader may have delivered it). Records below the oldest unsettled
+//! message are no longer needed (a settlement always follows the message it
+//! settles) and the partition's log start moves there; followers follow.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use sluice_types::{Offset, PartitionId};
+
+use super::message::Message;
+use super::queue_store::{PagedIn, RecoveredMessage};
+use crate::ack::PendingAck;
+use crate::{CoreError, Partition, Topic};
+
+/// Key of an enqueue record.
+const MESSAGE: &[u8] = b"m";
+/// Key of a settlement record.
+const SETTLEMENT: &[u8] = b"s";
+/// Records the log start lags behind the oldest unsettled message before
+/// it is moved (each move may delete segment files).
+const RECLAIM_EVERY: i64 = 1024;
+
+/// Prefix of the internal topics of quorum queues; Kafka clients may read
+/// them but not write them.
+pub const QUORUM_TOPIC_PREFIX: &str = "__amqp_quorum.";
+
+/// The internal topic of the quorum queue with store id `store_id`.
+pub(crate) fn quorum_topic(store_id: &str) -> String {
+    format!("{QUORUM_TOPIC_PREFIX}{store_id}")
+}
+
+/// A quorum queue's partition, as its leader uses it. Owned by the queue,
+/// behind its lock.
+#[derive(Debug)]
+pub(crate) struct QuorumStore {
+    topic: Arc<Topic>,
+    partition: Arc<Partition>,
+    /// Enqueued and not yet settled.
+    outstanding: BTreeSet<u64>,
+    pending_settle: Vec<u64>,
+    /// The leader epoch the queue was rebuilt in: a node that leads again
+    /// in a later epoch rebuilds it (another leader may have changed the
+    /// partition meanwhile).
+    epoch: i32,
+}
+
+impl QuorumStore {
+    /// Opens the queue on `topic`'s partition, which this node leads, and
+    /// reads back every unsettled message in id order, each flagged as
+    /// delivered before.
+    ///
+    /// # Errors
+    /// [`CoreError::UnknownPartition`] when the topic has no partition
+    /// here; the log's read errors.
+    pub(crate) fn open(
+        topic: Arc<Topic>,
+    ) -> Result<(QuorumStore, Vec<RecoveredMessage>), CoreError> {
+        let partition =
+            topic
+                .partition(PartitionId::from(0))
+                .ok_or_else(|| CoreError::UnknownPartition {
+                    topic: topic.name().to_owned(),
+                    partition: PartitionId::from(0),
+                })?;
+        let mut messages = Vec::new();
+        let mut settled = BTreeSet::new();
+        crate::replay::for_each_record(partition.log(), partition.log_start(), |record| {
+            let Ok(id) = u64::try_from(record.offset) else {
+                return;
+            };
+            match record.key.as_deref() {
+                Some(SETTLEMENT) => settled.extend(ids(record.value.unwrap_or_default())),
+                Some(MESSAGE) => match record.value.and_then(Message::decode) {
+                    Some(message) => messages.push(RecoveredMessage {
+                        id,
+                        message,
+                        timestamp: record.timestamp,
+                        delivered: true,
+                    }),
+                    None => tracing::warn!(id, "skipping an undecodable quorum queue message"),
+                },
+                _ => {}
+            }
+        })?;
+        messages.retain(|m| !settled.contains(&m.id));
+        let epoch = partition.leader_epoch().get();
+        let store = QuorumStore {
+            epoch,
+            outstanding: messages.iter().map(|m| m.id).collect(),
+            topic,
+            partition,
+            pending_settle: Vec::new(),
+        };
+        Ok((store, messages))
+    }
+
+    /// Appends one message; returns its id and what its confirm waits for
+    /// (the in-sync replicas).
+    ///
+    /// # Errors
+    /// [`CoreError::NotLeader`] when this node no longer leads the
+    /// partition; [`CoreError::NotEnoughReplicas`] while fewer than a
+    /// majority of the replicas is in sync (a confirm would promise less
+    /// than a quorum); the log's refusal.
+    pub(crate) fn append(&mut self, message: &Message) -> Result<(u64, PendingAck), CoreError> {
+        let needed = self.topic.min_insync_replicas() as usize;
+        let in_sync = self.partition.in_sync_count().unwrap_or(1);
+        if in_sync < needed {
+            return Err(CoreError::NotEnoughReplicas {
+                topic: self.topic.name().to_owned(),
+                in_sync,
+                needed,
+            });
+        }
+        let value = message
+            .encode()
+            .map_err(|reason| CoreError::Internal { reason })?;
+        let mut batch = crate::replay::batch_of(&[(Some(MESSAGE), Some(&value))], "quorum queue")?;
+        let appended = self
+            .topic
+            .append_start(self.partition.id(), &mut batch)?
+            .in_sync();
+        let id = u64::try_from(appended.info.first_offset.get()).unwrap_or(0);
+        self.outstanding.insert(id);
+        Ok((id, appended.ack))
+    }
+
+    /// Records that `id` is settled; written by the next flush.
+    pub(crate) fn settle(&mut self, id: u64) {
+        if self.outstanding.remove(&id) {
+            self.pending_settle.push(id);
+        }
+    }
+
+    /// Whether settlements wait to be written.
+    pub(crate) fn has_pending_settlements(&self) -> bool {
+        !self.pending_settle.is_empty()
+    }
+
+    /// Writes pending settlements (one record, not waited for) and moves
+    /// the log start up to the oldest unsettled message.
+    ///
+    /// # Errors
+    /// The log's refusal; [`CoreError::NotLeader`] once the partition led
+    /// elsewhere (the settlements are dropped: the new leader redelivers).
+    pub(crate) fn flush(&mut self) -> Result<(), CoreError> {
+        if self.pending_settle.is_empty() {
+            return Ok(());
+        }
+        let settled = std::mem::take(&mut self.pending_settle);
+        let mut value = BytesMut::with_capacity(4 + 8 * settled.len());
+        value.put_u32(u32::try_from(settled.len()).unwrap_or(u32::MAX));
+        for id in &settled {
+            value.put_u64(*id);
+        }
+        let mut batch =
+            crate::replay::batch_of(&[(Some(SETTLEMENT), Some(&value))], "quorum queue")?;
+        // Not waited for: a settlement lost in a failover redelivers.
+        let _unacknowledged = self.topic.append_start(self.partition.id(), &mut batch)?;
+        self.reclaim();
+        Ok(())
+    }
+
+    /// Moves the log start up to the oldest unsettled message, as far as
+    /// the high watermark, once it lags by [`RECLAIM_EVERY`] records.
+    fn reclaim(&self) {
+        let oldest = self
+            .outstanding
+            .first()
+            .map_or(self.partition.log_end(), |id| {
+                Offset::from(i64::try_from(*id).unwrap_or(i64::MAX))
+            });
+        let to = oldest.min(self.partition.high_watermark());
+        if to.get() - self.partition.log_start().get() >= RECLAIM_EVERY
+            && let Err(error) = self.partition.delete_records(to)
+        {
+            tracing::warn!(topic = %self.topic.name(), %error, "cannot move a quorum queue's log start");
+        }
+    }
+
+    /// Reads back messages of ids `first_id..first_id + count` (a queue
+    /// whose head ran dry), about `max_bytes` of them.
+    ///
+    /// # Errors
+    /// The log's read errors.
+    pub(crate) fn read(
+        &self,
+        first_id: u64,
+        count: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<PagedIn>, CoreError> {
+        let end = first_id.saturating_add(count);
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let from = Offset::from(i64::try_from(first_id).unwrap_or(i64::MAX));
+        let mut next = from;
+        while next < self.partition.log_end() && (out.is_empty() || bytes < max_bytes) {
+            let Some(chunk) = crate::partition::read_chunk(
+                self.partition.log(),
+                next,
+                max_bytes.max(1),
+                sluice_log::ReadBound::LogEnd,
+                crate::partition::Undecodable::SkipRest,
+            )?
+            else {
+                break;
+            };
+            for record in chunk.records {
+                let Ok(id) = u64::try_from(record.offset) else {
+                    continue;
+                };
+                if id < first_id || id >= end || record.key.as_deref() != Some(MESSAGE) {
+                    continue;
+                }
+                let value = record.value.unwrap_or_default();
+                bytes += value.len();
+                out.push(PagedIn {
+                    id,
+                    message: Message::decode(value),
+                    timestamp: record.timestamp,
+                    delivered: false,
+                });
+            }
+            if chunk.next <= next || u64::try_from(chunk.next.get()).unwrap_or(u64::MAX) >= end {
+                break;
+            }
+            next = chunk.next;
+        }
+        Ok(out)
+    }
+
+    /// The leader epoch the queue was rebuilt in.
+    pub(crate) fn epoch(&self) -> i32 {
+        self.epoch
+    }
+
+    /// Bytes the partition takes on this node's disk.
+    pub(crate) fn size_bytes(&self) -> u64 {
+        self.partition.size_bytes()
+    }
+}
+
+/// The ids of a settlement record, `[count:4][id:8]*count`.
+fn ids(mut value: Bytes) -> Vec<u64> {
+    if value.remaining() < 4 {
+        return Vec::new();
+    }
+    let count = value.get_u32() as usize;
+    let mut out = Vec::with_capacity(count.min(value.remaining() / 8));
+    while out.len() < count && value.remaining() >= 8 {
+        out.push(value.get_u64());
+    }
+    out
+}

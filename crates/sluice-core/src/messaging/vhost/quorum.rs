@@ -1,0 +1,269 @@
+//! Quorum queues on a cluster: each is a replicated partition of its own
+//! internal topic (`quorum_store.rs`), and the node leading that partition
+//! runs the queue. Every other node holds a stand-in for it, as for a
+//! classic queue living elsewhere, whose home is the partition's leader;
+//! publishes, consumers and `basic.get` go there over the message link.
+//!
+//! [`VirtualHost::follow_quorum_leaders`] keeps this in line with the
+//! partitions' leadership: a node that became leader rebuilds the queue
+//! from the partition (every unsettled message ready again, flagged
+//! redelivered); a node that lost the lead drops its queue (its consumers
+//! are cancelled, its unacknowledged deliveries come back on the new
+//! leader) and holds a stand-in for the new leader.
+
+use std::sync::Arc;
+
+use sluice_types::PartitionId;
+
+use super::{VirtualHost, unique_token};
+use crate::CoreError;
+use crate::messaging::MessagingError;
+use crate::messaging::definitions::QueueDefinition;
+use crate::messaging::queue::{Queue, QueueArgs, QueueOptions, Store};
+use crate::messaging::queue_store::store_id;
+use crate::messaging::quorum_store::{QuorumStore, quorum_topic};
+use crate::metadata::MetadataCommand;
+
+/// Where a quorum queue replicates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuorumPlacement {
+    pub leader: i32,
+    pub members: Vec<i32>,
+    pub in_sync: Vec<i32>,
+}
+
+/// Replicas of a quorum queue when `x-quorum-initial-group-size` is not
+/// given (RabbitMQ's default), fewer on a smaller cluster.
+const DEFAULT_GROUP_SIZE: u64 = 3;
+
+impl VirtualHost {
+    /// Whether quorum queues replicate here (the node is part of a
+    /// cluster).
+    pub(super) fn replicates_quorum_queues(&self) -> bool {
+        self.topics.metadata().clustered()
+    }
+
+    /// The internal topic of a replicated quorum queue's definition.
+    fn quorum_topic_of(&self, definition: &QueueDefinition) -> Option<Arc<crate::Topic>> {
+        if definition.store_id.is_empty() {
+            return None;
+        }
+        self.topics.get(&quorum_topic(&definition.store_id))
+    }
+
+    /// Whether a definition is a quorum queue replicated in its own
+    /// partition (not one declared before quorum queues replicated).
+    pub(super) fn is_replicated_quorum(&self, definition: &QueueDefinition) -> bool {
+        self.quorum_topic_of(definition).is_some()
+    }
+
+    /// Declares a new quorum queue on a cluster: its partition first
+    /// (`x-quorum-initial-group-size` replicas, 3 by default, fewer when
+    /// fewer nodes are up; a majority of them must be in sync for a
+    /// confirm), then its definition, then the queue (here when this node
+    /// leads the partition, a stand-in otherwise).
+    pub(super) fn declare_quorum(
+        &self,
+        name: String,
+        options: QueueOptions,
+        args: &QueueArgs,
+        connection: u64,
+    ) -> Result<(String, usize, usize), MessagingError> {
+        let metadata = self.topics.metadata();
+        let fenced = metadata.fenced();
+        let live = metadata
+            .brokers()
+            .iter()
+            .filter(|b| !fenced.contains(&b.node))
+            .count()
+            .max(1) as u64;
+        let size = args
+            .quorum_initial_group_size
+            .unwrap_or(DEFAULT_GROUP_SIZE)
+            .min(live);
+        let majority = size / 2 + 1;
+        let config = crate::TopicConfig::new([("min.insync.replicas", majority.to_string())])?;
+        let store_id = store_id(&name, &unique_token());
+        let topic = quorum_topic(&store_id);
+        self.topics
+            .create_internal(&topic, 1, u16::try_from(size).unwrap_or(u16::MAX), config)?;
+        let definition = QueueDefinition {
+            vhost: self.name.clone(),
+            name: name.clone(),
+            store_id,
+            auto_delete: false,
+            arguments: options.arguments.clone(),
+            home: None,
+        };
+        let committed = self
+            .definitions
+            .commit(MetadataCommand::DeclareQueue(definition.clone()));
+        if let Err(CoreError::QueueExists { .. }) = &committed {
+            // Declared elsewhere at the same time, committed first.
+            self.drop_quorum_topic(&topic);
+            return self.declared_elsewhere(&name, &options, connection);
+        }
+        if let Err(error) = committed {
+            self.drop_quorum_topic(&topic);
+            return Err(error.into());
+        }
+        self.follow_quorum(&definition);
+        Ok((name, 0, 0))
+    }
+
+    /// Where quorum queue `name` replicates on a cluster: its leader (-1
+    /// while it has none), its members and those in sync. `None` for any
+    /// other queue.
+    pub fn quorum_placement(&self, name: &str) -> Option<QuorumPlacement> {
+        let definition = self.definitions.queue(&self.name, name)?;
+        let topic = self.quorum_topic_of(&definition)?;
+        let index = PartitionId::from(0);
+        Some(QuorumPlacement {
+            leader: topic.leader(index).map_or(-1, |(node, _)| node),
+            members: topic.replicas(index).unwrap_or_default(),
+            in_sync: topic.in_sync(index),
+        })
+    }
+
+    /// Deletes a quorum queue's internal topic (the queue is gone).
+    pub(super) fn drop_quorum_topic(&self, topic: &str) {
+        match self.topics.delete_any(topic) {
+            Ok(()) | Err(CoreError::UnknownTopic { .. }) => {}
+            Err(error) => {
+                tracing::warn!(vhost = %self.name, %topic, %error, "cannot delete a quorum queue's partition");
+            }
+        }
+    }
+
+    /// Deletes the partition of the quorum queue `definition` names, if
+    /// it has one.
+    pub(super) fn drop_quorum_partition(&self, store_id: &str) {
+        let topic = quorum_topic(store_id);
+        if self.topics.get(&topic).is_some() {
+            self.drop_quorum_topic(&topic);
+        }
+    }
+
+    /// Brings every quorum queue of this virtual host in line with its
+    /// partition's leadership. Blocking (a new leader reads the partition).
+    pub fn follow_quorum_leaders(&self) {
+        if !self.replicates_quorum_queues() {
+            return;
+        }
+        for definition in self.definitions.quorum_queues(&self.name) {
+            self.follow_quorum(&definition);
+        }
+    }
+
+    /// Brings one quorum queue in line with its partition's leadership.
+    pub(super) fn follow_quorum(&self, definition: &QueueDefinition) {
+        let Some(topic) = self.quorum_topic_of(definition) else {
+            return;
+        };
+        let index = PartitionId::from(0);
+        let led_here = topic.partition(index).filter(|p| p.is_leader());
+        let local = self
+            .queue(&definition.name)
+            .filter(|q| q.store_id() == Some(definition.store_id.as_str()));
+        match led_here {
+            Some(partition) => {
+                let epoch = partition.leader_epoch().get();
+                if local.as_ref().and_then(|q| q.quorum_epoch()) == Some(epoch) {
+                    return;
+                }
+                self.lead_quorum(definition, topic, epoch, local);
+            }
+            None => {
+                if let Some(local) = local {
+                    self.drop_local_quorum(&local);
+                }
+                let leader = topic.leader(index).map_or(-1, |(node, _)| node);
+                let current = self
+                    .remote_stand_in(&definition.name)
+                    .map(|stand_in| stand_in.remote_node());
+                if current != Some(Some(leader)) {
+                    let stand_in = self
+                        .remote
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&definition.name);
+                    if let Some((_, stand_in)) = stand_in {
+                        stand_in.mark_deleted();
+                    }
+                    self.remember_remote(QueueDefinition {
+                        home: Some(leader),
+                        ..definition.clone()
+                    });
+                }
+            }
+        }
+    }
+
+    /// This node leads the quorum queue's partition in `epoch`: the queue
+    /// is rebuilt from it and runs here.
+    fn lead_quorum(
+        &self,
+        definition: &QueueDefinition,
+        topic: Arc<crate::Topic>,
+        epoch: i32,
+        local: Option<Arc<Queue>>,
+    ) {
+        let (store, messages) = match QuorumStore::open(topic) {
+            Ok(opened) => opened,
+            Err(error) => {
+                tracing::warn!(vhost = %self.name, queue = %definition.name, %error, "cannot rebuild a quorum queue from its partition");
+                return;
+            }
+        };
+        let args = QueueArgs::parse(&definition.name, &self.name, &definition.arguments)
+            .unwrap_or_default();
+        let ready = messages.len();
+        let queue = Queue::new(
+            definition.name.clone(),
+            QueueOptions {
+                durable: true,
+                exclusive_owner: None,
+                auto_delete: false,
+                arguments: definition.arguments.clone(),
+            },
+            args,
+            Some((definition.store_id.clone(), Store::Replicated(store))),
+            self.queue_home(),
+            None,
+        );
+        queue.restore(messages, Vec::new());
+        let stand_in = self
+            .remote
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&definition.name);
+        if let Some((_, stand_in)) = stand_in {
+            stand_in.mark_deleted();
+        }
+        if let Some(old) = local {
+            self.drop_local_quorum(&old);
+        }
+        self.queues_mut()
+            .insert(definition.name.clone(), Arc::clone(&queue));
+        tracing::info!(vhost = %self.name, queue = %definition.name, leader_epoch = epoch, ready, "this node leads the quorum queue now");
+        let dead = queue.dispatch();
+        self.dead_letter(dead);
+    }
+
+    /// This node no longer leads the quorum queue it ran: it stops (its
+    /// consumers are cancelled; its unsettled messages are the new
+    /// leader's to deliver).
+    fn drop_local_quorum(&self, local: &Arc<Queue>) {
+        {
+            let mut queues = self.queues_mut();
+            if queues
+                .get(local.name())
+                .is_some_and(|held| Arc::ptr_eq(held, local))
+            {
+                queues.remove(local.name());
+            }
+        }
+        local.mark_deleted();
+        tracing::info!(vhost = %self.name, queue = %local.name(), "this node no longer leads the quorum queue");
+    }
+}
