@@ -146,3 +146,61 @@ def test_confirmed_messages_survive_kill_9_of_the_leader_and_unacked_ones_come_b
     )
     publish_confirmed(cluster.node(leader), queue, [b"after"])
     assert drain(cluster.node(leader), queue, 1) == [b"after"]
+
+
+def test_a_consumer_on_another_node_goes_on_through_a_failover(fresh_cluster):
+    """A consumer on a node that survives keeps its subscription when the
+    leader is killed: no basic.cancel, and what is published afterwards
+    reaches it from the new leader."""
+    cluster = fresh_cluster
+    cluster.wait_registered(admin)
+    queue = unique_name("qq-consumer")
+    with channel(cluster.node(1)) as ch:
+        ch.queue_declare(queue, durable=True, arguments=QUORUM)
+    wait_everywhere(cluster, lambda node, _: queue in queues_on(node), "the queue")
+    leader = leader_of(cluster.node(1), queue)
+    publisher, consumer_node = [cluster.node(n) for n in (1, 2, 3) if n != leader]
+
+    connection = pika.BlockingConnection(
+        pika.ConnectionParameters(
+            host="127.0.0.1",
+            port=consumer_node.amqp_port,
+            credentials=pika.PlainCredentials("guest", "guest"),
+        )
+    )
+    try:
+        ch = connection.channel()
+        ch.basic_qos(prefetch_count=10)
+        got: list[bytes] = []
+        cancelled = []
+        ch.add_on_cancel_callback(lambda frame: cancelled.append(frame))
+
+        def on_message(channel_, method, _properties, body):
+            got.append(body)
+            channel_.basic_ack(method.delivery_tag)
+
+        ch.basic_consume(queue, on_message)
+
+        def received(count: int, timeout: float, what: str) -> None:
+            deadline = time.monotonic() + timeout
+            while len(set(got)) < count and time.monotonic() < deadline:
+                connection.process_data_events(time_limit=0.2)
+            assert len(set(got)) >= count, f"{len(set(got))} of {count} {what}"
+
+        before = [f"before-{i}".encode() for i in range(100)]
+        publish_confirmed(publisher, queue, before)
+        received(100, 20, "before the kill")
+
+        cluster.node(leader).kill()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and leader_of(publisher, queue) in (leader, -1):
+            connection.process_data_events(time_limit=0.2)
+        assert leader_of(publisher, queue) not in (leader, -1), "no new leader"
+        after = [f"after-{i}".encode() for i in range(100)]
+        publish_confirmed(publisher, queue, after)
+        received(200, 30, "in all, through the failover")
+    finally:
+        if connection.is_open:
+            connection.close()
+    assert not cancelled, "the consumer was cancelled"
+    assert set(before + after) <= set(got)

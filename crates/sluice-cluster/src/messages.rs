@@ -49,8 +49,8 @@ use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use sluice_core::messaging::{
-    ConsumerEvent, ConsumerSpec, Credit, Delivery, Message, MessagingError, Queue, RemoteQueues,
-    RemoteSettlement, VirtualHost,
+    ConsumerEvent, ConsumerSpec, Credit, Delivery, Message, MessagingError, Queue, QueueType,
+    RemoteQueues, RemoteSettlement, VirtualHost,
 };
 use sluice_core::{Acks, Broker, PendingAck, RemoteOutcome};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -313,6 +313,48 @@ struct LocalConsumer {
     no_ack: bool,
     /// The connection its CONSUME went over (0: not sent yet).
     connection: u64,
+    exclusive: bool,
+    priority: i32,
+}
+
+/// Consumers of quorum queues whose leader went away, with their virtual
+/// host and queue, until the queue's next leader takes them.
+type Orphans = Arc<Mutex<Vec<(String, String, ConsumerSpec)>>>;
+
+/// A consumer this node no longer reaches its queue for: a quorum queue's
+/// (its leader went away) waits to be registered with the next leader;
+/// any other's is cancelled (`basic.cancel` to its client).
+fn lose(state: &LinkState, consumer: LocalConsumer) {
+    let Some(sink) = consumer.sink else {
+        return;
+    };
+    let quorum = consumer
+        .stand_in
+        .upgrade()
+        .is_some_and(|queue| queue.queue_type() == QueueType::Quorum);
+    if quorum {
+        tracing::debug!(queue = %consumer.queue, tag = %consumer.tag, "a quorum queue consumer waits for the queue's next leader");
+        lock(&state.orphans).push((
+            consumer.vhost,
+            consumer.queue,
+            ConsumerSpec {
+                tag: consumer.tag,
+                channel: consumer.channel,
+                connection: 0,
+                no_ack: consumer.no_ack,
+                exclusive: consumer.exclusive,
+                priority: consumer.priority,
+                credit: consumer.credit,
+                sink,
+                stream_start: None,
+            },
+        ));
+    } else {
+        let _ = sink.send(ConsumerEvent::Cancelled {
+            channel: consumer.channel,
+            consumer_tag: consumer.tag,
+        });
+    }
 }
 
 /// Where a call's answer goes: the connection it came over, and its fields.
@@ -334,6 +376,8 @@ struct LinkState {
     /// its fields), with the connection each was sent over (0: not yet).
     calls: Mutex<HashMap<u64, (u64, Answer)>>,
     next_call: AtomicU64,
+    /// The carrier's, shared by every link.
+    orphans: Orphans,
 }
 
 #[derive(Debug)]
@@ -349,6 +393,7 @@ pub struct Carrier {
     runtime: tokio::runtime::Handle,
     links: Mutex<HashMap<i32, Link>>,
     next_consumer: AtomicU64,
+    orphans: Orphans,
 }
 
 impl Carrier {
@@ -359,6 +404,7 @@ impl Carrier {
             runtime,
             links: Mutex::new(HashMap::new()),
             next_consumer: AtomicU64::new(1),
+            orphans: Orphans::default(),
         }
     }
 
@@ -370,7 +416,10 @@ impl Carrier {
             return (link.outgoing.clone(), Arc::clone(&link.state));
         }
         let (outgoing, receiver) = mpsc::unbounded_channel();
-        let state = Arc::new(LinkState::default());
+        let state = Arc::new(LinkState {
+            orphans: Arc::clone(&self.orphans),
+            ..LinkState::default()
+        });
         self.runtime.spawn(run_link(
             Arc::clone(&self.node),
             home,
@@ -419,6 +468,30 @@ impl Carrier {
         // Unanswered in time: a late answer is dropped.
         lock(&state.calls).remove(&id);
         answer
+    }
+}
+
+/// Cancels the consumer `tag` of channel `channel` on one link, if it is
+/// registered there.
+fn cancel_on(
+    outgoing: &mpsc::UnboundedSender<Outgoing>,
+    state: &LinkState,
+    channel: u64,
+    tag: &str,
+) {
+    let cancelled: Vec<u64> = {
+        let mut consumers = lock(&state.consumers);
+        consumers
+            .iter_mut()
+            .filter(|(_, c)| c.channel == channel && &*c.tag == tag && c.sink.is_some())
+            .map(|(id, c)| {
+                c.sink = None;
+                *id
+            })
+            .collect()
+    };
+    for id in cancelled {
+        let _ = outgoing.send(Outgoing::Cancel(id));
     }
 }
 
@@ -536,6 +609,8 @@ impl RemoteQueues for Carrier {
                 stand_in: Arc::downgrade(queue),
                 no_ack: consumer.no_ack,
                 connection: 0,
+                exclusive: consumer.exclusive,
+                priority: consumer.priority,
             },
         );
         outgoing.send(Outgoing::Consume(request)).map_err(|_| {
@@ -548,21 +623,34 @@ impl RemoteQueues for Carrier {
     }
 
     fn cancel(&self, home: i32, channel: u64, tag: &str) {
-        let (outgoing, state) = self.link(home);
-        let cancelled: Vec<u64> = {
-            let mut consumers = lock(&state.consumers);
-            consumers
-                .iter_mut()
-                .filter(|(_, c)| c.channel == channel && &*c.tag == tag && c.sink.is_some())
-                .map(|(id, c)| {
-                    c.sink = None;
-                    *id
-                })
-                .collect()
-        };
-        for id in cancelled {
-            let _ = outgoing.send(Outgoing::Cancel(id));
+        // Waiting for a quorum queue's next leader: nothing to tell.
+        lock(&self.orphans).retain(|(_, _, c)| !(c.channel == channel && &*c.tag == tag));
+        // A quorum queue's consumer may have moved to another leader's
+        // link since its channel registered it.
+        let others: Vec<(mpsc::UnboundedSender<Outgoing>, Arc<LinkState>)> = lock(&self.links)
+            .iter()
+            .filter(|(node, _)| **node != home)
+            .map(|(_, link)| (link.outgoing.clone(), Arc::clone(&link.state)))
+            .collect();
+        for (outgoing, state) in others {
+            cancel_on(&outgoing, &state, channel, tag);
         }
+        let (outgoing, state) = self.link(home);
+        cancel_on(&outgoing, &state, channel, tag);
+    }
+
+    fn take_orphans(&self, vhost: &str, queue: &str) -> Vec<ConsumerSpec> {
+        let mut orphans = lock(&self.orphans);
+        let mut taken = Vec::new();
+        let mut index = 0;
+        while index < orphans.len() {
+            if orphans[index].0 == vhost && orphans[index].1 == queue {
+                taken.push(orphans.swap_remove(index).2);
+            } else {
+                index += 1;
+            }
+        }
+        taken
     }
 
     fn settle(
@@ -605,12 +693,7 @@ fn connection_lost(state: &LinkState, waiting: &Waiting, connection: u64, reason
             .collect()
     };
     for consumer in lost {
-        if let Some(sink) = consumer.sink {
-            let _ = sink.send(ConsumerEvent::Cancelled {
-                channel: consumer.channel,
-                consumer_tag: consumer.tag,
-            });
-        }
+        lose(state, consumer);
     }
     lock(&state.deliveries).retain(|_, (over, _)| *over != connection);
     // Calls sent over it fail (their senders dropped); those not sent
@@ -719,13 +802,9 @@ fn refuse(state: &LinkState, item: Outgoing, reason: &str) {
             outcome.settle(Err(reason.to_owned()));
         }
         Outgoing::Consume(request) => {
-            if let Some(consumer) = lock(&state.consumers).remove(&request.consumer)
-                && let Some(sink) = consumer.sink
-            {
-                let _ = sink.send(ConsumerEvent::Cancelled {
-                    channel: consumer.channel,
-                    consumer_tag: consumer.tag,
-                });
+            let consumer = lock(&state.consumers).remove(&request.consumer);
+            if let Some(consumer) = consumer {
+                lose(state, consumer);
             }
         }
         Outgoing::Cancel(id) => {
@@ -967,16 +1046,14 @@ fn wait_answer(
 fn cancelled_there(state: &LinkState, mut fields: Bytes) -> Option<()> {
     let consumer = get_u64(&mut fields)?;
     let reason = String::from_utf8_lossy(&fields).into_owned();
-    if let Some(target) = lock(&state.consumers).remove(&consumer) {
+    let target = lock(&state.consumers).remove(&consumer);
+    if let Some(target) = target {
         // A consumer cancelled here has no sink left: the answer to its
         // CANCEL, nothing to tell.
-        if let Some(sink) = target.sink {
+        if target.sink.is_some() {
             tracing::info!(queue = %target.queue, tag = %target.tag, %reason, "the queue's node cancelled a consumer");
-            let _ = sink.send(ConsumerEvent::Cancelled {
-                channel: target.channel,
-                consumer_tag: target.tag,
-            });
         }
+        lose(state, target);
     }
     Some(())
 }

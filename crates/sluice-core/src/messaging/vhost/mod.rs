@@ -126,6 +126,13 @@ pub trait RemoteQueues: Send + Sync + std::fmt::Debug {
     /// Removes the consumer `tag` of channel `channel` from node `home`.
     fn cancel(&self, home: i32, channel: u64, tag: &str);
 
+    /// Consumers of quorum queue `queue` of `vhost` whose leader went away
+    /// (its link failed, or it stopped leading), taken to be registered
+    /// again with the queue's next leader instead of being cancelled.
+    fn take_orphans(&self, _vhost: &str, _queue: &str) -> Vec<super::ConsumerSpec> {
+        Vec::new()
+    }
+
     /// Settles deliveries `seqs` of `queue` of `vhost` on node `home`.
     fn settle(
         &self,

@@ -168,10 +168,9 @@ impl VirtualHost {
         match led_here {
             Some(partition) => {
                 let epoch = partition.leader_epoch().get();
-                if local.as_ref().and_then(|q| q.quorum_epoch()) == Some(epoch) {
-                    return;
+                if local.as_ref().and_then(|q| q.quorum_epoch()) != Some(epoch) {
+                    self.lead_quorum(definition, topic, epoch, local);
                 }
-                self.lead_quorum(definition, topic, epoch, local);
             }
             None => {
                 if let Some(local) = local {
@@ -196,6 +195,59 @@ impl VirtualHost {
                     });
                 }
             }
+        }
+        self.adopt_orphans(&definition.name);
+    }
+
+    /// Registers the consumers of quorum queue `name` that lost its former
+    /// leader with the queue as it is now (run here, or a stand-in for a
+    /// live leader), so that they go on consuming through a failover.
+    fn adopt_orphans(&self, name: &str) {
+        let target = self.queue(name).or_else(|| {
+            self.remote_stand_in(name).filter(|stand_in| {
+                stand_in
+                    .remote_node()
+                    .is_some_and(|node| node >= 0 && !self.definitions.is_down(node))
+            })
+        });
+        let (Some(target), Some(carrier)) = (target, self.carrier.get()) else {
+            return;
+        };
+        for consumer in carrier.take_orphans(&self.name, name) {
+            let (channel, tag, sink) = (
+                consumer.channel,
+                Arc::clone(&consumer.tag),
+                consumer.sink.clone(),
+            );
+            match target.add_consumer(consumer) {
+                Ok(dead) => {
+                    tracing::debug!(vhost = %self.name, queue = %name, %tag, "a quorum queue consumer goes on with the queue's new leader");
+                    self.dead_letter(dead);
+                }
+                Err(error) => {
+                    tracing::info!(vhost = %self.name, queue = %name, %tag, %error, "a quorum queue consumer is cancelled");
+                    let _ = sink.send(crate::messaging::ConsumerEvent::Cancelled {
+                        channel,
+                        consumer_tag: tag,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Cancels the consumers waiting for a deleted quorum queue's next
+    /// leader.
+    pub(super) fn cancel_orphans(&self, name: &str) {
+        let Some(carrier) = self.carrier.get() else {
+            return;
+        };
+        for consumer in carrier.take_orphans(&self.name, name) {
+            let _ = consumer
+                .sink
+                .send(crate::messaging::ConsumerEvent::Cancelled {
+                    channel: consumer.channel,
+                    consumer_tag: consumer.tag,
+                });
         }
     }
 
