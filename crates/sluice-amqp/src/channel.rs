@@ -330,7 +330,7 @@ impl Channel {
     pub(crate) fn close(&mut self, vhost: &VirtualHost) {
         self.pending = None;
         for (tag, consumer) in std::mem::take(&mut self.consumers) {
-            let (last, dead) = consumer.queue.remove_consumer(self.key, &tag);
+            let (last, dead) = vhost.remove_consumer(&consumer.queue, self.key, &tag);
             vhost.dead_letter(dead);
             if last && let Err(error) = vhost.auto_delete_queue(&consumer.queue) {
                 tracing::warn!(queue = consumer.queue.name(), %error, "cannot auto-delete a queue");

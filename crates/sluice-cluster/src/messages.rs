@@ -623,20 +623,52 @@ impl RemoteQueues for Carrier {
     }
 
     fn cancel(&self, home: i32, channel: u64, tag: &str) {
-        // Waiting for a quorum queue's next leader: nothing to tell.
-        lock(&self.orphans).retain(|(_, _, c)| !(c.channel == channel && &*c.tag == tag));
         // A quorum queue's consumer may have moved to another leader's
-        // link since its channel registered it.
-        let others: Vec<(mpsc::UnboundedSender<Outgoing>, Arc<LinkState>)> = lock(&self.links)
-            .iter()
-            .filter(|(node, _)| **node != home)
-            .map(|(_, link)| (link.outgoing.clone(), Arc::clone(&link.state)))
-            .collect();
-        for (outgoing, state) in others {
-            cancel_on(&outgoing, &state, channel, tag);
-        }
+        // link (or wait for one) since its channel registered it.
+        self.forget_consumer(channel, tag);
         let (outgoing, state) = self.link(home);
         cancel_on(&outgoing, &state, channel, tag);
+    }
+
+    fn release_stand_in(&self, stand_in: &Arc<Queue>) {
+        let links: Vec<(mpsc::UnboundedSender<Outgoing>, Arc<LinkState>)> = lock(&self.links)
+            .values()
+            .map(|link| (link.outgoing.clone(), Arc::clone(&link.state)))
+            .collect();
+        for (outgoing, state) in links {
+            let released: Vec<(u64, LocalConsumer)> = {
+                let mut consumers = lock(&state.consumers);
+                let ids: Vec<u64> = consumers
+                    .iter()
+                    .filter(|(_, c)| {
+                        c.sink.is_some() && std::ptr::eq(c.stand_in.as_ptr(), Arc::as_ptr(stand_in))
+                    })
+                    .map(|(id, _)| *id)
+                    .collect();
+                ids.into_iter()
+                    .filter_map(|id| consumers.remove(&id).map(|c| (id, c)))
+                    .collect()
+            };
+            for (id, consumer) in released {
+                let _ = outgoing.send(Outgoing::Cancel(id));
+                lose(&state, consumer);
+            }
+        }
+    }
+
+    fn forget_consumer(&self, channel: u64, tag: &str) {
+        lock(&self.orphans).retain(|(_, _, c)| !(c.channel == channel && &*c.tag == tag));
+        let links: Vec<(mpsc::UnboundedSender<Outgoing>, Arc<LinkState>)> = lock(&self.links)
+            .values()
+            .map(|link| (link.outgoing.clone(), Arc::clone(&link.state)))
+            .collect();
+        for (outgoing, state) in links {
+            cancel_on(&outgoing, &state, channel, tag);
+        }
+    }
+
+    fn orphan(&self, vhost: &str, queue: &str, consumer: ConsumerSpec) {
+        lock(&self.orphans).push((vhost.to_owned(), queue.to_owned(), consumer));
     }
 
     fn take_orphans(&self, vhost: &str, queue: &str) -> Vec<ConsumerSpec> {
@@ -974,6 +1006,10 @@ fn delivered(
     let message = Message::decode(fields)?;
     let consumers = lock(&state.consumers);
     let Some(target) = consumers.get(&consumer) else {
+        tracing::debug!(
+            consumer,
+            "a delivery for a consumer this node no longer has"
+        );
         return Some(());
     };
     let back = |target: &LocalConsumer| {
@@ -986,6 +1022,7 @@ fn delivered(
         });
     };
     let (Some(sink), Some(stand_in)) = (&target.sink, target.stand_in.upgrade()) else {
+        tracing::debug!(consumer, queue = %target.queue, cancelled = target.sink.is_none(), "a delivery goes back: its consumer or stand-in is gone");
         back(target);
         return Some(());
     };
@@ -1401,7 +1438,10 @@ impl HomeConsumer {
     /// Takes the consumer off its queue, which goes if it is auto-delete
     /// and this was its last consumer.
     fn remove(&self) {
-        let (last, dead) = self.queue.remove_consumer(self.channel, &self.tag);
+        // A quorum queue rebuilt here since may hold it now.
+        let (last, dead) = self
+            .vhost
+            .remove_consumer(&self.queue, self.channel, &self.tag);
         self.vhost.dead_letter(dead);
         if last && let Err(error) = self.vhost.auto_delete_queue(&self.queue) {
             tracing::warn!(queue = self.queue.name(), %error, "cannot auto-delete a queue");

@@ -288,6 +288,18 @@ impl Replication {
     /// On the leader: follower `replica` fetched from `offset` (so its log
     /// ends there) while the leader's log ends at `log_end`.
     pub(crate) fn fetched(&self, replica: i32, offset: Offset, log_end: Offset, own_end: Offset) {
+        if offset > log_end {
+            // A log longer than the leader's has records the leader never
+            // had (a former leader back before it truncated): nothing of
+            // it counts (Kafka answers OFFSET_OUT_OF_RANGE and leaves the
+            // follower's state as it was). Counted, it would raise the
+            // high watermark over records this leader does not have and
+            // bring the follower into the in-sync replicas, even make it
+            // the preferred leader again; the nemesis saw a returning
+            // leader elected so and ~900 records of its divergent tail
+            // dropped from under an idempotent producer.
+            return;
+        }
         {
             let mut state = self.state();
             let Some(follower) = state.followers.get_mut(&replica) else {
@@ -441,5 +453,23 @@ mod tests {
         let late =
             runtime.block_on(replication.reached(Offset::from(30_000), Duration::from_secs(20)));
         assert_eq!(late, Reached::NoLongerLeader(2));
+    }
+    /// A follower whose log goes past the leader's (a former leader back
+    /// before it truncated) is not counted: the high watermark stays, and
+    /// it does not rejoin the in-sync replicas.
+    #[test]
+    fn a_fetch_past_the_leaders_end_counts_for_nothing() {
+        let replication = Replication::new(1, vec![1, 2, 3], 1, vec![1, 3], Offset::from(0));
+        replication.fetched(3, Offset::from(100), Offset::from(100), Offset::from(100));
+        assert_eq!(replication.high_watermark(), Offset::from(100));
+        replication.fetched(2, Offset::from(150), Offset::from(100), Offset::from(100));
+        assert_eq!(replication.high_watermark(), Offset::from(100));
+        assert_eq!(replication.wanted_in_sync(Duration::from_secs(30)), None);
+        // Once truncated and caught up, it is back.
+        replication.fetched(2, Offset::from(100), Offset::from(100), Offset::from(100));
+        assert_eq!(
+            replication.wanted_in_sync(Duration::from_secs(30)),
+            Some(vec![1, 2, 3])
+        );
     }
 }

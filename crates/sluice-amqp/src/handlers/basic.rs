@@ -35,9 +35,11 @@ pub(crate) fn handle(
         basic::AMQPMethod::Consume(m) => consume(ctx, channel, m)?,
         basic::AMQPMethod::Cancel(m) => {
             if let Some(consumer) = channel.consumers.remove(m.consumer_tag.as_str()) {
-                let (last, dead) = consumer
-                    .queue
-                    .remove_consumer(channel.key, m.consumer_tag.as_str());
+                let (last, dead) = ctx.vhost.remove_consumer(
+                    &consumer.queue,
+                    channel.key,
+                    m.consumer_tag.as_str(),
+                );
                 ctx.vhost.dead_letter(dead);
                 if last {
                     ctx.vhost.auto_delete_queue(&consumer.queue)?;

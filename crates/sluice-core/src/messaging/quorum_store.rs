@@ -157,8 +157,8 @@ impl QuorumStore {
     /// the log start up to the oldest unsettled message.
     ///
     /// # Errors
-    /// The log's refusal; [`CoreError::NotLeader`] once the partition led
-    /// elsewhere (the settlements are dropped: the new leader redelivers).
+    /// The log's refusal (settlements made once the partition leads
+    /// elsewhere are dropped: the new leader redelivers their messages).
     pub(crate) fn flush(&mut self) -> Result<(), CoreError> {
         if self.pending_settle.is_empty() {
             return Ok(());
@@ -172,7 +172,16 @@ impl QuorumStore {
         let mut batch =
             crate::replay::batch_of(&[(Some(SETTLEMENT), Some(&value))], "quorum queue")?;
         // Not waited for: a settlement lost in a failover redelivers.
-        let _unacknowledged = self.topic.append_start(self.partition.id(), &mut batch)?;
+        match self.topic.append_start(self.partition.id(), &mut batch) {
+            Ok(_unacknowledged) => {}
+            // No longer the leader: the next one redelivers what these
+            // settled (the client saw them unsettled, as AMQP allows).
+            Err(CoreError::NotLeader { .. }) => {
+                tracing::debug!(topic = %self.topic.name(), count = settled.len(), "settlements dropped: no longer the leader");
+                return Ok(());
+            }
+            Err(error) => return Err(error),
+        }
         self.reclaim();
         Ok(())
     }

@@ -427,6 +427,12 @@ impl Queue {
         }
     }
 
+    /// Takes the queue's consumers away without cancelling them (a quorum
+    /// queue this node stops running: they go on with its next leader).
+    pub(crate) fn take_consumers(&self) -> Vec<ConsumerSpec> {
+        std::mem::take(&mut self.inner().machine.consumers)
+    }
+
     /// Whether the queue's messages live in a replicated partition (a
     /// quorum queue on a cluster) rather than in its own logs.
     pub(crate) fn is_replicated(&self) -> bool {
@@ -710,15 +716,38 @@ impl Queue {
                         (Some(store), persistent)
                             if persistent || matches!(store, Store::Replicated(_)) =>
                         {
-                            let (id, sync) = store.append(&message, source)?;
-                            outcome.sync = sync;
-                            Some(id)
+                            match store.append(&message, source) {
+                                Ok((id, sync)) => {
+                                    outcome.sync = sync;
+                                    Some(Ok(id))
+                                }
+                                // A quorum queue that lost its lead or its
+                                // quorum: the publisher is nacked.
+                                Err(
+                                    error @ (CoreError::NotLeader { .. }
+                                    | CoreError::NotEnoughReplicas { .. }),
+                                ) if matches!(store, Store::Replicated(_)) => {
+                                    tracing::debug!(queue = %self.name, %error, "a quorum queue refused a message");
+                                    Some(Err(()))
+                                }
+                                Err(error) => return Err(error.into()),
+                            }
                         }
                         _ => None,
                     };
-                    inner.machine.push(message, stored, expires_at);
-                    self.traffic.published.fetch_add(1, Ordering::Relaxed);
-                    true
+                    match stored {
+                        Some(Err(())) => {
+                            outcome.rejected = true;
+                            false
+                        }
+                        stored => {
+                            inner
+                                .machine
+                                .push(message, stored.and_then(Result::ok), expires_at);
+                            self.traffic.published.fetch_add(1, Ordering::Relaxed);
+                            true
+                        }
+                    }
                 }
             }
         };

@@ -133,6 +133,24 @@ pub trait RemoteQueues: Send + Sync + std::fmt::Debug {
         Vec::new()
     }
 
+    /// Takes back the consumers registered through `stand_in` (a quorum
+    /// queue's stand-in replaced for another leader): cancelled at their
+    /// former leader, they wait for the queue's next one.
+    fn release_stand_in(&self, _stand_in: &Arc<Queue>) {}
+
+    /// Removes the consumer `tag` of channel `channel` wherever it is
+    /// registered (any link, or waiting for a quorum queue's next leader).
+    fn forget_consumer(&self, _channel: u64, _tag: &str) {}
+
+    /// Keeps `consumer` of quorum queue `queue` of `vhost` for the queue's
+    /// next leader (this node stopped leading it); cancels it by default.
+    fn orphan(&self, _vhost: &str, _queue: &str, consumer: super::ConsumerSpec) {
+        let _ = consumer.sink.send(super::ConsumerEvent::Cancelled {
+            channel: consumer.channel,
+            consumer_tag: consumer.tag,
+        });
+    }
+
     /// Settles deliveries `seqs` of `queue` of `vhost` on node `home`.
     fn settle(
         &self,
@@ -492,10 +510,11 @@ impl VirtualHost {
             Definition::Queue(queue) if self.lives_elsewhere(&queue) => {
                 self.remember_remote(queue);
             }
-            // Its messages are its partition's, run where that leads.
-            Definition::Queue(queue) if self.is_replicated_quorum(&queue) => {
-                self.follow_quorum(&queue);
-            }
+            // Its messages are its partition's, and it runs where that
+            // leads: the node's quorum follower (lifecycle) places it once
+            // the node runs (the metadata is not to be asked while it
+            // opens the virtual hosts).
+            Definition::Queue(queue) if self.is_replicated_quorum(&queue) => {}
             Definition::Queue(QueueDefinition {
                 name,
                 store_id,

@@ -187,7 +187,7 @@ impl VirtualHost {
                         .unwrap_or_else(|e| e.into_inner())
                         .remove(&definition.name);
                     if let Some((_, stand_in)) = stand_in {
-                        stand_in.mark_deleted();
+                        self.release_stand_in(&stand_in);
                     }
                     self.remember_remote(QueueDefinition {
                         home: Some(leader),
@@ -233,6 +233,46 @@ impl VirtualHost {
                 }
             }
         }
+    }
+
+    /// Removes consumer `tag` of channel `channel` from `queue`, the queue
+    /// it registered with; a quorum queue's consumer may have moved since
+    /// (to the queue running here now, to a stand-in for another leader,
+    /// or waiting for the next one), and is removed there too. Returns
+    /// whether `queue` was left without consumers (auto-delete) and what
+    /// died.
+    pub fn remove_consumer(
+        &self,
+        queue: &Arc<Queue>,
+        channel: u64,
+        tag: &str,
+    ) -> (bool, crate::messaging::DeadLetters) {
+        let removed = queue.remove_consumer(channel, tag);
+        if queue.queue_type() == crate::messaging::QueueType::Quorum
+            && self.replicates_quorum_queues()
+        {
+            if let Some(current) = self
+                .queue(queue.name())
+                .filter(|current| !Arc::ptr_eq(current, queue))
+                .filter(|current| current.remote_node().is_none())
+            {
+                let (_, dead) = current.remove_consumer(channel, tag);
+                self.dead_letter(dead);
+            }
+            if let Some(carrier) = self.carrier.get() {
+                carrier.forget_consumer(channel, tag);
+            }
+        }
+        removed
+    }
+
+    /// A stand-in replaced for another leader: the consumers registered
+    /// through it wait for the queue as it is now.
+    fn release_stand_in(&self, stand_in: &Arc<Queue>) {
+        if let Some(carrier) = self.carrier.get() {
+            carrier.release_stand_in(stand_in);
+        }
+        stand_in.mark_deleted();
     }
 
     /// Cancels the consumers waiting for a deleted quorum queue's next
@@ -290,7 +330,7 @@ impl VirtualHost {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&definition.name);
         if let Some((_, stand_in)) = stand_in {
-            stand_in.mark_deleted();
+            self.release_stand_in(&stand_in);
         }
         if let Some(old) = local {
             self.drop_local_quorum(&old);
@@ -303,9 +343,10 @@ impl VirtualHost {
     }
 
     /// This node no longer leads the quorum queue it ran: it stops (its
-    /// consumers are cancelled; its unsettled messages are the new
-    /// leader's to deliver).
+    /// consumers wait for the queue's next leader; its unsettled messages
+    /// are that leader's to deliver).
     fn drop_local_quorum(&self, local: &Arc<Queue>) {
+        let consumers = local.take_consumers();
         {
             let mut queues = self.queues_mut();
             if queues
@@ -316,6 +357,19 @@ impl VirtualHost {
             }
         }
         local.mark_deleted();
+        for consumer in consumers {
+            match self.carrier.get() {
+                Some(carrier) => carrier.orphan(&self.name, local.name(), consumer),
+                None => {
+                    let _ = consumer
+                        .sink
+                        .send(crate::messaging::ConsumerEvent::Cancelled {
+                            channel: consumer.channel,
+                            consumer_tag: consumer.tag,
+                        });
+                }
+            }
+        }
         tracing::info!(vhost = %self.name, queue = %local.name(), "this node no longer leads the quorum queue");
     }
 }

@@ -1,0 +1,275 @@
+"""A nemesis for quorum queues, short version (a longer one:
+`QQ_NEMESIS_FAULTS=100 compat/cluster/run.sh -k quorum_nemesis`): a pika
+publisher with confirms and a pika consumer with manual acks, each on
+its own node (moving to the next node when theirs fails), while faults
+hit the cluster one at a time, each healed before the next: kill -9 of
+the queue's leader, of a random node; SIGSTOP then SIGCONT of a node;
+the leader or a random node cut off from the others (every inter-node
+link goes through a fault-injecting proxy). Then a checker decides:
+every confirmed message was delivered at least once, and every delivery
+of a message after its first is flagged redelivered. Afterwards, on the
+healed cluster, a poison message is dead-lettered by `x-delivery-limit`
+exactly as configured, through a consumer on another node.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+
+import pika
+import pika.exceptions
+import pytest
+
+from common.broker import unique_name, wait_until
+from test_amqp_definitions import channel, queues_on
+from test_kafka_cluster import admin
+
+FAULTS = int(os.environ.get("QQ_NEMESIS_FAULTS", "5"))
+KINDS = ["kill the leader", "kill a node", "pause a node", "partition the leader", "partition a node"]
+
+
+def connect(node) -> pika.BlockingConnection:
+    return pika.BlockingConnection(
+        pika.ConnectionParameters(
+            host="127.0.0.1",
+            port=node.amqp_port,
+            credentials=pika.PlainCredentials("guest", "guest"),
+            heartbeat=5,
+            blocked_connection_timeout=10,
+            socket_timeout=10,
+            connection_attempts=1,
+        )
+    )
+
+
+def close_quietly(connection) -> None:
+    try:
+        if connection is not None and connection.is_open:
+            connection.close()
+    except Exception:  # noqa: BLE001 (a dead node's connection)
+        pass
+
+
+class Publisher:
+    """Publishes numbered persistent messages, one confirm at a time;
+    `confirmed` holds those the broker confirmed."""
+
+    def __init__(self, cluster, queue: str, first_node: int):
+        self.cluster, self.queue, self.node = cluster, queue, first_node
+        self.confirmed: list[bytes] = []
+        self.nacked = 0
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        number = 0
+        while not self.stopping.is_set():
+            connection = None
+            try:
+                connection = connect(self.cluster.node(self.node))
+                ch = connection.channel()
+                ch.confirm_delivery()
+                while not self.stopping.is_set():
+                    body = f"m-{number}".encode()
+                    number += 1
+                    try:
+                        ch.basic_publish("", self.queue, body, pika.BasicProperties(delivery_mode=2))
+                        self.confirmed.append(body)
+                    except pika.exceptions.NackError:
+                        self.nacked += 1
+                        time.sleep(0.05)
+            except Exception:  # noqa: BLE001 (its node failed: the next one)
+                self.node = self.node % 3 + 1
+                time.sleep(0.3)
+            finally:
+                close_quietly(connection)
+
+
+class Consumer:
+    """Consumes with manual acks (prefetch 50), acknowledging each
+    delivery; `deliveries` holds (body, redelivered) in arrival order."""
+
+    def __init__(self, cluster, queue: str, first_node: int):
+        self.cluster, self.queue, self.node = cluster, queue, first_node
+        self.deliveries: list[tuple[bytes, bool]] = []
+        self.cancelled = 0
+        self.errors: list[str] = []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def seen(self) -> set[bytes]:
+        return {body for body, _ in self.deliveries}
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            connection = None
+            try:
+                connection = connect(self.cluster.node(self.node))
+                ch = connection.channel()
+                ch.basic_qos(prefetch_count=50)
+
+                def on_message(channel_, method, _properties, body):
+                    self.deliveries.append((body, method.redelivered))
+                    channel_.basic_ack(method.delivery_tag)
+
+                cancels = []
+                ch.add_on_cancel_callback(lambda frame: cancels.append(frame))
+                ch.basic_consume(self.queue, on_message)
+                while not self.stopping.is_set() and not cancels:
+                    connection.process_data_events(time_limit=0.2)
+                # The broker cancelled it (it should not): consume again,
+                # and count it.
+                self.cancelled += len(cancels)
+            except Exception as error:  # noqa: BLE001 (its node failed: the next one)
+                self.errors.append(f"node {self.node}: {error!r}")
+                self.node = self.node % 3 + 1
+                time.sleep(0.3)
+            finally:
+                close_quietly(connection)
+
+
+def leader_of(cluster, queue: str) -> int:
+    """The queue's leader as the live nodes agree on it (-1: none yet)."""
+    seen = set()
+    for node in cluster.nodes:
+        if not node.alive():
+            continue
+        try:
+            seen.add(queues_on(node)[queue]["node"])
+        except Exception:  # noqa: BLE001 (a paused or restarting node)
+            return -1
+    return seen.pop() if len(seen) == 1 else -1
+
+
+@pytest.mark.timeout(240 + FAULTS * 60)
+def test_confirmed_messages_survive_faults_and_every_duplicate_is_flagged(proxied_cluster):
+    cluster = proxied_cluster
+    seed = int(os.environ.get("NEMESIS_SEED", str(time.time_ns())))
+    print(f"quorum nemesis: NEMESIS_SEED={seed}", flush=True)
+    rng = random.Random(seed)
+    cluster.wait_registered(admin)
+    queue = unique_name("qq-nemesis")
+    with channel(cluster.node(1)) as ch:
+        ch.queue_declare(queue, durable=True, arguments={"x-queue-type": "quorum"})
+    wait_until(lambda: leader_of(cluster, queue) > 0, 30, interval=0.2, what="the queue's leader on every node")
+    leader = leader_of(cluster, queue)
+    others = [n for n in (1, 2, 3) if n != leader]
+    publisher = Publisher(cluster, queue, others[0])
+    consumer = Consumer(cluster, queue, others[1])
+    publisher.thread.start()
+    consumer.thread.start()
+    done = []
+    try:
+        wait_until(lambda: len(publisher.confirmed) > 100, 60, what="the publisher to get going")
+        for i in range(FAULTS):
+            fault = KINDS[i] if i < len(KINDS) else rng.choice(KINDS)
+            before = len(publisher.confirmed)
+            victim = (
+                leader_of(cluster, queue) if fault.endswith("the leader") else rng.choice([1, 2, 3])
+            )
+            if victim < 0:
+                victim = rng.choice([1, 2, 3])
+            node = cluster.node(victim)
+            if fault.startswith("kill"):
+                node.kill()
+                time.sleep(rng.uniform(1.0, 3.0))
+                node.start()
+            elif fault == "pause a node":
+                os.kill(node.proc.pid, signal.SIGSTOP)
+                time.sleep(rng.uniform(2.0, 4.0))
+                os.kill(node.proc.pid, signal.SIGCONT)
+            else:
+                cluster.isolate(victim)
+                time.sleep(rng.uniform(3.0, 5.0))
+                cluster.heal()
+            wait_until(lambda: leader_of(cluster, queue) > 0, 60, interval=0.3, what=f"a leader after '{fault}'")
+            wait_until(
+                lambda: len(publisher.confirmed) > before + 30, 90, interval=0.3, what=f"confirms after '{fault}'"
+            )
+            done.append(fault)
+            print(
+                f"quorum nemesis: fault {len(done)}/{FAULTS} '{fault}' on {victim} healed, "
+                f"{len(publisher.confirmed)} confirmed, {len(consumer.deliveries)} delivered",
+                flush=True,
+            )
+    finally:
+        publisher.stopping.set()
+        publisher.thread.join(60)
+    confirmed = list(publisher.confirmed)
+    try:
+        wait_until(lambda: set(confirmed) <= consumer.seen(), 90, interval=0.5, what="every confirmed message delivered")
+    except AssertionError:
+        for node_id, node in enumerate(cluster.nodes, start=1):
+            seen = queues_on(node).get(queue, {})
+            print(
+                f"quorum nemesis: on node {node_id}: leader {seen.get('node')}, ready {seen.get('messages_ready')}, "
+                f"unacked {seen.get('messages_unacknowledged')}, consumers {seen.get('consumers')}; "
+                f"the consumer is on node {consumer.node}",
+                flush=True,
+            )
+        print(f"quorum nemesis: consumer alive {consumer.thread.is_alive()}, errors {consumer.errors}, "
+              f"cancelled {consumer.cancelled}", flush=True)
+        raise
+    finally:
+        consumer.stopping.set()
+        consumer.thread.join(60)
+    assert len(done) == FAULTS, done
+    assert consumer.cancelled == 0, f"the consumer was cancelled {consumer.cancelled} times"
+
+    deliveries = list(consumer.deliveries)
+    missing = set(confirmed) - {body for body, _ in deliveries}
+    assert not missing, f"{len(missing)} confirmed messages never delivered, e.g. {sorted(missing)[:3]}"
+    first_seen: set[bytes] = set()
+    unflagged = []
+    for body, redelivered in deliveries:
+        if body in first_seen and not redelivered:
+            unflagged.append(body)
+        first_seen.add(body)
+    assert not unflagged, f"{len(unflagged)} deliveries again without the redelivered flag, e.g. {unflagged[:3]}"
+    again = len(deliveries) - len(first_seen)
+    print(
+        f"quorum nemesis: {len(done)} faults, {len(confirmed)} confirmed ({publisher.nacked} nacked), "
+        f"{len(deliveries)} delivered ({again} again, all flagged), none lost"
+    )
+
+    # A poison message on the healed cluster: delivered limit + 1 times
+    # (to a consumer on another node than the leader), then dead-lettered.
+    poison, dead = f"{queue}-poison", f"{queue}-dead"
+    with channel(cluster.node(1)) as ch:
+        ch.exchange_declare(f"{dead}-x", "fanout", durable=True)
+        ch.queue_declare(dead, durable=True, arguments={"x-queue-type": "quorum"})
+        ch.queue_bind(dead, f"{dead}-x")
+        ch.queue_declare(
+            poison,
+            durable=True,
+            arguments={"x-queue-type": "quorum", "x-delivery-limit": 2, "x-dead-letter-exchange": f"{dead}-x"},
+        )
+    wait_until(lambda: leader_of(cluster, poison) > 0 and leader_of(cluster, dead) > 0, 30, interval=0.2,
+               what="the poison queues' leaders")
+    elsewhere = next(n for n in (1, 2, 3) if n != leader_of(cluster, poison))
+    with channel(cluster.node(elsewhere)) as ch:
+        ch.confirm_delivery()
+        ch.basic_publish("", poison, b"poison", pika.BasicProperties(delivery_mode=2))
+        counts = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(counts) < 4:
+            method, properties, _ = ch.basic_get(poison)
+            if method is None:
+                time.sleep(0.1)
+                if counts and len(counts) == 3:
+                    break
+                continue
+            counts.append(properties.headers["x-delivery-count"])
+            ch.basic_nack(method.delivery_tag, requeue=True)
+        assert counts == [0, 1, 2], counts
+        deadline = time.monotonic() + 30
+        method = None
+        while method is None and time.monotonic() < deadline:
+            method, properties, body = ch.basic_get(dead, auto_ack=True)
+            time.sleep(0.1)
+        assert method is not None and body == b"poison", "the poison message was not dead-lettered"
+        assert properties.headers["x-first-death-reason"] == "delivery_limit"
