@@ -50,6 +50,17 @@ def take(node, queue: str, count: int, timeout: float = 20.0) -> list[bytes]:
     return bodies
 
 
+def declared(cluster, prefix: str) -> tuple[str, int]:
+    """A quorum queue declared on node 1 once every node registered (so
+    it has three members), known on every node; its name and leader."""
+    cluster.wait_registered(admin)
+    queue = unique_name(prefix)
+    with channel(cluster.node(1)) as ch:
+        ch.queue_declare(queue, durable=True, arguments=QUORUM)
+    wait_everywhere(cluster, lambda node, _: queue in queues_on(node), "the queue")
+    return queue, leader_of(cluster.node(1), queue)
+
+
 def test_a_quorum_queue_replicates_and_runs_on_its_partitions_leader(cluster):
     cluster.wait_registered(admin)
     queue = unique_name("qq")
@@ -78,13 +89,7 @@ def test_a_quorum_queue_replicates_and_runs_on_its_partitions_leader(cluster):
 
 def test_confirmed_messages_survive_kill_9_of_the_leader_and_unacked_ones_come_back_redelivered(fresh_cluster):
     cluster = fresh_cluster
-    # Three members: every node registered before the declaration.
-    cluster.wait_registered(admin)
-    queue = unique_name("qq-failover")
-    with channel(cluster.node(1)) as ch:
-        ch.queue_declare(queue, durable=True, arguments=QUORUM)
-    wait_everywhere(cluster, lambda node, _: queue in queues_on(node), "the queue")
-    leader = leader_of(cluster.node(1), queue)
+    queue, leader = declared(cluster, "qq-failover")
     others = [n for n in (1, 2, 3) if n != leader]
     publisher, consumer_node = cluster.node(others[0]), cluster.node(others[1])
     sent = [f"m-{i}".encode() for i in range(300)]
@@ -153,12 +158,7 @@ def test_a_consumer_on_another_node_goes_on_through_a_failover(fresh_cluster):
     leader is killed: no basic.cancel, and what is published afterwards
     reaches it from the new leader."""
     cluster = fresh_cluster
-    cluster.wait_registered(admin)
-    queue = unique_name("qq-consumer")
-    with channel(cluster.node(1)) as ch:
-        ch.queue_declare(queue, durable=True, arguments=QUORUM)
-    wait_everywhere(cluster, lambda node, _: queue in queues_on(node), "the queue")
-    leader = leader_of(cluster.node(1), queue)
+    queue, leader = declared(cluster, "qq-consumer")
     publisher, consumer_node = [cluster.node(n) for n in (1, 2, 3) if n != leader]
 
     connection = pika.BlockingConnection(

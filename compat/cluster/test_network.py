@@ -13,6 +13,8 @@ through a fault-injecting proxy (clients reach every node directly):
 
 from __future__ import annotations
 
+import time
+
 from confluent_kafka import Producer
 
 from common.broker import wait_until
@@ -69,9 +71,19 @@ def test_a_leader_cut_off_from_the_others_loses_its_partition_and_acknowledges_n
         what="every replica back in sync after healing",
     )
     after = produce(cluster.bootstrap, name, 100, "after")[0]
-    current = layout(cluster.node(others[0]).bootstrap, name)[0][0]
-    stored = read_to_end(cluster.node(current).bootstrap, name, 0)
     acked = before + during + after
+    # The preferred leader may take the partition back meanwhile; a new
+    # leader's high watermark catches up once its followers fetch from it
+    # (as Kafka's), so the read is asked again until it covers what was
+    # acknowledged (or the time is up and the checks below say what is
+    # missing).
+    deadline = time.monotonic() + 30
+    while True:
+        current = layout(cluster.node(others[0]).bootstrap, name)[0][0]
+        stored = read_to_end(cluster.node(current).bootstrap, name, 0)
+        if set(acked) <= set(stored) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     for record in acked:
         assert stored.count(record) == 1, f"{record!r} is there {stored.count(record)} times"
     order = [stored.index(r) for r in acked]

@@ -77,6 +77,10 @@ struct Follower {
     end: Offset,
     /// When it last asked for the leader's end (it had everything).
     caught_up: Instant,
+    /// It fetched from this leader since it leads: only then does its end
+    /// say anything (a dead follower's 0 "reaches" an empty partition's
+    /// high watermark).
+    fetched: bool,
 }
 
 impl Replication {
@@ -136,6 +140,7 @@ fn fresh_followers(replicas: &[i32], leader: i32) -> BTreeMap<i32, Follower> {
                 Follower {
                     end: Offset::from(0),
                     caught_up: now,
+                    fetched: false,
                 },
             )
         })
@@ -173,6 +178,7 @@ impl Replication {
                 state.followers.entry(*replica).or_insert(Follower {
                     end: Offset::from(0),
                     caught_up: now,
+                    fetched: false,
                 });
             }
             state.replicas = replicas;
@@ -306,6 +312,7 @@ impl Replication {
                 return;
             };
             follower.end = offset;
+            follower.fetched = true;
             if offset >= log_end {
                 follower.caught_up = Instant::now();
             }
@@ -343,7 +350,9 @@ impl Replication {
                 if state.in_sync.contains(r) {
                     now.duration_since(follower.caught_up) <= max_lag
                 } else {
-                    follower.end >= hw && now.duration_since(follower.caught_up) <= max_lag
+                    follower.fetched
+                        && follower.end >= hw
+                        && now.duration_since(follower.caught_up) <= max_lag
                 }
             })
             .collect();
@@ -467,6 +476,20 @@ mod tests {
         assert_eq!(replication.wanted_in_sync(Duration::from_secs(30)), None);
         // Once truncated and caught up, it is back.
         replication.fetched(2, Offset::from(100), Offset::from(100), Offset::from(100));
+        assert_eq!(
+            replication.wanted_in_sync(Duration::from_secs(30)),
+            Some(vec![1, 2, 3])
+        );
+    }
+    /// A follower joins the in-sync replicas by fetching, never by a new
+    /// leader's fresh bookkeeping: a dead node's nothing "reaches" an empty
+    /// partition's high watermark of 0 (the in-sync set then flapped
+    /// between the leader's proposals and the controller's removals).
+    #[test]
+    fn a_follower_that_never_fetched_does_not_join_the_in_sync_replicas() {
+        let replication = Replication::new(1, vec![1, 2, 3], 1, vec![1, 2], Offset::from(0));
+        assert_eq!(replication.wanted_in_sync(Duration::from_secs(30)), None);
+        replication.fetched(3, Offset::from(0), Offset::from(0), Offset::from(0));
         assert_eq!(
             replication.wanted_in_sync(Duration::from_secs(30)),
             Some(vec![1, 2, 3])

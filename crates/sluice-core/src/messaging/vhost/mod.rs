@@ -322,6 +322,9 @@ pub struct VirtualHost {
     /// Most queues; declaring one more is refused.
     max_queues: Option<u32>,
     clock: Arc<dyn Clock>,
+    /// Held while a quorum queue is placed (run here, or a stand-in): the
+    /// follower loop and a declaration never place one queue at once.
+    placing: std::sync::Mutex<()>,
 }
 
 static UNIQUE: AtomicU64 = AtomicU64::new(0);
@@ -394,6 +397,7 @@ impl VirtualHost {
             memory,
             max_queues,
             clock,
+            placing: std::sync::Mutex::new(()),
         })
     }
 

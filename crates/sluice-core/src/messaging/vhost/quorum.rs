@@ -160,6 +160,7 @@ impl VirtualHost {
         let Some(topic) = self.quorum_topic_of(definition) else {
             return;
         };
+        let _placing = self.placing.lock().unwrap_or_else(|e| e.into_inner());
         let index = PartitionId::from(0);
         let led_here = topic.partition(index).filter(|p| p.is_leader());
         let local = self
@@ -181,14 +182,7 @@ impl VirtualHost {
                     .remote_stand_in(&definition.name)
                     .map(|stand_in| stand_in.remote_node());
                 if current != Some(Some(leader)) {
-                    let stand_in = self
-                        .remote
-                        .write()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(&definition.name);
-                    if let Some((_, stand_in)) = stand_in {
-                        self.release_stand_in(&stand_in);
-                    }
+                    self.drop_stand_in(&definition.name);
                     self.remember_remote(QueueDefinition {
                         home: Some(leader),
                         ..definition.clone()
@@ -266,13 +260,21 @@ impl VirtualHost {
         removed
     }
 
-    /// A stand-in replaced for another leader: the consumers registered
-    /// through it wait for the queue as it is now.
-    fn release_stand_in(&self, stand_in: &Arc<Queue>) {
-        if let Some(carrier) = self.carrier.get() {
-            carrier.release_stand_in(stand_in);
+    /// Drops the stand-in of quorum queue `name` (its leader changed, or
+    /// is this node now): the consumers registered through it wait for
+    /// the queue as it is now.
+    fn drop_stand_in(&self, name: &str) {
+        let stand_in = self
+            .remote
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+        if let Some((_, stand_in)) = stand_in {
+            if let Some(carrier) = self.carrier.get() {
+                carrier.release_stand_in(&stand_in);
+            }
+            stand_in.mark_deleted();
         }
-        stand_in.mark_deleted();
     }
 
     /// Cancels the consumers waiting for a deleted quorum queue's next
@@ -324,14 +326,7 @@ impl VirtualHost {
             None,
         );
         queue.restore(messages, Vec::new());
-        let stand_in = self
-            .remote
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&definition.name);
-        if let Some((_, stand_in)) = stand_in {
-            self.release_stand_in(&stand_in);
-        }
+        self.drop_stand_in(&definition.name);
         if let Some(old) = local {
             self.drop_local_quorum(&old);
         }
