@@ -259,8 +259,18 @@ def test_acknowledged_records_survive_kills_pauses_restarts_and_partitions(proxi
     wait_all_in_sync(cluster, name)
     total = 0
     for partition in range(PARTITIONS):
-        stored = read_from_leader(cluster, name, partition)
         acked = [value for _, value in sorted(writer.acked[partition])]
+        # A leader that just took over serves up to its high watermark,
+        # which catches up once its followers fetch from it (as Kafka's):
+        # the read is asked again until it covers what was acknowledged,
+        # or the time is up and the checks below say what is missing.
+        deadline = time.monotonic() + 60
+        while True:
+            stored = read_from_leader(cluster, name, partition)
+            if set(acked) <= set(stored) or time.monotonic() > deadline:
+                break
+            print(f"nemesis: partition {partition} does not show every acknowledged record yet; reading again", flush=True)
+            time.sleep(1)
         offsets = [offset for offset, _ in writer.acked[partition]]
         twice = sorted({o for o in offsets if offsets.count(o) > 1}) if len(offsets) != len(set(offsets)) else []
         if twice:

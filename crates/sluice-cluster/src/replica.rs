@@ -43,7 +43,7 @@ use sluice_core::{Broker, CoreError, Following, Partition};
 
 use crate::MetadataNode;
 use crate::network::PREFACE_KAFKA;
-use sluice_types::Offset;
+use sluice_types::{LeaderEpoch, Offset};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -393,6 +393,14 @@ async fn truncate_to_leader(link: &mut Link, partitions: &[&Followed]) -> Result
             // its history.
             let (partition, from) = followed;
             let end = Offset::from(result.end_offset.max(0));
+            // KIP-279: the answer names the epoch it ends (the leader's
+            // largest at or below ours); where that epoch ends in this log
+            // may come first (a later epoch of ours starts there, with
+            // records the leader wrote again in its own): cut there.
+            let end = match partition.end_offset_for_epoch(LeaderEpoch::from(result.leader_epoch)) {
+                Some((_, own)) if result.leader_epoch >= 0 => end.min(own),
+                _ => end,
+            };
             if end < partition.log_end() {
                 cuts.push((Arc::clone(partition), *from, end));
             }
