@@ -408,6 +408,14 @@ impl Carrier {
         }
     }
 
+    /// Every link dialled so far (a consumer may be on any of them).
+    fn links(&self) -> Vec<(mpsc::UnboundedSender<Outgoing>, Arc<LinkState>)> {
+        lock(&self.links)
+            .values()
+            .map(|link| (link.outgoing.clone(), Arc::clone(&link.state)))
+            .collect()
+    }
+
     fn link(&self, home: i32) -> (mpsc::UnboundedSender<Outgoing>, Arc<LinkState>) {
         let mut links = lock(&self.links);
         if let Some(link) = links.get(&home)
@@ -631,11 +639,7 @@ impl RemoteQueues for Carrier {
     }
 
     fn release_stand_in(&self, stand_in: &Arc<Queue>) {
-        let links: Vec<(mpsc::UnboundedSender<Outgoing>, Arc<LinkState>)> = lock(&self.links)
-            .values()
-            .map(|link| (link.outgoing.clone(), Arc::clone(&link.state)))
-            .collect();
-        for (outgoing, state) in links {
+        for (outgoing, state) in self.links() {
             let released: Vec<(u64, LocalConsumer)> = {
                 let mut consumers = lock(&state.consumers);
                 let ids: Vec<u64> = consumers
@@ -658,11 +662,7 @@ impl RemoteQueues for Carrier {
 
     fn forget_consumer(&self, channel: u64, tag: &str) {
         lock(&self.orphans).retain(|(_, _, c)| !(c.channel == channel && &*c.tag == tag));
-        let links: Vec<(mpsc::UnboundedSender<Outgoing>, Arc<LinkState>)> = lock(&self.links)
-            .values()
-            .map(|link| (link.outgoing.clone(), Arc::clone(&link.state)))
-            .collect();
-        for (outgoing, state) in links {
+        for (outgoing, state) in self.links() {
             cancel_on(&outgoing, &state, channel, tag);
         }
     }
@@ -672,17 +672,10 @@ impl RemoteQueues for Carrier {
     }
 
     fn take_orphans(&self, vhost: &str, queue: &str) -> Vec<ConsumerSpec> {
-        let mut orphans = lock(&self.orphans);
-        let mut taken = Vec::new();
-        let mut index = 0;
-        while index < orphans.len() {
-            if orphans[index].0 == vhost && orphans[index].1 == queue {
-                taken.push(orphans.swap_remove(index).2);
-            } else {
-                index += 1;
-            }
-        }
-        taken
+        lock(&self.orphans)
+            .extract_if(.., |(v, q, _)| v == vhost && q == queue)
+            .map(|(_, _, consumer)| consumer)
+            .collect()
     }
 
     fn settle(

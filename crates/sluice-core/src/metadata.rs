@@ -1337,6 +1337,17 @@ impl Metadata {
         self.state().fenced.clone()
     }
 
+    /// How many registered nodes are not fenced (one state read, no
+    /// copies).
+    pub(crate) fn live_broker_count(&self) -> usize {
+        let state = self.state();
+        state
+            .brokers
+            .keys()
+            .filter(|node| !state.fenced.contains(node))
+            .count()
+    }
+
     /// The registered nodes being decommissioned.
     pub fn leaving(&self) -> std::collections::BTreeSet<i32> {
         self.state().leaving.clone()

@@ -305,13 +305,7 @@ impl OffsetStore {
         if replicated.topics.get(OFFSETS_TOPIC).is_some() {
             return Ok(());
         }
-        let metadata = replicated.topics.metadata();
-        let fenced = metadata.fenced();
-        let live = metadata
-            .brokers()
-            .iter()
-            .filter(|b| !fenced.contains(&b.node))
-            .count();
+        let live = replicated.topics.metadata().live_broker_count();
         let replication = replicated.replication;
         if live < usize::from(replication) {
             // As Kafka: not created with fewer replicas than asked for;

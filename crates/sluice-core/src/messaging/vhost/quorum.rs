@@ -69,14 +69,7 @@ impl VirtualHost {
         args: &QueueArgs,
         connection: u64,
     ) -> Result<(String, usize, usize), MessagingError> {
-        let metadata = self.topics.metadata();
-        let fenced = metadata.fenced();
-        let live = metadata
-            .brokers()
-            .iter()
-            .filter(|b| !fenced.contains(&b.node))
-            .count()
-            .max(1) as u64;
+        let live = self.topics.metadata().live_broker_count().max(1) as u64;
         let size = args
             .quorum_initial_group_size
             .unwrap_or(DEFAULT_GROUP_SIZE)
@@ -84,13 +77,16 @@ impl VirtualHost {
         let majority = size / 2 + 1;
         let config = crate::TopicConfig::new([("min.insync.replicas", majority.to_string())])?;
         let store_id = store_id(&name, &unique_token());
-        let topic = quorum_topic(&store_id);
-        self.topics
-            .create_internal(&topic, 1, u16::try_from(size).unwrap_or(u16::MAX), config)?;
+        self.topics.create_internal(
+            &quorum_topic(&store_id),
+            1,
+            u16::try_from(size).unwrap_or(u16::MAX),
+            config,
+        )?;
         let definition = QueueDefinition {
             vhost: self.name.clone(),
             name: name.clone(),
-            store_id,
+            store_id: store_id.clone(),
             auto_delete: false,
             arguments: options.arguments.clone(),
             home: None,
@@ -100,11 +96,11 @@ impl VirtualHost {
             .commit(MetadataCommand::DeclareQueue(definition.clone()));
         if let Err(CoreError::QueueExists { .. }) = &committed {
             // Declared elsewhere at the same time, committed first.
-            self.drop_quorum_topic(&topic);
+            self.drop_quorum_partition(&store_id);
             return self.declared_elsewhere(&name, &options, connection);
         }
         if let Err(error) = committed {
-            self.drop_quorum_topic(&topic);
+            self.drop_quorum_partition(&store_id);
             return Err(error.into());
         }
         self.follow_quorum(&definition);
@@ -125,22 +121,15 @@ impl VirtualHost {
         })
     }
 
-    /// Deletes a quorum queue's internal topic (the queue is gone).
-    pub(super) fn drop_quorum_topic(&self, topic: &str) {
-        match self.topics.delete_any(topic) {
+    /// Deletes the partition (internal topic) of the quorum queue with
+    /// store id `store_id`, if it has one (the queue is gone).
+    pub(super) fn drop_quorum_partition(&self, store_id: &str) {
+        let topic = quorum_topic(store_id);
+        match self.topics.delete_any(&topic) {
             Ok(()) | Err(CoreError::UnknownTopic { .. }) => {}
             Err(error) => {
                 tracing::warn!(vhost = %self.name, %topic, %error, "cannot delete a quorum queue's partition");
             }
-        }
-    }
-
-    /// Deletes the partition of the quorum queue `definition` names, if
-    /// it has one.
-    pub(super) fn drop_quorum_partition(&self, store_id: &str) {
-        let topic = quorum_topic(store_id);
-        if self.topics.get(&topic).is_some() {
-            self.drop_quorum_topic(&topic);
         }
     }
 
