@@ -16,15 +16,45 @@ export const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '
 const READY_MS = 20_000;
 const STOP_MS = 15_000;
 
-export function freePort() {
-  return new Promise((resolve, reject) => {
+// Ports handed out by this process: never given twice, so one node's HTTP
+// port cannot be another's cluster port while neither has bound it yet.
+const handed = new Set();
+
+// Lowest port of the kernel's ephemeral range: ports are chosen below it,
+// where no outgoing connection takes them between the probe and the bind
+// (as compat/common/broker.py does).
+function ephemeralLow() {
+  try {
+    return Number(readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]) || 32768;
+  } catch {
+    return 32768;
+  }
+}
+
+function bindable(port) {
+  return new Promise((resolve) => {
     const probe = net.createServer();
-    probe.once('error', reject);
-    probe.listen(0, '127.0.0.1', () => {
-      const { port } = probe.address();
-      probe.close(() => resolve(port));
+    probe.once('error', () => resolve(0));
+    probe.listen(port, '127.0.0.1', () => {
+      const bound = probe.address().port;
+      probe.close(() => resolve(bound));
     });
   });
+}
+
+/** A port free on 127.0.0.1 a moment ago that this process never handed out before. */
+export async function freePort() {
+  const low = ephemeralLow();
+  for (let attempt = 0; attempt < 200; attempt += 1) {
+    const wanted = low > 11000 ? 10000 + Math.floor(Math.random() * (low - 10000)) : 0;
+    if (handed.has(wanted)) continue;
+    const port = await bindable(wanted);
+    if (port !== 0 && !handed.has(port)) {
+      handed.add(port);
+      return port;
+    }
+  }
+  throw new Error('no free port on 127.0.0.1 after 200 tries');
 }
 
 function accepts(port) {

@@ -48,23 +48,32 @@ def _ephemeral_low() -> int:
         return 32768
 
 
+# Ports this process handed out: never given twice, so one node's HTTP port
+# cannot also be another node's cluster port before either has bound it.
+_handed: set[int] = set()
+
+
 def free_port() -> int:
-    """A port that was free on 127.0.0.1 a moment ago, chosen below the
-    ephemeral range: a broker restarted on its old ports (after kill -9)
-    must find them free, and a client's outgoing connection may take any
-    ephemeral port while the broker is down."""
+    """A port that was free on 127.0.0.1 a moment ago and never handed out
+    before by this process, chosen below the ephemeral range: a broker
+    restarted on its old ports (after kill -9) must find them free, and a
+    client's outgoing connection may take any ephemeral port while the
+    broker is down."""
     low = _ephemeral_low()
-    for _ in range(200):
+    for _ in range(400):
         port = random.randint(10000, low - 1) if low > 11000 else 0
+        if port in _handed:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
             try:
                 probe.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            return probe.getsockname()[1]
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+            port = probe.getsockname()[1]
+        if port not in _handed:
+            _handed.add(port)
+            return port
+    raise RuntimeError("no free port on 127.0.0.1 after 400 tries")
 
 
 def port_accepts(port: int, timeout: float = 0.5) -> bool:

@@ -13,4 +13,6 @@ if [[ ! -f "$stamp" || $(cat "$stamp") != "$want" ]]; then
     npm ci --no-audit --no-fund --loglevel=error
     printf '%s\n' "$want" >"$stamp"
 fi
-exec node --test --test-concurrency=1 test/
+# --test-force-exit: a broker or browser left behind by a failed hook
+# cannot keep the runner (and CI) waiting forever.
+exec node --test --test-concurrency=1 --test-force-exit test/
