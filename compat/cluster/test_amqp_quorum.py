@@ -16,6 +16,7 @@ import pika
 from common.broker import unique_name, wait_until
 from test_amqp_definitions import channel, drain, queues_on, wait_everywhere
 from test_kafka_cluster import admin
+from test_replication import http_get
 
 QUORUM = {"x-queue-type": "quorum"}
 
@@ -25,11 +26,22 @@ def leader_of(node, queue: str) -> int:
     return queues_on(node)[queue]["node"]
 
 
-def publish_confirmed(node, queue: str, bodies: list[bytes]) -> None:
+def publish_confirmed(node, queue: str, bodies: list[bytes], retry_nacks_for: float = 0.0) -> None:
+    """Publishes each body with a confirm; a nack fails, or (after a
+    failover, where a publish racing the leader's move is nacked) is sent
+    again until `retry_nacks_for` seconds have passed."""
+    deadline = time.monotonic() + retry_nacks_for
     with channel(node) as ch:
         ch.confirm_delivery()
         for body in bodies:
-            ch.basic_publish("", queue, body, pika.BasicProperties(delivery_mode=2))
+            while True:
+                try:
+                    ch.basic_publish("", queue, body, pika.BasicProperties(delivery_mode=2))
+                    break
+                except pika.exceptions.NackError:
+                    if time.monotonic() >= deadline:
+                        raise
+                    time.sleep(0.1)
 
 
 def take(node, queue: str, count: int, timeout: float = 20.0) -> list[bytes]:
@@ -197,10 +209,277 @@ def test_a_consumer_on_another_node_goes_on_through_a_failover(fresh_cluster):
             connection.process_data_events(time_limit=0.2)
         assert leader_of(publisher, queue) not in (leader, -1), "no new leader"
         after = [f"after-{i}".encode() for i in range(100)]
-        publish_confirmed(publisher, queue, after)
+        publish_confirmed(publisher, queue, after, retry_nacks_for=20)
         received(200, 30, "in all, through the failover")
     finally:
         if connection.is_open:
             connection.close()
     assert not cancelled, "the consumer was cancelled"
     assert set(before + after) <= set(got)
+
+
+def high_watermark(node, topic: str) -> int | None:
+    """A partition's high watermark on one node (its /metrics)."""
+    wanted = f'sluice_kafka_partition_high_watermark{{topic="{topic}",partition="0"}}'
+    for line in http_get(node, "/metrics", raw=True).splitlines():
+        if line.startswith(wanted + " "):
+            return int(float(line.split()[-1]))
+    return None
+
+
+def test_delivery_counts_survive_a_failover_and_the_limit_holds(fresh_cluster):
+    """A message nacked twice on the leader (x-delivery-limit 2) comes from
+    the new leader after kill -9 with x-delivery-count 2, and one more
+    return dead-letters it (reason delivery_limit), as on one node. The
+    quorum queue's metrics show its leader, epoch and replication."""
+    cluster = fresh_cluster
+    cluster.wait_registered(admin)
+    queue = unique_name("qq-poison")
+    dead = f"{queue}-dead"
+    with channel(cluster.node(1)) as ch:
+        ch.queue_declare(
+            queue,
+            durable=True,
+            arguments={
+                **QUORUM,
+                "x-delivery-limit": 2,
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": dead,
+            },
+        )
+    wait_everywhere(cluster, lambda node, _: queue in queues_on(node), "the queue")
+    leader = leader_of(cluster.node(1), queue)
+    consumer_node = cluster.node(next(n for n in (1, 2, 3) if n != leader))
+    # The dead-letter target is a classic queue: its home (the node that
+    # declares it) must not be the leader killed below.
+    with channel(consumer_node) as ch:
+        ch.queue_declare(dead, durable=True)
+    wait_everywhere(cluster, lambda node, _: dead in queues_on(node), "the dead-letter queue")
+    publish_confirmed(consumer_node, queue, [b"poison"])
+
+    def get_one(ch):
+        got = []
+        wait_until(lambda: got.append(ch.basic_get(queue)) or got[-1][0] is not None, 30, interval=0.1, what="the message")
+        return got[-1]
+
+    with channel(consumer_node) as ch:
+        # basic.get counts from 0, as RabbitMQ 3.10 does.
+        for expected in (0, 1):
+            method, properties, body = get_one(ch)
+            assert body == b"poison"
+            assert (properties.headers or {}).get("x-delivery-count") == expected, properties.headers
+            ch.basic_nack(method.delivery_tag, requeue=True)
+    # The message and both counts are on every replica (each node's high
+    # watermark covers the three records).
+    [topic] = [
+        p["topic"]
+        for p in http_get(cluster.node(1), "/api/cluster")["partitions"]
+        if p["topic"].startswith(f"__amqp_quorum.{queue}")
+    ]
+    wait_everywhere(cluster, lambda node, _: (high_watermark(node, topic) or 0) >= 3, "the counts replicated")
+
+    # /metrics: every node knows the leader and its epoch; the leader's
+    # node has nothing left to replicate.
+    label = f'{{vhost="/",queue="{queue}"}}'
+
+    def metric(node, name: str) -> float | None:
+        for line in http_get(node, "/metrics", raw=True).splitlines():
+            if line.startswith(f"{name}{label} "):
+                return float(line.split()[-1])
+        return None
+
+    # A loaded machine can drop a follower from the in-sync set for a
+    # moment: the metrics are waited for, not read once.
+    wait_until(
+        lambda: metric(consumer_node, "sluice_amqp_quorum_queue_leader") == leader
+        and metric(consumer_node, "sluice_amqp_quorum_queue_members_online") == 3
+        and metric(cluster.node(leader), "sluice_amqp_quorum_queue_unreplicated_records") == 0,
+        30,
+        interval=0.2,
+        what="the leader, three members online and nothing left to replicate in /metrics",
+    )
+    epoch = metric(consumer_node, "sluice_amqp_quorum_queue_leader_epoch")
+    assert epoch is not None
+    assert metric(consumer_node, "sluice_amqp_quorum_queue_unreplicated_records") is None
+
+    cluster.node(leader).kill()
+    wait_until(
+        lambda: leader_of(consumer_node, queue) not in (leader, -1),
+        30,
+        interval=0.2,
+        what="a new leader of the quorum queue",
+    )
+    assert metric(consumer_node, "sluice_amqp_quorum_queue_leader_epoch") > epoch
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with channel(consumer_node) as ch:
+                method, properties, body = get_one(ch)
+                assert body == b"poison" and method.redelivered
+                assert (properties.headers or {}).get("x-delivery-count") == 2, properties.headers
+                ch.basic_nack(method.delivery_tag, requeue=True)
+            break
+        except pika.exceptions.ChannelClosedByBroker as error:
+            # The node still sent the get to the killed leader (it follows
+            # the new one within 200 ms): NOT_FOUND, asked again.
+            assert error.reply_code == 404 and time.monotonic() < deadline, error
+            time.sleep(0.2)
+    [(headers, body)] = [(h, b) for h, b in drain_with_headers(consumer_node, dead, 1)]
+    assert body == b"poison"
+    assert headers["x-first-death-reason"] == "delivery_limit", headers
+    cluster.node(leader).start()
+
+
+def drain_with_headers(node, queue: str, count: int) -> list[tuple[dict, bytes]]:
+    got: list[tuple[dict, bytes]] = []
+    with channel(node) as ch:
+
+        def took():
+            while len(got) < count:
+                method, properties, body = ch.basic_get(queue, auto_ack=True)
+                if method is None:
+                    return False
+                got.append((properties.headers or {}, body))
+            return True
+
+        wait_until(took, 30, interval=0.1, what=f"{count} messages from {queue}")
+    return got
+
+
+def follower_of(cluster, queue: str) -> int:
+    leader = leader_of(cluster.node(1), queue)
+    return next(n for n in (1, 2, 3) if n != leader)
+
+
+def test_length_limits_ttl_and_single_active_consumer_hold_through_other_nodes(cluster):
+    """A quorum queue's own rules hold for clients on nodes that do not
+    lead it: reject-publish nacks what is over x-max-length, drop-head
+    dead-letters the oldest, an expired message dies as expired, and a
+    single active consumer on one node keeps the other node's waiting
+    until it goes."""
+    cluster.wait_registered(admin)
+    dead = unique_name("qq-rules-dead")
+    full, dropping, expiring, single = (unique_name(f"qq-{kind}") for kind in ("full", "drop", "ttl", "sac"))
+    dlx = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dead}
+    with channel(cluster.node(1)) as ch:
+        ch.queue_declare(dead, durable=True)
+        ch.queue_declare(full, durable=True, arguments={**QUORUM, "x-max-length": 5, "x-overflow": "reject-publish"})
+        ch.queue_declare(dropping, durable=True, arguments={**QUORUM, "x-max-length": 5, **dlx})
+        ch.queue_declare(expiring, durable=True, arguments={**QUORUM, "x-message-ttl": 200, **dlx})
+        ch.queue_declare(single, durable=True, arguments={**QUORUM, "x-single-active-consumer": True})
+    names = (full, dropping, expiring, single)
+    wait_everywhere(cluster, lambda node, _: all(q in queues_on(node) for q in names), "the queues")
+
+    # reject-publish: the sixth to eighth are nacked to a publisher on
+    # another node.
+    outcomes = []
+    with channel(cluster.node(follower_of(cluster, full))) as ch:
+        ch.confirm_delivery()
+        for i in range(8):
+            try:
+                ch.basic_publish("", full, f"f-{i}".encode(), pika.BasicProperties(delivery_mode=2))
+                outcomes.append(True)
+            except pika.exceptions.NackError:
+                outcomes.append(False)
+    assert outcomes == [True] * 5 + [False] * 3, outcomes
+    assert sorted(take(cluster.node(1), full, 5)) == [f"f-{i}".encode() for i in range(5)]
+
+    # drop-head: the three oldest are dead-lettered with reason maxlen.
+    publish_confirmed(cluster.node(follower_of(cluster, dropping)), dropping, [f"d-{i}".encode() for i in range(8)])
+    assert take(cluster.node(2), dropping, 5) == [f"d-{i}".encode() for i in range(3, 8)]
+    deaths = drain_with_headers(cluster.node(3), dead, 3)
+    assert [body for _, body in deaths] == [f"d-{i}".encode() for i in range(3)]
+    assert all(headers["x-first-death-reason"] == "maxlen" for headers, _ in deaths), deaths
+
+    # TTL: dead-lettered as expired, nothing left.
+    publish_confirmed(cluster.node(follower_of(cluster, expiring)), expiring, [b"short-lived"])
+    [(headers, body)] = drain_with_headers(cluster.node(1), dead, 1)
+    assert body == b"short-lived" and headers["x-first-death-reason"] == "expired", headers
+
+    # Single active consumer over two nodes: the first takes everything
+    # until it cancels, then the second does.
+    others = [n for n in (1, 2, 3) if n != leader_of(cluster.node(1), single)]
+    got: dict[int, list[bytes]] = {others[0]: [], others[1]: []}
+    connections = {n: pika.BlockingConnection(pika.ConnectionParameters(
+        host="127.0.0.1", port=cluster.node(n).amqp_port,
+        credentials=pika.PlainCredentials("guest", "guest"))) for n in others}
+    try:
+        channels = {n: connections[n].channel() for n in others}
+        tags = {}
+        leader_node = cluster.node(leader_of(cluster.node(1), single))
+        for count, n in enumerate(others, start=1):
+            tags[n] = channels[n].basic_consume(
+                single, lambda ch, method, _p, body, n=n: (got[n].append(body), ch.basic_ack(method.delivery_tag)))
+            # The first registered at the leader is the active one: the
+            # second registers once the leader counts the first.
+            wait_until(lambda count=count: queues_on(leader_node)[single]["consumers"] >= count, 20,
+                       interval=0.05, what=f"consumer {count} at the leader")
+
+        def pump(until) -> None:
+            def step():
+                for n in others:
+                    connections[n].process_data_events(time_limit=0.02)
+                return until()
+            wait_until(step, 20, interval=0.01, what="deliveries")
+
+        publish_confirmed(cluster.node(1), single, [f"s-{i}".encode() for i in range(10)])
+        pump(lambda: len(got[others[0]]) == 10)
+        assert got[others[1]] == []
+        channels[others[0]].basic_cancel(tags[others[0]])
+        publish_confirmed(cluster.node(1), single, [f"t-{i}".encode() for i in range(10)])
+        pump(lambda: len(got[others[1]]) == 10)
+        assert got[others[1]] == [f"t-{i}".encode() for i in range(10)]
+    finally:
+        for connection in connections.values():
+            if connection.is_open:
+                connection.close()
+
+
+def test_a_held_dead_letter_survives_a_failover_and_reaches_its_target(fresh_cluster):
+    """At least once: a message rejected while its dead-letter exchange
+    routes nowhere is held by the quorum queue; after kill -9 of the leader
+    the new one holds it too (not delivered to the queue's consumers), and
+    it reaches the target queue bound afterwards."""
+    cluster = fresh_cluster
+    cluster.wait_registered(admin)
+    queue = unique_name("qq-held")
+    dlx, target = f"{queue}-dlx", f"{queue}-target"
+    with channel(cluster.node(1)) as ch:
+        ch.exchange_declare(dlx, "fanout", durable=True)
+        ch.queue_declare(queue, durable=True, arguments={
+            **QUORUM, "x-dead-letter-exchange": dlx, "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish"})
+    wait_everywhere(cluster, lambda node, _: queue in queues_on(node), "the queue")
+    leader = leader_of(cluster.node(1), queue)
+    other = cluster.node(next(n for n in (1, 2, 3) if n != leader))
+    publish_confirmed(other, queue, [b"precious"])
+    with channel(other) as ch:
+        got = []
+        wait_until(lambda: got.append(ch.basic_get(queue)) or got[-1][0] is not None, 30, interval=0.1,
+                   what="the message")
+        ch.basic_reject(got[-1][0].delivery_tag, requeue=False)
+    # The message and its held mark are on every replica.
+    [topic] = [
+        p["topic"]
+        for p in http_get(cluster.node(1), "/api/cluster")["partitions"]
+        if p["topic"].startswith(f"__amqp_quorum.{queue}")
+    ]
+    wait_everywhere(cluster, lambda node, _: (high_watermark(node, topic) or 0) >= 2, "the held mark replicated")
+
+    cluster.node(leader).kill()
+    wait_until(lambda: leader_of(other, queue) not in (leader, -1), 30, interval=0.2, what="a new leader")
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with channel(other) as ch:
+                method, _, _ = ch.basic_get(queue, auto_ack=True)
+                assert method is None, "a held dead letter is not delivered to the queue's consumers"
+                ch.queue_declare(target, durable=True)
+                ch.queue_bind(target, dlx)
+            break
+        except pika.exceptions.ChannelClosedByBroker as error:
+            assert error.reply_code == 404 and time.monotonic() < deadline, error
+            time.sleep(0.2)
+    [(headers, body)] = drain_with_headers(other, target, 1)
+    assert body == b"precious" and headers["x-first-death-reason"] == "rejected", headers
+    cluster.node(leader).start()

@@ -1,13 +1,19 @@
 """A nemesis for quorum queues, short version (a longer one:
-`QQ_NEMESIS_FAULTS=100 compat/cluster/run.sh -k quorum_nemesis`): a pika
+`QQ_NEMESIS_FAULTS=1000 QQ_NEMESIS_MINUTES=120 compat/cluster/run.sh -k
+quorum_nemesis`; QQ_NEMESIS_MINUTES stops starting faults after that
+many minutes, and the checker runs on what was done): a pika
 publisher with confirms and a pika consumer with manual acks, each on
 its own node (moving to the next node when theirs fails), while faults
 hit the cluster one at a time, each healed before the next: kill -9 of
 the queue's leader, of a random node; SIGSTOP then SIGCONT of a node;
 the leader or a random node cut off from the others (every inter-node
 link goes through a fault-injecting proxy). Then a checker decides:
-every confirmed message was delivered at least once, and every delivery
-of a message after its first is flagged redelivered. Afterwards, on the
+every confirmed message was delivered at least once, every delivery
+of a message after its first is flagged redelivered, and an acknowledged
+message comes back only across a fault, a change of the queue's leader
+(a restarted node takes its leadership back once in sync) or a reconnect
+of the consumer: a settlement not yet replicated when the leader changes
+is lost, as an AMQP ack is never confirmed. Afterwards, on the
 healed cluster, a poison message is dead-lettered by `x-delivery-limit`
 exactly as configured, through a consumer on another node.
 """
@@ -29,6 +35,7 @@ from test_amqp_definitions import channel, queues_on
 from test_kafka_cluster import admin
 
 FAULTS = int(os.environ.get("QQ_NEMESIS_FAULTS", "5"))
+MINUTES = float(os.environ.get("QQ_NEMESIS_MINUTES", "0"))
 KINDS = ["kill the leader", "kill a node", "pause a node", "partition the leader", "partition a node"]
 
 
@@ -61,6 +68,8 @@ class Publisher:
     def __init__(self, cluster, queue: str, first_node: int):
         self.cluster, self.queue, self.node = cluster, queue, first_node
         self.confirmed: list[bytes] = []
+        # Monotonic time of each confirm, by body (for a failure's report).
+        self.confirmed_at: dict[bytes, float] = {}
         self.nacked = 0
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
@@ -79,6 +88,7 @@ class Publisher:
                     try:
                         ch.basic_publish("", self.queue, body, pika.BasicProperties(delivery_mode=2))
                         self.confirmed.append(body)
+                        self.confirmed_at[body] = time.monotonic()
                     except pika.exceptions.NackError:
                         self.nacked += 1
                         time.sleep(0.05)
@@ -91,29 +101,35 @@ class Publisher:
 
 class Consumer:
     """Consumes with manual acks (prefetch 50), acknowledging each
-    delivery; `deliveries` holds (body, redelivered) in arrival order."""
+    delivery; `deliveries` holds (body, redelivered, monotonic time) in
+    arrival order, `reconnects` the times it connected again."""
 
     def __init__(self, cluster, queue: str, first_node: int):
         self.cluster, self.queue, self.node = cluster, queue, first_node
-        self.deliveries: list[tuple[bytes, bool]] = []
+        self.deliveries: list[tuple[bytes, bool, float]] = []
+        self.reconnects: list[float] = []
         self.cancelled = 0
         self.errors: list[str] = []
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
 
     def seen(self) -> set[bytes]:
-        return {body for body, _ in self.deliveries}
+        return {body for body, _, _ in self.deliveries}
 
     def run(self) -> None:
+        first = True
         while not self.stopping.is_set():
             connection = None
+            if not first:
+                self.reconnects.append(time.monotonic())
+            first = False
             try:
                 connection = connect(self.cluster.node(self.node))
                 ch = connection.channel()
                 ch.basic_qos(prefetch_count=50)
 
                 def on_message(channel_, method, _properties, body):
-                    self.deliveries.append((body, method.redelivered))
+                    self.deliveries.append((body, method.redelivered, time.monotonic()))
                     channel_.basic_ack(method.delivery_tag)
 
                 cancels = []
@@ -145,6 +161,57 @@ def leader_of(cluster, queue: str) -> int:
     return seen.pop() if len(seen) == 1 else -1
 
 
+class LeaderWatch:
+    """Polls the queue's leader (every 0.25 s) and records each change as
+    a window (from the poll before it to the one that saw it, a second of
+    slack either side), which the checker counts as a fault."""
+
+    def __init__(self, cluster, queue: str, windows: list[tuple[float, float]]):
+        self.cluster, self.queue, self.windows = cluster, queue, windows
+        self.changes = 0
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def leader(self) -> int | None:
+        for node in self.cluster.nodes:
+            if not node.alive():
+                continue
+            try:
+                return queues_on(node)[self.queue]["node"]
+            except Exception:  # noqa: BLE001 (a paused or restarting node: the next)
+                continue
+        return None
+
+    def run(self) -> None:
+        last, last_poll = None, time.monotonic()
+        while not self.stopping.wait(0.25):
+            now_leader = self.leader()
+            now = time.monotonic()
+            if now_leader is not None:
+                if last is not None and now_leader != last:
+                    self.windows.append((last_poll - 1.0, now + 1.0))
+                    self.changes += 1
+                last = now_leader
+            last_poll = now
+
+
+def unexplained_returns(deliveries, windows, reconnects) -> list[bytes]:
+    """Messages delivered again (each delivery is acknowledged) with no
+    fault window and no reconnect of the consumer between the previous
+    delivery and this one."""
+    last: dict[bytes, float] = {}
+    unexplained = []
+    for body, _, at in deliveries:
+        before = last.get(body)
+        if before is not None and not (
+            any(start <= at and end >= before for start, end in windows)
+            or any(before <= when <= at for when in reconnects)
+        ):
+            unexplained.append(body)
+        last[body] = at
+    return unexplained
+
+
 @pytest.mark.timeout(240 + FAULTS * 60)
 def test_confirmed_messages_survive_faults_and_every_duplicate_is_flagged(proxied_cluster):
     cluster = proxied_cluster
@@ -163,9 +230,20 @@ def test_confirmed_messages_survive_faults_and_every_duplicate_is_flagged(proxie
     publisher.thread.start()
     consumer.thread.start()
     done = []
+    # (start, healed) of each fault, monotonic.
+    windows: list[tuple[float, float]] = []
+    # (kind, start, healed) of each fault, for a failure's report.
+    fault_log: list[tuple[str, float, float]] = []
+    watch = LeaderWatch(cluster, queue, windows)
+    watch.thread.start()
+    budget_ends = time.monotonic() + MINUTES * 60 if MINUTES > 0 else None
     try:
         wait_until(lambda: len(publisher.confirmed) > 100, 60, what="the publisher to get going")
         for i in range(FAULTS):
+            if budget_ends is not None and time.monotonic() >= budget_ends:
+                print(f"quorum nemesis: QQ_NEMESIS_MINUTES={MINUTES:g} spent after {len(done)} faults", flush=True)
+                break
+            started = time.monotonic()
             fault = KINDS[i] if i < len(KINDS) else rng.choice(KINDS)
             before = len(publisher.confirmed)
             victim = (
@@ -191,6 +269,8 @@ def test_confirmed_messages_survive_faults_and_every_duplicate_is_flagged(proxie
                 lambda: len(publisher.confirmed) > before + 30, 90, interval=0.3, what=f"confirms after '{fault}'"
             )
             done.append(fault)
+            windows.append((started, time.monotonic()))
+            fault_log.append((fault, started, time.monotonic()))
             print(
                 f"quorum nemesis: fault {len(done)}/{FAULTS} '{fault}' on {victim} healed, "
                 f"{len(publisher.confirmed)} confirmed, {len(consumer.deliveries)} delivered",
@@ -211,29 +291,48 @@ def test_confirmed_messages_survive_faults_and_every_duplicate_is_flagged(proxie
                 f"the consumer is on node {consumer.node}",
                 flush=True,
             )
-        print(f"quorum nemesis: consumer alive {consumer.thread.is_alive()}, errors {consumer.errors}, "
-              f"cancelled {consumer.cancelled}", flush=True)
+        print(f"quorum nemesis: consumer alive {consumer.thread.is_alive()}, errors {consumer.errors[-5:]} "
+              f"({len(consumer.errors)} in all), cancelled {consumer.cancelled}", flush=True)
+        lost = sorted(set(confirmed) - consumer.seen(), key=lambda body: publisher.confirmed_at[body])
+        print(f"quorum nemesis: {len(lost)} confirmed messages never delivered", flush=True)
+        for body in lost[:20]:
+            at = publisher.confirmed_at[body]
+            near = [
+                (index, kind, round(start - at, 1), round(end - at, 1))
+                for index, (kind, start, end) in enumerate(fault_log)
+                if start - 10 <= at <= end + 10
+            ]
+            print(f"quorum nemesis: lost {body!r}, confirmed at {at:.1f}; faults around it "
+                  f"(index, kind, start and end relative to the confirm): {near}", flush=True)
         raise
     finally:
         consumer.stopping.set()
         consumer.thread.join(60)
-    assert len(done) == FAULTS, done
+        watch.stopping.set()
+        watch.thread.join(30)
+    assert len(done) == FAULTS or (budget_ends is not None and done), done
     assert consumer.cancelled == 0, f"the consumer was cancelled {consumer.cancelled} times"
 
     deliveries = list(consumer.deliveries)
-    missing = set(confirmed) - {body for body, _ in deliveries}
+    missing = set(confirmed) - {body for body, _, _ in deliveries}
     assert not missing, f"{len(missing)} confirmed messages never delivered, e.g. {sorted(missing)[:3]}"
     first_seen: set[bytes] = set()
     unflagged = []
-    for body, redelivered in deliveries:
+    for body, redelivered, _ in deliveries:
         if body in first_seen and not redelivered:
             unflagged.append(body)
         first_seen.add(body)
     assert not unflagged, f"{len(unflagged)} deliveries again without the redelivered flag, e.g. {unflagged[:3]}"
     again = len(deliveries) - len(first_seen)
+    unexplained = unexplained_returns(deliveries, windows, list(consumer.reconnects))
+    assert not unexplained, (
+        f"{len(unexplained)} acknowledged messages came back with no fault or reconnect since, "
+        f"e.g. {unexplained[:3]}"
+    )
     print(
         f"quorum nemesis: {len(done)} faults, {len(confirmed)} confirmed ({publisher.nacked} nacked), "
-        f"{len(deliveries)} delivered ({again} again, all flagged), none lost"
+        f"{len(deliveries)} delivered ({again} again, all flagged, each across a fault, one of "
+        f"{watch.changes} leader changes or a reconnect), none lost"
     )
 
     # A poison message on the healed cluster: delivered limit + 1 times

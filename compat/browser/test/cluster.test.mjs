@@ -3,7 +3,8 @@
 // replicas; a partition's replicas change from the page ("Move…"), the
 // preferred leaders are elected from it, and a stopped node shows as
 // fenced with its partitions under-replicated. A queue declared on one
-// node is listed on another with its home node, as remote. On one node the
+// node is listed on another with its home node, as remote; each node's
+// quorum queue leaders and client connections are counted. On one node the
 // page says nothing is replicated.
 
 import assert from 'node:assert/strict';
@@ -18,9 +19,14 @@ const env = { nodes: [], single: undefined, browser: undefined };
 before(async () => {
   const links = [await freePort(), await freePort(), await freePort()];
   const voters = links.map((port, i) => `${i + 1}@127.0.0.1:${port}`).join(',');
-  env.nodes = await Promise.all(links.map((port, i) => startBroker({
+  // Every node that started is kept for `after` to stop, even when
+  // another failed: a broker left running keeps the test runner alive.
+  const started = await Promise.allSettled(links.map((port, i) => startBroker({
     args: ['--set', `node.id=${i + 1}`, '--set', `cluster.listen=127.0.0.1:${port}`, '--set', `cluster.voters=${voters}`],
   })));
+  env.nodes = started.filter((node) => node.status === 'fulfilled').map((node) => node.value);
+  const failed = started.find((node) => node.status === 'rejected');
+  if (failed) throw failed.reason;
   env.single = await startBroker();
   env.browser = await launchBrowser();
 });
@@ -85,6 +91,26 @@ test('a queue declared on one node is listed on another with its home node', { t
   });
   await withPage(env.browser, second, '#/cluster', async ({ page }) => {
     await waitForText(row(page, 'node', '1').getByTestId('node-queues'), '1', 15_000);
+  });
+});
+
+test('the cluster page counts each node\'s quorum queue leaders and connections', { timeout: TEST_MS }, async () => {
+  const [first, second] = env.nodes;
+  await first.api('PUT', '/api/queues/%2F/quorum-led', { durable: true, arguments: { 'x-queue-type': 'quorum' } });
+  let leader = -1;
+  for (let i = 0; i < 100 && leader < 0; i += 1) {
+    leader = (await second.api('GET', '/api/queues/%2F/quorum-led')).node ?? -1;
+    if (leader < 0) await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  assert.ok(leader >= 0, 'the quorum queue has a leader');
+  await withPage(env.browser, second, '#/cluster', async ({ page }) => {
+    await waitForText(row(page, 'node', String(leader)).getByTestId('node-quorum-leaders'), /^[1-9]/, 15_000);
+    // Every live node answers with its connections; node 3, stopped by
+    // the first test, cannot.
+    for (const id of [1, 2]) {
+      await waitForText(row(page, 'node', String(id)).getByTestId('node-connections'), /Kafka, .* AMQP/, 15_000);
+    }
+    await waitForText(row(page, 'node', '3').getByTestId('node-connections'), 'unknown');
   });
 });
 

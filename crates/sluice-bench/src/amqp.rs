@@ -35,9 +35,19 @@ pub(crate) struct AmqpArgs {
     /// Broker URL (user, password and virtual host included).
     #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
     url: String,
+    /// Consumers connect here instead (another node of a cluster).
+    #[arg(long)]
+    consumer_url: Option<String>,
+    /// `classic` or `quorum` (`x-queue-type`; quorum queues are durable).
+    #[arg(long, default_value = "classic", value_parser = ["classic", "quorum"])]
+    queue_type: String,
     /// Queues to spread publishers and consumers over.
     #[arg(long, default_value_t = 1)]
     queues: u32,
+    /// Use this queue (with `--queues 1`), declared beforehand or here,
+    /// instead of one named for the run; it is not deleted afterwards.
+    #[arg(long)]
+    queue: Option<String>,
     #[arg(long, default_value_t = 1)]
     producers: u32,
     #[arg(long, default_value_t = 1)]
@@ -86,8 +96,11 @@ pub(crate) struct AmqpArgs {
     json: bool,
 }
 
-fn queue_name(run: &str, index: u32) -> String {
-    format!("{run}-{index}")
+fn queue_name(args: &AmqpArgs, run: &str, index: u32) -> String {
+    match &args.queue {
+        Some(queue) => queue.clone(),
+        None => format!("{run}-{index}"),
+    }
 }
 
 async fn connect(url: &str) -> anyhow::Result<Connection> {
@@ -99,15 +112,22 @@ async fn connect(url: &str) -> anyhow::Result<Connection> {
 async fn declare_queues(args: &AmqpArgs, run: &str) -> anyhow::Result<()> {
     let connection = connect(&args.url).await?;
     let channel = connection.create_channel().await.context("channel")?;
+    let mut arguments = FieldTable::default();
+    if args.queue_type != "classic" {
+        arguments.insert(
+            "x-queue-type".into(),
+            lapin::types::AMQPValue::LongString(args.queue_type.clone().into()),
+        );
+    }
     for index in 0..args.queues.max(1) {
         channel
             .queue_declare(
-                queue_name(run, index).into(),
+                queue_name(args, run, index).into(),
                 QueueDeclareOptions {
-                    durable: args.persistent,
+                    durable: args.persistent || args.queue_type == "quorum",
                     ..QueueDeclareOptions::default()
                 },
-                FieldTable::default(),
+                arguments.clone(),
             )
             .await
             .context("queue.declare")?;
@@ -117,11 +137,17 @@ async fn declare_queues(args: &AmqpArgs, run: &str) -> anyhow::Result<()> {
 }
 
 async fn delete_queues(args: &AmqpArgs, run: &str) -> anyhow::Result<()> {
+    if args.queue.is_some() {
+        return Ok(());
+    }
     let connection = connect(&args.url).await?;
     let channel = connection.create_channel().await.context("channel")?;
     for index in 0..args.queues.max(1) {
         channel
-            .queue_delete(queue_name(run, index).into(), QueueDeleteOptions::default())
+            .queue_delete(
+                queue_name(args, run, index).into(),
+                QueueDeleteOptions::default(),
+            )
             .await
             .context("queue.delete")?;
     }
@@ -137,7 +163,7 @@ async fn consume(
     seen: Arc<Mutex<Seen>>,
     ready: tokio::sync::mpsc::Sender<()>,
 ) -> anyhow::Result<()> {
-    let connection = connect(&args.url).await?;
+    let connection = connect(&args.consumer_url).await?;
     let channel = connection.create_channel().await.context("channel")?;
     channel
         .basic_qos(args.prefetch, BasicQosOptions::default())
@@ -291,6 +317,7 @@ const SEND_WINDOW: usize = 256;
 #[derive(Debug)]
 struct AmqpArgsShared {
     url: String,
+    consumer_url: String,
     size: usize,
     rate: u64,
     producers: u32,
@@ -303,6 +330,9 @@ struct AmqpArgsShared {
 }
 
 pub(crate) fn run(args: &AmqpArgs) -> anyhow::Result<Report> {
+    if args.queue.is_some() && args.queues > 1 {
+        bail!("--queue names one queue: use it with --queues 1");
+    }
     if args.size < payload::HEADER {
         bail!("--size must be at least {} bytes", payload::HEADER);
     }
@@ -323,6 +353,10 @@ async fn run_async(args: &AmqpArgs) -> anyhow::Result<Report> {
     declare_queues(args, &run).await?;
     let shared = Arc::new(AmqpArgsShared {
         url: args.url.clone(),
+        consumer_url: args
+            .consumer_url
+            .clone()
+            .unwrap_or_else(|| args.url.clone()),
         size: args.size,
         rate: args.rate,
         producers: args.producers,
@@ -344,7 +378,7 @@ async fn run_async(args: &AmqpArgs) -> anyhow::Result<Report> {
             consumers.push(tokio::spawn(consume(
                 Arc::clone(&shared),
                 index,
-                queue_name(&run, index % queues),
+                queue_name(args, &run, index % queues),
                 Arc::clone(&stop),
                 Arc::clone(&seen),
                 ready_tx.clone(),
@@ -372,7 +406,7 @@ async fn run_async(args: &AmqpArgs) -> anyhow::Result<Report> {
         producers.push(tokio::spawn(publish(
             Arc::clone(&shared),
             index,
-            queue_name(&run, index % queues),
+            queue_name(args, &run, index % queues),
             per_producer,
             Arc::clone(&published),
         )));
@@ -429,6 +463,8 @@ async fn run_async(args: &AmqpArgs) -> anyhow::Result<Report> {
         protocol: "amqp",
         workload: json!({
             "url": redact(&args.url),
+            "consumer_url": args.consumer_url.as_deref().map(redact),
+            "queue_type": args.queue_type,
             "queues": queues,
             "producers": args.producers,
             "consumers": args.consumers,

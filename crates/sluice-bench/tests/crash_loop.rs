@@ -57,9 +57,11 @@ fn five_kill_cycles_lose_nothing_acknowledged() {
     assert_eq!(kafka["acknowledged"], kafka["read_back"], "{report}");
     assert!(amqp["confirmed"].as_u64() > Some(1_000), "{report}");
     assert!(amqp["reconnects"].as_u64() >= Some(5), "{report}");
-    // The queue outgrew its 64 KiB memory budget (327 bodies of 200 bytes),
-    // so kills also hit messages paged to disk.
-    assert!(amqp["max_backlog"].as_u64() > Some(400), "{report}");
+    // The queue outgrew its 16 KiB memory budget (81 bodies of 200 bytes),
+    // so kills also hit messages paged to disk. (With a 64 KiB budget a CI
+    // run on a loaded machine published too slowly to outgrow it: a
+    // backlog of 164.)
+    assert!(amqp["max_backlog"].as_u64() > Some(100), "{report}");
     assert!(
         report["groups"]["checks_after_restart"].as_u64() > Some(0),
         "{report}"

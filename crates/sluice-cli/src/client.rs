@@ -112,6 +112,16 @@ impl Api {
         self.call(method, path, &[], Some(body))
     }
 
+    /// `POST path?query` with a JSON body; the answer's JSON.
+    pub(crate) fn post_query(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        body: &Value,
+    ) -> CliResult<Value> {
+        self.call(Method::Post, path, query, Some(body))
+    }
+
     /// `DELETE path?query`; the answer's JSON, `null` when empty (204).
     pub(crate) fn delete(&self, path: &str, query: &[(&str, String)]) -> CliResult<Value> {
         self.call(Method::Delete, path, query, None)

@@ -30,12 +30,16 @@
 //! (`Message::encode`). To the home: `ENQUEUE [id:8][vhost][queue][message]`,
 //! `CONSUME [consumer:8][vhost][queue][tag][no_ack:1][exclusive:1][priority:4][prefetch:4]`,
 //! `CANCEL [consumer:8]`, `SETTLE [vhost][queue][op:1][count:4][seq:8]*`,
-//! `GET [id:8][vhost][queue][no_ack:1]`, `PURGE [id:8][vhost][queue]`.
+//! `GET [id:8][vhost][queue][no_ack:1]`, `PURGE [id:8][vhost][queue]`,
+//! `CONNECTIONS [id:8]`. Every kind from `CONNECTIONS` on starts with its
+//! call id: a node refuses a kind it does not know (a newer peer's) with
+//! `ANSWER [id][1]` and keeps the link.
 //! From it: `ANSWER [id:8][refused:1][reason]`,
 //! `DELIVER [consumer:8][seq:8][redelivered:1][message]`,
 //! `CANCELLED [consumer:8][reason]`,
 //! `GOT [id:8][0: empty | 1 [seq:8][redelivered:1][remaining:4][message] | 2 reason]`,
-//! `PURGED [id:8][0 [count:4] | 2 reason]`.
+//! `PURGED [id:8][0 [count:4] | 2 reason]`,
+//! `CONNECTED [id:8][kafka:8][amqp:8]`.
 //!
 //! `basic.get` and `queue.purge` of a remote queue wait for the home's
 //! answer (at most 30 s) on the calling thread, out of the async
@@ -70,11 +74,13 @@ const CANCEL: u8 = 3;
 const SETTLE: u8 = 4;
 const GET: u8 = 5;
 const PURGE: u8 = 6;
+const CONNECTIONS: u8 = 7;
 const ANSWER: u8 = 1;
 const DELIVER: u8 = 2;
 const CANCELLED: u8 = 3;
 const GOT: u8 = 4;
 const PURGED: u8 = 5;
+const CONNECTED: u8 = 6;
 
 /// A side that has sent nothing for this long sends a heartbeat.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
@@ -239,6 +245,10 @@ impl ConsumeRequest {
 async fn write_all<W: AsyncWrite + Unpin>(out: &mut W, bytes: &[u8]) -> std::io::Result<()> {
     out.write_all(bytes).await
 }
+
+/// Bytes a link buffers on each side: frames queued together go out in
+/// one write, and a burst of frames is read with few reads.
+const LINK_BUFFER: usize = 64 << 10;
 
 /// Reads one frame: its kind and fields.
 async fn read_frame<R: AsyncRead + Unpin>(input: &mut R) -> std::io::Result<(u8, Bytes)> {
@@ -463,6 +473,16 @@ impl Carrier {
         home: i32,
         request: impl FnOnce(u64) -> Result<Bytes, String>,
     ) -> Result<(u64, Bytes), MessagingError> {
+        self.call_within(home, CALL_TIMEOUT, request)
+    }
+
+    /// [`Carrier::call`], waiting at most `timeout` for the answer.
+    fn call_within(
+        &self,
+        home: i32,
+        timeout: Duration,
+        request: impl FnOnce(u64) -> Result<Bytes, String>,
+    ) -> Result<(u64, Bytes), MessagingError> {
         let (outgoing, state) = self.link(home);
         let id = state.next_call.fetch_add(1, Ordering::Relaxed);
         let frame = request(id)
@@ -472,7 +492,7 @@ impl Carrier {
         if outgoing.send(Outgoing::Call { id, frame }).is_err() {
             lock(&state.calls).remove(&id);
         }
-        let answer = wait_answer(&answered);
+        let answer = wait_answer(&answered, timeout);
         // Unanswered in time: a late answer is dropped.
         lock(&state.calls).remove(&id);
         answer
@@ -553,6 +573,17 @@ impl RemoteQueues for Carrier {
             }
             _ => Err(refused_there(fields)),
         }
+    }
+
+    fn connections_on(&self, node: i32, timeout: Duration) -> Option<(u64, u64)> {
+        let (_, mut fields) = self
+            .call_within(node, timeout, |id| {
+                let mut fields = BytesMut::new();
+                fields.put_u64(id);
+                Ok(frame(CONNECTIONS, &fields))
+            })
+            .ok()?;
+        (fields.remaining() >= 16).then(|| (fields.get_u64(), fields.get_u64()))
     }
 
     fn purge(&self, home: i32, vhost: &str, queue: &str) -> Result<usize, MessagingError> {
@@ -757,10 +788,11 @@ async fn run_link(
             }
         };
         let connection = state.connection.fetch_add(1, Ordering::AcqRel) + 1;
-        let (reader, mut writer) = stream.into_split();
+        let (reader, writer) = stream.into_split();
+        let mut writer = tokio::io::BufWriter::with_capacity(LINK_BUFFER, writer);
         let waiting: Waiting = Arc::default();
         let reading = tokio::spawn(read_from_home(
-            reader,
+            tokio::io::BufReader::with_capacity(LINK_BUFFER, reader),
             Arc::clone(&state),
             Arc::clone(&waiting),
             requeue.clone(),
@@ -775,6 +807,15 @@ async fn run_link(
                 continue;
             };
             if let Err(error) = write_all(&mut writer, &bytes).await {
+                tracing::debug!(home, %error, "message link failed");
+                break;
+            }
+            // What is queued already goes out in the same write.
+            if let Ok(next) = outgoing.try_recv() {
+                current = Some(next);
+                continue;
+            }
+            if let Err(error) = writer.flush().await {
                 tracing::debug!(home, %error, "message link failed");
                 break;
             }
@@ -942,7 +983,7 @@ fn outgoing_frame(
 /// Reads what the home sends over connection `connection`: answers to
 /// messages and deliveries to consumers.
 async fn read_from_home(
-    mut reader: tokio::net::tcp::OwnedReadHalf,
+    mut reader: tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>,
     state: Arc<LinkState>,
     waiting: Waiting,
     requeue: mpsc::UnboundedSender<Outgoing>,
@@ -961,7 +1002,7 @@ async fn read_from_home(
             ANSWER => answered(&state, &waiting, fields),
             DELIVER => delivered(&state, &requeue, connection, fields),
             CANCELLED => cancelled_there(&state, fields),
-            GOT | PURGED => called_back(&state, connection, fields),
+            GOT | PURGED | CONNECTED => called_back(&state, connection, fields),
             _ => None,
         };
         if understood.is_none() {
@@ -1053,8 +1094,9 @@ fn called_back(state: &LinkState, connection: u64, mut fields: Bytes) -> Option<
 /// Waits for a call's answer without holding up an async worker.
 fn wait_answer(
     answer: &std::sync::mpsc::Receiver<(u64, Bytes)>,
+    timeout: Duration,
 ) -> Result<(u64, Bytes), MessagingError> {
-    let wait = || answer.recv_timeout(CALL_TIMEOUT);
+    let wait = || answer.recv_timeout(timeout);
     let waited = match tokio::runtime::Handle::try_current() {
         Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
             tokio::task::block_in_place(wait)
@@ -1177,6 +1219,7 @@ enum Work {
     Settle(Bytes),
     Get(Bytes),
     Purge(Bytes),
+    Connections(Bytes),
 }
 
 /// One peer's link: its requests handled in order on one thread, the
@@ -1184,7 +1227,9 @@ enum Work {
 /// sync covers a burst), deliveries to its consumers sent as the queues
 /// dispatch them.
 async fn serve_link(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
-    let (mut reader, mut writer) = stream.into_split();
+    let (reader, writer) = stream.into_split();
+    let mut reader = tokio::io::BufReader::with_capacity(LINK_BUFFER, reader);
+    let mut writer = tokio::io::BufWriter::with_capacity(LINK_BUFFER, writer);
     let (frames, mut frames_rx) = mpsc::unbounded_channel::<Bytes>();
     let (events, mut events_rx) = mpsc::unbounded_channel::<ConsumerEvent>();
     let (work, work_rx) = std::sync::mpsc::channel::<Work>();
@@ -1218,6 +1263,9 @@ async fn serve_link(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
                     }),
                     Work::Purge(fields) => purge_for_peer(&broker, fields).map(|answer| {
                         let _ = frames.send(answer);
+                    }),
+                    Work::Connections(mut fields) => get_u64(&mut fields).map(|id| {
+                        let _ = frames.send(connections_for_peer(&broker, id));
                     }),
                 };
                 if handled.is_none() {
@@ -1278,8 +1326,20 @@ async fn serve_link(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
             if write_all(&mut writer, &bytes).await.is_err() {
                 return;
             }
+            // Answers and deliveries queued already go out in the same
+            // write.
+            while let Ok(more) = frames_rx.try_recv() {
+                if write_all(&mut writer, &more).await.is_err() {
+                    return;
+                }
+            }
+            if writer.flush().await.is_err() {
+                return;
+            }
         }
     });
+    // Refusals of unknown calls, from the reading loop.
+    let frames_out = frames.clone();
     drop(frames);
     drop(events);
     loop {
@@ -1293,9 +1353,20 @@ async fn serve_link(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
                     SETTLE => Work::Settle(fields),
                     GET => Work::Get(fields),
                     PURGE => Work::Purge(fields),
+                    CONNECTIONS => Work::Connections(fields),
                     other => {
-                        tracing::warn!(%peer, kind = other, "an unknown request on a message link; closing it");
-                        break;
+                        // A newer peer's call (every kind from CONNECTIONS
+                        // on starts with its call id): refused, the link
+                        // stays up for what both sides know.
+                        tracing::warn!(%peer, kind = other, "an unknown request on a message link; refused");
+                        if let Some(id) = get_u64(&mut fields.clone()) {
+                            let mut answer = BytesMut::new();
+                            answer.put_u64(id);
+                            answer.put_u8(1);
+                            answer.put_slice(format!("unknown request kind {other}").as_bytes());
+                            let _ = frames_out.send(frame(ANSWER, &answer));
+                        }
+                        continue;
                     }
                 };
                 if work.send(request).is_err() {
@@ -1310,6 +1381,7 @@ async fn serve_link(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
             }
         }
     }
+    drop(frames_out);
     drop(work);
     let _ = worker.await;
     // The consumers are off their queues: the deliveries still on their
@@ -1633,6 +1705,17 @@ fn get_for_peer(broker: &Broker, state: &Mutex<HomeState>, mut fields: Bytes) ->
     Some(frame(GOT, &answer))
 }
 
+/// A peer asks how many client connections this node has open: the
+/// answer, `[id:8][kafka:8][amqp:8]`.
+fn connections_for_peer(broker: &Broker, id: u64) -> Bytes {
+    let (kafka, amqp) = broker.connections().open_counts();
+    let mut answer = BytesMut::new();
+    answer.put_u64(id);
+    answer.put_u64(kafka);
+    answer.put_u64(amqp);
+    frame(CONNECTED, &answer)
+}
+
 /// A peer's `queue.purge` of a queue of this node: the answer.
 fn purge_for_peer(broker: &Broker, mut fields: Bytes) -> Option<Bytes> {
     let (id, found) = call_target(broker, &mut fields)?;
@@ -1686,6 +1769,43 @@ fn drop_consumers(state: &Mutex<HomeState>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A request kind this node does not know (a newer peer's call) is
+    /// refused by its call id, and the link goes on serving.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unknown_call_is_refused_and_the_link_stays_up() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let broker = Arc::new(
+            Broker::open(sluice_core::BrokerOptions::new(dir.path())).expect("open broker"),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let serving = tokio::spawn(async move {
+            let (stream, peer) = listener.accept().await.expect("accept");
+            serve_link(broker, stream, peer).await;
+        });
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream
+            .write_all(&frame(99, &5u64.to_be_bytes()))
+            .await
+            .expect("send");
+        let (kind, mut fields) = read_frame(&mut stream).await.expect("an answer");
+        assert_eq!((kind, fields.get_u64(), fields.get_u8()), (ANSWER, 5, 1));
+        assert_eq!(&fields[..], b"unknown request kind 99");
+        stream
+            .write_all(&frame(CONNECTIONS, &6u64.to_be_bytes()))
+            .await
+            .expect("send");
+        let (kind, mut fields) = read_frame(&mut stream).await.expect("an answer");
+        assert_eq!((kind, fields.get_u64()), (CONNECTED, 6));
+        drop(stream);
+        tokio::time::timeout(Duration::from_secs(10), serving)
+            .await
+            .expect("the link ends when its peer goes")
+            .expect("served");
+    }
 
     #[test]
     fn frames_keep_their_fields() {

@@ -302,6 +302,19 @@ impl Connections {
         lock(&self.open).entries.get(&id).cloned()
     }
 
+    /// Open connections: (Kafka, AMQP).
+    pub fn open_counts(&self) -> (u64, u64) {
+        let open = lock(&self.open);
+        let mut counts = (0, 0);
+        for connection in open.entries.values() {
+            match connection.protocol() {
+                Protocol::Kafka => counts.0 += 1,
+                Protocol::Amqp => counts.1 += 1,
+            }
+        }
+        counts
+    }
+
     /// Connections refused by a cap since start.
     pub fn refused_total(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)

@@ -283,6 +283,8 @@ pub struct ClusterView {
     pub commit_micros: u64,
     /// Classic queues living on each node (their home), by node id.
     pub queue_homes: std::collections::BTreeMap<i32, usize>,
+    /// Quorum queues each node leads.
+    pub quorum_leaders: std::collections::BTreeMap<i32, usize>,
 }
 
 /// Where one partition of a cluster is, as the metadata says
@@ -596,6 +598,7 @@ impl Broker {
             commits: metadata.commit_times().count.load(Relaxed),
             commit_micros: metadata.commit_times().micros.load(Relaxed),
             queue_homes: metadata.queue_homes(),
+            quorum_leaders: metadata.quorum_leaders(),
         }
     }
 

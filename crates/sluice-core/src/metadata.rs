@@ -1445,6 +1445,18 @@ impl Metadata {
         homes
     }
 
+    /// How many quorum queues each node leads (their partition's leader).
+    pub fn quorum_leaders(&self) -> BTreeMap<i32, usize> {
+        let mut led = BTreeMap::new();
+        for (name, topic) in &self.state().topics {
+            let (leader, _) = topic.leader_of(0);
+            if name.starts_with(crate::messaging::QUORUM_TOPIC_PREFIX) && leader >= 0 {
+                *led.entry(leader).or_insert(0) += 1;
+            }
+        }
+        led
+    }
+
     /// Changes when the durable AMQP definitions change.
     pub(crate) fn watch_definitions(&self) -> tokio::sync::watch::Receiver<u64> {
         self.definitions_changed.subscribe()

@@ -579,6 +579,19 @@ impl Partition {
         }
     }
 
+    /// The in-sync replicas this node, leading the partition, wants it to
+    /// have (a follower lagged too long, or one caught up), with the
+    /// leader epoch it decided in, both read under the leadership lock:
+    /// the metadata refuses a proposal made in an epoch that has passed
+    /// (as Kafka's AlterPartition carries the leader epoch). `None` when
+    /// nothing should change or this node does not lead.
+    pub(crate) fn wanted_in_sync(&self, max_lag: std::time::Duration) -> Option<(Vec<i32>, i32)> {
+        let replication = self.replication.as_ref()?;
+        let _leadership = self.leadership.lock().unwrap_or_else(|e| e.into_inner());
+        let wanted = replication.wanted_in_sync(max_lag)?;
+        Some((wanted, self.leader_epoch().get()))
+    }
+
     /// Takes the replicas and in-sync replicas the metadata names after a
     /// move.
     pub(crate) fn set_replicas(&self, replicas: Vec<i32>, in_sync: Vec<i32>) {
@@ -637,6 +650,22 @@ impl Partition {
                     reason: "the partition's sync driver is gone".to_owned(),
                 });
             }
+        }
+    }
+
+    /// Starts syncing the log up to `end` without waiting, under durability
+    /// `always` (where the leader counts only what it synced toward the
+    /// high watermark): records written unacknowledged, such as a quorum
+    /// queue's settlements, become durable and replicated without waiting
+    /// for the next acknowledged write. Synced at once outside a runtime.
+    pub(crate) fn sync_soon(self: &Arc<Self>, end: Offset) {
+        if self.log.durability() != Durability::Always || self.log.durable_end() >= end {
+            return;
+        }
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.start_sync(end);
+        } else if let Err(error) = self.log.sync_to(end) {
+            tracing::warn!(topic = %self.topic, partition = %self.id, %error, "sync failed");
         }
     }
 
@@ -908,6 +937,37 @@ mod tests {
         fenced(partition.restart_at(from, Offset::from(5)));
         assert_eq!(partition.log_end(), Offset::from(1));
         assert_eq!(partition.producers(), vec![(9, 0, 0)]);
+    }
+
+    /// A proposal of in-sync replicas carries the epoch it was decided in,
+    /// not the one the partition is in when it is sent: the nemesis saw a
+    /// deposed leader's late proposal (still counting itself, with a tail
+    /// the new leader never had) committed under the new leader's epoch,
+    /// which made it in sync, then preferred leader, before it truncated.
+    #[test]
+    fn an_in_sync_proposal_keeps_the_epoch_it_was_decided_in() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut partition = partition(dir.path());
+        partition.replication = Some(crate::replication::Replication::new(
+            1,
+            vec![1, 2, 3],
+            1,
+            vec![1, 2, 3],
+            Offset::from(0),
+        ));
+        partition.change_leader(1, 4, vec![1, 2, 3]);
+        // Nothing heard from the followers for longer than the lag allowed.
+        let (wanted, epoch) = partition
+            .wanted_in_sync(std::time::Duration::ZERO)
+            .expect("the leader wants its followers out");
+        assert_eq!((wanted, epoch), (vec![1], 4));
+        partition.change_leader(3, 5, vec![2, 3]);
+        assert_eq!(partition.wanted_in_sync(std::time::Duration::ZERO), None);
+        assert_eq!(
+            partition.leader_epoch().get(),
+            5,
+            "the proposal above stays at 4"
+        );
     }
 
     /// A fetch asked of the leader of an older epoch is not applied once

@@ -223,6 +223,9 @@ impl Topic {
             (Some((_, first)), Some((_, last))) => (*first, *last),
             _ => return Err(invalid(sluice_log::BatchFault::Empty)),
         };
+        for (_, header) in &headers {
+            refuse_from_clients(header)?;
+        }
         if self.timestamp_type() == TimestampType::CreateTime {
             check_timestamps(records, &headers, self.timestamp_bounds())?;
         }
@@ -291,6 +294,32 @@ impl Topic {
         target.written();
         Ok(appended(target, info, epoch))
     }
+}
+
+/// Refuses what only the broker writes, as Kafka refuses a client's batch:
+/// control batches (transaction markers) and idempotent batches without a
+/// sequence are INVALID_RECORD; transactional batches wait for the
+/// transaction coordinator (docs/transactions.md).
+fn refuse_from_clients(header: &sluice_log::batch::BatchHeader) -> Result<(), CoreError> {
+    if header.is_control() {
+        return Err(CoreError::InvalidRecord {
+            reason: "clients are not allowed to write control records".to_owned(),
+        });
+    }
+    if header.producer_id >= 0 && header.base_sequence < 0 {
+        return Err(CoreError::InvalidRecord {
+            reason: format!(
+                "invalid sequence number {} in a batch of producer {}",
+                header.base_sequence, header.producer_id
+            ),
+        });
+    }
+    if header.is_transactional() {
+        return Err(CoreError::TransactionalWrite {
+            producer_id: header.producer_id,
+        });
+    }
+    Ok(())
 }
 
 /// The acknowledgement level of an append: on this node's disk when the
@@ -745,36 +774,46 @@ impl Topics {
 
     /// The partitions this node leads whose in-sync replicas should change
     /// (a follower lagged for `max_lag`, or one caught up), with the set
-    /// each should have.
-    pub fn in_sync_changes(&self, max_lag: std::time::Duration) -> Vec<(Arc<Partition>, Vec<i32>)> {
+    /// each should have and the leader epoch that was decided in.
+    pub fn in_sync_changes(
+        &self,
+        max_lag: std::time::Duration,
+    ) -> Vec<(Arc<Partition>, Vec<i32>, i32)> {
         let topics: Vec<Arc<Topic>> = self.read().values().cloned().collect();
         topics
             .iter()
             .flat_map(|t| t.partitions())
             .filter_map(|p| {
-                let wanted = p.replication()?.wanted_in_sync(max_lag)?;
-                Some((p, wanted))
+                let (wanted, epoch) = p.wanted_in_sync(max_lag)?;
+                Some((p, wanted, epoch))
             })
             .collect()
     }
 
-    /// Commits a partition's new in-sync replicas (the leader asks the
-    /// controller, as Kafka's AlterPartition). Blocking.
+    /// Commits a partition's new in-sync replicas, decided by its leader
+    /// in `leader_epoch` (the leader asks the controller, as Kafka's
+    /// AlterPartition; refused once that epoch has passed). Blocking.
     ///
     /// # Errors
     /// The metadata's refusal or [`CoreError::Quorum`].
-    pub fn set_in_sync(&self, partition: &Partition, in_sync: Vec<i32>) -> Result<(), CoreError> {
+    pub fn set_in_sync(
+        &self,
+        partition: &Partition,
+        in_sync: Vec<i32>,
+        leader_epoch: i32,
+    ) -> Result<(), CoreError> {
         tracing::info!(
             topic = %partition.topic,
             partition = %partition.id,
             ?in_sync,
+            leader_epoch,
             "changing the in-sync replicas"
         );
         self.metadata.commit(MetadataCommand::SetInSync {
             name: partition.topic.to_string(),
             partition: partition.id.get() as u32,
             in_sync,
-            leader_epoch: Some(partition.leader_epoch().get()),
+            leader_epoch: Some(leader_epoch),
         })
     }
 

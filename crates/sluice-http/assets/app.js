@@ -2570,6 +2570,13 @@ async function clusterPage(ctx, root) {
         { label: 'Kafka', cell: (n) => h('code', {}, n.kafka) },
         { label: 'Role', cell: (n) => n.role, testid: 'node-role' },
         { label: 'Queues', numeric: true, cell: (n) => format.int(n.queues), testid: 'node-queues' },
+        { label: 'Quorum leaders', numeric: true, cell: (n) => format.int(n.quorum_leaders), testid: 'node-quorum-leaders' },
+        {
+          label: 'Connections',
+          numeric: true,
+          testid: 'node-connections',
+          cell: (n) => (n.connections ? `${format.int(n.connections.kafka)} Kafka, ${format.int(n.connections.amqp)} AMQP` : muted('unknown')),
+        },
         {
           label: 'State',
           testid: 'node-state',

@@ -147,7 +147,9 @@ impl From<CoreError> for ApiError {
             | CoreError::Quorum { .. } => ApiError::precondition(message),
             CoreError::Log(sluice_core::storage::LogError::InvalidBatch { .. })
             | CoreError::InvalidTimestamp { .. }
-            | CoreError::UndecodableBatch { .. } => ApiError::bad_request(message),
+            | CoreError::UndecodableBatch { .. }
+            | CoreError::InvalidRecord { .. }
+            | CoreError::TransactionalWrite { .. } => ApiError::bad_request(message),
             other => {
                 tracing::warn!(error = %other, "admin API request failed in storage");
                 ApiError::new(ErrorCode::Storage, other.to_string())

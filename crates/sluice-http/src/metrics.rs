@@ -23,6 +23,10 @@
 //! | `sluice_amqp_queue_delivered_total` | counter | vhost, queue |
 //! | `sluice_amqp_queue_acked_total` | counter | vhost, queue |
 //! | `sluice_amqp_queue_redelivered_total` | counter | vhost, queue |
+//! | `sluice_amqp_quorum_queue_leader` | gauge | vhost, queue |
+//! | `sluice_amqp_quorum_queue_leader_epoch` | gauge | vhost, queue |
+//! | `sluice_amqp_quorum_queue_members_online` | gauge | vhost, queue |
+//! | `sluice_amqp_quorum_queue_unreplicated_records` | gauge | vhost, queue |
 //! | `sluice_amqp_method_duration_microseconds` | histogram | method |
 //! | `sluice_amqp_queued_message_bytes` | gauge | |
 //! | `sluice_alarm_active` | gauge | resource (memory, disk) |
@@ -285,6 +289,7 @@ pub(crate) async fn render(State(shared): State<AppState>) -> impl IntoResponse 
             out.sample(name, &[("vhost", vhost), ("queue", queue.name())], value);
         }
     }
+    quorum_queues(&mut out, broker);
     if let Some(methods) = broker.metrics().amqp.get() {
         out.header(
             "sluice_amqp_method_duration_microseconds",
@@ -611,6 +616,51 @@ fn write_labels(out: &mut String, labels: &[(&str, &str)], le: Option<&str>) {
         out.push('"');
     }
     out.push('}');
+}
+
+/// Quorum queues on a cluster, as every node knows them (leader, leader
+/// epoch, members in sync), and on the leader's node what its in-sync
+/// replicas do not have yet.
+fn quorum_queues(out: &mut Exposition, broker: &sluice_core::Broker) {
+    let mut placements = Vec::new();
+    for vhost in broker.vhosts().all() {
+        for (queue, placement) in vhost.quorum_placements() {
+            placements.push((vhost.name().to_owned(), queue, placement));
+        }
+    }
+    let series: [(&str, &str); 4] = [
+        (
+            "sluice_amqp_quorum_queue_leader",
+            "The node leading the quorum queue (-1: none).",
+        ),
+        (
+            "sluice_amqp_quorum_queue_leader_epoch",
+            "The quorum queue's leader epoch: one more at every leader change.",
+        ),
+        (
+            "sluice_amqp_quorum_queue_members_online",
+            "Members of the quorum queue in sync with its leader.",
+        ),
+        (
+            "sluice_amqp_quorum_queue_unreplicated_records",
+            "On the leader's node: records not yet on every in-sync member (replication lag).",
+        ),
+    ];
+    for (index, (name, help)) in series.iter().enumerate() {
+        out.header(name, "gauge", help);
+        for (vhost, queue, placement) in &placements {
+            let value = match index {
+                0 => f64::from(placement.leader),
+                1 => f64::from(placement.leader_epoch),
+                2 => placement.in_sync.len() as f64,
+                _ => match placement.unreplicated {
+                    Some(records) => records as f64,
+                    None => continue,
+                },
+            };
+            out.sample(name, &[("vhost", vhost), ("queue", queue)], value);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -43,6 +43,8 @@ pub(crate) fn code(err: &CoreError) -> ResponseError {
         CoreError::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber,
         CoreError::InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch,
         CoreError::UnknownProducerId { .. } => ResponseError::UnknownProducerId,
+        CoreError::InvalidRecord { .. } => ResponseError::InvalidRecord,
+        CoreError::TransactionalWrite { .. } => ResponseError::TransactionalIdAuthorizationFailed,
     }
 }
 

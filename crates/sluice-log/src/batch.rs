@@ -38,6 +38,10 @@ const PRODUCER_EPOCH_AT: usize = 51;
 const BASE_SEQUENCE_AT: usize = 53;
 const RECORDS_COUNT_AT: usize = 57;
 const COMPRESSION_MASK: i16 = 0x07;
+/// Attributes bit 4: the batch belongs to a transaction.
+const TRANSACTIONAL: i16 = 0x10;
+/// Attributes bit 5: a control batch (a transaction marker).
+const CONTROL: i16 = 0x20;
 const TIMESTAMP_TYPE_BIT: i16 = 0x08;
 
 /// The fields of a batch header that the log uses.
@@ -126,6 +130,17 @@ impl BatchHeader {
     /// Whether the records are compressed (attributes bits 0-2).
     pub fn is_compressed(&self) -> bool {
         self.attributes & COMPRESSION_MASK != 0
+    }
+
+    /// Whether the batch belongs to a transaction (attributes bit 4).
+    pub fn is_transactional(&self) -> bool {
+        self.attributes & TRANSACTIONAL != 0
+    }
+
+    /// Whether the batch is a control batch, a transaction marker
+    /// (attributes bit 5).
+    pub fn is_control(&self) -> bool {
+        self.attributes & CONTROL != 0
     }
 }
 

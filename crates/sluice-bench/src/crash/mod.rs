@@ -21,7 +21,7 @@
 //! segment rolls, index writes and segment deletion as well as appends,
 //! group-commit syncs, offset commits and queue acknowledgements; 1 KiB
 //! segments of the committed-offsets log with a compaction check every
-//! 500 ms make them land in its compaction; a 64 KiB memory budget for
+//! 500 ms make them land in its compaction; a 16 KiB memory budget for
 //! queues and a consumer that pauses make them land in a queue paging its
 //! backlog to disk.
 
@@ -131,7 +131,7 @@ pub(crate) fn run(args: &CrashArgs) -> anyhow::Result<bool> {
             "log.retention_check_interval=1s".to_owned(),
             // The AMQP queue keeps little in memory: its backlog is read
             // back from disk, so kills land in paging too.
-            "amqp.queue_memory_bytes=64KiB".to_owned(),
+            "amqp.queue_memory_bytes=16KiB".to_owned(),
             // The committed-offsets log rolls every few commits and is
             // compacted twice a second.
             "kafka.offsets_segment_bytes=1KiB".to_owned(),

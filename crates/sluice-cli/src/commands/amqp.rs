@@ -78,6 +78,58 @@ pub enum QueuesCommand {
         #[arg(long, value_enum, default_value_t = Encoding::Text)]
         encoding: Encoding,
     },
+    /// Add a node to a quorum queue's members (a cluster).
+    AddMember {
+        /// The queue's name.
+        name: String,
+        /// The node's id.
+        node: i32,
+        /// Its virtual host.
+        #[arg(long, default_value = "/")]
+        vhost: String,
+    },
+    /// Remove a node from a quorum queue's members (a cluster).
+    DeleteMember {
+        /// The queue's name.
+        name: String,
+        /// The node's id.
+        node: i32,
+        /// Its virtual host.
+        #[arg(long, default_value = "/")]
+        vhost: String,
+    },
+    /// Add a node to every quorum queue it is not a member of.
+    Grow {
+        /// The node's id.
+        node: i32,
+        /// `all`, or `even`: only queues with an even number of members.
+        #[arg(value_enum, default_value_t = GrowSelector::All)]
+        selector: GrowSelector,
+        /// Only this virtual host's queues (default: all).
+        #[arg(long)]
+        vhost: Option<String>,
+    },
+    /// Remove a node from every quorum queue it is a member of.
+    Shrink {
+        /// The node's id.
+        node: i32,
+        /// Only this virtual host's queues (default: all).
+        #[arg(long)]
+        vhost: Option<String>,
+    },
+    /// Spread quorum queue leaders over the live nodes.
+    Rebalance {
+        /// Only this virtual host's queues (default: all).
+        #[arg(long)]
+        vhost: Option<String>,
+    },
+}
+
+/// Which quorum queues `sluice queues grow` adds a node to.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum GrowSelector {
+    All,
+    Even,
 }
 
 #[derive(Debug, Subcommand)]
@@ -319,6 +371,7 @@ pub(crate) fn queues(args: &ApiArgs, command: QueuesCommand, out: &mut dyn Write
             }
             Ok(())
         }
+        membership => super::quorum::members(&api, json, membership, out),
     }
 }
 

@@ -137,6 +137,9 @@ fn write_status(out: &mut dyn Write, cluster: &Value, all: bool) -> CliResult<()
         ("ROLE", Align::Left),
         ("STATE", Align::Left),
         ("QUEUES", Align::Right),
+        ("QQ LEADERS", Align::Right),
+        ("KAFKA CONNS", Align::Right),
+        ("AMQP CONNS", Align::Right),
     ]);
     for node in cluster["nodes"].as_array().map_or(&[][..], Vec::as_slice) {
         let mut role = cell(&node["role"]);
@@ -156,6 +159,9 @@ fn write_status(out: &mut dyn Write, cluster: &Value, all: bool) -> CliResult<()
             role,
             state.to_owned(),
             cell(&node["queues"]),
+            cell(&node["quorum_leaders"]),
+            cell(&node["connections"]["kafka"]),
+            cell(&node["connections"]["amqp"]),
         ]);
     }
     nodes.write(out, "no registered nodes")?;
@@ -242,7 +248,8 @@ mod tests {
         let cluster = json!({
             "clustered": true, "node_id": 1, "controller": 2,
             "nodes": [
-                {"id": 1, "kafka": "127.0.0.1:9091", "role": "broker", "fenced": false, "queues": 17, "this_node": true},
+                {"id": 1, "kafka": "127.0.0.1:9091", "role": "broker", "fenced": false, "queues": 17, "this_node": true,
+                 "quorum_leaders": 5, "connections": {"kafka": 31, "amqp": 42}},
                 {"id": 2, "kafka": "127.0.0.1:9092", "role": "controller", "fenced": false, "this_node": false},
                 {"id": 3, "kafka": "127.0.0.1:9093", "role": "broker", "fenced": true, "this_node": false},
                 {"id": 4, "kafka": "127.0.0.1:9094", "role": "broker", "fenced": false, "decommissioning": true, "this_node": false},
@@ -265,6 +272,10 @@ mod tests {
         assert!(
             text.contains(" 17"),
             "classic queues living on node 1: {text}"
+        );
+        assert!(
+            text.contains(" 5 ") && text.contains(" 31 ") && text.contains(" 42"),
+            "quorum leaders and connections: {text}"
         );
         assert!(text.contains("fenced"), "{text}");
         assert!(text.contains("decommissioning"), "{text}");

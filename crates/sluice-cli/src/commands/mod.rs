@@ -7,6 +7,7 @@ pub(crate) mod connections;
 pub(crate) mod consume;
 pub(crate) mod groups;
 pub(crate) mod produce;
+pub(crate) mod quorum;
 pub(crate) mod status;
 pub(crate) mod topics;
 

@@ -49,7 +49,8 @@ pub use quorum_store::QUORUM_TOPIC_PREFIX;
 pub use stream::{STREAM_OFFSET_HEADER, STREAM_PARTITION_HEADER, StreamStart, parse_age_ms};
 pub(crate) use vhost::VhostShared;
 pub use vhost::{
-    ExchangeOptions, PublishOutcome, QuorumPlacement, RemoteQueues, VirtualHost, VirtualHosts,
+    ExchangeOptions, GrowSelector, LeaderMove, MemberChange, PublishOutcome, QuorumPlacement,
+    RemoteQueues, VirtualHost, VirtualHosts,
 };
 
 /// Why a messaging operation was refused. The text is RabbitMQ's where it

@@ -16,7 +16,12 @@
 //! `[kind:1=1][low:8][count:4][id:8]*count[delivered_count:4][id:8]*delivered_count`
 //! `[source_count:4]([name_len:2][name][offset:8])*source_count` for a
 //! checkpoint (the source part may be missing in older ones); `[kind:1=3]`
-//! marks a clean close.
+//! marks a clean close. A quorum queue on one node also keeps its delivery
+//! counts, `[kind:1=4][count:4]([id:8][returns:4])*count`, and the dead
+//! letters it holds until their target confirms them (`at-least-once`),
+//! `[kind:1=5][count:4]([id:8][reason:1])*count`; a checkpoint carries both
+//! after its sources, in the same layouts without the kind (missing in
+//! older ones).
 //!
 //! A message forwarded from a topic carries its source (topic, partition and
 //! offset) in its record key, `[1][offset:8][name]`. The store keeps the
@@ -40,6 +45,7 @@ use sluice_types::Offset;
 use sluice_types::{Clock, SystemClock};
 
 use super::message::Message;
+use super::queue::DeathReason;
 use crate::CoreError;
 use crate::ack::{AckLevel, PendingAck};
 
@@ -63,6 +69,12 @@ pub(crate) struct QueueStore {
     records_since_checkpoint: u64,
     /// Highest offset stored from each forwarding source.
     sources: BTreeMap<String, i64>,
+    /// Outstanding ids that came back unsettled: times in all.
+    returns: BTreeMap<u64, u32>,
+    /// Outstanding ids that died and wait for their dead-letter target.
+    held: BTreeMap<u64, DeathReason>,
+    pending_returns: Vec<(u64, u32)>,
+    pending_held: Vec<(u64, DeathReason)>,
 }
 
 /// Where a forwarded message came from: a topic partition's offset.
@@ -126,6 +138,8 @@ pub(crate) struct PagedIn {
     pub(crate) timestamp: i64,
     /// Delivered before a clean restart.
     pub(crate) delivered: bool,
+    /// Times it came back unsettled (a quorum queue's delivery count).
+    pub(crate) returns: u32,
 }
 
 /// An unsettled message read back on open.
@@ -137,6 +151,11 @@ pub(crate) struct RecoveredMessage {
     pub(crate) timestamp: i64,
     /// Delivered at least once before the restart.
     pub(crate) delivered: bool,
+    /// Times it came back unsettled (a quorum queue's delivery count).
+    pub(crate) returns: u32,
+    /// It died and its dead-letter target had not confirmed it (a quorum
+    /// queue dead-lettering at least once): dead-lettered again.
+    pub(crate) held: Option<crate::messaging::queue::DeathReason>,
 }
 
 /// Messages enqueued but not yet written to the queue's log. Their ids are
@@ -279,6 +298,8 @@ impl QueueStore {
             mut delivered,
             clean,
             mut sources,
+            mut returns,
+            mut held,
         } = marks;
 
         let start = u64::try_from(messages.log_start().get()).unwrap_or(0);
@@ -306,7 +327,10 @@ impl QueueStore {
             };
             outstanding.insert(id);
             let size = message.body_size() as u64;
-            if paged.is_empty() && in_memory.saturating_add(size) <= budget {
+            // A held dead letter is not queued: it is dead-lettered again,
+            // wherever it is.
+            let held = held.get(&id).copied();
+            if held.is_some() || (paged.is_empty() && in_memory.saturating_add(size) <= budget) {
                 in_memory += size;
                 recovered.push(RecoveredMessage {
                     id,
@@ -315,6 +339,8 @@ impl QueueStore {
                     // After a crash the latest marks may be missing: flag every
                     // message (RabbitMQ does the same after an unclean stop).
                     delivered: !clean || delivered.contains(&id),
+                    returns: returns.get(&id).copied().unwrap_or(0),
+                    held,
                 });
                 return;
             }
@@ -332,6 +358,8 @@ impl QueueStore {
             }
         })?;
         delivered.retain(|id| outstanding.contains(id));
+        returns.retain(|id, _| outstanding.contains(id));
+        held.retain(|id, _| outstanding.contains(id));
         let pending = Arc::new(PendingWrites {
             log: Arc::clone(&messages),
             state: std::sync::Mutex::new(PendingState {
@@ -351,6 +379,10 @@ impl QueueStore {
             pending_delivered: Vec::new(),
             records_since_checkpoint: records,
             sources,
+            returns,
+            held,
+            pending_returns: Vec::new(),
+            pending_held: Vec::new(),
         };
         store.checkpoint()?;
         Ok(Recovered {
@@ -405,6 +437,7 @@ impl QueueStore {
                         message: Message::decode(value),
                         timestamp: record.timestamp,
                         delivered: self.delivered.contains(&id),
+                        returns: self.returns.get(&id).copied().unwrap_or(0),
                     });
                 }
             }
@@ -472,7 +505,27 @@ impl QueueStore {
     pub(crate) fn settle(&mut self, id: u64) {
         if self.outstanding.remove(&id) {
             self.delivered.remove(&id);
+            self.returns.remove(&id);
+            self.held.remove(&id);
             self.pending_settle.push(id);
+        }
+    }
+
+    /// Records that `id` came back unsettled, `returns` times in all (a
+    /// quorum queue's delivery count); written by the next flush.
+    pub(crate) fn returned(&mut self, id: u64, returns: u32) {
+        if self.outstanding.contains(&id) {
+            self.returns.insert(id, returns);
+            self.pending_returns.push((id, returns));
+        }
+    }
+
+    /// Records that `id` died and is held until its dead-letter target
+    /// confirmed it; written by the next flush.
+    pub(crate) fn held(&mut self, id: u64, reason: DeathReason) {
+        if self.outstanding.contains(&id) {
+            self.held.insert(id, reason);
+            self.pending_held.push((id, reason));
         }
     }
 
@@ -488,12 +541,32 @@ impl QueueStore {
     /// hold only settled messages.
     pub(crate) fn flush(&mut self) -> Result<(), CoreError> {
         self.pending.write()?;
-        if self.pending_settle.is_empty() && self.pending_delivered.is_empty() {
+        if self.pending_settle.is_empty()
+            && self.pending_delivered.is_empty()
+            && self.pending_returns.is_empty()
+            && self.pending_held.is_empty()
+        {
             return Ok(());
         }
         let ids = std::mem::take(&mut self.pending_settle);
         let delivered = std::mem::take(&mut self.pending_delivered);
-        let mut values = Vec::with_capacity(2);
+        let returned = std::mem::take(&mut self.pending_returns);
+        let held = std::mem::take(&mut self.pending_held);
+        let mut values = Vec::with_capacity(4);
+        // Counts and holds of ids settled since are dropped on open (only
+        // outstanding ids keep theirs).
+        if !returned.is_empty() {
+            let mut value = BytesMut::with_capacity(5 + 12 * returned.len());
+            value.put_u8(4);
+            put_returns(&mut value, returned.iter().copied());
+            values.push(value.freeze());
+        }
+        if !held.is_empty() {
+            let mut value = BytesMut::with_capacity(5 + 9 * held.len());
+            value.put_u8(5);
+            put_held(&mut value, held.iter().copied());
+            values.push(value.freeze());
+        }
         if !ids.is_empty() {
             values.push(id_list(0, &ids));
         }
@@ -510,9 +583,12 @@ impl QueueStore {
         Ok(())
     }
 
-    /// Whether settlements or delivery marks wait to be written.
+    /// Whether settlements, delivery counts or held dead letters wait to
+    /// be written (delivery marks are written lazily).
     pub(crate) fn has_pending_settlements(&self) -> bool {
         !self.pending_settle.is_empty()
+            || !self.pending_returns.is_empty()
+            || !self.pending_held.is_empty()
     }
 
     /// Writes everything pending and then the marker of a clean close, so
@@ -552,6 +628,11 @@ impl QueueStore {
             value.put_slice(name.get(..len).unwrap_or_default());
             value.put_i64(*offset);
         }
+        put_returns(&mut value, self.returns.iter().map(|(id, n)| (*id, *n)));
+        put_held(
+            &mut value,
+            self.held.iter().map(|(id, reason)| (*id, *reason)),
+        );
         // The checkpoint must be on disk before the records it replaces go.
         let at = self.append_settlements(&[value.freeze()])?;
         self.settlements.sync_to(at.plus(1))?;
@@ -598,6 +679,55 @@ fn id_list(kind: u8, ids: &[u64]) -> Bytes {
     value.freeze()
 }
 
+/// Delivery counts as a quorum queue's records hold them (here and in its
+/// replicated store), `[count:4]([id:8][returns:4])*count`.
+pub(crate) fn put_returns(value: &mut BytesMut, counts: impl ExactSizeIterator<Item = (u64, u32)>) {
+    value.put_u32(u32::try_from(counts.len()).unwrap_or(u32::MAX));
+    for (id, returns) in counts {
+        value.put_u64(id);
+        value.put_u32(returns);
+    }
+}
+
+/// Held dead letters as a quorum queue's records hold them,
+/// `[count:4]([id:8][reason:1])*count`.
+pub(crate) fn put_held(
+    value: &mut BytesMut,
+    held: impl ExactSizeIterator<Item = (u64, DeathReason)>,
+) {
+    value.put_u32(u32::try_from(held.len()).unwrap_or(u32::MAX));
+    for (id, reason) in held {
+        value.put_u64(id);
+        value.put_u8(reason.code());
+    }
+}
+
+/// Reads what [`put_returns`] wrote (as much of it as is whole).
+pub(crate) fn read_returns(value: &mut Bytes) -> Vec<(u64, u32)> {
+    if value.remaining() < 4 {
+        return Vec::new();
+    }
+    let count = value.get_u32() as usize;
+    let mut out = Vec::with_capacity(count.min(value.remaining() / 12));
+    while out.len() < count && value.remaining() >= 12 {
+        out.push((value.get_u64(), value.get_u32()));
+    }
+    out
+}
+
+/// Reads what [`put_held`] wrote (as much of it as is whole).
+pub(crate) fn read_held(value: &mut Bytes) -> Vec<(u64, DeathReason)> {
+    if value.remaining() < 4 {
+        return Vec::new();
+    }
+    let count = value.get_u32() as usize;
+    let mut out = Vec::with_capacity(count.min(value.remaining() / 9));
+    while out.len() < count && value.remaining() >= 9 {
+        out.push((value.get_u64(), DeathReason::from_code(value.get_u8())));
+    }
+    out
+}
+
 /// What the settlement log says, replayed record by record.
 #[derive(Debug, Default)]
 struct Marks {
@@ -608,6 +738,11 @@ struct Marks {
     clean: bool,
     /// Highest offset per forwarding source, from the last checkpoint.
     sources: BTreeMap<String, i64>,
+    /// Delivery counts (ids not yet settled when read back may be among
+    /// them; the caller keeps the outstanding ones).
+    returns: BTreeMap<u64, u32>,
+    /// Held dead letters, as `returns`.
+    held: BTreeMap<u64, DeathReason>,
 }
 
 impl Marks {
@@ -650,6 +785,8 @@ impl Marks {
         match kind {
             0 => ids(&mut value, &mut self.settled),
             3 => {}
+            4 => self.returns.extend(read_returns(&mut value)),
+            5 => self.held.extend(read_held(&mut value)),
             1 => {
                 if value.remaining() < 8 {
                     return;
@@ -657,9 +794,13 @@ impl Marks {
                 self.low = value.get_u64();
                 self.settled.clear();
                 self.delivered.clear();
+                self.returns.clear();
+                self.held.clear();
                 ids(&mut value, &mut self.settled);
                 ids(&mut value, &mut self.delivered);
                 self.sources = sources(&mut value);
+                self.returns.extend(read_returns(&mut value));
+                self.held.extend(read_held(&mut value));
             }
             2 => ids(&mut value, &mut self.delivered),
             _ => tracing::warn!(kind, "skipping a settlement record of unknown kind"),
@@ -787,6 +928,70 @@ mod tests {
         assert_eq!(bodies, expected);
         assert_eq!(recovered.store.outstanding(), expected.len());
         logs.shutdown()?;
+        Ok(())
+    }
+
+    #[test]
+    fn delivery_counts_and_held_dead_letters_survive_crashes_and_checkpoints()
+    -> Result<(), CoreError> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let defaults = sluice_log::LogConfig::default();
+        {
+            let logs = LogManager::open(dir.path(), defaults.clone())?;
+            let mut store = QueueStore::open(&logs, "q1", u64::MAX)?.store;
+            for n in 0..10 {
+                store.append(&message(n), None)?;
+            }
+            store.returned(2, 1);
+            store.returned(2, 2);
+            store.returned(5, 1);
+            store.held(7, DeathReason::DeliveryLimit);
+            store.held(8, DeathReason::Expired);
+            store.settle(5);
+            store.settle(8);
+            // No close: the process dies after the unsynced write.
+            store.flush()?;
+            logs.shutdown()?;
+        }
+        // Twice: the first open replays the records and checkpoints, the
+        // second reads the checkpoint. Two bodies fit in memory; the
+        // rest stays on disk, except the held letter.
+        for round in 0..2 {
+            let logs = LogManager::open(dir.path(), defaults.clone())?;
+            let recovered = QueueStore::open(&logs, "q1", 4)?;
+            let in_memory: Vec<(u64, u32, Option<DeathReason>)> = recovered
+                .messages
+                .iter()
+                .map(|m| (m.id, m.returns, m.held))
+                .collect();
+            assert_eq!(
+                in_memory,
+                vec![
+                    (0, 0, None),
+                    (1, 0, None),
+                    (7, 0, Some(DeathReason::DeliveryLimit))
+                ],
+                "round {round}"
+            );
+            let runs: Vec<(u64, u64)> = recovered
+                .paged
+                .iter()
+                .map(|r| (r.first_id, r.count))
+                .collect();
+            assert_eq!(
+                runs,
+                vec![(2, 3), (6, 1), (9, 1)],
+                "round {round}: 5 and 8 settled, 7 held"
+            );
+            let paged: Vec<(u64, u32)> = recovered
+                .store
+                .read(2, 3, usize::MAX)?
+                .iter()
+                .map(|m| (m.id, m.returns))
+                .collect();
+            assert_eq!(paged, vec![(2, 2), (3, 0), (4, 0)], "round {round}");
+            logs.shutdown()?;
+        }
         Ok(())
     }
 

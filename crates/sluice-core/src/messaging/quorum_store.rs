@@ -16,15 +16,30 @@
 //! leader may have delivered it). Records below the oldest unsettled
 //! message are no longer needed (a settlement always follows the message it
 //! settles) and the partition's log start moves there; followers follow.
+//!
+//! A message that comes back unsettled (rejected or nacked with requeue,
+//! its consumer gone) is counted for `x-delivery-count` and
+//! `x-delivery-limit`; the count is a record too (key `r`,
+//! `[count:4]([id:8][returns:4])*`), written as settlements are, so a new
+//! leader goes on counting from it (a return lost in a failover counts
+//! one less).
+//!
+//! A queue dead-lettering at least once keeps a message that died until
+//! its dead-letter target confirmed it: a held record (key `d`,
+//! `[count:4]([id:8][reason:1])*`) says so, and a new leader
+//! dead-letters such messages again instead of delivering them.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use sluice_types::{Offset, PartitionId};
 
 use super::message::Message;
-use super::queue_store::{PagedIn, RecoveredMessage};
+use super::queue::DeathReason;
+use super::queue_store::{
+    PagedIn, RecoveredMessage, put_held, put_returns, read_held, read_returns,
+};
 use crate::ack::PendingAck;
 use crate::{CoreError, Partition, Topic};
 
@@ -32,6 +47,10 @@ use crate::{CoreError, Partition, Topic};
 const MESSAGE: &[u8] = b"m";
 /// Key of a settlement record.
 const SETTLEMENT: &[u8] = b"s";
+/// Key of a delivery count record.
+const RETURNS: &[u8] = b"r";
+/// Key of a held dead letters record.
+const HELD: &[u8] = b"d";
 /// Records the log start lags behind the oldest unsettled message before
 /// it is moved (each move may delete segment files).
 const RECLAIM_EVERY: i64 = 1024;
@@ -54,6 +73,10 @@ pub(crate) struct QuorumStore {
     /// Enqueued and not yet settled.
     outstanding: BTreeSet<u64>,
     pending_settle: Vec<u64>,
+    /// Delivery counts to write: (id, returns in all).
+    pending_returns: Vec<(u64, u32)>,
+    /// Held dead letters to write: (id, reason).
+    pending_held: Vec<(u64, DeathReason)>,
     /// The leader epoch the queue was rebuilt in: a node that leads again
     /// in a later epoch rebuilds it (another leader may have changed the
     /// partition meanwhile).
@@ -80,18 +103,26 @@ impl QuorumStore {
                 })?;
         let mut messages = Vec::new();
         let mut settled = BTreeSet::new();
+        let mut returns = HashMap::new();
+        let mut held = HashMap::new();
         crate::replay::for_each_record(partition.log(), partition.log_start(), |record| {
             let Ok(id) = u64::try_from(record.offset) else {
                 return;
             };
             match record.key.as_deref() {
                 Some(SETTLEMENT) => settled.extend(ids(record.value.unwrap_or_default())),
+                Some(RETURNS) => {
+                    returns.extend(read_returns(&mut record.value.unwrap_or_default()))
+                }
+                Some(HELD) => held.extend(read_held(&mut record.value.unwrap_or_default())),
                 Some(MESSAGE) => match record.value.and_then(Message::decode) {
                     Some(message) => messages.push(RecoveredMessage {
                         id,
                         message,
                         timestamp: record.timestamp,
                         delivered: true,
+                        returns: 0,
+                        held: None,
                     }),
                     None => tracing::warn!(id, "skipping an undecodable quorum queue message"),
                 },
@@ -99,6 +130,10 @@ impl QuorumStore {
             }
         })?;
         messages.retain(|m| !settled.contains(&m.id));
+        for message in &mut messages {
+            message.returns = returns.get(&message.id).copied().unwrap_or(0);
+            message.held = held.get(&message.id).copied();
+        }
         let epoch = partition.leader_epoch().get();
         let store = QuorumStore {
             epoch,
@@ -106,6 +141,8 @@ impl QuorumStore {
             topic,
             partition,
             pending_settle: Vec::new(),
+            pending_returns: Vec::new(),
+            pending_held: Vec::new(),
         };
         Ok((store, messages))
     }
@@ -148,9 +185,28 @@ impl QuorumStore {
         }
     }
 
-    /// Whether settlements wait to be written.
+    /// Records that `id` came back unsettled, `returns` times in all;
+    /// written by the next flush.
+    pub(crate) fn returned(&mut self, id: u64, returns: u32) {
+        if self.outstanding.contains(&id) {
+            self.pending_returns.push((id, returns));
+        }
+    }
+
+    /// Records that `id` died and is held until its dead-letter target
+    /// confirmed it; written by the next flush.
+    pub(crate) fn held(&mut self, id: u64, reason: DeathReason) {
+        if self.outstanding.contains(&id) {
+            self.pending_held.push((id, reason));
+        }
+    }
+
+    /// Whether settlements, delivery counts or held dead letters wait to
+    /// be written.
     pub(crate) fn has_pending_settlements(&self) -> bool {
         !self.pending_settle.is_empty()
+            || !self.pending_returns.is_empty()
+            || !self.pending_held.is_empty()
     }
 
     /// Writes pending settlements (one record, not waited for) and moves
@@ -160,24 +216,45 @@ impl QuorumStore {
     /// The log's refusal (settlements made once the partition leads
     /// elsewhere are dropped: the new leader redelivers their messages).
     pub(crate) fn flush(&mut self) -> Result<(), CoreError> {
-        if self.pending_settle.is_empty() {
+        if !self.has_pending_settlements() {
             return Ok(());
         }
+        let returned = std::mem::take(&mut self.pending_returns);
+        let held = std::mem::take(&mut self.pending_held);
         let settled = std::mem::take(&mut self.pending_settle);
-        let mut value = BytesMut::with_capacity(4 + 8 * settled.len());
-        value.put_u32(u32::try_from(settled.len()).unwrap_or(u32::MAX));
-        for id in &settled {
-            value.put_u64(*id);
+        let mut records: Vec<(&[u8], BytesMut)> = Vec::with_capacity(2);
+        if !returned.is_empty() {
+            let mut value = BytesMut::with_capacity(4 + 12 * returned.len());
+            put_returns(&mut value, returned.iter().copied());
+            records.push((RETURNS, value));
         }
-        let mut batch =
-            crate::replay::batch_of(&[(Some(SETTLEMENT), Some(&value))], "quorum queue")?;
-        // Not waited for: a settlement lost in a failover redelivers.
+        if !held.is_empty() {
+            let mut value = BytesMut::with_capacity(4 + 9 * held.len());
+            put_held(&mut value, held.iter().copied());
+            records.push((HELD, value));
+        }
+        if !settled.is_empty() {
+            let mut value = BytesMut::with_capacity(4 + 8 * settled.len());
+            value.put_u32(u32::try_from(settled.len()).unwrap_or(u32::MAX));
+            for id in &settled {
+                value.put_u64(*id);
+            }
+            records.push((SETTLEMENT, value));
+        }
+        let records: Vec<crate::replay::Entry<'_>> = records
+            .iter()
+            .map(|(key, value)| (Some(*key), Some(&value[..])))
+            .collect();
+        let mut batch = crate::replay::batch_of(&records, "quorum queue")?;
+        // Not waited for (synced and replicated soon after): a settlement
+        // lost in a failover redelivers, a delivery count lost counts one
+        // less.
         match self.topic.append_start(self.partition.id(), &mut batch) {
-            Ok(_unacknowledged) => {}
+            Ok(appended) => self.partition.sync_soon(appended.info.last_offset.plus(1)),
             // No longer the leader: the next one redelivers what these
             // settled (the client saw them unsettled, as AMQP allows).
             Err(CoreError::NotLeader { .. }) => {
-                tracing::debug!(topic = %self.topic.name(), count = settled.len(), "settlements dropped: no longer the leader");
+                tracing::debug!(topic = %self.topic.name(), settled = settled.len(), returned = returned.len(), "settlements dropped: no longer the leader");
                 return Ok(());
             }
             Err(error) => return Err(error),
@@ -244,6 +321,9 @@ impl QuorumStore {
                     message: Message::decode(value),
                     timestamp: record.timestamp,
                     delivered: false,
+                    // Paged out while ready, so never returned since
+                    // this leader rebuilt the queue.
+                    returns: 0,
                 });
             }
             if chunk.next <= next || u64::try_from(chunk.next.get()).unwrap_or(u64::MAX) >= end {

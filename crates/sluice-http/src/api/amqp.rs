@@ -29,7 +29,7 @@ const API_CONNECTION: u64 = 0;
 /// Most messages one peek or get returns.
 const MAX_MESSAGES: usize = 1000;
 
-fn vhost(shared: &AppState, name: &str) -> ApiResult<Arc<VirtualHost>> {
+pub(super) fn vhost(shared: &AppState, name: &str) -> ApiResult<Arc<VirtualHost>> {
     shared
         .broker
         .vhosts()
@@ -481,13 +481,19 @@ pub(crate) async fn queue(
     Path((vhost_name, name)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     let vhost = vhost(&shared, &vhost_name)?;
-    if vhost.queue(&name).is_none()
-        && let Some(remote) = vhost.remote_queue(&name)
+    Ok(Json(shown_queue(&shared, &vhost, &name)?))
+}
+
+/// A queue as `GET /api/queues/{vhost}/{queue}` shows it: held here, or
+/// living on another node (a quorum queue led elsewhere, say).
+fn shown_queue(shared: &AppState, vhost: &VirtualHost, name: &str) -> ApiResult<Value> {
+    if vhost.queue(name).is_none()
+        && let Some(remote) = vhost.remote_queue(name)
     {
-        return Ok(Json(remote_queue_json(&shared, vhost.name(), &remote)));
+        return Ok(remote_queue_json(shared, vhost.name(), &remote));
     }
-    let queue = find_queue(&vhost, &name)?;
-    Ok(Json(queue_json(&shared, vhost.name(), &queue)))
+    let queue = find_queue(vhost, name)?;
+    Ok(queue_json(shared, vhost.name(), &queue))
 }
 
 #[derive(Debug, Deserialize)]
@@ -524,10 +530,9 @@ pub(crate) async fn declare_queue(
     let queue_name = name.clone();
     blocking(move || Ok(declared.declare_queue(&queue_name, options, false, API_CONNECTION)?))
         .await?;
-    let queue = find_queue(&vhost, &name)?;
     Ok((
         StatusCode::CREATED,
-        Json(queue_json(&shared, vhost.name(), &queue)),
+        Json(shown_queue(&shared, &vhost, &name)?),
     ))
 }
 

@@ -21,15 +21,25 @@ use crate::extract::Body;
 
 pub(crate) async fn show(State(shared): State<AppState>) -> ApiResult<Json<Value>> {
     let broker = Arc::clone(&shared.broker);
-    let (view, placements, moving) = blocking(move || {
+    let (view, placements, moving, connections) = blocking(move || {
+        let view = broker.cluster_view();
+        let connections = node_connections(&broker, &view);
         Ok((
-            broker.cluster_view(),
+            view,
             broker.cluster_partitions(),
             broker.topics().reassignments(),
+            connections,
         ))
     })
     .await?;
-    let nodes = nodes(&view);
+    let mut nodes = nodes(&view);
+    for node in &mut nodes {
+        let id = node["id"].as_i64().and_then(|id| i32::try_from(id).ok());
+        node["connections"] = match id.and_then(|id| connections.get(&id)) {
+            Some((kafka, amqp)) => json!({ "kafka": kafka, "amqp": amqp }),
+            None => Value::Null,
+        };
+    }
     let partitions: Vec<Value> = placements.iter().map(placement).collect();
     let reassignments: Vec<Value> = moving
         .iter()
@@ -55,6 +65,43 @@ pub(crate) async fn show(State(shared): State<AppState>) -> ApiResult<Json<Value
     })))
 }
 
+/// Longest `/api/cluster` waits for another node to count its connections.
+const CONNECTIONS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The client connections open on each live node (Kafka, AMQP): this
+/// node's own, the others' asked over their message links, all at once
+/// (a slow node costs one timeout, not one each). Blocking.
+fn node_connections(
+    broker: &sluice_core::Broker,
+    view: &ClusterView,
+) -> std::collections::BTreeMap<i32, (u64, u64)> {
+    let others: Vec<i32> = view
+        .nodes
+        .iter()
+        .map(|n| n.node)
+        .filter(|node| *node != view.node_id && !view.fenced.contains(node))
+        .collect();
+    let mut counts: std::collections::BTreeMap<i32, (u64, u64)> = std::thread::scope(|scope| {
+        let asked: Vec<_> = others
+            .iter()
+            .map(|node| {
+                (
+                    *node,
+                    scope.spawn(move || broker.vhosts().connections_on(*node, CONNECTIONS_TIMEOUT)),
+                )
+            })
+            .collect();
+        asked
+            .into_iter()
+            .filter_map(|(node, answer)| Some((node, answer.join().ok()??)))
+            .collect()
+    });
+    if !view.fenced.contains(&view.node_id) {
+        counts.insert(view.node_id, broker.connections().open_counts());
+    }
+    counts
+}
+
 /// The registered nodes as the overview and `/api/cluster` show them.
 pub(crate) fn nodes(view: &ClusterView) -> Vec<Value> {
     view.nodes
@@ -72,6 +119,8 @@ pub(crate) fn nodes(view: &ClusterView) -> Vec<Value> {
                 "decommissioning": view.leaving.contains(&n.node),
                 // Classic AMQP queues living there (their home).
                 "queues": view.queue_homes.get(&n.node).copied().unwrap_or(0),
+                // Quorum queues led there.
+                "quorum_leaders": view.quorum_leaders.get(&n.node).copied().unwrap_or(0),
                 "this_node": n.node == view.node_id,
             })
         })

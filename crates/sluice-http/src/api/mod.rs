@@ -10,6 +10,7 @@ pub(crate) mod history;
 mod messages;
 mod overview;
 mod queue_move;
+mod quorum;
 mod search;
 mod tables;
 mod topics;
@@ -168,6 +169,31 @@ pub(crate) const ROUTES: &[(&str, &str, &str)] = &[
         "/api/queues/{vhost}/{queue}/move",
         "Move ready messages to another queue (as a shovel from a dead-letter queue)",
     ),
+    (
+        "post",
+        "/api/queues/{vhost}/{queue}/members",
+        "Add a node to a quorum queue's members",
+    ),
+    (
+        "delete",
+        "/api/queues/{vhost}/{queue}/members/{node}",
+        "Remove a node from a quorum queue's members",
+    ),
+    (
+        "post",
+        "/api/quorum/grow",
+        "Add a node to every quorum queue (all, or those with an even member count)",
+    ),
+    (
+        "post",
+        "/api/quorum/shrink",
+        "Remove a node from every quorum queue it is a member of",
+    ),
+    (
+        "post",
+        "/api/rebalance/queues",
+        "Spread quorum queue leaders over the live nodes",
+    ),
     ("get", "/api/bindings", "List bindings"),
     ("post", "/api/bindings", "Create a binding"),
     ("delete", "/api/bindings", "Delete a binding"),
@@ -247,6 +273,17 @@ pub(crate) fn routes() -> Router<AppState> {
             "/api/queues/{vhost}/{queue}/move",
             post(queue_move::move_messages),
         )
+        .route(
+            "/api/queues/{vhost}/{queue}/members",
+            post(quorum::add_member),
+        )
+        .route(
+            "/api/queues/{vhost}/{queue}/members/{node}",
+            delete(quorum::delete_member),
+        )
+        .route("/api/quorum/grow", post(quorum::grow))
+        .route("/api/quorum/shrink", post(quorum::shrink))
+        .route("/api/rebalance/queues", post(quorum::rebalance))
         .route(
             "/api/bindings",
             get(amqp::bindings).post(amqp::bind).delete(amqp::unbind),

@@ -411,12 +411,18 @@ fn context_on(dir: &std::path::Path) -> Context {
 /// One idempotent batch of producer `producer_id` with `sequence`,
 /// encoded by kafka-protocol as a client would.
 fn idempotent_batch(producer_id: i64, sequence: i32) -> BytesMut {
+    flagged_batch(producer_id, sequence, false, false)
+}
+
+/// One batch of producer `producer_id` with `sequence`, transactional
+/// and control as asked.
+fn flagged_batch(producer_id: i64, sequence: i32, transactional: bool, control: bool) -> BytesMut {
     use kafka_protocol::records::{
         Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
     };
     let record = Record {
-        transactional: false,
-        control: false,
+        transactional,
+        control,
         delete_horizon: false,
         partition_leader_epoch: -1,
         producer_id,
@@ -586,4 +592,76 @@ async fn a_leader_epoch_from_the_future_is_unknown_and_the_current_one_is_served
             "Fetch, epoch {epoch}"
         );
     }
+}
+
+/// What only the broker writes is refused in a Produce, as Kafka does:
+/// a transaction marker (control batch) or an idempotent batch without a
+/// sequence is INVALID_RECORD; a transactional batch is
+/// TRANSACTIONAL_ID_AUTHORIZATION_FAILED while there is no transaction
+/// coordinator. Nothing refused reaches the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_refuses_markers_sequenceless_and_transactional_batches() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let context = context_on(dir.path());
+    let cases = [
+        (
+            flagged_batch(7, 0, true, true),
+            kafka_protocol::ResponseError::InvalidRecord,
+        ),
+        (
+            flagged_batch(7, -1, false, false),
+            kafka_protocol::ResponseError::InvalidRecord,
+        ),
+        (
+            flagged_batch(7, 0, true, false),
+            kafka_protocol::ResponseError::TransactionalIdAuthorizationFailed,
+        ),
+        // A plain (not idempotent) batch carrying the control flag.
+        (
+            flagged_batch(-1, -1, false, true),
+            kafka_protocol::ResponseError::InvalidRecord,
+        ),
+    ];
+    for (case, (records, expected)) in cases.into_iter().enumerate() {
+        let code = produce_one(&context, records, Some("tx")).await;
+        assert_eq!(code, expected.code(), "case {case}");
+    }
+    let t = context.broker.topics().get("t").expect("topic t");
+    let partition = t
+        .partition(sluice_types::PartitionId::from(0))
+        .expect("partition 0");
+    assert_eq!(partition.log_end().get(), 0, "nothing refused was written");
+
+    // An idempotent batch still goes in.
+    assert_eq!(produce_one(&context, idempotent_batch(7, 0), None).await, 0);
+    assert_eq!(partition.log_end().get(), 1);
+}
+
+/// Produces `records` to partition 0 of topic "t" (acks=all, with
+/// `transactional_id`); the partition's error code.
+async fn produce_one(
+    context: &Context,
+    records: BytesMut,
+    transactional_id: Option<&'static str>,
+) -> i16 {
+    let request = ProduceRequest::default()
+        .with_acks(-1)
+        .with_transactional_id(
+            transactional_id.map(|id| TransactionalId(StrBytes::from_static_str(id))),
+        )
+        .with_topic_data(vec![
+            TopicProduceData::default()
+                .with_name(topic("t"))
+                .with_partition_data(vec![
+                    PartitionProduceData::default()
+                        .with_index(0)
+                        .with_records(Some(records.freeze())),
+                ]),
+        ]);
+    let Some(ResponseKind::Produce(answer)) =
+        dispatch(context, RequestKind::Produce(request), 9, "test-client").await
+    else {
+        panic!("no Produce response");
+    };
+    answer.responses[0].partition_responses[0].error_code
 }

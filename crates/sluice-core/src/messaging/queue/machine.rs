@@ -17,7 +17,7 @@ use super::ConsumerSpec;
 use super::args::{Overflow, QueueArgs, QueueType};
 use super::ready::{Entry, Paged, PagedRun, Ready};
 use crate::CoreError;
-use crate::messaging::alarms::ResourceMonitor;
+use crate::messaging::alarms::{MemoryCharge, ResourceMonitor};
 use crate::messaging::message::Message;
 use crate::messaging::queue_store::{PagedIn, QueueStore, RecoveredMessage, RecoveredRun};
 
@@ -42,6 +42,25 @@ pub(crate) enum DeathReason {
 }
 
 impl DeathReason {
+    /// The reason as one byte (a quorum queue's held dead letters).
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            DeathReason::Rejected => 0,
+            DeathReason::Expired => 1,
+            DeathReason::MaxLen => 2,
+            DeathReason::DeliveryLimit => 3,
+        }
+    }
+
+    pub(crate) fn from_code(code: u8) -> DeathReason {
+        match code {
+            1 => DeathReason::Expired,
+            2 => DeathReason::MaxLen,
+            3 => DeathReason::DeliveryLimit,
+            _ => DeathReason::Rejected,
+        }
+    }
+
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             DeathReason::Rejected => "rejected",
@@ -57,6 +76,28 @@ impl DeathReason {
 pub(crate) struct DeadLetter {
     pub(crate) message: Arc<Message>,
     pub(crate) reason: DeathReason,
+    /// Its id, when the queue keeps it until its dead-letter target has
+    /// it (a quorum queue's `at-least-once` strategy).
+    pub(crate) held: Option<u64>,
+}
+
+/// Milliseconds a held dead letter waits before it is dead-lettered again
+/// once its last attempt failed (no route, refused, or unconfirmed).
+pub(crate) const HELD_RETRY_MS: i64 = 2_000;
+
+/// A dead letter a quorum queue keeps until its target confirmed it. It
+/// counts against the queue's length limits and memory, as RabbitMQ
+/// counts its discarded-but-unconfirmed messages.
+#[derive(Debug)]
+struct Held {
+    message: Arc<Message>,
+    reason: DeathReason,
+    /// When it was last dead-lettered (`None`: just now, not yet seen by
+    /// a maintenance pass).
+    sent_at: Option<i64>,
+    /// Its targets' confirms are awaited: not sent again meanwhile.
+    in_flight: bool,
+    _charge: MemoryCharge,
 }
 
 /// A change to a queue's store the machine decided on.
@@ -66,6 +107,12 @@ pub(crate) enum StoreOp {
     Settle(u64),
     /// The stored message was delivered (redelivered after a crash).
     Delivered(u64),
+    /// The stored message came back unsettled, this many times in all (a
+    /// quorum queue's delivery count).
+    Returned(u64, u32),
+    /// The stored message died and is kept until its dead-letter target
+    /// confirmed it (`at-least-once`).
+    Held(u64, DeathReason),
 }
 
 /// What an operation decided that the runtime performs, in order.
@@ -79,7 +126,11 @@ pub(crate) struct Effects {
 
 impl Effects {
     fn dead(&mut self, message: Arc<Message>, reason: DeathReason) {
-        self.dead.push(DeadLetter { message, reason });
+        self.dead.push(DeadLetter {
+            message,
+            reason,
+            held: None,
+        });
     }
 
     fn settle(&mut self, entry: &Entry) {
@@ -91,6 +142,12 @@ impl Effects {
     fn delivered(&mut self, entry: &Entry) {
         if let Some(id) = entry.stored {
             self.store.push(StoreOp::Delivered(id));
+        }
+    }
+
+    fn returned(&mut self, entry: &Entry) {
+        if let Some(id) = entry.stored {
+            self.store.push(StoreOp::Returned(id, entry.returns));
         }
     }
 }
@@ -150,6 +207,10 @@ pub(crate) struct QueueMachine {
     /// Wall-clock milliseconds of the last use, for `x-expires`.
     last_used: i64,
     pub(super) deleted: bool,
+    /// Dead letters kept until their target confirmed them, by id.
+    held: std::collections::BTreeMap<u64, Held>,
+    /// Body bytes of the held dead letters.
+    held_bytes: u64,
 }
 
 impl QueueMachine {
@@ -164,7 +225,135 @@ impl QueueMachine {
             next_seq: 0,
             last_used: now,
             deleted: false,
+            held: std::collections::BTreeMap::new(),
+            held_bytes: 0,
         }
+    }
+
+    /// Keeps a dead letter until its target confirmed it.
+    fn hold(
+        &mut self,
+        id: u64,
+        message: Arc<Message>,
+        reason: DeathReason,
+        sent_at: Option<i64>,
+        charge: MemoryCharge,
+    ) {
+        self.held_bytes += message.body_size() as u64;
+        if let Some(before) = self.held.insert(
+            id,
+            Held {
+                message,
+                reason,
+                sent_at,
+                in_flight: false,
+                _charge: charge,
+            },
+        ) {
+            self.held_bytes = self
+                .held_bytes
+                .saturating_sub(before.message.body_size() as u64);
+        }
+    }
+
+    fn unhold(&mut self, id: u64) -> bool {
+        match self.held.remove(&id) {
+            Some(held) => {
+                self.held_bytes = self
+                    .held_bytes
+                    .saturating_sub(held.message.body_size() as u64);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether dead letters are kept until their target confirmed them:
+    /// a quorum queue with `x-dead-letter-strategy` at-least-once, a
+    /// dead-letter exchange and `x-overflow` reject-publish (RabbitMQ
+    /// falls back to at-most-once otherwise).
+    fn holds_dead(&self) -> bool {
+        self.args.queue_type == QueueType::Quorum
+            && self.args.dead_letter_strategy == super::args::DeadLetterStrategy::AtLeastOnce
+            && self.args.dead_letter_exchange.is_some()
+            && self.args.overflow == Overflow::RejectPublish
+    }
+
+    /// A message dies: settled and dead-lettered, or (a stored one, at
+    /// least once) kept until its dead-letter target confirmed it.
+    fn kill(&mut self, entry: Entry, reason: DeathReason, effects: &mut Effects) {
+        match entry.stored {
+            Some(id) if self.holds_dead() => {
+                effects.store.push(StoreOp::Held(id, reason));
+                effects.dead.push(DeadLetter {
+                    message: Arc::clone(&entry.message),
+                    reason,
+                    held: Some(id),
+                });
+                self.hold(id, entry.message, reason, None, entry._charge);
+            }
+            _ => {
+                effects.settle(&entry);
+                effects.dead(entry.message, reason);
+            }
+        }
+    }
+
+    /// Held dead letters whose target confirmed them: settled.
+    pub(crate) fn settle_held(&mut self, ids: &[u64], effects: &mut Effects) {
+        for id in ids {
+            if self.unhold(*id) {
+                effects.store.push(StoreOp::Settle(*id));
+            }
+        }
+    }
+
+    /// Held dead letters whose targets' confirms are awaited: not sent
+    /// again until [`QueueMachine::release_held`].
+    pub(crate) fn held_in_flight(&mut self, ids: &[u64]) {
+        for id in ids {
+            if let Some(held) = self.held.get_mut(id) {
+                held.in_flight = true;
+            }
+        }
+    }
+
+    /// Held dead letters a target did not confirm: sent again
+    /// [`HELD_RETRY_MS`] from `now`.
+    pub(crate) fn release_held(&mut self, ids: &[u64], now: i64) {
+        for id in ids {
+            if let Some(held) = self.held.get_mut(id) {
+                held.in_flight = false;
+                held.sent_at = Some(now);
+            }
+        }
+    }
+
+    /// Held dead letters whose last attempt failed [`HELD_RETRY_MS`] ago
+    /// (or before a restart) are dead-lettered again.
+    pub(crate) fn retry_held(&mut self, now: i64, effects: &mut Effects) {
+        for (id, held) in &mut self.held {
+            if held.in_flight {
+                continue;
+            }
+            match held.sent_at {
+                None => held.sent_at = Some(now),
+                Some(at) if now.saturating_sub(at) >= HELD_RETRY_MS => {
+                    held.sent_at = Some(now);
+                    effects.dead.push(DeadLetter {
+                        message: Arc::clone(&held.message),
+                        reason: held.reason,
+                        held: Some(*id),
+                    });
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// Dead letters held (waiting for their target's confirm).
+    pub(crate) fn held_count(&self) -> usize {
+        self.held.len()
     }
 
     /// Body bytes of ready messages a queue keeps in memory before newer
@@ -198,11 +387,24 @@ impl QueueMachine {
     /// were first stored.
     pub(crate) fn restore(&mut self, messages: Vec<RecoveredMessage>, paged: Vec<RecoveredRun>) {
         for recovered in messages {
+            if let Some(reason) = recovered.held {
+                // Died before, its target unconfirmed: dead-lettered again
+                // by the next maintenance pass.
+                let charge = self.memory.charge(recovered.message.body_size() as u64);
+                self.hold(
+                    recovered.id,
+                    Arc::new(recovered.message),
+                    reason,
+                    Some(i64::MIN),
+                    charge,
+                );
+                continue;
+            }
             let expires_at = self.expiry_for(&recovered.message, recovered.timestamp);
             let priority = self.effective_priority(&recovered.message);
             let seq = self.take_seq(1);
             let entry = Entry {
-                returns: 0,
+                returns: recovered.returns,
                 seq,
                 stored: Some(recovered.id),
                 _charge: self.memory.charge(recovered.message.body_size() as u64),
@@ -299,7 +501,7 @@ impl QueueMachine {
                 run.bytes = run.bytes.saturating_sub(size);
                 self.ready.unpage(1, size);
                 let entry = Entry {
-                    returns: 0,
+                    returns: paged.returns,
                     seq: run.first_seq + (paged.id - run.first_id),
                     stored: Some(paged.id),
                     expires_at: self.expiry_for(&message, paged.timestamp),
@@ -355,9 +557,12 @@ impl QueueMachine {
         }
         let size = message.body_size() as u64;
         let (max_length, max_length_bytes) = (self.args.max_length, self.args.max_length_bytes);
+        // Held dead letters count too: an unreachable dead-letter target
+        // pushes back on publishers (at-least-once needs reject-publish).
+        let (held, held_bytes) = (self.held.len(), self.held_bytes);
         let over = |ready: &Ready| {
-            max_length.is_some_and(|max| (ready.len + 1) as u64 > max)
-                || max_length_bytes.is_some_and(|max| ready.bytes + size > max)
+            max_length.is_some_and(|max| (ready.len + held + 1) as u64 > max)
+                || max_length_bytes.is_some_and(|max| ready.bytes + held_bytes + size > max)
         };
         if !over(&self.ready) {
             return Admission::Accept { expires_at };
@@ -369,8 +574,7 @@ impl QueueMachine {
                     let Some(entry) = self.ready.pop_oldest() else {
                         break;
                     };
-                    effects.settle(&entry);
-                    effects.dead(entry.message, DeathReason::MaxLen);
+                    self.kill(entry, DeathReason::MaxLen, effects);
                 }
                 if over(&self.ready) {
                     // Even alone it does not fit (a body over the byte limit).
@@ -455,8 +659,7 @@ impl QueueMachine {
             };
             if entry.expires_at.is_some_and(|at| at <= now) {
                 consumer.credit.release(1);
-                effects.settle(&entry);
-                effects.dead(entry.message, DeathReason::Expired);
+                self.kill(entry, DeathReason::Expired, effects);
                 continue;
             }
             if !deliver(consumer, &entry) {
@@ -534,9 +737,11 @@ impl QueueMachine {
                     .delivery_limit
                     .is_some_and(|limit| u64::from(entry.returns) > limit)
                 {
-                    effects.settle(&entry);
-                    effects.dead(entry.message, DeathReason::DeliveryLimit);
+                    self.kill(entry, DeathReason::DeliveryLimit, effects);
                     continue;
+                }
+                if !self.deleted {
+                    effects.returned(&entry);
                 }
             }
             if requeue && !self.deleted {
@@ -544,8 +749,7 @@ impl QueueMachine {
                 let priority = self.effective_priority(&entry.message);
                 self.ready.requeue(priority, entry);
             } else {
-                effects.settle(&entry);
-                effects.dead(entry.message, DeathReason::Rejected);
+                self.kill(entry, DeathReason::Rejected, effects);
             }
         }
     }
@@ -576,12 +780,17 @@ impl QueueMachine {
         before != self.consumers.len() && self.consumers.is_empty()
     }
 
-    /// `queue.purge`: drops every ready message; returns how many.
+    /// `queue.purge`: drops every ready message, and the dead letters
+    /// held for their target (as RabbitMQ's purge does); returns how many
+    /// ready ones.
     pub(crate) fn purge(&mut self, effects: &mut Effects) -> usize {
         let (entries, paged) = self.ready.drain();
         for entry in &entries {
             effects.settle(entry);
         }
+        let held = std::mem::take(&mut self.held);
+        self.held_bytes = 0;
+        effects.store.extend(held.into_keys().map(StoreOp::Settle));
         effects
             .store
             .extend(paged.iter().copied().map(StoreOp::Settle));
@@ -640,8 +849,7 @@ impl QueueMachine {
             let Some(entry) = self.ready.pop_front() else {
                 break;
             };
-            effects.settle(&entry);
-            effects.dead(entry.message, DeathReason::Expired);
+            self.kill(entry, DeathReason::Expired, effects);
         }
     }
 

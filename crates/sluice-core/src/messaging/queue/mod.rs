@@ -105,6 +105,10 @@ pub struct EnqueueOutcome {
     pub sync: Option<PendingAck>,
     /// Refused by `x-overflow` reject-publish (nack a confirming publisher).
     pub rejected: bool,
+    /// The queue was deleted meanwhile: the message went nowhere (a
+    /// publisher is confirmed as for an unroutable message; a held dead
+    /// letter is not settled by it).
+    pub gone: bool,
     /// Messages that died making room, or this one.
     pub dead: DeadLetters,
 }
@@ -117,6 +121,9 @@ pub struct EnqueueOutcome {
 #[derive(Debug, Default)]
 pub struct DeadLetters {
     pub(crate) queue: String,
+    /// The store id of the queue the letters died in: a held letter is
+    /// settled in that queue only, not in one declared again by its name.
+    pub(crate) store_id: Option<String>,
     pub(crate) exchange: String,
     pub(crate) routing_key: Option<String>,
     pub(crate) letters: Vec<DeadLetter>,
@@ -225,6 +232,26 @@ impl Store {
         }
     }
 
+    /// A message came back unsettled, `returns` times in all: a quorum
+    /// queue keeps the count across restarts (a replicated one for its
+    /// next leader too).
+    fn mark_returned(&mut self, id: u64, returns: u32) {
+        match self {
+            Store::Local(store) => store.returned(id, returns),
+            Store::Replicated(store) => store.returned(id, returns),
+        }
+    }
+
+    /// A message died and is held until its dead-letter target confirmed
+    /// it: kept across restarts (and for a replicated queue's next
+    /// leader), which dead-letter it again.
+    fn mark_held(&mut self, id: u64, reason: DeathReason) {
+        match self {
+            Store::Local(store) => store.held(id, reason),
+            Store::Replicated(store) => store.held(id, reason),
+        }
+    }
+
     fn flush(&mut self) -> Result<(), CoreError> {
         match self {
             Store::Local(store) => store.flush(),
@@ -279,6 +306,8 @@ impl Inner {
             match *op {
                 StoreOp::Settle(id) => store.settle(id),
                 StoreOp::Delivered(id) => store.mark_delivered(id),
+                StoreOp::Returned(id, returns) => store.mark_returned(id, returns),
+                StoreOp::Held(id, reason) => store.mark_held(id, reason),
             }
         }
     }
@@ -465,6 +494,7 @@ impl Queue {
         match &self.args.dead_letter_exchange {
             Some(exchange) if !letters.is_empty() => DeadLetters {
                 queue: self.name.clone(),
+                store_id: self.store_id.clone(),
                 exchange: exchange.clone(),
                 routing_key: self.args.dead_letter_routing_key.clone(),
                 letters,
@@ -672,7 +702,10 @@ impl Queue {
     ) -> Result<EnqueueOutcome, MessagingError> {
         if let Some(stream) = self.stream() {
             if self.is_deleted() {
-                return Ok(EnqueueOutcome::default());
+                return Ok(EnqueueOutcome {
+                    gone: true,
+                    ..EnqueueOutcome::default()
+                });
             }
             let sync = stream.append(&message)?;
             self.traffic.published.fetch_add(1, Ordering::Relaxed);
@@ -682,11 +715,21 @@ impl Queue {
             });
         }
         let now = self.now();
+        let quorum = self.queue_type() == QueueType::Quorum;
         let mut effects = Effects::default();
         let mut outcome = EnqueueOutcome::default();
         let accepted = {
             let mut inner = self.inner();
             if inner.machine.deleted {
+                // A quorum queue dropped as its leadership moved (or
+                // deleted): the publisher is nacked and sends again,
+                // reaching the queue as it is now, never acked for a
+                // message nobody stored.
+                if quorum {
+                    outcome.rejected = true;
+                } else {
+                    outcome.gone = true;
+                }
                 return Ok(outcome);
             }
             if let (Some(source), Some(store), true) =
@@ -710,12 +753,10 @@ impl Queue {
                     false
                 }
                 Admission::Accept { expires_at } => {
-                    // A quorum queue on a cluster replicates every
-                    // message, as RabbitMQ's keep transient ones too.
+                    // A quorum queue stores (on a cluster: replicates)
+                    // every message, as RabbitMQ's keep transient ones too.
                     let stored = match (inner.store.as_mut(), message.persistent()) {
-                        (Some(store), persistent)
-                            if persistent || matches!(store, Store::Replicated(_)) =>
-                        {
+                        (Some(store), persistent) if persistent || quorum => {
                             match store.append(&message, source) {
                                 Ok((id, sync)) => {
                                     outcome.sync = sync;
@@ -1023,9 +1064,41 @@ impl Queue {
         if let Err(error) = self.inner().flush() {
             tracing::warn!(queue = %self.name, %error, "cannot write settlements");
         }
-        let dead = self.dispatch();
+        let mut dead = self.dispatch();
+        let mut effects = Effects::default();
+        self.inner().machine.retry_held(self.now(), &mut effects);
+        dead.extend(self.dead_letters(effects.dead));
         let unused = self.inner().machine.unused_too_long(self.now());
         (unused, dead)
+    }
+
+    /// Dead letters held for their target (`at-least-once`) that it
+    /// confirmed: settled.
+    pub fn settle_held(&self, ids: &[u64]) {
+        let mut effects = Effects::default();
+        let mut inner = self.inner();
+        inner.machine.settle_held(ids, &mut effects);
+        inner.write(&effects.store);
+        if let Err(error) = inner.flush() {
+            tracing::warn!(queue = %self.name, %error, "cannot write settlements");
+        }
+    }
+
+    /// Held dead letters whose targets' confirms are awaited: not sent
+    /// again meanwhile.
+    pub(crate) fn held_in_flight(&self, ids: &[u64]) {
+        self.inner().machine.held_in_flight(ids);
+    }
+
+    /// Held dead letters their targets did not confirm: sent again later.
+    pub(crate) fn release_held(&self, ids: &[u64]) {
+        let now = self.now();
+        self.inner().machine.release_held(ids, now);
+    }
+
+    /// Dead letters held until their target confirms them.
+    pub fn held_dead_count(&self) -> usize {
+        self.inner().machine.held_count()
     }
 
     /// Marks the queue as used (redeclared), for `x-expires`.
@@ -1048,5 +1121,59 @@ impl Queue {
             store.close()?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::messaging::alarms::ResourceMonitor;
+
+    fn queue(queue_type: QueueType) -> Arc<Queue> {
+        Queue::new(
+            "q".into(),
+            QueueOptions {
+                durable: false,
+                exclusive_owner: None,
+                auto_delete: false,
+                arguments: amq_protocol::types::FieldTable::default(),
+            },
+            QueueArgs {
+                queue_type,
+                ..QueueArgs::default()
+            },
+            None,
+            QueueHome {
+                vhost: "/".into(),
+                memory: ResourceMonitor::new(u64::MAX),
+                clock: Arc::new(sluice_types::SystemClock),
+            },
+            None,
+        )
+    }
+
+    fn message() -> Arc<Message> {
+        Arc::new(Message {
+            exchange: "".into(),
+            routing_key: "q".into(),
+            properties: amq_protocol::protocol::BasicProperties::default(),
+            body: bytes::Bytes::from_static(b"m"),
+        })
+    }
+
+    /// A quorum queue instance dropped (its leadership moved) refuses
+    /// what still reaches it, so the publisher is nacked and sends again;
+    /// a deleted classic queue takes it as unroutable, as RabbitMQ does.
+    #[test]
+    fn a_dropped_quorum_instance_nacks_what_reaches_it() {
+        let quorum = queue(QueueType::Quorum);
+        quorum.mark_deleted();
+        let outcome = quorum.enqueue(message()).expect("enqueue");
+        assert!(outcome.rejected && !outcome.gone);
+
+        let classic = queue(QueueType::Classic);
+        classic.mark_deleted();
+        let outcome = classic.enqueue(message()).expect("enqueue");
+        assert!(!outcome.rejected && outcome.gone);
     }
 }

@@ -13,23 +13,77 @@ use crate::messaging::queue::{DeadLetter, DeadLetters, DeathReason};
 impl VirtualHost {
     /// Republishes messages that died in a queue to its dead-letter
     /// exchange, and what dies in turn where they land.
+    ///
+    /// A dead letter its queue holds (`at-least-once`) is settled there
+    /// once every queue it was routed to confirmed it; one routed nowhere,
+    /// refused or unconfirmed stays held and is sent again later.
     pub fn dead_letter(&self, dead: DeadLetters) {
         let mut pending = vec![dead];
         while let Some(batch) = pending.pop() {
             let DeadLetters {
                 queue,
+                store_id,
                 exchange,
                 routing_key,
                 letters,
             } = batch;
+            let mut held = Vec::new();
             for letter in letters {
-                pending.extend(self.republish_dead(
-                    &queue,
-                    &exchange,
-                    routing_key.as_deref(),
-                    letter,
-                ));
+                let id = letter.held;
+                let (died, confirm) =
+                    self.republish_dead(&queue, &exchange, routing_key.as_deref(), letter);
+                pending.extend(died);
+                if let (Some(id), Some(acks)) = (id, confirm) {
+                    held.push((id, acks));
+                }
             }
+            if !held.is_empty() {
+                self.settle_when_confirmed(&queue, store_id.as_deref(), held);
+            }
+        }
+    }
+
+    /// Settles held dead letters of `queue` once their targets confirmed
+    /// them (waited for off the caller's thread); until then they are not
+    /// sent again, and those a target failed to confirm are sent again
+    /// later.
+    fn settle_when_confirmed(
+        &self,
+        queue: &str,
+        store_id: Option<&str>,
+        held: Vec<(u64, crate::Acks)>,
+    ) {
+        // The queue the letters died in, not one declared since by its name
+        // (whose ids start again).
+        let Some(source) = self
+            .queue(queue)
+            .filter(|q| q.remote_node().is_none() && q.store_id() == store_id)
+        else {
+            return;
+        };
+        let ids: Vec<u64> = held.iter().map(|(id, _)| *id).collect();
+        source.held_in_flight(&ids);
+        let settle = move || {
+            let mut confirmed = Vec::new();
+            let mut failed = Vec::new();
+            for (id, acks) in held {
+                if acks.wait().is_ok() {
+                    confirmed.push(id);
+                } else {
+                    failed.push(id);
+                }
+            }
+            if !confirmed.is_empty() {
+                source.settle_held(&confirmed);
+            }
+            if !failed.is_empty() {
+                source.release_held(&failed);
+            }
+        };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            drop(tokio::task::spawn_blocking(settle));
+        } else {
+            settle();
         }
     }
 
@@ -43,9 +97,9 @@ impl VirtualHost {
         exchange: &str,
         routing_key: Option<&str>,
         letter: DeadLetter,
-    ) -> Vec<DeadLetters> {
+    ) -> (Vec<DeadLetters>, Option<crate::Acks>) {
         let Some(target) = self.exchange(exchange) else {
-            return Vec::new();
+            return (Vec::new(), None);
         };
         let original = &letter.message;
         let mut headers = original.headers().cloned().unwrap_or_default();
@@ -75,7 +129,7 @@ impl VirtualHost {
                 .any(|(_, r)| r == DeathReason::Rejected.as_str())
         {
             tracing::debug!(queue, "dead-letter cycle; message dropped");
-            return Vec::new();
+            return (Vec::new(), None);
         }
         let position = deaths
             .iter()
@@ -158,17 +212,27 @@ impl VirtualHost {
         let message = Arc::new(message);
         let mut died = Vec::new();
         let (local, remote) = self.route(&target, &message);
-        // At most once, as RabbitMQ dead-letters by default: not waited for.
-        let _ = self.send_to_homes(&remote, &message);
+        // What a held dead letter's settlement waits for (at most once,
+        // RabbitMQ's default, waits for nothing): every target queue took
+        // it, and its confirm.
+        let (mut acks, mut confirmed) = self.send_to_homes(&remote, &message);
+        confirmed &= !(local.is_empty() && remote.is_empty());
         for target_queue in local {
             match target_queue.enqueue(Arc::clone(&message)) {
-                Ok(outcome) => died.push(outcome.dead),
+                Ok(outcome) => {
+                    confirmed &= !outcome.rejected && !outcome.gone;
+                    if let Some(sync) = outcome.sync {
+                        acks.add(sync);
+                    }
+                    died.push(outcome.dead);
+                }
                 Err(error) => {
+                    confirmed = false;
                     tracing::warn!(queue = target_queue.name(), %error, "cannot dead-letter a message");
                 }
             }
         }
-        died
+        (died, confirmed.then_some(acks))
     }
 }
 

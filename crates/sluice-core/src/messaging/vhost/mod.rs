@@ -15,8 +15,10 @@
 mod cluster;
 mod dead_letter;
 mod declare;
+mod members;
 mod publish;
 mod quorum;
+pub use members::{GrowSelector, LeaderMove, MemberChange};
 pub use quorum::QuorumPlacement;
 
 use std::collections::HashMap;
@@ -151,6 +153,13 @@ pub trait RemoteQueues: Send + Sync + std::fmt::Debug {
         });
     }
 
+    /// The client connections open on node `node` (Kafka, AMQP), asked
+    /// over its link and answered within `timeout`; `None` without an
+    /// answer.
+    fn connections_on(&self, _node: i32, _timeout: std::time::Duration) -> Option<(u64, u64)> {
+        None
+    }
+
     /// Settles deliveries `seqs` of `queue` of `vhost` on node `home`.
     fn settle(
         &self,
@@ -231,6 +240,13 @@ impl VirtualHosts {
     /// a second call is ignored).
     pub fn attach_remote_queues(&self, carrier: Arc<dyn RemoteQueues>) {
         let _ = self.carrier.set(carrier);
+    }
+
+    /// The client connections open on another node of the cluster
+    /// (Kafka, AMQP), asked over its message link within `timeout`.
+    /// Blocking.
+    pub fn connections_on(&self, node: i32, timeout: std::time::Duration) -> Option<(u64, u64)> {
+        self.carrier.get()?.connections_on(node, timeout)
     }
 
     /// The virtual host called `name`.

@@ -65,7 +65,11 @@ impl VirtualHost {
             match queues.get(&name) {
                 Some(queue) => local.push(Arc::clone(queue)),
                 None => {
-                    if self.remote_queue(&name).is_some() {
+                    // A quorum queue between its local instance and its
+                    // stand-in (its leadership moving) is neither here nor
+                    // remote for a moment: refused as remote (a nack), not
+                    // dropped as unroutable.
+                    if self.remote_queue(&name).is_some() || self.is_quorum_definition(&name) {
                         remote.push(name);
                     }
                 }

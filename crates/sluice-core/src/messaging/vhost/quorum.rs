@@ -28,8 +28,13 @@ use crate::metadata::MetadataCommand;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QuorumPlacement {
     pub leader: i32,
+    /// The partition's leader epoch: one more at every leader change.
+    pub leader_epoch: i32,
     pub members: Vec<i32>,
     pub in_sync: Vec<i32>,
+    /// On the leader's node: records not yet on every in-sync replica
+    /// (log end minus high watermark); `None` elsewhere.
+    pub unreplicated: Option<i64>,
 }
 
 /// Replicas of a quorum queue when `x-quorum-initial-group-size` is not
@@ -49,6 +54,15 @@ impl VirtualHost {
             return None;
         }
         self.topics.get(&quorum_topic(&definition.store_id))
+    }
+
+    /// Whether `name` is a committed replicated quorum queue of this vhost.
+    pub(super) fn is_quorum_definition(&self, name: &str) -> bool {
+        self.replicates_quorum_queues()
+            && self
+                .definitions
+                .queue(&self.name, name)
+                .is_some_and(|definition| self.is_replicated_quorum(&definition))
     }
 
     /// Whether a definition is a quorum queue replicated in its own
@@ -114,11 +128,34 @@ impl VirtualHost {
         let definition = self.definitions.queue(&self.name, name)?;
         let topic = self.quorum_topic_of(&definition)?;
         let index = PartitionId::from(0);
+        let (leader, leader_epoch) = topic.leader(index).unwrap_or((-1, -1));
         Some(QuorumPlacement {
-            leader: topic.leader(index).map_or(-1, |(node, _)| node),
+            leader,
+            leader_epoch,
             members: topic.replicas(index).unwrap_or_default(),
             in_sync: topic.in_sync(index),
+            unreplicated: topic
+                .partition(index)
+                .filter(|partition| partition.is_leader())
+                .map(|partition| {
+                    (partition.log_end().get() - partition.high_watermark().get()).max(0)
+                }),
         })
+    }
+
+    /// Every replicated quorum queue here with its placement, by name.
+    pub fn quorum_placements(&self) -> Vec<(String, QuorumPlacement)> {
+        let mut placements: Vec<(String, QuorumPlacement)> = self
+            .definitions
+            .quorum_queues(&self.name)
+            .into_iter()
+            .filter_map(|definition| {
+                let placement = self.quorum_placement(&definition.name)?;
+                Some((definition.name, placement))
+            })
+            .collect();
+        placements.sort_by(|a, b| a.0.cmp(&b.0));
+        placements
     }
 
     /// Deletes the partition (internal topic) of the quorum queue with
@@ -291,10 +328,25 @@ impl VirtualHost {
         epoch: i32,
         local: Option<Arc<Queue>>,
     ) {
+        // The instance this node ran in an earlier epoch stops first (under
+        // its lock, so an enqueue under way finishes): nothing it appends
+        // can land after the read below and be missing from the new one.
+        // It stays in the map until the new one replaces it, nacking what
+        // still reaches it.
+        let sealed = local.map(|old| {
+            let consumers = old.take_consumers();
+            old.mark_deleted();
+            (old, consumers)
+        });
         let (store, messages) = match QuorumStore::open(topic) {
             Ok(opened) => opened,
             Err(error) => {
                 tracing::warn!(vhost = %self.name, queue = %definition.name, %error, "cannot rebuild a quorum queue from its partition");
+                // Its consumers wait for the queue as the next pass
+                // rebuilds it.
+                if let Some((old, consumers)) = sealed {
+                    self.orphan_consumers(&old, consumers);
+                }
                 return;
             }
         };
@@ -315,12 +367,14 @@ impl VirtualHost {
             None,
         );
         queue.restore(messages, Vec::new());
-        self.drop_stand_in(&definition.name);
-        if let Some(old) = local {
-            self.drop_local_quorum(&old);
-        }
+        // Replaced in one step, then the stand-in goes: a publish always
+        // finds one of them.
         self.queues_mut()
             .insert(definition.name.clone(), Arc::clone(&queue));
+        self.drop_stand_in(&definition.name);
+        if let Some((old, consumers)) = sealed {
+            self.orphan_consumers(&old, consumers);
+        }
         tracing::info!(vhost = %self.name, queue = %definition.name, leader_epoch = epoch, ready, "this node leads the quorum queue now");
         let dead = queue.dispatch();
         self.dead_letter(dead);
@@ -331,6 +385,7 @@ impl VirtualHost {
     /// are that leader's to deliver).
     fn drop_local_quorum(&self, local: &Arc<Queue>) {
         let consumers = local.take_consumers();
+        local.mark_deleted();
         {
             let mut queues = self.queues_mut();
             if queues
@@ -340,7 +395,14 @@ impl VirtualHost {
                 queues.remove(local.name());
             }
         }
-        local.mark_deleted();
+        self.orphan_consumers(local, consumers);
+        tracing::info!(vhost = %self.name, queue = %local.name(), "this node no longer leads the quorum queue");
+    }
+
+    /// The consumers of a quorum queue instance this node stopped running
+    /// wait for the queue's next leader (or are cancelled without a
+    /// carrier).
+    fn orphan_consumers(&self, local: &Arc<Queue>, consumers: Vec<crate::messaging::ConsumerSpec>) {
         for consumer in consumers {
             match self.carrier.get() {
                 Some(carrier) => carrier.orphan(&self.name, local.name(), consumer),
@@ -354,6 +416,5 @@ impl VirtualHost {
                 }
             }
         }
-        tracing::info!(vhost = %self.name, queue = %local.name(), "this node no longer leads the quorum queue");
     }
 }
