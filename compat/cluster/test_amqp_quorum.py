@@ -218,6 +218,121 @@ def test_a_consumer_on_another_node_goes_on_through_a_failover(fresh_cluster):
     assert set(before + after) <= set(got)
 
 
+def consuming(node, queue: str, prefetch: int, ack: bool):
+    """A pika connection to `node` consuming `queue` with manual acks:
+    (connection, channel, deliveries as (delivery tag, body, redelivered),
+    cancellations). Acknowledges each delivery at once when `ack`."""
+    connection = pika.BlockingConnection(
+        pika.ConnectionParameters(
+            host="127.0.0.1",
+            port=node.amqp_port,
+            credentials=pika.PlainCredentials("guest", "guest"),
+        )
+    )
+    ch = connection.channel()
+    ch.basic_qos(prefetch_count=prefetch)
+    deliveries: list[tuple[int, bytes, bool]] = []
+    cancelled: list = []
+    ch.add_on_cancel_callback(lambda frame: cancelled.append(frame))
+
+    def on_message(channel_, method, _properties, body):
+        deliveries.append((method.delivery_tag, body, method.redelivered))
+        if ack:
+            channel_.basic_ack(method.delivery_tag)
+
+    ch.basic_consume(queue, on_message)
+    return connection, ch, deliveries, cancelled
+
+
+def pump(connection, until, timeout: float, what: str) -> None:
+    """Runs `connection`'s events until `until()` holds (at most `timeout`
+    seconds)."""
+    deadline = time.monotonic() + timeout
+    while not until() and time.monotonic() < deadline:
+        connection.process_data_events(time_limit=0.2)
+    assert until(), what
+
+
+def test_acks_made_as_the_leader_dies_do_not_bring_messages_back(fresh_cluster):
+    """A consumer on a surviving node acknowledges deliveries just after
+    the queue's leader is killed (the acks cannot reach it): its node
+    hands them to the new leader, so nothing acknowledged comes back;
+    what is published afterwards arrives, once."""
+    cluster = fresh_cluster
+    queue, leader = declared(cluster, "qq-acks-kill")
+    publisher, consumer_node = [cluster.node(n) for n in (1, 2, 3) if n != leader]
+    held = [f"held-{i}".encode() for i in range(20)]
+    publish_confirmed(publisher, queue, held)
+    connection, ch, deliveries, cancelled = consuming(consumer_node, queue, prefetch=20, ack=False)
+    try:
+        pump(connection, lambda: len(deliveries) >= 20, 20, "20 deliveries before the kill")
+        cluster.node(leader).kill()
+        # Acknowledged after the kill: the former leader never sees these.
+        ch.basic_ack(deliveries[-1][0], multiple=True)
+        pump(connection, lambda: leader_of(publisher, queue) not in (leader, -1), 30, "a new leader")
+        after = [f"after-{i}".encode() for i in range(10)]
+        publish_confirmed(publisher, queue, after, retry_nacks_for=20)
+        pump(connection, lambda: len(deliveries) >= 30, 30, "the messages published after the failover")
+        for tag, body, _ in deliveries[20:]:
+            ch.basic_ack(tag)
+        # Anything acknowledged coming back would arrive by now.
+        end = time.monotonic() + 3
+        while time.monotonic() < end:
+            connection.process_data_events(time_limit=0.2)
+    finally:
+        if connection.is_open:
+            connection.close()
+    bodies = [body for _, body, _ in deliveries]
+    back = [body for body in bodies[20:] if body in held]
+    assert not back, f"{len(back)} acknowledged messages came back after the failover, e.g. {back[:3]}"
+    assert sorted(bodies[20:]) == sorted(after)
+    assert not cancelled, "the consumer was cancelled"
+
+
+def test_acks_on_a_cut_off_leader_do_not_bring_messages_back(proxied_cluster):
+    """A consumer on the queue's leader goes on consuming there while the
+    leader is cut off from the others (which elect another); once healed,
+    the former leader's log loses what it wrote alone, acknowledgements
+    included, and hands them to the new leader: nothing acknowledged comes
+    back, and the consumer goes on with the new leader."""
+    cluster = proxied_cluster
+    queue, leader = declared(cluster, "qq-acks-cut")
+    others = [cluster.node(n) for n in (1, 2, 3) if n != leader]
+    first = [f"first-{i}".encode() for i in range(50)]
+    publish_confirmed(others[0], queue, first)
+    wait_until(
+        lambda: queues_on(cluster.node(leader))[queue]["messages"] == 50,
+        20,
+        what="the 50 messages on the leader",
+    )
+    cluster.isolate(leader)
+    connection = None
+    try:
+        connection, ch, deliveries, cancelled = consuming(cluster.node(leader), queue, prefetch=100, ack=True)
+        # The cut-off leader still runs the queue and delivers what it has.
+        pump(connection, lambda: len(deliveries) >= 50, 20, "the 50 messages from the cut-off leader")
+        # The others elect a new leader meanwhile.
+        pump(connection, lambda: leader_of(others[0], queue) not in (leader, -1), 30, "a new leader")
+        new_leader = leader_of(others[0], queue)
+        cluster.heal()
+        pump(connection, lambda: leader_of(cluster.node(leader), queue) == new_leader, 30,
+             "the former leader following the new one")
+        after = [f"after-{i}".encode() for i in range(10)]
+        publish_confirmed(others[0], queue, after, retry_nacks_for=20)
+        pump(connection, lambda: len(deliveries) >= 60, 30, "the messages published after healing")
+        end = time.monotonic() + 3
+        while time.monotonic() < end:
+            connection.process_data_events(time_limit=0.2)
+    finally:
+        if connection is not None and connection.is_open:
+            connection.close()
+    bodies = [body for _, body, _ in deliveries]
+    back = [body for body in bodies[50:] if body in first]
+    assert not back, f"{len(back)} acknowledged messages came back after the partition healed, e.g. {back[:3]}"
+    assert sorted(bodies[50:]) == sorted(after)
+    assert not cancelled, "the consumer was cancelled"
+
+
 def high_watermark(node, topic: str) -> int | None:
     """A partition's high watermark on one node (its /metrics)."""
     wanted = f'sluice_kafka_partition_high_watermark{{topic="{topic}",partition="0"}}'

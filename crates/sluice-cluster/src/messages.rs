@@ -31,15 +31,24 @@
 //! `CONSUME [consumer:8][vhost][queue][tag][no_ack:1][exclusive:1][priority:4][prefetch:4]`,
 //! `CANCEL [consumer:8]`, `SETTLE [vhost][queue][op:1][count:4][seq:8]*`,
 //! `GET [id:8][vhost][queue][no_ack:1]`, `PURGE [id:8][vhost][queue]`,
-//! `CONNECTIONS [id:8]`. Every kind from `CONNECTIONS` on starts with its
+//! `CONNECTIONS [id:8]`,
+//! `RESETTLE [id:8][vhost][queue][count:4]([message:8][epoch:4])*`. Every kind from `CONNECTIONS` on starts with its
 //! call id: a node refuses a kind it does not know (a newer peer's) with
 //! `ANSWER [id][1]` and keeps the link.
 //! From it: `ANSWER [id:8][refused:1][reason]`,
-//! `DELIVER [consumer:8][seq:8][redelivered:1][message]`,
+//! `DELIVER [consumer:8][seq:8][redelivered:1][quorum:1]([message:8][epoch:4] if quorum)[message]`,
 //! `CANCELLED [consumer:8][reason]`,
 //! `GOT [id:8][0: empty | 1 [seq:8][redelivered:1][remaining:4][message] | 2 reason]`,
 //! `PURGED [id:8][0 [count:4] | 2 reason]`,
 //! `CONNECTED [id:8][kafka:8][amqp:8]`.
+//!
+//! A quorum queue's delivery names its message as every leader knows it
+//! (its id and the leader epoch of its enqueue record). The consumer's
+//! node remembers the acks and rejects of such deliveries, also those
+//! made after the link failed, and hands them to each new leader of the
+//! queue (`RESETTLE`, ahead of its consumers' `CONSUME`), so that a
+//! settlement the former leader did not replicate does not bring its
+//! message back.
 //!
 //! `basic.get` and `queue.purge` of a remote queue wait for the home's
 //! answer (at most 30 s) on the calling thread, out of the async
@@ -53,8 +62,8 @@ use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use sluice_core::messaging::{
-    ConsumerEvent, ConsumerSpec, Credit, Delivery, Message, MessagingError, Queue, QueueType,
-    RemoteQueues, RemoteSettlement, VirtualHost,
+    ConsumerEvent, ConsumerSpec, Credit, Delivery, Message, MessageRef, MessagingError, Queue,
+    QueueType, RemoteQueues, RemoteSettlement, VirtualHost,
 };
 use sluice_core::{Acks, Broker, PendingAck, RemoteOutcome};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -75,6 +84,7 @@ const SETTLE: u8 = 4;
 const GET: u8 = 5;
 const PURGE: u8 = 6;
 const CONNECTIONS: u8 = 7;
+const RESETTLE: u8 = 8;
 const ANSWER: u8 = 1;
 const DELIVER: u8 = 2;
 const CANCELLED: u8 = 3;
@@ -292,6 +302,8 @@ enum Outgoing {
         frame: Bytes,
     },
     Heartbeat,
+    /// Settlements made through a quorum queue's former leader, framed.
+    Resettle(Bytes),
     /// Settlements by the home's sequence numbers of deliveries no
     /// consumer here could take (back to the queue), made over
     /// connection `connection` (dropped on any other: the home requeued
@@ -367,6 +379,10 @@ fn lose(state: &LinkState, consumer: LocalConsumer) {
     }
 }
 
+/// A delivery this node took: the connection it came over, the home's
+/// sequence number, and a quorum queue's message reference.
+type Sent = (u64, u64, Option<MessageRef>);
+
 /// Where a call's answer goes: the connection it came over, and its fields.
 type Answer = std::sync::mpsc::SyncSender<(u64, Bytes)>;
 
@@ -375,8 +391,11 @@ type Answer = std::sync::mpsc::SyncSender<(u64, Bytes)>;
 struct LinkState {
     consumers: Mutex<HashMap<u64, LocalConsumer>>,
     /// Deliveries not settled yet: this node's sequence number to the
-    /// connection they came over and the home's sequence number.
-    deliveries: Mutex<HashMap<u64, (u64, u64)>>,
+    /// connection they came over, the home's sequence number and, for a
+    /// quorum queue's, the message as every leader knows it (kept after
+    /// their connection failed, so that their settlement reaches the
+    /// queue's next leader).
+    deliveries: Mutex<HashMap<u64, Sent>>,
     /// The connection now up (counts from 1).
     connection: AtomicU64,
     next_seq: AtomicU64,
@@ -567,7 +586,7 @@ impl RemoteQueues for Carrier {
                 let (_, state) = self.link(home);
                 let seq = state.next_seq.fetch_add(1, Ordering::Relaxed) + 1;
                 if !no_ack {
-                    lock(&state.deliveries).insert(seq, (connection, home_seq));
+                    lock(&state.deliveries).insert(seq, (connection, home_seq, None));
                 }
                 Ok(Some((seq, Arc::new(message), redelivered, remaining)))
             }
@@ -716,14 +735,53 @@ impl RemoteQueues for Carrier {
         queue: &str,
         seqs: &[u64],
         settlement: RemoteSettlement,
-    ) {
-        let (outgoing, _) = self.link(home);
+    ) -> Vec<MessageRef> {
+        let (outgoing, state) = self.link(home);
+        let settled = {
+            let current = state.connection.load(Ordering::Acquire);
+            let mut deliveries = lock(&state.deliveries);
+            let mut settled = Vec::new();
+            for seq in seqs {
+                let Some((over, _, quorum)) = deliveries.get(seq).copied() else {
+                    continue;
+                };
+                if settlement != (RemoteSettlement::Reject { requeue: true })
+                    && let Some(quorum) = quorum
+                {
+                    settled.push(quorum);
+                }
+                // Made over a connection that failed: nothing to send
+                // there (its home requeued it when the connection closed).
+                if over != current {
+                    deliveries.remove(seq);
+                }
+            }
+            settled
+        };
         let _ = outgoing.send(Outgoing::Settle {
             vhost: vhost.to_owned(),
             queue: queue.to_owned(),
             op: op_of(settlement),
             seqs: seqs.to_vec(),
         });
+        settled
+    }
+
+    fn resettle(&self, home: i32, vhost: &str, queue: &str, refs: &[MessageRef]) {
+        let mut extra = BytesMut::with_capacity(4 + 12 * refs.len());
+        extra.put_u32(u32::try_from(refs.len()).unwrap_or(u32::MAX));
+        for settled in refs {
+            extra.put_u64(settled.id);
+            extra.put_i32(settled.epoch);
+        }
+        // Call id 0: no answer is waited for.
+        match call_frame(RESETTLE, 0, vhost, queue, &extra) {
+            Ok(frame) => {
+                let (outgoing, _) = self.link(home);
+                let _ = outgoing.send(Outgoing::Resettle(frame));
+            }
+            Err(reason) => tracing::warn!(%reason, "cannot encode settlements for a new leader"),
+        }
     }
 }
 
@@ -751,7 +809,9 @@ fn connection_lost(state: &LinkState, waiting: &Waiting, connection: u64, reason
     for consumer in lost {
         lose(state, consumer);
     }
-    lock(&state.deliveries).retain(|_, (over, _)| *over != connection);
+    // A quorum queue's deliveries are kept: their settlements go to the
+    // queue's next leader.
+    lock(&state.deliveries).retain(|_, (over, _, quorum)| *over != connection || quorum.is_some());
     // Calls sent over it fail (their senders dropped); those not sent
     // yet go over the next one.
     lock(&state.calls).retain(|_, (over, _)| *over != connection);
@@ -879,7 +939,10 @@ fn refuse(state: &LinkState, item: Outgoing, reason: &str) {
         Outgoing::Call { id, .. } => {
             lock(&state.calls).remove(&id);
         }
-        Outgoing::Settle { .. } | Outgoing::SettleHome { .. } | Outgoing::Heartbeat => {}
+        Outgoing::Settle { .. }
+        | Outgoing::SettleHome { .. }
+        | Outgoing::Resettle(_)
+        | Outgoing::Heartbeat => {}
     }
 }
 
@@ -940,8 +1003,8 @@ fn outgoing_frame(
                 let mut deliveries = lock(&state.deliveries);
                 seqs.iter()
                     .filter_map(|seq| deliveries.remove(seq))
-                    .filter(|(over, _)| *over == connection)
-                    .map(|(_, home_seq)| home_seq)
+                    .filter(|(over, _, _)| *over == connection)
+                    .map(|(_, home_seq, _)| home_seq)
                     .collect()
             };
             if home_seqs.is_empty() {
@@ -969,6 +1032,7 @@ fn outgoing_frame(
             }
             Ok(frame)
         }
+        Outgoing::Resettle(frame) => Ok(frame),
         Outgoing::Heartbeat => Ok(frame(HEARTBEAT, &[])),
     };
     match encoded {
@@ -1037,6 +1101,19 @@ fn delivered(
     let consumer = get_u64(&mut fields)?;
     let home_seq = get_u64(&mut fields)?;
     let redelivered = get_u8(&mut fields)? != 0;
+    let quorum = match get_u8(&mut fields)? {
+        0 => None,
+        _ => {
+            let id = get_u64(&mut fields)?;
+            if fields.remaining() < 4 {
+                return None;
+            }
+            Some(MessageRef {
+                id,
+                epoch: fields.get_i32(),
+            })
+        }
+    };
     let message = Message::decode(fields)?;
     let consumers = lock(&state.consumers);
     let Some(target) = consumers.get(&consumer) else {
@@ -1062,7 +1139,7 @@ fn delivered(
     };
     let seq = state.next_seq.fetch_add(1, Ordering::Relaxed) + 1;
     if !target.no_ack {
-        lock(&state.deliveries).insert(seq, (connection, home_seq));
+        lock(&state.deliveries).insert(seq, (connection, home_seq, quorum));
     }
     // The home held the consumer to its prefetch; the channel's count
     // (and its global prefetch) sees the delivery too.
@@ -1074,6 +1151,7 @@ fn delivered(
         consumer_tag: Arc::clone(&target.tag),
         message: Arc::new(message),
         redelivered,
+        quorum,
     }));
     if sent.is_err() {
         lock(&state.deliveries).remove(&seq);
@@ -1220,6 +1298,7 @@ enum Work {
     Get(Bytes),
     Purge(Bytes),
     Connections(Bytes),
+    Resettle(Bytes),
 }
 
 /// One peer's link: its requests handled in order on one thread, the
@@ -1267,6 +1346,7 @@ async fn serve_link(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
                     Work::Connections(mut fields) => get_u64(&mut fields).map(|id| {
                         let _ = frames.send(connections_for_peer(&broker, id));
                     }),
+                    Work::Resettle(fields) => resettled(&broker, fields),
                 };
                 if handled.is_none() {
                     tracing::warn!(%peer, "a damaged request on a message link");
@@ -1354,6 +1434,7 @@ async fn serve_link(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
                     GET => Work::Get(fields),
                     PURGE => Work::Purge(fields),
                     CONNECTIONS => Work::Connections(fields),
+                    RESETTLE => Work::Resettle(fields),
                     other => {
                         // A newer peer's call (every kind from CONNECTIONS
                         // on starts with its call id): refused, the link
@@ -1394,6 +1475,31 @@ async fn serve_link(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
         tracing::warn!(%peer, "deliveries of a closed message link still pending after 5 s");
     }
     writing.abort();
+}
+
+/// Settlements a peer's consumers made through a quorum queue's former
+/// leader, for this node as its new one.
+fn resettled(broker: &Broker, mut fields: Bytes) -> Option<()> {
+    let _id = get_u64(&mut fields)?;
+    let vhost = get_short(&mut fields)?;
+    let queue = get_short(&mut fields)?;
+    if fields.remaining() < 4 {
+        return None;
+    }
+    let count = fields.get_u32() as usize;
+    if fields.remaining() != count * 12 {
+        return None;
+    }
+    let refs: Vec<MessageRef> = (0..count)
+        .map(|_| MessageRef {
+            id: fields.get_u64(),
+            epoch: fields.get_i32(),
+        })
+        .collect();
+    if let Some(host) = broker.vhosts().get(&vhost) {
+        host.settled_elsewhere(&queue, &refs);
+    }
+    Some(())
 }
 
 /// Enqueues one message on this node: the acknowledgement to wait for,
@@ -1622,10 +1728,18 @@ fn deliver(
         give_back(broker, &delivery.queue, delivery.seq);
         return;
     };
-    let mut fields = BytesMut::with_capacity(17 + encoded.len());
+    let mut fields = BytesMut::with_capacity(30 + encoded.len());
     fields.put_u64(id);
     fields.put_u64(delivery.seq);
     fields.put_u8(u8::from(delivery.redelivered));
+    match delivery.quorum {
+        Some(quorum) => {
+            fields.put_u8(1);
+            fields.put_u64(quorum.id);
+            fields.put_i32(quorum.epoch);
+        }
+        None => fields.put_u8(0),
+    }
     fields.put_slice(&encoded);
     let _ = frames.send(frame(DELIVER, &fields));
     if no_ack {

@@ -45,7 +45,7 @@ pub use queue::{
 };
 pub(crate) use queue_store::PendingWrites;
 pub use queue_store::Source;
-pub use quorum_store::QUORUM_TOPIC_PREFIX;
+pub use quorum_store::{MessageRef, QUORUM_TOPIC_PREFIX, RecentSettlements};
 pub use stream::{STREAM_OFFSET_HEADER, STREAM_PARTITION_HEADER, StreamStart, parse_age_ms};
 pub(crate) use vhost::VhostShared;
 pub use vhost::{

@@ -28,9 +28,17 @@
 //! its dead-letter target confirmed it: a held record (key `d`,
 //! `[count:4]([id:8][reason:1])*`) says so, and a new leader
 //! dead-letters such messages again instead of delivering them.
+//!
+//! A settlement lost in a failover would bring back a message its
+//! consumer acknowledged. Each node therefore remembers the settlements
+//! its consumers made for a while ([`RecentSettlements`], a message named
+//! by its id and the leader epoch of its enqueue record, which no other
+//! record shares) and hands them to each new leader of the queue: applied
+//! when it rebuilds the queue, or at once when it already runs it.
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use sluice_types::{Offset, PartitionId};
@@ -55,6 +63,128 @@ const HELD: &[u8] = b"d";
 /// it is moved (each move may delete segment files).
 const RECLAIM_EVERY: i64 = 1024;
 
+/// How long a node remembers a settlement for the queue's next leader: a
+/// settlement is replicated within milliseconds unless the leader fails,
+/// and a failure is noticed within a link's 20 s of silence.
+const SETTLED_KEPT: Duration = Duration::from_secs(60);
+/// Most settlements remembered per queue (the oldest go first).
+const SETTLED_MAX: usize = 1 << 18;
+
+/// A quorum queue's message as every leader knows it: its offset in the
+/// partition and the leader epoch its enqueue record was written in (a
+/// record written again at that offset by a later leader has another).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MessageRef {
+    pub id: u64,
+    pub epoch: i32,
+}
+
+/// Settlements of quorum queue messages made on this node lately, by
+/// queue name, for each new leader of the queue: a settlement the former
+/// leader had not replicated would otherwise bring its message back.
+#[derive(Debug, Default)]
+pub struct RecentSettlements {
+    queues: Mutex<HashMap<String, QueueSettlements>>,
+    /// The virtual host, which sends stale settlements on.
+    host: std::sync::Weak<super::VirtualHost>,
+}
+
+#[derive(Debug, Default)]
+struct QueueSettlements {
+    recent: VecDeque<(Instant, MessageRef)>,
+    /// Made through an instance no longer running the queue (a leader
+    /// that stopped leading, a stand-in for one): not yet sent to the
+    /// queue's current leader.
+    stale: Vec<MessageRef>,
+}
+
+impl RecentSettlements {
+    /// For virtual host `host`.
+    pub(crate) fn new(host: std::sync::Weak<super::VirtualHost>) -> RecentSettlements {
+        RecentSettlements {
+            queues: Mutex::default(),
+            host,
+        }
+    }
+
+    /// Sends the stale settlements of `queue` to its current leader.
+    pub(crate) fn send_on(&self, queue: &str) {
+        if let Some(host) = self.host.upgrade() {
+            host.send_settlements_on(queue);
+        }
+    }
+
+    /// Keeps stale settlements that found no leader to go to, for the
+    /// next try.
+    pub(crate) fn keep_stale(&self, queue: &str, refs: Vec<MessageRef>) {
+        let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        let settled = queues.entry(queue.to_owned()).or_default();
+        settled.stale.extend(refs);
+        let excess = settled.stale.len().saturating_sub(SETTLED_MAX);
+        settled.stale.drain(..excess);
+    }
+
+    /// Remembers settlements of `queue`; `stale` when the instance they
+    /// were made through no longer runs the queue (to be sent on).
+    pub fn record(&self, queue: &str, refs: &[MessageRef], stale: bool) {
+        if refs.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        let settled = queues.entry(queue.to_owned()).or_default();
+        settled.forget_older_than(now);
+        settled.recent.extend(refs.iter().map(|r| (now, *r)));
+        if stale {
+            settled.stale.extend_from_slice(refs);
+        }
+        let excess = settled.recent.len().saturating_sub(SETTLED_MAX);
+        settled.recent.drain(..excess);
+        let excess = settled.stale.len().saturating_sub(SETTLED_MAX);
+        settled.stale.drain(..excess);
+    }
+
+    /// The settlements of `queue` made in the last [`SETTLED_KEPT`].
+    pub fn recent(&self, queue: &str) -> Vec<MessageRef> {
+        let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(settled) = queues.get_mut(queue) else {
+            return Vec::new();
+        };
+        settled.forget_older_than(Instant::now());
+        settled.stale.clear();
+        settled.recent.iter().map(|(_, r)| *r).collect()
+    }
+
+    /// The stale settlements of `queue` not yet sent on, taken.
+    pub fn take_stale(&self, queue: &str) -> Vec<MessageRef> {
+        let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        queues
+            .get_mut(queue)
+            .map(|settled| std::mem::take(&mut settled.stale))
+            .unwrap_or_default()
+    }
+
+    /// Forgets `queue` (deleted).
+    pub fn forget(&self, queue: &str) {
+        self.queues
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(queue);
+    }
+}
+
+impl QueueSettlements {
+    fn forget_older_than(&mut self, now: Instant) {
+        while self
+            .recent
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > SETTLED_KEPT)
+        {
+            self.recent.pop_front();
+        }
+    }
+}
+
 /// Prefix of the internal topics of quorum queues; Kafka clients may read
 /// them but not write them.
 pub const QUORUM_TOPIC_PREFIX: &str = "__amqp_quorum.";
@@ -70,9 +200,10 @@ pub(crate) fn quorum_topic(store_id: &str) -> String {
 pub(crate) struct QuorumStore {
     topic: Arc<Topic>,
     partition: Arc<Partition>,
-    /// Enqueued and not yet settled.
-    outstanding: BTreeSet<u64>,
-    pending_settle: Vec<u64>,
+    /// Enqueued and not yet settled, with the leader epoch of each
+    /// enqueue record.
+    outstanding: BTreeMap<u64, i32>,
+    pending_settle: Vec<MessageRef>,
     /// Delivery counts to write: (id, returns in all).
     pending_returns: Vec<(u64, u32)>,
     /// Held dead letters to write: (id, reason).
@@ -81,18 +212,24 @@ pub(crate) struct QuorumStore {
     /// in a later epoch rebuilds it (another leader may have changed the
     /// partition meanwhile).
     epoch: i32,
+    /// Where this node remembers the queue's settlements, and its name.
+    settled: Arc<RecentSettlements>,
+    queue: String,
 }
 
 impl QuorumStore {
-    /// Opens the queue on `topic`'s partition, which this node leads, and
-    /// reads back every unsettled message in id order, each flagged as
-    /// delivered before.
+    /// Opens queue `queue` on `topic`'s partition, which this node leads,
+    /// and reads back every unsettled message in id order, each flagged as
+    /// delivered before. The settlements `settled` remembers for it (made
+    /// through a former leader, perhaps lost with it) are applied first.
     ///
     /// # Errors
     /// [`CoreError::UnknownPartition`] when the topic has no partition
     /// here; the log's read errors.
     pub(crate) fn open(
         topic: Arc<Topic>,
+        queue: &str,
+        settled: Arc<RecentSettlements>,
     ) -> Result<(QuorumStore, Vec<RecoveredMessage>), CoreError> {
         let partition =
             topic
@@ -102,7 +239,8 @@ impl QuorumStore {
                     partition: PartitionId::from(0),
                 })?;
         let mut messages = Vec::new();
-        let mut settled = BTreeSet::new();
+        let mut epochs = HashMap::new();
+        let mut done = HashSet::new();
         let mut returns = HashMap::new();
         let mut held = HashMap::new();
         crate::replay::for_each_record(partition.log(), partition.log_start(), |record| {
@@ -110,26 +248,51 @@ impl QuorumStore {
                 return;
             };
             match record.key.as_deref() {
-                Some(SETTLEMENT) => settled.extend(ids(record.value.unwrap_or_default())),
+                Some(SETTLEMENT) => done.extend(ids(record.value.unwrap_or_default())),
                 Some(RETURNS) => {
                     returns.extend(read_returns(&mut record.value.unwrap_or_default()))
                 }
                 Some(HELD) => held.extend(read_held(&mut record.value.unwrap_or_default())),
                 Some(MESSAGE) => match record.value.and_then(Message::decode) {
-                    Some(message) => messages.push(RecoveredMessage {
-                        id,
-                        message,
-                        timestamp: record.timestamp,
-                        delivered: true,
-                        returns: 0,
-                        held: None,
-                    }),
+                    Some(message) => {
+                        epochs.insert(id, record.partition_leader_epoch);
+                        messages.push(RecoveredMessage {
+                            id,
+                            message,
+                            timestamp: record.timestamp,
+                            delivered: true,
+                            returns: 0,
+                            held: None,
+                        });
+                    }
                     None => tracing::warn!(id, "skipping an undecodable quorum queue message"),
                 },
                 _ => {}
             }
         })?;
-        messages.retain(|m| !settled.contains(&m.id));
+        messages.retain(|m| !done.contains(&m.id));
+        // Settled through a former leader that may not have replicated it:
+        // settled again here (the same message: same id, same epoch).
+        let remembered: HashSet<MessageRef> = settled.recent(queue).into_iter().collect();
+        let mut pending_settle = Vec::new();
+        messages.retain(|m| {
+            let message = MessageRef {
+                id: m.id,
+                epoch: epochs.get(&m.id).copied().unwrap_or(-1),
+            };
+            let keep = !remembered.contains(&message);
+            if !keep {
+                pending_settle.push(message);
+            }
+            keep
+        });
+        if !pending_settle.is_empty() {
+            tracing::info!(
+                queue,
+                settled = pending_settle.len(),
+                "settlements made through a former leader applied"
+            );
+        }
         for message in &mut messages {
             message.returns = returns.get(&message.id).copied().unwrap_or(0);
             message.held = held.get(&message.id).copied();
@@ -137,10 +300,15 @@ impl QuorumStore {
         let epoch = partition.leader_epoch().get();
         let store = QuorumStore {
             epoch,
-            outstanding: messages.iter().map(|m| m.id).collect(),
+            outstanding: messages
+                .iter()
+                .map(|m| (m.id, epochs.get(&m.id).copied().unwrap_or(-1)))
+                .collect(),
             topic,
             partition,
-            pending_settle: Vec::new(),
+            pending_settle,
+            settled,
+            queue: queue.to_owned(),
             pending_returns: Vec::new(),
             pending_held: Vec::new(),
         };
@@ -174,21 +342,36 @@ impl QuorumStore {
             .append_start(self.partition.id(), &mut batch)?
             .in_sync();
         let id = u64::try_from(appended.info.first_offset.get()).unwrap_or(0);
-        self.outstanding.insert(id);
+        self.outstanding
+            .insert(id, self.partition.leader_epoch().get());
         Ok((id, appended.ack))
     }
 
     /// Records that `id` is settled; written by the next flush.
     pub(crate) fn settle(&mut self, id: u64) {
-        if self.outstanding.remove(&id) {
-            self.pending_settle.push(id);
+        if let Some(epoch) = self.outstanding.remove(&id) {
+            self.pending_settle.push(MessageRef { id, epoch });
         }
+    }
+
+    /// The leader epoch of message `id`'s enqueue record, while unsettled.
+    pub(crate) fn epoch_of(&self, id: u64) -> Option<i32> {
+        self.outstanding.get(&id).copied()
+    }
+
+    /// Of `refs` (settlements made through a former leader), the ids of
+    /// the messages this queue still holds: the same id in the same epoch.
+    pub(crate) fn still_held(&self, refs: &[MessageRef]) -> HashSet<u64> {
+        refs.iter()
+            .filter(|r| self.outstanding.get(&r.id) == Some(&r.epoch))
+            .map(|r| r.id)
+            .collect()
     }
 
     /// Records that `id` came back unsettled, `returns` times in all;
     /// written by the next flush.
     pub(crate) fn returned(&mut self, id: u64, returns: u32) {
-        if self.outstanding.contains(&id) {
+        if self.outstanding.contains_key(&id) {
             self.pending_returns.push((id, returns));
         }
     }
@@ -196,7 +379,7 @@ impl QuorumStore {
     /// Records that `id` died and is held until its dead-letter target
     /// confirmed it; written by the next flush.
     pub(crate) fn held(&mut self, id: u64, reason: DeathReason) {
-        if self.outstanding.contains(&id) {
+        if self.outstanding.contains_key(&id) {
             self.pending_held.push((id, reason));
         }
     }
@@ -236,8 +419,8 @@ impl QuorumStore {
         if !settled.is_empty() {
             let mut value = BytesMut::with_capacity(4 + 8 * settled.len());
             value.put_u32(u32::try_from(settled.len()).unwrap_or(u32::MAX));
-            for id in &settled {
-                value.put_u64(*id);
+            for settled in &settled {
+                value.put_u64(settled.id);
             }
             records.push((SETTLEMENT, value));
         }
@@ -250,11 +433,15 @@ impl QuorumStore {
         // lost in a failover redelivers, a delivery count lost counts one
         // less.
         match self.topic.append_start(self.partition.id(), &mut batch) {
-            Ok(appended) => self.partition.sync_soon(appended.info.last_offset.plus(1)),
-            // No longer the leader: the next one redelivers what these
-            // settled (the client saw them unsettled, as AMQP allows).
+            Ok(appended) => {
+                self.partition.sync_soon(appended.info.last_offset.plus(1));
+                // Kept for the next leader until surely replicated.
+                self.settled.record(&self.queue, &settled, false);
+            }
+            // No longer the leader: the settlements go to the next one.
             Err(CoreError::NotLeader { .. }) => {
-                tracing::debug!(topic = %self.topic.name(), settled = settled.len(), returned = returned.len(), "settlements dropped: no longer the leader");
+                tracing::debug!(topic = %self.topic.name(), settled = settled.len(), returned = returned.len(), "settlements for the next leader: no longer the leader");
+                self.settled.record(&self.queue, &settled, true);
                 return Ok(());
             }
             Err(error) => return Err(error),
@@ -268,8 +455,8 @@ impl QuorumStore {
     fn reclaim(&self) {
         let oldest = self
             .outstanding
-            .first()
-            .map_or(self.partition.log_end(), |id| {
+            .first_key_value()
+            .map_or(self.partition.log_end(), |(id, _)| {
                 Offset::from(i64::try_from(*id).unwrap_or(i64::MAX))
             });
         let to = oldest.min(self.partition.high_watermark());
@@ -356,4 +543,45 @@ fn ids(mut value: Bytes) -> Vec<u64> {
         out.push(value.get_u64());
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(id: u64, epoch: i32) -> MessageRef {
+        MessageRef { id, epoch }
+    }
+
+    /// A node remembers its settlements per queue for the next leader;
+    /// stale ones (made through a leader that stopped leading) wait to be
+    /// sent on, once, and a full handover covers them.
+    #[test]
+    fn recent_settlements_are_kept_per_queue_and_stale_ones_sent_once() {
+        let settled = RecentSettlements::default();
+        settled.record("q", &[at(1, 3), at(2, 3)], false);
+        settled.record("q", &[at(5, 4)], true);
+        settled.record("other", &[at(9, 1)], false);
+        assert_eq!(settled.take_stale("q"), vec![at(5, 4)]);
+        assert!(settled.take_stale("q").is_empty(), "taken once");
+        settled.keep_stale("q", vec![at(5, 4)]);
+        assert_eq!(settled.recent("q"), vec![at(1, 3), at(2, 3), at(5, 4)]);
+        assert!(
+            settled.take_stale("q").is_empty(),
+            "a full handover covers the stale ones"
+        );
+        assert_eq!(settled.recent("other"), vec![at(9, 1)]);
+        settled.forget("q");
+        assert!(settled.recent("q").is_empty());
+    }
+
+    #[test]
+    fn recent_settlements_are_bounded_in_count() {
+        let settled = RecentSettlements::default();
+        let many: Vec<MessageRef> = (0..(SETTLED_MAX as u64 + 10)).map(|id| at(id, 1)).collect();
+        settled.record("q", &many, false);
+        let recent = settled.recent("q");
+        assert_eq!(recent.len(), SETTLED_MAX);
+        assert_eq!(recent.first(), Some(&at(10, 1)), "the oldest go first");
+    }
 }

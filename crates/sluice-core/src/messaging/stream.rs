@@ -376,6 +376,7 @@ impl Reader {
             consumer_tag: Arc::clone(&self.consumer.tag),
             message: Arc::new(message),
             redelivered: false,
+            quorum: None,
         };
         self.consumer
             .sink

@@ -211,6 +211,10 @@ pub(crate) struct QueueMachine {
     held: std::collections::BTreeMap<u64, Held>,
     /// Body bytes of the held dead letters.
     held_bytes: u64,
+    /// Wall-clock milliseconds before which nothing is dispatched (a
+    /// quorum queue's new leader waits for settlements made through the
+    /// former one).
+    dispatch_after: i64,
 }
 
 impl QueueMachine {
@@ -227,7 +231,13 @@ impl QueueMachine {
             deleted: false,
             held: std::collections::BTreeMap::new(),
             held_bytes: 0,
+            dispatch_after: 0,
         }
+    }
+
+    /// Dispatches nothing before wall-clock millisecond `at`.
+    pub(crate) fn dispatch_after(&mut self, at: i64) {
+        self.dispatch_after = at;
     }
 
     /// Keeps a dead letter until its target confirmed it.
@@ -640,6 +650,9 @@ impl QueueMachine {
         deliver: &mut dyn FnMut(&ConsumerSpec, &Entry) -> bool,
     ) {
         self.drop_expired(now, pager, queue, effects);
+        if now < self.dispatch_after {
+            return;
+        }
         loop {
             if self.ready.len == 0 || self.consumers.is_empty() {
                 break;
@@ -719,6 +732,47 @@ impl QueueMachine {
             }
         }
         acked
+    }
+
+    /// Settles the messages stored under `ids` that are delivered or ready
+    /// in memory (a quorum queue's, settled through a former leader);
+    /// returns how many. Those paged out stay (delivered again, flagged).
+    pub(crate) fn settle_stored(
+        &mut self,
+        ids: &std::collections::HashSet<u64>,
+        effects: &mut Effects,
+    ) -> usize {
+        let delivered: Vec<u64> = self
+            .unacked
+            .iter()
+            .filter(|(_, entry)| entry.stored.is_some_and(|id| ids.contains(&id)))
+            .map(|(seq, _)| *seq)
+            .collect();
+        let mut settled = 0;
+        for seq in delivered {
+            if let Some(entry) = self.unacked.remove(&seq) {
+                effects.settle(&entry);
+                settled += 1;
+            }
+        }
+        for bucket in self.ready.buckets.values_mut() {
+            let mut kept = std::collections::VecDeque::with_capacity(bucket.len());
+            for entry in bucket.drain(..) {
+                if entry.stored.is_some_and(|id| ids.contains(&id)) {
+                    self.ready.len -= 1;
+                    self.ready.bytes = self
+                        .ready
+                        .bytes
+                        .saturating_sub(entry.message.body_size() as u64);
+                    effects.settle(&entry);
+                    settled += 1;
+                } else {
+                    kept.push_back(entry);
+                }
+            }
+            *bucket = kept;
+        }
+        settled
     }
 
     /// Settles deliveries negatively: back to the ready list (marked
@@ -1195,5 +1249,36 @@ mod tests {
         let mut effects = Effects::default();
         queue.ack(&[seq], &mut effects);
         assert_eq!(effects.store, vec![StoreOp::Settle(7)]);
+    }
+
+    /// Settlements made through a former leader take their messages out
+    /// of the queue, delivered or ready, and are written; others stay.
+    #[test]
+    fn messages_settled_elsewhere_leave_the_queue_delivered_or_ready() {
+        let mut queue = machine(QueueArgs::default());
+        for (body, id) in [("a", 10), ("b", 11), ("c", 12), ("d", 13)] {
+            queue.push(message(body), Some(id), None);
+        }
+        let mut effects = Effects::default();
+        let (delivered_a, _, _) = queue.get(false, 0, None, "q", &mut effects).expect("a");
+        let (delivered_b, _, _) = queue.get(false, 0, None, "q", &mut effects).expect("b");
+        let mut effects = Effects::default();
+        let ids: std::collections::HashSet<u64> = [10, 12, 99].into_iter().collect();
+        assert_eq!(queue.settle_stored(&ids, &mut effects), 2);
+        let mut settled = effects.store.clone();
+        settled.sort_by_key(|op| match op {
+            StoreOp::Settle(id) => *id,
+            _ => u64::MAX,
+        });
+        assert_eq!(settled, vec![StoreOp::Settle(10), StoreOp::Settle(12)]);
+        assert_eq!(queue.ready.len, 1, "only d is ready");
+        assert_eq!(queue.ready.bytes, 1);
+        // a is gone: its late ack settles nothing; b is still delivered.
+        let mut effects = Effects::default();
+        assert_eq!(queue.ack(&[delivered_a, delivered_b], &mut effects), 1);
+        assert_eq!(effects.store, vec![StoreOp::Settle(11)]);
+        let mut effects = Effects::default();
+        let (_, last, _) = queue.get(false, 0, None, "q", &mut effects).expect("d");
+        assert_eq!(&last.body[..], b"d");
     }
 }

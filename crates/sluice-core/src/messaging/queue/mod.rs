@@ -39,7 +39,7 @@ use super::MessagingError;
 use super::alarms::ResourceMonitor;
 use super::message::Message;
 use super::queue_store::{PagedIn, QueueStore, RecoveredMessage, RecoveredRun, Source};
-use super::quorum_store::QuorumStore;
+use super::quorum_store::{MessageRef, QuorumStore, RecentSettlements};
 use super::stream::{Stream, StreamStart};
 use crate::CoreError;
 use crate::PendingAck;
@@ -59,6 +59,9 @@ pub struct Delivery {
     pub message: Arc<Message>,
     /// Delivered before and not settled.
     pub redelivered: bool,
+    /// For a quorum queue on a cluster: the message as every leader knows
+    /// it (the consumer's node remembers its settlement for the next).
+    pub quorum: Option<MessageRef>,
 }
 
 /// What a queue tells a consumer's channel.
@@ -188,6 +191,9 @@ pub(crate) struct QueueHome {
     pub(crate) memory: Arc<ResourceMonitor>,
     /// The broker's clock.
     pub(crate) clock: Arc<dyn Clock>,
+    /// Settlements of quorum queue messages made here lately, for each
+    /// new leader of their queue.
+    pub(crate) settled: Arc<RecentSettlements>,
 }
 
 /// Where a durable queue keeps its messages: its own logs on this node,
@@ -484,9 +490,60 @@ impl Queue {
 
     /// Relays a settlement of a remote queue's deliveries to its home.
     fn settle_remote(&self, home: &RemoteHome, seqs: &[u64], settlement: RemoteSettlement) {
-        if let Some(carrier) = home.carrier() {
-            carrier.settle(home.node, &self.home.vhost, &self.name, seqs, settlement);
+        let Some(carrier) = home.carrier() else {
+            return;
+        };
+        let settled = carrier.settle(home.node, &self.home.vhost, &self.name, seqs, settlement);
+        if settled.is_empty() {
+            return;
         }
+        // A quorum queue's: remembered for its next leader. Through a
+        // stand-in replaced meanwhile (the leader changed), they go on to
+        // the current one at once.
+        let stale = self.is_deleted();
+        self.home.settled.record(&self.name, &settled, stale);
+        if stale {
+            self.home.settled.send_on(&self.name);
+        }
+    }
+
+    /// After a settlement of a quorum queue instance this node no longer
+    /// runs: what it settled goes on to the queue's current leader.
+    fn send_on_if_dropped(&self) {
+        if self.quorum_epoch().is_some() && self.is_deleted() {
+            self.home.settled.send_on(&self.name);
+        }
+    }
+
+    /// Dispatches nothing to consumers for `wait` (the maintenance pass
+    /// dispatches after it).
+    pub(crate) fn hold_deliveries(&self, wait: std::time::Duration) {
+        let until = self
+            .now()
+            .saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX));
+        self.inner().machine.dispatch_after(until);
+    }
+
+    /// Settles the messages of `refs` this instance of a quorum queue
+    /// still holds (settled through a former leader, which may not have
+    /// replicated it): ready or delivered, they go. Returns how many.
+    pub fn settle_refs(&self, refs: &[MessageRef]) -> usize {
+        let mut effects = Effects::default();
+        let mut inner = self.inner();
+        let ids = match inner.store.as_ref() {
+            Some(Store::Replicated(store)) => store.still_held(refs),
+            _ => return 0,
+        };
+        let settled = if ids.is_empty() {
+            0
+        } else {
+            inner.machine.settle_stored(&ids, &mut effects)
+        };
+        inner.write(&effects.store);
+        if let Err(error) = inner.flush() {
+            tracing::warn!(queue = %self.name, %error, "cannot write settlements made through a former leader");
+        }
+        settled
     }
 
     /// What the dead-letter exchange gets of `letters` (nothing without one).
@@ -812,6 +869,10 @@ impl Queue {
         {
             let mut inner = self.inner();
             let Inner { machine, store } = &mut *inner;
+            let replicated = match store.as_ref() {
+                Some(Store::Replicated(replicated)) => Some(replicated),
+                _ => None,
+            };
             machine.dispatch(
                 now,
                 store.as_ref().map(|s| s as &dyn Pager),
@@ -819,6 +880,9 @@ impl Queue {
                 &mut effects,
                 &mut |consumer, entry| {
                     let delivery = Delivery {
+                        quorum: replicated.zip(entry.stored).and_then(|(store, id)| {
+                            store.epoch_of(id).map(|epoch| MessageRef { id, epoch })
+                        }),
                         channel: consumer.channel,
                         queue: Arc::clone(self),
                         seq: entry.seq,
@@ -914,6 +978,8 @@ impl Queue {
         self.traffic.acked.fetch_add(acked, Ordering::Relaxed);
         inner.write(&effects.store);
         inner.flush()?;
+        drop(inner);
+        self.send_on_if_dropped();
         Ok(())
     }
 
@@ -941,6 +1007,9 @@ impl Queue {
             inner.machine.reject(seqs, requeue, &mut effects);
             inner.write(&effects.store);
             inner.flush()?;
+        }
+        if !requeue {
+            self.send_on_if_dropped();
         }
         let mut dead = self.dead_letters(effects.dead);
         if requeue {
@@ -1147,6 +1216,7 @@ mod tests {
                 vhost: "/".into(),
                 memory: ResourceMonitor::new(u64::MAX),
                 clock: Arc::new(sluice_types::SystemClock),
+                settled: Arc::default(),
             },
             None,
         )

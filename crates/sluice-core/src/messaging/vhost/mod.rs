@@ -160,7 +160,9 @@ pub trait RemoteQueues: Send + Sync + std::fmt::Debug {
         None
     }
 
-    /// Settles deliveries `seqs` of `queue` of `vhost` on node `home`.
+    /// Settles deliveries `seqs` of `queue` of `vhost` on node `home`;
+    /// returns, for a quorum queue's acks and rejects without requeue, the
+    /// messages settled as every leader knows them.
     fn settle(
         &self,
         home: i32,
@@ -168,7 +170,12 @@ pub trait RemoteQueues: Send + Sync + std::fmt::Debug {
         queue: &str,
         seqs: &[u64],
         settlement: super::RemoteSettlement,
-    );
+    ) -> Vec<super::MessageRef>;
+
+    /// Hands node `home`, the new leader of quorum queue `queue` of
+    /// `vhost`, settlements made here through a former leader (which may
+    /// not have replicated them), ahead of anything sent after.
+    fn resettle(&self, _home: i32, _vhost: &str, _queue: &str, _refs: &[super::MessageRef]) {}
 }
 
 impl VirtualHosts {
@@ -341,6 +348,9 @@ pub struct VirtualHost {
     /// Held while a quorum queue is placed (run here, or a stand-in): the
     /// follower loop and a declaration never place one queue at once.
     placing: std::sync::Mutex<()>,
+    /// Settlements of quorum queue messages made here lately, for each
+    /// new leader of their queue.
+    settled: Arc<super::quorum_store::RecentSettlements>,
 }
 
 static UNIQUE: AtomicU64 = AtomicU64::new(0);
@@ -401,7 +411,8 @@ impl VirtualHost {
                 )),
             );
         }
-        Arc::new(VirtualHost {
+        Arc::new_cyclic(|host| VirtualHost {
+            settled: Arc::new(super::quorum_store::RecentSettlements::new(host.clone())),
             name,
             exchanges: RwLock::new(exchanges),
             queues: RwLock::new(HashMap::new()),
@@ -491,6 +502,7 @@ impl VirtualHost {
             vhost: self.name.clone(),
             memory: Arc::clone(&self.memory),
             clock: Arc::clone(&self.clock),
+            settled: Arc::clone(&self.settled),
         }
     }
 

@@ -21,7 +21,7 @@ use crate::messaging::MessagingError;
 use crate::messaging::definitions::QueueDefinition;
 use crate::messaging::queue::{Queue, QueueArgs, QueueOptions, Store};
 use crate::messaging::queue_store::store_id;
-use crate::messaging::quorum_store::{QuorumStore, quorum_topic};
+use crate::messaging::quorum_store::{MessageRef, QuorumStore, quorum_topic};
 use crate::metadata::MetadataCommand;
 
 /// Where a quorum queue replicates.
@@ -40,6 +40,12 @@ pub struct QuorumPlacement {
 /// Replicas of a quorum queue when `x-quorum-initial-group-size` is not
 /// given (RabbitMQ's default), fewer on a smaller cluster.
 const DEFAULT_GROUP_SIZE: u64 = 3;
+
+/// How long a new leader of a quorum queue waits before delivering the
+/// messages it rebuilt: other nodes learn of it within a few follower
+/// passes (200 ms each) and send the settlements made through the former
+/// leader first.
+const SETTLEMENTS_GRACE: std::time::Duration = std::time::Duration::from_millis(750);
 
 impl VirtualHost {
     /// Whether quorum queues replicate here (the node is part of a
@@ -213,10 +219,64 @@ impl VirtualHost {
                         home: Some(leader),
                         ..definition.clone()
                     });
+                    // What this node settled lately goes to the new
+                    // leader ahead of its consumers, on the same link.
+                    if leader >= 0
+                        && !self.definitions.is_down(leader)
+                        && let Some(carrier) = self.carrier.get()
+                    {
+                        let recent = self.settled.recent(&definition.name);
+                        if !recent.is_empty() {
+                            tracing::debug!(vhost = %self.name, queue = %definition.name, leader, settled = recent.len(), "settlements sent to the quorum queue's new leader");
+                            carrier.resettle(leader, &self.name, &definition.name, &recent);
+                        }
+                    }
                 }
             }
         }
+        self.send_settlements_on(&definition.name);
         self.adopt_orphans(&definition.name);
+    }
+
+    /// Sends the stale settlements of quorum queue `name` (made through an
+    /// instance no longer running it) to the queue as it runs now: here,
+    /// or its live leader's node; kept for the next try without one.
+    pub(crate) fn send_settlements_on(&self, name: &str) {
+        let stale = self.settled.take_stale(name);
+        if stale.is_empty() {
+            return;
+        }
+        if let Some(local) = self
+            .queue(name)
+            .filter(|q| q.quorum_epoch().is_some() && !q.is_deleted())
+        {
+            local.settle_refs(&stale);
+            return;
+        }
+        let leader = self
+            .remote_stand_in(name)
+            .filter(|stand_in| !stand_in.is_deleted())
+            .and_then(|stand_in| stand_in.remote_node())
+            .filter(|node| *node >= 0 && !self.definitions.is_down(*node));
+        match (leader, self.carrier.get()) {
+            (Some(leader), Some(carrier)) => carrier.resettle(leader, &self.name, name, &stale),
+            _ => self.settled.keep_stale(name, stale),
+        }
+    }
+
+    /// Settlements of quorum queue `name` another node's consumers made
+    /// through a former leader: settled now if this node runs the queue,
+    /// and remembered (applied when this node rebuilds the queue, sent on
+    /// to its next leader).
+    pub fn settled_elsewhere(&self, name: &str, refs: &[MessageRef]) {
+        self.settled.record(name, refs, false);
+        if let Some(local) = self
+            .queue(name)
+            .filter(|q| q.quorum_epoch().is_some() && !q.is_deleted())
+        {
+            let settled = local.settle_refs(refs);
+            tracing::debug!(vhost = %self.name, queue = %name, sent = refs.len(), settled, "settlements made through a former leader");
+        }
     }
 
     /// Registers the consumers of quorum queue `name` that lost its former
@@ -338,7 +398,11 @@ impl VirtualHost {
             old.mark_deleted();
             (old, consumers)
         });
-        let (store, messages) = match QuorumStore::open(topic) {
+        let (store, messages) = match QuorumStore::open(
+            topic,
+            &definition.name,
+            Arc::clone(&self.settled),
+        ) {
             Ok(opened) => opened,
             Err(error) => {
                 tracing::warn!(vhost = %self.name, queue = %definition.name, %error, "cannot rebuild a quorum queue from its partition");
@@ -367,6 +431,14 @@ impl VirtualHost {
             None,
         );
         queue.restore(messages, Vec::new());
+        if ready > 0 {
+            // Other nodes' consumers may have settled some of these
+            // through the former leader, which may not have replicated
+            // it: their nodes send those settlements as they learn of
+            // this leader, and the queue waits for them before
+            // delivering what it rebuilt.
+            queue.hold_deliveries(SETTLEMENTS_GRACE);
+        }
         // Replaced in one step, then the stand-in goes: a publish always
         // finds one of them.
         self.queues_mut()
