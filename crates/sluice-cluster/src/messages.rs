@@ -142,6 +142,15 @@ fn get_u64(bytes: &mut Bytes) -> Option<u64> {
     (bytes.remaining() >= 8).then(|| bytes.get_u64())
 }
 
+/// A `[count:4]` ahead of exactly `count` items of `size` bytes each.
+fn get_count(bytes: &mut Bytes, size: usize) -> Option<usize> {
+    if bytes.remaining() < 4 {
+        return None;
+    }
+    let count = bytes.get_u32() as usize;
+    (bytes.remaining() == count.checked_mul(size)?).then_some(count)
+}
+
 fn get_u8(bytes: &mut Bytes) -> Option<u8> {
     (bytes.remaining() >= 1).then(|| bytes.get_u8())
 }
@@ -189,13 +198,7 @@ fn decode_settle(mut fields: Bytes) -> Option<(String, String, u8, Vec<u64>)> {
     let vhost = get_short(&mut fields)?;
     let queue = get_short(&mut fields)?;
     let op = get_u8(&mut fields)?;
-    if fields.remaining() < 4 {
-        return None;
-    }
-    let count = fields.get_u32() as usize;
-    if fields.remaining() != count * 8 {
-        return None;
-    }
+    let count = get_count(&mut fields, 8)?;
     Some((
         vhost,
         queue,
@@ -1483,13 +1486,7 @@ fn resettled(broker: &Broker, mut fields: Bytes) -> Option<()> {
     let _id = get_u64(&mut fields)?;
     let vhost = get_short(&mut fields)?;
     let queue = get_short(&mut fields)?;
-    if fields.remaining() < 4 {
-        return None;
-    }
-    let count = fields.get_u32() as usize;
-    if fields.remaining() != count * 12 {
-        return None;
-    }
+    let count = get_count(&mut fields, 12)?;
     let refs: Vec<MessageRef> = (0..count)
         .map(|_| MessageRef {
             id: fields.get_u64(),
