@@ -300,6 +300,33 @@ def test_acks_made_as_the_leader_dies_do_not_bring_messages_back(fresh_cluster):
     none_came_back(deliveries, held, after, cancelled)
 
 
+def test_a_basic_get_acked_as_the_leader_dies_does_not_come_back(fresh_cluster):
+    """As for consumers, for `basic.get` through another node: messages got
+    before kill -9 of the leader and acknowledged after it stay settled."""
+    cluster = fresh_cluster
+    queue, leader = declared(cluster, "qq-acks-get")
+    publisher, getter = [cluster.node(n) for n in (1, 2, 3) if n != leader]
+    held = [f"held-{i}".encode() for i in range(10)]
+    publish_confirmed(publisher, queue, held)
+    with channel(getter) as ch:
+        tags = []
+        for _ in range(10):
+            method, _, body = ch.basic_get(queue)
+            assert method is not None and body in held
+            tags.append(method.delivery_tag)
+        cluster.node(leader).kill()
+        ch.basic_ack(tags[-1], multiple=True)
+        wait_until(lambda: leader_of(publisher, queue) not in (leader, -1), 30, what="a new leader")
+        after = [f"after-{i}".encode() for i in range(5)]
+        publish_confirmed(publisher, queue, after, retry_nacks_for=20)
+    time.sleep(1.5)
+    got = take(getter, queue, 5)
+    assert sorted(got) == sorted(after), f"got {got}"
+    with channel(getter) as ch:
+        method, _, body = ch.basic_get(queue)
+        assert method is None, f"{body!r} came back"
+
+
 def test_acks_on_a_cut_off_leader_do_not_bring_messages_back(proxied_cluster):
     """A consumer on the queue's leader goes on consuming there while the
     leader is cut off from the others (which elect another); once healed,

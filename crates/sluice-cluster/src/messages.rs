@@ -38,7 +38,7 @@
 //! From it: `ANSWER [id:8][refused:1][reason]`,
 //! `DELIVER [consumer:8][seq:8][redelivered:1][quorum:1]([message:8][epoch:4] if quorum)[message]`,
 //! `CANCELLED [consumer:8][reason]`,
-//! `GOT [id:8][0: empty | 1 [seq:8][redelivered:1][remaining:4][message] | 2 reason]`,
+//! `GOT [id:8][0: empty | 1 [seq:8][redelivered:1][remaining:4][quorum:1](...)[message] | 2 reason]`,
 //! `PURGED [id:8][0 [count:4] | 2 reason]`,
 //! `CONNECTED [id:8][kafka:8][amqp:8]`.
 //!
@@ -140,6 +140,34 @@ fn get_short(bytes: &mut Bytes) -> Option<String> {
 
 fn get_u64(bytes: &mut Bytes) -> Option<u64> {
     (bytes.remaining() >= 8).then(|| bytes.get_u64())
+}
+
+/// `[quorum:1]([message:8][epoch:4] if quorum)`: a quorum queue's message
+/// as every leader knows it.
+fn put_quorum_ref(out: &mut BytesMut, quorum: Option<MessageRef>) {
+    match quorum {
+        Some(quorum) => {
+            out.put_u8(1);
+            out.put_u64(quorum.id);
+            out.put_i32(quorum.epoch);
+        }
+        None => out.put_u8(0),
+    }
+}
+
+/// What [`put_quorum_ref`] wrote; `None` when damaged.
+fn get_quorum_ref(bytes: &mut Bytes) -> Option<Option<MessageRef>> {
+    if get_u8(bytes)? == 0 {
+        return Some(None);
+    }
+    let id = get_u64(bytes)?;
+    if bytes.remaining() < 4 {
+        return None;
+    }
+    Some(Some(MessageRef {
+        id,
+        epoch: bytes.get_i32(),
+    }))
 }
 
 /// A `[count:4]` ahead of exactly `count` items of `size` bytes each.
@@ -585,11 +613,12 @@ impl RemoteQueues for Carrier {
                     return Err(damaged());
                 }
                 let remaining = fields.get_u32() as usize;
+                let quorum = get_quorum_ref(&mut fields).ok_or_else(damaged)?;
                 let message = Message::decode(fields).ok_or_else(damaged)?;
                 let (_, state) = self.link(home);
                 let seq = state.next_seq.fetch_add(1, Ordering::Relaxed) + 1;
                 if !no_ack {
-                    lock(&state.deliveries).insert(seq, (connection, home_seq, None));
+                    lock(&state.deliveries).insert(seq, (connection, home_seq, quorum));
                 }
                 Ok(Some((seq, Arc::new(message), redelivered, remaining)))
             }
@@ -1104,19 +1133,7 @@ fn delivered(
     let consumer = get_u64(&mut fields)?;
     let home_seq = get_u64(&mut fields)?;
     let redelivered = get_u8(&mut fields)? != 0;
-    let quorum = match get_u8(&mut fields)? {
-        0 => None,
-        _ => {
-            let id = get_u64(&mut fields)?;
-            if fields.remaining() < 4 {
-                return None;
-            }
-            Some(MessageRef {
-                id,
-                epoch: fields.get_i32(),
-            })
-        }
-    };
+    let quorum = get_quorum_ref(&mut fields)?;
     let message = Message::decode(fields)?;
     let consumers = lock(&state.consumers);
     let Some(target) = consumers.get(&consumer) else {
@@ -1729,14 +1746,7 @@ fn deliver(
     fields.put_u64(id);
     fields.put_u64(delivery.seq);
     fields.put_u8(u8::from(delivery.redelivered));
-    match delivery.quorum {
-        Some(quorum) => {
-            fields.put_u8(1);
-            fields.put_u64(quorum.id);
-            fields.put_i32(quorum.epoch);
-        }
-        None => fields.put_u8(0),
-    }
+    put_quorum_ref(&mut fields, delivery.quorum);
     fields.put_slice(&encoded);
     let _ = frames.send(frame(DELIVER, &fields));
     if no_ack {
@@ -1810,6 +1820,7 @@ fn get_for_peer(broker: &Broker, state: &Mutex<HomeState>, mut fields: Bytes) ->
             answer.put_u64(seq);
             answer.put_u8(u8::from(redelivered));
             answer.put_u32(u32::try_from(remaining).unwrap_or(u32::MAX));
+            put_quorum_ref(&mut answer, target.quorum_ref(seq));
             answer.put_slice(&encoded);
         }
     }

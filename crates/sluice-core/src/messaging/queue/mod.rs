@@ -515,6 +515,19 @@ impl Queue {
         }
     }
 
+    /// For a quorum queue this node runs on a cluster: delivery `seq`'s
+    /// message as every leader knows it, while unsettled.
+    pub fn quorum_ref(&self, seq: u64) -> Option<MessageRef> {
+        let inner = self.inner();
+        let id = inner.machine.unacked.get(&seq)?.stored?;
+        match inner.store.as_ref() {
+            Some(Store::Replicated(store)) => {
+                store.epoch_of(id).map(|epoch| MessageRef { id, epoch })
+            }
+            _ => None,
+        }
+    }
+
     /// Dispatches nothing to consumers for `wait` (the maintenance pass
     /// dispatches after it).
     pub(crate) fn hold_deliveries(&self, wait: std::time::Duration) {
