@@ -34,6 +34,7 @@ mod replay;
 pub mod replication;
 mod topic_config;
 mod topics;
+pub mod transactions;
 mod users;
 
 /// The storage engine's types that reach past core: its errors (in

@@ -1,0 +1,396 @@
+//! Kafka transactions on a partition's log (issue 19, docs/transactions.md):
+//! transaction markers, what each producer has open, the last stable
+//! offset and the aborted transactions a read_committed Fetch returns.
+//!
+//! This is the partition's side alone: [`TxnIndex`] learns every batch in
+//! log order ([`TxnIndex::learn`]) and answers the last stable offset and
+//! the aborted transactions of a range. The transaction coordinator and
+//! the wiring into Produce and Fetch come next (the order of work in
+//! docs/transactions.md); Produce refuses transactional batches until
+//! then.
+//!
+//! A marker is a control batch of one record (attributes 0x30: control
+//! and transactional) carrying the transaction's producer id and epoch and
+//! base sequence -1; its key is `[version:2 = 0][type:2]` (0 abort,
+//! 1 commit) and its value `[version:2 = 0][coordinator epoch:4]`, as
+//! Kafka writes them.
+
+use std::collections::{BTreeMap, HashMap};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+use sluice_log::batch::BatchHeader;
+use sluice_types::Offset;
+
+use crate::CoreError;
+
+/// How a transaction ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Abort,
+    Commit,
+}
+
+/// What a marker says: how the transaction ended, and the epoch of the
+/// coordinator that decided it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Marker {
+    pub outcome: Outcome,
+    pub coordinator_epoch: i32,
+}
+
+/// An aborted transaction as a read_committed Fetch lists it: the
+/// producer, the first offset of its batches in this partition, and the
+/// offset of its abort marker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AbortedTxn {
+    pub producer_id: i64,
+    pub first_offset: Offset,
+    pub marker_offset: Offset,
+}
+
+/// One control batch holding `marker` for producer `producer_id` at
+/// `producer_epoch`, stamped `timestamp`, for the log to give its offset.
+///
+/// # Errors
+/// [`CoreError::Internal`] when the encoder refuses.
+pub fn encode_marker(
+    producer_id: i64,
+    producer_epoch: i16,
+    marker: Marker,
+    timestamp: i64,
+) -> Result<BytesMut, CoreError> {
+    let mut key = BytesMut::with_capacity(4);
+    key.put_i16(0);
+    key.put_i16(match marker.outcome {
+        Outcome::Abort => 0,
+        Outcome::Commit => 1,
+    });
+    let mut value = BytesMut::with_capacity(6);
+    value.put_i16(0);
+    value.put_i32(marker.coordinator_epoch);
+    let record = Record {
+        transactional: true,
+        control: true,
+        delete_horizon: false,
+        partition_leader_epoch: 0,
+        producer_id,
+        producer_epoch,
+        timestamp_type: TimestampType::Creation,
+        offset: 0,
+        sequence: -1,
+        timestamp,
+        key: Some(key.freeze()),
+        value: Some(value.freeze()),
+        headers: Default::default(),
+    };
+    let mut out = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut out,
+        [&record],
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .map_err(|error| CoreError::Internal {
+        reason: format!("cannot encode a transaction marker: {error}"),
+    })?;
+    Ok(out)
+}
+
+/// The marker a control batch holds (`batch` is the whole batch, header
+/// included); `None` for any other batch, or a control record of a kind
+/// other than a marker.
+pub fn decode_marker(batch: &[u8]) -> Option<Marker> {
+    let mut bytes = Bytes::copy_from_slice(batch);
+    let set = RecordBatchDecoder::decode(&mut bytes).ok()?;
+    let record = set.records.into_iter().next().filter(|r| r.control)?;
+    let mut key = record.key?;
+    if key.remaining() < 4 || key.get_i16() != 0 {
+        return None;
+    }
+    let outcome = match key.get_i16() {
+        0 => Outcome::Abort,
+        1 => Outcome::Commit,
+        _ => return None,
+    };
+    let mut value = record.value?;
+    if value.remaining() < 6 {
+        return None;
+    }
+    let _version = value.get_i16();
+    Some(Marker {
+        outcome,
+        coordinator_epoch: value.get_i32(),
+    })
+}
+
+/// The transactions of one partition, learnt from its batches in log
+/// order.
+#[derive(Debug, Default)]
+pub struct TxnIndex {
+    /// Producers with a transaction open here: the first offset of its
+    /// batches.
+    open: HashMap<i64, Offset>,
+    /// Transactions whose marker is written, by marker offset: their
+    /// first offset. They count for the last stable offset until the
+    /// high watermark passes the marker.
+    decided: BTreeMap<Offset, Offset>,
+    /// Aborted transactions, in marker order.
+    aborted: Vec<AbortedTxn>,
+    /// The coordinator epoch of each producer's last marker.
+    coordinator_epochs: HashMap<i64, i32>,
+}
+
+impl TxnIndex {
+    /// Learns a batch written at `header.base_offset`: a transactional
+    /// batch opens its producer's transaction (if none is open), a marker
+    /// (`marker`, decoded from a control batch) closes it.
+    pub fn learn(&mut self, header: &BatchHeader, marker: Option<Marker>) {
+        if header.producer_id < 0 || !header.is_transactional() {
+            return;
+        }
+        let Some(marker) = marker.filter(|_| header.is_control()) else {
+            self.open
+                .entry(header.producer_id)
+                .or_insert(header.base_offset);
+            return;
+        };
+        self.coordinator_epochs
+            .insert(header.producer_id, marker.coordinator_epoch);
+        // A marker with nothing open here changes only the epochs.
+        let Some(first) = self.open.remove(&header.producer_id) else {
+            return;
+        };
+        self.decided.insert(header.base_offset, first);
+        if marker.outcome == Outcome::Abort {
+            self.aborted.push(AbortedTxn {
+                producer_id: header.producer_id,
+                first_offset: first,
+                marker_offset: header.base_offset,
+            });
+        }
+    }
+
+    /// Whether `producer_id` has a transaction open here.
+    pub fn is_open(&self, producer_id: i64) -> bool {
+        self.open.contains_key(&producer_id)
+    }
+
+    /// The coordinator epoch of `producer_id`'s last marker here.
+    pub fn coordinator_epoch(&self, producer_id: i64) -> Option<i32> {
+        self.coordinator_epochs.get(&producer_id).copied()
+    }
+
+    /// The last stable offset under `high_watermark`: the first offset of
+    /// the oldest transaction still open, or decided with its marker not
+    /// yet below the high watermark; the high watermark when none is.
+    /// Transactions decided below it are forgotten.
+    pub fn last_stable_offset(&mut self, high_watermark: Offset) -> Offset {
+        while let Some(entry) = self.decided.first_entry() {
+            if *entry.key() >= high_watermark {
+                break;
+            }
+            entry.remove();
+        }
+        self.open
+            .values()
+            .chain(self.decided.values())
+            .copied()
+            .min()
+            .map_or(high_watermark, |first| first.min(high_watermark))
+    }
+
+    /// The aborted transactions a read_committed Fetch from `from` that
+    /// returns data up to `upto` (exclusive) lists: marker at or after
+    /// `from`, first offset before `upto`; sorted by first offset (kafkajs
+    /// assumes so).
+    pub fn aborted_between(&self, from: Offset, upto: Offset) -> Vec<AbortedTxn> {
+        let mut found: Vec<AbortedTxn> = self
+            .aborted
+            .iter()
+            .filter(|txn| txn.marker_offset >= from && txn.first_offset < upto)
+            .copied()
+            .collect();
+        found.sort_by_key(|txn| (txn.first_offset, txn.producer_id));
+        found
+    }
+
+    /// Forgets the aborted transactions whose markers are below
+    /// `log_start` (their batches are gone).
+    pub fn trim(&mut self, log_start: Offset) {
+        self.aborted.retain(|txn| txn.marker_offset >= log_start);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The header of a batch of `count` records at `base` from
+    /// `producer_id`, transactional or a marker.
+    fn header(base: i64, count: i32, producer_id: i64, marker: bool) -> BatchHeader {
+        let batch = if marker {
+            encode_marker(
+                producer_id,
+                0,
+                Marker {
+                    outcome: Outcome::Commit,
+                    coordinator_epoch: 0,
+                },
+                1,
+            )
+            .expect("marker")
+        } else {
+            let records: Vec<Record> = (0..count)
+                .map(|i| Record {
+                    transactional: true,
+                    control: false,
+                    delete_horizon: false,
+                    partition_leader_epoch: 0,
+                    producer_id,
+                    producer_epoch: 0,
+                    timestamp_type: TimestampType::Creation,
+                    offset: i64::from(i),
+                    sequence: i,
+                    timestamp: 1,
+                    key: None,
+                    value: Some(Bytes::from_static(b"v")),
+                    headers: Default::default(),
+                })
+                .collect();
+            let mut out = BytesMut::new();
+            RecordBatchEncoder::encode(
+                &mut out,
+                &records,
+                &RecordEncodeOptions {
+                    version: 2,
+                    compression: Compression::None,
+                },
+            )
+            .expect("batch");
+            out
+        };
+        let mut header = sluice_log::batch::split_verified(&batch)
+            .expect("a valid batch")
+            .remove(0)
+            .1;
+        header.base_offset = Offset::from(base);
+        header
+    }
+
+    fn marker(outcome: Outcome) -> Option<Marker> {
+        Some(Marker {
+            outcome,
+            coordinator_epoch: 3,
+        })
+    }
+
+    #[test]
+    fn markers_round_trip_through_a_control_batch() {
+        for outcome in [Outcome::Abort, Outcome::Commit] {
+            let written = Marker {
+                outcome,
+                coordinator_epoch: 7,
+            };
+            let batch = encode_marker(42, 5, written, 1_000).expect("encode");
+            let (_, parsed) = sluice_log::batch::split_verified(&batch)
+                .expect("a valid batch")
+                .remove(0);
+            assert!(parsed.is_control() && parsed.is_transactional());
+            assert_eq!(parsed.producer_id, 42);
+            assert_eq!(parsed.producer_epoch, 5);
+            assert_eq!(parsed.base_sequence, -1);
+            assert_eq!(decode_marker(&batch), Some(written));
+        }
+        let plain = header(0, 1, 9, false);
+        assert!(!plain.is_control());
+    }
+
+    /// Two producers interleave; the last stable offset stays at the
+    /// oldest open transaction until its marker is below the high
+    /// watermark, and an abort is listed for the fetches that cross it.
+    #[test]
+    fn the_last_stable_offset_waits_for_open_and_unreplicated_transactions() {
+        let mut txns = TxnIndex::default();
+        assert_eq!(txns.last_stable_offset(Offset::from(5)), Offset::from(5));
+        txns.learn(&header(10, 2, 1, false), None); // 10..=11, producer 1
+        txns.learn(&header(12, 1, 2, false), None); // 12, producer 2
+        txns.learn(&header(13, 1, 1, false), None); // 13, producer 1 again
+        assert!(txns.is_open(1) && txns.is_open(2));
+        assert_eq!(txns.last_stable_offset(Offset::from(14)), Offset::from(10));
+        assert_eq!(txns.last_stable_offset(Offset::from(8)), Offset::from(8));
+        txns.learn(&header(14, 1, 1, true), marker(Outcome::Abort)); // aborts 10..
+        assert!(!txns.is_open(1));
+        assert_eq!(txns.coordinator_epoch(1), Some(3));
+        // The marker is not below the high watermark yet.
+        assert_eq!(txns.last_stable_offset(Offset::from(14)), Offset::from(10));
+        // It is: producer 2's open transaction holds the LSO now.
+        assert_eq!(txns.last_stable_offset(Offset::from(15)), Offset::from(12));
+        txns.learn(&header(15, 1, 2, true), marker(Outcome::Commit));
+        assert_eq!(txns.last_stable_offset(Offset::from(16)), Offset::from(16));
+        let aborted = AbortedTxn {
+            producer_id: 1,
+            first_offset: Offset::from(10),
+            marker_offset: Offset::from(14),
+        };
+        assert_eq!(
+            txns.aborted_between(Offset::from(0), Offset::from(16)),
+            vec![aborted]
+        );
+        assert_eq!(
+            txns.aborted_between(Offset::from(14), Offset::from(16)),
+            vec![aborted]
+        );
+        assert!(
+            txns.aborted_between(Offset::from(15), Offset::from(16))
+                .is_empty()
+        );
+        assert!(
+            txns.aborted_between(Offset::from(0), Offset::from(10))
+                .is_empty()
+        );
+        txns.trim(Offset::from(15));
+        assert!(
+            txns.aborted_between(Offset::from(0), Offset::from(16))
+                .is_empty()
+        );
+    }
+
+    /// A marker for a producer with nothing open here changes only its
+    /// coordinator epoch; batches of other producers are not counted.
+    #[test]
+    fn markers_without_an_open_transaction_and_plain_batches_change_nothing() {
+        let mut txns = TxnIndex::default();
+        txns.learn(&header(0, 1, 5, true), marker(Outcome::Abort));
+        assert_eq!(txns.coordinator_epoch(5), Some(3));
+        assert!(
+            txns.aborted_between(Offset::from(0), Offset::from(10))
+                .is_empty()
+        );
+        let mut plain = header(1, 1, 6, false);
+        plain.attributes &= !0x10;
+        txns.learn(&plain, None);
+        assert!(!txns.is_open(6));
+        assert_eq!(txns.last_stable_offset(Offset::from(2)), Offset::from(2));
+    }
+
+    /// kafkajs assumes the aborted list is sorted by first offset.
+    #[test]
+    fn aborted_transactions_are_listed_by_first_offset() {
+        let mut txns = TxnIndex::default();
+        txns.learn(&header(0, 1, 1, false), None);
+        txns.learn(&header(1, 1, 2, false), None);
+        txns.learn(&header(2, 1, 2, true), marker(Outcome::Abort));
+        txns.learn(&header(3, 1, 1, true), marker(Outcome::Abort));
+        let firsts: Vec<i64> = txns
+            .aborted_between(Offset::from(0), Offset::from(4))
+            .iter()
+            .map(|txn| txn.first_offset.get())
+            .collect();
+        assert_eq!(firsts, vec![0, 1]);
+    }
+}
