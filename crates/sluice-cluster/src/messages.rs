@@ -44,7 +44,7 @@
 //!
 //! A quorum queue's delivery names its message as every leader knows it
 //! (its id and the leader epoch of its enqueue record). The consumer's
-//! node remembers the acks and rejects of such deliveries, also those
+//! node remembers the acks of such deliveries, also those
 //! made after the link failed, and hands them to each new leader of the
 //! queue (`RESETTLE`, ahead of its consumers' `CONSUME`), so that a
 //! settlement the former leader did not replicate does not bring its
@@ -777,7 +777,10 @@ impl RemoteQueues for Carrier {
                 let Some((over, _, quorum)) = deliveries.get(seq).copied() else {
                     continue;
                 };
-                if settlement != (RemoteSettlement::Reject { requeue: true })
+                // Acks only: a reject without requeue may be held by the
+                // leader until its dead-letter target confirms it
+                // (at-least-once), which is the leader's to settle.
+                if settlement == RemoteSettlement::Ack
                     && let Some(quorum) = quorum
                 {
                     settled.push(quorum);

@@ -161,8 +161,8 @@ pub trait RemoteQueues: Send + Sync + std::fmt::Debug {
     }
 
     /// Settles deliveries `seqs` of `queue` of `vhost` on node `home`;
-    /// returns, for a quorum queue's acks and rejects without requeue, the
-    /// messages settled as every leader knows them.
+    /// returns, for a quorum queue's acks, the messages settled as every
+    /// leader knows them.
     fn settle(
         &self,
         home: i32,
