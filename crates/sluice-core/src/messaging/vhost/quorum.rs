@@ -198,6 +198,7 @@ impl VirtualHost {
         let local = self
             .queue(&definition.name)
             .filter(|q| q.store_id() == Some(definition.store_id.as_str()));
+        let mut adopt_now = true;
         match led_here {
             Some(partition) => {
                 let epoch = partition.leader_epoch().get();
@@ -231,11 +232,18 @@ impl VirtualHost {
                             carrier.resettle(leader, &self.name, &definition.name, &recent);
                         }
                     }
+                    // The consumers waiting for the new leader register
+                    // there on the next pass (200 ms on): acks their
+                    // clients send meanwhile for what the former leader
+                    // delivered reach it first, ahead of their CONSUME.
+                    adopt_now = false;
                 }
             }
         }
         self.send_settlements_on(&definition.name);
-        self.adopt_orphans(&definition.name);
+        if adopt_now {
+            self.adopt_orphans(&definition.name);
+        }
     }
 
     /// Sends the stale settlements of quorum queue `name` (made through an
