@@ -96,6 +96,8 @@ struct QueueSettlements {
     /// that stopped leading, a stand-in for one): not yet sent to the
     /// queue's current leader.
     stale: Vec<MessageRef>,
+    /// The leader the recent ones were last handed to.
+    handed_to: Option<i32>,
 }
 
 impl RecentSettlements {
@@ -153,6 +155,30 @@ impl RecentSettlements {
         settled.forget_older_than(Instant::now());
         settled.stale.clear();
         settled.recent.iter().map(|(_, r)| *r).collect()
+    }
+
+    /// The settlements of `queue` to hand to its leader `leader` on
+    /// another node: every recent one, once per leader (`None` once
+    /// handed).
+    pub(crate) fn handover(&self, queue: &str, leader: i32) -> Option<Vec<MessageRef>> {
+        {
+            let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+            let settled = queues.entry(queue.to_owned()).or_default();
+            if settled.handed_to == Some(leader) {
+                return None;
+            }
+            settled.handed_to = Some(leader);
+        }
+        Some(self.recent(queue))
+    }
+
+    /// This node leads `queue` now: whatever leads it next gets the
+    /// recent settlements again.
+    fn led_here(&self, queue: &str) {
+        let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(settled) = queues.get_mut(queue) {
+            settled.handed_to = None;
+        }
     }
 
     /// The stale settlements of `queue` not yet sent on, taken.
@@ -274,6 +300,7 @@ impl QuorumStore {
         // Settled through a former leader that may not have replicated it:
         // settled again here (the same message: same id, same epoch).
         let remembered: HashSet<MessageRef> = settled.recent(queue).into_iter().collect();
+        settled.led_here(queue);
         let mut pending_settle = Vec::new();
         messages.retain(|m| {
             let message = MessageRef {
@@ -573,6 +600,20 @@ mod tests {
         assert_eq!(settled.recent("other"), vec![at(9, 1)]);
         settled.forget("q");
         assert!(settled.recent("q").is_empty());
+    }
+
+    /// The recent settlements go to each new leader once; a node that led
+    /// the queue meanwhile hands them over again.
+    #[test]
+    fn recent_settlements_are_handed_to_each_leader_once() {
+        let settled = RecentSettlements::default();
+        settled.record("q", &[at(1, 3)], false);
+        assert_eq!(settled.handover("q", 2), Some(vec![at(1, 3)]));
+        assert_eq!(settled.handover("q", 2), None);
+        settled.record("q", &[at(2, 3)], false);
+        assert_eq!(settled.handover("q", 3), Some(vec![at(1, 3), at(2, 3)]));
+        settled.led_here("q");
+        assert_eq!(settled.handover("q", 3), Some(vec![at(1, 3), at(2, 3)]));
     }
 
     #[test]

@@ -946,7 +946,21 @@ impl Queue {
         }
         if let Some(home) = self.remote() {
             let carrier = home.carrier().ok_or_else(|| self.unlinked())?;
-            let taken = carrier.get(home.node, &self.home.vhost, self, no_ack)?;
+            let taken = carrier
+                .get(home.node, &self.home.vhost, self, no_ack)
+                .map_err(|error| match (self.queue_type(), error) {
+                    // A quorum queue whose leader is changing (the node
+                    // asked does not run it yet, or no longer): the
+                    // channel's NOT_FOUND, which a client retries, rather
+                    // than the connection's INTERNAL_ERROR.
+                    (QueueType::Quorum, MessagingError::Core(CoreError::Internal { reason })) => {
+                        MessagingError::NotFound(format!(
+                            "quorum queue '{}' in vhost '{}' is changing leader ({reason})",
+                            self.name, self.home.vhost
+                        ))
+                    }
+                    (_, error) => error,
+                })?;
             return Ok((taken, DeadLetters::default()));
         }
         let now = self.now();

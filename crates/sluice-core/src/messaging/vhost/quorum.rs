@@ -220,23 +220,23 @@ impl VirtualHost {
                         home: Some(leader),
                         ..definition.clone()
                     });
-                    // What this node settled lately goes to the new
-                    // leader ahead of its consumers, on the same link.
-                    if leader >= 0
-                        && !self.definitions.is_down(leader)
-                        && let Some(carrier) = self.carrier.get()
-                    {
-                        let recent = self.settled.recent(&definition.name);
-                        if !recent.is_empty() {
-                            tracing::debug!(vhost = %self.name, queue = %definition.name, leader, settled = recent.len(), "settlements sent to the quorum queue's new leader");
-                            carrier.resettle(leader, &self.name, &definition.name, &recent);
-                        }
-                    }
                     // The consumers waiting for the new leader register
                     // there on the next pass (200 ms on): acks their
                     // clients send meanwhile for what the former leader
                     // delivered reach it first, ahead of their CONSUME.
                     adopt_now = false;
+                }
+                // What this node settled lately goes to the new leader
+                // once it is up, ahead of its consumers on the same link
+                // (they register only with a leader that is up).
+                if leader >= 0
+                    && !self.definitions.is_down(leader)
+                    && let Some(carrier) = self.carrier.get()
+                    && let Some(recent) = self.settled.handover(&definition.name, leader)
+                    && !recent.is_empty()
+                {
+                    tracing::debug!(vhost = %self.name, queue = %definition.name, leader, settled = recent.len(), "settlements sent to the quorum queue's new leader");
+                    carrier.resettle(leader, &self.name, &definition.name, &recent);
                 }
             }
         }
