@@ -146,7 +146,7 @@ impl RecentSettlements {
         settled.stale.drain(..excess);
     }
 
-    /// The settlements of `queue` made in the last [`SETTLED_KEPT`].
+    /// The settlements of `queue` made in the last 60 s (`SETTLED_KEPT`).
     pub fn recent(&self, queue: &str) -> Vec<MessageRef> {
         let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
         let Some(settled) = queues.get_mut(queue) else {
