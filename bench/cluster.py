@@ -50,6 +50,23 @@ WORKLOADS = [
 ]
 
 
+def summary(reports: list[dict]) -> tuple[float, str, float, float, bool]:
+    """Of one setup's runs (`reports`, all answered): the median consumed
+    msg/s, its spread as text, median p50 and p99 in ms, and whether every
+    run passed sluice-bench's check."""
+    consumed = [r["consumed_msgs_per_s"] for r in reports]
+    p50 = statistics.median(r["latency"]["p50_us"] for r in reports) / 1000
+    p99 = statistics.median(r["latency"]["p99_us"] for r in reports) / 1000
+    spread = f"{min(consumed):,.0f}-{max(consumed):,.0f}"
+    return statistics.median(consumed), spread, p50, p99, all(r["passed"] for r in reports)
+
+
+def failover_line(what: str, times: list[float]) -> str:
+    """The failover figure: median, count, min and max of `times`."""
+    return (f"\n{what}: median {statistics.median(times):.2f} s over {len(times)} "
+            f"(min {min(times):.2f}, max {max(times):.2f})")
+
+
 def admin(bootstrap: str) -> AdminClient:
     return AdminClient({"bootstrap.servers": bootstrap})
 
@@ -146,20 +163,16 @@ def main() -> None:
             if not ok:
                 print(f"| {name} | {setup} | failed | | | | no | |")
                 continue
-            consumed = [r["consumed_msgs_per_s"] for r in ok]
-            medians[setup] = statistics.median(consumed)
-            p50 = statistics.median(r["latency"]["p50_us"] for r in ok) / 1000
-            p99 = statistics.median(r["latency"]["p99_us"] for r in ok) / 1000
+            medians[setup], spread, p50, p99, passed = summary(ok)
+            passed = passed and len(ok) == len(reports)
             produced = statistics.median(r["produced_msgs_per_s"] for r in ok)
-            passed = all(r["passed"] for r in ok) and len(ok) == len(reports)
             ratio = ""
             if setup != "one node" and medians.get("one node"):
                 ratio = f"{medians[setup] / medians['one node']:.0%}"
-            print(f"| {name} | {setup} | {medians[setup]:,.0f} ({min(consumed):,.0f}-{max(consumed):,.0f}) | "
+            print(f"| {name} | {setup} | {medians[setup]:,.0f} ({spread}) | "
                   f"{produced:,.0f} | {p50:.2f} | {p99:.2f} | {'yes' if passed else 'NO'} | {ratio} |")
     if times:
-        print(f"\nfailover, first acknowledged produce after kill -9 of the leader: median "
-              f"{statistics.median(times):.2f} s over {len(times)} (min {min(times):.2f}, max {max(times):.2f})")
+        print(failover_line("failover, first acknowledged produce after kill -9 of the leader", times))
     print(f"\nraw reports: {out.relative_to(ROOT)}")
 
 

@@ -34,7 +34,6 @@ import os
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,7 +42,7 @@ import time
 from pathlib import Path
 
 # bench/cluster.py sets up the paths, the release broker and the tool.
-from cluster import ROOT, TOOL, admin  # noqa: E402 (this directory is on the path)
+from cluster import ROOT, TOOL, admin, failover_line, summary  # noqa: E402 (this directory is on the path)
 
 import pika  # noqa: E402
 
@@ -331,19 +330,15 @@ def main() -> None:
             if not ok:
                 print(f"| {name} | {setup} | failed | | | no | |")
                 continue
-            consumed = [r["consumed_msgs_per_s"] for r in ok]
-            median = statistics.median(consumed)
-            p50 = statistics.median(r["latency"]["p50_us"] for r in ok) / 1000
-            p99 = statistics.median(r["latency"]["p99_us"] for r in ok) / 1000
-            passed = all(r["passed"] for r in ok) and len(ok) == len(reports)
+            median, spread, p50, p99, passed = summary(ok)
+            passed = passed and len(ok) == len(reports)
             ratio = f"{median / peer:.2f}x" if peer and setup.startswith("Sluice") else ""
             if setup.startswith("RabbitMQ"):
                 peer = median
-            print(f"| {name} | {setup} | {median:,.0f} ({min(consumed):,.0f}-{max(consumed):,.0f}) | "
+            print(f"| {name} | {setup} | {median:,.0f} ({spread}) | "
                   f"{p50:.2f} | {p99:.2f} | {'yes' if passed else 'NO'} | {ratio} |")
     if times:
-        print(f"\nconsumer failover, first delivery from the new leader after kill -9 of the leader: median "
-              f"{statistics.median(times):.2f} s over {len(times)} (min {min(times):.2f}, max {max(times):.2f})")
+        print(failover_line("consumer failover, first delivery from the new leader after kill -9 of the leader", times))
     print(f"\nraw reports: {out.relative_to(ROOT)}")
 
 

@@ -258,6 +258,23 @@ def test_a_classic_queue_has_no_delivery_count(conn, ch, name):
 # --- dead-letter strategy ---------------------------------------------------------
 
 
+def rejected_while_unroutable(conn, ch, name: str, strategy: str, body: bytes) -> tuple[str, str, str]:
+    """A quorum queue dead-lettering with `strategy` to a fanout exchange
+    bound to nothing yet, and `body` published, got and rejected without
+    requeue there: the queue, the exchange and the name of the target
+    queue to bind later."""
+    queue, dlx, target = f"{name}-q", f"{name}-dlx", f"{name}-target"
+    ch.exchange_declare(dlx, "fanout", durable=True)
+    quorum(ch, queue, **{"x-dead-letter-exchange": dlx, "x-dead-letter-strategy": strategy,
+                         "x-overflow": "reject-publish"})
+    ch.confirm_delivery()
+    publish(ch, queue, body)
+    method, _, _ = get(conn, ch, queue)
+    ch.basic_reject(method.delivery_tag, requeue=False)
+    conn.process_data_events(time_limit=0.5)
+    return queue, dlx, target
+
+
 @pytest.mark.parametrize("strategy", ["at-least-once", "at-most-once"])
 def test_at_least_once_keeps_a_dead_letter_until_its_target_has_it(conn, ch, name, strategy):
     """A message rejected while its dead-letter exchange routes nowhere is
@@ -267,15 +284,7 @@ def test_at_least_once_keeps_a_dead_letter_until_its_target_has_it(conn, ch, nam
     Sluice sends a held dead letter again every 2 s; RabbitMQ 3.10 after
     about 3 minutes (checked with a 300 s wait: it arrived after 183 s).
     """
-    queue, dlx, target = f"{name}-q", f"{name}-dlx", f"{name}-target"
-    ch.exchange_declare(dlx, "fanout", durable=True)
-    quorum(ch, queue, **{"x-dead-letter-exchange": dlx, "x-dead-letter-strategy": strategy,
-                         "x-overflow": "reject-publish"})
-    ch.confirm_delivery()
-    publish(ch, queue, b"precious")
-    method, _, _ = get(conn, ch, queue)
-    ch.basic_reject(method.delivery_tag, requeue=False)
-    conn.process_data_events(time_limit=0.5)
+    queue, dlx, target = rejected_while_unroutable(conn, ch, name, strategy, b"precious")
     ch.queue_declare(target, durable=True)
     ch.queue_bind(target, dlx)
     if strategy == "at-most-once":
@@ -390,15 +399,7 @@ def test_a_purge_drops_held_dead_letters_too(conn, ch, name):
     """`queue.purge` also drops the dead letters a queue holds for an
     unreachable target (as RabbitMQ's purge does): binding the target
     afterwards brings nothing."""
-    queue, dlx, target = f"{name}-q", f"{name}-dlx", f"{name}-target"
-    ch.exchange_declare(dlx, "fanout", durable=True)
-    quorum(ch, queue, **{"x-dead-letter-exchange": dlx, "x-dead-letter-strategy": "at-least-once",
-                         "x-overflow": "reject-publish"})
-    ch.confirm_delivery()
-    publish(ch, queue, b"purged")
-    method, _, _ = get(conn, ch, queue)
-    ch.basic_reject(method.delivery_tag, requeue=False)
-    conn.process_data_events(time_limit=0.5)
+    queue, dlx, target = rejected_while_unroutable(conn, ch, name, "at-least-once", b"purged")
     ch.queue_purge(queue)
     ch.queue_declare(target, durable=True)
     ch.queue_bind(target, dlx)

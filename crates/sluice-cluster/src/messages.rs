@@ -320,13 +320,6 @@ enum Outgoing {
     },
     Consume(ConsumeRequest),
     Cancel(u64),
-    /// Settlements of deliveries by this node's sequence numbers.
-    Settle {
-        vhost: String,
-        queue: String,
-        op: u8,
-        seqs: Vec<u64>,
-    },
     /// A request waiting for its answer (GET, PURGE), already framed.
     Call {
         id: u64,
@@ -335,8 +328,8 @@ enum Outgoing {
     Heartbeat,
     /// Settlements made through a quorum queue's former leader, framed.
     Resettle(Bytes),
-    /// Settlements by the home's sequence numbers of deliveries no
-    /// consumer here could take (back to the queue), made over
+    /// Settlements by the home's sequence numbers (a consumer's, or of
+    /// deliveries no consumer here could take), of deliveries made over
     /// connection `connection` (dropped on any other: the home requeued
     /// them when that one closed).
     SettleHome {
@@ -769,12 +762,13 @@ impl RemoteQueues for Carrier {
         settlement: RemoteSettlement,
     ) -> Vec<MessageRef> {
         let (outgoing, state) = self.link(home);
-        let settled = {
-            let current = state.connection.load(Ordering::Acquire);
+        let current = state.connection.load(Ordering::Acquire);
+        let mut settled = Vec::new();
+        let mut home_seqs = Vec::with_capacity(seqs.len());
+        {
             let mut deliveries = lock(&state.deliveries);
-            let mut settled = Vec::new();
             for seq in seqs {
-                let Some((over, _, quorum)) = deliveries.get(seq).copied() else {
+                let Some((over, home_seq, quorum)) = deliveries.remove(seq) else {
                     continue;
                 };
                 // Acks only: a reject without requeue may be held by the
@@ -786,19 +780,22 @@ impl RemoteQueues for Carrier {
                     settled.push(quorum);
                 }
                 // Made over a connection that failed: nothing to send
-                // there (its home requeued it when the connection closed).
-                if over != current {
-                    deliveries.remove(seq);
+                // (its home requeued it when the connection closed).
+                if over == current {
+                    home_seqs.push(home_seq);
                 }
             }
-            settled
-        };
-        let _ = outgoing.send(Outgoing::Settle {
-            vhost: vhost.to_owned(),
-            queue: queue.to_owned(),
-            op: op_of(settlement),
-            seqs: seqs.to_vec(),
-        });
+        }
+        if !home_seqs.is_empty() {
+            // Dropped by the writer if this connection fails first.
+            let _ = outgoing.send(Outgoing::SettleHome {
+                connection: current,
+                vhost: vhost.to_owned(),
+                queue: queue.to_owned(),
+                op: op_of(settlement),
+                seqs: home_seqs,
+            });
+        }
         settled
     }
 
@@ -974,10 +971,7 @@ fn refuse(state: &LinkState, item: Outgoing, reason: &str) {
         Outgoing::Call { id, .. } => {
             lock(&state.calls).remove(&id);
         }
-        Outgoing::Settle { .. }
-        | Outgoing::SettleHome { .. }
-        | Outgoing::Resettle(_)
-        | Outgoing::Heartbeat => {}
+        Outgoing::SettleHome { .. } | Outgoing::Resettle(_) | Outgoing::Heartbeat => {}
     }
 }
 
@@ -1027,25 +1021,6 @@ fn outgoing_frame(
             fields.put_u64(id);
             // Kept until the link changes: deliveries on their way go back.
             Ok(frame(CANCEL, &fields))
-        }
-        Outgoing::Settle {
-            vhost,
-            queue,
-            op,
-            seqs,
-        } => {
-            let home_seqs: Vec<u64> = {
-                let mut deliveries = lock(&state.deliveries);
-                seqs.iter()
-                    .filter_map(|seq| deliveries.remove(seq))
-                    .filter(|(over, _, _)| *over == connection)
-                    .map(|(_, home_seq, _)| home_seq)
-                    .collect()
-            };
-            if home_seqs.is_empty() {
-                return None;
-            }
-            encode_settle(&vhost, &queue, op, &home_seqs)
         }
         Outgoing::SettleHome {
             connection: over,

@@ -134,7 +134,13 @@ impl RecentSettlements {
         }
         let now = Instant::now();
         let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
-        let settled = queues.entry(queue.to_owned()).or_default();
+        // Looked up before an entry is made: no name copied per flush.
+        if !queues.contains_key(queue) {
+            queues.insert(queue.to_owned(), QueueSettlements::default());
+        }
+        let Some(settled) = queues.get_mut(queue) else {
+            return;
+        };
         settled.forget_older_than(now);
         settled.recent.extend(refs.iter().map(|r| (now, *r)));
         if stale {

@@ -303,6 +303,11 @@ struct Inner {
 }
 
 impl Inner {
+    /// A quorum queue instance this node ran and no longer runs.
+    fn is_dropped_quorum(&self) -> bool {
+        self.machine.deleted && matches!(self.store, Some(Store::Replicated(_)))
+    }
+
     /// Performs the store changes the machine decided on.
     fn write(&mut self, ops: &[StoreOp]) {
         let Some(store) = self.store.as_mut() else {
@@ -507,10 +512,11 @@ impl Queue {
         }
     }
 
-    /// After a settlement of a quorum queue instance this node no longer
-    /// runs: what it settled goes on to the queue's current leader.
-    fn send_on_if_dropped(&self) {
-        if self.quorum_epoch().is_some() && self.is_deleted() {
+    /// After a settlement of an instance of a quorum queue this node no
+    /// longer runs (`dropped`, read under the lock that settled): what it
+    /// settled goes on to the queue's current leader.
+    fn send_on_if_dropped(&self, dropped: bool) {
+        if dropped {
             self.home.settled.send_on(&self.name);
         }
     }
@@ -1005,8 +1011,9 @@ impl Queue {
         self.traffic.acked.fetch_add(acked, Ordering::Relaxed);
         inner.write(&effects.store);
         inner.flush()?;
+        let dropped = inner.is_dropped_quorum();
         drop(inner);
-        self.send_on_if_dropped();
+        self.send_on_if_dropped(dropped);
         Ok(())
     }
 
@@ -1029,14 +1036,15 @@ impl Queue {
             return Ok(DeadLetters::default());
         }
         let mut effects = Effects::default();
-        {
+        let dropped = {
             let mut inner = self.inner();
             inner.machine.reject(seqs, requeue, &mut effects);
             inner.write(&effects.store);
             inner.flush()?;
-        }
+            inner.is_dropped_quorum()
+        };
         if !requeue {
-            self.send_on_if_dropped();
+            self.send_on_if_dropped(dropped);
         }
         let mut dead = self.dead_letters(effects.dead);
         if requeue {
