@@ -176,6 +176,11 @@ def test_ttl_expires_paged_messages_into_the_dead_letter_queue(paging_broker, na
     channel = connection.channel()
     wait_until(lambda: message_count(channel, name) == 0, CLIENT_TIMEOUT_S,
                what="every message, paged ones too, to expire")
+    # Dead letters are republished after they leave their queue (in
+    # RabbitMQ too), so the dead-letter queue's count catches up a moment
+    # later; every one of them must arrive, none twice.
+    wait_until(lambda: message_count(channel, dead) >= 400, CLIENT_TIMEOUT_S,
+               what="every expired message to reach the dead-letter queue")
     assert message_count(channel, dead) == 400
     connection.close()
     letters = consume_all(broker, dead, 400)
