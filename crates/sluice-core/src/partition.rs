@@ -192,6 +192,15 @@ impl Partition {
         }
     }
 
+    /// The last stable offset (Kafka's LSO): below it every transaction
+    /// is decided and its marker under the high watermark, so a
+    /// read_committed consumer reads up to it. The high watermark when no
+    /// transaction is open.
+    pub fn last_stable_offset(&self) -> Offset {
+        let high_watermark = self.high_watermark();
+        self.producers.txns().last_stable_offset(high_watermark)
+    }
+
     /// What this node has of the partition by the single-node rule: the
     /// synced end under durability `always`, the log end otherwise.
     fn own_end(&self) -> Offset {
@@ -317,12 +326,17 @@ impl Partition {
             // Under the producer lock, as a leader's idempotent appends: a
             // produce checked on this node (just promoted) sees either
             // none or all of these batches' sequences.
+            // Markers are replayed as the leader wrote them, so the last
+            // stable offset moves on every replica alike.
             let mut producers = self.producers.lock();
             let info = self.log.append_replicated(batches)?;
             if let Ok(headers) = sluice_log::batch::split_verified(batches) {
-                for (_, header) in &headers {
-                    crate::producers::replay_into(&mut producers, header);
-                }
+                crate::producers::learn_appended(
+                    &mut producers,
+                    &mut self.producers.txns(),
+                    batches,
+                    &headers,
+                );
             }
             drop(producers);
             if info.sync_due || self.log.durability() == Durability::Always {
@@ -434,8 +448,27 @@ impl Partition {
     /// # Errors
     /// The log's read errors (timestamp lookups read the time index).
     pub fn resolve(&self, position: Position) -> Result<Option<(Offset, i64)>, CoreError> {
+        self.resolve_below(position, self.high_watermark())
+    }
+
+    /// [`Partition::resolve`] for a read_committed client: never past the
+    /// last stable offset (Kafka's ListOffsets under `isolation_level` 1).
+    ///
+    /// # Errors
+    /// As [`Partition::resolve`].
+    pub fn resolve_committed(
+        &self,
+        position: Position,
+    ) -> Result<Option<(Offset, i64)>, CoreError> {
+        self.resolve_below(position, self.last_stable_offset())
+    }
+
+    fn resolve_below(
+        &self,
+        position: Position,
+        end: Offset,
+    ) -> Result<Option<(Offset, i64)>, CoreError> {
         let log_start = self.log_start();
-        let end = self.high_watermark();
         Ok(match position {
             Position::Earliest => Some((log_start, -1)),
             Position::Latest => Some((end, -1)),
@@ -479,12 +512,42 @@ impl Partition {
     /// # Errors
     /// [`sluice_log::LogError::OffsetOutOfRange`] and read errors.
     pub fn read_for_fetch(&self, from: Offset, budget: usize) -> Result<Fetched, CoreError> {
+        self.read_below(from, budget, self.high_watermark())
+    }
+
+    /// [`Partition::read_for_fetch`] for a read_committed consumer: up to
+    /// the last stable offset, with the aborted transactions whose
+    /// batches the answer may hold (marker at or after `from`, first
+    /// offset before the end of what is returned), sorted by first
+    /// offset, for the consumer to drop their records.
+    ///
+    /// # Errors
+    /// As [`Partition::read_for_fetch`].
+    pub fn read_committed(
+        &self,
+        from: Offset,
+        budget: usize,
+    ) -> Result<(Fetched, Vec<crate::transactions::AbortedTxn>), CoreError> {
+        let fetched = self.read_below(from, budget, self.last_stable_offset())?;
+        let end = sluice_log::batch::split_verified(&fetched.records)
+            .ok()
+            .and_then(|headers| headers.last().map(|(_, h)| h.last_offset().plus(1)));
+        let aborted = match end {
+            Some(end) => {
+                let mut txns = self.producers.txns();
+                txns.trim(self.log.log_start());
+                txns.aborted_between(from, end)
+            }
+            None => Vec::new(),
+        };
+        Ok((fetched, aborted))
+    }
+
+    fn read_below(&self, from: Offset, budget: usize, bound: Offset) -> Result<Fetched, CoreError> {
         let mut next = from;
         let mut gathered = BytesMut::new();
         for _ in 0..MAX_READS_PAST_EMPTY {
-            let read = self
-                .log
-                .read(next, budget, ReadBound::Upto(self.high_watermark()))?;
+            let read = self.log.read(next, budget, ReadBound::Upto(bound))?;
             if read.records.is_empty() {
                 break;
             }
@@ -862,6 +925,52 @@ mod tests {
         buf
     }
 
+    /// A batch of one record at `offset`, from `producer` in a
+    /// transaction, or plain (`producer` -1).
+    fn transactional(producer: i64, offset: i64) -> BytesMut {
+        use kafka_protocol::records::{
+            Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+        };
+        let record = Record {
+            transactional: producer >= 0,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: producer,
+            producer_epoch: 0,
+            timestamp_type: TimestampType::Creation,
+            offset,
+            sequence: if producer >= 0 { 0 } else { -1 },
+            timestamp: 0,
+            key: None,
+            value: Some(bytes::Bytes::from_static(b"v")),
+            headers: Default::default(),
+        };
+        let mut buf = BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut buf,
+            &[record],
+            &RecordEncodeOptions {
+                version: 2,
+                compression: Compression::None,
+            },
+        )
+        .expect("encode");
+        buf
+    }
+
+    /// `producer`'s transaction marker at `offset`.
+    fn marker(producer: i64, offset: i64, outcome: crate::transactions::Outcome) -> BytesMut {
+        let marker = crate::transactions::Marker {
+            outcome,
+            coordinator_epoch: 1,
+        };
+        let mut buf = crate::transactions::encode_marker(producer, 0, marker, 0).expect("a marker");
+        // The base offset leads the batch, outside its checksum.
+        buf[..8].copy_from_slice(&offset.to_be_bytes());
+        buf
+    }
+
     /// A partition on node 1 replicated to node 2, which leads it in
     /// epoch 0.
     fn followed(dir: &std::path::Path) -> (Partition, Following) {
@@ -882,6 +991,79 @@ mod tests {
             }
         );
         (partition, from)
+    }
+
+    /// Transactions replicated to a follower: read_committed reads and
+    /// ListOffsets stop at the first open (or not yet replicated)
+    /// transaction, list the aborted ones, and a cut log learns again from
+    /// the markers left on disk.
+    #[test]
+    fn read_committed_stops_at_the_last_stable_offset_and_lists_aborted_transactions() {
+        use crate::transactions::Outcome::{Abort, Commit};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (partition, from) = followed(dir.path());
+        let replicate = |mut batch: BytesMut, high_watermark: i64| {
+            partition
+                .append_from_leader(
+                    from,
+                    &mut batch,
+                    Offset::from(high_watermark),
+                    Offset::from(0),
+                )
+                .expect("replicated");
+        };
+        let committed_read = |at: i64| {
+            let (fetched, aborted) = partition
+                .read_committed(Offset::from(at), 1 << 20)
+                .expect("read");
+            let offsets: Vec<i64> = batch::split_verified(&fetched.records)
+                .map(|h| h.iter().map(|(_, h)| h.base_offset.get()).collect())
+                .unwrap_or_default();
+            let aborted: Vec<(i64, i64)> = aborted
+                .iter()
+                .map(|t| (t.producer_id, t.first_offset.get()))
+                .collect();
+            (offsets, aborted)
+        };
+        let latest = || {
+            partition
+                .resolve_committed(Position::Latest)
+                .expect("resolve")
+                .map(|(offset, _)| offset.get())
+        };
+        // Producer 7 opens a transaction at 0, producer 8 at 1; a plain
+        // batch at 2.
+        replicate(transactional(7, 0), 1);
+        replicate(transactional(8, 1), 2);
+        replicate(transactional(-1, 2), 3);
+        assert_eq!(partition.high_watermark(), Offset::from(3));
+        assert_eq!(partition.last_stable_offset(), Offset::from(0));
+        assert_eq!(committed_read(0), (vec![], vec![]));
+        assert_eq!(latest(), Some(0));
+        // 7 aborts at 3: stable up to 8's open transaction.
+        replicate(marker(7, 3, Abort), 4);
+        assert_eq!(partition.last_stable_offset(), Offset::from(1));
+        assert_eq!(committed_read(0), (vec![0], vec![(7, 0)]));
+        // 8 commits at 4, but its marker is not under the high watermark
+        // yet: 8's batches are not stable.
+        replicate(marker(8, 4, Commit), 4);
+        assert_eq!(partition.last_stable_offset(), Offset::from(1));
+        replicate(transactional(-1, 5), 6);
+        assert_eq!(partition.last_stable_offset(), Offset::from(6));
+        assert_eq!(latest(), Some(6));
+        assert_eq!(committed_read(0), (vec![0, 1, 2, 3, 4, 5], vec![(7, 0)]));
+        // A read past 7's marker needs no aborted list.
+        assert_eq!(committed_read(4), (vec![4, 5], vec![]));
+        // Uncommitted reads and ListOffsets see the high watermark.
+        assert_eq!(
+            partition.resolve(Position::Latest).expect("resolve"),
+            Some((Offset::from(6), -1))
+        );
+        // Cutting 8's marker (a leader that never had it) opens 8's
+        // transaction again; 7's abort is learnt again from the disk.
+        partition.truncate_to(from, Offset::from(4)).expect("cut");
+        assert_eq!(partition.last_stable_offset(), Offset::from(1));
+        assert_eq!(committed_read(0), (vec![0], vec![(7, 0)]));
     }
 
     /// A follower that cuts its log to its leader's forgets the sequences

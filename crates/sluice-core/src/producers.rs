@@ -5,8 +5,8 @@
 //! Producer ids are handed out from blocks whose end is an
 //! `AllocateProducerIds` command in the metadata log, durable before any id
 //! of the block is used, so an id is never handed out twice, restarts
-//! included. Sequence state is rebuilt
-//! on open from the batch headers of each partition's active segment.
+//! included. Sequence state and transactions are rebuilt on open from the
+//! batch headers of each partition's newest segments.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -16,6 +16,7 @@ use sluice_types::Offset;
 
 use crate::CoreError;
 use crate::metadata::{Metadata, MetadataCommand};
+use crate::transactions::{TxnIndex, decode_marker};
 
 /// Batches remembered per producer and partition, as Kafka keeps (and as
 /// clients bound their in-flight requests: max.in.flight <= 5).
@@ -126,15 +127,23 @@ pub(crate) enum SequenceCheck {
     Duplicate { first_offset: Offset },
 }
 
-/// Sequence state of every idempotent producer writing to one partition.
+/// Sequence state of every idempotent producer writing to one partition,
+/// and its transactions (open, decided, aborted).
 #[derive(Debug, Default)]
 pub(crate) struct ProducerStates {
     producers: Mutex<HashMap<i64, ProducerEntry>>,
+    /// Locked after `producers` when both are.
+    txns: Mutex<TxnIndex>,
 }
 
 impl ProducerStates {
     pub(crate) fn lock(&self) -> MutexGuard<'_, HashMap<i64, ProducerEntry>> {
         self.producers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The partition's transactions.
+    pub(crate) fn txns(&self) -> MutexGuard<'_, TxnIndex> {
+        self.txns.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Every producer this partition knows: (id, epoch, last sequence),
@@ -160,16 +169,57 @@ impl ProducerStates {
     /// # Errors
     /// The log's read errors.
     pub(crate) fn rebuild(&self, log: &sluice_log::Log) -> Result<(), CoreError> {
-        self.lock().clear();
+        let mut producers = self.lock();
+        producers.clear();
+        let mut txns = TxnIndex::default();
         if let Some(from) = crate::topics::producer_replay_start(&log.segment_sizes()) {
-            log.scan_headers(from, |header| self.replay(header))?;
+            let mut transactional = Vec::new();
+            log.scan_headers(from, |header| {
+                replay_into(&mut producers, header);
+                if header.producer_id >= 0 && header.is_transactional() {
+                    transactional.push(*header);
+                }
+            })?;
+            // Markers are rare: their records are read one batch each.
+            for header in transactional {
+                let marker = if header.is_control() {
+                    let read = log.read(
+                        header.base_offset,
+                        header.size,
+                        sluice_log::ReadBound::LogEnd,
+                    )?;
+                    read.records.get(..header.size).and_then(decode_marker)
+                } else {
+                    None
+                };
+                txns.learn(&header, marker);
+            }
         }
+        txns.trim(log.log_start());
+        *self.txns() = txns;
         Ok(())
     }
+}
 
-    /// Learns from a batch already in the log (recovery).
-    pub(crate) fn replay(&self, header: &BatchHeader) {
-        replay_into(&mut self.lock(), header);
+/// Learns batches appended to a partition (`batches`, whose headers are
+/// `headers` at their positions) under the producer lock the caller
+/// holds: their sequences, and what they open or close of a transaction.
+pub(crate) fn learn_appended(
+    producers: &mut HashMap<i64, ProducerEntry>,
+    txns: &mut TxnIndex,
+    batches: &[u8],
+    headers: &[(usize, BatchHeader)],
+) {
+    for (at, header) in headers {
+        replay_into(producers, header);
+        if header.producer_id >= 0 && header.is_transactional() {
+            let marker = if header.is_control() {
+                batches.get(*at..at + header.size).and_then(decode_marker)
+            } else {
+                None
+            };
+            txns.learn(header, marker);
+        }
     }
 }
 

@@ -561,9 +561,7 @@ impl Topics {
         }
         log.set_config(log_config);
         let producers = ProducerStates::default();
-        if let Some(from) = producer_replay_start(&log.segment_sizes()) {
-            log.scan_headers(from, |header| producers.replay(header))?;
-        }
+        producers.rebuild(&log)?;
         let leader_epoch = log
             .latest_epoch()
             .map_or(0, LeaderEpoch::get)

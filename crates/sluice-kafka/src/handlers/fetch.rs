@@ -9,9 +9,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::fetch_response::{
+    AbortedTransaction, FetchableTopicResponse, PartitionData,
+};
 use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
-use sluice_core::{Broker, Partition};
+use sluice_core::Partition;
 use sluice_types::Offset;
 use tokio::time::Instant;
 
@@ -45,6 +47,9 @@ pub(crate) async fn handle(
         request.replica_id.0
     };
     let max_bytes = usize::try_from(request.max_bytes).unwrap_or(0).max(1);
+    // isolation_level (v4+): 1 reads up to the last stable offset, with
+    // the aborted transactions listed.
+    let committed = version >= 4 && request.isolation_level == 1;
     let wanted: Arc<Vec<Wanted>> = Arc::new(
         request
             .topics
@@ -86,8 +91,7 @@ pub(crate) async fn handle(
         }
         // Reads below the high watermark are recent data, in the page
         // cache: they run in place rather than on the blocking pool.
-        let (results, total, failed) =
-            read_all(&context.broker, &wanted, max_bytes, version, replica);
+        let (results, total, failed) = read_all(&wanted, max_bytes, version, replica, committed);
         if total >= min_bytes || failed || Instant::now() >= deadline {
             return response(&wanted, results);
         }
@@ -109,11 +113,11 @@ pub(crate) async fn handle(
 /// Reads every wanted partition; stops adding data once `max_bytes` is
 /// reached (the first non-empty partition always gets one batch, KIP-74).
 fn read_all(
-    _broker: &Broker,
     wanted: &[Wanted],
     max_bytes: usize,
     version: i16,
     replica: i32,
+    committed: bool,
 ) -> (Vec<PartitionData>, usize, bool) {
     let mut total = 0usize;
     let mut failed = false;
@@ -126,7 +130,8 @@ fn read_all(
                 .with_last_stable_offset(-1)
                 .with_log_start_offset(-1)
                 .with_preferred_read_replica(kafka_protocol::messages::BrokerId(-1))
-                .with_aborted_transactions(Some(Vec::new()));
+                // A list under read_committed, null otherwise, as Kafka.
+                .with_aborted_transactions(committed.then(Vec::new));
             let partition = match &w.target {
                 Ok(partition) => partition,
                 Err(error) => {
@@ -152,10 +157,9 @@ fn read_all(
                 // watermark may move before it is read below.
                 partition.replica_fetched(replica, Offset::from(w.fetch_offset));
             }
-            let high_watermark = partition.high_watermark().get();
             let base = base
-                .with_high_watermark(high_watermark)
-                .with_last_stable_offset(high_watermark)
+                .with_high_watermark(partition.high_watermark().get())
+                .with_last_stable_offset(partition.last_stable_offset().get())
                 .with_log_start_offset(if version >= 5 {
                     partition.log_start().get()
                 } else {
@@ -176,12 +180,26 @@ fn read_all(
                     }
                 };
             }
-            match partition.read_for_fetch(Offset::from(w.fetch_offset), budget) {
-                Ok(fetched) => {
+            let from = Offset::from(w.fetch_offset);
+            let read = if committed {
+                partition
+                    .read_committed(from, budget)
+                    .map(|(fetched, aborted)| (fetched, Some(aborted)))
+            } else {
+                partition.read_for_fetch(from, budget).map(|f| (f, None))
+            };
+            match read {
+                Ok((fetched, aborted)) => {
                     total += fetched.records.len();
                     partition
                         .traffic()
                         .add_out(fetched.record_count, fetched.records.len() as u64);
+                    let base = match aborted {
+                        Some(aborted) => base.with_aborted_transactions(Some(
+                            aborted.into_iter().map(aborted_entry).collect(),
+                        )),
+                        None => base,
+                    };
                     base.with_records(Some(fetched.records))
                 }
                 Err(err) => {
@@ -192,6 +210,12 @@ fn read_all(
         })
         .collect();
     (results, total, failed)
+}
+
+fn aborted_entry(txn: sluice_core::transactions::AbortedTxn) -> AbortedTransaction {
+    AbortedTransaction::default()
+        .with_producer_id(kafka_protocol::messages::ProducerId(txn.producer_id))
+        .with_first_offset(txn.first_offset.get())
 }
 
 fn response(wanted: &[Wanted], results: Vec<PartitionData>) -> FetchResponse {

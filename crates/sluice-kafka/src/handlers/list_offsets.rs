@@ -63,7 +63,13 @@ pub(crate) async fn handle(
                                     .with_error_code(ResponseError::InvalidRequest.code());
                             }
                         };
-                        match partition.resolve(position) {
+                        // read_committed (v2+) sees up to the last stable offset.
+                        let resolved = if version >= 2 && request.isolation_level == 1 {
+                            partition.resolve_committed(position)
+                        } else {
+                            partition.resolve(position)
+                        };
+                        match resolved {
                             // Earliest and latest carry no timestamp (-1).
                             Ok(Some((offset, found))) => {
                                 answer.with_offset(offset.get()).with_timestamp(found)
