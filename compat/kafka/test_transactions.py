@@ -1,44 +1,210 @@
-"""Transactions are not implemented: a transactional producer must learn
-so at once.
+"""Kafka transactions on one node, driven by librdkafka (confluent-kafka).
 
-Contract: FindCoordinator for a transactional id (key type 1) answers
-TRANSACTIONAL_ID_AUTHORIZATION_FAILED (53) with the message "transactions
-are not supported yet"; librdkafka treats that as fatal, so
-init_transactions() fails with it instead of retrying
-COORDINATOR_NOT_AVAILABLE until its timeout. ApiVersions advertises no
-transaction API.
+Contract (docs/transactions.md): a transactional producer's records reach
+read_committed consumers all together when it commits and never when it
+aborts (read_uncommitted consumers see both, as in Kafka); a second
+producer with the same transactional id fences the first; a transaction
+left open past its timeout is aborted by the broker and its producer
+fenced; offsets sent to a transaction become the group's committed
+offsets only when it commits; committed transactions and their markers
+survive a restart.
 """
 
 from __future__ import annotations
 
+import time
+
 import pytest
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
-from support import confluent_config, unique_name
-
-
-def test_init_transactions_fails_fatally_without_transaction_support(broker):
-    producer = Producer(confluent_config(broker, **{"transactional.id": unique_name("txn")}))
-    # Bounded by the client's own timeout: a retriable refusal would end in
-    # a retriable _TIMED_OUT, not the fatal error asserted here.
-    with pytest.raises(KafkaException) as raised:
-        producer.init_transactions(10)
-    error = raised.value.args[0]
-    assert error.code() == KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED, error
-    assert error.fatal(), error
-    assert not error.retriable(), error
-    assert "transactions are not supported yet" in error.str(), error
+from support import (
+    CLIENT_TIMEOUT_S,
+    confluent_config,
+    confluent_consumer,
+    consume_confluent,
+    create_topic_confluent,
+    unique_name,
+)
 
 
-def test_api_versions_advertise_no_transaction_api(broker):
-    from kafka import KafkaAdminClient
+def transactional(broker, **extra) -> Producer:
+    producer = Producer(confluent_config(broker, **{
+        "transactional.id": unique_name("txn"),
+        "message.timeout.ms": 20000,
+        **extra,
+    }))
+    producer.init_transactions(CLIENT_TIMEOUT_S)
+    return producer
 
-    # AddPartitionsToTxn, AddOffsetsToTxn, EndTxn, WriteTxnMarkers, TxnOffsetCommit.
-    transaction_apis = {24, 25, 26, 27, 28}
-    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap, request_timeout_ms=20000)
+
+def values(broker, topic: str, isolation: str, count: int, settle: float = 1.0) -> list[bytes]:
+    """Every value of partition 0 of `topic` read from the start under
+    `isolation` (up to `count`, then `settle` s more for extras)."""
+    consumer = confluent_consumer(broker, **{
+        "isolation.level": isolation,
+        "auto.offset.reset": "earliest",
+    })
     try:
-        advertised = admin._client.get_api_versions()
+        consumer.assign([TopicPartition(topic, 0, 0)])
+        return [m.value() for m in consume_confluent(consumer, count, settle=settle)]
     finally:
-        admin.close()
-    assert advertised, "no ApiVersions answer"
-    assert transaction_apis.isdisjoint(advertised), sorted(transaction_apis & set(advertised))
+        consumer.close()
+
+
+def test_committed_records_are_seen_together_and_aborted_ones_never(broker):
+    topic = unique_name("txn-commit-abort")
+    create_topic_confluent(broker, topic)
+    producer = transactional(broker)
+    producer.begin_transaction()
+    for i in range(5):
+        producer.produce(topic, f"aborted-{i}".encode())
+    producer.flush(CLIENT_TIMEOUT_S)
+    # Written but undecided: a read_committed consumer sees nothing yet.
+    assert values(broker, topic, "read_committed", 1, settle=0) == []
+    producer.abort_transaction(CLIENT_TIMEOUT_S)
+
+    producer.begin_transaction()
+    for i in range(5):
+        producer.produce(topic, f"committed-{i}".encode())
+    producer.commit_transaction(CLIENT_TIMEOUT_S)
+
+    committed = [f"committed-{i}".encode() for i in range(5)]
+    assert values(broker, topic, "read_committed", 5) == committed
+    # read_uncommitted sees the aborted records too (markers are skipped).
+    uncommitted = values(broker, topic, "read_uncommitted", 10)
+    assert uncommitted == [f"aborted-{i}".encode() for i in range(5)] + committed
+
+
+def test_a_second_producer_with_the_same_id_fences_the_first(broker):
+    topic = unique_name("txn-fence")
+    create_topic_confluent(broker, topic)
+    transactional_id = unique_name("txn-fenced")
+    first = transactional(broker, **{"transactional.id": transactional_id})
+    first.begin_transaction()
+    first.produce(topic, b"zombie")
+    first.flush(CLIENT_TIMEOUT_S)
+
+    # The second takes the id: the first's open transaction is aborted.
+    second = transactional(broker, **{"transactional.id": transactional_id})
+    second.begin_transaction()
+    second.produce(topic, b"winner")
+    second.commit_transaction(CLIENT_TIMEOUT_S)
+
+    with pytest.raises(KafkaException) as raised:
+        first.produce(topic, b"late")
+        first.commit_transaction(CLIENT_TIMEOUT_S)
+    error = raised.value.args[0]
+    assert error.fatal(), error
+    assert error.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED,
+                            KafkaError.INVALID_PRODUCER_EPOCH), error
+    assert values(broker, topic, "read_committed", 1) == [b"winner"]
+
+
+def test_a_transaction_left_open_is_aborted_at_its_timeout(broker):
+    topic = unique_name("txn-timeout")
+    create_topic_confluent(broker, topic)
+    # librdkafka wants its socket and message timeouts within the
+    # transaction's.
+    producer = transactional(broker, **{
+        "transaction.timeout.ms": 3000,
+        "socket.timeout.ms": 3000,
+        "message.timeout.ms": 3000,
+    })
+    producer.begin_transaction()
+    producer.produce(topic, b"abandoned")
+    producer.flush(CLIENT_TIMEOUT_S)
+    # Not yet decided: read_committed holds at it.
+    assert values(broker, topic, "read_committed", 1, settle=0) == []
+    time.sleep(5)
+    # Aborted by the broker: a later producer's commit is readable, the
+    # abandoned record never is.
+    other = transactional(broker)
+    other.begin_transaction()
+    other.produce(topic, b"after")
+    other.commit_transaction(CLIENT_TIMEOUT_S)
+    assert values(broker, topic, "read_committed", 1) == [b"after"]
+    with pytest.raises(KafkaException):
+        producer.commit_transaction(CLIENT_TIMEOUT_S)
+
+
+def test_consume_transform_produce_commits_offsets_with_the_output(broker):
+    source = unique_name("txn-in")
+    sink = unique_name("txn-out")
+    group = unique_name("txn-group")
+    create_topic_confluent(broker, source)
+    create_topic_confluent(broker, sink)
+    plain = Producer(confluent_config(broker))
+    for i in range(10):
+        plain.produce(source, str(i).encode())
+    assert plain.flush(CLIENT_TIMEOUT_S) == 0
+
+    def process(count: int, commit: bool) -> None:
+        consumer = confluent_consumer(broker, group, **{
+            "isolation.level": "read_committed",
+            "auto.offset.reset": "earliest",
+        })
+        producer = transactional(broker)
+        try:
+            consumer.assign([TopicPartition(source, 0)])
+            read = consume_confluent(consumer, count)
+            assert len(read) == count
+            producer.begin_transaction()
+            for message in read:
+                producer.produce(sink, b"out-" + message.value())
+            producer.send_offsets_to_transaction(
+                [TopicPartition(source, 0, read[-1].offset() + 1)],
+                consumer.consumer_group_metadata(),
+                CLIENT_TIMEOUT_S,
+            )
+            if commit:
+                producer.commit_transaction(CLIENT_TIMEOUT_S)
+            else:
+                producer.abort_transaction(CLIENT_TIMEOUT_S)
+        finally:
+            consumer.close()
+
+    process(4, commit=True)
+    # An aborted round leaves neither its output nor its offsets.
+    process(3, commit=False)
+    process(6, commit=True)
+
+    outputs = values(broker, sink, "read_committed", 10)
+    assert outputs == [f"out-{i}".encode() for i in range(10)], "each input once"
+    checker = confluent_consumer(broker, group)
+    try:
+        committed = checker.committed([TopicPartition(source, 0)], CLIENT_TIMEOUT_S)
+    finally:
+        checker.close()
+    assert committed[0].offset == 10
+
+
+def test_transactions_survive_a_restart(fresh_broker):
+    broker = fresh_broker
+    topic = unique_name("txn-restart")
+    create_topic_confluent(broker, topic)
+    transactional_id = unique_name("txn-restart-id")
+    producer = transactional(broker, **{"transactional.id": transactional_id})
+    producer.begin_transaction()
+    producer.produce(topic, b"aborted")
+    # (abort_transaction drops what is not sent yet.)
+    producer.flush(CLIENT_TIMEOUT_S)
+    producer.abort_transaction(CLIENT_TIMEOUT_S)
+    producer.begin_transaction()
+    producer.produce(topic, b"committed")
+    producer.commit_transaction(CLIENT_TIMEOUT_S)
+    producer.begin_transaction()
+    producer.produce(topic, b"open at the crash")
+    producer.flush(CLIENT_TIMEOUT_S)
+
+    broker.kill()
+    broker.start()
+    # The aborted transaction stays aborted, the committed one committed;
+    # the one open at the crash is aborted when the id is taken again
+    # (its producer fenced).
+    again = transactional(broker, **{"transactional.id": transactional_id})
+    again.begin_transaction()
+    again.produce(topic, b"after the restart")
+    again.commit_transaction(CLIENT_TIMEOUT_S)
+    assert values(broker, topic, "read_committed", 2) == [b"committed", b"after the restart"]
+    assert values(broker, topic, "read_uncommitted", 4) == [
+        b"aborted", b"committed", b"open at the crash", b"after the restart"]

@@ -106,12 +106,6 @@ pub enum CoreError {
     /// A batch a client may not write (Kafka's INVALID_RECORD).
     #[error("{reason}")]
     InvalidRecord { reason: String },
-    /// A transactional batch: this broker has no transaction coordinator
-    /// yet, so no producer can hold a transactional id.
-    #[error(
-        "producer {producer_id} sent a transactional batch; transactions are not supported yet"
-    )]
-    TransactionalWrite { producer_id: i64 },
     #[error("producer {producer_id}: epoch {found} is older than the current {current}")]
     InvalidProducerEpoch {
         producer_id: i64,

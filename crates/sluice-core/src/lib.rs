@@ -47,9 +47,11 @@ pub mod storage {
 }
 
 /// Building record batches (Kafka's RecordBatch v2): what the admin API
-/// produces and tests feed in.
+/// produces and tests feed in; reading a batch's header.
 pub mod records {
-    pub use sluice_log::batch::{NewRecord, RecordHeader, encode, encode_with_headers};
+    pub use sluice_log::batch::{
+        BatchHeader, NewRecord, RecordHeader, encode, encode_with_headers,
+    };
 }
 
 use std::path::{Path, PathBuf};
@@ -186,6 +188,9 @@ pub struct BrokerOptions {
     /// Committed offsets of a group empty this long are forgotten (Kafka's
     /// `offsets.retention.minutes`).
     pub offsets_retention: std::time::Duration,
+    /// The longest transaction timeout a producer may ask for (Kafka's
+    /// `transaction.max.timeout.ms`).
+    pub transaction_max_timeout_ms: i32,
     /// Consumer group coordinator settings (session timeout range, initial
     /// rebalance delay).
     pub groups: GroupSettings,
@@ -226,6 +231,7 @@ impl BrokerOptions {
             offsets_partitions: 50,
             offsets_replication: 3,
             offsets_retention: std::time::Duration::from_secs(7 * 24 * 3600),
+            transaction_max_timeout_ms: 900_000,
             groups: GroupSettings {
                 initial_rebalance_delay: std::time::Duration::ZERO,
                 ..GroupSettings::default()
@@ -328,6 +334,7 @@ pub struct Broker {
     logs: Arc<LogManager>,
     topics: Arc<Topics>,
     offsets: OffsetStore,
+    transactions: transactions::TxnCoordinator,
     groups: Arc<GroupCoordinator>,
     producer_ids: ProducerIds,
     vhosts: VirtualHosts,
@@ -429,6 +436,11 @@ impl Broker {
             OffsetStore::open(&logs, options.offsets_segment_bytes)?
         };
         let producer_ids = ProducerIds::new(Arc::clone(&metadata));
+        let transactions = if metadata.clustered() {
+            transactions::TxnCoordinator::unserved()
+        } else {
+            transactions::TxnCoordinator::open(&logs, options.transaction_max_timeout_ms)?
+        };
         tracing::info!(
             groups = offsets.group_ids().len(),
             elapsed_ms = since(phase),
@@ -479,6 +491,7 @@ impl Broker {
             logs,
             topics,
             offsets,
+            transactions,
             groups: GroupCoordinator::new(options.groups),
             producer_ids,
             vhosts,
@@ -700,6 +713,11 @@ impl Broker {
     /// Producer ids for idempotent producers.
     pub fn producer_ids(&self) -> &ProducerIds {
         &self.producer_ids
+    }
+
+    /// The transaction coordinator.
+    pub fn transactions(&self) -> &transactions::TxnCoordinator {
+        &self.transactions
     }
 
     /// Consumer group membership.

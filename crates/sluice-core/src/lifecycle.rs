@@ -42,6 +42,9 @@ const MEMBER_EXPIRY_EVERY: Duration = Duration::from_millis(250);
 const OFFSETS_EXPIRY_EVERY: Duration = Duration::from_secs(60);
 /// How often queues are maintained and the disk checked.
 const MAINTENANCE_EVERY: Duration = Duration::from_millis(100);
+/// How often timed-out transactions are aborted and decided ones
+/// completed.
+const TRANSACTIONS_EVERY: Duration = Duration::from_secs(1);
 /// How often the high watermark checkpoint is written.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
 
@@ -151,6 +154,13 @@ impl Broker {
                     broker.vhosts().maintain();
                     broker.check_disk();
                 },
+            ),
+            every(
+                self,
+                TRANSACTIONS_EVERY,
+                stopped.clone(),
+                Runs::Blocking,
+                |broker| broker.transactions().tick(broker),
             ),
             every(
                 self,

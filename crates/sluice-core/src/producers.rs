@@ -210,8 +210,16 @@ pub(crate) fn learn_appended(
     batches: &[u8],
     headers: &[(usize, BatchHeader)],
 ) {
-    for (at, header) in headers {
+    for (_, header) in headers {
         replay_into(producers, header);
+    }
+    learn_txns(txns, batches, headers);
+}
+
+/// Learns what `batches` (whose headers are `headers`, with their
+/// offsets in the log) open or close of a transaction.
+pub(crate) fn learn_txns(txns: &mut TxnIndex, batches: &[u8], headers: &[(usize, BatchHeader)]) {
+    for (at, header) in headers {
         if header.producer_id >= 0 && header.is_transactional() {
             let marker = if header.is_control() {
                 batches.get(*at..at + header.size).and_then(decode_marker)
@@ -225,7 +233,9 @@ pub(crate) fn learn_appended(
 
 /// Learns from a batch already in the log, under a lock the caller holds.
 pub(crate) fn replay_into(producers: &mut HashMap<i64, ProducerEntry>, header: &BatchHeader) {
-    if header.producer_id >= 0 && header.base_sequence >= 0 {
+    if header.producer_id >= 0 && header.is_control() {
+        fence(producers, header.producer_id, header.producer_epoch);
+    } else if header.producer_id >= 0 && header.base_sequence >= 0 {
         record(
             producers,
             header.producer_id,
@@ -312,6 +322,22 @@ pub(crate) fn check(
             found: first_sequence,
         })
     }
+}
+
+/// A transaction marker written for a producer at `epoch`: an older epoch
+/// of the producer (a zombie) is refused from now on, and a newer one
+/// starts its sequences at 0, as after any epoch change.
+pub(crate) fn fence(producers: &mut HashMap<i64, ProducerEntry>, producer_id: i64, epoch: i16) {
+    let entry = producers.entry(producer_id).or_default();
+    if epoch > entry.epoch {
+        entry.epoch = epoch;
+        entry.batches.clear();
+    }
+}
+
+/// The epoch a partition knows of `producer_id`.
+pub(crate) fn epoch_of(producers: &HashMap<i64, ProducerEntry>, producer_id: i64) -> Option<i16> {
+    producers.get(&producer_id).map(|entry| entry.epoch)
 }
 
 /// Remembers a batch written for a producer.

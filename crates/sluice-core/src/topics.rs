@@ -287,6 +287,11 @@ impl Topic {
                     last.last_sequence(),
                     info.first_offset,
                 );
+                if first.is_transactional() {
+                    // The batches now carry their offsets in the log.
+                    let written = sluice_log::batch::split_verified(records).map_err(invalid)?;
+                    producers::learn_txns(&mut target.producers.txns(), records, &written);
+                }
                 info
             }
         };
@@ -294,12 +299,56 @@ impl Topic {
         target.written();
         Ok(appended(target, info, epoch))
     }
+
+    /// Writes a transaction marker for `producer_id` at `producer_epoch`
+    /// (the transaction coordinator's decision) and waits until every
+    /// in-sync replica has it. Blocking.
+    ///
+    /// # Errors
+    /// [`CoreError::UnknownPartition`], [`CoreError::NotLeader`],
+    /// [`CoreError::InvalidProducerEpoch`] for an epoch older than the
+    /// partition knows, the log's and the replication's errors.
+    pub fn write_marker(
+        &self,
+        partition: PartitionId,
+        producer_id: i64,
+        producer_epoch: i16,
+        marker: crate::transactions::Marker,
+    ) -> Result<(), CoreError> {
+        let target = self.local_partition(partition)?;
+        let mut batch = crate::transactions::encode_marker(
+            producer_id,
+            producer_epoch,
+            marker,
+            SystemClock.now_ms(),
+        )?;
+        let epoch = target.leader_epoch();
+        let mut producers = target.producers.lock();
+        if let Some(current) = producers::epoch_of(&producers, producer_id)
+            && current > producer_epoch
+        {
+            return Err(CoreError::InvalidProducerEpoch {
+                producer_id,
+                current,
+                found: producer_epoch,
+            });
+        }
+        let info = target.log.append_unsynced(&mut batch, epoch)?;
+        producers::fence(&mut producers, producer_id, producer_epoch);
+        let written = sluice_log::batch::split_verified(&batch)
+            .map_err(|reason| CoreError::Log(sluice_log::LogError::InvalidBatch { reason }))?;
+        producers::learn_txns(&mut target.producers.txns(), &batch, &written);
+        drop(producers);
+        target.written();
+        appended(target, info, epoch).in_sync().wait()?;
+        Ok(())
+    }
 }
 
 /// Refuses what only the broker writes, as Kafka refuses a client's batch:
-/// control batches (transaction markers) and idempotent batches without a
-/// sequence are INVALID_RECORD; transactional batches wait for the
-/// transaction coordinator (docs/transactions.md).
+/// control batches (transaction markers), idempotent batches without a
+/// sequence and transactional batches without a producer are
+/// INVALID_RECORD.
 fn refuse_from_clients(header: &sluice_log::batch::BatchHeader) -> Result<(), CoreError> {
     if header.is_control() {
         return Err(CoreError::InvalidRecord {
@@ -314,9 +363,9 @@ fn refuse_from_clients(header: &sluice_log::batch::BatchHeader) -> Result<(), Co
             ),
         });
     }
-    if header.is_transactional() {
-        return Err(CoreError::TransactionalWrite {
-            producer_id: header.producer_id,
+    if header.is_transactional() && header.producer_id < 0 {
+        return Err(CoreError::InvalidRecord {
+            reason: "a transactional batch without a producer id".to_owned(),
         });
     }
     Ok(())

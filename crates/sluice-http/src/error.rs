@@ -148,8 +148,7 @@ impl From<CoreError> for ApiError {
             CoreError::Log(sluice_core::storage::LogError::InvalidBatch { .. })
             | CoreError::InvalidTimestamp { .. }
             | CoreError::UndecodableBatch { .. }
-            | CoreError::InvalidRecord { .. }
-            | CoreError::TransactionalWrite { .. } => ApiError::bad_request(message),
+            | CoreError::InvalidRecord { .. } => ApiError::bad_request(message),
             other => {
                 tracing::warn!(error = %other, "admin API request failed in storage");
                 ApiError::new(ErrorCode::Storage, other.to_string())

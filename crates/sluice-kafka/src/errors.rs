@@ -2,6 +2,7 @@
 
 use kafka_protocol::ResponseError;
 use sluice_core::storage::LogError;
+use sluice_core::transactions::TxnError;
 use sluice_core::{CoreError, GroupError};
 
 /// The Kafka error for a core error.
@@ -44,7 +45,21 @@ pub(crate) fn code(err: &CoreError) -> ResponseError {
         CoreError::InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch,
         CoreError::UnknownProducerId { .. } => ResponseError::UnknownProducerId,
         CoreError::InvalidRecord { .. } => ResponseError::InvalidRecord,
-        CoreError::TransactionalWrite { .. } => ResponseError::TransactionalIdAuthorizationFailed,
+    }
+}
+
+/// The Kafka error for a refusal of the transaction coordinator;
+/// `fenced` when the request's version knows PRODUCER_FENCED (older ones
+/// hear INVALID_PRODUCER_EPOCH).
+pub(crate) fn txn_code(err: &TxnError, fenced: bool) -> ResponseError {
+    match err {
+        TxnError::Fenced { .. } if fenced => ResponseError::ProducerFenced,
+        TxnError::Fenced { .. } => ResponseError::InvalidProducerEpoch,
+        TxnError::UnknownProducer { .. } => ResponseError::InvalidProducerIdMapping,
+        TxnError::InvalidState { .. } => ResponseError::InvalidTxnState,
+        TxnError::InvalidTimeout { .. } => ResponseError::InvalidTransactionTimeout,
+        TxnError::NotServed => ResponseError::TransactionalIdAuthorizationFailed,
+        TxnError::Core(core) => code(core),
     }
 }
 

@@ -24,26 +24,36 @@ use sluice_core::CommittedOffset;
 use super::{Context, blocking};
 use crate::errors;
 
-/// `key_type` of a consumer group (0); transactions (1) are not served.
+/// `key_type` of a consumer group (0) and of a transactional id (1).
 const GROUP_KEY: i8 = 0;
+const TRANSACTION_KEY: i8 = 1;
 
-/// Why a transactional id gets no coordinator.
-const NO_TRANSACTIONS: &str = "transactions are not supported yet";
+/// Why a transactional id gets no coordinator on a cluster.
+const NO_TRANSACTIONS: &str = "transactions are not supported on a cluster yet";
 
 pub(crate) fn find(
     context: &Context,
     request: FindCoordinatorRequest,
     version: i16,
 ) -> FindCoordinatorResponse {
-    // Without transactions there is no coordinator for a transactional id.
+    // A cluster has no transaction coordinator yet.
     // COORDINATOR_NOT_AVAILABLE would be retried until the client's
     // transaction timeout; TRANSACTIONAL_ID_AUTHORIZATION_FAILED is fatal
     // to a transactional producer, so init_transactions fails at once.
-    let refused = (request.key_type != GROUP_KEY).then_some((
-        ResponseError::TransactionalIdAuthorizationFailed,
-        StrBytes::from_static_str(NO_TRANSACTIONS),
-    ));
-    if refused.is_none() && context.broker.offsets().needs_topic() {
+    let transactional = request.key_type == TRANSACTION_KEY;
+    let refused = match request.key_type {
+        GROUP_KEY => None,
+        TRANSACTION_KEY if context.broker.transactions().served() => None,
+        TRANSACTION_KEY => Some((
+            ResponseError::TransactionalIdAuthorizationFailed,
+            StrBytes::from_static_str(NO_TRANSACTIONS),
+        )),
+        _ => Some((
+            ResponseError::InvalidRequest,
+            StrBytes::from_static_str("unknown coordinator key type"),
+        )),
+    };
+    if refused.is_none() && !transactional && context.broker.offsets().needs_topic() {
         // On a cluster the offsets topic is created on first need, as
         // Kafka does, in the background (the quorum may take a while, and
         // a connection's later requests wait for this answer); until its
@@ -66,7 +76,16 @@ pub(crate) fn find(
                 Some(message.clone()),
             );
         }
-        match super::coordinator(context, key) {
+        // A cluster of one coordinates every transactional id.
+        let found = if transactional {
+            super::nodes(context)
+                .into_iter()
+                .find(|(id, _, _)| *id == context.options.node_id)
+                .ok_or(ResponseError::CoordinatorNotAvailable)
+        } else {
+            super::coordinator(context, key)
+        };
+        match found {
             Ok((node, host, port)) => (node, host, i32::from(port), 0, None),
             Err(error) => (-1, StrBytes::default(), -1, error.code(), None),
         }

@@ -1,5 +1,5 @@
-//! InitProducerId for idempotent producers. Transactions are not served
-//! yet: a transactional id is refused.
+//! InitProducerId: a producer id for an idempotent producer, or for a
+//! transactional id from the transaction coordinator.
 
 use std::sync::Arc;
 
@@ -12,6 +12,7 @@ use crate::errors;
 pub(crate) async fn handle(
     context: &Context,
     request: InitProducerIdRequest,
+    version: i16,
 ) -> InitProducerIdResponse {
     let refused = |code: ResponseError| {
         InitProducerIdResponse::default()
@@ -19,8 +20,24 @@ pub(crate) async fn handle(
             .with_producer_id(ProducerId(-1))
             .with_producer_epoch(-1)
     };
-    if request.transactional_id.is_some() {
-        return refused(ResponseError::InvalidRequest);
+    if let Some(id) = request.transactional_id {
+        let broker = Arc::clone(&context.broker);
+        let current = (request.producer_id.0 >= 0 && request.producer_epoch >= 0)
+            .then_some((request.producer_id.0, request.producer_epoch));
+        let timeout_ms = request.transaction_timeout_ms;
+        let done = blocking(move || {
+            broker
+                .transactions()
+                .init_producer(&broker, &id, timeout_ms, current)
+        })
+        .await;
+        return match done {
+            Some(Ok((producer_id, epoch))) => InitProducerIdResponse::default()
+                .with_producer_id(ProducerId(producer_id))
+                .with_producer_epoch(epoch),
+            Some(Err(error)) => refused(errors::txn_code(&error, version >= 4)),
+            None => refused(ResponseError::UnknownServerError),
+        };
     }
     // KIP-360: a producer that already has an id may ask to bump its epoch.
     if request.producer_id.0 >= 0 && request.producer_epoch >= 0 {

@@ -23,6 +23,7 @@ mod metadata;
 pub(crate) mod produce;
 mod replicas;
 mod topics;
+mod transactions;
 
 #[cfg(test)]
 mod tests;
@@ -87,6 +88,10 @@ pub(crate) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeCluster, 0, 1),
     (ApiKey::OffsetDelete, 0, 0),
     (ApiKey::InitProducerId, 0, 4),
+    (ApiKey::AddPartitionsToTxn, 0, 3),
+    (ApiKey::AddOffsetsToTxn, 0, 3),
+    (ApiKey::EndTxn, 0, 3),
+    (ApiKey::TxnOffsetCommit, 0, 3),
     (ApiKey::ApiVersions, 0, 3),
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::DeleteTopics, 1, 6),
@@ -115,7 +120,19 @@ pub(crate) async fn dispatch(
 ) -> Option<ResponseKind> {
     Some(match request {
         RequestKind::InitProducerId(request) => {
-            ResponseKind::InitProducerId(init_producer_id::handle(context, request).await)
+            ResponseKind::InitProducerId(init_producer_id::handle(context, request, version).await)
+        }
+        RequestKind::AddPartitionsToTxn(request) => ResponseKind::AddPartitionsToTxn(
+            transactions::add_partitions(context, request, version).await,
+        ),
+        RequestKind::AddOffsetsToTxn(request) => ResponseKind::AddOffsetsToTxn(
+            transactions::add_offsets(context, request, version).await,
+        ),
+        RequestKind::TxnOffsetCommit(request) => {
+            ResponseKind::TxnOffsetCommit(transactions::commit_offsets(context, request).await)
+        }
+        RequestKind::EndTxn(request) => {
+            ResponseKind::EndTxn(transactions::end(context, request, version).await)
         }
         RequestKind::DeleteRecords(request) => {
             ResponseKind::DeleteRecords(admin::delete_records(context, request).await)

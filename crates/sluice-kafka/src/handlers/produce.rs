@@ -19,6 +19,7 @@ use bytes::BytesMut;
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
+use sluice_core::records::BatchHeader;
 use sluice_core::{Appended, Broker, CoreError, TimestampType, Verdict, Writer};
 use sluice_types::PartitionId;
 
@@ -79,6 +80,8 @@ pub(crate) async fn start(
     let acks = request.acks;
     let valid_acks = matches!(acks, -1..=1);
     let (throttle_time_ms, disk_full) = admit(&context.broker).await;
+    let transactional_id: Option<Arc<str>> =
+        request.transactional_id.map(|id| Arc::from(id.as_str()));
     let mut topics = Vec::new();
     for topic_data in request.topic_data {
         let name = topic_data.name.to_string();
@@ -91,12 +94,25 @@ pub(crate) async fn start(
             } else if disk_full {
                 Err(ResponseError::KafkaStorageError)
             } else if exists {
-                write(&context.broker, &name, index, acks, data.records)
+                write(
+                    &context.broker,
+                    (&name, index),
+                    acks,
+                    transactional_id.as_deref(),
+                    data.records,
+                )
             } else {
                 let broker = Arc::clone(&context.broker);
                 let name = name.clone();
+                let transactional_id = transactional_id.clone();
                 tokio::task::spawn_blocking(move || {
-                    write(&broker, &name, index, acks, data.records)
+                    write(
+                        &broker,
+                        (&name, index),
+                        acks,
+                        transactional_id.as_deref(),
+                        data.records,
+                    )
                 })
                 .await
                 .unwrap_or(Err(ResponseError::UnknownServerError))
@@ -121,9 +137,9 @@ const IN_SYNC_REPLICAS: u32 = 1;
 
 fn write(
     broker: &Broker,
-    topic: &str,
-    index: i32,
+    (topic, index): (&str, i32),
     acks: i16,
+    transactional_id: Option<&str>,
     records: Option<bytes::Bytes>,
 ) -> Started {
     let refuse = |err: &CoreError| {
@@ -162,6 +178,24 @@ fn write(
     let Some(records) = records.filter(|r| !r.is_empty()) else {
         return Err(ResponseError::CorruptMessage);
     };
+    // A transactional batch goes only to a partition its transaction
+    // holds (KIP-890's verification, done here by the coordinator).
+    if let Ok(header) = BatchHeader::parse(&records)
+        && header.is_transactional()
+        && !header.is_control()
+    {
+        let Some(id) = transactional_id else {
+            return Err(ResponseError::TransactionalIdAuthorizationFailed);
+        };
+        if let Err(error) =
+            broker
+                .transactions()
+                .verify(id, header.producer_id, header.producer_epoch, name, index)
+        {
+            tracing::debug!(topic = name, partition = index, %error, "transactional produce refused");
+            return Err(errors::txn_code(&error, false));
+        }
+    }
     let mut records = BytesMut::from(&records[..]);
     let pending = topic
         .append_start(PartitionId::from(index), &mut records)

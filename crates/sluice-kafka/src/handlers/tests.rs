@@ -596,9 +596,9 @@ async fn a_leader_epoch_from_the_future_is_unknown_and_the_current_one_is_served
 
 /// What only the broker writes is refused in a Produce, as Kafka does:
 /// a transaction marker (control batch) or an idempotent batch without a
-/// sequence is INVALID_RECORD; a transactional batch is
-/// TRANSACTIONAL_ID_AUTHORIZATION_FAILED while there is no transaction
-/// coordinator. Nothing refused reaches the log.
+/// sequence is INVALID_RECORD; a transactional batch of a producer that
+/// holds no transactional id is INVALID_PRODUCER_ID_MAPPING (the
+/// coordinator verifies it). Nothing refused reaches the log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn produce_refuses_markers_sequenceless_and_transactional_batches() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -614,7 +614,7 @@ async fn produce_refuses_markers_sequenceless_and_transactional_batches() {
         ),
         (
             flagged_batch(7, 0, true, false),
-            kafka_protocol::ResponseError::TransactionalIdAuthorizationFailed,
+            kafka_protocol::ResponseError::InvalidProducerIdMapping,
         ),
         // A plain (not idempotent) batch carrying the control flag.
         (

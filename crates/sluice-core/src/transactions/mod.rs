@@ -26,6 +26,10 @@ use sluice_types::Offset;
 
 use crate::CoreError;
 
+mod coordinator;
+
+pub use coordinator::{TXN_STATE_LOG, TxnCoordinator, TxnError, TxnMeta, TxnState};
+
 /// How a transaction ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {

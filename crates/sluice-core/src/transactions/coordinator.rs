@@ -1,0 +1,760 @@
+//! The transaction coordinator (Kafka's `TransactionCoordinator`) of a
+//! cluster of one: transactional ids, their producer ids and epochs, what
+//! each open transaction wrote to, and its end, markers included.
+//!
+//! Every change of a transactional id is one record of the internal log
+//! `__transaction_state-0`, durable before it is answered; the latest
+//! record per id is its state, read back on open. A transaction decided
+//! (`PrepareCommit`, `PrepareAbort`) but not completed when the broker
+//! stopped gets its markers on the next tick, as a new Kafka coordinator
+//! completes what it loads.
+//!
+//! Record key `[version:2=0][id]`; value `[version:2=0][producer id:8]
+//! [epoch:2][timeout ms:4][state:1][started ms:8][updated ms:8]
+//! [partitions:4]([topic][partition:4])*[groups:4]([group])*
+//! [offsets:4]([group][topic][partition:4][offset:8][leader epoch:4]
+//! [metadata length:4 (-1 = null)][metadata])*`, strings as `[len:2][utf-8]`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use sluice_log::{Log, LogManager};
+use sluice_types::{Clock, PartitionId, SystemClock};
+
+use super::{Marker, Outcome};
+use crate::fields::{get_str, put_str};
+use crate::{Broker, CommittedOffset, CoreError};
+
+/// The internal log of the transactions' states on a cluster of one.
+pub const TXN_STATE_LOG: &str = "__transaction_state-0";
+/// The coordinator epoch markers carry on a cluster of one (Kafka's is
+/// the leader epoch of the id's `__transaction_state` partition).
+const COORDINATOR_EPOCH: i32 = 0;
+
+/// Where a transactional id stands (Kafka's `TransactionState`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxnState {
+    Empty,
+    Ongoing,
+    PrepareCommit,
+    PrepareAbort,
+    CompleteCommit,
+    CompleteAbort,
+}
+
+impl TxnState {
+    /// Kafka's name of the state (DescribeTransactions, ListTransactions).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TxnState::Empty => "Empty",
+            TxnState::Ongoing => "Ongoing",
+            TxnState::PrepareCommit => "PrepareCommit",
+            TxnState::PrepareAbort => "PrepareAbort",
+            TxnState::CompleteCommit => "CompleteCommit",
+            TxnState::CompleteAbort => "CompleteAbort",
+        }
+    }
+
+    fn code(self) -> u8 {
+        match self {
+            TxnState::Empty => 0,
+            TxnState::Ongoing => 1,
+            TxnState::PrepareCommit => 2,
+            TxnState::PrepareAbort => 3,
+            TxnState::CompleteCommit => 4,
+            TxnState::CompleteAbort => 5,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<TxnState> {
+        Some(match code {
+            0 => TxnState::Empty,
+            1 => TxnState::Ongoing,
+            2 => TxnState::PrepareCommit,
+            3 => TxnState::PrepareAbort,
+            4 => TxnState::CompleteCommit,
+            5 => TxnState::CompleteAbort,
+            _ => return None,
+        })
+    }
+}
+
+/// Offsets a transaction commits for one group: made visible when it
+/// commits, dropped when it aborts.
+type PendingOffsets = BTreeMap<(String, i32), CommittedOffset>;
+
+/// One transactional id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnMeta {
+    pub producer_id: i64,
+    pub epoch: i16,
+    pub timeout_ms: i32,
+    pub state: TxnState,
+    /// The partitions the open transaction wrote to.
+    pub partitions: BTreeSet<(String, i32)>,
+    /// The groups whose offsets it commits (AddOffsetsToTxn).
+    pub groups: BTreeSet<String>,
+    offsets: BTreeMap<String, PendingOffsets>,
+    pub started_ms: i64,
+    pub updated_ms: i64,
+}
+
+/// Why the coordinator refused.
+#[derive(Debug, thiserror::Error)]
+pub enum TxnError {
+    #[error(
+        "producer {producer_id} at epoch {epoch} is fenced: transactional id {id:?} is at epoch {current}"
+    )]
+    Fenced {
+        id: String,
+        producer_id: i64,
+        epoch: i16,
+        current: i16,
+    },
+    #[error("producer id {found} does not hold transactional id {id:?}")]
+    UnknownProducer { id: String, found: i64 },
+    #[error("transactional id {id:?} is {state}: cannot {what}")]
+    InvalidState {
+        id: String,
+        state: &'static str,
+        what: &'static str,
+    },
+    #[error("transaction timeout {timeout_ms} ms is not within 1..={max_ms} ms")]
+    InvalidTimeout { timeout_ms: i32, max_ms: i32 },
+    #[error("transactions are not served on a cluster of more than one node yet")]
+    NotServed,
+    #[error(transparent)]
+    Core(#[from] CoreError),
+}
+
+/// The transaction coordinator.
+#[derive(Debug)]
+pub struct TxnCoordinator {
+    /// `None` on a cluster: not served there yet.
+    log: Option<Arc<Log>>,
+    max_timeout_ms: i32,
+    txns: Mutex<HashMap<String, TxnMeta>>,
+}
+
+impl TxnCoordinator {
+    /// Opens the coordinator of a cluster of one on its internal log,
+    /// reading back every transactional id.
+    ///
+    /// # Errors
+    /// The log's open and read errors.
+    pub(crate) fn open(
+        logs: &LogManager,
+        max_timeout_ms: i32,
+    ) -> Result<TxnCoordinator, CoreError> {
+        let config = sluice_log::LogConfig {
+            cleanup_compact: true,
+            cleanup_delete: false,
+            ..logs.defaults().clone()
+        };
+        let log = logs.get_or_create(TXN_STATE_LOG, Some(config.clone()))?;
+        log.set_config(config);
+        let mut txns = HashMap::new();
+        crate::replay::for_each_record(&log, log.log_start(), |record| {
+            let Some(id) = record.key.and_then(decode_key) else {
+                return;
+            };
+            match record.value.and_then(decode_value) {
+                Some(meta) => {
+                    txns.insert(id, meta);
+                }
+                None => {
+                    txns.remove(&id);
+                }
+            }
+        })?;
+        Ok(TxnCoordinator {
+            log: Some(log),
+            max_timeout_ms,
+            txns: Mutex::new(txns),
+        })
+    }
+
+    /// The coordinator of a node of a cluster: refuses every transactional
+    /// id for now (docs/transactions.md).
+    pub(crate) fn unserved() -> TxnCoordinator {
+        TxnCoordinator {
+            log: None,
+            max_timeout_ms: 0,
+            txns: Mutex::default(),
+        }
+    }
+
+    /// Whether this node coordinates transactions.
+    pub fn served(&self) -> bool {
+        self.log.is_some()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, TxnMeta>> {
+        self.txns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every transactional id with its state, sorted by id.
+    pub fn list(&self) -> Vec<(String, TxnMeta)> {
+        let mut all: Vec<(String, TxnMeta)> = self
+            .lock()
+            .iter()
+            .map(|(id, meta)| (id.clone(), meta.clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// One transactional id's state.
+    pub fn describe(&self, id: &str) -> Option<TxnMeta> {
+        self.lock().get(id).cloned()
+    }
+
+    fn store(&self, id: &str, meta: &TxnMeta) -> Result<(), TxnError> {
+        let log = self.log.as_ref().ok_or(TxnError::NotServed)?;
+        let key = encode_key(id);
+        let value = encode_value(meta);
+        let mut batch =
+            crate::replay::batch_of(&[(Some(&key[..]), Some(&value[..]))], "transaction state")?;
+        log.append(&mut batch, crate::LOCAL_EPOCH)
+            .map_err(CoreError::from)?;
+        Ok(())
+    }
+
+    /// InitProducerId with a transactional id: a new id gets a producer id
+    /// at epoch 0; a known one gets its epoch bumped (fencing the producer
+    /// that had it), its open transaction aborted first. `current` is the
+    /// producer id and epoch a client gives to have them bumped (KIP-360).
+    /// Blocking.
+    ///
+    /// # Errors
+    /// [`TxnError::InvalidTimeout`], [`TxnError::Fenced`] for a `current`
+    /// that is not the id's, the log's and the markers' errors.
+    pub fn init_producer(
+        &self,
+        broker: &Broker,
+        id: &str,
+        timeout_ms: i32,
+        current: Option<(i64, i16)>,
+    ) -> Result<(i64, i16), TxnError> {
+        if !self.served() {
+            return Err(TxnError::NotServed);
+        }
+        if timeout_ms < 1 || timeout_ms > self.max_timeout_ms {
+            return Err(TxnError::InvalidTimeout {
+                timeout_ms,
+                max_ms: self.max_timeout_ms,
+            });
+        }
+        let now = SystemClock.now_ms();
+        let mut txns = self.lock();
+        let mut meta = match txns.get(id) {
+            None => TxnMeta {
+                producer_id: broker.producer_ids().allocate()?,
+                epoch: 0,
+                timeout_ms,
+                state: TxnState::Empty,
+                partitions: BTreeSet::new(),
+                groups: BTreeSet::new(),
+                offsets: BTreeMap::new(),
+                started_ms: -1,
+                updated_ms: now,
+            },
+            Some(known) => {
+                let mut meta = known.clone();
+                if let Some((producer_id, epoch)) = current
+                    && (producer_id != meta.producer_id || epoch != meta.epoch)
+                {
+                    return Err(TxnError::Fenced {
+                        id: id.to_owned(),
+                        producer_id,
+                        epoch,
+                        current: meta.epoch,
+                    });
+                }
+                // A producer id runs out of epochs: the id moves to a new
+                // one, as Kafka does.
+                let (producer_id, epoch) = if meta.epoch >= i16::MAX - 1 {
+                    (broker.producer_ids().allocate()?, 0)
+                } else {
+                    (meta.producer_id, meta.epoch + 1)
+                };
+                if matches!(
+                    meta.state,
+                    TxnState::Ongoing | TxnState::PrepareAbort | TxnState::PrepareCommit
+                ) {
+                    // The markers carry the bumped epoch: the producer that
+                    // had the id is fenced on every partition it wrote to.
+                    // (A rotated id's old producer ends it under its last
+                    // epoch.)
+                    if meta.state == TxnState::Ongoing {
+                        meta.state = TxnState::PrepareAbort;
+                    }
+                    if meta.producer_id == producer_id {
+                        meta.epoch = epoch;
+                    }
+                    self.store(id, &meta)?;
+                    self.complete(broker, id, &mut meta)?;
+                }
+                meta.producer_id = producer_id;
+                meta.epoch = epoch;
+                meta.timeout_ms = timeout_ms;
+                meta.state = TxnState::Empty;
+                meta.partitions.clear();
+                meta.groups.clear();
+                meta.offsets.clear();
+                meta.started_ms = -1;
+                meta.updated_ms = now;
+                meta
+            }
+        };
+        meta.updated_ms = now;
+        self.store(id, &meta)?;
+        let answer = (meta.producer_id, meta.epoch);
+        txns.insert(id.to_owned(), meta);
+        Ok(answer)
+    }
+
+    /// The id's state for a request of `producer_id` at `epoch`.
+    fn held<'a>(
+        txns: &'a mut HashMap<String, TxnMeta>,
+        id: &str,
+        producer_id: i64,
+        epoch: i16,
+    ) -> Result<&'a mut TxnMeta, TxnError> {
+        let meta = txns.get_mut(id).ok_or_else(|| TxnError::UnknownProducer {
+            id: id.to_owned(),
+            found: producer_id,
+        })?;
+        if meta.producer_id != producer_id {
+            return Err(TxnError::UnknownProducer {
+                id: id.to_owned(),
+                found: producer_id,
+            });
+        }
+        if meta.epoch != epoch {
+            return Err(TxnError::Fenced {
+                id: id.to_owned(),
+                producer_id,
+                epoch,
+                current: meta.epoch,
+            });
+        }
+        Ok(meta)
+    }
+
+    /// AddPartitionsToTxn (`partitions`) and AddOffsetsToTxn (`group`):
+    /// the transaction is open from now on and writes there. Blocking.
+    ///
+    /// # Errors
+    /// [`TxnError::UnknownProducer`], [`TxnError::Fenced`],
+    /// [`TxnError::InvalidState`] while the transaction ends, the log's
+    /// errors.
+    pub fn add(
+        &self,
+        id: &str,
+        producer_id: i64,
+        epoch: i16,
+        partitions: &[(String, i32)],
+        group: Option<&str>,
+    ) -> Result<(), TxnError> {
+        let now = SystemClock.now_ms();
+        let mut txns = self.lock();
+        let meta = Self::held(&mut txns, id, producer_id, epoch)?;
+        if matches!(meta.state, TxnState::PrepareCommit | TxnState::PrepareAbort) {
+            return Err(TxnError::InvalidState {
+                id: id.to_owned(),
+                state: meta.state.as_str(),
+                what: "add to a transaction that is ending",
+            });
+        }
+        let known = meta.state == TxnState::Ongoing
+            && partitions.iter().all(|p| meta.partitions.contains(p))
+            && group.is_none_or(|g| meta.groups.contains(g));
+        if known {
+            return Ok(());
+        }
+        let mut next = meta.clone();
+        if next.state != TxnState::Ongoing {
+            next.state = TxnState::Ongoing;
+            next.partitions.clear();
+            next.groups.clear();
+            next.offsets.clear();
+            next.started_ms = now;
+        }
+        next.partitions.extend(partitions.iter().cloned());
+        if let Some(group) = group {
+            next.groups.insert(group.to_owned());
+        }
+        next.updated_ms = now;
+        self.store(id, &next)?;
+        *meta = next;
+        Ok(())
+    }
+
+    /// TxnOffsetCommit: offsets `group` commits in the open transaction,
+    /// visible once it commits. Blocking.
+    ///
+    /// # Errors
+    /// [`TxnError::UnknownProducer`], [`TxnError::Fenced`],
+    /// [`TxnError::InvalidState`] when no transaction is open or the group
+    /// was not added to it, the log's errors.
+    pub fn commit_offsets(
+        &self,
+        id: &str,
+        producer_id: i64,
+        epoch: i16,
+        group: &str,
+        offsets: &[(String, i32, CommittedOffset)],
+    ) -> Result<(), TxnError> {
+        let mut txns = self.lock();
+        let meta = Self::held(&mut txns, id, producer_id, epoch)?;
+        if meta.state != TxnState::Ongoing || !meta.groups.contains(group) {
+            return Err(TxnError::InvalidState {
+                id: id.to_owned(),
+                state: meta.state.as_str(),
+                what: "commit offsets of a group not added to an open transaction",
+            });
+        }
+        let mut next = meta.clone();
+        let pending = next.offsets.entry(group.to_owned()).or_default();
+        for (topic, partition, committed) in offsets {
+            pending.insert((topic.clone(), *partition), committed.clone());
+        }
+        next.updated_ms = SystemClock.now_ms();
+        self.store(id, &next)?;
+        *meta = next;
+        Ok(())
+    }
+
+    /// Whether `producer_id` at `epoch` may write a transactional batch to
+    /// `topic`/`partition` for `id` (KIP-890's verification): its
+    /// transaction is open and holds that partition.
+    ///
+    /// # Errors
+    /// [`TxnError::UnknownProducer`], [`TxnError::Fenced`],
+    /// [`TxnError::InvalidState`].
+    pub fn verify(
+        &self,
+        id: &str,
+        producer_id: i64,
+        epoch: i16,
+        topic: &str,
+        partition: i32,
+    ) -> Result<(), TxnError> {
+        let mut txns = self.lock();
+        let meta = Self::held(&mut txns, id, producer_id, epoch)?;
+        if meta.state == TxnState::Ongoing
+            && meta.partitions.contains(&(topic.to_owned(), partition))
+        {
+            Ok(())
+        } else {
+            Err(TxnError::InvalidState {
+                id: id.to_owned(),
+                state: meta.state.as_str(),
+                what: "write to a partition not added to an open transaction",
+            })
+        }
+    }
+
+    /// EndTxn: commits or aborts the open transaction: the decision is
+    /// durable, then every partition it wrote to gets its marker and its
+    /// offsets become visible (or are dropped), then it is complete. A
+    /// retry of an end already done succeeds. Blocking.
+    ///
+    /// # Errors
+    /// [`TxnError::UnknownProducer`], [`TxnError::Fenced`],
+    /// [`TxnError::InvalidState`] with no open transaction or for the
+    /// other outcome than the one decided, the log's and the markers'
+    /// errors (the transaction completes on a later tick then).
+    pub fn end(
+        &self,
+        broker: &Broker,
+        id: &str,
+        producer_id: i64,
+        epoch: i16,
+        commit: bool,
+    ) -> Result<(), TxnError> {
+        let mut txns = self.lock();
+        let meta = Self::held(&mut txns, id, producer_id, epoch)?;
+        let (prepare, done) = if commit {
+            (TxnState::PrepareCommit, TxnState::CompleteCommit)
+        } else {
+            (TxnState::PrepareAbort, TxnState::CompleteAbort)
+        };
+        match meta.state {
+            TxnState::Ongoing => {}
+            state if state == done => return Ok(()),
+            state => {
+                return Err(TxnError::InvalidState {
+                    id: id.to_owned(),
+                    state: state.as_str(),
+                    what: if commit { "commit" } else { "abort" },
+                });
+            }
+        }
+        let mut next = meta.clone();
+        next.state = prepare;
+        next.updated_ms = SystemClock.now_ms();
+        self.store(id, &next)?;
+        *meta = next.clone();
+        self.complete(broker, id, &mut next)?;
+        *meta = next;
+        Ok(())
+    }
+
+    /// Writes the markers of a decided transaction, makes its offsets
+    /// visible on commit, and records it complete (`meta` is updated).
+    fn complete(&self, broker: &Broker, id: &str, meta: &mut TxnMeta) -> Result<(), TxnError> {
+        let outcome = match meta.state {
+            TxnState::PrepareCommit => Outcome::Commit,
+            TxnState::PrepareAbort => Outcome::Abort,
+            _ => return Ok(()),
+        };
+        let marker = Marker {
+            outcome,
+            coordinator_epoch: COORDINATOR_EPOCH,
+        };
+        for (topic, partition) in &meta.partitions {
+            let Some(found) = broker.topics().get(topic) else {
+                continue;
+            };
+            match found.write_marker(
+                PartitionId::from(*partition),
+                meta.producer_id,
+                meta.epoch,
+                marker,
+            ) {
+                Ok(()) | Err(CoreError::UnknownPartition { .. }) => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        if outcome == Outcome::Commit {
+            for (group, offsets) in &meta.offsets {
+                let offsets: Vec<(String, i32, CommittedOffset)> = offsets
+                    .iter()
+                    .map(|((topic, partition), committed)| {
+                        (topic.clone(), *partition, committed.clone())
+                    })
+                    .collect();
+                broker.offsets().commit(group, &offsets)?;
+            }
+        }
+        let mut done = meta.clone();
+        done.state = if outcome == Outcome::Commit {
+            TxnState::CompleteCommit
+        } else {
+            TxnState::CompleteAbort
+        };
+        done.partitions.clear();
+        done.groups.clear();
+        done.offsets.clear();
+        done.updated_ms = SystemClock.now_ms();
+        self.store(id, &done)?;
+        *meta = done;
+        Ok(())
+    }
+
+    /// Aborts the transactions open longer than their timeout under a
+    /// bumped epoch (the producer that let it run is fenced), and
+    /// completes those decided but not completed. Blocking.
+    pub fn tick(&self, broker: &Broker) {
+        if !self.served() {
+            return;
+        }
+        let now = SystemClock.now_ms();
+        let mut txns = self.lock();
+        let due: Vec<String> = txns
+            .iter()
+            .filter(|(_, meta)| match meta.state {
+                TxnState::Ongoing => now - meta.started_ms > i64::from(meta.timeout_ms),
+                TxnState::PrepareCommit | TxnState::PrepareAbort => true,
+                _ => false,
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in due {
+            let Some(meta) = txns.get_mut(&id) else {
+                continue;
+            };
+            let mut next = meta.clone();
+            if next.state == TxnState::Ongoing {
+                tracing::info!(
+                    transactional_id = %id,
+                    producer_id = next.producer_id,
+                    timeout_ms = next.timeout_ms,
+                    "transaction timed out: aborted, its producer fenced"
+                );
+                next.state = TxnState::PrepareAbort;
+                if next.epoch < i16::MAX - 1 {
+                    next.epoch += 1;
+                }
+                next.updated_ms = now;
+                if let Err(error) = self.store(&id, &next) {
+                    tracing::warn!(transactional_id = %id, %error, "cannot abort a timed-out transaction");
+                    continue;
+                }
+                *meta = next.clone();
+            }
+            match self.complete(broker, &id, &mut next) {
+                Ok(()) => *meta = next,
+                Err(error) => {
+                    tracing::warn!(transactional_id = %id, %error, "cannot complete a transaction; trying again");
+                }
+            }
+        }
+    }
+}
+
+fn encode_key(id: &str) -> Bytes {
+    let mut out = BytesMut::with_capacity(4 + id.len());
+    out.put_u16(0);
+    put_str(&mut out, id);
+    out.freeze()
+}
+
+fn decode_key(mut key: Bytes) -> Option<String> {
+    if key.remaining() < 2 || key.get_u16() != 0 {
+        return None;
+    }
+    get_str(&mut key)
+}
+
+fn encode_value(meta: &TxnMeta) -> Bytes {
+    let mut out = BytesMut::with_capacity(64);
+    out.put_u16(0);
+    out.put_i64(meta.producer_id);
+    out.put_i16(meta.epoch);
+    out.put_i32(meta.timeout_ms);
+    out.put_u8(meta.state.code());
+    out.put_i64(meta.started_ms);
+    out.put_i64(meta.updated_ms);
+    out.put_u32(meta.partitions.len() as u32);
+    for (topic, partition) in &meta.partitions {
+        put_str(&mut out, topic);
+        out.put_i32(*partition);
+    }
+    out.put_u32(meta.groups.len() as u32);
+    for group in &meta.groups {
+        put_str(&mut out, group);
+    }
+    let count: usize = meta.offsets.values().map(BTreeMap::len).sum();
+    out.put_u32(count as u32);
+    for (group, offsets) in &meta.offsets {
+        for ((topic, partition), committed) in offsets {
+            put_str(&mut out, group);
+            put_str(&mut out, topic);
+            out.put_i32(*partition);
+            out.put_i64(committed.offset);
+            out.put_i32(committed.leader_epoch);
+            match &committed.metadata {
+                Some(text) => {
+                    out.put_i32(text.len() as i32);
+                    out.put_slice(text.as_bytes());
+                }
+                None => out.put_i32(-1),
+            }
+        }
+    }
+    out.freeze()
+}
+
+fn decode_value(mut value: Bytes) -> Option<TxnMeta> {
+    if value.remaining() < 2 + 8 + 2 + 4 + 1 + 8 + 8 + 4 || value.get_u16() != 0 {
+        return None;
+    }
+    let producer_id = value.get_i64();
+    let epoch = value.get_i16();
+    let timeout_ms = value.get_i32();
+    let state = TxnState::from_code(value.get_u8())?;
+    let started_ms = value.get_i64();
+    let updated_ms = value.get_i64();
+    let mut partitions = BTreeSet::new();
+    for _ in 0..value.get_u32() {
+        let topic = get_str(&mut value)?;
+        if value.remaining() < 4 {
+            return None;
+        }
+        partitions.insert((topic, value.get_i32()));
+    }
+    if value.remaining() < 4 {
+        return None;
+    }
+    let mut groups = BTreeSet::new();
+    for _ in 0..value.get_u32() {
+        groups.insert(get_str(&mut value)?);
+    }
+    if value.remaining() < 4 {
+        return None;
+    }
+    let mut offsets: BTreeMap<String, PendingOffsets> = BTreeMap::new();
+    for _ in 0..value.get_u32() {
+        let group = get_str(&mut value)?;
+        let topic = get_str(&mut value)?;
+        if value.remaining() < 4 + 8 + 4 + 4 {
+            return None;
+        }
+        let partition = value.get_i32();
+        let offset = value.get_i64();
+        let leader_epoch = value.get_i32();
+        let length = value.get_i32();
+        let metadata = match usize::try_from(length) {
+            Ok(length) if value.remaining() >= length => {
+                Some(String::from_utf8(value.split_to(length).to_vec()).ok()?)
+            }
+            Ok(_) => return None,
+            Err(_) => None,
+        };
+        offsets.entry(group).or_default().insert(
+            (topic, partition),
+            CommittedOffset {
+                offset,
+                leader_epoch,
+                metadata,
+            },
+        );
+    }
+    Some(TxnMeta {
+        producer_id,
+        epoch,
+        timeout_ms,
+        state,
+        partitions,
+        groups,
+        offsets,
+        started_ms,
+        updated_ms,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_record_round_trips() {
+        let mut offsets = BTreeMap::new();
+        offsets.insert(
+            ("in".to_owned(), 2),
+            CommittedOffset {
+                offset: 41,
+                leader_epoch: 3,
+                metadata: Some("m".to_owned()),
+            },
+        );
+        let meta = TxnMeta {
+            producer_id: 9,
+            epoch: 4,
+            timeout_ms: 60_000,
+            state: TxnState::PrepareCommit,
+            partitions: [("out".to_owned(), 0), ("out".to_owned(), 1)].into(),
+            groups: ["g".to_owned()].into(),
+            offsets: [("g".to_owned(), offsets)].into(),
+            started_ms: 1_000,
+            updated_ms: 2_000,
+        };
+        assert_eq!(decode_value(encode_value(&meta)), Some(meta));
+        assert_eq!(decode_key(encode_key("tx-1")).as_deref(), Some("tx-1"));
+        assert_eq!(decode_value(Bytes::from_static(b"\0\0short")), None);
+    }
+}

@@ -1,0 +1,213 @@
+//! The transactional APIs over the core's transaction coordinator:
+//! AddPartitionsToTxn, AddOffsetsToTxn, TxnOffsetCommit and EndTxn (the
+//! versions before KIP-890's batched form).
+
+use std::sync::Arc;
+
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::add_partitions_to_txn_response::{
+    AddPartitionsToTxnPartitionResult, AddPartitionsToTxnTopicResult,
+};
+use kafka_protocol::messages::txn_offset_commit_response::{
+    TxnOffsetCommitResponsePartition, TxnOffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::{
+    AddOffsetsToTxnRequest, AddOffsetsToTxnResponse, AddPartitionsToTxnRequest,
+    AddPartitionsToTxnResponse, EndTxnRequest, EndTxnResponse, TxnOffsetCommitRequest,
+    TxnOffsetCommitResponse,
+};
+use sluice_core::CommittedOffset;
+
+use super::{Context, blocking};
+use crate::errors;
+
+/// The version from which a fenced producer hears PRODUCER_FENCED rather
+/// than INVALID_PRODUCER_EPOCH (AddPartitionsToTxn, AddOffsetsToTxn,
+/// EndTxn).
+const FENCED_FROM: i16 = 2;
+
+pub(crate) async fn add_partitions(
+    context: &Context,
+    request: AddPartitionsToTxnRequest,
+    version: i16,
+) -> AddPartitionsToTxnResponse {
+    let broker = Arc::clone(&context.broker);
+    let topics = request.v3_and_below_topics;
+    let wanted: Vec<(String, i32)> = topics
+        .iter()
+        .flat_map(|t| t.partitions.iter().map(|p| (t.name.to_string(), *p)))
+        .collect();
+    // Partitions this node does not hold are refused each; the others are
+    // then not attempted, as Kafka answers.
+    let missing: Vec<(String, i32)> = wanted
+        .iter()
+        .filter(|(topic, partition)| {
+            super::partition_of(broker.topics().get(topic).as_ref(), *partition).is_err()
+        })
+        .cloned()
+        .collect();
+    let id = request.v3_and_below_transactional_id.to_string();
+    let producer_id = request.v3_and_below_producer_id.0;
+    let epoch = request.v3_and_below_producer_epoch;
+    let outcome: Result<(), ResponseError> = if missing.is_empty() {
+        let added = blocking(move || {
+            broker
+                .transactions()
+                .add(&id, producer_id, epoch, &wanted, None)
+        })
+        .await;
+        match added {
+            Some(Ok(())) => Ok(()),
+            Some(Err(error)) => Err(errors::txn_code(&error, version >= FENCED_FROM)),
+            None => Err(ResponseError::UnknownServerError),
+        }
+    } else {
+        Err(ResponseError::OperationNotAttempted)
+    };
+    let results = topics
+        .into_iter()
+        .map(|topic| {
+            let partitions = topic
+                .partitions
+                .iter()
+                .map(|partition| {
+                    let code = match &outcome {
+                        Ok(()) => 0,
+                        Err(_)
+                            if missing.iter().any(|(t, p)| {
+                                t.as_str() == topic.name.as_str() && p == partition
+                            }) =>
+                        {
+                            ResponseError::UnknownTopicOrPartition.code()
+                        }
+                        Err(error) => error.code(),
+                    };
+                    AddPartitionsToTxnPartitionResult::default()
+                        .with_partition_index(*partition)
+                        .with_partition_error_code(code)
+                })
+                .collect();
+            AddPartitionsToTxnTopicResult::default()
+                .with_name(topic.name)
+                .with_results_by_partition(partitions)
+        })
+        .collect();
+    AddPartitionsToTxnResponse::default().with_results_by_topic_v3_and_below(results)
+}
+
+pub(crate) async fn add_offsets(
+    context: &Context,
+    request: AddOffsetsToTxnRequest,
+    version: i16,
+) -> AddOffsetsToTxnResponse {
+    let broker = Arc::clone(&context.broker);
+    let added = blocking(move || {
+        broker.transactions().add(
+            &request.transactional_id,
+            request.producer_id.0,
+            request.producer_epoch,
+            &[],
+            Some(&request.group_id),
+        )
+    })
+    .await;
+    let code = match added {
+        Some(Ok(())) => 0,
+        Some(Err(error)) => errors::txn_code(&error, version >= FENCED_FROM).code(),
+        None => ResponseError::UnknownServerError.code(),
+    };
+    AddOffsetsToTxnResponse::default().with_error_code(code)
+}
+
+pub(crate) async fn commit_offsets(
+    context: &Context,
+    request: TxnOffsetCommitRequest,
+) -> TxnOffsetCommitResponse {
+    let broker = Arc::clone(&context.broker);
+    let offsets: Vec<(String, i32, CommittedOffset)> = request
+        .topics
+        .iter()
+        .flat_map(|topic| {
+            topic.partitions.iter().map(|p| {
+                (
+                    topic.name.to_string(),
+                    p.partition_index,
+                    CommittedOffset {
+                        offset: p.committed_offset,
+                        leader_epoch: p.committed_leader_epoch,
+                        metadata: p.committed_metadata.as_ref().map(ToString::to_string),
+                    },
+                )
+            })
+        })
+        .collect();
+    let group = request.group_id.to_string();
+    let (id, producer_id, epoch) = (
+        request.transactional_id.to_string(),
+        request.producer_id.0,
+        request.producer_epoch,
+    );
+    let (generation, member) = (request.generation_id, request.member_id.to_string());
+    let committed = blocking(move || {
+        // A member of a group (v3+, KIP-447) commits only in its current
+        // generation: a zombie of an older one is fenced.
+        if generation >= 0 {
+            broker
+                .groups()
+                .check_commit(&group, generation, &member)
+                .map_err(errors::group_code)?;
+        }
+        broker
+            .transactions()
+            .commit_offsets(&id, producer_id, epoch, &group, &offsets)
+            .map_err(|error| errors::txn_code(&error, false))
+    })
+    .await;
+    let code = match committed {
+        Some(Ok(())) => 0,
+        Some(Err(error)) => error.code(),
+        None => ResponseError::UnknownServerError.code(),
+    };
+    let topics = request
+        .topics
+        .into_iter()
+        .map(|topic| {
+            let partitions = topic
+                .partitions
+                .iter()
+                .map(|p| {
+                    TxnOffsetCommitResponsePartition::default()
+                        .with_partition_index(p.partition_index)
+                        .with_error_code(code)
+                })
+                .collect();
+            TxnOffsetCommitResponseTopic::default()
+                .with_name(topic.name)
+                .with_partitions(partitions)
+        })
+        .collect();
+    TxnOffsetCommitResponse::default().with_topics(topics)
+}
+
+pub(crate) async fn end(context: &Context, request: EndTxnRequest, version: i16) -> EndTxnResponse {
+    let broker = Arc::clone(&context.broker);
+    let ended = blocking(move || {
+        broker.transactions().end(
+            &broker,
+            &request.transactional_id,
+            request.producer_id.0,
+            request.producer_epoch,
+            request.committed,
+        )
+    })
+    .await;
+    let code = match ended {
+        Some(Ok(())) => 0,
+        Some(Err(error)) => {
+            tracing::debug!(%error, "EndTxn refused");
+            errors::txn_code(&error, version >= FENCED_FROM).code()
+        }
+        None => ResponseError::UnknownServerError.code(),
+    };
+    EndTxnResponse::default().with_error_code(code)
+}
