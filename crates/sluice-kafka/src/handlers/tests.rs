@@ -42,7 +42,35 @@ fn batch() -> Bytes {
 fn requests(round: usize) -> Vec<RequestKind> {
     let new_topic = format!("created-{round}");
     let group = || GroupId(StrBytes::from_string(format!("group-{round}")));
+    let txn = || TransactionalId(StrBytes::from_string(format!("txn-{round}")));
     vec![
+        RequestKind::AddPartitionsToTxn(
+            AddPartitionsToTxnRequest::default()
+                .with_v3_and_below_transactional_id(txn())
+                .with_v3_and_below_topics(vec![
+                    kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic::default()
+                        .with_name(topic("t"))
+                        .with_partitions(vec![0, 5]),
+                ]),
+        ),
+        RequestKind::AddOffsetsToTxn(
+            AddOffsetsToTxnRequest::default()
+                .with_transactional_id(txn())
+                .with_group_id(group()),
+        ),
+        RequestKind::TxnOffsetCommit(
+            TxnOffsetCommitRequest::default()
+                .with_transactional_id(txn())
+                .with_group_id(group())
+                .with_topics(vec![
+                    kafka_protocol::messages::txn_offset_commit_request::TxnOffsetCommitRequestTopic::default()
+                        .with_name(topic("t"))
+                        .with_partitions(vec![
+                            kafka_protocol::messages::txn_offset_commit_request::TxnOffsetCommitRequestPartition::default(),
+                        ]),
+                ]),
+        ),
+        RequestKind::EndTxn(EndTxnRequest::default().with_transactional_id(txn())),
         RequestKind::DeleteRecords(DeleteRecordsRequest::default().with_topics(vec![
             kafka_protocol::messages::delete_records_request::DeleteRecordsTopic::default()
                 .with_name(topic("t"))
@@ -417,6 +445,21 @@ fn idempotent_batch(producer_id: i64, sequence: i32) -> BytesMut {
 /// One batch of producer `producer_id` with `sequence`, transactional
 /// and control as asked.
 fn flagged_batch(producer_id: i64, sequence: i32, transactional: bool, control: bool) -> BytesMut {
+    batch_of(producer_id, 3, sequence, transactional, control)
+}
+
+/// One transactional batch of `producer_id` at `epoch` with sequence 0.
+fn flagged_batch_at_epoch(producer_id: i64, epoch: i16, sequence: i32) -> BytesMut {
+    batch_of(producer_id, epoch, sequence, true, false)
+}
+
+fn batch_of(
+    producer_id: i64,
+    producer_epoch: i16,
+    sequence: i32,
+    transactional: bool,
+    control: bool,
+) -> BytesMut {
     use kafka_protocol::records::{
         Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
     };
@@ -426,7 +469,7 @@ fn flagged_batch(producer_id: i64, sequence: i32, transactional: bool, control: 
         delete_horizon: false,
         partition_leader_epoch: -1,
         producer_id,
-        producer_epoch: 3,
+        producer_epoch,
         timestamp_type: TimestampType::Creation,
         offset: 0,
         sequence,
@@ -635,6 +678,162 @@ async fn produce_refuses_markers_sequenceless_and_transactional_batches() {
     // An idempotent batch still goes in.
     assert_eq!(produce_one(&context, idempotent_batch(7, 0), None).await, 0);
     assert_eq!(partition.log_end().get(), 1);
+}
+
+/// The transactional APIs refuse what a well-behaved producer never
+/// sends, with the error Kafka gives: an unknown transactional id, a
+/// stale epoch (INVALID_PRODUCER_EPOCH before v2, PRODUCER_FENCED from
+/// it), an end with nothing open, a write to a partition the transaction
+/// does not hold, a timeout out of range; nothing reaches the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactional_requests_out_of_turn_get_kafkas_errors() {
+    use kafka_protocol::ResponseError;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let context = context_on(dir.path());
+    context.broker.topic_or_create("t").expect("topic t");
+    let id = || TransactionalId(StrBytes::from_static_str("hostile"));
+    let end = |producer: i64, epoch: i16, version: i16| {
+        let request = EndTxnRequest::default()
+            .with_transactional_id(id())
+            .with_producer_id(ProducerId(producer))
+            .with_producer_epoch(epoch)
+            .with_committed(true);
+        let context = &context;
+        async move {
+            match dispatch(
+                context,
+                RequestKind::EndTxn(request),
+                version,
+                "test-client",
+            )
+            .await
+            {
+                Some(ResponseKind::EndTxn(answer)) => answer.error_code,
+                _ => panic!("no EndTxn response"),
+            }
+        }
+    };
+    let add = |producer: i64, epoch: i16, version: i16| {
+        let request = AddPartitionsToTxnRequest::default()
+            .with_v3_and_below_transactional_id(id())
+            .with_v3_and_below_producer_id(ProducerId(producer))
+            .with_v3_and_below_producer_epoch(epoch)
+            .with_v3_and_below_topics(vec![
+                kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic::default()
+                    .with_name(topic("t"))
+                    .with_partitions(vec![0]),
+            ]);
+        let context = &context;
+        async move {
+            match dispatch(
+                context,
+                RequestKind::AddPartitionsToTxn(request),
+                version,
+                "test-client",
+            )
+            .await
+            {
+                Some(ResponseKind::AddPartitionsToTxn(answer)) => {
+                    answer.results_by_topic_v3_and_below[0].results_by_partition[0]
+                        .partition_error_code
+                }
+                _ => panic!("no AddPartitionsToTxn response"),
+            }
+        }
+    };
+    let init = |timeout_ms: i32| {
+        let request = InitProducerIdRequest::default()
+            .with_transactional_id(Some(id()))
+            .with_transaction_timeout_ms(timeout_ms)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1);
+        let context = &context;
+        async move {
+            match dispatch(
+                context,
+                RequestKind::InitProducerId(request),
+                4,
+                "test-client",
+            )
+            .await
+            {
+                Some(ResponseKind::InitProducerId(answer)) => (
+                    answer.error_code,
+                    answer.producer_id.0,
+                    answer.producer_epoch,
+                ),
+                _ => panic!("no InitProducerId response"),
+            }
+        }
+    };
+    // Unknown id.
+    assert_eq!(
+        end(1, 0, 3).await,
+        ResponseError::InvalidProducerIdMapping.code()
+    );
+    assert_eq!(
+        init(0).await.0,
+        ResponseError::InvalidTransactionTimeout.code()
+    );
+    let (code, producer, epoch) = init(60_000).await;
+    assert_eq!((code, epoch), (0, 0));
+    // Nothing open to end.
+    assert_eq!(
+        end(producer, 0, 3).await,
+        ResponseError::InvalidTxnState.code()
+    );
+    // Another producer id, then a stale epoch.
+    assert_eq!(
+        add(producer + 1, 0, 3).await,
+        ResponseError::InvalidProducerIdMapping.code()
+    );
+    assert_eq!(init(60_000).await, (0, producer, 1));
+    assert_eq!(
+        add(producer, 0, 1).await,
+        ResponseError::InvalidProducerEpoch.code()
+    );
+    assert_eq!(
+        add(producer, 0, 3).await,
+        ResponseError::ProducerFenced.code()
+    );
+    // A transactional batch for a partition its transaction does not hold.
+    assert_eq!(
+        produce_one(
+            &context,
+            flagged_batch_at_epoch(producer, 1, 0),
+            Some("hostile")
+        )
+        .await,
+        ResponseError::InvalidTxnState.code()
+    );
+    // Without a transactional id at all.
+    assert_eq!(
+        produce_one(&context, flagged_batch_at_epoch(producer, 1, 0), None).await,
+        ResponseError::TransactionalIdAuthorizationFailed.code()
+    );
+    let t = context.broker.topics().get("t").expect("topic t");
+    let partition = t
+        .partition(sluice_types::PartitionId::from(0))
+        .expect("partition 0");
+    assert_eq!(partition.log_end().get(), 0, "nothing refused was written");
+    // Added, it goes in; the commit writes its marker after it.
+    assert_eq!(add(producer, 1, 3).await, 0);
+    assert_eq!(
+        produce_one(
+            &context,
+            flagged_batch_at_epoch(producer, 1, 0),
+            Some("hostile")
+        )
+        .await,
+        0
+    );
+    assert_eq!(partition.last_stable_offset().get(), 0, "open: not stable");
+    assert_eq!(end(producer, 1, 3).await, 0);
+    assert_eq!(partition.log_end().get(), 2, "the batch and its marker");
+    assert_eq!(partition.last_stable_offset().get(), 2);
+    // A retried commit is answered as done.
+    assert_eq!(end(producer, 1, 3).await, 0);
+    assert_eq!(partition.log_end().get(), 2);
 }
 
 /// Produces `records` to partition 0 of topic "t" (acks=all, with
