@@ -208,3 +208,43 @@ def test_transactions_survive_a_restart(fresh_broker):
     assert values(broker, topic, "read_committed", 2) == [b"committed", b"after the restart"]
     assert values(broker, topic, "read_uncommitted", 4) == [
         b"aborted", b"committed", b"open at the crash", b"after the restart"]
+
+
+def test_kafka_python_transactions_commit_and_abort(broker):
+    from kafka import KafkaConsumer, KafkaProducer
+    from kafka import TopicPartition as KafkaTopicPartition
+
+    topic = unique_name("txn-kafka-python")
+    create_topic_confluent(broker, topic)
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap,
+                             transactional_id=unique_name("txn-kp"),
+                             request_timeout_ms=20000)
+    try:
+        producer.init_transactions()
+        producer.begin_transaction()
+        producer.send(topic, b"aborted", partition=0)
+        producer.flush()
+        producer.abort_transaction()
+        producer.begin_transaction()
+        producer.send(topic, b"committed", partition=0)
+        producer.commit_transaction()
+    finally:
+        producer.close(timeout=10)
+
+    def read(isolation: str, count: int) -> list[bytes]:
+        consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, isolation_level=isolation,
+                                 enable_auto_commit=False, consumer_timeout_ms=3000)
+        try:
+            consumer.assign([KafkaTopicPartition(topic, 0)])
+            consumer.seek_to_beginning()
+            found: list[bytes] = []
+            deadline = time.monotonic() + CLIENT_TIMEOUT_S
+            while len(found) < count and time.monotonic() < deadline:
+                for records in consumer.poll(timeout_ms=500).values():
+                    found.extend(r.value for r in records)
+            return found
+        finally:
+            consumer.close()
+
+    assert read("read_committed", 1) == [b"committed"]
+    assert read("read_uncommitted", 2) == [b"aborted", b"committed"]

@@ -132,3 +132,46 @@ test('a group of two shares the partitions and commits what it read', async () =
   assert.equal(committed, 200, 'committed offsets cover everything read');
   await admin.disconnect();
 });
+
+test('a transaction commits together, an aborted one stays unseen, offsets commit with it', async () => {
+  const admin = kafka.admin();
+  await admin.connect();
+  await admin.createTopics({ topics: [{ topic: 'js-txn-in' }, { topic: 'js-txn-out' }] });
+  await admin.disconnect();
+
+  const producer = kafka.producer({ transactionalId: 'js-txn', maxInFlightRequests: 1, idempotent: true });
+  await producer.connect();
+  const aborted = await producer.transaction();
+  await aborted.send({ topic: 'js-txn-out', messages: [{ value: 'aborted-0' }, { value: 'aborted-1' }] });
+  await aborted.abort();
+  const committed = await producer.transaction();
+  await committed.send({ topic: 'js-txn-out', messages: [{ value: 'committed-0' }, { value: 'committed-1' }] });
+  await committed.sendOffsets({
+    consumerGroupId: 'js-txn-group',
+    topics: [{ topic: 'js-txn-in', partitions: [{ partition: 0, offset: '7' }] }],
+  });
+  await committed.commit();
+  await producer.disconnect();
+
+  // kafkajs reads read_committed by default: it drops the aborted records
+  // by the aborted-transactions list and skips the markers.
+  const read = async (isolationLevel, count) => {
+    const values = [];
+    const consumer = kafka.consumer({ groupId: `js-txn-read-${isolationLevel}`, readUncommitted: isolationLevel === 0 });
+    await consumer.connect();
+    await consumer.subscribe({ topic: 'js-txn-out', fromBeginning: true });
+    await consumer.run({ eachMessage: async ({ message }) => { values.push(message.value.toString()); } });
+    await waitFor(`${count} records`, 30_000, () => values.length >= count);
+    await sleep(1_000);
+    await consumer.disconnect();
+    return values;
+  };
+  assert.deepEqual(await read(1, 2), ['committed-0', 'committed-1']);
+  assert.deepEqual(await read(0, 4), ['aborted-0', 'aborted-1', 'committed-0', 'committed-1']);
+
+  const offsetsAdmin = kafka.admin();
+  await offsetsAdmin.connect();
+  const offsets = await offsetsAdmin.fetchOffsets({ groupId: 'js-txn-group', topics: ['js-txn-in'] });
+  await offsetsAdmin.disconnect();
+  assert.equal(offsets[0].partitions[0].offset, '7', 'the offsets sent in the transaction are committed');
+});
