@@ -92,6 +92,8 @@ pub(crate) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::AddOffsetsToTxn, 0, 3),
     (ApiKey::EndTxn, 0, 3),
     (ApiKey::TxnOffsetCommit, 0, 3),
+    (ApiKey::DescribeTransactions, 0, 0),
+    (ApiKey::ListTransactions, 0, 1),
     (ApiKey::ApiVersions, 0, 3),
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::DeleteTopics, 1, 6),
@@ -133,6 +135,12 @@ pub(crate) async fn dispatch(
         }
         RequestKind::EndTxn(request) => {
             ResponseKind::EndTxn(transactions::end(context, request, version).await)
+        }
+        RequestKind::DescribeTransactions(request) => {
+            ResponseKind::DescribeTransactions(transactions::describe(context, request))
+        }
+        RequestKind::ListTransactions(request) => {
+            ResponseKind::ListTransactions(transactions::list(context, request))
         }
         RequestKind::DeleteRecords(request) => {
             ResponseKind::DeleteRecords(admin::delete_records(context, request).await)

@@ -71,6 +71,13 @@ fn requests(round: usize) -> Vec<RequestKind> {
                 ]),
         ),
         RequestKind::EndTxn(EndTxnRequest::default().with_transactional_id(txn())),
+        RequestKind::DescribeTransactions(
+            DescribeTransactionsRequest::default().with_transactional_ids(vec![txn()]),
+        ),
+        RequestKind::ListTransactions(
+            ListTransactionsRequest::default()
+                .with_state_filters(vec![StrBytes::from_static_str("Ongoing")]),
+        ),
         RequestKind::DeleteRecords(DeleteRecordsRequest::default().with_topics(vec![
             kafka_protocol::messages::delete_records_request::DeleteRecordsTopic::default()
                 .with_name(topic("t"))
@@ -357,6 +364,12 @@ fn api_of(request: &RequestKind) -> ApiKey {
         RequestKind::DescribeProducers(_) => ApiKey::DescribeProducers,
         RequestKind::AlterPartitionReassignments(_) => ApiKey::AlterPartitionReassignments,
         RequestKind::ListPartitionReassignments(_) => ApiKey::ListPartitionReassignments,
+        RequestKind::AddPartitionsToTxn(_) => ApiKey::AddPartitionsToTxn,
+        RequestKind::AddOffsetsToTxn(_) => ApiKey::AddOffsetsToTxn,
+        RequestKind::TxnOffsetCommit(_) => ApiKey::TxnOffsetCommit,
+        RequestKind::EndTxn(_) => ApiKey::EndTxn,
+        RequestKind::DescribeTransactions(_) => ApiKey::DescribeTransactions,
+        RequestKind::ListTransactions(_) => ApiKey::ListTransactions,
         _ => ApiKey::ApiVersions,
     }
 }
@@ -367,10 +380,12 @@ async fn every_response_encodes_at_every_advertised_version() {
     let context = context_on(dir.path());
     context.broker.topic_or_create("t").expect("topic t");
     let mut round = 0;
+    let mut exercised = Vec::new();
     for (api, min, max) in SUPPORTED {
         for version in *min..=*max {
             for request in requests(round).into_iter().filter(|r| api_of(r) == *api) {
                 round += 1;
+                exercised.push(*api);
                 let response = dispatch(&context, request, version, "test-client")
                     .await
                     .unwrap_or_else(|| panic!("{api:?} v{version}: no response"));
@@ -381,7 +396,12 @@ async fn every_response_encodes_at_every_advertised_version() {
             }
         }
     }
-    assert!(round > SUPPORTED.len(), "every API was exercised");
+    let missed: Vec<ApiKey> = SUPPORTED
+        .iter()
+        .map(|(api, _, _)| *api)
+        .filter(|api| !exercised.contains(api))
+        .collect();
+    assert!(missed.is_empty(), "APIs without a request here: {missed:?}");
 }
 
 /// A cluster of one has no other replica to move to: the move is refused
@@ -834,6 +854,53 @@ async fn transactional_requests_out_of_turn_get_kafkas_errors() {
     // A retried commit is answered as done.
     assert_eq!(end(producer, 1, 3).await, 0);
     assert_eq!(partition.log_end().get(), 2);
+    // What kafka-transactions.sh shows.
+    let described = match dispatch(
+        &context,
+        RequestKind::DescribeTransactions(
+            DescribeTransactionsRequest::default().with_transactional_ids(vec![
+                id(),
+                TransactionalId(StrBytes::from_static_str("none")),
+            ]),
+        ),
+        0,
+        "test-client",
+    )
+    .await
+    {
+        Some(ResponseKind::DescribeTransactions(answer)) => answer.transaction_states,
+        _ => panic!("no DescribeTransactions response"),
+    };
+    assert_eq!(described[0].error_code, 0);
+    assert_eq!(described[0].transaction_state.as_str(), "CompleteCommit");
+    assert_eq!(
+        (described[0].producer_id.0, described[0].producer_epoch),
+        (producer, 1)
+    );
+    assert_eq!(
+        described[1].error_code,
+        ResponseError::TransactionalIdNotFound.code()
+    );
+    let listed = match dispatch(
+        &context,
+        RequestKind::ListTransactions(ListTransactionsRequest::default().with_state_filters(vec![
+            StrBytes::from_static_str("CompleteCommit"),
+            StrBytes::from_static_str("Bogus"),
+        ])),
+        1,
+        "test-client",
+    )
+    .await
+    {
+        Some(ResponseKind::ListTransactions(answer)) => answer,
+        _ => panic!("no ListTransactions response"),
+    };
+    assert_eq!(listed.transaction_states.len(), 1);
+    assert_eq!(
+        listed.transaction_states[0].transactional_id.as_str(),
+        "hostile"
+    );
+    assert_eq!(listed.unknown_state_filters.len(), 1);
 }
 
 /// Produces `records` to partition 0 of topic "t" (acks=all, with

@@ -1,6 +1,7 @@
 //! The transactional APIs over the core's transaction coordinator:
 //! AddPartitionsToTxn, AddOffsetsToTxn, TxnOffsetCommit and EndTxn (the
-//! versions before KIP-890's batched form).
+//! versions before KIP-890's batched form), DescribeTransactions and
+//! ListTransactions.
 
 use std::sync::Arc;
 
@@ -8,15 +9,22 @@ use kafka_protocol::ResponseError;
 use kafka_protocol::messages::add_partitions_to_txn_response::{
     AddPartitionsToTxnPartitionResult, AddPartitionsToTxnTopicResult,
 };
+use kafka_protocol::messages::describe_transactions_response::{
+    TopicData, TransactionState as DescribeState,
+};
+use kafka_protocol::messages::list_transactions_response::TransactionState as ListState;
 use kafka_protocol::messages::txn_offset_commit_response::{
     TxnOffsetCommitResponsePartition, TxnOffsetCommitResponseTopic,
 };
 use kafka_protocol::messages::{
     AddOffsetsToTxnRequest, AddOffsetsToTxnResponse, AddPartitionsToTxnRequest,
-    AddPartitionsToTxnResponse, EndTxnRequest, EndTxnResponse, TxnOffsetCommitRequest,
-    TxnOffsetCommitResponse,
+    AddPartitionsToTxnResponse, DescribeTransactionsRequest, DescribeTransactionsResponse,
+    EndTxnRequest, EndTxnResponse, ListTransactionsRequest, ListTransactionsResponse, ProducerId,
+    TopicName, TransactionalId, TxnOffsetCommitRequest, TxnOffsetCommitResponse,
 };
+use kafka_protocol::protocol::StrBytes;
 use sluice_core::CommittedOffset;
+use sluice_core::transactions::TxnState;
 
 use super::{Context, blocking};
 use crate::errors;
@@ -210,4 +218,113 @@ pub(crate) async fn end(context: &Context, request: EndTxnRequest, version: i16)
         None => ResponseError::UnknownServerError.code(),
     };
     EndTxnResponse::default().with_error_code(code)
+}
+
+/// DescribeTransactions (what `kafka-transactions.sh describe` shows):
+/// each id's state, producer, timeout, start and partitions.
+pub(crate) fn describe(
+    context: &Context,
+    request: DescribeTransactionsRequest,
+) -> DescribeTransactionsResponse {
+    let coordinator = context.broker.transactions();
+    let states = request
+        .transactional_ids
+        .into_iter()
+        .map(|id| {
+            let answer = DescribeState::default().with_producer_id(ProducerId(-1));
+            if !coordinator.served() {
+                return answer
+                    .with_transactional_id(id)
+                    .with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code());
+            }
+            let Some(meta) = coordinator.describe(&id) else {
+                return answer
+                    .with_transactional_id(id)
+                    .with_error_code(ResponseError::TransactionalIdNotFound.code());
+            };
+            let mut topics: Vec<TopicData> = Vec::new();
+            for (topic, partition) in &meta.partitions {
+                match topics.last_mut() {
+                    Some(last) if last.topic.as_str() == topic.as_str() => {
+                        last.partitions.push(*partition);
+                    }
+                    _ => topics.push(
+                        TopicData::default()
+                            .with_topic(TopicName(StrBytes::from_string(topic.clone())))
+                            .with_partitions(vec![*partition]),
+                    ),
+                }
+            }
+            answer
+                .with_transactional_id(id)
+                .with_transaction_state(StrBytes::from_static_str(meta.state.as_str()))
+                .with_transaction_timeout_ms(meta.timeout_ms)
+                .with_transaction_start_time_ms(meta.started_ms)
+                .with_producer_id(ProducerId(meta.producer_id))
+                .with_producer_epoch(meta.epoch)
+                .with_topics(topics)
+        })
+        .collect();
+    DescribeTransactionsResponse::default().with_transaction_states(states)
+}
+
+/// ListTransactions (`kafka-transactions.sh list`): the ids, filtered by
+/// state, producer id and (v1+) running longer than `duration_filter` ms.
+pub(crate) fn list(
+    context: &Context,
+    request: ListTransactionsRequest,
+) -> ListTransactionsResponse {
+    let known: Vec<&str> = [
+        TxnState::Empty,
+        TxnState::Ongoing,
+        TxnState::PrepareCommit,
+        TxnState::PrepareAbort,
+        TxnState::CompleteCommit,
+        TxnState::CompleteAbort,
+    ]
+    .iter()
+    .map(|s| s.as_str())
+    .collect();
+    let unknown: Vec<StrBytes> = request
+        .state_filters
+        .iter()
+        .filter(|s| {
+            !known.contains(&s.as_str())
+                && s.as_str() != "PrepareEpochFence"
+                && s.as_str() != "Dead"
+        })
+        .cloned()
+        .collect();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let states = context
+        .broker
+        .transactions()
+        .list()
+        .into_iter()
+        .filter(|(_, meta)| {
+            (request.state_filters.is_empty()
+                || request
+                    .state_filters
+                    .iter()
+                    .any(|s| s.as_str() == meta.state.as_str()))
+                && (request.producer_id_filters.is_empty()
+                    || request
+                        .producer_id_filters
+                        .contains(&ProducerId(meta.producer_id)))
+                && (request.duration_filter < 0
+                    || (meta.state == TxnState::Ongoing
+                        && now - meta.started_ms >= request.duration_filter))
+        })
+        .map(|(id, meta)| {
+            ListState::default()
+                .with_transactional_id(TransactionalId(StrBytes::from_string(id)))
+                .with_producer_id(ProducerId(meta.producer_id))
+                .with_transaction_state(StrBytes::from_static_str(meta.state.as_str()))
+        })
+        .collect();
+    ListTransactionsResponse::default()
+        .with_unknown_state_filters(unknown)
+        .with_transaction_states(states)
 }
