@@ -12,7 +12,11 @@ survive a restart.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
@@ -47,6 +51,30 @@ def values(broker, topic: str, isolation: str, count: int, settle: float = 1.0) 
     try:
         consumer.assign([TopicPartition(topic, 0, 0)])
         return [m.value() for m in consume_confluent(consumer, count, settle=settle)]
+    finally:
+        consumer.close()
+
+
+def read_uncommitted_all(broker, topic: str) -> list[bytes]:
+    """Every value of partition 0 of `topic` under read_uncommitted (the
+    records of aborted transactions too, markers skipped)."""
+    consumer = confluent_consumer(broker, **{
+        "auto.offset.reset": "earliest",
+        "isolation.level": "read_uncommitted",
+    })
+    try:
+        partition = TopicPartition(topic, 0, 0)
+        consumer.assign([partition])
+        high = consumer.get_watermark_offsets(partition, CLIENT_TIMEOUT_S)[1]
+        found: list[bytes] = []
+        deadline = time.monotonic() + CLIENT_TIMEOUT_S
+        while time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is not None and not message.error():
+                found.append(message.value())
+            if consumer.position([partition])[0].offset >= high:
+                break
+        return found
     finally:
         consumer.close()
 
@@ -248,3 +276,88 @@ def test_kafka_python_transactions_commit_and_abort(broker):
 
     assert read("read_committed", 1) == [b"committed"]
     assert read("read_uncommitted", 2) == [b"aborted", b"committed"]
+
+
+# The crash test: a consume-transform-produce loop with exactly-once from
+# one topic to another while the broker is killed (-9) again and again.
+# TXN_CRASH_KILLS and TXN_CRASH_RECORDS make the long version
+# (RELIABILITY.md).
+CRASH_KILLS = int(os.environ.get("TXN_CRASH_KILLS", "5"))
+CRASH_RECORDS = int(os.environ.get("TXN_CRASH_RECORDS", "600"))
+
+
+def test_exactly_once_across_kill_9(fresh_broker, tmp_path):
+    broker = fresh_broker
+    source = unique_name("eos-in")
+    sink = unique_name("eos-out")
+    group = unique_name("eos-group")
+    transactional_id = unique_name("eos-txn")
+    create_topic_confluent(broker, source)
+    create_topic_confluent(broker, sink)
+    plain = Producer(confluent_config(broker))
+    for i in range(CRASH_RECORDS):
+        plain.produce(source, str(i).encode(), partition=0)
+    assert plain.flush(CLIENT_TIMEOUT_S) == 0
+
+    progress = tmp_path / "progress"
+    command = [sys.executable, str(Path(__file__).with_name("eos_worker.py")), broker.bootstrap,
+               source, sink, group, transactional_id, str(CRASH_RECORDS), str(progress)]
+
+    def read_progress() -> tuple[int, int, int]:
+        try:
+            done, transactions, restarts = progress.read_text().split()
+            return int(done), int(transactions), int(restarts)
+        except (OSError, ValueError):
+            return 0, 0, 0
+
+    deadline = time.monotonic() + 90 + 20 * CRASH_KILLS
+    worker = subprocess.Popen(command)
+    kills, worker_kills, transactions = 0, 0, 0
+    seen, changed = read_progress(), time.monotonic()
+    next_kill = time.monotonic() + 1.0
+    try:
+        while time.monotonic() < deadline:
+            now = time.monotonic()
+            current = read_progress()
+            if current != seen:
+                seen, changed = current, now
+                transactions = max(transactions, current[1])
+            if worker.poll() is not None:
+                if worker.returncode == 0:
+                    break
+                worker = subprocess.Popen(command)
+                worker_kills += 1
+                changed = now
+            elif now - changed > 15:
+                # Stuck in the client (confluentinc/librdkafka#5456):
+                # restart the application.
+                worker.kill()
+                worker.wait(timeout=10)
+                worker = subprocess.Popen(command)
+                worker_kills += 1
+                changed = now
+            if kills < CRASH_KILLS and now >= next_kill:
+                broker.kill()
+                broker.start()
+                kills += 1
+                next_kill = time.monotonic() + 1.0
+            time.sleep(0.1)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(timeout=10)
+    assert worker.returncode == 0, f"the worker did not finish: {read_progress()}"
+    assert kills >= 1, "the broker was never killed while the loop ran"
+
+    outputs = values(broker, sink, "read_committed", CRASH_RECORDS, settle=2.0)
+    expected = [f"out-{i}".encode() for i in range(CRASH_RECORDS)]
+    duplicates = len(outputs) - len(set(outputs))
+    missing = sorted(set(expected) - set(outputs))
+    assert duplicates == 0 and not missing, (
+        f"{duplicates} outputs twice, {len(missing)} missing (first {missing[:5]}), "
+        f"{kills} broker kills, {worker_kills} worker restarts")
+    assert outputs == expected, "in input order"
+    aborted = len(read_uncommitted_all(broker, sink)) - CRASH_RECORDS
+    assert aborted > 0, "the worker aborts every 7th transaction: read_committed had records to skip"
+    print(f"exactly-once across kill -9: {CRASH_RECORDS} records, {kills} broker kills, "
+          f"{worker_kills} worker restarts, {aborted} records of aborted transactions skipped")
