@@ -7,7 +7,10 @@
 //! offsets are never renumbered and the log's offsets stay contiguous from
 //! batch to batch, which reads and recovery check. A compressed batch is
 //! kept whole (its keys are not read), which keeps more than needed, never
-//! less. A cleaned segment is written beside the original as
+//! less. So is every transactional batch, transaction markers included:
+//! a marker's key is the same for every marker, and a record of an
+//! aborted or undecided transaction must not stand for its key's latest
+//! value. A cleaned segment is written beside the original as
 //! `<base>.log.cleaned` and renamed over it; its indexes are rebuilt.
 //! `cleaner-offset-checkpoint` records where the last pass ended, to
 //! compute the dirty ratio.
@@ -114,6 +117,9 @@ impl Log {
         let mut latest: HashMap<Vec<u8>, Offset> = HashMap::new();
         for segment in &planned {
             for_each_batch(&segment.path, segment.size, |_, bytes| {
+                if transactional(bytes) {
+                    return Ok(());
+                }
                 if let Some(records) = batch::records(bytes) {
                     for record in records {
                         if let Some(key) = record.key {
@@ -139,7 +145,12 @@ impl Log {
             let mut removed = 0u64;
             let mut written = 0u64;
             for_each_batch(&segment.path, segment.size, |_, bytes| {
-                let out = match batch::records(bytes) {
+                let cleanable = if transactional(bytes) {
+                    None
+                } else {
+                    batch::records(bytes)
+                };
+                let out = match cleanable {
                     Some(records) => {
                         let kept: Vec<_> = records
                             .iter()
@@ -225,6 +236,12 @@ impl Log {
 }
 
 /// Calls `visit(position, batch)` for every whole batch of a data file.
+/// Whether `bytes` is a transactional batch (a transaction's records or
+/// its marker), kept whole by compaction.
+fn transactional(bytes: &[u8]) -> bool {
+    batch::BatchHeader::parse(bytes).is_ok_and(|header| header.is_transactional())
+}
+
 fn for_each_batch(
     path: &Path,
     size: u64,

@@ -219,3 +219,82 @@ fn max_compaction_lag_compacts_below_the_dirty_ratio_and_rolls_the_active_segmen
     assert_eq!(plain.compact()?.segments_cleaned, 0);
     Ok(())
 }
+
+/// One transactional batch of producer 7: a record (`key`, `value`), or
+/// with `marker`, a commit marker (a control record; every marker has the
+/// same key).
+fn transactional(key: &str, value: &str, marker: bool) -> BytesMut {
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+    let record = Record {
+        transactional: true,
+        control: marker,
+        delete_horizon: false,
+        partition_leader_epoch: 0,
+        producer_id: 7,
+        producer_epoch: 0,
+        timestamp_type: TimestampType::Creation,
+        offset: 0,
+        sequence: if marker { -1 } else { 0 },
+        timestamp: 1_000_000,
+        key: Some(bytes::Bytes::from(if marker {
+            vec![0, 0, 0, 1]
+        } else {
+            key.as_bytes().to_vec()
+        })),
+        value: Some(bytes::Bytes::from(if marker {
+            vec![0, 0, 0, 0, 0, 0]
+        } else {
+            value.as_bytes().to_vec()
+        })),
+        headers: Default::default(),
+    };
+    let mut out = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut out,
+        &[record],
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .expect("encode");
+    out
+}
+
+/// Transaction markers all share one key: compaction keeps every one of
+/// them (a read_committed reader needs each to end its transaction), and
+/// a transaction's record never stands for its key's latest value.
+#[test]
+fn compaction_keeps_transactional_batches_and_every_marker() -> Result<(), LogError> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let log = Log::open_with_clock(dir.path(), config(), clock)?;
+    let epoch = LeaderEpoch::from(0);
+    log.append(&mut keyed(&[("k", Some("plain"))], 1_000_000), epoch)?;
+    for round in 0..3 {
+        log.append(
+            &mut transactional("k", &format!("txn{round}"), false),
+            epoch,
+        )?;
+        log.append(&mut transactional("", "", true), epoch)?;
+    }
+    for _ in 0..10 {
+        log.append(&mut keyed(&[("other", Some("x"))], 1_000_000), epoch)?;
+    }
+    log.roll()?;
+    log.append(&mut keyed(&[("z", Some("active"))], 1_000_000), epoch)?;
+    let before = contents(&log);
+
+    log.compact()?;
+    let after = contents(&log);
+    // The plain "k" at 0, every transactional record and all three
+    // markers stay; of "other" only the latest.
+    for offset in 0..7 {
+        assert_eq!(after.get(&offset), before.get(&offset), "offset {offset}");
+    }
+    let others = after.values().filter(|(k, _)| k == "other").count();
+    assert_eq!(others, 1, "{after:?}");
+    Ok(())
+}
