@@ -91,6 +91,10 @@ pub(crate) struct KafkaArgs {
     /// Enable the idempotent producer.
     #[arg(long)]
     idempotent: bool,
+    /// Produce in transactions of this many messages each (a transactional
+    /// producer, idempotent too); 0: no transactions.
+    #[arg(long, default_value_t = 0)]
+    transaction_messages: u64,
     /// Consumer fetch.wait.max.ms; librdkafka's default when not given.
     #[arg(long)]
     fetch_wait_max_ms: Option<u64>,
@@ -275,11 +279,28 @@ pub(crate) fn run(args: &KafkaArgs) -> anyhow::Result<Report> {
             .set("queue.buffering.max.kbytes", "2097151")
             .set(
                 "enable.idempotence",
-                if args.idempotent { "true" } else { "false" },
+                if args.idempotent || args.transaction_messages > 0 {
+                    "true"
+                } else {
+                    "false"
+                },
             );
+        let transaction = args.transaction_messages;
+        if transaction > 0 {
+            config.set(
+                "transactional.id",
+                format!("sluice-bench-{}-{producer_index}", std::process::id()),
+            );
+        }
+        apply(&mut config, &args.producer_set)?;
         let producer: ThreadedProducer<DeliveryContext> = config
             .create_with_context(DeliveryContext(Arc::clone(&deliveries)))
             .context("producer")?;
+        if transaction > 0 {
+            producer
+                .init_transactions(Duration::from_secs(30))
+                .context("init_transactions")?;
+        }
         let topic = topic.clone();
         let size = args.size;
         let keyed = args.keyed;
@@ -288,6 +309,14 @@ pub(crate) fn run(args: &KafkaArgs) -> anyhow::Result<Report> {
         producer_threads.push(std::thread::spawn(move || -> anyhow::Result<()> {
             let start = Instant::now();
             for sequence in 0..per_producer {
+                if transaction > 0 && sequence % transaction == 0 {
+                    if sequence > 0 {
+                        producer
+                            .commit_transaction(Duration::from_secs(60))
+                            .context("commit_transaction")?;
+                    }
+                    producer.begin_transaction().context("begin_transaction")?;
+                }
                 if let Some(interval) = interval {
                     let due = start + interval.mul_f64(sequence as f64);
                     if let Some(wait) = due.checked_duration_since(Instant::now()) {
@@ -309,6 +338,11 @@ pub(crate) fn run(args: &KafkaArgs) -> anyhow::Result<Report> {
                         Err((err, _)) => bail!("send failed: {err}"),
                     }
                 }
+            }
+            if transaction > 0 && per_producer > 0 {
+                producer
+                    .commit_transaction(Duration::from_secs(60))
+                    .context("commit_transaction")?;
             }
             producer
                 .flush(Duration::from_secs(60))
@@ -378,6 +412,7 @@ pub(crate) fn run(args: &KafkaArgs) -> anyhow::Result<Report> {
             "compression": args.compression,
             "keyed": args.keyed,
             "idempotent": args.idempotent,
+            "transaction_messages": args.transaction_messages,
             "consume_after_produce": args.consume_after_produce,
             "producer_set": args.producer_set,
             "consumer_set": args.consumer_set,
