@@ -148,7 +148,9 @@ impl Forwarder {
             tokio::pin!(appended);
             appended.as_mut().enable();
             next = next.max(this.partition.log_start().get());
-            if next >= this.partition.high_watermark().get() {
+            // Forwarding reads what is committed (read_committed): up to
+            // the last stable offset, aborted transactions left out.
+            if next >= this.partition.last_stable_offset().get() {
                 tokio::select! {
                     _ = appended => {}
                     _ = stop.changed() => return,

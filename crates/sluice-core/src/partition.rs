@@ -138,14 +138,24 @@ pub struct Chunk {
     pub records: Vec<Record>,
     /// Where the next read starts.
     pub next: Offset,
+    /// The aborted transactions whose records the chunk may hold.
+    pub aborted: Vec<crate::transactions::AbortedTxn>,
 }
 
 impl Chunk {
-    /// The data records at or after `from`, in order.
+    /// The data records at or after `from`, in order: not control records,
+    /// nor those of an aborted transaction (a read is read_committed).
     pub fn deliverable(&self, from: Offset) -> impl Iterator<Item = &Record> {
-        self.records
-            .iter()
-            .filter(move |r| !r.control && r.offset >= from.get())
+        self.records.iter().filter(move |r| {
+            !r.control
+                && r.offset >= from.get()
+                && !(r.transactional
+                    && self.aborted.iter().any(|txn| {
+                        txn.producer_id == r.producer_id
+                            && txn.first_offset.get() <= r.offset
+                            && r.offset < txn.marker_offset.get()
+                    }))
+        })
     }
 }
 
@@ -579,8 +589,10 @@ impl Partition {
     }
 
     /// One read of decoded records from `from` (raised to the log start),
-    /// about `max_bytes`, below the high watermark; `None` when there is
-    /// nothing to read yet.
+    /// about `max_bytes`, below the last stable offset (what AMQP stream
+    /// consumers, forwarding and the admin API read is committed), with
+    /// the aborted transactions it may hold; `None` when there is nothing
+    /// to read yet.
     ///
     /// # Errors
     /// The log's read errors; [`CoreError::UndecodableBatch`] under
@@ -591,13 +603,17 @@ impl Partition {
         max_bytes: usize,
         undecodable: Undecodable,
     ) -> Result<Option<Chunk>, CoreError> {
-        read_chunk(
+        let chunk = read_chunk(
             &self.log,
             from,
             max_bytes,
-            ReadBound::Upto(self.high_watermark()),
+            ReadBound::Upto(self.last_stable_offset()),
             undecodable,
-        )
+        )?;
+        Ok(chunk.map(|mut chunk| {
+            chunk.aborted = self.producers.txns().aborted_between(from, chunk.next);
+            chunk
+        }))
     }
 
     /// Resolves once data may have become readable (an append completed).
@@ -842,6 +858,7 @@ pub(crate) fn read_chunk(
     Ok(Some(Chunk {
         records,
         next: next.max(from),
+        aborted: Vec::new(),
     }))
 }
 
@@ -1054,6 +1071,17 @@ mod tests {
         assert_eq!(committed_read(0), (vec![0, 1, 2, 3, 4, 5], vec![(7, 0)]));
         // A read past 7's marker needs no aborted list.
         assert_eq!(committed_read(4), (vec![4, 5], vec![]));
+        // What AMQP stream consumers and forwarding read: committed data
+        // records only (7's aborted one and the markers left out).
+        let chunk = partition
+            .read_chunk(Offset::from(0), 1 << 20, Undecodable::Fail)
+            .expect("read")
+            .expect("records");
+        let delivered: Vec<i64> = chunk
+            .deliverable(Offset::from(0))
+            .map(|r| r.offset)
+            .collect();
+        assert_eq!(delivered, vec![1, 2, 5]);
         // Uncommitted reads and ListOffsets see the high watermark.
         assert_eq!(
             partition.resolve(Position::Latest).expect("resolve"),
@@ -1064,6 +1092,20 @@ mod tests {
         partition.truncate_to(from, Offset::from(4)).expect("cut");
         assert_eq!(partition.last_stable_offset(), Offset::from(1));
         assert_eq!(committed_read(0), (vec![0], vec![(7, 0)]));
+        let chunk = partition
+            .read_chunk(Offset::from(0), 1 << 20, Undecodable::Fail)
+            .expect("read")
+            .expect("records");
+        assert_eq!(
+            chunk.deliverable(Offset::from(0)).count(),
+            0,
+            "7's record is aborted"
+        );
+        assert_eq!(
+            chunk.next,
+            Offset::from(1),
+            "nothing past the open transaction"
+        );
     }
 
     /// A follower that cuts its log to its leader's forgets the sequences

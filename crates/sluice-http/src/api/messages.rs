@@ -97,9 +97,10 @@ pub(crate) async fn read(
     .await
 }
 
-/// Visits the records of `partition` from `from` up to its high watermark
-/// (as it was when the scan began) until `visit` returns false; returns the
-/// offset to go on from. Control records are skipped; a batch that cannot
+/// Visits the committed records of `partition` from `from` up to its high
+/// watermark (as it was when the scan began; a read stops at the last
+/// stable offset) until `visit` returns false; returns the offset to go on
+/// from. Control records and those of aborted transactions are skipped; a batch that cannot
 /// be decoded fails the scan ([`Undecodable::Fail`]: 400). Every read of a
 /// topic's records goes through here.
 pub(crate) fn scan_partition(
