@@ -539,10 +539,7 @@ impl Partition {
         budget: usize,
     ) -> Result<(Fetched, Vec<crate::transactions::AbortedTxn>), CoreError> {
         let fetched = self.read_below(from, budget, self.last_stable_offset())?;
-        let end = sluice_log::batch::split_verified(&fetched.records)
-            .ok()
-            .and_then(|headers| headers.last().map(|(_, h)| h.last_offset().plus(1)));
-        let aborted = match end {
+        let aborted = match end_of(&fetched.records) {
             Some(end) => {
                 let mut txns = self.producers.txns();
                 txns.trim(self.log.log_start());
@@ -860,6 +857,19 @@ pub(crate) fn read_chunk(
         next: next.max(from),
         aborted: Vec::new(),
     }))
+}
+
+/// The offset after the last batch of `records` (whole batches read from
+/// the log, so headers are walked without checking checksums again).
+fn end_of(records: &[u8]) -> Option<Offset> {
+    let mut at = 0;
+    let mut end = None;
+    while let Some(rest) = records.get(at..).filter(|rest| !rest.is_empty()) {
+        let header = sluice_log::batch::BatchHeader::parse(rest).ok()?;
+        end = Some(header.last_offset().plus(1));
+        at += header.size;
+    }
+    end
 }
 
 /// A partition on a fresh log in `dir` (durability `never`), for tests.
