@@ -57,6 +57,7 @@ pub(crate) fn txn_code(err: &TxnError, fenced: bool) -> ResponseError {
         TxnError::Fenced { .. } => ResponseError::InvalidProducerEpoch,
         TxnError::UnknownProducer { .. } => ResponseError::InvalidProducerIdMapping,
         TxnError::InvalidState { .. } => ResponseError::InvalidTxnState,
+        TxnError::Concurrent { .. } => ResponseError::ConcurrentTransactions,
         TxnError::InvalidTimeout { .. } => ResponseError::InvalidTransactionTimeout,
         TxnError::NotServed => ResponseError::TransactionalIdAuthorizationFailed,
         TxnError::Core(core) => code(core),

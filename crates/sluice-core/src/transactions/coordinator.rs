@@ -120,6 +120,8 @@ pub enum TxnError {
         state: &'static str,
         what: &'static str,
     },
+    #[error("transactional id {id:?} is ending its transaction; try again")]
+    Concurrent { id: String },
     #[error("transaction timeout {timeout_ms} ms is not within 1..={max_ms} ms")]
     InvalidTimeout { timeout_ms: i32, max_ms: i32 },
     #[error("transactions are not served on a cluster of more than one node yet")]
@@ -134,7 +136,32 @@ pub struct TxnCoordinator {
     /// `None` on a cluster: not served there yet.
     log: Option<Arc<Log>>,
     max_timeout_ms: i32,
+    /// Held through a whole operation, marker writes and syncs included.
     txns: Mutex<HashMap<String, TxnMeta>>,
+    /// What Produce checks (its producer and the partitions of its open
+    /// transaction), updated with `txns` and locked only briefly: a
+    /// transactional produce never waits behind another transaction's
+    /// markers.
+    writable: Mutex<HashMap<String, Writable>>,
+}
+
+/// An id's producer and epoch, and the partitions its open transaction
+/// holds (`None` when none is open).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Writable {
+    producer_id: i64,
+    epoch: i16,
+    partitions: Option<BTreeSet<(String, i32)>>,
+}
+
+impl Writable {
+    fn of(meta: &TxnMeta) -> Writable {
+        Writable {
+            producer_id: meta.producer_id,
+            epoch: meta.epoch,
+            partitions: (meta.state == TxnState::Ongoing).then(|| meta.partitions.clone()),
+        }
+    }
 }
 
 impl TxnCoordinator {
@@ -168,10 +195,15 @@ impl TxnCoordinator {
                 }
             }
         })?;
+        let writable = txns
+            .iter()
+            .map(|(id, meta)| (id.clone(), Writable::of(meta)))
+            .collect();
         Ok(TxnCoordinator {
             log: Some(log),
             max_timeout_ms,
             txns: Mutex::new(txns),
+            writable: Mutex::new(writable),
         })
     }
 
@@ -182,6 +214,7 @@ impl TxnCoordinator {
             log: None,
             max_timeout_ms: 0,
             txns: Mutex::default(),
+            writable: Mutex::default(),
         }
     }
 
@@ -192,6 +225,16 @@ impl TxnCoordinator {
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, TxnMeta>> {
         self.txns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes `meta` what Produce checks for `id` (called with `txns` held,
+    /// after every change).
+    fn publish(&self, id: &str, meta: &TxnMeta) {
+        let writable = Writable::of(meta);
+        let mut all = self.writable.lock().unwrap_or_else(|e| e.into_inner());
+        if all.get(id) != Some(&writable) {
+            all.insert(id.to_owned(), writable);
+        }
     }
 
     /// Every transactional id with its state, sorted by id.
@@ -294,6 +337,7 @@ impl TxnCoordinator {
                         meta.epoch = epoch;
                     }
                     self.store(id, &meta)?;
+                    self.publish(id, &meta);
                     self.complete(broker, id, &mut meta)?;
                 }
                 meta.producer_id = producer_id;
@@ -311,6 +355,7 @@ impl TxnCoordinator {
         meta.updated_ms = now;
         self.store(id, &meta)?;
         let answer = (meta.producer_id, meta.epoch);
+        self.publish(id, &meta);
         txns.insert(id.to_owned(), meta);
         Ok(answer)
     }
@@ -348,8 +393,8 @@ impl TxnCoordinator {
     ///
     /// # Errors
     /// [`TxnError::UnknownProducer`], [`TxnError::Fenced`],
-    /// [`TxnError::InvalidState`] while the transaction ends, the log's
-    /// errors.
+    /// [`TxnError::Concurrent`] while the last transaction's markers are
+    /// written, the log's errors.
     pub fn add(
         &self,
         id: &str,
@@ -361,12 +406,10 @@ impl TxnCoordinator {
         let now = SystemClock.now_ms();
         let mut txns = self.lock();
         let meta = Self::held(&mut txns, id, producer_id, epoch)?;
+        // Kafka's answer while the markers of the last transaction are
+        // being written: retried by the client.
         if matches!(meta.state, TxnState::PrepareCommit | TxnState::PrepareAbort) {
-            return Err(TxnError::InvalidState {
-                id: id.to_owned(),
-                state: meta.state.as_str(),
-                what: "add to a transaction that is ending",
-            });
+            return Err(TxnError::Concurrent { id: id.to_owned() });
         }
         let known = meta.state == TxnState::Ongoing
             && partitions.iter().all(|p| meta.partitions.contains(p))
@@ -388,6 +431,7 @@ impl TxnCoordinator {
         }
         next.updated_ms = now;
         self.store(id, &next)?;
+        self.publish(id, &next);
         *meta = next;
         Ok(())
     }
@@ -442,16 +486,36 @@ impl TxnCoordinator {
         topic: &str,
         partition: i32,
     ) -> Result<(), TxnError> {
-        let mut txns = self.lock();
-        let meta = Self::held(&mut txns, id, producer_id, epoch)?;
-        if meta.state == TxnState::Ongoing
-            && meta.partitions.contains(&(topic.to_owned(), partition))
-        {
+        let all = self.writable.lock().unwrap_or_else(|e| e.into_inner());
+        let writable = all
+            .get(id)
+            .filter(|w| w.producer_id == producer_id)
+            .ok_or_else(|| TxnError::UnknownProducer {
+                id: id.to_owned(),
+                found: producer_id,
+            })?;
+        if writable.epoch != epoch {
+            return Err(TxnError::Fenced {
+                id: id.to_owned(),
+                producer_id,
+                epoch,
+                current: writable.epoch,
+            });
+        }
+        let holds = writable
+            .partitions
+            .as_ref()
+            .is_some_and(|p| p.contains(&(topic.to_owned(), partition)));
+        if holds {
             Ok(())
         } else {
             Err(TxnError::InvalidState {
                 id: id.to_owned(),
-                state: meta.state.as_str(),
+                state: if writable.partitions.is_some() {
+                    "Ongoing"
+                } else {
+                    "not open"
+                },
                 what: "write to a partition not added to an open transaction",
             })
         }
@@ -485,6 +549,9 @@ impl TxnCoordinator {
         match meta.state {
             TxnState::Ongoing => {}
             state if state == done => return Ok(()),
+            // Decided so but not complete (a marker could not be written):
+            // the tick completes it; the client asks again.
+            state if state == prepare => return Err(TxnError::Concurrent { id: id.to_owned() }),
             state => {
                 return Err(TxnError::InvalidState {
                     id: id.to_owned(),
@@ -497,8 +564,10 @@ impl TxnCoordinator {
         next.state = prepare;
         next.updated_ms = SystemClock.now_ms();
         self.store(id, &next)?;
+        self.publish(id, &next);
         *meta = next.clone();
         self.complete(broker, id, &mut next)?;
+        self.publish(id, &next);
         *meta = next;
         Ok(())
     }
@@ -594,10 +663,14 @@ impl TxnCoordinator {
                     tracing::warn!(transactional_id = %id, %error, "cannot abort a timed-out transaction");
                     continue;
                 }
+                self.publish(&id, &next);
                 *meta = next.clone();
             }
             match self.complete(broker, &id, &mut next) {
-                Ok(()) => *meta = next,
+                Ok(()) => {
+                    self.publish(&id, &next);
+                    *meta = next;
+                }
                 Err(error) => {
                     tracing::warn!(transactional_id = %id, %error, "cannot complete a transaction; trying again");
                 }
