@@ -917,57 +917,36 @@ mod tests {
     }
 
     /// One idempotent batch of producer 9 with `sequence`, at offset
-    /// `sequence`.
+    /// `sequence` (as the leader wrote it: one record each).
     fn idempotent(sequence: i32) -> BytesMut {
-        use kafka_protocol::records::{
-            Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-        };
-        let record = Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: 9,
-            producer_epoch: 0,
-            timestamp_type: TimestampType::Creation,
-            // As the leader wrote it: the batch at the offset of its
-            // sequence (one record each).
-            offset: i64::from(sequence),
-            sequence,
-            timestamp: 0,
-            key: None,
-            value: Some(bytes::Bytes::from_static(b"v")),
-            headers: Default::default(),
-        };
-        let mut buf = BytesMut::new();
-        RecordBatchEncoder::encode(
-            &mut buf,
-            &[record],
-            &RecordEncodeOptions {
-                version: 2,
-                compression: Compression::None,
-            },
-        )
-        .expect("encode");
-        buf
+        one_record(9, i64::from(sequence), sequence, false)
     }
 
     /// A batch of one record at `offset`, from `producer` in a
     /// transaction, or plain (`producer` -1).
     fn transactional(producer: i64, offset: i64) -> BytesMut {
+        one_record(
+            producer,
+            offset,
+            if producer >= 0 { 0 } else { -1 },
+            producer >= 0,
+        )
+    }
+
+    fn one_record(producer_id: i64, offset: i64, sequence: i32, transactional: bool) -> BytesMut {
         use kafka_protocol::records::{
             Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
         };
         let record = Record {
-            transactional: producer >= 0,
+            transactional,
             control: false,
             delete_horizon: false,
             partition_leader_epoch: -1,
-            producer_id: producer,
+            producer_id,
             producer_epoch: 0,
             timestamp_type: TimestampType::Creation,
             offset,
-            sequence: if producer >= 0 { 0 } else { -1 },
+            sequence,
             timestamp: 0,
             key: None,
             value: Some(bytes::Bytes::from_static(b"v")),
