@@ -25,6 +25,13 @@ workloads=(
     "100 B, 1 partition, acks=1|--size 100 --count 2000000 --partitions 1 --acks 1"
     "100 B, 1 partition, acks=1, consumed after producing|--size 100 --count 2000000 --partitions 1 --acks 1 --consume-after-produce"
     "1 KiB at 10,000 msg/s, acks=all, linger.ms=0|--size 1024 --count 50000 --rate 10000 --partitions 1 --acks all --linger-ms 0"
+    # Issue 19's pairs (filter "txn:"): a transactional producer against the
+    # idempotent one, and read_committed (librdkafka's default, as in every
+    # run above) against read_uncommitted consumption.
+    "txn: 1 KiB, acks=all, idempotent|--size 1024 --count 300000 --partitions 1 --acks all --idempotent"
+    "txn: 1 KiB, acks=all, transactions of 1,000|--size 1024 --count 300000 --partitions 1 --acks all --transaction-messages 1000"
+    "txn: 1 KiB, transactions of 1,000, consumed after, read_committed|--size 1024 --count 300000 --partitions 1 --acks all --transaction-messages 1000 --consume-after-produce"
+    "txn: 1 KiB, transactions of 1,000, consumed after, read_uncommitted|--size 1024 --count 300000 --partitions 1 --acks all --transaction-messages 1000 --consume-after-produce --consumer-set isolation.level=read_uncommitted"
 )
 
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
