@@ -253,14 +253,23 @@ impl TxnCoordinator {
         self.lock().get(id).cloned()
     }
 
+    /// Writes `id`'s state, durable before it returns.
     fn store(&self, id: &str, meta: &TxnMeta) -> Result<(), TxnError> {
+        self.write(id, meta, true)
+    }
+
+    fn write(&self, id: &str, meta: &TxnMeta, durable: bool) -> Result<(), TxnError> {
         let log = self.log.as_ref().ok_or(TxnError::NotServed)?;
         let key = encode_key(id);
         let value = encode_value(meta);
         let mut batch =
             crate::replay::batch_of(&[(Some(&key[..]), Some(&value[..]))], "transaction state")?;
-        log.append(&mut batch, crate::LOCAL_EPOCH)
-            .map_err(CoreError::from)?;
+        if durable {
+            log.append(&mut batch, crate::LOCAL_EPOCH)
+        } else {
+            log.append_unsynced(&mut batch, crate::LOCAL_EPOCH)
+        }
+        .map_err(CoreError::from)?;
         Ok(())
     }
 
@@ -619,7 +628,11 @@ impl TxnCoordinator {
         done.groups.clear();
         done.offsets.clear();
         done.updated_ms = SystemClock.now_ms();
-        self.store(id, &done)?;
+        // Not waited for: lost in a crash, the decision (durable) is read
+        // back and completed again, its markers written again (a marker
+        // with nothing open changes nothing). The next durable record of
+        // the log makes it durable.
+        self.write(id, &done, false)?;
         *meta = done;
         Ok(())
     }
