@@ -539,7 +539,10 @@ impl Partition {
         budget: usize,
     ) -> Result<(Fetched, Vec<crate::transactions::AbortedTxn>), CoreError> {
         let fetched = self.read_below(from, budget, self.last_stable_offset())?;
-        let aborted = match end_of(&fetched.records) {
+        let end = sluice_log::batch::headers(&fetched.records)
+            .last()
+            .map(|(_, header)| header.last_offset().plus(1));
+        let aborted = match end {
             Some(end) => {
                 let mut txns = self.producers.txns();
                 txns.trim(self.log.log_start());
@@ -792,18 +795,13 @@ pub(crate) fn visible_end(log: &Log) -> Offset {
 /// Records at or after `from` in the batches of `buf`, from their headers
 /// alone (the read already verified them).
 fn records_from(buf: &[u8], from: Offset) -> u64 {
-    let mut rest = buf;
-    let mut count = 0u64;
-    while let Ok(header) = sluice_log::batch::BatchHeader::parse(rest) {
-        let skipped =
-            (from.get() - header.base_offset.get()).clamp(0, i64::from(header.records_count));
-        count += u64::try_from(i64::from(header.records_count) - skipped).unwrap_or(0);
-        match rest.get(header.size..) {
-            Some(next) if header.size > 0 => rest = next,
-            _ => break,
-        }
-    }
-    count
+    sluice_log::batch::headers(buf)
+        .map(|(_, header)| {
+            let skipped =
+                (from.get() - header.base_offset.get()).clamp(0, i64::from(header.records_count));
+            u64::try_from(i64::from(header.records_count) - skipped).unwrap_or(0)
+        })
+        .sum()
 }
 
 /// The one "read records from here" of the crate: one read of `log` from
@@ -857,19 +855,6 @@ pub(crate) fn read_chunk(
         next: next.max(from),
         aborted: Vec::new(),
     }))
-}
-
-/// The offset after the last batch of `records` (whole batches read from
-/// the log, so headers are walked without checking checksums again).
-fn end_of(records: &[u8]) -> Option<Offset> {
-    let mut at = 0;
-    let mut end = None;
-    while let Some(rest) = records.get(at..).filter(|rest| !rest.is_empty()) {
-        let header = sluice_log::batch::BatchHeader::parse(rest).ok()?;
-        end = Some(header.last_offset().plus(1));
-        at += header.size;
-    }
-    end
 }
 
 /// A partition on a fresh log in `dir` (durability `never`), for tests.

@@ -288,8 +288,9 @@ impl Topic {
                     info.first_offset,
                 );
                 if first.is_transactional() {
-                    // The batches now carry their offsets in the log.
-                    let written = sluice_log::batch::split_verified(records).map_err(invalid)?;
+                    // The batches (verified above) now carry their offsets
+                    // in the log.
+                    let written: Vec<_> = sluice_log::batch::headers(records).collect();
                     producers::learn_txns(&mut target.producers.txns(), records, &written);
                 }
                 info
@@ -335,8 +336,7 @@ impl Topic {
         }
         let info = target.log.append_unsynced(&mut batch, epoch)?;
         producers::fence(&mut producers, producer_id, producer_epoch);
-        let written = sluice_log::batch::split_verified(&batch)
-            .map_err(|reason| CoreError::Log(sluice_log::LogError::InvalidBatch { reason }))?;
+        let written: Vec<_> = sluice_log::batch::headers(&batch).collect();
         producers::learn_txns(&mut target.producers.txns(), &batch, &written);
         drop(producers);
         target.written();

@@ -180,6 +180,22 @@ pub fn verify(batch: &[u8]) -> Result<BatchHeader, BatchFault> {
     Ok(header)
 }
 
+/// The headers of the batches in `buf` with their positions, parsed but
+/// not verified: for bytes already checked (read from the log, or just
+/// appended). Stops at the first header that does not parse.
+pub fn headers(buf: &[u8]) -> impl Iterator<Item = (usize, BatchHeader)> + '_ {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let header = BatchHeader::parse(buf.get(at..)?).ok()?;
+        if header.size == 0 {
+            return None;
+        }
+        let here = at;
+        at += header.size;
+        Some((here, header))
+    })
+}
+
 /// Splits `buf` into whole batches, verifying each. Used on append, where the
 /// input must be nothing but valid batches.
 ///
