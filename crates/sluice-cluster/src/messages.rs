@@ -46,9 +46,11 @@
 //! (its id and the leader epoch of its enqueue record). The consumer's
 //! node remembers the acks of such deliveries, also those
 //! made after the link failed, and hands them to each new leader of the
-//! queue (`RESETTLE`, ahead of its consumers' `CONSUME`), so that a
-//! settlement the former leader did not replicate does not bring its
-//! message back.
+//! queue (`RESETTLE`, ahead of its consumers' `CONSUME`), and again to a
+//! leader after the link to it failed (killed and started again before
+//! the controller noticed, it leads on in the same epoch without what it
+//! had not replicated), so that a settlement the former leader did not
+//! replicate does not bring its message back.
 //!
 //! `basic.get` and `queue.purge` of a remote queue wait for the home's
 //! answer (at most 30 s) on the calling thread, out of the async
@@ -63,7 +65,7 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use sluice_core::messaging::{
     ConsumerEvent, ConsumerSpec, Credit, Delivery, Message, MessageRef, MessagingError, Queue,
-    QueueType, RemoteQueues, RemoteSettlement, VirtualHost,
+    QueueType, RemoteQueues, RemoteSettled, RemoteSettlement, VirtualHost,
 };
 use sluice_core::{Acks, Broker, PendingAck, RemoteOutcome};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -422,6 +424,9 @@ struct LinkState {
     deliveries: Mutex<HashMap<u64, Sent>>,
     /// The connection now up (counts from 1).
     connection: AtomicU64,
+    /// Connections that failed and dials that did: what the peer was
+    /// handed before may be lost with it.
+    failures: AtomicU64,
     next_seq: AtomicU64,
     /// Messages sent and not answered, or waiting to be sent.
     in_flight: AtomicUsize,
@@ -760,10 +765,10 @@ impl RemoteQueues for Carrier {
         queue: &str,
         seqs: &[u64],
         settlement: RemoteSettlement,
-    ) -> Vec<MessageRef> {
+    ) -> RemoteSettled {
         let (outgoing, state) = self.link(home);
         let current = state.connection.load(Ordering::Acquire);
-        let mut settled = Vec::new();
+        let mut settled = RemoteSettled::default();
         let mut home_seqs = Vec::with_capacity(seqs.len());
         {
             let mut deliveries = lock(&state.deliveries);
@@ -774,14 +779,20 @@ impl RemoteQueues for Carrier {
                 // Acks only: a reject without requeue may be held by the
                 // leader until its dead-letter target confirms it
                 // (at-least-once), which is the leader's to settle.
+                let sent = over == current;
                 if settlement == RemoteSettlement::Ack
                     && let Some(quorum) = quorum
                 {
-                    settled.push(quorum);
+                    if sent {
+                        settled.sent.push(quorum);
+                    } else {
+                        settled.unsent.push(quorum);
+                    }
                 }
                 // Made over a connection that failed: nothing to send
-                // (its home requeued it when the connection closed).
-                if over == current {
+                // (its home requeued it when the connection closed; a
+                // quorum queue's ack goes on to its current leader).
+                if sent {
                     home_seqs.push(home_seq);
                 }
             }
@@ -797,6 +808,12 @@ impl RemoteQueues for Carrier {
             });
         }
         settled
+    }
+
+    fn link_failures(&self, node: i32) -> u64 {
+        lock(&self.links)
+            .get(&node)
+            .map_or(0, |link| link.state.failures.load(Ordering::Acquire))
     }
 
     fn resettle(&self, home: i32, vhost: &str, queue: &str, refs: &[MessageRef]) {
@@ -822,6 +839,9 @@ type Waiting = Arc<Mutex<HashMap<u64, Arc<RemoteOutcome>>>>;
 /// After a connection failed: refuses the messages waiting for an answer
 /// and cancels the consumers registered over it.
 fn connection_lost(state: &LinkState, waiting: &Waiting, connection: u64, reason: &str) {
+    // Counted first: the consumers lost below register with the peer
+    // again only behind the settlements handed to it again.
+    state.failures.fetch_add(1, Ordering::AcqRel);
     let failed: Vec<Arc<RemoteOutcome>> = lock(waiting).drain().map(|(_, o)| o).collect();
     state.in_flight.fetch_sub(failed.len(), Ordering::AcqRel);
     for outcome in failed {
@@ -872,6 +892,7 @@ async fn run_link(
             Ok(stream) => stream,
             Err(reason) => {
                 tracing::debug!(home, %reason, "cannot reach a queue's node");
+                state.failures.fetch_add(1, Ordering::AcqRel);
                 refuse(&state, first, &reason);
                 while let Ok(more) = outgoing.try_recv() {
                     refuse(&state, more, &reason);

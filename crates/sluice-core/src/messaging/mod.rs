@@ -41,7 +41,7 @@ pub use message::{Message, encode_properties, integer_value, short, string_value
 pub use queue::{
     ArgumentProblem, ConsumerEvent, ConsumerSpec, Credit, DeadLetterStrategy, DeadLetters,
     Delivery, EnqueueOutcome, GetResult, InvalidArgument, Overflow, Queue, QueueArgs, QueueOptions,
-    QueueTraffic, QueueType, RemoteSettlement,
+    QueueTraffic, QueueType, RemoteSettled, RemoteSettlement,
 };
 pub(crate) use queue_store::PendingWrites;
 pub use queue_store::Source;

@@ -96,8 +96,11 @@ struct QueueSettlements {
     /// that stopped leading, a stand-in for one): not yet sent to the
     /// queue's current leader.
     stale: Vec<MessageRef>,
-    /// The leader the recent ones were last handed to.
-    handed_to: Option<i32>,
+    /// The leader the recent ones were last handed to, with the count of
+    /// failures of this node's link to it then: a leader whose link failed
+    /// since (it may have been killed and come back leading in the same
+    /// epoch, without what it had not replicated) gets them again.
+    handed_to: Option<(i32, u64)>,
 }
 
 impl RecentSettlements {
@@ -164,16 +167,22 @@ impl RecentSettlements {
     }
 
     /// The settlements of `queue` to hand to its leader `leader` on
-    /// another node: every recent one, once per leader (`None` once
+    /// another node, `link_failures` the failures of this node's link to
+    /// it so far: every recent one, once per leader and link (`None` once
     /// handed).
-    pub(crate) fn handover(&self, queue: &str, leader: i32) -> Option<Vec<MessageRef>> {
+    pub(crate) fn handover(
+        &self,
+        queue: &str,
+        leader: i32,
+        link_failures: u64,
+    ) -> Option<Vec<MessageRef>> {
         {
             let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
             let settled = queues.entry(queue.to_owned()).or_default();
-            if settled.handed_to == Some(leader) {
+            if settled.handed_to == Some((leader, link_failures)) {
                 return None;
             }
-            settled.handed_to = Some(leader);
+            settled.handed_to = Some((leader, link_failures));
         }
         Some(self.recent(queue))
     }
@@ -609,17 +618,26 @@ mod tests {
     }
 
     /// The recent settlements go to each new leader once; a node that led
-    /// the queue meanwhile hands them over again.
+    /// the queue meanwhile hands them over again, and so does a node whose
+    /// link to the leader failed since (the leader may have restarted,
+    /// leading in the same epoch without what it had not replicated).
     #[test]
     fn recent_settlements_are_handed_to_each_leader_once() {
         let settled = RecentSettlements::default();
         settled.record("q", &[at(1, 3)], false);
-        assert_eq!(settled.handover("q", 2), Some(vec![at(1, 3)]));
-        assert_eq!(settled.handover("q", 2), None);
+        assert_eq!(settled.handover("q", 2, 0), Some(vec![at(1, 3)]));
+        assert_eq!(settled.handover("q", 2, 0), None);
         settled.record("q", &[at(2, 3)], false);
-        assert_eq!(settled.handover("q", 3), Some(vec![at(1, 3), at(2, 3)]));
+        assert_eq!(settled.handover("q", 3, 0), Some(vec![at(1, 3), at(2, 3)]));
         settled.led_here("q");
-        assert_eq!(settled.handover("q", 3), Some(vec![at(1, 3), at(2, 3)]));
+        assert_eq!(settled.handover("q", 3, 0), Some(vec![at(1, 3), at(2, 3)]));
+        assert_eq!(settled.handover("q", 3, 0), None);
+        assert_eq!(
+            settled.handover("q", 3, 1),
+            Some(vec![at(1, 3), at(2, 3)]),
+            "the link to the leader failed since"
+        );
+        assert_eq!(settled.handover("q", 3, 1), None);
     }
 
     #[test]

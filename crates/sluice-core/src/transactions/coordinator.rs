@@ -347,6 +347,10 @@ impl TxnCoordinator {
                     }
                     self.store(id, &meta)?;
                     self.publish(id, &meta);
+                    // Held in memory before the markers are written: if
+                    // writing them fails, the id is prepared (as the log
+                    // says), and the tick completes it.
+                    txns.insert(id.to_owned(), meta.clone());
                     self.complete(broker, id, &mut meta)?;
                 }
                 meta.producer_id = producer_id;

@@ -182,6 +182,16 @@ pub enum RemoteSettlement {
     Reject { requeue: bool },
 }
 
+/// A quorum queue's acks relayed to its leader's node, as every leader
+/// knows the messages: `sent` went to that node, `unsent` did not (their
+/// deliveries came over a link that failed since) and go on to the queue's
+/// current leader.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RemoteSettled {
+    pub sent: Vec<MessageRef>,
+    pub unsent: Vec<MessageRef>,
+}
+
 /// What a queue shares with its virtual host.
 #[derive(Debug, Clone)]
 pub(crate) struct QueueHome {
@@ -498,16 +508,18 @@ impl Queue {
         let Some(carrier) = home.carrier() else {
             return;
         };
-        let settled = carrier.settle(home.node, &self.home.vhost, &self.name, seqs, settlement);
-        if settled.is_empty() {
+        let RemoteSettled { sent, unsent } =
+            carrier.settle(home.node, &self.home.vhost, &self.name, seqs, settlement);
+        if sent.is_empty() && unsent.is_empty() {
             return;
         }
         // A quorum queue's: remembered for its next leader. Through a
-        // stand-in replaced meanwhile (the leader changed), they go on to
-        // the current one at once.
+        // stand-in replaced meanwhile (the leader changed), or not sent
+        // (their link failed), they go on to the current one at once.
         let stale = self.is_deleted();
-        self.home.settled.record(&self.name, &settled, stale);
-        if stale {
+        self.home.settled.record(&self.name, &sent, stale);
+        self.home.settled.record(&self.name, &unsent, true);
+        if stale || !unsent.is_empty() {
             self.home.settled.send_on(&self.name);
         }
     }

@@ -162,7 +162,8 @@ pub trait RemoteQueues: Send + Sync + std::fmt::Debug {
 
     /// Settles deliveries `seqs` of `queue` of `vhost` on node `home`;
     /// returns, for a quorum queue's acks, the messages settled as every
-    /// leader knows them.
+    /// leader knows them, and which of them were not sent to `home`
+    /// (delivered over a link that failed since).
     fn settle(
         &self,
         home: i32,
@@ -170,7 +171,14 @@ pub trait RemoteQueues: Send + Sync + std::fmt::Debug {
         queue: &str,
         seqs: &[u64],
         settlement: super::RemoteSettlement,
-    ) -> Vec<super::MessageRef>;
+    ) -> super::RemoteSettled;
+
+    /// How often this node's link to node `node` failed so far (a failed
+    /// dial counts): settlements handed to a queue leader there before a
+    /// failure are handed to it again.
+    fn link_failures(&self, _node: i32) -> u64 {
+        0
+    }
 
     /// Hands node `home`, the new leader of quorum queue `queue` of
     /// `vhost`, settlements made here through a former leader (which may

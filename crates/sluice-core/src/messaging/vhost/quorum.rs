@@ -232,7 +232,11 @@ impl VirtualHost {
                 if leader >= 0
                     && !self.definitions.is_down(leader)
                     && let Some(carrier) = self.carrier.get()
-                    && let Some(recent) = self.settled.handover(&definition.name, leader)
+                    && let Some(recent) = self.settled.handover(
+                        &definition.name,
+                        leader,
+                        carrier.link_failures(leader),
+                    )
                     && !recent.is_empty()
                 {
                     tracing::debug!(vhost = %self.name, queue = %definition.name, leader, settled = recent.len(), "settlements sent to the quorum queue's new leader");
