@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
+from common.broker import per_test_broker
 from support import (
     CLIENT_TIMEOUT_S,
     confluent_config,
@@ -153,6 +154,23 @@ def test_a_transaction_left_open_is_aborted_at_its_timeout(broker):
     assert values(broker, topic, "read_committed", 1) == [b"after"]
     with pytest.raises(KafkaException):
         producer.commit_transaction(CLIENT_TIMEOUT_S)
+
+
+def test_a_transaction_timeout_above_the_configured_maximum_is_refused(tmp_path, request):
+    """`kafka.transaction_max_timeout` (Kafka's transaction.max.timeout.ms)
+    caps what a producer may ask for: above it, init_transactions fails
+    with INVALID_TRANSACTION_TIMEOUT; at it, the producer works."""
+    with per_test_broker(tmp_path, request, {"kafka.transaction_max_timeout": "20s"}) as broker:
+        with pytest.raises(KafkaException) as refused:
+            transactional(broker, **{"transaction.timeout.ms": 30000})
+        assert refused.value.args[0].code() == KafkaError.INVALID_TRANSACTION_TIMEOUT
+        topic = unique_name("txn-max-timeout")
+        create_topic_confluent(broker, topic)
+        producer = transactional(broker, **{"transaction.timeout.ms": 20000})
+        producer.begin_transaction()
+        producer.produce(topic, b"within the cap")
+        producer.commit_transaction(CLIENT_TIMEOUT_S)
+        assert values(broker, topic, "read_committed", 1) == [b"within the cap"]
 
 
 def test_consume_transform_produce_commits_offsets_with_the_output(broker):

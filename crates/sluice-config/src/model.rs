@@ -190,6 +190,13 @@ pub struct KafkaConfig {
     /// How long the first join of an empty group waits for more members
     /// (Kafka's `group.initial.rebalance.delay.ms`).
     pub group_initial_rebalance_delay: HumanDuration,
+    /// The longest transaction timeout a transactional producer may ask
+    /// for (Kafka's `transaction.max.timeout.ms`); longer ones get
+    /// INVALID_TRANSACTION_TIMEOUT.
+    pub transaction_max_timeout: HumanDuration,
+    /// A transactional id with no transaction open and no use for this
+    /// long is forgotten (Kafka's `transactional.id.expiration.ms`).
+    pub transactional_id_expiration: HumanDuration,
 }
 
 impl Default for KafkaConfig {
@@ -207,6 +214,8 @@ impl Default for KafkaConfig {
             group_min_session_timeout: HumanDuration::from_secs(6),
             group_max_session_timeout: HumanDuration::from_secs(30 * 60),
             group_initial_rebalance_delay: HumanDuration::from_secs(3),
+            transaction_max_timeout: HumanDuration::from_secs(15 * 60),
+            transactional_id_expiration: HumanDuration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -559,6 +568,14 @@ pub const KEYS: &[KeyDoc] = &[
         description: "Longest session timeout a consumer group member may ask for; longer joins get INVALID_SESSION_TIMEOUT",
     },
     KeyDoc {
+        key: "kafka.transaction_max_timeout",
+        description: "Longest transaction timeout a transactional producer may ask for (1ms to 24d); longer ones get INVALID_TRANSACTION_TIMEOUT",
+    },
+    KeyDoc {
+        key: "kafka.transactional_id_expiration",
+        description: "A transactional id with no transaction open and no use for this long is forgotten (more than 0s)",
+    },
+    KeyDoc {
         key: "kafka.group_initial_rebalance_delay",
         description: "How long the first join of an empty consumer group waits for more members (0s: no wait)",
     },
@@ -798,6 +815,26 @@ impl Config {
                 format!(
                     "kafka.group_min_session_timeout must be more than 0s, got {}",
                     kafka.group_min_session_timeout
+                ),
+            );
+        }
+        let max_timeout = kafka.transaction_max_timeout.get();
+        if max_timeout.is_zero() || max_timeout.as_millis() > i32::MAX as u128 {
+            problem(
+                "kafka.transaction_max_timeout",
+                format!(
+                    "kafka.transaction_max_timeout must be from 1ms to 24d, got {}",
+                    kafka.transaction_max_timeout
+                ),
+            );
+        }
+        let expiration = kafka.transactional_id_expiration.get();
+        if expiration.is_zero() || expiration.as_millis() > i64::MAX as u128 {
+            problem(
+                "kafka.transactional_id_expiration",
+                format!(
+                    "kafka.transactional_id_expiration must be more than 0s, got {}",
+                    kafka.transactional_id_expiration
                 ),
             );
         }

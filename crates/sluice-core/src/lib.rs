@@ -191,6 +191,9 @@ pub struct BrokerOptions {
     /// The longest transaction timeout a producer may ask for (Kafka's
     /// `transaction.max.timeout.ms`).
     pub transaction_max_timeout_ms: i32,
+    /// A transactional id with no transaction open and no change for this
+    /// long is forgotten (Kafka's `transactional.id.expiration.ms`).
+    pub transactional_id_expiration_ms: i64,
     /// Consumer group coordinator settings (session timeout range, initial
     /// rebalance delay).
     pub groups: GroupSettings,
@@ -232,6 +235,7 @@ impl BrokerOptions {
             offsets_replication: 3,
             offsets_retention: std::time::Duration::from_secs(7 * 24 * 3600),
             transaction_max_timeout_ms: 900_000,
+            transactional_id_expiration_ms: 7 * 24 * 3600 * 1000,
             groups: GroupSettings {
                 initial_rebalance_delay: std::time::Duration::ZERO,
                 ..GroupSettings::default()
@@ -439,7 +443,11 @@ impl Broker {
         let transactions = if metadata.clustered() {
             transactions::TxnCoordinator::unserved()
         } else {
-            transactions::TxnCoordinator::open(&logs, options.transaction_max_timeout_ms)?
+            transactions::TxnCoordinator::open(
+                &logs,
+                options.transaction_max_timeout_ms,
+                options.transactional_id_expiration_ms,
+            )?
         };
         tracing::info!(
             groups = offsets.group_ids().len(),

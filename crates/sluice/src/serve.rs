@@ -86,6 +86,14 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         offsets_segment_bytes: config.kafka.offsets_segment_bytes.bytes(),
         offsets_partitions: config.kafka.offsets_partitions,
         offsets_retention: config.kafka.offsets_retention.get(),
+        transaction_max_timeout_ms: i32::try_from(
+            config.kafka.transaction_max_timeout.get().as_millis(),
+        )
+        .unwrap_or(i32::MAX),
+        transactional_id_expiration_ms: i64::try_from(
+            config.kafka.transactional_id_expiration.get().as_millis(),
+        )
+        .unwrap_or(i64::MAX),
         groups: GroupSettings {
             min_session_timeout: config.kafka.group_min_session_timeout.get(),
             max_session_timeout: config.kafka.group_max_session_timeout.get(),

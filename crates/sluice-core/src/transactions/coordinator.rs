@@ -7,7 +7,12 @@
 //! record per id is its state, read back on open. A transaction decided
 //! (`PrepareCommit`, `PrepareAbort`) but not completed when the broker
 //! stopped gets its markers on the next tick, as a new Kafka coordinator
-//! completes what it loads.
+//! completes what it loads. An id with no transaction open and no change
+//! for `transactional_id_expiration_ms` (Kafka's
+//! `transactional.id.expiration.ms`, 7 days) is forgotten on a tick: a
+//! tombstone (the key with no value) in the log, so that a restart and
+//! compaction forget it too; the next InitProducerId for it gets a new
+//! producer id.
 //!
 //! Record key `[version:2=0][id]`; value `[version:2=0][producer id:8]
 //! [epoch:2][timeout ms:4][state:1][started ms:8][updated ms:8]
@@ -136,6 +141,8 @@ pub struct TxnCoordinator {
     /// `None` on a cluster: not served there yet.
     log: Option<Arc<Log>>,
     max_timeout_ms: i32,
+    /// An id idle (no transaction open) this long is forgotten.
+    expiration_ms: i64,
     /// Held through a whole operation, marker writes and syncs included.
     txns: Mutex<HashMap<String, TxnMeta>>,
     /// What Produce checks (its producer and the partitions of its open
@@ -173,6 +180,7 @@ impl TxnCoordinator {
     pub(crate) fn open(
         logs: &LogManager,
         max_timeout_ms: i32,
+        expiration_ms: i64,
     ) -> Result<TxnCoordinator, CoreError> {
         let config = sluice_log::LogConfig {
             cleanup_compact: true,
@@ -202,6 +210,7 @@ impl TxnCoordinator {
         Ok(TxnCoordinator {
             log: Some(log),
             max_timeout_ms,
+            expiration_ms,
             txns: Mutex::new(txns),
             writable: Mutex::new(writable),
         })
@@ -213,6 +222,7 @@ impl TxnCoordinator {
         TxnCoordinator {
             log: None,
             max_timeout_ms: 0,
+            expiration_ms: 0,
             txns: Mutex::default(),
             writable: Mutex::default(),
         }
@@ -259,11 +269,14 @@ impl TxnCoordinator {
     }
 
     fn write(&self, id: &str, meta: &TxnMeta, durable: bool) -> Result<(), TxnError> {
+        self.write_value(id, Some(&encode_value(meta)), durable)
+    }
+
+    /// Writes `id`'s record: its state, or a tombstone (`None`).
+    fn write_value(&self, id: &str, value: Option<&[u8]>, durable: bool) -> Result<(), TxnError> {
         let log = self.log.as_ref().ok_or(TxnError::NotServed)?;
         let key = encode_key(id);
-        let value = encode_value(meta);
-        let mut batch =
-            crate::replay::batch_of(&[(Some(&key[..]), Some(&value[..]))], "transaction state")?;
+        let mut batch = crate::replay::batch_of(&[(Some(&key[..]), value)], "transaction state")?;
         if durable {
             log.append(&mut batch, crate::LOCAL_EPOCH)
         } else {
@@ -692,6 +705,34 @@ impl TxnCoordinator {
                     tracing::warn!(transactional_id = %id, %error, "cannot complete a transaction; trying again");
                 }
             }
+        }
+        self.expire(&mut txns, now);
+    }
+
+    /// Forgets the ids with no transaction open and no change for
+    /// `expiration_ms` (called with `txns` held).
+    fn expire(&self, txns: &mut HashMap<String, TxnMeta>, now: i64) {
+        let expired: Vec<String> = txns
+            .iter()
+            .filter(|(_, meta)| {
+                matches!(
+                    meta.state,
+                    TxnState::Empty | TxnState::CompleteCommit | TxnState::CompleteAbort
+                ) && now.saturating_sub(meta.updated_ms) > self.expiration_ms
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            if let Err(error) = self.write_value(&id, None, true) {
+                tracing::warn!(transactional_id = %id, %error, "cannot expire a transactional id; trying again");
+                continue;
+            }
+            txns.remove(&id);
+            self.writable
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+            tracing::info!(transactional_id = %id, expiration_ms = self.expiration_ms, "transactional id expired");
         }
     }
 }

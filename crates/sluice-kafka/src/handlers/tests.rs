@@ -443,8 +443,13 @@ async fn a_single_node_refuses_to_move_replicas_and_lists_no_move() {
 
 /// A Kafka front-end context over a broker on `dir` (node 1, loopback).
 fn context_on(dir: &std::path::Path) -> Context {
+    context_with(BrokerOptions::new(dir))
+}
+
+/// A Kafka front-end context over a broker opened with `options`.
+fn context_with(options: BrokerOptions) -> Context {
     Context {
-        broker: Arc::new(Broker::open(BrokerOptions::new(dir)).expect("open broker")),
+        broker: Arc::new(Broker::open(options).expect("open broker")),
         options: Arc::new(KafkaOptions {
             advertised_host: "127.0.0.1".into(),
             advertised_port: 9092,
@@ -901,6 +906,92 @@ async fn transactional_requests_out_of_turn_get_kafkas_errors() {
         "hostile"
     );
     assert_eq!(listed.unknown_state_filters.len(), 1);
+}
+
+/// A transactional id with nothing open and no use for
+/// `transactional_id_expiration_ms` is forgotten on a tick, for good (a
+/// restart does not bring it back), and its next InitProducerId gets a
+/// new producer id; an id with a transaction open stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_transactional_ids_expire_and_open_ones_stay() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let options = || BrokerOptions {
+        transactional_id_expiration_ms: 300,
+        ..BrokerOptions::new(dir.path())
+    };
+    let init = |context: &Context, name: &'static str| {
+        let request = InitProducerIdRequest::default()
+            .with_transactional_id(Some(TransactionalId(StrBytes::from_static_str(name))))
+            .with_transaction_timeout_ms(60_000)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1);
+        let context = context.clone();
+        async move {
+            match dispatch(
+                &context,
+                RequestKind::InitProducerId(request),
+                4,
+                "test-client",
+            )
+            .await
+            {
+                Some(ResponseKind::InitProducerId(answer)) => {
+                    assert_eq!(answer.error_code, 0);
+                    (answer.producer_id.0, answer.producer_epoch)
+                }
+                _ => panic!("no InitProducerId response"),
+            }
+        }
+    };
+    let context = context_with(options());
+    context.broker.topic_or_create("t").expect("topic t");
+    let (idle, _) = init(&context, "idle").await;
+    let (open, epoch) = init(&context, "open").await;
+    let request = AddPartitionsToTxnRequest::default()
+        .with_v3_and_below_transactional_id(TransactionalId(StrBytes::from_static_str("open")))
+        .with_v3_and_below_producer_id(ProducerId(open))
+        .with_v3_and_below_producer_epoch(epoch)
+        .with_v3_and_below_topics(vec![
+            kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic::default()
+                .with_name(topic("t"))
+                .with_partitions(vec![0]),
+        ]);
+    match dispatch(
+        &context,
+        RequestKind::AddPartitionsToTxn(request),
+        3,
+        "test-client",
+    )
+    .await
+    {
+        Some(ResponseKind::AddPartitionsToTxn(answer)) => assert_eq!(
+            answer.results_by_topic_v3_and_below[0].results_by_partition[0].partition_error_code,
+            0
+        ),
+        _ => panic!("no AddPartitionsToTxn response"),
+    }
+    let transactions = context.broker.transactions();
+    transactions.tick(&context.broker);
+    assert!(
+        transactions.describe("idle").is_some(),
+        "not idle long enough yet"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    transactions.tick(&context.broker);
+    assert!(transactions.describe("idle").is_none(), "expired");
+    let state = transactions.describe("open").map(|meta| meta.state);
+    assert_eq!(state, Some(sluice_core::transactions::TxnState::Ongoing));
+    drop(context);
+    let context = context_with(options());
+    let transactions = context.broker.transactions();
+    assert!(
+        transactions.describe("idle").is_none(),
+        "forgotten across a restart"
+    );
+    assert!(transactions.describe("open").is_some());
+    let (again, epoch) = init(&context, "idle").await;
+    assert_ne!(again, idle, "a new producer id");
+    assert_eq!(epoch, 0);
 }
 
 /// Produces `records` to partition 0 of topic "t" (acks=all, with
