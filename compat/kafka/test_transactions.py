@@ -256,6 +256,54 @@ def test_transactions_survive_a_restart(fresh_broker):
         b"aborted", b"committed", b"open at the crash", b"after the restart"]
 
 
+def test_an_aborted_transaction_stays_aborted_behind_hundreds_of_megabytes(tmp_path, request):
+    """A restart reads back only the newest segments of a partition (at
+    least 256 MiB); a transaction aborted before that, and one committed,
+    are known from the partition's transaction checkpoint: read_committed
+    consumers still never see the aborted records, after 300 MiB more and
+    a restart."""
+    settings = {"log.segment_bytes": "16MiB", "log.max_batch_bytes": "2MiB"}
+    with per_test_broker(tmp_path, request, settings) as broker:
+        topic = unique_name("txn-far")
+        create_topic_confluent(broker, topic)
+        producer = transactional(broker)
+        producer.begin_transaction()
+        for i in range(3):
+            producer.produce(topic, f"aborted-{i}".encode(), partition=0)
+        producer.flush(CLIENT_TIMEOUT_S)
+        producer.abort_transaction(CLIENT_TIMEOUT_S)
+        producer.begin_transaction()
+        producer.produce(topic, b"committed", partition=0)
+        producer.commit_transaction(CLIENT_TIMEOUT_S)
+        plain = Producer(confluent_config(broker, **{
+            "linger.ms": 20,
+            "message.max.bytes": 2_000_000,
+            "batch.size": 2_000_000,
+        }))
+        megabyte = b"x" * (1 << 20)
+        for _ in range(300):
+            while True:
+                try:
+                    plain.produce(topic, megabyte, partition=0)
+                    break
+                except BufferError:
+                    plain.poll(0.1)
+            plain.poll(0)
+        assert plain.flush(120) == 0
+        watcher = confluent_consumer(broker)
+        try:
+            high = watcher.get_watermark_offsets(TopicPartition(topic, 0), CLIENT_TIMEOUT_S)[1]
+        finally:
+            watcher.close()
+        # 3 aborted, their marker, 1 committed, its marker, 300 plain.
+        assert high == 306, high
+        before = values(broker, topic, "read_committed", 2, settle=0)
+        broker.stop()
+        broker.start()
+        after = values(broker, topic, "read_committed", 2, settle=0)
+        assert before[0] == b"committed" and after[0] == b"committed", (before[:1], after[:1])
+
+
 def test_kafka_python_transactions_commit_and_abort(broker):
     from kafka import KafkaConsumer, KafkaProducer
     from kafka import TopicPartition as KafkaTopicPartition

@@ -342,13 +342,14 @@ impl Partition {
             let info = self.log.append_replicated(batches)?;
             if let Ok(headers) = sluice_log::batch::split_verified(batches) {
                 crate::producers::learn_appended(
+                    &self.producers,
                     &mut producers,
-                    &mut self.producers.txns(),
                     batches,
                     &headers,
                 );
             }
             drop(producers);
+            self.producers.checkpoint_if_rolled(&self.log);
             if info.sync_due || self.log.durability() == Durability::Always {
                 self.log.sync_to(info.last_offset.plus(1))?;
             }
@@ -638,6 +639,7 @@ impl Partition {
 
     /// Right after a write on the leader: followers' fetches go.
     pub(crate) fn written(&self) {
+        self.producers.checkpoint_if_rolled(&self.log);
         if let Some(replication) = &self.replication {
             replication.written.notify_waiters();
             if replication.is_leader() && !self.visible_when_synced.load(Ordering::Acquire) {

@@ -5,10 +5,21 @@
 //! Producer ids are handed out from blocks whose end is an
 //! `AllocateProducerIds` command in the metadata log, durable before any id
 //! of the block is used, so an id is never handed out twice, restarts
-//! included. Sequence state and transactions are rebuilt on open from the
-//! batch headers of each partition's newest segments.
+//! included. Sequence state is rebuilt on open from the batch headers of
+//! each partition's newest segments; transactions (open, aborted) from the
+//! partition's transaction checkpoint and the batches after it.
+//!
+//! A partition that has seen a transaction writes its transaction
+//! checkpoint ([`TXN_CHECKPOINT`]) each time its log rolls to a new
+//! segment: its transactions as of the log end then, so that a restart
+//! knows a transaction open (or aborted) in segments older than those
+//! read back, as Kafka keeps producer snapshots and an aborted
+//! transaction index. A checkpoint past the log end (the log was cut
+//! below it) is deleted, and the partition falls back to its newest
+//! segments.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use sluice_log::batch::BatchHeader;
@@ -23,6 +34,8 @@ use crate::transactions::{TxnIndex, decode_marker};
 const REMEMBERED_BATCHES: usize = 5;
 /// Ids reserved at a time.
 const ID_BLOCK: i64 = 1_000;
+/// A partition's transaction checkpoint, in its log's directory.
+pub(crate) const TXN_CHECKPOINT: &str = "transactions.checkpoint";
 
 /// Hands out producer ids.
 #[derive(Debug)]
@@ -134,6 +147,10 @@ pub(crate) struct ProducerStates {
     producers: Mutex<HashMap<i64, ProducerEntry>>,
     /// Locked after `producers` when both are.
     txns: Mutex<TxnIndex>,
+    /// A transaction was seen here: the checkpoint follows the log's rolls.
+    transactional: AtomicBool,
+    /// The log's segment count at the last checkpoint.
+    checkpointed_segments: AtomicUsize,
 }
 
 impl ProducerStates {
@@ -144,6 +161,56 @@ impl ProducerStates {
     /// The partition's transactions.
     pub(crate) fn txns(&self) -> MutexGuard<'_, TxnIndex> {
         self.txns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A transactional batch or a marker was appended (the caller holds
+    /// `producers`): the checkpoint follows the log from now on.
+    pub(crate) fn saw_transaction(&self) {
+        self.transactional.store(true, Ordering::Release);
+    }
+
+    /// After an append: when the log rolled to a new segment since the
+    /// last checkpoint of a partition that has seen a transaction, writes
+    /// the checkpoint (its transactions as of the log end). A failure is
+    /// logged: the next roll tries again, and a restart without it reads
+    /// the newest segments as before.
+    pub(crate) fn checkpoint_if_rolled(&self, log: &sluice_log::Log) {
+        if !self.transactional.load(Ordering::Acquire) {
+            return;
+        }
+        let segments = log.segment_count();
+        if self.checkpointed_segments.swap(segments, Ordering::AcqRel) == segments {
+            return;
+        }
+        // Under the producer lock no transactional batch is appended
+        // unlearnt: the index covers the whole log up to its end.
+        let producers = self.lock();
+        let bytes = self.txns().encode_checkpoint(log.log_end());
+        drop(producers);
+        let path = log.dir().join(TXN_CHECKPOINT);
+        if let Err(error) = sluice_log::write_file_atomically(&path, &bytes) {
+            tracing::warn!(path = %path.display(), %error, "cannot write a transaction checkpoint");
+        }
+    }
+
+    /// The transactions of `log`'s checkpoint and the offset it covers,
+    /// if it has a sound one within the log; one past the log end (the
+    /// log was cut below it) is deleted.
+    fn read_checkpoint(log: &sluice_log::Log) -> Option<(TxnIndex, Offset)> {
+        let path = log.dir().join(TXN_CHECKPOINT);
+        let bytes = std::fs::read(&path).ok()?;
+        match TxnIndex::decode_checkpoint(&bytes) {
+            Some((index, covered)) if covered <= log.log_end() => Some((index, covered)),
+            found => {
+                if found.is_none() {
+                    tracing::warn!(path = %path.display(), "a damaged transaction checkpoint; reading the newest segments instead");
+                }
+                if let Err(error) = std::fs::remove_file(&path) {
+                    tracing::warn!(path = %path.display(), %error, "cannot delete a transaction checkpoint");
+                }
+                None
+            }
+        }
     }
 
     /// Every producer this partition knows: (id, epoch, last sequence),
@@ -169,14 +236,34 @@ impl ProducerStates {
     /// # Errors
     /// The log's read errors.
     pub(crate) fn rebuild(&self, log: &sluice_log::Log) -> Result<(), CoreError> {
+        self.rebuild_within(log, crate::topics::PRODUCER_REPLAY_BYTES)
+    }
+
+    /// As [`ProducerStates::rebuild`], reading back `replay_bytes` past
+    /// the two newest segments.
+    fn rebuild_within(&self, log: &sluice_log::Log, replay_bytes: u64) -> Result<(), CoreError> {
         let mut producers = self.lock();
         producers.clear();
-        let mut txns = TxnIndex::default();
-        if let Some(from) = crate::topics::producer_replay_start(&log.segment_sizes()) {
+        let checkpoint = Self::read_checkpoint(log);
+        let had_checkpoint = checkpoint.is_some();
+        let (mut txns, covered) = checkpoint.unwrap_or_default();
+        let window = crate::topics::producer_replay_start(&log.segment_sizes(), replay_bytes);
+        // Transactions are learnt from the checkpoint on (or the window
+        // without one), sequences from the window.
+        let from = match (window, had_checkpoint) {
+            (Some(window), true) => Some(window.min(covered)),
+            (window, _) => window,
+        };
+        if let Some(from) = from {
             let mut transactional = Vec::new();
             log.scan_headers(from, |header| {
-                replay_into(&mut producers, header);
-                if header.producer_id >= 0 && header.is_transactional() {
+                if window.is_some_and(|window| header.base_offset >= window) {
+                    replay_into(&mut producers, header);
+                }
+                if header.producer_id >= 0
+                    && header.is_transactional()
+                    && (!had_checkpoint || header.base_offset >= covered)
+                {
                     transactional.push(*header);
                 }
             })?;
@@ -196,6 +283,10 @@ impl ProducerStates {
             }
         }
         txns.trim(log.log_start());
+        self.transactional
+            .store(!txns.is_empty(), Ordering::Release);
+        self.checkpointed_segments
+            .store(log.segment_count(), Ordering::Release);
         *self.txns() = txns;
         Ok(())
     }
@@ -205,20 +296,26 @@ impl ProducerStates {
 /// `headers` at their positions) under the producer lock the caller
 /// holds: their sequences, and what they open or close of a transaction.
 pub(crate) fn learn_appended(
+    states: &ProducerStates,
     producers: &mut HashMap<i64, ProducerEntry>,
-    txns: &mut TxnIndex,
     batches: &[u8],
     headers: &[(usize, BatchHeader)],
 ) {
     for (_, header) in headers {
         replay_into(producers, header);
     }
-    learn_txns(txns, batches, headers);
+    learn_txns(states, batches, headers);
 }
 
 /// Learns what `batches` (whose headers are `headers`, with their
-/// offsets in the log) open or close of a transaction.
-pub(crate) fn learn_txns(txns: &mut TxnIndex, batches: &[u8], headers: &[(usize, BatchHeader)]) {
+/// offsets in the log) open or close of a transaction, under the producer
+/// lock the caller holds.
+pub(crate) fn learn_txns(
+    states: &ProducerStates,
+    batches: &[u8],
+    headers: &[(usize, BatchHeader)],
+) {
+    let mut txns = None;
     for (at, header) in headers {
         if header.producer_id >= 0 && header.is_transactional() {
             let marker = if header.is_control() {
@@ -226,8 +323,12 @@ pub(crate) fn learn_txns(txns: &mut TxnIndex, batches: &[u8], headers: &[(usize,
             } else {
                 None
             };
-            txns.learn(header, marker);
+            txns.get_or_insert_with(|| states.txns())
+                .learn(header, marker);
         }
+    }
+    if txns.is_some() {
+        states.saw_transaction();
     }
 }
 
@@ -367,6 +468,150 @@ pub(crate) fn record(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transactions::{Marker, Outcome, encode_marker};
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+    use sluice_types::LeaderEpoch;
+
+    /// A transactional batch of one record from `producer_id`.
+    fn transactional(producer_id: i64, sequence: i32) -> bytes::BytesMut {
+        let record = Record {
+            transactional: true,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: 0,
+            producer_id,
+            producer_epoch: 0,
+            timestamp_type: TimestampType::Creation,
+            offset: 0,
+            sequence,
+            timestamp: 1,
+            key: None,
+            value: Some(bytes::Bytes::from_static(b"in a transaction")),
+            headers: Default::default(),
+        };
+        let mut out = bytes::BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut out,
+            [&record],
+            &RecordEncodeOptions {
+                version: 2,
+                compression: Compression::None,
+            },
+        )
+        .expect("batch");
+        out
+    }
+
+    /// Appends `batch` as a partition does (under the producer lock,
+    /// learning it, then checkpointing after a roll).
+    fn append(states: &ProducerStates, log: &sluice_log::Log, mut batch: bytes::BytesMut) {
+        let mut producers = states.lock();
+        log.append_unsynced(&mut batch, LeaderEpoch::from(0))
+            .expect("append");
+        let headers: Vec<_> = sluice_log::batch::headers(&batch).collect();
+        learn_appended(states, &mut producers, &batch, &headers);
+        drop(producers);
+        states.checkpoint_if_rolled(log);
+    }
+
+    /// A transaction aborted, and one left open, in segments older than
+    /// those a restart reads back: the checkpoint written as the log rolled
+    /// keeps them (the aborted one listed for read_committed, the open one
+    /// holding the last stable offset); a checkpoint past a cut log end is
+    /// dropped.
+    #[test]
+    fn transactions_older_than_the_replayed_segments_survive_a_reopen() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = sluice_log::LogConfig {
+            segment_bytes: 300,
+            ..sluice_log::LogConfig::default()
+        };
+        let log = sluice_log::Log::open(dir.path(), config.clone()).expect("open");
+        let states = ProducerStates::default();
+        let abort = Marker {
+            outcome: Outcome::Abort,
+            coordinator_epoch: 0,
+        };
+        append(&states, &log, transactional(7, 0));
+        append(
+            &states,
+            &log,
+            encode_marker(7, 0, abort, 1).expect("marker"),
+        );
+        append(&states, &log, transactional(8, 0));
+        for sequence in 1..40 {
+            append(&states, &log, transactional(9, sequence - 1));
+            append(
+                &states,
+                &log,
+                encode_marker(
+                    9,
+                    0,
+                    Marker {
+                        outcome: Outcome::Commit,
+                        coordinator_epoch: 0,
+                    },
+                    1,
+                )
+                .expect("marker"),
+            );
+        }
+        let end = log.log_end();
+        assert!(log.segment_count() > 10, "the log rolled");
+        let aborted = states.txns().aborted_between(Offset::from(0), end);
+        let stable = states.txns().last_stable_offset(end);
+        assert_eq!(stable, Offset::from(2), "producer 8's transaction is open");
+        drop(log);
+
+        let reopened = sluice_log::Log::open(dir.path(), config.clone()).expect("reopen");
+        let again = ProducerStates::default();
+        again.rebuild_within(&reopened, 0).expect("rebuild");
+        assert_eq!(again.txns().aborted_between(Offset::from(0), end), aborted);
+        assert_eq!(aborted.len(), 1);
+        assert_eq!(again.txns().last_stable_offset(end), stable);
+
+        // Without the checkpoint only the two newest segments count.
+        std::fs::remove_file(dir.path().join(TXN_CHECKPOINT)).expect("remove");
+        let forgetful = ProducerStates::default();
+        forgetful.rebuild_within(&reopened, 0).expect("rebuild");
+        assert!(
+            forgetful
+                .txns()
+                .aborted_between(Offset::from(0), end)
+                .is_empty()
+        );
+
+        // A checkpoint past the log end (cut below it) is not used.
+        std::fs::write(
+            dir.path().join(TXN_CHECKPOINT),
+            again.txns().encode_checkpoint(end.plus(100)),
+        )
+        .expect("write");
+        let cut = ProducerStates::default();
+        cut.rebuild_within(&reopened, 0).expect("rebuild");
+        assert!(cut.txns().aborted_between(Offset::from(0), end).is_empty());
+        assert!(!dir.path().join(TXN_CHECKPOINT).exists(), "deleted");
+    }
+
+    #[test]
+    fn a_checkpoint_round_trips_and_a_damaged_one_is_refused() {
+        let states = ProducerStates::default();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log =
+            sluice_log::Log::open(dir.path(), sluice_log::LogConfig::default()).expect("open");
+        append(&states, &log, transactional(3, 0));
+        let bytes = states.txns().encode_checkpoint(Offset::from(1));
+        let (index, covered) = TxnIndex::decode_checkpoint(&bytes).expect("decoded");
+        assert_eq!(covered, Offset::from(1));
+        assert!(index.is_open(3));
+        let mut damaged = bytes.clone();
+        damaged[12] ^= 1;
+        assert!(TxnIndex::decode_checkpoint(&damaged).is_none());
+        assert!(TxnIndex::decode_checkpoint(&bytes[..bytes.len() - 1]).is_none());
+        assert!(TxnIndex::decode_checkpoint(&[]).is_none());
+    }
 
     #[test]
     fn retries_are_recognised_and_gaps_refused() {

@@ -291,7 +291,7 @@ impl Topic {
                     // The batches (verified above) now carry their offsets
                     // in the log.
                     let written: Vec<_> = sluice_log::batch::headers(records).collect();
-                    producers::learn_txns(&mut target.producers.txns(), records, &written);
+                    producers::learn_txns(&target.producers, records, &written);
                 }
                 info
             }
@@ -337,7 +337,7 @@ impl Topic {
         let info = target.log.append_unsynced(&mut batch, epoch)?;
         producers::fence(&mut producers, producer_id, producer_epoch);
         let written: Vec<_> = sluice_log::batch::headers(&batch).collect();
-        producers::learn_txns(&mut target.producers.txns(), &batch, &written);
+        producers::learn_txns(&target.producers, &batch, &written);
         drop(producers);
         target.written();
         appended(target, info, epoch).in_sync().wait()?;
@@ -1259,17 +1259,17 @@ pub fn log_name(topic: &str, partition: u32) -> String {
 /// Bytes of a partition's newest segments read back on open to rebuild its
 /// idempotent producers' sequence state; older producers are told
 /// UNKNOWN_PRODUCER_ID and start a new epoch, as after Kafka's retention.
-const PRODUCER_REPLAY_BYTES: u64 = 256 << 20;
+pub(crate) const PRODUCER_REPLAY_BYTES: u64 = 256 << 20;
 
 /// Where producer state replay starts, given `(base, size)` of every
 /// segment oldest first: at least the two newest segments (the active one
 /// may have just rolled and be empty), then older ones while less than
-/// [`PRODUCER_REPLAY_BYTES`] is covered.
-pub(crate) fn producer_replay_start(segments: &[(Offset, u64)]) -> Option<Offset> {
+/// `bytes` ([`PRODUCER_REPLAY_BYTES`] outside tests) is covered.
+pub(crate) fn producer_replay_start(segments: &[(Offset, u64)], bytes: u64) -> Option<Offset> {
     let mut covered = 0;
     let mut start = None;
     for (newest, (base, size)) in segments.iter().rev().enumerate() {
-        if newest >= 2 && covered >= PRODUCER_REPLAY_BYTES {
+        if newest >= 2 && covered >= bytes {
             break;
         }
         covered += size;
@@ -1401,22 +1401,31 @@ mod replay_tests {
     #[test]
     fn producer_replay_covers_two_segments_and_then_the_byte_budget() {
         let o = Offset::from;
-        assert_eq!(producer_replay_start(&[]), None);
-        assert_eq!(producer_replay_start(&[(o(0), 10)]), Some(o(0)));
+        assert_eq!(producer_replay_start(&[], PRODUCER_REPLAY_BYTES), None);
+        assert_eq!(
+            producer_replay_start(&[(o(0), 10)], PRODUCER_REPLAY_BYTES),
+            Some(o(0))
+        );
         // Small logs are read whole.
         assert_eq!(
-            producer_replay_start(&[(o(0), 10), (o(5), 10), (o(9), 0)]),
+            producer_replay_start(&[(o(0), 10), (o(5), 10), (o(9), 0)], PRODUCER_REPLAY_BYTES),
             Some(o(0))
         );
         // A just-rolled, empty active segment does not hide the one before.
         let full = PRODUCER_REPLAY_BYTES;
         assert_eq!(
-            producer_replay_start(&[(o(0), full), (o(5), full), (o(9), 0)]),
+            producer_replay_start(
+                &[(o(0), full), (o(5), full), (o(9), 0)],
+                PRODUCER_REPLAY_BYTES
+            ),
             Some(o(5))
         );
         let big = PRODUCER_REPLAY_BYTES / 2;
         assert_eq!(
-            producer_replay_start(&[(o(0), big), (o(10), big), (o(20), big), (o(30), 0)]),
+            producer_replay_start(
+                &[(o(0), big), (o(10), big), (o(20), big), (o(30), 0)],
+                PRODUCER_REPLAY_BYTES
+            ),
             Some(o(10))
         );
     }

@@ -228,6 +228,107 @@ impl TxnIndex {
     pub fn trim(&mut self, log_start: Offset) {
         self.aborted.retain(|txn| txn.marker_offset >= log_start);
     }
+
+    /// Whether nothing transactional was learnt.
+    pub fn is_empty(&self) -> bool {
+        self.open.is_empty()
+            && self.decided.is_empty()
+            && self.aborted.is_empty()
+            && self.coordinator_epochs.is_empty()
+    }
+
+    /// The index as a partition's transaction checkpoint holds it, for the
+    /// batches below `covered` (crc-checked on read):
+    /// `[version:2=0][covered:8][open:4]([producer:8][first:8])*
+    /// [aborted:4]([producer:8][first:8][marker:8])*
+    /// [epochs:4]([producer:8][coordinator epoch:4])*[crc32c:4]`. Decided
+    /// transactions are written as open ones are not: their markers are
+    /// below `covered`, so they count as aborted or committed.
+    pub fn encode_checkpoint(&self, covered: Offset) -> Vec<u8> {
+        let mut out = BytesMut::with_capacity(
+            30 + 16 * self.open.len()
+                + 24 * self.aborted.len()
+                + 12 * self.coordinator_epochs.len(),
+        );
+        out.put_u16(0);
+        out.put_i64(covered.get());
+        let mut open: Vec<(i64, Offset)> = self.open.iter().map(|(p, f)| (*p, *f)).collect();
+        open.sort_unstable();
+        out.put_u32(u32::try_from(open.len()).unwrap_or(u32::MAX));
+        for (producer, first) in open {
+            out.put_i64(producer);
+            out.put_i64(first.get());
+        }
+        out.put_u32(u32::try_from(self.aborted.len()).unwrap_or(u32::MAX));
+        for txn in &self.aborted {
+            out.put_i64(txn.producer_id);
+            out.put_i64(txn.first_offset.get());
+            out.put_i64(txn.marker_offset.get());
+        }
+        let mut epochs: Vec<(i64, i32)> = self
+            .coordinator_epochs
+            .iter()
+            .map(|(p, e)| (*p, *e))
+            .collect();
+        epochs.sort_unstable();
+        out.put_u32(u32::try_from(epochs.len()).unwrap_or(u32::MAX));
+        for (producer, epoch) in epochs {
+            out.put_i64(producer);
+            out.put_i32(epoch);
+        }
+        let crc = crc32c::crc32c(&out);
+        out.put_u32(crc);
+        out.to_vec()
+    }
+
+    /// What [`TxnIndex::encode_checkpoint`] wrote, with the offset it
+    /// covers; `None` when damaged.
+    pub fn decode_checkpoint(bytes: &[u8]) -> Option<(TxnIndex, Offset)> {
+        let (body, crc) = bytes.split_at_checked(bytes.len().checked_sub(4)?)?;
+        if crc32c::crc32c(body) != u32::from_be_bytes(crc.try_into().ok()?) {
+            return None;
+        }
+        let mut body = body;
+        if body.remaining() < 2 + 8 + 4 || body.get_u16() != 0 {
+            return None;
+        }
+        let covered = Offset::from(body.get_i64());
+        let mut index = TxnIndex::default();
+        let count = body.get_u32() as usize;
+        if body.remaining() < count.checked_mul(16)? {
+            return None;
+        }
+        for _ in 0..count {
+            let producer = body.get_i64();
+            index.open.insert(producer, Offset::from(body.get_i64()));
+        }
+        if body.remaining() < 4 {
+            return None;
+        }
+        let count = body.get_u32() as usize;
+        if body.remaining() < count.checked_mul(24)? {
+            return None;
+        }
+        for _ in 0..count {
+            index.aborted.push(AbortedTxn {
+                producer_id: body.get_i64(),
+                first_offset: Offset::from(body.get_i64()),
+                marker_offset: Offset::from(body.get_i64()),
+            });
+        }
+        if body.remaining() < 4 {
+            return None;
+        }
+        let count = body.get_u32() as usize;
+        if body.remaining() != count.checked_mul(12)? {
+            return None;
+        }
+        for _ in 0..count {
+            let producer = body.get_i64();
+            index.coordinator_epochs.insert(producer, body.get_i32());
+        }
+        Some((index, covered))
+    }
 }
 
 #[cfg(test)]
