@@ -225,6 +225,52 @@ pub fn stamp(batch: &mut [u8], base_offset: Offset, leader_epoch: LeaderEpoch) {
     }
 }
 
+/// Makes the batch at the start of `batch` one of producer `producer_id`
+/// at `producer_epoch`, its records numbered from `base_sequence`, part of
+/// a transaction when `transactional`; the CRC is computed again (these
+/// fields are covered by it). For batches the broker builds itself (AMQP
+/// publishes written as a Kafka transaction).
+///
+/// # Errors
+/// [`BatchFault`] when `batch` does not start with a whole v2 header.
+pub fn set_producer(
+    batch: &mut [u8],
+    producer_id: i64,
+    producer_epoch: i16,
+    base_sequence: i32,
+    transactional: bool,
+) -> Result<(), BatchFault> {
+    let header = BatchHeader::parse(batch)?;
+    let end = header.size.min(batch.len());
+    let mut attributes = header.attributes & !TRANSACTIONAL;
+    if transactional {
+        attributes |= TRANSACTIONAL;
+    }
+    put(batch, ATTRIBUTES_AT, &attributes.to_be_bytes())?;
+    put(batch, PRODUCER_ID_AT, &producer_id.to_be_bytes())?;
+    put(batch, PRODUCER_EPOCH_AT, &producer_epoch.to_be_bytes())?;
+    put(batch, BASE_SEQUENCE_AT, &base_sequence.to_be_bytes())?;
+    let covered = batch.get(ATTRIBUTES_AT..end).ok_or(BatchFault::Truncated {
+        needed: end,
+        available: batch.len(),
+    })?;
+    let crc = crc32c::crc32c(covered);
+    put(batch, CRC_AT, &crc.to_be_bytes())
+}
+
+/// Writes `bytes` at `at` in `batch`.
+fn put(batch: &mut [u8], at: usize, bytes: &[u8]) -> Result<(), BatchFault> {
+    let available = batch.len();
+    batch
+        .get_mut(at..at + bytes.len())
+        .ok_or(BatchFault::Truncated {
+            needed: at + bytes.len(),
+            available,
+        })?
+        .copy_from_slice(bytes);
+    Ok(())
+}
+
 /// One record for [`encode`]: a key, a value (`None` is a tombstone) and a
 /// create timestamp.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -532,6 +578,38 @@ fn read_varlong(buf: &[u8]) -> Option<(i64, usize)> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_given_a_producer_keeps_a_valid_checksum() {
+        let mut batch = encode(&[
+            NewRecord {
+                key: None,
+                value: Some(b"a"),
+                timestamp: 1,
+            },
+            NewRecord {
+                key: None,
+                value: Some(b"b"),
+                timestamp: 2,
+            },
+        ])
+        .expect("encode");
+        set_producer(&mut batch, 42, 3, 10, true).expect("set");
+        let header = verify(&batch).expect("still valid");
+        assert_eq!(
+            (
+                header.producer_id,
+                header.producer_epoch,
+                header.base_sequence
+            ),
+            (42, 3, 10)
+        );
+        assert!(header.is_transactional() && !header.is_control());
+        assert_eq!(header.last_sequence(), 11);
+        set_producer(&mut batch, 42, 3, 10, false).expect("set");
+        assert!(!verify(&batch).expect("valid").is_transactional());
+        assert!(set_producer(&mut [0u8; 10], 1, 0, 0, true).is_err());
+    }
 
     /// A real batch from kafka-protocol's encoder: `count` records of `value_size` bytes.
     pub(crate) fn encoded_batch(count: usize, value_size: usize, timestamp: i64) -> Vec<u8> {

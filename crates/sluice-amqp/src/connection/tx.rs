@@ -1,6 +1,11 @@
 //! Transactions (`tx.select`, `tx.commit`, `tx.rollback`): a
 //! transactional channel buffers its publishes and settlements, and a
 //! commit applies them and waits until its publishes are durable.
+//!
+//! Where the broker serves Kafka transactions (a single node), what a
+//! commit routes to streams is written as one Kafka transaction of the
+//! channel's own transactional id (`__sluice_amqp_tx-<channel key>`):
+//! read_committed consumers see all of it or none, crash included.
 
 use amq_protocol::protocol::{AMQPClass, tx};
 use bytes::BytesMut;
@@ -43,15 +48,27 @@ impl Connection {
                 let Some(actions) = self.take_tx_actions(id)? else {
                     return Ok(());
                 };
+                let atomic = self.broker.transactions().served();
+                let mut writes = sluice_core::transactions::TxnWrites::default();
+                let mut transactional_id = String::new();
                 let acks = self.with_channel(id, |ctx, channel| {
+                    transactional_id = format!("__sluice_amqp_tx-{}", channel.key);
                     let mut acks = sluice_core::Acks::default();
                     for action in actions {
                         match action {
                             TxAction::Publish(publish) => {
                                 let (method, message) = *publish;
                                 let returned = method.mandatory.then(|| message.clone());
-                                let outcome =
-                                    ctx.vhost.publish(method.exchange.as_str(), message)?;
+                                let exchange = method.exchange.as_str();
+                                let outcome = if atomic {
+                                    ctx.vhost.publish_in_transaction(
+                                        exchange,
+                                        message,
+                                        &mut writes,
+                                    )?
+                                } else {
+                                    ctx.vhost.publish(exchange, message)?
+                                };
                                 if outcome.queues == 0
                                     && let Some(message) = returned
                                 {
@@ -73,6 +90,30 @@ impl Connection {
                     }
                     Ok(acks)
                 })?;
+                if !writes.is_empty() {
+                    let broker = std::sync::Arc::clone(&self.broker);
+                    let written = tokio::task::spawn_blocking(move || {
+                        broker
+                            .transactions()
+                            .write_atomically(&broker, &transactional_id, writes)
+                    })
+                    .await;
+                    match written {
+                        Ok(Ok(())) => {}
+                        Ok(Err(error)) => {
+                            return Err(AmqpError::connection(
+                                crate::errors::INTERNAL_ERROR,
+                                format!("commit failed: {error}"),
+                            ));
+                        }
+                        Err(_) => {
+                            return Err(AmqpError::connection(
+                                crate::errors::INTERNAL_ERROR,
+                                "commit task failed",
+                            ));
+                        }
+                    }
+                }
                 if !acks.is_empty() {
                     let waited = tokio::task::spawn_blocking(move || acks.wait()).await;
                     match waited {

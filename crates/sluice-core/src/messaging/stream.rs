@@ -157,6 +157,26 @@ impl Stream {
     /// Appends a message routed to the stream; the returned sync makes it
     /// durable and visible to readers.
     pub(crate) fn append(&self, message: &Message) -> Result<Option<PendingAck>, CoreError> {
+        let (partition, mut batch) = self.batch_of(message)?;
+        let appended = self.topic.append_start(partition, &mut batch)?;
+        if appended.ack.level() == AckLevel::Written {
+            // Nothing to wait for: readers are woken now.
+            appended.ack.wait()?;
+            Ok(None)
+        } else {
+            Ok(Some(appended.ack))
+        }
+    }
+
+    /// The partition a message routed to the stream goes to, and the
+    /// record batch holding it (not yet written).
+    ///
+    /// # Errors
+    /// [`CoreError::Internal`] when the encoder refuses.
+    pub(crate) fn batch_of(
+        &self,
+        message: &Message,
+    ) -> Result<(PartitionId, bytes::BytesMut), CoreError> {
         let partitions = self.topic.partition_count() as u32;
         let partition = if partitions <= 1 {
             0
@@ -174,18 +194,9 @@ impl Stream {
             value: record.value.as_deref(),
             timestamp: SystemClock.now_ms(),
         };
-        let mut batch = sluice_log::batch::encode_with_headers(&[(new, headers.as_slice())])
+        let batch = sluice_log::batch::encode_with_headers(&[(new, headers.as_slice())])
             .map_err(|reason| CoreError::Internal { reason })?;
-        let appended = self
-            .topic
-            .append_start(PartitionId::from(partition as i32), &mut batch)?;
-        if appended.ack.level() == AckLevel::Written {
-            // Nothing to wait for: readers are woken now.
-            appended.ack.wait()?;
-            Ok(None)
-        } else {
-            Ok(Some(appended.ack))
-        }
+        Ok((PartitionId::from(partition as i32), batch))
     }
 
     /// Makes what was appended without a confirm durable and readable

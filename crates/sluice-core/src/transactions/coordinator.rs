@@ -31,6 +31,10 @@ use super::{Marker, Outcome};
 use crate::fields::{get_str, put_str};
 use crate::{Broker, CommittedOffset, CoreError};
 
+/// The timeout of the broker's own transactions ([`TxnCoordinator::write_atomically`]):
+/// one left open by a crash is aborted after it.
+const INTERNAL_TIMEOUT_MS: i32 = 60_000;
+
 /// The internal log of the transactions' states on a cluster of one.
 pub const TXN_STATE_LOG: &str = "__transaction_state-0";
 /// The coordinator epoch markers carry on a cluster of one (Kafka's is
@@ -384,6 +388,67 @@ impl TxnCoordinator {
         self.publish(id, &meta);
         txns.insert(id.to_owned(), meta);
         Ok(answer)
+    }
+
+    /// Writes `writes` as one transaction of transactional id `id` (the
+    /// broker's own producer: AMQP publishes of a `tx.commit` into
+    /// streams): its epoch bumped (the last one's leftovers aborted), the
+    /// batches written as its transactional batches, then committed. A
+    /// failure aborts it; a crash before the commit leaves it to time out
+    /// (`INTERNAL_TIMEOUT_MS`) and be aborted. Blocking.
+    ///
+    /// # Errors
+    /// As [`TxnCoordinator::init_producer`], [`TxnCoordinator::add`] and
+    /// [`TxnCoordinator::end`], and the appends' errors.
+    pub fn write_atomically(
+        &self,
+        broker: &Broker,
+        id: &str,
+        writes: super::TxnWrites,
+    ) -> Result<(), TxnError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let timeout_ms = INTERNAL_TIMEOUT_MS.min(self.max_timeout_ms);
+        let (producer_id, epoch) = self.init_producer(broker, id, timeout_ms, None)?;
+        let partitions: Vec<(String, i32)> = writes
+            .entries
+            .iter()
+            .map(|(topic, partition, _)| (topic.name().to_owned(), partition.get()))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let written = (|| {
+            self.add(id, producer_id, epoch, &partitions, None)?;
+            let mut sequences: HashMap<(String, i32), i32> = HashMap::new();
+            let mut appended = Vec::with_capacity(writes.entries.len());
+            for (topic, partition, mut batch) in writes.entries {
+                let header = sluice_log::batch::BatchHeader::parse(&batch).map_err(|fault| {
+                    CoreError::Internal {
+                        reason: format!("a transaction's batch: {fault}"),
+                    }
+                })?;
+                let next = sequences
+                    .entry((topic.name().to_owned(), partition.get()))
+                    .or_insert(0);
+                sluice_log::batch::set_producer(&mut batch, producer_id, epoch, *next, true)
+                    .map_err(|fault| CoreError::Internal {
+                        reason: format!("a transaction's batch: {fault}"),
+                    })?;
+                *next = next.wrapping_add(header.records_count);
+                appended.push(topic.append_start(partition, &mut batch)?);
+            }
+            for append in appended {
+                append.wait()?;
+            }
+            self.end(broker, id, producer_id, epoch, true)
+        })();
+        if written.is_err()
+            && let Err(error) = self.end(broker, id, producer_id, epoch, false)
+        {
+            tracing::warn!(transactional_id = %id, %error, "cannot abort a failed transaction; it times out");
+        }
+        written
     }
 
     /// The id's state for a request of `producer_id` at `epoch`.

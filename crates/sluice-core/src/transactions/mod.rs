@@ -30,6 +30,34 @@ mod coordinator;
 
 pub use coordinator::{TXN_STATE_LOG, TxnCoordinator, TxnError, TxnMeta, TxnState};
 
+/// Record batches the broker writes as one Kafka transaction (AMQP
+/// publishes of a `tx.commit` routed to streams): each for a partition of
+/// a topic, in order.
+#[derive(Debug, Default)]
+pub struct TxnWrites {
+    entries: Vec<(
+        std::sync::Arc<crate::Topic>,
+        sluice_types::PartitionId,
+        BytesMut,
+    )>,
+}
+
+impl TxnWrites {
+    pub(crate) fn add(
+        &mut self,
+        topic: std::sync::Arc<crate::Topic>,
+        partition: sluice_types::PartitionId,
+        batch: BytesMut,
+    ) {
+        self.entries.push((topic, partition, batch));
+    }
+
+    /// Whether nothing is to be written.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
 /// How a transaction ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {

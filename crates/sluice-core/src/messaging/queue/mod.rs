@@ -782,6 +782,25 @@ impl Queue {
     /// forwarder's position did not survive) keeps the one copy.
     ///
     /// # Errors
+    /// A stream's: adds `message` to `writes` (a transaction's) instead of
+    /// writing it; `false` for any other queue.
+    ///
+    /// # Errors
+    /// The batch encoder's refusal.
+    pub(crate) fn add_to_transaction(
+        &self,
+        message: &Message,
+        writes: &mut crate::transactions::TxnWrites,
+    ) -> Result<bool, MessagingError> {
+        let Some(stream) = self.stream().filter(|_| !self.is_deleted()) else {
+            return Ok(false);
+        };
+        let (partition, batch) = stream.batch_of(message)?;
+        writes.add(Arc::clone(stream.topic()), partition, batch);
+        self.traffic.published.fetch_add(1, Ordering::Relaxed);
+        Ok(true)
+    }
+
     /// As [`Queue::enqueue`].
     pub fn enqueue_from(
         self: &Arc<Self>,

@@ -144,6 +144,33 @@ impl VirtualHost {
         message: Message,
         source: Option<&Source>,
     ) -> Result<PublishOutcome, MessagingError> {
+        self.publish_routed(exchange, message, source, None)
+    }
+
+    /// As [`VirtualHost::publish`], in a transaction (AMQP `tx.commit`):
+    /// what is routed to streams on this node is not written but added to
+    /// `writes`, to be written as one Kafka transaction
+    /// ([`crate::transactions::TxnCoordinator::write_atomically`]); other
+    /// queues get the message now.
+    ///
+    /// # Errors
+    /// As [`VirtualHost::publish`].
+    pub fn publish_in_transaction(
+        &self,
+        exchange: &str,
+        message: Message,
+        writes: &mut crate::transactions::TxnWrites,
+    ) -> Result<PublishOutcome, MessagingError> {
+        self.publish_routed(exchange, message, None, Some(writes))
+    }
+
+    fn publish_routed(
+        &self,
+        exchange: &str,
+        message: Message,
+        source: Option<&Source>,
+        mut writes: Option<&mut crate::transactions::TxnWrites>,
+    ) -> Result<PublishOutcome, MessagingError> {
         let target = self
             .exchange(exchange)
             .ok_or_else(|| self.no_exchange(exchange))?;
@@ -168,6 +195,11 @@ impl VirtualHost {
         outcome.rejected |= !carried;
         let message = Arc::new(message);
         for queue in queues {
+            if let Some(writes) = writes.as_deref_mut()
+                && queue.add_to_transaction(&message, writes)?
+            {
+                continue;
+            }
             let enqueued = queue.enqueue_from(Arc::clone(&message), source)?;
             outcome.rejected |= enqueued.rejected;
             outcome.acks.extend(enqueued.sync);
