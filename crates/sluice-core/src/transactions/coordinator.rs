@@ -451,6 +451,33 @@ impl TxnCoordinator {
         written
     }
 
+    /// KIP-890's verification (AddPartitionsToTxn v4+ with `verify_only`):
+    /// for each of `partitions`, whether the open transaction of `id`
+    /// holds it. Changes nothing.
+    ///
+    /// # Errors
+    /// [`TxnError::UnknownProducer`], [`TxnError::Fenced`], and
+    /// [`TxnError::Concurrent`] while the transaction's markers are
+    /// written.
+    pub fn verify_partitions(
+        &self,
+        id: &str,
+        producer_id: i64,
+        epoch: i16,
+        partitions: &[(String, i32)],
+    ) -> Result<Vec<bool>, TxnError> {
+        let mut txns = self.lock();
+        let meta = Self::held(&mut txns, id, producer_id, epoch)?;
+        if matches!(meta.state, TxnState::PrepareCommit | TxnState::PrepareAbort) {
+            return Err(TxnError::Concurrent { id: id.to_owned() });
+        }
+        let open = meta.state == TxnState::Ongoing;
+        Ok(partitions
+            .iter()
+            .map(|partition| open && meta.partitions.contains(partition))
+            .collect())
+    }
+
     /// The id's state for a request of `producer_id` at `epoch`.
     fn held<'a>(
         txns: &'a mut HashMap<String, TxnMeta>,

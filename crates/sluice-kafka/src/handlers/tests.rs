@@ -994,6 +994,104 @@ async fn idle_transactional_ids_expire_and_open_ones_stay() {
     assert_eq!(epoch, 0);
 }
 
+/// AddPartitionsToTxn v4+ (the batched form brokers send, KIP-890):
+/// `verify_only` answers whether the open transaction holds each
+/// partition (TRANSACTION_ABORTABLE when not) and adds nothing; a
+/// transaction that is not verify-only is added as from a client; each
+/// transaction gets its own answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_add_partitions_verifies_and_adds_per_transaction() {
+    use kafka_protocol::ResponseError;
+    use kafka_protocol::messages::add_partitions_to_txn_request::{
+        AddPartitionsToTxnTopic, AddPartitionsToTxnTransaction,
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let context = context_on(dir.path());
+    context.broker.topic_or_create("t").expect("topic t");
+    let (producer, epoch) = context
+        .broker
+        .transactions()
+        .init_producer(&context.broker, "batched", 60_000, None)
+        .expect("init");
+    let transaction = |id: &'static str, producer: i64, verify: bool, partitions: Vec<i32>| {
+        AddPartitionsToTxnTransaction::default()
+            .with_transactional_id(TransactionalId(StrBytes::from_static_str(id)))
+            .with_producer_id(ProducerId(producer))
+            .with_producer_epoch(epoch)
+            .with_verify_only(verify)
+            .with_topics(vec![
+                AddPartitionsToTxnTopic::default()
+                    .with_name(topic("t"))
+                    .with_partitions(partitions),
+            ])
+    };
+    let send = |transactions: Vec<AddPartitionsToTxnTransaction>| {
+        let request = AddPartitionsToTxnRequest::default().with_transactions(transactions);
+        let context = &context;
+        async move {
+            match dispatch(
+                context,
+                RequestKind::AddPartitionsToTxn(request),
+                4,
+                "broker",
+            )
+            .await
+            {
+                Some(ResponseKind::AddPartitionsToTxn(answer)) => answer
+                    .results_by_transaction
+                    .into_iter()
+                    .map(|result| {
+                        result.topic_results[0]
+                            .results_by_partition
+                            .iter()
+                            .map(|p| (p.partition_index, p.partition_error_code))
+                            .collect::<Vec<_>>()
+                    })
+                    .collect::<Vec<_>>(),
+                _ => panic!("no AddPartitionsToTxn response"),
+            }
+        }
+    };
+    // Nothing open: every partition is abortable; an unknown id is not
+    // mapped to the producer; a transaction added in the same request.
+    let answers = send(vec![
+        transaction("batched", producer, true, vec![0]),
+        transaction("unknown", producer, true, vec![0]),
+        transaction("batched", producer, false, vec![0]),
+    ])
+    .await;
+    assert_eq!(
+        answers,
+        vec![
+            vec![(0, ResponseError::TransactionAbortable.code())],
+            vec![(0, ResponseError::InvalidProducerIdMapping.code())],
+            vec![(0, 0)],
+        ]
+    );
+    // Partition 0 is held now, partition 1 is not, and verifying added
+    // nothing.
+    let answers = send(vec![transaction("batched", producer, true, vec![0, 1])]).await;
+    assert_eq!(
+        answers,
+        vec![vec![
+            (0, 0),
+            (1, ResponseError::TransactionAbortable.code())
+        ]]
+    );
+    let held = context
+        .broker
+        .transactions()
+        .describe("batched")
+        .map(|meta| meta.partitions);
+    assert_eq!(held, Some([("t".to_owned(), 0)].into()));
+    // A stale epoch is fenced.
+    let stale = transaction("batched", producer, true, vec![0]).with_producer_epoch(epoch - 1);
+    assert_eq!(
+        send(vec![stale]).await,
+        vec![vec![(0, ResponseError::ProducerFenced.code())]]
+    );
+}
+
 /// Produces `records` to partition 0 of topic "t" (acks=all, with
 /// `transactional_id`); the partition's error code.
 async fn produce_one(

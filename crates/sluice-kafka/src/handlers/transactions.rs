@@ -1,13 +1,14 @@
 //! The transactional APIs over the core's transaction coordinator:
-//! AddPartitionsToTxn, AddOffsetsToTxn, TxnOffsetCommit and EndTxn (the
-//! versions before KIP-890's batched form), DescribeTransactions and
-//! ListTransactions.
+//! AddPartitionsToTxn (v0-3 from clients, and the batched v4-5 form
+//! brokers send, with KIP-890's `verify_only`), AddOffsetsToTxn,
+//! TxnOffsetCommit and EndTxn, DescribeTransactions and ListTransactions.
 
 use std::sync::Arc;
 
 use kafka_protocol::ResponseError;
+use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
 use kafka_protocol::messages::add_partitions_to_txn_response::{
-    AddPartitionsToTxnPartitionResult, AddPartitionsToTxnTopicResult,
+    AddPartitionsToTxnPartitionResult, AddPartitionsToTxnResult, AddPartitionsToTxnTopicResult,
 };
 use kafka_protocol::messages::describe_transactions_response::{
     TopicData, TransactionState as DescribeState,
@@ -34,13 +35,121 @@ use crate::errors;
 /// EndTxn).
 const FENCED_FROM: i16 = 2;
 
+/// The first version of the batched form (KIP-890), which brokers send.
+const BATCHED_FROM: i16 = 4;
+
 pub(crate) async fn add_partitions(
     context: &Context,
     request: AddPartitionsToTxnRequest,
     version: i16,
 ) -> AddPartitionsToTxnResponse {
+    if version < BATCHED_FROM {
+        let results = add_to_one(
+            context,
+            request.v3_and_below_transactional_id.to_string(),
+            request.v3_and_below_producer_id.0,
+            request.v3_and_below_producer_epoch,
+            request.v3_and_below_topics,
+            version,
+        )
+        .await;
+        return AddPartitionsToTxnResponse::default().with_results_by_topic_v3_and_below(results);
+    }
+    let mut results = Vec::with_capacity(request.transactions.len());
+    for transaction in request.transactions {
+        let id = transaction.transactional_id.clone();
+        let topics = if transaction.verify_only {
+            verify_one(context, transaction).await
+        } else {
+            add_to_one(
+                context,
+                transaction.transactional_id.to_string(),
+                transaction.producer_id.0,
+                transaction.producer_epoch,
+                transaction.topics,
+                version,
+            )
+            .await
+        };
+        results.push(
+            AddPartitionsToTxnResult::default()
+                .with_transactional_id(id)
+                .with_topic_results(topics),
+        );
+    }
+    AddPartitionsToTxnResponse::default().with_results_by_transaction(results)
+}
+
+/// KIP-890's check of one transaction (`verify_only`): each partition
+/// answered NONE when the open transaction holds it, TRANSACTION_ABORTABLE
+/// when not; the transaction's own error on every partition otherwise.
+async fn verify_one(
+    context: &Context,
+    transaction: kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTransaction,
+) -> Vec<AddPartitionsToTxnTopicResult> {
     let broker = Arc::clone(&context.broker);
-    let topics = request.v3_and_below_topics;
+    let wanted: Vec<(String, i32)> = transaction
+        .topics
+        .iter()
+        .flat_map(|t| t.partitions.iter().map(|p| (t.name.to_string(), *p)))
+        .collect();
+    let id = transaction.transactional_id.to_string();
+    let (producer_id, epoch) = (transaction.producer_id.0, transaction.producer_epoch);
+    let checked = {
+        let wanted = wanted.clone();
+        blocking(move || {
+            broker
+                .transactions()
+                .verify_partitions(&id, producer_id, epoch, &wanted)
+        })
+        .await
+    };
+    let codes: Vec<i16> = match checked {
+        Some(Ok(held)) => held
+            .into_iter()
+            .map(|held| {
+                if held {
+                    0
+                } else {
+                    ResponseError::TransactionAbortable.code()
+                }
+            })
+            .collect(),
+        Some(Err(error)) => vec![errors::txn_code(&error, true).code(); wanted.len()],
+        None => vec![ResponseError::UnknownServerError.code(); wanted.len()],
+    };
+    let mut codes = codes.into_iter();
+    transaction
+        .topics
+        .into_iter()
+        .map(|topic| {
+            let partitions = topic
+                .partitions
+                .iter()
+                .map(|partition| {
+                    AddPartitionsToTxnPartitionResult::default()
+                        .with_partition_index(*partition)
+                        .with_partition_error_code(codes.next().unwrap_or_default())
+                })
+                .collect();
+            AddPartitionsToTxnTopicResult::default()
+                .with_name(topic.name)
+                .with_results_by_partition(partitions)
+        })
+        .collect()
+}
+
+/// Adds `topics` to the transaction of `id` (`producer_id` at `epoch`):
+/// every partition's result.
+async fn add_to_one(
+    context: &Context,
+    id: String,
+    producer_id: i64,
+    epoch: i16,
+    topics: Vec<AddPartitionsToTxnTopic>,
+    version: i16,
+) -> Vec<AddPartitionsToTxnTopicResult> {
+    let broker = Arc::clone(&context.broker);
     let wanted: Vec<(String, i32)> = topics
         .iter()
         .flat_map(|t| t.partitions.iter().map(|p| (t.name.to_string(), *p)))
@@ -54,9 +163,6 @@ pub(crate) async fn add_partitions(
         })
         .cloned()
         .collect();
-    let id = request.v3_and_below_transactional_id.to_string();
-    let producer_id = request.v3_and_below_producer_id.0;
-    let epoch = request.v3_and_below_producer_epoch;
     let outcome: Result<(), ResponseError> = if missing.is_empty() {
         let added = blocking(move || {
             broker
@@ -72,7 +178,7 @@ pub(crate) async fn add_partitions(
     } else {
         Err(ResponseError::OperationNotAttempted)
     };
-    let results = topics
+    topics
         .into_iter()
         .map(|topic| {
             let partitions = topic
@@ -99,8 +205,7 @@ pub(crate) async fn add_partitions(
                 .with_name(topic.name)
                 .with_results_by_partition(partitions)
         })
-        .collect();
-    AddPartitionsToTxnResponse::default().with_results_by_topic_v3_and_below(results)
+        .collect()
 }
 
 pub(crate) async fn add_offsets(
