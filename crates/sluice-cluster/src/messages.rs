@@ -427,6 +427,9 @@ struct LinkState {
     /// Connections that failed and dials that did: what the peer was
     /// handed before may be lost with it.
     failures: AtomicU64,
+    /// The last connection that failed (0: none): until the next one is
+    /// up, nothing is sent over `connection`.
+    lost: AtomicU64,
     next_seq: AtomicU64,
     /// Messages sent and not answered, or waiting to be sent.
     in_flight: AtomicUsize,
@@ -768,6 +771,7 @@ impl RemoteQueues for Carrier {
     ) -> RemoteSettled {
         let (outgoing, state) = self.link(home);
         let current = state.connection.load(Ordering::Acquire);
+        let up = state.lost.load(Ordering::Acquire) != current;
         let mut settled = RemoteSettled::default();
         let mut home_seqs = Vec::with_capacity(seqs.len());
         {
@@ -779,7 +783,7 @@ impl RemoteQueues for Carrier {
                 // Acks only: a reject without requeue may be held by the
                 // leader until its dead-letter target confirms it
                 // (at-least-once), which is the leader's to settle.
-                let sent = over == current;
+                let sent = up && over == current;
                 if settlement == RemoteSettlement::Ack
                     && let Some(quorum) = quorum
                 {
@@ -841,6 +845,7 @@ type Waiting = Arc<Mutex<HashMap<u64, Arc<RemoteOutcome>>>>;
 fn connection_lost(state: &LinkState, waiting: &Waiting, connection: u64, reason: &str) {
     // Counted first: the consumers lost below register with the peer
     // again only behind the settlements handed to it again.
+    state.lost.store(connection, Ordering::Release);
     state.failures.fetch_add(1, Ordering::AcqRel);
     let failed: Vec<Arc<RemoteOutcome>> = lock(waiting).drain().map(|(_, o)| o).collect();
     state.in_flight.fetch_sub(failed.len(), Ordering::AcqRel);

@@ -19,7 +19,7 @@
 //! segments.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use sluice_log::batch::BatchHeader;
@@ -151,6 +151,10 @@ pub(crate) struct ProducerStates {
     transactional: AtomicBool,
     /// The log's segment count at the last checkpoint.
     checkpointed_segments: AtomicUsize,
+    /// The offset the last checkpoint covers (-1: none).
+    checkpointed_at: AtomicI64,
+    /// Held while a checkpoint is written: one writer at a time.
+    checkpointing: Mutex<()>,
 }
 
 impl ProducerStates {
@@ -179,28 +183,50 @@ impl ProducerStates {
             return;
         }
         let segments = log.segment_count();
-        if self.checkpointed_segments.swap(segments, Ordering::AcqRel) == segments {
+        // Also once the log start passed what the checkpoint covers
+        // (DeleteRecords): it would no longer be read back.
+        let stale = log.log_start().get() > self.checkpointed_at.load(Ordering::Acquire);
+        if self.checkpointed_segments.load(Ordering::Acquire) == segments && !stale {
             return;
         }
+        // One writer at a time; another one busy writes a newer state.
+        let Ok(_writing) = self.checkpointing.try_lock() else {
+            return;
+        };
+        self.checkpointed_segments
+            .store(segments, Ordering::Release);
         // Under the producer lock no transactional batch is appended
         // unlearnt: the index covers the whole log up to its end.
         let producers = self.lock();
-        let bytes = self.txns().encode_checkpoint(log.log_end());
+        let covered = log.log_end();
+        let bytes = self.txns().encode_checkpoint(covered);
         drop(producers);
+        // What it covers is on disk first: a checkpoint past the log end
+        // after a power loss would be dropped, and with it what it knew.
+        if let Err(error) = log.sync_to(covered) {
+            tracing::warn!(%error, "cannot sync a log before its transaction checkpoint");
+            return;
+        }
         let path = log.dir().join(TXN_CHECKPOINT);
-        if let Err(error) = sluice_log::write_file_atomically(&path, &bytes) {
-            tracing::warn!(path = %path.display(), %error, "cannot write a transaction checkpoint");
+        match sluice_log::write_file_atomically(&path, &bytes) {
+            Ok(()) => self.checkpointed_at.store(covered.get(), Ordering::Release),
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "cannot write a transaction checkpoint");
+            }
         }
     }
 
     /// The transactions of `log`'s checkpoint and the offset it covers,
     /// if it has a sound one within the log; one past the log end (the
-    /// log was cut below it) is deleted.
+    /// log was cut below it) or below its start (records it did not see
+    /// are gone, markers perhaps among them) is deleted.
     fn read_checkpoint(log: &sluice_log::Log) -> Option<(TxnIndex, Offset)> {
         let path = log.dir().join(TXN_CHECKPOINT);
         let bytes = std::fs::read(&path).ok()?;
         match TxnIndex::decode_checkpoint(&bytes) {
-            Some((index, covered)) if covered <= log.log_end() => Some((index, covered)),
+            Some((index, covered)) if log.log_start() <= covered && covered <= log.log_end() => {
+                Some((index, covered))
+            }
             found => {
                 if found.is_none() {
                     tracing::warn!(path = %path.display(), "a damaged transaction checkpoint; reading the newest segments instead");
@@ -287,6 +313,10 @@ impl ProducerStates {
             .store(!txns.is_empty(), Ordering::Release);
         self.checkpointed_segments
             .store(log.segment_count(), Ordering::Release);
+        self.checkpointed_at.store(
+            if had_checkpoint { covered.get() } else { -1 },
+            Ordering::Release,
+        );
         *self.txns() = txns;
         Ok(())
     }
@@ -593,6 +623,25 @@ mod tests {
         cut.rebuild_within(&reopened, 0).expect("rebuild");
         assert!(cut.txns().aborted_between(Offset::from(0), end).is_empty());
         assert!(!dir.path().join(TXN_CHECKPOINT).exists(), "deleted");
+
+        // Nor one below the log start (what it did not see is gone, the
+        // marker of a transaction it holds open perhaps among it).
+        std::fs::write(
+            dir.path().join(TXN_CHECKPOINT),
+            again.txns().encode_checkpoint(Offset::from(3)),
+        )
+        .expect("write");
+        reopened
+            .advance_log_start(Offset::from(10))
+            .expect("delete records");
+        let trimmed = ProducerStates::default();
+        trimmed.rebuild_within(&reopened, 0).expect("rebuild");
+        assert!(!dir.path().join(TXN_CHECKPOINT).exists(), "deleted");
+        assert_eq!(
+            trimmed.txns().last_stable_offset(end),
+            end,
+            "producer 8's transaction, open at 2, is not taken from it"
+        );
     }
 
     #[test]

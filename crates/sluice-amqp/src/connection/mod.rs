@@ -108,6 +108,8 @@ pub(crate) struct Connection {
     blocked: bool,
     /// The connection's entry in the broker's registry.
     registration: ConnectionHandle,
+    /// Transactional ids its channels' commits used (forgotten with it).
+    transactional_ids: Vec<String>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -160,6 +162,7 @@ impl Connection {
             published: false,
             blocked: false,
             registration,
+            transactional_ids: Vec::new(),
         };
         let mut reader = Reader {
             half: reader,
@@ -444,6 +447,13 @@ impl Connection {
                 channel.close(&vhost);
             }
             self.broker.vhosts().connection_closed(self.id);
+        }
+        let ids = std::mem::take(&mut self.transactional_ids);
+        if !ids.is_empty() {
+            // The coordinator forgets the ids of its commits (each was
+            // this connection's alone), off the async workers.
+            let broker = Arc::clone(&self.broker);
+            tokio::task::spawn_blocking(move || broker.transactions().forget(&ids));
         }
     }
 

@@ -4,8 +4,10 @@
 //!
 //! Where the broker serves Kafka transactions (a single node), what a
 //! commit routes to streams is written as one Kafka transaction of the
-//! channel's own transactional id (`__sluice_amqp_tx-<channel key>`):
-//! read_committed consumers see all of it or none, crash included.
+//! channel's own transactional id (`__sluice_amqp_tx-<channel key>`,
+//! forgotten when the connection closes; Kafka clients may not take ids
+//! of that prefix): read_committed consumers see all of it or none, crash
+//! included.
 
 use amq_protocol::protocol::{AMQPClass, tx};
 use bytes::BytesMut;
@@ -52,7 +54,11 @@ impl Connection {
                 let mut writes = sluice_core::transactions::TxnWrites::default();
                 let mut transactional_id = String::new();
                 let acks = self.with_channel(id, |ctx, channel| {
-                    transactional_id = format!("__sluice_amqp_tx-{}", channel.key);
+                    transactional_id = format!(
+                        "{}amqp_tx-{}",
+                        sluice_core::transactions::BROKER_TXN_PREFIX,
+                        channel.key
+                    );
                     let mut acks = sluice_core::Acks::default();
                     for action in actions {
                         match action {
@@ -91,6 +97,9 @@ impl Connection {
                     Ok(acks)
                 })?;
                 if !writes.is_empty() {
+                    if !self.transactional_ids.contains(&transactional_id) {
+                        self.transactional_ids.push(transactional_id.clone());
+                    }
                     let broker = std::sync::Arc::clone(&self.broker);
                     let written = tokio::task::spawn_blocking(move || {
                         broker

@@ -107,6 +107,10 @@ pub struct TxnMeta {
     offsets: BTreeMap<String, PendingOffsets>,
     pub started_ms: i64,
     pub updated_ms: i64,
+    /// The epoch before the last bump (-1: none), which a retried
+    /// InitProducerId may still name (Kafka's `lastProducerEpoch`); kept
+    /// in memory only.
+    pub last_epoch: i16,
 }
 
 /// Why the coordinator refused.
@@ -328,11 +332,19 @@ impl TxnCoordinator {
                 offsets: BTreeMap::new(),
                 started_ms: -1,
                 updated_ms: now,
+                last_epoch: -1,
             },
             Some(known) => {
                 let mut meta = known.clone();
+                let (previous_id, previous_epoch) = (meta.producer_id, meta.epoch);
+                // Markers of the last transaction still being written:
+                // the client retries (Kafka's answer).
+                if matches!(meta.state, TxnState::PrepareCommit | TxnState::PrepareAbort) {
+                    return Err(TxnError::Concurrent { id: id.to_owned() });
+                }
                 if let Some((producer_id, epoch)) = current
-                    && (producer_id != meta.producer_id || epoch != meta.epoch)
+                    && (producer_id != meta.producer_id
+                        || (epoch != meta.epoch && epoch != meta.last_epoch))
                 {
                     return Err(TxnError::Fenced {
                         id: id.to_owned(),
@@ -340,6 +352,14 @@ impl TxnCoordinator {
                         epoch,
                         current: meta.epoch,
                     });
+                }
+                // The epoch before the last bump: a retry of a call that
+                // bumped (its answer lost) gets that answer again.
+                if let Some((_, epoch)) = current
+                    && epoch != meta.epoch
+                    && meta.state != TxnState::Ongoing
+                {
+                    return Ok((meta.producer_id, meta.epoch));
                 }
                 // A producer id runs out of epochs: the id moves to a new
                 // one, as Kafka does.
@@ -361,6 +381,7 @@ impl TxnCoordinator {
                     }
                     if meta.producer_id == producer_id {
                         meta.epoch = epoch;
+                        meta.last_epoch = previous_epoch;
                     }
                     self.store(id, &meta)?;
                     self.publish(id, &meta);
@@ -370,6 +391,11 @@ impl TxnCoordinator {
                     txns.insert(id.to_owned(), meta.clone());
                     self.complete(broker, id, &mut meta)?;
                 }
+                meta.last_epoch = if previous_id == producer_id {
+                    previous_epoch
+                } else {
+                    -1
+                };
                 meta.producer_id = producer_id;
                 meta.epoch = epoch;
                 meta.timeout_ms = timeout_ms;
@@ -443,10 +469,18 @@ impl TxnCoordinator {
             }
             self.end(broker, id, producer_id, epoch, true)
         })();
-        if written.is_err()
-            && let Err(error) = self.end(broker, id, producer_id, epoch, false)
-        {
-            tracing::warn!(transactional_id = %id, %error, "cannot abort a failed transaction; it times out");
+        if let Err(failed) = &written {
+            let state = self.describe(id).map(|meta| meta.state);
+            if state == Some(TxnState::Ongoing) {
+                if let Err(error) = self.end(broker, id, producer_id, epoch, false) {
+                    tracing::warn!(transactional_id = %id, %error, "cannot abort a failed transaction; it times out");
+                }
+            } else if state == Some(TxnState::PrepareCommit) {
+                // Decided and durable (as Kafka answers EndTxn): its
+                // markers are written by the tick.
+                tracing::warn!(transactional_id = %id, error = %failed, "a commit's markers failed; the coordinator completes it");
+                return Ok(());
+            }
         }
         written
     }
@@ -807,25 +841,73 @@ impl TxnCoordinator {
         let expired: Vec<String> = txns
             .iter()
             .filter(|(_, meta)| {
-                matches!(
-                    meta.state,
-                    TxnState::Empty | TxnState::CompleteCommit | TxnState::CompleteAbort
-                ) && now.saturating_sub(meta.updated_ms) > self.expiration_ms
+                Self::idle(meta) && now.saturating_sub(meta.updated_ms) > self.expiration_ms
             })
             .map(|(id, _)| id.clone())
             .collect();
-        for id in expired {
-            if let Err(error) = self.write_value(&id, None, true) {
-                tracing::warn!(transactional_id = %id, %error, "cannot expire a transactional id; trying again");
-                continue;
-            }
-            txns.remove(&id);
-            self.writable
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&id);
-            tracing::info!(transactional_id = %id, expiration_ms = self.expiration_ms, "transactional id expired");
+        if self.drop_ids(txns, &expired, true) {
+            tracing::info!(
+                count = expired.len(),
+                expiration_ms = self.expiration_ms,
+                "transactional ids expired"
+            );
         }
+    }
+
+    /// No transaction open or being ended.
+    fn idle(meta: &TxnMeta) -> bool {
+        matches!(
+            meta.state,
+            TxnState::Empty | TxnState::CompleteCommit | TxnState::CompleteAbort
+        )
+    }
+
+    /// Forgets `ids` (tombstones in one batch, synced when `durable`);
+    /// whether they were written.
+    fn drop_ids(&self, txns: &mut HashMap<String, TxnMeta>, ids: &[String], durable: bool) -> bool {
+        if ids.is_empty() {
+            return false;
+        }
+        let Some(log) = self.log.as_ref() else {
+            return false;
+        };
+        let keys: Vec<Bytes> = ids.iter().map(|id| encode_key(id)).collect();
+        let entries: Vec<crate::replay::Entry<'_>> =
+            keys.iter().map(|key| (Some(&key[..]), None)).collect();
+        let written =
+            crate::replay::batch_of(&entries, "transaction state").and_then(|mut batch| {
+                if durable {
+                    log.append(&mut batch, crate::LOCAL_EPOCH)
+                } else {
+                    log.append_unsynced(&mut batch, crate::LOCAL_EPOCH)
+                }
+                .map_err(CoreError::from)
+            });
+        if let Err(error) = written {
+            tracing::warn!(count = ids.len(), %error, "cannot forget transactional ids; trying again later");
+            return false;
+        }
+        let mut writable = self.writable.lock().unwrap_or_else(|e| e.into_inner());
+        for id in ids {
+            txns.remove(id);
+            writable.remove(id);
+        }
+        true
+    }
+
+    /// Forgets `ids` that have no transaction open (the broker's own ids
+    /// of a closed AMQP connection). Blocking.
+    pub fn forget(&self, ids: &[String]) {
+        if !self.served() {
+            return;
+        }
+        let mut txns = self.lock();
+        let idle: Vec<String> = ids
+            .iter()
+            .filter(|id| txns.get(id.as_str()).is_some_and(Self::idle))
+            .cloned()
+            .collect();
+        self.drop_ids(&mut txns, &idle, false);
     }
 }
 
@@ -947,6 +1029,7 @@ fn decode_value(mut value: Bytes) -> Option<TxnMeta> {
         offsets,
         started_ms,
         updated_ms,
+        last_epoch: -1,
     })
 }
 
@@ -975,6 +1058,7 @@ mod tests {
             offsets: [("g".to_owned(), offsets)].into(),
             started_ms: 1_000,
             updated_ms: 2_000,
+            last_epoch: -1,
         };
         assert_eq!(decode_value(encode_value(&meta)), Some(meta));
         assert_eq!(decode_key(encode_key("tx-1")).as_deref(), Some("tx-1"));

@@ -30,6 +30,10 @@ mod coordinator;
 
 pub use coordinator::{TXN_STATE_LOG, TxnCoordinator, TxnError, TxnMeta, TxnState};
 
+/// The prefix of the broker's own transactional ids (an AMQP channel's
+/// commits into streams); Kafka clients may not use it.
+pub const BROKER_TXN_PREFIX: &str = "__sluice_";
+
 /// Record batches the broker writes as one Kafka transaction (AMQP
 /// publishes of a `tx.commit` routed to streams): each for a partition of
 /// a topic, in order.

@@ -21,6 +21,10 @@ pub(crate) async fn handle(
             .with_producer_epoch(-1)
     };
     if let Some(id) = request.transactional_id {
+        // The broker's own ids (AMQP transactions into streams).
+        if id.starts_with(sluice_core::transactions::BROKER_TXN_PREFIX) {
+            return refused(ResponseError::TransactionalIdAuthorizationFailed);
+        }
         let broker = Arc::clone(&context.broker);
         let current = (request.producer_id.0 >= 0 && request.producer_epoch >= 0)
             .then_some((request.producer_id.0, request.producer_epoch));

@@ -994,6 +994,86 @@ async fn idle_transactional_ids_expire_and_open_ones_stay() {
     assert_eq!(epoch, 0);
 }
 
+/// KIP-360 as Kafka answers it: InitProducerId naming the current epoch
+/// bumps it; naming the epoch before the last bump is a retry of that
+/// call (its answer lost) and gets the same answer again; an older one
+/// is fenced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_epoch_bump_gets_the_same_answer() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let context = context_on(dir.path());
+    let transactions = context.broker.transactions();
+    let init = |current: Option<(i64, i16)>| {
+        transactions.init_producer(&context.broker, "retried", 60_000, current)
+    };
+    let (producer, first) = init(None).expect("init");
+    assert_eq!(
+        init(Some((producer, first))).expect("bump"),
+        (producer, first + 1)
+    );
+    assert_eq!(
+        init(Some((producer, first))).expect("a retry"),
+        (producer, first + 1),
+        "answered again, not bumped"
+    );
+    assert_eq!(
+        init(Some((producer, first + 1))).expect("bump"),
+        (producer, first + 2)
+    );
+    assert!(matches!(
+        init(Some((producer, first))),
+        Err(sluice_core::transactions::TxnError::Fenced { .. })
+    ));
+}
+
+/// The broker's own transactional ids (AMQP commits into streams) are
+/// not for clients, and are forgotten with their connection when idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_brokers_own_transactional_ids_are_reserved_and_forgotten() {
+    use kafka_protocol::ResponseError;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let context = context_on(dir.path());
+    let request = InitProducerIdRequest::default()
+        .with_transactional_id(Some(TransactionalId(StrBytes::from_static_str(
+            "__sluice_amqp_tx-7",
+        ))))
+        .with_transaction_timeout_ms(60_000)
+        .with_producer_id(ProducerId(-1))
+        .with_producer_epoch(-1);
+    match dispatch(
+        &context,
+        RequestKind::InitProducerId(request),
+        4,
+        "test-client",
+    )
+    .await
+    {
+        Some(ResponseKind::InitProducerId(answer)) => assert_eq!(
+            answer.error_code,
+            ResponseError::TransactionalIdAuthorizationFailed.code()
+        ),
+        _ => panic!("no InitProducerId response"),
+    }
+    let transactions = context.broker.transactions();
+    context.broker.topic_or_create("t").expect("topic t");
+    let (idle, _) = transactions
+        .init_producer(&context.broker, "idle", 60_000, None)
+        .expect("init");
+    let (open, epoch) = transactions
+        .init_producer(&context.broker, "open", 60_000, None)
+        .expect("init");
+    transactions
+        .add("open", open, epoch, &[("t".to_owned(), 0)], None)
+        .expect("add");
+    transactions.forget(&["idle".to_owned(), "open".to_owned(), "unknown".to_owned()]);
+    assert!(transactions.describe("idle").is_none(), "forgotten");
+    assert!(transactions.describe("open").is_some(), "kept while open");
+    let (again, _) = transactions
+        .init_producer(&context.broker, "idle", 60_000, None)
+        .expect("init");
+    assert_ne!(again, idle);
+}
+
 /// AddPartitionsToTxn v4+ (the batched form brokers send, KIP-890):
 /// `verify_only` answers whether the open transaction holds each
 /// partition (TRANSACTION_ABORTABLE when not) and adds nothing; a

@@ -777,11 +777,6 @@ impl Queue {
         self.enqueue_from(message, None)
     }
 
-    /// As [`Queue::enqueue`], for a message forwarded from a topic: a
-    /// durable queue that already stored `source` (before a crash the
-    /// forwarder's position did not survive) keeps the one copy.
-    ///
-    /// # Errors
     /// A stream's: adds `message` to `writes` (a transaction's) instead of
     /// writing it; `false` for any other queue.
     ///
@@ -801,6 +796,11 @@ impl Queue {
         Ok(true)
     }
 
+    /// As [`Queue::enqueue`], for a message forwarded from a topic: a
+    /// durable queue that already stored `source` (before a crash the
+    /// forwarder's position did not survive) keeps the one copy.
+    ///
+    /// # Errors
     /// As [`Queue::enqueue`].
     pub fn enqueue_from(
         self: &Arc<Self>,
