@@ -499,39 +499,19 @@ pub(crate) fn record(
 mod tests {
     use super::*;
     use crate::transactions::{Marker, Outcome, encode_marker};
-    use kafka_protocol::records::{
-        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-    };
     use sluice_types::LeaderEpoch;
 
     /// A transactional batch of one record from `producer_id`.
     fn transactional(producer_id: i64, sequence: i32) -> bytes::BytesMut {
-        let record = Record {
-            transactional: true,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: 0,
-            producer_id,
-            producer_epoch: 0,
-            timestamp_type: TimestampType::Creation,
-            offset: 0,
-            sequence,
-            timestamp: 1,
+        let mut batch = sluice_log::batch::encode(&[sluice_log::batch::NewRecord {
             key: None,
-            value: Some(bytes::Bytes::from_static(b"in a transaction")),
-            headers: Default::default(),
-        };
-        let mut out = bytes::BytesMut::new();
-        RecordBatchEncoder::encode(
-            &mut out,
-            [&record],
-            &RecordEncodeOptions {
-                version: 2,
-                compression: Compression::None,
-            },
-        )
+            value: Some(b"in a transaction"),
+            timestamp: 1,
+        }])
         .expect("batch");
-        out
+        sluice_log::batch::set_producer(&mut batch, producer_id, 0, sequence, true)
+            .expect("producer");
+        batch
     }
 
     /// Appends `batch` as a partition does (under the producer lock,

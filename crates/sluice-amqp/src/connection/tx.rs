@@ -101,45 +101,15 @@ impl Connection {
                         self.transactional_ids.push(transactional_id.clone());
                     }
                     let broker = std::sync::Arc::clone(&self.broker);
-                    let written = tokio::task::spawn_blocking(move || {
+                    committed(move || {
                         broker
                             .transactions()
                             .write_atomically(&broker, &transactional_id, writes)
                     })
-                    .await;
-                    match written {
-                        Ok(Ok(())) => {}
-                        Ok(Err(error)) => {
-                            return Err(AmqpError::connection(
-                                crate::errors::INTERNAL_ERROR,
-                                format!("commit failed: {error}"),
-                            ));
-                        }
-                        Err(_) => {
-                            return Err(AmqpError::connection(
-                                crate::errors::INTERNAL_ERROR,
-                                "commit task failed",
-                            ));
-                        }
-                    }
+                    .await?;
                 }
                 if !acks.is_empty() {
-                    let waited = tokio::task::spawn_blocking(move || acks.wait()).await;
-                    match waited {
-                        Ok(Ok(())) => {}
-                        Ok(Err(error)) => {
-                            return Err(AmqpError::connection(
-                                crate::errors::INTERNAL_ERROR,
-                                format!("commit failed: {error}"),
-                            ));
-                        }
-                        Err(_) => {
-                            return Err(AmqpError::connection(
-                                crate::errors::INTERNAL_ERROR,
-                                "commit task failed",
-                            ));
-                        }
-                    }
+                    committed(move || acks.wait()).await?;
                 }
                 reply(&mut self.out, tx::AMQPMethod::CommitOk(tx::CommitOk {}));
                 Ok(())
@@ -161,5 +131,23 @@ impl Connection {
             ));
         };
         Ok(Some(std::mem::take(actions)))
+    }
+}
+
+/// Runs a commit's blocking step off the async workers; its failure
+/// closes the connection (the client cannot know what was applied).
+async fn committed<E: std::fmt::Display + Send + 'static>(
+    step: impl FnOnce() -> Result<(), E> + Send + 'static,
+) -> Result<(), AmqpError> {
+    match tokio::task::spawn_blocking(step).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(AmqpError::connection(
+            crate::errors::INTERNAL_ERROR,
+            format!("commit failed: {error}"),
+        )),
+        Err(_) => Err(AmqpError::connection(
+            crate::errors::INTERNAL_ERROR,
+            "commit task failed",
+        )),
     }
 }

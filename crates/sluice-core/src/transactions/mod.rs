@@ -382,34 +382,16 @@ mod tests {
             )
             .expect("marker")
         } else {
-            let records: Vec<Record> = (0..count)
-                .map(|i| Record {
-                    transactional: true,
-                    control: false,
-                    delete_horizon: false,
-                    partition_leader_epoch: 0,
-                    producer_id,
-                    producer_epoch: 0,
-                    timestamp_type: TimestampType::Creation,
-                    offset: i64::from(i),
-                    sequence: i,
-                    timestamp: 1,
+            let records: Vec<sluice_log::batch::NewRecord<'_>> = (0..count)
+                .map(|_| sluice_log::batch::NewRecord {
                     key: None,
-                    value: Some(Bytes::from_static(b"v")),
-                    headers: Default::default(),
+                    value: Some(b"v"),
+                    timestamp: 1,
                 })
                 .collect();
-            let mut out = BytesMut::new();
-            RecordBatchEncoder::encode(
-                &mut out,
-                &records,
-                &RecordEncodeOptions {
-                    version: 2,
-                    compression: Compression::None,
-                },
-            )
-            .expect("batch");
-            out
+            let mut batch = sluice_log::batch::encode(&records).expect("batch");
+            sluice_log::batch::set_producer(&mut batch, producer_id, 0, 0, true).expect("producer");
+            batch
         };
         let mut header = sluice_log::batch::split_verified(&batch)
             .expect("a valid batch")

@@ -119,8 +119,15 @@ async fn verify_one(
         None => vec![ResponseError::UnknownServerError.code(); wanted.len()],
     };
     let mut codes = codes.into_iter();
-    transaction
-        .topics
+    topic_results(transaction.topics, |_, _| codes.next().unwrap_or_default())
+}
+
+/// Each partition of `topics` with its code from `code_of(topic, partition)`.
+fn topic_results(
+    topics: Vec<AddPartitionsToTxnTopic>,
+    mut code_of: impl FnMut(&str, i32) -> i16,
+) -> Vec<AddPartitionsToTxnTopicResult> {
+    topics
         .into_iter()
         .map(|topic| {
             let partitions = topic
@@ -129,7 +136,7 @@ async fn verify_one(
                 .map(|partition| {
                     AddPartitionsToTxnPartitionResult::default()
                         .with_partition_index(*partition)
-                        .with_partition_error_code(codes.next().unwrap_or_default())
+                        .with_partition_error_code(code_of(topic.name.as_str(), *partition))
                 })
                 .collect();
             AddPartitionsToTxnTopicResult::default()
@@ -178,34 +185,13 @@ async fn add_to_one(
     } else {
         Err(ResponseError::OperationNotAttempted)
     };
-    topics
-        .into_iter()
-        .map(|topic| {
-            let partitions = topic
-                .partitions
-                .iter()
-                .map(|partition| {
-                    let code = match &outcome {
-                        Ok(()) => 0,
-                        Err(_)
-                            if missing.iter().any(|(t, p)| {
-                                t.as_str() == topic.name.as_str() && p == partition
-                            }) =>
-                        {
-                            ResponseError::UnknownTopicOrPartition.code()
-                        }
-                        Err(error) => error.code(),
-                    };
-                    AddPartitionsToTxnPartitionResult::default()
-                        .with_partition_index(*partition)
-                        .with_partition_error_code(code)
-                })
-                .collect();
-            AddPartitionsToTxnTopicResult::default()
-                .with_name(topic.name)
-                .with_results_by_partition(partitions)
-        })
-        .collect()
+    topic_results(topics, |topic, partition| match &outcome {
+        Ok(()) => 0,
+        Err(_) if missing.iter().any(|(t, p)| t == topic && *p == partition) => {
+            ResponseError::UnknownTopicOrPartition.code()
+        }
+        Err(error) => error.code(),
+    })
 }
 
 pub(crate) async fn add_offsets(
