@@ -420,6 +420,51 @@ def test_acks_on_a_cut_off_leader_do_not_bring_messages_back(proxied_cluster):
     none_came_back(deliveries, first, after, cancelled)
 
 
+def test_late_acks_for_a_former_instance_do_not_settle_the_next_ones_deliveries(proxied_cluster):
+    """A consumer on another node holds deliveries of the queue's leader;
+    the leader is cut off briefly (the others lead meanwhile, and the
+    consumer's link to it stays open), then leads again with a new
+    instance of the queue, which delivers a fresh message. The consumer
+    then acknowledges the first instance's deliveries: those acks must
+    not settle the fresh message (each instance numbers its deliveries
+    apart), which comes back once the consumer leaves without acking it."""
+    cluster = proxied_cluster
+    queue, leader = declared(cluster, "qq-late-acks")
+    consumer_node, publisher = [cluster.node(n) for n in (1, 2, 3) if n != leader]
+    old = [f"old-{i}".encode() for i in range(5)]
+    publish_confirmed(publisher, queue, old)
+    connection, ch, deliveries, _ = consuming(consumer_node, queue, prefetch=50, ack=False)
+    try:
+        pump(connection, lambda: len(deliveries) >= 5, 20, "the first instance's deliveries")
+        first = [tag for tag, _, _ in deliveries[:5]]
+        cluster.isolate(leader)
+        pump(connection, lambda: leader_of(publisher, queue) not in (leader, -1), 30, "another leader")
+        # The other leader delivers them again; acknowledged there.
+        pump(connection, lambda: len(deliveries) >= 10, 30, "the redeliveries")
+        ch.basic_ack(deliveries[9][0], multiple=False)
+        for tag, _, _ in deliveries[5:9]:
+            ch.basic_ack(tag)
+        cluster.heal()
+        # The preferred leader leads again, with a new instance.
+        pump(
+            connection,
+            lambda: all(leader_of(cluster.node(n), queue) == leader for n in (1, 2, 3)),
+            60,
+            "the first leader leading again",
+        )
+        publish_confirmed(publisher, queue, [b"fresh"], retry_nacks_for=20)
+        pump(connection, lambda: any(body == b"fresh" for _, body, _ in deliveries), 30, "the fresh message")
+        # Late: the first instance's deliveries.
+        for tag in first:
+            ch.basic_ack(tag)
+        linger(connection, 1.0)
+    finally:
+        if connection.is_open:
+            connection.close()
+    # Left unacknowledged: the fresh message is ready again.
+    assert take(publisher, queue, 1) == [b"fresh"]
+
+
 def high_watermark(node, topic: str) -> int | None:
     """A partition's high watermark on one node (its /metrics)."""
     wanted = f'sluice_kafka_partition_high_watermark{{topic="{topic}",partition="0"}}'

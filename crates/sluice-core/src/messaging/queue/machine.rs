@@ -217,6 +217,15 @@ pub(crate) struct QueueMachine {
     dispatch_after: i64,
 }
 
+/// Hands each queue instance its own range of delivery sequence numbers:
+/// a settlement meant for an instance that is gone (a quorum queue led
+/// again on this node, its deliveries settled late over another node's
+/// link) never names a delivery of the next one.
+static SEQ_RANGES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Delivery sequence numbers per instance.
+const SEQ_RANGE: u64 = 1 << 32;
+
 impl QueueMachine {
     pub(crate) fn new(args: QueueArgs, memory: Arc<ResourceMonitor>, now: i64) -> QueueMachine {
         QueueMachine {
@@ -226,7 +235,9 @@ impl QueueMachine {
             unacked: HashMap::new(),
             consumers: Vec::new(),
             next_consumer: 0,
-            next_seq: 0,
+            next_seq: SEQ_RANGES
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                .wrapping_mul(SEQ_RANGE),
             last_used: now,
             deleted: false,
             held: std::collections::BTreeMap::new(),
