@@ -274,33 +274,45 @@ def none_came_back(deliveries, acked: list[bytes], after: list[bytes], cancelled
     assert not cancelled, "the consumer was cancelled"
 
 
-def test_acks_made_as_the_leader_dies_do_not_bring_messages_back(fresh_cluster):
-    """A consumer on a surviving node acknowledges deliveries just after
-    the queue's leader is killed (the acks cannot reach it): its node
-    hands them to the new leader, so nothing acknowledged comes back;
-    what is published afterwards arrives, once."""
-    cluster = fresh_cluster
-    queue, leader = declared(cluster, "qq-acks-kill")
+def acks_across(cluster, prefix: str, fault) -> None:
+    """20 messages delivered to a consumer on a node that does not lead
+    the queue, then `fault(leader, publisher, connection, ch, deliveries)`
+    (which acknowledges them and waits for the queue to be led again);
+    then 10 more published and delivered: none acknowledged comes back."""
+    queue, leader = declared(cluster, prefix)
     publisher, consumer_node = [cluster.node(n) for n in (1, 2, 3) if n != leader]
     held = [f"held-{i}".encode() for i in range(20)]
     publish_confirmed(publisher, queue, held)
     connection, ch, deliveries, cancelled = consuming(consumer_node, queue, prefetch=20, ack=False)
     try:
-        pump(connection, lambda: len(deliveries) >= 20, 20, "20 deliveries before the kill")
-        cluster.node(leader).kill()
-        # Acknowledged after the kill: the former leader never sees these.
-        ch.basic_ack(deliveries[-1][0], multiple=True)
-        pump(connection, lambda: leader_of(publisher, queue) not in (leader, -1), 30, "a new leader")
+        pump(connection, lambda: len(deliveries) >= 20, 20, "20 deliveries before the fault")
+        fault(queue, leader, publisher, connection, ch, deliveries)
         after = [f"after-{i}".encode() for i in range(10)]
         publish_confirmed(publisher, queue, after, retry_nacks_for=20)
-        pump(connection, lambda: len(deliveries) >= 30, 30, "the messages published after the failover")
-        for tag, body, _ in deliveries[20:]:
+        pump(connection, lambda: len(deliveries) >= 30, 30, "the messages published after the fault")
+        for tag, _, _ in deliveries[20:]:
             ch.basic_ack(tag)
         linger(connection)
     finally:
         if connection.is_open:
             connection.close()
     none_came_back(deliveries, held, after, cancelled)
+
+
+def test_acks_made_as_the_leader_dies_do_not_bring_messages_back(fresh_cluster):
+    """A consumer on a surviving node acknowledges deliveries just after
+    the queue's leader is killed (the acks cannot reach it): its node
+    hands them to the new leader, so nothing acknowledged comes back;
+    what is published afterwards arrives, once."""
+    cluster = fresh_cluster
+
+    def kill_then_ack(queue, leader, publisher, connection, ch, deliveries):
+        cluster.node(leader).kill()
+        # Acknowledged after the kill: the former leader never sees these.
+        ch.basic_ack(deliveries[-1][0], multiple=True)
+        pump(connection, lambda: leader_of(publisher, queue) not in (leader, -1), 30, "a new leader")
+
+    acks_across(cluster, "qq-acks-kill", kill_then_ack)
 
 
 def test_acks_lost_with_a_leader_that_comes_back_leading_do_not_bring_messages_back(tmp_path, request):
@@ -317,13 +329,8 @@ def test_acks_lost_with_a_leader_that_comes_back_leading_do_not_bring_messages_b
         name=f"cluster[{request.node.name}]",
         settings={"cluster.session_timeout": "60s"},
     ) as cluster:
-        queue, leader = declared(cluster, "qq-acks-back")
-        publisher, consumer_node = [cluster.node(n) for n in (1, 2, 3) if n != leader]
-        held = [f"held-{i}".encode() for i in range(20)]
-        publish_confirmed(publisher, queue, held)
-        connection, ch, deliveries, cancelled = consuming(consumer_node, queue, prefetch=20, ack=False)
-        try:
-            pump(connection, lambda: len(deliveries) >= 20, 20, "20 deliveries")
+
+        def pause_ack_restart(queue, leader, publisher, connection, ch, deliveries):
             node = cluster.node(leader)
             os.kill(node.proc.pid, signal.SIGSTOP)
             ch.basic_ack(deliveries[-1][0], multiple=True)
@@ -337,16 +344,8 @@ def test_acks_lost_with_a_leader_that_comes_back_leading_do_not_bring_messages_b
                 30,
                 "the same leader on every node",
             )
-            after = [f"after-{i}".encode() for i in range(10)]
-            publish_confirmed(publisher, queue, after, retry_nacks_for=20)
-            pump(connection, lambda: len(deliveries) >= 30, 30, "the messages published after the restart")
-            for tag, _, _ in deliveries[20:]:
-                ch.basic_ack(tag)
-            linger(connection)
-        finally:
-            if connection.is_open:
-                connection.close()
-        none_came_back(deliveries, held, after, cancelled)
+
+        acks_across(cluster, "qq-acks-back", pause_ack_restart)
 
 
 def test_a_basic_get_acked_as_the_leader_dies_does_not_come_back(fresh_cluster):
