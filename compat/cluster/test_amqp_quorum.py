@@ -315,6 +315,55 @@ def test_acks_made_as_the_leader_dies_do_not_bring_messages_back(fresh_cluster):
     acks_across(cluster, "qq-acks-kill", kill_then_ack)
 
 
+def test_unacknowledged_deliveries_stay_with_their_consumer_through_a_failover(fresh_cluster):
+    """A consumer on a surviving node holds ten deliveries, unacknowledged,
+    while the queue's leader is killed: the new leader does not deliver
+    them again (its node tells it what its clients hold), the consumer
+    acknowledges five of them and requeues five through the new leader:
+    those five come back once each, flagged; the acknowledged ones never
+    do, nor does anything twice."""
+    cluster = fresh_cluster
+    queue, leader = declared(cluster, "qq-hold")
+    publisher, consumer_node = [cluster.node(n) for n in (1, 2, 3) if n != leader]
+    held = [f"held-{i}".encode() for i in range(10)]
+    publish_confirmed(publisher, queue, held)
+    connection, ch, deliveries, cancelled = consuming(consumer_node, queue, prefetch=50, ack=False)
+    try:
+        pump(connection, lambda: len(deliveries) >= 10, 20, "10 deliveries before the kill")
+        cluster.node(leader).kill()
+        pump(connection, lambda: leader_of(publisher, queue) not in (leader, -1), 30, "a new leader")
+        pump(connection, lambda: leader_of(consumer_node, queue) not in (leader, -1), 30,
+             "the new leader known on the consumer's node")
+        # Past the new leader's wait for settlements and the consumer's
+        # registration with it: a delivery again would have come by now.
+        linger(connection, 4.0)
+        again = [body for _, body, _ in deliveries[10:]]
+        assert not again, f"the new leader delivered again what the consumer holds: {again}"
+        tags = {body: tag for tag, body, _ in deliveries[:10]}
+        for body in held[:5]:
+            ch.basic_ack(tags[body])
+        for body in held[5:]:
+            ch.basic_nack(tags[body], requeue=True)
+        pump(connection, lambda: len(deliveries) >= 15, 20, "the five requeued messages back")
+        for tag, _, _ in deliveries[10:]:
+            ch.basic_ack(tag)
+        after = [f"after-{i}".encode() for i in range(5)]
+        publish_confirmed(publisher, queue, after, retry_nacks_for=20)
+        pump(connection, lambda: len(deliveries) >= 20, 30, "the messages published after the failover")
+        for tag, _, _ in deliveries[15:]:
+            ch.basic_ack(tag)
+        linger(connection)
+    finally:
+        if connection.is_open:
+            connection.close()
+    back = deliveries[10:15]
+    assert sorted(body for _, body, _ in back) == sorted(held[5:]), back
+    assert all(redelivered for _, _, redelivered in back), "requeued messages come back flagged"
+    bodies = [body for _, body, _ in deliveries]
+    assert len(bodies) == 20 and sorted(bodies[15:]) == sorted(after), bodies
+    assert not cancelled, "the consumer was cancelled"
+
+
 def test_acks_lost_with_a_leader_that_comes_back_leading_do_not_bring_messages_back(tmp_path, request):
     """The queue's leader is paused, the consumer (on another node)
     acknowledges what it got (the acks wait unread on the leader's
@@ -421,8 +470,9 @@ def test_acks_on_a_cut_off_leader_do_not_bring_messages_back(proxied_cluster):
 
 def test_late_acks_for_a_former_instance_do_not_settle_the_next_ones_deliveries(proxied_cluster):
     """A consumer on another node holds deliveries of the queue's leader;
-    the leader is cut off briefly (the others lead meanwhile, and the
-    consumer's link to it stays open), then leads again with a new
+    the leader is cut off briefly (the others lead meanwhile, holding
+    them for the consumer, and the consumer's link to it stays open),
+    then leads again with a new
     instance of the queue, which delivers a fresh message. The consumer
     then acknowledges the first instance's deliveries: those acks must
     not settle the fresh message (each instance numbers its deliveries
@@ -438,11 +488,10 @@ def test_late_acks_for_a_former_instance_do_not_settle_the_next_ones_deliveries(
         first = [tag for tag, _, _ in deliveries[:5]]
         cluster.isolate(leader)
         pump(connection, lambda: leader_of(publisher, queue) not in (leader, -1), 30, "another leader")
-        # The other leader delivers them again; acknowledged there.
-        pump(connection, lambda: len(deliveries) >= 10, 30, "the redeliveries")
-        ch.basic_ack(deliveries[9][0], multiple=False)
-        for tag, _, _ in deliveries[5:9]:
-            ch.basic_ack(tag)
+        # The other leader holds them for the consumer (not delivered
+        # again).
+        linger(connection, 2.0)
+        assert len(deliveries) == 5, deliveries
         cluster.heal()
         # The preferred leader leads again, with a new instance.
         pump(
@@ -460,8 +509,10 @@ def test_late_acks_for_a_former_instance_do_not_settle_the_next_ones_deliveries(
     finally:
         if connection.is_open:
             connection.close()
-    # Left unacknowledged: the fresh message is ready again.
+    # Left unacknowledged: the fresh message is ready again, and only it.
     assert take(publisher, queue, 1) == [b"fresh"]
+    with channel(publisher) as ch:
+        assert ch.basic_get(queue)[0] is None, "the late acks did not settle the first deliveries"
 
 
 def high_watermark(node, topic: str) -> int | None:

@@ -32,7 +32,8 @@
 //! `CANCEL [consumer:8]`, `SETTLE [vhost][queue][op:1][count:4][seq:8]*`,
 //! `GET [id:8][vhost][queue][no_ack:1]`, `PURGE [id:8][vhost][queue]`,
 //! `CONNECTIONS [id:8]`,
-//! `RESETTLE [id:8][vhost][queue][count:4]([message:8][epoch:4])*`. Every kind from `CONNECTIONS` on starts with its
+//! `RESETTLE [id:8][vhost][queue][count:4]([message:8][epoch:4])*`,
+//! `HOLD` (as `RESETTLE`), `RELEASE [id:8][vhost][queue][op:1][count:4]([message:8][epoch:4])*`. Every kind from `CONNECTIONS` on starts with its
 //! call id: a node refuses a kind it does not know (a newer peer's) with
 //! `ANSWER [id][1]` and keeps the link.
 //! From it: `ANSWER [id:8][refused:1][reason]`,
@@ -50,7 +51,15 @@
 //! leader after the link to it failed (killed and started again before
 //! the controller noticed, it leads on in the same epoch without what it
 //! had not replicated), so that a settlement the former leader did not
-//! replicate does not bring its message back.
+//! replicate does not bring its message back. With them (and whenever
+//! its consumers register again) it sends `HOLD`: the messages its
+//! clients still hold of a former leader's deliveries, which the leader
+//! takes off its ready list as delivered over this link (requeued if the
+//! link fails) instead of delivering them again; the client's ack reaches
+//! it as a settlement by id, a reject or requeue as `RELEASE`. A node
+//! that stops leading a quorum queue cancels the consumers other nodes
+//! registered with it (they register with the next leader from their own
+//! node).
 //!
 //! `basic.get` and `queue.purge` of a remote queue wait for the home's
 //! answer (at most 30 s) on the calling thread, out of the async
@@ -64,8 +73,8 @@ use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use sluice_core::messaging::{
-    ConsumerEvent, ConsumerSpec, Credit, Delivery, Message, MessageRef, MessagingError, Queue,
-    QueueType, RemoteQueues, RemoteSettled, RemoteSettlement, VirtualHost,
+    ConsumerEvent, ConsumerSpec, Credit, Delivery, Message, MessageRef, MessagingError,
+    PEER_CONSUMER, Queue, QueueType, RemoteQueues, RemoteSettled, RemoteSettlement, VirtualHost,
 };
 use sluice_core::{Acks, Broker, PendingAck, RemoteOutcome};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -87,6 +96,8 @@ const GET: u8 = 5;
 const PURGE: u8 = 6;
 const CONNECTIONS: u8 = 7;
 const RESETTLE: u8 = 8;
+const HOLD: u8 = 9;
+const RELEASE: u8 = 10;
 const ANSWER: u8 = 1;
 const DELIVER: u8 = 2;
 const CANCELLED: u8 = 3;
@@ -194,14 +205,31 @@ fn frame(kind: u8, fields: &[u8]) -> Bytes {
     out.freeze()
 }
 
+/// A frame of `kind` whose fields `fill` writes in place (about
+/// `capacity` bytes of them): no copy of a message between its encoding
+/// and the link's writer.
+fn frame_with(
+    kind: u8,
+    capacity: usize,
+    fill: impl FnOnce(&mut BytesMut) -> Result<(), String>,
+) -> Result<Bytes, String> {
+    let mut out = BytesMut::with_capacity(5 + capacity);
+    out.put_u32(0);
+    out.put_u8(kind);
+    fill(&mut out)?;
+    let len = u32::try_from(out.len() - 4).map_err(|_| "a frame over 4 GiB")?;
+    out[..4].copy_from_slice(&len.to_be_bytes());
+    Ok(out.freeze())
+}
+
 fn encode_enqueue(id: u64, vhost: &str, queue: &str, message: &Message) -> Result<Bytes, String> {
-    let encoded = message.encode()?;
-    let mut fields = BytesMut::with_capacity(10 + vhost.len() + queue.len() + encoded.len());
-    fields.put_u64(id);
-    put_short(&mut fields, vhost)?;
-    put_short(&mut fields, queue)?;
-    fields.put_slice(&encoded);
-    Ok(frame(ENQUEUE, &fields))
+    let capacity = 10 + vhost.len() + queue.len() + message.encoded_len_hint() + 64;
+    frame_with(ENQUEUE, capacity, |fields| {
+        fields.put_u64(id);
+        put_short(fields, vhost)?;
+        put_short(fields, queue)?;
+        message.encode_into(fields)
+    })
 }
 
 /// An ENQUEUE's fields: id, virtual host, queue and message.
@@ -328,8 +356,9 @@ enum Outgoing {
         frame: Bytes,
     },
     Heartbeat,
-    /// Settlements made through a quorum queue's former leader, framed.
-    Resettle(Bytes),
+    /// Messages of a quorum queue for its leader (`RESETTLE`, `HOLD`,
+    /// `RELEASE`), framed.
+    Framed(Bytes),
     /// Settlements by the home's sequence numbers (a consumer's, or of
     /// deliveries no consumer here could take), of deliveries made over
     /// connection `connection` (dropped on any other: the home requeued
@@ -405,9 +434,17 @@ fn lose(state: &LinkState, consumer: LocalConsumer) {
     }
 }
 
-/// A delivery this node took: the connection it came over, the home's
-/// sequence number, and a quorum queue's message reference.
-type Sent = (u64, u64, Option<MessageRef>);
+/// A delivery this node took.
+#[derive(Debug)]
+struct Sent {
+    /// The connection it came over.
+    over: u64,
+    /// The home's sequence number.
+    home_seq: u64,
+    /// A quorum queue's: the message as every leader knows it, and the
+    /// stand-in it came through (its queue's name).
+    quorum: Option<(MessageRef, Arc<Queue>)>,
+}
 
 /// Where a call's answer goes: the connection it came over, and its fields.
 type Answer = std::sync::mpsc::SyncSender<(u64, Bytes)>;
@@ -619,7 +656,12 @@ impl RemoteQueues for Carrier {
                 let (_, state) = self.link(home);
                 let seq = state.next_seq.fetch_add(1, Ordering::Relaxed) + 1;
                 if !no_ack {
-                    lock(&state.deliveries).insert(seq, (connection, home_seq, quorum));
+                    let sent = Sent {
+                        over: connection,
+                        home_seq,
+                        quorum: quorum.map(|message| (message, Arc::clone(queue))),
+                    };
+                    lock(&state.deliveries).insert(seq, sent);
                 }
                 Ok(Some((seq, Arc::new(message), redelivered, remaining)))
             }
@@ -777,16 +819,16 @@ impl RemoteQueues for Carrier {
         {
             let mut deliveries = lock(&state.deliveries);
             for seq in seqs {
-                let Some((over, home_seq, quorum)) = deliveries.remove(seq) else {
+                let Some(Sent {
+                    over,
+                    home_seq,
+                    quorum,
+                }) = deliveries.remove(seq)
+                else {
                     continue;
                 };
-                // Acks only: a reject without requeue may be held by the
-                // leader until its dead-letter target confirms it
-                // (at-least-once), which is the leader's to settle.
                 let sent = up && over == current;
-                if settlement == RemoteSettlement::Ack
-                    && let Some(quorum) = quorum
-                {
+                if let Some((quorum, _)) = quorum {
                     if sent {
                         settled.sent.push(quorum);
                     } else {
@@ -795,7 +837,8 @@ impl RemoteQueues for Carrier {
                 }
                 // Made over a connection that failed: nothing to send
                 // (its home requeued it when the connection closed; a
-                // quorum queue's ack goes on to its current leader).
+                // quorum queue's settlement goes on to its current
+                // leader).
                 if sent {
                     home_seqs.push(home_seq);
                 }
@@ -821,19 +864,59 @@ impl RemoteQueues for Carrier {
     }
 
     fn resettle(&self, home: i32, vhost: &str, queue: &str, refs: &[MessageRef]) {
-        let mut extra = BytesMut::with_capacity(4 + 12 * refs.len());
-        extra.put_u32(u32::try_from(refs.len()).unwrap_or(u32::MAX));
-        for settled in refs {
-            extra.put_u64(settled.id);
-            extra.put_i32(settled.epoch);
+        self.send_refs(home, RESETTLE, vhost, queue, None, refs);
+    }
+
+    fn held_refs(&self, vhost: &str, queue: &str) -> Vec<MessageRef> {
+        let mut refs = Vec::new();
+        for (_, state) in self.links() {
+            refs.extend(lock(&state.deliveries).values().filter_map(|sent| {
+                let (message, stand_in) = sent.quorum.as_ref()?;
+                (stand_in.name() == queue && stand_in.vhost() == vhost).then_some(*message)
+            }));
         }
-        // Call id 0: no answer is waited for.
-        match call_frame(RESETTLE, 0, vhost, queue, &extra) {
+        refs
+    }
+
+    fn hold(&self, home: i32, vhost: &str, queue: &str, refs: &[MessageRef]) {
+        self.send_refs(home, HOLD, vhost, queue, None, refs);
+    }
+
+    fn release(&self, home: i32, vhost: &str, queue: &str, requeue: bool, refs: &[MessageRef]) {
+        let op = if requeue { OP_REQUEUE } else { OP_REJECT };
+        self.send_refs(home, RELEASE, vhost, queue, Some(op), refs);
+    }
+}
+
+impl Carrier {
+    /// Sends `RESETTLE`, `HOLD` or `RELEASE` (`op` first) for `refs`:
+    /// call id 0, no answer waited for.
+    fn send_refs(
+        &self,
+        home: i32,
+        kind: u8,
+        vhost: &str,
+        queue: &str,
+        op: Option<u8>,
+        refs: &[MessageRef],
+    ) {
+        let mut extra = BytesMut::with_capacity(5 + 12 * refs.len());
+        if let Some(op) = op {
+            extra.put_u8(op);
+        }
+        extra.put_u32(u32::try_from(refs.len()).unwrap_or(u32::MAX));
+        for message in refs {
+            extra.put_u64(message.id);
+            extra.put_i32(message.epoch);
+        }
+        match call_frame(kind, 0, vhost, queue, &extra) {
             Ok(frame) => {
                 let (outgoing, _) = self.link(home);
-                let _ = outgoing.send(Outgoing::Resettle(frame));
+                let _ = outgoing.send(Outgoing::Framed(frame));
             }
-            Err(reason) => tracing::warn!(%reason, "cannot encode settlements for a new leader"),
+            Err(reason) => {
+                tracing::warn!(%reason, kind, "cannot encode messages for a quorum queue's leader")
+            }
         }
     }
 }
@@ -868,7 +951,7 @@ fn connection_lost(state: &LinkState, waiting: &Waiting, connection: u64, reason
     }
     // A quorum queue's deliveries are kept: their settlements go to the
     // queue's next leader.
-    lock(&state.deliveries).retain(|_, (over, _, quorum)| *over != connection || quorum.is_some());
+    lock(&state.deliveries).retain(|_, sent| sent.over != connection || sent.quorum.is_some());
     // Calls sent over it fail (their senders dropped); those not sent
     // yet go over the next one.
     lock(&state.calls).retain(|_, (over, _)| *over != connection);
@@ -997,7 +1080,7 @@ fn refuse(state: &LinkState, item: Outgoing, reason: &str) {
         Outgoing::Call { id, .. } => {
             lock(&state.calls).remove(&id);
         }
-        Outgoing::SettleHome { .. } | Outgoing::Resettle(_) | Outgoing::Heartbeat => {}
+        Outgoing::SettleHome { .. } | Outgoing::Framed(_) | Outgoing::Heartbeat => {}
     }
 }
 
@@ -1068,7 +1151,7 @@ fn outgoing_frame(
             }
             Ok(frame)
         }
-        Outgoing::Resettle(frame) => Ok(frame),
+        Outgoing::Framed(frame) => Ok(frame),
         Outgoing::Heartbeat => Ok(frame(HEARTBEAT, &[])),
     };
     match encoded {
@@ -1163,7 +1246,12 @@ fn delivered(
     };
     let seq = state.next_seq.fetch_add(1, Ordering::Relaxed) + 1;
     if !target.no_ack {
-        lock(&state.deliveries).insert(seq, (connection, home_seq, quorum));
+        let sent = Sent {
+            over: connection,
+            home_seq,
+            quorum: quorum.map(|message| (message, Arc::clone(&stand_in))),
+        };
+        lock(&state.deliveries).insert(seq, sent);
     }
     // The home held the consumer to its prefetch; the channel's count
     // (and its global prefetch) sees the delivery too.
@@ -1295,12 +1383,17 @@ struct HomeConsumer {
 }
 
 /// A peer's consumers and their deliveries not settled yet.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct HomeState {
+    /// Names the link as the holder of what it holds (never 0: this
+    /// node's own clients).
+    id: u64,
     /// By channel key.
     consumers: HashMap<u64, HomeConsumer>,
-    /// Deliveries and gets not settled yet, by (vhost, queue, seq).
-    unsettled: HashMap<(String, String, u64), Unsettled>,
+    /// Deliveries and gets not settled yet, by sequence number (every
+    /// queue instance of this node numbers its deliveries in its own
+    /// range).
+    unsettled: HashMap<u64, Unsettled>,
 }
 
 /// A delivery (to a consumer, or a `basic.get`) the peer has not settled.
@@ -1323,6 +1416,8 @@ enum Work {
     Purge(Bytes),
     Connections(Bytes),
     Resettle(Bytes),
+    Hold(Bytes),
+    Release(Bytes),
 }
 
 /// One peer's link: its requests handled in order on one thread, the
@@ -1337,7 +1432,11 @@ async fn serve_link(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
     let (events, mut events_rx) = mpsc::unbounded_channel::<ConsumerEvent>();
     let (work, work_rx) = std::sync::mpsc::channel::<Work>();
     let (enqueued, enqueued_rx) = std::sync::mpsc::channel::<(u64, Result<Acks, String>)>();
-    let state = Arc::new(Mutex::new(HomeState::default()));
+    let state = Arc::new(Mutex::new(HomeState {
+        id: REMOTE_CHANNELS.fetch_add(1, Ordering::Relaxed),
+        consumers: HashMap::new(),
+        unsettled: HashMap::new(),
+    }));
 
     let worker = {
         let (broker, state, frames, events) = (
@@ -1371,6 +1470,8 @@ async fn serve_link(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
                         let _ = frames.send(connections_for_peer(&broker, id));
                     }),
                     Work::Resettle(fields) => resettled(&broker, fields),
+                    Work::Hold(fields) => hold_for_peer(&broker, &state, fields),
+                    Work::Release(fields) => release_for_peer(&broker, &state, fields),
                 };
                 if handled.is_none() {
                     tracing::warn!(%peer, "a damaged request on a message link");
@@ -1459,6 +1560,8 @@ async fn serve_link(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
                     PURGE => Work::Purge(fields),
                     CONNECTIONS => Work::Connections(fields),
                     RESETTLE => Work::Resettle(fields),
+                    HOLD => Work::Hold(fields),
+                    RELEASE => Work::Release(fields),
                     other => {
                         // A newer peer's call (every kind from CONNECTIONS
                         // on starts with its call id): refused, the link
@@ -1501,21 +1604,87 @@ async fn serve_link(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
     writing.abort();
 }
 
+/// The fields of `RESETTLE`, `HOLD` and `RELEASE` after the call id,
+/// virtual host, queue (and `RELEASE`'s op): `[count:4]([message:8][epoch:4])*`.
+fn get_refs(fields: &mut Bytes) -> Option<Vec<MessageRef>> {
+    let count = get_count(fields, 12)?;
+    Some(
+        (0..count)
+            .map(|_| MessageRef {
+                id: fields.get_u64(),
+                epoch: fields.get_i32(),
+            })
+            .collect(),
+    )
+}
+
 /// Settlements a peer's consumers made through a quorum queue's former
 /// leader, for this node as its new one.
 fn resettled(broker: &Broker, mut fields: Bytes) -> Option<()> {
     let _id = get_u64(&mut fields)?;
     let vhost = get_short(&mut fields)?;
     let queue = get_short(&mut fields)?;
-    let count = get_count(&mut fields, 12)?;
-    let refs: Vec<MessageRef> = (0..count)
-        .map(|_| MessageRef {
-            id: fields.get_u64(),
-            epoch: fields.get_i32(),
-        })
-        .collect();
+    let refs = get_refs(&mut fields)?;
     if let Some(host) = broker.vhosts().get(&vhost) {
         host.settled_elsewhere(&queue, &refs);
+    }
+    Some(())
+}
+
+/// A peer's clients hold these messages of a quorum queue this node
+/// leads, delivered by a former leader: taken off its ready list, as
+/// delivered over this link (requeued if it fails), until the peer
+/// settles them by their ids.
+fn hold_for_peer(broker: &Broker, state: &Mutex<HomeState>, mut fields: Bytes) -> Option<()> {
+    let (_, found) = call_target(broker, &mut fields)?;
+    let refs = get_refs(&mut fields)?;
+    let Ok((host, target)) = found else {
+        return Some(());
+    };
+    let holder = lock(state).id;
+    let seqs = target.hold_refs(&refs, holder);
+    tracing::debug!(
+        queue = target.name(),
+        asked = refs.len(),
+        held = seqs.len(),
+        "a former leader's deliveries held for another node's clients"
+    );
+    let mut held = lock(state);
+    for seq in seqs {
+        held.unsettled.insert(
+            seq,
+            Unsettled {
+                channel: None,
+                vhost: Arc::clone(&host),
+                queue: Arc::clone(&target),
+            },
+        );
+    }
+    Some(())
+}
+
+/// A peer's clients gave back messages this node held for them
+/// ([`hold_for_peer`]): requeued, or dead.
+fn release_for_peer(broker: &Broker, state: &Mutex<HomeState>, mut fields: Bytes) -> Option<()> {
+    let (_, found) = call_target(broker, &mut fields)?;
+    let op = get_u8(&mut fields)?;
+    let refs = get_refs(&mut fields)?;
+    let Ok((host, target)) = found else {
+        return Some(());
+    };
+    let holder = lock(state).id;
+    match target.release_refs(&refs, op == OP_REQUEUE, holder) {
+        Ok((seqs, dead)) => {
+            let mut held = lock(state);
+            for seq in seqs {
+                held.unsettled.remove(&seq);
+            }
+            drop(held);
+            host.dead_letter(dead);
+        }
+        Err(error) => {
+            tracing::warn!(queue = target.name(), %error, "cannot give back messages held for another node");
+        }
     }
     Some(())
 }
@@ -1587,7 +1756,7 @@ fn consume(
         tag,
         channel,
         // Remote queues are never exclusive to a connection.
-        connection: u64::MAX,
+        connection: PEER_CONSUMER,
         no_ack: request.no_ack,
         exclusive: request.exclusive,
         priority: request.priority,
@@ -1648,8 +1817,12 @@ fn settle(state: &Mutex<HomeState>, vhost: &str, queue: &str, op: u8, seqs: &[u6
         let found: Vec<(u64, Unsettled)> = seqs
             .iter()
             .filter_map(|seq| {
-                held.unsettled
-                    .remove(&(vhost.to_owned(), queue.to_owned(), *seq))
+                let named = held.unsettled.get(seq).is_some_and(|unsettled| {
+                    unsettled.queue.name() == queue && unsettled.queue.vhost() == vhost
+                });
+                named
+                    .then(|| held.unsettled.remove(seq))
+                    .flatten()
                     .map(|unsettled| (*seq, unsettled))
             })
             .collect();
@@ -1714,7 +1887,11 @@ fn deliver(
         ConsumerEvent::Deliver(delivery) => delivery,
         ConsumerEvent::Cancelled { channel, .. } => {
             if let Some(consumer) = lock(state).consumers.remove(&channel) {
-                send_cancelled(frames, consumer.id, "the queue was deleted");
+                send_cancelled(
+                    frames,
+                    consumer.id,
+                    "the queue stopped on this node (deleted, or led elsewhere now)",
+                );
             }
             return;
         }
@@ -1729,11 +1906,7 @@ fn deliver(
     if !no_ack {
         let vhost = Arc::clone(&consumer.vhost);
         held.unsettled.insert(
-            (
-                delivery.queue.vhost().to_owned(),
-                delivery.queue.name().to_owned(),
-                delivery.seq,
-            ),
+            delivery.seq,
             Unsettled {
                 channel: Some(delivery.channel),
                 vhost,
@@ -1742,17 +1915,19 @@ fn deliver(
         );
     }
     drop(held);
-    let Ok(encoded) = delivery.message.encode() else {
+    let capacity = 30 + delivery.message.encoded_len_hint() + 64;
+    let encoded = frame_with(DELIVER, capacity, |fields| {
+        fields.put_u64(id);
+        fields.put_u64(delivery.seq);
+        fields.put_u8(u8::from(delivery.redelivered));
+        put_quorum_ref(fields, delivery.quorum);
+        delivery.message.encode_into(fields)
+    });
+    let Ok(encoded) = encoded else {
         give_back(broker, &delivery.queue, delivery.seq);
         return;
     };
-    let mut fields = BytesMut::with_capacity(30 + encoded.len());
-    fields.put_u64(id);
-    fields.put_u64(delivery.seq);
-    fields.put_u8(u8::from(delivery.redelivered));
-    put_quorum_ref(&mut fields, delivery.quorum);
-    fields.put_slice(&encoded);
-    let _ = frames.send(frame(DELIVER, &fields));
+    let _ = frames.send(encoded);
     if no_ack {
         // A no-ack consumer's window counts deliveries not yet sent.
         credit.release(1);
@@ -1812,7 +1987,7 @@ fn get_for_peer(broker: &Broker, state: &Mutex<HomeState>, mut fields: Bytes) ->
             };
             if !no_ack {
                 lock(state).unsettled.insert(
-                    (target.vhost().to_owned(), target.name().to_owned(), seq),
+                    seq,
                     Unsettled {
                         channel: None,
                         vhost: Arc::clone(&host),
@@ -1873,7 +2048,7 @@ fn drop_consumers(state: &Mutex<HomeState>) {
     }
     // Grouped by the queue that delivered them.
     let mut by_queue: Vec<(Unsettled, Vec<u64>)> = Vec::new();
-    for ((_, _, seq), unsettled) in unsettled {
+    for (seq, unsettled) in unsettled {
         match by_queue
             .iter_mut()
             .find(|(held, _)| Arc::ptr_eq(&held.queue, &unsettled.queue))

@@ -11,7 +11,7 @@ use amq_protocol::protocol::BasicProperties;
 use amq_protocol::protocol::basic::{gen_properties, parse_properties};
 use amq_protocol::types::generation::gen_field_table;
 use amq_protocol::types::{AMQPValue, FieldTable, ShortString};
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes};
 
 /// A published message. Shared (`Arc`) by every queue it was routed to.
 #[derive(Debug, Clone, PartialEq)]
@@ -70,20 +70,30 @@ impl Message {
     /// # Errors
     /// The codec's message when properties cannot be encoded.
     pub fn encode(&self) -> Result<Vec<u8>, String> {
+        let mut out = Vec::new();
+        self.encode_into(&mut out)?;
+        Ok(out)
+    }
+
+    /// As [`Message::encode`], appended to `out`.
+    ///
+    /// # Errors
+    /// As [`Message::encode`] (`out` may then hold part of it).
+    pub fn encode_into<B: BufMut>(&self, out: &mut B) -> Result<(), String> {
         let properties = encode_properties(&self.properties)?;
-        let mut out = BytesMut::with_capacity(
-            8 + self.exchange.as_str().len()
-                + self.routing_key.as_str().len()
-                + properties.len()
-                + self.body.len(),
-        );
+        let properties_len = u32::try_from(properties.len()).map_err(|_| "properties too large")?;
         out.put_u8(0);
-        put_short(&mut out, self.exchange.as_str());
-        put_short(&mut out, self.routing_key.as_str());
-        out.put_u32(u32::try_from(properties.len()).map_err(|_| "properties too large")?);
+        put_short(out, self.exchange.as_str());
+        put_short(out, self.routing_key.as_str());
+        out.put_u32(properties_len);
         out.put_slice(&properties);
         out.put_slice(&self.body);
-        Ok(out.to_vec())
+        Ok(())
+    }
+
+    /// Bytes [`Message::encode`] writes, but for the properties.
+    pub fn encoded_len_hint(&self) -> usize {
+        8 + self.exchange.as_str().len() + self.routing_key.as_str().len() + self.body.len()
     }
 
     /// Decodes what [`Message::encode`] wrote; `None` when damaged.
@@ -132,7 +142,7 @@ pub(crate) fn encode_table(table: &FieldTable) -> Vec<u8> {
         .unwrap_or_default()
 }
 
-fn put_short(out: &mut BytesMut, s: &str) {
+fn put_short<B: BufMut>(out: &mut B, s: &str) {
     // ShortString values never exceed 255 bytes (the codec checks on parse).
     let bytes = s.as_bytes();
     let len = bytes.len().min(255);

@@ -40,8 +40,8 @@ pub use exchange::{Binding, Destination, Exchange, ExchangeKind};
 pub use message::{Message, encode_properties, integer_value, short, string_value};
 pub use queue::{
     ArgumentProblem, ConsumerEvent, ConsumerSpec, Credit, DeadLetterStrategy, DeadLetters,
-    Delivery, EnqueueOutcome, GetResult, InvalidArgument, Overflow, Queue, QueueArgs, QueueOptions,
-    QueueTraffic, QueueType, RemoteSettled, RemoteSettlement,
+    Delivery, EnqueueOutcome, GetResult, InvalidArgument, Overflow, PEER_CONSUMER, Queue,
+    QueueArgs, QueueOptions, QueueTraffic, QueueType, RemoteSettled, RemoteSettlement,
 };
 pub(crate) use queue_store::PendingWrites;
 pub use queue_store::Source;

@@ -119,6 +119,15 @@ impl RecentSettlements {
         }
     }
 
+    /// Gives the messages of `refs` (a former leader's deliveries, settled
+    /// negatively here) back to the queue's current leader, which may
+    /// hold them for this node's clients.
+    pub(crate) fn release_on(&self, queue: &str, requeue: bool, refs: Vec<MessageRef>) {
+        if let Some(host) = self.host.upgrade() {
+            host.release_quorum(queue, requeue, &refs);
+        }
+    }
+
     /// Keeps stale settlements that found no leader to go to, for the
     /// next try.
     pub(crate) fn keep_stale(&self, queue: &str, refs: Vec<MessageRef>) {

@@ -215,6 +215,9 @@ pub(crate) struct QueueMachine {
     /// quorum queue's new leader waits for settlements made through the
     /// former one).
     dispatch_after: i64,
+    /// Deliveries taken by [`QueueMachine::hold_stored`] (a former
+    /// leader's, held by clients): sequence number to who holds them.
+    held_for_clients: HashMap<u64, u64>,
 }
 
 /// Hands each queue instance its own range of delivery sequence numbers:
@@ -243,6 +246,7 @@ impl QueueMachine {
             held: std::collections::BTreeMap::new(),
             held_bytes: 0,
             dispatch_after: 0,
+            held_for_clients: HashMap::new(),
         }
     }
 
@@ -432,6 +436,7 @@ impl QueueMachine {
                 message: Arc::new(recovered.message),
                 redelivered: recovered.delivered,
                 expires_at,
+                local_client: false,
             };
             self.ready.push_back(priority, entry);
         }
@@ -529,6 +534,7 @@ impl QueueMachine {
                     redelivered: run.redelivered || paged.delivered,
                     _charge: self.memory.charge(size),
                     message: Arc::new(message),
+                    local_client: false,
                 };
                 self.ready.buckets.entry(0).or_default().push_back(entry);
             }
@@ -641,6 +647,7 @@ impl QueueMachine {
                     message,
                     redelivered: false,
                     expires_at,
+                    local_client: false,
                 };
                 self.ready.push_back(priority, entry);
             }
@@ -694,6 +701,8 @@ impl QueueMachine {
                 self.consumers.remove(index);
                 continue;
             }
+            let mut entry = entry;
+            entry.local_client = consumer.connection != super::PEER_CONSUMER;
             if consumer.no_ack {
                 effects.settle(&entry);
             } else {
@@ -784,6 +793,90 @@ impl QueueMachine {
             *bucket = kept;
         }
         settled
+    }
+
+    /// Takes the ready messages stored under `ids` (in memory) off the
+    /// ready list, as delivered to no consumer of this instance: a former
+    /// leader's delivery another node's client still holds. Returns their
+    /// sequence numbers, to settle as any delivery's; `holder` names who
+    /// holds them, for [`QueueMachine::take_held`].
+    pub(crate) fn hold_stored(
+        &mut self,
+        ids: &std::collections::HashSet<u64>,
+        holder: u64,
+        effects: &mut Effects,
+    ) -> Vec<u64> {
+        let mut held = Vec::new();
+        let unacked = &self.unacked;
+        self.held_for_clients
+            .retain(|seq, _| unacked.contains_key(seq));
+        for bucket in self.ready.buckets.values_mut() {
+            let mut kept = std::collections::VecDeque::with_capacity(bucket.len());
+            for mut entry in bucket.drain(..) {
+                if entry.stored.is_some_and(|id| ids.contains(&id)) {
+                    self.ready.len -= 1;
+                    self.ready.bytes = self
+                        .ready
+                        .bytes
+                        .saturating_sub(entry.message.body_size() as u64);
+                    entry.redelivered = true;
+                    entry.local_client = false;
+                    effects.delivered(&entry);
+                    held.push(entry.seq);
+                    self.held_for_clients.insert(entry.seq, holder);
+                    self.unacked.insert(entry.seq, entry);
+                } else {
+                    kept.push_back(entry);
+                }
+            }
+            *bucket = kept;
+        }
+        held
+    }
+
+    /// Of the deliveries [`QueueMachine::hold_stored`] took for `holder`,
+    /// those of the messages stored under `ids`, taken (to be settled by
+    /// the caller).
+    pub(crate) fn take_held(
+        &mut self,
+        ids: &std::collections::HashSet<u64>,
+        holder: u64,
+    ) -> Vec<u64> {
+        let seqs: Vec<u64> = self
+            .held_for_clients
+            .iter()
+            .filter(|(seq, by)| {
+                **by == holder
+                    && self
+                        .unacked
+                        .get(seq)
+                        .and_then(|entry| entry.stored)
+                        .is_some_and(|id| ids.contains(&id))
+            })
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in &seqs {
+            self.held_for_clients.remove(seq);
+        }
+        seqs
+    }
+
+    /// The stored ids of the deliveries to this node's own consumers.
+    pub(crate) fn delivered_to_local_clients(&self) -> Vec<u64> {
+        self.unacked
+            .values()
+            .filter(|entry| entry.local_client)
+            .filter_map(|entry| entry.stored)
+            .collect()
+    }
+
+    /// Takes deliveries `seqs` off this instance without settling them
+    /// (a quorum queue instance that no longer runs the queue: its next
+    /// leader has them).
+    pub(crate) fn forget_delivered(&mut self, seqs: &[u64]) {
+        for seq in seqs {
+            self.unacked.remove(seq);
+        }
     }
 
     /// Settles deliveries negatively: back to the ready list (marked

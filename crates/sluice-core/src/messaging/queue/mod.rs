@@ -85,7 +85,8 @@ pub struct ConsumerSpec {
     pub tag: Arc<str>,
     /// Identifies the channel (unique in the broker).
     pub channel: u64,
-    /// The connection of the channel (for exclusive queues).
+    /// The connection of the channel (for exclusive queues);
+    /// [`PEER_CONSUMER`] for a consumer another node registered.
     pub connection: u64,
     /// Settled on delivery.
     pub no_ack: bool,
@@ -100,6 +101,10 @@ pub struct ConsumerSpec {
     /// For a stream queue: where the consumer starts (`x-stream-offset`).
     pub stream_start: Option<StreamStart>,
 }
+
+/// The connection of a consumer another node of a cluster registered
+/// (its queue is never exclusive to a connection here).
+pub const PEER_CONSUMER: u64 = u64::MAX;
 
 /// What `enqueue` did with a message.
 #[derive(Debug, Default)]
@@ -182,10 +187,11 @@ pub enum RemoteSettlement {
     Reject { requeue: bool },
 }
 
-/// A quorum queue's acks relayed to its leader's node, as every leader
-/// knows the messages: `sent` went to that node, `unsent` did not (their
-/// deliveries came over a link that failed since) and go on to the queue's
-/// current leader.
+/// A quorum queue's settlements relayed to its leader's node, as every
+/// leader knows the messages: `sent` went to that node, `unsent` did not
+/// (their deliveries came over a link that failed since) and go on to the
+/// queue's current leader (acks as settlements, rejects as messages given
+/// back).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RemoteSettled {
     pub sent: Vec<MessageRef>,
@@ -508,20 +514,83 @@ impl Queue {
         let Some(carrier) = home.carrier() else {
             return;
         };
-        let RemoteSettled { sent, unsent } =
+        let RemoteSettled { sent, mut unsent } =
             carrier.settle(home.node, &self.home.vhost, &self.name, seqs, settlement);
         if sent.is_empty() && unsent.is_empty() {
+            return;
+        }
+        let stale = self.is_deleted();
+        if let RemoteSettlement::Reject { requeue } = settlement {
+            // A former leader's deliveries the current one may hold for
+            // this node's clients (`Queue::hold_refs`): it takes them back
+            // (requeued) or lets them die. Those sent to a node that
+            // still runs the queue are its own.
+            if stale {
+                unsent.extend(sent);
+            }
+            if !unsent.is_empty() {
+                self.home.settled.release_on(&self.name, requeue, unsent);
+            }
             return;
         }
         // A quorum queue's: remembered for its next leader. Through a
         // stand-in replaced meanwhile (the leader changed), or not sent
         // (their link failed), they go on to the current one at once.
-        let stale = self.is_deleted();
         self.home.settled.record(&self.name, &sent, stale);
         self.home.settled.record(&self.name, &unsent, true);
         if stale || !unsent.is_empty() {
             self.home.settled.send_on(&self.name);
         }
+    }
+
+    /// For a quorum queue instance this node no longer runs: the messages
+    /// this node's own clients still hold of its deliveries, as every
+    /// leader knows them (for the queue's next leader to hold for them).
+    pub(crate) fn local_client_refs(&self) -> Vec<MessageRef> {
+        let inner = self.inner();
+        if !inner.is_dropped_quorum() {
+            return Vec::new();
+        }
+        let Some(Store::Replicated(store)) = inner.store.as_ref() else {
+            return Vec::new();
+        };
+        inner
+            .machine
+            .delivered_to_local_clients()
+            .into_iter()
+            .filter_map(|id| {
+                Some(MessageRef {
+                    id,
+                    epoch: store.epoch_of(id)?,
+                })
+            })
+            .collect()
+    }
+
+    /// For a quorum queue instance this node no longer runs: deliveries
+    /// `seqs` taken off it unsettled, as every leader knows their
+    /// messages. `None` for any other queue.
+    fn forget_if_dropped(&self, seqs: &[u64]) -> Option<Vec<MessageRef>> {
+        let mut inner = self.inner();
+        if !inner.is_dropped_quorum() {
+            return None;
+        }
+        let epochs: Vec<(u64, Option<i32>)> = {
+            let Some(Store::Replicated(store)) = inner.store.as_ref() else {
+                return None;
+            };
+            seqs.iter()
+                .filter_map(|seq| inner.machine.unacked.get(seq)?.stored)
+                .map(|id| (id, store.epoch_of(id)))
+                .collect()
+        };
+        inner.machine.forget_delivered(seqs);
+        Some(
+            epochs
+                .into_iter()
+                .filter_map(|(id, epoch)| Some(MessageRef { id, epoch: epoch? }))
+                .collect(),
+        )
     }
 
     /// After a settlement of an instance of a quorum queue this node no
@@ -544,6 +613,56 @@ impl Queue {
             }
             _ => None,
         }
+    }
+
+    /// Takes the messages of `refs` this instance of a quorum queue
+    /// holds ready off the ready list, as delivered: a former leader's
+    /// deliveries this node's or another node's clients still hold, to be
+    /// settled through it by their ids (`settle_refs`, `release_refs`)
+    /// rather than delivered again. `holder` names who holds them (0: this
+    /// node's clients; a peer's link otherwise), for
+    /// [`Queue::release_refs`]. Returns the sequence numbers given them.
+    pub fn hold_refs(&self, refs: &[MessageRef], holder: u64) -> Vec<u64> {
+        let mut effects = Effects::default();
+        let mut inner = self.inner();
+        let ids = match inner.store.as_ref() {
+            Some(Store::Replicated(store)) if !inner.machine.deleted => store.still_held(refs),
+            _ => return Vec::new(),
+        };
+        if ids.is_empty() {
+            return Vec::new();
+        }
+        let held = inner.machine.hold_stored(&ids, holder, &mut effects);
+        inner.write(&effects.store);
+        held
+    }
+
+    /// Gives back the messages of `refs` this instance holds for
+    /// `holder`'s clients ([`Queue::hold_refs`]): requeued (flagged
+    /// redelivered, counted as returned) or dead. Returns the sequence
+    /// numbers they had, and what died.
+    ///
+    /// # Errors
+    /// As [`Queue::reject`].
+    pub fn release_refs(
+        self: &Arc<Self>,
+        refs: &[MessageRef],
+        requeue: bool,
+        holder: u64,
+    ) -> Result<(Vec<u64>, DeadLetters), MessagingError> {
+        let seqs = {
+            let mut inner = self.inner();
+            let ids = match inner.store.as_ref() {
+                Some(Store::Replicated(store)) => store.still_held(refs),
+                _ => return Ok((Vec::new(), DeadLetters::default())),
+            };
+            inner.machine.take_held(&ids, holder)
+        };
+        if seqs.is_empty() {
+            return Ok((seqs, DeadLetters::default()));
+        }
+        let dead = self.reject(&seqs, requeue)?;
+        Ok((seqs, dead))
     }
 
     /// Dispatches nothing to consumers for `wait` (the maintenance pass
@@ -1036,6 +1155,16 @@ impl Queue {
             // Acknowledging a stream delivery only returns its credit.
             return Ok(());
         }
+        if let Some(refs) = self.forget_if_dropped(seqs) {
+            // Settled through the queue as it runs now (here again, or
+            // on its leader's node), which rebuilt them or holds them.
+            self.traffic
+                .acked
+                .fetch_add(refs.len() as u64, Ordering::Relaxed);
+            self.home.settled.record(&self.name, &refs, true);
+            self.home.settled.send_on(&self.name);
+            return Ok(());
+        }
         let mut effects = Effects::default();
         let mut inner = self.inner();
         let acked = inner.machine.ack(seqs, &mut effects);
@@ -1067,6 +1196,13 @@ impl Queue {
             return Ok(DeadLetters::default());
         }
         let mut effects = Effects::default();
+        if let Some(refs) = self.forget_if_dropped(seqs) {
+            // The queue as it runs now (here again, or on its leader's
+            // node) rebuilt these as ready or holds them for this node's
+            // clients: it takes them back, or lets them die.
+            self.home.settled.release_on(&self.name, requeue, refs);
+            return Ok(DeadLetters::default());
+        }
         let dropped = {
             let mut inner = self.inner();
             inner.machine.reject(seqs, requeue, &mut effects);

@@ -21,6 +21,9 @@ pub(super) struct Entry {
     pub(super) returns: u32,
     /// Wall-clock milliseconds after which the message is dead.
     pub(super) expires_at: Option<i64>,
+    /// Delivered last to a consumer of this node's own clients (not one
+    /// another node registered).
+    pub(super) local_client: bool,
     /// Memory accounting; released when the entry goes.
     pub(super) _charge: MemoryCharge,
 }

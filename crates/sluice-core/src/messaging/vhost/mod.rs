@@ -161,7 +161,7 @@ pub trait RemoteQueues: Send + Sync + std::fmt::Debug {
     }
 
     /// Settles deliveries `seqs` of `queue` of `vhost` on node `home`;
-    /// returns, for a quorum queue's acks, the messages settled as every
+    /// returns, for a quorum queue's, the messages settled as every
     /// leader knows them, and which of them were not sent to `home`
     /// (delivered over a link that failed since).
     fn settle(
@@ -184,6 +184,32 @@ pub trait RemoteQueues: Send + Sync + std::fmt::Debug {
     /// `vhost`, settlements made here through a former leader (which may
     /// not have replicated them), ahead of anything sent after.
     fn resettle(&self, _home: i32, _vhost: &str, _queue: &str, _refs: &[super::MessageRef]) {}
+
+    /// The messages of quorum queue `queue` of `vhost` this node's clients
+    /// hold, delivered through other nodes and not settled yet, as every
+    /// leader knows them.
+    fn held_refs(&self, _vhost: &str, _queue: &str) -> Vec<super::MessageRef> {
+        Vec::new()
+    }
+
+    /// Asks node `home`, leading quorum queue `queue` of `vhost`, not to
+    /// deliver again the messages of `refs` (this node's clients hold
+    /// them, delivered by a former leader) until this node settles them
+    /// or its link to `home` fails.
+    fn hold(&self, _home: i32, _vhost: &str, _queue: &str, _refs: &[super::MessageRef]) {}
+
+    /// Gives back to node `home`, leading quorum queue `queue` of `vhost`,
+    /// messages it holds for this node's clients ([`RemoteQueues::hold`]):
+    /// requeued, or dead.
+    fn release(
+        &self,
+        _home: i32,
+        _vhost: &str,
+        _queue: &str,
+        _requeue: bool,
+        _refs: &[super::MessageRef],
+    ) {
+    }
 }
 
 impl VirtualHosts {
@@ -359,6 +385,9 @@ pub struct VirtualHost {
     /// Settlements of quorum queue messages made here lately, for each
     /// new leader of their queue.
     settled: Arc<super::quorum_store::RecentSettlements>,
+    /// Quorum queue instances this node stopped running, by queue name,
+    /// while its clients may still hold their deliveries.
+    dropped: std::sync::Mutex<HashMap<String, Vec<std::sync::Weak<Queue>>>>,
 }
 
 static UNIQUE: AtomicU64 = AtomicU64::new(0);
@@ -433,6 +462,7 @@ impl VirtualHost {
             max_queues,
             clock,
             placing: std::sync::Mutex::new(()),
+            dropped: std::sync::Mutex::default(),
         })
     }
 

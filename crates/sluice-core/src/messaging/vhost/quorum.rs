@@ -19,7 +19,7 @@ use super::{VirtualHost, unique_token};
 use crate::CoreError;
 use crate::messaging::MessagingError;
 use crate::messaging::definitions::QueueDefinition;
-use crate::messaging::queue::{Queue, QueueArgs, QueueOptions, Store};
+use crate::messaging::queue::{PEER_CONSUMER, Queue, QueueArgs, QueueOptions, Store};
 use crate::messaging::queue_store::store_id;
 use crate::messaging::quorum_store::{MessageRef, QuorumStore, quorum_topic};
 use crate::metadata::MetadataCommand;
@@ -237,10 +237,12 @@ impl VirtualHost {
                         leader,
                         carrier.link_failures(leader),
                     )
-                    && !recent.is_empty()
                 {
-                    tracing::debug!(vhost = %self.name, queue = %definition.name, leader, settled = recent.len(), "settlements sent to the quorum queue's new leader");
-                    carrier.resettle(leader, &self.name, &definition.name, &recent);
+                    if !recent.is_empty() {
+                        tracing::debug!(vhost = %self.name, queue = %definition.name, leader, settled = recent.len(), "settlements sent to the quorum queue's new leader");
+                        carrier.resettle(leader, &self.name, &definition.name, &recent);
+                    }
+                    self.hold_for_clients(&definition.name);
                 }
             }
         }
@@ -276,6 +278,94 @@ impl VirtualHost {
         }
     }
 
+    /// Asks the queue as it runs now (here, or on its live leader's
+    /// node) not to deliver again what this node's clients hold of quorum
+    /// queue `name`, delivered by a former leader: they settle it.
+    fn hold_for_clients(&self, name: &str) {
+        let Some(carrier) = self.carrier.get() else {
+            return;
+        };
+        let refs = self.held_by_clients(carrier.as_ref(), name);
+        if refs.is_empty() {
+            return;
+        }
+        if let Some(local) = self
+            .queue(name)
+            .filter(|q| q.quorum_epoch().is_some() && !q.is_deleted())
+        {
+            let held = local.hold_refs(&refs, 0);
+            tracing::debug!(vhost = %self.name, queue = %name, held = held.len(), "a former leader's deliveries held for this node's clients");
+            return;
+        }
+        if let Some(leader) = self
+            .remote_stand_in(name)
+            .filter(|stand_in| !stand_in.is_deleted())
+            .and_then(|stand_in| stand_in.remote_node())
+            .filter(|node| *node >= 0 && !self.definitions.is_down(*node))
+        {
+            carrier.hold(leader, &self.name, name, &refs);
+        }
+    }
+
+    /// What this node's clients hold of quorum queue `name`, delivered by
+    /// a former leader: over other nodes' links, or by an instance this
+    /// node ran (whose deliveries other nodes' clients hold are theirs to
+    /// name).
+    fn held_by_clients(&self, carrier: &dyn super::RemoteQueues, name: &str) -> Vec<MessageRef> {
+        let mut refs = carrier.held_refs(&self.name, name);
+        let mut dropped = self.dropped.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(instances) = dropped.get_mut(name) {
+            instances.retain(|instance| instance.strong_count() > 0);
+            for instance in instances.iter().filter_map(std::sync::Weak::upgrade) {
+                refs.extend(instance.local_client_refs());
+            }
+            if instances.is_empty() {
+                dropped.remove(name);
+            }
+        }
+        refs
+    }
+
+    /// An instance of a quorum queue this node stopped running: its
+    /// clients' deliveries are held for them by the next leader.
+    fn remember_dropped(&self, instance: &Arc<Queue>) {
+        let mut dropped = self.dropped.lock().unwrap_or_else(|e| e.into_inner());
+        let instances = dropped.entry(instance.name().to_owned()).or_default();
+        instances.retain(|instance| instance.strong_count() > 0);
+        instances.push(Arc::downgrade(instance));
+    }
+
+    /// Gives the messages of `refs` of quorum queue `name` (a former
+    /// leader's deliveries, settled negatively by this node's clients)
+    /// back to the queue as it runs now, which may hold them for them:
+    /// requeued, or dead. Without a live leader nothing holds them (the
+    /// next one rebuilds them as ready).
+    pub(crate) fn release_quorum(&self, name: &str, requeue: bool, refs: &[MessageRef]) {
+        if refs.is_empty() {
+            return;
+        }
+        if let Some(local) = self
+            .queue(name)
+            .filter(|q| q.quorum_epoch().is_some() && !q.is_deleted())
+        {
+            match local.release_refs(refs, requeue, 0) {
+                Ok((_, dead)) => self.dead_letter(dead),
+                Err(error) => {
+                    tracing::warn!(vhost = %self.name, queue = %name, %error, "cannot give back messages held for clients");
+                }
+            }
+            return;
+        }
+        let leader = self
+            .remote_stand_in(name)
+            .filter(|stand_in| !stand_in.is_deleted())
+            .and_then(|stand_in| stand_in.remote_node())
+            .filter(|node| *node >= 0 && !self.definitions.is_down(*node));
+        if let (Some(leader), Some(carrier)) = (leader, self.carrier.get()) {
+            carrier.release(leader, &self.name, name, requeue, refs);
+        }
+    }
+
     /// Settlements of quorum queue `name` another node's consumers made
     /// through a former leader: settled now if this node runs the queue,
     /// and remembered (applied when this node rebuilds the queue, sent on
@@ -305,7 +395,13 @@ impl VirtualHost {
         let (Some(target), Some(carrier)) = (target, self.carrier.get()) else {
             return;
         };
-        for consumer in carrier.take_orphans(&self.name, name) {
+        let orphans = carrier.take_orphans(&self.name, name);
+        if !orphans.is_empty() {
+            // Ahead of their CONSUME: what they hold is not delivered
+            // again.
+            self.hold_for_clients(name);
+        }
+        for consumer in orphans {
             let (channel, tag, sink) = (
                 consumer.channel,
                 Arc::clone(&consumer.tag),
@@ -408,6 +504,7 @@ impl VirtualHost {
         let sealed = local.map(|old| {
             let consumers = old.take_consumers();
             old.mark_deleted();
+            self.remember_dropped(&old);
             (old, consumers)
         });
         let (store, messages) = match QuorumStore::open(
@@ -443,6 +540,15 @@ impl VirtualHost {
             None,
         );
         queue.restore(messages, Vec::new());
+        // What this node's clients hold of a former leader's deliveries
+        // (over other nodes' links) stays theirs to settle.
+        if let Some(carrier) = self.carrier.get() {
+            let refs = self.held_by_clients(carrier.as_ref(), &definition.name);
+            if !refs.is_empty() {
+                let held = queue.hold_refs(&refs, 0);
+                tracing::debug!(vhost = %self.name, queue = %definition.name, held = held.len(), "a former leader's deliveries held for this node's clients");
+            }
+        }
         if ready > 0 {
             // Other nodes' consumers may have settled some of these
             // through the former leader, which may not have replicated
@@ -470,6 +576,7 @@ impl VirtualHost {
     fn drop_local_quorum(&self, local: &Arc<Queue>) {
         let consumers = local.take_consumers();
         local.mark_deleted();
+        self.remember_dropped(local);
         {
             let mut queues = self.queues_mut();
             if queues
@@ -486,11 +593,17 @@ impl VirtualHost {
     /// The consumers of a quorum queue instance this node stopped running
     /// wait for the queue's next leader (or are cancelled without a
     /// carrier).
+    ///
+    /// Consumers another node registered here are cancelled back to it
+    /// instead: that node registers them with the next leader itself
+    /// (with what its clients hold), rather than through this one.
     fn orphan_consumers(&self, local: &Arc<Queue>, consumers: Vec<crate::messaging::ConsumerSpec>) {
         for consumer in consumers {
             match self.carrier.get() {
-                Some(carrier) => carrier.orphan(&self.name, local.name(), consumer),
-                None => {
+                Some(carrier) if consumer.connection != PEER_CONSUMER => {
+                    carrier.orphan(&self.name, local.name(), consumer);
+                }
+                _ => {
                     let _ = consumer
                         .sink
                         .send(crate::messaging::ConsumerEvent::Cancelled {
