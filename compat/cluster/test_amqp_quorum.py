@@ -251,9 +251,11 @@ def pump(connection, until, timeout: float, what: str) -> None:
     """Runs `connection`'s events until `until()` holds (at most `timeout`
     seconds)."""
     deadline = time.monotonic() + timeout
-    while not until() and time.monotonic() < deadline:
+    held = until()
+    while not held and time.monotonic() < deadline:
         connection.process_data_events(time_limit=0.2)
-    assert until(), what
+        held = until()
+    assert held, what
 
 
 def linger(connection, seconds: float = 3.0) -> None:
@@ -360,6 +362,56 @@ def test_unacknowledged_deliveries_stay_with_their_consumer_through_a_failover(f
     assert sorted(body for _, body, _ in back) == sorted(held[5:]), back
     assert all(redelivered for _, _, redelivered in back), "requeued messages come back flagged"
     bodies = [body for _, body, _ in deliveries]
+    assert len(bodies) == 20 and sorted(bodies[15:]) == sorted(after), bodies
+    assert not cancelled, "the consumer was cancelled"
+
+
+def test_a_cut_off_leaders_own_clients_keep_their_deliveries(proxied_cluster):
+    """A consumer on the queue's leader's node holds ten deliveries,
+    unacknowledged, while that node is cut off (another leads) and the
+    cut heals: neither the new leader nor the old one leading again
+    delivers them again; five acknowledged never come back, five
+    requeued come back once, flagged."""
+    cluster = proxied_cluster
+    queue, leader = declared(cluster, "qq-hold-own")
+    publisher = next(cluster.node(n) for n in (1, 2, 3) if n != leader)
+    held = [f"held-{i}".encode() for i in range(10)]
+    publish_confirmed(publisher, queue, held)
+    connection, ch, deliveries, cancelled = consuming(cluster.node(leader), queue, prefetch=50, ack=False)
+    try:
+        pump(connection, lambda: len(deliveries) >= 10, 20, "10 deliveries on the leader's node")
+        cluster.isolate(leader)
+        pump(connection, lambda: leader_of(publisher, queue) not in (leader, -1), 30, "another leader")
+        cluster.heal()
+
+        def agreed():
+            seen = {leader_of(cluster.node(n), queue) for n in (1, 2, 3)}
+            return len(seen) == 1 and -1 not in seen
+
+        pump(connection, agreed, 60, "every node agreeing on the leader after the cut")
+        linger(connection, 4.0)
+        again = [body for _, body, _ in deliveries[10:]]
+        assert not again, f"delivered again what the consumer holds: {again}"
+        tags = {body: tag for tag, body, _ in deliveries[:10]}
+        for body in held[:5]:
+            ch.basic_ack(tags[body])
+        for body in held[5:]:
+            ch.basic_nack(tags[body], requeue=True)
+        pump(connection, lambda: len(deliveries) >= 15, 20, "the five requeued messages back")
+        for tag, _, _ in deliveries[10:]:
+            ch.basic_ack(tag)
+        after = [f"after-{i}".encode() for i in range(5)]
+        publish_confirmed(publisher, queue, after, retry_nacks_for=20)
+        pump(connection, lambda: len(deliveries) >= 20, 30, "the messages published after the cut")
+        for tag, _, _ in deliveries[15:]:
+            ch.basic_ack(tag)
+        linger(connection)
+    finally:
+        if connection.is_open:
+            connection.close()
+    bodies = [body for _, body, _ in deliveries]
+    assert sorted(bodies[10:15]) == sorted(held[5:]), bodies
+    assert all(redelivered for _, _, redelivered in deliveries[10:15])
     assert len(bodies) == 20 and sorted(bodies[15:]) == sorted(after), bodies
     assert not cancelled, "the consumer was cancelled"
 
@@ -488,9 +540,11 @@ def test_late_acks_for_a_former_instance_do_not_settle_the_next_ones_deliveries(
         first = [tag for tag, _, _ in deliveries[:5]]
         cluster.isolate(leader)
         pump(connection, lambda: leader_of(publisher, queue) not in (leader, -1), 30, "another leader")
+        pump(connection, lambda: leader_of(consumer_node, queue) not in (leader, -1), 30,
+             "the other leader known on the consumer's node")
         # The other leader holds them for the consumer (not delivered
-        # again).
-        linger(connection, 2.0)
+        # again), past its wait and the consumer's registration.
+        linger(connection, 3.0)
         assert len(deliveries) == 5, deliveries
         cluster.heal()
         # The preferred leader leads again, with a new instance.
@@ -512,7 +566,7 @@ def test_late_acks_for_a_former_instance_do_not_settle_the_next_ones_deliveries(
     # Left unacknowledged: the fresh message is ready again, and only it.
     assert take(publisher, queue, 1) == [b"fresh"]
     with channel(publisher) as ch:
-        assert ch.basic_get(queue)[0] is None, "the late acks did not settle the first deliveries"
+        assert ch.basic_get(queue)[0] is None, "a first delivery acknowledged late is still in the queue"
 
 
 def high_watermark(node, topic: str) -> int | None:

@@ -626,6 +626,27 @@ fn call_frame(kind: u8, id: u64, vhost: &str, queue: &str, extra: &[u8]) -> Resu
     Ok(frame(kind, &fields))
 }
 
+/// A `RESETTLE`, `HOLD` or `RELEASE` frame (`op` first) for `refs`, call
+/// id 0 (no answer is waited for).
+fn refs_frame(
+    kind: u8,
+    vhost: &str,
+    queue: &str,
+    op: Option<u8>,
+    refs: &[MessageRef],
+) -> Result<Bytes, String> {
+    let mut extra = BytesMut::with_capacity(5 + 12 * refs.len());
+    if let Some(op) = op {
+        extra.put_u8(op);
+    }
+    extra.put_u32(u32::try_from(refs.len()).map_err(|_| "too many messages")?);
+    for message in refs {
+        extra.put_u64(message.id);
+        extra.put_i32(message.epoch);
+    }
+    call_frame(kind, 0, vhost, queue, &extra)
+}
+
 impl RemoteQueues for Carrier {
     fn get(
         &self,
@@ -878,6 +899,16 @@ impl RemoteQueues for Carrier {
         refs
     }
 
+    fn forget_deliveries(&self, vhost: &str, queue: &str) {
+        for (_, state) in self.links() {
+            lock(&state.deliveries).retain(|_, sent| {
+                sent.quorum.as_ref().is_none_or(|(_, stand_in)| {
+                    stand_in.name() != queue || stand_in.vhost() != vhost
+                })
+            });
+        }
+    }
+
     fn hold(&self, home: i32, vhost: &str, queue: &str, refs: &[MessageRef]) {
         self.send_refs(home, HOLD, vhost, queue, None, refs);
     }
@@ -889,8 +920,7 @@ impl RemoteQueues for Carrier {
 }
 
 impl Carrier {
-    /// Sends `RESETTLE`, `HOLD` or `RELEASE` (`op` first) for `refs`:
-    /// call id 0, no answer waited for.
+    /// Sends [`refs_frame`] to node `home`.
     fn send_refs(
         &self,
         home: i32,
@@ -900,16 +930,7 @@ impl Carrier {
         op: Option<u8>,
         refs: &[MessageRef],
     ) {
-        let mut extra = BytesMut::with_capacity(5 + 12 * refs.len());
-        if let Some(op) = op {
-            extra.put_u8(op);
-        }
-        extra.put_u32(u32::try_from(refs.len()).unwrap_or(u32::MAX));
-        for message in refs {
-            extra.put_u64(message.id);
-            extra.put_i32(message.epoch);
-        }
-        match call_frame(kind, 0, vhost, queue, &extra) {
+        match refs_frame(kind, vhost, queue, op, refs) {
             Ok(frame) => {
                 let (outgoing, _) = self.link(home);
                 let _ = outgoing.send(Outgoing::Framed(frame));
@@ -1471,14 +1492,19 @@ async fn serve_link(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
                     }),
                     Work::Resettle(fields) => resettled(&broker, fields),
                     Work::Hold(fields) => hold_for_peer(&broker, &state, fields),
-                    Work::Release(fields) => release_for_peer(&broker, &state, fields),
+                    Work::Release(fields) => release_for_peer(&broker, fields),
                 };
                 if handled.is_none() {
                     tracing::warn!(%peer, "a damaged request on a message link");
                 }
             }
-            // The link is gone: its consumers go, what they held goes back.
+            // The link is gone: its consumers go, what they held goes back,
+            // and so does what quorum queues held for the peer's clients.
             drop_consumers(&state);
+            let holder = lock(&state).id;
+            for host in broker.vhosts().all() {
+                host.release_held_for(holder);
+            }
         })
     };
     {
@@ -1631,60 +1657,32 @@ fn resettled(broker: &Broker, mut fields: Bytes) -> Option<()> {
     Some(())
 }
 
-/// A peer's clients hold these messages of a quorum queue this node
-/// leads, delivered by a former leader: taken off its ready list, as
-/// delivered over this link (requeued if it fails), until the peer
-/// settles them by their ids.
+/// A peer's clients hold these messages of a quorum queue, delivered by
+/// a former leader (all they hold of it): held for them, as this link's,
+/// by each instance this node runs of the queue, until the peer says
+/// otherwise or this link fails.
 fn hold_for_peer(broker: &Broker, state: &Mutex<HomeState>, mut fields: Bytes) -> Option<()> {
-    let (_, found) = call_target(broker, &mut fields)?;
+    let _id = get_u64(&mut fields)?;
+    let vhost = get_short(&mut fields)?;
+    let queue = get_short(&mut fields)?;
     let refs = get_refs(&mut fields)?;
-    let Ok((host, target)) = found else {
-        return Some(());
-    };
     let holder = lock(state).id;
-    let seqs = target.hold_refs(&refs, holder);
-    tracing::debug!(
-        queue = target.name(),
-        asked = refs.len(),
-        held = seqs.len(),
-        "a former leader's deliveries held for another node's clients"
-    );
-    let mut held = lock(state);
-    for seq in seqs {
-        held.unsettled.insert(
-            seq,
-            Unsettled {
-                channel: None,
-                vhost: Arc::clone(&host),
-                queue: Arc::clone(&target),
-            },
-        );
+    if let Some(host) = broker.vhosts().get(&vhost) {
+        host.hold_for_peer(&queue, holder, refs);
     }
     Some(())
 }
 
-/// A peer's clients gave back messages this node held for them
-/// ([`hold_for_peer`]): requeued, or dead.
-fn release_for_peer(broker: &Broker, state: &Mutex<HomeState>, mut fields: Bytes) -> Option<()> {
-    let (_, found) = call_target(broker, &mut fields)?;
+/// A peer's clients gave back messages of a quorum queue a former leader
+/// delivered to them: requeued, or dead, where the queue runs now.
+fn release_for_peer(broker: &Broker, mut fields: Bytes) -> Option<()> {
+    let _id = get_u64(&mut fields)?;
+    let vhost = get_short(&mut fields)?;
+    let queue = get_short(&mut fields)?;
     let op = get_u8(&mut fields)?;
     let refs = get_refs(&mut fields)?;
-    let Ok((host, target)) = found else {
-        return Some(());
-    };
-    let holder = lock(state).id;
-    match target.release_refs(&refs, op == OP_REQUEUE, holder) {
-        Ok((seqs, dead)) => {
-            let mut held = lock(state);
-            for seq in seqs {
-                held.unsettled.remove(&seq);
-            }
-            drop(held);
-            host.dead_letter(dead);
-        }
-        Err(error) => {
-            tracing::warn!(queue = target.name(), %error, "cannot give back messages held for another node");
-        }
+    if let Some(host) = broker.vhosts().get(&vhost) {
+        host.release_quorum(&queue, op == OP_REQUEUE, &refs);
     }
     Some(())
 }
@@ -2070,6 +2068,31 @@ fn drop_consumers(state: &Mutex<HomeState>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// HOLD, RELEASE and RESETTLE carry their refs as the serving side
+    /// reads them.
+    #[test]
+    fn held_and_released_refs_round_trip() {
+        let refs = [
+            MessageRef { id: 7, epoch: 3 },
+            MessageRef {
+                id: 1 << 40,
+                epoch: -1,
+            },
+        ];
+        for (kind, op) in [(HOLD, None), (RELEASE, Some(OP_REQUEUE)), (RESETTLE, None)] {
+            let mut framed = refs_frame(kind, "/", "q", op, &refs).expect("frame");
+            assert_eq!(framed.get_u32() as usize, framed.remaining());
+            assert_eq!(framed.get_u8(), kind);
+            assert_eq!(get_u64(&mut framed), Some(0));
+            assert_eq!(get_short(&mut framed).as_deref(), Some("/"));
+            assert_eq!(get_short(&mut framed).as_deref(), Some("q"));
+            if op.is_some() {
+                assert_eq!(get_u8(&mut framed), op);
+            }
+            assert_eq!(get_refs(&mut framed), Some(refs.to_vec()));
+        }
+    }
 
     /// A request kind this node does not know (a newer peer's call) is
     /// refused by its call id, and the link goes on serving.

@@ -138,7 +138,7 @@ impl Connection {
             write_rx,
             Arc::clone(registration.stats()),
         ));
-        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let (events_tx, mut events_rx) = mpsc::unbounded_channel();
         let (confirms_tx, confirms_rx) = mpsc::unbounded_channel();
         let mut connection = Connection {
             id: registration.id(),
@@ -170,9 +170,16 @@ impl Connection {
             stats: Arc::clone(connection.registration.stats()),
         };
         let result = connection
-            .serve(&mut reader, &write_tx, events_rx, confirms_rx, shutdown)
+            .serve(
+                &mut reader,
+                &write_tx,
+                &mut events_rx,
+                confirms_rx,
+                shutdown,
+            )
             .await;
         connection.teardown();
+        connection.give_back_undelivered(&mut events_rx);
         drop(write_tx);
         let _ = writer_task.await;
         result
@@ -182,7 +189,7 @@ impl Connection {
         &mut self,
         reader: &mut Reader,
         write_tx: &mpsc::Sender<Bytes>,
-        mut events_rx: mpsc::UnboundedReceiver<ConsumerEvent>,
+        events_rx: &mut mpsc::UnboundedReceiver<ConsumerEvent>,
         mut confirms_rx: mpsc::UnboundedReceiver<ConfirmDone>,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<(), ConnectionError> {
@@ -441,6 +448,29 @@ impl Connection {
     }
 
     /// Releases everything the connection holds in the core.
+    /// Deliveries dispatched to this connection's consumers and not
+    /// written before it closed go back to their queues (redelivered),
+    /// as what its channels held did at teardown; later ones find the
+    /// receiver closed and go back there.
+    fn give_back_undelivered(&self, events_rx: &mut mpsc::UnboundedReceiver<ConsumerEvent>) {
+        events_rx.close();
+        while let Ok(event) = events_rx.try_recv() {
+            let ConsumerEvent::Deliver(delivery) = event else {
+                continue;
+            };
+            match delivery.queue.requeue(&[delivery.seq]) {
+                Ok(dead) => {
+                    if let Some(vhost) = &self.vhost {
+                        vhost.dead_letter(dead);
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(queue = delivery.queue.name(), %error, "cannot give back a delivery of a closed connection");
+                }
+            }
+        }
+    }
+
     fn teardown(&mut self) {
         if let Some(vhost) = self.vhost.clone() {
             for (_, mut channel) in self.channels.drain() {

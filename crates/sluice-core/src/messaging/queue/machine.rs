@@ -770,6 +770,7 @@ impl QueueMachine {
             .collect();
         let mut settled = 0;
         for seq in delivered {
+            self.held_for_clients.remove(&seq);
             if let Some(entry) = self.unacked.remove(&seq) {
                 effects.settle(&entry);
                 settled += 1;
@@ -834,13 +835,34 @@ impl QueueMachine {
         held
     }
 
-    /// Of the deliveries [`QueueMachine::hold_stored`] took for `holder`,
-    /// those of the messages stored under `ids`, taken (to be settled by
-    /// the caller).
-    pub(crate) fn take_held(
+    /// Of the deliveries [`QueueMachine::hold_stored`] took, those of the
+    /// messages stored under `ids`, taken (to be settled by the caller).
+    pub(crate) fn take_held(&mut self, ids: &std::collections::HashSet<u64>) -> Vec<u64> {
+        let seqs: Vec<u64> = self
+            .held_for_clients
+            .keys()
+            .filter(|seq| {
+                self.unacked
+                    .get(seq)
+                    .and_then(|entry| entry.stored)
+                    .is_some_and(|id| ids.contains(&id))
+            })
+            .copied()
+            .collect();
+        for seq in &seqs {
+            self.held_for_clients.remove(seq);
+        }
+        seqs
+    }
+
+    /// The deliveries held for `holder` whose messages are not stored
+    /// under `keep`, taken (to be given back by the caller): `holder`'s
+    /// clients no longer hold them (`keep` is all they hold), or it is
+    /// gone (`keep` empty).
+    pub(crate) fn take_held_by(
         &mut self,
-        ids: &std::collections::HashSet<u64>,
         holder: u64,
+        keep: &std::collections::HashSet<u64>,
     ) -> Vec<u64> {
         let seqs: Vec<u64> = self
             .held_for_clients
@@ -851,7 +873,7 @@ impl QueueMachine {
                         .unacked
                         .get(seq)
                         .and_then(|entry| entry.stored)
-                        .is_some_and(|id| ids.contains(&id))
+                        .is_some_and(|id| !keep.contains(&id))
             })
             .map(|(seq, _)| *seq)
             .collect();
@@ -957,6 +979,17 @@ impl QueueMachine {
 
     /// Marks the queue deleted, forgetting what it held; returns its
     /// consumers (to be told) and the number of ready messages.
+    /// Stops a quorum queue instance this node no longer runs: nothing
+    /// more is delivered or taken in, and its ready messages go (the next
+    /// leader rebuilds them), but its deliveries stay known, for their
+    /// settlements to reach the queue as it runs now.
+    pub(crate) fn retire(&mut self) -> Vec<ConsumerSpec> {
+        self.deleted = true;
+        self.ready.drain();
+        self.held_for_clients.clear();
+        std::mem::take(&mut self.consumers)
+    }
+
     pub(crate) fn delete(&mut self) -> (Vec<ConsumerSpec>, usize) {
         self.deleted = true;
         let consumers = std::mem::take(&mut self.consumers);

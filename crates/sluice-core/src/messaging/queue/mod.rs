@@ -571,6 +571,9 @@ impl Queue {
     /// `seqs` taken off it unsettled, as every leader knows their
     /// messages. `None` for any other queue.
     fn forget_if_dropped(&self, seqs: &[u64]) -> Option<Vec<MessageRef>> {
+        if self.args.queue_type != QueueType::Quorum {
+            return None;
+        }
         let mut inner = self.inner();
         if !inner.is_dropped_quorum() {
             return None;
@@ -637,10 +640,9 @@ impl Queue {
         held
     }
 
-    /// Gives back the messages of `refs` this instance holds for
-    /// `holder`'s clients ([`Queue::hold_refs`]): requeued (flagged
-    /// redelivered, counted as returned) or dead. Returns the sequence
-    /// numbers they had, and what died.
+    /// Gives back the messages of `refs` this instance holds for clients
+    /// ([`Queue::hold_refs`]): requeued (flagged redelivered, counted as
+    /// returned) or dead. Returns what died.
     ///
     /// # Errors
     /// As [`Queue::reject`].
@@ -648,21 +650,59 @@ impl Queue {
         self: &Arc<Self>,
         refs: &[MessageRef],
         requeue: bool,
-        holder: u64,
-    ) -> Result<(Vec<u64>, DeadLetters), MessagingError> {
+    ) -> Result<DeadLetters, MessagingError> {
         let seqs = {
             let mut inner = self.inner();
             let ids = match inner.store.as_ref() {
-                Some(Store::Replicated(store)) => store.still_held(refs),
-                _ => return Ok((Vec::new(), DeadLetters::default())),
+                Some(Store::Replicated(store)) if !inner.machine.deleted => store.still_held(refs),
+                _ => return Ok(DeadLetters::default()),
             };
-            inner.machine.take_held(&ids, holder)
+            inner.machine.take_held(&ids)
         };
         if seqs.is_empty() {
-            return Ok((seqs, DeadLetters::default()));
+            return Ok(DeadLetters::default());
         }
-        let dead = self.reject(&seqs, requeue)?;
-        Ok((seqs, dead))
+        self.reject(&seqs, requeue)
+    }
+
+    /// `holder`'s clients hold exactly the messages of `refs` of this
+    /// instance's former leaders' deliveries: those held for it that are
+    /// not among them are given back (requeued), those ready are held.
+    /// Empty `refs`: the holder is gone (its link failed). Returns what
+    /// died (a requeue over the delivery limit).
+    ///
+    /// # Errors
+    /// As [`Queue::reject`].
+    pub fn set_held(
+        self: &Arc<Self>,
+        holder: u64,
+        refs: &[MessageRef],
+    ) -> Result<DeadLetters, MessagingError> {
+        let released = {
+            let mut inner = self.inner();
+            let keep = match inner.store.as_ref() {
+                Some(Store::Replicated(store)) if !inner.machine.deleted => store.still_held(refs),
+                _ => return Ok(DeadLetters::default()),
+            };
+            inner.machine.take_held_by(holder, &keep)
+        };
+        let dead = if released.is_empty() {
+            DeadLetters::default()
+        } else {
+            self.reject(&released, true)?
+        };
+        if !refs.is_empty() {
+            self.hold_refs(refs, holder);
+        }
+        Ok(dead)
+    }
+
+    /// Stops this instance of a quorum queue (this node no longer runs
+    /// it): its consumers are taken (returned), its ready messages go, and
+    /// the deliveries its clients hold stay known for their settlements
+    /// to reach the queue as it runs now.
+    pub(crate) fn retire(&self) -> Vec<ConsumerSpec> {
+        self.inner().machine.retire()
     }
 
     /// Dispatches nothing to consumers for `wait` (the maintenance pass

@@ -345,6 +345,7 @@ impl VirtualHost {
 
     fn forget_queue(&self, queue: &QueueDefinition) {
         self.cancel_orphans(&queue.name);
+        self.forget_quorum_clients(&queue.name, &queue.store_id);
         let destination = Destination::Queue(queue.name.clone());
         {
             let mut remote = self.remote.write().unwrap_or_else(|e| e.into_inner());

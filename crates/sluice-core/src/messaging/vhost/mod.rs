@@ -192,6 +192,11 @@ pub trait RemoteQueues: Send + Sync + std::fmt::Debug {
         Vec::new()
     }
 
+    /// Forgets the deliveries of quorum queue `queue` of `vhost` this
+    /// node's clients hold (the queue was deleted: their settlements are
+    /// for nothing, and must not name a later queue's messages).
+    fn forget_deliveries(&self, _vhost: &str, _queue: &str) {}
+
     /// Asks node `home`, leading quorum queue `queue` of `vhost`, not to
     /// deliver again the messages of `refs` (this node's clients hold
     /// them, delivered by a former leader) until this node settles them
@@ -388,6 +393,10 @@ pub struct VirtualHost {
     /// Quorum queue instances this node stopped running, by queue name,
     /// while its clients may still hold their deliveries.
     dropped: std::sync::Mutex<HashMap<String, Vec<std::sync::Weak<Queue>>>>,
+    /// What other nodes' clients hold of quorum queues' deliveries by a
+    /// former leader, by queue name and holder (their link), as they last
+    /// said: held by each instance this node runs of the queue.
+    held_for_peers: std::sync::Mutex<HashMap<String, HashMap<u64, Vec<super::MessageRef>>>>,
 }
 
 static UNIQUE: AtomicU64 = AtomicU64::new(0);
@@ -463,6 +472,7 @@ impl VirtualHost {
             clock,
             placing: std::sync::Mutex::new(()),
             dropped: std::sync::Mutex::default(),
+            held_for_peers: std::sync::Mutex::default(),
         })
     }
 

@@ -285,16 +285,14 @@ impl VirtualHost {
         let Some(carrier) = self.carrier.get() else {
             return;
         };
+        // All they hold (also none): the leader gives back what it held
+        // for them before and they no longer hold.
         let refs = self.held_by_clients(carrier.as_ref(), name);
-        if refs.is_empty() {
-            return;
-        }
         if let Some(local) = self
             .queue(name)
             .filter(|q| q.quorum_epoch().is_some() && !q.is_deleted())
         {
-            let held = local.hold_refs(&refs, 0);
-            tracing::debug!(vhost = %self.name, queue = %name, held = held.len(), "a former leader's deliveries held for this node's clients");
+            self.set_held(&local, 0, &refs);
             return;
         }
         if let Some(leader) = self
@@ -304,6 +302,104 @@ impl VirtualHost {
             .filter(|node| *node >= 0 && !self.definitions.is_down(*node))
         {
             carrier.hold(leader, &self.name, name, &refs);
+        }
+    }
+
+    /// Holds for `holder` what its clients hold of quorum queue instance
+    /// `local` (`refs`), giving back what it held for them before and
+    /// they no longer hold.
+    fn set_held(&self, local: &Arc<Queue>, holder: u64, refs: &[MessageRef]) {
+        match local.set_held(holder, refs) {
+            Ok(dead) => self.dead_letter(dead),
+            Err(error) => {
+                tracing::warn!(vhost = %self.name, queue = %local.name(), %error, "cannot hold messages for clients");
+            }
+        }
+        if !refs.is_empty() {
+            tracing::debug!(vhost = %self.name, queue = %local.name(), holder, refs = refs.len(), "a former leader's deliveries held for clients");
+        }
+    }
+
+    /// Another node's clients (`holder`, its link) hold the messages of
+    /// `refs` of quorum queue `name`, delivered by a former leader:
+    /// remembered for each instance this node runs of it (also one it
+    /// rebuilds later), until the next word from that node or its link
+    /// failing.
+    pub fn hold_for_peer(&self, name: &str, holder: u64, refs: Vec<MessageRef>) {
+        if let Some(local) = self
+            .queue(name)
+            .filter(|q| q.quorum_epoch().is_some() && !q.is_deleted())
+        {
+            self.set_held(&local, holder, &refs);
+        }
+        let mut held = self
+            .held_for_peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let queue = held.entry(name.to_owned()).or_default();
+        if refs.is_empty() {
+            queue.remove(&holder);
+        } else {
+            queue.insert(holder, refs);
+        }
+        if queue.is_empty() {
+            held.remove(name);
+        }
+    }
+
+    /// The link of another node (`holder`) failed: what its clients held
+    /// goes back to the queues' ready lists (redelivered).
+    pub fn release_held_for(&self, holder: u64) {
+        let names: Vec<String> = {
+            let mut held = self
+                .held_for_peers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            held.retain(|_, holders| {
+                holders.remove(&holder);
+                !holders.is_empty()
+            });
+            self.definitions
+                .quorum_queues(&self.name)
+                .into_iter()
+                .map(|definition| definition.name)
+                .collect()
+        };
+        for name in names {
+            if let Some(local) = self
+                .queue(&name)
+                .filter(|q| q.quorum_epoch().is_some() && !q.is_deleted())
+            {
+                self.set_held(&local, holder, &[]);
+            }
+        }
+    }
+
+    /// Quorum queue `name` was deleted: what this node's clients settled
+    /// or hold of it, and what it held for other nodes', is forgotten (a
+    /// queue declared again under the name numbers its messages anew).
+    pub(super) fn forget_quorum_clients(&self, name: &str, store_id: &str) {
+        if store_id.is_empty()
+            || self
+                .definitions
+                .queue(&self.name, name)
+                .is_some_and(|definition| definition.store_id == store_id)
+        {
+            // Not a replicated quorum queue, or still there (its
+            // definition changed).
+            return;
+        }
+        self.settled.forget(name);
+        self.dropped
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+        self.held_for_peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+        if let Some(carrier) = self.carrier.get() {
+            carrier.forget_deliveries(&self.name, name);
         }
     }
 
@@ -340,7 +436,7 @@ impl VirtualHost {
     /// back to the queue as it runs now, which may hold them for them:
     /// requeued, or dead. Without a live leader nothing holds them (the
     /// next one rebuilds them as ready).
-    pub(crate) fn release_quorum(&self, name: &str, requeue: bool, refs: &[MessageRef]) {
+    pub fn release_quorum(&self, name: &str, requeue: bool, refs: &[MessageRef]) {
         if refs.is_empty() {
             return;
         }
@@ -348,8 +444,8 @@ impl VirtualHost {
             .queue(name)
             .filter(|q| q.quorum_epoch().is_some() && !q.is_deleted())
         {
-            match local.release_refs(refs, requeue, 0) {
-                Ok((_, dead)) => self.dead_letter(dead),
+            match local.release_refs(refs, requeue) {
+                Ok(dead) => self.dead_letter(dead),
                 Err(error) => {
                     tracing::warn!(vhost = %self.name, queue = %name, %error, "cannot give back messages held for clients");
                 }
@@ -502,8 +598,8 @@ impl VirtualHost {
         // It stays in the map until the new one replaces it, nacking what
         // still reaches it.
         let sealed = local.map(|old| {
-            let consumers = old.take_consumers();
-            old.mark_deleted();
+            let mut consumers = old.take_consumers();
+            consumers.extend(old.retire());
             self.remember_dropped(&old);
             (old, consumers)
         });
@@ -545,9 +641,19 @@ impl VirtualHost {
         if let Some(carrier) = self.carrier.get() {
             let refs = self.held_by_clients(carrier.as_ref(), &definition.name);
             if !refs.is_empty() {
-                let held = queue.hold_refs(&refs, 0);
-                tracing::debug!(vhost = %self.name, queue = %definition.name, held = held.len(), "a former leader's deliveries held for this node's clients");
+                self.set_held(&queue, 0, &refs);
             }
+        }
+        // And what other nodes' clients hold, as they said.
+        let peers: Vec<(u64, Vec<MessageRef>)> = self
+            .held_for_peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&definition.name)
+            .map(|holders| holders.iter().map(|(h, r)| (*h, r.clone())).collect())
+            .unwrap_or_default();
+        for (holder, refs) in peers {
+            self.set_held(&queue, holder, &refs);
         }
         if ready > 0 {
             // Other nodes' consumers may have settled some of these
@@ -574,8 +680,8 @@ impl VirtualHost {
     /// consumers wait for the queue's next leader; its unsettled messages
     /// are that leader's to deliver).
     fn drop_local_quorum(&self, local: &Arc<Queue>) {
-        let consumers = local.take_consumers();
-        local.mark_deleted();
+        let mut consumers = local.take_consumers();
+        consumers.extend(local.retire());
         self.remember_dropped(local);
         {
             let mut queues = self.queues_mut();
