@@ -2056,7 +2056,7 @@ fn drop_consumers(state: &Mutex<HomeState>) {
         }
     }
     for (held, seqs) in by_queue {
-        match held.queue.requeue(&seqs) {
+        match held.queue.requeue_for_closed_link(&seqs) {
             Ok(dead) => held.vhost.dead_letter(dead),
             Err(error) => {
                 tracing::warn!(queue = held.queue.name(), %error, "cannot requeue deliveries of a closed link")

@@ -543,6 +543,23 @@ impl Queue {
         }
     }
 
+    /// Deliveries `seqs` went to a peer whose link closed: back to the
+    /// queue (redelivered); for an instance this node no longer runs,
+    /// only forgotten (the queue as it runs now has them, or holds them
+    /// for the peer's clients as the peer said).
+    ///
+    /// # Errors
+    /// As [`Queue::reject`].
+    pub fn requeue_for_closed_link(
+        self: &Arc<Self>,
+        seqs: &[u64],
+    ) -> Result<DeadLetters, MessagingError> {
+        if self.forget_if_dropped(seqs).is_some() {
+            return Ok(DeadLetters::default());
+        }
+        self.reject(seqs, true)
+    }
+
     /// For a quorum queue instance this node no longer runs: the messages
     /// this node's own clients still hold of its deliveries, as every
     /// leader knows them (for the queue's next leader to hold for them).
@@ -678,6 +695,11 @@ impl Queue {
         holder: u64,
         refs: &[MessageRef],
     ) -> Result<DeadLetters, MessagingError> {
+        // Held first: what is given back below is dispatched at once,
+        // and must not be one of these.
+        if !refs.is_empty() {
+            self.hold_refs(refs, holder);
+        }
         let released = {
             let mut inner = self.inner();
             let keep = match inner.store.as_ref() {
@@ -686,15 +708,10 @@ impl Queue {
             };
             inner.machine.take_held_by(holder, &keep)
         };
-        let dead = if released.is_empty() {
-            DeadLetters::default()
-        } else {
-            self.reject(&released, true)?
-        };
-        if !refs.is_empty() {
-            self.hold_refs(refs, holder);
+        if released.is_empty() {
+            return Ok(DeadLetters::default());
         }
-        Ok(dead)
+        self.reject(&released, true)
     }
 
     /// Stops this instance of a quorum queue (this node no longer runs

@@ -347,24 +347,46 @@ impl VirtualHost {
         }
     }
 
+    /// Messages of quorum queue `name` settled or given back by whoever
+    /// held them: no longer held for anyone by an instance this node
+    /// rebuilds later.
+    fn unhold_for_peers(&self, name: &str, refs: &[MessageRef]) {
+        let mut held = self
+            .held_for_peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let Some(holders) = held.get_mut(name) else {
+            return;
+        };
+        let gone: std::collections::HashSet<&MessageRef> = refs.iter().collect();
+        for holding in holders.values_mut() {
+            holding.retain(|message| !gone.contains(message));
+        }
+        holders.retain(|_, holding| !holding.is_empty());
+        if holders.is_empty() {
+            held.remove(name);
+        }
+    }
+
     /// The link of another node (`holder`) failed: what its clients held
     /// goes back to the queues' ready lists (redelivered).
     pub fn release_held_for(&self, holder: u64) {
-        let names: Vec<String> = {
-            let mut held = self
-                .held_for_peers
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            held.retain(|_, holders| {
+        let names: Vec<String> = self
+            .definitions
+            .quorum_queues(&self.name)
+            .into_iter()
+            .map(|definition| definition.name)
+            .collect();
+        // Forgotten first, under the lock a rebuilt instance takes its
+        // holds under: either it never sees them, or it runs (in the map)
+        // by the time they are given back below.
+        self.held_for_peers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, holders| {
                 holders.remove(&holder);
                 !holders.is_empty()
             });
-            self.definitions
-                .quorum_queues(&self.name)
-                .into_iter()
-                .map(|definition| definition.name)
-                .collect()
-        };
         for name in names {
             if let Some(local) = self
                 .queue(&name)
@@ -390,10 +412,17 @@ impl VirtualHost {
             return;
         }
         self.settled.forget(name);
-        self.dropped
+        let retired = self
+            .dropped
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(name);
+            .remove(name)
+            .unwrap_or_default();
+        // Their clients' late settlements must not reach a queue declared
+        // again under the name.
+        for instance in retired.iter().filter_map(std::sync::Weak::upgrade) {
+            instance.mark_deleted();
+        }
         self.held_for_peers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -428,7 +457,12 @@ impl VirtualHost {
         let mut dropped = self.dropped.lock().unwrap_or_else(|e| e.into_inner());
         let instances = dropped.entry(instance.name().to_owned()).or_default();
         instances.retain(|instance| instance.strong_count() > 0);
-        instances.push(Arc::downgrade(instance));
+        if !instances
+            .iter()
+            .any(|held| std::ptr::eq(held.as_ptr(), Arc::as_ptr(instance)))
+        {
+            instances.push(Arc::downgrade(instance));
+        }
     }
 
     /// Gives the messages of `refs` of quorum queue `name` (a former
@@ -440,6 +474,7 @@ impl VirtualHost {
         if refs.is_empty() {
             return;
         }
+        self.unhold_for_peers(name, refs);
         if let Some(local) = self
             .queue(name)
             .filter(|q| q.quorum_epoch().is_some() && !q.is_deleted())
@@ -468,6 +503,7 @@ impl VirtualHost {
     /// to its next leader).
     pub fn settled_elsewhere(&self, name: &str, refs: &[MessageRef]) {
         self.settled.record(name, refs, false);
+        self.unhold_for_peers(name, refs);
         if let Some(local) = self
             .queue(name)
             .filter(|q| q.quorum_epoch().is_some() && !q.is_deleted())
@@ -644,17 +680,6 @@ impl VirtualHost {
                 self.set_held(&queue, 0, &refs);
             }
         }
-        // And what other nodes' clients hold, as they said.
-        let peers: Vec<(u64, Vec<MessageRef>)> = self
-            .held_for_peers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&definition.name)
-            .map(|holders| holders.iter().map(|(h, r)| (*h, r.clone())).collect())
-            .unwrap_or_default();
-        for (holder, refs) in peers {
-            self.set_held(&queue, holder, &refs);
-        }
         if ready > 0 {
             // Other nodes' consumers may have settled some of these
             // through the former leader, which may not have replicated
@@ -668,6 +693,20 @@ impl VirtualHost {
         self.queues_mut()
             .insert(definition.name.clone(), Arc::clone(&queue));
         self.drop_stand_in(&definition.name);
+        // And what other nodes' clients hold, as they said (within the
+        // wait above), under the lock a failed holder's link is forgotten
+        // under: its holds are either not applied or given back.
+        {
+            let held = self
+                .held_for_peers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some(holders) = held.get(&definition.name) {
+                for (holder, refs) in holders {
+                    self.set_held(&queue, *holder, refs);
+                }
+            }
+        }
         if let Some((old, consumers)) = sealed {
             self.orphan_consumers(&old, consumers);
         }
