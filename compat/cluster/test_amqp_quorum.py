@@ -276,6 +276,20 @@ def none_came_back(deliveries, acked: list[bytes], after: list[bytes], cancelled
     assert not cancelled, "the consumer was cancelled"
 
 
+def publish_and_take(publisher, queue: str, connection, ch, deliveries, count: int) -> list[bytes]:
+    """Publishes `count` messages after a fault (nacks retried while the
+    leader settles), waits for the consumer to get them, acknowledges
+    them and lingers; returns their bodies."""
+    after = [f"after-{i}".encode() for i in range(count)]
+    publish_confirmed(publisher, queue, after, retry_nacks_for=20)
+    first = len(deliveries)
+    pump(connection, lambda: len(deliveries) >= first + count, 30, "the messages published after the fault")
+    for tag, _, _ in deliveries[first:]:
+        ch.basic_ack(tag)
+    linger(connection)
+    return after
+
+
 def acks_across(cluster, prefix: str, fault) -> None:
     """20 messages delivered to a consumer on a node that does not lead
     the queue, then `fault(leader, publisher, connection, ch, deliveries)`
@@ -289,12 +303,7 @@ def acks_across(cluster, prefix: str, fault) -> None:
     try:
         pump(connection, lambda: len(deliveries) >= 20, 20, "20 deliveries before the fault")
         fault(queue, leader, publisher, connection, ch, deliveries)
-        after = [f"after-{i}".encode() for i in range(10)]
-        publish_confirmed(publisher, queue, after, retry_nacks_for=20)
-        pump(connection, lambda: len(deliveries) >= 30, 30, "the messages published after the fault")
-        for tag, _, _ in deliveries[20:]:
-            ch.basic_ack(tag)
-        linger(connection)
+        after = publish_and_take(publisher, queue, connection, ch, deliveries, 10)
     finally:
         if connection.is_open:
             connection.close()
@@ -317,81 +326,25 @@ def test_acks_made_as_the_leader_dies_do_not_bring_messages_back(fresh_cluster):
     acks_across(cluster, "qq-acks-kill", kill_then_ack)
 
 
-def test_unacknowledged_deliveries_stay_with_their_consumer_through_a_failover(fresh_cluster):
-    """A consumer on a surviving node holds ten deliveries, unacknowledged,
-    while the queue's leader is killed: the new leader does not deliver
-    them again (its node tells it what its clients hold), the consumer
-    acknowledges five of them and requeues five through the new leader:
-    those five come back once each, flagged; the acknowledged ones never
-    do, nor does anything twice."""
-    cluster = fresh_cluster
-    queue, leader = declared(cluster, "qq-hold")
-    publisher, consumer_node = [cluster.node(n) for n in (1, 2, 3) if n != leader]
+def holding_through(cluster, prefix: str, consumer_on_leader: bool, fault) -> None:
+    """Ten deliveries held unacknowledged by a consumer (on the queue's
+    leader's node, or on another than the publisher's) while
+    `fault(queue, leader, publisher, connection)` changes the leader and
+    waits for it: none is delivered again; then five acknowledged never
+    come back and five requeued come back once each, flagged; five
+    published afterwards arrive; the consumer is never cancelled."""
+    queue, leader = declared(cluster, prefix)
+    others = [cluster.node(n) for n in (1, 2, 3) if n != leader]
+    publisher = others[0]
+    consumer_node = cluster.node(leader) if consumer_on_leader else others[1]
     held = [f"held-{i}".encode() for i in range(10)]
     publish_confirmed(publisher, queue, held)
     connection, ch, deliveries, cancelled = consuming(consumer_node, queue, prefetch=50, ack=False)
     try:
-        pump(connection, lambda: len(deliveries) >= 10, 20, "10 deliveries before the kill")
-        cluster.node(leader).kill()
-        pump(connection, lambda: leader_of(publisher, queue) not in (leader, -1), 30, "a new leader")
-        pump(connection, lambda: leader_of(consumer_node, queue) not in (leader, -1), 30,
-             "the new leader known on the consumer's node")
-        # Past the new leader's wait for settlements and the consumer's
+        pump(connection, lambda: len(deliveries) >= 10, 20, "10 deliveries before the fault")
+        fault(queue, leader, publisher, connection)
+        # Past a new leader's wait for settlements and the consumer's
         # registration with it: a delivery again would have come by now.
-        linger(connection, 4.0)
-        again = [body for _, body, _ in deliveries[10:]]
-        assert not again, f"the new leader delivered again what the consumer holds: {again}"
-        tags = {body: tag for tag, body, _ in deliveries[:10]}
-        for body in held[:5]:
-            ch.basic_ack(tags[body])
-        for body in held[5:]:
-            ch.basic_nack(tags[body], requeue=True)
-        pump(connection, lambda: len(deliveries) >= 15, 20, "the five requeued messages back")
-        for tag, _, _ in deliveries[10:]:
-            ch.basic_ack(tag)
-        after = [f"after-{i}".encode() for i in range(5)]
-        publish_confirmed(publisher, queue, after, retry_nacks_for=20)
-        pump(connection, lambda: len(deliveries) >= 20, 30, "the messages published after the failover")
-        for tag, _, _ in deliveries[15:]:
-            ch.basic_ack(tag)
-        linger(connection)
-    finally:
-        if connection.is_open:
-            connection.close()
-    back = deliveries[10:15]
-    assert sorted(body for _, body, _ in back) == sorted(held[5:]), back
-    assert all(redelivered for _, _, redelivered in back), "requeued messages come back flagged"
-    bodies = [body for _, body, _ in deliveries]
-    assert len(bodies) == 20 and sorted(bodies[15:]) == sorted(after), bodies
-    assert not cancelled, "the consumer was cancelled"
-
-
-def test_a_cut_off_leaders_own_clients_keep_their_deliveries(proxied_cluster):
-    """A consumer on the queue's leader's node holds ten deliveries,
-    unacknowledged, while that node is cut off (another leads) and the
-    cut heals: neither the other leader nor the first one leading again
-    (a new instance) delivers them again; five acknowledged never come
-    back, five requeued come back once, flagged."""
-    cluster = proxied_cluster
-    queue, leader = declared(cluster, "qq-hold-own")
-    publisher = next(cluster.node(n) for n in (1, 2, 3) if n != leader)
-    held = [f"held-{i}".encode() for i in range(10)]
-    publish_confirmed(publisher, queue, held)
-    connection, ch, deliveries, cancelled = consuming(cluster.node(leader), queue, prefetch=50, ack=False)
-    try:
-        pump(connection, lambda: len(deliveries) >= 10, 20, "10 deliveries on the leader's node")
-        cluster.isolate(leader)
-        pump(connection, lambda: leader_of(publisher, queue) not in (leader, -1), 30, "another leader")
-        cluster.heal()
-
-        # The preferred leader leads again (a new instance), where its
-        # former instance's deliveries are still held by the consumer.
-        pump(
-            connection,
-            lambda: all(leader_of(cluster.node(n), queue) == leader for n in (1, 2, 3)),
-            60,
-            "the first leader leading again after the cut",
-        )
         linger(connection, 4.0)
         again = [body for _, body, _ in deliveries[10:]]
         assert not again, f"delivered again what the consumer holds: {again}"
@@ -403,20 +356,51 @@ def test_a_cut_off_leaders_own_clients_keep_their_deliveries(proxied_cluster):
         pump(connection, lambda: len(deliveries) >= 15, 20, "the five requeued messages back")
         for tag, _, _ in deliveries[10:]:
             ch.basic_ack(tag)
-        after = [f"after-{i}".encode() for i in range(5)]
-        publish_confirmed(publisher, queue, after, retry_nacks_for=20)
-        pump(connection, lambda: len(deliveries) >= 20, 30, "the messages published after the cut")
-        for tag, _, _ in deliveries[15:]:
-            ch.basic_ack(tag)
-        linger(connection)
+        after = publish_and_take(publisher, queue, connection, ch, deliveries, 5)
     finally:
         if connection.is_open:
             connection.close()
     bodies = [body for _, body, _ in deliveries]
     assert sorted(bodies[10:15]) == sorted(held[5:]), bodies
-    assert all(redelivered for _, _, redelivered in deliveries[10:15])
+    assert all(redelivered for _, _, redelivered in deliveries[10:15]), "requeued messages come back flagged"
     assert len(bodies) == 20 and sorted(bodies[15:]) == sorted(after), bodies
     assert not cancelled, "the consumer was cancelled"
+
+
+def test_unacknowledged_deliveries_stay_with_their_consumer_through_a_failover(fresh_cluster):
+    """A consumer on a surviving node holds ten deliveries while the
+    queue's leader is killed: the new leader does not deliver them again
+    (the consumer's node tells it what its clients hold), and they are
+    settled through it (holding_through)."""
+    cluster = fresh_cluster
+
+    def kill(queue, leader, publisher, connection):
+        cluster.node(leader).kill()
+        pump(connection, lambda: leader_of(publisher, queue) not in (leader, -1), 30, "a new leader")
+
+    holding_through(cluster, "qq-hold", consumer_on_leader=False, fault=kill)
+
+
+def test_a_cut_off_leaders_own_clients_keep_their_deliveries(proxied_cluster):
+    """A consumer on the queue's leader's node holds ten deliveries while
+    that node is cut off (another leads) and the cut heals: neither the
+    other leader nor the first one leading again (a new instance, its
+    former instance retired with what its clients hold) delivers them
+    again, and they are settled through it (holding_through)."""
+    cluster = proxied_cluster
+
+    def cut_and_heal(queue, leader, publisher, connection):
+        cluster.isolate(leader)
+        pump(connection, lambda: leader_of(publisher, queue) not in (leader, -1), 30, "another leader")
+        cluster.heal()
+        pump(
+            connection,
+            lambda: all(leader_of(cluster.node(n), queue) == leader for n in (1, 2, 3)),
+            60,
+            "the first leader leading again after the cut",
+        )
+
+    holding_through(cluster, "qq-hold-own", consumer_on_leader=True, fault=cut_and_heal)
 
 
 def test_acks_lost_with_a_leader_that_comes_back_leading_do_not_bring_messages_back(tmp_path, request):

@@ -776,22 +776,9 @@ impl QueueMachine {
                 settled += 1;
             }
         }
-        for bucket in self.ready.buckets.values_mut() {
-            let mut kept = std::collections::VecDeque::with_capacity(bucket.len());
-            for entry in bucket.drain(..) {
-                if entry.stored.is_some_and(|id| ids.contains(&id)) {
-                    self.ready.len -= 1;
-                    self.ready.bytes = self
-                        .ready
-                        .bytes
-                        .saturating_sub(entry.message.body_size() as u64);
-                    effects.settle(&entry);
-                    settled += 1;
-                } else {
-                    kept.push_back(entry);
-                }
-            }
-            *bucket = kept;
+        for entry in self.ready.take_stored(ids) {
+            effects.settle(&entry);
+            settled += 1;
         }
         settled
     }
@@ -811,26 +798,13 @@ impl QueueMachine {
         let unacked = &self.unacked;
         self.held_for_clients
             .retain(|seq, _| unacked.contains_key(seq));
-        for bucket in self.ready.buckets.values_mut() {
-            let mut kept = std::collections::VecDeque::with_capacity(bucket.len());
-            for mut entry in bucket.drain(..) {
-                if entry.stored.is_some_and(|id| ids.contains(&id)) {
-                    self.ready.len -= 1;
-                    self.ready.bytes = self
-                        .ready
-                        .bytes
-                        .saturating_sub(entry.message.body_size() as u64);
-                    entry.redelivered = true;
-                    entry.local_client = false;
-                    effects.delivered(&entry);
-                    held.push(entry.seq);
-                    self.held_for_clients.insert(entry.seq, holder);
-                    self.unacked.insert(entry.seq, entry);
-                } else {
-                    kept.push_back(entry);
-                }
-            }
-            *bucket = kept;
+        for mut entry in self.ready.take_stored(ids) {
+            entry.redelivered = true;
+            entry.local_client = false;
+            effects.delivered(&entry);
+            held.push(entry.seq);
+            self.held_for_clients.insert(entry.seq, holder);
+            self.unacked.insert(entry.seq, entry);
         }
         held
     }

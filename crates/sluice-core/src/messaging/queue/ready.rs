@@ -148,6 +148,26 @@ impl Ready {
         bucket.insert(at, entry);
     }
 
+    /// Takes the entries in memory whose messages are stored under
+    /// `ids`, in delivery order within each priority.
+    pub(super) fn take_stored(&mut self, ids: &std::collections::HashSet<u64>) -> Vec<Entry> {
+        let mut taken = Vec::new();
+        for bucket in self.buckets.values_mut() {
+            let mut kept = VecDeque::with_capacity(bucket.len());
+            for entry in bucket.drain(..) {
+                if entry.stored.is_some_and(|id| ids.contains(&id)) {
+                    self.len -= 1;
+                    self.bytes = self.bytes.saturating_sub(entry.message.body_size() as u64);
+                    taken.push(entry);
+                } else {
+                    kept.push_back(entry);
+                }
+            }
+            *bucket = kept;
+        }
+        taken
+    }
+
     pub(super) fn front(&self) -> Option<&Entry> {
         self.buckets.values().rev().find_map(|b| b.front())
     }

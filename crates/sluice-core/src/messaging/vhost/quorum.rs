@@ -252,6 +252,21 @@ impl VirtualHost {
         }
     }
 
+    /// The instance of quorum queue `name` this node runs, if it leads it.
+    fn running_quorum(&self, name: &str) -> Option<Arc<Queue>> {
+        self.queue(name)
+            .filter(|q| q.quorum_epoch().is_some() && !q.is_deleted())
+    }
+
+    /// The live node leading quorum queue `name`, when another node than
+    /// this one does.
+    fn live_leader_elsewhere(&self, name: &str) -> Option<i32> {
+        self.remote_stand_in(name)
+            .filter(|stand_in| !stand_in.is_deleted())
+            .and_then(|stand_in| stand_in.remote_node())
+            .filter(|node| *node >= 0 && !self.definitions.is_down(*node))
+    }
+
     /// Sends the stale settlements of quorum queue `name` (made through an
     /// instance no longer running it) to the queue as it runs now: here,
     /// or its live leader's node; kept for the next try without one.
@@ -260,18 +275,11 @@ impl VirtualHost {
         if stale.is_empty() {
             return;
         }
-        if let Some(local) = self
-            .queue(name)
-            .filter(|q| q.quorum_epoch().is_some() && !q.is_deleted())
-        {
+        if let Some(local) = self.running_quorum(name) {
             local.settle_refs(&stale);
             return;
         }
-        let leader = self
-            .remote_stand_in(name)
-            .filter(|stand_in| !stand_in.is_deleted())
-            .and_then(|stand_in| stand_in.remote_node())
-            .filter(|node| *node >= 0 && !self.definitions.is_down(*node));
+        let leader = self.live_leader_elsewhere(name);
         match (leader, self.carrier.get()) {
             (Some(leader), Some(carrier)) => carrier.resettle(leader, &self.name, name, &stale),
             _ => self.settled.keep_stale(name, stale),
@@ -288,19 +296,11 @@ impl VirtualHost {
         // All they hold (also none): the leader gives back what it held
         // for them before and they no longer hold.
         let refs = self.held_by_clients(carrier.as_ref(), name);
-        if let Some(local) = self
-            .queue(name)
-            .filter(|q| q.quorum_epoch().is_some() && !q.is_deleted())
-        {
+        if let Some(local) = self.running_quorum(name) {
             self.set_held(&local, 0, &refs);
             return;
         }
-        if let Some(leader) = self
-            .remote_stand_in(name)
-            .filter(|stand_in| !stand_in.is_deleted())
-            .and_then(|stand_in| stand_in.remote_node())
-            .filter(|node| *node >= 0 && !self.definitions.is_down(*node))
-        {
+        if let Some(leader) = self.live_leader_elsewhere(name) {
             carrier.hold(leader, &self.name, name, &refs);
         }
     }
@@ -326,10 +326,7 @@ impl VirtualHost {
     /// rebuilds later), until the next word from that node or its link
     /// failing.
     pub fn hold_for_peer(&self, name: &str, holder: u64, refs: Vec<MessageRef>) {
-        if let Some(local) = self
-            .queue(name)
-            .filter(|q| q.quorum_epoch().is_some() && !q.is_deleted())
-        {
+        if let Some(local) = self.running_quorum(name) {
             self.set_held(&local, holder, &refs);
         }
         let mut held = self
@@ -388,10 +385,7 @@ impl VirtualHost {
                 !holders.is_empty()
             });
         for name in names {
-            if let Some(local) = self
-                .queue(&name)
-                .filter(|q| q.quorum_epoch().is_some() && !q.is_deleted())
-            {
+            if let Some(local) = self.running_quorum(&name) {
                 self.set_held(&local, holder, &[]);
             }
         }
@@ -475,10 +469,7 @@ impl VirtualHost {
             return;
         }
         self.unhold_for_peers(name, refs);
-        if let Some(local) = self
-            .queue(name)
-            .filter(|q| q.quorum_epoch().is_some() && !q.is_deleted())
-        {
+        if let Some(local) = self.running_quorum(name) {
             match local.release_refs(refs, requeue) {
                 Ok(dead) => self.dead_letter(dead),
                 Err(error) => {
@@ -487,11 +478,7 @@ impl VirtualHost {
             }
             return;
         }
-        let leader = self
-            .remote_stand_in(name)
-            .filter(|stand_in| !stand_in.is_deleted())
-            .and_then(|stand_in| stand_in.remote_node())
-            .filter(|node| *node >= 0 && !self.definitions.is_down(*node));
+        let leader = self.live_leader_elsewhere(name);
         if let (Some(leader), Some(carrier)) = (leader, self.carrier.get()) {
             carrier.release(leader, &self.name, name, requeue, refs);
         }
@@ -504,10 +491,7 @@ impl VirtualHost {
     pub fn settled_elsewhere(&self, name: &str, refs: &[MessageRef]) {
         self.settled.record(name, refs, false);
         self.unhold_for_peers(name, refs);
-        if let Some(local) = self
-            .queue(name)
-            .filter(|q| q.quorum_epoch().is_some() && !q.is_deleted())
-        {
+        if let Some(local) = self.running_quorum(name) {
             let settled = local.settle_refs(refs);
             tracing::debug!(vhost = %self.name, queue = %name, sent = refs.len(), settled, "settlements made through a former leader");
         }
