@@ -290,13 +290,19 @@ def publish_and_take(publisher, queue: str, connection, ch, deliveries, count: i
     return after
 
 
-def acks_across(cluster, prefix: str, fault) -> None:
+def acks_across(cluster, prefix: str, fault, consumer_not_next: bool = False) -> None:
     """20 messages delivered to a consumer on a node that does not lead
-    the queue, then `fault(leader, publisher, connection, ch, deliveries)`
-    (which acknowledges them and waits for the queue to be led again);
-    then 10 more published and delivered: none acknowledged comes back."""
+    the queue (`consumer_not_next`: nor is elected next, the other
+    being the first in-sync replica), then `fault(leader, publisher,
+    connection, ch, deliveries)` (which acknowledges them and waits for
+    the queue to be led again); then 10 more published and delivered:
+    none acknowledged comes back."""
     queue, leader = declared(cluster, prefix)
     publisher, consumer_node = [cluster.node(n) for n in (1, 2, 3) if n != leader]
+    if consumer_not_next:
+        in_sync = [n for n in queues_on(publisher)[queue]["online"] if n != leader]
+        assert len(in_sync) == 2, in_sync
+        publisher, consumer_node = cluster.node(in_sync[0]), cluster.node(in_sync[1])
     held = [f"held-{i}".encode() for i in range(20)]
     publish_confirmed(publisher, queue, held)
     connection, ch, deliveries, cancelled = consuming(consumer_node, queue, prefetch=20, ack=False)
@@ -324,6 +330,40 @@ def test_acks_made_as_the_leader_dies_do_not_bring_messages_back(fresh_cluster):
         pump(connection, lambda: leader_of(publisher, queue) not in (leader, -1), 30, "a new leader")
 
     acks_across(cluster, "qq-acks-kill", kill_then_ack)
+
+
+def test_acks_made_while_a_new_leader_rebuilds_the_queue_do_not_bring_messages_back(tmp_path, request):
+    """The queue's leader is killed and, once another leads, the consumer
+    (on a node that did not lead) acknowledges what the first one
+    delivered while the new leader (the publisher's node) is between
+    reading the queue from its partition and running it (held there 4 s
+    by SLUICE_TEST_QUORUM_REBUILD_PAUSE_MS): those settlements find no
+    instance running yet, and the instance settles them as it starts.
+    Nothing acknowledged comes back."""
+    with running_cluster(
+        tmp_path,
+        name=f"cluster[{request.node.name}]",
+        env={"SLUICE_TEST_QUORUM_REBUILD_PAUSE_MS": "4000"},
+    ) as cluster:
+
+        def kill_lead_then_ack(queue, leader, publisher, connection, ch, deliveries):
+            cluster.node(leader).kill()
+            # Fenced, in the controller pass that elects the next leader
+            # (the queue's listing shows the node running it, which the
+            # new one is not until its pause ends).
+            pump(
+                connection,
+                lambda: leader not in queues_on(publisher)[queue]["online"],
+                30,
+                "the leader fenced",
+            )
+            # Past the new leader's read of the partition (its next
+            # follower pass, 200 ms), well inside its 4 s pause.
+            linger(connection, 1.0)
+            ch.basic_ack(deliveries[-1][0], multiple=True)
+            pump(connection, lambda: leader_of(publisher, queue) not in (leader, -1), 30, "a new leader")
+
+        acks_across(cluster, "qq-acks-rebuild", kill_lead_then_ack, consumer_not_next=True)
 
 
 def holding_through(cluster, prefix: str, consumer_on_leader: bool, fault) -> None:

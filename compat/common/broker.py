@@ -138,8 +138,16 @@ class Broker:
     found at the same addresses (and advertises the same Kafka one).
     """
 
-    def __init__(self, data_dir: Path, name: str = "broker", settings: dict[str, str] | None = None):
+    def __init__(
+        self,
+        data_dir: Path,
+        name: str = "broker",
+        settings: dict[str, str] | None = None,
+        env: dict[str, str] | None = None,
+    ):
         self.name = name
+        # Extra environment (SLUICE_TEST_* fault injection), on every start.
+        self.env = dict(env or {})
         # Configuration keys passed as `--set KEY=VALUE`. Groups form at
         # once rather than after Kafka's 3 s wait for more members, unless a
         # test asks for the delay.
@@ -224,7 +232,7 @@ class Broker:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
-                env=child_env(),
+                env=child_env(**self.env),
                 preexec_fn=die_with_parent,
             )
         finally:

@@ -29,6 +29,7 @@ class Cluster:
         name: str = "cluster",
         settings: dict[str, str] | None = None,
         proxied: bool = False,
+        env: dict[str, str] | None = None,
     ):
         links = {node: free_port() for node in range(1, size + 1)}
         voters = ",".join(f"{node}@127.0.0.1:{port}" for node, port in links.items())
@@ -36,6 +37,7 @@ class Cluster:
         self.name = name
         self.voters = voters
         self.settings = settings or {}
+        self.env = env or {}
         # (from, to) -> the proxy node `from` dials node `to` through.
         self.proxies: dict[tuple[int, int], FaultProxy] = {}
         if proxied:
@@ -65,6 +67,7 @@ class Cluster:
                     **routes(node),
                     **(settings or {}),
                 },
+                env=env,
             )
             for node, port in links.items()
         ]
@@ -83,6 +86,7 @@ class Cluster:
                 "cluster.voters": self.voters,
                 **self.settings,
             },
+            env=self.env,
         )
         self.nodes.append(broker)
         return broker
@@ -163,8 +167,9 @@ def running_cluster(
     name: str = "cluster",
     settings: dict[str, str] | None = None,
     proxied: bool = False,
+    env: dict[str, str] | None = None,
 ):
-    cluster = Cluster(root, size, name, settings, proxied)
+    cluster = Cluster(root, size, name, settings, proxied, env)
     try:
         cluster.start()
         yield cluster

@@ -386,6 +386,9 @@ struct LocalConsumer {
     /// the channel gives it back on settlement.
     credit: Arc<Credit>,
     stand_in: Weak<Queue>,
+    /// A quorum queue's: when lost, it waits for the queue's next leader
+    /// (known at registration: the stand-in may be gone by then).
+    quorum: bool,
     /// Its deliveries are settled on delivery (nothing to map back).
     no_ack: bool,
     /// The connection its CONSUME went over (0: not sent yet).
@@ -405,11 +408,7 @@ fn lose(state: &LinkState, consumer: LocalConsumer) {
     let Some(sink) = consumer.sink else {
         return;
     };
-    let quorum = consumer
-        .stand_in
-        .upgrade()
-        .is_some_and(|queue| queue.queue_type() == QueueType::Quorum);
-    if quorum {
+    if consumer.quorum {
         tracing::debug!(queue = %consumer.queue, tag = %consumer.tag, "a quorum queue consumer waits for the queue's next leader");
         lock(&state.orphans).push((
             consumer.vhost,
@@ -761,6 +760,7 @@ impl RemoteQueues for Carrier {
                 sink: Some(consumer.sink),
                 credit: Arc::clone(&consumer.credit),
                 stand_in: Arc::downgrade(queue),
+                quorum: queue.queue_type() == QueueType::Quorum,
                 no_ack: consumer.no_ack,
                 connection: 0,
                 exclusive: consumer.exclusive,
@@ -815,6 +815,17 @@ impl RemoteQueues for Carrier {
 
     fn orphan(&self, vhost: &str, queue: &str, consumer: ConsumerSpec) {
         lock(&self.orphans).push((vhost.to_owned(), queue.to_owned(), consumer));
+    }
+
+    fn orphaned_queues(&self, vhost: &str) -> Vec<String> {
+        let mut queues: Vec<String> = lock(&self.orphans)
+            .iter()
+            .filter(|(v, _, _)| v == vhost)
+            .map(|(_, q, _)| q.clone())
+            .collect();
+        queues.sort_unstable();
+        queues.dedup();
+        queues
     }
 
     fn take_orphans(&self, vhost: &str, queue: &str) -> Vec<ConsumerSpec> {

@@ -164,14 +164,23 @@ impl RecentSettlements {
         settled.stale.drain(..excess);
     }
 
-    /// The settlements of `queue` made in the last 60 s (`SETTLED_KEPT`).
+    /// The settlements of `queue` made in the last 60 s (`SETTLED_KEPT`),
+    /// none of them to be sent on any more.
     pub fn recent(&self, queue: &str) -> Vec<MessageRef> {
+        self.recent_of(queue, true)
+    }
+
+    /// The settlements of `queue` made in the last 60 s; `sent_on`: the
+    /// stale ones among them need not be sent on any more.
+    pub(crate) fn recent_of(&self, queue: &str, sent_on: bool) -> Vec<MessageRef> {
         let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
         let Some(settled) = queues.get_mut(queue) else {
             return Vec::new();
         };
         settled.forget_older_than(Instant::now());
-        settled.stale.clear();
+        if sent_on {
+            settled.stale.clear();
+        }
         settled.recent.iter().map(|(_, r)| *r).collect()
     }
 

@@ -135,6 +135,12 @@ pub trait RemoteQueues: Send + Sync + std::fmt::Debug {
         Vec::new()
     }
 
+    /// The quorum queues of `vhost` some consumer waits for the next
+    /// leader of ([`RemoteQueues::take_orphans`]).
+    fn orphaned_queues(&self, _vhost: &str) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Takes back the consumers registered through `stand_in` (a quorum
     /// queue's stand-in replaced for another leader): cancelled at their
     /// former leader, they wait for the queue's next one.

@@ -47,6 +47,23 @@ const DEFAULT_GROUP_SIZE: u64 = 3;
 /// leader first.
 const SETTLEMENTS_GRACE: std::time::Duration = std::time::Duration::from_millis(750);
 
+/// Fault injection for the cluster tests only: a new leader of a quorum
+/// queue waits this long between reading the queue from its partition
+/// and running it (`SLUICE_TEST_QUORUM_REBUILD_PAUSE_MS`; none by
+/// default), so that what other nodes send meanwhile reliably finds no
+/// instance running yet.
+fn rebuild_pause() -> Option<std::time::Duration> {
+    static PAUSE: std::sync::OnceLock<Option<std::time::Duration>> = std::sync::OnceLock::new();
+    *PAUSE.get_or_init(|| {
+        let millis = std::env::var("SLUICE_TEST_QUORUM_REBUILD_PAUSE_MS").ok()?;
+        millis
+            .trim()
+            .parse()
+            .ok()
+            .map(std::time::Duration::from_millis)
+    })
+}
+
 impl VirtualHost {
     /// Whether quorum queues replicate here (the node is part of a
     /// cluster).
@@ -184,6 +201,15 @@ impl VirtualHost {
         }
         for definition in self.definitions.quorum_queues(&self.name) {
             self.follow_quorum(&definition);
+        }
+        // Consumers waiting for a queue deleted meanwhile (lost as it
+        // went, after its deletion cancelled those waiting then).
+        if let Some(carrier) = self.carrier.get() {
+            for name in carrier.orphaned_queues(&self.name) {
+                if self.definitions.queue(&self.name, &name).is_none() {
+                    self.cancel_orphans(&name);
+                }
+            }
         }
     }
 
@@ -326,13 +352,15 @@ impl VirtualHost {
     /// rebuilds later), until the next word from that node or its link
     /// failing.
     pub fn hold_for_peer(&self, name: &str, holder: u64, refs: Vec<MessageRef>) {
-        if let Some(local) = self.running_quorum(name) {
-            self.set_held(&local, holder, &refs);
-        }
+        // Looked up under the lock a rebuilt instance takes its holds
+        // under: either it runs by now, or it finds these when it does.
         let mut held = self
             .held_for_peers
             .lock()
             .unwrap_or_else(|e| e.into_inner());
+        if let Some(local) = self.running_quorum(name) {
+            self.set_held(&local, holder, &refs);
+        }
         let queue = held.entry(name.to_owned()).or_default();
         if refs.is_empty() {
             queue.remove(&holder);
@@ -639,6 +667,10 @@ impl VirtualHost {
                 return;
             }
         };
+        if let Some(pause) = rebuild_pause() {
+            tracing::warn!(vhost = %self.name, queue = %definition.name, ?pause, "pausing before running the rebuilt quorum queue (SLUICE_TEST_QUORUM_REBUILD_PAUSE_MS)");
+            std::thread::sleep(pause);
+        }
         let args = QueueArgs::parse(&definition.name, &self.name, &definition.arguments)
             .unwrap_or_default();
         let ready = messages.len();
@@ -656,14 +688,6 @@ impl VirtualHost {
             None,
         );
         queue.restore(messages, Vec::new());
-        // What this node's clients hold of a former leader's deliveries
-        // (over other nodes' links) stays theirs to settle.
-        if let Some(carrier) = self.carrier.get() {
-            let refs = self.held_by_clients(carrier.as_ref(), &definition.name);
-            if !refs.is_empty() {
-                self.set_held(&queue, 0, &refs);
-            }
-        }
         if ready > 0 {
             // Other nodes' consumers may have settled some of these
             // through the former leader, which may not have replicated
@@ -677,6 +701,26 @@ impl VirtualHost {
         self.queues_mut()
             .insert(definition.name.clone(), Arc::clone(&queue));
         self.drop_stand_in(&definition.name);
+        // What this node's clients hold of a former leader's deliveries
+        // (over other nodes' links, or from an instance this node ran)
+        // stays theirs to settle: looked up once this instance runs, so
+        // that what they give back meanwhile finds it or is not held.
+        if let Some(carrier) = self.carrier.get() {
+            let refs = self.held_by_clients(carrier.as_ref(), &definition.name);
+            if !refs.is_empty() {
+                self.set_held(&queue, 0, &refs);
+            }
+        }
+        // Settlements other nodes sent while the partition was read came
+        // after it took the remembered ones and found no instance running
+        // (`settled_elsewhere` remembers before it looks): settled now.
+        let late = self.settled.recent_of(&definition.name, false);
+        if !late.is_empty() {
+            let settled = queue.settle_refs(&late);
+            if settled > 0 {
+                tracing::debug!(vhost = %self.name, queue = %definition.name, settled, "settlements that came while the queue was rebuilt");
+            }
+        }
         // And what other nodes' clients hold, as they said (within the
         // wait above), under the lock a failed holder's link is forgotten
         // under: its holds are either not applied or given back.
