@@ -724,6 +724,11 @@ impl QueueMachine {
     ) -> Option<(u64, Arc<Message>, bool)> {
         self.last_used = now;
         self.drop_expired(now, pager, queue, effects);
+        if now < self.dispatch_after {
+            // A new leader's wait for settlements made through the former
+            // one: empty, as for a consumer.
+            return None;
+        }
         self.page_in(pager, queue, effects);
         let entry = self.ready.pop_front()?;
         let message = if self.args.queue_type == QueueType::Quorum {

@@ -66,6 +66,9 @@ pub struct PublishOutcome {
     pub rejected: bool,
 }
 
+/// Quorum queue instances a node stopped running, by queue name.
+type DroppedInstances = HashMap<String, Vec<std::sync::Weak<Queue>>>;
+
 /// Every virtual host of the broker.
 #[derive(Debug)]
 pub struct VirtualHosts {
@@ -398,7 +401,7 @@ pub struct VirtualHost {
     settled: Arc<super::quorum_store::RecentSettlements>,
     /// Quorum queue instances this node stopped running, by queue name,
     /// while its clients may still hold their deliveries.
-    dropped: std::sync::Mutex<HashMap<String, Vec<std::sync::Weak<Queue>>>>,
+    dropped: std::sync::Mutex<DroppedInstances>,
     /// What other nodes' clients hold of quorum queues' deliveries by a
     /// former leader, by queue name and holder (their link), as they last
     /// said: held by each instance this node runs of the queue.

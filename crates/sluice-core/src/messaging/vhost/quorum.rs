@@ -203,10 +203,11 @@ impl VirtualHost {
             self.follow_quorum(&definition);
         }
         // Consumers waiting for a queue deleted meanwhile (lost as it
-        // went, after its deletion cancelled those waiting then).
+        // went, after its deletion cancelled those waiting then), or for
+        // one that has no next leader (not replicated).
         if let Some(carrier) = self.carrier.get() {
             for name in carrier.orphaned_queues(&self.name) {
-                if self.definitions.queue(&self.name, &name).is_none() {
+                if !self.is_quorum_definition(&name) {
                     self.cancel_orphans(&name);
                 }
             }
@@ -320,8 +321,11 @@ impl VirtualHost {
             return;
         };
         // All they hold (also none): the leader gives back what it held
-        // for them before and they no longer hold.
-        let refs = self.held_by_clients(carrier.as_ref(), name);
+        // for them before and they no longer hold. Read and sent under
+        // `dropped`, as their releases are (`release_quorum`): one given
+        // back after this read reaches the queue after this hold.
+        let mut dropped = self.dropped.lock().unwrap_or_else(|e| e.into_inner());
+        let refs = self.held_by_clients(carrier.as_ref(), name, &mut dropped);
         if let Some(local) = self.running_quorum(name) {
             self.set_held(&local, 0, &refs);
             return;
@@ -352,23 +356,30 @@ impl VirtualHost {
     /// rebuilds later), until the next word from that node or its link
     /// failing.
     pub fn hold_for_peer(&self, name: &str, holder: u64, refs: Vec<MessageRef>) {
-        // Looked up under the lock a rebuilt instance takes its holds
-        // under: either it runs by now, or it finds these when it does.
-        let mut held = self
-            .held_for_peers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(local) = self.running_quorum(name) {
+        // Kept, and the running instance looked up, under the lock a
+        // rebuilt instance takes its holds under: either it runs by now,
+        // or it finds these when it does. Applied after the lock is
+        // released (what it gives back may reach `release_quorum`, which
+        // takes the lock); the holder's link failing, which gives back
+        // what is held for it, is handled after this on the same thread.
+        let running = {
+            let mut held = self
+                .held_for_peers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let queue = held.entry(name.to_owned()).or_default();
+            if refs.is_empty() {
+                queue.remove(&holder);
+            } else {
+                queue.insert(holder, refs.clone());
+            }
+            if queue.is_empty() {
+                held.remove(name);
+            }
+            self.running_quorum(name)
+        };
+        if let Some(local) = running {
             self.set_held(&local, holder, &refs);
-        }
-        let queue = held.entry(name.to_owned()).or_default();
-        if refs.is_empty() {
-            queue.remove(&holder);
-        } else {
-            queue.insert(holder, refs);
-        }
-        if queue.is_empty() {
-            held.remove(name);
         }
     }
 
@@ -458,9 +469,13 @@ impl VirtualHost {
     /// a former leader: over other nodes' links, or by an instance this
     /// node ran (whose deliveries other nodes' clients hold are theirs to
     /// name).
-    fn held_by_clients(&self, carrier: &dyn super::RemoteQueues, name: &str) -> Vec<MessageRef> {
+    fn held_by_clients(
+        &self,
+        carrier: &dyn super::RemoteQueues,
+        name: &str,
+        dropped: &mut super::DroppedInstances,
+    ) -> Vec<MessageRef> {
         let mut refs = carrier.held_refs(&self.name, name);
-        let mut dropped = self.dropped.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(instances) = dropped.get_mut(name) {
             instances.retain(|instance| instance.strong_count() > 0);
             for instance in instances.iter().filter_map(std::sync::Weak::upgrade) {
@@ -497,6 +512,10 @@ impl VirtualHost {
             return;
         }
         self.unhold_for_peers(name, refs);
+        // Under `dropped`, as what this node's clients hold is read and
+        // held (`hold_for_clients`, a rebuilt instance): a hold that named
+        // these reaches the queue before this release does.
+        let _clients = self.dropped.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(local) = self.running_quorum(name) {
             match local.release_refs(refs, requeue) {
                 Ok(dead) => self.dead_letter(dead),
@@ -706,7 +725,8 @@ impl VirtualHost {
         // stays theirs to settle: looked up once this instance runs, so
         // that what they give back meanwhile finds it or is not held.
         if let Some(carrier) = self.carrier.get() {
-            let refs = self.held_by_clients(carrier.as_ref(), &definition.name);
+            let mut dropped = self.dropped.lock().unwrap_or_else(|e| e.into_inner());
+            let refs = self.held_by_clients(carrier.as_ref(), &definition.name, &mut dropped);
             if !refs.is_empty() {
                 self.set_held(&queue, 0, &refs);
             }
