@@ -221,9 +221,10 @@ def test_a_consumer_on_another_node_goes_on_through_a_failover(fresh_cluster):
     assert set(before + after) <= set(got)
 
 
-def consuming(node, queue: str, prefetch: int, ack: bool):
-    """A pika connection to `node` consuming `queue` with manual acks:
-    (connection, channel, deliveries as (delivery tag, body, redelivered),
+def consuming(node, queue: str, prefetch: int, ack: bool, exclusive: bool = False):
+    """A pika connection to `node` consuming `queue` with manual acks
+    (`exclusive`: as the queue's exclusive consumer): (connection,
+    channel, deliveries as (delivery tag, body, redelivered),
     cancellations). Acknowledges each delivery at once when `ack`."""
     connection = pika.BlockingConnection(
         pika.ConnectionParameters(
@@ -243,7 +244,7 @@ def consuming(node, queue: str, prefetch: int, ack: bool):
         if ack:
             channel_.basic_ack(method.delivery_tag)
 
-    ch.basic_consume(queue, on_message)
+    ch.basic_consume(queue, on_message, exclusive=exclusive)
     return connection, ch, deliveries, cancelled
 
 
@@ -314,6 +315,34 @@ def acks_across(cluster, prefix: str, fault, consumer_not_next: bool = False) ->
         if connection.is_open:
             connection.close()
     none_came_back(deliveries, held, after, cancelled)
+
+
+def test_an_exclusive_consumer_the_leader_refuses_is_cancelled_at_its_client(cluster):
+    """A second exclusive consumer of a quorum queue, through a node that
+    does not lead it, is refused by the leader (the first holds the
+    queue): its client gets basic.cancel at once rather than waiting for
+    another leader; the first goes on consuming."""
+    queue, leader = declared(cluster, "qq-exclusive")
+    first_node, second_node = [cluster.node(n) for n in (1, 2, 3) if n != leader]
+    first, first_ch, got, first_cancelled = consuming(first_node, queue, prefetch=10, ack=True, exclusive=True)
+    second = None
+    try:
+        wait_until(
+            lambda: queues_on(cluster.node(leader))[queue]["consumers"] == 1,
+            20,
+            what="the first exclusive consumer on the leader",
+        )
+        second, _, second_got, second_cancelled = consuming(
+            second_node, queue, prefetch=10, ack=True, exclusive=True
+        )
+        pump(second, lambda: bool(second_cancelled), 10, "the refused exclusive consumer cancelled")
+        publish_confirmed(second_node, queue, [b"one"])
+        pump(first, lambda: [body for _, body, _ in got] == [b"one"], 20, "the first consumer's delivery")
+        assert not second_got and not first_cancelled
+    finally:
+        for connection in (first, second):
+            if connection is not None and connection.is_open:
+                connection.close()
 
 
 def test_acks_made_as_the_leader_dies_do_not_bring_messages_back(fresh_cluster):

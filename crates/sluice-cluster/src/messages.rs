@@ -38,7 +38,9 @@
 //! `ANSWER [id][1]` and keeps the link.
 //! From it: `ANSWER [id:8][refused:1][reason]`,
 //! `DELIVER [consumer:8][seq:8][redelivered:1][quorum:1]([message:8][epoch:4] if quorum)[message]`,
-//! `CANCELLED [consumer:8][reason]`,
+//! `CANCELLED [consumer:8][reason]`, `REFUSED [consumer:8][reason]` (the
+//! queue refused the consumer: cancelled at its client, also a quorum
+//! queue's, which would otherwise wait for the queue's next leader),
 //! `GOT [id:8][0: empty | 1 [seq:8][redelivered:1][remaining:4][quorum:1](...)[message] | 2 reason]`,
 //! `PURGED [id:8][0 [count:4] | 2 reason]`,
 //! `CONNECTED [id:8][kafka:8][amqp:8]`.
@@ -104,6 +106,7 @@ const CANCELLED: u8 = 3;
 const GOT: u8 = 4;
 const PURGED: u8 = 5;
 const CONNECTED: u8 = 6;
+const REFUSED: u8 = 7;
 
 /// A side that has sent nothing for this long sends a heartbeat.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
@@ -1217,6 +1220,7 @@ async fn read_from_home(
             ANSWER => answered(&state, &waiting, fields),
             DELIVER => delivered(&state, &requeue, connection, fields),
             CANCELLED => cancelled_there(&state, fields),
+            REFUSED => consumer_refused(&state, fields),
             GOT | PURGED | CONNECTED => called_back(&state, connection, fields),
             _ => None,
         };
@@ -1348,6 +1352,29 @@ fn cancelled_there(state: &LinkState, mut fields: Bytes) -> Option<()> {
             tracing::info!(queue = %target.queue, tag = %target.tag, %reason, "the queue's node cancelled a consumer");
         }
         lose(state, target);
+    }
+    Some(())
+}
+
+/// The queue's node refused a consumer (an exclusive consumer there, say):
+/// cancelled at its client, whatever the queue's type.
+fn consumer_refused(state: &LinkState, mut fields: Bytes) -> Option<()> {
+    let consumer = get_u64(&mut fields)?;
+    let reason = String::from_utf8_lossy(&fields).into_owned();
+    let target = lock(&state.consumers).remove(&consumer);
+    if let Some(LocalConsumer {
+        sink: Some(sink),
+        channel,
+        tag,
+        queue,
+        ..
+    }) = target
+    {
+        tracing::info!(%queue, %tag, %reason, "the queue's node refused a consumer");
+        let _ = sink.send(ConsumerEvent::Cancelled {
+            channel,
+            consumer_tag: tag,
+        });
     }
     Some(())
 }
@@ -1717,10 +1744,16 @@ fn enqueue(broker: &Broker, vhost: &str, queue: &str, message: Message) -> Resul
 }
 
 fn send_cancelled(frames: &mpsc::UnboundedSender<Bytes>, id: u64, reason: &str) {
+    send_ended(frames, CANCELLED, id, reason);
+}
+
+/// Tells the peer its consumer `id` ended here (`CANCELLED`: the queue
+/// went or stopped here; `REFUSED`: the queue refused it).
+fn send_ended(frames: &mpsc::UnboundedSender<Bytes>, kind: u8, id: u64, reason: &str) {
     let mut fields = BytesMut::new();
     fields.put_u64(id);
     fields.put_slice(reason.as_bytes());
-    let _ = frames.send(frame(CANCELLED, &fields));
+    let _ = frames.send(frame(kind, &fields));
 }
 
 /// Registers a peer's consumer on a queue of this node.
@@ -1777,7 +1810,14 @@ fn consume(
         Ok(dead) => vhost.dead_letter(dead),
         Err(error) => {
             lock(state).consumers.remove(&channel);
-            send_cancelled(frames, request.consumer, &error.to_string());
+            // Gone (deleted, or stopped here as a quorum queue's leader
+            // moved): the peer may wait for its next leader. Anything
+            // else is the queue's refusal.
+            let kind = match error {
+                MessagingError::NotFound(_) => CANCELLED,
+                _ => REFUSED,
+            };
+            send_ended(frames, kind, request.consumer, &error.to_string());
         }
     }
 }
