@@ -538,7 +538,14 @@ impl Queue {
         // (their link failed), they go on to the current one at once.
         self.home.settled.record(&self.name, &sent, stale);
         self.home.settled.record(&self.name, &unsent, true);
-        if stale || !unsent.is_empty() {
+        // Replaced since `stale` was read (this node may lead the queue
+        // now, its new instance past its look at the recent ones): sent
+        // on as well.
+        let replaced = !stale && self.is_deleted();
+        if replaced {
+            self.home.settled.keep_stale(&self.name, sent);
+        }
+        if stale || replaced || !unsent.is_empty() {
             self.home.settled.send_on(&self.name);
         }
     }
