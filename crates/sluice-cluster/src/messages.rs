@@ -1219,8 +1219,8 @@ async fn read_from_home(
             HEARTBEAT => Some(()),
             ANSWER => answered(&state, &waiting, fields),
             DELIVER => delivered(&state, &requeue, connection, fields),
-            CANCELLED => cancelled_there(&state, fields),
-            REFUSED => consumer_refused(&state, fields),
+            CANCELLED => ended_there(&state, fields, false),
+            REFUSED => ended_there(&state, fields, true),
             GOT | PURGED | CONNECTED => called_back(&state, connection, fields),
             _ => None,
         };
@@ -1339,42 +1339,23 @@ fn wait_answer(
     })
 }
 
-/// The home cancelled a consumer (its queue was deleted, or it refused
-/// it): the client is told with `basic.cancel`.
-fn cancelled_there(state: &LinkState, mut fields: Bytes) -> Option<()> {
+/// The home ended a consumer: `CANCELLED` (its queue went or stopped
+/// there) or, `refused`, `REFUSED` (an exclusive consumer there, say). A
+/// refused one is cancelled at its client whatever the queue's type;
+/// otherwise as [`lose`] has it.
+fn ended_there(state: &LinkState, mut fields: Bytes, refused: bool) -> Option<()> {
     let consumer = get_u64(&mut fields)?;
     let reason = String::from_utf8_lossy(&fields).into_owned();
     let target = lock(&state.consumers).remove(&consumer);
-    if let Some(target) = target {
+    if let Some(mut target) = target {
         // A consumer cancelled here has no sink left: the answer to its
         // CANCEL, nothing to tell.
         if target.sink.is_some() {
-            tracing::info!(queue = %target.queue, tag = %target.tag, %reason, "the queue's node cancelled a consumer");
+            tracing::info!(queue = %target.queue, tag = %target.tag, %reason, refused, "the queue's node ended a consumer");
         }
+        // Refused: no next leader would take it either.
+        target.quorum &= !refused;
         lose(state, target);
-    }
-    Some(())
-}
-
-/// The queue's node refused a consumer (an exclusive consumer there, say):
-/// cancelled at its client, whatever the queue's type.
-fn consumer_refused(state: &LinkState, mut fields: Bytes) -> Option<()> {
-    let consumer = get_u64(&mut fields)?;
-    let reason = String::from_utf8_lossy(&fields).into_owned();
-    let target = lock(&state.consumers).remove(&consumer);
-    if let Some(LocalConsumer {
-        sink: Some(sink),
-        channel,
-        tag,
-        queue,
-        ..
-    }) = target
-    {
-        tracing::info!(%queue, %tag, %reason, "the queue's node refused a consumer");
-        let _ = sink.send(ConsumerEvent::Cancelled {
-            channel,
-            consumer_tag: tag,
-        });
     }
     Some(())
 }

@@ -519,13 +519,12 @@ impl Queue {
         if sent.is_empty() && unsent.is_empty() {
             return;
         }
-        let stale = self.is_deleted();
         if let RemoteSettlement::Reject { requeue } = settlement {
             // A former leader's deliveries the current one may hold for
             // this node's clients (`Queue::hold_refs`): it takes them back
             // (requeued) or lets them die. Those sent to a node that
             // still runs the queue are its own.
-            if stale {
+            if self.is_deleted() {
                 unsent.extend(sent);
             }
             if !unsent.is_empty() {
@@ -533,19 +532,18 @@ impl Queue {
             }
             return;
         }
-        // A quorum queue's: remembered for its next leader. Through a
-        // stand-in replaced meanwhile (the leader changed), or not sent
-        // (their link failed), they go on to the current one at once.
-        self.home.settled.record(&self.name, &sent, stale);
+        // A quorum queue's: remembered for its next leader. Not sent
+        // (their link failed), or through a stand-in replaced by the time
+        // they are remembered (the leader changed; this node may lead the
+        // queue now, its new instance past its look at the recent ones),
+        // they go on to the current one at once.
+        self.home.settled.record(&self.name, &sent, false);
         self.home.settled.record(&self.name, &unsent, true);
-        // Replaced since `stale` was read (this node may lead the queue
-        // now, its new instance past its look at the recent ones): sent
-        // on as well.
-        let replaced = !stale && self.is_deleted();
+        let replaced = self.is_deleted();
         if replaced {
             self.home.settled.keep_stale(&self.name, sent);
         }
-        if stale || replaced || !unsent.is_empty() {
+        if replaced || !unsent.is_empty() {
             self.home.settled.send_on(&self.name);
         }
     }
