@@ -167,6 +167,11 @@ impl PendingAck {
         self.level
     }
 
+    /// The leader epoch the records were written (stamped) in.
+    pub(crate) fn epoch(&self) -> i32 {
+        self.epoch
+    }
+
     /// Raised to wait for every in-sync replica when the target is a
     /// replicated partition (acks=all); unchanged otherwise.
     #[must_use]

@@ -255,6 +255,29 @@ impl Partition {
         }
     }
 
+    /// Holds the partition's leadership still while this node, as its
+    /// leader, writes records (Kafka appends to a leader under the read
+    /// side of `leaderIsrUpdateLock`): with the epoch to stamp them with.
+    /// Checked once before the lock, the leadership could move between
+    /// the check and the write, and the records land, in a former epoch,
+    /// in the log of a node that already follows the next leader.
+    ///
+    /// # Errors
+    /// [`CoreError::NotLeader`] when this node no longer leads it.
+    pub(crate) fn leading(
+        &self,
+    ) -> Result<(std::sync::MutexGuard<'_, ()>, LeaderEpoch), CoreError> {
+        let guard = self.leadership.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.is_leader() {
+            return Err(CoreError::NotLeader {
+                topic: self.topic.to_string(),
+                partition: self.id,
+                leader: self.replication.as_ref().map(|r| r.leader()),
+            });
+        }
+        Ok((guard, self.leader_epoch()))
+    }
+
     /// The partition's leader, replicas and in-sync replicas; `None` when
     /// it is not replicated.
     pub fn replica_set(&self) -> Option<(i32, Vec<i32>, Vec<i32>)> {

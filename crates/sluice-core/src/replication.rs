@@ -68,6 +68,12 @@ struct State {
     /// Changed by the controller when the partition moves.
     replicas: Vec<i32>,
     in_sync: Vec<i32>,
+    /// On the leader: followers it asked the controller to add to the
+    /// in-sync replicas, counted toward the high watermark from the ask
+    /// until the answer (Kafka's maximal ISR): the controller may elect
+    /// one as soon as the change commits, so nothing may be acknowledged
+    /// meanwhile that it lacks.
+    joining: Vec<i32>,
     followers: BTreeMap<i32, Follower>,
 }
 
@@ -100,6 +106,7 @@ impl Replication {
             state: Mutex::new(State {
                 replicas,
                 in_sync,
+                joining: Vec::new(),
                 followers,
             }),
             high_watermark: watch::Sender::new(high_watermark.get()),
@@ -118,6 +125,7 @@ impl Replication {
             let mut state = self.state();
             state.followers = fresh_followers(&state.replicas, leader);
             state.in_sync = in_sync;
+            state.joining.clear();
         }
         if self.is_leader() {
             self.recompute(own_end);
@@ -198,7 +206,11 @@ impl Replication {
     }
 
     pub(crate) fn set_in_sync(&self, in_sync: Vec<i32>, own_end: Offset) {
-        let before = std::mem::replace(&mut self.state().in_sync, in_sync.clone()).len();
+        let before = {
+            let mut state = self.state();
+            state.joining.clear();
+            std::mem::replace(&mut state.in_sync, in_sync.clone()).len()
+        };
         if self.is_leader() {
             match in_sync.len().cmp(&before) {
                 std::cmp::Ordering::Less => self.shrinks.fetch_add(1, Ordering::Relaxed),
@@ -278,12 +290,13 @@ impl Replication {
     }
 
     /// On the leader: the high watermark from its own durable end and the
-    /// in-sync followers' ends.
+    /// ends of the in-sync followers and of those asked to join them.
     pub(crate) fn recompute(&self, own_end: Offset) {
         let state = self.state();
         let lowest = state
             .in_sync
             .iter()
+            .chain(&state.joining)
             .filter(|r| **r != self.node)
             .map(|r| state.followers.get(r).map_or(Offset::from(0), |f| f.end))
             .fold(own_end, Offset::min);
@@ -328,13 +341,15 @@ impl Replication {
 
     /// On the leader: in-sync followers that have not caught up for
     /// `max_lag`, and out-of-sync ones that have reached the high
-    /// watermark. The in-sync set the leader should propose, if it differs.
+    /// watermark. The in-sync set the leader should propose, if it differs;
+    /// the followers it adds count toward the high watermark from now
+    /// until the metadata answers (or the next call, after a refusal).
     pub(crate) fn wanted_in_sync(&self, max_lag: Duration) -> Option<Vec<i32>> {
         if !self.is_leader() {
             return None;
         }
         let hw = self.high_watermark();
-        let state = self.state();
+        let mut state = self.state();
         let now = Instant::now();
         let wanted: Vec<i32> = state
             .replicas
@@ -360,7 +375,17 @@ impl Replication {
         current.sort_unstable();
         let mut sorted = wanted.clone();
         sorted.sort_unstable();
-        (sorted != current).then_some(wanted)
+        let changed = sorted != current;
+        state.joining = if changed {
+            wanted
+                .iter()
+                .copied()
+                .filter(|r| !state.in_sync.contains(r))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        changed.then_some(wanted)
     }
 
     /// Waits until the high watermark reaches `end` while this node leads.
@@ -494,5 +519,44 @@ mod tests {
             replication.wanted_in_sync(Duration::from_secs(30)),
             Some(vec![1, 2, 3])
         );
+    }
+
+    /// A follower the leader asks to add counts toward the high watermark
+    /// from the ask (the controller may elect it as soon as the change
+    /// commits): what the leader writes meanwhile is not acknowledged
+    /// until the joining follower has it too. Once the metadata answers,
+    /// the committed set alone counts; a refused ask ends at the next.
+    #[test]
+    fn a_follower_asked_to_join_holds_the_high_watermark_until_it_has_the_records() {
+        let replication = Replication::new(1, vec![1, 2, 3], 1, vec![1, 3], Offset::from(0));
+        replication.fetched(3, Offset::from(100), Offset::from(100), Offset::from(100));
+        replication.fetched(2, Offset::from(100), Offset::from(100), Offset::from(100));
+        assert_eq!(replication.high_watermark(), Offset::from(100));
+        assert_eq!(
+            replication.wanted_in_sync(Duration::from_secs(30)),
+            Some(vec![1, 2, 3])
+        );
+        // Written after the ask, fetched by 3 only: not acknowledged.
+        replication.fetched(3, Offset::from(120), Offset::from(120), Offset::from(120));
+        assert_eq!(replication.high_watermark(), Offset::from(100));
+        replication.fetched(2, Offset::from(120), Offset::from(120), Offset::from(120));
+        assert_eq!(replication.high_watermark(), Offset::from(120));
+        // Committed: the new set counts.
+        replication.set_in_sync(vec![1, 2, 3], Offset::from(120));
+        replication.fetched(3, Offset::from(130), Offset::from(130), Offset::from(130));
+        assert_eq!(replication.high_watermark(), Offset::from(120));
+
+        // Refused, and the follower no longer caught up by the next
+        // check (nothing to change then): it stops counting.
+        let refused = Replication::new(1, vec![1, 2, 3], 1, vec![1, 3], Offset::from(0));
+        refused.fetched(3, Offset::from(100), Offset::from(100), Offset::from(100));
+        refused.fetched(2, Offset::from(100), Offset::from(100), Offset::from(100));
+        assert!(refused.wanted_in_sync(Duration::from_secs(30)).is_some());
+        std::thread::sleep(Duration::from_millis(50));
+        refused.fetched(3, Offset::from(150), Offset::from(150), Offset::from(150));
+        assert_eq!(refused.high_watermark(), Offset::from(100));
+        assert_eq!(refused.wanted_in_sync(Duration::from_millis(25)), None);
+        refused.fetched(3, Offset::from(150), Offset::from(150), Offset::from(150));
+        assert_eq!(refused.high_watermark(), Offset::from(150));
     }
 }

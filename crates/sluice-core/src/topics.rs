@@ -235,10 +235,12 @@ impl Topic {
             .sum();
         let byte_count = records.len() as u64;
         // The epoch the records are stamped with, which their
-        // acknowledgement by the in-sync replicas must still be in.
-        let epoch = target.leader_epoch();
+        // acknowledgement by the in-sync replicas must still be in; the
+        // leadership stays until they are written.
+        let (leading, epoch) = target.leading()?;
         if first.producer_id < 0 {
             let info = target.log.append_unsynced(records, epoch)?;
+            drop(leading);
             target.traffic.add_in(record_count, byte_count);
             target.written();
             return Ok(appended(target, info, epoch));
@@ -297,6 +299,7 @@ impl Topic {
             }
         };
         drop(producers);
+        drop(leading);
         target.written();
         Ok(appended(target, info, epoch))
     }
@@ -323,7 +326,7 @@ impl Topic {
             marker,
             SystemClock.now_ms(),
         )?;
-        let epoch = target.leader_epoch();
+        let (leading, epoch) = target.leading()?;
         let mut producers = target.producers.lock();
         if let Some(current) = producers::epoch_of(&producers, producer_id)
             && current > producer_epoch
@@ -339,6 +342,7 @@ impl Topic {
         let written: Vec<_> = sluice_log::batch::headers(&batch).collect();
         producers::learn_txns(&target.producers, &batch, &written);
         drop(producers);
+        drop(leading);
         target.written();
         appended(target, info, epoch).in_sync().wait()?;
         Ok(())

@@ -402,8 +402,9 @@ impl QuorumStore {
             .append_start(self.partition.id(), &mut batch)?
             .in_sync();
         let id = u64::try_from(appended.info.first_offset.get()).unwrap_or(0);
-        self.outstanding
-            .insert(id, self.partition.leader_epoch().get());
+        // The epoch its record carries (the partition's may have moved
+        // on since): the one every later leader reads back.
+        self.outstanding.insert(id, appended.ack.epoch());
         Ok((id, appended.ack))
     }
 
