@@ -13,7 +13,10 @@ of a message after its first is flagged redelivered, and an acknowledged
 message comes back only across a reconnect of the consumer (its node
 failed) or, rarely (5 in the 1,000-fault run of 2026-12-06,
 RELIABILITY.md), a fault or change of the queue's leader, which the
-summary counts (`QQ_NEMESIS_STRICT=1` fails on those too). Afterwards, on the
+summary counts (`QQ_NEMESIS_STRICT=1` fails on those too). A Kafka
+consumer reads the queue's internal topic throughout: a committed record
+found replaced at its offset fails the run, and a lost message's report
+names its enqueue and settlement records. Afterwards, on the
 healed cluster, a poison message is dead-lettered by `x-delivery-limit`
 exactly as configured, through a consumer on another node.
 """
@@ -22,13 +25,17 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
+import struct
 import threading
 import time
 
 import pika
 import pika.exceptions
 import pytest
+from confluent_kafka import Consumer as KafkaConsumer
+from confluent_kafka import TopicPartition
 
 from common.broker import unique_name, wait_until
 from test_amqp_definitions import channel, queues_on
@@ -152,6 +159,82 @@ class Consumer:
                 close_quietly(connection)
 
 
+class Audit:
+    """Reads the queue's internal topic through the Kafka protocol as the
+    run goes (a consumer sees only what the in-sync replicas have), for a
+    failure's report: where each message's enqueue record is, which
+    settlement records name its id, and any committed record later
+    found replaced by another at the same offset (the replication lost
+    it)."""
+
+    def __init__(self, cluster, queue: str):
+        self.cluster, self.queue = cluster, queue
+        # offset -> (key, value), as first read.
+        self.records: dict[int, tuple[bytes, bytes]] = {}
+        # body -> [(offset, leader epoch)] of its enqueue records.
+        self.enqueued: dict[bytes, list[tuple[int, int]]] = {}
+        # id -> [(offset, leader epoch)] of settlement records naming it.
+        self.settled: dict[int, list[tuple[int, int]]] = {}
+        self.replaced: list[tuple[int, tuple[bytes, bytes], tuple[bytes, bytes]]] = []
+        self.errors: list[str] = []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def topic(self, consumer) -> str | None:
+        prefix = f"__amqp_quorum.{self.queue}-"
+        topics = consumer.list_topics(timeout=10).topics
+        return next((name for name in topics if name.startswith(prefix)), None)
+
+    def run(self) -> None:
+        consumer = KafkaConsumer({
+            "bootstrap.servers": self.cluster.bootstrap,
+            "group.id": f"{self.queue}-audit",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            # Faults make it log connection failures: nothing to report.
+            "log_level": 0,
+        })
+        try:
+            topic = None
+            while topic is None and not self.stopping.wait(0.5):
+                try:
+                    topic = self.topic(consumer)
+                except Exception as error:  # noqa: BLE001 (a node down: again)
+                    self.errors.append(repr(error))
+            if topic is None:
+                return
+            consumer.assign([TopicPartition(topic, 0, 0)])
+            while not self.stopping.is_set():
+                for record in consumer.consume(500, timeout=0.5):
+                    if record.error() is None:
+                        self.take(record.offset(), record.leader_epoch() or -1, record.key() or b"", record.value() or b"")
+        finally:
+            consumer.close()
+
+    def take(self, offset: int, epoch: int, key: bytes, value: bytes) -> None:
+        before = self.records.get(offset)
+        if before is not None:
+            if before != (key, value):
+                self.replaced.append((offset, before, (key, value)))
+            return
+        self.records[offset] = (key, value)
+        if key == b"m":
+            for body in set(re.findall(rb"m-\d+", value)):
+                self.enqueued.setdefault(body, []).append((offset, epoch))
+        elif key == b"s" and len(value) >= 4:
+            (count,) = struct.unpack_from(">I", value)
+            for index in range(min(count, (len(value) - 4) // 8)):
+                (settled,) = struct.unpack_from(">Q", value, 4 + 8 * index)
+                self.settled.setdefault(settled, []).append((offset, epoch))
+
+    def report(self, body: bytes) -> str:
+        where = self.enqueued.get(body, [])
+        return (
+            f"enqueue records (offset, epoch) {where}; settlement records naming them "
+            f"{[(offset, self.settled.get(offset, [])) for offset, _ in where]}"
+        )
+
+
 def leader_of(cluster, queue: str) -> int:
     """The queue's leader as the live nodes agree on it (-1: none yet)."""
     seen = set()
@@ -228,8 +311,12 @@ def test_confirmed_messages_survive_faults_and_every_duplicate_is_flagged(proxie
     others = [n for n in (1, 2, 3) if n != leader]
     publisher = Publisher(cluster, queue, others[0])
     consumer = Consumer(cluster, queue, others[1])
+    audit = Audit(cluster, queue)
     publisher.thread.start()
     consumer.thread.start()
+    audit.thread.start()
+    # For a failure's report: broker logs carry wall-clock times.
+    wall_offset = time.time() - time.monotonic()
     done = []
     # (start, healed) of each fault, monotonic.
     windows: list[tuple[float, float]] = []
@@ -303,14 +390,23 @@ def test_confirmed_messages_survive_faults_and_every_duplicate_is_flagged(proxie
                 for index, (kind, start, end) in enumerate(fault_log)
                 if start - 10 <= at <= end + 10
             ]
-            print(f"quorum nemesis: lost {body!r}, confirmed at {at:.1f}; faults around it "
-                  f"(index, kind, start and end relative to the confirm): {near}", flush=True)
+            wall_at = at + wall_offset
+            wall = time.strftime("%H:%M:%S", time.gmtime(wall_at)) + f".{int((wall_at % 1) * 1000):03d}"
+            print(f"quorum nemesis: lost {body!r}, confirmed at {at:.1f} ({wall} UTC); faults around it "
+                  f"(index, kind, start and end relative to the confirm): {near}; "
+                  f"internal topic: {audit.report(body)}", flush=True)
         raise
     finally:
         consumer.stopping.set()
         consumer.thread.join(60)
         watch.stopping.set()
         watch.thread.join(30)
+        audit.stopping.set()
+        audit.thread.join(30)
+        print(f"quorum nemesis: internal topic audit: {len(audit.records)} records read, "
+              f"{len(audit.replaced)} committed records replaced {audit.replaced[:3]}, "
+              f"errors {audit.errors[-3:]}", flush=True)
+    assert not audit.replaced, f"{len(audit.replaced)} committed records of the internal topic replaced"
     assert len(done) == FAULTS or (budget_ends is not None and done), done
     assert consumer.cancelled == 0, f"the consumer was cancelled {consumer.cancelled} times"
 
