@@ -385,6 +385,34 @@ def test_an_exclusive_consumer_the_leader_refuses_is_cancelled_at_its_client(clu
                 connection.close()
 
 
+def test_a_consumer_of_a_deleted_queue_is_cancelled_when_another_takes_its_name(cluster):
+    """A consumer, on a node that does not lead its quorum queue, of a
+    queue deleted and at once declared again under its name: cancelled,
+    as RabbitMQ does on a deletion, and never a consumer of the new
+    queue (which it did not subscribe to), even though its node lost it
+    as a quorum queue's consumer that waits for the next leader."""
+    queue, leader = declared(cluster, "qq-renamed")
+    node = cluster.node(next(n for n in (1, 2, 3) if n != leader))
+    connection, _, deliveries, cancelled = consuming(node, queue, prefetch=10, ack=True)
+    try:
+        wait_until(
+            lambda: queues_on(cluster.node(leader))[queue]["consumers"] == 1,
+            20,
+            what="the consumer on the leader",
+        )
+        with channel(cluster.node(leader)) as ch:
+            ch.queue_delete(queue)
+            ch.queue_declare(queue, durable=True, arguments=QUORUM)
+        pump(connection, lambda: bool(cancelled), 20, "the consumer of the deleted queue cancelled")
+        publish_confirmed(cluster.node(leader), queue, [b"for the new queue"], retry_nacks_for=20)
+        linger(connection, 2.0)
+        assert not deliveries, deliveries
+    finally:
+        if connection.is_open:
+            connection.close()
+    assert take(cluster.node(leader), queue, 1) == [b"for the new queue"]
+
+
 def test_acks_made_as_the_leader_dies_do_not_bring_messages_back(fresh_cluster):
     """A consumer on a surviving node acknowledges deliveries just after
     the queue's leader is killed (the acks cannot reach it): its node

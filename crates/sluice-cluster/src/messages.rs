@@ -392,6 +392,8 @@ struct LocalConsumer {
     /// A quorum queue's: when lost, it waits for the queue's next leader
     /// (known at registration: the stand-in may be gone by then).
     quorum: bool,
+    /// Its queue's store id (empty for a queue without one).
+    store_id: String,
     /// Its deliveries are settled on delivery (nothing to map back).
     no_ack: bool,
     /// The connection its CONSUME went over (0: not sent yet).
@@ -400,9 +402,20 @@ struct LocalConsumer {
     priority: i32,
 }
 
-/// Consumers of quorum queues whose leader went away, with their virtual
-/// host and queue, until the queue's next leader takes them.
-type Orphans = Arc<Mutex<Vec<(String, String, ConsumerSpec)>>>;
+/// Consumers of quorum queues whose leader went away, until the queue's
+/// next leader takes them.
+type Orphans = Arc<Mutex<Vec<Orphan>>>;
+
+/// A consumer waiting for its quorum queue's next leader.
+#[derive(Debug)]
+struct Orphan {
+    vhost: String,
+    queue: String,
+    /// The queue's store id: a queue declared again under the name is
+    /// another queue, which the consumer never subscribed to.
+    store_id: String,
+    consumer: ConsumerSpec,
+}
 
 /// A consumer this node no longer reaches its queue for: a quorum queue's
 /// (its leader went away) waits to be registered with the next leader;
@@ -413,10 +426,11 @@ fn lose(state: &LinkState, consumer: LocalConsumer) {
     };
     if consumer.quorum {
         tracing::debug!(queue = %consumer.queue, tag = %consumer.tag, "a quorum queue consumer waits for the queue's next leader");
-        lock(&state.orphans).push((
-            consumer.vhost,
-            consumer.queue,
-            ConsumerSpec {
+        lock(&state.orphans).push(Orphan {
+            vhost: consumer.vhost,
+            queue: consumer.queue,
+            store_id: consumer.store_id,
+            consumer: ConsumerSpec {
                 tag: consumer.tag,
                 channel: consumer.channel,
                 connection: 0,
@@ -427,7 +441,7 @@ fn lose(state: &LinkState, consumer: LocalConsumer) {
                 sink,
                 stream_start: None,
             },
-        ));
+        });
     } else {
         let _ = sink.send(ConsumerEvent::Cancelled {
             channel: consumer.channel,
@@ -764,6 +778,7 @@ impl RemoteQueues for Carrier {
                 credit: Arc::clone(&consumer.credit),
                 stand_in: Arc::downgrade(queue),
                 quorum: queue.queue_type() == QueueType::Quorum,
+                store_id: queue.instance_id().to_owned(),
                 no_ack: consumer.no_ack,
                 connection: 0,
                 exclusive: consumer.exclusive,
@@ -810,31 +825,41 @@ impl RemoteQueues for Carrier {
     }
 
     fn forget_consumer(&self, channel: u64, tag: &str) {
-        lock(&self.orphans).retain(|(_, _, c)| !(c.channel == channel && &*c.tag == tag));
+        lock(&self.orphans)
+            .retain(|orphan| !(orphan.consumer.channel == channel && &*orphan.consumer.tag == tag));
         for (outgoing, state) in self.links() {
             cancel_on(&outgoing, &state, channel, tag);
         }
     }
 
-    fn orphan(&self, vhost: &str, queue: &str, consumer: ConsumerSpec) {
-        lock(&self.orphans).push((vhost.to_owned(), queue.to_owned(), consumer));
+    fn orphan(&self, vhost: &str, queue: &str, store_id: &str, consumer: ConsumerSpec) {
+        lock(&self.orphans).push(Orphan {
+            vhost: vhost.to_owned(),
+            queue: queue.to_owned(),
+            store_id: store_id.to_owned(),
+            consumer,
+        });
     }
 
-    fn orphaned_queues(&self, vhost: &str) -> Vec<String> {
-        let mut queues: Vec<String> = lock(&self.orphans)
+    fn orphaned_queues(&self, vhost: &str) -> Vec<(String, String)> {
+        let mut queues: Vec<(String, String)> = lock(&self.orphans)
             .iter()
-            .filter(|(v, _, _)| v == vhost)
-            .map(|(_, q, _)| q.clone())
+            .filter(|orphan| orphan.vhost == vhost)
+            .map(|orphan| (orphan.queue.clone(), orphan.store_id.clone()))
             .collect();
         queues.sort_unstable();
         queues.dedup();
         queues
     }
 
-    fn take_orphans(&self, vhost: &str, queue: &str) -> Vec<ConsumerSpec> {
+    fn take_orphans(&self, vhost: &str, queue: &str, store_id: Option<&str>) -> Vec<ConsumerSpec> {
         lock(&self.orphans)
-            .extract_if(.., |(v, q, _)| v == vhost && q == queue)
-            .map(|(_, _, consumer)| consumer)
+            .extract_if(.., |orphan| {
+                orphan.vhost == vhost
+                    && orphan.queue == queue
+                    && store_id.is_none_or(|id| orphan.store_id == id)
+            })
+            .map(|orphan| orphan.consumer)
             .collect()
     }
 

@@ -172,6 +172,8 @@ pub(crate) enum QueueKind {
 pub(crate) struct RemoteHome {
     pub(crate) node: i32,
     pub(crate) carrier: crate::messaging::vhost::Carrier,
+    /// The store id of the queue it stands in for (its definition's).
+    pub(crate) store_id: String,
 }
 
 impl RemoteHome {
@@ -461,7 +463,7 @@ impl Queue {
         options: QueueOptions,
         args: QueueArgs,
         home: QueueHome,
-        node: i32,
+        (node, store_id): (i32, String),
         carrier: crate::messaging::vhost::Carrier,
     ) -> Arc<Queue> {
         Queue::build(
@@ -470,7 +472,11 @@ impl Queue {
             args,
             (None, None),
             home,
-            QueueKind::Remote(RemoteHome { node, carrier }),
+            QueueKind::Remote(RemoteHome {
+                node,
+                carrier,
+                store_id,
+            }),
         )
     }
 
@@ -859,6 +865,16 @@ impl Queue {
     /// Durable queues' storage id (their logs are named after it).
     pub(crate) fn store_id(&self) -> Option<&str> {
         self.store_id.as_deref()
+    }
+
+    /// Which queue of its name this is (a queue deleted and declared again
+    /// under the name is another): its store id, or, for a stand-in, the
+    /// store id of the queue it stands in for. Empty for a transient one.
+    pub fn instance_id(&self) -> &str {
+        match &self.kind {
+            QueueKind::Remote(remote) => &remote.store_id,
+            _ => self.store_id.as_deref().unwrap_or_default(),
+        }
     }
 
     /// What keeps its messages.

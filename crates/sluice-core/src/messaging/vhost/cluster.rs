@@ -99,7 +99,7 @@ impl VirtualHost {
             },
             args,
             self.queue_home(),
-            queue.home.unwrap_or(-1),
+            (queue.home.unwrap_or(-1), queue.store_id.clone()),
             Arc::clone(&self.carrier),
         );
         self.remote
@@ -344,7 +344,7 @@ impl VirtualHost {
     }
 
     fn forget_queue(&self, queue: &QueueDefinition) {
-        self.cancel_orphans(&queue.name);
+        self.cancel_orphans(&queue.name, None);
         self.forget_quorum_clients(&queue.name, &queue.store_id);
         let destination = Destination::Queue(queue.name.clone());
         {

@@ -133,14 +133,21 @@ pub trait RemoteQueues: Send + Sync + std::fmt::Debug {
 
     /// Consumers of quorum queue `queue` of `vhost` whose leader went away
     /// (its link failed, or it stopped leading), taken to be registered
-    /// again with the queue's next leader instead of being cancelled.
-    fn take_orphans(&self, _vhost: &str, _queue: &str) -> Vec<super::ConsumerSpec> {
+    /// again with the queue's next leader instead of being cancelled:
+    /// those of the queue with store id `store_id` (a queue deleted and
+    /// declared again under its name has another), or of any with `None`.
+    fn take_orphans(
+        &self,
+        _vhost: &str,
+        _queue: &str,
+        _store_id: Option<&str>,
+    ) -> Vec<super::ConsumerSpec> {
         Vec::new()
     }
 
     /// The quorum queues of `vhost` some consumer waits for the next
-    /// leader of ([`RemoteQueues::take_orphans`]).
-    fn orphaned_queues(&self, _vhost: &str) -> Vec<String> {
+    /// leader of ([`RemoteQueues::take_orphans`]): name and store id.
+    fn orphaned_queues(&self, _vhost: &str) -> Vec<(String, String)> {
         Vec::new()
     }
 
@@ -153,9 +160,10 @@ pub trait RemoteQueues: Send + Sync + std::fmt::Debug {
     /// registered (any link, or waiting for a quorum queue's next leader).
     fn forget_consumer(&self, _channel: u64, _tag: &str) {}
 
-    /// Keeps `consumer` of quorum queue `queue` of `vhost` for the queue's
-    /// next leader (this node stopped leading it); cancels it by default.
-    fn orphan(&self, _vhost: &str, _queue: &str, consumer: super::ConsumerSpec) {
+    /// Keeps `consumer` of quorum queue `queue` of `vhost` (store id
+    /// `store_id`) for the queue's next leader (this node stopped leading
+    /// it); cancels it by default.
+    fn orphan(&self, _vhost: &str, _queue: &str, _store_id: &str, consumer: super::ConsumerSpec) {
         let _ = consumer.sink.send(super::ConsumerEvent::Cancelled {
             channel: consumer.channel,
             consumer_tag: consumer.tag,

@@ -69,7 +69,8 @@ impl VirtualHost {
                     // stand-in (its leadership moving) is neither here nor
                     // remote for a moment: refused as remote (a nack), not
                     // dropped as unroutable.
-                    if self.remote_queue(&name).is_some() || self.is_quorum_definition(&name) {
+                    if self.remote_queue(&name).is_some() || self.is_quorum_definition(&name, None)
+                    {
                         remote.push(name);
                     }
                 }

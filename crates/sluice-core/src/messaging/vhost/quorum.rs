@@ -79,13 +79,17 @@ impl VirtualHost {
         self.topics.get(&quorum_topic(&definition.store_id))
     }
 
-    /// Whether `name` is a committed replicated quorum queue of this vhost.
-    pub(super) fn is_quorum_definition(&self, name: &str) -> bool {
+    /// Whether `name` is a committed replicated quorum queue of this vhost
+    /// (with store id `store_id`, when given).
+    pub(super) fn is_quorum_definition(&self, name: &str, store_id: Option<&str>) -> bool {
         self.replicates_quorum_queues()
             && self
                 .definitions
                 .queue(&self.name, name)
-                .is_some_and(|definition| self.is_replicated_quorum(&definition))
+                .is_some_and(|definition| {
+                    store_id.is_none_or(|id| definition.store_id == id)
+                        && self.is_replicated_quorum(&definition)
+                })
     }
 
     /// Whether a definition is a quorum queue replicated in its own
@@ -203,12 +207,13 @@ impl VirtualHost {
             self.follow_quorum(&definition);
         }
         // Consumers waiting for a queue deleted meanwhile (lost as it
-        // went, after its deletion cancelled those waiting then), or for
-        // one that has no next leader (not replicated).
+        // went, after its deletion cancelled those waiting then; its name
+        // may be another queue's by now), or for one that has no next
+        // leader (not replicated).
         if let Some(carrier) = self.carrier.get() {
-            for name in carrier.orphaned_queues(&self.name) {
-                if !self.is_quorum_definition(&name) {
-                    self.cancel_orphans(&name);
+            for (name, store_id) in carrier.orphaned_queues(&self.name) {
+                if !self.is_quorum_definition(&name, Some(&store_id)) {
+                    self.cancel_orphans(&name, Some(&store_id));
                 }
             }
         }
@@ -558,7 +563,7 @@ impl VirtualHost {
         let (Some(target), Some(carrier)) = (target, self.carrier.get()) else {
             return;
         };
-        let orphans = carrier.take_orphans(&self.name, name);
+        let orphans = carrier.take_orphans(&self.name, name, Some(target.instance_id()));
         if !orphans.is_empty() {
             // Ahead of their CONSUME: what they hold is not delivered
             // again.
@@ -635,12 +640,12 @@ impl VirtualHost {
     }
 
     /// Cancels the consumers waiting for a deleted quorum queue's next
-    /// leader.
-    pub(super) fn cancel_orphans(&self, name: &str) {
+    /// leader (the one with store id `store_id`, or any named `name`).
+    pub(super) fn cancel_orphans(&self, name: &str, store_id: Option<&str>) {
         let Some(carrier) = self.carrier.get() else {
             return;
         };
-        for consumer in carrier.take_orphans(&self.name, name) {
+        for consumer in carrier.take_orphans(&self.name, name, store_id) {
             let _ = consumer
                 .sink
                 .send(crate::messaging::ConsumerEvent::Cancelled {
@@ -794,7 +799,7 @@ impl VirtualHost {
         for consumer in consumers {
             match self.carrier.get() {
                 Some(carrier) if consumer.connection != PEER_CONSUMER => {
-                    carrier.orphan(&self.name, local.name(), consumer);
+                    carrier.orphan(&self.name, local.name(), local.instance_id(), consumer);
                 }
                 _ => {
                     let _ = consumer
