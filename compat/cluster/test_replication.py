@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
@@ -29,6 +29,7 @@ from kafka import KafkaProducer
 from kafka.errors import NotEnoughReplicasError
 
 from common.broker import wait_until
+from common.cluster import running_cluster
 from test_kafka_cluster import admin, consume_all, layout, produce
 
 def create_replicated(bootstrap: str, topic: str, partitions: int, replicas: int, config=None) -> None:
@@ -288,3 +289,84 @@ def test_a_restarted_leader_serves_what_was_committed_before_its_followers_retur
     cluster.node(leader).start()
     stored = read_to_end(cluster.node(leader).bootstrap, name, 0)
     assert stored == acked, f"{len(stored)} of {len(acked)} committed records served"
+
+
+def test_a_write_racing_a_leader_change_never_lands_in_a_follower_log(tmp_path, request):
+    """A write node 1 checked its leadership for just before losing it
+    (held there 8 s by SLUICE_TEST_APPEND_PAUSE) while the others elect
+    another leader, take writes, and node 1 follows again: it is written
+    before the change (then cut with the rest of the former leader's
+    tail) or refused, never appended to node 1's log as a follower, where
+    it would stand in place of the new leader's record at that offset.
+    The replicas end byte-identical, with every acknowledged record."""
+    topic = "append-race"
+    with running_cluster(
+        tmp_path,
+        name=f"cluster[{request.node.name}]",
+        settings={"cluster.replica_lag_max": "2s"},
+        proxied=True,
+        node_env={1: {"SLUICE_TEST_APPEND_PAUSE": f"{topic}:8000"}},
+    ) as cluster:
+        cluster.wait_registered(admin)
+        create_replicated(cluster.node(2).bootstrap, topic, 3, 3)
+        wait_until(
+            lambda: all(sorted(isr) == [1, 2, 3] for _, _, isr in layout(cluster.node(2).bootstrap, topic).values()),
+            20,
+            what="every replica in sync",
+        )
+        partition = next(p for p, (leader, _, _) in layout(cluster.node(2).bootstrap, topic).items() if leader == 1)
+        acked, failed = [], []
+
+        def report(error, message):
+            (failed if error is not None else acked).append(error or message.value())
+
+        def producer(node):
+            return Producer({
+                "bootstrap.servers": cluster.node(node).bootstrap,
+                "acks": "all",
+                "message.timeout.ms": 60000,
+            })
+
+        racing = producer(1)
+        racing.produce(topic, partition=partition, value=b"racing", on_delivery=report)
+        racing.poll(0)
+        time.sleep(1.0)
+        cluster.isolate(1)
+        wait_until(
+            lambda: layout(cluster.node(2).bootstrap, topic)[partition][0] not in (1, -1),
+            20,
+            interval=0.2,
+            what="another leader",
+        )
+        others = producer(2)
+        others.produce(topic, partition=partition, value=b"while cut off", on_delivery=report)
+        assert others.flush(20) == 0
+        cluster.heal()
+        assert racing.flush(60) == 0
+        others.produce(topic, partition=partition, value=b"after", on_delivery=report)
+        assert others.flush(20) == 0
+        assert not failed, failed
+        assert sorted(acked) == [b"after", b"racing", b"while cut off"], acked
+        wait_until(
+            lambda: sorted(layout(cluster.node(2).bootstrap, topic)[partition][2]) == [1, 2, 3],
+            30,
+            what="node 1 back in sync",
+        )
+        # The leadership may move back to node 1 (its preferred leader)
+        # meanwhile: read once the clients' metadata caught up.
+        seen: list[bytes] = []
+
+        def read() -> bool:
+            try:
+                seen[:] = read_to_end(cluster.node(2).bootstrap, topic, partition)
+                return True
+            except KafkaException:
+                return False
+
+        wait_until(read, 30, interval=0.5, what="the partition read")
+        assert sorted(seen) == sorted(acked), seen
+        cluster.stop()
+        logs = {n: segment_bytes(cluster.node(n), topic, partition) for n in (1, 2, 3)}
+        assert logs[1] == logs[2] == logs[3], (
+            f"the replicas of partition {partition} differ: sizes {[len(v) for v in logs.values()]}"
+        )

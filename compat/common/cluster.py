@@ -30,7 +30,10 @@ class Cluster:
         settings: dict[str, str] | None = None,
         proxied: bool = False,
         env: dict[str, str] | None = None,
+        node_env: dict[int, dict[str, str]] | None = None,
     ):
+        """`env` goes to every node's environment, `node_env[n]` to node
+        n's too."""
         links = {node: free_port() for node in range(1, size + 1)}
         voters = ",".join(f"{node}@127.0.0.1:{port}" for node, port in links.items())
         self.root = Path(root)
@@ -67,7 +70,7 @@ class Cluster:
                     **routes(node),
                     **(settings or {}),
                 },
-                env=env,
+                env={**(env or {}), **(node_env or {}).get(node, {})},
             )
             for node, port in links.items()
         ]
@@ -168,8 +171,9 @@ def running_cluster(
     settings: dict[str, str] | None = None,
     proxied: bool = False,
     env: dict[str, str] | None = None,
+    node_env: dict[int, dict[str, str]] | None = None,
 ):
-    cluster = Cluster(root, size, name, settings, proxied, env)
+    cluster = Cluster(root, size, name, settings, proxied, env, node_env)
     try:
         cluster.start()
         yield cluster

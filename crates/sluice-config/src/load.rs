@@ -21,13 +21,15 @@ use crate::model::{Config, KEYS, SECRET_KEYS, env_var_name, key_doc, redact};
 /// `SLUICE_LOG` is the tracing filter; `SLUICE_HTTP` and
 /// `SLUICE_CREDENTIALS` tell the CLI commands (`sluice topics`, …) where the
 /// admin API is and who to be, and may be exported in a shell that also
-/// starts the broker. `SLUICE_TEST_QUORUM_REBUILD_PAUSE_MS` is fault
-/// injection for the cluster tests (docs/cluster.md).
+/// starts the broker. `SLUICE_TEST_QUORUM_REBUILD_PAUSE_MS` and
+/// `SLUICE_TEST_APPEND_PAUSE` are fault injection for the cluster tests
+/// (docs/cluster.md).
 pub const NON_CONFIG_ENV_VARS: &[&str] = &[
     "SLUICE_LOG",
     "SLUICE_HTTP",
     "SLUICE_CREDENTIALS",
     "SLUICE_TEST_QUORUM_REBUILD_PAUSE_MS",
+    "SLUICE_TEST_APPEND_PAUSE",
 ];
 
 const ENV_PREFIX: &str = "SLUICE_";

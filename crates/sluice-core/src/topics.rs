@@ -238,6 +238,18 @@ impl Topic {
         // acknowledgement by the in-sync replicas must still be in; the
         // leadership stays until they are written.
         let (leading, epoch) = target.leading()?;
+        if let Some(pause) = append_pause(&self.name) {
+            tracing::warn!(topic = %self.name, ?pause, "pausing a leader's write (SLUICE_TEST_APPEND_PAUSE)");
+            // Off the async worker it may run on: the node goes on.
+            let on_workers = tokio::runtime::Handle::try_current().is_ok_and(|runtime| {
+                runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+            });
+            if on_workers {
+                tokio::task::block_in_place(|| std::thread::sleep(pause));
+            } else {
+                std::thread::sleep(pause);
+            }
+        }
         if first.producer_id < 0 {
             let info = target.log.append_unsynced(records, epoch)?;
             drop(leading);
@@ -378,6 +390,24 @@ fn refuse_from_clients(header: &sluice_log::batch::BatchHeader) -> Result<(), Co
 /// The acknowledgement level of an append: on this node's disk when the
 /// log asks for a sync (durability `always`, or `flush.messages` reached),
 /// written otherwise.
+/// Fault injection for the cluster tests only: a leader's writes to topic
+/// `topic` wait this long once its leadership is checked
+/// (`SLUICE_TEST_APPEND_PAUSE=<topic>:<ms>`; none by default), so that a
+/// leader change reliably comes in between.
+fn append_pause(topic: &str) -> Option<std::time::Duration> {
+    static PAUSE: std::sync::OnceLock<Option<(String, std::time::Duration)>> =
+        std::sync::OnceLock::new();
+    let (paused, pause) = PAUSE
+        .get_or_init(|| {
+            let spec = std::env::var("SLUICE_TEST_APPEND_PAUSE").ok()?;
+            let (name, millis) = spec.rsplit_once(':')?;
+            let millis = millis.trim().parse().ok()?;
+            Some((name.to_owned(), std::time::Duration::from_millis(millis)))
+        })
+        .as_ref()?;
+    (paused == topic).then_some(*pause)
+}
+
 fn appended(partition: Arc<Partition>, info: AppendInfo, epoch: LeaderEpoch) -> Appended {
     let level = if info.sync_due {
         AckLevel::LocalDurable
