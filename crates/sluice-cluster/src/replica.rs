@@ -517,8 +517,8 @@ pub async fn run_in_sync_checks(
         }
         let checking = Arc::clone(&broker);
         let done = tokio::task::spawn_blocking(move || {
-            for (partition, in_sync, epoch) in checking.topics().in_sync_changes(max_lag) {
-                if let Err(error) = checking.topics().set_in_sync(&partition, in_sync, epoch) {
+            for (partition, change) in checking.topics().in_sync_changes(max_lag) {
+                if let Err(error) = checking.topics().set_in_sync(&partition, change) {
                     tracing::warn!(topic = partition.topic(), partition = %partition.id(), %error, "cannot change the in-sync replicas");
                 }
             }

@@ -103,6 +103,14 @@ pub enum MetadataCommand {
         /// carries it): a leader replaced meanwhile is refused.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         leader_epoch: Option<i32>,
+        /// The in-sync replicas the change was decided on (what Kafka's
+        /// partition epoch stands for): refused when they changed
+        /// meanwhile. A leader counts a follower it asks to add toward the
+        /// high watermark only until the metadata changes the set, so an
+        /// addition decided before another change must not commit after
+        /// it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<Vec<i32>>,
     },
     /// Whether a registered node is fenced (KRaft's broker fencing): the
     /// controller fences a node it has not heard from for the session
@@ -445,6 +453,7 @@ fn check(state: &MetadataState, command: &MetadataCommand) -> Result<(), CoreErr
             partition,
             in_sync,
             leader_epoch,
+            from,
         } => {
             let meta = topic(name)?;
             let (leader, epoch) = meta.leader_of(*partition);
@@ -455,6 +464,20 @@ fn check(state: &MetadataState, command: &MetadataCommand) -> Result<(), CoreErr
                         "partition {partition}: in-sync replicas proposed in leader epoch {leader_epoch:?}, now {epoch}"
                     ),
                 });
+            }
+            if let Some(from) = from {
+                let mut now = meta.in_sync_of(*partition);
+                now.sort_unstable();
+                let mut decided_on = from.clone();
+                decided_on.sort_unstable();
+                if now != decided_on {
+                    return Err(CoreError::InvalidPartitions {
+                        topic: name.clone(),
+                        reason: format!(
+                            "partition {partition}: in-sync replicas proposed from {from:?}, now {now:?}"
+                        ),
+                    });
+                }
             }
             check_partition_change(name, meta, *partition, leader, in_sync, None)
         }
@@ -921,6 +944,7 @@ pub(crate) fn leadership_changes(
                     partition,
                     in_sync: alive,
                     leader_epoch: Some(epoch),
+                    from: Some(in_sync.clone()),
                 });
             } else if replicas[0] != leader
                 && in_sync.contains(&replicas[0])
@@ -2017,8 +2041,21 @@ mod tests {
             partition: 0,
             in_sync: vec![2, 1],
             leader_epoch: Some(0),
+            from: None,
         };
         assert!(apply(&mut state, stale).is_err());
+        assert_eq!(state.topics["t"].in_sync_of(0), vec![2, 3]);
+        // The leader's addition decided on a set changed since (here [2],
+        // the set is [2, 3]) is refused: it counted the follower toward
+        // its high watermark only until the set changed.
+        let decided_before = MetadataCommand::SetInSync {
+            name: "t".into(),
+            partition: 0,
+            in_sync: vec![2, 1],
+            leader_epoch: Some(1),
+            from: Some(vec![2]),
+        };
+        assert!(apply(&mut state, decided_before).is_err());
         assert_eq!(state.topics["t"].in_sync_of(0), vec![2, 3]);
         // A clean election decided on stale metadata cannot bring back a
         // replica that left the in-sync replicas meanwhile.
@@ -2058,6 +2095,7 @@ mod tests {
             partition: 0,
             in_sync: vec![2, 3, 1],
             leader_epoch: Some(1),
+            from: None,
         };
         apply(&mut state, back).expect("back in sync");
         let (outcome, command) = election(&state, "t", 0, false).expect("election");
@@ -2130,6 +2168,7 @@ mod tests {
                     partition: 1,
                     in_sync: vec![2, 3],
                     leader_epoch: Some(0),
+                    from: Some(vec![2, 3, 1]),
                 },
             ]
         );
@@ -2151,6 +2190,7 @@ mod tests {
                     partition,
                     in_sync,
                     leader_epoch: None,
+                    from: None,
                 },
             )
             .expect("back in sync");
@@ -2177,6 +2217,7 @@ mod tests {
                 partition: 1,
                 in_sync: vec![2],
                 leader_epoch: None,
+                from: None,
             },
         )
         .expect("shrink");
@@ -2266,6 +2307,7 @@ mod tests {
                 partition: 0,
                 in_sync: vec![1, 2, 3, 4],
                 leader_epoch: Some(0),
+                from: None,
             },
         )
         .expect("4 caught up");

@@ -45,6 +45,16 @@ pub struct Partition {
     pub(crate) leadership: std::sync::Mutex<()>,
 }
 
+/// A change of a partition's in-sync replicas its leader asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InSyncChange {
+    pub wanted: Vec<i32>,
+    /// The set it was decided on.
+    pub from: Vec<i32>,
+    /// The leader epoch it was decided in.
+    pub leader_epoch: i32,
+}
+
 /// The leader a follower takes a partition's records from and the epoch
 /// it leads in, as the follower saw them when it asked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -684,16 +694,21 @@ impl Partition {
     }
 
     /// The in-sync replicas this node, leading the partition, wants it to
-    /// have (a follower lagged too long, or one caught up), with the
-    /// leader epoch it decided in, both read under the leadership lock:
+    /// have (a follower lagged too long, or one caught up), with the set
+    /// and the leader epoch it decided on, read under the leadership lock:
     /// the metadata refuses a proposal made in an epoch that has passed
-    /// (as Kafka's AlterPartition carries the leader epoch). `None` when
-    /// nothing should change or this node does not lead.
-    pub(crate) fn wanted_in_sync(&self, max_lag: std::time::Duration) -> Option<(Vec<i32>, i32)> {
+    /// (as Kafka's AlterPartition carries the leader epoch) or from a set
+    /// that changed since. `None` when nothing should change or this node
+    /// does not lead.
+    pub(crate) fn wanted_in_sync(&self, max_lag: std::time::Duration) -> Option<InSyncChange> {
         let replication = self.replication.as_ref()?;
         let _leadership = self.leadership.lock().unwrap_or_else(|e| e.into_inner());
-        let wanted = replication.wanted_in_sync(max_lag)?;
-        Some((wanted, self.leader_epoch().get()))
+        let (wanted, from) = replication.wanted_in_sync(max_lag)?;
+        Some(InSyncChange {
+            wanted,
+            from,
+            leader_epoch: self.leader_epoch().get(),
+        })
     }
 
     /// Takes the replicas and in-sync replicas the metadata names after a
@@ -1180,10 +1195,13 @@ mod tests {
         ));
         partition.change_leader(1, 4, vec![1, 2, 3]);
         // Nothing heard from the followers for longer than the lag allowed.
-        let (wanted, epoch) = partition
+        let change = partition
             .wanted_in_sync(std::time::Duration::ZERO)
             .expect("the leader wants its followers out");
-        assert_eq!((wanted, epoch), (vec![1], 4));
+        assert_eq!(
+            (change.wanted, change.from, change.leader_epoch),
+            (vec![1], vec![1, 2, 3], 4)
+        );
         partition.change_leader(3, 5, vec![2, 3]);
         assert_eq!(partition.wanted_in_sync(std::time::Duration::ZERO), None);
         assert_eq!(

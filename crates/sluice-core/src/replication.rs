@@ -341,10 +341,11 @@ impl Replication {
 
     /// On the leader: in-sync followers that have not caught up for
     /// `max_lag`, and out-of-sync ones that have reached the high
-    /// watermark. The in-sync set the leader should propose, if it differs;
-    /// the followers it adds count toward the high watermark from now
-    /// until the metadata answers (or the next call, after a refusal).
-    pub(crate) fn wanted_in_sync(&self, max_lag: Duration) -> Option<Vec<i32>> {
+    /// watermark. The in-sync set the leader should propose, if it differs,
+    /// with the set it differs from; the followers it adds count toward
+    /// the high watermark from now until the metadata changes the set (or
+    /// the next call, after a refusal).
+    pub(crate) fn wanted_in_sync(&self, max_lag: Duration) -> Option<(Vec<i32>, Vec<i32>)> {
         if !self.is_leader() {
             return None;
         }
@@ -385,7 +386,7 @@ impl Replication {
         } else {
             Vec::new()
         };
-        changed.then_some(wanted)
+        changed.then(|| (wanted, state.in_sync.clone()))
     }
 
     /// Waits until the high watermark reaches `end` while this node leads.
@@ -498,11 +499,18 @@ mod tests {
         assert_eq!(replication.high_watermark(), Offset::from(100));
         replication.fetched(2, Offset::from(150), Offset::from(100), Offset::from(100));
         assert_eq!(replication.high_watermark(), Offset::from(100));
-        assert_eq!(replication.wanted_in_sync(Duration::from_secs(30)), None);
+        assert_eq!(
+            replication
+                .wanted_in_sync(Duration::from_secs(30))
+                .map(|(wanted, _)| wanted),
+            None
+        );
         // Once truncated and caught up, it is back.
         replication.fetched(2, Offset::from(100), Offset::from(100), Offset::from(100));
         assert_eq!(
-            replication.wanted_in_sync(Duration::from_secs(30)),
+            replication
+                .wanted_in_sync(Duration::from_secs(30))
+                .map(|(wanted, _)| wanted),
             Some(vec![1, 2, 3])
         );
     }
@@ -513,10 +521,17 @@ mod tests {
     #[test]
     fn a_follower_that_never_fetched_does_not_join_the_in_sync_replicas() {
         let replication = Replication::new(1, vec![1, 2, 3], 1, vec![1, 2], Offset::from(0));
-        assert_eq!(replication.wanted_in_sync(Duration::from_secs(30)), None);
+        assert_eq!(
+            replication
+                .wanted_in_sync(Duration::from_secs(30))
+                .map(|(wanted, _)| wanted),
+            None
+        );
         replication.fetched(3, Offset::from(0), Offset::from(0), Offset::from(0));
         assert_eq!(
-            replication.wanted_in_sync(Duration::from_secs(30)),
+            replication
+                .wanted_in_sync(Duration::from_secs(30))
+                .map(|(wanted, _)| wanted),
             Some(vec![1, 2, 3])
         );
     }
@@ -533,7 +548,9 @@ mod tests {
         replication.fetched(2, Offset::from(100), Offset::from(100), Offset::from(100));
         assert_eq!(replication.high_watermark(), Offset::from(100));
         assert_eq!(
-            replication.wanted_in_sync(Duration::from_secs(30)),
+            replication
+                .wanted_in_sync(Duration::from_secs(30))
+                .map(|(wanted, _)| wanted),
             Some(vec![1, 2, 3])
         );
         // Written after the ask, fetched by 3 only: not acknowledged.
@@ -551,11 +568,21 @@ mod tests {
         let refused = Replication::new(1, vec![1, 2, 3], 1, vec![1, 3], Offset::from(0));
         refused.fetched(3, Offset::from(100), Offset::from(100), Offset::from(100));
         refused.fetched(2, Offset::from(100), Offset::from(100), Offset::from(100));
-        assert!(refused.wanted_in_sync(Duration::from_secs(30)).is_some());
+        assert!(
+            refused
+                .wanted_in_sync(Duration::from_secs(30))
+                .map(|(wanted, _)| wanted)
+                .is_some()
+        );
         std::thread::sleep(Duration::from_millis(50));
         refused.fetched(3, Offset::from(150), Offset::from(150), Offset::from(150));
         assert_eq!(refused.high_watermark(), Offset::from(100));
-        assert_eq!(refused.wanted_in_sync(Duration::from_millis(25)), None);
+        assert_eq!(
+            refused
+                .wanted_in_sync(Duration::from_millis(25))
+                .map(|(wanted, _)| wanted),
+            None
+        );
         refused.fetched(3, Offset::from(150), Offset::from(150), Offset::from(150));
         assert_eq!(refused.high_watermark(), Offset::from(150));
     }

@@ -387,9 +387,6 @@ fn refuse_from_clients(header: &sluice_log::batch::BatchHeader) -> Result<(), Co
     Ok(())
 }
 
-/// The acknowledgement level of an append: on this node's disk when the
-/// log asks for a sync (durability `always`, or `flush.messages` reached),
-/// written otherwise.
 /// Fault injection for the cluster tests only: a leader's writes to topic
 /// `topic` wait this long once its leadership is checked
 /// (`SLUICE_TEST_APPEND_PAUSE=<topic>:<ms>`; none by default), so that a
@@ -408,6 +405,9 @@ fn append_pause(topic: &str) -> Option<std::time::Duration> {
     (paused == topic).then_some(*pause)
 }
 
+/// The acknowledgement level of an append: on this node's disk when the
+/// log asks for a sync (durability `always`, or `flush.messages` reached),
+/// written otherwise.
 fn appended(partition: Arc<Partition>, info: AppendInfo, epoch: LeaderEpoch) -> Appended {
     let level = if info.sync_due {
         AckLevel::LocalDurable
@@ -854,47 +854,49 @@ impl Topics {
     }
 
     /// The partitions this node leads whose in-sync replicas should change
-    /// (a follower lagged for `max_lag`, or one caught up), with the set
-    /// each should have and the leader epoch that was decided in.
+    /// (a follower lagged for `max_lag`, or one caught up), with the
+    /// change each asks for.
     pub fn in_sync_changes(
         &self,
         max_lag: std::time::Duration,
-    ) -> Vec<(Arc<Partition>, Vec<i32>, i32)> {
+    ) -> Vec<(Arc<Partition>, crate::partition::InSyncChange)> {
         let topics: Vec<Arc<Topic>> = self.read().values().cloned().collect();
         topics
             .iter()
             .flat_map(|t| t.partitions())
             .filter_map(|p| {
-                let (wanted, epoch) = p.wanted_in_sync(max_lag)?;
-                Some((p, wanted, epoch))
+                let change = p.wanted_in_sync(max_lag)?;
+                Some((p, change))
             })
             .collect()
     }
 
     /// Commits a partition's new in-sync replicas, decided by its leader
-    /// in `leader_epoch` (the leader asks the controller, as Kafka's
-    /// AlterPartition; refused once that epoch has passed). Blocking.
+    /// (the leader asks the controller, as Kafka's AlterPartition; refused
+    /// once the epoch it was decided in has passed, or the set it was
+    /// decided on changed). Blocking.
     ///
     /// # Errors
     /// The metadata's refusal or [`CoreError::Quorum`].
     pub fn set_in_sync(
         &self,
         partition: &Partition,
-        in_sync: Vec<i32>,
-        leader_epoch: i32,
+        change: crate::partition::InSyncChange,
     ) -> Result<(), CoreError> {
         tracing::info!(
             topic = %partition.topic,
             partition = %partition.id,
-            ?in_sync,
-            leader_epoch,
+            in_sync = ?change.wanted,
+            from = ?change.from,
+            leader_epoch = change.leader_epoch,
             "changing the in-sync replicas"
         );
         self.metadata.commit(MetadataCommand::SetInSync {
             name: partition.topic.to_string(),
             partition: partition.id.get() as u32,
-            in_sync,
-            leader_epoch: Some(leader_epoch),
+            in_sync: change.wanted,
+            leader_epoch: Some(change.leader_epoch),
+            from: Some(change.from),
         })
     }
 

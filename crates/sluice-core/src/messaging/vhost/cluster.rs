@@ -344,7 +344,12 @@ impl VirtualHost {
     }
 
     fn forget_queue(&self, queue: &QueueDefinition) {
-        self.cancel_orphans(&queue.name, None);
+        // Those of this queue only: a queue declared again under the name
+        // meanwhile keeps its own.
+        self.cancel_orphans(
+            &queue.name,
+            Some(queue.store_id.as_str()).filter(|id| !id.is_empty()),
+        );
         self.forget_quorum_clients(&queue.name, &queue.store_id);
         let destination = Destination::Queue(queue.name.clone());
         {
