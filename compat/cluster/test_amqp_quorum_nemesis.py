@@ -317,6 +317,11 @@ def test_confirmed_messages_survive_faults_and_every_duplicate_is_flagged(proxie
     audit.thread.start()
     # For a failure's report: broker logs carry wall-clock times.
     wall_offset = time.time() - time.monotonic()
+
+    def utc(at: float) -> str:
+        wall = at + wall_offset
+        return time.strftime("%H:%M:%S", time.gmtime(wall)) + f".{int((wall % 1) * 1000):03d}"
+
     done = []
     # (start, healed) of each fault, monotonic.
     windows: list[tuple[float, float]] = []
@@ -390,9 +395,7 @@ def test_confirmed_messages_survive_faults_and_every_duplicate_is_flagged(proxie
                 for index, (kind, start, end) in enumerate(fault_log)
                 if start - 10 <= at <= end + 10
             ]
-            wall_at = at + wall_offset
-            wall = time.strftime("%H:%M:%S", time.gmtime(wall_at)) + f".{int((wall_at % 1) * 1000):03d}"
-            print(f"quorum nemesis: lost {body!r}, confirmed at {at:.1f} ({wall} UTC); faults around it "
+            print(f"quorum nemesis: lost {body!r}, confirmed at {at:.1f} ({utc(at)} UTC); faults around it "
                   f"(index, kind, start and end relative to the confirm): {near}; "
                   f"internal topic: {audit.report(body)}", flush=True)
         raise
@@ -434,7 +437,8 @@ def test_confirmed_messages_survive_faults_and_every_duplicate_is_flagged(proxie
         ]
         changes = [(round(start - before, 1), round(end - before, 1)) for start, end in windows
                    if start <= at and end >= before]
-        print(f"quorum nemesis: {body!r} acknowledged at {before:.1f} came back {at - before:.1f} s later; "
+        print(f"quorum nemesis: {body!r} acknowledged at {before:.1f} ({utc(before)} UTC) came back "
+              f"{at - before:.1f} s later; internal topic: {audit.report(body)}; "
               f"faults around it (kind, start and end relative to the ack): {near}; "
               f"fault and leader change windows around it: {changes}", flush=True)
     assert not unexplained, (
