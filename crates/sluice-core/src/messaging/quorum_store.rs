@@ -91,7 +91,11 @@ pub struct RecentSettlements {
 
 #[derive(Debug, Default)]
 struct QueueSettlements {
-    recent: VecDeque<(Instant, MessageRef)>,
+    /// When each was remembered, and whether this node's clients made it
+    /// (`true`) or another node relayed it (`false`).
+    recent: VecDeque<(Instant, MessageRef, bool)>,
+    /// What `recent` holds, and whether as made here: each once.
+    known: HashMap<MessageRef, bool>,
     /// Made through an instance no longer running the queue (a leader
     /// that stopped leading, a stand-in for one): not yet sent to the
     /// queue's current leader.
@@ -138,9 +142,25 @@ impl RecentSettlements {
         settled.stale.drain(..excess);
     }
 
-    /// Remembers settlements of `queue`; `stale` when the instance they
-    /// were made through no longer runs the queue (to be sent on).
+    /// Remembers settlements of `queue` this node's clients made; `stale`
+    /// when the instance they were made through no longer runs the queue
+    /// (to be sent on).
     pub fn record(&self, queue: &str, refs: &[MessageRef], stale: bool) {
+        self.remember(queue, refs, stale, true);
+    }
+
+    /// Remembers settlements of `queue` another node's clients made (that
+    /// node handed them to this one, leading or about to): applied if
+    /// this node rebuilds the queue, never handed on (their node hands
+    /// them to each leader itself). Handed on, every node's list went
+    /// round the cluster at each leader change, each hop remembering it
+    /// anew, and filled to `SETTLED_MAX`, where a burst from a peer pushed
+    /// out this node's own settlements of a moment before.
+    pub fn record_relayed(&self, queue: &str, refs: &[MessageRef]) {
+        self.remember(queue, refs, false, false);
+    }
+
+    fn remember(&self, queue: &str, refs: &[MessageRef], stale: bool, own: bool) {
         if refs.is_empty() {
             return;
         }
@@ -154,12 +174,22 @@ impl RecentSettlements {
             return;
         };
         settled.forget_older_than(now);
-        settled.recent.extend(refs.iter().map(|r| (now, *r)));
+        for r in refs {
+            let known = settled.known.get(r).copied();
+            // Each once; one this node made counts as its own even when
+            // relayed to it before.
+            if known == Some(true) || (known.is_some() && !own) {
+                continue;
+            }
+            settled.known.insert(*r, own);
+            settled.recent.push_back((now, *r, own));
+        }
         if stale {
             settled.stale.extend_from_slice(refs);
         }
-        let excess = settled.recent.len().saturating_sub(SETTLED_MAX);
-        settled.recent.drain(..excess);
+        while settled.recent.len() > SETTLED_MAX {
+            settled.pop_oldest();
+        }
         let excess = settled.stale.len().saturating_sub(SETTLED_MAX);
         settled.stale.drain(..excess);
     }
@@ -173,6 +203,12 @@ impl RecentSettlements {
     /// The settlements of `queue` made in the last 60 s; `sent_on`: the
     /// stale ones among them need not be sent on any more.
     pub(crate) fn recent_of(&self, queue: &str, sent_on: bool) -> Vec<MessageRef> {
+        self.recent_where(queue, sent_on, false)
+    }
+
+    /// The recent settlements of `queue` (`own_only`: those this node's
+    /// clients made); `sent_on` as in [`RecentSettlements::recent_of`].
+    fn recent_where(&self, queue: &str, sent_on: bool, own_only: bool) -> Vec<MessageRef> {
         let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
         let Some(settled) = queues.get_mut(queue) else {
             return Vec::new();
@@ -181,7 +217,12 @@ impl RecentSettlements {
         if sent_on {
             settled.stale.clear();
         }
-        settled.recent.iter().map(|(_, r)| *r).collect()
+        settled
+            .recent
+            .iter()
+            .filter(|(_, _, own)| *own || !own_only)
+            .map(|(_, r, _)| *r)
+            .collect()
     }
 
     /// The settlements of `queue` to hand to its leader `leader` on
@@ -202,7 +243,7 @@ impl RecentSettlements {
             }
             settled.handed_to = Some((leader, link_failures));
         }
-        Some(self.recent(queue))
+        Some(self.recent_where(queue, true, true))
     }
 
     /// This node leads `queue` now: whatever leads it next gets the
@@ -237,9 +278,18 @@ impl QueueSettlements {
         while self
             .recent
             .front()
-            .is_some_and(|(at, _)| now.duration_since(*at) > SETTLED_KEPT)
+            .is_some_and(|(at, _, _)| now.duration_since(*at) > SETTLED_KEPT)
         {
-            self.recent.pop_front();
+            self.pop_oldest();
+        }
+    }
+
+    fn pop_oldest(&mut self) {
+        if let Some((_, r, own)) = self.recent.pop_front()
+            // A relayed one made this node's own later stays known.
+            && self.known.get(&r) == Some(&own)
+        {
+            self.known.remove(&r);
         }
     }
 }
@@ -657,6 +707,32 @@ mod tests {
             "the link to the leader failed since"
         );
         assert_eq!(settled.handover("q", 3, 1), None);
+    }
+
+    /// Settlements another node relayed here are applied here but never
+    /// handed on, and are remembered once however often they come: a
+    /// peer's whole list, sent at every leader change, neither goes round
+    /// the cluster nor pushes this node's own settlements out.
+    #[test]
+    fn relayed_settlements_are_kept_once_and_not_handed_on() {
+        let settled = RecentSettlements::default();
+        settled.record("q", &[at(1, 3)], false);
+        let peers: Vec<MessageRef> = (100..(100 + SETTLED_MAX as u64 / 2))
+            .map(|id| at(id, 3))
+            .collect();
+        for _ in 0..4 {
+            settled.record_relayed("q", &peers);
+        }
+        let recent = settled.recent_of("q", false);
+        assert_eq!(recent.len(), 1 + peers.len(), "each once");
+        assert_eq!(recent.first(), Some(&at(1, 3)), "its own kept");
+        assert_eq!(settled.handover("q", 2, 0), Some(vec![at(1, 3)]));
+        // Made here too (a second delivery of it, say): its own now.
+        settled.record("q", &[at(100, 3)], false);
+        assert_eq!(
+            settled.handover("q", 3, 0),
+            Some(vec![at(1, 3), at(100, 3)])
+        );
     }
 
     #[test]

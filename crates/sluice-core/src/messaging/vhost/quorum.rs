@@ -541,7 +541,7 @@ impl VirtualHost {
     /// and remembered (applied when this node rebuilds the queue, sent on
     /// to its next leader).
     pub fn settled_elsewhere(&self, name: &str, refs: &[MessageRef]) {
-        self.settled.record(name, refs, false);
+        self.settled.record_relayed(name, refs);
         self.unhold_for_peers(name, refs);
         if let Some(local) = self.running_quorum(name) {
             let settled = local.settle_refs(refs);
