@@ -538,8 +538,8 @@ impl VirtualHost {
 
     /// Settlements of quorum queue `name` another node's consumers made
     /// through a former leader: settled now if this node runs the queue,
-    /// and remembered (applied when this node rebuilds the queue, sent on
-    /// to its next leader).
+    /// and remembered (applied when this node rebuilds the queue; their
+    /// node hands them to later leaders itself).
     pub fn settled_elsewhere(&self, name: &str, refs: &[MessageRef]) {
         self.settled.record_relayed(name, refs);
         self.unhold_for_peers(name, refs);
