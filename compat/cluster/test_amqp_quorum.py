@@ -82,20 +82,6 @@ def take(node, queue: str, count: int, timeout: float = 20.0) -> list[bytes]:
     return bodies
 
 
-def take_all(node, queue: str) -> list[bytes]:
-    """What `queue` still holds, got (and acknowledged) through `node`
-    until a `basic.get` finds it empty."""
-    bodies: list[bytes] = []
-    with channel(node) as ch:
-        for _ in range(1000):
-            method, _, body = ch.basic_get(queue)
-            if method is None:
-                break
-            ch.basic_ack(method.delivery_tag)
-            bodies.append(body)
-    return bodies
-
-
 def declared(cluster, prefix: str) -> tuple[str, int]:
     """A quorum queue declared on node 1 once every node registered (so
     it has three members), known on every node; its name and leader."""
@@ -596,7 +582,7 @@ def test_a_basic_get_acked_as_the_leader_dies_does_not_come_back(fresh_cluster):
     got = take(getter, queue, 5)
     # Then whatever else is there: nothing acknowledged, once again at
     # most what was sent again.
-    as_published(got + take_all(getter, queue), after, resent)
+    as_published(got + drain(getter, queue, 0), after, resent)
 
 
 def test_acks_on_a_cut_off_leader_do_not_bring_messages_back(proxied_cluster):
@@ -694,7 +680,7 @@ def test_late_acks_for_a_former_instance_do_not_settle_the_next_ones_deliveries(
     # Left unacknowledged: the fresh message is ready again, and only it.
     got = take(publisher, queue, 1)
     assert got == [b"fresh"], f"a first delivery acknowledged late is still in the queue: {got}"
-    as_published(got + take_all(publisher, queue), [b"fresh"], resent)
+    as_published(got + drain(publisher, queue, 0), [b"fresh"], resent)
 
 
 def high_watermark(node, topic: str) -> int | None:

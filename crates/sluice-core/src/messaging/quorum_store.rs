@@ -91,11 +91,14 @@ pub struct RecentSettlements {
 
 #[derive(Debug, Default)]
 struct QueueSettlements {
-    /// When each was remembered, and whether this node's clients made it
-    /// (`true`) or another node relayed it (`false`).
-    recent: VecDeque<(Instant, MessageRef, bool)>,
-    /// What `recent` holds, and whether as made here: each once.
-    known: HashMap<MessageRef, bool>,
+    /// Made by this node's clients, with when.
+    recent: VecDeque<(Instant, MessageRef)>,
+    /// Made by another node's clients and handed here, with when: applied
+    /// if this node rebuilds the queue, never handed on. Apart from
+    /// `recent`, so that a peer's list never pushes out this node's own.
+    relayed: VecDeque<(Instant, MessageRef)>,
+    /// What `relayed` holds: each once, however often it is handed here.
+    relayed_known: HashSet<MessageRef>,
     /// Made through an instance no longer running the queue (a leader
     /// that stopped leading, a stand-in for one): not yet sent to the
     /// queue's current leader.
@@ -146,7 +149,19 @@ impl RecentSettlements {
     /// when the instance they were made through no longer runs the queue
     /// (to be sent on).
     pub fn record(&self, queue: &str, refs: &[MessageRef], stale: bool) {
-        self.remember(queue, refs, stale, true);
+        if refs.is_empty() {
+            return;
+        }
+        self.with_queue(queue, |settled, now| {
+            settled.recent.extend(refs.iter().map(|r| (now, *r)));
+            if stale {
+                settled.stale.extend_from_slice(refs);
+            }
+            let excess = settled.recent.len().saturating_sub(SETTLED_MAX);
+            settled.recent.drain(..excess);
+            let excess = settled.stale.len().saturating_sub(SETTLED_MAX);
+            settled.stale.drain(..excess);
+        });
     }
 
     /// Remembers settlements of `queue` another node's clients made (that
@@ -157,41 +172,34 @@ impl RecentSettlements {
     /// anew, and filled to `SETTLED_MAX`, where a burst from a peer pushed
     /// out this node's own settlements of a moment before.
     pub fn record_relayed(&self, queue: &str, refs: &[MessageRef]) {
-        self.remember(queue, refs, false, false);
-    }
-
-    fn remember(&self, queue: &str, refs: &[MessageRef], stale: bool, own: bool) {
         if refs.is_empty() {
             return;
         }
+        self.with_queue(queue, |settled, now| {
+            for r in refs {
+                if settled.relayed_known.insert(*r) {
+                    settled.relayed.push_back((now, *r));
+                }
+            }
+            while settled.relayed.len() > SETTLED_MAX {
+                settled.pop_relayed();
+            }
+        });
+    }
+
+    /// Runs `change` on `queue`'s settlements, those older than 60 s
+    /// forgotten first, with the time now.
+    fn with_queue(&self, queue: &str, change: impl FnOnce(&mut QueueSettlements, Instant)) {
         let now = Instant::now();
         let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
         // Looked up before an entry is made: no name copied per flush.
         if !queues.contains_key(queue) {
             queues.insert(queue.to_owned(), QueueSettlements::default());
         }
-        let Some(settled) = queues.get_mut(queue) else {
-            return;
-        };
-        settled.forget_older_than(now);
-        for r in refs {
-            let known = settled.known.get(r).copied();
-            // Each once; one this node made counts as its own even when
-            // relayed to it before.
-            if known == Some(true) || (known.is_some() && !own) {
-                continue;
-            }
-            settled.known.insert(*r, own);
-            settled.recent.push_back((now, *r, own));
+        if let Some(settled) = queues.get_mut(queue) {
+            settled.forget_older_than(now);
+            change(settled, now);
         }
-        if stale {
-            settled.stale.extend_from_slice(refs);
-        }
-        while settled.recent.len() > SETTLED_MAX {
-            settled.pop_oldest();
-        }
-        let excess = settled.stale.len().saturating_sub(SETTLED_MAX);
-        settled.stale.drain(..excess);
     }
 
     /// The settlements of `queue` made in the last 60 s (`SETTLED_KEPT`),
@@ -200,15 +208,17 @@ impl RecentSettlements {
         self.recent_of(queue, true)
     }
 
-    /// The settlements of `queue` made in the last 60 s; `sent_on`: the
-    /// stale ones among them need not be sent on any more.
+    /// The settlements of `queue` made in the last 60 s, this node's
+    /// clients' then those relayed here; `sent_on`: the stale ones among
+    /// them need not be sent on any more.
     pub(crate) fn recent_of(&self, queue: &str, sent_on: bool) -> Vec<MessageRef> {
-        self.recent_where(queue, sent_on, false)
+        self.recent_where(queue, sent_on, true)
     }
 
-    /// The recent settlements of `queue` (`own_only`: those this node's
-    /// clients made); `sent_on` as in [`RecentSettlements::recent_of`].
-    fn recent_where(&self, queue: &str, sent_on: bool, own_only: bool) -> Vec<MessageRef> {
+    /// The settlements of `queue` made in the last 60 s by this node's
+    /// clients (and, `relayed`, by others'); `sent_on` as in
+    /// [`RecentSettlements::recent_of`].
+    fn recent_where(&self, queue: &str, sent_on: bool, relayed: bool) -> Vec<MessageRef> {
         let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
         let Some(settled) = queues.get_mut(queue) else {
             return Vec::new();
@@ -220,8 +230,8 @@ impl RecentSettlements {
         settled
             .recent
             .iter()
-            .filter(|(_, _, own)| *own || !own_only)
-            .map(|(_, r, _)| *r)
+            .chain(settled.relayed.iter().filter(|_| relayed))
+            .map(|(_, r)| *r)
             .collect()
     }
 
@@ -243,7 +253,7 @@ impl RecentSettlements {
             }
             settled.handed_to = Some((leader, link_failures));
         }
-        Some(self.recent_where(queue, true, true))
+        Some(self.recent_where(queue, true, false))
     }
 
     /// This node leads `queue` now: whatever leads it next gets the
@@ -275,21 +285,18 @@ impl RecentSettlements {
 
 impl QueueSettlements {
     fn forget_older_than(&mut self, now: Instant) {
-        while self
-            .recent
-            .front()
-            .is_some_and(|(at, _, _)| now.duration_since(*at) > SETTLED_KEPT)
-        {
-            self.pop_oldest();
+        let old = |(at, _): &(Instant, MessageRef)| now.duration_since(*at) > SETTLED_KEPT;
+        while self.recent.front().is_some_and(old) {
+            self.recent.pop_front();
+        }
+        while self.relayed.front().is_some_and(old) {
+            self.pop_relayed();
         }
     }
 
-    fn pop_oldest(&mut self) {
-        if let Some((_, r, own)) = self.recent.pop_front()
-            // A relayed one made this node's own later stays known.
-            && self.known.get(&r) == Some(&own)
-        {
-            self.known.remove(&r);
+    fn pop_relayed(&mut self) {
+        if let Some((_, r)) = self.relayed.pop_front() {
+            self.relayed_known.remove(&r);
         }
     }
 }
