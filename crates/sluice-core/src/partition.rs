@@ -711,6 +711,19 @@ impl Partition {
         })
     }
 
+    /// The in-sync change `change` was asked for and no answer came (it
+    /// may still commit): unless the leader changed since, it is asked
+    /// again by the next checks and its additions keep counting toward the
+    /// high watermark until the metadata settles it.
+    pub(crate) fn unanswered(&self, change: InSyncChange) {
+        if let Some(replication) = &self.replication {
+            let _leadership = self.leadership.lock().unwrap_or_else(|e| e.into_inner());
+            if self.leader_epoch().get() == change.leader_epoch {
+                replication.unanswered(change.wanted, change.from);
+            }
+        }
+    }
+
     /// Takes the replicas and in-sync replicas the metadata names after a
     /// move.
     pub(crate) fn set_replicas(&self, replicas: Vec<i32>, in_sync: Vec<i32>) {

@@ -74,6 +74,13 @@ struct State {
     /// one as soon as the change commits, so nothing may be acknowledged
     /// meanwhile that it lacks.
     joining: Vec<i32>,
+    /// On the leader: the in-sync change it asked for (wanted, decided on)
+    /// whose answer never came (the metadata quorum timed out). It may
+    /// still commit, so it is asked again and its additions keep counting
+    /// until the metadata's set moves off the one it was decided on (it
+    /// committed, or no longer can) or the leader changes, as Kafka's
+    /// leader keeps a pending AlterPartition until it is answered.
+    unanswered: Option<(Vec<i32>, Vec<i32>)>,
     followers: BTreeMap<i32, Follower>,
 }
 
@@ -107,6 +114,7 @@ impl Replication {
                 replicas,
                 in_sync,
                 joining: Vec::new(),
+                unanswered: None,
                 followers,
             }),
             high_watermark: watch::Sender::new(high_watermark.get()),
@@ -126,6 +134,7 @@ impl Replication {
             state.followers = fresh_followers(&state.replicas, leader);
             state.in_sync = in_sync;
             state.joining.clear();
+            state.unanswered = None;
         }
         if self.is_leader() {
             self.recompute(own_end);
@@ -134,6 +143,25 @@ impl Replication {
         let _guard = self.moved.0.lock().unwrap_or_else(|e| e.into_inner());
         self.moved.1.notify_all();
     }
+}
+
+impl State {
+    /// The metadata named the in-sync set: an unanswered change decided on
+    /// another set is over (committed, or refused if asked again).
+    fn settle_unanswered(&mut self) {
+        if self
+            .unanswered
+            .as_ref()
+            .is_some_and(|(_, from)| !same_set(&self.in_sync, from))
+        {
+            self.unanswered = None;
+            self.joining.clear();
+        }
+    }
+}
+
+fn same_set(a: &[i32], b: &[i32]) -> bool {
+    a.len() == b.len() && a.iter().all(|r| b.contains(r))
 }
 
 /// Every replica but `leader`, at offset 0, caught up now.
@@ -191,6 +219,7 @@ impl Replication {
             }
             state.replicas = replicas;
             state.in_sync = in_sync;
+            state.settle_unanswered();
         }
         if self.is_leader() {
             self.recompute(own_end);
@@ -208,8 +237,12 @@ impl Replication {
     pub(crate) fn set_in_sync(&self, in_sync: Vec<i32>, own_end: Offset) {
         let before = {
             let mut state = self.state();
-            state.joining.clear();
-            std::mem::replace(&mut state.in_sync, in_sync.clone()).len()
+            let before = std::mem::replace(&mut state.in_sync, in_sync.clone()).len();
+            state.settle_unanswered();
+            if state.unanswered.is_none() {
+                state.joining.clear();
+            }
+            before
         };
         if self.is_leader() {
             match in_sync.len().cmp(&before) {
@@ -344,13 +377,17 @@ impl Replication {
     /// watermark. The in-sync set the leader should propose, if it differs,
     /// with the set it differs from; the followers it adds count toward
     /// the high watermark from now until the metadata changes the set (or
-    /// the next call, after a refusal).
+    /// the next call, after a refusal). An unanswered change is returned
+    /// again as it was.
     pub(crate) fn wanted_in_sync(&self, max_lag: Duration) -> Option<(Vec<i32>, Vec<i32>)> {
         if !self.is_leader() {
             return None;
         }
         let hw = self.high_watermark();
         let mut state = self.state();
+        if let Some(unanswered) = &state.unanswered {
+            return Some(unanswered.clone());
+        }
         let now = Instant::now();
         let wanted: Vec<i32> = state
             .replicas
@@ -387,6 +424,22 @@ impl Replication {
             Vec::new()
         };
         changed.then(|| (wanted, state.in_sync.clone()))
+    }
+
+    /// On the leader: the in-sync change `wanted`, decided on `from`, was
+    /// asked for and no answer came; unless the metadata's set already
+    /// moved off `from`, it is asked again by every next check (see
+    /// `State::unanswered`).
+    pub(crate) fn unanswered(&self, wanted: Vec<i32>, from: Vec<i32>) {
+        let mut state = self.state();
+        if self.is_leader() && same_set(&state.in_sync, &from) {
+            for replica in wanted.iter().filter(|r| !from.contains(r)) {
+                if !state.joining.contains(replica) {
+                    state.joining.push(*replica);
+                }
+            }
+            state.unanswered = Some((wanted, from));
+        }
     }
 
     /// Waits until the high watermark reaches `end` while this node leads.
@@ -585,5 +638,49 @@ mod tests {
         );
         refused.fetched(3, Offset::from(150), Offset::from(150), Offset::from(150));
         assert_eq!(refused.high_watermark(), Offset::from(150));
+    }
+
+    /// An ask whose answer never came may still commit: it is asked again
+    /// as it was, and the follower it adds keeps holding the high
+    /// watermark even after it falls behind, until the metadata's set
+    /// moves off the one the ask was decided on.
+    #[test]
+    fn an_unanswered_ask_is_asked_again_and_counts_until_the_metadata_settles_it() {
+        let replication = Replication::new(1, vec![1, 2, 3], 1, vec![1, 3], Offset::from(0));
+        replication.fetched(3, Offset::from(100), Offset::from(100), Offset::from(100));
+        replication.fetched(2, Offset::from(100), Offset::from(100), Offset::from(100));
+        let asked = replication.wanted_in_sync(Duration::from_secs(30));
+        assert_eq!(asked, Some((vec![1, 2, 3], vec![1, 3])));
+        replication.unanswered(vec![1, 2, 3], vec![1, 3]);
+        // 2 stops fetching: without the ask pending, the next check would
+        // drop it and let 3 alone move the high watermark.
+        std::thread::sleep(Duration::from_millis(300));
+        replication.fetched(3, Offset::from(150), Offset::from(150), Offset::from(150));
+        assert_eq!(
+            replication.wanted_in_sync(Duration::from_millis(200)),
+            asked,
+            "asked again as it was"
+        );
+        assert_eq!(replication.high_watermark(), Offset::from(100));
+        // The metadata names another set than the one decided on (here the
+        // ask committed late): settled; the committed set alone counts.
+        replication.set_in_sync(vec![1, 3], Offset::from(150));
+        assert_eq!(replication.high_watermark(), Offset::from(100));
+        replication.set_in_sync(vec![1, 2, 3], Offset::from(150));
+        replication.set_in_sync(vec![1, 3], Offset::from(150));
+        assert_eq!(replication.high_watermark(), Offset::from(150));
+        assert_eq!(replication.wanted_in_sync(Duration::from_millis(200)), None);
+
+        // A new leader settles it too.
+        let moved = Replication::new(1, vec![1, 2, 3], 1, vec![1, 3], Offset::from(0));
+        moved.fetched(2, Offset::from(10), Offset::from(10), Offset::from(10));
+        moved.fetched(3, Offset::from(10), Offset::from(10), Offset::from(10));
+        assert!(moved.wanted_in_sync(Duration::from_secs(30)).is_some());
+        moved.unanswered(vec![1, 2, 3], vec![1, 3]);
+        moved.change_leader(1, vec![1, 3], Offset::from(10));
+        std::thread::sleep(Duration::from_millis(300));
+        moved.fetched(3, Offset::from(20), Offset::from(20), Offset::from(20));
+        assert_eq!(moved.wanted_in_sync(Duration::from_millis(200)), None);
+        assert_eq!(moved.high_watermark(), Offset::from(20));
     }
 }

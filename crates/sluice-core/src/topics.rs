@@ -891,13 +891,19 @@ impl Topics {
             leader_epoch = change.leader_epoch,
             "changing the in-sync replicas"
         );
-        self.metadata.commit(MetadataCommand::SetInSync {
+        let committed = self.metadata.commit(MetadataCommand::SetInSync {
             name: partition.topic.to_string(),
             partition: partition.id.get() as u32,
-            in_sync: change.wanted,
+            in_sync: change.wanted.clone(),
             leader_epoch: Some(change.leader_epoch),
-            from: Some(change.from),
-        })
+            from: Some(change.from.clone()),
+        });
+        if let Err(CoreError::Quorum { .. }) = &committed {
+            // No answer: it may commit later, so it is asked again (and
+            // what it adds still counts) until the metadata settles it.
+            partition.unanswered(change);
+        }
+        committed
     }
 
     /// What the controller should commit when the nodes in `live` are the
