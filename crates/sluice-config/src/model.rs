@@ -181,6 +181,10 @@ pub struct KafkaConfig {
     /// Partitions of the committed offsets topic of a cluster (Kafka's
     /// `offsets.topic.num.partitions`); read when the topic is created.
     pub offsets_partitions: u32,
+    /// Partitions of the transactions' states topic of a cluster (Kafka's
+    /// `transaction.state.log.num.partitions`); read when the topic is
+    /// created.
+    pub transaction_state_partitions: u32,
     /// Shortest session timeout a consumer group member may ask for
     /// (Kafka's `group.min.session.timeout.ms`).
     pub group_min_session_timeout: HumanDuration,
@@ -211,6 +215,7 @@ impl Default for KafkaConfig {
             offsets_retention: HumanDuration::new(std::time::Duration::from_secs(7 * 24 * 3600)),
             offsets_segment_bytes: ByteSize::mib(100),
             offsets_partitions: 50,
+            transaction_state_partitions: 50,
             group_min_session_timeout: HumanDuration::from_secs(6),
             group_max_session_timeout: HumanDuration::from_secs(30 * 60),
             group_initial_rebalance_delay: HumanDuration::from_secs(3),
@@ -560,6 +565,10 @@ pub const KEYS: &[KeyDoc] = &[
         description: "Partitions of the replicated committed offsets topic of a cluster, read when it is created (1 to 1000)",
     },
     KeyDoc {
+        key: "kafka.transaction_state_partitions",
+        description: "Partitions of the replicated transactions' states topic of a cluster, read when it is created (1 to 1000)",
+    },
+    KeyDoc {
         key: "kafka.group_min_session_timeout",
         description: "Shortest session timeout a consumer group member may ask for; shorter joins get INVALID_SESSION_TIMEOUT",
     },
@@ -797,6 +806,15 @@ impl Config {
                 format!(
                     "kafka.offsets_partitions must be from 1 to 1000, got {}",
                     kafka.offsets_partitions
+                ),
+            );
+        }
+        if !(1..=1000).contains(&kafka.transaction_state_partitions) {
+            problem(
+                "kafka.transaction_state_partitions",
+                format!(
+                    "kafka.transaction_state_partitions must be from 1 to 1000, got {}",
+                    kafka.transaction_state_partitions
                 ),
             );
         }

@@ -16,6 +16,7 @@
 mod ack;
 mod admission;
 mod connections;
+mod coordinated;
 mod data_dir;
 mod error;
 mod fields;
@@ -181,6 +182,10 @@ pub struct BrokerOptions {
     /// Partitions of the committed offsets topic on a cluster (Kafka's
     /// `offsets.topic.num.partitions`).
     pub offsets_partitions: u32,
+    /// Partitions of the transactions' states topic on a cluster (Kafka's
+    /// `transaction.state.log.num.partitions`); its replicas are the
+    /// offsets topic's.
+    pub transaction_state_partitions: u32,
     /// Replicas of each committed offsets partition on a cluster (Kafka's
     /// `offsets.topic.replication.factor`; the binary takes 3, or the
     /// number of voters when fewer).
@@ -232,6 +237,7 @@ impl BrokerOptions {
             queue_memory_bytes: messaging::DEFAULT_QUEUE_BUDGET,
             offsets_segment_bytes: 100 << 20,
             offsets_partitions: 50,
+            transaction_state_partitions: 50,
             offsets_replication: 3,
             offsets_retention: std::time::Duration::from_secs(7 * 24 * 3600),
             transaction_max_timeout_ms: 900_000,
@@ -441,7 +447,16 @@ impl Broker {
         };
         let producer_ids = ProducerIds::new(Arc::clone(&metadata));
         let transactions = if metadata.clustered() {
-            transactions::TxnCoordinator::unserved()
+            transactions::TxnCoordinator::replicated(
+                Arc::clone(&topics),
+                (
+                    options.transaction_state_partitions,
+                    options.offsets_replication,
+                ),
+                options.offsets_segment_bytes,
+                options.transaction_max_timeout_ms,
+                options.transactional_id_expiration_ms,
+            )
         } else {
             transactions::TxnCoordinator::open(
                 &logs,

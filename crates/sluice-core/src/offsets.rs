@@ -25,12 +25,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use sluice_log::{Log, LogManager};
-use sluice_types::{Clock, PartitionId, SystemClock};
+use sluice_types::{Clock, SystemClock};
 
 use crate::CoreError;
+use crate::coordinated::{CoordinatedTopic, Lead, Unwritten};
 use crate::fields::{get_str, put_str};
 use crate::partition::Partition;
-use crate::topic_config::TopicConfig;
 use crate::topics::Topics;
 
 /// The internal log holding committed offsets on a cluster of one.
@@ -76,21 +76,11 @@ enum Backend {
 
 #[derive(Debug)]
 struct Replicated {
-    topics: Arc<Topics>,
-    /// Partitions the topic is created with.
-    partitions: u32,
-    /// Replicas of each partition (Kafka's
-    /// `offsets.topic.replication.factor`): the topic waits until that many
-    /// nodes are registered and not fenced.
-    replication: u16,
-    segment_bytes: u64,
-    /// The offsets partitions whose groups are in memory, with the leader
-    /// epoch they were loaded in.
-    loaded: Mutex<BTreeMap<u32, i32>>,
+    /// `__consumer_offsets`, its replication Kafka's
+    /// `offsets.topic.replication.factor`.
+    topic: CoordinatedTopic,
     /// The forwarders' positions on this node.
     forwarders: Box<OffsetStore>,
-    /// A creation of the offsets topic is under way.
-    creating: std::sync::atomic::AtomicBool,
 }
 
 /// Committed offsets of every group.
@@ -149,16 +139,6 @@ fn replay(
     Ok(())
 }
 
-/// Kafka's partition of a group's offsets: `Utils.abs(groupId.hashCode())
-/// % partitions`, Java's string hash over UTF-16 code units.
-pub(crate) fn partition_for(group: &str, partitions: u32) -> u32 {
-    let hash = group.encode_utf16().fold(0i32, |h, unit| {
-        h.wrapping_mul(31).wrapping_add(i32::from(unit))
-    });
-    let positive = if hash == i32::MIN { 0 } else { hash.abs() };
-    positive as u32 % partitions.max(1)
-}
-
 impl OffsetStore {
     pub(crate) fn open(logs: &LogManager, segment_bytes: u64) -> Result<OffsetStore, CoreError> {
         OffsetStore::open_log(logs, OFFSETS_LOG, segment_bytes)
@@ -197,13 +177,13 @@ impl OffsetStore {
         let forwarders = OffsetStore::open_log(logs, FORWARD_POSITIONS_LOG, segment_bytes)?;
         Ok(OffsetStore {
             backend: Backend::Replicated(Replicated {
-                topics,
-                partitions: partitions.max(1),
-                replication: replication.max(1),
-                segment_bytes,
-                loaded: Mutex::new(BTreeMap::new()),
+                topic: CoordinatedTopic::new(
+                    topics,
+                    OFFSETS_TOPIC,
+                    (partitions, replication),
+                    segment_bytes,
+                ),
                 forwarders: Box::new(forwarders),
-                creating: std::sync::atomic::AtomicBool::new(false),
             }),
             groups: Mutex::new(HashMap::new()),
             last_commit: Mutex::new(HashMap::new()),
@@ -231,20 +211,6 @@ impl OffsetStore {
         self.last_commit.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The offsets partition of `group`: by the topic's partition count
-    /// once it exists (the setting is read at creation only).
-    fn index_of(replicated: &Replicated, group: &str) -> u32 {
-        partition_for(group, Self::partition_count(replicated))
-    }
-
-    fn partition_count(replicated: &Replicated) -> u32 {
-        replicated
-            .topics
-            .get(OFFSETS_TOPIC)
-            .map_or(replicated.partitions, |t| t.partition_count() as u32)
-            .max(1)
-    }
-
     /// Which node coordinates `group`: this one on a cluster of one; on a
     /// cluster, the leader of the group's offsets partition.
     pub fn coordinator(&self, group: &str) -> Coordinator {
@@ -254,19 +220,13 @@ impl OffsetStore {
         if self.node_local(group).is_some() {
             return Coordinator::Here;
         }
-        let Some(topic) = replicated.topics.get(OFFSETS_TOPIC) else {
-            return Coordinator::Unavailable;
-        };
-        let index = Self::index_of(replicated, group);
-        match topic.leader(PartitionId::from(index as i32)) {
-            Some((node, _)) if node == replicated.topics.metadata().node_id() => {
-                match self.led(group) {
-                    Ok(_) => Coordinator::Here,
-                    Err(_) => Coordinator::Unavailable,
-                }
-            }
-            Some((node, _)) if node >= 0 => Coordinator::Node(node),
-            _ => Coordinator::Unavailable,
+        match replicated.topic.lead(group) {
+            Lead::Node(node) => Coordinator::Node(node),
+            Lead::Unavailable => Coordinator::Unavailable,
+            Lead::Here => match self.led(group) {
+                Ok(_) => Coordinator::Here,
+                Err(_) => Coordinator::Unavailable,
+            },
         }
     }
 
@@ -274,13 +234,10 @@ impl OffsetStore {
     /// [`OffsetStore::prepare`], off the request path): on a cluster, when
     /// it does not exist and no creation is under way.
     pub fn needs_topic(&self) -> bool {
-        let Backend::Replicated(replicated) = &self.backend else {
-            return false;
-        };
-        replicated.topics.get(OFFSETS_TOPIC).is_none()
-            && !replicated
-                .creating
-                .swap(true, std::sync::atomic::Ordering::AcqRel)
+        match &self.backend {
+            Backend::Replicated(replicated) => replicated.topic.needs_topic(),
+            Backend::Local(_) => false,
+        }
     }
 
     /// Creates the offsets topic of a cluster if it does not exist yet
@@ -291,55 +248,9 @@ impl OffsetStore {
     /// # Errors
     /// The creation's failure ([`CoreError::Quorum`], say).
     pub fn prepare(&self) -> Result<(), CoreError> {
-        let Backend::Replicated(replicated) = &self.backend else {
-            return Ok(());
-        };
-        let created = self.create_topic(replicated);
-        replicated
-            .creating
-            .store(false, std::sync::atomic::Ordering::Release);
-        created
-    }
-
-    fn create_topic(&self, replicated: &Replicated) -> Result<(), CoreError> {
-        if replicated.topics.get(OFFSETS_TOPIC).is_some() {
-            return Ok(());
-        }
-        let live = replicated.topics.metadata().live_broker_count();
-        let replication = replicated.replication;
-        if live < usize::from(replication) {
-            // As Kafka: not created with fewer replicas than asked for;
-            // clients are told COORDINATOR_NOT_AVAILABLE meanwhile.
-            return Err(CoreError::InvalidReplication {
-                topic: OFFSETS_TOPIC.to_owned(),
-                replication: usize::from(replication),
-                nodes: live,
-            });
-        }
-        let mut overrides = BTreeMap::new();
-        overrides.insert("cleanup.policy".to_owned(), "compact".to_owned());
-        overrides.insert(
-            "segment.bytes".to_owned(),
-            replicated.segment_bytes.to_string(),
-        );
-        let config = TopicConfig::new(overrides).map_err(|e| CoreError::Internal {
-            reason: format!("the offsets topic's config: {e}"),
-        })?;
-        match replicated.topics.create_internal(
-            OFFSETS_TOPIC,
-            replicated.partitions,
-            replication,
-            config,
-        ) {
-            Ok(_) | Err(CoreError::TopicExists { .. }) => {
-                tracing::info!(
-                    partitions = replicated.partitions,
-                    replication,
-                    "created the committed offsets topic"
-                );
-                Ok(())
-            }
-            Err(error) => Err(error),
+        match &self.backend {
+            Backend::Replicated(replicated) => replicated.topic.prepare(),
+            Backend::Local(_) => Ok(()),
         }
     }
 
@@ -353,68 +264,43 @@ impl OffsetStore {
         let Backend::Replicated(replicated) = &self.backend else {
             return Ok(None);
         };
-        let index = Self::index_of(replicated, group);
+        let index = replicated.topic.index_of(group);
         match self.refresh(replicated, index)? {
             Some(partition) => Ok(Some(partition)),
             None => Err(CoreError::NotCoordinator {
                 group: group.to_owned(),
-                coordinator: replicated
-                    .topics
-                    .get(OFFSETS_TOPIC)
-                    .and_then(|t| t.leader(PartitionId::from(index as i32)))
-                    .map(|(node, _)| node)
-                    .filter(|node| *node >= 0),
+                coordinator: replicated.topic.leader_of(index),
             }),
         }
     }
 
     /// Brings the groups of offsets partition `index` in memory in line
-    /// with its leadership: loaded from its log when this node leads it
-    /// in an epoch not loaded yet, forgotten when it does not lead it.
-    /// Returns the partition when this node leads it.
+    /// with its leadership (see [`CoordinatedTopic::refresh`]). Returns the
+    /// partition when this node leads it.
     fn refresh(
         &self,
         replicated: &Replicated,
         index: u32,
     ) -> Result<Option<Arc<Partition>>, CoreError> {
-        let led = replicated
-            .topics
-            .get(OFFSETS_TOPIC)
-            .and_then(|t| t.partition(PartitionId::from(index as i32)))
-            .filter(|p| p.is_leader());
-        let mut loaded = replicated.loaded.lock().unwrap_or_else(|e| e.into_inner());
-        let partitions = Self::partition_count(replicated);
-        let of_index = |group: &str| partition_for(group, partitions) == index;
-        match &led {
-            Some(partition) => {
-                let epoch = partition.leader_epoch().get();
-                if loaded.get(&index) != Some(&epoch) {
-                    let mut groups = self.groups();
-                    let mut last_commit = self.last_commits();
-                    groups.retain(|group, _| !of_index(group));
-                    last_commit.retain(|group, _| !of_index(group));
-                    replay(partition.log(), of_index, &mut groups, &mut last_commit)?;
-                    loaded.insert(index, epoch);
-                    tracing::info!(
-                        partition = index,
-                        leader_epoch = epoch,
-                        groups = groups.keys().filter(|g| of_index(g)).count(),
-                        "loaded the committed offsets of the groups this node now coordinates"
-                    );
-                }
-            }
-            None => {
-                if loaded.remove(&index).is_some() {
-                    self.groups().retain(|group, _| !of_index(group));
-                    self.last_commits().retain(|group, _| !of_index(group));
-                    tracing::info!(
-                        partition = index,
-                        "no longer coordinating the groups of this offsets partition"
-                    );
-                }
-            }
-        }
-        Ok(led)
+        let of_index = replicated.topic.holds_key(index);
+        let forget = || {
+            self.groups().retain(|group, _| !of_index(group));
+            self.last_commits().retain(|group, _| !of_index(group));
+        };
+        let load = |log: &Log| {
+            let mut groups = self.groups();
+            replay(log, &of_index, &mut groups, &mut self.last_commits())?;
+            tracing::info!(
+                partition = index,
+                groups = groups.keys().filter(|g| of_index(g)).count(),
+                "loaded the committed offsets of the groups this node now coordinates"
+            );
+            Ok(())
+        };
+        Ok(replicated
+            .topic
+            .refresh(index, load, forget)?
+            .map(|(partition, _)| partition))
     }
 
     /// Whether `group`'s offsets are in memory here: always on a cluster
@@ -423,17 +309,16 @@ impl OffsetStore {
         match &self.backend {
             Backend::Local(_) => true,
             Backend::Replicated(replicated) => replicated
-                .loaded
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains_key(&Self::index_of(replicated, group)),
+                .topic
+                .loaded_epoch(replicated.topic.index_of(group))
+                .is_some(),
         }
     }
 
     /// Refreshes every offsets partition (see [`OffsetStore::refresh`]).
     fn refresh_all(&self) {
         if let Backend::Replicated(replicated) = &self.backend {
-            for index in 0..Self::partition_count(replicated) {
+            for index in 0..replicated.topic.partition_count() {
                 if let Err(error) = self.refresh(replicated, index) {
                     tracing::warn!(partition = index, %error, "cannot load committed offsets");
                 }
@@ -588,36 +473,15 @@ impl OffsetStore {
                 log.append(&mut batch, crate::LOCAL_EPOCH)?;
             }
             (Backend::Replicated(replicated), Some(partition)) => {
-                let topic = replicated.topics.get(OFFSETS_TOPIC).ok_or_else(|| {
-                    CoreError::UnknownTopic {
-                        topic: OFFSETS_TOPIC.to_owned(),
-                    }
-                })?;
-                // As Kafka's coordinator: a leader replaced meanwhile
-                // means another coordinator, replicas slow to answer mean
-                // none for now; the client looks for it again.
-                let written = topic
-                    .append_start(partition.id(), &mut batch)
-                    .and_then(|appended| appended.in_sync().wait());
-                match written {
-                    Ok(_) => {}
-                    Err(CoreError::NotLeader { leader, .. }) => {
+                match replicated.topic.append(&partition, &mut batch) {
+                    Ok(()) => {}
+                    Err(Unwritten::Moved(coordinator)) => {
                         return Err(CoreError::NotCoordinator {
                             group: group.to_owned(),
-                            coordinator: leader,
+                            coordinator,
                         });
                     }
-                    Err(
-                        CoreError::ReplicationTimedOut { .. }
-                        | CoreError::UnknownPartition { .. }
-                        | CoreError::Quorum { .. },
-                    ) => {
-                        return Err(CoreError::NotCoordinator {
-                            group: group.to_owned(),
-                            coordinator: None,
-                        });
-                    }
-                    Err(other) => return Err(other),
+                    Err(Unwritten::Failed(error)) => return Err(error),
                 }
             }
             (Backend::Replicated(_), None) => {
@@ -686,13 +550,9 @@ impl OffsetStore {
         // forgotten, or loaded for a later epoch): the read stands only if
         // the epoch loaded is still the one this node leads in.
         if let (Backend::Replicated(replicated), Some(partition)) = (&self.backend, led) {
-            let index = Self::index_of(replicated, group);
             let loaded = replicated
-                .loaded
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(&index)
-                .copied();
+                .topic
+                .loaded_epoch(replicated.topic.index_of(group));
             if !partition.is_leader() || loaded != Some(partition.leader_epoch().get()) {
                 return Err(CoreError::NotCoordinator {
                     group: group.to_owned(),
@@ -763,16 +623,6 @@ fn decode_value(value: &Bytes) -> Option<CommittedOffset> {
 mod tests {
     use super::*;
     use sluice_log::LogConfig;
-
-    #[test]
-    fn groups_map_to_partitions_as_kafka_does() {
-        // Java's "test".hashCode() is 3556498; "my-group"'s is negative
-        // (-1906497762), so its absolute value is taken.
-        assert_eq!(partition_for("test", 50), 48);
-        assert_eq!(partition_for("my-group", 50), 12);
-        assert_eq!(partition_for("console-consumer-12345", 50), 6);
-        assert_eq!(partition_for("anything", 1), 0);
-    }
 
     #[test]
     fn commits_survive_reopen_and_latest_wins() -> Result<(), CoreError> {

@@ -60,6 +60,7 @@ pub(crate) fn txn_code(err: &TxnError, fenced: bool) -> ResponseError {
         TxnError::Concurrent { .. } => ResponseError::ConcurrentTransactions,
         TxnError::InvalidTimeout { .. } => ResponseError::InvalidTransactionTimeout,
         TxnError::NotServed => ResponseError::TransactionalIdAuthorizationFailed,
+        TxnError::NotCoordinator { .. } => ResponseError::NotCoordinator,
         TxnError::Core(core) => code(core),
     }
 }

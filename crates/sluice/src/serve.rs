@@ -85,6 +85,7 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         queue_memory_bytes: config.amqp.queue_memory_bytes.bytes(),
         offsets_segment_bytes: config.kafka.offsets_segment_bytes.bytes(),
         offsets_partitions: config.kafka.offsets_partitions,
+        transaction_state_partitions: config.kafka.transaction_state_partitions,
         offsets_retention: config.kafka.offsets_retention.get(),
         transaction_max_timeout_ms: i32::try_from(
             config.kafka.transaction_max_timeout.get().as_millis(),

@@ -1,13 +1,25 @@
-//! The transaction coordinator (Kafka's `TransactionCoordinator`) of a
-//! cluster of one: transactional ids, their producer ids and epochs, what
-//! each open transaction wrote to, and its end, markers included.
+//! The transaction coordinator (Kafka's `TransactionCoordinator`):
+//! transactional ids, their producer ids and epochs, what each open
+//! transaction wrote to, and its end, markers included.
 //!
-//! Every change of a transactional id is one record of the internal log
-//! `__transaction_state-0`, durable before it is answered; the latest
-//! record per id is its state, read back on open. A transaction decided
-//! (`PrepareCommit`, `PrepareAbort`) but not completed when the broker
-//! stopped gets its markers on the next tick, as a new Kafka coordinator
-//! completes what it loads. An id with no transaction open and no change
+//! Every change of a transactional id is one record, durable before it is
+//! answered; the latest record per id is its state.
+//! - On a cluster of one the records go to the internal log
+//!   `__transaction_state-0`, read back on open.
+//! - On a cluster they go to the replicated topic `__transaction_state`
+//!   (`kafka.transaction_state_partitions` partitions, the offsets topic's
+//!   replicas), acknowledged by every in-sync replica: as in Kafka an id
+//!   belongs to partition `abs(java_hash(id)) % partitions`, its
+//!   coordinator is that partition's leader, which loads the partition's
+//!   ids before it answers for them (in each new leader epoch, its
+//!   coordinator epoch) and forgets them when it stops leading. Clients
+//!   are not sent there yet: FindCoordinator names no transaction
+//!   coordinator on a cluster until markers go between nodes
+//!   (docs/transactions.md).
+//!
+//! A transaction decided (`PrepareCommit`, `PrepareAbort`) but not
+//! completed when the broker stopped gets its markers on the next tick, as
+//! a new Kafka coordinator completes what it loads. An id with no transaction open and no change
 //! for `transactional_id_expiration_ms` (Kafka's
 //! `transactional.id.expiration.ms`, 7 days) is forgotten on a tick: a
 //! tombstone (the key with no value) in the log, so that a restart and
@@ -28,7 +40,9 @@ use sluice_log::{Log, LogManager};
 use sluice_types::{Clock, PartitionId, SystemClock};
 
 use super::{Marker, Outcome};
+use crate::coordinated::{CoordinatedTopic, Unwritten};
 use crate::fields::{get_str, put_str};
+use crate::topics::Topics;
 use crate::{Broker, CommittedOffset, CoreError};
 
 /// The timeout of the broker's own transactions ([`TxnCoordinator::write_atomically`]):
@@ -37,6 +51,8 @@ const INTERNAL_TIMEOUT_MS: i32 = 60_000;
 
 /// The internal log of the transactions' states on a cluster of one.
 pub const TXN_STATE_LOG: &str = "__transaction_state-0";
+/// The replicated topic of the transactions' states on a cluster.
+pub const TXN_STATE_TOPIC: &str = "__transaction_state";
 /// The coordinator epoch markers carry on a cluster of one (Kafka's is
 /// the leader epoch of the id's `__transaction_state` partition).
 const COORDINATOR_EPOCH: i32 = 0;
@@ -139,15 +155,33 @@ pub enum TxnError {
     InvalidTimeout { timeout_ms: i32, max_ms: i32 },
     #[error("transactions are not served on a cluster of more than one node yet")]
     NotServed,
+    /// Another node coordinates the id (the leader of its
+    /// `__transaction_state` partition), or none does yet.
+    #[error(
+        "this node does not coordinate transactional id {id:?} (its coordinator is {coordinator:?})"
+    )]
+    NotCoordinator {
+        id: String,
+        coordinator: Option<i32>,
+    },
     #[error(transparent)]
     Core(#[from] CoreError),
+}
+
+/// Where the states are written.
+#[derive(Debug)]
+enum Store {
+    /// A cluster of one: the internal log, every id in memory.
+    Local(Arc<Log>),
+    /// A cluster: `__transaction_state`, the ids of the partitions this
+    /// node leads in memory.
+    Replicated(CoordinatedTopic),
 }
 
 /// The transaction coordinator.
 #[derive(Debug)]
 pub struct TxnCoordinator {
-    /// `None` on a cluster: not served there yet.
-    log: Option<Arc<Log>>,
+    store: Store,
     max_timeout_ms: i32,
     /// An id idle (no transaction open) this long is forgotten.
     expiration_ms: i64,
@@ -197,26 +231,13 @@ impl TxnCoordinator {
         };
         let log = logs.get_or_create(TXN_STATE_LOG, Some(config.clone()))?;
         log.set_config(config);
-        let mut txns = HashMap::new();
-        crate::replay::for_each_record(&log, log.log_start(), |record| {
-            let Some(id) = record.key.and_then(decode_key) else {
-                return;
-            };
-            match record.value.and_then(decode_value) {
-                Some(meta) => {
-                    txns.insert(id, meta);
-                }
-                None => {
-                    txns.remove(&id);
-                }
-            }
-        })?;
+        let txns = read_states(&log, |_| true)?;
         let writable = txns
             .iter()
             .map(|(id, meta)| (id.clone(), Writable::of(meta)))
             .collect();
         Ok(TxnCoordinator {
-            log: Some(log),
+            store: Store::Local(log),
             max_timeout_ms,
             expiration_ms,
             txns: Mutex::new(txns),
@@ -224,21 +245,146 @@ impl TxnCoordinator {
         })
     }
 
-    /// The coordinator of a node of a cluster: refuses every transactional
-    /// id for now (docs/transactions.md).
-    pub(crate) fn unserved() -> TxnCoordinator {
+    /// The coordinator of a node of a cluster: the topic
+    /// `__transaction_state` with `partitions` partitions of `replication`
+    /// replicas, created on first need.
+    pub(crate) fn replicated(
+        topics: Arc<Topics>,
+        (partitions, replication): (u32, u16),
+        segment_bytes: u64,
+        max_timeout_ms: i32,
+        expiration_ms: i64,
+    ) -> TxnCoordinator {
         TxnCoordinator {
-            log: None,
-            max_timeout_ms: 0,
-            expiration_ms: 0,
+            store: Store::Replicated(CoordinatedTopic::new(
+                topics,
+                TXN_STATE_TOPIC,
+                (partitions, replication),
+                segment_bytes,
+            )),
+            max_timeout_ms,
+            expiration_ms,
             txns: Mutex::default(),
             writable: Mutex::default(),
         }
     }
 
-    /// Whether this node coordinates transactions.
+    /// Whether clients are sent to a coordinator for transactional ids:
+    /// on a cluster of one; not yet on a cluster (docs/transactions.md).
     pub fn served(&self) -> bool {
-        self.log.is_some()
+        matches!(self.store, Store::Local(_))
+    }
+
+    /// The coordinator epoch of `id` when this node coordinates it (on a
+    /// cluster the leader epoch of its partition, which it loads first
+    /// in a new epoch: called with `txns` held).
+    ///
+    /// # Errors
+    /// [`TxnError::NotCoordinator`] when another node coordinates it or
+    /// none does yet; the log's errors while loading.
+    fn led(&self, txns: &mut HashMap<String, TxnMeta>, id: &str) -> Result<i32, TxnError> {
+        let Store::Replicated(topic) = &self.store else {
+            return Ok(COORDINATOR_EPOCH);
+        };
+        let index = topic.index_of(id);
+        match self.refresh(topic, txns, index)? {
+            Some(epoch) => Ok(epoch),
+            None => Err(TxnError::NotCoordinator {
+                id: id.to_owned(),
+                coordinator: topic.leader_of(index),
+            }),
+        }
+    }
+
+    /// Brings the ids of partition `index` in memory in line with its
+    /// leadership (see [`CoordinatedTopic::refresh`]); the leader epoch
+    /// when this node leads it.
+    fn refresh(
+        &self,
+        topic: &CoordinatedTopic,
+        txns: &mut HashMap<String, TxnMeta>,
+        index: u32,
+    ) -> Result<Option<i32>, CoreError> {
+        let of_index = topic.holds_key(index);
+        let mut forgotten = Vec::new();
+        let mut loaded = HashMap::new();
+        let led = topic.refresh(
+            index,
+            |log| {
+                loaded = read_states(log, &of_index)?;
+                Ok(())
+            },
+            || {
+                forgotten.extend(txns.keys().filter(|id| of_index(id)).cloned());
+            },
+        )?;
+        let mut writable = self.writable.lock().unwrap_or_else(|e| e.into_inner());
+        for id in &forgotten {
+            txns.remove(id);
+            writable.remove(id);
+        }
+        if led.is_some() && !loaded.is_empty() {
+            tracing::info!(
+                partition = index,
+                ids = loaded.len(),
+                "loaded the transactional ids this node now coordinates"
+            );
+        }
+        for (id, meta) in loaded {
+            writable.insert(id.clone(), Writable::of(&meta));
+            txns.insert(id, meta);
+        }
+        Ok(led.map(|(_, epoch)| epoch))
+    }
+
+    /// Refreshes every partition (see [`TxnCoordinator::refresh`]).
+    fn refresh_all(&self, txns: &mut HashMap<String, TxnMeta>) {
+        if let Store::Replicated(topic) = &self.store {
+            for index in 0..topic.partition_count() {
+                if let Err(error) = self.refresh(topic, txns, index) {
+                    tracing::warn!(partition = index, %error, "cannot load transactional ids");
+                }
+            }
+        }
+    }
+
+    /// The coordinator epoch of `id`, loaded (called with `txns` held,
+    /// after [`TxnCoordinator::led`]).
+    fn coordinator_epoch(&self, id: &str) -> Result<i32, TxnError> {
+        match &self.store {
+            Store::Local(_) => Ok(COORDINATOR_EPOCH),
+            Store::Replicated(topic) => {
+                let index = topic.index_of(id);
+                topic
+                    .loaded_epoch(index)
+                    .ok_or_else(|| TxnError::NotCoordinator {
+                        id: id.to_owned(),
+                        coordinator: topic.leader_of(index),
+                    })
+            }
+        }
+    }
+
+    /// Whether clients may ask for a coordinator of transactional ids and
+    /// the topic `__transaction_state` does not exist yet (to be created
+    /// with [`TxnCoordinator::prepare`], off the request path).
+    pub fn needs_topic(&self) -> bool {
+        match &self.store {
+            Store::Replicated(topic) => topic.needs_topic(),
+            Store::Local(_) => false,
+        }
+    }
+
+    /// Creates `__transaction_state` on a cluster if it does not exist
+    /// yet. Blocking.
+    ///
+    /// # Errors
+    /// The creation's failure ([`CoreError::Quorum`], say).
+    pub fn prepare(&self) -> Result<(), CoreError> {
+        match &self.store {
+            Store::Replicated(topic) => topic.prepare(),
+            Store::Local(_) => Ok(()),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, TxnMeta>> {
@@ -282,15 +428,45 @@ impl TxnCoordinator {
 
     /// Writes `id`'s record: its state, or a tombstone (`None`).
     fn write_value(&self, id: &str, value: Option<&[u8]>, durable: bool) -> Result<(), TxnError> {
-        let log = self.log.as_ref().ok_or(TxnError::NotServed)?;
         let key = encode_key(id);
-        let mut batch = crate::replay::batch_of(&[(Some(&key[..]), value)], "transaction state")?;
-        if durable {
-            log.append(&mut batch, crate::LOCAL_EPOCH)
-        } else {
-            log.append_unsynced(&mut batch, crate::LOCAL_EPOCH)
+        self.write_records(id, &[(Some(&key[..]), value)], durable)
+    }
+
+    /// Writes records of ids of one partition (`id` is one of them) in one
+    /// batch: to the local log (synced when `durable`), or on a cluster to
+    /// the partition, acknowledged by its in-sync replicas.
+    fn write_records(
+        &self,
+        id: &str,
+        entries: &[crate::replay::Entry<'_>],
+        durable: bool,
+    ) -> Result<(), TxnError> {
+        let mut batch = crate::replay::batch_of(entries, "transaction state")?;
+        match &self.store {
+            Store::Local(log) => {
+                if durable {
+                    log.append(&mut batch, crate::LOCAL_EPOCH)
+                } else {
+                    log.append_unsynced(&mut batch, crate::LOCAL_EPOCH)
+                }
+                .map_err(CoreError::from)?;
+            }
+            Store::Replicated(topic) => {
+                let moved = |coordinator| TxnError::NotCoordinator {
+                    id: id.to_owned(),
+                    coordinator,
+                };
+                let index = topic.index_of(id);
+                let partition = topic
+                    .loaded_partition(index)
+                    .ok_or_else(|| moved(topic.leader_of(index)))?;
+                match topic.append(&partition, &mut batch) {
+                    Ok(()) => {}
+                    Err(Unwritten::Moved(coordinator)) => return Err(moved(coordinator)),
+                    Err(Unwritten::Failed(error)) => return Err(error.into()),
+                }
+            }
         }
-        .map_err(CoreError::from)?;
         Ok(())
     }
 
@@ -321,6 +497,7 @@ impl TxnCoordinator {
         }
         let now = SystemClock.now_ms();
         let mut txns = self.lock();
+        self.led(&mut txns, id)?;
         let mut meta = match txns.get(id) {
             None => TxnMeta {
                 producer_id: broker.producer_ids().allocate()?,
@@ -501,6 +678,7 @@ impl TxnCoordinator {
         partitions: &[(String, i32)],
     ) -> Result<Vec<bool>, TxnError> {
         let mut txns = self.lock();
+        self.led(&mut txns, id)?;
         let meta = Self::held(&mut txns, id, producer_id, epoch)?;
         if matches!(meta.state, TxnState::PrepareCommit | TxnState::PrepareAbort) {
             return Err(TxnError::Concurrent { id: id.to_owned() });
@@ -557,6 +735,7 @@ impl TxnCoordinator {
     ) -> Result<(), TxnError> {
         let now = SystemClock.now_ms();
         let mut txns = self.lock();
+        self.led(&mut txns, id)?;
         let meta = Self::held(&mut txns, id, producer_id, epoch)?;
         // Kafka's answer while the markers of the last transaction are
         // being written: retried by the client.
@@ -604,6 +783,7 @@ impl TxnCoordinator {
         offsets: &[(String, i32, CommittedOffset)],
     ) -> Result<(), TxnError> {
         let mut txns = self.lock();
+        self.led(&mut txns, id)?;
         let meta = Self::held(&mut txns, id, producer_id, epoch)?;
         if meta.state != TxnState::Ongoing || !meta.groups.contains(group) {
             return Err(TxnError::InvalidState {
@@ -692,6 +872,7 @@ impl TxnCoordinator {
         commit: bool,
     ) -> Result<(), TxnError> {
         let mut txns = self.lock();
+        self.led(&mut txns, id)?;
         let meta = Self::held(&mut txns, id, producer_id, epoch)?;
         let (prepare, done) = if commit {
             (TxnState::PrepareCommit, TxnState::CompleteCommit)
@@ -734,7 +915,7 @@ impl TxnCoordinator {
         };
         let marker = Marker {
             outcome,
-            coordinator_epoch: COORDINATOR_EPOCH,
+            coordinator_epoch: self.coordinator_epoch(id)?,
         };
         for (topic, partition) in &meta.partitions {
             let Some(found) = broker.topics().get(topic) else {
@@ -784,11 +965,9 @@ impl TxnCoordinator {
     /// bumped epoch (the producer that let it run is fenced), and
     /// completes those decided but not completed. Blocking.
     pub fn tick(&self, broker: &Broker) {
-        if !self.served() {
-            return;
-        }
         let now = SystemClock.now_ms();
         let mut txns = self.lock();
+        self.refresh_all(&mut txns);
         let due: Vec<String> = txns
             .iter()
             .filter(|(_, meta)| match meta.state {
@@ -868,39 +1047,37 @@ impl TxnCoordinator {
         if ids.is_empty() {
             return false;
         }
-        let Some(log) = self.log.as_ref() else {
-            return false;
-        };
-        let keys: Vec<Bytes> = ids.iter().map(|id| encode_key(id)).collect();
-        let entries: Vec<crate::replay::Entry<'_>> =
-            keys.iter().map(|key| (Some(&key[..]), None)).collect();
-        let written =
-            crate::replay::batch_of(&entries, "transaction state").and_then(|mut batch| {
-                if durable {
-                    log.append(&mut batch, crate::LOCAL_EPOCH)
-                } else {
-                    log.append_unsynced(&mut batch, crate::LOCAL_EPOCH)
-                }
-                .map_err(CoreError::from)
-            });
-        if let Err(error) = written {
-            tracing::warn!(count = ids.len(), %error, "cannot forget transactional ids; trying again later");
-            return false;
-        }
-        let mut writable = self.writable.lock().unwrap_or_else(|e| e.into_inner());
+        // One batch per partition (on a cluster of one, all in one).
+        let mut by_partition: BTreeMap<u32, Vec<&String>> = BTreeMap::new();
         for id in ids {
-            txns.remove(id);
-            writable.remove(id);
+            let index = match &self.store {
+                Store::Local(_) => 0,
+                Store::Replicated(topic) => topic.index_of(id),
+            };
+            by_partition.entry(index).or_default().push(id);
         }
-        true
+        let mut dropped = false;
+        for some in by_partition.into_values() {
+            let keys: Vec<Bytes> = some.iter().map(|id| encode_key(id)).collect();
+            let entries: Vec<crate::replay::Entry<'_>> =
+                keys.iter().map(|key| (Some(&key[..]), None)).collect();
+            if let Err(error) = self.write_records(some[0], &entries, durable) {
+                tracing::warn!(count = some.len(), %error, "cannot forget transactional ids; trying again later");
+                continue;
+            }
+            let mut writable = self.writable.lock().unwrap_or_else(|e| e.into_inner());
+            for id in some {
+                txns.remove(id);
+                writable.remove(id);
+            }
+            dropped = true;
+        }
+        dropped
     }
 
     /// Forgets `ids` that have no transaction open (the broker's own ids
     /// of a closed AMQP connection). Blocking.
     pub fn forget(&self, ids: &[String]) {
-        if !self.served() {
-            return;
-        }
         let mut txns = self.lock();
         let idle: Vec<String> = ids
             .iter()
@@ -909,6 +1086,28 @@ impl TxnCoordinator {
             .collect();
         self.drop_ids(&mut txns, &idle, false);
     }
+}
+
+/// Every id's latest state in `log`, of the ids `keep` accepts.
+fn read_states(
+    log: &Log,
+    keep: impl Fn(&str) -> bool,
+) -> Result<HashMap<String, TxnMeta>, CoreError> {
+    let mut txns = HashMap::new();
+    crate::replay::for_each_record(log, log.log_start(), |record| {
+        let Some(id) = record.key.and_then(decode_key).filter(|id| keep(id)) else {
+            return;
+        };
+        match record.value.and_then(decode_value) {
+            Some(meta) => {
+                txns.insert(id, meta);
+            }
+            None => {
+                txns.remove(&id);
+            }
+        }
+    })?;
+    Ok(txns)
 }
 
 fn encode_key(id: &str) -> Bytes {

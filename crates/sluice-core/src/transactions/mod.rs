@@ -28,7 +28,9 @@ use crate::CoreError;
 
 mod coordinator;
 
-pub use coordinator::{TXN_STATE_LOG, TxnCoordinator, TxnError, TxnMeta, TxnState};
+pub use coordinator::{
+    TXN_STATE_LOG, TXN_STATE_TOPIC, TxnCoordinator, TxnError, TxnMeta, TxnState,
+};
 
 /// The prefix of the broker's own transactional ids (an AMQP channel's
 /// commits into streams); Kafka clients may not use it.

@@ -159,6 +159,9 @@ fn describe(
         } else {
             uuid::Uuid::nil()
         })
-        .with_is_internal(topic.name() == sluice_core::OFFSETS_TOPIC)
+        .with_is_internal(
+            topic.name() == sluice_core::OFFSETS_TOPIC
+                || topic.name() == sluice_core::transactions::TXN_STATE_TOPIC,
+        )
         .with_partitions(partitions)
 }
