@@ -9,6 +9,7 @@
 //! once committed, on every node, in log order.
 
 pub mod log_store;
+pub mod markers;
 pub mod messages;
 pub mod network;
 pub mod node;

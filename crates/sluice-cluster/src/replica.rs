@@ -165,7 +165,7 @@ async fn fetch_from(
 
 /// A connection to a leader's inter-node listener, announced as one
 /// carrying Kafka requests.
-async fn connect(addr: &str) -> std::io::Result<TcpStream> {
+pub(crate) async fn connect(addr: &str) -> std::io::Result<TcpStream> {
     let connecting = async {
         let mut stream = TcpStream::connect(addr).await?;
         let _ = stream.set_nodelay(true);
@@ -422,15 +422,16 @@ async fn truncate_to_leader(link: &mut Link, partitions: &[&Followed]) -> Result
     Ok(done)
 }
 
-/// One connection carrying Kafka requests to a leader.
-struct Link {
+/// One connection carrying Kafka requests to another node (a leader).
+#[derive(Debug)]
+pub(crate) struct Link {
     stream: TcpStream,
     node: i32,
     correlation: i32,
 }
 
 impl Link {
-    fn new(stream: TcpStream, node: i32) -> Link {
+    pub(crate) fn new(stream: TcpStream, node: i32) -> Link {
         Link {
             stream,
             node,
@@ -439,7 +440,7 @@ impl Link {
     }
 
     /// Sends one request and reads its response, within [`CALL_TIMEOUT`].
-    async fn call<R>(&mut self, request: R, version: i16) -> Result<R::Response, String>
+    pub(crate) async fn call<R>(&mut self, request: R, version: i16) -> Result<R::Response, String>
     where
         R: Request + Encodable + HeaderVersion,
     {

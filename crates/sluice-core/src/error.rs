@@ -112,6 +112,17 @@ pub enum CoreError {
         current: i16,
         found: i16,
     },
+    /// A transaction marker from a coordinator older than the one that
+    /// last wrote a marker for this producer here (a coordinator that
+    /// lost its partition of `__transaction_state` and does not know it).
+    #[error(
+        "a marker of producer {producer_id} from coordinator epoch {found}: this partition has seen epoch {current}"
+    )]
+    CoordinatorFenced {
+        producer_id: i64,
+        current: i32,
+        found: i32,
+    },
     #[error(
         "timestamp {timestamp} of a record is out of range: it must be within [{earliest}, {latest}]"
     )]

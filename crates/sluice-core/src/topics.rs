@@ -339,6 +339,17 @@ impl Topic {
             SystemClock.now_ms(),
         )?;
         let (leading, epoch) = target.leading()?;
+        // As Kafka's leader: a marker from a coordinator older than the
+        // last one here is refused (TRANSACTION_COORDINATOR_FENCED).
+        if let Some(current) = target.producers.txns().coordinator_epoch(producer_id)
+            && current > marker.coordinator_epoch
+        {
+            return Err(CoreError::CoordinatorFenced {
+                producer_id,
+                current,
+                found: marker.coordinator_epoch,
+            });
+        }
         let mut producers = target.producers.lock();
         if let Some(current) = producers::epoch_of(&producers, producer_id)
             && current > producer_epoch

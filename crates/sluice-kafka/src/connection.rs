@@ -117,6 +117,7 @@ impl Connection {
         options: Arc<KafkaOptions>,
         shutdown: watch::Receiver<bool>,
         registration: ConnectionHandle,
+        inter_node: bool,
     ) -> Self {
         let peer = stream
             .peer_addr()
@@ -128,6 +129,7 @@ impl Connection {
                 options,
                 peer,
                 connection: Some(Arc::clone(registration.stats())),
+                inter_node,
             },
             shutdown,
             registration,

@@ -43,6 +43,7 @@ pub(crate) fn code(err: &CoreError) -> ResponseError {
         CoreError::UndecodableBatch { .. } => ResponseError::CorruptMessage,
         CoreError::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber,
         CoreError::InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch,
+        CoreError::CoordinatorFenced { .. } => ResponseError::TransactionCoordinatorFenced,
         CoreError::UnknownProducerId { .. } => ResponseError::UnknownProducerId,
         CoreError::InvalidRecord { .. } => ResponseError::InvalidRecord,
     }
@@ -59,7 +60,6 @@ pub(crate) fn txn_code(err: &TxnError, fenced: bool) -> ResponseError {
         TxnError::InvalidState { .. } => ResponseError::InvalidTxnState,
         TxnError::Concurrent { .. } => ResponseError::ConcurrentTransactions,
         TxnError::InvalidTimeout { .. } => ResponseError::InvalidTransactionTimeout,
-        TxnError::NotServed => ResponseError::TransactionalIdAuthorizationFailed,
         TxnError::NotCoordinator { .. } => ResponseError::NotCoordinator,
         TxnError::Core(core) => code(core),
     }

@@ -50,13 +50,14 @@ pub async fn serve(
                 continue;
             }
         };
-        spawn_connection(stream, peer, &broker, &options, &shutdown);
+        spawn_connection(stream, peer, &broker, &options, &shutdown, false);
     }
     tracing::info!("kafka listener stopped");
 }
 
 /// Serves Kafka connections another listener accepted (the inter-node
-/// listener hands over followers' replica fetch connections) until
+/// listener hands over other nodes' connections: followers' replica
+/// fetches, coordinators' transaction markers) until
 /// `shutdown` turns true or the sender is gone.
 pub async fn serve_streams(
     mut streams: tokio::sync::mpsc::Receiver<(TcpStream, SocketAddr)>,
@@ -73,7 +74,7 @@ pub async fn serve_streams(
             },
             _ = shutdown.changed() => break,
         };
-        spawn_connection(stream, peer, &broker, &options, &shutdown);
+        spawn_connection(stream, peer, &broker, &options, &shutdown, true);
     }
 }
 
@@ -84,6 +85,7 @@ fn spawn_connection(
     broker: &Arc<Broker>,
     options: &Arc<KafkaOptions>,
     shutdown: &watch::Receiver<bool>,
+    inter_node: bool,
 ) {
     let _ = stream.set_nodelay(true);
     let registration = match broker.connections().register(Protocol::Kafka, peer) {
@@ -103,6 +105,7 @@ fn spawn_connection(
         Arc::clone(options),
         shutdown.clone(),
         registration,
+        inter_node,
     );
     broker.tasks().spawn(
         async move {

@@ -50,7 +50,7 @@ impl Connection {
                 let Some(actions) = self.take_tx_actions(id)? else {
                     return Ok(());
                 };
-                let atomic = self.broker.transactions().served();
+                let atomic = self.broker.transactions().writes_atomically();
                 let mut writes = sluice_core::transactions::TxnWrites::default();
                 let mut transactional_id = String::new();
                 let acks = self.with_channel(id, |ctx, channel| {

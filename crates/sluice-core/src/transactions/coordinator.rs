@@ -32,15 +32,15 @@
 //! [offsets:4]([group][topic][partition:4][offset:8][leader epoch:4]
 //! [metadata length:4 (-1 = null)][metadata])*`, strings as `[len:2][utf-8]`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use sluice_log::{Log, LogManager};
 use sluice_types::{Clock, PartitionId, SystemClock};
 
-use super::{Marker, Outcome};
-use crate::coordinated::{CoordinatedTopic, Unwritten};
+use super::{Marker, Outcome, RemoteMarker, RemoteMarkers};
+use crate::coordinated::{CoordinatedTopic, Lead, Unwritten};
 use crate::fields::{get_str, put_str};
 use crate::topics::Topics;
 use crate::{Broker, CommittedOffset, CoreError};
@@ -153,8 +153,6 @@ pub enum TxnError {
     Concurrent { id: String },
     #[error("transaction timeout {timeout_ms} ms is not within 1..={max_ms} ms")]
     InvalidTimeout { timeout_ms: i32, max_ms: i32 },
-    #[error("transactions are not served on a cluster of more than one node yet")]
-    NotServed,
     /// Another node coordinates the id (the leader of its
     /// `__transaction_state` partition), or none does yet.
     #[error(
@@ -185,8 +183,16 @@ pub struct TxnCoordinator {
     max_timeout_ms: i32,
     /// An id idle (no transaction open) this long is forgotten.
     expiration_ms: i64,
-    /// Held through a whole operation, marker writes and syncs included.
+    /// Held through a whole operation, syncs included; EndTxn and the tick
+    /// write markers without it (see `completing`).
     txns: Mutex<HashMap<String, TxnMeta>>,
+    /// Ids whose markers are being written with `txns` released (each is
+    /// in a Prepare state, which every other operation on it answers with
+    /// CONCURRENT_TRANSACTIONS): the tick leaves them alone. Locked with
+    /// `txns` held.
+    completing: Mutex<HashSet<String>>,
+    /// On a cluster: how markers reach partitions other nodes lead.
+    remote: OnceLock<Arc<dyn RemoteMarkers>>,
     /// What Produce checks (its producer and the partitions of its open
     /// transaction), updated with `txns` and locked only briefly: a
     /// transactional produce never waits behind another transaction's
@@ -241,6 +247,8 @@ impl TxnCoordinator {
             max_timeout_ms,
             expiration_ms,
             txns: Mutex::new(txns),
+            completing: Mutex::default(),
+            remote: OnceLock::new(),
             writable: Mutex::new(writable),
         })
     }
@@ -265,14 +273,42 @@ impl TxnCoordinator {
             max_timeout_ms,
             expiration_ms,
             txns: Mutex::default(),
+            completing: Mutex::default(),
+            remote: OnceLock::new(),
             writable: Mutex::default(),
         }
     }
 
-    /// Whether clients are sent to a coordinator for transactional ids:
-    /// on a cluster of one; not yet on a cluster (docs/transactions.md).
-    pub fn served(&self) -> bool {
+    /// Gives the coordinator of a cluster its way to other nodes' partitions
+    /// (once; later calls change nothing).
+    pub fn attach_remote_markers(&self, remote: Arc<dyn RemoteMarkers>) {
+        let _ = self.remote.set(remote);
+    }
+
+    fn completing(&self) -> MutexGuard<'_, HashSet<String>> {
+        self.completing.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the broker's own transactions
+    /// ([`TxnCoordinator::write_atomically`]) are served: on a cluster of
+    /// one, where this node coordinates every id (on a cluster an AMQP
+    /// `tx.commit` into streams is not atomic, docs/transactions.md).
+    pub fn writes_atomically(&self) -> bool {
         matches!(self.store, Store::Local(_))
+    }
+
+    /// Which node coordinates `id`: this one on a cluster of one; on a
+    /// cluster, the leader of its `__transaction_state` partition (loaded
+    /// by the first request for it).
+    pub fn coordinator(&self, id: &str) -> crate::Coordinator {
+        match &self.store {
+            Store::Local(_) => crate::Coordinator::Here,
+            Store::Replicated(topic) => match topic.lead(id) {
+                Lead::Here => crate::Coordinator::Here,
+                Lead::Node(node) => crate::Coordinator::Node(node),
+                Lead::Unavailable => crate::Coordinator::Unavailable,
+            },
+        }
     }
 
     /// The coordinator epoch of `id` when this node coordinates it (on a
@@ -486,9 +522,6 @@ impl TxnCoordinator {
         timeout_ms: i32,
         current: Option<(i64, i16)>,
     ) -> Result<(i64, i16), TxnError> {
-        if !self.served() {
-            return Err(TxnError::NotServed);
-        }
         if timeout_ms < 1 || timeout_ms > self.max_timeout_ms {
             return Err(TxnError::InvalidTimeout {
                 timeout_ms,
@@ -818,6 +851,14 @@ impl TxnCoordinator {
         topic: &str,
         partition: i32,
     ) -> Result<(), TxnError> {
+        if let Store::Replicated(topic) = &self.store
+            && topic.loaded_epoch(topic.index_of(id)).is_none()
+        {
+            // Another node coordinates the id: its transaction is checked
+            // there (AddPartitionsToTxn), as by Kafka's leaders before
+            // KIP-890.
+            return Ok(());
+        }
         let all = self.writable.lock().unwrap_or_else(|e| e.into_inner());
         let writable = all
             .get(id)
@@ -856,7 +897,10 @@ impl TxnCoordinator {
     /// EndTxn: commits or aborts the open transaction: the decision is
     /// durable, then every partition it wrote to gets its marker and its
     /// offsets become visible (or are dropped), then it is complete. A
-    /// retry of an end already done succeeds. Blocking.
+    /// retry of an end already done succeeds. The markers are written
+    /// without the coordinator's lock (the id answers
+    /// CONCURRENT_TRANSACTIONS meanwhile): a slow partition leader stalls
+    /// this transaction only. Blocking.
     ///
     /// # Errors
     /// [`TxnError::UnknownProducer`], [`TxnError::Fenced`],
@@ -871,43 +915,96 @@ impl TxnCoordinator {
         epoch: i16,
         commit: bool,
     ) -> Result<(), TxnError> {
-        let mut txns = self.lock();
-        self.led(&mut txns, id)?;
-        let meta = Self::held(&mut txns, id, producer_id, epoch)?;
-        let (prepare, done) = if commit {
-            (TxnState::PrepareCommit, TxnState::CompleteCommit)
-        } else {
-            (TxnState::PrepareAbort, TxnState::CompleteAbort)
-        };
-        match meta.state {
-            TxnState::Ongoing => {}
-            state if state == done => return Ok(()),
-            // Decided so but not complete (a marker could not be written):
-            // the tick completes it; the client asks again.
-            state if state == prepare => return Err(TxnError::Concurrent { id: id.to_owned() }),
-            state => {
-                return Err(TxnError::InvalidState {
-                    id: id.to_owned(),
-                    state: state.as_str(),
-                    what: if commit { "commit" } else { "abort" },
-                });
+        let (decided, coordinator_epoch) = {
+            let mut txns = self.lock();
+            let coordinator_epoch = self.led(&mut txns, id)?;
+            let meta = Self::held(&mut txns, id, producer_id, epoch)?;
+            let (prepare, done) = if commit {
+                (TxnState::PrepareCommit, TxnState::CompleteCommit)
+            } else {
+                (TxnState::PrepareAbort, TxnState::CompleteAbort)
+            };
+            match meta.state {
+                TxnState::Ongoing => {}
+                state if state == done => return Ok(()),
+                // Decided so but not complete (a marker could not be
+                // written): the tick completes it; the client asks again.
+                state if state == prepare => {
+                    return Err(TxnError::Concurrent { id: id.to_owned() });
+                }
+                state => {
+                    return Err(TxnError::InvalidState {
+                        id: id.to_owned(),
+                        state: state.as_str(),
+                        what: if commit { "commit" } else { "abort" },
+                    });
+                }
             }
+            let mut next = meta.clone();
+            next.state = prepare;
+            next.updated_ms = SystemClock.now_ms();
+            self.store(id, &next)?;
+            self.publish(id, &next);
+            *meta = next.clone();
+            self.completing().insert(id.to_owned());
+            (next, coordinator_epoch)
+        };
+        let written = self.write_markers(broker, &decided, coordinator_epoch);
+        if let Err(error) = self.finish(broker, id, decided, coordinator_epoch, written) {
+            // Decided and durable, as Kafka answers EndTxn: the tick (or
+            // the coordinator that loads it next) writes what is missing;
+            // the id answers CONCURRENT_TRANSACTIONS until then.
+            tracing::warn!(transactional_id = %id, %error, "transaction decided; its markers are completed later");
         }
-        let mut next = meta.clone();
-        next.state = prepare;
-        next.updated_ms = SystemClock.now_ms();
-        self.store(id, &next)?;
-        self.publish(id, &next);
-        *meta = next.clone();
-        self.complete(broker, id, &mut next)?;
-        self.publish(id, &next);
-        *meta = next;
+        Ok(())
+    }
+
+    /// After the markers of `decided` were written (`written`) with the
+    /// lock released: the id is completed if it is still as decided here
+    /// (in the same coordinator epoch), else left to whoever holds it now.
+    fn finish(
+        &self,
+        broker: &Broker,
+        id: &str,
+        decided: TxnMeta,
+        coordinator_epoch: i32,
+        written: Result<(), TxnError>,
+    ) -> Result<(), TxnError> {
+        let mut txns = self.lock();
+        self.completing().remove(id);
+        written?;
+        let same = txns.get(id) == Some(&decided)
+            && self.coordinator_epoch(id).ok() == Some(coordinator_epoch);
+        if !same {
+            // Loaded again in a later epoch, or forgotten: the coordinator
+            // that holds it completes it.
+            return Err(TxnError::Concurrent { id: id.to_owned() });
+        }
+        let mut done = decided;
+        self.complete_decided(broker, id, &mut done)?;
+        self.publish(id, &done);
+        txns.insert(id.to_owned(), done);
         Ok(())
     }
 
     /// Writes the markers of a decided transaction, makes its offsets
-    /// visible on commit, and records it complete (`meta` is updated).
+    /// visible on commit, and records it complete (`meta` is updated);
+    /// with the lock held.
     fn complete(&self, broker: &Broker, id: &str, meta: &mut TxnMeta) -> Result<(), TxnError> {
+        let coordinator_epoch = self.coordinator_epoch(id)?;
+        self.write_markers(broker, meta, coordinator_epoch)?;
+        self.complete_decided(broker, id, meta)
+    }
+
+    /// The marker of a decided transaction on every partition it wrote to:
+    /// written here where this node leads the partition, sent to the
+    /// leader elsewhere (one request per node). Needs no lock.
+    fn write_markers(
+        &self,
+        broker: &Broker,
+        meta: &TxnMeta,
+        coordinator_epoch: i32,
+    ) -> Result<(), TxnError> {
         let outcome = match meta.state {
             TxnState::PrepareCommit => Outcome::Commit,
             TxnState::PrepareAbort => Outcome::Abort,
@@ -915,22 +1012,52 @@ impl TxnCoordinator {
         };
         let marker = Marker {
             outcome,
-            coordinator_epoch: self.coordinator_epoch(id)?,
+            coordinator_epoch,
         };
+        let mut elsewhere: BTreeMap<i32, Vec<RemoteMarker>> = BTreeMap::new();
         for (topic, partition) in &meta.partitions {
             let Some(found) = broker.topics().get(topic) else {
                 continue;
             };
-            match found.write_marker(
-                PartitionId::from(*partition),
-                meta.producer_id,
-                meta.epoch,
-                marker,
-            ) {
+            let id = PartitionId::from(*partition);
+            if let (Some(_), Some((node, _))) = (self.remote.get(), found.leader(id))
+                && node != broker.node_id()
+            {
+                elsewhere.entry(node).or_default().push(RemoteMarker {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    producer_id: meta.producer_id,
+                    producer_epoch: meta.epoch,
+                    marker,
+                });
+                continue;
+            }
+            match found.write_marker(id, meta.producer_id, meta.epoch, marker) {
                 Ok(()) | Err(CoreError::UnknownPartition { .. }) => {}
                 Err(error) => return Err(error.into()),
             }
         }
+        if let Some(remote) = self.remote.get() {
+            for (node, markers) in elsewhere {
+                remote.write(node, markers)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the offsets of a transaction whose markers are written
+    /// visible on commit, and records it complete (`meta` is updated).
+    fn complete_decided(
+        &self,
+        broker: &Broker,
+        id: &str,
+        meta: &mut TxnMeta,
+    ) -> Result<(), TxnError> {
+        let outcome = match meta.state {
+            TxnState::PrepareCommit => Outcome::Commit,
+            TxnState::PrepareAbort => Outcome::Abort,
+            _ => return Ok(()),
+        };
         if outcome == Outcome::Commit {
             for (group, offsets) in &meta.offsets {
                 let offsets: Vec<(String, i32, CommittedOffset)> = offsets
@@ -952,10 +1079,10 @@ impl TxnCoordinator {
         done.groups.clear();
         done.offsets.clear();
         done.updated_ms = SystemClock.now_ms();
-        // Not waited for: lost in a crash, the decision (durable) is read
-        // back and completed again, its markers written again (a marker
-        // with nothing open changes nothing). The next durable record of
-        // the log makes it durable.
+        // Not waited for on a cluster of one: lost in a crash, the
+        // decision (durable) is read back and completed again, its markers
+        // written again (a marker with nothing open changes nothing). The
+        // next durable record of the log makes it durable.
         self.write(id, &done, false)?;
         *meta = done;
         Ok(())
@@ -963,55 +1090,66 @@ impl TxnCoordinator {
 
     /// Aborts the transactions open longer than their timeout under a
     /// bumped epoch (the producer that let it run is fenced), and
-    /// completes those decided but not completed. Blocking.
+    /// completes those decided but not completed, their markers written
+    /// with the lock released. Blocking.
     pub fn tick(&self, broker: &Broker) {
         let now = SystemClock.now_ms();
-        let mut txns = self.lock();
-        self.refresh_all(&mut txns);
-        let due: Vec<String> = txns
-            .iter()
-            .filter(|(_, meta)| match meta.state {
-                TxnState::Ongoing => now - meta.started_ms > i64::from(meta.timeout_ms),
-                TxnState::PrepareCommit | TxnState::PrepareAbort => true,
-                _ => false,
-            })
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in due {
-            let Some(meta) = txns.get_mut(&id) else {
-                continue;
-            };
-            let mut next = meta.clone();
-            if next.state == TxnState::Ongoing {
-                tracing::info!(
-                    transactional_id = %id,
-                    producer_id = next.producer_id,
-                    timeout_ms = next.timeout_ms,
-                    "transaction timed out: aborted, its producer fenced"
-                );
-                next.state = TxnState::PrepareAbort;
-                if next.epoch < i16::MAX - 1 {
-                    next.epoch += 1;
-                }
-                next.updated_ms = now;
-                if let Err(error) = self.store(&id, &next) {
-                    tracing::warn!(transactional_id = %id, %error, "cannot abort a timed-out transaction");
+        let mut decided = Vec::new();
+        {
+            let mut txns = self.lock();
+            self.refresh_all(&mut txns);
+            let due: Vec<String> = txns
+                .iter()
+                .filter(|(_, meta)| match meta.state {
+                    TxnState::Ongoing => now - meta.started_ms > i64::from(meta.timeout_ms),
+                    TxnState::PrepareCommit | TxnState::PrepareAbort => true,
+                    _ => false,
+                })
+                .map(|(id, _)| id.clone())
+                .collect();
+            let mut completing = self.completing();
+            for id in due {
+                if completing.contains(&id) {
                     continue;
                 }
-                self.publish(&id, &next);
-                *meta = next.clone();
-            }
-            match self.complete(broker, &id, &mut next) {
-                Ok(()) => {
+                let Some(meta) = txns.get_mut(&id) else {
+                    continue;
+                };
+                if meta.state == TxnState::Ongoing {
+                    let mut next = meta.clone();
+                    tracing::info!(
+                        transactional_id = %id,
+                        producer_id = next.producer_id,
+                        timeout_ms = next.timeout_ms,
+                        "transaction timed out: aborted, its producer fenced"
+                    );
+                    next.state = TxnState::PrepareAbort;
+                    if next.epoch < i16::MAX - 1 {
+                        next.epoch += 1;
+                    }
+                    next.updated_ms = now;
+                    if let Err(error) = self.store(&id, &next) {
+                        tracing::warn!(transactional_id = %id, %error, "cannot abort a timed-out transaction");
+                        continue;
+                    }
                     self.publish(&id, &next);
                     *meta = next;
                 }
-                Err(error) => {
-                    tracing::warn!(transactional_id = %id, %error, "cannot complete a transaction; trying again");
-                }
+                let Ok(coordinator_epoch) = self.coordinator_epoch(&id) else {
+                    continue;
+                };
+                completing.insert(id.clone());
+                decided.push((id, meta.clone(), coordinator_epoch));
+            }
+            drop(completing);
+            self.expire(&mut txns, now);
+        }
+        for (id, meta, coordinator_epoch) in decided {
+            let written = self.write_markers(broker, &meta, coordinator_epoch);
+            if let Err(error) = self.finish(broker, &id, meta, coordinator_epoch, written) {
+                tracing::warn!(transactional_id = %id, %error, "cannot complete a transaction; trying again");
             }
         }
-        self.expire(&mut txns, now);
     }
 
     /// Forgets the ids with no transaction open and no change for

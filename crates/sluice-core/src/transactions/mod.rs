@@ -79,6 +79,30 @@ pub struct Marker {
     pub coordinator_epoch: i32,
 }
 
+/// A marker for a partition another node leads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteMarker {
+    pub topic: String,
+    pub partition: i32,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub marker: Marker,
+}
+
+/// How a coordinator has markers written on the node leading their
+/// partitions (Kafka's WriteTxnMarkers); the inter-node layer gives one to
+/// the coordinator of a cluster.
+pub trait RemoteMarkers: Send + Sync + std::fmt::Debug {
+    /// Writes `markers` on `node`, each acknowledged by its partition's
+    /// in-sync replicas. Blocking.
+    ///
+    /// # Errors
+    /// The first marker's failure ([`CoreError::NotLeader`] when the node
+    /// no longer leads its partition, say), or the link's: the transaction
+    /// stays decided and its markers are written again later.
+    fn write(&self, node: i32, markers: Vec<RemoteMarker>) -> Result<(), CoreError>;
+}
+
 /// An aborted transaction as a read_committed Fetch lists it: the
 /// producer, the first offset of its batches in this partition, and the
 /// offset of its abort marker.

@@ -1,5 +1,7 @@
-//! FindCoordinator (this broker coordinates every group), OffsetCommit and
-//! OffsetFetch over the core's offset store. Commits from a member are
+//! FindCoordinator (of a group: the leader of its `__consumer_offsets`
+//! partition on a cluster; of a transactional id: the leader of its
+//! `__transaction_state` partition), OffsetCommit and OffsetFetch over the
+//! core's offset store. Commits from a member are
 //! checked against its group's generation; "simple" consumers (manual
 //! assignment, no generation) may commit for a group with no members.
 
@@ -28,41 +30,37 @@ use crate::errors;
 const GROUP_KEY: i8 = 0;
 const TRANSACTION_KEY: i8 = 1;
 
-/// Why a transactional id gets no coordinator on a cluster.
-const NO_TRANSACTIONS: &str = "transactions are not supported on a cluster yet";
-
 pub(crate) fn find(
     context: &Context,
     request: FindCoordinatorRequest,
     version: i16,
 ) -> FindCoordinatorResponse {
-    // A cluster has no transaction coordinator yet.
-    // COORDINATOR_NOT_AVAILABLE would be retried until the client's
-    // transaction timeout; TRANSACTIONAL_ID_AUTHORIZATION_FAILED is fatal
-    // to a transactional producer, so init_transactions fails at once.
     let transactional = request.key_type == TRANSACTION_KEY;
     let refused = match request.key_type {
-        GROUP_KEY => None,
-        TRANSACTION_KEY if context.broker.transactions().served() => None,
-        TRANSACTION_KEY => Some((
-            ResponseError::TransactionalIdAuthorizationFailed,
-            StrBytes::from_static_str(NO_TRANSACTIONS),
-        )),
+        GROUP_KEY | TRANSACTION_KEY => None,
         _ => Some((
             ResponseError::InvalidRequest,
             StrBytes::from_static_str("unknown coordinator key type"),
         )),
     };
+    // On a cluster the offsets and transaction state topics are created on
+    // first need, as Kafka does, in the background (the quorum may take a
+    // while, and a connection's later requests wait for this answer);
+    // until their leaders are known the answer is
+    // COORDINATOR_NOT_AVAILABLE and the client asks again.
     if refused.is_none() && !transactional && context.broker.offsets().needs_topic() {
-        // On a cluster the offsets topic is created on first need, as
-        // Kafka does, in the background (the quorum may take a while, and
-        // a connection's later requests wait for this answer); until its
-        // leaders are known the answer is COORDINATOR_NOT_AVAILABLE and
-        // the client asks again.
         let broker = Arc::clone(&context.broker);
         tokio::task::spawn_blocking(move || {
             if let Err(error) = broker.offsets().prepare() {
                 tracing::warn!(%error, "cannot create the committed offsets topic yet");
+            }
+        });
+    }
+    if refused.is_none() && transactional && context.broker.transactions().needs_topic() {
+        let broker = Arc::clone(&context.broker);
+        tokio::task::spawn_blocking(move || {
+            if let Err(error) = broker.transactions().prepare() {
+                tracing::warn!(%error, "cannot create the transaction state topic yet");
             }
         });
     }
@@ -76,12 +74,8 @@ pub(crate) fn find(
                 Some(message.clone()),
             );
         }
-        // A cluster of one coordinates every transactional id.
         let found = if transactional {
-            super::nodes(context)
-                .into_iter()
-                .find(|(id, _, _)| *id == context.options.node_id)
-                .ok_or(ResponseError::CoordinatorNotAvailable)
+            super::node_of(context, context.broker.transactions().coordinator(key))
         } else {
             super::coordinator(context, key)
         };

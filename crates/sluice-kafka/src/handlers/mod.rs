@@ -37,6 +37,9 @@ pub(crate) struct Context {
     pub(crate) peer: String,
     /// The connection's entry in the broker's registry (none in unit tests).
     pub(crate) connection: Option<Arc<ConnectionStats>>,
+    /// Another node of the cluster on its inter-node link: only it may ask
+    /// for what brokers ask each other (WriteTxnMarkers).
+    pub(crate) inter_node: bool,
 }
 
 impl Context {
@@ -104,6 +107,7 @@ pub(crate) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeProducers, 0, 0),
     (ApiKey::AlterPartitionReassignments, 0, 0),
     (ApiKey::ListPartitionReassignments, 0, 0),
+    (ApiKey::WriteTxnMarkers, 1, 1),
 ];
 
 pub(crate) fn supported_versions(api: ApiKey) -> Option<(i16, i16)> {
@@ -135,6 +139,9 @@ pub(crate) async fn dispatch(
         }
         RequestKind::EndTxn(request) => {
             ResponseKind::EndTxn(transactions::end(context, request, version).await)
+        }
+        RequestKind::WriteTxnMarkers(request) => {
+            ResponseKind::WriteTxnMarkers(transactions::write_markers(context, request).await)
         }
         RequestKind::DescribeTransactions(request) => {
             ResponseKind::DescribeTransactions(transactions::describe(context, request))
@@ -278,8 +285,17 @@ pub(crate) fn coordinator(
     context: &Context,
     group: &str,
 ) -> Result<(i32, StrBytes, u16), kafka_protocol::ResponseError> {
+    node_of(context, context.broker.offsets().coordinator(group))
+}
+
+/// The id, host and port of `coordinator`, COORDINATOR_NOT_AVAILABLE when
+/// there is none or its node's address is not known.
+pub(crate) fn node_of(
+    context: &Context,
+    coordinator: sluice_core::Coordinator,
+) -> Result<(i32, StrBytes, u16), kafka_protocol::ResponseError> {
     let unavailable = kafka_protocol::ResponseError::CoordinatorNotAvailable;
-    let node = match context.broker.offsets().coordinator(group) {
+    let node = match coordinator {
         sluice_core::Coordinator::Here => context.options.node_id,
         sluice_core::Coordinator::Node(node) => node,
         sluice_core::Coordinator::Unavailable => return Err(unavailable),

@@ -28,6 +28,31 @@ fn topic(name: &str) -> TopicName {
     TopicName(StrBytes::from_string(name.to_owned()))
 }
 
+/// WriteTxnMarkers for partition 0 of topic "t": producer `producer_id`
+/// at `epoch` committed (or aborted), decided by `coordinator_epoch`.
+fn markers_request(
+    producer_id: i64,
+    epoch: i16,
+    commit: bool,
+    coordinator_epoch: i32,
+) -> WriteTxnMarkersRequest {
+    use kafka_protocol::messages::write_txn_markers_request::{
+        WritableTxnMarker, WritableTxnMarkerTopic,
+    };
+    WriteTxnMarkersRequest::default().with_markers(vec![
+        WritableTxnMarker::default()
+            .with_producer_id(ProducerId(producer_id))
+            .with_producer_epoch(epoch)
+            .with_transaction_result(commit)
+            .with_coordinator_epoch(coordinator_epoch)
+            .with_topics(vec![
+                WritableTxnMarkerTopic::default()
+                    .with_name(topic("t"))
+                    .with_partition_indexes(vec![0]),
+            ]),
+    ])
+}
+
 fn batch() -> Bytes {
     sluice_core::records::encode(&[sluice_core::records::NewRecord {
         key: Some(b"k"),
@@ -321,6 +346,7 @@ fn requests(round: usize) -> Vec<RequestKind> {
             ]),
         ),
         RequestKind::ListPartitionReassignments(ListPartitionReassignmentsRequest::default()),
+        RequestKind::WriteTxnMarkers(markers_request(7, 0, true, 0)),
         RequestKind::DeleteTopics(
             DeleteTopicsRequest::default()
                 .with_topic_names(vec![topic(&new_topic), topic("missing")])
@@ -364,6 +390,7 @@ fn api_of(request: &RequestKind) -> ApiKey {
         RequestKind::DescribeProducers(_) => ApiKey::DescribeProducers,
         RequestKind::AlterPartitionReassignments(_) => ApiKey::AlterPartitionReassignments,
         RequestKind::ListPartitionReassignments(_) => ApiKey::ListPartitionReassignments,
+        RequestKind::WriteTxnMarkers(_) => ApiKey::WriteTxnMarkers,
         RequestKind::AddPartitionsToTxn(_) => ApiKey::AddPartitionsToTxn,
         RequestKind::AddOffsetsToTxn(_) => ApiKey::AddOffsetsToTxn,
         RequestKind::TxnOffsetCommit(_) => ApiKey::TxnOffsetCommit,
@@ -458,6 +485,7 @@ fn context_with(options: BrokerOptions) -> Context {
         }),
         peer: "/127.0.0.1".into(),
         connection: None,
+        inter_node: false,
     }
 }
 
@@ -1199,4 +1227,62 @@ async fn produce_one(
         panic!("no Produce response");
     };
     answer.responses[0].partition_responses[0].error_code
+}
+
+/// WriteTxnMarkers is for the other nodes of a cluster only: from a
+/// client it is CLUSTER_AUTHORIZATION_FAILED and writes nothing; from a
+/// node it writes the marker, and a marker from a coordinator older than
+/// the last one the partition saw for the producer is
+/// TRANSACTION_COORDINATOR_FENCED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_txn_markers_come_from_nodes_only_and_older_coordinators_are_fenced() {
+    use kafka_protocol::ResponseError;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut context = context_on(dir.path());
+    context.broker.topic_or_create("t").expect("topic t");
+    let end = |context: &Context| {
+        context
+            .broker
+            .topics()
+            .get("t")
+            .and_then(|t| t.local_partition(sluice_types::PartitionId::from(0)).ok())
+            .map(|p| p.log_end().get())
+    };
+    let code = |response: Option<ResponseKind>| match response {
+        Some(ResponseKind::WriteTxnMarkers(answer)) => {
+            answer.markers[0].topics[0].partitions[0].error_code
+        }
+        _ => panic!("no WriteTxnMarkers response"),
+    };
+    async fn send(context: &Context, coordinator_epoch: i32) -> Option<ResponseKind> {
+        dispatch(
+            context,
+            RequestKind::WriteTxnMarkers(markers_request(7, 0, true, coordinator_epoch)),
+            1,
+            "sluice-replica-2",
+        )
+        .await
+    }
+    let before = end(&context);
+    assert_eq!(
+        code(send(&context, 5).await),
+        ResponseError::ClusterAuthorizationFailed.code()
+    );
+    assert_eq!(end(&context), before, "nothing written for a client");
+    context.inter_node = true;
+    assert_eq!(code(send(&context, 5).await), 0);
+    assert_eq!(
+        end(&context),
+        before.map(|e| e + 1),
+        "the marker is written"
+    );
+    assert_eq!(
+        code(send(&context, 4).await),
+        ResponseError::TransactionCoordinatorFenced.code()
+    );
+    assert_eq!(
+        code(send(&context, 5).await),
+        0,
+        "the same coordinator again"
+    );
 }

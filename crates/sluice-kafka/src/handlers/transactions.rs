@@ -1,7 +1,8 @@
 //! The transactional APIs over the core's transaction coordinator:
 //! AddPartitionsToTxn (v0-3 from clients, and the batched v4-5 form
 //! brokers send, with KIP-890's `verify_only`), AddOffsetsToTxn,
-//! TxnOffsetCommit and EndTxn, DescribeTransactions and ListTransactions.
+//! TxnOffsetCommit and EndTxn, DescribeTransactions and ListTransactions;
+//! WriteTxnMarkers from the coordinator on another node of a cluster.
 
 use std::sync::Arc;
 
@@ -17,15 +18,19 @@ use kafka_protocol::messages::list_transactions_response::TransactionState as Li
 use kafka_protocol::messages::txn_offset_commit_response::{
     TxnOffsetCommitResponsePartition, TxnOffsetCommitResponseTopic,
 };
+use kafka_protocol::messages::write_txn_markers_response::{
+    WritableTxnMarkerPartitionResult, WritableTxnMarkerResult, WritableTxnMarkerTopicResult,
+};
 use kafka_protocol::messages::{
     AddOffsetsToTxnRequest, AddOffsetsToTxnResponse, AddPartitionsToTxnRequest,
     AddPartitionsToTxnResponse, DescribeTransactionsRequest, DescribeTransactionsResponse,
     EndTxnRequest, EndTxnResponse, ListTransactionsRequest, ListTransactionsResponse, ProducerId,
     TopicName, TransactionalId, TxnOffsetCommitRequest, TxnOffsetCommitResponse,
+    WriteTxnMarkersRequest, WriteTxnMarkersResponse,
 };
 use kafka_protocol::protocol::StrBytes;
 use sluice_core::CommittedOffset;
-use sluice_core::transactions::TxnState;
+use sluice_core::transactions::{Marker, Outcome, TxnState};
 
 use super::{Context, blocking};
 use crate::errors;
@@ -161,12 +166,15 @@ async fn add_to_one(
         .iter()
         .flat_map(|t| t.partitions.iter().map(|p| (t.name.to_string(), *p)))
         .collect();
-    // Partitions this node does not hold are refused each; the others are
-    // then not attempted, as Kafka answers.
+    // Partitions that do not exist are refused each; the others are then
+    // not attempted, as Kafka answers. On a cluster they may be led by any
+    // node: the markers reach them there.
     let missing: Vec<(String, i32)> = wanted
         .iter()
         .filter(|(topic, partition)| {
-            super::partition_of(broker.topics().get(topic).as_ref(), *partition).is_err()
+            broker.topics().get(topic).is_none_or(|t| {
+                usize::try_from(*partition).map_or(true, |p| p >= t.partition_count())
+            })
         })
         .cloned()
         .collect();
@@ -323,10 +331,10 @@ pub(crate) fn describe(
         .into_iter()
         .map(|id| {
             let answer = DescribeState::default().with_producer_id(ProducerId(-1));
-            if !coordinator.served() {
+            if coordinator.coordinator(&id) != sluice_core::Coordinator::Here {
                 return answer
                     .with_transactional_id(id)
-                    .with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code());
+                    .with_error_code(ResponseError::NotCoordinator.code());
             }
             let Some(meta) = coordinator.describe(&id) else {
                 return answer
@@ -418,4 +426,77 @@ pub(crate) fn list(
     ListTransactionsResponse::default()
         .with_unknown_state_filters(unknown)
         .with_transaction_states(states)
+}
+
+/// WriteTxnMarkers (from the coordinator of a transaction on another node
+/// of the cluster): each marker written to its partitions, which this
+/// node leads, and acknowledged by their in-sync replicas, as Kafka's
+/// leader appends them with acks=all. A marker from a coordinator older
+/// than the last one a partition saw for its producer is
+/// TRANSACTION_COORDINATOR_FENCED. Anyone but another node (a client on
+/// the Kafka listener) gets CLUSTER_AUTHORIZATION_FAILED, Kafka's answer
+/// to a caller without ClusterAction.
+pub(crate) async fn write_markers(
+    context: &Context,
+    request: WriteTxnMarkersRequest,
+) -> WriteTxnMarkersResponse {
+    let allowed = context.inter_node;
+    let broker = Arc::clone(&context.broker);
+    let markers = request.markers;
+    let answered = blocking(move || {
+        markers
+            .into_iter()
+            .map(|marker| {
+                let written = Marker {
+                    outcome: if marker.transaction_result {
+                        Outcome::Commit
+                    } else {
+                        Outcome::Abort
+                    },
+                    coordinator_epoch: marker.coordinator_epoch,
+                };
+                let topics = marker
+                    .topics
+                    .into_iter()
+                    .map(|topic| {
+                        let found = broker.topics().get(topic.name.as_str());
+                        let partitions = topic
+                            .partition_indexes
+                            .into_iter()
+                            .map(|partition| {
+                                let code = if !allowed {
+                                    ResponseError::ClusterAuthorizationFailed.code()
+                                } else {
+                                    match found.as_ref().map(|t| {
+                                        t.write_marker(
+                                            sluice_types::PartitionId::from(partition),
+                                            marker.producer_id.0,
+                                            marker.producer_epoch,
+                                            written,
+                                        )
+                                    }) {
+                                        Some(Ok(())) => 0,
+                                        Some(Err(error)) => errors::code(&error).code(),
+                                        None => ResponseError::UnknownTopicOrPartition.code(),
+                                    }
+                                };
+                                WritableTxnMarkerPartitionResult::default()
+                                    .with_partition_index(partition)
+                                    .with_error_code(code)
+                            })
+                            .collect();
+                        WritableTxnMarkerTopicResult::default()
+                            .with_name(topic.name)
+                            .with_partitions(partitions)
+                    })
+                    .collect();
+                WritableTxnMarkerResult::default()
+                    .with_producer_id(marker.producer_id)
+                    .with_topics(topics)
+            })
+            .collect()
+    })
+    .await
+    .unwrap_or_default();
+    WriteTxnMarkersResponse::default().with_markers(answered)
 }
