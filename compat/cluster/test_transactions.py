@@ -15,6 +15,7 @@ from collections import defaultdict
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import NewTopic
 
+from common.broker import wait_until
 from test_kafka_cluster import admin, layout
 
 CLIENT_TIMEOUT_S = 30
@@ -149,3 +150,175 @@ def test_a_second_producer_with_the_same_id_fences_the_first_on_a_cluster(cluste
     assert read(cluster.node(3).bootstrap, name, 3, "read_committed") == {
         p: [f"second-{p}-{i}".encode() for i in range(3)] for p in range(3)
     }
+
+
+def java_partition(key: str, partitions: int) -> int:
+    """Kafka's partition of a group or transactional id: abs(Java's
+    String.hashCode()) % partitions."""
+    h = 0
+    for unit in key.encode("utf-16-be").hex(" ", 2).split():
+        h = (h * 31 + int(unit, 16)) & 0xFFFFFFFF
+    if h >= 1 << 31:
+        h -= 1 << 32
+    return (0 if h == -(1 << 31) else abs(h)) % partitions
+
+
+def leaders_of(bootstrap: str, topic: str) -> dict[int, int]:
+    """{partition: leader} of `topic`, once it exists with every leader."""
+    def found():
+        metadata = admin(bootstrap).list_topics(timeout=10).topics.get(topic)
+        if metadata is None or metadata.error is not None:
+            return None
+        leaders = {p.id: p.leader for p in metadata.partitions.values()}
+        return leaders if leaders and all(leader >= 0 for leader in leaders.values()) else None
+
+    return wait_until(found, 30, interval=0.3, what=f"{topic} with a leader for every partition")
+
+
+def test_consume_transform_produce_commits_offsets_through_another_nodes_group_coordinator(cluster, name):
+    """The group's coordinator (its __consumer_offsets partition's leader)
+    is not the transaction's (its __transaction_state partition's): the
+    offsets the transaction sends become the group's only when it
+    commits, through the marker the transaction coordinator sends to the
+    group's coordinator."""
+    cluster.wait_registered(admin)
+    source, sink = f"{name}-in", f"{name}-out"
+    create_replicated(cluster.node(1).bootstrap, source, 1)
+    create_replicated(cluster.node(1).bootstrap, sink, 1)
+    plain = Producer({"bootstrap.servers": cluster.bootstrap, "acks": "all"})
+    for i in range(10):
+        plain.produce(source, str(i).encode(), partition=0)
+    assert plain.flush(CLIENT_TIMEOUT_S) == 0
+
+    transactional_id = f"{name}-txn"
+    producer = transactional(cluster.bootstrap, transactional_id)
+    # A group whose coordinator is another node than the transaction's.
+    probe = Consumer({"bootstrap.servers": cluster.bootstrap, "group.id": f"{name}-probe"})
+    try:
+        probe.committed([TopicPartition(source, 0)], CLIENT_TIMEOUT_S)
+    finally:
+        probe.close()
+    offsets_leaders = leaders_of(cluster.node(1).bootstrap, "__consumer_offsets")
+    state_leaders = leaders_of(cluster.node(1).bootstrap, "__transaction_state")
+    txn_coordinator = state_leaders[java_partition(transactional_id, len(state_leaders))]
+    group = next(
+        g for g in (f"{name}-group-{i}" for i in range(200))
+        if offsets_leaders[java_partition(g, len(offsets_leaders))] != txn_coordinator
+    )
+
+    def process(count: int, commit: bool) -> None:
+        consumer = Consumer({
+            "bootstrap.servers": cluster.bootstrap,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "auto.offset.reset": "earliest",
+        })
+        try:
+            consumer.assign([TopicPartition(source, 0)])
+            read = []
+            deadline = time.monotonic() + CLIENT_TIMEOUT_S
+            while len(read) < count and time.monotonic() < deadline:
+                message = consumer.poll(0.5)
+                if message is not None and not message.error():
+                    read.append(message)
+            assert len(read) == count
+            producer.begin_transaction()
+            for message in read:
+                producer.produce(sink, b"out-" + message.value(), partition=0)
+            producer.send_offsets_to_transaction(
+                [TopicPartition(source, 0, read[-1].offset() + 1)],
+                consumer.consumer_group_metadata(),
+                CLIENT_TIMEOUT_S,
+            )
+            if commit:
+                producer.commit_transaction(CLIENT_TIMEOUT_S)
+            else:
+                producer.abort_transaction(CLIENT_TIMEOUT_S)
+        finally:
+            consumer.close()
+
+    def committed() -> int:
+        checker = Consumer({"bootstrap.servers": cluster.bootstrap, "group.id": group})
+        try:
+            return checker.committed([TopicPartition(source, 0)], CLIENT_TIMEOUT_S)[0].offset
+        finally:
+            checker.close()
+
+    process(4, commit=True)
+    assert committed() == 4
+    # An aborted round leaves neither its output nor its offsets.
+    process(3, commit=False)
+    assert committed() == 4
+    process(6, commit=True)
+    assert committed() == 10
+    outputs = read(cluster.bootstrap, sink, 1, "read_committed")[0]
+    assert outputs == [f"out-{i}".encode() for i in range(10)], "each input once"
+
+
+def test_a_transaction_survives_kill_9_of_its_coordinator(fresh_cluster, name):
+    """kill -9 of the transaction's coordinator while it is open: the
+    next leader of its __transaction_state partition loads it, the
+    producer finds it there and commits, and every partition has the
+    records once under read_committed, the killed node too once back."""
+    cluster = fresh_cluster
+    cluster.wait_registered(admin)
+    create_replicated(cluster.node(1).bootstrap, name, 3)
+    transactional_id = f"{name}-txn"
+    producer = transactional(cluster.bootstrap, transactional_id)
+    producer.begin_transaction()
+    send(producer, name, 3, "before")
+    producer.commit_transaction(CLIENT_TIMEOUT_S)
+
+    state_leaders = leaders_of(cluster.node(1).bootstrap, "__transaction_state")
+    coordinator = state_leaders[java_partition(transactional_id, len(state_leaders))]
+    producer.begin_transaction()
+    send(producer, name, 3, "across")
+    cluster.node(coordinator).kill()
+    survivor = next(n for n in cluster.nodes if n.alive())
+
+    def moved():
+        leaders = leaders_of(survivor.bootstrap, "__transaction_state")
+        leader = leaders[java_partition(transactional_id, len(leaders))]
+        return leader if leader != coordinator else None
+
+    wait_until(moved, 30, interval=0.5, what="another coordinator for the transactional id")
+    producer.commit_transaction(CLIENT_TIMEOUT_S)
+    cluster.node(coordinator).start()
+    expected = {p: [f"{prefix}-{p}-{i}".encode() for prefix in ("before", "across") for i in range(3)]
+                for p in range(3)}
+    for number, node in enumerate(cluster.nodes, 1):
+        assert wait_until(
+            lambda: read(node.bootstrap, name, 3, "read_committed") == expected or None,
+            60,
+            interval=1,
+            what=f"the committed records through node {number}",
+        )
+
+
+def test_a_commit_reaches_a_partition_whose_leader_was_killed(fresh_cluster, name):
+    """kill -9 of a data partition's leader (not the coordinator) before
+    the commit: the decision stands, and its marker reaches the
+    partition's next leader, so the partition has the records under
+    read_committed like the others."""
+    cluster = fresh_cluster
+    cluster.wait_registered(admin)
+    create_replicated(cluster.node(1).bootstrap, name, 3)
+    transactional_id = f"{name}-txn"
+    producer = transactional(cluster.bootstrap, transactional_id)
+    state_leaders = leaders_of(cluster.node(1).bootstrap, "__transaction_state")
+    coordinator = state_leaders[java_partition(transactional_id, len(state_leaders))]
+    data_leaders = layout(cluster.node(1).bootstrap, name)
+    victim = next(leader for leader, _, _ in data_leaders.values() if leader != coordinator)
+    producer.begin_transaction()
+    send(producer, name, 3, "txn")
+    cluster.node(victim).kill()
+    producer.commit_transaction(CLIENT_TIMEOUT_S)
+    expected = {p: [f"txn-{p}-{i}".encode() for i in range(3)] for p in range(3)}
+    survivor = cluster.node(coordinator)
+    assert wait_until(
+        lambda: read(survivor.bootstrap, name, 3, "read_committed") == expected or None,
+        60,
+        interval=1,
+        what="every partition's records under read_committed, the moved one too",
+    )

@@ -733,6 +733,46 @@ impl Broker {
         &self.offsets
     }
 
+    /// Writes a transaction marker of `producer_id` at `producer_epoch`
+    /// on partition `partition` of `topic`, which this node leads (see
+    /// [`Topic::write_marker`]); on the committed offsets topic of a
+    /// cluster the transaction's offsets there become the groups'
+    /// committed offsets (or are dropped). Blocking.
+    ///
+    /// # Errors
+    /// [`CoreError::UnknownTopic`], and [`Topic::write_marker`]'s.
+    pub fn write_marker(
+        &self,
+        topic: &str,
+        partition: i32,
+        producer_id: i64,
+        producer_epoch: i16,
+        marker: transactions::Marker,
+    ) -> Result<(), CoreError> {
+        let found = self
+            .topics
+            .get(topic)
+            .ok_or_else(|| CoreError::UnknownTopic {
+                topic: topic.to_owned(),
+            })?;
+        found.write_marker(
+            sluice_types::PartitionId::from(partition),
+            producer_id,
+            producer_epoch,
+            marker,
+        )?;
+        if topic == OFFSETS_TOPIC
+            && let Ok(index) = u32::try_from(partition)
+        {
+            self.offsets.complete_txn(
+                index,
+                producer_id,
+                marker.outcome == transactions::Outcome::Commit,
+            );
+        }
+        Ok(())
+    }
+
     /// Producer ids for idempotent producers.
     pub fn producer_ids(&self) -> &ProducerIds {
         &self.producer_ids

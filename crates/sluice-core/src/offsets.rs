@@ -16,7 +16,16 @@
 //!   the partition's groups from its log before it answers for them (and
 //!   forgets them when it stops leading).
 //!
-//! Record key layout: `[version:2=0][group_len:2][group][topic_len:2][topic][partition:4]`;
+//! On a cluster, offsets a transaction commits (TxnOffsetCommit, sent to
+//! the group's coordinator) are written to the group's partition as
+//! pending records of their producer, and become the group's committed
+//! offsets when the transaction's commit marker is written to that
+//! partition (the transaction coordinator added it to the transaction at
+//! AddOffsetsToTxn), or are dropped at an abort marker; a new leader
+//! replays them the same way, as Kafka's group coordinator does.
+//!
+//! Record key layout: `[version:2=0][group_len:2][group][topic_len:2][topic][partition:4]`,
+//! a pending one `[version:2=1][group_len:2][group][topic_len:2][topic][partition:4][producer id:8]`;
 //! value layout: `[version:2=0][offset:8][leader_epoch:4][metadata_len:4 (-1 = null)][metadata]`,
 //! big-endian.
 
@@ -64,6 +73,13 @@ pub enum Coordinator {
 
 type GroupOffsets = BTreeMap<(String, i32), CommittedOffset>;
 
+/// An offset a transaction commits, waiting for its marker: group, topic,
+/// partition and offset.
+type PendingCommit = (String, String, i32, CommittedOffset);
+
+/// Per producer id, what its open transaction commits.
+type Pending = HashMap<i64, Vec<PendingCommit>>;
+
 /// Where the records go.
 #[derive(Debug)]
 enum Backend {
@@ -90,6 +106,9 @@ pub struct OffsetStore {
     groups: Mutex<HashMap<String, GroupOffsets>>,
     /// Per group, the time of its latest commit (record time), for expiry.
     last_commit: Mutex<HashMap<String, i64>>,
+    /// On a cluster, the transactions' offsets waiting for their markers,
+    /// of the partitions loaded here.
+    pending: Mutex<Pending>,
 }
 
 /// The topic config of the committed offsets: compacted, never deleted by
@@ -104,16 +123,47 @@ fn offsets_config(logs: &LogManager, segment_bytes: u64) -> sluice_log::LogConfi
 }
 
 /// Reads every commit of `log` into `groups` and `last_commit`, keeping
-/// only the groups `keep` accepts.
+/// only the groups `keep` accepts; a transaction's pending offsets are
+/// applied at its commit marker, dropped at its abort marker, and left in
+/// `pending` when no marker follows yet.
 fn replay(
     log: &Log,
     keep: impl Fn(&str) -> bool,
     groups: &mut HashMap<String, GroupOffsets>,
     last_commit: &mut HashMap<String, i64>,
+    pending: &mut Pending,
 ) -> Result<(), CoreError> {
     let mut loaded: HashMap<String, GroupOffsets> = HashMap::new();
     let mut times: HashMap<String, i64> = HashMap::new();
+    let mut open: Pending = HashMap::new();
     crate::replay::for_each_record(log, log.log_start(), |record| {
+        if record.control {
+            let commit = record.key.as_ref().and_then(control_is_commit);
+            let commits = open.remove(&record.producer_id).unwrap_or_default();
+            if commit == Some(true) {
+                for (group, topic, partition, committed) in commits {
+                    let latest = times.entry(group.clone()).or_insert(record.timestamp);
+                    *latest = (*latest).max(record.timestamp);
+                    loaded
+                        .entry(group)
+                        .or_default()
+                        .insert((topic, partition), committed);
+                }
+            }
+            return;
+        }
+        if let Some((group, topic, partition, producer_id)) =
+            record.key.as_ref().and_then(decode_pending_key)
+        {
+            if let (true, Some(committed)) =
+                (keep(&group), record.value.as_ref().and_then(decode_value))
+            {
+                open.entry(producer_id)
+                    .or_default()
+                    .push((group, topic, partition, committed));
+            }
+            return;
+        }
         let Some((group, topic, partition)) = record.key.as_ref().and_then(decode_key) else {
             return;
         };
@@ -136,7 +186,21 @@ fn replay(
     times.retain(|group, _| loaded.contains_key(group));
     groups.extend(loaded);
     last_commit.extend(times);
+    for (producer_id, commits) in open {
+        pending.entry(producer_id).or_default().extend(commits);
+    }
     Ok(())
+}
+
+/// A control record's key, `[version:2=0][type:2]`: whether it is a
+/// commit marker (type 1) or an abort (0).
+fn control_is_commit(key: &Bytes) -> Option<bool> {
+    let mut buf = key.clone();
+    if buf.remaining() < 4 {
+        return None;
+    }
+    let _version = buf.get_i16();
+    Some(buf.get_i16() == 1)
 }
 
 impl OffsetStore {
@@ -154,11 +218,18 @@ impl OffsetStore {
         log.set_config(config);
         let mut groups = HashMap::new();
         let mut last_commit = HashMap::new();
-        replay(&log, |_| true, &mut groups, &mut last_commit)?;
+        replay(
+            &log,
+            |_| true,
+            &mut groups,
+            &mut last_commit,
+            &mut Pending::new(),
+        )?;
         Ok(OffsetStore {
             backend: Backend::Local(log),
             groups: Mutex::new(groups),
             last_commit: Mutex::new(last_commit),
+            pending: Mutex::default(),
         })
     }
 
@@ -187,6 +258,7 @@ impl OffsetStore {
             }),
             groups: Mutex::new(HashMap::new()),
             last_commit: Mutex::new(HashMap::new()),
+            pending: Mutex::default(),
         })
     }
 
@@ -209,6 +281,105 @@ impl OffsetStore {
 
     fn last_commits(&self) -> MutexGuard<'_, HashMap<String, i64>> {
         self.last_commit.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn pending(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// On a cluster, the offsets partition a transaction that commits
+    /// offsets of `group` writes a marker to (Kafka's AddOffsetsToTxn adds
+    /// it to the transaction); `None` on a cluster of one, where the
+    /// transaction coordinator keeps them.
+    pub fn txn_partition(&self, group: &str) -> Option<(String, i32)> {
+        match &self.backend {
+            Backend::Replicated(replicated) if self.node_local(group).is_none() => Some((
+                OFFSETS_TOPIC.to_owned(),
+                replicated.topic.index_of(group) as i32,
+            )),
+            _ => None,
+        }
+    }
+
+    /// On a cluster, TxnOffsetCommit on the group's coordinator: `offsets`
+    /// written as pending records of `producer_id`, made the group's
+    /// committed offsets by the commit marker of its transaction. Blocking.
+    ///
+    /// # Errors
+    /// [`CoreError::NotCoordinator`] when this node does not coordinate
+    /// `group`, the replication's errors.
+    pub fn commit_pending(
+        &self,
+        group: &str,
+        producer_id: i64,
+        offsets: &[(String, i32, CommittedOffset)],
+    ) -> Result<(), CoreError> {
+        if self.txn_partition(group).is_none() {
+            return Err(CoreError::Internal {
+                reason: "transactional offsets are kept by the coordinator on a cluster of one"
+                    .to_owned(),
+            });
+        }
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        self.append(
+            group,
+            offsets
+                .iter()
+                .map(|(topic, partition, committed)| {
+                    (
+                        encode_pending_key(group, topic, *partition, producer_id),
+                        Some(encode_value(committed)),
+                    )
+                })
+                .collect(),
+        )?;
+        if self.holds(group) {
+            self.pending()
+                .entry(producer_id)
+                .or_default()
+                .extend(offsets.iter().map(|(topic, partition, c)| {
+                    (group.to_owned(), topic.clone(), *partition, c.clone())
+                }));
+        }
+        Ok(())
+    }
+
+    /// A transaction marker of `producer_id` was written to offsets
+    /// partition `index` here: its pending offsets of the partition's
+    /// groups become committed (`commit`) or are dropped.
+    pub(crate) fn complete_txn(&self, index: u32, producer_id: i64, commit: bool) {
+        let Backend::Replicated(replicated) = &self.backend else {
+            return;
+        };
+        let of_index = replicated.topic.holds_key(index);
+        let done: Vec<PendingCommit> = {
+            let mut pending = self.pending();
+            let Some(commits) = pending.get_mut(&producer_id) else {
+                return;
+            };
+            let (done, kept) = std::mem::take(commits)
+                .into_iter()
+                .partition(|(group, ..)| of_index(group));
+            *commits = kept;
+            if commits.is_empty() {
+                pending.remove(&producer_id);
+            }
+            done
+        };
+        if commit && !done.is_empty() {
+            let now = SystemClock.now_ms();
+            let mut groups = self.groups();
+            let mut last_commit = self.last_commits();
+            for (group, topic, partition, committed) in done {
+                last_commit.insert(group.clone(), now);
+                groups
+                    .entry(group)
+                    .or_default()
+                    .insert((topic, partition), committed);
+            }
+        }
     }
 
     /// Which node coordinates `group`: this one on a cluster of one; on a
@@ -286,10 +457,20 @@ impl OffsetStore {
         let forget = || {
             self.groups().retain(|group, _| !of_index(group));
             self.last_commits().retain(|group, _| !of_index(group));
+            for commits in self.pending().values_mut() {
+                commits.retain(|(group, ..)| !of_index(group));
+            }
+            self.pending().retain(|_, commits| !commits.is_empty());
         };
         let load = |log: &Log| {
             let mut groups = self.groups();
-            replay(log, &of_index, &mut groups, &mut self.last_commits())?;
+            replay(
+                log,
+                &of_index,
+                &mut groups,
+                &mut self.last_commits(),
+                &mut self.pending(),
+            )?;
             tracing::info!(
                 partition = index,
                 groups = groups.keys().filter(|g| of_index(g)).count(),
@@ -588,6 +769,26 @@ fn encode_value(committed: &CommittedOffset) -> Bytes {
     out.freeze()
 }
 
+fn encode_pending_key(group: &str, topic: &str, partition: i32, producer_id: i64) -> Bytes {
+    let mut out = BytesMut::new();
+    out.put_u16(1);
+    put_str(&mut out, group);
+    put_str(&mut out, topic);
+    out.put_i32(partition);
+    out.put_i64(producer_id);
+    out.freeze()
+}
+
+fn decode_pending_key(key: &Bytes) -> Option<(String, String, i32, i64)> {
+    let mut buf = key.clone();
+    if buf.remaining() < 2 || buf.get_u16() != 1 {
+        return None;
+    }
+    let group = get_str(&mut buf)?;
+    let topic = get_str(&mut buf)?;
+    (buf.remaining() >= 12).then(|| (group, topic, buf.get_i32(), buf.get_i64()))
+}
+
 fn decode_key(key: &Bytes) -> Option<(String, String, i32)> {
     let mut buf = key.clone();
     if buf.remaining() < 2 || buf.get_u16() != 0 {
@@ -671,6 +872,65 @@ mod tests {
         let store = OffsetStore::open(&logs, 100 << 20)?;
         assert_eq!(store.fetch("g", "t", 0), None, "expiry survives a restart");
         assert_eq!(store.fetch("other", "t", 0), Some(committed(1, None)));
+        logs.shutdown()?;
+        Ok(())
+    }
+
+    /// A transaction's offsets in an offsets partition's log (a new
+    /// leader's load): committed at its commit marker, dropped at its
+    /// abort marker, still pending with no marker yet; other groups'
+    /// records left to their own partitions' leaders.
+    #[test]
+    fn transactional_offsets_replay_by_their_markers() -> Result<(), CoreError> {
+        use crate::transactions::{Marker, Outcome, encode_marker};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let logs = LogManager::open(dir.path(), LogConfig::default())?;
+        let log = logs.get_or_create("offsets-7", None)?;
+        let at = |offset| CommittedOffset {
+            offset,
+            leader_epoch: 0,
+            metadata: None,
+        };
+        let pending = |group: &str, producer_id, offset| -> Result<(), CoreError> {
+            let key = encode_pending_key(group, "t", 0, producer_id);
+            let value = encode_value(&at(offset));
+            let mut batch = crate::replay::batch_of(&[(Some(&key[..]), Some(&value[..]))], "test")?;
+            log.append(&mut batch, crate::LOCAL_EPOCH)?;
+            Ok(())
+        };
+        let marker = |producer_id, outcome| -> Result<(), CoreError> {
+            let marker = Marker {
+                outcome,
+                coordinator_epoch: 0,
+            };
+            let mut batch = encode_marker(producer_id, 0, marker, 1)?;
+            log.append(&mut batch, crate::LOCAL_EPOCH)?;
+            Ok(())
+        };
+        pending("g", 5, 10)?;
+        pending("other", 5, 11)?;
+        pending("g", 6, 99)?;
+        pending("g", 7, 20)?;
+        marker(5, Outcome::Commit)?;
+        marker(6, Outcome::Abort)?;
+        let (mut groups, mut times, mut open) = (HashMap::new(), HashMap::new(), Pending::new());
+        replay(
+            &log,
+            |group| group != "other",
+            &mut groups,
+            &mut times,
+            &mut open,
+        )?;
+        assert_eq!(
+            groups.get("g").and_then(|g| g.get(&("t".to_owned(), 0))),
+            Some(&at(10)),
+            "committed by 5's marker; 6's aborted, 7's still open"
+        );
+        assert!(!groups.contains_key("other"), "another partition's group");
+        assert_eq!(
+            open,
+            HashMap::from([(7, vec![("g".to_owned(), "t".to_owned(), 0, at(20))])])
+        );
         logs.shutdown()?;
         Ok(())
     }

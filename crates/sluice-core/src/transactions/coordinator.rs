@@ -1032,7 +1032,7 @@ impl TxnCoordinator {
                 });
                 continue;
             }
-            match found.write_marker(id, meta.producer_id, meta.epoch, marker) {
+            match broker.write_marker(topic, *partition, meta.producer_id, meta.epoch, marker) {
                 Ok(()) | Err(CoreError::UnknownPartition { .. }) => {}
                 Err(error) => return Err(error.into()),
             }

@@ -209,11 +209,19 @@ pub(crate) async fn add_offsets(
 ) -> AddOffsetsToTxnResponse {
     let broker = Arc::clone(&context.broker);
     let added = blocking(move || {
+        // On a cluster the group's offsets partition gets the marker that
+        // makes the transaction's offsets committed (Kafka's
+        // AddOffsetsToTxn).
+        let partitions: Vec<(String, i32)> = broker
+            .offsets()
+            .txn_partition(&request.group_id)
+            .into_iter()
+            .collect();
         broker.transactions().add(
             &request.transactional_id,
             request.producer_id.0,
             request.producer_epoch,
-            &[],
+            &partitions,
             Some(&request.group_id),
         )
     })
@@ -255,6 +263,7 @@ pub(crate) async fn commit_offsets(
         request.producer_epoch,
     );
     let (generation, member) = (request.generation_id, request.member_id.to_string());
+    let coordinates = super::coordinates(context, &group);
     let committed = blocking(move || {
         // A member of a group (v3+, KIP-447) commits only in its current
         // generation: a zombie of an older one is fenced.
@@ -263,6 +272,17 @@ pub(crate) async fn commit_offsets(
                 .groups()
                 .check_commit(&group, generation, &member)
                 .map_err(errors::group_code)?;
+        }
+        if broker.offsets().txn_partition(&group).is_some() {
+            // A cluster: the group's coordinator keeps them, pending until
+            // the transaction's marker reaches the group's partition.
+            if !coordinates {
+                return Err(ResponseError::NotCoordinator);
+            }
+            return broker
+                .offsets()
+                .commit_pending(&group, producer_id, &offsets)
+                .map_err(|error| errors::code(&error));
         }
         broker
             .transactions()
@@ -459,7 +479,6 @@ pub(crate) async fn write_markers(
                     .topics
                     .into_iter()
                     .map(|topic| {
-                        let found = broker.topics().get(topic.name.as_str());
                         let partitions = topic
                             .partition_indexes
                             .into_iter()
@@ -467,17 +486,15 @@ pub(crate) async fn write_markers(
                                 let code = if !allowed {
                                     ResponseError::ClusterAuthorizationFailed.code()
                                 } else {
-                                    match found.as_ref().map(|t| {
-                                        t.write_marker(
-                                            sluice_types::PartitionId::from(partition),
-                                            marker.producer_id.0,
-                                            marker.producer_epoch,
-                                            written,
-                                        )
-                                    }) {
-                                        Some(Ok(())) => 0,
-                                        Some(Err(error)) => errors::code(&error).code(),
-                                        None => ResponseError::UnknownTopicOrPartition.code(),
+                                    match broker.write_marker(
+                                        topic.name.as_str(),
+                                        partition,
+                                        marker.producer_id.0,
+                                        marker.producer_epoch,
+                                        written,
+                                    ) {
+                                        Ok(()) => 0,
+                                        Err(error) => errors::code(&error).code(),
                                     }
                                 };
                                 WritableTxnMarkerPartitionResult::default()
