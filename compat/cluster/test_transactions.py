@@ -9,8 +9,12 @@ the inter-node links (WriteTxnMarkers). docs/transactions.md.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections import defaultdict
+from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import NewTopic
@@ -322,3 +326,90 @@ def test_a_commit_reaches_a_partition_whose_leader_was_killed(fresh_cluster, nam
         interval=1,
         what="every partition's records under read_committed, the moved one too",
     )
+
+
+EOS_RECORDS = int(os.environ.get("TXN_CLUSTER_RECORDS", "600"))
+EOS_KILLS = int(os.environ.get("TXN_CLUSTER_KILLS", "3"))
+
+
+def test_exactly_once_across_kill_9_on_three_nodes(fresh_cluster, tmp_path, name):
+    """compat/kafka's consume-transform-produce worker (every 7th
+    transaction aborted on purpose) against three nodes while each node in
+    turn is killed with SIGKILL and started again: every input is in the
+    output exactly once, in order, under read_committed. A longer run:
+    TXN_CLUSTER_RECORDS=3000 TXN_CLUSTER_KILLS=20 compat/cluster/run.sh -k
+    exactly_once."""
+    cluster = fresh_cluster
+    cluster.wait_registered(admin)
+    source, sink = f"{name}-in", f"{name}-out"
+    create_replicated(cluster.node(1).bootstrap, source, 1)
+    create_replicated(cluster.node(1).bootstrap, sink, 1)
+    plain = Producer({"bootstrap.servers": cluster.bootstrap, "acks": "all"})
+    for i in range(EOS_RECORDS):
+        plain.produce(source, str(i).encode(), partition=0)
+    assert plain.flush(CLIENT_TIMEOUT_S) == 0
+
+    bootstrap = cluster.bootstrap
+    progress = tmp_path / "progress"
+    worker_path = Path(__file__).resolve().parent.parent / "kafka" / "eos_worker.py"
+    command = [sys.executable, str(worker_path), bootstrap, source, sink, f"{name}-group",
+               f"{name}-txn", str(EOS_RECORDS), str(progress)]
+
+    def read_progress() -> tuple[int, int, int]:
+        try:
+            done, transactions, restarts = progress.read_text().split()
+            return int(done), int(transactions), int(restarts)
+        except (OSError, ValueError):
+            return 0, 0, 0
+
+    deadline = time.monotonic() + 120 + 30 * EOS_KILLS
+    worker = subprocess.Popen(command)
+    kills, worker_kills = 0, 0
+    seen, changed = read_progress(), time.monotonic()
+    try:
+        while time.monotonic() < deadline:
+            now = time.monotonic()
+            current = read_progress()
+            if current != seen:
+                seen, changed = current, now
+            if worker.poll() is not None:
+                if worker.returncode == 0:
+                    break
+                worker = subprocess.Popen(command)
+                worker_kills += 1
+                changed = now
+            elif now - changed > 20:
+                # Stuck in the client (confluentinc/librdkafka#5456):
+                # restart the application.
+                worker.kill()
+                worker.wait(timeout=10)
+                worker = subprocess.Popen(command)
+                worker_kills += 1
+                changed = now
+            # Each kill at its share of the way, whatever the pace.
+            if kills < EOS_KILLS and seen[0] >= (kills + 1) * EOS_RECORDS // (EOS_KILLS + 1):
+                victim = cluster.node(kills % 3 + 1)
+                victim.kill()
+                victim.start()
+                kills += 1
+            time.sleep(0.1)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(timeout=10)
+    assert worker.returncode == 0, f"the worker did not finish: {read_progress()}"
+    assert kills == EOS_KILLS, f"{kills} of {EOS_KILLS} kills while the loop ran"
+
+    outputs = read(cluster.bootstrap, sink, 1, "read_committed")[0]
+    expected = [f"out-{i}".encode() for i in range(EOS_RECORDS)]
+    duplicates = len(outputs) - len(set(outputs))
+    missing = sorted(set(expected) - set(outputs))
+    assert duplicates == 0 and not missing, (
+        f"{duplicates} outputs twice, {len(missing)} missing (first {missing[:5]}), "
+        f"{kills} node kills, {worker_kills} worker restarts")
+    assert outputs == expected, "in input order"
+    everything = read(cluster.bootstrap, sink, 1, "read_uncommitted")[0]
+    assert len(everything) > EOS_RECORDS, "aborted transactions' records were there to skip"
+    print(f"exactly-once across kill -9 on three nodes: {EOS_RECORDS} records, {kills} node kills, "
+          f"{worker_kills} worker restarts, {len(everything) - EOS_RECORDS} records of aborted "
+          f"transactions skipped")
