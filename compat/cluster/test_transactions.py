@@ -16,7 +16,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+import pytest
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import NewTopic
 
 from common.broker import wait_until
@@ -145,12 +146,11 @@ def test_a_second_producer_with_the_same_id_fences_the_first_on_a_cluster(cluste
     second.begin_transaction()
     send(second, name, 3, "second")
     second.commit_transaction(CLIENT_TIMEOUT_S)
-    try:
+    with pytest.raises(KafkaException) as raised:
         first.commit_transaction(CLIENT_TIMEOUT_S)
-        fenced = False
-    except Exception as error:  # KafkaException with a fatal error
-        fenced = "fenced" in str(error).lower() or getattr(error.args[0], "fatal", lambda: False)()
-    assert fenced, "the first producer was fenced"
+    assert raised.value.args[0].code() in (
+        KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH,
+    ), raised.value
     assert read(cluster.node(3).bootstrap, name, 3, "read_committed") == {
         p: [f"second-{p}-{i}".encode() for i in range(3)] for p in range(3)
     }
@@ -187,11 +187,12 @@ def test_consume_transform_produce_commits_offsets_through_another_nodes_group_c
     group's coordinator."""
     cluster.wait_registered(admin)
     source, sink = f"{name}-in", f"{name}-out"
-    create_replicated(cluster.node(1).bootstrap, source, 1)
+    create_replicated(cluster.node(1).bootstrap, source, 2)
     create_replicated(cluster.node(1).bootstrap, sink, 1)
     plain = Producer({"bootstrap.servers": cluster.bootstrap, "acks": "all"})
-    for i in range(10):
-        plain.produce(source, str(i).encode(), partition=0)
+    for p in range(2):
+        for i in range(10):
+            plain.produce(source, f"{p}-{i}".encode(), partition=p)
     assert plain.flush(CLIENT_TIMEOUT_S) == 0
 
     transactional_id = f"{name}-txn"
@@ -210,7 +211,7 @@ def test_consume_transform_produce_commits_offsets_through_another_nodes_group_c
         if offsets_leaders[java_partition(g, len(offsets_leaders))] != txn_coordinator
     )
 
-    def process(count: int, commit: bool) -> None:
+    def process(count: int, commit: bool, partition: int = 0) -> None:
         consumer = Consumer({
             "bootstrap.servers": cluster.bootstrap,
             "group.id": group,
@@ -219,7 +220,7 @@ def test_consume_transform_produce_commits_offsets_through_another_nodes_group_c
             "auto.offset.reset": "earliest",
         })
         try:
-            consumer.assign([TopicPartition(source, 0)])
+            consumer.assign([TopicPartition(source, partition)])
             read = []
             deadline = time.monotonic() + CLIENT_TIMEOUT_S
             while len(read) < count and time.monotonic() < deadline:
@@ -231,7 +232,7 @@ def test_consume_transform_produce_commits_offsets_through_another_nodes_group_c
             for message in read:
                 producer.produce(sink, b"out-" + message.value(), partition=0)
             producer.send_offsets_to_transaction(
-                [TopicPartition(source, 0, read[-1].offset() + 1)],
+                [TopicPartition(source, partition, read[-1].offset() + 1)],
                 consumer.consumer_group_metadata(),
                 CLIENT_TIMEOUT_S,
             )
@@ -242,22 +243,28 @@ def test_consume_transform_produce_commits_offsets_through_another_nodes_group_c
         finally:
             consumer.close()
 
-    def committed() -> int:
+    def committed() -> list[int]:
         checker = Consumer({"bootstrap.servers": cluster.bootstrap, "group.id": group})
         try:
-            return checker.committed([TopicPartition(source, 0)], CLIENT_TIMEOUT_S)[0].offset
+            found = checker.committed([TopicPartition(source, p) for p in range(2)], CLIENT_TIMEOUT_S)
+            return [t.offset for t in found]
         finally:
             checker.close()
 
     process(4, commit=True)
-    assert committed() == 4
-    # An aborted round leaves neither its output nor its offsets.
+    assert committed()[0] == 4
+    # An aborted round leaves neither its output nor its offsets, not even
+    # once the next transaction (on the other partition) commits.
     process(3, commit=False)
-    assert committed() == 4
+    assert committed()[0] == 4
+    process(5, commit=True, partition=1)
+    assert committed() == [4, 5]
     process(6, commit=True)
-    assert committed() == 10
+    assert committed() == [10, 5]
     outputs = read(cluster.bootstrap, sink, 1, "read_committed")[0]
-    assert outputs == [f"out-{i}".encode() for i in range(10)], "each input once"
+    expected = [f"out-0-{i}".encode() for i in range(4)] + [f"out-1-{i}".encode() for i in range(5)]
+    expected += [f"out-0-{i}".encode() for i in range(4, 10)]
+    assert outputs == expected, "each input once"
 
 
 def test_a_transaction_survives_kill_9_of_its_coordinator(fresh_cluster, name):

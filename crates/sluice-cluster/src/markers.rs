@@ -112,6 +112,19 @@ async fn send(
         return Err("no link".to_owned());
     };
     let response = connection.call(request(markers), MARKERS_VERSION).await?;
+    // Every partition asked for must be answered, and with no error.
+    let answered: usize = response
+        .markers
+        .iter()
+        .flat_map(|result| &result.topics)
+        .map(|topic| topic.partitions.len())
+        .sum();
+    if answered != markers.len() {
+        return Err(format!(
+            "{answered} partitions answered of the {} asked for",
+            markers.len()
+        ));
+    }
     for result in &response.markers {
         for topic in &result.topics {
             for partition in &topic.partitions {

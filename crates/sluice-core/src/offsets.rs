@@ -22,10 +22,13 @@
 //! offsets when the transaction's commit marker is written to that
 //! partition (the transaction coordinator added it to the transaction at
 //! AddOffsetsToTxn), or are dropped at an abort marker; a new leader
-//! replays them the same way, as Kafka's group coordinator does.
+//! replays them the same way, as Kafka's group coordinator does. Each
+//! pending record has a key of its own (a nonce in it), so compaction
+//! never drops one before its marker; after the marker the leader writes
+//! the committed offsets as plain records and tombstones the pending ones.
 //!
 //! Record key layout: `[version:2=0][group_len:2][group][topic_len:2][topic][partition:4]`,
-//! a pending one `[version:2=1][group_len:2][group][topic_len:2][topic][partition:4][producer id:8]`;
+//! a pending one `[version:2=1][group_len:2][group][topic_len:2][topic][partition:4][producer id:8][nonce:8]`;
 //! value layout: `[version:2=0][offset:8][leader_epoch:4][metadata_len:4 (-1 = null)][metadata]`,
 //! big-endian.
 
@@ -73,9 +76,16 @@ pub enum Coordinator {
 
 type GroupOffsets = BTreeMap<(String, i32), CommittedOffset>;
 
-/// An offset a transaction commits, waiting for its marker: group, topic,
-/// partition and offset.
-type PendingCommit = (String, String, i32, CommittedOffset);
+/// An offset a transaction commits, waiting for its marker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PendingCommit {
+    group: String,
+    topic: String,
+    partition: i32,
+    committed: CommittedOffset,
+    /// Its record's key, tombstoned once the marker is written.
+    key: Bytes,
+}
 
 /// Per producer id, what its open transaction commits.
 type Pending = HashMap<i64, Vec<PendingCommit>>;
@@ -141,26 +151,34 @@ fn replay(
             let commit = record.key.as_ref().and_then(control_is_commit);
             let commits = open.remove(&record.producer_id).unwrap_or_default();
             if commit == Some(true) {
-                for (group, topic, partition, committed) in commits {
-                    let latest = times.entry(group.clone()).or_insert(record.timestamp);
+                for pending in commits {
+                    let latest = times
+                        .entry(pending.group.clone())
+                        .or_insert(record.timestamp);
                     *latest = (*latest).max(record.timestamp);
                     loaded
-                        .entry(group)
+                        .entry(pending.group)
                         .or_default()
-                        .insert((topic, partition), committed);
+                        .insert((pending.topic, pending.partition), pending.committed);
                 }
             }
             return;
         }
-        if let Some((group, topic, partition, producer_id)) =
+        if let Some(((group, topic, partition), producer_id)) =
             record.key.as_ref().and_then(decode_pending_key)
         {
-            if let (true, Some(committed)) =
-                (keep(&group), record.value.as_ref().and_then(decode_value))
-            {
-                open.entry(producer_id)
-                    .or_default()
-                    .push((group, topic, partition, committed));
+            if let (true, Some(committed), Some(key)) = (
+                keep(&group),
+                record.value.as_ref().and_then(decode_value),
+                record.key.clone(),
+            ) {
+                open.entry(producer_id).or_default().push(PendingCommit {
+                    group,
+                    topic,
+                    partition,
+                    committed,
+                    key,
+                });
             }
             return;
         }
@@ -307,11 +325,15 @@ impl OffsetStore {
     ///
     /// # Errors
     /// [`CoreError::NotCoordinator`] when this node does not coordinate
-    /// `group`, the replication's errors.
+    /// `group`; [`CoreError::InvalidProducerEpoch`] for an `epoch` older
+    /// than a marker of the producer on the group's partition (a zombie
+    /// whose transaction was aborted for a newer one); the replication's
+    /// errors.
     pub fn commit_pending(
         &self,
         group: &str,
         producer_id: i64,
+        epoch: i16,
         offsets: &[(String, i32, CommittedOffset)],
     ) -> Result<(), CoreError> {
         if self.txn_partition(group).is_none() {
@@ -323,32 +345,48 @@ impl OffsetStore {
         if offsets.is_empty() {
             return Ok(());
         }
+        if let Some(partition) = self.led(group)?
+            && let Some(current) = partition.producer_epoch(producer_id)
+            && current > epoch
+        {
+            return Err(CoreError::InvalidProducerEpoch {
+                producer_id,
+                current,
+                found: epoch,
+            });
+        }
+        let pending: Vec<PendingCommit> = offsets
+            .iter()
+            .map(|(topic, partition, committed)| PendingCommit {
+                group: group.to_owned(),
+                topic: topic.clone(),
+                partition: *partition,
+                committed: committed.clone(),
+                key: encode_pending_key(group, topic, *partition, producer_id),
+            })
+            .collect();
         self.append(
             group,
-            offsets
+            pending
                 .iter()
-                .map(|(topic, partition, committed)| {
-                    (
-                        encode_pending_key(group, topic, *partition, producer_id),
-                        Some(encode_value(committed)),
-                    )
-                })
+                .map(|p| (p.key.clone(), Some(encode_value(&p.committed))))
                 .collect(),
         )?;
         if self.holds(group) {
             self.pending()
                 .entry(producer_id)
                 .or_default()
-                .extend(offsets.iter().map(|(topic, partition, c)| {
-                    (group.to_owned(), topic.clone(), *partition, c.clone())
-                }));
+                .extend(pending);
         }
         Ok(())
     }
 
     /// A transaction marker of `producer_id` was written to offsets
     /// partition `index` here: its pending offsets of the partition's
-    /// groups become committed (`commit`) or are dropped.
+    /// groups become committed (`commit`) or are dropped, and the log says
+    /// so with plain records of what was committed and tombstones of the
+    /// pending records (lost in a crash, the marker says it again on the
+    /// next load). Blocking.
     pub(crate) fn complete_txn(&self, index: u32, producer_id: i64, commit: bool) {
         let Backend::Replicated(replicated) = &self.backend else {
             return;
@@ -361,23 +399,39 @@ impl OffsetStore {
             };
             let (done, kept) = std::mem::take(commits)
                 .into_iter()
-                .partition(|(group, ..)| of_index(group));
+                .partition(|p| of_index(&p.group));
             *commits = kept;
             if commits.is_empty() {
                 pending.remove(&producer_id);
             }
             done
         };
-        if commit && !done.is_empty() {
+        let Some(group) = done.first().map(|p| p.group.clone()) else {
+            return;
+        };
+        let mut records: Vec<(Bytes, Option<Bytes>)> =
+            done.iter().map(|p| (p.key.clone(), None)).collect();
+        if commit {
+            records.extend(done.iter().map(|p| {
+                (
+                    encode_key(&p.group, &p.topic, p.partition),
+                    Some(encode_value(&p.committed)),
+                )
+            }));
+        }
+        if let Err(error) = self.append(&group, records) {
+            tracing::warn!(partition = index, producer_id, %error, "cannot record a transaction's offsets after its marker; its marker stands for them");
+        }
+        if commit && self.holds(&group) {
             let now = SystemClock.now_ms();
             let mut groups = self.groups();
             let mut last_commit = self.last_commits();
-            for (group, topic, partition, committed) in done {
-                last_commit.insert(group.clone(), now);
+            for pending in done {
+                last_commit.insert(pending.group.clone(), now);
                 groups
-                    .entry(group)
+                    .entry(pending.group)
                     .or_default()
-                    .insert((topic, partition), committed);
+                    .insert((pending.topic, pending.partition), pending.committed);
             }
         }
     }
@@ -458,7 +512,7 @@ impl OffsetStore {
             self.groups().retain(|group, _| !of_index(group));
             self.last_commits().retain(|group, _| !of_index(group));
             for commits in self.pending().values_mut() {
-                commits.retain(|(group, ..)| !of_index(group));
+                commits.retain(|pending| !of_index(&pending.group));
             }
             self.pending().retain(|_, commits| !commits.is_empty());
         };
@@ -769,24 +823,31 @@ fn encode_value(committed: &CommittedOffset) -> Bytes {
     out.freeze()
 }
 
+/// A pending record's key: unique (a nonce from the clock and a counter),
+/// so that compaction keeps every one until it is tombstoned.
 fn encode_pending_key(group: &str, topic: &str, partition: i32, producer_id: i64) -> Bytes {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nonce = ((SystemClock.now_ms() as u64) << 20)
+        | (COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed) & 0xF_FFFF);
     let mut out = BytesMut::new();
     out.put_u16(1);
     put_str(&mut out, group);
     put_str(&mut out, topic);
     out.put_i32(partition);
     out.put_i64(producer_id);
+    out.put_u64(nonce);
     out.freeze()
 }
 
-fn decode_pending_key(key: &Bytes) -> Option<(String, String, i32, i64)> {
+/// A pending record's group, topic and partition, and its producer.
+fn decode_pending_key(key: &Bytes) -> Option<((String, String, i32), i64)> {
     let mut buf = key.clone();
     if buf.remaining() < 2 || buf.get_u16() != 1 {
         return None;
     }
     let group = get_str(&mut buf)?;
     let topic = get_str(&mut buf)?;
-    (buf.remaining() >= 12).then(|| (group, topic, buf.get_i32(), buf.get_i64()))
+    (buf.remaining() >= 20).then(|| ((group, topic, buf.get_i32()), buf.get_i64()))
 }
 
 fn decode_key(key: &Bytes) -> Option<(String, String, i32)> {
@@ -927,10 +988,15 @@ mod tests {
             "committed by 5's marker; 6's aborted, 7's still open"
         );
         assert!(!groups.contains_key("other"), "another partition's group");
-        assert_eq!(
-            open,
-            HashMap::from([(7, vec![("g".to_owned(), "t".to_owned(), 0, at(20))])])
-        );
+        let left: Vec<(i64, String, i32, CommittedOffset)> = open
+            .into_iter()
+            .flat_map(|(producer, commits)| {
+                commits
+                    .into_iter()
+                    .map(move |p| (producer, p.group, p.partition, p.committed))
+            })
+            .collect();
+        assert_eq!(left, vec![(7, "g".to_owned(), 0, at(20))]);
         logs.shutdown()?;
         Ok(())
     }

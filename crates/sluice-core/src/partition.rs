@@ -744,6 +744,12 @@ impl Partition {
         self.producers.active()
     }
 
+    /// The epoch this partition knows for `producer_id` (from its batches
+    /// and its transactions' markers), if any.
+    pub(crate) fn producer_epoch(&self, producer_id: i64) -> Option<i16> {
+        crate::producers::epoch_of(&self.producers.lock(), producer_id)
+    }
+
     /// How its replication fares (`None` when it has no other replica).
     pub fn replication_stats(&self) -> Option<crate::replication::ReplicationStats> {
         self.replication

@@ -339,9 +339,13 @@ impl Topic {
             SystemClock.now_ms(),
         )?;
         let (leading, epoch) = target.leading()?;
+        let mut producers = target.producers.lock();
         // As Kafka's leader: a marker from a coordinator older than the
-        // last one here is refused (TRANSACTION_COORDINATOR_FENCED).
-        if let Some(current) = target.producers.txns().coordinator_epoch(producer_id)
+        // last one here is refused (TRANSACTION_COORDINATOR_FENCED);
+        // checked under the producers' lock, which the marker's write
+        // holds until it has recorded its own epoch.
+        let known = target.producers.txns().coordinator_epoch(producer_id);
+        if let Some(current) = known
             && current > marker.coordinator_epoch
         {
             return Err(CoreError::CoordinatorFenced {
@@ -350,7 +354,6 @@ impl Topic {
                 found: marker.coordinator_epoch,
             });
         }
-        let mut producers = target.producers.lock();
         if let Some(current) = producers::epoch_of(&producers, producer_id)
             && current > producer_epoch
         {

@@ -12,10 +12,9 @@
 //!   belongs to partition `abs(java_hash(id)) % partitions`, its
 //!   coordinator is that partition's leader, which loads the partition's
 //!   ids before it answers for them (in each new leader epoch, its
-//!   coordinator epoch) and forgets them when it stops leading. Clients
-//!   are not sent there yet: FindCoordinator names no transaction
-//!   coordinator on a cluster until markers go between nodes
-//!   (docs/transactions.md).
+//!   coordinator epoch) and forgets them when it stops leading; markers
+//!   reach partitions other nodes lead through [`RemoteMarkers`]
+//!   (docs/transactions.md, "On a cluster").
 //!
 //! A transaction decided (`PrepareCommit`, `PrepareAbort`) but not
 //! completed when the broker stopped gets its markers on the next tick, as
@@ -578,17 +577,12 @@ impl TxnCoordinator {
                 } else {
                     (meta.producer_id, meta.epoch + 1)
                 };
-                if matches!(
-                    meta.state,
-                    TxnState::Ongoing | TxnState::PrepareAbort | TxnState::PrepareCommit
-                ) {
-                    // The markers carry the bumped epoch: the producer that
-                    // had the id is fenced on every partition it wrote to.
-                    // (A rotated id's old producer ends it under its last
-                    // epoch.)
-                    if meta.state == TxnState::Ongoing {
-                        meta.state = TxnState::PrepareAbort;
-                    }
+                if meta.state == TxnState::Ongoing {
+                    // The open transaction is aborted first. The markers
+                    // carry the bumped epoch: the producer that had the id
+                    // is fenced on every partition it wrote to. (A rotated
+                    // id's old producer ends it under its last epoch.)
+                    meta.state = TxnState::PrepareAbort;
                     if meta.producer_id == producer_id {
                         meta.epoch = epoch;
                         meta.last_epoch = previous_epoch;
@@ -597,9 +591,19 @@ impl TxnCoordinator {
                     self.publish(id, &meta);
                     // Held in memory before the markers are written: if
                     // writing them fails, the id is prepared (as the log
-                    // says), and the tick completes it.
+                    // says), and the tick completes it. They are written
+                    // without the lock, as EndTxn's.
                     txns.insert(id.to_owned(), meta.clone());
-                    self.complete(broker, id, &mut meta)?;
+                    let coordinator_epoch = self.coordinator_epoch(id)?;
+                    self.completing().insert(id.to_owned());
+                    drop(txns);
+                    let written = self.write_markers(broker, &meta, coordinator_epoch);
+                    self.finish(broker, id, meta, coordinator_epoch, written)
+                        .map_err(|_| TxnError::Concurrent { id: id.to_owned() })?;
+                    // Aborted: asked again, the id gets its next epoch (a
+                    // retry naming the epoch it had gets the one just
+                    // bumped to).
+                    return self.init_producer(broker, id, timeout_ms, current);
                 }
                 meta.last_epoch = if previous_id == producer_id {
                     previous_epoch
@@ -852,7 +856,7 @@ impl TxnCoordinator {
         partition: i32,
     ) -> Result<(), TxnError> {
         if let Store::Replicated(topic) = &self.store
-            && topic.loaded_epoch(topic.index_of(id)).is_none()
+            && topic.loaded_partition(topic.index_of(id)).is_none()
         {
             // Another node coordinates the id: its transaction is checked
             // there (AddPartitionsToTxn), as by Kafka's leaders before
@@ -985,15 +989,6 @@ impl TxnCoordinator {
         self.publish(id, &done);
         txns.insert(id.to_owned(), done);
         Ok(())
-    }
-
-    /// Writes the markers of a decided transaction, makes its offsets
-    /// visible on commit, and records it complete (`meta` is updated);
-    /// with the lock held.
-    fn complete(&self, broker: &Broker, id: &str, meta: &mut TxnMeta) -> Result<(), TxnError> {
-        let coordinator_epoch = self.coordinator_epoch(id)?;
-        self.write_markers(broker, meta, coordinator_epoch)?;
-        self.complete_decided(broker, id, meta)
     }
 
     /// The marker of a decided transaction on every partition it wrote to:

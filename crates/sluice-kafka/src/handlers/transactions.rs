@@ -281,8 +281,15 @@ pub(crate) async fn commit_offsets(
             }
             return broker
                 .offsets()
-                .commit_pending(&group, producer_id, &offsets)
-                .map_err(|error| errors::code(&error));
+                .commit_pending(&group, producer_id, epoch, &offsets)
+                .map_err(|error| match error {
+                    // Fenced by a newer instance's transaction (Kafka's
+                    // answer to a zombie's commit).
+                    sluice_core::CoreError::InvalidProducerEpoch { .. } => {
+                        ResponseError::ProducerFenced
+                    }
+                    other => errors::code(&other),
+                });
         }
         broker
             .transactions()
@@ -463,6 +470,38 @@ pub(crate) async fn write_markers(
     let allowed = context.inter_node;
     let broker = Arc::clone(&context.broker);
     let markers = request.markers;
+    // Should the work fail, every partition asked for is answered with an
+    // error, never left out (a coordinator counts only answered ones).
+    let failed: Vec<WritableTxnMarkerResult> = markers
+        .iter()
+        .map(|marker| {
+            WritableTxnMarkerResult::default()
+                .with_producer_id(marker.producer_id)
+                .with_topics(
+                    marker
+                        .topics
+                        .iter()
+                        .map(|topic| {
+                            WritableTxnMarkerTopicResult::default()
+                                .with_name(topic.name.clone())
+                                .with_partitions(
+                                    topic
+                                        .partition_indexes
+                                        .iter()
+                                        .map(|p| {
+                                            WritableTxnMarkerPartitionResult::default()
+                                                .with_partition_index(*p)
+                                                .with_error_code(
+                                                    ResponseError::UnknownServerError.code(),
+                                                )
+                                        })
+                                        .collect(),
+                                )
+                        })
+                        .collect(),
+                )
+        })
+        .collect();
     let answered = blocking(move || {
         markers
             .into_iter()
@@ -514,6 +553,6 @@ pub(crate) async fn write_markers(
             .collect()
     })
     .await
-    .unwrap_or_default();
+    .unwrap_or(failed);
     WriteTxnMarkersResponse::default().with_markers(answered)
 }
