@@ -11,9 +11,9 @@ link goes through a fault-injecting proxy). Then a checker decides:
 every confirmed message was delivered at least once, every delivery
 of a message after its first is flagged redelivered, and an acknowledged
 message comes back only across a reconnect of the consumer (its node
-failed) or, rarely (5 in the 1,000-fault run of 2026-12-06,
-RELIABILITY.md), a fault or change of the queue's leader, which the
-summary counts (`QQ_NEMESIS_STRICT=1` fails on those too). A Kafka
+failed), never across a fault or change of the queue's leader alone
+(`QQ_NEMESIS_STRICT=0` lets those through and only counts them, for
+looking into one). A Kafka
 consumer reads the queue's internal topic throughout: a committed record
 found replaced at its offset fails the run, and a lost message's report
 names its enqueue and settlement records. Afterwards, on the
@@ -43,10 +43,10 @@ from test_kafka_cluster import admin
 
 FAULTS = int(os.environ.get("QQ_NEMESIS_FAULTS", "5"))
 MINUTES = float(os.environ.get("QQ_NEMESIS_MINUTES", "0"))
-# QQ_NEMESIS_STRICT=1: an acknowledged message back across a fault or
-# leader change fails the run too (only a reconnect of the consumer
-# excuses one).
-STRICT = os.environ.get("QQ_NEMESIS_STRICT", "") == "1"
+# An acknowledged message back across a fault or leader change fails the
+# run (only a reconnect of the consumer excuses one); QQ_NEMESIS_STRICT=0
+# lets it through and counts it.
+STRICT = os.environ.get("QQ_NEMESIS_STRICT", "1") != "0"
 KINDS = ["kill the leader", "kill a node", "pause a node", "partition the leader", "partition a node"]
 
 
