@@ -10,17 +10,15 @@ the inter-node links (WriteTxnMarkers). docs/transactions.md.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from collections import defaultdict
-from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import NewTopic
 
 from common.broker import wait_until
+from common.eos import read_progress, run_worker
 from test_kafka_cluster import admin, layout
 
 CLIENT_TIMEOUT_S = 30
@@ -356,55 +354,26 @@ def test_exactly_once_across_kill_9_on_three_nodes(fresh_cluster, tmp_path, name
         plain.produce(source, str(i).encode(), partition=0)
     assert plain.flush(CLIENT_TIMEOUT_S) == 0
 
-    bootstrap = cluster.bootstrap
     progress = tmp_path / "progress"
-    worker_path = Path(__file__).resolve().parent.parent / "kafka" / "eos_worker.py"
-    command = [sys.executable, str(worker_path), bootstrap, source, sink, f"{name}-group",
-               f"{name}-txn", str(EOS_RECORDS), str(progress)]
+    kills = 0
 
-    def read_progress() -> tuple[int, int, int]:
-        try:
-            done, transactions, restarts = progress.read_text().split()
-            return int(done), int(transactions), int(restarts)
-        except (OSError, ValueError):
-            return 0, 0, 0
+    def kill_on_the_way(progress_now) -> None:
+        # Each kill at its share of the way, whatever the pace.
+        nonlocal kills
+        if kills < EOS_KILLS and progress_now[0] >= (kills + 1) * EOS_RECORDS // (EOS_KILLS + 1):
+            victim = cluster.node(kills % 3 + 1)
+            victim.kill()
+            victim.start()
+            kills += 1
 
-    deadline = time.monotonic() + 120 + 30 * EOS_KILLS
-    worker = subprocess.Popen(command)
-    kills, worker_kills = 0, 0
-    seen, changed = read_progress(), time.monotonic()
-    try:
-        while time.monotonic() < deadline:
-            now = time.monotonic()
-            current = read_progress()
-            if current != seen:
-                seen, changed = current, now
-            if worker.poll() is not None:
-                if worker.returncode == 0:
-                    break
-                worker = subprocess.Popen(command)
-                worker_kills += 1
-                changed = now
-            elif now - changed > 20:
-                # Stuck in the client (confluentinc/librdkafka#5456):
-                # restart the application.
-                worker.kill()
-                worker.wait(timeout=10)
-                worker = subprocess.Popen(command)
-                worker_kills += 1
-                changed = now
-            # Each kill at its share of the way, whatever the pace.
-            if kills < EOS_KILLS and seen[0] >= (kills + 1) * EOS_RECORDS // (EOS_KILLS + 1):
-                victim = cluster.node(kills % 3 + 1)
-                victim.kill()
-                victim.start()
-                kills += 1
-            time.sleep(0.1)
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait(timeout=10)
-    assert worker.returncode == 0, f"the worker did not finish: {read_progress()}"
+    returncode, worker_kills = run_worker(
+        [cluster.bootstrap, source, sink, f"{name}-group", f"{name}-txn", str(EOS_RECORDS)],
+        progress,
+        timeout_s=120 + 30 * EOS_KILLS,
+        stuck_s=20,
+        between=kill_on_the_way,
+    )
+    assert returncode == 0, f"the worker did not finish: {read_progress(progress)}"
     assert kills == EOS_KILLS, f"{kills} of {EOS_KILLS} kills while the loop ran"
 
     outputs = read(cluster.bootstrap, sink, 1, "read_committed")[0]

@@ -13,15 +13,13 @@ survive a restart.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
 from common.broker import per_test_broker
+from common.eos import read_progress, run_worker
 from support import (
     CLIENT_TIMEOUT_S,
     confluent_config,
@@ -366,53 +364,25 @@ def test_exactly_once_across_kill_9(fresh_broker, tmp_path):
     assert plain.flush(CLIENT_TIMEOUT_S) == 0
 
     progress = tmp_path / "progress"
-    command = [sys.executable, str(Path(__file__).with_name("eos_worker.py")), broker.bootstrap,
-               source, sink, group, transactional_id, str(CRASH_RECORDS), str(progress)]
-
-    def read_progress() -> tuple[int, int, int]:
-        try:
-            done, transactions, restarts = progress.read_text().split()
-            return int(done), int(transactions), int(restarts)
-        except (OSError, ValueError):
-            return 0, 0, 0
-
-    deadline = time.monotonic() + 90 + 20 * CRASH_KILLS
-    worker = subprocess.Popen(command)
-    kills, worker_kills, transactions = 0, 0, 0
-    seen, changed = read_progress(), time.monotonic()
+    kills = 0
     next_kill = time.monotonic() + 1.0
-    try:
-        while time.monotonic() < deadline:
-            now = time.monotonic()
-            current = read_progress()
-            if current != seen:
-                seen, changed = current, now
-                transactions = max(transactions, current[1])
-            if worker.poll() is not None:
-                if worker.returncode == 0:
-                    break
-                worker = subprocess.Popen(command)
-                worker_kills += 1
-                changed = now
-            elif now - changed > 15:
-                # Stuck in the client (confluentinc/librdkafka#5456):
-                # restart the application.
-                worker.kill()
-                worker.wait(timeout=10)
-                worker = subprocess.Popen(command)
-                worker_kills += 1
-                changed = now
-            if kills < CRASH_KILLS and now >= next_kill:
-                broker.kill()
-                broker.start()
-                kills += 1
-                next_kill = time.monotonic() + 1.0
-            time.sleep(0.1)
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait(timeout=10)
-    assert worker.returncode == 0, f"the worker did not finish: {read_progress()}"
+
+    def kill_now_and_then(_progress) -> None:
+        nonlocal kills, next_kill
+        if kills < CRASH_KILLS and time.monotonic() >= next_kill:
+            broker.kill()
+            broker.start()
+            kills += 1
+            next_kill = time.monotonic() + 1.0
+
+    returncode, worker_kills = run_worker(
+        [broker.bootstrap, source, sink, group, transactional_id, str(CRASH_RECORDS)],
+        progress,
+        timeout_s=90 + 20 * CRASH_KILLS,
+        stuck_s=15,
+        between=kill_now_and_then,
+    )
+    assert returncode == 0, f"the worker did not finish: {read_progress(progress)}"
     assert kills >= 1, "the broker was never killed while the loop ran"
 
     outputs = values(broker, sink, "read_committed", CRASH_RECORDS, settle=2.0)
