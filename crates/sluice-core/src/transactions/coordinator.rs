@@ -199,6 +199,32 @@ pub struct TxnCoordinator {
     writable: Mutex<HashMap<String, Writable>>,
 }
 
+/// An id on the coordinator's `completing` list while its markers are
+/// written without the lock: taken off by [`TxnCoordinator::finish`], with
+/// the lock held, or when dropped otherwise (a panic on the way), so the
+/// tick completes it later.
+struct Completing<'a> {
+    coordinator: &'a TxnCoordinator,
+    id: String,
+    listed: bool,
+}
+
+impl Completing<'_> {
+    /// Takes the id off the list (called with `txns` held).
+    fn done(mut self) {
+        self.coordinator.completing().remove(&self.id);
+        self.listed = false;
+    }
+}
+
+impl Drop for Completing<'_> {
+    fn drop(&mut self) {
+        if self.listed {
+            self.coordinator.completing().remove(&self.id);
+        }
+    }
+}
+
 /// An id's producer and epoch, and the partitions its open transaction
 /// holds (`None` when none is open).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -286,6 +312,16 @@ impl TxnCoordinator {
 
     fn completing(&self) -> MutexGuard<'_, HashSet<String>> {
         self.completing.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Puts `id` on the `completing` list (called with `txns` held).
+    fn start_completing(&self, id: &str) -> Completing<'_> {
+        self.completing().insert(id.to_owned());
+        Completing {
+            coordinator: self,
+            id: id.to_owned(),
+            listed: true,
+        }
     }
 
     /// Whether the broker's own transactions
@@ -447,9 +483,15 @@ impl TxnCoordinator {
         all
     }
 
-    /// One transactional id's state.
+    /// One transactional id's state (on a cluster, its partition loaded
+    /// first if this node just came to lead it).
     pub fn describe(&self, id: &str) -> Option<TxnMeta> {
-        self.lock().get(id).cloned()
+        let mut txns = self.lock();
+        if let Err(error) = self.led(&mut txns, id) {
+            tracing::debug!(transactional_id = %id, %error, "not describing a transactional id here");
+            return None;
+        }
+        txns.get(id).cloned()
     }
 
     /// Writes `id`'s state, durable before it returns.
@@ -595,10 +637,11 @@ impl TxnCoordinator {
                     // without the lock, as EndTxn's.
                     txns.insert(id.to_owned(), meta.clone());
                     let coordinator_epoch = self.coordinator_epoch(id)?;
-                    self.completing().insert(id.to_owned());
+                    let completing = self.start_completing(id);
                     drop(txns);
-                    let written = self.write_markers(broker, &meta, coordinator_epoch);
-                    self.finish(broker, id, meta, coordinator_epoch, written)
+                    let written =
+                        self.write_markers(broker, &meta, coordinator_epoch, &mut BTreeSet::new());
+                    self.finish(broker, completing, meta, coordinator_epoch, written)
                         .map_err(|_| TxnError::Concurrent { id: id.to_owned() })?;
                     // Aborted: asked again, the id gets its next epoch (a
                     // retry naming the epoch it had gets the one just
@@ -919,7 +962,7 @@ impl TxnCoordinator {
         epoch: i16,
         commit: bool,
     ) -> Result<(), TxnError> {
-        let (decided, coordinator_epoch) = {
+        let (decided, coordinator_epoch, completing) = {
             let mut txns = self.lock();
             let coordinator_epoch = self.led(&mut txns, id)?;
             let meta = Self::held(&mut txns, id, producer_id, epoch)?;
@@ -950,11 +993,10 @@ impl TxnCoordinator {
             self.store(id, &next)?;
             self.publish(id, &next);
             *meta = next.clone();
-            self.completing().insert(id.to_owned());
-            (next, coordinator_epoch)
+            (next, coordinator_epoch, self.start_completing(id))
         };
-        let written = self.write_markers(broker, &decided, coordinator_epoch);
-        if let Err(error) = self.finish(broker, id, decided, coordinator_epoch, written) {
+        let written = self.write_markers(broker, &decided, coordinator_epoch, &mut BTreeSet::new());
+        if let Err(error) = self.finish(broker, completing, decided, coordinator_epoch, written) {
             // Decided and durable, as Kafka answers EndTxn: the tick (or
             // the coordinator that loads it next) writes what is missing;
             // the id answers CONCURRENT_TRANSACTIONS until then.
@@ -969,13 +1011,15 @@ impl TxnCoordinator {
     fn finish(
         &self,
         broker: &Broker,
-        id: &str,
+        completing: Completing<'_>,
         decided: TxnMeta,
         coordinator_epoch: i32,
         written: Result<(), TxnError>,
     ) -> Result<(), TxnError> {
         let mut txns = self.lock();
-        self.completing().remove(id);
+        let id = completing.id.clone();
+        let id = id.as_str();
+        completing.done();
         written?;
         let same = txns.get(id) == Some(&decided)
             && self.coordinator_epoch(id).ok() == Some(coordinator_epoch);
@@ -999,6 +1043,7 @@ impl TxnCoordinator {
         broker: &Broker,
         meta: &TxnMeta,
         coordinator_epoch: i32,
+        unanswered: &mut BTreeSet<i32>,
     ) -> Result<(), TxnError> {
         let outcome = match meta.state {
             TxnState::PrepareCommit => Outcome::Commit,
@@ -1034,7 +1079,17 @@ impl TxnCoordinator {
         }
         if let Some(remote) = self.remote.get() {
             for (node, markers) in elsewhere {
-                remote.write(node, markers)?;
+                // A node that did not answer this round is not waited for
+                // again in it (the tick's other transactions).
+                if unanswered.contains(&node) {
+                    return Err(TxnError::Core(CoreError::Internal {
+                        reason: format!("node {node} did not take markers this round"),
+                    }));
+                }
+                if let Err(error) = remote.write(node, markers) {
+                    unanswered.insert(node);
+                    return Err(error.into());
+                }
             }
         }
         Ok(())
@@ -1102,9 +1157,8 @@ impl TxnCoordinator {
                 })
                 .map(|(id, _)| id.clone())
                 .collect();
-            let mut completing = self.completing();
             for id in due {
-                if completing.contains(&id) {
+                if self.completing().contains(&id) {
                     continue;
                 }
                 let Some(meta) = txns.get_mut(&id) else {
@@ -1133,15 +1187,18 @@ impl TxnCoordinator {
                 let Ok(coordinator_epoch) = self.coordinator_epoch(&id) else {
                     continue;
                 };
-                completing.insert(id.clone());
-                decided.push((id, meta.clone(), coordinator_epoch));
+                let decision = meta.clone();
+                decided.push((self.start_completing(&id), decision, coordinator_epoch));
             }
-            drop(completing);
             self.expire(&mut txns, now);
         }
-        for (id, meta, coordinator_epoch) in decided {
-            let written = self.write_markers(broker, &meta, coordinator_epoch);
-            if let Err(error) = self.finish(broker, &id, meta, coordinator_epoch, written) {
+        // A node that does not answer holds up this round once, not once
+        // per transaction that wrote there.
+        let mut unanswered = BTreeSet::new();
+        for (completing, meta, coordinator_epoch) in decided {
+            let id = completing.id.clone();
+            let written = self.write_markers(broker, &meta, coordinator_epoch, &mut unanswered);
+            if let Err(error) = self.finish(broker, completing, meta, coordinator_epoch, written) {
                 tracing::warn!(transactional_id = %id, %error, "cannot complete a transaction; trying again");
             }
         }
