@@ -22,14 +22,19 @@ OFFSETS_TOPIC = "__consumer_offsets"
 OFFSETS_PARTITIONS = 50  # kafka.offsets_partitions, the default
 
 
-def offsets_partition(group: str) -> int:
-    """Kafka's `Utils.abs(groupId.hashCode()) % partitions`."""
+def java_partition(key: str, partitions: int) -> int:
+    """Kafka's partition of a group or a transactional id:
+    `Utils.abs(key.hashCode()) % partitions`."""
     h = 0
-    for unit in group.encode("utf-16-be").hex(" ", 2).split():
+    for unit in key.encode("utf-16-be").hex(" ", 2).split():
         h = (h * 31 + int(unit, 16)) & 0xFFFFFFFF
     if h >= 2**31:
         h -= 2**32
-    return (0 if h == -(2**31) else abs(h)) % OFFSETS_PARTITIONS
+    return (0 if h == -(2**31) else abs(h)) % partitions
+
+
+def offsets_partition(group: str) -> int:
+    return java_partition(group, OFFSETS_PARTITIONS)
 
 
 def coordinator(bootstrap: str, group: str) -> int:

@@ -15,19 +15,14 @@ from collections import defaultdict
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import NewTopic
 
 from common.broker import wait_until
 from common.eos import read_progress, run_worker
+from test_groups import committed, java_partition
 from test_kafka_cluster import admin, layout
+from test_replication import create_replicated
 
 CLIENT_TIMEOUT_S = 30
-
-
-def create_replicated(bootstrap: str, topic: str, partitions: int) -> None:
-    client = admin(bootstrap)  # kept alive until its future resolves
-    futures = client.create_topics([NewTopic(topic, partitions, 3)], operation_timeout=15)
-    futures[topic].result(timeout=30)
 
 
 def transactional(bootstrap: str, transactional_id: str) -> Producer:
@@ -89,7 +84,7 @@ def send(producer: Producer, topic: str, partitions: int, prefix: str) -> None:
 
 def test_a_transaction_over_partitions_every_node_leads_is_all_or_nothing(cluster, name):
     cluster.wait_registered(admin)
-    create_replicated(cluster.node(1).bootstrap, name, 3)
+    create_replicated(cluster.node(1).bootstrap, name, 3, 3)
     leaders = {leader for leader, _, _ in layout(cluster.node(1).bootstrap, name).values()}
     assert leaders == {1, 2, 3}, "one partition led by each node"
 
@@ -121,7 +116,7 @@ def test_a_transaction_left_open_on_a_cluster_stays_invisible_until_it_commits(c
     """Records of an open transaction on partitions other nodes lead are
     not read_committed until the commit's markers reach those nodes."""
     cluster.wait_registered(admin)
-    create_replicated(cluster.node(2).bootstrap, name, 3)
+    create_replicated(cluster.node(2).bootstrap, name, 3, 3)
     producer = transactional(cluster.node(3).bootstrap, f"{name}-txn")
     producer.begin_transaction()
     send(producer, name, 3, "open")
@@ -134,7 +129,7 @@ def test_a_transaction_left_open_on_a_cluster_stays_invisible_until_it_commits(c
 
 def test_a_second_producer_with_the_same_id_fences_the_first_on_a_cluster(cluster, name):
     cluster.wait_registered(admin)
-    create_replicated(cluster.node(1).bootstrap, name, 3)
+    create_replicated(cluster.node(1).bootstrap, name, 3, 3)
     first = transactional(cluster.node(1).bootstrap, f"{name}-txn")
     first.begin_transaction()
     send(first, name, 3, "first")
@@ -152,17 +147,6 @@ def test_a_second_producer_with_the_same_id_fences_the_first_on_a_cluster(cluste
     assert read(cluster.node(3).bootstrap, name, 3, "read_committed") == {
         p: [f"second-{p}-{i}".encode() for i in range(3)] for p in range(3)
     }
-
-
-def java_partition(key: str, partitions: int) -> int:
-    """Kafka's partition of a group or transactional id: abs(Java's
-    String.hashCode()) % partitions."""
-    h = 0
-    for unit in key.encode("utf-16-be").hex(" ", 2).split():
-        h = (h * 31 + int(unit, 16)) & 0xFFFFFFFF
-    if h >= 1 << 31:
-        h -= 1 << 32
-    return (0 if h == -(1 << 31) else abs(h)) % partitions
 
 
 def leaders_of(bootstrap: str, topic: str) -> dict[int, int]:
@@ -185,8 +169,8 @@ def test_consume_transform_produce_commits_offsets_through_another_nodes_group_c
     group's coordinator."""
     cluster.wait_registered(admin)
     source, sink = f"{name}-in", f"{name}-out"
-    create_replicated(cluster.node(1).bootstrap, source, 2)
-    create_replicated(cluster.node(1).bootstrap, sink, 1)
+    create_replicated(cluster.node(1).bootstrap, source, 2, 3)
+    create_replicated(cluster.node(1).bootstrap, sink, 1, 3)
     plain = Producer({"bootstrap.servers": cluster.bootstrap, "acks": "all"})
     for p in range(2):
         for i in range(10):
@@ -241,24 +225,19 @@ def test_consume_transform_produce_commits_offsets_through_another_nodes_group_c
         finally:
             consumer.close()
 
-    def committed() -> list[int]:
-        checker = Consumer({"bootstrap.servers": cluster.bootstrap, "group.id": group})
-        try:
-            found = checker.committed([TopicPartition(source, p) for p in range(2)], CLIENT_TIMEOUT_S)
-            return [t.offset for t in found]
-        finally:
-            checker.close()
+    def offsets() -> list[int] | None:
+        return committed(cluster.bootstrap, group, source, 2)
 
     process(4, commit=True)
-    assert committed()[0] == 4
+    assert offsets()[0] == 4
     # An aborted round leaves neither its output nor its offsets, not even
     # once the next transaction (on the other partition) commits.
     process(3, commit=False)
-    assert committed()[0] == 4
+    assert offsets()[0] == 4
     process(5, commit=True, partition=1)
-    assert committed() == [4, 5]
+    assert offsets() == [4, 5]
     process(6, commit=True)
-    assert committed() == [10, 5]
+    assert offsets() == [10, 5]
     outputs = read(cluster.bootstrap, sink, 1, "read_committed")[0]
     expected = [f"out-0-{i}".encode() for i in range(4)] + [f"out-1-{i}".encode() for i in range(5)]
     expected += [f"out-0-{i}".encode() for i in range(4, 10)]
@@ -272,7 +251,7 @@ def test_a_transaction_survives_kill_9_of_its_coordinator(fresh_cluster, name):
     records once under read_committed, the killed node too once back."""
     cluster = fresh_cluster
     cluster.wait_registered(admin)
-    create_replicated(cluster.node(1).bootstrap, name, 3)
+    create_replicated(cluster.node(1).bootstrap, name, 3, 3)
     transactional_id = f"{name}-txn"
     producer = transactional(cluster.bootstrap, transactional_id)
     producer.begin_transaction()
@@ -312,7 +291,7 @@ def test_a_commit_reaches_a_partition_whose_leader_was_killed(fresh_cluster, nam
     read_committed like the others."""
     cluster = fresh_cluster
     cluster.wait_registered(admin)
-    create_replicated(cluster.node(1).bootstrap, name, 3)
+    create_replicated(cluster.node(1).bootstrap, name, 3, 3)
     transactional_id = f"{name}-txn"
     producer = transactional(cluster.bootstrap, transactional_id)
     state_leaders = leaders_of(cluster.node(1).bootstrap, "__transaction_state")
@@ -347,8 +326,8 @@ def test_exactly_once_across_kill_9_on_three_nodes(fresh_cluster, tmp_path, name
     cluster = fresh_cluster
     cluster.wait_registered(admin)
     source, sink = f"{name}-in", f"{name}-out"
-    create_replicated(cluster.node(1).bootstrap, source, 1)
-    create_replicated(cluster.node(1).bootstrap, sink, 1)
+    create_replicated(cluster.node(1).bootstrap, source, 1, 3)
+    create_replicated(cluster.node(1).bootstrap, sink, 1, 3)
     plain = Producer({"bootstrap.servers": cluster.bootstrap, "acks": "all"})
     for i in range(EOS_RECORDS):
         plain.produce(source, str(i).encode(), partition=0)

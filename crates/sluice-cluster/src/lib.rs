@@ -22,6 +22,38 @@ use std::io::Cursor;
 use serde::{Deserialize, Serialize};
 
 pub use node::{ClusterError, Links, MetadataNode, RaftSettings};
+
+/// Waits up to `timeout` for `answer` from a blocking caller (core's
+/// writers, which reach the network through this crate) without holding
+/// up an async worker: in `block_in_place` on a multi-threaded runtime's
+/// worker, plainly anywhere else (`block_in_place` panics on a
+/// current-thread runtime).
+pub(crate) fn wait_blocking<T>(
+    answer: &std::sync::mpsc::Receiver<T>,
+    timeout: std::time::Duration,
+) -> Result<T, std::sync::mpsc::RecvTimeoutError> {
+    let wait = || answer.recv_timeout(timeout);
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(wait)
+        }
+        _ => wait(),
+    }
+}
+
+/// Runs `work` on `runtime` and waits up to `timeout` for its outcome from
+/// a blocking caller ([`wait_blocking`]); `None` when none came in time.
+pub(crate) fn run_blocking<T: Send + 'static>(
+    runtime: &tokio::runtime::Handle,
+    timeout: std::time::Duration,
+    work: impl std::future::Future<Output = T> + Send + 'static,
+) -> Option<T> {
+    let (answer, answered) = std::sync::mpsc::channel();
+    runtime.spawn(async move {
+        let _ = answer.send(work.await);
+    });
+    wait_blocking(&answered, timeout).ok()
+}
 pub use quorum::{ClusterQuorum, CoreMachine};
 
 /// A node's id in the quorum (`node.id`).

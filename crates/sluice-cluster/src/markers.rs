@@ -63,8 +63,7 @@ impl RemoteMarkers for MarkerLinks {
             .ok()
             .and_then(|id| self.node.address(id));
         let own = self.own;
-        let (answer, answered) = std::sync::mpsc::channel();
-        self.runtime.spawn(async move {
+        let sending = async move {
             let sent =
                 tokio::time::timeout(MARKERS_TIMEOUT, send(&slot, address, own, node, &markers))
                     .await
@@ -73,20 +72,19 @@ impl RemoteMarkers for MarkerLinks {
                 // The next call dials again.
                 *slot.lock().await = None;
             }
-            let _ = answer.send(sent);
-        });
-        let wait = || answered.recv_timeout(MARKERS_TIMEOUT + Duration::from_secs(1));
-        let received = if Handle::try_current().is_ok() {
-            tokio::task::block_in_place(wait)
-        } else {
-            wait()
+            sent
         };
+        let received = crate::run_blocking(
+            &self.runtime,
+            MARKERS_TIMEOUT + Duration::from_secs(1),
+            sending,
+        );
         match received {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(reason)) => Err(CoreError::Internal {
+            Some(Ok(())) => Ok(()),
+            Some(Err(reason)) => Err(CoreError::Internal {
                 reason: format!("transaction markers on node {node}: {reason}"),
             }),
-            Err(_) => Err(CoreError::Internal {
+            None => Err(CoreError::Internal {
                 reason: format!("transaction markers on node {node}: no answer in time"),
             }),
         }

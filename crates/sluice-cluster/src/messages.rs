@@ -1347,13 +1347,7 @@ fn wait_answer(
     answer: &std::sync::mpsc::Receiver<(u64, Bytes)>,
     timeout: Duration,
 ) -> Result<(u64, Bytes), MessagingError> {
-    let wait = || answer.recv_timeout(timeout);
-    let waited = match tokio::runtime::Handle::try_current() {
-        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(wait)
-        }
-        _ => wait(),
-    };
+    let waited = crate::wait_blocking(answer, timeout);
     // As RabbitMQ answers for a queue whose node is down: NOT_FOUND, a
     // channel error the client can recover from (the node may be back, or
     // a quorum queue led elsewhere, by the next try).

@@ -46,23 +46,18 @@ impl ClusterQuorum {
 impl MetadataQuorum for ClusterQuorum {
     fn propose(&self, command: String) -> Result<String, CoreError> {
         let node = Arc::clone(&self.node);
-        let (answer, answered) = std::sync::mpsc::channel();
-        self.runtime.spawn(async move {
-            let _ = answer.send(node.propose(command).await);
-        });
         // A little past the node's own limit, so its answer wins.
-        let wait = || answered.recv_timeout(PROPOSE_TIMEOUT + Duration::from_secs(5));
-        let received = if Handle::try_current().is_ok() {
-            tokio::task::block_in_place(wait)
-        } else {
-            wait()
-        };
+        let received = crate::run_blocking(
+            &self.runtime,
+            PROPOSE_TIMEOUT + Duration::from_secs(5),
+            async move { node.propose(command).await },
+        );
         match received {
-            Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(error)) => Err(CoreError::Quorum {
+            Some(Ok(answer)) => Ok(answer),
+            Some(Err(error)) => Err(CoreError::Quorum {
                 reason: error.to_string(),
             }),
-            Err(_) => Err(CoreError::Quorum {
+            None => Err(CoreError::Quorum {
                 reason: "no answer from the quorum in time".to_owned(),
             }),
         }

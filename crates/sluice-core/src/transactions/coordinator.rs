@@ -68,6 +68,15 @@ pub enum TxnState {
 }
 
 impl TxnState {
+    /// The outcome a Prepare state decided (`None` for the others).
+    fn decided(self) -> Option<Outcome> {
+        match self {
+            TxnState::PrepareCommit => Some(Outcome::Commit),
+            TxnState::PrepareAbort => Some(Outcome::Abort),
+            _ => None,
+        }
+    }
+
     /// Kafka's name of the state (DescribeTransactions, ListTransactions).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -571,7 +580,7 @@ impl TxnCoordinator {
         }
         let now = SystemClock.now_ms();
         let mut txns = self.lock();
-        self.led(&mut txns, id)?;
+        let coordinator_epoch = self.led(&mut txns, id)?;
         let mut meta = match txns.get(id) {
             None => TxnMeta {
                 producer_id: broker.producer_ids().allocate()?,
@@ -636,7 +645,6 @@ impl TxnCoordinator {
                     // says), and the tick completes it. They are written
                     // without the lock, as EndTxn's.
                     txns.insert(id.to_owned(), meta.clone());
-                    let coordinator_epoch = self.coordinator_epoch(id)?;
                     let completing = self.start_completing(id);
                     drop(txns);
                     let written =
@@ -1045,10 +1053,8 @@ impl TxnCoordinator {
         coordinator_epoch: i32,
         unanswered: &mut BTreeSet<i32>,
     ) -> Result<(), TxnError> {
-        let outcome = match meta.state {
-            TxnState::PrepareCommit => Outcome::Commit,
-            TxnState::PrepareAbort => Outcome::Abort,
-            _ => return Ok(()),
+        let Some(outcome) = meta.state.decided() else {
+            return Ok(());
         };
         let marker = Marker {
             outcome,
@@ -1103,10 +1109,8 @@ impl TxnCoordinator {
         id: &str,
         meta: &mut TxnMeta,
     ) -> Result<(), TxnError> {
-        let outcome = match meta.state {
-            TxnState::PrepareCommit => Outcome::Commit,
-            TxnState::PrepareAbort => Outcome::Abort,
-            _ => return Ok(()),
+        let Some(outcome) = meta.state.decided() else {
+            return Ok(());
         };
         if outcome == Outcome::Commit {
             for (group, offsets) in &meta.offsets {

@@ -467,92 +467,77 @@ pub(crate) async fn write_markers(
     context: &Context,
     request: WriteTxnMarkersRequest,
 ) -> WriteTxnMarkersResponse {
-    let allowed = context.inter_node;
-    let broker = Arc::clone(&context.broker);
     let markers = request.markers;
-    // Should the work fail, every partition asked for is answered with an
-    // error, never left out (a coordinator counts only answered ones).
-    let failed: Vec<WritableTxnMarkerResult> = markers
+    // Every partition asked for, in the request's order.
+    let writes: Vec<(String, i32, i64, i16, Marker)> = markers
         .iter()
-        .map(|marker| {
-            WritableTxnMarkerResult::default()
-                .with_producer_id(marker.producer_id)
-                .with_topics(
-                    marker
-                        .topics
-                        .iter()
-                        .map(|topic| {
-                            WritableTxnMarkerTopicResult::default()
-                                .with_name(topic.name.clone())
-                                .with_partitions(
-                                    topic
-                                        .partition_indexes
-                                        .iter()
-                                        .map(|p| {
-                                            WritableTxnMarkerPartitionResult::default()
-                                                .with_partition_index(*p)
-                                                .with_error_code(
-                                                    ResponseError::UnknownServerError.code(),
-                                                )
-                                        })
-                                        .collect(),
-                                )
-                        })
-                        .collect(),
-                )
+        .flat_map(|marker| {
+            let written = Marker {
+                outcome: if marker.transaction_result {
+                    Outcome::Commit
+                } else {
+                    Outcome::Abort
+                },
+                coordinator_epoch: marker.coordinator_epoch,
+            };
+            marker.topics.iter().flat_map(move |topic| {
+                topic.partition_indexes.iter().map(move |partition| {
+                    let (id, epoch) = (marker.producer_id.0, marker.producer_epoch);
+                    (topic.name.to_string(), *partition, id, epoch, written)
+                })
+            })
         })
         .collect();
-    let answered = blocking(move || {
-        markers
-            .into_iter()
-            .map(|marker| {
-                let written = Marker {
-                    outcome: if marker.transaction_result {
-                        Outcome::Commit
-                    } else {
-                        Outcome::Abort
-                    },
-                    coordinator_epoch: marker.coordinator_epoch,
-                };
-                let topics = marker
-                    .topics
-                    .into_iter()
-                    .map(|topic| {
-                        let partitions = topic
-                            .partition_indexes
-                            .into_iter()
-                            .map(|partition| {
-                                let code = if !allowed {
-                                    ResponseError::ClusterAuthorizationFailed.code()
-                                } else {
-                                    match broker.write_marker(
-                                        topic.name.as_str(),
-                                        partition,
-                                        marker.producer_id.0,
-                                        marker.producer_epoch,
-                                        written,
-                                    ) {
-                                        Ok(()) => 0,
-                                        Err(error) => errors::code(&error).code(),
-                                    }
-                                };
-                                WritableTxnMarkerPartitionResult::default()
-                                    .with_partition_index(partition)
-                                    .with_error_code(code)
-                            })
-                            .collect();
-                        WritableTxnMarkerTopicResult::default()
-                            .with_name(topic.name)
-                            .with_partitions(partitions)
-                    })
-                    .collect();
-                WritableTxnMarkerResult::default()
-                    .with_producer_id(marker.producer_id)
-                    .with_topics(topics)
-            })
-            .collect()
-    })
-    .await
-    .unwrap_or(failed);
+    let codes: Vec<i16> = if context.inter_node {
+        let broker = Arc::clone(&context.broker);
+        blocking(move || {
+            writes
+                .iter()
+                .map(|(topic, partition, id, epoch, marker)| {
+                    match broker.write_marker(topic, *partition, *id, *epoch, *marker) {
+                        Ok(()) => 0,
+                        Err(error) => errors::code(&error).code(),
+                    }
+                })
+                .collect()
+        })
+        .await
+        .unwrap_or_default()
+    } else {
+        vec![ResponseError::ClusterAuthorizationFailed.code(); writes.len()]
+    };
+    // Every partition asked for is answered, never left out (a coordinator
+    // counts only answered ones): one the work did not reach with
+    // UNKNOWN_SERVER_ERROR.
+    let mut codes = codes.into_iter();
+    let mut answered = Vec::with_capacity(markers.len());
+    for marker in markers {
+        let mut topics = Vec::with_capacity(marker.topics.len());
+        for topic in marker.topics {
+            let partitions = topic
+                .partition_indexes
+                .iter()
+                .map(|partition| {
+                    WritableTxnMarkerPartitionResult::default()
+                        .with_partition_index(*partition)
+                        .with_error_code(
+                            codes
+                                .next()
+                                .unwrap_or(ResponseError::UnknownServerError.code()),
+                        )
+                })
+                .collect();
+            topics.push(
+                WritableTxnMarkerTopicResult::default()
+                    .with_name(topic.name)
+                    .with_partitions(partitions),
+            );
+        }
+        answered.push(
+            WritableTxnMarkerResult::default()
+                .with_producer_id(marker.producer_id)
+                .with_topics(topics),
+        );
+    }
     WriteTxnMarkersResponse::default().with_markers(answered)
 }
