@@ -17,7 +17,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from common.broker import wait_until
-from common.eos import read_progress, run_worker
+from common.eos import assert_each_once_in_order, read_progress, run_worker, transform_round
 from test_groups import committed, java_partition
 from test_kafka_cluster import admin, layout
 from test_replication import create_replicated
@@ -210,18 +210,7 @@ def test_consume_transform_produce_commits_offsets_through_another_nodes_group_c
                 if message is not None and not message.error():
                     read.append(message)
             assert len(read) == count
-            producer.begin_transaction()
-            for message in read:
-                producer.produce(sink, b"out-" + message.value(), partition=0)
-            producer.send_offsets_to_transaction(
-                [TopicPartition(source, partition, read[-1].offset() + 1)],
-                consumer.consumer_group_metadata(),
-                CLIENT_TIMEOUT_S,
-            )
-            if commit:
-                producer.commit_transaction(CLIENT_TIMEOUT_S)
-            else:
-                producer.abort_transaction(CLIENT_TIMEOUT_S)
+            transform_round(producer, consumer, read, sink, commit, CLIENT_TIMEOUT_S)
         finally:
             consumer.close()
 
@@ -356,13 +345,8 @@ def test_exactly_once_across_kill_9_on_three_nodes(fresh_cluster, tmp_path, name
     assert kills == EOS_KILLS, f"{kills} of {EOS_KILLS} kills while the loop ran"
 
     outputs = read(cluster.bootstrap, sink, 1, "read_committed")[0]
-    expected = [f"out-{i}".encode() for i in range(EOS_RECORDS)]
-    duplicates = len(outputs) - len(set(outputs))
-    missing = sorted(set(expected) - set(outputs))
-    assert duplicates == 0 and not missing, (
-        f"{duplicates} outputs twice, {len(missing)} missing (first {missing[:5]}), "
-        f"{kills} node kills, {worker_kills} worker restarts")
-    assert outputs == expected, "in input order"
+    assert_each_once_in_order(
+        outputs, EOS_RECORDS, f"{kills} node kills, {worker_kills} worker restarts")
     everything = read(cluster.bootstrap, sink, 1, "read_uncommitted")[0]
     assert len(everything) > EOS_RECORDS, "aborted transactions' records were there to skip"
     print(f"exactly-once across kill -9 on three nodes: {EOS_RECORDS} records, {kills} node kills, "

@@ -19,7 +19,7 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
 from common.broker import per_test_broker
-from common.eos import read_progress, run_worker
+from common.eos import assert_each_once_in_order, read_progress, run_worker, transform_round
 from support import (
     CLIENT_TIMEOUT_S,
     confluent_config,
@@ -192,18 +192,7 @@ def test_consume_transform_produce_commits_offsets_with_the_output(broker):
             consumer.assign([TopicPartition(source, 0)])
             read = consume_confluent(consumer, count)
             assert len(read) == count
-            producer.begin_transaction()
-            for message in read:
-                producer.produce(sink, b"out-" + message.value())
-            producer.send_offsets_to_transaction(
-                [TopicPartition(source, 0, read[-1].offset() + 1)],
-                consumer.consumer_group_metadata(),
-                CLIENT_TIMEOUT_S,
-            )
-            if commit:
-                producer.commit_transaction(CLIENT_TIMEOUT_S)
-            else:
-                producer.abort_transaction(CLIENT_TIMEOUT_S)
+            transform_round(producer, consumer, read, sink, commit, CLIENT_TIMEOUT_S)
         finally:
             consumer.close()
 
@@ -386,13 +375,8 @@ def test_exactly_once_across_kill_9(fresh_broker, tmp_path):
     assert kills >= 1, "the broker was never killed while the loop ran"
 
     outputs = values(broker, sink, "read_committed", CRASH_RECORDS, settle=2.0)
-    expected = [f"out-{i}".encode() for i in range(CRASH_RECORDS)]
-    duplicates = len(outputs) - len(set(outputs))
-    missing = sorted(set(expected) - set(outputs))
-    assert duplicates == 0 and not missing, (
-        f"{duplicates} outputs twice, {len(missing)} missing (first {missing[:5]}), "
-        f"{kills} broker kills, {worker_kills} worker restarts")
-    assert outputs == expected, "in input order"
+    assert_each_once_in_order(
+        outputs, CRASH_RECORDS, f"{kills} broker kills, {worker_kills} worker restarts")
     aborted = len(read_uncommitted_all(broker, sink)) - CRASH_RECORDS
     assert aborted > 0, "the worker aborts every 7th transaction: read_committed had records to skip"
     print(f"exactly-once across kill -9: {CRASH_RECORDS} records, {kills} broker kills, "
