@@ -369,6 +369,56 @@ def test_declared_on_one_node_published_on_another_consumed_on_a_third_for_every
         assert ch.queue_declare(queue, passive=True).method.message_count == 0
 
 
+def test_a_stream_takes_confirmed_publishes_on_any_node_through_each_partitions_leader(cluster):
+    """A stream is its topic on every node: confirmed publishes on node 2
+    into a stream whose three partitions each node leads are written by
+    each message's partition leader (the routing key picks the partition,
+    as Kafka's partitioner the key), confirmed once its in-sync replicas
+    have it; Kafka consumers through every node and an AMQP stream
+    consumer on node 3 read each once, each partition in publish order."""
+    from test_kafka_cluster import admin, layout
+    from test_replication import create_replicated
+    from test_transactions import read
+
+    name = unique_name("stream")
+    cluster.wait_registered(admin)
+    create_replicated(cluster.node(1).bootstrap, name, 3, 3)
+    assert {leader for leader, _, _ in layout(cluster.node(1).bootstrap, name).values()} == {1, 2, 3}
+    exchange = f"{name}-x"
+    with channel(cluster.node(1)) as ch:
+        ch.exchange_declare(exchange, exchange_type="fanout", durable=True)
+        ch.queue_declare(name, durable=True, arguments={"x-queue-type": "stream"})
+        ch.queue_bind(name, exchange)
+    wait_everywhere(cluster, lambda node, _: bindings_on(node, exchange) == {(exchange, name, name)}, "the binding")
+    sent = [f"m-{n}".encode() for n in range(90)]
+    with channel(cluster.node(2)) as ch:
+        ch.confirm_delivery()
+        for n, body in enumerate(sent):
+            ch.basic_publish(exchange, f"key-{n}", body, pika.BasicProperties(delivery_mode=2), mandatory=True)
+
+    def in_order(partitions: dict[int, list[bytes]]) -> None:
+        assert sorted(b for values in partitions.values() for b in values) == sorted(sent)
+        for values in partitions.values():
+            assert values == [b for b in sent if b in values], "a partition out of publish order"
+
+    through_node_1 = read(cluster.node(1).bootstrap, name, 3, "read_uncommitted")
+    assert all(through_node_1.values()), "the keys reach every partition"
+    for node in cluster.nodes:
+        in_order(read(node.bootstrap, name, 3, "read_uncommitted"))
+
+    got: list[bytes] = []
+    with channel(cluster.node(3)) as ch:
+        ch.basic_qos(prefetch_count=100)
+        for _, _, body in ch.consume(name, arguments={"x-stream-offset": "first"}, inactivity_timeout=10):
+            if body is None:
+                break
+            got.append(body)
+            if len(got) >= len(sent):
+                break
+        ch.cancel()
+    assert sorted(got) == sorted(sent)
+
+
 def test_deliveries_a_remote_consumer_did_not_ack_are_redelivered_flagged_and_acked_ones_never_return(cluster):
     queue = unique_name("held")
     with channel(cluster.node(1)) as ch:

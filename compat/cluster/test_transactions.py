@@ -13,6 +13,7 @@ import os
 import time
 from collections import defaultdict
 
+import pika
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
@@ -20,7 +21,7 @@ from common.broker import wait_until
 from common.eos import assert_each_once_in_order, read_progress, run_worker, transform_round
 from test_groups import committed, java_partition
 from test_kafka_cluster import admin, layout
-from test_replication import create_replicated
+from test_replication import create_replicated, http_get
 
 CLIENT_TIMEOUT_S = 30
 
@@ -352,3 +353,117 @@ def test_exactly_once_across_kill_9_on_three_nodes(fresh_cluster, tmp_path, name
     print(f"exactly-once across kill -9 on three nodes: {EOS_RECORDS} records, {kills} node kills, "
           f"{worker_kills} worker restarts, {len(everything) - EOS_RECORDS} records of aborted "
           f"transactions skipped")
+
+
+def amqp_connection(node, connection_name: str) -> pika.BlockingConnection:
+    return pika.BlockingConnection(
+        pika.ConnectionParameters(
+            host="127.0.0.1",
+            port=node.amqp_port,
+            credentials=pika.PlainCredentials("guest", "guest"),
+            client_properties={"connection_name": connection_name},
+            blocked_connection_timeout=30,
+            socket_timeout=30,
+        )
+    )
+
+
+def amqp_transactional_id(node, number: int, connection_name: str, channel_number: int) -> str:
+    """The transactional id node `number` gives a channel's commits into
+    streams (crates/sluice-amqp/src/connection/tx.rs):
+    `__sluice_amqp_tx-<node>-<connection id << 16 | channel>`, the
+    connection's id as the HTTP API lists it."""
+    connections = http_get(node, "/api/connections?page_size=500")["items"]
+    (connection,) = [c for c in connections if c["client_name"] == connection_name]
+    return f"__sluice_amqp_tx-{number}-{(connection['id'] << 16) | channel_number}"
+
+
+def high_watermarks(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"marks-{time.monotonic_ns()}"})
+    try:
+        return {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in range(partitions)
+        }
+    finally:
+        consumer.close()
+
+
+def test_an_amqp_transaction_into_a_stream_on_a_cluster_is_one_kafka_transaction(cluster, name):
+    """pika's tx.commit on node 2 into a stream whose three partitions
+    each node leads: written as one Kafka transaction of the channel's own
+    transactional id, with the partitions led elsewhere written through
+    their leaders, once with the id coordinated by node 2 and once by
+    another node (the broker a Kafka producer of that coordinator). Every
+    node's read_committed consumers see each commit's records, in order;
+    each partition touched holds a commit marker per transaction (which
+    takes an offset); a rollback writes nothing."""
+    cluster.wait_registered(admin)
+    create_replicated(cluster.node(1).bootstrap, name, 3, 3)
+    leaders = {leader for leader, _, _ in layout(cluster.node(1).bootstrap, name).values()}
+    assert leaders == {1, 2, 3}, "one partition led by each node"
+    # __transaction_state exists (created on a first FindCoordinator).
+    transactional(cluster.bootstrap, f"{name}-probe")
+    state_leaders = leaders_of(cluster.node(1).bootstrap, "__transaction_state")
+
+    exchange = f"{name}-x"
+    declaring = amqp_connection(cluster.node(1), f"{name}-declare")
+    try:
+        ch = declaring.channel()
+        ch.exchange_declare(exchange, "fanout", durable=True)
+        ch.queue_declare(name, durable=True, arguments={"x-queue-type": "stream"})
+        ch.queue_bind(name, exchange)
+    finally:
+        declaring.close()
+
+    publisher_node, connection_name = cluster.node(2), f"{name}-publisher"
+    publishing = amqp_connection(publisher_node, connection_name)
+
+    def coordinator_of(channel_number: int) -> int:
+        transactional_id = amqp_transactional_id(publisher_node, 2, connection_name, channel_number)
+        return state_leaders[java_partition(transactional_id, len(state_leaders))]
+
+    numbers = range(1, 200)
+    here = next(n for n in numbers if coordinator_of(n) == 2)
+    elsewhere = next(n for n in numbers if coordinator_of(n) != 2)
+    committed = []
+    try:
+        # The binding is known on node 2 once the definitions are.
+        def known() -> bool:
+            probe = publishing.channel(channel_number=max(numbers) + 1)
+            try:
+                probe.exchange_declare(exchange, passive=True)
+            except pika.exceptions.ChannelClosedByBroker:
+                return False
+            probe.close()
+            return True
+
+        wait_until(known, 30, interval=0.5, what="the exchange on node 2")
+        for label, number in (("here", here), ("elsewhere", elsewhere)):
+            ch = publishing.channel(channel_number=number)
+            ch.tx_select()
+            ch.basic_publish(exchange, "rolled", f"{label}-rolled-back".encode())
+            ch.tx_rollback()
+            values = [f"{label}-{i}".encode() for i in range(12)]
+            for i, value in enumerate(values):
+                ch.basic_publish(exchange, f"key-{i}", value)
+            ch.tx_commit()
+            committed.append(values)
+    finally:
+        publishing.close()
+
+    every = [value for values in committed for value in values]
+    for node in cluster.nodes:
+        seen = read(node.bootstrap, name, 3, "read_committed")
+        assert sorted(v for values in seen.values() for v in values) == sorted(every)
+        for values in seen.values():
+            # Each partition holds its share in publish order.
+            assert values == [v for v in every if v in values]
+    by_partition = read(cluster.node(1).bootstrap, name, 3, "read_uncommitted")
+    touched = {
+        (value.split(b"-")[0], partition)
+        for partition, values in by_partition.items() for value in values
+    }
+    assert {partition for _, partition in touched} == {0, 1, 2}, "the keys reach every partition"
+    # Records, plus one commit marker per transaction and partition.
+    assert sum(high_watermarks(cluster.bootstrap, name, 3).values()) == len(every) + len(touched)

@@ -9,13 +9,13 @@
 //! once committed, on every node, in log order.
 
 pub mod log_store;
-pub mod markers;
 pub mod messages;
 pub mod network;
 pub mod node;
 pub mod quorum;
 pub mod replica;
 pub mod state;
+pub mod txn_links;
 
 use std::io::Cursor;
 

@@ -157,13 +157,13 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
                     Arc::clone(node),
                     tokio::runtime::Handle::current(),
                 )));
-            broker.transactions().attach_remote_markers(Arc::new(
-                sluice_cluster::markers::MarkerLinks::new(
+            broker
+                .transactions()
+                .attach_peers(Arc::new(sluice_cluster::txn_links::TxnLinks::new(
                     Arc::clone(node),
                     tokio::runtime::Handle::current(),
                     broker.node_id(),
-                ),
-            ));
+                )));
             let stopping = lifecycle.stopping();
             lifecycle.serve(sluice_cluster::quorum::run_controller(
                 Arc::clone(node),

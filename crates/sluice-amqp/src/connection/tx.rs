@@ -2,12 +2,13 @@
 //! transactional channel buffers its publishes and settlements, and a
 //! commit applies them and waits until its publishes are durable.
 //!
-//! Where the broker serves Kafka transactions (a single node), what a
-//! commit routes to streams is written as one Kafka transaction of the
-//! channel's own transactional id (`__sluice_amqp_tx-<channel key>`,
-//! forgotten when the connection closes; Kafka clients may not take ids
-//! of that prefix): read_committed consumers see all of it or none, crash
-//! included.
+//! What a commit routes to streams is written as one Kafka transaction of
+//! the channel's own transactional id (`__sluice_amqp_tx-<node>-<channel
+//! key>`, forgotten when the connection closes or, on another node's
+//! coordinator, after a minute idle; Kafka clients may not take ids of
+//! that prefix): read_committed consumers see all of it or none, crash
+//! included, on one node and on a cluster (where the broker is a Kafka
+//! producer of the id's coordinator and the streams' leaders).
 
 use amq_protocol::protocol::{AMQPClass, tx};
 use bytes::BytesMut;
@@ -53,10 +54,12 @@ impl Connection {
                 let atomic = self.broker.transactions().writes_atomically();
                 let mut writes = sluice_core::transactions::TxnWrites::default();
                 let mut transactional_id = String::new();
+                let node = self.broker.node_id();
                 let acks = self.with_channel(id, |ctx, channel| {
                     transactional_id = format!(
-                        "{}amqp_tx-{}",
+                        "{}amqp_tx-{}-{}",
                         sluice_core::transactions::BROKER_TXN_PREFIX,
+                        node,
                         channel.key
                     );
                     let mut acks = sluice_core::Acks::default();

@@ -155,10 +155,11 @@ impl Stream {
     }
 
     /// Appends a message routed to the stream; the returned sync makes it
-    /// durable and visible to readers.
+    /// durable (on a cluster, on every in-sync replica, as Kafka's
+    /// acks=all) and visible to readers.
     pub(crate) fn append(&self, message: &Message) -> Result<Option<PendingAck>, CoreError> {
         let (partition, mut batch) = self.batch_of(message)?;
-        let appended = self.topic.append_start(partition, &mut batch)?;
+        let appended = self.topic.append_start(partition, &mut batch)?.in_sync();
         if appended.ack.level() == AckLevel::Written {
             // Nothing to wait for: readers are woken now.
             appended.ack.wait()?;
@@ -177,12 +178,7 @@ impl Stream {
         &self,
         message: &Message,
     ) -> Result<(PartitionId, bytes::BytesMut), CoreError> {
-        let partitions = self.topic.partition_count() as u32;
-        let partition = if partitions <= 1 {
-            0
-        } else {
-            partition_for_key(message.routing_key.as_str().as_bytes(), partitions)
-        };
+        let partition = self.partition_of(message);
         let record = message_to_record(message);
         let headers: Vec<RecordHeader<'_>> = record
             .headers
@@ -196,7 +192,27 @@ impl Stream {
         };
         let batch = sluice_log::batch::encode_with_headers(&[(new, headers.as_slice())])
             .map_err(|reason| CoreError::Internal { reason })?;
-        Ok((PartitionId::from(partition as i32), batch))
+        Ok((partition, batch))
+    }
+
+    /// The partition a message routed to the stream goes to: by its
+    /// routing key, as Kafka's default partitioner by the record key.
+    fn partition_of(&self, message: &Message) -> PartitionId {
+        let partitions = self.topic.partition_count() as u32;
+        let partition = if partitions <= 1 {
+            0
+        } else {
+            partition_for_key(message.routing_key.as_str().as_bytes(), partitions)
+        };
+        PartitionId::from(partition as i32)
+    }
+
+    /// The node the metadata names leader of the partition `message` goes
+    /// to (on a cluster).
+    pub(crate) fn leader_of(&self, message: &Message) -> Option<i32> {
+        self.topic
+            .leader(self.partition_of(message))
+            .map(|(node, _)| node)
     }
 
     /// Makes what was appended without a confirm durable and readable

@@ -13,7 +13,7 @@
 //!   coordinator is that partition's leader, which loads the partition's
 //!   ids before it answers for them (in each new leader epoch, its
 //!   coordinator epoch) and forgets them when it stops leading; markers
-//!   reach partitions other nodes lead through [`RemoteMarkers`]
+//!   reach partitions other nodes lead through [`TxnPeers`]
 //!   (docs/transactions.md, "On a cluster").
 //!
 //! A transaction decided (`PrepareCommit`, `PrepareAbort`) but not
@@ -38,7 +38,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use sluice_log::{Log, LogManager};
 use sluice_types::{Clock, PartitionId, SystemClock};
 
-use super::{Marker, Outcome, RemoteMarker, RemoteMarkers};
+use super::{Marker, Outcome, RemoteBatches, RemoteMarker, TxnPeers};
 use crate::coordinated::{CoordinatedTopic, Lead, Unwritten};
 use crate::fields::{get_str, put_str};
 use crate::topics::Topics;
@@ -47,6 +47,9 @@ use crate::{Broker, CommittedOffset, CoreError};
 /// The timeout of the broker's own transactions ([`TxnCoordinator::write_atomically`]):
 /// one left open by a crash is aborted after it.
 const INTERNAL_TIMEOUT_MS: i32 = 60_000;
+/// How long the broker's own transaction waits for its id's coordinator
+/// while the id is busy (its last transaction completing) or moving.
+const OWN_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The internal log of the transactions' states on a cluster of one.
 pub const TXN_STATE_LOG: &str = "__transaction_state-0";
@@ -174,6 +177,44 @@ pub enum TxnError {
     Core(#[from] CoreError),
 }
 
+/// Where the broker's own transaction is coordinated
+/// ([`TxnCoordinator::write_atomically`]): here, or on another node
+/// through its peers.
+#[derive(Clone, Copy)]
+enum Via<'a> {
+    Here,
+    Node(&'a dyn TxnPeers, i32),
+}
+
+impl Via<'_> {
+    fn add(
+        self,
+        coordinator: &TxnCoordinator,
+        id: &str,
+        producer: (i64, i16),
+        partitions: &[(String, i32)],
+    ) -> Result<(), TxnError> {
+        match self {
+            Via::Here => coordinator.add(id, producer.0, producer.1, partitions, None),
+            Via::Node(peers, node) => peers.add_partitions(node, id, producer, partitions),
+        }
+    }
+
+    fn end(
+        self,
+        coordinator: &TxnCoordinator,
+        broker: &Broker,
+        id: &str,
+        producer: (i64, i16),
+        commit: bool,
+    ) -> Result<(), TxnError> {
+        match self {
+            Via::Here => coordinator.end(broker, id, producer.0, producer.1, commit),
+            Via::Node(peers, node) => peers.end(node, id, producer, commit),
+        }
+    }
+}
+
 /// Where the states are written.
 #[derive(Debug)]
 enum Store {
@@ -200,7 +241,7 @@ pub struct TxnCoordinator {
     /// `txns` held.
     completing: Mutex<HashSet<String>>,
     /// On a cluster: how markers reach partitions other nodes lead.
-    remote: OnceLock<Arc<dyn RemoteMarkers>>,
+    remote: OnceLock<Arc<dyn TxnPeers>>,
     /// What Produce checks (its producer and the partitions of its open
     /// transaction), updated with `txns` and locked only briefly: a
     /// transactional produce never waits behind another transaction's
@@ -313,9 +354,9 @@ impl TxnCoordinator {
         }
     }
 
-    /// Gives the coordinator of a cluster its way to other nodes' partitions
-    /// (once; later calls change nothing).
-    pub fn attach_remote_markers(&self, remote: Arc<dyn RemoteMarkers>) {
+    /// Gives the coordinator of a cluster its way to other nodes (once;
+    /// later calls change nothing).
+    pub fn attach_peers(&self, remote: Arc<dyn TxnPeers>) {
         let _ = self.remote.set(remote);
     }
 
@@ -335,10 +376,10 @@ impl TxnCoordinator {
 
     /// Whether the broker's own transactions
     /// ([`TxnCoordinator::write_atomically`]) are served: on a cluster of
-    /// one, where this node coordinates every id (on a cluster an AMQP
-    /// `tx.commit` into streams is not atomic, docs/transactions.md).
+    /// one, and on a cluster once the inter-node layer gave its
+    /// [`TxnPeers`].
     pub fn writes_atomically(&self) -> bool {
-        matches!(self.store, Store::Local(_))
+        matches!(self.store, Store::Local(_)) || self.remote.get().is_some()
     }
 
     /// Which node coordinates `id`: this one on a cluster of one; on a
@@ -684,13 +725,17 @@ impl TxnCoordinator {
     /// Writes `writes` as one transaction of transactional id `id` (the
     /// broker's own producer: AMQP publishes of a `tx.commit` into
     /// streams): its epoch bumped (the last one's leftovers aborted), the
-    /// batches written as its transactional batches, then committed. A
+    /// batches written as its transactional batches (acknowledged by their
+    /// partitions' in-sync replicas), then committed. On a cluster the
+    /// broker is a Kafka producer of the id's coordinator and of the
+    /// partitions' leaders where those are other nodes ([`TxnPeers`]). A
     /// failure aborts it; a crash before the commit leaves it to time out
     /// (`INTERNAL_TIMEOUT_MS`) and be aborted. Blocking.
     ///
     /// # Errors
     /// As [`TxnCoordinator::init_producer`], [`TxnCoordinator::add`] and
-    /// [`TxnCoordinator::end`], and the appends' errors.
+    /// [`TxnCoordinator::end`] or their [`TxnPeers`] calls, and the
+    /// appends' errors.
     pub fn write_atomically(
         &self,
         broker: &Broker,
@@ -700,8 +745,7 @@ impl TxnCoordinator {
         if writes.is_empty() {
             return Ok(());
         }
-        let timeout_ms = INTERNAL_TIMEOUT_MS.min(self.max_timeout_ms);
-        let (producer_id, epoch) = self.init_producer(broker, id, timeout_ms, None)?;
+        let (via, producer) = self.start_own(broker, id)?;
         let partitions: Vec<(String, i32)> = writes
             .entries
             .iter()
@@ -709,45 +753,131 @@ impl TxnCoordinator {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
+        let mut ending = false;
         let written = (|| {
-            self.add(id, producer_id, epoch, &partitions, None)?;
-            let mut sequences: HashMap<(String, i32), i32> = HashMap::new();
-            let mut appended = Vec::with_capacity(writes.entries.len());
-            for (topic, partition, mut batch) in writes.entries {
-                let header = sluice_log::batch::BatchHeader::parse(&batch).map_err(|fault| {
-                    CoreError::Internal {
-                        reason: format!("a transaction's batch: {fault}"),
-                    }
-                })?;
-                let next = sequences
-                    .entry((topic.name().to_owned(), partition.get()))
-                    .or_insert(0);
-                sluice_log::batch::set_producer(&mut batch, producer_id, epoch, *next, true)
-                    .map_err(|fault| CoreError::Internal {
-                        reason: format!("a transaction's batch: {fault}"),
-                    })?;
-                *next = next.wrapping_add(header.records_count);
-                appended.push(topic.append_start(partition, &mut batch)?);
-            }
-            for append in appended {
-                append.wait()?;
-            }
-            self.end(broker, id, producer_id, epoch, true)
+            via.add(self, id, producer, &partitions)?;
+            self.append_own(broker, id, producer, writes)?;
+            ending = true;
+            via.end(self, broker, id, producer, true)
         })();
-        if let Err(failed) = &written {
-            let state = self.describe(id).map(|meta| meta.state);
-            if state == Some(TxnState::Ongoing) {
-                if let Err(error) = self.end(broker, id, producer_id, epoch, false) {
-                    tracing::warn!(transactional_id = %id, %error, "cannot abort a failed transaction; it times out");
-                }
-            } else if state == Some(TxnState::PrepareCommit) {
-                // Decided and durable (as Kafka answers EndTxn): its
-                // markers are written by the tick.
-                tracing::warn!(transactional_id = %id, error = %failed, "a commit's markers failed; the coordinator completes it");
-                return Ok(());
-            }
+        let Err(failed) = &written else {
+            return written;
+        };
+        let decided = match via {
+            Via::Here => match self.describe(id).map(|meta| meta.state) {
+                Some(TxnState::Ongoing) => false,
+                Some(TxnState::PrepareCommit) => true,
+                _ => return written,
+            },
+            // The coordinator's answer to the commit is lost: the
+            // client cannot know either way.
+            Via::Node(..) if ending => return written,
+            Via::Node(..) => false,
+        };
+        if decided {
+            // Decided and durable (as Kafka answers EndTxn): its markers
+            // are written by the tick.
+            tracing::warn!(transactional_id = %id, error = %failed, "a commit's markers failed; the coordinator completes it");
+            return Ok(());
+        }
+        if let Err(error) = via.end(self, broker, id, producer, false) {
+            tracing::warn!(transactional_id = %id, %error, "cannot abort a failed transaction; it times out");
         }
         written
+    }
+
+    /// InitProducerId of the broker's own transactional id `id`, on the
+    /// node that coordinates it, asked again for up to
+    /// `OWN_RETRY` while it is busy or moving: where it went and the
+    /// producer id and epoch.
+    fn start_own(&self, broker: &Broker, id: &str) -> Result<(Via<'_>, (i64, i16)), TxnError> {
+        let timeout_ms = INTERNAL_TIMEOUT_MS.min(self.max_timeout_ms);
+        let deadline = std::time::Instant::now() + OWN_RETRY;
+        loop {
+            let via = match (self.coordinator(id), self.remote.get()) {
+                (crate::Coordinator::Here, _) => Ok(Via::Here),
+                (crate::Coordinator::Node(node), Some(peers)) => {
+                    Ok(Via::Node(peers.as_ref(), node))
+                }
+                (coordinator, _) => Err(TxnError::NotCoordinator {
+                    id: id.to_owned(),
+                    coordinator: match coordinator {
+                        crate::Coordinator::Node(node) => Some(node),
+                        _ => None,
+                    },
+                }),
+            };
+            let started = via.and_then(|via| {
+                let producer = match via {
+                    Via::Here => self.init_producer(broker, id, timeout_ms, None)?,
+                    Via::Node(peers, node) => peers.init_producer(node, id, timeout_ms)?,
+                };
+                Ok((via, producer))
+            });
+            match started {
+                Err(TxnError::Concurrent { .. } | TxnError::NotCoordinator { .. })
+                    if std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Writes the broker transaction's `writes` as `producer`'s
+    /// transactional batches, numbered per partition: here where this node
+    /// leads the partition, on the leader elsewhere (one Produce per
+    /// node); every one acknowledged by its in-sync replicas.
+    fn append_own(
+        &self,
+        broker: &Broker,
+        id: &str,
+        (producer_id, epoch): (i64, i16),
+        writes: super::TxnWrites,
+    ) -> Result<(), TxnError> {
+        let batch_fault = |fault| CoreError::Internal {
+            reason: format!("a transaction's batch: {fault}"),
+        };
+        let mut sequences: HashMap<(String, i32), i32> = HashMap::new();
+        let mut appended = Vec::with_capacity(writes.entries.len());
+        let mut elsewhere: BTreeMap<i32, BTreeMap<(String, i32), BytesMut>> = BTreeMap::new();
+        for (topic, partition, mut batch) in writes.entries {
+            let key = (topic.name().to_owned(), partition.get());
+            let header = sluice_log::batch::BatchHeader::parse(&batch).map_err(batch_fault)?;
+            let next = sequences.entry(key.clone()).or_insert(0);
+            sluice_log::batch::set_producer(&mut batch, producer_id, epoch, *next, true)
+                .map_err(batch_fault)?;
+            *next = next.wrapping_add(header.records_count);
+            match (self.remote.get(), topic.leader(partition)) {
+                (Some(_), Some((node, _))) if node != broker.node_id() => {
+                    elsewhere
+                        .entry(node)
+                        .or_default()
+                        .entry(key)
+                        .or_default()
+                        .extend_from_slice(&batch);
+                }
+                _ => appended.push(topic.append_start(partition, &mut batch)?.in_sync()),
+            }
+        }
+        if let Some(peers) = self.remote.get() {
+            for (node, batches) in elsewhere {
+                let batches = batches
+                    .into_iter()
+                    .map(|((topic, partition), records)| RemoteBatches {
+                        topic,
+                        partition,
+                        records: records.freeze(),
+                    })
+                    .collect();
+                peers.produce(node, id, batches)?;
+            }
+        }
+        for append in appended {
+            append.wait()?;
+        }
+        Ok(())
     }
 
     /// KIP-890's verification (AddPartitionsToTxn v4+ with `verify_only`):
@@ -1092,7 +1222,7 @@ impl TxnCoordinator {
                         reason: format!("node {node} did not take markers this round"),
                     }));
                 }
-                if let Err(error) = remote.write(node, markers) {
+                if let Err(error) = remote.write_markers(node, markers) {
                     unanswered.insert(node);
                     return Err(error.into());
                 }
@@ -1213,8 +1343,16 @@ impl TxnCoordinator {
     fn expire(&self, txns: &mut HashMap<String, TxnMeta>, now: i64) {
         let expired: Vec<String> = txns
             .iter()
-            .filter(|(_, meta)| {
-                Self::idle(meta) && now.saturating_sub(meta.updated_ms) > self.expiration_ms
+            .filter(|(id, meta)| {
+                // The broker's own ids start a new epoch on every
+                // transaction: nothing is fenced by keeping them idle
+                // (on a cluster no connection's close forgets them).
+                let expiration_ms = if id.starts_with(super::BROKER_TXN_PREFIX) {
+                    self.expiration_ms.min(i64::from(INTERNAL_TIMEOUT_MS))
+                } else {
+                    self.expiration_ms
+                };
+                Self::idle(meta) && now.saturating_sub(meta.updated_ms) > expiration_ms
             })
             .map(|(id, _)| id.clone())
             .collect();

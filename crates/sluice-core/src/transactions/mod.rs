@@ -5,9 +5,8 @@
 //! This is the partition's side alone: [`TxnIndex`] learns every batch in
 //! log order ([`TxnIndex::learn`]) and answers the last stable offset and
 //! the aborted transactions of a range. The transaction coordinator and
-//! the wiring into Produce and Fetch come next (the order of work in
-//! docs/transactions.md); Produce refuses transactional batches until
-//! then.
+//! the wiring into Produce and Fetch are in [`TxnCoordinator`] and the
+//! Kafka front-end (docs/transactions.md).
 //!
 //! A marker is a control batch of one record (attributes 0x30: control
 //! and transactional) carrying the transaction's producer id and epoch and
@@ -89,18 +88,65 @@ pub struct RemoteMarker {
     pub marker: Marker,
 }
 
-/// How a coordinator has markers written on the node leading their
-/// partitions (Kafka's WriteTxnMarkers); the inter-node layer gives one to
-/// the coordinator of a cluster.
-pub trait RemoteMarkers: Send + Sync + std::fmt::Debug {
+/// One partition's batches of a broker transaction
+/// ([`TxnCoordinator::write_atomically`]) for its leader on another node:
+/// stamped with the producer, in sequence order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteBatches {
+    pub topic: String,
+    pub partition: i32,
+    pub records: Bytes,
+}
+
+/// How a cluster's transactions reach other nodes, as Kafka's brokers and
+/// clients do (the inter-node layer gives one to the coordinator of a
+/// cluster): a coordinator's markers for partitions others lead
+/// (WriteTxnMarkers), and the broker's own transactions (AMQP `tx.commit`
+/// into streams) as a Kafka producer of the id's coordinator and of the
+/// partitions' leaders. Each call is blocking.
+pub trait TxnPeers: Send + Sync + std::fmt::Debug {
     /// Writes `markers` on `node`, each acknowledged by its partition's
-    /// in-sync replicas. Blocking.
+    /// in-sync replicas.
     ///
     /// # Errors
     /// The first marker's failure ([`CoreError::NotLeader`] when the node
     /// no longer leads its partition, say), or the link's: the transaction
     /// stays decided and its markers are written again later.
-    fn write(&self, node: i32, markers: Vec<RemoteMarker>) -> Result<(), CoreError>;
+    fn write_markers(&self, node: i32, markers: Vec<RemoteMarker>) -> Result<(), CoreError>;
+
+    /// InitProducerId of transactional id `id` on `node`, its coordinator:
+    /// the producer id and its new epoch.
+    ///
+    /// # Errors
+    /// The coordinator's answer as a [`TxnError`]
+    /// ([`TxnError::Concurrent`], [`TxnError::NotCoordinator`] to try
+    /// again), or the link's.
+    fn init_producer(&self, node: i32, id: &str, timeout_ms: i32) -> Result<(i64, i16), TxnError>;
+
+    /// AddPartitionsToTxn of `partitions` on `node`, the id's coordinator.
+    ///
+    /// # Errors
+    /// As [`TxnPeers::init_producer`].
+    fn add_partitions(
+        &self,
+        node: i32,
+        id: &str,
+        producer: (i64, i16),
+        partitions: &[(String, i32)],
+    ) -> Result<(), TxnError>;
+
+    /// Produce (acks=all) of a transaction's `batches` on `node`, their
+    /// partitions' leader.
+    ///
+    /// # Errors
+    /// The first partition's error, or the link's.
+    fn produce(&self, node: i32, id: &str, batches: Vec<RemoteBatches>) -> Result<(), TxnError>;
+
+    /// EndTxn (`commit` or abort) on `node`, the id's coordinator.
+    ///
+    /// # Errors
+    /// As [`TxnPeers::init_producer`].
+    fn end(&self, node: i32, id: &str, producer: (i64, i16), commit: bool) -> Result<(), TxnError>;
 }
 
 /// An aborted transaction as a read_committed Fetch lists it: the

@@ -21,8 +21,9 @@ pub(crate) async fn handle(
             .with_producer_epoch(-1)
     };
     if let Some(id) = request.transactional_id {
-        // The broker's own ids (AMQP transactions into streams).
-        if id.starts_with(sluice_core::transactions::BROKER_TXN_PREFIX) {
+        // The broker's own ids (AMQP transactions into streams), which
+        // only other nodes' brokers may ask for.
+        if id.starts_with(sluice_core::transactions::BROKER_TXN_PREFIX) && !context.inter_node {
             return refused(ResponseError::TransactionalIdAuthorizationFailed);
         }
         let broker = Arc::clone(&context.broker);

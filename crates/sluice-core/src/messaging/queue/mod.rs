@@ -993,6 +993,12 @@ impl Queue {
         Ok(true)
     }
 
+    /// The node leading the stream partition `message` goes to (`None`
+    /// for other queues).
+    pub(crate) fn stream_leader(&self, message: &Message) -> Option<i32> {
+        self.stream().and_then(|stream| stream.leader_of(message))
+    }
+
     /// As [`Queue::enqueue`], for a message forwarded from a topic: a
     /// durable queue that already stored `source` (before a crash the
     /// forwarder's position did not survive) keeps the one copy.

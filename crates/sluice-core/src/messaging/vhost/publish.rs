@@ -99,6 +99,16 @@ impl VirtualHost {
         (acks, carried)
     }
 
+    /// The node leading the partition of stream `queue` that `message`
+    /// goes to, when that is another node of a cluster: the message is
+    /// written there, as a Kafka producer writes to the leader.
+    fn stream_leader_elsewhere(&self, queue: &Queue, message: &Message) -> Option<i32> {
+        let own = self.definitions.home()?;
+        queue
+            .stream_leader(message)
+            .filter(|leader| *leader != own && *leader >= 0)
+    }
+
     /// A message another node routed to queue `name` of this node.
     ///
     /// # Errors
@@ -199,6 +209,18 @@ impl VirtualHost {
             if let Some(writes) = writes.as_deref_mut()
                 && queue.add_to_transaction(&message, writes)?
             {
+                continue;
+            }
+            if let Some(leader) = self.stream_leader_elsewhere(&queue, &message) {
+                match self.carrier.get() {
+                    Some(carrier) => outcome.acks.add(carrier.enqueue(
+                        leader,
+                        &self.name,
+                        queue.name(),
+                        &message,
+                    )),
+                    None => outcome.rejected = true,
+                }
                 continue;
             }
             let enqueued = queue.enqueue_from(Arc::clone(&message), source)?;
