@@ -16,6 +16,12 @@ from collections import defaultdict
 import pika
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from kafka import KafkaClient
+from kafka.protocol.add_partitions_to_txn import AddPartitionsToTxnRequest
+from kafka.protocol.end_txn import EndTxnRequest
+from kafka.protocol.init_producer_id import InitProducerIdRequest
+from kafka.protocol.produce import ProduceRequest
+from kafka.record.default_records import DefaultRecordBatchBuilder
 
 from common.broker import wait_until
 from common.eos import assert_each_once_in_order, read_progress, run_worker, transform_round
@@ -24,6 +30,7 @@ from test_kafka_cluster import admin, layout
 from test_replication import create_replicated, http_get
 
 CLIENT_TIMEOUT_S = 30
+INVALID_TXN_STATE = 48
 
 
 def transactional(bootstrap: str, transactional_id: str) -> Producer:
@@ -467,3 +474,96 @@ def test_an_amqp_transaction_into_a_stream_on_a_cluster_is_one_kafka_transaction
     assert {partition for _, partition in touched} == {0, 1, 2}, "the keys reach every partition"
     # Records, plus one commit marker per transaction and partition.
     assert sum(high_watermarks(cluster.bootstrap, name, 3).values()) == len(every) + len(touched)
+
+
+class RawKafka:
+    """kafka-python's protocol client, for the requests librdkafka never
+    sends out of order (a transactional batch before its
+    AddPartitionsToTxn), each to the node asked for."""
+
+    def __init__(self, bootstrap: str):
+        self.client = KafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=30000)
+
+    def call(self, node_id: int, request):
+        deadline = time.monotonic() + CLIENT_TIMEOUT_S
+        while not self.client.ready(node_id):
+            assert time.monotonic() < deadline, f"no connection to node {node_id}"
+            self.client.poll(timeout_ms=100)
+        future = self.client.send(node_id, request)
+        self.client.poll(future=future, timeout_ms=CLIENT_TIMEOUT_S * 1000)
+        assert future.succeeded(), future.exception
+        return future.value
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def transactional_batch(producer_id: int, epoch: int, sequence: int, value: bytes) -> bytes:
+    builder = DefaultRecordBatchBuilder(
+        magic=2, compression_type=0, is_transactional=1, producer_id=producer_id,
+        producer_epoch=epoch, base_sequence=sequence, batch_size=1 << 20,
+    )
+    builder.append(offset=0, timestamp=None, key=None, value=value, headers=[])
+    return bytes(builder.build())
+
+
+def test_a_leader_verifies_a_transactional_batch_with_the_ids_coordinator(cluster, name):
+    """KIP-890 on a cluster: a partition leader that does not coordinate
+    the transactional id asks its coordinator (AddPartitionsToTxn v4,
+    verify_only) before it takes the producer's first batch of a
+    transaction: a batch for a partition the transaction never added is
+    INVALID_TXN_STATE, the same batch once added is taken, and after the
+    commit the next transaction's batch is verified again."""
+    cluster.wait_registered(admin)
+    create_replicated(cluster.node(1).bootstrap, name, 3, 3)
+    transactional(cluster.bootstrap, f"{name}-probe")
+    state_leaders = leaders_of(cluster.node(1).bootstrap, "__transaction_state")
+    transactional_id = f"{name}-txn"
+    coordinator = state_leaders[java_partition(transactional_id, len(state_leaders))]
+    partition, (leader, _, _) = next(
+        (p, entry) for p, entry in layout(cluster.node(1).bootstrap, name).items() if entry[0] != coordinator
+    )
+    raw = RawKafka(cluster.bootstrap)
+    try:
+        init = raw.call(coordinator, InitProducerIdRequest[1](
+            transactional_id=transactional_id, transaction_timeout_ms=60000))
+        assert init.error_code == 0
+        producer_id, epoch = init.producer_id, init.producer_epoch
+
+        def produce(sequence: int, value: bytes) -> int:
+            response = raw.call(leader, ProduceRequest[3](
+                transactional_id=transactional_id, required_acks=-1, timeout=10000,
+                topics=[(name, [(partition, transactional_batch(producer_id, epoch, sequence, value))])],
+            ))
+            ((_, ((_, error_code, *_),)),) = response.topics
+            return error_code
+
+        def add() -> None:
+            response = raw.call(coordinator, AddPartitionsToTxnRequest[1](
+                transactional_id=transactional_id, producer_id=producer_id,
+                producer_epoch=epoch, topics=[(name, [partition])],
+            ))
+            assert response.results == [(name, [(partition, 0)])]
+
+        def end(commit: bool) -> None:
+            response = raw.call(coordinator, EndTxnRequest[1](
+                transactional_id=transactional_id, producer_id=producer_id,
+                producer_epoch=epoch, committed=commit,
+            ))
+            assert response.error_code == 0
+
+        assert produce(0, b"never-added") == INVALID_TXN_STATE
+        add()
+        assert produce(0, b"first") == 0
+        assert produce(1, b"second") == 0
+        end(commit=True)
+        # A new transaction: verified again, as nothing is open here now.
+        assert produce(2, b"not-added-again") == INVALID_TXN_STATE
+        add()
+        assert produce(2, b"third") == 0
+        end(commit=True)
+    finally:
+        raw.close()
+    assert read(cluster.node(leader).bootstrap, name, 3, "read_committed")[partition] == [
+        b"first", b"second", b"third",
+    ]

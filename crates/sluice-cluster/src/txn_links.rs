@@ -6,14 +6,18 @@
 //! - the broker's own transactions (an AMQP `tx.commit` into streams) as
 //!   a Kafka producer: InitProducerId (v1), AddPartitionsToTxn (v3) and
 //!   EndTxn (v1) to the id's coordinator, Produce (v7, acks=all) to the
-//!   partitions' leaders.
+//!   partitions' leaders;
+//! - a leader's check of a transactional batch with the id's coordinator
+//!   (KIP-890: AddPartitionsToTxn v4 with `verify_only`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kafka_protocol::ResponseError;
-use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
+use kafka_protocol::messages::add_partitions_to_txn_request::{
+    AddPartitionsToTxnTopic, AddPartitionsToTxnTransaction,
+};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::write_txn_markers_request::{
     WritableTxnMarker, WritableTxnMarkerTopic,
@@ -34,6 +38,8 @@ const MARKERS_VERSION: i16 = 1;
 const INIT_PRODUCER_VERSION: i16 = 1;
 const ADD_PARTITIONS_VERSION: i16 = 3;
 const END_TXN_VERSION: i16 = 1;
+/// KIP-890's batched form, which brokers send (`verify_only`).
+const VERIFY_VERSION: i16 = 4;
 const PRODUCE_VERSION: i16 = 7;
 /// Longest a request may take, connecting included (markers and
 /// produces wait for their partitions' in-sync replicas on the leader).
@@ -235,6 +241,43 @@ impl TxnPeers for TxnLinks {
         Ok(())
     }
 
+    fn verify(
+        &self,
+        node: i32,
+        id: &str,
+        (producer_id, epoch): (i64, i16),
+        topic: &str,
+        partition: i32,
+    ) -> Result<(), TxnError> {
+        let request = AddPartitionsToTxnRequest::default().with_transactions(vec![
+            AddPartitionsToTxnTransaction::default()
+                .with_transactional_id(transactional_id(id))
+                .with_producer_id(ProducerId(producer_id))
+                .with_producer_epoch(epoch)
+                .with_verify_only(true)
+                .with_topics(vec![
+                    AddPartitionsToTxnTopic::default()
+                        .with_name(topic_name(topic))
+                        .with_partitions(vec![partition]),
+                ]),
+        ]);
+        let response = self.call_for(node, id, request, VERIFY_VERSION)?;
+        answered(node, id, response.error_code)?;
+        let code = response
+            .results_by_transaction
+            .iter()
+            .flat_map(|result| &result.topic_results)
+            .flat_map(|topic| &topic.results_by_partition)
+            .map(|result| result.partition_error_code)
+            .next()
+            .ok_or_else(|| {
+                TxnError::Core(CoreError::Internal {
+                    reason: format!("transaction {id:?}: node {node} verified no partition"),
+                })
+            })?;
+        answered(node, id, code)
+    }
+
     fn end(
         &self,
         node: i32,
@@ -252,13 +295,33 @@ impl TxnPeers for TxnLinks {
     }
 }
 
-/// A coordinator's error code as the [`TxnError`] the broker's own
-/// transaction acts on: busy or moved (asked again), else a failure.
+/// A coordinator's error code as the [`TxnError`] it was made from
+/// (busy or moved are asked again; the link's failures and the rest are
+/// [`CoreError::Internal`]).
 fn answered(node: i32, id: &str, code: i16) -> Result<(), TxnError> {
     match ResponseError::try_from_code(code) {
         None => Ok(()),
         Some(ResponseError::ConcurrentTransactions) => {
             Err(TxnError::Concurrent { id: id.to_owned() })
+        }
+        Some(ResponseError::ProducerFenced | ResponseError::InvalidProducerEpoch) => {
+            Err(TxnError::Fenced {
+                id: id.to_owned(),
+                producer_id: -1,
+                epoch: -1,
+                current: -1,
+            })
+        }
+        Some(ResponseError::InvalidProducerIdMapping) => Err(TxnError::UnknownProducer {
+            id: id.to_owned(),
+            found: -1,
+        }),
+        Some(ResponseError::InvalidTxnState | ResponseError::TransactionAbortable) => {
+            Err(TxnError::InvalidState {
+                id: id.to_owned(),
+                state: "not holding the partition",
+                what: "take a batch",
+            })
         }
         Some(
             ResponseError::NotCoordinator

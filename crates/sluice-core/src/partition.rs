@@ -231,6 +231,14 @@ impl Partition {
         }
     }
 
+    /// Whether `producer_id` at `epoch` has a transaction open on this
+    /// partition (its first batch in it was taken, and no marker since).
+    pub fn in_transaction(&self, producer_id: i64, epoch: i16) -> bool {
+        let same_epoch =
+            crate::producers::epoch_of(&self.producers.lock(), producer_id) == Some(epoch);
+        same_epoch && self.producers.txns().is_open(producer_id)
+    }
+
     /// Whether this node takes produce requests for the partition: it is
     /// its leader, or the partition is not replicated.
     pub fn is_leader(&self) -> bool {

@@ -1023,11 +1023,16 @@ impl TxnCoordinator {
 
     /// Whether `producer_id` at `epoch` may write a transactional batch to
     /// `topic`/`partition` for `id` (KIP-890's verification): its
-    /// transaction is open and holds that partition.
+    /// transaction is open and holds that partition. On a cluster, a
+    /// leader that does not coordinate the id asks its coordinator
+    /// ([`TxnPeers::verify`]) unless the producer's transaction is already
+    /// open on the partition (`open_here`). Blocking.
     ///
     /// # Errors
     /// [`TxnError::UnknownProducer`], [`TxnError::Fenced`],
-    /// [`TxnError::InvalidState`].
+    /// [`TxnError::InvalidState`]; on a cluster
+    /// [`TxnError::NotCoordinator`], [`TxnError::Concurrent`] and the
+    /// link's errors too.
     pub fn verify(
         &self,
         id: &str,
@@ -1035,14 +1040,32 @@ impl TxnCoordinator {
         epoch: i16,
         topic: &str,
         partition: i32,
+        open_here: bool,
     ) -> Result<(), TxnError> {
-        if let Store::Replicated(topic) = &self.store
-            && topic.loaded_partition(topic.index_of(id)).is_none()
+        if let Store::Replicated(state) = &self.store
+            && state.loaded_partition(state.index_of(id)).is_none()
         {
-            // Another node coordinates the id: its transaction is checked
-            // there (AddPartitionsToTxn), as by Kafka's leaders before
-            // KIP-890.
-            return Ok(());
+            if open_here {
+                // Verified with its first batch here (Kafka's leaders
+                // verify a producer's first batch of a transaction).
+                return Ok(());
+            }
+            match (self.coordinator(id), self.remote.get()) {
+                // Loaded by the lookup: checked below.
+                (crate::Coordinator::Here, _) => {}
+                (crate::Coordinator::Node(node), Some(peers)) => {
+                    return peers.verify(node, id, (producer_id, epoch), topic, partition);
+                }
+                (coordinator, _) => {
+                    return Err(TxnError::NotCoordinator {
+                        id: id.to_owned(),
+                        coordinator: match coordinator {
+                            crate::Coordinator::Node(node) => Some(node),
+                            _ => None,
+                        },
+                    });
+                }
+            }
         }
         let all = self.writable.lock().unwrap_or_else(|e| e.into_inner());
         let writable = all

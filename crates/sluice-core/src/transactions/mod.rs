@@ -142,6 +142,22 @@ pub trait TxnPeers: Send + Sync + std::fmt::Debug {
     /// The first partition's error, or the link's.
     fn produce(&self, node: i32, id: &str, batches: Vec<RemoteBatches>) -> Result<(), TxnError>;
 
+    /// KIP-890's verification (AddPartitionsToTxn v4, `verify_only`) on
+    /// `node`, the id's coordinator: whether `producer`'s open transaction
+    /// holds partition `partition` of `topic`.
+    ///
+    /// # Errors
+    /// [`TxnError::InvalidState`] when it does not, else as
+    /// [`TxnPeers::init_producer`].
+    fn verify(
+        &self,
+        node: i32,
+        id: &str,
+        producer: (i64, i16),
+        topic: &str,
+        partition: i32,
+    ) -> Result<(), TxnError>;
+
     /// EndTxn (`commit` or abort) on `node`, the id's coordinator.
     ///
     /// # Errors

@@ -20,6 +20,7 @@ use kafka_protocol::ResponseError;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
 use sluice_core::records::BatchHeader;
+use sluice_core::transactions::TxnError;
 use sluice_core::{Appended, Broker, CoreError, TimestampType, Verdict, Writer};
 use sluice_types::PartitionId;
 
@@ -187,13 +188,26 @@ fn write(
         let Some(id) = transactional_id else {
             return Err(ResponseError::TransactionalIdAuthorizationFailed);
         };
-        if let Err(error) =
-            broker
-                .transactions()
-                .verify(id, header.producer_id, header.producer_epoch, name, index)
-        {
+        let open_here = topic
+            .partition(PartitionId::from(index))
+            .is_some_and(|p| p.in_transaction(header.producer_id, header.producer_epoch));
+        if let Err(error) = broker.transactions().verify(
+            id,
+            header.producer_id,
+            header.producer_epoch,
+            name,
+            index,
+            open_here,
+        ) {
             tracing::debug!(topic = name, partition = index, %error, "transactional produce refused");
-            return Err(errors::txn_code(&error, false));
+            return Err(match error {
+                // The coordinator busy, moving or out of reach: the
+                // producer sends again (as Kafka's leaders answer).
+                TxnError::Concurrent { .. }
+                | TxnError::NotCoordinator { .. }
+                | TxnError::Core(_) => ResponseError::NotEnoughReplicas,
+                other => errors::txn_code(&other, false),
+            });
         }
     }
     let mut records = BytesMut::from(&records[..]);
