@@ -463,7 +463,26 @@ pub fn records(batch: &[u8]) -> Option<Vec<RecordView<'_>>> {
 /// Base offset, last offset delta, timestamps and producer fields stay, so
 /// offsets are never renumbered and an emptied batch still marks its range.
 pub fn with_records(batch: &[u8], kept: &[RecordView<'_>]) -> Option<Vec<u8>> {
-    let mut out = batch.get(..HEADER_SIZE)?.to_vec();
+    rebuilt(batch.get(..HEADER_SIZE)?.to_vec(), kept)
+}
+
+/// A copy of `batch` (compressed or not) with no records left, its
+/// header otherwise kept as [`with_records`] keeps it (compression bits
+/// cleared: there is nothing to decompress).
+pub fn emptied(batch: &[u8]) -> Option<Vec<u8>> {
+    let mut header = batch.get(..HEADER_SIZE)?.to_vec();
+    let attributes: &mut [u8; 2] = header
+        .get_mut(ATTRIBUTES_AT..ATTRIBUTES_AT + 2)?
+        .try_into()
+        .ok()?;
+    let cleared = i16::from_be_bytes(*attributes) & !COMPRESSION_MASK;
+    *attributes = cleared.to_be_bytes();
+    rebuilt(header, &[])
+}
+
+/// `header` followed by `kept`, its length, record count and CRC set.
+fn rebuilt(header: Vec<u8>, kept: &[RecordView<'_>]) -> Option<Vec<u8>> {
+    let mut out = header;
     for record in kept {
         out.extend_from_slice(record.bytes);
     }
@@ -609,6 +628,32 @@ pub(crate) mod tests {
         set_producer(&mut batch, 42, 3, 10, false).expect("set");
         assert!(!verify(&batch).expect("valid").is_transactional());
         assert!(set_producer(&mut [0u8; 10], 1, 0, 0, true).is_err());
+    }
+
+    /// An emptied batch (compaction's for an aborted transaction's, even
+    /// compressed) is valid, holds no record, needs no codec and keeps its
+    /// offsets and producer.
+    #[test]
+    fn an_emptied_batch_is_valid_and_keeps_its_range() {
+        let plain = encoded_batch(5, 10, 1);
+        let compressed = recompress(&plain, Compression::Gzip)
+            .expect("recompress")
+            .expect("changed");
+        for batch in [&plain[..], &compressed[..]] {
+            let mut stamped = BytesMut::from(batch);
+            set_producer(&mut stamped, 42, 3, 0, true).expect("set");
+            let before = verify(&stamped).expect("valid");
+            let emptied = emptied(&stamped).expect("emptied");
+            let after = verify(&emptied).expect("still valid");
+            assert_eq!(after.records_count, 0);
+            assert!(!after.is_compressed() && after.is_transactional());
+            assert_eq!(after.last_offset_delta, before.last_offset_delta);
+            assert_eq!(
+                (after.producer_id, after.base_sequence),
+                (42, before.base_sequence)
+            );
+            assert_eq!(records(&emptied).map(|r| r.len()), Some(0));
+        }
     }
 
     /// A real batch from kafka-protocol's encoder: `count` records of `value_size` bytes.

@@ -7,15 +7,30 @@
 //! offsets are never renumbered and the log's offsets stay contiguous from
 //! batch to batch, which reads and recovery check. A compressed batch is
 //! kept whole (its keys are not read), which keeps more than needed, never
-//! less. So is every transactional batch, transaction markers included:
-//! a marker's key is the same for every marker, and a record of an
-//! aborted or undecided transaction must not stand for its key's latest
-//! value. A cleaned segment is written beside the original as
+//! less.
+//!
+//! Transactions (Kafka's cleaner does the same): a pass first reads which
+//! transaction each transactional batch belongs to, from its producer's
+//! batches and markers in log order.
+//! - A committed transaction's records are compacted like any others.
+//! - An aborted transaction's records are all removed.
+//! - An undecided one (no marker in the cleanable range yet) is kept whole
+//!   and none of its records stands for its key's latest value.
+//! - A commit marker is removed (its batch emptied) once safe: every
+//!   record of its transaction was removed by an earlier pass, and the
+//!   marker is older than `delete_retention`. An emptied transactional
+//!   batch opens and closes nothing when read back.
+//! - An abort marker stays: the partition lists its transaction as
+//!   aborted for as long as it lives (read_committed Fetches name it), and
+//!   a reader drops the producer's records from the transaction's first
+//!   offset until it reads that marker.
+//!
+//! A cleaned segment is written beside the original as
 //! `<base>.log.cleaned` and renamed over it; its indexes are rebuilt.
 //! `cleaner-offset-checkpoint` records where the last pass ended, to
 //! compute the dirty ratio.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -113,11 +128,14 @@ impl Log {
             (planned, state.config.clone(), clean_end)
         };
 
+        let horizon = now
+            .saturating_sub(i64::try_from(config.delete_retention.as_millis()).unwrap_or(i64::MAX));
+        let txns = Transactions::read(&planned, horizon)?;
         // Latest offset of every key in the cleanable range.
         let mut latest: HashMap<Vec<u8>, Offset> = HashMap::new();
         for segment in &planned {
             for_each_batch(&segment.path, segment.size, |_, bytes| {
-                if transactional(bytes) {
+                if txns.fate(bytes) != Fate::Clean {
                     return Ok(());
                 }
                 if let Some(records) = batch::records(bytes) {
@@ -131,8 +149,6 @@ impl Log {
             })?;
         }
 
-        let horizon = now
-            .saturating_sub(i64::try_from(config.delete_retention.as_millis()).unwrap_or(i64::MAX));
         let mut outcome = CompactionOutcome {
             cleaned_to: clean_end,
             ..CompactionOutcome::default()
@@ -145,10 +161,19 @@ impl Log {
             let mut removed = 0u64;
             let mut written = 0u64;
             for_each_batch(&segment.path, segment.size, |_, bytes| {
-                let cleanable = if transactional(bytes) {
-                    None
-                } else {
-                    batch::records(bytes)
+                let cleanable = match txns.fate(bytes) {
+                    Fate::Clean => batch::records(bytes),
+                    Fate::Keep => None,
+                    Fate::Remove => {
+                        let out = batch::emptied(bytes).ok_or_else(|| LogError::Corrupt {
+                            path: segment.path.clone(),
+                            position: 0,
+                            reason: BatchFault::Empty,
+                        })?;
+                        removed += batch_records(bytes);
+                        written += out.len() as u64;
+                        return cleaned.write_all(&out).map_err(LogError::io(&cleaned_path));
+                    }
                 };
                 let out = match cleanable {
                     Some(records) => {
@@ -235,13 +260,104 @@ impl Log {
     }
 }
 
-/// Calls `visit(position, batch)` for every whole batch of a data file.
-/// Whether `bytes` is a transactional batch (a transaction's records or
-/// its marker), kept whole by compaction.
-fn transactional(bytes: &[u8]) -> bool {
-    batch::BatchHeader::parse(bytes).is_ok_and(|header| header.is_transactional())
+/// What a pass does with a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// Its records compete for their keys' latest values (a plain batch,
+    /// or a committed transaction's).
+    Clean,
+    /// Kept whole (an undecided transaction's, a marker still needed).
+    Keep,
+    /// Emptied (an aborted transaction's, a marker no longer needed).
+    Remove,
 }
 
+/// The transactional batches of the cleanable range, by base offset.
+#[derive(Debug, Default)]
+struct Transactions {
+    committed: HashSet<Offset>,
+    removed: HashSet<Offset>,
+}
+
+impl Transactions {
+    /// Reads the producers' batches and markers of `planned` in log
+    /// order: each data batch's transaction is decided by its producer's
+    /// next marker; a commit marker whose transaction has no record left
+    /// and whose time is before `horizon` may go.
+    fn read(planned: &[Planned], horizon: i64) -> Result<Transactions, LogError> {
+        let mut out = Transactions::default();
+        // Each producer's open transaction: its data batches with records.
+        let mut open: HashMap<i64, Vec<Offset>> = HashMap::new();
+        for segment in planned {
+            for_each_batch(&segment.path, segment.size, |_, bytes| {
+                let Ok(header) = BatchHeader::parse(bytes) else {
+                    return Ok(());
+                };
+                if !header.is_transactional() || header.producer_id < 0 {
+                    return Ok(());
+                }
+                if !header.is_control() {
+                    if header.records_count > 0 {
+                        open.entry(header.producer_id)
+                            .or_default()
+                            .push(header.base_offset);
+                    }
+                    return Ok(());
+                }
+                let Some(commit) = marker_commits(bytes) else {
+                    // An emptied marker, or another control record.
+                    return Ok(());
+                };
+                let batches = open.remove(&header.producer_id).unwrap_or_default();
+                if commit && batches.is_empty() && header.max_timestamp < horizon {
+                    out.removed.insert(header.base_offset);
+                }
+                if commit {
+                    out.committed.extend(batches);
+                } else {
+                    out.removed.extend(batches);
+                }
+                Ok(())
+            })?;
+        }
+        Ok(out)
+    }
+
+    fn fate(&self, bytes: &[u8]) -> Fate {
+        let Ok(header) = BatchHeader::parse(bytes) else {
+            return Fate::Keep;
+        };
+        if !header.is_transactional() {
+            Fate::Clean
+        } else if self.removed.contains(&header.base_offset) {
+            Fate::Remove
+        } else if self.committed.contains(&header.base_offset) {
+            Fate::Clean
+        } else {
+            Fate::Keep
+        }
+    }
+}
+
+/// Whether the marker a control batch holds is a commit (`None` for an
+/// emptied batch or a control record other than a marker): its key is
+/// `[version:2 = 0][type:2]`, 0 abort and 1 commit.
+fn marker_commits(bytes: &[u8]) -> Option<bool> {
+    let records = batch::records(bytes)?;
+    let key = records.first()?.key?;
+    match key {
+        [0, 0, 0, 0] => Some(false),
+        [0, 0, 0, 1] => Some(true),
+        _ => None,
+    }
+}
+
+/// How many records a batch's header counts.
+fn batch_records(bytes: &[u8]) -> u64 {
+    BatchHeader::parse(bytes).map_or(0, |header| u64::try_from(header.records_count).unwrap_or(0))
+}
+
+/// Calls `visit(position, batch)` for every whole batch of a data file.
 fn for_each_batch(
     path: &Path,
     size: u64,

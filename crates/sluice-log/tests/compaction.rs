@@ -220,33 +220,36 @@ fn max_compaction_lag_compacts_below_the_dirty_ratio_and_rolls_the_active_segmen
     Ok(())
 }
 
-/// One transactional batch of producer 7: a record (`key`, `value`), or
-/// with `marker`, a commit marker (a control record; every marker has the
-/// same key).
-fn transactional(key: &str, value: &str, marker: bool) -> BytesMut {
+/// One transactional batch of `producer` at `timestamp`: a record
+/// (`key`, `value`), or with `marker`, a marker (a control record, commit
+/// when `Some(true)`; every marker of a kind has the same key).
+fn transactional(
+    producer: i64,
+    (key, value): (&str, &str),
+    marker: Option<bool>,
+    timestamp: i64,
+) -> BytesMut {
     use kafka_protocol::records::{
         Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
     };
     let record = Record {
         transactional: true,
-        control: marker,
+        control: marker.is_some(),
         delete_horizon: false,
         partition_leader_epoch: 0,
-        producer_id: 7,
+        producer_id: producer,
         producer_epoch: 0,
         timestamp_type: TimestampType::Creation,
         offset: 0,
-        sequence: if marker { -1 } else { 0 },
-        timestamp: 1_000_000,
-        key: Some(bytes::Bytes::from(if marker {
-            vec![0, 0, 0, 1]
-        } else {
-            key.as_bytes().to_vec()
+        sequence: if marker.is_some() { -1 } else { 0 },
+        timestamp,
+        key: Some(bytes::Bytes::from(match marker {
+            Some(commit) => vec![0, 0, 0, u8::from(commit)],
+            None => key.as_bytes().to_vec(),
         })),
-        value: Some(bytes::Bytes::from(if marker {
-            vec![0, 0, 0, 0, 0, 0]
-        } else {
-            value.as_bytes().to_vec()
+        value: Some(bytes::Bytes::from(match marker {
+            Some(_) => vec![0, 0, 0, 0, 0, 0],
+            None => value.as_bytes().to_vec(),
         })),
         headers: Default::default(),
     };
@@ -263,38 +266,102 @@ fn transactional(key: &str, value: &str, marker: bool) -> BytesMut {
     out
 }
 
-/// Transaction markers all share one key: compaction keeps every one of
-/// them (a read_committed reader needs each to end its transaction), and
-/// a transaction's record never stands for its key's latest value.
+fn others(log: &Log, count: usize, timestamp: i64) -> Result<(), LogError> {
+    for _ in 0..count {
+        log.append(
+            &mut keyed(&[("other", Some("x"))], timestamp),
+            LeaderEpoch::from(0),
+        )?;
+    }
+    Ok(())
+}
+
+/// A committed transaction's records are compacted like any others (its
+/// record is the latest of its key); an aborted one's are removed; one
+/// whose marker is not in the cleanable range yet is kept whole and
+/// stands for nothing; markers younger than `delete_retention` stay.
 #[test]
-fn compaction_keeps_transactional_batches_and_every_marker() -> Result<(), LogError> {
+fn compaction_cleans_committed_transactions_drops_aborted_ones_and_keeps_undecided_ones()
+-> Result<(), LogError> {
     let dir = tempfile::tempdir().expect("temp dir");
     let clock = Arc::new(ManualClock::new(1_000_000));
     let log = Log::open_with_clock(dir.path(), config(), clock)?;
     let epoch = LeaderEpoch::from(0);
-    log.append(&mut keyed(&[("k", Some("plain"))], 1_000_000), epoch)?;
-    for round in 0..3 {
-        log.append(
-            &mut transactional("k", &format!("txn{round}"), false),
-            epoch,
-        )?;
-        log.append(&mut transactional("", "", true), epoch)?;
-    }
-    for _ in 0..10 {
-        log.append(&mut keyed(&[("other", Some("x"))], 1_000_000), epoch)?;
-    }
+    let at = 1_000_000;
+    log.append(&mut keyed(&[("a", Some("plain-a"))], at), epoch)?; // 0
+    log.append(&mut keyed(&[("c", Some("plain-c"))], at), epoch)?; // 1
+    log.append(&mut transactional(7, ("a", "committed-a"), None, at), epoch)?; // 2
+    log.append(&mut transactional(8, ("b", "aborted-b"), None, at), epoch)?; // 3
+    log.append(&mut transactional(9, ("c", "undecided-c"), None, at), epoch)?; // 4
+    log.append(&mut transactional(7, ("", ""), Some(true), at), epoch)?; // 5
+    log.append(&mut transactional(8, ("", ""), Some(false), at), epoch)?; // 6
+    others(&log, 10, at)?;
     log.roll()?;
-    log.append(&mut keyed(&[("z", Some("active"))], 1_000_000), epoch)?;
+    // Producer 9's commit is in the active segment: undecided for now.
+    log.append(&mut transactional(9, ("", ""), Some(true), at), epoch)?;
     let before = contents(&log);
 
-    log.compact()?;
+    assert!(log.compact()?.segments_cleaned > 0);
     let after = contents(&log);
-    // The plain "k" at 0, every transactional record and all three
-    // markers stay; of "other" only the latest.
-    for offset in 0..7 {
-        assert_eq!(after.get(&offset), before.get(&offset), "offset {offset}");
+    for gone in [0, 3] {
+        assert!(!after.contains_key(&gone), "offset {gone}: {after:?}");
+    }
+    for kept in [1, 2, 4, 5, 6] {
+        assert_eq!(after.get(&kept), before.get(&kept), "offset {kept}");
     }
     let others = after.values().filter(|(k, _)| k == "other").count();
     assert_eq!(others, 1, "{after:?}");
+    Ok(())
+}
+
+/// A commit marker goes (its batch emptied, the offset kept) only once a
+/// pass found its transaction with no record left and it is older than
+/// `delete_retention`; an abort marker stays (readers of the aborted
+/// transaction stop dropping its producer's records at it); the log reads
+/// back the same after a reopen.
+#[test]
+fn a_commit_marker_goes_once_its_records_are_gone_and_delete_retention_passed()
+-> Result<(), LogError> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let log = Log::open_with_clock(dir.path(), config(), clock.clone())?;
+    let epoch = LeaderEpoch::from(0);
+    let at = 1_000_000;
+    log.append(&mut transactional(7, ("a", "committed-a"), None, at), epoch)?; // 0
+    log.append(&mut transactional(7, ("", ""), Some(true), at), epoch)?; // 1
+    log.append(&mut transactional(8, ("b", "aborted-b"), None, at), epoch)?; // 2
+    log.append(&mut transactional(8, ("", ""), Some(false), at), epoch)?; // 3
+    log.append(&mut keyed(&[("a", Some("plain-a"))], at), epoch)?; // 4
+    others(&log, 10, at)?;
+    log.roll()?;
+    log.compact()?;
+    let first = contents(&log);
+    for gone in [0, 2] {
+        assert!(!first.contains_key(&gone), "offset {gone}: {first:?}");
+    }
+    for kept in [1, 3, 4] {
+        assert!(first.contains_key(&kept), "offset {kept}: {first:?}");
+    }
+
+    // Past delete_retention, with new records to clean: the commit
+    // marker goes, the abort marker stays.
+    clock.advance(61_000);
+    others(&log, 10, 1_061_000)?;
+    log.roll()?;
+    log.compact()?;
+    let second = contents(&log);
+    assert!(
+        !second.contains_key(&1),
+        "the commit marker goes: {second:?}"
+    );
+    assert!(
+        second.contains_key(&3),
+        "the abort marker stays: {second:?}"
+    );
+    let end = log.log_end();
+    drop(log);
+    let reopened = Log::open_with_clock(dir.path(), config(), clock)?;
+    assert_eq!(contents(&reopened), second);
+    assert_eq!(reopened.log_end(), end, "offsets are never renumbered");
     Ok(())
 }

@@ -272,15 +272,21 @@ pub struct TxnIndex {
 impl TxnIndex {
     /// Learns a batch written at `header.base_offset`: a transactional
     /// batch opens its producer's transaction (if none is open), a marker
-    /// (`marker`, decoded from a control batch) closes it.
+    /// (`marker`, decoded from a control batch) closes it. A batch
+    /// compaction emptied does neither (its transaction's records, or the
+    /// marker itself, went only once the transaction was decided).
     pub fn learn(&mut self, header: &BatchHeader, marker: Option<Marker>) {
-        if header.producer_id < 0 || !header.is_transactional() {
+        if header.producer_id < 0 || !header.is_transactional() || header.records_count == 0 {
             return;
         }
-        let Some(marker) = marker.filter(|_| header.is_control()) else {
+        if !header.is_control() {
             self.open
                 .entry(header.producer_id)
                 .or_insert(header.base_offset);
+            return;
+        }
+        // A control record other than a marker changes nothing.
+        let Some(marker) = marker else {
             return;
         };
         self.coordinator_epochs
@@ -515,6 +521,27 @@ mod tests {
         }
         let plain = header(0, 1, 9, false);
         assert!(!plain.is_control());
+    }
+
+    /// Batches compaction emptied (a decided transaction's records, a
+    /// marker no longer needed) neither open nor close a transaction when
+    /// the log is read back: the last stable offset is not held by them.
+    #[test]
+    fn emptied_batches_open_and_close_nothing() {
+        let mut txns = TxnIndex::default();
+        let mut emptied_records = header(10, 1, 1, false);
+        emptied_records.records_count = 0;
+        txns.learn(&emptied_records, None);
+        assert!(!txns.is_open(1));
+        let mut emptied_marker = header(11, 1, 1, true);
+        emptied_marker.records_count = 0;
+        txns.learn(&emptied_marker, None);
+        assert_eq!(txns.last_stable_offset(Offset::from(12)), Offset::from(12));
+        // A control record that is not a marker closes nothing either.
+        txns.learn(&header(12, 1, 2, false), None);
+        txns.learn(&header(13, 1, 2, true), None);
+        assert!(txns.is_open(2));
+        assert_eq!(txns.last_stable_offset(Offset::from(14)), Offset::from(12));
     }
 
     /// Two producers interleave; the last stable offset stays at the
