@@ -24,6 +24,7 @@ from kafka.protocol.produce import ProduceRequest
 from kafka.record.default_records import DefaultRecordBatchBuilder
 
 from common.broker import wait_until
+from common.cluster import running_cluster
 from common.eos import assert_each_once_in_order, read_progress, run_worker, transform_round
 from common.log_files import markers
 from test_groups import committed, java_partition
@@ -570,14 +571,22 @@ def test_a_leader_verifies_a_transactional_batch_with_the_ids_coordinator(cluste
     ]
 
 
-def test_every_replica_compacts_transactions_and_a_new_leader_serves_them(fresh_cluster, name):
+def test_every_replica_compacts_transactions_and_a_new_leader_serves_them(tmp_path, request, name):
     """A compacted topic with three replicas written by a transactional
     producer: each replica's compaction keeps the latest committed value
     per key, removes the aborted transaction's records and empties the
     commit marker whose records are all superseded (the other markers
     stay). kill -9 of the leader: read_committed through the next one
     reads every committed record and a new transaction of the same id."""
-    cluster = fresh_cluster
+    # Compaction checked every second rather than every 15 s.
+    with running_cluster(
+        tmp_path, name=f"cluster[{request.node.name}]",
+        settings={"log.compaction_check_interval": "1s"},
+    ) as cluster:
+        compacted_transactions(cluster, name)
+
+
+def compacted_transactions(cluster, name: str) -> None:
     cluster.wait_registered(admin)
     create_replicated(cluster.node(1).bootstrap, name, 1, 3, config={
         "cleanup.policy": "compact",
@@ -614,7 +623,7 @@ def test_every_replica_compacts_transactions_and_a_new_leader_serves_them(fresh_
         counts = [markers(node.data_dir, name) for node in cluster.nodes]
         return counts if kept == expected and all(c == (2, 1) for c in counts) else None
 
-    wait_until(compacted, 150, interval=3, what="every replica's compaction of the transactions")
+    wait_until(compacted, 150, interval=1, what="every replica's compaction of the transactions")
     leader, _, _ = layout(cluster.node(1).bootstrap, name)[0]
     cluster.node(leader).kill()
     survivor = next(node for node in cluster.nodes if node.alive())
