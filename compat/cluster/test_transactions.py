@@ -10,6 +10,7 @@ the inter-node links (WriteTxnMarkers). docs/transactions.md.
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections import defaultdict
 
@@ -398,6 +399,67 @@ def high_watermarks(bootstrap: str, topic: str, partitions: int) -> dict[int, in
         consumer.close()
 
 
+class AmqpStream:
+    """A fanout exchange bound to a stream of three partitions, one led by
+    each node, declared on node 1, and a pika connection on node 2 whose
+    channels' transactional ids (and so their coordinators) the test
+    knows."""
+
+    CHANNELS = range(1, 200)
+
+    def __init__(self, cluster, name: str):
+        cluster.wait_registered(admin)
+        create_replicated(cluster.node(1).bootstrap, name, 3, 3)
+        leaders = {leader for leader, _, _ in layout(cluster.node(1).bootstrap, name).values()}
+        assert leaders == {1, 2, 3}, "one partition led by each node"
+        # __transaction_state exists (created on a first FindCoordinator).
+        transactional(cluster.bootstrap, f"{name}-probe")
+        self.state_leaders = leaders_of(cluster.node(1).bootstrap, "__transaction_state")
+        self.exchange = f"{name}-x"
+        declaring = amqp_connection(cluster.node(1), f"{name}-declare")
+        try:
+            ch = declaring.channel()
+            ch.exchange_declare(self.exchange, "fanout", durable=True)
+            ch.queue_declare(name, durable=True, arguments={"x-queue-type": "stream"})
+            ch.queue_bind(name, self.exchange)
+        finally:
+            declaring.close()
+        self.node, self.connection_name = cluster.node(2), f"{name}-publisher"
+        self.connection = amqp_connection(self.node, self.connection_name)
+
+        # The binding is known on node 2 once the definitions are.
+        def known() -> bool:
+            probe = self.connection.channel(channel_number=max(self.CHANNELS) + 1)
+            try:
+                probe.exchange_declare(self.exchange, passive=True)
+            except pika.exceptions.ChannelClosedByBroker:
+                return False
+            probe.close()
+            return True
+
+        wait_until(known, 30, interval=0.5, what="the exchange on node 2")
+
+    def channel_coordinated_by(self, wanted) -> int:
+        """A channel number whose transactional id's coordinator passes
+        `wanted`."""
+        def coordinator_of(channel_number: int) -> int:
+            transactional_id = amqp_transactional_id(self.node, 2, self.connection_name, channel_number)
+            return self.state_leaders[java_partition(transactional_id, len(self.state_leaders))]
+
+        return next(n for n in self.CHANNELS if wanted(coordinator_of(n)))
+
+    def publish(self, ch, label: str) -> list[bytes]:
+        """Twelve messages whose routing keys reach every partition."""
+        values = [f"{label}-{i}".encode() for i in range(12)]
+        for i, value in enumerate(values):
+            ch.basic_publish(self.exchange, f"key-{i}", value)
+        return values
+
+    def close(self) -> None:
+        if self.connection.is_open:
+            self.connection.close()
+
+
 def test_an_amqp_transaction_into_a_stream_on_a_cluster_is_one_kafka_transaction(cluster, name):
     """pika's tx.commit on node 2 into a stream whose three partitions
     each node leads: written as one Kafka transaction of the channel's own
@@ -407,59 +469,20 @@ def test_an_amqp_transaction_into_a_stream_on_a_cluster_is_one_kafka_transaction
     node's read_committed consumers see each commit's records, in order;
     each partition touched holds a commit marker per transaction (which
     takes an offset); a rollback writes nothing."""
-    cluster.wait_registered(admin)
-    create_replicated(cluster.node(1).bootstrap, name, 3, 3)
-    leaders = {leader for leader, _, _ in layout(cluster.node(1).bootstrap, name).values()}
-    assert leaders == {1, 2, 3}, "one partition led by each node"
-    # __transaction_state exists (created on a first FindCoordinator).
-    transactional(cluster.bootstrap, f"{name}-probe")
-    state_leaders = leaders_of(cluster.node(1).bootstrap, "__transaction_state")
-
-    exchange = f"{name}-x"
-    declaring = amqp_connection(cluster.node(1), f"{name}-declare")
-    try:
-        ch = declaring.channel()
-        ch.exchange_declare(exchange, "fanout", durable=True)
-        ch.queue_declare(name, durable=True, arguments={"x-queue-type": "stream"})
-        ch.queue_bind(name, exchange)
-    finally:
-        declaring.close()
-
-    publisher_node, connection_name = cluster.node(2), f"{name}-publisher"
-    publishing = amqp_connection(publisher_node, connection_name)
-
-    def coordinator_of(channel_number: int) -> int:
-        transactional_id = amqp_transactional_id(publisher_node, 2, connection_name, channel_number)
-        return state_leaders[java_partition(transactional_id, len(state_leaders))]
-
-    numbers = range(1, 200)
-    here = next(n for n in numbers if coordinator_of(n) == 2)
-    elsewhere = next(n for n in numbers if coordinator_of(n) != 2)
+    stream = AmqpStream(cluster, name)
+    here = stream.channel_coordinated_by(lambda node: node == 2)
+    elsewhere = stream.channel_coordinated_by(lambda node: node != 2)
     committed = []
     try:
-        # The binding is known on node 2 once the definitions are.
-        def known() -> bool:
-            probe = publishing.channel(channel_number=max(numbers) + 1)
-            try:
-                probe.exchange_declare(exchange, passive=True)
-            except pika.exceptions.ChannelClosedByBroker:
-                return False
-            probe.close()
-            return True
-
-        wait_until(known, 30, interval=0.5, what="the exchange on node 2")
         for label, number in (("here", here), ("elsewhere", elsewhere)):
-            ch = publishing.channel(channel_number=number)
+            ch = stream.connection.channel(channel_number=number)
             ch.tx_select()
-            ch.basic_publish(exchange, "rolled", f"{label}-rolled-back".encode())
+            ch.basic_publish(stream.exchange, "rolled", f"{label}-rolled-back".encode())
             ch.tx_rollback()
-            values = [f"{label}-{i}".encode() for i in range(12)]
-            for i, value in enumerate(values):
-                ch.basic_publish(exchange, f"key-{i}", value)
+            committed.append(stream.publish(ch, label))
             ch.tx_commit()
-            committed.append(values)
     finally:
-        publishing.close()
+        stream.close()
 
     every = [value for values in committed for value in values]
     for node in cluster.nodes:
@@ -636,3 +659,60 @@ def compacted_transactions(cluster, name: str) -> None:
     committed = {v for v in read(survivor.bootstrap, name, 1, "read_committed")[0] if not v.startswith(b"x")}
     # (second-k0 goes at the next pass.)
     assert expected - {b"second-k0"} | {b"after-k0"} <= committed <= expected | {b"after-k0"}
+
+
+def test_an_amqp_commit_whose_stream_leader_is_paused_is_all_or_nothing(fresh_cluster, name):
+    """pika's tx.commit on node 2 while node 3, the leader of one of the
+    stream's partitions (neither the connection's node nor the id's
+    coordinator), is paused (SIGSTOP): the commit fails (the connection
+    is closed with the reason) and the transaction is aborted, so no
+    read_committed consumer on any node ever sees any of its records,
+    once node 3 is back (SIGCONT) too; a retry on a new connection
+    commits everything."""
+    cluster = fresh_cluster
+    stream = AmqpStream(cluster, name)
+    number = stream.channel_coordinated_by(lambda node: node != 3)
+    victim = cluster.node(3)
+    try:
+        ch = stream.connection.channel(channel_number=number)
+        ch.tx_select()
+        failed = stream.publish(ch, "failed")
+        os.kill(victim.proc.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(pika.exceptions.AMQPConnectionError) as closed:
+                ch.tx_commit()
+        finally:
+            os.kill(victim.proc.pid, signal.SIGCONT)
+        assert "commit failed" in str(closed.value), closed.value
+    finally:
+        stream.close()
+
+    # A client retries on a new connection (a first retry may still meet
+    # the partition's leadership moving).
+    retried = None
+    for attempt in range(5):
+        retry = amqp_connection(cluster.node(2), f"{name}-retry-{attempt}")
+        try:
+            ch = retry.channel()
+            ch.tx_select()
+            values = stream.publish(ch, f"retried{attempt}")
+            ch.tx_commit()
+            retried = values
+            break
+        except pika.exceptions.AMQPConnectionError:
+            time.sleep(2)
+        finally:
+            if retry.is_open:
+                retry.close()
+    assert retried is not None, "no retry committed"
+
+    def committed_through(node) -> list[bytes]:
+        seen = read(node.bootstrap, name, 3, "read_committed")
+        return [v for values in seen.values() for v in values]
+
+    for node in cluster.nodes:
+        got = wait_until(
+            lambda: (lambda got: got if set(retried) <= set(got) else None)(committed_through(node)),
+            60, interval=1, what="the retried commit through every node",
+        )
+        assert sorted(got) == sorted(retried), f"{sorted(set(got) - set(retried))} visible besides the retry"
