@@ -18,8 +18,10 @@
 //!   and none of its records stands for its key's latest value.
 //! - A commit marker is removed (its batch emptied) once safe: every
 //!   record of its transaction was removed by an earlier pass, and the
-//!   marker is older than `delete_retention`. An emptied transactional
-//!   batch opens and closes nothing when read back.
+//!   marker is older than `delete_retention`. When read back an emptied
+//!   data batch opens nothing, and an emptied marker closes its
+//!   producer's transaction as committed (a replica that lagged behind
+//!   the leader's compaction may still hold its records).
 //! - An abort marker stays: the partition lists its transaction as
 //!   aborted for as long as it lives (read_committed Fetches name it), and
 //!   a reader drops the producer's records from the transaction's first
@@ -304,12 +306,24 @@ impl Transactions {
                     }
                     return Ok(());
                 }
-                let Some(commit) = marker_commits(bytes) else {
-                    // An emptied marker, or another control record.
-                    return Ok(());
+                let commit = if header.records_count == 0 {
+                    // An emptied marker: a commit's (only those go),
+                    // which a lagging replica may read after records it
+                    // still holds.
+                    true
+                } else {
+                    match marker_commits(bytes) {
+                        Some(commit) => commit,
+                        // Another control record.
+                        None => return Ok(()),
+                    }
                 };
                 let batches = open.remove(&header.producer_id).unwrap_or_default();
-                if commit && batches.is_empty() && header.max_timestamp < horizon {
+                if commit
+                    && header.records_count > 0
+                    && batches.is_empty()
+                    && header.max_timestamp < horizon
+                {
                     out.removed.insert(header.base_offset);
                 }
                 if commit {

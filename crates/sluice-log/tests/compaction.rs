@@ -332,6 +332,8 @@ fn a_commit_marker_goes_once_its_records_are_gone_and_delete_retention_passed()
     log.append(&mut transactional(8, ("b", "aborted-b"), None, at), epoch)?; // 2
     log.append(&mut transactional(8, ("", ""), Some(false), at), epoch)?; // 3
     log.append(&mut keyed(&[("a", Some("plain-a"))], at), epoch)?; // 4
+    log.append(&mut transactional(9, ("c", "committed-c"), None, at), epoch)?; // 5
+    log.append(&mut transactional(9, ("", ""), Some(true), at), epoch)?; // 6
     others(&log, 10, at)?;
     log.roll()?;
     log.compact()?;
@@ -339,7 +341,7 @@ fn a_commit_marker_goes_once_its_records_are_gone_and_delete_retention_passed()
     for gone in [0, 2] {
         assert!(!first.contains_key(&gone), "offset {gone}: {first:?}");
     }
-    for kept in [1, 3, 4] {
+    for kept in [1, 3, 4, 5, 6] {
         assert!(first.contains_key(&kept), "offset {kept}: {first:?}");
     }
 
@@ -358,10 +360,41 @@ fn a_commit_marker_goes_once_its_records_are_gone_and_delete_retention_passed()
         second.contains_key(&3),
         "the abort marker stays: {second:?}"
     );
+    for kept in [5, 6] {
+        assert!(
+            second.contains_key(&kept),
+            "a commit whose record stays keeps its marker: {second:?}"
+        );
+    }
     let end = log.log_end();
     drop(log);
     let reopened = Log::open_with_clock(dir.path(), config(), clock)?;
     assert_eq!(contents(&reopened), second);
     assert_eq!(reopened.log_end(), end, "offsets are never renumbered");
+    Ok(())
+}
+
+/// A replica that lagged behind the leader's compaction holds a
+/// transaction's records but reads its commit marker emptied: the
+/// transaction counts as committed, so its records are compacted like
+/// others (not kept whole as undecided forever).
+#[test]
+fn an_emptied_marker_after_records_still_held_commits_them() -> Result<(), LogError> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let log = Log::open_with_clock(dir.path(), config(), clock)?;
+    let epoch = LeaderEpoch::from(0);
+    let at = 1_000_000;
+    log.append(&mut transactional(7, ("a", "committed-a"), None, at), epoch)?; // 0
+    let marker = transactional(7, ("", ""), Some(true), at);
+    let mut emptied = BytesMut::from(&sluice_log::batch::emptied(&marker).expect("emptied")[..]);
+    log.append(&mut emptied, epoch)?; // 1
+    log.append(&mut keyed(&[("a", Some("plain-a"))], at), epoch)?; // 2
+    others(&log, 10, at)?;
+    log.roll()?;
+    log.compact()?;
+    let after = contents(&log);
+    assert!(!after.contains_key(&0), "superseded: {after:?}");
+    assert!(after.contains_key(&2), "{after:?}");
     Ok(())
 }

@@ -1051,8 +1051,10 @@ impl TxnCoordinator {
                 return Ok(());
             }
             match (self.coordinator(id), self.remote.get()) {
-                // Loaded by the lookup: checked below.
-                (crate::Coordinator::Here, _) => {}
+                // Led here since, not loaded yet: loaded, then checked below.
+                (crate::Coordinator::Here, _) => {
+                    self.led(&mut self.lock(), id)?;
+                }
                 (crate::Coordinator::Node(node), Some(peers)) => {
                     return peers.verify(node, id, (producer_id, epoch), topic, partition);
                 }

@@ -272,25 +272,36 @@ pub struct TxnIndex {
 impl TxnIndex {
     /// Learns a batch written at `header.base_offset`: a transactional
     /// batch opens its producer's transaction (if none is open), a marker
-    /// (`marker`, decoded from a control batch) closes it. A batch
-    /// compaction emptied does neither (its transaction's records, or the
-    /// marker itself, went only once the transaction was decided).
+    /// (`marker`, decoded from a control batch) closes it. Compaction's
+    /// emptied batches: a data batch opens nothing (its records went once
+    /// its transaction was decided); a control batch is a commit marker
+    /// (the only kind compaction empties), which closes what a replica
+    /// that lagged behind the compaction may still have open.
     pub fn learn(&mut self, header: &BatchHeader, marker: Option<Marker>) {
-        if header.producer_id < 0 || !header.is_transactional() || header.records_count == 0 {
+        if header.producer_id < 0 || !header.is_transactional() {
             return;
         }
         if !header.is_control() {
-            self.open
-                .entry(header.producer_id)
-                .or_insert(header.base_offset);
+            if header.records_count > 0 {
+                self.open
+                    .entry(header.producer_id)
+                    .or_insert(header.base_offset);
+            }
             return;
         }
-        // A control record other than a marker changes nothing.
-        let Some(marker) = marker else {
-            return;
+        let marker = match marker {
+            Some(marker) => {
+                self.coordinator_epochs
+                    .insert(header.producer_id, marker.coordinator_epoch);
+                marker
+            }
+            None if header.records_count == 0 => Marker {
+                outcome: Outcome::Commit,
+                coordinator_epoch: -1,
+            },
+            // A control record other than a marker changes nothing.
+            None => return,
         };
-        self.coordinator_epochs
-            .insert(header.producer_id, marker.coordinator_epoch);
         // A marker with nothing open here changes only the epochs.
         let Some(first) = self.open.remove(&header.producer_id) else {
             return;
@@ -523,11 +534,12 @@ mod tests {
         assert!(!plain.is_control());
     }
 
-    /// Batches compaction emptied (a decided transaction's records, a
-    /// marker no longer needed) neither open nor close a transaction when
-    /// the log is read back: the last stable offset is not held by them.
+    /// Batches compaction emptied when the log is read back: a decided
+    /// transaction's records open nothing; an emptied commit marker opens
+    /// nothing and closes, as committed, the transaction a replica that
+    /// lagged behind the compaction still has open from records it holds.
     #[test]
-    fn emptied_batches_open_and_close_nothing() {
+    fn emptied_batches_open_nothing_and_an_emptied_marker_commits() {
         let mut txns = TxnIndex::default();
         let mut emptied_records = header(10, 1, 1, false);
         emptied_records.records_count = 0;
@@ -536,12 +548,21 @@ mod tests {
         let mut emptied_marker = header(11, 1, 1, true);
         emptied_marker.records_count = 0;
         txns.learn(&emptied_marker, None);
+        assert!(!txns.is_open(1));
         assert_eq!(txns.last_stable_offset(Offset::from(12)), Offset::from(12));
-        // A control record that is not a marker closes nothing either.
+        // The lagging replica: records of producer 2 intact, its marker
+        // emptied by the leader's compaction.
         txns.learn(&header(12, 1, 2, false), None);
-        txns.learn(&header(13, 1, 2, true), None);
         assert!(txns.is_open(2));
-        assert_eq!(txns.last_stable_offset(Offset::from(14)), Offset::from(12));
+        let mut emptied_marker = header(13, 1, 2, true);
+        emptied_marker.records_count = 0;
+        txns.learn(&emptied_marker, None);
+        assert!(!txns.is_open(2));
+        assert_eq!(txns.last_stable_offset(Offset::from(14)), Offset::from(14));
+        assert!(
+            txns.aborted_between(Offset::from(0), Offset::from(14))
+                .is_empty()
+        );
     }
 
     /// Two producers interleave; the last stable offset stays at the

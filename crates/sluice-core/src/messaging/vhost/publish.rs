@@ -212,15 +212,19 @@ impl VirtualHost {
                 continue;
             }
             if let Some(leader) = self.stream_leader_elsewhere(&queue, &message) {
-                match self.carrier.get() {
-                    Some(carrier) => outcome.acks.add(carrier.enqueue(
-                        leader,
-                        &self.name,
-                        queue.name(),
-                        &message,
-                    )),
-                    None => outcome.rejected = true,
-                }
+                // Refused, not dropped, while the links are not up (a
+                // forwarder tries again).
+                let carrier = self.carrier.get().ok_or_else(|| {
+                    MessagingError::Core(crate::CoreError::Internal {
+                        reason: format!(
+                            "stream '{}' is led by node {leader}, which this node cannot reach yet",
+                            queue.name()
+                        ),
+                    })
+                })?;
+                outcome
+                    .acks
+                    .add(carrier.enqueue(leader, &self.name, queue.name(), &message));
                 continue;
             }
             let enqueued = queue.enqueue_from(Arc::clone(&message), source)?;
