@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from collections import defaultdict
 
@@ -408,6 +409,7 @@ class AmqpStream:
     CHANNELS = range(1, 200)
 
     def __init__(self, cluster, name: str):
+        self.cluster = cluster
         cluster.wait_registered(admin)
         create_replicated(cluster.node(1).bootstrap, name, 3, 3)
         leaders = {leader for leader, _, _ in layout(cluster.node(1).bootstrap, name).values()}
@@ -439,11 +441,15 @@ class AmqpStream:
 
         wait_until(known, 30, interval=0.5, what="the exchange on node 2")
 
-    def channel_coordinated_by(self, wanted) -> int:
-        """A channel number whose transactional id's coordinator passes
-        `wanted`."""
+    def channel_coordinated_by(self, wanted, number: int = 2, connection_name: str | None = None) -> int:
+        """A channel number of the connection `connection_name` (the
+        publisher's by default) on node `number` whose transactional id's
+        coordinator passes `wanted`."""
+        node = self.cluster.node(number)
+
         def coordinator_of(channel_number: int) -> int:
-            transactional_id = amqp_transactional_id(self.node, 2, self.connection_name, channel_number)
+            transactional_id = amqp_transactional_id(
+                node, number, connection_name or self.connection_name, channel_number)
             return self.state_leaders[java_partition(transactional_id, len(self.state_leaders))]
 
         return next(n for n in self.CHANNELS if wanted(coordinator_of(n)))
@@ -716,3 +722,47 @@ def test_an_amqp_commit_whose_stream_leader_is_paused_is_all_or_nothing(fresh_cl
             60, interval=1, what="the retried commit through every node",
         )
         assert sorted(got) == sorted(retried), f"{sorted(set(got) - set(retried))} visible besides the retry"
+
+
+def test_amqp_commits_on_two_nodes_at_once_each_coordinated_by_its_own_node(cluster, name):
+    """Two pika connections, on nodes 1 and 2, commit at the same time
+    into a stream each node leads a partition of, each channel's id
+    coordinated by its own node: each node's Produce to the other waits
+    on a leader that checks the batch with the other node's coordinator
+    (and each EndTxn on markers sent back), so the two nodes' requests
+    cross. Every commit succeeds and read_committed has them all."""
+    stream = AmqpStream(cluster, name)
+    rounds = 15
+    failures: list[BaseException] = []
+    committed: dict[int, list[bytes]] = {1: [], 2: []}
+
+    def commit_from(number: int) -> None:
+        connection_name = f"{name}-crossing-{number}"
+        connection = amqp_connection(cluster.node(number), connection_name)
+        try:
+            channel_number = stream.channel_coordinated_by(
+                lambda node: node == number, number, connection_name)
+            ch = connection.channel(channel_number=channel_number)
+            ch.tx_select()
+            for round_ in range(rounds):
+                committed[number] += stream.publish(ch, f"node{number}.{round_}")
+                ch.tx_commit()
+        except BaseException as error:  # reported by the main thread
+            failures.append(error)
+        finally:
+            if connection.is_open:
+                connection.close()
+
+    threads = [threading.Thread(target=commit_from, args=(number,)) for number in (1, 2)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    stream.close()
+    assert not any(thread.is_alive() for thread in threads), "commits still running after 120 s"
+    assert not failures, failures
+    elapsed = time.monotonic() - started
+    every = committed[1] + committed[2]
+    seen = read(cluster.node(3).bootstrap, name, 3, "read_committed")
+    assert sorted(v for values in seen.values() for v in values) == sorted(every), f"after {elapsed:.1f} s"

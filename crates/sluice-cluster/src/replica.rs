@@ -63,7 +63,7 @@ const BACKOFF: Duration = Duration::from_millis(300);
 /// Longest a connect or a request may take before the link is dropped
 /// and dialled again (Kafka's `replica.socket.timeout.ms` is 30 s; a fetch
 /// here waits at most `FETCH_WAIT_MS` on the leader).
-const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs the replica fetchers of this node until `stopping`: one task per
 /// leader node it follows partitions of, started and ended as the

@@ -9,6 +9,10 @@
 //!   partitions' leaders;
 //! - a leader's check of a transactional batch with the id's coordinator
 //!   (KIP-890: AddPartitionsToTxn v4 with `verify_only`).
+//!
+//! Two connections per peer ([`Lane`]) keep requests whose handling sends
+//! requests of its own apart from those, so two nodes never wait on each
+//! other.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -46,6 +50,19 @@ const PRODUCE_VERSION: i16 = 7;
 const TXN_TIMEOUT: Duration = Duration::from_secs(15);
 
 type Slot = Arc<tokio::sync::Mutex<Option<Link>>>;
+
+/// Which of a peer's two connections a request takes. A request held on
+/// a connection until answered must never wait for one whose handling
+/// needs the same kind of connection back (two nodes each waiting on the
+/// other): requests whose handling sends none of its own (markers, KIP-890
+/// verifications) go on the `Leaf` one; the broker's own producer, whose
+/// EndTxn, InitProducerId and Produce may make the peer send those, goes
+/// on the `Producer` one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Lane {
+    Leaf,
+    Producer,
+}
 /// A marker's producer id, epoch, outcome (commit) and coordinator epoch.
 type MarkerKey = (i64, i16, bool, i32);
 
@@ -56,7 +73,7 @@ pub struct TxnLinks {
     runtime: Handle,
     /// This node's id (named in the requests' client id).
     own: i32,
-    links: Mutex<HashMap<i32, Slot>>,
+    links: Mutex<HashMap<(i32, Lane), Slot>>,
 }
 
 impl TxnLinks {
@@ -69,44 +86,60 @@ impl TxnLinks {
         }
     }
 
-    fn slot(&self, node: i32) -> Slot {
+    fn slot(&self, node: i32, lane: Lane) -> Slot {
         let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
-        Arc::clone(links.entry(node).or_default())
+        Arc::clone(links.entry((node, lane)).or_default())
     }
 
-    /// Sends `request` on `node`'s link and waits for its response
-    /// (`Err` with why not: the link is dialled again next time).
-    fn call<R>(&self, node: i32, request: R, version: i16) -> Result<R::Response, String>
+    /// Sends `request` on `node`'s link of `lane` and waits for its
+    /// response (`Err` with why not: the link is dialled again next time).
+    /// Each of waiting for the link and the exchange has `TXN_TIMEOUT`; a
+    /// link that failed or timed out is dropped before it is let go of.
+    fn call<R>(
+        &self,
+        node: i32,
+        lane: Lane,
+        request: R,
+        version: i16,
+    ) -> Result<R::Response, String>
     where
         R: Request + Encodable + HeaderVersion + Send + 'static,
         R::Response: Send + 'static,
     {
-        let slot = self.slot(node);
+        let slot = self.slot(node, lane);
         let address = u64::try_from(node)
             .ok()
             .and_then(|id| self.node.address(id));
         let own = self.own;
+        let late = move || format!("no answer from node {node} in time");
         let sending = async move {
+            let Ok(mut link) = tokio::time::timeout(TXN_TIMEOUT, slot.lock()).await else {
+                return Err(format!("the link to node {node} stayed busy"));
+            };
             let sent = tokio::time::timeout(
                 TXN_TIMEOUT,
-                exchange(&slot, address, own, node, request, version),
+                exchange(&mut link, address, own, node, request, version),
             )
             .await
-            .unwrap_or_else(|_| Err(format!("no answer from node {node} in time")));
+            .unwrap_or_else(|_| Err(late()));
             if sent.is_err() {
-                *slot.lock().await = None;
+                *link = None;
             }
             sent
         };
-        crate::run_blocking(&self.runtime, TXN_TIMEOUT + Duration::from_secs(1), sending)
-            .unwrap_or_else(|| Err(format!("no answer from node {node} in time")))
+        crate::run_blocking(
+            &self.runtime,
+            TXN_TIMEOUT * 2 + Duration::from_secs(1),
+            sending,
+        )
+        .unwrap_or_else(|| Err(late()))
     }
 
     /// As [`TxnLinks::call`], for the broker's own transaction `id`: a
     /// link's failure as [`CoreError::Internal`].
     fn call_for<R>(
         &self,
-        node: i32,
+        (node, lane): (i32, Lane),
         id: &str,
         request: R,
         version: i16,
@@ -115,7 +148,7 @@ impl TxnLinks {
         R: Request + Encodable + HeaderVersion + Send + 'static,
         R::Response: Send + 'static,
     {
-        self.call(node, request, version).map_err(|reason| {
+        self.call(node, lane, request, version).map_err(|reason| {
             TxnError::Core(CoreError::Internal {
                 reason: format!("transaction {id:?} on node {node}: {reason}"),
             })
@@ -126,7 +159,7 @@ impl TxnLinks {
 impl TxnPeers for TxnLinks {
     fn write_markers(&self, node: i32, markers: Vec<RemoteMarker>) -> Result<(), CoreError> {
         let asked = markers.len();
-        self.call(node, markers_request(&markers), MARKERS_VERSION)
+        self.call(node, Lane::Leaf, markers_request(&markers), MARKERS_VERSION)
             .and_then(|response| markers_answered(&response, asked))
             .map_err(|reason| CoreError::Internal {
                 reason: format!("transaction markers on node {node}: {reason}"),
@@ -139,7 +172,7 @@ impl TxnPeers for TxnLinks {
             .with_transaction_timeout_ms(timeout_ms)
             .with_producer_id(ProducerId(-1))
             .with_producer_epoch(-1);
-        let response = self.call_for(node, id, request, INIT_PRODUCER_VERSION)?;
+        let response = self.call_for((node, Lane::Producer), id, request, INIT_PRODUCER_VERSION)?;
         answered(node, id, response.error_code)?;
         Ok((response.producer_id.0, response.producer_epoch))
     }
@@ -169,7 +202,8 @@ impl TxnPeers for TxnLinks {
                     })
                     .collect(),
             );
-        let response = self.call_for(node, id, request, ADD_PARTITIONS_VERSION)?;
+        let response =
+            self.call_for((node, Lane::Producer), id, request, ADD_PARTITIONS_VERSION)?;
         let codes: Vec<i16> = response
             .results_by_topic_v3_and_below
             .iter()
@@ -203,7 +237,9 @@ impl TxnPeers for TxnLinks {
         let request = ProduceRequest::default()
             .with_transactional_id(Some(transactional_id(id)))
             .with_acks(-1)
-            .with_timeout_ms(i32::try_from(TXN_TIMEOUT.as_millis()).unwrap_or(i32::MAX))
+            .with_timeout_ms(
+                i32::try_from(crate::replica::CALL_TIMEOUT.as_millis()).unwrap_or(i32::MAX),
+            )
             .with_topic_data(
                 topics
                     .into_iter()
@@ -214,7 +250,7 @@ impl TxnPeers for TxnLinks {
                     })
                     .collect(),
             );
-        let response = self.call_for(node, id, request, PRODUCE_VERSION)?;
+        let response = self.call_for((node, Lane::Producer), id, request, PRODUCE_VERSION)?;
         let mut written = 0;
         for topic in &response.responses {
             for partition in &topic.partition_responses {
@@ -261,7 +297,7 @@ impl TxnPeers for TxnLinks {
                         .with_partitions(vec![partition]),
                 ]),
         ]);
-        let response = self.call_for(node, id, request, VERIFY_VERSION)?;
+        let response = self.call_for((node, Lane::Leaf), id, request, VERIFY_VERSION)?;
         answered(node, id, response.error_code)?;
         let code = response
             .results_by_transaction
@@ -290,7 +326,7 @@ impl TxnPeers for TxnLinks {
             .with_producer_id(ProducerId(producer_id))
             .with_producer_epoch(epoch)
             .with_committed(commit);
-        let response = self.call_for(node, id, request, END_TXN_VERSION)?;
+        let response = self.call_for((node, Lane::Producer), id, request, END_TXN_VERSION)?;
         answered(node, id, response.error_code)
     }
 }
@@ -351,7 +387,7 @@ fn topic_name(topic: &str) -> TopicName {
 
 /// One request on `node`'s link, dialled first if needed.
 async fn exchange<R>(
-    slot: &tokio::sync::Mutex<Option<Link>>,
+    link: &mut Option<Link>,
     address: Option<String>,
     own: i32,
     node: i32,
@@ -361,7 +397,6 @@ async fn exchange<R>(
 where
     R: Request + Encodable + HeaderVersion,
 {
-    let mut link = slot.lock().await;
     if link.is_none() {
         let address = address.ok_or_else(|| format!("no address known for node {node}"))?;
         let stream = connect(&address).await.map_err(|e| e.to_string())?;
