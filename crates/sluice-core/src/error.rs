@@ -112,6 +112,11 @@ pub enum CoreError {
         current: i16,
         found: i16,
     },
+    /// A producer's first transactional batch here whose verification
+    /// with its coordinator was overtaken by a marker of the producer (the
+    /// transaction it was verified for has ended: KIP-890's guard).
+    #[error("producer {producer_id}: its transaction ended while its batch was verified")]
+    TransactionOvertaken { producer_id: i64 },
     /// A transaction marker from a coordinator older than the one that
     /// last wrote a marker for this producer here (a coordinator that
     /// lost its partition of `__transaction_state` and does not know it).

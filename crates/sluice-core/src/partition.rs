@@ -231,6 +231,13 @@ impl Partition {
         }
     }
 
+    /// A verification guard for `producer_id`'s first batch of a
+    /// transaction here, taken before asking its coordinator
+    /// ([`crate::Topic::append_start_guarded`]).
+    pub fn verification_guard(&self, producer_id: i64) -> u64 {
+        self.producers.guard(producer_id)
+    }
+
     /// Whether `producer_id` at `epoch` has a transaction open on this
     /// partition (its first batch in it was taken, and no marker since).
     pub fn in_transaction(&self, producer_id: i64, epoch: i16) -> bool {

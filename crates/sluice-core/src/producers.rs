@@ -155,6 +155,13 @@ pub(crate) struct ProducerStates {
     checkpointed_at: AtomicI64,
     /// Held while a checkpoint is written: one writer at a time.
     checkpointing: Mutex<()>,
+    /// KIP-890's verification guards: a producer's first batch of a
+    /// transaction here is verified with its coordinator under a guard
+    /// taken before asking, which a marker of the producer clears; the
+    /// batch is written only if its guard still stands (a verification
+    /// overtaken by the transaction's end writes nothing).
+    guards: Mutex<HashMap<i64, u64>>,
+    next_guard: std::sync::atomic::AtomicU64,
 }
 
 impl ProducerStates {
@@ -165,6 +172,35 @@ impl ProducerStates {
     /// The partition's transactions.
     pub(crate) fn txns(&self) -> MutexGuard<'_, TxnIndex> {
         self.txns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The verification guard of `producer_id`'s first batches of a
+    /// transaction here: the one standing (batches in flight together
+    /// share it, as Kafka's `VerificationStateEntry`), else a new one.
+    pub(crate) fn guard(&self, producer_id: i64) -> u64 {
+        *self
+            .guards
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(producer_id)
+            .or_insert_with(|| self.next_guard.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Whether `token` is still `producer_id`'s guard (no marker since).
+    pub(crate) fn guarded(&self, producer_id: i64, token: u64) -> bool {
+        self.guards
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&producer_id)
+            == Some(&token)
+    }
+
+    /// A marker of `producer_id` ends what any guard verified.
+    fn unguard(&self, producer_id: i64) {
+        self.guards
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&producer_id);
     }
 
     /// A transactional batch or a marker was appended (the caller holds
@@ -349,6 +385,7 @@ pub(crate) fn learn_txns(
     for (at, header) in headers {
         if header.producer_id >= 0 && header.is_transactional() {
             let marker = if header.is_control() {
+                states.unguard(header.producer_id);
                 batches.get(*at..at + header.size).and_then(decode_marker)
             } else {
                 None

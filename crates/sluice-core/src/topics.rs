@@ -206,6 +206,24 @@ impl Topic {
         partition: PartitionId,
         records: &mut BytesMut,
     ) -> Result<Appended, CoreError> {
+        self.append_start_guarded(partition, records, None)
+    }
+
+    /// As [`Topic::append_start`], for a producer's batch verified with its
+    /// transaction coordinator under `guard`
+    /// ([`crate::Partition::verification_guard`]): a transactional batch
+    /// that would open the producer's transaction here is refused
+    /// ([`CoreError::TransactionOvertaken`]) when a marker of the producer
+    /// came since the guard was taken.
+    ///
+    /// # Errors
+    /// As [`Topic::append_start`], and [`CoreError::TransactionOvertaken`].
+    pub fn append_start_guarded(
+        &self,
+        partition: PartitionId,
+        records: &mut BytesMut,
+        guard: Option<u64>,
+    ) -> Result<Appended, CoreError> {
         let target = self.local_partition(partition)?;
         let invalid = |reason| CoreError::Log(sluice_log::LogError::InvalidBatch { reason });
         if let Some(codec) = self.compression()
@@ -260,6 +278,16 @@ impl Topic {
         // Idempotent: check and write under the partition's producer lock,
         // so two copies of one batch cannot both pass; sync outside it.
         let mut producers = target.producers.lock();
+        if let Some(token) = guard
+            && first.is_transactional()
+            && !first.is_control()
+            && !target.producers.txns().is_open(first.producer_id)
+            && !target.producers.guarded(first.producer_id, token)
+        {
+            return Err(CoreError::TransactionOvertaken {
+                producer_id: first.producer_id,
+            });
+        }
         let checked = producers::check(
             &producers,
             first.producer_id,

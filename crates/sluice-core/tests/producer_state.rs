@@ -104,3 +104,64 @@ fn a_retry_of_the_batch_before_a_roll_is_a_duplicate_after_a_restart() {
     ));
     broker.shutdown().expect("shutdown");
 }
+
+/// A transactional batch of `producer_id` (epoch 0) with `sequence`.
+fn transactional(producer_id: i64, sequence: i32) -> BytesMut {
+    let mut records = batch(producer_id, sequence);
+    sluice_log::batch::set_producer(&mut records, producer_id, 0, sequence, true)
+        .expect("producer fields");
+    records
+}
+
+/// KIP-890's guard: a producer's first batch of a transaction verified
+/// under a guard is refused if a marker of the producer came meanwhile
+/// (the transaction it was verified for ended); batches in flight
+/// together share the guard; a new guard after the marker lets it in.
+#[test]
+fn a_verification_overtaken_by_a_marker_writes_nothing() {
+    use sluice_core::transactions::{Marker, Outcome};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let broker = open(dir.path());
+    let topic = broker.topic_or_create("t").expect("topic");
+    let id = PartitionId::from(0);
+    let partition = topic.partition(id).expect("partition");
+    let guard = partition.verification_guard(PRODUCER);
+    assert_eq!(
+        partition.verification_guard(PRODUCER),
+        guard,
+        "shared while it stands"
+    );
+    let abort = Marker {
+        outcome: Outcome::Abort,
+        coordinator_epoch: 0,
+    };
+    topic.write_marker(id, PRODUCER, 0, abort).expect("marker");
+    let refused = topic.append_start_guarded(id, &mut transactional(PRODUCER, 0), Some(guard));
+    assert!(
+        matches!(
+            refused,
+            Err(CoreError::TransactionOvertaken {
+                producer_id: PRODUCER
+            })
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(
+        topic.partition(id).expect("partition").log_end().get(),
+        1,
+        "only the marker"
+    );
+    let again = partition.verification_guard(PRODUCER);
+    assert_ne!(again, guard);
+    topic
+        .append_start_guarded(id, &mut transactional(PRODUCER, 0), Some(again))
+        .expect("verified after the marker")
+        .wait()
+        .expect("written");
+    // Open now: the next batch of the transaction needs no guard.
+    topic
+        .append_start_guarded(id, &mut transactional(PRODUCER, 1), Some(guard))
+        .expect("the transaction is open here")
+        .wait()
+        .expect("written");
+}

@@ -44,6 +44,7 @@ pub(crate) fn code(err: &CoreError) -> ResponseError {
         CoreError::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber,
         CoreError::InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch,
         CoreError::CoordinatorFenced { .. } => ResponseError::TransactionCoordinatorFenced,
+        CoreError::TransactionOvertaken { .. } => ResponseError::InvalidTxnState,
         CoreError::UnknownProducerId { .. } => ResponseError::UnknownProducerId,
         CoreError::InvalidRecord { .. } => ResponseError::InvalidRecord,
     }

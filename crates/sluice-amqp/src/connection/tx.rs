@@ -5,7 +5,7 @@
 //! What a commit routes to streams is written as one Kafka transaction of
 //! the channel's own transactional id (`__sluice_amqp_tx-<node>-<channel
 //! key>`, forgotten when the connection closes or, on another node's
-//! coordinator, after a minute idle; Kafka clients may not take ids of
+//! coordinator, after an hour idle; Kafka clients may not take ids of
 //! that prefix): read_committed consumers see all of it or none, crash
 //! included, on one node and on a cluster (where the broker is a Kafka
 //! producer of the id's coordinator and the streams' leaders).

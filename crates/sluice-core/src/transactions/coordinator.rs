@@ -47,6 +47,11 @@ use crate::{Broker, CommittedOffset, CoreError};
 /// The timeout of the broker's own transactions ([`TxnCoordinator::write_atomically`]):
 /// one left open by a crash is aborted after it.
 const INTERNAL_TIMEOUT_MS: i32 = 60_000;
+/// An idle id of the broker's own is forgotten after this (on a cluster
+/// no connection's close forgets it; each commit is a new epoch, so
+/// nothing is fenced by keeping it, but one used again within it keeps its
+/// producer id).
+const BROKER_ID_EXPIRATION_MS: i64 = 3_600_000;
 /// How long the broker's own transaction waits for its id's coordinator
 /// while the id is busy (its last transaction completing) or moving.
 const OWN_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
@@ -769,9 +774,22 @@ impl TxnCoordinator {
                 Some(TxnState::PrepareCommit) => true,
                 _ => return written,
             },
-            // The coordinator's answer to the commit is lost: the
-            // client cannot know either way.
-            Via::Node(..) if ending => return written,
+            // The coordinator's answer to the commit is lost or a
+            // refusal: an abort settles it, as the coordinator takes an
+            // abort only while the commit is not decided.
+            Via::Node(..) if ending => {
+                return match via.end(self, broker, id, producer, false) {
+                    Err(TxnError::InvalidState { .. }) => {
+                        tracing::warn!(transactional_id = %id, error = %failed, "a commit's answer was lost; the coordinator had decided it");
+                        Ok(())
+                    }
+                    Ok(()) | Err(TxnError::Concurrent { .. }) => written,
+                    Err(error) => {
+                        tracing::warn!(transactional_id = %id, %error, "cannot settle a commit whose answer was lost; it times out if undecided");
+                        written
+                    }
+                };
+            }
             Via::Node(..) => false,
         };
         if decided {
@@ -1373,7 +1391,7 @@ impl TxnCoordinator {
                 // transaction: nothing is fenced by keeping them idle
                 // (on a cluster no connection's close forgets them).
                 let expiration_ms = if id.starts_with(super::BROKER_TXN_PREFIX) {
-                    self.expiration_ms.min(i64::from(INTERNAL_TIMEOUT_MS))
+                    self.expiration_ms.min(BROKER_ID_EXPIRATION_MS)
                 } else {
                     self.expiration_ms
                 };

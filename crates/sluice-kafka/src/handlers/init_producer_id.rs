@@ -23,7 +23,7 @@ pub(crate) async fn handle(
     if let Some(id) = request.transactional_id {
         // The broker's own ids (AMQP transactions into streams), which
         // only other nodes' brokers may ask for.
-        if id.starts_with(sluice_core::transactions::BROKER_TXN_PREFIX) && !context.inter_node {
+        if super::transactions::broker_owned(context, &id) {
             return refused(ResponseError::TransactionalIdAuthorizationFailed);
         }
         let broker = Arc::clone(&context.broker);

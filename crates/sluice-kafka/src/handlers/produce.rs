@@ -83,6 +83,9 @@ pub(crate) async fn start(
     let (throttle_time_ms, disk_full) = admit(&context.broker).await;
     let transactional_id: Option<Arc<str>> =
         request.transactional_id.map(|id| Arc::from(id.as_str()));
+    let owned = transactional_id
+        .as_deref()
+        .is_some_and(|id| super::transactions::broker_owned(context, id));
     let mut topics = Vec::new();
     for topic_data in request.topic_data {
         let name = topic_data.name.to_string();
@@ -94,6 +97,8 @@ pub(crate) async fn start(
                 Err(ResponseError::InvalidRequiredAcks)
             } else if disk_full {
                 Err(ResponseError::KafkaStorageError)
+            } else if owned {
+                Err(ResponseError::TransactionalIdAuthorizationFailed)
             } else if exists {
                 write(
                     &context.broker,
@@ -180,7 +185,10 @@ fn write(
         return Err(ResponseError::CorruptMessage);
     };
     // A transactional batch goes only to a partition its transaction
-    // holds (KIP-890's verification, done here by the coordinator).
+    // holds (KIP-890's verification, by the id's coordinator), under a
+    // guard taken first: a marker of the producer before the batch is
+    // written (the transaction ended meanwhile) refuses it.
+    let mut guard = None;
     if let Ok(header) = BatchHeader::parse(&records)
         && header.is_transactional()
         && !header.is_control()
@@ -188,9 +196,13 @@ fn write(
         let Some(id) = transactional_id else {
             return Err(ResponseError::TransactionalIdAuthorizationFailed);
         };
-        let open_here = topic
-            .partition(PartitionId::from(index))
+        let local = topic.partition(PartitionId::from(index));
+        let open_here = local
+            .as_ref()
             .is_some_and(|p| p.in_transaction(header.producer_id, header.producer_epoch));
+        if !open_here {
+            guard = local.map(|p| p.verification_guard(header.producer_id));
+        }
         if let Err(error) = broker.transactions().verify(
             id,
             header.producer_id,
@@ -212,7 +224,7 @@ fn write(
     }
     let mut records = BytesMut::from(&records[..]);
     let pending = topic
-        .append_start(PartitionId::from(index), &mut records)
+        .append_start_guarded(PartitionId::from(index), &mut records, guard)
         .map_err(|err| refuse(&err))?;
     // acks=all waits for every in-sync replica of a replicated partition.
     let pending = if acks == -1 {

@@ -1082,6 +1082,80 @@ async fn the_brokers_own_transactional_ids_are_reserved_and_forgotten() {
         ),
         _ => panic!("no InitProducerId response"),
     }
+    // Nor may a client end, extend or write into one of their
+    // transactions (an AMQP channel's, whose producer id it read).
+    let owned = || TransactionalId(StrBytes::from_static_str("__sluice_amqp_tx-1-7"));
+    let refused = ResponseError::TransactionalIdAuthorizationFailed.code();
+    let end = EndTxnRequest::default()
+        .with_transactional_id(owned())
+        .with_producer_id(ProducerId(1))
+        .with_committed(false);
+    match dispatch(&context, RequestKind::EndTxn(end), 3, "test-client").await {
+        Some(ResponseKind::EndTxn(answer)) => assert_eq!(answer.error_code, refused),
+        _ => panic!("no EndTxn response"),
+    }
+    let add = AddOffsetsToTxnRequest::default()
+        .with_transactional_id(owned())
+        .with_producer_id(ProducerId(1))
+        .with_group_id(GroupId(StrBytes::from_static_str("g")));
+    match dispatch(
+        &context,
+        RequestKind::AddOffsetsToTxn(add),
+        3,
+        "test-client",
+    )
+    .await
+    {
+        Some(ResponseKind::AddOffsetsToTxn(answer)) => assert_eq!(answer.error_code, refused),
+        _ => panic!("no AddOffsetsToTxn response"),
+    }
+    let add = AddPartitionsToTxnRequest::default()
+        .with_v3_and_below_transactional_id(owned())
+        .with_v3_and_below_producer_id(ProducerId(1))
+        .with_v3_and_below_topics(vec![
+            add_partitions_to_txn_request::AddPartitionsToTxnTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str("t")))
+                .with_partitions(vec![0]),
+        ]);
+    match dispatch(
+        &context,
+        RequestKind::AddPartitionsToTxn(add),
+        3,
+        "test-client",
+    )
+    .await
+    {
+        Some(ResponseKind::AddPartitionsToTxn(answer)) => {
+            let codes: Vec<i16> = answer
+                .results_by_topic_v3_and_below
+                .iter()
+                .flat_map(|t| &t.results_by_partition)
+                .map(|p| p.partition_error_code)
+                .collect();
+            assert_eq!(codes, vec![refused]);
+        }
+        _ => panic!("no AddPartitionsToTxn response"),
+    }
+    let produce = ProduceRequest::default()
+        .with_transactional_id(Some(owned()))
+        .with_acks(-1)
+        .with_topic_data(vec![
+            TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_static_str("t")))
+                .with_partition_data(vec![PartitionProduceData::default().with_index(0)]),
+        ]);
+    match dispatch(&context, RequestKind::Produce(produce), 7, "test-client").await {
+        Some(ResponseKind::Produce(answer)) => {
+            let codes: Vec<i16> = answer
+                .responses
+                .iter()
+                .flat_map(|t| &t.partition_responses)
+                .map(|p| p.error_code)
+                .collect();
+            assert_eq!(codes, vec![refused]);
+        }
+        _ => panic!("no Produce response"),
+    }
     let transactions = context.broker.transactions();
     context.broker.topic_or_create("t").expect("topic t");
     let (idle, _) = transactions

@@ -43,6 +43,13 @@ const FENCED_FROM: i16 = 2;
 /// The first version of the batched form (KIP-890), which brokers send.
 const BATCHED_FROM: i16 = 4;
 
+/// Whether `id` is one of the broker's own transactional ids (AMQP
+/// transactions into streams) asked for by a client: only other nodes'
+/// brokers may use them (TRANSACTIONAL_ID_AUTHORIZATION_FAILED).
+pub(crate) fn broker_owned(context: &Context, id: &str) -> bool {
+    !context.inter_node && id.starts_with(sluice_core::transactions::BROKER_TXN_PREFIX)
+}
+
 pub(crate) async fn add_partitions(
     context: &Context,
     request: AddPartitionsToTxnRequest,
@@ -161,6 +168,10 @@ async fn add_to_one(
     topics: Vec<AddPartitionsToTxnTopic>,
     version: i16,
 ) -> Vec<AddPartitionsToTxnTopicResult> {
+    if broker_owned(context, &id) {
+        let code = ResponseError::TransactionalIdAuthorizationFailed.code();
+        return topic_results(topics, |_, _| code);
+    }
     let broker = Arc::clone(&context.broker);
     let wanted: Vec<(String, i32)> = topics
         .iter()
@@ -207,6 +218,10 @@ pub(crate) async fn add_offsets(
     request: AddOffsetsToTxnRequest,
     version: i16,
 ) -> AddOffsetsToTxnResponse {
+    if broker_owned(context, &request.transactional_id) {
+        return AddOffsetsToTxnResponse::default()
+            .with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code());
+    }
     let broker = Arc::clone(&context.broker);
     let added = blocking(move || {
         // On a cluster the group's offsets partition gets the marker that
@@ -264,7 +279,11 @@ pub(crate) async fn commit_offsets(
     );
     let (generation, member) = (request.generation_id, request.member_id.to_string());
     let coordinates = super::coordinates(context, &group);
+    let owned = broker_owned(context, &id);
     let committed = blocking(move || {
+        if owned {
+            return Err(ResponseError::TransactionalIdAuthorizationFailed);
+        }
         // A member of a group (v3+, KIP-447) commits only in its current
         // generation: a zombie of an older one is fenced.
         if generation >= 0 {
@@ -324,6 +343,10 @@ pub(crate) async fn commit_offsets(
 }
 
 pub(crate) async fn end(context: &Context, request: EndTxnRequest, version: i16) -> EndTxnResponse {
+    if broker_owned(context, &request.transactional_id) {
+        return EndTxnResponse::default()
+            .with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code());
+    }
     let broker = Arc::clone(&context.broker);
     let ended = blocking(move || {
         broker.transactions().end(
