@@ -30,6 +30,7 @@ workloads=(
     # run above) against read_uncommitted consumption.
     "txn: 1 KiB, acks=all, idempotent|--size 1024 --count 300000 --partitions 1 --acks all --idempotent"
     "txn: 1 KiB, acks=all, transactions of 1,000|--size 1024 --count 300000 --partitions 1 --acks all --transaction-messages 1000"
+    "txn: 1 KiB, acks=all, idempotent, consumed after|--size 1024 --count 300000 --partitions 1 --acks all --idempotent --consume-after-produce"
     "txn: 1 KiB, transactions of 1,000, consumed after, read_committed|--size 1024 --count 300000 --partitions 1 --acks all --transaction-messages 1000 --consume-after-produce"
     "txn: 1 KiB, transactions of 1,000, consumed after, read_uncommitted|--size 1024 --count 300000 --partitions 1 --acks all --transaction-messages 1000 --consume-after-produce --consumer-set isolation.level=read_uncommitted"
 )

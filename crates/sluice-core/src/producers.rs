@@ -306,6 +306,11 @@ impl ProducerStates {
     fn rebuild_within(&self, log: &sluice_log::Log, replay_bytes: u64) -> Result<(), CoreError> {
         let mut producers = self.lock();
         producers.clear();
+        // Markers cut off with the log cleared no guard: none stands.
+        self.guards
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         let checkpoint = Self::read_checkpoint(log);
         let had_checkpoint = checkpoint.is_some();
         let (mut txns, covered) = checkpoint.unwrap_or_default();

@@ -158,10 +158,20 @@ fn a_verification_overtaken_by_a_marker_writes_nothing() {
         .expect("verified after the marker")
         .wait()
         .expect("written");
-    // Open now: the next batch of the transaction needs no guard.
+    // Open now: the next batch of the transaction passes whatever guard.
     topic
         .append_start_guarded(id, &mut transactional(PRODUCER, 1), Some(guard))
         .expect("the transaction is open here")
         .wait()
         .expect("written");
+    // A batch checked while the transaction was open, written after its
+    // end: refused too.
+    let while_open = partition.verification_guard(PRODUCER);
+    assert_eq!(while_open, again, "the standing guard");
+    topic.write_marker(id, PRODUCER, 0, abort).expect("marker");
+    let late = topic.append_start_guarded(id, &mut transactional(PRODUCER, 2), Some(while_open));
+    assert!(
+        matches!(late, Err(CoreError::TransactionOvertaken { .. })),
+        "{late:?}"
+    );
 }

@@ -1069,9 +1069,11 @@ impl TxnCoordinator {
                 return Ok(());
             }
             match (self.coordinator(id), self.remote.get()) {
-                // Led here since, not loaded yet: loaded, then checked below.
+                // Led here since, not loaded yet (the tick loads it within a
+                // second; not here, on a produce's async worker): the
+                // producer asks again.
                 (crate::Coordinator::Here, _) => {
-                    self.led(&mut self.lock(), id)?;
+                    return Err(TxnError::Concurrent { id: id.to_owned() });
                 }
                 (crate::Coordinator::Node(node), Some(peers)) => {
                     return peers.verify(node, id, (producer_id, epoch), topic, partition);

@@ -200,9 +200,9 @@ fn write(
         let open_here = local
             .as_ref()
             .is_some_and(|p| p.in_transaction(header.producer_id, header.producer_epoch));
-        if !open_here {
-            guard = local.map(|p| p.verification_guard(header.producer_id));
-        }
+        // Taken whatever the check finds: a transaction open now may end
+        // before the batch is written.
+        guard = local.map(|p| p.verification_guard(header.producer_id));
         if let Err(error) = broker.transactions().verify(
             id,
             header.producer_id,
