@@ -10,7 +10,7 @@
 //! - a leader's check of a transactional batch with the id's coordinator
 //!   (KIP-890: AddPartitionsToTxn v4 with `verify_only`).
 //!
-//! Two connections per peer ([`Lane`]) keep requests whose handling sends
+//! Two connections per peer (`Lane`) keep requests whose handling sends
 //! requests of its own apart from those, so two nodes never wait on each
 //! other.
 
