@@ -768,40 +768,22 @@ impl TxnCoordinator {
         let Err(failed) = &written else {
             return written;
         };
-        let decided = match via {
-            Via::Here => match self.describe(id).map(|meta| meta.state) {
-                Some(TxnState::Ongoing) => false,
-                Some(TxnState::PrepareCommit) => true,
-                _ => return written,
-            },
-            // The coordinator's answer to the commit is lost or a
-            // refusal: an abort settles it, as the coordinator takes an
-            // abort only while the commit is not decided.
-            Via::Node(..) if ending => {
-                return match via.end(self, broker, id, producer, false) {
-                    Err(TxnError::InvalidState { .. }) => {
-                        tracing::warn!(transactional_id = %id, error = %failed, "a commit's answer was lost; the coordinator had decided it");
-                        Ok(())
-                    }
-                    Ok(()) | Err(TxnError::Concurrent { .. }) => written,
-                    Err(error) => {
-                        tracing::warn!(transactional_id = %id, %error, "cannot settle a commit whose answer was lost; it times out if undecided");
-                        written
-                    }
-                };
+        // An abort settles it wherever the id is coordinated: the
+        // coordinator takes one only while the commit is not decided.
+        match via.end(self, broker, id, producer, false) {
+            Err(TxnError::InvalidState { .. }) if ending => {
+                // Decided and durable (as Kafka answers EndTxn): the
+                // coordinator completes its markers.
+                tracing::warn!(transactional_id = %id, error = %failed, "a commit failed after its decision; the coordinator completes it");
+                Ok(())
             }
-            Via::Node(..) => false,
-        };
-        if decided {
-            // Decided and durable (as Kafka answers EndTxn): its markers
-            // are written by the tick.
-            tracing::warn!(transactional_id = %id, error = %failed, "a commit's markers failed; the coordinator completes it");
-            return Ok(());
+            // Aborted now or already; or nothing was open to abort.
+            Ok(()) | Err(TxnError::Concurrent { .. } | TxnError::InvalidState { .. }) => written,
+            Err(error) => {
+                tracing::warn!(transactional_id = %id, %error, "cannot abort a failed transaction; it times out if undecided");
+                written
+            }
         }
-        if let Err(error) = via.end(self, broker, id, producer, false) {
-            tracing::warn!(transactional_id = %id, %error, "cannot abort a failed transaction; it times out");
-        }
-        written
     }
 
     /// InitProducerId of the broker's own transactional id `id`, on the
