@@ -40,6 +40,32 @@ async fn step<T>(
         .context(what)
 }
 
+/// Waits for a delivery's ack to be sent. lapin may leave an ack pending
+/// for good when a kill cut the connection just before it (no reply ever
+/// settles it), so a connection found closed ends the wait at once rather
+/// than after [`STEP_TIMEOUT`]; such a wait once swallowed four kills of a
+/// 20 s run, and the consumer never saw them.
+async fn acked(
+    connection: &Connection,
+    ack: impl std::future::Future<Output = lapin::Result<bool>>,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + STEP_TIMEOUT;
+    tokio::pin!(ack);
+    loop {
+        let poll = deadline.min(tokio::time::Instant::now() + Duration::from_millis(200));
+        match tokio::time::timeout_at(poll, &mut ack).await {
+            Ok(sent) => return sent.map(drop).context("basic.ack"),
+            Err(_) if !connection.status().connected() => {
+                anyhow::bail!("basic.ack: the connection closed before it was sent")
+            }
+            Err(_) if tokio::time::Instant::now() >= deadline => {
+                anyhow::bail!("basic.ack timed out")
+            }
+            Err(_) => {}
+        }
+    }
+}
+
 /// What the AMQP clients were told by the broker.
 #[derive(Debug, Default)]
 pub(crate) struct AmqpLedger {
@@ -258,7 +284,7 @@ async fn consume_session(
                     None => ledger.corrupt += 1,
                 }
             }
-            step("basic.ack", delivery.ack(BasicAckOptions::default())).await?;
+            acked(&connection, delivery.ack(BasicAckOptions::default())).await?;
         }
         Ok(())
     }
