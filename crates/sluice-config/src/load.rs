@@ -1039,6 +1039,14 @@ mod tests {
             ("amqp.channel_max=70000", "from 0 to 65535"),
             ("amqp.channel_max=-1", "from 0 to 65535"),
             ("kafka.default_partitions=\"many\"", "whole number"),
+            (
+                "kafka.group_consumer_assignors=\"sticky\"",
+                "uniform and/or range",
+            ),
+            (
+                "kafka.group_consumer_heartbeat_interval=\"1m\"",
+                "less than kafka.group_consumer_session_timeout",
+            ),
         ] {
             let message = ConfigLoader::new()
                 .set(assignment)

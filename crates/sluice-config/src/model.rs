@@ -194,6 +194,17 @@ pub struct KafkaConfig {
     /// How long the first join of an empty group waits for more members
     /// (Kafka's `group.initial.rebalance.delay.ms`).
     pub group_initial_rebalance_delay: HumanDuration,
+    /// A member of a consumer group of the new protocol (KIP-848) not heard
+    /// from for this long is fenced (Kafka's
+    /// `group.consumer.session.timeout.ms`).
+    pub group_consumer_session_timeout: HumanDuration,
+    /// How often members of a consumer group of the new protocol
+    /// heartbeat (Kafka's `group.consumer.heartbeat.interval.ms`).
+    pub group_consumer_heartbeat_interval: HumanDuration,
+    /// The server-side assignors of the new protocol, comma-separated, the
+    /// first the default (Kafka's `group.consumer.assignors`): `uniform`
+    /// and `range`.
+    pub group_consumer_assignors: String,
     /// The longest transaction timeout a transactional producer may ask
     /// for (Kafka's `transaction.max.timeout.ms`); longer ones get
     /// INVALID_TRANSACTION_TIMEOUT.
@@ -219,6 +230,9 @@ impl Default for KafkaConfig {
             group_min_session_timeout: HumanDuration::from_secs(6),
             group_max_session_timeout: HumanDuration::from_secs(30 * 60),
             group_initial_rebalance_delay: HumanDuration::from_secs(3),
+            group_consumer_session_timeout: HumanDuration::from_secs(45),
+            group_consumer_heartbeat_interval: HumanDuration::from_secs(5),
+            group_consumer_assignors: "uniform,range".to_owned(),
             transaction_max_timeout: HumanDuration::from_secs(15 * 60),
             transactional_id_expiration: HumanDuration::from_secs(7 * 24 * 3600),
         }
@@ -589,6 +603,18 @@ pub const KEYS: &[KeyDoc] = &[
         description: "How long the first join of an empty consumer group waits for more members (0s: no wait)",
     },
     KeyDoc {
+        key: "kafka.group_consumer_session_timeout",
+        description: "A member of a consumer group of the new protocol (KIP-848) not heard from for this long is fenced",
+    },
+    KeyDoc {
+        key: "kafka.group_consumer_heartbeat_interval",
+        description: "How often members of a consumer group of the new protocol heartbeat (less than the session timeout)",
+    },
+    KeyDoc {
+        key: "kafka.group_consumer_assignors",
+        description: "Server-side assignors of the new consumer group protocol, comma-separated, the first the default: uniform, range",
+    },
+    KeyDoc {
         key: "amqp.listen",
         description: "HOST:PORT the AMQP 0-9-1 listener binds",
     },
@@ -853,6 +879,31 @@ impl Config {
                 format!(
                     "kafka.transactional_id_expiration must be more than 0s, got {}",
                     kafka.transactional_id_expiration
+                ),
+            );
+        }
+        let session = kafka.group_consumer_session_timeout.get();
+        let interval = kafka.group_consumer_heartbeat_interval.get();
+        if interval.is_zero() || interval >= session || session.as_millis() > i32::MAX as u128 {
+            problem(
+                "kafka.group_consumer_heartbeat_interval",
+                format!(
+                    "kafka.group_consumer_heartbeat_interval must be more than 0s and less than kafka.group_consumer_session_timeout ({}, at most 24d), got {}",
+                    kafka.group_consumer_session_timeout, kafka.group_consumer_heartbeat_interval
+                ),
+            );
+        }
+        let assignors: Vec<&str> = kafka
+            .group_consumer_assignors
+            .split(',')
+            .map(str::trim)
+            .collect();
+        if assignors.iter().any(|a| !matches!(*a, "uniform" | "range")) {
+            problem(
+                "kafka.group_consumer_assignors",
+                format!(
+                    "kafka.group_consumer_assignors must name uniform and/or range, comma-separated, got {:?}",
+                    kafka.group_consumer_assignors
                 ),
             );
         }

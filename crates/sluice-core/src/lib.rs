@@ -16,6 +16,7 @@
 mod ack;
 mod admission;
 mod connections;
+pub mod consumer_groups;
 mod coordinated;
 mod data_dir;
 mod error;
@@ -202,6 +203,9 @@ pub struct BrokerOptions {
     /// Consumer group coordinator settings (session timeout range, initial
     /// rebalance delay).
     pub groups: GroupSettings,
+    /// Consumer groups of the new protocol (KIP-848): session and
+    /// heartbeat intervals, size cap, assignors.
+    pub consumer_groups: consumer_groups::ConsumerGroupSettings,
     /// Free disk space under which publishers are blocked.
     pub disk_free_limit: u64,
     /// Caps on connections, topics and queues.
@@ -246,6 +250,7 @@ impl BrokerOptions {
                 initial_rebalance_delay: std::time::Duration::ZERO,
                 ..GroupSettings::default()
             },
+            consumer_groups: consumer_groups::ConsumerGroupSettings::default(),
             disk_free_limit: 0,
             limits: Limits::default(),
             maintenance: sluice_log::MaintenanceSettings::default(),
@@ -346,6 +351,7 @@ pub struct Broker {
     offsets: OffsetStore,
     transactions: transactions::TxnCoordinator,
     groups: Arc<GroupCoordinator>,
+    consumer_groups: consumer_groups::ConsumerGroups,
     producer_ids: ProducerIds,
     vhosts: VirtualHosts,
     connections: Arc<Connections>,
@@ -516,6 +522,7 @@ impl Broker {
             offsets,
             transactions,
             groups: GroupCoordinator::new(options.groups),
+            consumer_groups: consumer_groups::ConsumerGroups::new(options.consumer_groups),
             producer_ids,
             vhosts,
             connections: Connections::new(options.limits.connections),
@@ -786,6 +793,29 @@ impl Broker {
     /// Consumer group membership.
     pub fn groups(&self) -> &Arc<GroupCoordinator> {
         &self.groups
+    }
+
+    /// Consumer groups of the new protocol (KIP-848).
+    pub fn consumer_groups(&self) -> &consumer_groups::ConsumerGroups {
+        &self.consumer_groups
+    }
+
+    /// The topics as KIP-848 groups see them: id and partition count by
+    /// name, internal topics marked.
+    pub fn topic_catalog(&self) -> consumer_groups::TopicCatalog {
+        let mut catalog = consumer_groups::TopicCatalog::new();
+        for name in self.topics.names() {
+            if let Some(topic) = self.topics.get(&name) {
+                let internal = name == OFFSETS_TOPIC || name == transactions::TXN_STATE_TOPIC;
+                catalog.insert(
+                    &name,
+                    topic.id(),
+                    u32::try_from(topic.partition_count()).unwrap_or(u32::MAX),
+                    internal,
+                );
+            }
+        }
+        catalog
     }
 
     /// AMQP virtual hosts with their exchanges and queues.

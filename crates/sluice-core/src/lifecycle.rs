@@ -136,6 +136,7 @@ impl Broker {
                 Runs::InPlace,
                 |broker| {
                     broker.groups().expire_members();
+                    broker.consumer_groups().expire(tokio::time::Instant::now());
                 },
             ),
             every(
@@ -316,6 +317,7 @@ fn expire_offsets(broker: &Broker) {
                     .groups()
                     .describe(group)
                     .is_some_and(|g| !g.members.is_empty())
+                || broker.consumer_groups().exists(group) == Some(true)
         });
     if let Err(error) = expired {
         tracing::warn!(%error, "expiring committed offsets failed");

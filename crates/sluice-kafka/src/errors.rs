@@ -1,6 +1,7 @@
 //! Core and log errors as Kafka error codes, in one place.
 
 use kafka_protocol::ResponseError;
+use sluice_core::consumer_groups::ConsumerGroupError;
 use sluice_core::storage::LogError;
 use sluice_core::transactions::TxnError;
 use sluice_core::{CoreError, GroupError};
@@ -78,6 +79,23 @@ pub(crate) fn group_code(err: GroupError) -> ResponseError {
         GroupError::GroupIdNotFound => ResponseError::GroupIdNotFound,
         GroupError::FencedInstanceId => ResponseError::FencedInstanceId,
         GroupError::InvalidGroupId => ResponseError::InvalidGroupId,
+    }
+}
+
+/// The code of a refused heartbeat, commit or describe of a consumer
+/// group of the new protocol (KIP-848).
+pub(crate) fn consumer_group_code(err: &ConsumerGroupError) -> ResponseError {
+    match err {
+        ConsumerGroupError::InvalidRequest(_) => ResponseError::InvalidRequest,
+        ConsumerGroupError::UnknownMemberId => ResponseError::UnknownMemberId,
+        ConsumerGroupError::FencedMemberEpoch => ResponseError::FencedMemberEpoch,
+        ConsumerGroupError::StaleMemberEpoch => ResponseError::StaleMemberEpoch,
+        ConsumerGroupError::UnreleasedInstanceId(_) => ResponseError::UnreleasedInstanceId,
+        ConsumerGroupError::FencedInstanceId(_) => ResponseError::FencedInstanceId,
+        ConsumerGroupError::GroupMaxSizeReached => ResponseError::GroupMaxSizeReached,
+        ConsumerGroupError::UnsupportedAssignor(_) => ResponseError::UnsupportedAssignor,
+        ConsumerGroupError::InvalidRegularExpression(_) => ResponseError::InvalidRegularExpression,
+        ConsumerGroupError::NotConsumerGroup(_) => ResponseError::GroupIdNotFound,
     }
 }
 

@@ -10,6 +10,7 @@ use sluice_cluster::{ClusterQuorum, CoreMachine, MetadataNode, RaftSettings};
 use sluice_config::{
     AmqpConfig, Config, DurabilityMode, KafkaConfig, LogFormat, LogSettings, split_list,
 };
+use sluice_core::consumer_groups::{Assignor, ConsumerGroupSettings};
 use sluice_core::{
     Broker, BrokerOptions, ConnectionLimits, DataDirLock, GroupSettings, Lifecycle, Limits,
     Metadata, MetadataMachine, User,
@@ -99,6 +100,18 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
             min_session_timeout: config.kafka.group_min_session_timeout.get(),
             max_session_timeout: config.kafka.group_max_session_timeout.get(),
             initial_rebalance_delay: config.kafka.group_initial_rebalance_delay.get(),
+        },
+        consumer_groups: ConsumerGroupSettings {
+            session_timeout: config.kafka.group_consumer_session_timeout.get(),
+            heartbeat_interval: config.kafka.group_consumer_heartbeat_interval.get(),
+            // Validated by the configuration.
+            assignors: config
+                .kafka
+                .group_consumer_assignors
+                .split(',')
+                .filter_map(|name| Assignor::parse(name.trim()))
+                .collect(),
+            ..ConsumerGroupSettings::default()
         },
         disk_free_limit: config.amqp.disk_free_limit.bytes(),
         limits: Limits {

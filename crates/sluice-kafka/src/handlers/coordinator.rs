@@ -14,7 +14,8 @@ use kafka_protocol::messages::offset_commit_response::{
     OffsetCommitResponsePartition, OffsetCommitResponseTopic,
 };
 use kafka_protocol::messages::offset_fetch_response::{
-    OffsetFetchResponsePartition, OffsetFetchResponseTopic,
+    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
+    OffsetFetchResponseTopic, OffsetFetchResponseTopics,
 };
 use kafka_protocol::messages::{
     BrokerId, FindCoordinatorRequest, FindCoordinatorResponse, OffsetCommitRequest,
@@ -119,14 +120,23 @@ pub(crate) async fn commit(
     let topics = blocking(move || {
         let group = request.group_id.to_string();
         let checked = if coordinates {
-            broker
-                .groups()
-                .check_commit(
-                    &group,
-                    request.generation_id_or_member_epoch,
-                    &request.member_id,
-                )
-                .map_err(|err| errors::group_code(err).code())
+            // A consumer group of the new protocol checks the member's
+            // epoch (KIP-848); a classic group its generation.
+            match broker.consumer_groups().check_commit(
+                &group,
+                &request.member_id,
+                request.generation_id_or_member_epoch,
+            ) {
+                Some(checked) => checked.map_err(|err| errors::consumer_group_code(&err).code()),
+                None => broker
+                    .groups()
+                    .check_commit(
+                        &group,
+                        request.generation_id_or_member_epoch,
+                        &request.member_id,
+                    )
+                    .map_err(|err| errors::group_code(err).code()),
+            }
         } else {
             Err(ResponseError::NotCoordinator.code())
         };
@@ -211,92 +221,185 @@ pub(crate) async fn commit(
     OffsetCommitResponse::default().with_topics(topics)
 }
 
+/// A topic's partitions with their committed offsets, if any.
+type TopicOffsets = (TopicName, Vec<(i32, Option<CommittedOffset>)>);
+
+/// One group's committed offsets, as OffsetFetch asks for them: every
+/// partition the group committed (`topics` null) or the ones named, each
+/// with its offset if any; the error code when this node does not
+/// coordinate the group, or the member named is not current.
+fn group_offsets(
+    context: &Context,
+    group: &str,
+    member: Option<(&str, i32)>,
+    topics: Option<Vec<(TopicName, Vec<i32>)>>,
+) -> Result<Vec<TopicOffsets>, i16> {
+    if let Some((member_id, epoch)) = member
+        && let Some(Err(error)) = context
+            .broker
+            .consumer_groups()
+            .check_commit(group, member_id, epoch)
+    {
+        return Err(errors::consumer_group_code(&error).code());
+    }
+    // Read at once, while this node coordinates the group: a coordinator
+    // replaced between a check and the reads would answer "no offset".
+    let committed: BTreeMap<(String, i32), CommittedOffset> = context
+        .broker
+        .offsets()
+        .committed(group)
+        .map(|all| all.into_iter().map(|(t, p, c)| ((t, p), c)).collect())
+        .map_err(|_| ResponseError::NotCoordinator.code())?;
+    Ok(match topics {
+        // Null (v2+): every partition the group has committed.
+        None => {
+            let mut found: Vec<TopicOffsets> = Vec::new();
+            for ((topic, partition), offset) in committed {
+                let data = (partition, Some(offset));
+                match found.last_mut() {
+                    Some(last) if last.0.as_str() == topic => last.1.push(data),
+                    _ => found.push((TopicName(StrBytes::from_string(topic)), vec![data])),
+                }
+            }
+            found
+        }
+        Some(requested) => requested
+            .into_iter()
+            .map(|(name, partitions)| {
+                let offsets = partitions
+                    .into_iter()
+                    .map(|p| (p, committed.get(&(name.to_string(), p)).cloned()))
+                    .collect();
+                (name, offsets)
+            })
+            .collect(),
+    })
+}
+
+/// A committed offset's fields: offset, leader epoch (v5+) and metadata.
+fn fields(committed: Option<&CommittedOffset>, version: i16) -> (i64, i32, Option<StrBytes>) {
+    (
+        committed.map_or(-1, |c| c.offset),
+        if version >= 5 {
+            committed.map_or(-1, |c| c.leader_epoch)
+        } else {
+            -1
+        },
+        Some(StrBytes::from_string(
+            committed
+                .and_then(|c| c.metadata.clone())
+                .unwrap_or_default(),
+        )),
+    )
+}
+
 pub(crate) fn fetch_offsets(
     context: &Context,
     request: OffsetFetchRequest,
     version: i16,
 ) -> OffsetFetchResponse {
-    let group = request.group_id.to_string();
-    // Read at once, while this node coordinates the group: a coordinator
-    // replaced between a check and the reads would answer "no offset".
-    let committed: Result<BTreeMap<(String, i32), CommittedOffset>, _> = context
-        .broker
-        .offsets()
-        .committed(&group)
-        .map(|all| all.into_iter().map(|(t, p, c)| ((t, p), c)).collect());
-    let Ok(committed) = committed else {
-        if version >= 2 {
-            return OffsetFetchResponse::default()
-                .with_error_code(ResponseError::NotCoordinator.code());
-        }
-        // v0-1 have no top-level error: each partition says it, so the
-        // consumer looks for the coordinator instead of resetting.
-        let topics = request
-            .topics
-            .unwrap_or_default()
+    if version >= 8 {
+        // Batched: one entry per group (KIP-709), with the member (v9).
+        let groups = request
+            .groups
             .into_iter()
-            .map(|topic| {
-                let partitions = topic
-                    .partition_indexes
-                    .iter()
-                    .map(|p| {
-                        OffsetFetchResponsePartition::default()
-                            .with_partition_index(*p)
-                            .with_committed_offset(-1)
-                            .with_error_code(ResponseError::NotCoordinator.code())
-                    })
-                    .collect();
-                OffsetFetchResponseTopic::default()
-                    .with_name(topic.name)
-                    .with_partitions(partitions)
-            })
-            .collect();
-        return OffsetFetchResponse::default().with_topics(topics);
-    };
-    let answer = |topic: &str, partition: i32| {
-        let committed = committed.get(&(topic.to_owned(), partition)).cloned();
-        OffsetFetchResponsePartition::default()
-            .with_partition_index(partition)
-            .with_committed_offset(committed.as_ref().map_or(-1, |c| c.offset))
-            .with_committed_leader_epoch(if version >= 5 {
-                committed.as_ref().map_or(-1, |c| c.leader_epoch)
-            } else {
-                -1
-            })
-            .with_metadata(Some(StrBytes::from_string(
-                committed.and_then(|c| c.metadata).unwrap_or_default(),
-            )))
-    };
-    let topics = match request.topics {
-        // Null (v2+): every partition the group has committed.
-        None => {
-            let mut topics: Vec<OffsetFetchResponseTopic> = Vec::new();
-            for (topic, partition) in committed.keys() {
-                let data = answer(topic, *partition);
-                match topics.last_mut() {
-                    Some(last) if last.name.as_str() == topic => last.partitions.push(data),
-                    _ => topics.push(
-                        OffsetFetchResponseTopic::default()
-                            .with_name(TopicName(StrBytes::from_string(topic.clone())))
-                            .with_partitions(vec![data]),
+            .map(|g| {
+                let member_id = g.member_id.as_ref().map(|m| m.to_string());
+                // A fetch naming no epoch (librdkafka's null and -1) is
+                // not checked, as in Kafka.
+                let member = (g.member_epoch >= 0)
+                    .then(|| (member_id.as_deref().unwrap_or_default(), g.member_epoch));
+                let topics = g.topics.map(|topics| {
+                    topics
+                        .into_iter()
+                        .map(|t| (t.name, t.partition_indexes))
+                        .collect()
+                });
+                let response =
+                    OffsetFetchResponseGroup::default().with_group_id(g.group_id.clone());
+                match group_offsets(context, &g.group_id, member, topics) {
+                    Err(code) => response.with_error_code(code),
+                    Ok(found) => response.with_topics(
+                        found
+                            .into_iter()
+                            .map(|(name, partitions)| {
+                                OffsetFetchResponseTopics::default()
+                                    .with_name(name)
+                                    .with_partitions(
+                                        partitions
+                                            .into_iter()
+                                            .map(|(index, committed)| {
+                                                let (offset, epoch, metadata) =
+                                                    fields(committed.as_ref(), version);
+                                                OffsetFetchResponsePartitions::default()
+                                                    .with_partition_index(index)
+                                                    .with_committed_offset(offset)
+                                                    .with_committed_leader_epoch(epoch)
+                                                    .with_metadata(metadata)
+                                            })
+                                            .collect(),
+                                    )
+                            })
+                            .collect(),
                     ),
                 }
-            }
-            topics
-        }
-        Some(requested) => requested
-            .into_iter()
-            .map(|topic| {
-                let partitions = topic
-                    .partition_indexes
-                    .iter()
-                    .map(|p| answer(&topic.name, *p))
-                    .collect();
-                OffsetFetchResponseTopic::default()
-                    .with_name(topic.name)
-                    .with_partitions(partitions)
             })
-            .collect(),
-    };
-    OffsetFetchResponse::default().with_topics(topics)
+            .collect();
+        return OffsetFetchResponse::default().with_groups(groups);
+    }
+    let requested: Option<Vec<(TopicName, Vec<i32>)>> = request.topics.map(|topics| {
+        topics
+            .into_iter()
+            .map(|t| (t.name, t.partition_indexes))
+            .collect()
+    });
+    match group_offsets(context, &request.group_id, None, requested.clone()) {
+        Ok(found) => OffsetFetchResponse::default().with_topics(
+            found
+                .into_iter()
+                .map(|(name, partitions)| {
+                    OffsetFetchResponseTopic::default()
+                        .with_name(name)
+                        .with_partitions(
+                            partitions
+                                .into_iter()
+                                .map(|(index, committed)| {
+                                    let (offset, epoch, metadata) =
+                                        fields(committed.as_ref(), version);
+                                    OffsetFetchResponsePartition::default()
+                                        .with_partition_index(index)
+                                        .with_committed_offset(offset)
+                                        .with_committed_leader_epoch(epoch)
+                                        .with_metadata(metadata)
+                                })
+                                .collect(),
+                        )
+                })
+                .collect(),
+        ),
+        Err(code) if version >= 2 => OffsetFetchResponse::default().with_error_code(code),
+        // v0-1 have no top-level error: each partition says it, so the
+        // consumer looks for the coordinator instead of resetting.
+        Err(code) => OffsetFetchResponse::default().with_topics(
+            requested
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(name, partitions)| {
+                    OffsetFetchResponseTopic::default()
+                        .with_name(name)
+                        .with_partitions(
+                            partitions
+                                .into_iter()
+                                .map(|p| {
+                                    OffsetFetchResponsePartition::default()
+                                        .with_partition_index(p)
+                                        .with_committed_offset(-1)
+                                        .with_error_code(code)
+                                })
+                                .collect(),
+                        )
+                })
+                .collect(),
+        ),
+    }
 }

@@ -51,6 +51,21 @@ pub(crate) async fn join(
             response
         };
     }
+    // A consumer group of the new protocol with members keeps its id
+    // (Kafka with online migration disabled); an empty one is replaced.
+    let group_id = request.group_id.to_string();
+    if context.broker.consumer_groups().exists(&group_id) == Some(true) {
+        let response = JoinGroupResponse::default()
+            .with_error_code(ResponseError::InconsistentGroupProtocol.code())
+            .with_generation_id(-1)
+            .with_member_id(request.member_id);
+        return if version < 7 {
+            response.with_protocol_name(Some(StrBytes::default()))
+        } else {
+            response
+        };
+    }
+    let _ = context.broker.consumer_groups().remove_if_empty(&group_id);
     let join = JoinRequest {
         group_id: request.group_id.to_string(),
         member_id: request.member_id.to_string(),
@@ -195,28 +210,53 @@ pub(crate) fn list(
     request: ListGroupsRequest,
     version: i16,
 ) -> ListGroupsResponse {
-    let filter: Vec<String> = request
+    // Kafka matches states and types without regard to case.
+    let states: Vec<String> = request
         .states_filter
         .iter()
-        .map(|s| s.to_string())
+        .map(|s| s.to_lowercase())
         .collect();
-    let groups = context
+    let types: Vec<String> = request
+        .types_filter
+        .iter()
+        .map(|s| s.to_lowercase())
+        .collect();
+    // (id, protocol type, state, group type): classic groups, then
+    // consumer groups of the new protocol (KIP-848).
+    let mut all: Vec<(String, String, &'static str, &'static str)> = context
         .broker
         .groups()
         .list()
         .into_iter()
-        .filter(|(_, _, state)| filter.is_empty() || filter.iter().any(|f| f == state.name()))
+        .map(|(id, protocol_type, state)| (id, protocol_type, state.name(), "classic"))
+        .collect();
+    all.extend(
+        context
+            .broker
+            .consumer_groups()
+            .list()
+            .into_iter()
+            .map(|(id, state)| (id, "consumer".to_owned(), state, "consumer")),
+    );
+    let groups = all
+        .into_iter()
+        .filter(|(_, _, state, _)| {
+            states.is_empty() || states.iter().any(|f| *f == state.to_lowercase())
+        })
+        .filter(|(_, _, _, kind)| types.is_empty() || types.iter().any(|t| t == kind))
         // On a cluster each node lists the groups it coordinates.
-        .filter(|(id, _, _)| super::coordinates(context, id))
-        .map(|(id, protocol_type, state)| {
-            let listed = ListedGroup::default()
+        .filter(|(id, _, _, _)| super::coordinates(context, id))
+        .map(|(id, protocol_type, state, kind)| {
+            let mut listed = ListedGroup::default()
                 .with_group_id(GroupId(text(id)))
                 .with_protocol_type(text(protocol_type));
             if version >= 4 {
-                listed.with_group_state(StrBytes::from_static_str(state.name()))
-            } else {
-                listed
+                listed = listed.with_group_state(StrBytes::from_static_str(state));
             }
+            if version >= 5 {
+                listed = listed.with_group_type(StrBytes::from_static_str(kind));
+            }
+            listed
         })
         .collect();
     ListGroupsResponse::default().with_groups(groups)
@@ -294,7 +334,14 @@ pub(crate) async fn delete(
                         .with_group_id(group_id)
                         .with_error_code(ResponseError::NotCoordinator.code());
                 }
-                let known = broker.groups().describe(&group_id).is_some()
+                let consumer_group = broker.consumer_groups().remove_if_empty(&group_id);
+                if consumer_group.is_err() {
+                    return DeletableGroupResult::default()
+                        .with_group_id(group_id)
+                        .with_error_code(ResponseError::NonEmptyGroup.code());
+                }
+                let known = consumer_group == Ok(true)
+                    || broker.groups().describe(&group_id).is_some()
                     || !broker.offsets().group(&group_id).is_empty();
                 let result = DeletableGroupResult::default().with_group_id(group_id.clone());
                 if !known {

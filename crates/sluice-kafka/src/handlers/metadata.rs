@@ -13,6 +13,12 @@ use sluice_core::{CoreError, Topic};
 use super::{Context, blocking};
 use crate::errors;
 
+/// A topic a Metadata request names: by name, or by id (v10+).
+enum Asked {
+    Name(String),
+    Id(uuid::Uuid),
+}
+
 pub(crate) async fn handle(
     context: &Context,
     request: MetadataRequest,
@@ -20,13 +26,19 @@ pub(crate) async fn handle(
 ) -> MetadataResponse {
     let broker = Arc::clone(&context.broker);
     // v0: an empty list means every topic; v1+: null means every topic.
-    let requested: Option<Vec<String>> = match request.topics {
+    // From v10 a topic may be asked for by id instead of name (KIP-516;
+    // KIP-848 consumers resolve their assignments' ids this way).
+    let requested: Option<Vec<Asked>> = match request.topics {
         None => None,
         Some(topics) if version == 0 && topics.is_empty() => None,
         Some(topics) => Some(
             topics
                 .into_iter()
-                .filter_map(|t| t.name.map(|n| n.to_string()))
+                .filter_map(|t| match t.name {
+                    Some(name) => Some(Asked::Name(name.to_string())),
+                    None if !t.topic_id.is_nil() => Some(Asked::Id(t.topic_id)),
+                    None => None,
+                })
                 .collect(),
         ),
     };
@@ -35,22 +47,39 @@ pub(crate) async fn handle(
         (8..=10).contains(&version) && request.include_cluster_authorized_operations;
     // Before v4 there is no flag, and Kafka creates topics on request.
     let may_create = version < 4 || request.allow_auto_topic_creation;
-    let results: Vec<(String, Result<Arc<Topic>, CoreError>)> = blocking(move || {
-        let names = requested.unwrap_or_else(|| broker.topics().names());
-        names
+    let results: Vec<(Asked, Result<Arc<Topic>, CoreError>)> = blocking(move || {
+        let asked = requested.unwrap_or_else(|| {
+            broker
+                .topics()
+                .names()
+                .into_iter()
+                .map(Asked::Name)
+                .collect()
+        });
+        asked
             .into_iter()
-            .map(|name| {
-                let found = if may_create {
-                    broker.topic_or_create(&name)
-                } else {
-                    broker
+            .map(|asked| {
+                let found = match &asked {
+                    Asked::Name(name) if may_create => broker.topic_or_create(name),
+                    Asked::Name(name) => {
+                        broker
+                            .topics()
+                            .get(name)
+                            .ok_or_else(|| CoreError::UnknownTopic {
+                                topic: name.clone(),
+                            })
+                    }
+                    Asked::Id(id) => broker
                         .topics()
-                        .get(&name)
+                        .names()
+                        .into_iter()
+                        .filter_map(|name| broker.topics().get(&name))
+                        .find(|topic| topic.id() == *id.as_bytes())
                         .ok_or_else(|| CoreError::UnknownTopic {
-                            topic: name.clone(),
-                        })
+                            topic: id.to_string(),
+                        }),
                 };
-                (name, found)
+                (asked, found)
             })
             .collect()
     })
@@ -61,8 +90,8 @@ pub(crate) async fn handle(
     let fenced = context.broker.topics().metadata().fenced();
     let topics = results
         .into_iter()
-        .map(|(name, found)| match found {
-            Ok(topic) => {
+        .map(|(asked, found)| match (asked, found) {
+            (_, Ok(topic)) => {
                 let described = describe(&topic, node, &fenced, version);
                 if topic_operations {
                     described.with_topic_authorized_operations(super::authorized::TOPIC)
@@ -70,9 +99,14 @@ pub(crate) async fn handle(
                     described
                 }
             }
-            Err(err) => MetadataResponseTopic::default()
+            (Asked::Name(name), Err(err)) => MetadataResponseTopic::default()
                 .with_name(Some(TopicName(StrBytes::from_string(name))))
                 .with_error_code(errors::code(&err).code()),
+            (Asked::Id(id), Err(_)) => MetadataResponseTopic::default()
+                // The name is nullable from v12 only.
+                .with_name((version < 12).then(|| TopicName(StrBytes::default())))
+                .with_topic_id(id)
+                .with_error_code(kafka_protocol::ResponseError::UnknownTopicId.code()),
         })
         .collect();
     let brokers = super::nodes(context)

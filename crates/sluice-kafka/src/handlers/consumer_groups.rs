@@ -1,0 +1,192 @@
+//! ConsumerGroupHeartbeat and ConsumerGroupDescribe: consumer groups of
+//! the new protocol (KIP-848) over the core's coordinator. A group id
+//! belongs to one protocol at a time: a classic group with members refuses
+//! heartbeats (GROUP_ID_NOT_FOUND, as Kafka does with online migration
+//! disabled), an empty one is replaced.
+
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::consumer_group_describe_response::{
+    self as describe_response, DescribedGroup, Member,
+};
+use kafka_protocol::messages::consumer_group_heartbeat_response::{self, Assignment};
+use kafka_protocol::messages::{
+    ConsumerGroupDescribeRequest, ConsumerGroupDescribeResponse, ConsumerGroupHeartbeatRequest,
+    ConsumerGroupHeartbeatResponse, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use sluice_core::consumer_groups::{self as core, ConsumerGroupError, Heartbeat, TopicCatalog};
+
+use super::Context;
+use crate::errors;
+
+fn text(s: impl Into<String>) -> StrBytes {
+    StrBytes::from_string(s.into())
+}
+
+fn refused(error: ResponseError, message: Option<String>) -> ConsumerGroupHeartbeatResponse {
+    ConsumerGroupHeartbeatResponse::default()
+        .with_error_code(error.code())
+        .with_error_message(message.map(text))
+}
+
+pub(crate) fn heartbeat(
+    context: &Context,
+    request: ConsumerGroupHeartbeatRequest,
+    client_id: &str,
+) -> ConsumerGroupHeartbeatResponse {
+    let group_id = request.group_id.to_string();
+    if !super::coordinates(context, &group_id) {
+        return refused(ResponseError::NotCoordinator, None);
+    }
+    let broker = &context.broker;
+    if request.member_epoch == 0 {
+        // A classic group of this id: replaced when empty, else refused.
+        if broker
+            .groups()
+            .describe(&group_id)
+            .is_some_and(|g| !g.members.is_empty())
+        {
+            let error = ConsumerGroupError::NotConsumerGroup(group_id);
+            return refused(
+                errors::consumer_group_code(&error),
+                Some(format!("{error}: it is a classic group with members")),
+            );
+        }
+        let _ = broker.groups().remove_if_empty(&group_id);
+    }
+    let owned = request.topic_partitions.map(|topics| {
+        topics
+            .into_iter()
+            .map(|t| (*t.topic_id.as_bytes(), t.partitions.into_iter().collect()))
+            .collect()
+    });
+    let heartbeat = Heartbeat {
+        group_id,
+        member_id: request.member_id.to_string(),
+        member_epoch: request.member_epoch,
+        instance_id: request.instance_id.map(|s| s.to_string()),
+        rack_id: request.rack_id.map(|s| s.to_string()),
+        rebalance_timeout_ms: request.rebalance_timeout_ms,
+        subscribed_names: request
+            .subscribed_topic_names
+            .map(|names| names.into_iter().map(|n| n.to_string()).collect()),
+        subscribed_regex: request.subscribed_topic_regex.map(|s| s.to_string()),
+        server_assignor: request.server_assignor.map(|s| s.to_string()),
+        owned,
+        client_id: client_id.to_owned(),
+        client_host: context.peer.clone(),
+    };
+    let catalog = broker.topic_catalog();
+    match broker
+        .consumer_groups()
+        .heartbeat(heartbeat, &catalog, tokio::time::Instant::now())
+    {
+        Ok(answer) => ConsumerGroupHeartbeatResponse::default()
+            .with_member_id(Some(text(answer.member_id)))
+            .with_member_epoch(answer.member_epoch)
+            .with_heartbeat_interval_ms(
+                i32::try_from(answer.heartbeat_interval.as_millis()).unwrap_or(i32::MAX),
+            )
+            .with_assignment(answer.assignment.map(|assignment| {
+                Assignment::default().with_topic_partitions(
+                    assignment
+                        .into_iter()
+                        .map(|(topic, partitions)| {
+                            consumer_group_heartbeat_response::TopicPartitions::default()
+                                .with_topic_id(uuid::Uuid::from_bytes(topic))
+                                .with_partitions(partitions.into_iter().collect())
+                        })
+                        .collect(),
+                )
+            })),
+        Err(error) => {
+            tracing::debug!(%error, "consumer group heartbeat refused");
+            refused(errors::consumer_group_code(&error), Some(error.to_string()))
+        }
+    }
+}
+
+fn described(
+    assignment: &core::Assignment,
+    catalog: &TopicCatalog,
+) -> describe_response::Assignment {
+    describe_response::Assignment::default().with_topic_partitions(
+        assignment
+            .iter()
+            .map(|(topic, partitions)| {
+                describe_response::TopicPartitions::default()
+                    .with_topic_id(uuid::Uuid::from_bytes(*topic))
+                    .with_topic_name(TopicName(text(catalog.name_of(topic).unwrap_or_default())))
+                    .with_partitions(partitions.iter().copied().collect())
+            })
+            .collect(),
+    )
+}
+
+pub(crate) fn describe(
+    context: &Context,
+    request: ConsumerGroupDescribeRequest,
+    version: i16,
+) -> ConsumerGroupDescribeResponse {
+    let catalog = context.broker.topic_catalog();
+    let groups = request
+        .group_ids
+        .into_iter()
+        .map(|group_id| {
+            let group = DescribedGroup::default().with_group_id(group_id.clone());
+            if !super::coordinates(context, &group_id) {
+                return group.with_error_code(ResponseError::NotCoordinator.code());
+            }
+            let Some(found) = context.broker.consumer_groups().describe(&group_id) else {
+                let message = if context.broker.groups().describe(&group_id).is_some() {
+                    format!("Group {} is not a consumer group.", group_id.as_str())
+                } else {
+                    format!("Group {} not found.", group_id.as_str())
+                };
+                return group
+                    .with_error_code(ResponseError::GroupIdNotFound.code())
+                    .with_error_message(Some(text(message)));
+            };
+            let members = found
+                .members
+                .iter()
+                .map(|m| {
+                    let member = Member::default()
+                        .with_member_id(text(m.member_id.clone()))
+                        .with_instance_id(m.instance_id.clone().map(text))
+                        .with_rack_id(m.rack_id.clone().map(text))
+                        .with_member_epoch(m.member_epoch)
+                        .with_client_id(text(m.client_id.clone()))
+                        .with_client_host(text(m.client_host.clone()))
+                        .with_subscribed_topic_names(
+                            m.subscribed_names
+                                .iter()
+                                .map(|n| TopicName(text(n.clone())))
+                                .collect(),
+                        )
+                        .with_subscribed_topic_regex(m.subscribed_regex.clone().map(text))
+                        .with_assignment(described(&m.assignment, &catalog))
+                        .with_target_assignment(described(&m.target, &catalog));
+                    // v1: 1 = a member of the consumer protocol.
+                    if version >= 1 {
+                        member.with_member_type(1)
+                    } else {
+                        member
+                    }
+                })
+                .collect();
+            let group = group
+                .with_group_state(StrBytes::from_static_str(found.state))
+                .with_group_epoch(found.group_epoch)
+                .with_assignment_epoch(found.assignment_epoch)
+                .with_assignor_name(StrBytes::from_static_str(found.assignor))
+                .with_members(members);
+            if request.include_authorized_operations {
+                group.with_authorized_operations(super::authorized::GROUP)
+            } else {
+                group
+            }
+        })
+        .collect();
+    ConsumerGroupDescribeResponse::default().with_groups(groups)
+}
