@@ -694,7 +694,7 @@ def test_classic_and_consumer_groups_share_a_topic_and_are_listed_with_their_typ
         # librdkafka asks ConsumerGroupDescribe first; for a classic group the
         # answer must be GROUP_ID_NOT_FOUND so that it falls back to DescribeGroups.
         described = describe(admin, classic_group)
-        assert described.type == ConsumerGroupType.CLASSIC, described.type
+        assert described.type == ConsumerGroupType.CLASSIC, f"the classic group described as {described.type}"
         assert [m.client_id for m in described.members] == ["kafka-python"]
     finally:
         classic.close(autocommit=False)
@@ -713,7 +713,9 @@ def test_describe_shows_a_consumer_groups_members_and_their_assignments(broker, 
     # DescribeGroups would report a consumer-protocol group as classic.
     assert described.type == ConsumerGroupType.CONSUMER, f"described as {described.type}"
     assert not described.is_simple_consumer_group
-    assert described.partition_assignor == "uniform", described.partition_assignor  # the broker's default
+    assert described.partition_assignor == "uniform", (
+        f"assignor {described.partition_assignor!r}, expected the broker's default 'uniform'"
+    )
     assert sorted(m.client_id for m in described.members) == ["member-0", "member-1"]
     assert sorted(m.member_id for m in described.members) == sorted(m.consumer.memberid() for m in active)
     assert all("127.0.0.1" in m.host for m in described.members), [m.host for m in described.members]
@@ -765,7 +767,7 @@ def test_an_unknown_server_assignor_is_fatal_and_range_is_accepted(broker, topic
           "a member asking for the range assignor to own both partitions and read everything")
     assert sorted(ranged.values()) == sorted(produced)
     described = describe_when(confluent_admin(broker), range_group, ConsumerGroupState.STABLE, [ranged])
-    assert described.partition_assignor == "range", described.partition_assignor
+    assert described.partition_assignor == "range", f"assignor {described.partition_assignor!r}, asked for 'range'"
 
 
 def test_committed_offsets_of_a_consumer_group_survive_a_broker_restart(fresh_broker, topic, group, members):
@@ -791,11 +793,10 @@ def test_committed_offsets_of_a_consumer_group_survive_a_broker_restart(fresh_br
 
 
 def test_a_member_open_across_a_broker_restart_rejoins_and_reads_on(fresh_broker, topic, group, members):
-    """The member's heartbeats reach a restarted broker, which may or may not
-    remember it (Kafka does; a broker that does not answers
-    UNKNOWN_MEMBER_ID and the client rejoins with epoch 0 and the same
-    member id): either way it owns its partitions again and reads on from
-    its commits."""
+    # The restarted broker may remember the member (Kafka does) or answer its
+    # next heartbeat UNKNOWN_MEMBER_ID, and then the client rejoins with
+    # epoch 0 and the same member id: either way it owns its partitions
+    # again and reads on from its commits.
     broker = fresh_broker
     create_topic_confluent(broker, topic, partitions=2)
     first_batch = produce_values(broker, topic, "before", 60)
@@ -818,6 +819,5 @@ def test_a_member_open_across_a_broker_restart_rejoins_and_reads_on(fresh_broker
     assert sorted(member.values()) == sorted(first_batch + second_batch), (
         f"read {len(member.seen)}; duplicates {sorted(duplicates(member.values()))[:5]}"
     )
-    commits_after = member.commit_errors
-    assert not commits_after, commit_error_summary([member])
+    assert not member.commit_errors, commit_error_summary([member])
     assert group_offsets(admin, group, topic, 2) == end_offsets(broker, topic, 2)
