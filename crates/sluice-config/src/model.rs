@@ -205,6 +205,19 @@ pub struct KafkaConfig {
     /// first the default (Kafka's `group.consumer.assignors`): `uniform`
     /// and `range`.
     pub group_consumer_assignors: String,
+    /// How long a record fetched by a share group member stays acquired
+    /// (Kafka's `group.share.record.lock.duration.ms`).
+    pub group_share_record_lock_duration: HumanDuration,
+    /// Deliveries of a record to share group members before it is
+    /// archived (Kafka's `group.share.delivery.count.limit`).
+    pub group_share_delivery_count_limit: u16,
+    /// Most records in flight per share partition (Kafka's
+    /// `group.share.partition.max.record.locks`).
+    pub group_share_partition_max_record_locks: u32,
+    /// Where a share partition starts the first time a member fetches it:
+    /// `latest` or `earliest` (Kafka's `share.auto.offset.reset` group
+    /// config, here for every share group).
+    pub share_auto_offset_reset: String,
     /// The longest transaction timeout a transactional producer may ask
     /// for (Kafka's `transaction.max.timeout.ms`); longer ones get
     /// INVALID_TRANSACTION_TIMEOUT.
@@ -233,6 +246,10 @@ impl Default for KafkaConfig {
             group_consumer_session_timeout: HumanDuration::from_secs(45),
             group_consumer_heartbeat_interval: HumanDuration::from_secs(5),
             group_consumer_assignors: "uniform,range".to_owned(),
+            group_share_record_lock_duration: HumanDuration::from_secs(30),
+            group_share_delivery_count_limit: 5,
+            group_share_partition_max_record_locks: 2000,
+            share_auto_offset_reset: "latest".to_owned(),
             transaction_max_timeout: HumanDuration::from_secs(15 * 60),
             transactional_id_expiration: HumanDuration::from_secs(7 * 24 * 3600),
         }
@@ -615,6 +632,22 @@ pub const KEYS: &[KeyDoc] = &[
         description: "Server-side assignors of the new consumer group protocol, comma-separated, the first the default: uniform, range",
     },
     KeyDoc {
+        key: "kafka.group_share_record_lock_duration",
+        description: "How long a record fetched by a share group member stays acquired before it is available again (1s to 1h)",
+    },
+    KeyDoc {
+        key: "kafka.group_share_delivery_count_limit",
+        description: "Deliveries of a record to share group members before it is archived (2 to 10)",
+    },
+    KeyDoc {
+        key: "kafka.group_share_partition_max_record_locks",
+        description: "Most records in flight per share partition (100 to 10000)",
+    },
+    KeyDoc {
+        key: "kafka.share_auto_offset_reset",
+        description: "Where a share partition starts when first fetched: latest or earliest",
+    },
+    KeyDoc {
         key: "amqp.listen",
         description: "HOST:PORT the AMQP 0-9-1 listener binds",
     },
@@ -904,6 +937,46 @@ impl Config {
                 format!(
                     "kafka.group_consumer_assignors must name uniform and/or range, comma-separated, got {:?}",
                     kafka.group_consumer_assignors
+                ),
+            );
+        }
+        let lock = kafka.group_share_record_lock_duration.get();
+        if lock < std::time::Duration::from_secs(1) || lock > std::time::Duration::from_secs(3600) {
+            problem(
+                "kafka.group_share_record_lock_duration",
+                format!(
+                    "kafka.group_share_record_lock_duration must be from 1s to 1h, got {}",
+                    kafka.group_share_record_lock_duration
+                ),
+            );
+        }
+        if !(2..=10).contains(&kafka.group_share_delivery_count_limit) {
+            problem(
+                "kafka.group_share_delivery_count_limit",
+                format!(
+                    "kafka.group_share_delivery_count_limit must be from 2 to 10, got {}",
+                    kafka.group_share_delivery_count_limit
+                ),
+            );
+        }
+        if !(100..=10_000).contains(&kafka.group_share_partition_max_record_locks) {
+            problem(
+                "kafka.group_share_partition_max_record_locks",
+                format!(
+                    "kafka.group_share_partition_max_record_locks must be from 100 to 10000, got {}",
+                    kafka.group_share_partition_max_record_locks
+                ),
+            );
+        }
+        if !matches!(
+            kafka.share_auto_offset_reset.as_str(),
+            "latest" | "earliest"
+        ) {
+            problem(
+                "kafka.share_auto_offset_reset",
+                format!(
+                    "kafka.share_auto_offset_reset must be latest or earliest, got {:?}",
+                    kafka.share_auto_offset_reset
                 ),
             );
         }

@@ -137,6 +137,11 @@ impl TopicCatalog {
         }
     }
 
+    /// A topic's id and partition count.
+    pub fn get(&self, name: &str) -> Option<(TopicId, u32)> {
+        self.topics.get(name).copied()
+    }
+
     pub fn name_of(&self, id: &TopicId) -> Option<&str> {
         self.topics
             .iter()

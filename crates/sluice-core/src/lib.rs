@@ -34,6 +34,7 @@ mod producers;
 mod recovery;
 mod replay;
 pub mod replication;
+pub mod share_groups;
 mod topic_config;
 mod topics;
 pub mod transactions;
@@ -52,7 +53,7 @@ pub mod storage {
 /// produces and tests feed in; reading a batch's header.
 pub mod records {
     pub use sluice_log::batch::{
-        BatchHeader, NewRecord, RecordHeader, encode, encode_with_headers,
+        BatchHeader, NewRecord, RecordHeader, encode, encode_with_headers, headers,
     };
 }
 
@@ -206,6 +207,9 @@ pub struct BrokerOptions {
     /// Consumer groups of the new protocol (KIP-848): session and
     /// heartbeat intervals, size cap, assignors.
     pub consumer_groups: consumer_groups::ConsumerGroupSettings,
+    /// Share groups (KIP-932): lock duration, delivery limit, records in
+    /// flight, where a share partition starts.
+    pub share_groups: share_groups::ShareSettings,
     /// Free disk space under which publishers are blocked.
     pub disk_free_limit: u64,
     /// Caps on connections, topics and queues.
@@ -251,6 +255,7 @@ impl BrokerOptions {
                 ..GroupSettings::default()
             },
             consumer_groups: consumer_groups::ConsumerGroupSettings::default(),
+            share_groups: share_groups::ShareSettings::default(),
             disk_free_limit: 0,
             limits: Limits::default(),
             maintenance: sluice_log::MaintenanceSettings::default(),
@@ -352,6 +357,7 @@ pub struct Broker {
     transactions: transactions::TxnCoordinator,
     groups: Arc<GroupCoordinator>,
     consumer_groups: consumer_groups::ConsumerGroups,
+    share_groups: share_groups::ShareGroups,
     producer_ids: ProducerIds,
     vhosts: VirtualHosts,
     connections: Arc<Connections>,
@@ -523,6 +529,7 @@ impl Broker {
             transactions,
             groups: GroupCoordinator::new(options.groups),
             consumer_groups: consumer_groups::ConsumerGroups::new(options.consumer_groups),
+            share_groups: share_groups::ShareGroups::new(options.share_groups),
             producer_ids,
             vhosts,
             connections: Connections::new(options.limits.connections),
@@ -798,6 +805,11 @@ impl Broker {
     /// Consumer groups of the new protocol (KIP-848).
     pub fn consumer_groups(&self) -> &consumer_groups::ConsumerGroups {
         &self.consumer_groups
+    }
+
+    /// Share groups (KIP-932).
+    pub fn share_groups(&self) -> &share_groups::ShareGroups {
+        &self.share_groups
     }
 
     /// The topics as KIP-848 groups see them: id and partition count by

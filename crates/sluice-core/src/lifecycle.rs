@@ -137,6 +137,7 @@ impl Broker {
                 |broker| {
                     broker.groups().expire_members();
                     broker.consumer_groups().expire(tokio::time::Instant::now());
+                    broker.share_groups().expire(tokio::time::Instant::now());
                 },
             ),
             every(

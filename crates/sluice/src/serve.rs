@@ -11,6 +11,7 @@ use sluice_config::{
     AmqpConfig, Config, DurabilityMode, KafkaConfig, LogFormat, LogSettings, split_list,
 };
 use sluice_core::consumer_groups::{Assignor, ConsumerGroupSettings};
+use sluice_core::share_groups::{ShareReset, ShareSettings};
 use sluice_core::{
     Broker, BrokerOptions, ConnectionLimits, DataDirLock, GroupSettings, Lifecycle, Limits,
     Metadata, MetadataMachine, User,
@@ -112,6 +113,18 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
                 .filter_map(|name| Assignor::parse(name.trim()))
                 .collect(),
             ..ConsumerGroupSettings::default()
+        },
+        share_groups: ShareSettings {
+            lock_duration: config.kafka.group_share_record_lock_duration.get(),
+            delivery_limit: config.kafka.group_share_delivery_count_limit,
+            max_record_locks: config.kafka.group_share_partition_max_record_locks as usize,
+            // Validated by the configuration.
+            auto_offset_reset: if config.kafka.share_auto_offset_reset == "earliest" {
+                ShareReset::Earliest
+            } else {
+                ShareReset::Latest
+            },
+            ..ShareSettings::default()
         },
         disk_free_limit: config.amqp.disk_free_limit.bytes(),
         limits: Limits {

@@ -45,11 +45,14 @@ pub(crate) fn heartbeat(
             .groups()
             .describe(&group_id)
             .is_some_and(|g| !g.members.is_empty())
+            || broker.share_groups().exists(&group_id) == Some(true)
         {
             let error = ConsumerGroupError::NotConsumerGroup(group_id);
             return refused(
                 errors::consumer_group_code(&error),
-                Some(format!("{error}: it is a classic group with members")),
+                Some(format!(
+                    "{error}: it is a classic or share group with members"
+                )),
             );
         }
         let _ = broker.groups().remove_if_empty(&group_id);

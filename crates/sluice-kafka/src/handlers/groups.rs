@@ -54,7 +54,9 @@ pub(crate) async fn join(
     // A consumer group of the new protocol with members keeps its id
     // (Kafka with online migration disabled); an empty one is replaced.
     let group_id = request.group_id.to_string();
-    if context.broker.consumer_groups().exists(&group_id) == Some(true) {
+    if context.broker.consumer_groups().exists(&group_id) == Some(true)
+        || context.broker.share_groups().exists(&group_id) == Some(true)
+    {
         let response = JoinGroupResponse::default()
             .with_error_code(ResponseError::InconsistentGroupProtocol.code())
             .with_generation_id(-1)
@@ -222,7 +224,7 @@ pub(crate) fn list(
         .map(|s| s.to_lowercase())
         .collect();
     // (id, protocol type, state, group type): classic groups, then
-    // consumer groups of the new protocol (KIP-848).
+    // consumer groups of the new protocol (KIP-848), share groups (KIP-932).
     let mut all: Vec<(String, String, &'static str, &'static str)> = context
         .broker
         .groups()
@@ -237,6 +239,14 @@ pub(crate) fn list(
             .list()
             .into_iter()
             .map(|(id, state)| (id, "consumer".to_owned(), state, "consumer")),
+    );
+    all.extend(
+        context
+            .broker
+            .share_groups()
+            .list()
+            .into_iter()
+            .map(|(id, state)| (id, "share".to_owned(), state, "share")),
     );
     let groups = all
         .into_iter()
@@ -335,12 +345,14 @@ pub(crate) async fn delete(
                         .with_error_code(ResponseError::NotCoordinator.code());
                 }
                 let consumer_group = broker.consumer_groups().remove_if_empty(&group_id);
-                if consumer_group.is_err() {
+                let share_group = broker.share_groups().remove_if_empty(&group_id);
+                if consumer_group.is_err() || share_group.is_err() {
                     return DeletableGroupResult::default()
                         .with_group_id(group_id)
                         .with_error_code(ResponseError::NonEmptyGroup.code());
                 }
                 let known = consumer_group == Ok(true)
+                    || share_group == Ok(true)
                     || broker.groups().describe(&group_id).is_some()
                     || !broker.offsets().group(&group_id).is_empty();
                 let result = DeletableGroupResult::default().with_group_id(group_id.clone());

@@ -23,6 +23,7 @@ mod list_offsets;
 mod metadata;
 pub(crate) mod produce;
 mod replicas;
+mod share_groups;
 mod topics;
 mod transactions;
 
@@ -111,6 +112,10 @@ pub(crate) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::WriteTxnMarkers, 1, 1),
     (ApiKey::ConsumerGroupHeartbeat, 0, 1),
     (ApiKey::ConsumerGroupDescribe, 0, 1),
+    (ApiKey::ShareGroupHeartbeat, 1, 1),
+    (ApiKey::ShareGroupDescribe, 1, 1),
+    (ApiKey::ShareFetch, 1, 1),
+    (ApiKey::ShareAcknowledge, 1, 1),
 ];
 
 pub(crate) fn supported_versions(api: ApiKey) -> Option<(i16, i16)> {
@@ -216,6 +221,18 @@ pub(crate) async fn dispatch(
         RequestKind::ConsumerGroupDescribe(request) => ResponseKind::ConsumerGroupDescribe(
             consumer_groups::describe(context, request, version),
         ),
+        RequestKind::ShareGroupHeartbeat(request) => {
+            ResponseKind::ShareGroupHeartbeat(share_groups::heartbeat(context, request, client_id))
+        }
+        RequestKind::ShareGroupDescribe(request) => {
+            ResponseKind::ShareGroupDescribe(share_groups::describe(context, request))
+        }
+        RequestKind::ShareFetch(request) => {
+            ResponseKind::ShareFetch(share_groups::fetch(context, request).await)
+        }
+        RequestKind::ShareAcknowledge(request) => {
+            ResponseKind::ShareAcknowledge(share_groups::acknowledge_request(context, request))
+        }
         RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions::handle()),
         RequestKind::Metadata(request) => {
             ResponseKind::Metadata(metadata::handle(context, request, version).await)

@@ -1,0 +1,862 @@
+//! Share groups (KIP-932): queues over a topic. Many members share a
+//! partition; each record is acquired by one member at a time under a
+//! lock, and acknowledged one by one.
+//!
+//! ```text
+//!               fetch (delivery count + 1, lock starts)
+//!   AVAILABLE ───────────────────────────────────────▶ ACQUIRED
+//!       ▲   release, lock expiry (below the limit)         │ accept ──▶ ACKNOWLEDGED
+//!       └──────────────────────────────────────────────────┤ reject, gap ──▶ ARCHIVED
+//!                    release, expiry at the delivery limit └──────────────▶ ARCHIVED
+//! ```
+//!
+//! Per (group, topic, partition) the state keeps the share-partition start
+//! offset (SPSO: everything below it is done), the next offset never
+//! acquired, and a record state for each offset in between. Membership
+//! (ShareGroupHeartbeat) gives every member every partition of the topics
+//! it subscribes to: records, not partitions, are what members share.
+//! Share sessions (ShareFetch, ShareAcknowledge) are kept per member.
+//!
+//! All of this lives in memory: a restart or a leader change starts each
+//! share partition again from `share.auto.offset.reset`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::consumer_groups::{Assignment, TopicCatalog, TopicId};
+
+/// Where a share partition starts the first time a member fetches it
+/// (`share.auto.offset.reset`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShareReset {
+    Earliest,
+    Latest,
+}
+
+/// Share group settings, as Kafka's broker configuration names them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareSettings {
+    /// How long a fetched record stays acquired
+    /// (`group.share.record.lock.duration.ms`).
+    pub lock_duration: Duration,
+    /// Deliveries before a record is archived
+    /// (`group.share.delivery.count.limit`).
+    pub delivery_limit: u16,
+    /// Most records in flight per share partition
+    /// (`group.share.partition.max.record.locks`).
+    pub max_record_locks: usize,
+    /// A member not heard from for this long leaves
+    /// (`group.share.session.timeout.ms`).
+    pub session_timeout: Duration,
+    /// (`group.share.heartbeat.interval.ms`).
+    pub heartbeat_interval: Duration,
+    pub auto_offset_reset: ShareReset,
+}
+
+impl Default for ShareSettings {
+    /// Kafka's defaults: 30 s, 5, 2000, 45 s, 5 s, latest.
+    fn default() -> Self {
+        ShareSettings {
+            lock_duration: Duration::from_secs(30),
+            delivery_limit: 5,
+            max_record_locks: 2000,
+            session_timeout: Duration::from_secs(45),
+            heartbeat_interval: Duration::from_secs(5),
+            auto_offset_reset: ShareReset::Latest,
+        }
+    }
+}
+
+/// Why a share request was refused; front-ends map these to codes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShareError {
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("unknown member id")]
+    UnknownMemberId,
+    #[error("the member epoch is fenced: rejoin")]
+    FencedMemberEpoch,
+    #[error("group {0} is not a share group")]
+    NotShareGroup(String),
+    #[error("no share session for this member")]
+    SessionNotFound,
+    #[error("the share session epoch is not the expected one")]
+    InvalidSessionEpoch,
+    #[error("a record acknowledged is not acquired by this member")]
+    InvalidRecordState,
+}
+
+/// How a member acknowledges a record (the wire's numbers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckType {
+    /// An offset with no record (a control record, a compacted one).
+    Gap,
+    Accept,
+    Release,
+    Reject,
+}
+
+impl AckType {
+    pub fn from_wire(value: i8) -> Option<AckType> {
+        match value {
+            0 => Some(AckType::Gap),
+            1 => Some(AckType::Accept),
+            2 => Some(AckType::Release),
+            3 => Some(AckType::Reject),
+            _ => None,
+        }
+    }
+}
+
+/// One range of acknowledged offsets, each with its type (one type for
+/// all, or one per offset).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AckBatch {
+    pub first: i64,
+    pub last: i64,
+    pub types: Vec<AckType>,
+}
+
+impl AckBatch {
+    fn type_at(&self, offset: i64) -> Option<AckType> {
+        match self.types.as_slice() {
+            [one] => Some(*one),
+            many => usize::try_from(offset - self.first)
+                .ok()
+                .and_then(|i| many.get(i).copied()),
+        }
+    }
+}
+
+/// Acquired offsets `first..=last`, delivered `delivery_count` times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Acquired {
+    pub first: i64,
+    pub last: i64,
+    pub delivery_count: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum RecordState {
+    Available,
+    Acquired { member: String, deadline: Instant },
+    Acknowledged,
+    Archived,
+}
+
+#[derive(Debug, Clone)]
+struct InFlight {
+    state: RecordState,
+    deliveries: u16,
+}
+
+/// Counts of a share partition's records, for the admin API and UI.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShareCounts {
+    pub start: i64,
+    pub available: u64,
+    pub acquired: u64,
+    pub archived: u64,
+}
+
+/// One share partition's state.
+#[derive(Debug)]
+pub struct SharePartition {
+    /// The share-partition start offset: everything below is done.
+    start: i64,
+    /// The first offset never acquired.
+    next: i64,
+    in_flight: BTreeMap<i64, InFlight>,
+    /// Records archived since the partition was loaded.
+    archived: u64,
+}
+
+impl SharePartition {
+    pub fn new(start: i64) -> SharePartition {
+        SharePartition {
+            start,
+            next: start,
+            in_flight: BTreeMap::new(),
+            archived: 0,
+        }
+    }
+
+    pub fn start(&self) -> i64 {
+        self.start
+    }
+
+    pub fn counts(&self) -> ShareCounts {
+        let mut counts = ShareCounts {
+            start: self.start,
+            archived: self.archived,
+            ..ShareCounts::default()
+        };
+        for record in self.in_flight.values() {
+            match record.state {
+                RecordState::Available => counts.available += 1,
+                RecordState::Acquired { .. } => counts.acquired += 1,
+                _ => {}
+            }
+        }
+        counts
+    }
+
+    /// The log was truncated or trimmed below the start: nothing before
+    /// `log_start` can be delivered.
+    pub fn follow_log_start(&mut self, log_start: i64) {
+        if log_start > self.start {
+            self.in_flight.retain(|offset, _| *offset >= log_start);
+            self.start = log_start;
+            self.next = self.next.max(log_start);
+        }
+    }
+
+    /// The first offset a fetch would read from: the lowest available
+    /// record, else the next one never acquired below `end` (the high
+    /// watermark); `None` when there is nothing to acquire.
+    pub fn wanted_from(&self, end: i64, max_record_locks: usize) -> Option<i64> {
+        let available = self
+            .in_flight
+            .iter()
+            .find(|(_, r)| r.state == RecordState::Available)
+            .map(|(offset, _)| *offset);
+        let room = self.in_flight_count() < max_record_locks;
+        available.or((self.next < end && room).then_some(self.next))
+    }
+
+    fn in_flight_count(&self) -> usize {
+        usize::try_from(self.next - self.start).unwrap_or(usize::MAX)
+    }
+
+    /// Acquires for `member` up to `max_records` available records and new
+    /// offsets in `covered` (what the caller read from the log, below the
+    /// high watermark), as ranges of equal delivery counts.
+    pub fn acquire(
+        &mut self,
+        member: &str,
+        covered: std::ops::Range<i64>,
+        max_records: usize,
+        settings: &ShareSettings,
+        now: Instant,
+    ) -> Vec<Acquired> {
+        let deadline = now + settings.lock_duration;
+        let mut taken: Vec<(i64, u16)> = Vec::new();
+        let covered_end = covered.end;
+        for (offset, record) in self.in_flight.range_mut(covered) {
+            if taken.len() >= max_records {
+                break;
+            }
+            if record.state == RecordState::Available {
+                record.deliveries = record.deliveries.saturating_add(1);
+                record.state = RecordState::Acquired {
+                    member: member.to_owned(),
+                    deadline,
+                };
+                taken.push((*offset, record.deliveries));
+            }
+        }
+        while taken.len() < max_records
+            && self.next < covered_end
+            && self.in_flight_count() < settings.max_record_locks
+        {
+            self.in_flight.insert(
+                self.next,
+                InFlight {
+                    state: RecordState::Acquired {
+                        member: member.to_owned(),
+                        deadline,
+                    },
+                    deliveries: 1,
+                },
+            );
+            taken.push((self.next, 1));
+            self.next += 1;
+        }
+        let mut ranges: Vec<Acquired> = Vec::new();
+        for (offset, count) in taken {
+            match ranges.last_mut() {
+                Some(last) if last.last + 1 == offset && last.delivery_count == count => {
+                    last.last = offset;
+                }
+                _ => ranges.push(Acquired {
+                    first: offset,
+                    last: offset,
+                    delivery_count: count,
+                }),
+            }
+        }
+        ranges
+    }
+
+    /// Applies a member's acknowledgements, all or nothing: every offset
+    /// named must be acquired by `member` (offsets below the start are
+    /// done already and skipped). Returns whether records became
+    /// available again.
+    ///
+    /// # Errors
+    /// [`ShareError::InvalidRecordState`], [`ShareError::InvalidRequest`]
+    /// for a batch whose types do not fit its range.
+    pub fn acknowledge(
+        &mut self,
+        member: &str,
+        batches: &[AckBatch],
+        delivery_limit: u16,
+    ) -> Result<bool, ShareError> {
+        let mut sorted: Vec<&AckBatch> = batches.iter().collect();
+        sorted.sort_by_key(|b| b.first);
+        for batch in &sorted {
+            let len = batch.last - batch.first + 1;
+            if len <= 0
+                || (batch.types.len() != 1 && i64::try_from(batch.types.len()).ok() != Some(len))
+            {
+                return Err(ShareError::InvalidRequest(format!(
+                    "acknowledgement batch {}..={} with {} types",
+                    batch.first,
+                    batch.last,
+                    batch.types.len()
+                )));
+            }
+            for offset in batch.first.max(self.start)..=batch.last {
+                let held = self.in_flight.get(&offset).is_some_and(
+                    |r| matches!(&r.state, RecordState::Acquired { member: m, .. } if m == member),
+                );
+                if !held {
+                    return Err(ShareError::InvalidRecordState);
+                }
+            }
+        }
+        let mut released = false;
+        for batch in sorted {
+            for offset in batch.first.max(self.start)..=batch.last {
+                let Some(kind) = batch.type_at(offset) else {
+                    continue;
+                };
+                let Some(record) = self.in_flight.get_mut(&offset) else {
+                    continue;
+                };
+                record.state = match kind {
+                    AckType::Accept => RecordState::Acknowledged,
+                    AckType::Gap | AckType::Reject => RecordState::Archived,
+                    AckType::Release if record.deliveries >= delivery_limit => {
+                        RecordState::Archived
+                    }
+                    AckType::Release => {
+                        released = true;
+                        RecordState::Available
+                    }
+                };
+                if record.state == RecordState::Archived {
+                    self.archived += 1;
+                }
+            }
+        }
+        self.advance();
+        Ok(released)
+    }
+
+    /// Releases what `member` holds (it left, or its session closed),
+    /// without counting the interrupted delivery (Kafka's DECREASE).
+    pub fn release_member(&mut self, member: &str) -> bool {
+        let mut released = false;
+        for record in self.in_flight.values_mut() {
+            if matches!(&record.state, RecordState::Acquired { member: m, .. } if m == member) {
+                record.state = RecordState::Available;
+                record.deliveries = record.deliveries.saturating_sub(1);
+                released = true;
+            }
+        }
+        released
+    }
+
+    /// Ends the locks that ran out: available again, or archived at the
+    /// delivery limit. Returns whether any record became available.
+    pub fn expire(&mut self, now: Instant, delivery_limit: u16) -> bool {
+        let mut released = false;
+        for record in self.in_flight.values_mut() {
+            if matches!(&record.state, RecordState::Acquired { deadline, .. } if *deadline <= now) {
+                if record.deliveries >= delivery_limit {
+                    record.state = RecordState::Archived;
+                    self.archived += 1;
+                } else {
+                    record.state = RecordState::Available;
+                    released = true;
+                }
+            }
+        }
+        self.advance();
+        released
+    }
+
+    /// Moves the start past the records that are done.
+    fn advance(&mut self) {
+        while let Some(entry) = self.in_flight.first_entry() {
+            let done = matches!(
+                entry.get().state,
+                RecordState::Acknowledged | RecordState::Archived
+            );
+            if !done {
+                break;
+            }
+            let offset = *entry.key();
+            entry.remove();
+            self.start = offset + 1;
+        }
+        if self.in_flight.is_empty() {
+            self.start = self.next;
+        }
+    }
+}
+
+/// A ShareGroupHeartbeat.
+#[derive(Debug, Clone, Default)]
+pub struct ShareHeartbeat {
+    pub group_id: String,
+    pub member_id: String,
+    /// 0 joins, -1 leaves.
+    pub member_epoch: i32,
+    pub rack_id: Option<String>,
+    pub subscribed_names: Option<Vec<String>>,
+    pub client_id: String,
+    pub client_host: String,
+}
+
+/// The answer to a share heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareHeartbeatAnswer {
+    pub member_id: String,
+    pub member_epoch: i32,
+    pub heartbeat_interval: Duration,
+    pub assignment: Option<Assignment>,
+}
+
+#[derive(Debug)]
+struct ShareMember {
+    epoch: i32,
+    names: Vec<String>,
+    client_id: String,
+    client_host: String,
+    rack_id: Option<String>,
+    assigned: Assignment,
+    deadline: Instant,
+}
+
+#[derive(Debug, Default)]
+struct ShareGroup {
+    epoch: i32,
+    members: BTreeMap<String, ShareMember>,
+}
+
+/// A member of a share group as ShareGroupDescribe shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareMemberDescription {
+    pub member_id: String,
+    pub member_epoch: i32,
+    pub client_id: String,
+    pub client_host: String,
+    pub rack_id: Option<String>,
+    pub subscribed_names: Vec<String>,
+    pub assignment: Assignment,
+}
+
+/// A share group as ShareGroupDescribe and ListGroups show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareGroupDescription {
+    pub group_id: String,
+    /// Empty or Stable.
+    pub state: &'static str,
+    pub group_epoch: i32,
+    pub members: Vec<ShareMemberDescription>,
+}
+
+/// A member's share session on this node.
+#[derive(Debug)]
+struct Session {
+    epoch: i32,
+    partitions: BTreeSet<(TopicId, i32)>,
+}
+
+/// Share groups' membership (on their coordinator), and share partitions
+/// and sessions (on the partitions' leaders).
+#[derive(Debug)]
+pub struct ShareGroups {
+    settings: ShareSettings,
+    groups: Mutex<HashMap<String, ShareGroup>>,
+    partitions: Mutex<HashMap<(String, TopicId, i32), SharePartition>>,
+    sessions: Mutex<HashMap<(String, String), Session>>,
+    /// Woken when records become available again (release, expiry).
+    released: tokio::sync::Notify,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl ShareGroups {
+    pub fn new(settings: ShareSettings) -> ShareGroups {
+        ShareGroups {
+            settings,
+            groups: Mutex::new(HashMap::new()),
+            partitions: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::new()),
+            released: tokio::sync::Notify::new(),
+        }
+    }
+
+    pub fn settings(&self) -> &ShareSettings {
+        &self.settings
+    }
+
+    /// Resolves when records may have become available again.
+    pub fn released(&self) -> tokio::sync::futures::Notified<'_> {
+        self.released.notified()
+    }
+
+    /// One ShareGroupHeartbeat.
+    ///
+    /// # Errors
+    /// [`ShareError::InvalidRequest`], [`ShareError::UnknownMemberId`],
+    /// [`ShareError::FencedMemberEpoch`].
+    pub fn heartbeat(
+        &self,
+        heartbeat: ShareHeartbeat,
+        catalog: &TopicCatalog,
+        now: Instant,
+    ) -> Result<ShareHeartbeatAnswer, ShareError> {
+        let invalid = |why: &str| Err(ShareError::InvalidRequest(why.to_owned()));
+        if heartbeat.group_id.is_empty() {
+            return invalid("GroupId can't be empty.");
+        }
+        if heartbeat.member_id.is_empty() {
+            return invalid("MemberId can't be empty.");
+        }
+        if heartbeat.member_epoch < -1 {
+            return invalid("MemberEpoch is invalid.");
+        }
+        if heartbeat.member_epoch == 0 && heartbeat.subscribed_names.is_none() {
+            return invalid("SubscribedTopicNames must be set in first request.");
+        }
+        let mut groups = lock(&self.groups);
+        let member_id = heartbeat.member_id.clone();
+        if heartbeat.member_epoch == -1 {
+            let group = groups
+                .get_mut(&heartbeat.group_id)
+                .ok_or(ShareError::UnknownMemberId)?;
+            if group.members.remove(&member_id).is_none() {
+                return Err(ShareError::UnknownMemberId);
+            }
+            group.epoch += 1;
+            drop(groups);
+            self.release_member(&heartbeat.group_id, &member_id);
+            return Ok(ShareHeartbeatAnswer {
+                member_id,
+                member_epoch: -1,
+                heartbeat_interval: self.settings.heartbeat_interval,
+                assignment: None,
+            });
+        }
+        let group = if heartbeat.member_epoch == 0 {
+            groups.entry(heartbeat.group_id.clone()).or_default()
+        } else {
+            groups
+                .get_mut(&heartbeat.group_id)
+                .ok_or(ShareError::UnknownMemberId)?
+        };
+        let joining = heartbeat.member_epoch == 0;
+        if joining {
+            if !group.members.contains_key(&member_id) {
+                group.epoch += 1;
+            }
+            let member = group
+                .members
+                .entry(member_id.clone())
+                .or_insert_with(|| ShareMember {
+                    epoch: 0,
+                    names: Vec::new(),
+                    client_id: heartbeat.client_id.clone(),
+                    client_host: heartbeat.client_host.clone(),
+                    rack_id: None,
+                    assigned: Assignment::new(),
+                    deadline: now,
+                });
+            member.assigned.clear();
+        }
+        let epoch = group.epoch;
+        let Some(member) = group.members.get_mut(&member_id) else {
+            return Err(ShareError::UnknownMemberId);
+        };
+        if !joining && heartbeat.member_epoch > member.epoch {
+            return Err(ShareError::FencedMemberEpoch);
+        }
+        member.deadline = now + self.settings.session_timeout;
+        if heartbeat.rack_id.is_some() {
+            member.rack_id = heartbeat.rack_id.clone();
+        }
+        if let Some(names) = heartbeat.subscribed_names {
+            let mut names = names;
+            names.sort();
+            names.dedup();
+            member.names = names;
+        }
+        // Every partition of every subscribed topic: records are shared.
+        let mut assignment = Assignment::new();
+        for name in &member.names {
+            if let Some((id, count)) = catalog.get(name) {
+                assignment.insert(id, (0..i32::try_from(count).unwrap_or(0)).collect());
+            }
+        }
+        let changed = assignment != member.assigned || joining;
+        if changed {
+            member.assigned = assignment;
+            member.epoch = epoch;
+        }
+        Ok(ShareHeartbeatAnswer {
+            member_id,
+            member_epoch: member.epoch,
+            heartbeat_interval: self.settings.heartbeat_interval,
+            assignment: changed.then(|| member.assigned.clone()),
+        })
+    }
+
+    /// Whether a share group of this id exists, and has members.
+    pub fn exists(&self, group_id: &str) -> Option<bool> {
+        lock(&self.groups)
+            .get(group_id)
+            .map(|g| !g.members.is_empty())
+    }
+
+    pub fn list(&self) -> Vec<(String, &'static str)> {
+        let mut listed: Vec<_> = lock(&self.groups)
+            .iter()
+            .map(|(id, g)| {
+                let state = if g.members.is_empty() {
+                    "Empty"
+                } else {
+                    "Stable"
+                };
+                (id.clone(), state)
+            })
+            .collect();
+        listed.sort();
+        listed
+    }
+
+    pub fn describe(&self, group_id: &str) -> Option<ShareGroupDescription> {
+        let groups = lock(&self.groups);
+        let group = groups.get(group_id)?;
+        Some(ShareGroupDescription {
+            group_id: group_id.to_owned(),
+            state: if group.members.is_empty() {
+                "Empty"
+            } else {
+                "Stable"
+            },
+            group_epoch: group.epoch,
+            members: group
+                .members
+                .iter()
+                .map(|(id, m)| ShareMemberDescription {
+                    member_id: id.clone(),
+                    member_epoch: m.epoch,
+                    client_id: m.client_id.clone(),
+                    client_host: m.client_host.clone(),
+                    rack_id: m.rack_id.clone(),
+                    subscribed_names: m.names.clone(),
+                    assignment: m.assigned.clone(),
+                })
+                .collect(),
+        })
+    }
+
+    /// Forgets an empty share group and its partitions' state.
+    /// `Ok(false)`: there was none.
+    ///
+    /// # Errors
+    /// `Err(())` while it has members.
+    #[allow(clippy::result_unit_err)]
+    pub fn remove_if_empty(&self, group_id: &str) -> Result<bool, ()> {
+        let mut groups = lock(&self.groups);
+        match groups.get(group_id) {
+            Some(group) if !group.members.is_empty() => Err(()),
+            Some(_) => {
+                groups.remove(group_id);
+                drop(groups);
+                lock(&self.partitions).retain(|(g, _, _), _| g != group_id);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Opens, checks or closes a member's share session for a request
+    /// with `epoch` (0 opens, -1 closes, else the next expected epoch),
+    /// adding and forgetting partitions; returns the session's partitions.
+    /// A session opened anew releases what the member held before.
+    ///
+    /// # Errors
+    /// [`ShareError::SessionNotFound`], [`ShareError::InvalidSessionEpoch`].
+    pub fn session(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        epoch: i32,
+        add: &[(TopicId, i32)],
+        forget: &[(TopicId, i32)],
+    ) -> Result<Vec<(TopicId, i32)>, ShareError> {
+        let key = (group_id.to_owned(), member_id.to_owned());
+        let mut sessions = lock(&self.sessions);
+        let partitions = match epoch {
+            0 => {
+                let replaced = sessions.remove(&key).is_some();
+                let session = Session {
+                    epoch: 1,
+                    partitions: add.iter().copied().collect(),
+                };
+                let partitions = session.partitions.iter().copied().collect();
+                sessions.insert(key, session);
+                if replaced {
+                    drop(sessions);
+                    self.release_member(group_id, member_id);
+                }
+                return Ok(partitions);
+            }
+            -1 => {
+                let session = sessions.remove(&key).ok_or(ShareError::SessionNotFound)?;
+                session.partitions.into_iter().collect()
+            }
+            _ => {
+                let session = sessions.get_mut(&key).ok_or(ShareError::SessionNotFound)?;
+                if session.epoch != epoch {
+                    return Err(ShareError::InvalidSessionEpoch);
+                }
+                session.epoch = if epoch == i32::MAX { 1 } else { epoch + 1 };
+                session.partitions.extend(add.iter().copied());
+                for forgotten in forget {
+                    session.partitions.remove(forgotten);
+                }
+                session.partitions.iter().copied().collect()
+            }
+        };
+        drop(sessions);
+        if !forget.is_empty() {
+            let mut states = lock(&self.partitions);
+            for (topic, partition) in forget {
+                if let Some(state) = states.get_mut(&(group_id.to_owned(), *topic, *partition)) {
+                    state.release_member(member_id);
+                }
+            }
+        }
+        Ok(partitions)
+    }
+
+    /// Runs `work` on a share partition's state, creating it at
+    /// `share.auto.offset.reset` (`log_start` or `high_watermark`) on first
+    /// use, and wakes waiting fetches when it made records available.
+    pub fn with_partition<T>(
+        &self,
+        group_id: &str,
+        topic: TopicId,
+        partition: i32,
+        log_start: i64,
+        high_watermark: i64,
+        work: impl FnOnce(&mut SharePartition, &ShareSettings) -> T,
+    ) -> T {
+        let mut states = lock(&self.partitions);
+        let state = states
+            .entry((group_id.to_owned(), topic, partition))
+            .or_insert_with(|| {
+                SharePartition::new(match self.settings.auto_offset_reset {
+                    ShareReset::Earliest => log_start,
+                    ShareReset::Latest => high_watermark,
+                })
+            });
+        state.follow_log_start(log_start);
+        work(state, &self.settings)
+    }
+
+    /// Acknowledges on a share partition this node has state for.
+    ///
+    /// # Errors
+    /// As [`SharePartition::acknowledge`]; [`ShareError::InvalidRecordState`]
+    /// when there is no state (nothing was ever acquired here).
+    pub fn acknowledge(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        topic: TopicId,
+        partition: i32,
+        batches: &[AckBatch],
+    ) -> Result<(), ShareError> {
+        let mut states = lock(&self.partitions);
+        let state = states
+            .get_mut(&(group_id.to_owned(), topic, partition))
+            .ok_or(ShareError::InvalidRecordState)?;
+        let released = state.acknowledge(member_id, batches, self.settings.delivery_limit)?;
+        drop(states);
+        if released {
+            self.released.notify_waiters();
+        }
+        Ok(())
+    }
+
+    /// Makes what `member_id` holds in `group_id` available again (its
+    /// session closed, it left).
+    pub fn release_member(&self, group_id: &str, member_id: &str) {
+        let mut released = false;
+        for ((group, _, _), state) in lock(&self.partitions).iter_mut() {
+            if group == group_id {
+                released |= state.release_member(member_id);
+            }
+        }
+        if released {
+            self.released.notify_waiters();
+        }
+    }
+
+    /// Counts of every share partition of `group_id` on this node.
+    pub fn counts(&self, group_id: &str) -> Vec<(TopicId, i32, ShareCounts)> {
+        let mut counts: Vec<_> = lock(&self.partitions)
+            .iter()
+            .filter(|((g, _, _), _)| g == group_id)
+            .map(|((_, topic, partition), state)| (*topic, *partition, state.counts()))
+            .collect();
+        counts.sort_by_key(|(topic, partition, _)| (*topic, *partition));
+        counts
+    }
+
+    /// Ends expired locks and removes members whose session ran out;
+    /// call periodically.
+    pub fn expire(&self, now: Instant) {
+        let mut released = false;
+        for state in lock(&self.partitions).values_mut() {
+            released |= state.expire(now, self.settings.delivery_limit);
+        }
+        let mut gone: Vec<(String, String)> = Vec::new();
+        for (group_id, group) in lock(&self.groups).iter_mut() {
+            let expired: Vec<String> = group
+                .members
+                .iter()
+                .filter(|(_, m)| m.deadline <= now)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for member_id in expired {
+                tracing::info!(group = %group_id, member = %member_id, "share group member's session expired");
+                group.members.remove(&member_id);
+                group.epoch += 1;
+                gone.push((group_id.clone(), member_id));
+            }
+        }
+        for (group_id, member_id) in &gone {
+            lock(&self.sessions).remove(&(group_id.clone(), member_id.clone()));
+            self.release_member(group_id, member_id);
+        }
+        if released {
+            self.released.notify_waiters();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,229 @@
+//! The share-partition state machine and share group membership with
+//! simulated time: acquisition, each acknowledgement type, lock expiry,
+//! the delivery limit, members splitting one partition, sessions.
+
+use super::*;
+
+const T: TopicId = [7; 16];
+
+fn settings() -> ShareSettings {
+    ShareSettings {
+        lock_duration: Duration::from_secs(30),
+        delivery_limit: 3,
+        max_record_locks: 10,
+        ..ShareSettings::default()
+    }
+}
+
+fn ack(first: i64, last: i64, kind: AckType) -> AckBatch {
+    AckBatch {
+        first,
+        last,
+        types: vec![kind],
+    }
+}
+
+#[test]
+fn two_members_split_a_partition_and_never_hold_the_same_record() {
+    let settings = settings();
+    let now = Instant::now();
+    let mut state = SharePartition::new(0);
+    let a = state.acquire("a", 0..100, 4, &settings, now);
+    let b = state.acquire("b", 0..100, 4, &settings, now);
+    assert_eq!(
+        a,
+        vec![Acquired {
+            first: 0,
+            last: 3,
+            delivery_count: 1
+        }]
+    );
+    assert_eq!(
+        b,
+        vec![Acquired {
+            first: 4,
+            last: 7,
+            delivery_count: 1
+        }]
+    );
+    // The cap on records in flight (10) stops the third member at 2.
+    let c = state.acquire("c", 0..100, 4, &settings, now);
+    assert_eq!(c.iter().map(|r| r.last - r.first + 1).sum::<i64>(), 2);
+    assert_eq!(state.wanted_from(100, settings.max_record_locks), None);
+    // b may not acknowledge a's records: nothing changes.
+    assert_eq!(
+        state.acknowledge("b", &[ack(0, 3, AckType::Accept)], 3),
+        Err(ShareError::InvalidRecordState)
+    );
+    state
+        .acknowledge("a", &[ack(0, 3, AckType::Accept)], 3)
+        .expect("a's own");
+    assert_eq!(state.start(), 4, "the start moves past what is done");
+}
+
+#[test]
+fn released_and_expired_records_come_back_with_a_higher_count_until_archived() {
+    let settings = settings();
+    let now = Instant::now();
+    let mut state = SharePartition::new(0);
+    state.acquire("a", 0..1, 10, &settings, now);
+    assert!(
+        state
+            .acknowledge("a", &[ack(0, 0, AckType::Release)], 3)
+            .expect("release")
+    );
+    let second = state.acquire("b", 0..1, 10, &settings, now);
+    assert_eq!(second[0].delivery_count, 2);
+    // b's lock runs out: available again, delivered a third time.
+    assert!(!state.expire(now + Duration::from_secs(29), 3));
+    assert!(state.expire(now + Duration::from_secs(30), 3));
+    let third = state.acquire("c", 0..1, 10, &settings, now + Duration::from_secs(31));
+    assert_eq!(third[0].delivery_count, 3);
+    // The third release reaches the limit: archived, never redelivered.
+    assert!(
+        !state
+            .acknowledge("c", &[ack(0, 0, AckType::Release)], 3)
+            .expect("release")
+    );
+    assert_eq!(state.counts().archived, 1);
+    assert_eq!(state.start(), 1);
+    assert!(
+        state
+            .acquire("a", 0..1, 10, &settings, now + Duration::from_secs(32))
+            .is_empty()
+    );
+}
+
+#[test]
+fn reject_and_gap_archive_and_per_offset_types_apply_one_by_one() {
+    let settings = settings();
+    let now = Instant::now();
+    let mut state = SharePartition::new(10);
+    state.acquire("a", 0..14, 10, &settings, now);
+    let batch = AckBatch {
+        first: 10,
+        last: 13,
+        types: vec![
+            AckType::Accept,
+            AckType::Reject,
+            AckType::Gap,
+            AckType::Release,
+        ],
+    };
+    state.acknowledge("a", &[batch], 3).expect("acks");
+    let counts = state.counts();
+    assert_eq!(
+        (counts.start, counts.available, counts.archived),
+        (13, 1, 2)
+    );
+    let again = state.acquire("b", 0..14, 10, &settings, now);
+    assert_eq!(
+        again,
+        vec![Acquired {
+            first: 13,
+            last: 13,
+            delivery_count: 2
+        }]
+    );
+    let bad = AckBatch {
+        first: 13,
+        last: 14,
+        types: vec![AckType::Accept; 3],
+    };
+    assert!(matches!(
+        state.acknowledge("b", &[bad], 3),
+        Err(ShareError::InvalidRequest(_))
+    ));
+}
+
+#[test]
+fn a_member_leaving_releases_its_records_without_counting_the_delivery() {
+    let groups = ShareGroups::new(ShareSettings {
+        auto_offset_reset: ShareReset::Earliest,
+        ..settings()
+    });
+    let mut catalog = TopicCatalog::new();
+    catalog.insert("q", T, 1, false);
+    let now = Instant::now();
+    let join = |member: &str| ShareHeartbeat {
+        group_id: "g".to_owned(),
+        member_id: member.to_owned(),
+        member_epoch: 0,
+        subscribed_names: Some(vec!["q".to_owned()]),
+        ..ShareHeartbeat::default()
+    };
+    let a = groups.heartbeat(join("a"), &catalog, now).expect("a");
+    let b = groups.heartbeat(join("b"), &catalog, now).expect("b");
+    // Both get the one partition.
+    let expected: Assignment = [(T, BTreeSet::from([0]))].into_iter().collect();
+    assert_eq!(a.assignment.as_ref(), Some(&expected));
+    assert_eq!(b.assignment.as_ref(), Some(&expected));
+    groups
+        .session("g", "a", 0, &[(T, 0)], &[])
+        .expect("session");
+    let taken = groups.with_partition("g", T, 0, 0, 5, |state, settings| {
+        state.acquire("a", 0..5, 5, settings, now)
+    });
+    assert_eq!(taken.len(), 1);
+    let leave = ShareHeartbeat {
+        member_epoch: -1,
+        subscribed_names: None,
+        ..join("a")
+    };
+    groups.heartbeat(leave, &catalog, now).expect("leave");
+    let again = groups.with_partition("g", T, 0, 0, 5, |state, settings| {
+        state.acquire("b", 0..5, 5, settings, now)
+    });
+    assert_eq!(
+        again,
+        vec![Acquired {
+            first: 0,
+            last: 4,
+            delivery_count: 1
+        }]
+    );
+    assert_eq!(groups.describe("g").map(|d| d.members.len()), Some(1));
+}
+
+#[test]
+fn sessions_follow_kafkas_epochs() {
+    let groups = ShareGroups::new(settings());
+    assert_eq!(
+        groups.session("g", "a", 1, &[], &[]),
+        Err(ShareError::SessionNotFound)
+    );
+    assert_eq!(
+        groups.session("g", "a", 0, &[(T, 0)], &[]),
+        Ok(vec![(T, 0)])
+    );
+    assert_eq!(
+        groups.session("g", "a", 2, &[], &[]),
+        Err(ShareError::InvalidSessionEpoch)
+    );
+    assert_eq!(
+        groups.session("g", "a", 1, &[(T, 1)], &[]),
+        Ok(vec![(T, 0), (T, 1)])
+    );
+    assert_eq!(
+        groups.session("g", "a", 2, &[], &[(T, 0)]),
+        Ok(vec![(T, 1)])
+    );
+    assert_eq!(groups.session("g", "a", -1, &[], &[]), Ok(vec![(T, 1)]));
+    assert_eq!(
+        groups.session("g", "a", 3, &[], &[]),
+        Err(ShareError::SessionNotFound)
+    );
+}
+
+#[test]
+fn latest_starts_at_the_high_watermark_and_earliest_at_the_log_start() {
+    let latest = ShareGroups::new(settings());
+    let start = latest.with_partition("g", T, 0, 2, 9, |state, _| state.start());
+    assert_eq!(start, 9);
+    let earliest = ShareGroups::new(ShareSettings {
+        auto_offset_reset: ShareReset::Earliest,
+        ..settings()
+    });
+    let start = earliest.with_partition("g", T, 0, 2, 9, |state, _| state.start());
+    assert_eq!(start, 2);
+}
