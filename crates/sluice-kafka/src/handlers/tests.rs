@@ -187,6 +187,50 @@ fn requests(round: usize) -> Vec<RequestKind> {
             ])
         }),
         RequestKind::ListGroups(ListGroupsRequest::default()),
+        RequestKind::ConsumerGroupHeartbeat(
+            ConsumerGroupHeartbeatRequest::default()
+                .with_group_id(group())
+                .with_member_id(StrBytes::from_string(format!("member-{round}")))
+                .with_rebalance_timeout_ms(30_000)
+                .with_subscribed_topic_names(Some(vec![topic("t")]))
+                .with_topic_partitions(Some(Vec::new())),
+        ),
+        RequestKind::ConsumerGroupDescribe(
+            ConsumerGroupDescribeRequest::default().with_group_ids(vec![group()]),
+        ),
+        RequestKind::ShareGroupHeartbeat(
+            ShareGroupHeartbeatRequest::default()
+                .with_group_id(GroupId(StrBytes::from_string(format!("share-{round}"))))
+                .with_member_id(StrBytes::from_string(format!("member-{round}")))
+                .with_subscribed_topic_names(Some(vec![topic("t")])),
+        ),
+        RequestKind::ShareGroupDescribe(
+            ShareGroupDescribeRequest::default().with_group_ids(vec![
+                GroupId(StrBytes::from_string(format!("share-{round}"))),
+                group(),
+            ]),
+        ),
+        RequestKind::ShareFetch(
+            ShareFetchRequest::default()
+                .with_group_id(Some(GroupId(StrBytes::from_string(format!("share-{round}")))))
+                .with_member_id(Some(StrBytes::from_string(format!("member-{round}"))))
+                .with_max_wait_ms(0)
+                .with_max_records(10)
+                .with_max_bytes(1 << 20)
+                .with_topics(vec![
+                    kafka_protocol::messages::share_fetch_request::FetchTopic::default()
+                        .with_topic_id(uuid::Uuid::from_bytes([round as u8; 16]))
+                        .with_partitions(vec![
+                            kafka_protocol::messages::share_fetch_request::FetchPartition::default(),
+                        ]),
+                ]),
+        ),
+        RequestKind::ShareAcknowledge(
+            ShareAcknowledgeRequest::default()
+                .with_group_id(Some(GroupId(StrBytes::from_string(format!("share-{round}")))))
+                .with_member_id(Some(StrBytes::from_static_str("nobody")))
+                .with_share_session_epoch(1),
+        ),
         RequestKind::DescribeGroups(
             DescribeGroupsRequest::default().with_groups(vec![group(), GroupId(StrBytes::from_static_str("g"))]),
         ),
@@ -383,6 +427,12 @@ fn api_of(request: &RequestKind) -> ApiKey {
         RequestKind::Heartbeat(_) => ApiKey::Heartbeat,
         RequestKind::LeaveGroup(_) => ApiKey::LeaveGroup,
         RequestKind::ListGroups(_) => ApiKey::ListGroups,
+        RequestKind::ConsumerGroupHeartbeat(_) => ApiKey::ConsumerGroupHeartbeat,
+        RequestKind::ConsumerGroupDescribe(_) => ApiKey::ConsumerGroupDescribe,
+        RequestKind::ShareGroupHeartbeat(_) => ApiKey::ShareGroupHeartbeat,
+        RequestKind::ShareGroupDescribe(_) => ApiKey::ShareGroupDescribe,
+        RequestKind::ShareFetch(_) => ApiKey::ShareFetch,
+        RequestKind::ShareAcknowledge(_) => ApiKey::ShareAcknowledge,
         RequestKind::DescribeGroups(_) => ApiKey::DescribeGroups,
         RequestKind::DeleteGroups(_) => ApiKey::DeleteGroups,
         RequestKind::ElectLeaders(_) => ApiKey::ElectLeaders,
