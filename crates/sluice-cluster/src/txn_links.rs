@@ -22,17 +22,21 @@ use kafka_protocol::ResponseError;
 use kafka_protocol::messages::add_partitions_to_txn_request::{
     AddPartitionsToTxnTopic, AddPartitionsToTxnTransaction,
 };
+use kafka_protocol::messages::offset_commit_request::{
+    OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::write_txn_markers_request::{
     WritableTxnMarker, WritableTxnMarkerTopic,
 };
 use kafka_protocol::messages::{
-    AddPartitionsToTxnRequest, EndTxnRequest, InitProducerIdRequest, ProduceRequest, ProducerId,
-    TopicName, TransactionalId, WriteTxnMarkersRequest,
+    AddPartitionsToTxnRequest, EndTxnRequest, GroupId, InitProducerIdRequest, OffsetCommitRequest,
+    OffsetFetchRequest, ProduceRequest, ProducerId, TopicName, TransactionalId,
+    WriteTxnMarkersRequest,
 };
 use kafka_protocol::protocol::{Encodable, HeaderVersion, Request, StrBytes};
-use sluice_core::CoreError;
 use sluice_core::transactions::{Outcome, RemoteBatches, RemoteMarker, TxnError, TxnPeers};
+use sluice_core::{CommittedOffset, CoreError};
 use tokio::runtime::Handle;
 
 use crate::MetadataNode;
@@ -42,6 +46,9 @@ const MARKERS_VERSION: i16 = 1;
 const INIT_PRODUCER_VERSION: i16 = 1;
 const ADD_PARTITIONS_VERSION: i16 = 3;
 const END_TXN_VERSION: i16 = 1;
+/// OffsetCommit and OffsetFetch of the broker's own groups (share state).
+const OFFSET_COMMIT_VERSION: i16 = 8;
+const OFFSET_FETCH_VERSION: i16 = 7;
 /// KIP-890's batched form, which brokers send (`verify_only`).
 const VERIFY_VERSION: i16 = 4;
 const PRODUCE_VERSION: i16 = 7;
@@ -328,6 +335,90 @@ impl TxnPeers for TxnLinks {
             .with_committed(commit);
         let response = self.call_for((node, Lane::Producer), id, request, END_TXN_VERSION)?;
         answered(node, id, response.error_code)
+    }
+
+    fn commit_offsets(
+        &self,
+        node: i32,
+        group: &str,
+        offsets: &[(String, i32, CommittedOffset)],
+    ) -> Result<(), CoreError> {
+        let mut topics: BTreeMap<&str, Vec<OffsetCommitRequestPartition>> = BTreeMap::new();
+        for (topic, partition, committed) in offsets {
+            topics.entry(topic.as_str()).or_default().push(
+                OffsetCommitRequestPartition::default()
+                    .with_partition_index(*partition)
+                    .with_committed_offset(committed.offset)
+                    .with_committed_leader_epoch(committed.leader_epoch)
+                    .with_committed_metadata(committed.metadata.clone().map(StrBytes::from_string)),
+            );
+        }
+        let request = OffsetCommitRequest::default()
+            .with_group_id(GroupId(StrBytes::from_string(group.to_owned())))
+            .with_generation_id_or_member_epoch(-1)
+            .with_topics(
+                topics
+                    .into_iter()
+                    .map(|(topic, partitions)| {
+                        OffsetCommitRequestTopic::default()
+                            .with_name(topic_name(topic))
+                            .with_partitions(partitions)
+                    })
+                    .collect(),
+            );
+        let failed = |reason: String| CoreError::Internal {
+            reason: format!("offsets of {group:?} on node {node}: {reason}"),
+        };
+        let response = self
+            .call(node, Lane::Leaf, request, OFFSET_COMMIT_VERSION)
+            .map_err(failed)?;
+        let code = response
+            .topics
+            .iter()
+            .flat_map(|t| t.partitions.iter())
+            .map(|p| p.error_code)
+            .find(|code| *code != 0);
+        match code {
+            None => Ok(()),
+            Some(code) => Err(failed(format!("error code {code}"))),
+        }
+    }
+
+    fn committed_offsets(
+        &self,
+        node: i32,
+        group: &str,
+    ) -> Result<Vec<(String, i32, CommittedOffset)>, CoreError> {
+        let request = OffsetFetchRequest::default()
+            .with_group_id(GroupId(StrBytes::from_string(group.to_owned())))
+            .with_topics(None);
+        let failed = |reason: String| CoreError::Internal {
+            reason: format!("offsets of {group:?} on node {node}: {reason}"),
+        };
+        let response = self
+            .call(node, Lane::Leaf, request, OFFSET_FETCH_VERSION)
+            .map_err(failed)?;
+        if response.error_code != 0 {
+            return Err(failed(format!("error code {}", response.error_code)));
+        }
+        Ok(response
+            .topics
+            .into_iter()
+            .flat_map(|topic| {
+                let name = topic.name.to_string();
+                topic.partitions.into_iter().map(move |p| {
+                    (
+                        name.clone(),
+                        p.partition_index,
+                        CommittedOffset {
+                            offset: p.committed_offset,
+                            leader_epoch: p.committed_leader_epoch,
+                            metadata: p.metadata.map(|m| m.to_string()),
+                        },
+                    )
+                })
+            })
+            .collect())
     }
 }
 

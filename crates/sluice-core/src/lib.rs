@@ -35,6 +35,7 @@ mod recovery;
 mod replay;
 pub mod replication;
 pub mod share_groups;
+mod share_store;
 mod topic_config;
 mod topics;
 pub mod transactions;
@@ -86,6 +87,7 @@ pub use partition::{
 };
 pub use producers::ProducerIds;
 pub use replication::ReplicationStats;
+pub use share_store::SHARE_STATE_PREFIX;
 pub use topic_config::{
     CleanupPolicy, ConfigEntry, ConfigSource, ConfigType, FORWARD_EXCHANGE, FORWARD_ROUTING_KEY,
     FORWARD_START, FORWARD_VHOST, Forwarding, STORED_ONLY_KEYS, TOPIC_CONFIG_KEYS, TimestampType,

@@ -40,6 +40,9 @@ use crate::Broker;
 const MEMBER_EXPIRY_EVERY: Duration = Duration::from_millis(250);
 /// How often committed offsets are checked for expiry.
 const OFFSETS_EXPIRY_EVERY: Duration = Duration::from_secs(60);
+/// How often share-partition states changed by lock expiries are stored
+/// (fetches and acknowledgements store theirs before answering).
+const SHARE_STATE_EVERY: Duration = Duration::from_millis(500);
 /// How often queues are maintained and the disk checked.
 const MAINTENANCE_EVERY: Duration = Duration::from_millis(100);
 /// How often timed-out transactions are aborted and decided ones
@@ -139,6 +142,13 @@ impl Broker {
                     broker.consumer_groups().expire(tokio::time::Instant::now());
                     broker.share_groups().expire(tokio::time::Instant::now());
                 },
+            ),
+            every(
+                self,
+                SHARE_STATE_EVERY,
+                stopped.clone(),
+                Runs::Blocking,
+                |broker| broker.store_share_state(),
             ),
             every(
                 self,
@@ -314,6 +324,7 @@ fn expire_offsets(broker: &Broker) {
         .offsets()
         .expire(broker.offsets_retention(), |group| {
             group.starts_with(crate::forwarding::FORWARD_GROUP_PREFIX)
+                || group.starts_with(crate::share_store::SHARE_STATE_PREFIX)
                 || broker
                     .groups()
                     .describe(group)

@@ -17,8 +17,9 @@
 //! it subscribes to: records, not partitions, are what members share.
 //! Share sessions (ShareFetch, ShareAcknowledge) are kept per member.
 //!
-//! All of this lives in memory: a restart or a leader change starts each
-//! share partition again from `share.auto.offset.reset`.
+//! The state is kept in memory on the partition's leader and stored
+//! through the offsets log (`share_store.rs`) after every change, loaded
+//! again by a new leader.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard};
@@ -172,6 +173,11 @@ pub struct SharePartition {
     in_flight: BTreeMap<i64, InFlight>,
     /// Records archived since the partition was loaded.
     archived: u64,
+    /// Changed since it was last stored.
+    dirty: bool,
+    /// The partition's leader epoch when this state was loaded: a node
+    /// that leads the partition again loads it afresh.
+    leader_epoch: i32,
 }
 
 impl SharePartition {
@@ -181,7 +187,83 @@ impl SharePartition {
             next: start,
             in_flight: BTreeMap::new(),
             archived: 0,
+            dirty: true,
+            leader_epoch: -1,
         }
+    }
+
+    /// The state as stored (the offsets log keeps it as a committed
+    /// offset, the start, with this text as its metadata): the next offset
+    /// and runs of equal records, `first-last:state:deliveries`, state `a`
+    /// (available; acquired records are stored as available), `k`
+    /// (acknowledged) or `x` (archived).
+    pub fn snapshot(&self) -> (i64, String) {
+        let mut text = format!("v1 {}", self.next);
+        let mut run: Option<(i64, i64, char, u16)> = None;
+        let flush = |text: &mut String, run: (i64, i64, char, u16)| {
+            text.push_str(&format!(" {}-{}:{}:{}", run.0, run.1, run.2, run.3));
+        };
+        for (offset, record) in &self.in_flight {
+            let state = match record.state {
+                RecordState::Available | RecordState::Acquired { .. } => 'a',
+                RecordState::Acknowledged => 'k',
+                RecordState::Archived => 'x',
+            };
+            match &mut run {
+                Some(r) if r.1 + 1 == *offset && r.2 == state && r.3 == record.deliveries => {
+                    r.1 = *offset;
+                }
+                _ => {
+                    if let Some(done) = run.take() {
+                        flush(&mut text, done);
+                    }
+                    run = Some((*offset, *offset, state, record.deliveries));
+                }
+            }
+        }
+        if let Some(done) = run {
+            flush(&mut text, done);
+        }
+        (self.start, text)
+    }
+
+    /// A state from [`SharePartition::snapshot`]; `None` when the text is
+    /// not one.
+    pub fn restore(start: i64, text: &str) -> Option<SharePartition> {
+        let mut words = text.split(' ');
+        if words.next()? != "v1" {
+            return None;
+        }
+        let next: i64 = words.next()?.parse().ok()?;
+        let mut state = SharePartition::new(start);
+        state.next = next.max(start);
+        for word in words {
+            let (range, rest) = word.split_once(':')?;
+            let (kind, deliveries) = rest.split_once(':')?;
+            let (first, last) = range.split_once('-')?;
+            let (first, last): (i64, i64) = (first.parse().ok()?, last.parse().ok()?);
+            let deliveries: u16 = deliveries.parse().ok()?;
+            let kind = match kind {
+                "a" => RecordState::Available,
+                "k" => RecordState::Acknowledged,
+                "x" => RecordState::Archived,
+                _ => return None,
+            };
+            if first < start || last < first || last >= state.next || last - first > 100_000 {
+                return None;
+            }
+            for offset in first..=last {
+                state.in_flight.insert(
+                    offset,
+                    InFlight {
+                        state: kind.clone(),
+                        deliveries,
+                    },
+                );
+            }
+        }
+        state.dirty = false;
+        Some(state)
     }
 
     pub fn start(&self) -> i64 {
@@ -208,6 +290,7 @@ impl SharePartition {
     /// `log_start` can be delivered.
     pub fn follow_log_start(&mut self, log_start: i64) {
         if log_start > self.start {
+            self.dirty = true;
             self.in_flight.retain(|offset, _| *offset >= log_start);
             self.start = log_start;
             self.next = self.next.max(log_start);
@@ -275,6 +358,7 @@ impl SharePartition {
             taken.push((self.next, 1));
             self.next += 1;
         }
+        self.dirty |= !taken.is_empty();
         let mut ranges: Vec<Acquired> = Vec::new();
         for (offset, count) in taken {
             match ranges.last_mut() {
@@ -329,6 +413,7 @@ impl SharePartition {
             }
         }
         let mut released = false;
+        self.dirty = true;
         for batch in sorted {
             for offset in batch.first.max(self.start)..=batch.last {
                 let Some(kind) = batch.type_at(offset) else {
@@ -368,6 +453,7 @@ impl SharePartition {
                 released = true;
             }
         }
+        self.dirty |= released;
         released
     }
 
@@ -377,6 +463,7 @@ impl SharePartition {
         let mut released = false;
         for record in self.in_flight.values_mut() {
             if matches!(&record.state, RecordState::Acquired { deadline, .. } if *deadline <= now) {
+                self.dirty = true;
                 if record.deliveries >= delivery_limit {
                     record.state = RecordState::Archived;
                     self.archived += 1;
@@ -774,6 +861,80 @@ impl ShareGroups {
             });
         state.follow_log_start(log_start);
         work(state, &self.settings)
+    }
+
+    /// Whether a share partition's state must be loaded before use: this
+    /// node has none, or had it under another leader epoch.
+    pub fn needs_load(
+        &self,
+        group_id: &str,
+        topic: TopicId,
+        partition: i32,
+        leader_epoch: i32,
+    ) -> bool {
+        lock(&self.partitions)
+            .get(&(group_id.to_owned(), topic, partition))
+            .is_none_or(|state| state.leader_epoch != leader_epoch)
+    }
+
+    /// Installs a share partition's state as loaded under `leader_epoch`:
+    /// the stored one (acquired records come back available, their
+    /// delivery counts kept), or a new one at `share.auto.offset.reset`.
+    pub fn install(
+        &self,
+        key: (&str, TopicId, i32),
+        leader_epoch: i32,
+        stored: Option<(i64, String)>,
+        log_start: i64,
+        high_watermark: i64,
+    ) {
+        let (group_id, topic, partition) = key;
+        let restored = stored.and_then(|(start, text)| {
+            let state = SharePartition::restore(start, &text);
+            if state.is_none() {
+                tracing::warn!(
+                    group = group_id,
+                    partition,
+                    "stored share-partition state unreadable: starting anew"
+                );
+            }
+            state
+        });
+        let mut state = restored.unwrap_or_else(|| {
+            SharePartition::new(match self.settings.auto_offset_reset {
+                ShareReset::Earliest => log_start,
+                ShareReset::Latest => high_watermark,
+            })
+        });
+        state.leader_epoch = leader_epoch;
+        state.follow_log_start(log_start);
+        lock(&self.partitions).insert((group_id.to_owned(), topic, partition), state);
+        self.released.notify_waiters();
+    }
+
+    /// The states changed since last taken, to be stored: (group, topic,
+    /// partition, start, text). Their marks are cleared; a store that
+    /// fails calls [`ShareGroups::mark_dirty`].
+    pub fn take_dirty(&self) -> Vec<(String, TopicId, i32, i64, String)> {
+        let mut states = lock(&self.partitions);
+        states
+            .iter_mut()
+            .filter(|(_, state)| state.dirty)
+            .map(|((group, topic, partition), state)| {
+                state.dirty = false;
+                let (start, text) = state.snapshot();
+                (group.clone(), *topic, *partition, start, text)
+            })
+            .collect()
+    }
+
+    /// Marks a state to be stored again (its store failed).
+    pub fn mark_dirty(&self, group_id: &str, topic: TopicId, partition: i32) {
+        if let Some(state) =
+            lock(&self.partitions).get_mut(&(group_id.to_owned(), topic, partition))
+        {
+            state.dirty = true;
+        }
     }
 
     /// Acknowledges on a share partition this node has state for.

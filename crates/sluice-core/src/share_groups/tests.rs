@@ -227,3 +227,47 @@ fn latest_starts_at_the_high_watermark_and_earliest_at_the_log_start() {
     let start = earliest.with_partition("g", T, 0, 2, 9, |state, _| state.start());
     assert_eq!(start, 2);
 }
+
+#[test]
+fn a_stored_state_comes_back_with_acquired_records_available_and_counts_kept() {
+    let settings = settings();
+    let now = Instant::now();
+    let mut state = SharePartition::new(5);
+    state.acquire("a", 5..12, 10, &settings, now);
+    let batch = AckBatch {
+        first: 5,
+        last: 8,
+        types: vec![
+            AckType::Reject,
+            AckType::Accept,
+            AckType::Release,
+            AckType::Accept,
+        ],
+    };
+    state.acknowledge("a", &[batch], 3).expect("acks");
+    let (start, text) = state.snapshot();
+    assert_eq!(start, 7, "5 archived and 6 accepted are done");
+    let mut restored = SharePartition::restore(start, &text).expect("readable");
+    let counts = restored.counts();
+    // 7 released, 9..=11 acquired by a: all available, 8 acknowledged.
+    assert_eq!((counts.start, counts.available, counts.acquired), (7, 4, 0));
+    let again = restored.acquire("b", 7..12, 10, &settings, now);
+    assert_eq!(
+        again,
+        vec![
+            Acquired {
+                first: 7,
+                last: 7,
+                delivery_count: 2
+            },
+            Acquired {
+                first: 9,
+                last: 11,
+                delivery_count: 2
+            },
+        ]
+    );
+    for bad in ["v2 12", "v1 x", "v1 12 9-8:a:1", "v1 12 7-7:q:1", "v1 12 3-4:a:1"] {
+        assert!(SharePartition::restore(7, bad).is_none(), "{bad}");
+    }
+}

@@ -359,6 +359,11 @@ impl TxnCoordinator {
         }
     }
 
+    /// The way to other nodes, on a cluster.
+    pub fn peers(&self) -> Option<&Arc<dyn TxnPeers>> {
+        self.remote.get()
+    }
+
     /// Gives the coordinator of a cluster its way to other nodes (once;
     /// later calls change nothing).
     pub fn attach_peers(&self, remote: Arc<dyn TxnPeers>) {

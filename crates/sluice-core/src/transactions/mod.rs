@@ -163,6 +163,30 @@ pub trait TxnPeers: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// As [`TxnPeers::init_producer`].
     fn end(&self, node: i32, id: &str, producer: (i64, i16), commit: bool) -> Result<(), TxnError>;
+
+    /// OffsetCommit of `offsets` for `group` on `node`, its coordinator
+    /// (the broker's own groups: share-partition state).
+    ///
+    /// # Errors
+    /// The first partition's error code as [`CoreError::Internal`], or the
+    /// link's.
+    fn commit_offsets(
+        &self,
+        node: i32,
+        group: &str,
+        offsets: &[(String, i32, crate::CommittedOffset)],
+    ) -> Result<(), CoreError>;
+
+    /// OffsetFetch of everything `group` committed, on `node`, its
+    /// coordinator.
+    ///
+    /// # Errors
+    /// The coordinator's error as [`CoreError::Internal`], or the link's.
+    fn committed_offsets(
+        &self,
+        node: i32,
+        group: &str,
+    ) -> Result<Vec<(String, i32, crate::CommittedOffset)>, CoreError>;
 }
 
 /// An aborted transaction as a read_committed Fetch lists it: the

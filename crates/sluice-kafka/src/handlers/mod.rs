@@ -230,9 +230,9 @@ pub(crate) async fn dispatch(
         RequestKind::ShareFetch(request) => {
             ResponseKind::ShareFetch(share_groups::fetch(context, request).await)
         }
-        RequestKind::ShareAcknowledge(request) => {
-            ResponseKind::ShareAcknowledge(share_groups::acknowledge_request(context, request))
-        }
+        RequestKind::ShareAcknowledge(request) => ResponseKind::ShareAcknowledge(
+            share_groups::acknowledge_request(context, request).await,
+        ),
         RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions::handle()),
         RequestKind::Metadata(request) => {
             ResponseKind::Metadata(metadata::handle(context, request, version).await)

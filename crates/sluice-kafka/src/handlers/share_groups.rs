@@ -229,6 +229,23 @@ fn acknowledge(
     partition: i32,
     wire: Vec<WireBatch>,
 ) -> i16 {
+    // Only the partition's leader, with the state it loaded as leader,
+    // takes acknowledgements: records acquired from an earlier leader are
+    // available again there.
+    let led = led_here(broker, &topic, partition).and_then(|led| {
+        let epoch = led.leader_epoch().get();
+        if broker
+            .share_groups()
+            .needs_load(group_id, topic, partition, epoch)
+        {
+            Err(ResponseError::InvalidRecordState)
+        } else {
+            Ok(())
+        }
+    });
+    if let Err(error) = led {
+        return error.code();
+    }
     let applied = batches(wire).and_then(|batches| {
         broker
             .share_groups()
@@ -393,16 +410,30 @@ pub(crate) async fn fetch(context: &Context, request: ShareFetchRequest) -> Shar
     if epoch == -1 {
         // The session closed: nothing is fetched, what is held is released.
         broker.share_groups().release_member(&group_id, &member_id);
+        store(&broker).await;
         return answer(results, lock_ms);
     }
     let wait = Duration::from_millis(u64::try_from(request.max_wait_ms).unwrap_or(0)).min(MAX_WAIT);
     let deadline = Instant::now() + wait;
     let max_bytes = usize::try_from(request.max_bytes).unwrap_or(0).max(1);
     let max_records = usize::try_from(request.max_records).unwrap_or(0).max(1);
-    let targets: Vec<((TopicId, i32), Target)> = session
+    let mut targets: Vec<((TopicId, i32), Target)> = session
         .iter()
         .map(|(topic, index)| ((*topic, *index), led_here(&broker, topic, *index)))
         .collect();
+    for ((topic, index), target) in &mut targets {
+        if let Ok(partition) = target {
+            let epoch = partition.leader_epoch().get();
+            if broker
+                .share_groups()
+                .needs_load(&group_id, *topic, *index, epoch)
+                && let Err(error) = load(&broker, &group_id, *topic, partition).await
+            {
+                tracing::warn!(%error, group = %group_id, partition = *index, "share-partition state not loaded yet");
+                *target = Err(ResponseError::CoordinatorLoadInProgress);
+            }
+        }
+    }
     // Each fetch starts at another partition, so none starves.
     let rotate = usize::try_from(epoch).unwrap_or(0) % targets.len().max(1);
     loop {
@@ -450,6 +481,7 @@ pub(crate) async fn fetch(context: &Context, request: ShareFetchRequest) -> Shar
             entry.1 = taken;
         }
         if records > 0 || Instant::now() >= deadline {
+            store(&broker).await;
             return answer(results, lock_ms);
         }
         let any = std::future::poll_fn(|cx| {
@@ -503,7 +535,42 @@ fn answer(results: BTreeMap<(TopicId, i32), (i16, Taken)>, lock_ms: i32) -> Shar
         .with_responses(topics)
 }
 
-pub(crate) fn acknowledge_request(
+/// Loads a share partition's stored state (from the group's coordinator,
+/// perhaps another node).
+async fn load(
+    broker: &Arc<Broker>,
+    group_id: &str,
+    topic: TopicId,
+    partition: &Partition,
+) -> Result<(), sluice_core::CoreError> {
+    let broker = Arc::clone(broker);
+    let group_id = group_id.to_owned();
+    let name = partition.topic().to_owned();
+    let index = partition.id().get();
+    let epoch = partition.leader_epoch().get();
+    let bounds = (
+        partition.log_start().get(),
+        partition.high_watermark().get(),
+    );
+    super::blocking(move || {
+        broker.load_share_partition(&group_id, (&name, topic), index, epoch, bounds)
+    })
+    .await
+    .unwrap_or_else(|| {
+        Err(sluice_core::CoreError::Internal {
+            reason: "loading share state was cancelled".to_owned(),
+        })
+    })
+}
+
+/// Stores the share-partition states this request changed before it is
+/// answered, so what a member was told survives a restart.
+async fn store(broker: &Arc<Broker>) {
+    let broker = Arc::clone(broker);
+    let _ = super::blocking(move || broker.store_share_state()).await;
+}
+
+pub(crate) async fn acknowledge_request(
     context: &Context,
     request: ShareAcknowledgeRequest,
 ) -> ShareAcknowledgeResponse {
@@ -567,5 +634,6 @@ pub(crate) fn acknowledge_request(
     if epoch == -1 {
         broker.share_groups().release_member(&group_id, &member_id);
     }
+    store(broker).await;
     ShareAcknowledgeResponse::default().with_responses(topics)
 }
