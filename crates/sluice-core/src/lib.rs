@@ -90,8 +90,8 @@ pub use replication::ReplicationStats;
 pub use share_store::SHARE_STATE_PREFIX;
 pub use topic_config::{
     CleanupPolicy, ConfigEntry, ConfigSource, ConfigType, FORWARD_EXCHANGE, FORWARD_ROUTING_KEY,
-    FORWARD_START, FORWARD_VHOST, Forwarding, STORED_ONLY_KEYS, TOPIC_CONFIG_KEYS, TimestampType,
-    TopicConfig,
+    FORWARD_START, FORWARD_VHOST, Forwarding, SHARE_DEAD_LETTER_EXCHANGE, SHARE_DEAD_LETTER_VHOST,
+    STORED_ONLY_KEYS, TOPIC_CONFIG_KEYS, TimestampType, TopicConfig,
 };
 pub use topics::{
     Appended, MAX_PARTITIONS, MAX_TOPIC_NAME, Reassigning, Topic, Topics, is_internal, log_name,

@@ -154,6 +154,23 @@ struct InFlight {
     deliveries: u16,
 }
 
+/// Why a record was archived with its data (a gap has none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadReason {
+    /// A member rejected it.
+    Rejected,
+    /// Released or expired at the delivery limit.
+    DeliveryLimit,
+}
+
+/// A record archived for a reason worth dead-lettering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub offset: i64,
+    pub reason: DeadReason,
+    pub deliveries: u16,
+}
+
 /// Counts of a share partition's records, for the admin API and UI.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ShareCounts {
@@ -175,6 +192,8 @@ pub struct SharePartition {
     archived: u64,
     /// Changed since it was last stored.
     dirty: bool,
+    /// Records archived since last taken, to be dead-lettered.
+    dead: Vec<DeadLetter>,
     /// The partition's leader epoch when this state was loaded: a node
     /// that leads the partition again loads it afresh.
     leader_epoch: i32,
@@ -188,6 +207,7 @@ impl SharePartition {
             in_flight: BTreeMap::new(),
             archived: 0,
             dirty: true,
+            dead: Vec::new(),
             leader_epoch: -1,
         }
     }
@@ -422,17 +442,25 @@ impl SharePartition {
                 let Some(record) = self.in_flight.get_mut(&offset) else {
                     continue;
                 };
-                record.state = match kind {
-                    AckType::Accept => RecordState::Acknowledged,
-                    AckType::Gap | AckType::Reject => RecordState::Archived,
+                let dead = |reason| DeadLetter {
+                    offset,
+                    reason,
+                    deliveries: record.deliveries,
+                };
+                let (state, dead) = match kind {
+                    AckType::Accept => (RecordState::Acknowledged, None),
+                    AckType::Gap => (RecordState::Archived, None),
+                    AckType::Reject => (RecordState::Archived, Some(dead(DeadReason::Rejected))),
                     AckType::Release if record.deliveries >= delivery_limit => {
-                        RecordState::Archived
+                        (RecordState::Archived, Some(dead(DeadReason::DeliveryLimit)))
                     }
                     AckType::Release => {
                         released = true;
-                        RecordState::Available
+                        (RecordState::Available, None)
                     }
                 };
+                record.state = state;
+                self.dead.extend(dead);
                 if record.state == RecordState::Archived {
                     self.archived += 1;
                 }
@@ -461,12 +489,17 @@ impl SharePartition {
     /// delivery limit. Returns whether any record became available.
     pub fn expire(&mut self, now: Instant, delivery_limit: u16) -> bool {
         let mut released = false;
-        for record in self.in_flight.values_mut() {
+        for (offset, record) in self.in_flight.iter_mut() {
             if matches!(&record.state, RecordState::Acquired { deadline, .. } if *deadline <= now) {
                 self.dirty = true;
                 if record.deliveries >= delivery_limit {
                     record.state = RecordState::Archived;
                     self.archived += 1;
+                    self.dead.push(DeadLetter {
+                        offset: *offset,
+                        reason: DeadReason::DeliveryLimit,
+                        deliveries: record.deliveries,
+                    });
                 } else {
                     record.state = RecordState::Available;
                     released = true;
@@ -926,6 +959,40 @@ impl ShareGroups {
                 (group.clone(), *topic, *partition, start, text)
             })
             .collect()
+    }
+
+    /// The records archived since last taken, by share partition, to be
+    /// dead-lettered.
+    pub fn take_dead(&self) -> Vec<(String, TopicId, i32, Vec<DeadLetter>)> {
+        lock(&self.partitions)
+            .iter_mut()
+            .filter(|(_, state)| !state.dead.is_empty())
+            .map(|((group, topic, partition), state)| {
+                (
+                    group.clone(),
+                    *topic,
+                    *partition,
+                    std::mem::take(&mut state.dead),
+                )
+            })
+            .collect()
+    }
+
+    /// Puts back dead letters that could not be published yet.
+    pub fn restore_dead(
+        &self,
+        group_id: &str,
+        topic: TopicId,
+        partition: i32,
+        dead: Vec<DeadLetter>,
+    ) {
+        if let Some(state) =
+            lock(&self.partitions).get_mut(&(group_id.to_owned(), topic, partition))
+        {
+            let mut dead = dead;
+            dead.append(&mut state.dead);
+            state.dead = dead;
+        }
     }
 
     /// Marks a state to be stored again (its store failed).

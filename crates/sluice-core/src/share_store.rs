@@ -7,8 +7,14 @@
 //! acknowledged and acquired ones available again with their delivery
 //! counts.
 
+use amq_protocol::types::AMQPValue;
+use bytes::Bytes;
+use sluice_types::Offset;
+
 use crate::consumer_groups::TopicId;
-use crate::{Broker, CommittedOffset, Coordinator, CoreError};
+use crate::messaging::record_to_message;
+use crate::share_groups::{DeadLetter, DeadReason};
+use crate::{Acks, Broker, CommittedOffset, Coordinator, CoreError, Undecodable};
 
 /// The offsets group that holds share group `group`'s state.
 pub const SHARE_STATE_PREFIX: &str = "__sluice_share-";
@@ -69,6 +75,10 @@ impl Broker {
     /// (blocking); a state that could not be stored is tried again next
     /// time.
     pub fn store_share_state(&self) {
+        // Dead letters go out before the state that archived them is
+        // stored: a crash between the two redelivers the record (and may
+        // dead-letter it twice), never loses it.
+        self.dead_letter();
         let dirty = self.share_groups().take_dirty();
         if dirty.is_empty() {
             return;
@@ -105,5 +115,113 @@ impl Broker {
                 self.share_groups().mark_dirty(&group, topic, partition);
             }
         }
+    }
+}
+
+impl Broker {
+    /// Publishes the records share groups archived (rejected, or at the
+    /// delivery limit) to the AMQP exchange their topic's
+    /// `sluice.share.dead.letter.exchange` names, as RabbitMQ dead-letters:
+    /// the record as the bridge maps it, routed by its key, with
+    /// `x-share-group`, `x-delivery-count` and `x-death-reason` headers.
+    /// What cannot be published yet is tried again next time.
+    fn dead_letter(&self) {
+        let catalog = self.topic_catalog();
+        for (group, topic_id, index, dead) in self.share_groups().take_dead() {
+            let Some(name) = catalog.name_of(&topic_id).map(str::to_owned) else {
+                continue;
+            };
+            let Some(topic) = self.topics().get(&name) else {
+                continue;
+            };
+            let Some((vhost, exchange)) = topic.config().share_dead_letter() else {
+                continue;
+            };
+            let published = self.publish_dead(&group, &topic, index, (&vhost, &exchange), &dead);
+            if let Err(error) = published {
+                tracing::warn!(%error, group, topic = name, partition = index, "share dead letters not published yet");
+                self.share_groups()
+                    .restore_dead(&group, topic_id, index, dead);
+            }
+        }
+    }
+
+    fn publish_dead(
+        &self,
+        group: &str,
+        topic: &crate::Topic,
+        index: i32,
+        (vhost, exchange): (&str, &str),
+        dead: &[DeadLetter],
+    ) -> Result<(), String> {
+        let partition = topic
+            .local_partition(sluice_types::PartitionId::from(index))
+            .map_err(|e| e.to_string())?;
+        let vhost = self
+            .vhosts()
+            .get(vhost)
+            .ok_or_else(|| format!("no virtual host '{vhost}'"))?;
+        let mut wanted: Vec<DeadLetter> = dead.to_vec();
+        wanted.sort_by_key(|d| d.offset);
+        let mut acks = Acks::default();
+        let mut next = wanted.first().map_or(0, |d| d.offset);
+        // Bounded: each read moves past at least one batch.
+        for _ in 0..wanted.len().max(1) * 4 {
+            let Some(letter) = wanted.iter().find(|d| d.offset >= next) else {
+                break;
+            };
+            let Some(chunk) = partition
+                .read_chunk(
+                    Offset::from(letter.offset),
+                    256 << 10,
+                    Undecodable::SkipRest,
+                )
+                .map_err(|e| e.to_string())?
+            else {
+                break;
+            };
+            for record in chunk.deliverable(Offset::from(letter.offset)) {
+                let Some(letter) = wanted.iter().find(|d| d.offset == record.offset) else {
+                    continue;
+                };
+                let headers: Vec<(&str, Option<&[u8]>)> = record
+                    .headers
+                    .iter()
+                    .map(|(name, value)| (name.as_str(), value.as_ref().map(Bytes::as_ref)))
+                    .collect();
+                let reason = match letter.reason {
+                    DeadReason::Rejected => "rejected",
+                    DeadReason::DeliveryLimit => "delivery_limit",
+                };
+                let extra = [
+                    ("x-share-group", AMQPValue::LongString(group.into())),
+                    (
+                        "x-delivery-count",
+                        AMQPValue::LongLongInt(i64::from(letter.deliveries)),
+                    ),
+                    ("x-death-reason", AMQPValue::LongString(reason.into())),
+                ];
+                let mut message = record_to_message(
+                    record.key.as_deref(),
+                    record.value.as_deref(),
+                    &headers,
+                    &extra,
+                );
+                if message.properties.delivery_mode().is_none() {
+                    message.properties =
+                        std::mem::take(&mut message.properties).with_delivery_mode(2);
+                }
+                message.exchange = crate::messaging::short(exchange);
+                let outcome = vhost
+                    .publish_from(exchange, message, None)
+                    .map_err(|e| e.to_string())?;
+                acks.merge(outcome.acks);
+            }
+            if chunk.next.get() <= next {
+                break;
+            }
+            next = chunk.next.get();
+        }
+        acks.wait().map_err(|e| e.to_string())
     }
 }

@@ -110,6 +110,8 @@ pub const TOPIC_CONFIG_KEYS: &[&str] = &[
     FORWARD_ROUTING_KEY,
     FORWARD_START,
     FORWARD_VHOST,
+    SHARE_DEAD_LETTER_EXCHANGE,
+    SHARE_DEAD_LETTER_VHOST,
 ];
 
 /// Kafka's topic configs that Sluice accepts, validates, stores and
@@ -292,6 +294,13 @@ pub const FORWARD_VHOST: &str = "sluice.forward.vhost";
 /// `latest` (the default: records produced from then on, as a RabbitMQ user
 /// expects of a new binding) or `earliest` (the partitions' history first).
 pub const FORWARD_START: &str = "sluice.forward.start";
+
+/// Sluice's own topic setting: the AMQP exchange that records share groups
+/// archive (rejected, or at the delivery limit) are published to (empty:
+/// none), as RabbitMQ dead-letters.
+pub const SHARE_DEAD_LETTER_EXCHANGE: &str = "sluice.share.dead.letter.exchange";
+/// The virtual host of the share dead-letter exchange (default `/`).
+pub const SHARE_DEAD_LETTER_VHOST: &str = "sluice.share.dead.letter.vhost";
 
 /// Where a topic forwards its records.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -487,6 +496,21 @@ impl TopicConfig {
         config
     }
 
+    /// The AMQP virtual host and exchange share groups dead-letter this
+    /// topic's archived records to, if any.
+    pub fn share_dead_letter(&self) -> Option<(String, String)> {
+        let exchange = self.overrides.get(SHARE_DEAD_LETTER_EXCHANGE)?;
+        if exchange.is_empty() {
+            return None;
+        }
+        let vhost = self
+            .overrides
+            .get(SHARE_DEAD_LETTER_VHOST)
+            .cloned()
+            .unwrap_or_else(|| "/".to_owned());
+        Some((vhost, exchange.clone()))
+    }
+
     /// Where the topic forwards its records, if anywhere.
     pub fn forwarding(&self) -> Option<Forwarding> {
         let exchange = self.overrides.get(FORWARD_EXCHANGE)?;
@@ -663,7 +687,7 @@ fn default_value(name: &str, defaults: &LogConfig) -> String {
         "segment.index.bytes" => "10485760".to_owned(),
         "segment.jitter.ms" => "0".to_owned(),
         FORWARD_ROUTING_KEY => "key".to_owned(),
-        FORWARD_VHOST => "/".to_owned(),
+        FORWARD_VHOST | SHARE_DEAD_LETTER_VHOST => "/".to_owned(),
         FORWARD_START => "latest".to_owned(),
         _ => String::new(),
     }
@@ -800,10 +824,14 @@ fn validate(key: &str, value: &str) -> Result<(), CoreError> {
         "segment.ms" => int(1, i64::MAX),
         "max.message.bytes" => int32(0, i32::MAX),
         "min.insync.replicas" => int32(1, i32::MAX),
-        FORWARD_EXCHANGE | FORWARD_VHOST if value.len() > 255 => {
+        FORWARD_EXCHANGE | FORWARD_VHOST | SHARE_DEAD_LETTER_EXCHANGE | SHARE_DEAD_LETTER_VHOST
+            if value.len() > 255 =>
+        {
             Err(invalid("must be at most 255 bytes"))
         }
-        FORWARD_EXCHANGE | FORWARD_VHOST => Ok(()),
+        FORWARD_EXCHANGE | FORWARD_VHOST | SHARE_DEAD_LETTER_EXCHANGE | SHARE_DEAD_LETTER_VHOST => {
+            Ok(())
+        }
         FORWARD_START if matches!(value, "earliest" | "latest") => Ok(()),
         FORWARD_START => Err(invalid(&format!(
             "must be earliest or latest, got {value:?}"

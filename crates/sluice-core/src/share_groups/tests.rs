@@ -267,7 +267,13 @@ fn a_stored_state_comes_back_with_acquired_records_available_and_counts_kept() {
             },
         ]
     );
-    for bad in ["v2 12", "v1 x", "v1 12 9-8:a:1", "v1 12 7-7:q:1", "v1 12 3-4:a:1"] {
+    for bad in [
+        "v2 12",
+        "v1 x",
+        "v1 12 9-8:a:1",
+        "v1 12 7-7:q:1",
+        "v1 12 3-4:a:1",
+    ] {
         assert!(SharePartition::restore(7, bad).is_none(), "{bad}");
     }
 }
