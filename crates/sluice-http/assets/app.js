@@ -1321,9 +1321,18 @@ async function groupsPage(ctx, root) {
           g.internal ? [' ', h('span', { class: 'badge', title: 'The broker\'s own consumer, forwarding a topic to an exchange', testid: 'group-internal' }, 'internal')] : null],
       },
       { label: 'State', cell: (g) => stateBadge(g.state) },
+      { label: 'Type', cell: (g) => h('span', { testid: 'group-type' }, g.type || 'classic') },
       { label: 'Protocol type', cell: (g) => g.protocol_type || muted('–') },
       { label: 'Members', numeric: true, cell: (g) => format.int(g.members) },
       { label: 'Lag', numeric: true, cell: (g) => format.int(g.lag), testid: 'group-lag' },
+      {
+        label: 'In flight / acquired / archived',
+        numeric: true,
+        testid: 'group-share-records',
+        cell: (g) => (g.records
+          ? `${format.int(g.records.in_flight)} / ${format.int(g.records.acquired)} / ${format.int(g.records.archived)}`
+          : muted('–')),
+      },
     ],
   });
   internalToggle.addEventListener('change', () => {
@@ -1357,6 +1366,22 @@ async function groupPage(ctx, root, [groupId]) {
       },
     ],
   });
+  const shares = localPagedTable({
+    id: 'share-partitions',
+    rows: [],
+    rowKey: (s) => `${s.topic}/${s.partition}`,
+    empty: 'No share partitions on this node yet.',
+    columns: [
+      { label: 'Topic', cell: (s) => h('a', { href: route(['topics', s.topic]) }, s.topic) },
+      { label: 'Partition', numeric: true, cell: (s) => String(s.partition) },
+      { label: 'Start offset', numeric: true, cell: (s) => format.int(s.start_offset) },
+      { label: 'Available', numeric: true, cell: (s) => format.int(s.available), testid: 'share-available' },
+      { label: 'Acquired', numeric: true, cell: (s) => format.int(s.acquired), testid: 'share-acquired' },
+      { label: 'Archived', numeric: true, cell: (s) => format.int(s.archived), testid: 'share-archived' },
+    ],
+  });
+  const sharesSection = section('Share partitions (records in flight, as a queue)', shares.element);
+  sharesSection.hidden = true;
   const offsets = localPagedTable({
     id: 'offsets',
     rows: [],
@@ -1437,12 +1462,15 @@ async function groupPage(ctx, root, [groupId]) {
   function show(group) {
     replaceChildren(summary, facts([
       ['State', stateBadge(group.state), 'group-state-fact'],
+      ['Type', group.type || 'classic', 'group-type-fact'],
       ['Protocol type', group.protocol_type || '–', 'group-protocol-type'],
       ['Assignor', group.protocol || '–', 'group-protocol'],
       ['Members', format.int(group.members.length), 'group-member-count'],
       ['Total lag', format.int(group.offsets.reduce((sum, o) => sum + (o.lag ?? 0), 0)), 'group-total-lag'],
     ], 'group-facts'));
     members.update(group.members);
+    sharesSection.hidden = group.type !== 'share';
+    shares.update(group.share_partitions || []);
     offsets.update(group.offsets);
     const topics = [...new Set(group.offsets.map((o) => o.topic))];
     replaceChildren(topicChoices, topics.map((topic) => h('option', { value: topic })));
@@ -1486,6 +1514,7 @@ async function groupPage(ctx, root, [groupId]) {
     section(null, summary),
     section('Lag over time', chart.element),
     section('Members', members.element),
+    sharesSection,
     section('Committed offsets', offsets.element),
     section('Reset offsets', h('p', { class: 'muted' }, 'Only for a group without members: stop its consumers first.'), reset));
   ctx.listen(window, 'resize', () => chart.draw());

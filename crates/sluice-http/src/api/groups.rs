@@ -1,5 +1,7 @@
-//! `/api/groups`: Kafka consumer groups with their members, assignments,
-//! committed offsets and lag; offset resets for stopped groups; delete.
+//! `/api/groups`: Kafka groups of every kind (classic, consumer groups of
+//! the new protocol, share groups) with their members, assignments,
+//! committed offsets and lag, and a share group's records in flight,
+//! acquired and archived; offset resets for stopped groups; delete.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -25,7 +27,68 @@ use crate::extract::{Body, Path, Query};
 pub(crate) fn group_ids(broker: &Broker) -> Vec<String> {
     let mut ids: BTreeSet<String> = broker.offsets().group_ids().into_iter().collect();
     ids.extend(broker.groups().list().into_iter().map(|(id, _, _)| id));
+    ids.extend(
+        broker
+            .consumer_groups()
+            .list()
+            .into_iter()
+            .map(|(id, _)| id),
+    );
+    ids.extend(broker.share_groups().list().into_iter().map(|(id, _)| id));
     ids.into_iter().collect()
+}
+
+/// A group's kind, state and member count: a share group, a consumer
+/// group of the new protocol (KIP-848), else a classic group.
+fn kind(broker: &Broker, id: &str) -> (&'static str, String, usize) {
+    if let Some(share) = broker.share_groups().describe(id) {
+        return ("share", share.state.to_owned(), share.members.len());
+    }
+    if let Some(group) = broker.consumer_groups().describe(id) {
+        return ("consumer", group.state.to_owned(), group.members.len());
+    }
+    let classic = broker.groups().describe(id);
+    (
+        "classic",
+        classic
+            .as_ref()
+            .map_or(GroupState::Empty, |d| d.state)
+            .name()
+            .to_owned(),
+        classic.map_or(0, |d| d.members.len()),
+    )
+}
+
+/// A share group's records on this node (the leader of its partitions):
+/// per partition, and summed.
+fn share_records(broker: &Broker, id: &str) -> (Vec<Value>, Value) {
+    let catalog = broker.topic_catalog();
+    let mut totals = (0u64, 0u64, 0u64);
+    let partitions = broker
+        .share_groups()
+        .counts(id)
+        .into_iter()
+        .map(|(topic, partition, counts)| {
+            totals.0 += counts.available;
+            totals.1 += counts.acquired;
+            totals.2 += counts.archived;
+            json!({
+                "topic": catalog.name_of(&topic).unwrap_or_default(),
+                "partition": partition,
+                "start_offset": counts.start,
+                "available": counts.available,
+                "acquired": counts.acquired,
+                "archived": counts.archived,
+            })
+        })
+        .collect();
+    let summed = json!({
+        "available": totals.0,
+        "acquired": totals.1,
+        "in_flight": totals.0 + totals.1,
+        "archived": totals.2,
+    });
+    (partitions, summed)
 }
 
 /// `(topic, partition, committed, log end, lag)` of every committed offset.
@@ -61,6 +124,7 @@ pub(crate) fn total_lag(broker: &Broker, group: &str) -> i64 {
 /// to an exchange (docs/bridging.md).
 fn is_internal(group: &str) -> bool {
     group.starts_with(sluice_core::forwarding::FORWARD_GROUP_PREFIX)
+        || group.starts_with(sluice_core::SHARE_STATE_PREFIX)
 }
 
 /// `?internal=false` leaves the broker's own groups out of a list.
@@ -90,14 +154,23 @@ pub(crate) async fn list(
         .map(|id| {
             let description = broker.groups().describe(id);
             let total_lag = total_lag(broker, id);
-            json!({
+            let (kind, state, members) = kind(broker, id);
+            let mut item = json!({
                 "group_id": id,
-                "state": description.as_ref().map_or(GroupState::Empty, |d| d.state).name(),
-                "protocol_type": description.as_ref().map_or("consumer", |d| d.protocol_type.as_str()),
-                "members": description.as_ref().map_or(0, |d| d.members.len()),
+                "type": kind,
+                "state": state,
+                "protocol_type": match kind {
+                    "classic" => description.as_ref().map_or("consumer", |d| d.protocol_type.as_str()),
+                    other => other,
+                },
+                "members": members,
                 "lag": total_lag,
                 "internal": is_internal(id),
-            })
+            });
+            if kind == "share" {
+                item["records"] = share_records(broker, id).1;
+            }
+            item
         })
         .collect();
     Ok(Json(paging.answer(items, total)))
@@ -185,10 +258,62 @@ fn assignments(assignment: &Bytes) -> Vec<Value> {
         .collect()
 }
 
+/// A consumer group of the new protocol's or a share group's members,
+/// with their assignments by topic name.
+fn modern_members(broker: &Broker, id: &str) -> Option<(Vec<Value>, i32, &'static str)> {
+    let catalog = broker.topic_catalog();
+    let named = |assignment: &sluice_core::consumer_groups::Assignment| -> Vec<Value> {
+        assignment
+            .iter()
+            .flat_map(|(topic, partitions)| {
+                let name = catalog.name_of(topic).unwrap_or_default().to_owned();
+                partitions
+                    .iter()
+                    .map(move |p| json!({"topic": name, "partition": p}))
+            })
+            .collect()
+    };
+    if let Some(share) = broker.share_groups().describe(id) {
+        let members = share
+            .members
+            .iter()
+            .map(|m| {
+                json!({
+                    "member_id": m.member_id,
+                    "group_instance_id": null,
+                    "member_epoch": m.member_epoch,
+                    "client_id": m.client_id,
+                    "client_host": m.client_host,
+                    "assignments": named(&m.assignment),
+                })
+            })
+            .collect();
+        return Some((members, share.group_epoch, "simple"));
+    }
+    let group = broker.consumer_groups().describe(id)?;
+    let members = group
+        .members
+        .iter()
+        .map(|m| {
+            json!({
+                "member_id": m.member_id,
+                "group_instance_id": m.instance_id,
+                "member_epoch": m.member_epoch,
+                "client_id": m.client_id,
+                "client_host": m.client_host,
+                "assignments": named(&m.assignment),
+                "target_assignments": named(&m.target),
+            })
+        })
+        .collect();
+    Some((members, group.group_epoch, group.assignor))
+}
+
 fn description(broker: &Broker, id: &str) -> ApiResult<Value> {
     let described = broker.groups().describe(id);
     let offsets = committed(broker, id);
-    if described.is_none() && offsets.is_empty() {
+    let modern = modern_members(broker, id);
+    if described.is_none() && offsets.is_empty() && modern.is_none() {
         return Err(ApiError::not_found(format!("group {id:?} does not exist")));
     }
     let members: Vec<Value> = described
@@ -221,14 +346,28 @@ fn description(broker: &Broker, id: &str) -> ApiResult<Value> {
             })
         })
         .collect();
-    Ok(json!({
+    let (kind, state, _) = kind(broker, id);
+    let mut answer = json!({
         "group_id": id,
-        "state": described.as_ref().map_or(GroupState::Empty, |d| d.state).name(),
+        "type": kind,
+        "state": state,
         "protocol_type": described.as_ref().map_or("consumer", |d| d.protocol_type.as_str()),
         "protocol": described.as_ref().map_or("", |d| d.protocol.as_str()),
         "members": members,
         "offsets": offsets,
-    }))
+    });
+    if let Some((members, epoch, assignor)) = modern {
+        answer["members"] = Value::Array(members);
+        answer["group_epoch"] = json!(epoch);
+        answer["protocol_type"] = json!(kind);
+        answer["protocol"] = json!(assignor);
+    }
+    if kind == "share" {
+        let (partitions, summed) = share_records(broker, id);
+        answer["share_partitions"] = Value::Array(partitions);
+        answer["records"] = summed;
+    }
+    Ok(answer)
 }
 
 pub(crate) async fn describe(
@@ -239,10 +378,9 @@ pub(crate) async fn describe(
 }
 
 fn refuse_if_active(broker: &Broker, id: &str, action: &str) -> ApiResult<()> {
-    match broker.groups().describe(id) {
-        Some(group) if !group.members.is_empty() => Err(ApiError::precondition(format!(
-            "group {id:?} has {} active members; stop its consumers before you {action}",
-            group.members.len()
+    match kind(broker, id) {
+        (_, _, members) if members > 0 => Err(ApiError::precondition(format!(
+            "group {id:?} has {members} active members; stop its consumers before you {action}",
         ))),
         _ => Ok(()),
     }
@@ -361,6 +499,8 @@ pub(crate) async fn delete(
             .groups()
             .remove_if_empty(&id)
             .map_err(|error| ApiError::precondition(error.to_string()))?;
+        let _ = broker.consumer_groups().remove_if_empty(&id);
+        let _ = broker.share_groups().remove_if_empty(&id);
         Ok(StatusCode::NO_CONTENT)
     })
     .await
