@@ -900,7 +900,7 @@ fn groups_show_lag_and_reset_offsets() -> anyhow::Result<()> {
     let table = sluice(&broker, &["groups", "list"])?.ok()?;
     assert_eq!(
         table.stdout,
-        "GROUP    STATE  MEMBERS  LAG  PROTOCOL-TYPE\nbilling  Empty        0    6  consumer\n"
+        "GROUP    TYPE     STATE  MEMBERS  LAG  IN-FLIGHT  ARCHIVED  PROTOCOL-TYPE\nbilling  classic  Empty        0    6          -         -  consumer\n"
     );
 
     let described = sluice(&broker, &["groups", "describe", "billing"])?.ok()?;

@@ -70,17 +70,28 @@ pub(crate) fn run(args: &ApiArgs, command: GroupsCommand, out: &mut dyn Write) -
             }
             let mut table = Table::new(&[
                 ("GROUP", Align::Left),
+                ("TYPE", Align::Left),
                 ("STATE", Align::Left),
                 ("MEMBERS", Align::Right),
                 ("LAG", Align::Right),
+                ("IN-FLIGHT", Align::Right),
+                ("ARCHIVED", Align::Right),
                 ("PROTOCOL-TYPE", Align::Left),
             ]);
             for group in items(&list) {
+                // A share group's records, like a queue's; "-" elsewhere.
+                let records = |key: &str| match &group["records"][key] {
+                    Value::Null => "-".to_owned(),
+                    value => cell(value),
+                };
                 table.row(vec![
                     cell(&group["group_id"]),
+                    cell(&group["type"]),
                     cell(&group["state"]),
                     cell(&group["members"]),
                     cell(&group["lag"]),
+                    records("in_flight"),
+                    records("archived"),
                     cell(&group["protocol_type"]),
                 ]);
             }
@@ -145,6 +156,7 @@ fn describe(group: &Value, out: &mut dyn Write) -> CliResult<()> {
         out,
         &[
             ("group", cell(&group["group_id"])),
+            ("type", cell(&group["type"])),
             ("state", cell(&group["state"])),
             (
                 "protocol",
@@ -175,6 +187,28 @@ fn describe(group: &Value, out: &mut dyn Write) -> CliResult<()> {
     }
     members.write(out, "no members")?;
     writeln!(out)?;
+    if let Some(shares) = group["share_partitions"].as_array() {
+        let mut table = Table::new(&[
+            ("TOPIC", Align::Left),
+            ("PARTITION", Align::Right),
+            ("START", Align::Right),
+            ("AVAILABLE", Align::Right),
+            ("ACQUIRED", Align::Right),
+            ("ARCHIVED", Align::Right),
+        ]);
+        for share in shares {
+            table.row(vec![
+                cell(&share["topic"]),
+                cell(&share["partition"]),
+                cell(&share["start_offset"]),
+                cell(&share["available"]),
+                cell(&share["acquired"]),
+                cell(&share["archived"]),
+            ]);
+        }
+        table.write(out, "no share partitions on this node")?;
+        writeln!(out)?;
+    }
     offsets_table(group, out)
 }
 
