@@ -596,6 +596,10 @@ pub struct ShareGroupDescription {
 struct Session {
     epoch: i32,
     partitions: BTreeSet<(TopicId, i32)>,
+    /// The connection its last request came on: when it closes, the
+    /// session ends and what the member holds is released (Kafka's
+    /// behaviour), rather than waiting for the locks to run out.
+    connection: Option<u64>,
 }
 
 /// Share groups' membership (on their coordinator), and share partitions
@@ -819,11 +823,11 @@ impl ShareGroups {
     /// [`ShareError::SessionNotFound`], [`ShareError::InvalidSessionEpoch`].
     pub fn session(
         &self,
-        group_id: &str,
-        member_id: &str,
+        (group_id, member_id): (&str, &str),
         epoch: i32,
         add: &[(TopicId, i32)],
         forget: &[(TopicId, i32)],
+        connection: Option<u64>,
     ) -> Result<Vec<(TopicId, i32)>, ShareError> {
         let key = (group_id.to_owned(), member_id.to_owned());
         let mut sessions = lock(&self.sessions);
@@ -833,6 +837,7 @@ impl ShareGroups {
                 let session = Session {
                     epoch: 1,
                     partitions: add.iter().copied().collect(),
+                    connection,
                 };
                 let partitions = session.partitions.iter().copied().collect();
                 sessions.insert(key, session);
@@ -852,6 +857,7 @@ impl ShareGroups {
                     return Err(ShareError::InvalidSessionEpoch);
                 }
                 session.epoch = if epoch == i32::MAX { 1 } else { epoch + 1 };
+                session.connection = connection.or(session.connection);
                 session.partitions.extend(add.iter().copied());
                 for forgotten in forget {
                     session.partitions.remove(forgotten);
@@ -869,6 +875,22 @@ impl ShareGroups {
             }
         }
         Ok(partitions)
+    }
+
+    /// A client connection closed: the share sessions last used on it end,
+    /// and what their members hold is available again.
+    pub fn connection_closed(&self, connection: u64) {
+        let mut ended: Vec<(String, String)> = Vec::new();
+        lock(&self.sessions).retain(|key, session| {
+            let open = session.connection != Some(connection);
+            if !open {
+                ended.push(key.clone());
+            }
+            open
+        });
+        for (group_id, member_id) in ended {
+            self.release_member(&group_id, &member_id);
+        }
     }
 
     /// Runs `work` on a share partition's state, creating it at

@@ -14,6 +14,8 @@
 //! | `sluice_kafka_partition_high_watermark` | gauge | topic, partition |
 //! | `sluice_kafka_group_lag_records` | gauge | group, topic, partition |
 //! | `sluice_kafka_group_committed_offset` | gauge | group, topic, partition |
+//! | `sluice_kafka_group_members` | gauge | group, type (classic, consumer, share) |
+//! | `sluice_kafka_share_records` | gauge | group, topic, partition, state (available, acquired, archived) |
 //! | `sluice_kafka_request_duration_microseconds` | histogram | api |
 //! | `sluice_forward_lag_records` | gauge | topic, partition, exchange |
 //! | `sluice_amqp_queue_messages_ready` | gauge | vhost, queue |
@@ -182,6 +184,65 @@ pub(crate) async fn render(State(shared): State<AppState>) -> impl IntoResponse 
                 ],
                 (end - offset).max(0) as f64,
             );
+        }
+    }
+    out.header(
+        "sluice_kafka_group_members",
+        "gauge",
+        "Members of a group this node coordinates, by the group's type.",
+    );
+    let mut members: Vec<(String, &str, usize)> = broker
+        .groups()
+        .list()
+        .into_iter()
+        .filter_map(|(id, _, _)| {
+            let count = broker.groups().describe(&id)?.members.len();
+            Some((id, "classic", count))
+        })
+        .collect();
+    for (id, _) in broker.consumer_groups().list() {
+        if let Some(group) = broker.consumer_groups().describe(&id) {
+            members.push((id, "consumer", group.members.len()));
+        }
+    }
+    for (id, _) in broker.share_groups().list() {
+        if let Some(group) = broker.share_groups().describe(&id) {
+            members.push((id, "share", group.members.len()));
+        }
+    }
+    for (group, kind, count) in &members {
+        out.sample(
+            "sluice_kafka_group_members",
+            &[("group", group), ("type", kind)],
+            *count as f64,
+        );
+    }
+    out.header(
+        "sluice_kafka_share_records",
+        "gauge",
+        "Records of a share group's partition this node leads, by state (archived: since the state was loaded).",
+    );
+    let catalog = broker.topic_catalog();
+    for (group, _) in broker.share_groups().list() {
+        for (topic, partition, counts) in broker.share_groups().counts(&group) {
+            let topic = catalog.name_of(&topic).unwrap_or_default().to_owned();
+            let partition = partition.to_string();
+            for (state, value) in [
+                ("available", counts.available),
+                ("acquired", counts.acquired),
+                ("archived", counts.archived),
+            ] {
+                out.sample(
+                    "sluice_kafka_share_records",
+                    &[
+                        ("group", &group),
+                        ("topic", &topic),
+                        ("partition", &partition),
+                        ("state", state),
+                    ],
+                    value as f64,
+                );
+            }
         }
     }
     out.header(

@@ -150,6 +150,8 @@ impl Connection {
         } = self;
         let stats = Arc::clone(registration.stats());
         let written = Arc::clone(&stats);
+        let broker = Arc::clone(&context.broker);
+        let connection_id = stats.id();
         let (mut reader, mut writer) = stream.into_split();
         let (queue, mut due) = mpsc::channel::<Outcome>(MAX_IN_FLIGHT);
         let writing = async move {
@@ -216,6 +218,7 @@ impl Connection {
         // The reader ends first (end of stream, shutdown or error); the
         // writer then drains what is owed and ends when the queue closes.
         let (read, write) = tokio::join!(reading, writing);
+        broker.share_groups().connection_closed(connection_id);
         read.and(write)
     }
 }

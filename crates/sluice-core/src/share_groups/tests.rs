@@ -159,7 +159,7 @@ fn a_member_leaving_releases_its_records_without_counting_the_delivery() {
     assert_eq!(a.assignment.as_ref(), Some(&expected));
     assert_eq!(b.assignment.as_ref(), Some(&expected));
     groups
-        .session("g", "a", 0, &[(T, 0)], &[])
+        .session(("g", "a"), 0, &[(T, 0)], &[], Some(7))
         .expect("session");
     let taken = groups.with_partition("g", T, 0, 0, 5, |state, settings| {
         state.acquire("a", 0..5, 5, settings, now)
@@ -189,28 +189,31 @@ fn a_member_leaving_releases_its_records_without_counting_the_delivery() {
 fn sessions_follow_kafkas_epochs() {
     let groups = ShareGroups::new(settings());
     assert_eq!(
-        groups.session("g", "a", 1, &[], &[]),
+        groups.session(("g", "a"), 1, &[], &[], None),
         Err(ShareError::SessionNotFound)
     );
     assert_eq!(
-        groups.session("g", "a", 0, &[(T, 0)], &[]),
+        groups.session(("g", "a"), 0, &[(T, 0)], &[], None),
         Ok(vec![(T, 0)])
     );
     assert_eq!(
-        groups.session("g", "a", 2, &[], &[]),
+        groups.session(("g", "a"), 2, &[], &[], None),
         Err(ShareError::InvalidSessionEpoch)
     );
     assert_eq!(
-        groups.session("g", "a", 1, &[(T, 1)], &[]),
+        groups.session(("g", "a"), 1, &[(T, 1)], &[], None),
         Ok(vec![(T, 0), (T, 1)])
     );
     assert_eq!(
-        groups.session("g", "a", 2, &[], &[(T, 0)]),
+        groups.session(("g", "a"), 2, &[], &[(T, 0)], None),
         Ok(vec![(T, 1)])
     );
-    assert_eq!(groups.session("g", "a", -1, &[], &[]), Ok(vec![(T, 1)]));
     assert_eq!(
-        groups.session("g", "a", 3, &[], &[]),
+        groups.session(("g", "a"), -1, &[], &[], None),
+        Ok(vec![(T, 1)])
+    );
+    assert_eq!(
+        groups.session(("g", "a"), 3, &[], &[], None),
         Err(ShareError::SessionNotFound)
     );
 }
@@ -276,4 +279,36 @@ fn a_stored_state_comes_back_with_acquired_records_available_and_counts_kept() {
     ] {
         assert!(SharePartition::restore(7, bad).is_none(), "{bad}");
     }
+}
+
+#[test]
+fn a_closed_connection_ends_its_sessions_and_releases_what_they_held() {
+    let groups = ShareGroups::new(ShareSettings {
+        auto_offset_reset: ShareReset::Earliest,
+        ..settings()
+    });
+    let now = Instant::now();
+    groups
+        .session(("g", "a"), 0, &[(T, 0)], &[], Some(7))
+        .expect("a's session");
+    groups
+        .session(("g", "b"), 0, &[(T, 0)], &[], Some(8))
+        .expect("b's session");
+    let held = groups.with_partition("g", T, 0, 0, 3, |state, settings| {
+        state.acquire("a", 0..3, 3, settings, now)
+    });
+    assert_eq!(held.len(), 1);
+    groups.connection_closed(8);
+    assert_eq!(groups.counts("g")[0].2.acquired, 3, "b's connection held nothing");
+    groups.connection_closed(7);
+    assert_eq!(groups.counts("g")[0].2.available, 3);
+    assert_eq!(
+        groups.session(("g", "a"), 1, &[], &[], Some(9)),
+        Err(ShareError::SessionNotFound),
+        "the session ended with its connection"
+    );
+    let again = groups.with_partition("g", T, 0, 0, 3, |state, settings| {
+        state.acquire("b", 0..3, 3, settings, now)
+    });
+    assert_eq!(again[0].delivery_count, 1, "the interrupted delivery does not count");
 }

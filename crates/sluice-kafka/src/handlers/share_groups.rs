@@ -389,16 +389,20 @@ pub(crate) async fn fetch(context: &Context, request: ShareFetchRequest) -> Shar
         .flat_map(|t| t.partitions.iter().map(|p| (*t.topic_id.as_bytes(), *p)))
         .collect();
     let epoch = request.share_session_epoch;
+    let connection = context.connection.as_ref().map(|c| c.id());
     if epoch == 0 && !acks.is_empty() {
         return refused(
             ResponseError::InvalidRequest,
             "acknowledgements in a request that opens a share session".to_owned(),
         );
     }
-    let session = match broker
-        .share_groups()
-        .session(&group_id, &member_id, epoch, &added, &forgotten)
-    {
+    let session = match broker.share_groups().session(
+        (&group_id, &member_id),
+        epoch,
+        &added,
+        &forgotten,
+        connection,
+    ) {
         Ok(partitions) => partitions,
         Err(error) => return refused(share_code(&error), error.to_string()),
     };
@@ -587,6 +591,7 @@ pub(crate) async fn acknowledge_request(
     };
     let (group_id, member_id) = (group_id.to_string(), member_id.to_string());
     let epoch = request.share_session_epoch;
+    let connection = context.connection.as_ref().map(|c| c.id());
     if epoch == 0 {
         let error = ShareError::InvalidSessionEpoch;
         return refused(
@@ -596,9 +601,10 @@ pub(crate) async fn acknowledge_request(
     }
     let broker = &context.broker;
     // Checks (and steps) the session; on -1 closes it, after the acks.
-    if let Err(error) = broker
-        .share_groups()
-        .session(&group_id, &member_id, epoch, &[], &[])
+    if let Err(error) =
+        broker
+            .share_groups()
+            .session((&group_id, &member_id), epoch, &[], &[], connection)
     {
         return refused(share_code(&error), error.to_string());
     }

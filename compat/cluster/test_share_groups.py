@@ -1,0 +1,249 @@
+"""A share group (KIP-932) on a three-node cluster, with librdkafka's share
+consumer through confluent-kafka 2.16.1.
+
+Contract: a share group's membership (ShareGroupHeartbeat) lives on its
+coordinator, the leader of the group's partition of `__consumer_offsets`,
+while its share state lives on the leader of each partition it reads, where
+members send ShareFetch and ShareAcknowledge; the two may be different
+nodes. Two members, bootstrapped through different nodes, share one
+replicated partition (replication 3) in implicit mode: every record
+acknowledged with acks=all is delivered and accepted exactly once, and
+afterwards nothing is left for a new member.
+
+The test picks a group name whose coordinator is not the partition's leader
+(it computes each candidate's offsets partition, as Kafka does, and reads
+that partition's leader from Metadata) and checks with FindCoordinator that
+it is so; if no candidate fits it still runs and prints that they coincide.
+The nodes run with `share_auto_offset_reset = "earliest"` and 2 s record
+locks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException, Producer, ShareConsumer
+
+from common.broker import unique_name, wait_until
+from common.cluster import running_cluster
+from test_groups import OFFSETS_TOPIC, coordinator, offsets_partition
+from test_kafka_cluster import admin, layout
+from test_replication import create_replicated
+
+LOCK_S = 2.0
+SETTINGS = {
+    "kafka.share_auto_offset_reset": "earliest",
+    "kafka.group_share_record_lock_duration": f"{LOCK_S:.0f}s",
+}
+# The first FindCoordinator creates the 50-partition offsets topic.
+FIRST_COORDINATOR_TIMEOUT_S = 60.0
+SETTLE_TIMEOUT_S = 30.0
+
+
+@pytest.fixture
+def share_cluster(tmp_path, request):
+    with running_cluster(tmp_path, name=f"cluster[{request.node.name}]", settings=SETTINGS) as instance:
+        yield instance
+
+
+class ShareMember:
+    """A ShareConsumer in implicit mode polled by the test thread; keeps
+    what it got (value, offset, delivery count) and what the broker
+    answered for its acknowledgements (the acknowledgement commit
+    callback). A fatal client error fails the test at once."""
+
+    def __init__(self, bootstrap: str, group: str, topic: str, name: str):
+        self.name = name
+        self.closed = False
+        self.deliveries: list[tuple[bytes, int, int]] = []
+        self.acked: list[int] = []
+        self.ack_failures: list[tuple[list[int], str]] = []
+        self.commit_failures: list[str] = []
+        self.errors: list[KafkaError] = []
+        self.consumer = ShareConsumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "broker.address.family": "v4",
+                "group.id": group,
+                "client.id": name,
+                "max.poll.records": 10,
+                "socket.timeout.ms": 20000,
+                "error_cb": self.errors.append,
+            }
+        )
+        self.consumer.set_acknowledgement_commit_callback(self._acknowledged)
+        self.consumer.subscribe([topic])
+
+    def _acknowledged(self, offsets, exception):
+        found = sorted(offset for done in offsets.values() for offset in done)
+        if exception is None:
+            self.acked.extend(found)
+        else:
+            self.ack_failures.append((found, str(exception)))
+
+    def values(self) -> list[bytes]:
+        return [value for value, _, _ in self.deliveries]
+
+    def step(self) -> None:
+        if self.closed:
+            return
+        for msg in self.consumer.poll(0.1):
+            error = msg.error()
+            if error is None:
+                self.deliveries.append((msg.value(), msg.offset(), msg.delivery_count()))
+            elif error.fatal() or error.code() == KafkaError._FATAL:
+                raise AssertionError(f"{self.name}: fatal consumer error {error}")
+            else:
+                self.errors.append(error)
+
+    def commit(self) -> None:
+        for _, error in self.consumer.commit_sync(30).items():
+            if error is not None:
+                self.commit_failures.append(str(error))
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.consumer.close()
+
+    def summary(self) -> str:
+        return (
+            f"{self.name}: {len(self.deliveries)} delivered (last {self.deliveries[-3:]}), {len(self.acked)} acked, "
+            f"ack failures {self.ack_failures[:2]}, commit failures {self.commit_failures[:2]}, "
+            f"errors {[str(e) for e in self.errors[-3:]]}"
+        )
+
+
+def drive(members, until, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        for member in members:
+            member.step()
+        if until():
+            return
+        if time.monotonic() >= deadline:
+            raise AssertionError(
+                f"timed out after {timeout} s waiting for {what}; " + "; ".join(m.summary() for m in members)
+            )
+
+
+def run_for(members, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for member in members:
+            member.step()
+
+
+def produce_acked(bootstrap: str, topic: str, count: int) -> dict[bytes, int]:
+    """acks=all, idempotent, to partition 0; returns {value: offset}."""
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 5}
+    )
+    acked: dict[bytes, int] = {}
+    failed = []
+
+    def report(error, message):
+        if error is None:
+            acked[message.value()] = message.offset()
+        else:
+            failed.append(error)
+
+    for i in range(count):
+        producer.produce(topic, value=f"v-{i}".encode(), partition=0, on_delivery=report)
+        producer.poll(0)
+    left = producer.flush(30)
+    assert left == 0 and not failed and len(acked) == count, f"{left} unacknowledged, failures {failed[:3]}"
+    return acked
+
+
+def offsets_leaders(bootstrap: str) -> dict[int, int]:
+    """{offsets partition: leader} once every partition has a leader."""
+    def known():
+        topic = admin(bootstrap).list_topics(OFFSETS_TOPIC, timeout=10).topics.get(OFFSETS_TOPIC)
+        if topic is None or topic.error is not None or not topic.partitions:
+            return None
+        leaders = {p.id: p.leader for p in topic.partitions.values()}
+        return leaders if all(leader >= 0 for leader in leaders.values()) else None
+
+    return wait_until(known, 30, interval=0.3, what=f"a leader for every partition of {OFFSETS_TOPIC}")
+
+
+def first_coordinator(bootstrap: str, group: str) -> int:
+    """FindCoordinator for `group`, retried while the offsets topic is
+    created (clients are told to retry until its leaders are known)."""
+    def found():
+        try:
+            return coordinator(bootstrap, group)
+        except KafkaException:
+            return None
+
+    return wait_until(found, FIRST_COORDINATOR_TIMEOUT_S, interval=0.5, what=f"a coordinator for {group}")
+
+
+def test_two_members_share_a_replicated_partition_led_away_from_the_coordinator_and_accept_each_record_once(
+    share_cluster, name
+):
+    cluster = share_cluster
+    cluster.wait_registered(admin)
+    topic = name
+    create_replicated(cluster.node(1).bootstrap, topic, 1, 3)
+    leader, replicas, _ = wait_until(
+        lambda: (lambda view: view[0] if view[0][0] >= 0 else None)(layout(cluster.node(2).bootstrap, topic)),
+        30,
+        what=f"a leader for {topic}",
+    )
+    assert sorted(replicas) == [1, 2, 3], f"replicas {replicas}"
+
+    first_coordinator(cluster.bootstrap, unique_name("warm-up"))
+    leaders = offsets_leaders(cluster.bootstrap)
+    candidates = [unique_name(f"share-{i}") for i in range(40)]
+    group = next((g for g in candidates if leaders[offsets_partition(g)] != leader), candidates[0])
+    found = first_coordinator(cluster.bootstrap, group)
+    assert found == leaders[offsets_partition(group)], (
+        f"FindCoordinator names node {found} for {group}, the leader of its offsets partition "
+        f"{offsets_partition(group)} is {leaders[offsets_partition(group)]}"
+    )
+    if found == leader:
+        print(f"no candidate group is coordinated away from node {leader}, the partition leader; running anyway")
+    print(f"group {group}: coordinator node {found}, partition leader node {leader}")
+
+    members = [ShareMember(cluster.node(n).bootstrap, group, topic, f"via-node-{n}") for n in (1, 2)]
+    try:
+        # Both members join and park a ShareFetch at the leader first.
+        run_for(members, 2.0)
+        produced = produce_acked(cluster.bootstrap, topic, 200)
+        everything = lambda: [v for m in members for v in m.values()]  # noqa: E731
+        drive(members, lambda: len(everything()) >= 200, SETTLE_TIMEOUT_S, "the 200 records")
+        run_for(members, 0.5)
+        for member in members:
+            member.commit()  # accepts the last poll (implicit mode)
+    finally:
+        for member in members:
+            try:
+                member.close()
+            except Exception:  # noqa: BLE001 - teardown must close the other
+                pass
+
+    values = everything()
+    twice = {v: n for v, n in Counter(values).items() if n > 1}
+    assert not twice, f"{len(twice)} records delivered more than once, e.g. {sorted(twice.items())[:5]}"
+    assert sorted(values) == sorted(produced), f"missing {sorted(set(produced) - set(values))[:5]}"
+    counts = Counter(count for m in members for _, _, count in m.deliveries)
+    assert counts == {1: 200}, f"delivery counts {dict(counts)}"
+    assert all(m.deliveries for m in members), "; ".join(m.summary() for m in members)
+    accepted = Counter(offset for m in members for offset in m.acked)
+    assert accepted == Counter(produced.values()), (
+        f"accepted more than once {[o for o, n in accepted.items() if n > 1][:5]}, never "
+        f"{sorted(set(produced.values()) - set(accepted))[:5]}; " + "; ".join(m.summary() for m in members)
+    )
+    assert not any(m.ack_failures or m.commit_failures for m in members), "; ".join(m.summary() for m in members)
+
+    late = ShareMember(cluster.node(3).bootstrap, group, topic, "late")
+    try:
+        run_for([late], LOCK_S + 1.0)
+        late.commit()
+    finally:
+        late.close()
+    assert not late.deliveries, f"a new member got records after all were accepted: {late.deliveries[:5]}"
