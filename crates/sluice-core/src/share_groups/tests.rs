@@ -299,7 +299,11 @@ fn a_closed_connection_ends_its_sessions_and_releases_what_they_held() {
     });
     assert_eq!(held.len(), 1);
     groups.connection_closed(8);
-    assert_eq!(groups.counts("g")[0].2.acquired, 3, "b's connection held nothing");
+    assert_eq!(
+        groups.counts("g")[0].2.acquired,
+        3,
+        "b's connection held nothing"
+    );
     groups.connection_closed(7);
     assert_eq!(groups.counts("g")[0].2.available, 3);
     assert_eq!(
@@ -310,5 +314,8 @@ fn a_closed_connection_ends_its_sessions_and_releases_what_they_held() {
     let again = groups.with_partition("g", T, 0, 0, 3, |state, settings| {
         state.acquire("b", 0..3, 3, settings, now)
     });
-    assert_eq!(again[0].delivery_count, 1, "the interrupted delivery does not count");
+    assert_eq!(
+        again[0].delivery_count, 1,
+        "the interrupted delivery does not count"
+    );
 }
