@@ -247,3 +247,59 @@ def test_two_members_share_a_replicated_partition_led_away_from_the_coordinator_
     finally:
         late.close()
     assert not late.deliveries, f"a new member got records after all were accepted: {late.deliveries[:5]}"
+
+
+def test_a_share_group_rides_out_kill_9_of_its_partition_leader_and_nothing_accepted_comes_back(share_cluster, name):
+    """The share state is stored through the group's coordinator before each
+    answer, so the new leader loads it: records accepted before the kill
+    are never delivered again, records acquired but not yet accepted come
+    back, and every record acknowledged to the producer is delivered."""
+    cluster = share_cluster
+    cluster.wait_registered(admin)
+    topic = name
+    create_replicated(cluster.node(1).bootstrap, topic, 1, 3)
+
+    def in_sync_leader():
+        leader, _, isr = layout(cluster.node(1).bootstrap, topic)[0]
+        return leader if leader >= 0 and len(isr) == 3 else None
+
+    leader = wait_until(in_sync_leader, 30, what=f"a leader of {topic} with 3 in-sync replicas")
+    first_coordinator(cluster.bootstrap, unique_name("warm-up"))
+    leaders = offsets_leaders(cluster.bootstrap)
+    candidates = [unique_name(f"share-{i}") for i in range(40)]
+    group = next((g for g in candidates if leaders[offsets_partition(g)] != leader), None)
+    assert group is not None, f"every candidate group is coordinated by node {leader}, the partition leader"
+    first_coordinator(cluster.bootstrap, group)
+    others = [n for n in (1, 2, 3) if n != leader]
+    survivors = ",".join(cluster.node(n).bootstrap for n in others)
+
+    member = ShareMember(survivors, group, topic, "member")
+    try:
+        run_for([member], 2.0)
+        before = produce_acked(survivors, topic, 100)
+        drive([member], lambda: len(member.values()) >= 40, SETTLE_TIMEOUT_S, "40 records before the kill")
+        member.commit()
+        accepted_before = set(member.acked)
+        assert accepted_before, member.summary()
+        seen_before = len(member.deliveries)
+
+        cluster.node(leader).kill()
+        after = produce_acked(survivors, topic, 100)
+        produced = {**before, **{v: o for v, o in after.items()}}
+        drive(
+            [member],
+            lambda: set(produced) <= set(member.values()),
+            SETTLE_TIMEOUT_S * 2,
+            "every record, from the new leader",
+        )
+        member.commit()
+    finally:
+        member.close()
+
+    redelivered = [(v, o, c) for v, o, c in member.deliveries[seen_before:] if o in accepted_before]
+    assert not redelivered, f"records accepted before the kill were delivered again: {redelivered[:5]}"
+    assert set(produced) <= set(member.values()), f"missing {sorted(set(produced) - set(member.values()))[:5]}"
+    counts = Counter(c for _, _, c in member.deliveries)
+    assert set(counts) <= {1, 2}, f"delivery counts {dict(counts)}"
+    print(f"group {group}, leader {leader} killed; {len(accepted_before)} accepted before, "
+          f"delivery counts {dict(counts)}")
