@@ -674,3 +674,61 @@ def test_a_share_group_and_a_classic_group_each_see_every_record(broker, topic, 
     )
     assert {p for p, _ in (a for m in pair for a in m.acked)} == {0, 1}, "acknowledged on both partitions"
     assert Counter(a for m in pair for a in m.acked) == Counter(produced.values()), state(pair)
+
+
+@pytest.fixture
+def restartable_broker(tmp_path, request):
+    """A broker of the test's own, with 30 s locks: a record held across
+    the restart comes back because of the restart, not its lock."""
+    settings = {**BROKER_SETTINGS, "kafka.group_share_record_lock_duration": "30s"}
+    with per_test_broker(tmp_path, request, settings) as instance:
+        yield instance
+
+
+def test_the_share_state_survives_kill_9_of_the_broker(restartable_broker, topic, group):
+    broker = restartable_broker
+    create_topic_confluent(broker, topic, partitions=1)
+    produced = produce_values(broker, topic, "v", 20)
+    index = lambda d: int(d.value.decode().split("-")[1])  # noqa: E731
+
+    def policy(delivery):
+        n = index(delivery)
+        if n < 10:
+            return AcknowledgeType.ACCEPT
+        if n < 13:
+            return AcknowledgeType.REJECT
+        return None  # held, unacknowledged, across the kill
+
+    first = ShareMember(broker, group, [topic], "before", policy, **{"socket.timeout.ms": 5000})
+    try:
+        drive([first], lambda: first.holding, SETTLE_TIMEOUT_S, "the first member to hold a record")
+        first.commit()  # the rejects of the poll that also held a record
+        done = sorted(offset for _, offset in first.acked)
+        assert done == list(range(13)), f"accepted or rejected before the kill: {done}; {state([first])}"
+        held = [d for d in first.deliveries if index(d) >= 13]
+
+        broker.kill()
+        broker.start()
+
+        after = ShareMember(broker, group, [topic], "after")
+        try:
+            rest = {v for v in produced if int(v.decode().split("-")[1]) >= 13}
+            drive([after], lambda: rest <= set(after.values()), SETTLE_TIMEOUT_S, "the records not yet accepted")
+            run_for([after], 1.0)
+            after.commit()
+        finally:
+            after.close()
+    finally:
+        try:
+            first.close()
+        except Exception:  # noqa: BLE001 - its broker was killed under it
+            pass
+
+    again = [d for d in after.deliveries if index(d) < 13]
+    assert not again, f"records accepted or rejected before the kill came back: {again}"
+    assert sorted(after.values()) == sorted(rest), f"after the restart: {after.deliveries}"
+    counts = {index(d): d.count for d in after.deliveries}
+    for delivery in held:
+        # Acquired before the kill: available again, that delivery counted.
+        assert counts[index(delivery)] == 2, f"held {held}, after the restart {after.deliveries}"
+    assert all(c in (1, 2) for c in counts.values()), f"after the restart {after.deliveries}"
