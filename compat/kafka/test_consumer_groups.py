@@ -248,7 +248,7 @@ def commit_error_summary(active) -> dict[str, dict[str, int]]:
 
 # --- a member in another process ------------------------------------------------------
 
-CHILD_CONSUMER = r"""
+CHILD_MEMBER = r"""
 import json, sys, time
 from confluent_kafka import Consumer, KafkaError, KafkaException
 
@@ -262,6 +262,7 @@ consumer.subscribe(
     [topic],
     on_assign=lambda c, ps: say(assigned=[p.partition for p in ps]),
     on_revoke=lambda c, ps: say(revoked=[p.partition for p in ps]),
+    on_lost=lambda c, ps: say(revoked=[p.partition for p in ps]),
 )
 deadline = time.monotonic() + 120  # killed long before; never outlives the test
 while time.monotonic() < deadline:
@@ -283,14 +284,18 @@ while time.monotonic() < deadline:
 
 
 class ChildMember:
-    """A confluent-kafka group member in a subprocess, reporting what it is
-    assigned, sees and commits as JSON lines on stdout."""
+    """A confluent-kafka group member in a subprocess (the venv's Python),
+    of a classic group (`settings` GROUP_SETTINGS) or of the new protocol,
+    reporting its assignment changes, what it sees and what it commits as
+    JSON lines on stdout; killed by its PID."""
 
-    def __init__(self, broker, group, topic, name):
+    def __init__(self, broker, group, topic, name, settings=None):
         self.name = name
-        config = confluent_config(broker, **{**GROUP_SETTINGS, "group.id": group, "client.id": name})
+        config = confluent_config(
+            broker, **{**(GROUP_SETTINGS if settings is None else settings), "group.id": group, "client.id": name}
+        )
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", CHILD_CONSUMER, json.dumps(config), topic],
+            [sys.executable, "-c", CHILD_MEMBER, json.dumps(config), topic],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             text=True,
@@ -314,19 +319,22 @@ class ChildMember:
             return list(self.events)
 
     def partitions(self) -> frozenset[int]:
-        current: frozenset[int] = frozenset()
+        if self.proc.poll() is not None:
+            return frozenset()
+        owned: set[int] = set()
         for event in self.snapshot():
-            if "assigned" in event:
-                current = frozenset(event["assigned"])
-            elif "revoked" in event:
-                current = frozenset()
-        return current if self.proc.poll() is None else frozenset()
+            owned |= set(event.get("assigned", []))
+            owned -= set(event.get("revoked", []))
+        return frozenset(owned)
 
     def seen(self) -> list[bytes]:
         return [e["seen"].encode() for e in self.snapshot() if "seen" in e]
 
     def committed(self) -> set[bytes]:
         return {e["committed"].encode() for e in self.snapshot() if "committed" in e}
+
+    def errors(self) -> list[str]:
+        return [e["error"] for e in self.snapshot() if "error" in e]
 
     def kill(self):
         if self.proc.poll() is None:

@@ -30,11 +30,6 @@ gets only the partitions added, on_revoke and on_lost only those taken away.
 
 from __future__ import annotations
 
-import json
-import signal
-import subprocess
-import sys
-import threading
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -62,7 +57,7 @@ from support import (
     unique_name,
     wait_until,
 )
-from test_consumer_groups import Feeder, duplicates, split_exactly
+from test_consumer_groups import ChildMember, Feeder, duplicates, split_exactly
 from test_restart import restart
 
 SESSION_TIMEOUT_S = 6.0
@@ -348,98 +343,6 @@ def listed(admin, **filters) -> dict:
 
 # --- a member in another process ------------------------------------------------------------
 
-CHILD_MEMBER = r"""
-import json, sys, time
-from confluent_kafka import Consumer, KafkaError, KafkaException
-
-config, topic = json.loads(sys.argv[1]), sys.argv[2]
-
-def say(**fields):
-    print(json.dumps(fields), flush=True)
-
-consumer = Consumer(config)
-consumer.subscribe(
-    [topic],
-    on_assign=lambda c, ps: say(assigned=[p.partition for p in ps]),
-    on_revoke=lambda c, ps: say(revoked=[p.partition for p in ps]),
-    on_lost=lambda c, ps: say(revoked=[p.partition for p in ps]),
-)
-deadline = time.monotonic() + 120  # killed long before; never outlives the test
-while time.monotonic() < deadline:
-    msg = consumer.poll(0.05)
-    if msg is None:
-        continue
-    if msg.error():
-        if msg.error().code() != KafkaError._PARTITION_EOF:
-            say(error=str(msg.error()))
-        continue
-    value = msg.value().decode()
-    say(seen=value)
-    try:
-        consumer.commit(message=msg, asynchronous=False)
-        say(committed=value)
-    except KafkaException as err:
-        say(commit_error=str(err.args[0]))
-"""
-
-
-class ChildMember:
-    """A consumer-protocol member in a subprocess (the venv's Python),
-    reporting its assignment deltas, what it sees and what it commits as
-    JSON lines on stdout; killed by its PID."""
-
-    def __init__(self, broker, group, topic, name):
-        self.name = name
-        config = confluent_config(broker, **{**MEMBER_SETTINGS, "group.id": group, "client.id": name})
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", CHILD_MEMBER, json.dumps(config), topic],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        self.events: list[dict] = []
-        self._lock = threading.Lock()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            with self._lock:
-                self.events.append(event)
-
-    def snapshot(self) -> list[dict]:
-        with self._lock:
-            return list(self.events)
-
-    def partitions(self) -> frozenset[int]:
-        if self.proc.poll() is not None:
-            return frozenset()
-        owned: set[int] = set()
-        for event in self.snapshot():
-            owned |= set(event.get("assigned", []))
-            owned -= set(event.get("revoked", []))
-        return frozenset(owned)
-
-    def seen(self) -> list[bytes]:
-        return [e["seen"].encode() for e in self.snapshot() if "seen" in e]
-
-    def committed(self) -> set[bytes]:
-        return {e["committed"].encode() for e in self.snapshot() if "committed" in e}
-
-    def errors(self) -> list[str]:
-        return [e["error"] for e in self.snapshot() if "error" in e]
-
-    def kill(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-        self._reader.join(timeout=5)
-
-
 # --- tests ------------------------------------------------------------------------------------
 
 
@@ -597,7 +500,7 @@ def test_a_static_member_that_closes_and_returns_gets_its_partitions_back_alone(
 def test_a_killed_member_loses_its_partitions_after_the_session_timeout(broker, topic, group, members):
     create_topic_confluent(broker, topic, partitions=4)
     local = members(group, [topic], "local")
-    child = ChildMember(broker, group, topic, "child")
+    child = ChildMember(broker, group, topic, "child", MEMBER_SETTINGS)
     feeder = None
     try:
         drive([local], lambda: split_exactly([local.partitions(), child.partitions()], 4)
