@@ -40,26 +40,28 @@ async fn step<T>(
         .context(what)
 }
 
-/// Waits for a delivery's ack to be sent. lapin may leave an ack pending
-/// for good when a kill cut the connection just before it (no reply ever
-/// settles it), so a connection found closed ends the wait at once rather
-/// than after [`STEP_TIMEOUT`]; such a wait once swallowed four kills of a
-/// 20 s run, and the consumer never saw them.
-async fn acked(
+/// `future` on `connection`, failing after [`STEP_TIMEOUT`] or as soon as
+/// the connection is seen closed. lapin may leave a delivery ack or a
+/// publisher confirm pending for good when a kill cut the connection just
+/// before it (no reply ever settles it); waiting the whole step timeout
+/// for one once swallowed four kills of a 20 s run, which the clients
+/// never saw.
+async fn on_connection<T>(
     connection: &Connection,
-    ack: impl std::future::Future<Output = lapin::Result<bool>>,
-) -> anyhow::Result<()> {
+    what: &'static str,
+    future: impl std::future::Future<Output = lapin::Result<T>>,
+) -> anyhow::Result<T> {
     let deadline = tokio::time::Instant::now() + STEP_TIMEOUT;
-    tokio::pin!(ack);
+    tokio::pin!(future);
     loop {
         let poll = deadline.min(tokio::time::Instant::now() + Duration::from_millis(200));
-        match tokio::time::timeout_at(poll, &mut ack).await {
-            Ok(sent) => return sent.map(drop).context("basic.ack"),
+        match tokio::time::timeout_at(poll, &mut future).await {
+            Ok(done) => return done.context(what),
             Err(_) if !connection.status().connected() => {
-                anyhow::bail!("basic.ack: the connection closed before it was sent")
+                anyhow::bail!("{what}: the connection closed before it was settled")
             }
             Err(_) if tokio::time::Instant::now() >= deadline => {
-                anyhow::bail!("basic.ack timed out")
+                anyhow::bail!("{what} timed out")
             }
             Err(_) => {}
         }
@@ -173,7 +175,9 @@ async fn publish_session(
             .await?;
             sequence.fetch_add(1, Ordering::Relaxed);
             lock(ledger).published += 1;
-            in_flight.push(async move { (next, step("confirm", confirm).await) });
+            let connection = &connection;
+            in_flight
+                .push(async move { (next, on_connection(connection, "confirm", confirm).await) });
             while in_flight.len() >= CONFIRM_WINDOW {
                 settle(in_flight.next().await, ledger)?;
             }
@@ -284,7 +288,12 @@ async fn consume_session(
                     None => ledger.corrupt += 1,
                 }
             }
-            acked(&connection, delivery.ack(BasicAckOptions::default())).await?;
+            on_connection(
+                &connection,
+                "basic.ack",
+                delivery.ack(BasicAckOptions::default()),
+            )
+            .await?;
         }
         Ok(())
     }
