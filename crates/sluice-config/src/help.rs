@@ -42,20 +42,16 @@ pub fn settings_help() -> String {
             (doc.key, env_var_name(doc.key), default, doc.description)
         })
         .collect();
+    // Only the key column is padded: clap wraps help at 100 columns, and a
+    // row wrapped there would part a key from its default.
     let key_width = rows.iter().map(|row| row.0.len()).max().unwrap_or(0).max(3);
-    let env_width = rows.iter().map(|row| row.1.len()).max().unwrap_or(0).max(3);
     let mut out = String::from(
         "Settings (file key, environment variable, default). Layers, low to high: \
          defaults, --config FILE, SLUICE_* environment, flags; --set KEY=VALUE sets any key.\n\n",
     );
-    out.push_str(&format!(
-        "  {:<key_width$}  {:<env_width$}  DEFAULT\n",
-        "KEY", "ENV"
-    ));
+    out.push_str(&format!("  {:<key_width$}  ENV  DEFAULT\n", "KEY"));
     for (key, env, default, description) in rows {
-        out.push_str(&format!(
-            "  {key:<key_width$}  {env:<env_width$}  {default}\n"
-        ));
+        out.push_str(&format!("  {key:<key_width$}  {env}  {default}\n"));
         out.push_str(&format!("      {description}\n"));
     }
     out.push_str(
@@ -69,6 +65,9 @@ pub fn settings_help() -> String {
 mod tests {
     use super::*;
 
+    /// Where clap wraps help text when not on a terminal.
+    const HELP_WIDTH: usize = 100;
+
     #[test]
     fn settings_help_lists_every_key_with_default_and_env_var() {
         let help = settings_help();
@@ -80,6 +79,10 @@ mod tests {
             assert!(line.contains(&env_var_name(doc.key)), "{line}");
             let default = default_value(doc.key).unwrap_or_default();
             assert!(!default.is_empty() && line.contains(&default), "{line}");
+            assert!(
+                line.len() <= HELP_WIDTH,
+                "clap wraps this row at {HELP_WIDTH} columns (shorten the key?): {line}"
+            );
         }
         assert!(help.contains("SLUICE_LOG__SEGMENT_BYTES"), "{help}");
         assert!(help.contains("\"1GiB\""), "{help}");

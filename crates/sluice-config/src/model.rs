@@ -213,7 +213,7 @@ pub struct KafkaConfig {
     pub group_share_delivery_count_limit: u16,
     /// Most records in flight per share partition (Kafka's
     /// `group.share.partition.max.record.locks`).
-    pub group_share_partition_max_record_locks: u32,
+    pub group_share_max_record_locks: u32,
     /// Where a share partition starts the first time a member fetches it:
     /// `latest` or `earliest` (Kafka's `share.auto.offset.reset` group
     /// config, here for every share group).
@@ -248,7 +248,7 @@ impl Default for KafkaConfig {
             group_consumer_assignors: "uniform,range".to_owned(),
             group_share_record_lock_duration: HumanDuration::from_secs(30),
             group_share_delivery_count_limit: 5,
-            group_share_partition_max_record_locks: 2000,
+            group_share_max_record_locks: 2000,
             share_auto_offset_reset: "latest".to_owned(),
             transaction_max_timeout: HumanDuration::from_secs(15 * 60),
             transactional_id_expiration: HumanDuration::from_secs(7 * 24 * 3600),
@@ -640,7 +640,7 @@ pub const KEYS: &[KeyDoc] = &[
         description: "Deliveries of a record to share group members before it is archived (2 to 10)",
     },
     KeyDoc {
-        key: "kafka.group_share_partition_max_record_locks",
+        key: "kafka.group_share_max_record_locks",
         description: "Most records in flight per share partition (100 to 10000)",
     },
     KeyDoc {
@@ -959,12 +959,12 @@ impl Config {
                 ),
             );
         }
-        if !(100..=10_000).contains(&kafka.group_share_partition_max_record_locks) {
+        if !(100..=10_000).contains(&kafka.group_share_max_record_locks) {
             problem(
-                "kafka.group_share_partition_max_record_locks",
+                "kafka.group_share_max_record_locks",
                 format!(
-                    "kafka.group_share_partition_max_record_locks must be from 100 to 10000, got {}",
-                    kafka.group_share_partition_max_record_locks
+                    "kafka.group_share_max_record_locks must be from 100 to 10000, got {}",
+                    kafka.group_share_max_record_locks
                 ),
             );
         }

@@ -117,7 +117,7 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         share_groups: ShareSettings {
             lock_duration: config.kafka.group_share_record_lock_duration.get(),
             delivery_limit: config.kafka.group_share_delivery_count_limit,
-            max_record_locks: config.kafka.group_share_partition_max_record_locks as usize,
+            max_record_locks: config.kafka.group_share_max_record_locks as usize,
             // Validated by the configuration.
             auto_offset_reset: if config.kafka.share_auto_offset_reset == "earliest" {
                 ShareReset::Earliest
