@@ -8,7 +8,8 @@ members send ShareFetch and ShareAcknowledge; the two may be different
 nodes. Two members, bootstrapped through different nodes, share one
 replicated partition (replication 3) in implicit mode: every record
 acknowledged with acks=all is delivered and accepted exactly once, and
-afterwards nothing is left for a new member.
+afterwards nothing is left for a new member. Deleted (DeleteGroups), the group's state
+is gone from every node: a group of the same id reads everything anew.
 
 The test picks a group name whose coordinator is not the partition's leader
 (it computes each candidate's offsets partition, as Kafka does, and reads
@@ -247,6 +248,28 @@ def test_two_members_share_a_replicated_partition_led_away_from_the_coordinator_
     finally:
         late.close()
     assert not late.deliveries, f"a new member got records after all were accepted: {late.deliveries[:5]}"
+
+    # Deleting the group deletes its state wherever it is kept (the
+    # partition's leader, the state's coordinator): a group of the same id
+    # starts anew and reads every record again, each a first delivery.
+    client = admin(cluster.node(found).bootstrap)
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    while True:
+        try:
+            client.delete_consumer_groups([group], request_timeout=30)[group].result(timeout=30)
+            break
+        except KafkaException as error:
+            if error.args[0].code() != KafkaError.NON_EMPTY_GROUP or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)
+    anew = ShareMember(cluster.node(3).bootstrap, group, topic, "anew")
+    try:
+        drive([anew], lambda: len(anew.deliveries) >= 200, SETTLE_TIMEOUT_S, "the 200 records once more")
+        anew.commit()
+    finally:
+        anew.close()
+    assert sorted(anew.values()) == sorted(produced), anew.summary()
+    assert Counter(c for _, _, c in anew.deliveries) == {1: 200}, anew.summary()
 
 
 def test_a_share_group_rides_out_kill_9_of_its_partition_leader_and_nothing_accepted_comes_back(share_cluster, name):

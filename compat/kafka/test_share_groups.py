@@ -732,3 +732,60 @@ def test_the_share_state_survives_kill_9_of_the_broker(restartable_broker, topic
         # Acquired before the kill: available again, that delivery counted.
         assert counts[index(delivery)] == 2, f"held {held}, after the restart {after.deliveries}"
     assert all(c in (1, 2) for c in counts.values()), f"after the restart {after.deliveries}"
+
+
+def test_deleting_a_share_group_forgets_its_state_and_clients_cannot_write_it(restartable_broker, topic, group):
+    """DeleteGroups of a share group deletes its stored state, as Kafka's
+    does: a group of that id starts anew (here at earliest) even after a
+    kill -9; the broker's own `__sluice_share-` groups that hold the state
+    refuse clients' commits and deletes (GROUP_AUTHORIZATION_FAILED)."""
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+    broker = restartable_broker
+    create_topic_confluent(broker, topic, partitions=1)
+    produced = produce_values(broker, topic, "v", 10)
+    first = ShareMember(broker, group, [topic], "first", lambda _: AcknowledgeType.ACCEPT)
+    try:
+        drive([first], lambda: len(first.acked) >= 10, SETTLE_TIMEOUT_S, "the 10 records accepted")
+        assert sorted(first.acked) == sorted(produced.values()), state([first])
+    finally:
+        first.close()
+
+    admin = confluent_admin(broker)
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    while True:
+        try:
+            admin.delete_consumer_groups([group], request_timeout=CLIENT_TIMEOUT_S)[group].result(
+                timeout=CLIENT_TIMEOUT_S
+            )
+            break
+        except KafkaException as error:
+            # The closing member's leave may not have reached the coordinator.
+            if error.args[0].code() != KafkaError.NON_EMPTY_GROUP or time.monotonic() >= deadline:
+                raise
+
+    internal = f"__sluice_share-{group}"
+    failures = admin.delete_consumer_groups([internal], request_timeout=CLIENT_TIMEOUT_S)
+    with pytest.raises(KafkaException) as refused:
+        failures[internal].result(timeout=CLIENT_TIMEOUT_S)
+    assert refused.value.args[0].code() == KafkaError.GROUP_AUTHORIZATION_FAILED, refused.value
+    writer = Consumer(confluent_config(broker, **{"group.id": internal, "enable.auto.commit": False}))
+    try:
+        with pytest.raises(KafkaException) as refused:
+            writer.commit(offsets=[TopicPartition(topic, 0, 3)], asynchronous=False)
+        assert refused.value.args[0].code() == KafkaError.GROUP_AUTHORIZATION_FAILED, refused.value
+    finally:
+        writer.close()
+
+    broker.kill()
+    broker.start()
+
+    again = ShareMember(broker, group, [topic], "again")
+    try:
+        drive([again], lambda: len(again.deliveries) >= 10, SETTLE_TIMEOUT_S, "the 10 records once more")
+        run_for([again], 0.5)
+        again.commit()
+    finally:
+        again.close()
+    assert sorted(again.values()) == sorted(produced), f"the deleted group's id read {again.deliveries}"
+    assert {d.count for d in again.deliveries} == {1}, f"a group of the id starts anew: {again.deliveries}"

@@ -30,9 +30,9 @@ use kafka_protocol::messages::write_txn_markers_request::{
     WritableTxnMarker, WritableTxnMarkerTopic,
 };
 use kafka_protocol::messages::{
-    AddPartitionsToTxnRequest, EndTxnRequest, GroupId, InitProducerIdRequest, OffsetCommitRequest,
-    OffsetFetchRequest, ProduceRequest, ProducerId, TopicName, TransactionalId,
-    WriteTxnMarkersRequest,
+    AddPartitionsToTxnRequest, DeleteGroupsRequest, EndTxnRequest, GroupId, InitProducerIdRequest,
+    OffsetCommitRequest, OffsetFetchRequest, ProduceRequest, ProducerId, TopicName,
+    TransactionalId, WriteTxnMarkersRequest,
 };
 use kafka_protocol::protocol::{Encodable, HeaderVersion, Request, StrBytes};
 use sluice_core::transactions::{Outcome, RemoteBatches, RemoteMarker, TxnError, TxnPeers};
@@ -49,6 +49,7 @@ const END_TXN_VERSION: i16 = 1;
 /// OffsetCommit and OffsetFetch of the broker's own groups (share state).
 const OFFSET_COMMIT_VERSION: i16 = 8;
 const OFFSET_FETCH_VERSION: i16 = 7;
+const DELETE_GROUPS_VERSION: i16 = 2;
 /// KIP-890's batched form, which brokers send (`verify_only`).
 const VERIFY_VERSION: i16 = 4;
 const PRODUCE_VERSION: i16 = 7;
@@ -419,6 +420,26 @@ impl TxnPeers for TxnLinks {
                 })
             })
             .collect())
+    }
+
+    fn delete_group(&self, node: i32, group: &str) -> Result<(), CoreError> {
+        let request = DeleteGroupsRequest::default()
+            .with_groups_names(vec![GroupId(StrBytes::from_string(group.to_owned()))]);
+        let failed = |reason: String| CoreError::Internal {
+            reason: format!("deleting {group:?} on node {node}: {reason}"),
+        };
+        let response = self
+            .call(node, Lane::Leaf, request, DELETE_GROUPS_VERSION)
+            .map_err(failed)?;
+        match response
+            .results
+            .iter()
+            .map(|r| r.error_code)
+            .find(|c| *c != 0)
+        {
+            None => Ok(()),
+            Some(code) => Err(failed(format!("error code {code}"))),
+        }
     }
 }
 

@@ -114,6 +114,10 @@ pub enum ConsumerGroupError {
     InvalidRegularExpression(String),
     #[error("group {0} is not a consumer group")]
     NotConsumerGroup(String),
+    #[error(
+        "OffsetCommit version 9 or above must be used by members using the consumer group protocol"
+    )]
+    UnsupportedVersion,
 }
 
 /// The topics a heartbeat may subscribe to, by name: id and partition
@@ -420,7 +424,12 @@ impl Group {
             }
         }
         let rebalance_timeout = member.rebalance_timeout;
-        if !revoke.is_empty() {
+        // As Kafka's ownsRevokedPartitions: revocation waits only for
+        // partitions the member reports owning (a heartbeat without the
+        // list still owns what it had); one that owns none of them, like a
+        // static member returning under a new id, goes straight on.
+        let owns_revoked = owned.is_none_or(|owned| overlaps(owned, &revoke));
+        if !revoke.is_empty() && owns_revoked {
             if let Some(member) = self.members.get_mut(member_id) {
                 member.assigned = assigned;
                 member.revoking = revoke;
@@ -971,6 +980,41 @@ impl ConsumerGroups {
         Some(match group.members.get(member_id) {
             None => Err(ConsumerGroupError::UnknownMemberId),
             Some(member) if member.epoch != member_epoch => {
+                Err(ConsumerGroupError::StaleMemberEpoch)
+            }
+            Some(_) => Ok(()),
+        })
+    }
+
+    /// Checks an offset commit against a consumer group as Kafka does:
+    /// `version` is the OffsetCommit's (below 9 is refused for a member,
+    /// which must send its epoch), `None` for a TxnOffsetCommit, which may
+    /// name no member at all; an epoch above the member's is fenced, one
+    /// below it stale. `None` when there is no consumer group of that id.
+    pub fn check_offset_commit(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        member_epoch: i32,
+        version: Option<i16>,
+    ) -> Option<Result<(), ConsumerGroupError>> {
+        let groups = self.groups();
+        let group = groups.get(group_id)?;
+        if member_epoch < 0 && group.members.is_empty() {
+            return Some(Ok(()));
+        }
+        if version.is_none() && member_epoch < 0 && member_id.is_empty() {
+            return Some(Ok(()));
+        }
+        Some(match group.members.get(member_id) {
+            None => Err(ConsumerGroupError::UnknownMemberId),
+            Some(_) if version.is_some_and(|v| v < 9) => {
+                Err(ConsumerGroupError::UnsupportedVersion)
+            }
+            Some(member) if member_epoch > member.epoch => {
+                Err(ConsumerGroupError::FencedMemberEpoch)
+            }
+            Some(member) if member_epoch < member.epoch => {
                 Err(ConsumerGroupError::StaleMemberEpoch)
             }
             Some(_) => Ok(()),

@@ -180,6 +180,11 @@ pub struct ShareCounts {
     pub archived: u64,
 }
 
+/// Most in-flight records a stored state may hold: more than any
+/// `group.share.partition.max.record.locks` allows, so only a state not
+/// written by this broker is refused.
+const MAX_RESTORED: i64 = 100_000;
+
 /// One share partition's state.
 #[derive(Debug)]
 pub struct SharePartition {
@@ -213,12 +218,14 @@ impl SharePartition {
     }
 
     /// The state as stored (the offsets log keeps it as a committed
-    /// offset, the start, with this text as its metadata): the next offset
+    /// offset, the start, with this text as its metadata): the topic's id
+    /// (a topic created again under the name starts anew), the next offset
     /// and runs of equal records, `first-last:state:deliveries`, state `a`
     /// (available; acquired records are stored as available), `k`
     /// (acknowledged) or `x` (archived).
-    pub fn snapshot(&self) -> (i64, String) {
-        let mut text = format!("v1 {}", self.next);
+    pub fn snapshot(&self, topic: &TopicId) -> (i64, String) {
+        let id: String = topic.iter().map(|b| format!("{b:02x}")).collect();
+        let mut text = format!("v2 {id} {}", self.next);
         let mut run: Option<(i64, i64, char, u16)> = None;
         let flush = |text: &mut String, run: (i64, i64, char, u16)| {
             text.push_str(&format!(" {}-{}:{}:{}", run.0, run.1, run.2, run.3));
@@ -247,12 +254,19 @@ impl SharePartition {
         (self.start, text)
     }
 
-    /// A state from [`SharePartition::snapshot`]; `None` when the text is
-    /// not one.
-    pub fn restore(start: i64, text: &str) -> Option<SharePartition> {
+    /// A state from [`SharePartition::snapshot`] of `topic`; `None` when
+    /// the text is not one, or one of another topic of the same name.
+    pub fn restore(start: i64, text: &str, topic: &TopicId) -> Option<SharePartition> {
         let mut words = text.split(' ');
-        if words.next()? != "v1" {
-            return None;
+        match words.next()? {
+            "v1" => {}
+            "v2" => {
+                let id: String = topic.iter().map(|b| format!("{b:02x}")).collect();
+                if words.next()? != id {
+                    return None;
+                }
+            }
+            _ => return None,
         }
         let next: i64 = words.next()?.parse().ok()?;
         let mut state = SharePartition::new(start);
@@ -269,7 +283,15 @@ impl SharePartition {
                 "x" => RecordState::Archived,
                 _ => return None,
             };
-            if first < start || last < first || last >= state.next || last - first > 100_000 {
+            let after = state
+                .in_flight
+                .last_key_value()
+                .map_or(start, |(o, _)| o + 1);
+            if first < after || last < first || last >= state.next {
+                return None;
+            }
+            let held = i64::try_from(state.in_flight.len()).unwrap_or(i64::MAX);
+            if held.saturating_add(last - first) >= MAX_RESTORED {
                 return None;
             }
             for offset in first..=last {
@@ -288,6 +310,25 @@ impl SharePartition {
 
     pub fn start(&self) -> i64 {
         self.start
+    }
+
+    /// Archives the available records already delivered `delivery_limit`
+    /// times (a restored state stores acquired records as available with
+    /// their delivery counted), so none is delivered once more.
+    fn archive_exhausted(&mut self, delivery_limit: u16) {
+        for (offset, record) in &mut self.in_flight {
+            if record.state == RecordState::Available && record.deliveries >= delivery_limit {
+                record.state = RecordState::Archived;
+                self.archived += 1;
+                self.dirty = true;
+                self.dead.push(DeadLetter {
+                    offset: *offset,
+                    reason: DeadReason::DeliveryLimit,
+                    deliveries: record.deliveries,
+                });
+            }
+        }
+        self.advance();
     }
 
     pub fn counts(&self) -> ShareCounts {
@@ -411,8 +452,13 @@ impl SharePartition {
     ) -> Result<bool, ShareError> {
         let mut sorted: Vec<&AckBatch> = batches.iter().collect();
         sorted.sort_by_key(|b| b.first);
+        let mut previous_last: Option<i64> = None;
         for batch in &sorted {
-            let len = batch.last - batch.first + 1;
+            let len = batch
+                .last
+                .checked_sub(batch.first)
+                .and_then(|d| d.checked_add(1))
+                .unwrap_or(0);
             if len <= 0
                 || (batch.types.len() != 1 && i64::try_from(batch.types.len()).ok() != Some(len))
             {
@@ -423,6 +469,15 @@ impl SharePartition {
                     batch.types.len()
                 )));
             }
+            // As Kafka: batches must not overlap (an accept then a release
+            // of the same record would undo the accept).
+            if previous_last.is_some_and(|last| batch.first <= last) {
+                return Err(ShareError::InvalidRequest(format!(
+                    "acknowledgement batches overlap at offset {}",
+                    batch.first
+                )));
+            }
+            previous_last = Some(batch.last);
             for offset in batch.first.max(self.start)..=batch.last {
                 let held = self.in_flight.get(&offset).is_some_and(
                     |r| matches!(&r.state, RecordState::Acquired { member: m, .. } if m == member),
@@ -610,6 +665,10 @@ pub struct ShareGroups {
     groups: Mutex<HashMap<String, ShareGroup>>,
     partitions: Mutex<HashMap<(String, TopicId, i32), SharePartition>>,
     sessions: Mutex<HashMap<(String, String), Session>>,
+    /// Held from taking the changed states to their stores' end, so that
+    /// an older snapshot is never stored after a newer one, and a request
+    /// that finds its change being stored waits for it.
+    storing: Mutex<()>,
     /// Woken when records become available again (release, expiry).
     released: tokio::sync::Notify,
 }
@@ -625,6 +684,7 @@ impl ShareGroups {
             groups: Mutex::new(HashMap::new()),
             partitions: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
+            storing: Mutex::new(()),
             released: tokio::sync::Notify::new(),
         }
     }
@@ -807,11 +867,17 @@ impl ShareGroups {
             Some(_) => {
                 groups.remove(group_id);
                 drop(groups);
-                lock(&self.partitions).retain(|(g, _, _), _| g != group_id);
+                self.forget_partitions(group_id);
                 Ok(true)
             }
             None => Ok(false),
         }
+    }
+
+    /// Forgets this node's partition states of `group_id` (the group was
+    /// deleted).
+    pub fn forget_partitions(&self, group_id: &str) {
+        lock(&self.partitions).retain(|(g, _, _), _| g != group_id);
     }
 
     /// Opens, checks or closes a member's share session for a request
@@ -944,13 +1010,23 @@ impl ShareGroups {
         high_watermark: i64,
     ) {
         let (group_id, topic, partition) = key;
+        let loaded = |states: &HashMap<(String, TopicId, i32), SharePartition>| {
+            states
+                .get(&(group_id.to_owned(), topic, partition))
+                .is_some_and(|state| state.leader_epoch == leader_epoch)
+        };
+        // Two fetches may load at once: the first install stands, the
+        // second would undo what was acquired since.
+        if loaded(&lock(&self.partitions)) {
+            return;
+        }
         let restored = stored.and_then(|(start, text)| {
-            let state = SharePartition::restore(start, &text);
+            let state = SharePartition::restore(start, &text, &topic);
             if state.is_none() {
                 tracing::warn!(
                     group = group_id,
                     partition,
-                    "stored share-partition state unreadable: starting anew"
+                    "stored share-partition state unreadable or of an earlier topic of the name: starting anew"
                 );
             }
             state
@@ -963,21 +1039,49 @@ impl ShareGroups {
         });
         state.leader_epoch = leader_epoch;
         state.follow_log_start(log_start);
-        lock(&self.partitions).insert((group_id.to_owned(), topic, partition), state);
+        state.archive_exhausted(self.settings.delivery_limit);
+        let mut states = lock(&self.partitions);
+        if loaded(&states) {
+            return;
+        }
+        states.insert((group_id.to_owned(), topic, partition), state);
+        drop(states);
         self.released.notify_waiters();
+    }
+
+    /// Serialises stores of share state: held from
+    /// [`ShareGroups::take_dirty`] until what it took is stored.
+    pub fn storing(&self) -> MutexGuard<'_, ()> {
+        lock(&self.storing)
+    }
+
+    /// Forgets the states of partitions this node no longer leads in the
+    /// epoch it loaded them in (`led` answers for a topic, partition and
+    /// epoch): a former leader neither expires locks nor stores a state
+    /// over its next leader's.
+    pub fn retain_led(&self, led: impl Fn(&TopicId, i32, i32) -> bool) {
+        lock(&self.partitions).retain(|(group, topic, partition), state| {
+            let keep = led(topic, *partition, state.leader_epoch);
+            if !keep {
+                tracing::info!(%group, partition, "share-partition state dropped: no longer led here");
+            }
+            keep
+        });
     }
 
     /// The states changed since last taken, to be stored: (group, topic,
     /// partition, start, text). Their marks are cleared; a store that
-    /// fails calls [`ShareGroups::mark_dirty`].
+    /// fails calls [`ShareGroups::mark_dirty`]. A state with dead letters
+    /// still to publish waits for them: a crash then delivers the record
+    /// again rather than losing its dead letter.
     pub fn take_dirty(&self) -> Vec<(String, TopicId, i32, i64, String)> {
         let mut states = lock(&self.partitions);
         states
             .iter_mut()
-            .filter(|(_, state)| state.dirty)
+            .filter(|(_, state)| state.dirty && state.dead.is_empty())
             .map(|((group, topic, partition), state)| {
                 state.dirty = false;
-                let (start, text) = state.snapshot();
+                let (start, text) = state.snapshot(topic);
                 (group.clone(), *topic, *partition, start, text)
             })
             .collect()

@@ -9,7 +9,7 @@
 
 use amq_protocol::types::AMQPValue;
 use bytes::Bytes;
-use sluice_types::Offset;
+use sluice_types::{Offset, PartitionId};
 
 use crate::consumer_groups::TopicId;
 use crate::messaging::record_to_message;
@@ -71,19 +71,104 @@ impl Broker {
         Ok(())
     }
 
+    /// Whether anything is stored for share group `group` (a group
+    /// deleted after a restart has no members here, only its state).
+    /// Blocking.
+    pub fn has_share_state(&self, group: &str) -> bool {
+        self.stored_shares(group)
+            .is_ok_and(|stored| !stored.is_empty())
+    }
+
+    /// Deletes share group `group`'s partition state, as Kafka's
+    /// DeleteGroups deletes a share group's state: every node forgets what
+    /// it holds of it (the partitions' leaders), and its coordinator
+    /// deletes what is stored, so a group of that id starts anew at
+    /// `share.auto.offset.reset`. Blocking.
+    ///
+    /// # Errors
+    /// The coordinator's or its link's; a node other than the
+    /// coordinator that cannot be reached is logged (it forgets the state
+    /// at its next leader change).
+    pub fn delete_share_state(&self, group: &str) -> Result<(), CoreError> {
+        let key = state_group(group);
+        let coordinator = self.offsets().coordinator(&key);
+        if let Some(peers) = self.transactions().peers() {
+            let own = self.node_id();
+            for node in self
+                .topics()
+                .metadata()
+                .brokers()
+                .into_iter()
+                .map(|b| b.node)
+            {
+                if node == own {
+                    continue;
+                }
+                match peers.delete_group(node, &key) {
+                    Err(error) if coordinator == Coordinator::Node(node) => return Err(error),
+                    Err(error) => {
+                        tracing::warn!(%error, group, node, "a node could not be told a share group was deleted");
+                    }
+                    Ok(()) => {}
+                }
+            }
+        }
+        // Not held across the calls above: the other nodes take their own.
+        let _storing = self.share_groups().storing();
+        self.share_groups().forget_partitions(group);
+        match coordinator {
+            Coordinator::Here => self.offsets().delete_group(&key),
+            Coordinator::Node(_) => Ok(()),
+            Coordinator::Unavailable => Err(CoreError::Internal {
+                reason: format!("the coordinator of {key:?} is not available"),
+            }),
+        }
+    }
+
+    /// Another node deleted the share group whose state is kept as `key`
+    /// (`__sluice_share-<group>`): what this node holds of it is
+    /// forgotten, and what it stores deleted where it coordinates it.
+    /// Blocking.
+    ///
+    /// # Errors
+    /// The offsets log's.
+    pub fn forget_share_state(&self, key: &str) -> Result<(), CoreError> {
+        let Some(group) = key.strip_prefix(SHARE_STATE_PREFIX) else {
+            return Ok(());
+        };
+        let _storing = self.share_groups().storing();
+        self.share_groups().forget_partitions(group);
+        if self.offsets().coordinator(key) == Coordinator::Here {
+            self.offsets().delete_group(key)?;
+        }
+        Ok(())
+    }
+
     /// Stores every share-partition state changed since the last call
     /// (blocking); a state that could not be stored is tried again next
     /// time.
     pub fn store_share_state(&self) {
+        // One store at a time: a newer snapshot is never overtaken by an
+        // older one, and a request whose change another call took waits
+        // here until it is stored.
+        let _storing = self.share_groups().storing();
+        let catalog = self.topic_catalog();
+        self.share_groups().retain_led(|topic, partition, epoch| {
+            catalog
+                .name_of(topic)
+                .and_then(|name| self.topics().get(name))
+                .and_then(|t| t.local_partition(PartitionId::from(partition)).ok())
+                .is_some_and(|p| p.leader_epoch().get() == epoch)
+        });
         // Dead letters go out before the state that archived them is
-        // stored: a crash between the two redelivers the record (and may
-        // dead-letter it twice), never loses it.
+        // stored (a state waits while it has letters not yet out): a crash
+        // between the two redelivers the record, and may dead-letter it
+        // twice, but never loses it.
         self.dead_letter();
         let dirty = self.share_groups().take_dirty();
         if dirty.is_empty() {
             return;
         }
-        let catalog = self.topic_catalog();
         for (group, topic, partition, start, text) in dirty {
             let Some(name) = catalog.name_of(&topic).map(str::to_owned) else {
                 continue; // the topic is gone
@@ -155,7 +240,7 @@ impl Broker {
         dead: &[DeadLetter],
     ) -> Result<(), String> {
         let partition = topic
-            .local_partition(sluice_types::PartitionId::from(index))
+            .local_partition(PartitionId::from(index))
             .map_err(|e| e.to_string())?;
         let vhost = self
             .vhosts()

@@ -96,6 +96,7 @@ pub(crate) fn consumer_group_code(err: &ConsumerGroupError) -> ResponseError {
         ConsumerGroupError::UnsupportedAssignor(_) => ResponseError::UnsupportedAssignor,
         ConsumerGroupError::InvalidRegularExpression(_) => ResponseError::InvalidRegularExpression,
         ConsumerGroupError::NotConsumerGroup(_) => ResponseError::GroupIdNotFound,
+        ConsumerGroupError::UnsupportedVersion => ResponseError::UnsupportedVersion,
     }
 }
 

@@ -440,3 +440,93 @@ fn commits_need_the_members_current_epoch() {
     assert_eq!(groups.describe("g").map(|d| d.state), Some("Empty"));
     assert_eq!(groups.remove_if_empty("g"), Ok(true));
 }
+
+#[test]
+fn offset_commits_are_checked_as_kafka_checks_them() {
+    let groups = ConsumerGroups::new(settings());
+    let now = Instant::now();
+    let a = Client::join(&groups, "a", &["orders"], now);
+    let check = |member: &str, epoch: i32, version: Option<i16>| {
+        groups.check_offset_commit("g", member, epoch, version)
+    };
+    assert_eq!(check("a", a.epoch, Some(9)), Some(Ok(())));
+    assert_eq!(
+        check("a", a.epoch + 1, Some(9)),
+        Some(Err(ConsumerGroupError::FencedMemberEpoch))
+    );
+    assert_eq!(
+        check("a", a.epoch - 1, Some(9)),
+        Some(Err(ConsumerGroupError::StaleMemberEpoch))
+    );
+    assert_eq!(
+        check("a", a.epoch, Some(8)),
+        Some(Err(ConsumerGroupError::UnsupportedVersion)),
+        "a member of the new protocol commits with OffsetCommit v9+"
+    );
+    assert_eq!(
+        check("", -1, Some(8)),
+        Some(Err(ConsumerGroupError::UnknownMemberId))
+    );
+    // TxnOffsetCommit: without member fields, or with the current epoch.
+    assert_eq!(check("", -1, None), Some(Ok(())));
+    assert_eq!(check("a", a.epoch, None), Some(Ok(())));
+    assert_eq!(
+        check("a", a.epoch - 1, None),
+        Some(Err(ConsumerGroupError::StaleMemberEpoch)),
+        "a zombie's transactional commit"
+    );
+    assert_eq!(groups.check_offset_commit("h", "", -1, Some(9)), None);
+}
+
+#[test]
+fn a_static_member_returning_after_its_share_shrank_moves_to_the_new_target() {
+    let groups = ConsumerGroups::new(settings());
+    let now = Instant::now();
+    let static_join = |id: &str| Heartbeat {
+        instance_id: Some("instance-1".to_owned()),
+        ..join(id, &["orders"])
+    };
+    let first = groups
+        .heartbeat(static_join("a"), &catalog(), now)
+        .expect("join");
+    let mut a = Client {
+        id: "a",
+        epoch: first.member_epoch,
+        owned: first.assignment.unwrap_or_default(),
+    };
+    let mut b = Client::join(&groups, "b", &["orders"], now);
+    for _ in 0..3 {
+        a.beat(&groups, now);
+        b.beat(&groups, now);
+    }
+    assert_eq!((count(&a.owned), count(&b.owned)), (2, 2));
+    let leave = Heartbeat {
+        member_epoch: -2,
+        instance_id: Some("instance-1".to_owned()),
+        ..beat("a", a.epoch, &a.owned)
+    };
+    groups.heartbeat(leave, &catalog(), now).expect("leave");
+    // A third member joins while a is away: a's share shrinks to one.
+    let mut c = Client::join(&groups, "c", &["orders"], now);
+    b.beat(&groups, now);
+    c.beat(&groups, now);
+    // a returns under a new id, owning nothing: it is not asked to revoke
+    // what it does not hold, and gets an epoch (never 0 again).
+    let back = groups
+        .heartbeat(static_join("a2"), &catalog(), now)
+        .expect("rejoin");
+    assert!(back.member_epoch > 0, "epoch {}", back.member_epoch);
+    let mut a2 = Client {
+        id: "a2",
+        epoch: back.member_epoch,
+        owned: back.assignment.unwrap_or_default(),
+    };
+    for _ in 0..4 {
+        a2.beat(&groups, now);
+        b.beat(&groups, now);
+        c.beat(&groups, now);
+        disjoint(&[&a2, &b, &c]);
+    }
+    assert_eq!(count(&a2.owned) + count(&b.owned) + count(&c.owned), 4);
+    assert!(count(&a2.owned) >= 1);
+}

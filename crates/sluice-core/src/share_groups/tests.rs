@@ -248,9 +248,9 @@ fn a_stored_state_comes_back_with_acquired_records_available_and_counts_kept() {
         ],
     };
     state.acknowledge("a", &[batch], 3).expect("acks");
-    let (start, text) = state.snapshot();
+    let (start, text) = state.snapshot(&T);
     assert_eq!(start, 7, "5 archived and 6 accepted are done");
-    let mut restored = SharePartition::restore(start, &text).expect("readable");
+    let mut restored = SharePartition::restore(start, &text, &T).expect("readable");
     let counts = restored.counts();
     // 7 released, 9..=11 acquired by a: all available, 8 acknowledged.
     assert_eq!((counts.start, counts.available, counts.acquired), (7, 4, 0));
@@ -270,15 +270,121 @@ fn a_stored_state_comes_back_with_acquired_records_available_and_counts_kept() {
             },
         ]
     );
+    // Another topic of the same name (deleted and created again) starts
+    // anew.
+    assert!(SharePartition::restore(start, &text, &[8; 16]).is_none());
+    let same = format!("v2 {} 12", "07".repeat(16));
     for bad in [
         "v2 12",
         "v1 x",
         "v1 12 9-8:a:1",
         "v1 12 7-7:q:1",
         "v1 12 3-4:a:1",
+        // Overlapping or unordered runs.
+        "v1 12 7-9:a:1 8-8:k:1",
+        "v1 12 9-9:a:1 7-7:k:1",
+        // Far more records than any lock limit, in small runs.
+        &format!(
+            "v1 9000000 {}",
+            (0..60)
+                .map(|i| format!("{}-{}:a:0", 7 + i * 2000, 7 + i * 2000 + 1999))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
     ] {
-        assert!(SharePartition::restore(7, bad).is_none(), "{bad}");
+        assert!(SharePartition::restore(7, bad, &T).is_none(), "{bad}");
     }
+    assert!(SharePartition::restore(7, &same, &T).is_some());
+}
+
+#[test]
+fn overlapping_acknowledgement_batches_and_overflowing_ranges_are_refused() {
+    let settings = settings();
+    let now = Instant::now();
+    let mut state = SharePartition::new(0);
+    state.acquire("a", 0..5, 5, &settings, now);
+    // An accept then a release of the same records would undo the accept.
+    let overlapping = [ack(0, 4, AckType::Accept), ack(2, 3, AckType::Release)];
+    assert!(matches!(
+        state.acknowledge("a", &overlapping, 3),
+        Err(ShareError::InvalidRequest(_))
+    ));
+    assert!(matches!(
+        state.acknowledge("a", &[ack(-1, i64::MAX, AckType::Accept)], 3),
+        Err(ShareError::InvalidRequest(_))
+    ));
+    assert_eq!(state.counts().acquired, 5, "nothing applied");
+    state
+        .acknowledge(
+            "a",
+            &[ack(0, 1, AckType::Accept), ack(2, 4, AckType::Release)],
+            3,
+        )
+        .expect("adjacent batches");
+    assert_eq!((state.counts().start, state.counts().available), (2, 3));
+}
+
+#[test]
+fn a_second_load_in_the_same_epoch_keeps_the_first_and_records_at_the_limit_are_archived() {
+    let groups = ShareGroups::new(settings());
+    let key = ("g", T, 0);
+    // Stored: 0..=1 delivered 3 times (the limit), 2 once; all available.
+    let stored = format!("v2 {} 3 0-1:a:3 2-2:a:1", "07".repeat(16));
+    groups.install(key, 4, Some((0, stored.clone())), 0, 3);
+    let counts = groups.counts("g");
+    assert_eq!(counts.len(), 1);
+    assert_eq!(
+        (
+            counts[0].2.start,
+            counts[0].2.available,
+            counts[0].2.archived
+        ),
+        (2, 1, 2),
+        "records at the limit archived, not delivered a fourth time"
+    );
+    assert_eq!(
+        groups.take_dead().iter().map(|d| d.3.len()).sum::<usize>(),
+        2
+    );
+    let taken = groups.with_partition("g", T, 0, 0, 3, |state, settings| {
+        state.acquire("m", 0..3, 10, settings, Instant::now())
+    });
+    assert_eq!(taken.len(), 1);
+    // A fetch that began loading before the first install finishes after
+    // it: the acquisition stands.
+    groups.install(key, 4, Some((0, stored)), 0, 3);
+    assert_eq!(groups.counts("g")[0].2.acquired, 1);
+    assert!(!groups.needs_load("g", T, 0, 4));
+    assert!(groups.needs_load("g", T, 0, 5));
+}
+
+#[test]
+fn states_wait_for_their_dead_letters_and_former_leaders_forget_theirs() {
+    let groups = ShareGroups::new(settings());
+    // Latest: both start at the high watermark, 0.
+    groups.install(("g", T, 0), 1, None, 0, 0);
+    groups.install(("g", T, 1), 1, None, 0, 0);
+    groups.take_dirty();
+    let now = Instant::now();
+    groups.with_partition("g", T, 0, 0, 10, |state, settings| {
+        state.acquire("m", 0..1, 1, settings, now)
+    });
+    groups
+        .acknowledge("g", "m", T, 0, &[ack(0, 0, AckType::Reject)])
+        .expect("reject");
+    assert!(
+        groups.take_dirty().is_empty(),
+        "its dead letter is not out yet"
+    );
+    let dead = groups.take_dead();
+    groups.restore_dead("g", T, 0, dead.into_iter().flat_map(|d| d.3).collect());
+    assert!(groups.take_dirty().is_empty(), "still not out");
+    assert_eq!(groups.take_dead().len(), 1);
+    assert_eq!(groups.take_dirty().len(), 1, "published: stored");
+    // Partition 1 is led elsewhere now (or in a later epoch).
+    groups.retain_led(|_, partition, epoch| partition == 0 && epoch == 1);
+    let left: Vec<i32> = groups.counts("g").iter().map(|c| c.1).collect();
+    assert_eq!(left, vec![0]);
 }
 
 #[test]

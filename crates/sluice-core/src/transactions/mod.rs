@@ -187,6 +187,14 @@ pub trait TxnPeers: Send + Sync + std::fmt::Debug {
         node: i32,
         group: &str,
     ) -> Result<Vec<(String, i32, crate::CommittedOffset)>, CoreError>;
+
+    /// DeleteGroups of the broker's own `group` on `node` (a deleted share
+    /// group's state): the node forgets what it holds of it, and deletes
+    /// it when it coordinates it.
+    ///
+    /// # Errors
+    /// The node's error code as [`CoreError::Internal`], or the link's.
+    fn delete_group(&self, node: i32, group: &str) -> Result<(), CoreError>;
 }
 
 /// An aborted transaction as a read_committed Fetch lists it: the

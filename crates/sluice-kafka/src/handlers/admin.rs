@@ -306,6 +306,11 @@ pub(crate) async fn offset_delete(
     let broker = Arc::clone(&context.broker);
     blocking(move || {
         let group = request.group_id.to_string();
+        if group.starts_with(sluice_core::SHARE_STATE_PREFIX) {
+            // Share groups' state is the broker's own.
+            return OffsetDeleteResponse::default()
+                .with_error_code(ResponseError::GroupAuthorizationFailed.code());
+        }
         if broker.offsets().coordinator(&group) != sluice_core::Coordinator::Here {
             return OffsetDeleteResponse::default()
                 .with_error_code(ResponseError::NotCoordinator.code());

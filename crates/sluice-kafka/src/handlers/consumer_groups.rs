@@ -4,6 +4,8 @@
 //! heartbeats (GROUP_ID_NOT_FOUND, as Kafka does with online migration
 //! disabled), an empty one is replaced.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::consumer_group_describe_response::{
     self as describe_response, DescribedGroup, Member,
@@ -29,9 +31,20 @@ fn refused(error: ResponseError, message: Option<String>) -> ConsumerGroupHeartb
         .with_error_message(message.map(text))
 }
 
+/// A member id for a version 0 join without one: Kafka's coordinator made
+/// them until v1, where the client does (KIP-1082).
+fn new_member_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{nanos:x}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
 pub(crate) fn heartbeat(
     context: &Context,
     request: ConsumerGroupHeartbeatRequest,
+    version: i16,
     client_id: &str,
 ) -> ConsumerGroupHeartbeatResponse {
     let group_id = request.group_id.to_string();
@@ -63,9 +76,14 @@ pub(crate) fn heartbeat(
             .map(|t| (*t.topic_id.as_bytes(), t.partitions.into_iter().collect()))
             .collect()
     });
+    let member_id = if version == 0 && request.member_epoch == 0 && request.member_id.is_empty() {
+        new_member_id()
+    } else {
+        request.member_id.to_string()
+    };
     let heartbeat = Heartbeat {
         group_id,
-        member_id: request.member_id.to_string(),
+        member_id,
         member_epoch: request.member_epoch,
         instance_id: request.instance_id.map(|s| s.to_string()),
         rack_id: request.rack_id.map(|s| s.to_string()),

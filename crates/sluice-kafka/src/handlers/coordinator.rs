@@ -114,18 +114,27 @@ pub(crate) fn find(
 pub(crate) async fn commit(
     context: &Context,
     request: OffsetCommitRequest,
+    version: i16,
 ) -> OffsetCommitResponse {
     let broker = Arc::clone(&context.broker);
     let coordinates = super::coordinates(context, &request.group_id);
+    // Share groups' state is the broker's own: only other nodes write it.
+    let internal = request
+        .group_id
+        .starts_with(sluice_core::SHARE_STATE_PREFIX)
+        && !context.inter_node;
     let topics = blocking(move || {
         let group = request.group_id.to_string();
-        let checked = if coordinates {
+        let checked = if internal {
+            Err(ResponseError::GroupAuthorizationFailed.code())
+        } else if coordinates {
             // A consumer group of the new protocol checks the member's
             // epoch (KIP-848); a classic group its generation.
-            match broker.consumer_groups().check_commit(
+            match broker.consumer_groups().check_offset_commit(
                 &group,
                 &request.member_id,
                 request.generation_id_or_member_epoch,
+                Some(version),
             ) {
                 Some(checked) => checked.map_err(|err| errors::consumer_group_code(&err).code()),
                 None => broker

@@ -17,7 +17,7 @@ use kafka_protocol::messages::{
     SyncGroupResponse,
 };
 use kafka_protocol::protocol::StrBytes;
-use sluice_core::{GroupError, JoinRequest};
+use sluice_core::{GroupError, JoinRequest, SHARE_STATE_PREFIX};
 
 use super::{Context, blocking};
 use crate::errors;
@@ -334,11 +334,26 @@ pub(crate) async fn delete(
     request: DeleteGroupsRequest,
 ) -> DeleteGroupsResponse {
     let broker = Arc::clone(&context.broker);
+    let inter_node = context.inter_node;
     let results = blocking(move || {
         request
             .groups_names
             .into_iter()
             .map(|group_id| {
+                if group_id.starts_with(SHARE_STATE_PREFIX) {
+                    // The broker's own: only another node deletes it, for a
+                    // share group deleted there.
+                    let code = if !inter_node {
+                        ResponseError::GroupAuthorizationFailed.code()
+                    } else if let Err(error) = broker.forget_share_state(&group_id) {
+                        errors::code(&error).code()
+                    } else {
+                        0
+                    };
+                    return DeletableGroupResult::default()
+                        .with_group_id(group_id)
+                        .with_error_code(code);
+                }
                 if broker.offsets().coordinator(&group_id) != sluice_core::Coordinator::Here {
                     return DeletableGroupResult::default()
                         .with_group_id(group_id)
@@ -351,16 +366,22 @@ pub(crate) async fn delete(
                         .with_group_id(group_id)
                         .with_error_code(ResponseError::NonEmptyGroup.code());
                 }
-                let known = consumer_group == Ok(true)
-                    || share_group == Ok(true)
-                    || broker.groups().describe(&group_id).is_some()
+                let classic = broker.groups().describe(&group_id).is_some()
                     || !broker.offsets().group(&group_id).is_empty();
+                // A share group's state outlives its members (a restart).
+                let share = share_group == Ok(true)
+                    || (consumer_group != Ok(true)
+                        && !classic
+                        && broker.has_share_state(&group_id));
                 let result = DeletableGroupResult::default().with_group_id(group_id.clone());
-                if !known {
+                if !(consumer_group == Ok(true) || share || classic) {
                     return result.with_error_code(ResponseError::GroupIdNotFound.code());
                 }
                 if let Err(err) = broker.groups().remove_if_empty(&group_id) {
                     return result.with_error_code(errors::group_code(err).code());
+                }
+                if share && let Err(err) = broker.delete_share_state(&group_id) {
+                    return result.with_error_code(errors::code(&err).code());
                 }
                 match broker.offsets().delete_group(&group_id) {
                     Ok(()) => result.with_error_code(0),

@@ -216,7 +216,7 @@ pub(crate) async fn dispatch(
             ResponseKind::DeleteGroups(groups::delete(context, request).await)
         }
         RequestKind::ConsumerGroupHeartbeat(request) => ResponseKind::ConsumerGroupHeartbeat(
-            consumer_groups::heartbeat(context, request, client_id),
+            consumer_groups::heartbeat(context, request, version, client_id),
         ),
         RequestKind::ConsumerGroupDescribe(request) => ResponseKind::ConsumerGroupDescribe(
             consumer_groups::describe(context, request, version),
@@ -266,7 +266,7 @@ pub(crate) async fn dispatch(
             ResponseKind::FindCoordinator(coordinator::find(context, request, version))
         }
         RequestKind::OffsetCommit(request) => {
-            ResponseKind::OffsetCommit(coordinator::commit(context, request).await)
+            ResponseKind::OffsetCommit(coordinator::commit(context, request, version).await)
         }
         RequestKind::OffsetFetch(request) => {
             ResponseKind::OffsetFetch(coordinator::fetch_offsets(context, request, version))

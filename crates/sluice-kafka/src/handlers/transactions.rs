@@ -284,13 +284,22 @@ pub(crate) async fn commit_offsets(
         if owned {
             return Err(ResponseError::TransactionalIdAuthorizationFailed);
         }
+        if group.starts_with(sluice_core::SHARE_STATE_PREFIX) {
+            return Err(ResponseError::GroupAuthorizationFailed);
+        }
         // A member of a group (v3+, KIP-447) commits only in its current
-        // generation: a zombie of an older one is fenced.
-        if generation >= 0 {
-            broker
+        // generation, or of a consumer group (KIP-848) its current epoch:
+        // a zombie of an older one is fenced.
+        match broker
+            .consumer_groups()
+            .check_offset_commit(&group, &member, generation, None)
+        {
+            Some(checked) => checked.map_err(|err| errors::consumer_group_code(&err))?,
+            None if generation >= 0 => broker
                 .groups()
                 .check_commit(&group, generation, &member)
-                .map_err(errors::group_code)?;
+                .map_err(errors::group_code)?,
+            None => {}
         }
         if broker.offsets().txn_partition(&group).is_some() {
             // A cluster: the group's coordinator keeps them, pending until
