@@ -8,8 +8,10 @@ members send ShareFetch and ShareAcknowledge; the two may be different
 nodes. Two members, bootstrapped through different nodes, share one
 replicated partition (replication 3) in implicit mode: every record
 acknowledged with acks=all is delivered and accepted exactly once, and
-afterwards nothing is left for a new member. Deleted (DeleteGroups), the group's state
-is gone from every node: a group of the same id reads everything anew.
+afterwards nothing is left for a new member. Its start offset altered through the
+coordinator (AlterShareGroupOffsets), a member gets exactly the records from
+there; deleted (DeleteGroups), the group's state is gone from every node: a
+group of the same id reads everything anew.
 
 The test picks a group name whose coordinator is not the partition's leader
 (it computes each candidate's offsets partition, as Kafka does, and reads
@@ -29,6 +31,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer, ShareConsumer
 
 from common.broker import unique_name, wait_until
 from common.cluster import running_cluster
+from common.share_admin import NONE, alter_share_offsets, describe_share_offsets, until_empty
 from test_groups import OFFSETS_TOPIC, coordinator, offsets_partition
 from test_kafka_cluster import admin, layout
 from test_replication import create_replicated
@@ -248,6 +251,21 @@ def test_two_members_share_a_replicated_partition_led_away_from_the_coordinator_
     finally:
         late.close()
     assert not late.deliveries, f"a new member got records after all were accepted: {late.deliveries[:5]}"
+
+    # AlterShareGroupOffsets through the coordinator: the partition's leader
+    # (maybe another node) forgets what it held and loads the new start.
+    coordinator_node = cluster.node(found).bootstrap
+    assert until_empty(lambda: alter_share_offsets(coordinator_node, group, topic, {0: 150})) == (NONE, {0: NONE})
+    assert describe_share_offsets(coordinator_node, group) == (NONE, {topic: {0: (150, NONE)}})
+    moved = ShareMember(cluster.node(1).bootstrap, group, topic, "moved")
+    try:
+        drive([moved], lambda: len(moved.deliveries) >= 50, SETTLE_TIMEOUT_S, "the 50 records from offset 150")
+        run_for([moved], 0.5)
+        moved.commit()
+    finally:
+        moved.close()
+    assert sorted(o for _, o, _ in moved.deliveries) == list(range(150, 200)), moved.summary()
+    assert Counter(c for _, _, c in moved.deliveries) == {1: 50}, moved.summary()
 
     # Deleting the group deletes its state wherever it is kept (the
     # partition's leader, the state's coordinator): a group of the same id

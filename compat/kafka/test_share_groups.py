@@ -16,7 +16,11 @@ longer acknowledge it (INVALID_RECORD_STATE); a member that closes, or is
 killed, loses nothing: what it had not accepted goes to the others; with
 `share.auto.offset.reset` latest (the default) a group starts at the log end
 when it first fetches; the admin APIs list a share group, and a share group
-reads a topic beside a classic consumer group, each seeing every record.
+reads a topic beside a classic consumer group, each seeing every record;
+DescribeShareGroupOffsets shows a partition's start offset,
+AlterShareGroupOffsets moves it for an empty group (members then get exactly
+the records from there), DeleteShareGroupOffsets and DeleteGroups make the
+group start anew, even after kill -9.
 
 This module's broker runs with `share_auto_offset_reset = "earliest"` (so a
 test may produce before its members fetch), 2 s record locks and a delivery
@@ -45,6 +49,16 @@ import pytest
 from confluent_kafka import AcknowledgeType, ConsumerGroupType, KafkaError, ShareConsumer
 
 from common.broker import Broker, per_test_broker
+from common.share_admin import (
+    GROUP_ID_NOT_FOUND,
+    NON_EMPTY_GROUP,
+    NONE,
+    UNKNOWN_TOPIC_OR_PARTITION,
+    alter_share_offsets,
+    delete_share_offsets,
+    describe_share_offsets,
+    until_empty,
+)
 from support import (
     CLIENT_TIMEOUT_S,
     assert_all_delivered,
@@ -789,3 +803,40 @@ def test_deleting_a_share_group_forgets_its_state_and_clients_cannot_write_it(re
         again.close()
     assert sorted(again.values()) == sorted(produced), f"the deleted group's id read {again.deliveries}"
     assert {d.count for d in again.deliveries} == {1}, f"a group of the id starts anew: {again.deliveries}"
+
+
+def test_share_group_offsets_are_described_altered_and_deleted(broker, topic, group, share_members):
+    """The admin side of a share group, as `kafka-share-groups.sh` drives
+    it: Describe shows each partition's start offset; Alter (only while the
+    group is empty) moves it, and members then get exactly the records from
+    there, as first deliveries; Delete makes the partition start anew at
+    share.auto.offset.reset (earliest here)."""
+    create_topic_confluent(broker, topic, partitions=1)
+    produced = produce_values(broker, topic, "v", 10)
+    index = lambda d: int(d.value.decode().split("-")[1])  # noqa: E731
+    first = share_members(group, [topic], "first", lambda d: AcknowledgeType.ACCEPT if index(d) < 4 else None)
+    drive([first], lambda: first.holding, SETTLE_TIMEOUT_S, "the first member to hold a record")
+    first.commit()
+    assert sorted(o for _, o in first.acked) == [0, 1, 2, 3], state([first])
+    assert describe_share_offsets(broker.bootstrap, group) == (NONE, {topic: {0: (4, NONE)}})
+    assert alter_share_offsets(broker.bootstrap, group, topic, {0: 7})[0] == NON_EMPTY_GROUP, "the group has a member"
+    first.close()
+
+    assert until_empty(lambda: alter_share_offsets(broker.bootstrap, group, topic, {0: 7})) == (NONE, {0: NONE})
+    assert describe_share_offsets(broker.bootstrap, group) == (NONE, {topic: {0: (7, NONE)}})
+    assert alter_share_offsets(broker.bootstrap, group, "no-such-topic", {0: 1})[1] == {0: UNKNOWN_TOPIC_OR_PARTITION}
+    second = share_members(group, [topic], "second")
+    run_for([second], QUIET_S)
+    second.commit()
+    second.close()
+    assert sorted(second.values()) == [b"v-7", b"v-8", b"v-9"], second.deliveries
+    assert {d.count for d in second.deliveries} == {1}, second.deliveries
+
+    assert until_empty(lambda: delete_share_offsets(broker.bootstrap, group, topic)) == (NONE, NONE)
+    assert describe_share_offsets(broker.bootstrap, group) == (NONE, {})
+    third = share_members(group, [topic], "third")
+    drive([third], lambda: len(third.deliveries) >= 10, SETTLE_TIMEOUT_S, "every record once more")
+    assert sorted(third.values()) == sorted(produced), third.deliveries
+    assert {d.count for d in third.deliveries} == {1}, third.deliveries
+
+    assert describe_share_offsets(broker.bootstrap, unique_name("no-such-group"))[0] == GROUP_ID_NOT_FOUND

@@ -87,7 +87,7 @@ pub use partition::{
 };
 pub use producers::ProducerIds;
 pub use replication::ReplicationStats;
-pub use share_store::SHARE_STATE_PREFIX;
+pub use share_store::{SHARE_FORGET_PREFIX, SHARE_STATE_PREFIX, ShareAdminError};
 pub use topic_config::{
     CleanupPolicy, ConfigEntry, ConfigSource, ConfigType, FORWARD_EXCHANGE, FORWARD_ROUTING_KEY,
     FORWARD_START, FORWARD_VHOST, Forwarding, SHARE_DEAD_LETTER_EXCHANGE, SHARE_DEAD_LETTER_VHOST,

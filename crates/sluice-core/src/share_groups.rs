@@ -1020,6 +1020,7 @@ impl ShareGroups {
         if loaded(&lock(&self.partitions)) {
             return;
         }
+        let stored = stored.filter(|(_, text)| text != crate::share_store::DELETED_STATE);
         let restored = stored.and_then(|(start, text)| {
             let state = SharePartition::restore(start, &text, &topic);
             if state.is_none() {

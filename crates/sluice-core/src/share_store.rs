@@ -19,8 +19,27 @@ use crate::{Acks, Broker, CommittedOffset, Coordinator, CoreError, Undecodable};
 /// The offsets group that holds share group `group`'s state.
 pub const SHARE_STATE_PREFIX: &str = "__sluice_share-";
 
+/// DeleteGroups of `<this><group>` from another node: forget what is held
+/// in memory of share group `group` (its stored state was altered).
+pub const SHARE_FORGET_PREFIX: &str = "__sluice_share_forget-";
+
+/// The stored text of a share partition whose state was deleted
+/// (DeleteShareGroupOffsets): it starts anew at `share.auto.offset.reset`.
+pub(crate) const DELETED_STATE: &str = "deleted";
+
 fn state_group(group: &str) -> String {
     format!("{SHARE_STATE_PREFIX}{group}")
+}
+
+/// Why an admin change of a share group's offsets was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ShareAdminError {
+    #[error("the share group has members")]
+    NonEmpty,
+    #[error("no share group {0}")]
+    NotFound(String),
+    #[error(transparent)]
+    Core(#[from] CoreError),
 }
 
 impl Broker {
@@ -68,6 +87,154 @@ impl Broker {
             log_start,
             high_watermark,
         );
+        Ok(())
+    }
+
+    /// Writes `offsets` (topic, partition, state text) to `group`'s stored
+    /// share state through its coordinator (blocking).
+    fn write_shares(
+        &self,
+        group: &str,
+        offsets: &[(String, i32, CommittedOffset)],
+    ) -> Result<(), CoreError> {
+        let key = state_group(group);
+        match self.offsets().coordinator(&key) {
+            Coordinator::Here => self.offsets().commit(&key, offsets),
+            Coordinator::Node(node) => match self.transactions().peers() {
+                Some(peers) => peers.commit_offsets(node, &key, offsets),
+                None => Err(CoreError::Internal {
+                    reason: format!("no link to node {node}"),
+                }),
+            },
+            Coordinator::Unavailable => Err(CoreError::Internal {
+                reason: "the coordinator is not available".to_owned(),
+            }),
+        }
+    }
+
+    /// Every node forgets what it holds in memory of `group`'s share
+    /// partitions, so that their leaders load the stored state afresh.
+    /// Blocking.
+    ///
+    /// # Errors
+    /// A node that could not be told (it would serve what it holds).
+    fn forget_share_state_everywhere(&self, group: &str) -> Result<(), CoreError> {
+        {
+            let _storing = self.share_groups().storing();
+            self.share_groups().forget_partitions(group);
+        }
+        let Some(peers) = self.transactions().peers() else {
+            return Ok(());
+        };
+        let own = self.node_id();
+        let key = format!("{SHARE_FORGET_PREFIX}{group}");
+        for node in self
+            .topics()
+            .metadata()
+            .brokers()
+            .into_iter()
+            .map(|b| b.node)
+        {
+            if node != own {
+                peers.delete_group(node, &key)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The share-partition start offsets stored for `group` (Kafka's
+    /// DescribeShareGroupOffsets): (topic, partition, start). Blocking.
+    ///
+    /// # Errors
+    /// [`ShareAdminError::NotFound`] for a group neither here nor stored,
+    /// and the coordinator's.
+    pub fn share_start_offsets(
+        &self,
+        group: &str,
+    ) -> Result<Vec<(String, i32, i64)>, ShareAdminError> {
+        let stored = self.stored_shares(group)?;
+        if stored.is_empty() && self.share_groups().exists(group).is_none() {
+            return Err(ShareAdminError::NotFound(group.to_owned()));
+        }
+        Ok(stored
+            .into_iter()
+            .filter(|(_, _, c)| c.metadata.as_deref() != Some(DELETED_STATE))
+            .map(|(topic, partition, c)| (topic, partition, c.offset))
+            .collect())
+    }
+
+    /// Sets the start offsets of an empty share group's partitions (Kafka's
+    /// AlterShareGroupOffsets): nothing in flight, every record from
+    /// `start` on delivered anew. `offsets`: (topic, its id, partition,
+    /// start). Blocking.
+    ///
+    /// # Errors
+    /// [`ShareAdminError::NonEmpty`] while it has members, the
+    /// coordinator's and the links'.
+    pub fn alter_share_offsets(
+        &self,
+        group: &str,
+        offsets: &[(String, TopicId, i32, i64)],
+    ) -> Result<(), ShareAdminError> {
+        if self.share_groups().exists(group) == Some(true) {
+            return Err(ShareAdminError::NonEmpty);
+        }
+        self.forget_share_state_everywhere(group)?;
+        let written: Vec<(String, i32, CommittedOffset)> = offsets
+            .iter()
+            .map(|(topic, id, partition, start)| {
+                let (start, text) = crate::share_groups::SharePartition::new(*start).snapshot(id);
+                (
+                    topic.clone(),
+                    *partition,
+                    CommittedOffset {
+                        offset: start,
+                        leader_epoch: -1,
+                        metadata: Some(text),
+                    },
+                )
+            })
+            .collect();
+        self.write_shares(group, &written)?;
+        Ok(())
+    }
+
+    /// Deletes the share state of every partition of `topics` for an empty
+    /// share group (Kafka's DeleteShareGroupOffsets): they start anew at
+    /// `share.auto.offset.reset`. Blocking.
+    ///
+    /// # Errors
+    /// As [`Broker::alter_share_offsets`], and
+    /// [`ShareAdminError::NotFound`] for a group neither here nor stored.
+    pub fn delete_share_offsets(
+        &self,
+        group: &str,
+        topics: &[String],
+    ) -> Result<(), ShareAdminError> {
+        if self.share_groups().exists(group) == Some(true) {
+            return Err(ShareAdminError::NonEmpty);
+        }
+        let stored = self.stored_shares(group)?;
+        if stored.is_empty() && self.share_groups().exists(group).is_none() {
+            return Err(ShareAdminError::NotFound(group.to_owned()));
+        }
+        self.forget_share_state_everywhere(group)?;
+        let deleted: Vec<(String, i32, CommittedOffset)> = stored
+            .into_iter()
+            .filter(|(topic, _, _)| topics.contains(topic))
+            .map(|(topic, partition, _)| {
+                (
+                    topic,
+                    partition,
+                    CommittedOffset {
+                        offset: -1,
+                        leader_epoch: -1,
+                        metadata: Some(DELETED_STATE.to_owned()),
+                    },
+                )
+            })
+            .collect();
+        self.write_shares(group, &deleted)?;
         Ok(())
     }
 
@@ -133,6 +300,11 @@ impl Broker {
     /// # Errors
     /// The offsets log's.
     pub fn forget_share_state(&self, key: &str) -> Result<(), CoreError> {
+        if let Some(group) = key.strip_prefix(SHARE_FORGET_PREFIX) {
+            let _storing = self.share_groups().storing();
+            self.share_groups().forget_partitions(group);
+            return Ok(());
+        }
         let Some(group) = key.strip_prefix(SHARE_STATE_PREFIX) else {
             return Ok(());
         };
@@ -173,7 +345,6 @@ impl Broker {
             let Some(name) = catalog.name_of(&topic).map(str::to_owned) else {
                 continue; // the topic is gone
             };
-            let key = state_group(&group);
             let offsets = [(
                 name,
                 partition,
@@ -183,19 +354,7 @@ impl Broker {
                     metadata: Some(text),
                 },
             )];
-            let stored = match self.offsets().coordinator(&key) {
-                Coordinator::Here => self.offsets().commit(&key, &offsets),
-                Coordinator::Node(node) => match self.transactions().peers() {
-                    Some(peers) => peers.commit_offsets(node, &key, &offsets),
-                    None => Err(CoreError::Internal {
-                        reason: format!("no link to node {node}"),
-                    }),
-                },
-                Coordinator::Unavailable => Err(CoreError::Internal {
-                    reason: "the coordinator is not available".to_owned(),
-                }),
-            };
-            if let Err(error) = stored {
+            if let Err(error) = self.write_shares(&group, &offsets) {
                 tracing::warn!(%error, group, partition, "share-partition state not stored yet");
                 self.share_groups().mark_dirty(&group, topic, partition);
             }

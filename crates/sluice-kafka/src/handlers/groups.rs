@@ -17,7 +17,7 @@ use kafka_protocol::messages::{
     SyncGroupResponse,
 };
 use kafka_protocol::protocol::StrBytes;
-use sluice_core::{GroupError, JoinRequest, SHARE_STATE_PREFIX};
+use sluice_core::{GroupError, JoinRequest, SHARE_FORGET_PREFIX, SHARE_STATE_PREFIX};
 
 use super::{Context, blocking};
 use crate::errors;
@@ -340,7 +340,9 @@ pub(crate) async fn delete(
             .groups_names
             .into_iter()
             .map(|group_id| {
-                if group_id.starts_with(SHARE_STATE_PREFIX) {
+                if group_id.starts_with(SHARE_STATE_PREFIX)
+                    || group_id.starts_with(SHARE_FORGET_PREFIX)
+                {
                     // The broker's own: only another node deletes it, for a
                     // share group deleted there.
                     let code = if !inter_node {

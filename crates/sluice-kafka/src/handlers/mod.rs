@@ -23,6 +23,7 @@ mod list_offsets;
 mod metadata;
 pub(crate) mod produce;
 mod replicas;
+mod share_admin;
 mod share_groups;
 mod topics;
 mod transactions;
@@ -116,6 +117,9 @@ pub(crate) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ShareGroupDescribe, 1, 1),
     (ApiKey::ShareFetch, 1, 1),
     (ApiKey::ShareAcknowledge, 1, 1),
+    (ApiKey::DescribeShareGroupOffsets, 0, 0),
+    (ApiKey::AlterShareGroupOffsets, 0, 0),
+    (ApiKey::DeleteShareGroupOffsets, 0, 0),
 ];
 
 pub(crate) fn supported_versions(api: ApiKey) -> Option<(i16, i16)> {
@@ -232,6 +236,15 @@ pub(crate) async fn dispatch(
         }
         RequestKind::ShareAcknowledge(request) => ResponseKind::ShareAcknowledge(
             share_groups::acknowledge_request(context, request).await,
+        ),
+        RequestKind::DescribeShareGroupOffsets(request) => ResponseKind::DescribeShareGroupOffsets(
+            share_admin::describe_offsets(context, request).await,
+        ),
+        RequestKind::AlterShareGroupOffsets(request) => {
+            ResponseKind::AlterShareGroupOffsets(share_admin::alter_offsets(context, request).await)
+        }
+        RequestKind::DeleteShareGroupOffsets(request) => ResponseKind::DeleteShareGroupOffsets(
+            share_admin::delete_offsets(context, request).await,
         ),
         RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions::handle()),
         RequestKind::Metadata(request) => {

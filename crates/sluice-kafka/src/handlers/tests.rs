@@ -231,6 +231,31 @@ fn requests(round: usize) -> Vec<RequestKind> {
                 .with_member_id(Some(StrBytes::from_static_str("nobody")))
                 .with_share_session_epoch(1),
         ),
+        RequestKind::DescribeShareGroupOffsets(
+            kafka_protocol::messages::DescribeShareGroupOffsetsRequest::default().with_groups(vec![
+                kafka_protocol::messages::describe_share_group_offsets_request::DescribeShareGroupOffsetsRequestGroup::default()
+                    .with_group_id(GroupId(StrBytes::from_string(format!("share-{round}")))),
+            ]),
+        ),
+        RequestKind::AlterShareGroupOffsets(
+            kafka_protocol::messages::AlterShareGroupOffsetsRequest::default()
+                .with_group_id(GroupId(StrBytes::from_string(format!("share-{round}"))))
+                .with_topics(vec![
+                    kafka_protocol::messages::alter_share_group_offsets_request::AlterShareGroupOffsetsRequestTopic::default()
+                        .with_topic_name(topic("t"))
+                        .with_partitions(vec![
+                            kafka_protocol::messages::alter_share_group_offsets_request::AlterShareGroupOffsetsRequestPartition::default(),
+                        ]),
+                ]),
+        ),
+        RequestKind::DeleteShareGroupOffsets(
+            kafka_protocol::messages::DeleteShareGroupOffsetsRequest::default()
+                .with_group_id(GroupId(StrBytes::from_string(format!("share-{round}"))))
+                .with_topics(vec![
+                    kafka_protocol::messages::delete_share_group_offsets_request::DeleteShareGroupOffsetsRequestTopic::default()
+                        .with_topic_name(topic("t")),
+                ]),
+        ),
         RequestKind::DescribeGroups(
             DescribeGroupsRequest::default().with_groups(vec![group(), GroupId(StrBytes::from_static_str("g"))]),
         ),
@@ -433,6 +458,9 @@ fn api_of(request: &RequestKind) -> ApiKey {
         RequestKind::ShareGroupDescribe(_) => ApiKey::ShareGroupDescribe,
         RequestKind::ShareFetch(_) => ApiKey::ShareFetch,
         RequestKind::ShareAcknowledge(_) => ApiKey::ShareAcknowledge,
+        RequestKind::DescribeShareGroupOffsets(_) => ApiKey::DescribeShareGroupOffsets,
+        RequestKind::AlterShareGroupOffsets(_) => ApiKey::AlterShareGroupOffsets,
+        RequestKind::DeleteShareGroupOffsets(_) => ApiKey::DeleteShareGroupOffsets,
         RequestKind::DescribeGroups(_) => ApiKey::DescribeGroups,
         RequestKind::DeleteGroups(_) => ApiKey::DeleteGroups,
         RequestKind::ElectLeaders(_) => ApiKey::ElectLeaders,
