@@ -8,6 +8,7 @@ Every wait here has a deadline; nothing loops without a bound.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 
 from common.broker import Broker, wait_until  # noqa: F401 (wait_until: for the tests)
 from common.broker import unique_name as _unique_name
@@ -143,3 +144,58 @@ def create_topic_confluent(broker: Broker, name: str, partitions: int = 1, confi
 
 
 # --- raw Kafka framing ---------------------------------------------------------------
+
+
+@contextmanager
+def closing_all(make):
+    """Yields a factory that calls `make(*args, **kwargs)` and remembers
+    what it made; at exit every one of them is closed (errors of one close
+    do not keep the rest open). For fixtures that hand a test its members."""
+    made = []
+
+    def factory(*args, **kwargs):
+        made.append(make(*args, **kwargs))
+        return made[-1]
+
+    try:
+        yield factory
+    finally:
+        for thing in made:
+            try:
+                thing.close()
+            except Exception:  # noqa: BLE001 - teardown must close the rest
+                pass
+
+
+class ClassicPoller:
+    """A kafka-python consumer of a classic group on `topic`, from the
+    earliest offset, polled by the test thread beside other members
+    (`poll` as a drive loop's `extra`): keeps what it read, commits after
+    every batch."""
+
+    def __init__(self, broker: Broker, topic: str, group: str):
+        from kafka import KafkaConsumer
+
+        self.seen: list[bytes] = []
+        self.consumer = KafkaConsumer(
+            topic,
+            bootstrap_servers=broker.bootstrap,
+            group_id=group,
+            client_id="kafka-python",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=500,
+            max_poll_interval_ms=30000,
+            request_timeout_ms=30000,
+        )
+
+    def poll(self) -> None:
+        batch = self.consumer.poll(timeout_ms=50)
+        for records in batch.values():
+            self.seen.extend(record.value for record in records)
+        if batch:
+            self.consumer.commit()
+
+    def close(self) -> None:
+        self.consumer.close(autocommit=False)

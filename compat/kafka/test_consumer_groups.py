@@ -42,6 +42,7 @@ from confluent_kafka import (
 
 from support import (
     CLIENT_TIMEOUT_S,
+    closing_all,
     confluent_admin,
     confluent_config,
     confluent_producer,
@@ -137,21 +138,8 @@ class Member:
 @pytest.fixture
 def members(broker):
     """Makes Members; closes whatever is left open when the test ends."""
-    made: list[Member] = []
-
-    def make(group, topic, name, **extra) -> Member:
-        member = Member(broker, group, topic, name, **extra)
-        made.append(member)
-        return member
-
-    try:
+    with closing_all(lambda group, topic, name, **extra: Member(broker, group, topic, name, **extra)) as make:
         yield make
-    finally:
-        for member in made:
-            try:
-                member.close()
-            except Exception:  # noqa: BLE001 - teardown must close the rest
-                pass
 
 
 class Feeder:
@@ -721,18 +709,8 @@ class RawMember:
 
 @pytest.fixture
 def raw_members(broker):
-    made: list[RawMember] = []
-
-    def make(group) -> RawMember:
-        member = RawMember(broker, group)
-        made.append(member)
-        return member
-
-    try:
+    with closing_all(lambda group: RawMember(broker, group)) as make:
         yield make
-    finally:
-        for member in made:
-            member.close()
 
 
 def test_commits_are_checked_against_member_and_generation(broker, topic, group, raw_members):

@@ -48,7 +48,9 @@ from confluent_kafka import (
 from common.broker import Broker, per_test_broker
 from support import (
     CLIENT_TIMEOUT_S,
+    ClassicPoller,
     assert_all_delivered,
+    closing_all,
     confluent_admin,
     confluent_config,
     confluent_producer,
@@ -192,22 +194,9 @@ def members(request):
     """Makes Members of the test's broker (`fresh_broker` if the test asked
     for one, else the module's); closes whatever is left open when the test
     ends."""
-    made: list[Member] = []
     broker = request.getfixturevalue("fresh_broker" if "fresh_broker" in request.fixturenames else "broker")
-
-    def make(group, topics, name, **extra) -> Member:
-        member = Member(broker, group, topics, name, **extra)
-        made.append(member)
-        return member
-
-    try:
+    with closing_all(lambda group, topics, name, **extra: Member(broker, group, topics, name, **extra)) as make:
         yield make
-    finally:
-        for member in made:
-            try:
-                member.close()
-            except Exception:  # noqa: BLE001 - teardown must close the rest
-                pass
 
 
 class Ownership:
@@ -546,39 +535,17 @@ def test_a_killed_member_loses_its_partitions_after_the_session_timeout(broker, 
 
 
 def test_classic_and_consumer_groups_share_a_topic_and_are_listed_with_their_types(broker, topic, members):
-    from kafka import KafkaConsumer
-
     create_topic_confluent(broker, topic, partitions=2)
     produced = produce_values(broker, topic, "v", 100)
     classic_group, consumer_group = unique_name("group-classic"), unique_name("group-consumer")
-    classic = KafkaConsumer(
-        topic,
-        bootstrap_servers=broker.bootstrap,
-        group_id=classic_group,
-        client_id="kafka-python",
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        session_timeout_ms=6000,
-        heartbeat_interval_ms=500,
-        max_poll_interval_ms=30000,
-        request_timeout_ms=30000,
-    )
-    classic_seen: list[bytes] = []
-
-    def poll_classic():
-        batch = classic.poll(timeout_ms=50)
-        for records in batch.values():
-            classic_seen.extend(record.value for record in records)
-        if batch:
-            classic.commit()
-
+    classic = ClassicPoller(broker, topic, classic_group)
     try:
         member = members(consumer_group, [topic], "librdkafka")
-        drive([member], lambda: len(member.seen) >= 100 and len(classic_seen) >= 100, SETTLE_TIMEOUT_S,
-              "both groups to read all 100 records", extra=poll_classic)
-        run_for([member], 1.0, extra=poll_classic)
+        drive([member], lambda: len(member.seen) >= 100 and len(classic.seen) >= 100, SETTLE_TIMEOUT_S,
+              "both groups to read all 100 records", extra=classic.poll)
+        run_for([member], 1.0, extra=classic.poll)
         assert sorted(member.values()) == sorted(produced), "the consumer-protocol group"
-        assert sorted(classic_seen) == sorted(produced), "the classic group"
+        assert sorted(classic.seen) == sorted(produced), "the classic group"
 
         admin = confluent_admin(broker)
         groups = listed(admin)
@@ -600,7 +567,7 @@ def test_classic_and_consumer_groups_share_a_topic_and_are_listed_with_their_typ
         assert described.type == ConsumerGroupType.CLASSIC, f"the classic group described as {described.type}"
         assert [m.client_id for m in described.members] == ["kafka-python"]
     finally:
-        classic.close(autocommit=False)
+        classic.close()
 
 
 def test_describe_shows_a_consumer_groups_members_and_their_assignments(broker, topic, group, members):

@@ -61,7 +61,9 @@ from common.share_admin import (
 )
 from support import (
     CLIENT_TIMEOUT_S,
+    ClassicPoller,
     assert_all_delivered,
+    closing_all,
     confluent_admin,
     confluent_config,
     confluent_producer,
@@ -218,22 +220,13 @@ def share_members(request):
     """Makes ShareMembers of the test's broker (`latest_broker` if the test
     asked for it, else the module's); closes whatever is left open when the
     test ends."""
-    made: list[ShareMember] = []
     broker = request.getfixturevalue("latest_broker" if "latest_broker" in request.fixturenames else "broker")
 
     def make(group, topics, name, policy=None, **extra) -> ShareMember:
-        member = ShareMember(broker, group, topics, name, policy, **extra)
-        made.append(member)
-        return member
+        return ShareMember(broker, group, topics, name, policy, **extra)
 
-    try:
-        yield make
-    finally:
-        for member in made:
-            try:
-                member.close()
-            except Exception:  # noqa: BLE001 - teardown must close the rest
-                pass
+    with closing_all(make) as factory:
+        yield factory
 
 
 def drive(active, until, timeout: float, what: str, extra=None) -> None:
@@ -640,46 +633,24 @@ def test_admin_clients_list_a_share_group(broker, topic, group, share_members):
 
 
 def test_a_share_group_and_a_classic_group_each_see_every_record(broker, topic, group, share_members):
-    from kafka import KafkaConsumer
-
     create_topic_confluent(broker, topic, partitions=2)
     produced = produce_values(broker, topic, "first", 60, partitions=2)
-    classic = KafkaConsumer(
-        topic,
-        bootstrap_servers=broker.bootstrap,
-        group_id=unique_name("group-classic"),
-        client_id="kafka-python",
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        session_timeout_ms=6000,
-        heartbeat_interval_ms=500,
-        max_poll_interval_ms=30000,
-        request_timeout_ms=30000,
-    )
-    classic_seen: list[bytes] = []
-
-    def poll_classic():
-        batch = classic.poll(timeout_ms=50)
-        for records in batch.values():
-            classic_seen.extend(record.value for record in records)
-        if batch:
-            classic.commit()
-
+    classic = ClassicPoller(broker, topic, unique_name("group-classic"))
     try:
         pair = [share_members(group, [topic], f"share-{i}") for i in range(2)]
-        drive(pair, lambda: len(seen(pair)) >= 60 and len(classic_seen) >= 60, SETTLE_TIMEOUT_S,
-              "both groups to read the first 60 records", extra=poll_classic)
+        drive(pair, lambda: len(seen(pair)) >= 60 and len(classic.seen) >= 60, SETTLE_TIMEOUT_S,
+              "both groups to read the first 60 records", extra=classic.poll)
         produced.update(produce_values(broker, topic, "second", 40, partitions=2))
-        drive(pair, lambda: len(seen(pair)) >= 100 and len(classic_seen) >= 100, SETTLE_TIMEOUT_S,
-              "both groups to read the 40 records produced while they run", extra=poll_classic)
-        run_for(pair, 1.0, extra=poll_classic)
+        drive(pair, lambda: len(seen(pair)) >= 100 and len(classic.seen) >= 100, SETTLE_TIMEOUT_S,
+              "both groups to read the 40 records produced while they run", extra=classic.poll)
+        run_for(pair, 1.0, extra=classic.poll)
         for member in pair:
             member.commit()
     finally:
-        classic.close(autocommit=False)
+        classic.close()
 
-    assert sorted(classic_seen) == sorted(produced), (
-        f"the classic group read {len(classic_seen)}: missing {sorted(set(produced) - set(classic_seen))[:5]}"
+    assert sorted(classic.seen) == sorted(produced), (
+        f"the classic group read {len(classic.seen)}: missing {sorted(set(produced) - set(classic.seen))[:5]}"
     )
     shared = seen(pair)
     assert sorted(shared) == sorted(produced), (
