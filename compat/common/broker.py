@@ -311,11 +311,12 @@ def _running_broker(data_dir, name: str, settings: dict[str, str] | None = None)
         instance.stop()
 
 
-def module_broker(tmp_path_factory, request):
+def module_broker(tmp_path_factory, request, settings: dict[str, str] | None = None):
     """A started broker for the requesting test module (pytest's
-    tmp_path_factory and request)."""
+    tmp_path_factory and request), with configuration `settings` given as
+    `--set`."""
     module = request.module.__name__.rsplit(".", 1)[-1]
-    return _running_broker(tmp_path_factory.mktemp(module) / "data", f"broker[{module}]")
+    return _running_broker(tmp_path_factory.mktemp(module) / "data", f"broker[{module}]", settings)
 
 
 def per_test_broker(tmp_path, request, settings: dict[str, str] | None = None):

@@ -45,7 +45,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from common.broker import Broker, per_test_broker
+from common.broker import module_broker, per_test_broker
 from support import (
     CLIENT_TIMEOUT_S,
     ClassicPoller,
@@ -82,18 +82,10 @@ SETTLE_TIMEOUT_S = 30.0
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory):
+def broker(tmp_path_factory, request):
     """This module's broker, with the consumer-group timing above."""
-    instance = Broker(
-        tmp_path_factory.mktemp("test_consumer_protocol") / "data",
-        name="broker[test_consumer_protocol]",
-        settings=BROKER_SETTINGS,
-    )
-    instance.start()
-    try:
+    with module_broker(tmp_path_factory, request, BROKER_SETTINGS) as instance:
         yield instance
-    finally:
-        instance.stop()
 
 
 @pytest.fixture

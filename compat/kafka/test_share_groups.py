@@ -48,7 +48,7 @@ from collections import Counter, defaultdict
 import pytest
 from confluent_kafka import AcknowledgeType, ConsumerGroupType, KafkaError, ShareConsumer
 
-from common.broker import Broker, per_test_broker
+from common.broker import module_broker, per_test_broker
 from common.share_admin import (
     GROUP_ID_NOT_FOUND,
     NON_EMPTY_GROUP,
@@ -87,18 +87,10 @@ QUIET_S = LOCK_S + 1.0
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory):
+def broker(tmp_path_factory, request):
     """This module's broker: earliest reset, 2 s locks, delivery limit 3."""
-    instance = Broker(
-        tmp_path_factory.mktemp("test_share_groups") / "data",
-        name="broker[test_share_groups]",
-        settings=BROKER_SETTINGS,
-    )
-    instance.start()
-    try:
+    with module_broker(tmp_path_factory, request, BROKER_SETTINGS) as instance:
         yield instance
-    finally:
-        instance.stop()
 
 
 @pytest.fixture
