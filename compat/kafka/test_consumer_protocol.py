@@ -15,7 +15,8 @@ back gets its own partitions back without disturbing the others; a regex
 subscription is resolved by the broker, also for a topic created later;
 classic and consumer groups share a topic, and the admin API lists them with
 their types (ListGroups v5) and describes a consumer group with its members
-and their assignments (ConsumerGroupDescribe).
+and their assignments (ConsumerGroupDescribe); a member beyond
+`kafka.group_consumer_max_size` is refused with GROUP_MAX_SIZE_REACHED.
 
 The broker runs with a consumer heartbeat interval of 500 ms and a consumer
 session timeout of 6 s (`BROKER_SETTINGS`, Kafka's
@@ -595,13 +596,12 @@ def test_describe_shows_a_consumer_groups_members_and_their_assignments(broker, 
     assert emptied.type == ConsumerGroupType.CONSUMER and not emptied.members, (emptied.type, emptied.members)
 
 
-def test_an_unknown_server_assignor_is_fatal_and_range_is_accepted(broker, topic, members):
-    create_topic_confluent(broker, topic, partitions=2)
-    produced = produce_values(broker, topic, "v", 20)
-
-    refused = members(unique_name("group-nope"), [topic], "nope", **{"group.remote.assignor": "nope"})
-    # librdkafka hands a consumer's fatal error to poll() as _FATAL (not to
-    # error_cb); the text names the broker's error.
+def refused_with(refused: Member, code: int, what: str) -> None:
+    """Polls `refused` until the broker's refusal `code` reaches it as a
+    fatal error (librdkafka hands a consumer's fatal error to poll() as
+    _FATAL, not to error_cb, its text naming the broker's error) or as a
+    client error; fails if it never does, or if the member consumed or was
+    given anything meanwhile."""
     fatal: list[str] = []
     deadline = time.monotonic() + SETTLE_TIMEOUT_S
     while not fatal and time.monotonic() < deadline:
@@ -613,15 +613,23 @@ def test_an_unknown_server_assignor_is_fatal_and_range_is_accepted(broker, topic
         if msg is not None and msg.error() and msg.error().code() == KafkaError._FATAL:
             fatal.append(msg.error().str())
         elif msg is not None and not msg.error():
-            raise AssertionError(f"a member with an unknown assignor consumed {msg.value()}")
-        fatal += [e.str() for e in refused.errors if e.fatal() or e.code() == KafkaError.UNSUPPORTED_ASSIGNOR]
+            raise AssertionError(f"{refused.name} ({what}) consumed {msg.value()}")
+        fatal += [e.str() for e in refused.errors if e.fatal() or e.code() == code]
     assert fatal, (
-        f"no fatal error within {SETTLE_TIMEOUT_S} s for group.remote.assignor=nope; "
+        f"no fatal error within {SETTLE_TIMEOUT_S} s for {what}; "
         f"client errors {[str(e) for e in refused.errors]}, events {refused.events}"
     )
-    expected = KafkaError(KafkaError.UNSUPPORTED_ASSIGNOR).str()
-    assert expected in fatal[0], f"fatal error {fatal[0]!r}, expected UNSUPPORTED_ASSIGNOR ({expected!r})"
+    expected = KafkaError(code).str()
+    assert expected in fatal[0], f"fatal error {fatal[0]!r}, expected {expected!r}"
     assert not refused.owned, f"the refused member was given {sorted(refused.owned)}"
+
+
+def test_an_unknown_server_assignor_is_fatal_and_range_is_accepted(broker, topic, members):
+    create_topic_confluent(broker, topic, partitions=2)
+    produced = produce_values(broker, topic, "v", 20)
+
+    refused = members(unique_name("group-nope"), [topic], "nope", **{"group.remote.assignor": "nope"})
+    refused_with(refused, KafkaError.UNSUPPORTED_ASSIGNOR, "group.remote.assignor=nope")
 
     range_group = unique_name("group-range")
     ranged = members(range_group, [topic], "range", **{"group.remote.assignor": "range"})
@@ -683,3 +691,20 @@ def test_a_member_open_across_a_broker_restart_rejoins_and_reads_on(fresh_broker
     )
     assert not member.commit_errors, commit_error_summary([member])
     assert group_offsets(admin, group, topic, 2) == end_offsets(broker, topic, 2)
+
+
+def test_a_member_beyond_the_groups_maximum_size_is_refused(tmp_path, request, topic, group):
+    """`kafka.group_consumer_max_size` (Kafka's group.consumer.max.size): a
+    third member of a group capped at two gets GROUP_MAX_SIZE_REACHED and
+    nothing of the topic; the two split it."""
+    settings = {**BROKER_SETTINGS, "kafka.group_consumer_max_size": "2"}
+    with per_test_broker(tmp_path, request, settings) as broker:
+        create_topic_confluent(broker, topic, partitions=4)
+        produce_values(broker, topic, "v", 20)
+        with closing_all(lambda name: Member(broker, group, [topic], name)) as make:
+            pair = [make(f"member-{i}") for i in range(2)]
+            drive(pair, lambda: balanced(pair, 4), SETTLE_TIMEOUT_S, "two members to own two partitions each")
+            third = make("third")
+            refused_with(third, KafkaError.GROUP_MAX_SIZE_REACHED, "a third member of a group of at most two")
+            run_for(pair, 1.0)
+            assert balanced(pair, 4), [sorted(m.partitions()) for m in pair]

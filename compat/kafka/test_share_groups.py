@@ -25,8 +25,8 @@ group start anew, even after kill -9.
 This module's broker runs with `share_auto_offset_reset = "earliest"` (so a
 test may produce before its members fetch), 2 s record locks and a delivery
 limit of 3 (`BROKER_SETTINGS`); the test of `latest` has a broker of its own
-with the default reset. Share heartbeats come every 5 s (fixed in this
-build); nothing here waits for one. Members are polled by the test thread
+with the default reset. Share heartbeats come every 5 s (the default
+`kafka.group_share_heartbeat_interval`); nothing here waits for one. Members are polled by the test thread
 in bounded loops; librdkafka fetches only inside poll() (one ShareFetch in
 flight per member), and in implicit mode sends the previous poll's ACCEPTs
 with the next ShareFetch or commit. What a member acknowledged is taken

@@ -1047,6 +1047,11 @@ mod tests {
                 "kafka.group_consumer_heartbeat_interval=\"1m\"",
                 "less than kafka.group_consumer_session_timeout",
             ),
+            (
+                "kafka.group_share_heartbeat_interval=\"1m\"",
+                "less than kafka.group_share_session_timeout",
+            ),
+            ("kafka.group_consumer_max_size=0", "from 1 to 2147483647"),
         ] {
             let message = ConfigLoader::new()
                 .set(assignment)

@@ -205,6 +205,16 @@ pub struct KafkaConfig {
     /// first the default (Kafka's `group.consumer.assignors`): `uniform`
     /// and `range`.
     pub group_consumer_assignors: String,
+    /// Most members of one consumer group of the new protocol; a join
+    /// beyond gets GROUP_MAX_SIZE_REACHED (Kafka's
+    /// `group.consumer.max.size`).
+    pub group_consumer_max_size: u32,
+    /// A share group member not heard from for this long leaves (Kafka's
+    /// `group.share.session.timeout.ms`).
+    pub group_share_session_timeout: HumanDuration,
+    /// How often share group members heartbeat (Kafka's
+    /// `group.share.heartbeat.interval.ms`).
+    pub group_share_heartbeat_interval: HumanDuration,
     /// How long a record fetched by a share group member stays acquired
     /// (Kafka's `group.share.record.lock.duration.ms`).
     pub group_share_record_lock_duration: HumanDuration,
@@ -246,6 +256,9 @@ impl Default for KafkaConfig {
             group_consumer_session_timeout: HumanDuration::from_secs(45),
             group_consumer_heartbeat_interval: HumanDuration::from_secs(5),
             group_consumer_assignors: "uniform,range".to_owned(),
+            group_consumer_max_size: MAX_GROUP_SIZE,
+            group_share_session_timeout: HumanDuration::from_secs(45),
+            group_share_heartbeat_interval: HumanDuration::from_secs(5),
             group_share_record_lock_duration: HumanDuration::from_secs(30),
             group_share_delivery_count_limit: 5,
             group_share_max_record_locks: 2000,
@@ -632,6 +645,18 @@ pub const KEYS: &[KeyDoc] = &[
         description: "Server-side assignors of the new consumer group protocol, comma-separated, the first the default: uniform, range",
     },
     KeyDoc {
+        key: "kafka.group_consumer_max_size",
+        description: "Most members of one consumer group of the new protocol; a join beyond is refused (GROUP_MAX_SIZE_REACHED)",
+    },
+    KeyDoc {
+        key: "kafka.group_share_session_timeout",
+        description: "A share group member not heard from for this long leaves, and what it holds is released",
+    },
+    KeyDoc {
+        key: "kafka.group_share_heartbeat_interval",
+        description: "How often share group members heartbeat (less than the share session timeout)",
+    },
+    KeyDoc {
         key: "kafka.group_share_record_lock_duration",
         description: "How long a record fetched by a share group member stays acquired before it is available again (1s to 1h)",
     },
@@ -770,6 +795,8 @@ pub fn env_var_name(key: &str) -> String {
 
 /// Smallest segment: tests roll often with tiny segments, but a segment must
 /// hold at least one index interval of data to be useful.
+/// Kafka's `group.consumer.max.size` default and ceiling (an int32).
+const MAX_GROUP_SIZE: u32 = 2_147_483_647;
 const MIN_SEGMENT_BYTES: ByteSize = ByteSize::kib(1);
 /// Largest segment: index entries store a file position in 32 bits, and a
 /// batch may start just below this limit.
@@ -923,6 +950,26 @@ impl Config {
                 format!(
                     "kafka.group_consumer_heartbeat_interval must be more than 0s and less than kafka.group_consumer_session_timeout ({}, at most 24d), got {}",
                     kafka.group_consumer_session_timeout, kafka.group_consumer_heartbeat_interval
+                ),
+            );
+        }
+        if kafka.group_consumer_max_size == 0 || kafka.group_consumer_max_size > MAX_GROUP_SIZE {
+            problem(
+                "kafka.group_consumer_max_size",
+                format!(
+                    "kafka.group_consumer_max_size must be from 1 to 2147483647, got {}",
+                    kafka.group_consumer_max_size
+                ),
+            );
+        }
+        let session = kafka.group_share_session_timeout.get();
+        let interval = kafka.group_share_heartbeat_interval.get();
+        if interval.is_zero() || interval >= session || session.as_millis() > i32::MAX as u128 {
+            problem(
+                "kafka.group_share_heartbeat_interval",
+                format!(
+                    "kafka.group_share_heartbeat_interval must be more than 0s and less than kafka.group_share_session_timeout ({}, at most 24d), got {}",
+                    kafka.group_share_session_timeout, kafka.group_share_heartbeat_interval
                 ),
             );
         }

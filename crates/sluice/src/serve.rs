@@ -112,12 +112,14 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
                 .split(',')
                 .filter_map(|name| Assignor::parse(name.trim()))
                 .collect(),
-            ..ConsumerGroupSettings::default()
+            max_size: config.kafka.group_consumer_max_size as usize,
         },
         share_groups: ShareSettings {
             lock_duration: config.kafka.group_share_record_lock_duration.get(),
             delivery_limit: config.kafka.group_share_delivery_count_limit,
             max_record_locks: config.kafka.group_share_max_record_locks as usize,
+            session_timeout: config.kafka.group_share_session_timeout.get(),
+            heartbeat_interval: config.kafka.group_share_heartbeat_interval.get(),
             // Validated by the configuration.
             auto_offset_reset: if config.kafka.share_auto_offset_reset == "earliest" {
                 ShareReset::Earliest
