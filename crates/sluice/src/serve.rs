@@ -126,7 +126,6 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
             } else {
                 ShareReset::Latest
             },
-            ..ShareSettings::default()
         },
         disk_free_limit: config.amqp.disk_free_limit.bytes(),
         limits: Limits {
