@@ -740,6 +740,7 @@ def test_deleting_a_share_group_forgets_its_state_and_clients_cannot_write_it(re
             # The closing member's leave may not have reached the coordinator.
             if error.args[0].code() != KafkaError.NON_EMPTY_GROUP or time.monotonic() >= deadline:
                 raise
+            time.sleep(0.2)
 
     internal = f"__sluice_share-{group}"
     failures = admin.delete_consumer_groups([internal], request_timeout=CLIENT_TIMEOUT_S)
@@ -789,6 +790,7 @@ def test_share_group_offsets_are_described_altered_and_deleted(broker, topic, gr
     assert describe_share_offsets(broker.bootstrap, group) == (NONE, {topic: {0: (7, NONE)}})
     assert alter_share_offsets(broker.bootstrap, group, "no-such-topic", {0: 1})[1] == {0: UNKNOWN_TOPIC_OR_PARTITION}
     second = share_members(group, [topic], "second")
+    drive([second], lambda: len(second.deliveries) >= 3, SETTLE_TIMEOUT_S, "the records from offset 7")
     run_for([second], QUIET_S)
     second.commit()
     second.close()

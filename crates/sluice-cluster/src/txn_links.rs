@@ -65,11 +65,15 @@ type Slot = Arc<tokio::sync::Mutex<Option<Link>>>;
 /// other): requests whose handling sends none of its own (markers, KIP-890
 /// verifications) go on the `Leaf` one; the broker's own producer, whose
 /// EndTxn, InitProducerId and Produce may make the peer send those, goes
-/// on the `Producer` one.
+/// on the `Producer` one. A share group's deletion or altered offsets
+/// (DeleteGroups of the broker's own groups) go on the `Share` one: their
+/// handling waits for the peer's share-state store in progress, which may
+/// itself be waiting on a `Leaf` connection back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Lane {
     Leaf,
     Producer,
+    Share,
 }
 /// A marker's producer id, epoch, outcome (commit) and coordinator epoch.
 type MarkerKey = (i64, i16, bool, i32);
@@ -429,7 +433,7 @@ impl TxnPeers for TxnLinks {
             reason: format!("deleting {group:?} on node {node}: {reason}"),
         };
         let response = self
-            .call(node, Lane::Leaf, request, DELETE_GROUPS_VERSION)
+            .call(node, Lane::Share, request, DELETE_GROUPS_VERSION)
             .map_err(failed)?;
         match response
             .results

@@ -180,6 +180,14 @@ pub struct ShareCounts {
     pub archived: u64,
 }
 
+/// How long a share partition's state waits to be stored for dead letters
+/// that cannot be published (a missing exchange, say): after that it is
+/// stored all the same, so that acknowledgements stay durable, and a crash
+/// may then lose the letters still waiting.
+pub const DEAD_LETTER_HOLD: Duration = Duration::from_secs(10);
+/// Between two tries at publishing a state's dead letters that failed.
+const DEAD_LETTER_RETRY: Duration = Duration::from_secs(1);
+
 /// Most in-flight records a stored state may hold: more than any
 /// `group.share.partition.max.record.locks` allows, so only a state not
 /// written by this broker is refused.
@@ -199,6 +207,11 @@ pub struct SharePartition {
     dirty: bool,
     /// Records archived since last taken, to be dead-lettered.
     dead: Vec<DeadLetter>,
+    /// When publishing this state's dead letters first failed: the state
+    /// waits for them for [`DEAD_LETTER_HOLD`] at most.
+    dead_failing_since: Option<Instant>,
+    /// No publishing of its dead letters is tried again before this.
+    dead_retry_at: Option<Instant>,
     /// The partition's leader epoch when this state was loaded: a node
     /// that leads the partition again loads it afresh.
     leader_epoch: i32,
@@ -213,6 +226,8 @@ impl SharePartition {
             archived: 0,
             dirty: true,
             dead: Vec::new(),
+            dead_failing_since: None,
+            dead_retry_at: None,
             leader_epoch: -1,
         }
     }
@@ -1073,27 +1088,40 @@ impl ShareGroups {
     /// The states changed since last taken, to be stored: (group, topic,
     /// partition, start, text). Their marks are cleared; a store that
     /// fails calls [`ShareGroups::mark_dirty`]. A state with dead letters
-    /// still to publish waits for them: a crash then delivers the record
-    /// again rather than losing its dead letter.
-    pub fn take_dirty(&self) -> Vec<(String, TopicId, i32, i64, String)> {
+    /// still to publish waits for them (a crash then delivers the record
+    /// again rather than losing its dead letter), for [`DEAD_LETTER_HOLD`]
+    /// at most once publishing them fails.
+    pub fn take_dirty(&self, now: Instant) -> Vec<(String, TopicId, i32, i64, String)> {
         let mut states = lock(&self.partitions);
         states
             .iter_mut()
-            .filter(|(_, state)| state.dirty && state.dead.is_empty())
-            .map(|((group, topic, partition), state)| {
+            .filter_map(|((group, topic, partition), state)| {
+                if state.dead.is_empty() {
+                    state.dead_failing_since = None;
+                    state.dead_retry_at = None;
+                }
+                let held = !state.dead.is_empty()
+                    && state
+                        .dead_failing_since
+                        .is_none_or(|since| now < since + DEAD_LETTER_HOLD);
+                if !state.dirty || held {
+                    return None;
+                }
                 state.dirty = false;
                 let (start, text) = state.snapshot(topic);
-                (group.clone(), *topic, *partition, start, text)
+                Some((group.clone(), *topic, *partition, start, text))
             })
             .collect()
     }
 
     /// The records archived since last taken, by share partition, to be
-    /// dead-lettered.
-    pub fn take_dead(&self) -> Vec<(String, TopicId, i32, Vec<DeadLetter>)> {
+    /// dead-lettered (those whose last try failed wait a while).
+    pub fn take_dead(&self, now: Instant) -> Vec<(String, TopicId, i32, Vec<DeadLetter>)> {
         lock(&self.partitions)
             .iter_mut()
-            .filter(|(_, state)| !state.dead.is_empty())
+            .filter(|(_, state)| {
+                !state.dead.is_empty() && state.dead_retry_at.is_none_or(|at| at <= now)
+            })
             .map(|((group, topic, partition), state)| {
                 (
                     group.clone(),
@@ -1105,13 +1133,13 @@ impl ShareGroups {
             .collect()
     }
 
-    /// Puts back dead letters that could not be published yet.
+    /// Puts back dead letters that could not be published at `now`: tried
+    /// again a second later.
     pub fn restore_dead(
         &self,
-        group_id: &str,
-        topic: TopicId,
-        partition: i32,
+        (group_id, topic, partition): (&str, TopicId, i32),
         dead: Vec<DeadLetter>,
+        now: Instant,
     ) {
         if let Some(state) =
             lock(&self.partitions).get_mut(&(group_id.to_owned(), topic, partition))
@@ -1119,6 +1147,8 @@ impl ShareGroups {
             let mut dead = dead;
             dead.append(&mut state.dead);
             state.dead = dead;
+            state.dead_failing_since.get_or_insert(now);
+            state.dead_retry_at = Some(now + DEAD_LETTER_RETRY);
         }
     }
 

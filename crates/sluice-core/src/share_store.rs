@@ -126,18 +126,37 @@ impl Broker {
         let Some(peers) = self.transactions().peers() else {
             return Ok(());
         };
-        let own = self.node_id();
         let key = format!("{SHARE_FORGET_PREFIX}{group}");
-        for node in self
-            .topics()
-            .metadata()
+        for node in self.other_live_nodes() {
+            peers.delete_group(node, &key)?;
+        }
+        Ok(())
+    }
+
+    /// The other registered nodes the controller has not fenced (a fenced
+    /// node leads no partition).
+    fn other_live_nodes(&self) -> Vec<i32> {
+        let metadata = self.topics().metadata();
+        let fenced = metadata.fenced();
+        let own = self.node_id();
+        metadata
             .brokers()
             .into_iter()
             .map(|b| b.node)
+            .filter(|node| *node != own && !fenced.contains(node))
+            .collect()
+    }
+
+    /// Whether the offsets of `group` may be altered or deleted: it is not
+    /// a group of another kind (GROUP_ID_NOT_FOUND, as Kafka answers for
+    /// "not a share group"), and has no members.
+    fn check_share_admin(&self, group: &str) -> Result<(), ShareAdminError> {
+        if self.consumer_groups().exists(group).is_some() || self.groups().describe(group).is_some()
         {
-            if node != own {
-                peers.delete_group(node, &key)?;
-            }
+            return Err(ShareAdminError::NotFound(group.to_owned()));
+        }
+        if self.share_groups().exists(group) == Some(true) {
+            return Err(ShareAdminError::NonEmpty);
         }
         Ok(())
     }
@@ -176,9 +195,7 @@ impl Broker {
         group: &str,
         offsets: &[(String, TopicId, i32, i64)],
     ) -> Result<(), ShareAdminError> {
-        if self.share_groups().exists(group) == Some(true) {
-            return Err(ShareAdminError::NonEmpty);
-        }
+        self.check_share_admin(group)?;
         self.forget_share_state_everywhere(group)?;
         let written: Vec<(String, i32, CommittedOffset)> = offsets
             .iter()
@@ -211,9 +228,7 @@ impl Broker {
         group: &str,
         topics: &[String],
     ) -> Result<(), ShareAdminError> {
-        if self.share_groups().exists(group) == Some(true) {
-            return Err(ShareAdminError::NonEmpty);
-        }
+        self.check_share_admin(group)?;
         let stored = self.stored_shares(group)?;
         if stored.is_empty() && self.share_groups().exists(group).is_none() {
             return Err(ShareAdminError::NotFound(group.to_owned()));
@@ -257,63 +272,65 @@ impl Broker {
     /// coordinator that cannot be reached is logged (it forgets the state
     /// at its next leader change).
     pub fn delete_share_state(&self, group: &str) -> Result<(), CoreError> {
-        let key = state_group(group);
-        let coordinator = self.offsets().coordinator(&key);
+        // Every node forgets first, each after its store in progress (so no
+        // store of the group is under way anywhere), then the coordinator
+        // deletes: nothing written before can land after the delete.
+        {
+            let _storing = self.share_groups().storing();
+            self.share_groups().forget_partitions(group);
+        }
         if let Some(peers) = self.transactions().peers() {
-            let own = self.node_id();
-            for node in self
-                .topics()
-                .metadata()
-                .brokers()
-                .into_iter()
-                .map(|b| b.node)
-            {
-                if node == own {
-                    continue;
-                }
-                match peers.delete_group(node, &key) {
-                    Err(error) if coordinator == Coordinator::Node(node) => return Err(error),
-                    Err(error) => {
-                        tracing::warn!(%error, group, node, "a node could not be told a share group was deleted");
-                    }
-                    Ok(()) => {}
+            let forget = format!("{SHARE_FORGET_PREFIX}{group}");
+            for node in self.other_live_nodes() {
+                if let Err(error) = peers.delete_group(node, &forget) {
+                    tracing::warn!(%error, group, node, "a node could not be told a share group was deleted");
                 }
             }
         }
-        // Not held across the calls above: the other nodes take their own.
-        let _storing = self.share_groups().storing();
-        self.share_groups().forget_partitions(group);
-        match coordinator {
+        let key = state_group(group);
+        match self.offsets().coordinator(&key) {
             Coordinator::Here => self.offsets().delete_group(&key),
-            Coordinator::Node(_) => Ok(()),
+            Coordinator::Node(node) => match self.transactions().peers() {
+                Some(peers) => peers.delete_group(node, &key),
+                None => Err(CoreError::Internal {
+                    reason: format!("no link to node {node}"),
+                }),
+            },
             Coordinator::Unavailable => Err(CoreError::Internal {
                 reason: format!("the coordinator of {key:?} is not available"),
             }),
         }
     }
 
-    /// Another node deleted the share group whose state is kept as `key`
-    /// (`__sluice_share-<group>`): what this node holds of it is
-    /// forgotten, and what it stores deleted where it coordinates it.
-    /// Blocking.
+    /// Another node deleted share group `<group>` or altered its offsets:
+    /// `key` `__sluice_share_forget-<group>` makes this node forget what
+    /// it holds of it in memory (after any store of it in progress);
+    /// `__sluice_share-<group>` deletes what is stored, here its
+    /// coordinator. Blocking.
     ///
     /// # Errors
-    /// The offsets log's.
+    /// [`CoreError::NotCoordinator`] when asked to delete what another node
+    /// coordinates; the offsets log's.
     pub fn forget_share_state(&self, key: &str) -> Result<(), CoreError> {
         if let Some(group) = key.strip_prefix(SHARE_FORGET_PREFIX) {
             let _storing = self.share_groups().storing();
             self.share_groups().forget_partitions(group);
             return Ok(());
         }
-        let Some(group) = key.strip_prefix(SHARE_STATE_PREFIX) else {
+        if !key.starts_with(SHARE_STATE_PREFIX) {
             return Ok(());
-        };
-        let _storing = self.share_groups().storing();
-        self.share_groups().forget_partitions(group);
-        if self.offsets().coordinator(key) == Coordinator::Here {
-            self.offsets().delete_group(key)?;
         }
-        Ok(())
+        match self.offsets().coordinator(key) {
+            Coordinator::Here => self.offsets().delete_group(key),
+            Coordinator::Node(node) => Err(CoreError::NotCoordinator {
+                group: key.to_owned(),
+                coordinator: Some(node),
+            }),
+            Coordinator::Unavailable => Err(CoreError::NotCoordinator {
+                group: key.to_owned(),
+                coordinator: None,
+            }),
+        }
     }
 
     /// Stores every share-partition state changed since the last call
@@ -337,7 +354,7 @@ impl Broker {
         // between the two redelivers the record, and may dead-letter it
         // twice, but never loses it.
         self.dead_letter();
-        let dirty = self.share_groups().take_dirty();
+        let dirty = self.share_groups().take_dirty(tokio::time::Instant::now());
         if dirty.is_empty() {
             return;
         }
@@ -371,7 +388,9 @@ impl Broker {
     /// What cannot be published yet is tried again next time.
     fn dead_letter(&self) {
         let catalog = self.topic_catalog();
-        for (group, topic_id, index, dead) in self.share_groups().take_dead() {
+        for (group, topic_id, index, dead) in
+            self.share_groups().take_dead(tokio::time::Instant::now())
+        {
             let Some(name) = catalog.name_of(&topic_id).map(str::to_owned) else {
                 continue;
             };
@@ -384,8 +403,11 @@ impl Broker {
             let published = self.publish_dead(&group, &topic, index, (&vhost, &exchange), &dead);
             if let Err(error) = published {
                 tracing::warn!(%error, group, topic = name, partition = index, "share dead letters not published yet");
-                self.share_groups()
-                    .restore_dead(&group, topic_id, index, dead);
+                self.share_groups().restore_dead(
+                    (&group, topic_id, index),
+                    dead,
+                    tokio::time::Instant::now(),
+                );
             }
         }
     }

@@ -343,7 +343,11 @@ fn a_second_load_in_the_same_epoch_keeps_the_first_and_records_at_the_limit_are_
         "records at the limit archived, not delivered a fourth time"
     );
     assert_eq!(
-        groups.take_dead().iter().map(|d| d.3.len()).sum::<usize>(),
+        groups
+            .take_dead(Instant::now())
+            .iter()
+            .map(|d| d.3.len())
+            .sum::<usize>(),
         2
     );
     let taken = groups.with_partition("g", T, 0, 0, 3, |state, settings| {
@@ -364,8 +368,8 @@ fn states_wait_for_their_dead_letters_and_former_leaders_forget_theirs() {
     // Latest: both start at the high watermark, 0.
     groups.install(("g", T, 0), 1, None, 0, 0);
     groups.install(("g", T, 1), 1, None, 0, 0);
-    groups.take_dirty();
     let now = Instant::now();
+    groups.take_dirty(now);
     groups.with_partition("g", T, 0, 0, 10, |state, settings| {
         state.acquire("m", 0..1, 1, settings, now)
     });
@@ -373,14 +377,44 @@ fn states_wait_for_their_dead_letters_and_former_leaders_forget_theirs() {
         .acknowledge("g", "m", T, 0, &[ack(0, 0, AckType::Reject)])
         .expect("reject");
     assert!(
-        groups.take_dirty().is_empty(),
+        groups.take_dirty(now).is_empty(),
         "its dead letter is not out yet"
     );
-    let dead = groups.take_dead();
-    groups.restore_dead("g", T, 0, dead.into_iter().flat_map(|d| d.3).collect());
-    assert!(groups.take_dirty().is_empty(), "still not out");
-    assert_eq!(groups.take_dead().len(), 1);
-    assert_eq!(groups.take_dirty().len(), 1, "published: stored");
+    // Publishing fails (the exchange is missing, say): tried again a
+    // second later, the state held meanwhile.
+    let dead = groups.take_dead(now);
+    groups.restore_dead(
+        ("g", T, 0),
+        dead.into_iter().flat_map(|d| d.3).collect(),
+        now,
+    );
+    assert!(groups.take_dead(now).is_empty(), "not tried again at once");
+    assert!(groups.take_dirty(now).is_empty(), "still not out");
+    let later = now + Duration::from_secs(1);
+    let dead = groups.take_dead(later);
+    assert_eq!(dead.len(), 1, "tried again");
+    groups.restore_dead(
+        ("g", T, 0),
+        dead.into_iter().flat_map(|d| d.3).collect(),
+        later,
+    );
+    // Still failing after the hold: stored all the same, letters kept.
+    let held_out = now + DEAD_LETTER_HOLD;
+    assert_eq!(
+        groups.take_dirty(held_out).len(),
+        1,
+        "stored after the hold"
+    );
+    assert_eq!(
+        groups.take_dead(held_out).len(),
+        1,
+        "the letters still wait"
+    );
+    // Published at last: nothing holds the state any more.
+    groups
+        .acknowledge("g", "m", T, 0, &[])
+        .expect("no acknowledgements");
+    assert_eq!(groups.take_dirty(held_out).len(), 1, "published: stored");
     // Partition 1 is led elsewhere now (or in a later epoch).
     groups.retain_led(|_, partition, epoch| partition == 0 && epoch == 1);
     let left: Vec<i32> = groups.counts("g").iter().map(|c| c.1).collect();

@@ -188,9 +188,10 @@ pub trait TxnPeers: Send + Sync + std::fmt::Debug {
         group: &str,
     ) -> Result<Vec<(String, i32, crate::CommittedOffset)>, CoreError>;
 
-    /// DeleteGroups of the broker's own `group` on `node` (a deleted share
-    /// group's state): the node forgets what it holds of it, and deletes
-    /// it when it coordinates it.
+    /// DeleteGroups of the broker's own `group` on `node`: with the
+    /// forget prefix the node forgets what it holds in memory of a share
+    /// group (after any store of it in progress), with the state prefix
+    /// the node, its coordinator, deletes what is stored.
     ///
     /// # Errors
     /// The node's error code as [`CoreError::Internal`], or the link's.

@@ -294,7 +294,14 @@ pub(crate) async fn commit_offsets(
             .consumer_groups()
             .check_offset_commit(&group, &member, generation, None)
         {
-            Some(checked) => checked.map_err(|err| errors::consumer_group_code(&err))?,
+            // TxnOffsetCommit has no STALE_MEMBER_EPOCH: Kafka answers an
+            // older epoch with ILLEGAL_GENERATION (the producer aborts).
+            Some(checked) => checked.map_err(|err| match err {
+                sluice_core::consumer_groups::ConsumerGroupError::StaleMemberEpoch => {
+                    ResponseError::IllegalGeneration
+                }
+                other => errors::consumer_group_code(&other),
+            })?,
             None if generation >= 0 => broker
                 .groups()
                 .check_commit(&group, generation, &member)
