@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { TEST_MS, brokerAndBrowser, row, waitForText, withPage } from '../lib/ui.mjs';
+import { TEST_MS, brokerAndBrowser, row, waitFor, waitForText, withPage } from '../lib/ui.mjs';
 
 const env = brokerAndBrowser();
 
@@ -25,9 +25,20 @@ test('the browser reads all partitions and searches keys, headers and values', {
     await page.getByTestId('browse-read').click();
     await waitForText(page.getByTestId('browse-summary'), /^searched, all partitions: scanned 20 records, 20 shown; more to scan/);
     assert.equal(await page.getByTestId('message-row').count(), 20);
-    await page.getByTestId('browse-next').click();
+    // Each page is waited for by its rows: the second page's summary reads
+    // as the first's, and a click made before it arrived was lost.
+    const firstRow = () => page.getByTestId('message-row').first().getAttribute('data-key', { timeout: 1000 }).catch(() => null);
+    const nextPage = async () => {
+      const before = await firstRow();
+      await page.getByTestId('browse-next').click();
+      await waitFor('the next page of messages', 10_000, async () => {
+        const now = await firstRow();
+        return now !== null && now !== before;
+      });
+    };
+    await nextPage();
     await waitForText(page.getByTestId('browse-summary'), /scanned 20 records/);
-    await page.getByTestId('browse-next').click();
+    await nextPage();
     await waitForText(page.getByTestId('browse-summary'), /reached the high watermark/);
     assert.equal(await page.getByTestId('browse-next').isVisible(), false);
 
