@@ -26,8 +26,10 @@ from __future__ import annotations
 import time
 from collections import Counter
 
+import pika
 import pytest
-from confluent_kafka import KafkaError, KafkaException, Producer, ShareConsumer
+from confluent_kafka import AcknowledgeType, KafkaError, KafkaException, Producer, ShareConsumer
+from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ConfigSource, ResourceType
 
 from common.broker import unique_name, wait_until
 from common.cluster import running_cluster
@@ -172,6 +174,11 @@ def offsets_leaders(bootstrap: str) -> dict[int, int]:
         return leaders if all(leader >= 0 for leader in leaders.values()) else None
 
     return wait_until(known, 30, interval=0.3, what=f"a leader for every partition of {OFFSETS_TOPIC}")
+
+
+def amqp_parameters(node) -> pika.ConnectionParameters:
+    return pika.ConnectionParameters(host="127.0.0.1", port=node.amqp_port, virtual_host="/",
+                                     blocked_connection_timeout=30, socket_timeout=30)
 
 
 def first_coordinator(bootstrap: str, group: str) -> int:
@@ -344,3 +351,97 @@ def test_a_share_group_rides_out_kill_9_of_its_partition_leader_and_nothing_acce
     assert set(counts) <= {1, 2}, f"delivery counts {dict(counts)}"
     print(f"group {group}, leader {leader} killed; {len(accepted_before)} accepted before, "
           f"delivery counts {dict(counts)}")
+
+
+def test_group_configs_reach_every_node_and_the_leader_dead_letters_by_them(cluster, name):
+    """Group configs set through one node are cluster metadata: every node
+    describes them, and the partition's leader applies them. On this
+    module's cluster (broker defaults: latest reset, delivery limit 5), the
+    group's own `share.auto.offset.reset` earliest makes a member read
+    records produced before it came, and its `share.delivery.count.limit`
+    2 and dead-letter exchange and routing key send each record, released
+    every time, to an AMQP queue after exactly two deliveries."""
+    cluster.wait_registered(admin)
+    topic, group = name, unique_name("configured-share")
+    exchange, queue = f"{name}-dlx", f"{name}-dead"
+    create_replicated(cluster.node(1).bootstrap, topic, 1, 3)
+    produced = produce_acked(cluster.bootstrap, topic, 3)
+    connection = pika.BlockingConnection(amqp_parameters(cluster.node(3)))
+    try:
+        channel = connection.channel()
+        channel.exchange_declare(exchange, "direct", durable=True)
+        channel.queue_declare(queue, durable=True)
+        channel.queue_bind(queue, exchange, "dead")
+    finally:
+        connection.close()
+
+    configs = {
+        "share.auto.offset.reset": "earliest",
+        "share.delivery.count.limit": "2",
+        "sluice.share.dead.letter.exchange": exchange,
+        "sluice.share.dead.letter.routing.key": "dead",
+    }
+    client = admin(cluster.node(1).bootstrap)
+    resource = ConfigResource(ResourceType.GROUP, group, incremental_configs=[
+        ConfigEntry(key, value, incremental_operation=AlterConfigOpType.SET) for key, value in configs.items()
+    ])
+    for future in client.incremental_alter_configs([resource]).values():
+        future.result(timeout=30)
+
+    def described(node: int) -> dict[str, str] | None:
+        node_admin = admin(cluster.node(node).bootstrap)
+        (future,) = node_admin.describe_configs([ConfigResource(ResourceType.GROUP, group)]).values()
+        entries = future.result(timeout=30)
+        shown = {key: entries[key].value for key in configs}
+        sources = {ConfigSource(entries[key].source) for key in configs}
+        return shown if shown == configs and sources == {ConfigSource.GROUP_CONFIG} else None
+
+    for node in (1, 2, 3):
+        wait_until(lambda node=node: described(node), 30, interval=0.3, what=f"node {node} to describe {configs}")
+
+    consumer = ShareConsumer({
+        "bootstrap.servers": cluster.node(2).bootstrap,
+        "broker.address.family": "v4",
+        "group.id": group,
+        "client.id": "releasing",
+        "share.acknowledgement.mode": "explicit",
+        "socket.timeout.ms": 20000,
+    })
+    counts: dict[bytes, list[int]] = {}
+    try:
+        consumer.subscribe([topic])
+        deadline = time.monotonic() + SETTLE_TIMEOUT_S
+        while time.monotonic() < deadline and not all(len(counts.get(v, [])) >= 2 for v in produced):
+            batch = [m for m in consumer.poll(0.2) if m.error() is None]
+            for msg in batch:
+                counts.setdefault(msg.value(), []).append(msg.delivery_count())
+                consumer.acknowledge(msg, AcknowledgeType.RELEASE)
+            if batch:
+                consumer.commit_sync(30)
+        # A released record is available again at once: a third delivery
+        # would show up here.
+        quiet = time.monotonic() + 2.0
+        while time.monotonic() < quiet:
+            for msg in consumer.poll(0.2):
+                if msg.error() is None:
+                    counts.setdefault(msg.value(), []).append(msg.delivery_count())
+                    consumer.acknowledge(msg, AcknowledgeType.RELEASE)
+    finally:
+        consumer.close()
+    assert counts == {v: [1, 2] for v in produced}, f"deliveries per record: {counts}"
+
+    connection = pika.BlockingConnection(amqp_parameters(cluster.node(1)))
+    try:
+        channel = connection.channel()
+        letters = []
+        deadline = time.monotonic() + SETTLE_TIMEOUT_S
+        while len(letters) < len(produced) and time.monotonic() < deadline:
+            method, properties, body = channel.basic_get(queue, auto_ack=True)
+            if method is None:
+                connection.sleep(0.2)
+                continue
+            reason = (properties.headers or {}).get("x-death-reason")
+            letters.append((method.routing_key, reason.decode() if isinstance(reason, bytes) else reason, body))
+    finally:
+        connection.close()
+    assert sorted(letters) == sorted(("dead", "delivery_limit", v) for v in produced), letters

@@ -36,17 +36,21 @@ broker answered for.
 
 from __future__ import annotations
 
+import base64
 import json
 import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import warnings
 from collections import Counter, defaultdict
 
+import pika
 import pytest
-from confluent_kafka import AcknowledgeType, ConsumerGroupType, KafkaError, ShareConsumer
+from confluent_kafka import AcknowledgeType, ConsumerGroupType, KafkaError, KafkaException, ShareConsumer
+from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ConfigSource, ResourceType
 
 from common.broker import module_broker, per_test_broker
 from common.share_admin import (
@@ -716,7 +720,7 @@ def test_deleting_a_share_group_forgets_its_state_and_clients_cannot_write_it(re
     does: a group of that id starts anew (here at earliest) even after a
     kill -9; the broker's own `__sluice_share-` groups that hold the state
     refuse clients' commits and deletes (GROUP_AUTHORIZATION_FAILED)."""
-    from confluent_kafka import Consumer, KafkaException, TopicPartition
+    from confluent_kafka import Consumer, TopicPartition
 
     broker = restartable_broker
     create_topic_confluent(broker, topic, partitions=1)
@@ -805,3 +809,165 @@ def test_share_group_offsets_are_described_altered_and_deleted(broker, topic, gr
     assert {d.count for d in third.deliveries} == {1}, third.deliveries
 
     assert describe_share_offsets(broker.bootstrap, unique_name("no-such-group"))[0] == GROUP_ID_NOT_FOUND
+
+
+# --- group configs ------------------------------------------------------------------------
+
+
+def set_group_configs(broker, group: str, configs: dict[str, str | None]) -> None:
+    """IncrementalAlterConfigs of group `group` (resource type GROUP, 32 on
+    the wire): SET each key with a value, DELETE each key with None."""
+    entries = [
+        ConfigEntry(key, value, incremental_operation=AlterConfigOpType.SET if value is not None
+                    else AlterConfigOpType.DELETE)
+        for key, value in configs.items()
+    ]
+    resource = ConfigResource(ResourceType.GROUP, group, incremental_configs=entries)
+    admin = confluent_admin(broker)  # kept until the answer came
+    for future in admin.incremental_alter_configs([resource]).values():
+        future.result(timeout=CLIENT_TIMEOUT_S)
+
+
+def group_configs(broker, group: str) -> dict[str, tuple[str, ConfigSource]]:
+    """DescribeConfigs of group `group`: {key: (value, source)}."""
+    resource = ConfigResource(ResourceType.GROUP, group)
+    admin = confluent_admin(broker)  # kept until the answer came
+    (future,) = admin.describe_configs([resource]).values()
+    entries = future.result(timeout=CLIENT_TIMEOUT_S)
+    return {name: (entry.value, ConfigSource(entry.source)) for name, entry in entries.items()}
+
+
+def http_get(broker, path: str):
+    """GET of the admin API as guest."""
+    request = urllib.request.Request(f"http://127.0.0.1:{broker.http_port}{path}")
+    request.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
+    with urllib.request.urlopen(request, timeout=CLIENT_TIMEOUT_S) as answer:
+        return json.load(answer)
+
+
+def amqp_parameters(broker) -> pika.ConnectionParameters:
+    """pika to the broker's AMQP listener (guest, vhost "/")."""
+    return pika.ConnectionParameters(host="127.0.0.1", port=broker.amqp_port, virtual_host="/",
+                                     connection_attempts=3, retry_delay=0.5)
+
+
+def dead_letters(broker, queue: str, count: int) -> list[tuple[str, dict, bytes]]:
+    """Takes `count` messages from AMQP queue `queue` (bounded wait):
+    [(routing key, headers, body)]."""
+    connection = pika.BlockingConnection(amqp_parameters(broker))
+    try:
+        channel = connection.channel()
+        got = []
+        deadline = time.monotonic() + SETTLE_TIMEOUT_S
+        while len(got) < count and time.monotonic() < deadline:
+            method, properties, body = channel.basic_get(queue, auto_ack=True)
+            if method is None:
+                connection.sleep(0.1)
+                continue
+            got.append((method.routing_key, dict(properties.headers or {}), body))
+        assert len(got) == count, f"{len(got)} of {count} dead letters in {queue}: {got}"
+        connection.sleep(0.5)
+        extra = channel.basic_get(queue, auto_ack=True)[0]
+        assert extra is None, f"more than {count} dead letters in {queue}"
+        return got
+    finally:
+        connection.close()
+
+
+def test_group_configs_set_a_groups_delivery_limit_and_where_it_dead_letters(broker, topic, group, share_members):
+    """KIP-932's group configs through the admin client (resource type
+    GROUP): this group's `share.delivery.count.limit` of 2 wins over the
+    broker's 3, and Sluice's `sluice.share.dead.letter.exchange` and
+    `.routing.key` send what the group archives (rejected, or at its limit)
+    to an AMQP exchange under that routing key, with the x-share-group,
+    x-delivery-count and x-death-reason headers. Bad values are refused as
+    INVALID_CONFIG; another group keeps the broker's settings."""
+    create_topic_confluent(broker, topic, partitions=1)
+    exchange, queue = f"{topic}-dlx", f"{topic}-dead"
+    connection = pika.BlockingConnection(amqp_parameters(broker))
+    try:
+        channel = connection.channel()
+        channel.exchange_declare(exchange, "direct", durable=True)
+        channel.queue_declare(queue, durable=True)
+        channel.queue_bind(queue, exchange, "dead")
+    finally:
+        connection.close()
+    set_group_configs(broker, group, {
+        "share.delivery.count.limit": "2",
+        "sluice.share.dead.letter.exchange": exchange,
+        "sluice.share.dead.letter.routing.key": "dead",
+    })
+    described = group_configs(broker, group)
+    assert described["share.delivery.count.limit"] == ("2", ConfigSource.GROUP_CONFIG), described
+    assert described["sluice.share.dead.letter.routing.key"] == ("dead", ConfigSource.GROUP_CONFIG), described
+    assert described["share.record.lock.duration.ms"] == ("2000", ConfigSource.DEFAULT_CONFIG), described
+    other = group_configs(broker, unique_name("other-group"))
+    assert other["share.delivery.count.limit"] == (str(DELIVERY_LIMIT), ConfigSource.DEFAULT_CONFIG), other
+    for bad in ({"share.delivery.count.limit": "11"}, {"share.auto.offset.reset": "sometimes"},
+                {"retention.ms": "1000"}, {"share.heartbeat.interval.ms": "60000"}):
+        with pytest.raises(KafkaException) as refused:
+            set_group_configs(broker, group, bad)
+        assert refused.value.args[0].code() == KafkaError.INVALID_CONFIG, (bad, refused.value)
+    assert group_configs(broker, group) == described, "a refused change changed the group's configs"
+
+    produced = {}
+    for prefix in ("release", "reject", "accept"):
+        produced.update(produce_values(broker, topic, prefix, 2))
+
+    def policy(delivery: Delivery):
+        kind = delivery.value.decode().split("-")[0]
+        return {"release": AcknowledgeType.RELEASE, "reject": AcknowledgeType.REJECT}.get(kind, AcknowledgeType.ACCEPT)
+
+    member = share_members(group, [topic], "explicit", policy)
+    released = [v for v in produced if v.startswith(b"release")]
+    drive([member], lambda: all(member.values().count(v) >= 2 for v in released)
+          and set(member.values()) == set(produced), SETTLE_TIMEOUT_S, "the released records twice")
+    run_for([member], QUIET_S)
+    history = defaultdict(list)
+    for delivery in member.deliveries:
+        history[delivery.value].append(delivery.count)
+    assert {v: history[v] for v in released} == {v: [1, 2] for v in released}, (
+        f"with the group's limit of 2 a record released each time is delivered twice: {dict(history)}"
+    )
+
+    letters = dead_letters(broker, queue, 4)
+    assert {key for key, _, _ in letters} == {"dead"}, letters
+    by_body = {body: headers for _, headers, body in letters}
+    assert sorted(by_body) == sorted(v for v in produced if not v.startswith(b"accept")), letters
+    for body, headers in by_body.items():
+        reason, count = ("rejected", 1) if body.startswith(b"reject") else ("delivery_limit", 2)
+        assert headers.get("x-share-group") == group.encode() or headers.get("x-share-group") == group, headers
+        assert headers.get("x-death-reason") in (reason, reason.encode()), (body, headers)
+        assert headers.get("x-delivery-count") == count, (body, headers)
+
+    shown = http_get(broker, f"/api/groups/{group}")["configs"]
+    assert shown == {"share.delivery.count.limit": "2", "sluice.share.dead.letter.exchange": exchange,
+                     "sluice.share.dead.letter.routing.key": "dead"}, shown
+    set_group_configs(broker, group, {"share.delivery.count.limit": None})
+    assert group_configs(broker, group)["share.delivery.count.limit"] == (str(DELIVERY_LIMIT), ConfigSource.DEFAULT_CONFIG)
+
+
+def test_group_configs_survive_kill_9_and_set_a_groups_own_offset_reset(restartable_broker, topic, group):
+    """Group configs are metadata: after kill -9 they are still there, and
+    this group's `share.auto.offset.reset` of latest wins over the broker's
+    earliest (it reads only what comes after its first fetch)."""
+    broker = restartable_broker
+    create_topic_confluent(broker, topic, partitions=1)
+    set_group_configs(broker, group, {"share.auto.offset.reset": "latest", "share.record.lock.duration.ms": "5000"})
+    broker.kill()
+    broker.start()
+    described = group_configs(broker, group)
+    assert described["share.auto.offset.reset"] == ("latest", ConfigSource.GROUP_CONFIG), described
+    assert described["share.record.lock.duration.ms"] == ("5000", ConfigSource.GROUP_CONFIG), described
+
+    produce_values(broker, topic, "before", 5)
+    member = ShareMember(broker, group, [topic], "latest")
+    try:
+        run_for([member], 3.0)
+        assert not member.deliveries, f"records produced before the group's first fetch: {member.deliveries}"
+        after = produce_values(broker, topic, "after", 5)
+        drive([member], lambda: len(member.deliveries) >= 5, SETTLE_TIMEOUT_S, "the records produced after")
+        member.commit()
+    finally:
+        member.close()
+    assert sorted(member.values()) == sorted(after), member.deliveries

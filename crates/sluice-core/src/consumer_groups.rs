@@ -24,10 +24,12 @@
 //! simulated time. One lock guards every group.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use crate::group_config::GroupConfigs;
 
 /// A topic's id (a UUID's bytes), as KIP-848 names topics.
 pub type TopicId = [u8; 16];
@@ -639,18 +641,31 @@ fn uniform(
 pub struct ConsumerGroups {
     groups: Mutex<HashMap<String, Group>>,
     settings: ConsumerGroupSettings,
+    /// Groups' own settings over `settings`.
+    configs: Arc<GroupConfigs>,
 }
 
 impl ConsumerGroups {
-    pub fn new(settings: ConsumerGroupSettings) -> ConsumerGroups {
+    pub fn new(settings: ConsumerGroupSettings, configs: Arc<GroupConfigs>) -> ConsumerGroups {
         ConsumerGroups {
             groups: Mutex::new(HashMap::new()),
             settings,
+            configs,
         }
     }
 
-    pub fn settings(&self) -> &ConsumerGroupSettings {
+    /// The broker's consumer-group settings.
+    pub fn base_settings(&self) -> &ConsumerGroupSettings {
         &self.settings
+    }
+
+    /// `group_id`'s settings: the broker's, with the group's own session
+    /// timeout and heartbeat interval.
+    pub fn settings(&self, group_id: &str) -> ConsumerGroupSettings {
+        match self.configs.get(group_id) {
+            Some(config) => config.consumer(&self.settings),
+            None => self.settings.clone(),
+        }
     }
 
     fn groups(&self) -> MutexGuard<'_, HashMap<String, Group>> {
@@ -781,7 +796,7 @@ impl ConsumerGroups {
         let Some(member) = group.members.get_mut(&member_id) else {
             return Err(ConsumerGroupError::UnknownMemberId);
         };
-        member.session_deadline = now + self.settings.session_timeout;
+        member.session_deadline = now + self.settings(&heartbeat.group_id).session_timeout;
         if heartbeat.rack_id.is_some() {
             member.rack_id = heartbeat.rack_id.clone();
         }
@@ -834,7 +849,7 @@ impl ConsumerGroups {
         Ok(HeartbeatAnswer {
             member_id,
             member_epoch: member.epoch,
-            heartbeat_interval: self.settings.heartbeat_interval,
+            heartbeat_interval: self.settings(&heartbeat.group_id).heartbeat_interval,
             assignment: send.then(|| member.assigned.clone()),
         })
     }
@@ -864,7 +879,7 @@ impl ConsumerGroups {
                 member.state = MemberState::Stable;
                 member.client_id = heartbeat.client_id.clone();
                 member.client_host = heartbeat.client_host.clone();
-                member.session_deadline = now + self.settings.session_timeout;
+                member.session_deadline = now + self.settings(&heartbeat.group_id).session_timeout;
                 group.members.insert(member_id.clone(), member);
             }
             if let Some(target) = group.target.remove(&holder) {
@@ -890,7 +905,7 @@ impl ConsumerGroups {
             return Err(ConsumerGroupError::GroupMaxSizeReached);
         }
         let mut member = Member::new(heartbeat, now);
-        member.session_deadline = now + self.settings.session_timeout;
+        member.session_deadline = now + self.settings(&heartbeat.group_id).session_timeout;
         group.members.insert(member_id.clone(), member);
         Ok(false)
     }
@@ -925,7 +940,7 @@ impl ConsumerGroups {
                 member.revoking.clear();
                 member.revocation_deadline = None;
                 member.state = MemberState::Stable;
-                member.session_deadline = now + self.settings.session_timeout;
+                member.session_deadline = now + self.settings(&heartbeat.group_id).session_timeout;
             }
         } else {
             group.remove(&member_id);
@@ -933,7 +948,7 @@ impl ConsumerGroups {
         Ok(HeartbeatAnswer {
             member_id,
             member_epoch: heartbeat.member_epoch,
-            heartbeat_interval: self.settings.heartbeat_interval,
+            heartbeat_interval: self.settings(&heartbeat.group_id).heartbeat_interval,
             assignment: None,
         })
     }

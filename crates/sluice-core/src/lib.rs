@@ -22,6 +22,7 @@ mod data_dir;
 mod error;
 mod fields;
 pub mod forwarding;
+mod group_config;
 mod groups;
 mod hw_checkpoint;
 mod lifecycle;
@@ -72,6 +73,7 @@ pub use connections::{
 };
 pub use data_dir::DataDirLock;
 pub use error::CoreError;
+pub use group_config::{DeadLetterTarget, GroupConfig, GroupConfigs};
 pub use groups::{
     GroupCoordinator, GroupDescription, GroupError, GroupSettings, GroupState, JoinRequest,
     JoinResponse, JoinedMember, MemberDescription, SyncResponse,
@@ -530,8 +532,14 @@ impl Broker {
             offsets,
             transactions,
             groups: GroupCoordinator::new(options.groups),
-            consumer_groups: consumer_groups::ConsumerGroups::new(options.consumer_groups),
-            share_groups: share_groups::ShareGroups::new(options.share_groups),
+            consumer_groups: consumer_groups::ConsumerGroups::new(
+                options.consumer_groups,
+                Arc::clone(metadata.group_configs()),
+            ),
+            share_groups: share_groups::ShareGroups::new(
+                options.share_groups,
+                Arc::clone(metadata.group_configs()),
+            ),
             producer_ids,
             vhosts,
             connections: Connections::new(options.limits.connections),
@@ -812,6 +820,44 @@ impl Broker {
     /// Share groups (KIP-932).
     pub fn share_groups(&self) -> &share_groups::ShareGroups {
         &self.share_groups
+    }
+
+    /// `group`'s settings: the keys set on it (group configs).
+    pub fn group_config(&self, group: &str) -> GroupConfig {
+        self.topics
+            .metadata()
+            .group_configs()
+            .get(group)
+            .map(|config| (*config).clone())
+            .unwrap_or_default()
+    }
+
+    /// Every key of `group`'s settings with its value and source.
+    pub fn group_config_entries(&self, group: &str) -> Vec<ConfigEntry> {
+        self.group_config(group).entries(
+            self.consumer_groups.base_settings(),
+            self.share_groups.base_settings(),
+        )
+    }
+
+    /// Replaces `group`'s settings after checking them together against
+    /// the broker's; on every node of a cluster once committed. Blocking.
+    ///
+    /// # Errors
+    /// [`CoreError::InvalidConfig`] (an empty group id too), or the
+    /// commit's.
+    pub fn set_group_config(&self, group: &str, config: &GroupConfig) -> Result<(), CoreError> {
+        if group.is_empty() {
+            return Err(CoreError::InvalidConfig {
+                key: String::new(),
+                reason: "the group id is empty".to_owned(),
+            });
+        }
+        config.check(
+            self.consumer_groups.base_settings(),
+            self.share_groups.base_settings(),
+        )?;
+        self.topics.metadata().set_group_config(group, config)
     }
 
     /// The topics as KIP-848 groups see them: id and partition count by

@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use sluice_log::{Log, LogManager};
 
 use crate::CoreError;
+use crate::group_config::{GroupConfig, GroupConfigs};
 use crate::messaging::definitions::{
     self, BindingDefinition, Definition, Definitions, ExchangeDefinition, QueueDefinition,
 };
@@ -183,6 +184,12 @@ pub enum MetadataCommand {
     /// A binding between durable AMQP ends.
     Bind(BindingDefinition),
     Unbind(BindingDefinition),
+    /// A group's settings, all of them (Kafka's ConfigRecord of a GROUP
+    /// resource); empty: none left.
+    SetGroupConfig {
+        group: String,
+        config: BTreeMap<String, String>,
+    },
 }
 
 /// A topic as the metadata describes it.
@@ -323,6 +330,8 @@ pub(crate) struct MetadataState {
     pub(crate) leaving: std::collections::BTreeSet<i32>,
     /// Durable AMQP exchanges, queues and bindings.
     pub(crate) definitions: Definitions,
+    /// Group settings, by group id (none empty).
+    pub(crate) group_configs: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 impl MetadataState {
@@ -386,6 +395,12 @@ impl MetadataState {
             Definition::Exchange(e) => MetadataCommand::DeclareExchange(e.clone()),
             Definition::Queue(q) => MetadataCommand::DeclareQueue(q.clone()),
             Definition::Binding(b) => MetadataCommand::Bind(b.clone()),
+        }));
+        commands.extend(self.group_configs.iter().map(|(group, config)| {
+            MetadataCommand::SetGroupConfig {
+                group: group.clone(),
+                config: config.clone(),
+            }
         }));
         commands
     }
@@ -836,6 +851,13 @@ pub(crate) fn apply(state: &mut MetadataState, command: MetadataCommand) -> Resu
         | MetadataCommand::DeleteQueue { .. }
         | MetadataCommand::Bind(_)
         | MetadataCommand::Unbind(_) => {}
+        MetadataCommand::SetGroupConfig { group, config } => {
+            if config.is_empty() {
+                state.group_configs.remove(&group);
+            } else {
+                state.group_configs.insert(group, config);
+            }
+        }
     }
     Ok(())
 }
@@ -1221,6 +1243,8 @@ pub struct Metadata {
     /// Counts applied changes to the durable AMQP definitions (and
     /// snapshots restored), for the nodes that follow them.
     definitions_changed: tokio::sync::watch::Sender<u64>,
+    /// The group settings as applied, for readers on the request path.
+    group_configs: Arc<GroupConfigs>,
 }
 
 /// A refused command, as a committed command's answer carries it to its
@@ -1296,6 +1320,8 @@ impl Metadata {
                 tracing::warn!(%error, "skipping a metadata command the state refuses");
             }
         }
+        let group_configs = Arc::new(GroupConfigs::default());
+        group_configs.replace_all(&state.group_configs);
         Ok(Arc::new(Metadata {
             writer: Mutex::new(()),
             store: Store::Local(log),
@@ -1304,6 +1330,7 @@ impl Metadata {
             node_id,
             commit_times: CommitTimes::default(),
             definitions_changed: tokio::sync::watch::Sender::new(0),
+            group_configs,
         }))
     }
 
@@ -1319,6 +1346,7 @@ impl Metadata {
             node_id,
             commit_times: CommitTimes::default(),
             definitions_changed: tokio::sync::watch::Sender::new(0),
+            group_configs: Arc::default(),
         })
     }
 
@@ -1387,6 +1415,28 @@ impl Metadata {
     pub fn decommission(&self, node: i32) -> Result<(), CoreError> {
         tracing::info!(node, "decommissioning a node");
         self.commit(MetadataCommand::DecommissionBroker { node })
+    }
+
+    /// The group settings as applied on this node.
+    pub fn group_configs(&self) -> &Arc<GroupConfigs> {
+        &self.group_configs
+    }
+
+    /// Sets all of `group`'s settings (none: back to the broker's).
+    /// Blocking.
+    ///
+    /// # Errors
+    /// The log's write failure, or [`CoreError::Quorum`].
+    pub(crate) fn set_group_config(
+        &self,
+        group: &str,
+        config: &GroupConfig,
+    ) -> Result<(), CoreError> {
+        let _writer = self.writer();
+        self.commit(MetadataCommand::SetGroupConfig {
+            group: group.to_owned(),
+            config: config.overrides().clone(),
+        })
     }
 
     /// One writer at a time: hold it from the check to [`Metadata::commit`].
@@ -1549,9 +1599,17 @@ impl Metadata {
     ) -> Result<(), CoreError> {
         let topic = topic_of(&command).map(str::to_owned);
         let definition = is_definition(&command);
+        let group = match &command {
+            MetadataCommand::SetGroupConfig { group, .. } => Some(group.clone()),
+            _ => None,
+        };
         apply(state, command)?;
         if definition {
             self.definitions_changed.send_modify(|n| *n += 1);
+        }
+        if let Some(group) = group {
+            self.group_configs
+                .set(&group, state.group_configs.get(&group));
         }
         let Some(topics) = self.topics.get().and_then(Weak::upgrade) else {
             return Ok(());
@@ -1579,6 +1637,7 @@ impl Metadata {
         }
         let mut state = self.state();
         *state = fresh;
+        self.group_configs.replace_all(&state.group_configs);
         self.definitions_changed.send_modify(|n| *n += 1);
         match self.topics.get().and_then(Weak::upgrade) {
             Some(topics) => topics.reconcile_all(&state.topics),
@@ -2463,5 +2522,41 @@ mod tests {
         assert!(!state.brokers.contains_key(&1));
         assert!(state.leaving.is_empty());
         assert_eq!(state.topics["t"].replicas_of(0), vec![4, 2, 3]);
+    }
+
+    #[test]
+    fn group_configs_are_replaced_whole_survive_a_snapshot_and_go_when_emptied() {
+        let set = |group: &str, pairs: &[(&str, &str)]| MetadataCommand::SetGroupConfig {
+            group: group.into(),
+            config: pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        };
+        let mut state = MetadataState::default();
+        for command in [
+            set("a", &[("share.delivery.count.limit", "2")]),
+            set("b", &[("share.auto.offset.reset", "earliest")]),
+            set("a", &[("share.record.lock.duration.ms", "5000")]),
+        ] {
+            assert!(apply(&mut state, command).is_ok());
+        }
+        assert_eq!(
+            state
+                .group_configs
+                .get("a")
+                .map(|c| c.keys().collect::<Vec<_>>()),
+            Some(vec![&"share.record.lock.duration.ms".to_owned()]),
+            "a second command replaces the first"
+        );
+        assert_eq!(rebuilt(&state), state);
+        let configs = GroupConfigs::default();
+        configs.replace_all(&state.group_configs);
+        assert!(configs.get("b").is_some());
+        assert!(apply(&mut state, set("b", &[])).is_ok());
+        assert!(!state.group_configs.contains_key("b"));
+        configs.set("b", state.group_configs.get("b"));
+        assert!(configs.get("b").is_none());
+        assert_eq!(rebuilt(&state), state);
     }
 }

@@ -22,12 +22,13 @@
 //! again by a new leader.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::consumer_groups::{Assignment, TopicCatalog, TopicId};
+use crate::group_config::GroupConfigs;
 
 /// Where a share partition starts the first time a member fetches it
 /// (`share.auto.offset.reset`).
@@ -677,6 +678,8 @@ struct Session {
 #[derive(Debug)]
 pub struct ShareGroups {
     settings: ShareSettings,
+    /// Groups' own settings over `settings`.
+    configs: Arc<GroupConfigs>,
     groups: Mutex<HashMap<String, ShareGroup>>,
     partitions: Mutex<HashMap<(String, TopicId, i32), SharePartition>>,
     sessions: Mutex<HashMap<(String, String), Session>>,
@@ -693,9 +696,10 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl ShareGroups {
-    pub fn new(settings: ShareSettings) -> ShareGroups {
+    pub fn new(settings: ShareSettings, configs: Arc<GroupConfigs>) -> ShareGroups {
         ShareGroups {
             settings,
+            configs,
             groups: Mutex::new(HashMap::new()),
             partitions: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
@@ -704,8 +708,17 @@ impl ShareGroups {
         }
     }
 
-    pub fn settings(&self) -> &ShareSettings {
+    /// The broker's share settings.
+    pub fn base_settings(&self) -> &ShareSettings {
         &self.settings
+    }
+
+    /// `group_id`'s settings: the broker's, with the group's own.
+    pub fn settings(&self, group_id: &str) -> ShareSettings {
+        match self.configs.get(group_id) {
+            Some(config) => config.share(&self.settings),
+            None => self.settings.clone(),
+        }
     }
 
     /// Resolves when records may have become available again.
@@ -737,6 +750,7 @@ impl ShareGroups {
         if heartbeat.member_epoch == 0 && heartbeat.subscribed_names.is_none() {
             return invalid("SubscribedTopicNames must be set in first request.");
         }
+        let settings = self.settings(&heartbeat.group_id);
         let mut groups = lock(&self.groups);
         let member_id = heartbeat.member_id.clone();
         if heartbeat.member_epoch == -1 {
@@ -752,7 +766,7 @@ impl ShareGroups {
             return Ok(ShareHeartbeatAnswer {
                 member_id,
                 member_epoch: -1,
-                heartbeat_interval: self.settings.heartbeat_interval,
+                heartbeat_interval: settings.heartbeat_interval,
                 assignment: None,
             });
         }
@@ -789,7 +803,7 @@ impl ShareGroups {
         if !joining && heartbeat.member_epoch > member.epoch {
             return Err(ShareError::FencedMemberEpoch);
         }
-        member.deadline = now + self.settings.session_timeout;
+        member.deadline = now + settings.session_timeout;
         if heartbeat.rack_id.is_some() {
             member.rack_id = heartbeat.rack_id.clone();
         }
@@ -814,7 +828,7 @@ impl ShareGroups {
         Ok(ShareHeartbeatAnswer {
             member_id,
             member_epoch: member.epoch,
-            heartbeat_interval: self.settings.heartbeat_interval,
+            heartbeat_interval: settings.heartbeat_interval,
             assignment: changed.then(|| member.assigned.clone()),
         })
     }
@@ -986,17 +1000,18 @@ impl ShareGroups {
         high_watermark: i64,
         work: impl FnOnce(&mut SharePartition, &ShareSettings) -> T,
     ) -> T {
+        let settings = self.settings(group_id);
         let mut states = lock(&self.partitions);
         let state = states
             .entry((group_id.to_owned(), topic, partition))
             .or_insert_with(|| {
-                SharePartition::new(match self.settings.auto_offset_reset {
+                SharePartition::new(match settings.auto_offset_reset {
                     ShareReset::Earliest => log_start,
                     ShareReset::Latest => high_watermark,
                 })
             });
         state.follow_log_start(log_start);
-        work(state, &self.settings)
+        work(state, &settings)
     }
 
     /// Whether a share partition's state must be loaded before use: this
@@ -1047,15 +1062,16 @@ impl ShareGroups {
             }
             state
         });
+        let settings = self.settings(group_id);
         let mut state = restored.unwrap_or_else(|| {
-            SharePartition::new(match self.settings.auto_offset_reset {
+            SharePartition::new(match settings.auto_offset_reset {
                 ShareReset::Earliest => log_start,
                 ShareReset::Latest => high_watermark,
             })
         });
         state.leader_epoch = leader_epoch;
         state.follow_log_start(log_start);
-        state.archive_exhausted(self.settings.delivery_limit);
+        state.archive_exhausted(settings.delivery_limit);
         let mut states = lock(&self.partitions);
         if loaded(&states) {
             return;
@@ -1174,11 +1190,12 @@ impl ShareGroups {
         partition: i32,
         batches: &[AckBatch],
     ) -> Result<(), ShareError> {
+        let delivery_limit = self.settings(group_id).delivery_limit;
         let mut states = lock(&self.partitions);
         let state = states
             .get_mut(&(group_id.to_owned(), topic, partition))
             .ok_or(ShareError::InvalidRecordState)?;
-        let released = state.acknowledge(member_id, batches, self.settings.delivery_limit)?;
+        let released = state.acknowledge(member_id, batches, delivery_limit)?;
         drop(states);
         if released {
             self.released.notify_waiters();
@@ -1215,8 +1232,8 @@ impl ShareGroups {
     /// call periodically.
     pub fn expire(&self, now: Instant) {
         let mut released = false;
-        for state in lock(&self.partitions).values_mut() {
-            released |= state.expire(now, self.settings.delivery_limit);
+        for ((group_id, _, _), state) in lock(&self.partitions).iter_mut() {
+            released |= state.expire(now, self.settings(group_id).delivery_limit);
         }
         let mut gone: Vec<(String, String)> = Vec::new();
         for (group_id, group) in lock(&self.groups).iter_mut() {

@@ -14,7 +14,7 @@ use sluice_types::{Offset, PartitionId};
 use crate::consumer_groups::TopicId;
 use crate::messaging::record_to_message;
 use crate::share_groups::{DeadLetter, DeadReason};
-use crate::{Acks, Broker, CommittedOffset, Coordinator, CoreError, Undecodable};
+use crate::{Acks, Broker, CommittedOffset, Coordinator, CoreError, DeadLetterTarget, Undecodable};
 
 /// The offsets group that holds share group `group`'s state.
 pub const SHARE_STATE_PREFIX: &str = "__sluice_share-";
@@ -381,9 +381,11 @@ impl Broker {
 
 impl Broker {
     /// Publishes the records share groups archived (rejected, or at the
-    /// delivery limit) to the AMQP exchange their topic's
-    /// `sluice.share.dead.letter.exchange` names, as RabbitMQ dead-letters:
-    /// the record as the bridge maps it, routed by its key, with
+    /// delivery limit) to the AMQP exchange the group's
+    /// `sluice.share.dead.letter.exchange` names (or else their topic's),
+    /// as RabbitMQ dead-letters: the record as the bridge maps it, routed
+    /// by the group's `sluice.share.dead.letter.routing.key` or else its
+    /// key, with
     /// `x-share-group`, `x-delivery-count` and `x-death-reason` headers.
     /// What cannot be published yet is tried again next time.
     fn dead_letter(&self) {
@@ -397,10 +399,21 @@ impl Broker {
             let Some(topic) = self.topics().get(&name) else {
                 continue;
             };
-            let Some((vhost, exchange)) = topic.config().share_dead_letter() else {
+            // The group's own target first, then the topic's (routed by
+            // each record's key).
+            let Some(target) = self.group_config(&group).share_dead_letter().or_else(|| {
+                topic
+                    .config()
+                    .share_dead_letter()
+                    .map(|(vhost, exchange)| DeadLetterTarget {
+                        vhost,
+                        exchange,
+                        routing_key: None,
+                    })
+            }) else {
                 continue;
             };
-            let published = self.publish_dead(&group, &topic, index, (&vhost, &exchange), &dead);
+            let published = self.publish_dead(&group, &topic, index, &target, &dead);
             if let Err(error) = published {
                 tracing::warn!(%error, group, topic = name, partition = index, "share dead letters not published yet");
                 self.share_groups().restore_dead(
@@ -417,9 +430,10 @@ impl Broker {
         group: &str,
         topic: &crate::Topic,
         index: i32,
-        (vhost, exchange): (&str, &str),
+        target: &DeadLetterTarget,
         dead: &[DeadLetter],
     ) -> Result<(), String> {
+        let (vhost, exchange) = (target.vhost.as_str(), target.exchange.as_str());
         let partition = topic
             .local_partition(PartitionId::from(index))
             .map_err(|e| e.to_string())?;
@@ -478,6 +492,9 @@ impl Broker {
                         std::mem::take(&mut message.properties).with_delivery_mode(2);
                 }
                 message.exchange = crate::messaging::short(exchange);
+                if let Some(key) = &target.routing_key {
+                    message.routing_key = crate::messaging::short(key);
+                }
                 let outcome = vhost
                     .publish_from(exchange, message, None)
                     .map_err(|e| e.to_string())?;

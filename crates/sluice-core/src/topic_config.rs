@@ -17,6 +17,8 @@ use crate::CoreError;
 pub enum ConfigSource {
     /// Set on the topic.
     Topic,
+    /// Set on the group (group configs).
+    Group,
     /// The broker's default.
     Default,
 }

@@ -101,7 +101,7 @@ fn disjoint(clients: &[&Client]) {
 
 #[test]
 fn a_lone_member_gets_every_subscribed_partition() {
-    let groups = ConsumerGroups::new(settings());
+    let groups = ConsumerGroups::new(settings(), std::sync::Arc::default());
     let now = Instant::now();
     let a = Client::join(&groups, "a", &["orders", "payments"], now);
     assert_eq!(a.epoch, 1);
@@ -113,7 +113,7 @@ fn a_lone_member_gets_every_subscribed_partition() {
 
 #[test]
 fn a_partition_moves_only_after_its_owner_revoked_it() {
-    let groups = ConsumerGroups::new(settings());
+    let groups = ConsumerGroups::new(settings(), std::sync::Arc::default());
     let now = Instant::now();
     let mut a = Client::join(&groups, "a", &["orders"], now);
     assert_eq!(count(&a.owned), 4);
@@ -141,7 +141,7 @@ fn a_partition_moves_only_after_its_owner_revoked_it() {
 
 #[test]
 fn a_member_that_never_revokes_is_fenced_after_its_rebalance_timeout() {
-    let groups = ConsumerGroups::new(settings());
+    let groups = ConsumerGroups::new(settings(), std::sync::Arc::default());
     let now = Instant::now();
     let mut a = Client::join(&groups, "a", &["orders"], now);
     let mut b = Client::join(&groups, "b", &["orders"], now);
@@ -160,7 +160,7 @@ fn a_member_that_never_revokes_is_fenced_after_its_rebalance_timeout() {
 
 #[test]
 fn a_silent_member_is_fenced_when_its_session_ends() {
-    let groups = ConsumerGroups::new(settings());
+    let groups = ConsumerGroups::new(settings(), std::sync::Arc::default());
     let now = Instant::now();
     let _a = Client::join(&groups, "a", &["orders"], now);
     let mut b = Client::join(&groups, "b", &["orders"], now);
@@ -174,7 +174,7 @@ fn a_silent_member_is_fenced_when_its_session_ends() {
 
 #[test]
 fn epochs_ahead_are_fenced_and_a_lost_answer_is_forgiven() {
-    let groups = ConsumerGroups::new(settings());
+    let groups = ConsumerGroups::new(settings(), std::sync::Arc::default());
     let now = Instant::now();
     let a = Client::join(&groups, "a", &["orders"], now);
     let ahead = groups.heartbeat(beat("a", a.epoch + 1, &a.owned), &catalog(), now);
@@ -197,7 +197,7 @@ fn epochs_ahead_are_fenced_and_a_lost_answer_is_forgiven() {
 
 #[test]
 fn a_static_member_returns_under_a_new_id_to_the_same_partitions() {
-    let groups = ConsumerGroups::new(settings());
+    let groups = ConsumerGroups::new(settings(), std::sync::Arc::default());
     let now = Instant::now();
     let static_join = |id: &str| Heartbeat {
         instance_id: Some("instance-1".to_owned()),
@@ -247,10 +247,13 @@ fn a_static_member_returns_under_a_new_id_to_the_same_partitions() {
 
 #[test]
 fn range_cuts_each_topic_into_contiguous_ranges() {
-    let groups = ConsumerGroups::new(ConsumerGroupSettings {
-        assignors: vec![Assignor::Range, Assignor::Uniform],
-        ..settings()
-    });
+    let groups = ConsumerGroups::new(
+        ConsumerGroupSettings {
+            assignors: vec![Assignor::Range, Assignor::Uniform],
+            ..settings()
+        },
+        std::sync::Arc::default(),
+    );
     let now = Instant::now();
     let mut a = Client::join(&groups, "a", &["orders", "payments"], now);
     let mut b = Client::join(&groups, "b", &["orders", "payments"], now);
@@ -271,7 +274,7 @@ fn range_cuts_each_topic_into_contiguous_ranges() {
 
 #[test]
 fn a_member_naming_an_assignor_not_configured_is_refused() {
-    let groups = ConsumerGroups::new(settings());
+    let groups = ConsumerGroups::new(settings(), std::sync::Arc::default());
     let heartbeat = Heartbeat {
         server_assignor: Some("sticky".to_owned()),
         ..join("a", &["orders"])
@@ -284,7 +287,7 @@ fn a_member_naming_an_assignor_not_configured_is_refused() {
 
 #[test]
 fn uniform_balances_and_moves_as_little_as_it_can() {
-    let groups = ConsumerGroups::new(settings());
+    let groups = ConsumerGroups::new(settings(), std::sync::Arc::default());
     let now = Instant::now();
     let mut catalog = catalog();
     catalog.insert("big", [3; 16], 12, false);
@@ -342,7 +345,7 @@ fn uniform_balances_and_moves_as_little_as_it_can() {
 
 #[test]
 fn a_regex_matches_whole_names_and_picks_up_new_topics() {
-    let groups = ConsumerGroups::new(settings());
+    let groups = ConsumerGroups::new(settings(), std::sync::Arc::default());
     let now = Instant::now();
     let heartbeat = Heartbeat {
         subscribed_names: Some(Vec::new()),
@@ -373,7 +376,7 @@ fn a_regex_matches_whole_names_and_picks_up_new_topics() {
 
 #[test]
 fn joins_are_validated_as_kafka_does() {
-    let groups = ConsumerGroups::new(settings());
+    let groups = ConsumerGroups::new(settings(), std::sync::Arc::default());
     let now = Instant::now();
     let cases = [
         Heartbeat {
@@ -415,7 +418,7 @@ fn joins_are_validated_as_kafka_does() {
 
 #[test]
 fn commits_need_the_members_current_epoch() {
-    let groups = ConsumerGroups::new(settings());
+    let groups = ConsumerGroups::new(settings(), std::sync::Arc::default());
     let now = Instant::now();
     assert_eq!(groups.check_commit("g", "", -1), None, "no such group");
     let a = Client::join(&groups, "a", &["orders"], now);
@@ -443,7 +446,7 @@ fn commits_need_the_members_current_epoch() {
 
 #[test]
 fn offset_commits_are_checked_as_kafka_checks_them() {
-    let groups = ConsumerGroups::new(settings());
+    let groups = ConsumerGroups::new(settings(), std::sync::Arc::default());
     let now = Instant::now();
     let a = Client::join(&groups, "a", &["orders"], now);
     let check = |member: &str, epoch: i32, version: Option<i16>| {
@@ -480,7 +483,7 @@ fn offset_commits_are_checked_as_kafka_checks_them() {
 
 #[test]
 fn a_static_member_returning_after_its_share_shrank_moves_to_the_new_target() {
-    let groups = ConsumerGroups::new(settings());
+    let groups = ConsumerGroups::new(settings(), std::sync::Arc::default());
     let now = Instant::now();
     let static_join = |id: &str| Heartbeat {
         instance_id: Some("instance-1".to_owned()),

@@ -138,10 +138,13 @@ fn reject_and_gap_archive_and_per_offset_types_apply_one_by_one() {
 
 #[test]
 fn a_member_leaving_releases_its_records_without_counting_the_delivery() {
-    let groups = ShareGroups::new(ShareSettings {
-        auto_offset_reset: ShareReset::Earliest,
-        ..settings()
-    });
+    let groups = ShareGroups::new(
+        ShareSettings {
+            auto_offset_reset: ShareReset::Earliest,
+            ..settings()
+        },
+        std::sync::Arc::default(),
+    );
     let mut catalog = TopicCatalog::new();
     catalog.insert("q", T, 1, false);
     let now = Instant::now();
@@ -187,7 +190,7 @@ fn a_member_leaving_releases_its_records_without_counting_the_delivery() {
 
 #[test]
 fn sessions_follow_kafkas_epochs() {
-    let groups = ShareGroups::new(settings());
+    let groups = ShareGroups::new(settings(), std::sync::Arc::default());
     assert_eq!(
         groups.session(("g", "a"), 1, &[], &[], None),
         Err(ShareError::SessionNotFound)
@@ -220,13 +223,16 @@ fn sessions_follow_kafkas_epochs() {
 
 #[test]
 fn latest_starts_at_the_high_watermark_and_earliest_at_the_log_start() {
-    let latest = ShareGroups::new(settings());
+    let latest = ShareGroups::new(settings(), std::sync::Arc::default());
     let start = latest.with_partition("g", T, 0, 2, 9, |state, _| state.start());
     assert_eq!(start, 9);
-    let earliest = ShareGroups::new(ShareSettings {
-        auto_offset_reset: ShareReset::Earliest,
-        ..settings()
-    });
+    let earliest = ShareGroups::new(
+        ShareSettings {
+            auto_offset_reset: ShareReset::Earliest,
+            ..settings()
+        },
+        std::sync::Arc::default(),
+    );
     let start = earliest.with_partition("g", T, 0, 2, 9, |state, _| state.start());
     assert_eq!(start, 2);
 }
@@ -326,7 +332,7 @@ fn overlapping_acknowledgement_batches_and_overflowing_ranges_are_refused() {
 
 #[test]
 fn a_second_load_in_the_same_epoch_keeps_the_first_and_records_at_the_limit_are_archived() {
-    let groups = ShareGroups::new(settings());
+    let groups = ShareGroups::new(settings(), std::sync::Arc::default());
     let key = ("g", T, 0);
     // Stored: 0..=1 delivered 3 times (the limit), 2 once; all available.
     let stored = format!("v2 {} 3 0-1:a:3 2-2:a:1", "07".repeat(16));
@@ -364,7 +370,7 @@ fn a_second_load_in_the_same_epoch_keeps_the_first_and_records_at_the_limit_are_
 
 #[test]
 fn states_wait_for_their_dead_letters_and_former_leaders_forget_theirs() {
-    let groups = ShareGroups::new(settings());
+    let groups = ShareGroups::new(settings(), std::sync::Arc::default());
     // Latest: both start at the high watermark, 0.
     groups.install(("g", T, 0), 1, None, 0, 0);
     groups.install(("g", T, 1), 1, None, 0, 0);
@@ -423,10 +429,13 @@ fn states_wait_for_their_dead_letters_and_former_leaders_forget_theirs() {
 
 #[test]
 fn a_closed_connection_ends_its_sessions_and_releases_what_they_held() {
-    let groups = ShareGroups::new(ShareSettings {
-        auto_offset_reset: ShareReset::Earliest,
-        ..settings()
-    });
+    let groups = ShareGroups::new(
+        ShareSettings {
+            auto_offset_reset: ShareReset::Earliest,
+            ..settings()
+        },
+        std::sync::Arc::default(),
+    );
     let now = Instant::now();
     groups
         .session(("g", "a"), 0, &[(T, 0)], &[], Some(7))

@@ -355,6 +355,7 @@ fn description(broker: &Broker, id: &str) -> ApiResult<Value> {
         "protocol": described.as_ref().map_or("", |d| d.protocol.as_str()),
         "members": members,
         "offsets": offsets,
+        "configs": broker.group_config(id).overrides(),
     });
     if let Some((members, epoch, assignor)) = modern {
         answer["members"] = Value::Array(members);

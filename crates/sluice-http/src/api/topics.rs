@@ -96,6 +96,7 @@ pub(crate) fn description(shared: &AppState, topic: &Topic) -> Value {
                 "value": entry.value,
                 "source": match entry.source {
                     ConfigSource::Topic => "topic",
+                    ConfigSource::Group => "group",
                     ConfigSource::Default => "default",
                 },
             })

@@ -1,5 +1,6 @@
 //! DeleteRecords, OffsetForLeaderEpoch, AlterConfigs,
-//! IncrementalAlterConfigs, DescribeCluster and OffsetDelete.
+//! IncrementalAlterConfigs (of topics and groups), DescribeCluster and
+//! OffsetDelete.
 
 use std::sync::Arc;
 
@@ -23,13 +24,15 @@ use kafka_protocol::messages::{
     OffsetDeleteResponse, OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse,
 };
 use kafka_protocol::protocol::StrBytes;
-use sluice_core::{Broker, CoreError, TopicConfig};
+use sluice_core::{Broker, CoreError, GroupConfig, TopicConfig};
 use sluice_types::{LeaderEpoch, Offset};
 
 use super::{Context, blocking};
 use crate::errors;
 
 const TOPIC: i8 = 2;
+/// Config resource type of a group (KIP-848's group configs).
+const GROUP: i8 = 32;
 /// DeleteRecords offset meaning "up to the high watermark".
 const HIGH_WATERMARK: i64 = -1;
 
@@ -126,6 +129,39 @@ pub(crate) fn offset_for_leader_epoch(
     OffsetForLeaderEpochResponse::default().with_topics(topics)
 }
 
+/// A group's outcome for AlterConfigs and IncrementalAlterConfigs: the
+/// group need not exist (Kafka keeps configs of groups to come).
+fn alter_group(
+    broker: &Broker,
+    name: &str,
+    validate_only: bool,
+    change: impl FnOnce(GroupConfig) -> Result<GroupConfig, CoreError>,
+) -> (i16, Option<StrBytes>) {
+    if name.is_empty() {
+        return (
+            ResponseError::InvalidRequest.code(),
+            Some(StrBytes::from_static_str("the group id is empty")),
+        );
+    }
+    let outcome = change(broker.group_config(name)).and_then(|config| {
+        if validate_only {
+            config.check(
+                broker.consumer_groups().base_settings(),
+                broker.share_groups().base_settings(),
+            )
+        } else {
+            broker.set_group_config(name, &config)
+        }
+    });
+    match outcome {
+        Ok(()) => (0, None),
+        Err(err) => (
+            errors::code(&err).code(),
+            Some(StrBytes::from_string(err.to_string())),
+        ),
+    }
+}
+
 /// One resource's outcome for AlterConfigs and IncrementalAlterConfigs.
 fn alter_topic(
     broker: &Broker,
@@ -138,7 +174,7 @@ fn alter_topic(
         return (
             ResponseError::InvalidRequest.code(),
             Some(StrBytes::from_static_str(
-                "only topic configs can be altered",
+                "only topic and group configs can be altered",
             )),
         );
     }
@@ -187,13 +223,23 @@ pub(crate) async fn alter_configs(
                             .map(|v| (c.name.to_string(), v.to_string()))
                     })
                     .collect();
-                let (code, message) = alter_topic(
-                    &broker,
-                    resource.resource_type,
-                    &resource.resource_name,
-                    validate_only,
-                    |_| TopicConfig::new(settings),
-                );
+                let (code, message) = if resource.resource_type == GROUP {
+                    alter_group(&broker, &resource.resource_name, validate_only, |_| {
+                        let mut config = GroupConfig::default();
+                        for (key, value) in settings {
+                            config.set(key, &value)?;
+                        }
+                        Ok(config)
+                    })
+                } else {
+                    alter_topic(
+                        &broker,
+                        resource.resource_type,
+                        &resource.resource_name,
+                        validate_only,
+                        |_| TopicConfig::new(settings),
+                    )
+                };
                 AlterConfigsResourceResponse::default()
                     .with_error_code(code)
                     .with_error_message(message)
@@ -235,6 +281,31 @@ pub(crate) async fn incremental_alter_configs(
                         )
                     })
                     .collect();
+                if resource.resource_type == GROUP {
+                    let (code, message) =
+                        alter_group(&broker, &resource.resource_name, validate_only, |mut config| {
+                            for (key, operation, value) in changes {
+                                match operation {
+                                    SET => config.set(key, value.as_deref().unwrap_or(""))?,
+                                    DELETE => config.remove(&key)?,
+                                    _ => {
+                                        return Err(CoreError::InvalidConfig {
+                                            key,
+                                            reason: format!(
+                                                "operation {operation} does not apply: group configs are not lists"
+                                            ),
+                                        });
+                                    }
+                                }
+                            }
+                            Ok(config)
+                        });
+                    return IncrementalResourceResponse::default()
+                        .with_error_code(code)
+                        .with_error_message(message)
+                        .with_resource_type(resource.resource_type)
+                        .with_resource_name(resource.resource_name);
+                }
                 let (code, message) = alter_topic(
                     &broker,
                     resource.resource_type,

@@ -1,6 +1,7 @@
-//! DescribeConfigs for topics (and an empty set for this broker): every
-//! topic config Kafka 3.9 knows plus Sluice's own, with its source, type
-//! (v3+) and, when asked, synonyms: the topic override, then the broker
+//! DescribeConfigs for topics and groups (and an empty set for this
+//! broker): every topic config Kafka 3.9 knows and every group config
+//! Sluice takes, plus Sluice's own, with its source, type (v3+) and, when
+//! asked, synonyms: the topic's or group's own value, then the broker
 //! setting the default comes from.
 
 use kafka_protocol::ResponseError;
@@ -15,9 +16,11 @@ use super::Context;
 
 const TOPIC: i8 = 2;
 const BROKER: i8 = 4;
+const GROUP: i8 = 32;
 /// Config sources, as DescribeConfigs v1+ numbers them.
 const DYNAMIC_TOPIC_CONFIG: i8 = 1;
 const DEFAULT_CONFIG: i8 = 5;
+const GROUP_CONFIG: i8 = 8;
 
 pub(crate) fn describe(
     context: &Context,
@@ -54,11 +57,28 @@ pub(crate) fn describe(
                         .collect();
                     result.with_error_code(0).with_configs(configs)
                 }
+                GROUP if resource.resource_name.is_empty() => result
+                    .with_error_code(ResponseError::InvalidRequest.code())
+                    .with_error_message(Some(StrBytes::from_static_str("the group id is empty"))),
+                GROUP => {
+                    let keys = resource.configuration_keys;
+                    let configs = context
+                        .broker
+                        .group_config_entries(&resource.resource_name)
+                        .into_iter()
+                        .filter(|e| {
+                            keys.as_ref()
+                                .is_none_or(|keys| keys.iter().any(|k| k.as_str() == e.name))
+                        })
+                        .map(|e| entry(e, include_synonyms))
+                        .collect();
+                    result.with_error_code(0).with_configs(configs)
+                }
                 BROKER => result.with_error_code(0),
                 _ => result
                     .with_error_code(ResponseError::InvalidRequest.code())
                     .with_error_message(Some(StrBytes::from_static_str(
-                        "only topic and broker resources can be described",
+                        "only topic, group and broker resources can be described",
                     ))),
             }
         })
@@ -69,16 +89,17 @@ pub(crate) fn describe(
 fn entry(e: ConfigEntry, include_synonyms: bool) -> DescribeConfigsResourceResult {
     let source = match e.source {
         ConfigSource::Topic => DYNAMIC_TOPIC_CONFIG,
+        ConfigSource::Group => GROUP_CONFIG,
         ConfigSource::Default => DEFAULT_CONFIG,
     };
     let mut synonyms = Vec::new();
     if include_synonyms {
-        if e.source == ConfigSource::Topic {
+        if e.source != ConfigSource::Default {
             synonyms.push(
                 DescribeConfigsSynonym::default()
                     .with_name(StrBytes::from_static_str(e.name))
                     .with_value(Some(StrBytes::from_string(e.value.clone())))
-                    .with_source(DYNAMIC_TOPIC_CONFIG),
+                    .with_source(source),
             );
         }
         if let Some((broker, value)) = e.broker_synonym {

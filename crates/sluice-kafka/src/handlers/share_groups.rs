@@ -350,8 +350,11 @@ fn take(
 
 pub(crate) async fn fetch(context: &Context, request: ShareFetchRequest) -> ShareFetchResponse {
     let broker = Arc::clone(&context.broker);
-    let lock_ms = i32::try_from(broker.share_groups().settings().lock_duration.as_millis())
-        .unwrap_or(i32::MAX);
+    let lock_duration = match request.group_id.as_ref() {
+        Some(group_id) => broker.share_groups().settings(group_id).lock_duration,
+        None => broker.share_groups().base_settings().lock_duration,
+    };
+    let lock_ms = i32::try_from(lock_duration.as_millis()).unwrap_or(i32::MAX);
     let refused = |error: ResponseError, message: String| {
         ShareFetchResponse::default()
             .with_error_code(error.code())

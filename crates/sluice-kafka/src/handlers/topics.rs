@@ -125,6 +125,7 @@ fn create_one(
                 .with_value(Some(StrBytes::from_string(entry.value)))
                 .with_config_source(match entry.source {
                     ConfigSource::Topic => 1,
+                    ConfigSource::Group => 8,
                     ConfigSource::Default => 5,
                 })
         })
