@@ -563,6 +563,112 @@ def test_classic_and_consumer_groups_share_a_topic_and_are_listed_with_their_typ
         classic.close()
 
 
+# A librdkafka member of the classic protocol in the same group: its own
+# session and heartbeat, the cooperative assignor (incremental callbacks).
+CLASSIC_MEMBER_SETTINGS = {
+    "group.protocol": "classic",
+    "session.timeout.ms": 6000,
+    "heartbeat.interval.ms": 500,
+    "partition.assignment.strategy": "cooperative-sticky",
+}
+
+
+def group_type(admin, group: str):
+    found = listed(admin).get(group)
+    return found.type if found else None
+
+
+def test_a_classic_group_is_upgraded_by_a_consumer_member_and_downgraded_when_it_leaves(broker, topic, group, members):
+    """Kafka 4's online migration: a classic group with a member is
+    upgraded when a member of the consumer protocol joins (no
+    GROUP_ID_NOT_FOUND), the coordinator splits the partitions between the
+    classic member (JoinGroup, SyncGroup, Heartbeat) and the new one without
+    a partition ever having two owners, and when the new member leaves the
+    group is classic again and its classic member gets everything back; no
+    record is lost across the two migrations."""
+    create_topic_confluent(broker, topic, partitions=4)
+    feeder = Feeder(broker, topic)
+    admin = confluent_admin(broker)
+    classic = members(group, [topic], "classic", **CLASSIC_MEMBER_SETTINGS)
+    ownership = Ownership([classic])
+    drive([classic], lambda: classic.partitions() == set(range(4)), SETTLE_TIMEOUT_S,
+          "the classic member to own all 4", feeder=feeder, check=ownership.check)
+    assert group_type(admin, group) == ConsumerGroupType.CLASSIC
+
+    modern = members(group, [topic], "consumer")
+    pair = [classic, modern]
+    ownership.members = pair
+    drive(pair, lambda: balanced(pair, 4) and len(modern.seen) > 0, SETTLE_TIMEOUT_S,
+          "the classic and the consumer member to own 2 partitions each", feeder=feeder, check=ownership.check)
+    run_for(pair, 1.0, feeder=feeder, check=ownership.check)
+    assert balanced(pair, 4), {m.name: sorted(m.partitions()) for m in pair}
+    assert group_type(admin, group) == ConsumerGroupType.CONSUMER, "upgraded to a consumer group"
+    described = describe(admin, group)
+    assert sorted(m.client_id for m in described.members) == ["classic", "consumer"], described.members
+
+    modern.close()
+    drive([classic], lambda: classic.partitions() == set(range(4)) and group_type(admin, group)
+          == ConsumerGroupType.CLASSIC, SETTLE_TIMEOUT_S,
+          "the group to be classic again with its classic member owning all 4", feeder=feeder, check=ownership.check)
+
+    produced = feeder.finish()
+    everything = lambda: [v for m in pair for v in m.values()]  # noqa: E731
+    drive([classic], lambda: produced <= set(everything()), CLIENT_TIMEOUT_S, "every record consumed",
+          check=ownership.check)
+    run_for([classic], 1.0)
+    assert not ownership.violations, (
+        f"partitions owned by two members at once (s after start, owners): {ownership.violations}"
+    )
+    missing = produced - set(everything())
+    assert not missing, f"{len(missing)} records never consumed, e.g. {sorted(missing)[:5]}"
+    lost = {m.name: [e for e in m.events if e[0] == "lost"] for m in pair}
+    assert not any(lost.values()), f"partitions lost (not revoked) in the migrations: {lost}"
+    ends = end_offsets(broker, topic, 4)
+    committed = group_offsets(admin, group, topic, 4)
+    assert committed == ends, (
+        f"committed {committed} short of the end offsets {ends}; commit errors {commit_error_summary(pair)}"
+    )
+
+
+def test_an_eager_kafka_python_member_joins_a_consumer_group_and_keeps_it_after_the_last_consumer_member_leaves(
+    broker, topic, group, members
+):
+    """A classic member with an eager assignor (kafka-python, `range`)
+    joins a consumer group that has a member of the new protocol: the
+    coordinator gives it a share of the partitions through JoinGroup and
+    SyncGroup, ConsumerGroupDescribe lists it as a classic member, and
+    when the consumer-protocol member leaves, the group goes back to the
+    classic protocol with the kafka-python member reading every partition.
+    Every record is read."""
+    create_topic_confluent(broker, topic, partitions=4)
+    feeder = Feeder(broker, topic)
+    admin = confluent_admin(broker)
+    modern = members(group, [topic], "consumer")
+    drive([modern], lambda: modern.partitions() == set(range(4)), SETTLE_TIMEOUT_S,
+          "the consumer member to own all 4", feeder=feeder)
+    python = ClassicPoller(broker, topic, group)
+    try:
+        owned = lambda: {tp.partition for tp in python.consumer.assignment()}  # noqa: E731
+        drive([modern], lambda: len(owned()) == 2 and len(modern.partitions()) == 2
+              and not owned() & modern.partitions(), SETTLE_TIMEOUT_S,
+              "kafka-python and the consumer member to own 2 partitions each", feeder=feeder, extra=python.poll)
+        assert group_type(admin, group) == ConsumerGroupType.CONSUMER
+        described = describe(admin, group)
+        assert sorted(m.client_id for m in described.members) == ["consumer", "kafka-python"], described.members
+
+        modern.close()
+        drive([], lambda: owned() == set(range(4)) and group_type(admin, group) == ConsumerGroupType.CLASSIC,
+              SETTLE_TIMEOUT_S, "the group to be classic again with kafka-python owning all 4",
+              feeder=feeder, extra=python.poll)
+        produced = feeder.finish()
+        everything = lambda: set(modern.values()) | set(python.seen)  # noqa: E731
+        drive([], lambda: produced <= everything(), CLIENT_TIMEOUT_S, "every record consumed", extra=python.poll)
+    finally:
+        python.close()
+    missing = produced - everything()
+    assert not missing, f"{len(missing)} records never consumed, e.g. {sorted(missing)[:5]}"
+
+
 def test_describe_shows_a_consumer_groups_members_and_their_assignments(broker, topic, group, members):
     create_topic_confluent(broker, topic, partitions=4)
     produced = produce_values(broker, topic, "v", 40)

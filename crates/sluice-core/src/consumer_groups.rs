@@ -120,6 +120,15 @@ pub enum ConsumerGroupError {
         "OffsetCommit version 9 or above must be used by members using the consumer group protocol"
     )]
     UnsupportedVersion,
+    /// A classic member's protocols are not the group's.
+    #[error("{0}")]
+    InconsistentGroupProtocol(String),
+    /// A classic member's generation is not its member epoch.
+    #[error("the generation is not the member's epoch")]
+    IllegalGeneration,
+    /// A classic member must rejoin to catch up with the group.
+    #[error("the group is rebalancing: rejoin")]
+    RebalanceInProgress,
 }
 
 /// The topics a heartbeat may subscribe to, by name: id and partition
@@ -202,6 +211,9 @@ pub struct ConsumerMemberDescription {
     pub subscribed_regex: Option<String>,
     pub assignment: Assignment,
     pub target: Assignment,
+    /// It speaks the classic protocol (ConsumerGroupDescribe v1's member
+    /// type 0).
+    pub classic: bool,
 }
 
 /// A group as ConsumerGroupDescribe shows it.
@@ -242,6 +254,9 @@ struct Member {
     server_assignor: Option<Assignor>,
     session_deadline: Instant,
     revocation_deadline: Option<Instant>,
+    /// A member speaking the classic protocol (JoinGroup, SyncGroup,
+    /// Heartbeat) in a consumer group: Kafka's online migration.
+    classic: Option<classic::ClassicMeta>,
 }
 
 impl Member {
@@ -262,6 +277,7 @@ impl Member {
             server_assignor: None,
             session_deadline: now,
             revocation_deadline: None,
+            classic: None,
         }
     }
 
@@ -293,6 +309,9 @@ struct Group {
     /// computed on: a change bumps the group epoch.
     subscribed: BTreeMap<String, (TopicId, u32)>,
     assignor: Assignor,
+    /// A member was removed since the last check for a downgrade to a
+    /// classic group.
+    removed: bool,
 }
 
 impl Group {
@@ -304,6 +323,7 @@ impl Group {
             members: BTreeMap::new(),
             subscribed: BTreeMap::new(),
             assignor,
+            removed: false,
         }
     }
 
@@ -336,6 +356,7 @@ impl Group {
         if self.members.remove(member_id).is_some() {
             self.target.remove(member_id);
             self.epoch += 1;
+            self.removed = true;
         }
     }
 
@@ -994,6 +1015,10 @@ impl ConsumerGroups {
         }
         Some(match group.members.get(member_id) {
             None => Err(ConsumerGroupError::UnknownMemberId),
+            // A classic member sends its generation: its member epoch.
+            Some(member) if member.classic.is_some() && member.epoch != member_epoch => {
+                Err(ConsumerGroupError::IllegalGeneration)
+            }
             Some(member) if member.epoch != member_epoch => {
                 Err(ConsumerGroupError::StaleMemberEpoch)
             }
@@ -1023,6 +1048,15 @@ impl ConsumerGroups {
         }
         Some(match group.members.get(member_id) {
             None => Err(ConsumerGroupError::UnknownMemberId),
+            // A classic member commits with its generation, its member
+            // epoch, in any version (Kafka's online migration).
+            Some(member) if member.classic.is_some() => {
+                if member_epoch == member.epoch {
+                    Ok(())
+                } else {
+                    Err(ConsumerGroupError::IllegalGeneration)
+                }
+            }
             Some(_) if version.is_some_and(|v| v < 9) => {
                 Err(ConsumerGroupError::UnsupportedVersion)
             }
@@ -1077,6 +1111,7 @@ impl ConsumerGroups {
                     subscribed_regex: m.regex.as_ref().map(|(p, _)| p.clone()),
                     assignment: m.assigned.clone(),
                     target: group.target.get(id).cloned().unwrap_or_default(),
+                    classic: m.classic.is_some(),
                 })
                 .collect(),
         })
@@ -1100,6 +1135,11 @@ impl ConsumerGroups {
         }
     }
 }
+
+mod classic;
+pub use classic::{
+    CONSUMER_PROTOCOL_TYPE, ClassicJoin, ClassicJoined, ClassicMember, ClassicSynced,
+};
 
 #[cfg(test)]
 mod tests;

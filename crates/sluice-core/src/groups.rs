@@ -23,6 +23,9 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+mod migration;
+pub use migration::UpgradeCandidate;
+
 /// Why a group request was refused; front-ends map these to wire codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum GroupError {
@@ -339,6 +342,10 @@ impl GroupCoordinator {
 
     fn groups(&self) -> MutexGuard<'_, HashMap<String, Group>> {
         self.groups.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn settings(&self) -> &GroupSettings {
+        &self.settings
     }
 
     fn new_member_id(&self, client_id: &str) -> String {

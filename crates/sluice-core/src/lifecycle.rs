@@ -140,6 +140,7 @@ impl Broker {
                 |broker| {
                     broker.groups().expire_members();
                     broker.consumer_groups().expire(tokio::time::Instant::now());
+                    broker.downgrade_consumer_groups();
                     broker.share_groups().expire(tokio::time::Instant::now());
                 },
             ),

@@ -97,6 +97,11 @@ pub(crate) fn consumer_group_code(err: &ConsumerGroupError) -> ResponseError {
         ConsumerGroupError::InvalidRegularExpression(_) => ResponseError::InvalidRegularExpression,
         ConsumerGroupError::NotConsumerGroup(_) => ResponseError::GroupIdNotFound,
         ConsumerGroupError::UnsupportedVersion => ResponseError::UnsupportedVersion,
+        ConsumerGroupError::InconsistentGroupProtocol(_) => {
+            ResponseError::InconsistentGroupProtocol
+        }
+        ConsumerGroupError::IllegalGeneration => ResponseError::IllegalGeneration,
+        ConsumerGroupError::RebalanceInProgress => ResponseError::RebalanceInProgress,
     }
 }
 

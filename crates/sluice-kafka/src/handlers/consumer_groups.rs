@@ -1,8 +1,10 @@
 //! ConsumerGroupHeartbeat and ConsumerGroupDescribe: consumer groups of
-//! the new protocol (KIP-848) over the core's coordinator. A group id
-//! belongs to one protocol at a time: a classic group with members refuses
-//! heartbeats (GROUP_ID_NOT_FOUND, as Kafka does with online migration
-//! disabled), an empty one is replaced.
+//! the new protocol (KIP-848) over the core's coordinator. A classic group
+//! with members of the consumer protocol is upgraded by the first member
+//! of the new protocol that joins (Kafka 4's online migration), one of
+//! another protocol refuses it (GROUP_ID_NOT_FOUND), an empty one is
+//! replaced. When the last member of the new protocol leaves, the classic
+//! members left go back to a classic group.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -18,7 +20,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use sluice_core::consumer_groups::{self as core, ConsumerGroupError, Heartbeat, TopicCatalog};
 
-use super::Context;
+use super::{Context, migration};
 use crate::errors;
 
 fn text(s: impl Into<String>) -> StrBytes {
@@ -33,7 +35,7 @@ fn refused(error: ResponseError, message: Option<String>) -> ConsumerGroupHeartb
 
 /// A member id for a version 0 join without one: Kafka's coordinator made
 /// them until v1, where the client does (KIP-1082).
-fn new_member_id() -> String {
+pub(super) fn new_member_id() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -52,24 +54,31 @@ pub(crate) fn heartbeat(
         return refused(ResponseError::NotCoordinator, None);
     }
     let broker = &context.broker;
+    let catalog = broker.topic_catalog();
     if request.member_epoch == 0 {
-        // A classic group of this id: replaced when empty, else refused.
-        if broker
+        // A classic group of this id: replaced when empty, upgraded when
+        // its members use the consumer protocol, else refused.
+        let classic_members = broker
             .groups()
             .describe(&group_id)
-            .is_some_and(|g| !g.members.is_empty())
-            || broker.share_groups().exists(&group_id) == Some(true)
-        {
+            .is_some_and(|g| !g.members.is_empty());
+        let upgraded = classic_members
+            && broker.consumer_groups().exists(&group_id) != Some(true)
+            && migration::upgrade(broker, &group_id, &catalog);
+        if (classic_members && !upgraded) || broker.share_groups().exists(&group_id) == Some(true) {
             let error = ConsumerGroupError::NotConsumerGroup(group_id);
             return refused(
                 errors::consumer_group_code(&error),
                 Some(format!(
-                    "{error}: it is a classic or share group with members"
+                    "{error}: it is a share group, or a classic group with members that cannot be upgraded"
                 )),
             );
         }
-        let _ = broker.groups().remove_if_empty(&group_id);
+        if !upgraded {
+            let _ = broker.groups().remove_if_empty(&group_id);
+        }
     }
+    let leaving = request.member_epoch == -1;
     let owned = request.topic_partitions.map(|topics| {
         topics
             .into_iter()
@@ -97,11 +106,15 @@ pub(crate) fn heartbeat(
         client_id: client_id.to_owned(),
         client_host: context.peer.clone(),
     };
-    let catalog = broker.topic_catalog();
-    match broker
-        .consumer_groups()
-        .heartbeat(heartbeat, &catalog, tokio::time::Instant::now())
-    {
+    let answer =
+        broker
+            .consumer_groups()
+            .heartbeat(heartbeat, &catalog, tokio::time::Instant::now());
+    if leaving {
+        // The last member of the new protocol may have left classic ones.
+        broker.downgrade_consumer_groups();
+    }
+    match answer {
         Ok(answer) => ConsumerGroupHeartbeatResponse::default()
             .with_member_id(Some(text(answer.member_id)))
             .with_member_epoch(answer.member_epoch)
@@ -188,9 +201,9 @@ pub(crate) fn describe(
                         .with_subscribed_topic_regex(m.subscribed_regex.clone().map(text))
                         .with_assignment(described(&m.assignment, &catalog))
                         .with_target_assignment(described(&m.target, &catalog));
-                    // v1: 1 = a member of the consumer protocol.
+                    // v1: 0 = a classic member, 1 = of the consumer protocol.
                     if version >= 1 {
-                        member.with_member_type(1)
+                        member.with_member_type(if m.classic { 0 } else { 1 })
                     } else {
                         member
                     }

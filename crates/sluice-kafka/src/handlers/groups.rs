@@ -17,9 +17,10 @@ use kafka_protocol::messages::{
     SyncGroupResponse,
 };
 use kafka_protocol::protocol::StrBytes;
+use sluice_core::consumer_groups::{CONSUMER_PROTOCOL_TYPE, ClassicJoin};
 use sluice_core::{GroupError, JoinRequest, SHARE_FORGET_PREFIX, SHARE_STATE_PREFIX};
 
-use super::{Context, blocking};
+use super::{Context, blocking, migration};
 use crate::errors;
 
 fn text(s: impl Into<String>) -> StrBytes {
@@ -51,12 +52,14 @@ pub(crate) async fn join(
             response
         };
     }
-    // A consumer group of the new protocol with members keeps its id
-    // (Kafka with online migration disabled); an empty one is replaced.
+    // A consumer group of the new protocol with members takes classic
+    // members (Kafka 4's online migration); an empty one is replaced; a
+    // share group with members keeps its id.
     let group_id = request.group_id.to_string();
-    if context.broker.consumer_groups().exists(&group_id) == Some(true)
-        || context.broker.share_groups().exists(&group_id) == Some(true)
-    {
+    if context.broker.consumer_groups().exists(&group_id) == Some(true) {
+        return join_consumer_group(context, request, version, client_id);
+    }
+    if context.broker.share_groups().exists(&group_id) == Some(true) {
         let response = JoinGroupResponse::default()
             .with_error_code(ResponseError::InconsistentGroupProtocol.code())
             .with_generation_id(-1)
@@ -121,6 +124,85 @@ pub(crate) async fn join(
     response
 }
 
+/// JoinGroup of a classic member to a consumer group with members: the
+/// coordinator assigns it, so it is told it is not the leader and gets its
+/// partitions from SyncGroup.
+fn join_consumer_group(
+    context: &Context,
+    request: JoinGroupRequest,
+    version: i16,
+    client_id: &str,
+) -> JoinGroupResponse {
+    let refuse = |error: ResponseError, member_id: StrBytes| {
+        let response = JoinGroupResponse::default()
+            .with_error_code(error.code())
+            .with_generation_id(-1)
+            .with_member_id(member_id);
+        if version < 7 {
+            response.with_protocol_name(Some(StrBytes::default()))
+        } else {
+            response
+        }
+    };
+    let settings = context.broker.groups().settings();
+    let session_timeout = millis(request.session_timeout_ms);
+    if !(settings.min_session_timeout..=settings.max_session_timeout).contains(&session_timeout) {
+        return refuse(ResponseError::InvalidSessionTimeout, request.member_id);
+    }
+    let mut member_id = request.member_id.to_string();
+    if member_id.is_empty() {
+        member_id = format!("{client_id}-{}", super::consumer_groups::new_member_id());
+        if version >= 4 && request.group_instance_id.is_none() {
+            return refuse(ResponseError::MemberIdRequired, text(member_id));
+        }
+    }
+    let protocols: Vec<(String, bytes::Bytes)> = request
+        .protocols
+        .into_iter()
+        .map(|p| (p.name.to_string(), p.metadata))
+        .collect();
+    let Some(subscribed) = migration::subscription(&protocols) else {
+        return refuse(ResponseError::InconsistentGroupProtocol, text(member_id));
+    };
+    let catalog = context.broker.topic_catalog();
+    let join = ClassicJoin {
+        group_id: request.group_id.to_string(),
+        member_id: member_id.clone(),
+        instance_id: request.group_instance_id.map(|i| i.to_string()),
+        client_id: client_id.to_owned(),
+        client_host: context.peer.clone(),
+        session_timeout,
+        rebalance_timeout: if version >= 1 {
+            millis(request.rebalance_timeout_ms)
+        } else {
+            session_timeout
+        },
+        protocol_type: request.protocol_type.to_string(),
+        protocols,
+        topics: subscribed.topics,
+        owned: migration::by_id(&subscribed.owned, &catalog),
+    };
+    match context
+        .broker
+        .consumer_groups()
+        .classic_join(join, &catalog, tokio::time::Instant::now())
+    {
+        Ok(joined) => {
+            let response = JoinGroupResponse::default()
+                .with_generation_id(joined.generation)
+                .with_protocol_name(Some(text(joined.protocol_name)))
+                .with_leader(StrBytes::default())
+                .with_member_id(text(joined.member_id));
+            if version >= 7 {
+                response.with_protocol_type(Some(StrBytes::from_static_str(CONSUMER_PROTOCOL_TYPE)))
+            } else {
+                response
+            }
+        }
+        Err(error) => refuse(errors::consumer_group_code(&error), text(member_id)),
+    }
+}
+
 pub(crate) async fn sync(
     context: &Context,
     request: SyncGroupRequest,
@@ -128,6 +210,34 @@ pub(crate) async fn sync(
 ) -> SyncGroupResponse {
     if !super::coordinates(context, &request.group_id) {
         return SyncGroupResponse::default().with_error_code(ResponseError::NotCoordinator.code());
+    }
+    if context.broker.consumer_groups().exists(&request.group_id) == Some(true) {
+        let synced = context.broker.consumer_groups().classic_sync(
+            &request.group_id,
+            (&request.member_id, request.group_instance_id.as_deref()),
+            request.generation_id,
+            (
+                request.protocol_type.as_deref(),
+                request.protocol_name.as_deref(),
+            ),
+        );
+        return match synced {
+            Ok(synced) => {
+                let catalog = context.broker.topic_catalog();
+                let response = SyncGroupResponse::default().with_assignment(
+                    migration::encode_assignment(&synced.assignment, &synced.metadata, &catalog),
+                );
+                if version >= 5 {
+                    response
+                        .with_protocol_type(Some(StrBytes::from_static_str(CONSUMER_PROTOCOL_TYPE)))
+                        .with_protocol_name(Some(text(synced.protocol_name)))
+                } else {
+                    response
+                }
+            }
+            Err(error) => SyncGroupResponse::default()
+                .with_error_code(errors::consumer_group_code(&error).code()),
+        };
     }
     let assignments = request
         .assignments
@@ -159,6 +269,17 @@ pub(crate) fn heartbeat(context: &Context, request: HeartbeatRequest) -> Heartbe
     if !super::coordinates(context, &request.group_id) {
         return HeartbeatResponse::default().with_error_code(ResponseError::NotCoordinator.code());
     }
+    if context.broker.consumer_groups().exists(&request.group_id) == Some(true) {
+        let result = context.broker.consumer_groups().classic_heartbeat(
+            &request.group_id,
+            (&request.member_id, request.group_instance_id.as_deref()),
+            request.generation_id,
+            tokio::time::Instant::now(),
+        );
+        return HeartbeatResponse::default().with_error_code(
+            result.map_or_else(|e| errors::consumer_group_code(&e).code(), |()| 0),
+        );
+    }
     let result = context.broker.groups().heartbeat(
         &request.group_id,
         request.generation_id,
@@ -189,10 +310,27 @@ pub(crate) fn leave(
     } else {
         vec![(request.member_id.to_string(), None)]
     };
-    let results = context.broker.groups().leave(&request.group_id, &members);
+    let results: Vec<Result<(), i16>> =
+        if context.broker.consumer_groups().exists(&request.group_id) == Some(true) {
+            context
+                .broker
+                .consumer_groups()
+                .classic_leave(&request.group_id, &members)
+                .into_iter()
+                .map(|r| r.map_err(|e| errors::consumer_group_code(&e).code()))
+                .collect()
+        } else {
+            context
+                .broker
+                .groups()
+                .leave(&request.group_id, &members)
+                .into_iter()
+                .map(|r| r.map_err(|e| code(Some(e))))
+                .collect()
+        };
     if version < 3 {
         let error = results.into_iter().next().and_then(Result::err);
-        return LeaveGroupResponse::default().with_error_code(code(error));
+        return LeaveGroupResponse::default().with_error_code(error.unwrap_or(0));
     }
     let responses = members
         .into_iter()
@@ -201,7 +339,7 @@ pub(crate) fn leave(
             MemberResponse::default()
                 .with_member_id(text(member_id))
                 .with_group_instance_id(instance.map(text))
-                .with_error_code(code(result.err()))
+                .with_error_code(result.err().unwrap_or(0))
         })
         .collect();
     LeaveGroupResponse::default().with_members(responses)

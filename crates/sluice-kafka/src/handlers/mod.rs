@@ -21,6 +21,7 @@ mod groups;
 mod init_producer_id;
 mod list_offsets;
 mod metadata;
+mod migration;
 pub(crate) mod produce;
 mod replicas;
 mod share_admin;
