@@ -91,8 +91,12 @@ pub enum CoreError {
     /// NO_REASSIGNMENT_IN_PROGRESS).
     #[error("topic {topic:?} partition {partition}: no reassignment in progress")]
     NoReassignmentInProgress { topic: String, partition: u32 },
-    #[error("topic config {key} {reason}")]
+    #[error("config {key} {reason}")]
     InvalidConfig { key: String, reason: String },
+    /// A group's settings changed between the read and the write of an
+    /// alteration (another node's, or a concurrent one): read again.
+    #[error("the configs of group {group:?} changed meanwhile")]
+    GroupConfigChanged { group: String },
     #[error("producer {producer_id}: sequence {found} where {expected} was expected")]
     OutOfOrderSequence {
         producer_id: i64,

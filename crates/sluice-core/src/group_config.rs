@@ -140,16 +140,10 @@ impl GroupConfig {
         Ok(())
     }
 
-    /// Takes a key back to the broker's setting.
-    ///
-    /// # Errors
-    /// [`CoreError::InvalidConfig`] for an unknown key.
-    pub fn remove(&mut self, key: &str) -> Result<(), CoreError> {
-        if !KEYS.contains(&key) {
-            return validate(key, "");
-        }
+    /// Takes a key back to the broker's setting (an unknown key is no
+    /// change, as Kafka takes it).
+    pub fn remove(&mut self, key: &str) {
         self.overrides.remove(key);
-        Ok(())
     }
 
     fn duration(&self, key: &str) -> Option<Duration> {
@@ -208,11 +202,13 @@ impl GroupConfig {
         settings
     }
 
-    /// Where the group dead-letters the records it archives, if it does.
-    pub fn share_dead_letter(&self) -> Option<DeadLetterTarget> {
+    /// Where the group dead-letters the records it archives: `None` when
+    /// the group does not say (its topic's config decides), `Some(None)`
+    /// when it sets an empty exchange (no dead letters).
+    pub fn share_dead_letter(&self) -> Option<Option<DeadLetterTarget>> {
         let exchange = self.overrides.get(SHARE_DEAD_LETTER_EXCHANGE)?;
         if exchange.is_empty() {
-            return None;
+            return Some(None);
         }
         let vhost = self
             .overrides
@@ -225,11 +221,19 @@ impl GroupConfig {
             .get(SHARE_DEAD_LETTER_ROUTING_KEY)
             .filter(|k| !k.is_empty())
             .cloned();
-        Some(DeadLetterTarget {
+        Some(Some(DeadLetterTarget {
             vhost,
             exchange: exchange.clone(),
             routing_key,
-        })
+        }))
+    }
+
+    /// The group's dead-letter routing key, if it sets one.
+    pub fn share_dead_letter_routing_key(&self) -> Option<String> {
+        self.overrides
+            .get(SHARE_DEAD_LETTER_ROUTING_KEY)
+            .filter(|k| !k.is_empty())
+            .cloned()
     }
 
     /// Checks the keys together, against the broker's settings: each
@@ -428,9 +432,9 @@ mod tests {
                 "{key}={value} was taken"
             );
         }
-        config.remove("share.delivery.count.limit")?;
+        config.remove("share.delivery.count.limit");
+        config.remove("retention.ms");
         assert!(config.is_empty());
-        assert!(config.remove("retention.ms").is_err());
         Ok(())
     }
 
@@ -492,21 +496,26 @@ mod tests {
     #[test]
     fn dead_letters_name_an_exchange_and_maybe_a_routing_key() -> Result<(), CoreError> {
         let mut config = GroupConfig::default();
-        assert_eq!(config.share_dead_letter(), None);
+        assert_eq!(config.share_dead_letter(), None, "the topic decides");
         config.set("sluice.share.dead.letter.exchange".into(), "dlx")?;
         assert_eq!(
             config.share_dead_letter(),
-            Some(DeadLetterTarget {
+            Some(Some(DeadLetterTarget {
                 vhost: "/".into(),
                 exchange: "dlx".into(),
                 routing_key: None
-            })
+            }))
         );
         config.set("sluice.share.dead.letter.routing.key".into(), "dead")?;
         assert_eq!(
-            config.share_dead_letter().and_then(|t| t.routing_key),
+            config
+                .share_dead_letter()
+                .flatten()
+                .and_then(|t| t.routing_key),
             Some("dead".to_owned())
         );
+        config.set("sluice.share.dead.letter.exchange".into(), "")?;
+        assert_eq!(config.share_dead_letter(), Some(None), "turned off");
         Ok(())
     }
 }

@@ -843,6 +843,16 @@ impl Broker {
             .unwrap_or_default()
     }
 
+    /// The groups with settings of their own.
+    pub fn configured_groups(&self) -> Vec<String> {
+        self.topics
+            .metadata()
+            .group_configs()
+            .all()
+            .into_keys()
+            .collect()
+    }
+
     /// Every key of `group`'s settings with its value and source.
     pub fn group_config_entries(&self, group: &str) -> Vec<ConfigEntry> {
         self.group_config(group).entries(
@@ -851,24 +861,48 @@ impl Broker {
         )
     }
 
-    /// Replaces `group`'s settings after checking them together against
-    /// the broker's; on every node of a cluster once committed. Blocking.
+    /// Alters `group`'s settings: `change` turns the current ones into
+    /// the new ones, which are checked together against the broker's and
+    /// (unless `validate_only`) committed, on every node of a cluster.
+    /// Committed only if the settings did not change meanwhile; else
+    /// `change` runs again on the new ones, a few times. Blocking.
     ///
     /// # Errors
-    /// [`CoreError::InvalidConfig`] (an empty group id too), or the
+    /// [`CoreError::InvalidConfig`] (an empty group id too),
+    /// [`CoreError::GroupConfigChanged`] when they kept changing, or the
     /// commit's.
-    pub fn set_group_config(&self, group: &str, config: &GroupConfig) -> Result<(), CoreError> {
+    pub fn alter_group_config(
+        &self,
+        group: &str,
+        validate_only: bool,
+        change: impl Fn(GroupConfig) -> Result<GroupConfig, CoreError>,
+    ) -> Result<(), CoreError> {
         if group.is_empty() {
             return Err(CoreError::InvalidConfig {
                 key: String::new(),
                 reason: "the group id is empty".to_owned(),
             });
         }
-        config.check(
-            self.consumer_groups.base_settings(),
-            self.share_groups.base_settings(),
-        )?;
-        self.topics.metadata().set_group_config(group, config)
+        let mut outcome = Ok(());
+        for _ in 0..5 {
+            let before = self.group_config(group);
+            let after = change(before.clone())?;
+            after.check(
+                self.consumer_groups.base_settings(),
+                self.share_groups.base_settings(),
+            )?;
+            if validate_only {
+                return Ok(());
+            }
+            outcome = self
+                .topics
+                .metadata()
+                .set_group_config(group, &before, &after);
+            if !matches!(outcome, Err(CoreError::GroupConfigChanged { .. })) {
+                return outcome;
+            }
+        }
+        outcome
     }
 
     /// The topics as KIP-848 groups see them: id and partition count by

@@ -189,6 +189,11 @@ pub enum MetadataCommand {
     SetGroupConfig {
         group: String,
         config: BTreeMap<String, String>,
+        /// The settings the change was made from: refused when they are
+        /// not the group's any more (two alterations at once, or through
+        /// two nodes), so none is lost.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expected: Option<BTreeMap<String, String>>,
     },
 }
 
@@ -400,6 +405,7 @@ impl MetadataState {
             MetadataCommand::SetGroupConfig {
                 group: group.clone(),
                 config: config.clone(),
+                expected: None,
             }
         }));
         commands
@@ -606,6 +612,15 @@ fn check(state: &MetadataState, command: &MetadataCommand) -> Result<(), CoreErr
             Err(CoreError::QueueExists {
                 vhost: queue.vhost.clone(),
                 name: queue.name.clone(),
+            })
+        }
+        MetadataCommand::SetGroupConfig {
+            group,
+            expected: Some(expected),
+            ..
+        } if state.group_configs.get(group).unwrap_or(&BTreeMap::new()) != expected => {
+            Err(CoreError::GroupConfigChanged {
+                group: group.clone(),
             })
         }
         MetadataCommand::AllocateProducerIds { end } if *end <= state.producer_ids_end => {
@@ -851,7 +866,7 @@ pub(crate) fn apply(state: &mut MetadataState, command: MetadataCommand) -> Resu
         | MetadataCommand::DeleteQueue { .. }
         | MetadataCommand::Bind(_)
         | MetadataCommand::Unbind(_) => {}
-        MetadataCommand::SetGroupConfig { group, config } => {
+        MetadataCommand::SetGroupConfig { group, config, .. } => {
             if config.is_empty() {
                 state.group_configs.remove(&group);
             } else {
@@ -1258,6 +1273,7 @@ enum Refusal {
     InvalidPartitions { topic: String, reason: String },
     InvalidReplicaAssignment { topic: String, reason: String },
     NoReassignmentInProgress { topic: String, partition: u32 },
+    GroupConfigChanged { group: String },
     Other { reason: String },
 }
 
@@ -1276,6 +1292,7 @@ impl Refusal {
             CoreError::NoReassignmentInProgress { topic, partition } => {
                 Refusal::NoReassignmentInProgress { topic, partition }
             }
+            CoreError::GroupConfigChanged { group } => Refusal::GroupConfigChanged { group },
             other => Refusal::Other {
                 reason: other.to_string(),
             },
@@ -1296,6 +1313,7 @@ impl Refusal {
             Refusal::NoReassignmentInProgress { topic, partition } => {
                 CoreError::NoReassignmentInProgress { topic, partition }
             }
+            Refusal::GroupConfigChanged { group } => CoreError::GroupConfigChanged { group },
             Refusal::Other { reason } => CoreError::Internal { reason },
         }
     }
@@ -1422,20 +1440,23 @@ impl Metadata {
         &self.group_configs
     }
 
-    /// Sets all of `group`'s settings (none: back to the broker's).
-    /// Blocking.
+    /// Sets all of `group`'s settings (none: back to the broker's), if
+    /// they are still `before`. Blocking.
     ///
     /// # Errors
-    /// The log's write failure, or [`CoreError::Quorum`].
+    /// [`CoreError::GroupConfigChanged`], the log's write failure, or
+    /// [`CoreError::Quorum`].
     pub(crate) fn set_group_config(
         &self,
         group: &str,
+        before: &GroupConfig,
         config: &GroupConfig,
     ) -> Result<(), CoreError> {
         let _writer = self.writer();
         self.commit(MetadataCommand::SetGroupConfig {
             group: group.to_owned(),
             config: config.overrides().clone(),
+            expected: Some(before.overrides().clone()),
         })
     }
 
@@ -2532,6 +2553,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
+            expected: None,
         };
         let mut state = MetadataState::default();
         for command in [
@@ -2553,7 +2575,26 @@ mod tests {
         let configs = GroupConfigs::default();
         configs.replace_all(&state.group_configs);
         assert!(configs.get("b").is_some());
-        assert!(apply(&mut state, set("b", &[])).is_ok());
+        // A change made from settings that are not the group's any more is
+        // refused: it would undo the change in between.
+        let stale = MetadataCommand::SetGroupConfig {
+            group: "a".into(),
+            config: BTreeMap::new(),
+            expected: Some(BTreeMap::from([(
+                "share.delivery.count.limit".to_owned(),
+                "2".to_owned(),
+            )])),
+        };
+        assert!(matches!(
+            apply(&mut state, stale),
+            Err(CoreError::GroupConfigChanged { .. })
+        ));
+        let fresh = MetadataCommand::SetGroupConfig {
+            group: "b".into(),
+            config: BTreeMap::new(),
+            expected: state.group_configs.get("b").cloned(),
+        };
+        assert!(apply(&mut state, fresh).is_ok());
         assert!(!state.group_configs.contains_key("b"));
         configs.set("b", state.group_configs.get("b"));
         assert!(configs.get("b").is_none());

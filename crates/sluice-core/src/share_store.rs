@@ -399,18 +399,20 @@ impl Broker {
             let Some(topic) = self.topics().get(&name) else {
                 continue;
             };
-            // The group's own target first, then the topic's (routed by
-            // each record's key).
-            let Some(target) = self.group_config(&group).share_dead_letter().or_else(|| {
+            // The group's own target (an empty exchange: none), else the
+            // topic's, routed by the group's routing key or each record's.
+            let config = self.group_config(&group);
+            let target = config.share_dead_letter().unwrap_or_else(|| {
                 topic
                     .config()
                     .share_dead_letter()
                     .map(|(vhost, exchange)| DeadLetterTarget {
                         vhost,
                         exchange,
-                        routing_key: None,
+                        routing_key: config.share_dead_letter_routing_key(),
                     })
-            }) else {
+            });
+            let Some(target) = target else {
                 continue;
             };
             let published = self.publish_dead(&group, &topic, index, &target, &dead);

@@ -135,7 +135,7 @@ fn alter_group(
     broker: &Broker,
     name: &str,
     validate_only: bool,
-    change: impl FnOnce(GroupConfig) -> Result<GroupConfig, CoreError>,
+    change: impl Fn(GroupConfig) -> Result<GroupConfig, CoreError>,
 ) -> (i16, Option<StrBytes>) {
     if name.is_empty() {
         return (
@@ -143,22 +143,20 @@ fn alter_group(
             Some(StrBytes::from_static_str("the group id is empty")),
         );
     }
-    let outcome = change(broker.group_config(name)).and_then(|config| {
-        if validate_only {
-            config.check(
-                broker.consumer_groups().base_settings(),
-                broker.share_groups().base_settings(),
-            )
-        } else {
-            broker.set_group_config(name, &config)
-        }
-    });
-    match outcome {
+    match broker.alter_group_config(name, validate_only, change) {
         Ok(()) => (0, None),
         Err(err) => (
             errors::code(&err).code(),
             Some(StrBytes::from_string(err.to_string())),
         ),
+    }
+}
+
+/// Kafka refuses a null value for a group config.
+fn null_value(key: &str) -> CoreError {
+    CoreError::InvalidConfig {
+        key: key.to_owned(),
+        reason: "has a null value, which group configs do not take".to_owned(),
     }
 }
 
@@ -223,11 +221,19 @@ pub(crate) async fn alter_configs(
                             .map(|v| (c.name.to_string(), v.to_string()))
                     })
                     .collect();
+                let null = resource
+                    .configs
+                    .iter()
+                    .find(|c| c.value.is_none())
+                    .map(|c| c.name.to_string());
                 let (code, message) = if resource.resource_type == GROUP {
                     alter_group(&broker, &resource.resource_name, validate_only, |_| {
+                        if let Some(key) = &null {
+                            return Err(null_value(key));
+                        }
                         let mut config = GroupConfig::default();
-                        for (key, value) in settings {
-                            config.set(key, &value)?;
+                        for (key, value) in &settings {
+                            config.set(key.clone(), value)?;
                         }
                         Ok(config)
                     })
@@ -284,10 +290,11 @@ pub(crate) async fn incremental_alter_configs(
                 if resource.resource_type == GROUP {
                     let (code, message) =
                         alter_group(&broker, &resource.resource_name, validate_only, |mut config| {
-                            for (key, operation, value) in changes {
-                                match operation {
-                                    SET => config.set(key, value.as_deref().unwrap_or(""))?,
-                                    DELETE => config.remove(&key)?,
+                            for (key, operation, value) in changes.iter().cloned() {
+                                match (operation, value) {
+                                    (SET, Some(value)) => config.set(key, &value)?,
+                                    (SET, None) => return Err(null_value(&key)),
+                                    (DELETE, _) => config.remove(&key),
                                     _ => {
                                         return Err(CoreError::InvalidConfig {
                                             key,

@@ -8,7 +8,11 @@ use kafka_protocol::ResponseError;
 use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym,
 };
-use kafka_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse};
+use kafka_protocol::messages::list_config_resources_response::ConfigResource;
+use kafka_protocol::messages::{
+    DescribeConfigsRequest, DescribeConfigsResponse, ListConfigResourcesRequest,
+    ListConfigResourcesResponse,
+};
 use kafka_protocol::protocol::StrBytes;
 use sluice_core::{ConfigEntry, ConfigSource, ConfigType};
 
@@ -84,6 +88,69 @@ pub(crate) fn describe(
         })
         .collect();
     DescribeConfigsResponse::default().with_results(results)
+}
+
+/// Config resource types ListConfigResources v1 knows: topics, brokers,
+/// broker loggers, client metrics, groups.
+const LISTABLE: [i8; 5] = [TOPIC, BROKER, 8, 16, GROUP];
+
+/// ListConfigResources (KIP-1142; v0 was ListClientMetricsResources):
+/// topics, this cluster's nodes and the groups with configs of their own,
+/// as `kafka-configs --describe --entity-type groups` lists them. Sluice
+/// has no client-metrics or logger resources.
+pub(crate) fn list_resources(
+    context: &Context,
+    request: ListConfigResourcesRequest,
+    version: i16,
+) -> ListConfigResourcesResponse {
+    // v0 asks for client-metrics resources only.
+    let wanted: Vec<i8> = if version == 0 {
+        vec![16]
+    } else if request.resource_types.is_empty() {
+        LISTABLE.to_vec()
+    } else {
+        request.resource_types
+    };
+    if let Some(unknown) = wanted.iter().find(|t| !LISTABLE.contains(t)) {
+        tracing::debug!(
+            resource_type = unknown,
+            "ListConfigResources of an unknown resource type"
+        );
+        return ListConfigResourcesResponse::default()
+            .with_error_code(ResponseError::InvalidRequest.code());
+    }
+    let resource = |name: String, kind: i8| {
+        ConfigResource::default()
+            .with_resource_name(StrBytes::from_string(name))
+            .with_resource_type(if version >= 1 { kind } else { 16 })
+    };
+    let mut listed = Vec::new();
+    for kind in wanted {
+        match kind {
+            TOPIC => listed.extend(
+                context
+                    .broker
+                    .topics()
+                    .names()
+                    .into_iter()
+                    .map(|name| resource(name, TOPIC)),
+            ),
+            BROKER => listed.extend(
+                super::nodes(context)
+                    .into_iter()
+                    .map(|(id, _, _)| resource(id.to_string(), BROKER)),
+            ),
+            GROUP => listed.extend(
+                context
+                    .broker
+                    .configured_groups()
+                    .into_iter()
+                    .map(|group| resource(group, GROUP)),
+            ),
+            _ => {}
+        }
+    }
+    ListConfigResourcesResponse::default().with_config_resources(listed)
 }
 
 fn entry(e: ConfigEntry, include_synonyms: bool) -> DescribeConfigsResourceResult {

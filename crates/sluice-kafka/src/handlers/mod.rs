@@ -105,6 +105,7 @@ pub(crate) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::DeleteTopics, 1, 6),
     (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::ListConfigResources, 0, 1),
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::ElectLeaders, 0, 2),
     (ApiKey::DescribeLogDirs, 1, 4),
@@ -275,6 +276,9 @@ pub(crate) async fn dispatch(
         }
         RequestKind::DescribeConfigs(request) => {
             ResponseKind::DescribeConfigs(configs::describe(context, request))
+        }
+        RequestKind::ListConfigResources(request) => {
+            ResponseKind::ListConfigResources(configs::list_resources(context, request, version))
         }
         RequestKind::FindCoordinator(request) => {
             ResponseKind::FindCoordinator(coordinator::find(context, request, version))

@@ -341,6 +341,10 @@ fn requests(round: usize) -> Vec<RequestKind> {
                 .with_count(3),
             CreatePartitionsTopic::default().with_name(topic("t")).with_count(1),
         ])),
+        RequestKind::ListConfigResources(
+            kafka_protocol::messages::ListConfigResourcesRequest::default()
+                .with_resource_types(vec![2, 4, 32]),
+        ),
         RequestKind::DescribeConfigs(DescribeConfigsRequest::default().with_resources(vec![
             DescribeConfigsResource::default()
                 .with_resource_type(2)
@@ -474,6 +478,7 @@ fn api_of(request: &RequestKind) -> ApiKey {
         RequestKind::TxnOffsetCommit(_) => ApiKey::TxnOffsetCommit,
         RequestKind::EndTxn(_) => ApiKey::EndTxn,
         RequestKind::DescribeTransactions(_) => ApiKey::DescribeTransactions,
+        RequestKind::ListConfigResources(_) => ApiKey::ListConfigResources,
         RequestKind::ListTransactions(_) => ApiKey::ListTransactions,
         _ => ApiKey::ApiVersions,
     }
