@@ -754,6 +754,24 @@ impl ConsumerGroups {
         catalog: &TopicCatalog,
         now: Instant,
     ) -> Result<HeartbeatAnswer, ConsumerGroupError> {
+        self.heartbeat_upgrading(heartbeat, catalog, now, || Ok(None))
+    }
+
+    /// One ConsumerGroupHeartbeat that may upgrade a classic group: a join
+    /// to a group with no members here first calls `upgrade` (with this
+    /// coordinator's lock held, so the group is never in neither
+    /// coordinator), which takes the classic group of the id out, if any
+    /// (Kafka's online upgrade).
+    ///
+    /// # Errors
+    /// As [`ConsumerGroups::heartbeat`], and `upgrade`'s.
+    pub fn heartbeat_upgrading(
+        &self,
+        heartbeat: Heartbeat,
+        catalog: &TopicCatalog,
+        now: Instant,
+        upgrade: impl FnOnce() -> Result<Option<(i32, Vec<ClassicMember>)>, ConsumerGroupError>,
+    ) -> Result<HeartbeatAnswer, ConsumerGroupError> {
         self.validate(&heartbeat)?;
         let regex = match heartbeat.subscribed_regex.as_deref() {
             Some("") | None => None,
@@ -769,6 +787,15 @@ impl ConsumerGroups {
             return self.leave(&mut groups, &heartbeat, now);
         }
         let joining = heartbeat.member_epoch == 0;
+        if joining
+            && groups
+                .get(&heartbeat.group_id)
+                .is_none_or(|g| g.members.is_empty())
+            && let Some((generation, members)) = upgrade()?
+        {
+            let adopted = self.adopted(&heartbeat.group_id, generation, members, catalog, now);
+            groups.insert(heartbeat.group_id.clone(), adopted);
+        }
         let group = if joining {
             groups
                 .entry(heartbeat.group_id.clone())
@@ -888,13 +915,22 @@ impl ConsumerGroups {
             && let Some(holder) = group.instance_owner(instance)
             && &holder != member_id
         {
-            let left = group.members.get(&holder).is_some_and(Member::left_static);
+            // A classic holder is replaced at once, as Kafka does: a static
+            // member restarted on the new protocol (classic members send no
+            // leave when they stop).
+            let left = group
+                .members
+                .get(&holder)
+                .is_some_and(|m| m.left_static() || m.classic.is_some());
             if !left {
                 return Err(ConsumerGroupError::UnreleasedInstanceId(instance.clone()));
             }
             // The returning static member takes over the one that left,
             // assignment and all, without a rebalance.
             if let Some(mut member) = group.members.remove(&holder) {
+                member.classic = None;
+                member.revoking.clear();
+                member.revocation_deadline = None;
                 member.epoch = 0;
                 member.previous_epoch = 0;
                 member.state = MemberState::Stable;

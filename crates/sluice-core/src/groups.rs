@@ -24,7 +24,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 mod migration;
-pub use migration::UpgradeCandidate;
+pub use migration::UpgradingMember;
 
 /// Why a group request was refused; front-ends map these to wire codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -178,6 +178,10 @@ struct Member {
     rebalance_timeout: Duration,
     protocols: Vec<(String, Bytes)>,
     assignment: Bytes,
+    /// What a member handed back by a consumer group (a downgrade) owned
+    /// there, until its leader gives it an assignment here: an upgrade
+    /// before then starts from it.
+    carried: crate::consumer_groups::Assignment,
     deadline: Instant,
     join_waiter: Option<oneshot::Sender<JoinResponse>>,
     sync_waiter: Option<oneshot::Sender<SyncResponse>>,
@@ -326,6 +330,7 @@ impl Group {
 pub struct GroupCoordinator {
     groups: Mutex<HashMap<String, Group>>,
     next_member: AtomicU64,
+    next_round: AtomicU64,
     settings: GroupSettings,
     this: Weak<GroupCoordinator>,
 }
@@ -335,6 +340,7 @@ impl GroupCoordinator {
         Arc::new_cyclic(|this| GroupCoordinator {
             groups: Mutex::new(HashMap::new()),
             next_member: AtomicU64::new(1),
+            next_round: AtomicU64::new(0),
             settings,
             this: this.clone(),
         })
@@ -475,6 +481,7 @@ impl GroupCoordinator {
                 rebalance_timeout: request.rebalance_timeout,
                 protocols: request.protocols.clone(),
                 assignment: Bytes::new(),
+                carried: Default::default(),
                 deadline: now + request.session_timeout,
                 join_waiter: None,
                 sync_waiter: None,
@@ -538,7 +545,9 @@ impl GroupCoordinator {
         }
         let from_empty = group.state == GroupState::Empty;
         group.state = GroupState::PreparingRebalance;
-        group.rebalance_round += 1;
+        // Rounds are drawn coordinator-wide: a group of the same id made
+        // anew (a downgrade) never matches an older group's timer.
+        group.rebalance_round = self.next_round.fetch_add(1, Ordering::Relaxed) + 1;
         let timeout = group
             .members
             .values()
@@ -759,6 +768,7 @@ impl GroupCoordinator {
                     let reply = answer(group, assignment.clone());
                     if let Some(member) = group.members.get_mut(&id) {
                         member.assignment = assignment;
+                        member.carried.clear();
                         if let Some(waiter) = member.sync_waiter.take() {
                             let _ = waiter.send(reply);
                         }

@@ -76,7 +76,7 @@ pub use error::CoreError;
 pub use group_config::{DeadLetterTarget, GroupConfig, GroupConfigs};
 pub use groups::{
     GroupCoordinator, GroupDescription, GroupError, GroupSettings, GroupState, JoinRequest,
-    JoinResponse, JoinedMember, MemberDescription, SyncResponse, UpgradeCandidate,
+    JoinResponse, JoinedMember, MemberDescription, SyncResponse, UpgradingMember,
 };
 pub use lifecycle::{Lifecycle, Tasks};
 use messaging::VirtualHosts;
@@ -826,11 +826,10 @@ impl Broker {
     /// of the new protocol left or was fenced) become classic groups
     /// again, which rebalance (Kafka's online downgrade).
     pub fn downgrade_consumer_groups(&self) {
-        for (group_id, generation, members) in self.consumer_groups.take_downgrades() {
-            if !self.groups.adopt(&group_id, generation, members) {
-                tracing::warn!(group = %group_id, "downgrade found a classic group of the id with members: its classic members rejoin it");
-            }
-        }
+        self.consumer_groups
+            .downgrade(|group_id, generation, members| {
+                self.groups.adopt(group_id, generation, members)
+            });
     }
 
     /// `group`'s settings: the keys set on it (group configs).

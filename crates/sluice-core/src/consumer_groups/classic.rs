@@ -99,18 +99,20 @@ fn first_protocol(meta: &ClassicMeta) -> (String, Bytes) {
 
 impl Group {
     /// The member `member_id` names, or the static member `instance_id`
-    /// names (fenced when the ids disagree): a classic one.
+    /// names (fenced when the ids disagree; only a leave may leave the
+    /// member id out): a classic one.
     fn classic_member_id(
         &self,
         member_id: &str,
         instance_id: Option<&str>,
+        leaving: bool,
     ) -> Result<String, ConsumerGroupError> {
         let id = match instance_id {
             Some(instance) => {
                 let owner = self
                     .instance_owner(instance)
                     .ok_or(ConsumerGroupError::UnknownMemberId)?;
-                if !member_id.is_empty() && owner != member_id {
+                if (!member_id.is_empty() || !leaving) && owner != member_id {
                     return Err(ConsumerGroupError::FencedInstanceId(instance.to_owned()));
                 }
                 owner
@@ -132,12 +134,13 @@ impl Group {
         if member.epoch < self.epoch || member.state == MemberState::UnrevokedPartitions {
             return true;
         }
+        // As Kafka: once none of the partitions it waits for is held.
         member.state == MemberState::UnreleasedPartitions
             && self.target.get(member_id).is_some_and(|target| {
-                target.iter().any(|(topic, partitions)| {
-                    partitions.iter().any(|p| {
-                        !contains(&member.assigned, topic, *p)
-                            && !self.held_elsewhere(member_id, topic, *p)
+                target.iter().all(|(topic, partitions)| {
+                    partitions.iter().all(|p| {
+                        contains(&member.assigned, topic, *p)
+                            || !self.held_elsewhere(member_id, topic, *p)
                     })
                 })
             })
@@ -184,6 +187,21 @@ impl ConsumerGroups {
         {
             return Err(ConsumerGroupError::NotConsumerGroup(group_id.to_owned()));
         }
+        let group = self.adopted(group_id, generation, members, catalog, now);
+        groups.insert(group_id.to_owned(), group);
+        Ok(())
+    }
+
+    /// A consumer group made of a classic group's members: at their
+    /// generation, each keeping its assignment as its target.
+    pub(super) fn adopted(
+        &self,
+        group_id: &str,
+        generation: i32,
+        members: Vec<ClassicMember>,
+        catalog: &TopicCatalog,
+        now: Instant,
+    ) -> Group {
         let mut group = Group::new(self.default_assignor());
         group.epoch = generation;
         group.assignment_epoch = generation;
@@ -217,8 +235,7 @@ impl ConsumerGroups {
             generation,
             "classic group upgraded to a consumer group"
         );
-        groups.insert(group_id.to_owned(), group);
-        Ok(())
+        group
     }
 
     /// JoinGroup of a classic member to a consumer group with members.
@@ -245,12 +262,22 @@ impl ConsumerGroups {
             )));
         }
         let member_id = join.member_id.clone();
-        // A static member back under a new id takes its place.
+        // A static member back under a new id takes its place, assignment
+        // and all, as Kafka replaces it.
         if let Some(instance) = &join.instance_id
             && let Some(holder) = group.instance_owner(instance)
             && holder != member_id
+            && let Some(mut member) = group.members.remove(&holder)
         {
-            group.remove(&holder);
+            member.epoch = 0;
+            member.previous_epoch = 0;
+            member.state = MemberState::Stable;
+            member.revoking.clear();
+            member.revocation_deadline = None;
+            group.members.insert(member_id.clone(), member);
+            if let Some(target) = group.target.remove(&holder) {
+                group.target.insert(member_id.clone(), target);
+            }
         }
         let mut subscription_changed = false;
         if !group.members.contains_key(&member_id) {
@@ -322,13 +349,15 @@ impl ConsumerGroups {
         (member_id, instance_id): (&str, Option<&str>),
         generation: i32,
         (protocol_type, protocol_name): (Option<&str>, Option<&str>),
+        now: Instant,
     ) -> Result<ClassicSynced, ConsumerGroupError> {
-        let groups = self.groups();
+        let mut groups = self.groups();
         let group = groups
-            .get(group_id)
+            .get_mut(group_id)
             .ok_or(ConsumerGroupError::UnknownMemberId)?;
-        let id = group.classic_member_id(member_id, instance_id)?;
-        let Some(member) = group.members.get(&id) else {
+        let id = group.classic_member_id(member_id, instance_id, false)?;
+        let group_epoch = group.epoch;
+        let Some(member) = group.members.get_mut(&id) else {
             return Err(ConsumerGroupError::UnknownMemberId);
         };
         let Some(meta) = &member.classic else {
@@ -337,6 +366,7 @@ impl ConsumerGroups {
         if generation != member.epoch {
             return Err(ConsumerGroupError::IllegalGeneration);
         }
+        member.session_deadline = now + meta.session_timeout;
         let (name, metadata) = first_protocol(meta);
         if protocol_type.is_some_and(|t| t != CONSUMER_PROTOCOL_TYPE)
             || protocol_name.is_some_and(|n| n != name)
@@ -345,7 +375,7 @@ impl ConsumerGroups {
                 "the protocol of member {id}'s SyncGroup is not the one its JoinGroup was answered with"
             )));
         }
-        if group.epoch > member.epoch && member.state != MemberState::UnrevokedPartitions {
+        if group_epoch > member.epoch && member.state != MemberState::UnrevokedPartitions {
             return Err(ConsumerGroupError::RebalanceInProgress);
         }
         Ok(ClassicSynced {
@@ -373,7 +403,7 @@ impl ConsumerGroups {
         let group = groups
             .get_mut(group_id)
             .ok_or(ConsumerGroupError::UnknownMemberId)?;
-        let id = group.classic_member_id(member_id, instance_id)?;
+        let id = group.classic_member_id(member_id, instance_id, false)?;
         let rejoin = group.classic_must_rejoin(&id);
         let Some(member) = group.members.get_mut(&id) else {
             return Err(ConsumerGroupError::UnknownMemberId);
@@ -411,17 +441,22 @@ impl ConsumerGroups {
         members
             .iter()
             .map(|(member_id, instance)| {
-                let id = group.classic_member_id(member_id, instance.as_deref())?;
+                let id = group.classic_member_id(member_id, instance.as_deref(), true)?;
                 group.remove(&id);
                 Ok(())
             })
             .collect()
     }
 
-    /// The groups whose members left or were fenced and that now hold
-    /// only classic members: taken out (a downgrade), to become classic
-    /// groups again at the generation their members reached.
-    pub fn take_downgrades(&self) -> Vec<(String, i32, Vec<ClassicMember>)> {
+    /// Hands the groups whose members left or were fenced and that now
+    /// hold only classic members to `adopt` (a downgrade: the classic
+    /// coordinator takes them at the generation their members reached),
+    /// with this coordinator's lock held, so a group is never in neither
+    /// coordinator. A group `adopt` hands back stays here.
+    pub fn downgrade(
+        &self,
+        adopt: impl Fn(&str, i32, Vec<ClassicMember>) -> Result<(), Vec<ClassicMember>>,
+    ) {
         let mut groups = self.groups();
         let ready: Vec<String> = groups
             .iter_mut()
@@ -432,41 +467,55 @@ impl ConsumerGroups {
                 (removed && all_classic).then(|| id.clone())
             })
             .collect();
-        ready
-            .into_iter()
-            .filter_map(|id| {
-                let group = groups.remove(&id)?;
-                // The classic group goes on at the epoch its members
-                // reached, as Kafka keeps the group epoch: their commits
-                // stay valid while they rejoin.
-                let generation = group
-                    .members
-                    .values()
-                    .map(|m| m.epoch)
-                    .max()
-                    .unwrap_or(group.epoch);
-                let members = group
-                    .members
-                    .into_iter()
-                    .filter_map(|(member_id, member)| {
-                        let meta = member.classic?;
-                        Some(ClassicMember {
-                            member_id,
-                            instance_id: member.instance_id,
-                            client_id: member.client_id,
-                            client_host: member.client_host,
-                            session_timeout: meta.session_timeout,
-                            rebalance_timeout: member.rebalance_timeout,
-                            protocols: meta.protocols,
-                            topics: member.names,
-                            assigned: member.assigned,
-                        })
+        for id in ready {
+            let Some(group) = groups.get(&id) else {
+                continue;
+            };
+            // The classic group goes on at the epoch its members reached,
+            // as Kafka keeps the group epoch: their commits stay valid
+            // while they rejoin.
+            let generation = group
+                .members
+                .values()
+                .map(|m| m.epoch)
+                .max()
+                .unwrap_or(group.epoch);
+            let members: Vec<ClassicMember> = group
+                .members
+                .iter()
+                .filter_map(|(member_id, member)| {
+                    let meta = member.classic.as_ref()?;
+                    Some(ClassicMember {
+                        member_id: member_id.clone(),
+                        instance_id: member.instance_id.clone(),
+                        client_id: member.client_id.clone(),
+                        client_host: member.client_host.clone(),
+                        session_timeout: meta.session_timeout,
+                        rebalance_timeout: member.rebalance_timeout,
+                        protocols: meta.protocols.clone(),
+                        topics: member.names.clone(),
+                        // What it may still own: what it was given and
+                        // what it is giving up.
+                        assigned: member.assigned.iter().chain(&member.revoking).fold(
+                            Assignment::new(),
+                            |mut all, (topic, ps)| {
+                                all.entry(*topic).or_default().extend(ps.iter().copied());
+                                all
+                            },
+                        ),
                     })
-                    .collect();
-                tracing::info!(group = %id, generation, "consumer group downgraded to a classic group");
-                Some((id, generation, members))
-            })
-            .collect()
+                })
+                .collect();
+            match adopt(&id, generation, members) {
+                Ok(()) => {
+                    groups.remove(&id);
+                    tracing::info!(group = %id, generation, "consumer group downgraded to a classic group");
+                }
+                Err(_) => {
+                    tracing::warn!(group = %id, "a classic group of the id has members: the consumer group stays");
+                }
+            }
+        }
     }
 }
 

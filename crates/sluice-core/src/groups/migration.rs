@@ -1,73 +1,75 @@
 //! A classic group's members handed to a consumer group (an upgrade) and
 //! back (a downgrade): Kafka 4's online migration, the classic side. See
-//! `consumer_groups/classic.rs` for the other.
+//! `consumer_groups/classic.rs` for the other. Both are called with the
+//! consumer groups' lock held (that lock, then this coordinator's), so a
+//! group is never in neither coordinator, nor in both.
 
 use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::{Group, GroupCoordinator, GroupError, GroupState, JoinResponse, Member, SyncResponse};
-use crate::consumer_groups::{CONSUMER_PROTOCOL_TYPE, ClassicMember};
+use crate::consumer_groups::{CONSUMER_PROTOCOL_TYPE, ClassicMember, ConsumerGroupError};
 
-/// A classic group as an upgrade reads it: its generation and its members,
-/// with their protocols and current assignment bytes (the front-end
-/// decodes the consumer protocol).
+/// A classic member as an upgrade reads it, for the front-end to decode
+/// its consumer-protocol subscription and assignment.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UpgradeCandidate {
-    pub generation: i32,
-    /// (member, its assignment as the leader gave it).
-    pub members: Vec<(ClassicMember, Bytes)>,
+pub struct UpgradingMember {
+    /// `topics` empty; `assigned` what it carried from a consumer group
+    /// (a downgrade) and has not been given anew here.
+    pub member: ClassicMember,
+    /// Its assignment as its leader encoded it (empty: none yet).
+    pub assignment: Bytes,
 }
 
 impl GroupCoordinator {
-    /// A classic group of the consumer protocol with members, as an
-    /// upgrade would take it; `None` for any other.
-    pub fn upgrade_candidate(&self, group_id: &str) -> Option<UpgradeCandidate> {
-        let groups = self.groups();
-        let group = groups.get(group_id)?;
-        if group.members.is_empty()
-            || group.protocol_type.as_deref() != Some(CONSUMER_PROTOCOL_TYPE)
-        {
-            return None;
-        }
-        let members = group
-            .members
-            .iter()
-            .map(|(id, m)| {
-                (
-                    ClassicMember {
-                        member_id: id.clone(),
-                        instance_id: m.group_instance_id.clone(),
-                        client_id: m.client_id.clone(),
-                        client_host: m.client_host.clone(),
-                        session_timeout: m.session_timeout,
-                        rebalance_timeout: m.rebalance_timeout,
-                        protocols: m.protocols.clone(),
-                        topics: Vec::new(),
-                        assigned: Default::default(),
-                    },
-                    m.assignment.clone(),
-                )
-            })
-            .collect();
-        Some(UpgradeCandidate {
-            generation: group.generation,
-            members,
-        })
-    }
-
-    /// Removes a classic group for an upgrade, if it is still at
-    /// `generation`; members waiting in a join or sync are told to rejoin
-    /// (REBALANCE_IN_PROGRESS), as Kafka does.
-    pub fn remove_for_upgrade(&self, group_id: &str, generation: i32) -> bool {
+    /// Takes a classic group with members out for an upgrade: `Ok(None)`
+    /// when there is no such group (an empty one is dropped), `Ok(Some)`
+    /// with its generation and members as `decode` made them (their
+    /// subscriptions and assignments read), the group gone and members
+    /// waiting in a join or sync told to rejoin (REBALANCE_IN_PROGRESS), as
+    /// Kafka does. The group stays when it is not of the consumer protocol
+    /// or `decode` refuses a member.
+    ///
+    /// # Errors
+    /// [`ConsumerGroupError::NotConsumerGroup`].
+    pub fn take_for_upgrade(
+        &self,
+        group_id: &str,
+        decode: impl Fn(UpgradingMember) -> Option<ClassicMember>,
+    ) -> Result<Option<(i32, Vec<ClassicMember>)>, ConsumerGroupError> {
         let mut groups = self.groups();
-        if groups
-            .get(group_id)
-            .is_none_or(|group| group.generation != generation)
-        {
-            return false;
+        let Some(group) = groups.get(group_id) else {
+            return Ok(None);
+        };
+        if group.members.is_empty() {
+            groups.remove(group_id);
+            return Ok(None);
         }
+        let refuse = || ConsumerGroupError::NotConsumerGroup(group_id.to_owned());
+        if group.protocol_type.as_deref() != Some(CONSUMER_PROTOCOL_TYPE) {
+            return Err(refuse());
+        }
+        let mut members = Vec::with_capacity(group.members.len());
+        for (id, m) in &group.members {
+            let upgrading = UpgradingMember {
+                member: ClassicMember {
+                    member_id: id.clone(),
+                    instance_id: m.group_instance_id.clone(),
+                    client_id: m.client_id.clone(),
+                    client_host: m.client_host.clone(),
+                    session_timeout: m.session_timeout,
+                    rebalance_timeout: m.rebalance_timeout,
+                    protocols: m.protocols.clone(),
+                    topics: Vec::new(),
+                    assigned: m.carried.clone(),
+                },
+                assignment: m.assignment.clone(),
+            };
+            members.push(decode(upgrading).ok_or_else(refuse)?);
+        }
+        let generation = group.generation;
         let Some(group) = groups.remove(group_id) else {
-            return false;
+            return Ok(None);
         };
         for (member_id, member) in group.members {
             if let Some(waiter) = member.join_waiter {
@@ -85,17 +87,26 @@ impl GroupCoordinator {
                 });
             }
         }
-        true
+        Ok(Some((generation, members)))
     }
 
     /// Takes in a consumer group's classic members (a downgrade): a
     /// classic group at `generation`, rebalancing at once, so the members
-    /// rejoin within their rebalance timeout (or are removed). `false` when
-    /// a classic group of that id has members already.
-    pub fn adopt(&self, group_id: &str, generation: i32, members: Vec<ClassicMember>) -> bool {
+    /// rejoin within their rebalance timeout (or are removed). Each keeps
+    /// what it owned as carried until its new assignment. Handed back
+    /// (`Err`) when a classic group of that id has members already.
+    ///
+    /// # Errors
+    /// The members, untouched.
+    pub fn adopt(
+        &self,
+        group_id: &str,
+        generation: i32,
+        members: Vec<ClassicMember>,
+    ) -> Result<(), Vec<ClassicMember>> {
         let mut groups = self.groups();
-        if groups.get(group_id).is_some_and(|g| !g.members.is_empty()) || members.is_empty() {
-            return false;
+        if members.is_empty() || groups.get(group_id).is_some_and(|g| !g.members.is_empty()) {
+            return Err(members);
         }
         let now = Instant::now();
         let mut group = Group::new();
@@ -118,6 +129,7 @@ impl GroupCoordinator {
                     rebalance_timeout: classic.rebalance_timeout,
                     protocols: classic.protocols,
                     assignment: Bytes::new(),
+                    carried: classic.assigned,
                     deadline: now + classic.session_timeout,
                     join_waiter: None,
                     sync_waiter: None,
@@ -130,6 +142,84 @@ impl GroupCoordinator {
         if let Some(group) = groups.get_mut(group_id) {
             self.prepare_rebalance(group_id, group);
         }
-        true
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::GroupSettings;
+    use crate::consumer_groups::Assignment;
+
+    fn member(id: &str, owned: &[i32]) -> ClassicMember {
+        ClassicMember {
+            member_id: id.to_owned(),
+            instance_id: None,
+            client_id: id.to_owned(),
+            client_host: "/127.0.0.1".to_owned(),
+            session_timeout: Duration::from_secs(10),
+            rebalance_timeout: Duration::from_secs(5),
+            protocols: vec![("range".to_owned(), Bytes::from_static(&[0, 0]))],
+            topics: vec!["orders".to_owned()],
+            assigned: Assignment::from([([1; 16], owned.iter().copied().collect())]),
+        }
+    }
+
+    /// A group downgraded and upgraded again before its members synced
+    /// anew still knows what they own, so nothing is handed out twice.
+    #[tokio::test]
+    async fn a_downgraded_group_upgraded_again_before_its_sync_keeps_what_members_own() {
+        let coordinator = GroupCoordinator::new(GroupSettings::default());
+        assert_eq!(
+            coordinator.adopt("g", 4, vec![member("a", &[0, 1])]),
+            Ok(())
+        );
+        assert_eq!(
+            coordinator
+                .adopt("g", 4, vec![member("b", &[2])])
+                .map_err(|m| m.len()),
+            Err(1),
+            "a classic group with members keeps its id: the members are handed back"
+        );
+        let described = coordinator.describe("g");
+        assert_eq!(
+            described.map(|d| (d.state, d.members.len())),
+            Some((GroupState::PreparingRebalance, 1)),
+            "it rebalances at once"
+        );
+        let taken = coordinator.take_for_upgrade("g", |m| Some(m.member));
+        let Ok(Some((generation, members))) = taken else {
+            panic!("taken for the upgrade: {taken:?}");
+        };
+        assert_eq!(generation, 4);
+        assert_eq!(
+            members.first().map(|m| m.assigned.clone()),
+            Some(member("a", &[0, 1]).assigned)
+        );
+        assert!(
+            coordinator.describe("g").is_none(),
+            "gone from the classic side"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_group_that_cannot_be_upgraded_stays_as_it_is() {
+        let coordinator = GroupCoordinator::new(GroupSettings::default());
+        assert_eq!(coordinator.adopt("g", 2, vec![member("a", &[0])]), Ok(()));
+        assert!(matches!(
+            coordinator.take_for_upgrade("g", |_| None),
+            Err(ConsumerGroupError::NotConsumerGroup(_))
+        ));
+        assert!(
+            coordinator.describe("g").is_some(),
+            "unreadable metadata leaves the group"
+        );
+        assert_eq!(
+            coordinator.take_for_upgrade("none", |m| Some(m.member)),
+            Ok(None)
+        );
     }
 }

@@ -55,28 +55,12 @@ pub(crate) fn heartbeat(
     }
     let broker = &context.broker;
     let catalog = broker.topic_catalog();
-    if request.member_epoch == 0 {
-        // A classic group of this id: replaced when empty, upgraded when
-        // its members use the consumer protocol, else refused.
-        let classic_members = broker
-            .groups()
-            .describe(&group_id)
-            .is_some_and(|g| !g.members.is_empty());
-        let upgraded = classic_members
-            && broker.consumer_groups().exists(&group_id) != Some(true)
-            && migration::upgrade(broker, &group_id, &catalog);
-        if (classic_members && !upgraded) || broker.share_groups().exists(&group_id) == Some(true) {
-            let error = ConsumerGroupError::NotConsumerGroup(group_id);
-            return refused(
-                errors::consumer_group_code(&error),
-                Some(format!(
-                    "{error}: it is a share group, or a classic group with members that cannot be upgraded"
-                )),
-            );
-        }
-        if !upgraded {
-            let _ = broker.groups().remove_if_empty(&group_id);
-        }
+    if request.member_epoch == 0 && broker.share_groups().exists(&group_id) == Some(true) {
+        let error = ConsumerGroupError::NotConsumerGroup(group_id);
+        return refused(
+            errors::consumer_group_code(&error),
+            Some(format!("{error}: it is a share group with members")),
+        );
     }
     let leaving = request.member_epoch == -1;
     let owned = request.topic_partitions.map(|topics| {
@@ -106,10 +90,20 @@ pub(crate) fn heartbeat(
         client_id: client_id.to_owned(),
         client_host: context.peer.clone(),
     };
-    let answer =
-        broker
-            .consumer_groups()
-            .heartbeat(heartbeat, &catalog, tokio::time::Instant::now());
+    // A join to a classic group with members of the consumer protocol
+    // upgrades it (an empty one is replaced); one of another protocol
+    // refuses the join.
+    let group_id = heartbeat.group_id.clone();
+    let answer = broker.consumer_groups().heartbeat_upgrading(
+        heartbeat,
+        &catalog,
+        tokio::time::Instant::now(),
+        || {
+            broker.groups().take_for_upgrade(&group_id, |member| {
+                migration::decode_member(member, &catalog)
+            })
+        },
+    );
     if leaving {
         // The last member of the new protocol may have left classic ones.
         broker.downgrade_consumer_groups();

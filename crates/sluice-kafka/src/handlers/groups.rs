@@ -56,8 +56,11 @@ pub(crate) async fn join(
     // members (Kafka 4's online migration); an empty one is replaced; a
     // share group with members keeps its id.
     let group_id = request.group_id.to_string();
-    if context.broker.consumer_groups().exists(&group_id) == Some(true) {
-        return join_consumer_group(context, request, version, client_id);
+    if in_consumer_group(context, &group_id) {
+        let response = join_consumer_group(context, request.clone(), version, client_id);
+        if !moved_meanwhile(context, &group_id, true, response.error_code, 0) {
+            return response;
+        }
     }
     if context.broker.share_groups().exists(&group_id) == Some(true) {
         let response = JoinGroupResponse::default()
@@ -71,6 +74,7 @@ pub(crate) async fn join(
         };
     }
     let _ = context.broker.consumer_groups().remove_if_empty(&group_id);
+    let retry = request.clone();
     let join = JoinRequest {
         group_id: request.group_id.to_string(),
         member_id: request.member_id.to_string(),
@@ -93,6 +97,10 @@ pub(crate) async fn join(
         require_known_member_id: version >= 4,
     };
     let answer = context.broker.groups().join(join).await;
+    if answer.error == Some(GroupError::UnknownMemberId) && in_consumer_group(context, &group_id) {
+        // Upgraded after it was routed here.
+        return join_consumer_group(context, retry, version, client_id);
+    }
     let members = answer
         .members
         .into_iter()
@@ -211,7 +219,27 @@ pub(crate) async fn sync(
     if !super::coordinates(context, &request.group_id) {
         return SyncGroupResponse::default().with_error_code(ResponseError::NotCoordinator.code());
     }
-    if context.broker.consumer_groups().exists(&request.group_id) == Some(true) {
+    let was_consumer = in_consumer_group(context, &request.group_id);
+    let response = sync_once(context, request.clone(), version, was_consumer).await;
+    if moved_meanwhile(
+        context,
+        &request.group_id,
+        was_consumer,
+        response.error_code,
+        0,
+    ) {
+        return sync_once(context, request, version, !was_consumer).await;
+    }
+    response
+}
+
+async fn sync_once(
+    context: &Context,
+    request: SyncGroupRequest,
+    version: i16,
+    in_consumer: bool,
+) -> SyncGroupResponse {
+    if in_consumer {
         let synced = context.broker.consumer_groups().classic_sync(
             &request.group_id,
             (&request.member_id, request.group_instance_id.as_deref()),
@@ -220,6 +248,7 @@ pub(crate) async fn sync(
                 request.protocol_type.as_deref(),
                 request.protocol_name.as_deref(),
             ),
+            tokio::time::Instant::now(),
         );
         return match synced {
             Ok(synced) => {
@@ -269,23 +298,56 @@ pub(crate) fn heartbeat(context: &Context, request: HeartbeatRequest) -> Heartbe
     if !super::coordinates(context, &request.group_id) {
         return HeartbeatResponse::default().with_error_code(ResponseError::NotCoordinator.code());
     }
-    if context.broker.consumer_groups().exists(&request.group_id) == Some(true) {
-        let result = context.broker.consumer_groups().classic_heartbeat(
-            &request.group_id,
-            (&request.member_id, request.group_instance_id.as_deref()),
-            request.generation_id,
-            tokio::time::Instant::now(),
-        );
-        return HeartbeatResponse::default().with_error_code(
-            result.map_or_else(|e| errors::consumer_group_code(&e).code(), |()| 0),
-        );
+    let mut error = 0;
+    for attempt in 0..2 {
+        let in_consumer = in_consumer_group(context, &request.group_id);
+        error = if in_consumer {
+            context
+                .broker
+                .consumer_groups()
+                .classic_heartbeat(
+                    &request.group_id,
+                    (&request.member_id, request.group_instance_id.as_deref()),
+                    request.generation_id,
+                    tokio::time::Instant::now(),
+                )
+                .map_or_else(|e| errors::consumer_group_code(&e).code(), |()| 0)
+        } else {
+            code(
+                context
+                    .broker
+                    .groups()
+                    .heartbeat(&request.group_id, request.generation_id, &request.member_id)
+                    .err(),
+            )
+        };
+        if !moved_meanwhile(context, &request.group_id, in_consumer, error, attempt) {
+            break;
+        }
     }
-    let result = context.broker.groups().heartbeat(
-        &request.group_id,
-        request.generation_id,
-        &request.member_id,
-    );
-    HeartbeatResponse::default().with_error_code(code(result.err()))
+    HeartbeatResponse::default().with_error_code(error)
+}
+
+/// Whether a consumer group of the new protocol with members has the id:
+/// its classic members' requests go to it (online migration).
+fn in_consumer_group(context: &Context, group_id: &str) -> bool {
+    context.broker.consumer_groups().exists(group_id) == Some(true)
+}
+
+/// Whether a classic member's first try met UNKNOWN_MEMBER_ID because the
+/// group moved between coordinators (an upgrade or a downgrade) after it
+/// was routed: then it is asked once more where the group is now, as
+/// clients take that error as their partitions lost.
+fn moved_meanwhile(
+    context: &Context,
+    group_id: &str,
+    was_consumer: bool,
+    error: i16,
+    attempt: usize,
+) -> bool {
+    attempt == 0
+        && error == ResponseError::UnknownMemberId.code()
+        && in_consumer_group(context, group_id) != was_consumer
 }
 
 pub(crate) fn leave(

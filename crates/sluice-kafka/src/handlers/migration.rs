@@ -9,8 +9,8 @@ use kafka_protocol::messages::{
     ConsumerProtocolAssignment, ConsumerProtocolSubscription, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-use sluice_core::Broker;
-use sluice_core::consumer_groups::{Assignment, TopicCatalog};
+use sluice_core::UpgradingMember;
+use sluice_core::consumer_groups::{Assignment, ClassicMember, TopicCatalog};
 
 /// The newest consumer protocol version Sluice reads and writes.
 const NEWEST: i16 = 3;
@@ -109,48 +109,25 @@ pub(crate) fn encode_assignment(
     out.freeze()
 }
 
-/// Upgrades the classic group `group_id` with members to a consumer group
-/// for a joining member of the new protocol (Kafka's online upgrade):
-/// `true` when the classic group is gone and its members are classic
-/// members of the consumer group. `false` (the join is refused) when the
-/// classic group is not of the consumer protocol, its metadata cannot be
-/// read, or it changed meanwhile.
-pub(crate) fn upgrade(broker: &Broker, group_id: &str, catalog: &TopicCatalog) -> bool {
-    let Some(candidate) = broker.groups().upgrade_candidate(group_id) else {
-        return false;
-    };
-    // Room for the joining member too.
-    if candidate.members.len() >= broker.consumer_groups().base_settings().max_size {
-        tracing::info!(
-            group = group_id,
-            "classic group not upgraded: a consumer group of its size would be full"
-        );
-        return false;
-    }
-    let mut members = Vec::with_capacity(candidate.members.len());
-    for (mut member, assigned) in candidate.members {
-        let (Some(subscribed), Some(assigned)) =
-            (subscription(&member.protocols), assignment(&assigned))
-        else {
-            tracing::info!(group = group_id, member = %member.member_id, "classic group not upgraded: its consumer protocol metadata cannot be read");
-            return false;
-        };
-        member.topics = subscribed.topics;
-        member.assigned = by_id(&assigned, catalog);
-        members.push(member);
-    }
-    if !broker
-        .groups()
-        .remove_for_upgrade(group_id, candidate.generation)
+/// A classic member as an upgrade takes it: its subscription and its
+/// assignment decoded. What it may own is what its leader gave it, what
+/// its subscription says it owns (a cooperative member between a join and
+/// a sync) and what it carried from an earlier consumer group; `None`
+/// when its consumer-protocol metadata cannot be read (the upgrade is
+/// refused).
+pub(crate) fn decode_member(
+    upgrading: UpgradingMember,
+    catalog: &TopicCatalog,
+) -> Option<ClassicMember> {
+    let mut member = upgrading.member;
+    let subscribed = subscription(&member.protocols)?;
+    let given = assignment(&upgrading.assignment)?;
+    member.topics = subscribed.topics;
+    for (topic, partitions) in by_id(&given, catalog)
+        .into_iter()
+        .chain(by_id(&subscribed.owned, catalog))
     {
-        return false;
+        member.assigned.entry(topic).or_default().extend(partitions);
     }
-    let adopted = broker.consumer_groups().adopt_classic(
-        group_id,
-        candidate.generation,
-        members,
-        catalog,
-        tokio::time::Instant::now(),
-    );
-    adopted.is_ok()
+    Some(member)
 }

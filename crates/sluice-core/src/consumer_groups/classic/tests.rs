@@ -107,6 +107,7 @@ fn sync(
             (id, None),
             generation,
             (Some("consumer"), Some("cooperative-sticky")),
+            Instant::now(),
         )
         .map(|synced| synced.assignment)
 }
@@ -192,7 +193,13 @@ fn an_upgraded_classic_member_gives_partitions_up_before_the_new_member_gets_the
         Err(ConsumerGroupError::IllegalGeneration)
     );
     assert_eq!(
-        groups.classic_sync("g", ("c", None), 4, (Some("consumer"), Some("range"))),
+        groups.classic_sync(
+            "g",
+            ("c", None),
+            4,
+            (Some("consumer"), Some("range")),
+            Instant::now()
+        ),
         Err(ConsumerGroupError::InconsistentGroupProtocol(
             "the protocol of member c's SyncGroup is not the one its JoinGroup was answered with"
                 .to_owned()
@@ -216,13 +223,29 @@ fn an_upgraded_classic_member_gives_partitions_up_before_the_new_member_gets_the
     Ok(())
 }
 
+/// The downgrades `groups` makes, as the classic coordinator would take
+/// them (or refuse them, `accept` false).
+fn downgrades(groups: &ConsumerGroups, accept: bool) -> Vec<(String, i32, Vec<ClassicMember>)> {
+    let taken = std::sync::Mutex::new(Vec::new());
+    groups.downgrade(|group, generation, members| {
+        if !accept {
+            return Err(members);
+        }
+        if let Ok(mut taken) = taken.lock() {
+            taken.push((group.to_owned(), generation, members));
+        }
+        Ok(())
+    });
+    taken.into_inner().unwrap_or_default()
+}
+
 #[test]
 fn the_last_member_of_the_new_protocol_leaving_hands_the_group_back()
 -> Result<(), ConsumerGroupError> {
     let groups = groups();
     let now = Instant::now();
     let (epoch, _) = upgraded_and_split(&groups, now)?;
-    assert!(groups.take_downgrades().is_empty(), "m is still there");
+    assert!(downgrades(&groups, true).is_empty(), "m is still there");
     groups.heartbeat(
         Heartbeat {
             member_epoch: -1,
@@ -231,23 +254,75 @@ fn the_last_member_of_the_new_protocol_leaving_hands_the_group_back()
         &catalog(),
         now,
     )?;
-    let downgraded = groups.take_downgrades();
+    // Refused by the classic side (it has a group of the id): it stays.
+    assert!(downgrades(&groups, false).is_empty());
+    assert_eq!(groups.exists("g"), Some(true), "kept as a consumer group");
+    groups.classic_leave("g", &[("c".to_owned(), None)]);
+    groups.adopt_classic(
+        "g",
+        7,
+        vec![classic_member("c", partitions(&[0, 1]))],
+        &catalog(),
+        now,
+    )?;
+    groups.heartbeat(join_new_protocol("m2"), &catalog(), now)?;
+    groups.heartbeat(
+        Heartbeat {
+            member_epoch: -1,
+            ..beat("m2", 8, &Assignment::new())
+        },
+        &catalog(),
+        now,
+    )?;
+    let downgraded = downgrades(&groups, true);
     let [(group, generation, members)] = downgraded.as_slice() else {
         panic!("one group downgraded, got {downgraded:?}");
     };
     assert_eq!(
         (group.as_str(), *generation),
-        ("g", 4),
+        ("g", 7),
         "at the epoch its member reached"
     );
     assert_eq!(
         members
             .iter()
-            .map(|m| (m.member_id.as_str(), owned(&m.assigned).len()))
+            .map(|m| (m.member_id.as_str(), owned(&m.assigned)))
             .collect::<Vec<_>>(),
-        vec![("c", 2)]
+        vec![("c", vec![0, 1])],
+        "what it owns goes with it"
     );
     assert_eq!(groups.exists("g"), None, "gone from the consumer groups");
+    Ok(())
+}
+
+#[test]
+fn a_static_classic_member_restarted_on_the_new_protocol_takes_its_own_place()
+-> Result<(), ConsumerGroupError> {
+    let groups = groups();
+    let now = Instant::now();
+    let mut member = classic_member("c", partitions(&[0, 1, 2, 3]));
+    member.instance_id = Some("i1".to_owned());
+    groups.adopt_classic("g", 3, vec![member], &catalog(), now)?;
+    let answer = groups.heartbeat(
+        Heartbeat {
+            instance_id: Some("i1".to_owned()),
+            ..join_new_protocol("c2")
+        },
+        &catalog(),
+        now,
+    )?;
+    assert_eq!(
+        answer.assignment.as_ref().map(owned),
+        Some(vec![0, 1, 2, 3]),
+        "no UNRELEASED_INSTANCE_ID: it replaces its classic self, assignment and all"
+    );
+    let described = groups.describe("g").map(|d| {
+        d.members
+            .iter()
+            .map(|m| (m.member_id.clone(), m.classic))
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(described, Some(vec![("c2".to_owned(), false)]));
     Ok(())
 }
 
