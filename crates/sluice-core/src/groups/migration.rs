@@ -28,13 +28,15 @@ impl GroupCoordinator {
     /// subscriptions and assignments read), the group gone and members
     /// waiting in a join or sync told to rejoin (REBALANCE_IN_PROGRESS), as
     /// Kafka does. The group stays when it is not of the consumer protocol
-    /// or `decode` refuses a member.
+    /// or `decode` refuses a member, or it has `max_members` members or
+    /// more (no room for the joining one).
     ///
     /// # Errors
     /// [`ConsumerGroupError::NotConsumerGroup`].
     pub fn take_for_upgrade(
         &self,
         group_id: &str,
+        max_members: usize,
         decode: impl Fn(UpgradingMember) -> Option<ClassicMember>,
     ) -> Result<Option<(i32, Vec<ClassicMember>)>, ConsumerGroupError> {
         let mut groups = self.groups();
@@ -46,7 +48,9 @@ impl GroupCoordinator {
             return Ok(None);
         }
         let refuse = || ConsumerGroupError::NotConsumerGroup(group_id.to_owned());
-        if group.protocol_type.as_deref() != Some(CONSUMER_PROTOCOL_TYPE) {
+        if group.protocol_type.as_deref() != Some(CONSUMER_PROTOCOL_TYPE)
+            || group.members.len() >= max_members
+        {
             return Err(refuse());
         }
         let mut members = Vec::with_capacity(group.members.len());
@@ -190,7 +194,7 @@ mod tests {
             Some((GroupState::PreparingRebalance, 1)),
             "it rebalances at once"
         );
-        let taken = coordinator.take_for_upgrade("g", |m| Some(m.member));
+        let taken = coordinator.take_for_upgrade("g", 10, |m| Some(m.member));
         let Ok(Some((generation, members))) = taken else {
             panic!("taken for the upgrade: {taken:?}");
         };
@@ -210,7 +214,7 @@ mod tests {
         let coordinator = GroupCoordinator::new(GroupSettings::default());
         assert_eq!(coordinator.adopt("g", 2, vec![member("a", &[0])]), Ok(()));
         assert!(matches!(
-            coordinator.take_for_upgrade("g", |_| None),
+            coordinator.take_for_upgrade("g", 10, |_| None),
             Err(ConsumerGroupError::NotConsumerGroup(_))
         ));
         assert!(
@@ -218,7 +222,7 @@ mod tests {
             "unreadable metadata leaves the group"
         );
         assert_eq!(
-            coordinator.take_for_upgrade("none", |m| Some(m.member)),
+            coordinator.take_for_upgrade("none", 10, |m| Some(m.member)),
             Ok(None)
         );
     }

@@ -99,7 +99,8 @@ pub(crate) fn heartbeat(
         &catalog,
         tokio::time::Instant::now(),
         || {
-            broker.groups().take_for_upgrade(&group_id, |member| {
+            let room = broker.consumer_groups().base_settings().max_size;
+            broker.groups().take_for_upgrade(&group_id, room, |member| {
                 migration::decode_member(member, &catalog)
             })
         },
