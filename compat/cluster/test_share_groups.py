@@ -23,7 +23,10 @@ locks.
 
 from __future__ import annotations
 
+import base64
+import json
 import time
+import urllib.request
 from collections import Counter
 
 import pika
@@ -179,6 +182,14 @@ def offsets_leaders(bootstrap: str) -> dict[int, int]:
 def amqp_parameters(node) -> pika.ConnectionParameters:
     return pika.ConnectionParameters(host="127.0.0.1", port=node.amqp_port, virtual_host="/",
                                      blocked_connection_timeout=30, socket_timeout=30)
+
+
+def http_get(node, path: str):
+    """GET of a node's admin API as guest."""
+    request = urllib.request.Request(f"http://127.0.0.1:{node.http_port}{path}")
+    request.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return json.load(answer)
 
 
 def first_coordinator(bootstrap: str, group: str) -> int:
@@ -362,9 +373,20 @@ def test_group_configs_reach_every_node_and_the_leader_dead_letters_by_them(clus
     2 and dead-letter exchange and routing key send each record, released
     every time, to an AMQP queue after exactly two deliveries."""
     cluster.wait_registered(admin)
-    topic, group = name, unique_name("configured-share")
+    topic = name
     exchange, queue = f"{name}-dlx", f"{name}-dead"
     create_replicated(cluster.node(1).bootstrap, topic, 1, 3)
+    leader = wait_until(
+        lambda: (lambda view: view[0][0] if view[0][0] >= 0 else None)(layout(cluster.node(2).bootstrap, topic)),
+        30,
+        what=f"a leader for {topic}",
+    )
+    # A group coordinated away from the partition's leader, so that its
+    # records are counted on another node than the one the API asks.
+    first_coordinator(cluster.bootstrap, unique_name("warm-up"))
+    leaders = offsets_leaders(cluster.bootstrap)
+    candidates = [unique_name(f"configured-share-{i}") for i in range(40)]
+    group = next((g for g in candidates if leaders[offsets_partition(g)] != leader), candidates[0])
     produced = produce_acked(cluster.bootstrap, topic, 3)
     connection = pika.BlockingConnection(amqp_parameters(cluster.node(3)))
     try:
@@ -445,3 +467,12 @@ def test_group_configs_reach_every_node_and_the_leader_dead_letters_by_them(clus
     finally:
         connection.close()
     assert sorted(letters) == sorted(("dead", "delivery_limit", v) for v in produced), letters
+
+    # The admin API of the group's coordinator shows its records, which the
+    # partition's leader holds: counted there when it is another node.
+    found = first_coordinator(cluster.bootstrap, group)
+    print(f"group {group}: coordinator node {found}, partition leader node {leader}")
+    shown = http_get(cluster.node(found), f"/api/groups/{group}")
+    partitions = [(p["topic"], p["partition"], p["archived"]) for p in shown["share_partitions"]]
+    assert partitions == [(topic, 0, len(produced))], f"node {found}: {shown['share_partitions']}"
+    assert shown["records"]["archived"] == len(produced), f"node {found}: {shown['records']}"

@@ -33,7 +33,9 @@
 //! `GET [id:8][vhost][queue][no_ack:1]`, `PURGE [id:8][vhost][queue]`,
 //! `CONNECTIONS [id:8]`,
 //! `RESETTLE [id:8][vhost][queue][count:4]([message:8][epoch:4])*`,
-//! `HOLD` (as `RESETTLE`), `RELEASE [id:8][vhost][queue][op:1][count:4]([message:8][epoch:4])*`. Every kind from `CONNECTIONS` on starts with its
+//! `HOLD` (as `RESETTLE`), `RELEASE [id:8][vhost][queue][op:1][count:4]([message:8][epoch:4])*`,
+//! `SHARE_COUNTS [id:8][group]` (a share group's records on the node, for
+//! the admin API). Every kind from `CONNECTIONS` on starts with its
 //! call id: a node refuses a kind it does not know (a newer peer's) with
 //! `ANSWER [id][1]` and keeps the link.
 //! From it: `ANSWER [id:8][refused:1][reason]`,
@@ -43,7 +45,8 @@
 //! queue's, which would otherwise wait for the queue's next leader),
 //! `GOT [id:8][0: empty | 1 [seq:8][redelivered:1][remaining:4][quorum:1](...)[message] | 2 reason]`,
 //! `PURGED [id:8][0 [count:4] | 2 reason]`,
-//! `CONNECTED [id:8][kafka:8][amqp:8]`.
+//! `CONNECTED [id:8][kafka:8][amqp:8]`,
+//! `SHARES [id:8][count:4]([topic:16][partition:4][start:8][available:8][acquired:8][archived:8])*`.
 //!
 //! A quorum queue's delivery names its message as every leader knows it
 //! (its id and the leader epoch of its enqueue record). The consumer's
@@ -78,6 +81,7 @@ use sluice_core::messaging::{
     ConsumerEvent, ConsumerSpec, Credit, Delivery, Message, MessageRef, MessagingError,
     PEER_CONSUMER, Queue, QueueType, RemoteQueues, RemoteSettled, RemoteSettlement, VirtualHost,
 };
+use sluice_core::share_groups::ShareCounts;
 use sluice_core::{Acks, Broker, PendingAck, RemoteOutcome};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -100,6 +104,7 @@ const CONNECTIONS: u8 = 7;
 const RESETTLE: u8 = 8;
 const HOLD: u8 = 9;
 const RELEASE: u8 = 10;
+const SHARE_COUNTS: u8 = 11;
 const ANSWER: u8 = 1;
 const DELIVER: u8 = 2;
 const CANCELLED: u8 = 3;
@@ -107,6 +112,7 @@ const GOT: u8 = 4;
 const PURGED: u8 = 5;
 const CONNECTED: u8 = 6;
 const REFUSED: u8 = 7;
+const SHARES: u8 = 8;
 
 /// A side that has sent nothing for this long sends a heartbeat.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
@@ -717,6 +723,43 @@ impl RemoteQueues for Carrier {
         (fields.remaining() >= 16).then(|| (fields.get_u64(), fields.get_u64()))
     }
 
+    fn share_counts_on(
+        &self,
+        node: i32,
+        group: &str,
+        timeout: Duration,
+    ) -> Option<Vec<([u8; 16], i32, ShareCounts)>> {
+        let (_, mut fields) = self
+            .call_within(node, timeout, |id| {
+                let mut fields = BytesMut::new();
+                fields.put_u64(id);
+                put_short(&mut fields, group)?;
+                Ok(frame(SHARE_COUNTS, &fields))
+            })
+            .ok()?;
+        let count = (fields.remaining() >= 4).then(|| fields.get_u32())? as usize;
+        let mut counts = Vec::new();
+        for _ in 0..count {
+            if fields.remaining() < 16 + 4 + 8 * 4 {
+                return None;
+            }
+            let mut topic = [0u8; 16];
+            fields.copy_to_slice(&mut topic);
+            let partition = fields.get_i32();
+            counts.push((
+                topic,
+                partition,
+                ShareCounts {
+                    start: fields.get_i64(),
+                    available: fields.get_u64(),
+                    acquired: fields.get_u64(),
+                    archived: fields.get_u64(),
+                },
+            ));
+        }
+        Some(counts)
+    }
+
     fn purge(&self, home: i32, vhost: &str, queue: &str) -> Result<usize, MessagingError> {
         let (_, mut fields) = self.call(home, |id| call_frame(PURGE, id, vhost, queue, &[]))?;
         match get_u8(&mut fields) {
@@ -1246,7 +1289,7 @@ async fn read_from_home(
             DELIVER => delivered(&state, &requeue, connection, fields),
             CANCELLED => ended_there(&state, fields, false),
             REFUSED => ended_there(&state, fields, true),
-            GOT | PURGED | CONNECTED => called_back(&state, connection, fields),
+            GOT | PURGED | CONNECTED | SHARES => called_back(&state, connection, fields),
             _ => None,
         };
         if understood.is_none() {
@@ -1474,6 +1517,7 @@ enum Work {
     Get(Bytes),
     Purge(Bytes),
     Connections(Bytes),
+    ShareCounts(Bytes),
     Resettle(Bytes),
     Hold(Bytes),
     Release(Bytes),
@@ -1528,6 +1572,11 @@ async fn serve_link(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
                     Work::Connections(mut fields) => get_u64(&mut fields).map(|id| {
                         let _ = frames.send(connections_for_peer(&broker, id));
                     }),
+                    Work::ShareCounts(fields) => {
+                        share_counts_for_peer(&broker, fields).map(|answer| {
+                            let _ = frames.send(answer);
+                        })
+                    }
                     Work::Resettle(fields) => resettled(&broker, fields),
                     Work::Hold(fields) => hold_for_peer(&broker, &state, fields),
                     Work::Release(fields) => release_for_peer(&broker, fields),
@@ -1623,6 +1672,7 @@ async fn serve_link(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
                     GET => Work::Get(fields),
                     PURGE => Work::Purge(fields),
                     CONNECTIONS => Work::Connections(fields),
+                    SHARE_COUNTS => Work::ShareCounts(fields),
                     RESETTLE => Work::Resettle(fields),
                     HOLD => Work::Hold(fields),
                     RELEASE => Work::Release(fields),
@@ -2057,6 +2107,26 @@ fn get_for_peer(broker: &Broker, state: &Mutex<HomeState>, mut fields: Bytes) ->
 
 /// A peer asks how many client connections this node has open: the
 /// answer, `[id:8][kafka:8][amqp:8]`.
+/// A peer's question for a share group's records on this node (the
+/// partitions it leads): the answer.
+fn share_counts_for_peer(broker: &Broker, mut fields: Bytes) -> Option<Bytes> {
+    let id = get_u64(&mut fields)?;
+    let group = get_short(&mut fields)?;
+    let counts = broker.share_groups().counts(&group);
+    let mut answer = BytesMut::new();
+    answer.put_u64(id);
+    answer.put_u32(u32::try_from(counts.len()).unwrap_or(u32::MAX));
+    for (topic, partition, counted) in counts {
+        answer.put_slice(&topic);
+        answer.put_i32(partition);
+        answer.put_i64(counted.start);
+        answer.put_u64(counted.available);
+        answer.put_u64(counted.acquired);
+        answer.put_u64(counted.archived);
+    }
+    Some(frame(SHARES, &answer))
+}
+
 fn connections_for_peer(broker: &Broker, id: u64) -> Bytes {
     let (kafka, amqp) = broker.connections().open_counts();
     let mut answer = BytesMut::new();

@@ -15,6 +15,7 @@ use kafka_protocol::protocol::Decodable;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sluice_core::Position;
+use sluice_core::share_groups::ShareCounts;
 use sluice_core::{Broker, CommittedOffset, GroupState};
 use sluice_types::PartitionId;
 
@@ -59,14 +60,64 @@ fn kind(broker: &Broker, id: &str) -> (&'static str, String, usize) {
     )
 }
 
-/// A share group's records on this node (the leader of its partitions):
-/// per partition, and summed.
+/// Longest a share group's records wait for another node's count.
+const SHARE_COUNTS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A share group's records on every partition it reads: each partition's
+/// leader keeps them, this node or another one of the cluster, asked over
+/// its message link (all at once: a slow node costs one timeout). A
+/// partition two nodes answer for (a leader that just moved) is taken from
+/// the one that started further on. Blocking.
+fn share_counts(broker: &Broker, id: &str) -> Vec<([u8; 16], i32, ShareCounts)> {
+    let mut all: std::collections::BTreeMap<([u8; 16], i32), ShareCounts> = broker
+        .share_groups()
+        .counts(id)
+        .into_iter()
+        .map(|(topic, partition, counts)| ((topic, partition), counts))
+        .collect();
+    let metadata = broker.topics().metadata();
+    if metadata.clustered() {
+        let own = broker.node_id();
+        let fenced = metadata.fenced();
+        let others: Vec<i32> = metadata
+            .brokers()
+            .iter()
+            .map(|b| b.node)
+            .filter(|node| *node != own && !fenced.contains(node))
+            .collect();
+        let answers: Vec<Vec<([u8; 16], i32, ShareCounts)>> = std::thread::scope(|scope| {
+            let asked: Vec<_> = others
+                .iter()
+                .map(|node| {
+                    scope.spawn(move || {
+                        broker
+                            .vhosts()
+                            .share_counts_on(*node, id, SHARE_COUNTS_TIMEOUT)
+                    })
+                })
+                .collect();
+            asked
+                .into_iter()
+                .filter_map(|answer| answer.join().ok().flatten())
+                .collect()
+        });
+        for (topic, partition, counts) in answers.into_iter().flatten() {
+            let entry = all.entry((topic, partition)).or_insert(counts);
+            if counts.start > entry.start {
+                *entry = counts;
+            }
+        }
+    }
+    all.into_iter()
+        .map(|((topic, partition), counts)| (topic, partition, counts))
+        .collect()
+}
+
+/// A share group's records: per partition, and summed. Blocking.
 fn share_records(broker: &Broker, id: &str) -> (Vec<Value>, Value) {
     let catalog = broker.topic_catalog();
     let mut totals = (0u64, 0u64, 0u64);
-    let partitions = broker
-        .share_groups()
-        .counts(id)
+    let partitions = share_counts(broker, id)
         .into_iter()
         .map(|(topic, partition, counts)| {
             totals.0 += counts.available;
@@ -143,7 +194,13 @@ pub(crate) async fn list(
     Query(paging): Query<Paging>,
     Query(shown): Query<Internal>,
 ) -> ApiResult<Json<Value>> {
-    let broker = &shared.broker;
+    let broker = Arc::clone(&shared.broker);
+    blocking(move || list_page(&broker, &paging, &shown)).await
+}
+
+/// A page of the groups list (blocking: a share group's records may be
+/// asked of other nodes).
+fn list_page(broker: &Broker, paging: &Paging, shown: &Internal) -> ApiResult<Json<Value>> {
     let mut ids = group_ids(broker);
     if !shown.internal {
         ids.retain(|id| !is_internal(id));
@@ -375,7 +432,8 @@ pub(crate) async fn describe(
     State(shared): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    Ok(Json(description(&shared.broker, &id)?))
+    let broker = Arc::clone(&shared.broker);
+    Ok(Json(blocking(move || description(&broker, &id)).await?))
 }
 
 fn refuse_if_active(broker: &Broker, id: &str, action: &str) -> ApiResult<()> {

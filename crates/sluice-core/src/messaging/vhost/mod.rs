@@ -177,6 +177,18 @@ pub trait RemoteQueues: Send + Sync + std::fmt::Debug {
         None
     }
 
+    /// Share group `group`'s records on node `node` (the partitions it
+    /// leads), asked over its link and answered within `timeout`; `None`
+    /// without an answer.
+    fn share_counts_on(
+        &self,
+        _node: i32,
+        _group: &str,
+        _timeout: std::time::Duration,
+    ) -> Option<Vec<([u8; 16], i32, crate::share_groups::ShareCounts)>> {
+        None
+    }
+
     /// Settles deliveries `seqs` of `queue` of `vhost` on node `home`;
     /// returns, for a quorum queue's, the messages settled as every
     /// leader knows them, and which of them were not sent to `home`
@@ -310,6 +322,17 @@ impl VirtualHosts {
     /// Blocking.
     pub fn connections_on(&self, node: i32, timeout: std::time::Duration) -> Option<(u64, u64)> {
         self.carrier.get()?.connections_on(node, timeout)
+    }
+
+    /// Share group `group`'s records on another node of the cluster,
+    /// asked over its message link within `timeout`. Blocking.
+    pub fn share_counts_on(
+        &self,
+        node: i32,
+        group: &str,
+        timeout: std::time::Duration,
+    ) -> Option<Vec<([u8; 16], i32, crate::share_groups::ShareCounts)>> {
+        self.carrier.get()?.share_counts_on(node, group, timeout)
     }
 
     /// The virtual host called `name`.
