@@ -642,6 +642,28 @@ def test_a_classic_group_is_upgraded_by_a_consumer_member_and_downgraded_when_it
     )
 
 
+def test_with_migration_disabled_a_classic_group_with_members_refuses_a_consumer_member(tmp_path, request, topic, group):
+    """`kafka.group_migration_policy = "disabled"` (Kafka's
+    group.consumer.migration.policy): a member of the new protocol joining
+    a classic group with members gets GROUP_ID_NOT_FOUND (fatal for
+    librdkafka) and the group stays classic."""
+    settings = {**BROKER_SETTINGS, "kafka.group_migration_policy": "disabled"}
+    with per_test_broker(tmp_path, request, settings) as broker:
+        create_topic_confluent(broker, topic, partitions=2)
+        admin = confluent_admin(broker)
+        with closing_all(lambda name, **extra: Member(broker, group, [topic], name, **extra)) as make:
+            classic = make("classic", **CLASSIC_MEMBER_SETTINGS)
+            drive([classic], lambda: classic.partitions() == {0, 1}, SETTLE_TIMEOUT_S, "the classic member to own both")
+            modern = make("consumer")
+            with pytest.raises(AssertionError, match="fatal consumer error") as refused:
+                drive([classic, modern], lambda: False, SETTLE_TIMEOUT_S, "the consumer member to be refused")
+            assert "The group id does not exist" in str(refused.value), refused.value  # GROUP_ID_NOT_FOUND
+            modern.closed = True  # a fatal client cannot leave
+            run_for([classic], 1.0)
+            assert classic.partitions() == {0, 1}, "the classic member keeps its partitions"
+            assert group_type(admin, group) == ConsumerGroupType.CLASSIC
+
+
 def test_an_eager_kafka_python_member_joins_a_consumer_group_and_keeps_it_after_the_last_consumer_member_leaves(
     broker, topic, group, members
 ):

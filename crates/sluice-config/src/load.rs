@@ -1052,6 +1052,10 @@ mod tests {
                 "less than kafka.group_share_session_timeout",
             ),
             ("kafka.group_consumer_max_size=0", "from 1 to 2147483647"),
+            (
+                "kafka.group_migration_policy=\"both\"",
+                "bidirectional, upgrade, downgrade or disabled",
+            ),
         ] {
             let message = ConfigLoader::new()
                 .set(assignment)

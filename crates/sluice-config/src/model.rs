@@ -209,6 +209,11 @@ pub struct KafkaConfig {
     /// beyond gets GROUP_MAX_SIZE_REACHED (Kafka's
     /// `group.consumer.max.size`).
     pub group_consumer_max_size: u32,
+    /// Which online migrations between classic groups and consumer groups
+    /// of the new protocol happen (Kafka's
+    /// `group.consumer.migration.policy`): `bidirectional`, `upgrade`,
+    /// `downgrade` or `disabled`.
+    pub group_migration_policy: String,
     /// A share group member not heard from for this long leaves (Kafka's
     /// `group.share.session.timeout.ms`).
     pub group_share_session_timeout: HumanDuration,
@@ -257,6 +262,7 @@ impl Default for KafkaConfig {
             group_consumer_heartbeat_interval: HumanDuration::from_secs(5),
             group_consumer_assignors: "uniform,range".to_owned(),
             group_consumer_max_size: MAX_GROUP_SIZE,
+            group_migration_policy: "bidirectional".to_owned(),
             group_share_session_timeout: HumanDuration::from_secs(45),
             group_share_heartbeat_interval: HumanDuration::from_secs(5),
             group_share_record_lock_duration: HumanDuration::from_secs(30),
@@ -649,6 +655,10 @@ pub const KEYS: &[KeyDoc] = &[
         description: "Most members of one consumer group of the new protocol; a join beyond is refused (GROUP_MAX_SIZE_REACHED)",
     },
     KeyDoc {
+        key: "kafka.group_migration_policy",
+        description: "Online migration of groups between the classic and new protocol: bidirectional, upgrade, downgrade, disabled",
+    },
+    KeyDoc {
         key: "kafka.group_share_session_timeout",
         description: "A share group member not heard from for this long leaves, and what it holds is released",
     },
@@ -959,6 +969,18 @@ impl Config {
                 format!(
                     "kafka.group_consumer_max_size must be from 1 to 2147483647, got {}",
                     kafka.group_consumer_max_size
+                ),
+            );
+        }
+        if !matches!(
+            kafka.group_migration_policy.as_str(),
+            "bidirectional" | "upgrade" | "downgrade" | "disabled"
+        ) {
+            problem(
+                "kafka.group_migration_policy",
+                format!(
+                    "kafka.group_migration_policy must be bidirectional, upgrade, downgrade or disabled, got {:?}",
+                    kafka.group_migration_policy
                 ),
             );
         }

@@ -79,6 +79,45 @@ pub struct ConsumerGroupSettings {
     /// The assignors members may name; the first is the default
     /// (`group.consumer.assignors`).
     pub assignors: Vec<Assignor>,
+    /// Which online migrations happen (`group.consumer.migration.policy`).
+    pub migration: MigrationPolicy,
+}
+
+/// Kafka's `group.consumer.migration.policy`: whether a classic group is
+/// upgraded by a member of the new protocol joining, and whether a
+/// consumer group left with classic members only is downgraded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MigrationPolicy {
+    Bidirectional,
+    Upgrade,
+    Downgrade,
+    Disabled,
+}
+
+impl MigrationPolicy {
+    pub fn parse(name: &str) -> Option<MigrationPolicy> {
+        match name {
+            "bidirectional" => Some(MigrationPolicy::Bidirectional),
+            "upgrade" => Some(MigrationPolicy::Upgrade),
+            "downgrade" => Some(MigrationPolicy::Downgrade),
+            "disabled" => Some(MigrationPolicy::Disabled),
+            _ => None,
+        }
+    }
+
+    pub fn upgrades(self) -> bool {
+        matches!(
+            self,
+            MigrationPolicy::Bidirectional | MigrationPolicy::Upgrade
+        )
+    }
+
+    pub fn downgrades(self) -> bool {
+        matches!(
+            self,
+            MigrationPolicy::Bidirectional | MigrationPolicy::Downgrade
+        )
+    }
 }
 
 impl Default for ConsumerGroupSettings {
@@ -89,6 +128,7 @@ impl Default for ConsumerGroupSettings {
             heartbeat_interval: Duration::from_secs(5),
             max_size: usize::MAX,
             assignors: vec![Assignor::Uniform, Assignor::Range],
+            migration: MigrationPolicy::Bidirectional,
         }
     }
 }

@@ -10,7 +10,7 @@ use sluice_cluster::{ClusterQuorum, CoreMachine, MetadataNode, RaftSettings};
 use sluice_config::{
     AmqpConfig, Config, DurabilityMode, KafkaConfig, LogFormat, LogSettings, split_list,
 };
-use sluice_core::consumer_groups::{Assignor, ConsumerGroupSettings};
+use sluice_core::consumer_groups::{Assignor, ConsumerGroupSettings, MigrationPolicy};
 use sluice_core::share_groups::{ShareReset, ShareSettings};
 use sluice_core::{
     Broker, BrokerOptions, ConnectionLimits, DataDirLock, GroupSettings, Lifecycle, Limits,
@@ -113,6 +113,9 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
                 .filter_map(|name| Assignor::parse(name.trim()))
                 .collect(),
             max_size: config.kafka.group_consumer_max_size as usize,
+            // Validated by the configuration.
+            migration: MigrationPolicy::parse(&config.kafka.group_migration_policy)
+                .unwrap_or(MigrationPolicy::Bidirectional),
         },
         share_groups: ShareSettings {
             lock_duration: config.kafka.group_share_record_lock_duration.get(),

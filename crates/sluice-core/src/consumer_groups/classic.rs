@@ -457,11 +457,12 @@ impl ConsumerGroups {
         &self,
         adopt: impl Fn(&str, i32, Vec<ClassicMember>) -> Result<(), Vec<ClassicMember>>,
     ) {
+        let downgrades = self.settings.migration.downgrades();
         let mut groups = self.groups();
         let ready: Vec<String> = groups
             .iter_mut()
             .filter_map(|(id, group)| {
-                let removed = std::mem::take(&mut group.removed);
+                let removed = std::mem::take(&mut group.removed) && downgrades;
                 let all_classic = !group.members.is_empty()
                     && group.members.values().all(|m| m.classic.is_some());
                 (removed && all_classic).then(|| id.clone())

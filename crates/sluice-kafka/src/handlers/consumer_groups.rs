@@ -99,7 +99,13 @@ pub(crate) fn heartbeat(
         &catalog,
         tokio::time::Instant::now(),
         || {
-            let room = broker.consumer_groups().base_settings().max_size;
+            let settings = broker.consumer_groups().base_settings();
+            // With upgrades off, a classic group with members has no room.
+            let room = if settings.migration.upgrades() {
+                settings.max_size
+            } else {
+                0
+            };
             broker.groups().take_for_upgrade(&group_id, room, |member| {
                 migration::decode_member(member, &catalog)
             })

@@ -389,3 +389,31 @@ fn a_classic_join_of_another_protocol_type_or_to_no_group_is_refused()
     assert_eq!(joined.generation, 2);
     Ok(())
 }
+
+#[test]
+fn with_downgrades_off_a_group_left_with_classic_members_stays() -> Result<(), ConsumerGroupError> {
+    let groups = ConsumerGroups::new(
+        ConsumerGroupSettings {
+            session_timeout: Duration::from_secs(10),
+            migration: crate::consumer_groups::MigrationPolicy::Upgrade,
+            ..ConsumerGroupSettings::default()
+        },
+        std::sync::Arc::default(),
+    );
+    let now = Instant::now();
+    let (epoch, _) = upgraded_and_split(&groups, now)?;
+    groups.heartbeat(
+        Heartbeat {
+            member_epoch: -1,
+            ..beat("m", epoch, &Assignment::new())
+        },
+        &catalog(),
+        now,
+    )?;
+    assert!(
+        downgrades(&groups, true).is_empty(),
+        "policy upgrade: no downgrade"
+    );
+    assert_eq!(groups.exists("g"), Some(true));
+    Ok(())
+}
