@@ -471,7 +471,10 @@ def test_group_configs_reach_every_node_and_the_leader_dead_letters_by_them(clus
     # The admin API of the group's coordinator shows its records, which the
     # partition's leader holds: counted there when it is another node.
     found = first_coordinator(cluster.bootstrap, group)
+    leader = layout(cluster.node(1).bootstrap, topic)[0][0]
     print(f"group {group}: coordinator node {found}, partition leader node {leader}")
+    assert found != leader, "no group coordinated away from the partition's leader: the API would count locally"
+
     shown = http_get(cluster.node(found), f"/api/groups/{group}")
     partitions = [(p["topic"], p["partition"], p["archived"]) for p in shown["share_partitions"]]
     assert partitions == [(topic, 0, len(produced))], f"node {found}: {shown['share_partitions']}"

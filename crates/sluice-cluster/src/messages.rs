@@ -34,8 +34,8 @@
 //! `CONNECTIONS [id:8]`,
 //! `RESETTLE [id:8][vhost][queue][count:4]([message:8][epoch:4])*`,
 //! `HOLD` (as `RESETTLE`), `RELEASE [id:8][vhost][queue][op:1][count:4]([message:8][epoch:4])*`,
-//! `SHARE_COUNTS [id:8][group]` (a share group's records on the node, for
-//! the admin API). Every kind from `CONNECTIONS` on starts with its
+//! `SHARE_COUNTS [id:8][count:4]([length:2][group])*` (share groups'
+//! records on the node, for the admin API). Every kind from `CONNECTIONS` on starts with its
 //! call id: a node refuses a kind it does not know (a newer peer's) with
 //! `ANSWER [id][1]` and keeps the link.
 //! From it: `ANSWER [id:8][refused:1][reason]`,
@@ -46,7 +46,8 @@
 //! `GOT [id:8][0: empty | 1 [seq:8][redelivered:1][remaining:4][quorum:1](...)[message] | 2 reason]`,
 //! `PURGED [id:8][0 [count:4] | 2 reason]`,
 //! `CONNECTED [id:8][kafka:8][amqp:8]`,
-//! `SHARES [id:8][count:4]([topic:16][partition:4][start:8][available:8][acquired:8][archived:8])*`.
+//! `SHARES [id:8][count:4]([group:4][topic:16][partition:4][start:8][available:8][acquired:8][archived:8])*`
+//! (`group` the index of the group in the call).
 //!
 //! A quorum queue's delivery names its message as every leader knows it
 //! (its id and the leader epoch of its enqueue record). The consumer's
@@ -105,6 +106,9 @@ const RESETTLE: u8 = 8;
 const HOLD: u8 = 9;
 const RELEASE: u8 = 10;
 const SHARE_COUNTS: u8 = 11;
+/// The top bit marks a call's id (`GET`, `PURGE`, `CONNECTIONS`,
+/// `SHARE_COUNTS`), apart from enqueue ids.
+const CALL_IDS: u64 = 1 << 63;
 const ANSWER: u8 = 1;
 const DELIVER: u8 = 2;
 const CANCELLED: u8 = 3;
@@ -594,7 +598,9 @@ impl Carrier {
         request: impl FnOnce(u64) -> Result<Bytes, String>,
     ) -> Result<(u64, Bytes), MessagingError> {
         let (outgoing, state) = self.link(home);
-        let id = state.next_call.fetch_add(1, Ordering::Relaxed);
+        // Apart from enqueue ids: a peer's refusal of an unknown kind
+        // (`ANSWER [id][1]`) must end this call, not settle an enqueue.
+        let id = CALL_IDS | state.next_call.fetch_add(1, Ordering::Relaxed);
         let frame = request(id)
             .map_err(|reason| MessagingError::Core(sluice_core::CoreError::Internal { reason }))?;
         let (answer, answered) = std::sync::mpsc::sync_channel(1);
@@ -726,27 +732,33 @@ impl RemoteQueues for Carrier {
     fn share_counts_on(
         &self,
         node: i32,
-        group: &str,
+        groups: &[String],
         timeout: Duration,
-    ) -> Option<Vec<([u8; 16], i32, ShareCounts)>> {
+    ) -> Option<Vec<sluice_core::share_groups::CountedShares>> {
         let (_, mut fields) = self
             .call_within(node, timeout, |id| {
                 let mut fields = BytesMut::new();
                 fields.put_u64(id);
-                put_short(&mut fields, group)?;
+                fields.put_u32(u32::try_from(groups.len()).map_err(|e| e.to_string())?);
+                for group in groups {
+                    fields.put_u16(u16::try_from(group.len()).map_err(|e| e.to_string())?);
+                    fields.put_slice(group.as_bytes());
+                }
                 Ok(frame(SHARE_COUNTS, &fields))
             })
             .ok()?;
         let count = (fields.remaining() >= 4).then(|| fields.get_u32())? as usize;
         let mut counts = Vec::new();
         for _ in 0..count {
-            if fields.remaining() < 16 + 4 + 8 * 4 {
+            if fields.remaining() < 4 + 16 + 4 + 8 * 4 {
                 return None;
             }
+            let group = fields.get_u32() as usize;
             let mut topic = [0u8; 16];
             fields.copy_to_slice(&mut topic);
             let partition = fields.get_i32();
             counts.push((
+                group,
                 topic,
                 partition,
                 ShareCounts {
@@ -1302,6 +1314,12 @@ async fn read_from_home(
 fn answered(state: &LinkState, waiting: &Waiting, mut fields: Bytes) -> Option<()> {
     let id = get_u64(&mut fields)?;
     let refused = get_u8(&mut fields)? != 0;
+    if id & CALL_IDS != 0 {
+        // A call the peer refused (a kind it does not know): its caller
+        // stops waiting at once (the answer channel closes).
+        lock(&state.calls).remove(&id);
+        return Some(());
+    }
     if let Some(outcome) = lock(waiting).remove(&id) {
         state.in_flight.fetch_sub(1, Ordering::AcqRel);
         outcome.settle(if refused {
@@ -2107,23 +2125,34 @@ fn get_for_peer(broker: &Broker, state: &Mutex<HomeState>, mut fields: Bytes) ->
 
 /// A peer asks how many client connections this node has open: the
 /// answer, `[id:8][kafka:8][amqp:8]`.
-/// A peer's question for a share group's records on this node (the
+/// A peer's question for share groups' records on this node (the
 /// partitions it leads): the answer.
 fn share_counts_for_peer(broker: &Broker, mut fields: Bytes) -> Option<Bytes> {
     let id = get_u64(&mut fields)?;
-    let group = get_short(&mut fields)?;
-    let counts = broker.share_groups().counts(&group);
+    let groups = (fields.remaining() >= 4).then(|| fields.get_u32())?;
+    let mut items = BytesMut::new();
+    let mut count = 0u32;
+    for index in 0..groups {
+        let length = (fields.remaining() >= 2).then(|| usize::from(fields.get_u16()))?;
+        if fields.remaining() < length {
+            return None;
+        }
+        let group = String::from_utf8(fields.split_to(length).to_vec()).ok()?;
+        for (topic, partition, counted) in broker.share_groups().counts(&group) {
+            items.put_u32(index);
+            items.put_slice(&topic);
+            items.put_i32(partition);
+            items.put_i64(counted.start);
+            items.put_u64(counted.available);
+            items.put_u64(counted.acquired);
+            items.put_u64(counted.archived);
+            count += 1;
+        }
+    }
     let mut answer = BytesMut::new();
     answer.put_u64(id);
-    answer.put_u32(u32::try_from(counts.len()).unwrap_or(u32::MAX));
-    for (topic, partition, counted) in counts {
-        answer.put_slice(&topic);
-        answer.put_i32(partition);
-        answer.put_i64(counted.start);
-        answer.put_u64(counted.available);
-        answer.put_u64(counted.acquired);
-        answer.put_u64(counted.archived);
-    }
+    answer.put_u32(count);
+    answer.put_slice(&items);
     Some(frame(SHARES, &answer))
 }
 

@@ -968,7 +968,10 @@ impl ConsumerGroups {
             // The returning static member takes over the one that left,
             // assignment and all, without a rebalance.
             if let Some(mut member) = group.members.remove(&holder) {
-                member.classic = None;
+                if member.classic.take().is_some() {
+                    // Its subscription is what this heartbeat names.
+                    member.names.clear();
+                }
                 member.revoking.clear();
                 member.revocation_deadline = None;
                 member.epoch = 0;

@@ -181,6 +181,11 @@ pub struct ShareCounts {
     pub archived: u64,
 }
 
+/// A share partition's records counted on a node for a question about
+/// several groups: (the group's index in the question, topic, partition,
+/// counts).
+pub type CountedShares = (usize, TopicId, i32, ShareCounts);
+
 /// How long a share partition's state waits to be stored for dead letters
 /// that cannot be published (a missing exchange, say): after that it is
 /// stored all the same, so that acknowledgements stay durable, and a crash

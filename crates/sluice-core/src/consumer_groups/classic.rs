@@ -274,6 +274,11 @@ impl ConsumerGroups {
             member.state = MemberState::Stable;
             member.revoking.clear();
             member.revocation_deadline = None;
+            // Its subscription is the joiner's (set below), not what a
+            // holder of the new protocol had.
+            member.regex = None;
+            member.server_assignor = None;
+            member.rack_id = None;
             group.members.insert(member_id.clone(), member);
             if let Some(target) = group.target.remove(&holder) {
                 group.target.insert(member_id.clone(), target);

@@ -63,21 +63,28 @@ fn kind(broker: &Broker, id: &str) -> (&'static str, String, usize) {
 /// Longest a share group's records wait for another node's count.
 const SHARE_COUNTS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// A share group's records on every partition it reads: each partition's
-/// leader keeps them, this node or another one of the cluster, asked over
-/// its message link (all at once: a slow node costs one timeout). A
-/// partition two nodes answer for (a leader that just moved) is taken from
-/// the one that started further on. Blocking.
-fn share_counts(broker: &Broker, id: &str) -> Vec<([u8; 16], i32, ShareCounts)> {
-    let mut all: std::collections::BTreeMap<([u8; 16], i32), ShareCounts> = broker
-        .share_groups()
-        .counts(id)
-        .into_iter()
-        .map(|(topic, partition, counts)| ((topic, partition), counts))
+/// Share groups' records on every partition they read, group by group:
+/// each partition's leader keeps them, this node or another one of the
+/// cluster, asked over its message link (every node at once and once for
+/// all the groups: a slow node costs one timeout). A partition two nodes
+/// answer for (a leader that just moved) is taken from the node that
+/// leads it now. Blocking.
+fn share_counts(broker: &Broker, ids: &[String]) -> Vec<Vec<([u8; 16], i32, ShareCounts)>> {
+    type Counted = std::collections::BTreeMap<([u8; 16], i32), (i32, ShareCounts)>;
+    let own = broker.node_id();
+    let mut all: Vec<Counted> = ids
+        .iter()
+        .map(|id| {
+            broker
+                .share_groups()
+                .counts(id)
+                .into_iter()
+                .map(|(topic, partition, counts)| ((topic, partition), (own, counts)))
+                .collect()
+        })
         .collect();
     let metadata = broker.topics().metadata();
-    if metadata.clustered() {
-        let own = broker.node_id();
+    if metadata.clustered() && !ids.is_empty() {
         let fenced = metadata.fenced();
         let others: Vec<i32> = metadata
             .brokers()
@@ -85,39 +92,68 @@ fn share_counts(broker: &Broker, id: &str) -> Vec<([u8; 16], i32, ShareCounts)> 
             .map(|b| b.node)
             .filter(|node| *node != own && !fenced.contains(node))
             .collect();
-        let answers: Vec<Vec<([u8; 16], i32, ShareCounts)>> = std::thread::scope(|scope| {
-            let asked: Vec<_> = others
-                .iter()
-                .map(|node| {
-                    scope.spawn(move || {
-                        broker
-                            .vhosts()
-                            .share_counts_on(*node, id, SHARE_COUNTS_TIMEOUT)
+        let answers: Vec<(i32, Vec<sluice_core::share_groups::CountedShares>)> =
+            std::thread::scope(|scope| {
+                let asked: Vec<_> = others
+                    .iter()
+                    .map(|node| {
+                        let node = *node;
+                        scope.spawn(move || {
+                            broker
+                                .vhosts()
+                                .share_counts_on(node, ids, SHARE_COUNTS_TIMEOUT)
+                                .map(|counts| (node, counts))
+                        })
                     })
-                })
-                .collect();
-            asked
-                .into_iter()
-                .filter_map(|answer| answer.join().ok().flatten())
-                .collect()
-        });
-        for (topic, partition, counts) in answers.into_iter().flatten() {
-            let entry = all.entry((topic, partition)).or_insert(counts);
-            if counts.start > entry.start {
-                *entry = counts;
+                    .collect();
+                asked
+                    .into_iter()
+                    .filter_map(|answer| answer.join().ok().flatten())
+                    .collect()
+            });
+        let catalog = broker.topic_catalog();
+        let leader = |topic: &[u8; 16], partition: i32| {
+            let name = catalog.name_of(topic)?;
+            let found = broker.topics().get(name)?;
+            found
+                .leader(sluice_types::PartitionId::from(partition))
+                .map(|(leader, _)| leader)
+        };
+        for (node, counts) in answers {
+            for (index, topic, partition, counted) in counts {
+                let Some(group) = all.get_mut(index) else {
+                    continue;
+                };
+                match group.entry((topic, partition)) {
+                    std::collections::btree_map::Entry::Vacant(entry) => {
+                        entry.insert((node, counted));
+                    }
+                    std::collections::btree_map::Entry::Occupied(mut entry) => {
+                        if leader(&topic, partition) == Some(node) {
+                            entry.insert((node, counted));
+                        }
+                    }
+                }
             }
         }
     }
     all.into_iter()
-        .map(|((topic, partition), counts)| (topic, partition, counts))
+        .map(|group| {
+            group
+                .into_iter()
+                .map(|((topic, partition), (_, counts))| (topic, partition, counts))
+                .collect()
+        })
         .collect()
 }
 
-/// A share group's records: per partition, and summed. Blocking.
-fn share_records(broker: &Broker, id: &str) -> (Vec<Value>, Value) {
-    let catalog = broker.topic_catalog();
+/// A share group's records from its counts: per partition, and summed.
+fn share_records(
+    catalog: &sluice_core::consumer_groups::TopicCatalog,
+    counted: Vec<([u8; 16], i32, ShareCounts)>,
+) -> (Vec<Value>, Value) {
     let mut totals = (0u64, 0u64, 0u64);
-    let partitions = share_counts(broker, id)
+    let partitions = counted
         .into_iter()
         .map(|(topic, partition, counts)| {
             totals.0 += counts.available;
@@ -212,7 +248,7 @@ fn list_page(broker: &Broker, paging: &Paging, shown: &Internal) -> ApiResult<Js
             let description = broker.groups().describe(id);
             let total_lag = total_lag(broker, id);
             let (kind, state, members) = kind(broker, id);
-            let mut item = json!({
+            let item = json!({
                 "group_id": id,
                 "type": kind,
                 "state": state,
@@ -224,8 +260,28 @@ fn list_page(broker: &Broker, paging: &Paging, shown: &Internal) -> ApiResult<Js
                 "lag": total_lag,
                 "internal": is_internal(id),
             });
-            if kind == "share" {
-                item["records"] = share_records(broker, id).1;
+            item
+        })
+        .collect::<Vec<Value>>();
+    // Every share group's records on the page, asked of the other nodes
+    // once for them all.
+    let shares: Vec<String> = items
+        .iter()
+        .filter(|item| item["type"] == "share")
+        .filter_map(|item| item["group_id"].as_str().map(str::to_owned))
+        .collect();
+    let catalog = broker.topic_catalog();
+    let mut records = shares
+        .iter()
+        .cloned()
+        .zip(share_counts(broker, &shares))
+        .collect::<std::collections::HashMap<String, _>>();
+    let items: Vec<Value> = items
+        .into_iter()
+        .map(|mut item| {
+            let counted = item["group_id"].as_str().and_then(|id| records.remove(id));
+            if let Some(counted) = counted {
+                item["records"] = share_records(&catalog, counted).1;
             }
             item
         })
@@ -421,7 +477,10 @@ fn description(broker: &Broker, id: &str) -> ApiResult<Value> {
         answer["protocol"] = json!(assignor);
     }
     if kind == "share" {
-        let (partitions, summed) = share_records(broker, id);
+        let counted = share_counts(broker, &[id.to_owned()])
+            .pop()
+            .unwrap_or_default();
+        let (partitions, summed) = share_records(&broker.topic_catalog(), counted);
         answer["share_partitions"] = Value::Array(partitions);
         answer["records"] = summed;
     }

@@ -372,8 +372,8 @@ pub(crate) fn leave(
     } else {
         vec![(request.member_id.to_string(), None)]
     };
-    let results: Vec<Result<(), i16>> =
-        if context.broker.consumer_groups().exists(&request.group_id) == Some(true) {
+    let leave = |in_consumer: bool| -> Vec<Result<(), i16>> {
+        if in_consumer {
             context
                 .broker
                 .consumer_groups()
@@ -389,7 +389,16 @@ pub(crate) fn leave(
                 .into_iter()
                 .map(|r| r.map_err(|e| code(Some(e))))
                 .collect()
-        };
+        }
+    };
+    let was_consumer = in_consumer_group(context, &request.group_id);
+    let mut results = leave(was_consumer);
+    let unknown = ResponseError::UnknownMemberId.code();
+    if results.iter().all(|r| *r == Err(unknown))
+        && moved_meanwhile(context, &request.group_id, was_consumer, unknown, 0)
+    {
+        results = leave(!was_consumer);
+    }
     if version < 3 {
         let error = results.into_iter().next().and_then(Result::err);
         return LeaveGroupResponse::default().with_error_code(error.unwrap_or(0));

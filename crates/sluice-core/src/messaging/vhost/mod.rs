@@ -177,15 +177,15 @@ pub trait RemoteQueues: Send + Sync + std::fmt::Debug {
         None
     }
 
-    /// Share group `group`'s records on node `node` (the partitions it
-    /// leads), asked over its link and answered within `timeout`; `None`
-    /// without an answer.
+    /// Share groups' records on node `node` (the partitions it leads),
+    /// each with the index of its group in `groups`, asked over its link
+    /// and answered within `timeout`; `None` without an answer.
     fn share_counts_on(
         &self,
         _node: i32,
-        _group: &str,
+        _groups: &[String],
         _timeout: std::time::Duration,
-    ) -> Option<Vec<([u8; 16], i32, crate::share_groups::ShareCounts)>> {
+    ) -> Option<Vec<crate::share_groups::CountedShares>> {
         None
     }
 
@@ -324,15 +324,16 @@ impl VirtualHosts {
         self.carrier.get()?.connections_on(node, timeout)
     }
 
-    /// Share group `group`'s records on another node of the cluster,
-    /// asked over its message link within `timeout`. Blocking.
+    /// Share groups' records on another node of the cluster, each with
+    /// the index of its group in `groups`, asked over its message link
+    /// within `timeout`. Blocking.
     pub fn share_counts_on(
         &self,
         node: i32,
-        group: &str,
+        groups: &[String],
         timeout: std::time::Duration,
-    ) -> Option<Vec<([u8; 16], i32, crate::share_groups::ShareCounts)>> {
-        self.carrier.get()?.share_counts_on(node, group, timeout)
+    ) -> Option<Vec<crate::share_groups::CountedShares>> {
+        self.carrier.get()?.share_counts_on(node, groups, timeout)
     }
 
     /// The virtual host called `name`.
