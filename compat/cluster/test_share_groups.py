@@ -23,10 +23,7 @@ locks.
 
 from __future__ import annotations
 
-import base64
-import json
 import time
-import urllib.request
 from collections import Counter
 
 import pika
@@ -34,7 +31,7 @@ import pytest
 from confluent_kafka import AcknowledgeType, KafkaError, KafkaException, Producer, ShareConsumer
 from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ConfigSource, ResourceType
 
-from common.broker import unique_name, wait_until
+from common.broker import api_get, unique_name, wait_until
 from common.cluster import running_cluster
 from common.share_admin import NONE, alter_share_offsets, describe_share_offsets, until_empty
 from test_groups import OFFSETS_TOPIC, coordinator, offsets_partition
@@ -182,14 +179,6 @@ def offsets_leaders(bootstrap: str) -> dict[int, int]:
 def amqp_parameters(node) -> pika.ConnectionParameters:
     return pika.ConnectionParameters(host="127.0.0.1", port=node.amqp_port, virtual_host="/",
                                      blocked_connection_timeout=30, socket_timeout=30)
-
-
-def http_get(node, path: str):
-    """GET of a node's admin API as guest."""
-    request = urllib.request.Request(f"http://127.0.0.1:{node.http_port}{path}")
-    request.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
-    with urllib.request.urlopen(request, timeout=30) as answer:
-        return json.load(answer)
 
 
 def first_coordinator(bootstrap: str, group: str) -> int:
@@ -475,7 +464,7 @@ def test_group_configs_reach_every_node_and_the_leader_dead_letters_by_them(clus
     print(f"group {group}: coordinator node {found}, partition leader node {leader}")
     assert found != leader, "no group coordinated away from the partition's leader: the API would count locally"
 
-    shown = http_get(cluster.node(found), f"/api/groups/{group}")
+    shown = api_get(cluster.node(found), f"/api/groups/{group}")
     partitions = [(p["topic"], p["partition"], p["archived"]) for p in shown["share_partitions"]]
     assert partitions == [(topic, 0, len(produced))], f"node {found}: {shown['share_partitions']}"
     assert shown["records"]["archived"] == len(produced), f"node {found}: {shown['records']}"

@@ -347,3 +347,16 @@ def wait_until(predicate, timeout: float, interval: float = 0.1, what: str = "co
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         pause(interval)
+
+
+def api_get(broker: Broker, path: str, timeout: float = 30.0):
+    """GET of a broker's (or a cluster node's) admin API as guest: the
+    decoded JSON answer."""
+    import base64
+    import json
+    import urllib.request
+
+    request = urllib.request.Request(f"http://127.0.0.1:{broker.http_port}{path}")
+    request.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
+    with urllib.request.urlopen(request, timeout=timeout) as answer:
+        return json.load(answer)

@@ -36,7 +36,6 @@ broker answered for.
 
 from __future__ import annotations
 
-import base64
 import json
 import signal
 import socket
@@ -44,7 +43,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 import warnings
 from collections import Counter, defaultdict
 
@@ -53,7 +51,7 @@ import pytest
 from confluent_kafka import AcknowledgeType, ConsumerGroupType, KafkaError, KafkaException, ShareConsumer
 from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ConfigSource, ResourceType
 
-from common.broker import module_broker, per_test_broker
+from common.broker import api_get, module_broker, per_test_broker
 from common.wire import Reader, recv_frame, request_frame, uvarint
 from common.share_admin import (
     GROUP_ID_NOT_FOUND,
@@ -860,14 +858,6 @@ def listed_group_configs(broker) -> set[str]:
     return names
 
 
-def http_get(broker, path: str):
-    """GET of the admin API as guest."""
-    request = urllib.request.Request(f"http://127.0.0.1:{broker.http_port}{path}")
-    request.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
-    with urllib.request.urlopen(request, timeout=CLIENT_TIMEOUT_S) as answer:
-        return json.load(answer)
-
-
 def amqp_parameters(broker) -> pika.ConnectionParameters:
     """pika to the broker's AMQP listener (guest, vhost "/")."""
     return pika.ConnectionParameters(host="127.0.0.1", port=broker.amqp_port, virtual_host="/",
@@ -964,7 +954,7 @@ def test_group_configs_set_a_groups_delivery_limit_and_where_it_dead_letters(bro
         assert headers.get("x-delivery-count") == count, (body, headers)
 
     assert group in listed_group_configs(broker)
-    shown = http_get(broker, f"/api/groups/{group}")["configs"]
+    shown = api_get(broker, f"/api/groups/{group}")["configs"]
     assert shown == {"share.delivery.count.limit": "2", "sluice.share.dead.letter.exchange": exchange,
                      "sluice.share.dead.letter.routing.key": "dead"}, shown
     # DELETE takes a key back to the broker's setting; an unknown key is no change.

@@ -48,35 +48,23 @@ pub(crate) fn describe(
                                 resource.resource_name.as_str()
                             ))));
                     };
-                    let keys = resource.configuration_keys;
-                    let configs = topic
-                        .config()
-                        .entries(context.broker.log_defaults())
-                        .into_iter()
-                        .filter(|e| {
-                            keys.as_ref()
-                                .is_none_or(|keys| keys.iter().any(|k| k.as_str() == e.name))
-                        })
-                        .map(|e| entry(e, include_synonyms))
-                        .collect();
-                    result.with_error_code(0).with_configs(configs)
+                    let entries = topic.config().entries(context.broker.log_defaults());
+                    result.with_error_code(0).with_configs(asked(
+                        entries,
+                        resource.configuration_keys.as_deref(),
+                        include_synonyms,
+                    ))
                 }
                 GROUP if resource.resource_name.is_empty() => result
                     .with_error_code(ResponseError::InvalidRequest.code())
                     .with_error_message(Some(StrBytes::from_static_str("the group id is empty"))),
                 GROUP => {
-                    let keys = resource.configuration_keys;
-                    let configs = context
-                        .broker
-                        .group_config_entries(&resource.resource_name)
-                        .into_iter()
-                        .filter(|e| {
-                            keys.as_ref()
-                                .is_none_or(|keys| keys.iter().any(|k| k.as_str() == e.name))
-                        })
-                        .map(|e| entry(e, include_synonyms))
-                        .collect();
-                    result.with_error_code(0).with_configs(configs)
+                    let entries = context.broker.group_config_entries(&resource.resource_name);
+                    result.with_error_code(0).with_configs(asked(
+                        entries,
+                        resource.configuration_keys.as_deref(),
+                        include_synonyms,
+                    ))
                 }
                 BROKER => result.with_error_code(0),
                 _ => result
@@ -151,6 +139,19 @@ pub(crate) fn list_resources(
         }
     }
     ListConfigResourcesResponse::default().with_config_resources(listed)
+}
+
+/// The entries a DescribeConfigs resource asks for (`keys`; none: all).
+fn asked(
+    entries: Vec<ConfigEntry>,
+    keys: Option<&[StrBytes]>,
+    include_synonyms: bool,
+) -> Vec<DescribeConfigsResourceResult> {
+    entries
+        .into_iter()
+        .filter(|e| keys.is_none_or(|keys| keys.iter().any(|k| k.as_str() == e.name)))
+        .map(|e| entry(e, include_synonyms))
+        .collect()
 }
 
 fn entry(e: ConfigEntry, include_synonyms: bool) -> DescribeConfigsResourceResult {
