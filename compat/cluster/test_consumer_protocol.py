@@ -5,8 +5,8 @@ Contract: the group's coordinator is the leader of the group's partition of
 `__consumer_offsets`, as for classic groups; members that bootstrap through
 different nodes find that one coordinator and split a replicated topic's
 partitions; when the coordinator dies, another in-sync replica coordinates
-the group and the same members (same member ids) own the partitions again
-through it; with commit-after-processing every record acknowledged with
+the group from its stored membership and the same members go on at their
+epochs, owning the same partitions, with no rebalance event at all; with commit-after-processing every record acknowledged with
 acks=all is consumed at least once, the group's commits reach the end of
 every partition, and no committed offset ever goes backwards, the moment of
 the kill included.
@@ -317,6 +317,8 @@ def test_a_consumer_group_rides_out_kill_9_of_its_coordinator(consumer_cluster, 
         assert coordinator(cluster.bootstrap, group) == leader
         run_for(members, 2.0, feeder)
 
+        events_at_kill = {m.name: len(m.events) for m in members}
+        owned_at_kill = {m.name: set(m.owned) for m in members}
         cluster.node(leader).kill()
         killed_at, sent_at_kill = time.monotonic(), feeder.sent
         survivor = next(n for n in cluster.nodes if n.alive())
@@ -356,6 +358,11 @@ def test_a_consumer_group_rides_out_kill_9_of_its_coordinator(consumer_cluster, 
         assignments = {m.member_id: sorted(tp.partition for tp in m.assignment.topic_partitions)
                        for m in described.members}
         assert {m.consumer.memberid(): sorted(m.owned) for m in members} == assignments, assignments
+        # The new coordinator loaded the group's stored membership: the
+        # members went on at their epochs, none lost or gave up a partition.
+        since_kill = {m.name: m.events[events_at_kill[m.name]:] for m in members}
+        assert not any(since_kill.values()), f"rebalance events after the coordinator's kill: {since_kill}"
+        assert {m.name: set(m.owned) for m in members} == owned_at_kill
         run_for(members, 2.0, feeder)
 
         produced = feeder.finish()

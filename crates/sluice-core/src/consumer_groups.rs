@@ -15,10 +15,9 @@
 //!
 //! So a partition moves to a new member only after its previous owner has
 //! reported it gone, or has left, or was fenced (its session or its
-//! revocation ran out). Membership lives in memory, as for classic groups:
-//! a coordinator that restarts or moves answers UNKNOWN_MEMBER_ID, and
-//! members rejoin with their ids at epoch 0. Committed offsets are in the
-//! replicated offsets log and survive both.
+//! revocation ran out). Membership is stored with the group's offsets
+//! (`durable`), so a coordinator that restarts or moves goes on with the
+//! members at their epochs.
 //!
 //! Time is passed in (`now`), so the state machine is tested with
 //! simulated time. One lock guards every group.
@@ -352,6 +351,9 @@ struct Group {
     /// A member was removed since the last check for a downgrade to a
     /// classic group.
     removed: bool,
+    /// The coordinator epoch the group was made or loaded in (`None`: no
+    /// stored membership, as in unit tests).
+    coordinator_epoch: Option<i32>,
 }
 
 impl Group {
@@ -364,6 +366,7 @@ impl Group {
             subscribed: BTreeMap::new(),
             assignor,
             removed: false,
+            coordinator_epoch: None,
         }
     }
 
@@ -704,6 +707,11 @@ pub struct ConsumerGroups {
     settings: ConsumerGroupSettings,
     /// Groups' own settings over `settings`.
     configs: Arc<GroupConfigs>,
+    /// Where stored memberships are read from (see `durable`).
+    loader: std::sync::OnceLock<durable::Loader>,
+    /// The membership text last stored of each group.
+    stored: Mutex<HashMap<String, String>>,
+    storing: Mutex<()>,
 }
 
 impl ConsumerGroups {
@@ -712,6 +720,9 @@ impl ConsumerGroups {
             groups: Mutex::new(HashMap::new()),
             settings,
             configs,
+            loader: std::sync::OnceLock::new(),
+            stored: Mutex::new(HashMap::new()),
+            storing: Mutex::new(()),
         }
     }
 
@@ -822,6 +833,7 @@ impl ConsumerGroups {
             )),
         };
         let mut groups = self.groups();
+        let coordinator_epoch = self.load(&mut groups, &heartbeat.group_id, now);
         let member_id = heartbeat.member_id.clone();
         if heartbeat.member_epoch == LEAVE || heartbeat.member_epoch == LEFT_STATIC {
             return self.leave(&mut groups, &heartbeat, now);
@@ -833,13 +845,17 @@ impl ConsumerGroups {
                 .is_none_or(|g| g.members.is_empty())
             && let Some((generation, members)) = upgrade()?
         {
-            let adopted = self.adopted(&heartbeat.group_id, generation, members, catalog, now);
+            let mut adopted = self.adopted(&heartbeat.group_id, generation, members, catalog, now);
+            adopted.coordinator_epoch = coordinator_epoch;
             groups.insert(heartbeat.group_id.clone(), adopted);
         }
         let group = if joining {
             groups
                 .entry(heartbeat.group_id.clone())
-                .or_insert_with(|| Group::new(self.default_assignor()))
+                .or_insert_with(|| Group {
+                    coordinator_epoch,
+                    ..Group::new(self.default_assignor())
+                })
         } else {
             // A group this coordinator does not know (it restarted or took
             // over): the member rejoins, instead of Kafka's fatal
@@ -1083,7 +1099,8 @@ impl ConsumerGroups {
         member_id: &str,
         member_epoch: i32,
     ) -> Option<Result<(), ConsumerGroupError>> {
-        let groups = self.groups();
+        let mut groups = self.groups();
+        self.load(&mut groups, group_id, Instant::now());
         let group = groups.get(group_id)?;
         if member_epoch < 0 && member_id.is_empty() {
             return Some(if group.members.is_empty() {
@@ -1117,7 +1134,8 @@ impl ConsumerGroups {
         member_epoch: i32,
         version: Option<i16>,
     ) -> Option<Result<(), ConsumerGroupError>> {
-        let groups = self.groups();
+        let mut groups = self.groups();
+        self.load(&mut groups, group_id, Instant::now());
         let group = groups.get(group_id)?;
         if member_epoch < 0 && group.members.is_empty() {
             return Some(Ok(()));
@@ -1151,9 +1169,9 @@ impl ConsumerGroups {
 
     /// Whether a consumer group of this id exists, and has members.
     pub fn exists(&self, group_id: &str) -> Option<bool> {
-        self.groups()
-            .get(group_id)
-            .map(|group| !group.members.is_empty())
+        let mut groups = self.groups();
+        self.load(&mut groups, group_id, Instant::now());
+        groups.get(group_id).map(|group| !group.members.is_empty())
     }
 
     /// Groups with their state, for ListGroups.
@@ -1168,7 +1186,8 @@ impl ConsumerGroups {
     }
 
     pub fn describe(&self, group_id: &str) -> Option<ConsumerGroupDescription> {
-        let groups = self.groups();
+        let mut groups = self.groups();
+        self.load(&mut groups, group_id, Instant::now());
         let group = groups.get(group_id)?;
         Some(ConsumerGroupDescription {
             group_id: group_id.to_owned(),
@@ -1204,6 +1223,7 @@ impl ConsumerGroups {
     #[allow(clippy::result_unit_err)]
     pub fn remove_if_empty(&self, group_id: &str) -> Result<bool, ()> {
         let mut groups = self.groups();
+        self.load(&mut groups, group_id, Instant::now());
         match groups.get(group_id) {
             Some(group) if !group.members.is_empty() => Err(()),
             Some(_) => {
@@ -1216,9 +1236,11 @@ impl ConsumerGroups {
 }
 
 mod classic;
+mod durable;
 pub use classic::{
     CONSUMER_PROTOCOL_TYPE, ClassicJoin, ClassicJoined, ClassicMember, ClassicSynced,
 };
+pub use durable::{MEMBERSHIP_TOPIC, MembershipLoader};
 
 #[cfg(test)]
 mod tests;

@@ -822,6 +822,30 @@ impl Broker {
         &self.share_groups
     }
 
+    /// Stores the membership of consumer group `group` (or of every
+    /// group, `None`) where it changed since last stored: a committed
+    /// offset of the group under [`consumer_groups::MEMBERSHIP_TOPIC`], in
+    /// the offsets log a cluster replicates, for the group's next
+    /// coordinator. Blocking; what fails to store is tried again by the
+    /// next call.
+    pub fn store_consumer_groups(&self, group: Option<&str>) {
+        let _storing = self.consumer_groups.storing();
+        for (group, text) in self.consumer_groups.changed(group) {
+            let committed = CommittedOffset {
+                offset: 0,
+                leader_epoch: -1,
+                metadata: Some(text.clone()),
+            };
+            let membership = consumer_groups::MEMBERSHIP_TOPIC.to_owned();
+            match self.offsets.commit(&group, &[(membership, 0, committed)]) {
+                Ok(()) => self.consumer_groups.mark_stored(&group, text),
+                Err(error) => {
+                    tracing::warn!(%error, group, "consumer group membership not stored yet");
+                }
+            }
+        }
+    }
+
     /// Consumer groups left with classic members only (the last member
     /// of the new protocol left or was fenced) become classic groups
     /// again, which rebalance (Kafka's online downgrade).

@@ -130,6 +130,18 @@ pub struct Lifecycle {
 impl Broker {
     /// Starts the broker's background work on the current tokio runtime.
     pub fn run(self: &Arc<Self>) -> Lifecycle {
+        // Consumer groups load their stored membership from the offsets
+        // of the groups this node coordinates.
+        let weak = Arc::downgrade(self);
+        self.consumer_groups().attach_loader(Box::new(move |group| {
+            let broker = weak.upgrade()?;
+            let (epoch, entry) = broker.offsets().coordinated_entry(
+                group,
+                crate::consumer_groups::MEMBERSHIP_TOPIC,
+                0,
+            )?;
+            Some((epoch, entry.and_then(|committed| committed.metadata)))
+        }));
         let (stop, stopped) = watch::channel(false);
         let jobs = vec![
             every(
@@ -150,6 +162,21 @@ impl Broker {
                 stopped.clone(),
                 Runs::Blocking,
                 |broker| broker.store_share_state(),
+            ),
+            every(
+                self,
+                SHARE_STATE_EVERY,
+                stopped.clone(),
+                Runs::Blocking,
+                |broker| {
+                    // Groups this node stopped coordinating go; what
+                    // changed without a request (fenced members, a
+                    // downgrade) is stored.
+                    broker.consumer_groups().retain(|group| {
+                        broker.offsets().coordinator(group) == crate::Coordinator::Here
+                    });
+                    broker.store_consumer_groups(None);
+                },
             ),
             every(
                 self,

@@ -762,6 +762,38 @@ impl OffsetStore {
         self.committed(group).unwrap_or_default()
     }
 
+    /// The leader epoch this node coordinates `group` in (0 on a cluster
+    /// of one) and the committed offset of `topic`/`partition` of it, if
+    /// any: what a coordinator reads its own state of the group from.
+    /// `None` when this node does not coordinate the group.
+    pub fn coordinated_entry(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: i32,
+    ) -> Option<(i32, Option<CommittedOffset>)> {
+        if let Some(local) = self.node_local(group) {
+            return local.coordinated_entry(group, topic, partition);
+        }
+        let epoch = match (&self.backend, self.led(group).ok()?) {
+            (Backend::Replicated(replicated), Some(partition)) => {
+                let loaded = replicated
+                    .topic
+                    .loaded_epoch(replicated.topic.index_of(group))?;
+                if !partition.is_leader() || loaded != partition.leader_epoch().get() {
+                    return None;
+                }
+                loaded
+            }
+            _ => 0,
+        };
+        let entry = self
+            .groups()
+            .get(group)
+            .and_then(|offsets| offsets.get(&(topic.to_owned(), partition)).cloned());
+        Some((epoch, entry))
+    }
+
     /// Every committed offset of `group`, sorted by topic and partition,
     /// read while this node coordinates it (what OffsetFetch answers: no
     /// offset must mean none was committed, never that the group moved).

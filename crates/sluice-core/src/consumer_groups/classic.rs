@@ -33,9 +33,22 @@ pub const CONSUMER_PROTOCOL_TYPE: &str = "consumer";
 /// `ClassicMemberMetadata`).
 #[derive(Debug, Clone)]
 pub(super) struct ClassicMeta {
-    session_timeout: Duration,
+    pub(super) session_timeout: Duration,
     /// (name, metadata) in the member's order of preference.
-    protocols: Vec<(String, Bytes)>,
+    pub(super) protocols: Vec<(String, Bytes)>,
+}
+
+impl ClassicMeta {
+    pub(super) fn new(session_timeout: Duration, protocols: Vec<(String, Bytes)>) -> ClassicMeta {
+        ClassicMeta {
+            session_timeout,
+            protocols,
+        }
+    }
+
+    pub(super) fn session_timeout(&self) -> Duration {
+        self.session_timeout
+    }
 }
 
 /// A classic member moving between a classic group and a consumer group.
@@ -251,6 +264,7 @@ impl ConsumerGroups {
         now: Instant,
     ) -> Result<ClassicJoined, ConsumerGroupError> {
         let mut groups = self.groups();
+        self.load(&mut groups, &join.group_id, now);
         let group = groups
             .get_mut(&join.group_id)
             .filter(|g| !g.members.is_empty())
@@ -357,6 +371,7 @@ impl ConsumerGroups {
         now: Instant,
     ) -> Result<ClassicSynced, ConsumerGroupError> {
         let mut groups = self.groups();
+        self.load(&mut groups, group_id, now);
         let group = groups
             .get_mut(group_id)
             .ok_or(ConsumerGroupError::UnknownMemberId)?;
@@ -405,6 +420,7 @@ impl ConsumerGroups {
         now: Instant,
     ) -> Result<(), ConsumerGroupError> {
         let mut groups = self.groups();
+        self.load(&mut groups, group_id, now);
         let group = groups
             .get_mut(group_id)
             .ok_or(ConsumerGroupError::UnknownMemberId)?;
@@ -437,6 +453,7 @@ impl ConsumerGroups {
         members: &[(String, Option<String>)],
     ) -> Vec<Result<(), ConsumerGroupError>> {
         let mut groups = self.groups();
+        self.load(&mut groups, group_id, Instant::now());
         let Some(group) = groups.get_mut(group_id) else {
             return members
                 .iter()

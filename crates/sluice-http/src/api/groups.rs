@@ -184,6 +184,7 @@ fn committed(broker: &Broker, group: &str) -> Vec<(String, i32, CommittedOffset,
         .offsets()
         .group(group)
         .into_iter()
+        .filter(|(topic, _, _)| topic != sluice_core::consumer_groups::MEMBERSHIP_TOPIC)
         .map(|(topic, partition, offset)| {
             let end = broker
                 .topics()

@@ -43,7 +43,7 @@ pub(super) fn new_member_id() -> String {
     format!("{nanos:x}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
-pub(crate) fn heartbeat(
+pub(crate) async fn heartbeat(
     context: &Context,
     request: ConsumerGroupHeartbeatRequest,
     version: i16,
@@ -115,6 +115,9 @@ pub(crate) fn heartbeat(
         // The last member of the new protocol may have left classic ones.
         broker.downgrade_consumer_groups();
     }
+    // The membership as changed is durable before the member hears of it.
+    let stored = std::sync::Arc::clone(broker);
+    let _ = super::blocking(move || stored.store_consumer_groups(Some(&group_id))).await;
     match answer {
         Ok(answer) => ConsumerGroupHeartbeatResponse::default()
             .with_member_id(Some(text(answer.member_id)))

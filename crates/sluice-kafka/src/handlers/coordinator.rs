@@ -264,6 +264,10 @@ fn group_offsets(
         None => {
             let mut found: Vec<TopicOffsets> = Vec::new();
             for ((topic, partition), offset) in committed {
+                // A consumer group's stored membership is the broker's own.
+                if topic == sluice_core::consumer_groups::MEMBERSHIP_TOPIC {
+                    continue;
+                }
                 let data = (partition, Some(offset));
                 match found.last_mut() {
                     Some(last) if last.0.as_str() == topic => last.1.push(data),

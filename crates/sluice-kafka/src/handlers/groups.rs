@@ -57,7 +57,7 @@ pub(crate) async fn join(
     // share group with members keeps its id.
     let group_id = request.group_id.to_string();
     if in_consumer_group(context, &group_id) {
-        let response = join_consumer_group(context, request.clone(), version, client_id);
+        let response = join_consumer_group(context, request.clone(), version, client_id).await;
         if !moved_meanwhile(context, &group_id, true, response.error_code, 0) {
             return response;
         }
@@ -99,7 +99,7 @@ pub(crate) async fn join(
     let answer = context.broker.groups().join(join).await;
     if answer.error == Some(GroupError::UnknownMemberId) && in_consumer_group(context, &group_id) {
         // Upgraded after it was routed here.
-        return join_consumer_group(context, retry, version, client_id);
+        return join_consumer_group(context, retry, version, client_id).await;
     }
     let members = answer
         .members
@@ -135,7 +135,26 @@ pub(crate) async fn join(
 /// JoinGroup of a classic member to a consumer group with members: the
 /// coordinator assigns it, so it is told it is not the leader and gets its
 /// partitions from SyncGroup.
-fn join_consumer_group(
+async fn join_consumer_group(
+    context: &Context,
+    request: JoinGroupRequest,
+    version: i16,
+    client_id: &str,
+) -> JoinGroupResponse {
+    let group_id = request.group_id.to_string();
+    let response = join_consumer_group_now(context, request, version, client_id);
+    store_membership(context, group_id).await;
+    response
+}
+
+/// Stores a consumer group's membership as a classic member's request
+/// changed it, before the member hears of it.
+async fn store_membership(context: &Context, group_id: String) {
+    let broker = Arc::clone(&context.broker);
+    let _ = blocking(move || broker.store_consumer_groups(Some(&group_id))).await;
+}
+
+fn join_consumer_group_now(
     context: &Context,
     request: JoinGroupRequest,
     version: i16,
@@ -350,7 +369,7 @@ fn moved_meanwhile(
         && in_consumer_group(context, group_id) != was_consumer
 }
 
-pub(crate) fn leave(
+pub(crate) async fn leave(
     context: &Context,
     request: LeaveGroupRequest,
     version: i16,
@@ -398,6 +417,9 @@ pub(crate) fn leave(
         && moved_meanwhile(context, &request.group_id, was_consumer, unknown, 0)
     {
         results = leave(!was_consumer);
+    }
+    if in_consumer_group(context, &request.group_id) || was_consumer {
+        store_membership(context, request.group_id.to_string()).await;
     }
     if version < 3 {
         let error = results.into_iter().next().and_then(Result::err);

@@ -210,7 +210,7 @@ pub(crate) async fn dispatch(
             ResponseKind::Heartbeat(groups::heartbeat(context, request))
         }
         RequestKind::LeaveGroup(request) => {
-            ResponseKind::LeaveGroup(groups::leave(context, request, version))
+            ResponseKind::LeaveGroup(groups::leave(context, request, version).await)
         }
         RequestKind::ListGroups(request) => {
             ResponseKind::ListGroups(groups::list(context, request, version))
@@ -222,7 +222,7 @@ pub(crate) async fn dispatch(
             ResponseKind::DeleteGroups(groups::delete(context, request).await)
         }
         RequestKind::ConsumerGroupHeartbeat(request) => ResponseKind::ConsumerGroupHeartbeat(
-            consumer_groups::heartbeat(context, request, version, client_id),
+            consumer_groups::heartbeat(context, request, version, client_id).await,
         ),
         RequestKind::ConsumerGroupDescribe(request) => ResponseKind::ConsumerGroupDescribe(
             consumer_groups::describe(context, request, version),
