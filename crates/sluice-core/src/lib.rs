@@ -828,22 +828,40 @@ impl Broker {
     /// the offsets log a cluster replicates, for the group's next
     /// coordinator. Blocking; what fails to store is tried again by the
     /// next call.
-    pub fn store_consumer_groups(&self, group: Option<&str>) {
+    ///
+    /// # Errors
+    /// The first store that failed (the others are still tried).
+    pub fn store_consumer_groups(&self, group: Option<&str>) -> Result<(), CoreError> {
+        // Nothing changed (most heartbeats): no lock, no write.
+        if group.is_some() && self.consumer_groups.changed(group).is_empty() {
+            return Ok(());
+        }
         let _storing = self.consumer_groups.storing();
+        let mut outcome = Ok(());
         for (group, text) in self.consumer_groups.changed(group) {
-            let committed = CommittedOffset {
-                offset: 0,
-                leader_epoch: -1,
-                metadata: Some(text.clone()),
-            };
             let membership = consumer_groups::MEMBERSHIP_TOPIC.to_owned();
-            match self.offsets.commit(&group, &[(membership, 0, committed)]) {
+            // A group left with no members leaves no snapshot behind.
+            let stored = if text.is_empty() {
+                self.offsets.delete(&group, &[(membership, 0)])
+            } else {
+                let committed = CommittedOffset {
+                    offset: 0,
+                    leader_epoch: -1,
+                    metadata: Some(text.clone()),
+                };
+                self.offsets.commit(&group, &[(membership, 0, committed)])
+            };
+            match stored {
                 Ok(()) => self.consumer_groups.mark_stored(&group, text),
                 Err(error) => {
                     tracing::warn!(%error, group, "consumer group membership not stored yet");
+                    if outcome.is_ok() {
+                        outcome = Err(error);
+                    }
                 }
             }
         }
+        outcome
     }
 
     /// Consumer groups left with classic members only (the last member

@@ -175,7 +175,8 @@ impl Broker {
                     broker.consumer_groups().retain(|group| {
                         broker.offsets().coordinator(group) == crate::Coordinator::Here
                     });
-                    broker.store_consumer_groups(None);
+                    // Failures are logged; the next tick tries again.
+                    let _ = broker.store_consumer_groups(None);
                 },
             ),
             every(

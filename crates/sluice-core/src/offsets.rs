@@ -634,11 +634,17 @@ impl OffsetStore {
         let cutoff = SystemClock
             .now_ms()
             .saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
-        let stale: Vec<String> = self
+        // Asked with no lock held: `has_members` reaches the groups'
+        // coordinators, which read this store.
+        let old: Vec<String> = self
             .last_commits()
             .iter()
-            .filter(|(group, at)| **at < cutoff && !has_members(group))
+            .filter(|(_, at)| **at < cutoff)
             .map(|(group, _)| group.clone())
+            .collect();
+        let stale: Vec<String> = old
+            .into_iter()
+            .filter(|group| !has_members(group))
             .collect();
         let mut expired = Vec::new();
         let mut failure = None;
@@ -757,9 +763,12 @@ impl OffsetStore {
     }
 
     /// Every committed offset of `group`, sorted by topic and partition
-    /// (none when this node does not coordinate it).
+    /// (none when this node does not coordinate it), the broker's own
+    /// entry (a consumer group's stored membership) left out.
     pub fn group(&self, group: &str) -> Vec<(String, i32, CommittedOffset)> {
-        self.committed(group).unwrap_or_default()
+        let mut offsets = self.committed(group).unwrap_or_default();
+        offsets.retain(|(topic, _, _)| topic != crate::consumer_groups::MEMBERSHIP_TOPIC);
+        offsets
     }
 
     /// The leader epoch this node coordinates `group` in (0 on a cluster

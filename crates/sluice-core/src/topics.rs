@@ -1370,6 +1370,8 @@ const RESERVED: &[&str] = &[
     "__cluster_metadata",
     "__amqp_definitions",
     "__sluice_forward_positions",
+    // A consumer group's stored membership, in its offsets.
+    crate::consumer_groups::MEMBERSHIP_TOPIC,
 ];
 
 /// Whether `name` is one of the broker's internal topics (on a cluster,

@@ -299,7 +299,9 @@ impl ConsumerGroups {
             group.coordinator_epoch = Some(epoch);
             groups.insert(group_id.to_owned(), group);
         }
-        self.stored().insert(group_id.to_owned(), text);
+        if !text.is_empty() {
+            self.stored().insert(group_id.to_owned(), text);
+        }
         Some(epoch)
     }
 
@@ -334,6 +336,11 @@ impl ConsumerGroups {
             .collect()
     }
 
+    /// Whether `group_id`'s membership changed since it was last stored.
+    pub fn needs_store(&self, group_id: &str) -> bool {
+        !self.changed(Some(group_id)).is_empty()
+    }
+
     /// `text` of `group_id` is stored now.
     pub fn mark_stored(&self, group_id: &str, text: String) {
         if text.is_empty() {
@@ -346,8 +353,21 @@ impl ConsumerGroups {
     /// Forgets the groups `keep` refuses (this node no longer coordinates
     /// them): a later coordinator loads them from what is stored.
     pub fn retain(&self, keep: impl Fn(&str) -> bool) {
-        self.groups().retain(|id, _| keep(id));
-        self.stored().retain(|id, _| keep(id));
+        // Each id decided once, so a group and its stored text go together.
+        let ids: Vec<String> = {
+            let groups = self.groups();
+            let stored = self.stored();
+            groups.keys().chain(stored.keys()).cloned().collect()
+        };
+        let gone: std::collections::HashSet<String> =
+            ids.into_iter().filter(|id| !keep(id)).collect();
+        if gone.is_empty() {
+            return;
+        }
+        let mut groups = self.groups();
+        let mut stored = self.stored();
+        groups.retain(|id, _| !gone.contains(id));
+        stored.retain(|id, _| !gone.contains(id));
     }
 }
 

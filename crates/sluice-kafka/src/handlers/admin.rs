@@ -24,6 +24,7 @@ use kafka_protocol::messages::{
     OffsetDeleteResponse, OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse,
 };
 use kafka_protocol::protocol::StrBytes;
+use sluice_core::consumer_groups::MEMBERSHIP_TOPIC;
 use sluice_core::{Broker, CoreError, GroupConfig, TopicConfig};
 use sluice_types::{LeaderEpoch, Offset};
 
@@ -399,7 +400,8 @@ pub(crate) async fn offset_delete(
         let busy = broker
             .groups()
             .describe(&group)
-            .is_some_and(|g| !g.members.is_empty());
+            .is_some_and(|g| !g.members.is_empty())
+            || broker.consumer_groups().exists(&group) == Some(true);
         if broker.offsets().group(&group).is_empty() && broker.groups().describe(&group).is_none() {
             return OffsetDeleteResponse::default()
                 .with_error_code(ResponseError::GroupIdNotFound.code());
@@ -413,7 +415,10 @@ pub(crate) async fn offset_delete(
                     .partitions
                     .iter()
                     .map(|p| {
-                        let code = if busy {
+                        let code = if topic.name.as_str() == MEMBERSHIP_TOPIC {
+                            // A consumer group's stored membership is the broker's.
+                            ResponseError::UnknownTopicOrPartition.code()
+                        } else if busy {
                             ResponseError::GroupSubscribedToTopic.code()
                         } else {
                             doomed.push((topic.name.to_string(), p.partition_index));

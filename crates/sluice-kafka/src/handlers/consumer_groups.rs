@@ -115,9 +115,26 @@ pub(crate) async fn heartbeat(
         // The last member of the new protocol may have left classic ones.
         broker.downgrade_consumer_groups();
     }
-    // The membership as changed is durable before the member hears of it.
-    let stored = std::sync::Arc::clone(broker);
-    let _ = super::blocking(move || stored.store_consumer_groups(Some(&group_id))).await;
+    // The membership as changed is durable before the member hears of it;
+    // a change that could not be stored is not answered (the member tries
+    // again, at its coordinator then).
+    if broker.consumer_groups().needs_store(&group_id) {
+        let stored = std::sync::Arc::clone(broker);
+        let outcome = super::blocking(move || stored.store_consumer_groups(Some(&group_id))).await;
+        let failed = match outcome {
+            Some(Ok(())) => None,
+            Some(Err(error)) => Some(error.to_string()),
+            None => Some("the store was cancelled".to_owned()),
+        };
+        if let Some(reason) = failed {
+            return refused(
+                ResponseError::NotCoordinator,
+                Some(format!(
+                    "the group's membership could not be stored: {reason}"
+                )),
+            );
+        }
+    }
     match answer {
         Ok(answer) => ConsumerGroupHeartbeatResponse::default()
             .with_member_id(Some(text(answer.member_id)))

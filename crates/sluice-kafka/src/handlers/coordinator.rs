@@ -279,9 +279,18 @@ fn group_offsets(
         Some(requested) => requested
             .into_iter()
             .map(|(name, partitions)| {
+                let hidden = name.as_str() == sluice_core::consumer_groups::MEMBERSHIP_TOPIC;
                 let offsets = partitions
                     .into_iter()
-                    .map(|p| (p, committed.get(&(name.to_string(), p)).cloned()))
+                    .map(|p| {
+                        (
+                            p,
+                            committed
+                                .get(&(name.to_string(), p))
+                                .filter(|_| !hidden)
+                                .cloned(),
+                        )
+                    })
                     .collect();
                 (name, offsets)
             })

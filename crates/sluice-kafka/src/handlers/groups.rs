@@ -151,7 +151,9 @@ async fn join_consumer_group(
 /// changed it, before the member hears of it.
 async fn store_membership(context: &Context, group_id: String) {
     let broker = Arc::clone(&context.broker);
-    let _ = blocking(move || broker.store_consumer_groups(Some(&group_id))).await;
+    if broker.consumer_groups().needs_store(&group_id) {
+        let _ = blocking(move || broker.store_consumer_groups(Some(&group_id))).await;
+    }
 }
 
 fn join_consumer_group_now(
