@@ -450,6 +450,24 @@ impl Group {
         self.assignment_epoch = self.epoch;
     }
 
+    /// A new group epoch when a subscription or a subscribed topic
+    /// changed, and a new target for it.
+    fn rebalance_if_changed(
+        &mut self,
+        subscription_changed: bool,
+        catalog: &TopicCatalog,
+        default: Assignor,
+    ) {
+        let subscribed = self.resolve(catalog);
+        if subscription_changed || subscribed != self.subscribed {
+            self.subscribed = subscribed;
+            self.epoch += 1;
+        }
+        if self.epoch > self.assignment_epoch {
+            self.compute_target(catalog, default);
+        }
+    }
+
     /// Whether a member other than `member_id` still holds `partition`.
     fn held_elsewhere(&self, member_id: &str, topic: &TopicId, partition: i32) -> bool {
         self.members.iter().any(|(id, m)| {
@@ -532,6 +550,11 @@ impl Group {
             };
         }
     }
+}
+
+/// A subscription regex as Kafka matches it: the whole topic name.
+fn subscription_regex(pattern: &str) -> Result<regex::Regex, regex::Error> {
+    regex::Regex::new(&format!("^(?:{pattern})$"))
 }
 
 fn contains(assignment: &Assignment, topic: &TopicId, partition: i32) -> bool {
@@ -828,7 +851,7 @@ impl ConsumerGroups {
             Some("") | None => None,
             Some(pattern) => Some((
                 pattern.to_owned(),
-                regex::Regex::new(&format!("^(?:{pattern})$"))
+                subscription_regex(pattern)
                     .map_err(|e| ConsumerGroupError::InvalidRegularExpression(e.to_string()))?,
             )),
         };
@@ -932,14 +955,7 @@ impl ConsumerGroups {
                 subscription_changed = true;
             }
         }
-        let subscribed = group.resolve(catalog);
-        if subscription_changed || subscribed != group.subscribed {
-            group.subscribed = subscribed;
-            group.epoch += 1;
-        }
-        if group.epoch > group.assignment_epoch {
-            group.compute_target(catalog, self.default_assignor());
-        }
+        group.rebalance_if_changed(subscription_changed, catalog, self.default_assignor());
         let before = group
             .members
             .get(&member_id)

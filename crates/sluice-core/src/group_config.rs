@@ -246,18 +246,19 @@ impl GroupConfig {
         consumer: &ConsumerGroupSettings,
         share: &ShareSettings,
     ) -> Result<(), CoreError> {
+        let (consumer, share) = (self.consumer(consumer), self.share(share));
         let pairs = [
             (
                 CONSUMER_HEARTBEAT_INTERVAL,
                 CONSUMER_SESSION_TIMEOUT,
-                self.consumer(consumer).heartbeat_interval,
-                self.consumer(consumer).session_timeout,
+                consumer.heartbeat_interval,
+                consumer.session_timeout,
             ),
             (
                 SHARE_HEARTBEAT_INTERVAL,
                 SHARE_SESSION_TIMEOUT,
-                self.share(share).heartbeat_interval,
-                self.share(share).session_timeout,
+                share.heartbeat_interval,
+                share.session_timeout,
             ),
         ];
         for (interval_key, timeout_key, interval, timeout) in pairs {

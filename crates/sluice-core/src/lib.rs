@@ -832,10 +832,6 @@ impl Broker {
     /// # Errors
     /// The first store that failed (the others are still tried).
     pub fn store_consumer_groups(&self, group: Option<&str>) -> Result<(), CoreError> {
-        // Nothing changed (most heartbeats): no lock, no write.
-        if group.is_some() && self.consumer_groups.changed(group).is_empty() {
-            return Ok(());
-        }
         let _storing = self.consumer_groups.storing();
         let mut outcome = Ok(());
         for (group, text) in self.consumer_groups.changed(group) {

@@ -133,15 +133,13 @@ impl Broker {
         // Consumer groups load their stored membership from the offsets
         // of the groups this node coordinates.
         let weak = Arc::downgrade(self);
-        self.consumer_groups().attach_loader(Box::new(move |group| {
-            let broker = weak.upgrade()?;
-            let (epoch, entry) = broker.offsets().coordinated_entry(
-                group,
-                crate::consumer_groups::MEMBERSHIP_TOPIC,
-                0,
-            )?;
-            Some((epoch, entry.and_then(|committed| committed.metadata)))
-        }));
+        self.consumer_groups()
+            .attach_loader(Box::new(move |group, text| {
+                let broker = weak.upgrade()?;
+                let topic = text.then_some(crate::consumer_groups::MEMBERSHIP_TOPIC);
+                let (epoch, entry) = broker.offsets().coordinated_entry(group, topic)?;
+                Some((epoch, entry.and_then(|committed| committed.metadata)))
+            }));
         let (stop, stopped) = watch::channel(false);
         let jobs = vec![
             every(

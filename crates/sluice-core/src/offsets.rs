@@ -772,17 +772,16 @@ impl OffsetStore {
     }
 
     /// The leader epoch this node coordinates `group` in (0 on a cluster
-    /// of one) and the committed offset of `topic`/`partition` of it, if
-    /// any: what a coordinator reads its own state of the group from.
-    /// `None` when this node does not coordinate the group.
+    /// of one) and, for a `topic` asked for, its partition 0's committed
+    /// offset, if any: what a coordinator reads its own state of the group
+    /// from. `None` when this node does not coordinate the group.
     pub fn coordinated_entry(
         &self,
         group: &str,
-        topic: &str,
-        partition: i32,
+        topic: Option<&str>,
     ) -> Option<(i32, Option<CommittedOffset>)> {
         if let Some(local) = self.node_local(group) {
-            return local.coordinated_entry(group, topic, partition);
+            return local.coordinated_entry(group, topic);
         }
         let epoch = match (&self.backend, self.led(group).ok()?) {
             (Backend::Replicated(replicated), Some(partition)) => {
@@ -796,10 +795,11 @@ impl OffsetStore {
             }
             _ => 0,
         };
-        let entry = self
-            .groups()
-            .get(group)
-            .and_then(|offsets| offsets.get(&(topic.to_owned(), partition)).cloned());
+        let entry = topic.and_then(|topic| {
+            self.groups()
+                .get(group)
+                .and_then(|offsets| offsets.get(&(topic.to_owned(), 0)).cloned())
+        });
         Some((epoch, entry))
     }
 

@@ -336,14 +336,7 @@ impl ConsumerGroups {
             member.names = names;
             subscription_changed = true;
         }
-        let subscribed = group.resolve(catalog);
-        if subscription_changed || subscribed != group.subscribed {
-            group.subscribed = subscribed;
-            group.epoch += 1;
-        }
-        if group.epoch > group.assignment_epoch {
-            group.compute_target(catalog, self.default_assignor());
-        }
+        group.rebalance_if_changed(subscription_changed, catalog, self.default_assignor());
         group.reconcile(&member_id, Some(&join.owned), now);
         let generation = group
             .members

@@ -27,9 +27,10 @@ use super::{Assignment, Assignor, ConsumerGroups, Group, Member, MemberState, To
 pub const MEMBERSHIP_TOPIC: &str = "__sluice_membership";
 
 /// Where the broker reads a group's stored membership from: `None` when
-/// this node does not coordinate the group, else the coordinator epoch and
-/// the stored snapshot, if any.
-pub type MembershipLoader = dyn Fn(&str) -> Option<(i32, Option<String>)> + Send + Sync;
+/// this node does not coordinate the group, else the coordinator epoch and,
+/// when asked for (`true`), the stored snapshot, if any. Most calls need
+/// only the epoch: the group is held already.
+pub type MembershipLoader = dyn Fn(&str, bool) -> Option<(i32, Option<String>)> + Send + Sync;
 
 /// The loader as the coordinator keeps it.
 pub(super) struct Loader(Box<MembershipLoader>);
@@ -234,10 +235,7 @@ impl Group {
             member.revoking = loaded_assignment(&m.revoking)?;
             member.names = m.names;
             member.regex = match m.regex {
-                Some(pattern) => Some((
-                    pattern.clone(),
-                    regex::Regex::new(&format!("^(?:{pattern})$")).ok()?,
-                )),
+                Some(pattern) => Some((pattern.clone(), super::subscription_regex(&pattern).ok()?)),
                 None => None,
             };
             member.rebalance_timeout = rebalance_timeout;
@@ -271,7 +269,7 @@ impl ConsumerGroups {
         now: Instant,
     ) -> Option<i32> {
         let loader = self.loader.get()?;
-        let (epoch, text) = (loader.0)(group_id)?;
+        let (epoch, _) = (loader.0)(group_id, false)?;
         if groups
             .get(group_id)
             .is_some_and(|group| group.coordinator_epoch != Some(epoch))
@@ -287,7 +285,10 @@ impl ConsumerGroups {
         if groups.contains_key(group_id) {
             return Some(epoch);
         }
-        let text = text.unwrap_or_default();
+        let text = (loader.0)(group_id, true)
+            .filter(|(now_epoch, _)| *now_epoch == epoch)
+            .and_then(|(_, text)| text)
+            .unwrap_or_default();
         let session = self.settings(group_id).session_timeout;
         if let Some(mut group) = Group::from_stored(&text, now, session) {
             tracing::info!(
@@ -417,7 +418,9 @@ mod tests {
 
         let next = ConsumerGroups::new(ConsumerGroupSettings::default(), std::sync::Arc::default());
         let stored = text.clone();
-        next.attach_loader(Box::new(move |_| Some((7, Some(stored.clone())))));
+        next.attach_loader(Box::new(move |_, text| {
+            Some((7, text.then(|| stored.clone())))
+        }));
         let beat = Heartbeat {
             group_id: "g".to_owned(),
             member_id: "a".to_owned(),
