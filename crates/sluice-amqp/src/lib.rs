@@ -19,4 +19,4 @@ mod handlers;
 mod listener;
 mod metrics;
 
-pub use listener::{AmqpOptions, AmqpUser, serve};
+pub use listener::{AmqpOptions, serve};

@@ -11,9 +11,6 @@ use tracing::Instrument;
 
 use crate::connection::Connection;
 
-/// A user that may log in (the broker's users, shared with the admin API).
-pub use sluice_core::User as AmqpUser;
-
 /// Settings of the AMQP listener.
 #[derive(Debug, Clone)]
 pub struct AmqpOptions {
@@ -23,8 +20,6 @@ pub struct AmqpOptions {
     pub channel_max: u16,
     /// Heartbeat interval in seconds proposed in `connection.tune` (0: off).
     pub heartbeat: u16,
-    /// Who may log in.
-    pub users: Vec<AmqpUser>,
 }
 
 impl Default for AmqpOptions {
@@ -33,11 +28,6 @@ impl Default for AmqpOptions {
             frame_max: 131_072,
             channel_max: 2047,
             heartbeat: 60,
-            users: vec![AmqpUser {
-                name: "guest".to_owned(),
-                password: "guest".to_owned(),
-                loopback_only: true,
-            }],
         }
     }
 }

@@ -50,6 +50,7 @@ pub use commands::consume::ConsumeArgs;
 pub use commands::groups::GroupsCommand;
 pub use commands::produce::ProduceArgs;
 pub use commands::topics::TopicsCommand;
+pub use commands::users::UsersCommand;
 pub use commands::{Encoding, ExchangeType, ResetTo};
 
 /// The exit codes, as `--help` prints them after each command's options.
@@ -86,6 +87,8 @@ pub enum AdminCommand {
     /// A cluster's nodes and partitions: status, elect-leaders, reassign,
     /// decommission.
     Cluster(ClusterArgs),
+    /// The broker's users: list, add, passwd, tags, delete.
+    Users(UsersArgs),
     /// Send lines from stdin or a file as records to a topic, or as
     /// messages to an exchange.
     Produce(ProduceArgs),
@@ -155,6 +158,15 @@ pub struct ConnectionsArgs {
     command: ConnectionsCommand,
 }
 
+/// `sluice users …`.
+#[derive(Debug, Args)]
+pub struct UsersArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    #[command(subcommand)]
+    command: UsersCommand,
+}
+
 /// `sluice cluster …`.
 #[derive(Debug, Args)]
 pub struct ClusterArgs {
@@ -182,6 +194,7 @@ pub fn run(command: AdminCommand) -> ExitCode {
             commands::connections::run(&args.api, args.command, &mut out)
         }
         AdminCommand::Cluster(args) => commands::cluster::run(&args.api, args.command, &mut out),
+        AdminCommand::Users(args) => commands::users::run(&args.api, args.command, &mut out),
         AdminCommand::Produce(args) => commands::produce::run(args, &mut out),
         AdminCommand::Consume(args) => commands::consume::run(args, &mut out),
     };

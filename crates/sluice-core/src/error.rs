@@ -20,6 +20,10 @@ pub enum CoreError {
     Log(#[from] sluice_log::LogError),
     #[error("topic {topic:?} does not exist")]
     UnknownTopic { topic: String },
+    #[error("user {name:?} already exists")]
+    UserExists { name: String },
+    #[error("user {name:?} (or that credential of theirs) does not exist")]
+    UnknownUser { name: String },
     #[error("partition {partition} of topic {topic:?} does not exist")]
     UnknownPartition {
         topic: String,

@@ -98,7 +98,10 @@ pub use topic_config::{
 pub use topics::{
     Appended, MAX_PARTITIONS, MAX_TOPIC_NAME, Reassigning, Topic, Topics, is_internal, log_name,
 };
-pub use users::{User, authenticate};
+pub use users::{
+    DEFAULT_ITERATIONS, MAX_ITERATIONS, MIN_ITERATIONS, Principal, ScramCredential, ScramMechanism,
+    UserRecord, Users, valid_user_name,
+};
 
 /// The leader epoch of the node-local internal logs (committed offsets,
 /// AMQP definitions, queue messages): they are never replicated.
@@ -228,6 +231,9 @@ pub struct BrokerOptions {
     /// ([`Metadata::for_quorum`]); `None` for a cluster of one, which
     /// keeps its metadata in its own log.
     pub quorum_metadata: Option<Arc<Metadata>>,
+    /// The configuration's users: they answer logins until the metadata
+    /// takes them, which it does once, on a data directory's first start.
+    pub users: std::collections::BTreeMap<String, UserRecord>,
 }
 
 impl BrokerOptions {
@@ -265,6 +271,12 @@ impl BrokerOptions {
             maintenance: sluice_log::MaintenanceSettings::default(),
             recovery_progress_interval: std::time::Duration::from_secs(5),
             quorum_metadata: None,
+            users: [(
+                "guest".to_owned(),
+                UserRecord::with_password("guest", vec!["administrator".to_owned()], true),
+            )]
+            .into_iter()
+            .collect(),
         }
     }
 }
@@ -430,6 +442,7 @@ impl Broker {
             Some(metadata) => metadata,
             None => Metadata::open(&options.data_dir, &logs, options.node_id)?,
         };
+        metadata.users().set_bootstrap(options.users.clone());
         let topics = Topics::open(
             Arc::clone(&logs),
             Arc::clone(&metadata),
@@ -940,6 +953,100 @@ impl Broker {
             }
         }
         outcome
+    }
+
+    /// The broker's users, as applied on this node.
+    pub fn users(&self) -> &Arc<Users> {
+        self.topics.metadata().users()
+    }
+
+    /// Adds or replaces the user `name` (`create_only`: refused when it
+    /// exists). Blocking.
+    ///
+    /// # Errors
+    /// [`CoreError::InvalidConfig`] for a name no user may have,
+    /// [`CoreError::UserExists`], or the commit's.
+    pub fn put_user(
+        &self,
+        name: &str,
+        user: UserRecord,
+        create_only: bool,
+    ) -> Result<(), CoreError> {
+        if !valid_user_name(name) {
+            return Err(CoreError::InvalidConfig {
+                key: "name".to_owned(),
+                reason: format!(
+                    "{name:?} is not a user name (1 to 255 bytes, no ':' and no control characters)"
+                ),
+            });
+        }
+        tracing::info!(user = %name, "user changed");
+        self.topics
+            .metadata()
+            .change_user(MetadataCommand::PutUser {
+                name: name.to_owned(),
+                user,
+                create_only,
+            })
+    }
+
+    /// Deletes the user `name`. Blocking.
+    ///
+    /// # Errors
+    /// [`CoreError::UnknownUser`], or the commit's.
+    pub fn delete_user(&self, name: &str) -> Result<(), CoreError> {
+        tracing::info!(user = %name, "user deleted");
+        self.topics
+            .metadata()
+            .change_user(MetadataCommand::DeleteUser {
+                name: name.to_owned(),
+            })
+    }
+
+    /// Sets (or, with `None`, removes) one SCRAM credential of `name`.
+    /// Blocking.
+    ///
+    /// # Errors
+    /// [`CoreError::InvalidConfig`] for a name no user may have,
+    /// [`CoreError::UnknownUser`] when removing what is not there, or the
+    /// commit's.
+    pub fn set_scram_credential(
+        &self,
+        name: &str,
+        mechanism: ScramMechanism,
+        credential: Option<ScramCredential>,
+    ) -> Result<(), CoreError> {
+        if !valid_user_name(name) {
+            return Err(CoreError::InvalidConfig {
+                key: "name".to_owned(),
+                reason: format!("{name:?} is not a user name"),
+            });
+        }
+        tracing::info!(user = %name, mechanism = mechanism.name(), removed = credential.is_none(), "SCRAM credential changed");
+        self.topics
+            .metadata()
+            .change_user(MetadataCommand::SetScramCredential {
+                name: name.to_owned(),
+                mechanism,
+                credential,
+            })
+    }
+
+    /// Hands the configuration's users to the metadata, which takes them
+    /// only if it never took any. Blocking.
+    ///
+    /// # Errors
+    /// The commit's (a cluster's quorum not ready yet, say).
+    pub fn bootstrap_users(&self) -> Result<(), CoreError> {
+        let users = self.users();
+        if users.bootstrapped() {
+            return Ok(());
+        }
+        self.topics
+            .metadata()
+            .change_user(MetadataCommand::BootstrapUsers {
+                users: users.bootstrap_users(),
+            })
     }
 
     /// The topics as KIP-848 groups see them: id and partition count by

@@ -36,6 +36,9 @@ use tokio::task::{AbortHandle, JoinHandle};
 
 use crate::Broker;
 
+/// How often a node retries handing the configuration's users to the
+/// metadata, until it took them.
+const USERS_BOOTSTRAP_EVERY: Duration = Duration::from_millis(500);
 /// How often members' sessions are checked.
 const MEMBER_EXPIRY_EVERY: Duration = Duration::from_millis(250);
 /// How often committed offsets are checked for expiry.
@@ -142,6 +145,21 @@ impl Broker {
             }));
         let (stop, stopped) = watch::channel(false);
         let jobs = vec![
+            every(
+                self,
+                USERS_BOOTSTRAP_EVERY,
+                stopped.clone(),
+                Runs::Blocking,
+                |broker| {
+                    // Until the metadata takes the configuration's users
+                    // (a cluster's quorum may not be ready at first).
+                    if !broker.users().bootstrapped()
+                        && let Err(error) = broker.bootstrap_users()
+                    {
+                        tracing::debug!(%error, "the configuration's users wait for the metadata");
+                    }
+                },
+            ),
             every(
                 self,
                 MEMBER_EXPIRY_EVERY,

@@ -37,6 +37,7 @@ use crate::messaging::definitions::{
     self, BindingDefinition, Definition, Definitions, ExchangeDefinition, QueueDefinition,
 };
 use crate::topics::Topics;
+use crate::users::{ScramCredential, ScramMechanism, UserRecord, Users};
 
 /// The log holding the commands.
 pub(crate) const METADATA_LOG: &str = "__cluster_metadata-0";
@@ -195,6 +196,31 @@ pub enum MetadataCommand {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         expected: Option<BTreeMap<String, String>>,
     },
+    /// The configuration's users, taken once, on the first start of a data
+    /// directory (RabbitMQ's default user); later ones change nothing, so
+    /// a user deleted since stays deleted.
+    BootstrapUsers {
+        users: BTreeMap<String, UserRecord>,
+    },
+    /// A user, whole: added, or replaced.
+    PutUser {
+        name: String,
+        user: UserRecord,
+        /// Refused when the user exists.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        create_only: bool,
+    },
+    DeleteUser {
+        name: String,
+    },
+    /// One SCRAM credential of a user (Kafka's UserScramCredentialRecord):
+    /// added or replaced, creating the user; or removed (`None`), and a
+    /// user left with no credential goes, as in Kafka.
+    SetScramCredential {
+        name: String,
+        mechanism: ScramMechanism,
+        credential: Option<ScramCredential>,
+    },
 }
 
 /// A topic as the metadata describes it.
@@ -337,6 +363,10 @@ pub(crate) struct MetadataState {
     pub(crate) definitions: Definitions,
     /// Group settings, by group id (none empty).
     pub(crate) group_configs: BTreeMap<String, BTreeMap<String, String>>,
+    /// Users, by name.
+    pub(crate) users: BTreeMap<String, UserRecord>,
+    /// Whether the configuration's users were taken.
+    pub(crate) users_bootstrapped: bool,
 }
 
 impl MetadataState {
@@ -408,6 +438,20 @@ impl MetadataState {
                 expected: None,
             }
         }));
+        if self.users_bootstrapped {
+            commands.push(MetadataCommand::BootstrapUsers {
+                users: BTreeMap::new(),
+            });
+        }
+        commands.extend(
+            self.users
+                .iter()
+                .map(|(name, user)| MetadataCommand::PutUser {
+                    name: name.clone(),
+                    user: user.clone(),
+                    create_only: false,
+                }),
+        );
         commands
     }
 }
@@ -622,6 +666,25 @@ fn check(state: &MetadataState, command: &MetadataCommand) -> Result<(), CoreErr
             Err(CoreError::GroupConfigChanged {
                 group: group.clone(),
             })
+        }
+        MetadataCommand::PutUser {
+            name,
+            create_only: true,
+            ..
+        } if state.users.contains_key(name) => Err(CoreError::UserExists { name: name.clone() }),
+        MetadataCommand::DeleteUser { name } if !state.users.contains_key(name) => {
+            Err(CoreError::UnknownUser { name: name.clone() })
+        }
+        MetadataCommand::SetScramCredential {
+            name,
+            mechanism,
+            credential: None,
+        } if !state
+            .users
+            .get(name)
+            .is_some_and(|u| u.scram.contains_key(mechanism)) =>
+        {
+            Err(CoreError::UnknownUser { name: name.clone() })
         }
         MetadataCommand::AllocateProducerIds { end } if *end <= state.producer_ids_end => {
             Err(CoreError::Internal {
@@ -873,6 +936,42 @@ pub(crate) fn apply(state: &mut MetadataState, command: MetadataCommand) -> Resu
                 state.group_configs.insert(group, config);
             }
         }
+        MetadataCommand::BootstrapUsers { users } => {
+            if !state.users_bootstrapped {
+                state.users_bootstrapped = true;
+                for (name, user) in users {
+                    state.users.entry(name).or_insert(user);
+                }
+            }
+        }
+        MetadataCommand::PutUser { name, user, .. } => {
+            state.users.insert(name, user);
+        }
+        MetadataCommand::DeleteUser { name } => {
+            state.users.remove(&name);
+        }
+        MetadataCommand::SetScramCredential {
+            name,
+            mechanism,
+            credential,
+        } => match credential {
+            Some(credential) => {
+                state
+                    .users
+                    .entry(name)
+                    .or_default()
+                    .scram
+                    .insert(mechanism, credential);
+            }
+            None => {
+                if let Some(user) = state.users.get_mut(&name) {
+                    user.scram.remove(&mechanism);
+                    if user.scram.is_empty() {
+                        state.users.remove(&name);
+                    }
+                }
+            }
+        },
     }
     Ok(())
 }
@@ -1260,6 +1359,8 @@ pub struct Metadata {
     definitions_changed: tokio::sync::watch::Sender<u64>,
     /// The group settings as applied, for readers on the request path.
     group_configs: Arc<GroupConfigs>,
+    /// The users as applied, for the login paths.
+    users: Arc<Users>,
 }
 
 /// A refused command, as a committed command's answer carries it to its
@@ -1274,6 +1375,8 @@ enum Refusal {
     InvalidReplicaAssignment { topic: String, reason: String },
     NoReassignmentInProgress { topic: String, partition: u32 },
     GroupConfigChanged { group: String },
+    UserExists { name: String },
+    UnknownUser { name: String },
     Other { reason: String },
 }
 
@@ -1293,6 +1396,8 @@ impl Refusal {
                 Refusal::NoReassignmentInProgress { topic, partition }
             }
             CoreError::GroupConfigChanged { group } => Refusal::GroupConfigChanged { group },
+            CoreError::UserExists { name } => Refusal::UserExists { name },
+            CoreError::UnknownUser { name } => Refusal::UnknownUser { name },
             other => Refusal::Other {
                 reason: other.to_string(),
             },
@@ -1314,6 +1419,8 @@ impl Refusal {
                 CoreError::NoReassignmentInProgress { topic, partition }
             }
             Refusal::GroupConfigChanged { group } => CoreError::GroupConfigChanged { group },
+            Refusal::UserExists { name } => CoreError::UserExists { name },
+            Refusal::UnknownUser { name } => CoreError::UnknownUser { name },
             Refusal::Other { reason } => CoreError::Internal { reason },
         }
     }
@@ -1340,6 +1447,8 @@ impl Metadata {
         }
         let group_configs = Arc::new(GroupConfigs::default());
         group_configs.replace_all(&state.group_configs);
+        let users = Arc::new(Users::default());
+        users.replace_all(&state.users, state.users_bootstrapped);
         Ok(Arc::new(Metadata {
             writer: Mutex::new(()),
             store: Store::Local(log),
@@ -1349,6 +1458,7 @@ impl Metadata {
             commit_times: CommitTimes::default(),
             definitions_changed: tokio::sync::watch::Sender::new(0),
             group_configs,
+            users,
         }))
     }
 
@@ -1365,6 +1475,7 @@ impl Metadata {
             commit_times: CommitTimes::default(),
             definitions_changed: tokio::sync::watch::Sender::new(0),
             group_configs: Arc::default(),
+            users: Arc::default(),
         })
     }
 
@@ -1433,6 +1544,21 @@ impl Metadata {
     pub fn decommission(&self, node: i32) -> Result<(), CoreError> {
         tracing::info!(node, "decommissioning a node");
         self.commit(MetadataCommand::DecommissionBroker { node })
+    }
+
+    /// The users as applied on this node.
+    pub fn users(&self) -> &Arc<Users> {
+        &self.users
+    }
+
+    /// Commits a change to the users (one of the user commands). Blocking.
+    ///
+    /// # Errors
+    /// [`CoreError::UserExists`], [`CoreError::UnknownUser`], the log's
+    /// write failure, or [`CoreError::Quorum`].
+    pub(crate) fn change_user(&self, command: MetadataCommand) -> Result<(), CoreError> {
+        let _writer = self.writer();
+        self.commit(command)
     }
 
     /// The group settings as applied on this node.
@@ -1624,7 +1750,21 @@ impl Metadata {
             MetadataCommand::SetGroupConfig { group, .. } => Some(group.clone()),
             _ => None,
         };
+        let user = match &command {
+            MetadataCommand::PutUser { name, .. }
+            | MetadataCommand::DeleteUser { name }
+            | MetadataCommand::SetScramCredential { name, .. } => Some(Some(name.clone())),
+            MetadataCommand::BootstrapUsers { .. } => Some(None),
+            _ => None,
+        };
         apply(state, command)?;
+        match user {
+            Some(Some(name)) => self.users.set(&name, state.users.get(&name)),
+            Some(None) => self
+                .users
+                .replace_all(&state.users, state.users_bootstrapped),
+            None => {}
+        }
         if definition {
             self.definitions_changed.send_modify(|n| *n += 1);
         }
@@ -1659,6 +1799,8 @@ impl Metadata {
         let mut state = self.state();
         *state = fresh;
         self.group_configs.replace_all(&state.group_configs);
+        self.users
+            .replace_all(&state.users, state.users_bootstrapped);
         self.definitions_changed.send_modify(|n| *n += 1);
         match self.topics.get().and_then(Weak::upgrade) {
             Some(topics) => topics.reconcile_all(&state.topics),

@@ -28,10 +28,15 @@ pub(crate) async fn require_user(
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(basic_credentials);
-    let accepted = credentials.as_ref().is_some_and(|(name, password)| {
-        sluice_core::authenticate(&shared.options.users, name, password, peer.ip()).is_some()
+    let principal = credentials.as_ref().and_then(|(name, password)| {
+        shared
+            .broker
+            .users()
+            .authenticate(name, password, peer.ip())
     });
-    if accepted {
+    if let Some(principal) = principal {
+        let mut request = request;
+        request.extensions_mut().insert(principal);
         return next.run(request).await;
     }
     let from_ui = request.headers().contains_key(UI_CLIENT_HEADER);

@@ -133,7 +133,10 @@ impl From<CoreError> for ApiError {
             CoreError::UnknownTopic { .. } | CoreError::UnknownPartition { .. } => {
                 ApiError::not_found(message)
             }
-            CoreError::TopicExists { .. } => ApiError::new(ErrorCode::AlreadyExists, message),
+            CoreError::TopicExists { .. } | CoreError::UserExists { .. } => {
+                ApiError::new(ErrorCode::AlreadyExists, message)
+            }
+            CoreError::UnknownUser { .. } => ApiError::not_found(message),
             CoreError::InvalidTopicName { .. } => ApiError::field("name", message),
             CoreError::InvalidPartitions { .. } => ApiError::field("partitions", message),
             CoreError::InvalidConfig { .. } => ApiError::field("configs", message),

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
-use sluice_core::{Broker, User};
+use sluice_core::Broker;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -44,8 +44,6 @@ pub struct ListenerInfo {
 /// Settings of the HTTP front-end.
 #[derive(Debug, Clone, Default)]
 pub struct HttpOptions {
-    /// Who may use the API (HTTP basic authentication).
-    pub users: Vec<User>,
     /// The node's listeners, for the overview.
     pub listeners: Vec<ListenerInfo>,
 }
@@ -167,15 +165,9 @@ mod tests {
 
     fn test_app(dir: &std::path::Path) -> Router {
         let broker = Broker::open(BrokerOptions::new(dir)).expect("open a broker");
-        let users = vec![User {
-            name: "guest".into(),
-            password: "guest".into(),
-            loopback_only: true,
-        }];
         app(shared(
             Arc::new(broker),
             HttpOptions {
-                users,
                 listeners: Vec::new(),
             },
         ))

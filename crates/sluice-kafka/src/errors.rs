@@ -33,6 +33,8 @@ pub(crate) fn code(err: &CoreError) -> ResponseError {
         CoreError::NoReassignmentInProgress { .. } => ResponseError::NoReassignmentInProgress,
         CoreError::TopicLimit { .. } => ResponseError::PolicyViolation,
         CoreError::InvalidConfig { .. } => ResponseError::InvalidConfig,
+        CoreError::UnknownUser { .. } => ResponseError::ResourceNotFound,
+        CoreError::UserExists { .. } => ResponseError::DuplicateResource,
         // Retriable: the admin client sends it again.
         CoreError::GroupConfigChanged { .. } => ResponseError::RequestTimedOut,
         CoreError::InvalidTimestamp { .. } => ResponseError::InvalidTimestamp,

@@ -14,7 +14,7 @@ use sluice_core::consumer_groups::{Assignor, ConsumerGroupSettings, MigrationPol
 use sluice_core::share_groups::{ShareReset, ShareSettings};
 use sluice_core::{
     Broker, BrokerOptions, ConnectionLimits, DataDirLock, GroupSettings, Lifecycle, Limits,
-    Metadata, MetadataMachine, User,
+    Metadata, MetadataMachine, UserRecord,
 };
 use sluice_kafka::KafkaOptions;
 use sluice_log::{Durability, LogConfig, MaintenanceSettings};
@@ -145,6 +145,7 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
             ..MaintenanceSettings::default()
         },
         recovery_progress_interval: config.logging.progress_interval.get(),
+        users: users(&config.amqp),
         ..BrokerOptions::new(&config.data_dir)
     };
     let (options, quorum, replica_streams, message_streams) = join_cluster(config, options).await?;
@@ -161,7 +162,6 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     // watermark checkpoint and the forwarders; the listeners run through it
     // too, so one shutdown stops everything in order.
     let mut lifecycle = broker.run();
-    let users = users(&config.amqp);
     let bound = async {
         let (kafka, host, port) = start_kafka(
             &config.kafka,
@@ -221,13 +221,7 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
                 stopping,
             ));
         }
-        let amqp = start_amqp(
-            &config.amqp,
-            users.clone(),
-            Arc::clone(&broker),
-            &mut lifecycle,
-        )
-        .await?;
+        let amqp = start_amqp(&config.amqp, Arc::clone(&broker), &mut lifecycle).await?;
         let http = bind(config.http.listen.as_str(), "HTTP", "http.listen").await?;
         anyhow::Ok((kafka, amqp, http))
     }
@@ -273,7 +267,7 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     lifecycle.serve(sluice_http::serve(
         listener,
         Arc::clone(&broker),
-        sluice_http::HttpOptions { users, listeners },
+        sluice_http::HttpOptions { listeners },
         stopping,
     ));
 
@@ -454,17 +448,22 @@ async fn start_kafka(
     Ok((bound, advertised_host, advertised_port))
 }
 
-/// The broker's users (`amqp.users`, `amqp.loopback_users`), shared by
-/// the AMQP handshake and the admin API.
-fn users(config: &AmqpConfig) -> Vec<User> {
+/// The configuration's users (`amqp.users`, `amqp.loopback_users`),
+/// hashed: the bootstrap of the broker's users, taken on a data
+/// directory's first start. They are administrators, as RabbitMQ's
+/// default user is.
+fn users(config: &AmqpConfig) -> std::collections::BTreeMap<String, UserRecord> {
     let loopback_only = split_list(&config.loopback_users);
     split_list(&config.users)
         .into_iter()
         .filter_map(|entry| entry.split_once(':'))
-        .map(|(name, password)| User {
-            name: name.to_owned(),
-            password: password.to_owned(),
-            loopback_only: loopback_only.contains(&name),
+        .map(|(name, password)| {
+            let user = UserRecord::with_password(
+                password,
+                vec!["administrator".to_owned()],
+                loopback_only.contains(&name),
+            );
+            (name.to_owned(), user)
         })
         .collect()
 }
@@ -472,7 +471,6 @@ fn users(config: &AmqpConfig) -> Vec<User> {
 /// Binds the AMQP listener and serves it in a task.
 async fn start_amqp(
     config: &AmqpConfig,
-    users: Vec<User>,
     broker: Arc<Broker>,
     lifecycle: &mut Lifecycle,
 ) -> anyhow::Result<std::net::SocketAddr> {
@@ -482,7 +480,6 @@ async fn start_amqp(
         frame_max: u32::try_from(config.frame_max.bytes()).unwrap_or(u32::MAX),
         channel_max: config.channel_max,
         heartbeat: u16::try_from(config.heartbeat.get().as_secs()).unwrap_or(u16::MAX),
-        users,
     };
     let stopping = lifecycle.stopping();
     lifecycle.serve(sluice_amqp::serve(listener, broker, options, stopping));

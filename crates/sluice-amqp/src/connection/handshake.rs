@@ -69,7 +69,9 @@ impl Connection {
             .is_some_and(|v| matches!(v, AMQPValue::Boolean(true)));
         let credentials = self.credentials(&start_ok);
         let Some(user) = credentials.as_ref().and_then(|(user, password)| {
-            sluice_core::authenticate(&self.options.users, user, password, self.peer.ip())
+            self.broker
+                .users()
+                .authenticate(user, password, self.peer.ip())
                 .map(|_| user.clone())
         }) else {
             self.closing = Some(AmqpError::connection(

@@ -10,6 +10,7 @@ pub(crate) mod produce;
 pub(crate) mod quorum;
 pub(crate) mod status;
 pub(crate) mod topics;
+pub(crate) mod users;
 
 use std::io::Write;
 use std::sync::Arc;

@@ -14,6 +14,7 @@ mod quorum;
 mod search;
 mod tables;
 mod topics;
+mod users;
 
 use axum::Router;
 use axum::routing::{delete, get, patch, post};
@@ -200,6 +201,18 @@ pub(crate) const ROUTES: &[(&str, &str, &str)] = &[
     ("get", "/api/connections", "List connections"),
     ("delete", "/api/connections/{id}", "Close a connection"),
     ("get", "/api/channels", "List AMQP channels"),
+    ("get", "/api/users", "List users (administrators)"),
+    ("get", "/api/users/{name}", "Show a user"),
+    (
+        "put",
+        "/api/users/{name}",
+        "Add or change a user (administrators)",
+    ),
+    (
+        "delete",
+        "/api/users/{name}",
+        "Delete a user (administrators)",
+    ),
 ];
 
 /// The authenticated part of the API.
@@ -291,6 +304,11 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/api/connections", get(connections::list))
         .route("/api/connections/{id}", delete(connections::close))
         .route("/api/channels", get(connections::channels))
+        .route("/api/users", get(users::list))
+        .route(
+            "/api/users/{name}",
+            get(users::show).put(users::put).delete(users::delete),
+        )
 }
 
 /// The routes without authentication (health checks for load balancers and
