@@ -59,7 +59,7 @@ def test_configured_users_log_in_and_guest_only_from_loopback(tmp_path, request)
         assert get(broker, "/api/overview").status == 200
         # The refusal is logged with the user name, never the password.
         log = broker.log_text(mark, tail_lines=None)
-        refused = [line for line in log.splitlines() if "admin API login refused" in line]
+        refused = [line for line in log.splitlines() if "login failed" in line and "http basic" in line]
         assert len(refused) == 1 and "user=alice" in refused[0], log
         assert "secret" not in log
 

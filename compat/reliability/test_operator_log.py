@@ -180,7 +180,7 @@ def test_client_errors_are_logged_with_what_to_act_on(own_broker, name):
     assert field(channel_error, "user") == "guest"
     assert field(channel_error, "peer").startswith("127.0.0.1:")
 
-    refused = one_line(text, r"AMQP login refused")
+    refused = one_line(text, r"login failed.*via=\"amqp")
     assert field(refused, "user") == "admin"
     assert "wrong-Passw0rd" not in text
 

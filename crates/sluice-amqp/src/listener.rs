@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::connection::Connection;
+use sluice_tls::ServerStream;
 
 /// Settings of the AMQP listener.
 #[derive(Debug, Clone)]
@@ -38,6 +39,7 @@ pub async fn serve(
     listener: TcpListener,
     broker: Arc<Broker>,
     options: AmqpOptions,
+    tls: Option<Arc<sluice_tls::Tls>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let options = Arc::new(options);
@@ -80,8 +82,19 @@ pub async fn serve(
         let broker = Arc::clone(&broker);
         let options = Arc::clone(&options);
         let shutdown = shutdown.clone();
+        let tls = tls.clone();
         tasks.spawn(
             async move {
+                let stream = match tls {
+                    None => ServerStream::Plain(stream),
+                    Some(tls) => match tls.accept(stream).await {
+                        Ok(stream) => ServerStream::Tls(Box::new(stream)),
+                        Err(error) => {
+                            tracing::info!(%error, "AMQPS TLS handshake failed");
+                            return;
+                        }
+                    },
+                };
                 match Connection::run(registration, stream, peer, broker, options, shutdown).await {
                     Ok(()) => tracing::debug!("connection closed"),
                     Err(err) if err.is_disconnect() => {

@@ -89,13 +89,17 @@ pub async fn register(
     broker: Arc<sluice_core::Broker>,
     host: String,
     port: u16,
+    listeners: std::collections::BTreeMap<String, String>,
     mut stopping: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut attempts = 0u32;
     loop {
         let registering = Arc::clone(&broker);
         let host = host.clone();
-        let done = tokio::task::spawn_blocking(move || registering.register(&host, port)).await;
+        let listeners = listeners.clone();
+        let done =
+            tokio::task::spawn_blocking(move || registering.register(&host, port, &listeners))
+                .await;
         match done {
             Ok(Ok(())) => return,
             Ok(Err(error)) => {

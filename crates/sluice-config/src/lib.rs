@@ -39,6 +39,6 @@ pub use load::{ConfigLoader, EffectiveValue, LoadedConfig, NON_CONFIG_ENV_VARS, 
 pub use model::{
     AmqpConfig, ClusterConfig, Config, DurabilityMode, HttpConfig, KEYS, KafkaConfig, KeyDoc,
     LimitsConfig, ListenAddr, LogFormat, LogSettings, LoggingConfig, ParseListenAddrError,
-    SECRET_KEYS, env_var_name, key_doc, redact, split_list,
+    SECRET_KEYS, TlsConfig, env_var_name, key_doc, redact, split_list,
 };
 pub use units::{ByteSize, HumanDuration, ParseDurationError, ParseSizeError};

@@ -38,6 +38,8 @@ pub struct Config {
     pub log: LogSettings,
     /// Caps on connections, topics and queues.
     pub limits: LimitsConfig,
+    /// The certificate and key of every TLS listener.
+    pub tls: TlsConfig,
 }
 
 impl Default for Config {
@@ -52,6 +54,39 @@ impl Default for Config {
             logging: LoggingConfig::default(),
             log: LogSettings::default(),
             limits: LimitsConfig::default(),
+            tls: TlsConfig::default(),
+        }
+    }
+}
+
+/// `[tls]`: the certificate, key and client CA of every TLS listener
+/// (Kafka `SSL` and `SASL_SSL` listeners, `amqp.tls_listen`, `http.tls`).
+/// The files are PEM, read again when they change (checked every
+/// `reload_interval`) and on SIGHUP, without a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, the server's first.
+    pub cert_file: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: String,
+    /// PEM CA certificates that client certificates must chain to.
+    pub ca_file: String,
+    /// Client certificates: `none`, `optional` (checked when sent) or
+    /// `required` (mTLS).
+    pub client_auth: String,
+    /// How often the files are checked for changes.
+    pub reload_interval: HumanDuration,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert_file: String::new(),
+            key_file: String::new(),
+            ca_file: String::new(),
+            client_auth: "none".to_owned(),
+            reload_interval: HumanDuration::from_secs(10),
         }
     }
 }
@@ -161,6 +196,23 @@ pub struct KafkaConfig {
     /// HOST:PORT Metadata tells clients to connect to; empty means the
     /// listen address (with the port actually bound).
     pub advertised: String,
+    /// How clients of `listen` connect (Kafka's `security.protocol`):
+    /// `PLAINTEXT`, `SSL`, `SASL_PLAINTEXT` or `SASL_SSL`.
+    pub security_protocol: String,
+    /// More listeners beside `listen`, as `PROTOCOL://HOST:PORT`,
+    /// comma-separated (Kafka's `listeners`, each named by its protocol).
+    pub listeners: String,
+    /// Where clients reach the extra listeners, `PROTOCOL://HOST:PORT`,
+    /// comma-separated; a listener left out advertises its bound address.
+    pub advertised_listeners: String,
+    /// SASL mechanisms clients may use (Kafka's
+    /// `sasl.enabled.mechanisms`): `PLAIN`, `SCRAM-SHA-256`,
+    /// `SCRAM-SHA-512`; empty: all three.
+    pub sasl_mechanisms: String,
+    /// How long a SASL authentication holds before the client must
+    /// re-authenticate on its connection (Kafka's
+    /// `connections.max.reauth.ms`, KIP-368); 0s: for ever.
+    pub connections_max_reauth: HumanDuration,
     /// Requests larger than this close the connection before any allocation.
     pub max_request_bytes: ByteSize,
     /// Whether Metadata and Produce for an unknown topic create it.
@@ -242,11 +294,83 @@ pub struct KafkaConfig {
     pub transactional_id_expiration: HumanDuration,
 }
 
+/// Kafka's security protocols, by name.
+const SECURITY_PROTOCOLS: [&str; 4] = ["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"];
+
+/// `PROTOCOL://HOST:PORT,...` as (protocol, host:port) pairs.
+fn protocol_addresses(text: &str, key: &str) -> Result<Vec<(String, String)>, String> {
+    let mut seen = Vec::new();
+    for entry in split_list(text) {
+        let Some((protocol, address)) = entry.split_once("://") else {
+            return Err(format!(
+                "{key} entries are PROTOCOL://HOST:PORT, got {entry:?}"
+            ));
+        };
+        let protocol = protocol.to_ascii_uppercase();
+        if !SECURITY_PROTOCOLS.contains(&protocol.as_str()) {
+            return Err(format!(
+                "{key}: {protocol:?} is not PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"
+            ));
+        }
+        if address
+            .rsplit_once(':')
+            .is_none_or(|(_, port)| port.parse::<u16>().is_err())
+        {
+            return Err(format!("{key}: {address:?} is not HOST:PORT"));
+        }
+        if seen.iter().any(|(p, _)| *p == protocol) {
+            return Err(format!("{key} names {protocol} twice"));
+        }
+        seen.push((protocol, address.to_owned()));
+    }
+    Ok(seen)
+}
+
+impl KafkaConfig {
+    /// The extra listeners, (protocol, host:port).
+    ///
+    /// # Errors
+    /// An entry that is not `PROTOCOL://HOST:PORT`, a protocol named twice
+    /// or also `security_protocol`'s.
+    pub fn listener_list(&self) -> Result<Vec<(String, String)>, String> {
+        let listeners = protocol_addresses(&self.listeners, "kafka.listeners")?;
+        if listeners
+            .iter()
+            .any(|(p, _)| p.eq_ignore_ascii_case(&self.security_protocol))
+        {
+            return Err(format!(
+                "kafka.listeners names {}, the protocol of kafka.listen (kafka.security_protocol)",
+                self.security_protocol
+            ));
+        }
+        Ok(listeners)
+    }
+
+    /// Where clients reach the extra listeners, (protocol, host:port).
+    ///
+    /// # Errors
+    /// As [`KafkaConfig::listener_list`].
+    pub fn advertised_listener_list(&self) -> Result<Vec<(String, String)>, String> {
+        protocol_addresses(&self.advertised_listeners, "kafka.advertised_listeners")
+    }
+
+    /// Whether `listen` speaks TLS.
+    pub fn tls_protocol(&self) -> bool {
+        self.security_protocol.eq_ignore_ascii_case("SSL")
+            || self.security_protocol.eq_ignore_ascii_case("SASL_SSL")
+    }
+}
+
 impl Default for KafkaConfig {
     fn default() -> Self {
         KafkaConfig {
             listen: ListenAddr::loopback(9092),
             advertised: String::new(),
+            security_protocol: "PLAINTEXT".to_owned(),
+            listeners: String::new(),
+            advertised_listeners: String::new(),
+            sasl_mechanisms: String::new(),
+            connections_max_reauth: HumanDuration::from_secs(0),
             max_request_bytes: ByteSize::mib(100),
             auto_create_topics: true,
             default_partitions: 1,
@@ -281,6 +405,9 @@ impl Default for KafkaConfig {
 pub struct AmqpConfig {
     /// Address the AMQP listener binds.
     pub listen: ListenAddr,
+    /// HOST:PORT of the AMQPS (TLS) listener (5671 by convention); empty:
+    /// none.
+    pub tls_listen: String,
     /// Heartbeat interval proposed in `connection.tune` (0s: none).
     pub heartbeat: HumanDuration,
     /// Largest frame proposed in `connection.tune`.
@@ -308,6 +435,7 @@ impl Default for AmqpConfig {
     fn default() -> Self {
         AmqpConfig {
             listen: ListenAddr::loopback(5672),
+            tls_listen: String::new(),
             heartbeat: HumanDuration::from_secs(60),
             frame_max: ByteSize::kib(128),
             channel_max: 2047,
@@ -327,12 +455,15 @@ impl Default for AmqpConfig {
 pub struct HttpConfig {
     /// Address the HTTP listener binds.
     pub listen: ListenAddr,
+    /// Whether it speaks HTTPS (with `[tls]`) instead of HTTP.
+    pub tls: bool,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: ListenAddr::loopback(8080),
+            tls: false,
         }
     }
 }
@@ -587,6 +718,26 @@ pub const KEYS: &[KeyDoc] = &[
         description: "HOST:PORT Metadata gives clients; empty means the listen address",
     },
     KeyDoc {
+        key: "kafka.security_protocol",
+        description: "How clients of kafka.listen connect: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",
+    },
+    KeyDoc {
+        key: "kafka.listeners",
+        description: "More Kafka listeners as PROTOCOL://HOST:PORT, comma-separated",
+    },
+    KeyDoc {
+        key: "kafka.advertised_listeners",
+        description: "PROTOCOL://HOST:PORT clients reach the extra listeners at; default: where they bind",
+    },
+    KeyDoc {
+        key: "kafka.sasl_mechanisms",
+        description: "SASL mechanisms Kafka clients may use: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512; empty: all",
+    },
+    KeyDoc {
+        key: "kafka.connections_max_reauth",
+        description: "How long a Kafka SASL login holds before re-authentication (KIP-368); 0s: for ever",
+    },
+    KeyDoc {
         key: "kafka.max_request_bytes",
         description: "Largest Kafka request; a larger one closes its connection (at least 1KiB)",
     },
@@ -687,6 +838,10 @@ pub const KEYS: &[KeyDoc] = &[
         description: "HOST:PORT the AMQP 0-9-1 listener binds",
     },
     KeyDoc {
+        key: "amqp.tls_listen",
+        description: "HOST:PORT of the AMQPS (TLS) listener; empty: none",
+    },
+    KeyDoc {
         key: "amqp.heartbeat",
         description: "Heartbeat interval offered to AMQP clients (0s: none; at most 65535s)",
     },
@@ -725,6 +880,30 @@ pub const KEYS: &[KeyDoc] = &[
     KeyDoc {
         key: "http.listen",
         description: "HOST:PORT of the admin API, web UI and metrics",
+    },
+    KeyDoc {
+        key: "http.tls",
+        description: "Whether the HTTP listener speaks HTTPS (with [tls])",
+    },
+    KeyDoc {
+        key: "tls.cert_file",
+        description: "PEM certificate chain of every TLS listener",
+    },
+    KeyDoc {
+        key: "tls.key_file",
+        description: "PEM private key of tls.cert_file",
+    },
+    KeyDoc {
+        key: "tls.ca_file",
+        description: "PEM CA certificates client certificates must chain to",
+    },
+    KeyDoc {
+        key: "tls.client_auth",
+        description: "Client certificates: none, optional or required (mTLS)",
+    },
+    KeyDoc {
+        key: "tls.reload_interval",
+        description: "How often the TLS files are checked for changes (SIGHUP reloads at once)",
     },
     KeyDoc {
         key: "limits.max_connections",
@@ -1088,6 +1267,70 @@ impl Config {
                 "amqp.vhosts",
                 "amqp.vhosts must name at least one virtual host".to_owned(),
             );
+        }
+        let kafka = &self.kafka;
+        let mut tls_wanted = Vec::new();
+        match kafka.listener_list() {
+            Ok(listeners) => {
+                for (protocol, _) in listeners {
+                    if protocol == "SSL" || protocol == "SASL_SSL" {
+                        tls_wanted.push("kafka.listeners");
+                    }
+                }
+            }
+            Err(message) => problem("kafka.listeners", message),
+        }
+        if let Err(message) = kafka.advertised_listener_list() {
+            problem("kafka.advertised_listeners", message);
+        }
+        for mechanism in split_list(&kafka.sasl_mechanisms) {
+            if !["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"].contains(&mechanism) {
+                problem(
+                    "kafka.sasl_mechanisms",
+                    format!(
+                        "kafka.sasl_mechanisms may name PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512, got {mechanism:?}"
+                    ),
+                );
+            }
+        }
+        if kafka.tls_protocol() {
+            tls_wanted.push("kafka.security_protocol");
+        }
+        if !SECURITY_PROTOCOLS.contains(&kafka.security_protocol.as_str()) {
+            problem(
+                "kafka.security_protocol",
+                format!(
+                    "kafka.security_protocol must be PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL, got {:?}",
+                    kafka.security_protocol
+                ),
+            );
+        }
+        if !self.amqp.tls_listen.is_empty() {
+            tls_wanted.push("amqp.tls_listen");
+        }
+        if self.http.tls {
+            tls_wanted.push("http.tls");
+        }
+        let tls = &self.tls;
+        if let Some(first) = tls_wanted.first()
+            && (tls.cert_file.is_empty() || tls.key_file.is_empty())
+        {
+            problem(
+                "tls.cert_file",
+                format!("{first} asks for TLS: set tls.cert_file and tls.key_file"),
+            );
+        }
+        match tls.client_auth.as_str() {
+            "none" => {}
+            "optional" | "required" if !tls.ca_file.is_empty() => {}
+            "optional" | "required" => problem(
+                "tls.ca_file",
+                "tls.client_auth checks client certificates: set tls.ca_file".to_owned(),
+            ),
+            other => problem(
+                "tls.client_auth",
+                format!("tls.client_auth must be none, optional or required, got {other:?}"),
+            ),
         }
         // The entry itself is never echoed: it may hold a password.
         for (position, user) in split_list(&amqp.users).into_iter().enumerate() {

@@ -719,12 +719,16 @@ impl Broker {
     ///
     /// # Errors
     /// [`CoreError::Quorum`] when the quorum does not commit it.
-    pub fn register(&self, host: &str, port: u16) -> Result<(), CoreError> {
+    pub fn register(
+        &self,
+        host: &str,
+        port: u16,
+        listeners: &std::collections::BTreeMap<String, String>,
+    ) -> Result<(), CoreError> {
         let metadata = self.topics.metadata();
-        let registered = metadata
-            .brokers()
-            .iter()
-            .any(|b| b.node == self.node_id && b.host == host && b.port == port);
+        let registered = metadata.brokers().iter().any(|b| {
+            b.node == self.node_id && b.host == host && b.port == port && b.listeners == *listeners
+        });
         if !metadata.clustered() {
             return Ok(());
         }
@@ -733,6 +737,7 @@ impl Broker {
                 node: self.node_id,
                 host: host.to_owned(),
                 port,
+                listeners: listeners.clone(),
             })?;
             tracing::info!(
                 node = self.node_id,

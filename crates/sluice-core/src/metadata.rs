@@ -128,6 +128,9 @@ pub enum MetadataCommand {
         node: i32,
         host: String,
         port: u16,
+        /// Every Kafka listener's advertised `host:port`, by listener name.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        listeners: BTreeMap<String, String>,
     },
     /// A partition's replicas move to `target`, or the move under way is
     /// cancelled (`None`) (Kafka's AlterPartitionReassignments, KIP-455).
@@ -344,6 +347,9 @@ pub struct BrokerAddress {
     pub node: i32,
     pub host: String,
     pub port: u16,
+    /// Every Kafka listener's advertised `host:port`, by listener name
+    /// (empty: registered before listeners had names).
+    pub listeners: BTreeMap<String, String>,
 }
 
 /// The metadata a sequence of commands leaves.
@@ -379,6 +385,7 @@ impl MetadataState {
                 node: b.node,
                 host: b.host.clone(),
                 port: b.port,
+                listeners: b.listeners.clone(),
             })
             .collect();
         commands.extend(self.fenced.iter().map(|node| MetadataCommand::FenceBroker {
@@ -911,10 +918,21 @@ pub(crate) fn apply(state: &mut MetadataState, command: MetadataCommand) -> Resu
             state.leaving.remove(&node);
         }
         MetadataCommand::AllocateProducerIds { end } => state.producer_ids_end = end,
-        MetadataCommand::RegisterBroker { node, host, port } => {
-            state
-                .brokers
-                .insert(node, BrokerAddress { node, host, port });
+        MetadataCommand::RegisterBroker {
+            node,
+            host,
+            port,
+            listeners,
+        } => {
+            state.brokers.insert(
+                node,
+                BrokerAddress {
+                    node,
+                    host,
+                    port,
+                    listeners,
+                },
+            );
         }
         MetadataCommand::FenceBroker { node, fenced } => {
             if fenced {
@@ -2501,6 +2519,7 @@ mod tests {
                     node,
                     host: "127.0.0.1".into(),
                     port: 9000 + node as u16,
+                    listeners: BTreeMap::new(),
                 },
             )
             .expect("register");

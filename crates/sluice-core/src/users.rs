@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use rand::RngCore as _;
 use rsasl::mechanisms::scram::tools::{derive_keys, hash_password};
@@ -227,7 +228,27 @@ pub struct Users {
     /// current credential: PBKDF2 runs once per password, not on every
     /// API request or connection. A changed credential misses.
     verified: Mutex<HashMap<String, [u8; 32]>>,
+    /// Recent failed logins by source address.
+    failures: Mutex<HashMap<IpAddr, Failures>>,
 }
+
+/// Failed logins from one address within [`FAILURE_WINDOW`].
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    since: Instant,
+    count: u32,
+    logged: Instant,
+    unlogged: u32,
+}
+
+/// Failed logins count for this long.
+const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// One warning per address per this long; the others are counted in it.
+const FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
+/// Each failure in the window delays the refusal by this much more ...
+const FAILURE_DELAY_STEP: Duration = Duration::from_millis(100);
+/// ... up to this.
+const FAILURE_DELAY_MAX: Duration = Duration::from_secs(5);
 
 impl Users {
     /// Users that answer logins before the metadata has taken any (the
@@ -319,6 +340,47 @@ impl Users {
             name: name.to_owned(),
             tags: user.tags,
         })
+    }
+
+    /// Notes a failed login from `peer` as `user` over `via` (a protocol
+    /// and mechanism) and logs it, with user and peer, at most once per
+    /// address every 10 s (the rest are counted into the next warning).
+    /// Returns how long to wait before answering: 100 ms more for each
+    /// failure from that address in the last minute, up to 5 s, so that
+    /// guessing passwords is slow (Kafka delays failed authentications
+    /// the same way).
+    pub fn login_failed(&self, peer: IpAddr, user: &str, via: &str) -> Duration {
+        let now = Instant::now();
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        if failures.len() > 10_000 {
+            failures.retain(|_, f| now.duration_since(f.since) < FAILURE_WINDOW);
+        }
+        let entry = failures.entry(peer).or_insert(Failures {
+            since: now,
+            count: 0,
+            logged: now.checked_sub(FAILURE_LOG_EVERY).unwrap_or(now),
+            unlogged: 0,
+        });
+        if now.duration_since(entry.since) >= FAILURE_WINDOW {
+            entry.since = now;
+            entry.count = 0;
+        }
+        entry.count += 1;
+        if now.duration_since(entry.logged) >= FAILURE_LOG_EVERY || entry.count == 1 {
+            tracing::warn!(
+                %peer,
+                %user,
+                via,
+                failures_in_last_minute = entry.count,
+                not_logged_since_last = entry.unlogged,
+                "login failed"
+            );
+            entry.logged = now;
+            entry.unlogged = 0;
+        } else {
+            entry.unlogged += 1;
+        }
+        (FAILURE_DELAY_STEP * entry.count).min(FAILURE_DELAY_MAX)
     }
 
     /// The SCRAM credential of `name` for `mechanism`.
@@ -455,6 +517,27 @@ mod tests {
         // configuration user stays deleted.
         users.replace_all(&BTreeMap::new(), true);
         assert!(users.authenticate("cfg", "pw", loopback).is_none());
+    }
+
+    #[test]
+    fn failed_logins_are_delayed_more_each_time_up_to_a_bound() {
+        let users = Users::default();
+        let peer = IpAddr::from([10, 0, 0, 9]);
+        let first = users.login_failed(peer, "mallory", "test");
+        let second = users.login_failed(peer, "mallory", "test");
+        assert!(second > first, "{first:?} then {second:?}");
+        for _ in 0..100 {
+            users.login_failed(peer, "mallory", "test");
+        }
+        assert_eq!(
+            users.login_failed(peer, "mallory", "test"),
+            FAILURE_DELAY_MAX
+        );
+        // Another address starts afresh.
+        assert_eq!(
+            users.login_failed(IpAddr::from([10, 0, 0, 10]), "mallory", "test"),
+            FAILURE_DELAY_STEP
+        );
     }
 
     #[test]

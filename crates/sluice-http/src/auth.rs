@@ -1,8 +1,6 @@
 //! HTTP basic authentication with the broker's users. Users limited to
 //! loopback (guest by default) are accepted only from a loopback peer.
 
-use std::net::SocketAddr;
-
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
@@ -19,7 +17,7 @@ const UI_CLIENT_HEADER: &str = "x-sluice-client";
 /// Lets the request through when it carries a known user's credentials.
 pub(crate) async fn require_user(
     State(shared): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(crate::PeerAddr(peer)): ConnectInfo<crate::PeerAddr>,
     request: Request,
     next: Next,
 ) -> Response {
@@ -42,8 +40,13 @@ pub(crate) async fn require_user(
     let from_ui = request.headers().contains_key(UI_CLIENT_HEADER);
     if let Some((user, _)) = &credentials {
         // A request without credentials is the usual first step of a
-        // browser or client; wrong ones are worth an operator's look.
-        tracing::warn!(%peer, %user, path = %request.uri().path(), "admin API login refused");
+        // browser or client; wrong ones are worth an operator's look, and
+        // a wait.
+        let delay = shared
+            .broker
+            .users()
+            .login_failed(peer.ip(), user, "http basic");
+        tokio::time::sleep(delay).await;
     }
     let message = if credentials.is_some() {
         "wrong user name or password, or the user may log in only from loopback"

@@ -103,11 +103,105 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
     )
 }
 
-/// Serves the admin API, metrics and UI until `shutdown` turns true.
+/// The client's address, as the authentication sees it, over HTTP and
+/// HTTPS alike.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PeerAddr(pub(crate) SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TcpListener>>
+    for PeerAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TcpListener>) -> Self {
+        PeerAddr(*stream.remote_addr())
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>>
+    for PeerAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
+        PeerAddr(*stream.remote_addr())
+    }
+}
+
+/// An HTTPS listener: TCP connections accepted here, their TLS handshakes
+/// run each on a task of its own (a slow client holds up no other), and
+/// the finished ones handed to axum.
+struct TlsListener {
+    ready: tokio::sync::mpsc::Receiver<(
+        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        SocketAddr,
+    )>,
+    local: SocketAddr,
+    acceptor: tokio::task::JoinHandle<()>,
+}
+
+impl TlsListener {
+    fn new(listener: TcpListener, tls: Arc<sluice_tls::Tls>) -> std::io::Result<TlsListener> {
+        let local = listener.local_addr()?;
+        let (sender, ready) = tokio::sync::mpsc::channel(64);
+        let acceptor = tokio::spawn(async move {
+            loop {
+                let (stream, peer) = match listener.accept().await {
+                    Ok(pair) => pair,
+                    Err(error) => {
+                        tracing::warn!(%error, "https accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let tls = Arc::clone(&tls);
+                let sender = sender.clone();
+                tokio::spawn(async move {
+                    match tls.accept(stream).await {
+                        Ok(stream) => {
+                            let _ = sender.send((stream, peer)).await;
+                        }
+                        Err(error) => {
+                            tracing::info!(%peer, %error, "HTTPS TLS handshake failed");
+                        }
+                    }
+                });
+            }
+        });
+        Ok(TlsListener {
+            ready,
+            local,
+            acceptor,
+        })
+    }
+}
+
+impl Drop for TlsListener {
+    fn drop(&mut self) {
+        self.acceptor.abort();
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(pair) => pair,
+            // The acceptor runs until this listener is dropped.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
+/// Serves the admin API, metrics and UI until `shutdown` turns true, over
+/// HTTPS when `tls` is given.
 pub async fn serve(
     listener: TcpListener,
     broker: Arc<Broker>,
     options: HttpOptions,
+    tls: Option<Arc<sluice_tls::Tls>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let shared = shared(broker, options);
@@ -134,14 +228,26 @@ pub async fn serve(
         // The binary logs each listener once at INFO.
         tracing::debug!(%addr, "http listener ready");
     }
-    let app = app(shared).into_make_service_with_connect_info::<SocketAddr>();
+    let app = app(shared).into_make_service_with_connect_info::<PeerAddr>();
     let stopped = async move {
         let _ = shutdown.changed().await;
     };
-    if let Err(error) = axum::serve(listener, app)
-        .with_graceful_shutdown(stopped)
-        .await
-    {
+    let served = match tls {
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stopped)
+                .await
+        }
+        Some(tls) => match TlsListener::new(listener, tls) {
+            Ok(listener) => {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .await
+            }
+            Err(error) => Err(error),
+        },
+    };
+    if let Err(error) = served {
         tracing::warn!(%error, "http listener failed");
     }
     // The sampler ends on the shutdown signal; a listener that failed
@@ -183,7 +289,7 @@ mod tests {
             .expect("a request");
         request
             .extensions_mut()
-            .insert(ConnectInfo(SocketAddr::from((peer, 40000))));
+            .insert(ConnectInfo(PeerAddr(SocketAddr::from((peer, 40000)))));
         let response = app.clone().oneshot(request).await.expect("a response");
         let status = response.status();
         let body = axum::body::to_bytes(response.into_body(), 1 << 20)
@@ -241,7 +347,10 @@ mod tests {
                 .expect("a request");
             request
                 .extensions_mut()
-                .insert(ConnectInfo(SocketAddr::from(([10, 1, 2, 3], 40000))));
+                .insert(ConnectInfo(PeerAddr(SocketAddr::from((
+                    [10, 1, 2, 3],
+                    40000,
+                )))));
             let response = app.clone().oneshot(request).await.expect("a response");
             assert_eq!(response.status(), StatusCode::OK, "{path}");
         }

@@ -8,8 +8,8 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
 use kafka_protocol::protocol::{Decodable, Encodable};
 use sluice_core::{Broker, ConnectionHandle, RequestMetrics};
+use sluice_tls::ServerStream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -40,6 +40,8 @@ pub(crate) enum ConnectionError {
         version: i16,
         reason: String,
     },
+    #[error("{api:?} before SASL authentication (or after it expired) on a {protocol} listener")]
+    Unauthenticated { api: ApiKey, protocol: &'static str },
     #[error("a request's task failed: {reason}")]
     Task { reason: String },
     #[error("cannot encode {api:?} v{version} response: {reason}")]
@@ -92,7 +94,7 @@ enum Outcome {
 }
 
 pub(crate) struct Connection {
-    stream: TcpStream,
+    stream: ServerStream,
     context: Context,
     shutdown: watch::Receiver<bool>,
     registration: ConnectionHandle,
@@ -112,16 +114,15 @@ pub(crate) fn register_metrics(broker: &Broker) {
 
 impl Connection {
     pub(crate) fn new(
-        stream: TcpStream,
+        stream: ServerStream,
+        peer: std::net::SocketAddr,
         broker: Arc<Broker>,
         options: Arc<KafkaOptions>,
         shutdown: watch::Receiver<bool>,
         registration: ConnectionHandle,
         inter_node: bool,
     ) -> Self {
-        let peer = stream
-            .peer_addr()
-            .map_or_else(|_| String::new(), |addr| format!("/{}", addr.ip()));
+        let peer = format!("/{}", peer.ip());
         Connection {
             stream,
             context: Context {
@@ -130,6 +131,7 @@ impl Connection {
                 peer,
                 connection: Some(Arc::clone(registration.stats())),
                 inter_node,
+                sasl: Arc::default(),
             },
             shutdown,
             registration,
@@ -152,7 +154,7 @@ impl Connection {
         let written = Arc::clone(&stats);
         let broker = Arc::clone(&context.broker);
         let connection_id = stats.id();
-        let (mut reader, mut writer) = stream.into_split();
+        let (mut reader, mut writer) = stream.split();
         let (queue, mut due) = mpsc::channel::<Outcome>(MAX_IN_FLIGHT);
         let writing = async move {
             while let Some(outcome) = due.recv().await {
@@ -213,6 +215,16 @@ impl Connection {
                     // The writer stopped on an error of its own.
                     return Ok(());
                 }
+                if context
+                    .sasl
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .must_close()
+                {
+                    // A failed authentication: its answer goes out, then
+                    // the connection closes, as Kafka's does.
+                    return Ok(());
+                }
             }
         };
         // The reader ends first (end of stream, shutdown or error); the
@@ -244,6 +256,19 @@ async fn handle(context: &Context, mut body: Bytes) -> Result<Outcome, Connectio
         // Kafka closes the connection on an unsupported version of any
         // other API: the client should have asked ApiVersions first.
         return Err(ConnectionError::UnsupportedVersion { api, version });
+    }
+    if context.options.protocol.sasl()
+        && !context.inter_node
+        && !context
+            .sasl
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .admits(api)
+    {
+        return Err(ConnectionError::Unauthenticated {
+            api,
+            protocol: context.options.protocol.name(),
+        });
     }
     let header_version = api.request_header_version(version);
     let header = RequestHeader::decode(&mut body, header_version).map_err(|err| {

@@ -15,4 +15,4 @@ mod fetch_encode;
 mod handlers;
 mod listener;
 
-pub use listener::{KafkaOptions, serve, serve_streams};
+pub use listener::{KafkaOptions, SaslOptions, SecurityProtocol, serve, serve_streams};

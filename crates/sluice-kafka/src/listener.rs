@@ -7,8 +7,80 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::connection::Connection;
+use sluice_tls::ServerStream;
 
-/// Settings of the Kafka listener.
+/// How a listener's clients connect (Kafka's `security.protocol`, which
+/// names a listener by default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecurityProtocol {
+    Plaintext,
+    Ssl,
+    SaslPlaintext,
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    /// Every protocol, by Kafka's names.
+    pub const ALL: [SecurityProtocol; 4] = [
+        SecurityProtocol::Plaintext,
+        SecurityProtocol::Ssl,
+        SecurityProtocol::SaslPlaintext,
+        SecurityProtocol::SaslSsl,
+    ];
+
+    /// Kafka's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            SecurityProtocol::Plaintext => "PLAINTEXT",
+            SecurityProtocol::Ssl => "SSL",
+            SecurityProtocol::SaslPlaintext => "SASL_PLAINTEXT",
+            SecurityProtocol::SaslSsl => "SASL_SSL",
+        }
+    }
+
+    /// The protocol Kafka names `name` (any case).
+    pub fn parse(name: &str) -> Option<SecurityProtocol> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.name().eq_ignore_ascii_case(name))
+    }
+
+    /// Whether clients authenticate with SASL.
+    pub fn sasl(self) -> bool {
+        matches!(
+            self,
+            SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
+        )
+    }
+
+    /// Whether the connection is TLS.
+    pub fn tls(self) -> bool {
+        matches!(self, SecurityProtocol::Ssl | SecurityProtocol::SaslSsl)
+    }
+}
+
+/// SASL on a listener.
+#[derive(Debug, Clone)]
+pub struct SaslOptions {
+    /// Mechanisms clients may use (`sasl.enabled.mechanisms`).
+    pub mechanisms: Vec<String>,
+    /// How long an authentication holds before the client must
+    /// re-authenticate (`connections.max.reauth.ms`); `None`: for ever.
+    pub reauth: Option<std::time::Duration>,
+}
+
+impl Default for SaslOptions {
+    fn default() -> Self {
+        SaslOptions {
+            mechanisms: ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+                .map(str::to_owned)
+                .to_vec(),
+            reauth: None,
+        }
+    }
+}
+
+/// Settings of a Kafka listener.
 #[derive(Debug, Clone)]
 pub struct KafkaOptions {
     /// Host and port Metadata tells clients to connect to.
@@ -18,6 +90,15 @@ pub struct KafkaOptions {
     pub node_id: i32,
     /// Requests larger than this close the connection before allocation.
     pub max_request_bytes: usize,
+    /// The listener's name (its security protocol's name by default):
+    /// Metadata answers with every node's address on the same listener.
+    pub listener_name: String,
+    /// How its clients connect.
+    pub protocol: SecurityProtocol,
+    /// SASL settings, for the SASL protocols.
+    pub sasl: SaslOptions,
+    /// The TLS configuration, for the TLS protocols.
+    pub tls: Option<Arc<sluice_tls::Tls>>,
 }
 
 /// Accepts Kafka connections until `shutdown` turns true, one task each.
@@ -52,7 +133,7 @@ pub async fn serve(
         };
         spawn_connection(stream, peer, &broker, &options, &shutdown, false);
     }
-    tracing::info!("kafka listener stopped");
+    tracing::info!(listener = %options.listener_name, "kafka listener stopped");
 }
 
 /// Serves Kafka connections another listener accepted (the inter-node
@@ -99,16 +180,31 @@ fn spawn_connection(
     };
     let conn_id = registration.id();
     let span = tracing::info_span!("conn", conn_id, %peer, protocol = "kafka");
-    let connection = Connection::new(
-        stream,
-        Arc::clone(broker),
-        Arc::clone(options),
-        shutdown.clone(),
-        registration,
-        inter_node,
-    );
+    let broker_for_task = Arc::clone(broker);
+    let options = Arc::clone(options);
+    let shutdown = shutdown.clone();
     broker.tasks().spawn(
         async move {
+            let tls = options.tls.as_ref().filter(|_| options.protocol.tls() && !inter_node);
+            let stream = match tls {
+                None => ServerStream::Plain(stream),
+                Some(tls) => match tls.accept(stream).await {
+                    Ok(stream) => ServerStream::Tls(Box::new(stream)),
+                    Err(error) => {
+                        tracing::info!(%error, listener = %options.listener_name, "TLS handshake failed");
+                        return;
+                    }
+                },
+            };
+            let connection = Connection::new(
+                stream,
+                peer,
+                broker_for_task,
+                options,
+                shutdown,
+                registration,
+                inter_node,
+            );
             match connection.run().await {
                 Ok(()) => tracing::debug!("connection closed"),
                 Err(err) if err.is_disconnect() => {

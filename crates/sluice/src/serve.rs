@@ -16,8 +16,9 @@ use sluice_core::{
     Broker, BrokerOptions, ConnectionLimits, DataDirLock, GroupSettings, Lifecycle, Limits,
     Metadata, MetadataMachine, UserRecord,
 };
-use sluice_kafka::KafkaOptions;
+use sluice_kafka::{KafkaOptions, SaslOptions, SecurityProtocol};
 use sluice_log::{Durability, LogConfig, MaintenanceSettings};
+use sluice_tls::{ClientAuth, Tls, TlsSettings};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
@@ -163,8 +164,10 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     // too, so one shutdown stops everything in order.
     let mut lifecycle = broker.run();
     let bound = async {
-        let (kafka, host, port) = start_kafka(
+        let tls = load_tls(config, &mut lifecycle)?;
+        let kafka = start_kafka(
             &config.kafka,
+            tls.as_ref(),
             Arc::clone(&broker),
             replica_streams,
             &mut lifecycle,
@@ -204,8 +207,9 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
             let stopping = lifecycle.stopping();
             lifecycle.serve(sluice_cluster::quorum::register(
                 Arc::clone(&broker),
-                host,
-                port,
+                kafka.host.clone(),
+                kafka.port,
+                kafka.advertised.clone(),
                 stopping,
             ));
             let stopping = lifecycle.stopping();
@@ -221,12 +225,26 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
                 stopping,
             ));
         }
-        let amqp = start_amqp(&config.amqp, Arc::clone(&broker), &mut lifecycle).await?;
+        let amqp = start_amqp(
+            &config.amqp,
+            tls.as_ref(),
+            Arc::clone(&broker),
+            &mut lifecycle,
+        )
+        .await?;
         let http = bind(config.http.listen.as_str(), "HTTP", "http.listen").await?;
-        anyhow::Ok((kafka, amqp, http))
+        let http_tls = if config.http.tls {
+            Some(
+                tls.clone()
+                    .context("http.tls asks for TLS: set tls.cert_file and tls.key_file")?,
+            )
+        } else {
+            None
+        };
+        anyhow::Ok((kafka, amqp, http, http_tls))
     }
     .await;
-    let (kafka_address, amqp_address, (listener, http_address)) = match bound {
+    let (kafka, (amqp_address, amqps_address), (listener, http_address), http_tls) = match bound {
         Ok(bound) => bound,
         Err(error) => {
             // A listener that cannot bind (the port is taken, say) ends the
@@ -242,32 +260,51 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
             return Err(error);
         }
     };
-    info!(listen = %http_address, "http listening");
+    let http_protocol = if http_tls.is_some() { "https" } else { "http" };
+    info!(listen = %http_address, protocol = http_protocol, "http listening");
     info!(
         version = env!("CARGO_PKG_VERSION"),
         node = broker.node_id(),
         data_dir = %broker.data_dir().display(),
-        kafka = %kafka_address,
+        kafka = %kafka.bound,
         amqp = %amqp_address,
         http = %http_address,
         "broker started"
     );
-    let listeners = [
-        ("kafka", kafka_address),
-        ("amqp", amqp_address),
-        ("http", http_address),
-    ]
-    .into_iter()
-    .map(|(protocol, address)| sluice_http::ListenerInfo {
-        protocol,
-        address: address.to_string(),
-    })
-    .collect();
+    // The main Kafka listener by its address, the others by name too.
+    let mut listeners: Vec<sluice_http::ListenerInfo> = kafka
+        .all
+        .iter()
+        .enumerate()
+        .map(|(index, (name, address))| sluice_http::ListenerInfo {
+            protocol: "kafka",
+            address: if index == 0 {
+                address.to_string()
+            } else {
+                format!("{name}://{address}")
+            },
+        })
+        .collect();
+    listeners.push(sluice_http::ListenerInfo {
+        protocol: "amqp",
+        address: amqp_address.to_string(),
+    });
+    if let Some(address) = amqps_address {
+        listeners.push(sluice_http::ListenerInfo {
+            protocol: "amqps",
+            address: address.to_string(),
+        });
+    }
+    listeners.push(sluice_http::ListenerInfo {
+        protocol: http_protocol,
+        address: http_address.to_string(),
+    });
     let stopping = lifecycle.stopping();
     lifecycle.serve(sluice_http::serve(
         listener,
         Arc::clone(&broker),
         sluice_http::HttpOptions { listeners },
+        http_tls,
         stopping,
     ));
 
@@ -404,48 +441,163 @@ async fn bind(
     Ok((listener, bound))
 }
 
-/// Binds the Kafka listener and serves it in a task, and the replica
-/// connections the inter-node listener hands over.
+/// The TLS configuration of `[tls]`, when a listener asks for TLS; it
+/// reloads on change and SIGHUP for as long as the lifecycle runs.
+fn load_tls(config: &Config, lifecycle: &mut Lifecycle) -> anyhow::Result<Option<Arc<Tls>>> {
+    let tls = &config.tls;
+    if tls.cert_file.is_empty() {
+        return Ok(None);
+    }
+    let settings = TlsSettings {
+        cert_file: tls.cert_file.clone().into(),
+        key_file: tls.key_file.clone().into(),
+        ca_file: (!tls.ca_file.is_empty()).then(|| tls.ca_file.clone().into()),
+        // Validated by the configuration.
+        client_auth: ClientAuth::parse(&tls.client_auth).unwrap_or(ClientAuth::None),
+        reload_interval: tls.reload_interval.get(),
+    };
+    let loaded = Tls::load(settings).context("cannot load the TLS certificate ([tls])")?;
+    let stopping = lifecycle.stopping();
+    lifecycle.serve(Arc::clone(&loaded).watch(stopping));
+    Ok(Some(loaded))
+}
+
+/// `host:port` split, or the error naming `key`.
+fn host_port(address: &str, key: &str) -> anyhow::Result<(String, u16)> {
+    let (host, port) = address
+        .rsplit_once(':')
+        .with_context(|| format!("{key}: {address:?} is not HOST:PORT"))?;
+    Ok((
+        host.to_owned(),
+        port.parse().with_context(|| format!("{key} port"))?,
+    ))
+}
+
+/// Where the Kafka listeners are: the main one (its bound address and
+/// advertised host and port) and every listener's advertised address by
+/// name, for the cluster's registration.
+struct KafkaListeners {
+    bound: std::net::SocketAddr,
+    host: String,
+    port: u16,
+    advertised: std::collections::BTreeMap<String, String>,
+    /// Every listener's name and bound address, for the log and overview.
+    all: Vec<(String, std::net::SocketAddr)>,
+}
+
+/// Binds the Kafka listeners (`kafka.listen`, then `kafka.listeners`)
+/// and serves each in a task, and the replica connections the inter-node
+/// listener hands over.
 async fn start_kafka(
     config: &KafkaConfig,
+    tls: Option<&Arc<Tls>>,
     broker: Arc<Broker>,
     replica_streams: Option<ReplicaStreams>,
     lifecycle: &mut Lifecycle,
-) -> anyhow::Result<(std::net::SocketAddr, String, u16)> {
-    let (listener, bound) = bind(config.listen.as_str(), "Kafka", "kafka.listen").await?;
-    let (advertised_host, advertised_port) = match config.advertised.rsplit_once(':') {
-        Some((host, port)) if !config.advertised.is_empty() => (
-            host.to_owned(),
-            port.parse().context("kafka.advertised port")?,
-        ),
-        _ => {
-            let host = config
-                .listen
-                .as_str()
+) -> anyhow::Result<KafkaListeners> {
+    let mechanisms: Vec<String> = split_list(&config.sasl_mechanisms)
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    let sasl = SaslOptions {
+        mechanisms: if mechanisms.is_empty() {
+            SaslOptions::default().mechanisms
+        } else {
+            mechanisms
+        },
+        reauth: Some(config.connections_max_reauth.get()).filter(|d| !d.is_zero()),
+    };
+    let advertised_extra: std::collections::BTreeMap<String, String> = config
+        .advertised_listener_list()
+        .map_err(|reason| anyhow::anyhow!(reason))?
+        .into_iter()
+        .collect();
+    // Validated by the configuration.
+    let main_protocol =
+        SecurityProtocol::parse(&config.security_protocol).unwrap_or(SecurityProtocol::Plaintext);
+    let mut specs = vec![(
+        main_protocol,
+        config.listen.as_str().to_owned(),
+        config.advertised.clone(),
+        "kafka.listen",
+    )];
+    for (protocol, address) in config
+        .listener_list()
+        .map_err(|reason| anyhow::anyhow!(reason))?
+    {
+        let advertised = advertised_extra.get(&protocol).cloned().unwrap_or_default();
+        let protocol = SecurityProtocol::parse(&protocol).unwrap_or(SecurityProtocol::Plaintext);
+        specs.push((protocol, address, advertised, "kafka.listeners"));
+    }
+    let mut listeners: Option<KafkaListeners> = None;
+    for (protocol, address, advertised, key) in specs {
+        let (listener, bound) = bind(&address, "Kafka", key).await?;
+        let (advertised_host, advertised_port) = if advertised.is_empty() {
+            let host = address
                 .rsplit_once(':')
                 .map_or_else(|| bound.ip().to_string(), |(host, _)| host.to_owned());
             (host, bound.port())
+        } else {
+            host_port(&advertised, key)?
+        };
+        let name = protocol.name().to_owned();
+        if protocol.tls() && tls.is_none() {
+            anyhow::bail!(
+                "the Kafka listener {name} asks for TLS: set tls.cert_file and tls.key_file"
+            );
         }
-    };
-    info!(listen = %bound, advertised = %format!("{advertised_host}:{advertised_port}"), "kafka listening");
-    let options = KafkaOptions {
-        advertised_host: advertised_host.clone(),
-        advertised_port,
-        node_id: broker.node_id(),
-        max_request_bytes: usize::try_from(config.max_request_bytes.bytes()).unwrap_or(usize::MAX),
-    };
-    if let Some(streams) = replica_streams {
+        info!(listener = %name, listen = %bound, advertised = %format!("{advertised_host}:{advertised_port}"), "kafka listening");
+        let options = KafkaOptions {
+            advertised_host: advertised_host.clone(),
+            advertised_port,
+            node_id: broker.node_id(),
+            max_request_bytes: usize::try_from(config.max_request_bytes.bytes())
+                .unwrap_or(usize::MAX),
+            listener_name: name.clone(),
+            protocol,
+            sasl: sasl.clone(),
+            tls: tls.filter(|_| protocol.tls()).cloned(),
+        };
+        let entry = listeners.get_or_insert_with(|| KafkaListeners {
+            bound,
+            host: advertised_host.clone(),
+            port: advertised_port,
+            advertised: std::collections::BTreeMap::new(),
+            all: Vec::new(),
+        });
+        entry
+            .advertised
+            .insert(name.clone(), format!("{advertised_host}:{advertised_port}"));
+        entry.all.push((name, bound));
         let stopping = lifecycle.stopping();
-        lifecycle.serve(sluice_kafka::serve_streams(
-            streams,
+        lifecycle.serve(sluice_kafka::serve(
+            listener,
             Arc::clone(&broker),
-            options.clone(),
+            options,
             stopping,
         ));
     }
-    let stopping = lifecycle.stopping();
-    lifecycle.serve(sluice_kafka::serve(listener, broker, options, stopping));
-    Ok((bound, advertised_host, advertised_port))
+    let listeners = listeners.context("no Kafka listener")?;
+    if let Some(streams) = replica_streams {
+        // Other nodes' connections arrive on the inter-node link: no SASL,
+        // no TLS of the client listeners.
+        let options = KafkaOptions {
+            advertised_host: listeners.host.clone(),
+            advertised_port: listeners.port,
+            node_id: broker.node_id(),
+            max_request_bytes: usize::try_from(config.max_request_bytes.bytes())
+                .unwrap_or(usize::MAX),
+            listener_name: main_protocol.name().to_owned(),
+            protocol: SecurityProtocol::Plaintext,
+            sasl,
+            tls: None,
+        };
+        let stopping = lifecycle.stopping();
+        lifecycle.serve(sluice_kafka::serve_streams(
+            streams, broker, options, stopping,
+        ));
+    }
+    Ok(listeners)
 }
 
 /// The configuration's users (`amqp.users`, `amqp.loopback_users`),
@@ -469,11 +621,14 @@ fn users(config: &AmqpConfig) -> std::collections::BTreeMap<String, UserRecord> 
 }
 
 /// Binds the AMQP listener and serves it in a task.
+/// Binds the AMQP listener, and the AMQPS one when `amqp.tls_listen` is
+/// set, and serves each in a task.
 async fn start_amqp(
     config: &AmqpConfig,
+    tls: Option<&Arc<Tls>>,
     broker: Arc<Broker>,
     lifecycle: &mut Lifecycle,
-) -> anyhow::Result<std::net::SocketAddr> {
+) -> anyhow::Result<(std::net::SocketAddr, Option<std::net::SocketAddr>)> {
     let (listener, bound) = bind(config.listen.as_str(), "AMQP", "amqp.listen").await?;
     info!(listen = %bound, "amqp listening");
     let options = sluice_amqp::AmqpOptions {
@@ -481,9 +636,29 @@ async fn start_amqp(
         channel_max: config.channel_max,
         heartbeat: u16::try_from(config.heartbeat.get().as_secs()).unwrap_or(u16::MAX),
     };
+    let secure = if config.tls_listen.is_empty() {
+        None
+    } else {
+        let tls = tls
+            .cloned()
+            .context("amqp.tls_listen asks for TLS: set tls.cert_file and tls.key_file")?;
+        let (listener, bound) = bind(&config.tls_listen, "AMQPS", "amqp.tls_listen").await?;
+        info!(listen = %bound, "amqps listening");
+        let stopping = lifecycle.stopping();
+        lifecycle.serve(sluice_amqp::serve(
+            listener,
+            Arc::clone(&broker),
+            options.clone(),
+            Some(tls),
+            stopping,
+        ));
+        Some(bound)
+    };
     let stopping = lifecycle.stopping();
-    lifecycle.serve(sluice_amqp::serve(listener, broker, options, stopping));
-    Ok(bound)
+    lifecycle.serve(sluice_amqp::serve(
+        listener, broker, options, None, stopping,
+    ));
+    Ok((bound, secure))
 }
 
 /// Installs the global subscriber: filter from `SLUICE_LOG`, else `RUST_LOG`,

@@ -84,7 +84,12 @@ impl Connection {
             // The user name (never the password) tells the operator whose
             // login failed; an unreadable response has none.
             let user = credentials.map_or_else(|| "(unreadable)".to_owned(), |(user, _)| user);
-            tracing::warn!(peer = %self.peer, %user, mechanism = start_ok.mechanism.as_str(), "AMQP login refused");
+            let delay = self.broker.users().login_failed(
+                self.peer.ip(),
+                &user,
+                &format!("amqp {}", start_ok.mechanism.as_str()),
+            );
+            tokio::time::sleep(delay).await;
             self.queue_close();
             return Ok(false);
         };

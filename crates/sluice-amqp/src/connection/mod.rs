@@ -22,9 +22,8 @@ use amq_protocol::protocol::{AMQPClass, channel as channel_class, connection};
 use bytes::{Bytes, BytesMut};
 use sluice_core::messaging::{ConsumerEvent, DeadLetters, Queue, VirtualHost};
 use sluice_core::{Broker, ConnectionHandle, ConnectionStats};
+use sluice_tls::{ReadHalf, ServerStream, WriteHalf};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
@@ -125,13 +124,13 @@ impl std::fmt::Debug for Connection {
 impl Connection {
     pub(crate) async fn run(
         registration: ConnectionHandle,
-        stream: TcpStream,
+        stream: ServerStream,
         peer: SocketAddr,
         broker: Arc<Broker>,
         options: Arc<AmqpOptions>,
         shutdown: watch::Receiver<bool>,
     ) -> Result<(), ConnectionError> {
-        let (reader, writer) = stream.into_split();
+        let (reader, writer) = stream.split();
         let (write_tx, write_rx) = mpsc::channel::<Bytes>(64);
         let writer_task = tokio::spawn(write_loop(
             writer,
@@ -836,7 +835,7 @@ impl Connection {
 /// The read half with its buffer. `fill` is cancel-safe: bytes read stay in
 /// `buf` when a `select!` drops the future.
 struct Reader {
-    half: OwnedReadHalf,
+    half: ReadHalf,
     buf: BytesMut,
     stats: Arc<ConnectionStats>,
 }
@@ -853,7 +852,7 @@ impl Reader {
 }
 
 async fn write_loop(
-    mut writer: OwnedWriteHalf,
+    mut writer: WriteHalf,
     mut rx: mpsc::Receiver<Bytes>,
     stats: Arc<ConnectionStats>,
 ) {

@@ -24,10 +24,12 @@ mod metadata;
 mod migration;
 pub(crate) mod produce;
 mod replicas;
+pub(crate) mod sasl;
 mod share_admin;
 mod share_groups;
 mod topics;
 mod transactions;
+mod users;
 
 #[cfg(test)]
 mod tests;
@@ -44,6 +46,8 @@ pub(crate) struct Context {
     /// Another node of the cluster on its inter-node link: only it may ask
     /// for what brokers ask each other (WriteTxnMarkers).
     pub(crate) inter_node: bool,
+    /// The connection's SASL authentication.
+    pub(crate) sasl: sasl::SharedSasl,
 }
 
 impl Context {
@@ -102,6 +106,10 @@ pub(crate) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeTransactions, 0, 0),
     (ApiKey::ListTransactions, 0, 1),
     (ApiKey::ApiVersions, 0, 3),
+    (ApiKey::SaslHandshake, 1, 1),
+    (ApiKey::SaslAuthenticate, 0, 2),
+    (ApiKey::DescribeUserScramCredentials, 0, 0),
+    (ApiKey::AlterUserScramCredentials, 0, 0),
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::DeleteTopics, 1, 6),
     (ApiKey::DescribeConfigs, 1, 4),
@@ -249,6 +257,18 @@ pub(crate) async fn dispatch(
             share_admin::delete_offsets(context, request).await,
         ),
         RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions::handle()),
+        RequestKind::DescribeUserScramCredentials(request) => {
+            ResponseKind::DescribeUserScramCredentials(users::describe(context, request))
+        }
+        RequestKind::AlterUserScramCredentials(request) => {
+            ResponseKind::AlterUserScramCredentials(users::alter(context, request).await)
+        }
+        RequestKind::SaslHandshake(request) => {
+            ResponseKind::SaslHandshake(sasl::handshake(context, request))
+        }
+        RequestKind::SaslAuthenticate(request) => {
+            ResponseKind::SaslAuthenticate(sasl::authenticate(context, request, version).await)
+        }
         RequestKind::Metadata(request) => {
             ResponseKind::Metadata(metadata::handle(context, request, version).await)
         }
@@ -307,11 +327,24 @@ pub(crate) fn nodes(context: &Context) -> Vec<(i32, StrBytes, u16)> {
     // Fenced nodes (the controller has not heard from them) are left out,
     // as KRaft does; this node always lists itself.
     let fenced = metadata.fenced();
+    let listener = &context.options.listener_name;
     let mut nodes: Vec<(i32, StrBytes, u16)> = metadata
         .brokers()
         .into_iter()
         .filter(|b| b.node != own && !fenced.contains(&b.node))
-        .map(|b| (b.node, StrBytes::from_string(b.host), b.port))
+        .filter_map(|b| {
+            if b.listeners.is_empty() {
+                return Some((b.node, StrBytes::from_string(b.host), b.port));
+            }
+            // The same listener on the other node; a node without it is
+            // not offered to this listener's clients.
+            let (host, port) = b.listeners.get(listener)?.rsplit_once(':')?;
+            Some((
+                b.node,
+                StrBytes::from_string(host.to_owned()),
+                port.parse().ok()?,
+            ))
+        })
         .collect();
     nodes.push((own, context.host(), context.options.advertised_port));
     nodes.sort_by_key(|(id, _, _)| *id);

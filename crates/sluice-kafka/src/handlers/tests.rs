@@ -565,10 +565,15 @@ fn context_with(options: BrokerOptions) -> Context {
             advertised_port: 9092,
             node_id: 1,
             max_request_bytes: 1 << 20,
+            listener_name: "PLAINTEXT".into(),
+            protocol: crate::SecurityProtocol::Plaintext,
+            sasl: crate::SaslOptions::default(),
+            tls: None,
         }),
         peer: "/127.0.0.1".into(),
         connection: None,
         inter_node: false,
+        sasl: Default::default(),
     }
 }
 

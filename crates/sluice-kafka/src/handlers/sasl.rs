@@ -1,0 +1,338 @@
+//! SaslHandshake and SaslAuthenticate (KIP-43, KIP-152): PLAIN,
+//! SCRAM-SHA-256 and SCRAM-SHA-512 against the broker's users, by the
+//! rsasl mechanisms; re-authentication on a live connection (KIP-368)
+//! with `connections.max.reauth.ms`.
+//!
+//! A listener whose security protocol is `SASL_PLAINTEXT` or `SASL_SSL`
+//! serves nothing but ApiVersions, SaslHandshake and SaslAuthenticate until
+//! the client authenticated (the connection checks [`SaslState::admits`]);
+//! a failed authentication is answered, then the connection is closed, as
+//! Kafka does.
+
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::{
+    ApiKey, SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest,
+    SaslHandshakeResponse,
+};
+use kafka_protocol::protocol::StrBytes;
+use rsasl::callback::{Context as SaslContext, Request, SessionCallback, SessionData};
+use rsasl::mechanisms::scram::properties::ScramStoredPassword;
+use rsasl::mechname::Mechname;
+use rsasl::prelude::{SASLConfig, SASLServer, Session, SessionError};
+use rsasl::property::{AuthId, AuthzId, Password};
+use rsasl::validate::{Validate, Validation, ValidationError};
+use sluice_core::{Broker, ScramMechanism};
+
+use super::Context;
+
+/// What a finished exchange hands back: the user, or why not.
+struct Outcome;
+
+impl Validation for Outcome {
+    type Value = Result<String, String>;
+}
+
+/// Answers the mechanisms' questions from the broker's users.
+struct Users {
+    broker: Arc<Broker>,
+    peer: IpAddr,
+    /// The user the client named, for the log when it fails.
+    named: Arc<Mutex<Option<String>>>,
+}
+
+impl SessionCallback for Users {
+    fn callback(
+        &self,
+        session: &SessionData,
+        context: &SaslContext<'_>,
+        request: &mut Request<'_>,
+    ) -> Result<(), SessionError> {
+        let Some(mechanism) = ScramMechanism::parse(session.mechanism().mechanism.as_str()) else {
+            return Ok(());
+        };
+        if let Some(name) = context.get_ref::<AuthId>() {
+            *self.named.lock().unwrap_or_else(|e| e.into_inner()) = Some(name.to_owned());
+        }
+        if let Some(name) = context.get_ref::<AuthId>()
+            && let Some(credential) = self.broker.users().scram(name, mechanism)
+        {
+            request.satisfy::<ScramStoredPassword<'_>>(&ScramStoredPassword::new(
+                credential.iterations,
+                &credential.salt,
+                &credential.stored_key,
+                &credential.server_key,
+            ))?;
+        }
+        Ok(())
+    }
+
+    fn validate(
+        &self,
+        session: &SessionData,
+        context: &SaslContext<'_>,
+        validate: &mut Validate<'_>,
+    ) -> Result<(), ValidationError> {
+        let mechanism = session.mechanism().mechanism.as_str();
+        let name = context.get_ref::<AuthId>().unwrap_or_default().to_owned();
+        *self.named.lock().unwrap_or_else(|e| e.into_inner()) = Some(name.clone());
+        let authzid = context.get_ref::<AuthzId>();
+        let outcome = if authzid.is_some_and(|a| !a.is_empty() && a != name) {
+            Err(format!("user {name:?} may not act as {authzid:?}"))
+        } else if mechanism == "PLAIN" {
+            let password = context
+                .get_ref::<Password>()
+                .and_then(|p| std::str::from_utf8(p).ok())
+                .unwrap_or_default();
+            match self.broker.users().authenticate(&name, password, self.peer) {
+                Some(principal) => Ok(principal.name),
+                None => Err(format!("wrong password for {name:?}, or no such user")),
+            }
+        } else if let Some(user) = self.broker.users().get(&name) {
+            // SCRAM checked the client's proof against the credential.
+            if user.loopback_only && !self.peer.is_loopback() {
+                Err(format!("user {name:?} may log in only from loopback"))
+            } else {
+                Ok(name)
+            }
+        } else {
+            Err(format!("no user {name:?}"))
+        };
+        validate.with::<Outcome, _>(|| Ok(outcome))?;
+        Ok(())
+    }
+}
+
+/// A connection's authentication: the exchange under way, who the client
+/// is once it finished, and until when.
+#[derive(Default)]
+pub(crate) struct SaslState {
+    mechanism: Option<String>,
+    session: Option<Session<Outcome>>,
+    named: Arc<Mutex<Option<String>>>,
+    principal: Option<String>,
+    expires: Option<Instant>,
+    /// The last exchange failed: the connection closes once its answer
+    /// is written.
+    close: bool,
+}
+
+impl std::fmt::Debug for SaslState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SaslState")
+            .field("mechanism", &self.mechanism)
+            .field("principal", &self.principal)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SaslState {
+    /// Whether a request of `api` may be served now.
+    pub(crate) fn admits(&self, api: ApiKey) -> bool {
+        if matches!(
+            api,
+            ApiKey::ApiVersions | ApiKey::SaslHandshake | ApiKey::SaslAuthenticate
+        ) {
+            return true;
+        }
+        self.principal.is_some() && self.expires.is_none_or(|at| Instant::now() < at)
+    }
+
+    /// The authenticated user's name.
+    pub(crate) fn principal_name(&self) -> Option<&str> {
+        self.principal.as_deref()
+    }
+
+    /// Whether the connection must close after the answer it owes.
+    pub(crate) fn must_close(&self) -> bool {
+        self.close
+    }
+}
+
+/// The connection's shared authentication state.
+pub(crate) type SharedSasl = Arc<Mutex<SaslState>>;
+
+fn lock(context: &Context) -> std::sync::MutexGuard<'_, SaslState> {
+    context.sasl.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub(crate) fn handshake(context: &Context, request: SaslHandshakeRequest) -> SaslHandshakeResponse {
+    let enabled = &context.options.sasl.mechanisms;
+    let mechanisms = enabled
+        .iter()
+        .map(|m| StrBytes::from_string(m.clone()))
+        .collect();
+    let response = SaslHandshakeResponse::default().with_mechanisms(mechanisms);
+    if !context.options.protocol.sasl() {
+        // Kafka's answer on a listener without SASL.
+        return response.with_error_code(ResponseError::IllegalSaslState.code());
+    }
+    let mut state = lock(context);
+    let wanted = request.mechanism.as_str();
+    if !enabled.iter().any(|m| m == wanted) {
+        tracing::info!(mechanism = wanted, "SASL mechanism not enabled");
+        state.close = true;
+        return response.with_error_code(ResponseError::UnsupportedSaslMechanism.code());
+    }
+    if state.session.is_some() {
+        state.close = true;
+        return response.with_error_code(ResponseError::IllegalSaslState.code());
+    }
+    let peer = peer_ip(context);
+    let started = SASLConfig::builder()
+        .with_defaults()
+        .with_callback(Users {
+            broker: Arc::clone(&context.broker),
+            peer,
+            named: Arc::clone(&state.named),
+        })
+        .map_err(|e| e.to_string())
+        .and_then(|config| {
+            let name = Mechname::parse(wanted.as_bytes()).map_err(|e| e.to_string())?;
+            SASLServer::<Outcome>::new(config)
+                .start_suggested(name)
+                .map_err(|e| e.to_string())
+        });
+    match started {
+        Ok(session) => {
+            state.session = Some(session);
+            state.mechanism = Some(wanted.to_owned());
+            response
+        }
+        Err(reason) => {
+            tracing::warn!(mechanism = wanted, %reason, "cannot start a SASL exchange");
+            state.close = true;
+            response.with_error_code(ResponseError::UnsupportedSaslMechanism.code())
+        }
+    }
+}
+
+/// A failed authentication, for the log and the delay.
+struct Failure {
+    user: String,
+    mechanism: String,
+}
+
+pub(crate) async fn authenticate(
+    context: &Context,
+    request: SaslAuthenticateRequest,
+    version: i16,
+) -> SaslAuthenticateResponse {
+    let (response, failure) = step(context, request, version);
+    if let Some(failure) = failure {
+        let peer = peer_ip(context);
+        let delay = context.broker.users().login_failed(
+            peer,
+            &failure.user,
+            &format!("kafka SASL {}", failure.mechanism),
+        );
+        tokio::time::sleep(delay).await;
+    }
+    response
+}
+
+fn peer_ip(context: &Context) -> IpAddr {
+    context
+        .peer
+        .trim_start_matches('/')
+        .parse()
+        .unwrap_or(IpAddr::from([0, 0, 0, 0]))
+}
+
+fn step(
+    context: &Context,
+    request: SaslAuthenticateRequest,
+    version: i16,
+) -> (SaslAuthenticateResponse, Option<Failure>) {
+    let mut state = lock(context);
+    let response = SaslAuthenticateResponse::default();
+    let mechanism = state.mechanism.clone().unwrap_or_default();
+    let Some(session) = state.session.as_mut() else {
+        state.close = true;
+        let response = response
+            .with_error_code(ResponseError::IllegalSaslState.code())
+            .with_error_message(Some(StrBytes::from_static_str(
+                "SaslAuthenticate before SaslHandshake",
+            )));
+        return (response, None);
+    };
+    let mut out = Vec::new();
+    let stepped = session.step(Some(&request.auth_bytes), &mut out);
+    let outcome = match &stepped {
+        Ok(step) if !step.is_running() => session.validation(),
+        _ => None,
+    };
+    let refuse = |state: &mut SaslState, reason: String| {
+        let user = state
+            .named
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_default();
+        tracing::debug!(peer = %context.peer, %user, %mechanism, %reason, "Kafka SASL authentication failed");
+        state.session = None;
+        state.close = true;
+        let response = SaslAuthenticateResponse::default()
+            .with_error_code(ResponseError::SaslAuthenticationFailed.code())
+            .with_error_message(Some(StrBytes::from_string(format!(
+                "Authentication failed during authentication due to invalid credentials with SASL mechanism {mechanism}"
+            ))));
+        (
+            response,
+            Some(Failure {
+                user,
+                mechanism: mechanism.clone(),
+            }),
+        )
+    };
+    match stepped {
+        Ok(step) if step.is_running() => (response.with_auth_bytes(Bytes::from(out)), None),
+        Ok(_) => {
+            state.session = None;
+            match outcome {
+                Some(Ok(name)) => {
+                    if let Some(before) = state.principal.clone()
+                        && before != name
+                    {
+                        // KIP-368: re-authentication may not change who the
+                        // connection is.
+                        return refuse(
+                            &mut state,
+                            format!("re-authenticated as {name:?}, not {before:?}"),
+                        );
+                    }
+                    let lifetime = context.options.sasl.reauth;
+                    tracing::debug!(user = %name, %mechanism, "Kafka client authenticated");
+                    if let Some(stats) = &context.connection {
+                        stats.update_details(|details| details.user = Some(name.clone()));
+                    }
+                    state.principal = Some(name);
+                    state.expires = lifetime.map(|l| Instant::now() + l);
+                    let response = response.with_auth_bytes(Bytes::from(out));
+                    let response = if version >= 1 {
+                        response.with_session_lifetime_ms(
+                            lifetime
+                                .map_or(0, |l| i64::try_from(l.as_millis()).unwrap_or(i64::MAX)),
+                        )
+                    } else {
+                        response
+                    };
+                    (response, None)
+                }
+                Some(Err(reason)) => refuse(&mut state, reason),
+                // SCRAM ends without validating when the client's proof
+                // does not match the stored key.
+                None => refuse(
+                    &mut state,
+                    "the client's proof does not match (wrong password, or no such user)"
+                        .to_owned(),
+                ),
+            }
+        }
+        Err(error) => refuse(&mut state, error.to_string()),
+    }
+}
