@@ -1,0 +1,152 @@
+"""Users and SASL on a three-node cluster: users are metadata commands the
+quorum replicates, so a user added, changed or deleted through any node
+(admin API or Kafka's AlterUserScramCredentials) logs in, or no longer
+does, on every node; and each node's SASL listener is registered by name,
+so Metadata through a SASL listener sends clients to the other nodes'
+SASL listeners, never to their plaintext ones.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import urllib.error
+import urllib.request
+
+import pika
+import pytest
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import (
+    AdminClient,
+    ScramCredentialInfo,
+    ScramMechanism,
+    UserScramCredentialUpsertion,
+)
+
+from common.broker import free_port, wait_until
+from common.cluster import Cluster
+from test_replication import create_replicated
+
+
+@pytest.fixture(scope="module")
+def sasl_cluster(tmp_path_factory):
+    """Three nodes, each with a SASL_PLAINTEXT listener of its own beside
+    the plaintext one."""
+    cluster = Cluster(tmp_path_factory.mktemp("security"), 3, "cluster[security]")
+    cluster.sasl_ports = {}
+    for node_id, node in enumerate(cluster.nodes, start=1):
+        port = free_port()
+        cluster.sasl_ports[node_id] = port
+        node.settings["kafka.listeners"] = f"SASL_PLAINTEXT://127.0.0.1:{port}"
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def call(node, method: str, path: str, body=None, credentials=("guest", "guest")):
+    """(status, decoded JSON or None) of one admin API call on `node`."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{node.http_port}{path}", data=data, method=method)
+    request.add_header("Content-Type", "application/json")
+    token = base64.b64encode(f"{credentials[0]}:{credentials[1]}".encode()).decode()
+    request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            text = answer.read()
+            return answer.status, json.loads(text) if text else None
+    except urllib.error.HTTPError as error:
+        return error.code, None
+
+
+def sasl_config(port: int, user: str, password: str, mechanism: str) -> dict:
+    return {
+        "bootstrap.servers": f"127.0.0.1:{port}",
+        "security.protocol": "SASL_PLAINTEXT",
+        "sasl.mechanism": mechanism,
+        "sasl.username": user,
+        "sasl.password": password,
+    }
+
+
+def sasl_login_works(port: int, user: str, password: str, mechanism: str) -> bool:
+    """Whether a SASL client gets Metadata through the listener on `port`."""
+    client = AdminClient(sasl_config(port, user, password, mechanism))
+    try:
+        client.list_topics(timeout=5)
+        return True
+    except KafkaException:
+        return False
+
+
+def amqp_login_works(node, user: str, password: str) -> bool:
+    params = pika.ConnectionParameters(
+        "127.0.0.1", node.amqp_port, credentials=pika.PlainCredentials(user, password),
+        connection_attempts=1, socket_timeout=5, blocked_connection_timeout=5,
+    )
+    try:
+        pika.BlockingConnection(params).close()
+        return True
+    except pika.exceptions.AMQPError:
+        return False
+
+
+def test_a_user_added_on_one_node_logs_in_on_every_node_and_metadata_keeps_to_the_sasl_listeners(sasl_cluster, name):
+    node1, node2, node3 = sasl_cluster.nodes
+    status, _ = call(node1, "PUT", "/api/users/carol", {"password": "c4rol-pw", "tags": "monitoring"})
+    assert status == 201
+    # Replicated: the other nodes know her (HTTP, AMQP, Kafka SCRAM).
+    wait_until(lambda: call(node3, "GET", "/api/users/carol", credentials=("carol", "c4rol-pw"))[0] == 200,
+               20, what="node 3 to know carol")
+    assert amqp_login_works(node2, "carol", "c4rol-pw")
+    assert not amqp_login_works(node2, "carol", "wrong")
+    sasl3 = sasl_cluster.sasl_ports[3]
+    assert sasl_login_works(sasl3, "carol", "c4rol-pw", "SCRAM-SHA-512")
+
+    # Metadata through node 3's SASL listener names every node at its SASL port.
+    client = AdminClient(sasl_config(sasl3, "carol", "c4rol-pw", "SCRAM-SHA-256"))
+    brokers = wait_until(
+        lambda: (found := client.list_topics(timeout=10).brokers) and len(found) == 3 and found,
+        30, what="Metadata to list three brokers")
+    assert {b.id: b.port for b in brokers.values()} == sasl_cluster.sasl_ports
+
+    # Records go through SASL connections to whichever node leads.
+    create_replicated(node1.bootstrap, name, 3, 3)
+    producer = Producer({**sasl_config(sasl3, "carol", "c4rol-pw", "SCRAM-SHA-512"), "acks": "all"})
+    failures = []
+    for i in range(30):
+        producer.produce(name, f"r{i}".encode(), partition=i % 3,
+                         on_delivery=lambda err, _msg: err and failures.append(err))
+    assert producer.flush(30) == 0 and not failures, failures
+    consumer = Consumer({**sasl_config(sasl_cluster.sasl_ports[1], "carol", "c4rol-pw", "PLAIN"),
+                         "group.id": f"g-{name}", "enable.auto.commit": False})
+    consumer.assign([TopicPartition(name, p, 0) for p in range(3)])
+    seen = []
+    deadline = time.monotonic() + 30
+    while len(seen) < 30 and time.monotonic() < deadline:
+        message = consumer.poll(0.5)
+        if message is not None and message.error() is None:
+            seen.append(message.value())
+    consumer.close()
+    assert sorted(seen) == sorted(f"r{i}".encode() for i in range(30))
+
+
+def test_scram_credentials_set_through_one_node_and_a_deletion_through_another_reach_every_node(sasl_cluster):
+    node1, node2, node3 = sasl_cluster.nodes
+    admin = AdminClient({"bootstrap.servers": node2.bootstrap})
+    futures = admin.alter_user_scram_credentials(
+        [UserScramCredentialUpsertion("dave", ScramCredentialInfo(ScramMechanism.SCRAM_SHA_256, 4096), b"d4ve-pw")])
+    futures["dave"].result(timeout=30)
+    sasl1 = sasl_cluster.sasl_ports[1]
+    wait_until(lambda: sasl_login_works(sasl1, "dave", "d4ve-pw", "SCRAM-SHA-256"), 30,
+               what="dave to log in on node 1")
+    # No SCRAM-SHA-512 credential was set for him.
+    assert not sasl_login_works(sasl1, "dave", "d4ve-pw", "SCRAM-SHA-512")
+
+    status, _ = call(node3, "DELETE", "/api/users/dave")
+    assert status == 204
+    wait_until(lambda: not sasl_login_works(sasl1, "dave", "d4ve-pw", "SCRAM-SHA-256"), 30,
+               what="dave's login to stop working on node 1")
+    assert call(node1, "GET", "/api/users/dave")[0] == 404
