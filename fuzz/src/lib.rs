@@ -19,6 +19,10 @@ static ALLOCATOR: sluice_alloc::Allocator = sluice_alloc::Allocator;
 pub struct Harness {
     pub kafka: SocketAddr,
     pub amqp: SocketAddr,
+    /// A Kafka SASL_PLAINTEXT listener.
+    pub kafka_sasl: SocketAddr,
+    /// A Kafka SSL listener (a self-signed certificate made at start).
+    pub kafka_tls: SocketAddr,
     _runtime: tokio::runtime::Runtime,
     _dir: tempfile::TempDir,
     _stop: tokio::sync::watch::Sender<bool>,
@@ -41,6 +45,8 @@ pub fn harness() -> &'static Harness {
             ..BrokerOptions::new(dir.path())
         })
         .expect("open broker");
+        // Inputs fail logins on purpose, thousands of times a second.
+        broker.users().disable_failure_delay();
         let broker = Arc::new(broker);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -48,7 +54,8 @@ pub fn harness() -> &'static Harness {
             .build()
             .expect("runtime");
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let (kafka, amqp) = runtime.block_on(async {
+        let tls = self_signed_tls(dir.path());
+        let (kafka, amqp, kafka_sasl, kafka_tls) = runtime.block_on(async {
             let kafka = tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await
                 .expect("bind");
@@ -64,7 +71,34 @@ pub fn harness() -> &'static Harness {
                 advertised_port: addresses.0.port(),
                 node_id: 1,
                 max_request_bytes: 1 << 20,
+                listener_name: "PLAINTEXT".to_owned(),
+                protocol: sluice_kafka::SecurityProtocol::Plaintext,
+                sasl: sluice_kafka::SaslOptions::default(),
+                tls: None,
             };
+            let mut secured = Vec::new();
+            for protocol in [
+                sluice_kafka::SecurityProtocol::SaslPlaintext,
+                sluice_kafka::SecurityProtocol::Ssl,
+            ] {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind");
+                let address = listener.local_addr().expect("address");
+                secured.push(address);
+                tokio::spawn(sluice_kafka::serve(
+                    listener,
+                    Arc::clone(&broker),
+                    sluice_kafka::KafkaOptions {
+                        advertised_port: address.port(),
+                        listener_name: protocol.name().to_owned(),
+                        protocol,
+                        tls: Some(Arc::clone(&tls)),
+                        ..options.clone()
+                    },
+                    stopped.clone(),
+                ));
+            }
             tokio::spawn(sluice_kafka::serve(
                 kafka,
                 Arc::clone(&broker),
@@ -75,18 +109,76 @@ pub fn harness() -> &'static Harness {
                 amqp,
                 Arc::clone(&broker),
                 sluice_amqp::AmqpOptions::default(),
+                None,
                 stopped,
             ));
-            addresses
+            (addresses.0, addresses.1, secured[0], secured[1])
         });
         Harness {
             kafka,
             amqp,
+            kafka_sasl,
+            kafka_tls,
             _runtime: runtime,
             _dir: dir,
             _stop: stop,
         }
     })
+}
+
+/// A TLS configuration with a self-signed certificate for localhost,
+/// made now (no key material in the repository).
+fn self_signed_tls(dir: &std::path::Path) -> Arc<sluice_tls::Tls> {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+        .expect("self-signed certificate");
+    let cert_file = dir.join("fuzz-cert.pem");
+    let key_file = dir.join("fuzz-key.pem");
+    std::fs::write(&cert_file, certified.cert.pem()).expect("write certificate");
+    std::fs::write(&key_file, certified.signing_key.serialize_pem()).expect("write key");
+    sluice_tls::Tls::load(sluice_tls::TlsSettings {
+        cert_file,
+        key_file,
+        ca_file: None,
+        client_auth: sluice_tls::ClientAuth::None,
+        reload_interval: Duration::from_secs(3600),
+    })
+    .expect("TLS configuration")
+}
+
+/// A Kafka request frame (header v1: api key, version, correlation id,
+/// client id) with `body`.
+fn request_frame(api_key: i16, version: i16, correlation_id: i32, body: &[u8]) -> Vec<u8> {
+    let client = b"fuzz";
+    let mut frame = Vec::with_capacity(body.len() + 20);
+    frame.extend_from_slice(&api_key.to_be_bytes());
+    frame.extend_from_slice(&version.to_be_bytes());
+    frame.extend_from_slice(&correlation_id.to_be_bytes());
+    frame.extend_from_slice(&(client.len() as i16).to_be_bytes());
+    frame.extend_from_slice(client);
+    frame.extend_from_slice(body);
+    let mut out = (frame.len() as i32).to_be_bytes().to_vec();
+    out.extend_from_slice(&frame);
+    out
+}
+
+/// A SASL exchange: SaslHandshake v1 for `mechanism`, then each chunk of
+/// `data` (split as [`kafka_frames`] splits) as the auth bytes of a
+/// SaslAuthenticate v1, so the fuzzer works on the mechanisms' parsers.
+pub fn sasl_exchange(mechanism: &str, data: &[u8]) -> Vec<u8> {
+    let mut body = (mechanism.len() as i16).to_be_bytes().to_vec();
+    body.extend_from_slice(mechanism.as_bytes());
+    let mut out = request_frame(17, 1, 1, &body);
+    let mut rest = data;
+    let mut correlation_id = 2;
+    while let Some((&len, tail)) = rest.split_first() {
+        let chunk = &tail[..tail.len().min(usize::from(len))];
+        let mut body = (chunk.len() as i32).to_be_bytes().to_vec();
+        body.extend_from_slice(chunk);
+        out.extend_from_slice(&request_frame(36, 1, correlation_id, &body));
+        correlation_id += 1;
+        rest = &tail[chunk.len()..];
+    }
+    out
 }
 
 /// Connects to `address`, writes `bytes`, half-closes, and reads whatever

@@ -90,7 +90,7 @@ pub async fn serve(
                     Some(tls) => match tls.accept(stream).await {
                         Ok(stream) => ServerStream::Tls(Box::new(stream)),
                         Err(error) => {
-                            tracing::info!(%error, "AMQPS TLS handshake failed");
+                            sluice_tls::log_handshake_failure(&error, "amqps", peer);
                             return;
                         }
                     },

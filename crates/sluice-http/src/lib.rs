@@ -158,7 +158,7 @@ impl TlsListener {
                             let _ = sender.send((stream, peer)).await;
                         }
                         Err(error) => {
-                            tracing::info!(%peer, %error, "HTTPS TLS handshake failed");
+                            sluice_tls::log_handshake_failure(&error, "https", peer);
                         }
                     }
                 });

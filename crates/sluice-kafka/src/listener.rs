@@ -191,7 +191,7 @@ fn spawn_connection(
                 Some(tls) => match tls.accept(stream).await {
                     Ok(stream) => ServerStream::Tls(Box::new(stream)),
                     Err(error) => {
-                        tracing::info!(%error, listener = %options.listener_name, "TLS handshake failed");
+                        sluice_tls::log_handshake_failure(&error, &options.listener_name, peer);
                         return;
                     }
                 },

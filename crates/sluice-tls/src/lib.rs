@@ -194,6 +194,18 @@ impl Tls {
     }
 }
 
+/// Logs a failed handshake on `listener`: at DEBUG when the client closed
+/// before sending anything (a port probe, a health check), at INFO with
+/// the reason otherwise (an untrusted or missing client certificate, a
+/// plaintext client, an old protocol version).
+pub fn log_handshake_failure(error: &std::io::Error, listener: &str, peer: std::net::SocketAddr) {
+    if error.kind() == std::io::ErrorKind::UnexpectedEof {
+        tracing::debug!(%peer, %error, %listener, "TLS handshake ended before it began");
+    } else {
+        tracing::info!(%peer, %error, %listener, "TLS handshake failed");
+    }
+}
+
 /// A connection's two halves, whatever carries it (plain TCP or TLS), for
 /// the protocol loops that read and write on their own tasks.
 pub type ReadHalf = Box<dyn AsyncRead + Unpin + Send>;

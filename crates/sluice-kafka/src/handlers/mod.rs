@@ -106,7 +106,7 @@ pub(crate) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeTransactions, 0, 0),
     (ApiKey::ListTransactions, 0, 1),
     (ApiKey::ApiVersions, 0, 3),
-    (ApiKey::SaslHandshake, 1, 1),
+    (ApiKey::SaslHandshake, 0, 1),
     (ApiKey::SaslAuthenticate, 0, 2),
     (ApiKey::DescribeUserScramCredentials, 0, 0),
     (ApiKey::AlterUserScramCredentials, 0, 0),
@@ -264,7 +264,7 @@ pub(crate) async fn dispatch(
             ResponseKind::AlterUserScramCredentials(users::alter(context, request).await)
         }
         RequestKind::SaslHandshake(request) => {
-            ResponseKind::SaslHandshake(sasl::handshake(context, request))
+            ResponseKind::SaslHandshake(sasl::handshake(context, request, version))
         }
         RequestKind::SaslAuthenticate(request) => {
             ResponseKind::SaslAuthenticate(sasl::authenticate(context, request, version).await)

@@ -113,6 +113,8 @@ impl SessionCallback for Users {
 pub(crate) struct SaslState {
     mechanism: Option<String>,
     session: Option<Session<Outcome>>,
+    /// SCRAM messages the client sent in this exchange.
+    scram_messages: u8,
     named: Arc<Mutex<Option<String>>>,
     principal: Option<String>,
     expires: Option<Instant>,
@@ -160,7 +162,11 @@ fn lock(context: &Context) -> std::sync::MutexGuard<'_, SaslState> {
     context.sasl.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-pub(crate) fn handshake(context: &Context, request: SaslHandshakeRequest) -> SaslHandshakeResponse {
+pub(crate) fn handshake(
+    context: &Context,
+    request: SaslHandshakeRequest,
+    version: i16,
+) -> SaslHandshakeResponse {
     let enabled = &context.options.sasl.mechanisms;
     let mechanisms = enabled
         .iter()
@@ -173,6 +179,17 @@ pub(crate) fn handshake(context: &Context, request: SaslHandshakeRequest) -> Sas
     }
     let mut state = lock(context);
     let wanted = request.mechanism.as_str();
+    if version == 0 {
+        // v0 is followed by bare SASL tokens outside Kafka's framing;
+        // clients that know v1 use it (the range advertises 0 because
+        // librdkafka before 2.11.1 looks for it).
+        tracing::info!(
+            mechanism = wanted,
+            "SaslHandshake v0 (unframed SASL tokens) is not supported; use v1"
+        );
+        state.close = true;
+        return response.with_error_code(ResponseError::IllegalSaslState.code());
+    }
     if !enabled.iter().any(|m| m == wanted) {
         tracing::info!(mechanism = wanted, "SASL mechanism not enabled");
         state.close = true;
@@ -200,6 +217,7 @@ pub(crate) fn handshake(context: &Context, request: SaslHandshakeRequest) -> Sas
     match started {
         Ok(session) => {
             state.session = Some(session);
+            state.scram_messages = 0;
             state.mechanism = Some(wanted.to_owned());
             response
         }
@@ -209,6 +227,52 @@ pub(crate) fn handshake(context: &Context, request: SaslHandshakeRequest) -> Sas
             response.with_error_code(ResponseError::UnsupportedSaslMechanism.code())
         }
     }
+}
+
+/// Whether a SCRAM client message has the shape RFC 5802 gives it: every
+/// attribute at least `x=`, and in the client-first message a GS2 header
+/// whose authzid is empty or `a=…`. rsasl 2.3's parsers index attributes
+/// without checking their length, so a shorter one would panic in it.
+fn scram_well_formed(message: &[u8], client_first: bool) -> bool {
+    let mut parts = message.split(|b| *b == b',');
+    if client_first {
+        // The channel-binding flag (rsasl checks it), then the authzid.
+        let _flag = parts.next();
+        match parts.next() {
+            Some(authzid) if authzid.is_empty() || authzid.starts_with(b"a=") => {}
+            _ => return false,
+        }
+    }
+    parts.all(|attribute| attribute.len() >= 2 && attribute[1] == b'=')
+}
+
+/// The answer to a malformed SCRAM message (not handed to the mechanism).
+fn refuse_malformed(
+    state: &mut SaslState,
+    context: &Context,
+    mechanism: &str,
+) -> (SaslAuthenticateResponse, Option<Failure>) {
+    tracing::debug!(peer = %context.peer, %mechanism, "malformed SCRAM message");
+    state.session = None;
+    state.close = true;
+    let user = state
+        .named
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .unwrap_or_default();
+    let response = SaslAuthenticateResponse::default()
+        .with_error_code(ResponseError::SaslAuthenticationFailed.code())
+        .with_error_message(Some(StrBytes::from_string(format!(
+            "Authentication failed: malformed {mechanism} message"
+        ))));
+    (
+        response,
+        Some(Failure {
+            user,
+            mechanism: mechanism.to_owned(),
+        }),
+    )
 }
 
 /// A failed authentication, for the log and the delay.
@@ -251,13 +315,23 @@ fn step(
     let mut state = lock(context);
     let response = SaslAuthenticateResponse::default();
     let mechanism = state.mechanism.clone().unwrap_or_default();
-    let Some(session) = state.session.as_mut() else {
+    if state.session.is_none() {
         state.close = true;
         let response = response
             .with_error_code(ResponseError::IllegalSaslState.code())
             .with_error_message(Some(StrBytes::from_static_str(
                 "SaslAuthenticate before SaslHandshake",
             )));
+        return (response, None);
+    }
+    if mechanism.starts_with("SCRAM-") {
+        let first = state.scram_messages == 0;
+        state.scram_messages = state.scram_messages.saturating_add(1);
+        if !scram_well_formed(&request.auth_bytes, first) {
+            return refuse_malformed(&mut state, context, &mechanism);
+        }
+    }
+    let Some(session) = state.session.as_mut() else {
         return (response, None);
     };
     let mut out = Vec::new();
@@ -290,7 +364,12 @@ fn step(
         )
     };
     match stepped {
-        Ok(step) if step.is_running() => (response.with_auth_bytes(Bytes::from(out)), None),
+        Ok(step) if step.is_running() => (
+            response
+                .with_error_message(None)
+                .with_auth_bytes(Bytes::from(out)),
+            None,
+        ),
         Ok(_) => {
             state.session = None;
             match outcome {
@@ -312,7 +391,9 @@ fn step(
                     }
                     state.principal = Some(name);
                     state.expires = lifetime.map(|l| Instant::now() + l);
-                    let response = response.with_auth_bytes(Bytes::from(out));
+                    let response = response
+                        .with_error_message(None)
+                        .with_auth_bytes(Bytes::from(out));
                     let response = if version >= 1 {
                         response.with_session_lifetime_ms(
                             lifetime
@@ -334,5 +415,34 @@ fn step(
             }
         }
         Err(error) => refuse(&mut state, error.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::scram_well_formed;
+
+    #[test]
+    fn scram_messages_with_short_attributes_are_refused_before_rsasl_sees_them() {
+        assert!(scram_well_formed(
+            b"n,,n=user,r=fyko+d2lbbFgONRv9qkxdawL",
+            true
+        ));
+        assert!(scram_well_formed(b"n,a=user,n=user,r=abc", true));
+        assert!(scram_well_formed(
+            b"c=biws,r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,p=v0X8v3Bz2T0CJGbJQyF0X+HI4Ts=",
+            false
+        ));
+        // Each of these panicked in rsasl 2.3.1's parsers.
+        for (message, first) in [
+            (&b""[..], false),
+            (b"c", false),
+            (b"c=biws,r=abc,p=xyz,", false),
+            (b"n,a,n=user,r=abc", true),
+            (b"n,,n", true),
+            (b"n,,n=user,r", true),
+        ] {
+            assert!(!scram_well_formed(message, first), "{message:?}");
+        }
     }
 }
