@@ -84,6 +84,39 @@ def test_only_administrators_manage_users(secure_broker):
     assert refused.returncode != 0 and "administrator" in refused.stderr, refused
 
 
+def test_tags_decide_what_a_user_may_do_through_the_api(secure_broker):
+    # RabbitMQ's management tags: none, no API at all (the user still
+    # logs in over AMQP and Kafka); management reads everything and
+    # manages topics, queues and the like; cluster operations, users and
+    # closing connections need administrator.
+    plain, manager = unique_name("app"), unique_name("manager")
+    add_user(secure_broker, plain, "App-only-pw")
+    add_user(secure_broker, manager, "Manag3r-pw", tags="management")
+    refused = api(secure_broker, "GET", "/api/overview", credentials=(plain, "App-only-pw"))
+    assert refused.status == 403 and "tag" in refused.body["error"]["message"], refused.body
+    assert amqp_login(secure_broker, plain, "App-only-pw")
+    assert kafka_login(secure_broker, plain, "App-only-pw")
+
+    as_manager = {"credentials": (manager, "Manag3r-pw")}
+    assert api(secure_broker, "GET", "/api/overview", **as_manager).status == 200
+    assert api(secure_broker, "GET", "/api/queues", **as_manager).status == 200
+    topic = unique_name("managed")
+    created = api(secure_broker, "POST", "/api/topics", {"name": topic, "partitions": 1}, **as_manager)
+    assert created.status == 201, created.body
+    assert api(secure_broker, "GET", f"/api/users/{manager}", **as_manager).status == 200
+    for method, path, body in [
+        ("GET", "/api/users", None),
+        ("GET", "/api/users/guest", None),
+        ("POST", "/api/cluster/elect-leaders", {}),
+        ("DELETE", "/api/connections/1", None),
+        ("POST", "/api/rebalance/queues", {}),
+    ]:
+        answer = api(secure_broker, method, path, body, **as_manager)
+        assert answer.status == 403, (method, path, answer.status, answer.body)
+    # The administrator may do what the manager may not.
+    assert api(secure_broker, "GET", "/api/users").status == 200
+
+
 def test_put_creates_then_changes_and_no_answer_carries_a_secret(secure_broker):
     name, first, second = unique_name("putter"), "F1rst-secret-pw", "S3cond-secret-pw"
     created = api(secure_broker, "PUT", f"/api/users/{name}",
@@ -162,7 +195,7 @@ def test_a_wrong_password_over_http_is_401_and_logged_without_it(own_broker):
 def test_users_survive_kill_9_and_a_deleted_config_user_stays_deleted(own_broker):
     broker = own_broker({"amqp.users": "guest:guest,alice:Al1ce-config-pw", "amqp.loopback_users": "guest"})
     assert amqp_login(broker, "alice", "Al1ce-config-pw")
-    add_user(broker, "victor", "V1ctor-first")
+    add_user(broker, "victor", "V1ctor-first", tags="management")
     sluice_users(broker, "passwd", "victor", "--password", "V1ctor-second")
     assert api(broker, "DELETE", "/api/users/alice").status == 204
 

@@ -33,6 +33,9 @@ pub(crate) async fn require_user(
             .authenticate(name, password, peer.ip())
     });
     if let Some(principal) = principal {
+        if let Err(reason) = permitted(&principal, request.method(), request.uri().path()) {
+            return ApiError::new(ErrorCode::Forbidden, reason).into_response();
+        }
         let mut request = request;
         request.extensions_mut().insert(principal);
         return next.run(request).await;
@@ -61,6 +64,51 @@ pub(crate) async fn require_user(
         );
     }
     response
+}
+
+/// The tags that open the API, as RabbitMQ's management plugin has them.
+const MANAGEMENT_TAGS: [&str; 4] = ["administrator", "monitoring", "management", "policymaker"];
+
+/// What a user's tags let them do through the API, as RabbitMQ's
+/// management tags do: a user with none of [`MANAGEMENT_TAGS`] (an
+/// application's user, say) may not use it at all; `management`,
+/// `policymaker` and `monitoring` users read everything and manage topics,
+/// groups, queues, exchanges, bindings and messages; only administrators
+/// manage users, close connections and run cluster operations (leader
+/// elections, reassignments, quorum changes, decommissioning).
+fn permitted(
+    principal: &sluice_core::Principal,
+    method: &axum::http::Method,
+    path: &str,
+) -> Result<(), String> {
+    if principal.has_tag("administrator") {
+        return Ok(());
+    }
+    if !MANAGEMENT_TAGS.iter().any(|tag| principal.has_tag(tag)) {
+        return Err(format!(
+            "user {:?} may not use the admin API: give them a tag (administrator, monitoring, management or policymaker)",
+            principal.name
+        ));
+    }
+    let reading = matches!(*method, axum::http::Method::GET | axum::http::Method::HEAD);
+    let own_user = format!("/api/users/{}", principal.name);
+    let administrative = path.starts_with("/api/users")
+        || (!reading
+            && [
+                "/api/cluster",
+                "/api/quorum",
+                "/api/rebalance",
+                "/api/connections",
+            ]
+            .iter()
+            .any(|prefix| path.starts_with(prefix)));
+    if administrative && !(reading && path == own_user) {
+        return Err(format!(
+            "user {:?} is not an administrator (tag 'administrator')",
+            principal.name
+        ));
+    }
+    Ok(())
 }
 
 /// `Basic base64(user:password)` as `(user, password)`.
