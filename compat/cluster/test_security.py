@@ -135,7 +135,8 @@ def test_a_user_added_on_one_node_logs_in_on_every_node_and_metadata_keeps_to_th
 
 def test_scram_credentials_set_through_one_node_and_a_deletion_through_another_reach_every_node(sasl_cluster):
     node1, node2, node3 = sasl_cluster.nodes
-    admin = AdminClient({"bootstrap.servers": node2.bootstrap})
+    # As an administrator (guest) on node 2's SASL listener.
+    admin = AdminClient(sasl_config(sasl_cluster.sasl_ports[2], "guest", "guest", "SCRAM-SHA-512"))
     futures = admin.alter_user_scram_credentials(
         [UserScramCredentialUpsertion("dave", ScramCredentialInfo(ScramMechanism.SCRAM_SHA_256, 4096), b"d4ve-pw")])
     futures["dave"].result(timeout=30)

@@ -426,9 +426,16 @@ def kafka_error(future) -> KafkaError:
 
 def test_scram_credentials_made_by_kafka_admin_log_in_and_are_described(own_broker):
     broker = own_broker()
-    admin = scram_admin(broker)
     user, password = "heidi", b"He1di-scram-512"
     info = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 8192)
+    # Not through a listener without SASL: these users also log in to the
+    # admin API and AMQP, so no anonymous client may change them.
+    anonymous = scram_admin(broker)
+    futures = anonymous.alter_user_scram_credentials([UserScramCredentialUpsertion(user, info, password)])
+    assert kafka_error(futures[user]).code() == KafkaError.CLUSTER_AUTHORIZATION_FAILED
+    assert api(broker, "GET", f"/api/users/{user}").status == 404
+    # guest, a configuration user, is an administrator.
+    admin = scram_admin(broker, "SASL_PLAINTEXT", ("guest", "guest"))
     futures = admin.alter_user_scram_credentials([UserScramCredentialUpsertion(user, info, password)])
     futures[user].result(timeout=CLIENT_TIMEOUT_S)
 

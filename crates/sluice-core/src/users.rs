@@ -304,18 +304,33 @@ impl Users {
     /// The user `name` when `password` is theirs and they may log in from
     /// `peer`; `None` otherwise (logged, with the user name, never the
     /// password).
+    ///
+    /// The password must fit every credential the user holds, so a
+    /// password changed for one SCRAM mechanism only (Kafka's
+    /// AlterUserScramCredentials sets one at a time) no longer logs in with
+    /// the old one. Blocking: PBKDF2 runs once per mechanism the first time
+    /// a password is seen; callers on async threads use `spawn_blocking`.
     pub fn authenticate(&self, name: &str, password: &str, peer: IpAddr) -> Option<Principal> {
         let user = self.get(name)?;
-        let (mechanism, credential) = user.scram.iter().next()?;
+        if user.scram.is_empty() {
+            return None;
+        }
+        if user.loopback_only && !peer.is_loopback() {
+            // Before any hashing: a remote guess at guest costs nothing.
+            tracing::debug!(%peer, user = %name, "user may log in only from loopback");
+            return None;
+        }
         let digest = {
             let mut hasher = Sha256::new();
-            for part in [
-                &credential.salt,
-                &credential.stored_key,
-                &credential.server_key,
-            ] {
-                hasher.update((part.len() as u64).to_be_bytes());
-                hasher.update(part);
+            for credential in user.scram.values() {
+                for part in [
+                    &credential.salt,
+                    &credential.stored_key,
+                    &credential.server_key,
+                ] {
+                    hasher.update((part.len() as u64).to_be_bytes());
+                    hasher.update(part);
+                }
             }
             hasher.update(password.as_bytes());
             <[u8; 32]>::from(hasher.finalize())
@@ -327,17 +342,17 @@ impl Users {
             .get(name)
             .is_some_and(|known| bool::from(known.ct_eq(&digest)));
         if !cached {
-            if !credential.verify(*mechanism, password) {
+            if !user
+                .scram
+                .iter()
+                .all(|(mechanism, credential)| credential.verify(*mechanism, password))
+            {
                 return None;
             }
             self.verified
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(name.to_owned(), digest);
-        }
-        if user.loopback_only && !peer.is_loopback() {
-            tracing::warn!(%peer, user = %name, "user may log in only from loopback");
-            return None;
         }
         Some(Principal {
             name: name.to_owned(),
@@ -499,6 +514,27 @@ mod tests {
         users.set("alice", Some(&changed));
         assert!(users.authenticate("alice", "secret", loopback).is_none());
         assert!(users.authenticate("alice", "other", loopback).is_some());
+    }
+
+    #[test]
+    fn a_password_changed_for_one_mechanism_retires_the_old_one_everywhere() {
+        let users = users();
+        let loopback = IpAddr::from([127, 0, 0, 1]);
+        let mut alice = users.get("alice").expect("alice");
+        alice.scram.insert(
+            ScramMechanism::Sha512,
+            ScramCredential::from_password(ScramMechanism::Sha512, "rotated", 4096),
+        );
+        users.set("alice", Some(&alice));
+        // Neither fits both credentials any more.
+        assert!(users.authenticate("alice", "secret", loopback).is_none());
+        assert!(users.authenticate("alice", "rotated", loopback).is_none());
+        alice.scram.insert(
+            ScramMechanism::Sha256,
+            ScramCredential::from_password(ScramMechanism::Sha256, "rotated", 4096),
+        );
+        users.set("alice", Some(&alice));
+        assert!(users.authenticate("alice", "rotated", loopback).is_some());
     }
 
     #[test]

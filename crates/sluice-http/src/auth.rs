@@ -26,12 +26,17 @@ pub(crate) async fn require_user(
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(basic_credentials);
-    let principal = credentials.as_ref().and_then(|(name, password)| {
-        shared
-            .broker
-            .users()
-            .authenticate(name, password, peer.ip())
-    });
+    let principal = match credentials.clone() {
+        Some((name, password)) => {
+            // PBKDF2 (first use of a password): off the async threads.
+            let users = std::sync::Arc::clone(shared.broker.users());
+            tokio::task::spawn_blocking(move || users.authenticate(&name, &password, peer.ip()))
+                .await
+                .ok()
+                .flatten()
+        }
+        None => None,
+    };
     if let Some(principal) = principal {
         if let Err(reason) = permitted(&principal, request.method(), request.uri().path()) {
             return ApiError::new(ErrorCode::Forbidden, reason).into_response();
@@ -75,7 +80,8 @@ const MANAGEMENT_TAGS: [&str; 4] = ["administrator", "monitoring", "management",
 /// `policymaker` and `monitoring` users read everything and manage topics,
 /// groups, queues, exchanges, bindings and messages; only administrators
 /// manage users, close connections and run cluster operations (leader
-/// elections, reassignments, quorum changes, decommissioning).
+/// elections, reassignments, quorum changes and quorum-queue members,
+/// decommissioning).
 fn permitted(
     principal: &sluice_core::Principal,
     method: &axum::http::Method,
@@ -93,6 +99,7 @@ fn permitted(
     let reading = matches!(*method, axum::http::Method::GET | axum::http::Method::HEAD);
     let own_user = format!("/api/users/{}", principal.name);
     let administrative = path.starts_with("/api/users")
+        || (!reading && path.starts_with("/api/queues/") && path.contains("/members"))
         || (!reading
             && [
                 "/api/cluster",

@@ -79,6 +79,10 @@ fn foreign_protocol(first: [u8; 4]) -> Option<&'static str> {
     }
 }
 
+/// Largest request a SASL listener reads before the client authenticated
+/// (Kafka's `sasl.server.max.receive.size` default).
+const PRE_AUTH_MAX_BYTES: usize = 512 * 1024;
+
 /// Responses a connection may owe at once; a client with more requests in
 /// flight waits (TCP backpressure) until earlier ones are answered.
 const MAX_IN_FLIGHT: usize = 64;
@@ -168,7 +172,14 @@ impl Connection {
                     writer.write_all(&chunk).await?;
                     written.add_bytes_out(chunk.len());
                 }
+                // TLS keeps what the socket did not take in its own
+                // buffer until flushed (plain TCP has none): without this
+                // the end of a response could wait for the next one.
+                writer.flush().await?;
             }
+            // TLS: close_notify, after the last answer (a refused
+            // authentication's included).
+            let _ = writer.shutdown().await;
             Ok::<(), ConnectionError>(())
         };
         let reading = async move {
@@ -194,7 +205,21 @@ impl Connection {
                     return Err(ConnectionError::WrongProtocol { protocol });
                 }
                 let size = i32::from_be_bytes(size);
-                let limit = context.options.max_request_bytes;
+                let limit = if context.options.protocol.sasl()
+                    && !context.inter_node
+                    && !context
+                        .sasl
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .authenticated()
+                {
+                    // Before a client logged in, Kafka's
+                    // sasl.server.max.receive.size: no unauthenticated
+                    // client reserves 100 MiB.
+                    context.options.max_request_bytes.min(PRE_AUTH_MAX_BYTES)
+                } else {
+                    context.options.max_request_bytes
+                };
                 let Ok(len) = usize::try_from(size) else {
                     return Err(ConnectionError::NegativeSize { size });
                 };

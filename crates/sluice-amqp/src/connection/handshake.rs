@@ -68,12 +68,21 @@ impl Connection {
             })
             .is_some_and(|v| matches!(v, AMQPValue::Boolean(true)));
         let credentials = self.credentials(&start_ok);
-        let Some(user) = credentials.as_ref().and_then(|(user, password)| {
-            self.broker
-                .users()
-                .authenticate(user, password, self.peer.ip())
-                .map(|_| user.clone())
-        }) else {
+        let accepted = match credentials.clone() {
+            Some((user, password)) => {
+                // PBKDF2 (first use of a password): off the async threads.
+                let users = std::sync::Arc::clone(self.broker.users());
+                let peer = self.peer.ip();
+                tokio::task::spawn_blocking(move || {
+                    users.authenticate(&user, &password, peer).map(|_| user)
+                })
+                .await
+                .ok()
+                .flatten()
+            }
+            None => None,
+        };
+        let Some(user) = accepted else {
             self.closing = Some(AmqpError::connection(
                 ACCESS_REFUSED,
                 format!(

@@ -867,6 +867,11 @@ async fn write_loop(
             }
             stats.add_bytes_out(more.len());
         }
+        // TLS keeps what the socket did not take in its own buffer until
+        // flushed (plain TCP has none).
+        if writer.flush().await.is_err() {
+            return;
+        }
     }
     let _ = writer.shutdown().await;
 }

@@ -144,6 +144,12 @@ impl SaslState {
         self.principal.is_some() && self.expires.is_none_or(|at| Instant::now() < at)
     }
 
+    /// Whether the client authenticated (its session may have expired
+    /// since).
+    pub(crate) fn authenticated(&self) -> bool {
+        self.principal.is_some()
+    }
+
     /// The authenticated user's name.
     pub(crate) fn principal_name(&self) -> Option<&str> {
         self.principal.as_deref()
@@ -196,6 +202,12 @@ pub(crate) fn handshake(
         return response.with_error_code(ResponseError::UnsupportedSaslMechanism.code());
     }
     if state.session.is_some() {
+        state.close = true;
+        return response.with_error_code(ResponseError::IllegalSaslState.code());
+    }
+    if state.principal.is_some() && state.mechanism.as_deref() != Some(wanted) {
+        // KIP-368: a re-authentication keeps the mechanism.
+        tracing::info!(mechanism = wanted, before = ?state.mechanism, "re-authentication with another mechanism refused");
         state.close = true;
         return response.with_error_code(ResponseError::IllegalSaslState.code());
     }
@@ -286,7 +298,16 @@ pub(crate) async fn authenticate(
     request: SaslAuthenticateRequest,
     version: i16,
 ) -> SaslAuthenticateResponse {
-    let (response, failure) = step(context, request, version);
+    // PLAIN checks a password with PBKDF2: off the async threads.
+    let stepping = context.clone();
+    let Ok((response, failure)) =
+        tokio::task::spawn_blocking(move || step(&stepping, request, version)).await
+    else {
+        lock(context).close = true;
+        return SaslAuthenticateResponse::default()
+            .with_error_code(ResponseError::SaslAuthenticationFailed.code())
+            .with_error_message(Some(StrBytes::from_static_str("Authentication failed")));
+    };
     if let Some(failure) = failure {
         let peer = peer_ip(context);
         let delay = context.broker.users().login_failed(
@@ -390,7 +411,7 @@ fn step(
                         stats.update_details(|details| details.user = Some(name.clone()));
                     }
                     state.principal = Some(name);
-                    state.expires = lifetime.map(|l| Instant::now() + l);
+                    state.expires = lifetime.and_then(|l| Instant::now().checked_add(l));
                     let response = response
                         .with_error_message(None)
                         .with_auth_bytes(Bytes::from(out));
@@ -414,6 +435,12 @@ fn step(
                 ),
             }
         }
+        // SASLprep's errors quote the offending character, which for
+        // PLAIN is one of the password's.
+        Err(_) if mechanism == "PLAIN" => refuse(
+            &mut state,
+            "the PLAIN message was refused (malformed, or SASLprep failed)".to_owned(),
+        ),
         Err(error) => refuse(&mut state, error.to_string()),
     }
 }

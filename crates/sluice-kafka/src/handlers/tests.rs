@@ -419,6 +419,26 @@ fn requests(round: usize) -> Vec<RequestKind> {
             ]),
         ),
         RequestKind::ListPartitionReassignments(ListPartitionReassignmentsRequest::default()),
+        RequestKind::SaslHandshake(
+            kafka_protocol::messages::SaslHandshakeRequest::default()
+                .with_mechanism(StrBytes::from_static_str("PLAIN")),
+        ),
+        RequestKind::SaslAuthenticate(
+            kafka_protocol::messages::SaslAuthenticateRequest::default()
+                .with_auth_bytes(bytes::Bytes::from_static(b"\0guest\0guest")),
+        ),
+        RequestKind::DescribeUserScramCredentials(
+            kafka_protocol::messages::DescribeUserScramCredentialsRequest::default(),
+        ),
+        RequestKind::AlterUserScramCredentials(
+            kafka_protocol::messages::AlterUserScramCredentialsRequest::default().with_deletions(
+                vec![
+                    kafka_protocol::messages::alter_user_scram_credentials_request::ScramCredentialDeletion::default()
+                        .with_name(StrBytes::from_static_str("guest"))
+                        .with_mechanism(1),
+                ],
+            ),
+        ),
         RequestKind::WriteTxnMarkers(markers_request(7, 0, true, 0)),
         RequestKind::DeleteTopics(
             DeleteTopicsRequest::default()
@@ -433,6 +453,10 @@ fn requests(round: usize) -> Vec<RequestKind> {
 fn api_of(request: &RequestKind) -> ApiKey {
     match request {
         RequestKind::ApiVersions(_) => ApiKey::ApiVersions,
+        RequestKind::SaslHandshake(_) => ApiKey::SaslHandshake,
+        RequestKind::SaslAuthenticate(_) => ApiKey::SaslAuthenticate,
+        RequestKind::DescribeUserScramCredentials(_) => ApiKey::DescribeUserScramCredentials,
+        RequestKind::AlterUserScramCredentials(_) => ApiKey::AlterUserScramCredentials,
         RequestKind::Metadata(_) => ApiKey::Metadata,
         RequestKind::Produce(_) => ApiKey::Produce,
         RequestKind::Fetch(_) => ApiKey::Fetch,

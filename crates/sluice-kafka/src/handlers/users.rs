@@ -2,8 +2,10 @@
 //! the broker's users as Kafka's admin tools see them. The client sends a
 //! salted password, never the password; the broker keeps the stored and
 //! server keys derived from it, as a metadata command that reaches every
-//! node. On a SASL listener only administrators (users tagged
-//! `administrator`) may use them.
+//! node. Only administrators (users tagged `administrator`) logged in on
+//! a SASL listener may use them: these users also log in to the admin API
+//! and AMQP, so an unauthenticated listener (Kafka without an authorizer
+//! would allow it) may not change or list them.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -22,11 +24,11 @@ use sluice_core::{MAX_ITERATIONS, MIN_ITERATIONS, ScramCredential, ScramMechanis
 
 use super::{Context, blocking};
 
-/// Whether the connection may manage users: anyone on a listener without
-/// SASL (Kafka with no authorizer), administrators on one with it.
+/// Whether the connection may manage users: an administrator logged in
+/// on a SASL listener; nobody else.
 fn allowed(context: &Context) -> bool {
     if !context.options.protocol.sasl() || context.inter_node {
-        return true;
+        return false;
     }
     let state = context.sasl.lock().unwrap_or_else(|e| e.into_inner());
     state
@@ -53,9 +55,9 @@ pub(crate) fn describe(
     }
     let users = context.broker.users().list();
     let asked: Vec<String> = match request.users {
-        Some(names) => names.into_iter().map(|u| u.name.to_string()).collect(),
-        // Null: every user with a credential.
-        None => users
+        Some(names) if !names.is_empty() => names.into_iter().map(|u| u.name.to_string()).collect(),
+        // Null or empty: every user with a credential.
+        _ => users
             .iter()
             .filter(|(_, user)| !user.scram.is_empty())
             .map(|(name, _)| name.clone())
@@ -132,7 +134,8 @@ pub(crate) async fn alter(
                     result(
                         name,
                         ResponseError::ClusterAuthorizationFailed,
-                        "only administrators may change users".to_owned(),
+                        "only administrators logged in on a SASL listener may change users"
+                            .to_owned(),
                     )
                 })
                 .collect(),
@@ -236,10 +239,16 @@ pub(crate) async fn alter(
         .filter(|c| !refused.contains_key(&c.user))
         .collect();
     let broker = Arc::clone(&context.broker);
+    let users_changed: Vec<String> = changes.iter().map(|c| c.user.clone()).collect();
     let outcomes = blocking(move || {
+        // A user's changes stop at the first that fails.
+        let mut failed: BTreeSet<String> = BTreeSet::new();
         changes
             .into_iter()
-            .map(|change| {
+            .filter_map(|change| {
+                if failed.contains(&change.user) {
+                    return None;
+                }
                 let credential = change.credential.map(|(salted, salt, iterations)| {
                     ScramCredential::from_salted_password(
                         change.mechanism,
@@ -250,17 +259,32 @@ pub(crate) async fn alter(
                 });
                 let outcome =
                     broker.set_scram_credential(&change.user, change.mechanism, credential);
-                (change.user, outcome)
+                if outcome.is_err() {
+                    failed.insert(change.user.clone());
+                }
+                Some((change.user, outcome))
             })
             .collect::<Vec<_>>()
     })
-    .await
-    .unwrap_or_default();
-    for (user, outcome) in outcomes {
-        if let Err(error) = outcome {
-            refused
-                .entry(user)
-                .or_insert((crate::errors::code(&error), error.to_string()));
+    .await;
+    match outcomes {
+        Some(outcomes) => {
+            for (user, outcome) in outcomes {
+                if let Err(error) = outcome {
+                    refused
+                        .entry(user)
+                        .or_insert((crate::errors::code(&error), error.to_string()));
+                }
+            }
+        }
+        None => {
+            // The work did not finish: nothing may be reported done.
+            for user in users_changed {
+                refused.entry(user).or_insert((
+                    ResponseError::UnknownServerError,
+                    "the change could not be completed".to_owned(),
+                ));
+            }
         }
     }
     AlterUserScramCredentialsResponse::default().with_results(
