@@ -258,26 +258,28 @@ fn scram_well_formed(message: &[u8], client_first: bool) -> bool {
     parts.all(|attribute| attribute.len() >= 2 && attribute[1] == b'=')
 }
 
-/// The answer to a malformed SCRAM message (not handed to the mechanism).
-fn refuse_malformed(
+/// Ends the exchange as failed: the connection closes after `message`
+/// (SASL_AUTHENTICATION_FAILED), and the failure is handed back for the
+/// log and the delay; `reason` goes to the debug log only.
+fn refuse(
     state: &mut SaslState,
     context: &Context,
     mechanism: &str,
+    reason: &str,
+    message: String,
 ) -> (SaslAuthenticateResponse, Option<Failure>) {
-    tracing::debug!(peer = %context.peer, %mechanism, "malformed SCRAM message");
-    state.session = None;
-    state.close = true;
     let user = state
         .named
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone()
         .unwrap_or_default();
+    tracing::debug!(peer = %context.peer, %user, %mechanism, %reason, "Kafka SASL authentication failed");
+    state.session = None;
+    state.close = true;
     let response = SaslAuthenticateResponse::default()
         .with_error_code(ResponseError::SaslAuthenticationFailed.code())
-        .with_error_message(Some(StrBytes::from_string(format!(
-            "Authentication failed: malformed {mechanism} message"
-        ))));
+        .with_error_message(Some(StrBytes::from_string(message)));
     (
         response,
         Some(Failure {
@@ -349,7 +351,13 @@ fn step(
         let first = state.scram_messages == 0;
         state.scram_messages = state.scram_messages.saturating_add(1);
         if !scram_well_formed(&request.auth_bytes, first) {
-            return refuse_malformed(&mut state, context, &mechanism);
+            return refuse(
+                &mut state,
+                context,
+                &mechanism,
+                "malformed SCRAM message",
+                format!("Authentication failed: malformed {mechanism} message"),
+            );
         }
     }
     let Some(session) = state.session.as_mut() else {
@@ -361,27 +369,15 @@ fn step(
         Ok(step) if !step.is_running() => session.validation(),
         _ => None,
     };
-    let refuse = |state: &mut SaslState, reason: String| {
-        let user = state
-            .named
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .unwrap_or_default();
-        tracing::debug!(peer = %context.peer, %user, %mechanism, %reason, "Kafka SASL authentication failed");
-        state.session = None;
-        state.close = true;
-        let response = SaslAuthenticateResponse::default()
-            .with_error_code(ResponseError::SaslAuthenticationFailed.code())
-            .with_error_message(Some(StrBytes::from_string(format!(
+    let deny = |state: &mut SaslState, reason: String| {
+        refuse(
+            state,
+            context,
+            &mechanism,
+            &reason,
+            format!(
                 "Authentication failed during authentication due to invalid credentials with SASL mechanism {mechanism}"
-            ))));
-        (
-            response,
-            Some(Failure {
-                user,
-                mechanism: mechanism.clone(),
-            }),
+            ),
         )
     };
     match stepped {
@@ -400,7 +396,7 @@ fn step(
                     {
                         // KIP-368: re-authentication may not change who the
                         // connection is.
-                        return refuse(
+                        return deny(
                             &mut state,
                             format!("re-authenticated as {name:?}, not {before:?}"),
                         );
@@ -425,10 +421,10 @@ fn step(
                     };
                     (response, None)
                 }
-                Some(Err(reason)) => refuse(&mut state, reason),
+                Some(Err(reason)) => deny(&mut state, reason),
                 // SCRAM ends without validating when the client's proof
                 // does not match the stored key.
-                None => refuse(
+                None => deny(
                     &mut state,
                     "the client's proof does not match (wrong password, or no such user)"
                         .to_owned(),
@@ -437,11 +433,11 @@ fn step(
         }
         // SASLprep's errors quote the offending character, which for
         // PLAIN is one of the password's.
-        Err(_) if mechanism == "PLAIN" => refuse(
+        Err(_) if mechanism == "PLAIN" => deny(
             &mut state,
             "the PLAIN message was refused (malformed, or SASLprep failed)".to_owned(),
         ),
-        Err(error) => refuse(&mut state, error.to_string()),
+        Err(error) => deny(&mut state, error.to_string()),
     }
 }
 
