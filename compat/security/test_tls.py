@@ -13,6 +13,7 @@ test cannot pass because the client gave up on its own.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -26,6 +27,7 @@ import pika.exceptions
 import pytest
 from confluent_kafka import KafkaError
 
+from common.broker import broker_binary, child_env
 from common.wire import request_frame, wait_closed
 from support import (
     api,
@@ -217,6 +219,18 @@ def test_the_admin_api_over_https(own_broker, pki):
     untrusted = subprocess.run(["curl", "--silent", "--max-time", "15", "-u", "guest:guest", url],
                                capture_output=True, text=True, timeout=30)
     assert untrusted.returncode == 60, untrusted.returncode  # CURLE_PEER_FAILED_VERIFICATION
+
+    # The sluice CLI over HTTPS, trusting the suite's CA with --cacert
+    # (or SLUICE_CACERT); without it the public roots do not know the CA.
+    cli = [str(broker_binary()), "users", "--http", f"https://127.0.0.1:{broker.http_port}",
+           "--output", "json", "list"]
+    trusted = subprocess.run([*cli, "--cacert", str(pki.ca_file)], capture_output=True, text=True,
+                             timeout=30, env=child_env(), stdin=subprocess.DEVNULL)
+    assert trusted.returncode == 0, trusted.stderr
+    assert "guest" in {user["name"] for user in json.loads(trusted.stdout)}
+    refused = subprocess.run(cli, capture_output=True, text=True, timeout=30, env=child_env(),
+                             stdin=subprocess.DEVNULL)
+    assert refused.returncode != 0 and "guest" not in refused.stdout, refused
 
 
 # --- certificate reloads -------------------------------------------------------------

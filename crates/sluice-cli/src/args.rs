@@ -33,6 +33,16 @@ pub struct ApiArgs {
         value_parser = parse_credentials
     )]
     pub(crate) user: Credentials,
+    /// PEM CA certificates to trust for an https:// admin API (default:
+    /// the public web roots).
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "SLUICE_CACERT",
+        hide_env_values = true
+    )]
+    pub(crate) cacert: Option<std::path::PathBuf>,
     /// `table` for people, `json` for scripts (the API's JSON).
     #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
     pub(crate) output: Output,
@@ -72,17 +82,18 @@ pub enum Output {
     Json,
 }
 
-/// `http://host:port[/]`, `host:port` or `:port`; HTTPS is refused, the
-/// admin API speaks plain HTTP.
+/// `http://host:port[/]`, `https://host:port[/]` (a listener with
+/// `http.tls`), `host:port` or `:port`.
 fn parse_http(text: &str) -> Result<HttpAddress, String> {
-    let rest = match text.split_once("://") {
-        Some(("http", rest)) => rest,
+    let (scheme, rest) = match text.split_once("://") {
+        Some(("http", rest)) => ("http", rest),
+        Some(("https", rest)) => ("https", rest),
         Some((scheme, _)) => {
             return Err(format!(
-                "the admin API speaks plain http, not {scheme}: use http://HOST:PORT"
+                "the admin API speaks http or https, not {scheme}: use http://HOST:PORT"
             ));
         }
-        None => text,
+        None => ("http", text),
     };
     let address = rest.trim_end_matches('/');
     if address.contains('/') || address.contains('?') || address.contains('@') {
@@ -101,11 +112,13 @@ fn parse_http(text: &str) -> Result<HttpAddress, String> {
     }
     let address = if port_ok {
         address
+    } else if scheme == "https" {
+        format!("{address}:443")
     } else {
         format!("{address}:80")
     };
     Ok(HttpAddress {
-        base: format!("http://{address}"),
+        base: format!("{scheme}://{address}"),
         address,
     })
 }
@@ -179,7 +192,15 @@ mod tests {
             parse_http("http://broker").map(|a| a.address),
             Ok("broker:80".to_owned())
         );
-        assert!(parse_http("https://x:1").is_err());
+        assert_eq!(
+            parse_http("https://x:1").map(|a| a.base),
+            Ok("https://x:1".to_owned())
+        );
+        assert_eq!(
+            parse_http("https://broker").map(|a| a.address),
+            Ok("broker:443".to_owned())
+        );
+        assert!(parse_http("ftp://x:1").is_err());
         assert!(parse_http("http://x:1/api").is_err());
         assert!(parse_http("x:notaport").is_err());
         assert!(parse_http("").is_err());

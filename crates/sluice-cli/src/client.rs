@@ -45,6 +45,30 @@ impl Method {
     }
 }
 
+/// The certificates of the PEM file `path` as TLS roots; `None` (after
+/// saying why on stderr) when it cannot be read or holds none, so the
+/// request fails on the untrusted certificate with the usual message.
+fn trusted_roots(path: &std::path::Path) -> Option<ureq::tls::RootCerts> {
+    let pem = match std::fs::read(path) {
+        Ok(pem) => pem,
+        Err(error) => {
+            eprintln!("warning: cannot read --cacert {}: {error}", path.display());
+            return None;
+        }
+    };
+    let certificates: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(&pem)
+        .filter_map(|item| match item {
+            Ok(ureq::tls::PemItem::Certificate(certificate)) => Some(certificate),
+            _ => None,
+        })
+        .collect();
+    if certificates.is_empty() {
+        eprintln!("warning: --cacert {} holds no certificate", path.display());
+        return None;
+    }
+    Some(certificates.into())
+}
+
 /// A connection to one broker's admin API.
 #[derive(Debug)]
 pub(crate) struct Api {
@@ -59,12 +83,17 @@ pub(crate) struct Api {
 
 impl Api {
     pub(crate) fn new(args: &ApiArgs) -> Api {
+        let mut tls = ureq::tls::TlsConfig::builder();
+        if let Some(roots) = args.cacert.as_deref().and_then(trusted_roots) {
+            tls = tls.root_certs(roots);
+        }
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .proxy(None)
             .timeout_connect(Some(CONNECT_TIMEOUT))
             .timeout_global(Some(REQUEST_TIMEOUT))
             .user_agent(concat!("sluice-cli/", env!("CARGO_PKG_VERSION")))
+            .tls_config(tls.build())
             .build();
         let credentials = format!("{}:{}", args.user.name, args.user.password);
         Api {

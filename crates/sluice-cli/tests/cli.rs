@@ -1104,7 +1104,9 @@ fn exit_codes_tell_scripts_what_went_wrong() -> anyhow::Result<()> {
     sluice(&broker, &["topics", "frobnicate"])?.code(2)?;
     sluice(&broker, &["topics", "list", "--output", "yaml"])?.code(2)?;
     sluice(&broker, &["status", "--user", "no-colon"])?.code(2)?;
-    run(command(&["status", "--http", "https://127.0.0.1:1"]), b"")?.code(2)?;
+    // https:// is taken (a listener with http.tls); other schemes are not.
+    run(command(&["status", "--http", "ftp://127.0.0.1:1"]), b"")?.code(2)?;
+    run(command(&["status", "--http", "https://127.0.0.1:1"]), b"")?.code(3)?;
 
     for (port, protocol) in [(broker.amqp_port, "AMQP"), (broker.kafka_port, "Kafka")] {
         let address = format!("127.0.0.1:{port}");

@@ -18,9 +18,9 @@ use crate::error::ConfigError;
 use crate::model::{Config, KEYS, SECRET_KEYS, env_var_name, key_doc, redact};
 
 /// Environment variables that start with `SLUICE_` but are not config keys.
-/// `SLUICE_LOG` is the tracing filter; `SLUICE_HTTP` and
+/// `SLUICE_LOG` is the tracing filter; `SLUICE_HTTP`, `SLUICE_CACERT` and
 /// `SLUICE_CREDENTIALS` tell the CLI commands (`sluice topics`, …) where the
-/// admin API is and who to be, and may be exported in a shell that also
+/// admin API is, which CA to trust and who to be, and may be exported in a shell that also
 /// starts the broker. `SLUICE_TEST_QUORUM_REBUILD_PAUSE_MS` and
 /// `SLUICE_TEST_APPEND_PAUSE` are fault injection for the cluster tests
 /// (docs/cluster.md).
@@ -28,6 +28,7 @@ pub const NON_CONFIG_ENV_VARS: &[&str] = &[
     "SLUICE_LOG",
     "SLUICE_HTTP",
     "SLUICE_CREDENTIALS",
+    "SLUICE_CACERT",
     "SLUICE_TEST_QUORUM_REBUILD_PAUSE_MS",
     "SLUICE_TEST_APPEND_PAUSE",
 ];
