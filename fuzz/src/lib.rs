@@ -93,7 +93,7 @@ pub fn harness() -> &'static Harness {
                         advertised_port: address.port(),
                         listener_name: protocol.name().to_owned(),
                         protocol,
-                        tls: Some(Arc::clone(&tls)),
+                        tls: protocol.tls().then(|| Arc::clone(&tls)),
                         ..options.clone()
                     },
                     stopped.clone(),

@@ -85,15 +85,10 @@ pub async fn serve(
         let tls = tls.clone();
         tasks.spawn(
             async move {
-                let stream = match tls {
-                    None => ServerStream::Plain(stream),
-                    Some(tls) => match tls.accept(stream).await {
-                        Ok(stream) => ServerStream::Tls(Box::new(stream)),
-                        Err(error) => {
-                            sluice_tls::log_handshake_failure(&error, "amqps", peer);
-                            return;
-                        }
-                    },
+                let Some(stream) =
+                    ServerStream::accept(stream, tls.as_deref(), "amqps", peer).await
+                else {
+                    return;
                 };
                 match Connection::run(registration, stream, peer, broker, options, shutdown).await {
                     Ok(()) => tracing::debug!("connection closed"),

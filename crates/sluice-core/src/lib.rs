@@ -281,6 +281,19 @@ impl BrokerOptions {
     }
 }
 
+/// [`CoreError::InvalidConfig`] unless `name` may name a user.
+fn check_user_name(name: &str) -> Result<(), CoreError> {
+    if valid_user_name(name) {
+        return Ok(());
+    }
+    Err(CoreError::InvalidConfig {
+        key: "name".to_owned(),
+        reason: format!(
+            "{name:?} is not a user name (1 to 255 bytes, no ':' and no control characters)"
+        ),
+    })
+}
+
 /// Caps on what clients may open; `None` is no cap (the default, for
 /// tests; the binary takes its caps from the `[limits]` config section).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -977,14 +990,7 @@ impl Broker {
         user: UserRecord,
         create_only: bool,
     ) -> Result<(), CoreError> {
-        if !valid_user_name(name) {
-            return Err(CoreError::InvalidConfig {
-                key: "name".to_owned(),
-                reason: format!(
-                    "{name:?} is not a user name (1 to 255 bytes, no ':' and no control characters)"
-                ),
-            });
-        }
+        check_user_name(name)?;
         tracing::info!(user = %name, "user changed");
         self.topics
             .metadata()
@@ -1021,12 +1027,7 @@ impl Broker {
         mechanism: ScramMechanism,
         credential: Option<ScramCredential>,
     ) -> Result<(), CoreError> {
-        if !valid_user_name(name) {
-            return Err(CoreError::InvalidConfig {
-                key: "name".to_owned(),
-                reason: format!("{name:?} is not a user name"),
-            });
-        }
+        check_user_name(name)?;
         tracing::info!(user = %name, mechanism = mechanism.name(), removed = credential.is_none(), "SCRAM credential changed");
         self.topics
             .metadata()

@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use rand::RngCore as _;
@@ -196,6 +196,11 @@ impl UserRecord {
         }
     }
 
+    /// Whether the user carries `tag`.
+    pub fn has_tag(&self, tag: &str) -> bool {
+        self.tags.iter().any(|t| t == tag)
+    }
+
     /// The same user with `password` instead.
     pub fn with_new_password(&self, password: &str) -> Self {
         UserRecord::with_password(password, self.tags.clone(), self.loopback_only)
@@ -273,32 +278,25 @@ impl Users {
         self.bootstrapped.load(Ordering::Acquire)
     }
 
+    /// The users that answer now: the metadata's, or the configuration's
+    /// until the metadata took them.
+    fn current(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, UserRecord>> {
+        let table = if self.bootstrapped() {
+            &self.records
+        } else {
+            &self.bootstrap
+        };
+        table.read().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The user `name`, if any.
     pub fn get(&self, name: &str) -> Option<UserRecord> {
-        if !self.bootstrapped() {
-            return self
-                .bootstrap
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(name)
-                .cloned();
-        }
-        self.records
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-            .cloned()
+        self.current().get(name).cloned()
     }
 
     /// Every user, by name.
     pub fn list(&self) -> BTreeMap<String, UserRecord> {
-        if !self.bootstrapped() {
-            return self.bootstrap_users();
-        }
-        self.records
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.current().clone()
     }
 
     /// The user `name` when `password` is theirs and they may log in from
@@ -408,6 +406,27 @@ impl Users {
     /// what slows password guessing).
     pub fn disable_failure_delay(&self) {
         self.no_failure_delay.store(true, Ordering::Relaxed);
+    }
+
+    /// [`Users::authenticate`] from an async task: the first check of a
+    /// password runs PBKDF2, off the async threads.
+    pub async fn authenticate_async(
+        self: &Arc<Self>,
+        name: String,
+        password: String,
+        peer: IpAddr,
+    ) -> Option<Principal> {
+        let users = Arc::clone(self);
+        tokio::task::spawn_blocking(move || users.authenticate(&name, &password, peer))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// A refused login: noted and logged as [`Users::login_failed`], then
+    /// the wait it sets before the refusal is answered.
+    pub async fn login_refused(&self, peer: IpAddr, user: &str, via: &str) {
+        tokio::time::sleep(self.login_failed(peer, user, via)).await;
     }
 
     /// The SCRAM credential of `name` for `mechanism`.

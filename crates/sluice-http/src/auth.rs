@@ -28,12 +28,11 @@ pub(crate) async fn require_user(
         .and_then(basic_credentials);
     let principal = match credentials.clone() {
         Some((name, password)) => {
-            // PBKDF2 (first use of a password): off the async threads.
-            let users = std::sync::Arc::clone(shared.broker.users());
-            tokio::task::spawn_blocking(move || users.authenticate(&name, &password, peer.ip()))
+            shared
+                .broker
+                .users()
+                .authenticate_async(name, password, peer.ip())
                 .await
-                .ok()
-                .flatten()
         }
         None => None,
     };
@@ -41,8 +40,6 @@ pub(crate) async fn require_user(
         if let Err(reason) = permitted(&principal, request.method(), request.uri().path()) {
             return ApiError::new(ErrorCode::Forbidden, reason).into_response();
         }
-        let mut request = request;
-        request.extensions_mut().insert(principal);
         return next.run(request).await;
     }
     let from_ui = request.headers().contains_key(UI_CLIENT_HEADER);
@@ -50,11 +47,11 @@ pub(crate) async fn require_user(
         // A request without credentials is the usual first step of a
         // browser or client; wrong ones are worth an operator's look, and
         // a wait.
-        let delay = shared
+        shared
             .broker
             .users()
-            .login_failed(peer.ip(), user, "http basic");
-        tokio::time::sleep(delay).await;
+            .login_refused(peer.ip(), user, "http basic")
+            .await;
     }
     let message = if credentials.is_some() {
         "wrong user name or password, or the user may log in only from loopback"

@@ -205,14 +205,7 @@ impl Connection {
                     return Err(ConnectionError::WrongProtocol { protocol });
                 }
                 let size = i32::from_be_bytes(size);
-                let limit = if context.options.protocol.sasl()
-                    && !context.inter_node
-                    && !context
-                        .sasl
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .authenticated()
-                {
+                let limit = if context.sasl_gated() && !context.sasl_state().authenticated() {
                     // Before a client logged in, Kafka's
                     // sasl.server.max.receive.size: no unauthenticated
                     // client reserves 100 MiB.
@@ -240,12 +233,7 @@ impl Connection {
                     // The writer stopped on an error of its own.
                     return Ok(());
                 }
-                if context
-                    .sasl
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .must_close()
-                {
+                if context.sasl_gated() && context.sasl_state().must_close() {
                     // A failed authentication: its answer goes out, then
                     // the connection closes, as Kafka's does.
                     return Ok(());
@@ -282,14 +270,7 @@ async fn handle(context: &Context, mut body: Bytes) -> Result<Outcome, Connectio
         // other API: the client should have asked ApiVersions first.
         return Err(ConnectionError::UnsupportedVersion { api, version });
     }
-    if context.options.protocol.sasl()
-        && !context.inter_node
-        && !context
-            .sasl
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .admits(api)
-    {
+    if context.sasl_gated() && !context.sasl_state().admits(api) {
         return Err(ConnectionError::Unauthenticated {
             api,
             protocol: context.options.protocol.name(),

@@ -97,7 +97,8 @@ pub struct KafkaOptions {
     pub protocol: SecurityProtocol,
     /// SASL settings, for the SASL protocols.
     pub sasl: SaslOptions,
-    /// The TLS configuration, for the TLS protocols.
+    /// The TLS configuration: set for the TLS protocols only, and every
+    /// connection of the listener goes through its handshake.
     pub tls: Option<Arc<sluice_tls::Tls>>,
 }
 
@@ -185,16 +186,11 @@ fn spawn_connection(
     let shutdown = shutdown.clone();
     broker.tasks().spawn(
         async move {
-            let tls = options.tls.as_ref().filter(|_| options.protocol.tls() && !inter_node);
-            let stream = match tls {
-                None => ServerStream::Plain(stream),
-                Some(tls) => match tls.accept(stream).await {
-                    Ok(stream) => ServerStream::Tls(Box::new(stream)),
-                    Err(error) => {
-                        sluice_tls::log_handshake_failure(&error, &options.listener_name, peer);
-                        return;
-                    }
-                },
+            let Some(stream) =
+                ServerStream::accept(stream, options.tls.as_deref(), &options.listener_name, peer)
+                    .await
+            else {
+                return;
             };
             let connection = Connection::new(
                 stream,

@@ -234,9 +234,25 @@ impl ServerStream {
         }
     }
 
-    /// Whether it is TLS.
-    pub fn is_tls(&self) -> bool {
-        matches!(self, ServerStream::Tls(_))
+    /// An accepted connection as its listener serves it: through the TLS
+    /// handshake when the listener has `tls`, as it is otherwise. `None`
+    /// when the handshake failed (logged, as [`log_handshake_failure`]).
+    pub async fn accept(
+        stream: TcpStream,
+        tls: Option<&Tls>,
+        listener: &str,
+        peer: std::net::SocketAddr,
+    ) -> Option<ServerStream> {
+        let Some(tls) = tls else {
+            return Some(ServerStream::Plain(stream));
+        };
+        match tls.accept(stream).await {
+            Ok(stream) => Some(ServerStream::Tls(Box::new(stream))),
+            Err(error) => {
+                log_handshake_failure(&error, listener, peer);
+                None
+            }
+        }
     }
 }
 

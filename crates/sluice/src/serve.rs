@@ -515,6 +515,19 @@ async fn start_kafka(
     // Validated by the configuration.
     let main_protocol =
         SecurityProtocol::parse(&config.security_protocol).unwrap_or(SecurityProtocol::Plaintext);
+    // What every listener shares; as it stands, the options of other
+    // nodes' connections on the inter-node link (no SASL, no TLS of the
+    // client listeners), which each listener overrides below.
+    let base = KafkaOptions {
+        advertised_host: String::new(),
+        advertised_port: 0,
+        node_id: broker.node_id(),
+        max_request_bytes: usize::try_from(config.max_request_bytes.bytes()).unwrap_or(usize::MAX),
+        listener_name: main_protocol.name().to_owned(),
+        protocol: SecurityProtocol::Plaintext,
+        sasl,
+        tls: None,
+    };
     let mut specs = vec![(
         main_protocol,
         config.listen.as_str().to_owned(),
@@ -550,13 +563,10 @@ async fn start_kafka(
         let options = KafkaOptions {
             advertised_host: advertised_host.clone(),
             advertised_port,
-            node_id: broker.node_id(),
-            max_request_bytes: usize::try_from(config.max_request_bytes.bytes())
-                .unwrap_or(usize::MAX),
             listener_name: name.clone(),
             protocol,
-            sasl: sasl.clone(),
             tls: tls.filter(|_| protocol.tls()).cloned(),
+            ..base.clone()
         };
         let entry = listeners.get_or_insert_with(|| KafkaListeners {
             bound,
@@ -584,13 +594,7 @@ async fn start_kafka(
         let options = KafkaOptions {
             advertised_host: listeners.host.clone(),
             advertised_port: listeners.port,
-            node_id: broker.node_id(),
-            max_request_bytes: usize::try_from(config.max_request_bytes.bytes())
-                .unwrap_or(usize::MAX),
-            listener_name: main_protocol.name().to_owned(),
-            protocol: SecurityProtocol::Plaintext,
-            sasl,
-            tls: None,
+            ..base
         };
         let stopping = lifecycle.stopping();
         lifecycle.serve(sluice_kafka::serve_streams(

@@ -69,17 +69,12 @@ impl Connection {
             .is_some_and(|v| matches!(v, AMQPValue::Boolean(true)));
         let credentials = self.credentials(&start_ok);
         let accepted = match credentials.clone() {
-            Some((user, password)) => {
-                // PBKDF2 (first use of a password): off the async threads.
-                let users = std::sync::Arc::clone(self.broker.users());
-                let peer = self.peer.ip();
-                tokio::task::spawn_blocking(move || {
-                    users.authenticate(&user, &password, peer).map(|_| user)
-                })
+            Some((user, password)) => self
+                .broker
+                .users()
+                .authenticate_async(user, password, self.peer.ip())
                 .await
-                .ok()
-                .flatten()
-            }
+                .map(|principal| principal.name),
             None => None,
         };
         let Some(user) = accepted else {
@@ -93,12 +88,14 @@ impl Connection {
             // The user name (never the password) tells the operator whose
             // login failed; an unreadable response has none.
             let user = credentials.map_or_else(|| "(unreadable)".to_owned(), |(user, _)| user);
-            let delay = self.broker.users().login_failed(
-                self.peer.ip(),
-                &user,
-                &format!("amqp {}", start_ok.mechanism.as_str()),
-            );
-            tokio::time::sleep(delay).await;
+            self.broker
+                .users()
+                .login_refused(
+                    self.peer.ip(),
+                    &user,
+                    &format!("amqp {}", start_ok.mechanism.as_str()),
+                )
+                .await;
             self.queue_close();
             return Ok(false);
         };

@@ -51,6 +51,18 @@ pub(crate) struct Context {
 }
 
 impl Context {
+    /// Whether the connection must log in with SASL (a SASL listener's
+    /// client; other nodes on the inter-node link never do). Only these
+    /// connections touch their [`sasl::SaslState`] per request.
+    pub(crate) fn sasl_gated(&self) -> bool {
+        self.options.protocol.sasl() && !self.inter_node
+    }
+
+    /// The connection's SASL state, locked.
+    pub(crate) fn sasl_state(&self) -> std::sync::MutexGuard<'_, sasl::SaslState> {
+        self.sasl.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub(crate) fn host(&self) -> StrBytes {
         StrBytes::from_string(self.options.advertised_host.clone())
     }

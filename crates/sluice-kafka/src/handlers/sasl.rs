@@ -55,12 +55,11 @@ impl SessionCallback for Users {
         let Some(mechanism) = ScramMechanism::parse(session.mechanism().mechanism.as_str()) else {
             return Ok(());
         };
-        if let Some(name) = context.get_ref::<AuthId>() {
-            *self.named.lock().unwrap_or_else(|e| e.into_inner()) = Some(name.to_owned());
-        }
-        if let Some(name) = context.get_ref::<AuthId>()
-            && let Some(credential) = self.broker.users().scram(name, mechanism)
-        {
+        let Some(name) = context.get_ref::<AuthId>() else {
+            return Ok(());
+        };
+        *self.named.lock().unwrap_or_else(|e| e.into_inner()) = Some(name.to_owned());
+        if let Some(credential) = self.broker.users().scram(name, mechanism) {
             request.satisfy::<ScramStoredPassword<'_>>(&ScramStoredPassword::new(
                 credential.iterations,
                 &credential.salt,
@@ -164,10 +163,6 @@ impl SaslState {
 /// The connection's shared authentication state.
 pub(crate) type SharedSasl = Arc<Mutex<SaslState>>;
 
-fn lock(context: &Context) -> std::sync::MutexGuard<'_, SaslState> {
-    context.sasl.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 pub(crate) fn handshake(
     context: &Context,
     request: SaslHandshakeRequest,
@@ -183,7 +178,7 @@ pub(crate) fn handshake(
         // Kafka's answer on a listener without SASL.
         return response.with_error_code(ResponseError::IllegalSaslState.code());
     }
-    let mut state = lock(context);
+    let mut state = context.sasl_state();
     let wanted = request.mechanism.as_str();
     if version == 0 {
         // v0 is followed by bare SASL tokens outside Kafka's framing;
@@ -305,19 +300,21 @@ pub(crate) async fn authenticate(
     let Ok((response, failure)) =
         tokio::task::spawn_blocking(move || step(&stepping, request, version)).await
     else {
-        lock(context).close = true;
+        context.sasl_state().close = true;
         return SaslAuthenticateResponse::default()
             .with_error_code(ResponseError::SaslAuthenticationFailed.code())
             .with_error_message(Some(StrBytes::from_static_str("Authentication failed")));
     };
     if let Some(failure) = failure {
-        let peer = peer_ip(context);
-        let delay = context.broker.users().login_failed(
-            peer,
-            &failure.user,
-            &format!("kafka SASL {}", failure.mechanism),
-        );
-        tokio::time::sleep(delay).await;
+        context
+            .broker
+            .users()
+            .login_refused(
+                peer_ip(context),
+                &failure.user,
+                &format!("kafka SASL {}", failure.mechanism),
+            )
+            .await;
     }
     response
 }
@@ -335,7 +332,7 @@ fn step(
     request: SaslAuthenticateRequest,
     version: i16,
 ) -> (SaslAuthenticateResponse, Option<Failure>) {
-    let mut state = lock(context);
+    let mut state = context.sasl_state();
     let response = SaslAuthenticateResponse::default();
     let mechanism = state.mechanism.clone().unwrap_or_default();
     if state.session.is_none() {

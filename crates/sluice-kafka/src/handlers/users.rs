@@ -27,14 +27,14 @@ use super::{Context, blocking};
 /// Whether the connection may manage users: an administrator logged in
 /// on a SASL listener; nobody else.
 fn allowed(context: &Context) -> bool {
-    if !context.options.protocol.sasl() || context.inter_node {
+    if !context.sasl_gated() {
         return false;
     }
-    let state = context.sasl.lock().unwrap_or_else(|e| e.into_inner());
-    state
+    context
+        .sasl_state()
         .principal_name()
         .and_then(|name| context.broker.users().get(name))
-        .is_some_and(|user| user.tags.iter().any(|t| t == "administrator"))
+        .is_some_and(|user| user.has_tag("administrator"))
 }
 
 fn message(text: impl Into<String>) -> Option<StrBytes> {
