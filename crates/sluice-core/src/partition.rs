@@ -470,8 +470,18 @@ impl Partition {
     /// derives it from its log).
     pub(crate) fn resume_high_watermark(&self, checkpointed: Offset) {
         if let Some(replication) = &self.replication {
-            replication.resume(checkpointed, self.own_end());
+            replication.resume(checkpointed, self.own_end(), self.log.log_end());
         }
+    }
+
+    /// Whether this node's offsets can be answered: false on a new
+    /// leader whose high watermark has not yet reached the log end it took
+    /// the lead with (Kafka then answers ListOffsets with
+    /// OFFSET_NOT_AVAILABLE, so the end a client sees never goes back).
+    pub fn offsets_settled(&self) -> bool {
+        self.replication
+            .as_ref()
+            .is_none_or(crate::replication::Replication::caught_up_to_lead)
     }
 
     /// The newest leader epoch in the log.
@@ -702,7 +712,7 @@ impl Partition {
         if let Some(replication) = &self.replication {
             let _leadership = self.leadership.lock().unwrap_or_else(|e| e.into_inner());
             self.leader_epoch.fetch_max(epoch, Ordering::AcqRel);
-            replication.change_leader(leader, in_sync, self.own_end());
+            replication.change_leader(leader, in_sync, self.own_end(), self.log.log_end());
             tracing::info!(topic = %self.topic, partition = %self.id, leader, epoch, "partition leader changed");
             self.appended.notify_waiters();
         }

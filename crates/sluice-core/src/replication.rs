@@ -12,7 +12,7 @@
 //! caught up for `replica.lag.time.max.ms` and a grow for one that has.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -40,6 +40,11 @@ pub(crate) struct Replication {
     state: Mutex<State>,
     /// The replicated high watermark; only moves forward.
     high_watermark: watch::Sender<i64>,
+    /// On the leader: its log end when it took the lead (Kafka's leader
+    /// epoch start offset). Until the high watermark reaches it, offsets
+    /// are not answered (OFFSET_NOT_AVAILABLE), or a client could see the
+    /// end go back from what the former leader acknowledged.
+    leader_start: AtomicI64,
     /// Wakes blocking waiters when the high watermark moves.
     moved: (Mutex<()>, Condvar),
     /// Wakes followers' fetches waiting on the leader for new data, as
@@ -118,6 +123,7 @@ impl Replication {
                 followers,
             }),
             high_watermark: watch::Sender::new(high_watermark.get()),
+            leader_start: AtomicI64::new(0),
             moved: (Mutex::new(()), Condvar::new()),
             written: Notify::new(),
             shrinks: AtomicU64::new(0),
@@ -127,8 +133,18 @@ impl Replication {
 
     /// A new leader (this node or another): followers start over; waiters
     /// for the high watermark are woken (a demoted leader's fail).
-    pub(crate) fn change_leader(&self, leader: i32, in_sync: Vec<i32>, own_end: Offset) {
+    /// `log_end` is this node's log end, where a new leader's epoch starts.
+    pub(crate) fn change_leader(
+        &self,
+        leader: i32,
+        in_sync: Vec<i32>,
+        own_end: Offset,
+        log_end: Offset,
+    ) {
         self.leader.store(leader, Ordering::Release);
+        if leader == self.node {
+            self.leader_start.store(log_end.get(), Ordering::Release);
+        }
         {
             let mut state = self.state();
             state.followers = fresh_followers(&state.replicas, leader);
@@ -281,13 +297,21 @@ impl Replication {
         Offset::from(*self.high_watermark.borrow())
     }
 
+    /// Whether the high watermark reached where this leader's epoch
+    /// started (always true on a follower, which answers no client).
+    pub(crate) fn caught_up_to_lead(&self) -> bool {
+        !self.is_leader()
+            || self.high_watermark().get() >= self.leader_start.load(Ordering::Acquire)
+    }
+
     /// At start: the high watermark this node checkpointed, as far as its
     /// log reaches (Kafka reads its replication-offset-checkpoint), so a
     /// restarted leader serves what was committed before its followers
     /// fetch again.
-    pub(crate) fn resume(&self, checkpointed: Offset, own_end: Offset) {
+    pub(crate) fn resume(&self, checkpointed: Offset, own_end: Offset, log_end: Offset) {
         self.advance(checkpointed.min(own_end));
         if self.is_leader() {
+            self.leader_start.store(log_end.get(), Ordering::Release);
             // A leader alone in sync has its own end as high watermark.
             self.recompute(own_end);
         }
@@ -537,10 +561,27 @@ mod tests {
         assert!(answered.iter().all(|r| *r == Reached::Yes), "{answered:?}");
         assert_eq!(replication.high_watermark(), Offset::from(20_000));
         // A former leader's waiters learn it at once.
-        replication.change_leader(2, vec![2], Offset::from(20_000));
+        replication.change_leader(2, vec![2], Offset::from(20_000), Offset::from(20_000));
         let late =
             runtime.block_on(replication.reached(Offset::from(30_000), Duration::from_secs(20)));
         assert_eq!(late, Reached::NoLongerLeader(2));
+    }
+    /// A new leader whose high watermark lags the log end it took the
+    /// lead with answers no offsets until its followers caught up there:
+    /// a client would otherwise see the end go back from what the former
+    /// leader acknowledged.
+    #[test]
+    fn a_new_leader_answers_offsets_once_its_high_watermark_reaches_its_start() {
+        let replication = Replication::new(1, vec![1, 2, 3], 2, vec![1, 2, 3], Offset::from(2));
+        assert!(replication.caught_up_to_lead(), "a follower never waits");
+        replication.change_leader(1, vec![1, 2, 3], Offset::from(3), Offset::from(3));
+        assert_eq!(replication.high_watermark(), Offset::from(2));
+        assert!(!replication.caught_up_to_lead());
+        replication.fetched(2, Offset::from(3), Offset::from(3), Offset::from(3));
+        assert!(!replication.caught_up_to_lead(), "node 3 is in sync too");
+        replication.fetched(3, Offset::from(3), Offset::from(3), Offset::from(3));
+        assert_eq!(replication.high_watermark(), Offset::from(3));
+        assert!(replication.caught_up_to_lead());
     }
     /// A follower whose log goes past the leader's (a former leader back
     /// before it truncated) is not counted: the high watermark stays, and
@@ -677,7 +718,7 @@ mod tests {
         moved.fetched(3, Offset::from(10), Offset::from(10), Offset::from(10));
         assert!(moved.wanted_in_sync(Duration::from_secs(30)).is_some());
         moved.unanswered(vec![1, 2, 3], vec![1, 3]);
-        moved.change_leader(1, vec![1, 3], Offset::from(10));
+        moved.change_leader(1, vec![1, 3], Offset::from(10), Offset::from(10));
         std::thread::sleep(Duration::from_millis(300));
         moved.fetched(3, Offset::from(20), Offset::from(20), Offset::from(20));
         assert_eq!(moved.wanted_in_sync(Duration::from_millis(200)), None);

@@ -48,6 +48,12 @@ pub(crate) async fn handle(
                         {
                             return answer.with_error_code(error.code());
                         }
+                        // A new leader until its high watermark reaches
+                        // where its epoch began (Kafka's KAFKA-7395 rule).
+                        if !partition.offsets_settled() {
+                            return answer
+                                .with_error_code(ResponseError::OffsetNotAvailable.code());
+                        }
                         let answer = answer.with_leader_epoch(if version >= 4 {
                             partition.leader_epoch().get()
                         } else {
