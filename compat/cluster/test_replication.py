@@ -32,8 +32,9 @@ from common.broker import wait_until
 from common.cluster import running_cluster
 from test_kafka_cluster import admin, consume_all, layout, produce
 
-def create_replicated(bootstrap: str, topic: str, partitions: int, replicas: int, config=None) -> None:
-    client = AdminClient({"bootstrap.servers": bootstrap})
+def create_replicated(bootstrap: str, topic: str, partitions: int, replicas: int, config=None,
+                      client_config=None) -> None:
+    client = AdminClient({"bootstrap.servers": bootstrap, **(client_config or {})})
     futures = client.create_topics(
         [NewTopic(topic, partitions, replicas, config=config or {})], operation_timeout=15
     )

@@ -151,3 +151,103 @@ def test_scram_credentials_set_through_one_node_and_a_deletion_through_another_r
     wait_until(lambda: not sasl_login_works(sasl1, "dave", "d4ve-pw", "SCRAM-SHA-256"), 30,
                what="dave's login to stop working on node 1")
     assert call(node1, "GET", "/api/users/dave")[0] == 404
+
+
+# --- Kafka ACLs ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def acl_cluster(tmp_path_factory):
+    """Three nodes with `kafka.acls` on, each with a SASL_PLAINTEXT listener."""
+    cluster = Cluster(tmp_path_factory.mktemp("acls"), 3, "cluster[acls]")
+    cluster.sasl_ports = {}
+    for node_id, node in enumerate(cluster.nodes, start=1):
+        port = free_port()
+        cluster.sasl_ports[node_id] = port
+        node.settings["kafka.listeners"] = f"SASL_PLAINTEXT://127.0.0.1:{port}"
+        node.settings["kafka.acls"] = "true"
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def admin_result(config: dict, method: str, *args):
+    """The result of an admin call (a list for several futures), the
+    client kept until it came."""
+    client = AdminClient(config)
+    answer = getattr(client, method)(*args)
+    futures = list(answer.values()) if isinstance(answer, dict) else [answer]
+    results = [future.result(timeout=30) for future in futures]
+    return results[0] if len(results) == 1 else results
+
+
+def produce_codes(config: dict, topic: str, count: int) -> list:
+    """Each record's delivery error (None: acknowledged by all in sync)."""
+    producer = Producer({**config, "acks": "all", "message.timeout.ms": 20000})
+    outcomes = []
+    for i in range(count):
+        producer.produce(topic, f"r{i}".encode(), partition=i % 3,
+                         on_delivery=lambda err, _msg: outcomes.append(err and err.code()))
+    producer.flush(30)
+    return outcomes
+
+
+def test_acls_made_through_one_node_authorize_on_every_node_and_replication_needs_none(acl_cluster, name):
+    from confluent_kafka import KafkaError
+    from confluent_kafka.admin import (AclBinding, AclBindingFilter, AclOperation, AclPermissionType,
+                                       ResourcePatternType, ResourceType)
+
+    node1, node2, node3 = acl_cluster.nodes
+    ports = acl_cluster.sasl_ports
+    for user, password in (("dana", "d4na-pw"), ("erin", "3rin-pw")):
+        assert call(node1, "PUT", f"/api/users/{user}", {"password": password})[0] == 201
+    # guest (an administrator, from loopback) passes every check.
+    guest = {i: sasl_config(port, "guest", "guest", "SCRAM-SHA-512") for i, port in ports.items()}
+    dana = {i: sasl_config(port, "dana", "d4na-pw", "SCRAM-SHA-512") for i, port in ports.items()}
+    erin = {i: sasl_config(port, "erin", "3rin-pw", "SCRAM-SHA-512") for i, port in ports.items()}
+    wait_until(lambda: sasl_login_works(ports[3], "erin", "3rin-pw", "SCRAM-SHA-512"), 30,
+               what="the users to reach node 3")
+    # Plaintext clients are User:ANONYMOUS, which no ACL names.
+    with pytest.raises(KafkaException) as refused:
+        create_replicated(node1.bootstrap, name, 3, 3)
+    assert refused.value.args[0].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+    create_replicated(f"{guest[1]['bootstrap.servers']}", name, 3, 3,
+                      client_config={k: v for k, v in guest[1].items() if k != "bootstrap.servers"})
+    granted = [
+        AclBinding(ResourceType.TOPIC, name, ResourcePatternType.LITERAL, "User:dana", "*",
+                   AclOperation.ALL, AclPermissionType.ALLOW),
+        AclBinding(ResourceType.GROUP, f"g-{name}", ResourcePatternType.LITERAL, "User:dana", "*",
+                   AclOperation.READ, AclPermissionType.ALLOW),
+    ]
+    admin_result(guest[1], "create_acls", granted)
+    dana_only = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, "User:dana", None,
+                                 AclOperation.ANY, AclPermissionType.ANY)
+    wait_until(lambda: sorted(admin_result(guest[3], "describe_acls", dana_only)) == sorted(granted), 30,
+               what="node 3 to know the ACLs")
+
+    # dana writes to all three partitions (led by the three nodes) with
+    # acks=all: the followers' fetches between nodes need no ACL.
+    assert produce_codes(dana[3], name, 30) == [None] * 30
+    consumer = Consumer({**dana[2], "group.id": f"g-{name}", "enable.auto.commit": False,
+                         "auto.offset.reset": "earliest"})
+    consumer.subscribe([name])
+    seen = []
+    deadline = time.monotonic() + 30
+    while len(seen) < 30 and time.monotonic() < deadline:
+        message = consumer.poll(0.5)
+        if message is not None and message.error() is None:
+            seen.append(message.value())
+    consumer.commit(asynchronous=False)
+    consumer.close()
+    assert sorted(seen) == sorted(f"r{i}".encode() for i in range(30))
+    # erin has no ACL: refused on whichever node she asks.
+    assert set(produce_codes(erin[2], name, 3)) == {KafkaError.TOPIC_AUTHORIZATION_FAILED}
+
+    # Deleted through node 2: dana is refused on node 1 once it applied.
+    deleted = admin_result(guest[2], "delete_acls", [dana_only])
+    assert sorted(deleted) == sorted(granted)
+    wait_until(lambda: admin_result(guest[1], "describe_acls", dana_only) == [], 30,
+               what="node 1 to apply the deletion")
+    assert set(produce_codes(dana[1], name, 3)) == {KafkaError.TOPIC_AUTHORIZATION_FAILED}

@@ -75,6 +75,7 @@ pub fn harness() -> &'static Harness {
                 protocol: sluice_kafka::SecurityProtocol::Plaintext,
                 sasl: sluice_kafka::SaslOptions::default(),
                 tls: None,
+                authorizer: None,
             };
             let mut secured = Vec::new();
             for protocol in [
@@ -94,6 +95,10 @@ pub fn harness() -> &'static Harness {
                         listener_name: protocol.name().to_owned(),
                         protocol,
                         tls: protocol.tls().then(|| Arc::clone(&tls)),
+                        // The SASL listener authorizes by ACLs too.
+                        authorizer: protocol
+                            .sasl()
+                            .then(|| Arc::new(sluice_kafka::AuthorizerOptions::default())),
                         ..options.clone()
                     },
                     stopped.clone(),

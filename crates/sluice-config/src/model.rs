@@ -213,6 +213,16 @@ pub struct KafkaConfig {
     /// re-authenticate on its connection (Kafka's
     /// `connections.max.reauth.ms`, KIP-368); 0s: for ever.
     pub connections_max_reauth: HumanDuration,
+    /// Whether Kafka requests are authorized by ACLs (Kafka's
+    /// StandardAuthorizer): CreateAcls, DescribeAcls and DeleteAcls
+    /// manage them, and every API checks them.
+    pub acls: bool,
+    /// Principals that pass every ACL check, `User:NAME`,
+    /// semicolon-separated (Kafka's `super.users`).
+    pub super_users: String,
+    /// Whether a resource no ACL names is open to everyone (Kafka's
+    /// `allow.everyone.if.no.acl.found`); off by default.
+    pub allow_everyone_if_no_acl_found: bool,
     /// Requests larger than this close the connection before any allocation.
     pub max_request_bytes: ByteSize,
     /// Whether Metadata and Produce for an unknown topic create it.
@@ -361,6 +371,17 @@ impl KafkaConfig {
     }
 }
 
+impl KafkaConfig {
+    /// The super users' principals.
+    pub fn super_user_list(&self) -> Vec<&str> {
+        self.super_users
+            .split(';')
+            .map(str::trim)
+            .filter(|entry| !entry.is_empty())
+            .collect()
+    }
+}
+
 impl Default for KafkaConfig {
     fn default() -> Self {
         KafkaConfig {
@@ -371,6 +392,9 @@ impl Default for KafkaConfig {
             advertised_listeners: String::new(),
             sasl_mechanisms: String::new(),
             connections_max_reauth: HumanDuration::from_secs(0),
+            acls: false,
+            super_users: String::new(),
+            allow_everyone_if_no_acl_found: false,
             max_request_bytes: ByteSize::mib(100),
             auto_create_topics: true,
             default_partitions: 1,
@@ -736,6 +760,18 @@ pub const KEYS: &[KeyDoc] = &[
     KeyDoc {
         key: "kafka.connections_max_reauth",
         description: "How long a Kafka SASL login holds before re-authentication (KIP-368); 0s: for ever",
+    },
+    KeyDoc {
+        key: "kafka.acls",
+        description: "Authorize Kafka requests by ACLs (CreateAcls, DescribeAcls, DeleteAcls); off: every client may do everything",
+    },
+    KeyDoc {
+        key: "kafka.super_users",
+        description: "Principals that pass every ACL check, User:NAME, semicolon-separated (super.users)",
+    },
+    KeyDoc {
+        key: "kafka.allow_everyone_if_no_acl_found",
+        description: "Whether a resource no ACL names is open to everyone (allow.everyone.if.no.acl.found)",
     },
     KeyDoc {
         key: "kafka.max_request_bytes",
@@ -1290,6 +1326,14 @@ impl Config {
                     format!(
                         "kafka.sasl_mechanisms may name PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512, got {mechanism:?}"
                     ),
+                );
+            }
+        }
+        for principal in kafka.super_user_list() {
+            if principal.strip_prefix("User:").is_none_or(str::is_empty) {
+                problem(
+                    "kafka.super_users",
+                    format!("kafka.super_users names principals as User:NAME, got {principal:?}"),
                 );
             }
         }

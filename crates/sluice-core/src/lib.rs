@@ -14,6 +14,7 @@
 //! Start reading at [`Broker::open`].
 
 mod ack;
+pub mod acls;
 mod admission;
 mod connections;
 pub mod consumer_groups;
@@ -976,6 +977,45 @@ impl Broker {
     /// The broker's users, as applied on this node.
     pub fn users(&self) -> &Arc<Users> {
         self.topics.metadata().users()
+    }
+
+    /// The Kafka ACLs as applied on this node.
+    pub fn acls(&self) -> &Arc<acls::Acls> {
+        self.topics.metadata().acls()
+    }
+
+    /// Adds Kafka ACLs (those already there stay once). Blocking.
+    ///
+    /// # Errors
+    /// The commit's.
+    pub fn create_acls(&self, acls: Vec<acls::AclBinding>) -> Result<(), CoreError> {
+        tracing::info!(count = acls.len(), "ACLs created");
+        self.topics
+            .metadata()
+            .change_acls(MetadataCommand::CreateAcls { acls })
+    }
+
+    /// Removes the Kafka ACLs `filters` name; returns what each matched.
+    /// Blocking.
+    ///
+    /// # Errors
+    /// The commit's.
+    pub fn delete_acls(
+        &self,
+        filters: &[acls::AclFilter],
+    ) -> Result<Vec<Vec<acls::AclBinding>>, CoreError> {
+        let matched: Vec<Vec<acls::AclBinding>> =
+            filters.iter().map(|f| self.acls().describe(f)).collect();
+        let acls: std::collections::BTreeSet<_> = matched.iter().flatten().cloned().collect();
+        if !acls.is_empty() {
+            tracing::info!(count = acls.len(), "ACLs deleted");
+            self.topics
+                .metadata()
+                .change_acls(MetadataCommand::DeleteAcls {
+                    acls: acls.into_iter().collect(),
+                })?;
+        }
+        Ok(matched)
     }
 
     /// Adds or replaces the user `name` (`create_only`: refused when it

@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use sluice_log::{Log, LogManager};
 
 use crate::CoreError;
+use crate::acls::{AclBinding, Acls};
 use crate::group_config::{GroupConfig, GroupConfigs};
 use crate::messaging::definitions::{
     self, BindingDefinition, Definition, Definitions, ExchangeDefinition, QueueDefinition,
@@ -224,6 +225,16 @@ pub enum MetadataCommand {
         mechanism: ScramMechanism,
         credential: Option<ScramCredential>,
     },
+    /// Kafka ACLs added (Kafka's AccessControlEntryRecord); one already
+    /// there stays once.
+    CreateAcls {
+        acls: Vec<AclBinding>,
+    },
+    /// Kafka ACLs removed, as named exactly (the deleter matched its
+    /// filters against the state first); one not there is skipped.
+    DeleteAcls {
+        acls: Vec<AclBinding>,
+    },
 }
 
 /// A topic as the metadata describes it.
@@ -373,6 +384,8 @@ pub(crate) struct MetadataState {
     pub(crate) users: BTreeMap<String, UserRecord>,
     /// Whether the configuration's users were taken.
     pub(crate) users_bootstrapped: bool,
+    /// Kafka ACLs.
+    pub(crate) acls: std::collections::BTreeSet<AclBinding>,
 }
 
 impl MetadataState {
@@ -459,6 +472,11 @@ impl MetadataState {
                     create_only: false,
                 }),
         );
+        if !self.acls.is_empty() {
+            commands.push(MetadataCommand::CreateAcls {
+                acls: self.acls.iter().cloned().collect(),
+            });
+        }
         commands
     }
 }
@@ -968,6 +986,12 @@ pub(crate) fn apply(state: &mut MetadataState, command: MetadataCommand) -> Resu
         MetadataCommand::DeleteUser { name } => {
             state.users.remove(&name);
         }
+        MetadataCommand::CreateAcls { acls } => state.acls.extend(acls),
+        MetadataCommand::DeleteAcls { acls } => {
+            for acl in &acls {
+                state.acls.remove(acl);
+            }
+        }
         MetadataCommand::SetScramCredential {
             name,
             mechanism,
@@ -1379,6 +1403,8 @@ pub struct Metadata {
     group_configs: Arc<GroupConfigs>,
     /// The users as applied, for the login paths.
     users: Arc<Users>,
+    /// The Kafka ACLs as applied, for the request path.
+    acls: Arc<Acls>,
 }
 
 /// A refused command, as a committed command's answer carries it to its
@@ -1467,6 +1493,8 @@ impl Metadata {
         group_configs.replace_all(&state.group_configs);
         let users = Arc::new(Users::default());
         users.replace_all(&state.users, state.users_bootstrapped);
+        let acls = Arc::new(Acls::default());
+        acls.replace_all(&state.acls);
         Ok(Arc::new(Metadata {
             writer: Mutex::new(()),
             store: Store::Local(log),
@@ -1477,6 +1505,7 @@ impl Metadata {
             definitions_changed: tokio::sync::watch::Sender::new(0),
             group_configs,
             users,
+            acls,
         }))
     }
 
@@ -1494,6 +1523,7 @@ impl Metadata {
             definitions_changed: tokio::sync::watch::Sender::new(0),
             group_configs: Arc::default(),
             users: Arc::default(),
+            acls: Arc::default(),
         })
     }
 
@@ -1575,6 +1605,21 @@ impl Metadata {
     /// [`CoreError::UserExists`], [`CoreError::UnknownUser`], the log's
     /// write failure, or [`CoreError::Quorum`].
     pub(crate) fn change_user(&self, command: MetadataCommand) -> Result<(), CoreError> {
+        let _writer = self.writer();
+        self.commit(command)
+    }
+
+    /// The Kafka ACLs as applied on this node.
+    pub fn acls(&self) -> &Arc<Acls> {
+        &self.acls
+    }
+
+    /// Commits an ACL change ([`MetadataCommand::CreateAcls`] or
+    /// [`MetadataCommand::DeleteAcls`]). Blocking.
+    ///
+    /// # Errors
+    /// The log's write failure, or [`CoreError::Quorum`].
+    pub(crate) fn change_acls(&self, command: MetadataCommand) -> Result<(), CoreError> {
         let _writer = self.writer();
         self.commit(command)
     }
@@ -1768,6 +1813,10 @@ impl Metadata {
             MetadataCommand::SetGroupConfig { group, .. } => Some(group.clone()),
             _ => None,
         };
+        let acls = matches!(
+            command,
+            MetadataCommand::CreateAcls { .. } | MetadataCommand::DeleteAcls { .. }
+        );
         let user = match &command {
             MetadataCommand::PutUser { name, .. }
             | MetadataCommand::DeleteUser { name }
@@ -1776,6 +1825,9 @@ impl Metadata {
             _ => None,
         };
         apply(state, command)?;
+        if acls {
+            self.acls.replace_all(&state.acls);
+        }
         match user {
             Some(Some(name)) => self.users.set(&name, state.users.get(&name)),
             Some(None) => self
@@ -1819,6 +1871,7 @@ impl Metadata {
         self.group_configs.replace_all(&state.group_configs);
         self.users
             .replace_all(&state.users, state.users_bootstrapped);
+        self.acls.replace_all(&state.acls);
         self.definitions_changed.send_modify(|n| *n += 1);
         match self.topics.get().and_then(Weak::upgrade) {
             Some(topics) => topics.reconcile_all(&state.topics),

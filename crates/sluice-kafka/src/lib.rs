@@ -15,4 +15,5 @@ mod fetch_encode;
 mod handlers;
 mod listener;
 
+pub use handlers::acls::AuthorizerOptions;
 pub use listener::{KafkaOptions, SaslOptions, SecurityProtocol, serve, serve_streams};

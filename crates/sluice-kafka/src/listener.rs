@@ -7,6 +7,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::connection::Connection;
+use crate::handlers::acls::AuthorizerOptions;
 use sluice_tls::ServerStream;
 
 /// How a listener's clients connect (Kafka's `security.protocol`, which
@@ -100,6 +101,9 @@ pub struct KafkaOptions {
     /// The TLS configuration: set for the TLS protocols only, and every
     /// connection of the listener goes through its handshake.
     pub tls: Option<Arc<sluice_tls::Tls>>,
+    /// The ACL authorizer (`kafka.acls`); `None`: every client may do
+    /// everything.
+    pub authorizer: Option<Arc<AuthorizerOptions>>,
 }
 
 /// Accepts Kafka connections until `shutdown` turns true, one task each.

@@ -527,6 +527,16 @@ async fn start_kafka(
         protocol: SecurityProtocol::Plaintext,
         sasl,
         tls: None,
+        authorizer: config.acls.then(|| {
+            Arc::new(sluice_kafka::AuthorizerOptions {
+                super_users: config
+                    .super_user_list()
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect(),
+                everyone_if_none: config.allow_everyone_if_no_acl_found,
+            })
+        }),
     };
     let mut specs = vec![(
         main_protocol,

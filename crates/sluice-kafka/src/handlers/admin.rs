@@ -28,6 +28,8 @@ use sluice_core::consumer_groups::MEMBERSHIP_TOPIC;
 use sluice_core::{Broker, CoreError, GroupConfig, TopicConfig};
 use sluice_types::{LeaderEpoch, Offset};
 
+use sluice_core::acls::{Operation, ResourceType};
+
 use super::{Context, blocking};
 use crate::errors;
 
@@ -42,12 +44,14 @@ pub(crate) async fn delete_records(
     request: DeleteRecordsRequest,
 ) -> DeleteRecordsResponse {
     let broker = Arc::clone(&context.broker);
+    let checker = context.checker();
     let topics = blocking(move || {
         request
             .topics
             .into_iter()
             .map(|topic| {
                 let found = broker.topics().get(&topic.name);
+                let deletable = checker.allows(Operation::Delete, ResourceType::Topic, &topic.name);
                 let partitions = topic
                     .partitions
                     .into_iter()
@@ -55,6 +59,10 @@ pub(crate) async fn delete_records(
                         let result = DeleteRecordsPartitionResult::default()
                             .with_partition_index(p.partition_index)
                             .with_low_watermark(-1);
+                        if !deletable {
+                            return result
+                                .with_error_code(ResponseError::TopicAuthorizationFailed.code());
+                        }
                         let partition = match super::partition_of(found.as_ref(), p.partition_index)
                         {
                             Ok(partition) => partition,
@@ -94,6 +102,13 @@ pub(crate) fn offset_for_leader_epoch(
         .into_iter()
         .map(|topic| {
             let found = context.broker.topics().get(&topic.topic);
+            // A follower (replica_id >= 0) needs CLUSTER_ACTION, a client
+            // DESCRIBE on the topic.
+            let allowed = if request.replica_id.0 >= 0 {
+                context.allowed_on_cluster(Operation::ClusterAction)
+            } else {
+                context.allowed(Operation::Describe, ResourceType::Topic, &topic.topic)
+            };
             let partitions = topic
                 .partitions
                 .into_iter()
@@ -102,6 +117,10 @@ pub(crate) fn offset_for_leader_epoch(
                         .with_partition(p.partition)
                         .with_leader_epoch(-1)
                         .with_end_offset(-1);
+                    if !allowed {
+                        return result
+                            .with_error_code(ResponseError::TopicAuthorizationFailed.code());
+                    }
                     let partition = match super::partition_of(found.as_ref(), p.partition) {
                         Ok(partition) => partition,
                         Err(error) => return result.with_error_code(error.code()),
@@ -207,11 +226,22 @@ pub(crate) async fn alter_configs(
 ) -> AlterConfigsResponse {
     let broker = Arc::clone(&context.broker);
     let validate_only = request.validate_only;
+    let checker = context.checker();
     let responses = blocking(move || {
         request
             .resources
             .into_iter()
             .map(|resource| {
+                if let Some(error) = checker.config_denied(
+                    resource.resource_type,
+                    &resource.resource_name,
+                    Operation::AlterConfigs,
+                ) {
+                    return AlterConfigsResourceResponse::default()
+                        .with_resource_type(resource.resource_type)
+                        .with_resource_name(resource.resource_name)
+                        .with_error_code(error.code());
+                }
                 // AlterConfigs replaces the whole set: unnamed keys go back to defaults.
                 let settings: Vec<(String, String)> = resource
                     .configs
@@ -272,11 +302,22 @@ pub(crate) async fn incremental_alter_configs(
 ) -> IncrementalAlterConfigsResponse {
     let broker = Arc::clone(&context.broker);
     let validate_only = request.validate_only;
+    let checker = context.checker();
     let responses = blocking(move || {
         request
             .resources
             .into_iter()
             .map(|resource| {
+                if let Some(error) = checker.config_denied(
+                    resource.resource_type,
+                    &resource.resource_name,
+                    Operation::AlterConfigs,
+                ) {
+                    return IncrementalResourceResponse::default()
+                        .with_resource_type(resource.resource_type)
+                        .with_resource_name(resource.resource_name)
+                        .with_error_code(error.code());
+                }
                 let changes: Vec<(String, i8, Option<String>)> = resource
                     .configs
                     .iter()
@@ -356,6 +397,10 @@ pub(crate) fn describe_cluster(
     context: &Context,
     request: DescribeClusterRequest,
 ) -> DescribeClusterResponse {
+    if !context.allowed_on_cluster(Operation::Describe) {
+        return DescribeClusterResponse::default()
+            .with_error_code(ResponseError::ClusterAuthorizationFailed.code());
+    }
     let response = if request.include_cluster_authorized_operations {
         DescribeClusterResponse::default()
             .with_cluster_authorized_operations(super::authorized::CLUSTER)
@@ -383,8 +428,13 @@ pub(crate) async fn offset_delete(
     request: OffsetDeleteRequest,
 ) -> OffsetDeleteResponse {
     let broker = Arc::clone(&context.broker);
+    let checker = context.checker();
     blocking(move || {
         let group = request.group_id.to_string();
+        if !checker.allows(Operation::Delete, ResourceType::Group, &group) {
+            return OffsetDeleteResponse::default()
+                .with_error_code(ResponseError::GroupAuthorizationFailed.code());
+        }
         if group.starts_with(sluice_core::SHARE_STATE_PREFIX) {
             // Share groups' state is the broker's own.
             return OffsetDeleteResponse::default()
@@ -415,15 +465,18 @@ pub(crate) async fn offset_delete(
                     .partitions
                     .iter()
                     .map(|p| {
-                        let code = if topic.name.as_str() == MEMBERSHIP_TOPIC {
-                            // A consumer group's stored membership is the broker's.
-                            ResponseError::UnknownTopicOrPartition.code()
-                        } else if busy {
-                            ResponseError::GroupSubscribedToTopic.code()
-                        } else {
-                            doomed.push((topic.name.to_string(), p.partition_index));
-                            0
-                        };
+                        let code =
+                            if !checker.allows(Operation::Read, ResourceType::Topic, &topic.name) {
+                                ResponseError::TopicAuthorizationFailed.code()
+                            } else if topic.name.as_str() == MEMBERSHIP_TOPIC {
+                                // A consumer group's stored membership is the broker's.
+                                ResponseError::UnknownTopicOrPartition.code()
+                            } else if busy {
+                                ResponseError::GroupSubscribedToTopic.code()
+                            } else {
+                                doomed.push((topic.name.to_string(), p.partition_index));
+                                0
+                            };
                         OffsetDeleteResponsePartition::default()
                             .with_partition_index(p.partition_index)
                             .with_error_code(code)

@@ -16,6 +16,8 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use sluice_core::{ConfigEntry, ConfigSource, ConfigType};
 
+use sluice_core::acls::Operation;
+
 use super::Context;
 
 const TOPIC: i8 = 2;
@@ -31,6 +33,7 @@ pub(crate) fn describe(
     request: DescribeConfigsRequest,
 ) -> DescribeConfigsResponse {
     let include_synonyms = request.include_synonyms;
+    let checker = context.checker();
     let results = request
         .resources
         .into_iter()
@@ -38,6 +41,13 @@ pub(crate) fn describe(
             let result = DescribeConfigsResult::default()
                 .with_resource_type(resource.resource_type)
                 .with_resource_name(resource.resource_name.clone());
+            if let Some(error) = checker.config_denied(
+                resource.resource_type,
+                &resource.resource_name,
+                Operation::DescribeConfigs,
+            ) {
+                return result.with_error_code(error.code());
+            }
             match resource.resource_type {
                 TOPIC => {
                     let Some(topic) = context.broker.topics().get(&resource.resource_name) else {
@@ -106,6 +116,10 @@ pub(crate) fn list_resources(
         );
         return ListConfigResourcesResponse::default()
             .with_error_code(ResponseError::InvalidRequest.code());
+    }
+    if !context.allowed_on_cluster(Operation::DescribeConfigs) {
+        return ListConfigResourcesResponse::default()
+            .with_error_code(ResponseError::ClusterAuthorizationFailed.code());
     }
     let resource = |name: String, kind: i8| {
         ConfigResource::default()

@@ -20,6 +20,8 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use sluice_core::consumer_groups::{self as core, ConsumerGroupError, Heartbeat, TopicCatalog};
 
+use sluice_core::acls::{Operation, ResourceType};
+
 use super::{Context, migration};
 use crate::errors;
 
@@ -50,6 +52,24 @@ pub(crate) async fn heartbeat(
     client_id: &str,
 ) -> ConsumerGroupHeartbeatResponse {
     let group_id = request.group_id.to_string();
+    if !context.allowed(Operation::Read, ResourceType::Group, &group_id) {
+        return refused(ResponseError::GroupAuthorizationFailed, None);
+    }
+    // Subscribed topics need DESCRIBE (reads need READ at the fetch).
+    if let Some(denied) = request
+        .subscribed_topic_names
+        .iter()
+        .flatten()
+        .find(|t| !context.allowed(Operation::Describe, ResourceType::Topic, t))
+    {
+        return refused(
+            ResponseError::TopicAuthorizationFailed,
+            Some(format!(
+                "not authorized to describe topic {}",
+                denied.as_str()
+            )),
+        );
+    }
     if !super::coordinates(context, &group_id) {
         return refused(ResponseError::NotCoordinator, None);
     }
@@ -189,6 +209,9 @@ pub(crate) fn describe(
         .into_iter()
         .map(|group_id| {
             let group = DescribedGroup::default().with_group_id(group_id.clone());
+            if !context.allowed(Operation::Describe, ResourceType::Group, &group_id) {
+                return group.with_error_code(ResponseError::GroupAuthorizationFailed.code());
+            }
             if !super::coordinates(context, &group_id) {
                 return group.with_error_code(ResponseError::NotCoordinator.code());
             }

@@ -24,6 +24,8 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use sluice_core::CommittedOffset;
 
+use sluice_core::acls::{Operation, ResourceType};
+
 use super::{Context, blocking};
 use crate::errors;
 
@@ -75,6 +77,18 @@ pub(crate) fn find(
                 Some(message.clone()),
             );
         }
+        // DESCRIBE on the group or transactional id (Kafka's rule).
+        let (resource, denied) = if transactional {
+            (
+                ResourceType::TransactionalId,
+                ResponseError::TransactionalIdAuthorizationFailed,
+            )
+        } else {
+            (ResourceType::Group, ResponseError::GroupAuthorizationFailed)
+        };
+        if !context.allowed(Operation::Describe, resource, key) {
+            return (-1, StrBytes::default(), -1, denied.code(), None);
+        }
         let found = if transactional {
             super::node_of(context, context.broker.transactions().coordinator(key))
         } else {
@@ -123,9 +137,10 @@ pub(crate) async fn commit(
         .group_id
         .starts_with(sluice_core::SHARE_STATE_PREFIX)
         && !context.inter_node;
+    let checker = context.checker();
     let topics = blocking(move || {
         let group = request.group_id.to_string();
-        let checked = if internal {
+        let checked = if internal || !checker.allows(Operation::Read, ResourceType::Group, &group) {
             Err(ResponseError::GroupAuthorizationFailed.code())
         } else if coordinates {
             // A consumer group of the new protocol checks the member's
@@ -173,8 +188,16 @@ pub(crate) async fn commit(
         let mut answers: Vec<(TopicName, Vec<(i32, i16)>)> = Vec::new();
         for topic in request.topics {
             let known = broker.topics().get(&topic.name);
+            let readable = checker.allows(Operation::Read, ResourceType::Topic, &topic.name);
             let mut codes = Vec::new();
             for p in topic.partitions {
+                if !readable {
+                    codes.push((
+                        p.partition_index,
+                        ResponseError::TopicAuthorizationFailed.code(),
+                    ));
+                    continue;
+                }
                 // On a cluster the partition may be on another node: the
                 // group's coordinator keeps its offsets all the same.
                 let exists = known.as_ref().is_some_and(|t| {
@@ -230,8 +253,10 @@ pub(crate) async fn commit(
     OffsetCommitResponse::default().with_topics(topics)
 }
 
-/// A topic's partitions with their committed offsets, if any.
-type TopicOffsets = (TopicName, Vec<(i32, Option<CommittedOffset>)>);
+/// A topic's partitions with their committed offsets, if any, and an
+/// error code (TOPIC_AUTHORIZATION_FAILED for a topic the client may not
+/// describe).
+type TopicOffsets = (TopicName, Vec<(i32, Option<CommittedOffset>, i16)>);
 
 /// One group's committed offsets, as OffsetFetch asks for them: every
 /// partition the group committed (`topics` null) or the ones named, each
@@ -243,6 +268,11 @@ fn group_offsets(
     member: Option<(&str, i32)>,
     topics: Option<Vec<(TopicName, Vec<i32>)>>,
 ) -> Result<Vec<TopicOffsets>, i16> {
+    let checker = context.checker();
+    if !checker.allows(Operation::Describe, ResourceType::Group, group) {
+        return Err(ResponseError::GroupAuthorizationFailed.code());
+    }
+    let describable = |topic: &str| checker.allows(Operation::Describe, ResourceType::Topic, topic);
     if let Some((member_id, epoch)) = member
         && let Some(Err(error)) = context
             .broker
@@ -265,10 +295,11 @@ fn group_offsets(
             let mut found: Vec<TopicOffsets> = Vec::new();
             for ((topic, partition), offset) in committed {
                 // A consumer group's stored membership is the broker's own.
-                if topic == sluice_core::consumer_groups::MEMBERSHIP_TOPIC {
+                // ... and topics the client may not describe are left out.
+                if topic == sluice_core::consumer_groups::MEMBERSHIP_TOPIC || !describable(&topic) {
                     continue;
                 }
-                let data = (partition, Some(offset));
+                let data = (partition, Some(offset), 0);
                 match found.last_mut() {
                     Some(last) if last.0.as_str() == topic => last.1.push(data),
                     _ => found.push((TopicName(StrBytes::from_string(topic)), vec![data])),
@@ -280,6 +311,11 @@ fn group_offsets(
             .into_iter()
             .map(|(name, partitions)| {
                 let hidden = name.as_str() == sluice_core::consumer_groups::MEMBERSHIP_TOPIC;
+                let code = if describable(&name) {
+                    0
+                } else {
+                    ResponseError::TopicAuthorizationFailed.code()
+                };
                 let offsets = partitions
                     .into_iter()
                     .map(|p| {
@@ -287,8 +323,9 @@ fn group_offsets(
                             p,
                             committed
                                 .get(&(name.to_string(), p))
-                                .filter(|_| !hidden)
+                                .filter(|_| !hidden && code == 0)
                                 .cloned(),
+                            code,
                         )
                     })
                     .collect();
@@ -350,11 +387,12 @@ pub(crate) fn fetch_offsets(
                                     .with_partitions(
                                         partitions
                                             .into_iter()
-                                            .map(|(index, committed)| {
+                                            .map(|(index, committed, code)| {
                                                 let (offset, epoch, metadata) =
                                                     fields(committed.as_ref(), version);
                                                 OffsetFetchResponsePartitions::default()
                                                     .with_partition_index(index)
+                                                    .with_error_code(code)
                                                     .with_committed_offset(offset)
                                                     .with_committed_leader_epoch(epoch)
                                                     .with_metadata(metadata)
@@ -385,11 +423,12 @@ pub(crate) fn fetch_offsets(
                         .with_partitions(
                             partitions
                                 .into_iter()
-                                .map(|(index, committed)| {
+                                .map(|(index, committed, code)| {
                                     let (offset, epoch, metadata) =
                                         fields(committed.as_ref(), version);
                                     OffsetFetchResponsePartition::default()
                                         .with_partition_index(index)
+                                        .with_error_code(code)
                                         .with_committed_offset(offset)
                                         .with_committed_leader_epoch(epoch)
                                         .with_metadata(metadata)

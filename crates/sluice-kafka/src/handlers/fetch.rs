@@ -17,6 +17,8 @@ use sluice_core::Partition;
 use sluice_types::Offset;
 use tokio::time::Instant;
 
+use sluice_core::acls::{Operation, ResourceType};
+
 use super::Context;
 use crate::errors;
 
@@ -55,18 +57,26 @@ pub(crate) async fn handle(
             .topics
             .into_iter()
             .flat_map(|topic| {
+                // A follower needs CLUSTER_ACTION, a consumer READ on the topic.
+                let readable = if replica >= 0 {
+                    context.allowed_on_cluster(Operation::ClusterAction)
+                } else {
+                    context.allowed(Operation::Read, ResourceType::Topic, &topic.topic)
+                };
                 let found = context.broker.topics().get(&topic.topic);
                 topic.partitions.into_iter().map(move |p| Wanted {
                     topic: topic.topic.clone(),
                     partition: p.partition,
                     fetch_offset: p.fetch_offset,
                     max_bytes: usize::try_from(p.partition_max_bytes).unwrap_or(0),
-                    target: super::partition_of(found.as_ref(), p.partition).and_then(
-                        |partition| {
+                    target: readable
+                        .then_some(())
+                        .ok_or(kafka_protocol::ResponseError::TopicAuthorizationFailed)
+                        .and_then(|()| super::partition_of(found.as_ref(), p.partition))
+                        .and_then(|partition| {
                             super::check_leader_epoch(&partition, p.current_leader_epoch)
                                 .map(|()| partition)
-                        },
-                    ),
+                        }),
                 })
             })
             .collect(),

@@ -20,6 +20,8 @@ use kafka_protocol::protocol::StrBytes;
 use sluice_core::consumer_groups::{CONSUMER_PROTOCOL_TYPE, ClassicJoin};
 use sluice_core::{GroupError, JoinRequest, SHARE_FORGET_PREFIX, SHARE_STATE_PREFIX};
 
+use sluice_core::acls::{Operation, ResourceType};
+
 use super::{Context, blocking, migration};
 use crate::errors;
 
@@ -41,6 +43,16 @@ pub(crate) async fn join(
     version: i16,
     client_id: &str,
 ) -> JoinGroupResponse {
+    if !context.allowed(Operation::Read, ResourceType::Group, &request.group_id) {
+        let response = JoinGroupResponse::default()
+            .with_error_code(ResponseError::GroupAuthorizationFailed.code())
+            .with_generation_id(-1);
+        return if version < 7 {
+            response.with_protocol_name(Some(StrBytes::default()))
+        } else {
+            response
+        };
+    }
     if !super::coordinates(context, &request.group_id) {
         let response = JoinGroupResponse::default()
             .with_error_code(ResponseError::NotCoordinator.code())
@@ -237,6 +249,10 @@ pub(crate) async fn sync(
     request: SyncGroupRequest,
     version: i16,
 ) -> SyncGroupResponse {
+    if !context.allowed(Operation::Read, ResourceType::Group, &request.group_id) {
+        return SyncGroupResponse::default()
+            .with_error_code(ResponseError::GroupAuthorizationFailed.code());
+    }
     if !super::coordinates(context, &request.group_id) {
         return SyncGroupResponse::default().with_error_code(ResponseError::NotCoordinator.code());
     }
@@ -316,6 +332,10 @@ async fn sync_once(
 }
 
 pub(crate) fn heartbeat(context: &Context, request: HeartbeatRequest) -> HeartbeatResponse {
+    if !context.allowed(Operation::Read, ResourceType::Group, &request.group_id) {
+        return HeartbeatResponse::default()
+            .with_error_code(ResponseError::GroupAuthorizationFailed.code());
+    }
     if !super::coordinates(context, &request.group_id) {
         return HeartbeatResponse::default().with_error_code(ResponseError::NotCoordinator.code());
     }
@@ -376,6 +396,10 @@ pub(crate) async fn leave(
     request: LeaveGroupRequest,
     version: i16,
 ) -> LeaveGroupResponse {
+    if !context.allowed(Operation::Read, ResourceType::Group, &request.group_id) {
+        return LeaveGroupResponse::default()
+            .with_error_code(ResponseError::GroupAuthorizationFailed.code());
+    }
     if !super::coordinates(context, &request.group_id) {
         return LeaveGroupResponse::default().with_error_code(ResponseError::NotCoordinator.code());
     }
@@ -481,8 +505,15 @@ pub(crate) fn list(
             .into_iter()
             .map(|(id, state)| (id, "share".to_owned(), state, "share")),
     );
+    // DESCRIBE on the cluster lists every group, else those the client
+    // may describe (as Kafka).
+    let checker = context.checker();
+    let every = checker.allows_on_cluster(Operation::Describe);
     let groups = all
         .into_iter()
+        .filter(|(id, _, _, _)| {
+            every || checker.allows(Operation::Describe, ResourceType::Group, id)
+        })
         .filter(|(_, _, state, _)| {
             states.is_empty() || states.iter().any(|f| *f == state.to_lowercase())
         })
@@ -515,6 +546,11 @@ pub(crate) fn describe(
         .groups
         .into_iter()
         .map(|group_id| {
+            if !context.allowed(Operation::Describe, ResourceType::Group, &group_id) {
+                return DescribedGroup::default()
+                    .with_group_id(group_id)
+                    .with_error_code(ResponseError::GroupAuthorizationFailed.code());
+            }
             if !super::coordinates(context, &group_id) {
                 return DescribedGroup::default()
                     .with_group_id(group_id)
@@ -568,11 +604,17 @@ pub(crate) async fn delete(
 ) -> DeleteGroupsResponse {
     let broker = Arc::clone(&context.broker);
     let inter_node = context.inter_node;
+    let checker = context.checker();
     let results = blocking(move || {
         request
             .groups_names
             .into_iter()
             .map(|group_id| {
+                if !checker.allows(Operation::Delete, ResourceType::Group, &group_id) {
+                    return DeletableGroupResult::default()
+                        .with_group_id(group_id)
+                        .with_error_code(ResponseError::GroupAuthorizationFailed.code());
+                }
                 if group_id.starts_with(SHARE_STATE_PREFIX)
                     || group_id.starts_with(SHARE_FORGET_PREFIX)
                 {

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
 
+use sluice_core::acls::{Operation, ResourceType};
+
 use super::{Context, blocking};
 use crate::errors;
 
@@ -23,7 +25,7 @@ pub(crate) async fn handle(
     if let Some(id) = request.transactional_id {
         // The broker's own ids (AMQP transactions into streams), which
         // only other nodes' brokers may ask for.
-        if super::transactions::broker_owned(context, &id) {
+        if super::transactions::txn_id_refused(context, &id) {
             return refused(ResponseError::TransactionalIdAuthorizationFailed);
         }
         let broker = Arc::clone(&context.broker);
@@ -43,6 +45,14 @@ pub(crate) async fn handle(
             Some(Err(error)) => refused(errors::txn_code(&error, version >= 4)),
             None => refused(ResponseError::UnknownServerError),
         };
+    }
+    // An idempotent producer needs IDEMPOTENT_WRITE on the cluster or
+    // WRITE on some topic (Kafka 3's rule).
+    let checker = context.checker();
+    if !checker.allows_on_cluster(Operation::IdempotentWrite)
+        && !checker.allows_on_any(Operation::Write, ResourceType::Topic)
+    {
+        return refused(ResponseError::ClusterAuthorizationFailed);
     }
     // KIP-360: a producer that already has an id may ask to bump its epoch.
     if request.producer_id.0 >= 0 && request.producer_epoch >= 0 {

@@ -9,6 +9,8 @@ use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 
 use sluice_core::Position;
 
+use sluice_core::acls::{Operation, ResourceType};
+
 use super::{Context, blocking};
 use crate::errors;
 
@@ -23,11 +25,17 @@ pub(crate) async fn handle(
     version: i16,
 ) -> ListOffsetsResponse {
     let broker = std::sync::Arc::clone(&context.broker);
+    let describable: Vec<bool> = request
+        .topics
+        .iter()
+        .map(|t| context.allowed(Operation::Describe, ResourceType::Topic, &t.name))
+        .collect();
     let topics = blocking(move || {
         request
             .topics
             .into_iter()
-            .map(|topic| {
+            .zip(describable)
+            .map(|(topic, describable)| {
                 let found = broker.topics().get(&topic.name);
                 let partitions = topic
                     .partitions
@@ -38,6 +46,10 @@ pub(crate) async fn handle(
                             .with_timestamp(-1)
                             .with_offset(-1)
                             .with_leader_epoch(-1);
+                        if !describable {
+                            return answer
+                                .with_error_code(ResponseError::TopicAuthorizationFailed.code());
+                        }
                         let partition = match super::partition_of(found.as_ref(), p.partition_index)
                         {
                             Ok(partition) => partition,

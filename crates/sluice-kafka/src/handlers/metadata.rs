@@ -3,11 +3,13 @@
 
 use std::sync::Arc;
 
+use kafka_protocol::ResponseError;
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
 use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
+use sluice_core::acls::{Operation, ResourceType};
 use sluice_core::{CoreError, Topic};
 
 use super::{Context, blocking};
@@ -47,7 +49,24 @@ pub(crate) async fn handle(
         (8..=10).contains(&version) && request.include_cluster_authorized_operations;
     // Before v4 there is no flag, and Kafka creates topics on request.
     let may_create = version < 4 || request.allow_auto_topic_creation;
-    let results: Vec<(Asked, Result<Arc<Topic>, CoreError>)> = blocking(move || {
+    let listing = requested.is_none();
+    // Named topics the client may not describe, or not create when they
+    // are missing (ACLs; checked here, the lookup runs off the runtime).
+    let mut hidden = std::collections::HashSet::new();
+    let mut uncreatable = std::collections::HashSet::new();
+    for asked in requested.iter().flatten() {
+        if let Asked::Name(name) = asked {
+            if !context.allowed(Operation::Describe, ResourceType::Topic, name) {
+                hidden.insert(name.clone());
+            } else if may_create
+                && !context.allowed_on_cluster(Operation::Create)
+                && !context.allowed(Operation::Create, ResourceType::Topic, name)
+            {
+                uncreatable.insert(name.clone());
+            }
+        }
+    }
+    let results: Vec<(Asked, Result<Arc<Topic>, ResponseError>)> = blocking(move || {
         let asked = requested.unwrap_or_else(|| {
             broker
                 .topics()
@@ -60,6 +79,13 @@ pub(crate) async fn handle(
             .into_iter()
             .map(|asked| {
                 let found = match &asked {
+                    Asked::Name(name) if hidden.contains(name) => {
+                        return (asked, Err(ResponseError::TopicAuthorizationFailed));
+                    }
+                    Asked::Name(name) if uncreatable.contains(name) => {
+                        let found = broker.topics().get(name);
+                        return (asked, found.ok_or(ResponseError::TopicAuthorizationFailed));
+                    }
                     Asked::Name(name) if may_create => broker.topic_or_create(name),
                     Asked::Name(name) => {
                         broker
@@ -79,12 +105,24 @@ pub(crate) async fn handle(
                             topic: id.to_string(),
                         }),
                 };
-                (asked, found)
+                (asked, found.map_err(|err| errors::code(&err)))
             })
             .collect()
     })
     .await
     .unwrap_or_default();
+    // Every topic found must be one the client may describe: a listing
+    // leaves the others out, a topic asked for by id is refused.
+    let results = results
+        .into_iter()
+        .filter_map(|(asked, found)| match found {
+            Ok(topic)
+                if !context.allowed(Operation::Describe, ResourceType::Topic, topic.name()) =>
+            {
+                (!listing).then_some((asked, Err(ResponseError::TopicAuthorizationFailed)))
+            }
+            found => Some((asked, found)),
+        });
 
     let node = BrokerId(context.options.node_id);
     let fenced = context.broker.topics().metadata().fenced();
@@ -99,14 +137,18 @@ pub(crate) async fn handle(
                     described
                 }
             }
-            (Asked::Name(name), Err(err)) => MetadataResponseTopic::default()
+            (Asked::Name(name), Err(error)) => MetadataResponseTopic::default()
                 .with_name(Some(TopicName(StrBytes::from_string(name))))
-                .with_error_code(errors::code(&err).code()),
-            (Asked::Id(id), Err(_)) => MetadataResponseTopic::default()
+                .with_error_code(error.code()),
+            (Asked::Id(id), Err(error)) => MetadataResponseTopic::default()
                 // The name is nullable from v12 only.
                 .with_name((version < 12).then(|| TopicName(StrBytes::default())))
                 .with_topic_id(id)
-                .with_error_code(kafka_protocol::ResponseError::UnknownTopicId.code()),
+                .with_error_code(if error == ResponseError::TopicAuthorizationFailed {
+                    error.code()
+                } else {
+                    ResponseError::UnknownTopicId.code()
+                }),
         })
         .collect();
     let brokers = super::nodes(context)

@@ -11,6 +11,7 @@ use sluice_core::{Broker, ConnectionStats};
 
 use crate::listener::KafkaOptions;
 
+pub(crate) mod acls;
 mod admin;
 pub(crate) mod api_versions;
 mod configs;
@@ -142,6 +143,9 @@ pub(crate) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeShareGroupOffsets, 0, 0),
     (ApiKey::AlterShareGroupOffsets, 0, 0),
     (ApiKey::DeleteShareGroupOffsets, 0, 0),
+    (ApiKey::CreateAcls, 1, 3),
+    (ApiKey::DescribeAcls, 1, 3),
+    (ApiKey::DeleteAcls, 1, 3),
 ];
 
 pub(crate) fn supported_versions(api: ApiKey) -> Option<(i16, i16)> {
@@ -268,6 +272,15 @@ pub(crate) async fn dispatch(
         RequestKind::DeleteShareGroupOffsets(request) => ResponseKind::DeleteShareGroupOffsets(
             share_admin::delete_offsets(context, request).await,
         ),
+        RequestKind::CreateAcls(request) => {
+            ResponseKind::CreateAcls(acls::create(context, request).await)
+        }
+        RequestKind::DescribeAcls(request) => {
+            ResponseKind::DescribeAcls(acls::describe(context, request))
+        }
+        RequestKind::DeleteAcls(request) => {
+            ResponseKind::DeleteAcls(acls::delete(context, request).await)
+        }
         RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions::handle()),
         RequestKind::DescribeUserScramCredentials(request) => {
             ResponseKind::DescribeUserScramCredentials(users::describe(context, request))

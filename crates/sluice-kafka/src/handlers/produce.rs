@@ -24,6 +24,8 @@ use sluice_core::transactions::TxnError;
 use sluice_core::{Appended, Broker, CoreError, TimestampType, Verdict, Writer};
 use sluice_types::PartitionId;
 
+use sluice_core::acls::{Operation, ResourceType};
+
 use super::Context;
 use crate::errors;
 
@@ -85,20 +87,29 @@ pub(crate) async fn start(
         request.transactional_id.map(|id| Arc::from(id.as_str()));
     let owned = transactional_id
         .as_deref()
-        .is_some_and(|id| super::transactions::broker_owned(context, id));
+        .is_some_and(|id| super::transactions::txn_id_refused(context, id));
     let mut topics = Vec::new();
     for topic_data in request.topic_data {
         let name = topic_data.name.to_string();
         let exists = context.broker.topics().get(&name).is_some();
+        let writable = context.allowed(Operation::Write, ResourceType::Topic, &name);
+        // A topic a write would create needs CREATE (on it or the cluster).
+        let creatable = exists
+            || context.allowed_on_cluster(Operation::Create)
+            || context.allowed(Operation::Create, ResourceType::Topic, &name);
         let mut started = Vec::new();
         for data in topic_data.partition_data {
             let index = data.index;
             let outcome = if !valid_acks {
                 Err(ResponseError::InvalidRequiredAcks)
-            } else if disk_full {
-                Err(ResponseError::KafkaStorageError)
             } else if owned {
                 Err(ResponseError::TransactionalIdAuthorizationFailed)
+            } else if !writable {
+                Err(ResponseError::TopicAuthorizationFailed)
+            } else if !creatable {
+                Err(ResponseError::UnknownTopicOrPartition)
+            } else if disk_full {
+                Err(ResponseError::KafkaStorageError)
             } else if exists {
                 write(
                     &context.broker,

@@ -29,6 +29,8 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use sluice_core::{Broker, CoreError, Election};
 
+use sluice_core::acls::{Operation, ResourceType};
+
 use super::{Context, blocking};
 use crate::errors;
 
@@ -40,6 +42,10 @@ pub(crate) async fn elect_leaders(
     request: ElectLeadersRequest,
     version: i16,
 ) -> ElectLeadersResponse {
+    if !context.allowed_on_cluster(Operation::Alter) {
+        return ElectLeadersResponse::default()
+            .with_error_code(ResponseError::ClusterAuthorizationFailed.code());
+    }
     let broker = Arc::clone(&context.broker);
     let unclean = version >= 1 && request.election_type == UNCLEAN;
     let results = blocking(move || {
@@ -118,6 +124,11 @@ pub(crate) async fn describe_log_dirs(
     request: DescribeLogDirsRequest,
     version: i16,
 ) -> DescribeLogDirsResponse {
+    if !context.allowed_on_cluster(Operation::Describe) {
+        // v1-2 have no error field: no directories, as Kafka answers.
+        return DescribeLogDirsResponse::default()
+            .with_error_code(ResponseError::ClusterAuthorizationFailed.code());
+    }
     let broker = Arc::clone(&context.broker);
     let result = blocking(move || {
         let asked: Vec<(TopicName, Option<Vec<i32>>)> = match request.topics {
@@ -195,11 +206,16 @@ pub(crate) fn describe_producers(
         .into_iter()
         .map(|asked| {
             let topic = context.broker.topics().get(&asked.name);
+            let readable = context.allowed(Operation::Read, ResourceType::Topic, &asked.name);
             let partitions = asked
                 .partition_indexes
                 .iter()
                 .map(|index| {
                     let answer = PartitionResponse::default().with_partition_index(*index);
+                    if !readable {
+                        return answer
+                            .with_error_code(ResponseError::TopicAuthorizationFailed.code());
+                    }
                     match super::partition_of(topic.as_ref(), *index) {
                         Ok(partition) => answer.with_active_producers(
                             partition
@@ -235,6 +251,10 @@ pub(crate) async fn alter_partition_reassignments(
     context: &Context,
     request: AlterPartitionReassignmentsRequest,
 ) -> AlterPartitionReassignmentsResponse {
+    if !context.allowed_on_cluster(Operation::Alter) {
+        return AlterPartitionReassignmentsResponse::default()
+            .with_error_code(ResponseError::ClusterAuthorizationFailed.code());
+    }
     let broker = Arc::clone(&context.broker);
     let responses = blocking(move || {
         request
@@ -281,6 +301,10 @@ pub(crate) fn list_partition_reassignments(
     context: &Context,
     request: ListPartitionReassignmentsRequest,
 ) -> ListPartitionReassignmentsResponse {
+    if !context.allowed_on_cluster(Operation::Describe) {
+        return ListPartitionReassignmentsResponse::default()
+            .with_error_code(ResponseError::ClusterAuthorizationFailed.code());
+    }
     let asked = request.topics.map(|topics| {
         topics
             .into_iter()

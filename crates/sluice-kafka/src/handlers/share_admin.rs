@@ -25,6 +25,8 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use sluice_core::ShareAdminError;
 
+use sluice_core::acls::{Operation, ResourceType};
+
 use super::{Context, blocking};
 use crate::errors;
 
@@ -63,6 +65,10 @@ pub(crate) async fn describe_offsets(
     for asked in request.groups {
         let group_id = asked.group_id.to_string();
         let group = DescribeShareGroupOffsetsResponseGroup::default().with_group_id(asked.group_id);
+        if !context.allowed(Operation::Describe, ResourceType::Group, &group_id) {
+            groups.push(group.with_error_code(ResponseError::GroupAuthorizationFailed.code()));
+            continue;
+        }
         if !super::coordinates(context, &group_id) {
             groups.push(group.with_error_code(ResponseError::NotCoordinator.code()));
             continue;
@@ -140,6 +146,10 @@ pub(crate) async fn alter_offsets(
             .with_error_code(error.code())
             .with_error_message(message.map(text))
     };
+    // Kafka: READ on the group to alter its offsets, DELETE to delete them.
+    if !context.allowed(Operation::Read, ResourceType::Group, &group_id) {
+        return refused(ResponseError::GroupAuthorizationFailed, None);
+    }
     if !super::coordinates(context, &group_id) {
         return refused(ResponseError::NotCoordinator, None);
     }
@@ -200,6 +210,10 @@ pub(crate) async fn delete_offsets(
             .with_error_code(error.code())
             .with_error_message(message.map(text))
     };
+    // Kafka: READ on the group to alter its offsets, DELETE to delete them.
+    if !context.allowed(Operation::Delete, ResourceType::Group, &group_id) {
+        return refused(ResponseError::GroupAuthorizationFailed, None);
+    }
     if !super::coordinates(context, &group_id) {
         return refused(ResponseError::NotCoordinator, None);
     }

@@ -33,6 +33,8 @@ use sluice_core::{Broker, Partition};
 use sluice_types::Offset;
 use tokio::time::Instant;
 
+use sluice_core::acls::{Operation, ResourceType};
+
 use super::Context;
 
 /// Longest wait a client may ask for; longer requests are cut to this.
@@ -80,6 +82,21 @@ pub(crate) fn heartbeat(
             .with_error_message(message.map(text))
     };
     let group_id = request.group_id.to_string();
+    if !context.allowed(Operation::Read, ResourceType::Group, &group_id) {
+        return refused(ResponseError::GroupAuthorizationFailed, None);
+    }
+    // A share consumer reads what it subscribes to: READ on each topic.
+    if let Some(denied) = request
+        .subscribed_topic_names
+        .iter()
+        .flatten()
+        .find(|t| !context.allowed(Operation::Read, ResourceType::Topic, t))
+    {
+        return refused(
+            ResponseError::TopicAuthorizationFailed,
+            Some(format!("not authorized to read topic {}", denied.as_str())),
+        );
+    }
     if !super::coordinates(context, &group_id) {
         return refused(ResponseError::NotCoordinator, None);
     }
@@ -140,6 +157,9 @@ pub(crate) fn describe(
         .map(|group_id| {
             let group =
                 describe_response::DescribedGroup::default().with_group_id(group_id.clone());
+            if !context.allowed(Operation::Describe, ResourceType::Group, &group_id) {
+                return group.with_error_code(ResponseError::GroupAuthorizationFailed.code());
+            }
             if !super::coordinates(context, &group_id) {
                 return group.with_error_code(ResponseError::NotCoordinator.code());
             }
@@ -368,6 +388,12 @@ pub(crate) async fn fetch(context: &Context, request: ShareFetchRequest) -> Shar
         );
     };
     let (group_id, member_id) = (group_id.to_string(), member_id.to_string());
+    if !context.allowed(Operation::Read, ResourceType::Group, &group_id) {
+        return refused(
+            ResponseError::GroupAuthorizationFailed,
+            format!("not authorized to read group {group_id}"),
+        );
+    }
     // Topics may repeat (librdkafka lists a topic again for acks): merged.
     let mut added: Vec<(TopicId, i32)> = Vec::new();
     let mut acks: BTreeMap<(TopicId, i32), Vec<WireBatch>> = BTreeMap::new();
@@ -593,6 +619,12 @@ pub(crate) async fn acknowledge_request(
         );
     };
     let (group_id, member_id) = (group_id.to_string(), member_id.to_string());
+    if !context.allowed(Operation::Read, ResourceType::Group, &group_id) {
+        return refused(
+            ResponseError::GroupAuthorizationFailed,
+            format!("not authorized to read group {group_id}"),
+        );
+    }
     let epoch = request.share_session_epoch;
     let connection = context.connection.as_ref().map(|c| c.id());
     if epoch == 0 {

@@ -440,6 +440,26 @@ fn requests(round: usize) -> Vec<RequestKind> {
             ),
         ),
         RequestKind::WriteTxnMarkers(markers_request(7, 0, true, 0)),
+        RequestKind::CreateAcls(acl_creation("User:alice", 3)),
+        RequestKind::DescribeAcls(
+            kafka_protocol::messages::DescribeAclsRequest::default()
+                .with_resource_type_filter(1)
+                .with_pattern_type_filter(1)
+                .with_operation(1)
+                .with_permission_type(1),
+        ),
+        RequestKind::DeleteAcls(kafka_protocol::messages::DeleteAclsRequest::default().with_filters(
+            vec![
+                kafka_protocol::messages::delete_acls_request::DeleteAclsFilter::default()
+                    .with_resource_type_filter(2)
+                    .with_pattern_type_filter(2)
+                    .with_resource_name_filter(Some(StrBytes::from_static_str("t")))
+                    .with_principal_filter(None)
+                    .with_host_filter(None)
+                    .with_operation(1)
+                    .with_permission_type(1),
+            ],
+        )),
         RequestKind::DeleteTopics(
             DeleteTopicsRequest::default()
                 .with_topic_names(vec![topic(&new_topic), topic("missing")])
@@ -456,6 +476,9 @@ fn api_of(request: &RequestKind) -> ApiKey {
         RequestKind::SaslHandshake(_) => ApiKey::SaslHandshake,
         RequestKind::SaslAuthenticate(_) => ApiKey::SaslAuthenticate,
         RequestKind::DescribeUserScramCredentials(_) => ApiKey::DescribeUserScramCredentials,
+        RequestKind::CreateAcls(_) => ApiKey::CreateAcls,
+        RequestKind::DescribeAcls(_) => ApiKey::DescribeAcls,
+        RequestKind::DeleteAcls(_) => ApiKey::DeleteAcls,
         RequestKind::AlterUserScramCredentials(_) => ApiKey::AlterUserScramCredentials,
         RequestKind::Metadata(_) => ApiKey::Metadata,
         RequestKind::Produce(_) => ApiKey::Produce,
@@ -575,6 +598,127 @@ async fn a_single_node_refuses_to_move_replicas_and_lists_no_move() {
     assert_eq!((listed.error_code, listed.topics.len()), (0, 0));
 }
 
+/// A CreateAcls of one ACL: READ on topic `t` for `principal`, with
+/// `operation` (3: READ).
+fn acl_creation(principal: &str, operation: i8) -> kafka_protocol::messages::CreateAclsRequest {
+    kafka_protocol::messages::CreateAclsRequest::default().with_creations(vec![
+        kafka_protocol::messages::create_acls_request::AclCreation::default()
+            .with_resource_type(2)
+            .with_resource_name(StrBytes::from_static_str("t"))
+            .with_resource_pattern_type(3)
+            .with_principal(StrBytes::from_string(principal.to_owned()))
+            .with_host(StrBytes::from_static_str("*"))
+            .with_operation(operation)
+            .with_permission_type(3),
+    ])
+}
+
+/// With an authorizer, ACLs go in, are described and deleted, one not
+/// valid is refused alone; the client (User:ANONYMOUS) passes only what
+/// they allow. Without one, the APIs answer SECURITY_DISABLED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acls_are_kept_described_deleted_and_checked() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let plain = context_on(dir.path());
+    let Some(ResponseKind::DescribeAcls(disabled)) = dispatch(
+        &plain,
+        RequestKind::DescribeAcls(kafka_protocol::messages::DescribeAclsRequest::default()),
+        3,
+        "c",
+    )
+    .await
+    else {
+        panic!("a DescribeAcls response");
+    };
+    assert_eq!(
+        disabled.error_code,
+        kafka_protocol::ResponseError::SecurityDisabled.code()
+    );
+    let context = Context {
+        options: Arc::new(KafkaOptions {
+            authorizer: Some(Arc::new(crate::AuthorizerOptions {
+                super_users: vec!["User:ANONYMOUS".into()],
+                everyone_if_none: false,
+            })),
+            ..(*plain.options).clone()
+        }),
+        broker: Arc::clone(&plain.broker),
+        peer: plain.peer.clone(),
+        connection: None,
+        inter_node: false,
+        sasl: Default::default(),
+    };
+    let mut creation = acl_creation("User:ANONYMOUS", 3);
+    creation
+        .creations
+        .extend(acl_creation("alice", 3).creations);
+    let Some(ResponseKind::CreateAcls(created)) =
+        dispatch(&context, RequestKind::CreateAcls(creation), 3, "c").await
+    else {
+        panic!("a CreateAcls response");
+    };
+    let codes: Vec<i16> = created.results.iter().map(|r| r.error_code).collect();
+    assert_eq!(
+        codes,
+        [0, kafka_protocol::ResponseError::InvalidRequest.code()],
+        "{created:?}"
+    );
+    assert_eq!(context.broker.acls().len(), 1);
+    // As a super user the client passes; as ANONYMOUS with only READ on t,
+    // it may read and describe t but not write it or describe the cluster.
+    assert!(context.allowed_on_cluster(sluice_core::acls::Operation::Alter));
+    let bound = Context {
+        options: Arc::new(KafkaOptions {
+            authorizer: Some(Arc::new(crate::AuthorizerOptions::default())),
+            ..(*plain.options).clone()
+        }),
+        broker: Arc::clone(&plain.broker),
+        peer: plain.peer.clone(),
+        connection: None,
+        inter_node: false,
+        sasl: Default::default(),
+    };
+    use sluice_core::acls::{Operation, ResourceType};
+    assert!(bound.allowed(Operation::Read, ResourceType::Topic, "t"));
+    assert!(bound.allowed(Operation::Describe, ResourceType::Topic, "t"));
+    assert!(!bound.allowed(Operation::Write, ResourceType::Topic, "t"));
+    assert!(!bound.allowed_on_cluster(Operation::Describe));
+    let Some(ResponseKind::DescribeAcls(described)) = dispatch(
+        &bound,
+        RequestKind::DescribeAcls(kafka_protocol::messages::DescribeAclsRequest::default()),
+        3,
+        "c",
+    )
+    .await
+    else {
+        panic!("a DescribeAcls response");
+    };
+    assert_eq!(
+        described.error_code,
+        kafka_protocol::ResponseError::ClusterAuthorizationFailed.code()
+    );
+    let Some(ResponseKind::DeleteAcls(deleted)) = dispatch(
+        &context,
+        requests(0)
+            .into_iter()
+            .find(|r| matches!(r, RequestKind::DeleteAcls(_)))
+            .expect("a DeleteAcls"),
+        3,
+        "c",
+    )
+    .await
+    else {
+        panic!("a DeleteAcls response");
+    };
+    assert_eq!(
+        deleted.filter_results[0].matching_acls.len(),
+        1,
+        "{deleted:?}"
+    );
+    assert!(context.broker.acls().is_empty());
+    assert!(!bound.allowed(Operation::Read, ResourceType::Topic, "t"));
+}
+
 /// A Kafka front-end context over a broker on `dir` (node 1, loopback).
 fn context_on(dir: &std::path::Path) -> Context {
     context_with(BrokerOptions::new(dir))
@@ -593,6 +737,7 @@ fn context_with(options: BrokerOptions) -> Context {
             protocol: crate::SecurityProtocol::Plaintext,
             sasl: crate::SaslOptions::default(),
             tls: None,
+            authorizer: None,
         }),
         peer: "/127.0.0.1".into(),
         connection: None,
@@ -1452,7 +1597,7 @@ async fn write_txn_markers_come_from_nodes_only_and_older_coordinators_are_fence
     let before = end(&context);
     assert_eq!(
         code(send(&context, 5).await),
-        ResponseError::ClusterAuthorizationFailed.code()
+        kafka_protocol::ResponseError::ClusterAuthorizationFailed.code()
     );
     assert_eq!(end(&context), before, "nothing written for a client");
     context.inter_node = true;

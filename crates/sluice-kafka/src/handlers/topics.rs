@@ -16,6 +16,8 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use sluice_core::{Broker, ConfigSource, CoreError, TopicConfig};
 
+use sluice_core::acls::{Operation, ResourceType};
+
 use super::{Context, blocking};
 use crate::errors;
 
@@ -34,11 +36,25 @@ pub(crate) async fn create(
     let broker = Arc::clone(&context.broker);
     let validate_only = request.validate_only;
     let node_id = context.options.node_id;
+    let checker = context.checker();
     let topics = blocking(move || {
+        let on_cluster = checker.allows_on_cluster(Operation::Create);
         request
             .topics
             .into_iter()
-            .map(|topic| create_one(&broker, topic, validate_only, version, node_id))
+            .map(|topic| {
+                if !on_cluster
+                    && !checker.allows(Operation::Create, ResourceType::Topic, &topic.name)
+                {
+                    return CreatableTopicResult::default()
+                        .with_name(topic.name)
+                        .with_error_code(ResponseError::TopicAuthorizationFailed.code())
+                        .with_error_message(Some(StrBytes::from_static_str(
+                            "creating the topic needs CREATE on it or on the cluster",
+                        )));
+                }
+                create_one(&broker, topic, validate_only, version, node_id)
+            })
             .collect()
     })
     .await
@@ -210,6 +226,7 @@ pub(crate) async fn delete(
     version: i16,
 ) -> DeleteTopicsResponse {
     let broker = Arc::clone(&context.broker);
+    let checker = context.checker();
     let responses = blocking(move || {
         // v0-5 name topics in `topic_names`; v6 in `topics`, by name or id.
         let mut wanted: Vec<(Option<String>, uuid::Uuid)> = request
@@ -246,6 +263,9 @@ pub(crate) async fn delete(
                 let result = result
                     .with_name(Some(TopicName(StrBytes::from_string(name.clone()))))
                     .with_topic_id(gate_id(topic_id));
+                if !checker.allows(Operation::Delete, ResourceType::Topic, &name) {
+                    return result.with_error_code(ResponseError::TopicAuthorizationFailed.code());
+                }
                 match broker.topics().delete(&name) {
                     Ok(()) => result.with_error_code(0),
                     Err(err) => {
@@ -271,12 +291,16 @@ pub(crate) async fn create_partitions(
 ) -> CreatePartitionsResponse {
     let broker = Arc::clone(&context.broker);
     let validate_only = request.validate_only;
+    let checker = context.checker();
     let results = blocking(move || {
         request
             .topics
             .into_iter()
             .map(|topic| {
                 let result = CreatePartitionsTopicResult::default().with_name(topic.name.clone());
+                if !checker.allows(Operation::Alter, ResourceType::Topic, &topic.name) {
+                    return result.with_error_code(ResponseError::TopicAuthorizationFailed.code());
+                }
                 let count = u32::try_from(topic.count).unwrap_or(0);
                 match broker.topics().grow(&topic.name, count, validate_only) {
                     Ok(()) => result.with_error_code(0),

@@ -32,6 +32,8 @@ use kafka_protocol::protocol::StrBytes;
 use sluice_core::CommittedOffset;
 use sluice_core::transactions::{Marker, Outcome, TxnState};
 
+use sluice_core::acls::{Operation, ResourceType};
+
 use super::{Context, blocking};
 use crate::errors;
 
@@ -43,11 +45,13 @@ const FENCED_FROM: i16 = 2;
 /// The first version of the batched form (KIP-890), which brokers send.
 const BATCHED_FROM: i16 = 4;
 
-/// Whether `id` is one of the broker's own transactional ids (AMQP
-/// transactions into streams) asked for by a client: only other nodes'
-/// brokers may use them (TRANSACTIONAL_ID_AUTHORIZATION_FAILED).
-pub(crate) fn broker_owned(context: &Context, id: &str) -> bool {
-    !context.inter_node && id.starts_with(sluice_core::transactions::BROKER_TXN_PREFIX)
+/// Whether the client may not use the transactional id `id`
+/// (TRANSACTIONAL_ID_AUTHORIZATION_FAILED): one of the broker's own ids
+/// (AMQP transactions into streams), which only other nodes' brokers
+/// use, or one the ACLs give it no WRITE on.
+pub(crate) fn txn_id_refused(context: &Context, id: &str) -> bool {
+    (!context.inter_node && id.starts_with(sluice_core::transactions::BROKER_TXN_PREFIX))
+        || !context.allowed(Operation::Write, ResourceType::TransactionalId, id)
 }
 
 pub(crate) async fn add_partitions(
@@ -168,9 +172,24 @@ async fn add_to_one(
     topics: Vec<AddPartitionsToTxnTopic>,
     version: i16,
 ) -> Vec<AddPartitionsToTxnTopicResult> {
-    if broker_owned(context, &id) {
+    if txn_id_refused(context, &id) {
         let code = ResponseError::TransactionalIdAuthorizationFailed.code();
         return topic_results(topics, |_, _| code);
+    }
+    // WRITE on every topic, or nothing is added.
+    let unwritable: Vec<String> = topics
+        .iter()
+        .map(|t| t.name.to_string())
+        .filter(|name| !context.allowed(Operation::Write, ResourceType::Topic, name))
+        .collect();
+    if !unwritable.is_empty() {
+        return topic_results(topics, |topic, _| {
+            if unwritable.iter().any(|t| t == topic) {
+                ResponseError::TopicAuthorizationFailed.code()
+            } else {
+                ResponseError::OperationNotAttempted.code()
+            }
+        });
     }
     let broker = Arc::clone(&context.broker);
     let wanted: Vec<(String, i32)> = topics
@@ -218,9 +237,13 @@ pub(crate) async fn add_offsets(
     request: AddOffsetsToTxnRequest,
     version: i16,
 ) -> AddOffsetsToTxnResponse {
-    if broker_owned(context, &request.transactional_id) {
+    if txn_id_refused(context, &request.transactional_id) {
         return AddOffsetsToTxnResponse::default()
             .with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code());
+    }
+    if !context.allowed(Operation::Read, ResourceType::Group, &request.group_id) {
+        return AddOffsetsToTxnResponse::default()
+            .with_error_code(ResponseError::GroupAuthorizationFailed.code());
     }
     let broker = Arc::clone(&context.broker);
     let added = blocking(move || {
@@ -279,10 +302,22 @@ pub(crate) async fn commit_offsets(
     );
     let (generation, member) = (request.generation_id, request.member_id.to_string());
     let coordinates = super::coordinates(context, &group);
-    let owned = broker_owned(context, &id);
+    let owned = txn_id_refused(context, &id);
+    let group_readable = context.allowed(Operation::Read, ResourceType::Group, &group);
+    let unreadable = request
+        .topics
+        .iter()
+        .find(|t| !context.allowed(Operation::Read, ResourceType::Topic, &t.name))
+        .is_some();
     let committed = blocking(move || {
         if owned {
             return Err(ResponseError::TransactionalIdAuthorizationFailed);
+        }
+        if !group_readable {
+            return Err(ResponseError::GroupAuthorizationFailed);
+        }
+        if unreadable {
+            return Err(ResponseError::TopicAuthorizationFailed);
         }
         if group.starts_with(sluice_core::SHARE_STATE_PREFIX) {
             return Err(ResponseError::GroupAuthorizationFailed);
@@ -359,7 +394,7 @@ pub(crate) async fn commit_offsets(
 }
 
 pub(crate) async fn end(context: &Context, request: EndTxnRequest, version: i16) -> EndTxnResponse {
-    if broker_owned(context, &request.transactional_id) {
+    if txn_id_refused(context, &request.transactional_id) {
         return EndTxnResponse::default()
             .with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code());
     }
@@ -397,6 +432,11 @@ pub(crate) fn describe(
         .into_iter()
         .map(|id| {
             let answer = DescribeState::default().with_producer_id(ProducerId(-1));
+            if !context.allowed(Operation::Describe, ResourceType::TransactionalId, &id) {
+                return answer
+                    .with_transactional_id(id)
+                    .with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code());
+            }
             if coordinator.coordinator(&id) != sluice_core::Coordinator::Here {
                 return answer
                     .with_transactional_id(id)
@@ -463,11 +503,14 @@ pub(crate) fn list(
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    // Only the ids the client may describe.
+    let checker = context.checker();
     let states = context
         .broker
         .transactions()
         .list()
         .into_iter()
+        .filter(|(id, _)| checker.allows(Operation::Describe, ResourceType::TransactionalId, id))
         .filter(|(_, meta)| {
             (request.state_filters.is_empty()
                 || request
