@@ -1,7 +1,8 @@
-"""Users and SASL on a three-node cluster: users are metadata commands the
-quorum replicates, so a user added, changed or deleted through any node
-(admin API or Kafka's AlterUserScramCredentials) logs in, or no longer
-does, on every node; and each node's SASL listener is registered by name,
+"""Users and SASL on a three-node cluster: users (and their AMQP
+permissions, and Kafka ACLs) are metadata commands the quorum replicates,
+so a user added, changed or deleted through any node (admin API or
+Kafka's AlterUserScramCredentials) logs in, or no longer does, on every
+node; and each node's SASL listener is registered by name,
 so Metadata through a SASL listener sends clients to the other nodes'
 SASL listeners, never to their plaintext ones.
 """
@@ -100,7 +101,11 @@ def test_a_user_added_on_one_node_logs_in_on_every_node_and_metadata_keeps_to_th
     # Replicated: the other nodes know her (HTTP, AMQP, Kafka SCRAM).
     wait_until(lambda: call(node3, "GET", "/api/users/carol", credentials=("carol", "c4rol-pw"))[0] == 200,
                20, what="node 3 to know carol")
-    assert amqp_login_works(node2, "carol", "c4rol-pw")
+    # A new user has no AMQP permissions until they are set (RabbitMQ's
+    # rule); set through node 3, they open the virtual host on node 2.
+    assert not amqp_login_works(node2, "carol", "c4rol-pw")
+    assert call(node3, "PUT", "/api/permissions/%2F/carol", {"configure": ".*", "write": ".*", "read": ".*"})[0] == 201
+    wait_until(lambda: amqp_login_works(node2, "carol", "c4rol-pw"), 20, what="node 2 to apply carol's permissions")
     assert not amqp_login_works(node2, "carol", "wrong")
     sasl3 = sasl_cluster.sasl_ports[3]
     assert sasl_login_works(sasl3, "carol", "c4rol-pw", "SCRAM-SHA-512")

@@ -235,10 +235,21 @@ def api(broker: Broker, method: str, path: str, body=None, credentials=("guest",
     return Answer(status, parsed, text)
 
 
-def add_user(broker: Broker, name: str, password: str, tags: str = "") -> None:
-    """Adds a user through the admin API as guest (an administrator)."""
+# Every permission on a virtual host (RabbitMQ's `".*" ".*" ".*"`).
+FULL_PERMISSIONS = {"configure": ".*", "write": ".*", "read": ".*"}
+
+
+def add_user(broker: Broker, name: str, password: str, tags: str = "",
+             permissions: dict | None = FULL_PERMISSIONS) -> None:
+    """Adds a user through the admin API as guest (an administrator),
+    with `permissions` on the default virtual host (None: none, so AMQP
+    refuses the user every virtual host), as `rabbitmqctl add_user` then
+    `set_permissions` would."""
     answer = api(broker, "PUT", f"/api/users/{name}", {"password": password, "tags": tags})
     assert answer.status == 201, (answer.status, answer.body)
+    if permissions is not None:
+        answer = api(broker, "PUT", f"/api/permissions/%2F/{name}", permissions)
+        assert answer.status == 201, (answer.status, answer.body)
 
 
 def sluice_users(broker: Broker, *args: str, user: tuple[str, str] | None = None, stdin: str | None = None,

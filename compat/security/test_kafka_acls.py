@@ -52,6 +52,7 @@ SETTINGS = {
     "amqp.loopback_users": "guest",
     "kafka.acls": "true",
     "kafka.super_users": "User:root-principal",
+    "kafka.share_auto_offset_reset": "earliest",
 }
 PROTOCOL = "SASL_PLAINTEXT"
 MECHANISM = "SCRAM-SHA-512"
@@ -147,16 +148,11 @@ def test_acls_are_created_described_and_deleted_with_literal_and_prefixed_patter
 
 
 def test_an_invalid_acl_is_refused_with_invalid_request(acl_broker):
-    admin = admin_client(acl_broker)
-    # The cluster resource has one name; IDEMPOTENT_WRITE is not a topic's.
-    for bad in (
-        acl(ResourceType.BROKER, "my-cluster", "User:x", AclOperation.ALTER),
-        acl(ResourceType.TOPIC, "t", "User:x", AclOperation.IDEMPOTENT_WRITE),
-    ):
-        code = refusal(lambda bad=bad: admin.create_acls([bad])[bad].result(timeout=CLIENT_TIMEOUT_S))
-        assert code == KafkaError.INVALID_REQUEST, bad
-    assert acl(ResourceType.TOPIC, "t", "User:x", AclOperation.IDEMPOTENT_WRITE) not in admin.describe_acls(
-        every_acl()).result(timeout=CLIENT_TIMEOUT_S)
+    # The cluster resource has one name, as Kafka's authorizer checks.
+    bad = acl(ResourceType.BROKER, "my-cluster", "User:x", AclOperation.ALTER)
+    code = refusal(lambda: admin_call(config(acl_broker, ADMIN), "create_acls", [bad]))
+    assert code == KafkaError.INVALID_REQUEST
+    assert bad not in admin_call(config(acl_broker, ADMIN), "describe_acls", every_acl())
 
 
 # --- a principal without ACLs ------------------------------------------------------
@@ -170,7 +166,15 @@ def nobody(acl_broker):
     create_topic(acl_broker, topic)
     produce_and_consume(config(acl_broker, ADMIN), topic, unique_name("guarded-group"), count=2)
     create_topic(acl_broker, topic + "-described")
-    grant(acl_broker, acl(ResourceType.TOPIC, topic + "-described", f"User:{user[0]}", AclOperation.DESCRIBE))
+    principal = f"User:{user[0]}"
+    grant(
+        acl_broker,
+        acl(ResourceType.TOPIC, topic + "-described", principal, AclOperation.DESCRIBE),
+        # DESCRIBE on these groups lets FindCoordinator through, so the
+        # group APIs' own checks answer.
+        acl(ResourceType.GROUP, DESCRIBED_GROUPS, principal, AclOperation.DESCRIBE,
+            pattern=ResourcePatternType.PREFIXED),
+    )
     return user, topic
 
 
@@ -298,6 +302,8 @@ def describe_acls_error(broker: SecureBroker, user: tuple[str, str]) -> int:
     raise AssertionError("DescribeAcls was not refused")
 
 
+# Group ids with this prefix: the user may DESCRIBE them, nothing more.
+DESCRIBED_GROUPS = "described-"
 TOPIC_DENIED = KafkaError.TOPIC_AUTHORIZATION_FAILED
 GROUP_DENIED = KafkaError.GROUP_AUTHORIZATION_FAILED
 CLUSTER_DENIED = KafkaError.CLUSTER_AUTHORIZATION_FAILED
@@ -307,7 +313,10 @@ UNAUTHORIZED = {
     "Produce": (lambda b, u, t, g: produce_error(config(b, u), t), TOPIC_DENIED),
     # DESCRIBE (Metadata, ListOffsets) but not READ.
     "Fetch": (lambda b, u, t, g: fetch_error(b, u, t + "-described"), TOPIC_DENIED),
-    "FindCoordinator/JoinGroup": (lambda b, u, t, g: consume_error(config(b, u), t, g), GROUP_DENIED),
+    "FindCoordinator": (lambda b, u, t, g: consume_error(config(b, u), t, g), GROUP_DENIED),
+    # DESCRIBE but not READ on the group.
+    "JoinGroup": (lambda b, u, t, g: consume_error(config(b, u), t + "-described", DESCRIBED_GROUPS + g),
+                  GROUP_DENIED),
     "InitProducerId (idempotent)": (lambda b, u, t, g: fatal_producer_error(config(b, u)), CLUSTER_DENIED),
     "InitProducerId (transactional)": (
         lambda b, u, t, g: refusal(
@@ -355,7 +364,8 @@ UNAUTHORIZED = {
         GROUP_DENIED,
     ),
     "DeleteGroups": (
-        lambda b, u, t, g: refusal(lambda: admin_call(config(b, u), "delete_consumer_groups", [g])),
+        lambda b, u, t, g: refusal(
+            lambda: admin_call(config(b, u), "delete_consumer_groups", [DESCRIBED_GROUPS + g])),
         GROUP_DENIED,
     ),
     "OffsetFetch": (
@@ -363,7 +373,6 @@ UNAUTHORIZED = {
             lambda: admin_call(config(b, u), "list_consumer_group_offsets", [ConsumerGroupTopicPartitions(g)])),
         GROUP_DENIED,
     ),
-    "DescribeCluster": (lambda b, u, t, g: describe_cluster_error(b), CLUSTER_DENIED),
     "DescribeAcls": (lambda b, u, t, g: describe_acls_error(b, u), CLUSTER_DENIED),
     "CreateAcls": (
         lambda b, u, t, g: refusal(lambda: admin_call(
@@ -383,6 +392,10 @@ def test_a_principal_without_acls_gets_the_apis_authorization_error(acl_broker, 
     call, expected = UNAUTHORIZED[api]
     code = call(acl_broker, user, topic, unique_name("nobodys-group"))
     assert code == expected, f"{api}: {KafkaError(code)} instead of {KafkaError(expected)}"
+
+
+def test_describe_cluster_is_open_to_everyone_as_in_kafka(acl_broker):
+    assert describe_cluster_error(acl_broker) == 0
 
 
 def test_metadata_leaves_out_the_topics_a_principal_may_not_describe(acl_broker, nobody):
@@ -504,3 +517,115 @@ def test_the_acl_apis_answer_security_disabled_without_kafka_acls(own_broker):
     topic = unique_name("free")
     assert produce_and_consume(config(broker, user), topic, unique_name("free-group"), count=1) == [
         f"{topic}-0".encode()]
+
+
+# --- finer rules --------------------------------------------------------------------
+
+
+def test_wildcard_principals_hosts_and_a_prefixed_deny_over_a_literal_allow(acl_broker):
+    user = new_user(acl_broker, "rules")
+    principal = f"User:{user[0]}"
+    everyone, here, elsewhere, denied = (unique_name(n) for n in ("everyone", "here", "elsewhere", "denied"))
+    for name in (everyone, here, elsewhere, denied):
+        create_topic(acl_broker, name)
+    grant(
+        acl_broker,
+        acl(ResourceType.TOPIC, everyone, "User:*", AclOperation.WRITE),
+        AclBinding(ResourceType.TOPIC, here, ResourcePatternType.LITERAL, principal, "127.0.0.1",
+                   AclOperation.WRITE, AclPermissionType.ALLOW),
+        AclBinding(ResourceType.TOPIC, elsewhere, ResourcePatternType.LITERAL, principal, "10.9.8.7",
+                   AclOperation.WRITE, AclPermissionType.ALLOW),
+        acl(ResourceType.TOPIC, denied, principal, AclOperation.WRITE),
+        acl(ResourceType.TOPIC, denied[:8], principal, AclOperation.WRITE, AclPermissionType.DENY,
+            pattern=ResourcePatternType.PREFIXED),
+    )
+
+    def delivered(topic: str):
+        outcome = []
+        producer = Producer({**config(acl_broker, user), "message.timeout.ms": 10000})
+        producer.produce(topic, b"x", on_delivery=lambda err, msg: outcome.append(err and err.code()))
+        producer.flush(CLIENT_TIMEOUT_S)
+        return outcome
+
+    assert delivered(everyone) == [None], "User:* matches every principal"
+    assert delivered(here) == [None], "the client's own address"
+    assert delivered(elsewhere) == [KafkaError.TOPIC_AUTHORIZATION_FAILED], "another host's ACL"
+    assert delivered(denied) == [KafkaError.TOPIC_AUTHORIZATION_FAILED], "a prefixed DENY wins"
+
+
+def test_a_deny_of_read_leaves_describe_and_fetch_is_refused(acl_broker):
+    user = new_user(acl_broker, "no-read")
+    principal = f"User:{user[0]}"
+    topic = unique_name("no-read")
+    create_topic(acl_broker, topic)
+    grant(acl_broker,
+          acl(ResourceType.TOPIC, topic, principal, AclOperation.DESCRIBE),
+          acl(ResourceType.TOPIC, topic, principal, AclOperation.READ, AclPermissionType.DENY))
+    assert topic in AdminClient(config(acl_broker, user)).list_topics(timeout=CLIENT_TIMEOUT_S).topics
+    assert fetch_error(acl_broker, user, topic) == KafkaError.TOPIC_AUTHORIZATION_FAILED
+
+
+def test_list_groups_shows_only_the_groups_a_principal_may_describe(acl_broker):
+    user = new_user(acl_broker, "lister")
+    topic = unique_name("listed")
+    mine, theirs = unique_name("mine"), unique_name("theirs")
+    create_topic(acl_broker, topic)
+    for group in (mine, theirs):
+        produce_and_consume(config(acl_broker, ADMIN), topic, group, count=1)
+    grant(acl_broker, acl(ResourceType.GROUP, mine, f"User:{user[0]}", AclOperation.DESCRIBE))
+    listed = admin_call(config(acl_broker, user), "list_consumer_groups")
+    ids = {g.group_id for g in listed.valid}
+    assert mine in ids and theirs not in ids, ids
+
+
+def test_share_fetch_needs_read_on_the_topic(acl_broker):
+    from confluent_kafka import ShareConsumer
+
+    user = new_user(acl_broker, "sharer")
+    principal = f"User:{user[0]}"
+    topic, group = unique_name("shared"), unique_name("share-group")
+    create_topic(acl_broker, topic)
+    produce_and_consume(config(acl_broker, ADMIN), topic, unique_name("filler"), count=2)
+    # READ on the group and DESCRIBE on the topic: the member joins, but
+    # each ShareFetch of the topic is refused.
+    grant(acl_broker,
+          acl(ResourceType.GROUP, group, principal, AclOperation.READ),
+          acl(ResourceType.TOPIC, topic, principal, AclOperation.DESCRIBE))
+
+    def share_poll(seconds: float):
+        errors, values = [], []
+        consumer = ShareConsumer({**config(acl_broker, user), "group.id": group, "error_cb": errors.append})
+        consumer.subscribe([topic])
+        deadline = time.monotonic() + seconds
+        try:
+            while time.monotonic() < deadline and not values:
+                try:
+                    batch = consumer.poll(0.5)
+                except KafkaException as raised:  # librdkafka raises ShareFetch errors
+                    errors.append(raised.args[0])
+                    batch = []
+                for message in batch:
+                    (errors if message.error() else values).append(message.error() or message.value())
+                if any(e.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED for e in errors):
+                    break
+        finally:
+            consumer.close()
+        return [e.code() for e in errors], values
+
+    codes, values = share_poll(CLIENT_TIMEOUT_S)
+    assert values == [] and KafkaError.TOPIC_AUTHORIZATION_FAILED in codes, (codes, values)
+    grant(acl_broker, acl(ResourceType.TOPIC, topic, principal, AclOperation.READ))
+    codes, values = share_poll(CLIENT_TIMEOUT_S)
+    assert values, codes
+
+
+def test_allow_everyone_lets_an_idempotent_producer_in_beside_other_acls(own_broker):
+    broker = own_broker({**SETTINGS, "kafka.allow_everyone_if_no_acl_found": "true"},
+                        listeners=(PROTOCOL,), amqps=False)
+    grant(broker, acl(ResourceType.GROUP, "someone-elses", "User:someone", AclOperation.READ))
+    user = new_user(broker, "idempotent")
+    producer = Producer({**config(broker, user), "enable.idempotence": True, "message.timeout.ms": 10000})
+    outcome = []
+    producer.produce(unique_name("idem"), b"x", on_delivery=lambda err, msg: outcome.append(err))
+    producer.flush(CLIENT_TIMEOUT_S)
+    assert outcome == [None]

@@ -16,6 +16,8 @@ use sluice_core::ChannelStats;
 use sluice_core::messaging::{ConsumerEvent, Credit, Message, Queue, VirtualHost};
 use tokio::sync::mpsc::UnboundedSender;
 
+use sluice_core::permissions::Access;
+
 use crate::errors::{AmqpError, PRECONDITION_FAILED, UNEXPECTED_FRAME};
 use crate::frames;
 
@@ -36,9 +38,64 @@ pub(crate) struct Context<'a> {
     pub(crate) events: &'a UnboundedSender<ConsumerEvent>,
     /// Queues to dispatch once the current burst of frames is handled.
     pub(crate) dispatch: &'a mut Vec<Arc<Queue>>,
+    /// The users' permissions, as applied.
+    pub(crate) permissions: &'a sluice_core::permissions::Permissions,
 }
 
 impl Context<'_> {
+    /// RabbitMQ's permission check: `access` to the queue or exchange
+    /// (`kind`) `name`, else ACCESS_REFUSED with RabbitMQ's text. The
+    /// default exchange is checked as `amq.default`.
+    pub(crate) fn check(&self, access: Access, kind: &str, name: &str) -> Result<(), AmqpError> {
+        let name = if kind == "exchange" && name.is_empty() {
+            "amq.default"
+        } else {
+            name
+        };
+        let vhost = self.vhost.name();
+        if self.permissions.allows(self.user, vhost, access, name) {
+            return Ok(());
+        }
+        Err(AmqpError::channel(
+            crate::errors::ACCESS_REFUSED,
+            format!(
+                "access to {kind} '{name}' in vhost '{vhost}' refused for user '{}'",
+                self.user
+            ),
+        ))
+    }
+
+    /// RabbitMQ's topic permission check: publishing (`Write`) or binding
+    /// (`Read`) with `routing_key` on `exchange`, when it is a topic
+    /// exchange.
+    pub(crate) fn check_topic(
+        &self,
+        access: Access,
+        exchange: &str,
+        routing_key: &str,
+    ) -> Result<(), AmqpError> {
+        let topic = self
+            .vhost
+            .exchange(exchange)
+            .is_some_and(|e| e.kind.as_str() == "topic");
+        let vhost = self.vhost.name();
+        if !topic
+            || self
+                .permissions
+                .allows_topic(self.user, vhost, exchange, access, routing_key)
+        {
+            return Ok(());
+        }
+        Err(AmqpError::channel(
+            crate::errors::ACCESS_REFUSED,
+            format!(
+                "{} access to topic '{routing_key}' in exchange '{exchange}' in vhost '{vhost}' refused for user '{}'",
+                access.as_str(),
+                self.user
+            ),
+        ))
+    }
+
     pub(crate) fn reply(&mut self, channel: u16, method: AMQPClass) {
         frames::put_method(self.out, channel, method);
     }

@@ -99,7 +99,7 @@ pub struct AclBinding {
 }
 
 /// Which ACLs a DescribeAcls or DeleteAcls names: `None` matches any.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AclFilter {
     pub resource_type: Option<ResourceType>,
     pub resource_name: Option<String>,
@@ -111,7 +111,7 @@ pub struct AclFilter {
 }
 
 /// How a filter takes resource patterns (Kafka's PatternType in filters).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PatternFilter {
     /// Any pattern type (ANY).
     #[default]
@@ -243,34 +243,56 @@ impl Acls {
 
     /// Whether `who` may do `operation` on some resource of type
     /// `resource` (Kafka's authorizeByResourceType, for idempotent
-    /// producers with WRITE on any topic): an ALLOW for it, for any name,
-    /// that no DENY of the same operation on every name (literal `*` or
-    /// the empty prefix) takes back.
+    /// producers with WRITE on any topic). First as for a resource no ACL
+    /// names by itself (so `allow.everyone.if.no.acl.found` and wildcard
+    /// ACLs count); then an ALLOW of exactly this operation (or ALL) on
+    /// some name, literal or prefixed, that no DENY covers: a literal
+    /// DENY `*` covers every name, a literal DENY its own name, a
+    /// prefixed DENY every name it begins.
     pub fn authorize_any(
         &self,
         who: Requester<'_>,
         operation: Operation,
         resource: ResourceType,
+        everyone_if_none: bool,
     ) -> bool {
+        if self.authorize(who, operation, resource, "hardcode", everyone_if_none) {
+            return true;
+        }
         let acls = self.read();
-        let applies = |a: &&AclBinding| {
+        let mut denied_literal = BTreeSet::new();
+        let mut denied_prefixes = BTreeSet::new();
+        let mut allowed = Vec::new();
+        for acl in acls.iter().filter(|a| {
             a.resource_type == resource
                 && (a.principal == who.principal || a.principal == WILDCARD_PRINCIPAL)
                 && (a.host == who.host || a.host == WILDCARD)
-                && covers(a.operation, a.permission, operation)
-        };
-        let denied_everywhere = acls.iter().filter(applies).any(|a| {
-            a.permission == Permission::Deny
-                && match a.pattern_type {
-                    PatternType::Literal => a.resource_name == WILDCARD,
-                    PatternType::Prefixed => a.resource_name.is_empty(),
+                && (a.operation == operation || a.operation == Operation::All)
+        }) {
+            match (acl.permission, acl.pattern_type) {
+                (Permission::Deny, PatternType::Literal) if acl.resource_name == WILDCARD => {
+                    return false;
                 }
-        });
-        !denied_everywhere
-            && acls
-                .iter()
-                .filter(applies)
-                .any(|a| a.permission == Permission::Allow)
+                (Permission::Deny, PatternType::Literal) => {
+                    denied_literal.insert(acl.resource_name.as_str());
+                }
+                (Permission::Deny, PatternType::Prefixed) => {
+                    denied_prefixes.insert(acl.resource_name.as_str());
+                }
+                (Permission::Allow, PatternType::Literal) if acl.resource_name == WILDCARD => {
+                    return true;
+                }
+                (Permission::Allow, pattern) => allowed.push((pattern, acl.resource_name.as_str())),
+            }
+        }
+        allowed.into_iter().any(|(pattern, name)| {
+            let literal_denied = pattern == PatternType::Literal && denied_literal.contains(name);
+            let prefix_denied = name
+                .char_indices()
+                .map(|(at, c)| &name[..at + c.len_utf8()])
+                .any(|prefix| denied_prefixes.contains(prefix));
+            !literal_denied && !prefix_denied
+        })
     }
 
     pub(crate) fn replace_all(&self, acls: &BTreeSet<AclBinding>) {
@@ -343,8 +365,28 @@ mod tests {
             acls.authorize(bob, Operation::Read, ResourceType::Topic, "payments", true),
             "a resource no ACL names is open under allow.everyone.if.no.acl.found"
         );
-        assert!(acls.authorize_any(ALICE, Operation::Read, ResourceType::Topic));
-        assert!(!acls.authorize_any(bob, Operation::Read, ResourceType::Topic));
+        assert!(acls.authorize_any(ALICE, Operation::Read, ResourceType::Topic, false));
+        assert!(!acls.authorize_any(bob, Operation::Read, ResourceType::Topic, false));
+        assert!(
+            acls.authorize_any(bob, Operation::Read, ResourceType::Topic, true),
+            "allow.everyone.if.no.acl.found counts"
+        );
+        // A prefixed DENY covering the only ALLOW takes it back.
+        acls.replace_all(&BTreeSet::from([
+            acl(
+                (ResourceType::Topic, "orders-eu", PatternType::Literal),
+                "User:alice",
+                Operation::Write,
+                Permission::Allow,
+            ),
+            acl(
+                (ResourceType::Topic, "orders", PatternType::Prefixed),
+                "User:alice",
+                Operation::Write,
+                Permission::Deny,
+            ),
+        ]));
+        assert!(!acls.authorize_any(ALICE, Operation::Write, ResourceType::Topic, false));
     }
 
     #[test]

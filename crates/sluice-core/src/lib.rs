@@ -32,6 +32,7 @@ mod metadata;
 mod metrics;
 mod offsets;
 mod partition;
+pub mod permissions;
 mod producers;
 mod recovery;
 mod replay;
@@ -984,6 +985,121 @@ impl Broker {
         self.topics.metadata().acls()
     }
 
+    /// The AMQP permissions as applied on this node.
+    pub fn permissions(&self) -> &Arc<permissions::Permissions> {
+        self.topics.metadata().permissions()
+    }
+
+    /// Every user's AMQP permissions and topic permissions.
+    pub fn permission_maps(&self) -> (permissions::PermissionMap, permissions::TopicPermissionMap) {
+        self.topics.metadata().permission_maps()
+    }
+
+    /// Sets (or with `None` clears) `user`'s permissions on `vhost`.
+    /// Blocking.
+    ///
+    /// # Errors
+    /// [`CoreError::InvalidConfig`] for an invalid expression or an
+    /// unknown virtual host, [`CoreError::UnknownUser`], or the commit's.
+    pub fn set_permission(
+        &self,
+        user: &str,
+        vhost: &str,
+        permission: Option<permissions::VhostPermission>,
+    ) -> Result<(), CoreError> {
+        self.check_vhost(vhost)?;
+        if let Some(p) = &permission {
+            permissions::validate(&[&p.configure, &p.write, &p.read]).map_err(|reason| {
+                CoreError::InvalidConfig {
+                    key: "permission".to_owned(),
+                    reason,
+                }
+            })?;
+        }
+        tracing::info!(
+            user,
+            vhost,
+            set = permission.is_some(),
+            "permissions changed"
+        );
+        self.topics
+            .metadata()
+            .change_user(MetadataCommand::SetPermission {
+                user: user.to_owned(),
+                vhost: vhost.to_owned(),
+                permission,
+            })
+    }
+
+    /// Sets (or with `None` clears) `user`'s topic permission on
+    /// `exchange` of `vhost`. Blocking.
+    ///
+    /// # Errors
+    /// As [`Broker::set_permission`].
+    pub fn set_topic_permission(
+        &self,
+        user: &str,
+        vhost: &str,
+        exchange: &str,
+        permission: Option<permissions::TopicPermission>,
+    ) -> Result<(), CoreError> {
+        self.check_vhost(vhost)?;
+        if let Some(p) = &permission {
+            permissions::validate(&[&p.write, &p.read]).map_err(|reason| {
+                CoreError::InvalidConfig {
+                    key: "permission".to_owned(),
+                    reason,
+                }
+            })?;
+        }
+        tracing::info!(
+            user,
+            vhost,
+            exchange,
+            set = permission.is_some(),
+            "topic permissions changed"
+        );
+        self.topics
+            .metadata()
+            .change_user(MetadataCommand::SetTopicPermission {
+                user: user.to_owned(),
+                vhost: vhost.to_owned(),
+                exchange: exchange.to_owned(),
+                permission,
+            })
+    }
+
+    fn check_vhost(&self, vhost: &str) -> Result<(), CoreError> {
+        if self.vhosts.get(vhost).is_none() {
+            return Err(CoreError::InvalidConfig {
+                key: "vhost".to_owned(),
+                reason: format!("no virtual host {vhost:?}"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Grants every user there is full permissions on every virtual host,
+    /// once (the users from before permissions existed, and the
+    /// configuration's). Blocking.
+    ///
+    /// # Errors
+    /// The commit's.
+    pub fn bootstrap_permissions(&self) -> Result<(), CoreError> {
+        if self.permissions().bootstrapped() {
+            return Ok(());
+        }
+        let vhosts = self
+            .vhosts
+            .all()
+            .iter()
+            .map(|v| v.name().to_owned())
+            .collect();
+        self.topics
+            .metadata()
+            .change_user(MetadataCommand::BootstrapPermissions { vhosts })
+    }
+
     /// Adds Kafka ACLs (those already there stay once). Blocking.
     ///
     /// # Errors
@@ -995,25 +1111,25 @@ impl Broker {
             .change_acls(MetadataCommand::CreateAcls { acls })
     }
 
-    /// Removes the Kafka ACLs `filters` name; returns what each matched.
+    /// Removes every Kafka ACL `filters` match; returns what each matched
+    /// here before the change. The filters travel in the command and are
+    /// matched where it is applied, so on a cluster an ACL this node had
+    /// not applied yet goes too (it is then missing from the answer).
     /// Blocking.
     ///
     /// # Errors
     /// The commit's.
     pub fn delete_acls(
         &self,
-        filters: &[acls::AclFilter],
+        filters: Vec<acls::AclFilter>,
     ) -> Result<Vec<Vec<acls::AclBinding>>, CoreError> {
         let matched: Vec<Vec<acls::AclBinding>> =
             filters.iter().map(|f| self.acls().describe(f)).collect();
-        let acls: std::collections::BTreeSet<_> = matched.iter().flatten().cloned().collect();
-        if !acls.is_empty() {
-            tracing::info!(count = acls.len(), "ACLs deleted");
+        if !filters.is_empty() {
+            tracing::info!(filters = filters.len(), "ACLs deleted");
             self.topics
                 .metadata()
-                .change_acls(MetadataCommand::DeleteAcls {
-                    acls: acls.into_iter().collect(),
-                })?;
+                .change_acls(MetadataCommand::DeleteAcls { filters })?;
         }
         Ok(matched)
     }
@@ -1204,6 +1320,12 @@ impl Broker {
             self.offsets.commit(&group, &positions)?;
         }
         self.topics.set_config(name, config)
+    }
+
+    /// Whether a write or a Metadata request may create a missing topic
+    /// (`kafka.auto_create_topics`).
+    pub fn auto_create_topics(&self) -> bool {
+        self.auto_create_topics
     }
 
     /// The topic called `name`; created with the default partition count if

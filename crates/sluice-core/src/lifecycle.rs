@@ -158,6 +158,13 @@ impl Broker {
                     {
                         tracing::debug!(%error, "the configuration's users wait for the metadata");
                     }
+                    // Once the users are in, in the same pass.
+                    if broker.users().bootstrapped()
+                        && !broker.permissions().bootstrapped()
+                        && let Err(error) = broker.bootstrap_permissions()
+                    {
+                        tracing::debug!(%error, "the users' permissions wait for the metadata");
+                    }
                 },
             ),
             every(

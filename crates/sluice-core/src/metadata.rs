@@ -37,6 +37,9 @@ use crate::group_config::{GroupConfig, GroupConfigs};
 use crate::messaging::definitions::{
     self, BindingDefinition, Definition, Definitions, ExchangeDefinition, QueueDefinition,
 };
+use crate::permissions::{
+    PermissionMap, Permissions, TopicPermission, TopicPermissionMap, VhostPermission,
+};
 use crate::topics::Topics;
 use crate::users::{ScramCredential, ScramMechanism, UserRecord, Users};
 
@@ -225,15 +228,38 @@ pub enum MetadataCommand {
         mechanism: ScramMechanism,
         credential: Option<ScramCredential>,
     },
+    /// A user's AMQP permissions on a virtual host (RabbitMQ's
+    /// set_permissions), or none (clear_permissions). Refused for an
+    /// unknown user.
+    SetPermission {
+        user: String,
+        vhost: String,
+        permission: Option<VhostPermission>,
+    },
+    /// A user's topic permission on one exchange of a virtual host
+    /// (set_topic_permissions), or none. Refused for an unknown user.
+    SetTopicPermission {
+        user: String,
+        vhost: String,
+        exchange: String,
+        permission: Option<TopicPermission>,
+    },
+    /// Full permissions on `vhosts` for every user there is, taken once:
+    /// the configuration's users, and those of a data directory from
+    /// before permissions existed (who could use every virtual host).
+    BootstrapPermissions {
+        vhosts: Vec<String>,
+    },
     /// Kafka ACLs added (Kafka's AccessControlEntryRecord); one already
     /// there stays once.
     CreateAcls {
         acls: Vec<AclBinding>,
     },
-    /// Kafka ACLs removed, as named exactly (the deleter matched its
-    /// filters against the state first); one not there is skipped.
+    /// Kafka ACLs removed: every one a filter matches, matched as the
+    /// command is applied, so no node keeps one the deleter had not seen
+    /// yet.
     DeleteAcls {
-        acls: Vec<AclBinding>,
+        filters: Vec<crate::acls::AclFilter>,
     },
 }
 
@@ -386,6 +412,12 @@ pub(crate) struct MetadataState {
     pub(crate) users_bootstrapped: bool,
     /// Kafka ACLs.
     pub(crate) acls: std::collections::BTreeSet<AclBinding>,
+    /// AMQP permissions, by user then virtual host.
+    pub(crate) permissions: PermissionMap,
+    /// AMQP topic permissions, by user, virtual host and exchange.
+    pub(crate) topic_permissions: TopicPermissionMap,
+    /// Whether the users there were got their permissions.
+    pub(crate) permissions_bootstrapped: bool,
 }
 
 impl MetadataState {
@@ -472,6 +504,30 @@ impl MetadataState {
                     create_only: false,
                 }),
         );
+        if self.permissions_bootstrapped {
+            commands.push(MetadataCommand::BootstrapPermissions { vhosts: Vec::new() });
+        }
+        for (user, vhosts) in &self.permissions {
+            commands.extend(vhosts.iter().map(|(vhost, permission)| {
+                MetadataCommand::SetPermission {
+                    user: user.clone(),
+                    vhost: vhost.clone(),
+                    permission: Some(permission.clone()),
+                }
+            }));
+        }
+        for (user, vhosts) in &self.topic_permissions {
+            for (vhost, exchanges) in vhosts {
+                commands.extend(exchanges.iter().map(|(exchange, permission)| {
+                    MetadataCommand::SetTopicPermission {
+                        user: user.clone(),
+                        vhost: vhost.clone(),
+                        exchange: exchange.clone(),
+                        permission: Some(permission.clone()),
+                    }
+                }));
+            }
+        }
         if !self.acls.is_empty() {
             commands.push(MetadataCommand::CreateAcls {
                 acls: self.acls.iter().cloned().collect(),
@@ -699,6 +755,12 @@ fn check(state: &MetadataState, command: &MetadataCommand) -> Result<(), CoreErr
         } if state.users.contains_key(name) => Err(CoreError::UserExists { name: name.clone() }),
         MetadataCommand::DeleteUser { name } if !state.users.contains_key(name) => {
             Err(CoreError::UnknownUser { name: name.clone() })
+        }
+        MetadataCommand::SetPermission { user, .. }
+        | MetadataCommand::SetTopicPermission { user, .. }
+            if !state.users.contains_key(user) =>
+        {
+            Err(CoreError::UnknownUser { name: user.clone() })
         }
         MetadataCommand::SetScramCredential {
             name,
@@ -985,12 +1047,77 @@ pub(crate) fn apply(state: &mut MetadataState, command: MetadataCommand) -> Resu
         }
         MetadataCommand::DeleteUser { name } => {
             state.users.remove(&name);
+            state.permissions.remove(&name);
+            state.topic_permissions.remove(&name);
+        }
+        MetadataCommand::SetPermission {
+            user,
+            vhost,
+            permission,
+        } => match permission {
+            Some(permission) => {
+                state
+                    .permissions
+                    .entry(user)
+                    .or_default()
+                    .insert(vhost, permission);
+            }
+            None => {
+                if let Some(vhosts) = state.permissions.get_mut(&user) {
+                    vhosts.remove(&vhost);
+                    if vhosts.is_empty() {
+                        state.permissions.remove(&user);
+                    }
+                }
+            }
+        },
+        MetadataCommand::SetTopicPermission {
+            user,
+            vhost,
+            exchange,
+            permission,
+        } => match permission {
+            Some(permission) => {
+                state
+                    .topic_permissions
+                    .entry(user)
+                    .or_default()
+                    .entry(vhost)
+                    .or_default()
+                    .insert(exchange, permission);
+            }
+            None => {
+                if let Some(vhosts) = state.topic_permissions.get_mut(&user) {
+                    if let Some(exchanges) = vhosts.get_mut(&vhost) {
+                        exchanges.remove(&exchange);
+                        if exchanges.is_empty() {
+                            vhosts.remove(&vhost);
+                        }
+                    }
+                    if vhosts.is_empty() {
+                        state.topic_permissions.remove(&user);
+                    }
+                }
+            }
+        },
+        MetadataCommand::BootstrapPermissions { vhosts } => {
+            if !state.permissions_bootstrapped {
+                state.permissions_bootstrapped = true;
+                for user in state.users.keys() {
+                    let granted = state.permissions.entry(user.clone()).or_default();
+                    for vhost in &vhosts {
+                        granted
+                            .entry(vhost.clone())
+                            .or_insert_with(VhostPermission::full);
+                    }
+                }
+            }
         }
         MetadataCommand::CreateAcls { acls } => state.acls.extend(acls),
-        MetadataCommand::DeleteAcls { acls } => {
-            for acl in &acls {
-                state.acls.remove(acl);
-            }
+        MetadataCommand::DeleteAcls { filters } => {
+            state
+                .acls
+                .retain(|acl| !filters.iter().any(|f| f.matches(acl)));
         }
         MetadataCommand::SetScramCredential {
             name,
@@ -1405,6 +1532,8 @@ pub struct Metadata {
     users: Arc<Users>,
     /// The Kafka ACLs as applied, for the request path.
     acls: Arc<Acls>,
+    /// The AMQP permissions as applied, compiled.
+    permissions: Arc<Permissions>,
 }
 
 /// A refused command, as a committed command's answer carries it to its
@@ -1495,6 +1624,12 @@ impl Metadata {
         users.replace_all(&state.users, state.users_bootstrapped);
         let acls = Arc::new(Acls::default());
         acls.replace_all(&state.acls);
+        let permissions = Arc::new(Permissions::default());
+        permissions.replace_all(
+            &state.permissions,
+            &state.topic_permissions,
+            state.permissions_bootstrapped,
+        );
         Ok(Arc::new(Metadata {
             writer: Mutex::new(()),
             store: Store::Local(log),
@@ -1506,6 +1641,7 @@ impl Metadata {
             group_configs,
             users,
             acls,
+            permissions,
         }))
     }
 
@@ -1524,6 +1660,7 @@ impl Metadata {
             group_configs: Arc::default(),
             users: Arc::default(),
             acls: Arc::default(),
+            permissions: Arc::default(),
         })
     }
 
@@ -1612,6 +1749,17 @@ impl Metadata {
     /// The Kafka ACLs as applied on this node.
     pub fn acls(&self) -> &Arc<Acls> {
         &self.acls
+    }
+
+    /// The AMQP permissions as applied on this node.
+    pub fn permissions(&self) -> &Arc<Permissions> {
+        &self.permissions
+    }
+
+    /// The AMQP permissions and topic permissions as committed.
+    pub(crate) fn permission_maps(&self) -> (PermissionMap, TopicPermissionMap) {
+        let state = self.state();
+        (state.permissions.clone(), state.topic_permissions.clone())
     }
 
     /// Commits an ACL change ([`MetadataCommand::CreateAcls`] or
@@ -1817,6 +1965,13 @@ impl Metadata {
             command,
             MetadataCommand::CreateAcls { .. } | MetadataCommand::DeleteAcls { .. }
         );
+        let permissions = matches!(
+            command,
+            MetadataCommand::SetPermission { .. }
+                | MetadataCommand::SetTopicPermission { .. }
+                | MetadataCommand::BootstrapPermissions { .. }
+                | MetadataCommand::DeleteUser { .. }
+        );
         let user = match &command {
             MetadataCommand::PutUser { name, .. }
             | MetadataCommand::DeleteUser { name }
@@ -1827,6 +1982,13 @@ impl Metadata {
         apply(state, command)?;
         if acls {
             self.acls.replace_all(&state.acls);
+        }
+        if permissions {
+            self.permissions.replace_all(
+                &state.permissions,
+                &state.topic_permissions,
+                state.permissions_bootstrapped,
+            );
         }
         match user {
             Some(Some(name)) => self.users.set(&name, state.users.get(&name)),
@@ -1872,6 +2034,11 @@ impl Metadata {
         self.users
             .replace_all(&state.users, state.users_bootstrapped);
         self.acls.replace_all(&state.acls);
+        self.permissions.replace_all(
+            &state.permissions,
+            &state.topic_permissions,
+            state.permissions_bootstrapped,
+        );
         self.definitions_changed.send_modify(|n| *n += 1);
         match self.topics.get().and_then(Weak::upgrade) {
             Some(topics) => topics.reconcile_all(&state.topics),

@@ -294,6 +294,13 @@ impl Users {
         self.current().get(name).cloned()
     }
 
+    /// Whether user `name` exists and has `tag` (no copy of the record).
+    pub fn has_tag(&self, name: &str, tag: &str) -> bool {
+        self.current()
+            .get(name)
+            .is_some_and(|user| user.has_tag(tag))
+    }
+
     /// Every user, by name.
     pub fn list(&self) -> BTreeMap<String, UserRecord> {
         self.current().clone()

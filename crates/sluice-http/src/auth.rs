@@ -96,6 +96,9 @@ fn permitted(
     let reading = matches!(*method, axum::http::Method::GET | axum::http::Method::HEAD);
     let own_user = format!("/api/users/{}", principal.name);
     let administrative = path.starts_with("/api/users")
+        || path.starts_with("/api/permissions")
+        || path.starts_with("/api/topic-permissions")
+        || (path.starts_with("/api/vhosts/") && path.ends_with("/permissions"))
         || (!reading && path.starts_with("/api/queues/") && path.contains("/members"))
         || (!reading
             && [

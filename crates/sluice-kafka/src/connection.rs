@@ -126,7 +126,8 @@ impl Connection {
         registration: ConnectionHandle,
         inter_node: bool,
     ) -> Self {
-        let peer = format!("/{}", peer.ip());
+        // An IPv4 client of a dual-stack listener as IPv4 (ACL hosts name it so).
+        let peer = format!("/{}", peer.ip().to_canonical());
         Connection {
             stream,
             context: Context {

@@ -153,6 +153,18 @@ impl Connection {
             self.queue_close();
             return Ok(false);
         };
+        if !self.broker.permissions().may_open(&user, vhost.name()) {
+            tracing::info!(user = %user, vhost = vhost.name(), "AMQP connection refused: no permissions on the virtual host");
+            self.closing = Some(AmqpError::connection(
+                NOT_ALLOWED,
+                format!(
+                    "access to vhost '{}' refused for user '{user}'",
+                    vhost.name()
+                ),
+            ));
+            self.queue_close();
+            return Ok(false);
+        }
         tracing::debug!(user = %user, vhost = vhost.name(), heartbeat = self.heartbeat, frame_max = self.frame_max, "AMQP connection open");
         let client_name = client_name(&start_ok.client_properties);
         self.registration.stats().update_details(|details| {

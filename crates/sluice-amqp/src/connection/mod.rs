@@ -635,6 +635,7 @@ impl Connection {
             frame_max: self.frame_max,
             events: &self.events_tx,
             dispatch: &mut self.dispatch,
+            permissions: self.broker.permissions(),
         };
         work(&mut ctx, channel)
     }

@@ -9,6 +9,8 @@ use sluice_core::messaging::{
     ConsumerSpec, Credit, Delivery, Message, StreamStart, integer_value, short,
 };
 
+use sluice_core::permissions::Access;
+
 use crate::channel::{Channel, Consumer, Context, NO_ACK_WINDOW, Settlement, TxAction, Unacked};
 use crate::errors::{AmqpError, NO_ROUTE, NOT_ALLOWED, NOT_IMPLEMENTED, PRECONDITION_FAILED};
 use crate::frames;
@@ -112,6 +114,8 @@ fn consume(
     channel: &mut Channel,
     m: basic::Consume,
 ) -> Result<(), AmqpError> {
+    ctx.check(Access::Read, "queue", m.queue.as_str())
+        .map_err(|e| e.during(60, 20))?;
     let queue = ctx
         .vhost
         .usable_queue(m.queue.as_str(), ctx.connection)
@@ -227,6 +231,8 @@ fn consumer_priority(arguments: &FieldTable) -> Result<i32, AmqpError> {
 }
 
 fn get(ctx: &mut Context<'_>, channel: &mut Channel, m: basic::Get) -> Result<(), AmqpError> {
+    ctx.check(Access::Read, "queue", m.queue.as_str())
+        .map_err(|e| e.during(60, 70))?;
     let queue = ctx
         .vhost
         .usable_queue(m.queue.as_str(), ctx.connection)
@@ -280,6 +286,15 @@ pub(crate) fn publish(
     if method.immediate {
         return Err(AmqpError::connection(NOT_IMPLEMENTED, "immediate=true").during(60, 40));
     }
+    ctx.check(Access::Write, "exchange", method.exchange.as_str())
+        .and_then(|()| {
+            ctx.check_topic(
+                Access::Write,
+                method.exchange.as_str(),
+                method.routing_key.as_str(),
+            )
+        })
+        .map_err(|e| e.during(60, 40))?;
     // RabbitMQ's validated user-id: a publisher may not claim another user.
     if let Some(user_id) = message.properties.user_id()
         && user_id.as_str() != ctx.user

@@ -3,6 +3,8 @@
 use amq_protocol::protocol::{AMQPClass, exchange};
 use sluice_core::messaging::{Destination, ExchangeOptions};
 
+use sluice_core::permissions::Access;
+
 use crate::channel::{Channel, Context};
 use crate::errors::AmqpError;
 
@@ -18,6 +20,10 @@ pub(crate) fn handle(
     };
     match method {
         exchange::AMQPMethod::Declare(m) => {
+            if !m.passive {
+                ctx.check(Access::Configure, "exchange", m.exchange.as_str())
+                    .map_err(|e| e.during(40, 10))?;
+            }
             ctx.vhost
                 .declare_exchange(
                     m.exchange.as_str(),
@@ -38,6 +44,8 @@ pub(crate) fn handle(
             );
         }
         exchange::AMQPMethod::Delete(m) => {
+            ctx.check(Access::Configure, "exchange", m.exchange.as_str())
+                .map_err(|e| e.during(40, 20))?;
             ctx.vhost
                 .delete_exchange(m.exchange.as_str(), m.if_unused)
                 .map_err(|e| AmqpError::from(e).during(40, 20))?;
@@ -48,6 +56,13 @@ pub(crate) fn handle(
             );
         }
         exchange::AMQPMethod::Bind(m) => {
+            binding_allowed(
+                ctx,
+                m.source.as_str(),
+                m.destination.as_str(),
+                m.routing_key.as_str(),
+            )
+            .map_err(|e| e.during(40, 30))?;
             ctx.vhost
                 .bind(
                     m.source.as_str(),
@@ -64,6 +79,13 @@ pub(crate) fn handle(
             );
         }
         exchange::AMQPMethod::Unbind(m) => {
+            binding_allowed(
+                ctx,
+                m.source.as_str(),
+                m.destination.as_str(),
+                m.routing_key.as_str(),
+            )
+            .map_err(|e| e.during(40, 40))?;
             ctx.vhost
                 .unbind(
                     m.source.as_str(),
@@ -86,4 +108,18 @@ pub(crate) fn handle(
         }
     }
     Ok(())
+}
+
+/// RabbitMQ's rule for exchange-to-exchange bindings: write on the
+/// destination, read on the source (and, on a topic exchange, topic read
+/// permission for the key).
+fn binding_allowed(
+    ctx: &Context<'_>,
+    source: &str,
+    destination: &str,
+    routing_key: &str,
+) -> Result<(), AmqpError> {
+    ctx.check(Access::Write, "exchange", destination)?;
+    ctx.check(Access::Read, "exchange", source)?;
+    ctx.check_topic(Access::Read, source, routing_key)
 }

@@ -3,6 +3,8 @@
 use amq_protocol::protocol::{AMQPClass, queue};
 use sluice_core::messaging::{Destination, QueueOptions, short};
 
+use sluice_core::permissions::Access;
+
 use crate::channel::{Channel, Context};
 use crate::errors::AmqpError;
 
@@ -19,6 +21,16 @@ pub(crate) fn handle(
     };
     match method {
         queue::AMQPMethod::Declare(m) => {
+            if !m.passive {
+                // A server-named queue is checked as RabbitMQ names it.
+                let named = if m.queue.as_str().is_empty() {
+                    "amq.gen-"
+                } else {
+                    m.queue.as_str()
+                };
+                ctx.check(Access::Configure, "queue", named)
+                    .map_err(|e| e.during(50, 10))?;
+            }
             let (name, messages, consumers) = ctx
                 .vhost
                 .declare_queue(
@@ -44,6 +56,13 @@ pub(crate) fn handle(
             );
         }
         queue::AMQPMethod::Bind(m) => {
+            binding_allowed(
+                ctx,
+                m.queue.as_str(),
+                m.exchange.as_str(),
+                m.routing_key.as_str(),
+            )
+            .map_err(|e| e.during(50, 20))?;
             ctx.vhost
                 .bind(
                     m.exchange.as_str(),
@@ -56,6 +75,13 @@ pub(crate) fn handle(
             reply(ctx, m.nowait, queue::AMQPMethod::BindOk(queue::BindOk {}));
         }
         queue::AMQPMethod::Unbind(m) => {
+            binding_allowed(
+                ctx,
+                m.queue.as_str(),
+                m.exchange.as_str(),
+                m.routing_key.as_str(),
+            )
+            .map_err(|e| e.during(50, 50))?;
             ctx.vhost
                 .unbind(
                     m.exchange.as_str(),
@@ -68,6 +94,8 @@ pub(crate) fn handle(
             reply(ctx, false, queue::AMQPMethod::UnbindOk(queue::UnbindOk {}));
         }
         queue::AMQPMethod::Purge(m) => {
+            ctx.check(Access::Read, "queue", m.queue.as_str())
+                .map_err(|e| e.during(50, 30))?;
             let count = ctx
                 .vhost
                 .purge_queue(m.queue.as_str(), ctx.connection)
@@ -81,6 +109,8 @@ pub(crate) fn handle(
             );
         }
         queue::AMQPMethod::Delete(m) => {
+            ctx.check(Access::Configure, "queue", m.queue.as_str())
+                .map_err(|e| e.during(50, 40))?;
             let count = ctx
                 .vhost
                 .delete_queue(m.queue.as_str(), m.if_unused, m.if_empty, ctx.connection)
@@ -96,4 +126,17 @@ pub(crate) fn handle(
         other => return Err(crate::handlers::unexpected_method(&AMQPClass::Queue(other))),
     }
     Ok(())
+}
+
+/// RabbitMQ's rule for queue bindings: write on the queue, read on the
+/// exchange (and, on a topic exchange, topic read permission for the key).
+fn binding_allowed(
+    ctx: &Context<'_>,
+    queue: &str,
+    exchange: &str,
+    routing_key: &str,
+) -> Result<(), AmqpError> {
+    ctx.check(Access::Write, "queue", queue)?;
+    ctx.check(Access::Read, "exchange", exchange)?;
+    ctx.check_topic(Access::Read, exchange, routing_key)
 }

@@ -9,6 +9,7 @@ mod health;
 pub(crate) mod history;
 mod messages;
 mod overview;
+mod permissions;
 mod queue_move;
 mod quorum;
 mod search;
@@ -213,6 +214,56 @@ pub(crate) const ROUTES: &[(&str, &str, &str)] = &[
         "/api/users/{name}",
         "Delete a user (administrators)",
     ),
+    (
+        "get",
+        "/api/users/{name}/permissions",
+        "A user's AMQP permissions (administrators)",
+    ),
+    (
+        "get",
+        "/api/permissions",
+        "List AMQP permissions (administrators)",
+    ),
+    (
+        "get",
+        "/api/vhosts/{vhost}/permissions",
+        "AMQP permissions on a virtual host (administrators)",
+    ),
+    (
+        "get",
+        "/api/permissions/{vhost}/{user}",
+        "A user's permissions on a virtual host (administrators)",
+    ),
+    (
+        "put",
+        "/api/permissions/{vhost}/{user}",
+        "Set a user's configure, write and read expressions on a virtual host (administrators)",
+    ),
+    (
+        "delete",
+        "/api/permissions/{vhost}/{user}",
+        "Clear a user's permissions on a virtual host (administrators)",
+    ),
+    (
+        "get",
+        "/api/topic-permissions",
+        "List AMQP topic permissions (administrators)",
+    ),
+    (
+        "get",
+        "/api/topic-permissions/{vhost}/{user}",
+        "A user's topic permissions on a virtual host (administrators)",
+    ),
+    (
+        "put",
+        "/api/topic-permissions/{vhost}/{user}",
+        "Set a user's topic permission on an exchange (administrators)",
+    ),
+    (
+        "delete",
+        "/api/topic-permissions/{vhost}/{user}",
+        "Clear a user's topic permissions on a virtual host (administrators)",
+    ),
 ];
 
 /// The authenticated part of the API.
@@ -308,6 +359,25 @@ pub(crate) fn routes() -> Router<AppState> {
         .route(
             "/api/users/{name}",
             get(users::show).put(users::put).delete(users::delete),
+        )
+        .route("/api/users/{name}/permissions", get(permissions::of_user))
+        .route("/api/permissions", get(permissions::list))
+        .route(
+            "/api/vhosts/{vhost}/permissions",
+            get(permissions::of_vhost),
+        )
+        .route(
+            "/api/permissions/{vhost}/{user}",
+            get(permissions::show)
+                .put(permissions::put)
+                .delete(permissions::delete),
+        )
+        .route("/api/topic-permissions", get(permissions::topic_list))
+        .route(
+            "/api/topic-permissions/{vhost}/{user}",
+            get(permissions::topic_show)
+                .put(permissions::topic_put)
+                .delete(permissions::topic_delete),
         )
 }
 

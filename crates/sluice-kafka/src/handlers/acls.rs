@@ -92,6 +92,7 @@ impl Checker {
                 },
                 operation,
                 resource,
+                rules.everyone_if_none,
             )
         })
     }
@@ -139,8 +140,7 @@ impl Context {
         let principal = principal_of(user.as_deref());
         let administrator = user
             .as_deref()
-            .and_then(|name| self.broker.users().get(name))
-            .is_some_and(|u| u.has_tag("administrator"));
+            .is_some_and(|name| self.broker.users().has_tag(name, "administrator"));
         if administrator || authorizer.super_users.contains(&principal) {
             return Checker::default();
         }
@@ -177,35 +177,6 @@ fn text(value: impl Into<String>) -> StrBytes {
 /// Kafka's answer to the ACL APIs without an authorizer.
 const NO_AUTHORIZER: &str = "No Authorizer is configured.";
 
-/// The operations that apply to each resource type (ALL applies to all).
-fn applies(operation: Operation, resource: ResourceType) -> bool {
-    use Operation as O;
-    let valid: &[Operation] = match resource {
-        ResourceType::Topic => &[
-            O::Read,
-            O::Write,
-            O::Create,
-            O::Delete,
-            O::Alter,
-            O::Describe,
-            O::DescribeConfigs,
-            O::AlterConfigs,
-        ],
-        ResourceType::Group => &[O::Read, O::Delete, O::Describe],
-        ResourceType::Cluster => &[
-            O::Create,
-            O::Alter,
-            O::Describe,
-            O::ClusterAction,
-            O::DescribeConfigs,
-            O::AlterConfigs,
-            O::IdempotentWrite,
-        ],
-        ResourceType::TransactionalId => &[O::Describe, O::Write],
-    };
-    operation == O::All || valid.contains(&operation)
-}
-
 /// One ACL of a CreateAcls, checked as Kafka checks it.
 fn binding(
     creation: &kafka_protocol::messages::create_acls_request::AclCreation,
@@ -241,11 +212,6 @@ fn binding(
     if resource_type == ResourceType::Cluster && name != CLUSTER_NAME {
         return Err(format!(
             "the only valid name for the CLUSTER resource is {CLUSTER_NAME}"
-        ));
-    }
-    if !applies(operation, resource_type) {
-        return Err(format!(
-            "operation {operation:?} does not apply to {resource_type:?} resources"
         ));
     }
     let principal = creation.principal.to_string();
@@ -457,7 +423,7 @@ pub(crate) async fn delete(context: &Context, request: DeleteAclsRequest) -> Del
         .collect();
     let valid: Vec<AclFilter> = parsed.iter().filter_map(|p| p.clone().ok()).collect();
     let broker = std::sync::Arc::clone(&context.broker);
-    let deleted = blocking(move || broker.delete_acls(&valid))
+    let deleted = blocking(move || broker.delete_acls(valid))
         .await
         .unwrap_or_else(|| {
             Err(sluice_core::CoreError::Internal {

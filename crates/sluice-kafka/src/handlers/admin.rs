@@ -397,13 +397,16 @@ pub(crate) fn describe_cluster(
     context: &Context,
     request: DescribeClusterRequest,
 ) -> DescribeClusterResponse {
-    if !context.allowed_on_cluster(Operation::Describe) {
-        return DescribeClusterResponse::default()
-            .with_error_code(ResponseError::ClusterAuthorizationFailed.code());
-    }
+    // Anyone may describe the cluster (Kafka does not gate it); without
+    // DESCRIBE on it the authorized operations are none.
     let response = if request.include_cluster_authorized_operations {
-        DescribeClusterResponse::default()
-            .with_cluster_authorized_operations(super::authorized::CLUSTER)
+        DescribeClusterResponse::default().with_cluster_authorized_operations(
+            if context.allowed_on_cluster(Operation::Describe) {
+                super::authorized::CLUSTER
+            } else {
+                0
+            },
+        )
     } else {
         DescribeClusterResponse::default()
     };

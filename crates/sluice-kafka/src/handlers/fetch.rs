@@ -48,6 +48,8 @@ pub(crate) async fn handle(
     } else {
         request.replica_id.0
     };
+    // One authorization for the whole request.
+    let checker = context.checker();
     let max_bytes = usize::try_from(request.max_bytes).unwrap_or(0).max(1);
     // isolation_level (v4+): 1 reads up to the last stable offset, with
     // the aborted transactions listed.
@@ -59,9 +61,9 @@ pub(crate) async fn handle(
             .flat_map(|topic| {
                 // A follower needs CLUSTER_ACTION, a consumer READ on the topic.
                 let readable = if replica >= 0 {
-                    context.allowed_on_cluster(Operation::ClusterAction)
+                    checker.allows_on_cluster(Operation::ClusterAction)
                 } else {
-                    context.allowed(Operation::Read, ResourceType::Topic, &topic.topic)
+                    checker.allows(Operation::Read, ResourceType::Topic, &topic.topic)
                 };
                 let found = context.broker.topics().get(&topic.topic);
                 topic.partitions.into_iter().map(move |p| Wanted {

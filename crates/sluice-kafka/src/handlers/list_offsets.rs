@@ -25,10 +25,12 @@ pub(crate) async fn handle(
     version: i16,
 ) -> ListOffsetsResponse {
     let broker = std::sync::Arc::clone(&context.broker);
+    // One authorization for the whole request.
+    let checker = context.checker();
     let describable: Vec<bool> = request
         .topics
         .iter()
-        .map(|t| context.allowed(Operation::Describe, ResourceType::Topic, &t.name))
+        .map(|t| checker.allows(Operation::Describe, ResourceType::Topic, &t.name))
         .collect();
     let topics = blocking(move || {
         request

@@ -52,15 +52,18 @@ pub(crate) async fn handle(
     let listing = requested.is_none();
     // Named topics the client may not describe, or not create when they
     // are missing (ACLs; checked here, the lookup runs off the runtime).
+    // One authorization for the whole request.
+    let checker = context.checker();
     let mut hidden = std::collections::HashSet::new();
     let mut uncreatable = std::collections::HashSet::new();
     for asked in requested.iter().flatten() {
         if let Asked::Name(name) = asked {
-            if !context.allowed(Operation::Describe, ResourceType::Topic, name) {
+            if !checker.allows(Operation::Describe, ResourceType::Topic, name) {
                 hidden.insert(name.clone());
             } else if may_create
-                && !context.allowed_on_cluster(Operation::Create)
-                && !context.allowed(Operation::Create, ResourceType::Topic, name)
+                && context.broker.auto_create_topics()
+                && !checker.allows_on_cluster(Operation::Create)
+                && !checker.allows(Operation::Create, ResourceType::Topic, name)
             {
                 uncreatable.insert(name.clone());
             }
@@ -117,7 +120,7 @@ pub(crate) async fn handle(
         .into_iter()
         .filter_map(|(asked, found)| match found {
             Ok(topic)
-                if !context.allowed(Operation::Describe, ResourceType::Topic, topic.name()) =>
+                if !checker.allows(Operation::Describe, ResourceType::Topic, topic.name()) =>
             {
                 (!listing).then_some((asked, Err(ResponseError::TopicAuthorizationFailed)))
             }

@@ -83,6 +83,8 @@ pub(crate) async fn start(
     let acks = request.acks;
     let valid_acks = matches!(acks, -1..=1);
     let (throttle_time_ms, disk_full) = admit(&context.broker).await;
+    // One authorization for the whole request.
+    let checker = context.checker();
     let transactional_id: Option<Arc<str>> =
         request.transactional_id.map(|id| Arc::from(id.as_str()));
     let owned = transactional_id
@@ -92,11 +94,11 @@ pub(crate) async fn start(
     for topic_data in request.topic_data {
         let name = topic_data.name.to_string();
         let exists = context.broker.topics().get(&name).is_some();
-        let writable = context.allowed(Operation::Write, ResourceType::Topic, &name);
+        let writable = checker.allows(Operation::Write, ResourceType::Topic, &name);
         // A topic a write would create needs CREATE (on it or the cluster).
         let creatable = exists
-            || context.allowed_on_cluster(Operation::Create)
-            || context.allowed(Operation::Create, ResourceType::Topic, &name);
+            || checker.allows_on_cluster(Operation::Create)
+            || checker.allows(Operation::Create, ResourceType::Topic, &name);
         let mut started = Vec::new();
         for data in topic_data.partition_data {
             let index = data.index;

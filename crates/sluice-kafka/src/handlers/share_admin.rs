@@ -95,9 +95,14 @@ pub(crate) async fn describe_offsets(
         }
         // Null: every partition with a state; else the ones named, -1 for
         // a partition with none yet (as Kafka answers).
+        // Topics the client may not describe are left out of the null
+        // listing, refused when named.
+        let describable =
+            |topic: &str| context.allowed(Operation::Describe, ResourceType::Topic, topic);
         let wanted: Vec<(String, Vec<i32>)> = match asked.topics {
             None => starts
                 .iter()
+                .filter(|(topic, _)| describable(topic))
                 .map(|(topic, partitions)| (topic.clone(), partitions.keys().copied().collect()))
                 .collect(),
             Some(topics) => topics
@@ -109,12 +114,18 @@ pub(crate) async fn describe_offsets(
             .into_iter()
             .map(|(topic, partitions)| {
                 let id = topic_id(context, &topic);
+                let allowed = describable(&topic);
                 let partitions = partitions
                     .into_iter()
                     .map(|index| {
                         let answer = DescribeShareGroupOffsetsResponsePartition::default()
                             .with_partition_index(index)
                             .with_leader_epoch(-1);
+                        if !allowed {
+                            return answer
+                                .with_start_offset(-1)
+                                .with_error_code(ResponseError::TopicAuthorizationFailed.code());
+                        }
                         match (id, starts.get(&topic).and_then(|p| p.get(&index))) {
                             (None, _) => answer
                                 .with_start_offset(-1)
@@ -160,10 +171,16 @@ pub(crate) async fn alter_offsets(
         let name = topic.topic_name.to_string();
         let found = context.broker.topics().get(&name);
         let id = found.as_ref().map(|t| t.id());
+        let readable = context.allowed(Operation::Read, ResourceType::Topic, &name);
         let partitions = topic
             .partitions
             .iter()
             .map(|p| {
+                if !readable {
+                    return AlterShareGroupOffsetsResponsePartition::default()
+                        .with_partition_index(p.partition_index)
+                        .with_error_code(ResponseError::TopicAuthorizationFailed.code());
+                }
                 let known = found.as_ref().is_some_and(|t| {
                     t.replicas(sluice_types::PartitionId::from(p.partition_index))
                         .is_some()
@@ -226,6 +243,9 @@ pub(crate) async fn delete_offsets(
             .with_topic_name(topic.topic_name)
             .with_topic_id(id.unwrap_or_default());
         responses.push(match id {
+            _ if !context.allowed(Operation::Read, ResourceType::Topic, &name) => {
+                answer.with_error_code(ResponseError::TopicAuthorizationFailed.code())
+            }
             Some(_) => {
                 deleted.push(name);
                 answer

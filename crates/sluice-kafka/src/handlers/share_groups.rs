@@ -35,6 +35,8 @@ use tokio::time::Instant;
 
 use sluice_core::acls::{Operation, ResourceType};
 
+use super::acls::Checker;
+
 use super::Context;
 
 /// Longest wait a client may ask for; longer requests are cut to this.
@@ -85,16 +87,19 @@ pub(crate) fn heartbeat(
     if !context.allowed(Operation::Read, ResourceType::Group, &group_id) {
         return refused(ResponseError::GroupAuthorizationFailed, None);
     }
-    // A share consumer reads what it subscribes to: READ on each topic.
+    // Subscribed topics need DESCRIBE (each ShareFetch checks READ).
     if let Some(denied) = request
         .subscribed_topic_names
         .iter()
         .flatten()
-        .find(|t| !context.allowed(Operation::Read, ResourceType::Topic, t))
+        .find(|t| !context.allowed(Operation::Describe, ResourceType::Topic, t))
     {
         return refused(
             ResponseError::TopicAuthorizationFailed,
-            Some(format!("not authorized to read topic {}", denied.as_str())),
+            Some(format!(
+                "not authorized to describe topic {}",
+                denied.as_str()
+            )),
         );
     }
     if !super::coordinates(context, &group_id) {
@@ -281,6 +286,16 @@ fn acknowledge(
 }
 
 /// The partition `topic`/`index` if this node leads it.
+/// Whether the client may read the topic of id `topic` (Kafka checks READ
+/// on every topic of each ShareFetch and ShareAcknowledge). An unknown id
+/// is left to the partition lookup.
+fn readable(broker: &Broker, checker: &Checker, topic: &TopicId) -> bool {
+    broker
+        .topic_catalog()
+        .name_of(topic)
+        .is_none_or(|name| checker.allows(Operation::Read, ResourceType::Topic, name))
+}
+
 fn led_here(broker: &Broker, topic: &TopicId, index: i32) -> Result<Arc<Partition>, ResponseError> {
     let catalog = broker.topic_catalog();
     let name = catalog
@@ -435,9 +450,14 @@ pub(crate) async fn fetch(context: &Context, request: ShareFetchRequest) -> Shar
         Ok(partitions) => partitions,
         Err(error) => return refused(share_code(&error), error.to_string()),
     };
+    let checker = context.checker();
     let mut results: BTreeMap<(TopicId, i32), (i16, Taken)> = BTreeMap::new();
     for ((topic, partition), wire) in acks {
-        let code = acknowledge(&broker, &group_id, &member_id, topic, partition, wire);
+        let code = if readable(&broker, &checker, &topic) {
+            acknowledge(&broker, &group_id, &member_id, topic, partition, wire)
+        } else {
+            ResponseError::TopicAuthorizationFailed.code()
+        };
         results.insert((topic, partition), (code, Taken::default()));
     }
     if epoch == -1 {
@@ -452,7 +472,14 @@ pub(crate) async fn fetch(context: &Context, request: ShareFetchRequest) -> Shar
     let max_records = usize::try_from(request.max_records).unwrap_or(0).max(1);
     let mut targets: Vec<((TopicId, i32), Target)> = session
         .iter()
-        .map(|(topic, index)| ((*topic, *index), led_here(&broker, topic, *index)))
+        .map(|(topic, index)| {
+            let target = if readable(&broker, &checker, topic) {
+                led_here(&broker, topic, *index)
+            } else {
+                Err(ResponseError::TopicAuthorizationFailed)
+            };
+            ((*topic, *index), target)
+        })
         .collect();
     for ((topic, index), target) in &mut targets {
         if let Ok(partition) = target {
@@ -643,9 +670,11 @@ pub(crate) async fn acknowledge_request(
     {
         return refused(share_code(&error), error.to_string());
     }
+    let checker = context.checker();
     let mut topics: Vec<ShareAcknowledgeTopicResponse> = Vec::new();
     for topic in request.topics {
         let id = *topic.topic_id.as_bytes();
+        let allowed = readable(broker, &checker, &id);
         let partitions = topic
             .partitions
             .into_iter()
@@ -655,7 +684,11 @@ pub(crate) async fn acknowledge_request(
                     .into_iter()
                     .map(|b| (b.first_offset, b.last_offset, b.acknowledge_types))
                     .collect();
-                let code = acknowledge(broker, &group_id, &member_id, id, p.partition_index, wire);
+                let code = if allowed {
+                    acknowledge(broker, &group_id, &member_id, id, p.partition_index, wire)
+                } else {
+                    ResponseError::TopicAuthorizationFailed.code()
+                };
                 ack_response::PartitionData::default()
                     .with_partition_index(p.partition_index)
                     .with_error_code(code)

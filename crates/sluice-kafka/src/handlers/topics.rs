@@ -243,6 +243,7 @@ pub(crate) async fn delete(
         wanted
             .into_iter()
             .map(|(name, id)| {
+                let by_id = name.is_none();
                 let name = name.or_else(|| {
                     broker.topics().names().into_iter().find(|n| {
                         broker
@@ -256,6 +257,11 @@ pub(crate) async fn delete(
                 let Some(name) = name else {
                     return result.with_error_code(ResponseError::UnknownTopicId.code());
                 };
+                // Asked for by id, a topic the client may not describe
+                // keeps its name to itself (Kafka).
+                if by_id && !checker.allows(Operation::Describe, ResourceType::Topic, &name) {
+                    return result.with_error_code(ResponseError::TopicAuthorizationFailed.code());
+                }
                 let topic_id = broker
                     .topics()
                     .get(&name)

@@ -71,6 +71,11 @@ pub(crate) async fn add_partitions(
         .await;
         return AddPartitionsToTxnResponse::default().with_results_by_topic_v3_and_below(results);
     }
+    // The batched form is for brokers (KIP-890): CLUSTER_ACTION.
+    if !context.allowed_on_cluster(Operation::ClusterAction) {
+        return AddPartitionsToTxnResponse::default()
+            .with_error_code(ResponseError::ClusterAuthorizationFailed.code());
+    }
     let mut results = Vec::with_capacity(request.transactions.len());
     for transaction in request.transactions {
         let id = transaction.transactional_id.clone();
