@@ -103,7 +103,13 @@ def test_a_user_added_on_one_node_logs_in_on_every_node_and_metadata_keeps_to_th
                20, what="node 3 to know carol")
     # A new user has no AMQP permissions until they are set (RabbitMQ's
     # rule); set through node 3, they open the virtual host on node 2.
-    assert not amqp_login_works(node2, "carol", "c4rol-pw")
+    wait_until(lambda: call(node2, "GET", "/api/users/carol", credentials=("carol", "c4rol-pw"))[0] == 200,
+               20, what="node 2 to know carol")
+    with pytest.raises(pika.exceptions.ProbableAccessDeniedError) as refused:
+        pika.BlockingConnection(pika.ConnectionParameters(
+            "127.0.0.1", node2.amqp_port, credentials=pika.PlainCredentials("carol", "c4rol-pw"),
+            connection_attempts=1, socket_timeout=5))
+    assert "access to vhost '/' refused for user 'carol'" in str(refused.value)
     assert call(node3, "PUT", "/api/permissions/%2F/carol", {"configure": ".*", "write": ".*", "read": ".*"})[0] == 201
     wait_until(lambda: amqp_login_works(node2, "carol", "c4rol-pw"), 20, what="node 2 to apply carol's permissions")
     assert not amqp_login_works(node2, "carol", "wrong")
@@ -206,6 +212,8 @@ def test_acls_made_through_one_node_authorize_on_every_node_and_replication_need
 
     node1, node2, node3 = acl_cluster.nodes
     ports = acl_cluster.sasl_ports
+    # Metadata lists the nodes to anyone (User:ANONYMOUS here).
+    acl_cluster.wait_registered(lambda bootstrap: AdminClient({"bootstrap.servers": bootstrap}))
     for user, password in (("dana", "d4na-pw"), ("erin", "3rin-pw")):
         assert call(node1, "PUT", f"/api/users/{user}", {"password": password})[0] == 201
     # guest (an administrator, from loopback) passes every check.

@@ -110,7 +110,7 @@ def test_topic_permissions_limit_routing_keys_on_topic_exchanges(secure_broker, 
     set_permissions(secure_broker, name, ".*", ".*", ".*")
     answer = api(secure_broker, "PUT", f"/api/topic-permissions/%2F/{name}",
                  {"exchange": "amq.topic", "write": "^eu\\.", "read": "^eu\\."})
-    assert answer.status == 204, answer.body
+    assert answer.status == 201, answer.body
     assert api(secure_broker, "GET", f"/api/topic-permissions/%2F/{name}").body == [
         {"user": name, "vhost": "/", "exchange": "amq.topic", "write": "^eu\\.", "read": "^eu\\."}]
     queue = unique_name("topics")
@@ -160,8 +160,14 @@ def test_the_permissions_api_refuses_bad_input_and_non_administrators(secure_bro
     assert bad.status == 400 and "regular expression" in bad.body["error"]["message"], bad.body
     assert api(secure_broker, "PUT", f"/api/permissions/no-such-vhost/{name}",
                {"configure": ".*", "write": ".*", "read": ".*"}).status == 400
+    # RabbitMQ answers an unknown user with 400 (vhost_or_user_not_found).
     assert api(secure_broker, "PUT", "/api/permissions/%2F/nobody-at-all",
-               {"configure": ".*", "write": ".*", "read": ".*"}).status == 404
+               {"configure": ".*", "write": ".*", "read": ".*"}).status == 400
+    assert api(secure_broker, "GET", "/api/users/nobody-at-all/permissions").status == 404
+    # rabbitmqadmin sends the vhost and user in the body too.
+    answer = api(secure_broker, "PUT", f"/api/permissions/%2F/{name}",
+                 {"vhost": "/", "user": name, "configure": "", "write": "", "read": ""})
+    assert answer.status == 201, answer.body
     manager = unique_name("manager")
     add_user(secure_broker, manager, "Manag3r-pw", tags="management")
     as_manager = {"credentials": (manager, "Manag3r-pw")}
@@ -182,3 +188,70 @@ def test_permissions_survive_a_restart(own_broker):
         channel.queue_declare("pat-q")
         code, _ = refusal(lambda: channel.queue_declare("someone-elses"))
         assert code == REFUSED
+
+
+def test_bindings_deletes_dead_letters_alternates_and_server_named_queues(secure_broker, user):
+    name = user[0]
+    prefix = unique_name("mine")
+    # Everything on the user's own names, nothing else.
+    set_permissions(secure_broker, name, f"^{prefix}", f"^{prefix}", f"^{prefix}")
+    with connect(secure_broker, ("guest", "guest")) as admin:
+        admin.channel().exchange_declare(f"{prefix}-theirs", "fanout")
+        admin.channel().exchange_declare("not-" + prefix, "fanout")
+    connection = connect(secure_broker, user)
+    try:
+        channel = connection.channel()
+        queue, exchange = f"{prefix}-q", f"{prefix}-x"
+        channel.queue_declare(queue)
+        channel.exchange_declare(exchange, "fanout")
+        cases = {
+            # Read on the exchange is missing (amq.fanout is not theirs).
+            "queue.bind": (lambda c: c.queue_bind(queue, "amq.fanout"), "exchange", "amq.fanout"),
+            "queue.unbind": (lambda c: c.queue_unbind(queue, "amq.fanout"), "exchange", "amq.fanout"),
+            # exchange.bind: write on the destination, read on the source.
+            "exchange.bind (destination)": (lambda c: c.exchange_bind("not-" + prefix, exchange),
+                                            "exchange", "not-" + prefix),
+            "exchange.bind (source)": (lambda c: c.exchange_bind(exchange, "not-" + prefix),
+                                       "exchange", "not-" + prefix),
+            "exchange.delete": (lambda c: c.exchange_delete("not-" + prefix), "exchange", "not-" + prefix),
+            "basic.publish": (lambda c: c.basic_publish("not-" + prefix, "", b"x") or c.basic_qos(prefetch_count=1),
+                              "exchange", "not-" + prefix),
+            # Dead letters: write on the exchange they go to.
+            "queue.declare (dead letters)": (
+                lambda c: c.queue_declare(f"{prefix}-dl", arguments={"x-dead-letter-exchange": "not-" + prefix}),
+                "exchange", "not-" + prefix),
+            # An alternate exchange: write on it.
+            "exchange.declare (alternate)": (
+                lambda c: c.exchange_declare(f"{prefix}-ae", "fanout", arguments={"alternate-exchange": "amq.fanout"}),
+                "exchange", "amq.fanout"),
+        }
+        for method_name, (action, kind, resource) in cases.items():
+            channel = connection.channel()
+            code, text = refusal(lambda: action(channel))
+            assert (code, text) == (REFUSED, f"ACCESS_REFUSED - access to {kind} '{resource}' in vhost '/' "
+                                             f"refused for user '{name}'"), method_name
+        # Their own exchange-to-exchange binding and dead-letter queue pass.
+        channel = connection.channel()
+        channel.exchange_bind(exchange, f"{prefix}-theirs")
+        channel.queue_declare(f"{prefix}-dl", arguments={"x-dead-letter-exchange": exchange})
+        # A server-named queue is checked by the name it gets, and is
+        # not left behind when refused.
+        code, text = refusal(lambda: channel.queue_declare("", exclusive=True))
+        assert code == REFUSED and text.startswith("ACCESS_REFUSED - access to queue 'amq.gen-"), text
+        generated = text.split("'")[1]
+        assert api(secure_broker, "GET", f"/api/queues/%2F/{generated}").status == 404
+    finally:
+        connection.close()
+
+
+def test_revoked_permissions_apply_to_an_open_connection(secure_broker, user):
+    name = user[0]
+    set_permissions(secure_broker, name, ".*", ".*", ".*")
+    queue = unique_name("revoked")
+    with connect(secure_broker, user) as connection:
+        channel = connection.channel()
+        channel.queue_declare(queue)
+        channel.basic_publish("", queue, b"before")
+        set_permissions(secure_broker, name, ".*", "^$", ".*")
+        code, text = refusal(lambda: channel.basic_publish("", queue, b"after") or channel.basic_qos(prefetch_count=1))
+        assert code == REFUSED and "amq.default" in text, text

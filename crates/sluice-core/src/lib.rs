@@ -1208,6 +1208,13 @@ impl Broker {
             .metadata()
             .change_user(MetadataCommand::BootstrapUsers {
                 users: users.bootstrap_users(),
+                vhosts: Some(
+                    self.vhosts
+                        .all()
+                        .iter()
+                        .map(|v| v.name().to_owned())
+                        .collect(),
+                ),
             })
     }
 

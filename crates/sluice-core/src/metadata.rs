@@ -208,6 +208,12 @@ pub enum MetadataCommand {
     /// a user deleted since stays deleted.
     BootstrapUsers {
         users: BTreeMap<String, UserRecord>,
+        /// The virtual hosts the users get every permission on, in the
+        /// same change (so no user added meanwhile gets them); empty in
+        /// logs from before permissions, which BootstrapPermissions then
+        /// completes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vhosts: Option<Vec<String>>,
     },
     /// A user, whole: added, or replaced.
     PutUser {
@@ -493,6 +499,7 @@ impl MetadataState {
         if self.users_bootstrapped {
             commands.push(MetadataCommand::BootstrapUsers {
                 users: BTreeMap::new(),
+                vhosts: None,
             });
         }
         commands.extend(
@@ -507,7 +514,12 @@ impl MetadataState {
         if self.permissions_bootstrapped {
             commands.push(MetadataCommand::BootstrapPermissions { vhosts: Vec::new() });
         }
-        for (user, vhosts) in &self.permissions {
+        // Only of users there are (a snapshot replays through the checks).
+        for (user, vhosts) in self
+            .permissions
+            .iter()
+            .filter(|(u, _)| self.users.contains_key(*u))
+        {
             commands.extend(vhosts.iter().map(|(vhost, permission)| {
                 MetadataCommand::SetPermission {
                     user: user.clone(),
@@ -516,7 +528,11 @@ impl MetadataState {
                 }
             }));
         }
-        for (user, vhosts) in &self.topic_permissions {
+        for (user, vhosts) in self
+            .topic_permissions
+            .iter()
+            .filter(|(u, _)| self.users.contains_key(*u))
+        {
             for (vhost, exchanges) in vhosts {
                 commands.extend(exchanges.iter().map(|(exchange, permission)| {
                     MetadataCommand::SetTopicPermission {
@@ -1034,11 +1050,14 @@ pub(crate) fn apply(state: &mut MetadataState, command: MetadataCommand) -> Resu
                 state.group_configs.insert(group, config);
             }
         }
-        MetadataCommand::BootstrapUsers { users } => {
+        MetadataCommand::BootstrapUsers { users, vhosts } => {
             if !state.users_bootstrapped {
                 state.users_bootstrapped = true;
                 for (name, user) in users {
                     state.users.entry(name).or_insert(user);
+                }
+                if let Some(vhosts) = vhosts {
+                    apply(state, MetadataCommand::BootstrapPermissions { vhosts })?;
                 }
             }
         }
@@ -1103,7 +1122,7 @@ pub(crate) fn apply(state: &mut MetadataState, command: MetadataCommand) -> Resu
         MetadataCommand::BootstrapPermissions { vhosts } => {
             if !state.permissions_bootstrapped {
                 state.permissions_bootstrapped = true;
-                for user in state.users.keys() {
+                for user in state.users.keys().filter(|_| !vhosts.is_empty()) {
                     let granted = state.permissions.entry(user.clone()).or_default();
                     for vhost in &vhosts {
                         granted
@@ -1136,7 +1155,10 @@ pub(crate) fn apply(state: &mut MetadataState, command: MetadataCommand) -> Resu
                 if let Some(user) = state.users.get_mut(&name) {
                     user.scram.remove(&mechanism);
                     if user.scram.is_empty() {
+                        // The user goes, and its permissions with it.
                         state.users.remove(&name);
+                        state.permissions.remove(&name);
+                        state.topic_permissions.remove(&name);
                     }
                 }
             }
@@ -1970,7 +1992,9 @@ impl Metadata {
             MetadataCommand::SetPermission { .. }
                 | MetadataCommand::SetTopicPermission { .. }
                 | MetadataCommand::BootstrapPermissions { .. }
+                | MetadataCommand::BootstrapUsers { .. }
                 | MetadataCommand::DeleteUser { .. }
+                | MetadataCommand::SetScramCredential { .. }
         );
         let user = match &command {
             MetadataCommand::PutUser { name, .. }
@@ -2349,6 +2373,108 @@ mod tests {
             partitions,
             config: BTreeMap::new(),
             replicas: Vec::new(),
+        }
+    }
+
+    /// A new data directory's bootstrap users get every permission in the
+    /// same change, and a user added after has none; a directory whose
+    /// users were taken before permissions existed gets them for all its
+    /// users once; a deleted user's permissions go; a snapshot keeps them.
+    #[test]
+    fn permissions_are_bootstrapped_with_the_users_or_once_for_older_users() {
+        let user = |name: &str| (name.to_owned(), UserRecord::default());
+        let mut fresh = MetadataState::default();
+        apply(
+            &mut fresh,
+            MetadataCommand::BootstrapUsers {
+                users: BTreeMap::from([user("guest")]),
+                vhosts: Some(vec!["/".into()]),
+            },
+        )
+        .expect("bootstrap");
+        assert!(fresh.permissions_bootstrapped);
+        let (name, record) = user("later");
+        apply(
+            &mut fresh,
+            MetadataCommand::PutUser {
+                name,
+                user: record,
+                create_only: true,
+            },
+        )
+        .expect("put");
+        assert_eq!(fresh.permissions["guest"]["/"], VhostPermission::full());
+        assert!(!fresh.permissions.contains_key("later"));
+        let restored = fresh
+            .commands()
+            .into_iter()
+            .fold(MetadataState::default(), |mut s, c| {
+                apply(&mut s, c).expect("replay");
+                s
+            });
+        assert_eq!(restored.permissions, fresh.permissions);
+        assert!(restored.permissions_bootstrapped);
+
+        let mut older = MetadataState::default();
+        apply(
+            &mut older,
+            MetadataCommand::BootstrapUsers {
+                users: BTreeMap::from([user("guest"), user("app")]),
+                vhosts: None,
+            },
+        )
+        .expect("bootstrap before permissions");
+        assert!(!older.permissions_bootstrapped);
+        apply(
+            &mut older,
+            MetadataCommand::BootstrapPermissions {
+                vhosts: vec!["/".into(), "other".into()],
+            },
+        )
+        .expect("permissions");
+        assert_eq!(older.permissions["app"]["other"], VhostPermission::full());
+        apply(
+            &mut older,
+            MetadataCommand::DeleteUser { name: "app".into() },
+        )
+        .expect("delete");
+        assert!(!older.permissions.contains_key("app"));
+        let refused = apply(
+            &mut older,
+            MetadataCommand::SetPermission {
+                user: "app".into(),
+                vhost: "/".into(),
+                permission: Some(VhostPermission::full()),
+            },
+        );
+        assert!(matches!(refused, Err(CoreError::UnknownUser { .. })));
+
+        // A user whose last SCRAM credential Kafka deletes goes with its
+        // permissions, and the snapshot still replays.
+        let credential = ScramCredential::from_password(ScramMechanism::Sha256, "pw", 4096);
+        for command in [
+            MetadataCommand::SetScramCredential {
+                name: "kafka-only".into(),
+                mechanism: ScramMechanism::Sha256,
+                credential: Some(credential),
+            },
+            MetadataCommand::SetPermission {
+                user: "kafka-only".into(),
+                vhost: "/".into(),
+                permission: Some(VhostPermission::full()),
+            },
+            MetadataCommand::SetScramCredential {
+                name: "kafka-only".into(),
+                mechanism: ScramMechanism::Sha256,
+                credential: None,
+            },
+        ] {
+            apply(&mut older, command).expect("scram user");
+        }
+        assert!(!older.permissions.contains_key("kafka-only"));
+        let mut replayed = MetadataState::default();
+        for command in older.commands() {
+            apply(&mut replayed, command).expect("the snapshot replays");
         }
     }
 

@@ -110,6 +110,10 @@ struct CompiledTopic {
 struct Applied {
     vhosts: HashMap<String, HashMap<String, Compiled>>,
     topics: HashMap<String, HashMap<String, HashMap<String, CompiledTopic>>>,
+    /// Whether the metadata granted the users there were when
+    /// permissions began (see [`crate::MetadataCommand::BootstrapPermissions`]);
+    /// swapped with the maps, so no check sees the flag without them.
+    bootstrapped: bool,
 }
 
 /// The permissions as applied on this node, compiled, for the AMQP
@@ -117,16 +121,13 @@ struct Applied {
 #[derive(Debug, Default)]
 pub struct Permissions {
     applied: RwLock<Applied>,
-    /// Whether the metadata granted the users there were when
-    /// permissions began (see [`crate::MetadataCommand::BootstrapPermissions`]).
-    bootstrapped: std::sync::atomic::AtomicBool,
 }
 
 impl Permissions {
     /// Whether the users there were before permissions existed (and the
     /// configuration's) were granted theirs.
     pub fn bootstrapped(&self) -> bool {
-        self.bootstrapped.load(std::sync::atomic::Ordering::Acquire)
+        self.read_applied().bootstrapped
     }
 
     /// Whether `user` may open virtual host `vhost` (has permissions there).
@@ -134,9 +135,9 @@ impl Permissions {
     /// directory, whose only users are the configuration's, who get every
     /// permission then) everything is allowed, as before permissions.
     pub fn may_open(&self, user: &str, vhost: &str) -> bool {
-        !self.bootstrapped()
-            || self
-                .read_applied()
+        let applied = self.read_applied();
+        !applied.bootstrapped
+            || applied
                 .vhosts
                 .get(user)
                 .is_some_and(|vhosts| vhosts.contains_key(vhost))
@@ -145,10 +146,10 @@ impl Permissions {
     /// Whether `user` has `access` to the exchange or queue `name` in
     /// `vhost`.
     pub fn allows(&self, user: &str, vhost: &str, access: Access, name: &str) -> bool {
-        if !self.bootstrapped() {
+        let applied = self.read_applied();
+        if !applied.bootstrapped {
             return true;
         }
-        let applied = self.read_applied();
         let Some(compiled) = applied.vhosts.get(user).and_then(|v| v.get(vhost)) else {
             return false;
         };
@@ -195,9 +196,10 @@ impl Permissions {
         topics: &TopicPermissionMap,
         bootstrapped: bool,
     ) {
-        self.bootstrapped
-            .store(bootstrapped, std::sync::atomic::Ordering::Release);
-        let mut applied = Applied::default();
+        let mut applied = Applied {
+            bootstrapped,
+            ..Applied::default()
+        };
         for (user, vhosts) in permissions {
             for (vhost, permission) in vhosts {
                 // Validated before they were committed; an invalid one

@@ -23,6 +23,15 @@ pub(crate) fn handle(
             if !m.passive {
                 ctx.check(Access::Configure, "exchange", m.exchange.as_str())
                     .map_err(|e| e.during(40, 10))?;
+                // RabbitMQ's alternate-exchange rule: read on the exchange,
+                // write on its alternate.
+                if let Some(alternate) =
+                    crate::handlers::queue::string_argument(&m.arguments, "alternate-exchange")
+                {
+                    ctx.check(Access::Read, "exchange", m.exchange.as_str())
+                        .and_then(|()| ctx.check(Access::Write, "exchange", &alternate))
+                        .map_err(|e| e.during(40, 10))?;
+                }
             }
             ctx.vhost
                 .declare_exchange(

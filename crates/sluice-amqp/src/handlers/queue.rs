@@ -21,16 +21,26 @@ pub(crate) fn handle(
     };
     match method {
         queue::AMQPMethod::Declare(m) => {
+            let server_named = m.queue.as_str().is_empty();
             if !m.passive {
-                // A server-named queue is checked as RabbitMQ names it.
-                let named = if m.queue.as_str().is_empty() {
-                    "amq.gen-"
-                } else {
-                    m.queue.as_str()
-                };
-                ctx.check(Access::Configure, "queue", named)
-                    .map_err(|e| e.during(50, 10))?;
+                // A server-named queue is checked by its name once made.
+                if !server_named {
+                    ctx.check(Access::Configure, "queue", m.queue.as_str())
+                        .map_err(|e| e.during(50, 10))?;
+                }
+                // RabbitMQ's dead-letter rule: read on the queue, write on
+                // the exchange its dead letters go to.
+                if let Some(dlx) = string_argument(&m.arguments, "x-dead-letter-exchange") {
+                    if !server_named {
+                        ctx.check(Access::Read, "queue", m.queue.as_str())
+                            .map_err(|e| e.during(50, 10))?;
+                    }
+                    ctx.check(Access::Write, "exchange", &dlx)
+                        .map_err(|e| e.during(50, 10))?;
+                }
             }
+            let dead_letters =
+                !m.passive && string_argument(&m.arguments, "x-dead-letter-exchange").is_some();
             let (name, messages, consumers) = ctx
                 .vhost
                 .declare_queue(
@@ -45,6 +55,20 @@ pub(crate) fn handle(
                     ctx.connection,
                 )
                 .map_err(|e| AmqpError::from(e).during(50, 10))?;
+            if server_named && !m.passive {
+                let checked = ctx.check(Access::Configure, "queue", &name).and_then(|()| {
+                    if dead_letters {
+                        ctx.check(Access::Read, "queue", &name)
+                    } else {
+                        Ok(())
+                    }
+                });
+                if let Err(error) = checked {
+                    // Made only to learn its name: it goes again.
+                    let _ = ctx.vhost.delete_queue(&name, false, false, ctx.connection);
+                    return Err(error.during(50, 10));
+                }
+            }
             reply(
                 ctx,
                 m.nowait,
@@ -139,4 +163,19 @@ fn binding_allowed(
     ctx.check(Access::Write, "queue", queue)?;
     ctx.check(Access::Read, "exchange", exchange)?;
     ctx.check_topic(Access::Read, exchange, routing_key)
+}
+
+/// A string argument of a declaration (AMQP long or short string).
+pub(crate) fn string_argument(
+    arguments: &amq_protocol::types::FieldTable,
+    key: &str,
+) -> Option<String> {
+    use amq_protocol::types::AMQPValue;
+    match arguments.inner().get(key)? {
+        AMQPValue::LongString(value) => {
+            Some(String::from_utf8_lossy(value.as_bytes()).into_owned())
+        }
+        AMQPValue::ShortString(value) => Some(value.as_str().to_owned()),
+        _ => None,
+    }
 }

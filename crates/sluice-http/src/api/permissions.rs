@@ -72,6 +72,9 @@ pub(crate) async fn of_user(
     State(shared): State<AppState>,
     Path(user): Path<String>,
 ) -> ApiResult<Json<Value>> {
+    if shared.broker.users().get(&user).is_none() {
+        return Err(ApiError::not_found(format!("no user {user:?}")));
+    }
     Ok(Json(Value::Array(permission_list(
         &shared,
         Some(&user),
@@ -105,8 +108,9 @@ pub(crate) async fn show(
         })
 }
 
+// Other keys (rabbitmqadmin sends `vhost` and `user` too) are ignored,
+// as RabbitMQ ignores them.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(crate) struct PutPermission {
     configure: String,
     write: String,
@@ -129,7 +133,8 @@ pub(crate) async fn put(
     let broker = std::sync::Arc::clone(&shared.broker);
     tokio::task::spawn_blocking(move || broker.set_permission(&user, &vhost, Some(permission)))
         .await
-        .map_err(|_| ApiError::bad_request("setting the permissions failed"))??;
+        .map_err(|_| ApiError::bad_request("setting the permissions failed"))?
+        .map_err(unknown_user_is_bad)?;
     Ok(if created {
         StatusCode::CREATED
     } else {
@@ -170,8 +175,9 @@ pub(crate) async fn topic_show(
     ))))
 }
 
+// Other keys (rabbitmqadmin sends `vhost` and `user` too) are ignored,
+// as RabbitMQ ignores them.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(crate) struct PutTopicPermission {
     exchange: String,
     write: String,
@@ -192,12 +198,20 @@ pub(crate) async fn topic_put(
         read: body.read,
     };
     let broker = std::sync::Arc::clone(&shared.broker);
+    let created = !topic_permission_list(&shared, Some(&user), Some(&vhost))
+        .iter()
+        .any(|p| p["exchange"] == body.exchange.as_str());
     tokio::task::spawn_blocking(move || {
         broker.set_topic_permission(&user, &vhost, &body.exchange, Some(permission))
     })
     .await
-    .map_err(|_| ApiError::bad_request("setting the topic permission failed"))??;
-    Ok(StatusCode::NO_CONTENT)
+    .map_err(|_| ApiError::bad_request("setting the topic permission failed"))?
+    .map_err(unknown_user_is_bad)?;
+    Ok(if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::NO_CONTENT
+    })
 }
 
 /// Clears every topic permission of a user on a virtual host.
@@ -223,4 +237,15 @@ pub(crate) async fn topic_delete(
     .await
     .map_err(|_| ApiError::bad_request("clearing the topic permissions failed"))??;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// RabbitMQ answers a permission for an unknown user with 400
+/// (`vhost_or_user_not_found`), not 404.
+fn unknown_user_is_bad(error: sluice_core::CoreError) -> ApiError {
+    match error {
+        sluice_core::CoreError::UnknownUser { name } => {
+            ApiError::bad_request(format!("no user {name:?}"))
+        }
+        other => other.into(),
+    }
 }
