@@ -1009,12 +1009,7 @@ impl Broker {
     ) -> Result<(), CoreError> {
         self.check_vhost(vhost)?;
         if let Some(p) = &permission {
-            permissions::validate(&[&p.configure, &p.write, &p.read]).map_err(|reason| {
-                CoreError::InvalidConfig {
-                    key: "permission".to_owned(),
-                    reason,
-                }
-            })?;
+            check_expressions(&[&p.configure, &p.write, &p.read])?;
         }
         tracing::info!(
             user,
@@ -1045,12 +1040,7 @@ impl Broker {
     ) -> Result<(), CoreError> {
         self.check_vhost(vhost)?;
         if let Some(p) = &permission {
-            permissions::validate(&[&p.write, &p.read]).map_err(|reason| {
-                CoreError::InvalidConfig {
-                    key: "permission".to_owned(),
-                    reason,
-                }
-            })?;
+            check_expressions(&[&p.write, &p.read])?;
         }
         tracing::info!(
             user,
@@ -1372,4 +1362,12 @@ impl Broker {
         recovery::LastShutdown::mark_clean(&self.data_dir)?;
         Ok(())
     }
+}
+
+/// Permission expressions that compile, or the first that does not.
+fn check_expressions(expressions: &[&str]) -> Result<(), CoreError> {
+    permissions::validate(expressions).map_err(|reason| CoreError::InvalidConfig {
+        key: "permission".to_owned(),
+        reason,
+    })
 }

@@ -164,6 +164,34 @@ impl Context {
     pub(crate) fn allowed_on_cluster(&self, operation: Operation) -> bool {
         self.allowed(operation, ResourceType::Cluster, CLUSTER_NAME)
     }
+
+    /// Why a KIP-848 or share-group heartbeat is refused, if it is: READ
+    /// on the group, DESCRIBE on each subscribed topic (the fetches check
+    /// READ), as Kafka asks.
+    pub(crate) fn heartbeat_denied(
+        &self,
+        group: &str,
+        subscribed: Option<&[kafka_protocol::messages::TopicName]>,
+    ) -> Option<(kafka_protocol::ResponseError, Option<String>)> {
+        let checker = self.checker();
+        if !checker.allows(Operation::Read, ResourceType::Group, group) {
+            return Some((
+                kafka_protocol::ResponseError::GroupAuthorizationFailed,
+                None,
+            ));
+        }
+        let denied = subscribed
+            .unwrap_or_default()
+            .iter()
+            .find(|t| !checker.allows(Operation::Describe, ResourceType::Topic, t))?;
+        Some((
+            kafka_protocol::ResponseError::TopicAuthorizationFailed,
+            Some(format!(
+                "not authorized to describe topic {}",
+                denied.as_str()
+            )),
+        ))
+    }
 }
 
 fn principal_of(user: Option<&str>) -> String {

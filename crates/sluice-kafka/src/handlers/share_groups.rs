@@ -84,23 +84,10 @@ pub(crate) fn heartbeat(
             .with_error_message(message.map(text))
     };
     let group_id = request.group_id.to_string();
-    if !context.allowed(Operation::Read, ResourceType::Group, &group_id) {
-        return refused(ResponseError::GroupAuthorizationFailed, None);
-    }
-    // Subscribed topics need DESCRIBE (each ShareFetch checks READ).
-    if let Some(denied) = request
-        .subscribed_topic_names
-        .iter()
-        .flatten()
-        .find(|t| !context.allowed(Operation::Describe, ResourceType::Topic, t))
+    if let Some((error, message)) =
+        context.heartbeat_denied(&group_id, request.subscribed_topic_names.as_deref())
     {
-        return refused(
-            ResponseError::TopicAuthorizationFailed,
-            Some(format!(
-                "not authorized to describe topic {}",
-                denied.as_str()
-            )),
-        );
+        return refused(error, message);
     }
     if !super::coordinates(context, &group_id) {
         return refused(ResponseError::NotCoordinator, None);
