@@ -15,6 +15,8 @@ use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Path;
 
+use super::blocking;
+
 /// Every permission as RabbitMQ lists them, optionally of one user or one
 /// virtual host.
 fn permission_list(shared: &AppState, user: Option<&str>, vhost: Option<&str>) -> Vec<Value> {
@@ -131,10 +133,12 @@ pub(crate) async fn put(
         read: body.read,
     };
     let broker = std::sync::Arc::clone(&shared.broker);
-    tokio::task::spawn_blocking(move || broker.set_permission(&user, &vhost, Some(permission)))
-        .await
-        .map_err(|_| ApiError::bad_request("setting the permissions failed"))?
-        .map_err(unknown_user_is_bad)?;
+    blocking(move || {
+        broker
+            .set_permission(&user, &vhost, Some(permission))
+            .map_err(unknown_user_is_bad)
+    })
+    .await?;
     Ok(if created {
         StatusCode::CREATED
     } else {
@@ -152,9 +156,7 @@ pub(crate) async fn delete(
         )));
     }
     let broker = std::sync::Arc::clone(&shared.broker);
-    tokio::task::spawn_blocking(move || broker.set_permission(&user, &vhost, None))
-        .await
-        .map_err(|_| ApiError::bad_request("clearing the permissions failed"))??;
+    blocking(move || Ok(broker.set_permission(&user, &vhost, None)?)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -201,12 +203,12 @@ pub(crate) async fn topic_put(
     let created = !topic_permission_list(&shared, Some(&user), Some(&vhost))
         .iter()
         .any(|p| p["exchange"] == body.exchange.as_str());
-    tokio::task::spawn_blocking(move || {
-        broker.set_topic_permission(&user, &vhost, &body.exchange, Some(permission))
+    blocking(move || {
+        broker
+            .set_topic_permission(&user, &vhost, &body.exchange, Some(permission))
+            .map_err(unknown_user_is_bad)
     })
-    .await
-    .map_err(|_| ApiError::bad_request("setting the topic permission failed"))?
-    .map_err(unknown_user_is_bad)?;
+    .await?;
     Ok(if created {
         StatusCode::CREATED
     } else {
@@ -229,13 +231,13 @@ pub(crate) async fn topic_delete(
         )));
     }
     let broker = std::sync::Arc::clone(&shared.broker);
-    tokio::task::spawn_blocking(move || {
-        exchanges
-            .iter()
-            .try_for_each(|exchange| broker.set_topic_permission(&user, &vhost, exchange, None))
+    blocking(move || {
+        for exchange in &exchanges {
+            broker.set_topic_permission(&user, &vhost, exchange, None)?;
+        }
+        Ok(())
     })
-    .await
-    .map_err(|_| ApiError::bad_request("clearing the topic permissions failed"))??;
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -96,9 +96,7 @@ impl Checker {
             )
         })
     }
-}
 
-impl Checker {
     /// The error for a config resource (Kafka's ConfigResource type
     /// `resource_type`: topic 2, broker 4, group 32) the client may not
     /// describe or alter (`operation` DESCRIBE_CONFIGS or ALTER_CONFIGS),
@@ -108,8 +106,8 @@ impl Checker {
         resource_type: i8,
         name: &str,
         operation: Operation,
-    ) -> Option<kafka_protocol::ResponseError> {
-        use kafka_protocol::ResponseError as E;
+    ) -> Option<ResponseError> {
+        use ResponseError as E;
         let (resource, name, error) = match resource_type {
             2 => (ResourceType::Topic, name, E::TopicAuthorizationFailed),
             32 => (ResourceType::Group, name, E::GroupAuthorizationFailed),
@@ -172,20 +170,17 @@ impl Context {
         &self,
         group: &str,
         subscribed: Option<&[kafka_protocol::messages::TopicName]>,
-    ) -> Option<(kafka_protocol::ResponseError, Option<String>)> {
+    ) -> Option<(ResponseError, Option<String>)> {
         let checker = self.checker();
         if !checker.allows(Operation::Read, ResourceType::Group, group) {
-            return Some((
-                kafka_protocol::ResponseError::GroupAuthorizationFailed,
-                None,
-            ));
+            return Some((ResponseError::GroupAuthorizationFailed, None));
         }
         let denied = subscribed
             .unwrap_or_default()
             .iter()
             .find(|t| !checker.allows(Operation::Describe, ResourceType::Topic, t))?;
         Some((
-            kafka_protocol::ResponseError::TopicAuthorizationFailed,
+            ResponseError::TopicAuthorizationFailed,
             Some(format!(
                 "not authorized to describe topic {}",
                 denied.as_str()
@@ -204,6 +199,32 @@ fn text(value: impl Into<String>) -> StrBytes {
 
 /// Kafka's answer to the ACL APIs without an authorizer.
 const NO_AUTHORIZER: &str = "No Authorizer is configured.";
+
+/// Why an ACL API is refused before it runs: no authorizer
+/// (SECURITY_DISABLED, as Kafka), or not `operation` on the cluster
+/// (`needs` says which).
+fn refused(
+    context: &Context,
+    operation: Operation,
+    needs: &'static str,
+) -> Option<(ResponseError, &'static str)> {
+    if context.options.authorizer.is_none() {
+        return Some((ResponseError::SecurityDisabled, NO_AUTHORIZER));
+    }
+    (!context.allowed_on_cluster(operation))
+        .then_some((ResponseError::ClusterAuthorizationFailed, needs))
+}
+
+/// The outcome of an ACL change run on the blocking pool.
+fn finished<T>(
+    done: Option<Result<T, sluice_core::CoreError>>,
+) -> Result<T, sluice_core::CoreError> {
+    done.unwrap_or_else(|| {
+        Err(sluice_core::CoreError::Internal {
+            reason: "the ACL change did not finish".to_owned(),
+        })
+    })
+}
 
 /// One ACL of a CreateAcls, checked as Kafka checks it.
 fn binding(
@@ -303,7 +324,11 @@ fn filter(
 }
 
 pub(crate) async fn create(context: &Context, request: CreateAclsRequest) -> CreateAclsResponse {
-    let refuse = |code: ResponseError, message: &str| {
+    if let Some((code, message)) = refused(
+        context,
+        Operation::Alter,
+        "creating ACLs needs ALTER on the cluster",
+    ) {
         let results = request
             .creations
             .iter()
@@ -313,16 +338,7 @@ pub(crate) async fn create(context: &Context, request: CreateAclsRequest) -> Cre
                     .with_error_message(Some(text(message)))
             })
             .collect();
-        CreateAclsResponse::default().with_results(results)
-    };
-    if context.options.authorizer.is_none() {
-        return refuse(ResponseError::SecurityDisabled, NO_AUTHORIZER);
-    }
-    if !context.allowed_on_cluster(Operation::Alter) {
-        return refuse(
-            ResponseError::ClusterAuthorizationFailed,
-            "creating ACLs needs ALTER on the cluster",
-        );
+        return CreateAclsResponse::default().with_results(results);
     }
     let checked: Vec<Result<AclBinding, String>> = request.creations.iter().map(binding).collect();
     let valid: Vec<AclBinding> = checked.iter().filter_map(|c| c.clone().ok()).collect();
@@ -330,13 +346,7 @@ pub(crate) async fn create(context: &Context, request: CreateAclsRequest) -> Cre
     let committed = if valid.is_empty() {
         Ok(())
     } else {
-        blocking(move || broker.create_acls(valid))
-            .await
-            .unwrap_or_else(|| {
-                Err(sluice_core::CoreError::Internal {
-                    reason: "the ACL change did not finish".to_owned(),
-                })
-            })
+        finished(blocking(move || broker.create_acls(valid)).await)
     };
     let results = checked
         .into_iter()
@@ -358,15 +368,14 @@ pub(crate) async fn create(context: &Context, request: CreateAclsRequest) -> Cre
 
 pub(crate) fn describe(context: &Context, request: DescribeAclsRequest) -> DescribeAclsResponse {
     let response = DescribeAclsResponse::default().with_error_message(None);
-    if context.options.authorizer.is_none() {
+    if let Some((code, message)) = refused(
+        context,
+        Operation::Describe,
+        "describing ACLs needs DESCRIBE on the cluster",
+    ) {
         return response
-            .with_error_code(ResponseError::SecurityDisabled.code())
-            .with_error_message(Some(text(NO_AUTHORIZER)));
-    }
-    if !context.allowed_on_cluster(Operation::Describe) {
-        return response
-            .with_error_code(ResponseError::ClusterAuthorizationFailed.code())
-            .with_error_message(Some(text("describing ACLs needs DESCRIBE on the cluster")));
+            .with_error_code(code.code())
+            .with_error_message(Some(text(message)));
     }
     let wanted = match filter(
         request.resource_type_filter,
@@ -413,7 +422,11 @@ pub(crate) fn describe(context: &Context, request: DescribeAclsRequest) -> Descr
 }
 
 pub(crate) async fn delete(context: &Context, request: DeleteAclsRequest) -> DeleteAclsResponse {
-    let refuse = |code: ResponseError, message: &str| {
+    if let Some((code, message)) = refused(
+        context,
+        Operation::Alter,
+        "deleting ACLs needs ALTER on the cluster",
+    ) {
         let results = request
             .filters
             .iter()
@@ -423,16 +436,7 @@ pub(crate) async fn delete(context: &Context, request: DeleteAclsRequest) -> Del
                     .with_error_message(Some(text(message)))
             })
             .collect();
-        DeleteAclsResponse::default().with_filter_results(results)
-    };
-    if context.options.authorizer.is_none() {
-        return refuse(ResponseError::SecurityDisabled, NO_AUTHORIZER);
-    }
-    if !context.allowed_on_cluster(Operation::Alter) {
-        return refuse(
-            ResponseError::ClusterAuthorizationFailed,
-            "deleting ACLs needs ALTER on the cluster",
-        );
+        return DeleteAclsResponse::default().with_filter_results(results);
     }
     let parsed: Vec<Result<AclFilter, String>> = request
         .filters
@@ -451,16 +455,9 @@ pub(crate) async fn delete(context: &Context, request: DeleteAclsRequest) -> Del
         .collect();
     let valid: Vec<AclFilter> = parsed.iter().filter_map(|p| p.clone().ok()).collect();
     let broker = std::sync::Arc::clone(&context.broker);
-    let deleted = blocking(move || broker.delete_acls(valid))
-        .await
-        .unwrap_or_else(|| {
-            Err(sluice_core::CoreError::Internal {
-                reason: "the ACL change did not finish".to_owned(),
-            })
-        });
-    let mut matched = match &deleted {
-        Ok(matched) => matched.clone().into_iter(),
-        Err(_) => Vec::new().into_iter(),
+    let (deleted, mut matched) = match finished(blocking(move || broker.delete_acls(valid)).await) {
+        Ok(matched) => (Ok(()), matched.into_iter()),
+        Err(error) => (Err(error), Vec::new().into_iter()),
     };
     let results = parsed
         .into_iter()

@@ -634,12 +634,10 @@ async fn acls_are_kept_described_deleted_and_checked() {
         disabled.error_code,
         kafka_protocol::ResponseError::SecurityDisabled.code()
     );
-    let context = Context {
+    // Another connection to the same broker, authorizing with `authorizer`.
+    let authorizing = |authorizer: crate::AuthorizerOptions| Context {
         options: Arc::new(KafkaOptions {
-            authorizer: Some(Arc::new(crate::AuthorizerOptions {
-                super_users: vec!["User:ANONYMOUS".into()],
-                everyone_if_none: false,
-            })),
+            authorizer: Some(Arc::new(authorizer)),
             ..(*plain.options).clone()
         }),
         broker: Arc::clone(&plain.broker),
@@ -648,6 +646,10 @@ async fn acls_are_kept_described_deleted_and_checked() {
         inter_node: false,
         sasl: Default::default(),
     };
+    let context = authorizing(crate::AuthorizerOptions {
+        super_users: vec!["User:ANONYMOUS".into()],
+        everyone_if_none: false,
+    });
     let mut creation = acl_creation("User:ANONYMOUS", 3);
     creation
         .creations
@@ -667,17 +669,7 @@ async fn acls_are_kept_described_deleted_and_checked() {
     // As a super user the client passes; as ANONYMOUS with only READ on t,
     // it may read and describe t but not write it or describe the cluster.
     assert!(context.allowed_on_cluster(sluice_core::acls::Operation::Alter));
-    let bound = Context {
-        options: Arc::new(KafkaOptions {
-            authorizer: Some(Arc::new(crate::AuthorizerOptions::default())),
-            ..(*plain.options).clone()
-        }),
-        broker: Arc::clone(&plain.broker),
-        peer: plain.peer.clone(),
-        connection: None,
-        inter_node: false,
-        sasl: Default::default(),
-    };
+    let bound = authorizing(crate::AuthorizerOptions::default());
     use sluice_core::acls::{Operation, ResourceType};
     assert!(bound.allowed(Operation::Read, ResourceType::Topic, "t"));
     assert!(bound.allowed(Operation::Describe, ResourceType::Topic, "t"));
