@@ -4,7 +4,8 @@ so a user added, changed or deleted through any node (admin API or
 Kafka's AlterUserScramCredentials) logs in, or no longer does, on every
 node; and each node's SASL listener is registered by name,
 so Metadata through a SASL listener sends clients to the other nodes'
-SASL listeners, never to their plaintext ones.
+SASL listeners, never to their plaintext ones. A client certificate names
+the same principal (Kafka `SSL`) and user (AMQP EXTERNAL) on every node.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import base64
 import json
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import pika
@@ -27,6 +29,7 @@ from confluent_kafka.admin import (
 
 from common.broker import free_port, wait_until
 from common.cluster import Cluster
+from common.pki import make_pki
 from test_replication import create_replicated
 
 
@@ -169,14 +172,27 @@ def test_scram_credentials_set_through_one_node_and_a_deletion_through_another_r
 
 @pytest.fixture(scope="module")
 def acl_cluster(tmp_path_factory):
-    """Three nodes with `kafka.acls` on, each with a SASL_PLAINTEXT listener."""
-    cluster = Cluster(tmp_path_factory.mktemp("acls"), 3, "cluster[acls]")
-    cluster.sasl_ports = {}
+    """Three nodes with `kafka.acls` on, each with a SASL_PLAINTEXT and an
+    SSL listener and AMQPS, taking client certificates from the run's CA
+    (`cluster.pki`) when clients send them."""
+    root = tmp_path_factory.mktemp("acls")
+    cluster = Cluster(root, 3, "cluster[acls]")
+    cluster.pki = make_pki(root / "pki")
+    cluster.sasl_ports, cluster.ssl_ports, cluster.amqps_ports = {}, {}, {}
     for node_id, node in enumerate(cluster.nodes, start=1):
-        port = free_port()
+        port, ssl_port, amqps_port = free_port(), free_port(), free_port()
         cluster.sasl_ports[node_id] = port
-        node.settings["kafka.listeners"] = f"SASL_PLAINTEXT://127.0.0.1:{port}"
+        cluster.ssl_ports[node_id] = ssl_port
+        cluster.amqps_ports[node_id] = amqps_port
+        node.settings["kafka.listeners"] = f"SASL_PLAINTEXT://127.0.0.1:{port},SSL://127.0.0.1:{ssl_port}"
         node.settings["kafka.acls"] = "true"
+        node.settings |= {
+            "amqp.tls_listen": f"127.0.0.1:{amqps_port}",
+            "tls.cert_file": str(cluster.pki.server.cert),
+            "tls.key_file": str(cluster.pki.server.key),
+            "tls.ca_file": str(cluster.pki.ca_file),
+            "tls.client_auth": "optional",
+        }
     try:
         cluster.start()
         yield cluster
@@ -264,3 +280,70 @@ def test_acls_made_through_one_node_authorize_on_every_node_and_replication_need
     wait_until(lambda: admin_result(guest[1], "describe_acls", dana_only) == [], 30,
                what="node 1 to apply the deletion")
     assert set(produce_codes(dana[1], name, 3)) == {KafkaError.TOPIC_AUTHORIZATION_FAILED}
+
+
+def ssl_config(cluster, node_id: int, cert) -> dict:
+    return {
+        "bootstrap.servers": f"127.0.0.1:{cluster.ssl_ports[node_id]}",
+        "security.protocol": "SSL",
+        "ssl.ca.location": str(cluster.pki.ca_file),
+        "ssl.certificate.location": str(cert.cert),
+        "ssl.key.location": str(cert.key),
+    }
+
+
+def external_login_works(cluster, node_id: int, cert) -> bool:
+    import ssl
+
+    context = ssl.create_default_context(cafile=str(cluster.pki.ca_file))
+    context.load_cert_chain(str(cert.cert), str(cert.key))
+    params = pika.ConnectionParameters(
+        "127.0.0.1", cluster.amqps_ports[node_id], credentials=pika.credentials.ExternalCredentials(),
+        ssl_options=pika.SSLOptions(context, server_hostname="localhost"),
+        connection_attempts=1, socket_timeout=5, blocked_connection_timeout=5,
+    )
+    try:
+        pika.BlockingConnection(params).close()
+        return True
+    except pika.exceptions.AMQPError:
+        return False
+
+
+def test_certificate_principals_and_external_logins_hold_on_every_node(acl_cluster, name):
+    """An ACL for a certificate's principal made through node 1 admits
+    that certificate on node 3's SSL listener (acks=all on partitions
+    every node leads), not another one; a user named by a certificate's
+    distinguished name, added through node 1, logs in with AMQP EXTERNAL
+    on every node."""
+    from confluent_kafka import KafkaError
+    from confluent_kafka.admin import AclBinding, AclOperation, AclPermissionType, ResourcePatternType, ResourceType
+
+    pki = acl_cluster.pki
+    node1 = acl_cluster.nodes[0]
+    tag = name[-8:]  # common names are at most 64 characters
+    acl_cluster.wait_registered(lambda bootstrap: AdminClient({"bootstrap.servers": bootstrap}))
+    guest = sasl_config(acl_cluster.sasl_ports[1], "guest", "guest", "SCRAM-SHA-512")
+    create_replicated(guest["bootstrap.servers"], name, 3, 3,
+                      client_config={k: v for k, v in guest.items() if k != "bootstrap.servers"})
+    writer = pki.ca.issue_subject(f"writer-{tag}", f"writer-{tag}", "Sluice")
+    stranger = pki.ca.issue_subject(f"stranger-{tag}", f"stranger-{tag}", "Sluice")
+    admin_result(guest, "create_acls", [
+        AclBinding(ResourceType.TOPIC, name, ResourcePatternType.LITERAL, f"User:CN=writer-{tag},O=Sluice", "*",
+                   AclOperation.WRITE, AclPermissionType.ALLOW),
+    ])
+    wait_until(lambda: produce_codes(ssl_config(acl_cluster, 3, writer), name, 3) == [None] * 3, 30,
+               what="node 3 to admit the certificate's principal")
+    assert produce_codes(ssl_config(acl_cluster, 3, writer), name, 30) == [None] * 30
+    assert set(produce_codes(ssl_config(acl_cluster, 2, stranger), name, 3)) == {
+        KafkaError.TOPIC_AUTHORIZATION_FAILED}
+
+    user = f"CN=amqp-{tag},O=Sluice"
+    amqp_cert = pki.ca.issue_subject(f"amqp-{tag}", f"amqp-{tag}", "Sluice")
+    assert not external_login_works(acl_cluster, 2, amqp_cert), "no such user yet"
+    quoted = urllib.parse.quote(user, safe="")
+    assert call(node1, "PUT", f"/api/users/{quoted}", {"password": "unused-" + name})[0] == 201
+    full = {"configure": ".*", "write": ".*", "read": ".*"}
+    assert call(node1, "PUT", f"/api/permissions/%2F/{quoted}", full)[0] == 201
+    for node_id in (1, 2, 3):
+        wait_until(lambda: external_login_works(acl_cluster, node_id, amqp_cert), 30,
+                   what=f"an EXTERNAL login on node {node_id}")

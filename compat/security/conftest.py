@@ -19,7 +19,7 @@ import shutil
 
 import pytest
 
-from pki import make_pki
+from common.pki import make_pki
 from support import ADMIN, running, unique_name
 
 # Attaches the broker log to a failing test's report.

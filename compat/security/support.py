@@ -24,7 +24,7 @@ from pathlib import Path
 
 from common.broker import Broker, broker_binary, child_env, free_port, port_accepts
 from common.broker import unique_name as _unique_name
-from pki import Pki, serial_of
+from common.pki import Pki, serial_of
 
 # Default deadline for a client operation (flush, consume, admin future).
 CLIENT_TIMEOUT_S = 30.0

@@ -6,7 +6,7 @@ a client that offers nothing newer than TLS 1.1, and under
 certificate changing under a running broker on SIGHUP or when the files
 change, while a broken file keeps the last good certificate in use.
 
-The certificates come from the `pki` fixture (compat/security/pki.py),
+The certificates come from the `pki` fixture (compat/common/pki.py),
 made for this run. Each refusal is also checked in the broker's log, so a
 test cannot pass because the client gave up on its own.
 """

@@ -19,4 +19,4 @@ mod handlers;
 mod listener;
 mod metrics;
 
-pub use listener::{AmqpOptions, serve};
+pub use listener::{AmqpOptions, CertLoginFrom, serve};

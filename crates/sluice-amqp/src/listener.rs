@@ -21,6 +21,19 @@ pub struct AmqpOptions {
     pub channel_max: u16,
     /// Heartbeat interval in seconds proposed in `connection.tune` (0: off).
     pub heartbeat: u16,
+    /// What names the user of an EXTERNAL login.
+    pub cert_login_from: CertLoginFrom,
+}
+
+/// Which part of a client certificate names the user of an EXTERNAL login
+/// (RabbitMQ's `ssl_cert_login_from`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CertLoginFrom {
+    /// The subject's distinguished name, RFC 4514 (`CN=alice,O=Example`).
+    #[default]
+    DistinguishedName,
+    /// The subject's common name.
+    CommonName,
 }
 
 impl Default for AmqpOptions {
@@ -29,6 +42,7 @@ impl Default for AmqpOptions {
             frame_max: 131_072,
             channel_max: 2047,
             heartbeat: 60,
+            cert_login_from: CertLoginFrom::DistinguishedName,
         }
     }
 }

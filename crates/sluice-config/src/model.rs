@@ -223,6 +223,11 @@ pub struct KafkaConfig {
     /// Whether a resource no ACL names is open to everyone (Kafka's
     /// `allow.everyone.if.no.acl.found`); off by default.
     pub allow_everyone_if_no_acl_found: bool,
+    /// How the certificate of a client on an `SSL` listener names its
+    /// principal (Kafka's `ssl.principal.mapping.rules`): `DEFAULT` (the
+    /// distinguished name) and `RULE:pattern/replacement/[LU]`, tried in
+    /// order.
+    pub ssl_principal_mapping_rules: String,
     /// Requests larger than this close the connection before any allocation.
     pub max_request_bytes: ByteSize,
     /// Whether Metadata and Produce for an unknown topic create it.
@@ -395,6 +400,7 @@ impl Default for KafkaConfig {
             acls: false,
             super_users: String::new(),
             allow_everyone_if_no_acl_found: false,
+            ssl_principal_mapping_rules: "DEFAULT".to_owned(),
             max_request_bytes: ByteSize::mib(100),
             auto_create_topics: true,
             default_partitions: 1,
@@ -432,6 +438,10 @@ pub struct AmqpConfig {
     /// HOST:PORT of the AMQPS (TLS) listener (5671 by convention); empty:
     /// none.
     pub tls_listen: String,
+    /// What names the user of an EXTERNAL login (RabbitMQ's
+    /// `ssl_cert_login_from`): the client certificate's
+    /// `distinguished_name` or its `common_name`.
+    pub ssl_cert_login_from: String,
     /// Heartbeat interval proposed in `connection.tune` (0s: none).
     pub heartbeat: HumanDuration,
     /// Largest frame proposed in `connection.tune`.
@@ -460,6 +470,7 @@ impl Default for AmqpConfig {
         AmqpConfig {
             listen: ListenAddr::loopback(5672),
             tls_listen: String::new(),
+            ssl_cert_login_from: "distinguished_name".to_owned(),
             heartbeat: HumanDuration::from_secs(60),
             frame_max: ByteSize::kib(128),
             channel_max: 2047,
@@ -774,6 +785,10 @@ pub const KEYS: &[KeyDoc] = &[
         description: "Whether a resource no ACL names is open to everyone (allow.everyone.if.no.acl.found)",
     },
     KeyDoc {
+        key: "kafka.ssl_principal_mapping_rules",
+        description: "How an SSL client's certificate names its principal: DEFAULT (the distinguished name) or RULE:pattern/replacement/[LU], comma-separated (ssl.principal.mapping.rules)",
+    },
+    KeyDoc {
         key: "kafka.max_request_bytes",
         description: "Largest Kafka request; a larger one closes its connection (at least 1KiB)",
     },
@@ -876,6 +891,10 @@ pub const KEYS: &[KeyDoc] = &[
     KeyDoc {
         key: "amqp.tls_listen",
         description: "HOST:PORT of the AMQPS (TLS) listener; empty: none",
+    },
+    KeyDoc {
+        key: "amqp.ssl_cert_login_from",
+        description: "What names the user of an AMQP EXTERNAL login: the client certificate's distinguished_name or common_name",
     },
     KeyDoc {
         key: "amqp.heartbeat",
@@ -1289,6 +1308,15 @@ impl Config {
                 format!(
                     "amqp.frame_max must be from 4KiB to 16MiB, got {}",
                     amqp.frame_max
+                ),
+            );
+        }
+        if !["distinguished_name", "common_name"].contains(&amqp.ssl_cert_login_from.as_str()) {
+            problem(
+                "amqp.ssl_cert_login_from",
+                format!(
+                    "amqp.ssl_cert_login_from must be distinguished_name or common_name, got {:?}",
+                    amqp.ssl_cert_login_from
                 ),
             );
         }

@@ -124,7 +124,7 @@ impl Connection {
         options: Arc<KafkaOptions>,
         shutdown: watch::Receiver<bool>,
         registration: ConnectionHandle,
-        inter_node: bool,
+        (inter_node, tls_user): (bool, Option<String>),
     ) -> Self {
         // An IPv4 client of a dual-stack listener as IPv4 (ACL hosts name it so).
         let peer = format!("/{}", peer.ip().to_canonical());
@@ -137,6 +137,7 @@ impl Connection {
                 connection: Some(Arc::clone(registration.stats())),
                 inter_node,
                 sasl: Arc::default(),
+                tls_user,
             },
             shutdown,
             registration,

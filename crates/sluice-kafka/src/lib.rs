@@ -14,6 +14,8 @@ mod errors;
 mod fetch_encode;
 mod handlers;
 mod listener;
+mod ssl_principal;
 
 pub use handlers::acls::AuthorizerOptions;
 pub use listener::{KafkaOptions, SaslOptions, SecurityProtocol, serve, serve_streams};
+pub use ssl_principal::PrincipalRules;

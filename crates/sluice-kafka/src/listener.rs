@@ -101,6 +101,9 @@ pub struct KafkaOptions {
     /// The TLS configuration: set for the TLS protocols only, and every
     /// connection of the listener goes through its handshake.
     pub tls: Option<Arc<sluice_tls::Tls>>,
+    /// How an `SSL` client's certificate names its principal (Kafka's
+    /// `ssl.principal.mapping.rules`).
+    pub principal_rules: crate::PrincipalRules,
     /// The ACL authorizer (`kafka.acls`); `None`: every client may do
     /// everything.
     pub authorizer: Option<Arc<AuthorizerOptions>>,
@@ -196,6 +199,21 @@ fn spawn_connection(
             else {
                 return;
             };
+            let tls_user = match stream.peer_certificate() {
+                Some(certificate) if options.protocol == SecurityProtocol::Ssl => {
+                    let Some(name) = options.principal_rules.map(&certificate.subject) else {
+                        // Kafka closes the connection of a certificate no
+                        // rule names.
+                        tracing::info!(subject = %certificate.subject, "kafka connection refused: no ssl principal mapping rule matches the client certificate");
+                        return;
+                    };
+                    registration
+                        .stats()
+                        .update_details(|details| details.user = Some(name.clone()));
+                    Some(name)
+                }
+                _ => None,
+            };
             let connection = Connection::new(
                 stream,
                 peer,
@@ -203,7 +221,7 @@ fn spawn_connection(
                 options,
                 shutdown,
                 registration,
-                inter_node,
+                (inter_node, tls_user),
             );
             match connection.run().await {
                 Ok(()) => tracing::debug!("connection closed"),

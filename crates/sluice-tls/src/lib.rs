@@ -234,6 +234,15 @@ impl ServerStream {
         }
     }
 
+    /// The client's certificate, when it sent one over TLS.
+    pub fn peer_certificate(&self) -> Option<PeerCertificate> {
+        let ServerStream::Tls(stream) = self else {
+            return None;
+        };
+        let leaf = stream.get_ref().1.peer_certificates()?.first()?;
+        PeerCertificate::from_der(leaf.as_ref())
+    }
+
     /// An accepted connection as its listener serves it: through the TLS
     /// handshake when the listener has `tls`, as it is otherwise. `None`
     /// when the handshake failed (logged, as [`log_handshake_failure`]).
@@ -253,6 +262,46 @@ impl ServerStream {
                 None
             }
         }
+    }
+}
+
+/// What a client's certificate says of who it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerCertificate {
+    /// The subject's distinguished name as RFC 4514 writes it (the most
+    /// specific name first: `CN=alice,O=Example`), the form Kafka's
+    /// default principal and RabbitMQ's `distinguished_name` login use.
+    pub subject: String,
+    /// The subject's (last) common name, if it has one.
+    pub common_name: Option<String>,
+}
+
+impl PeerCertificate {
+    /// Reads the subject of a DER certificate; `None` when it does not
+    /// parse (rustls already checked it, so only an oddity of encoding).
+    pub fn from_der(der: &[u8]) -> Option<PeerCertificate> {
+        use x509_cert::der::Decode as _;
+        use x509_cert::der::asn1::{Ia5StringRef, PrintableStringRef, Utf8StringRef};
+        let certificate = x509_cert::Certificate::from_der(der).ok()?;
+        let subject = &certificate.tbs_certificate.subject;
+        let common_name = subject
+            .0
+            .iter()
+            .flat_map(|rdn| rdn.0.iter())
+            .rev()
+            .filter(|attribute| attribute.oid == x509_cert::der::oid::db::rfc4519::CN)
+            .find_map(|attribute| {
+                let value = &attribute.value;
+                Utf8StringRef::try_from(value)
+                    .map(|s| s.as_str().to_owned())
+                    .or_else(|_| PrintableStringRef::try_from(value).map(|s| s.as_str().to_owned()))
+                    .or_else(|_| Ia5StringRef::try_from(value).map(|s| s.as_str().to_owned()))
+                    .ok()
+            });
+        Some(PeerCertificate {
+            subject: subject.to_string(),
+            common_name,
+        })
     }
 }
 

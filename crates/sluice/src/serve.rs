@@ -527,6 +527,10 @@ async fn start_kafka(
         protocol: SecurityProtocol::Plaintext,
         sasl,
         tls: None,
+        principal_rules: sluice_kafka::PrincipalRules::parse(&config.ssl_principal_mapping_rules)
+            .map_err(|reason| {
+            anyhow::anyhow!("kafka.ssl_principal_mapping_rules is refused: {reason}")
+        })?,
         authorizer: config.acls.then(|| {
             Arc::new(sluice_kafka::AuthorizerOptions {
                 super_users: config
@@ -649,6 +653,11 @@ async fn start_amqp(
         frame_max: u32::try_from(config.frame_max.bytes()).unwrap_or(u32::MAX),
         channel_max: config.channel_max,
         heartbeat: u16::try_from(config.heartbeat.get().as_secs()).unwrap_or(u16::MAX),
+        cert_login_from: if config.ssl_cert_login_from == "common_name" {
+            sluice_amqp::CertLoginFrom::CommonName
+        } else {
+            sluice_amqp::CertLoginFrom::DistinguishedName
+        },
     };
     let secure = if config.tls_listen.is_empty() {
         None

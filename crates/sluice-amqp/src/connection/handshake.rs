@@ -1,5 +1,6 @@
 //! The connection handshake: protocol header,
-//! `connection.start`/`start-ok` with SASL PLAIN or AMQPLAIN login,
+//! `connection.start`/`start-ok` with SASL PLAIN or AMQPLAIN login, or
+//! EXTERNAL (the client certificate names the user),
 //! `connection.tune`/`tune-ok` and `connection.open`, plus the server
 //! properties and capabilities announced in `connection.start`.
 
@@ -14,6 +15,7 @@ use tokio::sync::mpsc;
 use super::{Connection, ConnectionError, Reader};
 use crate::errors::{ACCESS_REFUSED, AmqpError, COMMAND_INVALID, NOT_ALLOWED};
 use crate::frames::{self, Frame};
+use crate::listener::CertLoginFrom;
 
 const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
 /// The handshake must finish within this.
@@ -48,7 +50,13 @@ impl Connection {
                 version_major: 0,
                 version_minor: 9,
                 server_properties: server_properties(),
-                mechanisms: LongString::from("PLAIN AMQPLAIN"),
+                // EXTERNAL only to a client that sent a certificate, as
+                // RabbitMQ offers it.
+                mechanisms: LongString::from(if self.certificate.is_some() {
+                    "PLAIN AMQPLAIN EXTERNAL"
+                } else {
+                    "PLAIN AMQPLAIN"
+                }),
                 locales: LongString::from("en_US"),
             })),
         );
@@ -67,15 +75,22 @@ impl Connection {
                 _ => None,
             })
             .is_some_and(|v| matches!(v, AMQPValue::Boolean(true)));
-        let credentials = self.credentials(&start_ok);
-        let accepted = match credentials.clone() {
-            Some((user, password)) => self
-                .broker
-                .users()
-                .authenticate_async(user, password, self.peer.ip())
-                .await
-                .map(|principal| principal.name),
-            None => None,
+        let (named, accepted) = if start_ok.mechanism.as_str() == "EXTERNAL" {
+            let named = self.certificate_user();
+            let accepted = named.clone().filter(|name| self.external_login(name));
+            (named, accepted)
+        } else {
+            let credentials = self.credentials(&start_ok);
+            let accepted = match credentials.clone() {
+                Some((user, password)) => self
+                    .broker
+                    .users()
+                    .authenticate_async(user, password, self.peer.ip())
+                    .await
+                    .map(|principal| principal.name),
+                None => None,
+            };
+            (credentials.map(|(user, _)| user), accepted)
         };
         let Some(user) = accepted else {
             self.closing = Some(AmqpError::connection(
@@ -87,7 +102,7 @@ impl Connection {
             ));
             // The user name (never the password) tells the operator whose
             // login failed; an unreadable response has none.
-            let user = credentials.map_or_else(|| "(unreadable)".to_owned(), |(user, _)| user);
+            let user = named.unwrap_or_else(|| "(unreadable)".to_owned());
             self.broker
                 .users()
                 .login_refused(
@@ -222,7 +237,27 @@ impl Connection {
         }
     }
 
-    /// Checks start-ok's credentials; returns the user name.
+    /// The user the client certificate names (`amqp.ssl_cert_login_from`),
+    /// if the client sent one.
+    fn certificate_user(&self) -> Option<String> {
+        let certificate = self.certificate.as_ref()?;
+        match self.options.cert_login_from {
+            CertLoginFrom::DistinguishedName => Some(certificate.subject.clone()),
+            CertLoginFrom::CommonName => certificate.common_name.clone(),
+        }
+    }
+
+    /// Whether `name`, named by the client's certificate, may log in with
+    /// EXTERNAL: the user exists (whatever its password, as RabbitMQ's
+    /// internal backend decides) and, if it may log in only from
+    /// loopback, the client is on loopback.
+    fn external_login(&self, name: &str) -> bool {
+        self.broker
+            .users()
+            .get(name)
+            .is_some_and(|user| !user.loopback_only || self.peer.ip().is_loopback())
+    }
+
     /// The user name and password of a start-ok, if its mechanism is one we
     /// offer and its response parses.
     fn credentials(&self, start_ok: &connection::StartOk) -> Option<(String, String)> {

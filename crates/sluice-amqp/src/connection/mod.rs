@@ -88,6 +88,8 @@ pub(crate) struct Connection {
     vhost: Option<Arc<VirtualHost>>,
     /// The user who logged in.
     user: String,
+    /// The client's certificate, if it sent one over AMQPS.
+    certificate: Option<sluice_tls::PeerCertificate>,
     channels: HashMap<u16, Channel>,
     out: BytesMut,
     dispatch: Vec<Arc<Queue>>,
@@ -130,6 +132,7 @@ impl Connection {
         options: Arc<AmqpOptions>,
         shutdown: watch::Receiver<bool>,
     ) -> Result<(), ConnectionError> {
+        let certificate = stream.peer_certificate();
         let (reader, writer) = stream.split();
         let (write_tx, write_rx) = mpsc::channel::<Bytes>(64);
         let writer_task = tokio::spawn(write_loop(
@@ -149,6 +152,7 @@ impl Connection {
             options,
             vhost: None,
             user: String::new(),
+            certificate,
             channels: HashMap::new(),
             out: BytesMut::with_capacity(64 << 10),
             dispatch: Vec::new(),

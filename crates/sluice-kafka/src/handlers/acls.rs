@@ -130,11 +130,7 @@ impl Context {
         if self.inter_node {
             return Checker::default();
         }
-        let user = if self.sasl_gated() {
-            self.sasl_state().principal_name().map(str::to_owned)
-        } else {
-            None
-        };
+        let user = self.user();
         let principal = principal_of(user.as_deref());
         let administrator = user
             .as_deref()

@@ -49,6 +49,9 @@ pub(crate) struct Context {
     pub(crate) inter_node: bool,
     /// The connection's SASL authentication.
     pub(crate) sasl: sasl::SharedSasl,
+    /// On an `SSL` listener, the name its client certificate maps to
+    /// (`kafka.ssl_principal_mapping_rules`).
+    pub(crate) tls_user: Option<String>,
 }
 
 impl Context {
@@ -62,6 +65,19 @@ impl Context {
     /// The connection's SASL state, locked.
     pub(crate) fn sasl_state(&self) -> std::sync::MutexGuard<'_, sasl::SaslState> {
         self.sasl.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Who the client is: the user it logged in as on a SASL listener,
+    /// its certificate's name on an `SSL` one; `None` for an anonymous
+    /// client.
+    pub(crate) fn user(&self) -> Option<String> {
+        if self.sasl_gated() {
+            self.sasl_state().principal_name().map(str::to_owned)
+        } else if self.inter_node {
+            None
+        } else {
+            self.tls_user.clone()
+        }
     }
 
     pub(crate) fn host(&self) -> StrBytes {

@@ -645,6 +645,7 @@ async fn acls_are_kept_described_deleted_and_checked() {
         connection: None,
         inter_node: false,
         sasl: Default::default(),
+        tls_user: None,
     };
     let context = authorizing(crate::AuthorizerOptions {
         super_users: vec!["User:ANONYMOUS".into()],
@@ -729,12 +730,14 @@ fn context_with(options: BrokerOptions) -> Context {
             protocol: crate::SecurityProtocol::Plaintext,
             sasl: crate::SaslOptions::default(),
             tls: None,
+            principal_rules: crate::PrincipalRules::default(),
             authorizer: None,
         }),
         peer: "/127.0.0.1".into(),
         connection: None,
         inter_node: false,
         sasl: Default::default(),
+        tls_user: None,
     }
 }
 

@@ -24,16 +24,13 @@ use sluice_core::{MAX_ITERATIONS, MIN_ITERATIONS, ScramCredential, ScramMechanis
 
 use super::{Context, blocking};
 
-/// Whether the connection may manage users: an administrator logged in
-/// on a SASL listener; nobody else.
+/// Whether the connection may manage users: an administrator, logged in
+/// on a SASL listener or named by its certificate on an `SSL` one; nobody
+/// else.
 fn allowed(context: &Context) -> bool {
-    if !context.sasl_gated() {
-        return false;
-    }
     context
-        .sasl_state()
-        .principal_name()
-        .and_then(|name| context.broker.users().get(name))
+        .user()
+        .and_then(|name| context.broker.users().get(&name))
         .is_some_and(|user| user.has_tag("administrator"))
 }
 

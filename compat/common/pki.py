@@ -1,4 +1,4 @@
-"""Certificates for the security suite, made fresh for each run by the
+"""Certificates for the security and cluster suites, made fresh for each run by the
 `cryptography` package: nothing is committed, nothing outlives the run's
 temporary directory.
 
@@ -86,13 +86,17 @@ class Authority:
         self.pem = _write(directory / f"ca-{name}.pem", self.cert.public_bytes(serialization.Encoding.PEM))
 
     def _issue(self, common_name: str, usage, sans=None, valid_from=None, valid_until=None,
-               serial: int | None = None) -> tuple[bytes, bytes, int]:
+               serial: int | None = None, organization: str | None = None) -> tuple[bytes, bytes, int]:
         key = _key()
         now = _now()
         serial = serial if serial is not None else x509.random_serial_number()
+        # O before CN in the certificate, so that its distinguished name
+        # reads CN=...,O=... (RFC 4514 writes the last one first).
+        names = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization)] if organization else []
+        names.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
         builder = (
             x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+            .subject_name(x509.Name(names))
             .issuer_name(self.cert.subject)
             .public_key(key.public_key())
             .serial_number(serial)
@@ -136,6 +140,13 @@ class Authority:
         if expired:
             dates = {"valid_from": now - datetime.timedelta(days=20), "valid_until": now - datetime.timedelta(days=10)}
         cert, key, serial = self._issue(f"client {stem}", ExtendedKeyUsageOID.CLIENT_AUTH, **dates)
+        return Issued(_write(self.directory / f"{stem}.pem", cert), _write(self.directory / f"{stem}.key", key), serial)
+
+
+    def issue_subject(self, stem: str, common_name: str, organization: str | None = None) -> Issued:
+        """A client certificate whose subject is CN=`common_name`, then
+        O=`organization` if given."""
+        cert, key, serial = self._issue(common_name, ExtendedKeyUsageOID.CLIENT_AUTH, organization=organization)
         return Issued(_write(self.directory / f"{stem}.pem", cert), _write(self.directory / f"{stem}.key", key), serial)
 
 
