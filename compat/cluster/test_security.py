@@ -187,11 +187,13 @@ def acl_cluster(tmp_path_factory):
         node.settings["kafka.listeners"] = f"SASL_PLAINTEXT://127.0.0.1:{port},SSL://127.0.0.1:{ssl_port}"
         node.settings["kafka.acls"] = "true"
         node.settings |= {
+            "amqp.vhosts": "/,limited",
             "amqp.tls_listen": f"127.0.0.1:{amqps_port}",
             "tls.cert_file": str(cluster.pki.server.cert),
             "tls.key_file": str(cluster.pki.server.key),
             "tls.ca_file": str(cluster.pki.ca_file),
             "tls.client_auth": "optional",
+            "amqp.auth_mechanisms": "PLAIN,AMQPLAIN,EXTERNAL",
         }
     try:
         cluster.start()
@@ -305,7 +307,9 @@ def external_login_works(cluster, node_id: int, cert) -> bool:
     try:
         pika.BlockingConnection(params).close()
         return True
-    except pika.exceptions.AMQPError:
+    except pika.exceptions.ProbableAuthenticationError as refused:
+        # The broker refused the login (not TLS, not the network).
+        assert "ACCESS_REFUSED" in str(refused), refused
         return False
 
 
@@ -347,3 +351,53 @@ def test_certificate_principals_and_external_logins_hold_on_every_node(acl_clust
     for node_id in (1, 2, 3):
         wait_until(lambda: external_login_works(acl_cluster, node_id, amqp_cert), 30,
                    what=f"an EXTERNAL login on node {node_id}")
+
+
+def amqp_connect(node, user: tuple[str, str], vhost: str = "/") -> pika.BlockingConnection:
+    return pika.BlockingConnection(pika.ConnectionParameters(
+        "127.0.0.1", node.amqp_port, virtual_host=vhost, credentials=pika.PlainCredentials(*user),
+        connection_attempts=1, socket_timeout=5, blocked_connection_timeout=5))
+
+
+def amqp_refusal(node, user: tuple[str, str], vhost: str = "/") -> str:
+    with pytest.raises(pika.exceptions.ProbableAccessDeniedError) as refused:
+        amqp_connect(node, user, vhost).close()
+    return str(refused.value)
+
+
+def test_amqp_limits_count_connections_and_channels_over_every_node(acl_cluster, name):
+    """Limits set through node 1 count the connections and channels open
+    on every node: a user's max-connections and max-channels, and a
+    virtual host's max-connections."""
+    node1, node2, node3 = acl_cluster.nodes
+    user = (f"limited-{name[-8:]}", "Pw-limited")
+    assert call(node1, "PUT", f"/api/users/{user[0]}", {"password": user[1]})[0] == 201
+    full = {"configure": ".*", "write": ".*", "read": ".*"}
+    assert call(node1, "PUT", f"/api/permissions/limited/{user[0]}", full)[0] == 201
+    assert call(node1, "PUT", f"/api/user-limits/{user[0]}/max-connections", {"value": 2})[0] == 204
+    assert call(node1, "PUT", f"/api/user-limits/{user[0]}/max-channels", {"value": 2})[0] == 204
+    assert call(node1, "PUT", "/api/vhost-limits/limited/max-connections", {"value": 3})[0] == 204
+    for node in (node2, node3):
+        wait_until(lambda: call(node, "GET", "/api/vhost-limits/limited")[1] == [
+            {"vhost": "limited", "value": {"max-connections": 3}}], 30, what="the limits to reach every node")
+    held = [amqp_connect(node2, user, "limited"), amqp_connect(node3, user, "limited")]
+    try:
+        text = amqp_refusal(node1, user, "limited")
+        assert "User connection limit (2) is reached" in text, text
+        # The virtual host has room for one more, of another user.
+        held.append(amqp_connect(node1, ("guest", "guest"), "limited"))
+        text = amqp_refusal(node2, ("guest", "guest"), "limited")
+        assert "access to vhost 'limited' refused for user 'guest': connection limit (3) is reached" in text, text
+        # Channels: one on node 2, one on node 3, then none more.
+        held[0].channel()
+        held[1].channel()
+        with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as closed:
+            held[0].channel()
+        assert closed.value.reply_code == 530
+        assert "number of channels opened for user" in closed.value.reply_text
+    finally:
+        for connection in held:
+            if connection.is_open:
+                connection.close()
+    # All closed: the user connects again.
+    amqp_connect(node1, user, "limited").close()

@@ -21,6 +21,9 @@ pub struct AmqpOptions {
     pub channel_max: u16,
     /// Heartbeat interval in seconds proposed in `connection.tune` (0: off).
     pub heartbeat: u16,
+    /// SASL mechanisms offered (`PLAIN`, `AMQPLAIN`, `EXTERNAL`), in
+    /// order; EXTERNAL only to a client that sent a certificate.
+    pub mechanisms: Vec<String>,
     /// What names the user of an EXTERNAL login.
     pub cert_login_from: CertLoginFrom,
 }
@@ -42,6 +45,7 @@ impl Default for AmqpOptions {
             frame_max: 131_072,
             channel_max: 2047,
             heartbeat: 60,
+            mechanisms: vec!["PLAIN".to_owned(), "AMQPLAIN".to_owned()],
             cert_login_from: CertLoginFrom::DistinguishedName,
         }
     }

@@ -729,6 +729,34 @@ impl RemoteQueues for Carrier {
         (fields.remaining() >= 16).then(|| (fields.get_u64(), fields.get_u64()))
     }
 
+    fn amqp_counts_on(
+        &self,
+        node: i32,
+        vhost: &str,
+        user: &str,
+        timeout: Duration,
+    ) -> Option<sluice_core::AmqpCounts> {
+        // A connections request with a virtual host and a user after its
+        // id: the answer's totals are followed by their counts.
+        let (_, mut fields) = self
+            .call_within(node, timeout, |id| {
+                let mut fields = BytesMut::new();
+                fields.put_u64(id);
+                put_short(&mut fields, vhost)?;
+                put_short(&mut fields, user)?;
+                Ok(frame(CONNECTIONS, &fields))
+            })
+            .ok()?;
+        (fields.remaining() >= 40).then(|| {
+            fields.advance(16);
+            sluice_core::AmqpCounts {
+                vhost_connections: fields.get_u64(),
+                user_connections: fields.get_u64(),
+                user_channels: fields.get_u64(),
+            }
+        })
+    }
+
     fn share_counts_on(
         &self,
         node: i32,
@@ -1587,9 +1615,11 @@ async fn serve_link(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
                     Work::Purge(fields) => purge_for_peer(&broker, fields).map(|answer| {
                         let _ = frames.send(answer);
                     }),
-                    Work::Connections(mut fields) => get_u64(&mut fields).map(|id| {
-                        let _ = frames.send(connections_for_peer(&broker, id));
-                    }),
+                    Work::Connections(fields) => {
+                        connections_for_peer(&broker, fields).map(|answer| {
+                            let _ = frames.send(answer);
+                        })
+                    }
                     Work::ShareCounts(fields) => {
                         share_counts_for_peer(&broker, fields).map(|answer| {
                             let _ = frames.send(answer);
@@ -2156,13 +2186,25 @@ fn share_counts_for_peer(broker: &Broker, mut fields: Bytes) -> Option<Bytes> {
     Some(frame(SHARES, &answer))
 }
 
-fn connections_for_peer(broker: &Broker, id: u64) -> Bytes {
+/// A peer's count of this node's client connections: the totals, then,
+/// when it named a virtual host and a user, what the AMQP limits count
+/// of them.
+fn connections_for_peer(broker: &Broker, mut fields: Bytes) -> Option<Bytes> {
+    let id = get_u64(&mut fields)?;
     let (kafka, amqp) = broker.connections().open_counts();
     let mut answer = BytesMut::new();
     answer.put_u64(id);
     answer.put_u64(kafka);
     answer.put_u64(amqp);
-    frame(CONNECTED, &answer)
+    if fields.has_remaining() {
+        let vhost = get_short(&mut fields)?;
+        let user = get_short(&mut fields)?;
+        let counts = broker.connections().amqp_counts(&vhost, &user);
+        answer.put_u64(counts.vhost_connections);
+        answer.put_u64(counts.user_connections);
+        answer.put_u64(counts.user_channels);
+    }
+    Some(frame(CONNECTED, &answer))
 }
 
 /// A peer's `queue.purge` of a queue of this node: the answer.

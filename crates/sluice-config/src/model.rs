@@ -438,6 +438,10 @@ pub struct AmqpConfig {
     /// HOST:PORT of the AMQPS (TLS) listener (5671 by convention); empty:
     /// none.
     pub tls_listen: String,
+    /// SASL mechanisms offered to AMQP clients, comma-separated (RabbitMQ's
+    /// `auth_mechanisms`): `PLAIN`, `AMQPLAIN`, and `EXTERNAL` (a client
+    /// certificate names the user; offered to AMQPS clients that sent one).
+    pub auth_mechanisms: String,
     /// What names the user of an EXTERNAL login (RabbitMQ's
     /// `ssl_cert_login_from`): the client certificate's
     /// `distinguished_name` or its `common_name`.
@@ -470,6 +474,7 @@ impl Default for AmqpConfig {
         AmqpConfig {
             listen: ListenAddr::loopback(5672),
             tls_listen: String::new(),
+            auth_mechanisms: "PLAIN,AMQPLAIN".to_owned(),
             ssl_cert_login_from: "distinguished_name".to_owned(),
             heartbeat: HumanDuration::from_secs(60),
             frame_max: ByteSize::kib(128),
@@ -893,6 +898,10 @@ pub const KEYS: &[KeyDoc] = &[
         description: "HOST:PORT of the AMQPS (TLS) listener; empty: none",
     },
     KeyDoc {
+        key: "amqp.auth_mechanisms",
+        description: "SASL mechanisms offered to AMQP clients: PLAIN, AMQPLAIN, EXTERNAL (client certificates), comma-separated",
+    },
+    KeyDoc {
         key: "amqp.ssl_cert_login_from",
         description: "What names the user of an AMQP EXTERNAL login: the client certificate's distinguished_name or common_name",
     },
@@ -1310,6 +1319,23 @@ impl Config {
                     amqp.frame_max
                 ),
             );
+        }
+        let mechanisms = split_list(&amqp.auth_mechanisms);
+        if mechanisms.is_empty() {
+            problem(
+                "amqp.auth_mechanisms",
+                "amqp.auth_mechanisms must name at least one mechanism".to_owned(),
+            );
+        }
+        for mechanism in mechanisms {
+            if !["PLAIN", "AMQPLAIN", "EXTERNAL"].contains(&mechanism) {
+                problem(
+                    "amqp.auth_mechanisms",
+                    format!(
+                        "amqp.auth_mechanisms may name PLAIN, AMQPLAIN and EXTERNAL, got {mechanism:?}"
+                    ),
+                );
+            }
         }
         if !["distinguished_name", "common_name"].contains(&amqp.ssl_cert_login_from.as_str()) {
             problem(

@@ -47,6 +47,26 @@ pub struct ConnectionDetails {
     pub client_name: Option<String>,
 }
 
+/// What the AMQP limits count on a node (see [`Connections::amqp_counts`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AmqpCounts {
+    /// AMQP connections open to the virtual host.
+    pub vhost_connections: u64,
+    /// AMQP connections of the user.
+    pub user_connections: u64,
+    /// Channels open on the user's AMQP connections.
+    pub user_channels: u64,
+}
+
+impl AmqpCounts {
+    /// Adds another node's counts.
+    pub fn add(&mut self, other: AmqpCounts) {
+        self.vhost_connections += other.vhost_connections;
+        self.user_connections += other.user_connections;
+        self.user_channels += other.user_channels;
+    }
+}
+
 /// One AMQP channel as the admin API shows it.
 #[derive(Debug, Default)]
 pub struct ChannelStats {
@@ -310,6 +330,31 @@ impl Connections {
             match connection.protocol() {
                 Protocol::Kafka => counts.0 += 1,
                 Protocol::Amqp => counts.1 += 1,
+            }
+        }
+        counts
+    }
+
+    /// This node's AMQP connections open to `vhost` and of `user`, and
+    /// the channels open on the latter (a connection counts once it
+    /// opened its virtual host).
+    pub fn amqp_counts(&self, vhost: &str, user: &str) -> AmqpCounts {
+        let open = lock(&self.open);
+        let mut counts = AmqpCounts::default();
+        for connection in open.entries.values() {
+            if connection.protocol() != Protocol::Amqp {
+                continue;
+            }
+            let details = connection.details();
+            if details.vhost.is_none() {
+                continue;
+            }
+            if details.vhost.as_deref() == Some(vhost) {
+                counts.vhost_connections += 1;
+            }
+            if details.user.as_deref() == Some(user) {
+                counts.user_connections += 1;
+                counts.user_channels += lock(&connection.channels).len() as u64;
             }
         }
         counts

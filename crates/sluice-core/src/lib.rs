@@ -27,6 +27,7 @@ mod group_config;
 mod groups;
 mod hw_checkpoint;
 mod lifecycle;
+pub mod limits;
 pub mod messaging;
 mod metadata;
 mod metrics;
@@ -70,8 +71,8 @@ use sluice_types::{Clock, SystemClock};
 pub use ack::{AckLevel, Acks, PendingAck, RemoteOutcome};
 pub use admission::{Admission, Alarm, Verdict, Writer};
 pub use connections::{
-    ChannelStats, ConnectionDetails, ConnectionHandle, ConnectionLimits, ConnectionRefused,
-    ConnectionStats, Connections, Protocol,
+    AmqpCounts, ChannelStats, ConnectionDetails, ConnectionHandle, ConnectionLimits,
+    ConnectionRefused, ConnectionStats, Connections, Protocol,
 };
 pub use data_dir::DataDirLock;
 pub use error::CoreError;
@@ -1024,6 +1025,90 @@ impl Broker {
                 vhost: vhost.to_owned(),
                 permission,
             })
+    }
+
+    /// The virtual host and user limits as applied on this node.
+    pub fn limits(&self) -> &Arc<limits::Limits> {
+        self.topics.metadata().limits()
+    }
+
+    /// Sets (or with `None` clears) a virtual host's or user's limit
+    /// `name` (`max-connections`, `max-queues` for a virtual host;
+    /// `max-connections`, `max-channels` for a user); a negative value
+    /// means no limit. Blocking.
+    ///
+    /// # Errors
+    /// [`CoreError::InvalidConfig`] for an unknown virtual host or limit
+    /// name, [`CoreError::UnknownUser`], or the commit's.
+    pub fn set_limit(
+        &self,
+        scope: limits::LimitScope,
+        name: &str,
+        value: Option<i64>,
+    ) -> Result<(), CoreError> {
+        if let limits::LimitScope::Vhost(vhost) = &scope {
+            self.check_vhost(vhost)?;
+        }
+        if !scope.names().contains(&name) {
+            return Err(CoreError::InvalidConfig {
+                key: name.to_owned(),
+                reason: format!(
+                    "unknown limit {name:?}; a {} takes {}",
+                    match scope {
+                        limits::LimitScope::Vhost(_) => "virtual host",
+                        limits::LimitScope::User(_) => "user",
+                    },
+                    scope.names().join(" and ")
+                ),
+            });
+        }
+        tracing::info!(?scope, name, ?value, "limit changed");
+        self.topics
+            .metadata()
+            .change_user(MetadataCommand::SetLimit {
+                scope,
+                name: name.to_owned(),
+                value,
+            })
+    }
+
+    /// AMQP connections open to `vhost`, AMQP connections of `user`, and
+    /// the channels those have open, over every live node of the cluster
+    /// (a node that does not answer within a second is not counted).
+    /// Blocking.
+    pub fn amqp_counts(&self, vhost: &str, user: &str) -> connections::AmqpCounts {
+        let mut counts = self.connections().amqp_counts(vhost, user);
+        if self.topics.metadata().clustered() {
+            let view = self.cluster_view();
+            let others: Vec<i32> = view
+                .nodes
+                .iter()
+                .map(|n| n.node)
+                .filter(|node| *node != view.node_id && !view.fenced.contains(node))
+                .collect();
+            let vhosts = self.vhosts();
+            std::thread::scope(|scope| {
+                let asked: Vec<_> = others
+                    .iter()
+                    .map(|node| {
+                        scope.spawn(move || {
+                            vhosts.amqp_counts_on(
+                                *node,
+                                vhost,
+                                user,
+                                std::time::Duration::from_secs(1),
+                            )
+                        })
+                    })
+                    .collect();
+                for answer in asked {
+                    if let Ok(Some(theirs)) = answer.join() {
+                        counts.add(theirs);
+                    }
+                }
+            });
+        }
+        counts
     }
 
     /// Sets (or with `None` clears) `user`'s topic permission on

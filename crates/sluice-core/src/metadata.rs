@@ -34,6 +34,7 @@ use sluice_log::{Log, LogManager};
 use crate::CoreError;
 use crate::acls::{AclBinding, Acls};
 use crate::group_config::{GroupConfig, GroupConfigs};
+use crate::limits::{LimitMap, LimitScope, Limits};
 use crate::messaging::definitions::{
     self, BindingDefinition, Definition, Definitions, ExchangeDefinition, QueueDefinition,
 };
@@ -267,6 +268,14 @@ pub enum MetadataCommand {
     DeleteAcls {
         filters: Vec<crate::acls::AclFilter>,
     },
+    /// A virtual host's or user's limit (`rabbitmqctl set_vhost_limits`,
+    /// `set_user_limits`), or none (`clear_…`). Refused for an unknown
+    /// user.
+    SetLimit {
+        scope: LimitScope,
+        name: String,
+        value: Option<i64>,
+    },
 }
 
 /// A topic as the metadata describes it.
@@ -424,6 +433,10 @@ pub(crate) struct MetadataState {
     pub(crate) topic_permissions: TopicPermissionMap,
     /// Whether the users there were got their permissions.
     pub(crate) permissions_bootstrapped: bool,
+    /// Virtual hosts' limits.
+    pub(crate) vhost_limits: LimitMap,
+    /// Users' limits.
+    pub(crate) user_limits: LimitMap,
 }
 
 impl MetadataState {
@@ -549,6 +562,27 @@ impl MetadataState {
                 acls: self.acls.iter().cloned().collect(),
             });
         }
+        let scoped = |map: &LimitMap, scope: fn(String) -> LimitScope| {
+            map.iter()
+                .flat_map(|(key, limits)| {
+                    limits
+                        .iter()
+                        .map(move |(name, value)| MetadataCommand::SetLimit {
+                            scope: scope(key.clone()),
+                            name: name.clone(),
+                            value: Some(*value),
+                        })
+                })
+                .collect::<Vec<_>>()
+        };
+        commands.extend(scoped(&self.vhost_limits, LimitScope::Vhost));
+        commands.extend(
+            scoped(&self.user_limits, LimitScope::User)
+                .into_iter()
+                .filter(|command| {
+                    matches!(command, MetadataCommand::SetLimit { scope: LimitScope::User(user), .. } if self.users.contains_key(user))
+                }),
+        );
         commands
     }
 }
@@ -774,7 +808,11 @@ fn check(state: &MetadataState, command: &MetadataCommand) -> Result<(), CoreErr
         }
         MetadataCommand::SetPermission { user, .. }
         | MetadataCommand::SetTopicPermission { user, .. }
-            if !state.users.contains_key(user) =>
+        | MetadataCommand::SetLimit {
+            scope: LimitScope::User(user),
+            value: Some(_),
+            ..
+        } if !state.users.contains_key(user) =>
         {
             Err(CoreError::UnknownUser { name: user.clone() })
         }
@@ -1068,7 +1106,14 @@ pub(crate) fn apply(state: &mut MetadataState, command: MetadataCommand) -> Resu
             state.users.remove(&name);
             state.permissions.remove(&name);
             state.topic_permissions.remove(&name);
+            state.user_limits.remove(&name);
         }
+        MetadataCommand::SetLimit { scope, name, value } => match scope {
+            LimitScope::Vhost(vhost) => {
+                crate::limits::set(&mut state.vhost_limits, vhost, name, value);
+            }
+            LimitScope::User(user) => crate::limits::set(&mut state.user_limits, user, name, value),
+        },
         MetadataCommand::SetPermission {
             user,
             vhost,
@@ -1159,6 +1204,7 @@ pub(crate) fn apply(state: &mut MetadataState, command: MetadataCommand) -> Resu
                         state.users.remove(&name);
                         state.permissions.remove(&name);
                         state.topic_permissions.remove(&name);
+                        state.user_limits.remove(&name);
                     }
                 }
             }
@@ -1556,6 +1602,8 @@ pub struct Metadata {
     acls: Arc<Acls>,
     /// The AMQP permissions as applied, compiled.
     permissions: Arc<Permissions>,
+    /// The virtual host and user limits as applied.
+    limits: Arc<Limits>,
 }
 
 /// A refused command, as a committed command's answer carries it to its
@@ -1652,6 +1700,8 @@ impl Metadata {
             &state.topic_permissions,
             state.permissions_bootstrapped,
         );
+        let limits = Arc::new(Limits::default());
+        limits.replace_all(&state.vhost_limits, &state.user_limits);
         Ok(Arc::new(Metadata {
             writer: Mutex::new(()),
             store: Store::Local(log),
@@ -1664,6 +1714,7 @@ impl Metadata {
             users,
             acls,
             permissions,
+            limits,
         }))
     }
 
@@ -1683,6 +1734,7 @@ impl Metadata {
             users: Arc::default(),
             acls: Arc::default(),
             permissions: Arc::default(),
+            limits: Arc::default(),
         })
     }
 
@@ -1776,6 +1828,11 @@ impl Metadata {
     /// The AMQP permissions as applied on this node.
     pub fn permissions(&self) -> &Arc<Permissions> {
         &self.permissions
+    }
+
+    /// The virtual host and user limits as applied on this node.
+    pub fn limits(&self) -> &Arc<Limits> {
+        &self.limits
     }
 
     /// The AMQP permissions and topic permissions as committed.
@@ -1996,6 +2053,12 @@ impl Metadata {
                 | MetadataCommand::DeleteUser { .. }
                 | MetadataCommand::SetScramCredential { .. }
         );
+        let limits = matches!(
+            command,
+            MetadataCommand::SetLimit { .. }
+                | MetadataCommand::DeleteUser { .. }
+                | MetadataCommand::SetScramCredential { .. }
+        );
         let user = match &command {
             MetadataCommand::PutUser { name, .. }
             | MetadataCommand::DeleteUser { name }
@@ -2013,6 +2076,10 @@ impl Metadata {
                 &state.topic_permissions,
                 state.permissions_bootstrapped,
             );
+        }
+        if limits {
+            self.limits
+                .replace_all(&state.vhost_limits, &state.user_limits);
         }
         match user {
             Some(Some(name)) => self.users.set(&name, state.users.get(&name)),
@@ -2063,6 +2130,8 @@ impl Metadata {
             &state.topic_permissions,
             state.permissions_bootstrapped,
         );
+        self.limits
+            .replace_all(&state.vhost_limits, &state.user_limits);
         self.definitions_changed.send_modify(|n| *n += 1);
         match self.topics.get().and_then(Weak::upgrade) {
             Some(topics) => topics.reconcile_all(&state.topics),

@@ -200,7 +200,11 @@ fn spawn_connection(
                 return;
             };
             let tls_user = match stream.peer_certificate() {
-                Some(certificate) if options.protocol == SecurityProtocol::Ssl => {
+                Some(Err(error)) if options.protocol == SecurityProtocol::Ssl => {
+                    tracing::info!(%error, "kafka connection refused");
+                    return;
+                }
+                Some(Ok(certificate)) if options.protocol == SecurityProtocol::Ssl => {
                     let Some(name) = options.principal_rules.map(&certificate.subject) else {
                         // Kafka closes the connection of a certificate no
                         // rule names.

@@ -65,13 +65,17 @@ impl PrincipalRules {
                     Some(b'U') => (Case::Upper, &after[1..]),
                     _ => (Case::Keep, after),
                 };
-                let pattern = Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
+                // The bare pattern first: one like `a)|(b` must not pass
+                // for a whole one inside the anchors.
+                let refused = |e: regex::Error| {
                     format!("the pattern {pattern:?} is not a regular expression: {e}")
-                })?;
+                };
+                let groups = Regex::new(&pattern).map_err(refused)?.captures_len() - 1;
+                let anchored = Regex::new(&format!("^(?:{pattern})$")).map_err(refused)?;
                 (
                     Rule::Replace {
-                        pattern,
-                        replacement: braced_groups(&replacement),
+                        pattern: anchored,
+                        replacement: braced_groups(&replacement, groups)?,
                         case,
                     },
                     after,
@@ -121,17 +125,22 @@ fn is_separator(c: char) -> bool {
     matches!(c, ',' | '\n' | '\r' | ' ' | '\t')
 }
 
-/// The text up to the first `/` not escaped as `\/` (unescaped), and what
+/// The text up to the first `/` that no backslash escapes, with `\/`
+/// made `/` (other escapes kept for the regular expression), and what
 /// follows that slash.
 fn until_slash(text: &str) -> Option<(String, &str)> {
     let mut part = String::new();
     let mut chars = text.char_indices();
     while let Some((at, c)) = chars.next() {
         match c {
-            '\\' if text[at + 1..].starts_with('/') => {
-                part.push('/');
-                chars.next();
-            }
+            '\\' => match chars.next() {
+                Some((_, '/')) => part.push('/'),
+                Some((_, escaped)) => {
+                    part.push('\\');
+                    part.push(escaped);
+                }
+                None => part.push('\\'),
+            },
             '/' => return Some((part, &text[at + 1..])),
             _ => part.push(c),
         }
@@ -139,9 +148,14 @@ fn until_slash(text: &str) -> Option<(String, &str)> {
     None
 }
 
-/// Java's `$1` as the regex crate's `${1}`, so that `$1abc` keeps its
-/// meaning; `\$` is a literal dollar in both.
-fn braced_groups(replacement: &str) -> String {
+/// A Java replacement (`Matcher.replaceAll`'s) in the regex crate's
+/// syntax, for a pattern of `groups` groups: `$12` is group 12 if there
+/// is one, else group 1 then `2`, as in Java; `${name}` names a group;
+/// `\x` is `x`.
+///
+/// # Errors
+/// A group the pattern does not have, or a `$` naming nothing.
+fn braced_groups(replacement: &str, groups: usize) -> Result<String, String> {
     let mut out = String::with_capacity(replacement.len());
     let mut chars = replacement.chars().peekable();
     while let Some(c) = chars.next() {
@@ -149,20 +163,47 @@ fn braced_groups(replacement: &str) -> String {
             '\\' => match chars.next() {
                 Some('$') => out.push_str("$$"),
                 Some(other) => out.push(other),
-                None => out.push('\\'),
+                None => {
+                    return Err(format!(
+                        "the replacement {replacement:?} ends in a backslash"
+                    ));
+                }
             },
             '$' if chars.peek().is_some_and(char::is_ascii_digit) => {
-                out.push_str("${");
-                while let Some(digit) = chars.next_if(char::is_ascii_digit) {
-                    out.push(digit);
+                let mut group = 0usize;
+                while let Some(digit) = chars.peek().and_then(|d| d.to_digit(10)) {
+                    let longer = group * 10 + digit as usize;
+                    if group > 0 && longer > groups {
+                        break;
+                    }
+                    group = longer;
+                    chars.next();
                 }
-                out.push('}');
+                if group > groups {
+                    return Err(format!(
+                        "the replacement {replacement:?} names group {group}; the pattern has {groups}"
+                    ));
+                }
+                out.push_str(&format!("${{{group}}}"));
             }
-            '$' => out.push_str("$$"),
+            '$' if chars.peek() == Some(&'{') => {
+                out.push('$');
+                for named in chars.by_ref() {
+                    out.push(named);
+                    if named == '}' {
+                        break;
+                    }
+                }
+            }
+            '$' => {
+                return Err(format!(
+                    "the replacement {replacement:?} has a $ naming no group"
+                ));
+            }
             _ => out.push(c),
         }
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -216,12 +257,27 @@ mod tests {
     }
 
     #[test]
+    fn groups_escapes_and_slashes_read_as_java_and_kafka_read_them() {
+        // $12 with one group: group 1, then "2".
+        let rules = PrincipalRules::parse("RULE:^CN=([^,]*),.*$/$12/").expect("parses");
+        assert_eq!(rules.map("CN=bob,O=Y").as_deref(), Some("bob2"));
+        // A named group, an escaped dollar, an escaped backslash before an
+        // escaped slash.
+        let rules =
+            PrincipalRules::parse(r"RULE:^CN=(?P<cn>[^,]*),O=a\\\/b$/${cn}\$/").expect("parses");
+        assert_eq!(rules.map(r"CN=bob,O=a\/b").as_deref(), Some("bob$"));
+    }
+
+    #[test]
     fn malformed_rules_are_refused_with_a_reason() {
         for (text, reason) in [
             ("", "no rules"),
             ("RULE:^CN=(.*)$", "no / after its pattern"),
             ("RULE:^CN=(.*)$/$1", "no / after its replacement"),
             ("RULE:^CN=((.*)$/$1/", "not a regular expression"),
+            ("RULE:a)|(b/$1/", "not a regular expression"),
+            ("RULE:^CN=(.*)$/$2/", "names group 2"),
+            ("RULE:^CN=(.*)$/$x/", "naming no group"),
             ("NOPE", "expected DEFAULT"),
             ("DEFAULTX", "unexpected"),
         ] {

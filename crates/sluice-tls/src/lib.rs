@@ -234,13 +234,15 @@ impl ServerStream {
         }
     }
 
-    /// The client's certificate, when it sent one over TLS.
-    pub fn peer_certificate(&self) -> Option<PeerCertificate> {
+    /// The client's certificate, when it sent one over TLS: `Err` when
+    /// rustls accepted it but its subject cannot be read (such a client
+    /// must not pass for one without a certificate).
+    pub fn peer_certificate(&self) -> Option<Result<PeerCertificate, UnreadableCertificate>> {
         let ServerStream::Tls(stream) = self else {
             return None;
         };
         let leaf = stream.get_ref().1.peer_certificates()?.first()?;
-        PeerCertificate::from_der(leaf.as_ref())
+        Some(PeerCertificate::from_der(leaf.as_ref()).ok_or(UnreadableCertificate))
     }
 
     /// An accepted connection as its listener serves it: through the TLS
@@ -264,6 +266,11 @@ impl ServerStream {
         }
     }
 }
+
+/// A client certificate whose subject could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the client certificate's subject cannot be read")]
+pub struct UnreadableCertificate;
 
 /// What a client's certificate says of who it is.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -653,6 +653,10 @@ async fn start_amqp(
         frame_max: u32::try_from(config.frame_max.bytes()).unwrap_or(u32::MAX),
         channel_max: config.channel_max,
         heartbeat: u16::try_from(config.heartbeat.get().as_secs()).unwrap_or(u16::MAX),
+        mechanisms: split_list(&config.auth_mechanisms)
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
         cert_login_from: if config.ssl_cert_login_from == "common_name" {
             sluice_amqp::CertLoginFrom::CommonName
         } else {

@@ -43,6 +43,7 @@ impl Connection {
             let _ = write_tx.send(Bytes::from_static(PROTOCOL_HEADER)).await;
             return Err(ConnectionError::BadHeader(header.to_vec()));
         }
+        let mechanisms = self.offered_mechanisms().join(" ");
         frames::put_method(
             &mut self.out,
             0,
@@ -50,13 +51,7 @@ impl Connection {
                 version_major: 0,
                 version_minor: 9,
                 server_properties: server_properties(),
-                // EXTERNAL only to a client that sent a certificate, as
-                // RabbitMQ offers it.
-                mechanisms: LongString::from(if self.certificate.is_some() {
-                    "PLAIN AMQPLAIN EXTERNAL"
-                } else {
-                    "PLAIN AMQPLAIN"
-                }),
+                mechanisms: LongString::from(mechanisms),
                 locales: LongString::from("en_US"),
             })),
         );
@@ -75,7 +70,10 @@ impl Connection {
                 _ => None,
             })
             .is_some_and(|v| matches!(v, AMQPValue::Boolean(true)));
-        let (named, accepted) = if start_ok.mechanism.as_str() == "EXTERNAL" {
+        let mechanism = start_ok.mechanism.as_str();
+        let (named, accepted) = if !self.offered_mechanisms().contains(&mechanism) {
+            (None, None)
+        } else if mechanism == "EXTERNAL" {
             let named = self.certificate_user();
             let accepted = named.clone().filter(|name| self.external_login(name));
             (named, accepted)
@@ -180,6 +178,12 @@ impl Connection {
             self.queue_close();
             return Ok(false);
         }
+        if let Some(refusal) = self.over_connection_limit(vhost.name(), &user).await {
+            tracing::info!(user = %user, vhost = vhost.name(), reason = %refusal, "AMQP connection refused by a limit");
+            self.closing = Some(AmqpError::connection(NOT_ALLOWED, refusal));
+            self.queue_close();
+            return Ok(false);
+        }
         tracing::debug!(user = %user, vhost = vhost.name(), heartbeat = self.heartbeat, frame_max = self.frame_max, "AMQP connection open");
         let client_name = client_name(&start_ok.client_properties);
         self.registration.stats().update_details(|details| {
@@ -196,6 +200,34 @@ impl Connection {
         );
         self.flush(write_tx).await;
         Ok(true)
+    }
+
+    /// Why opening `vhost` as `user` would pass the virtual host's or the
+    /// user's `max-connections` limit, in RabbitMQ's words; `None` when
+    /// it would not (or neither has one).
+    async fn over_connection_limit(&self, vhost: &str, user: &str) -> Option<String> {
+        let limits = self.broker.limits();
+        let vhost_limit = limits.vhost(vhost, "max-connections");
+        let user_limit = limits.user(user, "max-connections");
+        if vhost_limit.is_none() && user_limit.is_none() {
+            return None;
+        }
+        let counts = self.limit_counts(vhost, user).await;
+        if let Some(limit) = vhost_limit
+            && counts.vhost_connections >= limit
+        {
+            return Some(format!(
+                "access to vhost '{vhost}' refused for user '{user}': connection limit ({limit}) is reached"
+            ));
+        }
+        if let Some(limit) = user_limit
+            && counts.user_connections >= limit
+        {
+            return Some(format!(
+                "Connection refused for user '{user}'. User connection limit ({limit}) is reached"
+            ));
+        }
+        None
     }
 
     fn handshake_unexpected(&mut self, class: &AMQPClass) -> bool {
@@ -235,6 +267,17 @@ impl Connection {
                 Err(error) => return Err(ConnectionError::Closed(error.text)),
             }
         }
+    }
+
+    /// The mechanisms offered: the configured ones, EXTERNAL only to a
+    /// client that sent a certificate (no other could use it).
+    fn offered_mechanisms(&self) -> Vec<&str> {
+        self.options
+            .mechanisms
+            .iter()
+            .map(String::as_str)
+            .filter(|m| *m != "EXTERNAL" || self.certificate.is_some())
+            .collect()
     }
 
     /// The user the client certificate names (`amqp.ssl_cert_login_from`),

@@ -132,7 +132,14 @@ impl Connection {
         options: Arc<AmqpOptions>,
         shutdown: watch::Receiver<bool>,
     ) -> Result<(), ConnectionError> {
-        let certificate = stream.peer_certificate();
+        let certificate = match stream.peer_certificate() {
+            Some(Err(error)) => {
+                // No EXTERNAL login for it; a password login still works.
+                tracing::info!(%peer, %error, "AMQPS client certificate ignored");
+                None
+            }
+            other => other.and_then(Result::ok),
+        };
         let (reader, writer) = stream.split();
         let (write_tx, write_rx) = mpsc::channel::<Bytes>(64);
         let writer_task = tokio::spawn(write_loop(
@@ -644,6 +651,16 @@ impl Connection {
         work(&mut ctx, channel)
     }
 
+    /// What the AMQP limits count for `vhost` and `user` over the cluster,
+    /// off the async threads (other nodes are asked over their links).
+    async fn limit_counts(&self, vhost: &str, user: &str) -> sluice_core::AmqpCounts {
+        let broker = Arc::clone(&self.broker);
+        let (vhost, user) = (vhost.to_owned(), user.to_owned());
+        tokio::task::spawn_blocking(move || broker.amqp_counts(&vhost, &user))
+            .await
+            .unwrap_or_default()
+    }
+
     async fn channel_method(&mut self, id: u16, class: AMQPClass) -> Result<(), AmqpError> {
         if let AMQPClass::Channel(channel_class::AMQPMethod::Open(_)) = class {
             if self.channels.contains_key(&id) {
@@ -661,6 +678,20 @@ impl Connection {
                     ),
                 )
                 .during(20, 10));
+            }
+            if let Some(limit) = self.broker.limits().user(&self.user, "max-channels") {
+                let vhost = self.vhost.as_ref().map_or("", |v| v.name()).to_owned();
+                let counts = self.limit_counts(&vhost, &self.user).await;
+                if counts.user_channels >= limit {
+                    return Err(AmqpError::connection(
+                        NOT_ALLOWED,
+                        format!(
+                            "number of channels opened for user '{}' has reached the maximum allowed user limit of ({limit})",
+                            self.user
+                        ),
+                    )
+                    .during(20, 10));
+                }
             }
             let stats = self.registration.stats().open_channel(id);
             self.channels.insert(id, Channel::new(id, self.id, stats));

@@ -7,6 +7,7 @@ mod connections;
 pub(crate) mod groups;
 mod health;
 pub(crate) mod history;
+mod limits;
 mod messages;
 mod overview;
 mod permissions;
@@ -18,7 +19,7 @@ mod topics;
 mod users;
 
 use axum::Router;
-use axum::routing::{delete, get, patch, post};
+use axum::routing::{delete, get, patch, post, put};
 use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -264,6 +265,42 @@ pub(crate) const ROUTES: &[(&str, &str, &str)] = &[
         "/api/topic-permissions/{vhost}/{user}",
         "Clear a user's topic permissions on a virtual host (administrators)",
     ),
+    ("get", "/api/vhost-limits", "List virtual host limits"),
+    (
+        "get",
+        "/api/vhost-limits/{vhost}",
+        "A virtual host's limits",
+    ),
+    (
+        "put",
+        "/api/vhost-limits/{vhost}/{name}",
+        "Set a virtual host's max-connections or max-queues (administrators)",
+    ),
+    (
+        "delete",
+        "/api/vhost-limits/{vhost}/{name}",
+        "Clear a virtual host limit (administrators)",
+    ),
+    (
+        "get",
+        "/api/user-limits",
+        "List user limits (administrators)",
+    ),
+    (
+        "get",
+        "/api/user-limits/{user}",
+        "A user's limits (administrators)",
+    ),
+    (
+        "put",
+        "/api/user-limits/{user}/{name}",
+        "Set a user's max-connections or max-channels (administrators)",
+    ),
+    (
+        "delete",
+        "/api/user-limits/{user}/{name}",
+        "Clear a user limit (administrators)",
+    ),
 ];
 
 /// The authenticated part of the API.
@@ -378,6 +415,18 @@ pub(crate) fn routes() -> Router<AppState> {
             get(permissions::topic_show)
                 .put(permissions::topic_put)
                 .delete(permissions::topic_delete),
+        )
+        .route("/api/vhost-limits", get(limits::vhosts))
+        .route("/api/vhost-limits/{vhost}", get(limits::of_vhost))
+        .route(
+            "/api/vhost-limits/{vhost}/{name}",
+            put(limits::put_vhost).delete(limits::delete_vhost),
+        )
+        .route("/api/user-limits", get(limits::users))
+        .route("/api/user-limits/{user}", get(limits::of_user))
+        .route(
+            "/api/user-limits/{user}/{name}",
+            put(limits::put_user).delete(limits::delete_user),
         )
 }
 

@@ -13,7 +13,7 @@ use sluice_core::permissions::{TopicPermission, VhostPermission};
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::Path;
+use crate::extract::{Body, Path};
 
 use super::blocking;
 
@@ -124,7 +124,7 @@ pub(crate) struct PutPermission {
 pub(crate) async fn put(
     State(shared): State<AppState>,
     Path((vhost, user)): Path<(String, String)>,
-    Json(body): Json<PutPermission>,
+    Body(body): Body<PutPermission>,
 ) -> ApiResult<StatusCode> {
     let created = permission_list(&shared, Some(&user), Some(&vhost)).is_empty();
     let permission = VhostPermission {
@@ -190,7 +190,7 @@ pub(crate) struct PutTopicPermission {
 pub(crate) async fn topic_put(
     State(shared): State<AppState>,
     Path((vhost, user)): Path<(String, String)>,
-    Json(body): Json<PutTopicPermission>,
+    Body(body): Body<PutTopicPermission>,
 ) -> ApiResult<StatusCode> {
     if body.exchange.is_empty() {
         return Err(ApiError::field("exchange", "the exchange is empty"));

@@ -13,7 +13,7 @@ use sluice_core::UserRecord;
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::Path;
+use crate::extract::{Body, Path};
 
 /// What the API shows of a user.
 fn describe(name: &str, user: &UserRecord) -> Value {
@@ -86,7 +86,7 @@ pub(crate) struct PutUser {
 pub(crate) async fn put(
     State(shared): State<AppState>,
     Path(name): Path<String>,
-    Json(body): Json<PutUser>,
+    Body(body): Body<PutUser>,
 ) -> ApiResult<StatusCode> {
     let existing = shared.broker.users().get(&name);
     if body.password.as_deref().is_some_and(str::is_empty) {

@@ -132,9 +132,12 @@ impl Context {
         }
         let user = self.user();
         let principal = principal_of(user.as_deref());
-        let administrator = user
-            .as_deref()
-            .is_some_and(|name| self.broker.users().has_tag(name, "administrator"));
+        // Only a user who logged in with its password is an
+        // administrator: a certificate's name is no user's login.
+        let administrator = self.sasl_gated()
+            && user
+                .as_deref()
+                .is_some_and(|name| self.broker.users().has_tag(name, "administrator"));
         if administrator || authorizer.super_users.contains(&principal) {
             return Checker::default();
         }

@@ -24,10 +24,12 @@ use sluice_core::{MAX_ITERATIONS, MIN_ITERATIONS, ScramCredential, ScramMechanis
 
 use super::{Context, blocking};
 
-/// Whether the connection may manage users: an administrator, logged in
-/// on a SASL listener or named by its certificate on an `SSL` one; nobody
-/// else.
+/// Whether the connection may manage users: an administrator logged in
+/// on a SASL listener; nobody else (a certificate's name is no login).
 fn allowed(context: &Context) -> bool {
+    if !context.sasl_gated() {
+        return false;
+    }
     context
         .user()
         .and_then(|name| context.broker.users().get(&name))

@@ -69,6 +69,11 @@ impl VirtualHost {
             .map(|(_, stand_in)| Arc::clone(stand_in))
     }
 
+    /// How many classic queues live on other nodes.
+    pub(super) fn remote_count(&self) -> u64 {
+        self.remote.read().unwrap_or_else(|e| e.into_inner()).len() as u64
+    }
+
     /// The classic queues living on other nodes.
     pub fn remote_queues(&self) -> Vec<QueueDefinition> {
         let mut queues: Vec<QueueDefinition> = self

@@ -253,9 +253,22 @@ impl VirtualHost {
         if let Some(remote) = self.remote_queue(&name) {
             return self.redeclare_remote(&remote, &options);
         }
-        if let Some(limit) = self.max_queues
-            && self.queues_map().len() >= limit as usize
-        {
+        // The node's cap (`limits.max_queues`), and the virtual host's
+        // `max-queues` limit over the queues this node knows: its own and
+        // other nodes' durable classic queues.
+        let known = self.queues_map().len() as u64;
+        let limit = [
+            self.max_queues
+                .filter(|limit| known >= u64::from(*limit))
+                .map(u64::from),
+            self.definitions
+                .queue_limit(&self.name)
+                .filter(|limit| known + self.remote_count() >= *limit),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        if let Some(limit) = limit {
             return Err(MessagingError::PreconditionFailed(format!(
                 "cannot declare queue '{name}': queue limit in vhost '{}' ({limit}) is reached",
                 self.name

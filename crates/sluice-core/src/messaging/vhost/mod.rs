@@ -177,6 +177,19 @@ pub trait RemoteQueues: Send + Sync + std::fmt::Debug {
         None
     }
 
+    /// What the AMQP limits count on node `node` for `vhost` and `user`
+    /// ([`crate::Connections::amqp_counts`]), asked over its link within
+    /// `timeout`; `None` without an answer.
+    fn amqp_counts_on(
+        &self,
+        _node: i32,
+        _vhost: &str,
+        _user: &str,
+        _timeout: std::time::Duration,
+    ) -> Option<crate::AmqpCounts> {
+        None
+    }
+
     /// Share groups' records on node `node` (the partitions it leads),
     /// each with the index of its group in `groups`, asked over its link
     /// and answered within `timeout`; `None` without an answer.
@@ -322,6 +335,20 @@ impl VirtualHosts {
     /// Blocking.
     pub fn connections_on(&self, node: i32, timeout: std::time::Duration) -> Option<(u64, u64)> {
         self.carrier.get()?.connections_on(node, timeout)
+    }
+
+    /// What the AMQP limits count on another node of the cluster, asked
+    /// over its message link within `timeout`. Blocking.
+    pub fn amqp_counts_on(
+        &self,
+        node: i32,
+        vhost: &str,
+        user: &str,
+        timeout: std::time::Duration,
+    ) -> Option<crate::AmqpCounts> {
+        self.carrier
+            .get()?
+            .amqp_counts_on(node, vhost, user, timeout)
     }
 
     /// Share groups' records on another node of the cluster, each with
