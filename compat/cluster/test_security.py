@@ -383,7 +383,7 @@ def test_amqp_limits_count_connections_and_channels_over_every_node(acl_cluster,
     held = [amqp_connect(node2, user, "limited"), amqp_connect(node3, user, "limited")]
     try:
         text = amqp_refusal(node1, user, "limited")
-        assert "User connection limit (2) is reached" in text, text
+        assert "user connection limit (2) is reached" in text, text
         # The virtual host has room for one more, of another user.
         held.append(amqp_connect(node1, ("guest", "guest"), "limited"))
         text = amqp_refusal(node2, ("guest", "guest"), "limited")
@@ -401,3 +401,50 @@ def test_amqp_limits_count_connections_and_channels_over_every_node(acl_cluster,
                 connection.close()
     # All closed: the user connects again.
     amqp_connect(node1, user, "limited").close()
+
+
+def quota_metric(node, name: str, quota: str, client_id: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{node.http_port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    prefix = f'{name}{{quota="{quota}",user="",client_id="{client_id}"}} '
+    return sum(float(line[len(prefix):]) for line in text.splitlines() if line.startswith(prefix))
+
+
+def test_client_quotas_set_through_one_node_throttle_on_every_node(sasl_cluster, name):
+    """A producer byte rate set through node 1 reaches every node, and
+    each node throttles the client on what it sends there (Kafka's
+    quotas are per broker)."""
+    from kafka import KafkaAdminClient
+
+    from common.quotas import alter, describe
+
+    nodes = sasl_cluster.nodes
+    sasl_cluster.wait_registered(lambda bootstrap: AdminClient({"bootstrap.servers": bootstrap}))
+    client = f"quota-{name[-8:]}"
+    admin = KafkaAdminClient(bootstrap_servers=nodes[0].bootstrap, request_timeout_ms=30000)
+    try:
+        assert alter(admin, {"client-id": client}, {"producer_byte_rate": 20_000.0}) == (0, None)
+    finally:
+        admin.close()
+    for node in nodes[1:]:
+        other = KafkaAdminClient(bootstrap_servers=node.bootstrap, request_timeout_ms=30000)
+        try:
+            wait_until(lambda: describe(other, [("client-id", 0, client)])[1] == {
+                (("client-id", client),): {"producer_byte_rate": 20_000.0}}, 30, what="the quota on every node")
+        finally:
+            other.close()
+    create_replicated(nodes[0].bootstrap, name, 3, 3)
+    # 1 MB over the three partitions, each led by another node: far over
+    # what 20 kB/s lets through at once (ten windows' worth, 200 kB).
+    producer = Producer({"bootstrap.servers": nodes[0].bootstrap, "client.id": client, "acks": "all",
+                         "linger.ms": 5, "batch.size": 16384})
+    deadline = time.monotonic() + 5
+    for i in range(1000):
+        producer.produce(name, b"v" * 1000, partition=i % 3)
+        producer.poll(0)
+    while time.monotonic() < deadline:
+        producer.poll(0.2)
+    for node in nodes:
+        wait_until(lambda: quota_metric(node, "sluice_kafka_quota_throttle_seconds_total", "producer_byte_rate",
+                                        client) > 0, 20, what=f"node {node.name} to throttle the client")
+    del producer

@@ -35,6 +35,7 @@ mod offsets;
 mod partition;
 pub mod permissions;
 mod producers;
+pub mod quotas;
 mod recovery;
 mod replay;
 pub mod replication;
@@ -1046,7 +1047,8 @@ impl Broker {
         name: &str,
         value: Option<i64>,
     ) -> Result<(), CoreError> {
-        if let limits::LimitScope::Vhost(vhost) = &scope {
+        // A limit is cleared even on a virtual host no longer configured.
+        if let (limits::LimitScope::Vhost(vhost), Some(_)) = (&scope, value) {
             self.check_vhost(vhost)?;
         }
         if !scope.names().contains(&name) {
@@ -1072,19 +1074,54 @@ impl Broker {
             })
     }
 
+    /// The Kafka client quotas as applied on this node, and the rates
+    /// measured against them.
+    pub fn client_quotas(&self) -> &Arc<quotas::ClientQuotas> {
+        self.topics.metadata().client_quotas()
+    }
+
+    /// Changes the quotas of one entity (AlterClientQuotas): each key set
+    /// or, with `None`, removed, all at once. Blocking.
+    ///
+    /// # Errors
+    /// [`CoreError::InvalidConfig`] for an unknown key or a bad value, or
+    /// the commit's.
+    pub fn alter_client_quota(
+        &self,
+        entity: quotas::QuotaEntity,
+        changes: Vec<(String, Option<f64>)>,
+    ) -> Result<(), CoreError> {
+        for (key, value) in &changes {
+            let checked = match value {
+                Some(value) => quotas::validate(key, *value),
+                None => quotas::validate(key, 1.0),
+            };
+            checked.map_err(|reason| CoreError::InvalidConfig {
+                key: key.clone(),
+                reason,
+            })?;
+        }
+        tracing::info!(?entity, ?changes, "client quotas changed");
+        self.topics
+            .metadata()
+            .change_user(MetadataCommand::AlterClientQuota { entity, changes })
+    }
+
     /// AMQP connections open to `vhost`, AMQP connections of `user`, and
     /// the channels those have open, over every live node of the cluster
     /// (a node that does not answer within a second is not counted).
     /// Blocking.
     pub fn amqp_counts(&self, vhost: &str, user: &str) -> connections::AmqpCounts {
         let mut counts = self.connections().amqp_counts(vhost, user);
-        if self.topics.metadata().clustered() {
-            let view = self.cluster_view();
-            let others: Vec<i32> = view
-                .nodes
+        let metadata = self.topics.metadata();
+        if metadata.clustered() {
+            let fenced = metadata.fenced();
+            let me = self.node_id();
+            let others: Vec<i32> = metadata
+                .brokers()
                 .iter()
                 .map(|n| n.node)
-                .filter(|node| *node != view.node_id && !view.fenced.contains(node))
+                .filter(|node| *node != me && !fenced.contains(node))
                 .collect();
             let vhosts = self.vhosts();
             std::thread::scope(|scope| {
@@ -1101,9 +1138,16 @@ impl Broker {
                         })
                     })
                     .collect();
-                for answer in asked {
-                    if let Ok(Some(theirs)) = answer.join() {
-                        counts.add(theirs);
+                for (node, answer) in others.iter().zip(asked) {
+                    match answer.join() {
+                        Ok(Some(theirs)) => counts.add(theirs),
+                        // Let through, as RabbitMQ does, but say so.
+                        _ => tracing::debug!(
+                            node,
+                            vhost,
+                            user,
+                            "a node did not count its AMQP connections for a limit"
+                        ),
                     }
                 }
             });

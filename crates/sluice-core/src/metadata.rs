@@ -41,6 +41,7 @@ use crate::messaging::definitions::{
 use crate::permissions::{
     PermissionMap, Permissions, TopicPermission, TopicPermissionMap, VhostPermission,
 };
+use crate::quotas::{ClientQuotas, QuotaEntity, QuotaMap};
 use crate::topics::Topics;
 use crate::users::{ScramCredential, ScramMechanism, UserRecord, Users};
 
@@ -276,6 +277,12 @@ pub enum MetadataCommand {
         name: String,
         value: Option<i64>,
     },
+    /// Kafka client quotas of one entity changed (AlterClientQuotas):
+    /// each key set, or removed (`None`).
+    AlterClientQuota {
+        entity: QuotaEntity,
+        changes: Vec<(String, Option<f64>)>,
+    },
 }
 
 /// A topic as the metadata describes it.
@@ -437,6 +444,8 @@ pub(crate) struct MetadataState {
     pub(crate) vhost_limits: LimitMap,
     /// Users' limits.
     pub(crate) user_limits: LimitMap,
+    /// Kafka client quotas.
+    pub(crate) client_quotas: QuotaMap,
 }
 
 impl MetadataState {
@@ -576,6 +585,15 @@ impl MetadataState {
                 .collect::<Vec<_>>()
         };
         commands.extend(scoped(&self.vhost_limits, LimitScope::Vhost));
+        commands.extend(self.client_quotas.iter().map(|(entity, quotas)| {
+            MetadataCommand::AlterClientQuota {
+                entity: entity.clone(),
+                changes: quotas
+                    .iter()
+                    .map(|(key, value)| (key.clone(), Some(*value)))
+                    .collect(),
+            }
+        }));
         commands.extend(
             scoped(&self.user_limits, LimitScope::User)
                 .into_iter()
@@ -1108,6 +1126,9 @@ pub(crate) fn apply(state: &mut MetadataState, command: MetadataCommand) -> Resu
             state.topic_permissions.remove(&name);
             state.user_limits.remove(&name);
         }
+        MetadataCommand::AlterClientQuota { entity, changes } => {
+            crate::quotas::alter(&mut state.client_quotas, entity, changes);
+        }
         MetadataCommand::SetLimit { scope, name, value } => match scope {
             LimitScope::Vhost(vhost) => {
                 crate::limits::set(&mut state.vhost_limits, vhost, name, value);
@@ -1604,6 +1625,8 @@ pub struct Metadata {
     permissions: Arc<Permissions>,
     /// The virtual host and user limits as applied.
     limits: Arc<Limits>,
+    /// The Kafka client quotas as applied.
+    client_quotas: Arc<ClientQuotas>,
 }
 
 /// A refused command, as a committed command's answer carries it to its
@@ -1702,6 +1725,8 @@ impl Metadata {
         );
         let limits = Arc::new(Limits::default());
         limits.replace_all(&state.vhost_limits, &state.user_limits);
+        let client_quotas = Arc::new(ClientQuotas::default());
+        client_quotas.replace_all(&state.client_quotas);
         Ok(Arc::new(Metadata {
             writer: Mutex::new(()),
             store: Store::Local(log),
@@ -1715,6 +1740,7 @@ impl Metadata {
             acls,
             permissions,
             limits,
+            client_quotas,
         }))
     }
 
@@ -1735,6 +1761,7 @@ impl Metadata {
             acls: Arc::default(),
             permissions: Arc::default(),
             limits: Arc::default(),
+            client_quotas: Arc::default(),
         })
     }
 
@@ -1833,6 +1860,11 @@ impl Metadata {
     /// The virtual host and user limits as applied on this node.
     pub fn limits(&self) -> &Arc<Limits> {
         &self.limits
+    }
+
+    /// The Kafka client quotas as applied on this node.
+    pub fn client_quotas(&self) -> &Arc<ClientQuotas> {
+        &self.client_quotas
     }
 
     /// The AMQP permissions and topic permissions as committed.
@@ -2053,6 +2085,7 @@ impl Metadata {
                 | MetadataCommand::DeleteUser { .. }
                 | MetadataCommand::SetScramCredential { .. }
         );
+        let quotas = matches!(command, MetadataCommand::AlterClientQuota { .. });
         let limits = matches!(
             command,
             MetadataCommand::SetLimit { .. }
@@ -2080,6 +2113,9 @@ impl Metadata {
         if limits {
             self.limits
                 .replace_all(&state.vhost_limits, &state.user_limits);
+        }
+        if quotas {
+            self.client_quotas.replace_all(&state.client_quotas);
         }
         match user {
             Some(Some(name)) => self.users.set(&name, state.users.get(&name)),
@@ -2132,6 +2168,7 @@ impl Metadata {
         );
         self.limits
             .replace_all(&state.vhost_limits, &state.user_limits);
+        self.client_quotas.replace_all(&state.client_quotas);
         self.definitions_changed.send_modify(|n| *n += 1);
         match self.topics.get().and_then(Weak::upgrade) {
             Some(topics) => topics.reconcile_all(&state.topics),

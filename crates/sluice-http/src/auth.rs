@@ -98,8 +98,8 @@ fn permitted(
     let administrative = path.starts_with("/api/users")
         || path.starts_with("/api/permissions")
         || path.starts_with("/api/topic-permissions")
-        || path.starts_with("/api/user-limits")
-        || (!reading && path.starts_with("/api/vhost-limits"))
+        || (!reading
+            && (path.starts_with("/api/user-limits") || path.starts_with("/api/vhost-limits")))
         || (path.starts_with("/api/vhosts/") && path.ends_with("/permissions"))
         || (!reading && path.starts_with("/api/queues/") && path.contains("/members"))
         || (!reading

@@ -46,6 +46,9 @@
 //! | `sluice_connections_open` | gauge | protocol |
 //! | `sluice_connections_opened_total` | counter | protocol |
 //! | `sluice_connections_refused_total` | counter | |
+//! | `sluice_kafka_quota_rate` | gauge | quota, user, client_id |
+//! | `sluice_kafka_quota_throttle_seconds_total` | counter | quota, user, client_id |
+//! | `sluice_kafka_quota_recorded_total` | counter | quota, user, client_id |
 //! | `sluice_channels_open` | gauge | protocol |
 //! | `sluice_log_fsync_duration_microseconds` | histogram | |
 //! | `sluice_log_sync_batch_records` | histogram | |
@@ -527,6 +530,7 @@ pub(crate) async fn render(State(shared): State<AppState>) -> impl IntoResponse 
         &[],
         broker.connections().refused_total() as f64,
     );
+    kafka_quotas(&mut out, broker);
     out.header("sluice_channels_open", "gauge", "Open AMQP channels.");
     let channels: usize = connections.iter().map(|c| c.channel_count()).sum();
     out.sample(
@@ -682,6 +686,47 @@ fn write_labels(out: &mut String, labels: &[(&str, &str)], le: Option<&str>) {
 /// Quorum queues on a cluster, as every node knows them (leader, leader
 /// epoch, members in sync), and on the leader's node what its in-sync
 /// replicas do not have yet.
+/// Each Kafka client quota's measured rate, per quota entity as Kafka
+/// tags it (an empty user or client id: the quota leaves that side out).
+fn kafka_quotas(out: &mut Exposition, broker: &sluice_core::Broker) {
+    let measured = broker.client_quotas().measured();
+    for (name, kind, help) in [
+        (
+            "sluice_kafka_quota_rate",
+            "gauge",
+            "Rate a Kafka client quota is checked against: bytes per second, or percent of a request thread.",
+        ),
+        (
+            "sluice_kafka_quota_throttle_seconds_total",
+            "counter",
+            "Throttle time handed to clients over a Kafka quota.",
+        ),
+        (
+            "sluice_kafka_quota_recorded_total",
+            "counter",
+            "Amount recorded against a Kafka client quota: bytes, or percent-seconds of request time.",
+        ),
+    ] {
+        out.header(name, kind, help);
+        for (key, rate, throttled, recorded) in &measured {
+            let value = match name {
+                "sluice_kafka_quota_rate" => *rate,
+                "sluice_kafka_quota_throttle_seconds_total" => throttled.as_secs_f64(),
+                _ => *recorded,
+            };
+            out.sample(
+                name,
+                &[
+                    ("quota", key.quota),
+                    ("user", &key.user),
+                    ("client_id", &key.client_id),
+                ],
+                value,
+            );
+        }
+    }
+}
+
 fn quorum_queues(out: &mut Exposition, broker: &sluice_core::Broker) {
     let mut placements = Vec::new();
     for vhost in broker.vhosts().all() {

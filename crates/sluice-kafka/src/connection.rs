@@ -138,6 +138,7 @@ impl Connection {
                 inter_node,
                 sasl: Arc::default(),
                 tls_user,
+                muted_until: Arc::default(),
             },
             shutdown,
             registration,
@@ -187,6 +188,18 @@ impl Connection {
         let reading = async move {
             let mut first = true;
             loop {
+                let muted = context
+                    .muted_until
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take();
+                if let Some(until) = muted {
+                    // Throttled: no request is read until the time is up.
+                    tokio::select! {
+                        () = tokio::time::sleep_until(until) => {}
+                        _ = shutdown.changed() => return Ok(()),
+                    }
+                }
                 let mut size = [0u8; 4];
                 let read = tokio::select! {
                     read = reader.read_exact(&mut size) => read,
@@ -253,6 +266,7 @@ impl Connection {
 /// Decodes one request and starts it; its response comes due in order.
 async fn handle(context: &Context, mut body: Bytes) -> Result<Outcome, ConnectionError> {
     // `run` checked that the frame holds at least these 8 bytes.
+    let request_bytes = body.len() + 4;
     let mut fixed = body.clone();
     let api_key = fixed.get_i16();
     let version = fixed.get_i16();
@@ -321,9 +335,15 @@ async fn handle(context: &Context, mut body: Bytes) -> Result<Outcome, Connectio
             }
         }
     };
+    let client_id = header.client_id.as_deref().unwrap_or_default().to_owned();
     match request {
         RequestKind::Produce(request) => {
-            let pending = handlers::produce::start(context, request, version).await;
+            let mut pending = handlers::produce::start(context, request, version).await;
+            pending.throttled(context.produce_throttle(
+                &client_id,
+                request_bytes,
+                started.elapsed(),
+            ));
             Ok(Outcome::Later(tokio::spawn(async move {
                 let finished = pending.finish().await;
                 observe();
@@ -344,21 +364,62 @@ async fn handle(context: &Context, mut body: Bytes) -> Result<Outcome, Connectio
             Ok(Outcome::Later(tokio::spawn(async move {
                 let response = handlers::fetch::handle(&context, request, version).await;
                 observe();
-                match fetch_encode::encode(correlation_id, version, &response) {
-                    Some(chunks) => Ok(Some(chunks)),
-                    None => encode(api, version, correlation_id, &ResponseKind::Fetch(response))
-                        .map(Some),
+                let building = std::time::Instant::now();
+                let encoded = encode_fetch(correlation_id, version, &response)?;
+                let bytes = encoded.iter().map(Bytes::len).sum();
+                let (over, throttle) =
+                    context.fetch_throttle(&client_id, bytes, building.elapsed());
+                if over.is_none() {
+                    if throttle.is_zero() {
+                        return Ok(Some(encoded));
+                    }
+                    let mut response = response;
+                    response.throttle_time_ms = millis(throttle);
+                    return encode_fetch(correlation_id, version, &response).map(Some);
                 }
+                // Over the consumer byte rate: an empty answer, as Kafka's.
+                let empty = kafka_protocol::messages::FetchResponse::default()
+                    .with_throttle_time_ms(millis(throttle))
+                    .with_session_id(response.session_id);
+                encode_fetch(correlation_id, version, &empty).map(Some)
             })))
         }
         request => {
-            let client_id = header.client_id.as_deref().unwrap_or_default().to_owned();
+            let exempt = matches!(
+                api,
+                ApiKey::ApiVersions | ApiKey::SaslHandshake | ApiKey::SaslAuthenticate
+            );
             let response =
                 respond(context, request, api, version, correlation_id, &client_id).await;
             observe();
+            if !exempt {
+                context.other_throttle(&client_id, started.elapsed());
+            }
             response.map(Outcome::Ready)
         }
     }
+}
+
+/// A fetch answer, encoded.
+fn encode_fetch(
+    correlation_id: i32,
+    version: i16,
+    response: &kafka_protocol::messages::FetchResponse,
+) -> Result<Encoded, ConnectionError> {
+    match fetch_encode::encode(correlation_id, version, response) {
+        Some(chunks) => Ok(chunks),
+        None => encode(
+            ApiKey::Fetch,
+            version,
+            correlation_id,
+            &ResponseKind::Fetch(response.clone()),
+        ),
+    }
+}
+
+/// A throttle time as Kafka's `throttle_time_ms`.
+fn millis(time: std::time::Duration) -> i32 {
+    i32::try_from(time.as_millis()).unwrap_or(i32::MAX)
 }
 
 async fn respond(

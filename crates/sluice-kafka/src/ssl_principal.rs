@@ -171,12 +171,14 @@ fn braced_groups(replacement: &str, groups: usize) -> Result<String, String> {
             },
             '$' if chars.peek().is_some_and(char::is_ascii_digit) => {
                 let mut group = 0usize;
+                let mut read = 0;
                 while let Some(digit) = chars.peek().and_then(|d| d.to_digit(10)) {
                     let longer = group * 10 + digit as usize;
-                    if group > 0 && longer > groups {
+                    if read > 0 && longer > groups {
                         break;
                     }
                     group = longer;
+                    read += 1;
                     chars.next();
                 }
                 if group > groups {

@@ -71,9 +71,16 @@ impl Connection {
             })
             .is_some_and(|v| matches!(v, AMQPValue::Boolean(true)));
         let mechanism = start_ok.mechanism.as_str();
-        let (named, accepted) = if !self.offered_mechanisms().contains(&mechanism) {
-            (None, None)
-        } else if mechanism == "EXTERNAL" {
+        if !self.offered_mechanisms().contains(&mechanism) {
+            // RabbitMQ's answer to a mechanism it did not offer.
+            self.closing = Some(AmqpError::connection(
+                COMMAND_INVALID,
+                format!("invalid authentication mechanism '{mechanism}'"),
+            ));
+            self.queue_close();
+            return Ok(false);
+        }
+        let (named, accepted) = if mechanism == "EXTERNAL" {
             let named = self.certificate_user();
             let accepted = named.clone().filter(|name| self.external_login(name));
             (named, accepted)
@@ -224,7 +231,7 @@ impl Connection {
             && counts.user_connections >= limit
         {
             return Some(format!(
-                "Connection refused for user '{user}'. User connection limit ({limit}) is reached"
+                "connection refused for user '{user}': user connection limit ({limit}) is reached"
             ));
         }
         None

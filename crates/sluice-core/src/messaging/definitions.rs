@@ -192,13 +192,13 @@ impl DefinitionWriter {
         self.metadata.commit(command)
     }
 
-    /// The home of a classic queue declared on this node: this node on a
-    /// cluster, none on a cluster of one.
     /// The `max-queues` limit set on virtual host `vhost`, if any.
     pub(crate) fn queue_limit(&self, vhost: &str) -> Option<u64> {
         self.metadata.limits().vhost(vhost, "max-queues")
     }
 
+    /// The home of a classic queue declared on this node: this node on a
+    /// cluster, none on a cluster of one.
     pub(crate) fn home(&self) -> Option<i32> {
         self.metadata.clustered().then(|| self.metadata.node_id())
     }

@@ -2,8 +2,8 @@
 //! limits (`max-connections`, `max-queues`) and user limits
 //! (`max-connections`, `max-channels`), as its management API and
 //! `rabbitmqctl set_vhost_limits` / `set_user_limits` have them. Anyone
-//! with a management tag may read the virtual hosts' limits; only
-//! administrators change them or touch users' limits (`auth::permitted`).
+//! with a management tag may read them; only administrators change them
+//! (`auth::permitted`).
 
 use axum::Json;
 use axum::extract::State;
@@ -122,6 +122,9 @@ async fn change(
             .map_err(|error| match error {
                 sluice_core::CoreError::UnknownUser { name } => {
                     ApiError::bad_request(format!("no user {name:?}"))
+                }
+                sluice_core::CoreError::InvalidConfig { key, reason } if key == "vhost" => {
+                    ApiError::not_found(reason)
                 }
                 sluice_core::CoreError::InvalidConfig { reason, .. } => {
                     ApiError::bad_request(reason)

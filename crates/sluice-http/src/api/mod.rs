@@ -281,16 +281,8 @@ pub(crate) const ROUTES: &[(&str, &str, &str)] = &[
         "/api/vhost-limits/{vhost}/{name}",
         "Clear a virtual host limit (administrators)",
     ),
-    (
-        "get",
-        "/api/user-limits",
-        "List user limits (administrators)",
-    ),
-    (
-        "get",
-        "/api/user-limits/{user}",
-        "A user's limits (administrators)",
-    ),
+    ("get", "/api/user-limits", "List user limits"),
+    ("get", "/api/user-limits/{user}", "A user's limits"),
     (
         "put",
         "/api/user-limits/{user}/{name}",

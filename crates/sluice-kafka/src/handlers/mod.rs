@@ -24,6 +24,7 @@ mod list_offsets;
 mod metadata;
 mod migration;
 pub(crate) mod produce;
+mod quotas;
 mod replicas;
 pub(crate) mod sasl;
 mod share_admin;
@@ -52,6 +53,9 @@ pub(crate) struct Context {
     /// On an `SSL` listener, the name its client certificate maps to
     /// (`kafka.ssl_principal_mapping_rules`).
     pub(crate) tls_user: Option<String>,
+    /// Until when the connection reads no request: a client over its
+    /// quota is muted (`quotas.rs`).
+    pub(crate) muted_until: Arc<std::sync::Mutex<Option<tokio::time::Instant>>>,
 }
 
 impl Context {
@@ -161,6 +165,8 @@ pub(crate) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteShareGroupOffsets, 0, 0),
     (ApiKey::CreateAcls, 1, 3),
     (ApiKey::DescribeAcls, 1, 3),
+    (ApiKey::DescribeClientQuotas, 0, 1),
+    (ApiKey::AlterClientQuotas, 0, 1),
     (ApiKey::DeleteAcls, 1, 3),
 ];
 
@@ -290,6 +296,12 @@ pub(crate) async fn dispatch(
         ),
         RequestKind::CreateAcls(request) => {
             ResponseKind::CreateAcls(acls::create(context, request).await)
+        }
+        RequestKind::DescribeClientQuotas(request) => {
+            ResponseKind::DescribeClientQuotas(quotas::describe(context, request))
+        }
+        RequestKind::AlterClientQuotas(request) => {
+            ResponseKind::AlterClientQuotas(quotas::alter(context, request).await)
         }
         RequestKind::DescribeAcls(request) => {
             ResponseKind::DescribeAcls(acls::describe(context, request))

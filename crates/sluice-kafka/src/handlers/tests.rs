@@ -646,6 +646,7 @@ async fn acls_are_kept_described_deleted_and_checked() {
         inter_node: false,
         sasl: Default::default(),
         tls_user: None,
+        muted_until: Default::default(),
     };
     let context = authorizing(crate::AuthorizerOptions {
         super_users: vec!["User:ANONYMOUS".into()],
@@ -738,6 +739,7 @@ fn context_with(options: BrokerOptions) -> Context {
         inter_node: false,
         sasl: Default::default(),
         tls_user: None,
+        muted_until: Default::default(),
     }
 }
 
