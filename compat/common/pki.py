@@ -87,6 +87,7 @@ class Authority:
 
     def _issue(self, common_name: str, usage, sans=None, valid_from=None, valid_until=None,
                serial: int | None = None, organization: str | None = None) -> tuple[bytes, bytes, int]:
+        """`usage`: one extended key usage, or a list of them."""
         key = _key()
         now = _now()
         serial = serial if serial is not None else x509.random_serial_number()
@@ -111,7 +112,7 @@ class Authority:
                 ),
                 critical=True,
             )
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage(usage if isinstance(usage, list) else [usage]), critical=False)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False,
             )
@@ -142,6 +143,15 @@ class Authority:
         cert, key, serial = self._issue(f"client {stem}", ExtendedKeyUsageOID.CLIENT_AUTH, **dates)
         return Issued(_write(self.directory / f"{stem}.pem", cert), _write(self.directory / f"{stem}.key", key), serial)
 
+
+    def issue_node(self, stem: str) -> Issued:
+        """A cluster node's certificate: server and client usage (it both
+        accepts and dials other nodes), for localhost and 127.0.0.1."""
+        cert, key, serial = self._issue(
+            f"node {stem}", [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+            sans=[x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
+        )
+        return Issued(_write(self.directory / f"{stem}.pem", cert), _write(self.directory / f"{stem}.key", key), serial)
 
     def issue_subject(self, stem: str, common_name: str, organization: str | None = None) -> Issued:
         """A client certificate whose subject is CN=`common_name`, then

@@ -75,6 +75,7 @@ pub fn harness() -> &'static Harness {
                 protocol: sluice_kafka::SecurityProtocol::Plaintext,
                 sasl: sluice_kafka::SaslOptions::default(),
                 tls: None,
+                principal_rules: sluice_kafka::PrincipalRules::default(),
                 authorizer: None,
             };
             let mut secured = Vec::new();

@@ -8,6 +8,7 @@
 //! `MetadataCommand`s are what it replicates, and a [`Machine`] applies them
 //! once committed, on every node, in log order.
 
+pub mod link;
 pub mod log_store;
 pub mod messages;
 pub mod network;

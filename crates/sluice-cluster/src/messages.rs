@@ -84,8 +84,8 @@ use sluice_core::messaging::{
 };
 use sluice_core::share_groups::ShareCounts;
 use sluice_core::{Acks, Broker, PendingAck, RemoteOutcome};
+use sluice_tls::LinkStream;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
 use crate::MetadataNode;
@@ -140,7 +140,7 @@ const LINK_QUEUE: usize = 8192;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where the inter-node listener hands connections that carry messages.
-pub type MessageStreams = mpsc::Sender<(TcpStream, SocketAddr)>;
+pub type MessageStreams = mpsc::Sender<(LinkStream, SocketAddr)>;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
@@ -1132,7 +1132,7 @@ async fn run_link(
             }
         };
         let connection = state.connection.fetch_add(1, Ordering::AcqRel) + 1;
-        let (reader, writer) = stream.into_split();
+        let (reader, writer) = stream.split();
         let mut writer = tokio::io::BufWriter::with_capacity(LINK_BUFFER, writer);
         let waiting: Waiting = Arc::default();
         let reading = tokio::spawn(read_from_home(
@@ -1309,7 +1309,7 @@ fn outgoing_frame(
 /// Reads what the home sends over connection `connection`: answers to
 /// messages and deliveries to consumers.
 async fn read_from_home(
-    mut reader: tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>,
+    mut reader: tokio::io::BufReader<sluice_tls::ReadHalf>,
     state: Arc<LinkState>,
     waiting: Waiting,
     requeue: mpsc::UnboundedSender<Outgoing>,
@@ -1475,16 +1475,15 @@ async fn wait_finished(task: &tokio::task::JoinHandle<()>) {
     }
 }
 
-async fn dial(node: &MetadataNode, home: i32) -> Result<TcpStream, String> {
+async fn dial(node: &MetadataNode, home: i32) -> Result<LinkStream, String> {
     let addr = u64::try_from(home)
         .ok()
         .and_then(|id| node.address(id))
         .ok_or_else(|| format!("node {home} has no known address"))?;
     let connecting = async {
-        let mut stream = TcpStream::connect(&addr).await?;
-        let _ = stream.set_nodelay(true);
+        let mut stream = crate::link::dial(&addr).await?;
         stream.write_all(&[PREFACE_MESSAGES]).await?;
-        Ok::<TcpStream, std::io::Error>(stream)
+        Ok::<LinkStream, std::io::Error>(stream)
     };
     match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Ok(Ok(stream)) => Ok(stream),
@@ -1498,7 +1497,7 @@ async fn dial(node: &MetadataNode, home: i32) -> Result<TcpStream, String> {
 /// Serves the message links of peers until `stopping`.
 pub async fn serve(
     broker: Arc<Broker>,
-    mut streams: mpsc::Receiver<(TcpStream, SocketAddr)>,
+    mut streams: mpsc::Receiver<(LinkStream, SocketAddr)>,
     mut stopping: watch::Receiver<bool>,
 ) {
     loop {
@@ -1573,8 +1572,8 @@ enum Work {
 /// acknowledgements of its messages waited for together on another (one
 /// sync covers a burst), deliveries to its consumers sent as the queues
 /// dispatch them.
-async fn serve_link(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
-    let (reader, writer) = stream.into_split();
+async fn serve_link(broker: Arc<Broker>, stream: LinkStream, peer: SocketAddr) {
+    let (reader, writer) = stream.split();
     let mut reader = tokio::io::BufReader::with_capacity(LINK_BUFFER, reader);
     let mut writer = tokio::io::BufWriter::with_capacity(LINK_BUFFER, writer);
     let (frames, mut frames_rx) = mpsc::unbounded_channel::<Bytes>();
@@ -2300,9 +2299,9 @@ mod tests {
         let addr = listener.local_addr().expect("address");
         let serving = tokio::spawn(async move {
             let (stream, peer) = listener.accept().await.expect("accept");
-            serve_link(broker, stream, peer).await;
+            serve_link(broker, LinkStream::Plain(stream), peer).await;
         });
-        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
         stream
             .write_all(&frame(99, &5u64.to_be_bytes()))
             .await

@@ -14,7 +14,8 @@
 //! messages routed to this node's queues, so that all traffic between two
 //! nodes goes over their inter-node link. A node dials a peer at the address its
 //! `cluster.routes` names for it, else the address in the quorum's
-//! membership.
+//! membership. With `cluster.tls` every such connection is mutual TLS
+//! ([`crate::link`]).
 
 use std::io;
 use std::time::Duration;
@@ -30,8 +31,10 @@ use openraft::raft::{
 use openraft::{BasicNode, Raft};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use sluice_tls::LinkStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::{NodeId, Proposal, TypeConfig};
@@ -48,7 +51,7 @@ pub const PREFACE_KAFKA: u8 = b'K';
 const PREFACE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where the listener hands connections that carry Kafka requests.
-pub type KafkaStreams = tokio::sync::mpsc::Sender<(TcpStream, std::net::SocketAddr)>;
+pub type KafkaStreams = tokio::sync::mpsc::Sender<(LinkStream, std::net::SocketAddr)>;
 
 /// Where the listener hands connections that are not the quorum's.
 #[derive(Debug, Clone, Default)]
@@ -114,7 +117,10 @@ enum Response {
 pub type Liveness =
     std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<NodeId, std::time::Instant>>>;
 
-async fn write_frame(stream: &mut TcpStream, value: &impl Serialize) -> io::Result<()> {
+async fn write_frame(
+    stream: &mut (impl AsyncWrite + Unpin),
+    value: &impl Serialize,
+) -> io::Result<()> {
     let json = serde_json::to_vec(value).map_err(io::Error::other)?;
     let len = u32::try_from(json.len()).map_err(io::Error::other)?;
     let mut frame = Vec::with_capacity(4 + json.len());
@@ -123,7 +129,7 @@ async fn write_frame(stream: &mut TcpStream, value: &impl Serialize) -> io::Resu
     stream.write_all(&frame).await
 }
 
-async fn read_frame<T: DeserializeOwned>(stream: &mut TcpStream) -> io::Result<T> {
+async fn read_frame<T: DeserializeOwned>(stream: &mut (impl AsyncRead + Unpin)) -> io::Result<T> {
     let len = stream.read_u32().await? as usize;
     if len > MAX_FRAME {
         return Err(io::Error::new(
@@ -156,7 +162,6 @@ pub(crate) async fn serve(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
                     tokio::spawn(dispatch(
                         stream,
                         raft.clone(),
@@ -177,9 +182,10 @@ pub(crate) async fn serve(
     }
 }
 
-/// Reads a connection's first byte and serves it as it says.
+/// Reads a connection's first byte (after its TLS handshake, with
+/// `cluster.tls`) and serves it as it says.
 async fn dispatch(
-    mut stream: TcpStream,
+    stream: tokio::net::TcpStream,
     raft: Raft<TypeConfig>,
     id: NodeId,
     liveness: Liveness,
@@ -187,6 +193,9 @@ async fn dispatch(
     stopping: watch::Receiver<bool>,
     peer: std::net::SocketAddr,
 ) {
+    let Some(mut stream) = crate::link::accept(stream, peer).await else {
+        return;
+    };
     let preface = match tokio::time::timeout(PREFACE_TIMEOUT, stream.read_u8()).await {
         Ok(Ok(byte)) => byte,
         Ok(Err(error)) => {
@@ -228,7 +237,7 @@ async fn dispatch(
 }
 
 async fn connection(
-    mut stream: TcpStream,
+    mut stream: LinkStream,
     raft: Raft<TypeConfig>,
     id: NodeId,
     liveness: Liveness,
@@ -312,7 +321,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 pub struct Peer {
     target: NodeId,
     addr: String,
-    stream: Option<TcpStream>,
+    stream: Option<LinkStream>,
     /// A call is between writing its request and reading its answer.
     /// Still set when the next call starts, the previous one was dropped
     /// midway (openraft cancels calls that outlive its own timeout): its
@@ -347,13 +356,11 @@ impl Peer {
             self.in_flight = false;
         }
         if self.stream.is_none() {
-            let connected = tokio::time::timeout(ttl, TcpStream::connect(&self.addr))
+            let mut connected = tokio::time::timeout(ttl, crate::link::dial(&self.addr))
                 .await
                 .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))
                 .and_then(|r| r)
                 .map_err(CallError::Unreachable)?;
-            let mut connected = connected;
-            let _ = connected.set_nodelay(true);
             connected
                 .write_all(&[PREFACE_QUORUM])
                 .await

@@ -43,9 +43,9 @@ use sluice_core::{Broker, CoreError, Following, Partition};
 
 use crate::MetadataNode;
 use crate::network::PREFACE_KAFKA;
+use sluice_tls::LinkStream;
 use sluice_types::{LeaderEpoch, Offset};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 const FETCH_VERSION: i16 = 12;
@@ -165,10 +165,9 @@ async fn fetch_from(
 
 /// A connection to a leader's inter-node listener, announced as one
 /// carrying Kafka requests.
-pub(crate) async fn connect(addr: &str) -> std::io::Result<TcpStream> {
+pub(crate) async fn connect(addr: &str) -> std::io::Result<LinkStream> {
     let connecting = async {
-        let mut stream = TcpStream::connect(addr).await?;
-        let _ = stream.set_nodelay(true);
+        let mut stream = crate::link::dial(addr).await?;
         stream.write_all(&[PREFACE_KAFKA]).await?;
         Ok(stream)
     };
@@ -425,13 +424,13 @@ async fn truncate_to_leader(link: &mut Link, partitions: &[&Followed]) -> Result
 /// One connection carrying Kafka requests to another node (a leader).
 #[derive(Debug)]
 pub(crate) struct Link {
-    stream: TcpStream,
+    stream: LinkStream,
     node: i32,
     correlation: i32,
 }
 
 impl Link {
-    pub(crate) fn new(stream: TcpStream, node: i32) -> Link {
+    pub(crate) fn new(stream: LinkStream, node: i32) -> Link {
         Link {
             stream,
             node,

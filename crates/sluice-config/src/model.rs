@@ -132,6 +132,11 @@ pub struct ClusterConfig {
     /// its partitions get new leaders (Kafka's
     /// `broker.session.timeout.ms`, 9 s there).
     pub session_timeout: HumanDuration,
+    /// Whether every connection between nodes (`cluster.listen`) is
+    /// mutual TLS with `[tls]`'s certificate, key and CA file; the
+    /// certificate needs the clientAuth and serverAuth usages and must
+    /// name each node's address.
+    pub tls: bool,
 }
 
 impl Default for ClusterConfig {
@@ -142,6 +147,7 @@ impl Default for ClusterConfig {
             routes: String::new(),
             replica_lag_max: HumanDuration::from_secs(30),
             session_timeout: HumanDuration::new(std::time::Duration::from_millis(1500)),
+            tls: false,
         }
     }
 }
@@ -744,6 +750,10 @@ pub const KEYS: &[KeyDoc] = &[
     KeyDoc {
         key: "cluster.session_timeout",
         description: "A node silent this long is dead and its partitions get new leaders (broker.session.timeout.ms)",
+    },
+    KeyDoc {
+        key: "cluster.tls",
+        description: "Mutual TLS on every connection between nodes, with [tls]'s certificate, key and CA file",
     },
     KeyDoc {
         key: "cluster.replica_lag_max",
@@ -1408,6 +1418,15 @@ impl Config {
         }
         if self.http.tls {
             tls_wanted.push("http.tls");
+        }
+        if self.cluster.tls {
+            tls_wanted.push("cluster.tls");
+            if self.tls.ca_file.is_empty() {
+                problem(
+                    "tls.ca_file",
+                    "cluster.tls checks the other nodes' certificates: set tls.ca_file".to_owned(),
+                );
+            }
         }
         let tls = &self.tls;
         if let Some(first) = tls_wanted.first()

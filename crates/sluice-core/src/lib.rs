@@ -1092,14 +1092,12 @@ impl Broker {
         changes: Vec<(String, Option<f64>)>,
     ) -> Result<(), CoreError> {
         for (key, value) in &changes {
-            let checked = match value {
-                Some(value) => quotas::validate(key, *value),
-                None => quotas::validate(key, 1.0),
-            };
-            checked.map_err(|reason| CoreError::InvalidConfig {
-                key: key.clone(),
-                reason,
-            })?;
+            if let Some(value) = value {
+                quotas::validate(key, *value).map_err(|reason| CoreError::InvalidConfig {
+                    key: key.clone(),
+                    reason,
+                })?;
+            }
         }
         tracing::info!(?entity, ?changes, "client quotas changed");
         self.topics

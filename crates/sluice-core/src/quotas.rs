@@ -37,6 +37,9 @@ pub const QUOTA_KEYS: [&str; 3] = [PRODUCER_BYTE_RATE, CONSUMER_BYTE_RATE, REQUE
 const WINDOWS: u32 = 11;
 /// One window (Kafka's `quota.window.size.seconds`).
 const WINDOW: Duration = Duration::from_secs(1);
+/// The time a rate is counted over at least: ten windows, the quota's
+/// room for a burst (Kafka's `getMaxValueInQuotaWindow`).
+pub const COUNTED_WINDOW: Duration = Duration::from_secs((WINDOWS as u64 - 1) * WINDOW.as_secs());
 /// Sensors not recorded to for this long are dropped.
 const IDLE_SENSOR: Duration = Duration::from_secs(3600);
 
@@ -103,11 +106,23 @@ impl Sensor {
     fn record(&mut self, amount: f64, now: Instant) {
         self.last = now;
         self.recorded += amount;
+        self.purge(now);
         match self.windows.back_mut() {
             Some((start, total)) if now.duration_since(*start) < WINDOW => *total += amount,
             _ => self.windows.push_back((now, amount)),
         }
-        while self.windows.len() > WINDOWS as usize {
+    }
+
+    /// Drops the windows that began more than `WINDOWS` windows ago
+    /// (Kafka's `purgeObsoleteSamples`): an idle client's past does not
+    /// lend it room.
+    fn purge(&mut self, now: Instant) {
+        while self
+            .windows
+            .front()
+            .is_some_and(|(start, _)| now.duration_since(*start) >= WINDOW * WINDOWS)
+            || self.windows.len() > WINDOWS as usize
+        {
             self.windows.pop_front();
         }
     }
@@ -116,11 +131,17 @@ impl Sensor {
     /// as at least `WINDOWS - 1` windows (Kafka's `Rate`); with the
     /// amount and the time really elapsed since the oldest window began.
     fn rate(&self, now: Instant) -> (f64, f64, Duration) {
-        let Some((oldest, _)) = self.windows.front() else {
+        let current = |(start, _): &&(Instant, f64)| now.duration_since(*start) < WINDOW * WINDOWS;
+        let Some((oldest, _)) = self.windows.iter().find(current) else {
             return (0.0, 0.0, Duration::ZERO);
         };
         let elapsed = now.duration_since(*oldest);
-        let total: f64 = self.windows.iter().map(|(_, amount)| amount).sum();
+        let total: f64 = self
+            .windows
+            .iter()
+            .filter(current)
+            .map(|(_, amount)| amount)
+            .sum();
         let counted = elapsed.max(WINDOW * (WINDOWS - 1));
         (total / counted.as_secs_f64(), total, elapsed)
     }
@@ -234,30 +255,35 @@ impl ClientQuotas {
         Throttle { time }
     }
 
-    /// Would recording `amount` pass the quota? The throttle it would
-    /// cost, without recording it (a fetch over its quota is answered
-    /// empty, and its bytes are not counted, as in Kafka).
-    pub fn would_throttle(
+    /// Records `amount` (a fetch answer) only if the client may have it:
+    /// `Ok(throttle)` when it is recorded and sent, `Err(throttle)` when
+    /// it would pass the quota (it is then answered empty and not
+    /// counted, as in Kafka). An answer larger than the windows allow is
+    /// let through when nothing else is in them, throttled for its size,
+    /// so a client is slowed, never starved.
+    pub fn record_if_within(
         &self,
         key: &'static str,
         user: &str,
         client_id: &str,
         amount: f64,
         cap: Duration,
-    ) -> Option<Duration> {
-        let (quota, sensor) = self.quota(key, user, client_id)?;
+    ) -> Result<Duration, Duration> {
+        let Some((quota, sensor)) = self.quota(key, user, client_id) else {
+            return Ok(Duration::ZERO);
+        };
         let now = Instant::now();
         let mut sensors = self.sensors.lock().unwrap_or_else(|e| e.into_inner());
         let measured = sensors.entry(sensor).or_insert_with(|| Sensor::new(now));
         let (_, total, elapsed) = measured.rate(now);
         let time = throttle_time(total + amount, elapsed, quota).min(cap);
-        if time.is_zero() {
+        measured.throttled += time;
+        if time.is_zero() || total == 0.0 {
             measured.record(amount, now);
-            None
+            Ok(time)
         } else {
             measured.last = now;
-            measured.throttled += time;
-            Some(time)
+            Err(time)
         }
     }
 
@@ -422,12 +448,55 @@ mod tests {
         // A would-be fetch over the quota is not recorded.
         assert!(
             quotas
-                .would_throttle(PRODUCER_BYTE_RATE, "u", "c", 10.0, cap)
-                .is_some()
+                .record_if_within(PRODUCER_BYTE_RATE, "u", "c", 10.0, cap)
+                .is_err()
         );
-        let (_, rate, _, recorded) = quotas.measured().into_iter().next().expect("a sensor");
+        let (_, rate, _, recorded) = quotas
+            .measured()
+            .into_iter()
+            .find(|(key, ..)| key.user == "u")
+            .expect("a sensor");
         assert_eq!(recorded, 1500.0);
         assert!((149.0..=150.0).contains(&rate), "{rate}");
+    }
+
+    #[test]
+    fn an_answer_larger_than_the_windows_passes_when_they_are_empty() {
+        let quotas = ClientQuotas::default();
+        let mut map = QuotaMap::new();
+        alter(
+            &mut map,
+            entity(named("big"), None),
+            vec![(CONSUMER_BYTE_RATE.to_owned(), Some(100.0))],
+        );
+        quotas.replace_all(&map);
+        let cap = Duration::from_secs(60);
+        // 5000 bytes at 100 B/s: let through, throttled for 50 s.
+        let passed = quotas.record_if_within(CONSUMER_BYTE_RATE, "big", "c", 5000.0, cap);
+        assert!(
+            passed.is_ok_and(|t| (49..=50).contains(&t.as_secs())),
+            "{passed:?}"
+        );
+        // The next is refused and not counted.
+        assert!(
+            quotas
+                .record_if_within(CONSUMER_BYTE_RATE, "big", "c", 1.0, cap)
+                .is_err()
+        );
+        assert_eq!(quotas.measured()[0].3, 5000.0);
+    }
+
+    #[test]
+    fn an_idle_client_gets_no_room_from_its_past() {
+        let mut sensor = Sensor::new(Instant::now());
+        let start = Instant::now();
+        sensor.record(1000.0, start);
+        let later = start + Duration::from_secs(30);
+        assert_eq!(sensor.rate(later).1, 0.0, "nothing left in the windows");
+        sensor.record(10.0, later);
+        let (_, total, elapsed) = sensor.rate(later);
+        assert_eq!((total, elapsed), (10.0, Duration::ZERO));
+        assert_eq!(sensor.windows.len(), 1);
     }
 
     #[test]

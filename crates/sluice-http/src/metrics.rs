@@ -683,9 +683,6 @@ fn write_labels(out: &mut String, labels: &[(&str, &str)], le: Option<&str>) {
     out.push('}');
 }
 
-/// Quorum queues on a cluster, as every node knows them (leader, leader
-/// epoch, members in sync), and on the leader's node what its in-sync
-/// replicas do not have yet.
 /// Each Kafka client quota's measured rate, per quota entity as Kafka
 /// tags it (an empty user or client id: the quota leaves that side out).
 fn kafka_quotas(out: &mut Exposition, broker: &sluice_core::Broker) {
@@ -727,6 +724,9 @@ fn kafka_quotas(out: &mut Exposition, broker: &sluice_core::Broker) {
     }
 }
 
+/// Quorum queues on a cluster, as every node knows them (leader, leader
+/// epoch, members in sync), and on the leader's node what its in-sync
+/// replicas do not have yet.
 fn quorum_queues(out: &mut Exposition, broker: &sluice_core::Broker) {
     let mut placements = Vec::new();
     for vhost in broker.vhosts().all() {

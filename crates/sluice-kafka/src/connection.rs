@@ -188,17 +188,8 @@ impl Connection {
         let reading = async move {
             let mut first = true;
             loop {
-                let muted = context
-                    .muted_until
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .take();
-                if let Some(until) = muted {
-                    // Throttled: no request is read until the time is up.
-                    tokio::select! {
-                        () = tokio::time::sleep_until(until) => {}
-                        _ = shutdown.changed() => return Ok(()),
-                    }
+                if !muted(&context, &mut shutdown, &mut registration).await {
+                    return Ok(());
                 }
                 let mut size = [0u8; 4];
                 let read = tokio::select! {
@@ -243,6 +234,10 @@ impl Connection {
                 let mut body = BytesMut::zeroed(len);
                 reader.read_exact(&mut body).await?;
                 stats.add_bytes_in(4 + len);
+                // A fetch answered meanwhile may have throttled the client.
+                if !muted(&context, &mut shutdown, &mut registration).await {
+                    return Ok(());
+                }
                 let outcome = handle(&context, body.freeze()).await?;
                 if queue.send(outcome).await.is_err() {
                     // The writer stopped on an error of its own.
@@ -261,6 +256,46 @@ impl Connection {
         broker.share_groups().connection_closed(connection_id);
         read.and(write)
     }
+}
+
+/// Waits out a throttled client's mute (Kafka's muted channel, KIP-219);
+/// false when the connection is to end instead.
+async fn muted(
+    context: &Context,
+    shutdown: &mut watch::Receiver<bool>,
+    registration: &mut ConnectionHandle,
+) -> bool {
+    let until = context
+        .muted_until
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    let Some(until) = until else {
+        return true;
+    };
+    tokio::select! {
+        () = tokio::time::sleep_until(until) => true,
+        _ = shutdown.changed() => false,
+        reason = registration.close_requested() => {
+            tracing::info!(%reason, "closed through the admin API");
+            false
+        }
+    }
+}
+
+/// Runs `work`, counting only the time spent in its polls (the request
+/// time a quota measures: not its waits for data, replicas or a
+/// rebalance).
+async fn polled<F: std::future::Future>(work: F) -> (F::Output, std::time::Duration) {
+    let mut work = std::pin::pin!(work);
+    let mut spent = std::time::Duration::ZERO;
+    std::future::poll_fn(|cx| {
+        let started = std::time::Instant::now();
+        let polled = work.as_mut().poll(cx);
+        spent += started.elapsed();
+        polled.map(|output| (output, spent))
+    })
+    .await
 }
 
 /// Decodes one request and starts it; its response comes due in order.
@@ -338,11 +373,18 @@ async fn handle(context: &Context, mut body: Bytes) -> Result<Outcome, Connectio
     let client_id = header.client_id.as_deref().unwrap_or_default().to_owned();
     match request {
         RequestKind::Produce(request) => {
-            let mut pending = handlers::produce::start(context, request, version).await;
+            let acks = request.acks;
+            let (mut pending, took) =
+                polled(handlers::produce::start(context, request, version)).await;
             pending.throttled(context.produce_throttle(
                 &client_id,
                 request_bytes,
-                started.elapsed(),
+                // Kafka counts no request time for acks=0.
+                if acks == 0 {
+                    std::time::Duration::ZERO
+                } else {
+                    took
+                },
             ));
             Ok(Outcome::Later(tokio::spawn(async move {
                 let finished = pending.finish().await;
@@ -359,29 +401,41 @@ async fn handle(context: &Context, mut body: Bytes) -> Result<Outcome, Connectio
                 }
             })))
         }
-        RequestKind::Fetch(request) => {
+        RequestKind::Fetch(mut request) => {
             let context = context.clone();
+            // No more than the consumer byte rate lets through in its
+            // windows, or a small quota would never let a fetch pass.
+            if let Some(cap) = context.fetch_bytes_cap(&client_id) {
+                request.max_bytes = request.max_bytes.min(cap);
+                for topic in &mut request.topics {
+                    for partition in &mut topic.partitions {
+                        partition.partition_max_bytes = partition.partition_max_bytes.min(cap);
+                    }
+                }
+            }
             Ok(Outcome::Later(tokio::spawn(async move {
-                let response = handlers::fetch::handle(&context, request, version).await;
+                let (response, took) =
+                    polled(handlers::fetch::handle(&context, request, version)).await;
                 observe();
                 let building = std::time::Instant::now();
                 let encoded = encode_fetch(correlation_id, version, &response)?;
                 let bytes = encoded.iter().map(Bytes::len).sum();
-                let (over, throttle) =
-                    context.fetch_throttle(&client_id, bytes, building.elapsed());
-                if over.is_none() {
-                    if throttle.is_zero() {
-                        return Ok(Some(encoded));
+                let throttle = context.fetch_throttle(&client_id, bytes, took + building.elapsed());
+                match throttle {
+                    handlers::quotas::FetchThrottle::None => Ok(Some(encoded)),
+                    handlers::quotas::FetchThrottle::Sent(time) => {
+                        let mut response = response;
+                        response.throttle_time_ms = millis(time);
+                        encode_fetch(correlation_id, version, &response).map(Some)
                     }
-                    let mut response = response;
-                    response.throttle_time_ms = millis(throttle);
-                    return encode_fetch(correlation_id, version, &response).map(Some);
+                    handlers::quotas::FetchThrottle::Empty(time) => {
+                        // Over a quota: an empty answer, as Kafka's.
+                        let empty = kafka_protocol::messages::FetchResponse::default()
+                            .with_throttle_time_ms(millis(time))
+                            .with_session_id(response.session_id);
+                        encode_fetch(correlation_id, version, &empty).map(Some)
+                    }
                 }
-                // Over the consumer byte rate: an empty answer, as Kafka's.
-                let empty = kafka_protocol::messages::FetchResponse::default()
-                    .with_throttle_time_ms(millis(throttle))
-                    .with_session_id(response.session_id);
-                encode_fetch(correlation_id, version, &empty).map(Some)
             })))
         }
         request => {
@@ -389,11 +443,18 @@ async fn handle(context: &Context, mut body: Bytes) -> Result<Outcome, Connectio
                 api,
                 ApiKey::ApiVersions | ApiKey::SaslHandshake | ApiKey::SaslAuthenticate
             );
-            let response =
-                respond(context, request, api, version, correlation_id, &client_id).await;
+            let (response, took) = polled(respond(
+                context,
+                request,
+                api,
+                version,
+                correlation_id,
+                &client_id,
+            ))
+            .await;
             observe();
             if !exempt {
-                context.other_throttle(&client_id, started.elapsed());
+                context.other_throttle(&client_id, took);
             }
             response.map(Outcome::Ready)
         }

@@ -139,7 +139,14 @@ pub async fn serve(
                 continue;
             }
         };
-        spawn_connection(stream, peer, &broker, &options, &shutdown, false);
+        spawn_connection(
+            Accepted::Tcp(stream),
+            peer,
+            &broker,
+            &options,
+            &shutdown,
+            false,
+        );
     }
     tracing::info!(listener = %options.listener_name, "kafka listener stopped");
 }
@@ -149,7 +156,7 @@ pub async fn serve(
 /// fetches, coordinators' transaction markers) until
 /// `shutdown` turns true or the sender is gone.
 pub async fn serve_streams(
-    mut streams: tokio::sync::mpsc::Receiver<(TcpStream, SocketAddr)>,
+    mut streams: tokio::sync::mpsc::Receiver<(sluice_tls::LinkStream, SocketAddr)>,
     broker: Arc<Broker>,
     options: KafkaOptions,
     mut shutdown: watch::Receiver<bool>,
@@ -163,20 +170,38 @@ pub async fn serve_streams(
             },
             _ = shutdown.changed() => break,
         };
-        spawn_connection(stream, peer, &broker, &options, &shutdown, true);
+        spawn_connection(
+            Accepted::Link(stream),
+            peer,
+            &broker,
+            &options,
+            &shutdown,
+            true,
+        );
     }
+}
+
+/// A connection as its listener took it.
+enum Accepted {
+    /// A client's, on a Kafka listener: its TLS handshake comes first
+    /// when the listener has TLS.
+    Tcp(TcpStream),
+    /// Another node's, on the inter-node link (already through its TLS).
+    Link(sluice_tls::LinkStream),
 }
 
 /// Registers an accepted connection and serves it on its own task.
 fn spawn_connection(
-    stream: TcpStream,
+    stream: Accepted,
     peer: SocketAddr,
     broker: &Arc<Broker>,
     options: &Arc<KafkaOptions>,
     shutdown: &watch::Receiver<bool>,
     inter_node: bool,
 ) {
-    let _ = stream.set_nodelay(true);
+    if let Accepted::Tcp(stream) = &stream {
+        let _ = stream.set_nodelay(true);
+    }
     let registration = match broker.connections().register(Protocol::Kafka, peer) {
         Ok(registration) => registration,
         Err(refused) => {
@@ -193,11 +218,21 @@ fn spawn_connection(
     let shutdown = shutdown.clone();
     broker.tasks().spawn(
         async move {
-            let Some(stream) =
-                ServerStream::accept(stream, options.tls.as_deref(), &options.listener_name, peer)
-                    .await
-            else {
-                return;
+            let stream = match stream {
+                Accepted::Tcp(stream) => {
+                    let accepted = ServerStream::accept(
+                        stream,
+                        options.tls.as_deref(),
+                        &options.listener_name,
+                        peer,
+                    )
+                    .await;
+                    let Some(stream) = accepted else {
+                        return;
+                    };
+                    stream
+                }
+                Accepted::Link(stream) => ServerStream::Link(stream),
             };
             let tls_user = match stream.peer_certificate() {
                 Some(Err(error)) if options.protocol == SecurityProtocol::Ssl => {

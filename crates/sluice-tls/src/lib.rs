@@ -9,6 +9,10 @@
 //! Each accepted connection takes the configuration current at its
 //! handshake, so a reload reaches new connections while open ones go on.
 
+mod link;
+
+pub use link::{LinkStream, LinkTls};
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
@@ -217,6 +221,8 @@ pub type WriteHalf = Box<dyn AsyncWrite + Unpin + Send>;
 pub enum ServerStream {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// Another node's connection on the inter-node link.
+    Link(LinkStream),
 }
 
 impl ServerStream {
@@ -231,6 +237,7 @@ impl ServerStream {
                 let (reader, writer) = tokio::io::split(*stream);
                 (Box::new(reader), Box::new(writer))
             }
+            ServerStream::Link(stream) => stream.split(),
         }
     }
 

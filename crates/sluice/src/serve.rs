@@ -149,6 +149,7 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         users: users(&config.amqp),
         ..BrokerOptions::new(&config.data_dir)
     };
+    let link_tls = link_tls(config)?;
     let (options, quorum, replica_streams, message_streams) = join_cluster(config, options).await?;
     let broker = tokio::task::spawn_blocking(move || match options {
         Opening::Alone(options) => Broker::open(options),
@@ -163,6 +164,10 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     // watermark checkpoint and the forwarders; the listeners run through it
     // too, so one shutdown stops everything in order.
     let mut lifecycle = broker.run();
+    if let Some(link) = link_tls {
+        let stopping = lifecycle.stopping();
+        lifecycle.serve(Arc::clone(link.server()).watch(stopping));
+    }
     let bound = async {
         let tls = load_tls(config, &mut lifecycle)?;
         let kafka = start_kafka(
@@ -353,7 +358,7 @@ enum Opening {
 /// node's metadata quorum member on `cluster.listen` (state in
 /// `<data_dir>/cluster`), and hands the broker the metadata it applies to.
 /// Connections the inter-node listener hands to the Kafka front-end.
-type ReplicaStreams = tokio::sync::mpsc::Receiver<(tokio::net::TcpStream, std::net::SocketAddr)>;
+type ReplicaStreams = tokio::sync::mpsc::Receiver<(sluice_tls::LinkStream, std::net::SocketAddr)>;
 
 async fn join_cluster(
     config: &Config,
@@ -460,6 +465,28 @@ fn load_tls(config: &Config, lifecycle: &mut Lifecycle) -> anyhow::Result<Option
     let stopping = lifecycle.stopping();
     lifecycle.serve(Arc::clone(&loaded).watch(stopping));
     Ok(Some(loaded))
+}
+
+/// With `cluster.tls`: mutual TLS for every inter-node connection of
+/// this process, set before the quorum dials anyone; its server side
+/// reloads with the other listeners' files once the lifecycle runs.
+fn link_tls(config: &Config) -> anyhow::Result<Option<Arc<sluice_tls::LinkTls>>> {
+    if !config.cluster.tls {
+        return Ok(None);
+    }
+    let tls = &config.tls;
+    let settings = TlsSettings {
+        cert_file: tls.cert_file.clone().into(),
+        key_file: tls.key_file.clone().into(),
+        ca_file: (!tls.ca_file.is_empty()).then(|| tls.ca_file.clone().into()),
+        client_auth: ClientAuth::Required,
+        reload_interval: tls.reload_interval.get(),
+    };
+    let link = sluice_tls::LinkTls::load(settings)
+        .context("cannot load the TLS certificate for cluster.tls ([tls])")?;
+    sluice_cluster::link::use_tls(Arc::clone(&link));
+    tracing::info!("connections between nodes use mutual TLS");
+    Ok(Some(link))
 }
 
 /// `host:port` split, or the error naming `key`.

@@ -24,7 +24,7 @@ mod list_offsets;
 mod metadata;
 mod migration;
 pub(crate) mod produce;
-mod quotas;
+pub(crate) mod quotas;
 mod replicas;
 pub(crate) mod sasl;
 mod share_admin;

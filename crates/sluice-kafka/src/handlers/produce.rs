@@ -271,15 +271,15 @@ async fn answer(index: i32, started: Started, version: i16) -> PartitionProduceR
 }
 
 impl ProducePending {
-    /// Waits for every partition's append to be durable; `None` for acks=0,
-    /// which gets no answer at all. The waits hold no thread: a partition's
-    /// sync driver runs the group-committed sync on the blocking pool.
     /// Adds a quota's throttle time to the answer's `throttle_time_ms`.
     pub(crate) fn throttled(&mut self, time: std::time::Duration) {
         let millis = i32::try_from(time.as_millis()).unwrap_or(i32::MAX);
         self.throttle_time_ms = self.throttle_time_ms.max(millis);
     }
 
+    /// Waits for every partition's append to be durable; `None` for acks=0,
+    /// which gets no answer at all. The waits hold no thread: a partition's
+    /// sync driver runs the group-committed sync on the blocking pool.
     pub(crate) async fn finish(self) -> Option<ProduceResponse> {
         let version = self.version;
         let acks = self.acks;

@@ -157,7 +157,8 @@ pub(crate) fn describe(
     response.with_entries(Some(entries))
 }
 
-/// One entry's entity, as Sluice keeps quotas of it.
+/// One entry's entity, as Sluice keeps quotas of it; Kafka's refusals
+/// (an empty name, a type twice).
 fn entity_of(
     entity: &[kafka_protocol::messages::alter_client_quotas_request::EntityData],
 ) -> Result<QuotaEntity, String> {
@@ -170,6 +171,9 @@ fn entity_of(
     }
     for part in entity {
         let name = match &part.entity_name {
+            Some(name) if name.is_empty() => {
+                return Err(format!("Empty {} not supported", part.entity_type.as_str()));
+            }
             Some(name) => EntityName::Named(name.to_string()),
             None => EntityName::Default,
         };
@@ -235,11 +239,17 @@ async fn alter_one(
 ) -> Result<(), (ResponseError, Option<String>)> {
     let invalid = |message: String| (ResponseError::InvalidRequest, Some(message));
     let entity = entity_of(&entry.entity).map_err(invalid)?;
-    let mut changes = Vec::with_capacity(entry.ops.len());
+    let mut changes: Vec<(String, Option<f64>)> = Vec::with_capacity(entry.ops.len());
     for op in &entry.ops {
         let key = op.key.to_string();
+        if changes.iter().any(|(k, _)| *k == key) {
+            return Err(invalid(format!("Duplicate quota key {key}")));
+        }
         let value = (!op.remove).then_some(op.value);
-        sluice_core::quotas::validate(&key, value.unwrap_or(1.0)).map_err(invalid)?;
+        // A removal is not checked, as in Kafka.
+        if let Some(value) = value {
+            sluice_core::quotas::validate(&key, value).map_err(invalid)?;
+        }
         changes.push((key, value));
     }
     if validate_only || changes.is_empty() {
@@ -253,6 +263,17 @@ async fn alter_one(
         sluice_core::CoreError::InvalidConfig { reason, .. } => invalid(reason),
         other => (crate::errors::code(&other), Some(other.to_string())),
     })
+}
+
+/// What a fetch's quotas make of its answer.
+pub(crate) enum FetchThrottle {
+    /// Within them: sent as it is.
+    None,
+    /// Sent, with this throttle time (an answer larger than the windows
+    /// allow, let through when they were empty).
+    Sent(std::time::Duration),
+    /// Over one: an empty answer with this throttle time.
+    Empty(std::time::Duration),
 }
 
 /// Longest throttle for a byte rate: the whole quota window (11 s).
@@ -302,31 +323,64 @@ impl Context {
         time
     }
 
-    /// A fetch answer of `bytes` that took `took` to build: `Some(throttle)`
-    /// when it would pass the consumer byte rate (it is then answered
-    /// empty and not counted, as in Kafka), else `None` with the request
-    /// quota's throttle applied by muting.
+    /// The most a fetch may answer with under the client's consumer byte
+    /// rate: what its windows let through (Kafka's
+    /// `getMaxValueInQuotaWindow`); `None` without such a quota.
+    pub(crate) fn fetch_bytes_cap(&self, client_id: &str) -> Option<i32> {
+        if !self.quotas_apply() {
+            return None;
+        }
+        let (quota, _) = self.broker.client_quotas().quota(
+            sluice_core::quotas::CONSUMER_BYTE_RATE,
+            &self.quota_user(),
+            client_id,
+        )?;
+        let cap = quota * sluice_core::quotas::COUNTED_WINDOW.as_secs_f64();
+        Some(if cap >= f64::from(i32::MAX) {
+            i32::MAX
+        } else {
+            (cap as i32).max(1)
+        })
+    }
+
+    /// A fetch answer of `bytes` that took `took` of request time: recorded
+    /// against the request quota, then against the consumer byte rate
+    /// unless the client is already throttled. A throttled fetch is
+    /// answered empty and its bytes are not counted, as in Kafka; the
+    /// connection is muted for the throttle either way.
     pub(crate) fn fetch_throttle(
         &self,
         client_id: &str,
         bytes: usize,
         took: std::time::Duration,
-    ) -> (Option<std::time::Duration>, std::time::Duration) {
+    ) -> FetchThrottle {
         if !self.quotas_apply() {
-            return (None, std::time::Duration::ZERO);
+            return FetchThrottle::None;
         }
         let user = self.quota_user();
-        let over = self.broker.client_quotas().would_throttle(
+        let request = self.request_throttle(&user, client_id, took);
+        if !request.is_zero() {
+            self.mute(request);
+            return FetchThrottle::Empty(request);
+        }
+        let recorded = self.broker.client_quotas().record_if_within(
             sluice_core::quotas::CONSUMER_BYTE_RATE,
             &user,
             client_id,
             bytes as f64,
             BYTE_THROTTLE_CAP,
         );
-        let request = self.request_throttle(&user, client_id, took);
-        let time = over.unwrap_or_default().max(request);
-        self.mute(time);
-        (over, time)
+        match recorded {
+            Ok(time) if time.is_zero() => FetchThrottle::None,
+            Ok(time) => {
+                self.mute(time);
+                FetchThrottle::Sent(time)
+            }
+            Err(time) => {
+                self.mute(time);
+                FetchThrottle::Empty(time)
+            }
+        }
     }
 
     /// Records `took` of request time for any other request; the

@@ -467,6 +467,29 @@ fn requests(round: usize) -> Vec<RequestKind> {
                     DeleteTopicState::default().with_name(Some(topic("gone"))),
                 ]),
         ),
+        RequestKind::DescribeClientQuotas(
+            kafka_protocol::messages::DescribeClientQuotasRequest::default().with_components(vec![
+                kafka_protocol::messages::describe_client_quotas_request::ComponentData::default()
+                    .with_entity_type(StrBytes::from_static_str("user"))
+                    .with_match_type(1)
+                    .with_match(None),
+            ]),
+        ),
+        RequestKind::AlterClientQuotas(
+            kafka_protocol::messages::AlterClientQuotasRequest::default().with_entries(vec![
+                kafka_protocol::messages::alter_client_quotas_request::EntryData::default()
+                    .with_entity(vec![
+                        kafka_protocol::messages::alter_client_quotas_request::EntityData::default()
+                            .with_entity_type(StrBytes::from_static_str("client-id"))
+                            .with_entity_name(Some(StrBytes::from_string(format!("c-{round}")))),
+                    ])
+                    .with_ops(vec![
+                        kafka_protocol::messages::alter_client_quotas_request::OpData::default()
+                            .with_key(StrBytes::from_static_str("producer_byte_rate"))
+                            .with_value(1024.0),
+                    ]),
+            ]),
+        ),
     ]
 }
 
@@ -527,6 +550,8 @@ fn api_of(request: &RequestKind) -> ApiKey {
         RequestKind::DescribeTransactions(_) => ApiKey::DescribeTransactions,
         RequestKind::ListConfigResources(_) => ApiKey::ListConfigResources,
         RequestKind::ListTransactions(_) => ApiKey::ListTransactions,
+        RequestKind::DescribeClientQuotas(_) => ApiKey::DescribeClientQuotas,
+        RequestKind::AlterClientQuotas(_) => ApiKey::AlterClientQuotas,
         _ => ApiKey::ApiVersions,
     }
 }
