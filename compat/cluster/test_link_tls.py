@@ -21,7 +21,7 @@ from confluent_kafka.admin import AdminClient
 
 from common.broker import wait_until
 from common.cluster import Cluster
-from common.pki import make_pki
+from common.pki import Authority, make_pki
 from common.wire import request_frame
 from test_replication import create_replicated
 
@@ -30,13 +30,17 @@ from test_replication import create_replicated
 def tls_cluster(tmp_path_factory):
     root = tmp_path_factory.mktemp("link-tls")
     pki = make_pki(root / "pki")
-    node = pki.ca.issue_node("node")
+    # Nodes have a CA of their own: the clients' CA signs no node.
+    nodes_ca = Authority(root / "pki", "nodes")
+    node = nodes_ca.issue_node("node")
     cluster = Cluster(root, 3, "cluster[link-tls]", settings={
         "cluster.tls": "true",
+        "cluster.tls_ca_file": str(nodes_ca.pem),
         "tls.cert_file": str(node.cert),
         "tls.key_file": str(node.key),
         "tls.ca_file": str(pki.ca_file),
     })
+    cluster.nodes_ca = nodes_ca
     cluster.pki = pki
     try:
         cluster.start()
@@ -108,7 +112,8 @@ def api_versions_answered(sock) -> bool:
     return len(data) == 8 and int.from_bytes(data[4:8], "big") == 7
 
 
-@pytest.mark.parametrize("client", ["plaintext", "no certificate", "untrusted certificate"])
+@pytest.mark.parametrize("client", ["plaintext", "no certificate", "untrusted certificate",
+                                    "a client's certificate"])
 def test_the_inter_node_listener_refuses_anything_but_a_trusted_node(tls_cluster, client):
     node = tls_cluster.nodes[0]
     pki = tls_cluster.pki
@@ -118,9 +123,11 @@ def test_the_inter_node_listener_refuses_anything_but_a_trusted_node(tls_cluster
         sock = raw
         reason = r"TLS handshake failed.*listener=cluster"
     else:
-        context = ssl.create_default_context(cafile=str(pki.ca_file))
-        if client == "untrusted certificate":
-            context.load_cert_chain(str(pki.untrusted_client.cert), str(pki.untrusted_client.key))
+        context = ssl.create_default_context(cafile=str(tls_cluster.nodes_ca.pem))
+        if client in ("untrusted certificate", "a client's certificate"):
+            # Another CA's; or the clients' CA's, which is not the nodes'.
+            issued = pki.untrusted_client if client == "untrusted certificate" else pki.client
+            context.load_cert_chain(str(issued.cert), str(issued.key))
             reason = r"(?i)TLS handshake failed.*(UnknownIssuer|unknown issuer).*listener=cluster"
         else:
             reason = r"(?i)TLS handshake failed.*no certificates.*listener=cluster"

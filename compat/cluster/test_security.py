@@ -448,3 +448,38 @@ def test_client_quotas_set_through_one_node_throttle_on_every_node(sasl_cluster,
         wait_until(lambda: quota_metric(node, "sluice_kafka_quota_throttle_seconds_total", "producer_byte_rate",
                                         client) > 0, 20, what=f"node {node.name} to throttle the client")
     del producer
+
+
+def test_the_bridge_follows_kafka_acls_made_through_another_node(acl_cluster, name):
+    """An AMQP user declaring a stream (a topic) on node 3 needs the Kafka
+    CREATE ACL, made through node 1."""
+    from confluent_kafka.admin import AclBinding, AclOperation, AclPermissionType, ResourcePatternType, ResourceType
+
+    node1, _, node3 = acl_cluster.nodes
+    user = (f"bridge-{name[-8:]}", "Pw-bridge")
+    assert call(node1, "PUT", f"/api/users/{user[0]}", {"password": user[1]})[0] == 201
+    full = {"configure": ".*", "write": ".*", "read": ".*"}
+    assert call(node1, "PUT", f"/api/permissions/%2F/{user[0]}", full)[0] == 201
+    stream = f"stream-{name[-8:]}"
+
+    def declare() -> str | None:
+        """None when node 3 declares the stream, else the refusal."""
+        try:
+            connection = amqp_connect(node3, user)
+        except pika.exceptions.ProbableAccessDeniedError:
+            return "the user has not reached node 3 yet"
+        try:
+            connection.channel().queue_declare(stream, durable=True, arguments={"x-queue-type": "stream"})
+            return None
+        except pika.exceptions.ChannelClosedByBroker as closed:
+            return closed.reply_text
+        finally:
+            if connection.is_open:
+                connection.close()
+
+    wait_until(lambda: "no Kafka CREATE ACL" in (declare() or ""), 30, what="node 3 to refuse the stream")
+    guest = sasl_config(acl_cluster.sasl_ports[1], "guest", "guest", "SCRAM-SHA-512")
+    admin_result(guest, "create_acls", [
+        AclBinding(ResourceType.TOPIC, stream, ResourcePatternType.LITERAL, f"User:{user[0]}", "*",
+                   AclOperation.CREATE, AclPermissionType.ALLOW)])
+    wait_until(lambda: declare() is None, 30, what="node 3 to allow the stream")

@@ -5,7 +5,7 @@ compat/common/quotas.py), with Kafka's
 entity filters and errors; a producer and a consumer held within 10% of
 their byte rate over 10 s (confluent-kafka; librdkafka does not wait out
 throttle_time_ms, so the broker's muted connection is what holds it);
-a client idle past the windows getting no extra room;
+a consumer under a quota smaller than its fetch size slowed, not starved;
 request-time quotas throttling; the `/metrics` series per quota entity;
 quotas kept across a restart.
 """

@@ -40,6 +40,18 @@ pub(crate) struct Context<'a> {
     pub(crate) dispatch: &'a mut Vec<Arc<Queue>>,
     /// The users' permissions, as applied.
     pub(crate) permissions: &'a sluice_core::permissions::Permissions,
+    /// With `kafka.acls`, the Kafka ACL check of the bridge's paths
+    /// (`None`: nothing to check).
+    pub(crate) kafka: Option<KafkaCheck<'a>>,
+}
+
+/// The connection's user as a Kafka principal, for the bridge's checks.
+#[derive(Debug)]
+pub(crate) struct KafkaCheck<'a> {
+    pub(crate) acls: &'a sluice_core::acls::Acls,
+    pub(crate) principal: &'a str,
+    pub(crate) host: &'a str,
+    pub(crate) everyone_if_none: bool,
 }
 
 impl Context<'_> {
@@ -61,6 +73,48 @@ impl Context<'_> {
             format!(
                 "access to {kind} '{name}' in vhost '{vhost}' refused for user '{}'",
                 self.user
+            ),
+        ))
+    }
+
+    /// The bridge's rule: the Kafka ACLs of topic `topic` must allow
+    /// `operation` for the user (as `User:<name>`), as for a Kafka client,
+    /// else ACCESS_REFUSED. Nothing is checked without `kafka.acls`.
+    pub(crate) fn check_kafka(
+        &self,
+        operation: sluice_core::acls::Operation,
+        topic: &str,
+    ) -> Result<(), AmqpError> {
+        use sluice_core::acls::{Requester, ResourceType};
+        let Some(kafka) = &self.kafka else {
+            return Ok(());
+        };
+        let who = Requester {
+            principal: kafka.principal,
+            host: kafka.host,
+        };
+        let allows = |operation, resource, name: &str| {
+            kafka
+                .acls
+                .authorize(who, operation, resource, name, kafka.everyone_if_none)
+        };
+        // A topic is created with CREATE on it or on the cluster.
+        let allowed = allows(operation, ResourceType::Topic, topic)
+            || (operation == sluice_core::acls::Operation::Create
+                && allows(
+                    operation,
+                    ResourceType::Cluster,
+                    sluice_core::acls::CLUSTER_NAME,
+                ));
+        if allowed {
+            return Ok(());
+        }
+        Err(AmqpError::channel(
+            crate::errors::ACCESS_REFUSED,
+            format!(
+                "access to topic '{topic}' refused for user '{}': no Kafka {} ACL",
+                self.user,
+                format!("{operation:?}").to_uppercase()
             ),
         ))
     }

@@ -19,4 +19,4 @@ mod handlers;
 mod listener;
 mod metrics;
 
-pub use listener::{AmqpOptions, CertLoginFrom, serve};
+pub use listener::{AmqpOptions, CertLoginFrom, KafkaAcls, serve};

@@ -26,6 +26,18 @@ pub struct AmqpOptions {
     pub mechanisms: Vec<String>,
     /// What names the user of an EXTERNAL login.
     pub cert_login_from: CertLoginFrom,
+    /// With `kafka.acls`: the Kafka ACLs the bridge's paths into and out
+    /// of topics are checked against, for the principal `User:<user>`.
+    pub kafka_acls: Option<KafkaAcls>,
+}
+
+/// How the bridge checks Kafka ACLs for AMQP users.
+#[derive(Debug, Clone, Default)]
+pub struct KafkaAcls {
+    /// Principals that pass every check (`kafka.super_users`).
+    pub super_users: Vec<String>,
+    /// Whether a topic no ACL names is open (`kafka.allow_everyone_if_no_acl_found`).
+    pub everyone_if_none: bool,
 }
 
 /// Which part of a client certificate names the user of an EXTERNAL login
@@ -47,6 +59,7 @@ impl Default for AmqpOptions {
             heartbeat: 60,
             mechanisms: vec!["PLAIN".to_owned(), "AMQPLAIN".to_owned()],
             cert_login_from: CertLoginFrom::DistinguishedName,
+            kafka_acls: None,
         }
     }
 }

@@ -126,7 +126,9 @@ async fn write_frame(
     let mut frame = Vec::with_capacity(4 + json.len());
     frame.extend_from_slice(&len.to_be_bytes());
     frame.extend_from_slice(&json);
-    stream.write_all(&frame).await
+    stream.write_all(&frame).await?;
+    // TLS keeps what the socket did not take until flushed.
+    stream.flush().await
 }
 
 async fn read_frame<T: DeserializeOwned>(stream: &mut (impl AsyncRead + Unpin)) -> io::Result<T> {

@@ -475,6 +475,8 @@ impl Link {
             .write_all(&frame)
             .await
             .map_err(|e| e.to_string())?;
+        // TLS keeps what the socket did not take until flushed.
+        self.stream.flush().await.map_err(|e| e.to_string())?;
         let len = self.stream.read_u32().await.map_err(|e| e.to_string())? as usize;
         if len > MAX_RESPONSE {
             return Err(format!("a {len}-byte response is over the limit"));

@@ -133,10 +133,14 @@ pub struct ClusterConfig {
     /// `broker.session.timeout.ms`, 9 s there).
     pub session_timeout: HumanDuration,
     /// Whether every connection between nodes (`cluster.listen`) is
-    /// mutual TLS with `[tls]`'s certificate, key and CA file; the
-    /// certificate needs the clientAuth and serverAuth usages and must
-    /// name each node's address.
+    /// mutual TLS with `[tls]`'s certificate and key; the certificate
+    /// needs the clientAuth and serverAuth usages and must name each
+    /// node's address.
     pub tls: bool,
+    /// PEM CA certificates node certificates must chain to (required with
+    /// `tls`): a CA that signs nodes only, since any certificate it signed
+    /// passes for a node.
+    pub tls_ca_file: String,
 }
 
 impl Default for ClusterConfig {
@@ -148,6 +152,7 @@ impl Default for ClusterConfig {
             replica_lag_max: HumanDuration::from_secs(30),
             session_timeout: HumanDuration::new(std::time::Duration::from_millis(1500)),
             tls: false,
+            tls_ca_file: String::new(),
         }
     }
 }
@@ -753,7 +758,11 @@ pub const KEYS: &[KeyDoc] = &[
     },
     KeyDoc {
         key: "cluster.tls",
-        description: "Mutual TLS on every connection between nodes, with [tls]'s certificate, key and CA file",
+        description: "Mutual TLS on every connection between nodes, with [tls]'s certificate and key",
+    },
+    KeyDoc {
+        key: "cluster.tls_ca_file",
+        description: "CA certificates node certificates must chain to, with cluster.tls (a CA that signs nodes only)",
     },
     KeyDoc {
         key: "cluster.replica_lag_max",
@@ -1421,10 +1430,11 @@ impl Config {
         }
         if self.cluster.tls {
             tls_wanted.push("cluster.tls");
-            if self.tls.ca_file.is_empty() {
+            if self.cluster.tls_ca_file.is_empty() {
                 problem(
-                    "tls.ca_file",
-                    "cluster.tls checks the other nodes' certificates: set tls.ca_file".to_owned(),
+                    "cluster.tls_ca_file",
+                    "cluster.tls checks the other nodes' certificates: set cluster.tls_ca_file to the CA that signs nodes"
+                        .to_owned(),
                 );
             }
         }

@@ -91,6 +91,9 @@ struct Sensor {
     throttled: Duration,
     /// Amount recorded, in total.
     recorded: f64,
+    /// An answer larger than the windows allow was let through: nothing
+    /// more passes before this (its size at the quota's rate).
+    paid_until: Option<Instant>,
 }
 
 impl Sensor {
@@ -100,6 +103,7 @@ impl Sensor {
             last: now,
             throttled: Duration::ZERO,
             recorded: 0.0,
+            paid_until: None,
         }
     }
 
@@ -275,11 +279,25 @@ impl ClientQuotas {
         let now = Instant::now();
         let mut sensors = self.sensors.lock().unwrap_or_else(|e| e.into_inner());
         let measured = sensors.entry(sensor).or_insert_with(|| Sensor::new(now));
+        if let Some(until) = measured.paid_until.filter(|until| *until > now) {
+            let time = (until - now).min(cap);
+            measured.last = now;
+            measured.throttled += time;
+            return Err(time);
+        }
         let (_, total, elapsed) = measured.rate(now);
         let time = throttle_time(total + amount, elapsed, quota).min(cap);
         measured.throttled += time;
-        if time.is_zero() || total == 0.0 {
+        if time.is_zero() {
             measured.record(amount, now);
+            Ok(time)
+        } else if total == 0.0 {
+            // Larger than the windows allow: through, then nothing until
+            // its size is paid for at the quota's rate (beyond the
+            // windows, which forget it after 11 s).
+            measured.record(amount, now);
+            measured.paid_until =
+                Some(now + Duration::from_secs_f64((amount / quota).min(86_400.0)));
             Ok(time)
         } else {
             measured.last = now;
@@ -477,12 +495,16 @@ mod tests {
             passed.is_ok_and(|t| (49..=50).contains(&t.as_secs())),
             "{passed:?}"
         );
-        // The next is refused and not counted.
+        // The next is refused and not counted, even past the cap and the
+        // windows: its size is paid for first.
         assert!(
             quotas
                 .record_if_within(CONSUMER_BYTE_RATE, "big", "c", 1.0, cap)
                 .is_err()
         );
+        let short_cap = Duration::from_secs(1);
+        let refused = quotas.record_if_within(CONSUMER_BYTE_RATE, "big", "c", 1.0, short_cap);
+        assert_eq!(refused, Err(short_cap), "still paying for the large answer");
         assert_eq!(quotas.measured()[0].3, 5000.0);
     }
 

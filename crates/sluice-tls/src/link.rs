@@ -134,7 +134,7 @@ impl LinkTls {
         };
         if settings.ca_file.is_none() {
             return Err(TlsError::Config {
-                reason: "TLS between nodes needs a CA file (tls.ca_file)".to_owned(),
+                reason: "TLS between nodes needs a CA file (cluster.tls_ca_file)".to_owned(),
             });
         }
         let server = Tls::load(settings.clone())?;

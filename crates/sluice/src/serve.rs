@@ -230,13 +230,7 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
                 stopping,
             ));
         }
-        let amqp = start_amqp(
-            &config.amqp,
-            tls.as_ref(),
-            Arc::clone(&broker),
-            &mut lifecycle,
-        )
-        .await?;
+        let amqp = start_amqp(config, tls.as_ref(), Arc::clone(&broker), &mut lifecycle).await?;
         let http = bind(config.http.listen.as_str(), "HTTP", "http.listen").await?;
         let http_tls = if config.http.tls {
             Some(
@@ -478,7 +472,7 @@ fn link_tls(config: &Config) -> anyhow::Result<Option<Arc<sluice_tls::LinkTls>>>
     let settings = TlsSettings {
         cert_file: tls.cert_file.clone().into(),
         key_file: tls.key_file.clone().into(),
-        ca_file: (!tls.ca_file.is_empty()).then(|| tls.ca_file.clone().into()),
+        ca_file: Some(config.cluster.tls_ca_file.clone().into()),
         client_auth: ClientAuth::Required,
         reload_interval: tls.reload_interval.get(),
     };
@@ -669,11 +663,12 @@ fn users(config: &AmqpConfig) -> std::collections::BTreeMap<String, UserRecord> 
 /// Binds the AMQP listener, and the AMQPS one when `amqp.tls_listen` is
 /// set, and serves each in a task.
 async fn start_amqp(
-    config: &AmqpConfig,
+    whole: &Config,
     tls: Option<&Arc<Tls>>,
     broker: Arc<Broker>,
     lifecycle: &mut Lifecycle,
 ) -> anyhow::Result<(std::net::SocketAddr, Option<std::net::SocketAddr>)> {
+    let config = &whole.amqp;
     let (listener, bound) = bind(config.listen.as_str(), "AMQP", "amqp.listen").await?;
     info!(listen = %bound, "amqp listening");
     let options = sluice_amqp::AmqpOptions {
@@ -689,6 +684,16 @@ async fn start_amqp(
         } else {
             sluice_amqp::CertLoginFrom::DistinguishedName
         },
+        // The bridge's paths into and out of topics follow the Kafka ACLs.
+        kafka_acls: whole.kafka.acls.then(|| sluice_amqp::KafkaAcls {
+            super_users: whole
+                .kafka
+                .super_user_list()
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
+            everyone_if_none: whole.kafka.allow_everyone_if_no_acl_found,
+        }),
     };
     let secure = if config.tls_listen.is_empty() {
         None

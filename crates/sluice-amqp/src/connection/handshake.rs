@@ -198,6 +198,13 @@ impl Connection {
             details.vhost = Some(vhost.name().to_owned());
             details.client_name = client_name;
         });
+        self.kafka_principal = self.options.kafka_acls.as_ref().and_then(|rules| {
+            let principal = format!("User:{user}");
+            // Super users and administrators pass, as on the Kafka side.
+            let super_user = rules.super_users.contains(&principal)
+                || self.broker.users().has_tag(&user, "administrator");
+            (!super_user).then(|| (principal, self.peer.ip().to_canonical().to_string()))
+        });
         self.vhost = Some(vhost);
         self.user = user;
         frames::put_method(

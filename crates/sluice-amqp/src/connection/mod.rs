@@ -90,6 +90,9 @@ pub(crate) struct Connection {
     user: String,
     /// The client's certificate, if it sent one over AMQPS.
     certificate: Option<sluice_tls::PeerCertificate>,
+    /// With `kafka.acls`, the Kafka principal and host the bridge checks
+    /// (`None` also for a super user, who passes every check).
+    kafka_principal: Option<(String, String)>,
     channels: HashMap<u16, Channel>,
     out: BytesMut,
     dispatch: Vec<Arc<Queue>>,
@@ -160,6 +163,7 @@ impl Connection {
             vhost: None,
             user: String::new(),
             certificate,
+            kafka_principal: None,
             channels: HashMap::new(),
             out: BytesMut::with_capacity(64 << 10),
             dispatch: Vec::new(),
@@ -647,6 +651,15 @@ impl Connection {
             events: &self.events_tx,
             dispatch: &mut self.dispatch,
             permissions: self.broker.permissions(),
+            kafka: self.options.kafka_acls.as_ref().and_then(|rules| {
+                let (principal, host) = self.kafka_principal.as_ref()?;
+                Some(crate::channel::KafkaCheck {
+                    acls: self.broker.acls(),
+                    principal,
+                    host,
+                    everyone_if_none: rules.everyone_if_none,
+                })
+            }),
         };
         work(&mut ctx, channel)
     }

@@ -120,6 +120,11 @@ fn consume(
         .vhost
         .usable_queue(m.queue.as_str(), ctx.connection)
         .map_err(|e| AmqpError::from(e).during(60, 20))?;
+    // Reading a stream reads its topic: READ in the Kafka ACLs.
+    if let Some(topic) = queue.stream_topic() {
+        ctx.check_kafka(sluice_core::acls::Operation::Read, topic.name())
+            .map_err(|e| e.during(60, 20))?;
+    }
     let tag: Arc<str> = if m.consumer_tag.as_str().is_empty() {
         Arc::from(
             format!(
@@ -295,6 +300,16 @@ pub(crate) fn publish(
             )
         })
         .map_err(|e| e.during(60, 40))?;
+    // Through the default exchange straight into a stream: WRITE on its
+    // topic (through another exchange, the binding was checked).
+    if method.exchange.as_str().is_empty() {
+        crate::handlers::queue::stream_check(
+            ctx,
+            method.routing_key.as_str(),
+            sluice_core::acls::Operation::Write,
+        )
+        .map_err(|e| e.during(60, 40))?;
+    }
     // RabbitMQ's validated user-id: a publisher may not claim another user.
     if let Some(user_id) = message.properties.user_id()
         && user_id.as_str() != ctx.user

@@ -3,6 +3,7 @@
 use amq_protocol::protocol::{AMQPClass, queue};
 use sluice_core::messaging::{Destination, QueueOptions, short};
 
+use sluice_core::acls::Operation;
 use sluice_core::permissions::Access;
 
 use crate::channel::{Channel, Context};
@@ -36,6 +37,19 @@ pub(crate) fn handle(
                             .map_err(|e| e.during(50, 10))?;
                     }
                     ctx.check(Access::Write, "exchange", &dlx)
+                        .map_err(|e| e.during(50, 10))?;
+                }
+                // A stream is a topic: opening one needs DESCRIBE on it,
+                // making one CREATE, as for a Kafka client.
+                if !server_named
+                    && string_argument(&m.arguments, "x-queue-type").as_deref() == Some("stream")
+                {
+                    let operation = if ctx.vhost.topic_exists(m.queue.as_str()) {
+                        Operation::Describe
+                    } else {
+                        Operation::Create
+                    };
+                    ctx.check_kafka(operation, m.queue.as_str())
                         .map_err(|e| e.during(50, 10))?;
                 }
             }
@@ -87,6 +101,9 @@ pub(crate) fn handle(
                 m.routing_key.as_str(),
             )
             .map_err(|e| e.during(50, 20))?;
+            // A stream bound to an exchange takes what is published there
+            // into its topic: the binder needs WRITE on the topic.
+            stream_check(ctx, m.queue.as_str(), Operation::Write).map_err(|e| e.during(50, 20))?;
             ctx.vhost
                 .bind(
                     m.exchange.as_str(),
@@ -135,6 +152,8 @@ pub(crate) fn handle(
         queue::AMQPMethod::Delete(m) => {
             ctx.check(Access::Configure, "queue", m.queue.as_str())
                 .map_err(|e| e.during(50, 40))?;
+            // Deleting a stream deletes its topic.
+            stream_check(ctx, m.queue.as_str(), Operation::Delete).map_err(|e| e.during(50, 40))?;
             let count = ctx
                 .vhost
                 .delete_queue(m.queue.as_str(), m.if_unused, m.if_empty, ctx.connection)
@@ -150,6 +169,26 @@ pub(crate) fn handle(
         other => return Err(crate::handlers::unexpected_method(&AMQPClass::Queue(other))),
     }
     Ok(())
+}
+
+/// The bridge's rule for a stream queue: `operation` on its topic in the
+/// Kafka ACLs (nothing for another queue, or without `kafka.acls`).
+pub(crate) fn stream_check(
+    ctx: &Context<'_>,
+    queue: &str,
+    operation: Operation,
+) -> Result<(), AmqpError> {
+    if ctx.kafka.is_none() {
+        return Ok(());
+    }
+    match ctx
+        .vhost
+        .queue(queue)
+        .and_then(|q| q.stream_topic().cloned())
+    {
+        Some(topic) => ctx.check_kafka(operation, topic.name()),
+        None => Ok(()),
+    }
 }
 
 /// RabbitMQ's rule for queue bindings: write on the queue, read on the

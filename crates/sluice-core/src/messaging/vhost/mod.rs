@@ -577,6 +577,11 @@ impl VirtualHost {
         all
     }
 
+    /// Whether the broker has a topic called `name` (a stream queue's).
+    pub fn topic_exists(&self, name: &str) -> bool {
+        self.topics.get(name).is_some()
+    }
+
     /// The queue called `name`.
     pub fn queue(&self, name: &str) -> Option<Arc<Queue>> {
         self.queues_map().get(name).cloned()
