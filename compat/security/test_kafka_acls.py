@@ -44,7 +44,7 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
-from common.wire import kafka_string, recv_frame, request_frame, uvarint
+from common.wire import compact_string, kafka_string, recv_frame, request_frame, uvarint
 from support import ADMIN, CLIENT_TIMEOUT_S, SecureBroker, add_user, kafka_config, produce_and_consume, unique_name
 
 SETTINGS = {
@@ -629,3 +629,66 @@ def test_allow_everyone_lets_an_idempotent_producer_in_beside_other_acls(own_bro
     producer.produce(unique_name("idem"), b"x", on_delivery=lambda err, msg: outcome.append(err))
     producer.flush(CLIENT_TIMEOUT_S)
     assert outcome == [None]
+
+
+# --- finer points Kafka has -----------------------------------------------------------
+
+
+def test_filters_naming_delegation_tokens_match_nothing(acl_broker):
+    """A filter on a kind of resource Sluice keeps no ACL of is valid and
+    matches nothing (Kafka's answer), for DescribeAcls and DeleteAcls."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import ACLFilter, ACLOperation, ACLPermissionType, ACLResourcePatternType
+    from kafka.admin import ResourcePatternFilter, ResourceType as KpResource
+
+    grant(acl_broker, acl(ResourceType.TOPIC, unique_name("kept"), "User:keeper", AclOperation.READ))
+    before = admin_call(config(acl_broker, ADMIN), "describe_acls", every_acl())
+    admin = KafkaAdminClient(**kafka_python_config(acl_broker, ADMIN))
+    try:
+        tokens = ACLFilter(None, None, ACLOperation.ANY, ACLPermissionType.ANY,
+                           ResourcePatternFilter(KpResource.DELEGATION_TOKEN, None, ACLResourcePatternType.ANY))
+        found, error = admin.describe_acls(tokens)
+        assert error.errno == 0 and found == [], (found, error)
+        deleted = admin.delete_acls([tokens])
+        assert deleted == [(tokens, [], None)] or all(not matches for _, matches, _ in deleted), deleted
+    finally:
+        admin.close()
+    assert sorted(admin_call(config(acl_broker, ADMIN), "describe_acls", every_acl())) == sorted(before)
+
+
+def test_created_topic_configs_need_describe_configs(acl_broker):
+    """CreateTopics v5+ returns a new topic's configs only to a client
+    that may describe them; otherwise TOPIC_AUTHORIZATION_FAILED in
+    topic_config_error_code (a tagged field) and no configs. Raw
+    requests as User:ANONYMOUS, granted CREATE on a prefix of its own."""
+    prefix = unique_name("anonymous-made") + "-"
+    grant(acl_broker, acl(ResourceType.TOPIC, prefix, "User:ANONYMOUS", AclOperation.CREATE,
+                          pattern=ResourcePatternType.PREFIXED))
+
+    def create(name: str) -> bytes:
+        """CreateTopics v5 of one topic (1 partition, factor 1): what
+        follows the topic's name in the answer."""
+        body = (uvarint(2) + compact_string(name) + struct.pack(">ih", 1, 1) + uvarint(1) + uvarint(1)
+                + uvarint(0) + struct.pack(">i", 30000) + b"\x00" + uvarint(0))
+        answer = anonymous_answer(acl_broker, 19, 5, body, flexible=True)
+        return answer[answer.index(name.encode()) + len(name):]
+
+    def fields(rest: bytes) -> tuple[int, int, int, int, bytes]:
+        """(error, partitions, factor, configs count + 1 (0: null), tags)."""
+        error, = struct.unpack(">h", rest[:2])
+        message = rest[2]  # a short compact string: its length + 1, or 0
+        at = 3 + max(message - 1, 0)
+        partitions, factor = struct.unpack(">ih", rest[at:at + 6])
+        configs = rest[at + 6]
+        return error, partitions, factor, configs, rest[at + 7:]
+
+    error, partitions, factor, configs, tags = fields(create(prefix + "a"))
+    assert (error, partitions, factor) == (0, 1, 1)
+    assert configs == 0, "configs were returned"
+    # One tag: 0 (topic_config_error_code), 2 bytes, 29.
+    assert tags[:3] == b"\x01\x00\x02" and struct.unpack(">h", tags[3:5]) == (29,), tags
+
+    grant(acl_broker, acl(ResourceType.TOPIC, prefix, "User:ANONYMOUS", AclOperation.DESCRIBE_CONFIGS,
+                          pattern=ResourcePatternType.PREFIXED))
+    error, _, _, configs, _ = fields(create(prefix + "b"))
+    assert error == 0 and configs > 1, "no configs for a client that may describe them"

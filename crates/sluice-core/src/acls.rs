@@ -108,6 +108,11 @@ pub struct AclFilter {
     pub host: Option<String>,
     pub operation: Option<Operation>,
     pub permission: Option<Permission>,
+    /// The filter names a kind of resource or operation Sluice keeps no
+    /// ACL of (Kafka's DELEGATION_TOKEN and USER resources, token
+    /// operations): it matches nothing, as in Kafka.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub nothing: bool,
 }
 
 /// How a filter takes resource patterns (Kafka's PatternType in filters).
@@ -127,7 +132,8 @@ impl AclFilter {
     /// Whether `acl` is one of those the filter names.
     pub fn matches(&self, acl: &AclBinding) -> bool {
         let same = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
-        if self.resource_type.is_some_and(|t| t != acl.resource_type)
+        if self.nothing
+            || self.resource_type.is_some_and(|t| t != acl.resource_type)
             || self.operation.is_some_and(|o| o != acl.operation)
             || self.permission.is_some_and(|p| p != acl.permission)
             || !same(&self.principal, &acl.principal)
@@ -420,6 +426,11 @@ mod tests {
             ..AclFilter::default()
         };
         assert!(!bobs.matches(&literal) && bobs.matches(&prefixed));
+        let tokens = AclFilter {
+            nothing: true,
+            ..AclFilter::default()
+        };
+        assert!(!tokens.matches(&literal) && !tokens.matches(&prefixed));
         assert_eq!(Operation::from_code(8), Some(Operation::Describe));
         assert_eq!(Operation::Describe.code(), 8);
         assert_eq!(ResourceType::from_code(1), None, "ANY is a filter's");

@@ -293,10 +293,18 @@ fn filter(
 ) -> Result<AclFilter, String> {
     const ANY: i8 = 1;
     const MATCH: i8 = 2;
+    // Kafka's DELEGATION_TOKEN and USER resources, and its token
+    // operations: valid in a filter, named by no ACL here.
+    const NO_ACLS_RESOURCES: [i8; 2] = [6, 7];
+    const NO_ACLS_OPERATIONS: [i8; 2] = [13, 14];
     let specific = |code: i8, what: &str| format!("the filter's {what} {code} is not valid");
+    let nothing =
+        NO_ACLS_RESOURCES.contains(&resource_type) || NO_ACLS_OPERATIONS.contains(&operation);
     Ok(AclFilter {
+        nothing,
         resource_type: match resource_type {
             ANY => None,
+            _ if nothing => None,
             code => {
                 Some(ResourceType::from_code(code).ok_or_else(|| specific(code, "resource type"))?)
             }
@@ -313,6 +321,7 @@ fn filter(
         host: host.map(ToString::to_string),
         operation: match operation {
             ANY => None,
+            _ if nothing => None,
             code => Some(Operation::from_code(code).ok_or_else(|| specific(code, "operation"))?),
         },
         permission: match permission {

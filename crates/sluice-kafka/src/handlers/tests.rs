@@ -1639,3 +1639,170 @@ async fn write_txn_markers_come_from_nodes_only_and_older_coordinators_are_fence
         "the same coordinator again"
     );
 }
+
+/// Under an authorizer, DescribeTransactions leaves out the partitions of
+/// topics the client may not describe, and TxnOffsetCommit refuses the
+/// partitions of topics it may not read while committing the others, as
+/// Kafka does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_hide_and_refuse_only_the_topics_a_principal_may_not_use() {
+    use kafka_protocol::ResponseError;
+    use sluice_core::acls::{AclBinding, Operation, PatternType, Permission, ResourceType};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let plain = context_on(dir.path());
+    for name in ["seen", "hidden"] {
+        plain.broker.topic_or_create(name).expect("topic");
+    }
+    let id = || TransactionalId(StrBytes::from_static_str("guarded-txn"));
+    let Some(ResponseKind::InitProducerId(init)) = dispatch(
+        &plain,
+        RequestKind::InitProducerId(
+            InitProducerIdRequest::default()
+                .with_transactional_id(Some(id()))
+                .with_transaction_timeout_ms(60_000)
+                .with_producer_id(ProducerId(-1))
+                .with_producer_epoch(-1),
+        ),
+        4,
+        "c",
+    )
+    .await
+    else {
+        panic!("an InitProducerId response");
+    };
+    let (producer, epoch) = (init.producer_id, init.producer_epoch);
+    let topics = ["seen", "hidden"].map(|name| {
+        kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic::default()
+            .with_name(topic(name))
+            .with_partitions(vec![0])
+    });
+    let added = dispatch(
+        &plain,
+        RequestKind::AddPartitionsToTxn(
+            AddPartitionsToTxnRequest::default()
+                .with_v3_and_below_transactional_id(id())
+                .with_v3_and_below_producer_id(producer)
+                .with_v3_and_below_producer_epoch(epoch)
+                .with_v3_and_below_topics(topics.to_vec()),
+        ),
+        3,
+        "c",
+    )
+    .await;
+    assert!(matches!(added, Some(ResponseKind::AddPartitionsToTxn(_))));
+    let group = GroupId(StrBytes::from_static_str("guarded-group"));
+    let Some(ResponseKind::AddOffsetsToTxn(offsets)) = dispatch(
+        &plain,
+        RequestKind::AddOffsetsToTxn(
+            AddOffsetsToTxnRequest::default()
+                .with_transactional_id(id())
+                .with_producer_id(producer)
+                .with_producer_epoch(epoch)
+                .with_group_id(group.clone()),
+        ),
+        3,
+        "c",
+    )
+    .await
+    else {
+        panic!("an AddOffsetsToTxn response");
+    };
+    assert_eq!(offsets.error_code, 0);
+
+    // ANONYMOUS may use the transactional id and the group, and read and
+    // describe "seen" only.
+    let allow = |resource_type, name: &str, operation| AclBinding {
+        resource_type,
+        resource_name: name.to_owned(),
+        pattern_type: PatternType::Literal,
+        principal: "User:ANONYMOUS".to_owned(),
+        host: "*".to_owned(),
+        operation,
+        permission: Permission::Allow,
+    };
+    plain
+        .broker
+        .create_acls(vec![
+            allow(
+                ResourceType::TransactionalId,
+                "guarded-txn",
+                Operation::Write,
+            ),
+            allow(ResourceType::Group, "guarded-group", Operation::Read),
+            allow(ResourceType::Topic, "seen", Operation::Read),
+        ])
+        .expect("ACLs");
+    let guarded = Context {
+        options: Arc::new(KafkaOptions {
+            authorizer: Some(Arc::new(crate::AuthorizerOptions::default())),
+            ..(*plain.options).clone()
+        }),
+        broker: Arc::clone(&plain.broker),
+        peer: plain.peer.clone(),
+        connection: None,
+        inter_node: false,
+        sasl: Default::default(),
+        tls_user: None,
+        muted_until: Default::default(),
+    };
+    let Some(ResponseKind::DescribeTransactions(described)) = dispatch(
+        &guarded,
+        RequestKind::DescribeTransactions(
+            DescribeTransactionsRequest::default().with_transactional_ids(vec![id()]),
+        ),
+        0,
+        "c",
+    )
+    .await
+    else {
+        panic!("a DescribeTransactions response");
+    };
+    let state = &described.transaction_states[0];
+    assert_eq!(state.error_code, 0);
+    let shown: Vec<&str> = state.topics.iter().map(|t| t.topic.as_str()).collect();
+    assert_eq!(
+        shown,
+        ["seen"],
+        "the hidden topic's partitions are left out"
+    );
+
+    let partition = || {
+        kafka_protocol::messages::txn_offset_commit_request::TxnOffsetCommitRequestPartition::default()
+            .with_partition_index(0)
+            .with_committed_offset(0)
+    };
+    let Some(ResponseKind::TxnOffsetCommit(committed)) = dispatch(
+        &guarded,
+        RequestKind::TxnOffsetCommit(
+            TxnOffsetCommitRequest::default()
+                .with_transactional_id(id())
+                .with_group_id(group)
+                .with_producer_id(producer)
+                .with_producer_epoch(epoch)
+                .with_generation_id(-1)
+                .with_topics(["seen", "hidden"].map(|name| {
+                    kafka_protocol::messages::txn_offset_commit_request::TxnOffsetCommitRequestTopic::default()
+                        .with_name(topic(name))
+                        .with_partitions(vec![partition()])
+                }).to_vec()),
+        ),
+        3,
+        "c",
+    )
+    .await
+    else {
+        panic!("a TxnOffsetCommit response");
+    };
+    let codes: Vec<(&str, i16)> = committed
+        .topics
+        .iter()
+        .map(|t| (t.name.as_str(), t.partitions[0].error_code))
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            ("seen", 0),
+            ("hidden", ResponseError::TopicAuthorizationFailed.code())
+        ]
+    );
+}

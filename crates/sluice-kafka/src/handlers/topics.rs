@@ -53,7 +53,18 @@ pub(crate) async fn create(
                             "creating the topic needs CREATE on it or on the cluster",
                         )));
                 }
-                create_one(&broker, topic, validate_only, version, node_id)
+                // Kafka shows a new topic's configs only to a client that
+                // may describe them.
+                let configs_visible =
+                    checker.allows(Operation::DescribeConfigs, ResourceType::Topic, &topic.name);
+                let result = create_one(&broker, topic, validate_only, version, node_id);
+                if configs_visible || version < 5 || result.error_code != 0 {
+                    result
+                } else {
+                    result.with_configs(None).with_topic_config_error_code(
+                        ResponseError::TopicAuthorizationFailed.code(),
+                    )
+                }
             })
             .collect()
     })

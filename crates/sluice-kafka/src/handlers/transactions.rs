@@ -282,9 +282,19 @@ pub(crate) async fn commit_offsets(
     request: TxnOffsetCommitRequest,
 ) -> TxnOffsetCommitResponse {
     let broker = Arc::clone(&context.broker);
+    // Kafka's rule: partitions of topics the client may not read are
+    // refused one by one; the others are committed.
+    let checker = context.checker();
+    let unreadable: std::collections::HashSet<String> = request
+        .topics
+        .iter()
+        .filter(|t| !checker.allows(Operation::Read, ResourceType::Topic, &t.name))
+        .map(|t| t.name.to_string())
+        .collect();
     let offsets: Vec<(String, i32, CommittedOffset)> = request
         .topics
         .iter()
+        .filter(|topic| !unreadable.contains(topic.name.as_str()))
         .flat_map(|topic| {
             topic.partitions.iter().map(|p| {
                 (
@@ -309,11 +319,6 @@ pub(crate) async fn commit_offsets(
     let coordinates = super::coordinates(context, &group);
     let owned = txn_id_refused(context, &id);
     let group_readable = context.allowed(Operation::Read, ResourceType::Group, &group);
-    let unreadable = request
-        .topics
-        .iter()
-        .find(|t| !context.allowed(Operation::Read, ResourceType::Topic, &t.name))
-        .is_some();
     let committed = blocking(move || {
         if owned {
             return Err(ResponseError::TransactionalIdAuthorizationFailed);
@@ -321,8 +326,9 @@ pub(crate) async fn commit_offsets(
         if !group_readable {
             return Err(ResponseError::GroupAuthorizationFailed);
         }
-        if unreadable {
-            return Err(ResponseError::TopicAuthorizationFailed);
+        if offsets.is_empty() {
+            // Every partition was refused (or none was named).
+            return Ok(());
         }
         if group.starts_with(sluice_core::SHARE_STATE_PREFIX) {
             return Err(ResponseError::GroupAuthorizationFailed);
@@ -381,6 +387,11 @@ pub(crate) async fn commit_offsets(
         .topics
         .into_iter()
         .map(|topic| {
+            let code = if unreadable.contains(topic.name.as_str()) && code == 0 {
+                ResponseError::TopicAuthorizationFailed.code()
+            } else {
+                code
+            };
             let partitions = topic
                 .partitions
                 .iter()
@@ -432,6 +443,7 @@ pub(crate) fn describe(
     request: DescribeTransactionsRequest,
 ) -> DescribeTransactionsResponse {
     let coordinator = context.broker.transactions();
+    let checker = context.checker();
     let states = request
         .transactional_ids
         .into_iter()
@@ -453,7 +465,12 @@ pub(crate) fn describe(
                     .with_error_code(ResponseError::TransactionalIdNotFound.code());
             };
             let mut topics: Vec<TopicData> = Vec::new();
-            for (topic, partition) in &meta.partitions {
+            // Kafka leaves out the partitions of topics the client may not
+            // describe.
+            let visible = meta.partitions.iter().filter(|(topic, _)| {
+                checker.allows(Operation::Describe, ResourceType::Topic, topic)
+            });
+            for (topic, partition) in visible {
                 match topics.last_mut() {
                     Some(last) if last.topic.as_str() == topic.as_str() => {
                         last.partitions.push(*partition);
