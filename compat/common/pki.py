@@ -122,6 +122,10 @@ class Authority:
         cert = builder.sign(self.key, hashes.SHA256())
         return cert.public_bytes(serialization.Encoding.PEM), key_pem(key), serial
 
+    def _files(self, stem: str, cert: bytes, key: bytes, serial: int) -> Issued:
+        """Writes `stem`.pem and `stem`.key; the Issued naming them."""
+        return Issued(_write(self.directory / f"{stem}.pem", cert), _write(self.directory / f"{stem}.key", key), serial)
+
     def server_pem(self, serial: int | None = None) -> tuple[bytes, bytes, int]:
         """(certificate PEM, key PEM, serial) for CN localhost, valid for
         the name localhost and the address 127.0.0.1."""
@@ -133,7 +137,7 @@ class Authority:
 
     def issue_server(self, stem: str, serial: int | None = None) -> Issued:
         cert, key, serial = self.server_pem(serial)
-        return Issued(_write(self.directory / f"{stem}.pem", cert), _write(self.directory / f"{stem}.key", key), serial)
+        return self._files(stem, cert, key, serial)
 
     def issue_client(self, stem: str, expired: bool = False) -> Issued:
         now = _now()
@@ -141,7 +145,7 @@ class Authority:
         if expired:
             dates = {"valid_from": now - datetime.timedelta(days=20), "valid_until": now - datetime.timedelta(days=10)}
         cert, key, serial = self._issue(f"client {stem}", ExtendedKeyUsageOID.CLIENT_AUTH, **dates)
-        return Issued(_write(self.directory / f"{stem}.pem", cert), _write(self.directory / f"{stem}.key", key), serial)
+        return self._files(stem, cert, key, serial)
 
 
     def issue_node(self, stem: str) -> Issued:
@@ -151,13 +155,13 @@ class Authority:
             f"node {stem}", [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
             sans=[x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
         )
-        return Issued(_write(self.directory / f"{stem}.pem", cert), _write(self.directory / f"{stem}.key", key), serial)
+        return self._files(stem, cert, key, serial)
 
     def issue_subject(self, stem: str, common_name: str, organization: str | None = None) -> Issued:
         """A client certificate whose subject is CN=`common_name`, then
         O=`organization` if given."""
         cert, key, serial = self._issue(common_name, ExtendedKeyUsageOID.CLIENT_AUTH, organization=organization)
-        return Issued(_write(self.directory / f"{stem}.pem", cert), _write(self.directory / f"{stem}.key", key), serial)
+        return self._files(stem, cert, key, serial)
 
 
 @dataclass(frozen=True)

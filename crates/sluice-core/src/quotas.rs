@@ -18,6 +18,7 @@
 //! for as long as its rate needs to come back to the quota.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -155,7 +156,19 @@ impl Sensor {
 #[derive(Debug, Default)]
 pub struct ClientQuotas {
     configs: RwLock<QuotaMap>,
+    /// Which of [`QUOTA_KEYS`] some entity sets, a bit each: every Kafka
+    /// request asks, so a broker without quotas (or without a request
+    /// quota) takes no lock and builds no key for it.
+    keys_set: AtomicU8,
     sensors: Mutex<HashMap<SensorKey, Sensor>>,
+}
+
+/// The bit of quota `key` in [`ClientQuotas::keys_set`].
+fn key_bit(key: &str) -> u8 {
+    QUOTA_KEYS
+        .iter()
+        .position(|k| *k == key)
+        .map_or(0, |i| 1 << i)
 }
 
 /// What one recorded request costs its client.
@@ -168,11 +181,7 @@ pub struct Throttle {
 impl ClientQuotas {
     /// Whether any quota is set (nothing is measured otherwise).
     pub fn any(&self) -> bool {
-        !self
-            .configs
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_empty()
+        self.keys_set.load(Ordering::Relaxed) != 0
     }
 
     /// Every quota.
@@ -184,7 +193,13 @@ impl ClientQuotas {
     }
 
     pub(crate) fn replace_all(&self, quotas: &QuotaMap) {
-        quotas.clone_into(&mut self.configs.write().unwrap_or_else(|e| e.into_inner()));
+        let mut configs = self.configs.write().unwrap_or_else(|e| e.into_inner());
+        quotas.clone_into(&mut configs);
+        let keys = configs
+            .values()
+            .flat_map(BTreeMap::keys)
+            .fold(0, |bits, key| bits | key_bit(key));
+        self.keys_set.store(keys, Ordering::Relaxed);
     }
 
     /// The quota `key` of a client of `user` with `client_id`, and the
@@ -196,37 +211,33 @@ impl ClientQuotas {
         client_id: &str,
     ) -> Option<(f64, SensorKey)> {
         use EntityName::{Default, Named};
+        if self.keys_set.load(Ordering::Relaxed) & key_bit(key) == 0 {
+            return None;
+        }
         let configs = self.configs.read().unwrap_or_else(|e| e.into_inner());
-        let named = |name: &str| Some(Named(name.to_owned()));
+        let (user_name, client_name) = (Named(user.to_owned()), Named(client_id.to_owned()));
         let levels = [
-            (named(user), named(client_id)),
-            (named(user), Some(Default)),
-            (named(user), None),
-            (Some(Default), named(client_id)),
-            (Some(Default), Some(Default)),
-            (Some(Default), None),
-            (None, named(client_id)),
-            (None, Some(Default)),
+            (Some(&user_name), Some(&client_name)),
+            (Some(&user_name), Some(&Default)),
+            (Some(&user_name), None),
+            (Some(&Default), Some(&client_name)),
+            (Some(&Default), Some(&Default)),
+            (Some(&Default), None),
+            (None, Some(&client_name)),
+            (None, Some(&Default)),
         ];
         levels.into_iter().find_map(|(u, c)| {
-            let tags = SensorKey {
-                quota: key,
-                user: if u.is_some() {
-                    user.to_owned()
-                } else {
-                    String::new()
-                },
-                client_id: if c.is_some() {
-                    client_id.to_owned()
-                } else {
-                    String::new()
-                },
-            };
             let entity = QuotaEntity {
-                user: u,
-                client_id: c,
+                user: u.cloned(),
+                client_id: c.cloned(),
             };
             let value = *configs.get(&entity)?.get(key)?;
+            // The rate is shared by who the matching level names.
+            let tags = SensorKey {
+                quota: key,
+                user: u.map_or_else(String::new, |_| user.to_owned()),
+                client_id: c.map_or_else(String::new, |_| client_id.to_owned()),
+            };
             Some((value, tags))
         })
     }

@@ -659,20 +659,7 @@ async fn acls_are_kept_described_deleted_and_checked() {
         disabled.error_code,
         kafka_protocol::ResponseError::SecurityDisabled.code()
     );
-    // Another connection to the same broker, authorizing with `authorizer`.
-    let authorizing = |authorizer: crate::AuthorizerOptions| Context {
-        options: Arc::new(KafkaOptions {
-            authorizer: Some(Arc::new(authorizer)),
-            ..(*plain.options).clone()
-        }),
-        broker: Arc::clone(&plain.broker),
-        peer: plain.peer.clone(),
-        connection: None,
-        inter_node: false,
-        sasl: Default::default(),
-        tls_user: None,
-        muted_until: Default::default(),
-    };
+    let authorizing = |authorizer| guarded_context(&plain, authorizer);
     let context = authorizing(crate::AuthorizerOptions {
         super_users: vec!["User:ANONYMOUS".into()],
         everyone_if_none: false,
@@ -741,6 +728,24 @@ async fn acls_are_kept_described_deleted_and_checked() {
 /// A Kafka front-end context over a broker on `dir` (node 1, loopback).
 fn context_on(dir: &std::path::Path) -> Context {
     context_with(BrokerOptions::new(dir))
+}
+
+/// Another connection to `plain`'s broker, authorizing with `authorizer`
+/// (as User:ANONYMOUS from `plain`'s address).
+fn guarded_context(plain: &Context, authorizer: crate::AuthorizerOptions) -> Context {
+    Context {
+        options: Arc::new(KafkaOptions {
+            authorizer: Some(Arc::new(authorizer)),
+            ..(*plain.options).clone()
+        }),
+        broker: Arc::clone(&plain.broker),
+        peer: plain.peer.clone(),
+        connection: None,
+        inter_node: false,
+        sasl: Default::default(),
+        tls_user: None,
+        muted_until: Default::default(),
+    }
 }
 
 /// A Kafka front-end context over a broker opened with `options`.
@@ -1732,19 +1737,7 @@ async fn transactions_hide_and_refuse_only_the_topics_a_principal_may_not_use() 
             allow(ResourceType::Topic, "seen", Operation::Read),
         ])
         .expect("ACLs");
-    let guarded = Context {
-        options: Arc::new(KafkaOptions {
-            authorizer: Some(Arc::new(crate::AuthorizerOptions::default())),
-            ..(*plain.options).clone()
-        }),
-        broker: Arc::clone(&plain.broker),
-        peer: plain.peer.clone(),
-        connection: None,
-        inter_node: false,
-        sasl: Default::default(),
-        tls_user: None,
-        muted_until: Default::default(),
-    };
+    let guarded = guarded_context(&plain, crate::AuthorizerOptions::default());
     let Some(ResponseKind::DescribeTransactions(described)) = dispatch(
         &guarded,
         RequestKind::DescribeTransactions(
