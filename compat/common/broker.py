@@ -158,6 +158,7 @@ class Broker:
         self.kafka_port: int | None = None
         self.amqp_port: int | None = None
         self.http_port: int | None = None
+        self.mqtt_port: int | None = None
         self.proc: subprocess.Popen | None = None
         self.last_returncode: int | None = None
         self.last_stop_needed_kill = False
@@ -206,7 +207,13 @@ class Broker:
                 text = "\n".join([f"... ({len(lines) - tail_lines} earlier lines cut)"] + lines[-tail_lines:])
         return text
 
-    def _spawn(self, kafka: int, amqp: int, http: int) -> subprocess.Popen:
+    @property
+    def mqtt_address(self) -> tuple[str, int]:
+        """Host and port of the MQTT listener."""
+        assert self.mqtt_port is not None, "broker was never started"
+        return ("127.0.0.1", self.mqtt_port)
+
+    def _spawn(self, kafka: int, amqp: int, http: int, mqtt: int) -> subprocess.Popen:
         binary = broker_binary()
         if not (binary.is_file() and os.access(binary, os.X_OK)):
             raise BrokerStartError(
@@ -227,6 +234,7 @@ class Broker:
                     "--kafka-listen", f"127.0.0.1:{kafka}",
                     "--amqp-listen", f"127.0.0.1:{amqp}",
                     "--http-listen", f"127.0.0.1:{http}",
+                    "--mqtt-listen", f"127.0.0.1:{mqtt}",
                     *[f"--set={key}={value}" for key, value in self.settings.items()],
                 ],
                 stdin=subprocess.DEVNULL,
@@ -248,19 +256,19 @@ class Broker:
         attempts = 3 if self.kafka_port is None else 1
         for attempt in range(attempts):
             if self.kafka_port is None:
-                ports = (free_port(), free_port(), free_port())
+                ports = (free_port(), free_port(), free_port(), free_port())
             else:
-                ports = (self.kafka_port, self.amqp_port, self.http_port)
+                ports = (self.kafka_port, self.amqp_port, self.http_port, self.mqtt_port)
             log_start = self.log_size()
             self.proc = self._spawn(*ports)
-            waiting = {"Kafka": ports[0], "AMQP": ports[1], "HTTP": ports[2]}
+            waiting = {"Kafka": ports[0], "AMQP": ports[1], "HTTP": ports[2], "MQTT": ports[3]}
             deadline = time.monotonic() + READY_TIMEOUT_S
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
                     break
                 waiting = {protocol: port for protocol, port in waiting.items() if not port_accepts(port)}
                 if not waiting:
-                    self.kafka_port, self.amqp_port, self.http_port = ports
+                    self.kafka_port, self.amqp_port, self.http_port, self.mqtt_port = ports
                     return
                 time.sleep(0.1)
             exited = self.proc.poll() is not None

@@ -949,6 +949,7 @@ mod tests {
         let reloaded = ConfigLoader::new().file(file.path()).load()?;
         let mut expected = loaded.config().clone();
         expected.amqp.users = "guest:****".to_owned();
+        expected.mqtt.default_pass = "****".to_owned();
         assert_eq!(reloaded.config(), &expected);
         Ok(())
     }

@@ -30,6 +30,8 @@ pub struct Config {
     pub kafka: KafkaConfig,
     /// AMQP 0-9-1 front-end.
     pub amqp: AmqpConfig,
+    /// MQTT 3.1, 3.1.1 and 5.0 clients.
+    pub mqtt: MqttConfig,
     /// Admin API, web UI and metrics.
     pub http: HttpConfig,
     /// Process log output.
@@ -50,6 +52,7 @@ impl Default for Config {
             cluster: ClusterConfig::default(),
             kafka: KafkaConfig::default(),
             amqp: AmqpConfig::default(),
+            mqtt: MqttConfig::default(),
             http: HttpConfig::default(),
             logging: LoggingConfig::default(),
             log: LogSettings::default(),
@@ -500,6 +503,59 @@ impl Default for AmqpConfig {
     }
 }
 
+/// `[mqtt]`: the MQTT front-end, with the settings of RabbitMQ's MQTT
+/// plugin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttConfig {
+    /// Address the MQTT listener binds.
+    pub listen: ListenAddr,
+    /// HOST:PORT of the MQTTS (TLS) listener (8883 by convention); empty:
+    /// none.
+    pub tls_listen: String,
+    /// Virtual host of a client whose user name names none (`vhost:user`).
+    pub vhost: String,
+    /// Topic exchange MQTT topics route through.
+    pub exchange: String,
+    /// Whether a client without a user name logs in as `default_user`.
+    pub allow_anonymous: bool,
+    /// User of anonymous clients.
+    pub default_user: String,
+    /// Password of `default_user`.
+    pub default_pass: String,
+    /// Longest session expiry granted (a persistent MQTT 3.1.1 session
+    /// gets it).
+    pub max_session_expiry: HumanDuration,
+    /// Unacknowledged QoS 1 deliveries per client.
+    pub prefetch: u16,
+    /// Largest MQTT packet accepted or sent.
+    pub max_packet_size: ByteSize,
+    /// Queue type of persistent sessions: `quorum` (survives a node's
+    /// loss on a cluster) or `classic`.
+    pub durable_queue_type: String,
+    /// Most topic aliases an MQTT 5 client may set.
+    pub topic_alias_max: u16,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            listen: ListenAddr::loopback(1883),
+            tls_listen: String::new(),
+            vhost: "/".to_owned(),
+            exchange: "amq.topic".to_owned(),
+            allow_anonymous: true,
+            default_user: "guest".to_owned(),
+            default_pass: "guest".to_owned(),
+            max_session_expiry: HumanDuration::from_secs(86_400),
+            prefetch: 10,
+            max_packet_size: ByteSize::mib(16),
+            durable_queue_type: "quorum".to_owned(),
+            topic_alias_max: 64,
+        }
+    }
+}
+
 /// `[http]`: admin API, web UI and metrics.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -907,6 +963,54 @@ pub const KEYS: &[KeyDoc] = &[
     KeyDoc {
         key: "kafka.share_auto_offset_reset",
         description: "Where a share partition starts when first fetched: latest or earliest",
+    },
+    KeyDoc {
+        key: "mqtt.listen",
+        description: "HOST:PORT the MQTT listener binds",
+    },
+    KeyDoc {
+        key: "mqtt.tls_listen",
+        description: "HOST:PORT of the MQTTS (TLS) listener; empty: none",
+    },
+    KeyDoc {
+        key: "mqtt.vhost",
+        description: "Virtual host of MQTT clients whose user name names none (vhost:user)",
+    },
+    KeyDoc {
+        key: "mqtt.exchange",
+        description: "Topic exchange MQTT topics route through",
+    },
+    KeyDoc {
+        key: "mqtt.allow_anonymous",
+        description: "Whether an MQTT client without a user name logs in as mqtt.default_user",
+    },
+    KeyDoc {
+        key: "mqtt.default_user",
+        description: "User of anonymous MQTT clients",
+    },
+    KeyDoc {
+        key: "mqtt.default_pass",
+        description: "Password of mqtt.default_user",
+    },
+    KeyDoc {
+        key: "mqtt.max_session_expiry",
+        description: "Longest MQTT session expiry granted; persistent MQTT 3.1.1 sessions get it (1s to 136y)",
+    },
+    KeyDoc {
+        key: "mqtt.prefetch",
+        description: "Unacknowledged QoS 1 deliveries per MQTT client (1 to 65535)",
+    },
+    KeyDoc {
+        key: "mqtt.max_packet_size",
+        description: "Largest MQTT packet accepted or sent (1KiB to 256MiB)",
+    },
+    KeyDoc {
+        key: "mqtt.durable_queue_type",
+        description: "Queue type of persistent MQTT sessions: quorum or classic",
+    },
+    KeyDoc {
+        key: "mqtt.topic_alias_max",
+        description: "Most topic aliases an MQTT 5 client may set (0 to 65535)",
     },
     KeyDoc {
         key: "amqp.listen",
@@ -1365,6 +1469,47 @@ impl Config {
                 ),
             );
         }
+        let mqtt = &self.mqtt;
+        if !["quorum", "classic"].contains(&mqtt.durable_queue_type.as_str()) {
+            problem(
+                "mqtt.durable_queue_type",
+                format!(
+                    "mqtt.durable_queue_type must be quorum or classic, got {:?}",
+                    mqtt.durable_queue_type
+                ),
+            );
+        }
+        if mqtt.prefetch == 0 {
+            problem(
+                "mqtt.prefetch",
+                "mqtt.prefetch must be at least 1, got 0".to_owned(),
+            );
+        }
+        if mqtt.max_packet_size < ByteSize::kib(1) || mqtt.max_packet_size > ByteSize::mib(256) {
+            problem(
+                "mqtt.max_packet_size",
+                format!(
+                    "mqtt.max_packet_size must be from 1KiB to 256MiB, got {}",
+                    mqtt.max_packet_size
+                ),
+            );
+        }
+        let expiry = mqtt.max_session_expiry.get().as_secs();
+        if expiry == 0 || expiry > u64::from(u32::MAX) {
+            problem(
+                "mqtt.max_session_expiry",
+                format!(
+                    "mqtt.max_session_expiry must be from 1s to 4294967295s, got {}",
+                    mqtt.max_session_expiry
+                ),
+            );
+        }
+        if mqtt.exchange.is_empty() || mqtt.vhost.is_empty() {
+            problem(
+                "mqtt.exchange",
+                "mqtt.exchange and mqtt.vhost must not be empty".to_owned(),
+            );
+        }
         if amqp.channel_max == 0 {
             problem(
                 "amqp.channel_max",
@@ -1592,13 +1737,16 @@ fn at_least(key: &str, minimum: ByteSize, got: ByteSize) -> String {
 
 /// Keys whose values hold secrets: logs, `sluice config show`, the admin
 /// API and error messages show them through [`redact`].
-pub const SECRET_KEYS: &[&str] = &["amqp.users"];
+pub const SECRET_KEYS: &[&str] = &["amqp.users", "mqtt.default_pass"];
 
 /// `value` of `key` as it may be shown to people: for `amqp.users` each
 /// `name:password` becomes `name:****`; other keys are returned unchanged.
 pub fn redact(key: &str, value: &str) -> String {
     if !SECRET_KEYS.contains(&key) {
         return value.to_owned();
+    }
+    if key == "mqtt.default_pass" {
+        return "****".to_owned();
     }
     split_list(value)
         .into_iter()

@@ -24,14 +24,16 @@ use tokio::sync::watch;
 pub enum Protocol {
     Kafka,
     Amqp,
+    Mqtt,
 }
 
 impl Protocol {
-    /// `kafka` or `amqp`.
+    /// `kafka`, `amqp` or `mqtt`.
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Kafka => "kafka",
             Protocol::Amqp => "amqp",
+            Protocol::Mqtt => "mqtt",
         }
     }
 }
@@ -245,7 +247,7 @@ pub struct Connections {
     limits: ConnectionLimits,
     next_id: AtomicU64,
     /// Connections accepted since start, per protocol (Kafka, AMQP).
-    opened: [AtomicU64; 2],
+    opened: [AtomicU64; 3],
     /// Connections refused by a cap since start.
     refused: AtomicU64,
 }
@@ -256,7 +258,7 @@ impl Connections {
             open: Mutex::new(Open::default()),
             limits,
             next_id: AtomicU64::new(1),
-            opened: [AtomicU64::new(0), AtomicU64::new(0)],
+            opened: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
             refused: AtomicU64::new(0),
         })
     }
@@ -330,9 +332,19 @@ impl Connections {
             match connection.protocol() {
                 Protocol::Kafka => counts.0 += 1,
                 Protocol::Amqp => counts.1 += 1,
+                Protocol::Mqtt => {}
             }
         }
         counts
+    }
+
+    /// Open connections over `protocol`.
+    pub fn open_count(&self, protocol: Protocol) -> u64 {
+        lock(&self.open)
+            .entries
+            .values()
+            .filter(|connection| connection.protocol() == protocol)
+            .count() as u64
     }
 
     /// This node's AMQP connections open to `vhost` and of `user`, and
@@ -380,6 +392,7 @@ fn protocol_index(protocol: Protocol) -> usize {
     match protocol {
         Protocol::Kafka => 0,
         Protocol::Amqp => 1,
+        Protocol::Mqtt => 2,
     }
 }
 

@@ -39,6 +39,7 @@ pub mod quotas;
 mod recovery;
 mod replay;
 pub mod replication;
+pub mod retained;
 pub mod share_groups;
 mod share_store;
 mod topic_config;
@@ -1025,6 +1026,32 @@ impl Broker {
                 user: user.to_owned(),
                 vhost: vhost.to_owned(),
                 permission,
+            })
+    }
+
+    /// The MQTT retained messages as applied on this node.
+    pub fn retained(&self) -> &Arc<retained::Retained> {
+        self.topics.metadata().retained()
+    }
+
+    /// Sets (or with `None` clears) the MQTT retained message of `topic`
+    /// in `vhost`, through the metadata (the quorum on a cluster).
+    /// Blocking.
+    ///
+    /// # Errors
+    /// The commit's.
+    pub fn set_retained(
+        &self,
+        vhost: &str,
+        topic: &str,
+        message: Option<retained::RetainedMessage>,
+    ) -> Result<(), CoreError> {
+        self.topics
+            .metadata()
+            .change_user(MetadataCommand::SetRetained {
+                vhost: vhost.to_owned(),
+                topic: topic.to_owned(),
+                message,
             })
     }
 

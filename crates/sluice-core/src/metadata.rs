@@ -42,6 +42,7 @@ use crate::permissions::{
     PermissionMap, Permissions, TopicPermission, TopicPermissionMap, VhostPermission,
 };
 use crate::quotas::{ClientQuotas, QuotaEntity, QuotaMap};
+use crate::retained::{Retained, RetainedMap, RetainedMessage};
 use crate::topics::Topics;
 use crate::users::{ScramCredential, ScramMechanism, UserRecord, Users};
 
@@ -283,6 +284,12 @@ pub enum MetadataCommand {
         entity: QuotaEntity,
         changes: Vec<(String, Option<f64>)>,
     },
+    /// The MQTT retained message of a topic set, or cleared (`None`).
+    SetRetained {
+        vhost: String,
+        topic: String,
+        message: Option<RetainedMessage>,
+    },
 }
 
 /// A topic as the metadata describes it.
@@ -446,6 +453,8 @@ pub(crate) struct MetadataState {
     pub(crate) user_limits: LimitMap,
     /// Kafka client quotas.
     pub(crate) client_quotas: QuotaMap,
+    /// MQTT retained messages.
+    pub(crate) retained: RetainedMap,
 }
 
 impl MetadataState {
@@ -585,6 +594,15 @@ impl MetadataState {
                 .collect::<Vec<_>>()
         };
         commands.extend(scoped(&self.vhost_limits, LimitScope::Vhost));
+        commands.extend(self.retained.iter().flat_map(|(vhost, topics)| {
+            topics
+                .iter()
+                .map(move |(topic, message)| MetadataCommand::SetRetained {
+                    vhost: vhost.clone(),
+                    topic: topic.clone(),
+                    message: Some(message.clone()),
+                })
+        }));
         commands.extend(self.client_quotas.iter().map(|(entity, quotas)| {
             MetadataCommand::AlterClientQuota {
                 entity: entity.clone(),
@@ -1129,6 +1147,11 @@ pub(crate) fn apply(state: &mut MetadataState, command: MetadataCommand) -> Resu
         MetadataCommand::AlterClientQuota { entity, changes } => {
             crate::quotas::alter(&mut state.client_quotas, entity, changes);
         }
+        MetadataCommand::SetRetained {
+            vhost,
+            topic,
+            message,
+        } => crate::retained::set(&mut state.retained, vhost, topic, message),
         MetadataCommand::SetLimit { scope, name, value } => match scope {
             LimitScope::Vhost(vhost) => {
                 crate::limits::set(&mut state.vhost_limits, vhost, name, value);
@@ -1627,6 +1650,8 @@ pub struct Metadata {
     limits: Arc<Limits>,
     /// The Kafka client quotas as applied.
     client_quotas: Arc<ClientQuotas>,
+    /// The MQTT retained messages as applied.
+    retained: Arc<Retained>,
 }
 
 /// A refused command, as a committed command's answer carries it to its
@@ -1727,6 +1752,8 @@ impl Metadata {
         limits.replace_all(&state.vhost_limits, &state.user_limits);
         let client_quotas = Arc::new(ClientQuotas::default());
         client_quotas.replace_all(&state.client_quotas);
+        let retained = Arc::new(Retained::default());
+        retained.replace_all(&state.retained);
         Ok(Arc::new(Metadata {
             writer: Mutex::new(()),
             store: Store::Local(log),
@@ -1741,6 +1768,7 @@ impl Metadata {
             permissions,
             limits,
             client_quotas,
+            retained,
         }))
     }
 
@@ -1762,6 +1790,7 @@ impl Metadata {
             permissions: Arc::default(),
             limits: Arc::default(),
             client_quotas: Arc::default(),
+            retained: Arc::default(),
         })
     }
 
@@ -1860,6 +1889,11 @@ impl Metadata {
     /// The virtual host and user limits as applied on this node.
     pub fn limits(&self) -> &Arc<Limits> {
         &self.limits
+    }
+
+    /// The MQTT retained messages as applied on this node.
+    pub fn retained(&self) -> &Arc<Retained> {
+        &self.retained
     }
 
     /// The Kafka client quotas as applied on this node.
@@ -2086,6 +2120,12 @@ impl Metadata {
                 | MetadataCommand::SetScramCredential { .. }
         );
         let quotas = matches!(command, MetadataCommand::AlterClientQuota { .. });
+        let retained = match &command {
+            MetadataCommand::SetRetained { vhost, topic, .. } => {
+                Some((vhost.clone(), topic.clone()))
+            }
+            _ => None,
+        };
         let limits = matches!(
             command,
             MetadataCommand::SetLimit { .. }
@@ -2116,6 +2156,10 @@ impl Metadata {
         }
         if quotas {
             self.client_quotas.replace_all(&state.client_quotas);
+        }
+        if let Some((vhost, topic)) = retained {
+            let value = state.retained.get(&vhost).and_then(|t| t.get(&topic));
+            self.retained.set_one(&vhost, &topic, value);
         }
         match user {
             Some(Some(name)) => self.users.set(&name, state.users.get(&name)),
@@ -2169,6 +2213,7 @@ impl Metadata {
         self.limits
             .replace_all(&state.vhost_limits, &state.user_limits);
         self.client_quotas.replace_all(&state.client_quotas);
+        self.retained.replace_all(&state.retained);
         self.definitions_changed.send_modify(|n| *n += 1);
         match self.topics.get().and_then(Weak::upgrade) {
             Some(topics) => topics.reconcile_all(&state.topics),

@@ -58,6 +58,8 @@ pub(crate) struct SettingsArgs {
     kafka_listen: Option<String>,
     #[arg(long, value_name = "HOST:PORT", help = flag_help("amqp.listen"))]
     amqp_listen: Option<String>,
+    #[arg(long, value_name = "HOST:PORT", help = flag_help("mqtt.listen"))]
+    mqtt_listen: Option<String>,
     #[arg(long, value_name = "HOST:PORT", help = flag_help("http.listen"))]
     http_listen: Option<String>,
     #[arg(
@@ -91,7 +93,7 @@ impl Cli {
 
 impl SettingsArgs {
     /// The dedicated flags: flag name, config key, value given.
-    fn key_flags(&self) -> [(&'static str, &'static str, Option<&str>); 6] {
+    fn key_flags(&self) -> [(&'static str, &'static str, Option<&str>); 7] {
         [
             ("--data-dir", "data_dir", self.data_dir.as_deref()),
             (
@@ -100,6 +102,7 @@ impl SettingsArgs {
                 self.kafka_listen.as_deref(),
             ),
             ("--amqp-listen", "amqp.listen", self.amqp_listen.as_deref()),
+            ("--mqtt-listen", "mqtt.listen", self.mqtt_listen.as_deref()),
             ("--http-listen", "http.listen", self.http_listen.as_deref()),
             ("--log-format", "logging.format", self.log_format.as_deref()),
             ("--durability", "log.durability", self.durability.as_deref()),

@@ -231,6 +231,7 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
             ));
         }
         let amqp = start_amqp(config, tls.as_ref(), Arc::clone(&broker), &mut lifecycle).await?;
+        let mqtt = start_mqtt(config, tls.as_ref(), Arc::clone(&broker), &mut lifecycle).await?;
         let http = bind(config.http.listen.as_str(), "HTTP", "http.listen").await?;
         let http_tls = if config.http.tls {
             Some(
@@ -240,10 +241,15 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         } else {
             None
         };
-        anyhow::Ok((kafka, amqp, http, http_tls))
+        anyhow::Ok((kafka, (amqp, mqtt), http, http_tls))
     }
     .await;
-    let (kafka, (amqp_address, amqps_address), (listener, http_address), http_tls) = match bound {
+    let (
+        kafka,
+        ((amqp_address, amqps_address), (mqtt_address, mqtts_address)),
+        (listener, http_address),
+        http_tls,
+    ) = match bound {
         Ok(bound) => bound,
         Err(error) => {
             // A listener that cannot bind (the port is taken, say) ends the
@@ -267,6 +273,7 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         data_dir = %broker.data_dir().display(),
         kafka = %kafka.bound,
         amqp = %amqp_address,
+        mqtt = %mqtt_address,
         http = %http_address,
         "broker started"
     );
@@ -291,6 +298,16 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     if let Some(address) = amqps_address {
         listeners.push(sluice_http::ListenerInfo {
             protocol: "amqps",
+            address: address.to_string(),
+        });
+    }
+    listeners.push(sluice_http::ListenerInfo {
+        protocol: "mqtt",
+        address: mqtt_address.to_string(),
+    });
+    if let Some(address) = mqtts_address {
+        listeners.push(sluice_http::ListenerInfo {
+            protocol: "mqtts",
             address: address.to_string(),
         });
     }
@@ -715,6 +732,55 @@ async fn start_amqp(
     };
     let stopping = lifecycle.stopping();
     lifecycle.serve(sluice_amqp::serve(
+        listener, broker, options, None, stopping,
+    ));
+    Ok((bound, secure))
+}
+
+/// Binds the MQTT listener, and the MQTTS one when `mqtt.tls_listen` is
+/// set, and serves each in a task.
+async fn start_mqtt(
+    whole: &Config,
+    tls: Option<&Arc<Tls>>,
+    broker: Arc<Broker>,
+    lifecycle: &mut Lifecycle,
+) -> anyhow::Result<(std::net::SocketAddr, Option<std::net::SocketAddr>)> {
+    let config = &whole.mqtt;
+    let (listener, bound) = bind(config.listen.as_str(), "MQTT", "mqtt.listen").await?;
+    info!(listen = %bound, "mqtt listening");
+    let options = sluice_mqtt::MqttOptions {
+        vhost: config.vhost.clone(),
+        exchange: config.exchange.clone(),
+        allow_anonymous: config.allow_anonymous,
+        default_user: config.default_user.clone(),
+        default_pass: config.default_pass.clone(),
+        max_session_expiry_secs: u32::try_from(config.max_session_expiry.get().as_secs())
+            .unwrap_or(u32::MAX),
+        prefetch: config.prefetch,
+        max_packet_size: u32::try_from(config.max_packet_size.bytes()).unwrap_or(u32::MAX),
+        durable_queue_type: config.durable_queue_type.clone(),
+        topic_alias_max: config.topic_alias_max,
+    };
+    let secure = if config.tls_listen.is_empty() {
+        None
+    } else {
+        let tls = tls
+            .cloned()
+            .context("mqtt.tls_listen asks for TLS: set tls.cert_file and tls.key_file")?;
+        let (listener, bound) = bind(&config.tls_listen, "MQTTS", "mqtt.tls_listen").await?;
+        info!(listen = %bound, "mqtts listening");
+        let stopping = lifecycle.stopping();
+        lifecycle.serve(sluice_mqtt::serve(
+            listener,
+            Arc::clone(&broker),
+            options.clone(),
+            Some(tls),
+            stopping,
+        ));
+        Some(bound)
+    };
+    let stopping = lifecycle.stopping();
+    lifecycle.serve(sluice_mqtt::serve(
         listener, broker, options, None, stopping,
     ));
     Ok((bound, secure))

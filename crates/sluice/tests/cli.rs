@@ -163,6 +163,8 @@ fn starts_logs_its_configuration_and_stops_cleanly_on_sigterm() -> anyhow::Resul
         "127.0.0.1:0",
         "--http-listen",
         "127.0.0.1:0",
+        "--mqtt-listen",
+        "127.0.0.1:0",
     ]);
     // Every value is logged at DEBUG; INFO has only the non-default ones.
     command.env("SLUICE_LOG", "info,sluice::serve=debug");
@@ -204,7 +206,12 @@ fn second_broker_on_the_same_data_dir_fails_and_the_first_keeps_running() -> any
         "--amqp-listen",
         "127.0.0.1:0",
     ]);
-    command.args(["--http-listen", "127.0.0.1:0"]);
+    command.args([
+        "--http-listen",
+        "127.0.0.1:0",
+        "--mqtt-listen",
+        "127.0.0.1:0",
+    ]);
     let mut first = ChildGuard::spawn(command, dir.path(), "first")?;
     let log = first.wait_for_log("broker started")?;
     let started = log
@@ -222,6 +229,8 @@ fn second_broker_on_the_same_data_dir_fails_and_the_first_keeps_running() -> any
         "--amqp-listen",
         "127.0.0.1:0",
         "--http-listen",
+        "127.0.0.1:0",
+        "--mqtt-listen",
         "127.0.0.1:0",
     ]);
     let (status, _, stderr) = run(command, dir.path(), "second")?;

@@ -74,7 +74,8 @@ impl Broker {
             .arg(&self.data_dir)
             .args(["--kafka-listen", &format!("127.0.0.1:{}", self.kafka_port)])
             .args(["--amqp-listen", &format!("127.0.0.1:{}", self.amqp_port)])
-            .args(["--http-listen", &format!("127.0.0.1:{}", self.http_port)]);
+            .args(["--http-listen", &format!("127.0.0.1:{}", self.http_port)])
+            .args(["--mqtt-listen", "127.0.0.1:0"]);
         for setting in &self.settings {
             command.args(["--set", setting]);
         }

@@ -1,0 +1,202 @@
+//! Accepts MQTT connections, one task each, and keeps the client ids
+//! connected to this node (a second connection with a client id takes
+//! the session over: MQTT 3.1.1 §3.1.4, 5.0 §3.1.4).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sluice_core::Broker;
+use sluice_tls::ServerStream;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+use tracing::Instrument;
+
+use crate::connection::Connection;
+
+/// Settings of the MQTT listeners.
+#[derive(Debug, Clone)]
+pub struct MqttOptions {
+    /// The virtual host of a client that names none (`mqtt.vhost`).
+    pub vhost: String,
+    /// The topic exchange MQTT topics route through (`mqtt.exchange`).
+    pub exchange: String,
+    /// Whether a client without a user name logs in as `default_user`.
+    pub allow_anonymous: bool,
+    /// The user and password of anonymous clients.
+    pub default_user: String,
+    pub default_pass: String,
+    /// Longest session expiry granted, in seconds; a persistent MQTT 3
+    /// session gets this.
+    pub max_session_expiry_secs: u32,
+    /// Unacknowledged QoS 1 deliveries per client (the client's Receive
+    /// Maximum may lower it).
+    pub prefetch: u16,
+    /// Largest packet taken or sent.
+    pub max_packet_size: u32,
+    /// The queue type of persistent sessions' queues: `quorum` survives
+    /// the loss of a node on a cluster (a single node keeps it as a
+    /// durable classic queue), `classic` lives on the node it was
+    /// declared on.
+    pub durable_queue_type: String,
+    /// Most topic aliases a client may use (MQTT 5).
+    pub topic_alias_max: u16,
+}
+
+impl Default for MqttOptions {
+    fn default() -> Self {
+        MqttOptions {
+            vhost: "/".to_owned(),
+            exchange: "amq.topic".to_owned(),
+            allow_anonymous: true,
+            default_user: "guest".to_owned(),
+            default_pass: "guest".to_owned(),
+            max_session_expiry_secs: 86_400,
+            prefetch: 10,
+            max_packet_size: 16 * 1024 * 1024,
+            durable_queue_type: "quorum".to_owned(),
+            topic_alias_max: 64,
+        }
+    }
+}
+
+/// What every MQTT connection of the node shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) options: MqttOptions,
+    pub(crate) clients: Clients,
+}
+
+/// The client ids connected to this node, by virtual host.
+#[derive(Debug, Default)]
+pub(crate) struct Clients {
+    slots: Mutex<HashMap<(String, String), Arc<Slot>>>,
+}
+
+/// One connected client id.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    /// The connection holding it.
+    pub(crate) connection: u64,
+    /// Told when another connection takes the session over.
+    pub(crate) taken_over: Notify,
+    /// Turns true once the connection released its session.
+    pub(crate) finished: watch::Sender<bool>,
+}
+
+impl Clients {
+    /// Takes `client_id` for `connection`; the slot and the connection it
+    /// took the id from, if any.
+    pub(crate) fn claim(
+        &self,
+        vhost: &str,
+        client_id: &str,
+        connection: u64,
+    ) -> (Arc<Slot>, Option<Arc<Slot>>) {
+        let slot = Arc::new(Slot {
+            connection,
+            taken_over: Notify::new(),
+            finished: watch::Sender::new(false),
+        });
+        let previous = self
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((vhost.to_owned(), client_id.to_owned()), Arc::clone(&slot));
+        (slot, previous)
+    }
+
+    /// Gives `slot` back, unless another connection took the id since.
+    pub(crate) fn release(&self, vhost: &str, client_id: &str, slot: &Arc<Slot>) {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (vhost.to_owned(), client_id.to_owned());
+        if slots.get(&key).is_some_and(|held| Arc::ptr_eq(held, slot)) {
+            slots.remove(&key);
+        }
+        slot.finished.send_replace(true);
+    }
+
+    /// Whether `client_id` is connected to this node.
+    pub(crate) fn connected(&self, vhost: &str, client_id: &str) -> bool {
+        self.slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&(vhost.to_owned(), client_id.to_owned()))
+    }
+}
+
+/// Accepts MQTT connections until `shutdown` turns true; `tls` makes it
+/// the MQTTS listener.
+pub async fn serve(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    options: MqttOptions,
+    tls: Option<Arc<sluice_tls::Tls>>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let shared = Arc::new(Shared {
+        options,
+        clients: Clients::default(),
+    });
+    serve_shared(listener, broker, shared, tls, shutdown).await;
+}
+
+async fn serve_shared(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    shared: Arc<Shared>,
+    tls: Option<Arc<sluice_tls::Tls>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let scheme = if tls.is_some() { "mqtts" } else { "mqtt" };
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.changed() => break,
+        };
+        let (stream, peer): (_, SocketAddr) = match accepted {
+            Ok(pair) => pair,
+            Err(err) => {
+                tracing::warn!(error = %err, "mqtt accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let registration = match broker
+            .connections()
+            .register(sluice_core::Protocol::Mqtt, peer)
+        {
+            Ok(registration) => registration,
+            Err(refused) => {
+                tracing::warn!(%peer, reason = %refused, "mqtt connection refused");
+                drop(stream);
+                continue;
+            }
+        };
+        let conn_id = registration.id();
+        let span = tracing::info_span!("conn", conn_id, %peer, protocol = "mqtt");
+        let tasks = Arc::clone(broker.tasks());
+        let broker = Arc::clone(&broker);
+        let shared = Arc::clone(&shared);
+        let shutdown = shutdown.clone();
+        let tls = tls.clone();
+        tasks.spawn(
+            async move {
+                let Some(stream) = ServerStream::accept(stream, tls.as_deref(), scheme, peer).await
+                else {
+                    return;
+                };
+                match Connection::run(registration, stream, peer, broker, shared, shutdown).await {
+                    Ok(()) => tracing::debug!("connection closed"),
+                    Err(reason) => {
+                        tracing::info!(reason = %sluice_types::ErrorChain(&reason), "connection closed");
+                    }
+                }
+            }
+            .instrument(span),
+        );
+    }
+    tracing::info!(scheme, "mqtt listener stopped");
+}
