@@ -45,8 +45,14 @@ pub struct ConnectionDetails {
     pub user: Option<String>,
     /// The virtual host opened (AMQP).
     pub vhost: Option<String>,
-    /// Kafka `client.id`, or AMQP `connection_name` (else `product`).
+    /// Kafka `client.id`, AMQP `connection_name` (else `product`), or
+    /// the MQTT client id.
     pub client_name: Option<String>,
+    /// The protocol's version, where a connection chooses one (MQTT
+    /// `3.1.1` or `5.0`).
+    pub protocol_version: Option<String>,
+    /// An MQTT session's topic filters.
+    pub subscriptions: Vec<String>,
 }
 
 /// What the AMQP limits count on a node (see [`Connections::amqp_counts`]).

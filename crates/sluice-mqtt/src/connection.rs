@@ -145,6 +145,7 @@ impl Connection {
         };
         connection.write(Outbound::ConnAck(Box::new(connack)));
         connection.session.restore(&connection.shared.options);
+        connection.show_subscriptions();
         let (synced_tx, mut synced_rx) = mpsc::unbounded_channel();
         connection.synced_tx = synced_tx;
         let outcome = connection
@@ -311,7 +312,7 @@ impl Connection {
                 self.send_retained(&filters, id);
             }
             Inbound::Unsubscribe { packet_id, filters } => {
-                let codes = self.session.unsubscribe(&filters);
+                let codes = self.unsubscribe(&filters);
                 self.write(Outbound::UnsubAck { packet_id, codes });
             }
             Inbound::PingReq => self.write(Outbound::PingResp),

@@ -227,6 +227,18 @@ impl Codec {
     /// A malformed packet, or a first packet that is not CONNECT.
     pub(crate) fn decode(&mut self, buffer: &mut BytesMut) -> Result<Option<Inbound>, CodecError> {
         loop {
+            if matches!(self.inner, MqttCodec::Version(_))
+                && let Some(length) = remaining_length(buffer)
+                && length > self.max_packet_size
+            {
+                // The version codec waits for the whole CONNECT; refuse
+                // one over the limit before reading it.
+                return Err(DecodeError::MaxSizeExceeded {
+                    size: length,
+                    max: self.max_packet_size,
+                }
+                .into());
+            }
             let Some((packet, _)) = self.inner.decode(buffer)? else {
                 return Ok(None);
             };
@@ -263,6 +275,19 @@ impl Codec {
         self.inner.encode(packet, out)?;
         Ok(())
     }
+}
+
+/// The Remaining Length of the packet at the head of `buffer` (MQTT §2.2.3),
+/// once its bytes are there.
+fn remaining_length(buffer: &[u8]) -> Option<u32> {
+    let mut value: u32 = 0;
+    for (index, byte) in buffer.iter().skip(1).take(4).enumerate() {
+        value |= u32::from(byte & 0x7f) << (7 * index);
+        if byte & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
 }
 
 fn qos_of(qos: QoS) -> u8 {
@@ -700,5 +725,11 @@ mod tests {
         codec.decode(&mut buffer).expect("CONNECT fits");
         let mut buffer = BytesMut::from(&b"\x30\xff\xff\x03"[..]);
         assert!(codec.decode(&mut buffer).is_err());
+        let mut fresh = Codec::new(64);
+        let mut buffer = BytesMut::from(&b"\x10\xff\x01"[..]);
+        assert!(
+            fresh.decode(&mut buffer).is_err(),
+            "a CONNECT over the limit too"
+        );
     }
 }

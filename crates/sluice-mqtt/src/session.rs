@@ -214,6 +214,7 @@ pub(crate) async fn accept(
         details.user = Some(user.clone());
         details.vhost = Some(vhost.name().to_owned());
         details.client_name = Some(client_id.clone());
+        details.protocol_version = Some(connect.version.name().to_owned());
     });
     let window = options.prefetch.min(connect.receive_max).max(1);
     if let Some(limit) = connect.max_packet_size {
@@ -741,6 +742,15 @@ impl Session {
         }
     }
 
+    /// Every topic filter of the session, shared ones with their prefix.
+    pub(crate) fn filters(&self) -> Vec<String> {
+        self.subscriptions
+            .keys()
+            .chain(self.shared.keys())
+            .cloned()
+            .collect()
+    }
+
     /// Whether the session holds a (non-shared) subscription to `filter`.
     pub(crate) fn has_subscription(&self, filter: &str) -> bool {
         self.subscriptions.contains_key(filter)
@@ -805,7 +815,24 @@ impl Connection {
     ) -> Vec<u8> {
         let v5 = self.version == Version::V5;
         let broker = Arc::clone(&self.broker);
-        self.session.subscribe(&self.user, &broker, id, filters, v5)
+        let codes = self.session.subscribe(&self.user, &broker, id, filters, v5);
+        self.show_subscriptions();
+        codes
+    }
+
+    /// UNSUBSCRIBE.
+    pub(crate) fn unsubscribe(&mut self, filters: &[String]) -> Vec<u8> {
+        let codes = self.session.unsubscribe(filters);
+        self.show_subscriptions();
+        codes
+    }
+
+    /// The session's filters, for the admin API.
+    pub(crate) fn show_subscriptions(&self) {
+        let filters = self.session.filters();
+        self.registration
+            .stats()
+            .update_details(|details| details.subscriptions = filters);
     }
 }
 

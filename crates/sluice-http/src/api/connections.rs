@@ -41,6 +41,8 @@ pub(crate) async fn list(
                 "user": details.user,
                 "client_name": details.client_name,
                 "vhost": details.vhost,
+                "protocol_version": details.protocol_version,
+                "subscriptions": details.subscriptions,
                 "connected_at": connection.connected_at_ms(),
                 "channels": connection.channel_count(),
                 "bytes_in": connection.bytes_in.load(Ordering::Relaxed),
