@@ -37,6 +37,9 @@ const QOS_ARG: &str = "x-mqtt-subscription-qos";
 const ID_ARG: &str = "x-mqtt-subscription-id";
 const NO_LOCAL_ARG: &str = "x-mqtt-no-local";
 const RAP_ARG: &str = "x-mqtt-retain-as-published";
+/// How long a clean session's queue outlives a crashed node on a cluster
+/// (it is deleted when its connection ends).
+const CLEAN_SESSION_EXPIRY_MS: u64 = 60_000;
 /// The consumer tag on the session's queue.
 const SESSION_TAG: &str = "mqtt-session";
 
@@ -79,6 +82,8 @@ pub(crate) struct Session {
     durable: bool,
     /// `x-queue-type` of a durable session's queue.
     durable_type: String,
+    /// Whether the node is part of a cluster.
+    clustered: bool,
     expiry_ms: Option<u64>,
     queue: Option<Arc<Queue>>,
     subscriptions: BTreeMap<String, Subscription>,
@@ -228,6 +233,7 @@ pub(crate) async fn accept(
         queue_name: name,
         durable: expiry > 0,
         durable_type: options.durable_queue_type.clone(),
+        clustered: broker.topics().metadata().clustered(),
         expiry_ms: (expiry > 0).then(|| u64::from(expiry) * 1000),
         queue: None,
         subscriptions: BTreeMap::new(),
@@ -303,19 +309,33 @@ impl Session {
         }
     }
 
+    /// The session queue's declaration. A persistent session's queue is
+    /// durable, of `mqtt.durable_queue_type`, and expires after the
+    /// session expiry. A clean session's is exclusive on a single node;
+    /// on a cluster it is a durable classic queue (only durable
+    /// definitions are known to every node, and other nodes must route
+    /// to it), deleted when the connection ends or, after a crash, a
+    /// minute unused.
     fn queue_options(&self) -> QueueOptions {
         let mut arguments = FieldTable::default();
-        if self.durable
-            && let Some(expiry) = self.expiry_ms
-        {
+        let (durable, queue_type, expiry_ms) = match self.expiry_ms {
+            Some(expiry) if self.durable => (true, self.durable_type.as_str(), expiry),
+            _ if self.clustered => (true, "classic", CLEAN_SESSION_EXPIRY_MS),
+            _ => (false, "classic", 0),
+        };
+        if durable {
             arguments.insert(
                 short("x-expires"),
-                AMQPValue::LongLongInt(i64::try_from(expiry).unwrap_or(i64::MAX)),
+                AMQPValue::LongLongInt(i64::try_from(expiry_ms).unwrap_or(i64::MAX)),
+            );
+            arguments.insert(
+                short("x-queue-type"),
+                AMQPValue::LongString(queue_type.into()),
             );
         }
         QueueOptions {
-            durable: self.durable,
-            exclusive_owner: (!self.durable).then_some(self.connection),
+            durable,
+            exclusive_owner: (!durable).then_some(self.connection),
             auto_delete: false,
             arguments,
         }
@@ -329,13 +349,7 @@ impl Session {
         let exists = self.vhost.queue(&self.queue_name).is_some()
             || self.vhost.remote_queue(&self.queue_name).is_some();
         if !exists {
-            let mut options = self.queue_options();
-            if self.durable {
-                options.arguments.insert(
-                    short("x-queue-type"),
-                    AMQPValue::LongString(self.durable_type.as_str().into()),
-                );
-            }
+            let options = self.queue_options();
             self.vhost
                 .declare_queue(&self.queue_name, options, false, self.connection)
                 .map_err(|e| e.to_string())?;
@@ -626,8 +640,9 @@ impl Session {
         let name = shared_queue_name(group, filter);
         let declared = self.vhost.declare_queue(
             &name,
+            // Durable on a cluster, so that every node routes to it.
             QueueOptions {
-                durable: false,
+                durable: self.clustered,
                 exclusive_owner: None,
                 auto_delete: true,
                 arguments: FieldTable::default(),

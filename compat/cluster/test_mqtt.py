@@ -1,0 +1,116 @@
+"""MQTT on a three-node cluster (paho-mqtt, pika): a message published on
+one node reaches MQTT subscribers and AMQP consumers on the others; a
+retained message set through one node is handed out by every node; a
+persistent session's queue is a quorum queue, so the session and the QoS
+1 messages queued for it survive kill -9 of the node the client used,
+and the client gets them from another node."""
+
+from __future__ import annotations
+
+from paho.mqtt.packettypes import PacketTypes
+
+from common.broker import unique_name, wait_until
+from mqtt.support import V5, Client, v5_properties
+from test_amqp_definitions import channel, queues_on
+from test_kafka_cluster import admin
+
+
+def _client(node, **options) -> Client:
+    return Client(node, address=node.mqtt_address, **options)
+
+
+def test_messages_subscriptions_and_retained_messages_cross_nodes(cluster):
+    cluster.wait_registered(admin)
+    root = unique_name("fleet")
+    subscriber = _client(cluster.node(2), version=V5)
+    subscriber.connect()
+    subscriber.subscribe(f"{root}/#", qos=1)
+    amqp_queue = unique_name("amqp-side")
+    with channel(cluster.node(3)) as ch:
+        ch.queue_declare(amqp_queue, durable=True, arguments={"x-queue-type": "quorum"})
+        ch.queue_bind(amqp_queue, "amq.topic", routing_key=f"{root}.#")
+    wait_until(lambda: all(amqp_queue in queues_on(cluster.node(n)) for n in (1, 2, 3)), 20,
+               what="the AMQP queue on every node")
+    publisher = _client(cluster.node(1), version=V5)
+    publisher.connect()
+    for n in range(10):
+        publisher.publish(f"{root}/truck/{n}", f"pos-{n}", qos=1)
+    publisher.publish(f"{root}/config", b"v2", qos=1, retain=True)
+    got = subscriber.take(11)
+    assert [m.payload.decode() for m in got if "/truck/" in m.topic] == [f"pos-{n}" for n in range(10)]
+    bodies = []
+    with channel(cluster.node(3)) as ch:
+        def drained():
+            while True:
+                method, _, body = ch.basic_get(amqp_queue, auto_ack=True)
+                if method is None:
+                    return len(bodies) >= 11
+                bodies.append(body)
+
+        wait_until(drained, 20, what="11 messages on the AMQP side")
+    assert sorted(bodies) == sorted([f"pos-{n}".encode() for n in range(10)] + [b"v2"])
+    for node_id in (1, 2, 3):
+        late = _client(cluster.node(node_id))
+        late.connect()
+        late.subscribe(f"{root}/config", qos=1)
+        retained = late.take(1)[0]
+        assert (retained.payload, retained.retain) == (b"v2", True), f"node {node_id}"
+        late.disconnect()
+    subscriber.disconnect()
+    publisher.disconnect()
+
+
+def test_a_persistent_session_survives_kill_9_of_its_node(fresh_cluster):
+    cluster = fresh_cluster
+    cluster.wait_registered(admin)
+    client_id = unique_name("tracker", 20)
+    topic = unique_name("orders")
+    session = v5_properties(PacketTypes.CONNECT, SessionExpiryInterval=3600)
+    first = _client(cluster.node(2), version=V5, client_id=client_id, clean=True, properties=session)
+    first.connect()
+    first.subscribe(f"{topic}/#", qos=1)
+    first.disconnect()
+    queue = f"mqtt-subscription-{client_id}qos1"
+    wait_until(lambda: all(queue in queues_on(cluster.node(n)) for n in (1, 3)), 20,
+               what="the session's queue known on nodes 1 and 3")
+    assert queues_on(cluster.node(1))[queue]["type"] == "quorum"
+    publisher = _client(cluster.node(1), version=V5)
+    publisher.connect()
+    for n in range(20):
+        publisher.publish(f"{topic}/new", f"order-{n}", qos=1)
+    publisher.publish(f"{topic}/state", b"open", qos=1, retain=True)
+    publisher.disconnect()
+    cluster.node(2).kill()
+    back = _client(cluster.node(3), version=V5, client_id=client_id, clean=False, properties=session)
+    session_present, _ = back.connect()
+    assert session_present, "the session lives on without node 2"
+    got = back.take(21, timeout=30)
+    orders = [m.payload.decode() for m in got if m.topic.endswith("/new")]
+    assert sorted(orders) == sorted(f"order-{n}" for n in range(20))
+    assert len(orders) == 20, "each once"
+    back.disconnect()
+    fresh = _client(cluster.node(1))
+    fresh.connect()
+    fresh.subscribe(f"{topic}/state", qos=1)
+    assert fresh.take(1)[0].payload == b"open"
+    fresh.disconnect()
+
+
+def test_shared_subscription_members_on_two_nodes_split_the_messages(cluster):
+    cluster.wait_registered(admin)
+    topic = unique_name("work")
+    members = [_client(cluster.node(n), version=V5) for n in (2, 3)]
+    for member in members:
+        member.connect()
+        member.subscribe(f"$share/crew/{topic}", qos=1)
+    publisher = _client(cluster.node(1), version=V5)
+    publisher.connect()
+    for n in range(30):
+        publisher.publish(topic, f"task-{n}", qos=1)
+    wait_until(lambda: sum(m.received.qsize() for m in members) >= 30, 20, what="30 shared deliveries")
+    counts = [member.received.qsize() for member in members]
+    seen = [message.payload.decode() for member, count in zip(members, counts) for message in member.take(count)]
+    assert sorted(seen) == sorted(f"task-{n}" for n in range(30)), counts
+    assert all(counts), f"members on both nodes took some: {counts}"
+    for client in [*members, publisher]:
+        client.disconnect()
