@@ -57,6 +57,7 @@ class Client:
         self.connacks: queue.Queue = queue.Queue()
         self.disconnects: queue.Queue = queue.Queue()
         self.subacks: queue.Queue = queue.Queue()
+        self.connack_properties = None
         self.published: dict[int, object] = {}
         self._published = threading.Condition()
         self.client.on_connect = self._on_connect
@@ -66,7 +67,8 @@ class Client:
         self.client.on_publish = self._on_publish
         self.client.reconnect_delay_set(60, 60)
 
-    def _on_connect(self, _client, _userdata, flags, reason, _properties):
+    def _on_connect(self, _client, _userdata, flags, reason, properties):
+        self.connack_properties = properties
         self.connacks.put((flags.session_present, reason))
 
     def _on_disconnect(self, _client, _userdata, _flags, reason, _properties):

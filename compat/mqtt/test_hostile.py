@@ -77,3 +77,11 @@ def test_a_wrong_login_gets_connack_4_and_is_logged(broker):
     assert closed_within(sock, 5)
     sock.close()
     assert "login refused for user 'guest'" in broker.log_text()
+
+
+def test_an_unsupported_protocol_level_gets_connack_1(broker):
+    sock = socket.create_connection(broker.mqtt_address, timeout=WAIT_S)
+    sock.sendall(packet(0x10, _string(b"MQTT") + bytes([6, 2, 0, 30]) + _string(b"future")))
+    assert sock.recv(4) == b"\x20\x02\x00\x01"
+    assert closed_within(sock, 5)
+    sock.close()

@@ -55,12 +55,20 @@ def test_qos_0_and_1_reach_wildcard_subscribers_in_order(clients, version):
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_qos_2_is_taken_exactly_once_and_granted_as_qos_1(clients, version):
+def test_qos_2_is_granted_as_qos_1_and_taken_from_3_1_1_publishers(clients, version):
     topic = unique_name("exact")
     subscriber = clients(version=version_of(version))
     subscriber.connect()
     codes = subscriber.subscribe(topic, qos=2)
     assert [getattr(c, "value", c) for c in codes] == [1], "QoS 2 subscriptions are granted QoS 1"
+    if version == "5.0":
+        assert subscriber.connack_properties.MaximumQoS == 1, "CONNACK: Maximum QoS 1"
+        rude = clients(version=V5)
+        rude.connect()
+        rude.publish(topic, b"over the maximum", qos=2, wait=False)
+        assert rude.disconnects.get(timeout=10).value == 155, "DISCONNECT: QoS not supported"
+        subscriber.nothing_within(0.3)
+        return
     publisher = clients(version=version_of(version))
     publisher.connect()
     for n in range(5):
@@ -194,3 +202,70 @@ def test_bad_passwords_and_unknown_virtual_hosts_are_refused(broker, version):
     named = Client(broker, version=version_of(version), username="/:guest", password="guest")
     named.connect()
     named.disconnect()
+
+
+def test_no_local_and_retain_handling(clients):
+    topic = unique_name("echo")
+    chatty = clients(version=V5)
+    chatty.connect()
+    chatty.subscribe(topic, qos=1, noLocal=True)
+    listener = clients(version=V5)
+    listener.connect()
+    listener.subscribe(topic, qos=1)
+    chatty.publish(topic, b"mine", qos=1)
+    assert listener.take(1)[0].payload == b"mine"
+    chatty.nothing_within(0.5)
+    retained_topic = unique_name("kept")
+    chatty.publish(retained_topic, b"state", qos=1, retain=True)
+    fresh = clients(version=V5)
+    fresh.connect()
+    fresh.subscribe(retained_topic, qos=1, retainHandling=2)
+    fresh.nothing_within(0.3)
+    other = unique_name("kept-new")
+    chatty.publish(other, b"other-state", qos=1, retain=True)
+    fresh.subscribe(other, qos=1, retainHandling=1)
+    assert fresh.take(1)[0].payload == b"other-state", "a new subscription gets it"
+    fresh.subscribe(other, qos=1, retainHandling=1)
+    fresh.nothing_within(0.3)
+    fresh.subscribe(other, qos=1, retainHandling=0)
+    assert fresh.take(1)[0].payload == b"other-state", "Retain Handling 0: every time"
+
+
+def test_amqp_keys_that_are_no_mqtt_topic_do_not_reach_wildcard_subscribers(clients, broker):
+    import pika
+
+    root = unique_name("keys")
+    subscriber = clients(version=V5)
+    subscriber.connect()
+    subscriber.subscribe("#", qos=1)
+    host, port = broker.amqp_address.split(":")
+    connection = pika.BlockingConnection(pika.ConnectionParameters(
+        host, int(port), credentials=pika.PlainCredentials("guest", "guest")))
+    channel = connection.channel()
+    for key in ["$SYS.uptime", f"{root}.#", f"{root}.+.x", f"{root}.fine"]:
+        channel.basic_publish("amq.topic", key, key.encode())
+    connection.close()
+    # "#" also sees other tests' messages on this broker.
+    seen = []
+    wait_until(lambda: seen.extend(subscriber.received.get() for _ in range(subscriber.received.qsize()))
+               or f"{root}/fine" in [m.topic for m in seen], 10, what="the valid topic")
+    subscriber.nothing_within(0.3)
+    mine = [m.topic for m in seen if m.topic.startswith((root, "$"))]
+    assert mine == [f"{root}/fine"], mine
+
+
+def test_a_shared_subscriptions_queue_goes_with_its_last_member(clients, broker):
+    from common.broker import api_get
+
+    group = unique_name("g", 8)
+    member = clients(version=V5)
+    member.connect()
+    member.subscribe(f"$share/{group}/jobs/#", qos=1)
+
+    def shared_queues():
+        return [q["name"] for q in api_get(broker, "/api/queues?page_size=500")["items"]
+                if q["name"].startswith(f"mqtt-shared-{group}/")]
+
+    assert shared_queues() == [f"mqtt-shared-{group}/jobs/#"]
+    member.disconnect()
+    wait_until(lambda: not shared_queues(), 10, what="the shared queue to go")

@@ -250,3 +250,38 @@ def test_a_session_with_no_expiry_ends_with_its_connection(broker):
     session_present, _ = back.connect()
     assert not session_present, "Session Expiry Interval 0: nothing outlives the connection"
     back.disconnect()
+
+
+def test_disconnect_with_will_message_sends_the_will_and_closes(broker):
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    topic = unique_name("lwt04")
+    watcher = Client(broker)
+    watcher.connect()
+    watcher.subscribe(topic, qos=1)
+    leaving = Client(broker, version=V5, will=(topic, b"asked for", 1, False))
+    leaving.connect()
+    leaving.client.disconnect(reasoncode=ReasonCode(PacketTypes.DISCONNECT, "Disconnect with will message"))
+    assert watcher.take(1)[0].payload == b"asked for"
+    leaving.client.loop_stop()
+    watcher.disconnect()
+
+
+def test_a_delayed_will_goes_at_once_when_the_client_returns_with_a_clean_start(broker):
+    topic = unique_name("clean-return")
+    watcher = Client(broker)
+    watcher.connect()
+    watcher.subscribe(topic, qos=1)
+    session = v5_properties(PacketTypes.CONNECT, SessionExpiryInterval=60)
+    delay = v5_properties(PacketTypes.WILLMESSAGE, WillDelayInterval=30)
+    client_id = unique_name("phoenix", 20)
+    first = Client(broker, version=V5, client_id=client_id, properties=session,
+                   will=(topic, b"session over", 1, False), will_properties=delay)
+    first.connect()
+    first.drop()
+    watcher.nothing_within(0.5)
+    again = Client(broker, version=V5, client_id=client_id, clean=True)
+    again.connect()
+    assert watcher.take(1, timeout=5)[0].payload == b"session over", "the old session ended"
+    again.disconnect()
+    watcher.disconnect()

@@ -19,6 +19,7 @@ static ALLOCATOR: sluice_alloc::Allocator = sluice_alloc::Allocator;
 pub struct Harness {
     pub kafka: SocketAddr,
     pub amqp: SocketAddr,
+    pub mqtt: SocketAddr,
     /// A Kafka SASL_PLAINTEXT listener.
     pub kafka_sasl: SocketAddr,
     /// A Kafka SSL listener (a self-signed certificate made at start).
@@ -55,16 +56,20 @@ pub fn harness() -> &'static Harness {
             .expect("runtime");
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let tls = self_signed_tls(dir.path());
-        let (kafka, amqp, kafka_sasl, kafka_tls) = runtime.block_on(async {
+        let (kafka, amqp, mqtt, kafka_sasl, kafka_tls) = runtime.block_on(async {
             let kafka = tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await
                 .expect("bind");
             let amqp = tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await
                 .expect("bind");
+            let mqtt = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
             let addresses = (
                 kafka.local_addr().expect("address"),
                 amqp.local_addr().expect("address"),
+                mqtt.local_addr().expect("address"),
             );
             let options = sluice_kafka::KafkaOptions {
                 advertised_host: "127.0.0.1".to_owned(),
@@ -116,13 +121,30 @@ pub fn harness() -> &'static Harness {
                 Arc::clone(&broker),
                 sluice_amqp::AmqpOptions::default(),
                 None,
+                stopped.clone(),
+            ));
+            tokio::spawn(sluice_mqtt::serve(
+                mqtt,
+                Arc::clone(&broker),
+                sluice_mqtt::MqttNode::new(sluice_mqtt::MqttOptions {
+                    max_packet_size: 1 << 20,
+                    ..sluice_mqtt::MqttOptions::default()
+                }),
+                None,
                 stopped,
             ));
-            (addresses.0, addresses.1, secured[0], secured[1])
+            (
+                addresses.0,
+                addresses.1,
+                addresses.2,
+                secured[0],
+                secured[1],
+            )
         });
         Harness {
             kafka,
             amqp,
+            mqtt,
             kafka_sasl,
             kafka_tls,
             _runtime: runtime,
@@ -224,6 +246,23 @@ pub fn kafka_frames(data: &[u8]) -> Vec<u8> {
         rest = &tail[body.len()..];
     }
     out
+}
+
+/// An MQTT CONNECT as guest (`version` 4: 3.1.1, 5: 5.0, with an empty
+/// property list), clean session, no keep alive, so inputs can start at
+/// the session.
+pub fn mqtt_connect(version: u8) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', version, 0xC2, 0, 0];
+    if version == 5 {
+        body.push(0);
+    }
+    for field in [&b"fuzz"[..], b"guest", b"guest"] {
+        body.extend_from_slice(&(field.len() as u16).to_be_bytes());
+        body.extend_from_slice(field);
+    }
+    let mut packet = vec![0x10, body.len() as u8];
+    packet.extend_from_slice(&body);
+    packet
 }
 
 /// The client side of an AMQP handshake (protocol header, start-ok as

@@ -347,6 +347,17 @@ impl Acks {
     pub fn wait(&self) -> Result<(), CoreError> {
         self.0.iter().try_for_each(PendingAck::wait)
     }
+
+    /// As [`Acks::wait`], awaited ([`PendingAck::wait_async`]).
+    ///
+    /// # Errors
+    /// As [`Acks::wait`].
+    pub async fn wait_async(&self) -> Result<(), CoreError> {
+        for ack in &self.0 {
+            ack.wait_async().await?;
+        }
+        Ok(())
+    }
 }
 
 impl FromIterator<PendingAck> for Acks {

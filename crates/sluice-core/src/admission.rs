@@ -24,6 +24,7 @@ use crate::messaging::ResourceMonitor;
 pub enum Writer {
     KafkaProduce,
     AmqpPublish,
+    MqttPublish,
     /// The admin API's produce, publish and queue move.
     Admin,
 }
@@ -83,7 +84,7 @@ impl Admission {
             (_, None) => Verdict::Admit,
             (Writer::KafkaProduce, Some(Alarm::Disk)) => Verdict::Refuse(Alarm::Disk),
             (Writer::KafkaProduce, Some(Alarm::Memory)) => Verdict::Wait(Alarm::Memory),
-            (Writer::AmqpPublish, Some(alarm)) => Verdict::Wait(alarm),
+            (Writer::AmqpPublish | Writer::MqttPublish, Some(alarm)) => Verdict::Wait(alarm),
             (Writer::Admin, Some(alarm)) => Verdict::Refuse(alarm),
         }
     }

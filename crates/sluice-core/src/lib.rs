@@ -395,6 +395,9 @@ pub struct Broker {
     producer_ids: ProducerIds,
     vhosts: VirtualHosts,
     connections: Arc<Connections>,
+    /// A single node's retained MQTT messages (a cluster keeps them in
+    /// its metadata).
+    retained_log: Option<retained::RetainedLog>,
     metrics: ProtocolMetrics,
     started: std::time::Instant,
     disk_free_limit: u64,
@@ -552,7 +555,13 @@ impl Broker {
             "recovery complete"
         );
         drop(progress);
+        let retained_log = if metadata.clustered() {
+            None
+        } else {
+            Some(retained::RetainedLog::open(&logs, metadata.retained())?)
+        };
         Ok(Broker {
+            retained_log,
             data_dir: options.data_dir,
             node_id: options.node_id,
             admission: Admission::new(Arc::clone(vhosts.memory())),
@@ -1035,8 +1044,8 @@ impl Broker {
     }
 
     /// Sets (or with `None` clears) the MQTT retained message of `topic`
-    /// in `vhost`, through the metadata (the quorum on a cluster).
-    /// Blocking.
+    /// in `vhost`: in the node's retained log, or on a cluster through the
+    /// quorum. Blocking.
     ///
     /// # Errors
     /// The commit's.
@@ -1046,6 +1055,9 @@ impl Broker {
         topic: &str,
         message: Option<retained::RetainedMessage>,
     ) -> Result<(), CoreError> {
+        if let Some(log) = &self.retained_log {
+            return log.set(self.retained(), vhost, topic, message);
+        }
         self.topics
             .metadata()
             .change_user(MetadataCommand::SetRetained {

@@ -2,20 +2,28 @@
 //! to each topic of a virtual host, handed to every new subscription whose
 //! filter matches it.
 //!
-//! They are metadata (`SetRetained`): committed by the quorum on a
-//! cluster, so every node hands out the same retained messages and they
-//! survive the loss of a node and a restart; kept in snapshots. Each is
-//! held here as applied. The message is stored as a queue's log stores
-//! one ([`crate::messaging::Message::encode`]), so its properties (QoS,
-//! MQTT 5 properties as headers) come back unchanged.
+//! On a cluster they are metadata (`SetRetained`): committed by the
+//! quorum, so every node hands out the same retained messages and they
+//! survive the loss of a node; kept in snapshots, which bound the quorum's
+//! log. A single node keeps them in a compacted log of its own
+//! ([`RetainedLog`], keyed by virtual host and topic), so a topic retained
+//! again and again costs one record once compacted, and never grows the
+//! metadata log. Either way they are held here as applied. The message is
+//! stored as a queue's log stores one
+//! ([`crate::messaging::Message::encode`]), so its properties (QoS, MQTT 5
+//! properties as headers) come back unchanged.
 
 use std::collections::BTreeMap;
-use std::sync::RwLock;
+use std::sync::{Arc, Mutex, RwLock};
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
+use crate::CoreError;
 use crate::messaging::Message;
+
+/// The single-node log of retained messages.
+pub(crate) const RETAINED_LOG: &str = "__mqtt_retained-0";
 
 /// One retained message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +87,85 @@ impl Retained {
     pub(crate) fn set_one(&self, vhost: &str, topic: &str, value: Option<&RetainedMessage>) {
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
         set(&mut map, vhost.to_owned(), topic.to_owned(), value.cloned());
+    }
+}
+
+/// A single node's retained messages on disk: a compacted log whose
+/// records are keyed `{vhost}\0{topic}` and hold a [`RetainedMessage`] as
+/// JSON, or nothing (a tombstone) once cleared.
+#[derive(Debug)]
+pub(crate) struct RetainedLog {
+    log: Arc<sluice_log::Log>,
+    /// Appending and applying happen under it, so the map follows the
+    /// log's order.
+    writer: Mutex<()>,
+}
+
+impl RetainedLog {
+    /// Opens the log (synced on every append, compacted, segments rolled
+    /// at 64 MiB so compaction has closed segments to work on) and reads
+    /// every retained message back into `retained`.
+    pub(crate) fn open(
+        logs: &sluice_log::LogManager,
+        retained: &Retained,
+    ) -> Result<RetainedLog, CoreError> {
+        let config = sluice_log::LogConfig {
+            durability: sluice_log::Durability::Always,
+            cleanup_compact: true,
+            cleanup_delete: false,
+            retention_bytes: None,
+            retention_time: None,
+            segment_bytes: 64 << 20,
+            ..logs.defaults().clone()
+        };
+        let log = logs.get_or_create(RETAINED_LOG, Some(config.clone()))?;
+        log.set_config(config);
+        let mut map = RetainedMap::new();
+        crate::replay::for_each_record(&log, log.log_start(), |record| {
+            let Some(key) = record.key.as_deref() else {
+                return;
+            };
+            let Some((vhost, topic)) = std::str::from_utf8(key)
+                .ok()
+                .and_then(|key| key.split_once('\0'))
+            else {
+                return;
+            };
+            let value = record
+                .value
+                .as_deref()
+                .and_then(|value| serde_json::from_slice::<RetainedMessage>(value).ok());
+            set(&mut map, vhost.to_owned(), topic.to_owned(), value);
+        })?;
+        retained.replace_all(&map);
+        Ok(RetainedLog {
+            log,
+            writer: Mutex::new(()),
+        })
+    }
+
+    /// Writes `value` for `topic` (synced), then applies it to `retained`.
+    pub(crate) fn set(
+        &self,
+        retained: &Retained,
+        vhost: &str,
+        topic: &str,
+        value: Option<RetainedMessage>,
+    ) -> Result<(), CoreError> {
+        let key = format!("{vhost}\0{topic}");
+        let encoded = value
+            .as_ref()
+            .map(serde_json::to_vec)
+            .transpose()
+            .map_err(|error| CoreError::Internal {
+                reason: format!("cannot encode a retained message: {error}"),
+            })?;
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let entries = [(Some(key.as_bytes()), encoded.as_deref())];
+        let mut batch = crate::replay::batch_of(&entries, "retained")?;
+        self.log.append(&mut batch, crate::LOCAL_EPOCH)?;
+        retained.set_one(vhost, topic, value.as_ref());
+        Ok(())
     }
 }
 
@@ -170,6 +257,36 @@ mod tests {
         assert_eq!(store.count(), 3);
         set(&mut map, "v".into(), "a/b".into(), None);
         assert!(!map.contains_key("v"));
+    }
+
+    #[test]
+    fn a_single_nodes_retained_log_reads_back_the_last_value_of_each_topic()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        {
+            let logs = sluice_log::LogManager::open(dir.path(), sluice_log::LogConfig::default())?;
+            let store = Retained::default();
+            let log = RetainedLog::open(&logs, &store)?;
+            log.set(&store, "/", "a/b", Some(retained(b"old", None)))?;
+            log.set(&store, "/", "a/b", Some(retained(b"new", None)))?;
+            log.set(&store, "/", "gone", Some(retained(b"x", None)))?;
+            log.set(&store, "/", "gone", None)?;
+            log.set(
+                &store,
+                "v",
+                "a/b",
+                Some(retained(b"other host", Some(i64::MAX))),
+            )?;
+            assert_eq!(store.count(), 2);
+        }
+        let logs = sluice_log::LogManager::open(dir.path(), sluice_log::LogConfig::default())?;
+        let store = Retained::default();
+        RetainedLog::open(&logs, &store)?;
+        let found = store.matching("/", |_| true, 0);
+        assert_eq!(found.len(), 1, "a tombstone clears, the last value wins");
+        assert_eq!(&found[0].1.body[..], b"new");
+        assert_eq!(store.matching("v", |_| true, 0).len(), 1);
+        Ok(())
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use sluice_core::messaging::{ConsumerEvent, VirtualHost};
 use sluice_core::{Acks, Broker, ConnectionHandle};
 use sluice_tls::ServerStream;
@@ -29,6 +29,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 /// Consumer events handled before the socket is read again.
 const EVENTS_PER_BURST: usize = 256;
+/// Bytes waiting for a client that stops reading before its socket is
+/// no longer read either.
+const OUTBOUND_HIGH_WATER: usize = 4 << 20;
+/// How long the last bytes to a closing client may take.
+const FINAL_WRITE: Duration = Duration::from_secs(5);
 
 /// Why a connection ended other than by the client's DISCONNECT.
 #[derive(Debug, thiserror::Error)]
@@ -69,10 +74,19 @@ impl Violation {
     }
 }
 
-/// An acknowledgement waiting for the writes before it.
+/// How a connection ended at the client's DISCONNECT, or otherwise.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ended {
+    send_will: bool,
+}
+
+/// Acknowledgements waiting for the writes of their publishes, and for
+/// the batches before them.
 struct AckBatch {
     id: u64,
     packets: Vec<Outbound>,
+    /// Whether its writes are durable, once known.
+    done: Option<bool>,
 }
 
 pub(crate) struct Connection {
@@ -92,7 +106,6 @@ pub(crate) struct Connection {
     /// Earlier bursts' acknowledgements, oldest first.
     waiting: VecDeque<AckBatch>,
     next_batch: u64,
-    syncer: Option<std::sync::mpsc::Sender<(u64, Acks)>>,
     synced_tx: mpsc::UnboundedSender<(u64, bool)>,
     /// QoS 2 publishes received and not yet released (PUBREL).
     pub(crate) qos2_received: HashSet<u16>,
@@ -101,6 +114,12 @@ pub(crate) struct Connection {
     pub(crate) will: Option<Will>,
     /// The session expiry in force (0: the session ends with the connection).
     pub(crate) session_expiry_secs: u32,
+    /// Whether CONNECT asked for no session expiry (MQTT 5: DISCONNECT
+    /// may then not set one).
+    connect_expiry_zero: bool,
+    /// Whether the client published (resource alarms stop reading from
+    /// publishers only).
+    published: bool,
 }
 
 impl Connection {
@@ -116,12 +135,24 @@ impl Connection {
         let (mut reader, mut writer) = stream.split();
         let mut codec = crate::packets::Codec::new(shared.options.max_packet_size);
         let mut buffer = BytesMut::with_capacity(4096);
-        let connect = tokio::time::timeout(
+        let read = tokio::time::timeout(
             CONNECT_TIMEOUT,
             read_connect(&mut reader, &mut codec, &mut buffer, &registration),
         )
         .await
-        .map_err(|_| ConnectionError::ConnectTimeout(CONNECT_TIMEOUT))??;
+        .map_err(|_| ConnectionError::ConnectTimeout(CONNECT_TIMEOUT))?;
+        let connect = match read {
+            Ok(connect) => connect,
+            Err(error) => {
+                if crate::packets::unsupported_level(&buffer) {
+                    // MQTT 3.1.1 §3.1.2.2: CONNACK 0x01, then close.
+                    let _ =
+                        tokio::time::timeout(FINAL_WRITE, writer.write_all(b"\x20\x02\x00\x01"))
+                            .await;
+                }
+                return Err(error);
+            }
+        };
         let (events_tx, mut events_rx) = mpsc::unbounded_channel();
         let accepted = crate::session::accept(
             &broker,
@@ -138,13 +169,13 @@ impl Connection {
             Err((refusal, reason)) => {
                 let mut out = BytesMut::new();
                 codec.encode(Outbound::ConnAck(Box::new(refusal)), &mut out)?;
-                writer.write_all(&out).await?;
+                let _ = tokio::time::timeout(FINAL_WRITE, writer.write_all(&out)).await;
                 let _ = writer.shutdown().await;
                 return Err(ConnectionError::Refused(reason));
             }
         };
         connection.write(Outbound::ConnAck(Box::new(connack)));
-        connection.session.restore(&connection.shared.options);
+        connection.session.restore();
         connection.show_subscriptions();
         let (synced_tx, mut synced_rx) = mpsc::unbounded_channel();
         connection.synced_tx = synced_tx;
@@ -159,21 +190,29 @@ impl Connection {
                 &mut shutdown,
             )
             .await;
-        // Deliveries still on their way here go back to their queues.
+        // The session leaves its queues first (an auto-delete queue sees
+        // its last consumer go), then deliveries still on their way here
+        // go back.
+        let send_will = !matches!(outcome, Ok(Ended { send_will: false }));
+        connection.teardown(send_will, &slot);
         events_rx.close();
         while let Ok(event) = events_rx.try_recv() {
             if let ConsumerEvent::Deliver(delivery) = event {
                 connection.session.give_back(&delivery);
             }
         }
-        let graceful = matches!(outcome, Ok(true));
-        connection.teardown(graceful, &slot);
-        let _ = writer.flush().await;
-        let _ = writer.shutdown().await;
+        connection.session.delete_auto_delete_queues();
+        if !connection.out.is_empty() {
+            let _ = tokio::time::timeout(FINAL_WRITE, writer.write_all(&connection.out)).await;
+        }
+        let _ = tokio::time::timeout(FINAL_WRITE, writer.shutdown()).await;
         outcome.map(|_| ())
     }
 
-    /// The packet loop; `Ok(true)` after the client's DISCONNECT (no will).
+    /// The packet loop, until the client disconnects or the connection
+    /// must end. Bytes go out as the socket takes them, in the same
+    /// `select!` as everything else, so a client that stops reading
+    /// still meets keep alive, takeover, an admin close and shutdown.
     #[allow(clippy::too_many_arguments)]
     async fn serve(
         &mut self,
@@ -184,92 +223,109 @@ impl Connection {
         synced_rx: &mut mpsc::UnboundedReceiver<(u64, bool)>,
         slot: &Arc<Slot>,
         shutdown: &mut watch::Receiver<bool>,
-    ) -> Result<bool, ConnectionError> {
+    ) -> Result<Ended, ConnectionError> {
         let keep_alive = self.session.keep_alive;
         let idle_limit =
             (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
         let mut deadline = idle_limit.map(|limit| Instant::now() + limit);
-        let mut result = Ok(false);
+        let mut alarm = self.broker.admission().changes();
         // Packets already read with CONNECT.
-        if let Some(done) = self.handle_buffered(buffer) {
-            result = done;
-        }
-        while matches!(result, Ok(false)) {
+        let mut result = self.handle_buffered(buffer);
+        while result.is_none() {
             self.end_of_burst();
-            if !self.out.is_empty() {
-                let bytes = self.out.split().freeze();
-                writer.write_all(&bytes).await?;
-                self.registration.stats().add_bytes_out(bytes.len());
+            let blocked = self.published && *alarm.borrow();
+            if blocked {
+                // Not read while an alarm lasts (RabbitMQ blocks
+                // publishers): keep alive waits too.
+                deadline = idle_limit.map(|limit| Instant::now() + limit);
             }
+            let reading = !blocked && self.out.len() < OUTBOUND_HIGH_WATER;
             let keep_alive_expired = async {
                 match deadline {
                     Some(at) => tokio::time::sleep_until(at).await,
                     None => std::future::pending().await,
                 }
             };
+            let pending_out = !self.out.is_empty();
             tokio::select! {
-                read = reader.read_buf(buffer) => {
+                written = writer.write(&self.out), if pending_out => {
+                    let n = written?;
+                    if n == 0 {
+                        return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into());
+                    }
+                    self.out.advance(n);
+                    self.registration.stats().add_bytes_out(n);
+                }
+                read = reader.read_buf(buffer), if reading => {
                     let n = read?;
                     if n == 0 {
                         return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
                     }
                     self.registration.stats().add_bytes_in(n);
                     deadline = idle_limit.map(|limit| Instant::now() + limit);
-                    if let Some(done) = self.handle_buffered(buffer) {
-                        result = done;
-                    }
+                    result = self.handle_buffered(buffer);
                 }
                 Some(event) = events_rx.recv() => {
-                    self.session.event(event, &mut self.out, &mut self.codec);
+                    let mut gone = self.session.event(event, &mut self.out, &mut self.codec);
                     for _ in 0..EVENTS_PER_BURST {
                         match events_rx.try_recv() {
-                            Ok(event) => self.session.event(event, &mut self.out, &mut self.codec),
+                            Ok(event) => {
+                                gone |= self.session.event(event, &mut self.out, &mut self.codec);
+                            }
                             Err(_) => break,
                         }
                     }
+                    if gone {
+                        self.violation(Violation::new(0x80, "the session's queue was deleted"));
+                        result = Some(Err(ConnectionError::Protocol(
+                            "the session's queue was deleted".to_owned(),
+                        )));
+                    }
                 }
-                Some((batch, ok)) = synced_rx.recv() => self.synced(batch, ok)?,
+                Some((batch, ok)) = synced_rx.recv() => {
+                    if let Err(error) = self.synced(batch, ok) {
+                        result = Some(Err(error));
+                    }
+                }
+                Ok(()) = alarm.changed() => {}
                 () = keep_alive_expired => {
                     self.violation(Violation::new(0x8D, "keep alive timeout"));
-                    result = Err(ConnectionError::KeepAlive(keep_alive));
+                    result = Some(Err(ConnectionError::KeepAlive(keep_alive)));
                 }
                 () = slot.taken_over.notified() => {
                     self.violation(Violation::new(0x8E, "session taken over"));
-                    result = Err(ConnectionError::TakenOver);
+                    result = Some(Err(ConnectionError::TakenOver));
                 }
                 reason = self.registration.close_requested() => {
                     self.violation(Violation::new(0x98, reason.clone()));
-                    result = Err(ConnectionError::Closed(reason));
+                    result = Some(Err(ConnectionError::Closed(reason)));
                 }
                 _ = shutdown.changed() => {
                     self.violation(Violation::new(0x8B, "server shutting down"));
-                    result = Err(ConnectionError::Shutdown);
+                    result = Some(Err(ConnectionError::Shutdown));
                 }
             }
         }
         self.end_of_burst();
-        if !self.out.is_empty() {
-            let _ = writer.write_all(&self.out).await;
-            self.registration.stats().add_bytes_out(self.out.len());
-        }
-        result
+        result.unwrap_or(Ok(Ended { send_will: true }))
     }
 
     /// Handles every complete packet in `buffer`; `Some` when the
     /// connection is to end.
-    fn handle_buffered(&mut self, buffer: &mut BytesMut) -> Option<Result<bool, ConnectionError>> {
+    fn handle_buffered(&mut self, buffer: &mut BytesMut) -> Option<Result<Ended, ConnectionError>> {
         loop {
             let packet = match self.codec.decode(buffer) {
                 Ok(Some(packet)) => packet,
                 Ok(None) => return None,
                 Err(error) => {
-                    self.violation(Violation::new(0x81, error.to_string()));
+                    let reason = if error.too_large() { 0x95 } else { 0x81 };
+                    self.violation(Violation::new(reason, error.to_string()));
                     return Some(Err(error.into()));
                 }
             };
             match self.packet(packet) {
                 Ok(None) => {}
-                Ok(Some(graceful)) => return Some(Ok(graceful)),
+                Ok(Some(ended)) => return Some(Ok(ended)),
                 Err(violation) => {
                     let text = violation.text.clone();
                     self.violation(violation);
@@ -279,13 +335,16 @@ impl Connection {
         }
     }
 
-    /// One packet; `Some(graceful)` once the client disconnected.
-    fn packet(&mut self, packet: Inbound) -> Result<Option<bool>, Violation> {
+    /// One packet; `Some` once the client disconnected.
+    fn packet(&mut self, packet: Inbound) -> Result<Option<Ended>, Violation> {
         match packet {
             Inbound::Connect(_) => {
                 return Err(Violation::new(0x82, "a second CONNECT"));
             }
-            Inbound::Publish(publish) => self.publish(*publish)?,
+            Inbound::Publish(publish) => {
+                self.published = true;
+                self.publish(*publish)?;
+            }
             Inbound::PubAck(id) | Inbound::PubComp(id) => self.session.acked(id),
             Inbound::PubRec(id) => {
                 // Sluice grants QoS 1 at most, so never sends QoS 2.
@@ -297,7 +356,9 @@ impl Connection {
                 } else {
                     0x92
                 };
-                self.write(Outbound::PubComp {
+                // Behind the PUBRECs still waiting, like every answer to
+                // a publish.
+                self.burst_acks.push(Outbound::PubComp {
                     packet_id: id,
                     reason,
                 });
@@ -307,9 +368,9 @@ impl Connection {
                 id,
                 filters,
             } => {
-                let codes = self.subscribe(id, &filters);
+                let (codes, send_retained) = self.subscribe(id, &filters);
                 self.write(Outbound::SubAck { packet_id, codes });
-                self.send_retained(&filters, id);
+                self.send_retained(&send_retained, id);
             }
             Inbound::Unsubscribe { packet_id, filters } => {
                 let codes = self.unsubscribe(&filters);
@@ -321,27 +382,33 @@ impl Connection {
                 session_expiry_secs,
             } => {
                 if let Some(expiry) = session_expiry_secs {
-                    if self.session_expiry_secs == 0 && expiry > 0 {
+                    if self.connect_expiry_zero && expiry > 0 {
                         // MQTT 5 §3.14.2.2.2.
                         return Err(Violation::new(0x82, "session expiry set after 0"));
                     }
                     self.session_expiry_secs =
                         expiry.min(self.shared.options.max_session_expiry_secs);
                 }
-                // 0x04: disconnect with will message.
-                return Ok(Some(reason != 0x04));
+                // Only a normal disconnection (0x00) discards the will
+                // (MQTT 5 §3.1.2.5).
+                return Ok(Some(Ended {
+                    send_will: reason != 0,
+                }));
             }
             Inbound::Auth => {
-                return Err(Violation::new(
-                    0x8C,
-                    "enhanced authentication is not offered",
-                ));
+                // No Authentication Method was accepted at CONNECT.
+                return Err(Violation::new(0x82, "AUTH without enhanced authentication"));
             }
             Inbound::ServerOnly(name) => {
                 return Err(Violation::new(0x82, format!("{name} from a client")));
             }
         }
         Ok(None)
+    }
+
+    /// Appends `packet` to what goes out.
+    pub(crate) fn encode(&mut self, packet: Outbound) -> Result<(), CodecError> {
+        self.codec.encode(packet, &mut self.out)
     }
 
     pub(crate) fn write(&mut self, packet: Outbound) {
@@ -377,67 +444,65 @@ impl Connection {
         }
         let id = self.next_batch;
         self.next_batch += 1;
-        self.waiting.push_back(AckBatch { id, packets });
-        let syncer = self.syncer.get_or_insert_with(|| {
-            let (tx, rx) = std::sync::mpsc::channel::<(u64, Acks)>();
-            let done = self.synced_tx.clone();
-            tokio::task::spawn_blocking(move || {
-                while let Ok((batch, acks)) = rx.recv() {
-                    let ok = acks.wait().is_ok();
-                    if done.send((batch, ok)).is_err() {
-                        break;
-                    }
-                }
-            });
-            tx
+        self.waiting.push_back(AckBatch {
+            id,
+            packets,
+            done: None,
         });
-        if syncer.send((id, syncs)).is_err() {
-            tracing::warn!("the acknowledgement waiter is gone");
-        }
+        // Awaited, holding no thread: batches may finish out of order, and
+        // `synced` sends them in order.
+        let done = self.synced_tx.clone();
+        tokio::spawn(async move {
+            let ok = syncs.wait_async().await.is_ok();
+            let _ = done.send((id, ok));
+        });
     }
 
     fn synced(&mut self, batch: u64, ok: bool) -> Result<(), ConnectionError> {
+        if let Some(waiting) = self.waiting.iter_mut().find(|b| b.id == batch) {
+            waiting.done = Some(ok);
+        }
         while let Some(front) = self.waiting.front() {
-            if front.id > batch {
+            let Some(ok) = front.done else {
                 break;
-            }
+            };
             let Some(done) = self.waiting.pop_front() else {
                 break;
             };
-            if !ok && done.id == batch {
-                // Not durable: MQTT 3 has no negative acknowledgement, so
-                // the client must retry on a new connection.
-                if !matches!(self.version, Version::V5) {
-                    return Err(ConnectionError::Protocol(
-                        "a publish could not be made durable".to_owned(),
-                    ));
-                }
+            if ok {
                 for packet in done.packets {
-                    self.write(failed(packet));
+                    self.write(packet);
                 }
                 continue;
             }
+            // Not durable: MQTT 3 has no negative acknowledgement, so the
+            // client must retry on a new connection.
+            if !matches!(self.version, Version::V5) {
+                return Err(ConnectionError::Protocol(
+                    "a publish could not be made durable".to_owned(),
+                ));
+            }
             for packet in done.packets {
-                self.write(packet);
+                if let Outbound::PubRec { packet_id, .. } = &packet {
+                    // The exchange ends with a failed PUBREC: the id is free.
+                    self.qos2_received.remove(packet_id);
+                }
+                self.write(failed(packet));
             }
         }
         Ok(())
     }
 
-    fn teardown(&mut self, graceful: bool, slot: &Arc<Slot>) {
+    fn teardown(&mut self, send_will: bool, slot: &Arc<Slot>) {
         self.session.close(self.session_expiry_secs);
+        let will = self.will.take().filter(|_| send_will);
+        let delayed = will.and_then(|will| crate::publish::send_will(self, will));
         self.shared
             .clients
-            .release(self.vhost.name(), &self.client_id, slot);
+            .release(self.vhost.name(), &self.client_id, slot, delayed);
         self.broker
             .vhosts()
             .connection_closed(self.registration.id());
-        if graceful {
-            return;
-        }
-        if let Some(will) = self.will.take() {
-            crate::publish::send_will(self, will);
-        }
     }
 }
 
@@ -491,6 +556,7 @@ pub(crate) fn new_connection(
     codec: crate::packets::Codec,
     will: Option<Will>,
     session_expiry_secs: u32,
+    connect_expiry_zero: bool,
 ) -> Connection {
     let (synced_tx, _) = mpsc::unbounded_channel();
     Connection {
@@ -508,7 +574,8 @@ pub(crate) fn new_connection(
         burst_syncs: Acks::default(),
         waiting: VecDeque::new(),
         next_batch: 0,
-        syncer: None,
+        published: false,
+        connect_expiry_zero,
         synced_tx,
         qos2_received: HashSet::new(),
         aliases: HashMap::new(),

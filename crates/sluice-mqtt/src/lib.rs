@@ -19,23 +19,4 @@ mod publish;
 mod session;
 mod topic;
 
-pub use listener::{MqttOptions, serve};
-
-/// Decodes `bytes` as a client's packets would be read, for fuzzing: no
-/// input may panic.
-#[doc(hidden)]
-pub fn fuzz_decode(bytes: &[u8]) {
-    let mut codec = packets::Codec::new(1 << 20);
-    let mut buffer = bytes::BytesMut::from(bytes);
-    while let Ok(Some(packet)) = codec.decode(&mut buffer) {
-        if let packets::Inbound::Publish(publish) = packet {
-            let _ = topic::validate_name(&publish.topic);
-            let message = message::to_message("amq.topic", &publish, 0);
-            let _ = message::to_publish(&message, 1, false, 0);
-        } else if let packets::Inbound::Subscribe { filters, .. } = packet {
-            for (filter, _) in filters {
-                let _ = topic::parse_filter(&filter);
-            }
-        }
-    }
-}
+pub use listener::{MqttNode, MqttOptions, serve};

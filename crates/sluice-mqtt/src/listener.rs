@@ -10,7 +10,7 @@ use std::time::Duration;
 use sluice_core::Broker;
 use sluice_tls::ServerStream;
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, oneshot, watch};
 use tracing::Instrument;
 
 use crate::connection::Connection;
@@ -68,10 +68,15 @@ pub(crate) struct Shared {
     pub(crate) clients: Clients,
 }
 
-/// The client ids connected to this node, by virtual host.
+/// The client ids connected to this node (over any of its MQTT
+/// listeners), by virtual host, and the wills waiting for their delay.
 #[derive(Debug, Default)]
 pub(crate) struct Clients {
     slots: Mutex<HashMap<(String, String), Arc<Slot>>>,
+    /// A delayed will's trigger: `true` sends it now (the session ended:
+    /// its client came back with a clean start), `false` drops it (the
+    /// client came back to the session in time).
+    wills: Mutex<HashMap<(String, String), oneshot::Sender<bool>>>,
 }
 
 /// One connected client id.
@@ -79,6 +84,8 @@ pub(crate) struct Clients {
 pub(crate) struct Slot {
     /// The connection holding it.
     pub(crate) connection: u64,
+    /// Whether that connection started clean (ending the session before).
+    clean_start: bool,
     /// Told when another connection takes the session over.
     pub(crate) taken_over: Notify,
     /// Turns true once the connection released its session.
@@ -93,62 +100,95 @@ impl Clients {
         vhost: &str,
         client_id: &str,
         connection: u64,
+        clean_start: bool,
     ) -> (Arc<Slot>, Option<Arc<Slot>>) {
         let slot = Arc::new(Slot {
             connection,
+            clean_start,
             taken_over: Notify::new(),
             finished: watch::Sender::new(false),
         });
+        let key = (vhost.to_owned(), client_id.to_owned());
+        if let Some(will) = self
+            .wills
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key)
+        {
+            let _ = will.send(clean_start);
+        }
         let previous = self
             .slots
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert((vhost.to_owned(), client_id.to_owned()), Arc::clone(&slot));
+            .insert(key, Arc::clone(&slot));
         (slot, previous)
     }
 
-    /// Gives `slot` back, unless another connection took the id since.
-    pub(crate) fn release(&self, vhost: &str, client_id: &str, slot: &Arc<Slot>) {
-        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+    /// Gives `slot` back, unless another connection took the id since;
+    /// `will` is the trigger of a will waiting for its delay.
+    pub(crate) fn release(
+        &self,
+        vhost: &str,
+        client_id: &str,
+        slot: &Arc<Slot>,
+        will: Option<oneshot::Sender<bool>>,
+    ) {
         let key = (vhost.to_owned(), client_id.to_owned());
-        if slots.get(&key).is_some_and(|held| Arc::ptr_eq(held, slot)) {
-            slots.remove(&key);
+        let taken_by = {
+            let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            match slots.get(&key) {
+                Some(held) if Arc::ptr_eq(held, slot) => {
+                    slots.remove(&key);
+                    None
+                }
+                held => held.cloned(),
+            }
+        };
+        if let Some(will) = will {
+            if let Some(holder) = taken_by {
+                // Taken over: the client is back in time, unless it
+                // started clean, which ends the session (and sends the
+                // will now).
+                let _ = will.send(holder.clean_start);
+            } else {
+                let mut wills = self.wills.lock().unwrap_or_else(|e| e.into_inner());
+                wills.retain(|_, pending| !pending.is_closed());
+                wills.insert(key, will);
+            }
         }
         slot.finished.send_replace(true);
     }
+}
 
-    /// Whether `client_id` is connected to this node.
-    pub(crate) fn connected(&self, vhost: &str, client_id: &str) -> bool {
-        self.slots
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(&(vhost.to_owned(), client_id.to_owned()))
+/// The MQTT front-end of a node: its listeners share the connected
+/// client ids (a client moving from MQTT to MQTTS takes its session).
+#[derive(Debug, Clone)]
+pub struct MqttNode {
+    shared: Arc<Shared>,
+}
+
+impl MqttNode {
+    pub fn new(options: MqttOptions) -> MqttNode {
+        MqttNode {
+            shared: Arc::new(Shared {
+                options,
+                clients: Clients::default(),
+            }),
+        }
     }
 }
 
-/// Accepts MQTT connections until `shutdown` turns true; `tls` makes it
-/// the MQTTS listener.
+/// Accepts MQTT connections for `node` until `shutdown` turns true;
+/// `tls` makes it the MQTTS listener.
 pub async fn serve(
     listener: TcpListener,
     broker: Arc<Broker>,
-    options: MqttOptions,
-    tls: Option<Arc<sluice_tls::Tls>>,
-    shutdown: watch::Receiver<bool>,
-) {
-    let shared = Arc::new(Shared {
-        options,
-        clients: Clients::default(),
-    });
-    serve_shared(listener, broker, shared, tls, shutdown).await;
-}
-
-async fn serve_shared(
-    listener: TcpListener,
-    broker: Arc<Broker>,
-    shared: Arc<Shared>,
+    node: MqttNode,
     tls: Option<Arc<sluice_tls::Tls>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let shared = node.shared;
     let scheme = if tls.is_some() { "mqtts" } else { "mqtt" };
     loop {
         let accepted = tokio::select! {

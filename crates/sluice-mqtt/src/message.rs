@@ -21,17 +21,36 @@ pub(crate) const QOS_HEADER: &str = "x-mqtt-publish-qos";
 pub(crate) const RETAIN_HEADER: &str = "x-mqtt-retain";
 /// The header marking a UTF-8 payload (MQTT 5 Payload Format Indicator).
 const UTF8_HEADER: &str = "x-mqtt-utf8-payload";
+/// The header naming the client that published (for No Local).
+const PUBLISHER_HEADER: &str = "x-mqtt-publisher";
+/// Headers holding a Content Type or Response Topic too long for the
+/// AMQP property.
+const CONTENT_TYPE_HEADER: &str = "x-mqtt-content-type";
+const RESPONSE_TOPIC_HEADER: &str = "x-mqtt-response-topic";
 /// The header holding correlation data that is not a short string.
 const CORRELATION_HEADER: &str = "x-correlation-id";
 
-/// The core message of a PUBLISH to `exchange`, at `now_ms`.
-pub(crate) fn to_message(exchange: &str, publish: &Publish, now_ms: i64) -> Message {
+/// The core message of `client_id`'s PUBLISH to `exchange`, at `now_ms`.
+/// The topic's routing key must fit a short string (255 bytes).
+pub(crate) fn to_message(
+    exchange: &str,
+    publish: &Publish,
+    now_ms: i64,
+    client_id: &str,
+) -> Message {
     let p = &publish.properties;
     let mut headers = FieldTable::default();
-    headers.insert(short(QOS_HEADER), AMQPValue::ShortShortUInt(publish.qos));
     for (name, value) in &p.user_properties {
-        headers.insert(short(name), AMQPValue::LongString(value.as_str().into()));
+        // A user property never passes for one of the headers below.
+        if !name.starts_with("x-mqtt-") {
+            headers.insert(short(name), AMQPValue::LongString(value.as_str().into()));
+        }
     }
+    headers.insert(short(QOS_HEADER), AMQPValue::ShortShortUInt(publish.qos));
+    headers.insert(
+        short(PUBLISHER_HEADER),
+        AMQPValue::LongString(client_id.into()),
+    );
     if publish.retain {
         headers.insert(short(RETAIN_HEADER), AMQPValue::Boolean(true));
     }
@@ -55,10 +74,24 @@ pub(crate) fn to_message(exchange: &str, publish: &Publish, now_ms: i64) -> Mess
         }
     }
     if let Some(content_type) = &p.content_type {
-        properties = properties.with_content_type(short(content_type));
+        if content_type.len() <= 255 {
+            properties = properties.with_content_type(short(content_type));
+        } else {
+            headers.insert(
+                short(CONTENT_TYPE_HEADER),
+                AMQPValue::LongString(content_type.as_str().into()),
+            );
+        }
     }
     if let Some(response) = &p.response_topic {
-        properties = properties.with_reply_to(short(response));
+        if response.len() <= 255 {
+            properties = properties.with_reply_to(short(response));
+        } else {
+            headers.insert(
+                short(RESPONSE_TOPIC_HEADER),
+                AMQPValue::LongString(response.as_str().into()),
+            );
+        }
     }
     if let Some(expiry) = p.expiry_secs {
         properties = properties.with_expiration(short(&(u64::from(expiry) * 1000).to_string()));
@@ -83,6 +116,14 @@ pub(crate) fn published_qos(message: &Message) -> u8 {
         .unwrap_or(if message.persistent() { 1 } else { 0 })
 }
 
+/// The client id of the MQTT client that published `message`.
+pub(crate) fn published_by(message: &Message) -> Option<&str> {
+    match message.headers()?.inner().get(PUBLISHER_HEADER)? {
+        AMQPValue::LongString(id) => std::str::from_utf8(id.as_bytes()).ok(),
+        _ => None,
+    }
+}
+
 /// Whether `message` was published with RETAIN (for subscriptions that
 /// keep the flag: MQTT 5 Retain As Published).
 pub(crate) fn was_retained(message: &Message) -> bool {
@@ -102,6 +143,10 @@ pub(crate) fn to_publish(message: &Message, qos: u8, retain: bool, now_ms: i64) 
             let name = name.as_str();
             if name == UTF8_HEADER {
                 properties.utf8_payload = true;
+            } else if name == CONTENT_TYPE_HEADER {
+                properties.content_type = string_value(value);
+            } else if name == RESPONSE_TOPIC_HEADER {
+                properties.response_topic = string_value(value);
             } else if name == CORRELATION_HEADER {
                 if let AMQPValue::LongString(data) = value {
                     properties.correlation_data = Some(Bytes::from(data.as_bytes().to_vec()));
@@ -116,13 +161,17 @@ pub(crate) fn to_publish(message: &Message, qos: u8, retain: bool, now_ms: i64) 
     if let Some(id) = props.correlation_id() {
         properties.correlation_data = Some(Bytes::from(id.as_str().as_bytes().to_vec()));
     }
-    properties.content_type = props.content_type().as_ref().map(|t| t.as_str().to_owned());
-    properties.response_topic = props.reply_to().as_ref().map(|t| t.as_str().to_owned());
+    if let Some(content_type) = props.content_type() {
+        properties.content_type = Some(content_type.as_str().to_owned());
+    }
+    if let Some(reply_to) = props.reply_to() {
+        properties.response_topic = Some(reply_to.as_str().to_owned());
+    }
     if let Ok(Some(expiry_ms)) = message.expiration_ms() {
         let published_ms = props
             .timestamp()
             .and_then(|t| i64::try_from(t).ok())
-            .map_or(now_ms, |secs| secs * 1000);
+            .map_or(now_ms, |secs| secs.saturating_mul(1000));
         let left_ms = i64::try_from(expiry_ms)
             .unwrap_or(i64::MAX)
             .saturating_sub(now_ms.saturating_sub(published_ms));
@@ -163,7 +212,8 @@ mod tests {
                 subscription_ids: Vec::new(),
             },
         };
-        let message = to_message("amq.topic", &publish, 1_000_000);
+        let message = to_message("amq.topic", &publish, 1_000_000, "dev-1");
+        assert_eq!(published_by(&message), Some("dev-1"));
         assert_eq!(message.routing_key.as_str(), "home.room/1.temp");
         assert!(message.persistent());
         assert_eq!(message.expiration_ms(), Ok(Some(60_000)));

@@ -137,6 +137,8 @@ pub(crate) enum ConnackCode {
     BadUserNameOrPassword,
     NotAuthorized,
     BadAuthenticationMethod,
+    /// MQTT 5 only (a will above the Maximum QoS).
+    QosNotSupported,
 }
 
 /// CONNACK.
@@ -203,6 +205,40 @@ pub(crate) enum CodecError {
     Encode(#[from] EncodeError),
     #[error("the first packet is not CONNECT")]
     NotConnect,
+}
+
+impl CodecError {
+    /// A packet over the size limit (MQTT 5 reason 0x95).
+    pub(crate) fn too_large(&self) -> bool {
+        matches!(
+            self,
+            CodecError::Decode(DecodeError::MaxSizeExceeded { .. })
+        )
+    }
+}
+
+/// Whether `buffer` starts with a CONNECT naming `MQTT` at a protocol
+/// level Sluice does not speak (answered with MQTT 3.1.1's CONNACK 0x01).
+pub(crate) fn unsupported_level(buffer: &[u8]) -> bool {
+    let Some(first) = buffer.first() else {
+        return false;
+    };
+    if *first != 0x10 {
+        return false;
+    }
+    let Some(length_bytes) = buffer
+        .iter()
+        .skip(1)
+        .take(4)
+        .position(|byte| byte & 0x80 == 0)
+    else {
+        return false;
+    };
+    let name = 1 + length_bytes + 1;
+    buffer.get(name..name + 6) == Some(&b"\x00\x04MQTT"[..])
+        && buffer
+            .get(name + 6)
+            .is_some_and(|level| !(3..=5).contains(level))
 }
 
 impl Codec {
@@ -524,7 +560,9 @@ fn to_v3(packet: Outbound) -> Option<v3::Packet> {
                 ConnackCode::BadUserNameOrPassword | ConnackCode::BadAuthenticationMethod => {
                     v3::ConnectAckReason::BadUserNameOrPassword
                 }
-                ConnackCode::NotAuthorized => v3::ConnectAckReason::NotAuthorized,
+                ConnackCode::NotAuthorized | ConnackCode::QosNotSupported => {
+                    v3::ConnectAckReason::NotAuthorized
+                }
             },
         }),
         Outbound::Publish(publish) => {
@@ -577,12 +615,12 @@ fn to_v5(packet: Outbound) -> v5::Packet {
                 ConnackCode::BadAuthenticationMethod => {
                     v5::ConnectAckReason::BadAuthenticationMethod
                 }
+                ConnackCode::QosNotSupported => v5::ConnectAckReason::QosNotSupported,
             },
             session_expiry_interval_secs: ack.session_expiry_secs,
             receive_max: NonZeroU16::new(ack.receive_max).unwrap_or(NonZeroU16::MAX),
-            // QoS 2 is taken from publishers in full; subscriptions are
-            // granted QoS 1 at most (see docs/mqtt.md).
-            max_qos: QoS::ExactlyOnce,
+            // As RabbitMQ: QoS 1 at most, both ways (docs/mqtt.md).
+            max_qos: QoS::AtLeastOnce,
             max_packet_size: Some(ack.max_packet_size),
             assigned_client_id: ack.assigned_client_id.map(Into::into),
             topic_alias_max: ack.topic_alias_max,

@@ -11,6 +11,7 @@ use sluice_core::Broker;
 use sluice_core::messaging::VirtualHost;
 use sluice_core::permissions::Access;
 use sluice_core::retained::RetainedMessage;
+use tokio::sync::oneshot;
 
 use crate::connection::{Connection, Violation};
 use crate::message;
@@ -43,6 +44,19 @@ impl Connection {
         if let Err(invalid) = topic::validate_name(&publish.topic) {
             return Err(Violation::new(0x90, invalid.0));
         }
+        if topic::to_amqp(&publish.topic).len() > 255 {
+            return Err(Violation::new(
+                0x90,
+                "a topic longer than a routing key (255 bytes)",
+            ));
+        }
+        if v5 && publish.qos > 1 {
+            // CONNACK said Maximum QoS 1 (MQTT 5 §3.3.1.2).
+            return Err(Violation::new(
+                0x9B,
+                "QoS 2 is above the server's Maximum QoS",
+            ));
+        }
         let packet_id = publish.packet_id.unwrap_or(0);
         if publish.qos == 2 && self.qos2_received.contains(&packet_id) {
             // A resent QoS 2 publish not yet released: not routed again.
@@ -57,6 +71,7 @@ impl Connection {
             &self.vhost,
             &self.shared.options.exchange,
             &self.user,
+            &self.client_id,
             &publish,
         ) {
             Ok((queues, acks)) => {
@@ -94,25 +109,31 @@ impl Connection {
     ) {
         let now = now_ms();
         for (text, options) in filters {
-            if options.retain_handling == 2
-                || text.starts_with("$share/")
-                || !self.session.has_subscription(text)
-            {
-                continue;
-            }
             let found = self.broker.retained().matching(
                 self.vhost.name(),
                 |t| topic::matches(text, t),
                 now,
             );
             for (_, retained, _) in found {
-                let qos = message::published_qos(&retained).min(options.qos).min(1);
+                let mut qos = message::published_qos(&retained).min(options.qos).min(1);
+                let mut packet_id = None;
+                if qos > 0 {
+                    packet_id = self.session.retained_packet_id();
+                    if packet_id.is_none() {
+                        // The client's window is full of QoS 1 messages.
+                        qos = 0;
+                    }
+                }
                 let mut publish = message::to_publish(&retained, qos, true, now);
                 publish.properties.subscription_ids = id.into_iter().collect();
-                if qos > 0 {
-                    publish.packet_id = Some(self.session.retained_packet_id());
+                publish.packet_id = packet_id;
+                let sent = self.encode(Outbound::Publish(Box::new(publish)));
+                if let Err(error) = sent {
+                    tracing::debug!(%error, "a retained message was not sent");
+                    if let Some(id) = packet_id {
+                        self.session.forget_packet_id(id);
+                    }
                 }
-                self.write(Outbound::Publish(Box::new(publish)));
             }
         }
     }
@@ -125,10 +146,11 @@ fn route(
     vhost: &VirtualHost,
     exchange: &str,
     user: &str,
+    client_id: &str,
     publish: &Publish,
 ) -> Result<(usize, sluice_core::Acks), Refused> {
     let now = now_ms();
-    let message = message::to_message(exchange, publish, now);
+    let message = message::to_message(exchange, publish, now, client_id);
     let permissions = broker.permissions();
     if !permissions.allows(user, vhost.name(), Access::Write, exchange)
         || !permissions.allows_topic(
@@ -174,10 +196,12 @@ fn route(
     }
 }
 
-/// Publishes the will of a connection that ended without DISCONNECT: at
-/// once, or after MQTT 5's Will Delay Interval unless the client is back
-/// by then.
-pub(crate) fn send_will(connection: &Connection, will: Will) {
+/// Publishes the will of a connection that ended without a normal
+/// DISCONNECT: at once, or (MQTT 5's Will Delay Interval, bounded by the
+/// session expiry) when the delay passes; the trigger returned lets the
+/// client's next connection drop it (back in time) or send it at once
+/// (back with a clean start: the session ended).
+pub(crate) fn send_will(connection: &Connection, will: Will) -> Option<oneshot::Sender<bool>> {
     let publish = Publish {
         topic: will.topic,
         payload: will.payload,
@@ -192,15 +216,16 @@ pub(crate) fn send_will(connection: &Connection, will: Will) {
     let shared = Arc::clone(&connection.shared);
     let user = connection.user.clone();
     let client_id = connection.client_id.clone();
-    // Sent when the delay passes or the session ends, whichever is first.
     let delay = will.delay_secs.min(connection.session_expiry_secs);
     let send = move || {
         if topic::validate_name(&publish.topic).is_err() {
+            tracing::info!(client_id = %client_id, "will not published: invalid topic");
             return;
         }
-        match route(&broker, &vhost, &shared.options.exchange, &user, &publish) {
+        let exchange = &shared.options.exchange;
+        match route(&broker, &vhost, exchange, &user, &client_id, &publish) {
             Ok(_) => {
-                tracing::debug!(client_id = %client_id, topic = %publish.topic, "will published")
+                tracing::debug!(client_id = %client_id, topic = %publish.topic, "will published");
             }
             Err(Refused(code)) => {
                 tracing::info!(client_id = %client_id, code, "will not published");
@@ -209,17 +234,24 @@ pub(crate) fn send_will(connection: &Connection, will: Will) {
     };
     if delay == 0 {
         send();
-        return;
+        return None;
     }
-    let vhost_name = connection.vhost.name().to_owned();
-    let client = connection.client_id.clone();
-    let shared = Arc::clone(&connection.shared);
+    let (trigger, triggered) = oneshot::channel();
     tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(u64::from(delay))).await;
-        if shared.clients.connected(&vhost_name, &client) {
-            tracing::debug!(client_id = %client, "will dropped: the client is back");
-            return;
+        let sleep = tokio::time::sleep(Duration::from_secs(u64::from(delay)));
+        tokio::pin!(sleep);
+        tokio::select! {
+            () = &mut sleep => send(),
+            now = triggered => match now {
+                Ok(true) => send(),
+                Ok(false) => tracing::debug!("will dropped: the client came back"),
+                // Taken over: the session goes on; the delay decides.
+                Err(_) => {
+                    sleep.await;
+                    send();
+                }
+            },
         }
-        send();
     });
+    Some(trigger)
 }

@@ -19,14 +19,14 @@ use bytes::BytesMut;
 use sluice_core::messaging::Queue;
 use sluice_core::messaging::{
     ConsumerEvent, ConsumerSpec, Credit, Delivery, Destination, QueueOptions, VirtualHost,
-    integer_value, short,
+    integer_value, short, string_value,
 };
 use sluice_core::permissions::Access;
 use sluice_core::{Broker, ConnectionHandle};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::connection::{Connection, new_connection, refusal, wait_for_takeover};
-use crate::listener::{MqttOptions, Slot};
+use crate::listener::Slot;
 use crate::message;
 use crate::packets::{
     Codec, ConnAck, ConnackCode, Connect, Outbound, SubscriptionOptions, Version,
@@ -42,6 +42,8 @@ const RAP_ARG: &str = "x-mqtt-retain-as-published";
 const CLEAN_SESSION_EXPIRY_MS: u64 = 60_000;
 /// The consumer tag on the session's queue.
 const SESSION_TAG: &str = "mqtt-session";
+/// The subscription's filter as the client wrote it.
+const FILTER_ARG: &str = "x-mqtt-filter";
 
 /// One subscription of the session's queue.
 #[derive(Debug, Clone)]
@@ -78,6 +80,7 @@ pub(crate) struct Session {
     /// `connection << 16 | channel` with channel ≥ 1).
     key: u64,
     queue_name: String,
+    client_id: String,
     /// Whether the queue outlives the connection.
     durable: bool,
     /// `x-queue-type` of a durable session's queue.
@@ -89,11 +92,16 @@ pub(crate) struct Session {
     subscriptions: BTreeMap<String, Subscription>,
     shared: BTreeMap<String, Shared>,
     credit: Arc<Credit>,
+    /// Deliveries at QoS 1 in flight at most (the client's Receive
+    /// Maximum and `mqtt.prefetch`).
+    window: usize,
     sink: UnboundedSender<ConsumerEvent>,
     in_flight: HashMap<u16, InFlight>,
     next_packet_id: u16,
     /// Queues whose consumers got credit back.
     to_dispatch: Vec<Arc<Queue>>,
+    /// Shared subscriptions' queues left at close.
+    left_shared: Vec<Arc<Queue>>,
     pub(crate) keep_alive: u16,
 }
 
@@ -198,9 +206,19 @@ pub(crate) async fn accept(
     } else {
         options.max_session_expiry_secs
     };
-    let (slot, previous) = shared
-        .clients
-        .claim(vhost.name(), &client_id, registration.id());
+    if v5 && connect.will.as_ref().is_some_and(|will| will.qos > 1) {
+        // CONNACK advertises Maximum QoS 1 (MQTT 5 §3.2.2.3.4).
+        return refuse(
+            ConnackCode::QosNotSupported,
+            "a will at QoS 2: the server's Maximum QoS is 1".to_owned(),
+        );
+    }
+    let (slot, previous) = shared.clients.claim(
+        vhost.name(),
+        &client_id,
+        registration.id(),
+        connect.clean_start,
+    );
     if let Some(previous) = previous {
         tracing::info!(client_id = %client_id, "taking over the session of connection {}", previous.connection);
         wait_for_takeover(&previous).await;
@@ -231,6 +249,7 @@ pub(crate) async fn accept(
         connection: connection_id,
         key: connection_id << 16,
         queue_name: name,
+        client_id: client_id.clone(),
         durable: expiry > 0,
         durable_type: options.durable_queue_type.clone(),
         clustered: broker.topics().metadata().clustered(),
@@ -239,10 +258,12 @@ pub(crate) async fn accept(
         subscriptions: BTreeMap::new(),
         shared: BTreeMap::new(),
         credit: Credit::new(u32::from(window), None),
+        window: usize::from(window),
         sink,
         in_flight: HashMap::new(),
         next_packet_id: 1,
         to_dispatch: Vec::new(),
+        left_shared: Vec::new(),
         keep_alive: connect.keep_alive,
     };
     let connack = ConnAck {
@@ -268,6 +289,7 @@ pub(crate) async fn accept(
         std::mem::replace(codec, Codec::new(options.max_packet_size)),
         connect.will,
         expiry,
+        v5 && connect.session_expiry_secs == 0,
     );
     Ok((connection, slot, connack))
 }
@@ -281,7 +303,7 @@ fn unique_suffix() -> u64 {
 impl Session {
     /// For a session the client returns to: its subscriptions from the
     /// queue's bindings, and its queue consumed again.
-    pub(crate) fn restore(&mut self, _options: &MqttOptions) {
+    pub(crate) fn restore(&mut self) {
         let exists = self.vhost.queue(&self.queue_name).is_some()
             || self.vhost.remote_queue(&self.queue_name).is_some();
         if !exists {
@@ -293,13 +315,13 @@ impl Session {
             {
                 continue;
             }
-            let filter = topic::from_amqp(&binding.routing_key).replace('*', "+");
-            let options = options_of(&binding.arguments);
+            let (options, id, filter) = options_of(&binding.arguments);
+            let filter = filter.unwrap_or_else(|| topic::filter_from_amqp(&binding.routing_key));
             self.subscriptions.insert(
                 filter,
                 Subscription {
-                    options: options.0,
-                    id: options.1,
+                    options,
+                    id,
                     arguments: binding.arguments.clone(),
                 },
             );
@@ -381,33 +403,55 @@ impl Session {
     }
 
     /// A delivery from a queue: a PUBLISH, at the QoS the matching
-    /// subscriptions granted.
-    pub(crate) fn event(&mut self, event: ConsumerEvent, out: &mut BytesMut, codec: &mut Codec) {
+    /// subscriptions granted. True when the session's own queue went
+    /// away (the connection then ends, as RabbitMQ ends it).
+    pub(crate) fn event(
+        &mut self,
+        event: ConsumerEvent,
+        out: &mut BytesMut,
+        codec: &mut Codec,
+    ) -> bool {
         let delivery = match event {
             ConsumerEvent::Deliver(delivery) => delivery,
             ConsumerEvent::Cancelled { consumer_tag, .. } => {
                 tracing::info!(tag = %consumer_tag, "a queue of the session went away");
                 if &*consumer_tag == SESSION_TAG {
                     self.queue = None;
-                } else {
-                    self.shared.retain(|_, shared| shared.tag != consumer_tag);
+                    return true;
                 }
-                return;
+                self.shared.retain(|_, shared| shared.tag != consumer_tag);
+                return false;
             }
         };
         let topic = topic::from_amqp(delivery.message.routing_key.as_str());
+        if topic::validate_name(&topic).is_err() {
+            // Published over AMQP with a key no MQTT topic has.
+            tracing::debug!(
+                routing_key = delivery.message.routing_key.as_str(),
+                "not an MQTT topic: dropped"
+            );
+            self.settle(&delivery);
+            return false;
+        }
+        let own = message::published_by(&delivery.message) == Some(self.client_id.as_str());
         let (granted, ids, retain_as_published) = if &*delivery.consumer_tag == SESSION_TAG {
             let mut granted = None;
             let mut ids = Vec::new();
             let mut rap = false;
             for (filter, subscription) in &self.subscriptions {
-                if topic::matches(filter, &topic) {
+                if topic::matches(filter, &topic) && !(own && subscription.options.no_local) {
                     granted = granted.max(Some(subscription.options.qos));
                     ids.extend(subscription.id);
                     rap |= subscription.options.retain_as_published;
                 }
             }
-            (granted.unwrap_or(1), ids, rap)
+            let Some(granted) = granted else {
+                // No subscription takes it by MQTT's rules (a `$` topic
+                // under `#`, No Local, or one unsubscribed since).
+                self.settle(&delivery);
+                return false;
+            };
+            (granted, ids, rap)
         } else {
             match self
                 .shared
@@ -430,7 +474,11 @@ impl Session {
         publish.properties.subscription_ids = ids;
         publish.dup = delivery.redelivered && qos > 0;
         if qos > 0 {
-            let id = self.allocate_packet_id();
+            let Some(id) = self.allocate_packet_id() else {
+                self.credit.release(1);
+                self.give_back(&delivery);
+                return false;
+            };
             publish.packet_id = Some(id);
             self.in_flight.insert(
                 id,
@@ -440,18 +488,20 @@ impl Session {
                 },
             );
         }
-        let sent = codec.encode(Outbound::Publish(Box::new(publish.clone())), out);
+        let packet_id = publish.packet_id;
+        let sent = codec.encode(Outbound::Publish(Box::new(publish)), out);
         if qos == 0 || sent.is_err() {
             if let Err(error) = &sent {
                 // Over the client's Maximum Packet Size: dropped, as MQTT 5
                 // §3.1.2.11.4 says.
                 tracing::debug!(%error, "a delivery was dropped");
-                if let Some(id) = publish.packet_id {
+                if let Some(id) = packet_id {
                     self.in_flight.remove(&id);
                 }
             }
             self.settle(&delivery);
         }
+        false
     }
 
     fn settle(&mut self, delivery: &Delivery) {
@@ -459,12 +509,20 @@ impl Session {
         if let Err(error) = delivery.queue.ack(&[delivery.seq]) {
             tracing::warn!(queue = delivery.queue.name(), %error, "cannot settle a delivery");
         }
-        self.dispatch_later(&delivery.queue);
+        self.dispatch_all();
     }
 
-    fn dispatch_later(&mut self, queue: &Arc<Queue>) {
-        if !self.to_dispatch.iter().any(|q| Arc::ptr_eq(q, queue)) {
-            self.to_dispatch.push(Arc::clone(queue));
+    /// The session's credit is shared by its queues: each may deliver
+    /// again once some came back.
+    fn dispatch_all(&mut self) {
+        let queues = self
+            .queue
+            .iter()
+            .chain(self.shared.values().map(|shared| &shared.queue));
+        for queue in queues {
+            if !self.to_dispatch.iter().any(|q| Arc::ptr_eq(q, queue)) {
+                self.to_dispatch.push(Arc::clone(queue));
+            }
         }
     }
 
@@ -476,19 +534,26 @@ impl Session {
         }
     }
 
-    fn allocate_packet_id(&mut self) -> u16 {
-        loop {
+    /// A free packet id; `None` when all 65535 are in flight.
+    fn allocate_packet_id(&mut self) -> Option<u16> {
+        for _ in 0..u16::MAX {
             let id = self.next_packet_id;
             self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
             if !self.in_flight.contains_key(&id) {
-                return id;
+                return Some(id);
             }
         }
+        None
     }
 
-    /// A packet id for a retained message sent at QoS 1 (no queue to settle).
-    pub(crate) fn retained_packet_id(&mut self) -> u16 {
-        let id = self.allocate_packet_id();
+    /// A packet id for a retained message sent at QoS 1 (no queue to
+    /// settle); `None` while the client's window is full, and the
+    /// message then goes at QoS 0.
+    pub(crate) fn retained_packet_id(&mut self) -> Option<u16> {
+        if self.in_flight.len() >= self.window {
+            return None;
+        }
+        let id = self.allocate_packet_id()?;
         self.in_flight.insert(
             id,
             InFlight {
@@ -496,7 +561,12 @@ impl Session {
                 seq: 0,
             },
         );
-        id
+        Some(id)
+    }
+
+    /// A retained message's packet id, when its PUBLISH could not be sent.
+    pub(crate) fn forget_packet_id(&mut self, id: u16) {
+        self.in_flight.remove(&id);
     }
 
     /// PUBACK of a QoS 1 delivery.
@@ -511,7 +581,7 @@ impl Session {
         if let Err(error) = queue.ack(&[in_flight.seq]) {
             tracing::warn!(queue = queue.name(), %error, "cannot settle a delivery");
         }
-        self.dispatch_later(&queue);
+        self.dispatch_all();
     }
 
     /// A delivery that never reached the client goes back to its queue.
@@ -524,7 +594,9 @@ impl Session {
         }
     }
 
-    /// SUBSCRIBE's filters: the reason code of each.
+    /// SUBSCRIBE's filters: the reason code of each, and the filters
+    /// whose retained messages go out now (MQTT 5 Retain Handling: 0
+    /// always, 1 for a new subscription, 2 never; none for a shared one).
     pub(crate) fn subscribe(
         &mut self,
         user: &str,
@@ -532,8 +604,9 @@ impl Session {
         id: Option<u32>,
         filters: &[(String, SubscriptionOptions)],
         v5: bool,
-    ) -> Vec<u8> {
-        filters
+    ) -> (Vec<u8>, Vec<(String, SubscriptionOptions)>) {
+        let mut retained = Vec::new();
+        let codes = filters
             .iter()
             .map(|(text, options)| {
                 let granted = SubscriptionOptions {
@@ -541,7 +614,17 @@ impl Session {
                     ..*options
                 };
                 match self.subscribe_one(user, broker, id, text, granted) {
-                    Ok(()) => granted.qos,
+                    Ok(new) => {
+                        let send = match granted.retain_handling {
+                            0 => true,
+                            1 => new,
+                            _ => false,
+                        };
+                        if send && !text.starts_with("$share/") {
+                            retained.push((text.clone(), granted));
+                        }
+                        granted.qos
+                    }
                     Err(code) => {
                         if v5 {
                             code
@@ -551,9 +634,11 @@ impl Session {
                     }
                 }
             })
-            .collect()
+            .collect();
+        (codes, retained)
     }
 
+    /// One filter; whether the subscription is new.
     fn subscribe_one(
         &mut self,
         user: &str,
@@ -561,12 +646,23 @@ impl Session {
         id: Option<u32>,
         text: &str,
         options: SubscriptionOptions,
-    ) -> Result<(), u8> {
+    ) -> Result<bool, u8> {
         let filter = topic::parse_filter(text).map_err(|invalid| {
             tracing::debug!(filter = text, reason = invalid.0, "subscription refused");
             0x8F
         })?;
+        if filter.group.is_some() && options.no_local {
+            // MQTT 5 §3.8.3.1: a protocol error; refused here.
+            return Err(0x8F);
+        }
         let key = topic::to_amqp(&filter.filter);
+        if key.len() > 255 {
+            tracing::debug!(
+                filter = text,
+                "subscription refused: longer than a routing key"
+            );
+            return Err(0x8F);
+        }
         let permissions = broker.permissions();
         let vhost = self.vhost.name();
         let queue_name = match &filter.group {
@@ -581,27 +677,20 @@ impl Session {
             tracing::info!(user, filter = text, "subscription refused: no permission");
             return Err(0x87);
         }
-        let arguments = binding_arguments(options, id);
         if let Some(group) = &filter.group {
             return self.subscribe_shared(text, group, &filter.filter, &key, options, id);
         }
-        if let Some(earlier) = self.subscriptions.get(&filter.filter) {
-            if earlier.arguments == arguments {
-                return Ok(());
-            }
-            let earlier_arguments = earlier.arguments.clone();
-            let _ = self.vhost.unbind(
-                &self.exchange,
-                Destination::Queue(self.queue_name.clone()),
-                &key,
-                &earlier_arguments,
-                self.connection,
-            );
+        let arguments = binding_arguments(&filter.filter, options, id);
+        let earlier = self.subscriptions.get(&filter.filter).cloned();
+        if earlier.as_ref().is_some_and(|e| e.arguments == arguments) {
+            return Ok(false);
         }
         self.consume_session_queue().map_err(|error| {
             tracing::warn!(queue = %self.queue_name, %error, "cannot set the session's queue up");
             0x80
         })?;
+        // The new binding first, then the old one goes: no message is
+        // missed in between (MQTT §3.8.4).
         self.vhost
             .bind(
                 &self.exchange,
@@ -614,6 +703,15 @@ impl Session {
                 tracing::warn!(queue = %self.queue_name, %error, "cannot bind the session's queue");
                 0x80
             })?;
+        if let Some(earlier) = &earlier {
+            let _ = self.vhost.unbind(
+                &self.exchange,
+                Destination::Queue(self.queue_name.clone()),
+                &key,
+                &earlier.arguments,
+                self.connection,
+            );
+        }
         self.subscriptions.insert(
             filter.filter,
             Subscription {
@@ -622,7 +720,7 @@ impl Session {
                 arguments,
             },
         );
-        Ok(())
+        Ok(earlier.is_none())
     }
 
     fn subscribe_shared(
@@ -633,9 +731,11 @@ impl Session {
         key: &str,
         options: SubscriptionOptions,
         id: Option<u32>,
-    ) -> Result<(), u8> {
-        if self.shared.contains_key(text) {
-            return Ok(());
+    ) -> Result<bool, u8> {
+        if let Some(shared) = self.shared.get_mut(text) {
+            shared.options = options;
+            shared.id = id;
+            return Ok(false);
         }
         let name = shared_queue_name(group, filter);
         let declared = self.vhost.declare_queue(
@@ -680,7 +780,7 @@ impl Session {
                 tag,
             },
         );
-        Ok(())
+        Ok(true)
     }
 
     /// UNSUBSCRIBE's filters: the reason code of each.
@@ -714,9 +814,14 @@ impl Session {
     }
 
     fn leave(&self, queue: &Arc<Queue>, tag: &str) {
-        let (last, dead) = self.vhost.remove_consumer(queue, self.key, tag);
+        let (_, dead) = self.vhost.remove_consumer(queue, self.key, tag);
         self.vhost.dead_letter(dead);
-        if last && let Err(error) = self.vhost.auto_delete_queue(queue) {
+        // Also when the queue dropped the consumer itself (a delivery it
+        // could not hand over): an auto-delete queue without consumers
+        // goes (the call checks the consumers, not the flag).
+        if queue.options().auto_delete
+            && let Err(error) = self.vhost.auto_delete_queue(queue)
+        {
             tracing::warn!(queue = queue.name(), %error, "cannot auto-delete a queue");
         }
     }
@@ -724,9 +829,14 @@ impl Session {
     /// The connection is gone: consumers leave, unacknowledged deliveries
     /// go back; a session with no expiry left is deleted.
     pub(crate) fn close(&mut self, expiry_secs: u32) {
-        for (_, shared) in std::mem::take(&mut self.shared) {
-            self.leave(&shared.queue, &shared.tag);
-        }
+        let shared: Vec<Arc<Queue>> = std::mem::take(&mut self.shared)
+            .into_values()
+            .map(|shared| {
+                self.leave(&shared.queue, &shared.tag);
+                shared.queue
+            })
+            .collect();
+        self.left_shared = shared;
         if let Some(queue) = self.queue.take() {
             self.leave(&queue, SESSION_TAG);
         }
@@ -757,6 +867,18 @@ impl Session {
         }
     }
 
+    /// After the last deliveries went back: shared subscriptions' queues
+    /// the session left, deleted if it was their last consumer.
+    pub(crate) fn delete_auto_delete_queues(&mut self) {
+        for queue in std::mem::take(&mut self.left_shared) {
+            if queue.options().auto_delete
+                && let Err(error) = self.vhost.auto_delete_queue(&queue)
+            {
+                tracing::warn!(queue = queue.name(), %error, "cannot auto-delete a queue");
+            }
+        }
+    }
+
     /// Every topic filter of the session, shared ones with their prefix.
     pub(crate) fn filters(&self) -> Vec<String> {
         self.subscriptions
@@ -765,20 +887,17 @@ impl Session {
             .cloned()
             .collect()
     }
-
-    /// Whether the session holds a (non-shared) subscription to `filter`.
-    pub(crate) fn has_subscription(&self, filter: &str) -> bool {
-        self.subscriptions.contains_key(filter)
-    }
 }
 
-/// The queue of a shared subscription.
+/// The queue of a shared subscription: a share name holds no `/`, so
+/// no two (group, filter) pairs share one.
 fn shared_queue_name(group: &str, filter: &str) -> String {
-    format!("mqtt-shared-{group}-{filter}")
+    format!("mqtt-shared-{group}/{filter}")
 }
 
-fn binding_arguments(options: SubscriptionOptions, id: Option<u32>) -> FieldTable {
+fn binding_arguments(filter: &str, options: SubscriptionOptions, id: Option<u32>) -> FieldTable {
     let mut arguments = FieldTable::default();
+    arguments.insert(short(FILTER_ARG), AMQPValue::LongString(filter.into()));
     arguments.insert(short(QOS_ARG), AMQPValue::ShortShortUInt(options.qos));
     if options.no_local {
         arguments.insert(short(NO_LOCAL_ARG), AMQPValue::Boolean(true));
@@ -792,7 +911,8 @@ fn binding_arguments(options: SubscriptionOptions, id: Option<u32>) -> FieldTabl
     arguments
 }
 
-fn options_of(arguments: &FieldTable) -> (SubscriptionOptions, Option<u32>) {
+/// A binding's subscription options, identifier and filter.
+fn options_of(arguments: &FieldTable) -> (SubscriptionOptions, Option<u32>, Option<String>) {
     let table = arguments.inner();
     let flag = |name: &str| matches!(table.get(name), Some(AMQPValue::Boolean(true)));
     let qos = table
@@ -812,6 +932,7 @@ fn options_of(arguments: &FieldTable) -> (SubscriptionOptions, Option<u32>) {
             retain_handling: 0,
         },
         id,
+        table.get(FILTER_ARG).and_then(string_value),
     )
 }
 
@@ -827,12 +948,12 @@ impl Connection {
         &mut self,
         id: Option<u32>,
         filters: &[(String, SubscriptionOptions)],
-    ) -> Vec<u8> {
+    ) -> (Vec<u8>, Vec<(String, SubscriptionOptions)>) {
         let v5 = self.version == Version::V5;
         let broker = Arc::clone(&self.broker);
-        let codes = self.session.subscribe(&self.user, &broker, id, filters, v5);
+        let answer = self.session.subscribe(&self.user, &broker, id, filters, v5);
         self.show_subscriptions();
-        codes
+        answer
     }
 
     /// UNSUBSCRIBE.
@@ -863,8 +984,11 @@ mod tests {
             retain_as_published: true,
             retain_handling: 0,
         };
-        let arguments = binding_arguments(options, Some(42));
-        assert_eq!(options_of(&arguments), (options, Some(42)));
+        let arguments = binding_arguments("a/+/b*c", options, Some(42));
+        assert_eq!(
+            options_of(&arguments),
+            (options, Some(42), Some("a/+/b*c".to_owned()))
+        );
         assert_eq!(queue_name("dev-1"), "mqtt-subscription-dev-1qos1");
     }
 }

@@ -123,6 +123,18 @@ pub(crate) fn from_amqp(routing_key: &str) -> String {
         .join("/")
 }
 
+/// The MQTT filter of an AMQP binding key (`*` is `+`).
+pub(crate) fn filter_from_amqp(binding_key: &str) -> String {
+    binding_key
+        .split('.')
+        .map(|word| match word {
+            "*" => "+".to_owned(),
+            other => other.replace('/', "."),
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,6 +189,7 @@ mod tests {
         assert_eq!(to_amqp("sensors/room.1/temp"), "sensors.room/1.temp");
         assert_eq!(to_amqp("a/+/#"), "a.*.#");
         assert_eq!(from_amqp("sensors.room/1.temp"), "sensors/room.1/temp");
+        assert_eq!(filter_from_amqp("a.*.b*c.#"), "a/+/b*c/#");
         for topic in ["a/b", "x.y/z", "/lead", "trail/", "a//b"] {
             assert_eq!(from_amqp(&to_amqp(topic)), topic);
         }

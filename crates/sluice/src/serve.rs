@@ -761,6 +761,7 @@ async fn start_mqtt(
         durable_queue_type: config.durable_queue_type.clone(),
         topic_alias_max: config.topic_alias_max,
     };
+    let node = sluice_mqtt::MqttNode::new(options);
     let secure = if config.tls_listen.is_empty() {
         None
     } else {
@@ -773,16 +774,14 @@ async fn start_mqtt(
         lifecycle.serve(sluice_mqtt::serve(
             listener,
             Arc::clone(&broker),
-            options.clone(),
+            node.clone(),
             Some(tls),
             stopping,
         ));
         Some(bound)
     };
     let stopping = lifecycle.stopping();
-    lifecycle.serve(sluice_mqtt::serve(
-        listener, broker, options, None, stopping,
-    ));
+    lifecycle.serve(sluice_mqtt::serve(listener, broker, node, None, stopping));
     Ok((bound, secure))
 }
 
