@@ -2,7 +2,8 @@
 //! client libraries and knows nothing of Sluice's internals, so the same
 //! command measures Sluice, RabbitMQ or any other Kafka-compatible broker.
 //!
-//! Start at `kafka.rs` (the Kafka workload), `amqp.rs` (the AMQP workload), `payload.rs` (what every
+//! Start at `kafka.rs` (the Kafka workload), `amqp.rs` (the AMQP workload),
+//! `mqtt.rs` (the MQTT workload), `payload.rs` (what every
 //! message carries so that each one can be checked), `report.rs` (rates,
 //! latency percentiles, verdict, JSON line) and `process.rs` (a broker's CPU
 //! and memory by pid).
@@ -10,6 +11,7 @@
 mod amqp;
 mod crash;
 mod kafka;
+mod mqtt;
 mod payload;
 mod process;
 mod report;
@@ -31,6 +33,8 @@ enum Command {
     Kafka(kafka::KafkaArgs),
     /// Publish and consume through lapin (AMQP 0-9-1).
     Amqp(amqp::AmqpArgs),
+    /// Publish and subscribe through rumqttc (MQTT 3.1.1).
+    Mqtt(mqtt::MqttArgs),
     /// Kill the broker with SIGKILL at random moments under load from both
     /// protocols, restart it, and check that nothing acknowledged was lost.
     CrashLoop(crash::CrashArgs),
@@ -41,6 +45,7 @@ fn main() {
     let outcome = match cli.command {
         Command::Kafka(args) => kafka::run(&args),
         Command::Amqp(args) => amqp::run(&args),
+        Command::Mqtt(args) => mqtt::run(args),
         // The crash loop prints its own report.
         Command::CrashLoop(args) => match crash::run(&args) {
             Ok(true) => return,
