@@ -46,7 +46,7 @@ for workload in "${workloads[@]}"; do
         port=$((20000 + RANDOM % 20000))
         until port_free "$port"; do port=$((20000 + RANDOM % 20000)); done
         "$broker" --data-dir "$dir/data" --kafka-listen "127.0.0.1:$port" \
-            --amqp-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 --mqtt-listen 127.0.0.1:0 >"$dir/broker.log" 2>&1 &
+            --amqp-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 --mqtt-listen 127.0.0.1:0 --stomp-listen 127.0.0.1:0 >"$dir/broker.log" 2>&1 &
         pid=$!
         for _ in $(seq 200); do ! port_free "$port" && break; sleep 0.05; done
         # shellcheck disable=SC2086

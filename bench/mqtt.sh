@@ -34,7 +34,7 @@ start() {
     local kind="$1" dir="$2" port="$3"
     if [[ "$kind" == sluice ]]; then
         "$broker" --data-dir "$dir/data" --kafka-listen 127.0.0.1:0 --amqp-listen 127.0.0.1:0 \
-            --http-listen 127.0.0.1:0 --mqtt-listen "127.0.0.1:$port" >"$dir/broker.log" 2>&1 &
+            --http-listen 127.0.0.1:0 --mqtt-listen "127.0.0.1:$port" --stomp-listen 127.0.0.1:0 >"$dir/broker.log" 2>&1 &
     else
         printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location %s/\nmax_queued_messages 1000000\n' \
             "$port" "$dir" >"$dir/mosquitto.conf"

@@ -90,6 +90,7 @@ export async function startBroker({ args = [], user = 'guest:guest' } = {}) {
     '--amqp-listen', `127.0.0.1:${ports.amqp}`,
     '--http-listen', `127.0.0.1:${ports.http}`,
     '--mqtt-listen', '127.0.0.1:0',
+    '--stomp-listen', '127.0.0.1:0',
     // Groups form at once rather than after Kafka's 3 s wait for more members.
     '--set', 'kafka.group_initial_rebalance_delay=0s',
     ...args,

@@ -159,6 +159,7 @@ class Broker:
         self.amqp_port: int | None = None
         self.http_port: int | None = None
         self.mqtt_port: int | None = None
+        self.stomp_port: int | None = None
         self.proc: subprocess.Popen | None = None
         self.last_returncode: int | None = None
         self.last_stop_needed_kill = False
@@ -213,7 +214,13 @@ class Broker:
         assert self.mqtt_port is not None, "broker was never started"
         return ("127.0.0.1", self.mqtt_port)
 
-    def _spawn(self, kafka: int, amqp: int, http: int, mqtt: int) -> subprocess.Popen:
+    @property
+    def stomp_address(self) -> tuple[str, int]:
+        """Host and port of the STOMP listener."""
+        assert self.stomp_port is not None, "broker was never started"
+        return ("127.0.0.1", self.stomp_port)
+
+    def _spawn(self, kafka: int, amqp: int, http: int, mqtt: int, stomp: int) -> subprocess.Popen:
         binary = broker_binary()
         if not (binary.is_file() and os.access(binary, os.X_OK)):
             raise BrokerStartError(
@@ -235,6 +242,7 @@ class Broker:
                     "--amqp-listen", f"127.0.0.1:{amqp}",
                     "--http-listen", f"127.0.0.1:{http}",
                     "--mqtt-listen", f"127.0.0.1:{mqtt}",
+                    "--stomp-listen", f"127.0.0.1:{stomp}",
                     *[f"--set={key}={value}" for key, value in self.settings.items()],
                 ],
                 stdin=subprocess.DEVNULL,
@@ -256,19 +264,19 @@ class Broker:
         attempts = 3 if self.kafka_port is None else 1
         for attempt in range(attempts):
             if self.kafka_port is None:
-                ports = (free_port(), free_port(), free_port(), free_port())
+                ports = (free_port(), free_port(), free_port(), free_port(), free_port())
             else:
-                ports = (self.kafka_port, self.amqp_port, self.http_port, self.mqtt_port)
+                ports = (self.kafka_port, self.amqp_port, self.http_port, self.mqtt_port, self.stomp_port)
             log_start = self.log_size()
             self.proc = self._spawn(*ports)
-            waiting = {"Kafka": ports[0], "AMQP": ports[1], "HTTP": ports[2], "MQTT": ports[3]}
+            waiting = {"Kafka": ports[0], "AMQP": ports[1], "HTTP": ports[2], "MQTT": ports[3], "STOMP": ports[4]}
             deadline = time.monotonic() + READY_TIMEOUT_S
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
                     break
                 waiting = {protocol: port for protocol, port in waiting.items() if not port_accepts(port)}
                 if not waiting:
-                    self.kafka_port, self.amqp_port, self.http_port, self.mqtt_port = ports
+                    self.kafka_port, self.amqp_port, self.http_port, self.mqtt_port, self.stomp_port = ports
                     return
                 time.sleep(0.1)
             exited = self.proc.poll() is not None

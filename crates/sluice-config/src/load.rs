@@ -950,6 +950,7 @@ mod tests {
         let mut expected = loaded.config().clone();
         expected.amqp.users = "guest:****".to_owned();
         expected.mqtt.default_pass = "****".to_owned();
+        expected.stomp.default_pass = "****".to_owned();
         assert_eq!(reloaded.config(), &expected);
         Ok(())
     }

@@ -32,6 +32,8 @@ pub struct Config {
     pub amqp: AmqpConfig,
     /// MQTT 3.1, 3.1.1 and 5.0 clients.
     pub mqtt: MqttConfig,
+    /// STOMP 1.0, 1.1 and 1.2 clients.
+    pub stomp: StompConfig,
     /// Admin API, web UI and metrics.
     pub http: HttpConfig,
     /// Process log output.
@@ -53,6 +55,7 @@ impl Default for Config {
             kafka: KafkaConfig::default(),
             amqp: AmqpConfig::default(),
             mqtt: MqttConfig::default(),
+            stomp: StompConfig::default(),
             http: HttpConfig::default(),
             logging: LoggingConfig::default(),
             log: LogSettings::default(),
@@ -556,6 +559,45 @@ impl Default for MqttConfig {
     }
 }
 
+/// `[stomp]`: the STOMP front-end, with the settings of RabbitMQ's STOMP
+/// plugin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StompConfig {
+    /// Address the STOMP listener binds.
+    pub listen: ListenAddr,
+    /// HOST:PORT of the STOMP-over-TLS listener (61614 by convention);
+    /// empty: none.
+    pub tls_listen: String,
+    /// Virtual host of a client whose `host` header names none.
+    pub vhost: String,
+    /// Whether a client without `login` logs in as `default_user`.
+    pub allow_anonymous: bool,
+    /// User of clients that send no `login`.
+    pub default_user: String,
+    /// Password of `default_user`.
+    pub default_pass: String,
+    /// Heart-beat interval the server offers and asks for (0s: none).
+    pub heartbeat: HumanDuration,
+    /// Largest frame body accepted.
+    pub max_frame_size: ByteSize,
+}
+
+impl Default for StompConfig {
+    fn default() -> Self {
+        StompConfig {
+            listen: ListenAddr::loopback(61613),
+            tls_listen: String::new(),
+            vhost: "/".to_owned(),
+            allow_anonymous: true,
+            default_user: "guest".to_owned(),
+            default_pass: "guest".to_owned(),
+            heartbeat: HumanDuration::from_secs(10),
+            max_frame_size: ByteSize::mib(16),
+        }
+    }
+}
+
 /// `[http]`: admin API, web UI and metrics.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -1011,6 +1053,38 @@ pub const KEYS: &[KeyDoc] = &[
     KeyDoc {
         key: "mqtt.topic_alias_max",
         description: "Most topic aliases an MQTT 5 client may set (0 to 65535)",
+    },
+    KeyDoc {
+        key: "stomp.listen",
+        description: "HOST:PORT the STOMP listener binds",
+    },
+    KeyDoc {
+        key: "stomp.tls_listen",
+        description: "HOST:PORT of the STOMP-over-TLS listener; empty: none",
+    },
+    KeyDoc {
+        key: "stomp.vhost",
+        description: "Virtual host of STOMP clients whose host header names none",
+    },
+    KeyDoc {
+        key: "stomp.allow_anonymous",
+        description: "Whether a STOMP client without login logs in as stomp.default_user",
+    },
+    KeyDoc {
+        key: "stomp.default_user",
+        description: "User of STOMP clients that send no login",
+    },
+    KeyDoc {
+        key: "stomp.default_pass",
+        description: "Password of stomp.default_user",
+    },
+    KeyDoc {
+        key: "stomp.heartbeat",
+        description: "Heart-beat interval the STOMP server offers and asks for (0s: none)",
+    },
+    KeyDoc {
+        key: "stomp.max_frame_size",
+        description: "Largest STOMP frame body accepted (1KiB to 256MiB)",
     },
     KeyDoc {
         key: "amqp.listen",
@@ -1504,6 +1578,16 @@ impl Config {
                 ),
             );
         }
+        let stomp = &self.stomp;
+        if stomp.max_frame_size < ByteSize::kib(1) || stomp.max_frame_size > ByteSize::mib(256) {
+            problem(
+                "stomp.max_frame_size",
+                format!(
+                    "stomp.max_frame_size must be from 1KiB to 256MiB, got {}",
+                    stomp.max_frame_size
+                ),
+            );
+        }
         if mqtt.exchange.is_empty() || mqtt.vhost.is_empty() {
             problem(
                 "mqtt.exchange",
@@ -1737,7 +1821,7 @@ fn at_least(key: &str, minimum: ByteSize, got: ByteSize) -> String {
 
 /// Keys whose values hold secrets: logs, `sluice config show`, the admin
 /// API and error messages show them through [`redact`].
-pub const SECRET_KEYS: &[&str] = &["amqp.users", "mqtt.default_pass"];
+pub const SECRET_KEYS: &[&str] = &["amqp.users", "mqtt.default_pass", "stomp.default_pass"];
 
 /// `value` of `key` as it may be shown to people: for `amqp.users` each
 /// `name:password` becomes `name:****`; other keys are returned unchanged.
@@ -1745,7 +1829,7 @@ pub fn redact(key: &str, value: &str) -> String {
     if !SECRET_KEYS.contains(&key) {
         return value.to_owned();
     }
-    if key == "mqtt.default_pass" {
+    if key == "mqtt.default_pass" || key == "stomp.default_pass" {
         return "****".to_owned();
     }
     split_list(value)

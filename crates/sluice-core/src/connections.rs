@@ -25,15 +25,17 @@ pub enum Protocol {
     Kafka,
     Amqp,
     Mqtt,
+    Stomp,
 }
 
 impl Protocol {
-    /// `kafka`, `amqp` or `mqtt`.
+    /// `kafka`, `amqp`, `mqtt` or `stomp`.
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Kafka => "kafka",
             Protocol::Amqp => "amqp",
             Protocol::Mqtt => "mqtt",
+            Protocol::Stomp => "stomp",
         }
     }
 }
@@ -253,7 +255,7 @@ pub struct Connections {
     limits: ConnectionLimits,
     next_id: AtomicU64,
     /// Connections accepted since start, per protocol (Kafka, AMQP).
-    opened: [AtomicU64; 3],
+    opened: [AtomicU64; 4],
     /// Connections refused by a cap since start.
     refused: AtomicU64,
 }
@@ -264,7 +266,12 @@ impl Connections {
             open: Mutex::new(Open::default()),
             limits,
             next_id: AtomicU64::new(1),
-            opened: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
+            opened: [
+                AtomicU64::new(0),
+                AtomicU64::new(0),
+                AtomicU64::new(0),
+                AtomicU64::new(0),
+            ],
             refused: AtomicU64::new(0),
         })
     }
@@ -338,7 +345,7 @@ impl Connections {
             match connection.protocol() {
                 Protocol::Kafka => counts.0 += 1,
                 Protocol::Amqp => counts.1 += 1,
-                Protocol::Mqtt => {}
+                Protocol::Mqtt | Protocol::Stomp => {}
             }
         }
         counts
@@ -399,6 +406,7 @@ fn protocol_index(protocol: Protocol) -> usize {
         Protocol::Kafka => 0,
         Protocol::Amqp => 1,
         Protocol::Mqtt => 2,
+        Protocol::Stomp => 3,
     }
 }
 

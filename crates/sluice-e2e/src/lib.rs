@@ -192,6 +192,7 @@ pub(crate) fn try_spawn_logged(
         .args(["--amqp-listen", &format!("127.0.0.1:{amqp_port}")])
         .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
         .args(["--mqtt-listen", "127.0.0.1:0"])
+        .args(["--stomp-listen", "127.0.0.1:0"])
         // Groups of a test form at once, not after Kafka's 3 s wait for more members.
         .args(["--set", "kafka.group_initial_rebalance_delay=0s"])
         .args(extra)

@@ -496,7 +496,12 @@ pub(crate) async fn render(State(shared): State<AppState>) -> impl IntoResponse 
         "gauge",
         "Open client connections.",
     );
-    for protocol in [Protocol::Kafka, Protocol::Amqp, Protocol::Mqtt] {
+    for protocol in [
+        Protocol::Kafka,
+        Protocol::Amqp,
+        Protocol::Mqtt,
+        Protocol::Stomp,
+    ] {
         let open = connections
             .iter()
             .filter(|c| c.protocol() == protocol)
@@ -512,7 +517,12 @@ pub(crate) async fn render(State(shared): State<AppState>) -> impl IntoResponse 
         "counter",
         "Client connections accepted.",
     );
-    for protocol in [Protocol::Kafka, Protocol::Amqp, Protocol::Mqtt] {
+    for protocol in [
+        Protocol::Kafka,
+        Protocol::Amqp,
+        Protocol::Mqtt,
+        Protocol::Stomp,
+    ] {
         let opened = broker.connections().opened_total(protocol);
         out.sample(
             "sluice_connections_opened_total",

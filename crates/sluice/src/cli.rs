@@ -60,6 +60,8 @@ pub(crate) struct SettingsArgs {
     amqp_listen: Option<String>,
     #[arg(long, value_name = "HOST:PORT", help = flag_help("mqtt.listen"))]
     mqtt_listen: Option<String>,
+    #[arg(long, value_name = "HOST:PORT", help = flag_help("stomp.listen"))]
+    stomp_listen: Option<String>,
     #[arg(long, value_name = "HOST:PORT", help = flag_help("http.listen"))]
     http_listen: Option<String>,
     #[arg(
@@ -93,7 +95,7 @@ impl Cli {
 
 impl SettingsArgs {
     /// The dedicated flags: flag name, config key, value given.
-    fn key_flags(&self) -> [(&'static str, &'static str, Option<&str>); 7] {
+    fn key_flags(&self) -> [(&'static str, &'static str, Option<&str>); 8] {
         [
             ("--data-dir", "data_dir", self.data_dir.as_deref()),
             (
@@ -103,6 +105,11 @@ impl SettingsArgs {
             ),
             ("--amqp-listen", "amqp.listen", self.amqp_listen.as_deref()),
             ("--mqtt-listen", "mqtt.listen", self.mqtt_listen.as_deref()),
+            (
+                "--stomp-listen",
+                "stomp.listen",
+                self.stomp_listen.as_deref(),
+            ),
             ("--http-listen", "http.listen", self.http_listen.as_deref()),
             ("--log-format", "logging.format", self.log_format.as_deref()),
             ("--durability", "log.durability", self.durability.as_deref()),

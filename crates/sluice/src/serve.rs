@@ -232,6 +232,7 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         }
         let amqp = start_amqp(config, tls.as_ref(), Arc::clone(&broker), &mut lifecycle).await?;
         let mqtt = start_mqtt(config, tls.as_ref(), Arc::clone(&broker), &mut lifecycle).await?;
+        let stomp = start_stomp(config, tls.as_ref(), Arc::clone(&broker), &mut lifecycle).await?;
         let http = bind(config.http.listen.as_str(), "HTTP", "http.listen").await?;
         let http_tls = if config.http.tls {
             Some(
@@ -241,12 +242,16 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         } else {
             None
         };
-        anyhow::Ok((kafka, (amqp, mqtt), http, http_tls))
+        anyhow::Ok((kafka, (amqp, mqtt, stomp), http, http_tls))
     }
     .await;
     let (
         kafka,
-        ((amqp_address, amqps_address), (mqtt_address, mqtts_address)),
+        (
+            (amqp_address, amqps_address),
+            (mqtt_address, mqtts_address),
+            (stomp_address, stomps_address),
+        ),
         (listener, http_address),
         http_tls,
     ) = match bound {
@@ -274,6 +279,7 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         kafka = %kafka.bound,
         amqp = %amqp_address,
         mqtt = %mqtt_address,
+        stomp = %stomp_address,
         http = %http_address,
         "broker started"
     );
@@ -308,6 +314,16 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     if let Some(address) = mqtts_address {
         listeners.push(sluice_http::ListenerInfo {
             protocol: "mqtts",
+            address: address.to_string(),
+        });
+    }
+    listeners.push(sluice_http::ListenerInfo {
+        protocol: "stomp",
+        address: stomp_address.to_string(),
+    });
+    if let Some(address) = stomps_address {
+        listeners.push(sluice_http::ListenerInfo {
+            protocol: "stomps",
             address: address.to_string(),
         });
     }
@@ -782,6 +798,51 @@ async fn start_mqtt(
     };
     let stopping = lifecycle.stopping();
     lifecycle.serve(sluice_mqtt::serve(listener, broker, node, None, stopping));
+    Ok((bound, secure))
+}
+
+/// Binds the STOMP listener, and the TLS one when `stomp.tls_listen` is
+/// set, and serves each in a task.
+async fn start_stomp(
+    whole: &Config,
+    tls: Option<&Arc<Tls>>,
+    broker: Arc<Broker>,
+    lifecycle: &mut Lifecycle,
+) -> anyhow::Result<(std::net::SocketAddr, Option<std::net::SocketAddr>)> {
+    let config = &whole.stomp;
+    let (listener, bound) = bind(config.listen.as_str(), "STOMP", "stomp.listen").await?;
+    info!(listen = %bound, "stomp listening");
+    let options = sluice_stomp::StompOptions {
+        vhost: config.vhost.clone(),
+        allow_anonymous: config.allow_anonymous,
+        default_user: config.default_user.clone(),
+        default_pass: config.default_pass.clone(),
+        heartbeat: config.heartbeat.get(),
+        max_header_bytes: 64 * 1024,
+        max_body_bytes: usize::try_from(config.max_frame_size.bytes()).unwrap_or(usize::MAX),
+    };
+    let secure = if config.tls_listen.is_empty() {
+        None
+    } else {
+        let tls = tls
+            .cloned()
+            .context("stomp.tls_listen asks for TLS: set tls.cert_file and tls.key_file")?;
+        let (listener, bound) = bind(&config.tls_listen, "STOMPS", "stomp.tls_listen").await?;
+        info!(listen = %bound, "stomps listening");
+        let stopping = lifecycle.stopping();
+        lifecycle.serve(sluice_stomp::serve(
+            listener,
+            Arc::clone(&broker),
+            options.clone(),
+            Some(tls),
+            stopping,
+        ));
+        Some(bound)
+    };
+    let stopping = lifecycle.stopping();
+    lifecycle.serve(sluice_stomp::serve(
+        listener, broker, options, None, stopping,
+    ));
     Ok((bound, secure))
 }
 

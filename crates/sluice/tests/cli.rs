@@ -165,6 +165,8 @@ fn starts_logs_its_configuration_and_stops_cleanly_on_sigterm() -> anyhow::Resul
         "127.0.0.1:0",
         "--mqtt-listen",
         "127.0.0.1:0",
+        "--stomp-listen",
+        "127.0.0.1:0",
     ]);
     // Every value is logged at DEBUG; INFO has only the non-default ones.
     command.env("SLUICE_LOG", "info,sluice::serve=debug");
@@ -211,6 +213,8 @@ fn second_broker_on_the_same_data_dir_fails_and_the_first_keeps_running() -> any
         "127.0.0.1:0",
         "--mqtt-listen",
         "127.0.0.1:0",
+        "--stomp-listen",
+        "127.0.0.1:0",
     ]);
     let mut first = ChildGuard::spawn(command, dir.path(), "first")?;
     let log = first.wait_for_log("broker started")?;
@@ -231,6 +235,8 @@ fn second_broker_on_the_same_data_dir_fails_and_the_first_keeps_running() -> any
         "--http-listen",
         "127.0.0.1:0",
         "--mqtt-listen",
+        "127.0.0.1:0",
+        "--stomp-listen",
         "127.0.0.1:0",
     ]);
     let (status, _, stderr) = run(command, dir.path(), "second")?;

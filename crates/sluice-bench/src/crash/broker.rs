@@ -75,7 +75,8 @@ impl Broker {
             .args(["--kafka-listen", &format!("127.0.0.1:{}", self.kafka_port)])
             .args(["--amqp-listen", &format!("127.0.0.1:{}", self.amqp_port)])
             .args(["--http-listen", &format!("127.0.0.1:{}", self.http_port)])
-            .args(["--mqtt-listen", "127.0.0.1:0"]);
+            .args(["--mqtt-listen", "127.0.0.1:0"])
+            .args(["--stomp-listen", "127.0.0.1:0"]);
         for setting in &self.settings {
             command.args(["--set", setting]);
         }

@@ -1,0 +1,118 @@
+//! RabbitMQ's STOMP destinations, and what each means for SEND and
+//! SUBSCRIBE:
+//!
+//! | destination | SEND | SUBSCRIBE |
+//! |---|---|---|
+//! | `/queue/q` | default exchange, key `q` (declares a durable `q`) | consumes `q` (declared if missing) |
+//! | `/amq/queue/q` | default exchange, key `q` | consumes the existing `q` |
+//! | `/topic/k` | `amq.topic`, key `k` | a queue of its own bound to `amq.topic` with `k` |
+//! | `/exchange/x[/k]` | exchange `x`, key `k` | a queue of its own bound to `x` with `k` |
+//! | `/temp-queue/t` | (in `reply-to`) the connection's private queue `t` | consumed implicitly |
+//! | `/reply-queue/q` | default exchange, key `q` | – |
+
+/// A parsed destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Destination {
+    Queue(String),
+    AmqQueue(String),
+    Topic(String),
+    Exchange { name: String, key: String },
+    TempQueue(String),
+    ReplyQueue(String),
+}
+
+impl Destination {
+    /// Parses `text`; `None` for a destination RabbitMQ does not know.
+    pub(crate) fn parse(text: &str) -> Option<Destination> {
+        let named = |rest: &str| (!rest.is_empty()).then(|| rest.to_owned());
+        if let Some(rest) = text.strip_prefix("/queue/") {
+            return named(rest).map(Destination::Queue);
+        }
+        if let Some(rest) = text.strip_prefix("/amq/queue/") {
+            return named(rest).map(Destination::AmqQueue);
+        }
+        if let Some(rest) = text.strip_prefix("/topic/") {
+            return named(rest).map(Destination::Topic);
+        }
+        if let Some(rest) = text.strip_prefix("/temp-queue/") {
+            return named(rest).map(Destination::TempQueue);
+        }
+        if let Some(rest) = text.strip_prefix("/reply-queue/") {
+            return named(rest).map(Destination::ReplyQueue);
+        }
+        if let Some(rest) = text.strip_prefix("/exchange/") {
+            let (name, key) = rest.split_once('/').unwrap_or((rest, ""));
+            if name.is_empty() {
+                return None;
+            }
+            return Some(Destination::Exchange {
+                name: name.to_owned(),
+                key: key.to_owned(),
+            });
+        }
+        None
+    }
+
+    /// Where a SEND goes: the exchange and routing key.
+    pub(crate) fn route(&self) -> (String, String) {
+        match self {
+            Destination::Queue(q) | Destination::AmqQueue(q) | Destination::ReplyQueue(q) => {
+                (String::new(), q.clone())
+            }
+            Destination::Topic(k) => ("amq.topic".to_owned(), k.clone()),
+            Destination::Exchange { name, key } => (name.clone(), key.clone()),
+            Destination::TempQueue(t) => (String::new(), t.clone()),
+        }
+    }
+
+    /// The destination header of a MESSAGE routed through `exchange`
+    /// with `key` (RabbitMQ's reverse mapping).
+    pub(crate) fn of_delivery(exchange: &str, key: &str) -> String {
+        match exchange {
+            "" => format!("/queue/{key}"),
+            "amq.topic" => format!("/topic/{key}"),
+            other => format!("/exchange/{other}/{key}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destinations_parse_as_rabbitmq_names_them() {
+        assert_eq!(
+            Destination::parse("/queue/a"),
+            Some(Destination::Queue("a".into()))
+        );
+        assert_eq!(
+            Destination::parse("/amq/queue/a"),
+            Some(Destination::AmqQueue("a".into()))
+        );
+        assert_eq!(
+            Destination::parse("/exchange/logs/error.db"),
+            Some(Destination::Exchange {
+                name: "logs".into(),
+                key: "error.db".into()
+            })
+        );
+        assert_eq!(
+            Destination::parse("/exchange/fan"),
+            Some(Destination::Exchange {
+                name: "fan".into(),
+                key: String::new()
+            })
+        );
+        assert_eq!(
+            Destination::parse("/topic/a.b").map(|d| d.route()),
+            Some(("amq.topic".into(), "a.b".into()))
+        );
+        for bad in ["/queue/", "queue/a", "/exchange/", "/other/x", ""] {
+            assert_eq!(Destination::parse(bad), None, "{bad}");
+        }
+        assert_eq!(Destination::of_delivery("", "q"), "/queue/q");
+        assert_eq!(Destination::of_delivery("amq.topic", "a.b"), "/topic/a.b");
+        assert_eq!(Destination::of_delivery("x", "k"), "/exchange/x/k");
+    }
+}
