@@ -20,6 +20,7 @@ pub struct Harness {
     pub kafka: SocketAddr,
     pub amqp: SocketAddr,
     pub mqtt: SocketAddr,
+    pub stomp: SocketAddr,
     /// A Kafka SASL_PLAINTEXT listener.
     pub kafka_sasl: SocketAddr,
     /// A Kafka SSL listener (a self-signed certificate made at start).
@@ -56,7 +57,7 @@ pub fn harness() -> &'static Harness {
             .expect("runtime");
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let tls = self_signed_tls(dir.path());
-        let (kafka, amqp, mqtt, kafka_sasl, kafka_tls) = runtime.block_on(async {
+        let (kafka, amqp, mqtt, stomp, kafka_sasl, kafka_tls) = runtime.block_on(async {
             let kafka = tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await
                 .expect("bind");
@@ -66,10 +67,14 @@ pub fn harness() -> &'static Harness {
             let mqtt = tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await
                 .expect("bind");
+            let stomp = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
             let addresses = (
                 kafka.local_addr().expect("address"),
                 amqp.local_addr().expect("address"),
                 mqtt.local_addr().expect("address"),
+                stomp.local_addr().expect("address"),
             );
             let options = sluice_kafka::KafkaOptions {
                 advertised_host: "127.0.0.1".to_owned(),
@@ -131,12 +136,23 @@ pub fn harness() -> &'static Harness {
                     ..sluice_mqtt::MqttOptions::default()
                 }),
                 None,
+                stopped.clone(),
+            ));
+            tokio::spawn(sluice_stomp::serve(
+                stomp,
+                Arc::clone(&broker),
+                sluice_stomp::StompOptions {
+                    max_body_bytes: 1 << 20,
+                    ..sluice_stomp::StompOptions::default()
+                },
+                None,
                 stopped,
             ));
             (
                 addresses.0,
                 addresses.1,
                 addresses.2,
+                addresses.3,
                 secured[0],
                 secured[1],
             )
@@ -145,6 +161,7 @@ pub fn harness() -> &'static Harness {
             kafka,
             amqp,
             mqtt,
+            stomp,
             kafka_sasl,
             kafka_tls,
             _runtime: runtime,
