@@ -40,7 +40,6 @@ start() {
             "$port" "$dir" >"$dir/mosquitto.conf"
         "$mosquitto" -c "$dir/mosquitto.conf" >"$dir/broker.log" 2>&1 &
     fi
-    echo $!
 }
 
 for workload in "${workloads[@]}"; do
@@ -52,7 +51,10 @@ for workload in "${workloads[@]}"; do
             dir="$(mktemp -d)"
             port=$((20000 + RANDOM % 20000))
             until port_free "$port"; do port=$((20000 + RANDOM % 20000)); done
-            pid=$(start "$kind" "$dir" "$port")
+            # In this shell, so that the broker is its child: `wait` then
+            # waits for its exit before the directory goes.
+            start "$kind" "$dir" "$port"
+            pid=$!
             for _ in $(seq 200); do ! port_free "$port" && break; sleep 0.05; done
             # shellcheck disable=SC2086
             line=$("$tool" mqtt --address "127.0.0.1:$port" --broker-pid "$pid" --json $args | tail -n 1) || true

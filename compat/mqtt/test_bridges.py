@@ -150,3 +150,30 @@ def test_the_admin_api_and_metrics_show_mqtt_connections(broker):
     wait_until(lambda: not [c for c in api_get(broker, "/api/connections")["items"]
                             if c["client_name"] == client_id], 10, what="the connection to go")
     assert json.dumps(connection)
+
+
+def test_mqtt_over_websocket_on_the_http_listener(broker):
+    import paho.mqtt.client as mqtt
+
+    topic = unique_name("ws")
+    over_ws = Client(broker, version=V5, address=("127.0.0.1", broker.http_port))
+    over_ws.client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+                                 client_id=over_ws.client_id, protocol=V5, transport="websockets")
+    over_ws.client.ws_set_options(path="/ws/mqtt")
+    over_ws.client.username_pw_set("guest", "guest")
+    over_ws.client.on_connect = over_ws._on_connect
+    over_ws.client.on_message = lambda _c, _u, message: over_ws.received.put(message)
+    over_ws.client.on_subscribe = lambda _c, _u, mid, codes, _p: over_ws.subacks.put((mid, codes))
+    over_ws.client.on_publish = over_ws._on_publish
+    over_ws.connect()
+    over_ws.subscribe(f"{topic}/#", qos=1)
+    plain = Client(broker)
+    plain.connect()
+    plain.publish(f"{topic}/a", b"x" * 100_000, qos=1)
+    assert over_ws.take(1)[0].payload == b"x" * 100_000, "a packet over several WebSocket messages"
+    over_ws.publish(f"{topic}/b", b"from the browser side", qos=1)
+    assert over_ws.take(1)[0].payload == b"from the browser side"
+    listed = [c for c in api_get(broker, "/api/connections")["items"] if c["client_name"] == over_ws.client_id]
+    assert listed and listed[0]["protocol"] == "mqtt"
+    over_ws.disconnect()
+    plain.disconnect()

@@ -263,3 +263,28 @@ def test_a_wrong_login_gets_error(broker):
     assert answer.startswith(b"ERROR") and b"Access refused" in answer
     assert closed_within(sock, 5)
     sock.close()
+
+
+def test_stomp_over_websocket_on_the_http_listener(broker, clients):
+    import stomp
+
+    queue = unique_name("ws")
+    connection = stomp.WSStompConnection([("127.0.0.1", broker.http_port)], ws_path="/ws/stomp",
+                                         heartbeats=(0, 0))
+    from support import Recorder
+
+    recorder = Recorder()
+    connection.set_listener("r", recorder)
+    connection.connect("guest", "guest", wait=True)
+    connection.subscribe(f"/queue/{queue}", id="ws-sub", ack="client-individual")
+    sender = clients(version="1.2")
+    sender.connection.send(f"/queue/{queue}", "over websocket")
+    message = recorder.messages.get(timeout=15)
+    assert message.body == "over websocket"
+    connection.ack(message.headers["ack"])
+    connection.send(f"/queue/{queue}-back", "reply", receipt="ws-r")
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and recorder.receipts.empty():
+        time.sleep(0.05)
+    assert recorder.receipts.get(timeout=1) == "ws-r"
+    connection.disconnect()

@@ -18,6 +18,7 @@ mod metrics;
 mod openapi;
 mod rates;
 mod ui;
+mod websocket;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,6 +32,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use error::{ApiError, ErrorCode};
+pub use websocket::{StreamHandler, WebSocketRoute};
 
 /// One listener of the node, as the overview shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +48,8 @@ pub struct ListenerInfo {
 pub struct HttpOptions {
     /// The node's listeners, for the overview.
     pub listeners: Vec<ListenerInfo>,
+    /// Protocols served over WebSocket (MQTT, STOMP).
+    pub websockets: Vec<WebSocketRoute>,
 }
 
 /// What every handler reaches.
@@ -81,9 +85,20 @@ fn app(shared: AppState) -> Router {
         Arc::clone(&shared),
         auth::require_user,
     ));
-    Router::new()
-        .merge(api)
-        .merge(api::public_routes())
+    let mut router = Router::new().merge(api).merge(api::public_routes());
+    for route in &shared.options.websockets {
+        let route = route.clone();
+        router = router.route(
+            route.path,
+            get(
+                move |upgrade: axum::extract::ws::WebSocketUpgrade,
+                      axum::extract::ConnectInfo(PeerAddr(peer)): axum::extract::ConnectInfo<
+                    PeerAddr,
+                >| async move { websocket::upgrade(&route, upgrade, peer) },
+            ),
+        );
+    }
+    router
         .route("/api/openapi.json", get(openapi::document))
         .route("/metrics", get(metrics::render))
         .merge(ui::routes())
@@ -275,6 +290,7 @@ mod tests {
             Arc::new(broker),
             HttpOptions {
                 listeners: Vec::new(),
+                websockets: Vec::new(),
             },
         ))
     }

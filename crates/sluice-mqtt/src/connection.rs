@@ -13,7 +13,6 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use sluice_core::messaging::{ConsumerEvent, VirtualHost};
 use sluice_core::{Acks, Broker, ConnectionHandle};
-use sluice_tls::ServerStream;
 use sluice_tls::{ReadHalf, WriteHalf};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
@@ -126,13 +125,12 @@ impl Connection {
     /// Serves one client from CONNECT to close.
     pub(crate) async fn run(
         registration: ConnectionHandle,
-        stream: ServerStream,
+        (mut reader, mut writer): (ReadHalf, WriteHalf),
         peer: SocketAddr,
         broker: Arc<Broker>,
         shared: Arc<Shared>,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<(), ConnectionError> {
-        let (mut reader, mut writer) = stream.split();
         let mut codec = crate::packets::Codec::new(shared.options.max_packet_size);
         let mut buffer = BytesMut::with_capacity(4096);
         let read = tokio::time::timeout(

@@ -162,7 +162,8 @@ impl Clients {
 }
 
 /// The MQTT front-end of a node: its listeners share the connected
-/// client ids (a client moving from MQTT to MQTTS takes its session).
+/// client ids (a client moving from MQTT to MQTTS or WebSocket takes its
+/// session).
 #[derive(Debug, Clone)]
 pub struct MqttNode {
     shared: Arc<Shared>,
@@ -175,6 +176,55 @@ impl MqttNode {
                 options,
                 clients: Clients::default(),
             }),
+        }
+    }
+
+    /// Serves one client whose bytes come over another transport (MQTT
+    /// over WebSocket, `/ws/mqtt` on the HTTP listener), until it ends.
+    pub async fn serve_stream(
+        &self,
+        broker: Arc<Broker>,
+        halves: (sluice_tls::ReadHalf, sluice_tls::WriteHalf),
+        peer: SocketAddr,
+        shutdown: watch::Receiver<bool>,
+    ) {
+        let registration = match broker
+            .connections()
+            .register(sluice_core::Protocol::Mqtt, peer)
+        {
+            Ok(registration) => registration,
+            Err(refused) => {
+                tracing::warn!(%peer, reason = %refused, "mqtt over websocket refused");
+                return;
+            }
+        };
+        let span =
+            tracing::info_span!("conn", conn_id = registration.id(), %peer, protocol = "mqtt-ws");
+        serve_connection(
+            registration,
+            halves,
+            peer,
+            broker,
+            Arc::clone(&self.shared),
+            shutdown,
+        )
+        .instrument(span)
+        .await;
+    }
+}
+
+async fn serve_connection(
+    registration: sluice_core::ConnectionHandle,
+    halves: (sluice_tls::ReadHalf, sluice_tls::WriteHalf),
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+) {
+    match Connection::run(registration, halves, peer, broker, shared, shutdown).await {
+        Ok(()) => tracing::debug!("connection closed"),
+        Err(reason) => {
+            tracing::info!(reason = %sluice_types::ErrorChain(&reason), "connection closed");
         }
     }
 }
@@ -228,12 +278,8 @@ pub async fn serve(
                 else {
                     return;
                 };
-                match Connection::run(registration, stream, peer, broker, shared, shutdown).await {
-                    Ok(()) => tracing::debug!("connection closed"),
-                    Err(reason) => {
-                        tracing::info!(reason = %sluice_types::ErrorChain(&reason), "connection closed");
-                    }
-                }
+                serve_connection(registration, stream.split(), peer, broker, shared, shutdown)
+                    .await;
             }
             .instrument(span),
         );

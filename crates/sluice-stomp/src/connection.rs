@@ -17,7 +17,7 @@ use sluice_core::messaging::{
 };
 use sluice_core::permissions::Access;
 use sluice_core::{Acks, Broker, ConnectionHandle};
-use sluice_tls::{ReadHalf, ServerStream, WriteHalf};
+use sluice_tls::{ReadHalf, WriteHalf};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -141,13 +141,12 @@ impl Connection {
     /// Serves one client from CONNECT to close.
     pub(crate) async fn run(
         registration: ConnectionHandle,
-        stream: ServerStream,
+        (mut reader, mut writer): (ReadHalf, WriteHalf),
         peer: SocketAddr,
         broker: Arc<Broker>,
         options: Arc<StompOptions>,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<(), ConnectionError> {
-        let (mut reader, mut writer) = stream.split();
         let limits = Limits {
             headers: options.max_header_bytes,
             body: options.max_body_bytes,

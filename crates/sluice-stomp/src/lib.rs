@@ -14,4 +14,4 @@ mod frame;
 mod listener;
 mod message;
 
-pub use listener::{StompOptions, serve};
+pub use listener::{StompOptions, serve, serve_stream};

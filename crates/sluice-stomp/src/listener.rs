@@ -43,6 +43,48 @@ impl Default for StompOptions {
     }
 }
 
+/// Serves one client whose bytes come over another transport (STOMP over
+/// WebSocket, `/ws/stomp` on the HTTP listener), until it ends.
+pub async fn serve_stream(
+    broker: Arc<Broker>,
+    options: Arc<StompOptions>,
+    halves: (sluice_tls::ReadHalf, sluice_tls::WriteHalf),
+    peer: SocketAddr,
+    shutdown: watch::Receiver<bool>,
+) {
+    let registration = match broker
+        .connections()
+        .register(sluice_core::Protocol::Stomp, peer)
+    {
+        Ok(registration) => registration,
+        Err(refused) => {
+            tracing::warn!(%peer, reason = %refused, "stomp over websocket refused");
+            return;
+        }
+    };
+    let span =
+        tracing::info_span!("conn", conn_id = registration.id(), %peer, protocol = "stomp-ws");
+    serve_connection(registration, halves, peer, broker, options, shutdown)
+        .instrument(span)
+        .await;
+}
+
+async fn serve_connection(
+    registration: sluice_core::ConnectionHandle,
+    halves: (sluice_tls::ReadHalf, sluice_tls::WriteHalf),
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    options: Arc<StompOptions>,
+    shutdown: watch::Receiver<bool>,
+) {
+    match Connection::run(registration, halves, peer, broker, options, shutdown).await {
+        Ok(()) => tracing::debug!("connection closed"),
+        Err(reason) => {
+            tracing::info!(reason = %sluice_types::ErrorChain(&reason), "connection closed");
+        }
+    }
+}
+
 /// Accepts STOMP connections until `shutdown` turns true; `tls` makes it
 /// the STOMP-over-TLS listener.
 pub async fn serve(
@@ -92,12 +134,15 @@ pub async fn serve(
                 else {
                     return;
                 };
-                match Connection::run(registration, stream, peer, broker, options, shutdown).await {
-                    Ok(()) => tracing::debug!("connection closed"),
-                    Err(reason) => {
-                        tracing::info!(reason = %sluice_types::ErrorChain(&reason), "connection closed");
-                    }
-                }
+                serve_connection(
+                    registration,
+                    stream.split(),
+                    peer,
+                    broker,
+                    options,
+                    shutdown,
+                )
+                .await;
             }
             .instrument(span),
         );

@@ -249,8 +249,8 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         kafka,
         (
             (amqp_address, amqps_address),
-            (mqtt_address, mqtts_address),
-            (stomp_address, stomps_address),
+            (mqtt_address, mqtts_address, mqtt_websocket),
+            (stomp_address, stomps_address, stomp_websocket),
         ),
         (listener, http_address),
         http_tls,
@@ -335,7 +335,10 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     lifecycle.serve(sluice_http::serve(
         listener,
         Arc::clone(&broker),
-        sluice_http::HttpOptions { listeners },
+        sluice_http::HttpOptions {
+            listeners,
+            websockets: vec![mqtt_websocket, stomp_websocket],
+        },
         http_tls,
         stopping,
     ));
@@ -760,7 +763,11 @@ async fn start_mqtt(
     tls: Option<&Arc<Tls>>,
     broker: Arc<Broker>,
     lifecycle: &mut Lifecycle,
-) -> anyhow::Result<(std::net::SocketAddr, Option<std::net::SocketAddr>)> {
+) -> anyhow::Result<(
+    std::net::SocketAddr,
+    Option<std::net::SocketAddr>,
+    sluice_http::WebSocketRoute,
+)> {
     let config = &whole.mqtt;
     let (listener, bound) = bind(config.listen.as_str(), "MQTT", "mqtt.listen").await?;
     info!(listen = %bound, "mqtt listening");
@@ -796,9 +803,26 @@ async fn start_mqtt(
         ));
         Some(bound)
     };
+    // MQTT over WebSocket on the HTTP listener (RabbitMQ's Web MQTT).
+    let websocket = {
+        let node = node.clone();
+        let broker = Arc::clone(&broker);
+        let stopping = lifecycle.stopping();
+        sluice_http::WebSocketRoute {
+            path: "/ws/mqtt",
+            subprotocols: vec!["mqtt", "mqttv3.1"],
+            text: false,
+            handler: Arc::new(move |halves, peer| {
+                let node = node.clone();
+                let broker = Arc::clone(&broker);
+                let stopping = stopping.clone();
+                Box::pin(async move { node.serve_stream(broker, halves, peer, stopping).await })
+            }),
+        }
+    };
     let stopping = lifecycle.stopping();
     lifecycle.serve(sluice_mqtt::serve(listener, broker, node, None, stopping));
-    Ok((bound, secure))
+    Ok((bound, secure, websocket))
 }
 
 /// Binds the STOMP listener, and the TLS one when `stomp.tls_listen` is
@@ -808,7 +832,11 @@ async fn start_stomp(
     tls: Option<&Arc<Tls>>,
     broker: Arc<Broker>,
     lifecycle: &mut Lifecycle,
-) -> anyhow::Result<(std::net::SocketAddr, Option<std::net::SocketAddr>)> {
+) -> anyhow::Result<(
+    std::net::SocketAddr,
+    Option<std::net::SocketAddr>,
+    sluice_http::WebSocketRoute,
+)> {
     let config = &whole.stomp;
     let (listener, bound) = bind(config.listen.as_str(), "STOMP", "stomp.listen").await?;
     info!(listen = %bound, "stomp listening");
@@ -839,11 +867,30 @@ async fn start_stomp(
         ));
         Some(bound)
     };
+    // STOMP over WebSocket on the HTTP listener (RabbitMQ's Web STOMP).
+    let websocket = {
+        let options = Arc::new(options.clone());
+        let broker = Arc::clone(&broker);
+        let stopping = lifecycle.stopping();
+        sluice_http::WebSocketRoute {
+            path: "/ws/stomp",
+            subprotocols: vec!["v12.stomp", "v11.stomp", "v10.stomp", "stomp"],
+            text: true,
+            handler: Arc::new(move |halves, peer| {
+                let options = Arc::clone(&options);
+                let broker = Arc::clone(&broker);
+                let stopping = stopping.clone();
+                Box::pin(sluice_stomp::serve_stream(
+                    broker, options, halves, peer, stopping,
+                ))
+            }),
+        }
+    };
     let stopping = lifecycle.stopping();
     lifecycle.serve(sluice_stomp::serve(
         listener, broker, options, None, stopping,
     ));
-    Ok((bound, secure))
+    Ok((bound, secure, websocket))
 }
 
 /// Installs the global subscriber: filter from `SLUICE_LOG`, else `RUST_LOG`,
