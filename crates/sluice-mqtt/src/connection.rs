@@ -238,6 +238,13 @@ impl Connection {
                 deadline = idle_limit.map(|limit| Instant::now() + limit);
             }
             let reading = !blocked && self.out.len() < OUTBOUND_HIGH_WATER;
+            if !reading {
+                // Not reading is ours: a client's silence meanwhile is not.
+                deadline = idle_limit.map(|limit| Instant::now() + limit);
+            }
+            // Deliveries wait while much is unsent (a QoS 0 delivery is
+            // settled once encoded).
+            let delivering = self.out.len() < OUTBOUND_HIGH_WATER;
             let keep_alive_expired = async {
                 match deadline {
                     Some(at) => tokio::time::sleep_until(at).await,
@@ -263,7 +270,7 @@ impl Connection {
                     deadline = idle_limit.map(|limit| Instant::now() + limit);
                     result = self.handle_buffered(buffer);
                 }
-                Some(event) = events_rx.recv() => {
+                Some(event) = events_rx.recv(), if delivering => {
                     let mut gone = self.session.event(event, &mut self.out, &mut self.codec);
                     for _ in 0..EVENTS_PER_BURST {
                         match events_rx.try_recv() {
@@ -366,12 +373,12 @@ impl Connection {
                 id,
                 filters,
             } => {
-                let (codes, send_retained) = self.subscribe(id, &filters);
+                let (codes, send_retained) = self.blocking(|c| c.subscribe(id, &filters));
                 self.write(Outbound::SubAck { packet_id, codes });
                 self.send_retained(&send_retained, id);
             }
             Inbound::Unsubscribe { packet_id, filters } => {
-                let codes = self.unsubscribe(&filters);
+                let codes = self.blocking(|c| c.unsubscribe(&filters));
                 self.write(Outbound::UnsubAck { packet_id, codes });
             }
             Inbound::PingReq => self.write(Outbound::PingResp),
@@ -491,8 +498,19 @@ impl Connection {
         Ok(())
     }
 
+    /// Runs `f`, off the async worker on a cluster, where declaring,
+    /// binding and deleting are blocking commits through the quorum.
+    fn blocking<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> T {
+        if self.broker.topics().metadata().clustered() {
+            tokio::task::block_in_place(|| f(self))
+        } else {
+            f(self)
+        }
+    }
+
     fn teardown(&mut self, send_will: bool, slot: &Arc<Slot>) {
-        self.session.close(self.session_expiry_secs);
+        let expiry = self.session_expiry_secs;
+        self.blocking(|c| c.session.close(expiry));
         let will = self.will.take().filter(|_| send_will);
         let delayed = will.and_then(|will| crate::publish::send_will(self, will));
         self.shared

@@ -38,6 +38,14 @@ const DEFAULT_PREFETCH: u32 = 1000;
 /// How long a subscription's own queue outlives a crashed node on a
 /// cluster (it is deleted when the subscription or connection ends).
 const TRANSIENT_EXPIRY_MS: i64 = 60_000;
+/// Open transactions per connection, and the bytes they may buffer.
+const MAX_TRANSACTIONS: usize = 100;
+const MAX_TRANSACTION_BYTES: usize = 64 << 20;
+
+/// The queue of `user`'s durable subscription `id`.
+fn durable_queue_name(user: &str, id: &str) -> String {
+    format!("stomp-subscription-{user}-{id}")
+}
 
 /// Why a connection ended other than by DISCONNECT.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +91,8 @@ enum AckMode {
 #[derive(Debug)]
 struct Subscription {
     queue: Arc<Queue>,
+    /// The consumer tag: unique on the connection, so deliveries of an
+    /// ended subscription never pass for a later one with the same id.
     tag: Arc<str>,
     ack: AckMode,
     credit: Arc<Credit>,
@@ -121,9 +131,14 @@ pub(crate) struct Connection {
     clustered: bool,
     out: BytesMut,
     subscriptions: HashMap<String, Subscription>,
+    /// Subscription ids by consumer tag.
+    tags: HashMap<Arc<str>, String>,
+    next_tag: u64,
+    /// Frames buffered in open transactions, in bytes.
+    transaction_bytes: usize,
+    scan: frame::Scan,
     unacked: BTreeMap<u64, Unacked>,
     next_ack: u64,
-    next_queue: u64,
     transactions: HashMap<String, Vec<TxAction>>,
     /// Temporary queues by their STOMP name.
     temp_queues: HashMap<String, String>,
@@ -182,9 +197,12 @@ impl Connection {
                     key,
                     out: BytesMut::with_capacity(4096),
                     subscriptions: HashMap::new(),
+                    tags: HashMap::new(),
+                    next_tag: 1,
+                    transaction_bytes: 0,
+                    scan: frame::Scan::default(),
                     unacked: BTreeMap::new(),
                     next_ack: 1,
-                    next_queue: 1,
                     transactions: HashMap::new(),
                     temp_queues: HashMap::new(),
                     sink: events_tx,
@@ -259,6 +277,11 @@ impl Connection {
                 read_deadline = silence.map(|limit| Instant::now() + limit);
             }
             let reading = !blocked && self.out.len() < OUTBOUND_HIGH_WATER;
+            if !reading {
+                // Not reading is ours: a client's silence meanwhile is not.
+                read_deadline = silence.map(|limit| Instant::now() + limit);
+            }
+            let delivering = self.out.len() < OUTBOUND_HIGH_WATER;
             let pending_out = !self.out.is_empty();
             let silent = async {
                 match read_deadline {
@@ -291,7 +314,7 @@ impl Connection {
                     read_deadline = silence.map(|limit| Instant::now() + limit);
                     result = self.handle_buffered(buffer, limits);
                 }
-                Some(event) = events_rx.recv() => {
+                Some(event) = events_rx.recv(), if delivering => {
                     self.event(event);
                     for _ in 0..EVENTS_PER_BURST {
                         match events_rx.try_recv() {
@@ -320,6 +343,17 @@ impl Connection {
             }
         }
         self.end_of_burst();
+        if matches!(result, Some(Ok(()))) {
+            // DISCONNECT: the receipts still waiting for durability go out
+            // before the connection ends (bounded).
+            let deadline = Instant::now() + FINAL_WRITE;
+            while !self.waiting.is_empty() {
+                match tokio::time::timeout_at(deadline, synced_rx.recv()).await {
+                    Ok(Some((batch, ok))) => self.synced(batch, ok),
+                    _ => break,
+                }
+            }
+        }
         result.unwrap_or(Ok(()))
     }
 
@@ -331,14 +365,15 @@ impl Connection {
         limits: Limits,
     ) -> Option<Result<(), ConnectionError>> {
         loop {
-            let frame = match frame::decode(buffer, self.version, limits, &mut 0) {
-                Ok(Some(frame)) => frame,
-                Ok(None) => return None,
-                Err(error) => {
-                    self.fail(&refusal("malformed frame", error.to_string()), None);
-                    return Some(Err(error.into()));
-                }
-            };
+            let frame =
+                match frame::decode_from(buffer, self.version, limits, &mut 0, &mut self.scan) {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => return None,
+                    Err(error) => {
+                        self.fail(&refusal("malformed frame", error.to_string()), None);
+                        return Some(Err(error.into()));
+                    }
+                };
             let receipt = frame.get("receipt").map(str::to_owned);
             let disconnect = frame.command == "DISCONNECT";
             match self.frame(frame) {
@@ -363,12 +398,35 @@ impl Connection {
         if let Some(tx) = frame.get("transaction").map(str::to_owned)
             && matches!(frame.command.as_str(), "SEND" | "ACK" | "NACK")
         {
+            if frame.command == "SEND" {
+                self.published = true;
+                let destination = required(&frame, "destination")?;
+                if Destination::parse(destination).is_none() {
+                    return Err(refusal(
+                        "unknown destination",
+                        format!("'{destination}' is not a valid destination"),
+                    ));
+                }
+            }
+            let size = frame.body.len()
+                + frame
+                    .headers
+                    .iter()
+                    .map(|(k, v)| k.len() + v.len())
+                    .sum::<usize>();
+            if self.transaction_bytes + size > MAX_TRANSACTION_BYTES {
+                return Err(refusal(
+                    "transaction too large",
+                    format!("open transactions hold more than {MAX_TRANSACTION_BYTES} bytes"),
+                ));
+            }
             let actions = self.transactions.get_mut(&tx).ok_or_else(|| {
                 refusal(
                     "invalid transaction",
                     format!("transaction '{tx}' is not open"),
                 )
             })?;
+            self.transaction_bytes += size;
             let action = match frame.command.as_str() {
                 "SEND" => TxAction::Send(frame),
                 "ACK" => TxAction::Ack(frame),
@@ -378,13 +436,25 @@ impl Connection {
             return Ok(());
         }
         match frame.command.as_str() {
-            "SEND" => self.send(&frame),
-            "SUBSCRIBE" => self.subscribe(&frame),
-            "UNSUBSCRIBE" => self.unsubscribe(&frame),
+            "SEND" => {
+                let sync = frame.get("receipt").is_some();
+                self.send(&frame, sync)
+            }
+            "SUBSCRIBE" => self.blocking(|c| c.subscribe(&frame)),
+            "UNSUBSCRIBE" => self.blocking(|c| c.unsubscribe(&frame)),
             "ACK" => self.ack(&frame, true),
+            "NACK" if self.version == Version::V10 => {
+                Err(refusal("unknown command", "NACK is not part of STOMP 1.0"))
+            }
             "NACK" => self.ack(&frame, false),
             "BEGIN" => {
                 let tx = required(&frame, "transaction")?;
+                if self.transactions.len() >= MAX_TRANSACTIONS {
+                    return Err(refusal(
+                        "too many transactions",
+                        format!("at most {MAX_TRANSACTIONS} transactions may be open"),
+                    ));
+                }
                 if self.transactions.contains_key(tx) {
                     return Err(refusal(
                         "invalid transaction",
@@ -402,9 +472,12 @@ impl Connection {
                         format!("transaction '{tx}' is not open"),
                     )
                 })?;
+                self.transaction_bytes = self.transactions_size();
+                // A receipt for COMMIT waits for what the transaction sent.
+                let sync = frame.get("receipt").is_some();
                 for action in actions {
                     match action {
-                        TxAction::Send(frame) => self.send(&frame)?,
+                        TxAction::Send(frame) => self.send(&frame, sync)?,
                         TxAction::Ack(frame) => self.ack(&frame, true)?,
                         TxAction::Nack(frame) => self.ack(&frame, false)?,
                     }
@@ -413,12 +486,14 @@ impl Connection {
             }
             "ABORT" => {
                 let tx = required(&frame, "transaction")?;
-                self.transactions.remove(tx).map(|_| ()).ok_or_else(|| {
+                let aborted = self.transactions.remove(tx).map(|_| ()).ok_or_else(|| {
                     refusal(
                         "invalid transaction",
                         format!("transaction '{tx}' is not open"),
                     )
-                })
+                });
+                self.transaction_bytes = self.transactions_size();
+                aborted
             }
             "DISCONNECT" => Ok(()),
             "CONNECT" | "STOMP" => Err(refusal("protocol error", "a second CONNECT")),
@@ -429,7 +504,34 @@ impl Connection {
         }
     }
 
-    fn send(&mut self, frame: &Frame) -> Result<(), Refusal> {
+    /// Bytes held by the open transactions.
+    fn transactions_size(&self) -> usize {
+        self.transactions
+            .values()
+            .flatten()
+            .map(|action| {
+                let (TxAction::Send(frame) | TxAction::Ack(frame) | TxAction::Nack(frame)) = action;
+                frame.body.len()
+                    + frame
+                        .headers
+                        .iter()
+                        .map(|(k, v)| k.len() + v.len())
+                        .sum::<usize>()
+            })
+            .sum()
+    }
+
+    /// Runs `f`, off the async worker on a cluster, where declaring,
+    /// binding and deleting are blocking commits through the quorum.
+    fn blocking<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> T {
+        if self.clustered {
+            tokio::task::block_in_place(|| f(self))
+        } else {
+            f(self)
+        }
+    }
+
+    fn send(&mut self, frame: &Frame, sync: bool) -> Result<(), Refusal> {
         self.published = true;
         let text = required(frame, "destination")?;
         let destination = Destination::parse(text).ok_or_else(|| {
@@ -445,7 +547,9 @@ impl Connection {
         let (exchange, key) = match &destination {
             Destination::TempQueue(name) => (String::new(), self.temp_queue(name)?),
             Destination::Queue(name) => {
-                self.declare_named(name)?;
+                if self.vhost.queue(name).is_none() && self.vhost.remote_queue(name).is_none() {
+                    self.blocking(|c| c.declare_named(name))?;
+                }
                 destination.route()
             }
             _ => destination.route(),
@@ -478,7 +582,17 @@ impl Connection {
             .vhost
             .publish(&exchange, message)
             .map_err(|error| refusal("not found", error.to_string()))?;
-        if frame.get("receipt").is_some() {
+        if outcome.rejected {
+            // x-overflow reject-publish, or a queue on a node not reached.
+            return Err(refusal(
+                "message refused",
+                format!(
+                    "a queue refused the message sent to '{}'",
+                    required(frame, "destination")?
+                ),
+            ));
+        }
+        if sync {
             self.burst_syncs.merge(outcome.acks);
         }
         Ok(())
@@ -518,10 +632,11 @@ impl Connection {
             .map_err(|error| refusal("cannot declare queue", error.to_string()))
     }
 
-    /// A queue of this connection alone: exclusive on one node; on a
-    /// cluster a durable classic queue (so every node routes to it),
-    /// deleted with its subscription or connection.
-    fn transient_queue(&mut self, name: &str) -> Result<Arc<Queue>, Refusal> {
+    /// A queue of this connection alone, server-named (`amq.gen-…`, unique
+    /// over the cluster and restarts): exclusive on one node; on a cluster
+    /// a durable classic queue (so every node routes to it), deleted with
+    /// its subscription or connection.
+    fn transient_queue(&mut self) -> Result<Arc<Queue>, Refusal> {
         let mut arguments = FieldTable::default();
         if self.clustered {
             arguments.insert(
@@ -539,10 +654,19 @@ impl Connection {
             auto_delete: false,
             arguments,
         };
-        self.vhost
-            .declare_queue(name, options, false, self.registration.id())
-            .and_then(|_| self.vhost.usable_queue(name, self.registration.id()))
-            .map_err(|error| refusal("cannot declare queue", error.to_string()))
+        let connection = self.registration.id();
+        let vhost = Arc::clone(&self.vhost);
+        let declare = move || {
+            vhost
+                .declare_queue("", options, false, connection)
+                .and_then(|(name, _, _)| vhost.usable_queue(&name, connection))
+        };
+        let declared = if self.clustered {
+            tokio::task::block_in_place(declare)
+        } else {
+            declare()
+        };
+        declared.map_err(|error| refusal("cannot declare queue", error.to_string()))
     }
 
     /// The connection's temporary queue `name` (made and subscribed to on
@@ -551,8 +675,8 @@ impl Connection {
         if let Some(real) = self.temp_queues.get(name) {
             return Ok(real.clone());
         }
-        let real = format!("stomp-temp-{}-{name}", self.registration.id());
-        let queue = self.transient_queue(&real)?;
+        let queue = self.transient_queue()?;
+        let real = queue.name().to_owned();
         let id = format!("/temp-queue/{name}");
         self.consume(id, queue, AckMode::Auto, DEFAULT_PREFETCH, true)?;
         self.temp_queues.insert(name.to_owned(), real.clone());
@@ -619,19 +743,23 @@ impl Connection {
             Destination::Topic(_) | Destination::Exchange { .. } => {
                 let (exchange, key) = destination.route();
                 let durable = frame.get("durable").or(frame.get("persistent")) == Some("true");
-                let name = if durable {
-                    format!("stomp-subscription-{id}")
-                } else {
-                    let n = self.next_queue;
-                    self.next_queue += 1;
-                    format!("stomp-sub-{}-{n}", self.registration.id())
-                };
                 if !permissions.allows(&self.user, &vhost, Access::Read, &exchange)
                     || !permissions.allows_topic(&self.user, &vhost, &exchange, Access::Read, &key)
                 {
                     return Err(denied(&format!("read access to exchange '{exchange}'")));
                 }
                 let queue = if durable {
+                    // One per user and subscription id, checked as AMQP
+                    // checks a declare, bind and consume.
+                    let name = durable_queue_name(&self.user, &id);
+                    for access in [Access::Configure, Access::Write, Access::Read] {
+                        if !permissions.allows(&self.user, &vhost, access, &name) {
+                            return Err(denied(&format!(
+                                "{} access to queue '{name}'",
+                                access.as_str()
+                            )));
+                        }
+                    }
                     let options = QueueOptions {
                         durable: true,
                         exclusive_owner: None,
@@ -643,8 +771,9 @@ impl Connection {
                         .and_then(|_| self.vhost.usable_queue(&name, self.registration.id()))
                         .map_err(|error| refusal("cannot declare queue", error.to_string()))?
                 } else {
-                    self.transient_queue(&name)?
+                    self.transient_queue()?
                 };
+                let name = queue.name().to_owned();
                 self.vhost
                     .bind(
                         &exchange,
@@ -674,7 +803,14 @@ impl Connection {
         prefetch: u32,
         own_queue: bool,
     ) -> Result<(), Refusal> {
-        let tag: Arc<str> = Arc::from(id.as_str());
+        if self.subscriptions.contains_key(&id) {
+            return Err(refusal(
+                "duplicate subscription",
+                format!("subscription '{id}' exists"),
+            ));
+        }
+        let tag: Arc<str> = Arc::from(format!("stomp-{}", self.next_tag).as_str());
+        self.next_tag += 1;
         let credit = Credit::new(prefetch, None);
         let spec = ConsumerSpec {
             tag: Arc::clone(&tag),
@@ -691,6 +827,7 @@ impl Connection {
             .add_consumer(spec)
             .map_err(|error| refusal("cannot subscribe", error.to_string()))?;
         self.vhost.dead_letter(dead);
+        self.tags.insert(Arc::clone(&tag), id.clone());
         self.subscriptions.insert(
             id,
             Subscription {
@@ -720,12 +857,25 @@ impl Connection {
             .subscriptions
             .remove(&id)
             .ok_or_else(|| refusal("not subscribed", format!("no subscription '{id}'")))?;
+        let durable = frame.get("durable").or(frame.get("persistent")) == Some("true");
+        let queue = subscription.queue.name().to_owned();
         self.end_subscription(&id, subscription);
+        // RabbitMQ: UNSUBSCRIBE with durable:true ends a durable
+        // subscription for good.
+        if durable
+            && queue == durable_queue_name(&self.user, &id)
+            && let Err(error) =
+                self.vhost
+                    .delete_queue(&queue, false, false, self.registration.id())
+        {
+            tracing::warn!(queue = %queue, %error, "cannot delete a durable subscription");
+        }
         self.show_subscriptions();
         Ok(())
     }
 
     fn end_subscription(&mut self, id: &str, subscription: Subscription) {
+        self.tags.remove(&subscription.tag);
         let (_, dead) =
             self.vhost
                 .remove_consumer(&subscription.queue, self.key, &subscription.tag);
@@ -838,8 +988,11 @@ impl Connection {
             ConsumerEvent::Deliver(delivery) => delivery,
             ConsumerEvent::Cancelled { consumer_tag, .. } => {
                 // The queue went away (RabbitMQ sends ERROR); the
-                // subscription is gone.
-                let id = consumer_tag.to_string();
+                // subscription is gone, its deliveries with it.
+                let Some(id) = self.tags.remove(&consumer_tag) else {
+                    return;
+                };
+                self.unacked.retain(|_, unacked| unacked.subscription != id);
                 if self.subscriptions.remove(&id).is_some() {
                     let frame = Frame::new("ERROR")
                         .header("message", "subscription cancelled")
@@ -849,7 +1002,10 @@ impl Connection {
                 return;
             }
         };
-        let id = delivery.consumer_tag.to_string();
+        let Some(id) = self.tags.get(&delivery.consumer_tag).cloned() else {
+            give_back(&self.vhost, &delivery);
+            return;
+        };
         let Some(subscription) = self.subscriptions.get(&id) else {
             give_back(&self.vhost, &delivery);
             return;
@@ -958,9 +1114,11 @@ impl Connection {
 
     fn teardown(&mut self) {
         let subscriptions: Vec<(String, Subscription)> = self.subscriptions.drain().collect();
-        for (id, subscription) in subscriptions {
-            self.end_subscription(&id, subscription);
-        }
+        self.blocking(|c| {
+            for (id, subscription) in subscriptions {
+                c.end_subscription(&id, subscription);
+            }
+        });
         self.broker
             .vhosts()
             .connection_closed(self.registration.id());
@@ -1100,7 +1258,12 @@ async fn accept(
             ))
         })
         .unwrap_or((0, 0));
-    let ours = options.heartbeat.as_millis() as u64;
+    // A day at most: nobody needs longer, and an Instant must not overflow.
+    const DAY_MS: u64 = 86_400_000;
+    let (client_send, client_expect) = (client_send.min(DAY_MS), client_expect.min(DAY_MS));
+    let ours = u64::try_from(options.heartbeat.as_millis())
+        .unwrap_or(DAY_MS)
+        .min(DAY_MS);
     // STOMP 1.1 §heart-beating: each side's interval is the larger of
     // what one offers and the other wants, 0 when either is 0.
     let send_every = if ours == 0 || client_expect == 0 {

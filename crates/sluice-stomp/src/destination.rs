@@ -22,9 +22,10 @@ pub(crate) enum Destination {
 }
 
 impl Destination {
-    /// Parses `text`; `None` for a destination RabbitMQ does not know.
+    /// Parses `text`; `None` for a destination RabbitMQ does not know, or
+    /// a name longer than AMQP's 255 bytes.
     pub(crate) fn parse(text: &str) -> Option<Destination> {
-        let named = |rest: &str| (!rest.is_empty()).then(|| rest.to_owned());
+        let named = |rest: &str| (!rest.is_empty() && rest.len() <= 255).then(|| rest.to_owned());
         if let Some(rest) = text.strip_prefix("/queue/") {
             return named(rest).map(Destination::Queue);
         }
@@ -42,7 +43,7 @@ impl Destination {
         }
         if let Some(rest) = text.strip_prefix("/exchange/") {
             let (name, key) = rest.split_once('/').unwrap_or((rest, ""));
-            if name.is_empty() {
+            if name.is_empty() || name.len() > 255 || key.len() > 255 {
                 return None;
             }
             return Some(Destination::Exchange {
@@ -108,7 +109,15 @@ mod tests {
             Destination::parse("/topic/a.b").map(|d| d.route()),
             Some(("amq.topic".into(), "a.b".into()))
         );
-        for bad in ["/queue/", "queue/a", "/exchange/", "/other/x", ""] {
+        let long = format!("/queue/{}", "q".repeat(256));
+        for bad in [
+            "/queue/",
+            "queue/a",
+            "/exchange/",
+            "/other/x",
+            "",
+            long.as_str(),
+        ] {
             assert_eq!(Destination::parse(bad), None, "{bad}");
         }
         assert_eq!(Destination::of_delivery("", "q"), "/queue/q");

@@ -73,19 +73,28 @@ impl Frame {
             .map(|(_, value)| value.as_str())
     }
 
-    /// Appends the frame to `out` as `version` writes it.
+    /// Appends the frame to `out` as `version` writes it. `content-length`
+    /// goes first (the first of a repeated header counts); a header holding
+    /// NUL, or in 1.0 (which has no escapes) a line break or a `:` in its
+    /// name, is left out, so no value can forge another header.
     pub(crate) fn encode(&self, version: Version, out: &mut BytesMut) {
         out.extend_from_slice(self.command.as_bytes());
         out.extend_from_slice(b"\n");
+        if !self.body.is_empty() {
+            out.extend_from_slice(format!("content-length:{}\n", self.body.len()).as_bytes());
+        }
         let escape = version >= Version::V11 && self.command != "CONNECTED";
         for (name, value) in &self.headers {
+            if name == "content-length" || name.contains('\0') || value.contains('\0') {
+                continue;
+            }
+            if !escape && (name.contains([':', '\n', '\r']) || value.contains(['\n', '\r'])) {
+                continue;
+            }
             put_escaped(out, name, escape, version);
             out.extend_from_slice(b":");
             put_escaped(out, value, escape, version);
             out.extend_from_slice(b"\n");
-        }
-        if !self.body.is_empty() && self.get("content-length").is_none() {
-            out.extend_from_slice(format!("content-length:{}\n", self.body.len()).as_bytes());
         }
         out.extend_from_slice(b"\n");
         out.extend_from_slice(&self.body);
@@ -140,6 +149,17 @@ pub(crate) struct Limits {
     pub(crate) body: usize,
 }
 
+/// How far the bytes of an incomplete frame were searched, so that each
+/// byte is scanned once however the frame arrives (a trickled 16 MiB body
+/// must not be rescanned at every read).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Scan {
+    /// Bytes searched for the blank line that ends the headers.
+    headers: usize,
+    /// Bytes searched for the NUL that ends a body without content-length.
+    body: usize,
+}
+
 /// Reads the next frame from `buffer`, consuming it; `None` until a whole
 /// frame is there. EOLs before it (heart-beats) are consumed too and
 /// counted in `heartbeats`.
@@ -151,6 +171,34 @@ pub(crate) fn decode(
     version: Version,
     limits: Limits,
     heartbeats: &mut u64,
+) -> Result<Option<Frame>, FrameError> {
+    decode_from(buffer, version, limits, heartbeats, &mut Scan::default())
+}
+
+/// As [`decode`], remembering in `scan` what was searched already.
+///
+/// # Errors
+/// As [`decode`].
+pub(crate) fn decode_from(
+    buffer: &mut BytesMut,
+    version: Version,
+    limits: Limits,
+    heartbeats: &mut u64,
+    scan: &mut Scan,
+) -> Result<Option<Frame>, FrameError> {
+    let decoded = decode_scanning(buffer, version, limits, heartbeats, scan);
+    if !matches!(decoded, Ok(None)) {
+        *scan = Scan::default();
+    }
+    decoded
+}
+
+fn decode_scanning(
+    buffer: &mut BytesMut,
+    version: Version,
+    limits: Limits,
+    heartbeats: &mut u64,
+    scan: &mut Scan,
 ) -> Result<Option<Frame>, FrameError> {
     while let Some(&first) = buffer.first() {
         match first {
@@ -167,6 +215,21 @@ pub(crate) fn decode(
         }
     }
     if buffer.is_empty() {
+        return Ok(None);
+    }
+    // Nothing is parsed until the blank line that ends the headers is
+    // there; the search goes on from where the last one stopped.
+    let from = scan.headers.saturating_sub(3);
+    let found_blank = buffer.get(from..).is_some_and(|rest| {
+        rest.windows(2).any(|w| w == b"\n\n") || rest.windows(3).any(|w| w == b"\n\r\n")
+    });
+    if !found_blank {
+        scan.headers = buffer.len();
+        if buffer.len() > limits.headers {
+            return Err(FrameError::HeadersTooLarge {
+                limit: limits.headers,
+            });
+        }
         return Ok(None);
     }
     // The end of the headers: the first empty line.
@@ -244,25 +307,36 @@ pub(crate) fn decode(
                 Some(_) => return Err(FrameError::NoNull),
             }
         }
-        None => match buffer
-            .get(header_end..)
-            .and_then(|rest| rest.iter().position(|b| *b == 0))
-        {
-            Some(offset) => header_end + offset,
-            None => {
-                if buffer.len() - header_end > limits.body {
-                    return Err(FrameError::BodyTooLarge { limit: limits.body });
+        None => {
+            let from = scan.body.max(header_end);
+            match buffer
+                .get(from..)
+                .and_then(|rest| rest.iter().position(|b| *b == 0))
+            {
+                Some(offset) => from + offset,
+                None => {
+                    scan.body = buffer.len();
+                    if buffer.len() - header_end > limits.body {
+                        return Err(FrameError::BodyTooLarge { limit: limits.body });
+                    }
+                    return Ok(None);
                 }
-                return Ok(None);
             }
-        },
+        }
     };
     if body_end - header_end > limits.body {
         return Err(FrameError::BodyTooLarge { limit: limits.body });
     }
     let mut frame_bytes = buffer.split_to(body_end + 1);
     frame_bytes.truncate(body_end);
-    let body = frame_bytes.split_off(header_end).freeze();
+    let body = frame_bytes.split_off(header_end);
+    // A small body is copied: a slice would keep the whole read buffer
+    // alive for as long as the message is queued.
+    let body = if body.len() < 64 * 1024 {
+        Bytes::copy_from_slice(&body)
+    } else {
+        body.freeze()
+    };
     Ok(Some(Frame {
         command,
         headers,
@@ -338,6 +412,25 @@ mod tests {
     }
 
     #[test]
+    fn a_trickled_frame_is_scanned_once_and_decodes() {
+        let whole = b"SEND\r\ndestination:/queue/x\r\n\r\nbody bytes\0";
+        let mut buffer = BytesMut::new();
+        let mut scan = Scan::default();
+        let mut got = None;
+        for byte in whole {
+            buffer.extend_from_slice(&[*byte]);
+            if let Some(frame) =
+                decode_from(&mut buffer, Version::V12, LIMITS, &mut 0, &mut scan).expect("valid")
+            {
+                got = Some(frame);
+            }
+        }
+        let frame = got.expect("decoded once whole");
+        assert_eq!(frame.get("destination"), Some("/queue/x"));
+        assert_eq!(&frame.body[..], b"body bytes");
+    }
+
+    #[test]
     fn a_frame_cut_at_every_byte_waits_and_bad_ones_are_errors() {
         let whole = b"SEND\ndestination:/topic/x\ncontent-length:2\n\nhi\0";
         for cut in 0..whole.len() {
@@ -388,7 +481,18 @@ mod tests {
         frame.encode(Version::V12, &mut out);
         assert_eq!(
             &out[..],
-            b"MESSAGE\ndestination:/queue/a\\cb\\nc\ncontent-length:3\n\nx\0y\0"
+            b"MESSAGE\ncontent-length:3\ndestination:/queue/a\\cb\\nc\n\nx\0y\0"
+        );
+        let mut old = BytesMut::new();
+        Frame::new("MESSAGE")
+            .header("destination", "/queue/a")
+            .header("x", "a\ncontent-length:0")
+            .header("y", "nul\0")
+            .encode(Version::V10, &mut old);
+        assert_eq!(
+            &old[..],
+            b"MESSAGE\ndestination:/queue/a\n\n\0",
+            "1.0 cannot escape: such headers are left out"
         );
         let back = one(&out, Version::V12).expect("valid").expect("complete");
         assert_eq!(back.get("destination"), Some("/queue/a:b\nc"));
