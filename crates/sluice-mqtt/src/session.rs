@@ -100,6 +100,8 @@ pub(crate) struct Session {
     next_packet_id: u16,
     /// Queues whose consumers got credit back.
     to_dispatch: Vec<Arc<Queue>>,
+    /// Deliveries settled in this burst, by queue.
+    to_settle: Vec<(Arc<Queue>, Vec<u64>)>,
     /// Shared subscriptions' queues left at close.
     left_shared: Vec<Arc<Queue>>,
     pub(crate) keep_alive: u16,
@@ -263,6 +265,7 @@ pub(crate) async fn accept(
         in_flight: HashMap::new(),
         next_packet_id: 1,
         to_dispatch: Vec::new(),
+        to_settle: Vec::new(),
         left_shared: Vec::new(),
         keep_alive: connect.keep_alive,
     };
@@ -506,10 +509,29 @@ impl Session {
 
     fn settle(&mut self, delivery: &Delivery) {
         self.credit.release(1);
-        if let Err(error) = delivery.queue.ack(&[delivery.seq]) {
-            tracing::warn!(queue = delivery.queue.name(), %error, "cannot settle a delivery");
+        self.settle_later(&delivery.queue, delivery.seq);
+    }
+
+    /// Settles at the end of the burst, each queue's deliveries in one
+    /// call (a durable queue writes one settlement record for them).
+    fn settle_later(&mut self, queue: &Arc<Queue>, seq: u64) {
+        match self
+            .to_settle
+            .iter_mut()
+            .find(|(q, _)| Arc::ptr_eq(q, queue))
+        {
+            Some((_, seqs)) => seqs.push(seq),
+            None => self.to_settle.push((Arc::clone(queue), vec![seq])),
         }
         self.dispatch_all();
+    }
+
+    fn flush_settlements(&mut self) {
+        for (queue, seqs) in std::mem::take(&mut self.to_settle) {
+            if let Err(error) = queue.ack(&seqs) {
+                tracing::warn!(queue = queue.name(), %error, "cannot settle deliveries");
+            }
+        }
     }
 
     /// The session's credit is shared by its queues: each may deliver
@@ -528,6 +550,7 @@ impl Session {
 
     /// Lets queues whose consumers got credit back deliver again.
     pub(crate) fn dispatch(&mut self) {
+        self.flush_settlements();
         for queue in std::mem::take(&mut self.to_dispatch) {
             let dead = queue.dispatch();
             self.vhost.dead_letter(dead);
@@ -578,10 +601,7 @@ impl Session {
             return;
         };
         self.credit.release(1);
-        if let Err(error) = queue.ack(&[in_flight.seq]) {
-            tracing::warn!(queue = queue.name(), %error, "cannot settle a delivery");
-        }
-        self.dispatch_all();
+        self.settle_later(&queue, in_flight.seq);
     }
 
     /// A delivery that never reached the client goes back to its queue.
@@ -829,6 +849,9 @@ impl Session {
     /// The connection is gone: consumers leave, unacknowledged deliveries
     /// go back; a session with no expiry left is deleted.
     pub(crate) fn close(&mut self, expiry_secs: u32) {
+        // What the client acknowledged is settled before the rest goes
+        // back.
+        self.flush_settlements();
         let shared: Vec<Arc<Queue>> = std::mem::take(&mut self.shared)
             .into_values()
             .map(|shared| {
