@@ -421,7 +421,7 @@ def test_health_needs_no_login_and_reports_readiness(broker):
     assert ready["status"] == "ready" and ready["reasons"] == []
     assert (ready["checks"]["memory_alarm"], ready["checks"]["disk_alarm"], ready["checks"]["recovery"]) == (
         False, False, True)
-    assert {listener["protocol"] for listener in ready["checks"]["listeners"]} == {"kafka", "amqp", "http"}
+    assert {listener["protocol"] for listener in ready["checks"]["listeners"]} == {"kafka", "amqp", "mqtt", "stomp", "http"}
     document = ok(get(broker, "/api/openapi.json", credentials=None))
     assert document["paths"]["/api/health/ready"]["get"]["security"] == []
 

@@ -55,10 +55,12 @@ def test_startup_lines_name_version_listeners_and_mask_secrets(own_broker):
     assert field(started, "kafka") == broker.bootstrap
     assert field(started, "amqp") == broker.amqp_address
     assert field(started, "http") == f"127.0.0.1:{broker.http_port}"
+    assert field(started, "mqtt") == f"127.0.0.1:{broker.mqtt_port}"
+    assert field(started, "stomp") == f"127.0.0.1:{broker.stomp_port}"
     # Started only once every listener is bound, each listed once.
     lines = text.splitlines()
     started_at = lines.index(started)
-    for protocol in ("kafka", "amqp", "http"):
+    for protocol in ("kafka", "amqp", "mqtt", "stomp", "http"):
         listening = one_line(text, rf"\b{protocol} listening\b")
         assert lines.index(listening) < started_at, text
     config = one_line(text, r"configuration \(values other than the defaults\)")
