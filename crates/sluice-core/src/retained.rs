@@ -6,7 +6,7 @@
 //! quorum, so every node hands out the same retained messages and they
 //! survive the loss of a node; kept in snapshots, which bound the quorum's
 //! log. A single node keeps them in a compacted log of its own
-//! ([`RetainedLog`], keyed by virtual host and topic), so a topic retained
+//! (`RetainedLog`, keyed by virtual host and topic), so a topic retained
 //! again and again costs one record once compacted, and never grows the
 //! metadata log. Either way they are held here as applied. The message is
 //! stored as a queue's log stores one
