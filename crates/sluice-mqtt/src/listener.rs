@@ -223,6 +223,9 @@ async fn serve_connection(
 ) {
     match Connection::run(registration, halves, peer, broker, shared, shutdown).await {
         Ok(()) => tracing::debug!("connection closed"),
+        Err(reason) if reason.is_disconnect() => {
+            tracing::debug!(reason = %sluice_types::ErrorChain(&reason), "client disconnected");
+        }
         Err(reason) => {
             tracing::info!(reason = %sluice_types::ErrorChain(&reason), "connection closed");
         }

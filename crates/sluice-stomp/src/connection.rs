@@ -68,6 +68,14 @@ pub(crate) enum ConnectionError {
     Shutdown,
 }
 
+impl ConnectionError {
+    /// Whether the client just went away (end of stream, reset, broken
+    /// pipe; a port probe too): nothing an operator needs to act on.
+    pub(crate) fn is_disconnect(&self) -> bool {
+        matches!(self, ConnectionError::Io(error) if sluice_types::is_disconnect(error))
+    }
+}
+
 /// A problem answered with an ERROR frame, which ends the connection.
 struct Refusal {
     message: String,
