@@ -488,3 +488,111 @@ mod tests {
         assert!(matches!(ack.wait(), Err(CoreError::NotLeader { .. })));
     }
 }
+
+/// Answers to writes (MQTT PUBACKs, STOMP RECEIPTs, …) that go out in the
+/// order their writes came, each once what it waits for is durable. A
+/// front-end pushes one batch per burst; batches are awaited on the
+/// runtime (no thread held) and may finish out of order; the owner feeds
+/// each finish back through [`OrderedAcks::finished`], which releases the
+/// batches now at the front. Owned by one connection task.
+#[derive(Debug)]
+pub struct OrderedAcks<T> {
+    waiting: std::collections::VecDeque<(u64, Vec<T>, Option<bool>)>,
+    next: u64,
+    done: tokio::sync::mpsc::UnboundedSender<(u64, bool)>,
+}
+
+impl<T> OrderedAcks<T> {
+    /// The queue, and where finished batches are reported (`(batch, ok)`,
+    /// to hand to [`OrderedAcks::finished`]).
+    pub fn new() -> (
+        OrderedAcks<T>,
+        tokio::sync::mpsc::UnboundedReceiver<(u64, bool)>,
+    ) {
+        let (done, finished) = tokio::sync::mpsc::unbounded_channel();
+        (
+            OrderedAcks {
+                waiting: std::collections::VecDeque::new(),
+                next: 0,
+                done,
+            },
+            finished,
+        )
+    }
+
+    /// Queues `answers` behind the earlier ones, to go once `acks` are
+    /// durable; returns them at once when nothing is waiting for them.
+    pub fn push(&mut self, answers: Vec<T>, acks: Acks) -> Option<Vec<T>> {
+        if answers.is_empty() {
+            return None;
+        }
+        if acks.is_empty() && self.waiting.is_empty() {
+            return Some(answers);
+        }
+        let id = self.next;
+        self.next += 1;
+        self.waiting.push_back((id, answers, None));
+        let done = self.done.clone();
+        tokio::spawn(async move {
+            let ok = acks.wait_async().await.is_ok();
+            let _ = done.send((id, ok));
+        });
+        None
+    }
+
+    /// Batch `batch` finished (`ok`: durable); the batches now free to go,
+    /// in order, each with whether it was durable.
+    pub fn finished(&mut self, batch: u64, ok: bool) -> Vec<(Vec<T>, bool)> {
+        if let Some(waiting) = self.waiting.iter_mut().find(|(id, _, _)| *id == batch) {
+            waiting.2 = Some(ok);
+        }
+        let mut released = Vec::new();
+        while let Some((_, _, Some(ok))) = self.waiting.front() {
+            let ok = *ok;
+            if let Some((_, answers, _)) = self.waiting.pop_front() {
+                released.push((answers, ok));
+            }
+        }
+        released
+    }
+
+    /// Whether no batch is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod ordered_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn batches_go_out_in_order_whatever_order_they_finish_in() {
+        let (mut acks, _finished) = OrderedAcks::<u32>::new();
+        assert_eq!(
+            acks.push(vec![1], Acks::default()),
+            Some(vec![1]),
+            "nothing to wait for"
+        );
+        // Pretend two batches wait (their finishes are fed by hand).
+        acks.waiting.push_back((7, vec![2], None));
+        acks.waiting.push_back((8, vec![3, 4], None));
+        assert_eq!(
+            acks.push(vec![5], Acks::default()),
+            None,
+            "behind the waiting ones"
+        );
+        assert!(
+            acks.finished(8, true).is_empty(),
+            "the front is not done yet"
+        );
+        assert_eq!(
+            acks.finished(7, false),
+            vec![(vec![2], false), (vec![3, 4], true)]
+        );
+        assert!(
+            !acks.is_empty(),
+            "the third batch still waits for its report"
+        );
+    }
+}

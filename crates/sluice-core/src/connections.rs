@@ -351,15 +351,6 @@ impl Connections {
         counts
     }
 
-    /// Open connections over `protocol`.
-    pub fn open_count(&self, protocol: Protocol) -> u64 {
-        lock(&self.open)
-            .entries
-            .values()
-            .filter(|connection| connection.protocol() == protocol)
-            .count() as u64
-    }
-
     /// This node's AMQP connections open to `vhost` and of `user`, and
     /// the channels open on the latter (a connection counts once it
     /// opened its virtual host).

@@ -70,7 +70,7 @@ use std::sync::Arc;
 use sluice_log::{LogConfig, LogManager};
 use sluice_types::{Clock, SystemClock};
 
-pub use ack::{AckLevel, Acks, PendingAck, RemoteOutcome};
+pub use ack::{AckLevel, Acks, OrderedAcks, PendingAck, RemoteOutcome};
 pub use admission::{Admission, Alarm, Verdict, Writer};
 pub use connections::{
     AmqpCounts, ChannelStats, ConnectionDetails, ConnectionHandle, ConnectionLimits,

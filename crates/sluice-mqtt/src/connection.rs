@@ -5,14 +5,14 @@
 //! Session state (subscriptions, queues) is in `session.rs`; the publish
 //! path (retained messages, wills, topic aliases) in `publish.rs`.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use sluice_core::messaging::{ConsumerEvent, VirtualHost};
-use sluice_core::{Acks, Broker, ConnectionHandle};
+use sluice_core::{Acks, Broker, ConnectionHandle, OrderedAcks};
 use sluice_tls::{ReadHalf, WriteHalf};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
@@ -87,15 +87,6 @@ pub(crate) struct Ended {
     send_will: bool,
 }
 
-/// Acknowledgements waiting for the writes of their publishes, and for
-/// the batches before them.
-struct AckBatch {
-    id: u64,
-    packets: Vec<Outbound>,
-    /// Whether its writes are durable, once known.
-    done: Option<bool>,
-}
-
 pub(crate) struct Connection {
     pub(crate) broker: Arc<Broker>,
     pub(crate) shared: Arc<Shared>,
@@ -111,9 +102,7 @@ pub(crate) struct Connection {
     pub(crate) burst_acks: Vec<Outbound>,
     pub(crate) burst_syncs: Acks,
     /// Earlier bursts' acknowledgements, oldest first.
-    waiting: VecDeque<AckBatch>,
-    next_batch: u64,
-    synced_tx: mpsc::UnboundedSender<(u64, bool)>,
+    acks: OrderedAcks<Outbound>,
     /// QoS 2 publishes received and not yet released (PUBREL).
     pub(crate) qos2_received: HashSet<u16>,
     /// Topic aliases the client set (MQTT 5).
@@ -183,8 +172,8 @@ impl Connection {
         connection.write(Outbound::ConnAck(Box::new(connack)));
         connection.session.restore();
         connection.show_subscriptions();
-        let (synced_tx, mut synced_rx) = mpsc::unbounded_channel();
-        connection.synced_tx = synced_tx;
+        let (acks, mut synced_rx) = OrderedAcks::new();
+        connection.acks = acks;
         let outcome = connection
             .serve(
                 &mut reader,
@@ -449,41 +438,15 @@ impl Connection {
         }
         let packets = std::mem::take(&mut self.burst_acks);
         let syncs = std::mem::take(&mut self.burst_syncs);
-        if syncs.is_empty() && self.waiting.is_empty() {
-            for packet in packets {
-                self.write(packet);
-            }
-            return;
+        for packet in self.acks.push(packets, syncs).unwrap_or_default() {
+            self.write(packet);
         }
-        let id = self.next_batch;
-        self.next_batch += 1;
-        self.waiting.push_back(AckBatch {
-            id,
-            packets,
-            done: None,
-        });
-        // Awaited, holding no thread: batches may finish out of order, and
-        // `synced` sends them in order.
-        let done = self.synced_tx.clone();
-        tokio::spawn(async move {
-            let ok = syncs.wait_async().await.is_ok();
-            let _ = done.send((id, ok));
-        });
     }
 
     fn synced(&mut self, batch: u64, ok: bool) -> Result<(), ConnectionError> {
-        if let Some(waiting) = self.waiting.iter_mut().find(|b| b.id == batch) {
-            waiting.done = Some(ok);
-        }
-        while let Some(front) = self.waiting.front() {
-            let Some(ok) = front.done else {
-                break;
-            };
-            let Some(done) = self.waiting.pop_front() else {
-                break;
-            };
+        for (packets, ok) in self.acks.finished(batch, ok) {
             if ok {
-                for packet in done.packets {
+                for packet in packets {
                     self.write(packet);
                 }
                 continue;
@@ -495,7 +458,7 @@ impl Connection {
                     "a publish could not be made durable".to_owned(),
                 ));
             }
-            for packet in done.packets {
+            for packet in packets {
                 if let Outbound::PubRec { packet_id, .. } = &packet {
                     // The exchange ends with a failed PUBREC: the id is free.
                     self.qos2_received.remove(packet_id);
@@ -582,7 +545,6 @@ pub(crate) fn new_connection(
     session_expiry_secs: u32,
     connect_expiry_zero: bool,
 ) -> Connection {
-    let (synced_tx, _) = mpsc::unbounded_channel();
     Connection {
         broker,
         shared,
@@ -596,11 +558,9 @@ pub(crate) fn new_connection(
         out: BytesMut::with_capacity(4096),
         burst_acks: Vec::new(),
         burst_syncs: Acks::default(),
-        waiting: VecDeque::new(),
-        next_batch: 0,
+        acks: OrderedAcks::new().0,
         published: false,
         connect_expiry_zero,
-        synced_tx,
         qos2_received: HashSet::new(),
         aliases: HashMap::new(),
         will,

@@ -4,7 +4,7 @@
 //! the queues the message reached hold it durably; receipts leave in the
 //! order their frames came.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +16,7 @@ use sluice_core::messaging::{
     VirtualHost, short,
 };
 use sluice_core::permissions::Access;
-use sluice_core::{Acks, Broker, ConnectionHandle};
+use sluice_core::{Acks, Broker, ConnectionHandle, OrderedAcks};
 use sluice_tls::{ReadHalf, WriteHalf};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
@@ -123,12 +123,6 @@ enum TxAction {
     Nack(Frame),
 }
 
-struct ReceiptBatch {
-    id: u64,
-    frames: Vec<Frame>,
-    done: Option<bool>,
-}
-
 pub(crate) struct Connection {
     broker: Arc<Broker>,
     registration: ConnectionHandle,
@@ -154,9 +148,7 @@ pub(crate) struct Connection {
     to_dispatch: Vec<Arc<Queue>>,
     burst_receipts: Vec<Frame>,
     burst_syncs: Acks,
-    waiting: VecDeque<ReceiptBatch>,
-    next_batch: u64,
-    synced_tx: mpsc::UnboundedSender<(u64, bool)>,
+    receipts: OrderedAcks<Frame>,
     published: bool,
 }
 
@@ -182,7 +174,7 @@ impl Connection {
         .await
         .map_err(|_| ConnectionError::ConnectTimeout(CONNECT_TIMEOUT))??;
         let (events_tx, mut events_rx) = mpsc::unbounded_channel();
-        let (synced_tx, mut synced_rx) = mpsc::unbounded_channel();
+        let (receipts, mut synced_rx) = OrderedAcks::new();
         let accepted = accept(&broker, &options, registration, peer, &connect).await;
         let (mut connection, connected, heart_beat) = match accepted {
             Ok((version, vhost, user, registration, heart_beat)) => {
@@ -217,9 +209,7 @@ impl Connection {
                     to_dispatch: Vec::new(),
                     burst_receipts: Vec::new(),
                     burst_syncs: Acks::default(),
-                    waiting: VecDeque::new(),
-                    next_batch: 0,
-                    synced_tx,
+                    receipts,
                     published: false,
                 };
                 (connection, connected, heart_beat)
@@ -355,7 +345,7 @@ impl Connection {
             // DISCONNECT: the receipts still waiting for durability go out
             // before the connection ends (bounded).
             let deadline = Instant::now() + FINAL_WRITE;
-            while !self.waiting.is_empty() {
+            while !self.receipts.is_empty() {
                 match tokio::time::timeout_at(deadline, synced_rx.recv()).await {
                     Ok(Some((batch, ok))) => self.synced(batch, ok),
                     _ => break,
@@ -1063,36 +1053,15 @@ impl Connection {
         }
         let frames = std::mem::take(&mut self.burst_receipts);
         let syncs = std::mem::take(&mut self.burst_syncs);
-        if syncs.is_empty() && self.waiting.is_empty() {
-            for frame in frames {
-                frame.encode(self.version, &mut self.out);
-            }
-            return;
+        for frame in self.receipts.push(frames, syncs).unwrap_or_default() {
+            frame.encode(self.version, &mut self.out);
         }
-        let id = self.next_batch;
-        self.next_batch += 1;
-        self.waiting.push_back(ReceiptBatch {
-            id,
-            frames,
-            done: None,
-        });
-        let done = self.synced_tx.clone();
-        tokio::spawn(async move {
-            let ok = syncs.wait_async().await.is_ok();
-            let _ = done.send((id, ok));
-        });
     }
 
     fn synced(&mut self, batch: u64, ok: bool) {
-        if let Some(waiting) = self.waiting.iter_mut().find(|b| b.id == batch) {
-            waiting.done = Some(ok);
-        }
-        while self.waiting.front().is_some_and(|b| b.done.is_some()) {
-            let Some(done) = self.waiting.pop_front() else {
-                break;
-            };
-            for frame in done.frames {
-                let frame = if done.done == Some(true) {
+        for (frames, ok) in self.receipts.finished(batch, ok) {
+            for frame in frames {
+                let frame = if ok {
                     frame
                 } else {
                     // Not durable: an ERROR carrying the receipt id.
