@@ -695,6 +695,29 @@ fn users(config: &AmqpConfig) -> std::collections::BTreeMap<String, UserRecord> 
         .collect()
 }
 
+/// The TLS twin of a protocol's listener (`name`, e.g. `MQTTS`), bound
+/// when `listen` (config key `key`) is set: the listener, its address and
+/// the TLS settings to serve it with.
+///
+/// # Errors
+/// `key` set without `[tls]`, or a failed bind.
+async fn bind_tls(
+    listen: &str,
+    tls: Option<&Arc<Tls>>,
+    name: &str,
+    key: &str,
+) -> anyhow::Result<Option<(tokio::net::TcpListener, std::net::SocketAddr, Arc<Tls>)>> {
+    if listen.is_empty() {
+        return Ok(None);
+    }
+    let tls = tls
+        .cloned()
+        .with_context(|| format!("{key} asks for TLS: set tls.cert_file and tls.key_file"))?;
+    let (listener, bound) = bind(listen, name, key).await?;
+    info!(listen = %bound, "{} listening", name.to_lowercase());
+    Ok(Some((listener, bound, tls)))
+}
+
 /// Binds the AMQP listener and serves it in a task.
 /// Binds the AMQP listener, and the AMQPS one when `amqp.tls_listen` is
 /// set, and serves each in a task.
@@ -731,23 +754,19 @@ async fn start_amqp(
             everyone_if_none: whole.kafka.allow_everyone_if_no_acl_found,
         }),
     };
-    let secure = if config.tls_listen.is_empty() {
-        None
-    } else {
-        let tls = tls
-            .cloned()
-            .context("amqp.tls_listen asks for TLS: set tls.cert_file and tls.key_file")?;
-        let (listener, bound) = bind(&config.tls_listen, "AMQPS", "amqp.tls_listen").await?;
-        info!(listen = %bound, "amqps listening");
-        let stopping = lifecycle.stopping();
-        lifecycle.serve(sluice_amqp::serve(
-            listener,
-            Arc::clone(&broker),
-            options.clone(),
-            Some(tls),
-            stopping,
-        ));
-        Some(bound)
+    let secure = match bind_tls(&config.tls_listen, tls, "AMQPS", "amqp.tls_listen").await? {
+        Some((listener, bound, tls)) => {
+            let stopping = lifecycle.stopping();
+            lifecycle.serve(sluice_amqp::serve(
+                listener,
+                Arc::clone(&broker),
+                options.clone(),
+                Some(tls),
+                stopping,
+            ));
+            Some(bound)
+        }
+        None => None,
     };
     let stopping = lifecycle.stopping();
     lifecycle.serve(sluice_amqp::serve(
@@ -785,23 +804,19 @@ async fn start_mqtt(
         topic_alias_max: config.topic_alias_max,
     };
     let node = sluice_mqtt::MqttNode::new(options);
-    let secure = if config.tls_listen.is_empty() {
-        None
-    } else {
-        let tls = tls
-            .cloned()
-            .context("mqtt.tls_listen asks for TLS: set tls.cert_file and tls.key_file")?;
-        let (listener, bound) = bind(&config.tls_listen, "MQTTS", "mqtt.tls_listen").await?;
-        info!(listen = %bound, "mqtts listening");
-        let stopping = lifecycle.stopping();
-        lifecycle.serve(sluice_mqtt::serve(
-            listener,
-            Arc::clone(&broker),
-            node.clone(),
-            Some(tls),
-            stopping,
-        ));
-        Some(bound)
+    let secure = match bind_tls(&config.tls_listen, tls, "MQTTS", "mqtt.tls_listen").await? {
+        Some((listener, bound, tls)) => {
+            let stopping = lifecycle.stopping();
+            lifecycle.serve(sluice_mqtt::serve(
+                listener,
+                Arc::clone(&broker),
+                node.clone(),
+                Some(tls),
+                stopping,
+            ));
+            Some(bound)
+        }
+        None => None,
     };
     // MQTT over WebSocket on the HTTP listener (RabbitMQ's Web MQTT).
     let websocket = {
@@ -849,23 +864,19 @@ async fn start_stomp(
         max_header_bytes: 64 * 1024,
         max_body_bytes: usize::try_from(config.max_frame_size.bytes()).unwrap_or(usize::MAX),
     };
-    let secure = if config.tls_listen.is_empty() {
-        None
-    } else {
-        let tls = tls
-            .cloned()
-            .context("stomp.tls_listen asks for TLS: set tls.cert_file and tls.key_file")?;
-        let (listener, bound) = bind(&config.tls_listen, "STOMPS", "stomp.tls_listen").await?;
-        info!(listen = %bound, "stomps listening");
-        let stopping = lifecycle.stopping();
-        lifecycle.serve(sluice_stomp::serve(
-            listener,
-            Arc::clone(&broker),
-            options.clone(),
-            Some(tls),
-            stopping,
-        ));
-        Some(bound)
+    let secure = match bind_tls(&config.tls_listen, tls, "STOMPS", "stomp.tls_listen").await? {
+        Some((listener, bound, tls)) => {
+            let stopping = lifecycle.stopping();
+            lifecycle.serve(sluice_stomp::serve(
+                listener,
+                Arc::clone(&broker),
+                options.clone(),
+                Some(tls),
+                stopping,
+            ));
+            Some(bound)
+        }
+        None => None,
     };
     // STOMP over WebSocket on the HTTP listener (RabbitMQ's Web STOMP).
     let websocket = {
