@@ -376,3 +376,14 @@ def api_get(broker: Broker, path: str, timeout: float = 30.0):
     request.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
     with urllib.request.urlopen(request, timeout=timeout) as answer:
         return json.load(answer)
+
+
+def sluice_cli(broker: Broker, *args: str, timeout: float = 30.0) -> str:
+    """`sluice ARGS --http 127.0.0.1:PORT` against a broker's (or a cluster
+    node's) admin API as guest: its standard output; fails on a non-zero
+    exit."""
+    done = subprocess.run([str(broker_binary()), *args, "--http", f"127.0.0.1:{broker.http_port}"],
+                          capture_output=True, text=True, timeout=timeout, env=child_env(),
+                          stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, f"sluice {' '.join(args)} exited {done.returncode}: {done.stderr}"
+    return done.stdout

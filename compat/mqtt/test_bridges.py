@@ -2,7 +2,8 @@
 an AMQP consumer (pika) and, through a stream queue bound to amq.topic, a
 Kafka consumer (confluent-kafka); an AMQP publish reaches MQTT
 subscribers. mosquitto's command-line clients speak 3.1.1 and 5.0 to it.
-The admin API and /metrics list MQTT connections and the listener."""
+The admin API, the CLI and /metrics list MQTT connections and the
+listener."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pika
 import pytest
 from confluent_kafka import Consumer
 
-from common.broker import api_get
+from common.broker import api_get, sluice_cli
 from support import V5, Client, unique_name, wait_until
 
 
@@ -138,6 +139,12 @@ def test_the_admin_api_and_metrics_show_mqtt_connections(broker):
     assert connection["protocol_version"] == "5.0"
     assert connection["user"] == "guest" and connection["vhost"] == "/"
     assert sorted(connection["subscriptions"]) == ["$share/g/plant/#", "plant/+/temp"]
+    # The CLI's table: the protocol with its version, and the filters.
+    table = sluice_cli(broker, "connections", "list", "--filter", client_id).splitlines()
+    assert table[0].split()[1] == "PROTOCOL" and table[0].split()[-1] == "SUBSCRIPTIONS", table
+    (line,) = [line for line in table[1:] if client_id in line]
+    assert "mqtt 5.0" in line, table
+    assert sorted(line.split()[-1].split(",")) == ["$share/g/plant/#", "plant/+/temp"], table
     listeners = api_get(broker, "/api/overview")["listeners"]
     assert {"protocol": "mqtt", "address": f"127.0.0.1:{broker.mqtt_port}"} in listeners
     import urllib.request

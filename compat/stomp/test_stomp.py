@@ -10,7 +10,7 @@ import time
 import pika
 import pytest
 
-from common.broker import api_get
+from common.broker import api_get, sluice_cli
 from support import Client, closed_within, open_raw, raw_frame, read_frame, unique_name, wait_until
 
 VERSIONS = ["1.0", "1.1", "1.2"]
@@ -226,13 +226,16 @@ def test_heart_beats_keep_the_connection_and_silence_closes_it(broker, clients):
     sock.close()
 
 
-def test_the_admin_api_lists_stomp_connections(clients, broker):
+def test_the_admin_api_and_cli_list_stomp_connections(clients, broker):
     client = clients(version="1.2")
     client.connection.subscribe(f"/queue/{unique_name('listed')}", id="listed-sub")
     rows = wait_until(lambda: [c for c in api_get(broker, "/api/connections")["items"]
                                if c["protocol"] == "stomp" and "listed-sub" in c["subscriptions"]],
                       10, what="the STOMP connection")
     assert rows[0]["protocol_version"] == "1.2" and rows[0]["user"] == "guest"
+    table = sluice_cli(broker, "connections", "list").splitlines()
+    (line,) = [line for line in table[1:] if line.split()[0] == str(rows[0]["id"])]
+    assert "stomp 1.2" in line and line.split()[-1] == "listed-sub", table
     assert {"protocol": "stomp", "address": f"127.0.0.1:{broker.stomp_port}"} in api_get(broker, "/api/overview")["listeners"]
 
 

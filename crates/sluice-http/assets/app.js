@@ -2190,6 +2190,28 @@ async function bindingsPage(ctx, root) {
 // Connections and channels
 // ---------------------------------------------------------------------------
 
+// What a client sees when the web UI closes its connection.
+const CLOSE_EFFECT = {
+  amqp: ' The client receives connection.close with the reason.',
+  kafka: ' Kafka clients are disconnected and may reconnect.',
+  mqtt: ' MQTT 5 clients receive DISCONNECT (administrative action) with the reason; the session\'s will is sent.',
+  stomp: ' The client receives an ERROR frame with the reason.',
+};
+
+// The first few of a connection's subscriptions (an MQTT session's topic
+// filters, a STOMP connection's subscription ids), every one in the tooltip.
+function subscriptionList(protocol, subscriptions) {
+  const shown = 3;
+  const noun = protocol === 'stomp' ? 'subscription id' : 'topic filter';
+  const rest = subscriptions.length - shown;
+  return h('span', {
+    class: 'subscriptions', testid: 'connection-subscriptions',
+    title: `${subscriptions.length} ${noun}${subscriptions.length === 1 ? '' : 's'}:\n${subscriptions.join('\n')}`,
+  },
+  subscriptions.slice(0, shown).map((s) => h('code', { testid: 'connection-subscription' }, s)),
+  rest > 0 ? muted(`+${rest} more`) : null);
+}
+
 async function connectionsPage(ctx, root) {
   const list = pagedList(ctx, {
     id: 'connections',
@@ -2199,9 +2221,22 @@ async function connectionsPage(ctx, root) {
     empty: 'No client connections.',
     columns: [
       { label: 'Id', numeric: true, cell: (c) => String(c.id) },
-      { label: 'Protocol', cell: (c) => h('span', { class: `badge ${c.protocol}` }, c.protocol) },
+      {
+        label: 'Protocol',
+        cell: (c) => h('span', { class: 'stack' },
+          h('span', { class: `badge ${c.protocol}` }, c.protocol),
+          c.protocol_version ? h('span', { class: 'muted', testid: 'connection-version' }, c.protocol_version) : null),
+      },
       { label: 'Peer', cell: (c) => h('code', {}, c.peer) },
-      { label: 'Client', cell: (c) => c.client_name ?? muted('–'), testid: 'connection-client' },
+      {
+        label: 'Client',
+        cell: (c) => {
+          const client = h('span', { testid: 'connection-client' }, c.client_name ?? muted('–'));
+          const subscriptions = c.subscriptions ?? [];
+          if (subscriptions.length === 0) return client;
+          return h('span', { class: 'stack' }, client, subscriptionList(c.protocol, subscriptions));
+        },
+      },
       { label: 'User', cell: (c) => c.user ?? muted('–') },
       { label: 'Vhost', cell: (c) => c.vhost ?? muted('–') },
       { label: 'Connected', cell: (c) => format.time(c.connected_at) },
@@ -2220,7 +2255,7 @@ async function connectionsPage(ctx, root) {
           onclick: () => confirmAction({
             title: 'Close connection',
             message: `Close ${c.protocol} connection ${c.id} from ${c.peer}${c.client_name ? ` (${c.client_name})` : ''}?`
-              + (c.protocol === 'amqp' ? ' The client receives connection.close with the reason.' : ' Kafka clients are disconnected and may reconnect.'),
+              + CLOSE_EFFECT[c.protocol],
             confirmLabel: 'Close connection',
             input: { label: 'Reason', value: 'Closed from the web UI' },
             action: async (reason) => {

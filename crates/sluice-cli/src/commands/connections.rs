@@ -1,4 +1,5 @@
-//! `sluice connections list|close`: Kafka and AMQP client connections.
+//! `sluice connections list|close`: Kafka, AMQP, MQTT and STOMP client
+//! connections.
 
 use std::io::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -14,18 +15,20 @@ use crate::output::{Align, Table, bytes, cell, duration, write_json};
 
 #[derive(Debug, Subcommand)]
 pub enum ConnectionsCommand {
-    /// List connections with peer, user, client name and traffic.
+    /// List connections with protocol (and version), peer, user, client
+    /// name, traffic and subscriptions (an MQTT session's topic filters, a
+    /// STOMP connection's subscription ids).
     List {
         /// Only connections whose peer, client name or user contains TEXT.
         #[arg(long, value_name = "TEXT")]
         filter: Option<String>,
     },
-    /// Close a connection: AMQP clients are told the reason, Kafka
-    /// connections are dropped.
+    /// Close a connection: AMQP, STOMP and MQTT 5 clients are told the
+    /// reason, Kafka and MQTT 3.1.1 connections are dropped.
     Close {
         /// The connection's id, from `sluice connections list`.
         id: u64,
-        /// Told to AMQP clients (at most 200 bytes).
+        /// Told to AMQP, STOMP and MQTT 5 clients (at most 200 bytes).
         #[arg(long)]
         reason: Option<String>,
     },
@@ -59,11 +62,12 @@ pub(crate) fn run(
                 ("IN", Align::Right),
                 ("OUT", Align::Right),
                 ("AGE", Align::Right),
+                ("SUBSCRIPTIONS", Align::Left),
             ]);
             for connection in items(&list) {
                 table.row(vec![
                     cell(&connection["id"]),
-                    cell(&connection["protocol"]),
+                    protocol(connection),
                     cell(&connection["peer"]),
                     cell(&connection["user"]),
                     cell(&connection["client_name"]),
@@ -72,6 +76,7 @@ pub(crate) fn run(
                     bytes(&connection["bytes_in"]),
                     bytes(&connection["bytes_out"]),
                     age(&connection["connected_at"], now_ms),
+                    subscriptions(&connection["subscriptions"]),
                 ]);
             }
             table.write(out, "no connections")
@@ -84,6 +89,26 @@ pub(crate) fn run(
             }
             Ok(())
         }
+    }
+}
+
+/// The protocol with the version a connection chose: `mqtt 5.0`.
+fn protocol(connection: &Value) -> String {
+    match connection["protocol_version"].as_str() {
+        Some(version) => format!("{} {version}", cell(&connection["protocol"])),
+        None => cell(&connection["protocol"]),
+    }
+}
+
+/// A connection's subscriptions, comma-separated; `-` when it has none.
+fn subscriptions(list: &Value) -> String {
+    let names: Vec<String> = list
+        .as_array()
+        .map_or_else(Vec::new, |list| list.iter().map(cell).collect());
+    if names.is_empty() {
+        "-".to_owned()
+    } else {
+        names.join(",")
     }
 }
 
@@ -108,5 +133,17 @@ mod tests {
         assert_eq!(age(&json!(1_000), 61_000), "1m 0s");
         assert_eq!(age(&json!(5_000), 1_000), "0.0s");
         assert_eq!(age(&Value::Null, 1), "-");
+    }
+
+    #[test]
+    fn protocol_and_subscriptions_read_from_the_api() {
+        let mqtt = json!({"protocol": "mqtt", "protocol_version": "5.0",
+                          "subscriptions": ["a/+", "$share/g/b/#"]});
+        assert_eq!(protocol(&mqtt), "mqtt 5.0");
+        assert_eq!(subscriptions(&mqtt["subscriptions"]), "a/+,$share/g/b/#");
+        let kafka = json!({"protocol": "kafka", "protocol_version": null, "subscriptions": []});
+        assert_eq!(protocol(&kafka), "kafka");
+        assert_eq!(subscriptions(&kafka["subscriptions"]), "-");
+        assert_eq!(subscriptions(&Value::Null), "-");
     }
 }
