@@ -3,7 +3,9 @@ one node reaches MQTT subscribers and AMQP consumers on the others; a
 retained message set through one node is handed out by every node; a
 persistent session's queue is a quorum queue, so the session and the QoS
 1 messages queued for it survive kill -9 of the node the client used,
-and the client gets them from another node."""
+and the client gets them from another node. Client ids are the
+cluster's: a client taking one on another node ends its holder (MQTT 5
+DISCONNECT 0x8E) and settles its delayed will."""
 
 from __future__ import annotations
 
@@ -114,3 +116,54 @@ def test_shared_subscription_members_on_two_nodes_split_the_messages(cluster):
     assert all(counts), f"members on both nodes took some: {counts}"
     for client in [*members, publisher]:
         client.disconnect()
+
+
+def test_a_client_id_taken_on_another_node_ends_its_holder_there(cluster):
+    cluster.wait_registered(admin)
+    client_id = unique_name("roamer", 20)
+    topic = unique_name("roaming")
+    will_topic = unique_name("roamer-will")
+    watcher = _client(cluster.node(3), version=V5)
+    watcher.connect()
+    watcher.subscribe(will_topic, qos=1)
+    session = v5_properties(PacketTypes.CONNECT, SessionExpiryInterval=600)
+
+    def holder(node_id, delay):
+        client = _client(cluster.node(node_id), version=V5, client_id=client_id, clean=False, properties=session,
+                         will=(will_topic, f"gone-{delay}".encode(), 1, False),
+                         will_properties=v5_properties(PacketTypes.WILLMESSAGE, WillDelayInterval=delay))
+        client.connect()
+        return client
+
+    # Node 2 takes the session node 1 holds: node 1 ends its connection
+    # with "session taken over", the session goes on through node 2, and
+    # the will waiting 3 s is dropped (the client came back in time).
+    first = holder(1, 3)
+    first.subscribe(topic, qos=1)
+    second = _client(cluster.node(2), version=V5, client_id=client_id, clean=False, properties=session)
+    session_present, _ = second.connect()
+    assert session_present
+    assert first.disconnects.get(timeout=15).value == 0x8E, "node 1 ended the session's former holder"
+    publisher = _client(cluster.node(3), version=V5)
+    publisher.connect()
+    for n in range(10):
+        publisher.publish(topic, f"fix-{n}", qos=1)
+    assert [m.payload.decode() for m in second.take(10)] == [f"fix-{n}" for n in range(10)]
+    first.nothing_within(0.5)
+    first.disconnect()
+    watcher.nothing_within(4)
+    second.disconnect()
+
+    # A clean start on node 3 ends the session node 1 holds: the will
+    # waiting a minute goes out at once.
+    third = holder(1, 60)
+    fourth = _client(cluster.node(3), version=V5, client_id=client_id, clean=True, properties=session)
+    session_present, _ = fourth.connect()
+    assert not session_present
+    assert third.disconnects.get(timeout=15).value == 0x8E
+    (will,) = watcher.take(1, timeout=15)
+    assert will.payload == b"gone-60"
+    third.disconnect()
+    fourth.disconnect()
+    publisher.disconnect()
+    watcher.disconnect()

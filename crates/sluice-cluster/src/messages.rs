@@ -35,7 +35,10 @@
 //! `RESETTLE [id:8][vhost][queue][count:4]([message:8][epoch:4])*`,
 //! `HOLD` (as `RESETTLE`), `RELEASE [id:8][vhost][queue][op:1][count:4]([message:8][epoch:4])*`,
 //! `SHARE_COUNTS [id:8][count:4]([length:2][group])*` (share groups'
-//! records on the node, for the admin API). Every kind from `CONNECTIONS` on starts with its
+//! records on the node, for the admin API),
+//! `TAKEOVER [id:8][vhost][length:2][client id][clean start:1]` (a client
+//! of the sender took an MQTT client id: the holder here ends, a will
+//! waiting for its delay is settled). Every kind from `CONNECTIONS` on starts with its
 //! call id: a node refuses a kind it does not know (a newer peer's) with
 //! `ANSWER [id][1]` and keeps the link.
 //! From it: `ANSWER [id:8][refused:1][reason]`,
@@ -47,7 +50,9 @@
 //! `PURGED [id:8][0 [count:4] | 2 reason]`,
 //! `CONNECTED [id:8][kafka:8][amqp:8]`,
 //! `SHARES [id:8][count:4]([group:4][topic:16][partition:4][start:8][available:8][acquired:8][archived:8])*`
-//! (`group` the index of the group in the call).
+//! (`group` the index of the group in the call),
+//! `TAKEN [id:8]` (the holder of a taken client id let its session go, or
+//! there was none).
 //!
 //! A quorum queue's delivery names its message as every leader knows it
 //! (its id and the leader epoch of its enqueue record). The consumer's
@@ -106,8 +111,9 @@ const RESETTLE: u8 = 8;
 const HOLD: u8 = 9;
 const RELEASE: u8 = 10;
 const SHARE_COUNTS: u8 = 11;
+const TAKEOVER: u8 = 12;
 /// The top bit marks a call's id (`GET`, `PURGE`, `CONNECTIONS`,
-/// `SHARE_COUNTS`), apart from enqueue ids.
+/// `SHARE_COUNTS`, `TAKEOVER`), apart from enqueue ids.
 const CALL_IDS: u64 = 1 << 63;
 const ANSWER: u8 = 1;
 const DELIVER: u8 = 2;
@@ -117,6 +123,7 @@ const PURGED: u8 = 5;
 const CONNECTED: u8 = 6;
 const REFUSED: u8 = 7;
 const SHARES: u8 = 8;
+const TAKEN: u8 = 9;
 
 /// A side that has sent nothing for this long sends a heartbeat.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
@@ -757,6 +764,20 @@ impl RemoteQueues for Carrier {
         })
     }
 
+    fn take_over_on(
+        &self,
+        node: i32,
+        vhost: &str,
+        client_id: &str,
+        clean_start: bool,
+        timeout: Duration,
+    ) -> bool {
+        self.call_within(node, timeout, |id| {
+            takeover_frame(id, vhost, client_id, clean_start)
+        })
+        .is_ok()
+    }
+
     fn share_counts_on(
         &self,
         node: i32,
@@ -1329,7 +1350,7 @@ async fn read_from_home(
             DELIVER => delivered(&state, &requeue, connection, fields),
             CANCELLED => ended_there(&state, fields, false),
             REFUSED => ended_there(&state, fields, true),
-            GOT | PURGED | CONNECTED | SHARES => called_back(&state, connection, fields),
+            GOT | PURGED | CONNECTED | SHARES | TAKEN => called_back(&state, connection, fields),
             _ => None,
         };
         if understood.is_none() {
@@ -1723,6 +1744,14 @@ async fn serve_link(broker: Arc<Broker>, stream: LinkStream, peer: SocketAddr) {
                     RESETTLE => Work::Resettle(fields),
                     HOLD => Work::Hold(fields),
                     RELEASE => Work::Release(fields),
+                    TAKEOVER => {
+                        // Answered once the holder let its session go (it
+                        // may take seconds): out of the worker's way.
+                        if take_over_for_peer(&broker, fields, &frames_out).is_none() {
+                            tracing::warn!(%peer, "a damaged request on a message link");
+                        }
+                        continue;
+                    }
                     other => {
                         // A newer peer's call (every kind from CONNECTIONS
                         // on starts with its call id): refused, the link
@@ -2185,6 +2214,48 @@ fn share_counts_for_peer(broker: &Broker, mut fields: Bytes) -> Option<Bytes> {
     Some(frame(SHARES, &answer))
 }
 
+/// `TAKEOVER [id:8][vhost][length:2][client id][clean start:1]`.
+fn takeover_frame(
+    id: u64,
+    vhost: &str,
+    client_id: &str,
+    clean_start: bool,
+) -> Result<Bytes, String> {
+    let mut fields = BytesMut::new();
+    fields.put_u64(id);
+    put_short(&mut fields, vhost)?;
+    fields.put_u16(u16::try_from(client_id.len()).map_err(|e| e.to_string())?);
+    fields.put_slice(client_id.as_bytes());
+    fields.put_u8(u8::from(clean_start));
+    Ok(frame(TAKEOVER, &fields))
+}
+
+/// A peer's client took an MQTT client id: this node's holder of it
+/// ends; `TAKEN` goes back once it let its session go.
+fn take_over_for_peer(
+    broker: &Broker,
+    mut fields: Bytes,
+    frames: &mpsc::UnboundedSender<Bytes>,
+) -> Option<()> {
+    let id = get_u64(&mut fields)?;
+    let vhost = get_short(&mut fields)?;
+    let len = (fields.remaining() >= 2).then(|| usize::from(fields.get_u16()))?;
+    if fields.remaining() < len + 1 {
+        return None;
+    }
+    let client_id = String::from_utf8(fields.split_to(len).to_vec()).ok()?;
+    let clean_start = fields.get_u8() != 0;
+    let released = broker
+        .connections()
+        .take_over_here(&vhost, &client_id, clean_start);
+    let frames = frames.clone();
+    tokio::spawn(async move {
+        released.await;
+        let _ = frames.send(frame(TAKEN, &id.to_be_bytes()));
+    });
+    Some(())
+}
+
 /// A peer's count of this node's client connections: the totals, then,
 /// when it named a virtual host and a user, what the AMQP limits count
 /// of them.
@@ -2320,6 +2391,85 @@ mod tests {
             .await
             .expect("the link ends when its peer goes")
             .expect("served");
+    }
+
+    /// Records the takeovers asked of it; each is released when the test
+    /// says so.
+    struct Recorder {
+        asked: Mutex<Vec<(String, String, bool)>>,
+        release: watch::Receiver<bool>,
+    }
+
+    impl sluice_core::SessionTakeover for Recorder {
+        fn take_over(
+            &self,
+            vhost: &str,
+            client_id: &str,
+            clean_start: bool,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>> {
+            lock(&self.asked).push((vhost.to_owned(), client_id.to_owned(), clean_start));
+            let mut release = self.release.clone();
+            Box::pin(async move {
+                let _ = release.wait_for(|go| *go).await;
+            })
+        }
+    }
+
+    /// `TAKEOVER` reaches the node's session takeover with its fields,
+    /// and `TAKEN` answers only once the holder let the session go,
+    /// while the link serves other calls meanwhile.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_takeover_is_answered_once_the_holder_let_go() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let broker = Arc::new(
+            Broker::open(sluice_core::BrokerOptions::new(dir.path())).expect("open broker"),
+        );
+        let (go, release) = watch::channel(false);
+        let recorder = Arc::new(Recorder {
+            asked: Mutex::new(Vec::new()),
+            release,
+        });
+        broker.connections().set_session_takeover(recorder.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        tokio::spawn(async move {
+            let (stream, peer) = listener.accept().await.expect("accept");
+            serve_link(broker, LinkStream::Plain(stream), peer).await;
+        });
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let long_id = "c".repeat(300);
+        let request = takeover_frame(CALL_IDS | 4, "/", &long_id, true).expect("frame");
+        stream.write_all(&request).await.expect("send");
+        stream
+            .write_all(&frame(CONNECTIONS, &6u64.to_be_bytes()))
+            .await
+            .expect("send");
+        let (kind, mut fields) = read_frame(&mut stream).await.expect("an answer");
+        assert_eq!(
+            (kind, fields.get_u64()),
+            (CONNECTED, 6),
+            "the link answers other calls while a takeover waits"
+        );
+        assert_eq!(
+            *lock(&recorder.asked),
+            vec![("/".to_owned(), long_id.clone(), true)]
+        );
+        go.send_replace(true);
+        let (kind, mut fields) = read_frame(&mut stream).await.expect("an answer");
+        assert_eq!((kind, fields.get_u64()), (TAKEN, CALL_IDS | 4));
+        // A damaged request is dropped, the link goes on.
+        stream
+            .write_all(&frame(TAKEOVER, &7u64.to_be_bytes()))
+            .await
+            .expect("send");
+        stream
+            .write_all(&frame(CONNECTIONS, &8u64.to_be_bytes()))
+            .await
+            .expect("send");
+        let (kind, mut fields) = read_frame(&mut stream).await.expect("an answer");
+        assert_eq!((kind, fields.get_u64()), (CONNECTED, 8));
     }
 
     #[test]

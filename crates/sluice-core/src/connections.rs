@@ -11,11 +11,18 @@
 //! The registry also enforces the connection caps (`limits.max_connections`
 //! and `limits.max_connections_per_ip`): [`Connections::register`] refuses
 //! a connection over either.
+//!
+//! A front-end whose clients hold a name across the cluster (an MQTT
+//! client id) sets a [`SessionTakeover`]: another node whose client takes
+//! the name asks this node, over the inter-node link, to end the holder
+//! here ([`Connections::take_over_here`]).
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use tokio::sync::watch;
 
@@ -258,6 +265,29 @@ pub struct Connections {
     opened: [AtomicU64; 4],
     /// Connections refused by a cap since start.
     refused: AtomicU64,
+    /// Ends a session held here that a client on another node took.
+    takeover: OnceLock<Arc<dyn SessionTakeover>>,
+}
+
+/// What ends this node's holder of a client id (an MQTT session) that a
+/// client on another node of the cluster just took.
+pub trait SessionTakeover: Send + Sync {
+    /// Ends the connection holding `client_id` in `vhost`, if any, and
+    /// settles a will waiting for its delay (`clean_start`: the new
+    /// connection ended the session, so it is sent now; else dropped);
+    /// ready once the holder has let its session go.
+    fn take_over(
+        &self,
+        vhost: &str,
+        client_id: &str,
+        clean_start: bool,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+}
+
+impl std::fmt::Debug for dyn SessionTakeover {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionTakeover")
+    }
 }
 
 impl Connections {
@@ -273,6 +303,7 @@ impl Connections {
                 AtomicU64::new(0),
             ],
             refused: AtomicU64::new(0),
+            takeover: OnceLock::new(),
         })
     }
 
@@ -389,6 +420,27 @@ impl Connections {
     /// Connections accepted since start over `protocol`.
     pub fn opened_total(&self, protocol: Protocol) -> u64 {
         self.opened[protocol_index(protocol)].load(Ordering::Relaxed)
+    }
+
+    /// Sets what ends a session held here when its client id connects to
+    /// another node; the first one set stays.
+    pub fn set_session_takeover(&self, takeover: Arc<dyn SessionTakeover>) {
+        let _ = self.takeover.set(takeover);
+    }
+
+    /// Another node's client took `client_id` of `vhost`: the holder here
+    /// (if any) is ended; ready once it let its session go. Ready at once
+    /// without a [`SessionTakeover`].
+    pub fn take_over_here(
+        &self,
+        vhost: &str,
+        client_id: &str,
+        clean_start: bool,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
+        match self.takeover.get() {
+            Some(takeover) => takeover.take_over(vhost, client_id, clean_start),
+            None => Box::pin(std::future::ready(())),
+        }
     }
 }
 

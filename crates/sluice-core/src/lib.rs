@@ -74,7 +74,7 @@ pub use ack::{AckLevel, Acks, OrderedAcks, PendingAck, RemoteOutcome};
 pub use admission::{Admission, Alarm, Verdict, Writer};
 pub use connections::{
     AmqpCounts, ChannelStats, ConnectionDetails, ConnectionHandle, ConnectionLimits,
-    ConnectionRefused, ConnectionStats, Connections, Protocol,
+    ConnectionRefused, ConnectionStats, Connections, Protocol, SessionTakeover,
 };
 pub use data_dir::DataDirLock;
 pub use error::CoreError;
@@ -1144,22 +1144,49 @@ impl Broker {
             .change_user(MetadataCommand::AlterClientQuota { entity, changes })
     }
 
+    /// A client here took `client_id` of `vhost` (an MQTT session): every
+    /// other live node of the cluster ends its holder of it, as the node
+    /// a client connects to ends its own, and settles a will waiting for
+    /// its delay. Returns once every node answered or `timeout` passed (a
+    /// node that does not answer may keep its holder until its link or
+    /// keep alive ends it). Blocking; nothing to do on a single node.
+    pub fn take_over_elsewhere(
+        &self,
+        vhost: &str,
+        client_id: &str,
+        clean_start: bool,
+        timeout: std::time::Duration,
+    ) {
+        let others = self.other_live_nodes();
+        if others.is_empty() {
+            return;
+        }
+        let vhosts = self.vhosts();
+        std::thread::scope(|scope| {
+            let asked: Vec<_> = others
+                .iter()
+                .map(|node| {
+                    scope.spawn(move || {
+                        vhosts.take_over_on(*node, vhost, client_id, clean_start, timeout)
+                    })
+                })
+                .collect();
+            for (node, answer) in others.iter().zip(asked) {
+                if !matches!(answer.join(), Ok(true)) {
+                    tracing::debug!(node, client_id, "a node did not answer a session takeover");
+                }
+            }
+        });
+    }
+
     /// AMQP connections open to `vhost`, AMQP connections of `user`, and
     /// the channels those have open, over every live node of the cluster
     /// (a node that does not answer within a second is not counted).
     /// Blocking.
     pub fn amqp_counts(&self, vhost: &str, user: &str) -> connections::AmqpCounts {
         let mut counts = self.connections().amqp_counts(vhost, user);
-        let metadata = self.topics.metadata();
-        if metadata.clustered() {
-            let fenced = metadata.fenced();
-            let me = self.node_id();
-            let others: Vec<i32> = metadata
-                .brokers()
-                .iter()
-                .map(|n| n.node)
-                .filter(|node| *node != me && !fenced.contains(node))
-                .collect();
+        let others = self.other_live_nodes();
+        if !others.is_empty() {
             let vhosts = self.vhosts();
             std::thread::scope(|scope| {
                 let asked: Vec<_> = others

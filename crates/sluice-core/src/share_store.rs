@@ -134,8 +134,8 @@ impl Broker {
     }
 
     /// The other registered nodes the controller has not fenced (a fenced
-    /// node leads no partition).
-    fn other_live_nodes(&self) -> Vec<i32> {
+    /// node leads no partition); none on a single node.
+    pub(crate) fn other_live_nodes(&self) -> Vec<i32> {
         let metadata = self.topics().metadata();
         let fenced = metadata.fenced();
         let own = self.node_id();

@@ -125,6 +125,53 @@ impl Clients {
         (slot, previous)
     }
 
+    /// A client on another node of the cluster took `client_id`: a will
+    /// waiting here for its delay is settled as [`Clients::claim`]
+    /// settles it, and the connection holding the id here (returned) is
+    /// to end. A stand-in for the remote holder takes its slot, so that
+    /// the connection's release sees the id taken over (`clean_start`
+    /// decides its will); [`Clients::forget_stand_in`] removes it.
+    pub(crate) fn taken_elsewhere(
+        &self,
+        vhost: &str,
+        client_id: &str,
+        clean_start: bool,
+    ) -> Option<(Arc<Slot>, Arc<Slot>)> {
+        let key = (vhost.to_owned(), client_id.to_owned());
+        if let Some(will) = self
+            .wills
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key)
+        {
+            let _ = will.send(clean_start);
+        }
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let held = slots.get(&key).cloned()?;
+        let stand_in = Arc::new(Slot {
+            connection: 0,
+            clean_start,
+            taken_over: Notify::new(),
+            // Nothing here to wait for, should a client take it back.
+            finished: watch::Sender::new(true),
+        });
+        slots.insert(key, Arc::clone(&stand_in));
+        Some((held, stand_in))
+    }
+
+    /// Removes `stand_in` (from [`Clients::taken_elsewhere`]) unless a
+    /// connection here took the id since.
+    pub(crate) fn forget_stand_in(&self, vhost: &str, client_id: &str, stand_in: &Arc<Slot>) {
+        let key = (vhost.to_owned(), client_id.to_owned());
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if slots
+            .get(&key)
+            .is_some_and(|held| Arc::ptr_eq(held, stand_in))
+        {
+            slots.remove(&key);
+        }
+    }
+
     /// Gives `slot` back, unless another connection took the id since;
     /// `will` is the trigger of a will waiting for its delay.
     pub(crate) fn release(
@@ -163,7 +210,9 @@ impl Clients {
 
 /// The MQTT front-end of a node: its listeners share the connected
 /// client ids (a client moving from MQTT to MQTTS or WebSocket takes its
-/// session).
+/// session). On a cluster, set as the broker's
+/// [`sluice_core::SessionTakeover`], it ends its holder of a client id a
+/// client on another node took.
 #[derive(Debug, Clone)]
 pub struct MqttNode {
     shared: Arc<Shared>,
@@ -177,6 +226,14 @@ impl MqttNode {
                 clients: Clients::default(),
             }),
         }
+    }
+
+    /// Makes this node's holders of a client id end when a client on
+    /// another node of the cluster takes the id.
+    pub fn attach(&self, broker: &Broker) {
+        broker
+            .connections()
+            .set_session_takeover(Arc::new(self.clone()));
     }
 
     /// Serves one client whose bytes come over another transport (MQTT
@@ -210,6 +267,32 @@ impl MqttNode {
         )
         .instrument(span)
         .await;
+    }
+}
+
+impl sluice_core::SessionTakeover for MqttNode {
+    fn take_over(
+        &self,
+        vhost: &str,
+        client_id: &str,
+        clean_start: bool,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>> {
+        let shared = Arc::clone(&self.shared);
+        let (vhost, client_id) = (vhost.to_owned(), client_id.to_owned());
+        Box::pin(async move {
+            let Some((held, stand_in)) =
+                shared
+                    .clients
+                    .taken_elsewhere(&vhost, &client_id, clean_start)
+            else {
+                return;
+            };
+            tracing::info!(client_id = %client_id, connection = held.connection, "session taken over on another node");
+            crate::connection::wait_for_takeover(&held).await;
+            shared
+                .clients
+                .forget_stand_in(&vhost, &client_id, &stand_in);
+        })
     }
 }
 

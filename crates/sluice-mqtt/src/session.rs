@@ -42,6 +42,10 @@ const RAP_ARG: &str = "x-mqtt-retain-as-published";
 const CLEAN_SESSION_EXPIRY_MS: u64 = 60_000;
 /// The consumer tag on the session's queue.
 const SESSION_TAG: &str = "mqtt-session";
+/// How long a new connection waits for the other nodes of a cluster to
+/// end their holder of its client id (each waits up to the takeover wait
+/// for it to let the session go).
+const REMOTE_TAKEOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(7);
 /// The subscription's filter as the client wrote it.
 const FILTER_ARG: &str = "x-mqtt-filter";
 
@@ -224,6 +228,20 @@ pub(crate) async fn accept(
     if let Some(previous) = previous {
         tracing::info!(client_id = %client_id, "taking over the session of connection {}", previous.connection);
         wait_for_takeover(&previous).await;
+    }
+    if broker.topics().metadata().clustered() {
+        // The id is the cluster's: a holder on another node ends (and
+        // lets the session's queue go) before this one takes it.
+        let (broker, vhost, client_id) = (
+            Arc::clone(broker),
+            vhost.name().to_owned(),
+            client_id.clone(),
+        );
+        let clean_start = connect.clean_start;
+        let _ = tokio::task::spawn_blocking(move || {
+            broker.take_over_elsewhere(&vhost, &client_id, clean_start, REMOTE_TAKEOVER_WAIT);
+        })
+        .await;
     }
     let connection_id = registration.id();
     let name = queue_name(&client_id);

@@ -804,6 +804,9 @@ async fn start_mqtt(
         topic_alias_max: config.topic_alias_max,
     };
     let node = sluice_mqtt::MqttNode::new(options);
+    // Client ids are the cluster's: a client taking one on another node
+    // ends its holder here.
+    node.attach(&broker);
     let secure = match bind_tls(&config.tls_listen, tls, "MQTTS", "mqtt.tls_listen").await? {
         Some((listener, bound, tls)) => {
             let stopping = lifecycle.stopping();

@@ -190,6 +190,21 @@ pub trait RemoteQueues: Send + Sync + std::fmt::Debug {
         None
     }
 
+    /// Tells node `node` that a client here took `client_id` of `vhost`
+    /// (an MQTT session): its holder there ends
+    /// ([`crate::Connections::take_over_here`]). True once the node
+    /// answered within `timeout` that the holder let the session go.
+    fn take_over_on(
+        &self,
+        _node: i32,
+        _vhost: &str,
+        _client_id: &str,
+        _clean_start: bool,
+        _timeout: std::time::Duration,
+    ) -> bool {
+        false
+    }
+
     /// Share groups' records on node `node` (the partitions it leads),
     /// each with the index of its group in `groups`, asked over its link
     /// and answered within `timeout`; `None` without an answer.
@@ -349,6 +364,22 @@ impl VirtualHosts {
         self.carrier
             .get()?
             .amqp_counts_on(node, vhost, user, timeout)
+    }
+
+    /// Ends another node's holder of `client_id` of `vhost` (a client
+    /// here took it), asked over its message link within `timeout`; true
+    /// once the node answered. Blocking.
+    pub fn take_over_on(
+        &self,
+        node: i32,
+        vhost: &str,
+        client_id: &str,
+        clean_start: bool,
+        timeout: std::time::Duration,
+    ) -> bool {
+        self.carrier.get().is_some_and(|carrier| {
+            carrier.take_over_on(node, vhost, client_id, clean_start, timeout)
+        })
     }
 
     /// Share groups' records on another node of the cluster, each with
