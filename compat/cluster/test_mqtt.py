@@ -5,14 +5,17 @@ persistent session's queue is a quorum queue, so the session and the QoS
 1 messages queued for it survive kill -9 of the node the client used,
 and the client gets them from another node. Client ids are the
 cluster's: a client taking one on another node ends its holder (MQTT 5
-DISCONNECT 0x8E) and settles its delayed will."""
+DISCONNECT 0x8E) and settles its delayed will. Wills reach subscribers
+on other nodes, and sessions end on every node when they expire."""
 
 from __future__ import annotations
+
+import time
 
 from paho.mqtt.packettypes import PacketTypes
 
 from common.broker import unique_name, wait_until
-from mqtt.support import V5, Client, v5_properties
+from mqtt.support import V5, V311, Client, v5_properties
 from test_amqp_definitions import channel, queues_on
 from test_kafka_cluster import admin
 
@@ -166,4 +169,49 @@ def test_a_client_id_taken_on_another_node_ends_its_holder_there(cluster):
     third.disconnect()
     fourth.disconnect()
     publisher.disconnect()
+    watcher.disconnect()
+
+
+def test_wills_reach_other_nodes_and_sessions_end_everywhere(cluster):
+    cluster.wait_registered(admin)
+    topic = unique_name("plant")
+    watcher = _client(cluster.node(3), version=V5)
+    watcher.connect()
+    watcher.subscribe(f"{topic}/#", qos=1)
+    # A cut connection on node 1: its retained will reaches node 3's
+    # subscriber and is handed out by node 2.
+    cut = _client(cluster.node(1), version=V311, will=(f"{topic}/status", b"offline", 1, True))
+    cut.connect()
+    cut.drop()
+    (will,) = watcher.take(1, timeout=15)
+    assert (will.topic, will.payload) == (f"{topic}/status", b"offline")
+    late = _client(cluster.node(2))
+    late.connect()
+    late.subscribe(f"{topic}/status", qos=1)
+    assert late.take(1)[0].payload == b"offline"
+    late.disconnect()
+
+    # A session expiring 2 s after its client left is gone on every node;
+    # a clean session is gone as soon as its connection ends.
+    expiring_id, clean_id = unique_name("brief", 20), unique_name("clean", 20)
+    expiring = _client(cluster.node(2), version=V5, client_id=expiring_id, clean=True,
+                       properties=v5_properties(PacketTypes.CONNECT, SessionExpiryInterval=2))
+    expiring.connect()
+    expiring.subscribe(f"{topic}/expiring", qos=1)
+    clean = _client(cluster.node(1), version=V311, client_id=clean_id, clean=True)
+    clean.connect()
+    clean.subscribe(f"{topic}/clean", qos=1)
+    queues = {f"mqtt-subscription-{expiring_id}qos1", f"mqtt-subscription-{clean_id}qos1"}
+    wait_until(lambda: all(queues <= set(queues_on(cluster.node(n))) for n in (1, 2, 3)), 20,
+               what="both sessions' queues on every node")
+    expiring.disconnect()
+    clean.disconnect()
+    left_at = time.monotonic()
+    wait_until(lambda: not any(queues & set(queues_on(cluster.node(n))) for n in (1, 2, 3)), 30,
+               what="both sessions' queues gone from every node")
+    back = _client(cluster.node(3), version=V5, client_id=expiring_id, clean=False,
+                   properties=v5_properties(PacketTypes.CONNECT, SessionExpiryInterval=2))
+    session_present, _ = back.connect()
+    assert not session_present, f"the session expired ({time.monotonic() - left_at:.1f} s after its client left)"
+    back.disconnect()
     watcher.disconnect()
