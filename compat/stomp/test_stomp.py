@@ -239,6 +239,43 @@ def test_the_admin_api_and_cli_list_stomp_connections(clients, broker):
     assert {"protocol": "stomp", "address": f"127.0.0.1:{broker.stomp_port}"} in api_get(broker, "/api/overview")["listeners"]
 
 
+def test_queue_argument_headers_declare_the_queue_as_rabbitmq_does(clients, broker):
+    # RabbitMQ's x-* queue-argument headers on the frame that declares a
+    # queue: a SEND to /queue/, a SUBSCRIBE to /queue/, a durable topic
+    # subscription's own queue.
+    sent_to, subscribed_to = unique_name("capped"), unique_name("ttl")
+    client = clients(version="1.2")
+    for n in range(4):
+        client.connection.send(f"/queue/{sent_to}", f"m-{n}",
+                               headers={"x-queue-type": "quorum", "x-max-length": "2"}, receipt=f"s{n}")
+    client.receipt("s3")
+    capped = api_get(broker, f"/api/queues/%2F/{sent_to}")
+    assert capped["type"] == "quorum" and capped["arguments"]["x-max-length"] == 2, capped
+    wait_until(lambda: api_get(broker, f"/api/queues/%2F/{sent_to}")["messages"] == 2, 10,
+               what="x-max-length dropping the oldest")
+    client.connection.subscribe(f"/queue/{subscribed_to}", id="ttl", receipt="sub-ttl",
+                                headers={"x-message-ttl": "60000", "x-dead-letter-exchange": "amq.fanout"})
+    client.receipt("sub-ttl")
+    arguments = api_get(broker, f"/api/queues/%2F/{subscribed_to}")["arguments"]
+    assert arguments == {"x-message-ttl": 60000, "x-dead-letter-exchange": "amq.fanout"}, arguments
+    client.connection.subscribe(f"/topic/{unique_name('news')}", id="news", receipt="sub-news",
+                                headers={"durable": "true", "auto-delete": "false", "x-max-length": "5"})
+    client.receipt("sub-news")
+    (own,) = [q for q in api_get(broker, "/api/queues")["items"] if q["name"] == "stomp-subscription-guest-news"]
+    assert own["durable"] and own["arguments"] == {"x-max-length": 5}, own
+    client.connection.unsubscribe("news")
+
+    # A number that is none, and arguments unlike the queue's, are refused.
+    for headers in ({"x-max-length": "ten"}, {"x-queue-type": "quorum", "x-max-length": "3"}):
+        sock = open_raw(broker)
+        sock.sendall(raw_frame("SEND", {"destination": f"/queue/{sent_to}", **headers}, b"x"))
+        answer = read_frame(sock)
+        assert answer.startswith(b"ERROR"), answer
+        assert closed_within(sock, 5)
+        sock.close()
+    assert api_get(broker, f"/api/queues/%2F/{sent_to}")["messages"] == 2
+
+
 @pytest.mark.parametrize("data", [
     pytest.param(raw_frame("SEND", {"destination": "/nowhere/x"}, b"x"), id="unknown-destination"),
     pytest.param(raw_frame("SEND", {}, b"x"), id="no-destination"),

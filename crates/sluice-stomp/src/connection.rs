@@ -43,6 +43,12 @@ const MAX_TRANSACTIONS: usize = 100;
 const MAX_TRANSACTION_BYTES: usize = 64 << 20;
 
 /// The queue of `user`'s durable subscription `id`.
+/// The queue arguments a frame carries as headers (RabbitMQ's list).
+fn arguments_of(frame: &Frame) -> Result<FieldTable, Refusal> {
+    crate::destination::queue_arguments(|name| frame.get(name))
+        .map_err(|detail| refusal("invalid header", detail))
+}
+
 fn durable_queue_name(user: &str, id: &str) -> String {
     format!("stomp-subscription-{user}-{id}")
 }
@@ -545,8 +551,11 @@ impl Connection {
         let (exchange, key) = match &destination {
             Destination::TempQueue(name) => (String::new(), self.temp_queue(name)?),
             Destination::Queue(name) => {
-                if self.vhost.queue(name).is_none() && self.vhost.remote_queue(name).is_none() {
-                    self.blocking(|c| c.declare_named(name))?;
+                let arguments = arguments_of(frame)?;
+                let missing =
+                    self.vhost.queue(name).is_none() && self.vhost.remote_queue(name).is_none();
+                if missing || !arguments.inner().is_empty() {
+                    self.blocking(|c| c.declare_named(name, arguments))?;
                 }
                 destination.route()
             }
@@ -596,9 +605,12 @@ impl Connection {
         Ok(())
     }
 
-    /// `/queue/name`: a durable queue, declared when missing (RabbitMQ).
-    fn declare_named(&self, name: &str) -> Result<(), Refusal> {
-        if self.vhost.queue(name).is_some() || self.vhost.remote_queue(name).is_some() {
+    /// `/queue/name`: a durable queue, declared when missing (RabbitMQ);
+    /// with `arguments` (from the frame's headers) also when it exists,
+    /// which refuses different ones.
+    fn declare_named(&self, name: &str, arguments: FieldTable) -> Result<(), Refusal> {
+        let exists = self.vhost.queue(name).is_some() || self.vhost.remote_queue(name).is_some();
+        if exists && arguments.inner().is_empty() {
             return Ok(());
         }
         if !self
@@ -621,7 +633,7 @@ impl Connection {
                     durable: true,
                     exclusive_owner: None,
                     auto_delete: false,
-                    arguments: FieldTable::default(),
+                    arguments,
                 },
                 false,
                 self.registration.id(),
@@ -632,19 +644,19 @@ impl Connection {
 
     /// A queue of this connection alone, server-named (`amq.gen-…`, unique
     /// over the cluster and restarts): exclusive on one node; on a cluster
-    /// a durable classic queue (so every node routes to it), deleted with
-    /// its subscription or connection.
-    fn transient_queue(&mut self) -> Result<Arc<Queue>, Refusal> {
-        let mut arguments = FieldTable::default();
+    /// a durable classic queue (so every node routes to it, gone a minute
+    /// after a crash unless `arguments` say otherwise), deleted with its
+    /// subscription or connection.
+    fn transient_queue(&mut self, mut arguments: FieldTable) -> Result<Arc<Queue>, Refusal> {
         if self.clustered {
-            arguments.insert(
-                short("x-expires"),
-                AMQPValue::LongLongInt(TRANSIENT_EXPIRY_MS),
-            );
-            arguments.insert(
-                short("x-queue-type"),
-                AMQPValue::LongString("classic".into()),
-            );
+            for (name, value) in [
+                ("x-expires", AMQPValue::LongLongInt(TRANSIENT_EXPIRY_MS)),
+                ("x-queue-type", AMQPValue::LongString("classic".into())),
+            ] {
+                if !arguments.inner().contains_key(name) {
+                    arguments.insert(short(name), value);
+                }
+            }
         }
         let options = QueueOptions {
             durable: self.clustered,
@@ -673,7 +685,7 @@ impl Connection {
         if let Some(real) = self.temp_queues.get(name) {
             return Ok(real.clone());
         }
-        let queue = self.transient_queue()?;
+        let queue = self.transient_queue(FieldTable::default())?;
         let real = queue.name().to_owned();
         let id = format!("/temp-queue/{name}");
         self.consume(id, queue, AckMode::Auto, DEFAULT_PREFETCH, true)?;
@@ -727,7 +739,7 @@ impl Connection {
         let (queue, own) = match &destination {
             Destination::Queue(name) | Destination::AmqQueue(name) => {
                 if matches!(destination, Destination::Queue(_)) {
-                    self.declare_named(name)?;
+                    self.declare_named(name, arguments_of(frame)?)?;
                 }
                 if !permissions.allows(&self.user, &vhost, Access::Read, name) {
                     return Err(denied(&format!("read access to queue '{name}'")));
@@ -762,14 +774,14 @@ impl Connection {
                         durable: true,
                         exclusive_owner: None,
                         auto_delete: false,
-                        arguments: FieldTable::default(),
+                        arguments: arguments_of(frame)?,
                     };
                     self.vhost
                         .declare_queue(&name, options, false, self.registration.id())
                         .and_then(|_| self.vhost.usable_queue(&name, self.registration.id()))
                         .map_err(|error| refusal("cannot declare queue", error.to_string()))?
                 } else {
-                    self.transient_queue()?
+                    self.transient_queue(arguments_of(frame)?)?
                 };
                 let name = queue.name().to_owned();
                 self.vhost

@@ -9,6 +9,51 @@
 //! | `/exchange/x[/k]` | exchange `x`, key `k` | a queue of its own bound to `x` with `k` |
 //! | `/temp-queue/t` | (in `reply-to`) the connection's private queue `t` | consumed implicitly |
 //! | `/reply-queue/q` | default exchange, key `q` | – |
+//!
+//! A frame that declares a queue (SEND or SUBSCRIBE to `/queue/`, a
+//! subscription's own queue) passes RabbitMQ's queue-argument headers
+//! (`x-queue-type`, `x-max-length`, ...) as the queue's arguments.
+
+use amq_protocol::types::{AMQPValue, FieldTable};
+
+/// RabbitMQ's queue arguments a SEND or SUBSCRIBE may carry as headers,
+/// applied when it declares a queue; `true` for a number.
+const QUEUE_ARGUMENTS: [(&str, bool); 10] = [
+    ("x-dead-letter-exchange", false),
+    ("x-dead-letter-routing-key", false),
+    ("x-expires", true),
+    ("x-max-length", true),
+    ("x-max-length-bytes", true),
+    ("x-max-priority", true),
+    ("x-message-ttl", true),
+    ("x-max-age", false),
+    ("x-stream-max-segment-size-bytes", true),
+    ("x-queue-type", false),
+];
+
+/// The queue arguments among `header`'s answers (RabbitMQ's list),
+/// trimmed; `Err` names a number header that is not one.
+pub(crate) fn queue_arguments<'a>(
+    header: impl Fn(&str) -> Option<&'a str>,
+) -> Result<FieldTable, String> {
+    let mut arguments = FieldTable::default();
+    for (name, numeric) in QUEUE_ARGUMENTS {
+        let Some(value) = header(name).map(str::trim) else {
+            continue;
+        };
+        let value = if numeric {
+            AMQPValue::LongLongInt(
+                value
+                    .parse::<i64>()
+                    .map_err(|_| format!("header '{name}' must be an integer, not '{value}'"))?,
+            )
+        } else {
+            AMQPValue::LongString(value.into())
+        };
+        arguments.insert(name.into(), value);
+    }
+    Ok(arguments)
+}
 
 /// A parsed destination.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +124,37 @@ impl Destination {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn queue_argument_headers_become_typed_arguments() {
+        use amq_protocol::types::AMQPValue;
+        let headers = [
+            ("x-queue-type", " quorum "),
+            ("x-max-length", "10"),
+            ("x-message-ttl", "60000"),
+            ("x-dead-letter-exchange", "dlx"),
+            ("x-custom", "ignored"),
+        ];
+        let find = |name: &str| headers.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
+        let arguments = super::queue_arguments(find).expect("valid");
+        let inner = arguments.inner();
+        assert_eq!(inner.len(), 4);
+        assert_eq!(
+            inner.get("x-queue-type"),
+            Some(&AMQPValue::LongString("quorum".into()))
+        );
+        assert_eq!(inner.get("x-max-length"), Some(&AMQPValue::LongLongInt(10)));
+        assert_eq!(
+            inner.get("x-message-ttl"),
+            Some(&AMQPValue::LongLongInt(60_000))
+        );
+        assert!(inner.get("x-custom").is_none());
+        let bad = super::queue_arguments(|name| (name == "x-max-length").then_some("ten"));
+        assert_eq!(
+            bad.expect_err("not a number"),
+            "header 'x-max-length' must be an integer, not 'ten'"
+        );
+    }
+
     use super::*;
 
     #[test]
