@@ -58,7 +58,7 @@ test('every page loads and shows what the broker holds', { timeout: TEST_MS }, a
       await waitForText(page.getByTestId('total-queues'), '1');
       await waitForText(page.getByTestId('total-groups'), '1');
       assert.equal(await page.getByTestId('overview-version').textContent(), '0.1.0');
-      for (const protocol of ['kafka', 'amqp', 'http']) {
+      for (const protocol of ['kafka', 'amqp', 'http', 'mqtt', 'stomp']) {
         await row(page, 'listener', protocol).waitFor();
       }
       assert.match(await row(page, 'listener', 'kafka').textContent(), new RegExp(broker.bootstrap.replace(/\./g, '\\.')));
