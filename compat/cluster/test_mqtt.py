@@ -10,6 +10,7 @@ on other nodes, and sessions end on every node when they expire."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 from paho.mqtt.packettypes import PacketTypes
@@ -168,6 +169,29 @@ def test_a_client_id_taken_on_another_node_ends_its_holder_there(cluster):
     assert will.payload == b"gone-60"
     third.disconnect()
     fourth.disconnect()
+
+    # Two clients with the id connecting to two nodes at once: exactly one
+    # keeps it, without waiting out the takeover's bounds.
+    racers = [_client(cluster.node(n), version=V5, client_id=client_id, clean=False, properties=session)
+              for n in (1, 2)]
+    started = time.monotonic()
+    threads = [threading.Thread(target=racer.connect) for racer in racers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert time.monotonic() - started < 4, f"both connected in {time.monotonic() - started:.1f} s"
+    wait_until(lambda: sum(not r.disconnects.empty() for r in racers) >= 1, 15, what="one racer ended")
+    time.sleep(1)
+    ended = [r for r in racers if not r.disconnects.empty()]
+    assert len(ended) == 1, "exactly one of the two keeps the id"
+    assert ended[0].disconnects.get().value == 0x8E
+    (winner,) = [r for r in racers if r is not ended[0]]
+    winner.subscribe(topic, qos=1)
+    publisher.publish(topic, b"to the winner", qos=1)
+    assert winner.take(1)[0].payload == b"to the winner"
+    for racer in racers:
+        racer.disconnect()
     publisher.disconnect()
     watcher.disconnect()
 

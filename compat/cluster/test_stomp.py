@@ -1,7 +1,8 @@
 """STOMP on a three-node cluster (stomp.py): a message sent through one
 node reaches queue and topic subscribers on the others, client acks
 settle it wherever the queue lives, and a topic subscription's queue
-gets what any node routes."""
+gets what any node routes. Queue-argument headers equal to what an AMQP
+client declared are accepted on every node, unlike ones refused."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import importlib.util
 from pathlib import Path
 
 from common.broker import unique_name, wait_until
-from test_amqp_definitions import queues_on
+from test_amqp_definitions import channel, queues_on
 from test_kafka_cluster import admin
 
 # compat/stomp's helpers, loaded by path: the folder's name is also the
@@ -55,3 +56,27 @@ def test_queues_and_topics_cross_nodes(cluster):
     again.nothing_within(1.0)
     for client in (producer, watcher, again):
         client.close()
+
+
+def test_queue_argument_headers_match_an_amqp_declaration_on_every_node(cluster):
+    cluster.wait_registered(admin)
+    queue = unique_name("capped")
+    with channel(cluster.node(1)) as ch:
+        ch.queue_declare(queue, durable=True, arguments={"x-max-length": 5, "x-message-ttl": 60000})
+    wait_until(lambda: all(queue in queues_on(cluster.node(n)) for n in (1, 2, 3)), 20,
+               what="the queue on every node")
+    for node_id in (1, 2, 3):
+        client = Client(cluster.node(node_id)).connect()
+        client.connection.send(f"/queue/{queue}", f"from-{node_id}", receipt=f"r{node_id}",
+                               headers={"x-max-length": "5", "x-message-ttl": " 60000 "})
+        client.receipt(f"r{node_id}")
+        client.close()
+    refused = Client(cluster.node(2)).connect()
+    refused.connection.send(f"/queue/{queue}", "refused", headers={"x-max-length": "6", "x-message-ttl": "60000"})
+    error = refused.recorder.errors.get(timeout=10)
+    assert "x-max-length" in error.headers.get("message", "") + error.body, error
+    reader = Client(cluster.node(3)).connect()
+    reader.connection.subscribe(f"/queue/{queue}", id="r")
+    assert sorted(m.body for m in reader.take(3)) == ["from-1", "from-2", "from-3"]
+    reader.nothing_within(0.5)
+    reader.close()

@@ -36,9 +36,10 @@
 //! `HOLD` (as `RESETTLE`), `RELEASE [id:8][vhost][queue][op:1][count:4]([message:8][epoch:4])*`,
 //! `SHARE_COUNTS [id:8][count:4]([length:2][group])*` (share groups'
 //! records on the node, for the admin API),
-//! `TAKEOVER [id:8][vhost][length:2][client id][clean start:1]` (a client
-//! of the sender took an MQTT client id: the holder here ends, a will
-//! waiting for its delay is settled). Every kind from `CONNECTIONS` on starts with its
+//! `TAKEOVER [id:8][vhost][length:2][client id][clean start:1][since ms:8][node:4]`
+//! (a client of the sender took an MQTT client id at that time: the
+//! holder here ends unless it is still connecting and claimed it later, a
+//! will waiting for its delay is settled). Every kind from `CONNECTIONS` on starts with its
 //! call id: a node refuses a kind it does not know (a newer peer's) with
 //! `ANSWER [id][1]` and keeps the link.
 //! From it: `ANSWER [id:8][refused:1][reason]`,
@@ -764,18 +765,9 @@ impl RemoteQueues for Carrier {
         })
     }
 
-    fn take_over_on(
-        &self,
-        node: i32,
-        vhost: &str,
-        client_id: &str,
-        clean_start: bool,
-        timeout: Duration,
-    ) -> bool {
-        self.call_within(node, timeout, |id| {
-            takeover_frame(id, vhost, client_id, clean_start)
-        })
-        .is_ok()
+    fn take_over_on(&self, node: i32, takeover: &sluice_core::Takeover, timeout: Duration) -> bool {
+        self.call_within(node, timeout, |id| takeover_frame(id, takeover))
+            .is_ok()
     }
 
     fn share_counts_on(
@@ -2214,40 +2206,58 @@ fn share_counts_for_peer(broker: &Broker, mut fields: Bytes) -> Option<Bytes> {
     Some(frame(SHARES, &answer))
 }
 
-/// `TAKEOVER [id:8][vhost][length:2][client id][clean start:1]`.
-fn takeover_frame(
-    id: u64,
-    vhost: &str,
-    client_id: &str,
-    clean_start: bool,
-) -> Result<Bytes, String> {
+/// `TAKEOVER [id:8][vhost][length:2][client id][clean start:1][since ms:8][node:4]`.
+fn takeover_frame(id: u64, takeover: &sluice_core::Takeover) -> Result<Bytes, String> {
     let mut fields = BytesMut::new();
     fields.put_u64(id);
-    put_short(&mut fields, vhost)?;
+    put_short(&mut fields, &takeover.vhost)?;
+    let client_id = takeover.client_id.as_bytes();
     fields.put_u16(u16::try_from(client_id.len()).map_err(|e| e.to_string())?);
-    fields.put_slice(client_id.as_bytes());
-    fields.put_u8(u8::from(clean_start));
+    fields.put_slice(client_id);
+    fields.put_u8(u8::from(takeover.clean_start));
+    fields.put_i64(takeover.claim.since_ms);
+    fields.put_i32(takeover.claim.node);
     Ok(frame(TAKEOVER, &fields))
 }
 
+/// The fields of `TAKEOVER` after its call id.
+fn decode_takeover(mut fields: Bytes) -> Option<sluice_core::Takeover> {
+    let vhost = get_short(&mut fields)?;
+    let len = (fields.remaining() >= 2).then(|| usize::from(fields.get_u16()))?;
+    if fields.remaining() < len + 1 + 8 + 4 {
+        return None;
+    }
+    let client_id = String::from_utf8(fields.split_to(len).to_vec()).ok()?;
+    Some(sluice_core::Takeover {
+        vhost,
+        client_id,
+        clean_start: fields.get_u8() != 0,
+        claim: sluice_core::Claim {
+            since_ms: fields.get_i64(),
+            node: fields.get_i32(),
+        },
+    })
+}
+
 /// A peer's client took an MQTT client id: this node's holder of it
-/// ends; `TAKEN` goes back once it let its session go.
+/// ends; `TAKEN` goes back once it let its session go. A damaged request
+/// is refused (`ANSWER [id][1]`) so its caller stops waiting; `None` when
+/// not even its call id could be read.
 fn take_over_for_peer(
     broker: &Broker,
     mut fields: Bytes,
     frames: &mpsc::UnboundedSender<Bytes>,
 ) -> Option<()> {
     let id = get_u64(&mut fields)?;
-    let vhost = get_short(&mut fields)?;
-    let len = (fields.remaining() >= 2).then(|| usize::from(fields.get_u16()))?;
-    if fields.remaining() < len + 1 {
-        return None;
-    }
-    let client_id = String::from_utf8(fields.split_to(len).to_vec()).ok()?;
-    let clean_start = fields.get_u8() != 0;
-    let released = broker
-        .connections()
-        .take_over_here(&vhost, &client_id, clean_start);
+    let Some(takeover) = decode_takeover(fields) else {
+        let mut answer = BytesMut::new();
+        answer.put_u64(id);
+        answer.put_u8(1);
+        answer.put_slice(b"a damaged takeover");
+        let _ = frames.send(frame(ANSWER, &answer));
+        return Some(());
+    };
+    let released = broker.connections().take_over_here(&takeover);
     let frames = frames.clone();
     tokio::spawn(async move {
         released.await;
@@ -2396,18 +2406,16 @@ mod tests {
     /// Records the takeovers asked of it; each is released when the test
     /// says so.
     struct Recorder {
-        asked: Mutex<Vec<(String, String, bool)>>,
+        asked: Mutex<Vec<sluice_core::Takeover>>,
         release: watch::Receiver<bool>,
     }
 
     impl sluice_core::SessionTakeover for Recorder {
         fn take_over(
             &self,
-            vhost: &str,
-            client_id: &str,
-            clean_start: bool,
+            takeover: &sluice_core::Takeover,
         ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>> {
-            lock(&self.asked).push((vhost.to_owned(), client_id.to_owned(), clean_start));
+            lock(&self.asked).push(takeover.clone());
             let mut release = self.release.clone();
             Box::pin(async move {
                 let _ = release.wait_for(|go| *go).await;
@@ -2439,8 +2447,16 @@ mod tests {
             serve_link(broker, LinkStream::Plain(stream), peer).await;
         });
         let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let long_id = "c".repeat(300);
-        let request = takeover_frame(CALL_IDS | 4, "/", &long_id, true).expect("frame");
+        let takeover = sluice_core::Takeover {
+            vhost: "/".to_owned(),
+            client_id: "c".repeat(300),
+            clean_start: true,
+            claim: sluice_core::Claim {
+                since_ms: 1_700_000_000_123,
+                node: 3,
+            },
+        };
+        let request = takeover_frame(CALL_IDS | 4, &takeover).expect("frame");
         stream.write_all(&request).await.expect("send");
         stream
             .write_all(&frame(CONNECTIONS, &6u64.to_be_bytes()))
@@ -2452,18 +2468,17 @@ mod tests {
             (CONNECTED, 6),
             "the link answers other calls while a takeover waits"
         );
-        assert_eq!(
-            *lock(&recorder.asked),
-            vec![("/".to_owned(), long_id.clone(), true)]
-        );
+        assert_eq!(*lock(&recorder.asked), vec![takeover]);
         go.send_replace(true);
         let (kind, mut fields) = read_frame(&mut stream).await.expect("an answer");
         assert_eq!((kind, fields.get_u64()), (TAKEN, CALL_IDS | 4));
-        // A damaged request is dropped, the link goes on.
+        // A damaged request is refused by its call id, the link goes on.
         stream
             .write_all(&frame(TAKEOVER, &7u64.to_be_bytes()))
             .await
             .expect("send");
+        let (kind, mut fields) = read_frame(&mut stream).await.expect("an answer");
+        assert_eq!((kind, fields.get_u64(), fields.get_u8()), (ANSWER, 7, 1));
         stream
             .write_all(&frame(CONNECTIONS, &8u64.to_be_bytes()))
             .await

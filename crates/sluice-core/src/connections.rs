@@ -269,19 +269,36 @@ pub struct Connections {
     takeover: OnceLock<Arc<dyn SessionTakeover>>,
 }
 
+/// A client that took a client id (an MQTT session) on one node of a
+/// cluster, as the other nodes hear of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Takeover {
+    pub vhost: String,
+    pub client_id: String,
+    /// The new connection started clean: the session ends (a will
+    /// waiting for its delay goes out now; else it is dropped).
+    pub clean_start: bool,
+    /// When and where it claimed the id.
+    pub claim: Claim,
+}
+
+/// When (wall-clock milliseconds) and on which node a connection claimed
+/// a client id: of two connections racing for one id on two nodes, the
+/// later claim wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Claim {
+    pub since_ms: i64,
+    pub node: i32,
+}
+
 /// What ends this node's holder of a client id (an MQTT session) that a
 /// client on another node of the cluster just took.
 pub trait SessionTakeover: Send + Sync {
-    /// Ends the connection holding `client_id` in `vhost`, if any, and
-    /// settles a will waiting for its delay (`clean_start`: the new
-    /// connection ended the session, so it is sent now; else dropped);
-    /// ready once the holder has let its session go.
-    fn take_over(
-        &self,
-        vhost: &str,
-        client_id: &str,
-        clean_start: bool,
-    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+    /// Ends the connection holding the id here, if any (unless it is
+    /// still connecting and claimed the id after `takeover` did: then it
+    /// wins, and ends the other), and settles a will waiting for its
+    /// delay; ready once the holder has let its session go.
+    fn take_over(&self, takeover: &Takeover) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 }
 
 impl std::fmt::Debug for dyn SessionTakeover {
@@ -428,17 +445,15 @@ impl Connections {
         let _ = self.takeover.set(takeover);
     }
 
-    /// Another node's client took `client_id` of `vhost`: the holder here
-    /// (if any) is ended; ready once it let its session go. Ready at once
-    /// without a [`SessionTakeover`].
+    /// Another node's client took a client id: the holder here (if any)
+    /// is ended; ready once it let its session go. Ready at once without
+    /// a [`SessionTakeover`].
     pub fn take_over_here(
         &self,
-        vhost: &str,
-        client_id: &str,
-        clean_start: bool,
+        takeover: &Takeover,
     ) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
         match self.takeover.get() {
-            Some(takeover) => takeover.take_over(vhost, client_id, clean_start),
+            Some(hook) => hook.take_over(takeover),
             None => Box::pin(std::future::ready(())),
         }
     }

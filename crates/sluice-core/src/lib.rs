@@ -73,8 +73,8 @@ use sluice_types::{Clock, SystemClock};
 pub use ack::{AckLevel, Acks, OrderedAcks, PendingAck, RemoteOutcome};
 pub use admission::{Admission, Alarm, Verdict, Writer};
 pub use connections::{
-    AmqpCounts, ChannelStats, ConnectionDetails, ConnectionHandle, ConnectionLimits,
-    ConnectionRefused, ConnectionStats, Connections, Protocol, SessionTakeover,
+    AmqpCounts, ChannelStats, Claim, ConnectionDetails, ConnectionHandle, ConnectionLimits,
+    ConnectionRefused, ConnectionStats, Connections, Protocol, SessionTakeover, Takeover,
 };
 pub use data_dir::DataDirLock;
 pub use error::CoreError;
@@ -1144,19 +1144,13 @@ impl Broker {
             .change_user(MetadataCommand::AlterClientQuota { entity, changes })
     }
 
-    /// A client here took `client_id` of `vhost` (an MQTT session): every
-    /// other live node of the cluster ends its holder of it, as the node
-    /// a client connects to ends its own, and settles a will waiting for
-    /// its delay. Returns once every node answered or `timeout` passed (a
-    /// node that does not answer may keep its holder until its link or
-    /// keep alive ends it). Blocking; nothing to do on a single node.
-    pub fn take_over_elsewhere(
-        &self,
-        vhost: &str,
-        client_id: &str,
-        clean_start: bool,
-        timeout: std::time::Duration,
-    ) {
+    /// A client here took a client id (an MQTT session): every other
+    /// live node of the cluster ends its holder of it, as the node a
+    /// client connects to ends its own, and settles a will waiting for its
+    /// delay. Returns once every node answered or `timeout` passed (a node
+    /// that does not answer may keep its holder until its link or keep
+    /// alive ends it). Blocking; nothing to do on a single node.
+    pub fn take_over_elsewhere(&self, takeover: &Takeover, timeout: std::time::Duration) {
         let others = self.other_live_nodes();
         if others.is_empty() {
             return;
@@ -1165,15 +1159,15 @@ impl Broker {
         std::thread::scope(|scope| {
             let asked: Vec<_> = others
                 .iter()
-                .map(|node| {
-                    scope.spawn(move || {
-                        vhosts.take_over_on(*node, vhost, client_id, clean_start, timeout)
-                    })
-                })
+                .map(|node| scope.spawn(move || vhosts.take_over_on(*node, takeover, timeout)))
                 .collect();
             for (node, answer) in others.iter().zip(asked) {
                 if !matches!(answer.join(), Ok(true)) {
-                    tracing::debug!(node, client_id, "a node did not answer a session takeover");
+                    tracing::debug!(
+                        node,
+                        client_id = %takeover.client_id,
+                        "a node did not answer a session takeover"
+                    );
                 }
             }
         });

@@ -2194,7 +2194,7 @@ async function bindingsPage(ctx, root) {
 const CLOSE_EFFECT = {
   amqp: ' The client receives connection.close with the reason.',
   kafka: ' Kafka clients are disconnected and may reconnect.',
-  mqtt: ' MQTT 5 clients receive DISCONNECT (administrative action) with the reason; the session\'s will is sent.',
+  mqtt: ' MQTT 5 clients receive DISCONNECT (administrative action) with the reason; the client\'s will is sent (after its delay).',
   stomp: ' The client receives an ERROR frame with the reason.',
 };
 
@@ -2255,7 +2255,7 @@ async function connectionsPage(ctx, root) {
           onclick: () => confirmAction({
             title: 'Close connection',
             message: `Close ${c.protocol} connection ${c.id} from ${c.peer}${c.client_name ? ` (${c.client_name})` : ''}?`
-              + CLOSE_EFFECT[c.protocol],
+              + (CLOSE_EFFECT[c.protocol] ?? ''),
             confirmLabel: 'Close connection',
             input: { label: 'Reason', value: 'Closed from the web UI' },
             action: async (reason) => {

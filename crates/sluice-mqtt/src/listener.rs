@@ -4,10 +4,11 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sluice_core::Broker;
+use sluice_core::{Broker, Claim, Takeover};
 use sluice_tls::ServerStream;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, oneshot, watch};
@@ -86,11 +87,21 @@ pub(crate) struct Slot {
     pub(crate) connection: u64,
     /// Whether that connection started clean (ending the session before).
     clean_start: bool,
+    /// When and where it claimed the id.
+    claim: Claim,
+    /// Turns true once the other nodes of a cluster have let the id go
+    /// (the connection is past its CONNECT): from then on another node's
+    /// takeover ends it whenever it claimed the id.
+    pub(crate) settled: AtomicBool,
     /// Told when another connection takes the session over.
     pub(crate) taken_over: Notify,
     /// Turns true once the connection released its session.
     pub(crate) finished: watch::Sender<bool>,
 }
+
+/// The longest a stand-in for another node's connection waits for the
+/// connection here it replaced to let its session go.
+const STAND_IN_LIMIT: Duration = Duration::from_secs(60);
 
 impl Clients {
     /// Takes `client_id` for `connection`; the slot and the connection it
@@ -101,10 +112,13 @@ impl Clients {
         client_id: &str,
         connection: u64,
         clean_start: bool,
+        claim: Claim,
     ) -> (Arc<Slot>, Option<Arc<Slot>>) {
         let slot = Arc::new(Slot {
             connection,
             clean_start,
+            claim,
+            settled: AtomicBool::new(false),
             taken_over: Notify::new(),
             finished: watch::Sender::new(false),
         });
@@ -125,48 +139,62 @@ impl Clients {
         (slot, previous)
     }
 
-    /// A client on another node of the cluster took `client_id`: a will
+    /// A client on another node of the cluster took a client id: unless
+    /// the connection holding it here is still connecting and claimed it
+    /// later (it wins, and its own takeover ends the other), a will
     /// waiting here for its delay is settled as [`Clients::claim`]
     /// settles it, and the connection holding the id here (returned) is
     /// to end. A stand-in for the remote holder takes its slot, so that
-    /// the connection's release sees the id taken over (`clean_start`
-    /// decides its will); [`Clients::forget_stand_in`] removes it.
-    pub(crate) fn taken_elsewhere(
-        &self,
-        vhost: &str,
-        client_id: &str,
-        clean_start: bool,
-    ) -> Option<(Arc<Slot>, Arc<Slot>)> {
-        let key = (vhost.to_owned(), client_id.to_owned());
+    /// the connection's release sees the id taken over (the new
+    /// connection's clean start decides its will), and a connection here
+    /// claiming the id meanwhile waits for the old one;
+    /// [`Clients::retire_stand_in`] removes it.
+    pub(crate) fn taken_elsewhere(&self, takeover: &Takeover) -> Option<(Arc<Slot>, Arc<Slot>)> {
+        let key = (takeover.vhost.clone(), takeover.client_id.clone());
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let held = slots.get(&key).cloned();
+        if held.as_ref().is_some_and(|held| {
+            !held.settled.load(Ordering::Acquire) && held.claim > takeover.claim
+        }) {
+            return None;
+        }
         if let Some(will) = self
             .wills
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&key)
         {
-            let _ = will.send(clean_start);
+            let _ = will.send(takeover.clean_start);
         }
-        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        let held = slots.get(&key).cloned()?;
+        let held = held?;
         let stand_in = Arc::new(Slot {
             connection: 0,
-            clean_start,
+            clean_start: takeover.clean_start,
+            claim: takeover.claim,
+            settled: AtomicBool::new(true),
             taken_over: Notify::new(),
-            // Nothing here to wait for, should a client take it back.
-            finished: watch::Sender::new(true),
+            finished: watch::Sender::new(false),
         });
         slots.insert(key, Arc::clone(&stand_in));
         Some((held, stand_in))
     }
 
-    /// Removes `stand_in` (from [`Clients::taken_elsewhere`]) unless a
-    /// connection here took the id since.
-    pub(crate) fn forget_stand_in(&self, vhost: &str, client_id: &str, stand_in: &Arc<Slot>) {
-        let key = (vhost.to_owned(), client_id.to_owned());
+    /// Once `held` let its session go (or [`STAND_IN_LIMIT`] passed):
+    /// `stand_in` (from [`Clients::taken_elsewhere`]) is finished, and
+    /// removed unless a connection here took the id since.
+    pub(crate) async fn retire_stand_in(
+        &self,
+        key: (String, String),
+        held: Arc<Slot>,
+        stand_in: Arc<Slot>,
+    ) {
+        let mut finished = held.finished.subscribe();
+        let _ = tokio::time::timeout(STAND_IN_LIMIT, finished.wait_for(|done| *done)).await;
+        stand_in.finished.send_replace(true);
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         if slots
             .get(&key)
-            .is_some_and(|held| Arc::ptr_eq(held, stand_in))
+            .is_some_and(|now| Arc::ptr_eq(now, &stand_in))
         {
             slots.remove(&key);
         }
@@ -273,25 +301,24 @@ impl MqttNode {
 impl sluice_core::SessionTakeover for MqttNode {
     fn take_over(
         &self,
-        vhost: &str,
-        client_id: &str,
-        clean_start: bool,
+        takeover: &Takeover,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>> {
+        let taken = self.shared.clients.taken_elsewhere(takeover);
         let shared = Arc::clone(&self.shared);
-        let (vhost, client_id) = (vhost.to_owned(), client_id.to_owned());
+        let key = (takeover.vhost.clone(), takeover.client_id.clone());
         Box::pin(async move {
-            let Some((held, stand_in)) =
-                shared
-                    .clients
-                    .taken_elsewhere(&vhost, &client_id, clean_start)
-            else {
+            let Some((held, stand_in)) = taken else {
                 return;
             };
-            tracing::info!(client_id = %client_id, connection = held.connection, "session taken over on another node");
+            tracing::info!(client_id = %key.1, connection = held.connection, "session taken over on another node");
+            // The stand-in stays until the connection let its session go,
+            // however long that takes; the answer goes back within the
+            // takeover wait.
+            tokio::spawn({
+                let held = Arc::clone(&held);
+                async move { shared.clients.retire_stand_in(key, held, stand_in).await }
+            });
             crate::connection::wait_for_takeover(&held).await;
-            shared
-                .clients
-                .forget_stand_in(&vhost, &client_id, &stand_in);
         })
     }
 }

@@ -219,30 +219,43 @@ pub(crate) async fn accept(
             "a will at QoS 2: the server's Maximum QoS is 1".to_owned(),
         );
     }
+    let claim = sluice_core::Claim {
+        since_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| {
+                i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+            }),
+        node: broker.node_id(),
+    };
     let (slot, previous) = shared.clients.claim(
         vhost.name(),
         &client_id,
         registration.id(),
         connect.clean_start,
+        claim,
     );
     if let Some(previous) = previous {
         tracing::info!(client_id = %client_id, "taking over the session of connection {}", previous.connection);
         wait_for_takeover(&previous).await;
     }
-    if broker.topics().metadata().clustered() {
-        // The id is the cluster's: a holder on another node ends (and
-        // lets the session's queue go) before this one takes it.
-        let (broker, vhost, client_id) = (
-            Arc::clone(broker),
-            vhost.name().to_owned(),
-            client_id.clone(),
-        );
-        let clean_start = connect.clean_start;
+    // The id is the cluster's: a holder on another node ends (and lets
+    // the session's queue go) before this one takes it. An id the broker
+    // made up is nobody else's.
+    if broker.topics().metadata().clustered() && !connect.client_id.is_empty() {
+        let takeover = sluice_core::Takeover {
+            vhost: vhost.name().to_owned(),
+            client_id: client_id.clone(),
+            clean_start: connect.clean_start,
+            claim,
+        };
+        let broker = Arc::clone(broker);
         let _ = tokio::task::spawn_blocking(move || {
-            broker.take_over_elsewhere(&vhost, &client_id, clean_start, REMOTE_TAKEOVER_WAIT);
+            broker.take_over_elsewhere(&takeover, REMOTE_TAKEOVER_WAIT);
         })
         .await;
     }
+    slot.settled
+        .store(true, std::sync::atomic::Ordering::Release);
     let connection_id = registration.id();
     let name = queue_name(&client_id);
     let existing = vhost.queue(&name).is_some() || vhost.remote_queue(&name).is_some();

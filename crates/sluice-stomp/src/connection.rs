@@ -42,13 +42,18 @@ const TRANSIENT_EXPIRY_MS: i64 = 60_000;
 const MAX_TRANSACTIONS: usize = 100;
 const MAX_TRANSACTION_BYTES: usize = 64 << 20;
 
-/// The queue of `user`'s durable subscription `id`.
+/// `/queue/` destinations this connection declared with arguments, kept
+/// so a producer sending them on every frame declares once; more are not
+/// remembered.
+const DECLARED_KEPT: usize = 1024;
+
 /// The queue arguments a frame carries as headers (RabbitMQ's list).
 fn arguments_of(frame: &Frame) -> Result<FieldTable, Refusal> {
     crate::destination::queue_arguments(|name| frame.get(name))
         .map_err(|detail| refusal("invalid header", detail))
 }
 
+/// The queue of `user`'s durable subscription `id`.
 fn durable_queue_name(user: &str, id: &str) -> String {
     format!("stomp-subscription-{user}-{id}")
 }
@@ -150,6 +155,8 @@ pub(crate) struct Connection {
     transactions: HashMap<String, Vec<TxAction>>,
     /// Temporary queues by their STOMP name.
     temp_queues: HashMap<String, String>,
+    /// `/queue/` names declared with arguments, and those arguments.
+    declared: HashMap<String, FieldTable>,
     sink: mpsc::UnboundedSender<ConsumerEvent>,
     to_dispatch: Vec<Arc<Queue>>,
     burst_receipts: Vec<Frame>,
@@ -211,6 +218,7 @@ impl Connection {
                     next_ack: 1,
                     transactions: HashMap::new(),
                     temp_queues: HashMap::new(),
+                    declared: HashMap::new(),
                     sink: events_tx,
                     to_dispatch: Vec::new(),
                     burst_receipts: Vec::new(),
@@ -607,10 +615,10 @@ impl Connection {
 
     /// `/queue/name`: a durable queue, declared when missing (RabbitMQ);
     /// with `arguments` (from the frame's headers) also when it exists,
-    /// which refuses different ones.
-    fn declare_named(&self, name: &str, arguments: FieldTable) -> Result<(), Refusal> {
+    /// which refuses different ones, once per connection.
+    fn declare_named(&mut self, name: &str, arguments: FieldTable) -> Result<(), Refusal> {
         let exists = self.vhost.queue(name).is_some() || self.vhost.remote_queue(name).is_some();
-        if exists && arguments.inner().is_empty() {
+        if exists && (arguments.inner().is_empty() || self.declared.get(name) == Some(&arguments)) {
             return Ok(());
         }
         if !self
@@ -633,13 +641,16 @@ impl Connection {
                     durable: true,
                     exclusive_owner: None,
                     auto_delete: false,
-                    arguments,
+                    arguments: arguments.clone(),
                 },
                 false,
                 self.registration.id(),
             )
-            .map(|_| ())
-            .map_err(|error| refusal("cannot declare queue", error.to_string()))
+            .map_err(|error| refusal("cannot declare queue", error.to_string()))?;
+        if !arguments.inner().is_empty() && self.declared.len() < DECLARED_KEPT {
+            self.declared.insert(name.to_owned(), arguments);
+        }
+        Ok(())
     }
 
     /// A queue of this connection alone, server-named (`amq.gen-…`, unique
@@ -728,12 +739,14 @@ impl Connection {
                 format!("'{text}' is not a valid destination"),
             )
         })?;
-        let permissions = self.broker.permissions();
+        let broker = Arc::clone(&self.broker);
+        let permissions = broker.permissions();
         let vhost = self.vhost.name().to_owned();
+        let user = self.user.clone();
         let denied = |what: &str| {
             refusal(
                 "access refused",
-                format!("{what} refused for user '{}'", self.user),
+                format!("{what} refused for user '{user}'"),
             )
         };
         let (queue, own) = match &destination {

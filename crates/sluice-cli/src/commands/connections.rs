@@ -100,11 +100,25 @@ fn protocol(connection: &Value) -> String {
     }
 }
 
-/// A connection's subscriptions, comma-separated; `-` when it has none.
+/// A connection's subscriptions, comma-separated (control characters
+/// escaped, so a client's names cannot break the table or the terminal);
+/// `-` when it has none.
 fn subscriptions(list: &Value) -> String {
+    let printable = |name: &Value| -> String {
+        cell(name)
+            .chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_unicode().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect()
+    };
     let names: Vec<String> = list
         .as_array()
-        .map_or_else(Vec::new, |list| list.iter().map(cell).collect());
+        .map_or_else(Vec::new, |list| list.iter().map(printable).collect());
     if names.is_empty() {
         "-".to_owned()
     } else {
@@ -145,5 +159,9 @@ mod tests {
         assert_eq!(protocol(&kafka), "kafka");
         assert_eq!(subscriptions(&kafka["subscriptions"]), "-");
         assert_eq!(subscriptions(&Value::Null), "-");
+        assert_eq!(
+            subscriptions(&json!(["a\nb\u{1b}[2J"])),
+            "a\\u{a}b\\u{1b}[2J"
+        );
     }
 }

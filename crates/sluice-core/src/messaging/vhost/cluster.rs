@@ -162,11 +162,12 @@ impl VirtualHost {
             );
         }
         for (key, value) in remote.arguments.inner() {
-            if options.arguments.inner().get(key) != Some(value) {
+            let received = options.arguments.inner().get(key);
+            if !super::declare::same_argument(received, Some(value)) {
                 return inequivalent(
                     key.as_str(),
-                    format!("{:?}", options.arguments.inner().get(key)),
-                    format!("{value:?}"),
+                    super::declare::describe(received),
+                    super::declare::describe(Some(value)),
                 );
             }
         }

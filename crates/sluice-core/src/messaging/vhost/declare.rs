@@ -496,19 +496,7 @@ impl VirtualHost {
         ] {
             let received = options.arguments.inner().get(key);
             let had = current.arguments.inner().get(key);
-            let same = match (received, had) {
-                (None, None) => true,
-                (Some(a), Some(b)) => {
-                    a == b
-                        || matches!(
-                            (crate::messaging::message::integer_value(a), crate::messaging::message::integer_value(b)),
-                            (Some(x), Some(y)) if x == y
-                        )
-                        || matches!((string_value(a), string_value(b)), (Some(x), Some(y)) if x == y)
-                }
-                _ => false,
-            };
-            if !same {
+            if !same_argument(received, had) {
                 return inequivalent(key, describe(received), describe(had));
             }
         }
@@ -740,7 +728,23 @@ impl VirtualHost {
     }
 }
 
-fn describe(value: Option<&AMQPValue>) -> String {
+/// Whether a declaration's argument equals the queue's: by value, so
+/// that an integer of any width (AMQP clients and STOMP headers type them
+/// differently) or a string of either kind matches its equal.
+pub(super) fn same_argument(received: Option<&AMQPValue>, had: Option<&AMQPValue>) -> bool {
+    use crate::messaging::message::integer_value;
+    match (received, had) {
+        (None, None) => true,
+        (Some(a), Some(b)) => {
+            a == b
+                || matches!((integer_value(a), integer_value(b)), (Some(x), Some(y)) if x == y)
+                || matches!((string_value(a), string_value(b)), (Some(x), Some(y)) if x == y)
+        }
+        _ => false,
+    }
+}
+
+pub(super) fn describe(value: Option<&AMQPValue>) -> String {
     match value {
         None => "none".to_owned(),
         Some(v) => crate::messaging::message::integer_value(v)

@@ -190,16 +190,14 @@ pub trait RemoteQueues: Send + Sync + std::fmt::Debug {
         None
     }
 
-    /// Tells node `node` that a client here took `client_id` of `vhost`
-    /// (an MQTT session): its holder there ends
+    /// Tells node `node` that a client here took a client id (an MQTT
+    /// session): its holder there ends
     /// ([`crate::Connections::take_over_here`]). True once the node
     /// answered within `timeout` that the holder let the session go.
     fn take_over_on(
         &self,
         _node: i32,
-        _vhost: &str,
-        _client_id: &str,
-        _clean_start: bool,
+        _takeover: &crate::Takeover,
         _timeout: std::time::Duration,
     ) -> bool {
         false
@@ -366,20 +364,18 @@ impl VirtualHosts {
             .amqp_counts_on(node, vhost, user, timeout)
     }
 
-    /// Ends another node's holder of `client_id` of `vhost` (a client
-    /// here took it), asked over its message link within `timeout`; true
-    /// once the node answered. Blocking.
+    /// Ends another node's holder of a client id a client here took,
+    /// asked over its message link within `timeout`; true once the node
+    /// answered. Blocking.
     pub fn take_over_on(
         &self,
         node: i32,
-        vhost: &str,
-        client_id: &str,
-        clean_start: bool,
+        takeover: &crate::Takeover,
         timeout: std::time::Duration,
     ) -> bool {
-        self.carrier.get().is_some_and(|carrier| {
-            carrier.take_over_on(node, vhost, client_id, clean_start, timeout)
-        })
+        self.carrier
+            .get()
+            .is_some_and(|carrier| carrier.take_over_on(node, takeover, timeout))
     }
 
     /// Share groups' records on another node of the cluster, each with
