@@ -220,11 +220,7 @@ pub(crate) async fn accept(
         );
     }
     let claim = sluice_core::Claim {
-        since_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |since| {
-                i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
-            }),
+        since_ms: now_ms(),
         node: broker.node_id(),
     };
     let (slot, previous) = shared.clients.claim(
@@ -990,11 +986,8 @@ fn options_of(arguments: &FieldTable) -> (SubscriptionOptions, Option<u32>, Opti
     )
 }
 
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
+/// Wall-clock milliseconds (the broker's clock).
+pub(crate) use sluice_core::now_ms;
 
 impl Connection {
     /// SUBSCRIBE: binds, then answers.

@@ -695,18 +695,24 @@ fn users(config: &AmqpConfig) -> std::collections::BTreeMap<String, UserRecord> 
         .collect()
 }
 
-/// The TLS twin of a protocol's listener (`name`, e.g. `MQTTS`), bound
-/// when `listen` (config key `key`) is set: the listener, its address and
-/// the TLS settings to serve it with.
+/// Binds a protocol's TLS listener when `listen` is set (`key` names the
+/// setting; TLS must be configured) and serves it in a task with
+/// `serve(listener, tls, stopping)`; the address bound.
 ///
 /// # Errors
 /// `key` set without `[tls]`, or a failed bind.
-async fn bind_tls(
+async fn serve_tls<F, Fut>(
     listen: &str,
     tls: Option<&Arc<Tls>>,
     name: &str,
     key: &str,
-) -> anyhow::Result<Option<(tokio::net::TcpListener, std::net::SocketAddr, Arc<Tls>)>> {
+    lifecycle: &mut Lifecycle,
+    serve: F,
+) -> anyhow::Result<Option<std::net::SocketAddr>>
+where
+    F: FnOnce(tokio::net::TcpListener, Arc<Tls>, tokio::sync::watch::Receiver<bool>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     if listen.is_empty() {
         return Ok(None);
     }
@@ -715,10 +721,11 @@ async fn bind_tls(
         .with_context(|| format!("{key} asks for TLS: set tls.cert_file and tls.key_file"))?;
     let (listener, bound) = bind(listen, name, key).await?;
     info!(listen = %bound, "{} listening", name.to_lowercase());
-    Ok(Some((listener, bound, tls)))
+    let stopping = lifecycle.stopping();
+    lifecycle.serve(serve(listener, tls, stopping));
+    Ok(Some(bound))
 }
 
-/// Binds the AMQP listener and serves it in a task.
 /// Binds the AMQP listener, and the AMQPS one when `amqp.tls_listen` is
 /// set, and serves each in a task.
 async fn start_amqp(
@@ -754,20 +761,20 @@ async fn start_amqp(
             everyone_if_none: whole.kafka.allow_everyone_if_no_acl_found,
         }),
     };
-    let secure = match bind_tls(&config.tls_listen, tls, "AMQPS", "amqp.tls_listen").await? {
-        Some((listener, bound, tls)) => {
-            let stopping = lifecycle.stopping();
-            lifecycle.serve(sluice_amqp::serve(
-                listener,
-                Arc::clone(&broker),
-                options.clone(),
-                Some(tls),
-                stopping,
-            ));
-            Some(bound)
-        }
-        None => None,
-    };
+    let secure = serve_tls(
+        &config.tls_listen,
+        tls,
+        "AMQPS",
+        "amqp.tls_listen",
+        lifecycle,
+        {
+            let (broker, options) = (Arc::clone(&broker), options.clone());
+            move |listener, tls, stopping| {
+                sluice_amqp::serve(listener, broker, options, Some(tls), stopping)
+            }
+        },
+    )
+    .await?;
     let stopping = lifecycle.stopping();
     lifecycle.serve(sluice_amqp::serve(
         listener, broker, options, None, stopping,
@@ -807,20 +814,20 @@ async fn start_mqtt(
     // Client ids are the cluster's: a client taking one on another node
     // ends its holder here.
     node.attach(&broker);
-    let secure = match bind_tls(&config.tls_listen, tls, "MQTTS", "mqtt.tls_listen").await? {
-        Some((listener, bound, tls)) => {
-            let stopping = lifecycle.stopping();
-            lifecycle.serve(sluice_mqtt::serve(
-                listener,
-                Arc::clone(&broker),
-                node.clone(),
-                Some(tls),
-                stopping,
-            ));
-            Some(bound)
-        }
-        None => None,
-    };
+    let secure = serve_tls(
+        &config.tls_listen,
+        tls,
+        "MQTTS",
+        "mqtt.tls_listen",
+        lifecycle,
+        {
+            let (broker, node) = (Arc::clone(&broker), node.clone());
+            move |listener, tls, stopping| {
+                sluice_mqtt::serve(listener, broker, node, Some(tls), stopping)
+            }
+        },
+    )
+    .await?;
     // MQTT over WebSocket on the HTTP listener (RabbitMQ's Web MQTT).
     let websocket = {
         let node = node.clone();
@@ -867,20 +874,20 @@ async fn start_stomp(
         max_header_bytes: 64 * 1024,
         max_body_bytes: usize::try_from(config.max_frame_size.bytes()).unwrap_or(usize::MAX),
     };
-    let secure = match bind_tls(&config.tls_listen, tls, "STOMPS", "stomp.tls_listen").await? {
-        Some((listener, bound, tls)) => {
-            let stopping = lifecycle.stopping();
-            lifecycle.serve(sluice_stomp::serve(
-                listener,
-                Arc::clone(&broker),
-                options.clone(),
-                Some(tls),
-                stopping,
-            ));
-            Some(bound)
-        }
-        None => None,
-    };
+    let secure = serve_tls(
+        &config.tls_listen,
+        tls,
+        "STOMPS",
+        "stomp.tls_listen",
+        lifecycle,
+        {
+            let (broker, options) = (Arc::clone(&broker), options.clone());
+            move |listener, tls, stopping| {
+                sluice_stomp::serve(listener, broker, options, Some(tls), stopping)
+            }
+        },
+    )
+    .await?;
     // STOMP over WebSocket on the HTTP listener (RabbitMQ's Web STOMP).
     let websocket = {
         let options = Arc::new(options.clone());
