@@ -559,12 +559,7 @@ impl Connection {
         let (exchange, key) = match &destination {
             Destination::TempQueue(name) => (String::new(), self.temp_queue(name)?),
             Destination::Queue(name) => {
-                let arguments = arguments_of(frame)?;
-                let missing =
-                    self.vhost.queue(name).is_none() && self.vhost.remote_queue(name).is_none();
-                if missing || !arguments.inner().is_empty() {
-                    self.blocking(|c| c.declare_named(name, arguments))?;
-                }
+                self.declare_named(name, arguments_of(frame)?)?;
                 destination.route()
             }
             _ => destination.route(),
@@ -615,7 +610,8 @@ impl Connection {
 
     /// `/queue/name`: a durable queue, declared when missing (RabbitMQ);
     /// with `arguments` (from the frame's headers) also when it exists,
-    /// which refuses different ones, once per connection.
+    /// which refuses different ones, once per connection. Nothing to do
+    /// (the common SEND) costs two lookups.
     fn declare_named(&mut self, name: &str, arguments: FieldTable) -> Result<(), Refusal> {
         let exists = self.vhost.queue(name).is_some() || self.vhost.remote_queue(name).is_some();
         if exists && (arguments.inner().is_empty() || self.declared.get(name) == Some(&arguments)) {
@@ -634,19 +630,18 @@ impl Connection {
                 ),
             ));
         }
-        self.vhost
-            .declare_queue(
-                name,
-                QueueOptions {
-                    durable: true,
-                    exclusive_owner: None,
-                    auto_delete: false,
-                    arguments: arguments.clone(),
-                },
-                false,
-                self.registration.id(),
-            )
-            .map_err(|error| refusal("cannot declare queue", error.to_string()))?;
+        let options = QueueOptions {
+            durable: true,
+            exclusive_owner: None,
+            auto_delete: false,
+            arguments: arguments.clone(),
+        };
+        // A cluster's declaration waits for its metadata quorum.
+        self.blocking(|c| {
+            c.vhost
+                .declare_queue(name, options, false, c.registration.id())
+        })
+        .map_err(|error| refusal("cannot declare queue", error.to_string()))?;
         if !arguments.inner().is_empty() && self.declared.len() < DECLARED_KEPT {
             self.declared.insert(name.to_owned(), arguments);
         }
